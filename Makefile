@@ -1,0 +1,53 @@
+# vstor: two commands for a fresh Debian machine, as root.
+#   make demo   sets up what is missing, runs the end-to-end demo on a local pool
+#   make test   sets up what is missing, runs every test
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar iproute2 nbdkit libnbd-bin python3-venv
+# The command each package must provide, to tell whether it is installed.
+APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar ip nbdkit nbdfuse
+
+.PHONY: setup system-deps venv demo test test-fast soak bench lint clean
+
+setup: system-deps venv
+
+system-deps:
+	@missing=0; for c in $(APT_PROBES); do command -v $$c >/dev/null || missing=1; done; \
+	test -e /usr/lib/x86_64-linux-gnu/libfuse3.so.3 -o -e /usr/lib/aarch64-linux-gnu/libfuse3.so.3 || missing=1; \
+	if [ $$missing = 1 ]; then \
+	  echo "setup: installing system packages: $(APT_PACKAGES)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+	@modprobe fuse 2>/dev/null || true; modprobe loop 2>/dev/null || true
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip >/dev/null
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+demo: setup
+	$(PY) tools/demo.py
+
+test: setup
+	$(VENV)/bin/ruff check vstor tools tests vm
+	$(PY) -m pytest -q -m "not soak" tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not soak and not root" tests
+
+soak: setup
+	VSTOR_CRASH_ITERATIONS=200 $(PY) -m pytest -q -m soak tests
+
+bench: setup
+	$(PY) tools/bench_fio.py
+
+lint: venv
+	$(VENV)/bin/ruff check vstor tools tests vm
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

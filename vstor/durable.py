@@ -1,0 +1,57 @@
+"""Durability helpers. Each docstring states the guarantee it gives.
+
+Modelled on borg's platform/base.py (SyncFile, SaveFile, sync_dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+
+
+def sync_dir(path: str) -> None:
+    """Make the directory entries of ``path`` durable (a created, renamed or removed name).
+
+    Filesystems that cannot fsync a directory (EINVAL) are tolerated.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically and durably.
+
+    After return, a crash leaves either the old or the new content, never a mix, and the
+    new content survives power loss: tmp file + fsync + rename + fsync of the directory.
+    """
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    sync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def remove_durably(path: str) -> None:
+    """Delete ``path`` so that it stays deleted after a crash.
+
+    The file is truncated first, as borg does, so a copy-on-write filesystem frees its
+    blocks even if the unlink is lost.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.truncate(path, 0)
+        os.unlink(path)
+    sync_dir(os.path.dirname(os.path.abspath(path)))

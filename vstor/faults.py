@@ -1,0 +1,84 @@
+"""Fault injection hooks, in the spirit of nbdkit's error filter and s3backer's --test-errors.
+
+Code calls ``faults.hit("point")`` at named points. A test (or the VSTOR_FAULTS
+environment variable, for a daemon) arms a point with an action that fires on the
+N-th hit:
+
+    VSTOR_FAULTS="journal.write=enospc@5,journal.sync=eio"
+
+Actions: ``enospc`` and ``eio`` raise OSError; ``torn`` asks the caller to write only part
+of its buffer and then die (the caller implements it); ``kill`` sends SIGKILL to this
+process, a crash at an exact point. A point fires once unless its count ends in ``+``
+(``eio@3+``: the third hit and every hit after it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+from dataclasses import dataclass
+
+from vstor.errors import UsageError
+
+ACTIONS = ("enospc", "eio", "torn", "kill")
+
+
+@dataclass
+class _Arm:
+    action: str
+    at: int
+    repeat: bool
+    hits: int = 0
+
+
+class Faults:
+    def __init__(self, spec: str = "") -> None:
+        self._arms: dict[str, _Arm] = {}
+        self._lock = threading.Lock()
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            point, _, rest = item.partition("=")
+            action, _, count = rest.partition("@")
+            repeat = count.endswith("+")
+            if action not in ACTIONS or not point:
+                raise UsageError(f"bad fault spec {item!r}: use POINT=ACTION[@N[+]] with ACTION in {ACTIONS}")
+            self.arm(point, action, int(count.rstrip("+") or 1), repeat)
+
+    @classmethod
+    def from_env(cls) -> Faults:
+        return cls(os.environ.get("VSTOR_FAULTS", ""))
+
+    def arm(self, point: str, action: str, at: int = 1, repeat: bool = False) -> None:
+        with self._lock:
+            self._arms[point] = _Arm(action, at, repeat)
+
+    def disarm(self, point: str | None = None) -> None:
+        with self._lock:
+            if point is None:
+                self._arms.clear()
+            else:
+                self._arms.pop(point, None)
+
+    def hit(self, point: str) -> str | None:
+        """Count a pass through ``point``; raise or return the armed action when it fires."""
+        if not self._arms:
+            return None
+        with self._lock:
+            arm = self._arms.get(point)
+            if arm is None:
+                return None
+            arm.hits += 1
+            if arm.hits < arm.at or (arm.hits > arm.at and not arm.repeat):
+                return None
+            action = arm.action
+        if action == "enospc":
+            raise OSError(errno.ENOSPC, f"injected ENOSPC at {point}")
+        if action == "eio":
+            raise OSError(errno.EIO, f"injected EIO at {point}")
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return action
+
+
+NO_FAULTS = Faults()

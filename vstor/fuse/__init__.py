@@ -1,0 +1,3 @@
+"""The FUSE export: a thin mfusepy adapter over the Store."""
+
+from __future__ import annotations

@@ -1,0 +1,61 @@
+"""FUSE binding and tuning shared by vstor's export and the benchmark's bare passthrough,
+so the two are compared under identical options.
+
+Measured choices (docs/benchmarks.md):
+  * libfuse3 (FUSE_LIBRARY_NAME=fuse3): requests up to 1 MiB. libfuse2 without big_writes
+    sends 4 KiB writes (about 90 MB/s).
+  * max_read is both a mount option and conn.max_read: libfuse3 refuses to start when the
+    two differ ("init() and fuse_session_new() requested different maximum read size").
+  * max_write stays at what libfuse sized its buffer for (1 MiB); more kills the session
+    with "reading device: Invalid argument".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from typing import Any
+
+MAX_REQUEST = 1 << 20
+PR_SET_IO_FLUSHER = 57
+
+log = logging.getLogger("vstor.fuse")
+
+
+def select_library() -> None:
+    """Pick libfuse3 unless the user chose otherwise. Must run before mfusepy is imported."""
+    os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+
+
+def mount_options(fsname: str, threads: bool = True) -> dict[str, Any]:
+    """Keyword options for ``mfusepy.FUSE``."""
+    return {
+        "foreground": True,
+        "nothreads": not threads,
+        "max_read": MAX_REQUEST,
+        "fsname": fsname,
+        "default_permissions": True,
+    }
+
+
+def tune_connection(conn: Any) -> dict[str, int]:
+    """Called from init_with_config: negotiate the request size. Returns what was agreed."""
+    if conn is not None:
+        conn.max_read = MAX_REQUEST
+        conn.max_write = min(conn.max_write or MAX_REQUEST, MAX_REQUEST)
+        agreed = {"max_write": int(conn.max_write), "max_read": int(conn.max_read)}
+    else:
+        agreed = {}
+    log.info("FUSE connection: %s", agreed)
+    return agreed
+
+
+def set_io_flusher() -> bool:
+    """prctl(PR_SET_IO_FLUSHER): lets the kernel treat this process as part of the I/O path,
+    so memory reclaim does not wait on the writeback it is serving (loop over FUSE)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0:
+        log.warning("PR_SET_IO_FLUSHER failed: %s", os.strerror(ctypes.get_errno()))
+        return False
+    return True

@@ -1,0 +1,187 @@
+"""On-disk formats of journal segments and records. Pure: no I/O.
+
+The authoritative description is docs/formats.md; keep the two in step. All integers are
+little-endian. Checksums are xxh3-64 (xxhash), chosen for speed: 20 us per MiB here,
+against 44 us for crc32c and 380 us for zlib.crc32.
+
+Segment file ``journal/SEGNO.seg`` (SEGNO: 10 decimal digits)::
+
+    segment header (64 bytes)  then records back to back, no padding
+
+Record::
+
+    header (64 bytes) | frame table (nframes * 32 bytes) | frame data (sum of stored lengths)
+
+A record describes one contiguous byte range of one volume. Its payload is cut into
+frames of FRAME_SIZE logical bytes (the last may be shorter); each frame is stored raw,
+lz4-compressed and/or AES-256-GCM-encrypted, or not at all when it is all zeros, and
+carries its own checksum, so a small read verifies only the frames it touches.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import xxhash
+
+FORMAT_VERSION = 1
+FRAME_SIZE = 64 * 1024
+MAX_RECORD = 4 * 1024 * 1024  # logical bytes in one record; larger writes are split
+
+SEGMENT_MAGIC = b"VSTSEG01"
+SEGMENT_HEADER = struct.Struct("<8sHH16sQQ16x")  # magic ver flags pool_uuid segno created_ns pad
+SEGMENT_HEADER_CSUM = struct.Struct("<Q")  # xxh3 of the 56 bytes above, stored at offset 56
+SEGMENT_HEADER_SIZE = 64
+
+RECORD_MAGIC = b"VREC"
+# magic ver type nframes group volume seq offset length stored tstamp hcsum reserved
+RECORD_HEADER = struct.Struct("<4sBBHIIQQIIQQ8x")
+RECORD_HEADER_SIZE = 64
+HCSUM_OFFSET = 48  # the header checksum covers header[0:48] + the frame table
+
+FRAME_ENTRY = struct.Struct("<IHHQ12s4x")  # stored_len flags reserved csum nonce pad
+FRAME_ENTRY_SIZE = 32
+
+# Record types.
+REC_WRITE = 1  # host data; consumes one group sequence number
+REC_TRIM = 2  # range reads as zeros afterwards (discard, all-zero write, shrink); consumes a seq
+REC_RELOCATE = 3  # GC/compaction copy of live data; seq 0, invisible to journal readers
+REC_VOLUME = 4  # volume table event, JSON payload in one raw frame; seq 0
+
+RECORD_TYPES = {REC_WRITE: "write", REC_TRIM: "trim", REC_RELOCATE: "relocate", REC_VOLUME: "volume"}
+
+# Frame flags.
+FF_LZ4 = 1
+FF_AES = 2
+FF_ZERO = 4  # all-zero frame: nothing stored
+
+
+@dataclass(frozen=True, slots=True)
+class RecordHeader:
+    rtype: int
+    nframes: int
+    group: int
+    volume: int
+    seq: int
+    offset: int
+    length: int
+    stored: int  # bytes after the 64-byte header: frame table + frame data
+    tstamp: int  # nanoseconds since the epoch
+
+    @property
+    def total_size(self) -> int:
+        return RECORD_HEADER_SIZE + self.stored
+
+    @property
+    def table_size(self) -> int:
+        return self.nframes * FRAME_ENTRY_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class FrameEntry:
+    stored_len: int
+    flags: int
+    csum: int
+    nonce: bytes
+
+
+def frame_count(length: int) -> int:
+    return (length + FRAME_SIZE - 1) // FRAME_SIZE
+
+
+def pack_record_header(h: RecordHeader, table: bytes) -> bytes:
+    raw = RECORD_HEADER.pack(
+        RECORD_MAGIC, FORMAT_VERSION, h.rtype, h.nframes, h.group, h.volume, h.seq,
+        h.offset, h.length, h.stored, h.tstamp, 0,
+    )
+    hcsum = xxhash.xxh3_64_intdigest(raw[:HCSUM_OFFSET] + table)
+    return raw[:HCSUM_OFFSET] + struct.pack("<Q", hcsum) + raw[HCSUM_OFFSET + 8 :]
+
+
+class BadRecord(ValueError):
+    """The bytes at a position do not hold a valid record (torn, foreign or corrupt)."""
+
+
+def unpack_record_header(raw: bytes | memoryview) -> tuple[RecordHeader, int]:
+    """Parse the 64 header bytes. Returns the header and its stored checksum.
+
+    Checks magic, version and bounds; the checksum needs the frame table too and is
+    verified by :func:`verify_header`.
+    """
+    if len(raw) < RECORD_HEADER_SIZE:
+        raise BadRecord("short header")
+    magic, ver, rtype, nframes, group, volume, seq, offset, length, stored, tstamp, hcsum = (
+        RECORD_HEADER.unpack_from(raw)
+    )
+    if magic != RECORD_MAGIC:
+        raise BadRecord("bad record magic")
+    if ver != FORMAT_VERSION:
+        raise BadRecord(f"unsupported record version {ver}")
+    if rtype not in RECORD_TYPES:
+        raise BadRecord(f"unknown record type {rtype}")
+    if length > MAX_RECORD or nframes != (frame_count(length) if rtype != REC_TRIM else 0):
+        raise BadRecord("inconsistent record length")
+    if stored < nframes * FRAME_ENTRY_SIZE or stored > nframes * (FRAME_ENTRY_SIZE + FRAME_SIZE + 64):
+        raise BadRecord("inconsistent stored size")
+    return RecordHeader(rtype, nframes, group, volume, seq, offset, length, stored, tstamp), hcsum
+
+
+def verify_header(raw: bytes | memoryview, table: bytes | memoryview, hcsum: int) -> None:
+    if xxhash.xxh3_64_intdigest(bytes(raw[:HCSUM_OFFSET]) + bytes(table)) != hcsum:
+        raise BadRecord("record header checksum mismatch")
+
+
+def pack_frame_table(entries: list[FrameEntry]) -> bytes:
+    return b"".join(FRAME_ENTRY.pack(e.stored_len, e.flags, 0, e.csum, e.nonce) for e in entries)
+
+
+def unpack_frame_table(table: bytes | memoryview, nframes: int) -> tuple[FrameEntry, ...]:
+    out = []
+    for i in range(nframes):
+        stored_len, flags, _res, csum, nonce = FRAME_ENTRY.unpack_from(table, i * FRAME_ENTRY_SIZE)
+        out.append(FrameEntry(stored_len, flags, csum, nonce))
+    return tuple(out)
+
+
+def pack_segment_header(pool_uuid: bytes, segno: int, created_ns: int) -> bytes:
+    raw = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, pool_uuid, segno, created_ns)
+    return raw[:56] + SEGMENT_HEADER_CSUM.pack(xxhash.xxh3_64_intdigest(raw[:56]))
+
+
+def unpack_segment_header(raw: bytes, pool_uuid: bytes, segno: int) -> None:
+    """Validate a segment header against the pool and the file's number."""
+    if len(raw) < SEGMENT_HEADER_SIZE:
+        raise BadRecord("short segment header")
+    magic, ver, _flags, uuid, seg, _created = SEGMENT_HEADER.unpack_from(raw)
+    (csum,) = SEGMENT_HEADER_CSUM.unpack_from(raw, 56)
+    if magic != SEGMENT_MAGIC or csum != xxhash.xxh3_64_intdigest(raw[:56]):
+        raise BadRecord("bad segment header")
+    if ver != FORMAT_VERSION:
+        raise BadRecord(f"unsupported segment version {ver}")
+    if uuid != pool_uuid:
+        raise BadRecord("segment belongs to another pool")
+    if seg != segno:
+        raise BadRecord(f"segment header says {seg}, file name says {segno}")
+
+
+# A location packs (segment number, byte position of the record header) into one int,
+# so maps hold a single machine word per chunk. Segments are limited to 4 GiB.
+LOC_SHIFT = 32
+MAX_SEGMENT_SIZE = 1 << LOC_SHIFT
+
+
+def make_loc(segno: int, pos: int) -> int:
+    return (segno << LOC_SHIFT) | pos
+
+
+def loc_segno(loc: int) -> int:
+    return loc >> LOC_SHIFT
+
+
+def loc_pos(loc: int) -> int:
+    return loc & (MAX_SEGMENT_SIZE - 1)
+
+
+def segment_name(segno: int) -> str:
+    return f"{segno:010d}.seg"

@@ -1,0 +1,321 @@
+"""The write journal: numbered append-only segment files with group commit.
+
+The journal holds the data itself: volume maps point at records inside segments, so
+every payload byte is written once. Guarantees (the block-device contract rests on them):
+
+* ``append`` returns once the record is in the segment file: later reads see it.
+* ``sync`` returns once every record appended before the call is on stable storage.
+  Concurrent callers share one fdatasync (group commit); a caller whose records were
+  made durable by another's fdatasync returns without a system call.
+* A segment is fdatasync'ed before the first record is appended to its successor, so a
+  crash can tear only the newest segment's tail. Recovery cuts a torn tail and never
+  appends to that segment again; any bad record before the newest segment's tail is
+  corruption and is reported, never skipped.
+* A failed write or fdatasync puts the journal in a failed state (EIO on every later
+  append and sync) instead of guessing what reached the disk (the fsyncgate lesson).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import xxhash
+
+from vstor.durable import remove_durably, sync_dir
+from vstor.errors import CorruptData, PoolFull, VstorError
+from vstor.faults import NO_FAULTS, Faults
+from vstor.store.format import (
+    FRAME_ENTRY_SIZE,
+    MAX_SEGMENT_SIZE,
+    RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    BadRecord,
+    FrameEntry,
+    RecordHeader,
+    make_loc,
+    pack_segment_header,
+    segment_name,
+    unpack_frame_table,
+    unpack_record_header,
+    unpack_segment_header,
+    verify_header,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedRecord:
+    loc: int
+    header: RecordHeader
+    frames: tuple[FrameEntry, ...]
+    payload: bytes  # frame data (not the table), as stored
+
+
+@dataclass
+class ScanEnd:
+    """Where a scan stopped: the first byte past the last valid record, and why."""
+
+    segno: int
+    pos: int
+    reason: str = ""  # empty: clean end of the segment
+
+
+class Journal:
+    def __init__(self, directory: str, pool_uuid: bytes, segment_size: int, faults: Faults = NO_FAULTS,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        if not SEGMENT_HEADER_SIZE < segment_size <= MAX_SEGMENT_SIZE:
+            raise ValueError("bad segment size")
+        self.dir = directory
+        self.pool_uuid = pool_uuid
+        self.segment_size = segment_size
+        self.faults = faults
+        self._clock_ns = clock_ns
+        self._lock = threading.Lock()  # tail state; taken by appenders
+        self._sync_lock = threading.Lock()  # one fdatasync at a time
+        self._fd = -1
+        self._segno = 0
+        self._tail = 0
+        self._durable = (0, 0)
+        self._read_fds: dict[int, int] = {}
+        self.failed: str | None = None
+        self.appended_bytes = 0
+        self.syncs = 0
+
+    # -- segment files -------------------------------------------------------------------
+    def path(self, segno: int) -> str:
+        return os.path.join(self.dir, segment_name(segno))
+
+    def segments(self) -> list[int]:
+        out = []
+        for name in os.listdir(self.dir):
+            if name.endswith(".seg") and name[:-4].isdigit():
+                out.append(int(name[:-4]))
+        return sorted(out)
+
+    def segment_bytes(self, segno: int) -> int:
+        if segno == self._segno:
+            return self._tail
+        try:
+            return os.stat(self.path(segno)).st_size
+        except FileNotFoundError:
+            return 0
+
+    @property
+    def current_segno(self) -> int:
+        return self._segno
+
+    def tail(self) -> tuple[int, int]:
+        return self._segno, self._tail
+
+    def start_segment(self, segno: int) -> None:
+        """Open a fresh segment for appending (at startup and at rollover)."""
+        fd = os.open(self.path(segno), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        header = pack_segment_header(self.pool_uuid, segno, self._now_ns())
+        os.pwrite(fd, header, 0)
+        os.fdatasync(fd)
+        sync_dir(self.dir)
+        with self._sync_lock:
+            old = self._fd
+            self._fd, self._segno, self._tail = fd, segno, SEGMENT_HEADER_SIZE
+            self._durable = (segno, SEGMENT_HEADER_SIZE)
+        if old >= 0:
+            os.close(old)
+
+    def _now_ns(self) -> int:
+        return self._clock_ns()
+
+    # -- appending -----------------------------------------------------------------------
+    def reserve(self, max_bytes: int) -> tuple[int, int]:
+        """Return (segno, pos) where the next record of at most ``max_bytes`` will land,
+        rolling over to a new segment first if it would not fit. Caller holds the store lock."""
+        self._check_failed()
+        if self._tail + max_bytes > self.segment_size and self._tail > SEGMENT_HEADER_SIZE:
+            self._rollover()
+        return self._segno, self._tail
+
+    def _rollover(self) -> None:
+        with self._sync_lock:
+            self._fdatasync(self._fd)
+        self.faults.hit("journal.rollover")
+        self.start_segment(self._segno + 1)
+
+    def write(self, buffers: list[bytes | memoryview]) -> int:
+        """Write one record's buffers at the tail. Returns its location. Caller holds the store lock
+        and called :meth:`reserve` with a bound on the size."""
+        self._check_failed()
+        pos = self._tail
+        total = sum(len(b) for b in buffers)
+        try:
+            action = self.faults.hit("journal.write")
+            if action == "torn":
+                os.pwrite(self._fd, b"".join(bytes(b) for b in buffers)[: total // 2], pos)
+                os.kill(os.getpid(), 9)
+            n = os.pwritev(self._fd, buffers, pos)
+            if n != total:
+                raise OSError(errno.ENOSPC, "short write to journal segment")
+        except OSError as e:
+            self._undo_write(pos)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise PoolFull("pool is full: the journal cannot take more data; free space "
+                               "(delete volumes, fstrim) or grow the filesystem under the pool") from None
+            self._fail(f"journal write failed: {e}")
+        self._tail = pos + total
+        self.appended_bytes += total
+        return make_loc(self._segno, pos)
+
+    def _undo_write(self, pos: int) -> None:
+        try:
+            os.ftruncate(self._fd, pos)
+        except OSError as e:
+            self._fail(f"cannot cut a failed journal write: {e}")
+
+    # -- durability ----------------------------------------------------------------------
+    def sync(self) -> None:
+        """Make every record appended so far durable (group commit)."""
+        with self._lock:
+            target = (self._segno, self._tail)
+        with self._sync_lock:
+            self._check_failed()
+            if self._durable >= target:
+                return
+            reached = (self._segno, self._tail)
+            self._fdatasync(self._fd)
+            self._durable = max(self._durable, reached)
+
+    def _fdatasync(self, fd: int) -> None:
+        try:
+            self.faults.hit("journal.sync")
+            os.fdatasync(fd)
+            self.syncs += 1
+        except OSError as e:
+            self._fail(f"journal fdatasync failed: {e}")
+
+    def durable_position(self) -> tuple[int, int]:
+        return self._durable
+
+    def dirty(self) -> bool:
+        return self._durable < (self._segno, self._tail)
+
+    def _fail(self, why: str) -> None:
+        self.failed = why
+        raise VstorError(f"{why}; the array refuses further writes, stop it and run 'vstor pool check'")
+
+    def _check_failed(self) -> None:
+        if self.failed:
+            raise VstorError(f"journal failed earlier ({self.failed}); stop the array and run 'vstor pool check'")
+
+    # -- reading -------------------------------------------------------------------------
+    def pread(self, segno: int, pos: int, size: int) -> bytes:
+        fd = self._read_fds.get(segno)
+        if fd is None:
+            try:
+                fd = os.open(self.path(segno), os.O_RDONLY)
+            except FileNotFoundError:
+                raise CorruptData(f"journal segment {segno} is missing") from None
+            fd = self._read_fds.setdefault(segno, fd)
+        return os.pread(fd, size, pos)
+
+    def read_header(self, loc_segno: int, pos: int) -> tuple[RecordHeader, tuple[FrameEntry, ...]]:
+        """Read and verify a record's header and frame table."""
+        raw = self.pread(loc_segno, pos, RECORD_HEADER_SIZE + 64 * FRAME_ENTRY_SIZE)
+        try:
+            header, hcsum = unpack_record_header(raw)
+            table = raw[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + header.table_size]
+            if len(table) != header.table_size:
+                raise BadRecord("short frame table")
+            verify_header(raw, table, hcsum)
+        except BadRecord as e:
+            raise CorruptData(f"record at segment {loc_segno} offset {pos}: {e}") from None
+        return header, unpack_frame_table(table, header.nframes)
+
+    # -- scanning ------------------------------------------------------------------------
+    def scan(self, segno: int, pos: int, end: ScanEnd) -> Iterator[ScannedRecord]:
+        """Yield every valid record from (segno, pos) to the end of the journal, verifying
+        header and frame checksums. ``end`` is filled in with where and why the scan stopped.
+        A bad record anywhere but the newest segment's tail raises CorruptData."""
+        segs = [s for s in self.segments() if s >= segno]
+        end.segno, end.pos, end.reason = segno, pos, ""
+        for i, s in enumerate(segs):
+            yield from self._scan_segment(s, pos if s == segno else SEGMENT_HEADER_SIZE, end)
+            if end.reason and i < len(segs) - 1:
+                raise CorruptData(f"journal segment {s} is damaged at offset {end.pos} ({end.reason}) "
+                                  f"but newer segments follow; run 'vstor pool check'")
+
+    def _scan_segment(self, segno: int, pos: int, end: ScanEnd) -> Iterator[ScannedRecord]:
+        end.segno, end.pos, end.reason = segno, pos, ""
+        with open(self.path(segno), "rb", buffering=0) as raw_f:
+            f = io.BufferedReader(raw_f, buffer_size=8 << 20)
+            head = f.read(SEGMENT_HEADER_SIZE)
+            try:
+                unpack_segment_header(head, self.pool_uuid, segno)
+            except BadRecord as e:
+                end.reason = str(e)
+                end.pos = 0
+                return
+            f.seek(pos)
+            while True:
+                raw = f.read(RECORD_HEADER_SIZE)
+                if not raw:
+                    return
+                try:
+                    header, hcsum = unpack_record_header(raw)
+                    table = f.read(header.table_size)
+                    verify_header(raw, table, hcsum) if len(table) == header.table_size else _short()
+                    frames = unpack_frame_table(table, header.nframes)
+                    payload = f.read(header.stored - header.table_size)
+                    if len(payload) != header.stored - header.table_size:
+                        raise BadRecord("record cut short")
+                    _verify_frames(frames, payload)
+                except BadRecord as e:
+                    end.reason = str(e)
+                    return
+                yield ScannedRecord(make_loc(segno, pos), header, frames, payload)
+                pos += header.total_size
+                end.pos = pos
+
+    def truncate_segment(self, segno: int, pos: int) -> None:
+        """Cut a torn tail (recovery only)."""
+        fd = os.open(self.path(segno), os.O_RDWR)
+        try:
+            os.ftruncate(fd, pos)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def delete_segment(self, segno: int) -> None:
+        fd = self._read_fds.pop(segno, None)
+        if fd is not None:
+            os.close(fd)
+        remove_durably(self.path(segno))
+
+    def close(self) -> None:
+        with self._sync_lock:
+            if self._fd >= 0:
+                if not self.failed:
+                    os.fdatasync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
+        for fd in self._read_fds.values():
+            os.close(fd)
+        self._read_fds.clear()
+
+
+def _short() -> None:
+    raise BadRecord("short frame table")
+
+
+def _verify_frames(frames: tuple[FrameEntry, ...], payload: bytes) -> None:
+    view = memoryview(payload)
+    off = 0
+    for fe in frames:
+        body = view[off : off + fe.stored_len]
+        if len(body) != fe.stored_len or (fe.stored_len and xxhash.xxh3_64_intdigest(body) != fe.csum):
+            raise BadRecord("frame checksum mismatch")
+        off += fe.stored_len
+    if off != len(view):
+        raise BadRecord("frame lengths do not add up")

@@ -1,0 +1,147 @@
+"""Garbage collection and compaction, and the maintenance loop that drives them.
+
+A segment's *live* bytes are those the chunk maps still reference. When a sealed
+segment's live share falls below ``1 - min_dead``, GC rewrites each chunk that references
+it as one REC_RELOCATE record at the journal head, which also merges fragmented chunks.
+The emptied segment is deleted by the next checkpoint, once no checkpoint, consumer or
+in-flight read can need it (see Store._delete_dead_segments).
+
+The maintenance loop, driven by an injected clock:
+  * commit: fdatasync the journal every ``commit_interval`` seconds while it is dirty, which
+    bounds what an un-fsynced crash can lose and the dirty page cache;
+  * checkpoint: after ``checkpoint_bytes`` of journal or ``checkpoint_interval`` seconds;
+  * GC: when the dead share of sealed segments exceeds ``min_dead``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from vstor.clock import Clock, SystemClock
+from vstor.errors import VstorError
+from vstor.store.chunkmap import LEAF_BITS, LEAF_SLOTS
+from vstor.store.format import SEGMENT_HEADER_SIZE, loc_segno
+
+log = logging.getLogger("vstor.reclaim")
+MAX_FRAGMENTS = 32
+
+
+class Reclaimer:
+    def __init__(self, store: object, clock: Clock | None = None, commit_interval: float = 1.0,
+                 checkpoint_interval: float = 60.0, checkpoint_bytes: int = 512 << 20,
+                 min_dead: float = 0.5) -> None:
+        from vstor.store.store import Store
+
+        assert isinstance(store, Store)
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.commit_interval = commit_interval
+        self.checkpoint_interval = checkpoint_interval
+        self.checkpoint_bytes = checkpoint_bytes
+        self.min_dead = min_dead
+        self._stop = threading.Event()
+        self._run_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._last_ckpt = self.clock.monotonic()
+        self.last_error = ""
+        store.reclaimer = self
+
+    # -- GC --------------------------------------------------------------------------------
+    def candidates(self) -> set[int]:
+        st = self.store
+        with st._lock:
+            cur = st.journal.current_segno
+            out = set()
+            for s in st.journal.segments():
+                size = st.journal.segment_bytes(s) - SEGMENT_HEADER_SIZE
+                live = st.state.live.get(s, 0)
+                if s < cur and size > 0 and 0 < live <= (1 - self.min_dead) * size:
+                    out.add(s)
+            return out
+
+    def collect(self, targets: set[int] | None = None) -> int:
+        """Relocate chunks that reference ``targets`` (default: the candidates) or are too
+        fragmented. Returns the bytes rewritten."""
+        targets = self.candidates() if targets is None else targets
+        st = self.store
+        moved = 0
+        for vid, chunk in self._chunks_to_move(targets):
+            with st._lock:
+                vol = st.state.table.by_id_or_none(vid)
+                if vol is None:
+                    continue
+                base = chunk * st.sb.chunk_size
+                end = min(base + st.sb.chunk_size, vol.size)
+            pieces = st.lookup_for_read(vid, base, end - base)
+            try:
+                data = st.assemble(vid, base, end - base, pieces)
+            finally:
+                st.done_reading()
+            if st.relocate(vid, base, data, pieces):
+                moved += end - base
+        return moved
+
+    def _chunks_to_move(self, targets: set[int]) -> list[tuple[int, int]]:
+        st = self.store
+        out = []
+        with st._lock:
+            vids = list(st.state.maps)
+        for vid in vids:
+            with st._lock:
+                vm = st.state.maps.get(vid)
+                keys = sorted(vm.leaves) if vm else []
+            for key in keys:
+                with st._lock:  # one leaf at a time, so I/O is not held up for long
+                    if vm is None or key not in vm.leaves:
+                        continue
+                    for i in range(LEAF_SLOTS):
+                        chunk = (key << LEAF_BITS) | i
+                        ext = vm.chunk_extents(chunk)
+                        if len(ext) > MAX_FRAGMENTS or any(loc_segno(loc) in targets for _s, _e, loc in ext):
+                            out.append((vid, chunk))
+        return out
+
+    def reclaim_now(self) -> None:
+        """Free what can be freed at once (called when the pool runs out of space)."""
+        with self._run_lock:
+            self.store.checkpoint()  # deletes segments with no live data
+            if self.collect():
+                self.store.checkpoint()
+
+    # -- the loop --------------------------------------------------------------------------
+    def tick(self) -> None:
+        """One maintenance pass; the loop calls it, and tests call it with a manual clock."""
+        st = self.store
+        with self._run_lock:
+            if st.journal.failed:
+                return
+            if st.journal.dirty():
+                st.journal.sync()
+            now = self.clock.monotonic()
+            appended = st.journal.appended_bytes - st.ckpt_appended
+            if appended >= self.checkpoint_bytes or (appended and now - self._last_ckpt >= self.checkpoint_interval):
+                st.checkpoint()
+                self._last_ckpt = now
+            if self.candidates():
+                self.collect()
+                st.checkpoint()
+                self._last_ckpt = now
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="vstor-maintenance", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self.clock.wait(self._stop, self.commit_interval):
+            try:
+                self.tick()
+                self.last_error = ""
+            except (VstorError, OSError) as e:
+                self.last_error = str(e)
+                log.error("maintenance: %s", e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()

@@ -1,0 +1,45 @@
+"""Free-space accounting for the filesystem that holds the pool.
+
+A log-structured pool needs headroom to stay serviceable when full: trims, checkpoints and
+garbage collection must still be able to write. Host writes therefore stop (ENOSPC) while
+the reserve is still free; only trims and maintenance may dip into it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+
+class SpaceGuard:
+    def __init__(self, path: str, reserve: int, recheck_every: int = 32 << 20) -> None:
+        self.path = path
+        self.reserve = reserve
+        self.recheck_every = recheck_every
+        self._lock = threading.Lock()
+        self._free = 0
+        self._since = recheck_every  # force a statvfs on first use
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def refresh(self) -> int:
+        with self._lock:
+            self._free = self.free_bytes()
+            self._since = 0
+            return self._free
+
+    def has_room(self, nbytes: int, use_reserve: bool = False) -> bool:
+        """True if ``nbytes`` more can be written. statvfs is re-read every ``recheck_every``
+        bytes, and whenever the estimate gets near the reserve."""
+        need = nbytes + (0 if use_reserve else self.reserve)
+        with self._lock:
+            if self._since >= self.recheck_every or self._free - self._since < need + self.recheck_every:
+                self._free = self.free_bytes()
+                self._since = 0
+            return self._free - self._since >= need
+
+    def consumed(self, nbytes: int) -> None:
+        with self._lock:
+            self._since += nbytes

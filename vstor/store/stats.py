@@ -1,0 +1,51 @@
+"""Array counters, exported through DIR/stats and ``vstor array status``."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+def size_bucket(n: int) -> str:
+    """Power-of-two bucket label for request-size histograms: 4096 -> '4K', 5000 -> '8K'."""
+    b = 512
+    while b < n:
+        b <<= 1
+    return f"{b >> 10}K" if b < 1 << 20 else f"{b >> 20}M"
+
+
+@dataclass
+class Counters:
+    writes: int = 0
+    write_bytes: int = 0
+    reads: int = 0
+    read_bytes: int = 0
+    trims: int = 0
+    trim_bytes: int = 0
+    zero_writes: int = 0
+    fsyncs: int = 0
+    read_errors: int = 0
+    enospc: int = 0
+    relocated_bytes: int = 0
+    segments_deleted: int = 0
+    checkpoints: int = 0
+    write_sizes: Counter = field(default_factory=Counter)
+    read_sizes: Counter = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **kw: int) -> None:
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def request(self, kind: str, size: int) -> None:
+        with self.lock:
+            (self.write_sizes if kind == "write" else self.read_sizes)[size_bucket(size)] += 1
+
+    def as_dict(self) -> dict:
+        with self.lock:
+            d = {k: v for k, v in self.__dict__.items() if k != "lock"}
+            d["write_sizes"] = dict(self.write_sizes)
+            d["read_sizes"] = dict(self.read_sizes)
+            return d

@@ -1,0 +1,374 @@
+"""The Store: an open pool. Volumes, the data path, checkpoints and journal readers.
+
+Locking: one re-entrant lock guards the pool state and the journal tail. Writers encode
+their frames outside it when the pool is not encrypted (with encryption the associated
+data needs the record's sequence number and position, known only under the lock). Reads
+look up their extents under the lock and do their I/O outside it, counted in
+``_active_reads`` so that segment deletion waits for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+
+from vstor.clock import Clock, SystemClock
+from vstor.errors import CorruptData, PoolFull, UsageError
+from vstor.faults import NO_FAULTS, Faults
+from vstor.store.checkpoint import CheckpointData, write_checkpoint
+from vstor.store.codec import FrameCodec
+from vstor.store.format import (
+    FF_ZERO,
+    FRAME_ENTRY_SIZE,
+    FRAME_SIZE,
+    MAX_RECORD,
+    REC_RELOCATE,
+    REC_TRIM,
+    REC_VOLUME,
+    REC_WRITE,
+    RECORD_HEADER_SIZE,
+    FrameEntry,
+    RecordHeader,
+    frame_count,
+    loc_pos,
+    loc_segno,
+    pack_frame_table,
+    pack_record_header,
+)
+from vstor.store.journal import Journal, ScannedRecord
+from vstor.store.space import SpaceGuard
+from vstor.store.state import PoolState
+from vstor.store.stats import Counters
+from vstor.store.superblock import Superblock, layout, load_key, load_superblock
+from vstor.store.volumes import Volume
+
+log = logging.getLogger("vstor.store")
+HEADER_CACHE_MAX = 65536
+
+
+class Store:
+    def __init__(self, pool: str, sb: Superblock, key: bytes | None, clock: Clock | None = None,
+                 faults: Faults = NO_FAULTS) -> None:
+        self.pool = pool
+        self.sb = sb
+        self.paths = layout(pool)
+        self.clock = clock or SystemClock()
+        self.codec = FrameCodec(sb.uuid_bytes, sb.compress == "lz4", key)
+        self.plain = FrameCodec(sb.uuid_bytes, False, None)
+        self.journal = Journal(self.paths["journal"], sb.uuid_bytes, sb.segment_size, faults,
+                               lambda: int(self.clock.time() * 1e9))
+        self.state = PoolState(sb.chunk_size)
+        self.space = SpaceGuard(pool, reserve=2 * sb.segment_size + (8 << 20))
+        self.stats = Counters()
+        self._lock = threading.RLock()
+        self._reads_done = threading.Condition(self._lock)
+        self._active_reads = 0
+        self._hcache: dict[int, tuple[RecordHeader, tuple[FrameEntry, ...], list[int]]] = {}
+        self._ckpt_lock = threading.Lock()
+        self.ckpt_generation = 0
+        self.ckpt_position = (0, 0)
+        self.ckpt_appended = 0
+        self.recovery: dict = {}
+        self.reclaimer: object | None = None  # set by reclaim.Reclaimer; used when space runs low
+        from vstor.store.consumers import Consumers
+
+        self.consumers = Consumers(self.paths["meta"])
+
+    @classmethod
+    def open(cls, pool: str, key_file: str | None = None, clock: Clock | None = None,
+             faults: Faults = NO_FAULTS) -> Store:
+        """Open a pool and recover it. The caller must hold the pool lock."""
+        from vstor.store.recovery import recover
+
+        sb = load_superblock(pool)
+        store = cls(pool, sb, load_key(sb, key_file), clock, faults)
+        store.recovery = recover(store)
+        return store
+
+    # -- volumes -------------------------------------------------------------------------
+    def volumes(self) -> list[Volume]:
+        with self._lock:
+            return self.state.table.list()
+
+    def volume(self, name: str) -> Volume:
+        with self._lock:
+            return self.state.table.get(name)
+
+    def create_volume(self, name: str, size: int) -> Volume:
+        return self._volume_event(lambda t: t.make_create(name, size, self.clock.time()))
+
+    def delete_volume(self, name: str) -> Volume:
+        return self._volume_event(lambda t: t.make_delete(name))
+
+    def resize_volume(self, name: str, size: int, allow_shrink: bool = False) -> Volume:
+        return self._volume_event(lambda t: t.make_resize(name, size, allow_shrink))
+
+    def _volume_event(self, make: object) -> Volume:
+        with self._lock:
+            ev = make(self.state.table)  # type: ignore[operator]
+            payload = json.dumps(ev, sort_keys=True).encode()
+            entries, bodies = self.plain.encode(payload)
+            self._append(REC_VOLUME, 0, ev["id"], 0, 0, len(payload), entries, bodies, use_reserve=True)
+            vol = self.state.apply_volume_event(ev)
+        self.journal.sync()
+        assert vol is not None
+        return vol
+
+    def volume_usage(self, vid: int) -> int:
+        with self._lock:
+            return self.state.maps[vid].mapped_bytes
+
+    # -- data path -----------------------------------------------------------------------
+    def write(self, vid: int, offset: int, data: bytes | memoryview) -> None:
+        """Record ``data`` at ``offset``. On return the write is in the journal (visible to reads);
+        it is durable after the next :meth:`sync`."""
+        view = memoryview(data)
+        self.stats.request("write", len(view))
+        for start in range(0, len(view), MAX_RECORD):
+            self._write_record(vid, offset + start, view[start : start + MAX_RECORD])
+        self.stats.add(writes=1, write_bytes=len(view))
+
+    def _write_record(self, vid: int, offset: int, piece: memoryview) -> None:
+        n = len(piece)
+        pre = None if self.codec.encrypted else self.codec.encode(piece)
+        if pre is not None and all(e.flags & FF_ZERO for e in pre[0]):
+            self.stats.add(zero_writes=1)
+            self.trim(vid, offset, n)
+            return
+        bound = RECORD_HEADER_SIZE + frame_count(n) * (FRAME_ENTRY_SIZE + 16) + n
+        self._ensure_room(bound)
+        with self._lock:
+            vol = self._volume(vid)
+            _check_range(vol, offset, n)
+            segno, pos = self.journal.reserve(bound)
+            seq = self.state.group_seq[vol.group] + 1
+            entries, bodies = pre or self.codec.encode(piece, (vid, REC_WRITE, seq, offset, segno, pos))
+            if all(e.flags & FF_ZERO for e in entries):
+                self.stats.add(zero_writes=1)
+                self.trim(vid, offset, n)
+                return
+            loc = self._append(REC_WRITE, vol.group, vid, seq, offset, n, entries, bodies)
+            self.state.group_seq[vol.group] = seq
+            self.state.maps[vid].map(offset, offset + n, loc)
+
+    def trim(self, vid: int, offset: int, length: int) -> None:
+        """Make a range read as zeros and release its space (discard, punch hole, zero write)."""
+        with self._lock:
+            vol = self._volume(vid)
+            end = min(offset + length, vol.size)
+            if end <= offset or not self.state.maps[vid].lookup(offset, end):
+                return
+            seq = self.state.group_seq[vol.group] + 1
+            self._append(REC_TRIM, vol.group, vid, seq, offset, end - offset, [], [], use_reserve=True)
+            self.state.group_seq[vol.group] = seq
+            self.state.maps[vid].unmap(offset, end)
+        self.stats.add(trims=1, trim_bytes=end - offset)
+
+    def relocate(self, vid: int, offset: int, data: bytes | memoryview, expect: list) -> bool:
+        """GC: rewrite [offset, offset+len(data)) as one record if its extents still equal ``expect``."""
+        with self._lock:
+            vol = self.state.table.by_id_or_none(vid)
+            vm = self.state.maps.get(vid)
+            end = offset + len(data)
+            if vol is None or vm is None or vm.lookup(offset, end) != expect:
+                return False
+            if bytes(data).count(0) == len(data):
+                vm.unmap(offset, end)  # same content, no record needed: replay yields zeros too
+                return True
+            segno, pos = self.journal.reserve(RECORD_HEADER_SIZE + frame_count(len(data)) * 48 + len(data))
+            entries, bodies = self.codec.encode(data, (vid, REC_RELOCATE, 0, offset, segno, pos))
+            loc = self._append(REC_RELOCATE, vol.group, vid, 0, offset, len(data), entries, bodies,
+                               use_reserve=True)
+            vm.map(offset, end, loc)
+        self.stats.add(relocated_bytes=len(data))
+        return True
+
+    def _append(self, rtype: int, group: int, vid: int, seq: int, offset: int, length: int,
+                entries: list[FrameEntry], bodies: list, use_reserve: bool = False) -> int:
+        table = pack_frame_table(entries)
+        stored = len(table) + sum(e.stored_len for e in entries)
+        header = RecordHeader(rtype, len(entries), group, vid, seq, offset, length, stored,
+                              int(self.clock.time() * 1e9))
+        if use_reserve and not self.space.has_room(RECORD_HEADER_SIZE + stored, use_reserve=True):
+            raise PoolFull("pool is completely full: not even its reserve has room; grow the filesystem "
+                           "under the pool")
+        self.journal.reserve(RECORD_HEADER_SIZE + stored)
+        loc = self.journal.write([pack_record_header(header, table), table, *bodies])
+        self.space.consumed(RECORD_HEADER_SIZE + stored)
+        self._cache_header(loc, header, tuple(entries))
+        return loc
+
+    def _ensure_room(self, nbytes: int) -> None:
+        if self.space.has_room(nbytes):
+            return
+        if self.reclaimer is not None:
+            self.reclaimer.reclaim_now()  # type: ignore[attr-defined]
+            self.space.refresh()
+            if self.space.has_room(nbytes):
+                return
+        self.stats.add(enospc=1)
+        raise PoolFull("pool is full: no space for new data (acknowledged data is safe); free space with "
+                       "fstrim or by deleting volumes, or grow the filesystem under the pool")
+
+    def read(self, vid: int, offset: int, size: int) -> bytes:
+        """Read ``size`` bytes (fewer at the end of the volume). Raises CorruptData rather than
+        returning bytes that fail verification."""
+        with self._lock:
+            vol = self._volume(vid)
+            size = max(0, min(size, vol.size - offset))
+            pieces = self.state.maps[vid].lookup(offset, offset + size) if size else []
+            self._active_reads += 1
+        try:
+            self.stats.request("read", size)
+            return self.assemble(vid, offset, size, pieces)
+        except CorruptData as e:
+            self.stats.add(read_errors=1)
+            log.error("read error on volume %d offset %d (chunk %d): %s", vid, offset,
+                      offset // self.sb.chunk_size, e)
+            raise
+        finally:
+            with self._lock:
+                self._active_reads -= 1
+                if not self._active_reads:
+                    self._reads_done.notify_all()
+            self.stats.add(reads=1, read_bytes=size)
+
+    def lookup_for_read(self, vid: int, offset: int, size: int) -> list:
+        """Extents of a range, registering a reader; pair with :meth:`done_reading`."""
+        with self._lock:
+            self._active_reads += 1
+            return self.state.maps[vid].lookup(offset, offset + size)
+
+    def done_reading(self) -> None:
+        with self._lock:
+            self._active_reads -= 1
+            if not self._active_reads:
+                self._reads_done.notify_all()
+
+    def assemble(self, vid: int, offset: int, size: int, pieces: list) -> bytes:
+        if not pieces:
+            return bytes(size)
+        if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + size:
+            return self._read_extent(vid, *pieces[0])
+        buf = bytearray(size)
+        for s, e, loc in pieces:
+            buf[s - offset : e - offset] = self._read_extent(vid, s, e, loc)
+        return bytes(buf)
+
+    def _read_extent(self, vid: int, s: int, e: int, loc: int) -> bytes:
+        segno, pos = loc_segno(loc), loc_pos(loc)
+        h, entries, offs = self._header(loc)
+        where = f"volume {vid} chunk {s // self.sb.chunk_size} (segment {segno} record {pos})"
+        if h.volume != vid or h.rtype not in (REC_WRITE, REC_RELOCATE) or not (
+            h.offset <= s and e <= h.offset + h.length
+        ):
+            raise CorruptData(f"misplaced record for {where}: it holds volume {h.volume} offset {h.offset}")
+        rel_s, rel_e = s - h.offset, e - h.offset
+        f0, f1 = rel_s // FRAME_SIZE, (rel_e - 1) // FRAME_SIZE
+        base = pos + RECORD_HEADER_SIZE + h.table_size
+        raw = self.journal.pread(segno, base + offs[f0], offs[f1 + 1] - offs[f0])
+        ad = (h.volume, h.rtype, h.seq, h.offset, segno, pos) if self.codec.encrypted else None
+        view = memoryview(raw)
+        parts = []
+        for i in range(f0, f1 + 1):
+            body = view[offs[i] - offs[f0] : offs[i + 1] - offs[f0]]
+            flen = min(FRAME_SIZE, h.length - i * FRAME_SIZE)
+            parts.append(self.codec.decode(entries[i], body, flen, ad, i, f"{where} frame {i}"))
+        cut = rel_s - f0 * FRAME_SIZE
+        if len(parts) == 1:
+            return bytes(parts[0][cut : cut + rel_e - rel_s])
+        if all(not entries[i].flags for i in range(f0, f1 + 1)):
+            return raw[cut : cut + rel_e - rel_s]
+        return b"".join(parts)[cut : cut + rel_e - rel_s]
+
+    def decode_payload(self, rec: ScannedRecord) -> bytes:
+        """Verify and decode the whole payload of a scanned record (journal readers)."""
+        h, segno, pos = rec.header, loc_segno(rec.loc), loc_pos(rec.loc)
+        ad = (h.volume, h.rtype, h.seq, h.offset, segno, pos) if self.codec.encrypted else None
+        view, off, parts = memoryview(rec.payload), 0, []
+        for i, fe in enumerate(rec.frames):
+            flen = min(FRAME_SIZE, h.length - i * FRAME_SIZE)
+            parts.append(self.codec.decode(fe, view[off : off + fe.stored_len], flen, ad, i,
+                                           f"segment {segno} record {pos} frame {i}"))
+            off += fe.stored_len
+        return b"".join(parts)
+
+    def _header(self, loc: int) -> tuple[RecordHeader, tuple[FrameEntry, ...], list[int]]:
+        hit = self._hcache.get(loc)
+        if hit is None:
+            header, entries = self.journal.read_header(loc_segno(loc), loc_pos(loc))
+            hit = self._cache_header(loc, header, entries)
+        return hit
+
+    def _cache_header(self, loc: int, header: RecordHeader, entries: tuple[FrameEntry, ...]) -> tuple:
+        offs = [0]
+        for fe in entries:
+            offs.append(offs[-1] + fe.stored_len)
+        if len(self._hcache) >= HEADER_CACHE_MAX:
+            self._hcache.clear()
+        hit = self._hcache[loc] = (header, entries, offs)
+        return hit
+
+    def sync(self) -> None:
+        """Make every write that returned before this call durable (group commit)."""
+        self.journal.sync()
+        self.stats.add(fsyncs=1)
+
+    def _volume(self, vid: int) -> Volume:
+        vol = self.state.table.by_id_or_none(vid)
+        if vol is None:
+            raise UsageError(f"volume id {vid} no longer exists")
+        return vol
+
+    # -- checkpoints and segment retention -----------------------------------------------
+    def checkpoint(self) -> None:
+        """Persist the state at the current journal tail, then delete segments nothing needs."""
+        with self._ckpt_lock:
+            with self._lock:
+                segno, pos = self.journal.tail()
+                meta = self.state.meta_json()
+                maps = {vid: vm.serialize() for vid, vm in self.state.maps.items()}
+                live = dict(self.state.live)
+                appended = self.journal.appended_bytes
+            self.journal.sync()
+            gen = self.ckpt_generation + 1
+            write_checkpoint(self.paths["meta"], self.sb.uuid_bytes,
+                             CheckpointData(gen, segno, pos, segno + 1, meta, maps))
+            self.ckpt_generation, self.ckpt_position, self.ckpt_appended = gen, (segno, pos), appended
+            self.stats.add(checkpoints=1)
+            self._delete_dead_segments(live, segno)
+
+    def _delete_dead_segments(self, live_at_checkpoint: dict[int, int], ckpt_segno: int) -> None:
+        keep_from = min([ckpt_segno, *(s for s, _p in self.consumers.positions().values())])
+        dead = [s for s in self.journal.segments()
+                if s < keep_from and not live_at_checkpoint.get(s) and s != self.journal.current_segno]
+        if not dead:
+            return
+        with self._lock:
+            while self._active_reads:
+                self._reads_done.wait()
+            for s in dead:
+                self.journal.delete_segment(s)
+            self._hcache = {k: v for k, v in self._hcache.items() if loc_segno(k) not in dead}
+        self.stats.add(segments_deleted=len(dead))
+
+    def usage(self) -> dict:
+        with self._lock:
+            segs = self.journal.segments()
+            used = sum(self.journal.segment_bytes(s) for s in segs)
+            return {"segments": len(segs), "journal_bytes": used, "mapped_bytes": self.state.mapped_bytes(),
+                    "free_bytes": self.space.free_bytes(), "durable": list(self.journal.durable_position()),
+                    "tail": list(self.journal.tail()), "checkpoint": list(self.ckpt_position),
+                    "group_seq": dict(self.state.group_seq)}
+
+    def close(self, checkpoint: bool = True) -> None:
+        if checkpoint and not self.journal.failed:
+            self.checkpoint()
+        self.journal.close()
+
+
+def _check_range(vol: Volume, offset: int, n: int) -> None:
+    if offset < 0 or offset + n > vol.size:
+        raise UsageError(f"write past the end of volume {vol.name!r} ({offset}+{n} > {vol.size})")

@@ -1,0 +1,151 @@
+"""The pool superblock ``POOL/pool.json`` and the pool's directory layout.
+
+The superblock is JSON with a version and an xxh3 checksum over its canonical form; it is
+written once at ``pool init`` (atomic replace) and read at every open. It records the
+settings fixed for the pool's life and a key *check value*, never the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+import xxhash
+
+from vstor.durable import atomic_write
+from vstor.errors import AlreadyExists, FormatError, KeyError_, NotFound, UsageError
+from vstor.store.codec import KEY_BYTES, key_check_value
+from vstor.store.format import FRAME_SIZE
+
+SUPERBLOCK = "pool.json"
+POOL_FORMAT = "vstor-pool"
+POOL_VERSION = 1
+DEFAULT_CHUNK = 512 * 1024
+DEFAULT_SEGMENT = 64 * 1024 * 1024
+MIN_CHUNK, MAX_CHUNK = FRAME_SIZE, 4 * 1024 * 1024
+
+
+@dataclass
+class Superblock:
+    uuid: str
+    chunk_size: int
+    segment_size: int
+    compress: str  # "lz4" or "none"
+    encrypt: bool
+    key_check: str
+    key_file: str  # a hint for array start; the key itself is never stored
+    created: float
+    format: str = POOL_FORMAT
+    version: int = POOL_VERSION
+
+    @property
+    def uuid_bytes(self) -> bytes:
+        return uuid.UUID(self.uuid).bytes
+
+
+def layout(pool: str) -> dict[str, str]:
+    return {
+        "superblock": os.path.join(pool, SUPERBLOCK),
+        "journal": os.path.join(pool, "journal"),
+        "meta": os.path.join(pool, "meta"),
+        "log": os.path.join(pool, "log"),
+        "lock": os.path.join(pool, "lock"),
+        "socket": os.path.join(pool, "control.sock"),
+    }
+
+
+def _checksum(fields: dict) -> str:
+    return xxhash.xxh3_64_hexdigest(json.dumps(fields, sort_keys=True).encode())
+
+
+def read_key_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise NotFound(f"key file {path} does not exist") from None
+    except OSError as e:
+        raise KeyError_(f"cannot read key file {path}: {e.strerror}") from None
+    if len(data) < KEY_BYTES:
+        raise KeyError_(f"key file {path} is too short: it needs at least {KEY_BYTES} bytes")
+    return data
+
+
+def create_key_file(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(os.urandom(KEY_BYTES))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def init_pool(pool: str, chunk_size: int = DEFAULT_CHUNK, compress: str = "none", encrypt: bool = False,
+              key_file: str | None = None, segment_size: int = DEFAULT_SEGMENT) -> tuple[Superblock, bool]:
+    """Create a pool directory. Returns the superblock and whether a new key file was made."""
+    if chunk_size & (chunk_size - 1) or not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+        raise UsageError(f"invalid chunk size {chunk_size}: use a power of two from 64K to 4M")
+    if compress not in ("lz4", "none"):
+        raise UsageError(f"invalid compression {compress!r}: use lz4 or none")
+    if segment_size < 4 * MAX_CHUNK or segment_size > (1 << 32):
+        raise UsageError("invalid segment size: use 16M to 4G")
+    if encrypt and not key_file:
+        raise UsageError("--encrypt needs --key-file FILE (it is created if it does not exist)")
+    paths = layout(pool)
+    if os.path.exists(paths["superblock"]):
+        raise AlreadyExists(f"{pool} already holds a vstor pool")
+    if os.path.isdir(pool) and os.listdir(pool):
+        raise UsageError(f"{pool} is not empty; choose an empty or new directory")
+    os.makedirs(pool, exist_ok=True)
+    created_key = False
+    key_check = ""
+    pool_uuid = uuid.uuid4()
+    if encrypt:
+        assert key_file is not None
+        key_file = os.path.abspath(key_file)
+        if not os.path.exists(key_file):
+            create_key_file(key_file)
+            created_key = True
+        key_check = key_check_value(read_key_file(key_file), pool_uuid.bytes)
+    for d in ("journal", "meta", "log"):
+        os.makedirs(paths[d], exist_ok=True)
+    sb = Superblock(str(pool_uuid), chunk_size, segment_size, compress, encrypt, key_check,
+                    key_file or "", time.time())
+    fields = asdict(sb)
+    fields["checksum"] = _checksum(asdict(sb))
+    atomic_write(paths["superblock"], (json.dumps(fields, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+    return sb, created_key
+
+
+def load_superblock(pool: str) -> Superblock:
+    path = layout(pool)["superblock"]
+    try:
+        with open(path, "rb") as f:
+            fields = json.loads(f.read())
+    except FileNotFoundError:
+        raise NotFound(f"{pool} is not a vstor pool (no {SUPERBLOCK}); create one with 'vstor pool init'") from None
+    except (OSError, ValueError) as e:
+        raise FormatError(f"superblock {path} is unreadable: {e}") from None
+    csum = fields.pop("checksum", None)
+    if fields.get("format") != POOL_FORMAT:
+        raise FormatError(f"{path} is not a vstor superblock")
+    if fields.get("version") != POOL_VERSION:
+        raise FormatError(f"{path} has pool version {fields.get('version')}; this vstor reads {POOL_VERSION}")
+    if csum != _checksum(fields):
+        raise FormatError(f"superblock {path} fails its checksum; the pool metadata is damaged")
+    return Superblock(**fields)
+
+
+def load_key(sb: Superblock, key_file: str | None) -> bytes | None:
+    """Return the key material for an encrypted pool, checked against the superblock."""
+    if not sb.encrypt:
+        return None
+    path = key_file or sb.key_file
+    if not path:
+        raise KeyError_("the pool is encrypted: give its key with --key-file FILE")
+    material = read_key_file(path)
+    if key_check_value(material, sb.uuid_bytes) != sb.key_check:
+        raise KeyError_(f"wrong key: {path} is not the key this pool was created with")
+    return material
