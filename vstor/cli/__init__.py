@@ -1,0 +1,3 @@
+"""The ``vstor`` admin tool."""
+
+from __future__ import annotations

@@ -1,0 +1,132 @@
+"""vstor array start | stop | status"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from vstor.cli.common import add_pool_arg, daemon_request, emit, pool_path, volume_table
+from vstor.control.lock import daemon_pid
+from vstor.errors import Busy, NotRunning, VstorError, error_from_wire
+from vstor.store.superblock import layout
+from vstor.units import format_size
+
+START_TIMEOUT = 600.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    arr = sub.add_parser("array", help="start, stop and inspect the array daemon").add_subparsers(
+        dest="action", required=True)
+    s = arr.add_parser("start", help="start the daemon and mount the volumes")
+    add_pool_arg(s)
+    s.add_argument("--mount", required=True, help="directory for the FUSE mount")
+    s.add_argument("--key-file", help="key of an encrypted pool (default: the path given at init)")
+    s.add_argument("--foreground", action="store_true", help="run in this process, log to stderr")
+    s.set_defaults(func=cmd_start)
+    t = arr.add_parser("stop", help="flush, unmount and stop the daemon; waits until done")
+    add_pool_arg(t)
+    t.add_argument("--timeout", type=float, default=120.0)
+    t.set_defaults(func=cmd_stop)
+    st = arr.add_parser("status", help="daemon, mount, volumes and journal state")
+    add_pool_arg(st)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+
+def _daemon_argv(pool: str, args: argparse.Namespace) -> list[str]:
+    argv = [sys.executable, "-m", "vstor.control.daemon", "--pool", pool, "--mount", os.path.abspath(args.mount)]
+    if args.key_file:
+        argv += ["--key-file", os.path.abspath(args.key_file)]
+    return argv
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    pool = pool_path(args)
+    pid = daemon_pid(pool)
+    if pid is not None:
+        raise Busy(f"the array for {pool} is already running (pid {pid})")
+    if args.foreground:
+        from vstor.control.daemon import main as daemon_main
+
+        argv = _daemon_argv(pool, args)[3:] + ["--foreground"]
+        return daemon_main(argv)
+    r, w = os.pipe()
+    log_path = os.path.join(layout(pool)["log"], "daemon.out")
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([*_daemon_argv(pool, args), "--ready-fd", str(w)], pass_fds=(w,),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    os.close(w)
+    line = _read_line(r, START_TIMEOUT)
+    if line == "READY":
+        print(f"array running: pid {proc.pid}, volumes under {os.path.abspath(args.mount)}/volumes")
+        return 0
+    if line.startswith("ERROR "):
+        _, code, kind, message = line.split(" ", 3)
+        raise error_from_wire(kind, message)
+    proc.kill()
+    raise VstorError(f"the daemon did not start (see {layout(pool)['log']}/daemon.log)")
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    import select
+
+    buf = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while not buf.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return ""
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        os.close(fd)
+    return buf.decode(errors="replace").strip()
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    pool = pool_path(args)
+    pid = daemon_pid(pool)
+    if pid is None:
+        raise NotRunning(f"the array for {pool} is not running")
+    daemon_request(pool, "stop")
+    deadline = time.monotonic() + args.timeout
+    while daemon_pid(pool) is not None:
+        if time.monotonic() > deadline:
+            raise Busy(f"the daemon (pid {pid}) did not stop within {args.timeout:.0f}s; see its log")
+        time.sleep(0.05)
+    print(f"array stopped (pid {pid})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    pool = pool_path(args)
+    if daemon_pid(pool) is None:
+        raise NotRunning(f"the array for {pool} is not running")
+    st = daemon_request(pool, "status")
+
+    def text(s: dict) -> str:
+        j = s["journal"]
+        lines = [
+            f"pool      {s['pool']} ({s['settings']['uuid']})",
+            f"daemon    pid {s['pid']}, mounted at {s['mount']}",
+            f"settings  chunk {format_size(s['settings']['chunk_size'])}, compress {s['settings']['compress']}, "
+            f"encrypt {'on' if s['settings']['encrypt'] else 'off'}",
+            f"journal   {j['segments']} segments, {format_size(j['journal_bytes'])} on disk, "
+            f"{format_size(j['mapped_bytes'])} mapped, tail {j['tail']}, durable {j['durable']}"
+            + (f", FAILED: {j['failed']}" if j["failed"] else ""),
+            f"space     {format_size(j['free_bytes'])} free in the filesystem under the pool",
+            f"fuse      {s['fuse']}",
+            f"recovery  {s['recovery']}",
+            "",
+            volume_table(s["volumes"]),
+        ]
+        return "\n".join(lines)
+
+    emit(args, st, text)
+    return 0

@@ -1,0 +1,69 @@
+"""vstor pool init | check"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from vstor.cli.common import emit
+from vstor.control.lock import PoolLock, daemon_pid
+from vstor.errors import Busy
+from vstor.store.check import check_pool
+from vstor.store.store import Store
+from vstor.store.superblock import DEFAULT_CHUNK, DEFAULT_SEGMENT, init_pool, load_key, load_superblock
+from vstor.units import format_size, parse_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    pool = sub.add_parser("pool", help="create and check pools").add_subparsers(dest="action", required=True)
+    p = pool.add_parser("init", help="create a pool in an empty directory")
+    p.add_argument("path")
+    p.add_argument("--chunk-size", default=format_size(DEFAULT_CHUNK), help="map and discard unit (default 512K)")
+    p.add_argument("--compress", choices=["lz4", "none"], default="none")
+    p.add_argument("--encrypt", action="store_true", help="AES-256-GCM for all data (needs --key-file)")
+    p.add_argument("--key-file", help="key file; created with a random key if it does not exist")
+    p.add_argument("--segment-size", default=format_size(DEFAULT_SEGMENT), help="journal segment size")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_init)
+    c = pool.add_parser("check", help="verify every chunk and the metadata (offline)")
+    c.add_argument("path")
+    c.add_argument("--key-file", help="also verify AES-GCM authentication with this key")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_check)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    sb, created_key = init_pool(args.path, parse_size(args.chunk_size, "chunk size"), args.compress,
+                                args.encrypt, args.key_file, parse_size(args.segment_size, "segment size"))
+    result = {"pool": os.path.abspath(args.path), "uuid": sb.uuid, "chunk_size": sb.chunk_size,
+              "compress": sb.compress, "encrypt": sb.encrypt, "key_file_created": created_key}
+    emit(args, result, lambda r: f"created pool {r['pool']} (chunk {format_size(r['chunk_size'])}, "
+         f"compress {r['compress']}, encrypt {'on' if r['encrypt'] else 'off'})"
+         + (f"\nnew key written to {sb.key_file}: keep a copy, the pool cannot be read without it"
+            if created_key else ""))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    sb = load_superblock(args.path)
+    pid = daemon_pid(args.path)
+    if pid is not None:
+        raise Busy(f"the array is running (pid {pid}); stop it before 'pool check'")
+    key = load_key(sb, args.key_file) if (sb.encrypt and (args.key_file or os.path.exists(sb.key_file))) else None
+    with PoolLock(args.path):
+        store = Store(args.path, sb, key)
+        rep = check_pool(store)
+        store.journal.close()
+    result = {"clean": rep.clean, "problems": rep.problems, "notes": rep.notes, "records": rep.records,
+              "extents": rep.extents, "bytes_verified": rep.bytes_verified}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for n in rep.notes:
+            print(f"note: {n}")
+        for pr in rep.problems:
+            print(f"problem: {pr}")
+        print(f"{'clean' if rep.clean else 'PROBLEMS FOUND'}: {rep.records} records, {rep.extents} extents, "
+              f"{format_size(rep.bytes_verified)} verified")
+    return 0 if rep.clean else 1

@@ -1,0 +1,3 @@
+"""The per-pool daemon, its lock and its control socket."""
+
+from __future__ import annotations

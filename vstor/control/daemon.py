@@ -1,0 +1,130 @@
+"""The array daemon: one process per pool.
+
+Start-up order: take the pool lock, open and recover the store, start maintenance and the
+control socket, mount FUSE. The daemon reports "READY" (or "ERROR <exit> <type> <message>")
+on the descriptor given by --ready-fd once the kernel has completed FUSE INIT, so
+``vstor array start`` returns only when the images can be used.
+
+Shutdown (``vstor array stop``, SIGTERM or SIGINT): the journal is synced, FUSE unmounted,
+maintenance stopped, a final checkpoint written, and the lock released last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+
+from vstor.control.lock import PoolLock
+from vstor.control.mounts import prepare_mountpoint, unmount
+from vstor.control.server import ControlServer
+from vstor.control.service import PoolService
+from vstor.errors import VstorError
+from vstor.faults import Faults
+from vstor.fuse.options import mount_options, set_io_flusher
+from vstor.store.reclaim import Reclaimer
+from vstor.store.store import Store
+from vstor.store.superblock import layout
+
+log = logging.getLogger("vstor.daemon")
+
+
+def setup_logging(pool: str, foreground: bool) -> None:
+    handlers: list[logging.Handler] = [logging.FileHandler(os.path.join(layout(pool)["log"], "daemon.log"))]
+    if foreground:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+
+
+class Reporter:
+    """Writes the one-line start-up outcome to the parent, once."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def send(self, line: str) -> None:
+        with self.lock:
+            if self.fd is None:
+                return
+            try:
+                os.write(self.fd, (line + "\n").encode())
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
+
+def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads: bool = True) -> int:
+    from vstor.fuse.ops import VolumeFS, serve
+
+    lock = PoolLock(pool)
+    lock.acquire("daemon")
+    store = None
+    try:
+        io_flusher = set_io_flusher()
+        store = Store.open(pool, key_file, faults=Faults.from_env())
+        reclaimer = Reclaimer(store)
+        reclaimer.start()
+        mount = os.path.abspath(mount)
+        prepare_mountpoint(mount)
+        fs = VolumeFS(store, on_ready=lambda conn: reporter.send("READY"),
+                      extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher}})
+        service = PoolService(store, mount, fs, reclaimer)
+        service.stop_requested = lambda: threading.Thread(target=_unmount_quietly, args=(mount,)).start()
+        server = ControlServer(layout(pool)["socket"], service)
+        server.start()
+        log.info("serving pool %s at %s (pid %d, io_flusher=%s)", pool, mount, os.getpid(), io_flusher)
+        try:
+            serve(fs, mount, mount_options(f"vstor:{os.path.basename(os.path.abspath(pool))}", threads))
+        finally:
+            server.stop()
+            reclaimer.stop()
+        log.info("unmounted %s; closing the store", mount)
+        return 0
+    finally:
+        if store is not None:
+            store.close(checkpoint=not store.journal.failed)
+        lock.release()
+        log.info("stopped")
+
+
+def _unmount_quietly(mount: str) -> None:
+    try:
+        unmount(mount)
+    except VstorError as e:
+        log.error("unmount failed: %s", e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vstor-daemon")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--mount", required=True)
+    p.add_argument("--key-file")
+    p.add_argument("--ready-fd", type=int)
+    p.add_argument("--foreground", action="store_true")
+    p.add_argument("--single-thread", action="store_true")
+    a = p.parse_args(argv)
+    setup_logging(a.pool, a.foreground)
+    reporter = Reporter(a.ready_fd)
+    try:
+        return run(a.pool, a.mount, a.key_file, reporter, threads=not a.single_thread)
+    except VstorError as e:
+        log.error("%s", e)
+        reporter.send(f"ERROR {e.exit_code} {type(e).__name__} {e.message}")
+        if a.foreground:
+            print(f"vstor: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Exception as e:
+        log.exception("daemon failed")
+        reporter.send(f"ERROR 70 VstorError internal error: {e} (see the pool's log/daemon.log)")
+        return 70
+    finally:
+        reporter.send("ERROR 70 VstorError the daemon exited before it was ready (see log/daemon.log)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

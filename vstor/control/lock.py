@@ -1,0 +1,74 @@
+"""The exclusive pool lock: one daemon (or one offline admin command) per pool.
+
+flock on POOL/lock; the holder writes its pid there so a refusal can name it. The lock
+dies with its process, so kill -9 never leaves a pool locked.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+from vstor.errors import Busy
+from vstor.store.superblock import layout
+
+
+class PoolLock:
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+        self.path = layout(pool)["lock"]
+        self.fd = -1
+
+    def acquire(self, what: str = "daemon") -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise Busy(f"pool {self.pool} is in use by {self.holder()}; "
+                       f"stop it with 'vstor array stop --pool {self.pool}'") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
+        self.fd = fd
+
+    def holder(self) -> str:
+        try:
+            with open(self.path) as f:
+                pid, _, what = f.read().strip().partition(" ")
+            return f"vstor {what or 'process'} pid {pid}"
+        except OSError:
+            return "another vstor process"
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> PoolLock:
+        self.acquire("admin command")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def daemon_pid(pool: str) -> int | None:
+    """The pid of the process holding the pool lock, or None if nobody holds it."""
+    path = layout(pool)["lock"]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            data = os.pread(fd, 64, 0).decode(errors="replace").split()
+            return int(data[0]) if data and data[0].isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

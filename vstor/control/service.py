@@ -1,0 +1,100 @@
+"""Pool operations behind the control socket, in one place.
+
+The daemon serves them over its socket with a live FUSE export; admin commands run the
+same methods offline (under the pool lock) when no daemon is running. Results are plain
+JSON-able dicts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from vstor.errors import Busy, UsageError
+from vstor.store.store import Store
+from vstor.store.volumes import Volume
+
+
+class PoolService:
+    def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None) -> None:
+        self.store = store
+        self.mount = mount
+        self.fs = fs
+        self.reclaimer = reclaimer
+        self.started = time.time()
+        self.stop_requested: Any = None  # set by the daemon: a callable that unmounts
+
+    def dispatch(self, op: str, args: dict) -> Any:
+        handler = getattr(self, "op_" + op.replace(".", "_"), None)
+        if handler is None:
+            raise UsageError(f"unknown control operation {op!r}")
+        return handler(**args)
+
+    # -- volumes -------------------------------------------------------------------------
+    def _describe(self, vol: Volume) -> dict:
+        d = {"id": vol.id, "name": vol.name, "size": vol.size, "group": vol.group, "created": vol.created,
+             "allocated": self.store.volume_usage(vol.id)}
+        if self.mount:
+            d["image"] = os.path.join(self.mount, "volumes", vol.name)
+            d["open_handles"] = self.fs.volumes_in_use().get(vol.id, 0) if self.fs else 0
+        return d
+
+    def op_volume_create(self, name: str, size: int) -> dict:
+        return self._describe(self.store.create_volume(name, size))
+
+    def op_volume_list(self) -> list[dict]:
+        return [self._describe(v) for v in self.store.volumes()]
+
+    def op_volume_show(self, name: str) -> dict:
+        return self._describe(self.store.volume(name))
+
+    def op_volume_resize(self, name: str, size: int, allow_shrink: bool = False) -> dict:
+        vol = self.store.volume(name)
+        if size < vol.size and self._open_handles(vol):
+            raise Busy(f"volume {name!r} is open (attached?); detach it before shrinking")
+        return self._describe(self.store.resize_volume(name, size, allow_shrink))
+
+    def op_volume_delete(self, name: str) -> dict:
+        vol = self.store.volume(name)
+        if self._open_handles(vol):
+            raise Busy(f"volume {name!r} is in use (attached to a loop device or open); "
+                       f"detach it first with 'vstor volume detach {name}'")
+        return self._describe(self.store.delete_volume(name)) | {"deleted": True}
+
+    def _open_handles(self, vol: Volume) -> int:
+        return self.fs.volumes_in_use().get(vol.id, 0) if self.fs else 0
+
+    # -- array ---------------------------------------------------------------------------
+    def op_status(self) -> dict:
+        st = self.store
+        return {
+            "pid": os.getpid(), "pool": os.path.abspath(st.pool), "mount": self.mount,
+            "running": self.mount is not None, "started": self.started,
+            "settings": {"chunk_size": st.sb.chunk_size, "segment_size": st.sb.segment_size,
+                         "compress": st.sb.compress, "encrypt": st.sb.encrypt, "uuid": st.sb.uuid},
+            "volumes": self.op_volume_list(),
+            "journal": st.usage() | {"failed": st.journal.failed, "syncs": st.journal.syncs,
+                                     "consumers": {k: list(v) for k, v in st.consumers.positions().items()}},
+            "recovery": st.recovery,
+            "fuse": getattr(self.fs, "conn", {}),
+            "maintenance_error": getattr(self.reclaimer, "last_error", ""),
+        }
+
+    def op_stats(self) -> dict:
+        return self.store.stats.as_dict()
+
+    def op_sync(self) -> dict:
+        self.store.sync()
+        return {"durable": list(self.store.journal.durable_position())}
+
+    def op_stop(self) -> dict:
+        if self.stop_requested is None:
+            raise UsageError("the array is not running")
+        busy = {v: n for v, n in (self.fs.volumes_in_use() if self.fs else {}).items() if n}
+        if busy:
+            names = ", ".join(sorted(v.name for v in self.store.volumes() if v.id in busy))
+            raise Busy(f"volumes still open (attached?): {names}; detach them first with 'vstor volume detach'")
+        self.store.sync()
+        self.stop_requested()
+        return {"pid": os.getpid(), "stopping": True}
