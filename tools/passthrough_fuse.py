@@ -75,6 +75,7 @@ class Passthrough(mfusepy.Operations):
             "st_nlink": 1,
             "st_size": st.st_size,
             "st_blocks": st.st_blocks,
+            "st_blksize": STATFS_BSIZE,  # as vstor: its chunk size
             "st_atime": st.st_atime_ns,
             "st_mtime": st.st_mtime_ns,
             "st_ctime": st.st_ctime_ns,

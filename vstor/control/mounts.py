@@ -20,12 +20,7 @@ def fuse_mounted(path: str) -> bool:
 
 
 def prepare_mountpoint(path: str) -> None:
-    """Create the mount directory, clearing a stale FUSE mount left by a killed daemon."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        if e.errno != errno.ENOTCONN:
-            raise UsageError(f"cannot use mount point {path}: {e.strerror}") from None
+    """Create the mount directory, first clearing a stale FUSE mount left by a killed daemon."""
     if fuse_mounted(path):
         try:
             os.stat(path)
@@ -37,6 +32,10 @@ def prepare_mountpoint(path: str) -> None:
             raise Busy(f"{path} is already a mounted FUSE filesystem; choose another --mount directory")
     elif os.path.ismount(path):
         raise Busy(f"{path} is already a mount point; choose another --mount directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot use mount point {path}: {e.strerror}") from None
 
 
 def unmount(path: str, lazy: bool = False) -> None:

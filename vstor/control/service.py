@@ -60,7 +60,9 @@ class PoolService:
         if self._open_handles(vol):
             raise Busy(f"volume {name!r} is in use (attached to a loop device or open); "
                        f"detach it first with 'vstor volume detach {name}'")
-        return self._describe(self.store.delete_volume(name)) | {"deleted": True}
+        desc = self._describe(vol)  # before the delete, which drops the volume's map
+        self.store.delete_volume(name)
+        return desc | {"deleted": True}
 
     def _open_handles(self, vol: Volume) -> int:
         return self.fs.volumes_in_use().get(vol.id, 0) if self.fs else 0

@@ -125,6 +125,8 @@ class Store:
         """Record ``data`` at ``offset``. On return the write is in the journal (visible to reads);
         it is durable after the next :meth:`sync`."""
         view = memoryview(data)
+        with self._lock:  # refuse the whole write up front: no piece of it may land
+            _check_range(self._volume(vid), offset, len(view))
         self.stats.request("write", len(view))
         for start in range(0, len(view), MAX_RECORD):
             self._write_record(vid, offset + start, view[start : start + MAX_RECORD])
@@ -158,12 +160,21 @@ class Store:
         with self._lock:
             vol = self._volume(vid)
             end = min(offset + length, vol.size)
-            if end <= offset or not self.state.maps[vid].lookup(offset, end):
+            vm = self.state.maps[vid]
+            mapped = vm.lookup(offset, end) if end > offset else []
+            if not mapped:
                 return
-            seq = self.state.group_seq[vol.group] + 1
-            self._append(REC_TRIM, vol.group, vid, seq, offset, end - offset, [], [], use_reserve=True)
-            self.state.group_seq[vol.group] = seq
-            self.state.maps[vid].unmap(offset, end)
+            # A record covers at most MAX_RECORD bytes (replay rejects longer ones), so a long
+            # trim is journaled in pieces; a piece with nothing mapped needs no record.
+            todo = sorted({i for s, e, _loc in mapped
+                           for i in range((s - offset) // MAX_RECORD, (e - 1 - offset) // MAX_RECORD + 1)})
+            for i in todo:
+                start = offset + i * MAX_RECORD
+                stop = min(start + MAX_RECORD, end)
+                seq = self.state.group_seq[vol.group] + 1
+                self._append(REC_TRIM, vol.group, vid, seq, start, stop - start, [], [], use_reserve=True)
+                self.state.group_seq[vol.group] = seq
+                vm.unmap(start, stop)
         self.stats.add(trims=1, trim_bytes=end - offset)
 
     def relocate(self, vid: int, offset: int, data: bytes | memoryview, expect: list) -> bool:

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Array  # noqa: E402
+
+
+def _can_run_arrays() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if not os.path.exists("/dev/fuse") or not os.path.exists("/dev/loop-control"):
+        return "needs /dev/fuse and loop devices"
+    if not shutil.which("fusermount3"):
+        return "needs fusermount3 (run 'make setup')"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    why = _can_run_arrays()
+    if why:
+        for item in items:
+            if "root" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=why))
+
+
+@pytest.fixture
+def array_factory(tmp_path: Path) -> Iterator:
+    """Make arrays under tmp_path; every one is torn down after the test, pass or fail."""
+    made: list[Array] = []
+
+    def make(name: str = "a", **init_opts: str) -> Array:
+        arr = Array(tmp_path / name, **init_opts)
+        made.append(arr)
+        return arr
+
+    yield make
+    for arr in made:
+        arr.cleanup()
+
+
+@pytest.fixture
+def array(array_factory) -> Array:
+    arr = array_factory()
+    arr.start()
+    return arr

@@ -1,0 +1,129 @@
+"""Test harness: a real array (daemon, FUSE mount, loop devices) that always cleans up.
+
+Every resource a test creates is recorded here and released in ``cleanup`` even when the
+test fails: filesystems mounted on loop devices, loop devices over the images, the daemon
+(``array stop``, then SIGKILL), and the FUSE mount (``fusermount3 -uz``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+VSTOR = str(VENV_BIN / "vstor")
+
+
+def run(cmd: list[str], check: bool = True, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and r.returncode:
+        raise AssertionError(f"{' '.join(cmd)} -> {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}")
+    return r
+
+
+class Array:
+    def __init__(self, base: Path, **init_opts: str) -> None:
+        self.base = base
+        self.pool = str(base / "pool")
+        self.mnt = str(base / "mnt")
+        self.env = dict(os.environ, VSTOR_POOL=self.pool)
+        self.mounts: list[str] = []
+        self.key_file: str | None = init_opts.pop("key_file", None)
+        args = ["pool", "init", self.pool]
+        for k, v in init_opts.items():
+            args += [f"--{k.replace('_', '-')}", v] if v is not True else [f"--{k.replace('_', '-')}"]
+        if self.key_file:
+            args += ["--key-file", self.key_file]
+        self.vstor(*args)
+
+    def vstor(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+        return run([VSTOR, *args], check=check, env=env or self.env)
+
+    def start(self, check: bool = True, env: dict | None = None, key_file: str | None = None
+              ) -> subprocess.CompletedProcess:
+        extra = ["--key-file", key_file] if key_file else []
+        return self.vstor("array", "start", "--mount", self.mnt, *extra, check=check, env=env)
+
+    def stop(self) -> None:
+        self.vstor("array", "stop")
+
+    def status(self) -> dict:
+        return json.loads(self.vstor("array", "status", "--json").stdout)
+
+    def pid(self) -> int | None:
+        with contextlib.suppress(Exception):
+            return self.status()["pid"]
+        return None
+
+    def image(self, name: str) -> str:
+        return os.path.join(self.mnt, "volumes", name)
+
+    def create(self, name: str, size: str) -> None:
+        self.vstor("volume", "create", name, "--size", size)
+
+    def attach(self, name: str) -> str:
+        return self.vstor("volume", "attach", name).stdout.strip()
+
+    def mount_fs(self, dev: str, target: Path, opts: str = "") -> str:
+        target.mkdir(parents=True, exist_ok=True)
+        run(["mount", *(["-o", opts] if opts else []), dev, str(target)])
+        self.mounts.append(str(target))
+        return str(target)
+
+    def umount_fs(self, target: str) -> None:
+        run(["umount", target])
+        self.mounts.remove(target)
+
+    def kill9(self) -> None:
+        pid = self.pid() or _lock_pid(self.pool)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid)
+
+    def cleanup(self) -> None:
+        for target in reversed(self.mounts):
+            subprocess.run(["umount", "-l", target], capture_output=True)
+        self.mounts.clear()
+        for dev in _loops_under(self.mnt):
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        pid = _lock_pid(self.pool)
+        if pid:
+            r = subprocess.run([VSTOR, "array", "stop", "--timeout", "20"], capture_output=True, env=self.env)
+            if r.returncode and _lock_pid(self.pool):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                _wait_gone(pid)
+        from vstor.control.mounts import fuse_mounted
+
+        if fuse_mounted(self.mnt):  # also a dead mount, which os.path.isdir cannot see
+            subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True)
+
+
+def _lock_pid(pool: str) -> int | None:
+    from vstor.control.lock import daemon_pid
+
+    return daemon_pid(pool) if os.path.exists(pool) else None
+
+
+def _wait_gone(pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+
+
+def _loops_under(prefix: str) -> list[str]:
+    out = subprocess.run(["losetup", "--list", "--json", "-O", "NAME,BACK-FILE"], capture_output=True, text=True)
+    if out.returncode or not out.stdout.strip():
+        return []
+    devs = json.loads(out.stdout).get("loopdevices", [])
+    return [d["name"] for d in devs if (d.get("back-file") or "").startswith(os.path.realpath(prefix))]

@@ -1,0 +1,616 @@
+"""The journal and the Store data path: round trips, replay, torn tails, group commit,
+fault injection, trims, zero writes, volume events and on-disk corruption."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import threading
+
+import pytest
+
+from vstor.errors import AlreadyExists, CorruptData, KeyError_, NotFound, PoolFull, UsageError, VstorError
+from vstor.faults import Faults
+from vstor.store.format import (
+    FRAME_ENTRY_SIZE,
+    FRAME_SIZE,
+    MAX_RECORD,
+    REC_WRITE,
+    RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    loc_pos,
+    loc_segno,
+    segment_name,
+)
+from vstor.store.journal import ScanEnd
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
+
+MiB = 1 << 20
+SEG = 16 * MiB
+
+
+def make_pool(tmp_path, **kw) -> str:
+    pool = str(tmp_path / "pool")
+    if kw.get("encrypt"):
+        kw.setdefault("key_file", str(tmp_path / "key"))
+    init_pool(pool, segment_size=SEG, **kw)
+    return pool
+
+
+def seg_path(pool: str, segno: int) -> str:
+    return os.path.join(pool, "journal", segment_name(segno))
+
+
+def record_of(store: Store, vid: int, offset: int) -> tuple[int, int]:
+    """(segno, pos) of the record holding the byte at ``offset``."""
+    ((_s, _e, loc),) = store.state.maps[vid].lookup(offset, offset + 1)
+    return loc_segno(loc), loc_pos(loc)
+
+
+def flip_byte(path: str, pos: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x5A]))
+
+
+def frame_data_pos(store: Store, segno: int, pos: int) -> int:
+    header, _frames = store.journal.read_header(segno, pos)
+    return pos + RECORD_HEADER_SIZE + header.nframes * FRAME_ENTRY_SIZE
+
+
+def count_records(store: Store) -> int:
+    segs = store.journal.segments()
+    end = ScanEnd(segs[0], SEGMENT_HEADER_SIZE)
+    n = sum(1 for _ in store.journal.scan(segs[0], SEGMENT_HEADER_SIZE, end))
+    assert end.reason == ""
+    return n
+
+
+def mixed(rng: random.Random, n: int) -> bytes:
+    """Random, compressible and all-zero stretches, not aligned to frames."""
+    out = bytearray()
+    while len(out) < n:
+        kind = rng.randrange(3)
+        k = rng.randrange(1, 3 * FRAME_SIZE)
+        if kind == 0:
+            out += rng.randbytes(k)
+        elif kind == 1:
+            out += (rng.randbytes(16) * (k // 16 + 1))[:k]
+        else:
+            out += bytes(k)
+    out[0] |= 1  # never an all-zero write: these tests count records
+    return bytes(out[:n])
+
+
+def check_volume(store: Store, vid: int, model: bytearray, rng: random.Random, reads: int = 40) -> None:
+    assert store.read(vid, 0, len(model)) == model
+    for _ in range(reads):
+        off = rng.randrange(len(model))
+        size = rng.choice([1, 7, 4096, FRAME_SIZE + 3, rng.randrange(1, 3 * MiB)])
+        assert store.read(vid, off, size) == model[off : off + size]
+
+
+# -- round trips and replay ------------------------------------------------------------------
+
+@pytest.mark.parametrize("compress,encrypt", list(itertools.product(["none", "lz4"], [False, True])))
+def test_write_read_round_trip_and_replay(tmp_path, compress, encrypt):
+    pool = make_pool(tmp_path, compress=compress, encrypt=encrypt)
+    rng = random.Random(hash((compress, encrypt)) & 0xFFFF)
+    store = Store.open(pool)
+    cs = store.sb.chunk_size
+    size = 24 * MiB
+    vid = store.create_volume("v", size).id
+    model = bytearray(size)
+    writes = [
+        (1, 100),
+        (FRAME_SIZE - 7, 20),  # across a frame boundary
+        (cs - 3, 10),  # across a chunk boundary
+        (3 * cs + 12345, 200_000),  # several frames and chunks
+        (5 * MiB + 1, 9 * MiB + 333),  # split into three records
+        (6 * MiB + 4097, 70_000),  # overwrite inside the big one
+        (size - 5000, 5000),  # the very end
+        (2 * cs - FRAME_SIZE, FRAME_SIZE),  # exactly one frame
+    ]
+    records = 1  # the volume create
+    for off, n in writes:
+        data = mixed(rng, n)
+        store.write(vid, off, data)
+        model[off : off + n] = data
+        pieces = store.state.maps[vid].lookup(off, off + n)
+        locs = {loc for _s, _e, loc in pieces}
+        assert len(locs) == -(-n // MAX_RECORD)
+        for loc in locs:
+            h, _ = store.journal.read_header(loc_segno(loc), loc_pos(loc))
+            assert h.rtype == REC_WRITE and h.volume == vid and 0 < h.length <= MAX_RECORD
+        records += len(locs)
+        assert store.read(vid, off, n) == data
+    check_volume(store, vid, model, rng)
+    assert store.read(vid, size - 10, 100) == model[-10:]  # clipped at the end
+    assert store.read(vid, size, 100) == b""
+    assert store.state.mapped_bytes() == store.volume_usage(vid) == sum(
+        e - s for s, e, _ in store.state.maps[vid].lookup(0, size))
+    store.sync()
+    assert count_records(store) == records
+    store.journal.close()  # crash-like: no checkpoint
+
+    store = Store.open(pool)
+    assert store.recovery["records"] == records
+    assert store.recovery["torn_tail"] is None
+    check_volume(store, vid, model, rng)
+    store.close()
+    store = Store.open(pool)  # from the checkpoint this time
+    assert store.recovery["records"] == 0
+    check_volume(store, vid, model, rng, reads=5)
+    store.close()
+
+
+def test_writes_roll_over_to_new_segments(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 40 * MiB).id
+    data = os.urandom(36 * MiB)
+    for off in range(0, len(data), MAX_RECORD):
+        store.write(vid, off, data[off : off + MAX_RECORD])
+    segs = store.journal.segments()
+    assert len(segs) >= 3
+    assert all(os.path.getsize(seg_path(pool, s)) <= SEG for s in segs)
+    assert store.read(vid, 0, len(data)) == data
+    store.journal.close()
+    store = Store.open(pool)
+    assert store.read(vid, 0, len(data)) == data
+    store.close()
+
+
+# -- torn tails and corruption ---------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["garbage", "zeros", "truncated_copy", "short_header", "cut_last_record"])
+def test_torn_tail_is_cut_at_recovery(tmp_path, damage):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 8 * MiB).id
+    rng = random.Random(7)
+    model = bytearray(8 * MiB)
+    offsets = [0, MiB + 3, 3 * MiB + 5]
+    for off in offsets:
+        data = rng.randbytes(300_000)
+        store.write(vid, off, data)
+        model[off : off + len(data)] = data
+    store.sync()
+    segno, last_pos = record_of(store, vid, offsets[-1])
+    path = seg_path(pool, segno)
+    assert segno == store.journal.current_segno
+    good_size = os.path.getsize(path)
+    store.journal.close()
+
+    with open(path, "rb") as f:
+        f.seek(last_pos)
+        last_record = f.read()
+    expect_end = good_size
+    if damage == "cut_last_record":
+        os.truncate(path, last_pos + len(last_record) // 2)
+        expect_end = last_pos
+        model[offsets[-1] : offsets[-1] + 300_000] = bytes(300_000)
+    else:
+        tail = {
+            "garbage": rng.randbytes(5000),
+            "zeros": bytes(4096),
+            "truncated_copy": last_record[:-10],
+            "short_header": last_record[:RECORD_HEADER_SIZE - 1],
+        }[damage]
+        with open(path, "ab") as f:
+            f.write(tail)
+
+    store = Store.open(pool)
+    torn = store.recovery["torn_tail"]
+    assert torn is not None and torn["segment"] == segno and torn["offset"] == expect_end
+    assert os.path.getsize(path) == expect_end
+    assert store.read(vid, 0, len(model)) == model
+    # Appending resumes in a fresh segment, and the pool is clean from then on.
+    assert store.journal.current_segno > segno
+    store.write(vid, 7 * MiB, b"after")
+    model[7 * MiB : 7 * MiB + 5] = b"after"
+    store.sync()
+    store.journal.close()
+    store = Store.open(pool)
+    assert store.recovery["torn_tail"] is None
+    assert store.read(vid, 0, len(model)) == model
+    store.close()
+
+
+@pytest.mark.parametrize("where", ["frame", "header"])
+def test_corrupt_record_in_older_segment_fails_open(tmp_path, where):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 32 * MiB).id
+    data = os.urandom(20 * MiB)
+    for off in range(0, len(data), MAX_RECORD):
+        store.write(vid, off, data[off : off + MAX_RECORD])
+    store.sync()
+    segno, pos = record_of(store, vid, 0)
+    assert segno < store.journal.current_segno  # an older, sealed segment
+    target = frame_data_pos(store, segno, pos) + 12345 if where == "frame" else pos + 30
+    store.journal.close()
+    flip_byte(seg_path(pool, segno), target)
+    size_before = {s: os.path.getsize(seg_path(pool, s)) for s in (segno, segno + 1)}
+    with pytest.raises(CorruptData):
+        Store.open(pool)
+    # Nothing was cut: corruption is reported, never repaired silently.
+    assert {s: os.path.getsize(seg_path(pool, s)) for s in size_before} == size_before
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_flipped_byte_on_disk_fails_the_read(tmp_path, encrypt):
+    pool = make_pool(tmp_path, encrypt=encrypt)
+    store = Store.open(pool)
+    x = store.create_volume("x", 4 * MiB).id
+    y = store.create_volume("y", 4 * MiB).id
+    xdata, ydata = os.urandom(300_000), os.urandom(100_000)
+    store.write(x, 0, xdata)
+    store.write(y, 0, ydata)
+    store.sync()
+    segno, pos = record_of(store, x, 0)
+    flip_byte(seg_path(pool, segno), frame_data_pos(store, segno, pos) + 1000)  # inside frame 0
+    with pytest.raises(CorruptData):
+        store.read(x, 0, 4096)
+    assert store.stats.read_errors == 1
+    with pytest.raises(CorruptData):
+        store.read(x, 0, len(xdata))
+    assert store.stats.read_errors == 2
+    # Frames that were not touched still verify, and so does the other volume.
+    assert store.read(x, FRAME_SIZE, 100_000) == xdata[FRAME_SIZE : FRAME_SIZE + 100_000]
+    assert store.read(y, 0, len(ydata)) == ydata
+    assert store.stats.read_errors == 2
+    store.close()
+    store = Store.open(pool)  # headers are read from disk now, not from the cache
+    with pytest.raises(CorruptData):
+        store.read(x, 500, 1000)
+    assert store.read(y, 0, len(ydata)) == ydata
+    store.close()
+
+
+def test_encrypted_pool_wrong_key_is_refused(tmp_path):
+    pool = make_pool(tmp_path, encrypt=True)
+    store = Store.open(pool)  # the superblock's key file hint
+    vid = store.create_volume("v", MiB).id
+    store.write(vid, 10, b"secret")
+    store.close()
+    wrong = tmp_path / "wrong.key"
+    wrong.write_bytes(os.urandom(32))
+    with pytest.raises(KeyError_):
+        Store.open(pool, key_file=str(wrong))
+    short = tmp_path / "short.key"
+    short.write_bytes(os.urandom(16))
+    with pytest.raises(KeyError_):
+        Store.open(pool, key_file=str(short))
+    store = Store.open(pool, key_file=str(tmp_path / "key"))
+    assert store.read(vid, 10, 6) == b"secret"
+    store.close()
+    # The payload is not on disk in the clear.
+    blob = b"".join(open(seg_path(pool, s), "rb").read() for s in store.journal.segments())
+    assert b"secret" not in blob
+
+
+# -- group commit ----------------------------------------------------------------------------
+
+def test_group_commit_shares_fdatasync(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 16 * MiB).id
+    nthreads, nwrites, nsyncs = 8, 25, 10
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(nthreads + 1)
+    syncs_after_writes = []
+
+    def worker(t: int) -> None:
+        try:
+            for i in range(nwrites):
+                store.write(vid, (t * nwrites + i) * 8192 + t, bytes([t + 1]) * 5000)
+            barrier.wait()
+            barrier.wait()  # the main thread reads the counter in between
+            for _ in range(nsyncs):
+                store.sync()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
+    for th in threads:
+        th.start()
+    barrier.wait()
+    assert store.journal.dirty()
+    syncs_after_writes.append(store.journal.syncs)
+    barrier.wait()
+    for th in threads:
+        th.join()
+    assert not errors
+    done = store.journal.syncs - syncs_after_writes[0]
+    assert 1 <= done <= nthreads, f"{done} fdatasyncs for {nthreads * nsyncs} sync calls"
+    assert store.journal.durable_position() == store.journal.tail()
+    assert not store.journal.dirty()
+    for t in range(nthreads):
+        for i in range(nwrites):
+            off = (t * nwrites + i) * 8192 + t
+            assert store.read(vid, off, 5000) == bytes([t + 1]) * 5000
+    store.close()
+
+
+def test_sync_covers_every_write_that_returned_before_it(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 16 * MiB).id
+    nthreads, rounds = 6, 30
+    errors: list[BaseException] = []
+    calls = 0
+    lock = threading.Lock()
+
+    def worker(t: int) -> None:
+        nonlocal calls
+        try:
+            for i in range(rounds):
+                store.write(vid, (t * rounds + i) * 4096, os.urandom(4096))
+                seen = store.journal.tail()
+                store.sync()
+                assert store.journal.durable_position() >= seen
+                with lock:
+                    calls += 1
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    before = store.journal.syncs
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert calls == nthreads * rounds
+    assert store.journal.syncs - before <= calls
+    assert store.journal.durable_position() == store.journal.tail()
+    store.close()
+
+
+# -- fault injection -------------------------------------------------------------------------
+
+def test_enospc_on_journal_write(tmp_path):
+    pool = make_pool(tmp_path)
+    faults = Faults("journal.write=enospc@3")  # 1: volume create, 2: first write, 3: second write
+    store = Store.open(pool, faults=faults)
+    vid = store.create_volume("v", 4 * MiB).id
+    a, b, c = os.urandom(100_000), os.urandom(200_000), os.urandom(50_000)
+    store.write(vid, 0, a)
+    store.sync()
+    tail = store.journal.tail()
+    with pytest.raises(PoolFull):
+        store.write(vid, MiB, b)
+    assert store.journal.tail() == tail
+    assert os.path.getsize(seg_path(pool, tail[0])) == tail[1]
+    assert store.journal.failed is None
+    assert store.read(vid, 0, len(a)) == a
+    assert store.read(vid, MiB, len(b)) == bytes(len(b))
+    assert store.volume_usage(vid) == len(a)
+    store.write(vid, 2 * MiB, c)  # the fault fired once; the pool keeps working
+    store.sync()
+    store.journal.close()
+    store = Store.open(pool)
+    assert store.recovery["torn_tail"] is None
+    assert store.recovery["records"] == 3
+    assert store.read(vid, 0, len(a)) == a
+    assert store.read(vid, MiB, len(b)) == bytes(len(b))
+    assert store.read(vid, 2 * MiB, len(c)) == c
+    store.close()
+
+
+@pytest.mark.parametrize("point", ["journal.sync", "journal.write"])
+def test_eio_puts_the_journal_in_failed_state(tmp_path, point):
+    pool = make_pool(tmp_path)
+    faults = Faults()
+    store = Store.open(pool, faults=faults)
+    vid = store.create_volume("v", 4 * MiB).id
+    a = os.urandom(100_000)
+    store.write(vid, 0, a)
+    store.sync()
+    faults.arm(point, "eio")
+    with pytest.raises(VstorError) as info:
+        store.write(vid, MiB, b"x" * 5000)
+        store.sync()
+    assert not isinstance(info.value, PoolFull)
+    assert store.journal.failed
+    faults.disarm()
+    # Everything that writes is refused now, even with the fault gone.
+    with pytest.raises(VstorError):
+        store.write(vid, 2 * MiB, b"y" * 100)
+    with pytest.raises(VstorError):
+        store.sync()
+    with pytest.raises(VstorError):
+        store.trim(vid, 0, 4096)
+    with pytest.raises(VstorError):
+        store.create_volume("w", MiB)
+    assert store.read(vid, 0, len(a)) == a  # reads still work
+    store.close()  # no checkpoint from a failed journal
+    store = Store.open(pool)
+    assert store.read(vid, 0, len(a)) == a
+    store.write(vid, 3 * MiB, b"z" * 10)
+    store.sync()
+    assert store.read(vid, 3 * MiB, 10) == b"z" * 10
+    store.close()
+
+
+# -- trims and zero writes -------------------------------------------------------------------
+
+def test_trim_reads_zeros_and_frees(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 8 * MiB).id
+    model = bytearray(8 * MiB)
+    mapped = bytearray(8 * MiB)  # 1 where a byte references a record
+    data = os.urandom(3 * MiB)
+    store.write(vid, 100, data)
+    model[100 : 100 + len(data)] = data
+    mapped[100 : 100 + len(data)] = b"\x01" * len(data)
+    assert store.state.mapped_bytes() == len(data)
+    trims = [(5000, 70_001), (MiB - 1, MiB + 2), (3 * MiB, 10 * MiB)]  # the last runs past the end
+    for off, n in trims:
+        end = min(off + n, len(model))
+        before = store.state.mapped_bytes()
+        store.trim(vid, off, n)
+        model[off:end] = bytes(end - off)
+        mapped[off:end] = bytes(end - off)
+        assert store.state.mapped_bytes() == mapped.count(1) < before
+        assert store.read(vid, off, end - off) == bytes(end - off)
+    assert store.read(vid, 0, len(model)) == model
+    assert store.stats.trims == len(trims)
+    # Trimming what is already unmapped writes nothing.
+    appended = store.journal.appended_bytes
+    store.trim(vid, 6 * MiB, MiB)
+    store.trim(vid, 5000, 1000)
+    assert store.journal.appended_bytes == appended
+    assert store.stats.trims == len(trims)
+    store.sync()
+    store.journal.close()
+    store = Store.open(pool)
+    assert store.read(vid, 0, len(model)) == model
+    assert store.state.mapped_bytes() == mapped.count(1)
+    store.close()
+
+
+def test_long_trims_survive_replay(tmp_path):
+    """Trims longer than one record (4 MiB), and longer than 4 GiB, are journaled so that
+    replay accepts them and keeps the records written after them."""
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    size = 8 << 30
+    vid = store.create_volume("v", size).id
+    keep = os.urandom(4096)
+    for off in (0, 3 * MiB, 9 * MiB + 7, 5 << 30):
+        store.write(vid, off, os.urandom(200_000))
+    store.write(vid, size - 4096, keep)
+    store.trim(vid, 1, 20 * MiB)  # 20 MiB, four pieces hold data
+    store.trim(vid, 4 << 30, size - (4 << 30) - 4096)  # over 4 GiB long, one piece holds data
+    after = os.urandom(10_000)
+    store.write(vid, 100 * MiB, after)  # must not be lost behind the trims
+    assert store.volume_usage(vid) == 1 + len(keep) + len(after)
+    store.sync()
+    store.journal.close()
+    store = Store.open(pool)
+    assert store.recovery["torn_tail"] is None
+    assert store.volume_usage(vid) == 1 + len(keep) + len(after)
+    assert store.read(vid, 1, 20 * MiB) == bytes(20 * MiB)
+    assert store.read(vid, (5 << 30) - 10, 300_000) == bytes(300_000)
+    assert store.read(vid, size - 4096, 4096) == keep
+    assert store.read(vid, 100 * MiB, len(after)) == after
+    store.close()
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_all_zero_writes_allocate_nothing(tmp_path, encrypt):
+    pool = make_pool(tmp_path, encrypt=encrypt)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 16 * MiB).id
+    appended = store.journal.appended_bytes
+    store.write(vid, 12345, bytes(5 * MiB))  # two records' worth of zeros
+    assert store.stats.zero_writes == 2
+    assert store.state.mapped_bytes() == 0
+    assert store.journal.appended_bytes == appended
+    assert store.state.maps[vid].leaves == {}
+    # Zeros over data act as a trim.
+    data = os.urandom(MiB)
+    store.write(vid, 8 * MiB, data)
+    store.write(vid, 8 * MiB + 4096, bytes(8192))
+    assert store.stats.zero_writes == 3
+    assert store.state.mapped_bytes() == MiB - 8192
+    want = bytearray(data)
+    want[4096 : 4096 + 8192] = bytes(8192)
+    assert store.read(vid, 8 * MiB, MiB) == want
+    # A write that is mostly zero frames stores only its non-zero frames.
+    appended = store.journal.appended_bytes
+    sparse = os.urandom(1000) + bytes(10 * FRAME_SIZE) + os.urandom(1000)
+    store.write(vid, 2 * MiB, sparse)
+    assert store.journal.appended_bytes - appended < 4 * FRAME_SIZE
+    assert store.read(vid, 2 * MiB, len(sparse)) == sparse
+    store.sync()
+    store.journal.close()
+    store = Store.open(pool)
+    assert store.read(vid, 8 * MiB, MiB) == want
+    assert store.read(vid, 2 * MiB, len(sparse)) == sparse
+    assert store.read(vid, 0, 2 * MiB) == bytes(2 * MiB)
+    store.close()
+
+
+def test_write_outside_the_volume_is_refused(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 8 * MiB).id
+    appended = store.journal.appended_bytes
+    with pytest.raises(UsageError):
+        store.write(vid, 8 * MiB - 10, b"x" * 11)
+    with pytest.raises(UsageError):
+        store.write(vid, 0, os.urandom(9 * MiB))  # split into records: none may land
+    with pytest.raises(UsageError):
+        store.write(vid, 8 * MiB, bytes(4096))  # zeros too
+    with pytest.raises(UsageError):
+        store.write(vid, -1, b"x")
+    with pytest.raises(UsageError):
+        store.write(vid + 1, 0, b"x")
+    assert store.journal.appended_bytes == appended
+    assert store.state.mapped_bytes() == 0
+    store.close()
+
+
+# -- volumes ---------------------------------------------------------------------------------
+
+def test_volume_events_survive_replay_and_ids_are_not_reused(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    a = store.create_volume("a", 16 * MiB)
+    b = store.create_volume("b", 8 * MiB)
+    assert (a.id, b.id) == (1, 2)
+    with pytest.raises(AlreadyExists):
+        store.create_volume("a", MiB)
+    adata, bdata = os.urandom(2 * MiB), os.urandom(8 * MiB)
+    store.write(a.id, 0, adata)
+    store.write(b.id, 0, bdata)
+    store.resize_volume("a", 32 * MiB)
+    store.write(a.id, 20 * MiB, b"grown")
+    with pytest.raises(UsageError):
+        store.resize_volume("b", 4 * MiB)
+    assert store.volume("b").size == 8 * MiB
+    store.resize_volume("b", 4 * MiB, allow_shrink=True)
+    assert store.volume_usage(b.id) == 4 * MiB
+    store.resize_volume("b", 8 * MiB)  # grow again: the old tail must not come back
+    assert store.read(b.id, 0, 8 * MiB) == bdata[: 4 * MiB] + bytes(4 * MiB)
+    store.delete_volume("a")
+    assert sum(store.state.live.values()) == store.state.mapped_bytes() == 4 * MiB
+    c = store.create_volume("c", MiB)
+    assert c.id == 3
+    with pytest.raises(UsageError):
+        store.read(a.id, 0, 10)
+    store.sync()
+    store.journal.close()
+
+    def check(st: Store) -> None:
+        assert [(v.name, v.id, v.size) for v in st.volumes()] == [("b", 2, 8 * MiB), ("c", 3, MiB)]
+        with pytest.raises(NotFound):
+            st.volume("a")
+        assert st.read(b.id, 0, 8 * MiB) == bdata[: 4 * MiB] + bytes(4 * MiB)
+        assert st.volume_usage(b.id) == 4 * MiB
+        assert sum(st.state.live.values()) == st.state.mapped_bytes() == 4 * MiB
+        assert 1 not in st.state.maps
+
+    store = Store.open(pool)  # replay
+    assert store.recovery["records"] > 0
+    check(store)
+    assert store.create_volume("d", MiB).id == 4
+    store.delete_volume("d")
+    store.close()  # checkpoint
+    store = Store.open(pool)
+    assert store.recovery["records"] == 0
+    check(store)
+    assert store.create_volume("e", MiB).id == 5  # 4 was deleted, and is not reused either
+    # The same name again gets a new id and starts empty.
+    store.delete_volume("c")
+    c2 = store.create_volume("c", MiB)
+    assert c2.id == 6 and store.read(c2.id, 0, MiB) == bytes(MiB)
+    store.close()

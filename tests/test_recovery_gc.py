@@ -1,0 +1,379 @@
+"""Checkpoints and recovery, garbage collection and compaction, journal consumers and the
+maintenance tick."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+
+from vstor.clock import ManualClock
+from vstor.errors import AlreadyExists, NotFound
+from vstor.store.chunkmap import FRAGMENTED
+from vstor.store.consumers import read_records
+from vstor.store.format import MAX_RECORD, SEGMENT_HEADER_SIZE, segment_name
+from vstor.store.reclaim import MAX_FRAGMENTS, Reclaimer
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
+
+MiB = 1 << 20
+SEG = 16 * MiB
+
+
+def make_pool(tmp_path, **kw) -> str:
+    pool = str(tmp_path / "pool")
+    if kw.get("encrypt"):
+        kw.setdefault("key_file", str(tmp_path / "key"))
+    init_pool(pool, segment_size=SEG, **kw)
+    return pool
+
+
+def seg_exists(pool: str, segno: int) -> bool:
+    return os.path.exists(os.path.join(pool, "journal", segment_name(segno)))
+
+
+def write(store: Store, vid: int, model: bytearray, off: int, data: bytes) -> None:
+    store.write(vid, off, data)
+    model[off : off + len(data)] = data
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+def test_replay_starts_at_the_checkpoint(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 16 * MiB).id
+    rng = random.Random(1)
+    model = bytearray(16 * MiB)
+    for _ in range(40):
+        write(store, vid, model, rng.randrange(15 * MiB), rng.randbytes(rng.randrange(1, 300_000)))
+    store.trim(vid, 3 * MiB, MiB)
+    model[3 * MiB : 4 * MiB] = bytes(MiB)
+    store.checkpoint()
+    assert store.ckpt_position == store.journal.tail()
+    # Three more records after the checkpoint, then a crash (no checkpoint at close).
+    write(store, vid, model, 12345, rng.randbytes(70_000))
+    write(store, vid, model, 15 * MiB + 1, rng.randbytes(4000))
+    store.trim(vid, 5 * MiB, 100_000)
+    model[5 * MiB : 5 * MiB + 100_000] = bytes(100_000)
+    store.sync()
+    mapped = store.state.mapped_bytes()
+    store.journal.close()
+
+    store = Store.open(pool)
+    assert store.recovery["records"] == 3
+    assert store.recovery["torn_tail"] is None
+    assert store.read(vid, 0, len(model)) == model
+    assert store.state.mapped_bytes() == mapped
+    assert sum(store.state.live.values()) == mapped
+    store.close()
+
+
+def test_checkpoint_restores_sequence_numbers(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 16 * MiB).id
+    store.write(vid, 0, b"a" * 100)
+    store.write(vid, 4096, b"b" * 100)
+    store.trim(vid, 0, 50)
+    assert store.state.group_seq[0] == 3
+    store.close()
+    store = Store.open(pool)
+    assert store.state.group_seq[0] == 3
+    store.consumers.register("c", store.journal.tail())
+    store.write(vid, 8192, b"c" * 100)
+    store.sync()
+    assert [e.seq for e in read_records(store, "c")] == [4]
+    store.close()
+
+
+# -- garbage collection ----------------------------------------------------------------------
+
+def _overwritten_pool(tmp_path, encrypt: bool = False) -> tuple[str, Store, int, bytearray]:
+    """12 MiB written, then its first 10 MiB overwritten: segment 1 ends up mostly dead."""
+    pool = make_pool(tmp_path, encrypt=encrypt)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 32 * MiB).id
+    model = bytearray(32 * MiB)
+    write(store, vid, model, 0, os.urandom(12 * MiB))
+    for off in range(0, 10 * MiB, MiB):
+        write(store, vid, model, off, os.urandom(MiB))
+    store.sync()
+    assert store.journal.current_segno >= 2
+    return pool, store, vid, model
+
+
+@pytest.mark.parametrize("mode", ["collect", "collect_encrypted", "crash_after_collect", "tick"])
+def test_gc_relocates_live_data_and_frees_segments(tmp_path, mode):
+    pool, store, vid, model = _overwritten_pool(tmp_path, encrypt=mode == "collect_encrypted")
+    clock = ManualClock()
+    gc = Reclaimer(store, clock=clock, min_dead=0.3)
+    assert gc.candidates() == {1}
+    live1 = store.state.live[1]
+    assert 0 < live1 < 0.7 * SEG
+    before = store.usage()["journal_bytes"]
+    relocated = store.stats.relocated_bytes
+
+    if mode == "tick":
+        gc.tick()  # collects and checkpoints
+    else:
+        moved = gc.collect()
+        assert moved == live1 == store.stats.relocated_bytes - relocated
+        assert 1 not in store.state.live
+        assert gc.candidates() == set()
+        assert store.read(vid, 0, len(model)) == model
+        if mode == "crash_after_collect":
+            store.sync()
+            store.journal.close()
+            store = Store.open(pool)  # replays writes, overwrites and relocations
+            assert store.read(vid, 0, len(model)) == model
+            assert not seg_exists(pool, 1)  # deleted by recovery's checkpoint
+            store.close()
+            return
+        assert seg_exists(pool, 1)  # only a checkpoint deletes it
+        store.checkpoint()
+
+    assert not seg_exists(pool, 1)
+    assert store.stats.segments_deleted >= 1
+    after = store.usage()["journal_bytes"]
+    assert after < before - 8 * MiB
+    assert store.read(vid, 0, len(model)) == model
+    assert sum(store.state.live.values()) == store.state.mapped_bytes() == 12 * MiB
+    store.close()
+    store = Store.open(pool)
+    assert store.read(vid, 0, len(model)) == model
+    assert store.recovery["records"] == 0
+    store.close()
+
+
+def test_gc_leaves_mostly_live_segments_alone(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 32 * MiB).id
+    model = bytearray(32 * MiB)
+    write(store, vid, model, 0, os.urandom(14 * MiB))
+    write(store, vid, model, 14 * MiB, os.urandom(4 * MiB))  # rolls over to segment 2
+    write(store, vid, model, 0, os.urandom(MiB))  # segment 1 is still ~93% live
+    assert store.journal.current_segno == 2
+    gc = Reclaimer(store, min_dead=0.3)
+    assert gc.candidates() == set()
+    assert gc.collect() == 0
+    assert store.stats.relocated_bytes == 0
+    assert store.read(vid, 0, len(model)) == model
+    store.close()
+
+
+def test_compaction_merges_fragmented_chunks(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    cs = store.sb.chunk_size
+    vid = store.create_volume("v", 8 * MiB).id
+    model = bytearray(8 * MiB)
+    rng = random.Random(3)
+    busy, calm = 2, 5  # chunk numbers
+    for i in range(MAX_FRAGMENTS + 8):
+        write(store, vid, model, busy * cs + i * 8192 + 17, rng.randbytes(1000))
+    for i in range(MAX_FRAGMENTS // 2):
+        write(store, vid, model, calm * cs + i * 8192, rng.randbytes(1000))
+    vm = store.state.maps[vid]
+    assert len(vm.chunk_extents(busy)) == MAX_FRAGMENTS + 8
+    calm_extents = vm.chunk_extents(calm)
+    gc = Reclaimer(store)
+    assert gc.candidates() == set()
+    assert gc.collect() == cs  # only the busy chunk
+    assert vm._slot(busy) not in (0, FRAGMENTED) and busy not in vm.overlays
+    assert vm.chunk_extents(busy) == [(busy * cs, (busy + 1) * cs, vm._slot(busy))]
+    assert vm.chunk_extents(calm) == calm_extents
+    assert store.read(vid, 0, len(model)) == model
+    assert gc.collect() == 0  # nothing left to do
+    store.sync()
+    store.journal.close()
+    store = Store.open(pool)
+    vm = store.state.maps[vid]
+    assert vm._slot(busy) not in (0, FRAGMENTED)
+    assert store.read(vid, 0, len(model)) == model
+    store.close()
+
+
+# -- journal consumers -----------------------------------------------------------------------
+
+def test_consumer_reads_records_in_order_and_resumes(tmp_path):
+    pool = make_pool(tmp_path, compress="lz4")
+    store = Store.open(pool)
+    store.consumers.register("backup", store.journal.tail())
+    with pytest.raises(AlreadyExists):
+        store.consumers.register("backup", (1, 0))
+    a = os.urandom(5000)
+    b = os.urandom(MAX_RECORD + 1000)
+    c = b"c" * 70_000
+    vid = store.create_volume("v", 16 * MiB).id
+    store.write(vid, 100, a)
+    store.write(vid, 5 * MiB + 1, b)  # two records
+    store.trim(vid, 150, 50)
+    wid = store.create_volume("w", MiB).id
+    store.write(wid, 4096, c)
+    store.sync()
+    expect = [
+        ("volume", 0, vid, 0, None),
+        ("write", 1, vid, 100, a),
+        ("write", 2, vid, 5 * MiB + 1, b[:MAX_RECORD]),
+        ("write", 3, vid, 5 * MiB + 1 + MAX_RECORD, b[MAX_RECORD:]),
+        ("trim", 4, vid, 150, b""),
+        ("volume", 0, wid, 0, None),
+        ("write", 5, wid, 4096, c),
+    ]
+    got = list(read_records(store, "backup"))
+    assert [(e.kind, e.seq, e.volume, e.offset) for e in got] == [x[:4] for x in expect]
+    for e, (kind, _seq, _vol, _off, data) in zip(got, expect, strict=True):
+        if kind == "write":
+            assert e.data == data and e.length == len(data)
+    assert got[4].length == 50
+    assert json.loads(got[0].data) | {"created": 0} == {"op": "create", "id": vid, "name": "v", "size": 16 * MiB,
+                                                        "group": 0, "created": 0}
+    assert json.loads(got[5].data)["name"] == "w"
+    positions = [e.next_position for e in got]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    assert positions[-1] == store.journal.tail()
+    assert [e.kind for e in read_records(store, "backup", limit=3)] == ["volume", "write", "write"]
+
+    # Not yet durable: invisible unless asked for.
+    store.write(vid, 0, b"late")
+    assert len(list(read_records(store, "backup"))) == len(expect)
+    assert list(read_records(store, "backup", durable_only=False))[-1].data == b"late"
+    # A GC relocation is not a host-visible change.
+    pieces = store.state.maps[vid].lookup(0, store.sb.chunk_size)
+    assert store.relocate(vid, 0, store.read(vid, 0, store.sb.chunk_size), pieces)
+    store.sync()
+    assert [e.kind for e in read_records(store, "backup")][len(expect):] == ["write"]
+
+    store.consumers.commit("backup", got[3].next_position)
+    store.consumers.commit("backup", got[1].next_position)  # never moves backwards
+    assert store.consumers.position("backup") == got[3].next_position
+    store.close()
+
+    store = Store.open(pool)
+    assert store.consumers.position("backup") == got[3].next_position
+    store.write(wid, 0, b"new")
+    store.sync()
+    rest = list(read_records(store, "backup"))
+    assert [(e.kind, e.seq, e.offset) for e in rest] == [
+        ("trim", 4, 150), ("volume", 0, 0), ("write", 5, 4096), ("write", 6, 0), ("write", 7, 0)]
+    assert rest[-2].data == b"late" and rest[-1].data == b"new" and rest[-1].volume == wid
+    store.consumers.unregister("backup")
+    with pytest.raises(NotFound):
+        list(read_records(store, "backup"))
+    store.close()
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_consumer_decodes_encrypted_records(tmp_path, encrypt):
+    pool = make_pool(tmp_path, encrypt=encrypt, compress="lz4")
+    store = Store.open(pool)
+    vid = store.create_volume("v", 4 * MiB).id
+    store.consumers.register("r", store.journal.tail())
+    data = os.urandom(100_000) + bytes(200_000) + b"xyz" * 50_000
+    store.write(vid, 12345, data)
+    store.sync()
+    (entry,) = read_records(store, "r")
+    assert entry.kind == "write" and entry.offset == 12345 and entry.data == data
+    store.close()
+
+
+def test_segments_unread_by_a_consumer_are_kept(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 8 * MiB).id
+    store.consumers.register("slow", store.journal.tail())
+    assert store.journal.current_segno == 1
+    store.write(vid, 0, os.urandom(2 * MiB))
+    store.trim(vid, 0, 8 * MiB)  # segment 1 holds no live data now
+    store.close()
+    store = Store.open(pool)
+    assert store.journal.current_segno == 2
+    store.write(vid, 0, b"in segment two")
+    store.checkpoint()
+    assert 1 not in store.state.live and store.ckpt_position[0] == 2
+    assert seg_exists(pool, 1), "a segment the consumer has not read was deleted"
+    entries = list(read_records(store, "slow"))
+    assert [e.kind for e in entries] == ["write", "trim", "write"]
+    assert entries[-1].data == b"in segment two"
+    store.consumers.commit("slow", entries[1].next_position)  # still inside segment 1
+    store.checkpoint()
+    assert seg_exists(pool, 1)
+    store.consumers.commit("slow", entries[-1].next_position)
+    store.checkpoint()
+    assert not seg_exists(pool, 1)
+    store.close()
+
+
+def test_segments_without_live_data_are_deleted_without_consumers(tmp_path):
+    """The control case for the test above: the same history without a consumer."""
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 8 * MiB).id
+    store.write(vid, 0, os.urandom(2 * MiB))
+    store.trim(vid, 0, 8 * MiB)
+    store.close()
+    store = Store.open(pool)
+    store.write(vid, 0, b"in segment two")
+    store.checkpoint()
+    assert not seg_exists(pool, 1)
+    assert store.journal.segments() == [2]
+    store.close()
+
+
+def test_consumer_at_start_of_pool_reads_everything_after_reopen(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    store.consumers.register("all", (store.journal.current_segno, SEGMENT_HEADER_SIZE))
+    vid = store.create_volume("v", MiB).id
+    store.write(vid, 0, b"one")
+    store.journal.close()  # crash
+    store = Store.open(pool)
+    store.write(vid, 3, b"two")
+    store.sync()
+    got = list(read_records(store, "all"))
+    assert [(e.kind, e.data) for e in got[1:]] == [("write", b"one"), ("write", b"two")]
+    assert got[-1].next_position == store.journal.tail()
+    assert seg_exists(pool, 1)  # recovery's checkpoint kept what the consumer has not read
+    store.close()
+
+
+# -- the maintenance tick --------------------------------------------------------------------
+
+def test_tick_checkpoints_on_schedule(tmp_path):
+    clock = ManualClock()
+    pool = make_pool(tmp_path)
+    store = Store.open(pool, clock=clock)
+    gc = Reclaimer(store, clock=clock, checkpoint_interval=60.0, checkpoint_bytes=8 * MiB)
+    vid = store.create_volume("v", 16 * MiB).id
+    store.write(vid, 0, b"x" * 5000)
+    gen, count = store.ckpt_generation, store.stats.checkpoints
+    assert store.journal.dirty()
+    gc.tick()
+    assert not store.journal.dirty()  # the commit part of the tick
+    assert (store.ckpt_generation, store.stats.checkpoints) == (gen, count)
+    clock.advance(59)
+    gc.tick()
+    assert store.ckpt_generation == gen
+    clock.advance(1.5)
+    gc.tick()
+    assert (store.ckpt_generation, store.stats.checkpoints) == (gen + 1, count + 1)
+    assert store.ckpt_position == store.journal.tail()
+    gc.tick()
+    clock.advance(120)
+    gc.tick()  # nothing appended since: no checkpoint however long it has been
+    assert store.ckpt_generation == gen + 1
+    store.write(vid, 0, b"y")
+    gc.tick()  # the interval has passed since the last checkpoint
+    assert store.ckpt_generation == gen + 2
+    store.write(vid, 4096, b"z")
+    gc.tick()
+    assert store.ckpt_generation == gen + 2
+    # Enough appended bytes trigger a checkpoint without waiting.
+    store.write(vid, MiB, os.urandom(8 * MiB))
+    gc.tick()
+    assert store.ckpt_generation == gen + 3
+    store.close()

@@ -1,0 +1,181 @@
+"""fio benchmark of vstor against a bare FUSE passthrough, the raw file and nbdkit+nbdfuse.
+
+    .venv/bin/python tools/bench_fio.py [--size 2G] [--all | --vstor-variants plain,lz4,aes]
+                                        [--targets raw,passthrough,nbdfuse,vstor] [--json-out FILE]
+
+Each target is a file of --size bytes; the same four fio jobs run on each, one target at a time
+(set up, measured, torn down): 1 MiB sequential write of the whole file then fdatasync (MB/s),
+1 MiB sequential read (MB/s), 4 KiB random write at QD1 then fdatasync (IOPS), 4 KiB random read
+at QD1 (IOPS). The page cache is dropped before each read job. For vstor it also reports the
+daemon's RSS after the write (extrapolated per TiB) and the journal replay after kill -9.
+Needs root (FUSE mounts, /proc/sys/vm/drop_caches). Everything lives under a temporary directory
+in --workdir and is removed, and every mount and server undone, on success, error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchlib.fio import JOBS, FioSettings, direct_io_works, fio_version, run_job
+from benchlib.procs import BenchError, drop_caches, install_signal_handlers, run, signals_deferred
+from benchlib.report import ratios, render
+from benchlib.targets import VSTOR_VARIANTS, Nbdfuse, Passthrough, Raw, Target, Vstor, vstor_available
+
+from vstor.errors import UsageError
+from vstor.units import format_size, parse_size
+
+ALL_TARGETS = ("raw", "passthrough", "nbdfuse", "vstor")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="2G", help="size of every target (default 2G)")
+    p.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma list, in run order")
+    p.add_argument("--vstor-variants", default="plain", help="comma list of plain,lz4,aes (default plain)")
+    p.add_argument("--all", action="store_true", help="all vstor variants: plain,lz4,aes")
+    p.add_argument("--direct", type=int, choices=(0, 1), default=0,
+                   help="fio direct= (default 0: buffered, caches dropped before reads)")
+    p.add_argument("--runtime", type=int, default=20, help="seconds of each random job (default 20)")
+    p.add_argument("--seq-cap", type=int, default=300, help="time cap of each sequential pass (default 300)")
+    p.add_argument("--compress-percentage", type=int, default=None,
+                   help="fio buffer_compress_percentage for writes (default: incompressible data)")
+    p.add_argument("--workdir", default="/var/tmp", help="where the temporary directory goes")
+    p.add_argument("--passthrough-stats", action="store_true",
+                   help="report the request sizes the passthrough received")
+    p.add_argument("--json-out", help="also write the results as JSON to this file")
+    a = p.parse_args(argv)
+    try:
+        a.size_bytes = parse_size(a.size)
+    except UsageError as e:
+        p.error(str(e))
+    a.target_list = [t for t in a.targets.split(",") if t]
+    a.variant_list = list(VSTOR_VARIANTS) if a.all else [v for v in a.vstor_variants.split(",") if v]
+    for t in a.target_list:
+        if t not in ALL_TARGETS:
+            p.error(f"unknown target {t!r}: choose from {', '.join(ALL_TARGETS)}")
+    for v in a.variant_list:
+        if v not in VSTOR_VARIANTS:
+            p.error(f"unknown vstor variant {v!r}: choose from {', '.join(VSTOR_VARIANTS)}")
+    return a
+
+
+def make_targets(a: argparse.Namespace, workdir: Path) -> list[Target]:
+    targets: list[Target] = []
+    for t in a.target_list:
+        if t == "raw":
+            targets.append(Raw("raw", workdir, a.size_bytes))
+        elif t == "passthrough":
+            targets.append(Passthrough("passthrough", workdir, a.size_bytes, stats=a.passthrough_stats))
+        elif t == "nbdfuse":
+            targets.append(Nbdfuse("nbdfuse", workdir, a.size_bytes))
+        else:
+            targets += [Vstor(f"vstor-{v}", workdir, a.size_bytes, v) for v in a.variant_list]
+    return targets
+
+
+def measure(target: Target, settings: FioSettings) -> dict[str, Any]:
+    res: dict[str, Any] = {"kind": target.kind, "jobs": {}, "extras": target.extras, "error": None}
+    print(f"== {target.name}", flush=True)
+    try:
+        with target as path:
+            if settings.direct and not direct_io_works(path):
+                raise BenchError(f"O_DIRECT does not work on {path}")
+            for job in JOBS:
+                if job.drop_caches_before:
+                    drop_caches()
+                r = run_job(settings, job, path)
+                res["jobs"][job.name] = r
+                print(f"   {job.name:<10} {r['value']:>10,} {job.metric:<4}  lat mean {r['lat_mean_us']} us, "
+                      f"p99 {r['clat_p99_us']} us, {r['runtime_s']:.1f} s", flush=True)
+                target.after_job(job.name)
+            target.finish()
+    except BenchError as exc:
+        res["error"] = str(exc)
+        print(f"   FAILED: {exc}", flush=True)
+    return res
+
+
+def header(a: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    fs = run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(workdir)], check=False).stdout.strip()
+    fuse = run(["fusermount3", "--version"], check=False).stdout.strip().split()[-1:]
+    return {
+        "command": shlex.join(sys.orig_argv),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "kernel": platform.release(), "cpus": os.cpu_count(), "fio": fio_version(),
+        "libfuse": fuse[0] if fuse else "?", "workdir": str(workdir), "workdir_fs": fs,
+        "size": a.size_bytes, "direct": a.direct, "random_runtime_s": a.runtime,
+        "vstor_variants": a.variant_list if "vstor" in a.target_list else [],
+        "compress_percentage": a.compress_percentage,
+    }
+
+
+def print_header(h: dict[str, Any]) -> None:
+    cache = ("direct=1 (O_DIRECT on the target; FUSE backends still use the host page cache)" if h["direct"]
+             else "direct=0 (buffered; echo 3 > /proc/sys/vm/drop_caches before each read job, which "
+                  "empties both the FUSE file's page cache and its backing file's)")
+    print(f"$ {h['command']}")
+    print(f"{h['date']}  kernel {h['kernel']}, {h['cpus']} CPUs, {h['fio']}, libfuse {h['libfuse']}")
+    print(f"workdir {h['workdir']} ({h['workdir_fs']}), {format_size(h['size'])} per target")
+    print(f"fio: ioengine=psync iodepth=1 numjobs=1, {cache}")
+    print(f"jobs: {', '.join(f'{j.name} bs={j.bs}' for j in JOBS)}; random jobs {h['random_runtime_s']} s "
+          f"time-based; write jobs end with fdatasync (end_fsync=1)", flush=True)
+
+
+def preflight(a: argparse.Namespace) -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("bench_fio: needs root (FUSE mounts, drop_caches)")
+    needed = ["fio", "fusermount3"] + (["nbdfuse", "nbdkit"] if "nbdfuse" in a.target_list else [])
+    missing = [c for c in needed if shutil.which(c) is None]
+    if missing:
+        raise SystemExit(f"bench_fio: missing commands: {', '.join(missing)} (make setup)")
+    free = shutil.disk_usage(a.workdir).free
+    if free < 2 * a.size_bytes + (1 << 30):
+        raise SystemExit(f"bench_fio: {a.workdir} has {format_size(free)} free, needs about "
+                         f"{format_size(2 * a.size_bytes + (1 << 30))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    preflight(a)
+    install_signal_handlers()
+    settings = FioSettings(a.size_bytes, a.direct, a.runtime, a.seq_cap, a.compress_percentage)
+    workdir = Path(tempfile.mkdtemp(prefix="vstor-bench-", dir=a.workdir))
+    h = header(a, workdir)
+    print_header(h)
+    results: dict[str, dict[str, Any]] = {}
+    interrupted = False
+    try:
+        unavailable = vstor_available() if "vstor" in a.target_list else None
+        for target in make_targets(a, workdir):
+            if isinstance(target, Vstor) and unavailable:
+                results[target.name] = {"kind": "vstor", "jobs": {}, "extras": {},
+                                        "error": f"skipped: vstor CLI unavailable ({unavailable})"}
+                continue
+            results[target.name] = measure(target, settings)
+    except KeyboardInterrupt as exc:
+        interrupted = True
+        print(f"\ninterrupted ({exc or 'Ctrl-C'}): everything set up was undone", file=sys.stderr)
+    finally:
+        with signals_deferred():
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(render(results))
+    if a.json_out:
+        doc = {**h, "interrupted": interrupted, "targets": results, "ratios": ratios(results)}
+        Path(a.json_out).write_text(json.dumps(doc, indent=2) + "\n")
+    failed = interrupted or any(r["error"] for r in results.values())
+    return 130 if interrupted else int(failed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

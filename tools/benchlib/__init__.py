@@ -1,0 +1,1 @@
+"""Helpers of tools/bench_fio.py: process and mount handling, fio jobs, targets, report."""

@@ -1,0 +1,117 @@
+"""The four fio jobs run on every target, and the parsing of fio's JSON output."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchlib.procs import BenchError
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    rw: str
+    bs: str
+    metric: str  # "MB/s" (10^6 bytes/s) or "IOPS"
+    drop_caches_before: bool
+    time_based: bool = False
+    end_fsync: bool = False
+
+    @property
+    def direction(self) -> str:
+        return "write" if "write" in self.rw else "read"
+
+
+# Order matters: the sequential write lays the whole file out, so every later job (and the
+# random reads in particular) touches real data rather than holes.
+JOBS = (
+    Job("seq-write", "write", "1M", "MB/s", drop_caches_before=False, end_fsync=True),
+    Job("seq-read", "read", "1M", "MB/s", drop_caches_before=True),
+    Job("rand-write", "randwrite", "4k", "IOPS", drop_caches_before=False, time_based=True, end_fsync=True),
+    Job("rand-read", "randread", "4k", "IOPS", drop_caches_before=True, time_based=True),
+)
+
+
+@dataclass(frozen=True)
+class FioSettings:
+    size: int
+    direct: int
+    runtime: int  # seconds, time-based (random) jobs
+    seq_cap: int  # seconds, upper bound of a sequential pass
+    compress_percentage: int | None  # fio buffer_compress_percentage; None: incompressible
+
+    def args(self, job: Job, path: Path) -> list[str]:
+        a = [
+            "fio", f"--name={job.name}", f"--filename={path}", f"--rw={job.rw}", f"--bs={job.bs}",
+            f"--size={self.size}", "--ioengine=psync", "--iodepth=1", "--numjobs=1",
+            f"--direct={self.direct}",
+            "--allow_file_create=0",  # never create (or unlink) anything beside the target
+            "--output-format=json",
+        ]
+        if job.time_based:
+            a += ["--time_based=1", f"--runtime={self.runtime}"]
+        else:
+            a += [f"--runtime={self.seq_cap}"]  # a cap: normally the size ends the job
+        if job.end_fsync:
+            a.append("--end_fsync=1")
+        if self.compress_percentage is not None and job.direction == "write":
+            a += ["--refill_buffers=1", f"--buffer_compress_percentage={self.compress_percentage}"]
+        return a
+
+
+def run_job(settings: FioSettings, job: Job, path: Path) -> dict[str, Any]:
+    """Run one job; returns the headline figure and the latencies behind it."""
+    cmd = settings.args(job, path)
+    timeout = (settings.runtime if job.time_based else settings.seq_cap) + 300
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"fio {job.name}: no result after {timeout}s") from exc
+    try:
+        out = json.loads(res.stdout[res.stdout.index("{"):])  # fio may print notes before the JSON
+        fj = out["jobs"][0]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise BenchError(f"fio {job.name} failed ({res.returncode}): {res.stderr.strip()[-500:]}") from exc
+    if res.returncode != 0 or fj.get("error"):
+        raise BenchError(f"fio {job.name}: error {fj.get('error')}: {res.stderr.strip()[-500:]}")
+    d = fj[job.direction]
+    clat = d.get("clat_ns", {})
+    pct = clat.get("percentile", {})
+    result = {
+        "value": round(d["bw_bytes"] / 1e6, 1) if job.metric == "MB/s" else round(d["iops"]),
+        "metric": job.metric,
+        "bytes": d["io_bytes"],
+        "ios": d["total_ios"],
+        "runtime_s": d["runtime"] / 1000,  # includes the end_fsync of write jobs
+        "lat_mean_us": round(d["lat_ns"]["mean"] / 1000, 1),
+        "clat_p99_us": round(pct.get("99.000000", 0) / 1000, 1),
+        "command": cmd,
+    }
+    if not job.time_based and d["io_bytes"] < settings.size:
+        result["note"] = f"stopped by the {settings.seq_cap}s cap after {d['io_bytes'] >> 20} MiB"
+    return result
+
+
+def fio_version() -> str:
+    return subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def direct_io_works(path: Path) -> bool:
+    """Can the target be opened with O_DIRECT and read 4 KiB from offset 0?"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return False
+    try:
+        buf = mmap.mmap(-1, 4096)  # page-aligned
+        return os.preadv(fd, [buf], 0) == 4096
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -1,0 +1,93 @@
+"""The printed report: one row per target, the ratios, and vstor's memory and replay figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchlib.fio import JOBS
+
+Results = dict[str, dict[str, Any]]
+
+
+def _value(results: Results, target: str, job: str) -> float | None:
+    r = results.get(target, {}).get("jobs", {}).get(job)
+    return None if r is None else float(r["value"])
+
+
+def ratio_pairs(results: Results) -> list[tuple[str, str]]:
+    vstors = [name for name, r in results.items() if r["kind"] == "vstor"]
+    pairs = [(v, base) for v in vstors for base in ("passthrough", "nbdfuse")]
+    pairs.append(("passthrough", "raw"))
+    return [(a, b) for a, b in pairs if a in results and b in results]
+
+
+def ratios(results: Results) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for a, b in ratio_pairs(results):
+        row: dict[str, float | None] = {}
+        for job in JOBS:
+            va, vb = _value(results, a, job.name), _value(results, b, job.name)
+            row[job.name] = round(va / vb, 3) if va is not None and vb else None
+        out[f"{a}/{b}"] = row
+    return out
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for r in [header, *rows]:
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None, metric: str) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.1f}" if metric == "MB/s" else f"{v:,.0f}"
+
+
+def render(results: Results) -> str:
+    header = ["target", *(f"{j.name} {j.metric}" for j in JOBS)]
+    rows = [[name, *(_fmt(_value(results, name, j.name), j.metric) for j in JOBS)] for name in results]
+    out = ["RESULTS (MB/s = 10^6 bytes/s; write figures include the final fdatasync)", _table(header, rows)]
+
+    rat = ratios(results)
+    if rat:
+        rows = [[pair, *("-" if row[j.name] is None else f"{row[j.name]:.2f}" for j in JOBS)]
+                for pair, row in rat.items()]
+        out += ["", "RATIOS (above 1: the first is faster)", _table(["ratio", *(j.name for j in JOBS)], rows)]
+
+    notes = []
+    for name, r in results.items():
+        if r.get("error"):
+            notes.append(f"{name}: FAILED: {r['error'].splitlines()[0]}")
+        for job, jr in r.get("jobs", {}).items():
+            if jr.get("note"):
+                notes.append(f"{name} {job}: {jr['note']}")
+        notes += _extras(name, r.get("extras", {}))
+    if notes:
+        out += ["", *notes]
+    return "\n".join(out)
+
+
+def _extras(name: str, ex: dict[str, Any]) -> list[str]:
+    lines = []
+    if "rss" in ex:
+        m = ex["rss"]
+        lines.append(
+            f"{name}: daemon RSS {m['idle_kib'] / 1024:.1f} MiB idle, {m['after_write_kib'] / 1024:.1f} MiB "
+            f"after {m['written_bytes'] / 2**30:.2f} GiB written -> +{m['growth_mib_per_tib']:,.0f} MiB "
+            f"per TiB allocated (about {m['total_gib_at_1tib']:.2f} GiB RSS for 1 TiB)")
+    rec = ex.get("recovery")
+    if isinstance(rec, dict):
+        mib = (rec.get("bytes") or 0) / 2**20
+        lines.append(
+            f"{name}: journal replay after kill -9: {rec.get('records')} records, {mib:,.1f} MiB in "
+            f"{rec.get('seconds')} s ({rec.get('mb_per_s')} MB/s); "
+            f"'array start' took {ex.get('start_seconds')} s")
+    elif "recovery" in ex:
+        lines.append(f"{name}: journal replay after kill -9: status reports {rec!r}")
+    for line in ex.get("request_sizes", []):
+        lines.append(f"{name}: {line}")
+    return lines
