@@ -18,7 +18,7 @@ import sys
 import threading
 
 from vstor.control.lock import PoolLock
-from vstor.control.mounts import prepare_mountpoint, unmount
+from vstor.control.mounts import fsname_for, prepare_mountpoint, unmount
 from vstor.control.server import ControlServer
 from vstor.control.service import PoolService
 from vstor.errors import VstorError
@@ -70,7 +70,7 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         reclaimer = Reclaimer(store)
         reclaimer.start()
         mount = os.path.abspath(mount)
-        prepare_mountpoint(mount)
+        prepare_mountpoint(mount, pool)
         fs = VolumeFS(store, on_ready=lambda conn: reporter.send("READY"),
                       extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher}})
         service = PoolService(store, mount, fs, reclaimer)
@@ -79,7 +79,7 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         server.start()
         log.info("serving pool %s at %s (pid %d, io_flusher=%s)", pool, mount, os.getpid(), io_flusher)
         try:
-            serve(fs, mount, mount_options(f"vstor:{os.path.basename(os.path.abspath(pool))}", threads))
+            serve(fs, mount, mount_options(fsname_for(pool), threads))
         finally:
             server.stop()
             reclaimer.stop()
