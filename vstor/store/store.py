@@ -157,6 +157,7 @@ class Store:
 
     def trim(self, vid: int, offset: int, length: int) -> None:
         """Make a range read as zeros and release its space (discard, punch hole, zero write)."""
+        self.stats.add(trims=1)
         with self._lock:
             vol = self._volume(vid)
             end = min(offset + length, vol.size)
@@ -175,7 +176,7 @@ class Store:
                 self._append(REC_TRIM, vol.group, vid, seq, start, stop - start, [], [], use_reserve=True)
                 self.state.group_seq[vol.group] = seq
                 vm.unmap(start, stop)
-        self.stats.add(trims=1, trim_bytes=end - offset)
+        self.stats.add(trim_bytes=end - offset)
 
     def relocate(self, vid: int, offset: int, data: bytes | memoryview, expect: list) -> bool:
         """GC: rewrite [offset, offset+len(data)) as one record if its extents still equal ``expect``."""
