@@ -3,6 +3,7 @@ fault injection, trims, zero writes, volume events and on-disk corruption."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import random
@@ -99,7 +100,7 @@ def check_volume(store: Store, vid: int, model: bytearray, rng: random.Random, r
 @pytest.mark.parametrize("compress,encrypt", list(itertools.product(["none", "lz4"], [False, True])))
 def test_write_read_round_trip_and_replay(tmp_path, compress, encrypt):
     pool = make_pool(tmp_path, compress=compress, encrypt=encrypt)
-    rng = random.Random(hash((compress, encrypt)) & 0xFFFF)
+    rng = random.Random(f"{compress}-{encrypt}")
     store = Store.open(pool)
     cs = store.sb.chunk_size
     size = 24 * MiB
@@ -218,6 +219,35 @@ def test_torn_tail_is_cut_at_recovery(tmp_path, damage):
     store = Store.open(pool)
     assert store.recovery["torn_tail"] is None
     assert store.read(vid, 0, len(model)) == model
+    store.close()
+
+
+@pytest.mark.parametrize("content", [b"", b"VSTSEG01 torn", None])
+def test_half_made_newest_segment_is_dropped(tmp_path, content):
+    """A crash while a new segment file was being started leaves it empty or with a bad
+    header; recovery drops the file and keeps everything before it."""
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 4 * MiB).id
+    data = os.urandom(100_000)
+    store.write(vid, 4096, data)
+    store.sync()
+    segno = store.journal.current_segno
+    store.journal.close()
+    path = seg_path(pool, segno + 1)
+    with open(seg_path(pool, segno), "rb") as f:
+        header = f.read(SEGMENT_HEADER_SIZE)
+    with open(path, "wb") as f:  # None: a valid header copied from another segment number
+        f.write(header if content is None else content)
+    store = Store.open(pool)
+    torn = store.recovery["torn_tail"]
+    assert torn is not None and torn["segment"] == segno + 1 and torn["offset"] == 0
+    # The bad file is gone; appending resumes in a fresh file under the freed number.
+    assert store.journal.current_segno == segno + 1
+    assert os.path.getsize(path) == SEGMENT_HEADER_SIZE
+    with open(path, "rb") as f:
+        assert f.read() != (header if content is None else content)
+    assert store.read(vid, 4096, len(data)) == data
     store.close()
 
 
@@ -403,6 +433,86 @@ def test_enospc_on_journal_write(tmp_path):
     store.close()
 
 
+def _fill_segment_one(store: Store, vid: int, model: bytearray) -> None:
+    for i in range(3):  # 12 MiB of a 16 MiB segment
+        data = os.urandom(MAX_RECORD)
+        store.write(vid, i * MAX_RECORD, data)
+        model[i * MAX_RECORD : (i + 1) * MAX_RECORD] = data
+    assert store.journal.current_segno == 1
+
+
+def _check_rollover_failure_recovers(pool: str, store: Store, vid: int, model: bytearray) -> None:
+    tail = store.journal.tail()
+    with pytest.raises(PoolFull):
+        store.write(vid, 3 * MAX_RECORD, os.urandom(MAX_RECORD))  # needs a new segment
+    assert store.journal.failed is None
+    assert store.journal.tail() == tail
+    assert store.read(vid, 0, len(model)) == model
+    data = os.urandom(MAX_RECORD)
+    store.write(vid, 3 * MAX_RECORD, data)  # the retry gets its segment
+    model[3 * MAX_RECORD : 4 * MAX_RECORD] = data
+    assert store.journal.current_segno == 2
+    store.sync()
+    store.journal.close()
+    store = Store.open(pool)
+    assert store.recovery["torn_tail"] is None
+    assert store.read(vid, 0, len(model)) == model
+    store.close()
+
+
+def test_enospc_at_segment_rollover(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool, faults=Faults("journal.rollover=enospc"))
+    vid = store.create_volume("v", 32 * MiB).id
+    model = bytearray(32 * MiB)
+    _fill_segment_one(store, vid, model)
+    _check_rollover_failure_recovers(pool, store, vid, model)
+
+
+def test_enospc_writing_a_new_segment_header(tmp_path, monkeypatch):
+    """The disk fills up just as a new segment file is created: the half-made segment must
+    not block every later rollover."""
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 32 * MiB).id
+    model = bytearray(32 * MiB)
+    _fill_segment_one(store, vid, model)
+    real_pwrite = os.pwrite
+    failures = []
+
+    def full_disk_once(fd: int, data: bytes, pos: int) -> int:
+        if pos == 0 and not failures:  # the header of a new segment file
+            failures.append(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, pos)
+
+    monkeypatch.setattr(os, "pwrite", full_disk_once)
+    _check_rollover_failure_recovers(pool, store, vid, model)
+    assert failures
+
+
+def test_full_filesystem_stops_writes_but_not_trims(tmp_path):
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 8 * MiB).id
+    data = os.urandom(MiB)
+    store.write(vid, 0, data)
+    store.sync()
+    # Pretend the filesystem has only the reserve left.
+    store.space.reserve = store.space.refresh()
+    with pytest.raises(PoolFull):
+        store.write(vid, 2 * MiB, os.urandom(4096))
+    assert store.stats.enospc == 1
+    assert store.journal.failed is None
+    store.trim(vid, 0, 4096)  # trims may use the reserve, to free space
+    assert store.read(vid, 0, MiB) == bytes(4096) + data[4096:]
+    assert store.volume_usage(vid) == MiB - 4096
+    store.space.reserve = 0
+    store.write(vid, 2 * MiB, b"room again")
+    assert store.read(vid, 2 * MiB, 10) == b"room again"
+    store.close()
+
+
 @pytest.mark.parametrize("point", ["journal.sync", "journal.write"])
 def test_eio_puts_the_journal_in_failed_state(tmp_path, point):
     pool = make_pool(tmp_path)
@@ -462,12 +572,14 @@ def test_trim_reads_zeros_and_frees(tmp_path):
         assert store.read(vid, off, end - off) == bytes(end - off)
     assert store.read(vid, 0, len(model)) == model
     assert store.stats.trims == len(trims)
-    # Trimming what is already unmapped writes nothing.
-    appended = store.journal.appended_bytes
+    assert store.stats.trim_bytes == sum(min(off + n, len(model)) - off for off, n in trims)
+    # Trimming what is already unmapped writes nothing (the request is still counted).
+    appended, trim_bytes = store.journal.appended_bytes, store.stats.trim_bytes
     store.trim(vid, 6 * MiB, MiB)
     store.trim(vid, 5000, 1000)
     assert store.journal.appended_bytes == appended
-    assert store.stats.trims == len(trims)
+    assert store.stats.trims == len(trims) + 2
+    assert store.stats.trim_bytes == trim_bytes
     store.sync()
     store.journal.close()
     store = Store.open(pool)

@@ -230,8 +230,9 @@ def test_consumer_reads_records_in_order_and_resumes(tmp_path):
         if kind == "write":
             assert e.data == data and e.length == len(data)
     assert got[4].length == 50
-    assert json.loads(got[0].data) | {"created": 0} == {"op": "create", "id": vid, "name": "v", "size": 16 * MiB,
-                                                        "group": 0, "created": 0}
+    event = json.loads(got[0].data)
+    assert event | {"created": 0} == {"op": "create", "id": vid, "name": "v", "size": 16 * MiB, "group": 0,
+                                      "created": 0}
     assert json.loads(got[5].data)["name"] == "w"
     positions = [e.next_position for e in got]
     assert positions == sorted(positions) and len(set(positions)) == len(positions)

@@ -17,6 +17,7 @@ every payload byte is written once. Guarantees (the block-device contract rests 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -115,10 +116,16 @@ class Journal:
     def start_segment(self, segno: int) -> None:
         """Open a fresh segment for appending (at startup and at rollover)."""
         fd = os.open(self.path(segno), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        header = pack_segment_header(self.pool_uuid, segno, self._now_ns())
-        os.pwrite(fd, header, 0)
-        os.fdatasync(fd)
-        sync_dir(self.dir)
+        try:
+            header = pack_segment_header(self.pool_uuid, segno, self._now_ns())
+            os.pwrite(fd, header, 0)
+            os.fdatasync(fd)
+            sync_dir(self.dir)
+        except BaseException:  # remove the half-made file, or the O_EXCL retry could never succeed
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.path(segno))
+            raise
         with self._sync_lock:
             old = self._fd
             self._fd, self._segno, self._tail = fd, segno, SEGMENT_HEADER_SIZE
@@ -141,8 +148,14 @@ class Journal:
     def _rollover(self) -> None:
         with self._sync_lock:
             self._fdatasync(self._fd)
-        self.faults.hit("journal.rollover")
-        self.start_segment(self._segno + 1)
+        try:
+            self.faults.hit("journal.rollover")
+            self.start_segment(self._segno + 1)
+        except OSError as e:  # nothing was appended: the tail is unchanged and a retry may succeed
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise PoolFull("pool is full: no room for a new journal segment; free space "
+                               "(delete volumes, fstrim) or grow the filesystem under the pool") from None
+            self._fail(f"cannot start journal segment {self._segno + 1}: {e}")
 
     def write(self, buffers: list[bytes | memoryview]) -> int:
         """Write one record's buffers at the tail. Returns its location. Caller holds the store lock
