@@ -20,7 +20,8 @@ VENV_BIN = Path(sys.executable).parent
 VSTOR = str(VENV_BIN / "vstor")
 
 
-def run(cmd: list[str], check: bool = True, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run(cmd: list[str], check: bool = True, env: dict | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and r.returncode:
         raise AssertionError(f"{' '.join(cmd)} -> {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}")
