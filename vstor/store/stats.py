@@ -12,6 +12,8 @@ def size_bucket(n: int) -> str:
     b = 512
     while b < n:
         b <<= 1
+    if b < 1 << 10:
+        return f"{b}B"
     return f"{b >> 10}K" if b < 1 << 20 else f"{b >> 20}M"
 
 
