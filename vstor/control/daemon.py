@@ -80,6 +80,8 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         log.info("serving pool %s at %s (pid %d, io_flusher=%s)", pool, mount, os.getpid(), io_flusher)
         try:
             serve(fs, mount, mount_options(fsname_for(pool), threads))
+        except RuntimeError as e:  # libfuse's non-zero return, e.g. after SIGTERM/SIGINT
+            log.info("FUSE loop ended with status %s (signal or unmount)", e)
         finally:
             server.stop()
             reclaimer.stop()
