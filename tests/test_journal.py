@@ -10,6 +10,7 @@ import random
 import threading
 
 import pytest
+from poolkit import SEG, MiB, make_pool, seg_path
 
 from vstor.errors import AlreadyExists, CorruptData, KeyError_, NotFound, PoolFull, UsageError, VstorError
 from vstor.faults import Faults
@@ -22,26 +23,9 @@ from vstor.store.format import (
     SEGMENT_HEADER_SIZE,
     loc_pos,
     loc_segno,
-    segment_name,
 )
 from vstor.store.journal import ScanEnd
 from vstor.store.store import Store
-from vstor.store.superblock import init_pool
-
-MiB = 1 << 20
-SEG = 16 * MiB
-
-
-def make_pool(tmp_path, **kw) -> str:
-    pool = str(tmp_path / "pool")
-    if kw.get("encrypt"):
-        kw.setdefault("key_file", str(tmp_path / "key"))
-    init_pool(pool, segment_size=SEG, **kw)
-    return pool
-
-
-def seg_path(pool: str, segno: int) -> str:
-    return os.path.join(pool, "journal", segment_name(segno))
 
 
 def record_of(store: Store, vid: int, offset: int) -> tuple[int, int]:

@@ -8,30 +8,19 @@ import os
 import random
 
 import pytest
+from poolkit import SEG, MiB, make_pool, seg_path
 
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, NotFound
 from vstor.store.chunkmap import FRAGMENTED
 from vstor.store.consumers import read_records
-from vstor.store.format import MAX_RECORD, SEGMENT_HEADER_SIZE, segment_name
+from vstor.store.format import MAX_RECORD, SEGMENT_HEADER_SIZE
 from vstor.store.reclaim import MAX_FRAGMENTS, Reclaimer
 from vstor.store.store import Store
-from vstor.store.superblock import init_pool
-
-MiB = 1 << 20
-SEG = 16 * MiB
-
-
-def make_pool(tmp_path, **kw) -> str:
-    pool = str(tmp_path / "pool")
-    if kw.get("encrypt"):
-        kw.setdefault("key_file", str(tmp_path / "key"))
-    init_pool(pool, segment_size=SEG, **kw)
-    return pool
 
 
 def seg_exists(pool: str, segno: int) -> bool:
-    return os.path.exists(os.path.join(pool, "journal", segment_name(segno)))
+    return os.path.exists(seg_path(pool, segno))
 
 
 def write(store: Store, vid: int, model: bytearray, off: int, data: bytes) -> None:
