@@ -83,8 +83,9 @@ def make_targets(a: argparse.Namespace, workdir: Path) -> list[Target]:
     return targets
 
 
-def measure(target: Target, settings: FioSettings) -> dict[str, Any]:
-    res: dict[str, Any] = {"kind": target.kind, "jobs": {}, "extras": target.extras, "error": None}
+def measure(target: Target, settings: FioSettings, res: dict[str, Any]) -> None:
+    """Set up, run the jobs, tear down; fills res as it goes (an interruption keeps what was measured)."""
+    res.update({"kind": target.kind, "jobs": {}, "extras": target.extras, "error": None})
     print(f"== {target.name}", flush=True)
     try:
         with target as path:
@@ -93,16 +94,16 @@ def measure(target: Target, settings: FioSettings) -> dict[str, Any]:
             for job in JOBS:
                 if job.drop_caches_before:
                     drop_caches()
+                target.before_job(job.name)
                 r = run_job(settings, job, path)
                 res["jobs"][job.name] = r
                 print(f"   {job.name:<10} {r['value']:>10,} {job.metric:<4}  lat mean {r['lat_mean_us']} us, "
                       f"p99 {r['clat_p99_us']} us, {r['runtime_s']:.1f} s", flush=True)
-                target.after_job(job.name)
+                target.after_job(job.name, r)
             target.finish()
     except BenchError as exc:
         res["error"] = str(exc)
         print(f"   FAILED: {exc}", flush=True)
-    return res
 
 
 def header(a: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -161,10 +162,13 @@ def main(argv: list[str] | None = None) -> int:
                 results[target.name] = {"kind": "vstor", "jobs": {}, "extras": {},
                                         "error": f"skipped: vstor CLI unavailable ({unavailable})"}
                 continue
-            results[target.name] = measure(target, settings)
+            results[target.name] = {}
+            measure(target, settings, results[target.name])
     except KeyboardInterrupt as exc:
         interrupted = True
-        print(f"\ninterrupted ({exc or 'Ctrl-C'}): everything set up was undone", file=sys.stderr)
+        results = {name: r for name, r in results.items() if r}
+        why = str(exc) or "Ctrl-C"
+        print(f"\ninterrupted ({why}): everything set up was undone", file=sys.stderr, flush=True)
     finally:
         with signals_deferred():
             shutil.rmtree(workdir, ignore_errors=True)

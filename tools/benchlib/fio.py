@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,17 +70,28 @@ def run_job(settings: FioSettings, job: Job, path: Path) -> dict[str, Any]:
     """Run one job; returns the headline figure and the latencies behind it."""
     cmd = settings.args(job, path)
     timeout = (settings.runtime if job.time_based else settings.seq_cap) + 300
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"fio {job.name}: no result after {timeout}s") from exc
+    finally:  # on a timeout or an interruption, fio must be gone (and its file closed) before teardown
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    res = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     try:
         out = json.loads(res.stdout[res.stdout.index("{"):])  # fio may print notes before the JSON
         fj = out["jobs"][0]
     except (ValueError, KeyError, IndexError) as exc:
         raise BenchError(f"fio {job.name} failed ({res.returncode}): {res.stderr.strip()[-500:]}") from exc
     if res.returncode != 0 or fj.get("error"):
-        raise BenchError(f"fio {job.name}: error {fj.get('error')}: {res.stderr.strip()[-500:]}")
+        raise BenchError(f"fio {job.name}: exit {res.returncode}, job error {fj.get('error')}: "
+                         f"{res.stderr.strip()[-500:]}")
     d = fj[job.direction]
     clat = d.get("clat_ns", {})
     pct = clat.get("percentile", {})

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 
 def install_signal_handlers() -> None:
+    # SIGINT explicitly too: a shell starting us in the background would have left it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_terminated)
 
@@ -129,7 +132,7 @@ def is_mounted(path: Path) -> bool:
 
 def unmount(path: Path) -> None:
     """fusermount3 -u, retried while busy, then a lazy -uz as the last resort."""
-    for _ in range(5):
+    for _ in range(20):
         if not is_mounted(path):
             return
         if run(["fusermount3", "-u", str(path)], timeout=30, check=False).returncode == 0:
@@ -158,3 +161,45 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+class RssSampler:
+    """Samples a process's VmRSS (KiB) every interval seconds in a thread, with monotonic times."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.started = self.stopped = 0.0
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> list[tuple[float, int]]:
+        if not self.stopped:
+            self.stopped = time.monotonic()
+            self._stop.set()
+            self._thread.join()
+        return self.samples
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.samples.append((time.monotonic(), rss_kib(self.pid)))
+            except (OSError, BenchError):
+                return
+
+    def slope_kib_per_byte(self, nbytes: int) -> float | None:
+        """RSS growth per byte over the second half of a steady write of nbytes between start and stop
+        (least squares; bytes assumed proportional to time), which leaves out the fixed start-up costs."""
+        span = self.stopped - self.started
+        pts = [((t - self.started) / span * nbytes, kib) for t, kib in self.samples
+               if t - self.started >= span / 2]
+        if len(pts) < 4:
+            return None
+        mx = sum(x for x, _ in pts) / len(pts)
+        my = sum(y for _, y in pts) / len(pts)
+        var = sum((x - mx) ** 2 for x, _ in pts)
+        return sum((x - mx) * (y - my) for x, y in pts) / var if var else None

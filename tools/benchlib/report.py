@@ -73,12 +73,15 @@ def render(results: Results) -> str:
 
 def _extras(name: str, ex: dict[str, Any]) -> list[str]:
     lines = []
-    if "rss" in ex:
-        m = ex["rss"]
+    m = ex.get("rss")
+    if m and "allocated_bytes" in m:
+        after = ", ".join(f"{job} {kib / 1024:.1f}" for job, kib in m["after_kib"].items())
+        marginal = m["marginal_mib_per_tib"]
         lines.append(
-            f"{name}: daemon RSS {m['idle_kib'] / 1024:.1f} MiB idle, {m['after_write_kib'] / 1024:.1f} MiB "
-            f"after {m['written_bytes'] / 2**30:.2f} GiB written -> +{m['growth_mib_per_tib']:,.0f} MiB "
-            f"per TiB allocated (about {m['total_gib_at_1tib']:.2f} GiB RSS for 1 TiB)")
+            f"{name}: daemon RSS MiB: idle {m['idle_kib'] / 1024:.1f}, after {after}; growth over the "
+            f"sequential write ({m['allocated_bytes'] / 2**30:.2f} GiB allocated) -> "
+            f"{m['growth_mib_per_tib']:,.0f} MiB per TiB allocated (marginal, 2nd half of the write: "
+            + ("n/a" if marginal is None else f"{marginal:,.0f} MiB per TiB") + ")")
     rec = ex.get("recovery")
     if isinstance(rec, dict):
         mib = (rec.get("bytes") or 0) / 2**20

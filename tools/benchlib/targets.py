@@ -21,6 +21,7 @@ from typing import Any
 
 from benchlib.procs import (
     BenchError,
+    RssSampler,
     best_effort,
     is_mounted,
     rss_kib,
@@ -82,8 +83,11 @@ class Target:
     def setup(self) -> Path:
         raise NotImplementedError
 
-    def after_job(self, job: str) -> None:
-        """Hook run after each fio job."""
+    def before_job(self, job: str) -> None:
+        """Hook run before each fio job."""
+
+    def after_job(self, job: str, result: dict[str, Any]) -> None:
+        """Hook run after each fio job, with its result."""
 
     def finish(self) -> None:
         """Hook run after the last job, before teardown."""
@@ -178,6 +182,7 @@ class Vstor(Target):
         self.pool, self.mnt = self.dir / "pool", self.dir / "mnt"
         self.pid: int | None = None
         self.rss_before = 0
+        self.sampler: RssSampler | None = None
 
     def vstor(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return run([str(VSTOR), *args], timeout=timeout)
@@ -228,18 +233,28 @@ class Vstor(Target):
         if is_mounted(self.mnt):
             unmount(self.mnt)
 
-    def after_job(self, job: str) -> None:
-        if job != "seq-write":
+    def before_job(self, job: str) -> None:
+        if job == "seq-write":
+            self.sampler = RssSampler(self._pid())
+            self.stack.callback(self.sampler.stop)
+            self.sampler.start()
+
+    def after_job(self, job: str, result: dict[str, Any]) -> None:
+        """RSS after each job; after the sequential write, its extrapolation to 1 TiB allocated."""
+        rss = self.extras.setdefault("rss", {"idle_kib": self.rss_before, "after_kib": {}})
+        after = rss["after_kib"][job] = rss_kib(self._pid())
+        if job != "seq-write" or self.sampler is None:
             return
-        after = rss_kib(self._pid())
-        growth = after - self.rss_before
-        self.extras["rss"] = {
-            "idle_kib": self.rss_before,
-            "after_write_kib": after,
-            "written_bytes": self.size,
-            "growth_mib_per_tib": round(growth * 1024 / self.size * TIB / 2**20, 1),
-            "total_gib_at_1tib": round((self.rss_before * 1024 + growth * 1024 * TIB / self.size) / 2**30, 2),
-        }
+        self.sampler.stop()
+        vols = {v["name"]: v for v in self.status().get("volumes", [])}
+        allocated = int(vols.get(self.volume, {}).get("allocated") or result["bytes"])
+        slope = self.sampler.slope_kib_per_byte(result["bytes"])
+        rss["allocated_bytes"] = allocated
+        # headline: (RSS after - RSS idle) / bytes allocated, scaled to 1 TiB; fixed costs (buffers,
+        # allocator arenas) are included, so it is an upper bound, the more so for small --size
+        rss["growth_mib_per_tib"] = round((after - self.rss_before) / allocated * TIB / 1024, 1)
+        # marginal cost: slope of RSS against bytes written over the second half of the write
+        rss["marginal_mib_per_tib"] = None if slope is None else round(slope * TIB / 1024, 1)
 
     def finish(self) -> None:
         """kill -9 (no clean checkpoint), restart, and read what journal replay took."""
