@@ -101,9 +101,9 @@ def measure(target: Target, settings: FioSettings, res: dict[str, Any]) -> None:
                       f"p99 {r['clat_p99_us']} us, {r['runtime_s']:.1f} s", flush=True)
                 target.after_job(job.name, r)
             target.finish()
-    except BenchError as exc:
-        res["error"] = str(exc)
-        print(f"   FAILED: {exc}", flush=True)
+    except Exception as exc:  # one target failing (cleaned up by its with) must not stop the others
+        res["error"] = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+        print(f"   FAILED: {res['error']}", flush=True)
 
 
 def header(a: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -151,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     settings = FioSettings(a.size_bytes, a.direct, a.runtime, a.seq_cap, a.compress_percentage)
     workdir = Path(tempfile.mkdtemp(prefix="vstor-bench-", dir=a.workdir))
-    h = header(a, workdir)
-    print_header(h)
     results: dict[str, dict[str, Any]] = {}
+    h: dict[str, Any] = {}
     interrupted = False
     try:
+        h = header(a, workdir)
+        print_header(h)
         unavailable = vstor_available() if "vstor" in a.target_list else None
         for target in make_targets(a, workdir):
             if isinstance(target, Vstor) and unavailable:
