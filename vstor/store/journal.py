@@ -233,8 +233,8 @@ class Journal:
             fd = self._read_fds.setdefault(segno, fd)
         return os.pread(fd, size, pos)
 
-    def read_header(self, loc_segno: int, pos: int) -> tuple[RecordHeader, tuple[FrameEntry, ...]]:
-        """Read and verify a record's header and frame table."""
+    def read_header_raw(self, loc_segno: int, pos: int) -> tuple[RecordHeader, bytes]:
+        """Read and verify a record's header; return it with its raw frame table."""
         raw = self.pread(loc_segno, pos, RECORD_HEADER_SIZE + 64 * FRAME_ENTRY_SIZE)
         try:
             header, hcsum = unpack_record_header(raw)
@@ -244,6 +244,11 @@ class Journal:
             verify_header(raw, table, hcsum)
         except BadRecord as e:
             raise CorruptData(f"record at segment {loc_segno} offset {pos}: {e}") from None
+        return header, table
+
+    def read_header(self, loc_segno: int, pos: int) -> tuple[RecordHeader, tuple[FrameEntry, ...]]:
+        """Read and verify a record's header and decoded frame table."""
+        header, table = self.read_header_raw(loc_segno, pos)
         return header, unpack_frame_table(table, header.nframes)
 
     # -- scanning ------------------------------------------------------------------------

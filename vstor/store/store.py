@@ -36,6 +36,7 @@ from vstor.store.format import (
     pack_frame_table,
     pack_record_header,
 )
+from vstor.store.hcache import CachedRecord, HeaderCache
 from vstor.store.journal import Journal, ScannedRecord
 from vstor.store.space import SpaceGuard
 from vstor.store.state import PoolState
@@ -44,7 +45,6 @@ from vstor.store.superblock import Superblock, layout, load_key, load_superblock
 from vstor.store.volumes import Volume
 
 log = logging.getLogger("vstor.store")
-HEADER_CACHE_MAX = 65536
 
 
 class Store:
@@ -64,7 +64,7 @@ class Store:
         self._lock = threading.RLock()
         self._reads_done = threading.Condition(self._lock)
         self._active_reads = 0
-        self._hcache: dict[int, tuple[RecordHeader, tuple[FrameEntry, ...], list[int]]] = {}
+        self._hcache = HeaderCache()
         self._ckpt_lock = threading.Lock()
         self.ckpt_generation = 0
         self.ckpt_position = (0, 0)
@@ -208,7 +208,7 @@ class Store:
         self.journal.reserve(RECORD_HEADER_SIZE + stored)
         loc = self.journal.write([pack_record_header(header, table), table, *bodies])
         self.space.consumed(RECORD_HEADER_SIZE + stored)
-        self._cache_header(loc, header, tuple(entries))
+        self._hcache.put(loc, CachedRecord.build(header, table))
         return loc
 
     def _ensure_room(self, nbytes: int) -> None:
@@ -270,7 +270,8 @@ class Store:
 
     def _read_extent(self, vid: int, s: int, e: int, loc: int) -> bytes:
         segno, pos = loc_segno(loc), loc_pos(loc)
-        h, entries, offs = self._header(loc)
+        cached = self._header(loc)
+        h, offs = cached.header, cached.offs
         where = f"volume {vid} chunk {s // self.sb.chunk_size} (segment {segno} record {pos})"
         if h.volume != vid or h.rtype not in (REC_WRITE, REC_RELOCATE) or not (
             h.offset <= s and e <= h.offset + h.length
@@ -283,14 +284,17 @@ class Store:
         ad = (h.volume, h.rtype, h.seq, h.offset, segno, pos) if self.codec.encrypted else None
         view = memoryview(raw)
         parts = []
+        flags = 0
         for i in range(f0, f1 + 1):
             body = view[offs[i] - offs[f0] : offs[i + 1] - offs[f0]]
             flen = min(FRAME_SIZE, h.length - i * FRAME_SIZE)
-            parts.append(self.codec.decode(entries[i], body, flen, ad, i, f"{where} frame {i}"))
+            entry = cached.entry(i)
+            flags |= entry.flags
+            parts.append(self.codec.decode(entry, body, flen, ad, i, f"{where} frame {i}"))
         cut = rel_s - f0 * FRAME_SIZE
         if len(parts) == 1:
             return bytes(parts[0][cut : cut + rel_e - rel_s])
-        if all(not entries[i].flags for i in range(f0, f1 + 1)):
+        if not flags:
             return raw[cut : cut + rel_e - rel_s]
         return b"".join(parts)[cut : cut + rel_e - rel_s]
 
@@ -306,20 +310,11 @@ class Store:
             off += fe.stored_len
         return b"".join(parts)
 
-    def _header(self, loc: int) -> tuple[RecordHeader, tuple[FrameEntry, ...], list[int]]:
+    def _header(self, loc: int) -> CachedRecord:
         hit = self._hcache.get(loc)
         if hit is None:
-            header, entries = self.journal.read_header(loc_segno(loc), loc_pos(loc))
-            hit = self._cache_header(loc, header, entries)
-        return hit
-
-    def _cache_header(self, loc: int, header: RecordHeader, entries: tuple[FrameEntry, ...]) -> tuple:
-        offs = [0]
-        for fe in entries:
-            offs.append(offs[-1] + fe.stored_len)
-        if len(self._hcache) >= HEADER_CACHE_MAX:
-            self._hcache.clear()
-        hit = self._hcache[loc] = (header, entries, offs)
+            header, table = self.journal.read_header_raw(loc_segno(loc), loc_pos(loc))
+            hit = self._hcache.put(loc, CachedRecord.build(header, table))
         return hit
 
     def sync(self) -> None:
@@ -362,7 +357,7 @@ class Store:
                 self._reads_done.wait()
             for s in dead:
                 self.journal.delete_segment(s)
-            self._hcache = {k: v for k, v in self._hcache.items() if loc_segno(k) not in dead}
+            self._hcache.drop_segments(set(dead))
         self.stats.add(segments_deleted=len(dead))
 
     def usage(self) -> dict:

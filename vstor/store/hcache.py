@@ -1,0 +1,70 @@
+"""A byte-bounded cache of record headers and frame tables, so that a small read costs one
+pread of the frames it touches instead of two.
+
+Memory is bounded by ``budget`` bytes, whatever the pool's size: an entry keeps the frame
+table as the raw on-disk bytes (32 per frame) and the frame offsets as a packed array, and
+frame entries are decoded only when a read needs them. The oldest quarter is evicted when
+the budget is exceeded (dicts keep insertion order).
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from dataclasses import dataclass
+
+from vstor.store.format import FRAME_ENTRY, FRAME_ENTRY_SIZE, FrameEntry, RecordHeader, loc_segno
+
+ENTRY_OVERHEAD = 400  # dict slot, tuple, header object, bytes and array headers (measured roughly)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRecord:
+    header: RecordHeader
+    table: bytes
+    offs: array  # offs[i]: start of frame i's stored bytes, relative to the frame data; offs[n] = end
+
+    def entry(self, i: int) -> FrameEntry:
+        stored_len, flags, _res, csum, nonce = FRAME_ENTRY.unpack_from(self.table, i * FRAME_ENTRY_SIZE)
+        return FrameEntry(stored_len, flags, csum, nonce)
+
+    @classmethod
+    def build(cls, header: RecordHeader, table: bytes) -> CachedRecord:
+        offs = array("I", [0])
+        for i in range(header.nframes):
+            offs.append(offs[-1] + FRAME_ENTRY.unpack_from(table, i * FRAME_ENTRY_SIZE)[0])
+        return cls(header, bytes(table), offs)
+
+    def cost(self) -> int:
+        return ENTRY_OVERHEAD + len(self.table) + 4 * len(self.offs)
+
+
+class HeaderCache:
+    def __init__(self, budget: int = 16 << 20) -> None:
+        self.budget = budget
+        self.used = 0
+        self._d: dict[int, CachedRecord] = {}
+        self._lock = threading.Lock()
+
+    def get(self, loc: int) -> CachedRecord | None:
+        return self._d.get(loc)
+
+    def put(self, loc: int, rec: CachedRecord) -> CachedRecord:
+        with self._lock:
+            old = self._d.pop(loc, None)
+            if old is not None:
+                self.used -= old.cost()
+            self._d[loc] = rec
+            self.used += rec.cost()
+            if self.used > self.budget:
+                for key in list(self._d)[: max(1, len(self._d) // 4)]:
+                    self.used -= self._d.pop(key).cost()
+        return rec
+
+    def drop_segments(self, segnos: set[int]) -> None:
+        with self._lock:
+            for key in [k for k in self._d if loc_segno(k) in segnos]:
+                self.used -= self._d.pop(key).cost()
+
+    def __len__(self) -> int:
+        return len(self._d)
