@@ -39,8 +39,9 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c
 class Passthrough(mfusepy.Operations):
     use_ns = True
 
-    def __init__(self, backing: str, stats: bool = False) -> None:
+    def __init__(self, backing: str, mountdir: str, stats: bool = False) -> None:
         self.fd = os.open(backing, os.O_RDWR)
+        self.mountdir = mountdir
         self.started = time.time_ns()
         self.stats: dict[str, collections.Counter[int]] | None = (
             {"read": collections.Counter(), "write": collections.Counter()} if stats else None
@@ -50,7 +51,7 @@ class Passthrough(mfusepy.Operations):
     # --- lifecycle ---------------------------------------------------------------------------
     def init_with_config(self, conn_info: Any, config_3: Any) -> None:
         agreed = options.tune_connection(conn_info)
-        print(f"READY {agreed}", flush=True)
+        options.after_init(self.mountdir, lambda: print(f"READY {agreed}", flush=True))
 
     def destroy(self, path: str) -> None:
         if self.stats is not None:
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("mountdir", help="empty directory; the file appears as MOUNTDIR/img")
     parser.add_argument("--stats", action="store_true", help="print request-size histograms on exit")
     args = parser.parse_args(argv)
-    ops = Passthrough(args.backing, stats=args.stats)
+    ops = Passthrough(args.backing, args.mountdir, stats=args.stats)
     options.set_io_flusher()
     try:
         mfusepy.FUSE(ops, args.mountdir, **options.mount_options("passthrough"))

@@ -23,7 +23,7 @@ from vstor.control.server import ControlServer
 from vstor.control.service import PoolService
 from vstor.errors import VstorError
 from vstor.faults import Faults
-from vstor.fuse.options import mount_options, set_io_flusher
+from vstor.fuse.options import after_init, mount_options, set_io_flusher
 from vstor.store.reclaim import Reclaimer
 from vstor.store.store import Store
 from vstor.store.superblock import layout
@@ -71,7 +71,7 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         reclaimer.start()
         mount = os.path.abspath(mount)
         prepare_mountpoint(mount, pool)
-        fs = VolumeFS(store, on_ready=lambda conn: reporter.send("READY"),
+        fs = VolumeFS(store, on_ready=lambda conn: after_init(mount, lambda: reporter.send("READY")),
                       extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher}})
         service = PoolService(store, mount, fs, reclaimer)
         service.stop_requested = lambda: threading.Thread(target=_unmount_quietly, args=(mount,)).start()

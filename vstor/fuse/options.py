@@ -15,6 +15,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 MAX_REQUEST = 1 << 20
@@ -49,6 +51,51 @@ def tune_connection(conn: Any) -> dict[str, int]:
         agreed = {}
     log.info("FUSE connection: %s", agreed)
     return agreed
+
+
+READAHEAD_KB = 1024
+
+
+def set_readahead(mountpoint: str, kb: int = READAHEAD_KB) -> int | None:
+    """Raise the FUSE mount's readahead window so buffered sequential reads arrive as 1 MiB
+    requests: with the default 128 KiB window they arrive as 256 KiB, and a bare passthrough
+    read 523 MB/s against 1,525 MB/s with 1 MiB (measured here).
+
+    The device number comes from /proc/self/mountinfo, not stat(): this runs inside the
+    FUSE server, and a stat of its own mount point would be a request to itself.
+    Returns the window set, or None if the mount or its bdi was not found."""
+    target = os.path.realpath(mountpoint)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            if parts[4].encode().decode("unicode_escape") == target and " - fuse" in line:
+                try:
+                    with open(f"/sys/class/bdi/{parts[2]}/read_ahead_kb", "w") as ra:
+                        ra.write(str(kb))
+                except OSError as e:
+                    log.warning("cannot set readahead on %s: %s", mountpoint, e)
+                    return None
+                log.info("readahead of %s set to %d KiB", mountpoint, kb)
+                return kb
+    return None
+
+
+def after_init(mountpoint: str, then: Callable[[], None] | None = None) -> None:
+    """From the init callback: once the kernel has processed the INIT reply (which caps the
+    readahead window at the negotiated value), raise readahead, then call ``then``.
+
+    A stat of the mount point from a separate thread is the sync point: the kernel sends no
+    request before INIT completes, so the stat returns only after it."""
+
+    def run() -> None:
+        try:
+            os.stat(mountpoint)
+            set_readahead(mountpoint)
+        finally:
+            if then:
+                then()
+
+    threading.Thread(target=run, name="fuse-after-init", daemon=True).start()
 
 
 def set_io_flusher() -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 
 LEAF_BITS = 10
@@ -69,7 +70,8 @@ class VolumeMap:
         return [(base, base + self.chunk_size, slot)]
 
     def lookup(self, start: int, end: int) -> list[Extent]:
-        """Mapped pieces of [start, end), clipped and in order; gaps read as zeros."""
+        """Mapped pieces of [start, end), clipped and in order; gaps read as zeros. Neighbouring
+        pieces of the same record are joined, even across chunks."""
         out: list[Extent] = []
         cs = self.chunk_size
         for chunk in range(start // cs, (end - 1) // cs + 1):
@@ -78,11 +80,11 @@ class VolumeMap:
                 continue
             if slot != FRAGMENTED:
                 base = chunk * cs
-                out.append((max(start, base), min(end, base + cs), slot))
+                _add(out, max(start, base), min(end, base + cs), slot)
                 continue
             for s, e, loc in self.overlays[chunk]:
                 if e > start and s < end:
-                    out.append((max(s, start), min(e, end), loc))
+                    _add(out, max(s, start), min(e, end), loc)
         return out
 
     def iter_chunks(self) -> Iterator[tuple[int, list[Extent]]]:
@@ -125,22 +127,32 @@ class VolumeMap:
             self._ref(loc, self.chunk_size)
 
     def _update_partial(self, chunk: int, a: int, b: int, loc: int) -> None:
-        extents = self.chunk_extents(chunk)
-        kept: list[Extent] = []
-        for s, e, old in extents:
-            if e <= a or s >= b:
-                kept.append((s, e, old))
-                continue
+        slot = self._slot(chunk)
+        if slot == FRAGMENTED:
+            ext = self.overlays[chunk]
+        elif slot == EMPTY:
+            ext = []
+        else:
+            base = chunk * self.chunk_size
+            ext = [(base, base + self.chunk_size, slot)]
+        # Extents are sorted and disjoint, so starts and ends are both ascending: splice only
+        # the ones that overlap [a, b) instead of rebuilding the list.
+        lo = bisect_right(ext, a, key=_end)
+        hi = bisect_left(ext, b, key=_start)
+        new: list[Extent] = []
+        for s, e, old in ext[lo:hi]:
             self._ref(old, -(min(e, b) - max(s, a)))
-            if s < a:
-                kept.append((s, a, old))
-            if e > b:
-                kept.append((b, e, old))
+        if lo < hi and ext[lo][0] < a:
+            new.append((ext[lo][0], a, ext[lo][2]))
         if loc != EMPTY:
-            kept.append((a, b, loc))
+            new.append((a, b, loc))
             self._ref(loc, b - a)
-        kept.sort()
-        self._store_extents(chunk, _merge(kept))
+        if lo < hi and ext[hi - 1][1] > b:
+            new.append((b, ext[hi - 1][1], ext[hi - 1][2]))
+        ext[lo:hi] = new
+        w0, w1 = max(0, lo - 1), min(len(ext), lo + len(new) + 1)  # neighbours may continue the record
+        ext[w0:w1] = _merge(ext[w0:w1])
+        self._store_extents(chunk, ext)
 
     def _store_extents(self, chunk: int, extents: list[Extent]) -> None:
         base = chunk * self.chunk_size
@@ -188,6 +200,23 @@ class VolumeMap:
             for s, e, loc in extents:
                 vm._ref(loc, e - s)
         return vm, pos
+
+
+def _start(x: Extent) -> int:
+    return x[0]
+
+
+def _end(x: Extent) -> int:
+    return x[1]
+
+
+def _add(out: list[Extent], s: int, e: int, loc: int) -> None:
+    """Append a piece, joining it to the previous one when it continues the same record (a
+    1 MiB write spans two 512 KiB chunks: one read, one pread)."""
+    if out and out[-1][2] == loc and out[-1][1] == s:
+        out[-1] = (out[-1][0], e, loc)
+    else:
+        out.append((s, e, loc))
 
 
 def _merge(extents: list[Extent]) -> list[Extent]:

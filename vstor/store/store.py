@@ -259,24 +259,32 @@ class Store:
                 self._reads_done.notify_all()
 
     def assemble(self, vid: int, offset: int, size: int, pieces: list) -> bytes:
+        """The bytes of [offset, offset+size) from its mapped pieces; gaps are zeros. Returns
+        ``bytes`` (mfusepy copies only bytes into the kernel buffer) built with one copy."""
         if not pieces:
             return bytes(size)
         if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + size:
             return self._read_extent(vid, *pieces[0])
-        buf = bytearray(size)
+        parts: list[bytes] = []
+        at = offset
         for s, e, loc in pieces:
-            buf[s - offset : e - offset] = self._read_extent(vid, s, e, loc)
-        return bytes(buf)
+            if s > at:
+                parts.append(bytes(s - at))
+            parts.append(self._read_extent(vid, s, e, loc))
+            at = e
+        if at < offset + size:
+            parts.append(bytes(offset + size - at))
+        return b"".join(parts)
 
     def _read_extent(self, vid: int, s: int, e: int, loc: int) -> bytes:
         segno, pos = loc_segno(loc), loc_pos(loc)
         cached = self._header(loc)
         h, offs = cached.header, cached.offs
-        where = f"volume {vid} chunk {s // self.sb.chunk_size} (segment {segno} record {pos})"
         if h.volume != vid or h.rtype not in (REC_WRITE, REC_RELOCATE) or not (
             h.offset <= s and e <= h.offset + h.length
         ):
-            raise CorruptData(f"misplaced record for {where}: it holds volume {h.volume} offset {h.offset}")
+            raise CorruptData(f"misplaced record for {self._where(vid, s, loc)}: it holds volume {h.volume} "
+                              f"offset {h.offset}")
         rel_s, rel_e = s - h.offset, e - h.offset
         f0, f1 = rel_s // FRAME_SIZE, (rel_e - 1) // FRAME_SIZE
         base = pos + RECORD_HEADER_SIZE + h.table_size
@@ -285,18 +293,23 @@ class Store:
         view = memoryview(raw)
         parts = []
         flags = 0
-        for i in range(f0, f1 + 1):
-            body = view[offs[i] - offs[f0] : offs[i + 1] - offs[f0]]
-            flen = min(FRAME_SIZE, h.length - i * FRAME_SIZE)
-            entry = cached.entry(i)
-            flags |= entry.flags
-            parts.append(self.codec.decode(entry, body, flen, ad, i, f"{where} frame {i}"))
-        cut = rel_s - f0 * FRAME_SIZE
-        if len(parts) == 1:
-            return bytes(parts[0][cut : cut + rel_e - rel_s])
-        if not flags:
-            return raw[cut : cut + rel_e - rel_s]
-        return b"".join(parts)[cut : cut + rel_e - rel_s]
+        try:
+            for i in range(f0, f1 + 1):
+                entry = cached.entry(i)
+                flags |= entry.flags
+                body = view[offs[i] - offs[f0] : offs[i + 1] - offs[f0]]
+                parts.append(self.codec.decode(entry, body, min(FRAME_SIZE, h.length - i * FRAME_SIZE), ad, i,
+                                               f"frame {i}"))
+        except CorruptData as err:
+            raise CorruptData(f"{err.message} of {self._where(vid, s, loc)}") from None
+        cut, n = rel_s - f0 * FRAME_SIZE, rel_e - rel_s
+        if not flags:  # raw frames: the pread result is the data
+            return raw if cut == 0 and n == len(raw) else raw[cut : cut + n]
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return data if cut == 0 and n == len(data) and isinstance(data, bytes) else bytes(data[cut : cut + n])
+
+    def _where(self, vid: int, s: int, loc: int) -> str:
+        return f"volume {vid} chunk {s // self.sb.chunk_size} (segment {loc_segno(loc)} record {loc_pos(loc)})"
 
     def decode_payload(self, rec: ScannedRecord) -> bytes:
         """Verify and decode the whole payload of a scanned record (journal readers)."""
