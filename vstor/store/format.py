@@ -48,8 +48,12 @@ REC_WRITE = 1  # host data; consumes one group sequence number
 REC_TRIM = 2  # range reads as zeros afterwards (discard, all-zero write, shrink); consumes a seq
 REC_RELOCATE = 3  # GC/compaction copy of live data; seq 0, invisible to journal readers
 REC_VOLUME = 4  # volume table event, JSON payload in one raw frame; seq 0
+REC_COMMIT = 5  # durability marker: offset = a position in this segment that an fdatasync made
+                # durable before the marker was written; no payload. Lets recovery tell a torn
+                # tail (nothing durable after it) from damage inside durable data.
 
-RECORD_TYPES = {REC_WRITE: "write", REC_TRIM: "trim", REC_RELOCATE: "relocate", REC_VOLUME: "volume"}
+RECORD_TYPES = {REC_WRITE: "write", REC_TRIM: "trim", REC_RELOCATE: "relocate", REC_VOLUME: "volume",
+                REC_COMMIT: "commit"}
 
 # Frame flags.
 FF_LZ4 = 1
@@ -120,7 +124,7 @@ def unpack_record_header(raw: bytes | memoryview) -> tuple[RecordHeader, int]:
         raise BadRecord(f"unsupported record version {ver}")
     if rtype not in RECORD_TYPES:
         raise BadRecord(f"unknown record type {rtype}")
-    if length > MAX_RECORD or nframes != (frame_count(length) if rtype != REC_TRIM else 0):
+    if length > MAX_RECORD or nframes != (frame_count(length) if rtype not in (REC_TRIM, REC_COMMIT) else 0):
         raise BadRecord("inconsistent record length")
     if stored < nframes * FRAME_ENTRY_SIZE or stored > nframes * (FRAME_ENTRY_SIZE + FRAME_SIZE + 64):
         raise BadRecord("inconsistent stored size")

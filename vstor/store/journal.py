@@ -34,12 +34,15 @@ from vstor.faults import NO_FAULTS, Faults
 from vstor.store.format import (
     FRAME_ENTRY_SIZE,
     MAX_SEGMENT_SIZE,
+    REC_COMMIT,
     RECORD_HEADER_SIZE,
+    RECORD_MAGIC,
     SEGMENT_HEADER_SIZE,
     BadRecord,
     FrameEntry,
     RecordHeader,
     make_loc,
+    pack_record_header,
     pack_segment_header,
     segment_name,
     unpack_frame_table,
@@ -82,6 +85,8 @@ class Journal:
         self._segno = 0
         self._tail = 0
         self._durable = (0, 0)
+        self._marked = 0  # position in the current segment covered by the last commit marker
+        self._pending: int | None = None  # a marker decided by reserve(), written by write()
         self._read_fds: dict[int, int] = {}
         self.failed: str | None = None
         self.appended_bytes = 0
@@ -130,6 +135,7 @@ class Journal:
             old = self._fd
             self._fd, self._segno, self._tail = fd, segno, SEGMENT_HEADER_SIZE
             self._durable = (segno, SEGMENT_HEADER_SIZE)
+            self._marked, self._pending = SEGMENT_HEADER_SIZE, None
         if old >= 0:
             os.close(old)
 
@@ -141,9 +147,13 @@ class Journal:
         """Return (segno, pos) where the next record of at most ``max_bytes`` will land,
         rolling over to a new segment first if it would not fit. Caller holds the store lock."""
         self._check_failed()
-        if self._tail + max_bytes > self.segment_size and self._tail > SEGMENT_HEADER_SIZE:
+        if self._tail + max_bytes + RECORD_HEADER_SIZE > self.segment_size and self._tail > SEGMENT_HEADER_SIZE:
             self._rollover()
-        return self._segno, self._tail
+        if self._pending is None:
+            dseg, dpos = self._durable
+            if dseg == self._segno and dpos > self._marked:
+                self._pending = dpos
+        return self._segno, self._tail + (RECORD_HEADER_SIZE if self._pending is not None else 0)
 
     def _rollover(self) -> None:
         with self._sync_lock:
@@ -162,6 +172,10 @@ class Journal:
         and called :meth:`reserve` with a bound on the size."""
         self._check_failed()
         pos = self._tail
+        marker = self._pending
+        if marker is not None:  # goes first, in the same system call; reserve() counted it
+            buffers = [pack_record_header(RecordHeader(REC_COMMIT, 0, 0, 0, 0, marker, 0, 0, self._now_ns()), b""),
+                       *buffers]
         total = sum(len(b) for b in buffers)
         try:
             action = self.faults.hit("journal.write")
@@ -179,6 +193,9 @@ class Journal:
             self._fail(f"journal write failed: {e}")
         self._tail = pos + total
         self.appended_bytes += total
+        if marker is not None:
+            self._marked, self._pending = marker, None
+            return make_loc(self._segno, pos + RECORD_HEADER_SIZE)
         return make_loc(self._segno, pos)
 
     def _undo_write(self, pos: int) -> None:
@@ -291,10 +308,38 @@ class Journal:
                     _verify_frames(frames, payload)
                 except BadRecord as e:
                     end.reason = str(e)
+                    covered = self._durable_after(segno, pos)
+                    if covered > pos:
+                        raise CorruptData(
+                            f"journal segment {segno} is damaged at offset {pos} ({e}) inside data an fsync "
+                            f"had made durable (a commit marker covers it up to {covered}): acknowledged "
+                            "writes are damaged; run 'vstor pool check'") from None
                     return
+                if header.rtype == REC_COMMIT:
+                    pos += header.total_size
+                    end.pos = pos
+                    continue
                 yield ScannedRecord(make_loc(segno, pos), header, frames, payload)
                 pos += header.total_size
                 end.pos = pos
+
+    def _durable_after(self, segno: int, pos: int) -> int:
+        """The highest durable position stated by a valid commit marker after ``pos`` (0 if none)."""
+        with open(self.path(segno), "rb") as f:
+            f.seek(pos)
+            data = f.read()
+        best, k = 0, data.find(RECORD_MAGIC, 1)
+        while k >= 0:
+            raw = data[k : k + RECORD_HEADER_SIZE]
+            try:
+                header, hcsum = unpack_record_header(raw)
+                if header.rtype == REC_COMMIT:
+                    verify_header(raw, b"", hcsum)
+                    best = max(best, header.offset)
+            except BadRecord:
+                pass
+            k = data.find(RECORD_MAGIC, k + 1)
+        return best
 
     def truncate_segment(self, segno: int, pos: int) -> None:
         """Cut a torn tail (recovery only)."""

@@ -21,7 +21,7 @@ import threading
 from vstor.clock import Clock, SystemClock
 from vstor.errors import VstorError
 from vstor.store.chunkmap import LEAF_BITS, LEAF_SLOTS
-from vstor.store.format import SEGMENT_HEADER_SIZE, loc_segno
+from vstor.store.format import loc_segno
 
 log = logging.getLogger("vstor.reclaim")
 MAX_FRAGMENTS = 32
@@ -54,7 +54,7 @@ class Reclaimer:
             cur = st.journal.current_segno
             out = set()
             for s in st.journal.segments():
-                size = st.journal.segment_bytes(s) - SEGMENT_HEADER_SIZE
+                size = st.state.seg_logical.get(s, 0)  # logical, like live: compression does not skew it
                 live = st.state.live.get(s, 0)
                 if s < cur and size > 0 and 0 < live <= (1 - self.min_dead) * size:
                     out.add(s)

@@ -22,6 +22,7 @@ class PoolState:
         self.maps: dict[int, VolumeMap] = {}
         self.group_seq: dict[int, int] = defaultdict(int)
         self.live: dict[int, int] = defaultdict(int)  # segno -> logical bytes referenced
+        self.seg_logical: dict[int, int] = defaultdict(int)  # segno -> logical bytes of data written to it
 
     def _on_ref(self, loc: int, delta: int) -> None:
         segno = loc_segno(loc)
@@ -69,19 +70,22 @@ class PoolState:
             return
         vm = self.maps[vol.id]
         if h.rtype in (REC_WRITE, REC_RELOCATE):
+            self.seg_logical[loc_segno(loc)] += h.length
             vm.map(h.offset, end, loc)
         elif h.rtype == REC_TRIM:
             vm.unmap(h.offset, end)
 
     # -- checkpoint form -------------------------------------------------------------------
     def meta_json(self) -> dict:
-        return {"table": self.table.to_json(), "group_seq": {str(g): s for g, s in self.group_seq.items()}}
+        return {"table": self.table.to_json(), "group_seq": {str(g): s for g, s in self.group_seq.items()},
+                "seg_logical": {str(g): n for g, n in self.seg_logical.items()}}
 
     @classmethod
     def from_checkpoint(cls, chunk_size: int, meta: dict, maps: dict[int, bytes]) -> PoolState:
         st = cls(chunk_size)
         st.table = VolumeTable.from_json(meta["table"])
         st.group_seq.update({int(g): s for g, s in meta["group_seq"].items()})
+        st.seg_logical.update({int(g): n for g, n in meta.get("seg_logical", {}).items()})
         for vid in st.table.by_id:
             blob = maps.get(vid)
             if blob is None:

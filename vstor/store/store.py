@@ -208,6 +208,8 @@ class Store:
         self.journal.reserve(RECORD_HEADER_SIZE + stored)
         loc = self.journal.write([pack_record_header(header, table), table, *bodies])
         self.space.consumed(RECORD_HEADER_SIZE + stored)
+        if rtype in (REC_WRITE, REC_RELOCATE):
+            self.state.seg_logical[loc_segno(loc)] += length
         self._hcache.put(loc, CachedRecord.build(header, table))
         return loc
 
@@ -370,6 +372,7 @@ class Store:
                 self._reads_done.wait()
             for s in dead:
                 self.journal.delete_segment(s)
+                self.state.seg_logical.pop(s, None)
             self._hcache.drop_segments(set(dead))
         self.stats.add(segments_deleted=len(dead))
 
