@@ -44,7 +44,9 @@ soak: setup
 	VSTOR_CRASH_ITERATIONS=200 $(PY) -m pytest -q -m soak tests
 
 bench: setup
-	$(PY) tools/bench_fio.py
+	$(PY) tools/bench_fio.py --all
+	$(PY) tools/bench_memory.py --fill-gib 4
+	$(PY) tools/bench_tuning.py
 
 lint: venv
 	$(VENV)/bin/ruff check vstor tools tests vm

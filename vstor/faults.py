@@ -41,7 +41,7 @@ class Faults:
             point, _, rest = item.partition("=")
             action, _, count = rest.partition("@")
             repeat = count.endswith("+")
-            if action not in ACTIONS or not point:
+            if action not in ACTIONS or not point or not (count.rstrip("+") or "1").isdigit():
                 raise UsageError(f"bad fault spec {item!r}: use POINT=ACTION[@N[+]] with ACTION in {ACTIONS}")
             self.arm(point, action, int(count.rstrip("+") or 1), repeat)
 

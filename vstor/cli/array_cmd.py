@@ -47,7 +47,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     pool = pool_path(args)
     pid = daemon_pid(pool)
     if pid is not None:
-        raise Busy(f"the array for {pool} is already running (pid {pid})")
+        from vstor.control.lock import PoolLock
+
+        raise Busy(f"pool {pool} is in use by {PoolLock(pool).holder()}")
     if args.foreground:
         from vstor.control.daemon import main as daemon_main
 
@@ -65,7 +67,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         return 0
     if line.startswith("ERROR "):
         _, code, kind, message = line.split(" ", 3)
-        raise error_from_wire(kind, message)
+        err = error_from_wire(kind, message)
+        err.exit_code = int(code) if code.isdigit() else err.exit_code
+        raise err
     proc.kill()
     raise VstorError(f"the daemon did not start (see {layout(pool)['log']}/daemon.log)")
 

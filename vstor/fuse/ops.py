@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from vstor.fuse.options import select_library, tune_connection
+from vstor.fuse.options import select_library, tune_connection, tuning
 
 select_library()
 import mfusepy as fuse  # noqa: E402
@@ -53,6 +53,9 @@ class VolumeFS(fuse.Operations):
         self._next_fh = 1
         self.open_count: dict[int, int] = {}
         self._seen_sizes: set[str] = set()
+        knobs = tuning()
+        self.blksize = knobs.get("blksize", store.sb.chunk_size)
+        self.statfs_bsize = knobs.get("statfs_bsize", store.sb.chunk_size)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def init_with_config(self, conn: Any, config: Any) -> None:
@@ -81,7 +84,7 @@ class VolumeFS(fuse.Operations):
         ns = int(vol.created * 1e9)
         return {
             "st_mode": stat.S_IFREG | 0o600, "st_nlink": 1, "st_size": vol.size,
-            "st_blksize": self.store.sb.chunk_size, "st_blocks": self.store.volume_usage(vol.id) // 512,
+            "st_blksize": self.blksize, "st_blocks": self.store.volume_usage(vol.id) // 512,
             "st_mtime": ns, "st_ctime": ns, "st_atime": ns,
         }
 
@@ -93,7 +96,7 @@ class VolumeFS(fuse.Operations):
         raise fuse.FuseOSError(errno.ENOTDIR)
 
     def statfs(self, path: str) -> dict[str, int]:
-        cs = self.store.sb.chunk_size
+        cs = self.statfs_bsize
         used = self.store.usage()["journal_bytes"]
         free = self.store.space.free_bytes()
         return {"f_bsize": cs, "f_frsize": cs, "f_blocks": (used + free) // cs, "f_bfree": free // cs,

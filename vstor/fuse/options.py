@@ -19,8 +19,26 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from vstor.errors import UsageError
+
 MAX_REQUEST = 1 << 20
 PR_SET_IO_FLUSHER = 57
+READAHEAD_KB = 1024
+
+# Benchmark-only overrides of the choices above, to measure each one against its alternative
+# (tools/bench_tuning.py): VSTOR_FUSE_TUNING="threads=0,max_write=131072,readahead_kb=128,
+# blksize=4096,statfs_bsize=4096,io_flusher=0". Unset in normal use.
+TUNING_KEYS = ("threads", "max_write", "readahead_kb", "blksize", "statfs_bsize", "io_flusher")
+
+
+def tuning() -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in filter(None, os.environ.get("VSTOR_FUSE_TUNING", "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in TUNING_KEYS or not value.isdigit():
+            raise UsageError(f"bad VSTOR_FUSE_TUNING item {item!r}: use KEY=N with KEY in {TUNING_KEYS}")
+        out[key] = int(value)
+    return out
 
 log = logging.getLogger("vstor.fuse")
 
@@ -34,7 +52,7 @@ def mount_options(fsname: str, threads: bool = True) -> dict[str, Any]:
     """Keyword options for ``mfusepy.FUSE``."""
     return {
         "foreground": True,
-        "nothreads": not threads,
+        "nothreads": not (threads and tuning().get("threads", 1)),
         "max_read": MAX_REQUEST,
         "fsname": fsname,
         "default_permissions": True,
@@ -45,7 +63,7 @@ def tune_connection(conn: Any) -> dict[str, int]:
     """Called from init_with_config: negotiate the request size. Returns what was agreed."""
     if conn is not None:
         conn.max_read = MAX_REQUEST
-        conn.max_write = min(conn.max_write or MAX_REQUEST, MAX_REQUEST)
+        conn.max_write = min(conn.max_write or MAX_REQUEST, tuning().get("max_write", MAX_REQUEST))
         agreed = {"max_write": int(conn.max_write), "max_read": int(conn.max_read)}
     else:
         agreed = {}
@@ -53,10 +71,7 @@ def tune_connection(conn: Any) -> dict[str, int]:
     return agreed
 
 
-READAHEAD_KB = 1024
-
-
-def set_readahead(mountpoint: str, kb: int = READAHEAD_KB) -> int | None:
+def set_readahead(mountpoint: str, kb: int | None = None) -> int | None:
     """Raise the FUSE mount's readahead window so buffered sequential reads arrive as 1 MiB
     requests: with the default 128 KiB window they arrive as 256 KiB, and a bare passthrough
     read 523 MB/s against 1,525 MB/s with 1 MiB (measured here).
@@ -64,6 +79,7 @@ def set_readahead(mountpoint: str, kb: int = READAHEAD_KB) -> int | None:
     The device number comes from /proc/self/mountinfo, not stat(): this runs inside the
     FUSE server, and a stat of its own mount point would be a request to itself.
     Returns the window set, or None if the mount or its bdi was not found."""
+    kb = kb or tuning().get("readahead_kb", READAHEAD_KB)
     target = os.path.realpath(mountpoint)
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -101,6 +117,8 @@ def after_init(mountpoint: str, then: Callable[[], None] | None = None) -> None:
 def set_io_flusher() -> bool:
     """prctl(PR_SET_IO_FLUSHER): lets the kernel treat this process as part of the I/O path,
     so memory reclaim does not wait on the writeback it is serving (loop over FUSE)."""
+    if not tuning().get("io_flusher", 1):
+        return False
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0:
         log.warning("PR_SET_IO_FLUSHER failed: %s", os.strerror(ctypes.get_errno()))

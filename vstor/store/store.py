@@ -127,8 +127,12 @@ class Store:
         with self._lock:  # refuse the whole write up front: no piece of it may land
             _check_range(self._volume(vid), offset, len(view))
         self.stats.request("write", len(view))
-        for start in range(0, len(view), MAX_RECORD):
-            self._write_record(vid, offset + start, view[start : start + MAX_RECORD])
+        try:
+            for start in range(0, len(view), MAX_RECORD):
+                self._write_record(vid, offset + start, view[start : start + MAX_RECORD])
+        except PoolFull:
+            self.stats.add(enospc=1)
+            raise
         self.stats.add(writes=1, write_bytes=len(view))
 
     def _write_record(self, vid: int, offset: int, piece: memoryview) -> None:
@@ -221,7 +225,6 @@ class Store:
             self.space.refresh()
             if self.space.has_room(nbytes):
                 return
-        self.stats.add(enospc=1)
         raise PoolFull("pool is full: no space for new data (acknowledged data is safe); free space with "
                        "fstrim or by deleting volumes, or grow the filesystem under the pool")
 
