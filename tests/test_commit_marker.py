@@ -100,3 +100,32 @@ def test_gc_reclaims_compressed_segments(tmp_path):
     for off in range(40 * MiB, 48 * MiB, MiB):
         assert st.read(v.id, off, MiB) == text
     st.close()
+
+
+def test_encrypted_writes_stay_readable_while_syncs_race_them(tmp_path):
+    """Regression: a sync between reserve() and write() once made write() put a commit marker
+    in front of a record already encrypted for the position without it (EIO on read)."""
+    import threading
+
+    pool = make_pool(tmp_path, encrypt=True)
+    st = Store.open(pool)
+    v = st.create_volume("a", 64 * MiB)
+    stop = threading.Event()
+
+    def syncer() -> None:
+        while not stop.is_set():
+            st.sync()
+
+    t = threading.Thread(target=syncer)
+    t.start()
+    blocks = {}
+    try:
+        for i in range(1500):
+            blocks[i] = os.urandom(4096)
+            st.write(v.id, i * 8192, blocks[i])
+    finally:
+        stop.set()
+        t.join()
+    for i, data in blocks.items():
+        assert st.read(v.id, i * 8192, 4096) == data, f"block {i}"
+    st.close()

@@ -87,6 +87,7 @@ class Journal:
         self._durable = (0, 0)
         self._marked = 0  # position in the current segment covered by the last commit marker
         self._pending: int | None = None  # a marker decided by reserve(), written by write()
+        self._reserved: tuple[int, int] | None = None  # where the record being built will land
         self._read_fds: dict[int, int] = {}
         self.failed: str | None = None
         self.appended_bytes = 0
@@ -135,7 +136,7 @@ class Journal:
             old = self._fd
             self._fd, self._segno, self._tail = fd, segno, SEGMENT_HEADER_SIZE
             self._durable = (segno, SEGMENT_HEADER_SIZE)
-            self._marked, self._pending = SEGMENT_HEADER_SIZE, None
+            self._marked, self._pending, self._reserved = SEGMENT_HEADER_SIZE, None, None
         if old >= 0:
             os.close(old)
 
@@ -147,13 +148,20 @@ class Journal:
         """Return (segno, pos) where the next record of at most ``max_bytes`` will land,
         rolling over to a new segment first if it would not fit. Caller holds the store lock."""
         self._check_failed()
-        if self._tail + max_bytes + RECORD_HEADER_SIZE > self.segment_size and self._tail > SEGMENT_HEADER_SIZE:
+        fits = self._tail + max_bytes + RECORD_HEADER_SIZE <= self.segment_size
+        if self._reserved is not None and fits:
+            # Frozen until write(): an encrypting caller has bound this position into the
+            # record's AES-GCM associated data, so a sync that completes in between must not
+            # make write() put a commit marker in front of it.
+            return self._reserved
+        if not fits and self._tail > SEGMENT_HEADER_SIZE:
             self._rollover()
         if self._pending is None:
             dseg, dpos = self._durable
             if dseg == self._segno and dpos > self._marked:
                 self._pending = dpos
-        return self._segno, self._tail + (RECORD_HEADER_SIZE if self._pending is not None else 0)
+        self._reserved = (self._segno, self._tail + (RECORD_HEADER_SIZE if self._pending is not None else 0))
+        return self._reserved
 
     def _rollover(self) -> None:
         with self._sync_lock:
@@ -171,6 +179,7 @@ class Journal:
         """Write one record's buffers at the tail. Returns its location. Caller holds the store lock
         and called :meth:`reserve` with a bound on the size."""
         self._check_failed()
+        self._reserved = None
         pos = self._tail
         marker = self._pending
         if marker is not None:  # goes first, in the same system call; reserve() counted it
