@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--direct", type=int, choices=(0, 1), default=0,
                    help="fio direct= (default 0: buffered, caches dropped before reads)")
     p.add_argument("--runtime", type=int, default=20, help="seconds of each random job (default 20)")
+    p.add_argument("--read-repeats", type=int, default=3,
+                   help="run each read job this many times (caches dropped each time) and report the median")
     p.add_argument("--seq-cap", type=int, default=300, help="time cap of each sequential pass (default 300)")
     p.add_argument("--compress-percentage", type=int, default=None,
                    help="fio buffer_compress_percentage for writes (default: incompressible data)")
@@ -83,7 +85,7 @@ def make_targets(a: argparse.Namespace, workdir: Path) -> list[Target]:
     return targets
 
 
-def measure(target: Target, settings: FioSettings, res: dict[str, Any]) -> None:
+def measure(target: Target, settings: FioSettings, res: dict[str, Any], read_repeats: int = 1) -> None:
     """Set up, run the jobs, tear down; fills res as it goes (an interruption keeps what was measured)."""
     res.update({"kind": target.kind, "jobs": {}, "extras": target.extras, "error": None})
     print(f"== {target.name}", flush=True)
@@ -92,10 +94,16 @@ def measure(target: Target, settings: FioSettings, res: dict[str, Any]) -> None:
             if settings.direct and not direct_io_works(path):
                 raise BenchError(f"O_DIRECT does not work on {path}")
             for job in JOBS:
-                if job.drop_caches_before:
-                    drop_caches()
                 target.before_job(job.name)
-                r = run_job(settings, job, path)
+                repeats = read_repeats if job.direction == "read" else 1
+                runs = []
+                for _ in range(repeats):  # cold reads vary with the VM disk's host cache: take the median
+                    if job.drop_caches_before:
+                        drop_caches()
+                    runs.append(run_job(settings, job, path))
+                r = sorted(runs, key=lambda x: x["value"])[len(runs) // 2]
+                if repeats > 1:
+                    r["values"] = [x["value"] for x in runs]
                 res["jobs"][job.name] = r
                 print(f"   {job.name:<10} {r['value']:>10,} {job.metric:<4}  lat mean {r['lat_mean_us']} us, "
                       f"p99 {r['clat_p99_us']} us, {r['runtime_s']:.1f} s", flush=True)
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "error": f"skipped: vstor CLI unavailable ({unavailable})"}
                 continue
             results[target.name] = {}
-            measure(target, settings, results[target.name])
+            measure(target, settings, results[target.name], a.read_repeats)
     except KeyboardInterrupt as exc:
         interrupted = True
         results = {name: r for name, r in results.items() if r}
