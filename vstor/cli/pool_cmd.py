@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = pool.add_parser("check", help="verify every chunk and the metadata (offline)")
     c.add_argument("path")
     c.add_argument("--key-file", help="also verify AES-GCM authentication with this key")
+    c.add_argument("--repair", action="store_true",
+                   help="if the newest journal segment is damaged inside acknowledged data (the pool "
+                        "will not start), cut it there, losing the writes after the damage")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_check)
 
@@ -55,6 +58,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         store = Store(args.path, sb, key)
         rep = check_pool(store)
         store.journal.close()
+        if args.repair and not rep.clean:
+            repaired = Store.open(args.path, args.key_file, salvage=True)
+            cut = repaired.recovery.get("salvaged")
+            repaired.close()
+            if cut:
+                print(f"repair: cut segment {cut['segment']} at offset {cut['offset']} ({cut['reason']}); "
+                      f"acknowledged writes recorded between offsets {cut['offset']} and "
+                      f"{cut['durable_up_to']} of that segment, and all later ones in it, are lost")
+            store = Store(args.path, sb, key)
+            rep = check_pool(store)
+            store.journal.close()
     result = {"clean": rep.clean, "problems": rep.problems, "notes": rep.notes, "records": rep.records,
               "extents": rep.extents, "bytes_verified": rep.bytes_verified}
     if args.json:

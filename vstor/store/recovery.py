@@ -66,7 +66,10 @@ def recover(store: object) -> dict:
     store.journal.start_segment(max([*segs, start[0] - 1, 0]) + 1)
     seconds = time.monotonic() - t0
     report = {"records": records, "bytes": nbytes, "seconds": round(seconds, 3),
-              "mb_per_s": round(nbytes / 1e6 / seconds, 1) if seconds > 0 else None, "torn_tail": torn}
+              "mb_per_s": round(nbytes / 1e6 / seconds, 1) if seconds > 0 else None, "torn_tail": torn,
+              "salvaged": store.journal.salvaged}
+    if store.journal.salvaged:
+        log.error("salvage cut damaged durable data: %s", json.dumps(store.journal.salvaged))
     log.info("recovered: %s", json.dumps(report))
     if records or torn:
         store.checkpoint()

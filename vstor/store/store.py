@@ -77,12 +77,14 @@ class Store:
 
     @classmethod
     def open(cls, pool: str, key_file: str | None = None, clock: Clock | None = None,
-             faults: Faults = NO_FAULTS) -> Store:
-        """Open a pool and recover it. The caller must hold the pool lock."""
+             faults: Faults = NO_FAULTS, salvage: bool = False) -> Store:
+        """Open a pool and recover it. The caller must hold the pool lock. ``salvage`` (pool check
+        --repair only) cuts damaged durable data at the newest segment's end instead of refusing."""
         from vstor.store.recovery import recover
 
         sb = load_superblock(pool)
         store = cls(pool, sb, load_key(sb, key_file), clock, faults)
+        store.journal.salvage = salvage
         store.recovery = recover(store)
         return store
 
