@@ -47,6 +47,7 @@ bench: setup
 	$(PY) tools/bench_fio.py --all
 	$(PY) tools/bench_memory.py --fill-gib 4
 	$(PY) tools/bench_tuning.py
+	$(PY) tools/bench_replay.py
 
 lint: venv
 	$(VENV)/bin/ruff check vstor tools tests vm
