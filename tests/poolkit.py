@@ -20,5 +20,14 @@ def make_pool(tmp_path, **kw) -> str:
     return pool
 
 
+def flip_byte(path: str, pos: int) -> None:
+    """Corrupt one byte on disk (XOR 0x5A), as bit rot or a bad sector would."""
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x5A]))
+
+
 def seg_path(pool: str, segno: int) -> str:
     return os.path.join(pool, "journal", segment_name(segno))

@@ -6,20 +6,12 @@ from __future__ import annotations
 import os
 
 import pytest
-from poolkit import MiB, make_pool, seg_path
+from poolkit import MiB, flip_byte, make_pool, seg_path
 
 from vstor.errors import CorruptData
 from vstor.store.format import REC_COMMIT, loc_pos, loc_segno
 from vstor.store.reclaim import Reclaimer
 from vstor.store.store import Store
-
-
-def _flip(path: str, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
 
 
 def _loc_of(store: Store, vid: int, offset: int) -> int:
@@ -37,7 +29,7 @@ def test_damage_before_a_commit_marker_is_corruption_not_a_torn_tail(tmp_path):
     st.write(v.id, 2 * MiB, os.urandom(256 * 1024))  # and a marker covering the second
     first = _loc_of(st, v.id, 0)
     st.journal.close()
-    _flip(seg_path(pool, loc_segno(first)), loc_pos(first) + 64 + 32 + 1000)
+    flip_byte(seg_path(pool, loc_segno(first)), loc_pos(first) + 64 + 32 + 1000)
     with pytest.raises(CorruptData, match="durable"):
         Store.open(pool)
 
@@ -52,7 +44,7 @@ def test_damage_after_the_last_marker_is_a_torn_tail(tmp_path):
     st.write(v.id, MiB, os.urandom(256 * 1024))  # not synced: may be lost
     last = _loc_of(st, v.id, MiB)
     st.journal.close()
-    _flip(seg_path(pool, loc_segno(last)), loc_pos(last) + 64 + 32 + 1000)
+    flip_byte(seg_path(pool, loc_segno(last)), loc_pos(last) + 64 + 32 + 1000)
     st2 = Store.open(pool)
     assert st2.recovery["torn_tail"] is not None
     assert st2.read(v.id, 0, len(keep)) == keep
@@ -145,7 +137,7 @@ def test_pool_check_repair_cuts_damaged_durable_data_and_reports_it(tmp_path):
     st.write(v.id, 2 * MiB, os.urandom(4096))
     first = _loc_of(st, v.id, 0)
     st.journal.close()
-    _flip(seg_path(pool, loc_segno(first)), loc_pos(first) + 64 + 32 + 1000)
+    flip_byte(seg_path(pool, loc_segno(first)), loc_pos(first) + 64 + 32 + 1000)
     cli = [sys.executable, "-m", "vstor.cli.main", "pool", "check", pool]
     r = subprocess.run(cli, capture_output=True, text=True)
     assert r.returncode == 1 and "problem:" in r.stdout and "durable" in r.stdout, r.stdout + r.stderr

@@ -10,7 +10,7 @@ import random
 import threading
 
 import pytest
-from poolkit import SEG, MiB, make_pool, seg_path
+from poolkit import SEG, MiB, flip_byte, make_pool, seg_path
 
 from vstor.errors import AlreadyExists, CorruptData, KeyError_, NotFound, PoolFull, UsageError, VstorError
 from vstor.faults import Faults
@@ -32,14 +32,6 @@ def record_of(store: Store, vid: int, offset: int) -> tuple[int, int]:
     """(segno, pos) of the record holding the byte at ``offset``."""
     ((_s, _e, loc),) = store.state.maps[vid].lookup(offset, offset + 1)
     return loc_segno(loc), loc_pos(loc)
-
-
-def flip_byte(path: str, pos: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0x5A]))
 
 
 def frame_data_pos(store: Store, segno: int, pos: int) -> int:
