@@ -42,8 +42,16 @@ class Counters:
                 setattr(self, k, getattr(self, k) + v)
 
     def request(self, kind: str, size: int) -> None:
+        """Count one completed read or write request: its bytes and its size bucket."""
         with self.lock:
-            (self.write_sizes if kind == "write" else self.read_sizes)[size_bucket(size)] += 1
+            if kind == "write":
+                self.writes += 1
+                self.write_bytes += size
+                self.write_sizes[size_bucket(size)] += 1
+            else:
+                self.reads += 1
+                self.read_bytes += size
+                self.read_sizes[size_bucket(size)] += 1
 
     def as_dict(self) -> dict:
         with self.lock:

@@ -128,14 +128,13 @@ class Store:
         view = memoryview(data)
         with self._lock:  # refuse the whole write up front: no piece of it may land
             _check_range(self._volume(vid), offset, len(view))
-        self.stats.request("write", len(view))
         try:
             for start in range(0, len(view), MAX_RECORD):
                 self._write_record(vid, offset + start, view[start : start + MAX_RECORD])
         except PoolFull:
             self.stats.add(enospc=1)
             raise
-        self.stats.add(writes=1, write_bytes=len(view))
+        self.stats.request("write", len(view))
 
     def _write_record(self, vid: int, offset: int, piece: memoryview) -> None:
         n = len(piece)
@@ -239,7 +238,6 @@ class Store:
             pieces = self.state.maps[vid].lookup(offset, offset + size) if size else []
             self._active_reads += 1
         try:
-            self.stats.request("read", size)
             return self.assemble(vid, offset, size, pieces)
         except CorruptData as e:
             self.stats.add(read_errors=1)
@@ -251,7 +249,7 @@ class Store:
                 self._active_reads -= 1
                 if not self._active_reads:
                     self._reads_done.notify_all()
-            self.stats.add(reads=1, read_bytes=size)
+            self.stats.request("read", size)
 
     def lookup_for_read(self, vid: int, offset: int, size: int) -> list:
         """Extents of a range, registering a reader; pair with :meth:`done_reading`."""
