@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="fio direct= (default 0: buffered, caches dropped before reads)")
     p.add_argument("--runtime", type=int, default=20, help="seconds of each random job (default 20)")
     p.add_argument("--read-repeats", type=int, default=3,
-                   help="run each read job this many times (caches dropped each time) and report the median")
+                   help="run each read job and the random write this many times (caches dropped before "
+                        "reads) and report the median")
     p.add_argument("--seq-cap", type=int, default=300, help="time cap of each sequential pass (default 300)")
     p.add_argument("--compress-percentage", type=int, default=None,
                    help="fio buffer_compress_percentage for writes (default: incompressible data)")
@@ -95,9 +96,9 @@ def measure(target: Target, settings: FioSettings, res: dict[str, Any], read_rep
                 raise BenchError(f"O_DIRECT does not work on {path}")
             for job in JOBS:
                 target.before_job(job.name)
-                repeats = read_repeats if job.direction == "read" else 1
+                repeats = read_repeats if job.direction == "read" or job.time_based else 1
                 runs = []
-                for _ in range(repeats):  # cold reads vary with the VM disk's host cache: take the median
+                for _ in range(repeats):  # reads and random writes vary run to run here: take the median
                     if job.drop_caches_before:
                         drop_caches()
                     runs.append(run_job(settings, job, path))
