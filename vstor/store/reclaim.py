@@ -24,7 +24,7 @@ from vstor.store.chunkmap import LEAF_BITS, LEAF_SLOTS
 from vstor.store.format import loc_segno
 
 log = logging.getLogger("vstor.reclaim")
-MAX_FRAGMENTS = 32
+MAX_FRAGMENTS = 64
 
 
 class Reclaimer:
@@ -61,25 +61,35 @@ class Reclaimer:
             return out
 
     def collect(self, targets: set[int] | None = None) -> int:
-        """Relocate chunks that reference ``targets`` (default: the candidates) or are too
-        fragmented. Returns the bytes rewritten."""
+        """Relocate the live data of ``targets`` (default: the candidates) and compact chunks
+        that are too fragmented. Returns the bytes rewritten.
+
+        GC moves only the extents that live in a target segment, each as its own record, so it
+        rewrites what is live there and nothing more. A chunk with more than MAX_FRAGMENTS
+        extents is instead rewritten whole, once, which merges its fragments."""
         targets = self.candidates() if targets is None else targets
         st = self.store
         moved = 0
         for vid, chunk in self._chunks_to_move(targets):
             with st._lock:
                 vol = st.state.table.by_id_or_none(vid)
-                if vol is None:
+                vm = st.state.maps.get(vid)
+                if vol is None or vm is None:
                     continue
                 base = chunk * st.sb.chunk_size
-                end = min(base + st.sb.chunk_size, vol.size)
-            pieces = st.lookup_for_read(vid, base, end - base)
-            try:
-                data = st.assemble(vid, base, end - base, pieces)
-            finally:
-                st.done_reading()
-            if st.relocate(vid, base, data, pieces):
-                moved += end - base
+                extents = vm.chunk_extents(chunk)
+            if len(extents) > MAX_FRAGMENTS:
+                ranges = [(base, min(base + st.sb.chunk_size, vol.size))]
+            else:
+                ranges = [(s, e) for s, e, loc in extents if loc_segno(loc) in targets]
+            for s, e in ranges:
+                pieces = st.lookup_for_read(vid, s, e - s)
+                try:
+                    data = st.assemble(vid, s, e - s, pieces)
+                finally:
+                    st.done_reading()
+                if st.relocate(vid, s, data, pieces):
+                    moved += e - s
         return moved
 
     def _chunks_to_move(self, targets: set[int]) -> list[tuple[int, int]]:
