@@ -106,7 +106,10 @@ def test_gc_relocates_live_data_and_frees_segments(tmp_path, mode):
     relocated = store.stats.relocated_bytes
 
     if mode == "tick":
-        gc.tick()  # collects and checkpoints
+        gc.tick()  # collects; the emptied segment waits for the scheduled checkpoint
+        assert 1 not in store.state.live and seg_exists(pool, 1)
+        clock.advance(gc.checkpoint_interval)
+        gc.tick()  # the checkpoint interval has passed: checkpoint, which deletes it
     else:
         moved = gc.collect()
         assert moved == live1 == store.stats.relocated_bytes - relocated

@@ -10,7 +10,9 @@ The maintenance loop, driven by an injected clock:
   * commit: fdatasync the journal every ``commit_interval`` seconds while it is dirty, which
     bounds what an un-fsynced crash can lose and the dirty page cache;
   * checkpoint: after ``checkpoint_bytes`` of journal or ``checkpoint_interval`` seconds;
-  * GC: when the dead share of sealed segments exceeds ``min_dead``.
+  * GC: when the dead share of sealed segments exceeds ``min_dead``, moving at most
+    ``bytes_per_tick`` per pass (32 MiB a second), so host I/O keeps priority; when the pool
+    runs out of space, ``reclaim_now`` works without that limit.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ MAX_FRAGMENTS = 64
 class Reclaimer:
     def __init__(self, store: object, clock: Clock | None = None, commit_interval: float = 1.0,
                  checkpoint_interval: float = 60.0, checkpoint_bytes: int = 512 << 20,
-                 min_dead: float = 0.5) -> None:
+                 min_dead: float = 0.5, bytes_per_tick: int = 32 << 20) -> None:
         from vstor.store.store import Store
 
         assert isinstance(store, Store)
@@ -40,6 +42,7 @@ class Reclaimer:
         self.checkpoint_interval = checkpoint_interval
         self.checkpoint_bytes = checkpoint_bytes
         self.min_dead = min_dead
+        self.bytes_per_tick = bytes_per_tick  # background GC/compaction budget, so host I/O keeps priority
         self._stop = threading.Event()
         self._run_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -60,9 +63,10 @@ class Reclaimer:
                     out.add(s)
             return out
 
-    def collect(self, targets: set[int] | None = None) -> int:
+    def collect(self, targets: set[int] | None = None, max_bytes: int | None = None) -> int:
         """Relocate the live data of ``targets`` (default: the candidates) and compact chunks
-        that are too fragmented. Returns the bytes rewritten.
+        that are too fragmented. Returns the bytes rewritten, stopping once ``max_bytes`` is
+        reached (the maintenance loop's per-tick budget; the rest waits for later ticks).
 
         GC moves only the extents that live in a target segment, each as its own record, so it
         rewrites what is live there and nothing more. A chunk with more than MAX_FRAGMENTS
@@ -71,6 +75,8 @@ class Reclaimer:
         st = self.store
         moved = 0
         for vid, chunk in self._chunks_to_move(targets):
+            if max_bytes is not None and moved >= max_bytes:
+                break
             with st._lock:
                 vol = st.state.table.by_id_or_none(vid)
                 vm = st.state.maps.get(vid)
@@ -134,9 +140,10 @@ class Reclaimer:
                 st.checkpoint()
                 self._last_ckpt = now
             if self.candidates():
-                self.collect()
-                st.checkpoint()
-                self._last_ckpt = now
+                # Within a budget, so host I/O keeps priority. No checkpoint here: it serializes
+                # every map under the store lock; the policy above (or reclaim_now, when space
+                # runs out) writes the one that lets the emptied segments be deleted.
+                self.collect(max_bytes=self.bytes_per_tick)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="vstor-maintenance", daemon=True)
