@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +71,3 @@ def volume_table(vols: list[dict]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
-
-def fail(message: str, code: int = 1) -> None:
-    print(f"vstor: error: {message}", file=sys.stderr)
-    raise SystemExit(code)

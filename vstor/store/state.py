@@ -35,9 +35,6 @@ class PoolState:
     def new_map(self) -> VolumeMap:
         return VolumeMap(self.chunk_size, self._on_ref)
 
-    def volume_map(self, vid: int) -> VolumeMap:
-        return self.maps[vid]
-
     # -- applying journal records -----------------------------------------------------------
     def apply_volume_event(self, ev: dict) -> Volume | None:
         vol, old_size = self.table.apply(ev)

@@ -18,6 +18,7 @@ from vstor.errors import CorruptData, PoolFull, UsageError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.checkpoint import CheckpointData, write_checkpoint
 from vstor.store.codec import FrameCodec
+from vstor.store.consumers import Consumers
 from vstor.store.format import (
     FF_ZERO,
     FRAME_ENTRY_SIZE,
@@ -71,8 +72,6 @@ class Store:
         self.ckpt_appended = 0
         self.recovery: dict = {}
         self.reclaimer: object | None = None  # set by reclaim.Reclaimer; used when space runs low
-        from vstor.store.consumers import Consumers
-
         self.consumers = Consumers(self.paths["meta"])
 
     @classmethod
