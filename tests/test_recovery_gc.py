@@ -237,7 +237,7 @@ def test_consumer_reads_records_in_order_and_resumes(tmp_path):
     assert list(read_records(store, "backup", durable_only=False))[-1].data == b"late"
     # A GC relocation is not a host-visible change.
     pieces = store.state.maps[vid].lookup(0, store.sb.chunk_size)
-    assert store.relocate(vid, 0, store.read(vid, 0, store.sb.chunk_size), pieces)
+    assert store.compact(vid, 0, store.read(vid, 0, store.sb.chunk_size), pieces)
     store.sync()
     assert [e.kind for e in read_records(store, "backup")][len(expect):] == ["write"]
 

@@ -29,3 +29,15 @@ def format_size(n: int | float) -> str:
             return f"{n:.0f}{suffix}" if suffix == "" or n == int(n) else f"{n:.1f}{suffix}"
         n /= 1024
     return f"{n:.1f}P"
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, what: str = "duration") -> int:
+    """Parse "90s", "15m", "2h", "1d" or "1w" (a bare number is seconds). Raises UsageError."""
+    m = _DURATION_RE.match(str(text))
+    if not m:
+        raise UsageError(f"invalid {what} {text!r}: use a whole number with s, m, h, d or w, like 15m")
+    return int(m.group(1)) * _SECONDS[m.group(2).lower()]

@@ -68,6 +68,11 @@ def volume_table(vols: list[dict]) -> str:
     for v in vols:
         rows.append((v["name"], format_size(v["size"]), format_size(v["allocated"]), str(v["group"]),
                      str(v.get("open_handles", "-")), v.get("image", "-")))
+    return table(rows)
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    """Rows as left-aligned columns; the first row is the heading."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 

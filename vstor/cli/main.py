@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from vstor import __version__
-from vstor.cli import array_cmd, pool_cmd, volume_cmd
+from vstor.cli import array_cmd, group_cmd, pool_cmd, snapshot_cmd, volume_cmd
 from vstor.errors import VstorError
 
 
@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     pool_cmd.register(sub)
     array_cmd.register(sub)
     volume_cmd.register(sub)
+    group_cmd.register(sub)
+    snapshot_cmd.register(sub)
     return p
 
 

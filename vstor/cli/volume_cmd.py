@@ -6,6 +6,7 @@ import argparse
 
 from vstor.cli.common import add_pool_arg, daemon_request, emit, pool_path, request, volume_table
 from vstor.control import loop
+from vstor.errors import UsageError
 from vstor.units import format_size, parse_size
 
 
@@ -31,11 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-shrink", action="store_true")
     cmd("delete", cmd_delete, "delete a volume and free its space").add_argument("name")
     p = cmd("attach", cmd_attach, "attach a loop device; prints /dev/loopN")
-    p.add_argument("name")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--snapshot", metavar="G/NAME/VOL", help="attach a snapshot's image (read-only) instead")
     p.add_argument("--no-direct-io", action="store_true", help="let the loop device use the page cache")
     p.add_argument("--read-only", action="store_true")
     p = cmd("detach", cmd_detach, "detach the loop devices of a volume once all is durable")
-    p.add_argument("name")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--snapshot", metavar="G/NAME/VOL", help="detach a snapshot's image instead")
 
 
 def _one(v: dict) -> str:
@@ -71,17 +74,30 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_attach(args: argparse.Namespace) -> int:
+def _image(args: argparse.Namespace) -> tuple[str, str]:
+    """(name, image path) of the volume or snapshot image the command names."""
+    if bool(args.name) == bool(args.snapshot):
+        raise UsageError("name a volume, or give --snapshot GROUP-OR-VOLUME/SNAPSHOT/VOLUME (not both)")
+    if args.snapshot:
+        r = daemon_request(pool_path(args), "snapshot.image", spec=args.snapshot)
+        return r["spec"], r["image"]
     v = daemon_request(pool_path(args), "volume.show", name=args.name)
-    result = loop.attach(v["image"], direct_io=not args.no_direct_io, read_only=args.read_only)
-    emit(args, result | {"volume": v["name"]}, lambda r: r["device"])
+    return v["name"], v["image"]
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    name, image = _image(args)
+    read_only = args.read_only or bool(args.snapshot)  # snapshots are read-only
+    result = loop.attach(image, direct_io=not args.no_direct_io, read_only=read_only)
+    emit(args, result | {"volume": name, "read_only": read_only}, lambda r: r["device"])
     return 0
 
 
 def cmd_detach(args: argparse.Namespace) -> int:
     pool = pool_path(args)
-    v = daemon_request(pool, "volume.show", name=args.name)
-    devices = [d["name"] for d in loop.loops_for(v["image"])]
+    name, image = _image(args)
+    v = {"name": name}
+    devices = [d["name"] for d in loop.loops_for(image)]
     for dev in devices:
         loop.detach(dev)
     daemon_request(pool, "sync")

@@ -73,6 +73,7 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         prepare_mountpoint(mount, pool)
         fs = VolumeFS(store, on_ready=lambda conn: after_init(mount, lambda: reporter.send("READY")),
                       extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher}})
+        reclaimer.snapshots_in_use = fs.snapshots_in_use  # policy pruning skips snapshots in use
         service = PoolService(store, mount, fs, reclaimer)
         service.stop_requested = lambda: threading.Thread(target=_unmount_quietly, args=(mount,)).start()
         server = ControlServer(layout(pool)["socket"], service)

@@ -11,12 +11,13 @@ import os
 import time
 from typing import Any
 
+from vstor.control.catalog_ops import CatalogOps
 from vstor.errors import Busy, UsageError
 from vstor.store.store import Store
 from vstor.store.volumes import Volume
 
 
-class PoolService:
+class PoolService(CatalogOps):
     def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None) -> None:
         self.store = store
         self.mount = mount

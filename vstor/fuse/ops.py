@@ -1,7 +1,8 @@
 """mfusepy Operations exporting the pool's volumes as fixed-size image files.
 
-    /volumes/<name>   read-write image of each volume
-    /stats            array counters as text; /stats.json the same as JSON
+    /volumes/<name>                          read-write image of each volume
+    /snapshots/<group|volume>/<snap>/<vol>   read-only image of each snapshot member
+    /stats                                   array counters as text; /stats.json the same as JSON
 
 Thin adapter: it maps FUSE calls to Store calls and VstorError to errno, nothing more.
 fsync and flush both make the journal durable (never ENOSYS: the kernel would then treat
@@ -13,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import stat
 import threading
 from collections.abc import Callable
@@ -24,6 +26,7 @@ select_library()
 import mfusepy as fuse  # noqa: E402
 
 from vstor.errors import NotFound, VstorError  # noqa: E402
+from vstor.store import snapshots  # noqa: E402
 from vstor.store.stats import size_bucket  # noqa: E402
 from vstor.store.store import Store  # noqa: E402
 
@@ -49,9 +52,10 @@ class VolumeFS(fuse.Operations):
         self.extra_stats = extra_stats or dict
         self.conn: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._handles: dict[int, Any] = {}  # fh -> volume id, or bytes for a stats snapshot
+        # fh -> volume id, (snapshot id, volume id) of a snapshot image, or bytes of a stats file
+        self._handles: dict[int, Any] = {}
         self._next_fh = 1
-        self.open_count: dict[int, int] = {}
+        self.open_count: dict[Any, int] = {}  # volume id or (sid, vid) -> open handles
         self._seen_sizes: set[str] = set()
         knobs = tuning()
         self.blksize = knobs.get("blksize", store.sb.chunk_size)
@@ -75,24 +79,47 @@ class VolumeFS(fuse.Operations):
         except NotFound:
             raise fuse.FuseOSError(errno.ENOENT) from None
 
+    def _snap(self, path: str) -> tuple[int, int, int, float]:
+        parts = path.split("/")[2:]
+        if len(parts) != 3:
+            raise fuse.FuseOSError(errno.ENOENT)
+        try:
+            return snapshots.image(self.store, *parts)
+        except NotFound:
+            raise fuse.FuseOSError(errno.ENOENT) from None
+
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
-        if path in ("/", "/volumes"):
+        if path in ("/", "/volumes", "/snapshots"):
             return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
         if path[1:] in STATS_FILES:
             return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": 0}
+        if path.startswith("/snapshots/"):
+            depth = path.count("/") - 1
+            if depth < 3:
+                if path[len("/snapshots/") :].split("/") not in (p[:depth] for p in snapshots.tree(self.store)):
+                    raise fuse.FuseOSError(errno.ENOENT)
+                return {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2}
+            _sid, _vid, size, created = self._snap(path)
+            return self._file_attr(0o400, size, created, 0)
         vol = self._vol(path)
-        ns = int(vol.created * 1e9)
-        return {
-            "st_mode": stat.S_IFREG | 0o600, "st_nlink": 1, "st_size": vol.size,
-            "st_blksize": self.blksize, "st_blocks": self.store.volume_usage(vol.id) // 512,
-            "st_mtime": ns, "st_ctime": ns, "st_atime": ns,
-        }
+        return self._file_attr(0o600, vol.size, vol.created, self.store.volume_usage(vol.id))
+
+    def _file_attr(self, mode: int, size: int, created: float, used: int) -> dict[str, Any]:
+        ns = int(created * 1e9)
+        return {"st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_size": size, "st_blksize": self.blksize,
+                "st_blocks": used // 512, "st_mtime": ns, "st_ctime": ns, "st_atime": ns}
 
     def readdir(self, path: str, fh: int) -> list[str]:
         if path == "/":
-            return [".", "..", "volumes", *STATS_FILES]
+            return [".", "..", "volumes", "snapshots", *STATS_FILES]
         if path == "/volumes":
             return [".", "..", *(v.name for v in self.store.volumes())]
+        if path == "/snapshots" or path.startswith("/snapshots/"):
+            want = [p for p in path[len("/snapshots/") :].split("/") if p]
+            names = {p[len(want)] for p in snapshots.tree(self.store) if p[: len(want)] == want and len(p) > len(want)}
+            if not names and want and want not in (p[: len(want)] for p in snapshots.tree(self.store)):
+                raise fuse.FuseOSError(errno.ENOENT)
+            return [".", "..", *sorted(names)]
         raise fuse.FuseOSError(errno.ENOTDIR)
 
     def statfs(self, path: str) -> dict[str, int]:
@@ -107,6 +134,11 @@ class VolumeFS(fuse.Operations):
         if path[1:] in STATS_FILES:
             target: Any = self._render_stats(path == "/stats.json")
             fi.direct_io = 1
+        elif path.startswith("/snapshots/"):
+            if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+                raise fuse.FuseOSError(errno.EROFS)
+            sid, vid, _size, _created = self._snap(path)
+            target = (sid, vid)
         else:
             vol = self._vol(path)
             target = vol.id
@@ -114,7 +146,7 @@ class VolumeFS(fuse.Operations):
             fh = self._next_fh
             self._next_fh += 1
             self._handles[fh] = target
-            if isinstance(target, int):
+            if not isinstance(target, bytes):
                 self.open_count[target] = self.open_count.get(target, 0) + 1
         fi.fh = fh
         return 0
@@ -122,7 +154,7 @@ class VolumeFS(fuse.Operations):
     def release(self, path: str, fi: Any) -> int:
         with self._lock:
             target = self._handles.pop(fi.fh, None)
-            if isinstance(target, int):
+            if target is not None and not isinstance(target, bytes):
                 self.open_count[target] -= 1
                 if not self.open_count[target]:
                     del self.open_count[target]
@@ -136,7 +168,16 @@ class VolumeFS(fuse.Operations):
 
     def volumes_in_use(self) -> dict[int, int]:
         with self._lock:
-            return dict(self.open_count)
+            return {k: n for k, n in self.open_count.items() if isinstance(k, int)}
+
+    def snapshots_in_use(self) -> dict[int, int]:
+        """Open handles per snapshot id (a loop device attached to a member image holds one)."""
+        out: dict[int, int] = {}
+        with self._lock:
+            for k, n in self.open_count.items():
+                if isinstance(k, tuple):
+                    out[k[0]] = out.get(k[0], 0) + n
+        return out
 
     # -- data --------------------------------------------------------------------------------
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
@@ -145,12 +186,16 @@ class VolumeFS(fuse.Operations):
             return target[offset : offset + size]
         self._note_size("read", size)
         try:
+            if isinstance(target, tuple):
+                return self.store.read(target[1], offset, size, sid=target[0])
             return self.store.read(target, offset, size)
         except VstorError as e:
             raise _errno(e) from None
 
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
         target = self._target(fi)
+        if isinstance(target, tuple):
+            raise fuse.FuseOSError(errno.EROFS)
         if not isinstance(target, int):
             raise fuse.FuseOSError(errno.EBADF)
         self._note_size("write", len(data))
@@ -171,7 +216,7 @@ class VolumeFS(fuse.Operations):
         return self._sync()
 
     def flush(self, path: str, fi: Any) -> int:
-        if isinstance(self._handles.get(fi.fh), int):
+        if isinstance(self._handles.get(fi.fh), int):  # snapshot images hold nothing to flush
             return self._sync()
         return 0
 
@@ -184,6 +229,8 @@ class VolumeFS(fuse.Operations):
 
     def fallocate(self, path: str, mode: int, offset: int, length: int, fi: Any) -> int:
         target = self._target(fi)
+        if isinstance(target, tuple):
+            raise fuse.FuseOSError(errno.EROFS)
         if not isinstance(target, int):
             raise fuse.FuseOSError(errno.EBADF)
         if mode & FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE:
@@ -199,6 +246,8 @@ class VolumeFS(fuse.Operations):
     def truncate(self, path: str, length: int, fh: Any = None) -> int:
         if path[1:] in STATS_FILES:
             raise fuse.FuseOSError(errno.EACCES)
+        if path.startswith("/snapshots/"):
+            raise fuse.FuseOSError(errno.EROFS)
         if length != self._vol(path).size:
             raise fuse.FuseOSError(errno.EPERM)  # fixed size: use 'vstor volume resize'
         return 0

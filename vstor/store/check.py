@@ -58,21 +58,32 @@ def check_pool(store: object) -> CheckReport:
         rep.problems.append(str(e))
         return rep
     store.state = state
-    # 3. every mapped extent
+    # 3. every mapped extent, of volumes and snapshots; a leaf shared by several maps once
     present = set(segs)
-    for vid, vm in state.maps.items():
-        for _chunk, extents in vm.iter_chunks():
-            for s, e, loc in extents:
-                rep.extents += 1
-                if loc_segno(loc) not in present:
-                    rep.problems.append(f"volume {vid} range {s}-{e} points at missing segment {loc_segno(loc)}")
-                    continue
-                try:
-                    store.assemble(vid, s, e - s, [(s, e, loc)])
-                    rep.bytes_verified += e - s
-                except VstorError as err:
-                    rep.problems.append(f"volume {vid} range {s}-{e} (segment {loc_segno(loc)} record "
-                                        f"{loc_pos(loc)}): {err}")
+    seen: set[int] = set()
+    names = [(f"volume {vid}", vm) for vid, vm in state.maps.items()]
+    names += [(f"snapshot {sid} volume {vid}", vm) for (sid, vid), vm in state.snap_maps.items()]
+    for what, vm in names:
+        for key, leaf in sorted(vm.leaves.items()):
+            if id(leaf) in seen:
+                continue
+            seen.add(id(leaf))
+            for _chunk, extents in leaf.extents(key, state.chunk_size):
+                for s, e, loc in extents:
+                    _verify_extent(store, rep, present, what, vm.lineage, s, e, loc)
     if not store.codec.encrypted and store.sb.encrypt:
         rep.notes.append("no key given: checksums verified, AES-GCM authentication not checked")
     return rep
+
+
+def _verify_extent(store: object, rep: CheckReport, present: set[int], what: str, lineage: tuple[int, ...],
+                   s: int, e: int, loc: int) -> None:
+    rep.extents += 1
+    if loc_segno(loc) not in present:
+        rep.problems.append(f"{what} range {s}-{e} points at missing segment {loc_segno(loc)}")
+        return
+    try:
+        store.assemble(lineage, s, e - s, [(s, e, loc)])  # type: ignore[attr-defined]
+        rep.bytes_verified += e - s
+    except VstorError as err:
+        rep.problems.append(f"{what} range {s}-{e} (segment {loc_segno(loc)} record {loc_pos(loc)}): {err}")

@@ -6,7 +6,8 @@ File ``POOL/meta/checkpoint``, replaced atomically::
     header (96 bytes): magic "VSTCKP01", version u32, flags u32, pool uuid 16s,
         generation u64, journal segno u64, journal pos u64, next segno u64,
         meta length u64, body length u64, body xxh3 u64, header xxh3 u64
-    body: meta JSON (meta length bytes), then each volume's map blob in meta order
+    body: meta JSON (meta length bytes), then the chunk maps of every volume and snapshot
+          (mapstore.py: distinct leaves once, then each map as references to them)
 
 Invariant: every record before (segno, pos) is durable and reflected in the body, so the
 checkpoint is written only after a journal sync.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import xxhash
 
@@ -25,7 +26,7 @@ from vstor.durable import atomic_write
 from vstor.errors import FormatError
 
 MAGIC = b"VSTCKP01"
-VERSION = 1
+VERSION = 2  # 2: shared leaves and the snapshot catalog
 HEADER = struct.Struct("<8sII16sQQQQQQQ")  # 88 bytes + 8-byte header checksum
 HEADER_SIZE = HEADER.size + 8
 NAME = "checkpoint"
@@ -38,14 +39,12 @@ class CheckpointData:
     pos: int
     next_segno: int
     meta: dict
-    maps: dict[int, bytes] = field(default_factory=dict)  # volume id -> VolumeMap blob
+    maps: bytes = b""  # mapstore.dump_maps of the maps named in meta["maps"]
 
 
 def write_checkpoint(meta_dir: str, pool_uuid: bytes, ck: CheckpointData) -> int:
-    order = sorted(ck.maps)
-    meta = dict(ck.meta, map_order=order, map_sizes=[len(ck.maps[v]) for v in order])
-    meta_bytes = json.dumps(meta, sort_keys=True).encode()
-    body = b"".join([meta_bytes, *(ck.maps[v] for v in order)])
+    meta_bytes = json.dumps(ck.meta, sort_keys=True).encode()
+    body = meta_bytes + ck.maps
     head = HEADER.pack(MAGIC, VERSION, 0, pool_uuid, ck.generation, ck.segno, ck.pos, ck.next_segno,
                        len(meta_bytes), len(body), xxhash.xxh3_64_intdigest(body))
     head += struct.pack("<Q", xxhash.xxh3_64_intdigest(head))
@@ -67,16 +66,11 @@ def read_checkpoint(meta_dir: str, pool_uuid: bytes) -> CheckpointData | None:
         raise FormatError(f"checkpoint {path} header fails its checksum")
     magic, ver, _flags, uuid, gen, segno, pos, next_segno, meta_len, body_len, body_csum = HEADER.unpack_from(raw)
     if magic != MAGIC or ver != VERSION:
-        raise FormatError(f"checkpoint {path} has an unknown format")
+        raise FormatError(f"checkpoint {path} has format version {ver}; this vstor reads version {VERSION}")
     if uuid != pool_uuid:
         raise FormatError(f"checkpoint {path} belongs to another pool")
     body = memoryview(raw)[HEADER_SIZE:]
     if len(body) != body_len or xxhash.xxh3_64_intdigest(body) != body_csum:
         raise FormatError(f"checkpoint {path} body fails its checksum; the pool metadata is damaged")
     meta = json.loads(bytes(body[:meta_len]))
-    maps: dict[int, bytes] = {}
-    off = meta_len
-    for vid, size in zip(meta.pop("map_order"), meta.pop("map_sizes"), strict=True):
-        maps[vid] = bytes(body[off : off + size])
-        off += size
-    return CheckpointData(gen, segno, pos, next_segno, meta, maps)
+    return CheckpointData(gen, segno, pos, next_segno, meta, bytes(body[meta_len:]))

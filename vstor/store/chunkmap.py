@@ -1,4 +1,5 @@
-"""Per-volume map from byte ranges to journal records. Pure logic, no I/O.
+"""Per-volume map from byte ranges to journal records, with copy-on-write sharing between
+a volume and its snapshots. Pure logic, no I/O.
 
 Memory grows with allocated data, not with the provisioned size:
 
@@ -6,66 +7,114 @@ Memory grows with allocated data, not with the provisioned size:
   LEAF_SLOTS machine words (``array('Q')``), created on first use; an untouched volume
   of any size holds no leaf. A slot is EMPTY (reads as zeros), the location of one
   record that covers the whole chunk (the common case: 8 bytes per chunk), or FRAGMENTED.
-* A fragmented chunk's extents sit in ``overlays[chunk]``: a sorted list of
+* A fragmented chunk's extents sit in its leaf's ``overlays[chunk]``: a sorted list of
   non-overlapping ``(start, end, loc)`` with absolute volume offsets. Holes read as zeros.
 
-Invariant: every mapped byte belongs to exactly one extent, and ``on_ref(loc, delta)`` is
-called with +n when n bytes start to reference the record at ``loc`` and -n when they
-stop. The store uses it to keep live bytes per segment for garbage collection.
+Sharing: :meth:`VolumeMap.share` gives a new map holding the same :class:`Leaf` objects
+(a snapshot costs one pointer per leaf, no data and no slot is copied). ``Leaf.refs``
+counts the maps holding a leaf; a map copies a shared leaf before it changes it. A leaf
+object is never changed while shared, except by :meth:`VolumeMap.remap_loc`, which
+replaces a record by a copy of the same bytes (GC) and is therefore right for every holder.
+
+Invariant: ``on_ref(loc, delta)`` counts references per *leaf object*: +n when n bytes of a
+leaf start to reference the record at ``loc``, -n when they stop, +all when a shared leaf
+is copied, -all when the last map releases a leaf. A record is referenced by some map iff
+its count is non-zero (segment deletion relies on that); data shared by several leaf
+versions is counted once per version, so the count is an upper bound of the live bytes.
 """
 
 from __future__ import annotations
 
-import struct
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 
 LEAF_BITS = 10
 LEAF_SLOTS = 1 << LEAF_BITS
+LEAF_MASK = LEAF_SLOTS - 1
 EMPTY = 0
 FRAGMENTED = 1  # real locations are >= 1 << 32, so 0 and 1 are free as markers
 
 Extent = tuple[int, int, int]  # (start, end, loc), absolute volume byte offsets
 
 
+class Leaf:
+    """LEAF_SLOTS chunk slots and the overlays of their fragmented chunks."""
+
+    __slots__ = ("slots", "overlays", "refs")
+
+    def __init__(self, slots: array | None = None, overlays: dict[int, list[Extent]] | None = None) -> None:
+        self.slots = array("Q", bytes(8 * LEAF_SLOTS)) if slots is None else slots
+        self.overlays: dict[int, list[Extent]] = {} if overlays is None else overlays
+        self.refs = 1
+
+    def copy(self) -> Leaf:
+        return Leaf(array("Q", self.slots), {c: list(x) for c, x in self.overlays.items()})
+
+    def extents(self, key: int, chunk_size: int) -> Iterator[tuple[int, list[Extent]]]:
+        """(chunk, extents) of every allocated chunk, in order."""
+        for i, slot in enumerate(self.slots):
+            if slot == EMPTY:
+                continue
+            chunk = (key << LEAF_BITS) | i
+            if slot == FRAGMENTED:
+                yield chunk, self.overlays[chunk]
+            else:
+                yield chunk, [(chunk * chunk_size, (chunk + 1) * chunk_size, slot)]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Leaf) and self.slots == other.slots and self.overlays == other.overlays
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class VolumeMap:
-    def __init__(self, chunk_size: int, on_ref: Callable[[int, int], None] | None = None) -> None:
+    def __init__(self, chunk_size: int, on_ref: Callable[[int, int], None] | None = None,
+                 lineage: tuple[int, ...] = ()) -> None:
         if chunk_size <= 0 or chunk_size & (chunk_size - 1):
             raise ValueError("chunk size must be a power of two")
         self.chunk_size = chunk_size
-        self.leaves: dict[int, array] = {}
-        self.overlays: dict[int, list[Extent]] = {}
+        self.leaves: dict[int, Leaf] = {}
         self.mapped_bytes = 0
+        self.lineage = lineage  # volume ids whose records this map may reference (store checks reads)
         self._on_ref = on_ref or (lambda loc, delta: None)
+
+    @property
+    def overlays(self) -> dict[int, list[Extent]]:
+        """Every fragmented chunk's extents (a merged view, for inspection and tests)."""
+        return {c: x for leaf in self.leaves.values() for c, x in leaf.overlays.items()}
 
     # -- slots ---------------------------------------------------------------------------
     def _slot(self, chunk: int) -> int:
         leaf = self.leaves.get(chunk >> LEAF_BITS)
-        return EMPTY if leaf is None else leaf[chunk & (LEAF_SLOTS - 1)]
-
-    def _set_slot(self, chunk: int, value: int) -> None:
-        key = chunk >> LEAF_BITS
-        leaf = self.leaves.get(key)
-        if leaf is None:
-            if value == EMPTY:
-                return
-            leaf = self.leaves[key] = array("Q", bytes(8 * LEAF_SLOTS))
-        leaf[chunk & (LEAF_SLOTS - 1)] = value
-        if value == EMPTY and leaf.count(EMPTY) == LEAF_SLOTS:
-            del self.leaves[key]
+        return EMPTY if leaf is None else leaf.slots[chunk & LEAF_MASK]
 
     def _ref(self, loc: int, delta: int) -> None:
         self.mapped_bytes += delta
         self._on_ref(loc, delta)
 
+    def _leaf_for_update(self, key: int, create: bool, cow: bool) -> Leaf | None:
+        leaf = self.leaves.get(key)
+        if leaf is None:
+            if not create:
+                return None
+            leaf = self.leaves[key] = Leaf()
+        elif leaf.refs > 1 and cow:  # copy-on-write: the other holders keep the old version
+            leaf.refs -= 1
+            leaf = self.leaves[key] = leaf.copy()
+            for _chunk, extents in leaf.extents(key, self.chunk_size):
+                for s, e, loc in extents:
+                    self._on_ref(loc, e - s)
+        return leaf
+
     # -- queries -------------------------------------------------------------------------
     def chunk_extents(self, chunk: int) -> list[Extent]:
-        slot = self._slot(chunk)
+        leaf = self.leaves.get(chunk >> LEAF_BITS)
+        slot = EMPTY if leaf is None else leaf.slots[chunk & LEAF_MASK]
         if slot == EMPTY:
             return []
         if slot == FRAGMENTED:
-            return list(self.overlays[chunk])
+            return list(leaf.overlays[chunk])  # type: ignore[union-attr]
         base = chunk * self.chunk_size
         return [(base, base + self.chunk_size, slot)]
 
@@ -74,15 +123,19 @@ class VolumeMap:
         pieces of the same record are joined, even across chunks."""
         out: list[Extent] = []
         cs = self.chunk_size
+        leaves = self.leaves
         for chunk in range(start // cs, (end - 1) // cs + 1):
-            slot = self._slot(chunk)
+            leaf = leaves.get(chunk >> LEAF_BITS)
+            if leaf is None:
+                continue
+            slot = leaf.slots[chunk & LEAF_MASK]
             if slot == EMPTY:
                 continue
             if slot != FRAGMENTED:
                 base = chunk * cs
                 _add(out, max(start, base), min(end, base + cs), slot)
                 continue
-            for s, e, loc in self.overlays[chunk]:
+            for s, e, loc in leaf.overlays[chunk]:
                 if e > start and s < end:
                     _add(out, max(s, start), min(e, end), loc)
         return out
@@ -90,46 +143,84 @@ class VolumeMap:
     def iter_chunks(self) -> Iterator[tuple[int, list[Extent]]]:
         """Every allocated chunk with its extents, in chunk order."""
         for key in sorted(self.leaves):
-            leaf = self.leaves[key]
-            for i, slot in enumerate(leaf):
-                if slot != EMPTY:
-                    chunk = (key << LEAF_BITS) | i
-                    yield chunk, self.chunk_extents(chunk)
+            for chunk, extents in self.leaves[key].extents(key, self.chunk_size):
+                yield chunk, list(extents)
 
     def allocated_chunks(self) -> int:
-        return sum(LEAF_SLOTS - leaf.count(EMPTY) for leaf in self.leaves.values())
+        return sum(LEAF_SLOTS - leaf.slots.count(EMPTY) for leaf in self.leaves.values())
+
+    # -- sharing -------------------------------------------------------------------------
+    def share(self, lineage: tuple[int, ...] | None = None) -> VolumeMap:
+        """A map with the same content that shares every leaf (O(leaves), no slot copied)."""
+        other = VolumeMap(self.chunk_size, self._on_ref, self.lineage if lineage is None else lineage)
+        other.leaves = dict(self.leaves)
+        for leaf in other.leaves.values():
+            leaf.refs += 1
+        other.mapped_bytes = self.mapped_bytes
+        return other
+
+    def release(self) -> None:
+        """Drop every leaf; references of leaves no other map holds are returned."""
+        for key, leaf in self.leaves.items():
+            leaf.refs -= 1
+            if leaf.refs == 0:
+                for _chunk, extents in leaf.extents(key, self.chunk_size):
+                    for s, e, loc in extents:
+                        self._on_ref(loc, -(e - s))
+        self.leaves = {}
+        self.mapped_bytes = 0
 
     # -- updates -------------------------------------------------------------------------
     def map(self, start: int, end: int, loc: int) -> None:
         """Point [start, end) at the record ``loc``, replacing what was there."""
-        self._update(start, end, loc)
+        self._update(start, end, loc, cow=True)
 
     def unmap(self, start: int, end: int) -> None:
         """Make [start, end) read as zeros and free what it referenced."""
-        self._update(start, end, EMPTY)
+        self._update(start, end, EMPTY, cow=True)
 
-    def _update(self, start: int, end: int, loc: int) -> None:
+    def remap_loc(self, start: int, end: int, old: int, new: int) -> int:
+        """Point the pieces of [start, end) that reference ``old`` at ``new``, in place even in a
+        shared leaf: ``new`` must hold the same bytes (a GC copy). Returns the bytes moved."""
+        moved = 0
+        for s, e, loc in self.lookup(start, end):
+            if loc == old:
+                self._update(s, e, new, cow=False)
+                moved += e - s
+        return moved
+
+    def _update(self, start: int, end: int, loc: int, cow: bool) -> None:
         cs = self.chunk_size
         for chunk in range(start // cs, (end - 1) // cs + 1):
+            key = chunk >> LEAF_BITS
+            leaf = self._leaf_for_update(key, loc != EMPTY, cow)
+            if leaf is None:
+                continue
             base = chunk * cs
             a, b = max(start, base), min(end, base + cs)
             if a == base and b == base + cs:
-                self._replace_chunk(chunk, loc)
+                self._replace_chunk(leaf, chunk, loc)
             else:
-                self._update_partial(chunk, a, b, loc)
+                self._update_partial(leaf, chunk, a, b, loc)
+            if loc == EMPTY and leaf.refs == 1 and leaf.slots.count(EMPTY) == LEAF_SLOTS:
+                del self.leaves[key]
 
-    def _replace_chunk(self, chunk: int, loc: int) -> None:
-        for s, e, old in self.chunk_extents(chunk):
-            self._ref(old, -(e - s))
-        self.overlays.pop(chunk, None)
-        self._set_slot(chunk, loc)
+    def _replace_chunk(self, leaf: Leaf, chunk: int, loc: int) -> None:
+        i = chunk & LEAF_MASK
+        slot = leaf.slots[i]
+        if slot == FRAGMENTED:
+            for s, e, old in leaf.overlays.pop(chunk):
+                self._ref(old, -(e - s))
+        elif slot != EMPTY:
+            self._ref(slot, -self.chunk_size)
+        leaf.slots[i] = loc
         if loc != EMPTY:
             self._ref(loc, self.chunk_size)
 
-    def _update_partial(self, chunk: int, a: int, b: int, loc: int) -> None:
-        slot = self._slot(chunk)
+    def _update_partial(self, leaf: Leaf, chunk: int, a: int, b: int, loc: int) -> None:
+        slot = leaf.slots[chunk & LEAF_MASK]
         if slot == FRAGMENTED:
-            ext = self.overlays[chunk]
+            ext = leaf.overlays[chunk]
         elif slot == EMPTY:
             ext = []
         else:
@@ -152,54 +243,20 @@ class VolumeMap:
         ext[lo:hi] = new
         w0, w1 = max(0, lo - 1), min(len(ext), lo + len(new) + 1)  # neighbours may continue the record
         ext[w0:w1] = _merge(ext[w0:w1])
-        self._store_extents(chunk, ext)
+        self._store_extents(leaf, chunk, ext)
 
-    def _store_extents(self, chunk: int, extents: list[Extent]) -> None:
+    def _store_extents(self, leaf: Leaf, chunk: int, extents: list[Extent]) -> None:
         base = chunk * self.chunk_size
+        i = chunk & LEAF_MASK
         if not extents:
-            self.overlays.pop(chunk, None)
-            self._set_slot(chunk, EMPTY)
+            leaf.overlays.pop(chunk, None)
+            leaf.slots[i] = EMPTY
         elif len(extents) == 1 and extents[0][0] == base and extents[0][1] == base + self.chunk_size:
-            self.overlays.pop(chunk, None)
-            self._set_slot(chunk, extents[0][2])
+            leaf.overlays.pop(chunk, None)
+            leaf.slots[i] = extents[0][2]
         else:
-            self.overlays[chunk] = extents
-            self._set_slot(chunk, FRAGMENTED)
-
-    # -- serialization (checkpoint body) --------------------------------------------------
-    def serialize(self) -> bytes:
-        parts = [struct.pack("<II", len(self.leaves), len(self.overlays))]
-        for key in sorted(self.leaves):
-            parts.append(struct.pack("<Q", key))
-            parts.append(self.leaves[key].tobytes())
-        for chunk in sorted(self.overlays):
-            ext = self.overlays[chunk]
-            parts.append(struct.pack("<QI", chunk, len(ext)))
-            parts.append(b"".join(struct.pack("<QQQ", *x) for x in ext))
-        return b"".join(parts)
-
-    @classmethod
-    def deserialize(cls, data: memoryview, chunk_size: int, on_ref: Callable[[int, int], None]
-                    ) -> tuple[VolumeMap, int]:
-        """Rebuild a map; returns it and the number of bytes consumed. Calls on_ref for every extent."""
-        vm = cls(chunk_size, on_ref)
-        nleaves, noverlays = struct.unpack_from("<II", data, 0)
-        pos = 8
-        for _ in range(nleaves):
-            (key,) = struct.unpack_from("<Q", data, pos)
-            leaf = array("Q")
-            leaf.frombytes(data[pos + 8 : pos + 8 + 8 * LEAF_SLOTS])
-            vm.leaves[key] = leaf
-            pos += 8 + 8 * LEAF_SLOTS
-        for _ in range(noverlays):
-            chunk, n = struct.unpack_from("<QI", data, pos)
-            pos += 12
-            vm.overlays[chunk] = [struct.unpack_from("<QQQ", data, pos + 24 * i) for i in range(n)]
-            pos += 24 * n
-        for _chunk, extents in vm.iter_chunks():
-            for s, e, loc in extents:
-                vm._ref(loc, e - s)
-        return vm, pos
+            leaf.overlays[chunk] = extents
+            leaf.slots[i] = FRAGMENTED
 
 
 def _start(x: Extent) -> int:

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from vstor.clock import Clock, SystemClock
 from vstor.errors import VstorError
-from vstor.store.chunkmap import LEAF_BITS, LEAF_SLOTS
+from vstor.store.accounting import segment_live
+from vstor.store.chunkmap import Leaf
 from vstor.store.format import loc_segno
+from vstor.store.snapshots import run_policies
 
 log = logging.getLogger("vstor.reclaim")
 MAX_FRAGMENTS = 64
@@ -48,75 +51,116 @@ class Reclaimer:
         self._thread: threading.Thread | None = None
         self._last_ckpt = self.clock.monotonic()
         self.last_error = ""
+        self.exact_interval = 60.0
+        self._exact: tuple[float, int, dict[int, int]] | None = None  # (when, sealed below, live per segment)
+        self.snapshots_in_use: Callable[[], dict[int, int]] = dict  # set by the daemon (FUSE open handles)
         store.reclaimer = self
 
     # -- GC --------------------------------------------------------------------------------
     def candidates(self) -> set[int]:
         st = self.store
+        exact = self._exact_live()
         with st._lock:
             cur = st.journal.current_segno
             out = set()
             for s in st.journal.segments():
                 size = st.state.seg_logical.get(s, 0)  # logical, like live: compression does not skew it
                 live = st.state.live.get(s, 0)
+                if exact is not None and s < exact[1]:
+                    live = min(live, exact[2].get(s, 0))
                 if s < cur and size > 0 and 0 < live <= (1 - self.min_dead) * size:
                     out.add(s)
             return out
+
+    def _exact_live(self) -> tuple[float, int, dict[int, int]] | None:
+        """With snapshots, state.live counts data shared by several leaf versions once per
+        version, so segments look fuller than they are. Every ``exact_interval`` seconds this
+        counts each piece once (one leaf at a time under the lock). Only segments sealed before
+        the count began use it: their live data can only shrink afterwards, so it stays an
+        upper bound."""
+        st = self.store
+        with st._lock:
+            if not st.state.snap_maps:
+                self._exact = None
+                return None
+            maps = list(st.state.all_maps())
+        now = self.clock.monotonic()
+        if self._exact is not None and now - self._exact[0] < self.exact_interval:
+            return self._exact
+        with st._lock:
+            sealed = st.journal.current_segno
+        by_key: dict[int, dict[int, Leaf]] = {}
+        for vm in maps:
+            with st._lock:
+                for key, leaf in vm.leaves.items():
+                    by_key.setdefault(key, {})[id(leaf)] = leaf
+        with st._lock:  # leaves may have changed meanwhile; count what is there now
+            live = segment_live({k: list(v.values()) for k, v in by_key.items()}, st.sb.chunk_size)
+        self._exact = (now, sealed, live)
+        return self._exact
 
     def collect(self, targets: set[int] | None = None, max_bytes: int | None = None) -> int:
         """Relocate the live data of ``targets`` (default: the candidates) and compact chunks
         that are too fragmented. Returns the bytes rewritten, stopping once ``max_bytes`` is
         reached (the maintenance loop's per-tick budget; the rest waits for later ticks).
 
-        GC moves only the extents that live in a target segment, each as its own record, so it
-        rewrites what is live there and nothing more. A chunk with more than MAX_FRAGMENTS
-        extents is instead rewritten whole, once, which merges its fragments."""
+        GC moves only the extents that live in a target segment, each as its own record, and
+        repoints every map that holds it (a volume, its snapshots, clones), so shared data is
+        moved once. A volume's chunk with more than MAX_FRAGMENTS extents is instead rewritten
+        whole, once, which merges its fragments."""
         targets = self.candidates() if targets is None else targets
         st = self.store
         moved = 0
-        for vid, chunk in self._chunks_to_move(targets):
+        for kind, a, b, c in self._work(targets):
             if max_bytes is not None and moved >= max_bytes:
                 break
+            if kind == "move":
+                if st.gc_move(a, b, c):
+                    moved += b - a
+                continue
+            vid, s, e = a, b, c
             with st._lock:
-                vol = st.state.table.by_id_or_none(vid)
                 vm = st.state.maps.get(vid)
-                if vol is None or vm is None:
-                    continue
-                base = chunk * st.sb.chunk_size
-                extents = vm.chunk_extents(chunk)
-            if len(extents) > MAX_FRAGMENTS:
-                ranges = [(base, min(base + st.sb.chunk_size, vol.size))]
-            else:
-                ranges = [(s, e) for s, e, loc in extents if loc_segno(loc) in targets]
-            for s, e in ranges:
-                pieces = st.lookup_for_read(vid, s, e - s)
-                try:
-                    data = st.assemble(vid, s, e - s, pieces)
-                finally:
-                    st.done_reading()
-                if st.relocate(vid, s, data, pieces):
-                    moved += e - s
+            if vm is None:
+                continue
+            pieces = st.lookup_for_read(vm, s, e - s)
+            try:
+                data = st.assemble(vm.lineage, s, e - s, pieces)
+            finally:
+                st.done_reading()
+            if st.compact(vid, s, data, pieces):
+                moved += e - s
         return moved
 
-    def _chunks_to_move(self, targets: set[int]) -> list[tuple[int, int]]:
+    def _work(self, targets: set[int]) -> list[tuple[str, int, int, int]]:
+        """("move", start, end, loc) for each distinct extent in a target segment, and
+        ("compact", vid, start, end) for each over-fragmented chunk of a volume."""
         st = self.store
-        out = []
+        cs = st.sb.chunk_size
+        moves: dict[tuple[int, int, int], None] = {}
+        compact = []
+        seen: set[int] = set()
         with st._lock:
-            vids = list(st.state.maps)
-        for vid in vids:
+            maps = [(vid, vm) for vid, vm in st.state.maps.items()] + [(0, vm) for vm in st.state.snap_maps.values()]
+        for vid, vm in maps:
             with st._lock:
-                vm = st.state.maps.get(vid)
-                keys = sorted(vm.leaves) if vm else []
+                keys = sorted(vm.leaves)
             for key in keys:
                 with st._lock:  # one leaf at a time, so I/O is not held up for long
-                    if vm is None or key not in vm.leaves:
+                    leaf = vm.leaves.get(key)
+                    if leaf is None or id(leaf) in seen:
                         continue
-                    for i in range(LEAF_SLOTS):
-                        chunk = (key << LEAF_BITS) | i
-                        ext = vm.chunk_extents(chunk)
-                        if len(ext) > MAX_FRAGMENTS or any(loc_segno(loc) in targets for _s, _e, loc in ext):
-                            out.append((vid, chunk))
-        return out
+                    seen.add(id(leaf))
+                    for chunk, ext in leaf.extents(key, cs):
+                        if vid and len(ext) > MAX_FRAGMENTS:
+                            vol = st.state.table.by_id_or_none(vid)
+                            if vol is not None:
+                                compact.append(("compact", vid, chunk * cs, min((chunk + 1) * cs, vol.size)))
+                            continue
+                        for s, e, loc in ext:
+                            if loc_segno(loc) in targets:
+                                moves[(s, e, loc)] = None
+        return [("move", s, e, loc) for s, e, loc in moves] + compact
 
     def reclaim_now(self) -> None:
         """Free what can be freed at once (called when the pool runs out of space)."""
@@ -139,6 +183,9 @@ class Reclaimer:
             if appended >= self.checkpoint_bytes or (appended and now - self._last_ckpt >= self.checkpoint_interval):
                 st.checkpoint()
                 self._last_ckpt = now
+            if st.state.catalog.policies:
+                for line in run_policies(st, set(self.snapshots_in_use())):
+                    log.info("snapshot policy: %s", line)
             if self.candidates():
                 # Within a budget, so host I/O keeps priority. No checkpoint here: it serializes
                 # every map under the store lock; the policy above (or reclaim_now, when space

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 
 from vstor.clock import Clock, SystemClock
-from vstor.errors import CorruptData, PoolFull, UsageError
+from vstor.errors import CorruptData, NotFound, PoolFull, UsageError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.checkpoint import CheckpointData, write_checkpoint
+from vstor.store.chunkmap import VolumeMap
 from vstor.store.codec import FrameCodec
 from vstor.store.consumers import Consumers
 from vstor.store.format import (
@@ -87,7 +89,7 @@ class Store:
         store.recovery = recover(store)
         return store
 
-    # -- volumes -------------------------------------------------------------------------
+    # -- volumes, groups and snapshots (catalog events) ---------------------------------------
     def volumes(self) -> list[Volume]:
         with self._lock:
             return self.state.table.list()
@@ -97,24 +99,30 @@ class Store:
             return self.state.table.get(name)
 
     def create_volume(self, name: str, size: int) -> Volume:
-        return self._volume_event(lambda t: t.make_create(name, size, self.clock.time()))
+        ev = self.event(lambda st: st.make_volume_create(name, size, self.clock.time()))
+        return self.state.table.by_id[ev["id"]]
 
     def delete_volume(self, name: str) -> Volume:
-        return self._volume_event(lambda t: t.make_delete(name))
+        vol = self.volume(name)
+        self.event(lambda st: st.make_volume_delete(name))
+        return vol
 
     def resize_volume(self, name: str, size: int, allow_shrink: bool = False) -> Volume:
-        return self._volume_event(lambda t: t.make_resize(name, size, allow_shrink))
+        ev = self.event(lambda st: st.table.make_resize(name, size, allow_shrink))
+        return self.state.table.by_id[ev["id"]]
 
-    def _volume_event(self, make: object) -> Volume:
+    def event(self, make: Callable[[PoolState], dict]) -> dict:
+        """Validate, journal and apply one catalog event (``make`` builds it from the state, under
+        the store lock), then make it durable. One record, so a crash leaves it whole or absent.
+        Writes wait only while the record is appended and applied: a snapshot's cut is exact."""
         with self._lock:
-            ev = make(self.state.table)  # type: ignore[operator]
+            ev = make(self.state)
             payload = json.dumps(ev, sort_keys=True).encode()
             entries, bodies = self.plain.encode(payload)
-            self._append(REC_VOLUME, 0, ev["id"], 0, 0, len(payload), entries, bodies, use_reserve=True)
-            vol = self.state.apply_volume_event(ev)
+            self._append(REC_VOLUME, 0, ev.get("id", 0), 0, 0, len(payload), entries, bodies, use_reserve=True)
+            self.state.apply_event(ev)
         self.journal.sync()
-        assert vol is not None
-        return vol
+        return ev
 
     def volume_usage(self, vid: int) -> int:
         with self._lock:
@@ -181,24 +189,41 @@ class Store:
                 vm.unmap(start, stop)
         self.stats.add(trim_bytes=end - offset)
 
-    def relocate(self, vid: int, offset: int, data: bytes | memoryview, expect: list) -> bool:
-        """GC: rewrite [offset, offset+len(data)) as one record if its extents still equal ``expect``."""
+    def gc_move(self, s: int, e: int, old: int) -> bool:
+        """GC: copy [s, e) of the record at ``old`` to the journal head and point every map that
+        references it there (volume, snapshots, clones). The REC_RELOCATE record carries
+        ``old`` in its seq field, so replay repeats exactly this."""
         with self._lock:
-            vol = self.state.table.by_id_or_none(vid)
+            self._active_reads += 1
+        try:
+            data = self._read_extent(None, s, e, old)
+        finally:
+            self.done_reading()
+        rec_vol = self._header(old).header.volume
+        with self._lock:
+            if not any(loc == old for vm in self.state.holders(rec_vol) for _s, _e, loc in vm.lookup(s, e)):
+                return False  # overwritten or released meanwhile
+            loc = self._relocation_record(rec_vol, s, data, old)
+            self.state.relocate_all(rec_vol, s, e, old, loc)
+        self.stats.add(relocated_bytes=e - s)
+        return True
+
+    def compact(self, vid: int, offset: int, data: bytes | memoryview, expect: list) -> bool:
+        """Rewrite [offset, offset+len(data)) of volume ``vid``'s live map as one record if its
+        extents still equal ``expect`` (merges a fragmented chunk)."""
+        with self._lock:
             vm = self.state.maps.get(vid)
             end = offset + len(data)
-            if vol is None or vm is None or vm.lookup(offset, end) != expect:
+            if vm is None or vm.lookup(offset, end) != expect:
                 return False
-            if bytes(data).count(0) == len(data):
-                vm.unmap(offset, end)  # same content, no record needed: replay yields zeros too
-                return True
-            segno, pos = self.journal.reserve(RECORD_HEADER_SIZE + frame_count(len(data)) * 48 + len(data))
-            entries, bodies = self.codec.encode(data, (vid, REC_RELOCATE, 0, offset, segno, pos))
-            loc = self._append(REC_RELOCATE, vol.group, vid, 0, offset, len(data), entries, bodies,
-                               use_reserve=True)
-            vm.map(offset, end, loc)
+            vm.map(offset, end, self._relocation_record(vid, offset, data, 0))
         self.stats.add(relocated_bytes=len(data))
         return True
+
+    def _relocation_record(self, vid: int, offset: int, data: bytes | memoryview, old: int) -> int:
+        segno, pos = self.journal.reserve(RECORD_HEADER_SIZE + frame_count(len(data)) * 48 + len(data))
+        entries, bodies = self.codec.encode(data, (vid, REC_RELOCATE, old, offset, segno, pos))
+        return self._append(REC_RELOCATE, 0, vid, old, offset, len(data), entries, bodies, use_reserve=True)
 
     def _append(self, rtype: int, group: int, vid: int, seq: int, offset: int, length: int,
                 entries: list[FrameEntry], bodies: list, use_reserve: bool = False) -> int:
@@ -228,16 +253,24 @@ class Store:
         raise PoolFull("pool is full: no space for new data (acknowledged data is safe); free space with "
                        "fstrim or by deleting volumes, or grow the filesystem under the pool")
 
-    def read(self, vid: int, offset: int, size: int) -> bytes:
-        """Read ``size`` bytes (fewer at the end of the volume). Raises CorruptData rather than
-        returning bytes that fail verification."""
+    def read(self, vid: int, offset: int, size: int, sid: int = 0) -> bytes:
+        """Read ``size`` bytes (fewer at the end) of volume ``vid``, or of its image in snapshot
+        ``sid``. Raises CorruptData rather than returning bytes that fail verification."""
         with self._lock:
-            vol = self._volume(vid)
-            size = max(0, min(size, vol.size - offset))
-            pieces = self.state.maps[vid].lookup(offset, offset + size) if size else []
+            if sid:
+                vm = self.state.snap_maps.get((sid, vid))
+                if vm is None:
+                    raise NotFound(f"snapshot {sid} of volume {vid} no longer exists")
+                vsize = self.state.catalog.snaps[sid].member_by_id(vid).size
+            else:
+                vsize = self._volume(vid).size
+                vm = self.state.maps[vid]
+            size = max(0, min(size, vsize - offset))
+            pieces = vm.lookup(offset, offset + size) if size else []
+            lineage = vm.lineage
             self._active_reads += 1
         try:
-            return self.assemble(vid, offset, size, pieces)
+            return self.assemble(lineage, offset, size, pieces)
         except CorruptData as e:
             self.stats.add(read_errors=1)
             log.error("read error on volume %d offset %d (chunk %d): %s", vid, offset,
@@ -250,11 +283,11 @@ class Store:
                     self._reads_done.notify_all()
             self.stats.request("read", size)
 
-    def lookup_for_read(self, vid: int, offset: int, size: int) -> list:
-        """Extents of a range, registering a reader; pair with :meth:`done_reading`."""
+    def lookup_for_read(self, vm: VolumeMap, offset: int, size: int) -> list:
+        """Extents of a range of ``vm``, registering a reader; pair with :meth:`done_reading`."""
         with self._lock:
             self._active_reads += 1
-            return self.state.maps[vid].lookup(offset, offset + size)
+            return vm.lookup(offset, offset + size)
 
     def done_reading(self) -> None:
         with self._lock:
@@ -262,29 +295,32 @@ class Store:
             if not self._active_reads:
                 self._reads_done.notify_all()
 
-    def assemble(self, vid: int, offset: int, size: int, pieces: list) -> bytes:
+    def assemble(self, lineage: tuple[int, ...] | None, offset: int, size: int, pieces: list) -> bytes:
         """The bytes of [offset, offset+size) from its mapped pieces; gaps are zeros. Returns
         ``bytes`` (mfusepy copies only bytes into the kernel buffer) built with one copy."""
         if not pieces:
             return bytes(size)
         if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + size:
-            return self._read_extent(vid, *pieces[0])
+            return self._read_extent(lineage, *pieces[0])
         parts: list[bytes] = []
         at = offset
         for s, e, loc in pieces:
             if s > at:
                 parts.append(bytes(s - at))
-            parts.append(self._read_extent(vid, s, e, loc))
+            parts.append(self._read_extent(lineage, s, e, loc))
             at = e
         if at < offset + size:
             parts.append(bytes(offset + size - at))
         return b"".join(parts)
 
-    def _read_extent(self, vid: int, s: int, e: int, loc: int) -> bytes:
+    def _read_extent(self, lineage: tuple[int, ...] | None, s: int, e: int, loc: int) -> bytes:
+        """The bytes of [s, e) from the record at ``loc``, which must belong to a volume of
+        ``lineage`` (None: any) and cover the range."""
         segno, pos = loc_segno(loc), loc_pos(loc)
         cached = self._header(loc)
         h, offs = cached.header, cached.offs
-        if h.volume != vid or h.rtype not in (REC_WRITE, REC_RELOCATE) or not (
+        vid = lineage[-1] if lineage else h.volume
+        if (lineage is not None and h.volume not in lineage) or h.rtype not in (REC_WRITE, REC_RELOCATE) or not (
             h.offset <= s and e <= h.offset + h.length
         ):
             raise CorruptData(f"misplaced record for {self._where(vid, s, loc)}: it holds volume {h.volume} "
@@ -352,7 +388,7 @@ class Store:
             with self._lock:
                 segno, pos = self.journal.tail()
                 meta = self.state.meta_json()
-                maps = {vid: vm.serialize() for vid, vm in self.state.maps.items()}
+                maps = self.state.maps_blob()
                 live = dict(self.state.live)
                 appended = self.journal.appended_bytes
             self.journal.sync()

@@ -8,7 +8,7 @@ order, so the table is journaled exactly like data. Volume ids are never reused.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from vstor.errors import AlreadyExists, NotFound, UsageError
 
@@ -25,6 +25,10 @@ class Volume:
     size: int
     group: int = DEFAULT_GROUP
     created: float = 0.0
+    # Volume ids whose journal records this volume's map may reference: itself, and for a
+    # clone the ancestors whose snapshot it was cloned from.
+    lineage: list[int] = field(default_factory=list)
+    clone_of: list[int] | None = None  # [snapshot id, volume id] of a clone's origin
 
 
 def check_name(name: str, what: str = "volume") -> None:
@@ -57,6 +61,9 @@ class VolumeTable:
     def by_id_or_none(self, vid: int) -> Volume | None:
         return self.by_id.get(vid)
 
+    def lineage(self, vid: int) -> list[int]:
+        return list(self.by_id[vid].lineage)
+
     def list(self) -> list[Volume]:
         return sorted(self.by_id.values(), key=lambda v: v.name)
 
@@ -84,7 +91,8 @@ class VolumeTable:
         """Apply an event. Returns (volume, old_size) so the caller can trim a shrunk tail."""
         op = ev["op"]
         if op == "create":
-            vol = Volume(ev["id"], ev["name"], ev["size"], ev.get("group", DEFAULT_GROUP), ev.get("created", 0.0))
+            vol = Volume(ev["id"], ev["name"], ev["size"], ev.get("group", DEFAULT_GROUP), ev.get("created", 0.0),
+                         ev.get("lineage") or [ev["id"]], ev.get("clone_of"))
             self.by_id[vol.id] = vol
             self.next_id = max(self.next_id, vol.id + 1)
             return vol, None
@@ -98,6 +106,9 @@ class VolumeTable:
             old = vol.size
             vol.size = ev["size"]
             return vol, old
+        if op == "set_group":
+            vol.group = ev["group"]
+            return vol, None
         raise ValueError(f"unknown volume event {op!r}")
 
     # -- checkpoint form -----------------------------------------------------------------
@@ -109,5 +120,6 @@ class VolumeTable:
         t = cls()
         t.next_id = data["next_id"]
         for v in data["volumes"]:
-            t.by_id[v["id"]] = Volume(**v)
+            vol = t.by_id[v["id"]] = Volume(**v)
+            vol.lineage = vol.lineage or [vol.id]
         return t

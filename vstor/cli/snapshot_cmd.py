@@ -1,0 +1,142 @@
+"""vstor snapshot create | list | delete | rollback | clone | diff | policy"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from vstor.cli.common import add_pool_arg, emit, pool_path, request, table
+from vstor.control.freeze import frozen
+from vstor.units import format_size, parse_duration
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    snap = sub.add_parser("snapshot", help="snapshots of groups and volumes").add_subparsers(
+        dest="action", required=True)
+
+    def cmd(name: str, func: object, help_: str, owner: bool = True) -> argparse.ArgumentParser:
+        p = snap.add_parser(name, help=help_)
+        add_pool_arg(p)
+        p.add_argument("--json", action="store_true")
+        if owner:
+            p.add_argument("owner", metavar="G|VOL", help="a consistency group or a volume")
+        p.set_defaults(func=func)
+        return p
+
+    p = cmd("create", cmd_create, "take a snapshot; of a group: one atomic cut of every member")
+    p.add_argument("--name", help="default: the UTC time, like 20261122-021500")
+    p.add_argument("--freeze", action="append", default=[], metavar="MOUNTPOINT",
+                   help="fsfreeze this filesystem (on a volume of the group) around the snapshot, so the "
+                        "snapshot is clean, not just crash-consistent; repeatable")
+    cmd("list", cmd_list, "list snapshots with their exclusive and shared bytes", owner=False).add_argument(
+        "owner", metavar="G|VOL", nargs="?")
+    cmd("delete", cmd_delete, "delete a snapshot, freeing what nothing else references").add_argument("name")
+    p = cmd("rollback", cmd_rollback, "return the volumes to a snapshot (a safety snapshot is taken first)")
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="even while member volumes are open")
+    p = cmd("clone", cmd_clone, "writable clones of every member: volumes PREFIX-VOL (PREFIX for a volume)")
+    p.add_argument("name")
+    p.add_argument("--as", dest="prefix", required=True, metavar="PREFIX")
+    p = cmd("diff", cmd_diff, "ranges written or trimmed between two snapshots")
+    p.add_argument("frm", metavar="FROM")
+    p.add_argument("to", metavar="TO")
+    pol = snap.add_parser("policy", help="automatic snapshots and retention").add_subparsers(
+        dest="policy_action", required=True)
+    p = pol.add_parser("set", help="snapshot G|VOL every interval; prune automatic snapshots beyond the keeps")
+    add_pool_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("owner", metavar="G|VOL")
+    p.add_argument("--every", required=True, help="interval, like 15m or 1h (at least 1m)")
+    p.add_argument("--keep-last", type=int, default=0)
+    p.add_argument("--keep-daily", type=int, default=0)
+    p.set_defaults(func=cmd_policy_set)
+    p = pol.add_parser("clear", help="remove the policy of G|VOL (its snapshots stay)")
+    add_pool_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("owner", metavar="G|VOL")
+    p.set_defaults(func=cmd_policy_clear)
+    p = pol.add_parser("list", help="list policies")
+    add_pool_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_policy_list)
+
+
+def _snaps(snaps: list[dict]) -> str:
+    if not snaps:
+        return "no snapshots"
+    rows = [("OWNER", "NAME", "CREATED", "SEQ", "VOLUMES", "EXCLUSIVE", "SHARED")]
+    for s in snaps:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s["created"]))
+        rows.append((s["owner"], s["name"] + (" (auto)" if s["auto"] else ""), when, str(s["seq"]),
+                     ",".join(v["name"] for v in s["volumes"]), format_size(s["exclusive"]),
+                     format_size(s["shared"])))
+    return table(rows)
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    pool = pool_path(args)
+    with frozen(args.freeze):
+        s = request(pool, "snapshot.create", owner=args.owner, name=args.name)
+    emit(args, s, lambda s: f"created snapshot {s['owner']}/{s['name']} (seq {s['seq']}, "
+         f"{len(s['volumes'])} volume(s))")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    emit(args, request(pool_path(args), "snapshot.list", owner=args.owner), _snaps)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    s = request(pool_path(args), "snapshot.delete", owner=args.owner, name=args.name)
+    emit(args, s, lambda s: f"deleted snapshot {s['owner']}/{s['name']}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    s = request(pool_path(args), "snapshot.rollback", owner=args.owner, name=args.name, force=args.force)
+    emit(args, s, lambda s: f"rolled {s['owner']} back to {s['name']}; the previous state is snapshot "
+         f"{s['owner']}/{s['safety_snapshot']}")
+    return 0
+
+
+def cmd_clone(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "snapshot.clone", owner=args.owner, name=args.name, prefix=args.prefix)
+    emit(args, r, lambda r: "created " + ", ".join(r["clones"]))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "snapshot.diff", owner=args.owner, frm=args.frm, to=args.to)
+
+    def text(r: list[dict]) -> str:
+        lines = []
+        for v in r:
+            lines.append(f"{v['volume']}: {format_size(v['changed_bytes'])} in {len(v['ranges'])} range(s)")
+            lines.extend(f"  {s}-{e}" for s, e in v["ranges"])
+        return "\n".join(lines)
+
+    emit(args, r, text)
+    return 0
+
+
+def cmd_policy_set(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "snapshot.policy_set", owner=args.owner, every=parse_duration(args.every, "--every"),
+                keep_last=args.keep_last, keep_daily=args.keep_daily)
+    emit(args, r, lambda r: f"policy for {r['owner']}: every {r['policy']['every']:.0f}s, keep last "
+         f"{r['policy']['keep_last']}, keep daily {r['policy']['keep_daily']}")
+    return 0
+
+
+def cmd_policy_clear(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "snapshot.policy_set", owner=args.owner, every=None)
+    emit(args, r, lambda r: f"policy for {r['owner']} removed")
+    return 0
+
+
+def cmd_policy_list(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "snapshot.policy_list")
+    emit(args, r, lambda r: table([("OWNER", "EVERY", "KEEP-LAST", "KEEP-DAILY")] + [
+        (p["owner"], f"{p['every']:.0f}s", str(p["keep_last"]), str(p["keep_daily"])) for p in r])
+        if r else "no policies")
+    return 0

@@ -1,0 +1,161 @@
+"""Group and snapshot operations on an open Store: the admin-facing layer over catalog
+events, plus space accounting, diffs and the policy runner.
+
+Every change is one catalog event (Store.event), so it is atomic across a crash. Taking a
+snapshot holds the store lock only while its event is appended and the member maps are
+shared (O(leaves), no data copied), which is the whole write pause.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from vstor.errors import UsageError
+from vstor.store.accounting import account, changed_ranges
+from vstor.store.catalog import Policy, Snapshot
+from vstor.store.policy import due, to_prune
+from vstor.store.store import Store
+
+log = logging.getLogger("vstor.snapshots")
+
+
+def describe(store: Store, snap: Snapshot, sizes: dict[tuple[int, int], tuple[int, int]] | None = None) -> dict:
+    d = {"id": snap.id, "name": snap.name, "owner": snap.owner_name, "kind": snap.kind, "created": snap.created,
+         "seq": snap.seq, "auto": snap.auto,
+         "volumes": [{"name": m.name, "id": m.vid, "size": m.size} for m in snap.members]}
+    if sizes is not None:
+        d["exclusive"] = sum(sizes[(snap.id, m.vid)][0] for m in snap.members)
+        d["shared"] = sum(sizes[(snap.id, m.vid)][1] for m in snap.members)
+    return d
+
+
+def create(store: Store, owner: str, name: str | None = None, auto: bool = False) -> dict:
+    ev = store.event(lambda st: st.catalog.make_snapshot(st.table, st.group_seq, owner, name,
+                                                         store.clock.time(), auto))
+    with store._lock:
+        return describe(store, store.state.catalog.snaps[ev["sid"]])
+
+
+def get(store: Store, owner: str, name: str) -> Snapshot:
+    with store._lock:
+        return store.state.catalog.snapshot(store.state.table, owner, name)
+
+
+def delete(store: Store, owner: str, name: str) -> dict:
+    snap = get(store, owner, name)
+    store.event(lambda st: st.catalog.make_snapshot_delete(st.catalog.snapshot(st.table, owner, name)))
+    return describe(store, snap) | {"deleted": True}
+
+
+def rollback(store: Store, owner: str, name: str) -> dict:
+    snap = get(store, owner, name)
+    ev = store.event(lambda st: st.catalog.make_rollback(st.table, st.group_seq,
+                                                         st.catalog.snapshot(st.table, owner, name),
+                                                         store.clock.time()))
+    return describe(store, snap) | {"rolled_back": True, "safety_snapshot": ev["events"][0]["name"]}
+
+
+def clone(store: Store, owner: str, name: str, prefix: str) -> list[str]:
+    ev = store.event(lambda st: st.catalog.make_clone(st.table, st.catalog.snapshot(st.table, owner, name),
+                                                      prefix, store.clock.time()))
+    return [e["name"] for e in ev["events"]]
+
+
+def sizes(store: Store, vids: set[int] | None = None) -> tuple[dict, dict[int, dict]]:
+    """Exclusive and shared bytes of every snapshot member map, keyed (sid, vid), and per volume
+    {"allocated", "snapshots", "total"}: its live data, what only its snapshots hold, the sum."""
+    st = store.state
+    out: dict[tuple[int, int], tuple[int, int]] = {}
+    per_volume: dict[int, dict] = {}
+    with store._lock:
+        for vid in sorted(vids if vids is not None else set(st.maps) | {k[1] for k in st.snap_maps}):
+            live = [st.maps[vid]] if vid in st.maps else []
+            keys = [k for k in st.snap_maps if k[1] == vid]
+            # Everything else that may share data with them: clones made from them, and theirs.
+            others = [vm for k, vm in st.snap_maps.items() if k[1] != vid and vid in vm.lineage]
+            others += [vm for v, vm in st.maps.items() if v != vid and vid in vm.lineage]
+            maps = live + [st.snap_maps[k] for k in keys] + others
+            if not maps:
+                continue
+            result, union = account(maps, range(len(live) + len(keys)))
+            out.update(zip(keys, result[len(live) : len(live) + len(keys)], strict=True))
+            if live:
+                allocated = live[0].mapped_bytes
+                per_volume[vid] = {"allocated": allocated, "snapshots": union - allocated, "total": union}
+    return out, per_volume
+
+
+def listing(store: Store, owner: str | None = None) -> list[dict]:
+    with store._lock:
+        cat, table = store.state.catalog, store.state.table
+        if owner is None:
+            snaps = sorted(cat.snaps.values(), key=lambda s: (s.owner_name, s.created, s.id))
+        else:
+            snaps = cat.snapshots_of(*cat.owner(table, owner))
+    vids = {m.vid for s in snaps for m in s.members}
+    size_map, _ = sizes(store, vids)
+    return [describe(store, s, size_map) for s in snaps]
+
+
+def diff(store: Store, owner: str, frm: str, to: str) -> list[dict]:
+    with store._lock:
+        a, b = get(store, owner, frm), get(store, owner, to)
+        out = []
+        for m in b.members:
+            old = store.state.snap_maps.get((a.id, m.vid))
+            new = store.state.snap_maps[(b.id, m.vid)]
+            if old is None:  # joined the group after FROM: everything it holds is new
+                old = store.state.new_map()
+            ranges = changed_ranges(old, new)
+            out.append({"volume": m.name, "id": m.vid, "ranges": [list(r) for r in ranges],
+                        "changed_bytes": sum(e - s for s, e in ranges)})
+        return out
+
+
+def set_policy(store: Store, owner: str, every: float | None, keep_last: int, keep_daily: int) -> dict:
+    policy = None if every is None else Policy(every, keep_last, keep_daily)
+    ev = store.event(lambda st: st.catalog.make_policy(st.table, owner, policy))
+    return {"owner": owner, "policy": ev["policy"]}
+
+
+def run_policies(store: Store, in_use: set[int] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """Take the automatic snapshots that are due and prune what retention drops (except the
+    snapshots in ``in_use``, whose images are open). The maintenance loop calls it; each step
+    is one event, so a crash between steps leaves a state the next run completes. Returns
+    what was done, for the log."""
+    done = []
+    now = store.clock.time()
+    with store._lock:
+        cat, table = store.state.catalog, store.state.table
+        work = []
+        for key, policy in cat.policies.items():
+            kind, oid = key.split(":")
+            owner = cat.groups[int(oid)].name if kind == "group" else table.by_id[int(oid)].name
+            work.append((kind, int(oid), owner, policy))
+    for kind, oid, owner, policy in work:
+        autos = [s for s in store.state.catalog.snapshots_of(kind, oid) if s.auto]
+        if due(policy, autos, now):
+            try:
+                done.append("created " + owner + "/" + create(store, owner, auto=True)["name"])
+            except UsageError as e:  # e.g. an empty group: nothing to snapshot yet
+                log.warning("policy for %s: %s", owner, e)
+            autos = [s for s in store.state.catalog.snapshots_of(kind, oid) if s.auto]
+        for snap in to_prune(policy, autos):
+            if snap.id in in_use:
+                continue
+            delete(store, owner, snap.name)
+            done.append(f"pruned {owner}/{snap.name}")
+    return done
+
+
+def image(store: Store, owner: str, snap: str, volume: str) -> tuple[int, int, int, float]:
+    """(snapshot id, volume id, size, created) of the image OWNER/SNAP/VOLUME."""
+    s = get(store, owner, snap)
+    m = s.member(volume)
+    return s.id, m.vid, m.size, s.created
+
+
+def tree(store: Store) -> list[list[str]]:
+    """[owner, snapshot, volume] of every snapshot image (the FUSE snapshots/ directory)."""
+    with store._lock:
+        return [[s.owner_name, s.name, m.name] for s in store.state.catalog.snaps.values() for m in s.members]
