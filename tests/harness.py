@@ -46,6 +46,9 @@ class Array:
     def vstor(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
         return run([VSTOR, *args], check=check, env=env or self.env)
 
+    def vstor_json(self, *args: str) -> object:
+        return json.loads(self.vstor(*args, "--json").stdout)
+
     def start(self, check: bool = True, env: dict | None = None, key_file: str | None = None
               ) -> subprocess.CompletedProcess:
         extra = ["--key-file", key_file] if key_file else []
@@ -89,6 +92,7 @@ class Array:
 
     def cleanup(self) -> None:
         for target in reversed(self.mounts):
+            subprocess.run(["fsfreeze", "-u", target], capture_output=True)  # in case a test left it frozen
             subprocess.run(["umount", "-l", target], capture_output=True)
         self.mounts.clear()
         for dev in _loops_under(self.mnt):

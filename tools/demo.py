@@ -1,8 +1,9 @@
 """``make demo``: an array on a local pool, end to end, then everything cleaned up.
 
 Creates a pool in a temporary directory, starts the array, creates two volumes, attaches
-one, makes ext4 on it, mounts it, writes and reads back files, trims, prints status and
-stats, then unmounts, detaches, stops the array and checks the pool offline.
+one, makes ext4 on it, mounts it, writes and reads back files, puts both volumes in a
+consistency group and snapshots it, trims, reads the deleted file back from the snapshot,
+prints status and stats, then unmounts, detaches, stops the array and checks the pool.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("demo: run as root (it uses FUSE, loop devices and mount)")
     base = tempfile.mkdtemp(prefix="vstor-demo-")
-    pool, mnt, fs = f"{base}/pool", f"{base}/array", f"{base}/fs"
+    pool, mnt, fs, snapfs = f"{base}/pool", f"{base}/array", f"{base}/fs", f"{base}/snapfs"
     env = dict(os.environ, VSTOR_POOL=pool)
-    started = mounted = False
-    device = ""
+    started = mounted = snap_mounted = False
+    device = snap_device = ""
     try:
         step("create a pool and start the array")
         sh(VSTOR, "pool", "init", pool, "--compress", "lz4", env=env)
@@ -84,12 +85,28 @@ def main() -> int:
         assert sha256(f"{fs}/random.bin") == written, "read-back mismatch"
         assert open(f"{fs}/small-199.txt").read() == "order 199\n" * 200
         print("read back after remount: contents identical")
-        step("delete a file and trim: the pool frees the space")
+        step("group both volumes and take a group snapshot (ext4 frozen for a clean cut)")
+        sh(VSTOR, "group", "create", "db", "--volumes", "orders,payments", env=env)
+        sh(VSTOR, "snapshot", "create", "db", "--name", "before-cleanup", "--freeze", fs, env=env)
+        step("delete a file and trim: the live volume frees the space, the snapshot keeps it")
         before = _allocated(env)
         os.remove(f"{fs}/random.bin")
         os.sync()  # ext4 frees the blocks at its next journal commit; fstrim skips them before
         sh("fstrim", "-v", fs)
         print(f"volume 'orders' allocated: {before / 2**20:.1f} MiB -> {_allocated(env) / 2**20:.1f} MiB")
+        step("attach the snapshot read-only: the deleted file is still there")
+        snap_device = sh(VSTOR, "volume", "attach", "--snapshot", "db/before-cleanup/orders", env=env,
+                         show=False).strip()
+        os.makedirs(snapfs, exist_ok=True)
+        sh("mount", "-o", "ro", snap_device, snapfs)
+        snap_mounted = True
+        assert sha256(f"{snapfs}/random.bin") == written, "snapshot content mismatch"
+        print(f"{snapfs}/random.bin from the snapshot: sha256 {written[:16]}..., identical")
+        sh("umount", snapfs)
+        snap_mounted = False
+        sh(VSTOR, "volume", "detach", "--snapshot", "db/before-cleanup/orders", env=env)
+        snap_device = ""
+        sh(VSTOR, "snapshot", "list", "db", env=env)
         step("status and stats")
         sh(VSTOR, "array", "status", env=env)
         print(open(f"{mnt}/stats").read().rstrip())
@@ -104,6 +121,10 @@ def main() -> int:
         print("\ndemo finished: everything worked and was cleaned up")
         return 0
     finally:
+        if snap_mounted:
+            subprocess.run(["umount", "-l", snapfs], capture_output=True)
+        if snap_device:
+            subprocess.run(["losetup", "-d", snap_device], capture_output=True)
         if mounted:
             subprocess.run(["umount", "-l", fs], capture_output=True)
         if device:

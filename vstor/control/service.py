@@ -77,6 +77,7 @@ class PoolService(CatalogOps):
             "settings": {"chunk_size": st.sb.chunk_size, "segment_size": st.sb.segment_size,
                          "compress": st.sb.compress, "encrypt": st.sb.encrypt, "uuid": st.sb.uuid},
             "volumes": self.op_volume_list(),
+            "groups": len(st.state.catalog.groups), "snapshots": len(st.state.catalog.snaps),
             "journal": st.usage() | {"failed": st.journal.failed, "syncs": st.journal.syncs,
                                      "consumers": {k: list(v) for k, v in st.consumers.positions().items()}},
             "recovery": st.recovery,

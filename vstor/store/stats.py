@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 
@@ -32,7 +32,10 @@ class Counters:
     relocated_bytes: int = 0
     segments_deleted: int = 0
     checkpoints: int = 0
+    snapshots_taken: int = 0
     write_sizes: Counter = field(default_factory=Counter)
+    # How long each recent snapshot held the store lock (the pause writes to the pool saw), in us.
+    snapshot_pauses: deque = field(default_factory=lambda: deque(maxlen=1000))
     read_sizes: Counter = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -58,4 +61,14 @@ class Counters:
             d = {k: v for k, v in self.__dict__.items() if k != "lock"}
             d["write_sizes"] = dict(self.write_sizes)
             d["read_sizes"] = dict(self.read_sizes)
+            pauses = sorted(d.pop("snapshot_pauses"))
+            d["snapshot_pause_us"] = {
+                "count": len(pauses), "p50": pauses[len(pauses) // 2] if pauses else 0,
+                "p99": pauses[min(len(pauses) - 1, len(pauses) * 99 // 100)] if pauses else 0,
+                "max": pauses[-1] if pauses else 0}
             return d
+
+    def snapshot_taken(self, pause_us: int) -> None:
+        with self.lock:
+            self.snapshots_taken += 1
+            self.snapshot_pauses.append(pause_us)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from vstor.clock import Clock, SystemClock
@@ -116,11 +117,15 @@ class Store:
         the store lock), then make it durable. One record, so a crash leaves it whole or absent.
         Writes wait only while the record is appended and applied: a snapshot's cut is exact."""
         with self._lock:
+            t0 = time.perf_counter_ns()
             ev = make(self.state)
             payload = json.dumps(ev, sort_keys=True).encode()
             entries, bodies = self.plain.encode(payload)
             self._append(REC_VOLUME, 0, ev.get("id", 0), 0, 0, len(payload), entries, bodies, use_reserve=True)
             self.state.apply_event(ev)
+            held = time.perf_counter_ns() - t0
+        if ev["op"] == "snap_create":
+            self.stats.snapshot_taken(held // 1000)
         self.journal.sync()
         return ev
 
