@@ -94,7 +94,8 @@ def _leaf_object_totals(maps: list[VolumeMap], models: list[list[int]]) -> dict[
                 continue
             seen.add(id(leaf))
             a, b = KEY_SPAN[key]
-            totals.update(loc for loc in model[a:b] if loc != EMPTY)
+            totals.update(model[a:b])
+    totals.pop(EMPTY, None)
     return dict(totals)
 
 
@@ -201,7 +202,7 @@ def _check_family(fam: Family) -> None:
     union: set[int] = set()
     for vm, model in zip(fam.maps, fam.models, strict=True):
         assert _window(vm) == model
-        assert vm.mapped_bytes == sum(1 for x in model if x != EMPTY)
+        assert vm.mapped_bytes == WINDOW - model.count(EMPTY)
         union.update(model)
     union.discard(EMPTY)
     holders = _holder_counts(fam.maps)
@@ -458,6 +459,11 @@ def test_account_cuts_fragments_of_different_versions():
     assert got == [(100, 924), (50, 974), (450, 574)]
     assert union == CS + 100 + 450
     assert account([s1, s2, v], [0])[1] == CS
+    # Two versions only: s1 dense, s2 split.
+    assert account([s1, s2], [0, 1]) == ([(100, 924), (100, 924)], CS + 100)
+    assert account([s2, s1, s2.share()], [1]) == ([(0, CS), (100, 924), (0, CS)], CS)
+    leaves = {0: [s1.leaves[0], s2.leaves[0]]}
+    assert segment_live(leaves, CS) == {1: CS, 2: 100}
 
 
 # -- 6. changed_ranges ---------------------------------------------------------------------------
@@ -832,19 +838,25 @@ def test_group_rollback_after_shrink_restores_every_member():
     _check_live(st)
 
 
-def test_rollback_safety_snapshot_covers_every_rolled_back_volume():
-    """Every volume a rollback overwrites must be in its safety snapshot, also one that left the
-    group since the snapshot (otherwise its current data is lost with no way back)."""
+def test_rollback_touches_only_current_members_all_covered_by_the_safety_snapshot():
+    """A volume that left the group since the snapshot is not rolled back (its data written
+    since stays), and every volume a rollback overwrites is in its safety snapshot."""
     st = _pool("a", "b")
     _group(st, "g", ["a", "b"])
     a, b = _vid(st, "a"), _vid(st, "b")
     s = _snapshot(st, "g", "s")
     st.apply_event(st.catalog.make_group_remove(st.table, "g", "b"))
     st.maps[b].map(0, CS, make_loc(3, 64))  # written after leaving the group
+    b_before = _content(st.maps[b])
     ev = st.catalog.make_rollback(st.table, st.group_seq, s, NOW + 1)
     safety, rollback = ev["events"]
-    assert rollback["volumes"] == [a, b]
+    assert rollback["volumes"] == [a]
     assert {m["vid"] for m in safety["members"]} >= set(rollback["volumes"])
+    st.apply_event(ev)
+    assert _content(st.maps[b]) == b_before
+    st.apply_event(st.catalog.make_group_remove(st.table, "g", "a"))
+    with pytest.raises(UsageError):
+        st.catalog.make_rollback(st.table, st.group_seq, s, NOW + 2)
 
 
 def test_clone_of_group_and_volume_snapshots():
@@ -906,6 +918,14 @@ def test_relocate_all_moves_references_in_every_holder():
     assert _content(st.maps[c]) == [(0, 2000, new), (2000, 2100, other), (2100, 3000, new)]
     assert _content(st.snap_maps[(s.id, a)]) == [(0, 3000, new)]
     assert _content(st.maps[b]) == [(0, 3000, old)]
+    # A record written by the clone: its own map and its snapshots hold it, a's maps cannot.
+    mine, moved = make_loc(3, 64), make_loc(3, 8192)
+    st.maps[c].map(5000, 6000, mine)
+    cs = _snapshot(st, "c", "cs")
+    st.maps[c].map(5500, 5600, other)
+    st.relocate_all(c, 0, SZ, mine, moved)
+    assert _content(st.maps[c])[-3:] == [(5000, 5500, moved), (5500, 5600, other), (5600, 6000, moved)]
+    assert _content(st.snap_maps[(cs.id, c)])[-1] == (5000, 6000, moved)
     _check_live(st)
 
 

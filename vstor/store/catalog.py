@@ -171,14 +171,17 @@ class Catalog:
         return {"op": "snap_delete", "sid": snap.id}
 
     def make_rollback(self, table: VolumeTable, group_seq: dict[int, int], snap: Snapshot, now: float) -> dict:
-        for m in snap.members:
-            if table.by_id_or_none(m.vid) is None:
-                raise NotFound(f"volume {m.name!r} of snapshot {snap.name!r} was deleted; clone the snapshot "
-                               "instead with 'vstor snapshot clone'")
+        """Roll back the snapshot's volumes that are still members of its group (or the volume),
+        after a safety snapshot of the current members, which therefore covers all of them."""
+        current = set(self.members(table, snap.kind, snap.owner))
+        vids = [m.vid for m in snap.members if m.vid in current]
+        if not vids:
+            raise UsageError(f"none of the volumes of snapshot {snap.owner_name}/{snap.name} is still in "
+                             f"{snap.owner_name!r}; clone the snapshot instead with 'vstor snapshot clone'")
         safety = self.make_snapshot(table, group_seq, snap.owner_name, None, now)
         safety["name"] = _unique(f"pre-rollback-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}",
                                  {s.name for s in self.snapshots_of(snap.kind, snap.owner)})
-        rollback = {"op": "rollback", "sid": snap.id, "volumes": [m.vid for m in snap.members]}
+        rollback = {"op": "rollback", "sid": snap.id, "volumes": vids}
         return {"op": "batch", "events": [safety, rollback]}
 
     def make_clone(self, table: VolumeTable, snap: Snapshot, prefix: str, now: float) -> dict:
@@ -232,7 +235,8 @@ class Catalog:
         if not data:
             return c
         c.groups = {g["id"]: Group(**g) for g in data["groups"]}
-        for s in data["snaps"]:
+        for raw in data["snaps"]:
+            s = dict(raw)
             members = [Member(**m) for m in s.pop("members")]
             c.snaps[s["id"]] = Snapshot(**s, members=members)
         c.policies = {k: Policy(**p) for k, p in data["policies"].items()}

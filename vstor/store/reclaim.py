@@ -115,8 +115,7 @@ class Reclaimer:
             if max_bytes is not None and moved >= max_bytes:
                 break
             if kind == "move":
-                if st.gc_move(a, b, c):
-                    moved += b - a
+                moved += st.gc_move(a, b, c)
                 continue
             vid, s, e = a, b, c
             with st._lock:

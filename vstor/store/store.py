@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from vstor.clock import Clock, SystemClock
 from vstor.errors import CorruptData, NotFound, PoolFull, UsageError
@@ -194,24 +194,29 @@ class Store:
                 vm.unmap(start, stop)
         self.stats.add(trim_bytes=end - offset)
 
-    def gc_move(self, s: int, e: int, old: int) -> bool:
-        """GC: copy [s, e) of the record at ``old`` to the journal head and point every map that
-        references it there (volume, snapshots, clones). The REC_RELOCATE record carries
-        ``old`` in its seq field, so replay repeats exactly this."""
+    def gc_move(self, s: int, e: int, old: int) -> int:
+        """GC: copy what is still referenced of [s, e) in the record at ``old`` to the journal head,
+        and point every map that references it there (volume, snapshots, clones). Each
+        REC_RELOCATE record carries ``old`` in its seq field, so replay repeats exactly this.
+        Returns the bytes moved."""
         with self._lock:
             self._active_reads += 1
         try:
-            data = self._read_extent(None, s, e, old)
+            data = memoryview(self._read_extent(None, s, e, old))
         finally:
             self.done_reading()
         rec_vol = self._header(old).header.volume
+        moved = 0
         with self._lock:
-            if not any(loc == old for vm in self.state.holders(rec_vol) for _s, _e, loc in vm.lookup(s, e)):
-                return False  # overwritten or released meanwhile
-            loc = self._relocation_record(rec_vol, s, data, old)
-            self.state.relocate_all(rec_vol, s, e, old, loc)
-        self.stats.add(relocated_bytes=e - s)
-        return True
+            # Only the pieces some map still references: others were overwritten, or already
+            # moved along with data a shared leaf held.
+            for a, b in _union((ps, pe) for vm in self.state.holders(rec_vol)
+                               for ps, pe, loc in vm.lookup(s, e) if loc == old):
+                loc = self._relocation_record(rec_vol, a, data[a - s : b - s], old)
+                self.state.relocate_all(rec_vol, a, b, old, loc)
+                moved += b - a
+        self.stats.add(relocated_bytes=moved)
+        return moved
 
     def compact(self, vid: int, offset: int, data: bytes | memoryview, expect: list) -> bool:
         """Rewrite [offset, offset+len(data)) of volume ``vid``'s live map as one record if its
@@ -432,6 +437,16 @@ class Store:
         if checkpoint and not self.journal.failed:
             self.checkpoint()
         self.journal.close()
+
+
+def _union(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 def _check_range(vol: Volume, offset: int, n: int) -> None:
