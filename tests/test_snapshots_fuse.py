@@ -13,6 +13,8 @@ import json
 import mmap
 import os
 import random
+import re
+import struct
 import subprocess
 import threading
 import time
@@ -150,6 +152,14 @@ def _fsck(dev: str, *flags: str) -> subprocess.CompletedProcess:
     return run(["e2fsck", *flags, dev], check=False)
 
 
+def _ext4_features(dev: str) -> list[str]:
+    """The superblock's feature flags; ``needs_recovery`` means the journal must be replayed
+    (``e2fsck -n`` skips that replay and still exits 0, so it cannot tell)."""
+    out = run(["dumpe2fs", "-h", dev]).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("Filesystem features:"))
+    return line.split(":", 1)[1].split()
+
+
 # -- 1. CLI round trip -------------------------------------------------------------------------
 def test_group_snapshot_round_trip(array):
     rng = random.Random(101)
@@ -242,9 +252,9 @@ def test_refusals_leave_everything_unchanged(array):
     def unchanged(snaps: list[str], vols: dict[str, bytes | bytearray]) -> None:
         assert list(_snaps(array, "g")) == snaps
         for v, model in vols.items():
-            _assert_image(array.image(v), model, f"volume {v}")
+            _assert_same(_read_buffered(array.image(v)), model, f"volume {v}")
         for v in "ab":
-            _assert_image(_snap_image(array, "g", "s1", v), s1[v], f"snapshot g/s1/{v}")
+            _assert_same(_read_buffered(_snap_image(array, "g", "s1", v)), s1[v], f"snapshot g/s1/{v}")
 
     # writing to a snapshot image
     img = _snap_image(array, "g", "s1", "a")
@@ -268,6 +278,9 @@ def test_refusals_leave_everything_unchanged(array):
     _assert_image(_snap_image(array, "g", "victim", "a"), models["a"], "snapshot g/victim/a")
     out = array.vstor("volume", "detach", "--snapshot", "g/victim/a").stdout
     assert dev in out, out
+    with open(_snap_image(array, "g", "victim", "b"), "rb") as f:  # an image held open by a process
+        _refused(array, BUSY, "snapshot", "delete", "g", "victim")
+        assert f.read(MiB) == bytes(models["b"][:MiB])
     array.vstor("snapshot", "delete", "g", "victim")
     _wait_path(os.path.join(array.mnt, "snapshots", "g", "victim"), present=False)
     unchanged(["g/s1"], models)
@@ -514,6 +527,7 @@ def test_ext4_snapshots_under_load(array, tmp_path):
         fdev = array.vstor("volume", "attach", "--snapshot", "g/frozen/a").stdout.strip()
         assert fdev.startswith("/dev/loop"), fdev
         assert run(["blockdev", "--getro", fdev]).stdout.strip() == "1"
+        assert "needs_recovery" not in _ext4_features(fdev), "the frozen snapshot needs a journal replay"
         r = _fsck(fdev, "-fn")
         assert r.returncode == 0, f"e2fsck -fn on the frozen snapshot -> {r.returncode}\n{r.stdout}\n{r.stderr}"
         fmp = array.mount_fs(fdev, tmp_path / "frozen", "ro,noload")
@@ -529,6 +543,7 @@ def test_ext4_snapshots_under_load(array, tmp_path):
         out = _json(array, "snapshot", "clone", "g", "crash", "--as", "cc")
         assert sorted(out["clones"]) == ["cc-a", "cc-b"], out
         cdev = array.attach("cc-a")
+        assert "needs_recovery" in _ext4_features(cdev), "a snapshot of a mounted ext4 should need a replay"
         r = _fsck(cdev, "-fy")
         assert r.returncode in (0, 1), f"e2fsck -fy on the clone -> {r.returncode}\n{r.stdout}\n{r.stderr}"
         r = _fsck(cdev, "-fn")
@@ -563,7 +578,7 @@ def _images(arr: Array) -> dict[str, str]:
     for owner in sorted(os.listdir(os.path.join(arr.mnt, "snapshots"))):
         for snap in sorted(os.listdir(os.path.join(arr.mnt, "snapshots", owner))):
             for vol in sorted(os.listdir(os.path.join(arr.mnt, "snapshots", owner, snap))):
-                out[f"{owner}/{snap}/{vol}"] = _sha(_read_direct(_snap_image(arr, owner, snap, vol)))
+                out[f"{owner}/{snap}/{vol}"] = _sha_file(_snap_image(arr, owner, snap, vol))
     return out
 
 
@@ -578,14 +593,17 @@ def test_snapshots_survive_restart_and_kill9(array):
     _write(array.image("a"), models["a"], [(0, rng.randbytes(2 * MiB)), (33 * MiB + 1, rng.randbytes(MiB))])
     _write(array.image("b"), models["b"], [(7 * MiB, rng.randbytes(MiB))])
     array.vstor("snapshot", "create", "g", "--name", "s1")
+    s1 = {v: bytes(m) for v, m in models.items()}
     _write(array.image("a"), models["a"], [(MiB, rng.randbytes(2 * MiB))])
     array.vstor("snapshot", "create", "g", "--name", "s2")
+    s2 = {v: bytes(m) for v, m in models.items()}
     array.vstor("snapshot", "create", "b", "--name", "vb")  # a volume snapshot of a group member
     _write(array.image("b"), models["b"], [(7 * MiB + 100, rng.randbytes(100))])
     listing = _stable(_snaps(array))
     assert list(listing) == ["b/vb", "g/s1", "g/s2"], listing
     images = _images(array)
     assert len(images) == 5, images
+    assert images["g/s1/a"] == _sha(s1["a"]) and images["g/s2/a"] == _sha(s2["a"]), "snapshot images"
     live = {v: _sha(bytes(m)) for v, m in models.items()}
 
     array.stop()
@@ -610,17 +628,84 @@ def test_snapshots_survive_restart_and_kill9(array):
         except OSError:
             pass  # the daemon is gone
     array.start()
-    after = _snaps(array)
+    after = _stable(_snaps(array))
     assert list(after) == ["b/vb", "g/s1", "g/s2", "g/s3"], list(after)
-    assert _stable(after)["g/s3"] == _stable({"g/s3": s3 | {"auto": False}})["g/s3"]
-    assert {k: v for k, v in _stable(after).items() if k != "g/s3"} == listing
-    _assert_image(_snap_image(array, "g", "s3", "a"), models["a"], "snapshot g/s3/a after kill -9")
-    _assert_image(_snap_image(array, "g", "s3", "b"), models["b"], "snapshot g/s3/b after kill -9")
+    assert after["g/s3"] == _stable({"g/s3": s3})["g/s3"], (after["g/s3"], s3)
+    assert {k: v for k, v in after.items() if k != "g/s3"} == listing
+    for v in "ab":
+        _assert_image(_snap_image(array, "g", "s3", v), models[v], f"snapshot g/s3/{v} after kill -9")
     assert {k: v for k, v in _images(array).items() if not k.startswith("g/s3/")} == images
+
+    # rollback and clone, then writes to both, then kill -9 again
+    safety = _json(array, "snapshot", "rollback", "g", "s1")["safety_snapshot"]
+    rolled = {v: bytearray(s1[v]) for v in "ab"}
+    _write(array.image("a"), rolled["a"], [(5 * MiB + 9, _nonzero(rng, 70000))])
+    array.vstor("snapshot", "clone", "g", "s2", "--as", "k")
+    _wait_path(array.image("k-a"), present=True)
+    clone = bytearray(s2["a"])
+    _write(array.image("k-a"), clone, [(40 * MiB, _nonzero(rng, MiB))])
+    array.kill9()
+    array.start()
+    _assert_image(array.image("a"), rolled["a"], "volume a (rolled back to s1, then written) after kill -9")
+    _assert_image(array.image("b"), rolled["b"], "volume b (rolled back to s1) after kill -9")
+    _assert_image(array.image("k-a"), clone, "clone k-a after kill -9")
+    _assert_image(array.image("k-b"), s2["b"], "clone k-b after kill -9")
+    for v in "ab":
+        _assert_image(_snap_image(array, "g", safety, v), models[v], f"safety snapshot g/{safety}/{v} after kill -9")
+    assert list(_snaps(array)) == ["b/vb", "g/s1", "g/s2", "g/s3", f"g/{safety}"]
+    assert {k: v for k, v in _images(array).items() if k.split("/")[1] not in ("s3", safety)} == images
     array.stop()
     r = array.vstor("pool", "check", array.pool, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "clean" in r.stdout, r.stdout
+
+
+# -- 7. snapshot policies ----------------------------------------------------------------------
+def test_snapshot_policy_takes_automatic_snapshots(array):
+    models = _make_group(array, "g", {"a": VOL})
+    _write(array.image("a"), models["a"], [(MiB, random.Random(707).randbytes(MiB))])
+    _refused(array, 2, "snapshot", "policy", "set", "g", "--every", "30s", "--keep-last", "2")
+    _refused(array, 2, "snapshot", "policy", "set", "g", "--every", "15m")  # nothing to keep
+    _refused(array, 2, "snapshot", "policy", "set", "g", "--every", "soon", "--keep-last", "2")
+    _refused(array, NOT_FOUND, "snapshot", "policy", "set", "nosuch", "--every", "15m", "--keep-last", "2")
+    assert _json(array, "snapshot", "policy", "list") == []
+    assert _snaps(array) == {}
+
+    r = _json(array, "snapshot", "policy", "set", "g", "--every", "15m", "--keep-last", "2")
+    assert r["policy"] == {"every": 900, "keep_last": 2, "keep_daily": 0}, r
+    policies = _json(array, "snapshot", "policy", "list")
+    assert [(p["owner"], p["kind"], p["every"], p["keep_last"]) for p in policies] == [("g", "group", 900, 2)]
+    assert _json(array, "group", "show", "g")["policy"] == r["policy"]
+    # none taken yet, so one is due at once: the maintenance loop (1 s) takes it
+    deadline = time.monotonic() + 15
+    while not _snaps(array, "g") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    autos = _snaps(array, "g")
+    assert len(autos) == 1, autos
+    auto = next(iter(autos.values()))
+    assert auto["auto"] is True and auto["name"].startswith("auto-"), auto
+    snap = bytes(models["a"])
+    _assert_image(_snap_image(array, "g", auto["name"], "a"), snap, "automatic snapshot")
+    _write(array.image("a"), models["a"], [(0, _nonzero(random.Random(708), 4096))])
+    time.sleep(1.5)  # more than one maintenance tick: the next one is due in 15 minutes
+    assert list(_snaps(array, "g")) == [f"g/{auto['name']}"]
+
+    manual = _json(array, "snapshot", "create", "g")  # default name: the UTC time
+    assert re.fullmatch(r"\d{8}-\d{6}(\.\d+)?", manual["name"]), manual
+    assert manual["auto"] is False
+
+    array.stop()
+    array.start()
+    assert _json(array, "snapshot", "policy", "list") == policies
+    time.sleep(1.5)
+    assert list(_snaps(array, "g")) == [f"g/{auto['name']}", f"g/{manual['name']}"]
+    _assert_image(_snap_image(array, "g", auto["name"], "a"), snap, "automatic snapshot after restart")
+
+    r = _json(array, "snapshot", "policy", "clear", "g")
+    assert r["policy"] is None, r
+    assert _json(array, "snapshot", "policy", "list") == []
+    assert _json(array, "group", "show", "g")["policy"] is None
+    assert list(_snaps(array, "g")) == [f"g/{auto['name']}", f"g/{manual['name']}"]  # its snapshots stay
 
 
 # -- 6. a snapshot on a read-only loop device --------------------------------------------------
@@ -673,3 +758,68 @@ def test_snapshot_attach_is_read_only(array):
     assert not os.path.exists(f"/sys/block/{os.path.basename(dev)}/loop/backing_file")
     array.vstor("snapshot", "delete", "v", "vs")
     assert _snaps(array) == {}
+
+
+# -- 8. a group snapshot is one cut across its volumes -----------------------------------------
+REC = 4096
+
+
+def _records(data: bytes) -> int:
+    """How many records 1..n the log holds, asserting they form a prefix with nothing after."""
+    n = 0
+    for k in range(len(data) // REC):
+        rec = data[k * REC : (k + 1) * REC]
+        if rec == bytes(REC):
+            break
+        assert rec == struct.pack("<Q", k + 1) * (REC // 8), f"record {k + 1} is wrong"
+        n = k + 1
+    rest = data[n * REC :]
+    assert rest == bytes(len(rest)), f"data after record {n}: the log is not a prefix"
+    return n
+
+
+def test_group_snapshot_is_one_cut(array):
+    region = 32 * MiB
+    _make_group(array, "g", {"a": VOL, "b": VOL})
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    written = [0]
+
+    def writer() -> None:
+        fa = os.open(array.image("a"), os.O_RDWR)
+        fb = os.open(array.image("b"), os.O_RDWR)
+        try:
+            for i in range(1, region // REC + 1):  # record i to a, then to b: b never runs ahead of a
+                if stop.is_set():
+                    break
+                rec = struct.pack("<Q", i) * (REC // 8)
+                assert os.pwrite(fa, rec, (i - 1) * REC) == REC
+                assert os.pwrite(fb, rec, (i - 1) * REC) == REC
+                written[0] = i
+        except BaseException as e:  # reported below
+            errors.append(e)
+        finally:
+            os.close(fa)
+            os.close(fb)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    cuts = []
+    try:
+        for k in range(8):
+            while written[0] < 200 * (k + 1) and t.is_alive():
+                time.sleep(0.01)
+            s = _json(array, "snapshot", "create", "g", "--name", f"cut{k}")
+            cuts.append((s["name"], s["seq"]))
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    assert not errors, errors
+    assert written[0] < region // REC, "the writer finished before the snapshots: nothing was tested"
+    seqs = [seq for _n, seq in cuts]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), cuts
+    for name, seq in cuts:
+        na = _records(_read_direct(_snap_image(array, "g", name, "a"), 0, region))
+        nb = _records(_read_direct(_snap_image(array, "g", name, "b"), 0, region))
+        assert nb in (na - 1, na), f"snapshot {name}: a holds records 1..{na}, b 1..{nb}: not one cut"
+        assert seq == na + nb, f"snapshot {name}: seq {seq}, but it holds {na} + {nb} writes"
