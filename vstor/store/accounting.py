@@ -12,69 +12,123 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from itertools import compress
+from operator import methodcaller
 
 from vstor.store.chunkmap import EMPTY, FRAGMENTED, LEAF_BITS, LEAF_SLOTS, Extent, Leaf, VolumeMap
-
-Piece = tuple[int, int, int]  # (start, end, loc)
+from vstor.store.format import loc_segno
+from vstor.store.mapstore import le_bytes
 
 
 def account(maps: Sequence[VolumeMap], own: Sequence[int] = ()) -> tuple[list[tuple[int, int]], int]:
     """Per map: (exclusive, shared) bytes, where exclusive bytes are referenced by no other map
     of ``maps``. Also the bytes of the union of the maps whose indices are in ``own``."""
     excl = [0] * len(maps)
-    shared = [0] * len(maps)
     owned = set(own)
     union = 0
-    keys = sorted({k for vm in maps for k in vm.leaves})
     cs = maps[0].chunk_size if maps else 0
-    for key in keys:
-        versions: dict[int, tuple[Leaf, list[int]]] = {}
+    for key in sorted({k for vm in maps for k in vm.leaves}):
+        holders: dict[int, tuple[Leaf, list[int]]] = {}
         for i, vm in enumerate(maps):
             leaf = vm.leaves.get(key)
             if leaf is not None:
-                versions.setdefault(id(leaf), (leaf, []))[1].append(i)
-        counts: Counter = Counter()
-        pieces_of = [(_pieces(leaf, key, cs, versions), holders) for leaf, holders in versions.values()]
-        for pieces, holders in pieces_of:
-            for p in pieces:
-                counts[p] += len(holders)
-        for pieces, holders in pieces_of:
-            for p in pieces:
-                n = p[1] - p[0]
-                for h in holders:
-                    if counts[p] > 1:
-                        shared[h] += n
-                    else:
-                        excl[h] += n
-        union += sum(p[1] - p[0] for p in {p for pieces, holders in pieces_of if owned & set(holders)
-                                           for p in pieces})
-    return list(zip(excl, shared, strict=True)), union
+                holders.setdefault(id(leaf), (leaf, []))[1].append(i)
+        groups = list(holders.values())
+        scan = _KeyScan(key, cs, [leaf for leaf, _h in groups], [len(h) > 1 for _l, h in groups],
+                        [bool(owned.intersection(h)) for _l, h in groups])
+        for j, (_leaf, hs) in enumerate(groups):
+            if len(hs) == 1:
+                excl[hs[0]] += scan.excl[j]
+        union += sum(scan.union.values())
+    return [(x, vm.mapped_bytes - x) for x, vm in zip(excl, maps, strict=True)], union
 
 
-def _pieces(leaf: Leaf, key: int, cs: int, versions: dict[int, tuple[Leaf, list[int]]]) -> list[Piece]:
-    """The leaf's data pieces, cut at every boundary any version has in fragmented chunks."""
-    out: list[Piece] = []
-    cuts: dict[int, set[int]] = {}
-    if len(versions) > 1:
-        for other, _h in versions.values():
-            for chunk, ext in other.overlays.items():
-                cuts.setdefault(chunk, set()).update(x for s, e, _l in ext for x in (s, e))
-    for chunk, ext in leaf.extents(key, cs):
-        if chunk in cuts:
-            out.extend(_cut(ext, cuts[chunk]))
-        else:
-            out.extend(ext)
-    return out
+class _KeyScan:
+    """Sharing among the versions (distinct leaf objects) found at one leaf key.
 
+    Slots are compared column by column: ``zip(*slots)`` yields one chunk's values across all
+    versions, and a chunk where every version agrees (most of them: versions differ only where
+    the volume was written between snapshots) costs one C-level ``count``. Elsewhere versions
+    are grouped by content, with C-level counting, and only the few distinct contents are
+    compared extent by extent. A version held by several maps is shared throughout (``multi``).
 
-def _cut(extents: list[Extent], bounds: set[int]) -> list[Piece]:
-    marks = sorted(bounds)
-    out = []
-    for s, e, loc in extents:
-        inner = [m for m in marks if s < m < e]
-        edges = [s, *inner, e]
-        out.extend((a, b, loc) for a, b in zip(edges, edges[1:], strict=False))
-    return out
+    Results: ``excl[j]`` bytes only version j references, and ``union`` the bytes per segment
+    of everything the ``own`` versions reference."""
+
+    def __init__(self, key: int, cs: int, leaves: list[Leaf], multi: list[bool], own: list[bool]) -> None:
+        n = len(leaves)
+        self.excl = [0] * n
+        self.union: dict[int, int] = {}
+        any_own, all_own = any(own), all(own)
+        alone = n == 1 and not multi[0]
+        overlays = [lf.overlays for lf in leaves]
+        # All versions' slots side by side; column i (a strided view) holds chunk i of each.
+        table = memoryview(b"".join(le_bytes(lf.slots) for lf in leaves)).cast("Q")
+        for i in range(LEAF_SLOTS):
+            col = table[i::LEAF_SLOTS]
+            raw = col.tobytes()
+            if raw == raw[:8] * n:  # every version agrees: one C-level comparison
+                first = col[0]
+                if first not in (EMPTY, FRAGMENTED):
+                    if alone:
+                        self.excl[0] += cs
+                    if any_own:
+                        self._add(first, cs)
+                    continue
+                if first == EMPTY:
+                    continue
+            t = col.tolist()
+            chunk = (key << LEAF_BITS) | i
+            contents = {}
+            for val, cnt in Counter(t).items():  # whole-chunk and empty contents
+                if val != FRAGMENTED:
+                    contents[("slot", val)] = self._content(t, val, cnt, multi, own, all_own, chunk, cs, None)
+            if FRAGMENTED in t:  # fragmented contents: versions share unchanged overlay lists
+                lists = list(map(methodcaller("get", chunk), overlays))
+                ids = list(map(id, lists))
+                for lid, cnt in Counter(ids).items():
+                    j = ids.index(lid)
+                    if lists[j] is not None:
+                        contents[("list", lid)] = self._content(ids, lid, cnt, multi, own, all_own, chunk, cs,
+                                                                lists[j])
+            self._compare(contents)
+
+    @staticmethod
+    def _content(tags: list, tag: object, cnt: int, multi: list[bool], own: list[bool], all_own: bool,
+                 chunk: int, cs: int, overlay: list[Extent] | None) -> tuple[list[Extent], int | None, bool]:
+        """(extents, the version holding it if it is the only one, whether an own version holds it)."""
+        j = tags.index(tag)
+        single = j if cnt == 1 and not multi[j] else None
+        mine = all_own or any(compress(map(tag.__eq__, tags), own))
+        if overlay is not None:
+            return overlay, single, mine
+        slot = tags[j]
+        return ([] if slot == EMPTY else [(chunk * cs, (chunk + 1) * cs, slot)]), single, mine
+
+    def _add(self, loc: int, n: int) -> None:
+        seg = loc_segno(loc)
+        self.union[seg] = self.union.get(seg, 0) + n
+
+    def _compare(self, contents: dict) -> None:
+        """Exclusive and owned bytes of one chunk, over its distinct contents: a sweep over the
+        boundaries of all of them, with one cursor per content."""
+        items = list(contents.values())
+        marks = sorted({x for ext, _s, _m in items for s, e, _l in ext for x in (s, e)})
+        cursor = [0] * len(items)
+        for a, b in zip(marks, marks[1:], strict=False):
+            by_loc: dict[int, list] = {}
+            for k, (ext, single, mine) in enumerate(items):
+                c = cursor[k]
+                while c < len(ext) and ext[c][1] <= a:
+                    c += 1
+                cursor[k] = c
+                if c < len(ext) and ext[c][0] <= a:
+                    by_loc.setdefault(ext[c][2], []).append((single, mine))
+            for loc, users in by_loc.items():
+                if len(users) == 1 and users[0][0] is not None:
+                    self.excl[users[0][0]] += b - a
+                if any(mine for _s, mine in users):
+                    self._add(loc, b - a)
 
 
 def changed_ranges(a: VolumeMap, b: VolumeMap) -> list[tuple[int, int]]:
@@ -136,15 +190,9 @@ def _loc_at(extents: list[Extent], x: int) -> int:
 def segment_live(leaves_by_key: dict[int, list[Leaf]], chunk_size: int) -> dict[int, int]:
     """Exact live bytes per journal segment: each piece of data counted once, however many leaf
     versions reference it. ``leaves_by_key`` holds the distinct leaves found at each key."""
-    from vstor.store.format import loc_segno
-
     live: dict[int, int] = {}
     for key, leaves in leaves_by_key.items():
-        versions = {id(leaf): (leaf, []) for leaf in leaves}
-        pieces: set[Piece] = set()
-        for leaf in leaves:
-            pieces.update(_pieces(leaf, key, chunk_size, versions))  # type: ignore[arg-type]
-        for s, e, loc in pieces:
-            seg = loc_segno(loc)
-            live[seg] = live.get(seg, 0) + e - s
+        scan = _KeyScan(key, chunk_size, leaves, [True] * len(leaves), [True] * len(leaves))
+        for seg, n in scan.union.items():
+            live[seg] = live.get(seg, 0) + n
     return live

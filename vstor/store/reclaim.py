@@ -75,26 +75,24 @@ class Reclaimer:
     def _exact_live(self) -> tuple[float, int, dict[int, int]] | None:
         """With snapshots, state.live counts data shared by several leaf versions once per
         version, so segments look fuller than they are. Every ``exact_interval`` seconds this
-        counts each piece once (one leaf at a time under the lock). Only segments sealed before
-        the count began use it: their live data can only shrink afterwards, so it stays an
-        upper bound."""
+        counts each piece once, on shares of the maps (Store.frozen_maps), without the lock.
+        Only segments sealed before the count began use it: their live data can only shrink
+        afterwards, so it stays an upper bound."""
         st = self.store
         with st._lock:
             if not st.state.snap_maps:
                 self._exact = None
                 return None
-            maps = list(st.state.all_maps())
         now = self.clock.monotonic()
         if self._exact is not None and now - self._exact[0] < self.exact_interval:
             return self._exact
         with st._lock:
             sealed = st.journal.current_segno
-        by_key: dict[int, dict[int, Leaf]] = {}
-        for vm in maps:
-            with st._lock:
+        with st.frozen_maps(lambda state: [list(state.all_maps())]) as (maps,):  # counted without the lock
+            by_key: dict[int, dict[int, Leaf]] = {}
+            for vm in maps:
                 for key, leaf in vm.leaves.items():
                     by_key.setdefault(key, {})[id(leaf)] = leaf
-        with st._lock:  # leaves may have changed meanwhile; count what is there now
             live = segment_live({k: list(v.values()) for k, v in by_key.items()}, st.sb.chunk_size)
         self._exact = (now, sealed, live)
         return self._exact

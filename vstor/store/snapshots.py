@@ -13,7 +13,9 @@ import logging
 from vstor.errors import UsageError
 from vstor.store.accounting import account, changed_ranges
 from vstor.store.catalog import Policy, Snapshot
+from vstor.store.chunkmap import VolumeMap
 from vstor.store.policy import due, to_prune
+from vstor.store.state import PoolState
 from vstor.store.store import Store
 
 log = logging.getLogger("vstor.snapshots")
@@ -64,23 +66,30 @@ def clone(store: Store, owner: str, name: str, prefix: str) -> list[str]:
 def sizes(store: Store, vids: set[int] | None = None) -> tuple[dict, dict[int, dict]]:
     """Exclusive and shared bytes of every snapshot member map, keyed (sid, vid), and per volume
     {"allocated", "snapshots", "total"}: its live data, what only its snapshots hold, the sum."""
-    st = store.state
     out: dict[tuple[int, int], tuple[int, int]] = {}
     per_volume: dict[int, dict] = {}
-    with store._lock:
+    plan: list[tuple[int, bool, list]] = []
+
+    def pick(st: PoolState) -> list[list[VolumeMap]]:
+        groups = []
         for vid in sorted(vids if vids is not None else set(st.maps) | {k[1] for k in st.snap_maps}):
             live = [st.maps[vid]] if vid in st.maps else []
             keys = [k for k in st.snap_maps if k[1] == vid]
             # Everything else that may share data with them: clones made from them, and theirs.
             others = [vm for k, vm in st.snap_maps.items() if k[1] != vid and vid in vm.lineage]
             others += [vm for v, vm in st.maps.items() if v != vid and vid in vm.lineage]
-            maps = live + [st.snap_maps[k] for k in keys] + others
-            if not maps:
-                continue
-            result, union = account(maps, range(len(live) + len(keys)))
-            out.update(zip(keys, result[len(live) : len(live) + len(keys)], strict=True))
-            if live:
-                allocated = live[0].mapped_bytes
+            if live or keys:
+                plan.append((vid, bool(live), keys))
+                groups.append(live + [st.snap_maps[k] for k in keys] + others)
+        return groups
+
+    with store.frozen_maps(pick) as groups:  # the work runs without the store lock
+        for (vid, has_live, keys), maps in zip(plan, groups, strict=True):
+            nlive = 1 if has_live else 0
+            result, union = account(maps, range(nlive + len(keys)))
+            out.update(zip(keys, result[nlive : nlive + len(keys)], strict=True))
+            if has_live:
+                allocated = maps[0].mapped_bytes
                 per_volume[vid] = {"allocated": allocated, "snapshots": union - allocated, "total": union}
     return out, per_volume
 

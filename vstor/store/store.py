@@ -9,11 +9,12 @@ look up their extents under the lock and do their I/O outside it, counted in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from vstor.clock import Clock, SystemClock
 from vstor.errors import CorruptData, NotFound, PoolFull, UsageError
@@ -42,6 +43,7 @@ from vstor.store.format import (
 )
 from vstor.store.hcache import CachedRecord, HeaderCache
 from vstor.store.journal import Journal, ScannedRecord
+from vstor.store.mapstore import dump_maps
 from vstor.store.space import SpaceGuard
 from vstor.store.state import PoolState
 from vstor.store.stats import Counters
@@ -70,6 +72,7 @@ class Store:
         self._active_reads = 0
         self._hcache = HeaderCache()
         self._ckpt_lock = threading.Lock()
+        self._remap_lock = threading.Lock()  # GC moves (in-place changes of shared leaves) vs checkpoints
         self.ckpt_generation = 0
         self.ckpt_position = (0, 0)
         self.ckpt_appended = 0
@@ -128,6 +131,21 @@ class Store:
             self.stats.snapshot_taken(held // 1000)
         self.journal.sync()
         return ev
+
+    @contextlib.contextmanager
+    def frozen_maps(self, pick: Callable[[PoolState], list[list[VolumeMap]]]) -> Iterator[list[list[VolumeMap]]]:
+        """Shares of the maps ``pick`` chooses, taken under the lock in O(leaves), for long
+        computations (space accounting, exact GC counts) that then run without the lock: writes
+        copy their leaves away meanwhile, so the shares keep one consistent point in time."""
+        with self._lock:
+            groups = [[vm.share() for vm in g] for g in pick(self.state)]
+        try:
+            yield groups
+        finally:
+            with self._lock:
+                for g in groups:
+                    for vm in g:
+                        vm.release()
 
     def volume_usage(self, vid: int) -> int:
         with self._lock:
@@ -207,7 +225,7 @@ class Store:
             self.done_reading()
         rec_vol = self._header(old).header.volume
         moved = 0
-        with self._lock:
+        with self._remap_lock, self._lock:
             # Only the pieces some map still references: others were overwritten, or already
             # moved along with data a shared leaf held.
             for a, b in _union((ps, pe) for vm in self.state.holders(rec_vol)
@@ -393,14 +411,27 @@ class Store:
 
     # -- checkpoints and segment retention -----------------------------------------------
     def checkpoint(self) -> None:
-        """Persist the state at the current journal tail, then delete segments nothing needs."""
-        with self._ckpt_lock:
+        """Persist the state at the current journal tail, then delete segments nothing needs.
+
+        With snapshots the maps can be large (every version of a leaf is written), so they are
+        captured as shares under the lock and serialized without it; GC moves, which change
+        shared leaves in place, wait on ``_remap_lock`` meanwhile."""
+        with self._ckpt_lock, self._remap_lock:
             with self._lock:
                 segno, pos = self.journal.tail()
                 meta = self.state.meta_json()
-                maps = self.state.maps_blob()
                 live = dict(self.state.live)
                 appended = self.journal.appended_bytes
+                shared = bool(self.state.snap_maps)
+                frozen = [vm.share() for vm in self.state.all_maps()] if shared else []
+                maps = b"" if shared else self.state.maps_blob()
+            if shared:
+                try:
+                    maps = dump_maps(frozen)
+                finally:
+                    with self._lock:
+                        for vm in frozen:
+                            vm.release()
             self.journal.sync()
             gen = self.ckpt_generation + 1
             write_checkpoint(self.paths["meta"], self.sb.uuid_bytes,
