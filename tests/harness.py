@@ -28,6 +28,16 @@ def run(cmd: list[str], check: bool = True, env: dict | None = None,
     return r
 
 
+def one_error_line(r: subprocess.CompletedProcess, what: str) -> str:
+    """Check that a command failed with exactly one 'vstor: error:' line and no traceback."""
+    assert r.returncode != 0, f"{what}: expected failure, got exit 0\nstdout: {r.stdout}"
+    assert "Traceback" not in r.stderr, f"{what}: traceback on stderr:\n{r.stderr}"
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, f"{what}: expected one stderr line, got {lines!r}"
+    assert lines[0].startswith("vstor: error:"), f"{what}: {lines[0]!r}"
+    return lines[0]
+
+
 class Array:
     def __init__(self, base: Path, **init_opts: str) -> None:
         self.base = base

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 
 from vstor.store.format import segment_name
 from vstor.store.superblock import init_pool
@@ -31,3 +32,20 @@ def flip_byte(path: str, pos: int) -> None:
 
 def seg_path(pool: str, segno: int) -> str:
     return os.path.join(pool, "journal", segment_name(segno))
+
+
+class Refs:
+    """A chunk map's on_ref callback that collects the deltas per location (the pool-level
+    counter, PoolState.live, keeps them per segment)."""
+
+    def __init__(self) -> None:
+        self.total: dict[int, int] = defaultdict(int)
+        self.calls = 0
+
+    def __call__(self, loc: int, delta: int) -> None:
+        assert loc >= 1 << 32, f"on_ref called with marker value {loc}"
+        self.total[loc] += delta
+        self.calls += 1
+
+    def nonzero(self) -> dict[int, int]:
+        return {loc: n for loc, n in self.total.items() if n}

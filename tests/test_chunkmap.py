@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 
 import pytest
+from poolkit import Refs
 
 from vstor.errors import FormatError
 from vstor.store.chunkmap import EMPTY, FRAGMENTED, LEAF_SLOTS, VolumeMap
@@ -18,22 +19,6 @@ WINDOW = NCHUNKS * CS
 # The window straddles the boundary between leaf 0 and leaf 1, so leaves are created and
 # dropped on both sides.
 BASE = (LEAF_SLOTS - 2) * CS
-
-
-class Refs:
-    """Collects on_ref deltas per location."""
-
-    def __init__(self) -> None:
-        self.total: dict[int, int] = defaultdict(int)
-        self.calls = 0
-
-    def __call__(self, loc: int, delta: int) -> None:
-        assert loc >= 1 << 32, f"on_ref called with marker value {loc}"
-        self.total[loc] += delta
-        self.calls += 1
-
-    def nonzero(self) -> dict[int, int]:
-        return {loc: n for loc, n in self.total.items() if n}
 
 
 def _expand(pieces: list, start: int, end: int) -> list[int]:

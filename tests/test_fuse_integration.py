@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Array, run
+from harness import Array, one_error_line, run
 
 pytestmark = pytest.mark.root
 
@@ -82,15 +82,6 @@ def _mounted(target: str) -> bool:
     real = os.path.realpath(target)
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == real for line in f)
-
-
-def _one_error_line(r: subprocess.CompletedProcess, what: str) -> str:
-    assert r.returncode != 0, f"{what}: expected failure, got exit 0\nstdout: {r.stdout}"
-    assert "Traceback" not in r.stderr, f"{what}: traceback on stderr:\n{r.stderr}"
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, f"{what}: expected one stderr line, got {lines!r}"
-    assert lines[0].startswith("vstor: error:"), f"{what}: {lines[0]!r}"
-    return lines[0]
 
 
 def _write_random_file(path: str, size: int, rng: random.Random) -> str:
@@ -384,7 +375,7 @@ def test_second_daemon_refused(array, tmp_path):
     pid = array.status()["pid"]
     other = tmp_path / "other"
     r = array.vstor("array", "start", "--mount", str(other), check=False)
-    line = _one_error_line(r, "second array start")
+    line = one_error_line(r, "second array start")
     assert "in use" in line or "already running" in line, line
     assert not _mounted(str(other))
     assert array.status()["pid"] == pid
@@ -404,7 +395,7 @@ def test_wrong_key_refused(array_factory, tmp_path):
     k2.write_bytes(os.urandom(32))
 
     r = arr.start(check=False, key_file=str(k2))
-    line = _one_error_line(r, "start with the wrong key")
+    line = one_error_line(r, "start with the wrong key")
     assert "wrong key" in line, line
     assert not _mounted(arr.mnt)
     assert arr.pid() is None
@@ -430,7 +421,7 @@ def test_wrong_key_refused(array_factory, tmp_path):
 # -- 8. CLI errors -----------------------------------------------------------------------------
 def test_cli_bad_input_one_line_errors(array, tmp_path):
     def bad(what: str, *args: str, env: dict | None = None) -> str:
-        return _one_error_line(array.vstor(*args, check=False, env=env), what)
+        return one_error_line(array.vstor(*args, check=False, env=env), what)
 
     bad("bad size", "volume", "create", "x", "--size", "12Q")
     bad("bad name", "volume", "create", "bad name!", "--size", "1G")

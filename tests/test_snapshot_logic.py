@@ -7,10 +7,11 @@ from __future__ import annotations
 import calendar
 import json
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
+from poolkit import Refs
 
 from vstor.errors import AlreadyExists, Busy, FormatError, NotFound, UsageError
 from vstor.store.accounting import account, changed_ranges, segment_live
@@ -33,22 +34,6 @@ NOW = 1_700_000_000.0
 
 
 # -- helpers: reference counts and byte models ---------------------------------------------------
-
-class Refs:
-    """Collects on_ref deltas per location (the pool-level counter)."""
-
-    def __init__(self) -> None:
-        self.total: dict[int, int] = defaultdict(int)
-        self.calls = 0
-
-    def __call__(self, loc: int, delta: int) -> None:
-        assert loc >= 1 << 32, f"on_ref called with marker value {loc}"
-        self.total[loc] += delta
-        self.calls += 1
-
-    def nonzero(self) -> dict[int, int]:
-        return {loc: n for loc, n in self.total.items() if n}
-
 
 def _expand(pieces: list, start: int, end: int) -> list[int]:
     """Per-byte locations of [start, end) from lookup() pieces, checking their shape."""

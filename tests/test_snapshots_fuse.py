@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Array, run
+from harness import Array, one_error_line, run
 
 pytestmark = pytest.mark.root
 
@@ -115,20 +115,11 @@ def _snaps(arr: Array, owner: str | None = None) -> dict[str, dict]:
     return {f"{s['owner']}/{s['name']}": s for s in listing}
 
 
-def _one_error_line(r: subprocess.CompletedProcess, what: str) -> str:
-    assert r.returncode != 0, f"{what}: expected failure, got exit 0\nstdout: {r.stdout}"
-    assert "Traceback" not in r.stderr, f"{what}: traceback on stderr:\n{r.stderr}"
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, f"{what}: expected one stderr line, got {lines!r}"
-    assert lines[0].startswith("vstor: error:"), f"{what}: {lines[0]!r}"
-    return lines[0]
-
-
 def _refused(arr: Array, code: int, *args: str) -> str:
     """Run a vstor command that must fail with exit ``code`` and exactly one error line."""
     what = "vstor " + " ".join(args)
     r = arr.vstor(*args, check=False)
-    line = _one_error_line(r, what)
+    line = one_error_line(r, what)
     assert r.returncode == code, f"{what}: exit {r.returncode}, expected {code}: {line}"
     return line
 
