@@ -977,3 +977,24 @@ def test_pool_state_checkpoint_round_trip_keeps_sharing():
                 same = old[i].leaves.get(k) is not None and old[i].leaves.get(k) is old[j].leaves.get(k)
                 assert (new[i].leaves.get(k) is not None and new[i].leaves.get(k) is new[j].leaves.get(k)) == same
     _check_live(st2)
+
+
+def test_overlay_lists_shared_by_a_copy_are_never_changed_in_place():
+    """A leaf changes an overlay list in place only while no other leaf shares it: after V copies
+    a leaf it shared with snapshot S, a clone of S that later holds that leaf alone must not
+    change the lists V's copy still uses."""
+    refs = Refs()
+    v = VolumeMap(CS, refs)
+    v.map(0, 100, make_loc(1, 64))
+    v.map(200, 300, make_loc(1, 128))  # chunk 0 fragmented; its list is owned by v's leaf
+    s = v.share()
+    v.map(CS + 500, CS + 600, make_loc(2, 64))  # v copies the leaf (chunk 1); the copy shares chunk 0's list
+    v_before = v.lookup(0, CS)
+    clone = s.share()
+    s.release()  # the original leaf is now held by the clone alone
+    clone.map(250, 260, make_loc(3, 64))  # changes chunk 0 in the clone's leaf
+    clone.map(10, 20, make_loc(3, 128))
+    assert v.lookup(0, CS) == v_before
+    assert clone.lookup(0, CS) == [(0, 10, make_loc(1, 64)), (10, 20, make_loc(3, 128)), (20, 100, make_loc(1, 64)),
+                                   (200, 250, make_loc(1, 128)), (250, 260, make_loc(3, 64)),
+                                   (260, 300, make_loc(1, 128))]

@@ -41,17 +41,20 @@ Extent = tuple[int, int, int]  # (start, end, loc), absolute volume byte offsets
 class Leaf:
     """LEAF_SLOTS chunk slots and the overlays of their fragmented chunks."""
 
-    __slots__ = ("slots", "overlays", "refs")
+    __slots__ = ("slots", "overlays", "refs", "owned")
 
     def __init__(self, slots: array | None = None, overlays: dict[int, list[Extent]] | None = None) -> None:
         self.slots = array("Q", bytes(8 * LEAF_SLOTS)) if slots is None else slots
         self.overlays: dict[int, list[Extent]] = {} if overlays is None else overlays
         self.refs = 1
+        self.owned: set[int] = set()  # chunks whose overlay list no other leaf shares
 
     def copy(self) -> Leaf:
-        """A private copy. Overlay lists are shared, not copied: they are never changed in
-        place (a change builds a new list), so a copy costs 8 KiB plus one dict entry per
-        fragmented chunk, not the extents themselves."""
+        """A private copy. Overlay lists are shared, not copied, so a copy costs 8 KiB plus one
+        dict entry per fragmented chunk, not the extents themselves. A shared list is never
+        changed in place (a change builds a new one); only lists in ``owned`` are, and a copy
+        ends that ownership on both sides."""
+        self.owned = set()
         return Leaf(array("Q", self.slots), dict(self.overlays))
 
     def extents(self, key: int, chunk_size: int) -> Iterator[tuple[int, list[Extent]]]:
@@ -212,6 +215,7 @@ class VolumeMap:
         i = chunk & LEAF_MASK
         slot = leaf.slots[i]
         if slot == FRAGMENTED:
+            leaf.owned.discard(chunk)
             for s, e, old in leaf.overlays.pop(chunk):
                 self._ref(old, -(e - s))
         elif slot != EMPTY:
@@ -223,7 +227,7 @@ class VolumeMap:
     def _update_partial(self, leaf: Leaf, chunk: int, a: int, b: int, loc: int) -> None:
         slot = leaf.slots[chunk & LEAF_MASK]
         if slot == FRAGMENTED:
-            ext = list(leaf.overlays[chunk])  # lists may be shared with other leaf versions
+            ext = leaf.overlays[chunk] if chunk in leaf.owned else list(leaf.overlays[chunk])
         elif slot == EMPTY:
             ext = []
         else:
@@ -253,12 +257,15 @@ class VolumeMap:
         i = chunk & LEAF_MASK
         if not extents:
             leaf.overlays.pop(chunk, None)
+            leaf.owned.discard(chunk)
             leaf.slots[i] = EMPTY
         elif len(extents) == 1 and extents[0][0] == base and extents[0][1] == base + self.chunk_size:
             leaf.overlays.pop(chunk, None)
+            leaf.owned.discard(chunk)
             leaf.slots[i] = extents[0][2]
         else:
             leaf.overlays[chunk] = extents
+            leaf.owned.add(chunk)
             leaf.slots[i] = FRAGMENTED
 
 
