@@ -26,7 +26,7 @@ from vstor.durable import atomic_write
 from vstor.errors import FormatError
 
 MAGIC = b"VSTCKP01"
-VERSION = 2  # 2: shared leaves and the snapshot catalog
+VERSION = 3  # 2: shared leaves and the snapshot catalog; 3: shared overlay lists
 HEADER = struct.Struct("<8sII16sQQQQQQQ")  # 88 bytes + 8-byte header checksum
 HEADER_SIZE = HEADER.size + 8
 NAME = "checkpoint"
