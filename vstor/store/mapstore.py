@@ -9,7 +9,7 @@ index) pairs. Layout, all integers little-endian (docs/formats.md, "Map set blob
     u32 nlists
     per list:  u32 n | n x (u64 start, u64 end, u64 loc)
     u32 nleaves
-    per leaf:  LEAF_SLOTS x u64 slots | u32 noverlays | per overlay: u64 chunk, u32 list index
+    per leaf:  LEAF_SLOTS x u64 slots | u32 noverlays | noverlays x u64 chunk | noverlays x u32 list index
     u32 nmaps
     per map:   u64 mapped_bytes | u32 nkeys | nkeys x (u64 key, u32 leaf index)
 
@@ -23,12 +23,12 @@ import sys
 from array import array
 from collections import Counter
 from collections.abc import Callable
+from itertools import chain
 
 from vstor.errors import FormatError
 from vstor.store.chunkmap import FRAGMENTED, LEAF_SLOTS, Leaf, VolumeMap
 
 _U32 = struct.Struct("<I")
-_OVL = struct.Struct("<QI")
 _EXT = struct.Struct("<QQQ")
 _MAPHEAD = struct.Struct("<QI")
 _KEYREF = struct.Struct("<QI")
@@ -43,33 +43,42 @@ def le_bytes(slots: array) -> bytes:
 
 
 def dump_maps(maps: list[VolumeMap]) -> bytes:
+    """Serialize ``maps``. A checkpoint of 1,000 snapshots writes millions of overlay entries,
+    so the per-entry work is done by C-level calls (map, zip, array) rather than Python loops."""
     leaf_index: dict[int, int] = {}
     leaves: list[Leaf] = []
-    list_index: dict[int, int] = {}
-    lists: list[list] = []
+    lists_by_id: dict[int, list] = {}
     for vm in maps:
         for leaf in vm.leaves.values():
             if id(leaf) not in leaf_index:
                 leaf_index[id(leaf)] = len(leaves)
                 leaves.append(leaf)
-                for ext in leaf.overlays.values():
-                    if id(ext) not in list_index:
-                        list_index[id(ext)] = len(lists)
-                        lists.append(ext)
-    parts = [_U32.pack(len(lists))]
-    for ext in lists:
+                vals = leaf.overlays.values()
+                lists_by_id.update(zip(map(id, vals), vals, strict=True))
+    list_index = {lid: i for i, lid in enumerate(lists_by_id)}
+    parts = [_U32.pack(len(lists_by_id))]
+    for ext in lists_by_id.values():
         parts.append(_U32.pack(len(ext)))
-        parts.append(b"".join(_EXT.pack(*x) for x in ext))
+        parts.append(le_bytes(array("Q", chain.from_iterable(ext))))
     parts.append(_U32.pack(len(leaves)))
     for leaf in leaves:
         parts.append(le_bytes(leaf.slots))
-        parts.append(_U32.pack(len(leaf.overlays)))
-        parts.append(b"".join(_OVL.pack(c, list_index[id(leaf.overlays[c])]) for c in sorted(leaf.overlays)))
+        chunks = sorted(leaf.overlays)
+        parts.append(_U32.pack(len(chunks)))
+        parts.append(le_bytes(array("Q", chunks)))
+        idx = array("I", map(list_index.__getitem__, map(id, map(leaf.overlays.__getitem__, chunks))))
+        parts.append(idx.tobytes() if sys.byteorder == "little" else _swapped(idx))
     parts.append(_U32.pack(len(maps)))
     for vm in maps:
         parts.append(_MAPHEAD.pack(vm.mapped_bytes, len(vm.leaves)))
         parts.append(b"".join(_KEYREF.pack(k, leaf_index[id(vm.leaves[k])]) for k in sorted(vm.leaves)))
     return b"".join(parts)
+
+
+def _swapped(a: array) -> bytes:
+    b = array(a.typecode, a)
+    b.byteswap()
+    return b.tobytes()
 
 
 def load_maps(data: bytes | memoryview, chunk_size: int, on_ref: Callable[[int, int], None]) -> list[VolumeMap]:
@@ -83,7 +92,14 @@ def load_maps(data: bytes | memoryview, chunk_size: int, on_ref: Callable[[int, 
         for _ in range(nlists):
             (n,) = _U32.unpack_from(view, pos)
             pos += 4
-            lists.append([_EXT.unpack_from(view, pos + _EXT.size * i) for i in range(n)])
+            flat = array("Q")
+            flat.frombytes(view[pos : pos + _EXT.size * n])
+            if len(flat) != 3 * n:
+                raise ValueError("a list runs past the end")
+            if sys.byteorder != "little":
+                flat.byteswap()
+            it = iter(flat)
+            lists.append(list(zip(it, it, it, strict=True)))
             pos += _EXT.size * n
         (nleaves,) = _U32.unpack_from(view, pos)
         pos += 4
@@ -96,11 +112,17 @@ def load_maps(data: bytes | memoryview, chunk_size: int, on_ref: Callable[[int, 
             pos += 8 * LEAF_SLOTS
             (novl,) = _U32.unpack_from(view, pos)
             pos += 4
-            overlays = {}
-            for _ in range(novl):
-                chunk, idx = _OVL.unpack_from(view, pos)
-                pos += _OVL.size
-                overlays[chunk] = lists[idx]
+            chunks, idx = array("Q"), array("I")
+            chunks.frombytes(view[pos : pos + 8 * novl])
+            pos += 8 * novl
+            idx.frombytes(view[pos : pos + 4 * novl])
+            pos += 4 * novl
+            if len(chunks) != novl or len(idx) != novl:
+                raise ValueError("an overlay table runs past the end")
+            if sys.byteorder != "little":
+                chunks.byteswap()
+                idx.byteswap()
+            overlays = dict(zip(chunks, map(lists.__getitem__, idx), strict=True))
             leaf = Leaf(slots, overlays)
             leaf.refs = 0
             leaves.append(leaf)

@@ -11,7 +11,8 @@ The maintenance loop, driven by an injected clock:
     bounds what an un-fsynced crash can lose and the dirty page cache;
   * checkpoint: after ``checkpoint_bytes`` of journal or ``checkpoint_interval`` seconds;
   * GC: when the dead share of sealed segments exceeds ``min_dead``, moving at most
-    ``bytes_per_tick`` per pass (32 MiB a second), so host I/O keeps priority; when the pool
+    ``bytes_per_tick`` per pass (32 MiB a second) in at most ``moves_per_tick`` records (each
+    takes the store lock once), so host I/O keeps priority; when the pool
     runs out of space, ``reclaim_now`` works without that limit.
 """
 
@@ -20,12 +21,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from itertools import repeat
+from operator import rshift
 
 from vstor.clock import Clock, SystemClock
 from vstor.errors import VstorError
 from vstor.store.accounting import segment_live
-from vstor.store.chunkmap import Leaf
-from vstor.store.format import loc_segno
+from vstor.store.chunkmap import LEAF_BITS, Leaf
+from vstor.store.format import LOC_SHIFT
 from vstor.store.snapshots import run_policies
 
 log = logging.getLogger("vstor.reclaim")
@@ -35,7 +38,7 @@ MAX_FRAGMENTS = 64
 class Reclaimer:
     def __init__(self, store: object, clock: Clock | None = None, commit_interval: float = 1.0,
                  checkpoint_interval: float = 60.0, checkpoint_bytes: int = 512 << 20,
-                 min_dead: float = 0.5, bytes_per_tick: int = 32 << 20) -> None:
+                 min_dead: float = 0.5, bytes_per_tick: int = 32 << 20, moves_per_tick: int = 2048) -> None:
         from vstor.store.store import Store
 
         assert isinstance(store, Store)
@@ -46,6 +49,7 @@ class Reclaimer:
         self.checkpoint_bytes = checkpoint_bytes
         self.min_dead = min_dead
         self.bytes_per_tick = bytes_per_tick  # background GC/compaction budget, so host I/O keeps priority
+        self.moves_per_tick = moves_per_tick
         self._stop = threading.Event()
         self._run_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -97,7 +101,8 @@ class Reclaimer:
         self._exact = (now, sealed, live)
         return self._exact
 
-    def collect(self, targets: set[int] | None = None, max_bytes: int | None = None) -> int:
+    def collect(self, targets: set[int] | None = None, max_bytes: int | None = None,
+                max_moves: int | None = None) -> int:
         """Relocate the live data of ``targets`` (default: the candidates) and compact chunks
         that are too fragmented. Returns the bytes rewritten, stopping once ``max_bytes`` is
         reached (the maintenance loop's per-tick budget; the rest waits for later ticks).
@@ -110,8 +115,10 @@ class Reclaimer:
         st = self.store
         moved = 0
         for kind, a, b, c in self._work(targets):
-            if max_bytes is not None and moved >= max_bytes:
+            if (max_bytes is not None and moved >= max_bytes) or (max_moves is not None and max_moves <= 0):
                 break
+            if max_moves is not None:
+                max_moves -= 1
             if kind == "move":
                 moved += st.gc_move(a, b, c)
                 continue
@@ -131,12 +138,17 @@ class Reclaimer:
 
     def _work(self, targets: set[int]) -> list[tuple[str, int, int, int]]:
         """("move", start, end, loc) for each distinct extent in a target segment, and
-        ("compact", vid, start, end) for each over-fragmented chunk of a volume."""
+        ("compact", vid, start, end) for each over-fragmented chunk of a volume.
+
+        Each distinct leaf is scanned once, under the lock but briefly: whole-chunk slots are
+        mapped to segment numbers with C-level calls and skipped at once when none is a target,
+        and each overlay list is examined once per pass however many leaf versions share it."""
         st = self.store
         cs = st.sb.chunk_size
         moves: dict[tuple[int, int, int], None] = {}
-        compact = []
+        compact: dict[tuple[int, int], None] = {}
         seen: set[int] = set()
+        lists_done: set[int] = set()
         with st._lock:
             maps = [(vid, vm) for vid, vm in st.state.maps.items()] + [(0, vm) for vm in st.state.snap_maps.values()]
         for vid, vm in maps:
@@ -148,16 +160,32 @@ class Reclaimer:
                     if leaf is None or id(leaf) in seen:
                         continue
                     seen.add(id(leaf))
-                    for chunk, ext in leaf.extents(key, cs):
+                    segs = list(map(rshift, leaf.slots, repeat(LOC_SHIFT)))
+                    if not targets.isdisjoint(segs):
+                        base = key << LEAF_BITS
+                        for i, seg in enumerate(segs):
+                            if seg in targets:
+                                chunk = base | i
+                                moves[(chunk * cs, (chunk + 1) * cs, leaf.slots[i])] = None
+                    for chunk, ext in leaf.overlays.items():
                         if vid and len(ext) > MAX_FRAGMENTS:
                             vol = st.state.table.by_id_or_none(vid)
                             if vol is not None:
-                                compact.append(("compact", vid, chunk * cs, min((chunk + 1) * cs, vol.size)))
+                                compact[(vid, chunk)] = None
                             continue
+                        if id(ext) in lists_done:
+                            continue
+                        lists_done.add(id(ext))
                         for s, e, loc in ext:
-                            if loc_segno(loc) in targets:
+                            if loc >> LOC_SHIFT in targets:
                                 moves[(s, e, loc)] = None
-        return [("move", s, e, loc) for s, e, loc in moves] + compact
+        out = [("move", s, e, loc) for s, e, loc in moves]
+        with st._lock:
+            for vid, chunk in compact:
+                vol = st.state.table.by_id_or_none(vid)
+                if vol is not None:
+                    out.append(("compact", vid, chunk * cs, min((chunk + 1) * cs, vol.size)))
+        return out
 
     def reclaim_now(self) -> None:
         """Free what can be freed at once (called when the pool runs out of space)."""
@@ -187,7 +215,7 @@ class Reclaimer:
                 # Within a budget, so host I/O keeps priority. No checkpoint here: it serializes
                 # every map under the store lock; the policy above (or reclaim_now, when space
                 # runs out) writes the one that lets the emptied segments be deleted.
-                self.collect(max_bytes=self.bytes_per_tick)
+                self.collect(max_bytes=self.bytes_per_tick, max_moves=self.moves_per_tick)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="vstor-maintenance", daemon=True)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from vstor.errors import AlreadyExists, Busy
 from vstor.store.catalog import Catalog
-from vstor.store.chunkmap import VolumeMap
+from vstor.store.chunkmap import LEAF_BITS, VolumeMap
 from vstor.store.format import REC_RELOCATE, REC_TRIM, REC_VOLUME, REC_WRITE, RecordHeader, loc_segno
 from vstor.store.mapstore import dump_maps, load_maps
 from vstor.store.volumes import DEFAULT_GROUP, Volume, VolumeTable
@@ -138,13 +138,27 @@ class PoolState:
         elif h.rtype == REC_TRIM:
             vm.unmap(h.offset, end)
 
-    def holders(self, record_volume: int) -> Iterator[VolumeMap]:
-        """Maps that may reference records of ``record_volume``."""
-        return (vm for vm in self.all_maps() if record_volume in vm.lineage)
+    def holders(self, record_volume: int, start: int, end: int) -> list[VolumeMap]:
+        """Maps that may reference records of ``record_volume`` in [start, end): one per distinct
+        set of leaf versions there. A volume and its snapshots mostly share the same leaves, and
+        maps holding the same leaves see the same extents, so one of them stands for all."""
+        k0, k1 = start // self.chunk_size >> LEAF_BITS, (end - 1) // self.chunk_size >> LEAF_BITS
+        seen: set = set()
+        out = []
+        for vm in self.all_maps():
+            if record_volume not in vm.lineage:
+                continue
+            leaves = vm.leaves
+            ident = id(leaves.get(k0)) if k0 == k1 else tuple(id(leaves.get(k)) for k in range(k0, k1 + 1))
+            if ident not in seen:
+                seen.add(ident)
+                out.append(vm)
+        return out
 
     def relocate_all(self, record_volume: int, start: int, end: int, old: int, new: int) -> int:
-        """Point every map's references to ``old`` within [start, end) at ``new`` (a GC copy)."""
-        return sum(vm.remap_loc(start, end, old, new) for vm in self.holders(record_volume))
+        """Point every map's references to ``old`` within [start, end) at ``new`` (a GC copy). The
+        change is made in place in each distinct leaf version, so every holder sees it."""
+        return sum(vm.remap_loc(start, end, old, new) for vm in self.holders(record_volume, start, end))
 
     # -- checkpoint form -------------------------------------------------------------------
     def meta_json(self) -> dict:
