@@ -998,3 +998,27 @@ def test_overlay_lists_shared_by_a_copy_are_never_changed_in_place():
     assert clone.lookup(0, CS) == [(0, 10, make_loc(1, 64)), (10, 20, make_loc(3, 128)), (20, 100, make_loc(1, 64)),
                                    (200, 250, make_loc(1, 128)), (250, 260, make_loc(3, 64)),
                                    (260, 300, make_loc(1, 128))]
+
+
+def test_gc_remap_changes_a_shared_overlay_list_once_and_counts_every_version():
+    """Leaf versions that share an overlay list: a GC move changes the list once, in place, and
+    moves the references of every version, as a recount from scratch finds them."""
+    st = _pool("a")
+    a = _vid(st, "a")
+    vm = st.maps[a]
+    old, other = make_loc(2, 64), make_loc(2, 9000)
+    vm.map(0, 300, old)
+    vm.map(300, 400, other)  # chunk 0 fragmented: one list
+    for n in range(3):  # each snapshot, then a write elsewhere in the leaf: new versions share chunk 0's list
+        st.apply_event(st.catalog.make_snapshot(st.table, st.group_seq, "a", f"s{n}", NOW))
+        vm.map(CS * (n + 2), CS * (n + 3), make_loc(3, 64 * (n + 1)))
+    lists = {id(m.leaves[0].overlays[0]) for m in st.all_maps()}
+    versions = {id(m.leaves[0]) for m in st.all_maps()}
+    assert len(lists) == 1 and len(versions) == 4
+    new = make_loc(5, 64)
+    assert st.relocate_all(a, 100, 200, old, new) == 4 * 100
+    for m in st.all_maps():
+        assert m.lookup(0, 400) == [(0, 100, old), (100, 200, new), (200, 300, old), (300, 400, other)]
+    assert len({id(m.leaves[0].overlays[0]) for m in st.all_maps()}) == 1  # still one shared list
+    recount = PoolState.from_checkpoint(CS, st.meta_json(), st.maps_blob())
+    assert dict(recount.live) == dict(st.live)

@@ -295,3 +295,66 @@ def _merge(extents: list[Extent]) -> list[Extent]:
         else:
             out.append((s, e, loc))
     return out
+
+
+def remap_versions(leaves: list[Leaf], chunk: int, a: int, b: int, old: int, new: int, chunk_size: int,
+                   on_ref: Callable[[int, int], None]) -> int:
+    """GC: in each of the distinct leaf versions ``leaves``, point the pieces of [a, b) (inside
+    ``chunk``) that reference ``old`` at ``new``, a copy of the same bytes. The change is made
+    in place, for every map holding these leaves. An overlay list that several versions share
+    is changed once; the references move in ``on_ref`` once per version, as they are counted.
+    Returns the bytes moved, summed over versions."""
+    i = chunk & LEAF_MASK
+    base, top = chunk * chunk_size, (chunk + 1) * chunk_size
+    done: dict[int, int] = {}  # id(list) -> bytes moved in it
+    total = 0
+    for leaf in leaves:
+        slot = leaf.slots[i]
+        if slot == old:
+            if a <= base and b >= top:
+                leaf.slots[i] = new
+                n = chunk_size
+            else:  # only part of the chunk moves: it becomes fragmented in this version
+                ext = [(base, max(a, base), old)] if a > base else []
+                ext.append((max(a, base), min(b, top), new))
+                if b < top:
+                    ext.append((b, top, old))
+                leaf.overlays[chunk] = ext
+                leaf.owned.add(chunk)
+                leaf.slots[i] = FRAGMENTED
+                n = min(b, top) - max(a, base)
+        elif slot == FRAGMENTED:
+            lst = leaf.overlays[chunk]
+            n = done.get(id(lst), -1)
+            if n < 0:
+                n = done[id(lst)] = _remap_list(lst, a, b, old, new)
+            if len(lst) == 1 and lst[0][0] == base and lst[0][1] == top:  # whole chunk, one record
+                leaf.slots[i] = lst[0][2]
+                del leaf.overlays[chunk]
+                leaf.owned.discard(chunk)
+        else:
+            continue
+        if n:
+            on_ref(old, -n)
+            on_ref(new, n)
+            total += n
+    return total
+
+
+def _remap_list(ext: list[Extent], a: int, b: int, old: int, new: int) -> int:
+    """Replace, in place, the pieces of [a, b) that reference ``old`` by ``new``; returns bytes."""
+    out: list[Extent] = []
+    moved = 0
+    for s, e, loc in ext:
+        if loc != old or e <= a or s >= b:
+            out.append((s, e, loc))
+            continue
+        if s < a:
+            out.append((s, a, old))
+        out.append((max(s, a), min(e, b), new))
+        moved += min(e, b) - max(s, a)
+        if e > b:
+            out.append((b, e, old))
+    if moved:
+        ext[:] = _merge(out)
+    return moved

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from vstor.errors import AlreadyExists, Busy
 from vstor.store.catalog import Catalog
-from vstor.store.chunkmap import LEAF_BITS, VolumeMap
+from vstor.store.chunkmap import FRAGMENTED, LEAF_BITS, LEAF_SLOTS, Leaf, VolumeMap, remap_versions
 from vstor.store.format import REC_RELOCATE, REC_TRIM, REC_VOLUME, REC_WRITE, RecordHeader, loc_segno
 from vstor.store.mapstore import dump_maps, load_maps
 from vstor.store.volumes import DEFAULT_GROUP, Volume, VolumeTable
@@ -138,27 +138,43 @@ class PoolState:
         elif h.rtype == REC_TRIM:
             vm.unmap(h.offset, end)
 
-    def holders(self, record_volume: int, start: int, end: int) -> list[VolumeMap]:
-        """Maps that may reference records of ``record_volume`` in [start, end): one per distinct
-        set of leaf versions there. A volume and its snapshots mostly share the same leaves, and
-        maps holding the same leaves see the same extents, so one of them stands for all."""
-        k0, k1 = start // self.chunk_size >> LEAF_BITS, (end - 1) // self.chunk_size >> LEAF_BITS
-        seen: set = set()
-        out = []
+    def versions(self, record_volume: int, chunk: int) -> list[Leaf]:
+        """The distinct leaf versions holding ``chunk`` in the maps that may reference records of
+        ``record_volume`` (the volume, its snapshots, clones made from them)."""
+        key = chunk >> LEAF_BITS
+        found: dict[int, Leaf] = {}
         for vm in self.all_maps():
-            if record_volume not in vm.lineage:
-                continue
-            leaves = vm.leaves
-            ident = id(leaves.get(k0)) if k0 == k1 else tuple(id(leaves.get(k)) for k in range(k0, k1 + 1))
-            if ident not in seen:
-                seen.add(ident)
-                out.append(vm)
-        return out
+            if record_volume in vm.lineage:
+                leaf = vm.leaves.get(key)
+                if leaf is not None:
+                    found[id(leaf)] = leaf
+        return list(found.values())
+
+    def referenced(self, record_volume: int, start: int, end: int, old: int) -> list[tuple[int, int]]:
+        """The pieces of [start, end) (inside one chunk) that some map still maps to ``old``."""
+        chunk = start // self.chunk_size
+        base = chunk * self.chunk_size
+        i = chunk & (LEAF_SLOTS - 1)
+        pieces, lists = [], set()
+        for leaf in self.versions(record_volume, chunk):
+            slot = leaf.slots[i]
+            if slot == old:
+                pieces.append((max(start, base), min(end, base + self.chunk_size)))
+            elif slot == FRAGMENTED and id(leaf.overlays[chunk]) not in lists:
+                lists.add(id(leaf.overlays[chunk]))
+                pieces += [(max(s, start), min(e, end)) for s, e, loc in leaf.overlays[chunk]
+                           if loc == old and e > start and s < end]
+        return pieces
 
     def relocate_all(self, record_volume: int, start: int, end: int, old: int, new: int) -> int:
-        """Point every map's references to ``old`` within [start, end) at ``new`` (a GC copy). The
-        change is made in place in each distinct leaf version, so every holder sees it."""
-        return sum(vm.remap_loc(start, end, old, new) for vm in self.holders(record_volume, start, end))
+        """Point every map's references to ``old`` within [start, end) at ``new`` (a GC copy), in
+        place in each distinct leaf version, so every holder sees it."""
+        cs = self.chunk_size
+        moved = 0
+        for chunk in range(start // cs, (end - 1) // cs + 1):
+            moved += remap_versions(self.versions(record_volume, chunk), chunk, start, end, old, new, cs,
+                                    self._on_ref)
+        return moved
 
     # -- checkpoint form -------------------------------------------------------------------
     def meta_json(self) -> dict:

@@ -228,8 +228,7 @@ class Store:
         with self._remap_lock, self._lock:
             # Only the pieces some map still references: others were overwritten, or already
             # moved along with data a shared leaf held.
-            for a, b in _union((ps, pe) for vm in self.state.holders(rec_vol, s, e)
-                               for ps, pe, loc in vm.lookup(s, e) if loc == old):
+            for a, b in _union(self.state.referenced(rec_vol, s, e, old)):
                 loc = self._relocation_record(rec_vol, a, data[a - s : b - s], old)
                 self.state.relocate_all(rec_vol, a, b, old, loc)
                 moved += b - a
