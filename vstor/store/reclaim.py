@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from itertools import repeat
 from operator import rshift
@@ -38,7 +39,8 @@ MAX_FRAGMENTS = 64
 class Reclaimer:
     def __init__(self, store: object, clock: Clock | None = None, commit_interval: float = 1.0,
                  checkpoint_interval: float = 60.0, checkpoint_bytes: int = 512 << 20,
-                 min_dead: float = 0.5, bytes_per_tick: int = 32 << 20, moves_per_tick: int = 2048) -> None:
+                 min_dead: float = 0.5, bytes_per_tick: int = 32 << 20, moves_per_tick: int = 2048,
+                 seconds_per_tick: float | None = 0.15) -> None:
         from vstor.store.store import Store
 
         assert isinstance(store, Store)
@@ -50,6 +52,11 @@ class Reclaimer:
         self.min_dead = min_dead
         self.bytes_per_tick = bytes_per_tick  # background GC/compaction budget, so host I/O keeps priority
         self.moves_per_tick = moves_per_tick
+        # CPU time GC may take per tick: with many snapshots a move repoints every leaf version, and
+        # the maintenance thread would otherwise take the GIL from host I/O. None: no limit.
+        self.seconds_per_tick = seconds_per_tick
+        self._pending: list[tuple[str, int, int, int]] = []  # work found but not done yet ...
+        self._pending_for: frozenset[int] = frozenset()  # ... for these targets
         self._stop = threading.Event()
         self._run_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -102,7 +109,7 @@ class Reclaimer:
         return self._exact
 
     def collect(self, targets: set[int] | None = None, max_bytes: int | None = None,
-                max_moves: int | None = None) -> int:
+                max_moves: int | None = None, max_seconds: float | None = None) -> int:
         """Relocate the live data of ``targets`` (default: the candidates) and compact chunks
         that are too fragmented. Returns the bytes rewritten, stopping once ``max_bytes`` is
         reached (the maintenance loop's per-tick budget; the rest waits for later ticks).
@@ -114,9 +121,17 @@ class Reclaimer:
         targets = self.candidates() if targets is None else targets
         st = self.store
         moved = 0
-        for kind, a, b, c in self._work(targets):
-            if (max_bytes is not None and moved >= max_bytes) or (max_moves is not None and max_moves <= 0):
+        # A scan finds all the work; a budgeted pass does part of it, and the rest waits for the
+        # next tick instead of a new scan (each item is checked again when it is done).
+        if frozenset(targets) != self._pending_for or not self._pending:
+            self._pending, self._pending_for = self._work(targets), frozenset(targets)
+        work = self._pending
+        deadline = None if max_seconds is None else time.perf_counter() + max_seconds
+        while work:
+            if (max_bytes is not None and moved >= max_bytes) or (max_moves is not None and max_moves <= 0) or (
+                    deadline is not None and time.perf_counter() > deadline):
                 break
+            kind, a, b, c = work.pop()
             if max_moves is not None:
                 max_moves -= 1
             if kind == "move":
@@ -179,12 +194,12 @@ class Reclaimer:
                         for s, e, loc in ext:
                             if loc >> LOC_SHIFT in targets:
                                 moves[(s, e, loc)] = None
-        out = [("move", s, e, loc) for s, e, loc in moves]
+        out = [("move", s, e, loc) for s, e, loc in reversed(moves)]  # collect() pops from the end
         with st._lock:
             for vid, chunk in compact:
                 vol = st.state.table.by_id_or_none(vid)
                 if vol is not None:
-                    out.append(("compact", vid, chunk * cs, min((chunk + 1) * cs, vol.size)))
+                    out.insert(0, ("compact", vid, chunk * cs, min((chunk + 1) * cs, vol.size)))
         return out
 
     def reclaim_now(self) -> None:
@@ -215,7 +230,8 @@ class Reclaimer:
                 # Within a budget, so host I/O keeps priority. No checkpoint here: it serializes
                 # every map under the store lock; the policy above (or reclaim_now, when space
                 # runs out) writes the one that lets the emptied segments be deleted.
-                self.collect(max_bytes=self.bytes_per_tick, max_moves=self.moves_per_tick)
+                self.collect(max_bytes=self.bytes_per_tick, max_moves=self.moves_per_tick,
+                             max_seconds=self.seconds_per_tick)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="vstor-maintenance", daemon=True)
