@@ -48,6 +48,7 @@ bench: setup
 	$(PY) tools/bench_memory.py --fill-gib 4
 	$(PY) tools/bench_tuning.py
 	$(PY) tools/bench_replay.py
+	$(PY) tools/bench_snapshots.py
 
 lint: venv
 	$(VENV)/bin/ruff check vstor tools tests vm

@@ -84,3 +84,20 @@ def test_pki_refuses_overwrites_bad_names_and_missing_ca(tmp_path):
         issue(str(tmp_path / "none"), "site-a")
     with pytest.raises(NotFound):
         tls_context(d, "site-z", server=True)
+
+
+def test_pki_cli(tmp_path):
+    """vstor pki init / issue through the console script, and one-line errors."""
+    import subprocess
+    import sys
+
+    vstor = os.path.join(os.path.dirname(sys.executable), "vstor")
+    d = str(tmp_path / "pki")
+    r = subprocess.run([vstor, "pki", "init", d], capture_output=True, text=True)
+    assert r.returncode == 0 and os.path.exists(os.path.join(d, "ca.pem")), r.stderr
+    r = subprocess.run([vstor, "pki", "issue", "site-a", "--dir", d, "--json"], capture_output=True, text=True)
+    assert r.returncode == 0 and "site-a.pem" in r.stdout, r.stderr
+    r = subprocess.run([vstor, "pki", "issue", "site-a", "--dir", d], capture_output=True, text=True)
+    assert r.returncode == 4 and r.stderr.count("\n") == 1 and r.stderr.startswith("vstor: error:"), r.stderr
+    r = subprocess.run([vstor, "pki", "issue", "x", "--dir", str(tmp_path / "none")], capture_output=True, text=True)
+    assert r.returncode == 3 and "vstor pki init" in r.stderr, r.stderr

@@ -23,6 +23,9 @@ from pathlib import Path
 import pytest
 from harness import Array, one_error_line, run
 
+from vstor.control.protocol import call
+from vstor.store.superblock import layout
+
 pytestmark = pytest.mark.root
 
 MiB = 1 << 20
@@ -800,7 +803,8 @@ def test_group_snapshot_is_one_cut(array):
         for k in range(8):
             while written[0] < 200 * (k + 1) and t.is_alive():
                 time.sleep(0.01)
-            s = _json(array, "snapshot", "create", "g", "--name", f"cut{k}")
+            # Over the control socket, not the CLI: the writer must still be running after 8 cuts.
+            s = call(layout(array.pool)["socket"], "snapshot.create", owner="g", name=f"cut{k}")
             cuts.append((s["name"], s["seq"]))
     finally:
         stop.set()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from itertools import compress
+from itertools import chain, compress
 from operator import methodcaller
 
 from vstor.store.chunkmap import EMPTY, FRAGMENTED, LEAF_BITS, LEAF_SLOTS, Extent, Leaf, VolumeMap
@@ -110,25 +110,53 @@ class _KeyScan:
         self.union[seg] = self.union.get(seg, 0) + n
 
     def _compare(self, contents: dict) -> None:
-        """Exclusive and owned bytes of one chunk, over its distinct contents: a sweep over the
-        boundaries of all of them, with one cursor per content."""
+        """Exclusive and owned bytes of one chunk, over its distinct contents (extent lists).
+
+        Versions of a chunk differ in a few extents and share the rest, so whole extents are
+        counted first (C-level): an extent found in two contents, or in a content that several
+        versions or maps hold, is shared. Only an extent found once can hold exclusive bytes:
+        those that no other content maps to the same record (other contents may cut the same
+        record's data at other boundaries)."""
         items = list(contents.values())
-        marks = sorted({x for ext, _s, _m in items for s, e, _l in ext for x in (s, e)})
-        cursor = [0] * len(items)
-        for a, b in zip(marks, marks[1:], strict=False):
-            by_loc: dict[int, list] = {}
-            for k, (ext, single, mine) in enumerate(items):
-                c = cursor[k]
-                while c < len(ext) and ext[c][1] <= a:
-                    c += 1
-                cursor[k] = c
-                if c < len(ext) and ext[c][0] <= a:
-                    by_loc.setdefault(ext[c][2], []).append((single, mine))
-            for loc, users in by_loc.items():
-                if len(users) == 1 and users[0][0] is not None:
-                    self.excl[users[0][0]] += b - a
-                if any(mine for _s, mine in users):
-                    self._add(loc, b - a)
+        counts: Counter = Counter()
+        for ext, single, _mine in items:
+            counts.update(ext)
+            if single is None:
+                counts.update(ext)
+        unique = {t for t, n in counts.items() if n == 1}
+        if unique:
+            same_loc: dict[int, list[tuple[int, int]]] = {}
+            locs = {t[2] for t in unique}
+            for ext, _single, _mine in items:
+                for s, e, loc in ext:
+                    if loc in locs:
+                        same_loc.setdefault(loc, []).append((s, e))
+            for ext, single, _mine in items:
+                if single is None:
+                    continue
+                for t in ext:
+                    if t in unique:
+                        s, e, loc = t
+                        others = list(same_loc[loc])
+                        others.remove((s, e))
+                        self.excl[single] += (e - s) - _covered(s, e, others)
+        if any(mine for _e, _s, mine in items):
+            by_loc: dict[int, list[tuple[int, int]]] = {}
+            for s, e, loc in set(chain.from_iterable(ext for ext, _s, mine in items if mine)):
+                by_loc.setdefault(loc, []).append((s, e))
+            for loc, spans in by_loc.items():
+                self._add(loc, _covered(-1, 1 << 62, spans))
+
+
+def _covered(s: int, e: int, spans: list[tuple[int, int]]) -> int:
+    """Bytes of [s, e) that the union of ``spans`` covers."""
+    total, at = 0, s
+    for a, b in sorted(spans):
+        a, b = max(a, at), min(b, e)
+        if b > a:
+            total += b - a
+            at = b
+    return total
 
 
 def changed_ranges(a: VolumeMap, b: VolumeMap) -> list[tuple[int, int]]:
