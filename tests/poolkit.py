@@ -35,8 +35,8 @@ def seg_path(pool: str, segno: int) -> str:
 
 
 class Refs:
-    """A chunk map's on_ref callback that collects the deltas per location (the pool-level
-    counter, PoolState.live, keeps them per segment)."""
+    """A chunk map's on_ref callback that collects the deltas per journal segment, as
+    PoolState.live does (chunkmap.py: a copy or release reports one total per segment)."""
 
     def __init__(self) -> None:
         self.total: dict[int, int] = defaultdict(int)
@@ -44,8 +44,16 @@ class Refs:
 
     def __call__(self, loc: int, delta: int) -> None:
         assert loc >= 1 << 32, f"on_ref called with marker value {loc}"
-        self.total[loc] += delta
+        self.total[loc >> 32] += delta
         self.calls += 1
 
     def nonzero(self) -> dict[int, int]:
-        return {loc: n for loc, n in self.total.items() if n}
+        return {seg: n for seg, n in self.total.items() if n}
+
+
+def per_segment(by_loc: dict[int, int]) -> dict[int, int]:
+    """Per-location byte counts summed per segment (the form Refs.nonzero() returns)."""
+    out: dict[int, int] = defaultdict(int)
+    for loc, n in by_loc.items():
+        out[loc >> 32] += n
+    return {seg: n for seg, n in out.items() if n}

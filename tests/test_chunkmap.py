@@ -6,7 +6,7 @@ import random
 from collections import Counter
 
 import pytest
-from poolkit import Refs
+from poolkit import Refs, per_segment
 
 from vstor.errors import FormatError
 from vstor.store.chunkmap import EMPTY, FRAGMENTED, LEAF_SLOTS, VolumeMap
@@ -41,7 +41,7 @@ def _check(vm: VolumeMap, model: list[int], refs: Refs) -> None:
     got = _expand(vm.lookup(BASE, BASE + WINDOW), BASE, BASE + WINDOW)
     assert got == model
     counts = Counter(loc for loc in model if loc != EMPTY)
-    assert refs.nonzero() == dict(counts)
+    assert refs.nonzero() == per_segment(dict(counts))
     assert vm.mapped_bytes == sum(counts.values())
     allocated = 0
     for i in range(NCHUNKS):
@@ -156,7 +156,7 @@ def test_partial_writes_that_complete_a_chunk_become_dense():
     assert vm._slot(0) == FRAGMENTED and len(vm.overlays[0]) == 3
     vm.map(0, CS, b)  # a whole-chunk overwrite drops the overlay
     assert vm._slot(0) == b and vm.overlays == {}
-    assert refs.nonzero() == {b: CS}
+    assert refs.nonzero() == per_segment({b: CS})
     vm.unmap(0, 1)
     vm.unmap(1, CS)
     assert vm.leaves == {} and vm.overlays == {} and refs.nonzero() == {}
@@ -169,14 +169,14 @@ def test_full_chunk_writes_use_dense_slots():
     vm.map(CS, 4 * CS, loc)  # one record over three whole chunks
     assert vm.overlays == {}
     assert [vm._slot(c) for c in range(5)] == [EMPTY, loc, loc, loc, EMPTY]
-    assert refs.nonzero() == {loc: 3 * CS}
+    assert refs.nonzero() == per_segment({loc: 3 * CS})
     # A write spanning a partial head, whole chunks and a partial tail.
     loc2 = make_loc(3, 8192)
     vm.map(CS // 2, 4 * CS + 7, loc2)
     assert vm._slot(1) == loc2 and vm._slot(2) == loc2 and vm._slot(3) == loc2
     assert vm._slot(0) == FRAGMENTED and vm._slot(4) == FRAGMENTED
     assert set(vm.overlays) == {0, 4}
-    assert refs.nonzero() == {loc2: 3 * CS + CS // 2 + 7}
+    assert refs.nonzero() == per_segment({loc2: 3 * CS + CS // 2 + 7})
 
 
 def test_untouched_huge_volume_holds_nothing():

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
-from poolkit import Refs
+from poolkit import Refs, per_segment
 
 from vstor.errors import AlreadyExists, Busy, FormatError, NotFound, UsageError
 from vstor.store.accounting import account, changed_ranges, segment_live
@@ -195,8 +195,8 @@ def _check_family(fam: Family) -> None:
         for leaf in vm.leaves.values():
             assert leaf.refs == holders[id(leaf)], "Leaf.refs must count the maps holding it"
     nonzero = fam.refs.nonzero()
-    assert set(nonzero) == union, "a record is referenced iff its on_ref total is non-zero"
-    assert nonzero == _leaf_object_totals(fam.maps, fam.models)
+    assert set(nonzero) == {x >> 32 for x in union}, "a segment is referenced iff its on_ref total is non-zero"
+    assert nonzero == per_segment(_leaf_object_totals(fam.maps, fam.models))
 
 
 # -- 1. copy-on-write isolation ------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_cow_snapshots_keep_their_content_under_random_writes(seed):
     while len(fam.maps) > 1:
         fam.drop(len(fam.maps) - 1)
         _check_family(fam)
-    assert fam.refs.nonzero() == dict(Counter(x for x in fam.models[0] if x != EMPTY))
+    assert fam.refs.nonzero() == per_segment(dict(Counter(x for x in fam.models[0] if x != EMPTY)))
     fam.maps[0].unmap(BASE, BASE + WINDOW)
     assert fam.maps[0].leaves == {} and fam.maps[0].mapped_bytes == 0
     assert fam.refs.nonzero() == {}
@@ -260,7 +260,7 @@ def test_share_copies_no_leaf_and_a_write_copies_only_the_touched_leaf():
     assert old1.refs == 1 and vm.leaves[1].refs == 1
     assert vm.leaves[0].refs == 2 and vm.leaves[2].refs == 2
     # Counted per leaf object: the copy references b again.
-    assert refs.nonzero() == {a: 2 * CS, b: 2900 + 2800, c: CS, d: 100}
+    assert refs.nonzero() == per_segment({a: 2 * CS, b: 2900 + 2800, c: CS, d: 100})
     assert snap.lookup(LEAF_BYTES, LEAF_BYTES + CS * 3) == [(LEAF_BYTES + 100, LEAF_BYTES + 3000, b)]
     assert vm.lookup(LEAF_BYTES, LEAF_BYTES + CS * 3) == [
         (LEAF_BYTES + 100, LEAF_BYTES + 500, b), (LEAF_BYTES + 500, LEAF_BYTES + 600, d),
@@ -279,11 +279,11 @@ def test_share_copies_no_leaf_and_a_write_copies_only_the_touched_leaf():
     # A new leaf belongs to the live map only.
     vm.map(5 * LEAF_BYTES, 5 * LEAF_BYTES + 10, e)
     assert 5 in vm.leaves and 5 not in snap.leaves
-    assert refs.nonzero() == {a: 2 * CS, b: 2900 + 2700, c: CS, d: 100, e: 110}
+    assert refs.nonzero() == per_segment({a: 2 * CS, b: 2900 + 2700, c: CS, d: 100, e: 110})
 
     snap.release()
     assert snap.leaves == {} and vm.leaves[2].refs == 1
-    assert refs.nonzero() == {b: 2700, c: CS, d: 100, e: 110}
+    assert refs.nonzero() == per_segment({b: 2700, c: CS, d: 100, e: 110})
     assert vm.mapped_bytes == sum(refs.nonzero().values())
 
 
@@ -294,7 +294,8 @@ def test_remap_loc_on_a_shared_leaf_updates_every_holder_in_place():
     range and only for the old loc; no copy, mapped_bytes unchanged; a private copy is untouched."""
     refs = Refs()
     vm = VolumeMap(CS, refs)
-    A, B, N, X = (make_loc(2, 64 + 4096 * i) for i in range(4))
+    A, B, X = (make_loc(2, 64 + 4096 * i) for i in range(3))
+    N = make_loc(3, 64)  # the GC copy lands in another segment
     vm.map(0, 3000, A)
     vm.map(1500, 1600, B)
     vm.map(LEAF_BYTES, LEAF_BYTES + CS, A)  # A in another leaf: outside the range
@@ -303,7 +304,7 @@ def test_remap_loc_on_a_shared_leaf_updates_every_holder_in_place():
     clone.map(10, 20, X)  # the clone holds its own version of leaf 0
     leaf0 = vm.leaves[0]
     before = {id(m): m.mapped_bytes for m in (vm, s1, s2, clone)}
-    a_before = refs.total[A]
+    a_before = refs.total[A >> 32]
 
     moved = vm.remap_loc(500, 2500, A, N)
     assert moved == 2500 - 500 - 100
@@ -314,7 +315,7 @@ def test_remap_loc_on_a_shared_leaf_updates_every_holder_in_place():
     assert leaf0.refs == 3
     assert clone.lookup(0, 3000) == [(0, 10, A), (10, 20, X), (20, 1500, A), (1500, 1600, B), (1600, 3000, A)]
     assert {id(m): m.mapped_bytes for m in (vm, s1, s2, clone)} == before
-    assert refs.total[N] == moved and refs.total[A] == a_before - moved  # once per leaf object
+    assert refs.total[N >> 32] == moved and refs.total[A >> 32] == a_before - moved  # once per leaf object
     # Nothing left to move in the shared leaf; the clone's copy moves on its own.
     assert s2.remap_loc(500, 2500, A, N) == 0
     assert clone.remap_loc(0, 3000, A, N) == 3000 - 10 - 100
