@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import signal
 import subprocess
@@ -36,6 +37,28 @@ def one_error_line(r: subprocess.CompletedProcess, what: str) -> str:
     assert len(lines) == 1, f"{what}: expected one stderr line, got {lines!r}"
     assert lines[0].startswith("vstor: error:"), f"{what}: {lines[0]!r}"
     return lines[0]
+
+
+def read_direct(path: str, offset: int = 0, size: int | None = None) -> bytes:
+    """Read with O_DIRECT so the answer comes from the daemon, not the page cache."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        if size is None:
+            size = os.fstat(fd).st_size - offset
+        out = bytearray()
+        buf = mmap.mmap(-1, (4 << 20))  # page-aligned buffer
+        try:
+            while len(out) < size:
+                want = min((4 << 20), size - len(out))
+                n = os.preadv(fd, [memoryview(buf)[:want]], offset + len(out))
+                if n == 0:
+                    break
+                out += buf[:n]
+        finally:
+            buf.close()
+        return bytes(out)
+    finally:
+        os.close(fd)
 
 
 class Array:

@@ -11,7 +11,6 @@ import errno
 import glob
 import hashlib
 import json
-import mmap
 import os
 import random
 import subprocess
@@ -20,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Array, one_error_line, run
+from harness import Array, one_error_line, read_direct, run
 
 pytestmark = pytest.mark.root
 
@@ -30,24 +29,6 @@ FRAME = 64 * 1024
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _read_direct(path: str, offset: int, size: int) -> bytes:
-    """Read with O_DIRECT so the answer comes from the daemon, not the page cache."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    try:
-        out = bytearray()
-        buf = mmap.mmap(-1, 4 * MiB)  # page-aligned buffer
-        while len(out) < size:
-            want = min(4 * MiB, size - len(out))
-            n = os.preadv(fd, [memoryview(buf)[:want]], offset + len(out))
-            if n == 0:
-                break
-            out += buf[:n]
-        buf.close()
-        return bytes(out)
-    finally:
-        os.close(fd)
-
-
 def _read_buffered(path: str, offset: int, size: int) -> bytes:
     with open(path, "rb", buffering=0) as f:
         f.seek(offset)
@@ -61,7 +42,7 @@ def _read_buffered(path: str, offset: int, size: int) -> bytes:
 
 
 def _assert_image_equals(path: str, model: bytes | bytearray, direct: bool) -> None:
-    got = (_read_direct if direct else _read_buffered)(path, 0, len(model) + 4096)
+    got = (read_direct if direct else _read_buffered)(path, 0, len(model) + 4096)
     assert len(got) == len(model), f"image reads {len(got)} bytes, volume is {len(model)}"
     if got != model:
         first = next(i for i in range(len(model)) if got[i] != model[i])
@@ -297,7 +278,7 @@ def test_pool_full_gives_enospc_and_keeps_data(small_fs_array):
     assert st["journal"]["failed"] is None
     assert _stats(arr)["counters"]["enospc"] >= 1
     expect = b"".join(durable)
-    assert _read_direct(img, 0, len(expect)) == expect
+    assert read_direct(img, 0, len(expect)) == expect
     assert _read_buffered(img, 0, len(expect)) == expect
 
     arr.stop()
@@ -345,7 +326,7 @@ def test_corrupt_chunk_gives_eio_other_data_intact(array):
     array.start()
     # the corrupt frame is never returned: the read fails with EIO
     with pytest.raises(OSError) as ei:
-        _read_direct(img, r1_off + needle_at, 4096)
+        read_direct(img, r1_off + needle_at, 4096)
     assert ei.value.errno == errno.EIO
     with pytest.raises(OSError) as ei:
         _read_buffered(img, r1_off + needle_at - 100, 8192)
@@ -355,10 +336,10 @@ def test_corrupt_chunk_gives_eio_other_data_intact(array):
         _read_buffered(img, r1_off, n)
     assert ei.value.errno == errno.EIO
     # other data is unaffected, including region 1's frames outside the damaged one
-    assert _read_direct(img, r2_off, n) == r2
+    assert read_direct(img, r2_off, n) == r2
     assert _read_buffered(img, r2_off, n) == r2
-    assert _read_direct(img, r1_off, 4 * FRAME) == r1[: 4 * FRAME]
-    assert _read_direct(img, r1_off + 5 * FRAME, n - 5 * FRAME) == r1[5 * FRAME :]
+    assert read_direct(img, r1_off, 4 * FRAME) == r1[: 4 * FRAME]
+    assert read_direct(img, r1_off + 5 * FRAME, n - 5 * FRAME) == r1[5 * FRAME :]
     assert _stats(array)["counters"]["read_errors"] >= 1
     assert array.status()["journal"]["failed"] is None
     array.stop()
@@ -415,7 +396,7 @@ def test_wrong_key_refused(array_factory, tmp_path):
     for seg in glob.glob(os.path.join(arr.pool, "journal", "*.seg")):
         assert Path(seg).read_bytes().find(data[1000:1064]) < 0
     arr.start(key_file=str(k1))
-    assert _read_direct(arr.image("secret"), 12345, len(data)) == data
+    assert read_direct(arr.image("secret"), 12345, len(data)) == data
 
 
 # -- 8. CLI errors -----------------------------------------------------------------------------
@@ -469,7 +450,7 @@ def test_large_requests_reach_the_daemon(array):
     assert st["fuse"]["max_write"] == MiB
     assert st["counters"]["write_sizes"].get("1M", 0) - before >= 32, st["counters"]["write_sizes"]
     assert st["counters"]["write_bytes"] >= 64 * MiB
-    assert hashlib.sha256(_read_direct(img, 0, 64 * MiB)).hexdigest() == h.hexdigest()
+    assert hashlib.sha256(read_direct(img, 0, 64 * MiB)).hexdigest() == h.hexdigest()
 
 
 # -- 10. fsync --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Array, one_error_line, run
+from harness import Array, one_error_line, read_direct, run
 
 from vstor.control.protocol import call
 from vstor.store.superblock import layout
@@ -36,28 +36,6 @@ NOT_FOUND, ALREADY_EXISTS, BUSY = 3, 4, 5
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _read_direct(path: str, offset: int = 0, size: int | None = None) -> bytes:
-    """Read with O_DIRECT so the answer comes from the daemon, not the page cache."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    try:
-        if size is None:
-            size = os.fstat(fd).st_size - offset
-        out = bytearray()
-        buf = mmap.mmap(-1, 4 * MiB)  # page-aligned buffer
-        try:
-            while len(out) < size:
-                want = min(4 * MiB, size - len(out))
-                n = os.preadv(fd, [memoryview(buf)[:want]], offset + len(out))
-                if n == 0:
-                    break
-                out += buf[:n]
-        finally:
-            buf.close()
-        return bytes(out)
-    finally:
-        os.close(fd)
-
-
 def _read_buffered(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -72,7 +50,7 @@ def _assert_same(got: bytes, model: bytes | bytearray, what: str) -> None:
 
 
 def _assert_image(path: str, model: bytes | bytearray, what: str | None = None) -> None:
-    _assert_same(_read_direct(path), model, what or path)
+    _assert_same(read_direct(path), model, what or path)
 
 
 def _write(path: str, model: bytearray | None, writes: list[tuple[int, bytes]]) -> None:
@@ -605,7 +583,7 @@ def test_snapshots_survive_restart_and_kill9(array):
     assert _stable(_snaps(array)) == listing
     assert _images(array) == images
     for v in "ab":
-        assert _sha(_read_direct(array.image(v))) == live[v], f"volume {v} after restart"
+        assert _sha(read_direct(array.image(v))) == live[v], f"volume {v} after restart"
     assert _json(array, "group", "show", "g")["volumes"] == ["a", "b"]
 
     # kill -9 right after 'snapshot create' returned; the writes before it were never fsynced
@@ -717,8 +695,8 @@ def test_snapshot_attach_is_read_only(array):
     assert dev.startswith("/dev/loop") and r["read_only"] is True, r
     assert run(["blockdev", "--getro", dev]).stdout.strip() == "1"
     assert Path(f"/sys/block/{os.path.basename(dev)}/ro").read_text().strip() == "1"
-    assert _read_direct(dev, 0, 2 * MiB) == snap[: 2 * MiB]
-    assert _read_direct(dev, 8 * MiB, MiB) == snap[8 * MiB : 9 * MiB]
+    assert read_direct(dev, 0, 2 * MiB) == snap[: 2 * MiB]
+    assert read_direct(dev, 8 * MiB, MiB) == snap[8 * MiB : 9 * MiB]
 
     buf = mmap.mmap(-1, 4096)
     buf.write(b"\x5a" * 4096)
@@ -745,7 +723,7 @@ def test_snapshot_attach_is_read_only(array):
     finally:
         buf.close()
     _assert_image(_snap_image(array, "v", "vs", "v"), snap, "snapshot v/vs/v")
-    assert _read_direct(dev, 0, MiB) == snap[:MiB]
+    assert read_direct(dev, 0, MiB) == snap[:MiB]
     _assert_image(array.image("v"), model, "volume v")
     _refused(array, BUSY, "snapshot", "delete", "v", "vs")
     array.vstor("volume", "detach", "--snapshot", "v/vs/v")
@@ -814,7 +792,7 @@ def test_group_snapshot_is_one_cut(array):
     seqs = [seq for _n, seq in cuts]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), cuts
     for name, seq in cuts:
-        na = _records(_read_direct(_snap_image(array, "g", name, "a"), 0, region))
-        nb = _records(_read_direct(_snap_image(array, "g", name, "b"), 0, region))
+        na = _records(read_direct(_snap_image(array, "g", name, "a"), 0, region))
+        nb = _records(read_direct(_snap_image(array, "g", name, "b"), 0, region))
         assert nb in (na - 1, na), f"snapshot {name}: a holds records 1..{na}, b 1..{nb}: not one cut"
         assert seq == na + nb, f"snapshot {name}: seq {seq}, but it holds {na} + {nb} writes"

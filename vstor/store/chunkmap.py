@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 LEAF_BITS = 10
@@ -52,7 +53,9 @@ class Leaf:
         self.overlays: dict[int, list[Extent]] = {} if overlays is None else overlays
         self.refs = 1
         self.owned: set[int] = set()  # chunks whose overlay list no other leaf shares
-        self.segs: dict[int, int] = {}  # segment -> bytes this leaf references there
+        # segment -> bytes this leaf references there; None until first needed for a leaf loaded
+        # from a checkpoint (start-up would otherwise sum every leaf version's extents)
+        self.segs: dict[int, int] | None = {}
 
     def copy(self) -> Leaf:
         """A private copy. Overlay lists are shared, not copied, so a copy costs 8 KiB plus one
@@ -61,17 +64,31 @@ class Leaf:
         ends that ownership on both sides."""
         self.owned = set()
         leaf = Leaf(array("Q", self.slots), dict(self.overlays))
-        leaf.segs = dict(self.segs)
+        leaf.segs = None if self.segs is None else dict(self.segs)
         return leaf
 
-    def count(self, loc: int, delta: int) -> None:
-        """Keep ``segs`` when ``delta`` bytes of this leaf start (or stop) referencing ``loc``."""
+    def totals(self, chunk_size: int) -> dict[int, int]:
+        """Bytes referenced per segment (computed once for a leaf loaded from a checkpoint)."""
+        if self.segs is None:
+            segs: dict[int, int] = {}
+            for loc, n in Counter(self.slots).items():
+                if loc > FRAGMENTED:
+                    segs[loc >> SEG_SHIFT] = segs.get(loc >> SEG_SHIFT, 0) + n * chunk_size
+            for ext in self.overlays.values():
+                for s, e, loc in ext:
+                    segs[loc >> SEG_SHIFT] = segs.get(loc >> SEG_SHIFT, 0) + e - s
+            self.segs = segs
+        return self.segs
+
+    def count(self, loc: int, delta: int, chunk_size: int) -> None:
+        """Keep the totals when ``delta`` bytes of this leaf start (or stop) referencing ``loc``."""
+        segs = self.totals(chunk_size)
         seg = loc >> SEG_SHIFT
-        left = self.segs.get(seg, 0) + delta
+        left = segs.get(seg, 0) + delta
         if left:
-            self.segs[seg] = left
+            segs[seg] = left
         else:
-            del self.segs[seg]
+            del segs[seg]
 
     def extents(self, key: int, chunk_size: int) -> Iterator[tuple[int, list[Extent]]]:
         """(chunk, extents) of every allocated chunk, in order."""
@@ -113,7 +130,7 @@ class VolumeMap:
 
     def _ref(self, leaf: Leaf, loc: int, delta: int) -> None:
         self.mapped_bytes += delta
-        leaf.count(loc, delta)
+        leaf.count(loc, delta, self.chunk_size)
         self._on_ref(loc, delta)
 
     def _leaf_for_update(self, key: int, create: bool, cow: bool) -> Leaf | None:
@@ -125,7 +142,7 @@ class VolumeMap:
         elif leaf.refs > 1 and cow:  # copy-on-write: the other holders keep the old version
             leaf.refs -= 1
             leaf = self.leaves[key] = leaf.copy()
-            for seg, n in leaf.segs.items():
+            for seg, n in leaf.totals(self.chunk_size).items():
                 self._on_ref(seg << SEG_SHIFT, n)
         return leaf
 
@@ -186,7 +203,7 @@ class VolumeMap:
         for leaf in self.leaves.values():
             leaf.refs -= 1
             if leaf.refs == 0:
-                for seg, n in leaf.segs.items():
+                for seg, n in leaf.totals(self.chunk_size).items():
                     self._on_ref(seg << SEG_SHIFT, -n)
         self.leaves = {}
         self.mapped_bytes = 0
@@ -350,8 +367,8 @@ def remap_versions(leaves: list[Leaf], chunk: int, a: int, b: int, old: int, new
         else:
             continue
         if n:
-            leaf.count(old, -n)
-            leaf.count(new, n)
+            leaf.count(old, -n, chunk_size)
+            leaf.count(new, n, chunk_size)
             on_ref(old, -n)
             on_ref(new, n)
             total += n

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from itertools import chain
 
 from vstor.errors import FormatError
-from vstor.store.chunkmap import FRAGMENTED, LEAF_SLOTS, SEG_SHIFT, Leaf, VolumeMap
+from vstor.store.chunkmap import FRAGMENTED, LEAF_SLOTS, Leaf, VolumeMap
 
 _U32 = struct.Struct("<I")
 _EXT = struct.Struct("<QQQ")
@@ -146,25 +146,21 @@ def load_maps(data: bytes | memoryview, chunk_size: int, on_ref: Callable[[int, 
         raise FormatError(f"checkpoint chunk maps are malformed ({e}); the pool metadata is damaged") from None
     if pos != len(view):
         raise FormatError("checkpoint chunk maps have trailing bytes; the pool metadata is damaged")
-    # Each leaf's per-segment totals (Leaf.segs), as the live maps kept them, and the references
-    # of each distinct leaf. Leaf versions share overlay lists: each list is summed once.
-    list_segs: dict[int, dict[int, int]] = {}
-    for ext in lists:
-        d: dict[int, int] = {}
-        for s, e, loc in ext:
-            d[loc >> SEG_SHIFT] = d.get(loc >> SEG_SHIFT, 0) + e - s
-        list_segs[id(ext)] = d
-    for leaf, key in zip(leaves, keys, strict=True):
-        if key is None:
-            continue  # no map holds it (never written so)
-        segs: dict[int, int] = {}
-        for loc, n in Counter(leaf.slots).items():
-            if loc > FRAGMENTED:
-                segs[loc >> SEG_SHIFT] = segs.get(loc >> SEG_SHIFT, 0) + n * chunk_size
-        for ext in leaf.overlays.values():
-            for seg, n in list_segs[id(ext)].items():
-                segs[seg] = segs.get(seg, 0) + n
-        leaf.segs = segs
-        for seg, n in segs.items():
-            on_ref(seg << SEG_SHIFT, n)
+    # References, counted once per distinct leaf as the live maps count them, aggregated with
+    # C-level counting: leaf versions repeat most of their slots and share overlay lists. Each
+    # leaf's own per-segment totals are computed when first needed (Leaf.totals).
+    held = [leaf for leaf, key in zip(leaves, keys, strict=True) if key is not None]
+    dense: Counter = Counter()
+    uses: Counter = Counter()
+    for leaf in held:
+        leaf.segs = None
+        dense.update(leaf.slots)
+        uses.update(map(id, leaf.overlays.values()))
+    for loc, n in dense.items():
+        if loc > FRAGMENTED:
+            on_ref(loc, n * chunk_size)
+    by_id = {id(ext): ext for ext in lists}
+    for lid, n in uses.items():
+        for s, e, loc in by_id[lid]:
+            on_ref(loc, n * (e - s))
     return maps
