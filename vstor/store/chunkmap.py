@@ -28,83 +28,21 @@ leaf versions is counted once per version, so the count is an upper bound of the
 
 from __future__ import annotations
 
-from array import array
 from bisect import bisect_left, bisect_right
-from collections import Counter
 from collections.abc import Callable, Iterator
 
-LEAF_BITS = 10
-LEAF_SLOTS = 1 << LEAF_BITS
-LEAF_MASK = LEAF_SLOTS - 1
-EMPTY = 0
-FRAGMENTED = 1  # real locations are >= 1 << 32, so 0 and 1 are free as markers
-SEG_SHIFT = 32  # loc >> SEG_SHIFT is the segment (format.LOC_SHIFT)
-
-Extent = tuple[int, int, int]  # (start, end, loc), absolute volume byte offsets
-
-
-class Leaf:
-    """LEAF_SLOTS chunk slots and the overlays of their fragmented chunks."""
-
-    __slots__ = ("slots", "overlays", "refs", "owned", "segs")
-
-    def __init__(self, slots: array | None = None, overlays: dict[int, list[Extent]] | None = None) -> None:
-        self.slots = array("Q", bytes(8 * LEAF_SLOTS)) if slots is None else slots
-        self.overlays: dict[int, list[Extent]] = {} if overlays is None else overlays
-        self.refs = 1
-        self.owned: set[int] = set()  # chunks whose overlay list no other leaf shares
-        # segment -> bytes this leaf references there; None until first needed for a leaf loaded
-        # from a checkpoint (start-up would otherwise sum every leaf version's extents)
-        self.segs: dict[int, int] | None = {}
-
-    def copy(self) -> Leaf:
-        """A private copy. Overlay lists are shared, not copied, so a copy costs 8 KiB plus one
-        dict entry per fragmented chunk, not the extents themselves. A shared list is never
-        changed in place (a change builds a new one); only lists in ``owned`` are, and a copy
-        ends that ownership on both sides."""
-        self.owned = set()
-        leaf = Leaf(array("Q", self.slots), dict(self.overlays))
-        leaf.segs = None if self.segs is None else dict(self.segs)
-        return leaf
-
-    def totals(self, chunk_size: int) -> dict[int, int]:
-        """Bytes referenced per segment (computed once for a leaf loaded from a checkpoint)."""
-        if self.segs is None:
-            segs: dict[int, int] = {}
-            for loc, n in Counter(self.slots).items():
-                if loc > FRAGMENTED:
-                    segs[loc >> SEG_SHIFT] = segs.get(loc >> SEG_SHIFT, 0) + n * chunk_size
-            for ext in self.overlays.values():
-                for s, e, loc in ext:
-                    segs[loc >> SEG_SHIFT] = segs.get(loc >> SEG_SHIFT, 0) + e - s
-            self.segs = segs
-        return self.segs
-
-    def count(self, loc: int, delta: int, chunk_size: int) -> None:
-        """Keep the totals when ``delta`` bytes of this leaf start (or stop) referencing ``loc``."""
-        segs = self.totals(chunk_size)
-        seg = loc >> SEG_SHIFT
-        left = segs.get(seg, 0) + delta
-        if left:
-            segs[seg] = left
-        else:
-            del segs[seg]
-
-    def extents(self, key: int, chunk_size: int) -> Iterator[tuple[int, list[Extent]]]:
-        """(chunk, extents) of every allocated chunk, in order."""
-        for i, slot in enumerate(self.slots):
-            if slot == EMPTY:
-                continue
-            chunk = (key << LEAF_BITS) | i
-            if slot == FRAGMENTED:
-                yield chunk, self.overlays[chunk]
-            else:
-                yield chunk, [(chunk * chunk_size, (chunk + 1) * chunk_size, slot)]
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Leaf) and self.slots == other.slots and self.overlays == other.overlays
-
-    __hash__ = None  # type: ignore[assignment]
+from vstor.store.leaf import (  # noqa: F401  (re-exported: the map's vocabulary)
+    EMPTY,
+    FRAGMENTED,
+    LEAF_BITS,
+    LEAF_MASK,
+    LEAF_SLOTS,
+    SEG_SHIFT,
+    Extent,
+    Leaf,
+    _merge,
+    remap_versions,
+)
 
 
 class VolumeMap:
@@ -318,77 +256,3 @@ def _add(out: list[Extent], s: int, e: int, loc: int) -> None:
         out.append((s, e, loc))
 
 
-def _merge(extents: list[Extent]) -> list[Extent]:
-    """Join neighbours that continue the same record (same loc, touching ranges)."""
-    out: list[Extent] = []
-    for s, e, loc in extents:
-        if out and out[-1][2] == loc and out[-1][1] == s:
-            out[-1] = (out[-1][0], e, loc)
-        else:
-            out.append((s, e, loc))
-    return out
-
-
-def remap_versions(leaves: list[Leaf], chunk: int, a: int, b: int, old: int, new: int, chunk_size: int,
-                   on_ref: Callable[[int, int], None]) -> int:
-    """GC: in each of the distinct leaf versions ``leaves``, point the pieces of [a, b) (inside
-    ``chunk``) that reference ``old`` at ``new``, a copy of the same bytes. The change is made
-    in place, for every map holding these leaves. An overlay list that several versions share
-    is changed once; the references move in ``on_ref`` once per version, as they are counted.
-    Returns the bytes moved, summed over versions."""
-    i = chunk & LEAF_MASK
-    base, top = chunk * chunk_size, (chunk + 1) * chunk_size
-    done: dict[int, int] = {}  # id(list) -> bytes moved in it
-    total = 0
-    for leaf in leaves:
-        slot = leaf.slots[i]
-        if slot == old:
-            if a <= base and b >= top:
-                leaf.slots[i] = new
-                n = chunk_size
-            else:  # only part of the chunk moves: it becomes fragmented in this version
-                ext = [(base, max(a, base), old)] if a > base else []
-                ext.append((max(a, base), min(b, top), new))
-                if b < top:
-                    ext.append((b, top, old))
-                leaf.overlays[chunk] = ext
-                leaf.owned.add(chunk)
-                leaf.slots[i] = FRAGMENTED
-                n = min(b, top) - max(a, base)
-        elif slot == FRAGMENTED:
-            lst = leaf.overlays[chunk]
-            n = done.get(id(lst), -1)
-            if n < 0:
-                n = done[id(lst)] = _remap_list(lst, a, b, old, new)
-            if len(lst) == 1 and lst[0][0] == base and lst[0][1] == top:  # whole chunk, one record
-                leaf.slots[i] = lst[0][2]
-                del leaf.overlays[chunk]
-                leaf.owned.discard(chunk)
-        else:
-            continue
-        if n:
-            leaf.count(old, -n, chunk_size)
-            leaf.count(new, n, chunk_size)
-            on_ref(old, -n)
-            on_ref(new, n)
-            total += n
-    return total
-
-
-def _remap_list(ext: list[Extent], a: int, b: int, old: int, new: int) -> int:
-    """Replace, in place, the pieces of [a, b) that reference ``old`` by ``new``; returns bytes."""
-    out: list[Extent] = []
-    moved = 0
-    for s, e, loc in ext:
-        if loc != old or e <= a or s >= b:
-            out.append((s, e, loc))
-            continue
-        if s < a:
-            out.append((s, a, old))
-        out.append((max(s, a), min(e, b), new))
-        moved += min(e, b) - max(s, a)
-        if e > b:
-            out.append((b, e, old))
-    if moved:
-        ext[:] = _merge(out)
-    return moved

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 
 from vstor.errors import AlreadyExists, Busy
 from vstor.store.catalog import Catalog
-from vstor.store.chunkmap import FRAGMENTED, LEAF_BITS, LEAF_SLOTS, Leaf, VolumeMap, remap_versions
+from vstor.store.chunkmap import VolumeMap
 from vstor.store.format import REC_RELOCATE, REC_TRIM, REC_VOLUME, REC_WRITE, RecordHeader, loc_segno
+from vstor.store.leaf import FRAGMENTED, LEAF_BITS, LEAF_SLOTS, Leaf, remap_versions
 from vstor.store.mapstore import dump_maps, load_maps
 from vstor.store.volumes import DEFAULT_GROUP, Volume, VolumeTable
 
