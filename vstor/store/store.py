@@ -9,17 +9,15 @@ look up their extents under the lock and do their I/O outside it, counted in
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 
 from vstor.clock import Clock, SystemClock
 from vstor.errors import CorruptData, NotFound, PoolFull, UsageError
 from vstor.faults import NO_FAULTS, Faults
-from vstor.store.checkpoint import CheckpointData, write_checkpoint
 from vstor.store.chunkmap import VolumeMap
 from vstor.store.codec import FrameCodec
 from vstor.store.consumers import Consumers
@@ -43,7 +41,7 @@ from vstor.store.format import (
 )
 from vstor.store.hcache import CachedRecord, HeaderCache
 from vstor.store.journal import Journal, ScannedRecord
-from vstor.store.mapstore import dump_maps
+from vstor.store.maintenance import MaintenanceMixin
 from vstor.store.space import SpaceGuard
 from vstor.store.state import PoolState
 from vstor.store.stats import Counters
@@ -53,7 +51,7 @@ from vstor.store.volumes import Volume
 log = logging.getLogger("vstor.store")
 
 
-class Store:
+class Store(MaintenanceMixin):
     def __init__(self, pool: str, sb: Superblock, key: bytes | None, clock: Clock | None = None,
                  faults: Faults = NO_FAULTS) -> None:
         self.pool = pool
@@ -132,21 +130,6 @@ class Store:
         self.journal.sync()
         return ev
 
-    @contextlib.contextmanager
-    def frozen_maps(self, pick: Callable[[PoolState], list[list[VolumeMap]]]) -> Iterator[list[list[VolumeMap]]]:
-        """Shares of the maps ``pick`` chooses, taken under the lock in O(leaves), for long
-        computations (space accounting, exact GC counts) that then run without the lock: writes
-        copy their leaves away meanwhile, so the shares keep one consistent point in time."""
-        with self._lock:
-            groups = [[vm.share() for vm in g] for g in pick(self.state)]
-        try:
-            yield groups
-        finally:
-            with self._lock:
-                for g in groups:
-                    for vm in g:
-                        vm.release()
-
     def volume_usage(self, vid: int) -> int:
         with self._lock:
             return self.state.maps[vid].mapped_bytes
@@ -211,46 +194,6 @@ class Store:
                 self.state.group_seq[vol.group] = seq
                 vm.unmap(start, stop)
         self.stats.add(trim_bytes=end - offset)
-
-    def gc_move(self, s: int, e: int, old: int) -> int:
-        """GC: copy what is still referenced of [s, e) in the record at ``old`` to the journal head,
-        and point every map that references it there (volume, snapshots, clones). Each
-        REC_RELOCATE record carries ``old`` in its seq field, so replay repeats exactly this.
-        Returns the bytes moved."""
-        with self._lock:
-            self._active_reads += 1
-        try:
-            data = memoryview(self._read_extent(None, s, e, old))
-        finally:
-            self.done_reading()
-        rec_vol = self._header(old).header.volume
-        moved = 0
-        with self._remap_lock, self._lock:
-            # Only the pieces some map still references: others were overwritten, or already
-            # moved along with data a shared leaf held.
-            for a, b in _union(self.state.referenced(rec_vol, s, e, old)):
-                loc = self._relocation_record(rec_vol, a, data[a - s : b - s], old)
-                self.state.relocate_all(rec_vol, a, b, old, loc)
-                moved += b - a
-        self.stats.add(relocated_bytes=moved)
-        return moved
-
-    def compact(self, vid: int, offset: int, data: bytes | memoryview, expect: list) -> bool:
-        """Rewrite [offset, offset+len(data)) of volume ``vid``'s live map as one record if its
-        extents still equal ``expect`` (merges a fragmented chunk)."""
-        with self._lock:
-            vm = self.state.maps.get(vid)
-            end = offset + len(data)
-            if vm is None or vm.lookup(offset, end) != expect:
-                return False
-            vm.map(offset, end, self._relocation_record(vid, offset, data, 0))
-        self.stats.add(relocated_bytes=len(data))
-        return True
-
-    def _relocation_record(self, vid: int, offset: int, data: bytes | memoryview, old: int) -> int:
-        segno, pos = self.journal.reserve(RECORD_HEADER_SIZE + frame_count(len(data)) * 48 + len(data))
-        entries, bodies = self.codec.encode(data, (vid, REC_RELOCATE, old, offset, segno, pos))
-        return self._append(REC_RELOCATE, 0, vid, old, offset, len(data), entries, bodies, use_reserve=True)
 
     def _append(self, rtype: int, group: int, vid: int, seq: int, offset: int, length: int,
                 entries: list[FrameEntry], bodies: list, use_reserve: bool = False) -> int:
@@ -409,51 +352,6 @@ class Store:
         return vol
 
     # -- checkpoints and segment retention -----------------------------------------------
-    def checkpoint(self) -> None:
-        """Persist the state at the current journal tail, then delete segments nothing needs.
-
-        With snapshots the maps can be large (every version of a leaf is written), so they are
-        captured as shares under the lock and serialized without it; GC moves, which change
-        shared leaves in place, wait on ``_remap_lock`` meanwhile."""
-        with self._ckpt_lock, self._remap_lock:
-            with self._lock:
-                segno, pos = self.journal.tail()
-                meta = self.state.meta_json()
-                live = dict(self.state.live)
-                appended = self.journal.appended_bytes
-                shared = bool(self.state.snap_maps)
-                frozen = [vm.share() for vm in self.state.all_maps()] if shared else []
-                maps = b"" if shared else self.state.maps_blob()
-            if shared:
-                try:
-                    maps = dump_maps(frozen)
-                finally:
-                    with self._lock:
-                        for vm in frozen:
-                            vm.release()
-            self.journal.sync()
-            gen = self.ckpt_generation + 1
-            write_checkpoint(self.paths["meta"], self.sb.uuid_bytes,
-                             CheckpointData(gen, segno, pos, segno + 1, meta, maps))
-            self.ckpt_generation, self.ckpt_position, self.ckpt_appended = gen, (segno, pos), appended
-            self.stats.add(checkpoints=1)
-            self._delete_dead_segments(live, segno)
-
-    def _delete_dead_segments(self, live_at_checkpoint: dict[int, int], ckpt_segno: int) -> None:
-        keep_from = min([ckpt_segno, *(s for s, _p in self.consumers.positions().values())])
-        dead = [s for s in self.journal.segments()
-                if s < keep_from and not live_at_checkpoint.get(s) and s != self.journal.current_segno]
-        if not dead:
-            return
-        with self._lock:
-            while self._active_reads:
-                self._reads_done.wait()
-            for s in dead:
-                self.journal.delete_segment(s)
-                self.state.seg_logical.pop(s, None)
-            self._hcache.drop_segments(set(dead))
-        self.stats.add(segments_deleted=len(dead))
-
     def usage(self) -> dict:
         with self._lock:
             segs = self.journal.segments()
@@ -467,16 +365,6 @@ class Store:
         if checkpoint and not self.journal.failed:
             self.checkpoint()
         self.journal.close()
-
-
-def _union(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for a, b in sorted(ranges):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
 
 
 def _check_range(vol: Volume, offset: int, n: int) -> None:

@@ -1,0 +1,154 @@
+"""The Store's maintenance operations: GC moves and compaction, checkpoints and the deletion
+of segments nothing needs, and shares of the maps for long computations.
+
+A mixin of Store (store.py), split out to keep each module readable: these methods use the
+Store's lock, state, journal and codec like the data path does. See reclaim.py for the loop
+that drives them and docs/architecture.md ("Garbage collection, compaction and segment
+deletion") for the rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from vstor.store.checkpoint import CheckpointData, write_checkpoint
+from vstor.store.chunkmap import VolumeMap
+from vstor.store.format import REC_RELOCATE, RECORD_HEADER_SIZE, frame_count
+from vstor.store.mapstore import dump_maps
+from vstor.store.state import PoolState
+
+
+class MaintenanceMixin:
+    # Provided by Store.
+    _lock: Any
+    _remap_lock: Any
+    _ckpt_lock: Any
+    _reads_done: Any
+    _active_reads: int
+    _hcache: Any
+    state: PoolState
+    journal: Any
+    codec: Any
+    stats: Any
+    sb: Any
+    paths: dict
+    consumers: Any
+    ckpt_generation: int
+    ckpt_position: tuple[int, int]
+    ckpt_appended: int
+    _read_extent: Callable[..., bytes]
+    _header: Callable[..., Any]
+    _append: Callable[..., int]
+    done_reading: Callable[[], None]
+
+    @contextlib.contextmanager
+    def frozen_maps(self, pick: Callable[[PoolState], list[list[VolumeMap]]]) -> Iterator[list[list[VolumeMap]]]:
+        """Shares of the maps ``pick`` chooses, taken under the lock in O(leaves), for long
+        computations (space accounting, exact GC counts) that then run without the lock: writes
+        copy their leaves away meanwhile, so the shares keep one consistent point in time."""
+        with self._lock:
+            groups = [[vm.share() for vm in g] for g in pick(self.state)]
+        try:
+            yield groups
+        finally:
+            with self._lock:
+                for g in groups:
+                    for vm in g:
+                        vm.release()
+
+    def gc_move(self, s: int, e: int, old: int) -> int:
+        """GC: copy what is still referenced of [s, e) in the record at ``old`` to the journal head,
+        and point every map that references it there (volume, snapshots, clones). Each
+        REC_RELOCATE record carries ``old`` in its seq field, so replay repeats exactly this.
+        Returns the bytes moved."""
+        with self._lock:
+            self._active_reads += 1
+        try:
+            data = memoryview(self._read_extent(None, s, e, old))
+        finally:
+            self.done_reading()
+        rec_vol = self._header(old).header.volume
+        moved = 0
+        with self._remap_lock, self._lock:
+            # Only the pieces some map still references: others were overwritten, or already
+            # moved along with data a shared leaf held.
+            for a, b in _union(self.state.referenced(rec_vol, s, e, old)):
+                loc = self._relocation_record(rec_vol, a, data[a - s : b - s], old)
+                self.state.relocate_all(rec_vol, a, b, old, loc)
+                moved += b - a
+        self.stats.add(relocated_bytes=moved)
+        return moved
+
+    def compact(self, vid: int, offset: int, data: bytes | memoryview, expect: list) -> bool:
+        """Rewrite [offset, offset+len(data)) of volume ``vid``'s live map as one record if its
+        extents still equal ``expect`` (merges a fragmented chunk)."""
+        with self._lock:
+            vm = self.state.maps.get(vid)
+            end = offset + len(data)
+            if vm is None or vm.lookup(offset, end) != expect:
+                return False
+            vm.map(offset, end, self._relocation_record(vid, offset, data, 0))
+        self.stats.add(relocated_bytes=len(data))
+        return True
+
+    def _relocation_record(self, vid: int, offset: int, data: bytes | memoryview, old: int) -> int:
+        segno, pos = self.journal.reserve(RECORD_HEADER_SIZE + frame_count(len(data)) * 48 + len(data))
+        entries, bodies = self.codec.encode(data, (vid, REC_RELOCATE, old, offset, segno, pos))
+        return self._append(REC_RELOCATE, 0, vid, old, offset, len(data), entries, bodies, use_reserve=True)
+
+    def checkpoint(self) -> None:
+        """Persist the state at the current journal tail, then delete segments nothing needs.
+
+        With snapshots the maps can be large (every version of a leaf is written), so they are
+        captured as shares under the lock and serialized without it; GC moves, which change
+        shared leaves in place, wait on ``_remap_lock`` meanwhile."""
+        with self._ckpt_lock, self._remap_lock:
+            with self._lock:
+                segno, pos = self.journal.tail()
+                meta = self.state.meta_json()
+                live = dict(self.state.live)
+                appended = self.journal.appended_bytes
+                shared = bool(self.state.snap_maps)
+                frozen = [vm.share() for vm in self.state.all_maps()] if shared else []
+                maps = b"" if shared else self.state.maps_blob()
+            if shared:
+                try:
+                    maps = dump_maps(frozen)
+                finally:
+                    with self._lock:
+                        for vm in frozen:
+                            vm.release()
+            self.journal.sync()
+            gen = self.ckpt_generation + 1
+            write_checkpoint(self.paths["meta"], self.sb.uuid_bytes,
+                             CheckpointData(gen, segno, pos, segno + 1, meta, maps))
+            self.ckpt_generation, self.ckpt_position, self.ckpt_appended = gen, (segno, pos), appended
+            self.stats.add(checkpoints=1)
+            self._delete_dead_segments(live, segno)
+
+    def _delete_dead_segments(self, live_at_checkpoint: dict[int, int], ckpt_segno: int) -> None:
+        keep_from = min([ckpt_segno, *(s for s, _p in self.consumers.positions().values())])
+        dead = [s for s in self.journal.segments()
+                if s < keep_from and not live_at_checkpoint.get(s) and s != self.journal.current_segno]
+        if not dead:
+            return
+        with self._lock:
+            while self._active_reads:
+                self._reads_done.wait()
+            for s in dead:
+                self.journal.delete_segment(s)
+                self.state.seg_logical.pop(s, None)
+            self._hcache.drop_segments(set(dead))
+        self.stats.add(segments_deleted=len(dead))
+
+
+def _union(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
