@@ -16,7 +16,7 @@ from poolkit import Refs, per_segment
 from vstor.errors import AlreadyExists, Busy, FormatError, NotFound, UsageError
 from vstor.store.accounting import account, changed_ranges, segment_live
 from vstor.store.catalog import Catalog, Policy, Snapshot
-from vstor.store.chunkmap import EMPTY, LEAF_BITS, LEAF_SLOTS, Leaf, VolumeMap
+from vstor.store.chunkmap import EMPTY, LEAF_BITS, LEAF_SLOTS, Leaf, VolumeMap, remap_versions
 from vstor.store.format import loc_segno, make_loc
 from vstor.store.mapstore import dump_maps, load_maps
 from vstor.store.policy import due, to_prune
@@ -287,11 +287,23 @@ def test_share_copies_no_leaf_and_a_write_copies_only_the_touched_leaf():
     assert vm.mapped_bytes == sum(refs.nonzero().values())
 
 
-# -- 3. remap_loc on shared leaves -----------------------------------------------------------------
+# -- 3. GC moves repoint every leaf version in place ------------------------------------------------
 
-def test_remap_loc_on_a_shared_leaf_updates_every_holder_in_place():
-    """A GC move rewrites the shared leaf itself: every holder sees the new loc, only within the
-    range and only for the old loc; no copy, mapped_bytes unchanged; a private copy is untouched."""
+def _gc_move(maps: list[VolumeMap], start: int, end: int, old: int, new: int, on_ref: Refs) -> int:
+    """What PoolState.relocate_all does: remap_versions over every distinct leaf version holding
+    each chunk of the range (a shared overlay list is changed once, for all of them)."""
+    moved = 0
+    for chunk in range(start // CS, (end - 1) // CS + 1):
+        key = chunk >> LEAF_BITS
+        versions = {id(m.leaves[key]): m.leaves[key] for m in maps if key in m.leaves}
+        moved += remap_versions(list(versions.values()), chunk, start, end, old, new, CS, on_ref)
+    return moved
+
+
+def test_gc_move_updates_every_holder_in_place():
+    """A GC move rewrites the leaf versions themselves: every holder sees the new loc, only within
+    the range and only for the old loc; no copy, mapped_bytes unchanged; references move once
+    per leaf version."""
     refs = Refs()
     vm = VolumeMap(CS, refs)
     A, B, X = (make_loc(2, 64 + 4096 * i) for i in range(3))
@@ -302,31 +314,28 @@ def test_remap_loc_on_a_shared_leaf_updates_every_holder_in_place():
     s1, s2 = vm.share(), vm.share()
     clone = s1.share()
     clone.map(10, 20, X)  # the clone holds its own version of leaf 0
+    maps = [vm, s1, s2, clone]
     leaf0 = vm.leaves[0]
-    before = {id(m): m.mapped_bytes for m in (vm, s1, s2, clone)}
+    before = {id(m): m.mapped_bytes for m in maps}
     a_before = refs.total[A >> 32]
 
-    moved = vm.remap_loc(500, 2500, A, N)
-    assert moved == 2500 - 500 - 100
+    moved = _gc_move(maps, 500, 2500, A, N, refs)
+    assert moved == 2 * (2500 - 500 - 100)  # two leaf versions: the shared one and the clone's
     want = [(0, 500, A), (500, 1500, N), (1500, 1600, B), (1600, 2500, N), (2500, 3000, A)]
     for m in (vm, s1, s2):
         assert m.leaves[0] is leaf0 and m.lookup(0, 3000) == want
         assert m.lookup(LEAF_BYTES, LEAF_BYTES + CS) == [(LEAF_BYTES, LEAF_BYTES + CS, A)]
     assert leaf0.refs == 3
-    assert clone.lookup(0, 3000) == [(0, 10, A), (10, 20, X), (20, 1500, A), (1500, 1600, B), (1600, 3000, A)]
-    assert {id(m): m.mapped_bytes for m in (vm, s1, s2, clone)} == before
-    assert refs.total[N >> 32] == moved and refs.total[A >> 32] == a_before - moved  # once per leaf object
-    # Nothing left to move in the shared leaf; the clone's copy moves on its own.
-    assert s2.remap_loc(500, 2500, A, N) == 0
-    assert clone.remap_loc(0, 3000, A, N) == 3000 - 10 - 100
-    assert clone.lookup(0, 3000) == [(0, 10, N), (10, 20, X), (20, 1500, N), (1500, 1600, B), (1600, 3000, N)]
-    assert vm.lookup(0, 3000) == want
+    assert clone.lookup(0, 3000) == [(0, 10, A), (10, 20, X), (20, 500, A), *want[1:]]
+    assert {id(m): m.mapped_bytes for m in maps} == before
+    assert refs.total[N >> 32] == moved and refs.total[A >> 32] == a_before - moved
+    assert _gc_move(maps, 500, 2500, A, N, refs) == 0  # nothing left to move
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_remap_loc_random_against_model(seed):
-    """remap_loc on a random family: exactly the holders of the touched leaf objects change,
-    and there only bytes of ``old`` inside the range."""
+def test_gc_move_random_against_model(seed):
+    """GC moves on a random family: every map's bytes of ``old`` inside the range now reference
+    ``new``, nothing else changes, and the reference totals stay exact per leaf version."""
     rng = random.Random(100 + seed)
     fam = _random_family(seed)
     for step in range(30):
@@ -336,16 +345,10 @@ def test_remap_loc_random_against_model(seed):
             continue
         old, new = rng.choice(locs), make_loc(9, 64 + step)
         a, b = _random_range(rng)
-        vm = fam.maps[i]
-        touched = {k: id(leaf) for k, leaf in vm.leaves.items()}
-        want_moved = sum(1 for o in range(a, b) if fam.models[i][o] == old)
         mapped = [m.mapped_bytes for m in fam.maps]
-        for m, model in zip(fam.maps, fam.models, strict=True):
-            for o in range(a, b):
-                k = _key_of(o)
-                if model[o] == old and k in m.leaves and id(m.leaves[k]) == touched.get(k):
-                    model[o] = new
-        assert vm.remap_loc(BASE + a, BASE + b, old, new) == want_moved
+        for model in fam.models:
+            model[a:b] = [new if x == old else x for x in model[a:b]]
+        _gc_move(fam.maps, BASE + a, BASE + b, old, new, fam.refs)
         assert [m.mapped_bytes for m in fam.maps] == mapped
         _check_family(fam)
 

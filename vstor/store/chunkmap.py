@@ -13,7 +13,7 @@ Memory grows with allocated data, not with the provisioned size:
 Sharing: :meth:`VolumeMap.share` gives a new map holding the same :class:`Leaf` objects
 (a snapshot costs one pointer per leaf, no data and no slot is copied). ``Leaf.refs``
 counts the maps holding a leaf; a map copies a shared leaf before it changes it. A leaf
-object is never changed while shared, except by :meth:`VolumeMap.remap_loc`, which
+object is never changed while shared, except by ``remap_versions`` (leaf.py), which
 replaces a record by a copy of the same bytes (GC) and is therefore right for every holder.
 
 Invariant: ``on_ref(loc, delta)`` counts references per journal *segment* (``loc >> 32``)
@@ -71,13 +71,13 @@ class VolumeMap:
         leaf.count(loc, delta, self.chunk_size)
         self._on_ref(loc, delta)
 
-    def _leaf_for_update(self, key: int, create: bool, cow: bool) -> Leaf | None:
+    def _leaf_for_update(self, key: int, create: bool) -> Leaf | None:
         leaf = self.leaves.get(key)
         if leaf is None:
             if not create:
                 return None
             leaf = self.leaves[key] = Leaf()
-        elif leaf.refs > 1 and cow:  # copy-on-write: the other holders keep the old version
+        elif leaf.refs > 1:  # copy-on-write: the other holders keep the old version
             leaf.refs -= 1
             leaf = self.leaves[key] = leaf.copy()
             for seg, n in leaf.totals(self.chunk_size).items():
@@ -149,27 +149,17 @@ class VolumeMap:
     # -- updates -------------------------------------------------------------------------
     def map(self, start: int, end: int, loc: int) -> None:
         """Point [start, end) at the record ``loc``, replacing what was there."""
-        self._update(start, end, loc, cow=True)
+        self._update(start, end, loc)
 
     def unmap(self, start: int, end: int) -> None:
         """Make [start, end) read as zeros and free what it referenced."""
-        self._update(start, end, EMPTY, cow=True)
+        self._update(start, end, EMPTY)
 
-    def remap_loc(self, start: int, end: int, old: int, new: int) -> int:
-        """Point the pieces of [start, end) that reference ``old`` at ``new``, in place even in a
-        shared leaf: ``new`` must hold the same bytes (a GC copy). Returns the bytes moved."""
-        moved = 0
-        for s, e, loc in self.lookup(start, end):
-            if loc == old:
-                self._update(s, e, new, cow=False)
-                moved += e - s
-        return moved
-
-    def _update(self, start: int, end: int, loc: int, cow: bool) -> None:
+    def _update(self, start: int, end: int, loc: int) -> None:
         cs = self.chunk_size
         for chunk in range(start // cs, (end - 1) // cs + 1):
             key = chunk >> LEAF_BITS
-            leaf = self._leaf_for_update(key, loc != EMPTY, cow)
+            leaf = self._leaf_for_update(key, loc != EMPTY)
             if leaf is None:
                 continue
             base = chunk * cs
@@ -178,7 +168,7 @@ class VolumeMap:
                 self._replace_chunk(leaf, chunk, loc)
             else:
                 self._update_partial(leaf, chunk, a, b, loc)
-            if loc == EMPTY and leaf.refs == 1 and leaf.slots.count(EMPTY) == LEAF_SLOTS:
+            if loc == EMPTY and leaf.slots.count(EMPTY) == LEAF_SLOTS:
                 del self.leaves[key]
 
     def _replace_chunk(self, leaf: Leaf, chunk: int, loc: int) -> None:

@@ -105,7 +105,9 @@ def remap_versions(leaves: list[Leaf], chunk: int, a: int, b: int, old: int, new
     ``chunk``) that reference ``old`` at ``new``, a copy of the same bytes. The change is made
     in place, for every map holding these leaves. An overlay list that several versions share
     is changed once; the references move in ``on_ref`` once per version, as they are counted.
-    Returns the bytes moved, summed over versions."""
+    ``leaves`` must hold every version that may share those lists (all versions of the key in
+    the maps whose lineage holds the record's volume: PoolState.versions); a version left out
+    would see the change without counting it. Returns the bytes moved, summed over versions."""
     i = chunk & LEAF_MASK
     base, top = chunk * chunk_size, (chunk + 1) * chunk_size
     done: dict[int, int] = {}  # id(list) -> bytes moved in it
