@@ -68,6 +68,8 @@ class Array:
         self.mnt = str(base / "mnt")
         self.env = dict(os.environ, VSTOR_POOL=self.pool)
         self.mounts: list[str] = []
+        self.netns: str | None = None  # start the daemon in this network namespace
+        self.start_args: list[str] = []
         self.key_file: str | None = init_opts.pop("key_file", None)
         args = ["pool", "init", self.pool]
         for k, v in init_opts.items():
@@ -82,10 +84,14 @@ class Array:
     def vstor_json(self, *args: str) -> object:
         return json.loads(self.vstor(*args, "--json").stdout)
 
-    def start(self, check: bool = True, env: dict | None = None, key_file: str | None = None
-              ) -> subprocess.CompletedProcess:
-        extra = ["--key-file", key_file] if key_file else []
-        return self.vstor("array", "start", "--mount", self.mnt, *extra, check=check, env=env)
+    def start(self, check: bool = True, env: dict | None = None, key_file: str | None = None,
+              args: list[str] | None = None) -> subprocess.CompletedProcess:
+        """Start the daemon; in ``self.netns`` (a network namespace) if set, with extra ``args``."""
+        extra = (["--key-file", key_file] if key_file else []) + (args or self.start_args)
+        cmd = [VSTOR, "array", "start", "--mount", self.mnt, *extra]
+        if self.netns:
+            cmd = ["nsenter", f"--net=/run/netns/{self.netns}", *cmd]
+        return run(cmd, check=check, env=env or self.env)
 
     def stop(self) -> None:
         self.vstor("array", "stop")

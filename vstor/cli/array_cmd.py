@@ -10,7 +10,7 @@ import time
 
 from vstor.cli.common import add_pool_arg, daemon_request, emit, pool_path, volume_table
 from vstor.control.lock import daemon_pid
-from vstor.errors import Busy, NotRunning, VstorError, error_from_wire
+from vstor.errors import Busy, NotFound, NotRunning, UsageError, VstorError, error_from_wire
 from vstor.store.superblock import layout
 from vstor.units import format_size
 
@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--mount", required=True, help="directory for the FUSE mount")
     s.add_argument("--key-file", help="key of an encrypted pool (default: the path given at init)")
     s.add_argument("--foreground", action="store_true", help="run in this process, log to stderr")
+    s.add_argument("--listen", metavar="ADDR:PORT", help="replication endpoint, like 10.0.0.1:7450 (needs --tls-dir)")
+    s.add_argument("--tls-dir", help="directory from 'vstor pki': the CA and this array's certificate")
+    s.add_argument("--name", help="this array's certificate name in --tls-dir (default: the only one there)")
     s.set_defaults(func=cmd_start)
     t = arr.add_parser("stop", help="flush, unmount and stop the daemon; waits until done")
     add_pool_arg(t)
@@ -40,6 +43,19 @@ def _daemon_argv(pool: str, args: argparse.Namespace) -> list[str]:
     argv = [sys.executable, "-m", "vstor.control.daemon", "--pool", pool, "--mount", os.path.abspath(args.mount)]
     if args.key_file:
         argv += ["--key-file", os.path.abspath(args.key_file)]
+    if args.listen and not args.tls_dir:
+        raise UsageError("--listen needs --tls-dir: replication is always TLS with mutual authentication")
+    if args.tls_dir:
+        if not os.path.exists(os.path.join(args.tls_dir, "ca.pem")):
+            raise NotFound(f"no CA in {args.tls_dir}; create one with 'vstor pki init {args.tls_dir}'")
+        argv += ["--tls-dir", os.path.abspath(args.tls_dir)]
+    if args.listen:
+        from vstor.replication.transport import parse_address
+
+        parse_address(args.listen)
+        argv += ["--listen", args.listen]
+    if args.name:
+        argv += ["--name", args.name]
     return argv
 
 

@@ -40,14 +40,17 @@ class CatalogOps:
         return self._group(self._find_group(name))
 
     def op_group_add(self, group: str, volume: str) -> dict:
+        self._guard_group(self._find_group(group).id, "add volumes")  # type: ignore[attr-defined]
         self.store.event(lambda st: st.catalog.make_group_add(st.table, group, volume))
         return self._group(self._find_group(group))
 
     def op_group_remove(self, group: str, volume: str) -> dict:
+        self._guard_group(self._find_group(group).id, "remove volumes")  # type: ignore[attr-defined]
         self.store.event(lambda st: st.catalog.make_group_remove(st.table, group, volume))
         return self._group(self._find_group(group))
 
     def op_group_delete(self, group: str) -> dict:
+        self._guard_group(self._find_group(group).id, "delete the group")  # type: ignore[attr-defined]
         desc = self._group(self._find_group(group))
         self.store.event(lambda st: st.catalog.make_group_delete(st.table, group))
         return desc | {"deleted": True}
@@ -79,6 +82,8 @@ class CatalogOps:
 
     def op_snapshot_rollback(self, owner: str, name: str, force: bool = False) -> dict:
         snap = snapshots.get(self.store, owner, name)
+        if snap.kind == "group":
+            self._guard_group(snap.owner, "roll it back")  # type: ignore[attr-defined]
         busy = [m.name for m in snap.members if self.fs and self.fs.volumes_in_use().get(m.vid)]
         if busy and not force:
             raise Busy(f"volumes still open (attached?): {', '.join(busy)}; detach them, or repeat with --force "

@@ -24,6 +24,7 @@ from vstor.control.service import PoolService
 from vstor.errors import VstorError
 from vstor.faults import Faults
 from vstor.fuse.options import after_init, mount_options, set_io_flusher
+from vstor.replication.manager import Replication
 from vstor.store.reclaim import Reclaimer
 from vstor.store.store import Store
 from vstor.store.superblock import layout
@@ -58,15 +59,18 @@ class Reporter:
             self.fd = None
 
 
-def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads: bool = True) -> int:
+def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads: bool = True,
+        repl: dict | None = None) -> int:
     from vstor.fuse.ops import VolumeFS, serve
 
     lock = PoolLock(pool)
     lock.acquire("daemon")
     store = None
+    replication = None
     try:
         io_flusher = set_io_flusher()
-        store = Store.open(pool, key_file, faults=Faults.from_env())
+        faults = Faults.from_env()
+        store = Store.open(pool, key_file, faults=faults)
         reclaimer = Reclaimer(store)
         reclaimer.start()
         mount = os.path.abspath(mount)
@@ -76,6 +80,9 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         reclaimer.snapshots_in_use = fs.snapshots_in_use  # policy pruning skips snapshots in use
         service = PoolService(store, mount, fs, reclaimer)
         service.stop_requested = lambda: threading.Thread(target=_unmount_quietly, args=(mount,)).start()
+        replication = Replication(store, faults=faults, **(repl or {}))
+        replication.start()
+        service.replication = replication
         server = ControlServer(layout(pool)["socket"], service)
         server.start()
         log.info("serving pool %s at %s (pid %d, io_flusher=%s)", pool, mount, os.getpid(), io_flusher)
@@ -85,6 +92,7 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
             log.info("FUSE loop ended with status %s (signal or unmount)", e)
         finally:
             server.stop()
+            replication.stop()
             reclaimer.stop()
         log.info("unmounted %s; closing the store", mount)
         return 0
@@ -110,11 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-fd", type=int)
     p.add_argument("--foreground", action="store_true")
     p.add_argument("--single-thread", action="store_true")
+    p.add_argument("--listen")
+    p.add_argument("--tls-dir")
+    p.add_argument("--name")
     a = p.parse_args(argv)
+    repl = {"listen": a.listen, "tls_dir": a.tls_dir, "name": a.name}
     setup_logging(a.pool, a.foreground)
     reporter = Reporter(a.ready_fd)
     try:
-        return run(a.pool, a.mount, a.key_file, reporter, threads=not a.single_thread)
+        return run(a.pool, a.mount, a.key_file, reporter, threads=not a.single_thread, repl=repl)
     except VstorError as e:
         log.error("%s", e)
         reporter.send(f"ERROR {e.exit_code} {type(e).__name__} {e.message}")

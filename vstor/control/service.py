@@ -12,17 +12,19 @@ import time
 from typing import Any
 
 from vstor.control.catalog_ops import CatalogOps
+from vstor.control.pair_ops import PairOps
 from vstor.errors import Busy, UsageError
 from vstor.store.store import Store
 from vstor.store.volumes import Volume
 
 
-class PoolService(CatalogOps):
+class PoolService(CatalogOps, PairOps):
     def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None) -> None:
         self.store = store
         self.mount = mount
         self.fs = fs
         self.reclaimer = reclaimer
+        self.replication: Any = None  # set by the daemon
         self.started = time.time()
         self.stop_requested: Any = None  # set by the daemon: a callable that unmounts
 
@@ -51,12 +53,14 @@ class PoolService(CatalogOps):
         return self._describe(self.store.volume(name))
 
     def op_volume_resize(self, name: str, size: int, allow_shrink: bool = False) -> dict:
+        self._guard_volume(name, "resize its volumes")
         vol = self.store.volume(name)
         if size < vol.size and self._open_handles(vol):
             raise Busy(f"volume {name!r} is open (attached?); detach it before shrinking")
         return self._describe(self.store.resize_volume(name, size, allow_shrink))
 
     def op_volume_delete(self, name: str) -> dict:
+        self._guard_volume(name, "delete its volumes")
         vol = self.store.volume(name)
         if self._open_handles(vol):
             raise Busy(f"volume {name!r} is in use (attached to a loop device or open); "
@@ -83,6 +87,8 @@ class PoolService(CatalogOps):
             "recovery": st.recovery,
             "fuse": getattr(self.fs, "conn", {}),
             "maintenance_error": getattr(self.reclaimer, "last_error", ""),
+            "replication": {"name": self.replication.name, "listen": getattr(self.replication.listener, "address",
+                                                                              None)} if self.replication else None,
         }
 
     def op_stats(self) -> dict:

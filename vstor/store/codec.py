@@ -43,6 +43,14 @@ def derive_key(key_material: bytes, pool_uuid: bytes, purpose: bytes) -> bytes:
     )
 
 
+def pair_key_check(key_material: bytes | None) -> str:
+    """A pool-independent proof of the key, so two arrays can tell that they hold the same key
+    without revealing it (replication of encrypted groups). "" without a key."""
+    if not key_material:
+        return ""
+    return hmac.new(key_material, b"vstor pair key check v1", hashlib.sha256).hexdigest()
+
+
 def key_check_value(key_material: bytes, pool_uuid: bytes) -> str:
     """A value stored in the superblock that proves a key right without revealing it."""
     check_key = derive_key(key_material, pool_uuid, b"key check v1")

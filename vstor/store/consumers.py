@@ -17,7 +17,15 @@ from dataclasses import dataclass
 
 from vstor.durable import atomic_write
 from vstor.errors import AlreadyExists, NotFound
-from vstor.store.format import REC_RELOCATE, REC_VOLUME, SEGMENT_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.format import (
+    REC_RELOCATE,
+    REC_TRIM,
+    REC_VOLUME,
+    REC_WRITE,
+    SEGMENT_HEADER_SIZE,
+    loc_pos,
+    loc_segno,
+)
 from vstor.store.journal import ScanEnd
 
 FILE = "consumers.json"
@@ -79,6 +87,7 @@ class JournalEntry:
     length: int
     data: bytes  # write: the payload; volume: the JSON event; trim: empty
     next_position: tuple[int, int]
+    tstamp: int = 0  # nanoseconds since the epoch, when the record was written
 
 
 def read_records(store: object, name: str, limit: int = 256, durable_only: bool = True) -> Iterator[JournalEntry]:
@@ -110,3 +119,34 @@ def read_records(store: object, name: str, limit: int = 256, durable_only: bool 
         else:
             yield JournalEntry("write", h.group, h.seq, h.volume, h.offset, h.length,
                                store.decode_payload(rec), nxt)
+
+
+def read_group(store: object, start: tuple[int, int], group: int, max_bytes: int = 8 << 20,
+               want_data: bool = True) -> tuple[list[JournalEntry], tuple[int, int]]:
+    """The durable WRITE and TRIM records of ``group`` after journal position ``start``, in
+    journal (= sequence) order, up to about ``max_bytes`` of data, and the position after the
+    last record read (records of other groups are passed over). ``want_data=False`` skips
+    decoding payloads (data is then empty), for folding records into a dirty bitmap."""
+    from vstor.store.store import Store
+
+    assert isinstance(store, Store)
+    segno, pos = start
+    pos = max(pos, SEGMENT_HEADER_SIZE)
+    stop = store.journal.durable_position()
+    out: list[JournalEntry] = []
+    position, size = (segno, pos), 0
+    for rec in store.journal.scan(segno, pos, ScanEnd(segno, pos)):
+        here = (loc_segno(rec.loc), loc_pos(rec.loc))
+        if here >= stop or size >= max_bytes:
+            break
+        position = (here[0], here[1] + rec.header.total_size)
+        h = rec.header
+        if h.group != group or h.rtype not in (REC_WRITE, REC_TRIM):
+            continue
+        if h.rtype == REC_TRIM:
+            out.append(JournalEntry("trim", h.group, h.seq, h.volume, h.offset, h.length, b"", position, h.tstamp))
+        else:
+            data = store.decode_payload(rec) if want_data else b""
+            out.append(JournalEntry("write", h.group, h.seq, h.volume, h.offset, h.length, data, position, h.tstamp))
+            size += h.length
+    return out, position

@@ -85,6 +85,8 @@ class PoolState:
             self.catalog.apply(ev)
             for key in [k for k in self.snap_maps if k[0] == ev["sid"]]:
                 self.snap_maps.pop(key).release()
+        elif op == "seq_set":  # replication: the group now equals its peer's at this sequence number
+            self.group_seq[ev["group"]] = ev["seq"]
         elif op == "rollback":
             snap = self.catalog.snaps[ev["sid"]]
             for m in snap.members:

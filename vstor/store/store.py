@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 
 from vstor.clock import Clock, SystemClock
-from vstor.errors import CorruptData, NotFound, PoolFull, UsageError
+from vstor.errors import CorruptData, NotFound, PoolFull, ReadOnly, UsageError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.chunkmap import VolumeMap
-from vstor.store.codec import FrameCodec
+from vstor.store.codec import FrameCodec, pair_key_check
 from vstor.store.consumers import Consumers
 from vstor.store.format import (
     FF_ZERO,
@@ -59,6 +59,7 @@ class Store(MaintenanceMixin):
         self.paths = layout(pool)
         self.clock = clock or SystemClock()
         self.codec = FrameCodec(sb.uuid_bytes, sb.compress == "lz4", key)
+        self.key_check = pair_key_check(key)  # compared by replication peers; "" without a key
         self.plain = FrameCodec(sb.uuid_bytes, False, None)
         self.journal = Journal(self.paths["journal"], sb.uuid_bytes, sb.segment_size, faults,
                                lambda: int(self.clock.time() * 1e9))
@@ -77,6 +78,7 @@ class Store(MaintenanceMixin):
         self.recovery: dict = {}
         self.reclaimer: object | None = None  # set by reclaim.Reclaimer; used when space runs low
         self.consumers = Consumers(self.paths["meta"])
+        self.fenced: dict[int, str] = {}  # group id -> why host writes are refused (replication secondary)
 
     @classmethod
     def open(cls, pool: str, key_file: str | None = None, clock: Clock | None = None,
@@ -140,6 +142,7 @@ class Store(MaintenanceMixin):
         it is durable after the next :meth:`sync`."""
         view = memoryview(data)
         with self._lock:  # refuse the whole write up front: no piece of it may land
+            self._check_fence(vid)
             _check_range(self._volume(vid), offset, len(view))
         try:
             for start in range(0, len(view), MAX_RECORD):
@@ -149,36 +152,65 @@ class Store(MaintenanceMixin):
             raise
         self.stats.request("write", len(view))
 
-    def _write_record(self, vid: int, offset: int, piece: memoryview) -> None:
+    def _check_fence(self, vid: int) -> None:
+        why = self.fenced.get(self._volume(vid).group)
+        if why:
+            raise ReadOnly(why)
+
+    def replicated(self, vid: int, offset: int, length: int, data: bytes | None, seq: int) -> None:
+        """Apply one record shipped by a replication peer under the peer's group sequence number
+        ``seq`` (a trim when ``data`` is None). Fenced groups accept these; hosts they refuse.
+        Afterwards the group's sequence number is ``seq``, also after replay. ``seq`` 0 is copy
+        data (initial copy or resync), which leaves the sequence number alone."""
+        if data is None:
+            self._trim(vid, offset, length, seq)
+        else:
+            self._write_record(vid, offset, memoryview(data), seq)
+
+    def _write_record(self, vid: int, offset: int, piece: memoryview, forced_seq: int = -1) -> None:
         n = len(piece)
         pre = None if self.codec.encrypted else self.codec.encode(piece)
         if pre is not None and all(e.flags & FF_ZERO for e in pre[0]):
             self.stats.add(zero_writes=1)
-            self.trim(vid, offset, n)
+            self._trim(vid, offset, n, forced_seq)
             return
         bound = RECORD_HEADER_SIZE + frame_count(n) * (FRAME_ENTRY_SIZE + 16) + n
         self._ensure_room(bound)
         with self._lock:
             vol = self._volume(vid)
+            if forced_seq < 0:
+                self._check_fence(vid)  # also between the pieces of one large write
             _check_range(vol, offset, n)
             segno, pos = self.journal.reserve(bound)
-            seq = self.state.group_seq[vol.group] + 1
+            seq = forced_seq if forced_seq >= 0 else self.state.group_seq[vol.group] + 1
             entries, bodies = pre or self.codec.encode(piece, (vid, REC_WRITE, seq, offset, segno, pos))
             if all(e.flags & FF_ZERO for e in entries):
                 self.stats.add(zero_writes=1)
-                self.trim(vid, offset, n)
+                self._trim(vid, offset, n, forced_seq)
                 return
             loc = self._append(REC_WRITE, vol.group, vid, seq, offset, n, entries, bodies)
-            self.state.group_seq[vol.group] = seq
+            if seq:
+                self.state.group_seq[vol.group] = seq
             self.state.maps[vid].map(offset, offset + n, loc)
 
     def trim(self, vid: int, offset: int, length: int) -> None:
         """Make a range read as zeros and release its space (discard, punch hole, zero write)."""
+        self._trim(vid, offset, length, -1)
+
+    def _trim(self, vid: int, offset: int, length: int, forced_seq: int) -> None:
         self.stats.add(trims=1)
         with self._lock:
             vol = self._volume(vid)
             end = min(offset + length, vol.size)
             vm = self.state.maps[vid]
+            if forced_seq > 0:  # a replicated trim (at most MAX_RECORD) always takes its record and seq
+                self._append(REC_TRIM, vol.group, vid, forced_seq, offset, length, [], [], use_reserve=True)
+                self.state.group_seq[vol.group] = forced_seq
+                if end > offset:
+                    vm.unmap(offset, end)
+                return
+            if forced_seq < 0:
+                self._check_fence(vid)
             mapped = vm.lookup(offset, end) if end > offset else []
             if not mapped:
                 return
@@ -189,9 +221,10 @@ class Store(MaintenanceMixin):
             for i in todo:
                 start = offset + i * MAX_RECORD
                 stop = min(start + MAX_RECORD, end)
-                seq = self.state.group_seq[vol.group] + 1
+                seq = self.state.group_seq[vol.group] + 1 if forced_seq < 0 else 0  # 0: copy data
                 self._append(REC_TRIM, vol.group, vid, seq, start, stop - start, [], [], use_reserve=True)
-                self.state.group_seq[vol.group] = seq
+                if seq:
+                    self.state.group_seq[vol.group] = seq
                 vm.unmap(start, stop)
         self.stats.add(trim_bytes=end - offset)
 

@@ -1,0 +1,191 @@
+"""Frames over mutually authenticated TLS: connect, listen, send and receive, pace, back off.
+
+A thin adapter around wire.py. Every connection checks the peer's certificate against the
+pair CA (pki.tls_context) before any frame is read; the verified common name is the peer's
+identity for authorization. Receives time out after ``timeout`` seconds, so a cut link is
+noticed even when TCP is silent: the primary sends PING frames when idle.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+from vstor.errors import UsageError
+from vstor.faults import NO_FAULTS, Faults
+from vstor.replication import pki, wire
+
+log = logging.getLogger("vstor.replication")
+
+DEFAULT_PORT = 7450
+TIMEOUT = 5.0  # seconds without a frame before a connection is declared dead
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(DEFAULT_PORT)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"invalid address {text!r}: use HOST:PORT, like 10.0.0.2:{DEFAULT_PORT}")
+    return host, int(port)
+
+
+class Pacer:
+    """A token bucket: at most ``rate`` bytes per second on average, bursts of 1/4 second."""
+
+    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate, self.clock, self.sleep = rate, clock, sleep
+        self.tokens = rate / 4
+        self.last = clock()
+
+    def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        now = self.clock()
+        self.tokens = min(self.rate / 4, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= n
+        if self.tokens < 0:
+            self.sleep(-self.tokens / self.rate)
+
+
+class Backoff:
+    """Reconnect delays: 0.5 s doubling to ``cap``, with +-25% jitter, reset after a success."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0, rng: random.Random | None = None) -> None:
+        self.first, self.cap, self.rng = first, cap, rng or random.Random()
+        self.current = 0.0
+
+    def next(self) -> float:
+        self.current = self.first if not self.current else min(self.cap, self.current * 2)
+        return self.current * self.rng.uniform(0.75, 1.25)
+
+    def reset(self) -> None:
+        self.current = 0.0
+
+
+class Conn:
+    """One established connection. ``send`` may be called from several threads."""
+
+    def __init__(self, sock: ssl.SSLSocket, peer_name: str, faults: Faults = NO_FAULTS,
+                 rate: int = 0, compress: bool = False) -> None:
+        self.sock, self.peer_name, self.faults = sock, peer_name, faults
+        self.pacer = Pacer(rate)
+        self.compress = compress
+        self._send_lock = threading.Lock()
+        self._out_no = self._in_no = 0
+        self.bytes_out = self.bytes_in = 0
+        self.closed = False
+
+    def send(self, ftype: int, payload: bytes = b"") -> int:
+        with self._send_lock:
+            frame = wire.pack_frame(ftype, payload, self._out_no, self.compress and ftype in (wire.BATCH, wire.COPY))
+            if self.faults.hit("repl.tamper") == "torn" and len(frame) > wire.HEADER_SIZE + 8:
+                mid = wire.HEADER_SIZE + (len(frame) - wire.HEADER_SIZE - 8) // 2
+                frame = frame[:mid] + bytes([frame[mid] ^ 0xFF]) + frame[mid + 1 :]  # after the checksum
+            self.pacer.take(len(frame))
+            self.sock.sendall(frame)
+            self._out_no += 1
+            self.bytes_out += len(frame)
+            return len(frame)
+
+    def send_json(self, ftype: int, obj: dict) -> None:
+        self.send(ftype, wire.pack_json(obj))
+
+    def recv(self) -> tuple[int, bytes]:
+        head = self._exact(wire.HEADER_SIZE)
+        ftype, flags, length = wire.parse_header(head, self._in_no)
+        payload = self._exact(length)
+        trailer = self._exact(wire.TRAILER.size)
+        body = wire.check_payload(head, payload, trailer, flags)
+        self._in_no += 1
+        self.bytes_in += wire.HEADER_SIZE + length + wire.TRAILER.size
+        return ftype, body
+
+    def _exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(min(n - len(buf), 1 << 20))
+            if not chunk:
+                raise ConnectionError(f"{self.peer_name} closed the connection" +
+                                      (" in the middle of a frame" if buf else ""))
+            buf += chunk
+        return bytes(buf)
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def connect(address: str, tls_dir: str, name: str, timeout: float = TIMEOUT, **kw: object) -> Conn:
+    """Open a TLS connection to ``address`` as array ``name``; raises OSError/ssl errors."""
+    host, port = parse_address(address)
+    ctx = pki.tls_context(tls_dir, name, server=False)
+    raw = socket.create_connection((host, port), timeout=timeout)
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = ctx.wrap_socket(raw)
+        sock.settimeout(timeout)
+        return Conn(sock, pki.peer_name(sock), **kw)  # type: ignore[arg-type]
+    except BaseException:
+        raw.close()
+        raise
+
+
+class Listener:
+    """Accepts connections on ``address``; each authenticated one goes to ``handle`` in a thread."""
+
+    def __init__(self, address: str, tls_dir: str, name: str, handle: Callable[[Conn], None],
+                 faults: Faults = NO_FAULTS) -> None:
+        host, port = parse_address(address)
+        self.ctx = pki.tls_context(tls_dir, name, server=True)
+        self.handle, self.faults = handle, faults
+        try:
+            self.sock = socket.create_server((host, port), reuse_port=False)
+        except OSError as e:
+            raise UsageError(f"cannot listen on {address}: {e.strerror}") from None
+        self.address = f"{host}:{self.sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, name="repl-listener", daemon=True)
+        self._stop = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                raw, addr = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._accept, args=(raw, addr), daemon=True, name=f"repl-in-{addr[0]}").start()
+
+    def _accept(self, raw: socket.socket, addr: tuple) -> None:
+        raw.settimeout(TIMEOUT)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = self.ctx.wrap_socket(raw, server_side=True)
+            name = pki.peer_name(sock)
+        except (OSError, ssl.SSLError, UsageError) as e:
+            log.warning("refused a connection from %s: TLS authentication failed: %s", addr[0], e)
+            raw.close()
+            return
+        conn = Conn(sock, name, self.faults)
+        try:
+            self.handle(conn)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop = True
+        self.sock.close()
+
