@@ -35,6 +35,19 @@ def parse(tag: bytes, block: bytes) -> int:
     return i
 
 
+def check_images(a: bytes, b: bytes, slots: int, what: str) -> int:
+    """The invariant on one cut of the two images: B never holds a record whose A record is
+    missing. Returns the newest record B holds."""
+    newest = 0
+    for k in range(slots):
+        ia = parse(b"VSTGRP-A", a[k * BLOCK : (k + 1) * BLOCK])
+        ib = parse(b"VSTGRP-B", b[k * BLOCK : (k + 1) * BLOCK])
+        # A slot's A record is B's, or the next one for that slot (A written, B not yet).
+        assert ia in (ib, ib + slots) or (ib == 0 and ia == k), f"{what} slot {k}: B holds record {ib} but A {ia}"
+        newest = max(newest, ib)
+    return newest
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("a")

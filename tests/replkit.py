@@ -97,3 +97,42 @@ def teardown(made: list) -> None:
     for obj in made:
         if isinstance(obj, Lab):
             obj.down()
+
+
+# -- the cross-volume workload (tests/group_workload.py) on a paired group ----------------------
+SLOTS = 1024
+
+
+def setup_group(arr: Array, size: str = "16M") -> None:
+    arr.create("orders", size)
+    arr.create("payments", size)
+    arr.vstor("group", "create", "g", "--volumes", "orders,payments")
+
+
+def start_workload(arr: Array, progress: Path, seconds: float):  # noqa: ANN201
+    import subprocess
+
+    if not progress.exists():
+        progress.write_bytes(bytes(8))
+    return subprocess.Popen([sys.executable, str(Path(__file__).parent / "group_workload.py"),
+                             arr.image("orders"), arr.image("payments"), str(progress), "--slots", str(SLOTS),
+                             "--seconds", str(seconds)])
+
+
+def acked(progress: Path) -> int:
+    import struct
+
+    return struct.unpack("<Q", progress.read_bytes()[:8])[0]
+
+
+def check_cut(arr: Array, name: str, snapshot: bool = True) -> int:
+    """Take a group snapshot on ``arr`` (or read the live images) and check B-without-A never shows."""
+    from group_workload import BLOCK, check_images
+
+    if snapshot:
+        arr.vstor("snapshot", "create", "g", "--name", name)
+        paths = [os.path.join(arr.mnt, "snapshots", "g", name, v) for v in ("orders", "payments")]
+    else:
+        paths = [arr.image("orders"), arr.image("payments")]
+    a, b = (read_direct(p, 0, SLOTS * BLOCK) for p in paths)
+    return check_images(a, b, SLOTS, f"{arr.base.name} {name}")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from group_workload import BLOCK, parse
+from group_workload import BLOCK, check_images
 
 from vstor.control.protocol import call
 from vstor.store.superblock import layout
@@ -37,14 +37,7 @@ def _check_snapshot(mnt: str, name: str, acked_before: int) -> int:
         a = f.read(SLOTS * BLOCK)
     with open(os.path.join(mnt, "snapshots", "g", name, "b"), "rb") as f:
         b = f.read(SLOTS * BLOCK)
-    newest = 0
-    for k in range(SLOTS):
-        ia = parse(b"VSTGRP-A", a[k * BLOCK : (k + 1) * BLOCK])
-        ib = parse(b"VSTGRP-B", b[k * BLOCK : (k + 1) * BLOCK])
-        # A slot's A record is B's, or the next one for that slot (A written, B not yet).
-        assert ia in (ib, ib + SLOTS) or (ib == 0 and ia == k), (
-            f"snapshot {name} slot {k}: B holds record {ib} but A holds {ia}")
-        newest = max(newest, ib)
+    newest = check_images(a, b, SLOTS, f"snapshot {name}")
     assert newest >= acked_before, f"snapshot {name} lacks acknowledged record {acked_before} (newest {newest})"
     return newest
 

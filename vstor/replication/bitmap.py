@@ -87,6 +87,8 @@ class DirtyBitmap:
             raise ValueError("bitmaps of different granules")
         n = min(len(self.bits), len(other.bits))
         merged = int.from_bytes(self.bits[:n], "little") | int.from_bytes(other.bits[:n], "little")
+        nbits = -(-self.size // self.granule)
+        merged &= (1 << min(nbits, n * 8)) - 1  # nothing past this volume's last granule
         self.bits[:n] = merged.to_bytes(n, "little")
 
     def clear(self) -> None:
@@ -113,11 +115,19 @@ def decode(data: bytes, where: str) -> dict[int, DirtyBitmap]:
     if magic != MAGIC or version != VERSION:
         raise FormatError(f"{where} is not a version {VERSION} dirty bitmap")
     pos, out = HEAD.size, {}
-    for _ in range(count):
-        vid, size, granule, stored = ENTRY.unpack_from(data, pos)
-        pos += ENTRY.size
-        out[vid] = DirtyBitmap(size, granule, bytearray(lz4.frame.decompress(data[pos : pos + stored])))
-        pos += stored
+    try:
+        for _ in range(count):
+            vid, size, granule, stored = ENTRY.unpack_from(data, pos)
+            pos += ENTRY.size
+            bits = bytearray(lz4.frame.decompress(data[pos : pos + stored]))
+            if granule <= 0 or len(bits) != len(DirtyBitmap(size, granule).bits):
+                raise ValueError("bitmap length does not match its volume")
+            out[vid] = DirtyBitmap(size, granule, bits)
+            pos += stored
+    except (struct.error, RuntimeError, ValueError) as e:
+        raise FormatError(f"dirty bitmap {where} is malformed ({e})") from None
+    if pos != len(data) - 8:
+        raise FormatError(f"dirty bitmap {where} has trailing bytes")
     return out
 
 

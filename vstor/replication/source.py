@@ -117,7 +117,7 @@ class Shipper(threading.Thread):
         self.disconnected_since: float | None = None
         self.last_error = ""
         self.requests: collections.deque[tuple[str, str, threading.Event, list]] = collections.deque()
-        self._rate: collections.deque[tuple[float, int]] = collections.deque(maxlen=20)
+        self._rate: collections.deque[tuple[float, int]] = collections.deque(maxlen=512)
         self.bytes_sent = 0
 
     # -- control from other threads ------------------------------------------------------------
@@ -147,10 +147,9 @@ class Shipper(threading.Thread):
         pair = self.pair
         seq = self.mgr.applied(pair) if self.group in self.mgr.pairs else 0
         lag_s = self._lag_seconds(seq)
-        rate = 0.0
-        if len(self._rate) >= 2:
-            (t0, b0), (t1, b1) = self._rate[0], self._rate[-1]
-            rate = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+        now = self.clock.monotonic()
+        recent = [(t, b) for t, b in self._rate if t >= now - 5.0]  # bytes/s over the last 5 seconds
+        rate = (self.bytes_sent - recent[0][1]) / max(now - recent[0][0], 0.5) if recent else 0.0
         return {"connected": self.conn is not None and not self.conn.closed, "acked_seq": self.acked_seq,
                 "lag_records": max(0, seq - self.acked_seq), "lag_seconds": round(lag_s, 3),
                 "lag_bytes": self._unacked_bytes(), "journal_fill_pct": round(100 * self._fill(), 1),
@@ -179,7 +178,8 @@ class Shipper(threading.Thread):
             except (OSError, ssl.SSLError, ConnectionError, wire.BadFrame, VstorError) as e:
                 self._lost(e)
                 self._maybe_suspend(pair)
-                self._idle(self.backoff.next())
+                if pair.state in SHIPPING:
+                    self._idle(self.backoff.next())
             except Exception as e:  # keep the thread alive; the pair reports the error
                 log.exception("pair %s: shipper error", self.group)
                 self._lost(e)
@@ -328,8 +328,11 @@ class Shipper(threading.Thread):
         return bool(entries)
 
     def _send(self, conn: transport.Conn, ftype: int, payload: bytes) -> None:
+        before = self.bytes_sent
         self.bytes_sent += conn.send(ftype, payload)
-        self._rate.append((self.clock.monotonic(), self.bytes_sent))
+        now = self.clock.monotonic()
+        if not self._rate or now - self._rate[-1][0] >= 0.05:
+            self._rate.append((now, before))
 
     def _poll(self, conn: transport.Conn, timeout: float) -> None:
         """Read every frame the secondary has sent (waiting up to ``timeout`` for the first)."""

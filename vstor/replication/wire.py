@@ -103,10 +103,16 @@ def check_payload(head: bytes, payload: bytes, trailer: bytes, flags: int) -> by
     if xxhash.xxh3_64_intdigest(head + payload) != csum:
         raise BadFrame("frame checksum mismatch (corrupted or tampered in transit)")
     if flags & F_LZ4:
+        dec = lz4.frame.LZ4FrameDecompressor()
         try:
-            return lz4.frame.decompress(payload)
+            out = dec.decompress(payload, max_length=MAX_PAYLOAD + 1)
         except RuntimeError as e:
             raise BadFrame(f"frame payload does not decompress: {e}") from None
+        if not dec.eof and len(out) <= MAX_PAYLOAD:
+            raise BadFrame("frame payload does not decompress: the lz4 frame is truncated")
+        if len(out) > MAX_PAYLOAD:
+            raise BadFrame(f"frame payload decompresses to more than {MAX_PAYLOAD} bytes")
+        return out
     return payload
 
 
