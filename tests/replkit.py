@@ -71,7 +71,7 @@ def same_images(a: Array, b: Array, names: list[str]) -> None:
         assert da == db, f"volume {n} differs between the sites"
 
 
-def make_sites(base: Path, made: list) -> Sites:
+def make_sites(base: Path, made: list, init: Callable[[str], dict] | None = None) -> Sites:
     lab = Lab(f"r{uuid.uuid4().hex[:6]}")
     made.append(lab)
     lab.up()
@@ -81,7 +81,7 @@ def make_sites(base: Path, made: list) -> Sites:
     issue(tls, "site-b")
     sites = []
     for site in ("a", "b"):
-        arr = Array(base / f"site-{site}")
+        arr = Array(base / f"site-{site}", **(init(site) if init else {}))
         made.append(arr)
         arr.netns = lab.ns(site)
         arr.start_args = ["--listen", f"{lab.address(site)}:{PORT}", "--tls-dir", tls, "--name", f"site-{site}"]

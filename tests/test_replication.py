@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,6 +27,8 @@ from replkit import (  # noqa: E402
     teardown,
     wait_for,
 )
+
+from vstor.replication.pki import init_ca, issue  # noqa: E402
 
 pytestmark = pytest.mark.root
 
@@ -164,3 +168,151 @@ def test_planned_swap_loop(sites: Sites):
         one_error_line(sec.vstor("pair", "takeover", "g", check=False), "takeover on the primary")
     gens = {status(x, "g")["generation"] for x in arrays}
     assert gens == {6}
+
+
+def test_split_brain_detected_at_both_sites_resolved_by_the_operator(sites: Sites):
+    a, b = sites.a, sites.b
+    setup_group(a, "8M")
+    sites.pair("g", extra=("--suspend-after", "60"))
+    sites.lab.cut()
+    b.vstor("pair", "takeover", "g", "--force")
+    _write(a.image("orders"), 0, b"A wrote this".ljust(4096, b"a"))
+    _write(b.image("orders"), 4096, b"B wrote this".ljust(4096, b"b"))
+    sites.lab.heal()
+    wait_for(lambda: status(a, "g")["state"] == "SPLIT_BRAIN" and status(b, "g")["state"] == "SPLIT_BRAIN", 40,
+             "split brain at both sites")
+    line = one_error_line(a.vstor("pair", "split", "g", check=False), "split during split brain")
+    assert "SPLIT_BRAIN" in line or "split" in line
+    a.vstor("pair", "resync", "g")  # the operator chooses: A's data wins, B is the victim
+    wait_for(lambda: drained(a) and status(b, "g")["role"] == "secondary", 60, "resolved: A primary, PAIR")
+    same_images(a, b, ["orders", "payments"])
+    assert read_direct(b.image("orders"), 0, 4096).startswith(b"A wrote this")
+    snap = [s for s in b.vstor_json("snapshot", "list", "g") if s["name"].startswith("diverged-")]
+    assert snap, "the victim keeps its diverged data in a snapshot"
+    kept = os.path.join(b.mnt, "snapshots", "g", snap[0]["name"], "orders")
+    assert read_direct(kept, 4096, 4096).startswith(b"B wrote this")
+
+
+def test_refusals_are_logged_and_one_line(sites: Sites, tmp_path: Path):
+    a, b = sites.a, sites.b
+    setup_group(a, "8M")
+    # an unknown peer: B has no pair for g yet
+    line = one_error_line(a.vstor("pair", "create", "g", "--peer", sites.endpoint("b"), "--peer-name", "site-b",
+                                  check=False), "pair without the secondary's consent")
+    assert "no pair for group" in line
+    sites.pair("g")
+    one_error_line(a.vstor("pair", "create", "g", "--peer", sites.endpoint("b"), check=False), "paired twice")
+    one_error_line(a.vstor("pair", "takeover", "g", check=False), "takeover on the primary")
+    one_error_line(b.vstor("pair", "split", "g", check=False), "a primary-only command on the secondary")
+    one_error_line(a.vstor("group", "add", "g", "x", check=False), "membership change while paired")
+    r = b.vstor("volume", "list", "--json")
+    assert "orders" in r.stdout
+    with pytest.raises(OSError):  # the secondary's volumes are read-only for hosts
+        _write(b.image("orders"), 0, b"x" * 4096)
+    # other identities: another CA, an expired certificate, a valid one that is not paired
+    other = str(tmp_path / "other-ca")
+    init_ca(other)
+    issue(other, "site-a")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    issue(sites.tls, "old-a", days=1, now=past)
+    issue(sites.tls, "site-c")
+    for tls, name, expect in ((other, "site-a", "TLS"), (sites.tls, "old-a", "TLS"),
+                              (sites.tls, "site-c", "REFUSE")):
+        out = _probe(sites, tls, name, "g")
+        assert expect in out, (name, out)
+    assert "REFUSE" in _probe(sites, sites.tls, "site-a", "other-group")
+    log = Path(b.pool, "log", "daemon.log").read_text()
+    assert log.count("TLS authentication failed") >= 2
+    assert "paired with 'site-a', not with 'site-c'" in log and "no pair for group 'other-group'" in log
+    assert status(a, "g")["state"] == "PAIR"
+
+
+PROBE = """
+import sys
+from vstor.replication import transport, wire
+try:
+    c = transport.connect(sys.argv[1], sys.argv[2], sys.argv[3])
+    c.send_json(wire.HELLO, {"peer_group": sys.argv[4], "group_at_primary": sys.argv[4], "role": "primary",
+                             "generation": 99, "volumes": [], "key_check": ""})
+    t, body = c.recv()
+    print(wire.TYPE_NAMES[t], body.decode())
+except Exception as e:
+    print("TLS", type(e).__name__, e)
+"""
+
+
+def _probe(sites: Sites, tls: str, name: str, group: str) -> str:
+    r = subprocess.run(sites.lab.command("a", [sys.executable, "-c", PROBE, sites.endpoint("b"), tls, name, group]),
+                       capture_output=True, text=True, timeout=60)
+    return r.stdout + r.stderr
+
+
+def test_tampered_frame_suspends_then_resync(sites: Sites):
+    a, b = sites.a, sites.b
+    setup_group(a, "8M")
+    a.stop()
+    sites.start("a", env=dict(a.env, VSTOR_FAULTS="repl.tamper=torn@40"))
+    sites.pair("g", wait=False)
+    for i in range(60):
+        _write(a.image("orders"), i * 4096, os.urandom(4096))
+    wait_for(lambda: status(a, "g")["state"] == "PSUE", 30, "PSUE after a tampered frame")
+    assert "checksum" in status(b, "g")["reason"] + status(a, "g")["reason"]
+    assert "checksum mismatch" in Path(b.pool, "log", "daemon.log").read_text()
+    a.vstor("pair", "resync", "g")
+    wait_for(lambda: drained(a), 60, "resync after the tampered frame")
+    same_images(a, b, ["orders", "payments"])
+
+
+def test_write_failure_at_the_destination(sites: Sites):
+    a, b = sites.a, sites.b
+    setup_group(a, "8M")
+    b.stop()
+    sites.start("b", env=dict(b.env, VSTOR_FAULTS="repl.apply=enospc@100"))
+    sites.pair("g", wait=False)
+    for i in range(200):
+        _write(a.image("payments"), i * 4096, os.urandom(4096))
+    wait_for(lambda: status(a, "g")["state"] == "PSUE", 30, "PSUE after the secondary's write error")
+    assert "No space" in status(a, "g")["reason"] or "ENOSPC" in status(a, "g")["reason"]
+    _write(a.image("payments"), 0, b"the primary is unaffected".ljust(4096))  # still writable
+    a.vstor("pair", "resync", "g")
+    wait_for(lambda: drained(a), 60, "resync after the fix")
+    same_images(a, b, ["orders", "payments"])
+
+
+def test_journal_overflow_suspends_then_delta_resync(sites: Sites):
+    a, b = sites.a, sites.b
+    setup_group(a, "256M")
+    sites.pair("g", extra=("--journal-limit", "48M", "--suspend-after", "300"))
+    sites.lab.cut()
+    region = os.urandom(8 << 20)
+    for _ in range(12):  # 96 MiB of writes into the same 8 MiB
+        _write(a.image("orders"), 0, region)
+    wait_for(lambda: status(a, "g")["state"] == "PSUE", 40, "PSUE on journal overflow")
+    assert "journal overflow" in status(a, "g")["reason"]
+    sites.lab.heal()
+    wait_for(lambda: status(a, "g")["dirty_bytes"] >= 8 << 20, 10, "unsent records in the bitmap")
+    before = status(a, "g")["bytes_sent"]
+    a.vstor("pair", "resync", "g")
+    wait_for(lambda: drained(a), 60, "delta resync")
+    sent = status(a, "g")["bytes_sent"] - before
+    assert (8 << 20) <= sent < (12 << 20), f"resync sent {sent} bytes for 8 MiB dirty (volume 256 MiB)"
+    same_images(a, b, ["orders", "payments"])
+    assert any(s["name"].startswith("before-resync") for s in b.vstor_json("snapshot", "list", "g"))
+
+
+def test_encryption_keys_must_match(tmp_path: Path):
+    made: list = []
+    try:
+        def init(site: str) -> dict:
+            key = tmp_path / f"key-{site}"
+            key.write_bytes(os.urandom(32))
+            return {"encrypt": True, "key_file": str(key)}
+
+        sites = make_sites(tmp_path, made, init)
+        setup_group(sites.a, "8M")
+        sites.b.vstor("pair", "create", "g", "--secondary", "--peer", sites.endpoint("a"), "--peer-name", "site-a")
+        line = one_error_line(sites.a.vstor("pair", "create", "g", "--peer", sites.endpoint("b"), "--peer-name",
+                                            "site-b", check=False), "different keys")
+        assert "encryption keys differ" in line
+    finally:
+        teardown(made)

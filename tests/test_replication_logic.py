@@ -291,7 +291,7 @@ def hello(**kw: object) -> dict:
 
 
 @pytest.mark.parametrize("local, peer, msg, action, reason", [
-    (None, "array-a", hello(), "refuse", "no pair for group 'dbs-a'"),
+    (None, "array-a", hello(), "refuse", "no pair for group 'dbs-b'"),
     (make_pair(), "array-x", hello(), "refuse", "paired with 'array-a', not with 'array-x'"),
     (make_pair(), "array-a", hello(peer_group="other"), "refuse", "group names do not match"),
     (make_pair(), "array-a", hello(group_at_primary="other"), "refuse", "group names do not match"),

@@ -55,7 +55,7 @@ class Pair:
     journal_limit: int = 1 << 30  # journal bytes the pair may hold back before PFUL/PSUE
     suspend_after: float = 10.0  # seconds without the peer before PAIR becomes PSUE
     consistent: bool = False  # secondary: volumes equal the primary's at some N
-    synced_seq: int = 0  # the secondary is consistent once it has applied this sequence number
+    synced_seq: int = -1  # secondary: consistent once it has applied this seq (-1: copy not complete)
     reason: str = ""  # why the pair is suspended or split-brained
     victim_peer: bool = False  # primary, resyncing: the peer's diverged data is replaced (it keeps a snapshot)
     swap_after: bool = False  # failback: swap roles back once the resync reaches PAIR
@@ -108,7 +108,7 @@ class Verdict:
 
 def judge(local: Pair | None, peer_name: str, hello: dict) -> Verdict:
     """The server's decision on a client's HELLO (the client is always a primary)."""
-    group = hello.get("group")
+    group = hello.get("peer_group")
     if local is None:
         return Verdict("refuse", f"no pair for group {group!r} here; create it with 'vstor pair create "
                                  f"{group} --secondary --peer HOST:PORT --peer-name {peer_name}'")

@@ -59,7 +59,7 @@ class Stopped(Exception):
 
 
 def hello(mgr: Any, pair: Pair, **extra: Any) -> dict:
-    return {"group": pair.peer_group, "peer_group": pair.peer_group, "group_at_primary": pair.group,
+    return {"peer_group": pair.peer_group, "group_at_primary": pair.group,
             "role": PRIMARY, "generation": pair.generation, "history": pair.history, "state": pair.state,
             "key_check": mgr.store.key_check, "volumes": mgr.members(pair), "array": mgr.name,
             "victim": pair.victim_peer, **extra}
@@ -102,7 +102,7 @@ class Shipper(threading.Thread):
         self.wake = threading.Event()
         self._stop_ev = threading.Event()
         self.conn: transport.Conn | None = None
-        self.backoff = transport.Backoff()
+        self.backoff = transport.Backoff(cap=10.0)
         # (last seq, journal position after it, data bytes, tstamp of its first record) per batch in flight
         self.pending: collections.deque[tuple[int, tuple[int, int], int, int]] = collections.deque()
         self.cursor: tuple[int, int] = (0, 0)
@@ -201,6 +201,11 @@ class Shipper(threading.Thread):
             log.warning("pair %s: connection to %s lost: %s", self.group, self.pair.peer_name, self.last_error)
 
     def _maybe_suspend(self, pair: Pair) -> None:
+        if pair.state in (PAIR, PFUL):
+            try:
+                self._pressure(pair)  # records queue while the peer is away: the journal may overflow
+            except ConnectionError:
+                return
         if pair.state in (PAIR, PFUL, COPY, RESYNC) and self.disconnected_since is not None:
             down = self.clock.monotonic() - self.disconnected_since
             if down >= pair.suspend_after:

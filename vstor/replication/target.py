@@ -149,9 +149,10 @@ class Session:
             local.history = hello.get("history", local.history)
         if local.state == SIMPLEX:
             local.transition("accept")
+            local.consistent, local.synced_seq = False, -1
         elif hello.get("state") in (COPY, RESYNC) and local.state != hello["state"]:
             local.state = hello["state"]
-            local.consistent = False
+            local.consistent, local.synced_seq = False, -1
         self.vmap = self._map_volumes(local, hello.get("volumes", []))
         self.mgr.save(local)
         return answer | {"generation": local.generation, "applied": self.mgr.applied(local), "state": local.state}
@@ -222,7 +223,7 @@ class Session:
             self.applied_time = r.tstamp_ns / 1e9
         self.store.sync()
         self.primary_seq = max(self.primary_seq, applied)
-        if not pair.consistent and pair.state in (COPY, RESYNC) and pair.synced_seq and applied >= pair.synced_seq:
+        if not pair.consistent and pair.state in (COPY, RESYNC) and 0 <= pair.synced_seq <= applied:
             with self.mgr.lock:
                 pair.transition("synced")
                 pair.consistent = True
@@ -238,14 +239,14 @@ class Session:
         with self.store._lock:
             held = any(self.store.state.maps[v.id].mapped_bytes for v in self.store.state.table.by_id.values()
                        if v.group == gid)
-        if held:
+        if held or msg.get("kind") == RESYNC:  # a consistent copy must exist while the resync runs
             kind = "diverged" if self.victim else "before-resync"
             snap = snapshots.create(self.store, pair.group,
                                     f"{kind}-g{pair.generation}-{int(self.mgr.clock.time())}")
             log.info("pair %s: protective snapshot %s before the %s copy", pair.group, snap["name"], msg.get("kind"))
         with self.mgr.lock:
             pair.consistent = False
-            pair.synced_seq = 0
+            pair.synced_seq = -1  # until SYNC_END says where the copy is complete
             if pair.state not in (COPY, RESYNC):
                 pair.state = RESYNC
             self.mgr.save(pair)
@@ -256,7 +257,7 @@ class Session:
         self.store.sync()
         self.store.event(lambda st: {"op": "seq_set", "group": gid, "seq": base})
         with self.mgr.lock:
-            pair.synced_seq = max(target, 1)
+            pair.synced_seq = target
             self.mgr.save(pair)
         self._ack(pair, base, sync_end=True)
         self._apply(pair, [])
