@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import one_error_line, read_direct  # noqa: E402
+from harness import VSTOR, one_error_line, read_direct  # noqa: E402
 from replkit import (  # noqa: E402
     Sites,
     acked,
@@ -316,3 +316,43 @@ def test_encryption_keys_must_match(tmp_path: Path):
         assert "encryption keys differ" in line
     finally:
         teardown(made)
+
+
+def test_bandwidth_cap_pful_split_modes_and_progress_bar(sites: Sites):
+    a, b = sites.a, sites.b
+    setup_group(a, "64M")
+    _write(a.image("orders"), 0, os.urandom(6 << 20))
+    b.vstor("pair", "create", "g", "--secondary", "--peer", sites.endpoint("a"), "--peer-name", "site-a")
+    # --wait on a terminal draws a progress bar until PAIR
+    r = subprocess.run(["script", "-qec", f"{VSTOR} pair create g --peer {sites.endpoint('b')} --peer-name site-b "
+                        "--bandwidth 4MB/s --journal-limit 16M --wait", "/dev/null"],
+                       capture_output=True, text=True, env=a.env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "100.0%" in r.stdout and "[####" in r.stdout and "PAIR" in r.stdout
+    # 14 MiB at 4 MB/s: the backlog crosses 80% of the 16M allowance (PFUL), then drains
+    t0 = time.monotonic()
+    _write(a.image("payments"), 0, os.urandom(14 << 20))
+    wait_for(lambda: status(a, "g")["state"] == "PFUL", 20, "PFUL above 80% of the journal allowance")
+    wait_for(lambda: drained(a), 60, "drained back to PAIR")
+    assert time.monotonic() - t0 >= 0.7 * (14 << 20) / (4 << 20), "the bandwidth cap was not applied"
+    same_images(a, b, ["orders", "payments"])
+    # split --flush drains first: B equals A at the split
+    _write(a.image("orders"), 8 << 20, os.urandom(1 << 20))
+    a.vstor("pair", "split", "g", "--flush")
+    assert status(a, "g")["state"] == "PSUS" and status(b, "g")["state"] == "PSUS"
+    same_images(a, b, ["orders", "payments"])
+    _write(a.image("orders"), 16 << 20, os.urandom(1 << 20))  # tracked while split
+    wait_for(lambda: status(a, "g")["dirty_bytes"] == 1 << 20, 10, "the split's changes in the bitmap")
+    a.vstor("pair", "resync", "g", "--wait")
+    same_images(a, b, ["orders", "payments"])
+    # split --purge while the link is down: at once, nothing drained
+    sites.lab.cut()
+    _write(a.image("orders"), 24 << 20, os.urandom(1 << 20))
+    line = one_error_line(a.vstor("pair", "split", "g", "--flush", check=False), "flush without the peer")
+    assert "--purge" in line and "internal error" not in line
+    a.vstor("pair", "split", "g", "--purge")
+    assert status(a, "g")["state"] == "PSUS"
+    sites.lab.heal()
+    wait_for(lambda: status(a, "g")["dirty_bytes"] >= 1 << 20, 10, "the purged records in the bitmap")
+    a.vstor("pair", "resync", "g", "--wait")
+    same_images(a, b, ["orders", "payments"])

@@ -24,7 +24,7 @@ import ssl
 import threading
 from typing import Any
 
-from vstor.errors import VstorError
+from vstor.errors import Busy, VstorError
 from vstor.replication import bitmap as bitmaps
 from vstor.replication import transport, wire
 from vstor.replication.bitmap import DirtyBitmap
@@ -433,9 +433,13 @@ class Shipper(threading.Thread):
                 elif op == "takeover" and conn is not None:
                     self._demote(conn, self.pair)
             except BaseException as e:  # noqa: BLE001 - handed to the waiting command
-                box.append(e)
-                if not isinstance(e, VstorError):
-                    raise
+                if isinstance(e, VstorError):
+                    box.append(e)
+                    continue
+                if not isinstance(e, Stopped):
+                    box.append(Busy(f"pair {self.group}: the connection to {self.pair.peer_name} failed during "
+                                    f"'{op}' ({e})" + ("; use --purge to split at once" if op == "split" else "")))
+                raise
             finally:
                 done.set()
 
