@@ -20,6 +20,8 @@ from vstor.errors import AlreadyExists, Busy, NotFound, UsageError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.replication import transport
 from vstor.replication.bitmap import DirtyBitmap
+from vstor.replication.folding import consumer_name
+from vstor.replication.handshake import probe
 from vstor.replication.pairstate import (
     CONSISTENT,
     COPY,
@@ -37,10 +39,6 @@ from vstor.store.store import Store
 from vstor.store.volumes import DEFAULT_GROUP
 
 log = logging.getLogger("vstor.replication")
-
-
-def consumer_name(group: str) -> str:
-    return f"repl:{group}"
 
 
 class Replication:
@@ -210,8 +208,6 @@ class Replication:
             if not members:
                 raise UsageError(f"group {group} has no volumes; add some with 'vstor group add'")
             self.check_tls()
-            from vstor.replication.source import probe
-
             probe(self, pair)  # the peer must know us and this group: a clear error now, not a PSUE later
             pair.state = COPY
             with self.store._lock:  # an exact cut: records after the consumer are shipped, the rest copied

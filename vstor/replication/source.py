@@ -16,7 +16,6 @@ The connection is single-threaded: one thread sends and polls for the secondary'
 
 from __future__ import annotations
 
-import base64
 import collections
 import logging
 import select
@@ -25,76 +24,24 @@ import threading
 from typing import Any
 
 from vstor.errors import Busy, VstorError
-from vstor.replication import bitmap as bitmaps
 from vstor.replication import transport, wire
-from vstor.replication.bitmap import DirtyBitmap
-from vstor.replication.pairstate import (
-    COPY,
-    PAIR,
-    PFUL,
-    PRIMARY,
-    RESYNC,
-    SECONDARY,
-    SHIPPING,
-    Pair,
-)
+from vstor.replication.copier import CopyMixin
+from vstor.replication.folding import consumer_name, fold
+from vstor.replication.handover import HandoverMixin, Stopped
+from vstor.replication.handshake import PeerRefused, hello, open_conn
+from vstor.replication.pairstate import COPY, PAIR, PFUL, PRIMARY, RESYNC, SHIPPING, Pair
 from vstor.store.consumers import read_group
 
 log = logging.getLogger("vstor.replication")
 
 BATCH_BYTES = 4 << 20
-COPY_PIECE = 1 << 20
 WINDOW_BYTES = 64 << 20  # unacknowledged data in flight
 PING_EVERY = 1.0
 COMMIT_EVERY = 0.5
 PFUL_AT, PFUL_CLEAR = 0.8, 0.6
 
 
-class PeerRefused(VstorError):
-    """The peer refused the pair (authorization, keys, state); retrying will not help."""
-
-
-class Stopped(Exception):
-    pass
-
-
-def hello(mgr: Any, pair: Pair, **extra: Any) -> dict:
-    return {"peer_group": pair.peer_group, "group_at_primary": pair.group,
-            "role": PRIMARY, "generation": pair.generation, "history": pair.history, "state": pair.state,
-            "key_check": mgr.store.key_check, "volumes": mgr.members(pair), "array": mgr.name,
-            "victim": pair.victim_peer, **extra}
-
-
-def open_conn(mgr: Any, pair: Pair) -> transport.Conn:
-    tls_dir, name = mgr.check_tls()
-    conn = transport.connect(pair.peer, tls_dir, name, faults=mgr.faults, rate=pair.bandwidth,
-                             compress=pair.compress == "lz4")
-    if conn.peer_name != pair.peer_name:
-        conn.close()
-        raise PeerRefused(f"{pair.peer} presented certificate {conn.peer_name!r}, not {pair.peer_name!r}")
-    return conn
-
-
-def probe(mgr: Any, pair: Pair) -> dict:
-    """Ask the peer whether it accepts this pair, without changing anything at either end."""
-    try:
-        conn = open_conn(mgr, pair)
-    except (OSError, ssl.SSLError) as e:
-        raise PeerRefused(f"cannot reach the peer {pair.peer_name} at {pair.peer}: {e}") from None
-    try:
-        conn.send_json(wire.HELLO, hello(mgr, pair, probe=True))
-        ftype, body = conn.recv()
-    except (OSError, ssl.SSLError, wire.BadFrame) as e:
-        raise PeerRefused(f"the peer {pair.peer_name} at {pair.peer} did not answer: {e}") from None
-    finally:
-        conn.close()
-    answer = wire.parse_json(body)
-    if ftype != wire.WELCOME:
-        raise PeerRefused(f"the peer {pair.peer_name} refused pair {pair.group}: {answer.get('reason')}")
-    return answer
-
-
-class Shipper(threading.Thread):
+class Shipper(CopyMixin, HandoverMixin, threading.Thread):
     def __init__(self, mgr: Any, group: str) -> None:
         super().__init__(name=f"repl-out-{group}", daemon=True)
         self.mgr, self.group, self.store = mgr, group, mgr.store
@@ -235,57 +182,9 @@ class Shipper(threading.Thread):
             self._sync(conn, pair, answer)
         self._ship(conn, pair)
 
-    def _sync(self, conn: transport.Conn, pair: Pair, answer: dict) -> None:
-        self.fold()
-        maps = self.mgr.bitmaps.setdefault(self.group, {})
-        if answer.get("bitmap"):  # the victim's own changes since the divergence: copy over them too
-            theirs = bitmaps.decode(base64.b64decode(answer["bitmap"]), "from the peer")
-            by_name = {v["name"]: v for v in self.mgr.members(pair)}
-            for name, bm in ((answer["names"][str(k)], b) for k, b in theirs.items()):
-                if name in by_name:
-                    mine = maps.setdefault(by_name[name]["id"], DirtyBitmap(by_name[name]["size"]))
-                    mine.merge(bm)
-        self.copy_total = sum(bm.dirty_bytes() for bm in maps.values())
-        self.copy_done = 0
-        conn.send_json(wire.SYNC_BEGIN, {"kind": pair.state, "bytes": self.copy_total})
-        sizes = {m["id"]: m["size"] for m in self.mgr.members(pair)}
-        for vid, bm in sorted(maps.items()):
-            for s, e in bm.runs():
-                for off in range(s, min(e, sizes.get(vid, 0)), COPY_PIECE):
-                    n = min(COPY_PIECE, e - off)
-                    data = self.store.read(vid, off, n)
-                    if data.count(0) == len(data):
-                        self._send(conn, wire.COPY, wire.pack_copy_zero(vid, off, len(data)))
-                    else:
-                        self._send(conn, wire.COPY, wire.pack_copy(vid, off, data))
-                    self.copy_done += n
-                    self._poll(conn, 0)
-                    self._serve_requests(conn)
-        base, now_seq = self._base_seq(pair)
-        self.sync_acked.clear()
-        conn.send_json(wire.SYNC_END, {"base_seq": base, "consistent_at": now_seq})
-        while not self.sync_acked.is_set():
-            self._poll(conn, 0.1)
-            self._check_alive(conn)
-        for bm in maps.values():
-            bm.clear()
-        self.mgr.registry.save_bitmap(self.group, maps)
-        self.consistent_at = now_seq
-        log.info("pair %s: copied %d bytes; records from seq %d follow", self.group, self.copy_done, base + 1)
-
-    def _base_seq(self, pair: Pair) -> tuple[int, int]:
-        """(the sequence number before the first record after the consumer, the group's seq now)."""
-        gid = self.mgr.gid(pair)
-        with self.store._lock:
-            now_seq = self.store.state.group_seq.get(gid, 0)
-        self.store.sync()
-        start = self.store.consumers.position(_consumer(self.group))
-        entries, _ = read_group(self.store, start, gid, max_bytes=1, want_data=False)
-        return (entries[0].seq - 1 if entries else now_seq), now_seq
-
     def _ship(self, conn: transport.Conn, pair: Pair) -> None:
         gid = self.mgr.gid(pair)
-        self.cursor = self.store.consumers.position(_consumer(self.group))
+        self.cursor = self.store.consumers.position(consumer_name(self.group))
         self.pending.clear()
         self.sent_seq = self.acked_seq
         last_ping = last_commit = self.clock.monotonic()
@@ -377,7 +276,7 @@ class Shipper(threading.Thread):
     def _commit(self) -> None:
         pos = self._committable
         if pos is not None:
-            self.store.consumers.commit(_consumer(self.group), pos)
+            self.store.consumers.commit(consumer_name(self.group), pos)
             self._committable = None
 
     def _unacked_bytes(self) -> int:
@@ -393,7 +292,7 @@ class Shipper(threading.Thread):
 
     def _fill(self) -> float:
         """Share of the pair's journal allowance held by records not yet acknowledged."""
-        name = _consumer(self.group)
+        name = consumer_name(self.group)
         if name not in self.store.consumers.positions() or self.group not in self.mgr.pairs:
             return 0.0
         segno, pos = self.store.consumers.position(name)
@@ -442,77 +341,3 @@ class Shipper(threading.Thread):
                 raise
             finally:
                 done.set()
-
-    def _split(self, conn: transport.Conn | None, mode: str) -> None:
-        pair = self.pair
-        if mode == "flush":
-            if conn is None:
-                raise VstorError(f"the peer {pair.peer_name} is not connected: a flush split cannot drain the "
-                                 "journal; use --purge (unsent records go to the dirty bitmap)")
-            self._drain(conn, pair, self.mgr.applied(pair))
-        with self.mgr.lock:
-            pair.transition("split")
-            self.mgr.save(pair)
-        if conn is not None:
-            conn.send_json(wire.CONTROL, {"op": "split"})
-        self.fold()
-
-    def _drain(self, conn: transport.Conn, pair: Pair, target: int, timeout: float = 120.0) -> None:
-        """Ship until the secondary has acknowledged ``target``."""
-        deadline = self.clock.monotonic() + timeout
-        self.store.sync()
-        gid = self.mgr.gid(pair)
-        while self.acked_seq < target:
-            if self.clock.monotonic() > deadline:
-                raise VstorError(f"pair {self.group}: the journal did not drain within {timeout:.0f}s")
-            sent = self._step(conn, gid)
-            self._poll(conn, 0 if sent else 0.05)
-            self._check_alive(conn)
-        self._commit()
-
-    def _demote(self, conn: transport.Conn, pair: Pair) -> None:
-        """Planned swap: fence hosts, drain everything to the secondary, hand over the primary role."""
-        self.mgr.fence(pair)
-        target = self.mgr.applied(pair)
-        try:
-            self._drain(conn, pair, target)
-        except BaseException:
-            self.mgr.unfence(pair)
-            raise
-        with self.mgr.lock:
-            pair.role = SECONDARY
-            pair.state = PAIR
-            pair.swap_after = pair.victim_peer = False
-            pair.consistent = True
-            self.mgr.drop_consumer(pair)
-            self.mgr.bitmaps[self.group] = {}
-            self.mgr.registry.save_bitmap(self.group, {})
-            self.mgr.save(pair)
-        conn.send_json(wire.CONTROL, {"op": "demoted", "seq": target, "generation": pair.generation})
-        log.info("pair %s: demoted to secondary at seq %d; %s becomes the primary", self.group, target,
-                 conn.peer_name)
-        raise Stopped
-
-
-def fold(mgr: Any, pair: Pair) -> None:
-    """Move every durable record of the pair's group after its consumer into the dirty bitmap,
-    saved durably, then let the journal go (the consumer moves only after the save)."""
-    store, name = mgr.store, _consumer(pair.group)
-    gid = mgr.gid(pair)
-    maps = mgr.bitmaps.setdefault(pair.group, {})
-    sizes = {m["id"]: m["size"] for m in mgr.members(pair)}
-    while name in store.consumers.positions():
-        start = store.consumers.position(name)
-        entries, end = read_group(store, start, gid, max_bytes=256 << 20, want_data=False)
-        if end <= start:
-            return
-        for e in entries:
-            if e.volume in sizes:
-                maps.setdefault(e.volume, DirtyBitmap(sizes[e.volume])).mark(e.offset, e.length)
-        mgr.registry.save_bitmap(pair.group, maps)
-        store.consumers.commit(name, end)
-
-
-def _consumer(group: str) -> str:
-    return f"repl:{group}"
-

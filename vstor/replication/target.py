@@ -27,8 +27,8 @@ from typing import Any
 from vstor.errors import VstorError
 from vstor.replication import bitmap as bitmaps
 from vstor.replication import transport, wire
+from vstor.replication.folding import fold
 from vstor.replication.pairstate import COPY, PAIR, PRIMARY, PSUS, RESYNC, SECONDARY, SIMPLEX, Pair, judge
-from vstor.replication.source import fold
 from vstor.store import snapshots
 
 log = logging.getLogger("vstor.replication")
