@@ -53,3 +53,22 @@ def test_lab_link_cut_heal_and_cleanup():
     assert lb.ns("a") not in netns.listnetns() and lb.ns("b") not in netns.listnetns()
     assert server.wait(timeout=10) is not None  # down() ended the server left in site B
     assert not pids_in(lb.ns("b"))
+
+
+@pytest.mark.root
+def test_lab_up_with_arrays_and_down_stops_them(tmp_path):
+    from vm.lab import main
+
+    tag = f"t{uuid.uuid4().hex[:6]}"
+    lb = Lab(tag)
+    try:
+        assert main(["up", "--tag", tag, "--arrays", str(tmp_path)]) == 0
+        for site in ("a", "b"):
+            assert len(pids_in(lb.ns(site))) == 1  # the array's daemon runs in its site
+            with open("/proc/mounts") as f:
+                assert str(tmp_path / f"site-{site}" / "mnt") in f.read()
+    finally:
+        lb.down()
+    with open("/proc/mounts") as f:
+        assert str(tmp_path) not in f.read(), "down must stop the arrays and their FUSE mounts"
+    assert lb.ns("a") not in netns.listnetns()

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute, NetNS, netns
 
 SITES = ("a", "b")
+VSTOR = os.path.join(os.path.dirname(sys.executable), "vstor")
 
 
 @dataclass
@@ -118,6 +119,31 @@ class Lab:
         """argv run in ``site``'s network namespace only (the host's mounts stay shared)."""
         return ["nsenter", f"--net=/run/netns/{self.ns(site)}", *argv]
 
+    def start_arrays(self, base: str, port: int = 7450) -> dict[str, dict]:
+        """A CA in BASE/tls, then per site a pool BASE/site-X/pool, initialised if missing, and an
+        array started in the site's namespace, mounted at BASE/site-X/mnt, listening on its address."""
+        from vstor.replication.pki import init_ca, issue
+
+        tls = os.path.join(base, "tls")
+        if not os.path.exists(os.path.join(tls, "ca.pem")):
+            init_ca(tls)
+        out = {}
+        for site in SITES:
+            name, root = f"site-{site}", os.path.join(base, f"site-{site}")
+            if not os.path.exists(os.path.join(tls, f"{name}.pem")):
+                issue(tls, name)
+            pool, mnt = os.path.join(root, "pool"), os.path.join(root, "mnt")
+            if not os.path.exists(os.path.join(pool, "pool.json")):
+                subprocess.run([VSTOR, "pool", "init", pool], check=True, capture_output=True)
+            listen = f"{self.address(site)}:{port}"
+            r = subprocess.run(self.command(site, [VSTOR, "array", "start", "--pool", pool, "--mount", mnt,
+                                                   "--listen", listen, "--tls-dir", tls, "--name", name]),
+                               capture_output=True, text=True)
+            if r.returncode:
+                raise RuntimeError(f"array at site {site} did not start: {r.stderr.strip()}")
+            out[site] = {"pool": pool, "mount": mnt, "listen": listen, "name": name}
+        return out
+
     def __enter__(self) -> Lab:
         return self.up()
 
@@ -155,14 +181,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["up", "down", "cut", "heal", "status"])
     p.add_argument("--tag", default="vstor", help="name prefix of the namespaces (default vstor)")
     p.add_argument("--rate", help="shape site A's egress with tbf, like 1gbit or 100mbit")
+    p.add_argument("--arrays", metavar="DIR", help="with up: also start an array in each site, pools under DIR")
     a = p.parse_args(argv)
     lb = Lab(a.tag, a.rate)
     try:
         if a.action == "status":
             print(json.dumps(lb.status(), indent=2))
+        elif a.action == "up" and a.arrays:
+            lb.up()
+            try:
+                print(json.dumps(lb.start_arrays(os.path.abspath(a.arrays)), indent=2))
+            except BaseException:
+                lb.down()
+                raise
         else:
             getattr(lb, a.action)()
-    except (RuntimeError, OSError) as e:
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
         print(f"vm.lab: error: {e}", file=sys.stderr)
         return 1
     return 0
