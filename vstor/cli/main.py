@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from vstor import __version__
-from vstor.cli import array_cmd, group_cmd, pair_cmd, pki_cmd, pool_cmd, snapshot_cmd, volume_cmd
+from vstor.cli import array_cmd, group_cmd, media_cmd, pair_cmd, pki_cmd, pool_cmd, snapshot_cmd, volume_cmd
 from vstor.errors import VstorError
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot_cmd.register(sub)
     pki_cmd.register(sub)
     pair_cmd.register(sub)
+    media_cmd.register(sub)
     return p
 
 

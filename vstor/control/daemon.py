@@ -24,6 +24,7 @@ from vstor.control.service import PoolService
 from vstor.errors import VstorError
 from vstor.faults import Faults
 from vstor.fuse.options import after_init, mount_options, set_io_flusher
+from vstor.media.manager import MediaManager
 from vstor.replication.manager import Replication
 from vstor.store.reclaim import Reclaimer
 from vstor.store.store import Store
@@ -61,7 +62,9 @@ class Reporter:
 
 def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads: bool = True,
         repl: dict | None = None) -> int:
+    from vstor.fuse.media_fs import MediaFS
     from vstor.fuse.ops import VolumeFS, serve
+    from vstor.fuse.ops import fuse as mfuse
 
     lock = PoolLock(pool)
     lock.acquire("daemon")
@@ -78,11 +81,14 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         fs = VolumeFS(store, on_ready=lambda conn: after_init(mount, lambda: reporter.send("READY")),
                       extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher}})
         reclaimer.snapshots_in_use = fs.snapshots_in_use  # policy pruning skips snapshots in use
+        media = MediaManager(store.pool, store.media_key)
+        fs.media = MediaFS(media, mfuse.FuseOSError)
         service = PoolService(store, mount, fs, reclaimer)
         service.stop_requested = lambda: threading.Thread(target=_unmount_quietly, args=(mount,)).start()
         replication = Replication(store, faults=faults, **(repl or {}))
         replication.start()
         service.replication = replication
+        service.media = media
         server = ControlServer(layout(pool)["socket"], service)
         server.start()
         log.info("serving pool %s at %s (pid %d, io_flusher=%s)", pool, mount, os.getpid(), io_flusher)
@@ -93,6 +99,7 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         finally:
             server.stop()
             replication.stop()
+            media.close()
             reclaimer.stop()
         log.info("unmounted %s; closing the store", mount)
         return 0

@@ -12,19 +12,21 @@ import time
 from typing import Any
 
 from vstor.control.catalog_ops import CatalogOps
+from vstor.control.media_ops import MediaOps
 from vstor.control.pair_ops import PairOps
 from vstor.errors import Busy, UsageError
 from vstor.store.store import Store
 from vstor.store.volumes import Volume
 
 
-class PoolService(CatalogOps, PairOps):
+class PoolService(CatalogOps, PairOps, MediaOps):
     def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None) -> None:
         self.store = store
         self.mount = mount
         self.fs = fs
         self.reclaimer = reclaimer
         self.replication: Any = None  # set by the daemon
+        self.media: Any = None  # the daemon's MediaManager; offline commands open their own
         self.started = time.time()
         self.stop_requested: Any = None  # set by the daemon: a callable that unmounts
 

@@ -60,6 +60,7 @@ class VolumeFS(fuse.Operations):
         knobs = tuning()
         self.blksize = knobs.get("blksize", store.sb.chunk_size)
         self.statfs_bsize = knobs.get("statfs_bsize", store.sb.chunk_size)
+        self.media: Any = None  # MediaFS: tape drives under /media (set by the daemon)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def init_with_config(self, conn: Any, config: Any) -> None:
@@ -89,6 +90,8 @@ class VolumeFS(fuse.Operations):
             raise fuse.FuseOSError(errno.ENOENT) from None
 
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        if self.media and (path == "/media" or path.startswith("/media/")):
+            return self.media.getattr(path)
         if path in ("/", "/volumes", "/snapshots"):
             return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
         if path[1:] in STATS_FILES:
@@ -111,7 +114,9 @@ class VolumeFS(fuse.Operations):
 
     def readdir(self, path: str, fh: int) -> list[str]:
         if path == "/":
-            return [".", "..", "volumes", "snapshots", *STATS_FILES]
+            return [".", "..", "volumes", "snapshots", *(["media"] if self.media else []), *STATS_FILES]
+        if self.media and (path == "/media" or path.startswith("/media/")):
+            return self.media.readdir(path)
         if path == "/volumes":
             return [".", "..", *(v.name for v in self.store.volumes())]
         if path == "/snapshots" or path.startswith("/snapshots/"):
@@ -134,6 +139,8 @@ class VolumeFS(fuse.Operations):
         if path[1:] in STATS_FILES:
             target: Any = self._render_stats(path == "/stats.json")
             fi.direct_io = 1
+        elif self.media and path.startswith("/media/"):
+            target = self.media.open(path, fi)
         elif path.startswith("/snapshots/"):
             if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
                 raise fuse.FuseOSError(errno.EROFS)
@@ -146,7 +153,7 @@ class VolumeFS(fuse.Operations):
             fh = self._next_fh
             self._next_fh += 1
             self._handles[fh] = target
-            if not isinstance(target, bytes):
+            if isinstance(target, (int, tuple)):
                 self.open_count[target] = self.open_count.get(target, 0) + 1
         fi.fh = fh
         return 0
@@ -154,7 +161,9 @@ class VolumeFS(fuse.Operations):
     def release(self, path: str, fi: Any) -> int:
         with self._lock:
             target = self._handles.pop(fi.fh, None)
-            if target is not None and not isinstance(target, bytes):
+            if self.media and target is not None and not isinstance(target, (bytes, int, tuple)):
+                self.media.release(target)
+            elif target is not None and not isinstance(target, bytes):
                 self.open_count[target] -= 1
                 if not self.open_count[target]:
                     del self.open_count[target]
@@ -184,6 +193,8 @@ class VolumeFS(fuse.Operations):
         target = self._target(fi)
         if isinstance(target, bytes):
             return target[offset : offset + size]
+        if not isinstance(target, (int, tuple)):
+            return self.media.read(target, size)
         self._note_size("read", size)
         try:
             if isinstance(target, tuple):
@@ -194,6 +205,8 @@ class VolumeFS(fuse.Operations):
 
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
         target = self._target(fi)
+        if self.media and not isinstance(target, (int, tuple, bytes)):
+            return self.media.write(target, data)
         if isinstance(target, tuple):
             raise fuse.FuseOSError(errno.EROFS)
         if not isinstance(target, int):
@@ -211,6 +224,12 @@ class VolumeFS(fuse.Operations):
         except VstorError as e:
             raise _errno(e) from None
         return len(data)
+
+    def ioctl(self, path: str, cmd: int, arg: Any, fi: Any, flags: int, data: Any) -> int:
+        target = self._handles.get(fi.fh)
+        if self.media and target is not None and not isinstance(target, (int, tuple, bytes)):
+            return self.media.ioctl(target, cmd, data)
+        raise fuse.FuseOSError(errno.ENOTTY)
 
     def fsync(self, path: str, datasync: int, fi: Any) -> int:
         return self._sync()

@@ -19,7 +19,7 @@ from vstor.clock import Clock, SystemClock
 from vstor.errors import CorruptData, NotFound, PoolFull, ReadOnly, UsageError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.chunkmap import VolumeMap
-from vstor.store.codec import FrameCodec, pair_key_check
+from vstor.store.codec import FrameCodec, derive_key, pair_key_check
 from vstor.store.consumers import Consumers
 from vstor.store.format import (
     FF_ZERO,
@@ -60,6 +60,7 @@ class Store(MaintenanceMixin):
         self.clock = clock or SystemClock()
         self.codec = FrameCodec(sb.uuid_bytes, sb.compress == "lz4", key)
         self.key_check = pair_key_check(key)  # compared by replication peers; "" without a key
+        self.media_key = derive_key(key, sb.uuid_bytes, b"media key v1") if key else None  # tapes, discs
         self.plain = FrameCodec(sb.uuid_bytes, False, None)
         self.journal = Journal(self.paths["journal"], sb.uuid_bytes, sb.segment_size, faults,
                                lambda: int(self.clock.time() * 1e9))

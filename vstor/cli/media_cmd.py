@@ -1,0 +1,176 @@
+"""vstor library create | list | show | delete, and vstor media create | inventory | load |
+unload | move | import | export | show | protect"""
+
+from __future__ import annotations
+
+import argparse
+
+from vstor.cli.common import add_pool_arg, emit, pool_path, request, table
+from vstor.units import format_size, parse_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    lib = sub.add_parser("library", help="emulated tape and optical libraries").add_subparsers(
+        dest="action", required=True)
+    med = sub.add_parser("media", help="cartridges and discs: create, load, move, import, export").add_subparsers(
+        dest="action", required=True)
+
+    def cmd(group: argparse._SubParsersAction, name: str, func: object, help_: str) -> argparse.ArgumentParser:
+        p = group.add_parser(name, help=help_)
+        add_pool_arg(p)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+        return p
+
+    p = cmd(lib, "create", cmd_lib_create, "create a library: slots, drives, mail slots")
+    p.add_argument("name")
+    p.add_argument("--type", required=True, choices=["tape", "optical"])
+    p.add_argument("--slots", type=int, required=True)
+    p.add_argument("--drives", type=int, required=True)
+    p.add_argument("--mailslots", type=int, default=0)
+    p.add_argument("--drive-model", default="LTO-9", help="tape drives: LTO-5 .. LTO-9 (default LTO-9)")
+    cmd(lib, "list", cmd_lib_list, "list libraries")
+    cmd(lib, "show", cmd_lib_show, "one library with its inventory").add_argument("name")
+    cmd(lib, "delete", cmd_lib_delete, "delete a library and its media").add_argument("name")
+
+    p = cmd(med, "create", cmd_create, "new media in empty slots; the barcode suffix gives the tape type")
+    p.add_argument("library")
+    p.add_argument("barcodes", nargs="*")
+    p.add_argument("--range", help="FIRST-LAST, like VT0001L9-VT0020L9")
+    p.add_argument("--type", help="optical: BD-R, BD-RE, BDXL, DVD+R, DVD-RW, CD-R or MO")
+    p.add_argument("--capacity", help="override the native capacity (small test media), like 64M")
+    cmd(med, "inventory", cmd_inventory, "every slot, drive and mail slot").add_argument("library")
+    p = cmd(med, "load", cmd_load, "load a medium into a drive")
+    p.add_argument("library")
+    p.add_argument("barcode")
+    p.add_argument("--drive", type=int, required=True)
+    p = cmd(med, "unload", cmd_unload, "unload a drive; the medium returns to its home slot")
+    p.add_argument("library")
+    p.add_argument("--drive", type=int, required=True)
+    p = cmd(med, "move", cmd_move, "move between elements (addresses like 1024, or slot1, drive0, mail1)")
+    p.add_argument("library")
+    p.add_argument("src", metavar="FROM")
+    p.add_argument("dst", metavar="TO")
+    p.add_argument("--flip", action="store_true", help="turn a two-sided disc over on the way")
+    p = cmd(med, "import", cmd_import, "cycle the mail slots: take out what is there, bring in the shelf's media")
+    p.add_argument("library")
+    door = p.add_mutually_exclusive_group()
+    door.add_argument("--open", dest="door", action="store_const", const="open", help="only open the mail door")
+    door.add_argument("--close", dest="door", action="store_const", const="close", help="insert and close it")
+    p = cmd(med, "export", cmd_export, "move a medium to a mail slot, for the next import cycle to take out")
+    p.add_argument("library")
+    p.add_argument("barcode")
+    p = cmd(med, "show", cmd_show, "files, blocks, EOD, protection of one medium")
+    p.add_argument("library")
+    p.add_argument("barcode")
+    p.add_argument("--verify", action="store_true", help="re-read every block (and a WORM tape's hash chain)")
+    p = cmd(med, "protect", cmd_protect, "set or clear write-protect")
+    p.add_argument("library")
+    p.add_argument("barcode")
+    p.add_argument("state", choices=["on", "off"])
+
+
+def _libs(rows: list[dict]) -> str:
+    if not rows:
+        return "no libraries"
+    out = [("NAME", "TYPE", "SLOTS", "DRIVES", "MAIL", "MEDIA", "LOADED")]
+    out += [(r["name"], r["type"] + (f" ({r['drive_model']})" if r["drive_model"] else ""), str(r["slots"]),
+             str(r["drives"]), str(r["mailslots"]), str(r["media"]), ",".join(r["loaded"]) or "-") for r in rows]
+    return table(out)
+
+
+def _inventory(rows: list[dict]) -> str:
+    out = [("ELEMENT", "ADDRESS", "BARCODE", "TYPE", "USED", "CAPACITY", "PROTECT")]
+    for r in rows:
+        full = r["barcode"] is not None
+        out.append((r["element"], str(r["address"]), r["barcode"] or "-", r["kind"] or "-",
+                    format_size(r["used"]) if full else "-", format_size(r["capacity"]) if full else "-",
+                    ("yes" if r["protect"] else "no") if full else "-"))
+    return table(out)
+
+
+def cmd_lib_create(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "library.create", name=args.name, type=args.type, slots=args.slots,
+                drives=args.drives, mailslots=args.mailslots, drive_model=args.drive_model)
+    emit(args, r, lambda r: f"created {r['type']} library {r['name']}: {r['slots']} slots, {r['drives']} drives, "
+         f"{r['mailslots']} mail slots")
+    return 0
+
+
+def cmd_lib_list(args: argparse.Namespace) -> int:
+    emit(args, request(pool_path(args), "library.list"), _libs)
+    return 0
+
+
+def cmd_lib_show(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "library.show", name=args.name)
+    emit(args, r, lambda r: _libs([r]) + "\n\n" + _inventory(r["inventory"]))
+    return 0
+
+
+def cmd_lib_delete(args: argparse.Namespace) -> int:
+    emit(args, request(pool_path(args), "library.delete", name=args.name), lambda r: f"deleted library {r['name']}")
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    cap = parse_size(args.capacity, "capacity") if args.capacity else None
+    rows = request(pool_path(args), "media.create", library=args.library, barcodes=args.barcodes, range=args.range,
+                   type=args.type, capacity=cap)
+    emit(args, rows, lambda rows: f"created {len(rows)} medium/media in {args.library}: "
+         + ", ".join(f"{r['barcode']} ({r['kind']})" for r in rows))
+    return 0
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    emit(args, request(pool_path(args), "media.inventory", library=args.library), _inventory)
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "media.load", library=args.library, barcode=args.barcode, drive=args.drive)
+    emit(args, r, lambda r: f"loaded {r['barcode']} ({r['kind']}) into drive{r['drive']}")
+    return 0
+
+
+def cmd_unload(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "media.unload", library=args.library, drive=args.drive)
+    emit(args, r, lambda r: f"unloaded {r['barcode']} from drive{r['drive']} to address {r['to']}")
+    return 0
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "media.move", library=args.library, src=args.src, dst=args.dst, flip=args.flip)
+    emit(args, r, lambda r: f"moved {r['barcode']} from {r['from']} to {r['to']}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "media.import", library=args.library, door=args.door or "cycle")
+    emit(args, r, lambda r: f"removed: {', '.join(r['removed']) or '-'}; imported: {', '.join(r['imported']) or '-'}; "
+         f"mail door {'open' if r['mail_open'] else 'closed'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "media.export", library=args.library, barcode=args.barcode)
+    emit(args, r, lambda r: f"{r['barcode']} is in mail slot {r['mailslot']}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "media.show", library=args.library, barcode=args.barcode, verify=args.verify)
+
+    def text(r: dict) -> str:
+        keys = ("barcode", "kind", "element", "capacity", "used", "files", "blocks", "eod", "protect", "worm",
+                "encrypted", "loads", "cut_at_load", "verify")
+        return "\n".join(f"{k:<12}{r[k]}" for k in keys if k in r)
+
+    emit(args, r, text)
+    return 0
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "media.protect", library=args.library, barcode=args.barcode, on=args.state == "on")
+    emit(args, r, lambda r: f"{r['barcode']}: write-protect {'on' if r['protect'] else 'off'}")
+    return 0

@@ -1,0 +1,124 @@
+"""FUSE adapter for tape drives: ``/media/<lib>/drive<N>`` (rewinds on close, like /dev/st0)
+and ``/media/<lib>/ndrive<N>`` (no rewind, like /dev/nst0).
+
+Drive files are opened direct_io and non-seekable, so each read() and write() reaches us as
+one request and block boundaries hold. mt-st talks to them with the st ioctls, which FUSE
+passes for well-formed _IOC numbers (reference §6.3): MTIOCTOP in, MTIOCGET and MTIOCPOS out.
+A drive is open by one handle at a time (EBUSY), as st does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import re
+import stat
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from vstor.errors import NotFound, VstorError
+from vstor.media.manager import MediaManager
+from vstor.media.tapedrive import MTOFFL, MTUNLOAD, TapeDrive
+
+MTIOCTOP, MTIOCGET, MTIOCPOS = 0x40086D01, 0x80306D02, 0x80086D03
+MTOP = struct.Struct("<hxxi")  # mt_op, pad, mt_count
+MTGET = struct.Struct("<qqqqqii")  # type resid dsreg gstat erreg fileno blkno
+MT_ISSCSI2 = 0x72
+_DRIVE = re.compile(r"^/media/([^/]+)/(n?)drive(\d+)$")
+
+
+@dataclass
+class Handle:
+    lib: str
+    idx: int
+    rewind: bool
+    drive: TapeDrive
+    unload: bool = False
+
+
+class MediaFS:
+    def __init__(self, mgr: MediaManager, fuse_error: Any) -> None:
+        self.mgr = mgr
+        self.err = fuse_error  # mfusepy.FuseOSError
+
+    def getattr(self, path: str) -> dict[str, Any]:
+        parts = path.split("/")[2:]
+        if path == "/media" or (len(parts) == 1 and parts[0] in self.mgr.libs):
+            return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
+        m = _DRIVE.match(path)
+        if m and m.group(1) in self.mgr.libs and int(m.group(3)) < len(self.mgr.libs[m.group(1)].drives):
+            return {"st_mode": stat.S_IFREG | 0o600, "st_nlink": 1, "st_size": 0}
+        raise self.err(errno.ENOENT)
+
+    def readdir(self, path: str) -> list[str]:
+        if path == "/media":
+            return [".", "..", *sorted(self.mgr.libs)]
+        lib = self.mgr.libs.get(path[len("/media/") :])
+        if lib is None:
+            raise self.err(errno.ENOENT)
+        n = len(lib.drives)
+        return [".", "..", *(f"drive{i}" for i in range(n)), *(f"ndrive{i}" for i in range(n))]
+
+    def open(self, path: str, fi: Any) -> Handle:
+        m = _DRIVE.match(path)
+        if not m:
+            raise self.err(errno.ENOENT)
+        lib, idx = m.group(1), int(m.group(3))
+        with self.mgr.lock:
+            if (lib, idx) in self.mgr.open_drives:
+                raise self.err(errno.EBUSY)
+            try:
+                drv = self.mgr.drive(lib, idx)
+            except NotFound:
+                raise self.err(errno.ENOMEDIUM) from None
+            except VstorError as e:
+                raise self.err(e.errno) from None
+            if fi.flags & 3 and drv.read_only:
+                raise self.err(errno.EROFS)
+            self.mgr.open_drives.add((lib, idx))
+        fi.direct_io = 1
+        fi.nonseekable = 1
+        return Handle(lib, idx, rewind=not m.group(2), drive=drv)
+
+    def read(self, h: Handle, size: int) -> bytes:
+        with self.mgr.lock:
+            return self._call(h.drive.read, size)
+
+    def write(self, h: Handle, data: bytes) -> int:
+        with self.mgr.lock:
+            return self._call(h.drive.write, data)
+
+    def release(self, h: Handle) -> None:
+        with self.mgr.lock:
+            try:
+                h.drive.close(rewind=h.rewind or h.unload)
+            finally:
+                self.mgr.open_drives.discard((h.lib, h.idx))
+            if h.unload:
+                self.mgr.unload(h.lib, h.idx)
+
+    def ioctl(self, h: Handle, cmd: int, data: Any) -> int:
+        cmd &= 0xFFFFFFFF
+        with self.mgr.lock:
+            if cmd == MTIOCTOP:
+                op, count = MTOP.unpack(ctypes.string_at(data, MTOP.size))
+                self._call(h.drive.op, op, count)
+                if op in (MTOFFL, MTUNLOAD):
+                    h.unload = True  # ejected when the handle closes
+                return 0
+            if cmd == MTIOCGET:
+                st = h.drive.status()
+                buf = MTGET.pack(MT_ISSCSI2, 0, (st.density << 24) | st.blksize, st.gstat, 0, st.fileno, st.blkno)
+                ctypes.memmove(data, buf, MTGET.size)
+                return 0
+            if cmd == MTIOCPOS:
+                ctypes.memmove(data, struct.pack("<q", h.drive.pos), 8)
+                return 0
+        raise self.err(errno.ENOTTY)
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except VstorError as e:
+            raise self.err(e.errno) from None

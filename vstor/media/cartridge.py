@@ -1,0 +1,194 @@
+"""One tape cartridge file: its objects, appends, truncation, and crash-safe loading.
+
+Guarantees:
+
+* ``flush`` (called for every filemark, an explicit flush (WEOF 0), close and unload)
+  makes every object written before it durable (fdatasync);
+* ``open`` scans the file, checks every object's checksum, and cuts a torn or damaged tail,
+  so after a crash the cartridge holds a prefix of what was written, and at least every object
+  before the last flush;
+* object numbers are dense (0, 1, 2, ...), so file and block numbers stay exact.
+
+Compression (lz4, only when it saves space) and encryption (AES-256-GCM, key from the pool's
+key file, never stored on the medium; the nonce is the first 12 stored bytes) are per block.
+Capacity counts stored bytes, after compression.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from array import array
+
+import lz4.block
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vstor.errors import CorruptData, FormatError, KeyError_
+from vstor.media import tapeformat as tf
+
+
+class Cartridge:
+    def __init__(self, path: str, barcode: str, capacity: int, worm: bool = False, key: bytes | None = None,
+                 compress: bool = True) -> None:
+        self.path, self.barcode, self.capacity, self.worm = path, barcode, capacity, worm
+        self.compress = compress
+        self._aead = AESGCM(key) if key else None
+        new = not os.path.exists(path)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.offsets = array("Q")  # file offset of each object's header
+        self.filemarks: list[int] = []  # object numbers of the filemarks, ascending
+        self.chain = tf.ZERO_CHAIN
+        self.cut: str = ""  # why a tail was cut at load, if one was
+        if new:
+            os.pwrite(self.fd, tf.pack_file_header(barcode), 0)
+            os.fsync(self.fd)
+            self.end = tf.FILE_HEADER_SIZE
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        tf.check_file_header(os.pread(self.fd, tf.FILE_HEADER_SIZE, 0), self.barcode)
+        size = os.fstat(self.fd).st_size
+        pos, n = tf.FILE_HEADER_SIZE, 0
+        while pos < size:
+            raw = os.pread(self.fd, tf.OBJ_HEADER_SIZE, pos)
+            try:
+                h = tf.unpack_obj(raw)
+                stored = os.pread(self.fd, h.stored, pos + tf.OBJ_HEADER_SIZE) if h.stored else b""
+                if h.number != n or len(stored) != h.stored:
+                    raise FormatError(f"object {n} is cut short or out of order")
+                tf.verify_obj(raw, h, stored)
+                if self.worm and tf.next_chain(self.chain, raw, stored) != h.chain:
+                    raise FormatError(f"object {n} breaks the WORM hash chain")
+            except FormatError as e:
+                self.cut = f"{e} at byte {pos}; {size - pos} bytes after it were dropped"
+                os.ftruncate(self.fd, pos)
+                os.fsync(self.fd)
+                break
+            self.offsets.append(pos)
+            if h.kind == tf.KIND_FILEMARK:
+                self.filemarks.append(n)
+            if self.worm:
+                self.chain = h.chain
+            pos += tf.OBJ_HEADER_SIZE + h.stored
+            n += 1
+        self.end = pos
+
+    # -- geometry ----------------------------------------------------------------------------
+    @property
+    def eod(self) -> int:
+        """The object number of EOD (one past the last object)."""
+        return len(self.offsets)
+
+    @property
+    def used(self) -> int:
+        return self.end - tf.FILE_HEADER_SIZE
+
+    def is_filemark(self, n: int) -> bool:
+        i = bisect.bisect_left(self.filemarks, n)
+        return i < len(self.filemarks) and self.filemarks[i] == n
+
+    def file_and_block(self, n: int) -> tuple[int, int]:
+        """st's (mt_fileno, mt_blkno) at object position ``n``."""
+        files = bisect.bisect_left(self.filemarks, n)
+        start = self.filemarks[files - 1] + 1 if files else 0
+        return files, n - start
+
+    def files(self) -> int:
+        return len(self.filemarks)
+
+    # -- reading -----------------------------------------------------------------------------
+    def read(self, n: int) -> bytes | None:
+        """Object ``n``'s data (None for a filemark)."""
+        pos = self.offsets[n]
+        raw = os.pread(self.fd, tf.OBJ_HEADER_SIZE, pos)
+        h = tf.unpack_obj(raw)
+        if h.kind == tf.KIND_FILEMARK:
+            return None
+        stored = os.pread(self.fd, h.stored, pos + tf.OBJ_HEADER_SIZE)
+        try:
+            tf.verify_obj(raw, h, stored)
+        except FormatError as e:
+            raise CorruptData(f"cartridge {self.barcode}: block {n} is damaged ({e}); not returned") from None
+        if h.flags & tf.OF_AES:
+            if self._aead is None:
+                raise KeyError_(f"cartridge {self.barcode} is encrypted: start the array with its key")
+            try:
+                stored = self._aead.decrypt(stored[:12], stored[12:], self._ad(n))
+            except Exception:
+                raise KeyError_(f"cartridge {self.barcode}: block {n} does not decrypt (wrong key?)") from None
+        if h.flags & tf.OF_LZ4:
+            stored = lz4.block.decompress(stored, uncompressed_size=h.length)
+        return stored
+
+    def _ad(self, n: int) -> bytes:
+        return self.barcode.encode() + n.to_bytes(8, "little")
+
+    # -- writing -----------------------------------------------------------------------------
+    def truncate(self, n: int) -> None:
+        """Drop object ``n`` and everything after it (n becomes EOD)."""
+        if n >= self.eod:
+            return
+        self.end = self.offsets[n]
+        del self.offsets[n:]
+        del self.filemarks[bisect.bisect_left(self.filemarks, n):]
+        os.ftruncate(self.fd, self.end)
+        if self.worm:
+            self.chain = tf.ZERO_CHAIN if n == 0 else tf.unpack_obj(
+                os.pread(self.fd, tf.OBJ_HEADER_SIZE, self.offsets[n - 1])).chain
+
+    def stored_size(self, data: bytes) -> tuple[bytes, int]:
+        """The bytes a block would take on the medium, and their flags."""
+        flags, stored = 0, data
+        if self.compress and len(data) >= 512:
+            packed = lz4.block.compress(data, store_size=False)
+            if len(packed) < len(data):
+                stored, flags = packed, tf.OF_LZ4
+        if self._aead is not None:
+            nonce = os.urandom(12)
+            stored = nonce + self._aead.encrypt(nonce, stored, self._ad(self.eod))
+            flags |= tf.OF_AES
+        return stored, flags
+
+    def append(self, data: bytes | None, prepared: tuple[bytes, int] | None = None) -> int:
+        """Append a block (or a filemark: ``data`` None) at EOD; returns the stored size."""
+        n = self.eod
+        if data is None:
+            kind, stored, flags, length = tf.KIND_FILEMARK, b"", 0, 0
+        else:
+            stored, flags = prepared or self.stored_size(data)
+            kind, length = tf.KIND_DATA, len(data)
+        head = tf.pack_obj(kind, flags, n, length, stored, self.chain if self.worm else None)
+        os.pwrite(self.fd, head + stored, self.end)
+        self.offsets.append(self.end)
+        if kind == tf.KIND_FILEMARK:
+            self.filemarks.append(n)
+        if self.worm:
+            self.chain = tf.unpack_obj(head).chain
+        self.end += len(head) + len(stored)
+        return len(head) + len(stored)
+
+    def flush(self) -> None:
+        os.fdatasync(self.fd)
+
+    def verify(self) -> dict:
+        """Re-read every object: checksums, and the hash chain of a WORM cartridge."""
+        chain, bad = tf.ZERO_CHAIN, []
+        for n, pos in enumerate(self.offsets):
+            raw = os.pread(self.fd, tf.OBJ_HEADER_SIZE, pos)
+            h = tf.unpack_obj(raw)
+            stored = os.pread(self.fd, h.stored, pos + tf.OBJ_HEADER_SIZE)
+            try:
+                tf.verify_obj(raw, h, stored)
+                if self.worm and tf.next_chain(chain, raw, stored) != h.chain:
+                    raise FormatError("hash chain broken")
+            except FormatError as e:
+                bad.append(f"object {n}: {e}")
+            chain = h.chain
+        return {"objects": self.eod, "damaged": bad, "chain": chain.hex() if self.worm else ""}
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1

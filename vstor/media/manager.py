@@ -1,0 +1,326 @@
+"""The pool's media libraries: persistence, cartridges, and the admin commands.
+
+Libraries live in ``POOL/media/LIB.json`` (format ``vstor-library`` v1, xxh3-64 checksum,
+replaced atomically on every change, so the inventory always survives a restart or crash)
+and their cartridges in ``POOL/media/LIB/BARCODE.tape``. A loaded drive keeps its cartridge
+open; after a restart the cartridge is still in the drive, positioned at BOT (like a drive
+power-cycled with a tape inside). Drives open through FUSE are busy: they cannot be unloaded
+or moved from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+
+import xxhash
+
+from vstor.durable import atomic_write, remove_durably
+from vstor.errors import AlreadyExists, Busy, FormatError, NotFound, UsageError
+from vstor.media import mediatypes as mt
+from vstor.media.cartridge import Cartridge
+from vstor.media.library import Library, Medium
+from vstor.media.tapedrive import TapeDrive
+from vstor.store.volumes import NAME_RE
+
+FORMAT, VERSION = "vstor-library", 1
+MAX_BLOCK = 1 << 20  # the FUSE request size (max_write): larger tape blocks cannot pass 1:1
+
+
+class MediaManager:
+    def __init__(self, pool: str, key: bytes | None = None) -> None:
+        self.dir = os.path.join(pool, "media")
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self.key = key
+        self.lock = threading.RLock()
+        self.libs: dict[str, Library] = {}
+        for f in sorted(os.listdir(self.dir)):
+            if f.endswith(".json"):
+                lib = self._load(os.path.join(self.dir, f))
+                self.libs[lib.name] = lib
+        self.drives: dict[tuple[str, int], TapeDrive] = {}
+        self.open_drives: set[tuple[str, int]] = set()
+
+    # -- persistence -------------------------------------------------------------------------
+    def _load(self, path: str) -> Library:
+        with open(path) as f:
+            doc = json.load(f)
+        csum = doc.pop("checksum", "")
+        if doc.get("format") != FORMAT or doc.get("version") != VERSION or \
+                xxhash.xxh3_64_hexdigest(json.dumps(doc, sort_keys=True).encode()) != csum:
+            raise FormatError(f"{path} is not a valid version {VERSION} library file (bad checksum or format)")
+        return Library.from_dict(doc["library"])
+
+    def save(self, lib: Library) -> None:
+        doc = {"format": FORMAT, "version": VERSION, "library": lib.as_dict()}
+        doc["checksum"] = xxh3_hex(doc)
+        atomic_write(os.path.join(self.dir, f"{lib.name}.json"), (json.dumps(doc, indent=1) + "\n").encode())
+
+    def lib(self, name: str) -> Library:
+        try:
+            return self.libs[name]
+        except KeyError:
+            raise NotFound(f"no library named {name!r} (see 'vstor library list')") from None
+
+    def cart_path(self, lib: str, barcode: str) -> str:
+        return os.path.join(self.dir, lib, f"{barcode}.tape")
+
+    # -- libraries ---------------------------------------------------------------------------
+    def create_library(self, name: str, type_: str, slots: int, drives: int, mailslots: int,
+                       drive_model: str = "LTO-9") -> dict:
+        if not NAME_RE.match(name or ""):
+            raise UsageError(f"invalid library name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        if type_ == "tape":
+            mt.drive_gen(drive_model)
+        with self.lock:
+            if name in self.libs:
+                raise AlreadyExists(f"library {name} already exists")
+            lib = Library.create(name, type_, slots, drives, mailslots, drive_model if type_ == "tape" else "")
+            os.makedirs(os.path.join(self.dir, name), mode=0o700, exist_ok=True)
+            self.save(lib)
+            self.libs[name] = lib
+            return self.describe(lib)
+
+    def describe(self, lib: Library) -> dict:
+        return {"name": lib.name, "type": lib.type, "slots": len(lib.slots), "drives": len(lib.drives),
+                "mailslots": len(lib.mailslots), "drive_model": lib.drive_model, "media": len(lib.media),
+                "loaded": [c for c in lib.drives if c], "mail_open": lib.mail_open}
+
+    def delete_library(self, name: str) -> dict:
+        with self.lock:
+            lib = self.lib(name)
+            if any(lib.drives):
+                raise Busy(f"library {name} has loaded drives; unload them first ('vstor media unload')")
+            desc = self.describe(lib)
+            shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+            remove_durably(os.path.join(self.dir, f"{name}.json"))
+            del self.libs[name]
+            return desc | {"deleted": True}
+
+    # -- media -----------------------------------------------------------------------------------
+    def create_media(self, name: str, barcodes: list[str], type_: str | None = None,
+                     capacity: int | None = None) -> list[dict]:
+        with self.lock:
+            lib = self.lib(name)
+            new = []
+            for code in barcodes:
+                if code in lib.media:
+                    raise AlreadyExists(f"barcode {code} already exists in library {name}")
+                if lib.type == "tape":
+                    kind = mt.tape_kind(code)
+                    cap = capacity or mt.LTO[kind.gen].capacity
+                    new.append(Medium(code, kind.name, 0, cap, worm=kind.worm, cleaning=kind.cleaning))
+                else:
+                    if not type_:
+                        raise UsageError("optical media need --type (BD-R, BD-RE, BDXL, DVD+R, DVD-RW, CD-R, MO)")
+                    d = mt.disc_type(type_)
+                    new.append(Medium(code, d.name, 0, capacity or d.capacity))
+            if len(new) > lib.slots.count(None):
+                raise Busy(f"library {name} has {lib.slots.count(None)} empty slots, not {len(new)}")
+            for m in new:
+                lib.add(m)
+            self.save(lib)
+            return [m.__dict__ for m in new]
+
+    def inventory(self, name: str) -> list[dict]:
+        with self.lock:
+            lib = self.lib(name)
+            rows = lib.inventory()
+            for r in rows:
+                if r["barcode"]:
+                    m = lib.media[r["barcode"]]
+                    r["capacity"], r["used"] = m.capacity, self._used(lib, m.barcode)
+            return rows
+
+    def _used(self, lib: Library, barcode: str) -> int:
+        p = self.cart_path(lib.name, barcode)
+        return max(0, os.path.getsize(p) - 64) if os.path.exists(p) else 0
+
+    def load(self, name: str, barcode: str, drive: int) -> dict:
+        with self.lock:
+            lib = self.lib(name)
+            kind, idx = lib.where(barcode)
+            if kind == "drive":
+                raise Busy(f"{barcode} is already loaded in drive{idx}")
+            m = lib.medium(barcode)
+            if lib.type == "tape" and not m.cleaning:
+                readable, _ = mt.can_use(mt.drive_gen(lib.drive_model), mt.tape_kind(barcode).gen)
+                if not readable:
+                    raise UsageError(f"{barcode} ({m.kind}) is not compatible with the {lib.drive_model} drives")
+            lib.move(str(lib.address(kind, idx)), f"drive{drive}")
+            self.save(lib)
+            return {"barcode": barcode, "drive": drive, "kind": m.kind}
+
+    def unload(self, name: str, drive: int) -> dict:
+        with self.lock:
+            lib = self.lib(name)
+            lib.element(f"drive{drive}")
+            code = lib.drives[drive]
+            if code is None:
+                raise Busy(f"drive{drive} of {name} is empty")
+            if (name, drive) in self.open_drives:
+                raise Busy(f"drive{drive} of {name} is in use (open); close it before unloading")
+            self._release(name, drive)
+            home = lib.home_of(code)
+            lib.move(f"drive{drive}", home)
+            self.save(lib)
+            return {"barcode": code, "drive": drive, "to": int(home)}
+
+    def move(self, name: str, src: str, dst: str, flip: bool = False) -> dict:
+        with self.lock:
+            lib = self.lib(name)
+            busy = {d for (n, d) in self.open_drives if n == name}
+            sk, si = lib.element(src)
+            if sk == "drive":
+                if si in busy:
+                    raise Busy(f"drive{si} of {name} is in use (open); close it first")
+                self._release(name, si)
+            code = lib.move(src, dst, busy)
+            m = lib.media[code]
+            if flip:
+                if lib.type != "optical" or mt.disc_type(m.kind).sides != 2:
+                    raise UsageError(f"{code} ({m.kind}) has one side; --flip is for two-sided MO discs")
+                m.side ^= 1
+            self.save(lib)
+            return {"barcode": code, "from": src, "to": dst, "side": m.side}
+
+    def protect(self, name: str, barcode: str, on: bool) -> dict:
+        with self.lock:
+            lib = self.lib(name)
+            lib.medium(barcode).protect = on
+            self.save(lib)
+            for (n, d), drv in self.drives.items():
+                if n == name and lib.drives[d] == barcode:
+                    drv.read_only = drv.read_only or on
+            return {"barcode": barcode, "protect": on}
+
+    def export(self, name: str, barcode: str) -> dict:
+        with self.lock:
+            lib = self.lib(name)
+            if None not in lib.mailslots:
+                raise Busy(f"the mail slots of {name} are full; open them with 'vstor media import {name} --open'")
+            kind, idx = lib.where(barcode)
+            if kind == "drive":
+                raise Busy(f"{barcode} is loaded in drive{idx}; unload it first")
+            lib.move(str(lib.address(kind, idx)), f"mail{lib.mailslots.index(None) + 1}")
+            self.save(lib)
+            return {"barcode": barcode, "mailslot": lib.mailslots.index(barcode) + 1}
+
+    def import_(self, name: str, door: str = "cycle") -> dict:
+        """Open the mail door (media in the mail slots go to the shelf outside), put the shelf's
+        media in, close it, and move them to empty slots. ``door``: cycle, open or close."""
+        with self.lock:
+            lib = self.lib(name)
+            out: dict = {"removed": [], "imported": []}
+            if door in ("cycle", "open"):
+                lib.mail_open = True
+                for i, code in enumerate(lib.mailslots):
+                    if code:
+                        self._to_shelf(lib, code)
+                        lib.mailslots[i] = None
+                        out["removed"].append(code)
+            if door in ("cycle", "close"):
+                shelf = self._shelf(name)
+                for code in sorted(shelf)[: len(lib.mailslots)]:
+                    if None not in lib.slots:
+                        break
+                    m = Medium(**shelf[code])
+                    if os.path.exists(self._shelf_file(name, code, "tape")):
+                        os.replace(self._shelf_file(name, code, "tape"), self.cart_path(name, code))
+                    remove_durably(self._shelf_file(name, code, "json"))
+                    lib.add(m)
+                    out["imported"].append(code)
+                lib.mail_open = False
+            self.save(lib)
+            return out | {"mail_open": lib.mail_open}
+
+    def _shelf_file(self, lib: str, code: str, ext: str) -> str:
+        return os.path.join(self.dir, lib, "shelf", f"{code}.{ext}")
+
+    def _to_shelf(self, lib: Library, code: str) -> None:
+        os.makedirs(os.path.join(self.dir, lib.name, "shelf"), exist_ok=True)
+        if os.path.exists(self.cart_path(lib.name, code)):
+            os.replace(self.cart_path(lib.name, code), self._shelf_file(lib.name, code, "tape"))
+        atomic_write(self._shelf_file(lib.name, code, "json"), json.dumps(lib.media.pop(code).__dict__).encode())
+
+    def _shelf(self, name: str) -> dict[str, dict]:
+        d = os.path.join(self.dir, name, "shelf")
+        if not os.path.isdir(d):
+            return {}
+        out = {}
+        for f in os.listdir(d):
+            if f.endswith(".json"):
+                with open(os.path.join(d, f)) as fh:
+                    out[f[:-5]] = json.load(fh)
+        return out
+
+    def show(self, name: str, barcode: str, verify: bool = False) -> dict:
+        with self.lock:
+            lib = self.lib(name)
+            m = lib.medium(barcode)
+            kind, idx = lib.where(barcode)
+            d = m.__dict__ | {"element": f"{kind}{idx + (kind != 'drive')}", "used": self._used(lib, barcode)}
+            if lib.type == "tape" and not m.cleaning:
+                drv = self.drives.get((name, idx)) if kind == "drive" else None
+                cart = drv.cart if drv else self._open_cart(lib, m)
+                try:
+                    d |= {"files": cart.files(), "blocks": cart.eod - cart.files(), "eod": cart.eod,
+                          "encrypted": self.key is not None, "cut_at_load": cart.cut}
+                    if verify:
+                        d["verify"] = cart.verify()
+                finally:
+                    if drv is None:
+                        cart.close()
+            return d
+
+    # -- drives (used by the FUSE adapter) ---------------------------------------------------------
+    def _open_cart(self, lib: Library, m: Medium) -> Cartridge:
+        return Cartridge(self.cart_path(lib.name, m.barcode), m.barcode, m.capacity, m.worm, self.key)
+
+    def drive(self, name: str, idx: int) -> TapeDrive:
+        """The drive's state, opening its cartridge on first use (after a load or a restart)."""
+        with self.lock:
+            lib = self.lib(name)
+            code = lib.drives[idx] if 0 <= idx < len(lib.drives) else None
+            if code is None:
+                raise NotFound(f"drive{idx} of {name} holds no medium (load one with 'vstor media load')")
+            m = lib.media[code]
+            if m.cleaning:
+                raise Busy(f"drive{idx} of {name} holds cleaning cartridge {code}; unload it")
+            drv = self.drives.get((name, idx))
+            if drv is None or drv.cart.barcode != code:
+                gen = mt.drive_gen(lib.drive_model)
+                _, writable = mt.can_use(gen, mt.tape_kind(code).gen)
+                drv = TapeDrive(self._open_cart(lib, m), mt.LTO[gen].density, writable, m.protect, MAX_BLOCK)
+                self.drives[(name, idx)] = drv
+            return drv
+
+    def _release(self, name: str, idx: int) -> None:
+        drv = self.drives.pop((name, idx), None)
+        if drv is not None:
+            drv.close(rewind=True)
+            drv.cart.close()
+
+    def close(self) -> None:
+        with self.lock:
+            for key in list(self.drives):
+                self._release(*key)
+
+
+def xxh3_hex(doc: dict) -> str:
+    return xxhash.xxh3_64_hexdigest(json.dumps(doc, sort_keys=True).encode())
+
+
+def parse_range(text: str) -> list[str]:
+    """``VT0001L9-VT0020L9`` -> the 20 barcodes (same prefix and suffix, numbered part counts)."""
+    m = re.fullmatch(r"([A-Z]*)(\d+)([A-Z0-9]*)-([A-Z]*)(\d+)([A-Z0-9]*)", text)
+    if not m or m.group(1) != m.group(4) or m.group(3) != m.group(6) or len(m.group(2)) != len(m.group(5)):
+        raise UsageError(f"invalid range {text!r}: use FIRST-LAST with the same prefix and suffix, like "
+                         "VT0001L9-VT0020L9")
+    a, b = int(m.group(2)), int(m.group(5))
+    if b < a or b - a >= 10000:
+        raise UsageError(f"invalid range {text!r}: at most 10000 barcodes, first <= last")
+    return [f"{m.group(1)}{i:0{len(m.group(2))}d}{m.group(3)}" for i in range(a, b + 1)]

@@ -1,0 +1,225 @@
+"""A tape drive holding a cartridge: position, st semantics, the mt operations. Pure logic
+over a :class:`~vstor.media.cartridge.Cartridge`; the FUSE adapter maps its errors to errno.
+
+Behaviour follows the Linux st driver (Documentation/scsi/st.rst) and the checklist of
+reference §4.1:
+
+* the position is an object number; ``mt_fileno``/``mt_blkno`` are derived from it;
+* variable-block mode (block size 0, the default): one write is one block; a read returns
+  exactly one block, and a buffer shorter than the block is ENOMEM (st); fixed mode
+  (``MTSETBLK n``) splits writes into n-byte blocks and reads whole blocks;
+* reading a filemark returns 0 bytes and moves past it; at EOD reads return 0 bytes and do
+  not move (two zero reads in a row: EOD);
+* a write or filemark anywhere but EOD truncates the rest (WORM: refused);
+* early warning: the first write past ``capacity - ew`` succeeds, the next returns ENOSPC
+  once, later writes succeed until the hard end, where every write is ENOSPC;
+* after writing, closing writes a filemark; the rewinding device then rewinds.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+from vstor.errors import VstorError
+from vstor.media.cartridge import Cartridge
+
+# mt_op numbers (linux/mtio.h)
+MTFSF, MTBSF, MTFSR, MTBSR, MTWEOF, MTREW, MTOFFL, MTNOP, MTEOM = 1, 2, 3, 4, 5, 6, 7, 8, 12
+MTSETBLK, MTSEEK, MTTELL, MTLOAD, MTUNLOAD, MTCOMPRESSION = 20, 22, 23, 30, 31, 32
+# mt_gstat bits
+GMT_EOF, GMT_BOT, GMT_EOT, GMT_EOD, GMT_WR_PROT, GMT_ONLINE = (0x80000000, 0x40000000, 0x20000000, 0x08000000,
+                                                              0x04000000, 0x01000000)
+GMT_IM_REP_EN = 0x00010000
+
+
+class TapeError(VstorError):
+    """A tape operation failed the way st reports it; ``errno`` is what the caller sees."""
+
+    def __init__(self, message: str, err: int) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+@dataclass
+class DriveStatus:
+    fileno: int
+    blkno: int
+    position: int
+    blksize: int
+    density: int
+    gstat: int
+
+
+class TapeDrive:
+    def __init__(self, cart: Cartridge, density: int, writable: bool, protect: bool, max_block: int,
+                 ew_bytes: int | None = None) -> None:
+        self.cart, self.density = cart, density
+        self.read_only = protect or not writable
+        self.max_block = max_block
+        self.ew = ew_bytes if ew_bytes is not None else max(cart.capacity // 50, 1 << 20)
+        self.pos = 0
+        self.blksize = 0
+        self.wrote = False  # the last operation was a write: close/rewind/offline add a filemark
+        self.ew_state = 0  # 0 before EW, 1 the EW signal is due, 2 it was given
+
+    # -- data --------------------------------------------------------------------------------
+    def write(self, data: bytes) -> int:
+        if not data:
+            return 0
+        self._check_writable()
+        blocks = [data] if self.blksize == 0 else self._fixed(data)
+        for b in blocks:
+            if len(b) > self.max_block:
+                raise TapeError(f"block of {len(b)} bytes exceeds the largest this drive takes through FUSE "
+                                f"({self.max_block}); use a smaller block size (tar -b)", errno.EINVAL)
+        if self.ew_state == 1:
+            self.ew_state = 2
+            raise TapeError("early warning: the tape is nearly full", errno.ENOSPC)
+        self._truncate_here()
+        for b in blocks:
+            prepared = self.cart.stored_size(b)
+            if self.cart.used + len(prepared[0]) + 64 > self.cart.capacity:
+                raise TapeError(f"end of tape: {self.cart.barcode} is full", errno.ENOSPC)
+            self.cart.append(b, prepared)
+            self.pos = self.cart.eod
+        self.wrote = True
+        if self.ew_state == 0 and self.cart.used >= self.cart.capacity - self.ew:
+            self.ew_state = 1
+        return len(data)
+
+    def _fixed(self, data: bytes) -> list[bytes]:
+        if len(data) % self.blksize:
+            raise TapeError(f"fixed-block mode: writes must be multiples of {self.blksize} bytes", errno.EINVAL)
+        return [data[i : i + self.blksize] for i in range(0, len(data), self.blksize)]
+
+    def read(self, size: int) -> bytes:
+        self._finish_write()
+        if self.pos >= self.cart.eod:
+            return b""
+        if self.blksize:
+            out = bytearray()
+            while len(out) + self.blksize <= size and self.pos < self.cart.eod:
+                data = self.cart.read(self.pos)
+                if data is None:
+                    if not out:
+                        self.pos += 1
+                    break
+                out += data
+                self.pos += 1
+            return bytes(out)
+        data = self.cart.read(self.pos)
+        if data is None:
+            self.pos += 1
+            return b""
+        if len(data) > size:
+            raise TapeError(f"block {self.pos} is {len(data)} bytes, larger than the {size}-byte read buffer",
+                            errno.ENOMEM)
+        self.pos += 1
+        return data
+
+    # -- mt operations ---------------------------------------------------------------------------
+    def op(self, op: int, count: int) -> None:
+        if op in (MTREW, MTOFFL, MTBSF, MTSEEK, MTFSF, MTFSR, MTBSR, MTEOM, MTUNLOAD):
+            self._finish_write()
+        if op in (MTREW, MTOFFL, MTUNLOAD, MTLOAD):
+            self.pos = 0
+        elif op == MTFSF:
+            self._space_files(count)
+        elif op == MTBSF:
+            self._space_files(-count)
+        elif op == MTFSR:
+            self._space_records(count)
+        elif op == MTBSR:
+            self._space_records(-count)
+        elif op == MTWEOF:
+            self._check_writable()
+            self._truncate_here()
+            for _ in range(count):
+                self.cart.append(None)
+            self.pos = self.cart.eod
+            self.cart.flush()  # a filemark (also WEOF 0) is a synchronization point
+            self.wrote = False
+        elif op == MTEOM:
+            self.pos = self.cart.eod
+        elif op == MTSETBLK:
+            if count > self.max_block:
+                raise TapeError(f"block size {count} exceeds the FUSE request limit {self.max_block}", errno.EINVAL)
+            self.blksize = count
+        elif op == MTSEEK:
+            if not 0 <= count <= self.cart.eod:
+                raise TapeError(f"cannot seek to block {count}: the tape ends at {self.cart.eod}", errno.EIO)
+            self.pos = count
+        elif op in (MTNOP, MTCOMPRESSION):
+            pass
+        else:
+            raise TapeError(f"mt operation {op} is not supported", errno.EINVAL)
+
+    def _space_files(self, count: int) -> None:
+        marks = self.cart.filemarks
+        if count >= 0:
+            ahead = [m for m in marks if m >= self.pos]
+            if len(ahead) < count:
+                self.pos = self.cart.eod
+                raise TapeError(f"only {len(ahead)} filemarks ahead, not {count}", errno.EIO)
+            if count:
+                self.pos = ahead[count - 1] + 1
+        else:
+            behind = [m for m in marks if m < self.pos]
+            if len(behind) < -count:
+                self.pos = 0
+                raise TapeError(f"only {len(behind)} filemarks behind, not {-count}", errno.EIO)
+            self.pos = behind[count]  # on the BOT side of the filemark, as st's MTBSF
+
+    def _space_records(self, count: int) -> None:
+        step = 1 if count > 0 else -1
+        for _ in range(abs(count)):
+            nxt = self.pos if step > 0 else self.pos - 1
+            if nxt < 0 or nxt >= self.cart.eod:
+                raise TapeError("spaced to the beginning or end of the tape", errno.EIO)
+            if self.cart.is_filemark(nxt):
+                self.pos = nxt + 1 if step > 0 else nxt
+                raise TapeError("stopped at a filemark", errno.EIO)
+            self.pos += step
+
+    # -- state -----------------------------------------------------------------------------------
+    def status(self) -> DriveStatus:
+        fileno, blkno = self.cart.file_and_block(self.pos)
+        g = GMT_ONLINE | GMT_IM_REP_EN
+        if self.pos == 0:
+            g |= GMT_BOT
+        if self.pos == self.cart.eod and self.pos:
+            g |= GMT_EOD
+        if self.pos and self.cart.is_filemark(self.pos - 1):
+            g |= GMT_EOF
+        if self.cart.used >= self.cart.capacity - self.ew:
+            g |= GMT_EOT
+        if self.read_only:
+            g |= GMT_WR_PROT
+        return DriveStatus(fileno, blkno, self.pos, self.blksize, self.density, g)
+
+    def close(self, rewind: bool) -> None:
+        """End of an open: after writing, a filemark; then rewind for the rewinding device."""
+        self._finish_write()
+        self.cart.flush()
+        if rewind:
+            self.pos = 0
+
+    def _finish_write(self) -> None:
+        if self.wrote:
+            self.wrote = False
+            self.cart.append(None)
+            self.pos = self.cart.eod
+            self.cart.flush()
+
+    def _truncate_here(self) -> None:
+        if self.pos < self.cart.eod:
+            if self.cart.worm:
+                raise TapeError(f"{self.cart.barcode} is WORM: writing before the end of data (block {self.pos} "
+                                f"of {self.cart.eod}) would overwrite", errno.EACCES)
+            self.cart.truncate(self.pos)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise TapeError(f"{self.cart.barcode} is write-protected (or this drive cannot write its "
+                            "generation)", errno.EACCES)
