@@ -106,11 +106,22 @@ class ExternalToolError(VstorError):
     exit_code = 12
 
 
+class MediaError(VstorError):
+    """A tape or disc operation failed the way the device would report it (st, MMC); ``errno``
+    is per instance: ENOSPC at the end of tape, EACCES when write-protected or WORM, ..."""
+
+    exit_code = 13
+
+    def __init__(self, message: str, err: int = _errno.EIO) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
 ERROR_TYPES: dict[str, type[VstorError]] = {
     cls.__name__: cls
     for cls in (
         VstorError, UsageError, NotFound, AlreadyExists, Busy, NotRunning, KeyError_,
-        PoolFull, CorruptData, FormatError, ReadOnly, ExternalToolError,
+        PoolFull, CorruptData, FormatError, ReadOnly, ExternalToolError, MediaError,
     )
 }
 

@@ -64,6 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("library")
     p.add_argument("barcode")
     p.add_argument("--verify", action="store_true", help="re-read every block (and a WORM tape's hash chain)")
+    for op, help_ in (("finalize", "close the write-once disc in a drive for good"),
+                      ("erase", "blank the rewritable disc in a drive")):
+        p = cmd(med, op, cmd_disc, help_)
+        p.add_argument("library")
+        p.add_argument("--drive", type=int, required=True)
+        p.set_defaults(disc_op=op)
     p = cmd(med, "protect", cmd_protect, "set or clear write-protect")
     p.add_argument("library")
     p.add_argument("barcode")
@@ -163,10 +169,16 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     def text(r: dict) -> str:
         keys = ("barcode", "kind", "element", "capacity", "used", "files", "blocks", "eod", "protect", "worm",
-                "encrypted", "loads", "cut_at_load", "verify")
+                "encrypted", "loads", "cut_at_load", "verify", "side", "sides")
         return "\n".join(f"{k:<12}{r[k]}" for k in keys if k in r)
 
     emit(args, r, text)
+    return 0
+
+
+def cmd_disc(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "media.disc", library=args.library, drive=args.drive, action=args.disc_op)
+    emit(args, r, lambda r: f"{r['barcode']} side {r['side']}: {r['state']}, {len(r['sessions'])} session(s)")
     return 0
 
 

@@ -64,3 +64,6 @@ class MediaOps:
 
     def op_media_protect(self, library: str, barcode: str, on: bool) -> dict:
         return self._media().protect(library, barcode, on)
+
+    def op_media_disc(self, library: str, drive: int, action: str) -> dict:
+        return self._media().disc_op(library, drive, action)

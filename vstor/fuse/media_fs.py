@@ -1,5 +1,7 @@
-"""FUSE adapter for tape drives: ``/media/<lib>/drive<N>`` (rewinds on close, like /dev/st0)
-and ``/media/<lib>/ndrive<N>`` (no rewind, like /dev/nst0).
+"""FUSE adapter for media drives. Tape: ``/media/<lib>/drive<N>`` (rewinds on close, like
+/dev/st0) and ``/media/<lib>/ndrive<N>`` (no rewind, like /dev/nst0). Optical: the loaded
+disc side is ``/media/<lib>/drive<N>``, a file as large as the disc (unwritten areas read as
+zeros); closing it closes a write-once disc's session.
 
 Drive files are opened direct_io and non-seekable, so each read() and write() reaches us as
 one request and block boundaries hold. mt-st talks to them with the st ioctls, which FUSE
@@ -19,6 +21,7 @@ from typing import Any
 
 from vstor.errors import NotFound, VstorError
 from vstor.media.manager import MediaManager
+from vstor.media.optical import DiscSide
 from vstor.media.tapedrive import MTOFFL, MTUNLOAD, TapeDrive
 
 MTIOCTOP, MTIOCGET, MTIOCPOS = 0x40086D01, 0x80306D02, 0x80086D03
@@ -33,7 +36,7 @@ class Handle:
     lib: str
     idx: int
     rewind: bool
-    drive: TapeDrive
+    drive: TapeDrive | DiscSide
     unload: bool = False
 
 
@@ -47,8 +50,13 @@ class MediaFS:
         if path == "/media" or (len(parts) == 1 and parts[0] in self.mgr.libs):
             return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
         m = _DRIVE.match(path)
-        if m and m.group(1) in self.mgr.libs and int(m.group(3)) < len(self.mgr.libs[m.group(1)].drives):
-            return {"st_mode": stat.S_IFREG | 0o600, "st_nlink": 1, "st_size": 0}
+        lib = self.mgr.libs.get(m.group(1)) if m else None
+        if m and lib is not None and int(m.group(3)) < len(lib.drives) and not (lib.type == "optical" and m.group(2)):
+            size = 0
+            code = lib.drives[int(m.group(3))]
+            if lib.type == "optical" and code:
+                size = lib.media[code].capacity
+            return {"st_mode": stat.S_IFREG | 0o600, "st_nlink": 1, "st_size": size}
         raise self.err(errno.ENOENT)
 
     def readdir(self, path: str) -> list[str]:
@@ -58,7 +66,8 @@ class MediaFS:
         if lib is None:
             raise self.err(errno.ENOENT)
         n = len(lib.drives)
-        return [".", "..", *(f"drive{i}" for i in range(n)), *(f"ndrive{i}" for i in range(n))]
+        rewinding = [] if lib.type == "optical" else [f"ndrive{i}" for i in range(n)]
+        return [".", "..", *(f"drive{i}" for i in range(n)), *rewinding]
 
     def open(self, path: str, fi: Any) -> Handle:
         m = _DRIVE.match(path)
@@ -74,25 +83,33 @@ class MediaFS:
                 raise self.err(errno.ENOMEDIUM) from None
             except VstorError as e:
                 raise self.err(e.errno) from None
-            if fi.flags & 3 and drv.read_only:
+            if fi.flags & 3 and (drv.read_only if isinstance(drv, TapeDrive) else drv.protect):
                 raise self.err(errno.EROFS)
             self.mgr.open_drives.add((lib, idx))
         fi.direct_io = 1
-        fi.nonseekable = 1
+        if isinstance(drv, TapeDrive):
+            fi.nonseekable = 1
         return Handle(lib, idx, rewind=not m.group(2), drive=drv)
 
-    def read(self, h: Handle, size: int) -> bytes:
+    def read(self, h: Handle, size: int, offset: int) -> bytes:
         with self.mgr.lock:
+            if isinstance(h.drive, DiscSide):
+                return self._call(h.drive.read, offset, size)
             return self._call(h.drive.read, size)
 
-    def write(self, h: Handle, data: bytes) -> int:
+    def write(self, h: Handle, data: bytes, offset: int) -> int:
         with self.mgr.lock:
+            if isinstance(h.drive, DiscSide):
+                return self._call(h.drive.write, offset, data)
             return self._call(h.drive.write, data)
 
     def release(self, h: Handle) -> None:
         with self.mgr.lock:
             try:
-                h.drive.close(rewind=h.rewind or h.unload)
+                if isinstance(h.drive, DiscSide):
+                    h.drive.close_session()
+                else:
+                    h.drive.close(rewind=h.rewind or h.unload)
             finally:
                 self.mgr.open_drives.discard((h.lib, h.idx))
             if h.unload:
@@ -100,6 +117,8 @@ class MediaFS:
 
     def ioctl(self, h: Handle, cmd: int, data: Any) -> int:
         cmd &= 0xFFFFFFFF
+        if not isinstance(h.drive, TapeDrive):
+            raise self.err(errno.ENOTTY)
         with self.mgr.lock:
             if cmd == MTIOCTOP:
                 op, count = MTOP.unpack(ctypes.string_at(data, MTOP.size))

@@ -194,7 +194,7 @@ class VolumeFS(fuse.Operations):
         if isinstance(target, bytes):
             return target[offset : offset + size]
         if not isinstance(target, (int, tuple)):
-            return self.media.read(target, size)
+            return self.media.read(target, size, offset)
         self._note_size("read", size)
         try:
             if isinstance(target, tuple):
@@ -206,7 +206,7 @@ class VolumeFS(fuse.Operations):
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
         target = self._target(fi)
         if self.media and not isinstance(target, (int, tuple, bytes)):
-            return self.media.write(target, data)
+            return self.media.write(target, data, offset)
         if isinstance(target, tuple):
             raise fuse.FuseOSError(errno.EROFS)
         if not isinstance(target, int):

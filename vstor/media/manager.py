@@ -23,6 +23,7 @@ from vstor.errors import AlreadyExists, Busy, FormatError, NotFound, UsageError
 from vstor.media import mediatypes as mt
 from vstor.media.cartridge import Cartridge
 from vstor.media.library import Library, Medium
+from vstor.media.optical import DiscSide
 from vstor.media.tapedrive import TapeDrive
 from vstor.store.volumes import NAME_RE
 
@@ -41,7 +42,7 @@ class MediaManager:
             if f.endswith(".json"):
                 lib = self._load(os.path.join(self.dir, f))
                 self.libs[lib.name] = lib
-        self.drives: dict[tuple[str, int], TapeDrive] = {}
+        self.drives: dict[tuple[str, int], TapeDrive | DiscSide] = {}
         self.open_drives: set[tuple[str, int]] = set()
 
     # -- persistence -------------------------------------------------------------------------
@@ -136,8 +137,13 @@ class MediaManager:
             return rows
 
     def _used(self, lib: Library, barcode: str) -> int:
+        """Bytes on the medium: a cartridge's objects, or the allocated bytes of a disc's images."""
         p = self.cart_path(lib.name, barcode)
-        return max(0, os.path.getsize(p) - 64) if os.path.exists(p) else 0
+        if lib.type == "tape":
+            return max(0, os.path.getsize(p) - 64) if os.path.exists(p) else 0
+        d = os.path.join(self.dir, lib.name)
+        return sum(os.stat(os.path.join(d, f)).st_blocks * 512 for f in os.listdir(d)
+                   if f.startswith(f"{barcode}.side") and f.endswith(".img"))
 
     def load(self, name: str, barcode: str, drive: int) -> dict:
         with self.lock:
@@ -194,7 +200,10 @@ class MediaManager:
             self.save(lib)
             for (n, d), drv in self.drives.items():
                 if n == name and lib.drives[d] == barcode:
-                    drv.read_only = drv.read_only or on
+                    if isinstance(drv, TapeDrive):
+                        drv.read_only = drv.read_only or on
+                    else:
+                        drv.protect = on
             return {"barcode": barcode, "protect": on}
 
     def export(self, name: str, barcode: str) -> dict:
@@ -228,8 +237,7 @@ class MediaManager:
                     if None not in lib.slots:
                         break
                     m = Medium(**shelf[code])
-                    if os.path.exists(self._shelf_file(name, code, "tape")):
-                        os.replace(self._shelf_file(name, code, "tape"), self.cart_path(name, code))
+                    self._move_files(os.path.join(self.dir, name, "shelf"), os.path.join(self.dir, name), code)
                     remove_durably(self._shelf_file(name, code, "json"))
                     lib.add(m)
                     out["imported"].append(code)
@@ -242,9 +250,15 @@ class MediaManager:
 
     def _to_shelf(self, lib: Library, code: str) -> None:
         os.makedirs(os.path.join(self.dir, lib.name, "shelf"), exist_ok=True)
-        if os.path.exists(self.cart_path(lib.name, code)):
-            os.replace(self.cart_path(lib.name, code), self._shelf_file(lib.name, code, "tape"))
+        self._move_files(os.path.join(self.dir, lib.name), os.path.join(self.dir, lib.name, "shelf"), code)
         atomic_write(self._shelf_file(lib.name, code, "json"), json.dumps(lib.media.pop(code).__dict__).encode())
+
+    @staticmethod
+    def _move_files(src: str, dst: str, code: str) -> None:
+        """Move a medium's files (cartridge, or disc images and states) between directories."""
+        for f in os.listdir(src):
+            if f == f"{code}.tape" or f.startswith(f"{code}.side"):
+                os.replace(os.path.join(src, f), os.path.join(dst, f))
 
     def _shelf(self, name: str) -> dict[str, dict]:
         d = os.path.join(self.dir, name, "shelf")
@@ -263,16 +277,27 @@ class MediaManager:
             m = lib.medium(barcode)
             kind, idx = lib.where(barcode)
             d = m.__dict__ | {"element": f"{kind}{idx + (kind != 'drive')}", "used": self._used(lib, barcode)}
-            if lib.type == "tape" and not m.cleaning:
+            if lib.type == "optical":
+                sides = mt.disc_type(m.kind).sides
+                loaded = self.drives.get((name, idx)) if kind == "drive" else None
+                d["sides"] = []
+                for side in range(sides):
+                    if isinstance(loaded, DiscSide) and loaded.side == side:
+                        d["sides"].append(loaded.describe())
+                        continue
+                    ds = DiscSide(os.path.join(self.dir, lib.name), m.barcode, mt.disc_type(m.kind), side)
+                    d["sides"].append(ds.describe())
+                    ds.close()
+            elif lib.type == "tape" and not m.cleaning:
                 drv = self.drives.get((name, idx)) if kind == "drive" else None
-                cart = drv.cart if drv else self._open_cart(lib, m)
+                cart = drv.cart if isinstance(drv, TapeDrive) else self._open_cart(lib, m)
                 try:
                     d |= {"files": cart.files(), "blocks": cart.eod - cart.files(), "eod": cart.eod,
                           "encrypted": self.key is not None, "cut_at_load": cart.cut}
                     if verify:
                         d["verify"] = cart.verify()
                 finally:
-                    if drv is None:
+                    if not isinstance(drv, TapeDrive):
                         cart.close()
             return d
 
@@ -280,7 +305,24 @@ class MediaManager:
     def _open_cart(self, lib: Library, m: Medium) -> Cartridge:
         return Cartridge(self.cart_path(lib.name, m.barcode), m.barcode, m.capacity, m.worm, self.key)
 
-    def drive(self, name: str, idx: int) -> TapeDrive:
+    def _disc(self, lib: Library, m: Medium) -> DiscSide:
+        return DiscSide(os.path.join(self.dir, lib.name), m.barcode, mt.disc_type(m.kind), m.side, m.protect)
+
+    def disc_op(self, name: str, drive: int, op: str) -> dict:
+        """finalize or erase the disc side in ``drive``."""
+        with self.lock:
+            if (name, drive) in self.open_drives:
+                raise Busy(f"drive{drive} of {name} is in use (open); close it first")
+            disc = self.drive(name, drive)
+            if not isinstance(disc, DiscSide):
+                raise UsageError(f"library {name} is a tape library: finalize and erase are for discs")
+            if op == "finalize":
+                disc.finalize()
+            else:
+                disc.erase()
+            return {"barcode": disc.barcode} | disc.describe()
+
+    def drive(self, name: str, idx: int) -> TapeDrive | DiscSide:
         """The drive's state, opening its cartridge on first use (after a load or a restart)."""
         with self.lock:
             lib = self.lib(name)
@@ -290,6 +332,13 @@ class MediaManager:
             m = lib.media[code]
             if m.cleaning:
                 raise Busy(f"drive{idx} of {name} holds cleaning cartridge {code}; unload it")
+            if lib.type == "optical":
+                disc = self.drives.get((name, idx))
+                if not isinstance(disc, DiscSide) or disc.barcode != code or disc.side != m.side:
+                    disc = self._disc(lib, m)
+                    self.drives[(name, idx)] = disc
+                disc.protect = m.protect
+                return disc
             drv = self.drives.get((name, idx))
             if drv is None or drv.cart.barcode != code:
                 gen = mt.drive_gen(lib.drive_model)
@@ -300,7 +349,10 @@ class MediaManager:
 
     def _release(self, name: str, idx: int) -> None:
         drv = self.drives.pop((name, idx), None)
-        if drv is not None:
+        if isinstance(drv, DiscSide):
+            drv.close_session()
+            drv.close()
+        elif drv is not None:
             drv.close(rewind=True)
             drv.cart.close()
 

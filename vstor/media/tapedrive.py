@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from vstor.errors import VstorError
+from vstor.errors import MediaError
 from vstor.media.cartridge import Cartridge
 
 # mt_op numbers (linux/mtio.h)
@@ -31,14 +31,6 @@ MTSETBLK, MTSEEK, MTTELL, MTLOAD, MTUNLOAD, MTCOMPRESSION = 20, 22, 23, 30, 31, 
 GMT_EOF, GMT_BOT, GMT_EOT, GMT_EOD, GMT_WR_PROT, GMT_ONLINE = (0x80000000, 0x40000000, 0x20000000, 0x08000000,
                                                               0x04000000, 0x01000000)
 GMT_IM_REP_EN = 0x00010000
-
-
-class TapeError(VstorError):
-    """A tape operation failed the way st reports it; ``errno`` is what the caller sees."""
-
-    def __init__(self, message: str, err: int) -> None:
-        super().__init__(message)
-        self.errno = err
 
 
 @dataclass
@@ -71,16 +63,16 @@ class TapeDrive:
         blocks = [data] if self.blksize == 0 else self._fixed(data)
         for b in blocks:
             if len(b) > self.max_block:
-                raise TapeError(f"block of {len(b)} bytes exceeds the largest this drive takes through FUSE "
+                raise MediaError(f"block of {len(b)} bytes exceeds the largest this drive takes through FUSE "
                                 f"({self.max_block}); use a smaller block size (tar -b)", errno.EINVAL)
         if self.ew_state == 1:
             self.ew_state = 2
-            raise TapeError("early warning: the tape is nearly full", errno.ENOSPC)
+            raise MediaError("early warning: the tape is nearly full", errno.ENOSPC)
         self._truncate_here()
         for b in blocks:
             prepared = self.cart.stored_size(b)
             if self.cart.used + len(prepared[0]) + 64 > self.cart.capacity:
-                raise TapeError(f"end of tape: {self.cart.barcode} is full", errno.ENOSPC)
+                raise MediaError(f"end of tape: {self.cart.barcode} is full", errno.ENOSPC)
             self.cart.append(b, prepared)
             self.pos = self.cart.eod
         self.wrote = True
@@ -90,7 +82,7 @@ class TapeDrive:
 
     def _fixed(self, data: bytes) -> list[bytes]:
         if len(data) % self.blksize:
-            raise TapeError(f"fixed-block mode: writes must be multiples of {self.blksize} bytes", errno.EINVAL)
+            raise MediaError(f"fixed-block mode: writes must be multiples of {self.blksize} bytes", errno.EINVAL)
         return [data[i : i + self.blksize] for i in range(0, len(data), self.blksize)]
 
     def read(self, size: int) -> bytes:
@@ -113,7 +105,7 @@ class TapeDrive:
             self.pos += 1
             return b""
         if len(data) > size:
-            raise TapeError(f"block {self.pos} is {len(data)} bytes, larger than the {size}-byte read buffer",
+            raise MediaError(f"block {self.pos} is {len(data)} bytes, larger than the {size}-byte read buffer",
                             errno.ENOMEM)
         self.pos += 1
         return data
@@ -144,16 +136,16 @@ class TapeDrive:
             self.pos = self.cart.eod
         elif op == MTSETBLK:
             if count > self.max_block:
-                raise TapeError(f"block size {count} exceeds the FUSE request limit {self.max_block}", errno.EINVAL)
+                raise MediaError(f"block size {count} exceeds the FUSE request limit {self.max_block}", errno.EINVAL)
             self.blksize = count
         elif op == MTSEEK:
             if not 0 <= count <= self.cart.eod:
-                raise TapeError(f"cannot seek to block {count}: the tape ends at {self.cart.eod}", errno.EIO)
+                raise MediaError(f"cannot seek to block {count}: the tape ends at {self.cart.eod}", errno.EIO)
             self.pos = count
         elif op in (MTNOP, MTCOMPRESSION):
             pass
         else:
-            raise TapeError(f"mt operation {op} is not supported", errno.EINVAL)
+            raise MediaError(f"mt operation {op} is not supported", errno.EINVAL)
 
     def _space_files(self, count: int) -> None:
         marks = self.cart.filemarks
@@ -161,14 +153,14 @@ class TapeDrive:
             ahead = [m for m in marks if m >= self.pos]
             if len(ahead) < count:
                 self.pos = self.cart.eod
-                raise TapeError(f"only {len(ahead)} filemarks ahead, not {count}", errno.EIO)
+                raise MediaError(f"only {len(ahead)} filemarks ahead, not {count}", errno.EIO)
             if count:
                 self.pos = ahead[count - 1] + 1
         else:
             behind = [m for m in marks if m < self.pos]
             if len(behind) < -count:
                 self.pos = 0
-                raise TapeError(f"only {len(behind)} filemarks behind, not {-count}", errno.EIO)
+                raise MediaError(f"only {len(behind)} filemarks behind, not {-count}", errno.EIO)
             self.pos = behind[count]  # on the BOT side of the filemark, as st's MTBSF
 
     def _space_records(self, count: int) -> None:
@@ -176,10 +168,10 @@ class TapeDrive:
         for _ in range(abs(count)):
             nxt = self.pos if step > 0 else self.pos - 1
             if nxt < 0 or nxt >= self.cart.eod:
-                raise TapeError("spaced to the beginning or end of the tape", errno.EIO)
+                raise MediaError("spaced to the beginning or end of the tape", errno.EIO)
             if self.cart.is_filemark(nxt):
                 self.pos = nxt + 1 if step > 0 else nxt
-                raise TapeError("stopped at a filemark", errno.EIO)
+                raise MediaError("stopped at a filemark", errno.EIO)
             self.pos += step
 
     # -- state -----------------------------------------------------------------------------------
@@ -215,11 +207,11 @@ class TapeDrive:
     def _truncate_here(self) -> None:
         if self.pos < self.cart.eod:
             if self.cart.worm:
-                raise TapeError(f"{self.cart.barcode} is WORM: writing before the end of data (block {self.pos} "
+                raise MediaError(f"{self.cart.barcode} is WORM: writing before the end of data (block {self.pos} "
                                 f"of {self.cart.eod}) would overwrite", errno.EACCES)
             self.cart.truncate(self.pos)
 
     def _check_writable(self) -> None:
         if self.read_only:
-            raise TapeError(f"{self.cart.barcode} is write-protected (or this drive cannot write its "
+            raise MediaError(f"{self.cart.barcode} is write-protected (or this drive cannot write its "
                             "generation)", errno.EACCES)
