@@ -1,0 +1,91 @@
+"""Mail slots (import/export elements) of a library, mixed into MediaManager.
+
+``export`` moves a medium into a free mail slot. ``import`` opens the mail door: media in the
+mail slots leave the library for its shelf (``LIB/shelf/``: their files and a Medium record),
+the shelf's media come in through the slots, the door closes, and they move to empty slots.
+While the door is open, moves to or from mail slots are refused (Library.move).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+
+from vstor.durable import atomic_write, remove_durably
+from vstor.errors import Busy
+from vstor.media.library import Library, Medium
+
+
+class MailSlotsMixin:
+    dir: str
+    lock: threading.RLock
+
+    lib: Callable[[str], Library]  # provided by MediaManager
+    save: Callable[[Library], None]
+
+    def export(self, name: str, barcode: str) -> dict:
+        with self.lock:
+            lib = self.lib(name)
+            if None not in lib.mailslots:
+                raise Busy(f"the mail slots of {name} are full; open them with 'vstor media import {name} --open'")
+            kind, idx = lib.where(barcode)
+            if kind == "drive":
+                raise Busy(f"{barcode} is loaded in drive{idx}; unload it first")
+            lib.move(str(lib.address(kind, idx)), f"mail{lib.mailslots.index(None) + 1}")
+            self.save(lib)
+            return {"barcode": barcode, "mailslot": lib.mailslots.index(barcode) + 1}
+
+    def import_(self, name: str, door: str = "cycle") -> dict:
+        """Open the mail door (media in the mail slots go to the shelf outside), put the shelf's
+        media in, close it, and move them to empty slots. ``door``: cycle, open or close."""
+        with self.lock:
+            lib = self.lib(name)
+            out: dict = {"removed": [], "imported": []}
+            if door in ("cycle", "open"):
+                lib.mail_open = True
+                for i, code in enumerate(lib.mailslots):
+                    if code:
+                        self._to_shelf(lib, code)
+                        lib.mailslots[i] = None
+                        out["removed"].append(code)
+            if door in ("cycle", "close"):
+                shelf = self._shelf(name)
+                for code in sorted(shelf)[: len(lib.mailslots)]:
+                    if None not in lib.slots:
+                        break
+                    m = Medium(**shelf[code])
+                    self._move_files(os.path.join(self.dir, name, "shelf"), os.path.join(self.dir, name), code)
+                    remove_durably(self._shelf_file(name, code, "json"))
+                    lib.add(m)
+                    out["imported"].append(code)
+                lib.mail_open = False
+            self.save(lib)
+            return out | {"mail_open": lib.mail_open}
+
+    def _shelf_file(self, lib: str, code: str, ext: str) -> str:
+        return os.path.join(self.dir, lib, "shelf", f"{code}.{ext}")
+
+    def _to_shelf(self, lib: Library, code: str) -> None:
+        os.makedirs(os.path.join(self.dir, lib.name, "shelf"), exist_ok=True)
+        self._move_files(os.path.join(self.dir, lib.name), os.path.join(self.dir, lib.name, "shelf"), code)
+        atomic_write(self._shelf_file(lib.name, code, "json"), json.dumps(lib.media.pop(code).__dict__).encode())
+
+    @staticmethod
+    def _move_files(src: str, dst: str, code: str) -> None:
+        """Move a medium's files (cartridge, or disc images and states) between directories."""
+        for f in os.listdir(src):
+            if f == f"{code}.tape" or f.startswith(f"{code}.side"):
+                os.replace(os.path.join(src, f), os.path.join(dst, f))
+
+    def _shelf(self, name: str) -> dict[str, dict]:
+        d = os.path.join(self.dir, name, "shelf")
+        if not os.path.isdir(d):
+            return {}
+        out = {}
+        for f in os.listdir(d):
+            if f.endswith(".json"):
+                with open(os.path.join(d, f)) as fh:
+                    out[f[:-5]] = json.load(fh)
+        return out
