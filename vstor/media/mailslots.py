@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 
 from vstor.durable import atomic_write, remove_durably
-from vstor.errors import Busy
+from vstor.errors import AlreadyExists, Busy
 from vstor.media.library import Library, Medium
 
 
@@ -52,6 +52,10 @@ class MailSlotsMixin:
                         out["removed"].append(code)
             if door in ("cycle", "close"):
                 shelf = self._shelf(name)
+                clash = sorted(c for c in shelf if c in lib.media)
+                if clash:  # refuse before anything moves: the shelf keeps its media
+                    raise AlreadyExists(f"medium {clash[0]} on the shelf has the barcode of a medium in {name}; "
+                                        "delete one of them first")
                 for code in sorted(shelf)[: len(lib.mailslots)]:
                     if None not in lib.slots:
                         break

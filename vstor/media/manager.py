@@ -107,6 +107,9 @@ class MediaManager(MailSlotsMixin):
                      capacity: int | None = None) -> list[dict]:
         with self.lock:
             lib = self.lib(name)
+            dup = sorted({c for c in barcodes if barcodes.count(c) > 1})
+            if dup:
+                raise AlreadyExists(f"barcode {dup[0]} is given twice")
             new = []
             for code in barcodes:
                 if code in lib.media:
@@ -202,7 +205,7 @@ class MediaManager(MailSlotsMixin):
             for (n, d), drv in self.drives.items():
                 if n == name and lib.drives[d] == barcode:
                     if isinstance(drv, TapeDrive):
-                        drv.read_only = drv.read_only or on
+                        drv.read_only = on or not drv.writable
                     else:
                         drv.protect = on
             return {"barcode": barcode, "protect": on}

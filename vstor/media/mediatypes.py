@@ -48,6 +48,8 @@ def tape_kind(barcode: str) -> TapeKind:
     if barcode.startswith("CLN"):
         return TapeKind(9, False, True)
     suffix = barcode[-2:]
+    if len(suffix) < 2:
+        suffix = "??"
     if suffix in WORM_SUFFIX:
         return TapeKind(WORM_SUFFIX[suffix], True, False)
     if suffix[0] == "L" and suffix[1].isdigit() and int(suffix[1]) in LTO:

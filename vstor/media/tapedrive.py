@@ -47,6 +47,7 @@ class TapeDrive:
     def __init__(self, cart: Cartridge, density: int, writable: bool, protect: bool, max_block: int,
                  ew_bytes: int | None = None) -> None:
         self.cart, self.density = cart, density
+        self.writable = writable  # the drive can write this generation
         self.read_only = protect or not writable
         self.max_block = max_block
         self.ew = ew_bytes if ew_bytes is not None else max(cart.capacity // 50, 1 << 20)
@@ -69,12 +70,12 @@ class TapeDrive:
             self.ew_state = 2
             raise MediaError("early warning: the tape is nearly full", errno.ENOSPC)
         self._truncate_here()
-        for b in blocks:
-            prepared = self.cart.stored_size(b)
-            if self.cart.used + len(prepared[0]) + 64 > self.cart.capacity:
-                raise MediaError(f"end of tape: {self.cart.barcode} is full", errno.ENOSPC)
-            self.cart.append(b, prepared)
-            self.pos = self.cart.eod
+        prepared = [self.cart.stored_size(b) for b in blocks]
+        if self.cart.used + sum(len(p[0]) + 64 for p in prepared) > self.cart.capacity:
+            raise MediaError(f"end of tape: {self.cart.barcode} is full", errno.ENOSPC)  # nothing written
+        for b, p in zip(blocks, prepared, strict=True):
+            self.cart.append(b, p)
+        self.pos = self.cart.eod
         self.wrote = True
         if self.ew_state == 0 and self.cart.used >= self.cart.capacity - self.ew:
             self.ew_state = 1
@@ -114,6 +115,7 @@ class TapeDrive:
     def op(self, op: int, count: int) -> None:
         if op in (MTREW, MTOFFL, MTBSF, MTSEEK, MTFSF, MTFSR, MTBSR, MTEOM, MTUNLOAD):
             self._finish_write()
+            self.ew_state = 0  # as st: repositioning clears a pending early warning
         if op in (MTREW, MTOFFL, MTUNLOAD, MTLOAD):
             self.pos = 0
         elif op == MTFSF:

@@ -197,8 +197,8 @@ class Session:
             else:
                 raise wire.BadFrame(f"{wire.TYPE_NAMES[ftype]} is not allowed from the primary")
         except (VstorError, OSError) as e:
-            if isinstance(e, wire.BadFrame):
-                raise
+            if isinstance(e, (wire.BadFrame, ConnectionError)):
+                raise  # the peer's fault, or the link's: not a failure to apply here
             reason = f"{type(e).__name__}: {e}"
             self._refuse(reason, suspend=True)
             self.mgr.suspend(pair, f"cannot apply: {reason}")
@@ -232,7 +232,10 @@ class Session:
         return applied
 
     def _ack(self, pair: Pair, applied: int, **extra: Any) -> None:
-        self.conn.send_json(wire.ACK, {"applied": applied, "applied_time": self.applied_time, **extra})
+        try:
+            self.conn.send_json(wire.ACK, {"applied": applied, "applied_time": self.applied_time, **extra})
+        except (OSError, ssl.SSLError) as e:
+            raise ConnectionError(f"the connection to {self.conn.peer_name} failed: {e}") from None
 
     def _sync_begin(self, pair: Pair, msg: dict) -> None:
         gid = self.mgr.gid(pair)
