@@ -107,6 +107,7 @@ class Shipper(CopyMixin, HandoverMixin, threading.Thread):
 
     # -- the thread ----------------------------------------------------------------------------------
     def run(self) -> None:
+        transport.background_thread()
         while not self._stop_ev.is_set():
             pair = self.mgr.pairs.get(self.group)
             if pair is None or pair.role != PRIMARY:

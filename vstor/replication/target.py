@@ -69,6 +69,7 @@ class Session:
 
     # -- the session ------------------------------------------------------------------------
     def run(self) -> None:
+        transport.background_thread()
         try:
             self._run()
         except _End as e:

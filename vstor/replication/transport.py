@@ -9,6 +9,7 @@ noticed even when TCP is silent: the primary sends PING frames when idle.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
 import ssl
@@ -24,6 +25,18 @@ log = logging.getLogger("vstor.replication")
 
 DEFAULT_PORT = 7450
 TIMEOUT = 5.0  # seconds without a frame before a connection is declared dead
+
+
+BACKGROUND_NICE = 10  # replication threads yield the CPU to host I/O (Linux: nice is per thread)
+
+
+def background_thread() -> None:
+    """Lower the calling thread's CPU priority: shipping and applying are background work, and
+    host I/O must not wait for them (the pair is asynchronous)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except OSError:
+        log.warning("could not lower the priority of replication thread %s", threading.current_thread().name)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -109,14 +122,15 @@ class Conn:
         return ftype, body
 
     def _exact(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self.sock.recv(min(n - len(buf), 1 << 20))
-            if not chunk:
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            k = self.sock.recv_into(view[got:], min(n - got, 4 << 20))
+            if not k:
                 raise ConnectionError(f"{self.peer_name} closed the connection" +
-                                      (" in the middle of a frame" if buf else ""))
-            buf += chunk
-        return bytes(buf)
+                                      (" in the middle of a frame" if got else ""))
+            got += k
+        return buf  # type: ignore[return-value]  # a bytearray: callers only read it
 
     def close(self) -> None:
         self.closed = True

@@ -79,7 +79,13 @@ def pack_frame(ftype: int, payload: bytes, frame_no: int, compress: bool = False
     if len(payload) > MAX_PAYLOAD:
         raise BadFrame(f"frame of {len(payload)} bytes exceeds the protocol's {MAX_PAYLOAD}")
     head = HEADER.pack(MAGIC, PROTOCOL_VERSION, ftype, flags, len(payload), frame_no, 0)
-    return b"".join((head, payload, TRAILER.pack(xxhash.xxh3_64_intdigest(head + payload))))
+    return b"".join((head, payload, TRAILER.pack(_csum(head, payload))))
+
+
+def _csum(head: bytes, payload: bytes | memoryview) -> int:
+    h = xxhash.xxh3_64(head)  # streaming: no copy of a multi-MiB payload
+    h.update(payload)
+    return h.intdigest()
 
 
 def parse_header(head: bytes, expect_no: int) -> tuple[int, int, int]:
@@ -100,7 +106,7 @@ def parse_header(head: bytes, expect_no: int) -> tuple[int, int, int]:
 
 def check_payload(head: bytes, payload: bytes, trailer: bytes, flags: int) -> bytes:
     (csum,) = TRAILER.unpack(trailer)
-    if xxhash.xxh3_64_intdigest(head + payload) != csum:
+    if _csum(head, payload) != csum:
         raise BadFrame("frame checksum mismatch (corrupted or tampered in transit)")
     if flags & F_LZ4:
         dec = lz4.frame.LZ4FrameDecompressor()
