@@ -381,3 +381,38 @@ def test_parse_range():
                 "A00000-A10000", "vt0001l9-vt0002l9", "VT0001L9"):
         with pytest.raises(UsageError):
             parse_range(bad)
+
+
+def test_timing_model_waits_with_the_injected_sleep_and_cleaning_uses_run_out(tmp_path) -> None:
+    from vstor.errors import Busy, UsageError
+    from vstor.media.library import CLEANING_USES, parse_timing
+    from vstor.media.manager import MediaManager
+    from vstor.media.tapedrive import MTEOM, MTREW
+
+    waits: list[float] = []
+    mgr = MediaManager(str(tmp_path), sleep=waits.append)
+    mgr.create_library("off", "tape", 4, 1, 0)
+    mgr.create_media("off", ["VT0001L9"], capacity=1 << 20)
+    mgr.load("off", "VT0001L9", 0)
+    assert waits == []  # off by default: no delay at all
+    mgr.create_library("slow", "tape", 4, 1, 0, timing="load=2,unload=3,rewind=4,locate=8,move=1")
+    mgr.create_media("slow", ["VT0002L9", "CLN001L9"], capacity=64 << 20)
+    mgr.load("slow", "VT0002L9", 0)
+    assert waits == [1.0, 2.0]  # the picker's move, then load to ready
+    drv = mgr.drive("slow", 0)
+    for _ in range(4):
+        drv.write(b"x" * 1000)
+    drv.op(MTREW, 1)  # 5 objects (4 blocks and the filemark written on repositioning): a full rewind
+    assert waits[-1] == pytest.approx(4.0)
+    drv.op(MTEOM, 1)
+    assert waits[-1] == pytest.approx(8.0)  # a locate across the whole tape
+    mgr.unload("slow", 0)
+    assert waits[-2:] == [3.0, 1.0]
+    assert parse_timing("lto9")["load"] == 16.0
+    with pytest.raises(UsageError):
+        parse_timing("load=fast")
+    lib = mgr.lib("slow")
+    lib.media["CLN001L9"].loads = CLEANING_USES
+    with pytest.raises(Busy, match="used up"):
+        mgr.load("slow", "CLN001L9", 0)
+    mgr.close()

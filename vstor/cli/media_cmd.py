@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drives", type=int, required=True)
     p.add_argument("--mailslots", type=int, default=0)
     p.add_argument("--drive-model", default="LTO-9", help="tape drives: LTO-5 .. LTO-9 (default LTO-9)")
+    p.add_argument("--timing", default="off", help="robot and drive delays: off (default), lto9 (real LTO-9 "
+                   "figures), or load=S,unload=S,rewind=S,locate=S,move=S")
     cmd(lib, "list", cmd_lib_list, "list libraries")
     cmd(lib, "show", cmd_lib_show, "one library with its inventory").add_argument("name")
     cmd(lib, "delete", cmd_lib_delete, "delete a library and its media").add_argument("name")
@@ -97,7 +99,7 @@ def _inventory(rows: list[dict]) -> str:
 
 def cmd_lib_create(args: argparse.Namespace) -> int:
     r = request(pool_path(args), "library.create", name=args.name, type=args.type, slots=args.slots,
-                drives=args.drives, mailslots=args.mailslots, drive_model=args.drive_model)
+                drives=args.drives, mailslots=args.mailslots, drive_model=args.drive_model, timing=args.timing)
     emit(args, r, lambda r: f"created {r['type']} library {r['name']}: {r['slots']} slots, {r['drives']} drives, "
          f"{r['mailslots']} mail slots")
     return 0

@@ -22,8 +22,8 @@ class MediaOps:
         return self.media
 
     def op_library_create(self, name: str, type: str, slots: int, drives: int, mailslots: int,
-                          drive_model: str = "LTO-9") -> dict:
-        return self._media().create_library(name, type, slots, drives, mailslots, drive_model)
+                          drive_model: str = "LTO-9", timing: str = "off") -> dict:
+        return self._media().create_library(name, type, slots, drives, mailslots, drive_model, timing)
 
     def op_library_list(self) -> list[dict]:
         m = self._media()

@@ -16,6 +16,30 @@ from vstor.errors import AlreadyExists, Busy, NotFound, UsageError
 
 ADDR = {"mail": 16, "drive": 256, "slot": 1024}
 PICKER = 1
+CLEANING_USES = 50  # a cleaning cartridge cleans this many times, then is used up
+# The optional timing model (reference §8, LTO-9): load to ready, unload, a full rewind, and a
+# locate across the whole tape; rewind and locate scale with the distance moved.
+LTO9_TIMING = {"load": 16.0, "unload": 56.0, "rewind": 62.0, "locate": 65.0, "move": 5.0}
+TIMING_KEYS = tuple(LTO9_TIMING)
+
+
+def parse_timing(text: str) -> dict[str, float]:
+    """``lto9`` (the LTO-9 figures), ``off``, or ``load=16,unload=56,rewind=62,locate=65,move=5``."""
+    if text in ("", "off"):
+        return {}
+    if text.lower() == "lto9":
+        return dict(LTO9_TIMING)
+    out = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            key = ""
+        if key.strip() not in TIMING_KEYS or out.get(key.strip(), -1) < 0:
+            raise UsageError(f"invalid timing {item!r}: use lto9, off, or KEY=SECONDS with KEY in "
+                             f"{', '.join(TIMING_KEYS)}")
+    return out
 
 
 @dataclass
@@ -41,6 +65,7 @@ class Library:
     drive_model: str = "LTO-9"
     media: dict[str, Medium] = field(default_factory=dict)
     mail_open: bool = False
+    timing: dict[str, float] = field(default_factory=dict)  # seconds per operation; empty: no delays
 
     @classmethod
     def create(cls, name: str, type_: str, slots: int, drives: int, mailslots: int, drive_model: str) -> Library:

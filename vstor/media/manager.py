@@ -15,6 +15,8 @@ import os
 import re
 import shutil
 import threading
+import time
+from collections.abc import Callable
 
 import xxhash
 
@@ -22,7 +24,7 @@ from vstor.durable import atomic_write, remove_durably
 from vstor.errors import AlreadyExists, Busy, FormatError, NotFound, UsageError
 from vstor.media import mediatypes as mt
 from vstor.media.cartridge import Cartridge
-from vstor.media.library import Library, Medium
+from vstor.media.library import CLEANING_USES, Library, Medium, parse_timing
 from vstor.media.mailslots import MailSlotsMixin
 from vstor.media.optical import DiscSide
 from vstor.media.tapedrive import TapeDrive
@@ -33,7 +35,8 @@ MAX_BLOCK = 1 << 20  # the FUSE request size (max_write): larger tape blocks can
 
 
 class MediaManager(MailSlotsMixin):
-    def __init__(self, pool: str, key: bytes | None = None) -> None:
+    def __init__(self, pool: str, key: bytes | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.sleep = sleep  # the timing model waits with this (tests inject a recorder)
         self.dir = os.path.join(pool, "media")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         self.key = key
@@ -72,7 +75,7 @@ class MediaManager(MailSlotsMixin):
 
     # -- libraries ---------------------------------------------------------------------------
     def create_library(self, name: str, type_: str, slots: int, drives: int, mailslots: int,
-                       drive_model: str = "LTO-9") -> dict:
+                       drive_model: str = "LTO-9", timing: str = "off") -> dict:
         if not NAME_RE.match(name or ""):
             raise UsageError(f"invalid library name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
         if type_ == "tape":
@@ -81,6 +84,7 @@ class MediaManager(MailSlotsMixin):
             if name in self.libs:
                 raise AlreadyExists(f"library {name} already exists")
             lib = Library.create(name, type_, slots, drives, mailslots, drive_model if type_ == "tape" else "")
+            lib.timing = parse_timing(timing)
             os.makedirs(os.path.join(self.dir, name), mode=0o700, exist_ok=True)
             self.save(lib)
             self.libs[name] = lib
@@ -89,7 +93,7 @@ class MediaManager(MailSlotsMixin):
     def describe(self, lib: Library) -> dict:
         return {"name": lib.name, "type": lib.type, "slots": len(lib.slots), "drives": len(lib.drives),
                 "mailslots": len(lib.mailslots), "drive_model": lib.drive_model, "media": len(lib.media),
-                "loaded": [c for c in lib.drives if c], "mail_open": lib.mail_open}
+                "loaded": [c for c in lib.drives if c], "mail_open": lib.mail_open, "timing": lib.timing}
 
     def delete_library(self, name: str) -> dict:
         with self.lock:
@@ -156,13 +160,23 @@ class MediaManager(MailSlotsMixin):
             if kind == "drive":
                 raise Busy(f"{barcode} is already loaded in drive{idx}")
             m = lib.medium(barcode)
+            if m.cleaning and m.loads >= CLEANING_USES:
+                raise Busy(f"cleaning cartridge {barcode} is used up ({m.loads} cleanings); export it")
             if lib.type == "tape" and not m.cleaning:
                 readable, _ = mt.can_use(mt.drive_gen(lib.drive_model), mt.tape_kind(barcode).gen)
                 if not readable:
                     raise UsageError(f"{barcode} ({m.kind}) is not compatible with the {lib.drive_model} drives")
             lib.move(str(lib.address(kind, idx)), f"drive{drive}")
             self.save(lib)
+            self._wait(lib, "move", 1.0)
+            self._wait(lib, "load", 1.0)
             return {"barcode": barcode, "drive": drive, "kind": m.kind}
+
+    def _wait(self, lib: Library, what: str, fraction: float) -> None:
+        """The optional timing model: a real library takes this long (off: no wait)."""
+        seconds = lib.timing.get(what, 0.0) * fraction
+        if seconds > 0:
+            self.sleep(seconds)
 
     def unload(self, name: str, drive: int) -> dict:
         with self.lock:
@@ -177,6 +191,8 @@ class MediaManager(MailSlotsMixin):
             home = lib.home_of(code)
             lib.move(f"drive{drive}", home)
             self.save(lib)
+            self._wait(lib, "unload", 1.0)
+            self._wait(lib, "move", 1.0)
             return {"barcode": code, "drive": drive, "to": int(home)}
 
     def move(self, name: str, src: str, dst: str, flip: bool = False) -> dict:
@@ -282,7 +298,8 @@ class MediaManager(MailSlotsMixin):
             if drv is None or drv.cart.barcode != code:
                 gen = mt.drive_gen(lib.drive_model)
                 _, writable = mt.can_use(gen, mt.tape_kind(code).gen)
-                drv = TapeDrive(self._open_cart(lib, m), mt.LTO[gen].density, writable, m.protect, MAX_BLOCK)
+                drv = TapeDrive(self._open_cart(lib, m), mt.LTO[gen].density, writable, m.protect, MAX_BLOCK,
+                                delay=lambda what, share, lib=lib: self._wait(lib, what, share))
                 self.drives[(name, idx)] = drv
             return drv
 

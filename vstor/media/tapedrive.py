@@ -19,6 +19,7 @@ reference §4.1:
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vstor.errors import MediaError
@@ -45,7 +46,7 @@ class DriveStatus:
 
 class TapeDrive:
     def __init__(self, cart: Cartridge, density: int, writable: bool, protect: bool, max_block: int,
-                 ew_bytes: int | None = None) -> None:
+                 ew_bytes: int | None = None, delay: Callable[[str, float], None] | None = None) -> None:
         self.cart, self.density = cart, density
         self.writable = writable  # the drive can write this generation
         self.read_only = protect or not writable
@@ -55,6 +56,7 @@ class TapeDrive:
         self.blksize = 0
         self.wrote = False  # the last operation was a write: close/rewind/offline add a filemark
         self.ew_state = 0  # 0 before EW, 1 the EW signal is due, 2 it was given
+        self.delay = delay or (lambda kind, fraction: None)  # the timing model: (operation, share of tape)
 
     # -- data --------------------------------------------------------------------------------
     def write(self, data: bytes) -> int:
@@ -116,6 +118,15 @@ class TapeDrive:
         if op in (MTREW, MTOFFL, MTBSF, MTSEEK, MTFSF, MTFSR, MTBSR, MTEOM, MTUNLOAD):
             self._finish_write()
             self.ew_state = 0  # as st: repositioning clears a pending early warning
+        before = self.pos
+        try:
+            self._op(op, count)
+        finally:
+            moved = abs(self.pos - before) / max(1, self.cart.eod)
+            if moved:
+                self.delay("rewind" if self.pos == 0 else "locate", moved)
+
+    def _op(self, op: int, count: int) -> None:
         if op in (MTREW, MTOFFL, MTUNLOAD, MTLOAD):
             self.pos = 0
         elif op == MTFSF:
