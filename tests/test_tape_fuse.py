@@ -252,3 +252,27 @@ def test_failed_import_keeps_the_shelf_medium(array, tmp_path):
     assert "VT0002L9" in one_error_line(r, "import of a duplicate barcode") and r.returncode == 4
     assert _show(array, "VT0002L9")["files"] == 0  # the library's cartridge is not replaced ...
     assert (Path(array.pool) / "media" / "L" / "shelf" / "VT0002L9.tape").exists()  # ... the shelf's one stays
+
+
+def test_partitions_with_mt_mkpartition_and_setpartition(array, tmp_path):
+    _setup(array)
+    dev = _dev(array)
+    _tar_c(dev, _tree(tmp_path, "gone", 4096))  # MTMKPART erases the tape
+    _mt(dev, "rewind")
+    _mt(dev, "mkpartition", "16")  # partition 1 of 16 MiB, partition 0 the rest
+    assert _show(array, "VT0001L9")["partitions"] == 2 and _show(array, "VT0001L9")["files"] == 0
+    p1, p0 = _tree(tmp_path, "index", 8192), _tree(tmp_path, "data", 300_000)
+    _mt(dev, "setpartition", "1")
+    _tar_c(dev, p1)
+    assert "partition=1" in _mt(dev, "status").stdout
+    _mt(dev, "setpartition", "0")
+    st = _mt(dev, "status").stdout
+    assert "partition=0" in st and "File number=0, block number=0" in st
+    _tar_c(dev, p0)
+    array.stop()
+    array.start()  # partitions and their contents survive a restart
+    _mt(dev, "setpartition", "1")
+    _extract_same(dev, p1, tmp_path / "out1")
+    _mt(dev, "setpartition", "0")
+    _extract_same(dev, p0, tmp_path / "out0")
+    assert _mt(dev, "setpartition", "2", check=False).returncode != 0  # only two partitions

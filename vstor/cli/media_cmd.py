@@ -170,8 +170,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     r = request(pool_path(args), "media.show", library=args.library, barcode=args.barcode, verify=args.verify)
 
     def text(r: dict) -> str:
-        keys = ("barcode", "kind", "element", "capacity", "used", "files", "blocks", "eod", "protect", "worm",
-                "encrypted", "loads", "cut_at_load", "verify", "side", "sides")
+        keys = ("barcode", "kind", "element", "capacity", "used", "partitions", "files", "blocks", "eod", "protect",
+                "worm", "encrypted", "loads", "cut_at_load", "verify", "side", "sides")
         return "\n".join(f"{k:<12}{r[k]}" for k in keys if k in r)
 
     emit(args, r, text)

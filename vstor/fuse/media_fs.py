@@ -128,7 +128,9 @@ class MediaFS:
                 return 0
             if cmd == MTIOCGET:
                 st = h.drive.status()
-                buf = MTGET.pack(MT_ISSCSI2, 0, (st.density << 24) | st.blksize, st.gstat, 0, st.fileno, st.blkno)
+                # mt reads the partition from mt_resid's low byte
+                buf = MTGET.pack(MT_ISSCSI2, st.partition, (st.density << 24) | st.blksize, st.gstat, 0, st.fileno,
+                                 st.blkno)
                 ctypes.memmove(data, buf, MTGET.size)
                 return 0
             if cmd == MTIOCPOS:

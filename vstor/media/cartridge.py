@@ -29,8 +29,9 @@ from vstor.media import tapeformat as tf
 
 class Cartridge:
     def __init__(self, path: str, barcode: str, capacity: int, worm: bool = False, key: bytes | None = None,
-                 compress: bool = True) -> None:
+                 compress: bool = True, partition: int = 0) -> None:
         self.path, self.barcode, self.capacity, self.worm = path, barcode, capacity, worm
+        self.partition = partition
         self.compress = compress
         self._aead = AESGCM(key) if key else None
         new = not os.path.exists(path)
@@ -55,7 +56,7 @@ class Cartridge:
             try:
                 h = tf.unpack_obj(raw)
                 stored = os.pread(self.fd, h.stored, pos + tf.OBJ_HEADER_SIZE) if h.stored else b""
-                if h.number != n or len(stored) != h.stored:
+                if h.number != n or h.partition != self.partition or len(stored) != h.stored:
                     raise FormatError(f"object {n} is cut short or out of order")
                 tf.verify_obj(raw, h, stored)
                 if self.worm and tf.next_chain(self.chain, raw, stored) != h.chain:
@@ -158,7 +159,7 @@ class Cartridge:
         else:
             stored, flags = prepared or self.stored_size(data)
             kind, length = tf.KIND_DATA, len(data)
-        head = tf.pack_obj(kind, flags, n, length, stored, self.chain if self.worm else None)
+        head = tf.pack_obj(kind, flags, n, length, stored, self.chain if self.worm else None, self.partition)
         os.pwrite(self.fd, head + stored, self.end)
         self.offsets.append(self.end)
         if kind == tf.KIND_FILEMARK:

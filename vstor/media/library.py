@@ -53,6 +53,7 @@ class Medium:
     protect: bool = False
     side: int = 0  # optical two-sided media: the side facing the drive
     loads: int = 0
+    partitions: list[int] = field(default_factory=list)  # tape: capacities of partitions 1.. (none: one)
 
 
 @dataclass

@@ -80,7 +80,7 @@ class MailSlotsMixin:
     def _move_files(src: str, dst: str, code: str) -> None:
         """Move a medium's files (cartridge, or disc images and states) between directories."""
         for f in os.listdir(src):
-            if f == f"{code}.tape" or f.startswith(f"{code}.side"):
+            if f == f"{code}.tape" or f.startswith((f"{code}.side", f"{code}.p")):
                 os.replace(os.path.join(src, f), os.path.join(dst, f))
 
     def _shelf(self, name: str) -> dict[str, dict]:

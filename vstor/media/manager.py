@@ -245,10 +245,11 @@ class MediaManager(MailSlotsMixin):
                     ds.close()
             elif lib.type == "tape" and not m.cleaning:
                 drv = self.drives.get((name, idx)) if kind == "drive" else None
-                cart = drv.cart if isinstance(drv, TapeDrive) else self._open_cart(lib, m)
-                try:
+                cart = drv.parts[0] if isinstance(drv, TapeDrive) else self._open_cart(lib, m)
+                try:  # partition 0; "partitions" counts them all
                     d |= {"files": cart.files(), "blocks": cart.eod - cart.files(), "eod": cart.eod,
-                          "encrypted": self.key is not None, "cut_at_load": cart.cut}
+                          "partitions": len(m.partitions) + 1, "encrypted": self.key is not None,
+                          "cut_at_load": cart.cut}
                     if verify:
                         d["verify"] = cart.verify()
                 finally:
@@ -257,8 +258,27 @@ class MediaManager(MailSlotsMixin):
             return d
 
     # -- drives (used by the FUSE adapter) ---------------------------------------------------------
-    def _open_cart(self, lib: Library, m: Medium) -> Cartridge:
-        return Cartridge(self.cart_path(lib.name, m.barcode), m.barcode, m.capacity, m.worm, self.key)
+    def _open_cart(self, lib: Library, m: Medium, part: int = 0) -> Cartridge:
+        path = self.cart_path(lib.name, m.barcode)
+        if part:
+            path = path[: -len(".tape")] + f".p{part}.tape"
+        cap = m.partitions[part - 1] if part else m.capacity - sum(m.partitions)
+        return Cartridge(path, m.barcode, cap, m.worm, self.key, partition=part)
+
+    def _open_parts(self, lib: Library, m: Medium) -> list[Cartridge]:
+        return [self._open_cart(lib, m, p) for p in range(len(m.partitions) + 1)]
+
+    def _repartition(self, lib: Library, m: Medium, old: list[Cartridge], size_mib: int) -> list[Cartridge]:
+        """MTMKPART: erase the tape and make one partition (0) or two (partition 1 of SIZE MiB)."""
+        p1 = size_mib << 20
+        if p1 < 0 or p1 >= m.capacity:
+            raise UsageError(f"partition 1 of {size_mib} MiB does not fit on {m.barcode}")
+        for c in old:
+            c.close()
+            os.unlink(c.path)
+        m.partitions = [p1] if p1 else []
+        self.save(lib)
+        return self._open_parts(lib, m)
 
     def _disc(self, lib: Library, m: Medium) -> DiscSide:
         return DiscSide(os.path.join(self.dir, lib.name), m.barcode, mt.disc_type(m.kind), m.side, m.protect)
@@ -298,8 +318,9 @@ class MediaManager(MailSlotsMixin):
             if drv is None or drv.cart.barcode != code:
                 gen = mt.drive_gen(lib.drive_model)
                 _, writable = mt.can_use(gen, mt.tape_kind(code).gen)
-                drv = TapeDrive(self._open_cart(lib, m), mt.LTO[gen].density, writable, m.protect, MAX_BLOCK,
+                drv = TapeDrive(self._open_parts(lib, m), mt.LTO[gen].density, writable, m.protect, MAX_BLOCK,
                                 delay=lambda what, share, lib=lib: self._wait(lib, what, share))
+                drv.repartition = lambda size, lib=lib, m=m, drv=drv: self._repartition(lib, m, drv.parts, size)
                 self.drives[(name, idx)] = drv
             return drv
 
@@ -310,7 +331,8 @@ class MediaManager(MailSlotsMixin):
             drv.close()
         elif drv is not None:
             drv.close(rewind=True)
-            drv.cart.close()
+            for c in drv.parts:
+                c.close()
 
     def close(self) -> None:
         with self.lock:

@@ -27,7 +27,7 @@ from vstor.media.cartridge import Cartridge
 
 # mt_op numbers (linux/mtio.h)
 MTFSF, MTBSF, MTFSR, MTBSR, MTWEOF, MTREW, MTOFFL, MTNOP, MTEOM = 1, 2, 3, 4, 5, 6, 7, 8, 12
-MTSETBLK, MTSEEK, MTTELL, MTLOAD, MTUNLOAD, MTCOMPRESSION = 20, 22, 23, 30, 31, 32
+MTSETBLK, MTSEEK, MTTELL, MTLOAD, MTUNLOAD, MTCOMPRESSION, MTSETPART, MTMKPART = 20, 22, 23, 30, 31, 32, 33, 34
 # mt_gstat bits
 GMT_EOF, GMT_BOT, GMT_EOT, GMT_EOD, GMT_WR_PROT, GMT_ONLINE = (0x80000000, 0x40000000, 0x20000000, 0x08000000,
                                                               0x04000000, 0x01000000)
@@ -39,24 +39,34 @@ class DriveStatus:
     fileno: int
     blkno: int
     position: int
+    partition: int
     blksize: int
     density: int
     gstat: int
 
 
 class TapeDrive:
-    def __init__(self, cart: Cartridge, density: int, writable: bool, protect: bool, max_block: int,
-                 ew_bytes: int | None = None, delay: Callable[[str, float], None] | None = None) -> None:
-        self.cart, self.density = cart, density
+    def __init__(self, cart: Cartridge | list[Cartridge], density: int, writable: bool, protect: bool,
+                 max_block: int, ew_bytes: int | None = None, delay: Callable[[str, float], None] | None = None,
+                 repartition: Callable[[int], list[Cartridge]] | None = None) -> None:
+        self.parts = cart if isinstance(cart, list) else [cart]  # one cartridge file per partition
+        self.part = 0
+        self.repartition = repartition  # MTMKPART: (partition 1 size in MiB) -> the new partitions
+        self.density = density
         self.writable = writable  # the drive can write this generation
         self.read_only = protect or not writable
         self.max_block = max_block
-        self.ew = ew_bytes if ew_bytes is not None else max(cart.capacity // 50, 1 << 20)
+        self.ew = ew_bytes if ew_bytes is not None else max(self.parts[0].capacity // 50, 1 << 20)
         self.pos = 0
         self.blksize = 0
         self.wrote = False  # the last operation was a write: close/rewind/offline add a filemark
         self.ew_state = 0  # 0 before EW, 1 the EW signal is due, 2 it was given
         self.delay = delay or (lambda kind, fraction: None)  # the timing model: (operation, share of tape)
+
+    @property
+    def cart(self) -> Cartridge:
+        """The cartridge file of the current partition."""
+        return self.parts[self.part]
 
     # -- data --------------------------------------------------------------------------------
     def write(self, data: bytes) -> int:
@@ -155,6 +165,16 @@ class TapeDrive:
             if not 0 <= count <= self.cart.eod:
                 raise MediaError(f"cannot seek to block {count}: the tape ends at {self.cart.eod}", errno.EIO)
             self.pos = count
+        elif op == MTSETPART:
+            if not 0 <= count < len(self.parts):
+                raise MediaError(f"{self.cart.barcode} has {len(self.parts)} partition(s), not {count + 1}", errno.EIO)
+            self.part, self.pos = count, 0
+        elif op == MTMKPART:
+            self._check_writable()
+            if self.cart.worm or self.repartition is None:
+                raise MediaError(f"{self.cart.barcode} cannot be partitioned (WORM or not supported)", errno.EINVAL)
+            self.parts = self.repartition(count)
+            self.part, self.pos, self.wrote, self.ew_state = 0, 0, False, 0
         elif op in (MTNOP, MTCOMPRESSION):
             pass
         else:
@@ -201,7 +221,7 @@ class TapeDrive:
             g |= GMT_EOT
         if self.read_only:
             g |= GMT_WR_PROT
-        return DriveStatus(fileno, blkno, self.pos, self.blksize, self.density, g)
+        return DriveStatus(fileno, blkno, self.pos, self.part, self.blksize, self.density, g)
 
     def close(self, rewind: bool) -> None:
         """End of an open: after writing, a filemark; then rewind for the rewinding device."""
