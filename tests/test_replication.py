@@ -324,11 +324,14 @@ def test_bandwidth_cap_pful_split_modes_and_progress_bar(sites: Sites):
     _write(a.image("orders"), 0, os.urandom(6 << 20))
     b.vstor("pair", "create", "g", "--secondary", "--peer", sites.endpoint("a"), "--peer-name", "site-a")
     # --wait on a terminal draws a progress bar until PAIR
-    r = subprocess.run(["script", "-qec", f"{VSTOR} pair create g --peer {sites.endpoint('b')} --peer-name site-b "
-                        "--bandwidth 4MB/s --journal-limit 16M --wait", "/dev/null"],
-                       capture_output=True, text=True, env=a.env, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "100.0%" in r.stdout and "[####" in r.stdout and "PAIR" in r.stdout
+    proc = subprocess.Popen(["script", "-qec", f"{VSTOR} pair create g --peer {sites.endpoint('b')} --peer-name "
+                             "site-b --bandwidth 4MB/s --journal-limit 16M --wait", "/dev/null"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=a.env)
+    wait_for(lambda: status(a, "g")["state"] == "COPY", 30, "the initial copy runs")
+    _write(a.image("orders"), 1 << 20, b"written during the copy".ljust(4096, b"."))  # still writable
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert "100.0%" in out and "[####" in out and "PAIR" in out
     # 14 MiB at 4 MB/s: the backlog crosses 80% of the 16M allowance (PFUL), then drains
     t0 = time.monotonic()
     _write(a.image("payments"), 0, os.urandom(14 << 20))
