@@ -327,7 +327,7 @@ def test_bandwidth_cap_pful_split_modes_and_progress_bar(sites: Sites):
     proc = subprocess.Popen(["script", "-qec", f"{VSTOR} pair create g --peer {sites.endpoint('b')} --peer-name "
                              "site-b --bandwidth 4MB/s --journal-limit 16M --wait", "/dev/null"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=a.env)
-    wait_for(lambda: status(a, "g")["state"] == "COPY", 30, "the initial copy runs")
+    wait_for(lambda: '"COPY"' in a.vstor("pair", "status", "--json").stdout, 30, "the initial copy runs")
     _write(a.image("orders"), 1 << 20, b"written during the copy".ljust(4096, b"."))  # still writable
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
