@@ -23,7 +23,7 @@ import xxhash
 from vstor.durable import atomic_write, remove_durably
 from vstor.errors import AlreadyExists, Busy, FormatError, NotFound, UsageError
 from vstor.media import mediatypes as mt
-from vstor.media.cartridge import Cartridge
+from vstor.media.drives import DrivesMixin
 from vstor.media.library import CLEANING_USES, Library, Medium, parse_timing
 from vstor.media.mailslots import MailSlotsMixin
 from vstor.media.optical import DiscSide
@@ -31,10 +31,9 @@ from vstor.media.tapedrive import TapeDrive
 from vstor.store.volumes import NAME_RE
 
 FORMAT, VERSION = "vstor-library", 1
-MAX_BLOCK = 1 << 20  # the FUSE request size (max_write): larger tape blocks cannot pass 1:1
 
 
-class MediaManager(MailSlotsMixin):
+class MediaManager(MailSlotsMixin, DrivesMixin):
     def __init__(self, pool: str, key: bytes | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.sleep = sleep  # the timing model waits with this (tests inject a recorder)
         self.dir = os.path.join(pool, "media")
@@ -258,82 +257,6 @@ class MediaManager(MailSlotsMixin):
             return d
 
     # -- drives (used by the FUSE adapter) ---------------------------------------------------------
-    def _open_cart(self, lib: Library, m: Medium, part: int = 0) -> Cartridge:
-        path = self.cart_path(lib.name, m.barcode)
-        if part:
-            path = path[: -len(".tape")] + f".p{part}.tape"
-        cap = m.partitions[part - 1] if part else m.capacity - sum(m.partitions)
-        return Cartridge(path, m.barcode, cap, m.worm, self.key, partition=part)
-
-    def _open_parts(self, lib: Library, m: Medium) -> list[Cartridge]:
-        return [self._open_cart(lib, m, p) for p in range(len(m.partitions) + 1)]
-
-    def _repartition(self, lib: Library, m: Medium, old: list[Cartridge], size_mib: int) -> list[Cartridge]:
-        """MTMKPART: erase the tape and make one partition (0) or two (partition 1 of SIZE MiB)."""
-        p1 = size_mib << 20
-        if p1 < 0 or p1 >= m.capacity:
-            raise UsageError(f"partition 1 of {size_mib} MiB does not fit on {m.barcode}")
-        for c in old:
-            c.close()
-            os.unlink(c.path)
-        m.partitions = [p1] if p1 else []
-        self.save(lib)
-        return self._open_parts(lib, m)
-
-    def _disc(self, lib: Library, m: Medium) -> DiscSide:
-        return DiscSide(os.path.join(self.dir, lib.name), m.barcode, mt.disc_type(m.kind), m.side, m.protect)
-
-    def disc_op(self, name: str, drive: int, op: str) -> dict:
-        """finalize or erase the disc side in ``drive``."""
-        with self.lock:
-            if (name, drive) in self.open_drives:
-                raise Busy(f"drive{drive} of {name} is in use (open); close it first")
-            disc = self.drive(name, drive)
-            if not isinstance(disc, DiscSide):
-                raise UsageError(f"library {name} is a tape library: finalize and erase are for discs")
-            if op == "finalize":
-                disc.finalize()
-            else:
-                disc.erase()
-            return {"barcode": disc.barcode} | disc.describe()
-
-    def drive(self, name: str, idx: int) -> TapeDrive | DiscSide:
-        """The drive's state, opening its cartridge on first use (after a load or a restart)."""
-        with self.lock:
-            lib = self.lib(name)
-            code = lib.drives[idx] if 0 <= idx < len(lib.drives) else None
-            if code is None:
-                raise NotFound(f"drive{idx} of {name} holds no medium (load one with 'vstor media load')")
-            m = lib.media[code]
-            if m.cleaning:
-                raise Busy(f"drive{idx} of {name} holds cleaning cartridge {code}; unload it")
-            if lib.type == "optical":
-                disc = self.drives.get((name, idx))
-                if not isinstance(disc, DiscSide) or disc.barcode != code or disc.side != m.side:
-                    disc = self._disc(lib, m)
-                    self.drives[(name, idx)] = disc
-                disc.protect = m.protect
-                return disc
-            drv = self.drives.get((name, idx))
-            if drv is None or drv.cart.barcode != code:
-                gen = mt.drive_gen(lib.drive_model)
-                _, writable = mt.can_use(gen, mt.tape_kind(code).gen)
-                drv = TapeDrive(self._open_parts(lib, m), mt.LTO[gen].density, writable, m.protect, MAX_BLOCK,
-                                delay=lambda what, share, lib=lib: self._wait(lib, what, share))
-                drv.repartition = lambda size, lib=lib, m=m, drv=drv: self._repartition(lib, m, drv.parts, size)
-                self.drives[(name, idx)] = drv
-            return drv
-
-    def _release(self, name: str, idx: int) -> None:
-        drv = self.drives.pop((name, idx), None)
-        if isinstance(drv, DiscSide):
-            drv.close_session()
-            drv.close()
-        elif drv is not None:
-            drv.close(rewind=True)
-            for c in drv.parts:
-                c.close()
-
     def close(self) -> None:
         with self.lock:
             for key in list(self.drives):
