@@ -8,7 +8,7 @@ APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar genisoimage 
 # The command each package must provide, to tell whether it is installed.
 APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse
 
-.PHONY: setup system-deps venv demo test test-fast soak bench lint clean
+.PHONY: drill setup system-deps venv demo test test-fast soak bench lint clean
 
 setup: system-deps venv
 
@@ -49,6 +49,13 @@ bench: setup
 	$(PY) tools/bench_tuning.py
 	$(PY) tools/bench_replay.py
 	$(PY) tools/bench_snapshots.py
+	$(PY) tools/bench_replication.py
+	$(PY) tools/bench_pair_pinned.py --rounds 3
+	$(PY) tools/bench_tape.py --size 4G
+
+drill: setup
+	$(PY) tools/dr-drill
+	$(PY) tools/dr-drill --no-groups
 
 lint: venv
 	$(VENV)/bin/ruff check vstor tools tests vm
