@@ -22,6 +22,15 @@ def add_pool_arg(p: argparse.ArgumentParser) -> None:
                    help="pool directory (default: $VSTOR_POOL)")
 
 
+def subcommand(group: argparse._SubParsersAction, name: str, func: object, help_: str) -> argparse.ArgumentParser:
+    """A subcommand with the common options: --pool and --json."""
+    p = group.add_parser(name, help=help_)
+    add_pool_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=func)
+    return p
+
+
 def pool_path(args: argparse.Namespace) -> str:
     if not args.pool:
         raise UsageError("no pool given: use --pool PATH or set VSTOR_POOL")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vstor.cli.common import add_pool_arg, emit, pool_path, request, table
+from vstor.cli.common import emit, pool_path, request, subcommand, table
 from vstor.units import format_size
 
 
@@ -12,11 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     grp = sub.add_parser("group", help="manage consistency groups").add_subparsers(dest="action", required=True)
 
     def cmd(name: str, func: object, help_: str) -> argparse.ArgumentParser:
-        p = grp.add_parser(name, help=help_)
-        add_pool_arg(p)
-        p.add_argument("--json", action="store_true")
-        p.set_defaults(func=func)
-        return p
+        return subcommand(grp, name, func, help_)
 
     p = cmd("create", cmd_create, "create a consistency group: one write order over its volumes")
     p.add_argument("name")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from vstor.cli.common import add_pool_arg, emit, pool_path, request, table
+from vstor.cli.common import emit, pool_path, request, subcommand, table
 from vstor.units import format_size, parse_size
 
 
@@ -15,14 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     med = sub.add_parser("media", help="cartridges and discs: create, load, move, import, export").add_subparsers(
         dest="action", required=True)
 
-    def cmd(group: argparse._SubParsersAction, name: str, func: object, help_: str) -> argparse.ArgumentParser:
-        p = group.add_parser(name, help=help_)
-        add_pool_arg(p)
-        p.add_argument("--json", action="store_true")
-        p.set_defaults(func=func)
-        return p
-
-    p = cmd(lib, "create", cmd_lib_create, "create a library: slots, drives, mail slots")
+    p = subcommand(lib, "create", cmd_lib_create, "create a library: slots, drives, mail slots")
     p.add_argument("name")
     p.add_argument("--type", required=True, choices=["tape", "optical"])
     p.add_argument("--slots", type=int, required=True)
@@ -31,48 +24,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drive-model", default="LTO-9", help="tape drives: LTO-5 .. LTO-9 (default LTO-9)")
     p.add_argument("--timing", default="off", help="robot and drive delays: off (default), lto9 (real LTO-9 "
                    "figures), or load=S,unload=S,rewind=S,locate=S,move=S")
-    cmd(lib, "list", cmd_lib_list, "list libraries")
-    cmd(lib, "show", cmd_lib_show, "one library with its inventory").add_argument("name")
-    cmd(lib, "delete", cmd_lib_delete, "delete a library and its media").add_argument("name")
+    subcommand(lib, "list", cmd_lib_list, "list libraries")
+    subcommand(lib, "show", cmd_lib_show, "one library with its inventory").add_argument("name")
+    subcommand(lib, "delete", cmd_lib_delete, "delete a library and its media").add_argument("name")
 
-    p = cmd(med, "create", cmd_create, "new media in empty slots; the barcode suffix gives the tape type")
+    p = subcommand(med, "create", cmd_create, "new media in empty slots; the barcode suffix gives the tape type")
     p.add_argument("library")
     p.add_argument("barcodes", nargs="*")
     p.add_argument("--range", help="FIRST-LAST, like VT0001L9-VT0020L9")
     p.add_argument("--type", help="optical: BD-R, BD-RE, BDXL, DVD+R, DVD-RW, CD-R or MO")
     p.add_argument("--capacity", help="override the native capacity (small test media), like 64M")
-    cmd(med, "inventory", cmd_inventory, "every slot, drive and mail slot").add_argument("library")
-    p = cmd(med, "load", cmd_load, "load a medium into a drive")
+    subcommand(med, "inventory", cmd_inventory, "every slot, drive and mail slot").add_argument("library")
+    p = subcommand(med, "load", cmd_load, "load a medium into a drive")
     p.add_argument("library")
     p.add_argument("barcode")
     p.add_argument("--drive", type=int, required=True)
-    p = cmd(med, "unload", cmd_unload, "unload a drive; the medium returns to its home slot")
+    p = subcommand(med, "unload", cmd_unload, "unload a drive; the medium returns to its home slot")
     p.add_argument("library")
     p.add_argument("--drive", type=int, required=True)
-    p = cmd(med, "move", cmd_move, "move between elements (addresses like 1024, or slot1, drive0, mail1)")
+    p = subcommand(med, "move", cmd_move, "move between elements (addresses like 1024, or slot1, drive0, mail1)")
     p.add_argument("library")
     p.add_argument("src", metavar="FROM")
     p.add_argument("dst", metavar="TO")
     p.add_argument("--flip", action="store_true", help="turn a two-sided disc over on the way")
-    p = cmd(med, "import", cmd_import, "cycle the mail slots: take out what is there, bring in the shelf's media")
+    p = subcommand(med, "import", cmd_import, "cycle the mail slots: out what is there, in the shelf's media")
     p.add_argument("library")
     door = p.add_mutually_exclusive_group()
     door.add_argument("--open", dest="door", action="store_const", const="open", help="only open the mail door")
     door.add_argument("--close", dest="door", action="store_const", const="close", help="insert and close it")
-    p = cmd(med, "export", cmd_export, "move a medium to a mail slot, for the next import cycle to take out")
+    p = subcommand(med, "export", cmd_export, "move a medium to a mail slot, for the next import cycle to take out")
     p.add_argument("library")
     p.add_argument("barcode")
-    p = cmd(med, "show", cmd_show, "files, blocks, EOD, protection of one medium")
+    p = subcommand(med, "show", cmd_show, "files, blocks, EOD, protection of one medium")
     p.add_argument("library")
     p.add_argument("barcode")
     p.add_argument("--verify", action="store_true", help="re-read every block (and a WORM tape's hash chain)")
     for op, help_ in (("finalize", "close the write-once disc in a drive for good"),
                       ("erase", "blank the rewritable disc in a drive")):
-        p = cmd(med, op, cmd_disc, help_)
+        p = subcommand(med, op, cmd_disc, help_)
         p.add_argument("library")
         p.add_argument("--drive", type=int, required=True)
         p.set_defaults(disc_op=op)
-    p = cmd(med, "protect", cmd_protect, "set or clear write-protect")
+    p = subcommand(med, "protect", cmd_protect, "set or clear write-protect")
     p.add_argument("library")
     p.add_argument("barcode")
     p.add_argument("state", choices=["on", "off"])

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from vstor.cli.common import add_pool_arg, daemon_request, emit, pool_path, table
+from vstor.cli.common import daemon_request, emit, pool_path, subcommand, table
 from vstor.errors import UsageError
 from vstor.units import format_size, parse_size
 
@@ -16,12 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="action", required=True)
 
     def cmd(name: str, func: object, help_: str, group: bool = True) -> argparse.ArgumentParser:
-        p = pr.add_parser(name, help=help_)
-        add_pool_arg(p)
-        p.add_argument("--json", action="store_true")
+        p = subcommand(pr, name, func, help_)
         if group:
             p.add_argument("group", metavar="G")
-        p.set_defaults(func=func)
         return p
 
     p = cmd("create", cmd_create, "pair group G with a peer: on the primary, after '--secondary' on the peer")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from vstor.cli.common import add_pool_arg, emit, pool_path, request, table
+from vstor.cli.common import add_pool_arg, emit, pool_path, request, subcommand, table
 from vstor.control.freeze import frozen
 from vstor.units import format_size, parse_duration
 
@@ -15,12 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="action", required=True)
 
     def cmd(name: str, func: object, help_: str, owner: bool = True) -> argparse.ArgumentParser:
-        p = snap.add_parser(name, help=help_)
-        add_pool_arg(p)
-        p.add_argument("--json", action="store_true")
+        p = subcommand(snap, name, func, help_)
         if owner:
             p.add_argument("owner", metavar="G|VOL", help="a consistency group or a volume")
-        p.set_defaults(func=func)
         return p
 
     p = cmd("create", cmd_create, "take a snapshot; of a group: one atomic cut of every member")
