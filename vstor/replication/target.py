@@ -95,20 +95,15 @@ class Session:
         if ftype != wire.HELLO:
             raise wire.BadFrame(f"expected HELLO, got {wire.TYPE_NAMES[ftype]}")
         hello = wire.parse_json(body)
+        local = self._authorize(hello)
+        if local is None:
+            return
+        if local.role == PRIMARY and not hello.get("probe"):
+            # Chosen as the victim: stop our own shipper first, outside the lock it may be waiting for.
+            self.mgr.stop_shipper(local.group)
         with self.mgr.lock:
-            local = self.mgr.pairs.get(str(hello.get("peer_group")))
-            verdict = judge(local, self.conn.peer_name, hello)
-            if verdict.action == "accept" and hello.get("key_check") != self.store.key_check:
-                verdict = type(verdict)("refuse", "the arrays' encryption keys differ (or only one pool is "
-                                                  "encrypted): use the same key file at both sites")
-            if verdict.action != "accept":
-                log.warning("refused replication from %s for group %r: %s", self.conn.peer_name,
-                            hello.get("peer_group"), verdict.reason)
-                if verdict.action == "split_brain" and local is not None:
-                    self.mgr.mark_split_brain(local, verdict.reason)
-                self._refuse(verdict.reason, split_brain=verdict.action == "split_brain")
+            if self._authorize(hello) is not local:  # the pair changed meanwhile
                 return
-            assert local is not None
             if hello.get("probe"):
                 self.conn.send_json(wire.WELCOME, {"generation": local.generation})
                 return
@@ -128,11 +123,27 @@ class Session:
                 self.conn.send_json(wire.CONTROL, {"op": "takeover"})
                 self._takeover_wanted = False
 
+    def _authorize(self, hello: dict) -> Pair | None:
+        """The local pair if the verdict on this HELLO is accept; otherwise refuse (and log) and None."""
+        with self.mgr.lock:
+            local = self.mgr.pairs.get(str(hello.get("peer_group")))
+            verdict = judge(local, self.conn.peer_name, hello)
+            if verdict.action == "accept" and hello.get("key_check") != self.store.key_check:
+                verdict = type(verdict)("refuse", "the arrays' encryption keys differ (or only one pool is "
+                                                  "encrypted): use the same key file at both sites")
+            if verdict.action == "accept":
+                return local
+            log.warning("refused replication from %s for group %r: %s", self.conn.peer_name,
+                        hello.get("peer_group"), verdict.reason)
+            if verdict.action == "split_brain" and local is not None:
+                self.mgr.mark_split_brain(local, verdict.reason)
+        self._refuse(verdict.reason, split_brain=verdict.action == "split_brain")
+        return None
+
     def _adopt(self, local: Pair, hello: dict) -> dict:
         """Take the primary's view: victim demotion, generation, volumes. Returns the WELCOME."""
         answer: dict = {}
         if local.role == PRIMARY:  # chosen as the victim (failback or split-brain resolution)
-            self.mgr.stop_shipper(local.group)
             fold(self.mgr, local)
             self.victim = True
             maps = self.mgr.bitmaps.get(local.group, {})
