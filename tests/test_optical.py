@@ -87,3 +87,14 @@ def test_rewritable_erase_and_two_sided_mo(array):
     assert "one side" in line
     one_error_line(array.vstor("media", "create", "jb", "X1", check=False), "optical media without --type")
     one_error_line(array.vstor("media", "create", "jb", "X1", "--type", "LP", check=False), "unknown disc type")
+
+
+def test_reopening_a_drive_at_once_never_sees_its_own_last_handle(array):
+    # FUSE delivers RELEASE after close() returns; a close-then-open (mt, then tar) must not get EBUSY.
+    array.vstor("library", "create", "jb", "--type", "optical", "--slots", "2", "--drives", "1")
+    array.vstor("media", "create", "jb", "RE0002", "--type", "BD-RE", "--capacity", "16M")
+    array.vstor("media", "load", "jb", "RE0002", "--drive", "0")
+    dev = os.path.join(array.mnt, "media", "jb", "drive0")
+    for i in range(200):
+        _write(dev, i.to_bytes(4, "little") * 1024, 0)
+    assert read_direct(dev, 0, 4096) == (199).to_bytes(4, "little") * 1024

@@ -16,6 +16,8 @@ import errno
 import re
 import stat
 import struct
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,7 @@ MTIOCTOP, MTIOCGET, MTIOCPOS = 0x40086D01, 0x80306D02, 0x80086D03
 MTOP = struct.Struct("<hxxi")  # mt_op, pad, mt_count
 MTGET = struct.Struct("<qqqqqii")  # type resid dsreg gstat erreg fileno blkno
 MT_ISSCSI2 = 0x72
+RELEASE_WAIT = 2.0  # seconds an open waits for the previous handle's release before EBUSY
 _DRIVE = re.compile(r"^/media/([^/]+)/(n?)drive(\d+)$")
 
 
@@ -44,6 +47,7 @@ class MediaFS:
     def __init__(self, mgr: MediaManager, fuse_error: Any) -> None:
         self.mgr = mgr
         self.err = fuse_error  # mfusepy.FuseOSError
+        self.released = threading.Condition(mgr.lock)
 
     def getattr(self, path: str) -> dict[str, Any]:
         parts = path.split("/")[2:]
@@ -75,6 +79,11 @@ class MediaFS:
             raise self.err(errno.ENOENT)
         lib, idx = m.group(1), int(m.group(3))
         with self.mgr.lock:
+            # FUSE sends RELEASE after close() has returned: a program that closes the drive and
+            # opens it again at once (mt, then tar) must not see EBUSY from its own last handle.
+            deadline = time.monotonic() + RELEASE_WAIT
+            while (lib, idx) in self.mgr.open_drives and time.monotonic() < deadline:
+                self.released.wait(0.05)
             if (lib, idx) in self.mgr.open_drives:
                 raise self.err(errno.EBUSY)
             try:
@@ -112,6 +121,7 @@ class MediaFS:
                     h.drive.close(rewind=h.rewind or h.unload)
             finally:
                 self.mgr.open_drives.discard((h.lib, h.idx))
+                self.released.notify_all()
             if h.unload:
                 self.mgr.unload(h.lib, h.idx)
 
