@@ -301,12 +301,12 @@ class Replication:
             return self.store.state.group_seq.get(self.gid(pair), 0)
 
     def delete(self, group: str) -> dict:
+        pair = self.pair(group)
+        sh = self.shippers.get(group)
+        if sh is not None and sh.is_alive():  # outside the lock: the shipper may be waiting for it
+            sh.request("delete", "", timeout=15.0)
+        self.stop_shipper(group)
         with self.lock:
-            pair = self.pair(group)
-            sh = self.shippers.get(group)
-            if sh is not None:
-                sh.request("delete", "")
-            self.stop_shipper(group)
             sess = self.sessions.pop(group, None)
             if sess is not None:
                 sess.close()
