@@ -22,7 +22,8 @@ from vstor.store.mapstore import le_bytes
 
 def account(maps: Sequence[VolumeMap], own: Sequence[int] = ()) -> tuple[list[tuple[int, int]], int]:
     """Per map: (exclusive, shared) bytes, where exclusive bytes are referenced by no other map
-    of ``maps``. Also the bytes of the union of the maps whose indices are in ``own``."""
+    of ``maps``. Also the bytes of the union of the maps whose indices are in ``own`` (0 and
+    no work for it when ``own`` is empty)."""
     excl = [0] * len(maps)
     owned = set(own)
     union = 0
@@ -59,47 +60,49 @@ class _KeyScan:
         n = len(leaves)
         self.excl = [0] * n
         self.union: dict[int, int] = {}
-        any_own, all_own = any(own), all(own)
+        self.multi, self.own = multi, own
+        self.any_own, self.all_own = any(own), all(own)
         alone = n == 1 and not multi[0]
         overlays = [lf.overlays for lf in leaves]
         # All versions' slots side by side; column i (a strided view) holds chunk i of each.
         table = memoryview(b"".join(le_bytes(lf.slots) for lf in leaves)).cast("Q")
+        all_frag = FRAGMENTED.to_bytes(8, "little") * n
         for i in range(LEAF_SLOTS):
             col = table[i::LEAF_SLOTS]
             raw = col.tobytes()
-            if raw == raw[:8] * n:  # every version agrees: one C-level comparison
-                first = col[0]
-                if first not in (EMPTY, FRAGMENTED):
-                    if alone:
-                        self.excl[0] += cs
-                    if any_own:
-                        self._add(first, cs)
-                    continue
-                if first == EMPTY:
-                    continue
-            t = col.tolist()
             chunk = (key << LEAF_BITS) | i
             contents = {}
-            for val, cnt in Counter(t).items():  # whole-chunk and empty contents
-                if val != FRAGMENTED:
-                    contents[("slot", val)] = self._content(t, val, cnt, multi, own, all_own, chunk, cs, None)
-            if FRAGMENTED in t:  # fragmented contents: versions share unchanged overlay lists
-                lists = list(map(methodcaller("get", chunk), overlays))
-                ids = list(map(id, lists))
-                for lid, cnt in Counter(ids).items():
-                    j = ids.index(lid)
-                    if lists[j] is not None:
-                        contents[("list", lid)] = self._content(ids, lid, cnt, multi, own, all_own, chunk, cs,
-                                                                lists[j])
+            if raw != all_frag:
+                if raw == raw[:8] * n:  # every version agrees: one C-level comparison
+                    first = col[0]
+                    if first == EMPTY:
+                        continue
+                    if alone:
+                        self.excl[0] += cs
+                    if self.any_own:
+                        self._add(first, cs)
+                    continue
+                t = col.tolist()
+                for val, (j, cnt) in _first_and_count(t).items():  # whole-chunk and empty contents
+                    if val != FRAGMENTED:
+                        contents[("slot", val)] = self._content(t, val, j, cnt, None, chunk, cs)
+                if FRAGMENTED not in t:
+                    self._compare(contents)
+                    continue
+            # fragmented contents: versions share unchanged overlay lists
+            lists = list(map(methodcaller("get", chunk), overlays))
+            ids = list(map(id, lists))
+            for lid, (j, cnt) in _first_and_count(ids).items():
+                if lists[j] is not None:
+                    contents[("list", lid)] = self._content(ids, lid, j, cnt, lists[j], chunk, cs)
             self._compare(contents)
 
-    @staticmethod
-    def _content(tags: list, tag: object, cnt: int, multi: list[bool], own: list[bool], all_own: bool,
-                 chunk: int, cs: int, overlay: list[Extent] | None) -> tuple[list[Extent], int | None, bool]:
-        """(extents, the version holding it if it is the only one, whether an own version holds it)."""
-        j = tags.index(tag)
-        single = j if cnt == 1 and not multi[j] else None
-        mine = all_own or any(compress(map(tag.__eq__, tags), own))
+    def _content(self, tags: list, tag: object, j: int, cnt: int, overlay: list[Extent] | None, chunk: int,
+                 cs: int) -> tuple[list[Extent], int | None, bool]:
+        """(extents, the version holding it if it is the only one, whether an own version holds
+        it) of the content ``tag``, first found in version ``j`` and held by ``cnt`` versions."""
+        single = j if cnt == 1 and not self.multi[j] else None
+        mine = self.all_own or (self.any_own and any(compress(map(tag.__eq__, tags), self.own)))
         if overlay is not None:
             return overlay, single, mine
         slot = tags[j]
@@ -119,10 +122,11 @@ class _KeyScan:
         record's data at other boundaries)."""
         items = list(contents.values())
         counts: Counter = Counter()
-        for ext, single, _mine in items:
-            counts.update(ext)
-            if single is None:
+        if any(single is not None for _e, single, _m in items):  # else nothing can be exclusive
+            for ext, single, _mine in items:
                 counts.update(ext)
+                if single is None:
+                    counts.update(ext)
         unique = {t for t, n in counts.items() if n == 1}
         if unique:
             same_loc: dict[int, list[tuple[int, int]]] = {}
@@ -146,6 +150,18 @@ class _KeyScan:
                 by_loc.setdefault(loc, []).append((s, e))
             for loc, spans in by_loc.items():
                 self._add(loc, _covered(-1, 1 << 62, spans))
+
+
+def _first_and_count(tags: list) -> dict:
+    """tag -> (index of its first occurrence, occurrences). C-level counting while the tags
+    are few; one pass when they are many, where an index() per tag would be quadratic."""
+    counts = Counter(tags)
+    if len(counts) <= 16:
+        return {tag: (tags.index(tag), cnt) for tag, cnt in counts.items()}
+    first: dict = {}
+    for j, tag in enumerate(tags):
+        first.setdefault(tag, j)
+    return {tag: (first[tag], cnt) for tag, cnt in counts.items()}
 
 
 def _covered(s: int, e: int, spans: list[tuple[int, int]]) -> int:

@@ -63,9 +63,10 @@ def clone(store: Store, owner: str, name: str, prefix: str) -> list[str]:
     return [e["name"] for e in ev["events"]]
 
 
-def sizes(store: Store, vids: set[int] | None = None) -> tuple[dict, dict[int, dict]]:
+def sizes(store: Store, vids: set[int] | None = None, totals: bool = True) -> tuple[dict, dict[int, dict]]:
     """Exclusive and shared bytes of every snapshot member map, keyed (sid, vid), and per volume
-    {"allocated", "snapshots", "total"}: its live data, what only its snapshots hold, the sum."""
+    {"allocated", "snapshots", "total"}: its live data, what only its snapshots hold, the sum.
+    ``totals=False`` skips the per-volume part (its union of every version is most of the work)."""
     out: dict[tuple[int, int], tuple[int, int]] = {}
     per_volume: dict[int, dict] = {}
     plan: list[tuple[int, bool, list]] = []
@@ -86,9 +87,9 @@ def sizes(store: Store, vids: set[int] | None = None) -> tuple[dict, dict[int, d
     with store.frozen_maps(pick) as groups:  # the work runs without the store lock
         for (vid, has_live, keys), maps in zip(plan, groups, strict=True):
             nlive = 1 if has_live else 0
-            result, union = account(maps, range(nlive + len(keys)))
+            result, union = account(maps, range(nlive + len(keys)) if totals else ())
             out.update(zip(keys, result[nlive : nlive + len(keys)], strict=True))
-            if has_live:
+            if has_live and totals:
                 allocated = maps[0].mapped_bytes
                 per_volume[vid] = {"allocated": allocated, "snapshots": union - allocated, "total": union}
     return out, per_volume
@@ -102,7 +103,7 @@ def listing(store: Store, owner: str | None = None) -> list[dict]:
         else:
             snaps = cat.snapshots_of(*cat.owner(table, owner))
     vids = {m.vid for s in snaps for m in s.members}
-    size_map, _ = sizes(store, vids)
+    size_map, _ = sizes(store, vids, totals=False)
     return [describe(store, s, size_map) for s in snaps]
 
 
