@@ -112,19 +112,23 @@ def remap_versions(leaves: list[Leaf], chunk: int, a: int, b: int, old: int, new
     base, top = chunk * chunk_size, (chunk + 1) * chunk_size
     done: dict[int, int] = {}  # id(list) -> bytes moved in it
     total = 0
+    split: list[Extent] | None = None  # the one new list of every version the move fragments
+    whole = sum(1 for leaf in leaves if leaf.slots[i] == old)
     for leaf in leaves:
         slot = leaf.slots[i]
         if slot == old:
             if a <= base and b >= top:
                 leaf.slots[i] = new
                 n = chunk_size
-            else:  # only part of the chunk moves: it becomes fragmented in this version
-                ext = [(base, max(a, base), old)] if a > base else []
-                ext.append((max(a, base), min(b, top), new))
-                if b < top:
-                    ext.append((b, top, old))
-                leaf.overlays[chunk] = ext
-                leaf.owned.add(chunk)
+            else:  # only part of the chunk moves: it becomes fragmented in these versions
+                if split is None:
+                    split = [(base, max(a, base), old)] if a > base else []
+                    split.append((max(a, base), min(b, top), new))
+                    if b < top:
+                        split.append((b, top, old))
+                leaf.overlays[chunk] = split  # shared, like a copy's lists, so versions stay alike
+                if whole == 1:
+                    leaf.owned.add(chunk)
                 leaf.slots[i] = FRAGMENTED
                 n = min(b, top) - max(a, base)
         elif slot == FRAGMENTED:
