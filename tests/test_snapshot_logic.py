@@ -387,6 +387,30 @@ def test_dump_load_keeps_content_sharing_and_reference_totals(seed):
     _check_family(fam2)
 
 
+def test_load_maps_shares_extent_tuples_and_chunk_numbers():
+    """Versions of an overlay list repeat most extents. In memory they share the tuples, and
+    after a reload they must share them again (one tuple per distinct extent, one int per chunk
+    number), or a restart with many snapshots multiplies the daemon's memory."""
+    refs = Refs()
+    v = VolumeMap(CS, refs)
+    v.map(0, 300, make_loc(1, 64))
+    v.map(300, 400, make_loc(1, 9000))
+    snaps = []
+    for n in range(5):
+        snaps.append(v.share())
+        v.map(500 + n, 501 + n, make_loc(2, 64 * (n + 1)))  # a new list version for chunk 0
+    loaded = load_maps(dump_maps([v, *snaps]), CS, Refs())
+    lists = [m.leaves[0].overlays[0] for m in loaded]
+    assert len({id(x) for x in lists}) == 6
+    first = {t: t for t in lists[-1]}
+    for lst in lists:
+        for t in lst:
+            if t in first:
+                assert t is first[t]
+    keys = [next(iter(m.leaves[0].overlays)) for m in loaded]
+    assert all(k is keys[0] for k in keys)
+
+
 def test_load_maps_rejects_truncated_corrupted_or_padded_blobs():
     """Every damaged blob raises FormatError, never another exception or a silent result."""
     fam = _random_family(7)
@@ -428,6 +452,27 @@ def test_account_matches_byte_model(seed):
         assert got == want
         assert union == len(set().union(*(sets[i] for i in own)))
     assert account([], ()) == ([], 0)
+
+
+def test_account_with_many_distinct_versions_of_one_chunk():
+    """40 snapshots, each after a write to the same chunks: more distinct contents per chunk than
+    the counting shortcut handles (fragmented chunk 0, whole-chunk rewrites of chunk 1)."""
+    fam = _new_family()
+    for step in range(40):
+        a = (step * 37) % (CS - 16)
+        for lo, hi, loc in ((a, a + 16, make_loc(1, 64 + step * 997)), (CS, 2 * CS, make_loc(2, 64 + step * 997))):
+            fam.maps[0].map(BASE + lo, BASE + hi, loc)
+            fam.models[0][lo:hi] = [loc] * (hi - lo)
+        if step % 3:
+            fam.add(fam.maps[0].share(), list(fam.models[0]), True)
+    sets = [_model_pairs(m) for m in fam.models]
+    counts = Counter(p for s in sets for p in s)
+    want = [(sum(1 for p in s if counts[p] == 1), sum(1 for p in s if counts[p] > 1)) for s in sets]
+    assert any(x for x, _ in want[1:]), "some snapshot must hold exclusive bytes"
+    got, union = account(fam.maps, range(len(fam.maps)))
+    assert got == want
+    assert union == len(set().union(*sets))
+    assert account(fam.maps)[0] == want
 
 
 def test_account_cuts_fragments_of_different_versions():
@@ -1024,5 +1069,29 @@ def test_gc_remap_changes_a_shared_overlay_list_once_and_counts_every_version():
     for m in st.all_maps():
         assert m.lookup(0, 400) == [(0, 100, old), (100, 200, new), (200, 300, old), (300, 400, other)]
     assert len({id(m.leaves[0].overlays[0]) for m in st.all_maps()}) == 1  # still one shared list
+    recount = PoolState.from_checkpoint(CS, st.meta_json(), st.maps_blob())
+    assert dict(recount.live) == dict(st.live)
+
+
+def test_gc_move_inside_a_whole_chunk_gives_every_version_one_shared_list():
+    """A GC move of part of a chunk that several versions map whole fragments it in all of them
+    with one new list, shared like a copy's, not one list per version (accounting groups
+    versions by list; a list per version made it compare every version with every other)."""
+    st = _pool("a")
+    a = _vid(st, "a")
+    vm = st.maps[a]
+    old = make_loc(2, 64)
+    vm.map(0, CS, old)
+    for n in range(3):
+        st.apply_event(st.catalog.make_snapshot(st.table, st.group_seq, "a", f"s{n}", NOW))
+        vm.map(CS * (n + 2), CS * (n + 3), make_loc(3, 64 * (n + 1)))
+    new = make_loc(5, 64)
+    assert st.relocate_all(a, 100, 200, old, new) == 4 * 100
+    lists = [m.leaves[0].overlays[0] for m in st.all_maps()]
+    assert len(lists) == 4 and all(x is lists[0] for x in lists)
+    assert lists[0] == [(0, 100, old), (100, 200, new), (200, CS, old)]
+    vm.map(150, 160, make_loc(6, 64))  # the live map changes its own copy, not the shared list
+    assert lists[0] == [(0, 100, old), (100, 200, new), (200, CS, old)]
+    assert vm.lookup(0, CS)[2] == (150, 160, make_loc(6, 64))
     recount = PoolState.from_checkpoint(CS, st.meta_json(), st.maps_blob())
     assert dict(recount.live) == dict(st.live)

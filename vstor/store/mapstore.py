@@ -82,13 +82,16 @@ def _swapped(a: array) -> bytes:
 
 
 def load_maps(data: bytes | memoryview, chunk_size: int, on_ref: Callable[[int, int], None]) -> list[VolumeMap]:
-    """Rebuild the maps, sharing leaves and overlay lists as they were. ``on_ref`` is called once
+    """Rebuild the maps, sharing leaves, overlay lists and extents as they were. ``on_ref`` is called once
     per extent of each distinct leaf, exactly as the live maps counted them."""
     view = memoryview(data)
     try:
         (nlists,) = _U32.unpack_from(view, 0)
         pos = 4
         lists: list[list] = []
+        # Versions of a list repeat most extents; in memory they shared the tuples, and so they
+        # do again (a restart would otherwise hold one tuple per extent per list).
+        extents: dict[tuple[int, int, int], tuple[int, int, int]] = {}
         for _ in range(nlists):
             (n,) = _U32.unpack_from(view, pos)
             pos += 4
@@ -99,11 +102,13 @@ def load_maps(data: bytes | memoryview, chunk_size: int, on_ref: Callable[[int, 
             if sys.byteorder != "little":
                 flat.byteswap()
             it = iter(flat)
-            lists.append(list(zip(it, it, it, strict=True)))
+            ext = list(zip(it, it, it, strict=True))
+            lists.append(list(map(extents.setdefault, ext, ext)))
             pos += _EXT.size * n
         (nleaves,) = _U32.unpack_from(view, pos)
         pos += 4
         leaves: list[Leaf] = []
+        ints: dict[int, int] = {}  # one int object per chunk number, however many leaves use it
         for _ in range(nleaves):
             slots = array("Q")
             slots.frombytes(view[pos : pos + 8 * LEAF_SLOTS])
@@ -122,7 +127,8 @@ def load_maps(data: bytes | memoryview, chunk_size: int, on_ref: Callable[[int, 
             if sys.byteorder != "little":
                 chunks.byteswap()
                 idx.byteswap()
-            overlays = dict(zip(chunks, map(lists.__getitem__, idx), strict=True))
+            chunk_ids = list(chunks)
+            overlays = dict(zip(map(ints.setdefault, chunk_ids, chunk_ids), map(lists.__getitem__, idx), strict=True))
             leaf = Leaf(slots, overlays)
             leaf.refs = 0
             leaves.append(leaf)
