@@ -148,8 +148,11 @@ class _KeyScan:
             by_loc: dict[int, list[tuple[int, int]]] = {}
             for s, e, loc in set(chain.from_iterable(ext for ext, _s, mine in items if mine)):
                 by_loc.setdefault(loc, []).append((s, e))
-            for loc, spans in by_loc.items():
-                self._add(loc, _covered(-1, 1 << 62, spans))
+            union = self.union
+            for loc, spans in by_loc.items():  # one span per record in most chunks
+                n = spans[0][1] - spans[0][0] if len(spans) == 1 else _covered(-1, 1 << 62, spans)
+                seg = loc_segno(loc)
+                union[seg] = union.get(seg, 0) + n
 
 
 def _first_and_count(tags: list) -> dict:
