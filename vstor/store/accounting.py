@@ -135,15 +135,15 @@ class _KeyScan:
                 for s, e, loc in ext:
                     if loc in locs:
                         same_loc.setdefault(loc, []).append((s, e))
+            solo = {loc: _solo_prefix(spans) for loc, spans in same_loc.items()}
             for ext, single, _mine in items:
                 if single is None:
                     continue
                 for t in ext:
-                    if t in unique:
+                    if t in unique:  # its bytes that no other piece of the same record covers
                         s, e, loc = t
-                        others = list(same_loc[loc])
-                        others.remove((s, e))
-                        self.excl[single] += (e - s) - _covered(s, e, others)
+                        prefix = solo[loc]
+                        self.excl[single] += prefix[e] - prefix[s]
         if any(mine for _e, _s, mine in items):
             by_loc: dict[int, list[tuple[int, int]]] = {}
             for s, e, loc in set(chain.from_iterable(ext for ext, _s, mine in items if mine)):
@@ -165,6 +165,25 @@ def _first_and_count(tags: list) -> dict:
     for j, tag in enumerate(tags):
         first.setdefault(tag, j)
     return {tag: (first[tag], cnt) for tag, cnt in counts.items()}
+
+
+def _solo_prefix(spans: list[tuple[int, int]]) -> dict[int, int]:
+    """For the pieces ``spans`` of one record (with repeats): at each boundary, the bytes before
+    it that exactly one piece covers. A piece found once then owns prefix[e] - prefix[s] bytes
+    alone: one sweep per record instead of a union per piece."""
+    delta: dict[int, int] = {}
+    for s, e in spans:
+        delta[s] = delta.get(s, 0) + 1
+        delta[e] = delta.get(e, 0) - 1
+    points = sorted(delta)
+    prefix = {points[0]: 0}
+    cov = acc = 0
+    for a, b in zip(points, points[1:], strict=False):
+        cov += delta[a]
+        if cov == 1:
+            acc += b - a
+        prefix[b] = acc
+    return prefix
 
 
 def _covered(s: int, e: int, spans: list[tuple[int, int]]) -> int:
