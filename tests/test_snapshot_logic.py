@@ -411,6 +411,34 @@ def test_load_maps_shares_extent_tuples_and_chunk_numbers():
     assert all(k is keys[0] for k in keys)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_reloaded_leaves_count_gc_moves_and_writes_before_their_totals_exist(seed):
+    """Reloaded leaves compute their per-segment totals only when first needed; GC moves and
+    writes made before that must still be counted right when the maps are released."""
+    fam = _random_family(seed)
+    refs2 = Refs()
+    loaded = load_maps(dump_maps(fam.maps), CS, refs2)
+    fam2 = Family(refs2, loaded, [list(m) for m in fam.models], list(fam.frozen))
+    assert all(leaf.segs is None for m in loaded for leaf in m.leaves.values())
+    rng = random.Random(seed)
+    for _ in range(6):  # GC moves of random pieces of records, into segment 9
+        o = rng.randrange(WINDOW)
+        old = next((m[o] for m in fam2.models if m[o] != EMPTY), EMPTY)
+        if old == EMPTY:
+            continue
+        a, b = o, min(WINDOW, (o // CS + 1) * CS, o + rng.randrange(1, 300))
+        new = make_loc(9, 64 + o)
+        _gc_move(fam2.maps, BASE + a, BASE + b, old, new, refs2)
+        for m in fam2.models:
+            m[a:b] = [new if x == old else x for x in m[a:b]]
+    _check_family(fam2)
+    fam2.maps[0].map(BASE, BASE + 100, make_loc(8, 64))
+    fam2.models[0][:100] = [make_loc(8, 64)] * 100
+    while len(fam2.maps) > 1:
+        fam2.drop(len(fam2.maps) - 1)
+        _check_family(fam2)
+
+
 def test_load_maps_rejects_truncated_corrupted_or_padded_blobs():
     """Every damaged blob raises FormatError, never another exception or a silent result."""
     fam = _random_family(7)
