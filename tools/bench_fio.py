@@ -1,13 +1,16 @@
 """fio benchmark of vstor against a bare FUSE passthrough, the raw file and nbdkit+nbdfuse.
 
     .venv/bin/python tools/bench_fio.py [--size 2G] [--all | --vstor-variants plain,lz4,aes]
-                                        [--targets raw,passthrough,nbdfuse,vstor] [--json-out FILE]
+                                        [--targets raw,passthrough,nbdfuse,vstor] [--rounds N] [--json-out FILE]
 
 Each target is a file of --size bytes; the same four fio jobs run on each, one target at a time
 (set up, measured, torn down): 1 MiB sequential write of the whole file then fdatasync (MB/s),
 1 MiB sequential read (MB/s), 4 KiB random write at QD1 then fdatasync (IOPS), 4 KiB random read
 at QD1 (IOPS). The page cache is dropped before each read job. For vstor it also reports the
 daemon's RSS after the write (extrapolated per TiB) and the journal replay after kill -9.
+With --rounds N the whole list runs N times, alternating targets, because this VM's disk drifts
+between minutes: each round's ratios compare targets measured back to back, and the report gives
+their median (and each target's median figures).
 Needs root (FUSE mounts, /proc/sys/vm/drop_caches). Everything lives under a temporary directory
 in --workdir and is removed, and every mount and server undone, on success, error or Ctrl-C.
 """
@@ -28,7 +31,7 @@ from typing import Any
 
 from benchlib.fio import JOBS, FioSettings, direct_io_works, fio_version, run_job
 from benchlib.procs import BenchError, drop_caches, install_signal_handlers, run, signals_deferred
-from benchlib.report import ratios, render
+from benchlib.report import combine, paired_ratios, render
 from benchlib.targets import VSTOR_VARIANTS, Nbdfuse, Passthrough, Raw, Target, Vstor, vstor_available
 
 from vstor.errors import UsageError
@@ -45,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--all", action="store_true", help="all vstor variants: plain,lz4,aes")
     p.add_argument("--direct", type=int, choices=(0, 1), default=0,
                    help="fio direct= (default 0: buffered, caches dropped before reads)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every target this many times, alternating, and report per-round ratios' "
+                        "median (default 1)")
     p.add_argument("--runtime", type=int, default=20, help="seconds of each random job (default 20)")
     p.add_argument("--read-repeats", type=int, default=3,
                    help="run each read job and the random write this many times (caches dropped before "
@@ -160,34 +166,44 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     settings = FioSettings(a.size_bytes, a.direct, a.runtime, a.seq_cap, a.compress_percentage)
     workdir = Path(tempfile.mkdtemp(prefix="vstor-bench-", dir=a.workdir))
-    results: dict[str, dict[str, Any]] = {}
+    rounds: list[dict[str, dict[str, Any]]] = []
     h: dict[str, Any] = {}
     interrupted = False
     try:
         h = header(a, workdir)
         print_header(h)
         unavailable = vstor_available() if "vstor" in a.target_list else None
-        for target in make_targets(a, workdir):
-            if isinstance(target, Vstor) and unavailable:
-                results[target.name] = {"kind": "vstor", "jobs": {}, "extras": {},
-                                        "error": f"skipped: vstor CLI unavailable ({unavailable})"}
-                continue
-            results[target.name] = {}
-            measure(target, settings, results[target.name], a.read_repeats)
+        for n in range(a.rounds):
+            if a.rounds > 1:
+                print(f"\n=== round {n + 1} of {a.rounds}", flush=True)
+            results: dict[str, dict[str, Any]] = {}
+            rounds.append(results)
+            for target in make_targets(a, workdir):
+                if isinstance(target, Vstor) and unavailable:
+                    results[target.name] = {"kind": "vstor", "jobs": {}, "extras": {},
+                                            "error": f"skipped: vstor CLI unavailable ({unavailable})"}
+                    continue
+                results[target.name] = {}
+                measure(target, settings, results[target.name], a.read_repeats)
     except KeyboardInterrupt as exc:
         interrupted = True
-        results = {name: r for name, r in results.items() if r}
+        rounds = [{name: r for name, r in results.items() if r} for results in rounds]
+        rounds = [r for r in rounds if r]
         why = str(exc) or "Ctrl-C"
         print(f"\ninterrupted ({why}): everything set up was undone", file=sys.stderr, flush=True)
     finally:
         with signals_deferred():
             shutil.rmtree(workdir, ignore_errors=True)
+    combined = combine(rounds) if rounds else {}
+    rat = paired_ratios(rounds)
     print()
-    print(render(results))
+    if a.rounds > 1:
+        print(f"figures: per job, the median over {len(rounds)} rounds; ratios: the median of each round's ratio")
+    print(render(combined, rat))
     if a.json_out:
-        doc = {**h, "interrupted": interrupted, "targets": results, "ratios": ratios(results)}
+        doc = {**h, "interrupted": interrupted, "targets": combined, "ratios": rat, "rounds": rounds}
         Path(a.json_out).write_text(json.dumps(doc, indent=2) + "\n")
-    failed = interrupted or any(r["error"] for r in results.values())
+    failed = interrupted or any(r["error"] for r in combined.values())
     return 130 if interrupted else int(failed)
 
 

@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes, short runs, 0/20/100 snapshots")
     p.add_argument("--parts", default="1,2,3,4", help="comma list of the parts to run (4 needs 3)")
     p.add_argument("--dir", default="/var/tmp", help="where the temporary directory with the pools goes")
+    p.add_argument("--keep-pools", action="store_true",
+                   help="leave the pools (arrays stopped) in the temporary directory, for profiling; it is printed")
     p.add_argument("--json-out", help="also write the results as JSON to this file")
     p.add_argument("--reps", type=int, default=20, help="part 1: snapshots timed per group (default 20)")
     p.add_argument("--runtime", type=int, help="part 2: seconds of each fio run (default 20, quick 10)")
@@ -808,6 +810,7 @@ def render4(out: dict[str, Any], rss0_kib: int | None) -> str:
 def parts34(a: argparse.Namespace, workdir: Path, results: dict[str, Any], errors: dict[str, str]) -> None:
     say(f"\n== part 3: random I/O with {', '.join(map(str, a.count_list))} snapshots")
     arr = Array("p3", workdir, 1 * GIB)
+    arr.keep = a.keep_pools
     with arr as image:
         if not run_part("part3", lambda: part3(a, arr, image, results["part3"]), errors):
             if 4 in a.part_set:
@@ -880,7 +883,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): everything set up was undone", file=sys.stderr, flush=True)
     finally:
         with signals_deferred():
-            shutil.rmtree(workdir, ignore_errors=True)
+            if a.keep_pools and not interrupted:
+                say(f"pools kept in {workdir} (remove it when done)")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
     report = []
     if results["part1"].get("rows"):
         report.append(render1(results["part1"]))

@@ -56,6 +56,7 @@ class Target:
     """Context manager: entering returns the path fio works on; leaving undoes everything."""
 
     kind = ""
+    keep = False  # leave the directory (servers stopped) for a look afterwards
 
     def __init__(self, name: str, workdir: Path, size: int) -> None:
         self.name = name
@@ -66,7 +67,7 @@ class Target:
 
     def __enter__(self) -> Path:
         self.dir.mkdir()
-        self.stack.callback(best_effort(f"remove {self.dir}", lambda: shutil.rmtree(self.dir)))
+        self.stack.callback(best_effort(f"remove {self.dir}", lambda: self.keep or shutil.rmtree(self.dir)))
         try:
             return self.setup()
         except BaseException:
