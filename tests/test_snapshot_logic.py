@@ -479,6 +479,9 @@ def test_account_matches_byte_model(seed):
         got, union = account(fam.maps, own)
         assert got == want
         assert union == len(set().union(*(sets[i] for i in own)))
+        some = rng.sample(range(len(fam.maps)), rng.randrange(len(fam.maps) + 1))
+        got, _union = account(fam.maps, own, want=some)
+        assert got == [want[i] if i in some else (0, vm.mapped_bytes) for i, vm in enumerate(fam.maps)]
     assert account([], ()) == ([], 0)
 
 

@@ -10,22 +10,25 @@ all of them, so two maps share bytes exactly when they reference the same record
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from collections.abc import Sequence
 from itertools import chain, compress
-from operator import methodcaller
 
 from vstor.store.chunkmap import EMPTY, FRAGMENTED, LEAF_BITS, LEAF_SLOTS, Extent, Leaf, VolumeMap
 from vstor.store.format import loc_segno
 from vstor.store.mapstore import le_bytes
 
 
-def account(maps: Sequence[VolumeMap], own: Sequence[int] = ()) -> tuple[list[tuple[int, int]], int]:
+def account(maps: Sequence[VolumeMap], own: Sequence[int] = (),
+            want: Sequence[int] | None = None) -> tuple[list[tuple[int, int]], int]:
     """Per map: (exclusive, shared) bytes, where exclusive bytes are referenced by no other map
     of ``maps``. Also the bytes of the union of the maps whose indices are in ``own`` (0 and
-    no work for it when ``own`` is empty)."""
+    no work for it when ``own`` is empty). With ``want``, only the maps of those indices get
+    their exclusive bytes computed; the others show (0, all) and cost less."""
     excl = [0] * len(maps)
     owned = set(own)
+    wanted = set(range(len(maps)) if want is None else want)
     union = 0
     cs = maps[0].chunk_size if maps else 0
     for key in sorted({k for vm in maps for k in vm.leaves}):
@@ -35,7 +38,7 @@ def account(maps: Sequence[VolumeMap], own: Sequence[int] = ()) -> tuple[list[tu
             if leaf is not None:
                 holders.setdefault(id(leaf), (leaf, []))[1].append(i)
         groups = list(holders.values())
-        scan = _KeyScan(key, cs, [leaf for leaf, _h in groups], [len(h) > 1 for _l, h in groups],
+        scan = _KeyScan(key, cs, [leaf for leaf, _h in groups], [len(h) > 1 or h[0] not in wanted for _l, h in groups],
                         [bool(owned.intersection(h)) for _l, h in groups])
         for j, (_leaf, hs) in enumerate(groups):
             if len(hs) == 1:
@@ -66,6 +69,11 @@ class _KeyScan:
         overlays = [lf.overlays for lf in leaves]
         # All versions' slots side by side; column i (a strided view) holds chunk i of each.
         table = memoryview(b"".join(le_bytes(lf.slots) for lf in leaves)).cast("Q")
+        # The same for the identities of their overlay lists (id(None) where a chunk has none),
+        # built with C-level calls per version rather than a lookup per version per chunk.
+        chunks = range(key << LEAF_BITS, (key + 1) << LEAF_BITS)
+        idtable = memoryview(b"".join(array("Q", map(id, map(ov.get, chunks))).tobytes()
+                                      for ov in overlays)).cast("Q")
         all_frag = FRAGMENTED.to_bytes(8, "little") * n
         for i in range(LEAF_SLOTS):
             col = table[i::LEAF_SLOTS]
@@ -90,11 +98,11 @@ class _KeyScan:
                     self._compare(contents)
                     continue
             # fragmented contents: versions share unchanged overlay lists
-            lists = list(map(methodcaller("get", chunk), overlays))
-            ids = list(map(id, lists))
+            ids = idtable[i::LEAF_SLOTS].tolist()
             for lid, (j, cnt) in _first_and_count(ids).items():
-                if lists[j] is not None:
-                    contents[("list", lid)] = self._content(ids, lid, j, cnt, lists[j], chunk, cs)
+                lst = overlays[j].get(chunk)
+                if lst is not None:
+                    contents[("list", lid)] = self._content(ids, lid, j, cnt, lst, chunk, cs)
             self._compare(contents)
 
     def _content(self, tags: list, tag: object, j: int, cnt: int, overlay: list[Extent] | None, chunk: int,

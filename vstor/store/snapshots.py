@@ -87,7 +87,8 @@ def sizes(store: Store, vids: set[int] | None = None, totals: bool = True) -> tu
     with store.frozen_maps(pick) as groups:  # the work runs without the store lock
         for (vid, has_live, keys), maps in zip(plan, groups, strict=True):
             nlive = 1 if has_live else 0
-            result, union = account(maps, range(nlive + len(keys)) if totals else ())
+            mine = range(nlive, nlive + len(keys))  # the snapshots: the only exclusive bytes shown
+            result, union = account(maps, range(nlive + len(keys)) if totals else (), want=mine)
             out.update(zip(keys, result[nlive : nlive + len(keys)], strict=True))
             if has_live and totals:
                 allocated = maps[0].mapped_bytes
