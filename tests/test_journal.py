@@ -378,6 +378,72 @@ def test_sync_covers_every_write_that_returned_before_it(tmp_path):
     store.close()
 
 
+# -- buffered small records ------------------------------------------------------------------
+
+def _file_size(store: Store) -> int:
+    return os.stat(seg_path(store.pool, store.journal.current_segno)).st_size
+
+
+def test_small_records_wait_in_memory_until_a_sync_read_or_full_buffer(tmp_path):
+    """Small records are copied to a buffer and written together: a read, a scan or a sync that
+    reaches them writes them first; a large record goes straight to the file, after them."""
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 64 * MiB).id
+    store.sync()
+    size0 = _file_size(store)
+    blocks = [os.urandom(4096) for _ in range(10)]
+    for i, b in enumerate(blocks):
+        store.write(vid, i * 8192, b)
+    assert _file_size(store) == size0, "4 KiB records should still be buffered"
+    assert store.read(vid, 3 * 8192, 4096) == blocks[3]  # a read flushes what it needs
+    assert _file_size(store) == store.journal.tail()[1]
+    store.write(vid, MiB, os.urandom(4096))
+    assert count_records(store) >= 12  # a scan sees buffered records too
+    assert _file_size(store) == store.journal.tail()[1]
+    for i in range(200):  # 200 x 4 KiB passes the buffer's limit: written without a sync
+        store.write(vid, 2 * MiB + i * 4096, blocks[i % 10])
+    assert _file_size(store) > store.journal.tail()[1] - 256 * 1024
+    store.write(vid, 0, os.urandom(9))
+    big = os.urandom(200_000)
+    store.write(vid, 8 * MiB, big)  # large: written directly, after the buffered ones
+    assert _file_size(store) == store.journal.tail()[1]
+    store.close()
+    store = Store.open(pool)
+    assert store.read(vid, 8 * MiB, len(big)) == big
+    assert store.read(vid, 9 * 8192, 4096) == blocks[9]
+    store.close()
+
+
+def test_a_failed_flush_of_buffered_records_fails_the_journal(tmp_path, monkeypatch):
+    """Buffered records were acknowledged, so a failed flush cannot be handed back to their
+    writers: the journal fails, like a failed fdatasync, and the next sync reports it."""
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 4 * MiB).id
+    a = os.urandom(100_000)
+    store.write(vid, 0, a)
+    store.sync()
+    store.write(vid, MiB, b"x" * 5000)
+    real = os.pwrite
+
+    def failing(fd, data, pos):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "pwrite", failing)
+    with pytest.raises(VstorError, match="buffered bytes failed"):
+        store.sync()
+    monkeypatch.setattr(os, "pwrite", real)
+    assert store.journal.failed
+    with pytest.raises(VstorError):
+        store.write(vid, 2 * MiB, b"y" * 100)
+    assert store.read(vid, 0, len(a)) == a
+    store.close()
+    store = Store.open(pool)
+    assert store.read(vid, 0, len(a)) == a  # what was synced is there
+    store.close()
+
+
 # -- fault injection -------------------------------------------------------------------------
 
 def test_enospc_on_journal_write(tmp_path):

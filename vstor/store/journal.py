@@ -3,7 +3,11 @@
 The journal holds the data itself: volume maps point at records inside segments, so
 every payload byte is written once. Guarantees (the block-device contract rests on them):
 
-* ``append`` returns once the record is in the segment file: later reads see it.
+* ``write`` returns once the record is in the journal: later reads and scans see it. A small
+  record (up to SMALL_RECORD) may wait in memory, with others, until BUFFER_BYTES of them are
+  written by one system call, or until a sync, a read or a scan that reaches them: a 4 KiB
+  write then costs a memory copy instead of a pwrite. This is the page cache's contract, which
+  the block-device contract allows: until a sync returns, a crash may lose the record.
 * ``sync`` returns once every record appended before the call is on stable storage.
   Concurrent callers share one fdatasync (group commit); a caller whose records were
   made durable by another's fdatasync returns without a system call.
@@ -11,7 +15,7 @@ every payload byte is written once. Guarantees (the block-device contract rests 
   crash can tear only the newest segment's tail. Recovery cuts a torn tail and never
   appends to that segment again; any bad record before the newest segment's tail is
   corruption and is reported, never skipped.
-* A failed write or fdatasync puts the journal in a failed state (EIO on every later
+* A failed write, flush of buffered records or fdatasync puts the journal in a failed state (EIO on every later
   append and sync) instead of guessing what reached the disk (the fsyncgate lesson).
 """
 
@@ -69,6 +73,8 @@ class ScanEnd:
     reason: str = ""  # empty: clean end of the segment
 
 
+SMALL_RECORD = 64 * 1024  # records up to this size are buffered
+BUFFER_BYTES = 256 * 1024  # buffered records are written once they reach this much
 PREFETCH_MIN = 256 * 1024
 PREFETCH_BYTES = 16 * 1024 * 1024
 
@@ -87,7 +93,9 @@ class Journal:
         self._sync_lock = threading.Lock()  # one fdatasync at a time
         self._fd = -1
         self._segno = 0
-        self._tail = 0
+        self._tail = 0  # where the next record goes: _flushed + len(_buf)
+        self._flushed = 0  # the segment file holds every record before this position
+        self._buf = bytearray()  # records after _flushed, not yet written (the _lock guards it)
         self._durable = (0, 0)
         self._marked = 0  # position in the current segment covered by the last commit marker
         self._pending: int | None = None  # a marker decided by reserve(), written by write()
@@ -140,7 +148,10 @@ class Journal:
             raise
         with self._sync_lock:
             old = self._fd
+            if self._buf:
+                raise AssertionError("a new segment with records of the last one still buffered")
             self._fd, self._segno, self._tail = fd, segno, SEGMENT_HEADER_SIZE
+            self._flushed = SEGMENT_HEADER_SIZE
             self._durable = (segno, SEGMENT_HEADER_SIZE)
             self._marked, self._pending, self._reserved = SEGMENT_HEADER_SIZE, None, None
         if old >= 0:
@@ -171,6 +182,8 @@ class Journal:
 
     def _rollover(self) -> None:
         with self._sync_lock:
+            with self._lock:
+                self._flush()
             self._fdatasync(self._fd)
         try:
             self.faults.hit("journal.rollover")
@@ -192,26 +205,51 @@ class Journal:
             buffers = [pack_record_header(RecordHeader(REC_COMMIT, 0, 0, 0, 0, marker, 0, 0, self._now_ns()), b""),
                        *buffers]
         total = sum(len(b) for b in buffers)
-        try:
-            action = self.faults.hit("journal.write")
-            if action == "torn":
-                os.pwrite(self._fd, b"".join(bytes(b) for b in buffers)[: total // 2], pos)
-                os.kill(os.getpid(), 9)
-            n = os.pwritev(self._fd, buffers, pos)
-            if n != total:
-                raise OSError(errno.ENOSPC, "short write to journal segment")
-        except OSError as e:
-            self._undo_write(pos)
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise PoolFull("pool is full: the journal cannot take more data; free space "
-                               "(delete volumes, fstrim) or grow the filesystem under the pool") from None
-            self._fail(f"journal write failed: {e}")
-        self._tail = pos + total
+        with self._lock:
+            try:
+                action = self.faults.hit("journal.write")
+                if action == "torn":
+                    self._flush()
+                    os.pwrite(self._fd, b"".join(bytes(b) for b in buffers)[: total // 2], pos)
+                    os.kill(os.getpid(), 9)
+                if total <= SMALL_RECORD:
+                    for b in buffers:  # copied: the caller may reuse its buffers
+                        self._buf += b
+                    if len(self._buf) >= BUFFER_BYTES:
+                        self._flush()
+                else:
+                    self._flush()
+                    n = os.pwritev(self._fd, buffers, pos)
+                    if n != total:
+                        raise OSError(errno.ENOSPC, "short write to journal segment")
+                    self._flushed = pos + total
+            except OSError as e:  # nothing of this record is acknowledged
+                if self._flushed >= pos:  # a direct write may have left part of it in the file
+                    self._undo_write(pos)
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise PoolFull("pool is full: the journal cannot take more data; free space "
+                                   "(delete volumes, fstrim) or grow the filesystem under the pool") from None
+                self._fail(f"journal write failed: {e}")
+            self._tail = pos + total
         self.appended_bytes += total
         if marker is not None:
             self._marked, self._pending = marker, None
             return make_loc(self._segno, pos + RECORD_HEADER_SIZE)
         return make_loc(self._segno, pos)
+
+    def _flush(self) -> None:
+        """Write the buffered records (caller holds ``_lock``). Those records were acknowledged
+        to writers, so a failure here cannot be handed back to them: it fails the journal."""
+        if not self._buf:
+            return
+        data, self._buf = self._buf, bytearray()
+        try:
+            n = os.pwrite(self._fd, data, self._flushed)
+            if n != len(data):
+                raise OSError(errno.ENOSPC, "short write to journal segment")
+        except OSError as e:
+            self._fail(f"journal write of {len(data)} buffered bytes failed: {e}")
+        self._flushed += len(data)
 
     def _undo_write(self, pos: int) -> None:
         try:
@@ -228,7 +266,9 @@ class Journal:
             self._check_failed()
             if self._durable >= target:
                 return
-            reached = (self._segno, self._tail)
+            with self._lock:
+                self._flush()
+                reached = (self._segno, self._tail)
             self._fdatasync(self._fd)
             self._durable = max(self._durable, reached)
 
@@ -256,6 +296,10 @@ class Journal:
 
     # -- reading -------------------------------------------------------------------------
     def pread(self, segno: int, pos: int, size: int) -> bytes:
+        if segno == self._segno and pos + size > self._flushed and self._buf:
+            with self._lock:  # the range may still be buffered
+                if segno == self._segno:
+                    self._flush()
         fd = self._read_fds.get(segno)
         if fd is None:
             try:
@@ -295,6 +339,9 @@ class Journal:
         """Yield every valid record from (segno, pos) to the end of the journal, verifying
         header and frame checksums. ``end`` is filled in with where and why the scan stopped.
         A bad record anywhere but the newest segment's tail raises CorruptData."""
+        with self._lock:  # what was appended before the scan is in the files
+            if self._fd >= 0:
+                self._flush()
         segs = [s for s in self.segments() if s >= segno]
         end.segno, end.pos, end.reason = segno, pos, ""
         for i, s in enumerate(segs):
@@ -385,6 +432,8 @@ class Journal:
         with self._sync_lock:
             if self._fd >= 0:
                 if not self.failed:
+                    with self._lock:
+                        self._flush()
                     os.fdatasync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
