@@ -101,6 +101,7 @@ class Journal:
         self._pending: int | None = None  # a marker decided by reserve(), written by write()
         self._reserved: tuple[int, int] | None = None  # where the record being built will land
         self._read_fds: dict[int, int] = {}
+        self._prefetched: dict[int, int] = {}  # segment -> end of the last prefetch asked for
         self.failed: str | None = None
         self.salvage = False  # pool check --repair: cut damaged durable data in the newest segment
         self.salvaged: dict | None = None  # what salvage cut
@@ -312,8 +313,14 @@ class Journal:
             # A large read is usually part of a sequential one, and the kernel keeps about one
             # FUSE read in flight: start fetching what follows in the segment now, so the disk
             # works while this request is verified and copied (cold sequential read 580 -> see
-            # docs/benchmarks.md). Asynchronous; a no-op for cached pages.
-            os.posix_fadvise(fd, pos + size, PREFETCH_BYTES, os.POSIX_FADV_WILLNEED)
+            # docs/benchmarks.md). Asynchronous, but not free: the call walks the page cache of
+            # its whole range (about 100 us for 16 MiB), so it is made again only once the reads
+            # have used half of what the last one asked for.
+            ahead = self._prefetched.get(segno, -1)
+            end = pos + size
+            if not end <= ahead - PREFETCH_BYTES // 2 or ahead - PREFETCH_BYTES > end:
+                os.posix_fadvise(fd, end, PREFETCH_BYTES, os.POSIX_FADV_WILLNEED)
+                self._prefetched[segno] = end + PREFETCH_BYTES
         return data
 
     def read_header_raw(self, loc_segno: int, pos: int) -> tuple[RecordHeader, bytes]:
@@ -423,6 +430,7 @@ class Journal:
             os.close(fd)
 
     def delete_segment(self, segno: int) -> None:
+        self._prefetched.pop(segno, None)
         fd = self._read_fds.pop(segno, None)
         if fd is not None:
             os.close(fd)
