@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--all", action="store_true", help="all vstor variants: plain,lz4,aes")
     p.add_argument("--direct", type=int, choices=(0, 1), default=0,
                    help="fio direct= (default 0: buffered, caches dropped before reads)")
+    p.add_argument("--jobs", default=",".join(j.name for j in JOBS),
+                   help="comma list of the jobs to run (seq-write always runs: it lays the file out)")
     p.add_argument("--rounds", type=int, default=1,
                    help="run every target this many times, alternating, and report per-round ratios' "
                         "median (default 1)")
@@ -68,6 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except UsageError as e:
         p.error(str(e))
     a.target_list = [t for t in a.targets.split(",") if t]
+    names = {j.name for j in JOBS}
+    for j in a.jobs.split(","):
+        if j not in names:
+            p.error(f"unknown job {j!r}: choose from {', '.join(sorted(names))}")
+    a.job_list = [j for j in JOBS if j.name in a.jobs.split(",") or j is JOBS[0]]
     a.variant_list = list(VSTOR_VARIANTS) if a.all else [v for v in a.vstor_variants.split(",") if v]
     for t in a.target_list:
         if t not in ALL_TARGETS:
@@ -92,7 +99,8 @@ def make_targets(a: argparse.Namespace, workdir: Path) -> list[Target]:
     return targets
 
 
-def measure(target: Target, settings: FioSettings, res: dict[str, Any], read_repeats: int = 1) -> None:
+def measure(target: Target, settings: FioSettings, res: dict[str, Any], read_repeats: int = 1,
+            jobs: tuple | list = JOBS) -> None:
     """Set up, run the jobs, tear down; fills res as it goes (an interruption keeps what was measured)."""
     res.update({"kind": target.kind, "jobs": {}, "extras": target.extras, "error": None})
     print(f"== {target.name}", flush=True)
@@ -100,7 +108,7 @@ def measure(target: Target, settings: FioSettings, res: dict[str, Any], read_rep
         with target as path:
             if settings.direct and not direct_io_works(path):
                 raise BenchError(f"O_DIRECT does not work on {path}")
-            for job in JOBS:
+            for job in jobs:
                 target.before_job(job.name)
                 repeats = read_repeats if job.direction == "read" or job.time_based else 1
                 runs = []
@@ -184,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "error": f"skipped: vstor CLI unavailable ({unavailable})"}
                     continue
                 results[target.name] = {}
-                measure(target, settings, results[target.name], a.read_repeats)
+                measure(target, settings, results[target.name], a.read_repeats, a.job_list)
     except KeyboardInterrupt as exc:
         interrupted = True
         rounds = [{name: r for name, r in results.items() if r} for results in rounds]
