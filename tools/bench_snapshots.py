@@ -13,7 +13,8 @@ Part 2 (real array): fio 4 KiB random writes, psync QD1 direct=1, on a prefilled
 Part 3 (real array): a 1 GiB volume filled with 1 MiB writes, then aged by 4 KiB random writes
   (2 x the job runtime, so that fragmentation is not what differs); with 0, 100 and 1000 snapshots
   (64 KiB of random 4 KiB overwrites before each, so the leaves diverge), fio 4 KiB randread and
-  randwrite at QD1, their ratio to the 0-snapshot run, and the time of `vstor snapshot list G --json`.
+  randwrite at QD1 (each run --io-repeats times, alternated; the median counts), their ratio to the
+  0-snapshot run, and the time of `vstor snapshot list G --json`.
 Part 4: after part 3, `vstor array stop`, `vstor pool check` and `vstor array start` timed, and
   the daemon's VmRSS with all those snapshots.
 
@@ -93,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runtime", type=int, help="part 2: seconds of each fio run (default 20, quick 10)")
     p.add_argument("--interval", type=float, default=0.5, help="part 2: seconds between snapshots (default 0.5)")
     p.add_argument("--io-runtime", type=int, help="part 3: seconds of each fio job (default 10, quick 5)")
+    p.add_argument("--io-repeats", type=int, default=3,
+                   help="part 3: runs of each fio job per snapshot count, alternated; the median counts (default 3)")
     p.add_argument("--counts", help="part 3: snapshot counts, comma list (default 0,100,1000; quick 0,20,100)")
     p.add_argument("--list-timeout", type=float,
                    help="part 3: give up on 'snapshot list' after this many seconds (default 300, quick 60); "
@@ -655,7 +658,8 @@ def part3(a: argparse.Namespace, arr: Array, image: Path, out: dict[str, Any]) -
             last_list = (n, row["list"]["seconds"])
         rd, wr = row["randread"], row["randwrite"]
         say(f"   {n:>5} snapshots ({row['created']} new in {row['batch_s']:.1f} s): randread {rd['iops']:,} IOPS "
-            f"mean {rd['clat_mean_us']} us p99 {rd['p99_us']} us; randwrite {wr['iops']:,} IOPS; list "
+            f"{rd['runs']} mean {rd['clat_mean_us']} us p99 {rd['p99_us']} us; randwrite {wr['iops']:,} IOPS "
+            f"{wr['runs']}; list "
             f"{_list_cell(row['list'])} s; RSS {row['rss_kib'] / 1024:,.0f} MiB")
 
 
@@ -672,8 +676,12 @@ def _part3_step(a: argparse.Namespace, arr: Array, image: Path, rng: random.Rand
         row["create"] = summary_us(creates)
     row["batch_s"] = round(time.perf_counter() - t0, 1)
     row["daemon_pause_us"] = pause_stats(arr.stats(a.stall_timeout))
-    rd = row["randread"] = fio_cpu(arr, image, f"randread-{n}", "randread", a.io_runtime, a.stall_timeout)
-    wr = row["randwrite"] = fio_cpu(arr, image, f"randwrite-{n}", "randwrite", a.io_runtime, a.stall_timeout)
+    reads, writes = [], []
+    for k in range(a.io_repeats):  # alternated, so drift of the machine hits both alike
+        reads.append(fio_cpu(arr, image, f"randread-{n}-{k}", "randread", a.io_runtime, a.stall_timeout))
+        writes.append(fio_cpu(arr, image, f"randwrite-{n}-{k}", "randwrite", a.io_runtime, a.stall_timeout))
+    rd = row["randread"] = median_run(reads)
+    wr = row["randwrite"] = median_run(writes)
     row["rss_kib"] = rss_kib(arr.daemon_pid())
     row["list"] = time_list(arr, n, a.list_timeout, last_list)
     base = out["rows"][0] if out["rows"] else row
@@ -682,6 +690,12 @@ def _part3_step(a: argparse.Namespace, arr: Array, image: Path, rng: random.Rand
                     "read_mean_lat": round(rd["clat_mean_us"] / bread["clat_mean_us"], 3)
                     if bread["clat_mean_us"] else None,
                     "write_iops": round(wr["iops"] / bwrite["iops"], 3) if bwrite["iops"] else None}
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median IOPS, with every run's IOPS under "runs"."""
+    ordered = sorted(runs, key=lambda r: r["iops"])
+    return dict(ordered[len(ordered) // 2], runs=[r["iops"] for r in runs])
 
 
 def _list_cell(lst: dict[str, Any]) -> str:
