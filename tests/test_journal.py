@@ -7,6 +7,9 @@ import errno
 import itertools
 import os
 import random
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -160,8 +163,9 @@ def test_torn_tail_is_cut_at_recovery(tmp_path, damage):
     segno, last_pos = record_of(store, vid, offsets[-1])
     path = seg_path(pool, segno)
     assert segno == store.journal.current_segno
-    good_size = os.path.getsize(path)
+    good_size = store.journal.tail()[1]
     store.journal.close()
+    assert os.path.getsize(path) == good_size  # the window's unused space was cut
 
     with open(path, "rb") as f:
         f.seek(last_pos)
@@ -183,7 +187,10 @@ def test_torn_tail_is_cut_at_recovery(tmp_path, damage):
 
     store = Store.open(pool)
     torn = store.recovery["torn_tail"]
-    assert torn is not None and torn["segment"] == segno and torn["offset"] == expect_end
+    if damage == "zeros":  # what a window allocated but never written leaves: cut, not reported
+        assert torn is None
+    else:
+        assert torn is not None and torn["segment"] == segno and torn["offset"] == expect_end
     assert os.path.getsize(path) == expect_end
     assert store.read(vid, 0, len(model)) == model
     # Appending resumes in a fresh segment, and the pool is clean from then on.
@@ -378,69 +385,115 @@ def test_sync_covers_every_write_that_returned_before_it(tmp_path):
     store.close()
 
 
-# -- buffered small records ------------------------------------------------------------------
+# -- small records through the mapped window -------------------------------------------------
 
 def _file_size(store: Store) -> int:
     return os.stat(seg_path(store.pool, store.journal.current_segno)).st_size
 
 
-def test_small_records_wait_in_memory_until_a_sync_read_or_full_buffer(tmp_path):
-    """Small records are copied to a buffer and written together: a read, a scan or a sync that
-    reaches them writes them first; a large record goes straight to the file, after them."""
+def _file_bytes(store: Store, pos: int, size: int) -> bytes:
+    with open(seg_path(store.pool, store.journal.current_segno), "rb") as f:
+        f.seek(pos)
+        return f.read(size)
+
+
+def test_small_records_are_in_the_segment_file_when_write_returns(tmp_path):
+    """A small record is stored through the mapped window, so another reader of the file sees
+    it at once, without a sync; the allocated space after the tail is cut when the segment is
+    sealed, and a large record (written with pwritev) lands between small ones."""
     pool = make_pool(tmp_path)
     store = Store.open(pool)
     vid = store.create_volume("v", 64 * MiB).id
-    store.sync()
-    size0 = _file_size(store)
     blocks = [os.urandom(4096) for _ in range(10)]
     for i, b in enumerate(blocks):
         store.write(vid, i * 8192, b)
-    assert _file_size(store) == size0, "4 KiB records should still be buffered"
-    assert store.read(vid, 3 * 8192, 4096) == blocks[3]  # a read flushes what it needs
-    assert _file_size(store) == store.journal.tail()[1]
-    store.write(vid, MiB, os.urandom(4096))
-    assert count_records(store) >= 12  # a scan sees buffered records too
-    assert _file_size(store) == store.journal.tail()[1]
-    for i in range(200):  # 200 x 4 KiB passes the buffer's limit: written without a sync
-        store.write(vid, 2 * MiB + i * 4096, blocks[i % 10])
-    assert _file_size(store) > store.journal.tail()[1] - 256 * 1024
-    store.write(vid, 0, os.urandom(9))
+        segno, pos = record_of(store, vid, i * 8192)
+        assert _file_bytes(store, frame_data_pos(store, segno, pos), 4096) == b
+    tail = store.journal.tail()[1]
+    assert _file_size(store) > tail, "the window's space should be allocated past the tail"
+    assert _file_bytes(store, tail, 1 << 20).strip(b"\0") == b""
     big = os.urandom(200_000)
-    store.write(vid, 8 * MiB, big)  # large: written directly, after the buffered ones
-    assert _file_size(store) == store.journal.tail()[1]
+    store.write(vid, 8 * MiB, big)
+    store.write(vid, 0, os.urandom(9))
+    assert count_records(store) >= 13  # a scan of the live segment stops at the tail
+    final = store.journal.tail()
     store.close()
+    assert os.path.getsize(seg_path(pool, final[0])) == final[1]
     store = Store.open(pool)
+    assert store.recovery["torn_tail"] is None
     assert store.read(vid, 8 * MiB, len(big)) == big
     assert store.read(vid, 9 * 8192, 4096) == blocks[9]
     store.close()
 
 
-def test_a_failed_flush_of_buffered_records_fails_the_journal(tmp_path, monkeypatch):
-    """Buffered records were acknowledged, so a failed flush cannot be handed back to their
-    writers: the journal fails, like a failed fdatasync, and the next sync reports it."""
+def test_records_written_without_a_sync_survive_kill9(tmp_path):
+    """The process dies right after its writes returned, with no sync: nothing it wrote is lost
+    (the records are in the page cache), and the unwritten space it had allocated is cut at
+    recovery without being mistaken for a torn tail."""
     pool = make_pool(tmp_path)
     store = Store.open(pool)
-    vid = store.create_volume("v", 4 * MiB).id
-    a = os.urandom(100_000)
-    store.write(vid, 0, a)
-    store.sync()
-    store.write(vid, MiB, b"x" * 5000)
-    real = os.pwrite
-
-    def failing(fd, data, pos):
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "pwrite", failing)
-    with pytest.raises(VstorError, match="buffered bytes failed"):
-        store.sync()
-    monkeypatch.setattr(os, "pwrite", real)
-    assert store.journal.failed
-    with pytest.raises(VstorError):
-        store.write(vid, 2 * MiB, b"y" * 100)
-    assert store.read(vid, 0, len(a)) == a
+    vid = store.create_volume("v", 64 * MiB).id
     store.close()
+    script = textwrap.dedent(f"""
+        import os, random
+        from vstor.store.store import Store
+        store = Store.open({str(pool)!r})
+        rng = random.Random(5)
+        for i in range(1500):  # spans window moves (4 MiB each)
+            store.write({vid}, rng.randrange(16 * 1024) * 4096, rng.randbytes(4096))
+        store.write({vid}, 0, rng.randbytes(300_000))
+        store.write({vid}, 600_000, rng.randbytes(5000))
+        os.kill(os.getpid(), 9)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == -9, r.stderr
+    rng = random.Random(5)
+    model = bytearray(64 * MiB)
+    for _ in range(1500):
+        off = rng.randrange(16 * 1024) * 4096
+        model[off : off + 4096] = rng.randbytes(4096)
+    model[0:300_000] = rng.randbytes(300_000)
+    model[600_000:605_000] = rng.randbytes(5000)
     store = Store.open(pool)
-    assert store.read(vid, 0, len(a)) == a  # what was synced is there
+    assert store.recovery["torn_tail"] is None
+    assert store.recovery["records"] >= 1502
+    assert store.read(vid, 0, 64 * MiB) == bytes(model)
+    for segno in store.journal.segments()[:-1]:  # every sealed segment ends at its last record
+        end = ScanEnd(segno, SEGMENT_HEADER_SIZE)
+        for _ in store.journal._scan_segment(segno, SEGMENT_HEADER_SIZE, end, None):
+            pass
+        assert (end.reason, end.unwritten) == ("", False)
+        assert os.path.getsize(seg_path(pool, segno)) == end.pos
+    store.close()
+
+
+def test_enospc_allocating_the_window_is_pool_full_and_loses_nothing(tmp_path, monkeypatch):
+    """The window's blocks are allocated before it is mapped: a full filesystem is a PoolFull
+    for the write that needed it (never a SIGBUS), and the journal stays usable."""
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 64 * MiB).id
+    a = os.urandom(4096)
+    store.write(vid, 0, a)
+    tail = store.journal.tail()
+    real = os.posix_fallocate
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(PoolFull):
+        for i in range(2000):  # 8 MiB of small records: the window must move
+            store.write(vid, (i % 1000) * 4096 + 4096, os.urandom(4096))
+    assert store.journal.failed is None
+    monkeypatch.setattr(os, "posix_fallocate", real)
+    store.write(vid, 8 * MiB, b"y" * 100)
+    store.sync()
+    assert store.journal.tail() > tail
+    store.journal.close()
+    store = Store.open(pool)
+    assert store.read(vid, 0, 4096) == a
+    assert store.read(vid, 8 * MiB, 100) == b"y" * 100
     store.close()
 
 
@@ -458,7 +511,9 @@ def test_enospc_on_journal_write(tmp_path):
     with pytest.raises(PoolFull):
         store.write(vid, MiB, b)
     assert store.journal.tail() == tail
-    assert os.path.getsize(seg_path(pool, tail[0])) == tail[1]
+    with open(seg_path(pool, tail[0]), "rb") as f:  # nothing of the record reached the file
+        f.seek(tail[1])
+        assert f.read().strip(b"\0") == b""
     assert store.journal.failed is None
     assert store.read(vid, 0, len(a)) == a
     assert store.read(vid, MiB, len(b)) == bytes(len(b))

@@ -3,11 +3,12 @@
 The journal holds the data itself: volume maps point at records inside segments, so
 every payload byte is written once. Guarantees (the block-device contract rests on them):
 
-* ``write`` returns once the record is in the journal: later reads and scans see it. A small
-  record (up to SMALL_RECORD) may wait in memory, with others, until BUFFER_BYTES of them are
-  written by one system call, or until a sync, a read or a scan that reaches them: a 4 KiB
-  write then costs a memory copy instead of a pwrite. This is the page cache's contract, which
-  the block-device contract allows: until a sync returns, a crash may lose the record.
+* ``write`` returns once the record is in the segment file's page cache: later reads and
+  scans see it, and it survives the death of the process (kill -9); only a crash of the
+  machine before the next sync can lose it. A small record (up to SMALL_RECORD) is copied
+  into a shared memory map of the segment (a window of WINDOW_BYTES, allocated with
+  fallocate before it is mapped), so a 4 KiB write costs a memory copy, not a system call
+  that gives up the GIL. A larger record is written with one pwritev.
 * ``sync`` returns once every record appended before the call is on stable storage.
   Concurrent callers share one fdatasync (group commit); a caller whose records were
   made durable by another's fdatasync returns without a system call.
@@ -15,7 +16,7 @@ every payload byte is written once. Guarantees (the block-device contract rests 
   crash can tear only the newest segment's tail. Recovery cuts a torn tail and never
   appends to that segment again; any bad record before the newest segment's tail is
   corruption and is reported, never skipped.
-* A failed write, flush of buffered records or fdatasync puts the journal in a failed state (EIO on every later
+* A failed write or fdatasync puts the journal in a failed state (EIO on every later
   append and sync) instead of guessing what reached the disk (the fsyncgate lesson).
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import mmap
 import os
 import threading
 import time
@@ -71,10 +73,11 @@ class ScanEnd:
     segno: int
     pos: int
     reason: str = ""  # empty: clean end of the segment
+    unwritten: bool = False  # stopped at allocated space never written (zeros to the end of the file)
 
 
-SMALL_RECORD = 64 * 1024  # records up to this size are buffered
-BUFFER_BYTES = 256 * 1024  # buffered records are written once they reach this much
+SMALL_RECORD = 64 * 1024  # records up to this size are copied into the mapped window
+WINDOW_BYTES = 4 * 1024 * 1024  # the mapped, preallocated part of the segment at the tail
 PREFETCH_MIN = 256 * 1024
 PREFETCH_BYTES = 16 * 1024 * 1024
 
@@ -93,9 +96,9 @@ class Journal:
         self._sync_lock = threading.Lock()  # one fdatasync at a time
         self._fd = -1
         self._segno = 0
-        self._tail = 0  # where the next record goes: _flushed + len(_buf)
-        self._flushed = 0  # the segment file holds every record before this position
-        self._buf = bytearray()  # records after _flushed, not yet written (the _lock guards it)
+        self._tail = 0  # where the next record goes
+        self._win: mmap.mmap | None = None  # shared map of [_win_start, _win_end) of the segment
+        self._win_start = self._win_end = 0
         self._durable = (0, 0)
         self._marked = 0  # position in the current segment covered by the last commit marker
         self._pending: int | None = None  # a marker decided by reserve(), written by write()
@@ -149,10 +152,9 @@ class Journal:
             raise
         with self._sync_lock:
             old = self._fd
-            if self._buf:
-                raise AssertionError("a new segment with records of the last one still buffered")
+            if self._win is not None:
+                raise AssertionError("a new segment while the last one is still mapped")
             self._fd, self._segno, self._tail = fd, segno, SEGMENT_HEADER_SIZE
-            self._flushed = SEGMENT_HEADER_SIZE
             self._durable = (segno, SEGMENT_HEADER_SIZE)
             self._marked, self._pending, self._reserved = SEGMENT_HEADER_SIZE, None, None
         if old >= 0:
@@ -184,7 +186,7 @@ class Journal:
     def _rollover(self) -> None:
         with self._sync_lock:
             with self._lock:
-                self._flush()
+                self._seal()
             self._fdatasync(self._fd)
         try:
             self.faults.hit("journal.rollover")
@@ -207,25 +209,25 @@ class Journal:
                        *buffers]
         total = sum(len(b) for b in buffers)
         with self._lock:
+            direct = False
             try:
                 action = self.faults.hit("journal.write")
                 if action == "torn":
-                    self._flush()
                     os.pwrite(self._fd, b"".join(bytes(b) for b in buffers)[: total // 2], pos)
                     os.kill(os.getpid(), 9)
                 if total <= SMALL_RECORD:
-                    for b in buffers:  # copied: the caller may reuse its buffers
-                        self._buf += b
-                    if len(self._buf) >= BUFFER_BYTES:
-                        self._flush()
+                    win = self._window(pos, total)
+                    at = pos - self._win_start
+                    for b in buffers:  # copied into the page cache; the caller may reuse its buffers
+                        win[at : at + len(b)] = b
+                        at += len(b)
                 else:
-                    self._flush()
+                    direct = True
                     n = os.pwritev(self._fd, buffers, pos)
                     if n != total:
                         raise OSError(errno.ENOSPC, "short write to journal segment")
-                    self._flushed = pos + total
             except OSError as e:  # nothing of this record is acknowledged
-                if self._flushed >= pos:  # a direct write may have left part of it in the file
+                if direct:  # it may have left part of the record in the file
                     self._undo_write(pos)
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise PoolFull("pool is full: the journal cannot take more data; free space "
@@ -238,21 +240,40 @@ class Journal:
             return make_loc(self._segno, pos + RECORD_HEADER_SIZE)
         return make_loc(self._segno, pos)
 
-    def _flush(self) -> None:
-        """Write the buffered records (caller holds ``_lock``). Those records were acknowledged
-        to writers, so a failure here cannot be handed back to them: it fails the journal."""
-        if not self._buf:
-            return
-        data, self._buf = self._buf, bytearray()
+    def _window(self, pos: int, size: int) -> mmap.mmap:
+        """The mapped window holding [pos, pos + size), moved there if needed (caller holds
+        ``_lock``). The window's blocks are allocated before it is mapped, so a full
+        filesystem is an ENOSPC here and never a SIGBUS on a store into the map."""
+        if self._win is not None and self._win_start <= pos and pos + size <= self._win_end:
+            return self._win
+        self._unmap()
+        start = pos - pos % mmap.ALLOCATIONGRANULARITY
+        end = min(max(start + WINDOW_BYTES, pos + size), self.segment_size)
+        os.posix_fallocate(self._fd, start, end - start)  # also extends the file to ``end``
+        self._win = mmap.mmap(self._fd, end - start, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                              offset=start)
+        self._win_start, self._win_end = start, end
+        return self._win
+
+    def _unmap(self) -> None:
+        """Drop the window (its pages stay in the page cache, dirty until written back)."""
+        if self._win is not None:
+            self._win.close()
+            self._win = None
+            self._win_start = self._win_end = 0
+
+    def _seal(self) -> None:
+        """Cut the allocated space after the last record (caller holds ``_lock``), so only the
+        newest segment can end in unwritten space, and only after a crash."""
+        self._unmap()
         try:
-            n = os.pwrite(self._fd, data, self._flushed)
-            if n != len(data):
-                raise OSError(errno.ENOSPC, "short write to journal segment")
+            if os.fstat(self._fd).st_size > self._tail:
+                os.ftruncate(self._fd, self._tail)
         except OSError as e:
-            self._fail(f"journal write of {len(data)} buffered bytes failed: {e}")
-        self._flushed += len(data)
+            self._fail(f"cannot trim the journal segment's preallocated space: {e}")
 
     def _undo_write(self, pos: int) -> None:
+        self._unmap()  # its end may lie past the cut: a store there would raise SIGBUS
         try:
             os.ftruncate(self._fd, pos)
         except OSError as e:
@@ -268,9 +289,8 @@ class Journal:
             if self._durable >= target:
                 return
             with self._lock:
-                self._flush()
                 reached = (self._segno, self._tail)
-            self._fdatasync(self._fd)
+            self._fdatasync(self._fd)  # also writes the pages stored through the map
             self._durable = max(self._durable, reached)
 
     def _fdatasync(self, fd: int) -> None:
@@ -297,10 +317,6 @@ class Journal:
 
     # -- reading -------------------------------------------------------------------------
     def pread(self, segno: int, pos: int, size: int) -> bytes:
-        if segno == self._segno and pos + size > self._flushed and self._buf:
-            with self._lock:  # the range may still be buffered
-                if segno == self._segno:
-                    self._flush()
         fd = self._read_fds.get(segno)
         if fd is None:
             try:
@@ -318,7 +334,7 @@ class Journal:
             # have used half of what the last one asked for.
             ahead = self._prefetched.get(segno, -1)
             end = pos + size
-            if not end <= ahead - PREFETCH_BYTES // 2 or ahead - PREFETCH_BYTES > end:
+            if end > ahead - PREFETCH_BYTES // 2 or end < ahead - PREFETCH_BYTES:  # half used, or a jump back
                 os.posix_fadvise(fd, end, PREFETCH_BYTES, os.POSIX_FADV_WILLNEED)
                 self._prefetched[segno] = end + PREFETCH_BYTES
         return data
@@ -346,19 +362,19 @@ class Journal:
         """Yield every valid record from (segno, pos) to the end of the journal, verifying
         header and frame checksums. ``end`` is filled in with where and why the scan stopped.
         A bad record anywhere but the newest segment's tail raises CorruptData."""
-        with self._lock:  # what was appended before the scan is in the files
-            if self._fd >= 0:
-                self._flush()
+        with self._lock:  # the live segment is read up to the tail, past which it holds zeros
+            live = (self._segno, self._tail) if self._fd >= 0 else (-1, 0)
         segs = [s for s in self.segments() if s >= segno]
-        end.segno, end.pos, end.reason = segno, pos, ""
+        end.segno, end.pos, end.reason, end.unwritten = segno, pos, "", False
         for i, s in enumerate(segs):
-            yield from self._scan_segment(s, pos if s == segno else SEGMENT_HEADER_SIZE, end)
+            limit = live[1] if s == live[0] else None
+            yield from self._scan_segment(s, pos if s == segno else SEGMENT_HEADER_SIZE, end, limit)
             if end.reason and i < len(segs) - 1:
                 raise CorruptData(f"journal segment {s} is damaged at offset {end.pos} ({end.reason}) "
                                   f"but newer segments follow; run 'vstor pool check'")
 
-    def _scan_segment(self, segno: int, pos: int, end: ScanEnd) -> Iterator[ScannedRecord]:
-        end.segno, end.pos, end.reason = segno, pos, ""
+    def _scan_segment(self, segno: int, pos: int, end: ScanEnd, limit: int | None) -> Iterator[ScannedRecord]:
+        end.segno, end.pos, end.reason, end.unwritten = segno, pos, "", False
         with open(self.path(segno), "rb", buffering=0) as raw_f:
             f = io.BufferedReader(raw_f, buffer_size=8 << 20)
             head = f.read(SEGMENT_HEADER_SIZE)
@@ -369,7 +385,7 @@ class Journal:
                 end.pos = 0
                 return
             f.seek(pos)
-            while True:
+            while limit is None or pos < limit:
                 raw = f.read(RECORD_HEADER_SIZE)
                 if not raw:
                     return
@@ -383,8 +399,11 @@ class Journal:
                         raise BadRecord("record cut short")
                     _verify_frames(frames, payload)
                 except BadRecord as e:
+                    covered, zeros = self._durable_after(segno, pos)
+                    if zeros:  # allocated for the mapped window, never written: a clean end
+                        end.unwritten = True
+                        return
                     end.reason = str(e)
-                    covered = self._durable_after(segno, pos)
                     if covered > pos and self.salvage:
                         self.salvaged = {"segment": segno, "offset": pos, "durable_up_to": covered, "reason": str(e)}
                         return  # cut here like a torn tail; the caller reports the loss
@@ -402,11 +421,14 @@ class Journal:
                 pos += header.total_size
                 end.pos = pos
 
-    def _durable_after(self, segno: int, pos: int) -> int:
-        """The highest durable position stated by a valid commit marker after ``pos`` (0 if none)."""
+    def _durable_after(self, segno: int, pos: int) -> tuple[int, bool]:
+        """The highest durable position stated by a valid commit marker after ``pos`` (0 if none),
+        and whether the file holds only zeros from ``pos`` on."""
         with open(self.path(segno), "rb") as f:
             f.seek(pos)
             data = f.read()
+        if not data.strip(b"\0"):
+            return 0, True
         best, k = 0, data.find(RECORD_MAGIC, 1)
         while k >= 0:
             raw = data[k : k + RECORD_HEADER_SIZE]
@@ -418,7 +440,7 @@ class Journal:
             except BadRecord:
                 pass
             k = data.find(RECORD_MAGIC, k + 1)
-        return best
+        return best, False
 
     def truncate_segment(self, segno: int, pos: int) -> None:
         """Cut a torn tail (recovery only)."""
@@ -439,9 +461,11 @@ class Journal:
     def close(self) -> None:
         with self._sync_lock:
             if self._fd >= 0:
+                with self._lock:
+                    self._unmap()
+                    if not self.failed:
+                        self._seal()
                 if not self.failed:
-                    with self._lock:
-                        self._flush()
                     os.fdatasync(self._fd)
                 os.close(self._fd)
                 self._fd = -1

@@ -60,6 +60,8 @@ def recover(store: object) -> dict:
         else:
             store.journal.truncate_segment(end.segno, end.pos)
         log.warning("cut torn journal tail at segment %d offset %d (%s)", end.segno, end.pos, end.reason)
+    elif end.unwritten:  # the space allocated for the mapped window when the daemon died
+        store.journal.truncate_segment(end.segno, end.pos)
     store.state = state
     store.ckpt_generation, store.ckpt_position = gen, start
     segs = store.journal.segments()
