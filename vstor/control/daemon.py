@@ -19,6 +19,7 @@ import threading
 
 from vstor.control.lock import PoolLock
 from vstor.control.mounts import fsname_for, prepare_mountpoint, unmount
+from vstor.control.pygc import GcPolicy
 from vstor.control.server import ControlServer
 from vstor.control.service import PoolService
 from vstor.errors import VstorError
@@ -76,10 +77,13 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         store = Store.open(pool, key_file, faults=faults)
         reclaimer = Reclaimer(store)
         reclaimer.start()
+        gcpolicy = GcPolicy()  # freezes the maps just loaded out of the cyclic collector's walk
+        gcpolicy.start()
         mount = os.path.abspath(mount)
         prepare_mountpoint(mount, pool)
         fs = VolumeFS(store, on_ready=lambda conn: after_init(mount, lambda: reporter.send("READY")),
-                      extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher}})
+                      extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher,
+                                                     "py_gc": gcpolicy.stats()}})
         reclaimer.snapshots_in_use = fs.snapshots_in_use  # policy pruning skips snapshots in use
         media = MediaManager(store.pool, store.media_key)
         fs.media = MediaFS(media, mfuse.FuseOSError)
@@ -101,6 +105,7 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
             replication.stop()
             media.close()
             reclaimer.stop()
+            gcpolicy.stop()
         log.info("unmounted %s; closing the store", mount)
         return 0
     finally:
