@@ -3,8 +3,9 @@
 Why: chunk-map leaves, their overlay lists and the header cache are containers that the
 cyclic collector tracks. A full (generation 2) collection walks every one of them with the
 GIL held, and every FUSE request waits meanwhile. With 1,000 snapshots of an aged 1 GiB
-volume a full pass took 160 ms and ran every 30 s or so under 4 KiB random writes; the
-collector then cost 12 µs per write, against 2 µs with no snapshot (docs/benchmarks.md §5).
+volume, full passes took up to 490 ms, and the collector cost 28 µs per 4 KiB write against
+6 µs with no snapshot: writes were 1.27 times slower (tools/bench_snapshot_gc.py,
+docs/benchmarks.md §5). Under this policy the ratio was 0.98: flat.
 
 What: those maps hold no reference cycles, so reference counting frees them and the
 collector has nothing to find there. Every ``freeze_every`` seconds :meth:`GcPolicy.tick`
