@@ -27,11 +27,14 @@ def _cycle() -> weakref.ref:
 
 
 @pytest.fixture
-def policy():
+def clock():
+    return ManualClock()
+
+
+@pytest.fixture
+def policy(clock):
     gc.unfreeze()
-    clock = ManualClock()
     p = GcPolicy(clock, freeze_every=10.0, full_every=100.0)
-    p.clock_for_test = clock
     try:
         yield p
     finally:
@@ -49,8 +52,7 @@ def test_first_tick_freezes_the_live_objects(policy):
     assert policy.stats()["frozen_objects"] == gc.get_freeze_count()
 
 
-def test_freeze_cadence(policy):
-    clock = policy.clock_for_test
+def test_freeze_cadence(policy, clock):
     policy.tick()
     clock.advance(9.0)
     policy.tick()
@@ -62,8 +64,7 @@ def test_freeze_cadence(policy):
     assert policy.freezes == 2
 
 
-def test_frozen_cycle_survives_until_the_full_pass(policy):
-    clock = policy.clock_for_test
+def test_frozen_cycle_survives_until_the_full_pass(policy, clock):
     ref = _cycle()
     policy.tick()  # the cycle is alive here, so it is frozen
     gc.collect()
