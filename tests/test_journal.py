@@ -26,6 +26,7 @@ from vstor.store.format import (
     SEGMENT_HEADER_SIZE,
     loc_pos,
     loc_segno,
+    make_loc,
 )
 from vstor.store.journal import ScanEnd
 from vstor.store.store import Store
@@ -282,6 +283,31 @@ def test_flipped_byte_on_disk_fails_the_read(tmp_path, encrypt):
     with pytest.raises(CorruptData):
         store.read(x, 500, 1000)
     assert store.read(y, 0, len(ydata)) == ydata
+    store.close()
+
+
+@pytest.mark.parametrize("compress", ["none", "lz4"])
+def test_read_names_the_bad_frame_in_a_multi_frame_range(tmp_path, compress):
+    """Reads of frames stored as is are verified in one pass (CachedRecord.raw_csums); lz4 pools
+    mix stored and compressed frames and take the per-frame path. Both give the same bytes and
+    name the same bad frame, and frames before and after it still read."""
+    pool = make_pool(tmp_path, compress=compress)
+    store = Store.open(pool)
+    x = store.create_volume("x", 4 * MiB).id
+    data = bytearray(os.urandom(8 * FRAME_SIZE))
+    data[2 * FRAME_SIZE : 3 * FRAME_SIZE] = bytes(FRAME_SIZE // 2) + b"z" * (FRAME_SIZE // 2)  # compressible
+    store.write(x, 0, bytes(data))
+    store.sync()
+    assert store.read(x, 100, 5 * FRAME_SIZE) == data[100 : 100 + 5 * FRAME_SIZE]
+    segno, pos = record_of(store, x, 0)
+    assert (store._header(make_loc(segno, pos)).raw_csums is None) == (compress == "lz4")
+    flip_byte(seg_path(pool, segno), frame_data_pos(store, segno, pos) + 5 * FRAME_SIZE - 6)
+    bad = 4 if compress == "none" else 5  # frame 2 is stored compressed, so later frames sit earlier
+    with pytest.raises(CorruptData, match=f"checksum mismatch in frame {bad} of volume"):
+        store.read(x, FRAME_SIZE + 3, 6 * FRAME_SIZE)
+    assert store.read(x, 0, 4 * FRAME_SIZE - 100) == data[: 4 * FRAME_SIZE - 100]
+    assert store.read(x, 6 * FRAME_SIZE, 2 * FRAME_SIZE) == data[6 * FRAME_SIZE :]
+    assert store.stats.read_errors == 1
     store.close()
 
 

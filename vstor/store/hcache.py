@@ -13,7 +13,7 @@ import threading
 from array import array
 from dataclasses import dataclass
 
-from vstor.store.format import FRAME_ENTRY, FRAME_ENTRY_SIZE, FrameEntry, RecordHeader, loc_segno
+from vstor.store.format import FRAME_ENTRY, FRAME_ENTRY_SIZE, FRAME_SIZE, FrameEntry, RecordHeader, loc_segno
 
 ENTRY_OVERHEAD = 400  # dict slot, tuple, header object, bytes and array headers (measured roughly)
 
@@ -23,6 +23,9 @@ class CachedRecord:
     header: RecordHeader
     table: bytes
     offs: array  # offs[i]: start of frame i's stored bytes, relative to the frame data; offs[n] = end
+    # When every frame is stored as is (no flag, stored length = logical length): their
+    # checksums, so that a read verifies a range of frames without decoding each entry.
+    raw_csums: array | None = None
 
     def entry(self, i: int) -> FrameEntry:
         stored_len, flags, _res, csum, nonce = FRAME_ENTRY.unpack_from(self.table, i * FRAME_ENTRY_SIZE)
@@ -31,12 +34,19 @@ class CachedRecord:
     @classmethod
     def build(cls, header: RecordHeader, table: bytes) -> CachedRecord:
         offs = array("I", [0])
+        csums: array | None = array("Q")
         for i in range(header.nframes):
-            offs.append(offs[-1] + FRAME_ENTRY.unpack_from(table, i * FRAME_ENTRY_SIZE)[0])
-        return cls(header, bytes(table), offs)
+            stored_len, flags, _res, csum, _nonce = FRAME_ENTRY.unpack_from(table, i * FRAME_ENTRY_SIZE)
+            offs.append(offs[-1] + stored_len)
+            if csums is not None:
+                if flags or stored_len != min(FRAME_SIZE, header.length - i * FRAME_SIZE):
+                    csums = None
+                else:
+                    csums.append(csum)
+        return cls(header, bytes(table), offs, csums)
 
     def cost(self) -> int:
-        return ENTRY_OVERHEAD + len(self.table) + 4 * len(self.offs)
+        return ENTRY_OVERHEAD + len(self.table) + 4 * len(self.offs) + 8 * len(self.raw_csums or ())
 
 
 class HeaderCache:
