@@ -10,9 +10,7 @@ from typing import Any
 
 from vstor.control.lock import PoolLock, daemon_pid
 from vstor.control.protocol import call
-from vstor.control.service import PoolService
 from vstor.errors import NotRunning, UsageError
-from vstor.store.store import Store
 from vstor.store.superblock import layout, load_superblock
 from vstor.units import format_size
 
@@ -46,6 +44,9 @@ def request(pool: str, op: str, key_file: str | None = None, **kw: Any) -> Any:
     """Run ``op`` on the daemon if it runs, else offline under the pool lock."""
     if daemon_running(pool):
         return call(layout(pool)["socket"], op, **kw)
+    from vstor.control.service import PoolService  # offline only: the client path stays light
+    from vstor.store.store import Store
+
     with PoolLock(pool):
         store = Store.open(pool, key_file)
         try:

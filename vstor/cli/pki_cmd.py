@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from vstor.cli.common import emit
-from vstor.replication import pki
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,12 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from vstor.replication import pki  # cryptography's x509 is slow to import: only here
+
     path = pki.init_ca(args.dir, days=args.days)
     emit(args, {"ca": path}, lambda r: f"created CA {r['ca']} (its key stays in {args.dir}; keep it private)")
     return 0
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
+    from vstor.replication import pki
+
     cert, key = pki.issue(args.dir, args.name, days=args.days)
     emit(args, {"certificate": cert, "key": key}, lambda r: f"issued {r['certificate']} and {r['key']}")
     return 0

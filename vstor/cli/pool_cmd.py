@@ -9,8 +9,6 @@ import os
 from vstor.cli.common import emit
 from vstor.control.lock import PoolLock, daemon_pid
 from vstor.errors import Busy
-from vstor.store.check import check_pool
-from vstor.store.store import Store
 from vstor.store.superblock import DEFAULT_CHUNK, DEFAULT_SEGMENT, init_pool, load_key, load_superblock
 from vstor.units import format_size, parse_size
 
@@ -49,6 +47,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from vstor.store.check import check_pool  # imported here: every other command starts faster
+    from vstor.store.store import Store
+
     sb = load_superblock(args.path)
     pid = daemon_pid(args.path)
     if pid is not None:
