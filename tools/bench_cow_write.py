@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from aged_volume import aged_volume  # noqa: E402  (tools/, the script's own directory)
+
 from vstor.store import snapshots  # noqa: E402
-from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
 
 
 def main() -> int:
@@ -32,15 +31,7 @@ def main() -> int:
     print("$ " + " ".join([sys.executable, *sys.argv]))
     base = tempfile.mkdtemp(prefix="vstor-cow-", dir="/var/tmp")
     try:
-        init_pool(f"{base}/pool")
-        s = Store.open(f"{base}/pool")
-        v = s.create_volume("v", 1 << 30).id
-        buf = os.urandom(1 << 20)
-        for i in range(1024):
-            s.write(v, i << 20, buf)
-        rng = random.Random(1)
-        for _ in range(a.age_writes):
-            s.write(v, rng.randrange(1 << 18) * 4096, buf[:4096])
+        s, v, rng, buf = aged_volume(base, a.age_writes)
         leaves = s.state.maps[v].leaves
         extents = sum(len(x) for leaf in leaves.values() for x in leaf.overlays.values())
         print(f"aged by {a.age_writes} random 4 KiB writes: {len(leaves)} leaves, {extents} overlay extents")

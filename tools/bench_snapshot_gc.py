@@ -27,12 +27,11 @@ import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from aged_volume import BLOCKS, aged_volume  # noqa: E402  (tools/, the script's own directory)
+
 from vstor.control.pygc import GcPolicy  # noqa: E402
 from vstor.store import snapshots  # noqa: E402
 from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
-
-BLOCKS = (1 << 30) // 4096
 
 
 class GcTimer:
@@ -91,15 +90,7 @@ def main() -> int:
     print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
     base = tempfile.mkdtemp(prefix="vstor-gcbench-", dir="/var/tmp")
     try:
-        init_pool(f"{base}/pool")
-        s = Store.open(f"{base}/pool")
-        v = s.create_volume("v", 1 << 30).id
-        buf = os.urandom(1 << 20)
-        for i in range(1024):
-            s.write(v, i << 20, buf)
-        rng = random.Random(1)
-        for _ in range(a.age_writes):
-            s.write(v, rng.randrange(BLOCKS) * 4096, buf[:4096])
+        s, v, rng, buf = aged_volume(base, a.age_writes)
         print(f"1 GiB volume filled and aged by {a.age_writes} random 4 KiB writes", flush=True)
         base_us: dict[tuple[str, str], float] = {}
         taken = 0
