@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Sequence
 
 import lz4.block
 import xxhash
@@ -60,6 +61,18 @@ def key_check_value(key_material: bytes, pool_uuid: bytes) -> str:
 def frame_ad(pool_uuid: bytes, volume: int, rtype: int, seq: int, offset: int, segno: int, pos: int,
              index: int) -> bytes:
     return _AD.pack(pool_uuid, volume, rtype, seq, offset, segno, pos, index)
+
+
+def first_bad_stored_frame(raw: bytes, offs: Sequence[int], csums: Sequence[int], f0: int, f1: int) -> int | None:
+    """For frames f0..f1 that are all stored as is (no flag; CachedRecord.raw_csums), read in
+    one piece as ``raw``: None if every one has its length and checksum, else the first bad
+    frame. The checks of :meth:`FrameCodec.decode`, in one pass instead of one call per frame."""
+    start = offs[f0]
+    view = memoryview(raw)
+    got = [xxhash.xxh3_64_intdigest(view[offs[i] - start : offs[i + 1] - start]) for i in range(f0, f1 + 1)]
+    if len(raw) == offs[f1 + 1] - start and got == list(csums[f0 : f1 + 1]):
+        return None
+    return next((f0 + k for k, c in enumerate(got) if c != csums[f0 + k]), f1)
 
 
 class FrameCodec:

@@ -13,16 +13,13 @@ import json
 import logging
 import threading
 import time
-from array import array
 from collections.abc import Callable
-
-from xxhash import xxh3_64_intdigest
 
 from vstor.clock import Clock, SystemClock
 from vstor.errors import CorruptData, NotFound, PoolFull, ReadOnly, UsageError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.chunkmap import VolumeMap
-from vstor.store.codec import FrameCodec, derive_key, pair_key_check
+from vstor.store.codec import FrameCodec, derive_key, first_bad_stored_frame, pair_key_check
 from vstor.store.consumers import Consumers
 from vstor.store.format import (
     FF_ZERO,
@@ -338,7 +335,9 @@ class Store(MaintenanceMixin):
         raw = self.journal.pread(segno, base + offs[f0], offs[f1 + 1] - offs[f0])
         cut, n = rel_s - f0 * FRAME_SIZE, rel_e - rel_s
         if cached.raw_csums is not None:  # frames stored as is: verify them in one pass
-            self._verify_raw(raw, cached.offs, cached.raw_csums, f0, f1, vid, s, loc)
+            bad = first_bad_stored_frame(raw, offs, cached.raw_csums, f0, f1)
+            if bad is not None:
+                raise CorruptData(f"checksum mismatch in frame {bad} of {self._where(vid, s, loc)}")
             return raw if cut == 0 and n == len(raw) else raw[cut : cut + n]
         ad = (h.volume, h.rtype, h.seq, h.offset, segno, pos) if self.codec.encrypted else None
         view = memoryview(raw)
@@ -357,18 +356,6 @@ class Store(MaintenanceMixin):
             return raw if cut == 0 and n == len(raw) else raw[cut : cut + n]
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         return data if cut == 0 and n == len(data) and isinstance(data, bytes) else bytes(data[cut : cut + n])
-
-    def _verify_raw(self, raw: bytes, offs: array, csums: array, f0: int, f1: int, vid: int, s: int, loc: int
-                    ) -> None:
-        """Check frames f0..f1 of a record whose frames are all stored as is, read as ``raw``:
-        the checks of FrameCodec.decode (length, checksum), without decoding a table entry per frame."""
-        start = offs[f0]
-        view = memoryview(raw)
-        got = [xxh3_64_intdigest(view[offs[i] - start : offs[i + 1] - start]) for i in range(f0, f1 + 1)]
-        if len(raw) == offs[f1 + 1] - start and got == csums[f0 : f1 + 1].tolist():
-            return
-        bad = next((f0 + k for k, c in enumerate(got) if c != csums[f0 + k]), f1)
-        raise CorruptData(f"checksum mismatch in frame {bad} of {self._where(vid, s, loc)}")
 
     def _where(self, vid: int, s: int, loc: int) -> str:
         return f"volume {vid} chunk {s // self.sb.chunk_size} (segment {loc_segno(loc)} record {loc_pos(loc)})"
