@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vstor.store.store import Store  # noqa: E402
@@ -18,16 +22,25 @@ VOLUME_BYTES = 1 << 30
 BLOCKS = VOLUME_BYTES // 4096
 
 
-def aged_volume(base: str, age_writes: int, seed: int = 1) -> tuple[Store, int, random.Random, bytes]:
+@contextmanager
+def aged_volume(prefix: str, age_writes: int, seed: int = 1) -> Iterator[tuple[Store, int, random.Random, bytes]]:
     """(store, volume id, the random generator the ageing used, 1 MiB of random data) for a
-    new pool at ``base``/pool holding volume "v"."""
-    init_pool(f"{base}/pool")
-    s = Store.open(f"{base}/pool")
-    v = s.create_volume("v", VOLUME_BYTES).id
-    buf = os.urandom(1 << 20)
-    for i in range(VOLUME_BYTES >> 20):
-        s.write(v, i << 20, buf)
-    rng = random.Random(seed)
-    for _ in range(age_writes):
-        s.write(v, rng.randrange(BLOCKS) * 4096, buf[:4096])
-    return s, v, rng, buf
+    new pool holding volume "v", in a temporary directory under /var/tmp named ``prefix``...;
+    the store is closed and the directory removed on exit, whatever happens."""
+    base = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
+    try:
+        init_pool(f"{base}/pool")
+        s = Store.open(f"{base}/pool")
+        try:
+            v = s.create_volume("v", VOLUME_BYTES).id
+            buf = os.urandom(1 << 20)
+            for i in range(VOLUME_BYTES >> 20):
+                s.write(v, i << 20, buf)
+            rng = random.Random(seed)
+            for _ in range(age_writes):
+                s.write(v, rng.randrange(BLOCKS) * 4096, buf[:4096])
+            yield s, v, rng, buf
+        finally:
+            s.close(checkpoint=False)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,9 +27,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
     print("$ " + " ".join([sys.executable, *sys.argv]))
-    base = tempfile.mkdtemp(prefix="vstor-cow-", dir="/var/tmp")
-    try:
-        s, v, rng, buf = aged_volume(base, a.age_writes)
+    with aged_volume("vstor-cow-", a.age_writes) as (s, v, rng, buf):
         leaves = s.state.maps[v].leaves
         extents = sum(len(x) for leaf in leaves.values() for x in leaf.overlays.values())
         print(f"aged by {a.age_writes} random 4 KiB writes: {len(leaves)} leaves, {extents} overlay extents")
@@ -45,9 +41,6 @@ def main() -> int:
                 times.append((time.perf_counter() - t0) * 1e3)
             print(f"round {n}: writes after the snapshot (ms, leaf 0, leaf 1, leaf 0, leaf 1): "
                   + " ".join(f"{t:.2f}" for t in times))
-        s.close(checkpoint=False)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
     return 0
 
 

@@ -20,9 +20,7 @@ import argparse
 import gc
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -88,9 +86,7 @@ def main() -> int:
     a = p.parse_args()
     counts = [int(c) for c in a.counts.split(",")]
     print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
-    base = tempfile.mkdtemp(prefix="vstor-gcbench-", dir="/var/tmp")
-    try:
-        s, v, rng, buf = aged_volume(base, a.age_writes)
+    with aged_volume("vstor-gcbench-", a.age_writes) as (s, v, rng, buf):
         print(f"1 GiB volume filled and aged by {a.age_writes} random 4 KiB writes", flush=True)
         base_us: dict[tuple[str, str], float] = {}
         taken = 0
@@ -110,9 +106,6 @@ def main() -> int:
                     base_us.setdefault((mode, op), m["us"])
                     print(f"{count:>9} {mode:<10} {op:<5} {m['us']:>7.1f} {m['us'] / base_us[mode, op]:>5.2f} "
                           f"{m['gc_us']:>8.1f} {m['gc_max_ms']:>9.1f} {m['full']:>4} {objects:>9,}", flush=True)
-        s.close(checkpoint=False)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
     return 0
 
 
