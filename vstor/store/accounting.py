@@ -10,14 +10,13 @@ all of them, so two maps share bytes exactly when they reference the same record
 
 from __future__ import annotations
 
-from array import array
 from collections import Counter
 from collections.abc import Sequence
-from itertools import chain, compress
+from itertools import chain
 
 from vstor.store.chunkmap import EMPTY, FRAGMENTED, LEAF_BITS, LEAF_SLOTS, Extent, Leaf, VolumeMap
 from vstor.store.format import loc_segno
-from vstor.store.mapstore import le_bytes
+from vstor.store.lineage import Lineage
 
 
 def account(maps: Sequence[VolumeMap], own: Sequence[int] = (),
@@ -50,77 +49,62 @@ def account(maps: Sequence[VolumeMap], own: Sequence[int] = (),
 class _KeyScan:
     """Sharing among the versions (distinct leaf objects) found at one leaf key.
 
-    Slots are compared column by column: ``zip(*slots)`` yields one chunk's values across all
-    versions, and a chunk where every version agrees (most of them: versions differ only where
-    the volume was written between snapshots) costs one C-level ``count``. Elsewhere versions
-    are grouped by content, with C-level counting, and only the few distinct contents are
-    compared extent by extent. A version held by several maps is shared throughout (``multi``).
+    Versions descend from one another (lineage.py) and a copy differs from its parent only
+    where it was written, so a chunk where no version changed anything holds one content for
+    all of them: one lookup. Elsewhere the versions fall into a few groups that share a
+    content by descent; the groups' contents are then compared extent by extent. The work is
+    O(chunks × roots + changes), not O(chunks × versions). A version held by several maps is
+    shared throughout (``multi``).
 
     Results: ``excl[j]`` bytes only version j references, and ``union`` the bytes per segment
     of everything the ``own`` versions reference."""
 
     def __init__(self, key: int, cs: int, leaves: list[Leaf], multi: list[bool], own: list[bool]) -> None:
-        n = len(leaves)
-        self.excl = [0] * n
+        self.excl = [0] * len(leaves)
         self.union: dict[int, int] = {}
-        self.multi, self.own = multi, own
-        self.any_own, self.all_own = any(own), all(own)
-        alone = n == 1 and not multi[0]
-        overlays = [lf.overlays for lf in leaves]
-        # All versions' slots side by side; column i (a strided view) holds chunk i of each.
-        table = memoryview(b"".join(le_bytes(lf.slots) for lf in leaves)).cast("Q")
-        # The same for the identities of their overlay lists (id(None) where a chunk has none),
-        # built with C-level calls per version rather than a lookup per version per chunk.
-        chunks = range(key << LEAF_BITS, (key + 1) << LEAF_BITS)
-        idtable = memoryview(b"".join(array("Q", map(id, map(ov.get, chunks))).tobytes()
-                                      for ov in overlays)).cast("Q")
-        all_frag = FRAGMENTED.to_bytes(8, "little") * n
+        lineage = Lineage(leaves, own)
+        base = key << LEAF_BITS
         for i in range(LEAF_SLOTS):
-            col = table[i::LEAF_SLOTS]
-            raw = col.tobytes()
-            chunk = (key << LEAF_BITS) | i
-            contents = {}
-            if raw != all_frag:
-                if raw == raw[:8] * n:  # every version agrees: one C-level comparison
-                    first = col[0]
-                    if first == EMPTY:
-                        continue
-                    if alone:
-                        self.excl[0] += cs
-                    if self.any_own:
-                        self._add(first, cs)
+            chunk = base | i
+            comps = lineage.components(i)
+            if len(comps) == 1:  # every version holds the same content
+                h, cnt, mine = comps[0]
+                slot = leaves[h].slots[i]
+                if slot == EMPTY:
                     continue
-                t = col.tolist()
-                for val, (j, cnt) in _first_and_count(t).items():  # whole-chunk and empty contents
-                    if val != FRAGMENTED:
-                        contents[("slot", val)] = self._content(t, val, j, cnt, None, chunk, cs)
-                if FRAGMENTED not in t:
-                    self._compare(contents)
+                single = h if cnt == 1 and not multi[h] else None
+                if slot != FRAGMENTED:
+                    if single is not None:
+                        self.excl[h] += cs
+                    if mine:
+                        self._add(slot, cs)
                     continue
-            # fragmented contents: versions share unchanged overlay lists
-            ids = idtable[i::LEAF_SLOTS].tolist()
-            for lid, (j, cnt) in _first_and_count(ids).items():
-                lst = overlays[j].get(chunk)
-                if lst is not None:
-                    contents[("list", lid)] = self._content(ids, lid, j, cnt, lst, chunk, cs)
-            self._compare(contents)
-
-    def _content(self, tags: list, tag: object, j: int, cnt: int, overlay: list[Extent] | None, chunk: int,
-                 cs: int) -> tuple[list[Extent], int | None, bool]:
-        """(extents, the version holding it if it is the only one, whether an own version holds
-        it) of the content ``tag``, first found in version ``j`` and held by ``cnt`` versions."""
-        single = j if cnt == 1 and not self.multi[j] else None
-        mine = self.all_own or (self.any_own and any(compress(map(tag.__eq__, tags), self.own)))
-        if overlay is not None:
-            return overlay, single, mine
-        slot = tags[j]
-        return ([] if slot == EMPTY else [(chunk * cs, (chunk + 1) * cs, slot)]), single, mine
+                self._compare([(leaves[h].overlays[chunk], single, mine > 0)])
+                continue
+            contents: dict[object, list] = {}  # slot value or ("list", id) -> [head, versions, own, extents]
+            for h, cnt, mine in comps:
+                leaf = leaves[h]
+                slot = leaf.slots[i]
+                if slot == FRAGMENTED:
+                    lst = leaf.overlays[chunk]
+                    tag: object = ("list", id(lst))
+                else:
+                    tag = slot
+                    lst = [] if slot == EMPTY else [(chunk * cs, (chunk + 1) * cs, slot)]
+                c = contents.get(tag)
+                if c is None:
+                    contents[tag] = [h, cnt, mine, lst]
+                else:
+                    c[1] += cnt
+                    c[2] += mine
+            self._compare([(lst, h if cnt == 1 and not multi[h] else None, mine > 0)
+                           for h, cnt, mine, lst in contents.values()])
 
     def _add(self, loc: int, n: int) -> None:
         seg = loc_segno(loc)
         self.union[seg] = self.union.get(seg, 0) + n
 
-    def _compare(self, contents: dict) -> None:
+    def _compare(self, items: list[tuple[list[Extent], int | None, bool]]) -> None:
         """Exclusive and owned bytes of one chunk, over its distinct contents (extent lists).
 
         Versions of a chunk differ in a few extents and share the rest, so whole extents are
@@ -128,7 +112,6 @@ class _KeyScan:
         versions or maps hold, is shared. Only an extent found once can hold exclusive bytes:
         those that no other content maps to the same record (other contents may cut the same
         record's data at other boundaries)."""
-        items = list(contents.values())
         counts: Counter = Counter()
         if any(single is not None for _e, single, _m in items):  # else nothing can be exclusive
             for ext, single, _mine in items:
@@ -161,18 +144,6 @@ class _KeyScan:
                 n = spans[0][1] - spans[0][0] if len(spans) == 1 else _covered(-1, 1 << 62, spans)
                 seg = loc_segno(loc)
                 union[seg] = union.get(seg, 0) + n
-
-
-def _first_and_count(tags: list) -> dict:
-    """tag -> (index of its first occurrence, occurrences). C-level counting while the tags
-    are few; one pass when they are many, where an index() per tag would be quadratic."""
-    counts = Counter(tags)
-    if len(counts) <= 16:
-        return {tag: (tags.index(tag), cnt) for tag, cnt in counts.items()}
-    first: dict = {}
-    for j, tag in enumerate(tags):
-        first.setdefault(tag, j)
-    return {tag: (first[tag], cnt) for tag, cnt in counts.items()}
 
 
 def _solo_prefix(spans: list[tuple[int, int]]) -> dict[int, int]:

@@ -181,6 +181,7 @@ class VolumeMap:
         elif slot != EMPTY:
             self._ref(leaf, slot, -self.chunk_size)
         leaf.slots[i] = loc
+        leaf.mark(i)
         if loc != EMPTY:
             self._ref(leaf, loc, self.chunk_size)
 
@@ -215,6 +216,7 @@ class VolumeMap:
     def _store_extents(self, leaf: Leaf, chunk: int, extents: list[Extent]) -> None:
         base = chunk * self.chunk_size
         i = chunk & LEAF_MASK
+        leaf.mark(i)
         if not extents:
             leaf.overlays.pop(chunk, None)
             leaf.owned.discard(chunk)

@@ -5,11 +5,14 @@ A leaf holds LEAF_SLOTS chunk slots and the overlays of its fragmented chunks. `
 counts the maps holding it; a map copies a shared leaf before changing it. Overlay lists are
 shared between a leaf and its copies and changed in place only by the one leaf that owns
 them. ``segs`` keeps the bytes the leaf references per journal segment, so that a copy or a
-release reports one total per segment.
+release reports one total per segment. ``origin`` and ``gen`` record how a copy differs from
+the leaf it was copied from (lineage.py states the invariants), so that space accounting
+compares only the chunks a copy changed.
 """
 
 from __future__ import annotations
 
+import weakref
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,7 +30,7 @@ Extent = tuple[int, int, int]  # (start, end, loc), absolute volume byte offsets
 class Leaf:
     """LEAF_SLOTS chunk slots and the overlays of their fragmented chunks."""
 
-    __slots__ = ("slots", "overlays", "refs", "owned", "segs")
+    __slots__ = ("slots", "overlays", "refs", "owned", "segs", "gen", "origin", "__weakref__")
 
     def __init__(self, slots: array | None = None, overlays: dict[int, list[Extent]] | None = None) -> None:
         self.slots = array("Q", bytes(8 * LEAF_SLOTS)) if slots is None else slots
@@ -37,6 +40,9 @@ class Leaf:
         # segment -> bytes this leaf references there; None until first needed for a leaf loaded
         # from a checkpoint (start-up would otherwise sum every leaf version's extents)
         self.segs: dict[int, int] | None = {}
+        self.gen = 0  # changes made in place by a map (mark)
+        # (weak reference to the leaf this one was copied from, its gen then, bit per slot changed since)
+        self.origin: tuple[weakref.ref[Leaf], int, int] | None = None
 
     def copy(self) -> Leaf:
         """A private copy. Overlay lists are shared, not copied, so a copy costs 8 KiB plus one
@@ -46,7 +52,17 @@ class Leaf:
         self.owned = set()
         leaf = Leaf(array("Q", self.slots), dict(self.overlays))
         leaf.segs = None if self.segs is None else dict(self.segs)
+        leaf.origin = (weakref.ref(self), self.gen, 0)
         return leaf
+
+    def mark(self, i: int) -> None:
+        """A map changed slot ``i`` (its value or its overlay list) in place. Copies made from
+        this leaf before no longer know how they differ from it; this leaf's difference from its
+        own origin gains slot i. About 0.2 µs per changed chunk, on the write path."""
+        self.gen += 1
+        o = self.origin
+        if o is not None:
+            self.origin = (o[0], o[1], o[2] | 1 << i)
 
     def totals(self, chunk_size: int) -> dict[int, int]:
         """Bytes referenced per segment (computed once for a leaf loaded from a checkpoint)."""

@@ -1,0 +1,87 @@
+"""Time of `snapshot list` (sizes included) with 0, 100 and 1,000 snapshots, in process.
+
+    .venv/bin/python tools/bench_snapshot_list.py [--age-writes 300000] [--counts 0,100,1000] [--repeats 3]
+
+In-process (Store API, no FUSE, no daemon, no CLI start-up), on a pool in a temporary
+directory under /var/tmp: a 1 GiB volume is filled with 1 MiB writes and aged by random
+4 KiB writes; before each snapshot 16 random 4 KiB writes land, so every snapshot holds new
+leaf versions, as in part 3 of tools/bench_snapshots.py. At each count it prints the median
+and the slowest of ``--repeats`` listings (``snapshots.listing``: the exclusive and shared
+bytes of every snapshot), the number of leaf versions, and the result's total exclusive bytes,
+so that runs of two versions of the code can be checked to agree.
+
+After the last count the pool is closed with a checkpoint and opened again, as a daemon
+restart does, and the first listings after the restart are timed the same way: leaves loaded
+from a checkpoint carry no record of which version they were copied from (Leaf.origin), so
+the first listing derives it (vstor/store/lineage.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from aged_volume import BLOCKS, aged_volume  # noqa: E402  (tools/, the script's own directory)
+
+from vstor.store import snapshots  # noqa: E402
+from vstor.store.store import Store  # noqa: E402
+
+
+def timed_listings(s: Store, repeats: int) -> tuple[list[float], list[dict]]:
+    times, out = [], []
+    for _ in range(repeats):
+        gc.collect()  # not timed: the daemon's collector stays frozen (vstor/control/pygc.py)
+        t0 = time.perf_counter()
+        out = snapshots.listing(s, "v")
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def report(label: str, count: int, s: Store, times: list[float], out: list[dict]) -> None:
+    with s._lock:
+        versions = len({id(leaf) for vm in s.state.all_maps() for leaf in vm.leaves.values()})
+    excl = sum(d["exclusive"] for d in out)
+    print(f"{label:<9} {count:>9} {len(out):>6} {versions:>8,} {statistics.median(times):>8.3f} "
+          f"{max(times):>8.3f} {'/'.join(f'{t:.3f}' for t in times):>24} {excl:>14,}", flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--age-writes", type=int, default=300_000)
+    p.add_argument("--counts", default="0,100,1000")
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    counts = [int(c) for c in a.counts.split(",")]
+    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    with aged_volume("vstor-listbench-", a.age_writes) as (s, v, rng, buf):
+        print(f"1 GiB volume filled and aged by {a.age_writes} random 4 KiB writes", flush=True)
+        print(f"{'when':<9} {'snapshots':>9} {'listed':>6} {'versions':>8} {'median s':>8} {'max s':>8} "
+              f"{'each s':>24} {'exclusive B':>14}")
+        taken = 0
+        for count in counts:
+            while taken < count:
+                for _ in range(16):
+                    s.write(v, rng.randrange(BLOCKS) * 4096, buf[:4096])
+                snapshots.create(s, "v", f"s{taken}")
+                taken += 1
+            report("running", count, s, *timed_listings(s, a.repeats))
+        pool = s.pool
+        s.close()
+        t0 = time.perf_counter()
+        s2 = Store.open(pool)
+        opened = time.perf_counter() - t0
+        try:
+            report("reopened", taken, s2, *timed_listings(s2, a.repeats))
+            print(f"(open after the checkpoint: {opened:.1f} s)", flush=True)
+        finally:
+            s2.close(checkpoint=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
