@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections import defaultdict
 
 from vstor.store.format import segment_name
@@ -57,3 +58,24 @@ def per_segment(by_loc: dict[int, int]) -> dict[int, int]:
     for loc, n in by_loc.items():
         out[loc >> 32] += n
     return {seg: n for seg, n in out.items() if n}
+
+
+def origins_offset(blob: bytes) -> int:
+    """Where the origins section of a map set blob starts (checkpoint version 4)."""
+    pos = 4
+    (nlists,) = struct.unpack_from("<I", blob, 0)
+    for _ in range(nlists):
+        (n,) = struct.unpack_from("<I", blob, pos)
+        pos += 4 + 24 * n
+    (nleaves,) = struct.unpack_from("<I", blob, pos)
+    pos += 4
+    for _ in range(nleaves):
+        pos += 8 * 1024
+        (novl,) = struct.unpack_from("<I", blob, pos)
+        pos += 4 + 12 * novl
+    (nmaps,) = struct.unpack_from("<I", blob, pos)
+    pos += 4
+    for _ in range(nmaps):
+        _mapped, nkeys = struct.unpack_from("<QI", blob, pos)
+        pos += 12 + 12 * nkeys
+    return pos

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import gc
 import random
+import struct
 import weakref
 from collections import Counter
 
 import pytest
-from poolkit import Refs
+from poolkit import Refs, origins_offset
 from test_snapshot_logic import (
     BASE,
     CS,
@@ -25,6 +26,7 @@ from test_snapshot_logic import (
     _window,
 )
 
+from vstor.errors import FormatError
 from vstor.store.accounting import account, segment_live
 from vstor.store.chunkmap import LEAF_SLOTS, Leaf, VolumeMap
 from vstor.store.format import loc_segno, make_loc
@@ -52,10 +54,14 @@ def _check_account(fam: Family, rng: random.Random) -> None:
     assert live == dict(Counter(loc_segno(loc) for _o, loc in set().union(*sets)))
 
 
-def _reload(fam: Family) -> Family:
-    """The family as a restart sees it: maps loaded from their checkpoint form."""
+def _reload(fam: Family, origins: bool) -> Family:
+    """The family as a restart sees it: maps loaded from their checkpoint form, with the leaves'
+    origins (checkpoint version 4) or without (version 3)."""
     refs = Refs()
-    loaded = load_maps(dump_maps(fam.maps), CS, refs)
+    blob = dump_maps(fam.maps)
+    if not origins:
+        blob = blob[: origins_offset(blob)]
+    loaded = load_maps(blob, CS, refs, origins)
     return Family(refs, loaded, [list(m) for m in fam.models], list(fam.frozen), list(fam.used))
 
 
@@ -83,8 +89,8 @@ def test_account_stays_exact_as_the_family_changes_between_accountings(seed):
                 for model in fam.models:
                     model[a:b] = [new if x == old else x for x in model[a:b]]
                 _gc_move(fam.maps, BASE + a, BASE + b, old, new, fam.refs)
-        elif r < 0.4:
-            fam = _reload(fam)
+        elif r < 0.45:
+            fam = _reload(fam, origins=r < 0.4)
         for vm, model in zip(fam.maps, fam.models, strict=True):
             assert _window(vm) == model
 
@@ -130,16 +136,50 @@ def test_a_parent_changed_in_place_no_longer_vouches_for_its_copies():
     assert union == 6 * CS
 
 
-def test_reloaded_leaves_are_linked_once_and_the_links_are_kept():
-    """Leaves loaded from a checkpoint have no origin: the first accounting links each to the
-    previous version of its key and keeps the link, which later accountings use as they are."""
+def _family_of_snapshots() -> list[VolumeMap]:
     v = VolumeMap(CS)
     v.map(0, 16 * CS, make_loc(1, 64))
     maps = [v]
     for n in range(6):
         maps.append(v.share())
         v.map(n * CS, n * CS + 100, make_loc(2, 64 + 4096 * n))
+    return maps
+
+
+def test_origins_survive_a_checkpoint():
+    """Version 4 blobs carry each leaf's origin: parent by index, and the changed slots."""
+    maps = _family_of_snapshots()
     loaded = load_maps(dump_maps(maps), CS, Refs())
+    for m, m2 in zip(maps, loaded, strict=True):
+        o, o2 = m.leaves[0].origin, m2.leaves[0].origin
+        assert (o is None) == (o2 is None)
+        if o is not None:
+            assert o2[2] == o[2] and o2[1] == o2[0]().gen
+            j = next(k for k, x in enumerate(maps) if x.leaves[0] is o[0]())
+            assert o2[0]() is loaded[j].leaves[0]
+    assert account(loaded, range(len(loaded))) == account(maps, range(len(maps)))
+
+
+def test_origin_section_is_checked():
+    blob = dump_maps(_family_of_snapshots())
+    at = origins_offset(blob)
+    assert struct.unpack_from("<I", blob, at)[0] == 6
+    for bad in (struct.pack("<II", 1, 1), struct.pack("<II", 0, 99)):
+        with pytest.raises(FormatError):
+            load_maps(blob[: at + 4] + bad + blob[at + 12 :], CS, Refs())
+    with pytest.raises(FormatError):
+        load_maps(blob[:-1], CS, Refs())
+    with pytest.raises(FormatError):  # a version 4 blob read as version 3 has trailing bytes
+        load_maps(blob, CS, Refs(), origins=False)
+
+
+def test_reloaded_leaves_are_linked_once_and_the_links_are_kept():
+    """Leaves loaded from a version 3 checkpoint have no origin: the first accounting links
+    each to the previous version of its key and keeps the link, which later accountings use
+    as they are."""
+    maps = _family_of_snapshots()
+    blob = dump_maps(maps)
+    loaded = load_maps(blob[: origins_offset(blob)], CS, Refs(), origins=False)
     leaves = [m.leaves[0] for m in loaded]
     assert all(leaf.origin is None for leaf in leaves)
     first = account(loaded, range(len(loaded)))

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
-from poolkit import Refs, per_segment
+from poolkit import Refs, origins_offset, per_segment
 
 from vstor.errors import AlreadyExists, Busy, FormatError, NotFound, UsageError
 from vstor.store.accounting import account, changed_ranges, segment_live
@@ -452,7 +452,8 @@ def test_load_maps_rejects_truncated_corrupted_or_padded_blobs():
             load_maps(blob[:n], CS, Refs())
     with pytest.raises(FormatError):
         load_maps(blob + b"\0", CS, Refs())
-    bad_index = blob[:-4] + (0xFFFFFFFF).to_bytes(4, "little")  # the last key's leaf index
+    at = origins_offset(blob)
+    bad_index = blob[: at - 4] + (0xFFFFFFFF).to_bytes(4, "little") + blob[at:]  # the last key's leaf index
     with pytest.raises(FormatError):
         load_maps(bad_index, CS, Refs())
     nleaves = int.from_bytes(blob[:4], "little")

@@ -1018,3 +1018,35 @@ def test_pool_check_with_snapshots_and_corruption_in_snapshot_only_data(tmp_path
     assert store.read(a, 0, 300 * KiB, sid=s1) == at_s1[a][: 300 * KiB]
     check_contents(store, live, {s2: at_s2})
     store.close()
+
+
+def test_a_version_3_checkpoint_opens_and_gives_the_same_sizes(tmp_path, monkeypatch):
+    """Checkpoint version 4 added leaf origins (lineage.py) after the maps. A pool whose
+    checkpoint is version 3 opens, accounts its snapshots the same, and is rewritten as 4."""
+    from poolkit import origins_offset
+
+    from vstor.store import checkpoint
+
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    (a,) = make_group(store, ["a"], 3 * MiB)
+    rng = random.Random(5)
+    store.write(a, 0, rng.randbytes(3 * MiB))
+    for i in range(6):
+        for _ in range(5):
+            store.write(a, rng.randrange(3 * MiB - 4096), rng.randbytes(4096))
+        snapshots.create(store, "g", f"s{i}")
+    want = snapshots.listing(store, "g")
+    assert any(s["exclusive"] for s in want) and all(s["shared"] for s in want)
+    store.close()
+    meta_dir = os.path.join(pool, "meta")
+    ck = checkpoint.read_checkpoint(meta_dir, load_superblock(pool).uuid_bytes)
+    assert ck.version == 4
+    ck.maps = ck.maps[: origins_offset(ck.maps)]
+    monkeypatch.setattr(checkpoint, "VERSION", 3)
+    checkpoint.write_checkpoint(meta_dir, load_superblock(pool).uuid_bytes, ck)
+    monkeypatch.undo()
+    store = Store.open(pool)
+    assert snapshots.listing(store, "g") == want
+    store.close()
+    assert checkpoint.read_checkpoint(meta_dir, load_superblock(pool).uuid_bytes).version == 4

@@ -11,9 +11,8 @@ bytes of every snapshot), the number of leaf versions, and the result's total ex
 so that runs of two versions of the code can be checked to agree.
 
 After the last count the pool is closed with a checkpoint and opened again, as a daemon
-restart does, and the first listings after the restart are timed the same way: leaves loaded
-from a checkpoint carry no record of which version they were copied from (Leaf.origin), so
-the first listing derives it (vstor/store/lineage.py).
+restart does, and the first listings after the restart are timed the same way: they rely on
+the leaf origins (vstor/store/lineage.py) that the checkpoint carries since version 4.
 """
 
 from __future__ import annotations

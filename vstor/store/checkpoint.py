@@ -26,7 +26,8 @@ from vstor.durable import atomic_write
 from vstor.errors import FormatError
 
 MAGIC = b"VSTCKP01"
-VERSION = 3  # 2: shared leaves and the snapshot catalog; 3: shared overlay lists
+VERSION = 4  # 2: shared leaves and the snapshot catalog; 3: shared overlay lists; 4: leaf origins
+READS = (3, 4)  # version 3 is read as a version 4 without leaf origins
 HEADER = struct.Struct("<8sII16sQQQQQQQ")  # 88 bytes + 8-byte header checksum
 HEADER_SIZE = HEADER.size + 8
 NAME = "checkpoint"
@@ -40,6 +41,7 @@ class CheckpointData:
     next_segno: int
     meta: dict
     maps: bytes = b""  # mapstore.dump_maps of the maps named in meta["maps"]
+    version: int = VERSION
 
 
 def write_checkpoint(meta_dir: str, pool_uuid: bytes, ck: CheckpointData) -> int:
@@ -65,12 +67,13 @@ def read_checkpoint(meta_dir: str, pool_uuid: bytes) -> CheckpointData | None:
     if xxhash.xxh3_64_intdigest(raw[: HEADER.size]) != hcsum:
         raise FormatError(f"checkpoint {path} header fails its checksum")
     magic, ver, _flags, uuid, gen, segno, pos, next_segno, meta_len, body_len, body_csum = HEADER.unpack_from(raw)
-    if magic != MAGIC or ver != VERSION:
-        raise FormatError(f"checkpoint {path} has format version {ver}; this vstor reads version {VERSION}")
+    if magic != MAGIC or ver not in READS:
+        raise FormatError(f"checkpoint {path} has format version {ver}; this vstor reads versions "
+                          f"{', '.join(map(str, READS))}")
     if uuid != pool_uuid:
         raise FormatError(f"checkpoint {path} belongs to another pool")
     body = memoryview(raw)[HEADER_SIZE:]
     if len(body) != body_len or xxhash.xxh3_64_intdigest(body) != body_csum:
         raise FormatError(f"checkpoint {path} body fails its checksum; the pool metadata is damaged")
     meta = json.loads(bytes(body[:meta_len]))
-    return CheckpointData(gen, segno, pos, next_segno, meta, bytes(body[meta_len:]))
+    return CheckpointData(gen, segno, pos, next_segno, meta, bytes(body[meta_len:]), ver)

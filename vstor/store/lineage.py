@@ -47,7 +47,7 @@ class Lineage:
         self.parent = parent = [-1] * n
         bits = [0] * n
         for j, leaf in enumerate(leaves):
-            parent[j], bits[j] = _parent_in(leaf, index)
+            parent[j], bits[j] = parent_in(leaf, index)
         roots = [j for j in range(n) if parent[j] < 0]
         for prev, j in zip(roots, roots[1:], strict=False):
             if not _usable(leaves[j]):  # none of its own: derive one and keep it
@@ -130,9 +130,10 @@ def _usable(leaf: Leaf) -> bool:
     return p is not None and p.gen == o[1]
 
 
-def _parent_in(leaf: Leaf, index: dict[int, int]) -> tuple[int, int]:
-    """(index of the nearest ancestor in the set, bits where the leaf may differ from it), or
-    (-1, 0). An origin chain through versions outside the set adds up their bits."""
+def parent_in(leaf: Leaf, index: dict[int, int]) -> tuple[int, int]:
+    """(index of the nearest ancestor in the set ``index`` (id -> index), bits where the leaf
+    may differ from it), or (-1, 0). An origin chain through versions outside the set adds up
+    their bits."""
     bits = 0
     for _ in range(_MAX_WALK):
         o = leaf.origin

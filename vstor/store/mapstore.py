@@ -12,14 +12,19 @@ index) pairs. Layout, all integers little-endian (docs/formats.md, "Map set blob
     per leaf:  LEAF_SLOTS x u64 slots | u32 noverlays | noverlays x u64 chunk | noverlays x u32 list index
     u32 nmaps
     per map:   u64 mapped_bytes | u32 nkeys | nkeys x (u64 key, u32 leaf index)
+    u32 norigins                                        (checkpoint version 4 on)
+    per origin: u32 leaf index | u32 parent leaf index | 128 bytes, bit i = slot i may differ
 
 Maps are written in the order of the names the caller gives (stored in the checkpoint's meta).
+Origins (Leaf.origin, lineage.py) keep space accounting from deriving every leaf's parent
+again after a restart; a blob without them (version 3) loads with none.
 """
 
 from __future__ import annotations
 
 import struct
 import sys
+import weakref
 from array import array
 from collections import Counter
 from collections.abc import Callable
@@ -27,11 +32,14 @@ from itertools import chain
 
 from vstor.errors import FormatError
 from vstor.store.chunkmap import FRAGMENTED, LEAF_SLOTS, Leaf, VolumeMap
+from vstor.store.lineage import parent_in
 
 _U32 = struct.Struct("<I")
 _EXT = struct.Struct("<QQQ")
 _MAPHEAD = struct.Struct("<QI")
 _KEYREF = struct.Struct("<QI")
+_ORIGIN = struct.Struct("<II")
+_BITS = LEAF_SLOTS // 8
 
 
 def le_bytes(slots: array) -> bytes:
@@ -72,7 +80,27 @@ def dump_maps(maps: list[VolumeMap]) -> bytes:
     for vm in maps:
         parts.append(_MAPHEAD.pack(vm.mapped_bytes, len(vm.leaves)))
         parts.append(b"".join(_KEYREF.pack(k, leaf_index[id(vm.leaves[k])]) for k in sorted(vm.leaves)))
+    origins = []
+    for i, leaf in enumerate(leaves):
+        parent, bits = parent_in(leaf, leaf_index)
+        if parent >= 0:
+            origins.append(_ORIGIN.pack(i, parent) + bits.to_bytes(_BITS, "little"))
+    parts.append(_U32.pack(len(origins)))
+    parts += origins
     return b"".join(parts)
+
+
+def _load_origins(view: memoryview, pos: int, leaves: list[Leaf]) -> int:
+    (n,) = _U32.unpack_from(view, pos)
+    pos += 4
+    for _ in range(n):
+        i, parent = _ORIGIN.unpack_from(view, pos)
+        if i == parent or max(i, parent) >= len(leaves):
+            raise ValueError(f"origin {i} -> {parent} names no other leaf")
+        bits = int.from_bytes(view[pos + _ORIGIN.size : pos + _ORIGIN.size + _BITS], "little")
+        pos += _ORIGIN.size + _BITS
+        leaves[i].origin = (weakref.ref(leaves[parent]), leaves[parent].gen, bits)
+    return pos
 
 
 def _swapped(a: array) -> bytes:
@@ -81,9 +109,11 @@ def _swapped(a: array) -> bytes:
     return b.tobytes()
 
 
-def load_maps(data: bytes | memoryview, chunk_size: int, on_ref: Callable[[int, int], None]) -> list[VolumeMap]:
+def load_maps(data: bytes | memoryview, chunk_size: int, on_ref: Callable[[int, int], None],
+              origins: bool = True) -> list[VolumeMap]:
     """Rebuild the maps, sharing leaves, overlay lists and extents as they were. ``on_ref`` is called once
-    per extent of each distinct leaf, exactly as the live maps counted them."""
+    per extent of each distinct leaf, exactly as the live maps counted them. ``origins=False``
+    reads a blob of checkpoint version 3, which ends after the maps."""
     view = memoryview(data)
     try:
         (nlists,) = _U32.unpack_from(view, 0)
@@ -148,6 +178,8 @@ def load_maps(data: bytes | memoryview, chunk_size: int, on_ref: Callable[[int, 
                 keys[idx] = key
                 vm.leaves[key] = leaf
             maps.append(vm)
+        if origins:
+            pos = _load_origins(view, pos, leaves)
     except (struct.error, IndexError, ValueError) as e:
         raise FormatError(f"checkpoint chunk maps are malformed ({e}); the pool metadata is damaged") from None
     if pos != len(view):

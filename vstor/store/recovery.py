@@ -29,7 +29,7 @@ def load_state(store: object) -> tuple[PoolState, tuple[int, int], int]:
     if ck is None:
         segs = store.journal.segments()
         return PoolState(store.sb.chunk_size), (segs[0] if segs else 1, SEGMENT_HEADER_SIZE), 0
-    state = PoolState.from_checkpoint(store.sb.chunk_size, ck.meta, ck.maps)
+    state = PoolState.from_checkpoint(store.sb.chunk_size, ck.meta, ck.maps, origins=ck.version >= 4)
     return state, (ck.segno, ck.pos), ck.generation
 
 

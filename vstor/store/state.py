@@ -190,13 +190,13 @@ class PoolState:
         return dump_maps(list(self.all_maps()))
 
     @classmethod
-    def from_checkpoint(cls, chunk_size: int, meta: dict, blob: bytes) -> PoolState:
+    def from_checkpoint(cls, chunk_size: int, meta: dict, blob: bytes, origins: bool = True) -> PoolState:
         st = cls(chunk_size)
         st.table = VolumeTable.from_json(meta["table"])
         st.catalog = Catalog.from_json(meta.get("catalog"))
         st.group_seq.update({int(g): s for g, s in meta["group_seq"].items()})
         st.seg_logical.update({int(g): n for g, n in meta.get("seg_logical", {}).items()})
-        for name, vm in zip(meta["maps"], load_maps(blob, chunk_size, st._on_ref), strict=True):
+        for name, vm in zip(meta["maps"], load_maps(blob, chunk_size, st._on_ref, origins), strict=True):
             if name[0] == "v":
                 vm.lineage = tuple(st.table.lineage(name[1]))
                 st.maps[name[1]] = vm
