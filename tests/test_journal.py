@@ -311,6 +311,51 @@ def test_read_names_the_bad_frame_in_a_multi_frame_range(tmp_path, compress):
     store.close()
 
 
+@pytest.mark.parametrize("kind", ["none", "lz4", "aes"])
+def test_read_into_gives_the_bytes_of_read_and_never_unverified_data(tmp_path, kind):
+    """Store.read_into (FUSE reads fill libfuse's buffer with it) returns what read() returns,
+    across gaps, fragments and partial frames. Whole frames stored as is go straight into the
+    buffer and are verified there; a flipped byte in one of them fails the read."""
+    pool = make_pool(tmp_path, compress="lz4" if kind == "lz4" else "none", encrypt=kind == "aes")
+    store = Store.open(pool)
+    size = 6 * MiB
+    x = store.create_volume("x", size).id
+    rng = random.Random(kind)
+    model = bytearray(size)
+    store.write(x, MiB, rng.randbytes(2 * MiB))  # whole frames stored as is (random bytes)
+    model[MiB : 3 * MiB] = store.read(x, MiB, 2 * MiB)
+    for _ in range(40):
+        off, n = rng.randrange(size - 70_000), rng.randrange(1, 70_000)
+        data = rng.randbytes(n) if rng.random() < 0.8 else bytes(n)  # zeros: a trim
+        store.write(x, off, data)
+        model[off : off + n] = data
+    direct = []
+    real = store.journal.pread_into
+    store.journal.pread_into = lambda *a: direct.append(a[0]) or real(*a)  # observe which path ran
+    spans = [(0, size), (MiB, FRAME_SIZE), (3 * MiB - 2 * FRAME_SIZE, 2 * FRAME_SIZE), (size - 5, 100)]
+    spans += [(rng.randrange(size), rng.randrange(1, 3 * MiB)) for _ in range(30)]
+    for off, n in spans:
+        buf = bytearray(b"\xee" * n)
+        got = store.read_into(x, off, memoryview(buf))
+        assert got == min(n, size - off)
+        assert bytes(buf[:got]) == store.read(x, off, n) == model[off : off + got]
+    assert bool(direct) == (kind != "aes")  # lz4 stores incompressible frames as is
+    # A whole raw frame with a flipped byte, read straight into the buffer: CorruptData.
+    store.write(x, 4 * MiB, rng.randbytes(4 * FRAME_SIZE))
+    store.sync()
+    segno, pos = record_of(store, x, 4 * MiB)
+    flip_byte(seg_path(pool, segno), frame_data_pos(store, segno, pos) + FRAME_SIZE + 1000)  # frame 1
+    errors = store.stats.read_errors
+    for off, n in ((4 * MiB + FRAME_SIZE, FRAME_SIZE), (4 * MiB, 4 * FRAME_SIZE), (4 * MiB + 10, 100_000)):
+        with pytest.raises(CorruptData, match="frame 1 of volume"):
+            store.read_into(x, off, memoryview(bytearray(n)))
+    assert store.stats.read_errors == errors + 3
+    buf = bytearray(FRAME_SIZE)
+    store.read_into(x, 4 * MiB + 2 * FRAME_SIZE, memoryview(buf))  # the frames around it still read
+    assert bytes(buf) == store.read(x, 4 * MiB + 2 * FRAME_SIZE, FRAME_SIZE)
+    store.close()
+
+
 def test_encrypted_pool_wrong_key_is_refused(tmp_path):
     pool = make_pool(tmp_path, encrypt=True)
     store = Store.open(pool)  # the superblock's key file hint

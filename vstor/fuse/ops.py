@@ -26,6 +26,7 @@ select_library()
 import mfusepy as fuse  # noqa: E402
 
 from vstor.errors import NotFound, VstorError  # noqa: E402
+from vstor.fuse.direct import DirectReadFUSE  # noqa: E402
 from vstor.store import snapshots  # noqa: E402
 from vstor.store.stats import size_bucket  # noqa: E402
 from vstor.store.store import Store  # noqa: E402
@@ -203,6 +204,22 @@ class VolumeFS(fuse.Operations):
         except VstorError as e:
             raise _errno(e) from None
 
+    def read_into(self, path: str, view: memoryview, offset: int, fi: Any) -> int:
+        """read() into libfuse's buffer (direct.py): volume and snapshot data is read and verified
+        in place; other files are copied in. Returns the bytes filled."""
+        target = self._target(fi)
+        if not isinstance(target, (int, tuple)):
+            data = self.read(path, len(view), offset, fi)
+            view[: len(data)] = data
+            return len(data)
+        self._note_size("read", len(view))
+        try:
+            if isinstance(target, tuple):
+                return self.store.read_into(target[1], offset, view, sid=target[0])
+            return self.store.read_into(target, offset, view)
+        except VstorError as e:
+            raise _errno(e) from None
+
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
         target = self._target(fi)
         if self.media and not isinstance(target, (int, tuple, bytes)):
@@ -295,4 +312,4 @@ class VolumeFS(fuse.Operations):
 
 def serve(ops: VolumeFS, mountpoint: str, options: dict[str, Any]) -> None:
     """Run the FUSE loop until the filesystem is unmounted."""
-    fuse.FUSE(ops, mountpoint, raw_fi=True, **options)
+    DirectReadFUSE(ops, mountpoint, raw_fi=True, **options)

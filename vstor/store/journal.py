@@ -317,6 +317,19 @@ class Journal:
 
     # -- reading -------------------------------------------------------------------------
     def pread(self, segno: int, pos: int, size: int) -> bytes:
+        fd = self._read_fd(segno)
+        data = os.pread(fd, size, pos)
+        self._prefetch(fd, segno, pos, size)
+        return data
+
+    def pread_into(self, segno: int, pos: int, view: memoryview) -> int:
+        """Read into ``view`` (no intermediate bytes); returns the bytes read."""
+        fd = self._read_fd(segno)
+        n = os.preadv(fd, [view], pos)
+        self._prefetch(fd, segno, pos, len(view))
+        return n
+
+    def _read_fd(self, segno: int) -> int:
         fd = self._read_fds.get(segno)
         if fd is None:
             try:
@@ -324,7 +337,9 @@ class Journal:
             except FileNotFoundError:
                 raise CorruptData(f"journal segment {segno} is missing") from None
             fd = self._read_fds.setdefault(segno, fd)
-        data = os.pread(fd, size, pos)
+        return fd
+
+    def _prefetch(self, fd: int, segno: int, pos: int, size: int) -> None:
         if size >= PREFETCH_MIN:
             # A large read is usually part of a sequential one, and the kernel keeps about one
             # FUSE read in flight: start fetching what follows in the segment now, so the disk
@@ -337,7 +352,6 @@ class Journal:
             if end > ahead - PREFETCH_BYTES // 2 or end < ahead - PREFETCH_BYTES:  # half used, or a jump back
                 os.posix_fadvise(fd, end, PREFETCH_BYTES, os.POSIX_FADV_WILLNEED)
                 self._prefetched[segno] = end + PREFETCH_BYTES
-        return data
 
     def read_header_raw(self, loc_segno: int, pos: int) -> tuple[RecordHeader, bytes]:
         """Read and verify a record's header; return it with its raw frame table."""

@@ -3,7 +3,7 @@
 Locking: one re-entrant lock guards the pool state and the journal tail. Writers encode
 their frames outside it when the pool is not encrypted (with encryption the associated
 data needs the record's sequence number and position, known only under the lock). Reads
-look up their extents under the lock and do their I/O outside it, counted in
+(readpath.py) look up their extents under the lock and do their I/O outside it, counted in
 ``_active_reads`` so that segment deletion waits for them.
 """
 
@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable
 
 from vstor.clock import Clock, SystemClock
-from vstor.errors import CorruptData, NotFound, PoolFull, ReadOnly, UsageError
+from vstor.errors import PoolFull, ReadOnly, UsageError
 from vstor.faults import NO_FAULTS, Faults
-from vstor.store.chunkmap import VolumeMap
-from vstor.store.codec import FrameCodec, derive_key, first_bad_stored_frame, pair_key_check
+from vstor.store.codec import FrameCodec, derive_key, pair_key_check
 from vstor.store.consumers import Consumers
 from vstor.store.format import (
     FF_ZERO,
@@ -42,6 +41,7 @@ from vstor.store.format import (
 from vstor.store.hcache import CachedRecord, HeaderCache
 from vstor.store.journal import Journal, ScannedRecord
 from vstor.store.maintenance import MaintenanceMixin
+from vstor.store.readpath import ReadPathMixin
 from vstor.store.space import SpaceGuard
 from vstor.store.state import PoolState
 from vstor.store.stats import Counters
@@ -51,7 +51,7 @@ from vstor.store.volumes import Volume
 log = logging.getLogger("vstor.store")
 
 
-class Store(MaintenanceMixin):
+class Store(MaintenanceMixin, ReadPathMixin):
     def __init__(self, pool: str, sb: Superblock, key: bytes | None, clock: Clock | None = None,
                  faults: Faults = NO_FAULTS) -> None:
         self.pool = pool
@@ -256,109 +256,6 @@ class Store(MaintenanceMixin):
                 return
         raise PoolFull("pool is full: no space for new data (acknowledged data is safe); free space with "
                        "fstrim or by deleting volumes, or grow the filesystem under the pool")
-
-    def read(self, vid: int, offset: int, size: int, sid: int = 0) -> bytes:
-        """Read ``size`` bytes (fewer at the end) of volume ``vid``, or of its image in snapshot
-        ``sid``. Raises CorruptData rather than returning bytes that fail verification."""
-        with self._lock:
-            if sid:
-                vm = self.state.snap_maps.get((sid, vid))
-                if vm is None:
-                    raise NotFound(f"snapshot {sid} of volume {vid} no longer exists")
-                vsize = self.state.catalog.snaps[sid].member_by_id(vid).size
-            else:
-                vsize = self._volume(vid).size
-                vm = self.state.maps[vid]
-            size = max(0, min(size, vsize - offset))
-            pieces = vm.lookup(offset, offset + size) if size else []
-            lineage = vm.lineage
-            self._active_reads += 1
-        try:
-            return self.assemble(lineage, offset, size, pieces)
-        except CorruptData as e:
-            self.stats.add(read_errors=1)
-            log.error("read error on volume %d offset %d (chunk %d): %s", vid, offset,
-                      offset // self.sb.chunk_size, e)
-            raise
-        finally:
-            with self._lock:
-                self._active_reads -= 1
-                if not self._active_reads:
-                    self._reads_done.notify_all()
-            self.stats.request("read", size)
-
-    def lookup_for_read(self, vm: VolumeMap, offset: int, size: int) -> list:
-        """Extents of a range of ``vm``, registering a reader; pair with :meth:`done_reading`."""
-        with self._lock:
-            self._active_reads += 1
-            return vm.lookup(offset, offset + size)
-
-    def done_reading(self) -> None:
-        with self._lock:
-            self._active_reads -= 1
-            if not self._active_reads:
-                self._reads_done.notify_all()
-
-    def assemble(self, lineage: tuple[int, ...] | None, offset: int, size: int, pieces: list) -> bytes:
-        """The bytes of [offset, offset+size) from its mapped pieces; gaps are zeros. Returns
-        ``bytes`` (mfusepy copies only bytes into the kernel buffer) built with one copy."""
-        if not pieces:
-            return bytes(size)
-        if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + size:
-            return self._read_extent(lineage, *pieces[0])
-        parts: list[bytes] = []
-        at = offset
-        for s, e, loc in pieces:
-            if s > at:
-                parts.append(bytes(s - at))
-            parts.append(self._read_extent(lineage, s, e, loc))
-            at = e
-        if at < offset + size:
-            parts.append(bytes(offset + size - at))
-        return b"".join(parts)
-
-    def _read_extent(self, lineage: tuple[int, ...] | None, s: int, e: int, loc: int) -> bytes:
-        """The bytes of [s, e) from the record at ``loc``, which must belong to a volume of
-        ``lineage`` (None: any) and cover the range."""
-        segno, pos = loc_segno(loc), loc_pos(loc)
-        cached = self._header(loc)
-        h, offs = cached.header, cached.offs
-        vid = lineage[-1] if lineage else h.volume
-        if (lineage is not None and h.volume not in lineage) or h.rtype not in (REC_WRITE, REC_RELOCATE) or not (
-            h.offset <= s and e <= h.offset + h.length
-        ):
-            raise CorruptData(f"misplaced record for {self._where(vid, s, loc)}: it holds volume {h.volume} "
-                              f"offset {h.offset}")
-        rel_s, rel_e = s - h.offset, e - h.offset
-        f0, f1 = rel_s // FRAME_SIZE, (rel_e - 1) // FRAME_SIZE
-        base = pos + RECORD_HEADER_SIZE + h.table_size
-        raw = self.journal.pread(segno, base + offs[f0], offs[f1 + 1] - offs[f0])
-        cut, n = rel_s - f0 * FRAME_SIZE, rel_e - rel_s
-        if cached.raw_csums is not None:  # frames stored as is: verify them in one pass
-            bad = first_bad_stored_frame(raw, offs, cached.raw_csums, f0, f1)
-            if bad is not None:
-                raise CorruptData(f"checksum mismatch in frame {bad} of {self._where(vid, s, loc)}")
-            return raw if cut == 0 and n == len(raw) else raw[cut : cut + n]
-        ad = (h.volume, h.rtype, h.seq, h.offset, segno, pos) if self.codec.encrypted else None
-        view = memoryview(raw)
-        parts = []
-        flags = 0
-        try:
-            for i in range(f0, f1 + 1):
-                entry = cached.entry(i)
-                flags |= entry.flags
-                body = view[offs[i] - offs[f0] : offs[i + 1] - offs[f0]]
-                parts.append(self.codec.decode(entry, body, min(FRAME_SIZE, h.length - i * FRAME_SIZE), ad, i,
-                                               f"frame {i}"))
-        except CorruptData as err:
-            raise CorruptData(f"{err.message} of {self._where(vid, s, loc)}") from None
-        if not flags:  # raw frames: the pread result is the data
-            return raw if cut == 0 and n == len(raw) else raw[cut : cut + n]
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        return data if cut == 0 and n == len(data) and isinstance(data, bytes) else bytes(data[cut : cut + n])
-
-    def _where(self, vid: int, s: int, loc: int) -> str:
-        return f"volume {vid} chunk {s // self.sb.chunk_size} (segment {loc_segno(loc)} record {loc_pos(loc)})"
 
     def decode_payload(self, rec: ScannedRecord) -> bytes:
         """Verify and decode the whole payload of a scanned record (journal readers)."""

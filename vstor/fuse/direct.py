@@ -1,0 +1,32 @@
+"""mfusepy's FUSE class with reads that fill libfuse's buffer in place.
+
+mfusepy's read callback asks the operations for ``bytes`` and then copies them into the
+buffer libfuse passed (``ctypes.memmove``): each 1 MiB read is allocated, filled, and copied
+once more. Here the operations' ``read_into(path, view, offset, fh)`` gets a memoryview of
+libfuse's buffer instead and returns how many bytes it filled, so volume data goes from the
+journal into that buffer with one system call and is verified there (readpath.py).
+
+The view is valid only during the call: libfuse owns the buffer and sends it to the kernel
+once the callback returns. Nothing may keep the view or a slice of it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+from vstor.fuse.options import select_library
+
+select_library()
+import mfusepy as fuse  # noqa: E402
+
+
+class DirectReadFUSE(fuse.FUSE):
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        """libfuse's read callback (mfusepy wraps it to turn exceptions into -errno)."""
+        fh = fip.contents if self.raw_fi else fip.contents.fh
+        if size <= 0:
+            return 0
+        view = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B")
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        return self.operations.read_into(name, view, offset, fh)

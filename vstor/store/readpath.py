@@ -1,0 +1,192 @@
+"""The Store's read path: volume and snapshot reads, verified, into new bytes or into the
+caller's buffer.
+
+A mixin of Store (store.py), split out to keep each module readable. Extents are looked up
+under the store lock; the I/O runs outside it, counted in ``_active_reads`` so that segment
+deletion waits for it. Every byte returned is verified first: a frame that fails its
+checksum or authentication raises CorruptData, and the caller gets no data.
+
+``read_into`` serves FUSE reads (vstor/fuse/direct.py). Where a piece is whole frames stored
+as is (no compression, no encryption), the journal reads them straight into the caller's
+buffer, which is then verified in place: no intermediate bytes object and no second copy.
+Other pieces are decoded as ``read`` does and copied once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from vstor.errors import CorruptData, NotFound
+from vstor.store.codec import first_bad_stored_frame
+from vstor.store.format import FRAME_SIZE, REC_RELOCATE, REC_WRITE, RECORD_HEADER_SIZE, loc_pos, loc_segno
+
+log = logging.getLogger("vstor.store")
+
+_ZEROS = bytes(1 << 20)
+T = TypeVar("T")
+
+
+class ReadPathMixin:
+    # Provided by Store.
+    _lock: Any
+    _reads_done: Any
+    _active_reads: int
+    state: Any
+    journal: Any
+    codec: Any
+    stats: Any
+    sb: Any
+    _header: Callable[..., Any]
+    _volume: Callable[..., Any]
+
+    def read(self, vid: int, offset: int, size: int, sid: int = 0) -> bytes:
+        """Read ``size`` bytes (fewer at the end) of volume ``vid``, or of its image in snapshot
+        ``sid``. Raises CorruptData rather than returning bytes that fail verification."""
+        return self._reading(vid, offset, size, sid, self.assemble)
+
+    def read_into(self, vid: int, offset: int, view: memoryview, sid: int = 0) -> int:
+        """Like :meth:`read`, into ``view`` (writable bytes); returns the bytes read. On an
+        error ``view`` may hold partial or unverified data and must not be used."""
+
+        def fill(lineage: tuple[int, ...], offset: int, size: int, pieces: list) -> int:
+            self.assemble_into(lineage, offset, view[:size], pieces)
+            return size
+
+        return self._reading(vid, offset, len(view), sid, fill)
+
+    def _reading(self, vid: int, offset: int, size: int, sid: int,
+                 produce: Callable[[tuple[int, ...], int, int, list], T]) -> T:
+        with self._lock:
+            if sid:
+                vm = self.state.snap_maps.get((sid, vid))
+                if vm is None:
+                    raise NotFound(f"snapshot {sid} of volume {vid} no longer exists")
+                vsize = self.state.catalog.snaps[sid].member_by_id(vid).size
+            else:
+                vsize = self._volume(vid).size
+                vm = self.state.maps[vid]
+            size = max(0, min(size, vsize - offset))
+            pieces = vm.lookup(offset, offset + size) if size else []
+            lineage = vm.lineage
+            self._active_reads += 1
+        try:
+            return produce(lineage, offset, size, pieces)
+        except CorruptData as e:
+            self.stats.add(read_errors=1)
+            log.error("read error on volume %d offset %d (chunk %d): %s", vid, offset,
+                      offset // self.sb.chunk_size, e)
+            raise
+        finally:
+            self.done_reading()
+            self.stats.request("read", size)
+
+    def lookup_for_read(self, vm: Any, offset: int, size: int) -> list:
+        """Extents of a range of ``vm``, registering a reader; pair with :meth:`done_reading`."""
+        with self._lock:
+            self._active_reads += 1
+            return vm.lookup(offset, offset + size)
+
+    def done_reading(self) -> None:
+        with self._lock:
+            self._active_reads -= 1
+            if not self._active_reads:
+                self._reads_done.notify_all()
+
+    def assemble(self, lineage: tuple[int, ...] | None, offset: int, size: int, pieces: list) -> bytes:
+        """The bytes of [offset, offset+size) from its mapped pieces; gaps are zeros. Returns
+        ``bytes`` built with one copy."""
+        if not pieces:
+            return bytes(size)
+        if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + size:
+            return self._read_extent(lineage, *pieces[0])
+        parts: list[bytes] = []
+        at = offset
+        for s, e, loc in pieces:
+            if s > at:
+                parts.append(bytes(s - at))
+            parts.append(self._read_extent(lineage, s, e, loc))
+            at = e
+        if at < offset + size:
+            parts.append(bytes(offset + size - at))
+        return b"".join(parts)
+
+    def assemble_into(self, lineage: tuple[int, ...] | None, offset: int, view: memoryview, pieces: list) -> None:
+        """:meth:`assemble` into ``view``, which covers [offset, offset+len(view))."""
+        at = offset
+        for s, e, loc in pieces:
+            _zero(view[at - offset : s - offset])
+            self._read_extent_into(lineage, s, e, loc, view[s - offset : e - offset])
+            at = e
+        _zero(view[at - offset :])
+
+    def _read_extent_into(self, lineage: tuple[int, ...] | None, s: int, e: int, loc: int, view: memoryview) -> None:
+        cached = self._header(loc)
+        h, offs = cached.header, cached.offs
+        rel_s, rel_e = s - h.offset, e - h.offset
+        f0, f1 = rel_s // FRAME_SIZE, (rel_e - 1) // FRAME_SIZE
+        whole = rel_s == f0 * FRAME_SIZE and rel_e == min((f1 + 1) * FRAME_SIZE, h.length)
+        if cached.raw_csums is None or not whole or not self._placed(lineage, h, s, e):
+            view[:] = self._read_extent(lineage, s, e, loc)
+            return
+        segno, pos = loc_segno(loc), loc_pos(loc)
+        base = pos + RECORD_HEADER_SIZE + h.table_size
+        got = self.journal.pread_into(segno, base + offs[f0], view)
+        bad = first_bad_stored_frame(view[:got], offs, cached.raw_csums, f0, f1)
+        if bad is not None:
+            vid = lineage[-1] if lineage else h.volume
+            raise CorruptData(f"checksum mismatch in frame {bad} of {self._where(vid, s, loc)}")
+
+    @staticmethod
+    def _placed(lineage: tuple[int, ...] | None, h: Any, s: int, e: int) -> bool:
+        """Whether the record may serve [s, e) of a map of ``lineage`` (else it is misplaced)."""
+        return ((lineage is None or h.volume in lineage) and h.rtype in (REC_WRITE, REC_RELOCATE)
+                and h.offset <= s and e <= h.offset + h.length)
+
+    def _read_extent(self, lineage: tuple[int, ...] | None, s: int, e: int, loc: int) -> bytes:
+        """The bytes of [s, e) from the record at ``loc``, which must belong to a volume of
+        ``lineage`` (None: any) and cover the range."""
+        segno, pos = loc_segno(loc), loc_pos(loc)
+        cached = self._header(loc)
+        h, offs = cached.header, cached.offs
+        vid = lineage[-1] if lineage else h.volume
+        if not self._placed(lineage, h, s, e):
+            raise CorruptData(f"misplaced record for {self._where(vid, s, loc)}: it holds volume {h.volume} "
+                              f"offset {h.offset}")
+        rel_s, rel_e = s - h.offset, e - h.offset
+        f0, f1 = rel_s // FRAME_SIZE, (rel_e - 1) // FRAME_SIZE
+        base = pos + RECORD_HEADER_SIZE + h.table_size
+        raw = self.journal.pread(segno, base + offs[f0], offs[f1 + 1] - offs[f0])
+        cut, n = rel_s - f0 * FRAME_SIZE, rel_e - rel_s
+        if cached.raw_csums is not None:  # frames stored as is: verify them in one pass
+            bad = first_bad_stored_frame(raw, offs, cached.raw_csums, f0, f1)
+            if bad is not None:
+                raise CorruptData(f"checksum mismatch in frame {bad} of {self._where(vid, s, loc)}")
+            return raw if cut == 0 and n == len(raw) else raw[cut : cut + n]
+        ad = (h.volume, h.rtype, h.seq, h.offset, segno, pos) if self.codec.encrypted else None
+        view = memoryview(raw)
+        parts = []
+        flags = 0
+        try:
+            for i in range(f0, f1 + 1):
+                entry = cached.entry(i)
+                flags |= entry.flags
+                body = view[offs[i] - offs[f0] : offs[i + 1] - offs[f0]]
+                parts.append(self.codec.decode(entry, body, min(FRAME_SIZE, h.length - i * FRAME_SIZE), ad, i,
+                                               f"frame {i}"))
+        except CorruptData as err:
+            raise CorruptData(f"{err.message} of {self._where(vid, s, loc)}") from None
+        if not flags:  # raw frames: the pread result is the data
+            return raw if cut == 0 and n == len(raw) else raw[cut : cut + n]
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return data if cut == 0 and n == len(data) and isinstance(data, bytes) else bytes(data[cut : cut + n])
+
+    def _where(self, vid: int, s: int, loc: int) -> str:
+        return f"volume {vid} chunk {s // self.sb.chunk_size} (segment {loc_segno(loc)} record {loc_pos(loc)})"
+
+
+def _zero(view: memoryview) -> None:
+    for at in range(0, len(view), len(_ZEROS)):
+        n = min(len(_ZEROS), len(view) - at)
+        view[at : at + n] = _ZEROS[:n]
