@@ -38,6 +38,7 @@ from vstor.errors import UsageError
 from vstor.units import format_size, parse_size
 
 ALL_TARGETS = ("raw", "passthrough", "nbdfuse", "vstor")
+EXTRA_TARGETS = ("passthrough-copy",)  # only when named: the passthrough with mfusepy's stock read path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,8 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.job_list = [j for j in JOBS if j.name in a.jobs.split(",") or j is JOBS[0]]
     a.variant_list = list(VSTOR_VARIANTS) if a.all else [v for v in a.vstor_variants.split(",") if v]
     for t in a.target_list:
-        if t not in ALL_TARGETS:
-            p.error(f"unknown target {t!r}: choose from {', '.join(ALL_TARGETS)}")
+        if t not in ALL_TARGETS + EXTRA_TARGETS:
+            p.error(f"unknown target {t!r}: choose from {', '.join(ALL_TARGETS + EXTRA_TARGETS)}")
     for v in a.variant_list:
         if v not in VSTOR_VARIANTS:
             p.error(f"unknown vstor variant {v!r}: choose from {', '.join(VSTOR_VARIANTS)}")
@@ -92,6 +93,8 @@ def make_targets(a: argparse.Namespace, workdir: Path) -> list[Target]:
             targets.append(Raw("raw", workdir, a.size_bytes))
         elif t == "passthrough":
             targets.append(Passthrough("passthrough", workdir, a.size_bytes, stats=a.passthrough_stats))
+        elif t == "passthrough-copy":
+            targets.append(Passthrough(t, workdir, a.size_bytes, stats=a.passthrough_stats, copy_read=True))
         elif t == "nbdfuse":
             targets.append(Nbdfuse("nbdfuse", workdir, a.size_bytes))
         else:

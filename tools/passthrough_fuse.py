@@ -1,6 +1,6 @@
 """Bare mfusepy passthrough file server: the baseline of the benchmark (tools/bench_fio.py).
 
-    python tools/passthrough_fuse.py BACKING_FILE MOUNTDIR [--stats]
+    python tools/passthrough_fuse.py BACKING_FILE MOUNTDIR [--stats] [--copy-read]
 
 Serves MOUNTDIR/img as a passthrough of BACKING_FILE with os.pread/os.pwrite on one fd, under
 exactly the FUSE options vstor's own export uses (vstor/fuse/options.py), so the difference
@@ -8,6 +8,12 @@ between the two is vstor's work rather than FUSE tuning. Like vstor, fsync and f
 both become fdatasync. Prints READY on stdout once the kernel has initialised the mount;
 SIGTERM or SIGINT (handled by libfuse in foreground mode) unmount it cleanly.
 --stats prints a histogram of read/write request sizes to stderr on unmount.
+
+Reads use the same binding as vstor: vstor/fuse/direct.py's DirectReadFUSE, whose read
+callback lets ``read_into`` fill libfuse's buffer (here one preadv). ``--copy-read`` keeps
+mfusepy's stock callback instead, which takes bytes from ``read`` and copies them into that
+buffer: the baseline that bench_fio ran before vstor used DirectReadFUSE (target
+"passthrough-copy").
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from vstor.fuse import options
 
 options.select_library()
 import mfusepy  # noqa: E402  (must come after select_library)
+
+from vstor.fuse.direct import DirectReadFUSE  # noqa: E402
 
 IMAGE = "/img"
 STATFS_BSIZE = 512 * 1024
@@ -112,6 +120,11 @@ class Passthrough(mfusepy.Operations):
             self._count("read", size)
         return os.pread(self.fd, size, offset)
 
+    def read_into(self, path: str, view: memoryview, offset: int, fh: int) -> int:
+        if self.stats is not None:
+            self._count("read", len(view))
+        return os.preadv(self.fd, [view], offset)
+
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         if self.stats is not None:
             self._count("write", len(data))
@@ -149,11 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("backing", help="existing file to serve")
     parser.add_argument("mountdir", help="empty directory; the file appears as MOUNTDIR/img")
     parser.add_argument("--stats", action="store_true", help="print request-size histograms on exit")
+    parser.add_argument("--copy-read", action="store_true",
+                        help="mfusepy's stock read callback (bytes, then a copy) instead of vstor's DirectReadFUSE")
     args = parser.parse_args(argv)
     ops = Passthrough(args.backing, args.mountdir, stats=args.stats)
     options.set_io_flusher()
     try:
-        mfusepy.FUSE(ops, args.mountdir, **options.mount_options("passthrough"))
+        server = mfusepy.FUSE if args.copy_read else DirectReadFUSE
+        server(ops, args.mountdir, **options.mount_options("passthrough"))
     except RuntimeError as exc:
         # fuse_main_real() returns 8 when its loop ended because of SIGTERM/SIGINT/SIGHUP
         # (libfuse stores the signal as the session error); the mount is gone by then.

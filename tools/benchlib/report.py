@@ -16,8 +16,8 @@ def _value(results: Results, target: str, job: str) -> float | None:
 
 def ratio_pairs(results: Results) -> list[tuple[str, str]]:
     vstors = [name for name, r in results.items() if r["kind"] == "vstor"]
-    pairs = [(v, base) for v in vstors for base in ("passthrough", "nbdfuse")]
-    pairs.append(("passthrough", "raw"))
+    pairs = [(v, base) for v in vstors for base in ("passthrough", "passthrough-copy", "nbdfuse")]
+    pairs += [("passthrough", "raw"), ("passthrough", "passthrough-copy")]
     return [(a, b) for a, b in pairs if a in results and b in results]
 
 

@@ -127,14 +127,17 @@ class Raw(Target):
 class Passthrough(Target):
     kind = "passthrough"
 
-    def __init__(self, name: str, workdir: Path, size: int, stats: bool = False) -> None:
+    def __init__(self, name: str, workdir: Path, size: int, stats: bool = False, copy_read: bool = False) -> None:
         super().__init__(name, workdir, size)
         self.stats = stats
+        self.copy_read = copy_read
 
     def setup(self) -> Path:
         backing = make_sparse(self.dir / "backing.img", self.size)
         mnt, log = self.dir / "mnt", self.dir / "passthrough.log"
         cmd = [sys.executable, str(TOOLS / "passthrough_fuse.py"), str(backing), str(mnt)]
+        if self.copy_read:
+            cmd.append("--copy-read")
         if self.stats:
             cmd.append("--stats")
             self.stack.callback(best_effort("read request sizes", lambda: self._read_stats(log)))
