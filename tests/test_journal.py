@@ -28,7 +28,7 @@ from vstor.store.format import (
     loc_segno,
     make_loc,
 )
-from vstor.store.journal import ScanEnd
+from vstor.store.segread import ScanEnd
 from vstor.store.store import Store
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from vstor.errors import CorruptData, FormatError, VstorError
 from vstor.store.format import SEGMENT_HEADER_SIZE, loc_pos, loc_segno
-from vstor.store.journal import ScanEnd
 from vstor.store.recovery import load_state, replay
+from vstor.store.segread import ScanEnd
 
 
 @dataclass

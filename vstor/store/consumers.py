@@ -26,7 +26,7 @@ from vstor.store.format import (
     loc_pos,
     loc_segno,
 )
-from vstor.store.journal import ScanEnd
+from vstor.store.segread import ScanEnd
 
 FILE = "consumers.json"
 

@@ -24,65 +24,33 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import mmap
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-
-import xxhash
+from collections.abc import Callable
 
 from vstor.durable import remove_durably, sync_dir
-from vstor.errors import CorruptData, PoolFull, VstorError
+from vstor.errors import PoolFull, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.format import (
-    FRAME_ENTRY_SIZE,
     MAX_SEGMENT_SIZE,
     REC_COMMIT,
     RECORD_HEADER_SIZE,
-    RECORD_MAGIC,
     SEGMENT_HEADER_SIZE,
-    BadRecord,
-    FrameEntry,
     RecordHeader,
     make_loc,
     pack_record_header,
     pack_segment_header,
     segment_name,
-    unpack_frame_table,
-    unpack_record_header,
-    unpack_segment_header,
-    verify_header,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ScannedRecord:
-    loc: int
-    header: RecordHeader
-    frames: tuple[FrameEntry, ...]
-    payload: bytes  # frame data (not the table), as stored
-
-
-@dataclass
-class ScanEnd:
-    """Where a scan stopped: the first byte past the last valid record, and why."""
-
-    segno: int
-    pos: int
-    reason: str = ""  # empty: clean end of the segment
-    unwritten: bool = False  # stopped at allocated space never written (zeros to the end of the file)
-
+from vstor.store.segread import SegmentReader
 
 SMALL_RECORD = 64 * 1024  # records up to this size are copied into the mapped window
 WINDOW_BYTES = 4 * 1024 * 1024  # the mapped, preallocated part of the segment at the tail
-PREFETCH_MIN = 256 * 1024
-PREFETCH_BYTES = 16 * 1024 * 1024
 
 
-class Journal:
+class Journal(SegmentReader):
     def __init__(self, directory: str, pool_uuid: bytes, segment_size: int, faults: Faults = NO_FAULTS,
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
         if not SEGMENT_HEADER_SIZE < segment_size <= MAX_SEGMENT_SIZE:
@@ -316,146 +284,6 @@ class Journal:
             raise VstorError(f"journal failed earlier ({self.failed}); stop the array and run 'vstor pool check'")
 
     # -- reading -------------------------------------------------------------------------
-    def pread(self, segno: int, pos: int, size: int) -> bytes:
-        fd = self._read_fd(segno)
-        data = os.pread(fd, size, pos)
-        self._prefetch(fd, segno, pos, size)
-        return data
-
-    def pread_into(self, segno: int, pos: int, view: memoryview) -> int:
-        """Read into ``view`` (no intermediate bytes); returns the bytes read."""
-        fd = self._read_fd(segno)
-        n = os.preadv(fd, [view], pos)
-        self._prefetch(fd, segno, pos, len(view))
-        return n
-
-    def _read_fd(self, segno: int) -> int:
-        fd = self._read_fds.get(segno)
-        if fd is None:
-            try:
-                fd = os.open(self.path(segno), os.O_RDONLY)
-            except FileNotFoundError:
-                raise CorruptData(f"journal segment {segno} is missing") from None
-            fd = self._read_fds.setdefault(segno, fd)
-        return fd
-
-    def _prefetch(self, fd: int, segno: int, pos: int, size: int) -> None:
-        if size >= PREFETCH_MIN:
-            # A large read is usually part of a sequential one, and the kernel keeps about one
-            # FUSE read in flight: start fetching what follows in the segment now, so the disk
-            # works while this request is verified and copied (cold sequential read 580 -> see
-            # docs/benchmarks.md). Asynchronous, but not free: the call walks the page cache of
-            # its whole range (about 100 us for 16 MiB), so it is made again only once the reads
-            # have used half of what the last one asked for.
-            ahead = self._prefetched.get(segno, -1)
-            end = pos + size
-            if end > ahead - PREFETCH_BYTES // 2 or end < ahead - PREFETCH_BYTES:  # half used, or a jump back
-                os.posix_fadvise(fd, end, PREFETCH_BYTES, os.POSIX_FADV_WILLNEED)
-                self._prefetched[segno] = end + PREFETCH_BYTES
-
-    def read_header_raw(self, loc_segno: int, pos: int) -> tuple[RecordHeader, bytes]:
-        """Read and verify a record's header; return it with its raw frame table."""
-        raw = self.pread(loc_segno, pos, RECORD_HEADER_SIZE + 64 * FRAME_ENTRY_SIZE)
-        try:
-            header, hcsum = unpack_record_header(raw)
-            table = raw[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + header.table_size]
-            if len(table) != header.table_size:
-                raise BadRecord("short frame table")
-            verify_header(raw, table, hcsum)
-        except BadRecord as e:
-            raise CorruptData(f"record at segment {loc_segno} offset {pos}: {e}") from None
-        return header, table
-
-    def read_header(self, loc_segno: int, pos: int) -> tuple[RecordHeader, tuple[FrameEntry, ...]]:
-        """Read and verify a record's header and decoded frame table."""
-        header, table = self.read_header_raw(loc_segno, pos)
-        return header, unpack_frame_table(table, header.nframes)
-
-    # -- scanning ------------------------------------------------------------------------
-    def scan(self, segno: int, pos: int, end: ScanEnd) -> Iterator[ScannedRecord]:
-        """Yield every valid record from (segno, pos) to the end of the journal, verifying
-        header and frame checksums. ``end`` is filled in with where and why the scan stopped.
-        A bad record anywhere but the newest segment's tail raises CorruptData."""
-        with self._lock:  # the live segment is read up to the tail, past which it holds zeros
-            live = (self._segno, self._tail) if self._fd >= 0 else (-1, 0)
-        segs = [s for s in self.segments() if s >= segno]
-        end.segno, end.pos, end.reason, end.unwritten = segno, pos, "", False
-        for i, s in enumerate(segs):
-            limit = live[1] if s == live[0] else None
-            yield from self._scan_segment(s, pos if s == segno else SEGMENT_HEADER_SIZE, end, limit)
-            if end.reason and i < len(segs) - 1:
-                raise CorruptData(f"journal segment {s} is damaged at offset {end.pos} ({end.reason}) "
-                                  f"but newer segments follow; run 'vstor pool check'")
-
-    def _scan_segment(self, segno: int, pos: int, end: ScanEnd, limit: int | None) -> Iterator[ScannedRecord]:
-        end.segno, end.pos, end.reason, end.unwritten = segno, pos, "", False
-        with open(self.path(segno), "rb", buffering=0) as raw_f:
-            f = io.BufferedReader(raw_f, buffer_size=8 << 20)
-            head = f.read(SEGMENT_HEADER_SIZE)
-            try:
-                unpack_segment_header(head, self.pool_uuid, segno)
-            except BadRecord as e:
-                end.reason = str(e)
-                end.pos = 0
-                return
-            f.seek(pos)
-            while limit is None or pos < limit:
-                raw = f.read(RECORD_HEADER_SIZE)
-                if not raw:
-                    return
-                try:
-                    header, hcsum = unpack_record_header(raw)
-                    table = f.read(header.table_size)
-                    verify_header(raw, table, hcsum) if len(table) == header.table_size else _short()
-                    frames = unpack_frame_table(table, header.nframes)
-                    payload = f.read(header.stored - header.table_size)
-                    if len(payload) != header.stored - header.table_size:
-                        raise BadRecord("record cut short")
-                    _verify_frames(frames, payload)
-                except BadRecord as e:
-                    covered, zeros = self._durable_after(segno, pos)
-                    if zeros:  # allocated for the mapped window, never written: a clean end
-                        end.unwritten = True
-                        return
-                    end.reason = str(e)
-                    if covered > pos and self.salvage:
-                        self.salvaged = {"segment": segno, "offset": pos, "durable_up_to": covered, "reason": str(e)}
-                        return  # cut here like a torn tail; the caller reports the loss
-                    if covered > pos:
-                        raise CorruptData(
-                            f"journal segment {segno} is damaged at offset {pos} ({e}) inside data an fsync "
-                            f"had made durable (a commit marker covers it up to {covered}): acknowledged "
-                            "writes are damaged; run 'vstor pool check'") from None
-                    return
-                if header.rtype == REC_COMMIT:
-                    pos += header.total_size
-                    end.pos = pos
-                    continue
-                yield ScannedRecord(make_loc(segno, pos), header, frames, payload)
-                pos += header.total_size
-                end.pos = pos
-
-    def _durable_after(self, segno: int, pos: int) -> tuple[int, bool]:
-        """The highest durable position stated by a valid commit marker after ``pos`` (0 if none),
-        and whether the file holds only zeros from ``pos`` on."""
-        with open(self.path(segno), "rb") as f:
-            f.seek(pos)
-            data = f.read()
-        if not data.strip(b"\0"):
-            return 0, True
-        best, k = 0, data.find(RECORD_MAGIC, 1)
-        while k >= 0:
-            raw = data[k : k + RECORD_HEADER_SIZE]
-            try:
-                header, hcsum = unpack_record_header(raw)
-                if header.rtype == REC_COMMIT:
-                    verify_header(raw, b"", hcsum)
-                    best = max(best, header.offset)
-            except BadRecord:
-                pass
-            k = data.find(RECORD_MAGIC, k + 1)
-        return best, False
-
     def truncate_segment(self, segno: int, pos: int) -> None:
         """Cut a torn tail (recovery only)."""
         fd = os.open(self.path(segno), os.O_RDWR)
@@ -486,19 +314,3 @@ class Journal:
         for fd in self._read_fds.values():
             os.close(fd)
         self._read_fds.clear()
-
-
-def _short() -> None:
-    raise BadRecord("short frame table")
-
-
-def _verify_frames(frames: tuple[FrameEntry, ...], payload: bytes) -> None:
-    view = memoryview(payload)
-    off = 0
-    for fe in frames:
-        body = view[off : off + fe.stored_len]
-        if len(body) != fe.stored_len or (fe.stored_len and xxhash.xxh3_64_intdigest(body) != fe.csum):
-            raise BadRecord("frame checksum mismatch")
-        off += fe.stored_len
-    if off != len(view):
-        raise BadRecord("frame lengths do not add up")

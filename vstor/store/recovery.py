@@ -14,7 +14,7 @@ import time
 
 from vstor.store.checkpoint import read_checkpoint
 from vstor.store.format import REC_VOLUME, SEGMENT_HEADER_SIZE
-from vstor.store.journal import ScanEnd
+from vstor.store.segread import ScanEnd
 from vstor.store.state import PoolState
 
 log = logging.getLogger("vstor.recovery")

@@ -39,9 +39,10 @@ from vstor.store.format import (
     pack_record_header,
 )
 from vstor.store.hcache import CachedRecord, HeaderCache
-from vstor.store.journal import Journal, ScannedRecord
+from vstor.store.journal import Journal
 from vstor.store.maintenance import MaintenanceMixin
 from vstor.store.readpath import ReadPathMixin
+from vstor.store.segread import ScannedRecord
 from vstor.store.space import SpaceGuard
 from vstor.store.state import PoolState
 from vstor.store.stats import Counters
