@@ -681,18 +681,21 @@ def test_full_filesystem_stops_writes_but_not_trims(tmp_path):
     store.close()
 
 
-@pytest.mark.parametrize("point", ["journal.sync", "journal.write"])
+@pytest.mark.parametrize("point", ["journal.sync", "journal.write", "journal.writeback"])
 def test_eio_puts_the_journal_in_failed_state(tmp_path, point):
+    """A write error reported by fdatasync, by a write, or by the early writeback that the
+    journal starts every WRITEBACK_BYTES (8 MiB) fails the journal for good."""
     pool = make_pool(tmp_path)
     faults = Faults()
     store = Store.open(pool, faults=faults)
-    vid = store.create_volume("v", 4 * MiB).id
+    vid = store.create_volume("v", 16 * MiB).id
     a = os.urandom(100_000)
     store.write(vid, 0, a)
     store.sync()
     faults.arm(point, "eio")
     with pytest.raises(VstorError) as info:
-        store.write(vid, MiB, b"x" * 5000)
+        for k in range(9 if point == "journal.writeback" else 1):  # 9 MiB: past WRITEBACK_BYTES
+            store.write(vid, MiB + k * MiB, os.urandom(MiB) if point == "journal.writeback" else b"x" * 5000)
         store.sync()
     assert not isinstance(info.value, PoolFull)
     assert store.journal.failed
@@ -714,6 +717,22 @@ def test_eio_puts_the_journal_in_failed_state(tmp_path, point):
     store.sync()
     assert store.read(vid, 3 * MiB, 10) == b"z" * 10
     store.close()
+
+
+def test_start_writeback_starts_io_and_reports_errors(tmp_path):
+    from vstor.durable import start_writeback
+
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, os.urandom(MiB), 0)
+        start_writeback(fd, 0, MiB)  # no error, no wait
+        start_writeback(fd, 0, 0)  # nothing to do
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as info:
+        start_writeback(fd, 0, MiB)  # closed: EBADF is an error, not a silent no-op
+    assert info.value.errno == errno.EBADF
 
 
 # -- trims and zero writes -------------------------------------------------------------------
