@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vstor.store import snapshots  # noqa: E402
 from vstor.store.store import Store  # noqa: E402
 from vstor.store.superblock import init_pool  # noqa: E402
 
@@ -44,3 +45,15 @@ def aged_volume(prefix: str, age_writes: int, seed: int = 1) -> Iterator[tuple[S
             s.close(checkpoint=False)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def snapshot_up_to(s: Store, v: int, rng: random.Random, buf: bytes, taken: int, count: int) -> int:
+    """Take snapshots s{taken}..s{count-1} of volume "v", each after 16 random 4 KiB writes (so
+    every snapshot holds new leaf versions, as in part 3 of tools/bench_snapshots.py). Returns
+    the number taken so far: ``max(taken, count)``."""
+    while taken < count:
+        for _ in range(16):
+            s.write(v, rng.randrange(BLOCKS) * 4096, buf[:4096])
+        snapshots.create(s, "v", f"s{taken}")
+        taken += 1
+    return taken

@@ -25,10 +25,9 @@ import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aged_volume import BLOCKS, aged_volume  # noqa: E402  (tools/, the script's own directory)
+from aged_volume import BLOCKS, aged_volume, snapshot_up_to  # noqa: E402  (tools/, the script's own directory)
 
 from vstor.control.pygc import GcPolicy  # noqa: E402
-from vstor.store import snapshots  # noqa: E402
 from vstor.store.store import Store  # noqa: E402
 
 
@@ -93,11 +92,7 @@ def main() -> int:
         print(f"{'snapshots':>9} {'mode':<10} {'op':<5} {'us/op':>7} {'x':>5} {'gc us/op':>8} "
               f"{'gc max ms':>9} {'gen2':>4} {'objects':>9}")
         for count in counts:
-            while taken < count:
-                for _ in range(16):
-                    s.write(v, rng.randrange(BLOCKS) * 4096, buf[:4096])
-                snapshots.create(s, "v", f"s{taken}")
-                taken += 1
+            taken = snapshot_up_to(s, v, rng, buf, taken, count)
             objects = len(gc.get_objects())
             for mode, with_policy in (("gc as is", False), ("policy", True)):
                 r = measure(s, v, a.ops, with_policy, seed=count)

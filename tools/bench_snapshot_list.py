@@ -25,7 +25,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aged_volume import BLOCKS, aged_volume  # noqa: E402  (tools/, the script's own directory)
+from aged_volume import aged_volume, snapshot_up_to  # noqa: E402  (tools/, the script's own directory)
 
 from vstor.store import snapshots  # noqa: E402
 from vstor.store.store import Store  # noqa: E402
@@ -63,11 +63,7 @@ def main() -> int:
               f"{'each s':>24} {'exclusive B':>14}")
         taken = 0
         for count in counts:
-            while taken < count:
-                for _ in range(16):
-                    s.write(v, rng.randrange(BLOCKS) * 4096, buf[:4096])
-                snapshots.create(s, "v", f"s{taken}")
-                taken += 1
+            taken = snapshot_up_to(s, v, rng, buf, taken, count)
             report("running", count, s, *timed_listings(s, a.repeats))
         pool = s.pool
         s.close()

@@ -191,18 +191,15 @@ class VolumeFS(fuse.Operations):
 
     # -- data --------------------------------------------------------------------------------
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        """Stats files and media; volume data goes through :meth:`read_into` (the daemon serves
+        reads with DirectReadFUSE, which calls read_into; this is mfusepy's stock path)."""
         target = self._target(fi)
         if isinstance(target, bytes):
             return target[offset : offset + size]
         if not isinstance(target, (int, tuple)):
             return self.media.read(target, size, offset)
-        self._note_size("read", size)
-        try:
-            if isinstance(target, tuple):
-                return self.store.read(target[1], offset, size, sid=target[0])
-            return self.store.read(target, offset, size)
-        except VstorError as e:
-            raise _errno(e) from None
+        buf = bytearray(size)
+        return bytes(buf[: self.read_into(path, memoryview(buf), offset, fi)])
 
     def read_into(self, path: str, view: memoryview, offset: int, fi: Any) -> int:
         """read() into libfuse's buffer (direct.py): volume and snapshot data is read and verified
