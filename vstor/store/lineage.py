@@ -26,7 +26,6 @@ than the walk) is cut where it is found.
 
 from __future__ import annotations
 
-import weakref
 from itertools import compress
 from operator import is_not, ne
 
@@ -164,5 +163,5 @@ def link(leaf: Leaf, parent: Leaf) -> int:
             bits |= 1 << (c & (LEAF_SLOTS - 1))
         for c in pa.keys() - pb.keys():
             bits |= 1 << (c & (LEAF_SLOTS - 1))
-    leaf.origin = (weakref.ref(parent), parent.gen, bits)
+    leaf.descend_from(parent, bits)
     return bits

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import struct
 import sys
-import weakref
 from array import array
 from collections import Counter
 from collections.abc import Callable
@@ -99,7 +98,7 @@ def _load_origins(view: memoryview, pos: int, leaves: list[Leaf]) -> int:
             raise ValueError(f"origin {i} -> {parent} names no other leaf")
         bits = int.from_bytes(view[pos + _ORIGIN.size : pos + _ORIGIN.size + _BITS], "little")
         pos += _ORIGIN.size + _BITS
-        leaves[i].origin = (weakref.ref(leaves[parent]), leaves[parent].gen, bits)
+        leaves[i].descend_from(leaves[parent], bits)
     return pos
 
 

@@ -117,48 +117,38 @@ class ReadPathMixin:
         at = offset
         for s, e, loc in pieces:
             _zero(view[at - offset : s - offset])
-            self._read_extent_into(lineage, s, e, loc, view[s - offset : e - offset])
+            part = view[s - offset : e - offset]
+            data = self._read_extent(lineage, s, e, loc, into=part)
+            if data is not part:  # not read in place: decoded, or cut from whole frames
+                part[:] = data
             at = e
         _zero(view[at - offset :])
 
-    def _read_extent_into(self, lineage: tuple[int, ...] | None, s: int, e: int, loc: int, view: memoryview) -> None:
-        cached = self._header(loc)
-        h, offs = cached.header, cached.offs
-        rel_s, rel_e = s - h.offset, e - h.offset
-        f0, f1 = rel_s // FRAME_SIZE, (rel_e - 1) // FRAME_SIZE
-        whole = rel_s == f0 * FRAME_SIZE and rel_e == min((f1 + 1) * FRAME_SIZE, h.length)
-        if cached.raw_csums is None or not whole or not self._placed(lineage, h, s, e):
-            view[:] = self._read_extent(lineage, s, e, loc)
-            return
-        segno, pos = loc_segno(loc), loc_pos(loc)
-        base = pos + RECORD_HEADER_SIZE + h.table_size
-        got = self.journal.pread_into(segno, base + offs[f0], view)
-        bad = first_bad_stored_frame(view[:got], offs, cached.raw_csums, f0, f1)
-        if bad is not None:
-            vid = lineage[-1] if lineage else h.volume
-            raise CorruptData(f"checksum mismatch in frame {bad} of {self._where(vid, s, loc)}")
-
-    @staticmethod
-    def _placed(lineage: tuple[int, ...] | None, h: Any, s: int, e: int) -> bool:
-        """Whether the record may serve [s, e) of a map of ``lineage`` (else it is misplaced)."""
-        return ((lineage is None or h.volume in lineage) and h.rtype in (REC_WRITE, REC_RELOCATE)
-                and h.offset <= s and e <= h.offset + h.length)
-
-    def _read_extent(self, lineage: tuple[int, ...] | None, s: int, e: int, loc: int) -> bytes:
+    def _read_extent(self, lineage: tuple[int, ...] | None, s: int, e: int, loc: int,
+                     into: memoryview | None = None) -> bytes | memoryview:
         """The bytes of [s, e) from the record at ``loc``, which must belong to a volume of
-        ``lineage`` (None: any) and cover the range."""
+        ``lineage`` (None: any) and cover the range. Where [s, e) is whole frames stored as is,
+        they are read into ``into`` (len e - s) and verified there, and ``into`` is returned;
+        otherwise new bytes."""
         segno, pos = loc_segno(loc), loc_pos(loc)
         cached = self._header(loc)
         h, offs = cached.header, cached.offs
         vid = lineage[-1] if lineage else h.volume
-        if not self._placed(lineage, h, s, e):
+        if (lineage is not None and h.volume not in lineage) or h.rtype not in (REC_WRITE, REC_RELOCATE) or not (
+            h.offset <= s and e <= h.offset + h.length
+        ):
             raise CorruptData(f"misplaced record for {self._where(vid, s, loc)}: it holds volume {h.volume} "
                               f"offset {h.offset}")
         rel_s, rel_e = s - h.offset, e - h.offset
         f0, f1 = rel_s // FRAME_SIZE, (rel_e - 1) // FRAME_SIZE
         base = pos + RECORD_HEADER_SIZE + h.table_size
-        raw = self.journal.pread(segno, base + offs[f0], offs[f1 + 1] - offs[f0])
+        stored = offs[f1 + 1] - offs[f0]
         cut, n = rel_s - f0 * FRAME_SIZE, rel_e - rel_s
+        if into is not None and cached.raw_csums is not None and cut == 0 and n == stored:
+            got = self.journal.pread_into(segno, base + offs[f0], into)
+            raw: bytes | memoryview = into if got == n else into[:got]  # short: fails the check below
+        else:
+            raw = self.journal.pread(segno, base + offs[f0], stored)
         if cached.raw_csums is not None:  # frames stored as is: verify them in one pass
             bad = first_bad_stored_frame(raw, offs, cached.raw_csums, f0, f1)
             if bad is not None:
