@@ -63,7 +63,8 @@ def frame_ad(pool_uuid: bytes, volume: int, rtype: int, seq: int, offset: int, s
     return _AD.pack(pool_uuid, volume, rtype, seq, offset, segno, pos, index)
 
 
-def first_bad_stored_frame(raw: bytes, offs: Sequence[int], csums: Sequence[int], f0: int, f1: int) -> int | None:
+def first_bad_stored_frame(raw: bytes | memoryview, offs: Sequence[int], csums: Sequence[int], f0: int,
+                           f1: int) -> int | None:
     """For frames f0..f1 that are all stored as is (no flag; CachedRecord.raw_csums), read in
     one piece as ``raw``: None if every one has its length and checksum, else the first bad
     frame. The checks of :meth:`FrameCodec.decode`, in one pass instead of one call per frame."""
