@@ -77,7 +77,6 @@ class Journal(SegmentReader):
         self._reserved: tuple[int, int] | None = None  # where the record being built will land
         self._written_back = 0  # writeback started up to here in the current segment
         self._read_fds: dict[int, int] = {}
-        self._prefetched: dict[int, int] = {}  # segment -> end of the last prefetch asked for
         self.failed: str | None = None
         self.salvage = False  # pool check --repair: cut damaged durable data in the newest segment
         self.salvaged: dict | None = None  # what salvage cut
@@ -307,7 +306,6 @@ class Journal(SegmentReader):
             os.close(fd)
 
     def delete_segment(self, segno: int) -> None:
-        self._prefetched.pop(segno, None)
         fd = self._read_fds.pop(segno, None)
         if fd is not None:
             os.close(fd)

@@ -1,9 +1,12 @@
-"""Reading journal segments: verified record headers, data reads with read-ahead, and the
-scan that recovery, pool check and journal consumers use.
+"""Reading journal segments: verified record headers, data reads, and the scan that
+recovery, pool check and journal consumers use.
 
 A mixin of Journal (journal.py), split out to keep each module readable: the append side
 (tail, group commit, rollover) stays there. Reads never take the appenders' lock except to
-learn where the live segment's tail is. Guarantees of the scan: every record it yields has
+learn where the live segment's tail is. Data reads ask for no read-ahead of their own: the
+kernel's read-ahead of each segment file follows a sequential volume read, and an explicit
+``posix_fadvise(WILLNEED)`` made cold sequential reads slower (docs/benchmarks.md §1,
+"Read-ahead withdrawn"). Guarantees of the scan: every record it yields has
 valid header and frame checksums; a bad record in any segment but the newest raises
 CorruptData, and so does one inside data a commit marker states durable (unless salvaging);
 past the newest segment's last valid record it stops and says why in ``ScanEnd``.
@@ -36,9 +39,6 @@ from vstor.store.format import (
     verify_header,
 )
 
-PREFETCH_MIN = 256 * 1024
-PREFETCH_BYTES = 16 * 1024 * 1024
-
 
 @dataclass(frozen=True, slots=True)
 class ScannedRecord:
@@ -65,7 +65,6 @@ class SegmentReader:
     _segno: int
     _tail: int
     _read_fds: dict[int, int]
-    _prefetched: dict[int, int]
     pool_uuid: bytes
     salvage: bool
     salvaged: dict | None
@@ -73,17 +72,11 @@ class SegmentReader:
     segments: Callable[[], list[int]]
 
     def pread(self, segno: int, pos: int, size: int) -> bytes:
-        fd = self._read_fd(segno)
-        data = os.pread(fd, size, pos)
-        self._prefetch(fd, segno, pos, size)
-        return data
+        return os.pread(self._read_fd(segno), size, pos)
 
     def pread_into(self, segno: int, pos: int, view: memoryview) -> int:
         """Read into ``view`` (no intermediate bytes); returns the bytes read."""
-        fd = self._read_fd(segno)
-        n = os.preadv(fd, [view], pos)
-        self._prefetch(fd, segno, pos, len(view))
-        return n
+        return os.preadv(self._read_fd(segno), [view], pos)
 
     def _read_fd(self, segno: int) -> int:
         fd = self._read_fds.get(segno)
@@ -94,20 +87,6 @@ class SegmentReader:
                 raise CorruptData(f"journal segment {segno} is missing") from None
             fd = self._read_fds.setdefault(segno, fd)
         return fd
-
-    def _prefetch(self, fd: int, segno: int, pos: int, size: int) -> None:
-        if size >= PREFETCH_MIN:
-            # A large read is usually part of a sequential one, and the kernel keeps about one
-            # FUSE read in flight: start fetching what follows in the segment now, so the disk
-            # works while this request is verified and copied (cold sequential read 580 -> see
-            # docs/benchmarks.md). Asynchronous, but not free: the call walks the page cache of
-            # its whole range (about 100 us for 16 MiB), so it is made again only once the reads
-            # have used half of what the last one asked for.
-            ahead = self._prefetched.get(segno, -1)
-            end = pos + size
-            if end > ahead - PREFETCH_BYTES // 2 or end < ahead - PREFETCH_BYTES:  # half used, or a jump back
-                os.posix_fadvise(fd, end, PREFETCH_BYTES, os.POSIX_FADV_WILLNEED)
-                self._prefetched[segno] = end + PREFETCH_BYTES
 
     def read_header_raw(self, loc_segno: int, pos: int) -> tuple[RecordHeader, bytes]:
         """Read and verify a record's header; return it with its raw frame table."""
