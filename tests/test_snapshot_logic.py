@@ -995,6 +995,39 @@ def test_relocate_all_moves_references_in_every_holder():
     _check_live(st)
 
 
+def test_holders_follow_every_event_that_adds_or_drops_maps():
+    """PoolState.holders is cached between events: after each kind of event that adds, replaces
+    or drops maps, it names exactly the maps whose lineage holds the volume, even when the
+    cache was filled just before."""
+    st = _pool("a", "b")
+    a, b = _vid(st, "a"), _vid(st, "b")
+
+    def apply(ev: dict) -> None:
+        for vid in [*st.table.by_id, a, b]:
+            st.holders(vid)  # fill the cache, so a stale entry would show below
+        st.apply_event(ev)
+        for vid in {*st.table.by_id, a, b}:
+            want = [vm for vm in st.all_maps() if vid in vm.lineage]
+            assert [id(vm) for vm in st.holders(vid)] == [id(vm) for vm in want], (ev["op"], vid)
+
+    apply(st.catalog.make_snapshot(st.table, st.group_seq, "a", "s1", NOW))
+    s1 = st.catalog.snapshot(st.table, "a", "s1")
+    apply(st.catalog.make_clone(st.table, s1, "c", NOW))
+    c = _vid(st, "c")
+    apply(st.catalog.make_snapshot(st.table, st.group_seq, "c", "cs", NOW))
+    apply(st.catalog.make_rollback(st.table, st.group_seq, s1, NOW))
+    apply(st.make_volume_create("d", SZ, NOW))
+    apply(st.catalog.make_snapshot_delete(st.catalog.snapshot(st.table, "c", "cs")))
+    for snap in st.catalog.snapshots_of("volume", a):  # s1 and the rollback's safety snapshot
+        apply(st.catalog.make_snapshot_delete(snap))
+    assert sorted(vm.lineage for vm in st.holders(a)) == [(a,), (a, c)]  # the clone keeps a's lineage
+    apply(st.make_volume_delete("c"))
+    apply(st.make_volume_delete("b"))
+    assert st.holders(b) == [] and [vm.lineage for vm in st.holders(a)] == [(a,)]
+    back = PoolState.from_checkpoint(CS, st.meta_json(), st.maps_blob())
+    assert [vm.lineage for vm in back.holders(a)] == [(a,)]
+
+
 def test_catalog_json_round_trip():
     """to_json/from_json (through JSON text) give an equal catalog that keeps counting ids."""
     st = _pool("a", "b")

@@ -131,7 +131,8 @@ def remap_versions(leaves: list[Leaf], chunk: int, a: int, b: int, old: int, new
     """GC: in each of the distinct leaf versions ``leaves``, point the pieces of [a, b) (inside
     ``chunk``) that reference ``old`` at ``new``, a copy of the same bytes. The change is made
     in place, for every map holding these leaves. An overlay list that several versions share
-    is changed once; the references move in ``on_ref`` once per version, as they are counted.
+    is changed once. References are counted once per version, so each version's totals move,
+    and ``on_ref`` moves their sum in one call.
     ``leaves`` must hold every version that may share those lists (all versions of the key in
     the maps whose lineage holds the record's volume: PoolState.versions); a version left out
     would see the change without counting it. Returns the bytes moved, summed over versions."""
@@ -172,9 +173,10 @@ def remap_versions(leaves: list[Leaf], chunk: int, a: int, b: int, old: int, new
         if n:
             leaf.count(old, -n, chunk_size)
             leaf.count(new, n, chunk_size)
-            on_ref(old, -n)
-            on_ref(new, n)
             total += n
+    if total:  # the pool's totals are sums over versions: moved once for all of them
+        on_ref(old, -total)
+        on_ref(new, total)
     return total
 
 

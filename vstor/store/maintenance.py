@@ -74,9 +74,13 @@ class MaintenanceMixin:
         with self._remap_lock, self._lock:
             # Only the pieces some map still references: others were overwritten, or already
             # moved along with data a shared leaf held.
-            for a, b in _union(self.state.referenced(rec_vol, s, e, old)):
+            # [s, e) lies inside one chunk (Reclaimer._work): its leaf versions are found once.
+            chunk = s // self.sb.chunk_size
+            assert (e - 1) // self.sb.chunk_size == chunk, (s, e)
+            leaves = self.state.versions(rec_vol, chunk)
+            for a, b in _union(self.state.referenced(rec_vol, s, e, old, leaves)):
                 loc = self._relocation_record(rec_vol, a, data[a - s : b - s], old)
-                self.state.relocate_all(rec_vol, a, b, old, loc)
+                self.state.relocate_all(rec_vol, a, b, old, loc, leaves)
                 moved += b - a
         self.stats.add(relocated_bytes=moved)
         return moved

@@ -35,6 +35,9 @@ class PoolState:
         self.group_seq: dict[int, int] = defaultdict(int)
         self.live: dict[int, int] = defaultdict(int)  # segno -> logical bytes referenced (see chunkmap)
         self.seg_logical: dict[int, int] = defaultdict(int)  # segno -> logical bytes of data written to it
+        # record volume -> the maps that may reference its records (see holders()). Maps are
+        # added and dropped only by apply_event, which empties this.
+        self._holders: dict[int, list[VolumeMap]] = {}
 
     def _on_ref(self, loc: int, delta: int) -> None:
         segno = loc_segno(loc)
@@ -71,6 +74,7 @@ class PoolState:
 
     # -- applying events -------------------------------------------------------------------
     def apply_event(self, ev: dict) -> None:
+        self._holders.clear()
         op = ev["op"]
         if op == "batch":
             for sub in ev["events"]:
@@ -141,25 +145,35 @@ class PoolState:
         elif h.rtype == REC_TRIM:
             vm.unmap(h.offset, end)
 
+    def holders(self, record_volume: int) -> list[VolumeMap]:
+        """The maps that may reference records of ``record_volume``: those whose lineage holds
+        it (the volume, its snapshots, clones made from them). Kept until the next event, so
+        that GC, which asks for every chunk it moves, does not test every map each time."""
+        found = self._holders.get(record_volume)
+        if found is None:
+            found = self._holders[record_volume] = [vm for vm in self.all_maps() if record_volume in vm.lineage]
+        return found
+
     def versions(self, record_volume: int, chunk: int) -> list[Leaf]:
         """The distinct leaf versions holding ``chunk`` in the maps that may reference records of
-        ``record_volume`` (the volume, its snapshots, clones made from them)."""
+        ``record_volume``."""
         key = chunk >> LEAF_BITS
         found: dict[int, Leaf] = {}
-        for vm in self.all_maps():
-            if record_volume in vm.lineage:
-                leaf = vm.leaves.get(key)
-                if leaf is not None:
-                    found[id(leaf)] = leaf
+        for vm in self.holders(record_volume):
+            leaf = vm.leaves.get(key)
+            if leaf is not None:
+                found[id(leaf)] = leaf
         return list(found.values())
 
-    def referenced(self, record_volume: int, start: int, end: int, old: int) -> list[tuple[int, int]]:
-        """The pieces of [start, end) (inside one chunk) that some map still maps to ``old``."""
+    def referenced(self, record_volume: int, start: int, end: int, old: int,
+                   leaves: list[Leaf] | None = None) -> list[tuple[int, int]]:
+        """The pieces of [start, end) (inside one chunk) that some map still maps to ``old``.
+        ``leaves``: the chunk's :meth:`versions`, if the caller already has them."""
         chunk = start // self.chunk_size
         base = chunk * self.chunk_size
         i = chunk & (LEAF_SLOTS - 1)
         pieces, lists = [], set()
-        for leaf in self.versions(record_volume, chunk):
+        for leaf in self.versions(record_volume, chunk) if leaves is None else leaves:
             slot = leaf.slots[i]
             if slot == old:
                 pieces.append((max(start, base), min(end, base + self.chunk_size)))
@@ -169,14 +183,17 @@ class PoolState:
                            if loc == old and e > start and s < end]
         return pieces
 
-    def relocate_all(self, record_volume: int, start: int, end: int, old: int, new: int) -> int:
+    def relocate_all(self, record_volume: int, start: int, end: int, old: int, new: int,
+                     leaves: list[Leaf] | None = None) -> int:
         """Point every map's references to ``old`` within [start, end) at ``new`` (a GC copy), in
-        place in each distinct leaf version, so every holder sees it."""
+        place in each distinct leaf version, so every holder sees it. ``leaves``: for a range
+        inside one chunk, its :meth:`versions`, if the caller already has them (the move
+        changes leaves in place, so they stay the chunk's versions)."""
         cs = self.chunk_size
         moved = 0
         for chunk in range(start // cs, (end - 1) // cs + 1):
-            moved += remap_versions(self.versions(record_volume, chunk), chunk, start, end, old, new, cs,
-                                    self._on_ref)
+            found = self.versions(record_volume, chunk) if leaves is None else leaves
+            moved += remap_versions(found, chunk, start, end, old, new, cs, self._on_ref)
         return moved
 
     # -- checkpoint form -------------------------------------------------------------------
@@ -204,6 +221,7 @@ class PoolState:
                 snap = st.catalog.snaps[name[1]]
                 vm.lineage = tuple(next(m.lineage for m in snap.members if m.vid == name[2]))
                 st.snap_maps[(name[1], name[2])] = vm
+        st._holders.clear()
         return st
 
     def mapped_bytes(self) -> int:
