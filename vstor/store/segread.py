@@ -6,10 +6,12 @@ A mixin of Journal (journal.py), split out to keep each module readable: the app
 learn where the live segment's tail is. Data reads ask for no read-ahead of their own: the
 kernel's read-ahead of each segment file follows a sequential volume read, and an explicit
 ``posix_fadvise(WILLNEED)`` made cold sequential reads slower (docs/benchmarks.md §1,
-"Read-ahead withdrawn"). Guarantees of the scan: every record it yields has
-valid header and frame checksums; a bad record in any segment but the newest raises
-CorruptData, and so does one inside data a commit marker states durable (unless salvaging);
-past the newest segment's last valid record it stops and says why in ``ScanEnd``.
+"Sequential read on a faster machine; read-ahead withdrawn").
+
+Guarantees of the scan: every record it yields has valid header and frame checksums; a bad
+record in any segment but the newest raises CorruptData, and so does one inside data a
+commit marker states durable (unless salvaging); past the newest segment's last valid
+record it stops and says why in ``ScanEnd``.
 """
 
 from __future__ import annotations
