@@ -12,6 +12,7 @@ from poolkit import SEG, MiB, make_pool, seg_path
 
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, NotFound
+from vstor.store import fragments, snapshots
 from vstor.store.chunkmap import FRAGMENTED
 from vstor.store.consumers import read_records
 from vstor.store.format import MAX_RECORD, SEGMENT_HEADER_SIZE
@@ -185,6 +186,91 @@ def test_compaction_merges_fragmented_chunks(tmp_path):
     store = Store.open(pool)
     vm = store.state.maps[vid]
     assert vm._slot(busy) not in (0, FRAGMENTED)
+    assert store.read(vid, 0, len(model)) == model
+    store.close()
+
+
+def _fragmented(store: Store, vid: int, model: bytearray, chunks: range, pieces: int, seed: int) -> None:
+    """``pieces`` separate 1000-byte writes into each chunk of ``chunks``: that many extents each."""
+    cs, rng = store.sb.chunk_size, random.Random(seed)
+    for chunk in chunks:
+        for i in range(pieces):
+            write(store, vid, model, chunk * cs + i * 4096 + 17, rng.randbytes(1000))
+
+
+def test_fragment_budget_compacts_the_most_fragmented_chunks(tmp_path):
+    """Over the budget, the tick compacts the live chunks holding the most extents until the
+    count is below the low-water mark; the data and a reopen are unchanged."""
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 8 * MiB).id
+    model = bytearray(8 * MiB)
+    _fragmented(store, vid, model, range(0, 4), 20, seed=5)  # 4 chunks of 20 extents
+    _fragmented(store, vid, model, range(4, 10), 5, seed=6)  # 6 chunks of 5
+    vm = store.state.maps[vid]
+    counts = {c: len(vm.chunk_extents(c)) for c in range(10)}
+    total = sum(counts.values())
+    clock = ManualClock()
+    gc = Reclaimer(store, clock=clock, fragment_budget=total - 1, fragment_interval=10.0)
+    gc.tick()
+    assert gc.fragment_extents == total
+    # Low water is 0.75 of the budget (81 of 110 extents): the 20-extent chunks go first, and
+    # two of them (19 extents freed each) suffice; the others are untouched.
+    left = {c: len(vm.chunk_extents(c)) for c in range(10)}
+    assert total == 110 and sum(1 for c in range(4) if left[c] == 1) == 2
+    assert all(left[c] == counts[c] for c in range(10) if left[c] != 1)
+    assert sum(left.values()) == 110 - 2 * 19
+    assert store.read(vid, 0, len(model)) == model
+    clock.advance(5.0)  # not counted again before the interval
+    gc.tick()
+    assert gc.fragment_extents == total
+    clock.advance(5.0)
+    gc.tick()
+    assert gc.fragment_extents == sum(n for n in left.values() if n > 1)  # within budget: nothing more
+    assert {c: len(vm.chunk_extents(c)) for c in range(10)} == left
+    store.sync()
+    store.journal.close()
+    store = Store.open(pool)
+    assert store.read(vid, 0, len(model)) == model
+    assert {c: len(store.state.maps[vid].chunk_extents(c)) for c in range(10)} == left
+    store.close()
+
+
+def test_fragment_pick_waits_for_the_budget_then_goes_to_low_water():
+    """Nothing is picked within the budget, even above the low-water mark; over it, the chunks
+    with most extents go first until the count would reach the low-water mark."""
+    c = fragments.Census(extents=90, candidates=[(5, 1, 7), (30, 1, 3), (20, 2, 9), (1, 1, 4)])
+    assert fragments.pick(c, 100) == [] and fragments.pick(c, 90) == []
+    assert fragments.pick(c, 89) == [(1, 3)]  # low water 66: 90 - 29 = 61
+    assert fragments.pick(c, 40) == [(1, 3), (2, 9), (1, 7)]  # low water 30, never reached
+    assert fragments.pick(fragments.Census(extents=10, candidates=[(1, 1, 1)]), 0) == []  # one extent frees nothing
+
+
+def test_fragment_budget_leaves_chunks_a_snapshot_shares(tmp_path):
+    """Chunks whose leaf a snapshot shares are never compacted for the budget (it would copy the
+    leaf and free nothing), and nothing is written while the count is within the budget."""
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 8 * MiB).id
+    model = bytearray(8 * MiB)
+    _fragmented(store, vid, model, range(0, 4), 20, seed=7)
+    clock = ManualClock()
+    roomy = Reclaimer(store, clock=clock, fragment_budget=10_000)
+    assert roomy.keep_fragment_budget() == 0 and roomy.fragment_extents == 4 * 20
+    snapshots.create(store, "v", "s")
+    tight = Reclaimer(store, clock=clock, fragment_budget=10)
+    assert tight.keep_fragment_budget() == 0
+    assert tight.fragment_extents == 4 * 20  # the snapshot's lists, counted once with the volume's
+    assert [len(store.state.maps[vid].chunk_extents(c)) for c in range(4)] == [20] * 4
+    # A write copies the leaf, but the copy still shares the lists with the snapshot.
+    write(store, vid, model, 5 * MiB, b"x" * 100)
+    clock.advance(60.0)
+    assert tight.keep_fragment_budget() == 0
+    # Once the snapshot is gone, the lists are the volume's alone, and compacted.
+    snapshots.delete(store, "v", "s")
+    clock.advance(60.0)
+    assert tight.keep_fragment_budget() == 4 * store.sb.chunk_size
+    assert [len(store.state.maps[vid].chunk_extents(c)) for c in range(4)] == [1] * 4
     assert store.read(vid, 0, len(model)) == model
     store.close()
 

@@ -13,7 +13,10 @@ The maintenance loop, driven by an injected clock:
   * GC: when the dead share of sealed segments exceeds ``min_dead``, moving at most
     ``bytes_per_tick`` per pass (32 MiB a second) in at most ``moves_per_tick`` records (each
     takes the store lock once), so host I/O keeps priority; when the pool
-    runs out of space, ``reclaim_now`` works without that limit.
+    runs out of space, ``reclaim_now`` works without that limit;
+  * the fragment budget: every ``fragment_interval`` seconds, when the maps hold more chunk
+    extents than ``fragment_budget``, the chunks that free the most are compacted, with the
+    same per-pass limits (fragments.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from operator import rshift
 
 from vstor.clock import Clock, SystemClock
 from vstor.errors import VstorError
+from vstor.store import fragments
 from vstor.store.accounting import segment_live
 from vstor.store.chunkmap import LEAF_BITS, Leaf
 from vstor.store.format import LOC_SHIFT
@@ -40,7 +44,9 @@ class Reclaimer:
     def __init__(self, store: object, clock: Clock | None = None, commit_interval: float = 1.0,
                  checkpoint_interval: float = 60.0, checkpoint_bytes: int = 512 << 20,
                  min_dead: float = 0.5, bytes_per_tick: int = 32 << 20, moves_per_tick: int = 2048,
-                 seconds_per_tick: float | None = 0.15) -> None:
+                 seconds_per_tick: float | None = 0.15,
+                 fragment_budget: int = fragments.BUDGET_BYTES // fragments.EXTENT_BYTES,
+                 fragment_interval: float = 10.0) -> None:
         from vstor.store.store import Store
 
         assert isinstance(store, Store)
@@ -55,6 +61,11 @@ class Reclaimer:
         # CPU time GC may take per tick: with many snapshots a move repoints every leaf version, and
         # the maintenance thread would otherwise take the GIL from host I/O. None: no limit.
         self.seconds_per_tick = seconds_per_tick
+        self.fragment_budget = fragment_budget  # chunk extents all maps may hold (fragments.py)
+        self.fragment_interval = fragment_interval
+        self.fragment_extents = 0  # what the last count found
+        self._fragments_at = float("-inf")
+        self._fragment_work: list[tuple[int, int]] = []  # (vid, chunk) still to compact, most extents last
         self._pending: list[tuple[str, int, int, int]] = []  # work found but not done yet ...
         self._pending_for: frozenset[int] = frozenset()  # ... for these targets
         self._stop = threading.Event()
@@ -137,18 +148,53 @@ class Reclaimer:
             if kind == "move":
                 moved += st.gc_move(a, b, c)
                 continue
-            vid, s, e = a, b, c
+            moved += self._compact(a, b, c)
+        return moved
+
+    def _compact(self, vid: int, s: int, e: int) -> int:
+        """Rewrite [s, e) of volume ``vid``'s live map as one record; returns the bytes written
+        (0 if the volume is gone or a host write changed the range meanwhile)."""
+        st = self.store
+        with st._lock:
+            vm = st.state.maps.get(vid)
+        if vm is None:
+            return 0
+        pieces = st.lookup_for_read(vm, s, e - s)
+        try:
+            data = st.assemble(vm.lineage, s, e - s, pieces)
+        finally:
+            st.done_reading()
+        return e - s if st.compact(vid, s, data, pieces) else 0
+
+    def keep_fragment_budget(self) -> int:
+        """Every ``fragment_interval`` seconds, count the chunk extents the maps hold; while they
+        exceed ``fragment_budget``, compact the chunks that free the most, within the pass's
+        byte and time limits (the rest waits for the next tick). Returns the bytes rewritten."""
+        st = self.store
+        now = self.clock.monotonic()
+        if not self._fragment_work and now - self._fragments_at >= self.fragment_interval:
+            self._fragments_at = now
             with st._lock:
+                maps = [*st.state.maps.items()] + [(0, vm) for vm in st.state.snap_maps.values()]
+            found = fragments.census(maps, st._lock)
+            self.fragment_extents = found.extents
+            self._fragment_work = fragments.pick(found, self.fragment_budget)[::-1]
+            if self._fragment_work:
+                log.info("chunk maps hold %d extents, over the budget of %d: compacting %d chunks",
+                         found.extents, self.fragment_budget, len(self._fragment_work))
+        cs = st.sb.chunk_size
+        moved = 0
+        deadline = None if self.seconds_per_tick is None else time.perf_counter() + self.seconds_per_tick
+        while self._fragment_work and moved < self.bytes_per_tick and (
+                deadline is None or time.perf_counter() < deadline):
+            vid, chunk = self._fragment_work.pop()
+            with st._lock:  # a snapshot taken since the count shares the leaf: compacting frees nothing
+                vol = st.state.table.by_id_or_none(vid)
                 vm = st.state.maps.get(vid)
-            if vm is None:
-                continue
-            pieces = st.lookup_for_read(vm, s, e - s)
-            try:
-                data = st.assemble(vm.lineage, s, e - s, pieces)
-            finally:
-                st.done_reading()
-            if st.compact(vid, s, data, pieces):
-                moved += e - s
+                leaf = None if vm is None else vm.leaves.get(chunk >> LEAF_BITS)
+                if vol is None or leaf is None or leaf.refs > 1:
+                    continue
+            moved += self._compact(vid, chunk * cs, min((chunk + 1) * cs, vol.size))
         return moved
 
     def _work(self, targets: set[int]) -> list[tuple[str, int, int, int]]:
@@ -232,6 +278,7 @@ class Reclaimer:
                 # runs out) writes the one that lets the emptied segments be deleted.
                 self.collect(max_bytes=self.bytes_per_tick, max_moves=self.moves_per_tick,
                              max_seconds=self.seconds_per_tick)
+            self.keep_fragment_budget()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="vstor-maintenance", daemon=True)
