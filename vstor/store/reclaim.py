@@ -65,6 +65,7 @@ class Reclaimer:
         self.fragment_interval = fragment_interval
         self.fragment_extents = 0  # what the last count found
         self._fragments_at = float("-inf")
+        self._writes_seen = self.store.stats.writes  # host writes counted at the last tick
         self._fragment_work: list[tuple[int, int]] = []  # (vid, chunk) still to compact, most extents last
         self._pending: list[tuple[str, int, int, int]] = []  # work found but not done yet ...
         self._pending_for: frozenset[int] = frozenset()  # ... for these targets
@@ -169,8 +170,14 @@ class Reclaimer:
     def keep_fragment_budget(self) -> int:
         """Every ``fragment_interval`` seconds, count the chunk extents the maps hold; while they
         exceed ``fragment_budget``, compact the chunks that free the most, within the pass's
-        byte and time limits (the rest waits for the next tick). Returns the bytes rewritten."""
+        byte and time limits (the rest waits for the next tick). Compaction runs only in a tick
+        with no host write since the last one: a compaction rewrites a whole chunk to free its
+        extents, and during a burst of random writes it took a third of the IOPS through FUSE
+        (docs/benchmarks.md §2), so memory is brought back under the budget once the burst
+        ends. Returns the bytes rewritten."""
         st = self.store
+        writes, self._writes_seen = self._writes_seen, st.stats.writes
+        busy = writes != self._writes_seen
         now = self.clock.monotonic()
         if not self._fragment_work and now - self._fragments_at >= self.fragment_interval:
             self._fragments_at = now
@@ -182,6 +189,8 @@ class Reclaimer:
             if self._fragment_work:
                 log.info("chunk maps hold %d extents, over the budget of %d: compacting %d chunks",
                          found.extents, self.fragment_budget, len(self._fragment_work))
+        if busy:
+            return 0
         cs = st.sb.chunk_size
         moved = 0
         deadline = None if self.seconds_per_tick is None else time.perf_counter() + self.seconds_per_tick
