@@ -42,8 +42,9 @@ def census(maps: Iterable[tuple[int, VolumeMap]], lock: AbstractContextManager) 
     live chunks that compaction would free. Each leaf is read under ``lock`` (the store lock),
     one at a time, so writers are not held up for long."""
     out = Census()
-    leaves_seen: set[int] = set()
-    holders: dict[int, int] = {}  # id(list) -> distinct leaves holding it
+    # Keyed by id, and holding the objects, so that no id is reused while the lock is let go.
+    leaves_seen: dict[int, object] = {}
+    holders: dict[int, tuple[list, int]] = {}  # id(list) -> (the list, distinct leaves holding it)
     mine: list[tuple[int, int, list]] = []  # (vid, chunk, list) in leaves only a live map holds
     for vid, vm in maps:
         with lock:
@@ -53,16 +54,16 @@ def census(maps: Iterable[tuple[int, VolumeMap]], lock: AbstractContextManager) 
                 leaf = vm.leaves.get(key)
                 if leaf is None or id(leaf) in leaves_seen:
                     continue
-                leaves_seen.add(id(leaf))
+                leaves_seen[id(leaf)] = leaf
                 alone = bool(vid) and leaf.refs == 1
                 for chunk, ext in leaf.overlays.items():
-                    n = holders.get(id(ext), 0)
+                    n = holders.get(id(ext), (ext, 0))[1]
                     if not n:
                         out.extents += len(ext)
-                    holders[id(ext)] = n + 1
+                    holders[id(ext)] = (ext, n + 1)
                     if alone:
                         mine.append((vid, chunk, ext))
-    out.candidates = [(len(ext), vid, chunk) for vid, chunk, ext in mine if holders[id(ext)] == 1]
+    out.candidates = [(len(ext), vid, chunk) for vid, chunk, ext in mine if holders[id(ext)][1] == 1]
     return out
 
 
