@@ -171,10 +171,10 @@ class Reclaimer:
         """Every ``fragment_interval`` seconds, count the chunk extents the maps hold; while they
         exceed ``fragment_budget``, compact the chunks that free the most, within the pass's
         byte and time limits (the rest waits for the next tick). Compaction runs only in a tick
-        with no host write since the last one: a compaction rewrites a whole chunk to free its
-        extents, and during a burst of random writes it took a third of the IOPS through FUSE
-        (docs/benchmarks.md §2), so memory is brought back under the budget once the burst
-        ends. Returns the bytes rewritten."""
+        with no host write since the last one, so that host I/O keeps priority: a compaction
+        rewrites a whole chunk to free its extents, and run during a burst of random writes it
+        cost IOPS through FUSE (docs/benchmarks.md §2). Memory is brought back under the budget
+        once the burst ends. Returns the bytes rewritten."""
         st = self.store
         writes, self._writes_seen = self._writes_seen, st.stats.writes
         busy = writes != self._writes_seen
