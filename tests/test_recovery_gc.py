@@ -198,14 +198,20 @@ def _fragmented(store: Store, vid: int, model: bytearray, chunks: range, pieces:
             write(store, vid, model, chunk * cs + i * 4096 + 17, rng.randbytes(1000))
 
 
-def test_fragment_budget_compacts_the_most_fragmented_chunks(tmp_path):
-    """Over the budget, the tick compacts the live chunks holding the most extents until the
-    count is below the low-water mark; the data and a reopen are unchanged."""
+def _fragmented_pool(tmp_path, seed: int) -> tuple[str, Store, int, bytearray]:
+    """A pool with an 8 MiB volume whose chunks 0-3 hold 20 extents each, and its model."""
     pool = make_pool(tmp_path)
     store = Store.open(pool)
     vid = store.create_volume("v", 8 * MiB).id
     model = bytearray(8 * MiB)
-    _fragmented(store, vid, model, range(0, 4), 20, seed=5)  # 4 chunks of 20 extents
+    _fragmented(store, vid, model, range(0, 4), 20, seed=seed)
+    return pool, store, vid, model
+
+
+def test_fragment_budget_compacts_the_most_fragmented_chunks(tmp_path):
+    """Over the budget, the tick compacts the live chunks holding the most extents until the
+    count is below the low-water mark; the data and a reopen are unchanged."""
+    pool, store, vid, model = _fragmented_pool(tmp_path, seed=5)  # 4 chunks of 20 extents
     _fragmented(store, vid, model, range(4, 10), 5, seed=6)  # 6 chunks of 5
     vm = store.state.maps[vid]
     counts = {c: len(vm.chunk_extents(c)) for c in range(10)}
@@ -239,11 +245,7 @@ def test_fragment_budget_compacts_the_most_fragmented_chunks(tmp_path):
 def test_fragment_budget_waits_for_a_tick_without_host_writes(tmp_path):
     """Over the budget, compaction waits while the host writes between ticks, and runs at the
     first tick after a quiet interval."""
-    pool = make_pool(tmp_path)
-    store = Store.open(pool)
-    vid = store.create_volume("v", 8 * MiB).id
-    model = bytearray(8 * MiB)
-    _fragmented(store, vid, model, range(0, 4), 20, seed=8)
+    _, store, vid, model = _fragmented_pool(tmp_path, seed=8)
     clock = ManualClock()
     gc = Reclaimer(store, clock=clock, fragment_budget=10)
     _fragmented(store, vid, model, range(4, 6), 3, seed=9)  # the host writes before the tick
@@ -271,11 +273,7 @@ def test_fragment_pick_waits_for_the_budget_then_goes_to_low_water():
 def test_fragment_budget_leaves_chunks_a_snapshot_shares(tmp_path):
     """Chunks whose leaf a snapshot shares are never compacted for the budget (it would copy the
     leaf and free nothing), and nothing is written while the count is within the budget."""
-    pool = make_pool(tmp_path)
-    store = Store.open(pool)
-    vid = store.create_volume("v", 8 * MiB).id
-    model = bytearray(8 * MiB)
-    _fragmented(store, vid, model, range(0, 4), 20, seed=7)
+    _, store, vid, model = _fragmented_pool(tmp_path, seed=7)
     clock = ManualClock()
     roomy = Reclaimer(store, clock=clock, fragment_budget=10_000)
     assert roomy.keep_fragment_budget() == 0 and roomy.fragment_extents == 4 * 20

@@ -65,7 +65,7 @@ def one_run(gib: int, writes: int, storms: int, budget_extents: int) -> None:
                         clock.advance(1.0)
                         compacted += rec.keep_fragment_budget()
                 dt = time.perf_counter() - t0
-                during = count(rec, clock)
+                during = rec.count_fragments().extents
                 quiet = 0
                 while True:  # then idle ticks until the budget is kept
                     clock.advance(1.0)
@@ -75,20 +75,12 @@ def one_run(gib: int, writes: int, storms: int, budget_extents: int) -> None:
                     if not done and not rec._fragment_work and quiet > rec.fragment_interval:
                         break
                 print(f"  storm {storm}: {writes / dt:,.0f} writes/s; extents after it {during:,}, after "
-                      f"{quiet} idle ticks {count(rec, clock):,}; compacted {compacted / MIB:,.0f} MiB; "
+                      f"{quiet} idle ticks {rec.count_fragments().extents:,}; compacted {compacted / MIB:,.0f} MiB; "
                       f"RSS +{rss_mib() - rss0:.1f} MiB", flush=True)
         finally:
             s.close(checkpoint=False)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-
-
-def count(rec: Reclaimer, clock: ManualClock) -> int:
-    """The extents the maps hold now (a fresh count; the pending work is kept)."""
-    st = rec.store
-    with st._lock:
-        maps = [*st.state.maps.items()] + [(0, vm) for vm in st.state.snap_maps.values()]
-    return fragments.census(maps, st._lock).extents
 
 
 def main() -> int:

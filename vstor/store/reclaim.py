@@ -167,6 +167,13 @@ class Reclaimer:
             st.done_reading()
         return e - s if st.compact(vid, s, data, pieces) else 0
 
+    def count_fragments(self) -> fragments.Census:
+        """The chunk extents the maps hold now, and the chunks compaction would free."""
+        st = self.store
+        with st._lock:
+            maps = st.state.owned_maps()
+        return fragments.census(maps, st._lock)
+
     def keep_fragment_budget(self) -> int:
         """Every ``fragment_interval`` seconds, count the chunk extents the maps hold; while they
         exceed ``fragment_budget``, compact the chunks that free the most, within the pass's
@@ -181,9 +188,7 @@ class Reclaimer:
         now = self.clock.monotonic()
         if not self._fragment_work and now - self._fragments_at >= self.fragment_interval:
             self._fragments_at = now
-            with st._lock:
-                maps = [*st.state.maps.items()] + [(0, vm) for vm in st.state.snap_maps.values()]
-            found = fragments.census(maps, st._lock)
+            found = self.count_fragments()
             self.fragment_extents = found.extents
             self._fragment_work = fragments.pick(found, self.fragment_budget)[::-1]
             if self._fragment_work:
@@ -220,7 +225,7 @@ class Reclaimer:
         seen: set[int] = set()
         lists_done: set[int] = set()
         with st._lock:
-            maps = [(vid, vm) for vid, vm in st.state.maps.items()] + [(0, vm) for vm in st.state.snap_maps.values()]
+            maps = st.state.owned_maps()
         for vid, vm in maps:
             with st._lock:
                 keys = sorted(vm.leaves)

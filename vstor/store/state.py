@@ -54,6 +54,10 @@ class PoolState:
         yield from self.maps.values()
         yield from self.snap_maps.values()
 
+    def owned_maps(self) -> list[tuple[int, VolumeMap]]:
+        """Every map with the volume whose live map it is, or 0 for a snapshot's."""
+        return [*self.maps.items()] + [(0, vm) for vm in self.snap_maps.values()]
+
     # -- validation that spans the volume table and the catalog ------------------------------
     def make_volume_create(self, name: str, size: int, now: float) -> dict:
         ev = self.table.make_create(name, size, now)
