@@ -45,6 +45,7 @@ soak: setup
 
 bench: setup
 	$(PY) tools/bench_fio.py --all
+	$(PY) tools/bench_read_pipeline.py
 	$(PY) tools/bench_memory.py --fill-gib 4
 	$(PY) tools/bench_tuning.py
 	$(PY) tools/bench_replay.py

@@ -57,6 +57,7 @@ class Target:
 
     kind = ""
     keep = False  # leave the directory (servers stopped) for a look afterwards
+    pid: int | None = None  # the FUSE server's, once it runs
 
     def __init__(self, name: str, workdir: Path, size: int) -> None:
         self.name = name
@@ -143,6 +144,7 @@ class Passthrough(Target):
             self.stack.callback(best_effort("read request sizes", lambda: self._read_stats(log)))
         proc = self._fuse_server(cmd, mnt, log)
         self._wait_ready(proc, lambda: "READY" in log.read_text(errors="replace"), log)
+        self.pid = proc.pid
         return mnt / "img"
 
     def _read_stats(self, log: Path) -> None:  # runs once the server has stopped
@@ -180,9 +182,10 @@ class Vstor(Target):
     kind = "vstor"
     volume = "bench"
 
-    def __init__(self, name: str, workdir: Path, size: int, variant: str) -> None:
+    def __init__(self, name: str, workdir: Path, size: int, variant: str, init_args: list[str] | None = None) -> None:
         super().__init__(name, workdir, size)
         self.variant = variant
+        self.init_args = init_args or []  # more 'vstor pool init' options
         self.pool, self.mnt = self.dir / "pool", self.dir / "mnt"
         self.pid: int | None = None
         self.rss_before = 0
@@ -195,7 +198,7 @@ class Vstor(Target):
         return json.loads(self.vstor("array", "status", "--pool", str(self.pool), "--json").stdout)
 
     def setup(self) -> Path:
-        init = ["pool", "init", str(self.pool), "--chunk-size", "512K", *VSTOR_VARIANTS[self.variant]]
+        init = ["pool", "init", str(self.pool), "--chunk-size", "512K", *VSTOR_VARIANTS[self.variant], *self.init_args]
         if self.variant == "aes":
             init += ["--key-file", str(self.dir / "key")]  # vstor creates it with a random key
         self.vstor(*init)

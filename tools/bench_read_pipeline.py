@@ -1,0 +1,136 @@
+"""Where a cold sequential read through FUSE spends its time: vstor against the passthrough.
+
+    .venv/bin/python tools/bench_read_pipeline.py [--size 2G] [--rounds 6] [--segment-size 512M]
+
+Sets up the bare passthrough and a plain vstor volume (and, with --segment-size, a second
+vstor pool with that journal segment size), fills each with the same random data through
+its FUSE file, then reads each whole file with ``dd bs=1M`` (psync, 1 MiB requests, as fio's
+seq-read job) after dropping the page cache. The targets take turns and the order rotates
+every round, because on a shared machine the second of two back-to-back runs tends to be
+slower.
+
+Around every pass it reads the kernel's counters (benchlib/counters.py): the requests that
+reached the backing disk, how long the disk was busy, the CPU time of the FUSE server, and
+the system's kernel, user, iowait and steal time. They show whether a pass waited on the
+disk or on CPU (copies in the kernel, mostly), and so whether a change of the ratio between
+two runs came from vstor or from the machine.
+
+Prints one line per pass, the medians, and each round's ratio to the passthrough.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib.counters import Counters, delta, disk_of
+from benchlib.procs import BenchError, drop_caches, install_signal_handlers, run
+from benchlib.targets import Passthrough, Target, Vstor
+
+from vstor.errors import UsageError
+from vstor.units import format_size, parse_size
+
+COLUMNS = ("mb_s", "disk_requests", "avg_request_kib", "disk_busy", "server_cpu_s", "sys_s", "user_s",
+           "iowait_s", "steal_s")
+
+
+def one_pass(path: Path, size: int, counters: Counters) -> dict[str, float]:
+    drop_caches()
+    a = counters.snapshot()
+    t0 = time.perf_counter()
+    run(["dd", f"if={path}", "of=/dev/null", "bs=1M", f"count={size >> 20}"], timeout=600)
+    seconds = time.perf_counter() - t0
+    return delta(a, counters.snapshot(), seconds, size)
+
+
+def fill(path: Path, size: int, source: Path) -> None:
+    run(["dd", f"if={source}", f"of={path}", "bs=1M", f"count={size >> 20}", "conv=fdatasync,notrunc"],
+        timeout=900)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default="2G", help="bytes read per pass (default 2G)")
+    p.add_argument("--rounds", type=int, default=6, help="passes of every target (default 6)")
+    p.add_argument("--segment-size", help="also a vstor pool with this journal segment size")
+    p.add_argument("--workdir", default="/var/tmp")
+    a = p.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench_read_pipeline: needs root (FUSE mounts, drop_caches)")
+    try:
+        size = parse_size(a.size)
+        if a.segment_size:
+            parse_size(a.segment_size, "segment size")
+    except UsageError as e:
+        raise SystemExit(f"bench_read_pipeline: {e}") from None
+    if size % (1 << 20) or size <= 0 or a.rounds < 1:
+        raise SystemExit(f"bench_read_pipeline: --size must be a positive number of MiB (not {a.size}) "
+                         f"and --rounds at least 1 (not {a.rounds})")
+    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    install_signal_handlers()
+    work = Path(tempfile.mkdtemp(prefix="vstor-pipeline-", dir=a.workdir))
+    try:
+        return measure(work, size, a.rounds, a.segment_size)
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e or 'Ctrl-C'}): everything set up was undone", file=sys.stderr)
+        return 130
+    except BenchError as e:
+        print(f"bench_read_pipeline: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(work: Path, size: int, rounds: int, segment_size: str | None) -> int:
+    disk = disk_of(work)
+    targets: dict[str, Target] = {
+        "passthrough": Passthrough("passthrough", work, size),
+        "vstor": Vstor("vstor", work, size, "plain"),
+    }
+    if segment_size:
+        name = f"vstor-seg{segment_size}"
+        targets[name] = Vstor(name, work, size, "plain", ["--segment-size", segment_size])
+    print(f"{format_size(size)} per pass, disk {disk}, read_ahead_kb "
+          f"{Path(f'/sys/block/{disk}/queue/read_ahead_kb').read_text().strip()}, {os.cpu_count()} CPUs")
+    source = work / "source"
+    run(["dd", "if=/dev/urandom", f"of={source}", "bs=1M", f"count={size >> 20}"], timeout=900)
+    with contextlib.ExitStack() as stack:
+        paths = {name: stack.enter_context(t) for name, t in targets.items()}
+        for path in paths.values():
+            fill(path, size, source)
+        source.unlink()
+        results: dict[str, list[dict[str, float]]] = {n: [] for n in targets}
+        names = list(targets)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                pid = targets[name].pid
+                assert pid is not None, name
+                res = one_pass(paths[name], size, Counters(disk, pid))
+                results[name].append(res)
+                print(f"round {r + 1} {name:<18} " + "  ".join(f"{k}={res[k]:,.2f}" for k in COLUMNS), flush=True)
+    report(results)
+    return 0
+
+
+def report(results: dict[str, list[dict[str, float]]]) -> None:
+    print("\nmedians")
+    for name, runs in results.items():
+        print(f"{name:<18} " + "  ".join(f"{k}={statistics.median(r[k] for r in runs):,.2f}" for k in COLUMNS))
+    base = results["passthrough"]
+    for name, runs in results.items():
+        if name == "passthrough":
+            continue
+        ratios = [v["mb_s"] / b["mb_s"] for b, v in zip(base, runs, strict=True)]
+        print(f"{name}/passthrough MB/s per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
+              f"median {statistics.median(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Kernel counters around one benchmark pass: the block device, the CPUs and one process.
+
+A throughput figure alone does not say where the time went. These counters do: how many
+requests reached the disk and how long it was busy, how much CPU the kernel and user space
+spent (and how much the hypervisor took, as steal), and how much CPU the FUSE server itself
+used. The parsing is pure (it takes the files' text), so it is tested without a device.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SECTOR = 512
+# /proc/stat's cpu line: user nice system idle iowait irq softirq steal ...
+_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def disk_of(path: str | Path) -> str:
+    """The /sys/block name of the disk holding ``path`` (the whole disk, not a partition)."""
+    dev = os.stat(path).st_dev
+    sys_dev = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}").resolve()
+    if (sys_dev / "partition").exists():
+        sys_dev = sys_dev.parent
+    if not (sys_dev / "stat").exists():
+        raise OSError(f"{path} is not on a block device with statistics ({sys_dev})")
+    return sys_dev.name
+
+
+def parse_diskstat(text: str) -> dict[str, int]:
+    """/sys/block/DEV/stat: reads completed, reads merged, sectors read, ms reading, ..., ms busy."""
+    f = [int(x) for x in text.split()]
+    return {"reads": f[0], "merged": f[1], "sectors": f[2], "read_ms": f[3], "busy_ms": f[9]}
+
+
+def parse_cpu(text: str, hz: int) -> dict[str, float]:
+    """The first line of /proc/stat, in CPU seconds."""
+    head = text.splitlines()[0].split()
+    if head[0] != "cpu":
+        raise ValueError(f"not /proc/stat: it starts with {head[0]!r}")
+    return {name: int(v) / hz for name, v in zip(_CPU_FIELDS, head[1 : 1 + len(_CPU_FIELDS)], strict=True)}
+
+
+def parse_proc_cpu(text: str, hz: int) -> float:
+    """utime + stime of /proc/PID/stat (all threads), in seconds; the name may hold spaces."""
+    f = text.rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / hz
+
+
+@dataclass
+class Snapshot:
+    disk: dict[str, int]
+    cpu: dict[str, float]
+    proc_cpu: float
+
+
+class Counters:
+    """Snapshots of the disk's, the CPUs' and one process's counters."""
+
+    def __init__(self, disk: str, pid: int) -> None:
+        self.disk, self.pid = disk, pid
+        self.hz = os.sysconf("SC_CLK_TCK")
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(parse_diskstat(Path(f"/sys/block/{self.disk}/stat").read_text()),
+                        parse_cpu(Path("/proc/stat").read_text(), self.hz),
+                        parse_proc_cpu(Path(f"/proc/{self.pid}/stat").read_text(), self.hz))
+
+
+def delta(a: Snapshot, b: Snapshot, seconds: float, nbytes: int) -> dict[str, float]:
+    """What one pass of ``nbytes`` in ``seconds`` cost between snapshots ``a`` and ``b``."""
+    d = {k: b.disk[k] - a.disk[k] for k in a.disk}
+    c = {k: b.cpu[k] - a.cpu[k] for k in a.cpu}
+    return {
+        "mb_s": nbytes / seconds / 1e6,
+        "disk_mib": d["sectors"] * SECTOR / (1 << 20),
+        "disk_requests": d["reads"],
+        "avg_request_kib": d["sectors"] * SECTOR / 1024 / max(1, d["reads"]),
+        "disk_busy": d["busy_ms"] / 1000 / seconds,  # fraction of the pass with a request in flight
+        "server_cpu_s": b.proc_cpu - a.proc_cpu,
+        "sys_s": c["system"] + c["irq"] + c["softirq"],
+        "user_s": c["user"] + c["nice"],
+        "iowait_s": c["iowait"],
+        "steal_s": c["steal"],
+    }
