@@ -1,13 +1,15 @@
 """Where a cold sequential read through FUSE spends its time: vstor against the passthrough.
 
     .venv/bin/python tools/bench_read_pipeline.py [--size 2G] [--rounds 6] [--segment-size 512M]
+        [--readers dd,fio,fio-nohint]
 
 Sets up the bare passthrough and a plain vstor volume (and, with --segment-size, a second
 vstor pool with that journal segment size), fills each with the same random data through
-its FUSE file, then reads each whole file with ``dd bs=1M`` (psync, 1 MiB requests, as fio's
-seq-read job) after dropping the page cache. The targets take turns and the order rotates
-every round, because on a shared machine the second of two back-to-back runs tends to be
-slower.
+its FUSE file, then reads each whole file in 1 MiB psync requests after dropping the page
+cache: with ``dd bs=1M`` by default, or with fio (as bench_fio.py's seq-read job, whose
+default ``fadvise_hint`` doubles the FUSE file's read-ahead), or with fio without that hint.
+The passes take turns and their order rotates every round, because on a shared machine the
+second of two back-to-back runs tends to be slower.
 
 Around every pass it reads the kernel's counters (benchlib/counters.py): the requests that
 reached the backing disk, how long the disk was busy, the CPU time of the FUSE server, and
@@ -37,15 +39,27 @@ from benchlib.targets import Passthrough, Target, Vstor
 from vstor.errors import UsageError
 from vstor.units import format_size, parse_size
 
+READERS = ("dd", "fio", "fio-nohint")
 COLUMNS = ("mb_s", "disk_requests", "avg_request_kib", "disk_busy", "server_cpu_s", "sys_s", "user_s",
            "iowait_s", "steal_s")
 
 
-def one_pass(path: Path, size: int, counters: Counters) -> dict[str, float]:
+def read_command(reader: str, path: Path, size: int) -> list[str]:
+    """A cold sequential read of ``size`` bytes in 1 MiB psync requests. fio's default
+    ``fadvise_hint=1`` gives the file POSIX_FADV_SEQUENTIAL, which doubles the kernel's
+    read-ahead window of the FUSE file; dd and ``fio-nohint`` leave it as mounted."""
+    if reader == "dd":
+        return ["dd", f"if={path}", "of=/dev/null", "bs=1M", f"count={size >> 20}"]
+    return ["fio", "--name=seq-read", f"--filename={path}", "--rw=read", "--bs=1M", "--ioengine=psync",
+            "--iodepth=1", f"--size={size}", f"--fadvise_hint={0 if reader == 'fio-nohint' else 1}",
+            "--output=/dev/null"]
+
+
+def one_pass(path: Path, size: int, counters: Counters, reader: str) -> dict[str, float]:
     drop_caches()
     a = counters.snapshot()
     t0 = time.perf_counter()
-    run(["dd", f"if={path}", "of=/dev/null", "bs=1M", f"count={size >> 20}"], timeout=600)
+    run(read_command(reader, path, size), timeout=600)
     seconds = time.perf_counter() - t0
     return delta(a, counters.snapshot(), seconds, size)
 
@@ -60,6 +74,7 @@ def main() -> int:
     p.add_argument("--size", default="2G", help="bytes read per pass (default 2G)")
     p.add_argument("--rounds", type=int, default=6, help="passes of every target (default 6)")
     p.add_argument("--segment-size", help="also a vstor pool with this journal segment size")
+    p.add_argument("--readers", default="dd", help=f"comma list of {', '.join(READERS)} (default dd)")
     p.add_argument("--workdir", default="/var/tmp")
     a = p.parse_args()
     if os.geteuid() != 0:
@@ -70,6 +85,10 @@ def main() -> int:
             parse_size(a.segment_size, "segment size")
     except UsageError as e:
         raise SystemExit(f"bench_read_pipeline: {e}") from None
+    readers = [r for r in a.readers.split(",") if r]
+    if not readers or set(readers) - set(READERS):
+        raise SystemExit(f"bench_read_pipeline: --readers takes a comma list of {', '.join(READERS)}, "
+                         f"not {a.readers!r}")
     if size % (1 << 20) or size <= 0 or a.rounds < 1:
         raise SystemExit(f"bench_read_pipeline: --size must be a positive number of MiB (not {a.size}) "
                          f"and --rounds at least 1 (not {a.rounds})")
@@ -77,7 +96,7 @@ def main() -> int:
     install_signal_handlers()
     work = Path(tempfile.mkdtemp(prefix="vstor-pipeline-", dir=a.workdir))
     try:
-        return measure(work, size, a.rounds, a.segment_size)
+        return measure(work, size, a.rounds, a.segment_size, readers)
     except KeyboardInterrupt as e:
         print(f"interrupted ({e or 'Ctrl-C'}): everything set up was undone", file=sys.stderr)
         return 130
@@ -88,7 +107,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def measure(work: Path, size: int, rounds: int, segment_size: str | None) -> int:
+def measure(work: Path, size: int, rounds: int, segment_size: str | None, readers: list[str]) -> int:
     disk = disk_of(work)
     targets: dict[str, Target] = {
         "passthrough": Passthrough("passthrough", work, size),
@@ -106,29 +125,31 @@ def measure(work: Path, size: int, rounds: int, segment_size: str | None) -> int
         for path in paths.values():
             fill(path, size, source)
         source.unlink()
-        results: dict[str, list[dict[str, float]]] = {n: [] for n in targets}
-        names = list(targets)
+        passes = [(name, reader) for reader in readers for name in targets]
+        results: dict[tuple[str, str], list[dict[str, float]]] = {p: [] for p in passes}
         for r in range(rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name, reader in passes[r % len(passes):] + passes[: r % len(passes)]:
                 pid = targets[name].pid
                 assert pid is not None, name
-                res = one_pass(paths[name], size, Counters(disk, pid))
-                results[name].append(res)
-                print(f"round {r + 1} {name:<18} " + "  ".join(f"{k}={res[k]:,.2f}" for k in COLUMNS), flush=True)
+                res = one_pass(paths[name], size, Counters(disk, pid), reader)
+                results[name, reader].append(res)
+                print(f"round {r + 1} {name + ' ' + reader:<24} " + "  ".join(f"{k}={res[k]:,.2f}" for k in COLUMNS),
+                      flush=True)
     report(results)
     return 0
 
 
-def report(results: dict[str, list[dict[str, float]]]) -> None:
+def report(results: dict[tuple[str, str], list[dict[str, float]]]) -> None:
     print("\nmedians")
-    for name, runs in results.items():
-        print(f"{name:<18} " + "  ".join(f"{k}={statistics.median(r[k] for r in runs):,.2f}" for k in COLUMNS))
-    base = results["passthrough"]
-    for name, runs in results.items():
+    for (name, reader), runs in results.items():
+        print(f"{name + ' ' + reader:<24} " + "  ".join(f"{k}={statistics.median(r[k] for r in runs):,.2f}"
+                                                      for k in COLUMNS))
+    for (name, reader), runs in results.items():
         if name == "passthrough":
             continue
+        base = results["passthrough", reader]
         ratios = [v["mb_s"] / b["mb_s"] for b, v in zip(base, runs, strict=True)]
-        print(f"{name}/passthrough MB/s per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
+        print(f"{name}/passthrough with {reader}, MB/s per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
               f"median {statistics.median(ratios):.2f}")
 
 
