@@ -92,11 +92,18 @@ def main() -> int:
     if size % (1 << 20) or size <= 0 or a.rounds < 1:
         raise SystemExit(f"bench_read_pipeline: --size must be a positive number of MiB (not {a.size}) "
                          f"and --rounds at least 1 (not {a.rounds})")
+    missing = [c for c in ("dd", "fusermount3", *(["fio"] if set(readers) - {"dd"} else [])) if not shutil.which(c)]
+    if missing:
+        raise SystemExit(f"bench_read_pipeline: missing commands: {', '.join(missing)} (make setup)")
+    try:
+        disk = disk_of(a.workdir)
+    except OSError as e:
+        raise SystemExit(f"bench_read_pipeline: --workdir {a.workdir}: {e.strerror or e}") from None
     print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
     install_signal_handlers()
     work = Path(tempfile.mkdtemp(prefix="vstor-pipeline-", dir=a.workdir))
     try:
-        return measure(work, size, a.rounds, a.segment_size, readers)
+        return measure(work, disk, size, a.rounds, a.segment_size, readers)
     except KeyboardInterrupt as e:
         print(f"interrupted ({e or 'Ctrl-C'}): everything set up was undone", file=sys.stderr)
         return 130
@@ -107,8 +114,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def measure(work: Path, size: int, rounds: int, segment_size: str | None, readers: list[str]) -> int:
-    disk = disk_of(work)
+def measure(work: Path, disk: str, size: int, rounds: int, segment_size: str | None, readers: list[str]) -> int:
     targets: dict[str, Target] = {
         "passthrough": Passthrough("passthrough", work, size),
         "vstor": Vstor("vstor", work, size, "plain"),
