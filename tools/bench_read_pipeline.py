@@ -17,16 +17,21 @@ the system's kernel, user, iowait and steal time. They show whether a pass waite
 disk or on CPU (copies in the kernel, mostly), and so whether a change of the ratio between
 two runs came from vstor or from the machine.
 
-Prints one line per pass, the medians, and each round's ratio to the passthrough.
+Prints one line per pass, the medians, and each round's ratio to the passthrough. MB/s is
+the reader's own figure (dd's or fio's timing, without process start-up); the counters
+cover the whole pass.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,16 +57,29 @@ def read_command(reader: str, path: Path, size: int) -> list[str]:
         return ["dd", f"if={path}", "of=/dev/null", "bs=1M", f"count={size >> 20}"]
     return ["fio", "--name=seq-read", f"--filename={path}", "--rw=read", "--bs=1M", "--ioengine=psync",
             "--iodepth=1", f"--size={size}", f"--fadvise_hint={0 if reader == 'fio-nohint' else 1}",
-            "--output=/dev/null"]
+            "--output-format=json"]
+
+
+def reader_seconds(reader: str, res: subprocess.CompletedProcess[str]) -> float:
+    """How long the reader itself says its reads took (no process start-up), as bench_fio.py
+    takes fio's own bandwidth."""
+    try:
+        if reader == "dd":
+            return float(re.findall(r"copied, ([0-9.]+) s", res.stderr)[-1])
+        return json.loads(res.stdout[res.stdout.index("{"):])["jobs"][0]["read"]["runtime"] / 1000
+    except (ValueError, IndexError, KeyError) as e:
+        raise BenchError(f"cannot read the {reader} pass's duration from its output ({e})") from None
 
 
 def one_pass(path: Path, size: int, counters: Counters, reader: str) -> dict[str, float]:
+    """The counters' deltas over the whole pass; ``mb_s`` by the reader's own timing."""
     drop_caches()
     a = counters.snapshot()
     t0 = time.perf_counter()
-    run(read_command(reader, path, size), timeout=600)
-    seconds = time.perf_counter() - t0
-    return delta(a, counters.snapshot(), seconds, size)
+    res = run(read_command(reader, path, size), timeout=600)
+    out = delta(a, counters.snapshot(), time.perf_counter() - t0, size)
+    out["mb_s"] = size / reader_seconds(reader, res) / 1e6
+    return out
 
 
 def fill(path: Path, size: int, source: Path) -> None:
