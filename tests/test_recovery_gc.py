@@ -260,6 +260,26 @@ def test_fragment_budget_waits_for_a_tick_without_host_writes(tmp_path):
     store.close()
 
 
+def test_fragment_budget_work_survives_a_shrink_and_a_delete(tmp_path):
+    """Chunks picked at a count and compacted at a later tick may lie past the end of a volume
+    shrunk meanwhile, or belong to a deleted one: they are skipped, and the rest compacted."""
+    _, store, vid, model = _fragmented_pool(tmp_path, seed=10)  # chunks 0-3 of 512 KiB fragmented
+    other = store.create_volume("w", 8 * MiB).id
+    _fragmented(store, other, bytearray(8 * MiB), range(0, 2), 20, seed=11)
+    clock = ManualClock()
+    gc = Reclaimer(store, clock=clock, fragment_budget=10)
+    write(store, vid, model, 0, b"z")  # a host write: this tick counts and picks, but waits
+    assert gc.keep_fragment_budget() == 0 and len(gc._fragment_work) == 6
+    end = store.sb.chunk_size + 4096
+    store.resize_volume("v", end, allow_shrink=True)  # chunk 1 is cut, chunks 2-3 are gone
+    store.delete_volume("w")
+    clock.advance(1.0)
+    assert gc.keep_fragment_budget() == end and gc._fragment_work == []
+    assert [len(store.state.maps[vid].chunk_extents(c)) for c in range(2)] == [1, 1]
+    assert store.read(vid, 0, end) == bytes(model[:end])
+    store.close()
+
+
 def test_fragment_pick_waits_for_the_budget_then_goes_to_low_water():
     """Nothing is picked within the budget, even above the low-water mark; over it, the chunks
     with most extents go first until the count would reach the low-water mark."""

@@ -153,12 +153,15 @@ class Reclaimer:
         return moved
 
     def _compact(self, vid: int, s: int, e: int) -> int:
-        """Rewrite [s, e) of volume ``vid``'s live map as one record; returns the bytes written
-        (0 if the volume is gone or a host write changed the range meanwhile)."""
+        """Rewrite [s, e) of volume ``vid``'s live map as one record, cut at the volume's end;
+        returns the bytes written (0 if the volume is gone, shrank below ``s``, or a host write
+        changed the range meanwhile). The work lists that call this outlive the store lock."""
         st = self.store
         with st._lock:
             vm = st.state.maps.get(vid)
-        if vm is None:
+            vol = st.state.table.by_id_or_none(vid)
+            e = min(e, vol.size) if vol is not None else s
+        if vm is None or e <= s:
             return 0
         pieces = st.lookup_for_read(vm, s, e - s)
         try:
@@ -203,12 +206,11 @@ class Reclaimer:
                 deadline is None or time.perf_counter() < deadline):
             vid, chunk = self._fragment_work.pop()
             with st._lock:  # a snapshot taken since the count shares the leaf: compacting frees nothing
-                vol = st.state.table.by_id_or_none(vid)
                 vm = st.state.maps.get(vid)
                 leaf = None if vm is None else vm.leaves.get(chunk >> LEAF_BITS)
-                if vol is None or leaf is None or leaf.refs > 1:
+                if leaf is None or leaf.refs > 1:
                     continue
-            moved += self._compact(vid, chunk * cs, min((chunk + 1) * cs, vol.size))
+            moved += self._compact(vid, chunk * cs, (chunk + 1) * cs)
         return moved
 
     def _work(self, targets: set[int]) -> list[tuple[str, int, int, int]]:
