@@ -187,7 +187,6 @@ class Vstor(Target):
         self.variant = variant
         self.init_args = init_args or []  # more 'vstor pool init' options
         self.pool, self.mnt = self.dir / "pool", self.dir / "mnt"
-        self.pid: int | None = None
         self.rss_before = 0
         self.sampler: RssSampler | None = None
 
