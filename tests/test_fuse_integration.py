@@ -373,6 +373,52 @@ def test_second_daemon_refused(array, tmp_path):
     assert os.stat(array.image("still")).st_size == 16 * MiB
 
 
+def test_a_maintenance_bug_is_reported_and_writes_stay_durable(array_factory):
+    """A bug in the daemon's GC step (fault point maintenance.gc=bug on every tick) shows in
+    `array status`, text and JSON, and in the stats; the loop goes on committing, fsync'ed
+    writes survive a clean stop, and a start without the fault runs clean."""
+    arr = array_factory("maint")
+    arr.start(env=dict(arr.env, VSTOR_FAULTS="maintenance.gc=bug@1+"))
+    arr.create("v", "16M")
+    data = os.urandom(MiB)
+    fd = os.open(arr.image("v"), os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, 3 * MiB)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + 30
+    while not arr.status()["maintenance_error"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status = arr.status()
+    assert status["maintenance_error"] == "gc: internal error RuntimeError: injected bug at maintenance.gc"
+    assert status["journal"]["failed"] is None
+    text = arr.vstor("array", "status").stdout
+    assert "maintenance FAILING: gc: internal error RuntimeError" in text, text
+    errors = _stats(arr)["counters"]["maintenance_errors"]
+    assert errors >= 1
+    syncs = status["journal"]["syncs"]
+    fd = os.open(arr.image("v"), os.O_WRONLY)
+    try:  # no fsync, and the handle stays open (close flushes): the maintenance commit syncs it
+        os.pwrite(fd, data[::-1], 5 * MiB)
+        deadline = time.monotonic() + 30
+        while arr.status()["journal"]["syncs"] == syncs and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert arr.status()["journal"]["syncs"] > syncs
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + 30  # the tick counts its failure after its last step
+    while _stats(arr)["counters"]["maintenance_errors"] == errors and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _stats(arr)["counters"]["maintenance_errors"] > errors  # still failing, still counted
+    arr.stop()
+    arr.start()
+    assert read_direct(arr.image("v"), 3 * MiB, MiB) == data
+    assert read_direct(arr.image("v"), 5 * MiB, MiB) == data[::-1]
+    assert arr.status()["maintenance_error"] == ""
+    arr.stop()
+
+
 # -- 7. encryption key checks --------------------------------------------------------------
 def test_wrong_key_refused(array_factory, tmp_path):
     k1 = tmp_path / "k1"

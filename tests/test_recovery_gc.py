@@ -4,19 +4,23 @@ maintenance tick."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import time
 
 import pytest
 from poolkit import SEG, MiB, make_pool, seg_path
 
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, NotFound
+from vstor.faults import Faults
 from vstor.store import fragments, snapshots
 from vstor.store.chunkmap import FRAGMENTED
 from vstor.store.consumers import read_records
 from vstor.store.format import MAX_RECORD, SEGMENT_HEADER_SIZE
 from vstor.store.reclaim import MAX_FRAGMENTS, Reclaimer
+from vstor.store.steps import StepsFailed
 from vstor.store.store import Store
 
 
@@ -497,6 +501,89 @@ def test_tick_checkpoints_on_schedule(tmp_path):
     gc.tick()
     assert store.ckpt_generation == gen + 3
     store.close()
+
+
+def test_a_failing_maintenance_step_holds_back_neither_commits_nor_later_steps(tmp_path, caplog):
+    """A bug in GC (an injected RuntimeError) and an I/O error in a checkpoint are recorded,
+    and every other step of the tick still runs: the commit before GC, and the fragment
+    budget's compaction after it. The log hears of each failure once, with a traceback for
+    the bug, and again when it clears; the status text names every failing step."""
+    clock = ManualClock()
+    faults = Faults("maintenance.gc=bug@1+")
+    pool = make_pool(tmp_path)
+    store = Store.open(pool, clock=clock, faults=faults)
+    vid = store.create_volume("v", 8 * MiB).id
+    model = bytearray(8 * MiB)
+    _fragmented(store, vid, model, range(0, 4), 20, seed=3)
+    gc = Reclaimer(store, clock=clock, checkpoint_interval=60.0, fragment_budget=10)
+    gc._writes_seen = store.stats.writes  # a quiet tick: the fragment budget may compact
+    syncs = store.journal.syncs
+    bug = "gc: internal error RuntimeError: injected bug at maintenance.gc"
+
+    def logged(text: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if text in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger="vstor.reclaim"):
+        assert gc.run_tick() is False
+        assert store.journal.syncs == syncs + 1  # committed before GC failed
+        assert gc.fragment_extents == 80 and store.stats.relocated_bytes > 0  # ran after GC
+        assert gc.last_error == bug and store.stats.maintenance_errors == 1
+        assert len(logged("injected bug")) == 1 and logged("injected bug")[0].exc_info
+
+        write(store, vid, model, 5 * MiB, b"w" * 5000)
+        faults.arm("checkpoint", "eio")
+        clock.advance(61)  # a checkpoint is due, and fails; GC fails again
+        gen = store.ckpt_generation
+        assert gc.run_tick() is False
+        assert not store.journal.dirty() and store.ckpt_generation == gen
+        assert gc.last_error == f"checkpoint: [Errno 5] injected EIO at checkpoint; {bug}"
+        assert len(logged("injected EIO")) == 1 and not logged("injected EIO")[0].exc_info
+        assert gc.run_tick() is False  # the checkpoint now runs; the bug in GC stays
+        assert store.ckpt_generation == gen + 1 and gc.last_error == bug
+        assert len(logged("recovered from [Errno 5]")) == 1
+        assert gc.run_tick() is False
+        assert len(logged("injected bug")) == 1  # counted every tick, logged once
+        assert store.stats.maintenance_errors == 4
+
+        faults.disarm()
+        assert gc.run_tick() is True and gc.last_error == ""
+        assert len(logged("recovered from internal error")) == 1
+    faults.arm("maintenance.commit", "bug")
+    with pytest.raises(StepsFailed):  # a bare tick, as tests call it, still raises
+        gc.tick()
+    # A final checkpoint that fails still leaves the journal synced and closed, and the next
+    # open replays what the last checkpoint does not hold.
+    write(store, vid, model, 6 * MiB, b"z" * 3000)
+    faults.arm("checkpoint", "eio")
+    with pytest.raises(OSError, match="injected EIO at checkpoint"):
+        store.close()
+    store = Store.open(pool)
+    assert store.recovery["records"] >= 1
+    assert store.read(vid, 0, len(model)) == model
+    store.close()
+
+
+def test_the_maintenance_thread_survives_a_bug_and_keeps_committing(tmp_path):
+    """The real loop, on the real clock with a 10 ms interval: GC raising on every tick
+    neither ends the thread nor stops the commits."""
+    faults = Faults("maintenance.gc=bug@1+")
+    store = Store.open(make_pool(tmp_path), faults=faults)
+    vid = store.create_volume("v", 8 * MiB).id
+    gc = Reclaimer(store, commit_interval=0.01)
+    gc.start()
+    try:
+        for i in range(3):
+            store.write(vid, i * MiB, b"d" * 4096)
+            deadline = time.monotonic() + 10
+            syncs = store.journal.syncs
+            while store.journal.syncs == syncs and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert store.journal.syncs > syncs and not store.journal.dirty()
+        assert gc._thread is not None and gc._thread.is_alive()
+        assert store.stats.maintenance_errors >= 3 and gc.last_error.startswith("gc: internal error")
+    finally:
+        gc.stop()
+        store.close()
 
 
 def test_gc_rewrites_only_live_data_not_whole_chunks(tmp_path):

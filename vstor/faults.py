@@ -6,10 +6,11 @@ N-th hit:
 
     VSTOR_FAULTS="journal.write=enospc@5,journal.sync=eio"
 
-Actions: ``enospc`` and ``eio`` raise OSError; ``torn`` asks the caller to write only part
-of its buffer and then die (the caller implements it); ``kill`` sends SIGKILL to this
-process, a crash at an exact point. A point fires once unless its count ends in ``+``
-(``eio@3+``: the third hit and every hit after it).
+Actions: ``enospc`` and ``eio`` raise OSError; ``bug`` raises RuntimeError, standing in for
+a programming error; ``torn`` asks the caller to write only part of its buffer and then die
+(the caller implements it); ``kill`` sends SIGKILL to this process, a crash at an exact point.
+A point fires once unless its count ends in ``+`` (``eio@3+``: the third hit and every hit
+after it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from vstor.errors import UsageError
 
-ACTIONS = ("enospc", "eio", "torn", "kill")
+ACTIONS = ("enospc", "eio", "bug", "torn", "kill")
 
 
 @dataclass
@@ -76,6 +77,8 @@ class Faults:
             raise OSError(errno.ENOSPC, f"injected ENOSPC at {point}")
         if action == "eio":
             raise OSError(errno.EIO, f"injected EIO at {point}")
+        if action == "bug":
+            raise RuntimeError(f"injected bug at {point}")
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         return action

@@ -143,6 +143,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"space     {format_size(j['free_bytes'])} free in the filesystem under the pool",
             f"fuse      {s['fuse']}",
             f"recovery  {s['recovery']}",
+            *([f"maintenance FAILING: {s['maintenance_error']} (retried every second; see the daemon log)"]
+              if s.get("maintenance_error") else []),
             "",
             volume_table(s["volumes"]),
         ]

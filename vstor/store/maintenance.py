@@ -108,6 +108,7 @@ class MaintenanceMixin:
         With snapshots the maps can be large (every version of a leaf is written), so they are
         captured as shares under the lock and serialized without it; GC moves, which change
         shared leaves in place, wait on ``_remap_lock`` meanwhile."""
+        self.journal.faults.hit("checkpoint")
         with self._ckpt_lock, self._remap_lock:
             with self._lock:
                 segno, pos = self.journal.tail()

@@ -29,12 +29,12 @@ from itertools import repeat
 from operator import rshift
 
 from vstor.clock import Clock, SystemClock
-from vstor.errors import VstorError
 from vstor.store import fragments
 from vstor.store.accounting import segment_live
 from vstor.store.chunkmap import LEAF_BITS, Leaf
 from vstor.store.format import LOC_SHIFT
 from vstor.store.snapshots import run_policies
+from vstor.store.steps import FailureReport, StepsFailed, run_steps
 
 log = logging.getLogger("vstor.reclaim")
 MAX_FRAGMENTS = 64
@@ -73,7 +73,7 @@ class Reclaimer:
         self._run_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._last_ckpt = self.clock.monotonic()
-        self.last_error = ""
+        self.report = FailureReport(log, "maintenance", commit_interval)
         self.exact_interval = 60.0
         self._exact: tuple[float, int, dict[int, int]] | None = None  # (when, sealed below, live per segment)
         self.snapshots_in_use: Callable[[], dict[int, int]] = dict  # set by the daemon (FUSE open handles)
@@ -273,28 +273,67 @@ class Reclaimer:
 
     # -- the loop --------------------------------------------------------------------------
     def tick(self) -> None:
-        """One maintenance pass; the loop calls it, and tests call it with a manual clock."""
-        st = self.store
+        """One maintenance pass; the loop calls it (through ``run_tick``), and tests call it
+        with a manual clock.
+
+        The steps run in order: commit, checkpoint, snapshot policies, GC, fragment budget.
+        A step that raises does not stop the ones after it, so a bug in GC or a corrupt chunk
+        it reads never holds back the commits that bound an un-fsynced crash's loss. Raises
+        StepsFailed, naming every failed step, once all have had their turn. Nothing runs
+        once the journal has failed: the store refuses writes, and the status says why."""
         with self._run_lock:
-            if st.journal.failed:
-                return
-            if st.journal.dirty():
-                st.journal.sync()
-            now = self.clock.monotonic()
-            appended = st.journal.appended_bytes - st.ckpt_appended
-            if appended >= self.checkpoint_bytes or (appended and now - self._last_ckpt >= self.checkpoint_interval):
-                st.checkpoint()
-                self._last_ckpt = now
-            if st.state.catalog.policies:
-                for line in run_policies(st, set(self.snapshots_in_use())):
-                    log.info("snapshot policy: %s", line)
-            if self.candidates():
-                # Within a budget, so host I/O keeps priority. No checkpoint here: it serializes
-                # every map under the store lock; the policy above (or reclaim_now, when space
-                # runs out) writes the one that lets the emptied segments be deleted.
-                self.collect(max_bytes=self.bytes_per_tick, max_moves=self.moves_per_tick,
-                             max_seconds=self.seconds_per_tick)
-            self.keep_fragment_budget()
+            run_steps((("commit", self._commit), ("checkpoint", self._checkpoint),
+                       ("snapshot policy", self._policies), ("gc", self._gc),
+                       ("fragment budget", self.keep_fragment_budget)),
+                      halt=lambda: bool(self.store.journal.failed))
+
+    def _commit(self) -> None:
+        self.store.journal.faults.hit("maintenance.commit")
+        if self.store.journal.dirty():
+            self.store.journal.sync()
+
+    def _checkpoint(self) -> None:
+        st = self.store
+        now = self.clock.monotonic()
+        appended = st.journal.appended_bytes - st.ckpt_appended
+        if appended >= self.checkpoint_bytes or (appended and now - self._last_ckpt >= self.checkpoint_interval):
+            st.checkpoint()
+            self._last_ckpt = now
+
+    def _policies(self) -> None:
+        if self.store.state.catalog.policies:
+            for line in run_policies(self.store, set(self.snapshots_in_use())):
+                log.info("snapshot policy: %s", line)
+
+    def _gc(self) -> None:
+        self.store.journal.faults.hit("maintenance.gc")
+        if self.candidates():
+            # Within a budget, so host I/O keeps priority. No checkpoint here: it serializes
+            # every map under the store lock; the policy above (or reclaim_now, when space
+            # runs out) writes the one that lets the emptied segments be deleted.
+            self.collect(max_bytes=self.bytes_per_tick, max_moves=self.moves_per_tick,
+                         max_seconds=self.seconds_per_tick)
+
+    def run_tick(self) -> bool:
+        """Run one tick as the loop does: a failure is recorded, never raised. True if the tick
+        ran clean.
+
+        The failing steps show as ``last_error`` (``maintenance_error`` in the status), each
+        failed tick counts in ``maintenance_errors``, and the log hears of a failure when it
+        appears, changes or clears (steps.FailureReport), with the traceback for a bug. The
+        loop retries next second: the array keeps serving meanwhile."""
+        try:
+            self.tick()
+        except StepsFailed as e:
+            self.store.stats.add(maintenance_errors=1)
+            self.report.failed(e)
+            return False
+        self.report.succeeded()
+        return True
+
+    @property
+    def last_error(self) -> str:
+        return self.report.text
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="vstor-maintenance", daemon=True)
@@ -302,12 +341,7 @@ class Reclaimer:
 
     def _loop(self) -> None:
         while not self.clock.wait(self._stop, self.commit_interval):
-            try:
-                self.tick()
-                self.last_error = ""
-            except (VstorError, OSError) as e:
-                self.last_error = str(e)
-                log.error("maintenance: %s", e)
+            self.run_tick()
 
     def stop(self) -> None:
         self._stop.set()

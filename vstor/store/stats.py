@@ -32,6 +32,7 @@ class Counters:
     relocated_bytes: int = 0
     segments_deleted: int = 0
     checkpoints: int = 0
+    maintenance_errors: int = 0  # failed maintenance ticks (Reclaimer.run_tick)
     snapshots_taken: int = 0
     write_sizes: Counter = field(default_factory=Counter)
     # How long each recent snapshot held the store lock (the pause writes to the pool saw), in us.

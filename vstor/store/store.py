@@ -299,9 +299,14 @@ class Store(MaintenanceMixin, ReadPathMixin):
                     "group_seq": dict(self.state.group_seq)}
 
     def close(self, checkpoint: bool = True) -> None:
-        if checkpoint and not self.journal.failed:
-            self.checkpoint()
-        self.journal.close()
+        """Write a final checkpoint (unless told not to, or the journal failed), then seal,
+        sync and close the journal. The journal is closed even if the checkpoint fails: every
+        record is still in it, and the next start replays them from the last checkpoint."""
+        try:
+            if checkpoint and not self.journal.failed:
+                self.checkpoint()
+        finally:
+            self.journal.close()
 
 
 def _check_range(vol: Volume, offset: int, n: int) -> None:
