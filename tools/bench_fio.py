@@ -118,6 +118,8 @@ def measure(target: Target, settings: FioSettings, res: dict[str, Any], read_rep
                 for _ in range(repeats):  # reads and random writes vary run to run here: take the median
                     if job.drop_caches_before:
                         drop_caches()
+                    else:  # a write job must not pay for what earlier jobs or targets left dirty
+                        os.sync()
                     runs.append(run_job(settings, job, path))
                 r = sorted(runs, key=lambda x: x["value"])[len(runs) // 2]
                 if repeats > 1:
@@ -149,7 +151,7 @@ def header(a: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def print_header(h: dict[str, Any]) -> None:
     cache = ("direct=1 (O_DIRECT on the target; FUSE backends still use the host page cache)" if h["direct"]
              else "direct=0 (buffered; echo 3 > /proc/sys/vm/drop_caches before each read job, which "
-                  "empties both the FUSE file's page cache and its backing file's)")
+                  "empties both the FUSE file's page cache and its backing file's; sync before each write job)")
     print(f"$ {h['command']}")
     print(f"{h['date']}  kernel {h['kernel']}, {h['cpus']} CPUs, {h['fio']}, libfuse {h['libfuse']}")
     print(f"workdir {h['workdir']} ({h['workdir_fs']}), {format_size(h['size'])} per target")
