@@ -44,7 +44,7 @@ soak: setup
 	VSTOR_CRASH_ITERATIONS=200 $(PY) -m pytest -q -m soak tests
 
 bench: setup
-	$(PY) tools/bench_fio.py --all
+	$(PY) tools/bench_fio.py --all --rounds 3 --runtime 15 --read-repeats 1
 	$(PY) tools/bench_read_pipeline.py
 	$(PY) tools/bench_memory.py --fill-gib 4
 	$(PY) tools/bench_tuning.py
