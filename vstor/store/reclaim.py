@@ -1,4 +1,4 @@
-"""Garbage collection and compaction, and the maintenance loop that drives them.
+"""Garbage collection and compaction, which the maintenance loop (maintloop.py) drives.
 
 A segment's *live* bytes are those the chunk maps still reference. When a sealed
 segment's live share falls below ``1 - min_dead``, GC rewrites each chunk that references
@@ -6,10 +6,6 @@ it as one REC_RELOCATE record at the journal head, which also merges fragmented 
 The emptied segment is deleted by the next checkpoint, once no checkpoint, consumer or
 in-flight read can need it (see Store._delete_dead_segments).
 
-The maintenance loop, driven by an injected clock:
-  * commit: fdatasync the journal every ``commit_interval`` seconds while it is dirty, which
-    bounds what an un-fsynced crash can lose and the dirty page cache;
-  * checkpoint: after ``checkpoint_bytes`` of journal or ``checkpoint_interval`` seconds;
   * GC: when the dead share of sealed segments exceeds ``min_dead``, moving at most
     ``bytes_per_tick`` per pass (32 MiB a second) in at most ``moves_per_tick`` records (each
     takes the store lock once), so host I/O keeps priority; when the pool
@@ -33,14 +29,17 @@ from vstor.store import fragments
 from vstor.store.accounting import segment_live
 from vstor.store.chunkmap import LEAF_BITS, Leaf
 from vstor.store.format import LOC_SHIFT
-from vstor.store.snapshots import run_policies
-from vstor.store.steps import FailureReport, StepsFailed, run_steps
+from vstor.store.maintloop import MaintenanceLoop
+from vstor.store.steps import FailureReport
 
 log = logging.getLogger("vstor.reclaim")
 MAX_FRAGMENTS = 64
 
 
-class Reclaimer:
+class Reclaimer(MaintenanceLoop):
+    """GC, compaction and the fragment budget of one store, and (from MaintenanceLoop) the
+    background loop that runs them with the commits and checkpoints."""
+
     def __init__(self, store: object, clock: Clock | None = None, commit_interval: float = 1.0,
                  checkpoint_interval: float = 60.0, checkpoint_bytes: int = 512 << 20,
                  min_dead: float = 0.5, bytes_per_tick: int = 32 << 20, moves_per_tick: int = 2048,
@@ -270,80 +269,3 @@ class Reclaimer:
             self.store.checkpoint()  # deletes segments with no live data
             if self.collect():
                 self.store.checkpoint()
-
-    # -- the loop --------------------------------------------------------------------------
-    def tick(self) -> None:
-        """One maintenance pass; the loop calls it (through ``run_tick``), and tests call it
-        with a manual clock.
-
-        The steps run in order: commit, checkpoint, snapshot policies, GC, fragment budget.
-        A step that raises does not stop the ones after it, so a bug in GC or a corrupt chunk
-        it reads never holds back the commits that bound an un-fsynced crash's loss. Raises
-        StepsFailed, naming every failed step, once all have had their turn. Nothing runs
-        once the journal has failed: the store refuses writes, and the status says why."""
-        with self._run_lock:
-            run_steps((("commit", self._commit), ("checkpoint", self._checkpoint),
-                       ("snapshot policy", self._policies), ("gc", self._gc),
-                       ("fragment budget", self.keep_fragment_budget)),
-                      halt=lambda: bool(self.store.journal.failed))
-
-    def _commit(self) -> None:
-        self.store.journal.faults.hit("maintenance.commit")
-        if self.store.journal.dirty():
-            self.store.journal.sync()
-
-    def _checkpoint(self) -> None:
-        st = self.store
-        now = self.clock.monotonic()
-        appended = st.journal.appended_bytes - st.ckpt_appended
-        if appended >= self.checkpoint_bytes or (appended and now - self._last_ckpt >= self.checkpoint_interval):
-            st.checkpoint()
-            self._last_ckpt = now
-
-    def _policies(self) -> None:
-        if self.store.state.catalog.policies:
-            for line in run_policies(self.store, set(self.snapshots_in_use())):
-                log.info("snapshot policy: %s", line)
-
-    def _gc(self) -> None:
-        self.store.journal.faults.hit("maintenance.gc")
-        if self.candidates():
-            # Within a budget, so host I/O keeps priority. No checkpoint here: it serializes
-            # every map under the store lock; the policy above (or reclaim_now, when space
-            # runs out) writes the one that lets the emptied segments be deleted.
-            self.collect(max_bytes=self.bytes_per_tick, max_moves=self.moves_per_tick,
-                         max_seconds=self.seconds_per_tick)
-
-    def run_tick(self) -> bool:
-        """Run one tick as the loop does: a failure is recorded, never raised. True if the tick
-        ran clean.
-
-        The failing steps show as ``last_error`` (``maintenance_error`` in the status), each
-        failed tick counts in ``maintenance_errors``, and the log hears of a failure when it
-        appears, changes or clears (steps.FailureReport), with the traceback for a bug. The
-        loop retries next second: the array keeps serving meanwhile."""
-        try:
-            self.tick()
-        except StepsFailed as e:
-            self.store.stats.add(maintenance_errors=1)
-            self.report.failed(e)
-            return False
-        self.report.succeeded()
-        return True
-
-    @property
-    def last_error(self) -> str:
-        return self.report.text
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="vstor-maintenance", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self.clock.wait(self._stop, self.commit_interval):
-            self.run_tick()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()

@@ -1,0 +1,122 @@
+"""The maintenance loop: a thread that ticks every ``commit_interval`` seconds of an injected
+clock. A mixin of Reclaimer (reclaim.py), which provides GC, compaction and the fragment
+budget; this module holds the loop, the order of its steps and what happens when they fail.
+
+Each tick:
+  * commit: fdatasync the journal while it is dirty, which bounds what an un-fsynced crash
+    can lose and the dirty page cache;
+  * checkpoint: after ``checkpoint_bytes`` of journal or ``checkpoint_interval`` seconds;
+  * snapshot policies (snapshots.run_policies);
+  * GC, within the per-tick budget (reclaim.py);
+  * the fragment budget (fragments.py).
+A failing step does not stop the others, and no exception ends the loop (steps.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from vstor.store.snapshots import run_policies
+from vstor.store.steps import FailureReport, StepsFailed, run_steps
+
+log = logging.getLogger("vstor.reclaim")
+
+
+class MaintenanceLoop:
+    # Provided by Reclaimer.
+    store: Any
+    clock: Any
+    commit_interval: float
+    checkpoint_interval: float
+    checkpoint_bytes: int
+    bytes_per_tick: int
+    moves_per_tick: int
+    seconds_per_tick: float | None
+    report: FailureReport
+    snapshots_in_use: Callable[[], dict[int, int]]
+    _run_lock: threading.Lock
+    _stop: threading.Event
+    _thread: threading.Thread | None
+    _last_ckpt: float
+    candidates: Callable[[], set[int]]
+    collect: Callable[..., int]
+    keep_fragment_budget: Callable[[], int]
+
+    def tick(self) -> None:
+        """One maintenance pass; the loop calls it (through ``run_tick``), and tests call it
+        with a manual clock.
+
+        The steps run in order: commit, checkpoint, snapshot policies, GC, fragment budget.
+        A step that raises does not stop the ones after it, so a bug in GC or a corrupt chunk
+        it reads never holds back the commits that bound an un-fsynced crash's loss. Raises
+        StepsFailed, naming every failed step, once all have had their turn. Nothing runs
+        once the journal has failed: the store refuses writes, and the status says why."""
+        with self._run_lock:
+            run_steps((("commit", self._commit), ("checkpoint", self._checkpoint),
+                       ("snapshot policy", self._policies), ("gc", self._gc),
+                       ("fragment budget", self.keep_fragment_budget)),
+                      halt=lambda: bool(self.store.journal.failed))
+
+    def _commit(self) -> None:
+        self.store.journal.faults.hit("maintenance.commit")
+        if self.store.journal.dirty():
+            self.store.journal.sync()
+
+    def _checkpoint(self) -> None:
+        st = self.store
+        now = self.clock.monotonic()
+        appended = st.journal.appended_bytes - st.ckpt_appended
+        if appended >= self.checkpoint_bytes or (appended and now - self._last_ckpt >= self.checkpoint_interval):
+            st.checkpoint()
+            self._last_ckpt = now
+
+    def _policies(self) -> None:
+        if self.store.state.catalog.policies:
+            for line in run_policies(self.store, set(self.snapshots_in_use())):
+                log.info("snapshot policy: %s", line)
+
+    def _gc(self) -> None:
+        self.store.journal.faults.hit("maintenance.gc")
+        if self.candidates():
+            # Within a budget, so host I/O keeps priority. No checkpoint here: it serializes
+            # every map under the store lock; the policy above (or reclaim_now, when space
+            # runs out) writes the one that lets the emptied segments be deleted.
+            self.collect(max_bytes=self.bytes_per_tick, max_moves=self.moves_per_tick,
+                         max_seconds=self.seconds_per_tick)
+
+    def run_tick(self) -> bool:
+        """Run one tick as the loop does: a failure is recorded, never raised. True if the tick
+        ran clean.
+
+        The failing steps show as ``last_error`` (``maintenance_error`` in the status), each
+        failed tick counts in ``maintenance_errors``, and the log hears of a failure when it
+        appears, changes or clears (steps.FailureReport), with the traceback for a bug. The
+        loop retries next second: the array keeps serving meanwhile."""
+        try:
+            self.tick()
+        except StepsFailed as e:
+            self.store.stats.add(maintenance_errors=1)
+            self.report.failed(e)
+            return False
+        self.report.succeeded()
+        return True
+
+    @property
+    def last_error(self) -> str:
+        return self.report.text
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="vstor-maintenance", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self.clock.wait(self._stop, self.commit_interval):
+            self.run_tick()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
