@@ -545,6 +545,11 @@ def test_a_failing_maintenance_step_holds_back_neither_commits_nor_later_steps(t
         assert len(logged("injected bug")) == 1  # counted every tick, logged once
         assert store.stats.maintenance_errors == 4
 
+        store.journal.failed = "test: the journal failed"  # nothing runs; not a recovery either
+        assert gc.run_tick() is False and gc.last_error == bug
+        assert store.stats.maintenance_errors == 4 and not logged("recovered from internal error")
+        store.journal.failed = None
+
         faults.disarm()
         assert gc.run_tick() is True and gc.last_error == ""
         assert len(logged("recovered from internal error")) == 1

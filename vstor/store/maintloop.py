@@ -101,6 +101,8 @@ class MaintenanceLoop:
             self.store.stats.add(maintenance_errors=1)
             self.report.failed(e)
             return False
+        if self.store.journal.failed:  # nothing ran: not a recovery (the status shows the failure)
+            return False
         self.report.succeeded()
         return True
 

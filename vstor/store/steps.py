@@ -1,7 +1,7 @@
 """Named steps that run in turn, where one failing does not stop the others, and a report of
 their failures that the status can show and the log does not repeat every second.
 
-The maintenance tick (reclaim.py) is built from them: its commit must go on even while GC
+The maintenance tick (maintloop.py) is built from them: its commit must go on even while GC
 or a checkpoint fails, and a background loop that retries every second must not write the
 same error to the log every second. Pure logic: no I/O beyond the logger it is given.
 """
