@@ -101,3 +101,41 @@ def test_pki_cli(tmp_path):
     assert r.returncode == 4 and r.stderr.count("\n") == 1 and r.stderr.startswith("vstor: error:"), r.stderr
     r = subprocess.run([vstor, "pki", "issue", "x", "--dir", str(tmp_path / "none")], capture_output=True, text=True)
     assert r.returncode == 3 and "vstor pki init" in r.stderr, r.stderr
+
+
+def test_listener_keeps_listening_after_a_failed_accept(tmp_path):
+    """A failed accept (fault point repl.accept, as a peer resetting before it is taken
+    would cause) is logged and the listener goes on: the next array still gets in. Before,
+    any OSError from accept ended the listener thread and the DR site stopped taking
+    connections while it kept running."""
+    from vstor.faults import Faults
+    from vstor.replication.transport import Listener, connect
+
+    d = str(tmp_path / "pki")
+    init_ca(d)
+    issue(d, "site-a")
+    issue(d, "site-b")
+    with socket.socket() as probe:  # a free port on loopback (the listener refuses port 0)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    seen: list[str] = []
+    arrived = threading.Event()
+
+    def handle(conn) -> None:
+        seen.append(conn.peer_name)
+        arrived.set()
+
+    listener = Listener(f"127.0.0.1:{port}", d, "site-b", handle, faults=Faults("repl.accept=eio@1"))
+    listener.start()
+    try:
+        conn = connect(listener.address, d, "site-a")
+        try:
+            assert arrived.wait(10), "the listener stopped after the failed accept"
+        finally:
+            conn.close()
+        assert seen == ["site-a"]
+        assert listener._thread.is_alive()
+    finally:
+        listener.stop()
+        listener._thread.join(10)
+    assert not listener._thread.is_alive()

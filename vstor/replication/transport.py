@@ -8,6 +8,8 @@ noticed even when TCP is silent: the primary sends PING frames when idle.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import random
@@ -25,6 +27,7 @@ log = logging.getLogger("vstor.replication")
 
 DEFAULT_PORT = 7450
 TIMEOUT = 5.0  # seconds without a frame before a connection is declared dead
+ACCEPT_PAUSE = 0.1  # seconds the listener waits after running out of descriptors or memory
 
 
 BACKGROUND_NICE = 10  # replication threads yield the CPU to host I/O (Linux: nice is per thread)
@@ -176,11 +179,21 @@ class Listener:
         self._thread.start()
 
     def _serve(self) -> None:
+        """Accept until stopped. A failed accept does not end the listener: a peer that reset
+        its connection before it was taken (ECONNABORTED) or a passing lack of descriptors or
+        memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) is logged, and accepting goes on, after a
+        short pause for the latter. Only a closed socket (stop) ends it."""
         while not self._stop:
             try:
+                self.faults.hit("repl.accept")
                 raw, addr = self.sock.accept()
-            except OSError:
-                return
+            except OSError as e:
+                if self._stop or e.errno in (errno.EBADF, errno.EINVAL):
+                    return
+                log.warning("replication listener %s: accept failed: %s; still listening", self.address, e)
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    time.sleep(ACCEPT_PAUSE)
+                continue
             threading.Thread(target=self._accept, args=(raw, addr), daemon=True, name=f"repl-in-{addr[0]}").start()
 
     def _accept(self, raw: socket.socket, addr: tuple) -> None:
@@ -200,6 +213,10 @@ class Listener:
             conn.close()
 
     def stop(self) -> None:
+        """Stop accepting and end the listener thread. Closing alone does not wake an accept
+        blocked in another thread on Linux; shutdown does (it fails with EINVAL)."""
         self._stop = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
 
