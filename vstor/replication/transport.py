@@ -173,7 +173,7 @@ class Listener:
             raise UsageError(f"cannot listen on {address}: {e.strerror}") from None
         self.address = f"{host}:{self.sock.getsockname()[1]}"
         self._thread = threading.Thread(target=self._serve, name="repl-listener", daemon=True)
-        self._stop = False
+        self._stopped = threading.Event()
 
     def start(self) -> None:
         self._thread.start()
@@ -183,16 +183,16 @@ class Listener:
         its connection before it was taken (ECONNABORTED) or a passing lack of descriptors or
         memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) is logged, and accepting goes on, after a
         short pause for the latter. Only a closed socket (stop) ends it."""
-        while not self._stop:
+        while not self._stopped.is_set():
             try:
                 self.faults.hit("repl.accept")
                 raw, addr = self.sock.accept()
             except OSError as e:
-                if self._stop or e.errno in (errno.EBADF, errno.EINVAL):
+                if self._stopped.is_set() or e.errno in (errno.EBADF, errno.EINVAL):
                     return
                 log.warning("replication listener %s: accept failed: %s; still listening", self.address, e)
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    time.sleep(ACCEPT_PAUSE)
+                    self._stopped.wait(ACCEPT_PAUSE)  # stop() cuts the pause short
                 continue
             threading.Thread(target=self._accept, args=(raw, addr), daemon=True, name=f"repl-in-{addr[0]}").start()
 
@@ -215,7 +215,7 @@ class Listener:
     def stop(self) -> None:
         """Stop accepting and end the listener thread. Closing alone does not wake an accept
         blocked in another thread on Linux; shutdown does (it fails with EINVAL)."""
-        self._stop = True
+        self._stopped.set()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
