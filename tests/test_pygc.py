@@ -49,7 +49,12 @@ def test_first_tick_freezes_the_live_objects(policy):
     assert gc.get_freeze_count() >= len(kept)
     ids = {id(o) for o in gc.get_objects()}
     assert not ids & {id(o) for o in kept}, "frozen objects are still in the collector's generations"
-    assert policy.stats()["frozen_objects"] == gc.get_freeze_count()
+    # Frozen objects that die leave the permanent generation, so the count can only fall
+    # between two readings (no freeze happens here); the reported figure lies between them.
+    before = gc.get_freeze_count()
+    reported = policy.stats()["frozen_objects"]
+    after = gc.get_freeze_count()
+    assert after <= reported <= before
 
 
 def test_freeze_cadence(policy, clock):
