@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma list, in run order")
     p.add_argument("--vstor-variants", default="plain", help="comma list of plain,lz4,aes (default plain)")
     p.add_argument("--all", action="store_true", help="all vstor variants: plain,lz4,aes")
+    p.add_argument("--segment-sizes", default="",
+                   help="comma list of journal segment sizes: one vstor target per variant and size, "
+                        "named vstor-VARIANT-SIZE (default: the pool's default only)")
     p.add_argument("--direct", type=int, choices=(0, 1), default=0,
                    help="fio direct= (default 0: buffered, caches dropped before reads)")
     p.add_argument("--jobs", default=",".join(j.name for j in JOBS),
@@ -71,6 +74,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except UsageError as e:
         p.error(str(e))
     a.target_list = [t for t in a.targets.split(",") if t]
+    try:
+        a.segment_list = [parse_size(x, "segment size") for x in a.segment_sizes.split(",") if x]
+    except UsageError as e:
+        p.error(str(e))
     names = {j.name for j in JOBS}
     for j in a.jobs.split(","):
         if j not in names:
@@ -98,7 +105,12 @@ def make_targets(a: argparse.Namespace, workdir: Path) -> list[Target]:
         elif t == "nbdfuse":
             targets.append(Nbdfuse("nbdfuse", workdir, a.size_bytes))
         else:
-            targets += [Vstor(f"vstor-{v}", workdir, a.size_bytes, v) for v in a.variant_list]
+            for v in a.variant_list:
+                if not a.segment_list:
+                    targets.append(Vstor(f"vstor-{v}", workdir, a.size_bytes, v))
+                for seg in a.segment_list:
+                    targets.append(Vstor(f"vstor-{v}-{format_size(seg)}", workdir, a.size_bytes, v,
+                                         ["--segment-size", str(seg)]))
     return targets
 
 
