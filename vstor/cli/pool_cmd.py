@@ -9,7 +9,7 @@ import os
 from vstor.cli.common import emit
 from vstor.control.lock import PoolLock, daemon_pid
 from vstor.errors import Busy
-from vstor.store.superblock import DEFAULT_CHUNK, DEFAULT_SEGMENT, init_pool, load_key, load_superblock
+from vstor.store.superblock import DEFAULT_CHUNK, init_pool, load_key, load_superblock
 from vstor.units import format_size, parse_size
 
 
@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compress", choices=["lz4", "none"], default="none")
     p.add_argument("--encrypt", action="store_true", help="AES-256-GCM for all data (needs --key-file)")
     p.add_argument("--key-file", help="key file; created with a random key if it does not exist")
-    p.add_argument("--segment-size", default=format_size(DEFAULT_SEGMENT), help="journal segment size")
+    p.add_argument("--segment-size", default="auto",
+                   help="journal segment size, 16M to 4G (default auto: 256M, less on a filesystem under 16G)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_init)
     c = pool.add_parser("check", help="verify every chunk and the metadata (offline)")
@@ -35,11 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    segment = None if args.segment_size == "auto" else parse_size(args.segment_size, "segment size")
     sb, created_key = init_pool(args.path, parse_size(args.chunk_size, "chunk size"), args.compress,
-                                args.encrypt, args.key_file, parse_size(args.segment_size, "segment size"))
+                                args.encrypt, args.key_file, segment)
     result = {"pool": os.path.abspath(args.path), "uuid": sb.uuid, "chunk_size": sb.chunk_size,
+              "segment_size": sb.segment_size,
               "compress": sb.compress, "encrypt": sb.encrypt, "key_file_created": created_key}
     emit(args, result, lambda r: f"created pool {r['pool']} (chunk {format_size(r['chunk_size'])}, "
+         f"segment {format_size(r['segment_size'])}, "
          f"compress {r['compress']}, encrypt {'on' if r['encrypt'] else 'off'})"
          + (f"\nnew key written to {sb.key_file}: keep a copy, the pool cannot be read without it"
             if created_key else ""))

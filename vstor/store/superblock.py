@@ -24,8 +24,14 @@ SUPERBLOCK = "pool.json"
 POOL_FORMAT = "vstor-pool"
 POOL_VERSION = 1
 DEFAULT_CHUNK = 512 * 1024
-DEFAULT_SEGMENT = 64 * 1024 * 1024
 MIN_CHUNK, MAX_CHUNK = FRAME_SIZE, 4 * 1024 * 1024
+# The journal segment size is fixed at init. By default it is DEFAULT_SEGMENT, or less on a
+# small filesystem: at most 1/SEGMENTS_PER_FS of it, so that the space reserve (two segments
+# and 8 MiB, see Store) stays near 3% of the filesystem. Larger segments mean fewer restarts
+# of the kernel's read-ahead in a sequential read (docs/benchmarks.md §1).
+DEFAULT_SEGMENT = 256 * 1024 * 1024
+MIN_SEGMENT, MAX_SEGMENT = 4 * MAX_CHUNK, 1 << 32
+SEGMENTS_PER_FS = 64
 
 
 @dataclass
@@ -82,15 +88,34 @@ def create_key_file(path: str) -> None:
         os.fsync(f.fileno())
 
 
+def auto_segment_size(fs_bytes: int) -> int:
+    """The default segment size for a pool on a filesystem of ``fs_bytes``: the largest power
+    of two at most ``fs_bytes / SEGMENTS_PER_FS``, between MIN_SEGMENT and DEFAULT_SEGMENT."""
+    share = max(fs_bytes // SEGMENTS_PER_FS, 1)
+    return max(MIN_SEGMENT, min(DEFAULT_SEGMENT, 1 << (share.bit_length() - 1)))
+
+
+def filesystem_bytes(path: str) -> int:
+    """The size of the filesystem that holds ``path``, or would hold it once created."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize
+
+
 def init_pool(pool: str, chunk_size: int = DEFAULT_CHUNK, compress: str = "none", encrypt: bool = False,
-              key_file: str | None = None, segment_size: int = DEFAULT_SEGMENT) -> tuple[Superblock, bool]:
-    """Create a pool directory. Returns the superblock and whether a new key file was made."""
+              key_file: str | None = None, segment_size: int | None = None) -> tuple[Superblock, bool]:
+    """Create a pool directory. Returns the superblock and whether a new key file was made.
+    ``segment_size`` None picks :func:`auto_segment_size` for the pool's filesystem."""
     if chunk_size & (chunk_size - 1) or not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
         raise UsageError(f"invalid chunk size {chunk_size}: use a power of two from 64K to 4M")
     if compress not in ("lz4", "none"):
         raise UsageError(f"invalid compression {compress!r}: use lz4 or none")
-    if segment_size < 4 * MAX_CHUNK or segment_size > (1 << 32):
-        raise UsageError("invalid segment size: use 16M to 4G")
+    if segment_size is None:
+        segment_size = auto_segment_size(filesystem_bytes(pool))
+    if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
+        raise UsageError("invalid segment size: use 16M to 4G, or auto")
     if encrypt and not key_file:
         raise UsageError("--encrypt needs --key-file FILE (it is created if it does not exist)")
     paths = layout(pool)
