@@ -145,6 +145,41 @@ def test_gc_relocates_live_data_and_frees_segments(tmp_path, mode):
     store.close()
 
 
+def test_a_budgeted_gc_pass_empties_the_least_live_segment_first(tmp_path):
+    """Three segments of one volume, in address order; the middle one is the least live. A
+    pass whose budget covers only that segment's live data must empty it, and not thin out
+    the first segment because its addresses come first. Segments that become candidates
+    during the work wait until it is done."""
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", 64 * MiB).id
+    model = bytearray(64 * MiB)
+    for off in range(0, 48 * MiB, MiB):  # segments 1-3 hold about [0,16), [16,32), [32,48) MiB
+        write(store, vid, model, off, os.urandom(MiB))
+    rng = random.Random(7)
+    seg1 = sorted(rng.sample(range(16), 8))  # half of segment 1 overwritten
+    seg2 = [m for m in range(16, 32) if m % 8]  # 14 of segment 2's 16 MiB
+    for m in seg1 + seg2:
+        write(store, vid, model, m * MiB, os.urandom(MiB))
+    gc = Reclaimer(store, min_dead=0.4)
+    assert gc.candidates() >= {1, 2}
+    live = dict(store.state.live)
+    assert live[2] < live[1], live
+    moved = gc.collect(max_bytes=live[2])
+    assert moved == live[2]
+    assert store.state.live.get(2, 0) == 0, "the least live segment was not emptied"
+    assert store.state.live[1] == live[1], "segment 1 was thinned before segment 2 was empty"
+    # A candidate that appears now waits for the work already found.
+    for m in range(32, 44):
+        write(store, vid, model, m * MiB, os.urandom(MiB))
+    assert 3 in gc.candidates()
+    gc.collect(max_bytes=MiB)
+    assert store.state.live.get(3, 0) > 0 and store.state.live[1] < live[1]
+    assert gc.collect() > 0 and gc.candidates() == set()
+    assert store.read(vid, 0, len(model)) == model
+    store.close()
+
+
 def test_gc_leaves_mostly_live_segments_alone(tmp_path):
     pool = make_pool(tmp_path)
     store = Store.open(pool)

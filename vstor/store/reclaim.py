@@ -129,20 +129,29 @@ class Reclaimer(MaintenanceLoop):
         repoints every map that holds it (a volume, its snapshots, clones), so shared data is
         moved once. A volume's chunk with more than MAX_FRAGMENTS extents is instead rewritten
         whole, once, which merges its fragments."""
-        targets = self.candidates() if targets is None else targets
         st = self.store
         moved = 0
         # A scan finds all the work; a budgeted pass does part of it, and the rest waits for the
-        # next tick instead of a new scan (each item is checked again when it is done).
-        if frozenset(targets) != self._pending_for or not self._pending:
-            self._pending, self._pending_for = self._work(targets), frozenset(targets)
-        work = self._pending
+        # next tick instead of a new scan (each item is checked again when it is done). Segments
+        # that become candidates meanwhile wait until that work is done, so that under a steady
+        # stream of writes the segments already begun are emptied, and freed, first. A pass
+        # that finishes the list scans again, once.
+        if targets is not None and frozenset(targets) != self._pending_for:
+            self._pending = []
+        scanned = False
         deadline = None if max_seconds is None else time.perf_counter() + max_seconds
-        while work:
+        while True:
+            if not self._pending:
+                if scanned:
+                    break
+                scanned = True
+                found = self.candidates() if targets is None else targets
+                self._pending, self._pending_for = self._work(found), frozenset(found)
+                continue
             if (max_bytes is not None and moved >= max_bytes) or (max_moves is not None and max_moves <= 0) or (
                     deadline is not None and time.perf_counter() > deadline):
                 break
-            kind, a, b, c = work.pop()
+            kind, a, b, c = self._pending.pop()
             if max_moves is not None:
                 max_moves -= 1
             if kind == "move":
@@ -214,7 +223,10 @@ class Reclaimer(MaintenanceLoop):
 
     def _work(self, targets: set[int]) -> list[tuple[str, int, int, int]]:
         """("move", start, end, loc) for each distinct extent in a target segment, and
-        ("compact", vid, start, end) for each over-fragmented chunk of a volume.
+        ("compact", vid, start, end) for each over-fragmented chunk of a volume. Moves come
+        segment by segment, the least live first (greedy: the most space freed per byte
+        moved), and in address order within a segment, so a pass cut short by its budget has
+        emptied whole segments rather than thinned them all.
 
         Each distinct leaf is scanned once, under the lock but briefly: whole-chunk slots are
         mapped to segment numbers with C-level calls and skipped at once when none is a target,
@@ -255,7 +267,10 @@ class Reclaimer(MaintenanceLoop):
                         for s, e, loc in ext:
                             if loc >> LOC_SHIFT in targets:
                                 moves[(s, e, loc)] = None
-        out = [("move", s, e, loc) for s, e, loc in reversed(moves)]  # collect() pops from the end
+        with st._lock:
+            share = {seg: st.state.live.get(seg, 0) / max(st.state.seg_logical.get(seg, 0), 1) for seg in targets}
+        order = sorted(moves, key=lambda m: (share[m[2] >> LOC_SHIFT], m[2] >> LOC_SHIFT, m[0]))
+        out = [("move", s, e, loc) for s, e, loc in reversed(order)]  # collect() pops from the end
         with st._lock:
             for vid, chunk in compact:
                 vol = st.state.table.by_id_or_none(vid)
