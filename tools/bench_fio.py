@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench_fio.py [--size 2G] [--all | --vstor-variants plain,lz4,aes]
                                         [--targets raw,passthrough,nbdfuse,vstor] [--rounds N] [--json-out FILE]
+                                        [--segment-sizes 64M,256M]
 
 Each target is a file of --size bytes; the same four fio jobs run on each, one target at a time
 (set up, measured, torn down): 1 MiB sequential write of the whole file then fdatasync (MB/s),
