@@ -9,9 +9,10 @@ Each target is a file of --size bytes; the same four fio jobs run on each, one t
 1 MiB sequential read (MB/s), 4 KiB random write at QD1 then fdatasync (IOPS), 4 KiB random read
 at QD1 (IOPS). The page cache is dropped before each read job. For vstor it also reports the
 daemon's RSS after the write (extrapolated per TiB) and the journal replay after kill -9.
-With --rounds N the whole list runs N times, alternating targets, because this VM's disk drifts
-between minutes: each round's ratios compare targets measured back to back, and the report gives
-their median (and each target's median figures).
+With --rounds N the whole list runs N times, because this VM's disk drifts between minutes: each
+round's ratios compare targets measured back to back, and the report gives their median (and
+each target's median figures). Round N starts at the Nth target (--order rotate), because a
+target's place in the round moved its sequential read by up to 0.16 of the ratio.
 Needs root (FUSE mounts, /proc/sys/vm/drop_caches). Everything lives under a temporary directory
 in --workdir and is removed, and every mount and server undone, on success, error or Ctrl-C.
 """
@@ -56,8 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", default=",".join(j.name for j in JOBS),
                    help="comma list of the jobs to run (seq-write always runs: it lays the file out)")
     p.add_argument("--rounds", type=int, default=1,
-                   help="run every target this many times, alternating, and report per-round ratios' "
+                   help="run every target this many times (see --order) and report per-round ratios' "
                         "median (default 1)")
+    p.add_argument("--order", choices=("rotate", "fixed"), default="rotate",
+                   help="rotate: round N starts at the Nth target, so no target always runs in the same "
+                        "place (default); fixed: every round runs --targets in the order given")
     p.add_argument("--runtime", type=int, default=20, help="seconds of each random job (default 20)")
     p.add_argument("--read-repeats", type=int, default=3,
                    help="run each read job and the random write this many times (caches dropped before "
@@ -204,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n=== round {n + 1} of {a.rounds}", flush=True)
             results: dict[str, dict[str, Any]] = {}
             rounds.append(results)
-            for target in make_targets(a, workdir):
+            targets = make_targets(a, workdir)
+            if a.order == "rotate":
+                targets = targets[n % len(targets):] + targets[: n % len(targets)]
+            for target in targets:
                 if isinstance(target, Vstor) and unavailable:
                     results[target.name] = {"kind": "vstor", "jobs": {}, "extras": {},
                                             "error": f"skipped: vstor CLI unavailable ({unavailable})"}
