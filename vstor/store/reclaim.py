@@ -80,18 +80,24 @@ class Reclaimer(MaintenanceLoop):
 
     # -- GC --------------------------------------------------------------------------------
     def candidates(self) -> set[int]:
+        return {s for s, share in self.live_shares().items() if 0 < share <= 1 - self.min_dead}
+
+    def live_shares(self) -> dict[int, float]:
+        """Each sealed segment's live bytes over the logical bytes written to it (both logical,
+        so compression does not skew it), for the segments that hold data records."""
         st = self.store
         exact = self._exact_live()
         with st._lock:
             cur = st.journal.current_segno
-            out = set()
+            out = {}
             for s in st.journal.segments():
-                size = st.state.seg_logical.get(s, 0)  # logical, like live: compression does not skew it
+                size = st.state.seg_logical.get(s, 0)
+                if s >= cur or size <= 0:
+                    continue
                 live = st.state.live.get(s, 0)
                 if exact is not None and s < exact[1]:
                     live = min(live, exact[2].get(s, 0))
-                if s < cur and size > 0 and 0 < live <= (1 - self.min_dead) * size:
-                    out.add(s)
+                out[s] = live / size
             return out
 
     def _exact_live(self) -> tuple[float, int, dict[int, int]] | None:
@@ -267,9 +273,8 @@ class Reclaimer(MaintenanceLoop):
                         for s, e, loc in ext:
                             if loc >> LOC_SHIFT in targets:
                                 moves[(s, e, loc)] = None
-        with st._lock:
-            share = {seg: st.state.live.get(seg, 0) / max(st.state.seg_logical.get(seg, 0), 1) for seg in targets}
-        order = sorted(moves, key=lambda m: (share[m[2] >> LOC_SHIFT], m[2] >> LOC_SHIFT, m[0]))
+        share = self.live_shares()
+        order = sorted(moves, key=lambda m: (share.get(m[2] >> LOC_SHIFT, 0.0), m[2] >> LOC_SHIFT, m[0]))
         out = [("move", s, e, loc) for s, e, loc in reversed(order)]  # collect() pops from the end
         with st._lock:
             for vid, chunk in compact:
