@@ -37,6 +37,7 @@ from benchlib.report import combine, paired_ratios, render
 from benchlib.targets import VSTOR_VARIANTS, Nbdfuse, Passthrough, Raw, Target, Vstor, vstor_available
 
 from vstor.errors import UsageError
+from vstor.store.superblock import MAX_SEGMENT, MIN_SEGMENT
 from vstor.units import format_size, parse_size
 
 ALL_TARGETS = ("raw", "passthrough", "nbdfuse", "vstor")
@@ -83,6 +84,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.segment_list = [parse_size(x, "segment size") for x in a.segment_sizes.split(",") if x]
     except UsageError as e:
         p.error(str(e))
+    for seg in a.segment_list:
+        if not MIN_SEGMENT <= seg <= MAX_SEGMENT:
+            p.error(f"invalid segment size {format_size(seg)}: use {format_size(MIN_SEGMENT)} to "
+                    f"{format_size(MAX_SEGMENT)}")
     names = {j.name for j in JOBS}
     for j in a.jobs.split(","):
         if j not in names:
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, dict[str, Any]] = {}
             rounds.append(results)
             targets = make_targets(a, workdir)
-            if a.order == "rotate":
+            if a.order == "rotate" and targets:
                 targets = targets[n % len(targets):] + targets[: n % len(targets)]
             for target in targets:
                 if isinstance(target, Vstor) and unavailable:
