@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from itertools import pairwise
 
 import pytest
 from poolkit import Refs, per_segment
@@ -60,6 +61,9 @@ def _check(vm: VolumeMap, model: list[int], refs: Refs) -> None:
             assert slot == FRAGMENTED and chunk in vm.overlays
     assert vm.allocated_chunks() == allocated
     assert set(vm.overlays) <= {BASE // CS + i for i in range(NCHUNKS)}
+    for ext in vm.overlays.values():
+        assert all(x[1] <= y[0] for x, y in pairwise(ext)), "overlay extents out of order or overlapping"
+        assert not any(x[1] == y[0] and x[2] == y[2] for x, y in pairwise(ext)), "pieces of one record not joined"
     for leaf in vm.leaves.values():
         assert leaf.slots.count(EMPTY) < LEAF_SLOTS, "an all-empty leaf was kept"
 

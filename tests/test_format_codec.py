@@ -246,6 +246,20 @@ def test_codec_all_zero_input_stores_nothing(compress, encrypt):
     assert _decode_all(codec, entries, stored, len(data), AD) == data
 
 
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("size", [1, 4096, FRAME_SIZE])
+def test_a_one_frame_write_is_encoded_like_the_first_frame_of_a_longer_one(compress, size):
+    rng = random.Random(size)
+    codec = _codec(compress, False)
+    for data in (rng.randbytes(size), _compressible(size, rng), bytes(size)):
+        one = codec.encode(data)  # the one-frame path
+        longer = codec.encode(bytes(FRAME_SIZE) + data)  # the loop: a zero frame, then the same frame
+        assert one[0] == longer[0][1:]
+        assert [bytes(b) for b in one[1]] == [bytes(b) for b in longer[1]]
+        assert len(one[0]) == 1 and len(one[1]) == (0 if data == bytes(size) else 1)
+        assert _decode_all(codec, *one, size, None) == data
+
+
 def test_encrypting_codec_needs_associated_data():
     with pytest.raises(ValueError):
         _codec(False, True).encode(b"x" * 100)

@@ -227,9 +227,9 @@ class VolumeFS(fuse.Operations):
             raise fuse.FuseOSError(errno.EBADF)
         self._note_size("write", len(data))
         try:
-            size = self.store.state.table.by_id[target].size
-        except KeyError:
-            raise fuse.FuseOSError(errno.ENOENT) from None
+            size = self.store.volume_size(target)
+        except VstorError as e:
+            raise _errno(e) from None
         if offset >= size:
             raise fuse.FuseOSError(errno.ENOSPC)  # like writing past the end of a disk
         data = data[: size - offset]

@@ -28,7 +28,7 @@ leaf versions is counted once per version, so the count is an upper bound of the
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from vstor.store.leaf import (  # noqa: F401  (re-exported: the map's vocabulary)
@@ -195,9 +195,12 @@ class VolumeMap:
             base = chunk * self.chunk_size
             ext = [(base, base + self.chunk_size, slot)]
         # Extents are sorted and disjoint, so starts and ends are both ascending: splice only
-        # the ones that overlap [a, b) instead of rebuilding the list.
-        lo = bisect_right(ext, a, key=_end)
-        hi = bisect_left(ext, b, key=_start)
+        # the ones that overlap [a, b) instead of rebuilding the list. (x,) sorts before every
+        # extent starting at x, so the bisects compare tuples in C, without a key function.
+        lo = bisect_left(ext, (a,))
+        if lo and ext[lo - 1][1] > a:
+            lo -= 1  # the extent before starts before a and reaches into [a, b)
+        hi = bisect_left(ext, (b,), lo)
         new: list[Extent] = []
         for s, e, old in ext[lo:hi]:
             self._ref(leaf, old, -(min(e, b) - max(s, a)))
@@ -209,8 +212,12 @@ class VolumeMap:
         if lo < hi and ext[hi - 1][1] > b:
             new.append((b, ext[hi - 1][1], ext[hi - 1][2]))
         ext[lo:hi] = new
-        w0, w1 = max(0, lo - 1), min(len(ext), lo + len(new) + 1)  # neighbours may continue the record
-        ext[w0:w1] = _merge(ext[w0:w1])
+        # Only the new extent can continue a neighbour (the list was joined before), and only a
+        # record mapped in pieces (GC, replay) can: a host write's record is new.
+        w0, w1 = max(0, lo - 1), min(len(ext), lo + len(new) + 1)
+        window = ext[w0:w1]
+        if loc != EMPTY and [x[2] for x in window].count(loc) > 1:
+            ext[w0:w1] = _merge(window)
         self._store_extents(leaf, chunk, ext)
 
     def _store_extents(self, leaf: Leaf, chunk: int, extents: list[Extent]) -> None:
@@ -229,14 +236,6 @@ class VolumeMap:
             leaf.overlays[chunk] = extents
             leaf.owned.add(chunk)
             leaf.slots[i] = FRAGMENTED
-
-
-def _start(x: Extent) -> int:
-    return x[0]
-
-
-def _end(x: Extent) -> int:
-    return x[1]
 
 
 def _add(out: list[Extent], s: int, e: int, loc: int) -> None:

@@ -32,7 +32,9 @@ from vstor.errors import CorruptData
 from vstor.store.format import FF_AES, FF_LZ4, FF_ZERO, FRAME_SIZE, FrameEntry
 
 ZERO_FRAME = bytes(FRAME_SIZE)
+ZERO_VIEW = memoryview(ZERO_FRAME)  # slices of it are compared without copying
 NO_NONCE = bytes(12)
+ZERO_ENTRY = FrameEntry(0, FF_ZERO, 0, NO_NONCE)
 _AD = struct.Struct("<16sIBQQQQH")
 KEY_BYTES = 32
 
@@ -92,29 +94,37 @@ class FrameCodec:
         """Cut ``data`` into frames and encode each. ``ad`` is (volume, rtype, seq, offset, segno,
         pos) and is required when the codec encrypts. Returns the table entries and stored bytes."""
         view = memoryview(data)
+        if len(view) <= FRAME_SIZE:  # one frame: most host writes
+            entry, body = self._encode_frame(view, ad, 0)
+            return [entry], [] if body is None else [body]
         entries: list[FrameEntry] = []
         stored: list[bytes | memoryview] = []
         for index, start in enumerate(range(0, len(view), FRAME_SIZE)):
-            frame = view[start : start + FRAME_SIZE]
-            if frame == ZERO_FRAME[: len(frame)]:
-                entries.append(FrameEntry(0, FF_ZERO, 0, NO_NONCE))
-                continue
-            flags = 0
-            body: bytes | memoryview = frame
-            if self.compress:
-                packed = lz4.block.compress(frame, store_size=False)
-                if len(packed) <= len(frame) - len(frame) // 8:
-                    body, flags = packed, FF_LZ4
-            nonce = NO_NONCE
-            if self._aead is not None:
-                if ad is None:
-                    raise ValueError("encrypting codec needs the frame's associated data")
-                nonce = os.urandom(12)
-                body = self._aead.encrypt(nonce, bytes(body), frame_ad(self.pool_uuid, *ad, index))
-                flags |= FF_AES
-            entries.append(FrameEntry(len(body), flags, xxhash.xxh3_64_intdigest(body), nonce))
-            stored.append(body)
+            entry, body = self._encode_frame(view[start : start + FRAME_SIZE], ad, index)
+            entries.append(entry)
+            if body is not None:
+                stored.append(body)
         return entries, stored
+
+    def _encode_frame(self, frame: memoryview, ad: tuple[int, int, int, int, int, int] | None, index: int
+                      ) -> tuple[FrameEntry, bytes | memoryview | None]:
+        """One frame's table entry and stored bytes (None for an all-zero frame)."""
+        if frame == ZERO_VIEW[: len(frame)]:
+            return ZERO_ENTRY, None
+        flags = 0
+        body: bytes | memoryview = frame
+        if self.compress:
+            packed = lz4.block.compress(frame, store_size=False)
+            if len(packed) <= len(frame) - len(frame) // 8:
+                body, flags = packed, FF_LZ4
+        nonce = NO_NONCE
+        if self._aead is not None:
+            if ad is None:
+                raise ValueError("encrypting codec needs the frame's associated data")
+            nonce = os.urandom(12)
+            body = self._aead.encrypt(nonce, bytes(body), frame_ad(self.pool_uuid, *ad, index))
+            flags |= FF_AES
+        return FrameEntry(len(body), flags, xxhash.xxh3_64_intdigest(body), nonce), body
 
     def decode(self, entry: FrameEntry, body: bytes | memoryview, logical_len: int,
                ad: tuple[int, int, int, int, int, int] | None, index: int, where: str) -> bytes | memoryview:

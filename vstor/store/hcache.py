@@ -5,21 +5,24 @@ Memory is bounded by ``budget`` bytes, whatever the pool's size: an entry keeps 
 table as the raw on-disk bytes (32 per frame) and the frame offsets as a packed array, and
 frame entries are decoded only when a read needs them. The oldest quarter is evicted when
 the budget is exceeded (dicts keep insertion order).
+
+The write path caches each new record as it is, a (header, table) pair (:meth:`HeaderCache.put_raw`);
+the first read that needs it builds the CachedRecord. So a write costs a dict insertion, and
+the offsets and checksums are unpacked only for records that are read back.
 """
 
 from __future__ import annotations
 
 import threading
 from array import array
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vstor.store.format import FRAME_ENTRY, FRAME_ENTRY_SIZE, FRAME_SIZE, FrameEntry, RecordHeader, loc_segno
 
 ENTRY_OVERHEAD = 400  # dict slot, tuple, header object, bytes and array headers (measured roughly)
 
 
-@dataclass(frozen=True, slots=True)
-class CachedRecord:
+class CachedRecord(NamedTuple):  # a tuple: built for every record written, 4x faster than a frozen dataclass
     header: RecordHeader
     table: bytes
     offs: array  # offs[i]: start of frame i's stored bytes, relative to the frame data; offs[n] = end
@@ -33,6 +36,10 @@ class CachedRecord:
 
     @classmethod
     def build(cls, header: RecordHeader, table: bytes) -> CachedRecord:
+        if header.nframes == 1:  # most host writes: no loop
+            stored_len, flags, _res, csum, _nonce = FRAME_ENTRY.unpack_from(table)
+            raw = not flags and stored_len == header.length
+            return cls(header, bytes(table), array("I", (0, stored_len)), array("Q", (csum,)) if raw else None)
         offs = array("I", [0])
         csums: array | None = array("Q")
         for i in range(header.nframes):
@@ -49,32 +56,54 @@ class CachedRecord:
         return ENTRY_OVERHEAD + len(self.table) + 4 * len(self.offs) + 8 * len(self.raw_csums or ())
 
 
+Entry = CachedRecord | tuple[RecordHeader, bytes]  # a raw entry: (header, table), built on first get
+
+
+def _cost(entry: Entry) -> int:
+    return entry.cost() if type(entry) is CachedRecord else ENTRY_OVERHEAD + len(entry[1])
+
+
 class HeaderCache:
     def __init__(self, budget: int = 16 << 20) -> None:
         self.budget = budget
         self.used = 0
-        self._d: dict[int, CachedRecord] = {}
+        self._d: dict[int, Entry] = {}
         self._lock = threading.Lock()
 
     def get(self, loc: int) -> CachedRecord | None:
-        return self._d.get(loc)
+        hit = self._d.get(loc)
+        if hit is None or type(hit) is CachedRecord:
+            return hit
+        rec = CachedRecord.build(*hit)
+        with self._lock:
+            if self._d.get(loc) is hit:  # not evicted or replaced meanwhile
+                self._d[loc] = rec
+                self.used += rec.cost() - _cost(hit)
+        return rec
 
     def put(self, loc: int, rec: CachedRecord) -> CachedRecord:
+        self._insert(loc, rec)
+        return rec
+
+    def put_raw(self, loc: int, header: RecordHeader, table: bytes) -> None:
+        """Cache a record just written, unbuilt (see the module docstring)."""
+        self._insert(loc, (header, table))
+
+    def _insert(self, loc: int, entry: Entry) -> None:
         with self._lock:
             old = self._d.pop(loc, None)
             if old is not None:
-                self.used -= old.cost()
-            self._d[loc] = rec
-            self.used += rec.cost()
+                self.used -= _cost(old)
+            self._d[loc] = entry
+            self.used += _cost(entry)
             if self.used > self.budget:
                 for key in list(self._d)[: max(1, len(self._d) // 4)]:
-                    self.used -= self._d.pop(key).cost()
-        return rec
+                    self.used -= _cost(self._d.pop(key))
 
     def drop_segments(self, segnos: set[int]) -> None:
         with self._lock:
             for key in [k for k in self._d if loc_segno(k) in segnos]:
-                self.used -= self._d.pop(key).cost()
+                self.used -= _cost(self._d.pop(key))
 
     def __len__(self) -> int:
         return len(self._d)

@@ -34,6 +34,10 @@ class SpaceGuard:
         """True if ``nbytes`` more can be written. statvfs is re-read every ``recheck_every``
         bytes, and whenever the estimate gets near the reserve."""
         need = nbytes + (0 if use_reserve else self.reserve)
+        # Fast path, without the lock: plenty of room by a margin of a whole recheck interval,
+        # which also covers reading _free and _since from two different updates.
+        if self._since < self.recheck_every and self._free - self._since >= need + self.recheck_every:
+            return True
         with self._lock:
             if self._since >= self.recheck_every or self._free - self._since < need + self.recheck_every:
                 self._free = self.free_bytes()

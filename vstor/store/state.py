@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from vstor.errors import AlreadyExists, Busy
 from vstor.store.catalog import Catalog
 from vstor.store.chunkmap import VolumeMap
-from vstor.store.format import REC_RELOCATE, REC_TRIM, REC_VOLUME, REC_WRITE, RecordHeader, loc_segno
+from vstor.store.format import LOC_SHIFT, REC_RELOCATE, REC_TRIM, REC_VOLUME, REC_WRITE, RecordHeader, loc_segno
 from vstor.store.leaf import FRAGMENTED, LEAF_BITS, LEAF_SLOTS, Leaf, remap_versions
 from vstor.store.mapstore import dump_maps, load_maps
 from vstor.store.volumes import DEFAULT_GROUP, Volume, VolumeTable
@@ -40,7 +40,7 @@ class PoolState:
         self._holders: dict[int, list[VolumeMap]] = {}
 
     def _on_ref(self, loc: int, delta: int) -> None:
-        segno = loc_segno(loc)
+        segno = loc >> LOC_SHIFT  # loc_segno, inline: twice per host write
         left = self.live[segno] + delta
         if left:
             self.live[segno] = left

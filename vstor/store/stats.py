@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
 
+@functools.lru_cache(maxsize=256)  # on every request: the few sizes seen are looked up, not formatted
 def size_bucket(n: int) -> str:
     """Power-of-two bucket label for request-size histograms: 4096 -> '4K', 5000 -> '8K'."""
     b = 512

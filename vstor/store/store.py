@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable
 
 from vstor.clock import Clock, SystemClock
-from vstor.errors import PoolFull, ReadOnly, UsageError
+from vstor.errors import NotFound, PoolFull, ReadOnly, UsageError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.codec import FrameCodec, derive_key, pair_key_check
 from vstor.store.consumers import Consumers
 from vstor.store.format import (
-    FF_ZERO,
     FRAME_ENTRY_SIZE,
     FRAME_SIZE,
     MAX_RECORD,
@@ -134,6 +133,13 @@ class Store(MaintenanceMixin, ReadPathMixin):
         self.journal.sync()
         return ev
 
+    def volume_size(self, vid: int) -> int:
+        """A volume's size by id, without the lock (the write path checks it again under it)."""
+        vol = self.state.table.by_id_or_none(vid)
+        if vol is None:
+            raise NotFound(f"volume id {vid} no longer exists")
+        return vol.size
+
     def volume_usage(self, vid: int) -> int:
         with self._lock:
             return self.state.maps[vid].mapped_bytes
@@ -143,9 +149,10 @@ class Store(MaintenanceMixin, ReadPathMixin):
         """Record ``data`` at ``offset``. On return the write is in the journal (visible to reads);
         it is durable after the next :meth:`sync`."""
         view = memoryview(data)
-        with self._lock:  # refuse the whole write up front: no piece of it may land
-            self._check_fence(vid)
-            _check_range(self._volume(vid), offset, len(view))
+        if len(view) > MAX_RECORD:  # a one-record write is checked by _write_record before it lands
+            with self._lock:  # refuse the whole write up front: no piece of it may land
+                self._check_fence(vid)
+                _check_range(self._volume(vid), offset, len(view))
         try:
             for start in range(0, len(view), MAX_RECORD):
                 self._write_record(vid, offset + start, view[start : start + MAX_RECORD])
@@ -172,9 +179,8 @@ class Store(MaintenanceMixin, ReadPathMixin):
     def _write_record(self, vid: int, offset: int, piece: memoryview, forced_seq: int = -1) -> None:
         n = len(piece)
         pre = None if self.codec.encrypted else self.codec.encode(piece)
-        if pre is not None and all(e.flags & FF_ZERO for e in pre[0]):
-            self.stats.add(zero_writes=1)
-            self._trim(vid, offset, n, forced_seq)
+        if pre is not None and not pre[1]:  # every frame is zeros: nothing stored
+            self._zero_write(vid, offset, n, forced_seq)
             return
         bound = RECORD_HEADER_SIZE + frame_count(n) * (FRAME_ENTRY_SIZE + 16) + n
         self._ensure_room(bound)
@@ -184,16 +190,23 @@ class Store(MaintenanceMixin, ReadPathMixin):
                 self._check_fence(vid)  # also between the pieces of one large write
             _check_range(vol, offset, n)
             segno, pos = self.journal.reserve(bound)
-            seq = forced_seq if forced_seq >= 0 else self.state.group_seq[vol.group] + 1
+            state = self.state
+            seq = forced_seq if forced_seq >= 0 else state.group_seq[vol.group] + 1
             entries, bodies = pre or self.codec.encode(piece, (vid, REC_WRITE, seq, offset, segno, pos))
-            if all(e.flags & FF_ZERO for e in entries):
-                self.stats.add(zero_writes=1)
-                self._trim(vid, offset, n, forced_seq)
+            if not bodies:
+                self._zero_write(vid, offset, n, forced_seq)
                 return
-            loc = self._append(REC_WRITE, vol.group, vid, seq, offset, n, entries, bodies)
+            loc = self._append(REC_WRITE, vol.group, vid, seq, offset, n, entries, bodies, reserved=True)
             if seq:
-                self.state.group_seq[vol.group] = seq
-            self.state.maps[vid].map(offset, offset + n, loc)
+                state.group_seq[vol.group] = seq
+            state.maps[vid].map(offset, offset + n, loc)
+
+    def _zero_write(self, vid: int, offset: int, n: int, forced_seq: int) -> None:
+        """An all-zero write: a trim, which stores nothing."""
+        with self._lock:
+            _check_range(self._volume(vid), offset, n)
+        self.stats.add(zero_writes=1)
+        self._trim(vid, offset, n, forced_seq)
 
     def trim(self, vid: int, offset: int, length: int) -> None:
         """Make a range read as zeros and release its space (discard, punch hole, zero write)."""
@@ -231,7 +244,10 @@ class Store(MaintenanceMixin, ReadPathMixin):
         self.stats.add(trim_bytes=end - offset)
 
     def _append(self, rtype: int, group: int, vid: int, seq: int, offset: int, length: int,
-                entries: list[FrameEntry], bodies: list, use_reserve: bool = False) -> int:
+                entries: list[FrameEntry], bodies: list, use_reserve: bool = False,
+                reserved: bool = False) -> int:
+        """Journal one record (caller holds the lock). ``reserved``: the caller called
+        journal.reserve with a bound on this record's size."""
         table = pack_frame_table(entries)
         stored = len(table) + sum(e.stored_len for e in entries)
         header = RecordHeader(rtype, len(entries), group, vid, seq, offset, length, stored,
@@ -239,12 +255,13 @@ class Store(MaintenanceMixin, ReadPathMixin):
         if use_reserve and not self.space.has_room(RECORD_HEADER_SIZE + stored, use_reserve=True):
             raise PoolFull("pool is completely full: not even its reserve has room; grow the filesystem "
                            "under the pool")
-        self.journal.reserve(RECORD_HEADER_SIZE + stored)
+        if not reserved:
+            self.journal.reserve(RECORD_HEADER_SIZE + stored)
         loc = self.journal.write([pack_record_header(header, table), table, *bodies])
         self.space.consumed(RECORD_HEADER_SIZE + stored)
         if rtype in (REC_WRITE, REC_RELOCATE):
             self.state.seg_logical[loc_segno(loc)] += length
-        self._hcache.put(loc, CachedRecord.build(header, table))
+        self._hcache.put_raw(loc, header, table)
         return loc
 
     def _ensure_room(self, nbytes: int) -> None:
