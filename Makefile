@@ -46,6 +46,7 @@ soak: setup
 bench: setup
 	$(PY) tools/bench_fio.py --all --rounds 3 --runtime 15 --read-repeats 1
 	$(PY) tools/bench_read_pipeline.py
+	$(PY) tools/bench_small_write.py
 	$(PY) tools/bench_segment_gc.py
 	$(PY) tools/bench_memory.py --fill-gib 4
 	$(PY) tools/bench_tuning.py

@@ -65,7 +65,11 @@ FF_AES = 2
 FF_ZERO = 4  # all-zero frame: nothing stored
 
 
-class RecordHeader(NamedTuple):  # a tuple: built for every record, 2x faster than a frozen dataclass
+class RecordHeader(NamedTuple):
+    """A record header's fields, in RECORD_HEADER's order after magic and version:
+    pack_record_header packs the tuple as it is. A named tuple, because one is built for
+    every record and a frozen dataclass costs twice as much to build."""
+
     rtype: int
     nframes: int
     group: int
