@@ -22,7 +22,7 @@ from vstor.store.format import FRAME_ENTRY, FRAME_ENTRY_SIZE, FRAME_SIZE, FrameE
 ENTRY_OVERHEAD = 400  # dict slot, tuple, header object, bytes and array headers (measured roughly)
 
 
-class CachedRecord(NamedTuple):  # a tuple: built for every record written, 4x faster than a frozen dataclass
+class CachedRecord(NamedTuple):  # a tuple: 4x cheaper to build than a frozen dataclass
     header: RecordHeader
     table: bytes
     offs: array  # offs[i]: start of frame i's stored bytes, relative to the frame data; offs[n] = end
