@@ -139,10 +139,7 @@ def verify_header(raw: bytes | memoryview, table: bytes | memoryview, hcsum: int
 
 
 def pack_frame_table(entries: list[FrameEntry]) -> bytes:
-    if len(entries) == 1:
-        e = entries[0]
-        return FRAME_ENTRY.pack(e.stored_len, e.flags, 0, e.csum, e.nonce)
-    return b"".join(FRAME_ENTRY.pack(e.stored_len, e.flags, 0, e.csum, e.nonce) for e in entries)
+    return b"".join([FRAME_ENTRY.pack(e.stored_len, e.flags, 0, e.csum, e.nonce) for e in entries])
 
 
 def unpack_frame_table(table: bytes | memoryview, nframes: int) -> tuple[FrameEntry, ...]:

@@ -22,7 +22,7 @@ from vstor.store.format import FRAME_ENTRY, FRAME_ENTRY_SIZE, FRAME_SIZE, FrameE
 ENTRY_OVERHEAD = 400  # dict slot, tuple, header object, bytes and array headers (measured roughly)
 
 
-class CachedRecord(NamedTuple):  # a tuple: 4x cheaper to build than a frozen dataclass
+class CachedRecord(NamedTuple):  # a tuple: half the cost of a frozen dataclass to build
     header: RecordHeader
     table: bytes
     offs: array  # offs[i]: start of frame i's stored bytes, relative to the frame data; offs[n] = end
@@ -36,10 +36,6 @@ class CachedRecord(NamedTuple):  # a tuple: 4x cheaper to build than a frozen da
 
     @classmethod
     def build(cls, header: RecordHeader, table: bytes) -> CachedRecord:
-        if header.nframes == 1:  # most host writes: no loop
-            stored_len, flags, _res, csum, _nonce = FRAME_ENTRY.unpack_from(table)
-            raw = not flags and stored_len == header.length
-            return cls(header, bytes(table), array("I", (0, stored_len)), array("Q", (csum,)) if raw else None)
         offs = array("I", [0])
         csums: array | None = array("Q")
         for i in range(header.nframes):

@@ -34,15 +34,18 @@ class SpaceGuard:
         """True if ``nbytes`` more can be written. statvfs is re-read every ``recheck_every``
         bytes, and whenever the estimate gets near the reserve."""
         need = nbytes + (0 if use_reserve else self.reserve)
-        # Fast path, without the lock: plenty of room by a margin of a whole recheck interval,
-        # which also covers reading _free and _since from two different updates.
-        if self._since < self.recheck_every and self._free - self._since >= need + self.recheck_every:
+        # Checked first without the lock: no recheck due means room by a margin of a whole
+        # recheck interval, which also covers reading _free and _since from two updates.
+        if not self._recheck_due(need):
             return True
         with self._lock:
-            if self._since >= self.recheck_every or self._free - self._since < need + self.recheck_every:
+            if self._recheck_due(need):
                 self._free = self.free_bytes()
                 self._since = 0
             return self._free - self._since >= need
+
+    def _recheck_due(self, need: int) -> bool:
+        return self._since >= self.recheck_every or self._free - self._since < need + self.recheck_every
 
     def consumed(self, nbytes: int) -> None:
         with self._lock:
