@@ -20,6 +20,7 @@ in --workdir and is removed, and every mount and server undone, on success, erro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib.fio import JOBS, FioSettings, direct_io_works, fio_version, run_job
+from benchlib.hostmem import steady_memory
 from benchlib.procs import BenchError, drop_caches, install_signal_handlers, run, signals_deferred
 from benchlib.report import combine, paired_ratios, render
 from benchlib.targets import VSTOR_VARIANTS, Nbdfuse, Passthrough, Raw, Target, Vstor, vstor_available
@@ -74,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--passthrough-stats", action="store_true",
                    help="report the request sizes the passthrough received")
     p.add_argument("--json-out", help="also write the results as JSON to this file")
+    p.add_argument("--keep-page-reporting", action="store_true",
+                   help="leave the VM's free page reporting on (by default it is held off for the run: "
+                        "benchlib/hostmem.py)")
     a = p.parse_args(argv)
     try:
         a.size_bytes = parse_size(a.size)
@@ -178,6 +183,7 @@ def print_header(h: dict[str, Any]) -> None:
     print(f"{h['date']}  kernel {h['kernel']}, {h['cpus']} CPUs, {h['fio']}, libfuse {h['libfuse']}")
     print(f"workdir {h['workdir']} ({h['workdir_fs']}), {format_size(h['size'])} per target")
     print(f"fio: ioengine=psync iodepth=1 numjobs=1, {cache}")
+    print(h["host_memory"])
     print(f"jobs: {', '.join(f'{j.name} bs={j.bs}' for j in JOBS)}; random jobs {h['random_runtime_s']} s "
           f"time-based; write jobs end with fdatasync (end_fsync=1)", flush=True)
 
@@ -204,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[dict[str, dict[str, Any]]] = []
     h: dict[str, Any] = {}
     interrupted = False
+    memory = contextlib.ExitStack()
     try:
         h = header(a, workdir)
+        h["host_memory"] = memory.enter_context(steady_memory(not a.keep_page_reporting))
         print_header(h)
         unavailable = vstor_available() if "vstor" in a.target_list else None
         for n in range(a.rounds):
@@ -232,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         with signals_deferred():
             shutil.rmtree(workdir, ignore_errors=True)
+            memory.close()
     combined = combine(rounds) if rounds else {}
     rat = paired_ratios(rounds)
     print()

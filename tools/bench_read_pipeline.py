@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from benchlib.counters import Counters, delta, disk_of
+from benchlib.hostmem import steady_memory
 from benchlib.procs import BenchError, drop_caches, install_signal_handlers, run
 from benchlib.targets import Passthrough, Target, Vstor
 
@@ -94,6 +95,8 @@ def main() -> int:
     p.add_argument("--segment-size", help="also a vstor pool with this journal segment size")
     p.add_argument("--readers", default="dd", help=f"comma list of {', '.join(READERS)} (default dd)")
     p.add_argument("--workdir", default="/var/tmp")
+    p.add_argument("--keep-page-reporting", action="store_true",
+                   help="leave the VM's free page reporting on (by default it is held off: benchlib/hostmem.py)")
     a = p.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_read_pipeline: needs root (FUSE mounts, drop_caches)")
@@ -121,7 +124,9 @@ def main() -> int:
     install_signal_handlers()
     work = Path(tempfile.mkdtemp(prefix="vstor-pipeline-", dir=a.workdir))
     try:
-        return measure(work, disk, size, a.rounds, a.segment_size, readers)
+        with steady_memory(not a.keep_page_reporting) as memory:
+            print(memory, flush=True)
+            return measure(work, disk, size, a.rounds, a.segment_size, readers)
     except KeyboardInterrupt as e:
         print(f"interrupted ({e or 'Ctrl-C'}): everything set up was undone", file=sys.stderr)
         return 130
