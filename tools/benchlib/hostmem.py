@@ -4,7 +4,7 @@ On a VM whose balloon device reports free pages (virtio-balloon free page report
 this project's firecracker machines), memory that stays free for a couple of seconds is handed
 back to the host. The next use of each such page faults on the host. A cold sequential read
 of 2 GiB then ran at 658-757 MB/s with 2.5-3.1 s of kernel time when it started 5 s after
-`drop_caches`, against 1,844-2,084 MB/s and 0.3-0.4 s when it started at once (same file,
+`drop_caches`, against 1,870-2,084 MB/s and 0.3-0.4 s when it started at once (same file,
 same code; docs/benchmarks.md, "Free page reporting"). Which target of a comparison pays
 that depends on timing, so it made ratios swing by 0.4 between rounds and sittings.
 
