@@ -3,7 +3,7 @@
 On a VM whose balloon device reports free pages (virtio-balloon free page reporting, as on
 this project's firecracker machines), memory that stays free for a couple of seconds is handed
 back to the host. The next use of each such page faults on the host. A cold sequential read
-of 2 GiB then ran at 658-757 MB/s with 2.5-3.1 s of kernel time when it started 5 s after
+of 2 GiB then ran at 705-757 MB/s with 2.5-2.7 s of kernel time when it started 5 s after
 `drop_caches`, against 1,870-2,084 MB/s and 0.3-0.4 s when it started at once (same file,
 same code; docs/benchmarks.md, "Free page reporting"). Which target of a comparison pays
 that depends on timing, so it made ratios swing by 0.4 between rounds and sittings.
@@ -65,13 +65,14 @@ def steady_memory(enabled: bool = True) -> Iterator[str]:
         return
     try:
         old = ORDER_PARAM.read_text().strip()
-        ORDER_PARAM.write_text(f"{max_order() + 1}\n")
+        new = max_order() + 1
+        ORDER_PARAM.write_text(f"{new}\n")
     except OSError as e:
         yield f"free page reporting: not held off ({ORDER_PARAM}: {e.strerror or e})"
         return
     try:
         n, secs = touch_free_memory()
-        yield (f"free page reporting: held off for the run ({ORDER_PARAM.name} {old} -> {max_order() + 1}; "
+        yield (f"free page reporting: held off for the run ({ORDER_PARAM.name} {old} -> {new}; "
                f"{n >> 30} GiB of free memory touched in {secs:.1f} s; after a kill -9 restore it with "
                f"'echo {old} > {ORDER_PARAM}')")
     finally:
