@@ -8,7 +8,7 @@ APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar genisoimage 
 # The command each package must provide, to tell whether it is installed.
 APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse
 
-.PHONY: drill setup system-deps venv demo test test-fast soak bench lint clean
+.PHONY: drill setup system-deps venv demo test test-fast soak bench bench-tools lint clean
 
 setup: system-deps venv
 
@@ -44,6 +44,10 @@ soak: setup
 	VSTOR_CRASH_ITERATIONS=200 $(PY) -m pytest -q -m soak tests
 
 bench: setup
+	$(PY) tools/steady_memory.py $(MAKE) --no-print-directory bench-tools
+
+# The tools of make bench, without its hold on the VM's free page reporting (tools/steady_memory.py).
+bench-tools:
 	$(PY) tools/bench_fio.py --all --rounds 3 --runtime 15 --read-repeats 1
 	$(PY) tools/bench_read_pipeline.py
 	$(PY) tools/bench_small_write.py

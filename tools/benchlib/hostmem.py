@@ -13,6 +13,10 @@ free block is large enough to report, touches most of the free memory once so th
 reported earlier are backed again, and restores the setting on exit (also after Ctrl-C or
 SIGTERM, which the benchmarks turn into exceptions). After a kill -9 the setting stays; the
 benchmark's header prints the command that restores it.
+
+A hold nests: when the order is already above the largest buddy order (an outer hold, such as
+``tools/steady_memory.py`` around all of ``make bench``), ``steady_memory`` neither touches
+memory again nor changes the setting, and the outer hold restores it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ORDER_PARAM = Path("/sys/module/page_reporting/parameters/page_reporting_order")
@@ -57,23 +61,33 @@ def touch_free_memory(headroom: int = HEADROOM) -> tuple[int, float]:
 
 
 @contextlib.contextmanager
-def steady_memory(enabled: bool = True) -> Iterator[str]:
+def steady_memory(enabled: bool = True, param: Path = ORDER_PARAM, top_order: Callable[[], int] = max_order,
+                  touch: Callable[[], tuple[int, float]] = touch_free_memory) -> Iterator[str]:
     """For the duration: no free page reporting, and free memory backed by the host. Yields a
-    one-line description for the benchmark's header."""
+    one-line description for the benchmark's header. Guarantee: if this call changed the
+    setting, the old value is written back when the block exits, however it exits (short of
+    kill -9). ``param``, ``top_order`` and ``touch`` are for tests."""
     if not enabled:
         yield "free page reporting: left as the machine has it (--keep-page-reporting)"
         return
     try:
-        old = ORDER_PARAM.read_text().strip()
-        new = max_order() + 1
-        ORDER_PARAM.write_text(f"{new}\n")
-    except OSError as e:
-        yield f"free page reporting: not held off ({ORDER_PARAM}: {e.strerror or e})"
+        old = param.read_text().strip()
+        new = top_order() + 1
+        nested = int(old) >= new
+        if not nested:
+            param.write_text(f"{new}\n")
+    except (OSError, ValueError) as e:
+        problem = f"{param}: {getattr(e, 'strerror', None) or e}"
+    else:
+        problem = ""
+    if problem or nested:  # the yield stays outside the try: the caller's errors are not ours
+        yield (f"free page reporting: not held off ({problem})" if problem else
+               f"free page reporting: held off already ({param.name} {old}, set by the caller)")
         return
     try:
-        n, secs = touch_free_memory()
-        yield (f"free page reporting: held off for the run ({ORDER_PARAM.name} {old} -> {new}; "
+        n, secs = touch()
+        yield (f"free page reporting: held off for the run ({param.name} {old} -> {new}; "
                f"{n >> 30} GiB of free memory touched in {secs:.1f} s; after a kill -9 restore it with "
-               f"'echo {old} > {ORDER_PARAM}')")
+               f"'echo {old} > {param}')")
     finally:
-        ORDER_PARAM.write_text(f"{old}\n")
+        param.write_text(f"{old}\n")
