@@ -268,9 +268,9 @@ def test_encrypting_codec_needs_associated_data():
 def test_lz4_kept_only_when_it_saves_an_eighth():
     """Frames of random bytes followed by zeros: sweep the zero share across the 1/8 line."""
     rng = random.Random(5)
-    codec = _codec(True, False)
     seen = {"kept": 0, "dropped_although_smaller": 0}
     for zeros in range(0, FRAME_SIZE // 4, 512):
+        codec = _codec(True, False)  # a fresh one each time: the early abort is tested in test_lz4gate
         frame = rng.randbytes(FRAME_SIZE - zeros) + bytes(zeros)
         packed = lz4.block.compress(frame, store_size=False)
         (e,), (body,) = codec.encode(frame)

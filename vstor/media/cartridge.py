@@ -24,6 +24,7 @@ import lz4.block
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vstor.errors import CorruptData, FormatError, KeyError_
+from vstor.lz4gate import Lz4Gate
 from vstor.media import tapeformat as tf
 
 
@@ -40,8 +41,7 @@ class Cartridge:
         self.filemarks: list[int] = []  # object numbers of the filemarks, ascending
         self.chain = tf.ZERO_CHAIN
         self.cut: str = ""  # why a tail was cut at load, if one was
-        self._skip_lz4 = 0  # blocks left to store without trying lz4 (early abort on incompressible data)
-        self._misses = 0
+        self._lz4 = Lz4Gate()  # any saving is kept; early abort on incompressible data
         if new:
             os.pwrite(self.fd, tf.pack_file_header(barcode), 0)
             os.fsync(self.fd)
@@ -143,17 +143,10 @@ class Cartridge:
     def stored_size(self, data: bytes) -> tuple[bytes, int]:
         """The bytes a block would take on the medium, and their flags."""
         flags, stored = 0, data
-        if self._skip_lz4:
-            self._skip_lz4 -= 1
-        elif self.compress and len(data) >= 512:
-            packed = lz4.block.compress(data, store_size=False)
-            if len(packed) < len(data):
+        if self.compress and len(data) >= 512:
+            packed = self._lz4.compress(data)
+            if packed is not None:
                 stored, flags = packed, tf.OF_LZ4
-                self._misses = 0
-            else:
-                self._misses += 1
-                if self._misses >= 8:  # 8 incompressible blocks in a row: stop trying for 64 blocks
-                    self._skip_lz4, self._misses = 64, 0
         if self._aead is not None:
             nonce = os.urandom(12)
             stored = nonce + self._aead.encrypt(nonce, stored, self._ad(self.eod))

@@ -3,7 +3,8 @@
 Encoding a frame (up to FRAME_SIZE bytes):
   1. an all-zero frame is stored as nothing (flag FF_ZERO);
   2. with compression on, lz4 is kept only if it saves at least 1/8 (borg's "only
-     compress if the result actually is smaller");
+     compress if the result actually is smaller"). After 8 frames in a row that did not,
+     the next 64 are stored without trying (vstor/lz4gate.py: the early abort);
   3. with a key, AES-256-GCM encrypts it under a random 96-bit nonce. The associated
      data binds the frame to its identity (pool, volume, volume offset) and version
      (record seq, segment, position, frame index), so a frame copied to another place
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from vstor.errors import CorruptData
+from vstor.lz4gate import Lz4Gate
 from vstor.store.format import FF_AES, FF_LZ4, FF_ZERO, FRAME_SIZE, FrameEntry
 
 ZERO_FRAME = bytes(FRAME_SIZE)
@@ -82,6 +84,7 @@ class FrameCodec:
     def __init__(self, pool_uuid: bytes, compress: bool, key_material: bytes | None) -> None:
         self.pool_uuid = pool_uuid
         self.compress = compress
+        self.lz4 = Lz4Gate(saving_divisor=8)  # kept only if it saves 1/8 (borg's rule); early abort
         self._aead = AESGCM(derive_key(key_material, pool_uuid, b"data key v1")) if key_material else None
         self.verify_only = False  # pool check without a key: check checksums, skip decryption
 
@@ -114,8 +117,8 @@ class FrameCodec:
         flags = 0
         body: bytes | memoryview = frame
         if self.compress:
-            packed = lz4.block.compress(frame, store_size=False)
-            if len(packed) <= len(frame) - len(frame) // 8:
+            packed = self.lz4.compress(frame)
+            if packed is not None:
                 body, flags = packed, FF_LZ4
         nonce = NO_NONCE
         if self._aead is not None:
