@@ -72,3 +72,27 @@ def test_codec_stores_skipped_frames_as_is_and_reads_them_back():
     out = b"".join(bytes(codec.decode(e, b, FRAME_SIZE, None, i, "t"))
                    for i, (e, b) in enumerate(zip(entries, stored, strict=True)))
     assert out == b"".join(frames)
+
+
+def test_compress_always_ignores_and_keeps_the_gate_state():
+    rng = random.Random(5)
+    gate = Lz4Gate(saving_divisor=8)
+    for _ in range(MISSES):
+        gate.compress(_random(rng))
+    text = _text(rng)
+    assert gate.compress_always(text) is not None  # tried although the gate is closed
+    assert gate.compress_always(_random(rng)) is None
+    assert gate.compress(text) is None and gate.skipped == 1  # still closed: state untouched
+
+
+def test_codec_ungated_encode_compresses_while_the_gate_is_closed():
+    """GC and compaction re-encode with gated=False: compressed data stays compressed."""
+    rng = random.Random(6)
+    codec = FrameCodec(os.urandom(16), True, None)
+    codec.encode(rng.randbytes(MISSES * FRAME_SIZE))  # host writes close the gate
+    words = [rng.randbytes(8) for _ in range(16)]
+    text = b"".join(rng.choice(words) for _ in range(2 * FRAME_SIZE // 8))
+    entries, _ = codec.encode(text, gated=False)
+    assert [e.flags & FF_LZ4 for e in entries] == [FF_LZ4, FF_LZ4]
+    entries, _ = codec.encode(text)  # a host write meanwhile is still skipped
+    assert [e.flags & FF_LZ4 for e in entries] == [0, 0]

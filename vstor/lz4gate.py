@@ -14,6 +14,10 @@ shrink by 2%, which halved a compressed pool's sequential write (docs/benchmarks
   the next ``skip`` at once;
 - any block that compresses well enough reopens it fully.
 
+:meth:`Lz4Gate.compress_always` tries every block and leaves the gate alone: the store's GC and
+compaction use it, so data that was compressed when written stays compressed when moved,
+whatever the host is writing meanwhile.
+
 Guarantee: the gate only decides whether lz4 is tried. A block is always either its lz4 block
 output (saving at least ``min_saving``) or None, so what a caller stores is the same as without
 the gate, except that skipped blocks are stored as they are.
@@ -45,6 +49,12 @@ class Lz4Gate:
     def min_saving(self, n: int) -> int:
         return max(1, n // self.saving_divisor) if self.saving_divisor else 1
 
+    def compress_always(self, data: bytes | memoryview) -> bytes | None:
+        """As :meth:`compress`, but tried whatever the gate's state, which it leaves alone: for
+        a caller whose data is not part of the stream the gate watches."""
+        packed = lz4.block.compress(data, store_size=False)
+        return packed if len(packed) <= len(data) - self.min_saving(len(data)) else None
+
     def compress(self, data: bytes | memoryview) -> bytes | None:
         """lz4 block output of ``data`` (no size prefix) if it is worth keeping, else None."""
         if self._skipping:
@@ -52,8 +62,8 @@ class Lz4Gate:
             self.skipped += 1
             return None
         self.tried += 1
-        packed = lz4.block.compress(data, store_size=False)
-        if len(packed) <= len(data) - self.min_saving(len(data)):
+        packed = self.compress_always(data)
+        if packed is not None:
             self._missed = 0
             return packed
         self._missed += 1

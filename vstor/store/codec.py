@@ -92,32 +92,35 @@ class FrameCodec:
     def encrypted(self) -> bool:
         return self._aead is not None
 
-    def encode(self, data: bytes | memoryview, ad: tuple[int, int, int, int, int, int] | None = None
-               ) -> tuple[list[FrameEntry], list[bytes | memoryview]]:
+    def encode(self, data: bytes | memoryview, ad: tuple[int, int, int, int, int, int] | None = None,
+               gated: bool = True) -> tuple[list[FrameEntry], list[bytes | memoryview]]:
         """Cut ``data`` into frames and encode each. ``ad`` is (volume, rtype, seq, offset, segno,
-        pos) and is required when the codec encrypts. Returns the table entries and stored bytes."""
+        pos) and is required when the codec encrypts. ``gated`` False tries lz4 on every frame
+        whatever the early abort's state, and leaves that state alone: GC and compaction move
+        data that was compressed before, and host writes must not decide how it is stored.
+        Returns the table entries and stored bytes."""
         view = memoryview(data)
         if len(view) <= FRAME_SIZE:  # one frame: most host writes
-            entry, body = self._encode_frame(view, ad, 0)
+            entry, body = self._encode_frame(view, ad, 0, gated)
             return [entry], [] if body is None else [body]
         entries: list[FrameEntry] = []
         stored: list[bytes | memoryview] = []
         for index, start in enumerate(range(0, len(view), FRAME_SIZE)):
-            entry, body = self._encode_frame(view[start : start + FRAME_SIZE], ad, index)
+            entry, body = self._encode_frame(view[start : start + FRAME_SIZE], ad, index, gated)
             entries.append(entry)
             if body is not None:
                 stored.append(body)
         return entries, stored
 
-    def _encode_frame(self, frame: memoryview, ad: tuple[int, int, int, int, int, int] | None, index: int
-                      ) -> tuple[FrameEntry, bytes | memoryview | None]:
+    def _encode_frame(self, frame: memoryview, ad: tuple[int, int, int, int, int, int] | None, index: int,
+                      gated: bool = True) -> tuple[FrameEntry, bytes | memoryview | None]:
         """One frame's table entry and stored bytes (None for an all-zero frame)."""
         if frame == ZERO_VIEW[: len(frame)]:
             return ZERO_ENTRY, None
         flags = 0
         body: bytes | memoryview = frame
         if self.compress:
-            packed = self.lz4.compress(frame)
+            packed = self.lz4.compress(frame) if gated else self.lz4.compress_always(frame)
             if packed is not None:
                 body, flags = packed, FF_LZ4
         nonce = NO_NONCE

@@ -99,7 +99,7 @@ class MaintenanceMixin:
 
     def _relocation_record(self, vid: int, offset: int, data: bytes | memoryview, old: int) -> int:
         segno, pos = self.journal.reserve(RECORD_HEADER_SIZE + frame_count(len(data)) * 48 + len(data))
-        entries, bodies = self.codec.encode(data, (vid, REC_RELOCATE, old, offset, segno, pos))
+        entries, bodies = self.codec.encode(data, (vid, REC_RELOCATE, old, offset, segno, pos), gated=False)
         return self._append(REC_RELOCATE, 0, vid, old, offset, len(data), entries, bodies, use_reserve=True)
 
     def checkpoint(self) -> None:
