@@ -12,10 +12,11 @@ The passes take turns and their order rotates every round, because on a shared m
 second of two back-to-back runs tends to be slower.
 
 Around every pass it reads the kernel's counters (benchlib/counters.py): the requests that
-reached the backing disk, how long the disk was busy, the CPU time of the FUSE server, and
-the system's kernel, user, iowait and steal time. They show whether a pass waited on the
-disk or on CPU (copies in the kernel, mostly), and so whether a change of the ratio between
-two runs came from vstor or from the machine.
+reached the backing disk, how long the disk was busy, the CPU time and page faults of the FUSE
+server, and the system's kernel, user, iowait and steal time. They show whether a pass waited
+on the disk or on CPU (copies in the kernel, mostly), and so whether a change of the ratio
+between two runs came from vstor or from the machine; faults per MiB show whether the server
+touches fresh memory as it reads.
 
 Prints one line per pass, the medians, and each round's ratio to the passthrough. MB/s is
 the reader's own figure (dd's or fio's timing, without process start-up); the counters
@@ -46,8 +47,8 @@ from vstor.errors import UsageError
 from vstor.units import format_size, parse_size
 
 READERS = ("dd", "fio", "fio-nohint")
-COLUMNS = ("mb_s", "disk_requests", "avg_request_kib", "disk_busy", "server_cpu_s", "sys_s", "user_s",
-           "iowait_s", "steal_s")
+COLUMNS = ("mb_s", "disk_requests", "avg_request_kib", "disk_busy", "server_cpu_s", "server_faults_per_mib",
+           "sys_s", "user_s", "iowait_s", "steal_s")
 
 
 def read_command(reader: str, path: Path, size: int) -> list[str]:
