@@ -18,9 +18,10 @@ def _random(rng: random.Random) -> bytes:
     return rng.randbytes(BLOCK)
 
 
-def _text(rng: random.Random) -> bytes:
+def _text(rng: random.Random, n: int = BLOCK) -> bytes:
+    """Bytes lz4 shrinks by far more than 1/8: words from a small vocabulary."""
     words = [rng.randbytes(6) for _ in range(12)]
-    return b"".join(rng.choice(words) for _ in range(BLOCK // 6 + 1))[:BLOCK]
+    return b"".join(rng.choice(words) for _ in range(n // 6 + 1))[:n]
 
 
 def test_closes_after_misses_skips_then_probes_once_per_window():
@@ -51,19 +52,18 @@ def test_a_block_that_compresses_reopens_the_gate():
 
 def test_saving_below_the_divisor_is_a_miss():
     rng = random.Random(3)
-    half = rng.randbytes(BLOCK - BLOCK // 16) + bytes(BLOCK // 16)  # lz4 saves about 1/16
-    assert len(lz4.block.compress(half, store_size=False)) < BLOCK
-    assert Lz4Gate(saving_divisor=8).compress(half) is None
-    assert Lz4Gate(saving_divisor=0).compress(half) is not None  # any saving is kept
-    assert Lz4Gate(saving_divisor=32).compress(half) is not None
+    sixteenth = rng.randbytes(BLOCK - BLOCK // 16) + bytes(BLOCK // 16)  # lz4 saves about 1/16
+    assert len(lz4.block.compress(sixteenth, store_size=False)) < BLOCK
+    assert Lz4Gate(saving_divisor=8).compress(sixteenth) is None
+    assert Lz4Gate(saving_divisor=0).compress(sixteenth) is not None  # any saving is kept
+    assert Lz4Gate(saving_divisor=32).compress(sixteenth) is not None
 
 
 def test_codec_stores_skipped_frames_as_is_and_reads_them_back():
     rng = random.Random(4)
     codec = FrameCodec(os.urandom(16), True, None)
     frames = [rng.randbytes(FRAME_SIZE) for _ in range(MISSES)]
-    words = [rng.randbytes(8) for _ in range(16)]
-    text = b"".join(rng.choice(words) for _ in range(FRAME_SIZE // 8))
+    text = _text(rng, FRAME_SIZE)
     frames += [text] * (SKIP + 1)  # skipped while closed, then the probe compresses
     entries, stored = codec.encode(b"".join(frames))
     flags = [e.flags & FF_LZ4 for e in entries]
@@ -90,8 +90,7 @@ def test_codec_ungated_encode_compresses_while_the_gate_is_closed():
     rng = random.Random(6)
     codec = FrameCodec(os.urandom(16), True, None)
     codec.encode(rng.randbytes(MISSES * FRAME_SIZE))  # host writes close the gate
-    words = [rng.randbytes(8) for _ in range(16)]
-    text = b"".join(rng.choice(words) for _ in range(2 * FRAME_SIZE // 8))
+    text = _text(rng, 2 * FRAME_SIZE)
     entries, _ = codec.encode(text, gated=False)
     assert [e.flags & FF_LZ4 for e in entries] == [FF_LZ4, FF_LZ4]
     entries, _ = codec.encode(text)  # a host write meanwhile is still skipped
