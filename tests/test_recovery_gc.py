@@ -114,7 +114,10 @@ def test_gc_relocates_live_data_and_frees_segments(tmp_path, mode):
         gc.tick()  # collects; the emptied segment waits for the scheduled checkpoint
         assert 1 not in store.state.live and seg_exists(pool, 1)
         clock.advance(gc.checkpoint_interval)
-        gc.tick()  # the checkpoint interval has passed: checkpoint, which deletes it
+        gc.tick()  # the checkpoint interval has passed: checkpoint; the older copy still needs it
+        assert seg_exists(pool, 1)
+        clock.advance(gc.checkpoint_interval)
+        gc.tick()  # both checkpoint copies lie past it: deleted
     else:
         moved = gc.collect()
         assert moved == live1 == store.stats.relocated_bytes - relocated
@@ -129,7 +132,9 @@ def test_gc_relocates_live_data_and_frees_segments(tmp_path, mode):
             assert not seg_exists(pool, 1)  # deleted by recovery's checkpoint
             store.close()
             return
-        assert seg_exists(pool, 1)  # only a checkpoint deletes it
+        assert seg_exists(pool, 1)  # only a checkpoint deletes it, once both copies lie past it
+        store.checkpoint()
+        assert seg_exists(pool, 1)
         store.checkpoint()
 
     assert not seg_exists(pool, 1)
@@ -478,6 +483,7 @@ def test_segments_without_live_data_are_deleted_without_consumers(tmp_path):
     store = Store.open(pool)
     store.write(vid, 0, b"in segment two")
     store.checkpoint()
+    store.checkpoint()  # segment 1 goes once both checkpoint copies lie past it
     assert not seg_exists(pool, 1)
     assert store.journal.segments() == [2]
     store.close()
@@ -523,18 +529,21 @@ def test_tick_checkpoints_on_schedule(tmp_path):
     assert store.ckpt_position == store.journal.tail()
     gc.tick()
     clock.advance(120)
-    gc.tick()  # nothing appended since: no checkpoint however long it has been
-    assert store.ckpt_generation == gen + 1
+    gc.tick()  # nothing appended, but the older copy lags: one more checkpoint moves it up
+    assert store.ckpt_generation == gen + 2 and store.ckpt_older == store.ckpt_position
+    clock.advance(120)
+    gc.tick()  # nothing appended since, both copies current: no checkpoint however long it has been
+    assert store.ckpt_generation == gen + 2
     store.write(vid, 0, b"y")
     gc.tick()  # the interval has passed since the last checkpoint
-    assert store.ckpt_generation == gen + 2
+    assert store.ckpt_generation == gen + 3
     store.write(vid, 4096, b"z")
     gc.tick()
-    assert store.ckpt_generation == gen + 2
+    assert store.ckpt_generation == gen + 3
     # Enough appended bytes trigger a checkpoint without waiting.
     store.write(vid, MiB, os.urandom(8 * MiB))
     gc.tick()
-    assert store.ckpt_generation == gen + 3
+    assert store.ckpt_generation == gen + 4
     store.close()
 
 

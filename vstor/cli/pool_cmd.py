@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 
 from vstor.cli.common import emit
 from vstor.control.lock import PoolLock, daemon_pid
@@ -29,8 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("path")
     c.add_argument("--key-file", help="also verify AES-GCM authentication with this key")
     c.add_argument("--repair", action="store_true",
-                   help="if the newest journal segment is damaged inside acknowledged data (the pool "
-                        "will not start), cut it there, losing the writes after the damage")
+                   help="mend what can be mended: rewrite a damaged superblock copy, checkpoint copy or "
+                        "segment header, rebuild the maps from the journal when both checkpoint copies are "
+                        "lost, and, if the newest segment is damaged inside acknowledged data, cut it there "
+                        "(losing the writes after the damage); every repair is reported")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_check)
 
@@ -53,36 +56,58 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from vstor.store.check import check_pool  # imported here: every other command starts faster
     from vstor.store.store import Store
+    from vstor.store.superblock import repair_superblock
 
     sb = load_superblock(args.path)
     pid = daemon_pid(args.path)
     if pid is not None:
         raise Busy(f"the array is running (pid {pid}); stop it before 'pool check'")
     key = load_key(sb, args.key_file) if (sb.encrypt and (args.key_file or os.path.exists(sb.key_file))) else None
+    repairs: list[str] = []
     with PoolLock(args.path):
-        store = Store(args.path, sb, key)
-        rep = check_pool(store)
-        store.journal.close()
+        rep = _check(Store, check_pool, args.path, sb, key)
         if args.repair and not rep.clean:
+            repairs = repair_superblock(args.path)
             repaired = Store.open(args.path, args.key_file, salvage=True)
-            cut = repaired.recovery.get("salvaged")
+            repairs += _what_recovery_did(repaired.recovery)
             repaired.close()
-            if cut:
-                print(f"repair: cut segment {cut['segment']} at offset {cut['offset']} ({cut['reason']}); "
-                      f"acknowledged writes recorded between offsets {cut['offset']} and "
-                      f"{cut['durable_up_to']} of that segment, and all later ones in it, are lost")
-            store = Store(args.path, sb, key)
-            rep = check_pool(store)
-            store.journal.close()
-    result = {"clean": rep.clean, "problems": rep.problems, "notes": rep.notes, "records": rep.records,
-              "extents": rep.extents, "bytes_verified": rep.bytes_verified}
+            rep = _check(Store, check_pool, args.path, load_superblock(args.path), key)
+    result = {"clean": rep.clean, "problems": rep.problems, "notes": rep.notes, "repairs": repairs,
+              "records": rep.records, "extents": rep.extents, "bytes_verified": rep.bytes_verified}
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        for n in rep.notes:
-            print(f"note: {n}")
-        for pr in rep.problems:
-            print(f"problem: {pr}")
-        print(f"{'clean' if rep.clean else 'PROBLEMS FOUND'}: {rep.records} records, {rep.extents} extents, "
-              f"{format_size(rep.bytes_verified)} verified")
+        return 0 if rep.clean else 1
+    for r in repairs:
+        print(f"repair: {r}")
+    for pr in rep.problems:
+        print(f"problem: {pr}")
+    for n in rep.notes:
+        print(f"note: {n}")
+    print(f"{'clean' if rep.clean else 'PROBLEMS FOUND'}: {rep.records} records, {rep.extents} extents, "
+          f"{format_size(rep.bytes_verified)} verified")
+    if not rep.clean:
+        print("'vstor pool check --repair' mends what can be mended exactly and says what it cannot"
+              if not args.repair else "repair could not mend these: restore the damaged volumes from a "
+              "backup or a replica")
     return 0 if rep.clean else 1
+
+
+def _check(store_cls: type, check_pool: Callable, pool: str, sb: object, key: bytes | None) -> object:
+    store = store_cls(pool, sb, key)
+    try:
+        return check_pool(store)
+    finally:
+        store.journal.close()
+
+
+def _what_recovery_did(recovery: dict) -> list[str]:
+    out = [f"rewrote the damaged header of journal segment {s}" for s in recovery.get("headers_rewritten", [])]
+    out += [f"worked around: {d}; both checkpoint copies rewritten" for d in recovery.get("damage", [])]
+    if recovery.get("rebuilt"):
+        out.append(f"rebuilt the volume maps from the whole journal ({recovery['records']} records)")
+    cut = recovery.get("salvaged")
+    if cut:
+        out.append(f"cut segment {cut['segment']} at offset {cut['offset']} ({cut['reason']}); acknowledged "
+                   f"writes recorded between offsets {cut['offset']} and {cut['durable_up_to']} of that "
+                   "segment, and all later ones in it, are lost")
+    return out

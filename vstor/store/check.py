@@ -1,10 +1,14 @@
 """``vstor pool check``: an offline, read-only verification of a pool.
 
-Checks the superblock, the checkpoint, every record of every segment (header and frame
-checksums), that replay reproduces a consistent state, and that every mapped extent points
-at a valid record of the right volume and range whose frames decode: with the key, AES-GCM
-authentication is verified too. A torn tail in the newest segment is normal after a crash
-and is reported as a note, not a problem (the next ``array start`` cuts it).
+Checks the superblock, both checkpoint copies, that the journal holds every segment the
+checkpoints need, every record of every segment (header and frame checksums), that replay
+reproduces a consistent state, and that every mapped extent points at a valid record of the
+right volume and range whose frames decode: with the key, AES-GCM authentication is
+verified too.
+
+A problem is damage to acknowledged data or metadata: the check then exits non-zero. A
+torn tail in the newest segment past the last commit marker is normal after a crash and is
+reported as a note (the next ``array start`` cuts it).
 """
 
 from __future__ import annotations
@@ -12,9 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vstor.errors import CorruptData, FormatError, VstorError
+from vstor.store.checkpoint import read_checkpoints
 from vstor.store.format import SEGMENT_HEADER_SIZE, loc_pos, loc_segno
 from vstor.store.recovery import load_state, replay
 from vstor.store.segread import ScanEnd
+from vstor.store.superblock import superblock_problems
+
+# Advice to run pool check, which error messages carry for other commands: cut in its output.
+_HINTS = ("; run 'vstor pool check", ": the array will not start")
 
 
 @dataclass
@@ -29,6 +38,11 @@ class CheckReport:
     def clean(self) -> bool:
         return not self.problems
 
+    def problem(self, text: str) -> None:
+        for hint in _HINTS:
+            text = text.split(hint)[0]
+        self.problems.append(text)
+
 
 def check_pool(store: object) -> CheckReport:
     """``store`` is a Store built without recovery (Store(...), not Store.open)."""
@@ -37,56 +51,75 @@ def check_pool(store: object) -> CheckReport:
     assert isinstance(store, Store)
     rep = CheckReport()
     store.codec.verify_only = not store.codec.encrypted
-    segs = store.journal.segments()
-    # 1. every record in every segment
-    if segs:
-        end = ScanEnd(segs[0], SEGMENT_HEADER_SIZE)
+    for why in superblock_problems(store.pool):
+        rep.problem(why)
+    for why in read_checkpoints(store.paths["meta"], store.sb.uuid_bytes).problems():
+        rep.problem(why)
+    _check_segments(store, rep)
+    try:
+        loaded = load_state(store)
+        end = ScanEnd(*loaded.start)
+        replay(loaded.state, store.journal, loaded.start, end)
+    except (FormatError, CorruptData) as e:
+        rep.problem(str(e))
+        return rep
+    store.state = state = loaded.state
+    _check_extents(store, rep, state, set(store.journal.segments()))
+    if not store.codec.encrypted and store.sb.encrypt:
+        rep.notes.append("no key given: checksums verified, AES-GCM authentication not checked")
+    return rep
+
+
+def _check_segments(store: object, rep: CheckReport) -> None:
+    """Every record of every segment; a damaged segment does not stop the others' check."""
+    journal = store.journal  # type: ignore[attr-defined]
+    segs = journal.segments()
+    for i, segno in enumerate(segs):
+        end = ScanEnd(segno, SEGMENT_HEADER_SIZE)
         try:
-            for _rec in store.journal.scan(segs[0], SEGMENT_HEADER_SIZE, end):
+            for _rec in journal.scan_one(segno, end):
                 rep.records += 1
         except CorruptData as e:
-            rep.problems.append(str(e))
-        if end.reason and not rep.problems:
-            rep.notes.append(f"torn tail in segment {end.segno} at offset {end.pos} ({end.reason}): "
+            rep.problem(str(e))
+            continue
+        if not end.reason:
+            continue
+        if i < len(segs) - 1:
+            rep.problem(f"journal segment {segno} is damaged at offset {end.pos} ({end.reason}); newer "
+                        "segments follow, so these are not a torn tail: the records from there to the "
+                        "segment's end are lost")
+        else:
+            rep.notes.append(f"torn tail in the newest segment {segno} at offset {end.pos} ({end.reason}): "
                              "normal after a crash; the next 'array start' cuts it")
-    # 2. checkpoint + replay
-    try:
-        state, start, _gen = load_state(store)
-        end = ScanEnd(*start)
-        replay(state, store.journal, start, end)
-    except (FormatError, CorruptData) as e:
-        rep.problems.append(str(e))
-        return rep
-    store.state = state
-    # 3. every mapped extent, of volumes and snapshots; a leaf shared by several maps once
-    present = set(segs)
+
+
+def _check_extents(store: object, rep: CheckReport, state: object, present: set[int]) -> None:
+    """Every mapped extent of volumes and snapshots; a leaf shared by several maps once."""
     seen: set[int] = set()
     verified: set[tuple[int, int, int]] = set()  # leaf versions share most extents: verify each once
-    names = [(f"volume {vid}", vm) for vid, vm in state.maps.items()]
-    names += [(f"snapshot {sid} volume {vid}", vm) for (sid, vid), vm in state.snap_maps.items()]
+    names = [(f"volume {vid}", vm) for vid, vm in state.maps.items()]  # type: ignore[attr-defined]
+    names += [(f"snapshot {sid} volume {vid}", vm)
+              for (sid, vid), vm in state.snap_maps.items()]  # type: ignore[attr-defined]
     for what, vm in names:
         for key, leaf in sorted(vm.leaves.items()):
             if id(leaf) in seen:
                 continue
             seen.add(id(leaf))
-            for _chunk, extents in leaf.extents(key, state.chunk_size):
+            for _chunk, extents in leaf.extents(key, state.chunk_size):  # type: ignore[attr-defined]
                 for ext in extents:
                     if ext not in verified:
                         verified.add(ext)
                         _verify_extent(store, rep, present, what, vm.lineage, *ext)
-    if not store.codec.encrypted and store.sb.encrypt:
-        rep.notes.append("no key given: checksums verified, AES-GCM authentication not checked")
-    return rep
 
 
 def _verify_extent(store: object, rep: CheckReport, present: set[int], what: str, lineage: tuple[int, ...],
                    s: int, e: int, loc: int) -> None:
     rep.extents += 1
     if loc_segno(loc) not in present:
-        rep.problems.append(f"{what} range {s}-{e} points at missing segment {loc_segno(loc)}")
+        rep.problem(f"{what} range {s}-{e} points at missing segment {loc_segno(loc)}")
         return
     try:
         store.assemble(lineage, s, e - s, [(s, e, loc)])  # type: ignore[attr-defined]
         rep.bytes_verified += e - s
     except VstorError as err:
-        rep.problems.append(f"{what} range {s}-{e} (segment {loc_segno(loc)} record {loc_pos(loc)}): {err}")
+        rep.problem(f"{what} range {s}-{e} (segment {loc_segno(loc)} record {loc_pos(loc)}): {err}")

@@ -42,6 +42,7 @@ HCSUM_OFFSET = 48  # the header checksum covers header[0:48] + the frame table
 # RECORD_HEADER cut at the checksum, for packing: the head's fields, then the checksum and pad.
 _HEADER_HEAD = struct.Struct("<4sBBHIIQQIIQ")
 _HEADER_TAIL = struct.Struct("<Q8x")
+_RESERVED = bytes(RECORD_HEADER_SIZE - HCSUM_OFFSET - 8)
 assert _HEADER_HEAD.size == HCSUM_OFFSET and _HEADER_HEAD.size + _HEADER_TAIL.size == RECORD_HEADER_SIZE
 
 FRAME_ENTRY = struct.Struct("<IHHQ12s4x")  # stored_len flags reserved csum nonce pad
@@ -124,6 +125,8 @@ def unpack_record_header(raw: bytes | memoryview) -> tuple[RecordHeader, int]:
         raise BadRecord("bad record magic")
     if ver != FORMAT_VERSION:
         raise BadRecord(f"unsupported record version {ver}")
+    if raw[HCSUM_OFFSET + 8 : RECORD_HEADER_SIZE] != _RESERVED:  # outside the checksum: must be zero
+        raise BadRecord("record header reserved bytes are not zero")
     if rtype not in RECORD_TYPES:
         raise BadRecord(f"unknown record type {rtype}")
     if length > MAX_RECORD or nframes != (frame_count(length) if rtype not in (REC_TRIM, REC_COMMIT) else 0):

@@ -80,6 +80,7 @@ class Journal(SegmentReader):
         self.failed: str | None = None
         self.salvage = False  # pool check --repair: cut damaged durable data in the newest segment
         self.salvaged: dict | None = None  # what salvage cut
+        self.headers_rewritten: list[int] = []  # segments whose damaged header salvage rewrote
         self.appended_bytes = 0
         self.syncs = 0
 
@@ -301,6 +302,15 @@ class Journal(SegmentReader):
         fd = os.open(self.path(segno), os.O_RDWR)
         try:
             os.ftruncate(fd, pos)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def rewrite_header(self, segno: int) -> None:
+        """Write a fresh header over a damaged one (pool check --repair only)."""
+        fd = os.open(self.path(segno), os.O_RDWR)
+        try:
+            os.pwrite(fd, pack_segment_header(self.pool_uuid, segno, 0), 0)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -37,6 +37,8 @@ class MaintenanceMixin:
     consumers: Any
     ckpt_generation: int
     ckpt_position: tuple[int, int]
+    ckpt_older: tuple[int, int]
+    ckpt_both: bool
     ckpt_appended: int
     _read_extent: Callable[..., bytes]
     _header: Callable[..., Any]
@@ -102,8 +104,9 @@ class MaintenanceMixin:
         entries, bodies = self.codec.encode(data, (vid, REC_RELOCATE, old, offset, segno, pos), gated=False)
         return self._append(REC_RELOCATE, 0, vid, old, offset, len(data), entries, bodies, use_reserve=True)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, both: bool = False) -> None:
         """Persist the state at the current journal tail, then delete segments nothing needs.
+        ``both`` writes it to both copies (recovery does, once the journal has been replayed).
 
         With snapshots the maps can be large (every version of a leaf is written), so they are
         captured as shares under the lock and serialized without it; GC moves, which change
@@ -127,14 +130,20 @@ class MaintenanceMixin:
                             vm.release()
             self.journal.sync()
             gen = self.ckpt_generation + 1
+            # Two copies, written alternately: the other one keeps the previous generation, or
+            # gets this one too when it is not known to be valid (a new or damaged pool).
             write_checkpoint(self.paths["meta"], self.sb.uuid_bytes,
-                             CheckpointData(gen, segno, pos, segno + 1, meta, maps))
+                             CheckpointData(gen, segno, pos, segno + 1, meta, maps), both=both or not self.ckpt_both)
+            older = self.ckpt_position if self.ckpt_both and not both else (segno, pos)
             self.ckpt_generation, self.ckpt_position, self.ckpt_appended = gen, (segno, pos), appended
+            self.ckpt_older, self.ckpt_both = older, True
             self.stats.add(checkpoints=1)
-            self._delete_dead_segments(live, segno)
+            self._delete_dead_segments(live, min(segno, older[0]))
 
-    def _delete_dead_segments(self, live_at_checkpoint: dict[int, int], ckpt_segno: int) -> None:
-        keep_from = min([ckpt_segno, *(s for s, _p in self.consumers.positions().values())])
+    def _delete_dead_segments(self, live_at_checkpoint: dict[int, int], keep_segno: int) -> None:
+        """Delete the segments before ``keep_segno`` (the older checkpoint copy's, so that copy
+        can still be replayed) and every consumer's position that hold no live data."""
+        keep_from = min([keep_segno, *(s for s, _p in self.consumers.positions().values())])
         dead = [s for s in self.journal.segments()
                 if s < keep_from and not live_at_checkpoint.get(s) and s != self.journal.current_segno]
         if not dead:

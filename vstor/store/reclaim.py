@@ -286,6 +286,10 @@ class Reclaimer(MaintenanceLoop):
     def reclaim_now(self) -> None:
         """Free what can be freed at once (called when the pool runs out of space)."""
         with self._run_lock:
-            self.store.checkpoint()  # deletes segments with no live data
+            # A segment with no live data is deleted once both checkpoint copies lie past it
+            # (maintenance.py), so each step takes two checkpoints.
+            self.store.checkpoint()
+            self.store.checkpoint()
             if self.collect():
+                self.store.checkpoint()
                 self.store.checkpoint()

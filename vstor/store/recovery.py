@@ -1,36 +1,131 @@
-"""Recovery at open: load the checkpoint, replay the journal after it, cut a torn tail.
+"""Recovery at open: load the checkpoint, check the journal it needs, replay the journal
+after it, cut a torn tail.
 
 After a crash the newest segment may end in a partly written record; its checksums fail
 and everything from it on is cut (such a record was never acknowledged by a completed
 fsync, because fsync returns only after fdatasync). Appending always resumes in a new
-segment, so a position is never written twice.
+segment whose number was never used before, so a location is never written twice.
+
+Guarantees (docs/formats.md, "Integrity and repair"):
+
+* The newest valid checkpoint copy is used; if it is damaged, the older copy and the
+  journal after it give the same state (the journal is kept from the older copy on).
+* Every segment from the checkpoint's to the newest must be present, and the checkpoint's
+  own segment must hold at least the checkpoint's position: otherwise the pool is damaged
+  and opening it fails with CorruptData, which names what is missing.
+* With no valid checkpoint copy the pool does not open, unless ``salvage`` (``pool check
+  --repair``) is set and the journal still holds every segment from 1 on: then the state
+  is rebuilt from the journal alone, exactly.
+* A segment whose header is damaged is never cut or deleted: opening fails, and salvage
+  rewrites the header (its records carry their own checksums).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from dataclasses import dataclass, field
 
-from vstor.store.checkpoint import read_checkpoint
+from vstor.errors import CorruptData
+from vstor.store.checkpoint import CheckpointData, read_checkpoints
 from vstor.store.format import REC_VOLUME, SEGMENT_HEADER_SIZE
 from vstor.store.segread import ScanEnd
 from vstor.store.state import PoolState
 
 log = logging.getLogger("vstor.recovery")
 
+REPAIR_HINT = "run 'vstor pool check' to see the damage"
 
-def load_state(store: object) -> tuple[PoolState, tuple[int, int], int]:
-    """State from the checkpoint (or empty), the position to replay from, and the generation."""
+
+@dataclass
+class Loaded:
+    """The state recovery starts from, and what it found on the way."""
+
+    state: PoolState
+    start: tuple[int, int]  # the journal position to replay from
+    generation: int
+    older: tuple[int, int]  # the older checkpoint copy's position (== start without one)
+    next_segno: int  # the lowest segment number never used
+    both_copies: bool  # both checkpoint copies valid: the next checkpoint need write only one
+    problems: list[str] = field(default_factory=list)  # damage recovery worked around
+    rebuilt: bool = False  # no checkpoint: rebuilt from the whole journal
+
+
+def load_state(store: object, salvage: bool = False) -> Loaded:
+    """State from the newest valid checkpoint copy, the position to replay from, and what is
+    damaged. Raises CorruptData when the pool cannot be opened exactly."""
     from vstor.store.store import Store
 
     assert isinstance(store, Store)
-    ck = read_checkpoint(store.paths["meta"], store.sb.uuid_bytes)
+    ckset = read_checkpoints(store.paths["meta"], store.sb.uuid_bytes)
+    segs = store.journal.segments()
+    problems = ckset.problems()
+    ck = ckset.newest
     if ck is None:
-        segs = store.journal.segments()
-        return PoolState(store.sb.chunk_size), (segs[0] if segs else 1, SEGMENT_HEADER_SIZE), 0
+        return _without_checkpoint(store, segs, problems, salvage)
+    _check_journal(store, ck, segs)
+    older = ckset.older
+    if older is not None:
+        _check_journal(store, older, segs)
     state = PoolState.from_checkpoint(store.sb.chunk_size, ck.meta, ck.maps, origins=ck.version >= 4)
-    return state, (ck.segno, ck.pos), ck.generation
+    used = max([*segs, ck.segno - 1, ck.next_segno - 1, 0]) + 1
+    older_pos = (older.segno, older.pos) if older is not None else (ck.segno, ck.pos)
+    return Loaded(state, (ck.segno, ck.pos), ck.generation, older_pos, used, ckset.both_valid, problems)
+
+
+def _without_checkpoint(store: object, segs: list[int], problems: list[str], salvage: bool) -> Loaded:
+    chunk = store.sb.chunk_size  # type: ignore[attr-defined]
+    if not segs and not problems:  # a pool made before init wrote a checkpoint, never written to
+        return Loaded(PoolState(chunk), (1, SEGMENT_HEADER_SIZE), 0, (1, SEGMENT_HEADER_SIZE), 1, False)
+    what = "; ".join(problems) or "no checkpoint copy exists"
+    missing = _gaps(1, segs)
+    if not salvage:
+        raise CorruptData(f"the pool has no valid checkpoint ({what}): the array will not start; "
+                          f"{REPAIR_HINT}, and 'vstor pool check --repair' to rebuild the maps from the journal")
+    if missing:
+        raise CorruptData(f"the pool has no valid checkpoint ({what}), and journal segments {_ranges(missing)} "
+                          "are gone (reclaimed or lost), so the maps cannot be rebuilt exactly; restore the "
+                          "pool from a backup or a replica")
+    return Loaded(PoolState(chunk), (1, SEGMENT_HEADER_SIZE), 0, (1, SEGMENT_HEADER_SIZE),
+                  max(segs, default=0) + 1, False, problems, rebuilt=True)
+
+
+def _check_journal(store: object, ck: CheckpointData, segs: list[int]) -> None:
+    """Every segment the checkpoint needs exists, and its own segment reaches its position."""
+    present = set(segs)
+    if ck.segno not in present:
+        if ck.pos > SEGMENT_HEADER_SIZE or any(s > ck.segno for s in segs):
+            raise CorruptData(f"journal segment {ck.segno} is missing, but the checkpoint (generation "
+                              f"{ck.generation}) needs it from offset {ck.pos}; acknowledged writes may be "
+                              f"lost: the array will not start; {REPAIR_HINT}")
+        return
+    size = os.stat(store.journal.path(ck.segno)).st_size  # type: ignore[attr-defined]
+    if size < ck.pos:
+        raise CorruptData(f"journal segment {ck.segno} ends at {size}, but the checkpoint (generation "
+                          f"{ck.generation}) says it reached {ck.pos}: it was cut short and acknowledged "
+                          f"writes may be lost; {REPAIR_HINT}")
+    missing = _gaps(ck.segno, segs)
+    if missing:
+        raise CorruptData(f"journal segments {_ranges(missing)} are missing between the checkpoint's segment "
+                          f"{ck.segno} and the newest, {max(segs)}: acknowledged writes may be lost; {REPAIR_HINT}")
+
+
+def _gaps(first: int, segs: list[int]) -> list[int]:
+    """Segment numbers from ``first`` to the newest that have no file."""
+    present = set(segs)
+    return [s for s in range(first, max(segs, default=first - 1) + 1) if s not in present]
+
+
+def _ranges(nums: list[int]) -> str:
+    out: list[str] = []
+    for n in nums:
+        if out and out[-1].split("-")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
 
 
 def replay(state: PoolState, journal: object, start: tuple[int, int], end: ScanEnd) -> tuple[int, int]:
@@ -49,30 +144,33 @@ def recover(store: object) -> dict:
 
     assert isinstance(store, Store)
     t0 = time.monotonic()
-    state, start, gen = load_state(store)
-    end = ScanEnd(*start)
-    records, nbytes = replay(state, store.journal, start, end)
+    salvage = store.journal.salvage
+    loaded = load_state(store, salvage)
+    for why in loaded.problems:
+        log.error("pool damage worked around: %s", why)
+    end = ScanEnd(*loaded.start)
+    records, nbytes = replay(loaded.state, store.journal, loaded.start, end)
     torn = None
     if end.reason:
         torn = {"segment": end.segno, "offset": end.pos, "reason": end.reason}
-        if end.pos < SEGMENT_HEADER_SIZE:
+        if end.pos < SEGMENT_HEADER_SIZE:  # a segment whose creation a crash cut: never written
             store.journal.delete_segment(end.segno)
         else:
             store.journal.truncate_segment(end.segno, end.pos)
         log.warning("cut torn journal tail at segment %d offset %d (%s)", end.segno, end.pos, end.reason)
     elif end.unwritten:  # the space allocated for the mapped window when the daemon died
         store.journal.truncate_segment(end.segno, end.pos)
-    store.state = state
-    store.ckpt_generation, store.ckpt_position = gen, start
-    segs = store.journal.segments()
-    store.journal.start_segment(max([*segs, start[0] - 1, 0]) + 1)
+    store.state = loaded.state
+    store.adopt_checkpoint(loaded.generation, loaded.start, loaded.older, loaded.both_copies)
+    store.journal.start_segment(max([*store.journal.segments(), loaded.next_segno - 1]) + 1)
     seconds = time.monotonic() - t0
     report = {"records": records, "bytes": nbytes, "seconds": round(seconds, 3),
               "mb_per_s": round(nbytes / 1e6 / seconds, 1) if seconds > 0 else None, "torn_tail": torn,
-              "salvaged": store.journal.salvaged}
+              "salvaged": store.journal.salvaged, "damage": loaded.problems,
+              "headers_rewritten": store.journal.headers_rewritten, "rebuilt": loaded.rebuilt}
     if store.journal.salvaged:
         log.error("salvage cut damaged durable data: %s", json.dumps(store.journal.salvaged))
     log.info("recovered: %s", json.dumps(report))
-    if records or torn:
-        store.checkpoint()
+    if records or torn or loaded.problems or not loaded.both_copies:
+        store.checkpoint(both=True)  # the replayed state, in both copies: the older one is not needed
     return report

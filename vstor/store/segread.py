@@ -70,6 +70,8 @@ class SegmentReader:
     pool_uuid: bytes
     salvage: bool
     salvaged: dict | None
+    headers_rewritten: list[int]
+    rewrite_header: Callable[[int], None]
     path: Callable[[int], str]
     segments: Callable[[], list[int]]
 
@@ -124,6 +126,12 @@ class SegmentReader:
                 raise CorruptData(f"journal segment {s} is damaged at offset {end.pos} ({end.reason}) "
                                   f"but newer segments follow; run 'vstor pool check'")
 
+    def scan_one(self, segno: int, end: ScanEnd) -> Iterator[ScannedRecord]:
+        """Yield the valid records of one whole segment (pool check), like :meth:`scan`."""
+        with self._lock:
+            limit = self._tail if self._fd >= 0 and segno == self._segno else None
+        yield from self._scan_segment(segno, SEGMENT_HEADER_SIZE, end, limit)
+
     def _scan_segment(self, segno: int, pos: int, end: ScanEnd, limit: int | None) -> Iterator[ScannedRecord]:
         end.segno, end.pos, end.reason, end.unwritten = segno, pos, "", False
         with open(self.path(segno), "rb", buffering=0) as raw_f:
@@ -132,9 +140,10 @@ class SegmentReader:
             try:
                 unpack_segment_header(head, self.pool_uuid, segno)
             except BadRecord as e:
-                end.reason = str(e)
-                end.pos = 0
-                return
+                if not self._bad_segment_header(segno, head, e):  # a creation a crash cut: nothing in it
+                    end.reason = "segment never started"
+                    end.pos = 0
+                    return
             f.seek(pos)
             while limit is None or pos < limit:
                 raw = f.read(RECORD_HEADER_SIZE)
@@ -171,6 +180,22 @@ class SegmentReader:
                 yield ScannedRecord(make_loc(segno, pos), header, frames, payload)
                 pos += header.total_size
                 end.pos = pos
+
+    def _bad_segment_header(self, segno: int, head: bytes, why: BadRecord) -> bool:
+        """Decide what a segment header that fails to parse means. Returns False for a segment
+        whose creation a crash cut: no byte past the header, or only zeros (start_segment syncs
+        the header before any record goes in), so no map can point into it. Any other bad
+        header is damage: with ``salvage`` a header that fails its checksum is rewritten (the
+        records carry their own checksums) and True is returned; otherwise CorruptData is
+        raised. Such a segment is never cut: maps may point into it."""
+        if os.path.getsize(self.path(segno)) <= SEGMENT_HEADER_SIZE or self._durable_after(segno, 0)[1]:
+            return False
+        if self.salvage and str(why) == "bad segment header":
+            self.rewrite_header(segno)
+            self.headers_rewritten.append(segno)
+            return True
+        raise CorruptData(f"journal segment {segno} has a damaged header ({why}); its records may still be "
+                          "intact: 'vstor pool check --repair' rewrites the header")
 
     def _durable_after(self, segno: int, pos: int) -> tuple[int, bool]:
         """The highest durable position stated by a valid commit marker after ``pos`` (0 if none),

@@ -45,7 +45,7 @@ from vstor.store.segread import ScannedRecord
 from vstor.store.space import SpaceGuard
 from vstor.store.state import PoolState
 from vstor.store.stats import Counters
-from vstor.store.superblock import Superblock, layout, load_key, load_superblock
+from vstor.store.superblock import Superblock, ensure_superblock_copy, layout, load_key, load_superblock
 from vstor.store.volumes import Volume
 
 log = logging.getLogger("vstor.store")
@@ -75,6 +75,8 @@ class Store(MaintenanceMixin, ReadPathMixin):
         self._remap_lock = threading.Lock()  # GC moves (in-place changes of shared leaves) vs checkpoints
         self.ckpt_generation = 0
         self.ckpt_position = (0, 0)
+        self.ckpt_older = (0, 0)  # the other checkpoint copy's position: the journal is kept from here
+        self.ckpt_both = False  # both copies valid, so the next checkpoint need write only one
         self.ckpt_appended = 0
         self.recovery: dict = {}
         self.reclaimer: object | None = None  # set by reclaim.Reclaimer; used when space runs low
@@ -89,10 +91,17 @@ class Store(MaintenanceMixin, ReadPathMixin):
         from vstor.store.recovery import recover
 
         sb = load_superblock(pool)
+        ensure_superblock_copy(pool)
         store = cls(pool, sb, load_key(sb, key_file), clock, faults)
         store.journal.salvage = salvage
         store.recovery = recover(store)
         return store
+
+    def adopt_checkpoint(self, generation: int, position: tuple[int, int], older: tuple[int, int],
+                         both: bool) -> None:
+        """Take recovery's view of the checkpoint copies on disk (recovery.py)."""
+        self.ckpt_generation, self.ckpt_position = generation, position
+        self.ckpt_older, self.ckpt_both = older, both
 
     # -- volumes, groups and snapshots (catalog events) ---------------------------------------
     def volumes(self) -> list[Volume]:

@@ -1,13 +1,17 @@
 """The pool superblock ``POOL/pool.json`` and the pool's directory layout.
 
 The superblock is JSON with a version and an xxh3 checksum over its canonical form; it is
-written once at ``pool init`` (atomic replace) and read at every open. It records the
-settings fixed for the pool's life and a key *check value*, never the key.
+written once at ``pool init`` (atomic replace), together with an identical second copy
+``POOL/meta/superblock.copy``, and read at every open: a damaged or missing first copy is
+logged and the second used; ``pool check`` reports either, and ``--repair`` rewrites the bad
+one from the good one. It records the settings fixed for the pool's life and a key *check
+value*, never the key.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -17,10 +21,15 @@ import xxhash
 
 from vstor.durable import atomic_write
 from vstor.errors import AlreadyExists, FormatError, KeyError_, NotFound, UsageError
+from vstor.store.checkpoint import CheckpointData, write_checkpoint
 from vstor.store.codec import KEY_BYTES, key_check_value
-from vstor.store.format import FRAME_SIZE
+from vstor.store.format import FRAME_SIZE, SEGMENT_HEADER_SIZE
+from vstor.store.state import PoolState
+
+log = logging.getLogger("vstor.superblock")
 
 SUPERBLOCK = "pool.json"
+SUPERBLOCK_COPY = "superblock.copy"  # in meta/
 POOL_FORMAT = "vstor-pool"
 POOL_VERSION = 1
 DEFAULT_CHUNK = 512 * 1024
@@ -138,20 +147,37 @@ def init_pool(pool: str, chunk_size: int = DEFAULT_CHUNK, compress: str = "none"
         os.makedirs(paths[d], exist_ok=True)
     sb = Superblock(str(pool_uuid), chunk_size, segment_size, compress, encrypt, key_check,
                     key_file or "", time.time())
-    fields = asdict(sb)
-    fields["checksum"] = _checksum(asdict(sb))
-    atomic_write(paths["superblock"], (json.dumps(fields, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+    raw = encode_superblock(sb)
+    atomic_write(copy_path(pool), raw, 0o644)
+    atomic_write(paths["superblock"], raw, 0o644)
+    write_initial_checkpoint(paths["meta"], sb)
     return sb, created_key
 
 
-def load_superblock(pool: str) -> Superblock:
-    path = layout(pool)["superblock"]
+def write_initial_checkpoint(meta_dir: str, sb: Superblock) -> None:
+    """Both checkpoint copies of an empty pool, so that a pool without one is always damaged."""
+    empty = PoolState(sb.chunk_size)
+    write_checkpoint(meta_dir, sb.uuid_bytes, CheckpointData(1, 1, SEGMENT_HEADER_SIZE, 1, empty.meta_json(),
+                                                             empty.maps_blob()), both=True)
+
+
+def encode_superblock(sb: Superblock) -> bytes:
+    fields = asdict(sb)
+    fields["checksum"] = _checksum(asdict(sb))
+    return (json.dumps(fields, indent=2, sort_keys=True) + "\n").encode()
+
+
+def copy_path(pool: str) -> str:
+    """The superblock's second copy, written with it at init and read when it is damaged."""
+    return os.path.join(layout(pool)["meta"], SUPERBLOCK_COPY)
+
+
+def decode_superblock(raw: bytes, path: str) -> Superblock:
     try:
-        with open(path, "rb") as f:
-            fields = json.loads(f.read())
-    except FileNotFoundError:
-        raise NotFound(f"{pool} is not a vstor pool (no {SUPERBLOCK}); create one with 'vstor pool init'") from None
-    except (OSError, ValueError) as e:
+        fields = json.loads(raw)
+        if not isinstance(fields, dict):
+            raise ValueError("not an object")
+    except ValueError as e:
         raise FormatError(f"superblock {path} is unreadable: {e}") from None
     csum = fields.pop("checksum", None)
     if fields.get("format") != POOL_FORMAT:
@@ -160,7 +186,72 @@ def load_superblock(pool: str) -> Superblock:
         raise FormatError(f"{path} has pool version {fields.get('version')}; this vstor reads {POOL_VERSION}")
     if csum != _checksum(fields):
         raise FormatError(f"superblock {path} fails its checksum; the pool metadata is damaged")
-    return Superblock(**fields)
+    try:
+        return Superblock(**fields)
+    except TypeError as e:
+        raise FormatError(f"superblock {path} has unexpected fields: {e}") from None
+
+
+def _read_one(path: str) -> Superblock | str | None:
+    """The superblock in ``path``, what is wrong with it, or None if there is no file."""
+    try:
+        with open(path, "rb") as f:
+            return decode_superblock(f.read(), path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"superblock {path} cannot be read: {e.strerror}"
+    except FormatError as e:
+        return str(e)
+
+
+def load_superblock(pool: str) -> Superblock:
+    """The superblock, from its second copy when the first is damaged or missing (logged)."""
+    path = layout(pool)["superblock"]
+    main, copy = _read_one(path), _read_one(copy_path(pool))
+    if isinstance(main, Superblock):
+        return main
+    if isinstance(copy, Superblock):
+        log.error("%s; using its copy %s ('vstor pool check --repair' rewrites it)",
+                  main or f"superblock {path} is missing", copy_path(pool))
+        return copy
+    if main is None and copy is None:
+        raise NotFound(f"{pool} is not a vstor pool (no {SUPERBLOCK}); create one with 'vstor pool init'")
+    raise FormatError(main or copy or "")
+
+
+def superblock_problems(pool: str) -> list[str]:
+    """What is wrong with either copy of the superblock (pool check)."""
+    main, copy = _read_one(layout(pool)["superblock"]), _read_one(copy_path(pool))
+    out = [why for why in (main, copy) if isinstance(why, str)]
+    if main is None:
+        out.append(f"superblock {layout(pool)['superblock']} is missing")
+    if copy is None:
+        out.append(f"superblock copy {copy_path(pool)} is missing")
+    if isinstance(main, Superblock) and isinstance(copy, Superblock) and main != copy:
+        out.append(f"superblock {layout(pool)['superblock']} and its copy differ")
+    return out
+
+
+def ensure_superblock_copy(pool: str) -> None:
+    """Write the second copy for a pool made before it was kept (its first copy verified)."""
+    if not os.path.exists(copy_path(pool)) and isinstance(main := _read_one(layout(pool)["superblock"]), Superblock):
+        atomic_write(copy_path(pool), encode_superblock(main), 0o644)
+        log.info("wrote the superblock's second copy %s", copy_path(pool))
+
+
+def repair_superblock(pool: str) -> list[str]:
+    """Rewrite a damaged or missing copy of the superblock from the valid one. Returns what was done."""
+    main_path = layout(pool)["superblock"]
+    main, copy = _read_one(main_path), _read_one(copy_path(pool))
+    if isinstance(main, Superblock) and isinstance(copy, Superblock):
+        return []
+    good = main if isinstance(main, Superblock) else copy
+    if not isinstance(good, Superblock):
+        return []
+    bad = copy_path(pool) if good is main else main_path
+    atomic_write(bad, encode_superblock(good), 0o644)
+    return [f"rewrote {bad} from the other copy of the superblock"]
 
 
 def load_key(sb: Superblock, key_file: str | None) -> bytes | None:
