@@ -34,6 +34,33 @@ def test_damage_before_a_commit_marker_is_corruption_not_a_torn_tail(tmp_path):
         Store.open(pool)
 
 
+@pytest.mark.parametrize("marked", [True, False])
+def test_an_idle_journal_marks_its_newest_durable_records(tmp_path, marked):
+    """The last synced write has no later write to carry a marker for it: the maintenance
+    tick writes one, and damage to that write is then corruption, not a torn tail."""
+    from vstor.store.reclaim import Reclaimer
+
+    pool = make_pool(tmp_path)
+    st = Store.open(pool)
+    v = st.create_volume("a", 64 * MiB)
+    st.write(v.id, 0, os.urandom(256 * 1024))
+    st.sync()
+    loc = _loc_of(st, v.id, 0)
+    if marked:
+        Reclaimer(st).tick()  # idle after the sync: the commit step marks
+        assert not st.mark_durable()  # once: the marker itself needs none
+        assert not st.journal.dirty()
+    st.journal.close()  # a crash
+    flip_byte(seg_path(pool, loc_segno(loc)), loc_pos(loc) + 64 + 32 + 1000)
+    if marked:
+        with pytest.raises(CorruptData, match="durable"):
+            Store.open(pool)
+    else:  # indistinguishable from a write the crash tore: cut, and reported as a torn tail
+        st = Store.open(pool)
+        assert st.recovery["torn_tail"]["offset"] == loc_pos(loc)
+        st.close()
+
+
 def test_damage_after_the_last_marker_is_a_torn_tail(tmp_path):
     pool = make_pool(tmp_path)
     st = Store.open(pool)

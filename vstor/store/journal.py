@@ -73,6 +73,7 @@ class Journal(SegmentReader):
         self._win_start = self._win_end = 0
         self._durable = (0, 0)
         self._marked = 0  # position in the current segment covered by the last commit marker
+        self._marker_end = 0  # the tail right after a marker mark() wrote
         self._pending: int | None = None  # a marker decided by reserve(), written by write()
         self._reserved: tuple[int, int] | None = None  # where the record being built will land
         self._written_back = 0  # writeback started up to here in the current segment
@@ -131,6 +132,7 @@ class Journal(SegmentReader):
             self._written_back = SEGMENT_HEADER_SIZE
             self._durable = (segno, SEGMENT_HEADER_SIZE)
             self._marked, self._pending, self._reserved = SEGMENT_HEADER_SIZE, None, None
+            self._marker_end = 0
         if old >= 0:
             os.close(old)
 
@@ -281,6 +283,22 @@ class Journal(SegmentReader):
             self.syncs += 1
         except OSError as e:
             self._fail(f"journal fdatasync failed: {e}")
+
+    def unmarked(self) -> bool:
+        """Whether the newest records are durable but no commit marker says so yet, and nothing
+        was appended since (caller holds the store lock). Until a marker follows them, damage
+        to them cannot be told from a torn tail after a crash (see :meth:`mark`)."""
+        dseg, dpos = self._durable
+        return (dseg, dpos) == (self._segno, self._tail) and dpos > self._marked and dpos != self._marker_end
+
+    def mark(self) -> None:
+        """Append a commit marker stating the durable position, and sync it (caller holds the
+        store lock and saw :meth:`unmarked`). Damage to the records before it is then
+        reported as corruption, never cut as a torn tail."""
+        self.reserve(0)
+        self.write([])
+        self._marker_end = self._tail
+        self.sync()
 
     def durable_position(self) -> tuple[int, int]:
         return self._durable

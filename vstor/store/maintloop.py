@@ -64,6 +64,8 @@ class MaintenanceLoop:
         self.store.journal.faults.hit("maintenance.commit")
         if self.store.journal.dirty():
             self.store.journal.sync()
+        else:  # idle since the last sync: a marker after the newest records (Store.mark_durable)
+            self.store.mark_durable()
 
     def _checkpoint(self) -> None:
         st = self.store

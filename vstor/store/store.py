@@ -308,6 +308,16 @@ class Store(MaintenanceMixin, ReadPathMixin):
         self.journal.sync()
         self.stats.add(fsyncs=1)
 
+    def mark_durable(self) -> bool:
+        """When the newest records are durable but unmarked and the journal is idle, write and
+        sync a commit marker after them (the maintenance tick), so that damage to them is
+        never taken for a torn tail after a crash. Returns whether a marker was written."""
+        with self._lock:
+            if not self.journal.unmarked():
+                return False
+            self.journal.mark()
+        return True
+
     def _volume(self, vid: int) -> Volume:
         vol = self.state.table.by_id_or_none(vid)
         if vol is None:

@@ -187,9 +187,12 @@ def decode_superblock(raw: bytes, path: str) -> Superblock:
     if csum != _checksum(fields):
         raise FormatError(f"superblock {path} fails its checksum; the pool metadata is damaged")
     try:
-        return Superblock(**fields)
+        sb = Superblock(**fields)
     except TypeError as e:
         raise FormatError(f"superblock {path} has unexpected fields: {e}") from None
+    if encode_superblock(sb) != raw:  # written only by encode_superblock: any other byte is damage
+        raise FormatError(f"superblock {path} is not in the form vstor writes; the pool metadata is damaged")
+    return sb
 
 
 def _read_one(path: str) -> Superblock | str | None:
