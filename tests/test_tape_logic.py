@@ -183,6 +183,44 @@ def test_early_warning_cleared_by_rewind(tmp_path):
     assert t.write(b"new backup") == 10 and c.eod == 1
 
 
+def test_eot_shown_until_the_tape_is_repositioned(tmp_path):
+    """st: EOT (the early-warning EOM state) holds from the write that enters the zone until the
+    next repositioning; data lying in the zone alone shows no EOT (a load or a rewind)."""
+    c, t = _pair(tmp_path, cap=10_000, compress=False, ew=3000)  # EW from the 7th 1000-byte block
+
+    def eot() -> bool:
+        return bool(t.status().gstat & td.GMT_EOT)
+
+    for _ in range(6):
+        t.write(b"x" * 1000)
+    assert not eot()
+    t.write(b"x" * 1000)
+    assert eot() and _errno(t.write, b"x") == errno.ENOSPC and eot()  # still EOT after the ENOSPC
+    t.close(rewind=False)  # the no-rewind device: the closing filemark keeps the state
+    assert eot() and c.eod == 8
+    t.op(td.MTREW, 1)
+    st = t.status()
+    assert not st.gstat & td.GMT_EOT and st.gstat & td.GMT_BOT and (st.fileno, st.blkno) == (0, 0)
+    t.op(td.MTEOM, 1)  # back at EOD, inside the zone, by positioning: EOD, not EOT (st)
+    assert t.status().gstat & td.GMT_EOD and not eot()
+    t.write(b"y" * 10)
+    assert eot()  # a write in the zone gives the warning again
+    t.op(td.MTNOP, 1)
+    assert eot()  # an operation that does not move the tape keeps it
+    for op, count in ((td.MTBSR, 1), (td.MTFSR, 1), (td.MTBSF, 1), (td.MTFSF, 0), (td.MTSEEK, 2),
+                      (td.MTSETPART, 0), (td.MTLOAD, 0), (td.MTOFFL, 0)):
+        t.op(td.MTEOM, 1)
+        t.write(b"w")
+        assert eot(), op
+        _errno(t.op, op, count)  # BSR stops at the filemark written first, FSR at EOD: EIO
+        assert not eot(), op  # cleared as the operation starts, whether it then succeeds or not
+    t.op(td.MTEOM, 1)
+    t.write(b"z")
+    t.close(rewind=True)  # the rewinding device's close rewinds: cleared
+    assert not eot() and t.pos == 0
+    assert not _drive(c, ew=3000).status().gstat & td.GMT_EOT  # a fresh load of the nearly full tape
+
+
 def test_lz4_counts_stored_bytes(tmp_path):
     def fill(code: str, block: bytes, compress: bool) -> int:
         t = _drive(_cart(tmp_path, code, cap=256 * 1024, compress=compress))
