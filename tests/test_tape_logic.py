@@ -384,6 +384,38 @@ def test_library_add_remove_and_round_trip():
         Library.create("X", "disk", 1, 1, 0, "")
 
 
+def test_new_media_never_take_the_home_slot_of_a_loaded_cartridge(tmp_path):
+    """A cartridge in a drive still owns its home slot: create and import place new media
+    elsewhere, and its unload finds the slot free."""
+    lib = Library.create("L", "tape", 3, 2, 0, "LTO-9")
+    lib.add(Medium("VT0001L9", "LTO9", 0, 1))
+    lib.add(Medium("VT0002L9", "LTO9", 0, 1))
+    lib.move("slot1", "drive0")
+    assert lib.free_slots() == [2] and lib.free_slots(keep="VT0001L9") == [0, 2]
+    lib.add(Medium("VT0003L9", "LTO9", 0, 1))
+    assert lib.slots == [None, "VT0002L9", "VT0003L9"] and lib.media["VT0003L9"].home == 1026
+    with pytest.raises(Busy, match="no empty slot for VT0004L9.*home slots of loaded media"):
+        lib.add(Medium("VT0004L9", "LTO9", 0, 1))
+    assert lib.home_of("VT0001L9") == "1024"
+    lib.move("slot2", "drive1")  # VT0002L9's home is slot2; VT0001L9's slot1 is taken by hand
+    lib.move("slot3", "slot1")
+    assert lib.home_of("VT0001L9") == "1026"  # not slot2: VT0002L9 owns it
+
+    from vstor.media.manager import MediaManager
+
+    mgr = MediaManager(str(tmp_path))
+    mgr.create_library("M", "tape", 3, 1, 0)
+    mgr.create_media("M", ["VT0001L9", "VT0002L9"], capacity=1 << 20)
+    mgr.load("M", "VT0001L9", 0)
+    with pytest.raises(Busy, match="1 empty slots .not counting the home slots of loaded media., not 2"):
+        mgr.create_media("M", ["VT0003L9", "VT0004L9"])
+    assert "VT0003L9" not in mgr.lib("M").media
+    mgr.create_media("M", ["VT0003L9"], capacity=1 << 20)
+    assert mgr.lib("M").slots == [None, "VT0002L9", "VT0003L9"]
+    assert mgr.unload("M", 0)["to"] == 1024
+    mgr.close()
+
+
 # -- media types and ranges --------------------------------------------------------------------------
 def test_tape_kind_and_lto_compatibility():
     for gen in range(5, 10):
