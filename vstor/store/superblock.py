@@ -2,7 +2,8 @@
 
 The superblock is JSON with a version and an xxh3 checksum over its canonical form; it is
 written once at ``pool init`` (atomic replace) and read at every open. It records the
-settings fixed for the pool's life and a key *check value*, never the key.
+settings fixed for the pool's life and a key *check value*, never the key. It is 0600 and
+the journal, meta and log directories 0700: a pool's metadata is its owner's only.
 """
 
 from __future__ import annotations
@@ -135,12 +136,12 @@ def init_pool(pool: str, chunk_size: int = DEFAULT_CHUNK, compress: str = "none"
             created_key = True
         key_check = key_check_value(read_key_file(key_file), pool_uuid.bytes)
     for d in ("journal", "meta", "log"):
-        os.makedirs(paths[d], exist_ok=True)
+        os.makedirs(paths[d], mode=0o700, exist_ok=True)  # owner only, like pool.json
     sb = Superblock(str(pool_uuid), chunk_size, segment_size, compress, encrypt, key_check,
                     key_file or "", time.time())
     fields = asdict(sb)
     fields["checksum"] = _checksum(asdict(sb))
-    atomic_write(paths["superblock"], (json.dumps(fields, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+    atomic_write(paths["superblock"], (json.dumps(fields, indent=2, sort_keys=True) + "\n").encode(), 0o600)
     return sb, created_key
 
 
