@@ -426,6 +426,7 @@ def test_wrong_key_refused(array_factory, tmp_path):
     arr = array_factory("enc", encrypt=True, key_file=str(k1))
     assert k1.exists() and k1.stat().st_size >= 32
     k2.write_bytes(os.urandom(32))
+    k2.chmod(0o600)  # owner-only, or array start also warns about its mode (a second stderr line)
 
     r = arr.start(check=False, key_file=str(k2))
     line = one_error_line(r, "start with the wrong key")

@@ -4,8 +4,10 @@ cleaning cartridges, kill -9 mid-archive, inventory persistence, and one-line er
 from __future__ import annotations
 
 import errno
+import fcntl
 import filecmp
 import os
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from harness import one_error_line, run
 pytestmark = pytest.mark.root
 
 RECORD = 512 * 512  # tar -b 512: one 256 KiB record per write, one tape block
+MTIOCGET, GMT_EOT = 0x80306D02, 0x20000000
 
 
 def _setup(array) -> None:
@@ -95,6 +98,55 @@ def test_tar_archives_filemarks_and_mt(array, tmp_path):
     listing = run(["tar", "-b", "512", "-tf", _dev(array, rewind=True)]).stdout.split()
     assert sorted(listing) == ["t0/", "t0/data.bin", "t0/note.txt"]  # the first archive, read from BOT
     assert "File number=0, block number=0" in _mt(dev, "status").stdout
+
+
+def test_eot_in_mt_status_until_rewind(array, tmp_path):
+    """Writing into the early-warning zone shows EOT (st's EOM state: the next write is ENOSPC);
+    a rewind clears it, and spacing back to EOD by positioning shows EOD, not EOT."""
+    _setup(array)
+    array.vstor("media", "create", "L", "VT0009L9", "--capacity", "4M")  # early warning from 3 MiB
+    array.vstor("media", "load", "L", "VT0009L9", "--drive", "1")
+    dev = _dev(array, 1)
+    fd = os.open(dev, os.O_WRONLY)
+    try:
+        written = 0
+        while True:  # 256 KiB blocks until the early warning's one ENOSPC
+            try:
+                written += os.write(fd, os.urandom(RECORD))
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+                break
+        gstat = struct.unpack("<qqqqqii", fcntl.ioctl(fd, MTIOCGET, bytes(48)))[3]
+        assert gstat & GMT_EOT and 3 << 20 <= written < 4 << 20
+    finally:
+        os.close(fd)  # the closing filemark
+    assert "EOT" in _mt(dev, "status").stdout  # still there for the next program (see admin guide)
+    _mt(dev, "rewind")
+    st = _mt(dev, "status").stdout
+    assert "EOT" not in st and "BOT" in st and "File number=0, block number=0" in st
+    _mt(dev, "eod")
+    st = _mt(dev, "status").stdout
+    assert "EOT" not in st and "EOD" in st
+
+
+def test_drive_files_do_not_seek_so_tar_reads_past_large_members(array, tmp_path):
+    """lseek on a drive file fails with ESPIPE (FUSE has no no-op llseek like st's: a seekable
+    regular file makes GNU tar skip members by lseek, which would not move the tape)."""
+    _setup(array)
+    dev = _dev(array)
+    fd = os.open(dev, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as ei:
+            os.lseek(fd, 0, os.SEEK_CUR)
+        assert ei.value.errno == errno.ESPIPE
+    finally:
+        os.close(fd)
+    t = _tree(tmp_path, "big", 3 * RECORD + 1000)  # data.bin spans records tar would skip by lseek
+    (t / "z_after.txt").write_text("after\n")
+    _tar_c(dev, t)
+    _mt(dev, "rewind")
+    listing = run(["tar", "-b", "512", "-tf", dev]).stdout.split()
+    assert sorted(listing) == ["big/", "big/data.bin", "big/note.txt", "big/z_after.txt"]
 
 
 def test_write_protect(array, tmp_path):

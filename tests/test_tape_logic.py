@@ -183,6 +183,44 @@ def test_early_warning_cleared_by_rewind(tmp_path):
     assert t.write(b"new backup") == 10 and c.eod == 1
 
 
+def test_eot_shown_until_the_tape_is_repositioned(tmp_path):
+    """st: EOT (the early-warning EOM state) holds from the write that enters the zone until the
+    next repositioning; data lying in the zone alone shows no EOT (a load or a rewind)."""
+    c, t = _pair(tmp_path, cap=10_000, compress=False, ew=3000)  # EW from the 7th 1000-byte block
+
+    def eot() -> bool:
+        return bool(t.status().gstat & td.GMT_EOT)
+
+    for _ in range(6):
+        t.write(b"x" * 1000)
+    assert not eot()
+    t.write(b"x" * 1000)
+    assert eot() and _errno(t.write, b"x") == errno.ENOSPC and eot()  # still EOT after the ENOSPC
+    t.close(rewind=False)  # the no-rewind device: the closing filemark keeps the state
+    assert eot() and c.eod == 8
+    t.op(td.MTREW, 1)
+    st = t.status()
+    assert not st.gstat & td.GMT_EOT and st.gstat & td.GMT_BOT and (st.fileno, st.blkno) == (0, 0)
+    t.op(td.MTEOM, 1)  # back at EOD, inside the zone, by positioning: EOD, not EOT (st)
+    assert t.status().gstat & td.GMT_EOD and not eot()
+    t.write(b"y" * 10)
+    assert eot()  # a write in the zone gives the warning again
+    t.op(td.MTNOP, 1)
+    assert eot()  # an operation that does not move the tape keeps it
+    for op, count in ((td.MTBSR, 1), (td.MTFSR, 1), (td.MTBSF, 1), (td.MTFSF, 0), (td.MTSEEK, 2),
+                      (td.MTSETPART, 0), (td.MTLOAD, 0), (td.MTOFFL, 0)):
+        t.op(td.MTEOM, 1)
+        t.write(b"w")
+        assert eot(), op
+        _errno(t.op, op, count)  # BSR stops at the filemark written first, FSR at EOD: EIO
+        assert not eot(), op  # cleared as the operation starts, whether it then succeeds or not
+    t.op(td.MTEOM, 1)
+    t.write(b"z")
+    t.close(rewind=True)  # the rewinding device's close rewinds: cleared
+    assert not eot() and t.pos == 0
+    assert not _drive(c, ew=3000).status().gstat & td.GMT_EOT  # a fresh load of the nearly full tape
+
+
 def test_lz4_counts_stored_bytes(tmp_path):
     def fill(code: str, block: bytes, compress: bool) -> int:
         t = _drive(_cart(tmp_path, code, cap=256 * 1024, compress=compress))
@@ -344,6 +382,38 @@ def test_library_add_remove_and_round_trip():
         full.add(Medium("VT0002L9", "LTO9", 0, 1))
     with pytest.raises(UsageError):
         Library.create("X", "disk", 1, 1, 0, "")
+
+
+def test_new_media_never_take_the_home_slot_of_a_loaded_cartridge(tmp_path):
+    """A cartridge in a drive still owns its home slot: create and import place new media
+    elsewhere, and its unload finds the slot free."""
+    lib = Library.create("L", "tape", 3, 2, 0, "LTO-9")
+    lib.add(Medium("VT0001L9", "LTO9", 0, 1))
+    lib.add(Medium("VT0002L9", "LTO9", 0, 1))
+    lib.move("slot1", "drive0")
+    assert lib.free_slots() == [2] and lib.free_slots(keep="VT0001L9") == [0, 2]
+    lib.add(Medium("VT0003L9", "LTO9", 0, 1))
+    assert lib.slots == [None, "VT0002L9", "VT0003L9"] and lib.media["VT0003L9"].home == 1026
+    with pytest.raises(Busy, match="no empty slot for VT0004L9.*home slots of loaded media"):
+        lib.add(Medium("VT0004L9", "LTO9", 0, 1))
+    assert lib.home_of("VT0001L9") == "1024"
+    lib.move("slot2", "drive1")  # VT0002L9's home is slot2; VT0001L9's slot1 is taken by hand
+    lib.move("slot3", "slot1")
+    assert lib.home_of("VT0001L9") == "1026"  # not slot2: VT0002L9 owns it
+
+    from vstor.media.manager import MediaManager
+
+    mgr = MediaManager(str(tmp_path))
+    mgr.create_library("M", "tape", 3, 1, 0)
+    mgr.create_media("M", ["VT0001L9", "VT0002L9"], capacity=1 << 20)
+    mgr.load("M", "VT0001L9", 0)
+    with pytest.raises(Busy, match="1 empty slots .not counting the home slots of loaded media., not 2"):
+        mgr.create_media("M", ["VT0003L9", "VT0004L9"])
+    assert "VT0003L9" not in mgr.lib("M").media
+    mgr.create_media("M", ["VT0003L9"], capacity=1 << 20)
+    assert mgr.lib("M").slots == [None, "VT0002L9", "VT0003L9"]
+    assert mgr.unload("M", 0)["to"] == 1024
+    mgr.close()
 
 
 # -- media types and ranges --------------------------------------------------------------------------

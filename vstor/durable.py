@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import stat
 
 SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -54,10 +55,16 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
 
     After return, a crash leaves either the old or the new content, never a mix, and the
     new content survives power loss: tmp file + fsync + rename + fsync of the directory.
+
+    The file gets ``mode`` (less the umask), never more: a ``.tmp`` left by a crash with wider
+    permissions is narrowed before the data goes in.
     """
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        have = stat.S_IMODE(os.fstat(fd).st_mode)
+        if have & ~mode:
+            os.fchmod(fd, have & mode)
         view = memoryview(data)
         while view:
             n = os.write(fd, view)

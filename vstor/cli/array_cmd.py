@@ -10,8 +10,9 @@ import time
 
 from vstor.cli.common import add_pool_arg, daemon_request, emit, pool_path, volume_table
 from vstor.control.lock import daemon_pid
+from vstor.control.poolfiles import log_path, open_private, warn_key_file
 from vstor.errors import Busy, NotFound, NotRunning, UsageError, VstorError, error_from_wire
-from vstor.store.superblock import layout
+from vstor.store.superblock import layout, load_superblock
 from vstor.units import format_size
 
 START_TIMEOUT = 600.0
@@ -66,14 +67,14 @@ def cmd_start(args: argparse.Namespace) -> int:
         from vstor.control.lock import PoolLock
 
         raise Busy(f"pool {pool} is in use by {PoolLock(pool).holder()}")
+    warn_key_file(pool, _key_path(pool, args.key_file))  # stderr and log/daemon.log
     if args.foreground:
         from vstor.control.daemon import main as daemon_main
 
         argv = _daemon_argv(pool, args)[3:] + ["--foreground"]
         return daemon_main(argv)
     r, w = os.pipe()
-    log_path = os.path.join(layout(pool)["log"], "daemon.out")
-    with open(log_path, "ab") as out:
+    with os.fdopen(open_private(log_path(pool, "daemon.out")), "ab") as out:
         proc = subprocess.Popen([*_daemon_argv(pool, args), "--ready-fd", str(w)], pass_fds=(w,),
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     os.close(w)
@@ -88,6 +89,16 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise err
     proc.kill()
     raise VstorError(f"the daemon did not start (see {layout(pool)['log']}/daemon.log)")
+
+
+def _key_path(pool: str, key_file: str | None) -> str | None:
+    """The key file the daemon will read: --key-file, or the one named at init; None if the pool
+    is not encrypted or its superblock cannot be read (the daemon reports that)."""
+    try:
+        sb = load_superblock(pool)
+    except VstorError:
+        return None
+    return (key_file or sb.key_file) if sb.encrypt else None
 
 
 def _read_line(fd: int, timeout: float) -> str:

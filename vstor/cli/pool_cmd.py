@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from vstor.cli.common import emit
 from vstor.control.lock import PoolLock, daemon_pid
+from vstor.control.poolfiles import warn_key_file
 from vstor.errors import Busy
 from vstor.store.superblock import DEFAULT_CHUNK, init_pool, load_key, load_superblock
 from vstor.units import format_size, parse_size
@@ -42,9 +43,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     segment = None if args.segment_size == "auto" else parse_size(args.segment_size, "segment size")
     sb, created_key = init_pool(args.path, parse_size(args.chunk_size, "chunk size"), args.compress,
                                 args.encrypt, args.key_file, segment)
+    warnings = warn_key_file(args.path, sb.key_file if sb.encrypt else None)  # stderr and log/daemon.log
     result = {"pool": os.path.abspath(args.path), "uuid": sb.uuid, "chunk_size": sb.chunk_size,
               "segment_size": sb.segment_size,
-              "compress": sb.compress, "encrypt": sb.encrypt, "key_file_created": created_key}
+              "compress": sb.compress, "encrypt": sb.encrypt, "key_file_created": created_key,
+              "warnings": warnings}
     emit(args, result, lambda r: f"created pool {r['pool']} (chunk {format_size(r['chunk_size'])}, "
          f"segment {format_size(r['segment_size'])}, "
          f"compress {r['compress']}, encrypt {'on' if r['encrypt'] else 'off'})"

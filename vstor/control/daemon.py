@@ -19,6 +19,7 @@ import threading
 
 from vstor.control.lock import PoolLock
 from vstor.control.mounts import fsname_for, prepare_mountpoint, unmount
+from vstor.control.poolfiles import pool_log_handler
 from vstor.control.pygc import GcPolicy
 from vstor.control.server import ControlServer
 from vstor.control.service import PoolService
@@ -35,7 +36,7 @@ log = logging.getLogger("vstor.daemon")
 
 
 def setup_logging(pool: str, foreground: bool) -> None:
-    handlers: list[logging.Handler] = [logging.FileHandler(os.path.join(layout(pool)["log"], "daemon.log"))]
+    handlers: list[logging.Handler] = [pool_log_handler(pool)]  # log/daemon.log, owner only
     if foreground:
         handlers.append(logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,

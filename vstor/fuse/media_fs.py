@@ -4,8 +4,12 @@ disc side is ``/media/<lib>/drive<N>``, a file as large as the disc (unwritten a
 zeros); closing it closes a write-once disc's session.
 
 Drive files are opened direct_io and non-seekable, so each read() and write() reaches us as
-one request and block boundaries hold. mt-st talks to them with the st ioctls, which FUSE
-passes for well-formed _IOC numbers (reference §6.3): MTIOCTOP in, MTIOCGET and MTIOCPOS out.
+one request and block boundaries hold. lseek() on a tape drive file therefore fails with
+ESPIPE, where st's noop_llseek returns 0: the kernel answers SEEK_SET/SEEK_CUR on a FUSE file
+itself (FUSE_LSEEK carries only SEEK_DATA/SEEK_HOLE), and a seekable regular file is worse,
+as GNU tar then skips members with lseek (it takes S_ISREG as seekable), which moves no tape.
+mt-st talks to them with the st ioctls, which FUSE passes for well-formed _IOC numbers
+(reference §6.3): MTIOCTOP in, MTIOCGET and MTIOCPOS out.
 A drive is open by one handle at a time (EBUSY), as st does.
 """
 

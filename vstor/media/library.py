@@ -118,14 +118,21 @@ class Library:
             raise NotFound(f"no medium {barcode!r} in library {self.name} (see 'vstor media inventory "
                            f"{self.name}')") from None
 
+    def free_slots(self, keep: str | None = None) -> list[int]:
+        """Indexes of the empty slots a medium may take: not the home slot of a medium loaded in a
+        drive (it goes back there at unload), except ``keep``'s own."""
+        owned = {self.media[c].home for c in self.drives if c and c != keep and c in self.media}
+        return [i for i, c in enumerate(self.slots) if c is None and self.address("slot", i) not in owned]
+
     # -- changes ---------------------------------------------------------------------------------
     def add(self, m: Medium) -> None:
         if m.barcode in self.media:
             raise AlreadyExists(f"barcode {m.barcode} already exists in library {self.name}")
-        try:
-            idx = self.slots.index(None)
-        except ValueError:
-            raise Busy(f"library {self.name} has no empty slot for {m.barcode}") from None
+        free = self.free_slots()
+        if not free:
+            raise Busy(f"library {self.name} has no empty slot for {m.barcode} (the home slots of loaded media "
+                       "are kept for them)")
+        idx = free[0]
         m.home = self.address("slot", idx)
         self.slots[idx] = m.barcode
         self.media[m.barcode] = m
@@ -155,10 +162,10 @@ class Library:
         kind, idx = self.element(home)
         if self._list(kind)[idx] is None:
             return str(home)
-        free = self.slots.index(None) if None in self.slots else -1
-        if free < 0:
+        free = self.free_slots(keep=barcode)
+        if not free:
             raise Busy(f"no empty slot to put {barcode} back")
-        return str(self.address("slot", free))
+        return str(self.address("slot", free[0]))
 
     def remove(self, barcode: str) -> None:
         kind, idx = self.where(barcode)

@@ -57,7 +57,7 @@ class MailSlotsMixin:
                     raise AlreadyExists(f"medium {clash[0]} on the shelf has the barcode of a medium in {name}; "
                                         "delete one of them first")
                 for code in sorted(shelf)[: len(lib.mailslots)]:
-                    if None not in lib.slots:
+                    if not lib.free_slots():
                         break
                     m = Medium(**shelf[code])
                     self._move_files(os.path.join(self.dir, name, "shelf"), os.path.join(self.dir, name), code)

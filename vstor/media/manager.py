@@ -126,8 +126,10 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
                         raise UsageError("optical media need --type (BD-R, BD-RE, BDXL, DVD+R, DVD-RW, CD-R, MO)")
                     d = mt.disc_type(type_)
                     new.append(Medium(code, d.name, 0, capacity or d.capacity))
-            if len(new) > lib.slots.count(None):
-                raise Busy(f"library {name} has {lib.slots.count(None)} empty slots, not {len(new)}")
+            free = len(lib.free_slots())  # the home slots of loaded media stay theirs
+            if len(new) > free:
+                raise Busy(f"library {name} has {free} empty slots (not counting the home slots of loaded media), "
+                           f"not {len(new)}")
             for m in new:
                 lib.add(m)
             self.save(lib)

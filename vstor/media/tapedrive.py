@@ -13,6 +13,10 @@ reference §4.1:
 * a write or filemark anywhere but EOD truncates the rest (WORM: refused);
 * early warning: the first write past ``capacity - ew`` succeeds, the next returns ENOSPC
   once, later writes succeed until the hard end, where every write is ENOSPC;
+* ``mt status`` shows EOT from that first write in the early-warning zone until the tape is
+  repositioned (rewind, space, seek, eom, load, offline, set partition, a rewinding close),
+  as st clears its EOM state on every repositioning; a tape that merely holds data into the
+  zone does not show EOT (st keeps no such state after a load or rewind either);
 * after writing, closing writes a filemark; the rewinding device then rewinds.
 """
 
@@ -32,6 +36,10 @@ MTSETBLK, MTSEEK, MTTELL, MTLOAD, MTUNLOAD, MTCOMPRESSION, MTSETPART, MTMKPART =
 GMT_EOF, GMT_BOT, GMT_EOT, GMT_EOD, GMT_WR_PROT, GMT_ONLINE = (0x80000000, 0x40000000, 0x20000000, 0x08000000,
                                                               0x04000000, 0x01000000)
 GMT_IM_REP_EN = 0x00010000
+# Operations that first finish a write (st writes the filemark before moving the tape) ...
+FLUSH_FIRST = frozenset({MTREW, MTOFFL, MTBSF, MTSEEK, MTFSF, MTFSR, MTBSR, MTEOM, MTUNLOAD})
+# ... and all that reposition the tape: each clears the early warning state (and so EOT).
+REPOSITION = FLUSH_FIRST | {MTLOAD, MTSETPART}
 
 
 @dataclass
@@ -125,9 +133,10 @@ class TapeDrive:
 
     # -- mt operations ---------------------------------------------------------------------------
     def op(self, op: int, count: int) -> None:
-        if op in (MTREW, MTOFFL, MTBSF, MTSEEK, MTFSF, MTFSR, MTBSR, MTEOM, MTUNLOAD):
+        if op in FLUSH_FIRST:
             self._finish_write()
-            self.ew_state = 0  # as st: repositioning clears a pending early warning
+        if op in REPOSITION:
+            self.ew_state = 0  # as st: repositioning clears a pending early warning and EOT
         before = self.pos
         try:
             self._op(op, count)
@@ -217,8 +226,8 @@ class TapeDrive:
             g |= GMT_EOD
         if self.pos and self.cart.is_filemark(self.pos - 1):
             g |= GMT_EOF
-        if self.cart.used >= self.cart.capacity - self.ew:
-            g |= GMT_EOT
+        if self.ew_state:
+            g |= GMT_EOT  # a write met the early warning since the last repositioning
         if self.read_only:
             g |= GMT_WR_PROT
         return DriveStatus(fileno, blkno, self.pos, self.part, self.blksize, self.density, g)
@@ -228,7 +237,7 @@ class TapeDrive:
         self._finish_write()
         self.cart.flush()
         if rewind:
-            self.pos = 0
+            self.pos, self.ew_state = 0, 0
 
     def _finish_write(self) -> None:
         if self.wrote:

@@ -5,7 +5,8 @@ written once at ``pool init`` (atomic replace), together with an identical secon
 ``POOL/meta/superblock.copy``, and read at every open: a damaged or missing first copy is
 logged and the second used; ``pool check`` reports either, and ``--repair`` rewrites the bad
 one from the good one. It records the settings fixed for the pool's life and a key *check
-value*, never the key.
+value*, never the key. Both copies are 0600 and the journal, meta and log directories 0700:
+a pool's metadata is its owner's only.
 """
 
 from __future__ import annotations
@@ -144,12 +145,12 @@ def init_pool(pool: str, chunk_size: int = DEFAULT_CHUNK, compress: str = "none"
             created_key = True
         key_check = key_check_value(read_key_file(key_file), pool_uuid.bytes)
     for d in ("journal", "meta", "log"):
-        os.makedirs(paths[d], exist_ok=True)
+        os.makedirs(paths[d], mode=0o700, exist_ok=True)  # owner only, like pool.json
     sb = Superblock(str(pool_uuid), chunk_size, segment_size, compress, encrypt, key_check,
                     key_file or "", time.time())
     raw = encode_superblock(sb)
-    atomic_write(copy_path(pool), raw, 0o644)
-    atomic_write(paths["superblock"], raw, 0o644)
+    atomic_write(copy_path(pool), raw, 0o600)
+    atomic_write(paths["superblock"], raw, 0o600)
     write_initial_checkpoint(paths["meta"], sb)
     return sb, created_key
 
@@ -239,7 +240,7 @@ def superblock_problems(pool: str) -> list[str]:
 def ensure_superblock_copy(pool: str) -> None:
     """Write the second copy for a pool made before it was kept (its first copy verified)."""
     if not os.path.exists(copy_path(pool)) and isinstance(main := _read_one(layout(pool)["superblock"]), Superblock):
-        atomic_write(copy_path(pool), encode_superblock(main), 0o644)
+        atomic_write(copy_path(pool), encode_superblock(main), 0o600)
         log.info("wrote the superblock's second copy %s", copy_path(pool))
 
 
@@ -253,7 +254,7 @@ def repair_superblock(pool: str) -> list[str]:
     if not isinstance(good, Superblock):
         return []
     bad = copy_path(pool) if good is main else main_path
-    atomic_write(bad, encode_superblock(good), 0o644)
+    atomic_write(bad, encode_superblock(good), 0o600)
     return [f"rewrote {bad} from the other copy of the superblock"]
 
 
