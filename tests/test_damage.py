@@ -47,6 +47,7 @@ class Template:
     volumes: dict[str, bytes] = field(default_factory=dict)
     snaps: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (snapshot, volume) -> image
     tearable: tuple[str, int] | None = None  # (segment file, offset): a crash may tear from here on
+    consumers: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _build(path: str, crash: bool) -> Template:
@@ -85,8 +86,10 @@ def _build(path: str, crash: bool) -> Template:
     tpl.snaps[("s2", "b")] = bytes(models["b"])
     scribble(30)
     store.checkpoint()
+    store.consumers.register("reader", store.journal.tail())  # meta/consumers.json and its copy
     scribble(10)  # after the newest checkpoint: replayed at open
     tpl.volumes = {name: bytes(m) for name, m in models.items()}
+    tpl.consumers = store.consumers.positions()
     if crash:
         store.sync()
         store.create_volume("scratch", 64 * KiB)  # after the sync: a crash may tear it
@@ -157,6 +160,7 @@ def damage_case(tpl: Template, seed: int, work: str) -> str:
     except VstorError:
         return "refused"
     try:
+        assert store.consumers.positions() == tpl.consumers, f"{where}: consumer positions"
         listed = {v.name: v.size for v in store.volumes() if v.name != "scratch"}
         assert listed == {n: len(d) for n, d in tpl.volumes.items()}, f"{where}: volumes {listed}"
         names = {v.id: v.name for v in store.volumes()}

@@ -169,3 +169,21 @@ def test_a_missing_journal_segment_after_the_checkpoint_refuses_the_open(tmp_pat
         Store.open(pool)
     r = pool_check(pool)
     assert r.returncode == 1 and f"segment {segno} is missing" in r.stdout
+
+
+def test_a_damaged_consumer_position_file_is_read_from_its_copy_and_repaired(tmp_path):
+    pool = make_pool(tmp_path)
+    st = Store.open(pool)
+    st.create_volume("v", 16 * MiB)
+    st.consumers.register("pair", (1, 64))
+    st.consumers.commit("pair", st.journal.tail())
+    want = st.consumers.positions()
+    st.close()
+    flip_byte(os.path.join(pool, "meta", "consumers.json"), 25)
+    st = Store.open(pool)
+    assert st.consumers.positions() == want
+    st.journal.close()
+    r = pool_check(pool)
+    assert r.returncode == 1 and "consumers.json" in r.stdout, r.stdout
+    r = pool_check(pool, "--repair")
+    assert r.returncode == 0 and "journal consumer positions" in r.stdout, r.stdout

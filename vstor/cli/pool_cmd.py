@@ -58,6 +58,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from vstor.store.check import check_pool  # imported here: every other command starts faster
+    from vstor.store.consumers import consumer_problems
     from vstor.store.store import Store
     from vstor.store.superblock import repair_superblock
 
@@ -71,8 +72,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         rep = _check(Store, check_pool, args.path, sb, key)
         if args.repair and not rep.clean:
             repairs = repair_superblock(args.path)
+            consumers_bad = bool(consumer_problems(os.path.join(args.path, "meta")))
             repaired = Store.open(args.path, args.key_file, salvage=True)
             repairs += _what_recovery_did(repaired.recovery)
+            if consumers_bad:
+                repaired.consumers.rewrite()
+                repairs.append("rewrote both copies of the journal consumer positions from the valid one")
             repaired.close()
             rep = _check(Store, check_pool, args.path, load_superblock(args.path), key)
     result = {"clean": rep.clean, "problems": rep.problems, "notes": rep.notes, "repairs": repairs,

@@ -1,6 +1,6 @@
 """``vstor pool check``: an offline, read-only verification of a pool.
 
-Checks the superblock, both checkpoint copies, that the journal holds every segment the
+Checks the superblock, both checkpoint copies, the journal consumer positions, that the journal holds every segment the
 checkpoints need, every record of every segment (header and frame checksums), that replay
 reproduces a consistent state, and that every mapped extent points at a valid record of the
 right volume and range whose frames decode: with the key, AES-GCM authentication is
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from vstor.errors import CorruptData, FormatError, VstorError
 from vstor.store.checkpoint import read_checkpoints
+from vstor.store.consumers import consumer_problems
 from vstor.store.format import SEGMENT_HEADER_SIZE, loc_pos, loc_segno
 from vstor.store.recovery import load_state, replay
 from vstor.store.segread import ScanEnd
@@ -54,6 +55,8 @@ def check_pool(store: object) -> CheckReport:
     for why in superblock_problems(store.pool):
         rep.problem(why)
     for why in read_checkpoints(store.paths["meta"], store.sb.uuid_bytes).problems():
+        rep.problem(why)
+    for why in consumer_problems(store.paths["meta"]):
         rep.problem(why)
     _check_segments(store, rep)
     try:

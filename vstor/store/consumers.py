@@ -3,8 +3,10 @@
 The journal keeps every segment until all registered consumers have read past it. The
 data store itself consumes through checkpoints; replication and backup jobs register here
 and read records in order with :func:`read_records`, then :meth:`Consumers.commit` the
-position they have safely handled. Positions live in ``meta/consumers.json`` (atomic
-replace), so a consumer resumes exactly where it committed after a restart or crash.
+position they have safely handled. Positions live in ``meta/consumers.json`` and its copy
+``meta/consumers.json.copy`` (each an atomic replace, with an xxh3 checksum), so a consumer
+resumes exactly where it committed after a restart or crash, and one damaged copy is
+survived: the other is read.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import xxhash
+
 from vstor.durable import atomic_write
-from vstor.errors import AlreadyExists, NotFound
+from vstor.errors import AlreadyExists, FormatError, NotFound
 from vstor.store.format import (
     REC_RELOCATE,
     REC_TRIM,
@@ -29,16 +33,63 @@ from vstor.store.format import (
 from vstor.store.segread import ScanEnd
 
 FILE = "consumers.json"
+COPY = "consumers.json.copy"  # written after FILE with the same bytes; read when FILE is damaged
+VERSION = 1
+
+
+def encode_positions(pos: dict[str, tuple[int, int]]) -> bytes:
+    body = {"consumers": {k: list(v) for k, v in sorted(pos.items())}, "version": VERSION}
+    csum = xxhash.xxh3_64_hexdigest(json.dumps(body, sort_keys=True).encode())
+    return json.dumps({**body, "checksum": csum}, sort_keys=True).encode()
+
+
+def decode_positions(raw: bytes, path: str) -> dict[str, tuple[int, int]]:
+    """Parse one copy; FormatError says what is wrong. A file without a version is the
+    unchecked form written before, read as it is."""
+    try:
+        data = json.loads(raw)
+        if "version" not in data:  # the old form: {name: [segno, pos]}
+            return {k: (int(v[0]), int(v[1])) for k, v in data.items()}
+        csum = data.pop("checksum", None)
+        if csum != xxhash.xxh3_64_hexdigest(json.dumps(data, sort_keys=True).encode()):
+            raise FormatError(f"{path} fails its checksum")
+        if data["version"] != VERSION:
+            raise FormatError(f"{path} has version {data['version']}; this vstor reads {VERSION}")
+        return {k: (int(v[0]), int(v[1])) for k, v in data["consumers"].items()}
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise FormatError(f"{path} is unreadable: {e}") from None
+
+
+def _read(path: str) -> dict[str, tuple[int, int]] | str | None:
+    try:
+        with open(path, "rb") as f:
+            return decode_positions(f.read(), path)
+    except FileNotFoundError:
+        return None
+    except (OSError, FormatError) as e:
+        return str(e)
+
+
+def consumer_problems(meta_dir: str) -> list[str]:
+    """What is wrong with either copy of the consumer positions (pool check)."""
+    main, copy = _read(os.path.join(meta_dir, FILE)), _read(os.path.join(meta_dir, COPY))
+    out = [why for why in (main, copy) if isinstance(why, str)]
+    if (main is None) != (copy is None):
+        out.append(f"journal consumer positions: meta/{FILE if main is None else COPY} is missing")
+    return out
 
 
 class Consumers:
     def __init__(self, meta_dir: str) -> None:
         self.path = os.path.join(meta_dir, FILE)
+        self.copy = os.path.join(meta_dir, COPY)
         self._lock = threading.Lock()
-        self._pos: dict[str, tuple[int, int]] = {}
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                self._pos = {k: (v[0], v[1]) for k, v in json.load(f).items()}
+        main, copy = _read(self.path), _read(self.copy)
+        if isinstance(main, str) and isinstance(copy, str):
+            raise FormatError(f"journal consumer positions are damaged in both copies ({main}; {copy}); "
+                              "replication pairs cannot resume: run 'vstor pool check'")
+        good = main if isinstance(main, dict) else copy  # FILE is written first: the newer when both are valid
+        self._pos: dict[str, tuple[int, int]] = dict(good) if isinstance(good, dict) else {}
 
     def positions(self) -> dict[str, tuple[int, int]]:
         with self._lock:
@@ -72,7 +123,14 @@ class Consumers:
             self._save()
 
     def _save(self) -> None:
-        atomic_write(self.path, json.dumps({k: list(v) for k, v in self._pos.items()}).encode())
+        raw = encode_positions(self._pos)
+        atomic_write(self.path, raw)
+        atomic_write(self.copy, raw)
+
+    def rewrite(self) -> None:
+        """Write both copies from the positions in use (pool check --repair)."""
+        with self._lock:
+            self._save()
 
 
 @dataclass(frozen=True)
