@@ -4,6 +4,7 @@ trims work on a full pool (issue #22)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import threading
@@ -12,6 +13,7 @@ import time
 import pytest
 from poolkit import MiB, Refs, make_pool
 
+from vstor.errors import PoolFull
 from vstor.store.chunkmap import EMPTY, LEAF_SLOTS, VolumeMap
 from vstor.store.format import make_loc
 from vstor.store.store import Store
@@ -197,3 +199,49 @@ def test_unmapping_whole_and_cut_leaves_matches_a_model(seed):
             assert m.mapped_bytes == sum(unit for x in want if x != EMPTY)
             assert all(leaf.slots.count(EMPTY) < LEAF_SLOTS for leaf in m.leaves.values())
         assert refs.nonzero() == _model_refs([vm] + [m for m, _ in snaps])
+
+
+# -- a full pool ------------------------------------------------------------------------------
+
+def test_trims_deletes_and_shrinks_work_on_a_full_pool(tmp_path, monkeypatch):
+    """The filesystem is full to the last block (say, GC or a checkpoint took the reserve).
+    Trims, deletes and shrinks free space, so they must still work: their records are tiny.
+    They failed with PoolFull: the space guard refused any record with no free byte, and a
+    small record needing a new mapped window had the journal allocate 4 MiB for it."""
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    keep = store.create_volume("keep", 64 * MiB).id
+    drop = store.create_volume("drop", 64 * MiB).id
+    v = store.create_volume("v", 64 * MiB).id
+    data = os.urandom(2 * MiB)
+    for vid in (keep, drop, v):
+        store.write(vid, 0, data)  # large records: written directly, the mapped window is gone
+        store.write(vid, 8 * MiB, data)
+    store.sync()
+    real = os.posix_fallocate
+
+    def full(fd: int, offset: int, length: int) -> None:  # only the blocks already allocated remain
+        if length > 64 << 10:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    monkeypatch.setattr(store.space, "free_bytes", lambda: 0)
+    store.space.refresh()
+    with pytest.raises(PoolFull):
+        store.write(keep, 4 * MiB, os.urandom(4096))
+    store.trim(v, 0, 4096)
+    store.write(v, 4096, bytes(8192))  # a zero write is a trim
+    store.trim(v, 8 * MiB, 64 * MiB)
+    store.resize_volume("v", MiB, allow_shrink=True)
+    store.delete_volume("drop")
+    store.sync()
+    assert store.read(v, 0, MiB) == bytes(3 * 4096) + data[3 * 4096 : MiB]
+    assert store.volume_usage(v) == MiB - 3 * 4096
+    before = snapshot_state(store)
+    store.close(checkpoint=False)
+    monkeypatch.undo()
+    store = Store.open(pool)
+    assert snapshot_state(store) == before
+    assert store.read(keep, 0, 2 * MiB) == data
+    store.close()

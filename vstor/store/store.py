@@ -26,6 +26,7 @@ from vstor.store.format import (
     FRAME_SIZE,
     MAX_RECORD,
     REC_RELOCATE,
+    REC_TRIM,
     REC_VOLUME,
     REC_WRITE,
     RECORD_HEADER_SIZE,
@@ -217,7 +218,11 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
         stored = len(table) + sum(e.stored_len for e in entries)
         header = RecordHeader(rtype, len(entries), group, vid, seq, offset, length, stored,
                               int(self.clock.time() * 1e9))
-        if use_reserve and not self.space.has_room(RECORD_HEADER_SIZE + stored, use_reserve=True):
+        # Trims and catalog events (which delete and shrink) are how space is freed, and their
+        # records are tiny: the journal alone decides whether they fit (in the blocks it has
+        # allocated, or a few more), never the guard's estimate of the filesystem.
+        frees = rtype in (REC_TRIM, REC_VOLUME)
+        if use_reserve and not frees and not self.space.has_room(RECORD_HEADER_SIZE + stored, use_reserve=True):
             raise PoolFull("pool is completely full: not even its reserve has room; grow the filesystem "
                            "under the pool")
         if not reserved:
