@@ -14,7 +14,7 @@ so host I/O and other admin commands wait for one step at most:
 
 ``progress(done, total)`` is called after each step with the bytes of the range dealt with and
 the range's size (control requests forward it to the CLI).
-The fault point ``store.admin_step`` is hit before each step, outside the lock (tests arm a
+The fault point ``store.admin_step`` is hit between steps, outside the lock (tests arm a
 ``delay`` there to make an operation long).
 """
 
@@ -72,7 +72,6 @@ class AdminOpsMixin:
         span = LEAF_SLOTS * self.sb.chunk_size
         top = -1
         while True:
-            self.faults.hit("store.admin_step")
             with self._lock:
                 vol = self.state.table.by_id_or_none(vid)
                 if vol is None or vol.size <= size:
@@ -85,6 +84,7 @@ class AdminOpsMixin:
                 self._log_event({"op": "resize", "id": vid, "size": cut})
             if progress is not None:
                 progress(top - cut, top - size)
+            self.faults.hit("store.admin_step")
 
     # -- trim --------------------------------------------------------------------------------
     def _trim(self, vid: int, offset: int, length: int, forced_seq: int, progress: Progress = None) -> None:
