@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from poolkit import MiB, Refs, make_pool
+from poolkit import MiB, Refs, leaf_refs, make_pool
 
 from vstor.errors import PoolFull
 from vstor.store.chunkmap import EMPTY, LEAF_SLOTS, VolumeMap
@@ -147,21 +147,6 @@ def test_a_trim_of_much_mapped_data_releases_the_lock_between_steps(tmp_path):
 
 # -- the map: unmapping visits leaves, not chunks ---------------------------------------------
 
-def _model_refs(maps: list[VolumeMap]) -> dict[int, int]:
-    """Bytes referenced per segment, counted once per distinct leaf version (chunkmap.py)."""
-    out: dict[int, int] = {}
-    seen: set[int] = set()
-    for vm in maps:
-        for key, leaf in vm.leaves.items():
-            if id(leaf) in seen:
-                continue
-            seen.add(id(leaf))
-            for _chunk, ext in leaf.extents(key, vm.chunk_size):
-                for s, e, loc in ext:
-                    out[loc >> 32] = out.get(loc >> 32, 0) + e - s
-    return {seg: n for seg, n in out.items() if n}
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_unmapping_whole_and_cut_leaves_matches_a_model(seed):
     """Random maps and unmaps over a few small leaves (4 KiB chunks: a leaf is 4 MiB), with
@@ -198,7 +183,7 @@ def test_unmapping_whole_and_cut_leaves_matches_a_model(seed):
             assert got == want
             assert m.mapped_bytes == sum(unit for x in want if x != EMPTY)
             assert all(leaf.slots.count(EMPTY) < LEAF_SLOTS for leaf in m.leaves.values())
-        assert refs.nonzero() == _model_refs([vm] + [m for m, _ in snaps])
+        assert refs.nonzero() == leaf_refs([vm] + [m for m, _ in snaps])
 
 
 # -- a full pool ------------------------------------------------------------------------------
