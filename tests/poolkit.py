@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import struct
 from collections import defaultdict
+from collections.abc import Iterable
 
+from vstor.store.chunkmap import VolumeMap
 from vstor.store.format import segment_name
 from vstor.store.superblock import init_pool
 
@@ -50,6 +52,22 @@ class Refs:
 
     def nonzero(self) -> dict[int, int]:
         return {seg: n for seg, n in self.total.items() if n}
+
+
+def leaf_refs(maps: Iterable[VolumeMap]) -> dict[int, int]:
+    """Bytes per segment referenced by every distinct leaf object of ``maps``: what the pool's
+    live counts (or a Refs collecting a map's on_ref calls) must hold (chunkmap.py)."""
+    out: dict[int, int] = defaultdict(int)
+    seen: set[int] = set()
+    for vm in maps:
+        for key, leaf in vm.leaves.items():
+            if id(leaf) in seen:
+                continue
+            seen.add(id(leaf))
+            for _chunk, extents in leaf.extents(key, vm.chunk_size):
+                for s, e, loc in extents:
+                    out[loc >> 32] += e - s
+    return dict(out)
 
 
 def per_segment(by_loc: dict[int, int]) -> dict[int, int]:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 import random
 from array import array
-from collections import defaultdict
 from datetime import UTC, datetime
 
 import pytest
-from poolkit import SEG, MiB, flip_byte, make_pool, seg_path
+from poolkit import SEG, MiB, flip_byte, leaf_refs, make_pool, seg_path
 
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, CorruptData, NotFound
@@ -72,17 +71,7 @@ def check_contents(store: Store, live: dict[int, bytearray], snaps: dict[int, di
 
 def referenced(state: PoolState) -> dict[int, int]:
     """Bytes per segment referenced by every distinct leaf object: what state.live must hold."""
-    out: dict[int, int] = defaultdict(int)
-    seen: set[int] = set()
-    for vm in state.all_maps():
-        for key, leaf in vm.leaves.items():
-            if id(leaf) in seen:
-                continue
-            seen.add(id(leaf))
-            for _chunk, extents in leaf.extents(key, state.chunk_size):
-                for s, e, loc in extents:
-                    out[loc_segno(loc)] += e - s
-    return dict(out)
+    return leaf_refs(state.all_maps())
 
 
 def assert_refcounts(store: Store) -> None:

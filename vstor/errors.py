@@ -117,11 +117,19 @@ class MediaError(VstorError):
         self.errno = err
 
 
+class TimedOut(VstorError):
+    """The daemon did not answer within the client's time limit. The request may still run
+    and complete: the message says how to check."""
+
+    errno = _errno.ETIMEDOUT
+    exit_code = 14
+
+
 ERROR_TYPES: dict[str, type[VstorError]] = {
     cls.__name__: cls
     for cls in (
         VstorError, UsageError, NotFound, AlreadyExists, Busy, NotRunning, KeyError_,
-        PoolFull, CorruptData, FormatError, ReadOnly, ExternalToolError, MediaError,
+        PoolFull, CorruptData, FormatError, ReadOnly, ExternalToolError, MediaError, TimedOut,
     )
 }
 

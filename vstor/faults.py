@@ -8,7 +8,8 @@ N-th hit:
 
 Actions: ``enospc`` and ``eio`` raise OSError; ``bug`` raises RuntimeError, standing in for
 a programming error; ``torn`` asks the caller to write only part of its buffer and then die
-(the caller implements it); ``kill`` sends SIGKILL to this process, a crash at an exact point.
+(the caller implements it); ``kill`` sends SIGKILL to this process, a crash at an exact point;
+``delay`` sleeps ``Faults.delay`` seconds (0.5), a slow step (outside any lock, where used).
 A point fires once unless its count ends in ``+`` (``eio@3+``: the third hit and every hit
 after it).
 """
@@ -19,11 +20,12 @@ import errno
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 
 from vstor.errors import UsageError
 
-ACTIONS = ("enospc", "eio", "bug", "torn", "kill")
+ACTIONS = ("enospc", "eio", "bug", "torn", "kill", "delay")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Faults:
     def __init__(self, spec: str = "") -> None:
         self._arms: dict[str, _Arm] = {}
         self._lock = threading.Lock()
+        self.delay = 0.5
         for item in filter(None, (s.strip() for s in spec.split(","))):
             point, _, rest = item.partition("=")
             action, _, count = rest.partition("@")
@@ -81,6 +84,8 @@ class Faults:
             raise RuntimeError(f"injected bug at {point}")
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if action == "delay":
+            time.sleep(self.delay)
         return action
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vstor.cli.common import add_pool_arg, daemon_request, emit, pool_path, request, volume_table
+from vstor.cli.common import add_pool_arg, add_timeout_arg, daemon_request, emit, pool_path, request, volume_table
 from vstor.control import loop
 from vstor.errors import UsageError
 from vstor.units import format_size, parse_size
@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     def cmd(name: str, func: object, help_: str, json_out: bool = True) -> argparse.ArgumentParser:
         p = vol.add_parser(name, help=help_)
         add_pool_arg(p)
+        add_timeout_arg(p)
         if json_out:
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
@@ -62,14 +63,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_resize(args: argparse.Namespace) -> int:
-    v = request(pool_path(args), "volume.resize", name=args.name, size=parse_size(args.size),
+    v = request(pool_path(args), "volume.resize", progress=True, name=args.name, size=parse_size(args.size),
                 allow_shrink=args.allow_shrink)
     emit(args, v, lambda v: f"volume {v['name']} is now {format_size(v['size'])}")
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    v = request(pool_path(args), "volume.delete", name=args.name)
+    v = request(pool_path(args), "volume.delete", progress=True, name=args.name)
     emit(args, v, lambda v: f"deleted volume {v['name']}")
     return 0
 

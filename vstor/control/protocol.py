@@ -3,6 +3,9 @@
 Request:  {"v": 1, "op": "volume.create", "args": {"name": "a", "size": 1073741824}}
 Response: {"ok": true, "result": ...}
        or {"ok": false, "error": {"type": "NotFound", "message": "..."}}
+A request may add "progress": true. The daemon then sends, while the operation runs, a line
+{"progress": {"done": N, "total": M}} (or {"progress": {}}) at least every KEEPALIVE seconds
+before the response: the client knows it is alive however long the operation takes.
 One request per line; a line may not exceed MAX_LINE bytes. The socket is POOL/control.sock,
 mode 0600: only root (the pool's owner) may talk to the daemon.
 """
@@ -11,19 +14,24 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
-from vstor.errors import NotRunning, UsageError, VstorError, error_from_wire
+from vstor.errors import NotRunning, TimedOut, UsageError, VstorError, error_from_wire
 
 VERSION = 1
 MAX_LINE = 1 << 20
+KEEPALIVE = 1.0  # seconds between progress lines while an operation runs
+DEFAULT_TIMEOUT = 120.0  # a client's limit for operations that do not report progress
 
 
 def encode(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-def decode_request(line: bytes) -> tuple[str, dict]:
+def decode_request(line: bytes) -> tuple[str, dict, bool]:
+    """(op, args, whether the client wants progress lines)."""
     try:
         req = json.loads(line)
     except ValueError:
@@ -33,32 +41,52 @@ def decode_request(line: bytes) -> tuple[str, dict]:
     args = req.get("args") or {}
     if not isinstance(args, dict):
         raise UsageError("control request args must be an object")
-    return req["op"], args
+    return req["op"], args, req.get("progress") is True
 
 
 def error_reply(e: VstorError) -> dict:
     return {"ok": False, "error": {"type": type(e).__name__, "message": e.message}}
 
 
-def call(sock_path: str, op: str, timeout: float = 120.0, **args: Any) -> Any:
-    """Send one request and return its result, re-raising a remote error with its class."""
+def call(sock_path: str, op: str, timeout: float | None = DEFAULT_TIMEOUT,
+         progress: Callable[[dict], None] | None = None, **args: Any) -> Any:
+    """Send one request and return its result, re-raising a remote error with its class.
+    ``timeout``: seconds to wait for the result (None: no limit). ``progress``: asks for
+    progress lines and is called with each one's dict."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
+    req: dict[str, Any] = {"v": VERSION, "op": op, "args": args}
+    if progress is not None:
+        req["progress"] = True
     try:
         try:
             s.connect(sock_path)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NotRunning("the array is not running for this pool (start it with 'vstor array start')") from None
-        s.sendall(encode({"v": VERSION, "op": op, "args": args}))
+        s.sendall(encode(req))
         buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                raise NotRunning("the array daemon closed the connection (it may have stopped)")
-            buf += chunk
+        while True:
+            while b"\n" not in buf:
+                if deadline is not None:
+                    s.settimeout(max(deadline - time.monotonic(), 0.001))
+                try:
+                    chunk = s.recv(65536)
+                except TimeoutError:
+                    raise TimedOut(f"no answer from the daemon to {op} within {timeout:g} s; it may still "
+                                   "complete: check its result, or wait longer with --timeout SECONDS "
+                                   "(0: no limit)") from None
+                if not chunk:
+                    raise NotRunning("the array daemon closed the connection (it may have stopped)")
+                buf += chunk
+            line, buf = buf.split(b"\n", 1)
+            reply = json.loads(line)
+            if "progress" not in reply:
+                break
+            if progress is not None:
+                progress(reply["progress"])
     finally:
         s.close()
-    reply = json.loads(buf)
     if reply.get("ok"):
         return reply.get("result")
     err = reply.get("error", {})

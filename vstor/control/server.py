@@ -1,6 +1,8 @@
 """The daemon's control socket server: one thread per connection, requests run on
 PoolService. Errors go back to the client as typed error replies; nothing a client sends
-can raise out of the server."""
+can raise out of the server. A request that asks for progress runs in a worker thread while
+the connection's thread sends progress lines (protocol.py); a client that goes away does
+not stop the operation."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import logging
 import os
 import socketserver
 import threading
+from collections.abc import Callable
 
-from vstor.control.protocol import MAX_LINE, decode_request, encode, error_reply
+from vstor.control.protocol import KEEPALIVE, MAX_LINE, decode_request, encode, error_reply
 from vstor.control.service import PoolService
 from vstor.errors import UsageError, VstorError
 
@@ -27,18 +30,49 @@ class _Handler(socketserver.StreamRequestHandler):
             try:
                 if len(line) > MAX_LINE:
                     raise UsageError("control request too long")
-                op, args = decode_request(line)
-                reply = {"ok": True, "result": self.server.service.dispatch(op, args)}
+                op, args, progress = decode_request(line)
             except VstorError as e:
-                reply = error_reply(e)
-            except TypeError as e:
-                reply = error_reply(UsageError(f"bad arguments: {e}"))
-            except Exception as e:  # a bug: report it, keep serving
-                log.exception("control request failed")
-                reply = error_reply(VstorError(f"internal error: {e}"))
-            self.wfile.write(encode(reply))
-            if len(line) > MAX_LINE:
+                self.wfile.write(encode(error_reply(e)))
+                if len(line) > MAX_LINE:
+                    return
+                continue
+            reply = self._with_progress(op, args) if progress else self._run(op, args)
+            try:
+                self.wfile.write(encode(reply))
+            except OSError:  # the client went away (it may have timed out)
                 return
+
+    def _run(self, op: str, args: dict, progress: Callable[[int, int], None] | None = None) -> dict:
+        try:
+            return {"ok": True, "result": self.server.service.dispatch(op, args, progress)}
+        except VstorError as e:
+            return error_reply(e)
+        except TypeError as e:
+            return error_reply(UsageError(f"bad arguments: {e}"))
+        except Exception as e:  # a bug: report it, keep serving
+            log.exception("control request failed")
+            return error_reply(VstorError(f"internal error: {e}"))
+
+    def _with_progress(self, op: str, args: dict) -> dict:
+        """Run the request in a worker thread; send its latest progress every KEEPALIVE seconds."""
+        latest: dict = {}
+        reply: dict = {}
+
+        def report(done: int, total: int) -> None:
+            latest.update(done=done, total=total)
+
+        worker = threading.Thread(target=lambda: reply.update(self._run(op, args, report)),
+                                  name=f"vstor-control-{op}", daemon=True)
+        worker.start()
+        listening = True
+        while not reply:
+            worker.join(KEEPALIVE)
+            if not reply and listening:
+                try:
+                    self.wfile.write(encode({"progress": dict(latest)}))
+                except OSError:  # the client went away; the operation goes on
+                    listening = False
+        return reply
 
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

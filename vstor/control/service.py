@@ -7,6 +7,7 @@ JSON-able dicts.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from vstor.control.catalog_ops import CatalogOps
 from vstor.control.media_ops import MediaOps
 from vstor.control.pair_ops import PairOps
 from vstor.errors import Busy, UsageError
+from vstor.store.adminops import Progress
 from vstor.store.store import Store
 from vstor.store.volumes import Volume
 
@@ -30,10 +32,16 @@ class PoolService(CatalogOps, PairOps, MediaOps):
         self.started = time.time()
         self.stop_requested: Any = None  # set by the daemon: a callable that unmounts
 
-    def dispatch(self, op: str, args: dict) -> Any:
+    def dispatch(self, op: str, args: dict, progress: Progress = None) -> Any:
+        """Run ``op``. ``progress(done, total)``, if given, is passed on to the operations that
+        report their progress (those with a ``progress`` parameter)."""
         handler = getattr(self, "op_" + op.replace(".", "_"), None)
         if handler is None:
             raise UsageError(f"unknown control operation {op!r}")
+        if "progress" in args:
+            raise UsageError("bad arguments: 'progress' is not an argument")
+        if progress is not None and "progress" in inspect.signature(handler).parameters:
+            return handler(**args, progress=progress)
         return handler(**args)
 
     # -- volumes -------------------------------------------------------------------------
@@ -54,21 +62,21 @@ class PoolService(CatalogOps, PairOps, MediaOps):
     def op_volume_show(self, name: str) -> dict:
         return self._describe(self.store.volume(name))
 
-    def op_volume_resize(self, name: str, size: int, allow_shrink: bool = False) -> dict:
+    def op_volume_resize(self, name: str, size: int, allow_shrink: bool = False, progress: Progress = None) -> dict:
         self._guard_volume(name, "resize its volumes")
         vol = self.store.volume(name)
         if size < vol.size and self._open_handles(vol):
             raise Busy(f"volume {name!r} is open (attached?); detach it before shrinking")
-        return self._describe(self.store.resize_volume(name, size, allow_shrink))
+        return self._describe(self.store.resize_volume(name, size, allow_shrink, progress))
 
-    def op_volume_delete(self, name: str) -> dict:
+    def op_volume_delete(self, name: str, progress: Progress = None) -> dict:
         self._guard_volume(name, "delete its volumes")
         vol = self.store.volume(name)
         if self._open_handles(vol):
             raise Busy(f"volume {name!r} is in use (attached to a loop device or open); "
                        f"detach it first with 'vstor volume detach {name}'")
         desc = self._describe(vol)  # before the delete, which drops the volume's map
-        self.store.delete_volume(name)
+        self.store.delete_volume(name, progress)
         return desc | {"deleted": True}
 
     def _open_handles(self, vol: Volume) -> int:

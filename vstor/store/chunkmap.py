@@ -97,11 +97,25 @@ class VolumeMap:
 
     def lookup(self, start: int, end: int) -> list[Extent]:
         """Mapped pieces of [start, end), clipped and in order; gaps read as zeros. Neighbouring
-        pieces of the same record are joined, even across chunks."""
+        pieces of the same record are joined, even across chunks. Costs O(chunks of the range)
+        within one or two leaves (every read), O(leaves of the map) beyond (a huge trim)."""
         out: list[Extent] = []
+        if end <= start:
+            return out
+        cs = self.chunk_size
+        c0, c1 = start // cs, (end - 1) // cs
+        if (c1 >> LEAF_BITS) - (c0 >> LEAF_BITS) < 2:
+            self._lookup_chunks(out, c0, c1, start, end)
+            return out
+        for key in self.leaf_keys(start, end):
+            first = key << LEAF_BITS
+            self._lookup_chunks(out, max(c0, first), min(c1, first | LEAF_MASK), start, end)
+        return out
+
+    def _lookup_chunks(self, out: list[Extent], c0: int, c1: int, start: int, end: int) -> None:
         cs = self.chunk_size
         leaves = self.leaves
-        for chunk in range(start // cs, (end - 1) // cs + 1):
+        for chunk in range(c0, c1 + 1):
             leaf = leaves.get(chunk >> LEAF_BITS)
             if leaf is None:
                 continue
@@ -115,7 +129,17 @@ class VolumeMap:
             for s, e, loc in leaf.overlays[chunk]:
                 if e > start and s < end:
                     _add(out, max(s, start), min(e, end), loc)
-        return out
+
+    def leaf_keys(self, start: int, end: int) -> list[int]:
+        """Sorted keys of the leaves holding some chunk of [start, end): O(leaves of the map) at
+        most, however large the range (a 1 PiB volume has 2 million leaf keys, few leaves)."""
+        if end <= start:
+            return []
+        span = LEAF_SLOTS * self.chunk_size
+        k0, k1 = start // span, (end - 1) // span
+        if k1 - k0 < len(self.leaves):
+            return [k for k in range(k0, k1 + 1) if k in self.leaves]
+        return sorted(k for k in self.leaves if k0 <= k <= k1)
 
     def iter_chunks(self) -> Iterator[tuple[int, list[Extent]]]:
         """Every allocated chunk with its extents, in chunk order."""
@@ -156,20 +180,53 @@ class VolumeMap:
         self._update(start, end, EMPTY)
 
     def _update(self, start: int, end: int, loc: int) -> None:
+        if end <= start:
+            return
+        if loc == EMPTY:
+            self._unmap(start, end)
+            return
         cs = self.chunk_size
         for chunk in range(start // cs, (end - 1) // cs + 1):
-            key = chunk >> LEAF_BITS
-            leaf = self._leaf_for_update(key, loc != EMPTY)
-            if leaf is None:
+            leaf = self._leaf_for_update(chunk >> LEAF_BITS, True)
+            assert leaf is not None
+            self._update_chunk(leaf, chunk, start, end, loc)
+
+    def _update_chunk(self, leaf: Leaf, chunk: int, start: int, end: int, loc: int) -> None:
+        base = chunk * self.chunk_size
+        a, b = max(start, base), min(end, base + self.chunk_size)
+        if a == base and b == base + self.chunk_size:
+            self._replace_chunk(leaf, chunk, loc)
+        else:
+            self._update_partial(leaf, chunk, a, b, loc)
+
+    def _unmap(self, start: int, end: int) -> None:
+        """Unmap [start, end), visiting only the leaves it holds: a leaf the range covers is
+        dropped whole (as :meth:`release` drops every leaf), the one or two it cuts are changed
+        chunk by chunk. Cost: O(leaves of the map), not O(chunks of the range)."""
+        cs = self.chunk_size
+        span = LEAF_SLOTS * cs
+        c0, c1 = start // cs, (end - 1) // cs
+        for key in self.leaf_keys(start, end):
+            if start <= key * span and (key + 1) * span <= end:
+                self._drop_leaf(key)
                 continue
-            base = chunk * cs
-            a, b = max(start, base), min(end, base + cs)
-            if a == base and b == base + cs:
-                self._replace_chunk(leaf, chunk, loc)
-            else:
-                self._update_partial(leaf, chunk, a, b, loc)
-            if loc == EMPTY and leaf.slots.count(EMPTY) == LEAF_SLOTS:
+            leaf = self._leaf_for_update(key, False)
+            assert leaf is not None
+            first = key << LEAF_BITS
+            for chunk in range(max(c0, first), min(c1, first | LEAF_MASK) + 1):
+                self._update_chunk(leaf, chunk, start, end, EMPTY)
+            if leaf.slots.count(EMPTY) == LEAF_SLOTS:
                 del self.leaves[key]
+
+    def _drop_leaf(self, key: int) -> None:
+        """Remove a whole leaf from this map; its references go if no other map holds it."""
+        leaf = self.leaves.pop(key)
+        totals = leaf.totals(self.chunk_size)
+        self.mapped_bytes -= sum(totals.values())
+        leaf.refs -= 1
+        if leaf.refs == 0:
+            for seg, n in totals.items():
+                self._on_ref(seg << SEG_SHIFT, -n)
 
     def _replace_chunk(self, leaf: Leaf, chunk: int, loc: int) -> None:
         i = chunk & LEAF_MASK

@@ -226,13 +226,20 @@ class Journal(SegmentReader):
     def _window(self, pos: int, size: int) -> mmap.mmap:
         """The mapped window holding [pos, pos + size), moved there if needed (caller holds
         ``_lock``). The window's blocks are allocated before it is mapped, so a full
-        filesystem is an ENOSPC here and never a SIGBUS on a store into the map."""
+        filesystem is an ENOSPC here and never a SIGBUS on a store into the map. On a nearly
+        full filesystem the window shrinks to the record, so a trim (64 bytes) still fits."""
         if self._win is not None and self._win_start <= pos and pos + size <= self._win_end:
             return self._win
         self._unmap()
         start = pos - pos % mmap.ALLOCATIONGRANULARITY
         end = min(max(start + WINDOW_BYTES, pos + size), self.segment_size)
-        os.posix_fallocate(self._fd, start, end - start)  # also extends the file to ``end``
+        try:
+            os.posix_fallocate(self._fd, start, end - start)  # also extends the file to ``end``
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or end == pos + size:
+                raise
+            end = pos + size
+            os.posix_fallocate(self._fd, start, end - start)
         self._win = mmap.mmap(self._fd, end - start, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
                               offset=start)
         self._win_start, self._win_end = start, end

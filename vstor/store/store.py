@@ -18,6 +18,7 @@ from collections.abc import Callable
 from vstor.clock import Clock, SystemClock
 from vstor.errors import NotFound, PoolFull, ReadOnly, UsageError
 from vstor.faults import NO_FAULTS, Faults
+from vstor.store.adminops import AdminOpsMixin
 from vstor.store.codec import FrameCodec, derive_key, pair_key_check
 from vstor.store.consumers import Consumers
 from vstor.store.format import (
@@ -51,11 +52,12 @@ from vstor.store.volumes import Volume
 log = logging.getLogger("vstor.store")
 
 
-class Store(MaintenanceMixin, ReadPathMixin):
+class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
     def __init__(self, pool: str, sb: Superblock, key: bytes | None, clock: Clock | None = None,
                  faults: Faults = NO_FAULTS) -> None:
         self.pool = pool
         self.sb = sb
+        self.faults = faults
         self.paths = layout(pool)
         self.clock = clock or SystemClock()
         self.codec = FrameCodec(sb.uuid_bytes, sb.compress == "lz4", key)
@@ -116,15 +118,6 @@ class Store(MaintenanceMixin, ReadPathMixin):
         ev = self.event(lambda st: st.make_volume_create(name, size, self.clock.time()))
         return self.state.table.by_id[ev["id"]]
 
-    def delete_volume(self, name: str) -> Volume:
-        vol = self.volume(name)
-        self.event(lambda st: st.make_volume_delete(name))
-        return vol
-
-    def resize_volume(self, name: str, size: int, allow_shrink: bool = False) -> Volume:
-        ev = self.event(lambda st: st.table.make_resize(name, size, allow_shrink))
-        return self.state.table.by_id[ev["id"]]
-
     def event(self, make: Callable[[PoolState], dict]) -> dict:
         """Validate, journal and apply one catalog event (``make`` builds it from the state, under
         the store lock), then make it durable. One record, so a crash leaves it whole or absent.
@@ -132,15 +125,19 @@ class Store(MaintenanceMixin, ReadPathMixin):
         with self._lock:
             t0 = time.perf_counter_ns()
             ev = make(self.state)
-            payload = json.dumps(ev, sort_keys=True).encode()
-            entries, bodies = self.plain.encode(payload)
-            self._append(REC_VOLUME, 0, ev.get("id", 0), 0, 0, len(payload), entries, bodies, use_reserve=True)
-            self.state.apply_event(ev)
+            self._log_event(ev)
             held = time.perf_counter_ns() - t0
         if ev["op"] == "snap_create":
             self.stats.snapshot_taken(held // 1000)
         self.journal.sync()
         return ev
+
+    def _log_event(self, ev: dict) -> None:
+        """Journal and apply one catalog event (caller holds the lock); durable at the next sync."""
+        payload = json.dumps(ev, sort_keys=True).encode()
+        entries, bodies = self.plain.encode(payload)
+        self._append(REC_VOLUME, 0, ev.get("id", 0), 0, 0, len(payload), entries, bodies, use_reserve=True)
+        self.state.apply_event(ev)
 
     def volume_size(self, vid: int) -> int:
         """A volume's size by id, without the lock (the write path checks it again under it)."""
@@ -221,37 +218,6 @@ class Store(MaintenanceMixin, ReadPathMixin):
         """Make a range read as zeros and release its space (discard, punch hole, zero write)."""
         self._trim(vid, offset, length, -1)
 
-    def _trim(self, vid: int, offset: int, length: int, forced_seq: int) -> None:
-        self.stats.add(trims=1)
-        with self._lock:
-            vol = self._volume(vid)
-            end = min(offset + length, vol.size)
-            vm = self.state.maps[vid]
-            if forced_seq > 0:  # a replicated trim (at most MAX_RECORD) always takes its record and seq
-                self._append(REC_TRIM, vol.group, vid, forced_seq, offset, length, [], [], use_reserve=True)
-                self.state.group_seq[vol.group] = forced_seq
-                if end > offset:
-                    vm.unmap(offset, end)
-                return
-            if forced_seq < 0:
-                self._check_fence(vid)
-            mapped = vm.lookup(offset, end) if end > offset else []
-            if not mapped:
-                return
-            # A record covers at most MAX_RECORD bytes (replay rejects longer ones), so a long
-            # trim is journaled in pieces; a piece with nothing mapped needs no record.
-            todo = sorted({i for s, e, _loc in mapped
-                           for i in range((s - offset) // MAX_RECORD, (e - 1 - offset) // MAX_RECORD + 1)})
-            for i in todo:
-                start = offset + i * MAX_RECORD
-                stop = min(start + MAX_RECORD, end)
-                seq = self.state.group_seq[vol.group] + 1 if forced_seq < 0 else 0  # 0: copy data
-                self._append(REC_TRIM, vol.group, vid, seq, start, stop - start, [], [], use_reserve=True)
-                if seq:
-                    self.state.group_seq[vol.group] = seq
-                vm.unmap(start, stop)
-        self.stats.add(trim_bytes=end - offset)
-
     def _append(self, rtype: int, group: int, vid: int, seq: int, offset: int, length: int,
                 entries: list[FrameEntry], bodies: list, use_reserve: bool = False,
                 reserved: bool = False) -> int:
@@ -261,7 +227,11 @@ class Store(MaintenanceMixin, ReadPathMixin):
         stored = len(table) + sum(e.stored_len for e in entries)
         header = RecordHeader(rtype, len(entries), group, vid, seq, offset, length, stored,
                               int(self.clock.time() * 1e9))
-        if use_reserve and not self.space.has_room(RECORD_HEADER_SIZE + stored, use_reserve=True):
+        # Trims and catalog events (which delete and shrink) are how space is freed, and their
+        # records are tiny: the journal alone decides whether they fit (in the blocks it has
+        # allocated, or a few more), never the guard's estimate of the filesystem.
+        frees = rtype in (REC_TRIM, REC_VOLUME)
+        if use_reserve and not frees and not self.space.has_room(RECORD_HEADER_SIZE + stored, use_reserve=True):
             raise PoolFull("pool is completely full: not even its reserve has room; grow the filesystem "
                            "under the pool")
         if not reserved:
