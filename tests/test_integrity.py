@@ -187,3 +187,27 @@ def test_a_damaged_consumer_position_file_is_read_from_its_copy_and_repaired(tmp
     assert r.returncode == 1 and "consumers.json" in r.stdout, r.stdout
     r = pool_check(pool, "--repair")
     assert r.returncode == 0 and "journal consumer positions" in r.stdout, r.stdout
+
+
+@pytest.mark.root
+def test_array_start_refuses_a_pool_without_a_checkpoint_in_one_line(array_factory):
+    from harness import one_error_line
+
+    from vstor.control.mounts import fuse_mounted
+
+    arr = array_factory()
+    arr.start()
+    arr.create("v", "16M")
+    with open(arr.image("v"), "r+b") as f:
+        f.write(os.urandom(MiB))
+        os.fsync(f.fileno())
+    arr.stop()
+    for name in COPIES:
+        os.unlink(os.path.join(arr.pool, "meta", name))
+    line = one_error_line(arr.start(check=False), "array start on a pool without a checkpoint")
+    assert "no valid checkpoint" in line and "pool check" in line, line
+    assert not fuse_mounted(arr.mnt)
+    with open(os.path.join(arr.pool, "log", "daemon.log")) as f:
+        assert "no valid checkpoint" in f.read()
+    r = arr.vstor("pool", "check", arr.pool, check=False)
+    assert r.returncode == 1 and "checkpoint copy meta/checkpoint.a is missing" in r.stdout, r.stdout
