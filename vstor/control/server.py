@@ -1,16 +1,21 @@
 """The daemon's control socket server: one thread per connection, requests run on
 PoolService. Errors go back to the client as typed error replies; nothing a client sends
-can raise out of the server."""
+can raise out of the server. Every failed request is logged as one line (a bug's traceback
+at debug level, see vstor/errlog.py)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socketserver
+import sys
 import threading
+from typing import Any
 
 from vstor.control.protocol import MAX_LINE, decode_request, encode, error_reply
 from vstor.control.service import PoolService
+from vstor.errlog import describe, log_failure
 from vstor.errors import UsageError, VstorError
 
 log = logging.getLogger("vstor.control")
@@ -24,19 +29,27 @@ class _Handler(socketserver.StreamRequestHandler):
             line = self.rfile.readline(MAX_LINE + 1)
             if not line:
                 return
+            op = "?"
             try:
                 if len(line) > MAX_LINE:
                     raise UsageError("control request too long")
                 op, args = decode_request(line)
                 reply = {"ok": True, "result": self.server.service.dispatch(op, args)}
-            except VstorError as e:
+            except VstorError as e:  # an I/O-class error is the array's failure, not the request's
+                log.log(logging.ERROR if e.errno == errno.EIO else logging.INFO, "control request %s refused: %s",
+                        op, describe(e))
                 reply = error_reply(e)
             except TypeError as e:
+                log.info("control request %s refused: bad arguments: %s", op, e)
                 reply = error_reply(UsageError(f"bad arguments: {e}"))
             except Exception as e:  # a bug: report it, keep serving
-                log.exception("control request failed")
-                reply = error_reply(VstorError(f"internal error: {e}"))
-            self.wfile.write(encode(reply))
+                log_failure(log, f"control request {op} failed", e)
+                reply = error_reply(VstorError(f"internal error: {describe(e)} (see the pool's log/daemon.log)"))
+            try:
+                self.wfile.write(encode(reply))
+            except OSError as e:  # the client went away; its request has run
+                log.info("control request %s: the client left before the reply (%s)", op, e.strerror or e)
+                return
             if len(line) > MAX_LINE:
                 return
 
@@ -61,9 +74,18 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._thread.start()
 
     def stop(self) -> None:
-        self.shutdown()
+        """Stop serving (if started), close the socket and remove its path."""
+        if self._thread.ident is not None:  # shutdown() waits for serve_forever, which must run
+            self.shutdown()
+            self._thread.join()
         self.server_close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An exception out of a handler (it catches its own): one line, not a traceback on stderr."""
+        e = sys.exc_info()[1]
+        if e is not None:
+            log_failure(log, "control connection failed", e)
