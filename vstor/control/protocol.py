@@ -10,6 +10,7 @@ mode 0600: only root (the pool's owner) may talk to the daemon.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import Any
 
@@ -41,7 +42,11 @@ def error_reply(e: VstorError) -> dict:
 
 
 def call(sock_path: str, op: str, timeout: float = 120.0, **args: Any) -> Any:
-    """Send one request and return its result, re-raising a remote error with its class."""
+    """Send one request and return its result, re-raising a remote error with its class.
+
+    A connection the daemon resets or closes, or a reply that does not come, is one
+    NotRunning or VstorError naming the daemon's log, never a bare socket error."""
+    log_hint = os.path.join(os.path.dirname(os.path.abspath(sock_path)), "log", "daemon.log")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -54,11 +59,21 @@ def call(sock_path: str, op: str, timeout: float = 120.0, **args: Any) -> Any:
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)
             if not chunk:
-                raise NotRunning("the array daemon closed the connection (it may have stopped)")
+                raise ConnectionResetError
             buf += chunk
+    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+        raise NotRunning("the array daemon closed the connection (it may have stopped or crashed); "
+                         f"see {log_hint}") from None
+    except TimeoutError:
+        raise VstorError(f"the array daemon did not answer {op!r} within {timeout:.0f}s; see {log_hint}") from None
     finally:
         s.close()
-    reply = json.loads(buf)
+    try:
+        reply = json.loads(buf)
+    except ValueError:
+        raise VstorError(f"the array daemon sent a reply that is not JSON; see {log_hint}") from None
+    if not isinstance(reply, dict):
+        raise VstorError(f"the array daemon sent a malformed reply; see {log_hint}")
     if reply.get("ok"):
         return reply.get("result")
     err = reply.get("error", {})
