@@ -125,12 +125,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
     pid = daemon_pid(pool)
     if pid is None:
         raise NotRunning(f"the array for {pool} is not running")
-    daemon_request(pool, "stop")
+    reply = daemon_request(pool, "stop")
     deadline = time.monotonic() + args.timeout
     while daemon_pid(pool) is not None:
         if time.monotonic() > deadline:
             raise Busy(f"the daemon (pid {pid}) did not stop within {args.timeout:.0f}s; see its log")
         time.sleep(0.05)
+    if reply.get("failed"):
+        raise VstorError(f"the array had failed ({reply['failed']}); it is stopped now, without a final "
+                         f"checkpoint: run 'vstor pool check {pool}' before starting it again")
     print(f"array stopped (pid {pid})")
     return 0
 

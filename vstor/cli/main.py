@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 from vstor import __version__
 from vstor.cli import array_cmd, group_cmd, media_cmd, pair_cmd, pki_cmd, pool_cmd, snapshot_cmd, volume_cmd
+from vstor.errlog import describe, one_line
 from vstor.errors import VstorError
 
 
@@ -32,19 +35,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure is one ``vstor: error:`` line on stderr and an exit code;
+    a reader that closes our stdout early (``| head``) ends the command quietly, with the exit
+    status a tool killed by SIGPIPE has (141)."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except VstorError as e:
-        print(f"vstor: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _error(one_line(e), e.exit_code)
     except KeyboardInterrupt:
         print("vstor: interrupted", file=sys.stderr)
         return 130
     except OSError as e:
-        print(f"vstor: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
-        return 1
+        return _error(one_line(e.strerror or e) + (f": {e.filename}" if e.filename else ""), 1)
+    except Exception as e:  # a bug: one line and a way to see more, never a bare traceback
+        if os.environ.get("VSTOR_DEBUG"):
+            traceback.print_exc()
+        return _error(f"internal error {describe(e)} (a bug; rerun with VSTOR_DEBUG=1 for the traceback "
+                      "and report it)", 70)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _error(line: str, code: int) -> int:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _stdout_closed()
+    print(f"vstor: error: {line}", file=sys.stderr)
+    return code
+
+
+def _stdout_closed() -> int:
+    """stdout's reader is gone: point stdout at /dev/null so the flush at exit stays quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141

@@ -1,28 +1,38 @@
 """The array daemon: one process per pool.
 
-Start-up order: take the pool lock, open and recover the store, start maintenance and the
-control socket, mount FUSE. The daemon reports "READY" (or "ERROR <exit> <type> <message>")
-on the descriptor given by --ready-fd once the kernel has completed FUSE INIT, so
-``vstor array start`` returns only when the images can be used.
+Start-up order: take the pool lock, open and recover the store, start maintenance, media,
+replication and the control socket, mount FUSE. Each resource is registered on one
+``ExitStack`` as soon as it is acquired, so a failure at any step, and the normal shutdown,
+release exactly what was acquired, in reverse order. Each step has a fault point
+``daemon.start.<step>`` (see START_STEPS and vstor/faults.py) that fires just after it.
+
+The daemon reports "READY" (or "ERROR <exit> <type> <message>") on the descriptor given by
+--ready-fd once the kernel has completed FUSE INIT, so ``vstor array start`` returns only
+when the images can be used.
 
 Shutdown (``vstor array stop``, SIGTERM or SIGINT): the journal is synced, FUSE unmounted,
-maintenance stopped, a final checkpoint written, and the lock released last.
+the control socket, replication, media and maintenance stopped, a final checkpoint written,
+and the lock released last. If the journal has failed, there is no sync and no checkpoint,
+and the journal is closed without sealing its segment. Errors go to POOL/log/daemon.log,
+one line each.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import threading
 
 from vstor.control.lock import PoolLock
-from vstor.control.mounts import fsname_for, prepare_mountpoint, unmount
+from vstor.control.mounts import fsname_for, fuse_mounted, prepare_mountpoint, unmount
 from vstor.control.poolfiles import pool_log_handler
 from vstor.control.pygc import GcPolicy
 from vstor.control.server import ControlServer
 from vstor.control.service import PoolService
+from vstor.errlog import TRACE, describe, install_thread_hook, log_failure
 from vstor.errors import VstorError
 from vstor.faults import Faults
 from vstor.fuse.options import after_init, mount_options, set_io_flusher
@@ -34,13 +44,24 @@ from vstor.store.superblock import layout
 
 log = logging.getLogger("vstor.daemon")
 
+START_STEPS = ("lock", "store", "maintenance", "gcpolicy", "mountpoint", "media", "replication", "control",
+               "mount")
+"""The start-up steps in order; fault point ``daemon.start.<step>`` fires right after each
+(``mount``: once the kernel has completed FUSE INIT, before READY is sent)."""
+
 
 def setup_logging(pool: str, foreground: bool) -> None:
+    """INFO and up to POOL/log/daemon.log (and stderr in the foreground); tracebacks, logged at
+    debug level on ``vstor.trace``, to the file only."""
     handlers: list[logging.Handler] = [pool_log_handler(pool)]  # log/daemon.log, owner only
     if foreground:
-        handlers.append(logging.StreamHandler(sys.stderr))
+        err = logging.StreamHandler(sys.stderr)
+        err.setLevel(logging.INFO)
+        handlers.append(err)
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    TRACE.setLevel(logging.DEBUG)
+    install_thread_hook(log)
 
 
 class Reporter:
@@ -48,10 +69,14 @@ class Reporter:
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
+        self.sent = False
         self.lock = threading.Lock()
 
     def send(self, line: str) -> None:
         with self.lock:
+            if self.sent:
+                return
+            self.sent = True
             if self.fd is None:
                 return
             try:
@@ -63,64 +88,104 @@ class Reporter:
 
 
 def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads: bool = True,
-        repl: dict | None = None) -> int:
+        repl: dict | None = None, faults: Faults | None = None) -> int:
+    """Start the array, serve until unmounted, stop it; raises if start-up fails, after
+    releasing whatever it had acquired."""
     from vstor.fuse.media_fs import MediaFS
     from vstor.fuse.ops import VolumeFS, serve
     from vstor.fuse.ops import fuse as mfuse
 
-    lock = PoolLock(pool)
-    lock.acquire("daemon")
-    store = None
-    replication = None
-    try:
+    faults = faults or Faults.from_env()
+
+    def step(name: str) -> None:
+        faults.hit("daemon.start." + name)
+
+    mount = os.path.abspath(mount)
+    with contextlib.ExitStack() as stack:
+        stack.callback(log.info, "stopped")
+        lock = PoolLock(pool)
+        lock.acquire("daemon")
+        stack.callback(lock.release)
+        step("lock")
         io_flusher = set_io_flusher()
-        faults = Faults.from_env()
         store = Store.open(pool, key_file, faults=faults)
+        stack.callback(store.close)  # no checkpoint if the journal failed
+        step("store")
         reclaimer = Reclaimer(store)
         reclaimer.start()
+        stack.callback(reclaimer.stop)
+        step("maintenance")
         gcpolicy = GcPolicy()  # freezes the maps just loaded out of the cyclic collector's walk
         gcpolicy.start()
-        mount = os.path.abspath(mount)
+        stack.callback(gcpolicy.stop)
+        step("gcpolicy")
         prepare_mountpoint(mount, pool)
-        fs = VolumeFS(store, on_ready=lambda conn: after_init(mount, lambda: reporter.send("READY")),
+        step("mountpoint")
+        failed: list[BaseException] = []  # a failure after FUSE INIT, raised once the loop ends
+        fs = VolumeFS(store, on_ready=lambda conn: after_init(mount, lambda: _ready(mount, faults, reporter, failed)),
                       extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher,
                                                      "py_gc": gcpolicy.stats()}})
         reclaimer.snapshots_in_use = fs.snapshots_in_use  # policy pruning skips snapshots in use
         media = MediaManager(store.pool, store.media_key)
+        stack.callback(media.close)
         fs.media = MediaFS(media, mfuse.FuseOSError)
+        step("media")
         service = PoolService(store, mount, fs, reclaimer)
-        service.stop_requested = lambda: threading.Thread(target=_unmount_quietly, args=(mount,)).start()
+        service.stop_requested = lambda: _unmount_soon(mount)
+        service.media = media
         replication = Replication(store, faults=faults, **(repl or {}))
+        stack.callback(replication.stop)  # before start: it may fail after starting shippers
         replication.start()
         service.replication = replication
-        service.media = media
+        step("replication")
         server = ControlServer(layout(pool)["socket"], service)
+        stack.callback(server.stop)
         server.start()
+        step("control")
+        stack.callback(_unmount_if_mounted, mount)  # the FUSE loop unmounts; this, if it died mounted
         log.info("serving pool %s at %s (pid %d, io_flusher=%s)", pool, mount, os.getpid(), io_flusher)
         try:
             serve(fs, mount, mount_options(fsname_for(pool), threads))
         except RuntimeError as e:  # libfuse's non-zero return, e.g. after SIGTERM/SIGINT
             log.info("FUSE loop ended with status %s (signal or unmount)", e)
-        finally:
-            server.stop()
-            replication.stop()
-            media.close()
-            reclaimer.stop()
-            gcpolicy.stop()
-        log.info("unmounted %s; closing the store", mount)
-        return 0
-    finally:
-        if store is not None:
-            store.close(checkpoint=not store.journal.failed)
-        lock.release()
-        log.info("stopped")
+        if failed:
+            raise failed[0]
+        if store.journal.failed:
+            log.error("the journal had failed (%s): closing the store without a final checkpoint; "
+                      "run 'vstor pool check %s'", store.journal.failed, pool)
+        else:
+            log.info("unmounted %s; closing the store", mount)
+    return 0
+
+
+def _ready(mount: str, faults: Faults, reporter: Reporter, failed: list[BaseException]) -> None:
+    """FUSE INIT is complete: report READY, or on an injected failure end the FUSE loop."""
+    try:
+        faults.hit("daemon.start.mount")
+    except Exception as e:
+        failed.append(e)
+        _unmount_soon(mount)
+        return
+    reporter.send("READY")
+
+
+def _unmount_soon(mount: str) -> None:
+    """Unmount from another thread: the caller may be serving a FUSE or control request."""
+    threading.Thread(target=_unmount_quietly, args=(mount,), name="vstor-unmount").start()
 
 
 def _unmount_quietly(mount: str) -> None:
     try:
         unmount(mount)
     except VstorError as e:
-        log.error("unmount failed: %s", e)
+        log_failure(log, f"unmount of {mount} failed", e)
+
+
+def _unmount_if_mounted(mount: str) -> None:
+    if fuse_mounted(mount):
+        log.warning("%s is still mounted after the FUSE loop ended; unmounting it lazily", mount)
+        with contextlib.suppress(VstorError):
+            unmount(mount, lazy=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,20 +203,25 @@ def main(argv: list[str] | None = None) -> int:
     repl = {"listen": a.listen, "tls_dir": a.tls_dir, "name": a.name}
     setup_logging(a.pool, a.foreground)
     reporter = Reporter(a.ready_fd)
+    log_hint = os.path.join(layout(a.pool)["log"], "daemon.log")
     try:
         return run(a.pool, a.mount, a.key_file, reporter, threads=not a.single_thread, repl=repl)
-    except VstorError as e:
-        log.error("%s", e)
-        reporter.send(f"ERROR {e.exit_code} {type(e).__name__} {e.message}")
-        if a.foreground:
-            print(f"vstor: error: {e}", file=sys.stderr)
-        return e.exit_code
     except Exception as e:
-        log.exception("daemon failed")
-        reporter.send(f"ERROR 70 VstorError internal error: {e} (see the pool's log/daemon.log)")
-        return 70
+        phase = "the daemon failed" if reporter.sent else "start-up failed"
+        log_failure(log, phase, e)
+        if isinstance(e, VstorError):
+            err = e
+        elif isinstance(e, OSError):  # the system refused something: no bug, but no message of ours
+            err = VstorError(f"{phase}: {describe(e)} (see {log_hint})")
+        else:
+            err = VstorError(f"{phase}: internal error {describe(e)} (see {log_hint})")
+            err.exit_code = 70
+        reporter.send(f"ERROR {err.exit_code} {type(err).__name__} {describe(err)}")
+        if a.foreground:
+            print(f"vstor: error: {describe(err)}", file=sys.stderr)
+        return err.exit_code
     finally:
-        reporter.send("ERROR 70 VstorError the daemon exited before it was ready (see log/daemon.log)")
+        reporter.send(f"ERROR 70 VstorError the daemon exited before it was ready (see {log_hint})")
 
 
 if __name__ == "__main__":

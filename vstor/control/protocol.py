@@ -13,6 +13,7 @@ mode 0600: only root (the pool's owner) may talk to the daemon.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -52,7 +53,11 @@ def call(sock_path: str, op: str, timeout: float | None = DEFAULT_TIMEOUT,
          progress: Callable[[dict], None] | None = None, **args: Any) -> Any:
     """Send one request and return its result, re-raising a remote error with its class.
     ``timeout``: seconds to wait for the result (None: no limit). ``progress``: asks for
-    progress lines and is called with each one's dict."""
+    progress lines and is called with each one's dict.
+
+    A connection the daemon resets or closes, or a reply that does not come, is one
+    NotRunning, TimedOut or VstorError naming the daemon's log, never a bare socket error."""
+    log_hint = os.path.join(os.path.dirname(os.path.abspath(sock_path)), "log", "daemon.log")
     deadline = None if timeout is None else time.monotonic() + timeout
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
@@ -77,14 +82,22 @@ def call(sock_path: str, op: str, timeout: float | None = DEFAULT_TIMEOUT,
                                    "complete: check its result, or wait longer with --timeout SECONDS "
                                    "(0: no limit)") from None
                 if not chunk:
-                    raise NotRunning("the array daemon closed the connection (it may have stopped)")
+                    raise ConnectionResetError
                 buf += chunk
             line, buf = buf.split(b"\n", 1)
-            reply = json.loads(line)
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                raise VstorError(f"the array daemon sent a reply that is not JSON; see {log_hint}") from None
+            if not isinstance(reply, dict):
+                raise VstorError(f"the array daemon sent a malformed reply; see {log_hint}")
             if "progress" not in reply:
                 break
             if progress is not None:
                 progress(reply["progress"])
+    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+        raise NotRunning("the array daemon closed the connection (it may have stopped or crashed); "
+                         f"see {log_hint}") from None
     finally:
         s.close()
     if reply.get("ok"):

@@ -2,18 +2,23 @@
 PoolService. Errors go back to the client as typed error replies; nothing a client sends
 can raise out of the server. A request that asks for progress runs in a worker thread while
 the connection's thread sends progress lines (protocol.py); a client that goes away does
-not stop the operation."""
+not stop the operation. Every failed request is logged as one line (a bug's traceback at
+debug level, see vstor/errlog.py)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socketserver
+import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from vstor.control.protocol import KEEPALIVE, MAX_LINE, decode_request, encode, error_reply
 from vstor.control.service import PoolService
+from vstor.errlog import describe, log_failure
 from vstor.errors import UsageError, VstorError
 
 log = logging.getLogger("vstor.control")
@@ -32,6 +37,7 @@ class _Handler(socketserver.StreamRequestHandler):
                     raise UsageError("control request too long")
                 op, args, progress = decode_request(line)
             except VstorError as e:
+                log.info("control request refused: %s", describe(e))
                 self.wfile.write(encode(error_reply(e)))
                 if len(line) > MAX_LINE:
                     return
@@ -39,19 +45,23 @@ class _Handler(socketserver.StreamRequestHandler):
             reply = self._with_progress(op, args) if progress else self._run(op, args)
             try:
                 self.wfile.write(encode(reply))
-            except OSError:  # the client went away (it may have timed out)
+            except OSError as e:  # the client went away; its request has run
+                log.info("control request %s: the client left before the reply (%s)", op, e.strerror or e)
                 return
 
     def _run(self, op: str, args: dict, progress: Callable[[int, int], None] | None = None) -> dict:
         try:
             return {"ok": True, "result": self.server.service.dispatch(op, args, progress)}
-        except VstorError as e:
+        except VstorError as e:  # an I/O-class error is the array's failure, not the request's
+            log.log(logging.ERROR if e.errno == errno.EIO else logging.INFO, "control request %s refused: %s",
+                    op, describe(e))
             return error_reply(e)
         except TypeError as e:
+            log.info("control request %s refused: bad arguments: %s", op, e)
             return error_reply(UsageError(f"bad arguments: {e}"))
         except Exception as e:  # a bug: report it, keep serving
-            log.exception("control request failed")
-            return error_reply(VstorError(f"internal error: {e}"))
+            log_failure(log, f"control request {op} failed", e)
+            return error_reply(VstorError(f"internal error: {describe(e)} (see the pool's log/daemon.log)"))
 
     def _with_progress(self, op: str, args: dict) -> dict:
         """Run the request in a worker thread; send its latest progress every KEEPALIVE seconds."""
@@ -95,9 +105,18 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._thread.start()
 
     def stop(self) -> None:
-        self.shutdown()
+        """Stop serving (if started), close the socket and remove its path."""
+        if self._thread.ident is not None:  # shutdown() waits for serve_forever, which must run
+            self.shutdown()
+            self._thread.join()
         self.server_close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An exception out of a handler (it catches its own): one line, not a traceback on stderr."""
+        e = sys.exc_info()[1]
+        if e is not None:
+            log_failure(log, "control connection failed", e)

@@ -15,7 +15,7 @@ from typing import Any
 from vstor.control.catalog_ops import CatalogOps
 from vstor.control.media_ops import MediaOps
 from vstor.control.pair_ops import PairOps
-from vstor.errors import Busy, UsageError
+from vstor.errors import Busy, UsageError, VstorError
 from vstor.store.adminops import Progress
 from vstor.store.store import Store
 from vstor.store.volumes import Volume
@@ -116,6 +116,11 @@ class PoolService(CatalogOps, PairOps, MediaOps):
         if busy:
             names = ", ".join(sorted(v.name for v in self.store.volumes() if v.id in busy))
             raise Busy(f"volumes still open (attached?): {names}; detach them first with 'vstor volume detach'")
-        self.store.sync()
+        try:
+            self.store.sync()
+        except VstorError:
+            if not self.store.journal.failed:
+                raise
+        # a failed journal refuses to sync: the array stops anyway (no final checkpoint), and says so
         self.stop_requested()
-        return {"pid": os.getpid(), "stopping": True}
+        return {"pid": os.getpid(), "stopping": True, "failed": self.store.journal.failed}
