@@ -193,7 +193,7 @@ def test_a_dropped_or_garbled_connection_is_one_line(tmp_path: Path, answer, exp
 
 def test_a_failing_request_handler_logs_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     class Broken:
-        def dispatch(self, op: str, args: dict) -> None:
+        def dispatch(self, op: str, args: dict, progress: object = None) -> None:
             raise RuntimeError("handler bug")
 
     path = str(tmp_path / "control.sock")
