@@ -66,11 +66,15 @@ def request(pool: str, op: str, key_file: str | None = None, progress: bool = Fa
 
     with PoolLock(pool):
         store = Store.open(pool, key_file)
+        service = PoolService(store)
         try:
             with _Meter(op if progress else "") as meter:
-                return PoolService(store).dispatch(op, kw, meter.step if progress else None)
+                return service.dispatch(op, kw, meter.step if progress else None)
         finally:
-            store.close()
+            try:
+                service.close()
+            finally:
+                store.close()
 
 
 def daemon_request(pool: str, op: str, progress: bool = False, **kw: Any) -> Any:

@@ -8,7 +8,17 @@ import sys
 import traceback
 
 from vstor import __version__
-from vstor.cli import array_cmd, group_cmd, media_cmd, pair_cmd, pki_cmd, pool_cmd, snapshot_cmd, volume_cmd
+from vstor.cli import (
+    array_cmd,
+    backup_cmd,
+    group_cmd,
+    media_cmd,
+    pair_cmd,
+    pki_cmd,
+    pool_cmd,
+    snapshot_cmd,
+    volume_cmd,
+)
 from vstor.errlog import describe, one_line
 from vstor.errors import VstorError
 
@@ -31,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     pki_cmd.register(sub)
     pair_cmd.register(sub)
     media_cmd.register(sub)
+    backup_cmd.register(sub)
     return p
 
 

@@ -36,6 +36,7 @@ from vstor.errlog import TRACE, describe, install_thread_hook, log_failure
 from vstor.errors import VstorError
 from vstor.faults import Faults
 from vstor.fuse.options import after_init, mount_options, set_io_flusher
+from vstor.backup.engine import BackupEngine
 from vstor.media.manager import MediaManager
 from vstor.replication.manager import Replication
 from vstor.store.reclaim import Reclaimer
@@ -44,7 +45,7 @@ from vstor.store.superblock import layout
 
 log = logging.getLogger("vstor.daemon")
 
-START_STEPS = ("lock", "store", "maintenance", "gcpolicy", "mountpoint", "media", "replication", "control",
+START_STEPS = ("lock", "store", "maintenance", "gcpolicy", "mountpoint", "media", "backup", "replication", "control",
                "mount")
 """The start-up steps in order; fault point ``daemon.start.<step>`` fires right after each
 (``mount``: once the kernel has completed FUSE INIT, before READY is sent)."""
@@ -133,6 +134,11 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         service = PoolService(store, mount, fs, reclaimer)
         service.stop_requested = lambda: _unmount_soon(mount)
         service.media = media
+        backup = BackupEngine(store, media, faults=faults)
+        stack.callback(backup.close)  # before media.close: a running job stops first
+        service.backup = backup
+        backup.serve()
+        step("backup")
         replication = Replication(store, faults=faults, **(repl or {}))
         stack.callback(replication.stop)  # before start: it may fail after starting shippers
         replication.start()

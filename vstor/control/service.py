@@ -12,6 +12,8 @@ import os
 import time
 from typing import Any
 
+from vstor.backup.audit import current_actor
+from vstor.control.backup_ops import BackupOps
 from vstor.control.catalog_ops import CatalogOps
 from vstor.control.media_ops import MediaOps
 from vstor.control.pair_ops import PairOps
@@ -21,7 +23,16 @@ from vstor.store.store import Store
 from vstor.store.volumes import Volume
 
 
-class PoolService(CatalogOps, PairOps, MediaOps):
+# Configuration changes the audit log records here (the backup engine records its own: policies,
+# keys, expiry). Data-path and read-only operations are not audited.
+AUDITED = frozenset({
+    "pair.create", "pair.split", "pair.resync", "pair.takeover", "pair.failback", "pair.delete",
+    "library.create", "library.delete", "media.create", "media.protect", "media.export", "media.import",
+    "snapshot.policy.set",
+})
+
+
+class PoolService(CatalogOps, PairOps, MediaOps, BackupOps):
     def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None) -> None:
         self.store = store
         self.mount = mount
@@ -29,8 +40,16 @@ class PoolService(CatalogOps, PairOps, MediaOps):
         self.reclaimer = reclaimer
         self.replication: Any = None  # set by the daemon
         self.media: Any = None  # the daemon's MediaManager; offline commands open their own
+        self.backup: Any = None  # the daemon's BackupEngine; offline commands open their own
         self.started = time.time()
         self.stop_requested: Any = None  # set by the daemon: a callable that unmounts
+
+    def close(self) -> None:
+        """Close what an offline command opened (the daemon closes its own engine and media)."""
+        if self.backup is not None:
+            self.backup.close()
+        if self.media is not None:
+            self.media.close()
 
     def dispatch(self, op: str, args: dict, progress: Progress = None) -> Any:
         """Run ``op``. ``progress(done, total)``, if given, is passed on to the operations that
@@ -40,6 +59,8 @@ class PoolService(CatalogOps, PairOps, MediaOps):
             raise UsageError(f"unknown control operation {op!r}")
         if "progress" in args:
             raise UsageError("bad arguments: 'progress' is not an argument")
+        if op in AUDITED:  # written before the change: an entry may name a change that then failed
+            self._backup().audit.append(current_actor(), op, args)
         if progress is not None and "progress" in inspect.signature(handler).parameters:
             return handler(**args, progress=progress)
         return handler(**args)

@@ -170,3 +170,19 @@ def tree(store: Store) -> list[list[str]]:
     """[owner, snapshot, volume] of every snapshot image (the FUSE snapshots/ directory)."""
     with store._lock:
         return [[s.owner_name, s.name, m.name] for s in store.state.catalog.snaps.values() for m in s.members]
+
+
+def extents(store: Store, sid: int, vid: int) -> list[tuple[int, int]]:
+    """(offset, length) of the mapped ranges of snapshot ``sid``'s image of volume ``vid``, merged
+    and in order: what a full backup of the image must hold (the rest reads as zeros)."""
+    with store._lock:
+        snap = store.state.catalog.snaps[sid]
+        size = next(m.size for m in snap.members if m.vid == vid)
+        mapped = store.state.snap_maps[(sid, vid)].lookup(0, size)
+    out: list[tuple[int, int]] = []
+    for s, e, _loc in mapped:
+        if out and out[-1][0] + out[-1][1] == s:
+            out[-1] = (out[-1][0], e - out[-1][0])
+        else:
+            out.append((s, e - s))
+    return out

@@ -63,6 +63,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
         self.codec = FrameCodec(sb.uuid_bytes, sb.compress == "lz4", key)
         self.key_check = pair_key_check(key)  # compared by replication peers; "" without a key
         self.media_key = derive_key(key, sb.uuid_bytes, b"media key v1") if key else None  # tapes, discs
+        self.backup_key = derive_key(key, sb.uuid_bytes, b"backup key v1") if key else None  # backup jobs' keys' root
         self.plain = FrameCodec(sb.uuid_bytes, False, None)
         self.journal = Journal(self.paths["journal"], sb.uuid_bytes, sb.segment_size, faults,
                                lambda: int(self.clock.time() * 1e9))

@@ -1,0 +1,222 @@
+"""The backup engine: policies, runs (by hand or by schedule), verify, restore, retention.
+
+One engine per pool, inside the daemon (or opened by an offline admin command). Its state
+lives in ``POOL/backup/``: the SQLite catalog, the hash-chained audit log and the key ids.
+Guarantees:
+
+* two runs of one policy never overlap: a second ``run`` is refused (Busy), and the
+  scheduler waits for the running one;
+* a job is in the catalog from the moment it is asked for; it ends done or failed, with one
+  clear reason, and a job the daemon's death interrupted is failed at the next start;
+* a job that cannot get a drive waits, with the reason in ``backup jobs``;
+* every change to a policy, to keys or to retention is written to the audit log first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+from vstor.backup.audit import AuditLog, current_actor
+from vstor.backup.cartridges import Cartridges
+from vstor.backup.catalog import BackupCatalog
+from vstor.backup.jobs import JobWriter, snapshot_name
+from vstor.backup.keys import BackupKeys
+from vstor.backup.policy import level_for, make_policy
+from vstor.backup.restore import Reader
+from vstor.backup.schedule import Scheduler
+from vstor.clock import Clock, SystemClock
+from vstor.durable import atomic_write
+from vstor.errors import Busy, UsageError, VstorError
+from vstor.faults import NO_FAULTS, Faults
+from vstor.media.manager import MediaManager
+from vstor.store.store import Store
+
+log = logging.getLogger("vstor.backup")
+
+SETTINGS = "settings.json"  # engine-wide settings: key rotation by age
+DRIVE_POLL = 5.0  # seconds between looks for a free drive while a job waits
+
+
+class BackupEngine:
+    def __init__(self, store: Store, media: MediaManager, clock: Clock | None = None,
+                 faults: Faults = NO_FAULTS) -> None:
+        self.store, self.media, self.faults = store, media, faults
+        self.clock = clock or SystemClock()
+        self.dir = os.path.join(store.pool, "backup")
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self.catalog = BackupCatalog(os.path.join(self.dir, "catalog.db"), self.clock)
+        self.audit = AuditLog(os.path.join(self.dir, "audit.log"), self.clock)
+        self.keys = BackupKeys(os.path.join(self.dir, "keys.json"), store.backup_key, self.clock)
+        self.reader = Reader(store, self.catalog, self.keys, self._cartridges)
+        self._lock = threading.Lock()
+        self._running: dict[str, int] = {}  # policy -> job id
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self.scheduler = Scheduler(self.clock, self.catalog.policies, self._last_fire, self._record_fire,
+                                   lambda name: self.start(name, None), lambda name: name in self._running)
+        for job in self.catalog.recovered_jobs:
+            log.error("backup job %d was interrupted by the daemon's stop or crash: marked failed", job)
+
+    def _cartridges(self, library: str) -> Cartridges:
+        return Cartridges(self.media, self.catalog, library, self.store.sb.uuid, self.clock.time)
+
+    # -- policies -------------------------------------------------------------------------------
+    def create_policy(self, **fields: object) -> dict:
+        policy = make_policy(**fields)  # type: ignore[arg-type]
+        with self.store._lock:
+            self.store.state.catalog.owner(self.store.state.table, policy["source"])  # NotFound if neither
+        lib = self.media.lib(policy["library"])
+        if lib.type != "tape":
+            raise UsageError(f"library {lib.name} is an optical library; backup policies write to tape libraries")
+        for b in policy["media"]:
+            lib.medium(b)  # NotFound names the library
+        if policy["encrypt"]:
+            self.keys.current()  # UsageError without a pool key
+        if any(p["name"] == policy["name"] for p in self.catalog.policies()):
+            raise UsageError(f"policy {policy['name']!r} already exists; delete it first or choose another name")
+        policy["created"] = self.clock.time()
+        self.audit.append(current_actor(), "backup.policy.create", policy)
+        self.catalog.put_policy(policy)
+        return self.catalog.policy(policy["name"])
+
+    def delete_policy(self, name: str) -> dict:
+        policy = self.catalog.policy(name)
+        if name in self._running:
+            raise Busy(f"a job of policy {name!r} is running (job {self._running[name]}); wait for it to end")
+        self.audit.append(current_actor(), "backup.policy.delete", {"name": name})
+        self.catalog.delete_policy(name)
+        return policy
+
+    def _last_fire(self, name: str) -> float | None:
+        return self.catalog.policy(name).get("last_fire")
+
+    def _record_fire(self, name: str, when: float) -> None:
+        self.catalog.put_policy(self.catalog.policy(name) | {"last_fire": when})
+
+    # -- runs ------------------------------------------------------------------------------------
+    def start(self, name: str, level: str | None, progress: Callable[[int, int], None] | None = None) -> int:
+        """Queue a run of policy ``name``; returns its job id. The job runs in a thread."""
+        job, args = self._prepare(name, level)
+        t = threading.Thread(target=self._run, args=(*args, progress), name=f"vstor-backup-{job}", daemon=True)
+        self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
+        return job
+
+    def run(self, name: str, level: str | None, progress: Callable[[int, int], None] | None = None) -> dict:
+        """Run policy ``name`` now and wait for the job to end; returns the job."""
+        job, args = self._prepare(name, level)
+        self._run(*args, progress)
+        return self.catalog.job(job)
+
+    def _prepare(self, name: str, asked: str | None) -> tuple[int, tuple]:
+        policy = self.catalog.policy(name)
+        with self._lock:
+            if name in self._running:
+                raise Busy(f"a job of policy {name!r} is already running (job {self._running[name]})")
+            now = self.clock.time()
+            last_done = self.catalog.last_done(name)
+            level = level_for(policy, asked, self.catalog.last_full(name), last_done, now)
+            base = last_done if level == "incremental" else None
+            key_id = self.keys.current() if policy["encrypt"] else None
+            job = self.catalog.new_job(name, level, policy["source"], base["id"] if base else None, key_id,
+                                       now + policy["retention"])
+            self._running[name] = job
+        return job, (job, policy, level, base, key_id)
+
+    def _run(self, job: int, policy: dict, level: str, base: dict | None, key_id: int | None,
+             progress: Callable[[int, int], None] | None) -> None:
+        carts = self._cartridges(policy["library"])
+        writer = JobWriter(self.store, carts, self.catalog, self.faults)
+        try:
+            self._wait_for_drive(job, carts)
+            self.catalog.set_job(job, status="running", reason="", started=self.clock.time())
+            key = self.keys.key(key_id) if key_id else None
+            result = writer.run(job, policy, level, base, key, key_id, progress)
+            self.catalog.set_job(job, status="done", ended=self.clock.time(), **result)
+            log.info("backup job %d (%s, %s) done: %d bytes", job, policy["name"], level, result["bytes"])
+            for old in self.catalog.jobs(policy["name"]):
+                if old["id"] != job and old.get("snapshot"):
+                    writer.drop_snapshot(policy["source"], old["id"])
+        except Exception as e:  # noqa: BLE001 - every failure becomes a failed job with one line
+            why = e.message if isinstance(e, VstorError) else f"internal error {type(e).__name__}: {e}"
+            log.error("backup job %d (%s) failed: %s", job, policy["name"], why)
+            self.catalog.set_job(job, status="failed", reason=why, ended=self.clock.time())
+            carts.release()
+            try:
+                writer.drop_snapshot(policy["source"], job)
+            except VstorError as e2:
+                log.error("backup job %d: cannot delete its snapshot %s: %s", job, snapshot_name(job), e2)
+            return
+        finally:
+            with self._lock:
+                self._running.pop(policy["name"], None)
+        if policy.get("verify", True):
+            self.reader.verify(job)
+
+    def _wait_for_drive(self, job: int, carts: Cartridges) -> None:
+        while True:
+            try:
+                carts.free_drive()
+                return
+            except Busy as e:
+                self.catalog.set_job(job, reason=e.message)
+                if self.clock.wait(self._stop, DRIVE_POLL):
+                    raise VstorError("the array is stopping: the job did not start") from None
+
+    # -- the rest ------------------------------------------------------------------------------
+    def verify(self, job: int) -> dict:
+        return self.reader.verify(job)
+
+    def restore(self, job: int, to: str, progress: Callable[[int, int], None] | None = None) -> dict:
+        return self.reader.restore(job, to, progress)
+
+    def tick(self) -> list[str]:
+        """The scheduler's turn (the daemon calls it periodically), and key rotation by age."""
+        done = self.scheduler.tick()
+        every = self.settings().get("key_rotate_every")
+        if every:
+            new = self.keys.rotate_if_older(every)
+            if new is not None:
+                self.audit.append("vstor (key rotation by age)", "key.rotate", {"key_id": new, "every": every})
+                done.append(f"rotated the backup key: new jobs use key id {new}")
+        return done
+
+    def settings(self) -> dict:
+        try:
+            with open(os.path.join(self.dir, SETTINGS)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+
+    def set_setting(self, name: str, value: object) -> None:
+        doc = self.settings() | {name: value}
+        atomic_write(os.path.join(self.dir, SETTINGS), json.dumps(doc, sort_keys=True).encode())
+
+    def serve(self, interval: float = 30.0) -> threading.Thread:
+        """Tick the scheduler every ``interval`` seconds until :meth:`close`."""
+        def loop() -> None:
+            self._tick_logged()
+            while not self.clock.wait(self._stop, interval):
+                self._tick_logged()
+
+        t = threading.Thread(target=loop, name="vstor-backup-scheduler", daemon=True)
+        t.start()
+        self._threads.append(t)
+        return t
+
+    def _tick_logged(self) -> None:
+        try:
+            for line in self.tick():
+                log.info("backup schedule: %s", line)
+        except Exception as e:  # noqa: BLE001 - the scheduler keeps going
+            log.error("backup scheduler failed: %s", e)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout)
+        self.catalog.close()

@@ -1,0 +1,136 @@
+"""One backup job: snapshot the source, write its images to tape, record where they went.
+
+Steps, each recorded in the catalog as it completes, so that a failure at any point leaves a
+failed job (never a half-present one) and every part already written stays recorded:
+
+1. freeze the policy's mount points (optional), take a snapshot named ``backup-JOB``, thaw;
+2. work out the extents: a full holds every mapped range of each image; an incremental the
+   ranges changed since the base job's snapshot (``snapshot diff``), so its size follows the
+   change rate, not the volume size;
+3. write the pax stream to the policy's cartridges (tapefile.py, mediaio.py), spanning to the
+   next cartridge at the early warning, and record each part's exact position;
+4. keep this job's snapshot (the next incremental's base) and delete the previous one of the
+   policy; on failure delete this job's snapshot instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vstor.backup.cartridges import Cartridges
+from vstor.backup.catalog import BackupCatalog
+from vstor.backup.mediaio import TapeWriter
+from vstor.backup.tapefile import PartHeader, VolumeSource, pax_stream
+from vstor.control.freeze import frozen
+from vstor.errors import NotFound, VstorError
+from vstor.faults import NO_FAULTS, Faults
+from vstor.store import snapshots
+from vstor.store.store import Store
+
+log = logging.getLogger("vstor.backup")
+
+Progress = Callable[[int, int], None] | None
+
+
+def snapshot_name(job: int) -> str:
+    return f"backup-{job}"
+
+
+@dataclass
+class Hashed:
+    """A volume source that hashes what it reads, in the order pax_stream reads it."""
+
+    store: Store
+    vid: int
+    sid: int
+    done: Callable[[int], None]
+    sha: hashlib._Hash = field(default_factory=hashlib.sha256)
+    nbytes: int = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = self.store.read(self.vid, offset, length, sid=self.sid)
+        self.sha.update(data)
+        self.nbytes += len(data)
+        self.done(len(data))
+        return data
+
+
+class JobWriter:
+    def __init__(self, store: Store, carts: Cartridges, catalog: BackupCatalog, faults: Faults = NO_FAULTS) -> None:
+        self.store, self.carts, self.catalog, self.faults = store, carts, catalog, faults
+
+    def run(self, job: int, policy: dict, level: str, base: dict | None, key: bytes | None, key_id: int | None,
+            progress: Progress = None) -> dict:
+        """Write job ``job`` (already in the catalog, running). Returns the catalog fields to set."""
+        source = policy["source"]
+        with frozen(policy.get("freeze") or []):
+            snap = snapshots.create(self.store, source, snapshot_name(job))
+        self.catalog.set_job(job, snapshot=snap["name"])
+        sid = snapshots.get(self.store, source, snap["name"]).id
+        members = snapshots.get(self.store, source, snap["name"]).members
+        changed = self._changed(source, base, snap["name"]) if level == "incremental" else None
+        total = 0
+        hashed: dict[str, Hashed] = {}
+        volumes: list[VolumeSource] = []
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress:
+                progress(done[0], total)
+
+        for m in members:
+            ext = snapshots.extents(self.store, sid, m.vid) if changed is None else changed.get(m.name, [])
+            total += sum(n for _o, n in ext)
+            hashed[m.name] = h = Hashed(self.store, m.vid, sid, tick)
+            volumes.append(VolumeSource(m.name, m.size, ext, h.read))
+        meta = {"job": str(job), "policy": policy["name"], "level": level, "snapshot": snap["name"],
+                "base": str(base["id"]) if base else ""}
+
+        def header(part: int, barcode: str) -> bytes:
+            return PartHeader(job, part, policy["name"], level, source, snap["name"], self.store.clock.time(),
+                              base["id"] if base else None, key_id,
+                              [{"name": m.name, "size": m.size} for m in members],
+                              self.store.sb.uuid, barcode).encode()
+
+        drv = self.carts.load_for_write(policy["media"])
+        writer = TapeWriter(drv, lambda: self.carts.next_for_write(policy["media"]), header, key=key, job=job)
+        for chunk in pax_stream(source, volumes, meta):
+            self.faults.hit("backup.write")
+            writer.write(chunk)
+        places = writer.close()
+        stored = 0
+        for p in places:
+            self.catalog.add_part(job, p.part, p.barcode, self.carts.library, p.file, p.first_block, p.last_block,
+                                  p.bytes, p.sha256)
+            row = self.catalog.media(p.barcode) or {}
+            self.catalog.set_media(p.barcode, bytes=(row.get("bytes") or 0) + p.bytes,
+                                   last_written=self.store.clock.time())
+            stored += p.bytes
+        for m in members:
+            h = hashed[m.name]
+            self.catalog.add_volume(job, m.name, m.size, h.nbytes, h.sha.hexdigest())
+        self.carts.release()
+        job_sha = hashlib.sha256("".join(p.sha256 for p in places).encode()).hexdigest()
+        return {"bytes": sum(h.nbytes for h in hashed.values()), "stored": stored, "sha256": job_sha}
+
+    def _changed(self, source: str, base: dict | None, snap: str) -> dict[str, list[tuple[int, int]]]:
+        if base is None or not base.get("snapshot"):
+            raise VstorError("an incremental needs its base job's snapshot")
+        try:
+            diff = snapshots.diff(self.store, source, base["snapshot"], snap)
+        except NotFound:
+            raise VstorError(f"the snapshot of base job {base['id']} ({source}/{base['snapshot']}) is gone, so "
+                             "an incremental cannot be taken: run a full ('vstor backup run POLICY --level full')"
+                             ) from None
+        return {d["volume"]: [(s, e - s) for s, e in d["ranges"]] for d in diff}
+
+    def drop_snapshot(self, source: str, job: int) -> None:
+        """Delete job ``job``'s snapshot if it still exists (no longer a base, or the job failed)."""
+        try:
+            snapshots.delete(self.store, source, snapshot_name(job))
+        except NotFound:
+            pass

@@ -1,0 +1,58 @@
+"""Backup policies: what to back up, when, to which media, and how long to keep it.
+
+Pure: validation and normalization of the policy document the catalog stores. The engine
+checks what needs the pool (the source, the library, the media) when a policy is created.
+
+A policy::
+
+    {"name": "nightly", "source": "db", "schedule": "0 2 * * *", "level": "incremental",
+     "full_every": 604800, "library": "lib1", "media": ["VT0001L9", ...],
+     "retention": 2592000, "encrypt": false, "freeze": ["/mnt/db"], "verify": true}
+
+``level`` is what a scheduled run takes; an incremental run takes a full instead when the
+policy has no restorable full yet, or when ``full_every`` seconds have passed since the last.
+"""
+
+from __future__ import annotations
+
+import re
+
+from vstor.errors import UsageError
+from vstor.units import parse_duration
+
+LEVELS = ("full", "incremental")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def make_policy(name: str, source: str, library: str, media: list[str], schedule: str | None = None,
+                level: str = "full", full_every: str | None = None, retention: str = "30d",
+                encrypt: bool = False, freeze: list[str] | None = None, verify: bool = True) -> dict:
+    """A validated policy document (UsageError names the first bad field)."""
+    from vstor.backup.schedule import parse_cron
+
+    if not NAME_RE.match(name):
+        raise UsageError(f"invalid policy name {name!r}: use letters, digits, '_', '.' and '-' (at most 64)")
+    if level not in LEVELS:
+        raise UsageError(f"invalid level {level!r}: use full or incremental")
+    if not media:
+        raise UsageError("a policy needs media: give --media BARCODE[-BARCODE]")
+    return {"name": name, "source": source, "library": library, "media": list(media),
+            "schedule": parse_cron(schedule) if schedule else None, "level": level,
+            "full_every": parse_duration(full_every, "--full-every") if full_every else None,
+            "retention": parse_duration(retention, "--retention"), "encrypt": bool(encrypt),
+            "freeze": list(freeze or []), "verify": bool(verify)}
+
+
+def level_for(policy: dict, asked: str | None, last_full: dict | None, last_done: dict | None,
+              now: float) -> str:
+    """The level a run takes: ``asked`` (or the policy's), but a full when an incremental has
+    nothing to build on or the last full is older than ``full_every``."""
+    level = asked or policy["level"]
+    if level not in LEVELS:
+        raise UsageError(f"invalid level {level!r}: use full or incremental")
+    if level == "full" or last_full is None or last_done is None:
+        return "full"
+    every = policy.get("full_every")
+    if every and now - (last_full.get("started") or 0) >= every:
+        return "full"
+    return "incremental"

@@ -1,0 +1,225 @@
+"""vstor backup policy | run | jobs | show | verify | restore | expire | media | report,
+vstor audit log | verify, and vstor key rotate | list"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from vstor.cli.common import emit, pool_path, request, subcommand, table
+from vstor.units import format_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bk = sub.add_parser("backup", help="backup policies, jobs to tape, verify, restore, retention").add_subparsers(
+        dest="action", required=True)
+    pol = bk.add_parser("policy", help="create, list, show and delete backup policies").add_subparsers(
+        dest="what", required=True)
+    p = subcommand(pol, "create", cmd_policy_create, "a policy: what to back up, when, to which media")
+    p.add_argument("name")
+    p.add_argument("--source", required=True, help="a group or a volume")
+    p.add_argument("--library", required=True, help="the tape library the jobs write to")
+    p.add_argument("--media", required=True, action="append", metavar="BARCODES",
+                   help="the cartridges the policy may use: BARCODE or FIRST-LAST, repeatable")
+    p.add_argument("--schedule", help='when it runs, in cron syntax, like "0 2 * * *" (UTC); none: by hand only')
+    p.add_argument("--level", choices=["full", "incremental"], default="full",
+                   help="what a scheduled run takes (default full)")
+    p.add_argument("--full-every", metavar="DURATION", help="incrementals take a full this often, like 7d")
+    p.add_argument("--retention", default="30d", metavar="DURATION", help="how long jobs are kept (default 30d)")
+    p.add_argument("--encrypt", action="store_true", help="AES-256-GCM on the media, keyed from the pool's key")
+    p.add_argument("--freeze", action="append", metavar="MOUNT", help="fsfreeze this mount point around the snapshot")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the read-back after each job")
+    subcommand(pol, "list", cmd_policy_list, "every policy with its next run")
+    subcommand(pol, "show", cmd_policy_show, "one policy and its last jobs").add_argument("name")
+    subcommand(pol, "delete", cmd_policy_delete, "delete a policy (its jobs stay restorable)").add_argument("name")
+
+    p = subcommand(bk, "run", cmd_run, "run a policy now")
+    p.add_argument("policy")
+    p.add_argument("--level", choices=["full", "incremental"], help="override the policy's level")
+    p.add_argument("--wait", action="store_true", help="wait for the job to end (with a progress meter)")
+    p = subcommand(bk, "jobs", cmd_jobs, "jobs, newest first")
+    p.add_argument("--policy")
+    subcommand(bk, "show", cmd_show, "one job: chain, cartridges, positions, checksums").add_argument("job", type=int)
+    subcommand(bk, "verify", cmd_verify, "read a job back and check every checksum").add_argument("job", type=int)
+    p = subcommand(bk, "restore", cmd_restore, "restore a job (its chain) to new volumes")
+    p.add_argument("job", type=int)
+    p.add_argument("--to", required=True, metavar="NAME", help="new volume NAME (a group job: NAME-VOLUME each)")
+    p.add_argument("--wait", action="store_true", help="accepted for symmetry: a restore is always waited for")
+    p = subcommand(bk, "expire", cmd_expire, "apply retention: expire jobs, recycle media")
+    p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
+    subcommand(bk, "media", cmd_media, "the cartridges backups use: state, jobs, bytes")
+    p = subcommand(bk, "report", cmd_report, "completion rate, verify success, restore times")
+    p.add_argument("--days", type=int, default=30, help="the daily series' length (default 30)")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the daily figures (needs matplotlib)")
+
+    au = sub.add_parser("audit", help="the hash-chained audit log of configuration changes").add_subparsers(
+        dest="action", required=True)
+    subcommand(au, "log", cmd_audit_log, "every recorded change, oldest first")
+    subcommand(au, "verify", cmd_audit_verify, "check the chain: edited, inserted or removed entries")
+    ky = sub.add_parser("key", help="backup encryption keys").add_subparsers(dest="action", required=True)
+    p = subcommand(ky, "rotate", cmd_key_rotate, "a new key id for new jobs; old jobs stay restorable")
+    p.add_argument("--every", metavar="DURATION", help="also rotate automatically at this age, like 90d")
+    subcommand(ky, "list", cmd_key_list, "key ids and when they were made")
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "-"
+
+
+def _size(n: int | None) -> str:
+    return format_size(n) if n else "0"
+
+
+def cmd_policy_create(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "backup.policy.create", name=args.name, source=args.source, library=args.library,
+                media=args.media, schedule=args.schedule, level=args.level, full_every=args.full_every,
+                retention=args.retention, encrypt=args.encrypt, freeze=args.freeze, verify=args.verify)
+    emit(args, r, lambda p: f"created policy {p['name']}: {p['source']} to {p['library']} "
+         f"({len(p['media'])} cartridges), {p['schedule'] or 'by hand'}")
+    return 0
+
+
+def _policy_rows(pols: list[dict]) -> str:
+    rows = [("NAME", "SOURCE", "SCHEDULE", "LEVEL", "LIBRARY", "MEDIA", "RETENTION", "NEXT RUN")]
+    for p in pols:
+        rows.append((p["name"], p["source"], p["schedule"] or "by hand", p["level"], p["library"],
+                     str(len(p["media"])), f"{p['retention'] // 86400}d", _when(p.get("next_run"))))
+    return table(rows) if pols else "no backup policies"
+
+
+def cmd_policy_list(args: argparse.Namespace) -> int:
+    emit(args, request(pool_path(args), "backup.policy.list"), _policy_rows)
+    return 0
+
+
+def cmd_policy_show(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "backup.policy.show", name=args.name)
+    emit(args, r, lambda p: _policy_rows([p]) + "\n\n" + _job_rows(p["jobs"]))
+    return 0
+
+
+def cmd_policy_delete(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "backup.policy.delete", name=args.name)
+    emit(args, r, lambda p: f"deleted policy {p['name']}; its jobs stay in the catalog")
+    return 0
+
+
+def _job_rows(jobs: list[dict]) -> str:
+    if not jobs:
+        return "no jobs"
+    rows = [("JOB", "POLICY", "LEVEL", "STATUS", "STARTED", "ENDED", "BYTES", "MEDIA", "VERIFY", "REASON")]
+    for j in jobs:
+        media = ",".join(dict.fromkeys(p["barcode"] for p in j.get("parts", []))) or "-"
+        rows.append((str(j["id"]), j["policy"], j["level"], j["status"], _when(j.get("started")),
+                     _when(j.get("ended")), _size(j.get("bytes")), media, j.get("verify") or "-",
+                     j.get("reason") or j.get("verify_reason") or ""))
+    return table(rows)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "backup.run", progress=args.wait, policy=args.policy, level=args.level,
+                wait=args.wait)
+    emit(args, r, lambda j: f"job {j['id']} ({j['policy']}, {j['level']}): {j['status']}"
+         + (f": {j['reason']}" if j.get("reason") else "")
+         + (f", {_size(j.get('bytes'))}, verify {j.get('verify') or '-'}" if j["status"] == "done" else ""))
+    return 1 if r["status"] == "failed" else 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    emit(args, request(pool_path(args), "backup.jobs", policy=args.policy), _job_rows)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    def text(j: dict) -> str:
+        out = [_job_rows([j]), "", f"chain: {' -> '.join(map(str, j.get('chain', []))) or j.get('chain_error')}",
+               f"snapshot: {j.get('snapshot') or '-'}   key id: {j.get('key_id') or 'none (not encrypted)'}"]
+        rows = [("PART", "CARTRIDGE", "TAPE FILE", "BLOCKS", "BYTES", "SHA256")]
+        rows += [(str(p["part"]), p["barcode"], str(p["file"]), f"{p['first_block']}-{p['last_block']}",
+                  _size(p["bytes"]), p["sha256"][:16]) for p in j.get("parts", [])]
+        vols = [("IMAGE", "SIZE", "DATA", "SHA256")]
+        vols += [(v["name"], _size(v["size"]), _size(v["bytes"]), v["sha256"][:16]) for v in j.get("volumes", [])]
+        return "\n".join(out) + "\n\n" + table(rows) + "\n\n" + table(vols)
+    emit(args, request(pool_path(args), "backup.show", job=args.job), text)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "backup.verify", progress=True, job=args.job)
+    emit(args, r, lambda v: f"job {v['job']}: verify {v['verify']}" + "".join(f"\n  {p}" for p in v["problems"]))
+    return 0 if r["verify"] == "ok" else 1
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "backup.restore", progress=True, job=args.job, to=args.to)
+    emit(args, r, lambda x: f"restored job {x['job']} (chain {' -> '.join(map(str, x['chain']))}) to "
+         f"{', '.join(x['volumes'])}: {_size(x['bytes'])} in {x['seconds']:.1f} s ({x['mb_per_s']} MB/s)")
+    return 0
+
+
+def cmd_expire(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "backup.expire", dry_run=args.dry_run)
+
+    def text(x: dict) -> str:
+        verb = "would" if x["dry_run"] else "did"
+        lines = [f"{verb} expire jobs: {', '.join(map(str, x['expire'])) or 'none'}",
+                 f"{verb} recycle: {', '.join(x['recycle']) or 'none'}"]
+        lines += [f"kept job {j}: {why}" for j, why in x["kept"]]
+        lines += [f"not recycled {b}: {why}" for b, why in x["refused"]]
+        return "\n".join(lines)
+    emit(args, r, text)
+    return 0
+
+
+def cmd_media(args: argparse.Namespace) -> int:
+    def text(ms: list[dict]) -> str:
+        rows = [("CARTRIDGE", "LIBRARY", "STATE", "LOCATION", "JOBS", "BYTES", "LAST WRITTEN", "WORM")]
+        rows += [(m["barcode"], m["library"], m["state"], m.get("location") or "library", str(m.get("jobs", 0)),
+                  _size(m.get("bytes")), _when(m.get("last_written")), "yes" if m.get("worm") else "no")
+                 for m in ms]
+        return table(rows) if ms else "no backup media yet"
+    emit(args, request(pool_path(args), "backup.media"), text)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from vstor.backup.report import plot, render_text
+
+    r = request(pool_path(args), "backup.report", days=args.days)
+    if args.plot:
+        plot(r, args.plot)
+    emit(args, r, lambda x: render_text(x) + (f"\nplot written to {args.plot}" if args.plot else ""))
+    return 0
+
+
+def cmd_audit_log(args: argparse.Namespace) -> int:
+    def text(es: list[dict]) -> str:
+        rows = [("SEQ", "TIME", "ACTOR", "ACTION", "DETAILS")]
+        rows += [(str(e["seq"]), _when(e["time"]), e["actor"], e["action"],
+                  ", ".join(f"{k}={v}" for k, v in sorted(e["details"].items()))[:80]) for e in es]
+        return table(rows) if es else "the audit log is empty"
+    emit(args, request(pool_path(args), "audit.log"), text)
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "audit.verify")
+    emit(args, r, lambda x: (f"intact: {x['entries']} entries, head {x['head'][:16]}" if x["intact"]
+                             else "TAMPERED:\n" + "\n".join(f"  {p}" for p in x["problems"])))
+    return 0 if r["intact"] else 1
+
+
+def cmd_key_rotate(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "key.rotate", every=args.every)
+    emit(args, r, lambda x: f"new backup key id {x['key_id']}: new jobs use it; older jobs keep theirs"
+         + (f"; rotating every {args.every}" if args.every else ""))
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    def text(ks: list[dict]) -> str:
+        rows = [("KEY ID", "CREATED", "CURRENT")]
+        rows += [(str(k["id"]), _when(k["created"]), "yes" if k.get("current") else "") for k in ks]
+        return table(rows) if ks else "no backup keys yet (the first encrypted job makes one)"
+    emit(args, request(pool_path(args), "key.list"), text)
+    return 0

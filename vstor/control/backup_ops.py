@@ -1,0 +1,122 @@
+"""Control operations of the backup engine, the audit log and backup keys (mixed into
+PoolService).
+
+With a running daemon they act on its BackupEngine (whose scheduler runs the policies);
+offline, on one opened for the command under the pool lock. Runs and restores report
+progress, so the CLI waits for them without a time limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vstor.backup.audit import current_actor
+from vstor.backup.engine import BackupEngine
+from vstor.backup.report import build_report
+from vstor.backup.retention import apply_expiry, plan_expiry
+from vstor.media.manager import MediaManager, parse_range
+from vstor.store.adminops import Progress
+from vstor.store.store import Store
+from vstor.units import parse_duration
+
+
+class BackupOps:
+    store: Store
+    backup: Any
+
+    def _media(self) -> MediaManager:  # MediaOps
+        raise NotImplementedError
+
+    def _backup(self) -> BackupEngine:
+        if self.backup is None:
+            self.backup = BackupEngine(self.store, self._media())
+        return self.backup
+
+    # -- policies -------------------------------------------------------------------------------
+    def op_backup_policy_create(self, name: str, source: str, library: str, media: list[str],
+                                schedule: str | None = None, level: str = "full", full_every: str | None = None,
+                                retention: str = "30d", encrypt: bool = False, freeze: list[str] | None = None,
+                                verify: bool = True) -> dict:
+        codes = [c for spec in media for c in (parse_range(spec) if "-" in spec else [spec])]
+        return self._backup().create_policy(name=name, source=source, library=library, media=codes,
+                                            schedule=schedule, level=level, full_every=full_every,
+                                            retention=retention, encrypt=encrypt, freeze=freeze, verify=verify)
+
+    def op_backup_policy_list(self) -> list[dict]:
+        eng = self._backup()
+        return [p | {"next_run": eng.scheduler.next_for(p)} for p in eng.catalog.policies()]
+
+    def op_backup_policy_show(self, name: str) -> dict:
+        eng = self._backup()
+        p = eng.catalog.policy(name)
+        return p | {"next_run": eng.scheduler.next_for(p), "jobs": eng.catalog.jobs(name)[:10]}
+
+    def op_backup_policy_delete(self, name: str) -> dict:
+        return self._backup().delete_policy(name)
+
+    # -- jobs -----------------------------------------------------------------------------------
+    def op_backup_run(self, policy: str, level: str | None = None, wait: bool = False,
+                      progress: Progress = None) -> dict:
+        eng = self._backup()
+        if wait or self.mount is None:  # offline: the command's process is the one that runs it
+            return eng.run(policy, level, progress)
+        return eng.catalog.job(eng.start(policy, level))
+
+    def op_backup_jobs(self, policy: str | None = None) -> list[dict]:
+        return self._backup().catalog.jobs(policy)
+
+    def op_backup_show(self, job: int) -> dict:
+        eng = self._backup()
+        out = eng.catalog.job(job)
+        try:
+            out["chain"] = [j["id"] for j in eng.catalog.chain(job)]
+        except Exception as e:  # noqa: BLE001 - shown, not raised: the job itself is still worth seeing
+            out["chain_error"] = str(e)
+        return out
+
+    def op_backup_verify(self, job: int) -> dict:
+        return self._backup().verify(job)
+
+    def op_backup_restore(self, job: int, to: str, progress: Progress = None) -> dict:
+        return self._backup().restore(job, to, progress)
+
+    def op_backup_expire(self, dry_run: bool = False) -> dict:
+        eng = self._backup()
+        plan = plan_expiry(eng.catalog, eng.clock.time())
+        out = {"expire": plan.expire, "recycle": plan.recycle, "kept": plan.kept, "refused": plan.refused,
+               "dry_run": dry_run}
+        if not dry_run and (plan.expire or plan.recycle):
+            eng.audit.append(current_actor(), "backup.expire", out)
+            apply_expiry(eng.catalog, plan)
+        return out
+
+    def op_backup_media(self) -> list[dict]:
+        eng = self._backup()
+        return eng.catalog.media_list()
+
+    def op_backup_report(self, days: int = 30) -> dict:
+        eng = self._backup()
+        return build_report(eng.catalog.jobs(), eng.catalog.restores(), eng.clock.time(), days)
+
+    # -- audit and keys ---------------------------------------------------------------------------
+    def op_audit_log(self) -> list[dict]:
+        return self._backup().audit.entries()
+
+    def op_audit_verify(self) -> dict:
+        eng = self._backup()
+        problems = eng.audit.verify()
+        return {"intact": not problems, "problems": problems, "entries": len(eng.audit.entries()),
+                "head": eng.audit.head()}
+
+    def op_key_rotate(self, every: str | None = None) -> dict:
+        eng = self._backup()
+        new = eng.keys.rotate()
+        details: dict[str, Any] = {"key_id": new}
+        if every:
+            details["every"] = parse_duration(every, "--every")
+            eng.set_setting("key_rotate_every", details["every"])
+        eng.audit.append(current_actor(), "key.rotate", details)
+        return details | {"keys": eng.keys.listing()}
+
+    def op_key_list(self) -> list[dict]:
+        return self._backup().keys.listing()
