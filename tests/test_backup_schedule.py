@@ -1,4 +1,4 @@
-"""Backup schedules: cron via cronsim, the Scheduler on a ManualClock."""
+"""Backup schedules (cron via cronsim, the Scheduler on a ManualClock) and the backup report."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from vstor.backup.report import build_report, plot, render_text
 from vstor.backup.schedule import Scheduler, next_fire, parse_cron
 from vstor.clock import ManualClock
 from vstor.errors import UsageError
@@ -170,3 +171,123 @@ def test_manual_only_policies_never_fire():
         assert s.tick() == []
     assert eng.started == [] and eng.fired == {}
     assert s.next_for(eng.policies[0]) is None and s.due(eng.policies[1], clock.time()) is None
+
+
+# --- report ---------------------------------------------------------------------------------
+
+NOW = ts("2024-03-10 12:00")
+G = 1 << 30
+
+
+def job(id, policy, level, status, started, bytes=0, verify=None, minutes=30):
+    t = ts(started)
+    ended = None if status in ("running", "waiting") else t + 60 * minutes
+    return {"id": id, "policy": policy, "level": level, "status": status, "started": t,
+            "ended": ended, "bytes": bytes, "verify": verify}
+
+
+def restore(job_id, policy, started, seconds, bytes, status="done"):
+    t = ts(started)
+    return {"job": job_id, "policy": policy, "started": t, "ended": t + seconds, "bytes": bytes,
+            "status": status, "seconds": seconds}
+
+
+JOBS = [
+    job(1, "db", "full", "done", "2024-01-15 02:00", 8 * G, "ok"),  # outside the 30-day window
+    job(2, "db", "incremental", "done", "2024-03-08 02:00", G, "ok"),
+    job(3, "db", "incremental", "failed", "2024-03-09 02:00", 100, None),
+    job(4, "db", "full", "done", "2024-03-10 02:00", 10 * G, "failed"),
+    job(5, "web", "full", "done", "2024-03-09 03:00", 2 * G, "ok"),
+    job(6, "web", "incremental", "expired", "2024-02-20 03:00", G, "ok"),
+    job(7, "web", "incremental", "done", "2024-03-10 03:00", G // 2, "skipped"),
+    job(8, "web", "incremental", "running", "2024-03-10 11:00"),
+]
+# 20 successful restores of 1..20 s, plus a failed one whose time must not count
+RESTORES = [restore(2, "db", "2024-03-09 10:00", float(s), int(s * 50 * 10**6)) for s in range(1, 21)]
+RESTORES += [restore(5, "web", "2024-03-10 10:00", 999.0, 0, status="failed")]
+
+
+def test_report_headline_figures():
+    r = build_report(JOBS, RESTORES, NOW)
+    o = r["overall"]
+    assert o["jobs"] == 8
+    assert o["completion_rate"] == 5 / 6  # done 1,2,4,5,7; failed 3; expired/running not finished
+    assert o["verify_success_rate"] == 4 / 5  # ok 1,2,5,6; failed 4; skipped/None not counted
+    assert o["restore_avg_s"] == 10.5
+    assert o["restore_p95_s"] == 19.0  # nearest rank: ceil(0.95 * 20) = 19th of 1..20
+    assert o["restore_mb_per_s_avg"] == pytest.approx(50.0)
+    assert o["restores"] == 20 and o["restores_failed"] == 1
+    assert o["full_bytes_avg"] == (8 + 10 + 2) * G / 3
+    assert o["incremental_bytes_avg"] == (G + G // 2) / 2
+    assert o["last_job"] == {"id": 8, "status": "running", "time": ts("2024-03-10 11:00")}
+    assert o["last_success"] == {"id": 7, "time": ts("2024-03-10 03:30")}
+
+
+def test_report_per_policy_and_daily():
+    r = build_report(JOBS, RESTORES, NOW)
+    db, web = r["policies"]["db"], r["policies"]["web"]
+    assert sorted(r["policies"]) == ["db", "web"]
+    assert (db["jobs"], db["completion_rate"], db["verify_success_rate"]) == (4, 3 / 4, 2 / 3)
+    assert db["restore_p95_s"] == 19.0 and db["last_job"]["id"] == 4
+    assert (web["jobs"], web["completion_rate"], web["verify_success_rate"]) == (4, 1.0, 1.0)
+    assert web["restore_avg_s"] is None and web["restore_p95_s"] is None and web["restores_failed"] == 1
+    assert web["full_bytes_avg"] == 2 * G and web["incremental_bytes_avg"] == G // 2
+
+    daily = r["daily"]
+    assert len(daily) == 30 and daily[0]["day"] == "2024-02-10" and daily[-1]["day"] == "2024-03-10"
+    by_day = {d["day"]: d for d in daily}
+    assert sum(d["jobs"] for d in daily) == 7  # job 1 is older than 30 days
+    assert by_day["2024-03-09"]["completion_rate"] == 0.5 and by_day["2024-03-09"]["restore_p95_s"] == 19.0
+    assert by_day["2024-03-10"]["jobs"] == 3 and by_day["2024-03-10"]["completion_rate"] == 1.0
+    assert by_day["2024-03-10"]["verify_success_rate"] == 0.0
+    assert by_day["2024-02-20"]["jobs"] == 1 and by_day["2024-02-20"]["completion_rate"] is None
+    assert by_day["2024-03-01"]["jobs"] == 0 and by_day["2024-03-01"]["restore_avg_s"] is None
+    assert len(build_report(JOBS, [], NOW, days=7)["daily"]) == 7
+    with pytest.raises(UsageError):
+        build_report(JOBS, [], NOW, days=0)
+
+
+def test_report_empty():
+    o = build_report([], [], NOW)["overall"]
+    assert o["jobs"] == 0 and o["completion_rate"] is None and o["verify_success_rate"] is None
+    assert o["restore_p95_s"] is None and o["last_job"] is None and o["last_success"] is None
+
+
+def test_render_text_headlines_first():
+    text = render_text(build_report(JOBS, RESTORES, NOW))
+    lines = text.splitlines()
+    assert lines[0] == "Job completion rate   83.3%  (5 done, 1 failed)"
+    assert lines[1] == "Verify success rate   80.0%  (4 ok, 1 failed)"
+    assert lines[2] == "Restore time          avg 10.5s, p95 19.0s  (20 restores, 1 failed)"
+    assert lines[3].startswith("Last success          2024-03-10 03:30Z (job 7), RPO exposure 30600s")
+    assert "6.7G" in text and "768M" in text  # full and incremental averages in binary units
+    table = [x for x in lines if x.startswith(("policy", "(all)", "db ", "web "))]
+    assert len(table) == 4
+    col = table[0].index("completion") + len("completion")
+    assert all(row[col - 1] == "%" for row in table[1:])  # right-aligned under the header
+    assert "2024-03-09" in text and "50.0%" in text
+    assert "0 done, 0 failed" in render_text(build_report([], [], NOW))
+
+
+def test_plot_writes_a_png(tmp_path):
+    path = tmp_path / "report.png"
+    plot(build_report(JOBS, RESTORES, NOW), str(path))
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    with pytest.raises(UsageError, match="cannot write"):
+        plot(build_report([], [], NOW), str(tmp_path / "missing" / "x.png"))
+
+
+def test_plot_without_matplotlib(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(UsageError, match=r"--plot needs matplotlib: pip install 'vstor\[plot\]'"):
+        plot(build_report([], [], NOW), str(tmp_path / "x.png"))
