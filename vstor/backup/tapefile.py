@@ -72,6 +72,19 @@ def _decode_text(raw: bytes, magic: str) -> dict:
         raise FormatError(f"{magic!r} record: bad JSON ({e})") from None
 
 
+def _rebuild(cls: type, raw: bytes, magic: str) -> PartHeader | TapeLabel:
+    """The object whose JSON line ``raw`` holds; the whole record must be exactly its encoding, so
+    damage to the readable lines, the recipe or the padding is caught as well."""
+    try:
+        obj = cls(**_decode_text(raw, magic))
+        same = obj.encode() == raw
+    except (TypeError, ValueError, KeyError) as e:
+        raise FormatError(f"{magic!r} record: fields do not match this version ({e})") from None
+    if not same:
+        raise FormatError(f"{magic!r} record: the text differs from its checksummed JSON (damaged)")
+    return obj
+
+
 def _recipe(h: PartHeader) -> list[str]:
     dd = "dd if=TAPE bs=256k skip=1"
     out = [f"To restore job {h.job} part {h.part} without vstor (TAPE = the non-rewinding device, e.g. /dev/nst0;",
@@ -112,11 +125,7 @@ class PartHeader:
 
     @classmethod
     def decode(cls, raw: bytes) -> PartHeader:
-        d = _decode_text(raw, PART_MAGIC)
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise FormatError(f"part header fields do not match this version: {e}") from None
+        return _rebuild(cls, raw, PART_MAGIC)
 
 
 @dataclass
@@ -132,11 +141,7 @@ class TapeLabel:
 
     @classmethod
     def decode(cls, raw: bytes) -> TapeLabel:
-        d = _decode_text(raw, LABEL_MAGIC)
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise FormatError(f"tape label fields do not match this version: {e}") from None
+        return _rebuild(cls, raw, LABEL_MAGIC)
 
 
 # -- the pax stream --------------------------------------------------------------------------------
