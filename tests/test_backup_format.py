@@ -134,7 +134,7 @@ def test_part_header_and_label_round_trip_and_reject_damage():
     assert "the tape file this header starts" in text and "\njob=7\n" in text and "\njson={" in text
     assert "concatenate" in text and "part order" in text
     enc = _header(key_id=3).encode().decode("ascii")
-    assert "encrypted" in enc and "restore with vstor backup restore" in enc and "tar -xSf" not in enc
+    assert "encrypted: restore with vstor backup restore" in enc and "tar -xSf" not in enc
     inc = _header(level="incremental").encode().decode("ascii")
     assert "only the extents changed since job 6" in inc and "vstor backup restore" in inc
     for bad in (raw[:-1], b"X" + raw[1:], raw.replace(b'"job":7', b'"job":8'), bytes(tpf.RECORD)):
@@ -170,6 +170,19 @@ def test_stream_round_trip_any_chunking_and_gnu_tar(tmp_path):
     for junk in (b"", bytes(1024) + b"x" * 512, os.urandom(4096)):
         with pytest.raises(FormatError):
             tpf.read_stream(iter([junk]), lambda *a: None)
+
+
+def test_large_members_get_a_pax_size_and_long_names_a_pax_path():
+    from vstor.backup import _tarstream
+
+    big = _tarstream.header("p/GNUSparseFile.0/v.img", 9 << 30, {"GNU.sparse.major": "1"})
+    assert b" size=9663676416\n" in big and len(big) % 512 == 0
+    source = "pool/" + "x" * 150  # a ustar name holds 100 bytes (prefix 155): the pax path key carries it
+    vols = [tpf.VolumeSource("v", 4096, [(0, 4096)], lambda o, n: b"\x01" * n)]
+    stream = b"".join(tpf.pax_stream(source, vols, {"job": "1"}))
+    assert b" path=" in stream
+    manifest = tpf.read_stream(iter([stream]), lambda *a: None)
+    assert manifest["source"] == source and manifest["volumes"][0]["bytes"] == 4096
 
 
 def test_sealed_records_bind_job_part_and_index():

@@ -19,19 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import xxhash
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from vstor.backup import _tarstream as ts
 from vstor.errors import CorruptData, FormatError, UsageError
 
 RECORD = 256 * 1024  # one tape block = one tar record (tar -b 512)
 FORMAT_VERSION = 1
 PIECE = 4 << 20  # the largest piece read from a source or handed to apply
-BLOCK = 512
 PART_MAGIC = "VSTOR BACKUP PART v1"
 LABEL_MAGIC = "VSTOR TAPE LABEL v1"
 MANIFEST = "VSTOR-MANIFEST.json"
@@ -90,7 +89,7 @@ def _recipe(h: PartHeader) -> list[str]:
     out = [f"To restore job {h.job} part {h.part} without vstor (TAPE = the non-rewinding device, e.g. /dev/nst0;",
            "FILE = the tape file this header starts, as counted by mt from the beginning of the tape):"]
     if h.key_id is not None:
-        return out + [f"  encrypted (key {h.key_id}): restore with vstor backup restore"]
+        return out + [f"  encrypted: restore with vstor backup restore (key id {h.key_id}; AES-256-GCM sealed blocks)"]
     out.append(f"  mt -f TAPE rewind; mt -f TAPE fsf FILE; {dd} | tar -xSf -")
     out += ["A job that spans cartridges has one part per cartridge (part=0, 1, ...): concatenate the",
             f"parts' '{dd}' outputs in part order into one tar, e.g. for each part in order:",
@@ -153,57 +152,18 @@ class VolumeSource:
     read: Callable[[int, int], bytes]
 
 
-def _pad(n: int) -> bytes:
-    return bytes(-n % BLOCK)
-
-
-def _header(name: str, size: int, pax: dict[str, str]) -> bytes:
-    ti = tarfile.TarInfo(name)
-    ti.size, ti.mode, ti.mtime, ti.type = size, 0o600, 0, tarfile.REGTYPE
-    ti.pax_headers = pax
-    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")  # adds a pax size key above 8 GiB
-
-
-def _aligned(v: VolumeSource) -> list[tuple[int, int]]:
-    """The extents widened to 512-byte boundaries (capped at the size) and merged.
-
-    GNU tar stores every extent padded to 512 bytes and Python's tarfile does not, so only aligned
-    extents (an unaligned end at the size is fine) read the same in both.
-    """
-    out: list[list[int]] = []
-    for off, n in v.extents:
-        if off < (out[-1][1] if out else 0) or n < 0 or off + n > v.size:
-            raise UsageError(f"volume {v.name}: extents must be sorted, non-overlapping and within {v.size} bytes")
-        if n:
-            lo, hi = off - off % BLOCK, min(v.size, off + n + -(off + n) % BLOCK)
-            if out and lo <= out[-1][1]:
-                out[-1][1] = hi
-            else:
-                out.append([lo, hi])
-    return [(lo, hi - lo) for lo, hi in out]
-
-
-def _sparse_map(size: int, extents: list[tuple[int, int]]) -> bytes:
-    pairs = list(extents)
-    end = pairs[-1][0] + pairs[-1][1] if pairs else 0
-    if end < size or not pairs:
-        pairs.append((size, 0))  # as GNU tar: a final empty extent at realsize
-    text = "\n".join(str(x) for x in [len(pairs), *(y for p in pairs for y in p)]) + "\n"
-    return text.encode() + _pad(len(text))
-
-
 def pax_stream(source: str, volumes: list[VolumeSource], meta: dict[str, str]) -> Iterator[bytes]:
     """The archive of ``volumes`` as pieces of bytes; the total is a multiple of 512."""
     manifest = {"format": "vstor-backup", "version": FORMAT_VERSION, "source": source, "meta": dict(meta),
                 "volumes": []}
     for v in volumes:
-        extents = _aligned(v)
-        smap = _sparse_map(v.size, extents)
+        extents = ts.aligned(v.name, v.size, v.extents)
+        smap = ts.sparse_map(v.size, extents)
         data = sum(n for _, n in extents)
         pax = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": f"{source}/{v.name}.img",
                "GNU.sparse.realsize": str(v.size), "VSTOR.job": str(meta.get("job", "")), "VSTOR.volume": v.name}
         pax.update({f"VSTOR.{k}": str(val) for k, val in meta.items()})
-        yield _header(f"{source}/GNUSparseFile.0/{v.name}.img", len(smap) + data, pax)
+        yield ts.header(f"{source}/GNUSparseFile.0/{v.name}.img", len(smap) + data, pax)
         yield smap
         h = hashlib.sha256()
         for off, n in extents:
@@ -213,13 +173,13 @@ def pax_stream(source: str, volumes: list[VolumeSource], meta: dict[str, str]) -
                     raise UsageError(f"volume {v.name}: read({pos}) returned {len(piece)} bytes")
                 h.update(piece)
                 yield piece
-        yield _pad(len(smap) + data)
+        yield ts.pad(len(smap) + data)
         manifest["volumes"].append({"name": v.name, "size": v.size, "extents": len(extents),
                                     "bytes": data, "sha256": h.hexdigest()})
     doc = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    yield _header(f"{source}/{MANIFEST}", len(doc), {"VSTOR.job": str(meta.get("job", ""))})
-    yield doc + _pad(len(doc))
-    yield bytes(2 * BLOCK)
+    yield ts.header(f"{source}/{MANIFEST}", len(doc), {"VSTOR.job": str(meta.get("job", ""))})
+    yield doc + ts.pad(len(doc))
+    yield bytes(2 * ts.BLOCK)
 
 
 def read_stream(chunks: Iterator[bytes], apply: Callable[[str, int, bytes], None]) -> dict:
@@ -228,114 +188,7 @@ def read_stream(chunks: Iterator[bytes], apply: Callable[[str, int, bytes], None
     Returns the manifest. ``apply`` may already have seen the data of a member whose checksum then
     fails: a CorruptData means the whole restore is void.
     """
-    inp, pax, seen, manifest = _Input(chunks), {}, [], None
-    bad = _Bad()
-    while True:
-        raw = inp.take(BLOCK)
-        if not any(raw):
-            inp.take(BLOCK)
-            break
-        try:
-            ti = tarfile.TarInfo.frombuf(raw, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as e:
-            raise bad(f"block at byte {inp.done - BLOCK} is not a tar header ({e})") from None
-        if raw[257:265] != b"ustar\x0000":
-            raise bad(f"member {ti.name!r} is not a POSIX ustar/pax header")
-        size = int(pax.get("size", ti.size))
-        if ti.type == tarfile.XHDTYPE:
-            pax = _pax_records(inp.take(size), bad)
-            inp.take(-size % BLOCK)
-            continue
-        if ti.type in tarfile.REGULAR_TYPES and pax.get("GNU.sparse.major") == "1" and "VSTOR.volume" in pax:
-            seen.append(_read_sparse(inp, pax["VSTOR.volume"], size, apply, bad))
-        elif ti.type in tarfile.REGULAR_TYPES and ti.name.endswith("/" + MANIFEST) and manifest is None:
-            try:
-                manifest = json.loads(inp.take(size))
-            except ValueError as e:
-                raise bad(f"the manifest is not JSON ({e})") from None
-            inp.take(-size % BLOCK)
-        else:
-            raise bad(f"unexpected member {ti.name!r} (type {ti.type!r})")
-        bad.first, pax = False, {}
-    if manifest is None:
-        raise bad("the archive ends without its manifest")
-    want = [(v.get("name"), v.get("sha256"), v.get("bytes")) for v in manifest.get("volumes", [])]
-    if want != seen:
-        raise CorruptData(f"the volume images do not match the manifest: read {seen}, manifest {want}")
-    return manifest
-
-
-class _Bad:
-    """The error for a malformed stream: FormatError before the first member, CorruptData after."""
-
-    first = True
-
-    def __call__(self, msg: str) -> Exception:
-        return (FormatError if self.first else CorruptData)(f"backup stream: {msg}")
-
-
-class _Input:
-    """Exact reads over an iterator of chunks of any size."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self.it, self.buf, self.off, self.done = iter(chunks), bytearray(), 0, 0
-
-    def take(self, n: int) -> bytes:
-        while len(self.buf) - self.off < n:
-            chunk = next(self.it, None)
-            if chunk is None:
-                raise (FormatError if self.done == 0 and not self.buf else CorruptData)(
-                    f"backup stream is cut short at byte {self.done + len(self.buf) - self.off}")
-            del self.buf[: self.off]
-            self.off = 0
-            self.buf += chunk
-        out = bytes(self.buf[self.off : self.off + n])
-        self.off += n
-        self.done += n
-        return out
-
-
-def _pax_records(data: bytes, bad: _Bad) -> dict[str, str]:
-    out, pos = {}, 0
-    try:
-        while pos < len(data) and data[pos]:
-            sp = data.index(b" ", pos)
-            n = int(data[pos:sp])
-            key, eq, value = data[sp + 1 : pos + n - 1].partition(b"=")
-            if not eq or n <= 0:
-                raise ValueError("no '=' in a record")
-            out[key.decode()] = value.decode("utf-8", "surrogateescape")
-            pos += n
-    except ValueError as e:
-        raise bad(f"bad pax extended header ({e})") from None
-    return out
-
-
-def _read_sparse(inp: _Input, volume: str, size: int, apply: Callable[[str, int, bytes], None],
-                 bad: _Bad) -> tuple[str, str, int]:
-    text = b""
-    while True:  # the map: count, then offset and length per extent, NUL-padded to 512
-        text += inp.take(BLOCK)
-        nums = text.split(b"\n")[:-1]
-        try:
-            if nums and len(nums) >= 1 + 2 * int(nums[0]):
-                pairs = [int(x) for x in nums[1 : 1 + 2 * int(nums[0])]]
-                break
-        except ValueError:
-            raise bad(f"volume {volume}: the sparse map is not numbers") from None
-        if len(text) >= size:
-            raise bad(f"volume {volume}: the sparse map is longer than the member")
-    h, data = hashlib.sha256(), 0
-    for off, n in zip(pairs[::2], pairs[1::2], strict=True):
-        for pos in range(off, off + n, PIECE):
-            piece = inp.take(min(PIECE, off + n - pos))
-            h.update(piece)
-            apply(volume, pos, piece)
-        data += n
-    if len(text) + data != size:
-        raise bad(f"volume {volume}: map and extents hold {len(text) + data} bytes, the member {size}")
-    inp.take(-size % BLOCK)
-    return volume, h.hexdigest(), data
+    return ts.read_archive(chunks, apply, MANIFEST, PIECE)
 
 
 # -- record sealing --------------------------------------------------------------------------------
