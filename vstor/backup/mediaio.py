@@ -10,7 +10,10 @@ Guarantees of :class:`TapeWriter`:
 * the stream's bytes land on the media exactly once and in order: a block the drive refuses with
   ENOSPC (early warning or the hard end) wrote nothing and is written again as the first data block
   of the next part on the next cartridge, so the parts' data blocks concatenated are the stream;
-* every part is closed with a filemark written by MTWEOF; every block except a part's last is
+* the first write positions at end of data (MTEOM): a blank tape gets a label first, a tape whose
+  data does not end in a filemark (a crash) gets one, so the header always starts a tape file; the
+  caller chooses the cartridge (the label of a non-blank tape is not checked here);
+* every part is closed with a filemark written by MTWEOF; every data block except the job's last is
   RECORD bytes (before sealing); the last block of the job is padded with zeros to 512 bytes;
 * each :class:`PartPlace` gives the part's tape file, its data blocks and the sha256 of the
   blocks as stored (header excluded), which :func:`part_sha256` recomputes from the tape.

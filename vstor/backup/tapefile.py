@@ -21,6 +21,7 @@ import json
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Self
 
 import xxhash
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -71,20 +72,7 @@ def _decode_text(raw: bytes, magic: str) -> dict:
         raise FormatError(f"{magic!r} record: bad JSON ({e})") from None
 
 
-def _rebuild(cls: type, raw: bytes, magic: str) -> PartHeader | TapeLabel:
-    """The object whose JSON line ``raw`` holds; the whole record must be exactly its encoding, so
-    damage to the readable lines, the recipe or the padding is caught as well."""
-    try:
-        obj = cls(**_decode_text(raw, magic))
-        same = obj.encode() == raw
-    except (TypeError, ValueError, KeyError) as e:
-        raise FormatError(f"{magic!r} record: fields do not match this version ({e})") from None
-    if not same:
-        raise FormatError(f"{magic!r} record: the text differs from its checksummed JSON (damaged)")
-    return obj
-
-
-def _recipe(h: PartHeader) -> list[str]:
+def _part_recipe(h: PartHeader) -> list[str]:
     dd = "dd if=TAPE bs=256k skip=1"
     out = [f"To restore job {h.job} part {h.part} without vstor (TAPE = the non-rewinding device, e.g. /dev/nst0;",
            "FILE = the tape file this header starts, as counted by mt from the beginning of the tape):"]
@@ -102,9 +90,36 @@ def _recipe(h: PartHeader) -> list[str]:
     return out
 
 
+class _TextRecord:
+    """encode/decode of a one-record text header; subclasses are dataclasses with a MAGIC line."""
+
+    MAGIC: ClassVar[str]
+
+    def _recipe(self) -> list[str]:
+        return []
+
+    def encode(self) -> bytes:
+        return _encode_text(self.MAGIC, asdict(self), self._recipe())  # type: ignore[call-overload]
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Self:
+        """The record ``raw`` holds; it must be exactly the encoding of its checksummed JSON, so
+        damage to the readable lines, the recipe or the padding is caught as well."""
+        try:
+            obj = cls(**_decode_text(raw, cls.MAGIC))
+            same = obj.encode() == raw
+        except (TypeError, ValueError, KeyError) as e:
+            raise FormatError(f"{cls.MAGIC!r} record: fields do not match this version ({e})") from None
+        if not same:
+            raise FormatError(f"{cls.MAGIC!r} record: the text differs from its checksummed JSON (damaged)")
+        return obj
+
+
 @dataclass
-class PartHeader:
+class PartHeader(_TextRecord):
     """The first block of every tape file holding a job part."""
+
+    MAGIC: ClassVar[str] = PART_MAGIC
 
     job: int
     part: int
@@ -119,28 +134,21 @@ class PartHeader:
     pool_uuid: str = ""
     barcode: str = ""
 
-    def encode(self) -> bytes:
-        return _encode_text(PART_MAGIC, asdict(self), _recipe(self))
-
-    @classmethod
-    def decode(cls, raw: bytes) -> PartHeader:
-        return _rebuild(cls, raw, PART_MAGIC)
+    def _recipe(self) -> list[str]:
+        return _part_recipe(self)
 
 
 @dataclass
-class TapeLabel:
+class TapeLabel(_TextRecord):
     """Tape file 0 of every cartridge vstor writes."""
 
+    MAGIC: ClassVar[str] = LABEL_MAGIC
     barcode: str
     pool_uuid: str
     created: float
 
-    def encode(self) -> bytes:
-        return _encode_text(LABEL_MAGIC, asdict(self), ["A vstor backup cartridge; later tape files are job parts."])
-
-    @classmethod
-    def decode(cls, raw: bytes) -> TapeLabel:
-        return _rebuild(cls, raw, LABEL_MAGIC)
+    def _recipe(self) -> list[str]:
+        return ["A vstor backup cartridge; later tape files are job parts."]
 
 
 # -- the pax stream --------------------------------------------------------------------------------
