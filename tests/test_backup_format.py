@@ -209,6 +209,7 @@ def test_job_on_tape_reads_back_and_restores_with_plain_tools(carts, tmp_path):
     assert tpf.TapeLabel.decode(_raw_file(drive, 0)[0]).pool_uuid == "c0ffee-uuid"
     assert _restore(mio.read_part(drive, 1, job=7), images)["meta"]["job"] == "7"
     assert b"".join(mio.read_part(drive, 1, job=7)) == stream
+    _gnu_tar(b"".join(mio.read_part(drive, 1, job=7)), images, tmp_path / "read_part")
     assert mio.part_sha256(drive, 1) == p.sha256
     raw = _raw_file(drive, 1)  # dd if=TAPE bs=256k skip=1
     assert all(len(b) == tpf.RECORD for b in raw[:-1]) and len(raw) == p.last_block + 1
@@ -240,6 +241,16 @@ def test_job_spanning_two_cartridges(carts, tmp_path, ew):
     _restore(itertools.chain(mio.read_part(first, 1, job=7), mio.read_part(second, 1, job=7, part=1)), images)
     assert [mio.part_sha256(d, 1) for d in (first, second)] == [p.sha256 for p in places]
     _gnu_tar(b"".join(_raw_file(first, 1)[1:] + _raw_file(second, 1)[1:]), images, tmp_path / "span")
+
+
+def test_encrypted_job_spanning_cartridges_reseals_the_refused_block(carts):
+    first, second = carts("BK0001L9", cap=3 * MIB, ew=1 * MIB), carts("BK0002L9", cap=64 * MIB)
+    places, stream, images = _write_job(first, lambda: second, key=KEY)
+    assert [p.barcode for p in places] == ["BK0001L9", "BK0002L9"]
+    parts = itertools.chain(mio.read_part(first, 1, KEY, 7, 0), mio.read_part(second, 1, KEY, 7, 1))
+    assert b"".join(parts) == stream
+    with pytest.raises(CorruptData):  # part 1's blocks are sealed for part 1: they fail as part 0's
+        b"".join(tpf.open_record(KEY, 7, 0, i, b) for i, b in enumerate(_raw_file(second, 1)[1:]))
 
 
 def test_encrypted_job_round_trip_and_moved_or_flipped_blocks(carts):
