@@ -211,13 +211,15 @@ class BackupCatalog:
         """Mark jobs 'expired' and cartridges 'recycle', in one transaction (see retention.apply_expiry).
 
         Only jobs still 'done' or 'failed' change, and a cartridge only if every job on it is then
-        expired, so a plan made before a concurrent change cannot expire a job it did not consider."""
+        expired (and it is neither WORM nor offsite), so a plan made before a concurrent change
+        cannot expire a job it did not consider. recycle_count counts these marks."""
         with self._tx() as c:
             c.executemany("UPDATE jobs SET status='expired' WHERE id=? AND status IN ('done','failed')",
                           [(j,) for j in jobs])
             c.executemany("UPDATE media SET state='recycle', recycle_count=recycle_count+1 WHERE barcode=? "
-                          "AND NOT EXISTS (SELECT 1 FROM parts p JOIN jobs j ON j.id=p.job "
-                          "WHERE p.barcode=media.barcode AND j.status!='expired')", [(b,) for b in recycle])
+                          "AND worm=0 AND location='library' AND NOT EXISTS (SELECT 1 FROM parts p "
+                          "JOIN jobs j ON j.id=p.job WHERE p.barcode=media.barcode AND j.status!='expired')",
+                          [(b,) for b in recycle])
 
     # -- restores --------------------------------------------------------------------------
     def add_restore(self, job: int, target: str, started: float, ended: float, bytes: int, status: str,
