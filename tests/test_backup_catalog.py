@@ -58,6 +58,22 @@ def test_schema_wal_and_version(cat, tmp_path):
         BackupCatalog(str(tmp_path / "catalog.db"), ManualClock())
 
 
+def test_catalog_is_owner_only_and_busy_when_locked(tmp_path, clock):
+    path = tmp_path / "catalog.db"
+    c = BackupCatalog(str(path), clock)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    c._db.execute("PRAGMA busy_timeout=50")
+    with pytest.raises(Busy, match="another vstor daemon"):
+        c.new_job("p", "full", "v", None, None, 0)
+    other.execute("ROLLBACK")
+    c.new_job("p", "full", "v", None, None, 0)
+    c.close()
+    with pytest.raises(UsageError, match="closed"):
+        c.jobs()
+
+
 def test_not_a_database_is_format_error(tmp_path, clock):
     p = tmp_path / "catalog.db"
     p.write_bytes(b"this is not sqlite" * 100)
@@ -143,8 +159,13 @@ def test_job_parts_volumes_round_trip(cat, clock):
         cat.job(999)
     with pytest.raises(UsageError, match="base job"):
         cat.new_job("p", "incremental", "vol0", None, None, 0)
+    bad = run_job(cat, status="failed")
+    with pytest.raises(UsageError, match=f"job {bad} is failed"):
+        cat.new_job("p", "incremental", "vol0", bad, None, 0)
+    with pytest.raises(NotFound):
+        cat.new_job("p", "incremental", "vol0", 999, None, 0)
     j2 = run_job(cat, policy="q")
-    assert [x["id"] for x in cat.jobs()] == [j2, j]
+    assert [x["id"] for x in cat.jobs()] == [j2, bad, j]
     assert [x["id"] for x in cat.jobs(policy="p", status="done")] == [j]
     assert cat.last_done("p")["id"] == j and cat.last_full("q")["id"] == j2 and cat.last_done("z") is None
 

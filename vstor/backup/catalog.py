@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -35,6 +36,9 @@ class BackupCatalog:
         self.path = path
         self.clock = clock
         self._lock = threading.RLock()
+        self._db = None
+        with contextlib.suppress(FileExistsError):  # the catalog is the pool's: owner only
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             self._db: sqlite3.Connection | None = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -53,11 +57,14 @@ class BackupCatalog:
             self.close()
             raise FormatError(f"{path} is not a usable backup catalog ({e}); rebuild it from the media "
                               "with the catalog import, or restore a copy of it") from None
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         """Close the connection; later calls raise UsageError. Closing twice is harmless."""
         with self._lock:
-            db, self._db = getattr(self, "_db", None), None
+            db, self._db = self._db, None
             if db is not None:
                 db.close()
 
@@ -66,7 +73,11 @@ class BackupCatalog:
         with self._lock:
             if self._db is None:
                 raise UsageError(f"the backup catalog {self.path} is closed")
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise Busy(f"the backup catalog {self.path} is locked ({e}): is another vstor daemon "
+                           "running on this pool? Stop it and retry") from None
             try:
                 yield self._db
             except BaseException:
@@ -153,8 +164,10 @@ class BackupCatalog:
         if level not in sch.LEVELS:
             raise UsageError(f"backup level {level!r} is not one of {', '.join(sch.LEVELS)}")
         with self._tx() as c:
-            if base_job is not None:
-                sch.need_job(c, base_job)
+            base = None if base_job is None else sch.need_job(c, base_job)["status"]
+            if base not in (None, "done"):
+                raise UsageError(f"backup job {base_job} is {base}; the {level} backup must build on a done "
+                                 "job: run a full backup")
             cur = c.execute("INSERT INTO jobs(policy, level, source, base_job, key_id, expires, status, created) "
                             "VALUES (?,?,?,?,?,?,'waiting',?)",
                             (policy, level, source, base_job, key_id, expires, self.clock.time()))
