@@ -6,6 +6,8 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -95,6 +97,19 @@ def test_running_job_fails_at_reopen_without_close(tmp_path, clock):
         assert c2.job(j)["status"] == "failed" and c2.job(j)["reason"] == INTERRUPTED
     assert c2.job(done)["status"] == "done"
     assert BackupCatalog(path, clock).recovered_jobs == []
+
+
+def test_killed_process_leaves_no_running_job(tmp_path, clock):
+    path = str(tmp_path / "catalog.db")
+    code = (f"import os; from vstor.backup.catalog import BackupCatalog; from vstor.clock import ManualClock\n"
+            f"c = BackupCatalog({path!r}, ManualClock()); j = c.new_job('p', 'full', 'v', None, None, 0)\n"
+            f"c.set_job(j, status='running'); c.add_part(j, 0, 'T', 'lib0', 1, 0, 5, 10, 'ab')\n"
+            f"os.kill(os.getpid(), 9)")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == -9
+    c = BackupCatalog(path, clock)
+    assert c.recovered_jobs == [1] and c.job(1)["status"] == "failed" and len(c.job(1)["parts"]) == 1
+    assert plan_expiry(c, clock.time()).expire == [1]  # a failed job past its retention goes
 
 
 def test_policies_crud(cat, clock):
@@ -321,6 +336,17 @@ def test_audit_append_and_verify(tmp_path, clock):
     assert AuditLog(path, clock).entries() == [e1, e2] and log.head() == e2["hash"]
     assert log.verify(anchor=e2["hash"]) == []
     assert isinstance(current_actor(), str) and current_actor()
+
+
+def test_audit_concurrent_appends_stay_chained(tmp_path, clock):
+    log = AuditLog(str(tmp_path / "audit.log"), clock)
+    ts = [threading.Thread(target=lambda n=n: [log.append(f"u{n}", "act", {"i": i}) for i in range(25)])
+          for n in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert log.verify() == [] and [e["seq"] for e in log.entries()] == list(range(1, 101))
 
 
 def _three(tmp_path, clock):
