@@ -1,0 +1,163 @@
+"""A hash-chained, append-only audit log of backup administration (POOL/backup/audit.log).
+
+Each line is one JSON entry {"seq", "time", "actor", "action", "details", "prev", "hash"}:
+``hash`` is the SHA-256 of the canonical JSON (sorted keys, no spaces) of the entry without
+"hash", and ``prev`` is the previous entry's hash ("0" * 64 for the first). See backup.md §5.4.
+
+Guarantees:
+* ``append`` returns only after the line is fsync'ed; appends are serialized by a lock within
+  the process and by ``flock`` between processes. The file is created with mode 0600.
+* ``verify`` finds an edited entry, an inserted or removed entry (seq gap or prev mismatch),
+  time going backwards and a truncated last line. Removing entries from the end, or rewriting the
+  whole chain, cannot be seen from inside the log: keep ``head()`` outside the array (in approval
+  records, a WORM copy, the replica) and pass it to ``verify(anchor=...)``.
+* A torn last line (a crash during a write) is cut off by the next ``append``, which then records
+  an "audit.torn-tail" entry with the cut bytes' length and SHA-256, so the cut itself is audited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import pwd
+import threading
+from collections.abc import Iterator
+
+from vstor.clock import Clock
+
+GENESIS = "0" * 64
+
+
+def canonical(entry: dict) -> bytes:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def entry_hash(entry: dict) -> str:
+    """The hash of an entry: SHA-256 of its canonical JSON without "hash"."""
+    return hashlib.sha256(canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+
+
+def current_actor() -> str:
+    """The acting user: SUDO_USER, else the login name, else the uid's name, else the uid."""
+    if os.environ.get("SUDO_USER"):
+        return os.environ["SUDO_USER"]
+    with contextlib.suppress(OSError):
+        return os.getlogin()
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+class AuditLog:
+    def __init__(self, path: str, clock: Clock) -> None:
+        self.path = path
+        self.clock = clock
+        self._lock = threading.Lock()
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[int]:
+        with self._lock:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield fd
+            finally:
+                os.close(fd)
+
+    def _read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    def append(self, actor: str, action: str, details: dict) -> dict:
+        """Add one entry and fsync it; returns the entry as written."""
+        with self._locked() as fd:
+            data = self._read()
+            torn = b""
+            if data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                data, torn = data[:cut], data[cut:]
+                os.ftruncate(fd, cut)
+            last = _last_entry(data)
+            if torn:
+                last = self._write(fd, last, "vstor", "audit.torn-tail", {
+                    "bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest(),
+                    "note": "a torn last line (a crash during a write) was cut off"})
+            return self._write(fd, last, actor, action, details)
+
+    def _write(self, fd: int, last: dict | None, actor: str, action: str, details: dict) -> dict:
+        entry = {"seq": (last["seq"] + 1) if last else 1, "time": self.clock.time(), "actor": actor,
+                 "action": action, "details": details, "prev": last["hash"] if last else GENESIS}
+        entry["hash"] = entry_hash(entry)
+        line = canonical(entry) + b"\n"
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        return entry
+
+    def entries(self) -> list[dict]:
+        """The entries that parse, in file order (a torn or garbled line is left out; see verify)."""
+        out = []
+        for line in self._read().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    out.append(entry)
+        return out
+
+    def head(self) -> str:
+        """The hash of the last entry ("0" * 64 when empty): anchor it outside the array."""
+        last = _last_entry(self._read())
+        return last["hash"] if last else GENESIS
+
+    def verify(self, anchor: str | None = None) -> list[str]:
+        """Problems found, one line each; empty when the chain is intact (and holds ``anchor``)."""
+        data = self._read()
+        lines = data.split(b"\n")
+        torn_tail = lines[-1] != b""
+        if not torn_tail:
+            lines.pop()
+        problems: list[str] = []
+        seq, prev, time, hashes = 0, GENESIS, float("-inf"), set()
+        for n, raw in enumerate(lines, 1):
+            try:
+                e = json.loads(raw)
+                seq_n, prev_n, hash_n, time_n = int(e["seq"]), e["prev"], e["hash"], float(e["time"])
+            except (ValueError, TypeError, KeyError):
+                if n == len(lines) and torn_tail:
+                    problems.append(f"line {n}: the last line is truncated (a crash during a write, or the "
+                                    "file was cut)")
+                else:
+                    problems.append(f"line {n}: not an audit entry (garbled or inserted)")
+                continue
+            if seq_n != seq + 1:
+                problems.append(f"line {n}: seq {seq_n} where {seq + 1} was expected: an entry was inserted "
+                                "or removed")
+            if prev_n != prev:
+                problems.append(f"line {n} (seq {seq_n}): prev does not match the entry before it: an entry "
+                                "was inserted, removed or edited")
+            if entry_hash(e) != hash_n:
+                problems.append(f"line {n} (seq {seq_n}): hash does not match the content: the entry was edited")
+            if time_n < time:
+                problems.append(f"line {n} (seq {seq_n}): time goes backwards")
+            seq, prev, time = seq_n, hash_n, max(time, time_n)
+            hashes.add(hash_n)
+        if anchor is not None and anchor != GENESIS and anchor not in hashes:
+            problems.append(f"the anchored head {anchor[:16]}... is not in the log: entries were removed from "
+                            "the end or the log was rewritten")
+        return problems
+
+
+def _last_entry(data: bytes) -> dict | None:
+    """The last complete entry of ``data`` (a torn last line is skipped)."""
+    for line in reversed(data.split(b"\n")[:-1]):  # the last piece is "" or a torn line
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and "hash" in entry and "seq" in entry:
+                return entry
+    return None
