@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 
+from vstor.backup.engine import BackupEngine
 from vstor.control.lock import PoolLock
 from vstor.control.mounts import fsname_for, fuse_mounted, prepare_mountpoint, unmount
 from vstor.control.poolfiles import pool_log_handler
@@ -36,7 +37,6 @@ from vstor.errlog import TRACE, describe, install_thread_hook, log_failure
 from vstor.errors import VstorError
 from vstor.faults import Faults
 from vstor.fuse.options import after_init, mount_options, set_io_flusher
-from vstor.backup.engine import BackupEngine
 from vstor.media.manager import MediaManager
 from vstor.replication.manager import Replication
 from vstor.store.reclaim import Reclaimer

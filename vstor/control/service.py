@@ -22,7 +22,6 @@ from vstor.store.adminops import Progress
 from vstor.store.store import Store
 from vstor.store.volumes import Volume
 
-
 # Configuration changes the audit log records here (the backup engine records its own: policies,
 # keys, expiry). Data-path and read-only operations are not audited.
 AUDITED = frozenset({

@@ -1,0 +1,60 @@
+"""The backup flow through the real daemon and CLI, and the restore a machine without vstor
+does: mt and dd on the drive file, GNU tar extracting the images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def sha(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def test_backup_run_restore_and_plain_tar_restore(array, tmp_path):
+    arr = array
+    arr.create("v", "64M")
+    with open(arr.image("v"), "r+b") as f:
+        for off in range(0, 64 << 20, 8 << 20):
+            f.seek(off)
+            f.write(os.urandom(1 << 20))
+        os.fsync(f.fileno())
+    arr.vstor("library", "create", "lib", "--type", "tape", "--slots", "4", "--drives", "1")
+    arr.vstor("media", "create", "lib", "--range", "VT0001L9-VT0002L9", "--capacity", "256M")
+    arr.vstor("backup", "policy", "create", "p", "--source", "v", "--library", "lib",
+              "--media", "VT0001L9-VT0002L9", "--retention", "7d")
+    job = json.loads(arr.vstor("backup", "run", "p", "--wait", "--json").stdout)
+    assert job["status"] == "done" and job["verify"] == "ok", job
+    snap_image = os.path.join(arr.mnt, "snapshots", "v", job["snapshot"], "v")
+    want = sha(snap_image)
+
+    r = json.loads(arr.vstor("backup", "restore", str(job["id"]), "--to", "back", "--json").stdout)
+    assert r["volumes"] == ["back"] and r["seconds"] > 0
+    assert sha(arr.image("back")) == want
+
+    part = job["parts"][0]
+    arr.vstor("media", "load", "lib", part["barcode"], "--drive", "0")
+    tape = os.path.join(arr.mnt, "media", "lib", "ndrive0")
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["mt", "-f", tape, "rewind"], check=True)
+    if part["file"]:
+        subprocess.run(["mt", "-f", tape, "fsf", str(part["file"])], check=True)
+    subprocess.run(f"dd if={tape} bs=256k skip=1 status=none | tar -xSf - -C {out}", shell=True, check=True)
+    arr.vstor("media", "unload", "lib", "--drive", "0")
+    assert sha(str(out / "v" / "v.img")) == want
+    assert os.stat(out / "v" / "v.img").st_blocks * 512 < 16 << 20  # holes stay holes
+
+    jobs = json.loads(arr.vstor("backup", "jobs", "--json").stdout)
+    assert [j["id"] for j in jobs] == [job["id"]]
+    assert json.loads(arr.vstor("audit", "verify", "--json").stdout)["intact"]

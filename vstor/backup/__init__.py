@@ -1,0 +1,19 @@
+"""The backup engine: policies, schedules, jobs to tape, a catalog, verify, restore,
+retention, the audit log and backup keys.
+
+Layers, pure first:
+
+* ``policy``, ``schedule``, ``report``, ``retention``: policy documents, cron schedules, the
+  headline figures, expiry and recycling plans;
+* ``tapefile`` (and ``_tarstream``): the on-media format, a text header block and a POSIX pax
+  stream with GNU sparse members, optionally AES-GCM sealed;
+* ``catalog`` (SQLite), ``audit`` (a hash-chained log), ``keys`` (key ids, never keys);
+* ``mediaio``, ``cartridges``: writing and reading job parts on emulated tape drives;
+* ``jobs``, ``restore``, ``engine``: the job runner, restore and verify, and the facade the
+  daemon and the control socket use.
+"""
+
+from __future__ import annotations
+
+__all__ = ["audit", "cartridges", "catalog", "engine", "jobs", "keys", "mediaio", "policy", "report", "restore",
+           "retention", "schedule", "tapefile"]
