@@ -3,7 +3,8 @@
 Request:  {"v": 1, "op": "volume.create", "args": {"name": "a", "size": 1073741824}}
 Response: {"ok": true, "result": ...}
        or {"ok": false, "error": {"type": "NotFound", "message": "..."}}
-One request per line; a line may not exceed MAX_LINE bytes. The socket is POOL/control.sock,
+One request per line; a line may not exceed MAX_LINE bytes nor nest deeper than
+boundedjson.MAX_DEPTH levels. The socket is POOL/control.sock,
 mode 0600: only root (the pool's owner) may talk to the daemon.
 """
 
@@ -13,6 +14,7 @@ import json
 import socket
 from typing import Any
 
+from vstor import boundedjson
 from vstor.errors import NotRunning, UsageError, VstorError, error_from_wire
 
 VERSION = 1
@@ -25,7 +27,9 @@ def encode(obj: Any) -> bytes:
 
 def decode_request(line: bytes) -> tuple[str, dict]:
     try:
-        req = json.loads(line)
+        req = boundedjson.loads(line)
+    except boundedjson.TooDeep as e:
+        raise UsageError(f"control request is {e}") from None
     except ValueError:
         raise UsageError("control request is not JSON") from None
     if not isinstance(req, dict) or req.get("v") != VERSION or not isinstance(req.get("op"), str):
