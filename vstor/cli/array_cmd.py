@@ -90,6 +90,13 @@ def cmd_start(args: argparse.Namespace) -> int:
     raise VstorError(f"the daemon did not start (see {layout(pool)['log']}/daemon.log)")
 
 
+def _listener_line(li: dict) -> str:
+    if li["state"] != "serving":
+        return f"replication listener {li['address']} {li['state'].upper()} (see the daemon log)"
+    return (f"replication listening on {li['address']}, {li['pending']}/{li['pending_cap']} in handshake, "
+            f"{li['rejected_busy']} refused over the cap, {li['handshake_timeouts']} handshake timeouts")
+
+
 def _read_line(fd: int, timeout: float) -> str:
     import select
 
@@ -143,6 +150,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"space     {format_size(j['free_bytes'])} free in the filesystem under the pool",
             f"fuse      {s['fuse']}",
             f"recovery  {s['recovery']}",
+            *([_listener_line(s["replication"]["listener"])] if (s.get("replication") or {}).get("listener") else []),
             *([f"maintenance FAILING: {s['maintenance_error']} (retried every second; see the daemon log)"]
               if s.get("maintenance_error") else []),
             "",
