@@ -244,7 +244,7 @@ def test_nested_json_is_one_clear_error() -> None:
         decode_request(NESTED)
     with pytest.raises(UsageError, match="nested too deeply"):
         decode_request(json.dumps({"v": 1, "op": "status", "args": {"a": json.loads("[" * 40 + "]" * 40)}}).encode())
-    assert decode_request(b'{"v": 1, "op": "status", "args": {"a": [[1]]}}') == ("status", {"a": [[1]]})
+    assert decode_request(b'{"v": 1, "op": "status", "args": {"a": [[1]]}}') == ("status", {"a": [[1]]}, False)
     assert boundedjson.depth({"a": [1, {"b": []}]}) == 4 and boundedjson.depth(5) == 0
     with pytest.raises(wire.BadFrame, match="nested too deeply"):
         wire.parse_json(NESTED)
@@ -253,7 +253,7 @@ def test_nested_json_is_one_clear_error() -> None:
 def test_control_server_answers_a_nested_request_and_keeps_serving(tmp_path: Path) -> None:
     from vstor.control.server import ControlServer
 
-    service = SimpleNamespace(dispatch=lambda op, args: {"op": op})
+    service = SimpleNamespace(dispatch=lambda op, args, progress=None: {"op": op})
     path = str(tmp_path / "control.sock")
     server = ControlServer(path, service)  # type: ignore[arg-type]
     server.start()
