@@ -109,7 +109,9 @@ def test_listener_keeps_listening_after_a_failed_accept(tmp_path):
     any OSError from accept ended the listener thread and the DR site stopped taking
     connections while it kept running."""
     from vstor.faults import Faults
-    from vstor.replication.transport import Listener, connect
+    from vstor.replication import wire
+    from vstor.replication.listener import Listener
+    from vstor.replication.transport import connect
 
     d = str(tmp_path / "pki")
     init_ca(d)
@@ -121,7 +123,7 @@ def test_listener_keeps_listening_after_a_failed_accept(tmp_path):
     seen: list[str] = []
     arrived = threading.Event()
 
-    def handle(conn) -> None:
+    def handle(conn, first) -> None:
         seen.append(conn.peer_name)
         arrived.set()
 
@@ -130,6 +132,7 @@ def test_listener_keeps_listening_after_a_failed_accept(tmp_path):
     try:
         conn = connect(listener.address, d, "site-a")
         try:
+            conn.send(wire.PING)  # the first frame ends the handshake
             assert arrived.wait(10), "the listener stopped after the failed accept"
         finally:
             conn.close()

@@ -101,6 +101,13 @@ def _key_path(pool: str, key_file: str | None) -> str | None:
     return (key_file or sb.key_file) if sb.encrypt else None
 
 
+def _listener_line(li: dict) -> str:
+    if li["state"] != "serving":
+        return f"replication listener {li['address']} {li['state'].upper()} (see the daemon log)"
+    return (f"replication listening on {li['address']}, {li['pending']}/{li['pending_cap']} in handshake, "
+            f"{li['rejected_busy']} refused over the cap, {li['handshake_timeouts']} handshake timeouts")
+
+
 def _read_line(fd: int, timeout: float) -> str:
     import select
 
@@ -157,6 +164,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"space     {format_size(j['free_bytes'])} free in the filesystem under the pool",
             f"fuse      {s['fuse']}",
             f"recovery  {s['recovery']}",
+            *([_listener_line(s["replication"]["listener"])] if (s.get("replication") or {}).get("listener") else []),
             *([f"maintenance FAILING: {s['maintenance_error']} (retried every second; see the daemon log)"]
               if s.get("maintenance_error") else []),
             "",

@@ -85,3 +85,7 @@ def _stdout_closed() -> int:
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
     return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,8 @@ Response: {"ok": true, "result": ...}
 A request may add "progress": true. The daemon then sends, while the operation runs, a line
 {"progress": {"done": N, "total": M}} (or {"progress": {}}) at least every KEEPALIVE seconds
 before the response: the client knows it is alive however long the operation takes.
-One request per line; a line may not exceed MAX_LINE bytes. The socket is POOL/control.sock,
+One request per line; a line may not exceed MAX_LINE bytes nor nest deeper than
+boundedjson.MAX_DEPTH levels. The socket is POOL/control.sock,
 mode 0600: only root (the pool's owner) may talk to the daemon.
 """
 
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from vstor import boundedjson
 from vstor.errors import NotRunning, TimedOut, UsageError, VstorError, error_from_wire
 
 VERSION = 1
@@ -34,7 +36,9 @@ def encode(obj: Any) -> bytes:
 def decode_request(line: bytes) -> tuple[str, dict, bool]:
     """(op, args, whether the client wants progress lines)."""
     try:
-        req = json.loads(line)
+        req = boundedjson.loads(line)
+    except boundedjson.TooDeep as e:
+        raise UsageError(f"control request is {e}") from None
     except ValueError:
         raise UsageError("control request is not JSON") from None
     if not isinstance(req, dict) or req.get("v") != VERSION or not isinstance(req.get("op"), str):

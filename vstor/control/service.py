@@ -118,8 +118,7 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps):
             "fuse": getattr(self.fs, "conn", {}),
             "maintenance_error": getattr(self.reclaimer, "last_error", ""),
             "fragment_extents": getattr(self.reclaimer, "fragment_extents", 0),
-            "replication": {"name": self.replication.name, "listen": getattr(self.replication.listener, "address",
-                                                                              None)} if self.replication else None,
+            "replication": self.replication.endpoint() if self.replication else None,
         }
 
     def op_stats(self) -> dict:

@@ -1,4 +1,5 @@
-"""Opening a replication connection as the primary: the TLS connect and the HELLO we send.
+"""The HELLO: the primary's opening (the TLS connect and the HELLO it sends) and the check of
+a received one, so that no field of a peer's HELLO is trusted before its type is known.
 
 ``probe`` asks the peer whether it would accept the pair, changing nothing at either end,
 so that ``pair create`` can fail with the peer's reason instead of a later PSUE.
@@ -23,6 +24,44 @@ def hello(mgr: Any, pair: Pair, **extra: Any) -> dict:
             "role": PRIMARY, "generation": pair.generation, "history": pair.history, "state": pair.state,
             "key_check": mgr.store.key_check, "volumes": mgr.members(pair), "array": mgr.name,
             "victim": pair.victim_peer, **extra}
+
+
+# Field -> type of the HELLO fields the secondary needs, then of those it can do without
+# (bool is not an int here, although Python says it is).
+HELLO_FIELDS: dict[str, type] = {"peer_group": str, "group_at_primary": str, "role": str, "generation": int,
+                                 "key_check": str, "volumes": list}
+HELLO_OPTIONAL: dict[str, type] = {"history": list, "state": str, "array": str, "victim": bool, "probe": bool}
+VOLUME_FIELDS: dict[str, type] = {"id": int, "name": str, "size": int}
+
+
+def check_hello(msg: dict) -> str:
+    """What is wrong with a received HELLO, in a few words; "" when every field has its type."""
+    problems = [_wrong(msg, HELLO_FIELDS, ""), _wrong(msg, HELLO_OPTIONAL, "", optional=True)]
+    if not any(problems):
+        if msg["generation"] < 0:
+            problems.append("generation must not be negative")
+        if not all(isinstance(h, list) and len(h) == 2 and all(_is(x, int) for x in h) for h in msg.get("history", [])):
+            problems.append("history must be a list of [generation, seq] pairs")
+        for i, v in enumerate(msg["volumes"]):
+            problems.append(_wrong(v, VOLUME_FIELDS, f"volumes[{i}].") if isinstance(v, dict)
+                            else f"volumes[{i}] must be an object")
+    return "; ".join(p for p in problems if p)
+
+
+def _wrong(obj: dict, fields: dict[str, type], prefix: str, optional: bool = False) -> str:
+    missing = [] if optional else [prefix + k for k in fields if k not in obj]
+    if missing:
+        return "missing " + ", ".join(missing)
+    bad = [f"{prefix}{k} must be {_TYPE_WORDS[t]}, not {obj[k]!r}"[:120] for k, t in fields.items()
+           if k in obj and not _is(obj[k], t)]
+    return "; ".join(bad)
+
+
+def _is(value: Any, t: type) -> bool:
+    return isinstance(value, t) and not (t is int and isinstance(value, bool))
+
+
+_TYPE_WORDS = {str: "a string", int: "an integer", list: "a list", bool: "a boolean"}
 
 
 def open_conn(mgr: Any, pair: Pair) -> transport.Conn:

@@ -22,6 +22,7 @@ from vstor.replication import transport
 from vstor.replication.bitmap import DirtyBitmap
 from vstor.replication.folding import consumer_name
 from vstor.replication.handshake import probe
+from vstor.replication.listener import Listener
 from vstor.replication.pairstate import (
     CONSISTENT,
     COPY,
@@ -53,7 +54,7 @@ class Replication:
         self.bitmaps: dict[str, dict[int, DirtyBitmap]] = {g: self.registry.load_bitmap(g) for g in self.pairs}
         self.shippers: dict[str, Any] = {}
         self.sessions: dict[str, Any] = {}
-        self.listener: transport.Listener | None = None
+        self.listener: Listener | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -69,8 +70,8 @@ class Replication:
                                  "arrays' certificates)")
             from vstor.replication.target import Session
 
-            self.listener = transport.Listener(self.listen_addr, self.tls_dir, self.name,
-                                               lambda conn: Session(self, conn).run(), self.faults)
+            self.listener = Listener(self.listen_addr, self.tls_dir, self.name,
+                                     lambda conn, first: Session(self, conn).run(first), self.faults, self.clock)
             self.listener.start()
             log.info("replication endpoint %s listening on %s", self.name, self.listener.address)
 
@@ -81,6 +82,14 @@ class Replication:
             sh.stop()
         for sess in list(self.sessions.values()):
             sess.close()
+
+    def endpoint(self) -> dict:
+        """This array's replication endpoint for ``array status``: ``listen`` is the address only
+        while the listener serves; ``listener`` says how it is (serving, or down and why)."""
+        described = self.listener.describe() if self.listener else None
+        serving = described is not None and described["state"] == "serving"
+        return {"name": self.name, "listen": described["address"] if serving else None,  # type: ignore[index]
+                "listener": described}
 
     # -- helpers used by shippers and sessions ----------------------------------------------------
     def save(self, pair: Pair) -> None:

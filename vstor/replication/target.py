@@ -28,6 +28,7 @@ from vstor.errors import VstorError
 from vstor.replication import bitmap as bitmaps
 from vstor.replication import transport, wire
 from vstor.replication.folding import fold
+from vstor.replication.handshake import check_hello
 from vstor.replication.pairstate import COPY, PAIR, PRIMARY, PSUS, RESYNC, SECONDARY, SIMPLEX, Pair, judge
 from vstor.store import snapshots
 
@@ -68,10 +69,11 @@ class Session:
                 "last_applied_time": self.applied_time}
 
     # -- the session ------------------------------------------------------------------------
-    def run(self) -> None:
+    def run(self, first: tuple[int, bytes] | None = None) -> None:
+        """Serve the connection; ``first`` is its first frame when the listener has read it."""
         transport.background_thread()
         try:
-            self._run()
+            self._run(first)
         except _End as e:
             log.info("replication session for %s ended: %s", self.pair.group if self.pair else "?", e)
         except (OSError, ssl.SSLError, ConnectionError, wire.BadFrame) as e:
@@ -90,12 +92,9 @@ class Session:
         except (OSError, ssl.SSLError):
             pass
 
-    def _run(self) -> None:
-        ftype, body = self.conn.recv()
-        if ftype != wire.HELLO:
-            raise wire.BadFrame(f"expected HELLO, got {wire.TYPE_NAMES[ftype]}")
-        hello = wire.parse_json(body)
-        local = self._authorize(hello)
+    def _run(self, first: tuple[int, bytes] | None) -> None:
+        hello = self._hello(*(first or self.conn.recv()))
+        local = self._authorize(hello) if hello is not None else None
         if local is None:
             return
         if local.role == PRIMARY and not hello.get("probe"):
@@ -122,6 +121,21 @@ class Session:
             if self._takeover_wanted and local.state == PAIR:
                 self.conn.send_json(wire.CONTROL, {"op": "takeover"})
                 self._takeover_wanted = False
+
+    def _hello(self, ftype: int, body: bytes) -> dict | None:
+        """The peer's HELLO with every field checked; a malformed one is refused and logged: None."""
+        try:
+            if ftype != wire.HELLO:
+                raise wire.BadFrame(f"expected HELLO, got {wire.TYPE_NAMES.get(ftype, ftype)}")
+            hello = wire.parse_json(body)
+            problem = check_hello(hello)
+            if problem:
+                raise wire.BadFrame(problem)
+        except wire.BadFrame as e:
+            log.warning("refused replication from %s: malformed HELLO: %s", self.conn.peer_name, e)
+            self._refuse(f"malformed HELLO: {e}")
+            return None
+        return hello
 
     def _authorize(self, hello: dict) -> Pair | None:
         """The local pair if the verdict on this HELLO is accept; otherwise refuse (and log) and None."""

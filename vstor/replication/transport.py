@@ -1,15 +1,14 @@
-"""Frames over mutually authenticated TLS: connect, listen, send and receive, pace, back off.
+"""Frames over mutually authenticated TLS: connect, send and receive, pace, back off.
 
 A thin adapter around wire.py. Every connection checks the peer's certificate against the
 pair CA (pki.tls_context) before any frame is read; the verified common name is the peer's
-identity for authorization. Receives time out after ``timeout`` seconds, so a cut link is
-noticed even when TCP is silent: the primary sends PING frames when idle.
+identity for authorization (the listening side is listener.py). Receives time out after
+``timeout`` seconds, so a cut link is noticed even when TCP is silent: the primary sends PING
+frames when idle.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import os
 import random
@@ -27,7 +26,6 @@ log = logging.getLogger("vstor.replication")
 
 DEFAULT_PORT = 7450
 TIMEOUT = 5.0  # seconds without a frame before a connection is declared dead
-ACCEPT_PAUSE = 0.1  # seconds the listener waits after running out of descriptors or memory
 
 
 BACKGROUND_NICE = 10  # replication threads yield the CPU to host I/O (Linux: nice is per thread)
@@ -157,66 +155,3 @@ def connect(address: str, tls_dir: str, name: str, timeout: float = TIMEOUT, **k
     except BaseException:
         raw.close()
         raise
-
-
-class Listener:
-    """Accepts connections on ``address``; each authenticated one goes to ``handle`` in a thread."""
-
-    def __init__(self, address: str, tls_dir: str, name: str, handle: Callable[[Conn], None],
-                 faults: Faults = NO_FAULTS) -> None:
-        host, port = parse_address(address)
-        self.ctx = pki.tls_context(tls_dir, name, server=True)
-        self.handle, self.faults = handle, faults
-        try:
-            self.sock = socket.create_server((host, port), reuse_port=False)
-        except OSError as e:
-            raise UsageError(f"cannot listen on {address}: {e.strerror}") from None
-        self.address = f"{host}:{self.sock.getsockname()[1]}"
-        self._thread = threading.Thread(target=self._serve, name="repl-listener", daemon=True)
-        self._stopped = threading.Event()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _serve(self) -> None:
-        """Accept until stopped. A failed accept does not end the listener: a peer that reset
-        its connection before it was taken (ECONNABORTED) or a passing lack of descriptors or
-        memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) is logged, and accepting goes on, after a
-        short pause for the latter. Only a closed socket (stop) ends it."""
-        while not self._stopped.is_set():
-            try:
-                self.faults.hit("repl.accept")
-                raw, addr = self.sock.accept()
-            except OSError as e:
-                if self._stopped.is_set() or e.errno in (errno.EBADF, errno.EINVAL):
-                    return
-                log.warning("replication listener %s: accept failed: %s; still listening", self.address, e)
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._stopped.wait(ACCEPT_PAUSE)  # stop() cuts the pause short
-                continue
-            threading.Thread(target=self._accept, args=(raw, addr), daemon=True, name=f"repl-in-{addr[0]}").start()
-
-    def _accept(self, raw: socket.socket, addr: tuple) -> None:
-        raw.settimeout(TIMEOUT)
-        try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock = self.ctx.wrap_socket(raw, server_side=True)
-            name = pki.peer_name(sock)
-        except (OSError, ssl.SSLError, UsageError) as e:
-            log.warning("refused a connection from %s: TLS authentication failed: %s", addr[0], e)
-            raw.close()
-            return
-        conn = Conn(sock, name, self.faults)
-        try:
-            self.handle(conn)
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        """Stop accepting and end the listener thread. Closing alone does not wake an accept
-        blocked in another thread on Linux; shutdown does (it fails with EINVAL)."""
-        self._stopped.set()
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import lz4.frame
 import xxhash
 
+from vstor import boundedjson
 from vstor.errors import VstorError
 
 PROTOCOL_VERSION = 1
@@ -128,8 +129,8 @@ def pack_json(obj: dict) -> bytes:
 
 def parse_json(payload: bytes) -> dict:
     try:
-        obj = json.loads(payload)
-    except ValueError as e:
+        obj = boundedjson.loads(payload)
+    except ValueError as e:  # TooDeep included
         raise BadFrame(f"malformed JSON frame: {e}") from None
     if not isinstance(obj, dict):
         raise BadFrame("malformed JSON frame: not an object")
