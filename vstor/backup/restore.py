@@ -48,7 +48,7 @@ class Reader:
         return {v["name"]: to if len(vols) == 1 else f"{to}-{v['name']}" for v in vols}
 
     def restore(self, job_id: int, to: str, progress: Callable[[int, int], None] | None = None) -> dict:
-        chain = self.catalog.chain(job_id)
+        chain = [self.catalog.job(j["id"]) for j in self.catalog.chain(job_id)]  # with parts and images
         last = chain[-1]
         names = self.targets(last, to)
         for target in names.values():
