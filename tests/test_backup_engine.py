@@ -16,6 +16,7 @@ from poolkit import MiB, make_pool
 from vstor.backup.engine import BackupEngine
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, Busy, KeyError_, UsageError
+from vstor.faults import Faults
 from vstor.media.manager import MediaManager
 from vstor.store.store import Store
 
@@ -35,7 +36,8 @@ class Lab:
         self.media.create_library("lib", "tape", carts + 2, 2, 1)
         self.barcodes = [f"VT{i:04d}L9" for i in range(1, carts + 1)]
         self.media.create_media("lib", self.barcodes, capacity=capacity)
-        self.engine = BackupEngine(self.store, self.media, clock=self.clock)
+        self.faults = Faults()
+        self.engine = BackupEngine(self.store, self.media, clock=self.clock, faults=self.faults)
         self.models = {"a": bytearray(8 * MiB), "b": bytearray(4 * MiB)}
         for name, m in self.models.items():
             self.store.create_volume(name, len(m))
@@ -300,3 +302,40 @@ def test_plain_tar_restores_an_unencrypted_full_from_the_cartridge(lab, tmp_path
     lab.media.unload("lib", 0)
     assert (out / "g" / "a.img").read_bytes() == bytes(lab.models["a"])
     assert (out / "g" / "b.img").read_bytes() == bytes(lab.models["b"])
+
+
+def test_catalog_rebuild_from_the_cartridges_then_restore(tmp_path):
+    lab = Lab(tmp_path, capacity=6 * MiB)
+    try:
+        lab.scribble(150)
+        lab.policy(level="incremental")
+        full = lab.engine.run("p", None)
+        lab.scribble(3)
+        inc = lab.engine.run("p", None)
+        want = lab.images()
+        assert len({p["barcode"] for p in full["parts"]}) >= 2  # one job spans cartridges
+        lab.engine.catalog.close()
+        os.unlink(os.path.join(lab.pool, "backup", "catalog.db"))
+        lab.engine = BackupEngine(lab.store, lab.media, clock=lab.clock)
+        assert lab.engine.catalog.jobs() == []
+        r = lab.engine.rebuild("lib")
+        assert r["jobs"] == [full["id"], inc["id"]] and not r["problems"], r
+        rebuilt = lab.engine.catalog.job(inc["id"])
+        assert rebuilt["base_job"] == full["id"] and rebuilt["level"] == "incremental"
+        assert [p["file"] for p in rebuilt["parts"]] == [p["file"] for p in inc["parts"]]
+        assert {v["name"]: v["sha256"] for v in rebuilt["volumes"]} == {v["name"]: v["sha256"] for v in inc["volumes"]}
+        assert lab.engine.rebuild("lib")["parts"] == 0  # idempotent
+        lab.engine.restore(inc["id"], "r")
+        assert lab.read("r-a") == want["a"] and lab.read("r-b") == want["b"]
+    finally:
+        lab.close()
+
+
+def test_an_interrupted_job_leaves_no_snapshot_and_no_loaded_cartridge(lab):
+    lab.scribble(5)
+    lab.policy()
+    lab.faults.arm("backup.write", "bug")
+    job = lab.engine.run("p", None)
+    assert job["status"] == "failed" and "internal error" in job["reason"]
+    assert not list(lab.store.state.catalog.snaps.values())
+    assert all(code is None for code in lab.media.lib("lib").drives)

@@ -26,6 +26,7 @@ from vstor.backup.catalog import BackupCatalog
 from vstor.backup.jobs import JobWriter, snapshot_name
 from vstor.backup.keys import BackupKeys
 from vstor.backup.policy import level_for, make_policy
+from vstor.backup.rebuild import rebuild
 from vstor.backup.restore import Reader
 from vstor.backup.schedule import Scheduler
 from vstor.clock import Clock, SystemClock
@@ -60,6 +61,20 @@ class BackupEngine:
                                    lambda name: self.start(name, None), lambda name: name in self._running)
         for job in self.catalog.recovered_jobs:
             log.error("backup job %d was interrupted by the daemon's stop or crash: marked failed", job)
+            self._clean_up_after(job)
+
+    def _clean_up_after(self, job: int) -> None:
+        """An interrupted job's leftovers: its snapshot, and its policy's cartridges still in drives."""
+        row = self.catalog.job(job)
+        try:
+            JobWriter(self.store, self._cartridges(""), self.catalog).drop_snapshot(row["source"], job)
+            policy = self.catalog.policy(row["policy"])
+            lib = self.media.lib(policy["library"])
+            for drive, code in enumerate(lib.drives):
+                if code in policy["media"]:
+                    self.media.unload(lib.name, drive)
+        except VstorError as e:  # the job is failed anyway; say what is left over
+            log.error("after interrupted backup job %d: %s", job, e)
 
     def _cartridges(self, library: str) -> Cartridges:
         return Cartridges(self.media, self.catalog, library, self.store.sb.uuid, self.clock.time)
@@ -168,6 +183,10 @@ class BackupEngine:
                     raise VstorError("the array is stopping: the job did not start") from None
 
     # -- the rest ------------------------------------------------------------------------------
+    def rebuild(self, library: str, barcodes: list[str] | None = None) -> dict:
+        """Rebuild the catalog's jobs from the cartridges' job headers (rebuild.py)."""
+        return rebuild(self.media, self.catalog, self._cartridges(library), self.reader, barcodes)
+
     def verify(self, job: int) -> dict:
         return self.reader.verify(job)
 

@@ -184,11 +184,20 @@ def read_part(drive: TapeDrive, file: int, key: bytes | None = None, job: int = 
 
 def part_sha256(drive: TapeDrive, file: int) -> str:
     """The sha256 of the blocks of tape file ``file`` after its header, as :class:`PartPlace` has it."""
-    PartHeader.decode(_open_file(drive, file))
+    return part_summary(drive, file)[3]
+
+
+def part_summary(drive: TapeDrive, file: int) -> tuple[PartHeader, int, int, str]:
+    """Tape file ``file``'s header, and its data blocks' count, bytes as stored and sha256 (as
+    :class:`PartPlace` has it): what a catalog rebuild records for a part found on a cartridge."""
+    header = PartHeader.decode(_open_file(drive, file))
     h = hashlib.sha256()
+    count = size = 0
     for block in _blocks(drive):
         h.update(block)
-    return h.hexdigest()
+        count += 1
+        size += len(block)
+    return header, count, size, h.hexdigest()
 
 
 def scan_cartridge(drive: TapeDrive, on_damaged: Callable[[int, FormatError], None] | None = None
@@ -202,12 +211,15 @@ def scan_cartridge(drive: TapeDrive, on_damaged: Callable[[int, FormatError], No
     drive.op(td.MTREW, 1)
     file = 0
     while not drive.status().gstat & td.GMT_EOD:
+        before = drive.status().position
         try:
             raw = drive.read(READ_SIZE)
         except MediaError as e:
             if e.errno != errno.ENOMEM:
                 raise
             raw = b"\0"  # a block larger than ours: not a vstor file
+        if not raw and drive.status().position == before:
+            return  # the end of data: a read there does not move (a blank tape has no EOD status)
         header = None
         if raw:
             try:

@@ -94,6 +94,10 @@ class Reader:
         return {"restore": rid, "job": job_id, "chain": [j["id"] for j in chain], "volumes": list(names.values()),
                 "bytes": done[0], "seconds": round(seconds, 3), "mb_per_s": round(done[0] / 1e6 / seconds, 1)}
 
+    def manifest(self, job: dict) -> dict:
+        """Read job ``job`` whole and return the manifest at its end (every checksum checked)."""
+        return read_stream(self._stream(job), lambda _n, _o, _d: None)
+
     # -- verify -------------------------------------------------------------------------------
     def verify(self, job_id: int) -> dict:
         """Read the job back and check every checksum; the result is recorded on the job."""
@@ -109,7 +113,7 @@ class Reader:
                 if got != part["sha256"]:
                     problems.append(f"part {part['part']} on {part['barcode']} (tape file {part['file']}) does not "
                                     "read back as written")
-            manifest = read_stream(self._stream(job), lambda _n, _o, _d: None)
+            manifest = self.manifest(job)
             want = {v["name"]: v["sha256"] for v in job["volumes"]}
             for vol in manifest.get("volumes", []):
                 if want.get(vol["name"]) != vol["sha256"]:

@@ -48,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = subcommand(bk, "expire", cmd_expire, "apply retention: expire jobs, recycle media")
     p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
     subcommand(bk, "media", cmd_media, "the cartridges backups use: state, jobs, bytes")
+    cat = bk.add_parser("catalog", help="the backup catalog").add_subparsers(dest="what", required=True)
+    p = subcommand(cat, "rebuild", cmd_rebuild, "rebuild the catalog by reading the job headers on the media")
+    p.add_argument("library")
+    p.add_argument("--media", nargs="+", metavar="BARCODE", help="only these cartridges (default: all)")
     p = subcommand(bk, "report", cmd_report, "completion rate, verify success, restore times")
     p.add_argument("--days", type=int, default=30, help="the daily series' length (default 30)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the daily figures (needs matplotlib)")
@@ -180,6 +184,13 @@ def cmd_media(args: argparse.Namespace) -> int:
         return table(rows) if ms else "no backup media yet"
     emit(args, request(pool_path(args), "backup.media"), text)
     return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    r = request(pool_path(args), "backup.catalog.rebuild", progress=True, library=args.library, media=args.media)
+    emit(args, r, lambda x: f"read {len(x['cartridges'])} cartridges: {len(x['jobs'])} jobs, {x['parts']} new parts"
+         + "".join(f"\n  problem: {p}" for p in x["problems"]))
+    return 1 if r["problems"] else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

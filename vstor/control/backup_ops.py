@@ -94,6 +94,11 @@ class BackupOps:
         eng = self._backup()
         return eng.catalog.media_list()
 
+    def op_backup_catalog_rebuild(self, library: str, media: list[str] | None = None) -> dict:
+        eng = self._backup()
+        eng.audit.append(current_actor(), "backup.catalog.rebuild", {"library": library, "media": media or []})
+        return eng.rebuild(library, media or None)
+
     def op_backup_report(self, days: int = 30) -> dict:
         eng = self._backup()
         return build_report(eng.catalog.jobs(), eng.catalog.restores(), eng.clock.time(), days)
