@@ -15,7 +15,7 @@ from poolkit import MiB, make_pool
 
 from vstor.backup.engine import BackupEngine
 from vstor.clock import ManualClock
-from vstor.errors import AlreadyExists, Busy, KeyError_, UsageError
+from vstor.errors import AlreadyExists, Busy, KeyError_, MediaError, UsageError
 from vstor.faults import Faults
 from vstor.media.manager import MediaManager
 from vstor.store.store import Store
@@ -339,3 +339,21 @@ def test_an_interrupted_job_leaves_no_snapshot_and_no_loaded_cartridge(lab):
     assert job["status"] == "failed" and "internal error" in job["reason"]
     assert not list(lab.store.state.catalog.snaps.values())
     assert all(code is None for code in lab.media.lib("lib").drives)
+
+
+def test_an_offsite_cartridge_is_asked_for_by_barcode(lab):
+    lab.scribble(5)
+    lab.policy()
+    job = lab.engine.run("p", None)
+    code = job["parts"][0]["barcode"]
+    lab.media.export("lib", code)
+    lab.media.import_("lib", "open")  # the mail slot's cartridge goes out to the shelf
+    lab.engine.refresh_locations()
+    assert lab.engine.catalog.media(code)["location"] == "offsite"
+    with pytest.raises(MediaError, match=f"{code} is not in library lib.*media import lib"):
+        lab.engine.restore(job["id"], "r")
+    lab.media.import_("lib", "close")
+    lab.engine.refresh_locations()
+    assert lab.engine.catalog.media(code)["location"] == "library"
+    lab.engine.restore(job["id"], "r")
+    assert lab.read("r-a") == bytes(lab.models["a"])

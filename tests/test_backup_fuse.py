@@ -58,3 +58,8 @@ def test_backup_run_restore_and_plain_tar_restore(array, tmp_path):
     jobs = json.loads(arr.vstor("backup", "jobs", "--json").stdout)
     assert [j["id"] for j in jobs] == [job["id"]]
     assert json.loads(arr.vstor("audit", "verify", "--json").stdout)["intact"]
+    log = json.loads(arr.vstor("audit", "log", "--json", env=dict(arr.env, SUDO_USER="alice")).stdout)
+    assert [e["action"] for e in log][:3] == ["library.create", "media.create", "backup.policy.create"]
+    arr.vstor("media", "protect", "lib", "VT0002L9", "on", env=dict(arr.env, SUDO_USER="alice"))
+    last = json.loads(arr.vstor("audit", "log", "--json").stdout)[-1]
+    assert (last["action"], last["actor"]) == ("media.protect", "alice")  # the peer's sudo user, not root

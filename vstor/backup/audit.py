@@ -18,6 +18,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import hashlib
 import json
@@ -40,8 +41,15 @@ def entry_hash(entry: dict) -> str:
     return hashlib.sha256(canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
 
 
+ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("vstor_actor", default=None)
+"""The user a request acts for, set by the daemon's control server from the peer's credentials."""
+
+
 def current_actor() -> str:
-    """The acting user: SUDO_USER, else the login name, else the uid's name, else the uid."""
+    """The acting user: the control request's peer (ACTOR), else SUDO_USER, else the login name,
+    else the uid's name, else the uid."""
+    if ACTOR.get():
+        return ACTOR.get() or ""
     if os.environ.get("SUDO_USER"):
         return os.environ["SUDO_USER"]
     with contextlib.suppress(OSError):

@@ -183,6 +183,19 @@ class BackupEngine:
                     raise VstorError("the array is stopping: the job did not start") from None
 
     # -- the rest ------------------------------------------------------------------------------
+    def refresh_locations(self) -> None:
+        """Mark each backup cartridge offsite or back in its library, as the library has it now
+        (exported through the mail slot and taken out, or imported again)."""
+        for row in self.catalog.media_list():
+            try:
+                lib = self.media.lib(row["library"])
+            except VstorError:
+                continue
+            inside = row["barcode"] in (*lib.slots, *lib.drives, *lib.mailslots)
+            where = "library" if inside else "offsite"
+            if row.get("location") != where:
+                self.catalog.set_media(row["barcode"], location=where)
+
     def rebuild(self, library: str, barcodes: list[str] | None = None) -> dict:
         """Rebuild the catalog's jobs from the cartridges' job headers (rebuild.py)."""
         return rebuild(self.media, self.catalog, self._cartridges(library), self.reader, barcodes)

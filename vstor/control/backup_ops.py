@@ -82,6 +82,7 @@ class BackupOps:
 
     def op_backup_expire(self, dry_run: bool = False) -> dict:
         eng = self._backup()
+        eng.refresh_locations()
         plan = plan_expiry(eng.catalog, eng.clock.time())
         out = {"expire": plan.expire, "recycle": plan.recycle, "kept": plan.kept, "refused": plan.refused,
                "dry_run": dry_run}
@@ -92,6 +93,7 @@ class BackupOps:
 
     def op_backup_media(self) -> list[dict]:
         eng = self._backup()
+        eng.refresh_locations()
         return eng.catalog.media_list()
 
     def op_backup_catalog_rebuild(self, library: str, media: list[str] | None = None) -> dict:

@@ -7,6 +7,7 @@ debug level, see vstor/errlog.py)."""
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import logging
 import os
@@ -16,6 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from vstor.backup.audit import ACTOR
+from vstor.control.peer import peer_actor
 from vstor.control.protocol import KEEPALIVE, MAX_LINE, decode_request, encode, error_reply
 from vstor.control.service import PoolService
 from vstor.errlog import describe, log_failure
@@ -28,6 +31,7 @@ class _Handler(socketserver.StreamRequestHandler):
     server: ControlServer
 
     def handle(self) -> None:
+        ACTOR.set(peer_actor(self.request))  # this connection's thread: the audit log's acting user
         while True:
             line = self.rfile.readline(MAX_LINE + 1)
             if not line:
@@ -71,7 +75,8 @@ class _Handler(socketserver.StreamRequestHandler):
         def report(done: int, total: int) -> None:
             latest.update(done=done, total=total)
 
-        worker = threading.Thread(target=lambda: reply.update(self._run(op, args, report)),
+        ctx = contextvars.copy_context()  # the acting user goes along
+        worker = threading.Thread(target=lambda: reply.update(ctx.run(self._run, op, args, report)),
                                   name=f"vstor-control-{op}", daemon=True)
         worker.start()
         listening = True
