@@ -63,3 +63,29 @@ def test_backup_run_restore_and_plain_tar_restore(array, tmp_path):
     arr.vstor("media", "protect", "lib", "VT0002L9", "on", env=dict(arr.env, SUDO_USER="alice"))
     last = json.loads(arr.vstor("audit", "log", "--json").stdout)[-1]
     assert (last["action"], last["actor"]) == ("media.protect", "alice")  # the peer's sudo user, not root
+
+
+def test_kill_9_mid_job_fails_the_job_and_the_next_one_works(array_factory):
+    arr = array_factory()
+    arr.start(env=dict(arr.env, VSTOR_FAULTS="backup.write=kill@4"))
+    arr.create("v", "64M")
+    with open(arr.image("v"), "r+b") as f:
+        f.write(os.urandom(32 << 20))
+        os.fsync(f.fileno())
+    arr.vstor("library", "create", "lib", "--type", "tape", "--slots", "4", "--drives", "1")
+    arr.vstor("media", "create", "lib", "VT0001L9", "--capacity", "256M")
+    arr.vstor("backup", "policy", "create", "p", "--source", "v", "--library", "lib", "--media", "VT0001L9")
+    r = arr.vstor("backup", "run", "p", "--wait", check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    arr.start()  # the kernel released the lock with the process
+    jobs = json.loads(arr.vstor("backup", "jobs", "--json").stdout)
+    assert jobs[0]["status"] == "failed" and "interrupted" in jobs[0]["reason"], jobs
+    assert json.loads(arr.vstor("snapshot", "list", "v", "--json").stdout) == []
+    inv = json.loads(arr.vstor("media", "inventory", "lib", "--json").stdout)
+    assert not [e for e in inv if e["element"].startswith("drive") and e["barcode"]], inv
+    job = json.loads(arr.vstor("backup", "run", "p", "--wait", "--json").stdout)
+    assert job["status"] == "done" and job["verify"] == "ok", job
+    r = json.loads(arr.vstor("backup", "restore", str(job["id"]), "--to", "back", "--json").stdout)
+    assert sha(arr.image("back")) == sha(arr.image("v"))
+    arr.stop()
+    assert arr.vstor("pool", "check", arr.pool).returncode == 0
