@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
@@ -40,20 +40,16 @@ def snapshot_name(job: int) -> str:
 
 
 @dataclass
-class Hashed:
-    """A volume source that hashes what it reads, in the order pax_stream reads it."""
+class Image:
+    """A snapshot image as a volume source, counting what it reads for the progress meter."""
 
     store: Store
     vid: int
     sid: int
     done: Callable[[int], None]
-    sha: hashlib._Hash = field(default_factory=hashlib.sha256)
-    nbytes: int = 0
 
     def read(self, offset: int, length: int) -> bytes:
         data = self.store.read(self.vid, offset, length, sid=self.sid)
-        self.sha.update(data)
-        self.nbytes += len(data)
         self.done(len(data))
         return data
 
@@ -73,7 +69,6 @@ class JobWriter:
         members = snapshots.get(self.store, source, snap["name"]).members
         changed = self._changed(source, base, snap["name"]) if level == "incremental" else None
         total = 0
-        hashed: dict[str, Hashed] = {}
         volumes: list[VolumeSource] = []
         done = [0]
 
@@ -85,8 +80,7 @@ class JobWriter:
         for m in members:
             ext = snapshots.extents(self.store, sid, m.vid) if changed is None else changed.get(m.name, [])
             total += sum(n for _o, n in ext)
-            hashed[m.name] = h = Hashed(self.store, m.vid, sid, tick)
-            volumes.append(VolumeSource(m.name, m.size, ext, h.read))
+            volumes.append(VolumeSource(m.name, m.size, ext, Image(self.store, m.vid, sid, tick).read))
         meta = {"job": str(job), "policy": policy["name"], "level": level, "snapshot": snap["name"],
                 "base": str(base["id"]) if base else ""}
 
@@ -98,7 +92,8 @@ class JobWriter:
 
         drv = self.carts.load_for_write(policy["media"])
         writer = TapeWriter(drv, lambda: self.carts.next_for_write(policy["media"]), header, key=key, job=job)
-        for chunk in pax_stream(source, volumes, meta):
+        manifest: dict = {}
+        for chunk in pax_stream(source, volumes, meta, manifest):
             self.faults.hit("backup.write")
             writer.write(chunk)
         places = writer.close()
@@ -110,12 +105,11 @@ class JobWriter:
             self.catalog.set_media(p.barcode, bytes=(row.get("bytes") or 0) + p.bytes,
                                    last_written=self.store.clock.time())
             stored += p.bytes
-        for m in members:
-            h = hashed[m.name]
-            self.catalog.add_volume(job, m.name, m.size, h.nbytes, h.sha.hexdigest())
+        for vol in manifest["volumes"]:  # each image's data and its sha256, as the archive's manifest has them
+            self.catalog.add_volume(job, vol["name"], vol["size"], vol["bytes"], vol["sha256"])
         self.carts.release()
         job_sha = hashlib.sha256("".join(p.sha256 for p in places).encode()).hexdigest()
-        return {"bytes": sum(h.nbytes for h in hashed.values()), "stored": stored, "sha256": job_sha}
+        return {"bytes": sum(v["bytes"] for v in manifest["volumes"]), "stored": stored, "sha256": job_sha}
 
     def _changed(self, source: str, base: dict | None, snap: str) -> dict[str, list[tuple[int, int]]]:
         if base is None or not base.get("snapshot"):

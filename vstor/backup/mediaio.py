@@ -61,16 +61,23 @@ class TapeWriter:
         self._closed = False
 
     def write(self, data: bytes) -> None:
-        """Buffer ``data``; every full RECORD goes to the tape."""
+        """Buffer ``data``; every full RECORD goes to the tape. Whole records of ``data`` go as
+        slices of it, uncopied (the stream's 4 MiB pieces): only the ends are buffered."""
         if self._closed:
             raise UsageError("the tape writer is closed")
-        self._buf += data
-        full = len(self._buf) - len(self._buf) % RECORD
-        if full:
-            view = bytes(self._buf[:full])
-            del self._buf[:full]
-            for i in range(0, full, RECORD):
-                self._emit(view[i : i + RECORD])
+        view = memoryview(data)
+        if self._buf:  # top up the partial record first
+            need = RECORD - len(self._buf)
+            self._buf += view[:need]
+            view = view[need:]
+            if len(self._buf) < RECORD:
+                return
+            self._emit(bytes(self._buf))
+            self._buf.clear()
+        whole = len(view) - len(view) % RECORD
+        for i in range(0, whole, RECORD):
+            self._emit(view[i : i + RECORD])
+        self._buf += view[whole:]
 
     def close(self) -> list[PartPlace]:
         """Write the last (zero-padded to 512) block and the closing filemark; the places of all parts."""

@@ -176,8 +176,9 @@ def render_text(report: dict) -> str:
     rows = [["policy", *_HEADER[1:]], _row("(all)", o)]
     rows += [_row(name, s) for name, s in report["policies"].items()]
     lines += _table(rows, text_last=True)
-    lines += ["", f"Last {report['days']} days (UTC)"]
-    lines += _table([["day", *_HEADER[1:-1]]] + [_row(d["day"], d)[:-1] for d in report["daily"]], text_last=False)
+    active = [d for d in report["daily"] if d["jobs"] or d["restores"]]  # the plot shows the empty days too
+    lines += ["", f"Days with jobs or restores, of the last {report['days']} (UTC)"]
+    lines += _table([["day", *_HEADER[1:-1]]] + [_row(d["day"], d)[:-1] for d in active], text_last=False)
     return "\n".join(lines) + "\n"
 
 

@@ -160,10 +160,15 @@ class VolumeSource:
     read: Callable[[int, int], bytes]
 
 
-def pax_stream(source: str, volumes: list[VolumeSource], meta: dict[str, str]) -> Iterator[bytes]:
-    """The archive of ``volumes`` as pieces of bytes; the total is a multiple of 512."""
-    manifest = {"format": "vstor-backup", "version": FORMAT_VERSION, "source": source, "meta": dict(meta),
-                "volumes": []}
+def pax_stream(source: str, volumes: list[VolumeSource], meta: dict[str, str],
+               manifest: dict | None = None) -> Iterator[bytes]:
+    """The archive of ``volumes`` as pieces of bytes; the total is a multiple of 512. ``manifest``,
+    if given, is filled with the manifest the archive ends with (each image's sums), so the
+    writer need not hash the data a second time."""
+    if manifest is None:
+        manifest = {}
+    manifest.update({"format": "vstor-backup", "version": FORMAT_VERSION, "source": source, "meta": dict(meta),
+                     "volumes": []})
     for v in volumes:
         extents = ts.aligned(v.name, v.size, v.extents)
         smap = ts.sparse_map(v.size, extents)

@@ -63,7 +63,8 @@ class BackupOps:
         return eng.catalog.job(eng.start(policy, level))
 
     def op_backup_jobs(self, policy: str | None = None) -> list[dict]:
-        return self._backup().catalog.jobs(policy)
+        cat = self._backup().catalog
+        return [cat.job(j["id"]) for j in cat.jobs(policy)]  # with their parts: the cartridges they went to
 
     def op_backup_show(self, job: int) -> dict:
         eng = self._backup()
