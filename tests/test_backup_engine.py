@@ -357,3 +357,53 @@ def test_an_offsite_cartridge_is_asked_for_by_barcode(lab):
     assert lab.engine.catalog.media(code)["location"] == "library"
     lab.engine.restore(job["id"], "r")
     assert lab.read("r-a") == bytes(lab.models["a"])
+
+
+def test_a_job_waits_for_a_drive_and_says_so(lab):
+    import threading
+    import time
+
+    lab.scribble(3)
+    lab.policy()
+    lab.media.load("lib", lab.barcodes[-1], 0)
+    lab.media.load("lib", lab.barcodes[-2], 1)
+    out: list[dict] = []
+    t = threading.Thread(target=lambda: out.append(lab.engine.run("p", None)))
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not [j for j in lab.engine.catalog.jobs() if "waiting for a drive" in j["reason"]]:
+            assert time.monotonic() < deadline, lab.engine.catalog.jobs()
+            time.sleep(0.01)
+        assert lab.engine.catalog.jobs()[0]["status"] == "waiting"
+    finally:
+        lab.media.unload("lib", 0)
+        t.join(30)
+    assert out and out[0]["status"] == "done", out
+    lab.media.unload("lib", 1)
+
+
+def test_an_incremental_policy_takes_a_full_when_full_every_has_passed(lab):
+    lab.scribble(5)
+    lab.policy(level="incremental", full_every="7d")
+    levels = []
+    for _day in range(9):
+        lab.scribble(1)
+        levels.append(lab.engine.run("p", None)["level"])
+        lab.clock.advance(DAY)
+    assert levels == ["full"] + ["incremental"] * 6 + ["full", "incremental"]
+
+
+def test_keys_rotate_by_age_and_the_rotation_is_audited(tmp_path):
+    lab = Lab(tmp_path, encrypt=True)
+    try:
+        assert lab.engine.keys.current() == 1
+        lab.engine.set_setting("key_rotate_every", 90 * DAY)
+        lab.engine.tick()
+        assert lab.engine.keys.current() == 1
+        lab.clock.advance(91 * DAY)
+        assert "rotated the backup key" in " ".join(lab.engine.tick())
+        assert lab.engine.keys.current() == 2
+        assert lab.engine.audit.entries()[-1]["action"] == "key.rotate"
+    finally:
+        lab.close()

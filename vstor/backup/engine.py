@@ -173,12 +173,15 @@ class BackupEngine:
             self.reader.verify(job)
 
     def _wait_for_drive(self, job: int, carts: Cartridges) -> None:
+        shown = ""
         while True:
             try:
                 carts.free_drive()
                 return
             except Busy as e:
-                self.catalog.set_job(job, reason=e.message)
+                if e.message != shown:  # the reason `backup jobs` shows while the job waits
+                    self.catalog.set_job(job, reason=e.message)
+                    shown = e.message
                 if self.clock.wait(self._stop, DRIVE_POLL):
                     raise VstorError("the array is stopping: the job did not start") from None
 
