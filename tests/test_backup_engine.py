@@ -15,7 +15,7 @@ from poolkit import MiB, make_pool
 
 from vstor.backup.engine import BackupEngine
 from vstor.clock import ManualClock
-from vstor.errors import AlreadyExists, Busy, KeyError_, MediaError, UsageError
+from vstor.errors import AlreadyExists, Busy, KeyError_, MediaError, UsageError, VstorError
 from vstor.faults import Faults
 from vstor.media.manager import MediaManager
 from vstor.store.store import Store
@@ -134,7 +134,7 @@ def test_verify_catches_a_damaged_block_on_tape(lab):
     v = lab.engine.verify(job["id"])
     assert v["verify"] == "failed" and v["problems"], v
     assert lab.engine.catalog.job(job["id"])["verify"] == "failed"
-    with pytest.raises(Exception):  # noqa: B017 - a restore refuses corrupt data, whatever the layer says
+    with pytest.raises(VstorError):  # CorruptData from the stream, or MediaError from the cartridge
         lab.engine.restore(job["id"], "r")
     assert not [v for v in lab.store.volumes() if v.name.startswith("r-")]  # the failed restore cleaned up
 
@@ -407,3 +407,38 @@ def test_keys_rotate_by_age_and_the_rotation_is_audited(tmp_path):
         assert lab.engine.audit.entries()[-1]["action"] == "key.rotate"
     finally:
         lab.close()
+
+
+def test_a_write_error_on_the_medium_fails_the_job_and_loses_nothing(lab):
+    """A drive that fails a write with EIO mid-job (a stand-in for a broken drive or a bad
+    spot on the tape): the job fails with one line; the earlier job on the same cartridge
+    stays restorable, and the cartridge is put away."""
+    import errno
+
+    from vstor.errors import MediaError
+    from vstor.media.tapedrive import TapeDrive
+
+    lab.scribble(10)
+    lab.policy()
+    first = lab.engine.run("p", None)
+    want = lab.images()
+    writes = [0]
+    real = TapeDrive.write
+
+    def failing(self, data):  # type: ignore[no-untyped-def]
+        writes[0] += 1
+        if writes[0] == 5:
+            raise MediaError("write error on the medium (injected)", errno.EIO)
+        return real(self, data)
+
+    TapeDrive.write = failing  # type: ignore[method-assign]
+    try:
+        lab.scribble(3)
+        second = lab.engine.run("p", None)
+    finally:
+        TapeDrive.write = real  # type: ignore[method-assign]
+    assert second["status"] == "failed" and "write error on the medium" in second["reason"], second
+    assert all(code is None for code in lab.media.lib("lib").drives)
+    assert lab.engine.verify(first["id"])["verify"] == "ok"
+    lab.engine.restore(first["id"], "r")
+    assert lab.read("r-a") == want["a"] and lab.read("r-b") == want["b"]

@@ -523,7 +523,9 @@ def test_fsync_makes_journal_durable(array):
             os.fsync(fd)
             j = array.status()["journal"]
             assert j["durable"] == j["tail"], j
-            assert j["tail"] == mid["tail"]
+            # Nothing but the write, and perhaps the commit marker the maintenance tick puts
+            # after durable records once the journal is idle (Store.mark_durable).
+            assert j["tail"] in (mid["tail"], [mid["tail"][0], mid["tail"][1] + 64]), (j, mid)
             assert _stats(array)["counters"]["fsyncs"] > fsyncs, "fsync did not reach the store"
     finally:
         os.close(fd)
