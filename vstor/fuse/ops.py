@@ -17,6 +17,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ import mfusepy as fuse  # noqa: E402
 from vstor.errors import NotFound, VstorError  # noqa: E402
 from vstor.fuse.direct import DirectReadFUSE  # noqa: E402
 from vstor.store import snapshots  # noqa: E402
-from vstor.store.stats import size_bucket  # noqa: E402
+from vstor.store.stats import VolumeIO, size_bucket  # noqa: E402
 from vstor.store.store import Store  # noqa: E402
 
 log = logging.getLogger("vstor.fuse")
@@ -58,6 +59,7 @@ class VolumeFS(fuse.Operations):
         self._next_fh = 1
         self.open_count: dict[Any, int] = {}  # volume id or (sid, vid) -> open handles
         self._seen_sizes: set[str] = set()
+        self.io = VolumeIO()  # per-volume requests, bytes and latency (the metrics exporter reads it)
         knobs = tuning()
         self.blksize = knobs.get("blksize", store.sb.chunk_size)
         self.statfs_bsize = knobs.get("statfs_bsize", store.sb.chunk_size)
@@ -213,7 +215,10 @@ class VolumeFS(fuse.Operations):
         try:
             if isinstance(target, tuple):
                 return self.store.read_into(target[1], offset, view, sid=target[0])
-            return self.store.read_into(target, offset, view)
+            t0 = time.perf_counter()
+            n = self.store.read_into(target, offset, view)
+            self.io.record(target, "read", n, time.perf_counter() - t0)
+            return n
         except VstorError as e:
             raise _errno(e) from None
 
@@ -233,10 +238,12 @@ class VolumeFS(fuse.Operations):
         if offset >= size:
             raise fuse.FuseOSError(errno.ENOSPC)  # like writing past the end of a disk
         data = data[: size - offset]
+        t0 = time.perf_counter()
         try:
             self.store.write(target, offset, data)
         except VstorError as e:
             raise _errno(e) from None
+        self.io.record(target, "write", len(data), time.perf_counter() - t0)
         return len(data)
 
     def ioctl(self, path: str, cmd: int, arg: Any, fi: Any, flags: int, data: Any) -> int:

@@ -43,6 +43,7 @@ class DiscSide:
                 self.st = SideState(**json.load(f))
         self.fd = os.open(self.image, os.O_RDWR | os.O_CREAT, 0o600)
         self.session_start: int | None = None
+        self.read_bytes = self.write_bytes = 0  # since the load (the metrics exporter reads them)
 
     @property
     def capacity(self) -> int:
@@ -51,6 +52,7 @@ class DiscSide:
     def read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.capacity - offset))
         data = os.pread(self.fd, size, offset)
+        self.read_bytes += size
         return data + bytes(size - len(data))  # unwritten areas read as zeros
 
     def write(self, offset: int, data: bytes) -> int:
@@ -68,6 +70,7 @@ class DiscSide:
                 self.session_start = offset
             self.st.nwa = offset + len(data)
         os.pwrite(self.fd, data, offset)
+        self.write_bytes += len(data)
         if self.type.rewritable:
             self.st.state = "written"
         return len(data)

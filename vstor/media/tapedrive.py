@@ -67,6 +67,7 @@ class TapeDrive:
         self.ew = ew_bytes if ew_bytes is not None else max(self.parts[0].capacity // 50, 1 << 20)
         self.pos = 0
         self.blksize = 0
+        self.read_bytes = self.write_bytes = 0  # since the load (the metrics exporter reads them)
         self.wrote = False  # the last operation was a write: close/rewind/offline add a filemark
         self.ew_state = 0  # 0 before EW, 1 the EW signal is due, 2 it was given
         self.delay = delay or (lambda kind, fraction: None)  # the timing model: (operation, share of tape)
@@ -97,6 +98,7 @@ class TapeDrive:
             self.cart.append(b, p)
         self.pos = self.cart.eod
         self.wrote = True
+        self.write_bytes += len(data)
         if self.ew_state == 0 and self.cart.used >= self.cart.capacity - self.ew:
             self.ew_state = 1
         return len(data)
@@ -120,6 +122,7 @@ class TapeDrive:
                     break
                 out += data
                 self.pos += 1
+            self.read_bytes += len(out)
             return bytes(out)
         data = self.cart.read(self.pos)
         if data is None:
@@ -129,6 +132,7 @@ class TapeDrive:
             raise MediaError(f"block {self.pos} is {len(data)} bytes, larger than the {size}-byte read buffer",
                             errno.ENOMEM)
         self.pos += 1
+        self.read_bytes += len(data)
         return data
 
     # -- mt operations ---------------------------------------------------------------------------

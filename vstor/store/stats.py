@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import threading
 from collections import Counter, deque
@@ -75,3 +76,36 @@ class Counters:
         with self.lock:
             self.snapshots_taken += 1
             self.snapshot_pauses.append(pause_us)
+
+
+# Upper bounds (seconds) of the per-volume latency histogram buckets; one more bucket for +Inf.
+LATENCY_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class VolumeIO:
+    """Per-volume request counters and latency histograms, kept by the FUSE read/write path.
+
+    One lock and one dict lookup per request; a volume's row is ``[requests, bytes, seconds,
+    bucket counts...]`` for reads and for writes (non-cumulative buckets: the exporter sums them).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rows: dict[tuple[int, str], list] = {}
+
+    def record(self, vid: int, kind: str, size: int, seconds: float) -> None:
+        key = (vid, kind)
+        b = bisect.bisect_left(LATENCY_BOUNDS, seconds)
+        with self.lock:
+            row = self.rows.get(key)
+            if row is None:
+                row = self.rows[key] = [0, 0, 0.0] + [0] * (len(LATENCY_BOUNDS) + 1)
+            row[0] += 1
+            row[1] += size
+            row[2] += seconds
+            row[3 + b] += 1
+
+    def snapshot(self) -> dict[tuple[int, str], list]:
+        """A copy of every row, keyed by (volume id, "read" or "write")."""
+        with self.lock:
+            return {k: list(v) for k, v in self.rows.items()}
