@@ -4,9 +4,9 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar genisoimage iproute2 nbdkit libnbd-bin python3-venv
+APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar genisoimage iproute2 nbdkit libnbd-bin python3-venv chromium
 # The command each package must provide, to tell whether it is installed.
-APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse
+APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse chromium
 
 .PHONY: drill setup system-deps venv demo test test-fast soak bench bench-tools lint clean
 

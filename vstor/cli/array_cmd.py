@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--listen", metavar="ADDR:PORT", help="replication endpoint, like 10.0.0.1:7450 (needs --tls-dir)")
     s.add_argument("--tls-dir", help="directory from 'vstor pki': the CA and this array's certificate")
     s.add_argument("--name", help="this array's certificate name in --tls-dir (default: the only one there)")
+    s.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus /metrics and a dashboard at / here")
     s.set_defaults(func=cmd_start)
     t = arr.add_parser("stop", help="flush, unmount and stop the daemon; waits until done")
     add_pool_arg(t)
@@ -57,6 +58,8 @@ def _daemon_argv(pool: str, args: argparse.Namespace) -> list[str]:
         argv += ["--listen", args.listen]
     if args.name:
         argv += ["--name", args.name]
+    if args.metrics:
+        argv += ["--metrics", args.metrics]
     return argv
 
 

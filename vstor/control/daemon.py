@@ -46,7 +46,7 @@ from vstor.store.superblock import layout
 log = logging.getLogger("vstor.daemon")
 
 START_STEPS = ("lock", "store", "maintenance", "gcpolicy", "mountpoint", "media", "backup", "replication", "control",
-               "mount")
+               "metrics", "mount")
 """The start-up steps in order; fault point ``daemon.start.<step>`` fires right after each
 (``mount``: once the kernel has completed FUSE INIT, before READY is sent)."""
 
@@ -89,7 +89,7 @@ class Reporter:
 
 
 def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads: bool = True,
-        repl: dict | None = None, faults: Faults | None = None) -> int:
+        repl: dict | None = None, faults: Faults | None = None, metrics: str | None = None) -> int:
     """Start the array, serve until unmounted, stop it; raises if start-up fails, after
     releasing whatever it had acquired."""
     from vstor.fuse.media_fs import MediaFS
@@ -148,6 +148,13 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         stack.callback(server.stop)
         server.start()
         step("control")
+        if metrics:  # Prometheus /metrics and the dashboard; off unless asked for
+            from vstor.control.metrics import MetricsServer, Sources
+
+            exporter = MetricsServer(metrics, Sources(store, fs, reclaimer, replication, media, backup))
+            stack.callback(exporter.stop)
+            exporter.start()
+        step("metrics")
         stack.callback(_unmount_if_mounted, mount)  # the FUSE loop unmounts; this, if it died mounted
         log.info("serving pool %s at %s (pid %d, io_flusher=%s)", pool, mount, os.getpid(), io_flusher)
         try:
@@ -205,13 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listen")
     p.add_argument("--tls-dir")
     p.add_argument("--name")
+    p.add_argument("--metrics")
     a = p.parse_args(argv)
     repl = {"listen": a.listen, "tls_dir": a.tls_dir, "name": a.name}
     setup_logging(a.pool, a.foreground)
     reporter = Reporter(a.ready_fd)
     log_hint = os.path.join(layout(a.pool)["log"], "daemon.log")
     try:
-        return run(a.pool, a.mount, a.key_file, reporter, threads=not a.single_thread, repl=repl)
+        return run(a.pool, a.mount, a.key_file, reporter, threads=not a.single_thread, repl=repl,
+                   metrics=a.metrics)
     except Exception as e:
         phase = "the daemon failed" if reporter.sent else "start-up failed"
         log_failure(log, phase, e)
