@@ -298,3 +298,14 @@ def test_dashboard_in_headless_chromium(array_factory, tmp_path):
     assert re.search(r'<svg[^>]*id="lag-chart"', dom), dom[:2000]
     assert re.search(r'<table id="volumes"', dom) and "<td>vol1</td>" in dom
     assert 'id="capacity-chart"' in dom and 'id="drives"' in dom
+
+
+@pytest.mark.root
+def test_metrics_port_in_use_fails_the_start_cleanly(array_factory):
+    arr = array_factory()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = arr.start(check=False, args=["--metrics", f"127.0.0.1:{busy.getsockname()[1]}"])
+    assert r.returncode == 2 and "cannot serve metrics" in r.stderr, r.stderr
+    arr.start()  # everything taken before the metrics step was released
