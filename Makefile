@@ -4,13 +4,15 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar genisoimage iproute2 nbdkit libnbd-bin python3-venv
+APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar genisoimage iproute2 nbdkit libnbd-bin python3-venv \
+	groff-base man-db systemd
 # The command each package must provide, to tell whether it is installed.
-APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse
+# groff and man render the man pages in the tests; systemd-analyze verifies vstor@.service.
+APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse groff man systemd-analyze
 
-.PHONY: drill setup system-deps venv demo test test-fast soak bench bench-tools lint clean
+.PHONY: drill setup system-deps venv man demo test test-fast soak bench bench-tools lint clean
 
-setup: system-deps venv
+setup: system-deps venv man
 
 system-deps:
 	@missing=0; for c in $(APT_PROBES); do command -v $$c >/dev/null || missing=1; done; \
@@ -29,6 +31,10 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 venv: $(VENV)/.installed
+
+# Man pages from the parser (tools/make_manpages.py): build/man/vstor.1 and vstor-COMMAND.1.
+man: venv
+	@$(PY) tools/make_manpages.py build/man
 
 demo: setup
 	$(PY) tools/demo.py
