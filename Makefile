@@ -4,13 +4,16 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar genisoimage iproute2 nbdkit libnbd-bin python3-venv chromium
+APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar genisoimage iproute2 nbdkit libnbd-bin python3-venv \
+	groff-base man-db systemd chromium
 # The command each package must provide, to tell whether it is installed.
-APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse chromium
+# groff and man render the man pages in the tests; systemd-analyze verifies vstor@.service;
+# chromium renders the dashboard in its test.
+APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse groff man systemd-analyze chromium
 
-.PHONY: drill setup system-deps venv demo test test-fast soak bench bench-tools lint clean
+.PHONY: drill setup system-deps venv man demo test test-fast soak bench bench-tools lint clean
 
-setup: system-deps venv
+setup: system-deps venv man
 
 system-deps:
 	@missing=0; for c in $(APT_PROBES); do command -v $$c >/dev/null || missing=1; done; \
@@ -29,6 +32,10 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 venv: $(VENV)/.installed
+
+# Man pages from the parser (tools/make_manpages.py): build/man/vstor.1 and vstor-COMMAND.1.
+man: venv
+	@$(PY) tools/make_manpages.py build/man
 
 demo: setup
 	$(PY) tools/demo.py

@@ -1,4 +1,8 @@
-"""Entry point of the ``vstor`` command. Errors become one line on stderr and an exit code."""
+# PYTHON_ARGCOMPLETE_OK
+"""Entry point of the ``vstor`` command. Errors become one line on stderr and an exit code.
+
+Shell completion: argcomplete (``vstor completion bash``); the marker above lets its global
+completion hook pick the command up."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from vstor.cli import (
     pair_cmd,
     pki_cmd,
     pool_cmd,
+    service_cmd,
     snapshot_cmd,
     volume_cmd,
 )
@@ -42,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     pair_cmd.register(sub)
     media_cmd.register(sub)
     backup_cmd.register(sub)
+    service_cmd.register(sub)
     return p
 
 
@@ -49,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Every failure is one ``vstor: error:`` line on stderr and an exit code;
     a reader that closes our stdout early (``| head``) ends the command quietly, with the exit
     status a tool killed by SIGPIPE has (141)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # a completion request from the shell: answers and exits
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below

@@ -8,7 +8,8 @@ release exactly what was acquired, in reverse order. Each step has a fault point
 
 The daemon reports "READY" (or "ERROR <exit> <type> <message>") on the descriptor given by
 --ready-fd once the kernel has completed FUSE INIT, so ``vstor array start`` returns only
-when the images can be used.
+when the images can be used. Run by systemd (``vstor@.service``, Type=notify), it also sends
+READY=1 then, and STOPPING=1 when the FUSE loop ends (vstor/control/sdnotify.py).
 
 Shutdown (``vstor array stop``, SIGTERM or SIGINT): the journal is synced, FUSE unmounted,
 the control socket, replication, media and maintenance stopped, a final checkpoint written,
@@ -27,6 +28,7 @@ import sys
 import threading
 
 from vstor.backup.engine import BackupEngine
+from vstor.control import sdnotify
 from vstor.control.lock import PoolLock
 from vstor.control.mounts import fsname_for, fuse_mounted, prepare_mountpoint, unmount
 from vstor.control.poolfiles import pool_log_handler
@@ -52,12 +54,11 @@ START_STEPS = ("lock", "store", "maintenance", "gcpolicy", "mountpoint", "media"
 
 
 def setup_logging(pool: str, foreground: bool) -> None:
-    """INFO and up to POOL/log/daemon.log (and stderr in the foreground); tracebacks, logged at
-    debug level on ``vstor.trace``, to the file only."""
+    """INFO and up to POOL/log/daemon.log (and stderr in the foreground or under systemd, for
+    the journal); tracebacks, logged at debug level on ``vstor.trace``, to the file only."""
     handlers: list[logging.Handler] = [pool_log_handler(pool)]  # log/daemon.log, owner only
-    if foreground:
-        err = logging.StreamHandler(sys.stderr)
-        err.setLevel(logging.INFO)
+    err = sdnotify.stderr_handler(foreground)
+    if err is not None:
         handlers.append(err)
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
@@ -161,6 +162,7 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
             serve(fs, mount, mount_options(fsname_for(pool), threads))
         except RuntimeError as e:  # libfuse's non-zero return, e.g. after SIGTERM/SIGINT
             log.info("FUSE loop ended with status %s (signal or unmount)", e)
+        sdnotify.notify(f"STOPPING=1\nSTATUS=stopping: {mount} unmounted, closing the store")
         if failed:
             raise failed[0]
         if store.journal.failed:
@@ -180,6 +182,7 @@ def _ready(mount: str, faults: Faults, reporter: Reporter, failed: list[BaseExce
         _unmount_soon(mount)
         return
     reporter.send("READY")
+    sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving the volumes at {mount}")
 
 
 def _unmount_soon(mount: str) -> None:
@@ -232,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             err = VstorError(f"{phase}: internal error {describe(e)} (see {log_hint})")
             err.exit_code = 70
         reporter.send(f"ERROR {err.exit_code} {type(err).__name__} {describe(err)}")
+        sdnotify.notify(f"STATUS={describe(err)}")
         if a.foreground:
             print(f"vstor: error: {describe(err)}", file=sys.stderr)
         return err.exit_code
