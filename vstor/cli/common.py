@@ -21,6 +21,10 @@ def add_pool_arg(p: argparse.ArgumentParser) -> None:
                    help="pool directory (default: $VSTOR_POOL)")
 
 
+def add_json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of text")
+
+
 def add_timeout_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, metavar="SECONDS", dest="call_timeout",
                    help="how long to wait for the daemon's answer; 0: no limit (default: no limit for "
@@ -33,7 +37,7 @@ def subcommand(group: argparse._SubParsersAction, name: str, func: object, help_
     p = group.add_parser(name, help=help_)
     add_pool_arg(p)
     add_timeout_arg(p)
-    p.add_argument("--json", action="store_true")
+    add_json_arg(p)
     p.set_defaults(func=func)
     return p
 

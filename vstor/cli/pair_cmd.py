@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     def cmd(name: str, func: object, help_: str, group: bool = True) -> argparse.ArgumentParser:
         p = subcommand(pr, name, func, help_)
         if group:
-            p.add_argument("group", metavar="G")
+            p.add_argument("group", metavar="G", help="the consistency group of the pair")
         return p
 
     p = cmd("create", cmd_create, "pair group G with a peer: on the primary, after '--secondary' on the peer")
@@ -27,13 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer-group", help="the group's name at the peer (default: G)")
     p.add_argument("--secondary", action="store_true", help="this array receives: accept the pair from the peer")
     p.add_argument("--bandwidth", default="0", help="cap on the wire, like 50MB/s (default: unlimited)")
-    p.add_argument("--compress", default="none", choices=["lz4", "none"])
+    p.add_argument("--compress", default="none", choices=["lz4", "none"], help="compress on the wire (default none)")
     p.add_argument("--journal-limit", default="1G", help="journal the pair may hold back before PSUE (default 1G)")
     p.add_argument("--suspend-after", type=float, default=10.0,
                    help="seconds without the peer before PAIR becomes PSUE (default 10)")
     p.add_argument("--wait", action="store_true", help="wait for PAIR, with a progress bar")
     cmd("status", cmd_status, "state, role, generation, lag, journal fill, dirty bytes", group=False).add_argument(
-        "group", metavar="G", nargs="?")
+        "group", metavar="G", nargs="?", help="only this group's pair (default: all)")
     p = cmd("split", cmd_split, "suspend replication (PSUS); changes are tracked for resync")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--flush", dest="mode", action="store_const", const="flush", help="drain first (default)")
