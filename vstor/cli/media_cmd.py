@@ -132,38 +132,41 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.load", library=args.library, barcode=args.barcode, drive=args.drive)
+    r = request(pool_path(args), "media.load", progress=True,
+                library=args.library, barcode=args.barcode, drive=args.drive)
     emit(args, r, lambda r: f"loaded {r['barcode']} ({r['kind']}) into drive{r['drive']}")
     return 0
 
 
 def cmd_unload(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.unload", library=args.library, drive=args.drive)
+    r = request(pool_path(args), "media.unload", progress=True, library=args.library, drive=args.drive)
     emit(args, r, lambda r: f"unloaded {r['barcode']} from drive{r['drive']} to address {r['to']}")
     return 0
 
 
 def cmd_move(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.move", library=args.library, src=args.src, dst=args.dst, flip=args.flip)
+    r = request(pool_path(args), "media.move", progress=True,
+                library=args.library, src=args.src, dst=args.dst, flip=args.flip)
     emit(args, r, lambda r: f"moved {r['barcode']} from {r['from']} to {r['to']}")
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.import", library=args.library, door=args.door or "cycle")
+    r = request(pool_path(args), "media.import", progress=True, library=args.library, door=args.door or "cycle")
     emit(args, r, lambda r: f"removed: {', '.join(r['removed']) or '-'}; imported: {', '.join(r['imported']) or '-'}; "
          f"mail door {'open' if r['mail_open'] else 'closed'}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.export", library=args.library, barcode=args.barcode)
+    r = request(pool_path(args), "media.export", progress=True, library=args.library, barcode=args.barcode)
     emit(args, r, lambda r: f"{r['barcode']} is in mail slot {r['mailslot']}")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.show", library=args.library, barcode=args.barcode, verify=args.verify)
+    r = request(pool_path(args), "media.show", progress=args.verify,
+                library=args.library, barcode=args.barcode, verify=args.verify)
 
     def text(r: dict) -> str:
         keys = ("barcode", "kind", "element", "capacity", "used", "partitions", "files", "blocks", "eod", "protect",
@@ -175,7 +178,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_disc(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.disc", library=args.library, drive=args.drive, action=args.disc_op)
+    r = request(pool_path(args), "media.disc", progress=True,
+                library=args.library, drive=args.drive, action=args.disc_op)
     emit(args, r, lambda r: f"{r['barcode']} side {r['side']}: {r['state']}, {len(r['sessions'])} session(s)")
     return 0
 

@@ -93,14 +93,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    s = request(pool_path(args), "snapshot.rollback", owner=args.owner, name=args.name, force=args.force)
+    s = request(pool_path(args), "snapshot.rollback", progress=True, owner=args.owner, name=args.name, force=args.force)
     emit(args, s, lambda s: f"rolled {s['owner']} back to {s['name']}; the previous state is snapshot "
          f"{s['owner']}/{s['safety_snapshot']}")
     return 0
 
 
 def cmd_clone(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "snapshot.clone", owner=args.owner, name=args.name, prefix=args.prefix)
+    r = request(pool_path(args), "snapshot.clone", progress=True, owner=args.owner, name=args.name, prefix=args.prefix)
     emit(args, r, lambda r: "created " + ", ".join(r["clones"]))
     return 0
 
