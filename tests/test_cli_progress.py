@@ -5,6 +5,8 @@ In-process: a control server on a Store, like test_admin_wait.py."""
 from __future__ import annotations
 
 import io
+import os
+import pty
 import time
 from collections.abc import Iterator
 
@@ -34,6 +36,17 @@ def test_the_bar_advances_on_a_terminal() -> None:
     assert "volume.delete" in first and "25%" in first and "75%" not in first
     assert "75%" in text[len(first):] and "almost" in text
     assert text.endswith("\n")  # the bar's line is ended when the operation is
+
+
+def test_the_bar_is_drawn_on_a_terminal_that_reports_no_size() -> None:
+    """A fresh pty (as under script(1)) says 0x0: tqdm alone would draw nothing there."""
+    master, slave = pty.openpty()
+    with os.fdopen(slave, "w") as tty, ProgressBar("media.load", file=tty) as bar:
+        assert os.get_terminal_size(slave).columns == 0
+        bar.step(42, 100)
+        tty.flush()
+        assert "media.load:  42%|" in os.read(master, 4096).decode()
+    os.close(master)
 
 
 def test_no_bar_when_not_a_terminal() -> None:

@@ -118,12 +118,21 @@ class ProgressBar:
         if self.bar is None:
             from tqdm import tqdm  # only here: most commands draw no bar and start faster
 
-            self.bar = tqdm(desc=self.what, file=self.file, bar_format=self.UNKNOWN, dynamic_ncols=True,
-                            mininterval=0, leave=True)
+            self.bar = tqdm(desc=self.what, file=self.file, bar_format=self.UNKNOWN, mininterval=0,
+                            leave=True, **self._size())
         if total:
             self.bar.bar_format = self.KNOWN
             self.bar.total, self.bar.n = total, min(done, total)
         self.bar.refresh()
+
+    def _size(self) -> dict[str, int]:
+        """The terminal's size for tqdm, 80x24 where it reports none (a pty under script(1)), as
+        tqdm would draw nothing at all in 0x0; tqdm's defaults for what is not a terminal file."""
+        try:
+            size = os.get_terminal_size(self.file.fileno())
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return {"ncols": size.columns or 80, "nrows": size.lines or 24}
 
     def note(self, text: str) -> None:
         """A short status after the bar, like the pair's state and lag."""
