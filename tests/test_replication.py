@@ -331,7 +331,7 @@ def test_bandwidth_cap_pful_split_modes_and_progress_bar(sites: Sites):
     _write(a.image("orders"), 1 << 20, b"written during the copy".ljust(4096, b"."))  # still writable
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
-    assert "100.0%" in out and "[####" in out and "PAIR" in out
+    assert "pair g copy: " in out and "100%|" in out and "PAIR" in out
     # 14 MiB at 4 MB/s: the backlog crosses 80% of the 16M allowance (PFUL), then drains
     t0 = time.monotonic()
     _write(a.image("payments"), 0, os.urandom(14 << 20))

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from vstor.cli.common import add_pool_arg, daemon_request, emit, pool_path, volume_table
+from vstor.cli.common import add_json_arg, add_pool_arg, daemon_request, emit, pool_path, volume_table
 from vstor.control.lock import daemon_pid
 from vstor.control.poolfiles import log_path, open_private, warn_key_file
 from vstor.errors import Busy, NotFound, NotRunning, UsageError, VstorError, error_from_wire
@@ -33,11 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_start)
     t = arr.add_parser("stop", help="flush, unmount and stop the daemon; waits until done")
     add_pool_arg(t)
-    t.add_argument("--timeout", type=float, default=120.0)
+    t.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="how long to wait for the daemon to exit (default 120)")
     t.set_defaults(func=cmd_stop)
     st = arr.add_parser("status", help="daemon, mount, volumes and journal state")
     add_pool_arg(st)
-    st.add_argument("--json", action="store_true")
+    add_json_arg(st)
     st.set_defaults(func=cmd_status)
 
 

@@ -9,6 +9,8 @@ import time
 from vstor.cli.common import emit, pool_path, request, subcommand, table
 from vstor.units import format_size
 
+JOB = "the job's number (see 'vstor backup jobs')"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     bk = sub.add_parser("backup", help="backup policies, jobs to tape, verify, restore, retention").add_subparsers(
@@ -16,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pol = bk.add_parser("policy", help="create, list, show and delete backup policies").add_subparsers(
         dest="what", required=True)
     p = subcommand(pol, "create", cmd_policy_create, "a policy: what to back up, when, to which media")
-    p.add_argument("name")
+    p.add_argument("name", help="the new policy's name")
     p.add_argument("--source", required=True, help="a group or a volume")
     p.add_argument("--library", required=True, help="the tape library the jobs write to")
     p.add_argument("--media", required=True, action="append", metavar="BARCODES",
@@ -30,19 +32,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze", action="append", metavar="MOUNT", help="fsfreeze this mount point around the snapshot")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the read-back after each job")
     subcommand(pol, "list", cmd_policy_list, "every policy with its next run")
-    subcommand(pol, "show", cmd_policy_show, "one policy and its last jobs").add_argument("name")
-    subcommand(pol, "delete", cmd_policy_delete, "delete a policy (its jobs stay restorable)").add_argument("name")
+    subcommand(pol, "show", cmd_policy_show, "one policy and its last jobs").add_argument("name", help="the policy")
+    subcommand(pol, "delete", cmd_policy_delete, "delete a policy (its jobs stay restorable)").add_argument(
+        "name", help="the policy")
 
     p = subcommand(bk, "run", cmd_run, "run a policy now")
-    p.add_argument("policy")
+    p.add_argument("policy", help="the policy to run")
     p.add_argument("--level", choices=["full", "incremental"], help="override the policy's level")
     p.add_argument("--wait", action="store_true", help="wait for the job to end (with a progress meter)")
     p = subcommand(bk, "jobs", cmd_jobs, "jobs, newest first")
-    p.add_argument("--policy")
-    subcommand(bk, "show", cmd_show, "one job: chain, cartridges, positions, checksums").add_argument("job", type=int)
-    subcommand(bk, "verify", cmd_verify, "read a job back and check every checksum").add_argument("job", type=int)
+    p.add_argument("--policy", help="only this policy's jobs")
+    subcommand(bk, "show", cmd_show, "one job: chain, cartridges, positions, checksums").add_argument(
+        "job", type=int, help=JOB)
+    subcommand(bk, "verify", cmd_verify, "read a job back and check every checksum").add_argument(
+        "job", type=int, help=JOB)
     p = subcommand(bk, "restore", cmd_restore, "restore a job (its chain) to new volumes")
-    p.add_argument("job", type=int)
+    p.add_argument("job", type=int, help=JOB)
     p.add_argument("--to", required=True, metavar="NAME", help="new volume NAME (a group job: NAME-VOLUME each)")
     p.add_argument("--wait", action="store_true", help="accepted for symmetry: a restore is always waited for")
     p = subcommand(bk, "expire", cmd_expire, "apply retention: expire jobs, recycle media")
@@ -50,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     subcommand(bk, "media", cmd_media, "the cartridges backups use: state, jobs, bytes")
     cat = bk.add_parser("catalog", help="the backup catalog").add_subparsers(dest="what", required=True)
     p = subcommand(cat, "rebuild", cmd_rebuild, "rebuild the catalog by reading the job headers on the media")
-    p.add_argument("library")
+    p.add_argument("library", help="the tape library to read")
     p.add_argument("--media", nargs="+", metavar="BARCODE", help="only these cartridges (default: all)")
     p = subcommand(bk, "report", cmd_report, "completion rate, verify success, restore times")
     p.add_argument("--days", type=int, default=30, help="the daily series' length (default 30)")

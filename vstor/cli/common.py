@@ -21,11 +21,15 @@ def add_pool_arg(p: argparse.ArgumentParser) -> None:
                    help="pool directory (default: $VSTOR_POOL)")
 
 
+def add_json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of text")
+
+
 def add_timeout_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, metavar="SECONDS", dest="call_timeout",
-                   help="how long to wait for the daemon's answer; 0: no limit (default: no limit for "
-                        f"operations that report progress, like volume resize and delete; {DEFAULT_TIMEOUT:g} "
-                        "for others)")
+                   help="how long to wait for the daemon's answer; 0: no limit (default: as long as the "
+                        "daemon reports progress, for operations that do, like volume resize, snapshot "
+                        f"rollback or media load; {DEFAULT_TIMEOUT:g} for others)")
 
 
 def subcommand(group: argparse._SubParsersAction, name: str, func: object, help_: str) -> argparse.ArgumentParser:
@@ -33,7 +37,7 @@ def subcommand(group: argparse._SubParsersAction, name: str, func: object, help_
     p = group.add_parser(name, help=help_)
     add_pool_arg(p)
     add_timeout_arg(p)
-    p.add_argument("--json", action="store_true")
+    add_json_arg(p)
     p.set_defaults(func=func)
     return p
 
@@ -68,7 +72,7 @@ def request(pool: str, op: str, key_file: str | None = None, progress: bool = Fa
         store = Store.open(pool, key_file)
         service = PoolService(store)
         try:
-            with _Meter(op if progress else "") as meter:
+            with ProgressBar(op if progress else "") as meter:
                 return service.dispatch(op, kw, meter.step if progress else None)
         finally:
             try:
@@ -83,30 +87,61 @@ def daemon_request(pool: str, op: str, progress: bool = False, **kw: Any) -> Any
                          f"'vstor array start --pool {pool} --mount DIR'")
     limit = _wait["timeout"]
     timeout = (None if progress else DEFAULT_TIMEOUT) if limit is None else (limit or None)
-    with _Meter(op if progress else "") as meter:
-        return call(layout(pool)["socket"], op, timeout=timeout,
+    # An operation that reports progress is waited for as long as the daemon sends progress lines
+    # (every second); only a daemon silent for DEFAULT_TIMEOUT ends the wait. --timeout overrides.
+    idle = DEFAULT_TIMEOUT if progress and limit is None else None
+    with ProgressBar(op if progress else "") as meter:
+        return call(layout(pool)["socket"], op, timeout=timeout, idle=idle,
                     progress=(lambda p: meter.step(p.get("done", 0), p.get("total", 0))) if progress else None,
                     **kw)
 
 
-class _Meter:
-    """Progress of a long operation on stderr, when it is a terminal: "volume.delete: 42%"."""
+class ProgressBar:
+    """The progress of a long operation as a tqdm bar on stderr, only when stderr is a terminal
+    (nothing is printed otherwise). ``step(done, total)`` moves it; until a total is known (an
+    operation that only sends keep-alive lines) it shows the time waited so far."""
 
-    def __init__(self, what: str) -> None:
-        self.what = what if what and sys.stderr.isatty() else ""
-        self.shown = False
+    KNOWN = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}"
+    UNKNOWN = "{desc}: {elapsed}{postfix}"
 
-    def __enter__(self) -> _Meter:
+    def __init__(self, what: str, file: Any = None, tty: bool | None = None) -> None:
+        self.file = sys.stderr if file is None else file
+        self.what = what if what and (self.file.isatty() if tty is None else tty) else ""
+        self.bar: Any = None
+
+    def __enter__(self) -> ProgressBar:
         return self
 
     def step(self, done: int, total: int) -> None:
-        if self.what and total:
-            print(f"\r{self.what}: {100 * done // total}%", end="", file=sys.stderr, flush=True)
-            self.shown = True
+        if not self.what:
+            return
+        if self.bar is None:
+            from tqdm import tqdm  # only here: most commands draw no bar and start faster
+
+            self.bar = tqdm(desc=self.what, file=self.file, bar_format=self.UNKNOWN, mininterval=0,
+                            leave=True, **self._size())
+        if total:
+            self.bar.bar_format = self.KNOWN
+            self.bar.total, self.bar.n = total, min(done, total)
+        self.bar.refresh()
+
+    def _size(self) -> dict[str, int]:
+        """The terminal's size for tqdm, 80x24 where it reports none (a pty under script(1)), as
+        tqdm would draw nothing at all in 0x0; tqdm's defaults for what is not a terminal file."""
+        try:
+            size = os.get_terminal_size(self.file.fileno())
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return {"ncols": size.columns or 80, "nrows": size.lines or 24}
+
+    def note(self, text: str) -> None:
+        """A short status after the bar, like the pair's state and lag."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=True)
 
     def __exit__(self, *exc: object) -> None:
-        if self.shown:
-            print(file=sys.stderr)
+        if self.bar is not None:
+            self.bar.close()
 
 
 def emit(args: argparse.Namespace, result: Any, text: Callable[[Any], str]) -> None:

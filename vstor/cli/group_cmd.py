@@ -15,17 +15,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         return subcommand(grp, name, func, help_)
 
     p = cmd("create", cmd_create, "create a consistency group: one write order over its volumes")
-    p.add_argument("name")
+    p.add_argument("name", help="the new group's name")
     p.add_argument("--volumes", default="", help="comma-separated volumes to put in the group")
     p = cmd("add", cmd_add, "add a volume to a group")
-    p.add_argument("group")
-    p.add_argument("volume")
+    p.add_argument("group", help="the group")
+    p.add_argument("volume", help="the volume to add")
     p = cmd("remove", cmd_remove, "take a volume out of a group")
-    p.add_argument("group")
-    p.add_argument("volume")
-    cmd("delete", cmd_delete, "delete an empty group without snapshots").add_argument("group")
+    p.add_argument("group", help="the group")
+    p.add_argument("volume", help="the volume to take out")
+    cmd("delete", cmd_delete, "delete an empty group without snapshots").add_argument("group", help="the group")
     cmd("list", cmd_list, "list groups")
-    cmd("show", cmd_show, "show one group with its space").add_argument("group")
+    cmd("show", cmd_show, "show one group with its space").add_argument("group", help="the group")
 
 
 def _groups(groups: list[dict]) -> str:

@@ -8,6 +8,9 @@ import argparse
 from vstor.cli.common import emit, pool_path, request, subcommand, table
 from vstor.units import format_size, parse_size
 
+LIBRARY = "the library's name"
+DRIVE = "the drive's number, from 0"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     lib = sub.add_parser("library", help="emulated tape and optical libraries").add_subparsers(
@@ -16,59 +19,59 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="action", required=True)
 
     p = subcommand(lib, "create", cmd_lib_create, "create a library: slots, drives, mail slots")
-    p.add_argument("name")
-    p.add_argument("--type", required=True, choices=["tape", "optical"])
-    p.add_argument("--slots", type=int, required=True)
-    p.add_argument("--drives", type=int, required=True)
-    p.add_argument("--mailslots", type=int, default=0)
+    p.add_argument("name", help="the new library's name")
+    p.add_argument("--type", required=True, choices=["tape", "optical"], help="tape or optical")
+    p.add_argument("--slots", type=int, required=True, help="number of storage slots")
+    p.add_argument("--drives", type=int, required=True, help="number of drives")
+    p.add_argument("--mailslots", type=int, default=0, help="number of mail (import/export) slots (default 0)")
     p.add_argument("--drive-model", default="LTO-9", help="tape drives: LTO-5 .. LTO-9 (default LTO-9)")
     p.add_argument("--timing", default="off", help="robot and drive delays: off (default), lto9 (real LTO-9 "
                    "figures), or load=S,unload=S,rewind=S,locate=S,move=S")
     subcommand(lib, "list", cmd_lib_list, "list libraries")
-    subcommand(lib, "show", cmd_lib_show, "one library with its inventory").add_argument("name")
-    subcommand(lib, "delete", cmd_lib_delete, "delete a library and its media").add_argument("name")
+    subcommand(lib, "show", cmd_lib_show, "one library with its inventory").add_argument("name", help=LIBRARY)
+    subcommand(lib, "delete", cmd_lib_delete, "delete a library and its media").add_argument("name", help=LIBRARY)
 
     p = subcommand(med, "create", cmd_create, "new media in empty slots; the barcode suffix gives the tape type")
-    p.add_argument("library")
-    p.add_argument("barcodes", nargs="*")
+    p.add_argument("library", help=LIBRARY)
+    p.add_argument("barcodes", nargs="*", help="barcodes of the new media, like VT0001L9")
     p.add_argument("--range", help="FIRST-LAST, like VT0001L9-VT0020L9")
     p.add_argument("--type", help="optical: BD-R, BD-RE, BDXL, DVD+R, DVD-RW, CD-R or MO")
     p.add_argument("--capacity", help="override the native capacity (small test media), like 64M")
-    subcommand(med, "inventory", cmd_inventory, "every slot, drive and mail slot").add_argument("library")
+    subcommand(med, "inventory", cmd_inventory, "every slot, drive and mail slot").add_argument("library", help=LIBRARY)
     p = subcommand(med, "load", cmd_load, "load a medium into a drive")
-    p.add_argument("library")
-    p.add_argument("barcode")
-    p.add_argument("--drive", type=int, required=True)
+    p.add_argument("library", help=LIBRARY)
+    p.add_argument("barcode", help="the medium's barcode")
+    p.add_argument("--drive", type=int, required=True, help=DRIVE)
     p = subcommand(med, "unload", cmd_unload, "unload a drive; the medium returns to its home slot")
-    p.add_argument("library")
-    p.add_argument("--drive", type=int, required=True)
+    p.add_argument("library", help=LIBRARY)
+    p.add_argument("--drive", type=int, required=True, help=DRIVE)
     p = subcommand(med, "move", cmd_move, "move between elements (addresses like 1024, or slot1, drive0, mail1)")
-    p.add_argument("library")
-    p.add_argument("src", metavar="FROM")
-    p.add_argument("dst", metavar="TO")
+    p.add_argument("library", help=LIBRARY)
+    p.add_argument("src", metavar="FROM", help="the element the medium is in")
+    p.add_argument("dst", metavar="TO", help="an empty element")
     p.add_argument("--flip", action="store_true", help="turn a two-sided disc over on the way")
     p = subcommand(med, "import", cmd_import, "cycle the mail slots: out what is there, in the shelf's media")
-    p.add_argument("library")
+    p.add_argument("library", help=LIBRARY)
     door = p.add_mutually_exclusive_group()
     door.add_argument("--open", dest="door", action="store_const", const="open", help="only open the mail door")
     door.add_argument("--close", dest="door", action="store_const", const="close", help="insert and close it")
     p = subcommand(med, "export", cmd_export, "move a medium to a mail slot, for the next import cycle to take out")
-    p.add_argument("library")
-    p.add_argument("barcode")
+    p.add_argument("library", help=LIBRARY)
+    p.add_argument("barcode", help="the medium's barcode")
     p = subcommand(med, "show", cmd_show, "files, blocks, EOD, protection of one medium")
-    p.add_argument("library")
-    p.add_argument("barcode")
+    p.add_argument("library", help=LIBRARY)
+    p.add_argument("barcode", help="the medium's barcode")
     p.add_argument("--verify", action="store_true", help="re-read every block (and a WORM tape's hash chain)")
     for op, help_ in (("finalize", "close the write-once disc in a drive for good"),
                       ("erase", "blank the rewritable disc in a drive")):
         p = subcommand(med, op, cmd_disc, help_)
-        p.add_argument("library")
-        p.add_argument("--drive", type=int, required=True)
+        p.add_argument("library", help=LIBRARY)
+        p.add_argument("--drive", type=int, required=True, help=DRIVE)
         p.set_defaults(disc_op=op)
     p = subcommand(med, "protect", cmd_protect, "set or clear write-protect")
-    p.add_argument("library")
-    p.add_argument("barcode")
-    p.add_argument("state", choices=["on", "off"])
+    p.add_argument("library", help=LIBRARY)
+    p.add_argument("barcode", help="the medium's barcode")
+    p.add_argument("state", choices=["on", "off"], help="on or off")
 
 
 def _libs(rows: list[dict]) -> str:
@@ -129,38 +132,41 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.load", library=args.library, barcode=args.barcode, drive=args.drive)
+    r = request(pool_path(args), "media.load", progress=True,
+                library=args.library, barcode=args.barcode, drive=args.drive)
     emit(args, r, lambda r: f"loaded {r['barcode']} ({r['kind']}) into drive{r['drive']}")
     return 0
 
 
 def cmd_unload(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.unload", library=args.library, drive=args.drive)
+    r = request(pool_path(args), "media.unload", progress=True, library=args.library, drive=args.drive)
     emit(args, r, lambda r: f"unloaded {r['barcode']} from drive{r['drive']} to address {r['to']}")
     return 0
 
 
 def cmd_move(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.move", library=args.library, src=args.src, dst=args.dst, flip=args.flip)
+    r = request(pool_path(args), "media.move", progress=True,
+                library=args.library, src=args.src, dst=args.dst, flip=args.flip)
     emit(args, r, lambda r: f"moved {r['barcode']} from {r['from']} to {r['to']}")
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.import", library=args.library, door=args.door or "cycle")
+    r = request(pool_path(args), "media.import", progress=True, library=args.library, door=args.door or "cycle")
     emit(args, r, lambda r: f"removed: {', '.join(r['removed']) or '-'}; imported: {', '.join(r['imported']) or '-'}; "
          f"mail door {'open' if r['mail_open'] else 'closed'}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.export", library=args.library, barcode=args.barcode)
+    r = request(pool_path(args), "media.export", progress=True, library=args.library, barcode=args.barcode)
     emit(args, r, lambda r: f"{r['barcode']} is in mail slot {r['mailslot']}")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.show", library=args.library, barcode=args.barcode, verify=args.verify)
+    r = request(pool_path(args), "media.show", progress=args.verify,
+                library=args.library, barcode=args.barcode, verify=args.verify)
 
     def text(r: dict) -> str:
         keys = ("barcode", "kind", "element", "capacity", "used", "partitions", "files", "blocks", "eod", "protect",
@@ -172,7 +178,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_disc(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "media.disc", library=args.library, drive=args.drive, action=args.disc_op)
+    r = request(pool_path(args), "media.disc", progress=True,
+                library=args.library, drive=args.drive, action=args.disc_op)
     emit(args, r, lambda r: f"{r['barcode']} side {r['side']}: {r['state']}, {len(r['sessions'])} session(s)")
     return 0
 

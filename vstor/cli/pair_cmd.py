@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from vstor.cli.common import daemon_request, emit, pool_path, subcommand, table
+from vstor.cli.common import ProgressBar, daemon_request, emit, pool_path, subcommand, table
 from vstor.errors import UsageError
 from vstor.units import format_size, parse_size
 
@@ -18,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     def cmd(name: str, func: object, help_: str, group: bool = True) -> argparse.ArgumentParser:
         p = subcommand(pr, name, func, help_)
         if group:
-            p.add_argument("group", metavar="G")
+            p.add_argument("group", metavar="G", help="the consistency group of the pair")
         return p
 
     p = cmd("create", cmd_create, "pair group G with a peer: on the primary, after '--secondary' on the peer")
@@ -27,13 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer-group", help="the group's name at the peer (default: G)")
     p.add_argument("--secondary", action="store_true", help="this array receives: accept the pair from the peer")
     p.add_argument("--bandwidth", default="0", help="cap on the wire, like 50MB/s (default: unlimited)")
-    p.add_argument("--compress", default="none", choices=["lz4", "none"])
+    p.add_argument("--compress", default="none", choices=["lz4", "none"], help="compress on the wire (default none)")
     p.add_argument("--journal-limit", default="1G", help="journal the pair may hold back before PSUE (default 1G)")
     p.add_argument("--suspend-after", type=float, default=10.0,
                    help="seconds without the peer before PAIR becomes PSUE (default 10)")
     p.add_argument("--wait", action="store_true", help="wait for PAIR, with a progress bar")
     cmd("status", cmd_status, "state, role, generation, lag, journal fill, dirty bytes", group=False).add_argument(
-        "group", metavar="G", nargs="?")
+        "group", metavar="G", nargs="?", help="only this group's pair (default: all)")
     p = cmd("split", cmd_split, "suspend replication (PSUS); changes are tracked for resync")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--flush", dest="mode", action="store_const", const="flush", help="drain first (default)")
@@ -58,7 +57,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     pool = pool_path(args)
     if args.suspend_after <= 0:
         raise UsageError("--suspend-after must be positive")
-    res = daemon_request(pool, "pair.create", group=args.group, peer=args.peer, peer_name=args.peer_name,
+    res = daemon_request(pool, "pair.create", progress=True, group=args.group, peer=args.peer, peer_name=args.peer_name,
                          peer_group=args.peer_group, secondary=args.secondary, bandwidth=_bandwidth(args.bandwidth),
                          compress=args.compress, journal_limit=parse_size(args.journal_limit, "journal limit"),
                          suspend_after=args.suspend_after)
@@ -69,24 +68,20 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def _wait_pair(pool: str, group: str, quiet: bool) -> dict:
-    """Poll until PAIR, drawing a progress bar on a terminal; returns the final status."""
-    tty = sys.stderr.isatty() and not quiet
-    while True:
-        (st,) = daemon_request(pool, "pair.status", group=group)
-        done, total = st.get("copy", {}).get("done", 0), st.get("copy", {}).get("total", 0)
-        if tty:
-            frac = done / total if total else 1.0
-            bar = "#" * int(frac * 30)
-            sys.stderr.write(f"\r{st['state']:<7} [{bar:<30}] {frac * 100:5.1f}%  {format_size(done)}/"
-                             f"{format_size(total)}  lag {st.get('lag_records', 0)} records ")
-            sys.stderr.flush()
-        if st["state"] not in ("COPY", "RESYNC"):
-            if tty:
-                sys.stderr.write("\n")
-            if st["state"] not in ("PAIR", "PFUL"):
-                raise UsageError(f"pair {group} stopped in {st['state']}: {st.get('reason') or st.get('last_error')}")
-            return st
-        time.sleep(0.5)
+    """Poll the pair's copy (it runs in the daemon) until PAIR, with a progress bar on a
+    terminal; returns the final status."""
+    with ProgressBar("" if quiet else f"pair {group} copy") as bar:
+        while True:
+            (st,) = daemon_request(pool, "pair.status", group=group)
+            done, total = st.get("copy", {}).get("done", 0), st.get("copy", {}).get("total", 0)
+            bar.step(done, total)
+            bar.note(f"{st['state']} {format_size(done)}/{format_size(total)} lag {st.get('lag_records', 0)} records")
+            if st["state"] not in ("COPY", "RESYNC"):
+                if st["state"] not in ("PAIR", "PFUL"):
+                    raise UsageError(f"pair {group} stopped in {st['state']}: "
+                                     f"{st.get('reason') or st.get('last_error')}")
+                return st
+            time.sleep(0.5)
 
 
 def _status_text(rows: list[dict]) -> str:
@@ -113,14 +108,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    r = daemon_request(pool_path(args), "pair.split", group=args.group, mode=args.mode or "flush")
+    r = daemon_request(pool_path(args), "pair.split", progress=True, group=args.group, mode=args.mode or "flush")
     emit(args, r, lambda r: f"pair {r['group']}: {r['state']}")
     return 0
 
 
 def cmd_resync(args: argparse.Namespace) -> int:
     pool = pool_path(args)
-    r = daemon_request(pool, "pair.resync", group=args.group)
+    r = daemon_request(pool, "pair.resync", progress=True, group=args.group)
     if args.wait:
         r = _wait_pair(pool, args.group, args.json)
     emit(args, r, lambda r: f"pair {r['group']}: {r['state']}")
@@ -128,14 +123,15 @@ def cmd_resync(args: argparse.Namespace) -> int:
 
 
 def cmd_takeover(args: argparse.Namespace) -> int:
-    r = daemon_request(pool_path(args), "pair.takeover", group=args.group, force=args.force)
+    r = daemon_request(pool_path(args), "pair.takeover", progress=True,
+                       group=args.group, force=args.force)
     emit(args, r, lambda r: f"pair {r['group']}: this array is now the {r['role']} ({r['state']}, generation "
          f"{r['generation']})")
     return 0
 
 
 def cmd_failback(args: argparse.Namespace) -> int:
-    r = daemon_request(pool_path(args), "pair.failback", group=args.group)
+    r = daemon_request(pool_path(args), "pair.failback", progress=True, group=args.group)
     emit(args, r, lambda r: f"pair {r['group']}: {r['state']}; roles return to {r['peer_name']} after the copy")
     return 0
 

@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Callable
 
-from vstor.cli.common import emit
+from vstor.cli.common import add_json_arg, emit
 from vstor.control.lock import PoolLock, daemon_pid
 from vstor.control.poolfiles import warn_key_file
 from vstor.errors import Busy
@@ -18,24 +18,24 @@ from vstor.units import format_size, parse_size
 def register(sub: argparse._SubParsersAction) -> None:
     pool = sub.add_parser("pool", help="create and check pools").add_subparsers(dest="action", required=True)
     p = pool.add_parser("init", help="create a pool in an empty directory")
-    p.add_argument("path")
+    p.add_argument("path", help="the new pool's directory (empty or not yet there)")
     p.add_argument("--chunk-size", default=format_size(DEFAULT_CHUNK), help="map and discard unit (default 512K)")
-    p.add_argument("--compress", choices=["lz4", "none"], default="none")
+    p.add_argument("--compress", choices=["lz4", "none"], default="none", help="compress data (default none)")
     p.add_argument("--encrypt", action="store_true", help="AES-256-GCM for all data (needs --key-file)")
     p.add_argument("--key-file", help="key file; created with a random key if it does not exist")
     p.add_argument("--segment-size", default="auto",
                    help="journal segment size, 16M to 4G (default auto: 256M, less on a filesystem under 16G)")
-    p.add_argument("--json", action="store_true")
+    add_json_arg(p)
     p.set_defaults(func=cmd_init)
     c = pool.add_parser("check", help="verify every chunk and the metadata (offline)")
-    c.add_argument("path")
+    c.add_argument("path", help="the pool directory")
     c.add_argument("--key-file", help="also verify AES-GCM authentication with this key")
     c.add_argument("--repair", action="store_true",
                    help="mend what can be mended: rewrite a damaged superblock copy, checkpoint copy or "
                         "segment header, rebuild the maps from the journal when both checkpoint copies are "
                         "lost, and, if the newest segment is damaged inside acknowledged data, cut it there "
                         "(losing the writes after the damage); every repair is reported")
-    c.add_argument("--json", action="store_true")
+    add_json_arg(c)
     c.set_defaults(func=cmd_check)
 
 

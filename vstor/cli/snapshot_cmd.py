@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from vstor.cli.common import add_pool_arg, emit, pool_path, request, subcommand, table
+from vstor.cli.common import add_json_arg, add_pool_arg, emit, pool_path, request, subcommand, table
 from vstor.control.freeze import frozen
 from vstor.units import format_size, parse_duration
 
@@ -26,35 +26,37 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fsfreeze this filesystem (on a volume of the group) around the snapshot, so the "
                         "snapshot is clean, not just crash-consistent; repeatable")
     cmd("list", cmd_list, "list snapshots with their exclusive and shared bytes", owner=False).add_argument(
-        "owner", metavar="G|VOL", nargs="?")
-    cmd("delete", cmd_delete, "delete a snapshot, freeing what nothing else references").add_argument("name")
+        "owner", metavar="G|VOL", nargs="?", help="only this group or volume (default: all)")
+    cmd("delete", cmd_delete, "delete a snapshot, freeing what nothing else references").add_argument(
+        "name", help="the snapshot")
     p = cmd("rollback", cmd_rollback, "return the volumes to a snapshot (a safety snapshot is taken first)")
-    p.add_argument("name")
+    p.add_argument("name", help="the snapshot to return to")
     p.add_argument("--force", action="store_true", help="even while member volumes are open")
     p = cmd("clone", cmd_clone, "writable clones of every member: volumes PREFIX-VOL (PREFIX for a volume)")
-    p.add_argument("name")
-    p.add_argument("--as", dest="prefix", required=True, metavar="PREFIX")
+    p.add_argument("name", help="the snapshot to clone")
+    p.add_argument("--as", dest="prefix", required=True, metavar="PREFIX", help="name (prefix) of the clones")
     p = cmd("diff", cmd_diff, "ranges written or trimmed between two snapshots")
-    p.add_argument("frm", metavar="FROM")
-    p.add_argument("to", metavar="TO")
+    p.add_argument("frm", metavar="FROM", help="the older snapshot")
+    p.add_argument("to", metavar="TO", help="the newer snapshot")
     pol = snap.add_parser("policy", help="automatic snapshots and retention").add_subparsers(
         dest="policy_action", required=True)
     p = pol.add_parser("set", help="snapshot G|VOL every interval; prune automatic snapshots beyond the keeps")
     add_pool_arg(p)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("owner", metavar="G|VOL")
+    add_json_arg(p)
+    p.add_argument("owner", metavar="G|VOL", help="a consistency group or a volume")
     p.add_argument("--every", required=True, help="interval, like 15m or 1h (at least 1m)")
-    p.add_argument("--keep-last", type=int, default=0)
-    p.add_argument("--keep-daily", type=int, default=0)
+    p.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest automatic snapshots")
+    p.add_argument("--keep-daily", type=int, default=0, metavar="N",
+                   help="also keep the newest automatic snapshot of each of the last N days")
     p.set_defaults(func=cmd_policy_set)
     p = pol.add_parser("clear", help="remove the policy of G|VOL (its snapshots stay)")
     add_pool_arg(p)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("owner", metavar="G|VOL")
+    add_json_arg(p)
+    p.add_argument("owner", metavar="G|VOL", help="a consistency group or a volume")
     p.set_defaults(func=cmd_policy_clear)
     p = pol.add_parser("list", help="list policies")
     add_pool_arg(p)
-    p.add_argument("--json", action="store_true")
+    add_json_arg(p)
     p.set_defaults(func=cmd_policy_list)
 
 
@@ -91,14 +93,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    s = request(pool_path(args), "snapshot.rollback", owner=args.owner, name=args.name, force=args.force)
+    s = request(pool_path(args), "snapshot.rollback", progress=True, owner=args.owner, name=args.name, force=args.force)
     emit(args, s, lambda s: f"rolled {s['owner']} back to {s['name']}; the previous state is snapshot "
          f"{s['owner']}/{s['safety_snapshot']}")
     return 0
 
 
 def cmd_clone(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "snapshot.clone", owner=args.owner, name=args.name, prefix=args.prefix)
+    r = request(pool_path(args), "snapshot.clone", progress=True, owner=args.owner, name=args.name, prefix=args.prefix)
     emit(args, r, lambda r: "created " + ", ".join(r["clones"]))
     return 0
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from vstor.cli.common import add_pool_arg, add_timeout_arg, daemon_request, emit, pool_path, request, volume_table
+from vstor.cli.common import (
+    add_json_arg,
+    add_pool_arg,
+    add_timeout_arg,
+    daemon_request,
+    emit,
+    pool_path,
+    request,
+    volume_table,
+)
 from vstor.control import loop
 from vstor.errors import UsageError
 from vstor.units import format_size, parse_size
@@ -18,27 +27,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_pool_arg(p)
         add_timeout_arg(p)
         if json_out:
-            p.add_argument("--json", action="store_true")
+            add_json_arg(p)
         p.set_defaults(func=func)
         return p
 
     p = cmd("create", cmd_create, "create a thin volume")
-    p.add_argument("name")
-    p.add_argument("--size", required=True)
+    p.add_argument("name", help="the new volume's name")
+    p.add_argument("--size", required=True, help="virtual size, like 10G or 512M")
     cmd("list", cmd_list, "list volumes")
-    cmd("show", cmd_show, "show one volume").add_argument("name")
+    cmd("show", cmd_show, "show one volume").add_argument("name", help="the volume")
     p = cmd("resize", cmd_resize, "grow (or, with --allow-shrink, shrink) a volume")
-    p.add_argument("name")
-    p.add_argument("--size", required=True)
-    p.add_argument("--allow-shrink", action="store_true")
-    cmd("delete", cmd_delete, "delete a volume and free its space").add_argument("name")
+    p.add_argument("name", help="the volume")
+    p.add_argument("--size", required=True, help="new virtual size, like 20G")
+    p.add_argument("--allow-shrink", action="store_true", help="allow a smaller size: the data past it is lost")
+    cmd("delete", cmd_delete, "delete a volume and free its space").add_argument("name", help="the volume")
     p = cmd("attach", cmd_attach, "attach a loop device; prints /dev/loopN")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", help="the volume (or give --snapshot)")
     p.add_argument("--snapshot", metavar="G/NAME/VOL", help="attach a snapshot's image (read-only) instead")
     p.add_argument("--no-direct-io", action="store_true", help="let the loop device use the page cache")
-    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--read-only", action="store_true", help="a read-only loop device")
     p = cmd("detach", cmd_detach, "detach the loop devices of a volume once all is durable")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", help="the volume (or give --snapshot)")
     p.add_argument("--snapshot", metavar="G/NAME/VOL", help="detach a snapshot's image instead")
 
 

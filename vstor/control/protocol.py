@@ -54,17 +54,19 @@ def error_reply(e: VstorError) -> dict:
 
 
 def call(sock_path: str, op: str, timeout: float | None = DEFAULT_TIMEOUT,
-         progress: Callable[[dict], None] | None = None, **args: Any) -> Any:
+         progress: Callable[[dict], None] | None = None, idle: float | None = None, **args: Any) -> Any:
     """Send one request and return its result, re-raising a remote error with its class.
     ``timeout``: seconds to wait for the result (None: no limit). ``progress``: asks for
-    progress lines and is called with each one's dict.
+    progress lines and is called with each one's dict. ``idle``: seconds to wait for each
+    line (a progress line or the result; None: no limit), so that an operation is waited for
+    as long as the daemon reports on it, and a daemon that goes silent is not.
 
     A connection the daemon resets or closes, or a reply that does not come, is one
     NotRunning, TimedOut or VstorError naming the daemon's log, never a bare socket error."""
     log_hint = os.path.join(os.path.dirname(os.path.abspath(sock_path)), "log", "daemon.log")
     deadline = None if timeout is None else time.monotonic() + timeout
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
+    s.settimeout(timeout if idle is None else min(idle, timeout or idle))
     req: dict[str, Any] = {"v": VERSION, "op": op, "args": args}
     if progress is not None:
         req["progress"] = True
@@ -77,11 +79,15 @@ def call(sock_path: str, op: str, timeout: float | None = DEFAULT_TIMEOUT,
         buf = b""
         while True:
             while b"\n" not in buf:
-                if deadline is not None:
-                    s.settimeout(max(deadline - time.monotonic(), 0.001))
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+                s.settimeout(left if idle is None else min(idle, left or idle))
                 try:
                     chunk = s.recv(65536)
                 except TimeoutError:
+                    if idle is not None and (left is None or left > idle):
+                        raise TimedOut(f"the daemon sent nothing on {op} for {idle:g} s (no progress line, no "
+                                       "answer); it may still complete: check its result, or see its log "
+                                       f"{log_hint}") from None
                     raise TimedOut(f"no answer from the daemon to {op} within {timeout:g} s; it may still "
                                    "complete: check its result, or wait longer with --timeout SECONDS "
                                    "(0: no limit)") from None
