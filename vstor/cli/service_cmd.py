@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--dry-run", action="store_true", help="print what would be written and run; change nothing")
     s.set_defaults(func=cmd_install_service)
     c = sub.add_parser("completion", help="print the shell completion script")
-    c.add_argument("shell", choices=["bash", "zsh", "fish"], nargs="?", default="bash")
+    c.add_argument("shell", choices=["bash", "zsh", "fish"], nargs="?", default="bash",
+                   help="the shell to print the completion script for (default bash)")
     c.set_defaults(func=cmd_completion)
 
 
