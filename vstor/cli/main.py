@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Every failure is one ``vstor: error:`` line on stderr and an exit code;
-    a reader that closes our stdout early (``| head``) ends the command quietly, with the exit
-    status a tool killed by SIGPIPE has (141)."""
+    a reader that closes our stdout early (``| head``) ends the command quietly, with exit
+    status 0: what it was asked for was produced, the reader wanted no more of it."""
     parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:  # a completion request from the shell: answers and exits
         import argcomplete
@@ -95,7 +95,7 @@ def _stdout_closed() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-    return 141
+    return 0
 
 
 if __name__ == "__main__":
