@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -126,6 +127,11 @@ def volume_table(vols: list[dict]) -> str:
         rows.append((v["name"], format_size(v["size"]), format_size(v["allocated"]), str(v["group"]),
                      str(v.get("open_handles", "-")), v.get("image", "-")))
     return table(rows)
+
+
+def when(t: float | None) -> str:
+    """A time for people: UTC, to the second; "-" for none."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "-"
 
 
 def table(rows: list[tuple[str, ...]]) -> str:

@@ -17,6 +17,7 @@ from vstor.cli import (
     pki_cmd,
     pool_cmd,
     snapshot_cmd,
+    status_cmd,
     volume_cmd,
 )
 from vstor.errlog import describe, one_line
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     pool_cmd.register(sub)
     array_cmd.register(sub)
+    status_cmd.register(sub)
     volume_cmd.register(sub)
     group_cmd.register(sub)
     snapshot_cmd.register(sub)
