@@ -124,7 +124,7 @@ def volume_table(vols: list[dict]) -> str:
         return "no volumes"
     rows = [("NAME", "SIZE", "ALLOCATED", "GROUP", "OPEN", "IMAGE")]
     for v in vols:
-        rows.append((v["name"], format_size(v["size"]), format_size(v["allocated"]), str(v["group"]),
+        rows.append((v["name"], format_size(v["size"]), format_size(v["allocated"], True), v.get("group_name") or "-",
                      str(v.get("open_handles", "-")), v.get("image", "-")))
     return table(rows)
 

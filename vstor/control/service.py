@@ -67,7 +67,9 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, StatusOps):
 
     # -- volumes -------------------------------------------------------------------------
     def _describe(self, vol: Volume) -> dict:
-        d = {"id": vol.id, "name": vol.name, "size": vol.size, "group": vol.group, "created": vol.created,
+        group = self.store.state.catalog.groups.get(vol.group)
+        d = {"id": vol.id, "name": vol.name, "size": vol.size, "group": vol.group,
+             "group_name": group.name if group else None, "created": vol.created,
              "allocated": self.store.volume_usage(vol.id)}
         if self.mount:
             d["image"] = os.path.join(self.mount, "volumes", vol.name)
