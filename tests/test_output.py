@@ -199,3 +199,17 @@ def test_golden_output_of_a_running_and_a_stopped_array(array, tmp_path):
     st = arr.vstor_json("status")
     assert st["running"] is False and st["last_check"]["clean"] is True and st["last_run"]["clean"] is True
     assert [v["size"] for v in st["volumes"]] == [64 << 20, 1 << 30]
+
+
+@pytest.mark.root
+def test_stopped_status_after_kill9_says_the_run_did_not_stop_cleanly(array):
+    array.create("v", "16M")
+    array.kill9()
+    text = array.vstor("status").stdout
+    assert "did NOT stop cleanly (killed or crashed)" in text, text
+    st = array.vstor_json("status")
+    assert st["running"] is False and st["last_run"]["clean"] is False
+    assert any("did not stop cleanly" in w for w in st["warnings"]), st["warnings"]
+    array.start()  # the journal is replayed; the next clean stop is reported as such
+    array.stop()
+    assert array.vstor_json("status")["last_run"]["clean"] is True

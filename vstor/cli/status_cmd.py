@@ -71,7 +71,7 @@ def render(s: dict) -> str:
         out.append(f"daemon     running, pid {d['pid']}, up {_duration(d['uptime'])}, mounted at {d['mount']}")
     else:
         run = s.get("last_run")
-        last = ("never started" if run is None else
+        last = ("no run recorded in the daemon log" if run is None else
                 f"last run pid {run['pid']} started {run['started']}, "
                 + (f"stopped cleanly {run['stopped']}" if run["clean"] else "did NOT stop cleanly (killed or crashed)"))
         out.append(f"daemon     stopped; {last}")
