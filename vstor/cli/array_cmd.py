@@ -13,7 +13,7 @@ from vstor.control.lock import daemon_pid
 from vstor.control.poolfiles import log_path, open_private, warn_key_file
 from vstor.errors import Busy, NotFound, NotRunning, UsageError, VstorError, error_from_wire
 from vstor.store.superblock import layout, load_superblock
-from vstor.units import format_size
+from vstor.units import format_size, on_off
 
 START_TIMEOUT = 600.0
 
@@ -112,6 +112,36 @@ def _listener_line(li: dict) -> str:
             f"{li['rejected_busy']} refused over the cap, {li['handshake_timeouts']} handshake timeouts")
 
 
+def _position(pos: list[int]) -> str:
+    return f"segment {pos[0]} offset {pos[1]}"
+
+
+def _fuse_line(conn: dict) -> str:
+    """The FUSE connection's negotiated figures: "max_write 1M, max_read 1M"."""
+    return ", ".join(f"{k} {format_size(v) if isinstance(v, int) and k.startswith('max_') else v}"
+                     for k, v in conn.items()) or "-"
+
+
+def _recovery_line(r: dict) -> str:
+    """What recovery did at start, in words (--json has every field)."""
+    if not r:
+        return "-"
+    rate = f" ({r['mb_per_s']} MB/s)" if r.get("mb_per_s") else ""
+    out = [f"replayed {r.get('records', 0)} records, {format_size(r.get('bytes', 0), True)} in "
+           f"{r.get('seconds', 0)}s{rate}"]
+    if r.get("torn_tail"):
+        t = r["torn_tail"]
+        out.append(f"torn tail cut at segment {t['segment']} offset {t['offset']} ({t['reason']})")
+    if r.get("rebuilt"):
+        out.append("maps rebuilt from the whole journal")
+    if r.get("headers_rewritten"):
+        out.append(f"segment headers rewritten: {', '.join(map(str, r['headers_rewritten']))}")
+    if r.get("salvaged"):
+        out.append(f"SALVAGED: segment {r['salvaged'].get('segment')} cut at offset {r['salvaged'].get('offset')}")
+    out += [f"damage worked around: {d}" for d in r.get("damage", [])]
+    return "; ".join(out)
+
+
 def _read_line(fd: int, timeout: float) -> str:
     import select
 
@@ -161,13 +191,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"pool      {s['pool']} ({s['settings']['uuid']})",
             f"daemon    pid {s['pid']}, mounted at {s['mount']}",
             f"settings  chunk {format_size(s['settings']['chunk_size'])}, compress {s['settings']['compress']}, "
-            f"encrypt {'on' if s['settings']['encrypt'] else 'off'}",
-            f"journal   {j['segments']} segments, {format_size(j['journal_bytes'])} on disk, "
-            f"{format_size(j['mapped_bytes'])} mapped, tail {j['tail']}, durable {j['durable']}"
-            + (f", FAILED: {j['failed']}" if j["failed"] else ""),
-            f"space     {format_size(j['free_bytes'])} free in the filesystem under the pool",
-            f"fuse      {s['fuse']}",
-            f"recovery  {s['recovery']}",
+            f"encrypt {on_off(s['settings']['encrypt'])}",
+            f"journal   {j['segments']} segments, {format_size(j['journal_bytes'], True)} on disk, "
+            f"{format_size(j['mapped_bytes'], True)} mapped, tail {_position(j['tail'])}, "
+            f"durable {_position(j['durable'])}" + (f", FAILED: {j['failed']}" if j["failed"] else ""),
+            f"space     {format_size(j['free_bytes'], True)} free in the filesystem under the pool",
+            f"fuse      {_fuse_line(s['fuse'])}",
+            f"recovery  {_recovery_line(s['recovery'])}",
             *([_listener_line(s["replication"]["listener"])] if (s.get("replication") or {}).get("listener") else []),
             *([f"maintenance FAILING: {s['maintenance_error']} (retried every second; see the daemon log)"]
               if s.get("maintenance_error") else []),

@@ -4,9 +4,8 @@ vstor audit log | verify, and vstor key rotate | list"""
 from __future__ import annotations
 
 import argparse
-import time
 
-from vstor.cli.common import emit, pool_path, request, subcommand, table
+from vstor.cli.common import emit, pool_path, request, subcommand, table, when
 from vstor.units import format_size
 
 JOB = "the job's number (see 'vstor backup jobs')"
@@ -71,12 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     subcommand(ky, "list", cmd_key_list, "key ids and when they were made")
 
 
-def _when(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "-"
-
-
 def _size(n: int | None) -> str:
-    return format_size(n) if n else "0"
+    return format_size(n, True) if n else "0"
 
 
 def cmd_policy_create(args: argparse.Namespace) -> int:
@@ -92,7 +87,7 @@ def _policy_rows(pols: list[dict]) -> str:
     rows = [("NAME", "SOURCE", "SCHEDULE", "LEVEL", "LIBRARY", "MEDIA", "RETENTION", "NEXT RUN")]
     for p in pols:
         rows.append((p["name"], p["source"], p["schedule"] or "by hand", p["level"], p["library"],
-                     str(len(p["media"])), f"{p['retention'] // 86400}d", _when(p.get("next_run"))))
+                     str(len(p["media"])), f"{p['retention'] // 86400}d", when(p.get("next_run"))))
     return table(rows) if pols else "no backup policies"
 
 
@@ -119,8 +114,8 @@ def _job_rows(jobs: list[dict]) -> str:
     rows = [("JOB", "POLICY", "LEVEL", "STATUS", "STARTED", "ENDED", "BYTES", "MEDIA", "VERIFY", "REASON")]
     for j in jobs:
         media = ",".join(dict.fromkeys(p["barcode"] for p in j.get("parts", []))) or "-"
-        rows.append((str(j["id"]), j["policy"], j["level"], j["status"], _when(j.get("started")),
-                     _when(j.get("ended")), _size(j.get("bytes")), media, j.get("verify") or "-",
+        rows.append((str(j["id"]), j["policy"], j["level"], j["status"], when(j.get("started")),
+                     when(j.get("ended")), _size(j.get("bytes")), media, j.get("verify") or "-",
                      j.get("reason") or j.get("verify_reason") or ""))
     return table(rows)
 
@@ -184,7 +179,7 @@ def cmd_media(args: argparse.Namespace) -> int:
     def text(ms: list[dict]) -> str:
         rows = [("CARTRIDGE", "LIBRARY", "STATE", "LOCATION", "JOBS", "BYTES", "LAST WRITTEN", "WORM")]
         rows += [(m["barcode"], m["library"], m["state"], m.get("location") or "library", str(m.get("jobs", 0)),
-                  _size(m.get("bytes")), _when(m.get("last_written")), "yes" if m.get("worm") else "no")
+                  _size(m.get("bytes")), when(m.get("last_written")), "yes" if m.get("worm") else "no")
                  for m in ms]
         return table(rows) if ms else "no backup media yet"
     emit(args, request(pool_path(args), "backup.media"), text)
@@ -211,7 +206,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_audit_log(args: argparse.Namespace) -> int:
     def text(es: list[dict]) -> str:
         rows = [("SEQ", "TIME", "ACTOR", "ACTION", "DETAILS")]
-        rows += [(str(e["seq"]), _when(e["time"]), e["actor"], e["action"],
+        rows += [(str(e["seq"]), when(e["time"]), e["actor"], e["action"],
                   ", ".join(f"{k}={v}" for k, v in sorted(e["details"].items()))[:80]) for e in es]
         return table(rows) if es else "the audit log is empty"
     emit(args, request(pool_path(args), "audit.log"), text)
@@ -235,7 +230,7 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
 def cmd_key_list(args: argparse.Namespace) -> int:
     def text(ks: list[dict]) -> str:
         rows = [("KEY ID", "CREATED", "CURRENT")]
-        rows += [(str(k["id"]), _when(k["created"]), "yes" if k.get("current") else "") for k in ks]
+        rows += [(str(k["id"]), when(k["created"]), "yes" if k.get("current") else "") for k in ks]
         return table(rows) if ks else "no backup keys yet (the first encrypted job makes one)"
     emit(args, request(pool_path(args), "key.list"), text)
     return 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -158,9 +159,14 @@ def volume_table(vols: list[dict]) -> str:
         return "no volumes"
     rows = [("NAME", "SIZE", "ALLOCATED", "GROUP", "OPEN", "IMAGE")]
     for v in vols:
-        rows.append((v["name"], format_size(v["size"]), format_size(v["allocated"]), str(v["group"]),
+        rows.append((v["name"], format_size(v["size"]), format_size(v["allocated"], True), v.get("group_name") or "-",
                      str(v.get("open_handles", "-")), v.get("image", "-")))
     return table(rows)
+
+
+def when(t: float | None) -> str:
+    """A time for people: UTC, to the second; "-" for none."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "-"
 
 
 def table(rows: list[tuple[str, ...]]) -> str:

@@ -22,6 +22,7 @@ from vstor.cli import (
     pool_cmd,
     service_cmd,
     snapshot_cmd,
+    status_cmd,
     volume_cmd,
 )
 from vstor.errlog import describe, one_line
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     pool_cmd.register(sub)
     array_cmd.register(sub)
+    status_cmd.register(sub)
     volume_cmd.register(sub)
     group_cmd.register(sub)
     snapshot_cmd.register(sub)
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         import argcomplete
 
         argcomplete.autocomplete(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
@@ -79,6 +81,20 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         return _error(f"internal error {describe(e)} (a bug; rerun with VSTOR_DEBUG=1 for the traceback "
                       "and report it)", 70)
+
+
+def _glue_negative_values(argv: list[str]) -> list[str]:
+    """``--size -5G`` -> ``--size=-5G``: argparse takes a value that starts with "-" for an option
+    and fails with "expected one argument"; glued, the value reaches its parser (parse_size), which
+    says what is wrong with it in one line."""
+    out: list[str] = []
+    for tok in argv:
+        if (out and out[-1].startswith("--") and "=" not in out[-1] and len(tok) > 1 and tok[0] == "-"
+                and tok[1].isdigit()):
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
+    return out
 
 
 def _error(line: str, code: int) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from vstor.cli.common import emit, pool_path, request, subcommand, table
-from vstor.units import format_size, parse_size
+from vstor.units import format_size, on_off, parse_size, yes_no
 
 LIBRARY = "the library's name"
 DRIVE = "the drive's number, from 0"
@@ -88,7 +88,7 @@ def _inventory(rows: list[dict]) -> str:
     for r in rows:
         full = r["barcode"] is not None
         out.append((r["element"], str(r["address"]), r["barcode"] or "-", r["kind"] or "-",
-                    format_size(r["used"]) if full else "-", format_size(r["capacity"]) if full else "-",
+                    format_size(r["used"], True) if full else "-", format_size(r["capacity"], True) if full else "-",
                     ("yes" if r["protect"] else "no") if full else "-"))
     return table(out)
 
@@ -168,13 +168,30 @@ def cmd_show(args: argparse.Namespace) -> int:
     r = request(pool_path(args), "media.show", progress=args.verify,
                 library=args.library, barcode=args.barcode, verify=args.verify)
 
-    def text(r: dict) -> str:
-        keys = ("barcode", "kind", "element", "capacity", "used", "partitions", "files", "blocks", "eod", "protect",
-                "worm", "encrypted", "loads", "cut_at_load", "verify", "side", "sides")
-        return "\n".join(f"{k:<12}{r[k]}" for k in keys if k in r)
-
-    emit(args, r, text)
+    emit(args, r, _medium_text)
     return 0
+
+
+def _medium_text(r: dict) -> str:
+    """``media show`` as aligned "field value" lines: sizes in units, booleans as words."""
+    rows: list[tuple[str, str]] = [("barcode", r["barcode"]), ("kind", r["kind"]), ("element", r["element"]),
+                                   ("capacity", format_size(r["capacity"], True)),
+                                   ("used", format_size(r["used"], True))]
+    rows += [(k, str(r[k])) for k in ("partitions", "files", "blocks", "eod") if isinstance(r.get(k), int)]
+    rows += [("protect", on_off(r["protect"])), ("worm", yes_no(r["worm"]))]
+    rows += [(k, yes_no(r[k])) for k in ("cleaning", "encrypted", "cut_at_load") if k in r]
+    rows.append(("loads", str(r["loads"])))
+    v = r.get("verify")
+    if v is not None:
+        rows.append(("verify", (f"{v['objects']} objects, " + (f"{len(v['damaged'])} DAMAGED: "
+                                + "; ".join(v["damaged"]) if v["damaged"] else "all good")
+                                + (f", hash chain ends {v['chain'][:16]}" if v.get("chain") else ""))))
+    for side in r.get("sides", []):
+        nwa = side.get("next_writable_address")
+        rows.append((f"side {side['side']}", f"{side['state']}, {len(side['sessions'])} session(s)"
+                     + (f", next writable address {nwa}" if nwa is not None else "")))
+    width = max(len(k) for k, _ in rows) + 2
+    return "\n".join(f"{k:<{width}}{val}" for k, val in rows)
 
 
 def cmd_disc(args: argparse.Namespace) -> int:

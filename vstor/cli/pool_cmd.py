@@ -57,6 +57,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from vstor.control.status_ops import record_check
     from vstor.store.check import check_pool  # imported here: every other command starts faster
     from vstor.store.consumers import consumer_problems
     from vstor.store.store import Store
@@ -82,6 +83,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             rep = _check(Store, check_pool, args.path, load_superblock(args.path), key)
     result = {"clean": rep.clean, "problems": rep.problems, "notes": rep.notes, "repairs": repairs,
               "records": rep.records, "extents": rep.extents, "bytes_verified": rep.bytes_verified}
+    record_check(args.path, result)  # for 'vstor status'
     if args.json:
         print(json.dumps(result, indent=2))
         return 0 if rep.clean else 1

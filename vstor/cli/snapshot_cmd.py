@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import time
 
-from vstor.cli.common import add_json_arg, add_pool_arg, emit, pool_path, request, subcommand, table
+from vstor.cli.common import add_json_arg, add_pool_arg, emit, pool_path, request, subcommand, table, when
 from vstor.control.freeze import frozen
 from vstor.units import format_size, parse_duration
 
@@ -65,10 +64,9 @@ def _snaps(snaps: list[dict]) -> str:
         return "no snapshots"
     rows = [("OWNER", "NAME", "CREATED", "SEQ", "VOLUMES", "EXCLUSIVE", "SHARED")]
     for s in snaps:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s["created"]))
-        rows.append((s["owner"], s["name"] + (" (auto)" if s["auto"] else ""), when, str(s["seq"]),
-                     ",".join(v["name"] for v in s["volumes"]), format_size(s["exclusive"]),
-                     format_size(s["shared"])))
+        rows.append((s["owner"], s["name"] + (" (auto)" if s["auto"] else ""), when(s["created"]), str(s["seq"]),
+                     ",".join(v["name"] for v in s["volumes"]), format_size(s["exclusive"], True),
+                     format_size(s["shared"], True)))
     return table(rows)
 
 

@@ -17,6 +17,7 @@ from vstor.control.backup_ops import BackupOps
 from vstor.control.catalog_ops import CatalogOps
 from vstor.control.media_ops import MediaOps
 from vstor.control.pair_ops import PairOps
+from vstor.control.status_ops import StatusOps
 from vstor.errors import Busy, UsageError, VstorError
 from vstor.store.adminops import Progress
 from vstor.store.store import Store
@@ -31,7 +32,7 @@ AUDITED = frozenset({
 })
 
 
-class PoolService(CatalogOps, PairOps, MediaOps, BackupOps):
+class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, StatusOps):
     def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None) -> None:
         self.store = store
         self.mount = mount
@@ -66,7 +67,9 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps):
 
     # -- volumes -------------------------------------------------------------------------
     def _describe(self, vol: Volume) -> dict:
-        d = {"id": vol.id, "name": vol.name, "size": vol.size, "group": vol.group, "created": vol.created,
+        group = self.store.state.catalog.groups.get(vol.group)
+        d = {"id": vol.id, "name": vol.name, "size": vol.size, "group": vol.group,
+             "group_name": group.name if group else None, "created": vol.created,
              "allocated": self.store.volume_usage(vol.id)}
         if self.mount:
             d["image"] = os.path.join(self.mount, "volumes", vol.name)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from vstor.durable import atomic_write
 from vstor.errors import MediaError
 from vstor.media.mediatypes import DiscType
+from vstor.units import format_size
 
 SECTOR = 2048
 
@@ -61,7 +62,8 @@ class DiscSide:
         if self.st.state == "finalized":
             raise MediaError(f"{self.barcode} side {self.side} is finalized: no more writes", errno.EROFS)
         if offset + len(data) > self.capacity:
-            raise MediaError(f"{self.barcode}: write past the end of the disc ({self.capacity} bytes)", errno.ENOSPC)
+            raise MediaError(f"{self.barcode}: write past the end of the disc ({format_size(self.capacity)})",
+                             errno.ENOSPC)
         if not self.type.rewritable:
             if offset != self.st.nwa:
                 raise MediaError(f"{self.barcode} is write-once: the next writable address is {self.st.nwa} "

@@ -31,6 +31,7 @@ from vstor.replication.folding import fold
 from vstor.replication.handshake import check_hello
 from vstor.replication.pairstate import COPY, PAIR, PRIMARY, PSUS, RESYNC, SECONDARY, SIMPLEX, Pair, judge
 from vstor.store import snapshots
+from vstor.units import format_size
 
 log = logging.getLogger("vstor.replication")
 
@@ -196,7 +197,8 @@ class Session:
             elif vol.group != gid:
                 raise wire.BadFrame(f"volume {name} exists here outside group {local.group}")
             elif vol.size != size:
-                raise wire.BadFrame(f"volume {name} is {vol.size} bytes here and {size} at the primary")
+                raise wire.BadFrame(f"volume {name} is {format_size(vol.size)} here and {format_size(size)} "
+                                    "at the primary")
             out[int(v["id"])] = vol.id
         return out
 

@@ -48,6 +48,7 @@ from vstor.store.state import PoolState
 from vstor.store.stats import Counters
 from vstor.store.superblock import Superblock, ensure_superblock_copy, layout, load_key, load_superblock
 from vstor.store.volumes import Volume
+from vstor.units import format_size
 
 log = logging.getLogger("vstor.store")
 
@@ -318,4 +319,5 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
 
 def _check_range(vol: Volume, offset: int, n: int) -> None:
     if offset < 0 or offset + n > vol.size:
-        raise UsageError(f"write past the end of volume {vol.name!r} ({offset}+{n} > {vol.size})")
+        raise UsageError(f"write past the end of volume {vol.name!r}: {format_size(n)} at offset {format_size(offset)} "
+                         f"> its size {format_size(vol.size)}")

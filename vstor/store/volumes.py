@@ -11,6 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from vstor.errors import AlreadyExists, NotFound, UsageError
+from vstor.units import format_size
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SIZE_ALIGN = 4096
@@ -39,9 +40,9 @@ def check_name(name: str, what: str = "volume") -> None:
 
 def check_size(size: int) -> None:
     if size <= 0 or size % SIZE_ALIGN:
-        raise UsageError(f"invalid volume size {size}: it must be a positive multiple of 4K")
+        raise UsageError(f"invalid volume size {format_size(size)}: it must be a positive multiple of 4K")
     if size > MAX_VOLUME_SIZE:
-        raise UsageError(f"invalid volume size {size}: the limit is 1P")
+        raise UsageError(f"invalid volume size {format_size(size)}: the limit is {format_size(MAX_VOLUME_SIZE)}")
 
 
 class VolumeTable:
@@ -83,8 +84,8 @@ class VolumeTable:
         vol = self.get(name)
         check_size(size)
         if size < vol.size and not allow_shrink:
-            raise UsageError(f"shrinking {name!r} from {vol.size} to {size} bytes discards data past the "
-                             "new end; repeat with --allow-shrink if that is intended")
+            raise UsageError(f"shrinking {name!r} from {format_size(vol.size)} to {format_size(size)} discards data "
+                             "past the new end; repeat with --allow-shrink if that is intended")
         return {"op": "resize", "id": vol.id, "size": size}
 
     def apply(self, ev: dict) -> tuple[Volume | None, int | None]:
