@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from vstor.cli.common import add_pool_arg, daemon_request, pool_path, table, when
+from vstor.cli.common import add_json_arg, add_pool_arg, daemon_request, pool_path, table, when
 from vstor.control.lock import daemon_pid
 from vstor.errors import UsageError
 from vstor.units import format_size
@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="one screen: daemon, space, volumes, groups, pairs, libraries, backups, "
                                       "warnings (also for a stopped pool)")
     add_pool_arg(p)
-    p.add_argument("--json", action="store_true")
+    add_json_arg(p)
     p.add_argument("--watch", type=float, metavar="SECONDS", help="redraw every SECONDS until Ctrl-C")
     p.set_defaults(func=cmd_status)
 
