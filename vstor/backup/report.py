@@ -122,7 +122,7 @@ def _secs(x: float | None) -> str:
 
 
 def _size(x: float | None) -> str:
-    return "-" if x is None else format_size(x)
+    return "-" if x is None else format_size(x, approx=True)  # averages: rounded, marked ~
 
 
 def _stamp(t: float | None) -> str:

@@ -4,6 +4,7 @@ vstor audit log | verify, and vstor key rotate | list"""
 from __future__ import annotations
 
 import argparse
+import json
 
 from vstor.cli.common import emit, pool_path, request, subcommand, table, when
 from vstor.units import format_size
@@ -207,7 +208,8 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
     def text(es: list[dict]) -> str:
         rows = [("SEQ", "TIME", "ACTOR", "ACTION", "DETAILS")]
         rows += [(str(e["seq"]), when(e["time"]), e["actor"], e["action"],
-                  ", ".join(f"{k}={v}" for k, v in sorted(e["details"].items()))[:80]) for e in es]
+                  ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+                            for k, v in sorted(e["details"].items()))[:80]) for e in es]
         return table(rows) if es else "the audit log is empty"
     emit(args, request(pool_path(args), "audit.log"), text)
     return 0
