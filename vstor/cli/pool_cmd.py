@@ -94,7 +94,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for n in rep.notes:
         print(f"note: {n}")
     print(f"{'clean' if rep.clean else 'PROBLEMS FOUND'}: {rep.records} records, {rep.extents} extents, "
-          f"{format_size(rep.bytes_verified)} verified")
+          f"{format_size(rep.bytes_verified, approx=True)} verified")
     if not rep.clean:
         print("'vstor pool check --repair' mends what can be mended exactly and says what it cannot"
               if not args.repair else "repair could not mend these: restore the damaged volumes from a "
