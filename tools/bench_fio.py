@@ -1,6 +1,6 @@
 """fio benchmark of vstor against a bare FUSE passthrough, the raw file and nbdkit+nbdfuse.
 
-    .venv/bin/python tools/bench_fio.py [--size 2G] [--all | --vstor-variants plain,lz4,aes]
+    .venv/bin/python tools/bench_fio.py [--size 2G] [--phase fresh|aged] [--all | --vstor-variants plain,lz4,aes]
                                         [--targets raw,passthrough,nbdfuse,vstor] [--rounds N] [--json-out FILE]
                                         [--segment-sizes 64M,256M]
 
@@ -29,10 +29,11 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from benchlib.fio import JOBS, FioSettings, direct_io_works, fio_version, run_job
+from benchlib.fio import JOBS, PHASES, FioSettings, direct_io_works, fio_version, run_job
 from benchlib.hostmem import steady_memory
 from benchlib.procs import BenchError, drop_caches, install_signal_handlers, run, signals_deferred
 from benchlib.report import combine, paired_ratios, render
@@ -57,8 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "named vstor-VARIANT-SIZE (default: the pool's default only)")
     p.add_argument("--direct", type=int, choices=(0, 1), default=0,
                    help="fio direct= (default 0: buffered, caches dropped before reads)")
-    p.add_argument("--jobs", default=",".join(j.name for j in JOBS),
-                   help="comma list of the jobs to run (seq-write always runs: it lays the file out)")
+    p.add_argument("--phase", choices=sorted(PHASES), default="fresh",
+                   help="fresh: the four jobs on a newly written file (default); aged: written, then "
+                        "overwritten by 4 KiB random writes for 12 s, then read at once (cold and warm) and "
+                        "after 60 s idle (issue 25)")
+    p.add_argument("--jobs", default="",
+                   help="comma list of the phase's jobs to run (default all; seq-write always runs: it lays "
+                        "the file out)")
     p.add_argument("--rounds", type=int, default=1,
                    help="run every target this many times (see --order) and report per-round ratios' "
                         "median (default 1)")
@@ -93,11 +99,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if not MIN_SEGMENT <= seg <= MAX_SEGMENT:
             p.error(f"invalid segment size {format_size(seg)}: use {format_size(MIN_SEGMENT)} to "
                     f"{format_size(MAX_SEGMENT)}")
-    names = {j.name for j in JOBS}
-    for j in a.jobs.split(","):
+    phase = PHASES[a.phase]
+    names = {j.name for j in phase}
+    wanted = [j for j in a.jobs.split(",") if j] or sorted(names)
+    for j in wanted:
         if j not in names:
-            p.error(f"unknown job {j!r}: choose from {', '.join(sorted(names))}")
-    a.job_list = [j for j in JOBS if j.name in a.jobs.split(",") or j is JOBS[0]]
+            p.error(f"unknown job {j!r} in the {a.phase} phase: choose from {', '.join(sorted(names))}")
+    a.job_list = tuple(j for j in phase if j.name in wanted or j is phase[0])
     a.variant_list = list(VSTOR_VARIANTS) if a.all else [v for v in a.vstor_variants.split(",") if v]
     for t in a.target_list:
         if t not in ALL_TARGETS + EXTRA_TARGETS:
@@ -139,6 +147,9 @@ def measure(target: Target, settings: FioSettings, res: dict[str, Any], read_rep
             if settings.direct and not direct_io_works(path):
                 raise BenchError(f"O_DIRECT does not work on {path}")
             for job in jobs:
+                if job.idle_before:
+                    print(f"   idle {job.idle_before} s (background work may run)", flush=True)
+                    time.sleep(job.idle_before)
                 target.before_job(job.name)
                 repeats = read_repeats if job.direction == "read" or job.time_based else 1
                 runs = []
@@ -171,7 +182,7 @@ def header(a: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "libfuse": fuse[0] if fuse else "?", "workdir": str(workdir), "workdir_fs": fs,
         "size": a.size_bytes, "direct": a.direct, "random_runtime_s": a.runtime,
         "vstor_variants": a.variant_list if "vstor" in a.target_list else [],
-        "compress_percentage": a.compress_percentage,
+        "compress_percentage": a.compress_percentage, "phase": a.phase,
     }
 
 
@@ -184,8 +195,9 @@ def print_header(h: dict[str, Any]) -> None:
     print(f"workdir {h['workdir']} ({h['workdir_fs']}), {format_size(h['size'])} per target")
     print(f"fio: ioengine=psync iodepth=1 numjobs=1, {cache}")
     print(h["host_memory"])
-    print(f"jobs: {', '.join(f'{j.name} bs={j.bs}' for j in JOBS)}; random jobs {h['random_runtime_s']} s "
-          f"time-based; write jobs end with fdatasync (end_fsync=1)", flush=True)
+    print(f"jobs ({h['phase']} phase): {', '.join(f'{j.name} bs={j.bs}' for j in PHASES[h['phase']])}; random "
+          f"jobs {h['random_runtime_s']} s time-based (age: 12 s); write jobs end with fdatasync (end_fsync=1)",
+          flush=True)
 
 
 def preflight(a: argparse.Namespace) -> None:
@@ -241,12 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         with signals_deferred():
             shutil.rmtree(workdir, ignore_errors=True)
             memory.close()
-    combined = combine(rounds) if rounds else {}
-    rat = paired_ratios(rounds)
+    combined = combine(rounds, a.job_list) if rounds else {}
+    rat = paired_ratios(rounds, a.job_list)
     print()
     if a.rounds > 1:
         print(f"figures: per job, the median over {len(rounds)} rounds; ratios: the median of each round's ratio")
-    print(render(combined, rat))
+    print(render(combined, rat, a.job_list))
     if a.json_out:
         doc = {**h, "interrupted": interrupted, "targets": combined, "ratios": rat, "rounds": rounds}
         Path(a.json_out).write_text(json.dumps(doc, indent=2) + "\n")

@@ -23,6 +23,8 @@ class Job:
     drop_caches_before: bool
     time_based: bool = False
     end_fsync: bool = False
+    runtime: int | None = None  # seconds of a time-based job; None: the run's --runtime
+    idle_before: int = 0  # seconds the target is left idle before the job (background work may run)
 
     @property
     def direction(self) -> str:
@@ -37,6 +39,19 @@ JOBS = (
     Job("rand-write", "randwrite", "4k", "IOPS", drop_caches_before=False, time_based=True, end_fsync=True),
     Job("rand-read", "randread", "4k", "IOPS", drop_caches_before=True, time_based=True),
 )
+
+# The aged phase (issue 25): the file written sequentially, then overwritten by 4 KiB random
+# writes for 12 s, then read at once (no idle time), cold and warm, and again after 60 s idle,
+# so that a volume whose chunks random overwrites scattered is measured as users meet it.
+AGED_JOBS = (
+    JOBS[0],
+    Job("age", "randwrite", "4k", "IOPS", drop_caches_before=False, time_based=True, end_fsync=True, runtime=12),
+    Job("aged-seq-read", "read", "1M", "MB/s", drop_caches_before=True),
+    Job("aged-rand-read", "randread", "4k", "IOPS", drop_caches_before=True, time_based=True),
+    Job("aged-rand-read-warm", "randread", "4k", "IOPS", drop_caches_before=False, time_based=True),
+    Job("aged-seq-read-idle", "read", "1M", "MB/s", drop_caches_before=True, idle_before=60),
+)
+PHASES = {"fresh": JOBS, "aged": AGED_JOBS}
 
 
 @dataclass(frozen=True)
@@ -56,7 +71,7 @@ class FioSettings:
             "--output-format=json",
         ]
         if job.time_based:
-            a += ["--time_based=1", f"--runtime={self.runtime}"]
+            a += ["--time_based=1", f"--runtime={job.runtime or self.runtime}"]
         else:
             a += [f"--runtime={self.seq_cap}"]  # a cap: normally the size ends the job
         if job.end_fsync:
@@ -69,7 +84,7 @@ class FioSettings:
 def run_job(settings: FioSettings, job: Job, path: Path) -> dict[str, Any]:
     """Run one job; returns the headline figure and the latencies behind it."""
     cmd = settings.args(job, path)
-    timeout = (settings.runtime if job.time_based else settings.seq_cap) + 300
+    timeout = ((job.runtime or settings.runtime) if job.time_based else settings.seq_cap) + 300
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)

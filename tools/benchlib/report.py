@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchlib.fio import JOBS
+from benchlib.fio import JOBS, Job
 
 Results = dict[str, dict[str, Any]]
 
@@ -21,44 +21,44 @@ def ratio_pairs(results: Results) -> list[tuple[str, str]]:
     return [(a, b) for a, b in pairs if a in results and b in results]
 
 
-def ratios(results: Results) -> dict[str, dict[str, float | None]]:
+def ratios(results: Results, jobs: tuple[Job, ...] = JOBS) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for a, b in ratio_pairs(results):
         row: dict[str, float | None] = {}
-        for job in JOBS:
+        for job in jobs:
             va, vb = _value(results, a, job.name), _value(results, b, job.name)
             row[job.name] = round(va / vb, 3) if va is not None and vb else None
         out[f"{a}/{b}"] = row
     return out
 
 
-def paired_ratios(rounds: list[Results]) -> dict[str, dict[str, float | None]]:
+def paired_ratios(rounds: list[Results], jobs: tuple[Job, ...] = JOBS) -> dict[str, dict[str, float | None]]:
     """Each round's ratios (targets measured back to back, so they share the machine's state
     at that time), then the median per pair and job over the rounds."""
-    per_round = [ratios(r) for r in rounds]
+    per_round = [ratios(r, jobs) for r in rounds]
     out: dict[str, dict[str, float | None]] = {}
     for pair in per_round[0] if per_round else {}:
         row: dict[str, float | None] = {}
-        for job in JOBS:
+        for job in jobs:
             vals = sorted(v for r in per_round if (v := r.get(pair, {}).get(job.name)) is not None)
             row[job.name] = vals[len(vals) // 2] if vals else None
         out[pair] = row
     return out
 
 
-def combine(rounds: list[Results]) -> Results:
+def combine(rounds: list[Results], jobs: tuple[Job, ...] = JOBS) -> Results:
     """One result per target: per job, the run with the median value over the rounds."""
     out: Results = {}
     for name in rounds[0]:
         seen = [r[name] for r in rounds if name in r]
-        jobs: dict[str, Any] = {}
-        for job in JOBS:
+        picked: dict[str, Any] = {}
+        for job in jobs:
             runs = sorted((r["jobs"][job.name] for r in seen if job.name in r.get("jobs", {})),
                           key=lambda x: x["value"])
             if runs:
-                jobs[job.name] = dict(runs[len(runs) // 2], rounds=[x["value"] for x in runs])
+                picked[job.name] = dict(runs[len(runs) // 2], rounds=[x["value"] for x in runs])
         errors = [r["error"] for r in seen if r.get("error")]
-        out[name] = {"kind": seen[0]["kind"], "jobs": jobs, "extras": seen[-1].get("extras", {}),
+        out[name] = {"kind": seen[0]["kind"], "jobs": picked, "extras": seen[-1].get("extras", {}),
                      "error": errors[0] if errors else None}
     return out
 
@@ -78,16 +78,17 @@ def _fmt(v: float | None, metric: str) -> str:
     return f"{v:,.1f}" if metric == "MB/s" else f"{v:,.0f}"
 
 
-def render(results: Results, rat: dict[str, dict[str, float | None]] | None = None) -> str:
-    header = ["target", *(f"{j.name} {j.metric}" for j in JOBS)]
-    rows = [[name, *(_fmt(_value(results, name, j.name), j.metric) for j in JOBS)] for name in results]
+def render(results: Results, rat: dict[str, dict[str, float | None]] | None = None,
+           jobs: tuple[Job, ...] = JOBS) -> str:
+    header = ["target", *(f"{j.name} {j.metric}" for j in jobs)]
+    rows = [[name, *(_fmt(_value(results, name, j.name), j.metric) for j in jobs)] for name in results]
     out = ["RESULTS (MB/s = 10^6 bytes/s; write figures include the final fdatasync)", _table(header, rows)]
 
-    rat = ratios(results) if rat is None else rat
+    rat = ratios(results, jobs) if rat is None else rat
     if rat:
-        rows = [[pair, *("-" if row[j.name] is None else f"{row[j.name]:.2f}" for j in JOBS)]
+        rows = [[pair, *("-" if row[j.name] is None else f"{row[j.name]:.2f}" for j in jobs)]
                 for pair, row in rat.items()]
-        out += ["", "RATIOS (above 1: the first is faster)", _table(["ratio", *(j.name for j in JOBS)], rows)]
+        out += ["", "RATIOS (above 1: the first is faster)", _table(["ratio", *(j.name for j in jobs)], rows)]
 
     notes = []
     for name, r in results.items():
