@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -309,3 +310,44 @@ def test_metrics_port_in_use_fails_the_start_cleanly(array_factory):
         r = arr.start(check=False, args=["--metrics", f"127.0.0.1:{busy.getsockname()[1]}"])
     assert r.returncode == 2 and "cannot serve metrics" in r.stderr, r.stderr
     arr.start()  # everything taken before the metrics step was released
+
+
+@pytest.mark.root
+def test_a_real_pair_under_fio_load_shows_in_the_scrape_and_in_status(tmp_path):
+    """Two arrays in the DR lab, group g paired from A to B; A serves metrics inside its network
+    namespace (scraped from there with nsenter); fio writes to a member volume meanwhile."""
+    from replkit import make_sites, setup_group, teardown
+
+    made: list = []
+    try:
+        sites = make_sites(tmp_path, made)
+        a, ns = sites.a, sites.lab.ns("a")
+        url = f"http://{sites.lab.address('a')}:9464/metrics"
+        a.stop()
+        a.start(args=[*a.start_args, "--metrics", f"{sites.lab.address('a')}:9464"])
+        setup_group(a)
+        sites.pair("g")
+
+        def scrape() -> dict:
+            r = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c",
+                                f"import urllib.request; print(urllib.request.urlopen({url!r}).read().decode())"],
+                               capture_output=True, text=True, timeout=30, check=True)
+            return parse(r.stdout)
+
+        first = scrape()
+        fio = subprocess.run(["fio", "--name=load", f"--filename={a.image('orders')}", "--rw=randwrite",
+                              "--bs=4k", "--size=8M", "--time_based=1", "--runtime=3", "--ioengine=psync",
+                              "--allow_file_create=0", "--end_fsync=1", "--output-format=json"],
+                             capture_output=True, text=True, timeout=60)
+        assert fio.returncode == 0, fio.stderr
+        second = scrape()
+        w1 = first["vstor_volume_write_bytes_total"].get((("volume", "orders"),), 0)
+        w2 = value(second, "vstor_volume_write_bytes_total", volume="orders")
+        assert w2 - w1 >= 1 << 20, (w1, w2)  # fio's writes are counted
+        assert (("group", "g"), ("role", "primary")) in second["vstor_pair_lag_seconds"]  # the real pair's lag
+        assert value(second, "vstor_pair_state", group="g", state="PAIR") == 1
+        assert value(second, "vstor_pair_sent_bytes_total", group="g", role="primary") > 0
+        st = json.loads(a.vstor("status", "--json").stdout)
+        assert [p["group"] for p in st["pairs"]] == ["g"], st["pairs"]
+    finally:
+        teardown(made)

@@ -213,3 +213,12 @@ def test_stopped_status_after_kill9_says_the_run_did_not_stop_cleanly(array):
     array.start()  # the journal is replayed; the next clean stop is reported as such
     array.stop()
     assert array.vstor_json("status")["last_run"]["clean"] is True
+
+
+def test_the_text_stats_file_prints_no_python_reprs():
+    from vstor.fuse.ops import plain
+
+    assert plain({"4K": 3, "1M": 1}) == "4K=3 1M=1"
+    assert plain({"count": 2, "p50": None}) == "count=2 p50=-"
+    assert (plain(False), plain(True), plain([1, 64]), plain([])) == ("no", "yes", "1,64", "-")
+    assert plain({"a": {"b": [1, 2]}}) == "a=b=1,2"

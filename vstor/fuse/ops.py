@@ -308,10 +308,24 @@ class VolumeFS(fuse.Operations):
         for section, values in data.items():
             if isinstance(values, dict):
                 for k, v in values.items():
-                    lines.append(f"{section}.{k}: {v}")
+                    lines.append(f"{section}.{k}: {plain(v)}")
             else:
-                lines.append(f"{section}: {values}")
+                lines.append(f"{section}: {plain(values)}")
         return ("\n".join(lines) + "\n").encode()
+
+
+def plain(v: Any) -> str:
+    """A value of the text stats file as people read it: ``key=value`` pairs, lists with commas,
+    booleans as yes/no, no Python reprs (stats.json keeps the raw values)."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if v is None:
+        return "-"
+    if isinstance(v, dict):
+        return " ".join(f"{k}={plain(x)}" for k, x in v.items()) or "-"
+    if isinstance(v, list | tuple):
+        return ",".join(plain(x) for x in v) or "-"
+    return str(v)
 
 
 def serve(ops: VolumeFS, mountpoint: str, options: dict[str, Any]) -> None:
