@@ -2,7 +2,7 @@
 
 After each restart every slot must hold its last fsync-acknowledged version, or a newer
 version that was attempted (a write that completed without an fsync may or may not survive,
-as on any disk). ``pool check`` must be clean. ``make test`` runs 20 iterations;
+as on any disk). ``pool check`` must be clean. ``make test`` runs 12 iterations;
 ``make soak`` sets VSTOR_CRASH_ITERATIONS higher.
 """
 
@@ -85,7 +85,7 @@ def test_sigkill_during_fsync_workload(array_factory, tmp_path: Path):
     arr = array_factory("crash", segment_size="16M")
     arr.start()
     arr.create("v", "64M")
-    _crash_loop(arr, int(os.environ.get("VSTOR_CRASH_ITERATIONS_FAST", "20")), seed=11, tmp_path=tmp_path)
+    _crash_loop(arr, int(os.environ.get("VSTOR_CRASH_ITERATIONS_FAST", "12")), seed=11, tmp_path=tmp_path)
 
 
 @pytest.mark.root
