@@ -23,7 +23,7 @@ from collections.abc import Callable
 from vstor.backup.audit import AuditLog, current_actor
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
-from vstor.backup.jobs import JobWriter, snapshot_name
+from vstor.backup.jobs import JobWriter, drop_snapshot, snapshot_name
 from vstor.backup.keys import BackupKeys
 from vstor.backup.policy import level_for, make_policy
 from vstor.backup.rebuild import rebuild
@@ -67,7 +67,7 @@ class BackupEngine:
         """An interrupted job's leftovers: its snapshot, and its policy's cartridges still in drives."""
         row = self.catalog.job(job)
         try:
-            JobWriter(self.store, self._cartridges(""), self.catalog).drop_snapshot(row["source"], job)
+            drop_snapshot(self.store, row["source"], job)
             policy = self.catalog.policy(row["policy"])
             lib = self.media.lib(policy["library"])
             for drive, code in enumerate(lib.drives):
@@ -155,14 +155,14 @@ class BackupEngine:
             log.info("backup job %d (%s, %s) done: %d bytes", job, policy["name"], level, result["bytes"])
             for old in self.catalog.jobs(policy["name"]):
                 if old["id"] != job and old.get("snapshot"):
-                    writer.drop_snapshot(policy["source"], old["id"])
+                    drop_snapshot(self.store, policy["source"], old["id"])
         except Exception as e:  # noqa: BLE001 - every failure becomes a failed job with one line
             why = e.message if isinstance(e, VstorError) else f"internal error {type(e).__name__}: {e}"
             log.error("backup job %d (%s) failed: %s", job, policy["name"], why)
             self.catalog.set_job(job, status="failed", reason=why, ended=self.clock.time())
             carts.release()
             try:
-                writer.drop_snapshot(policy["source"], job)
+                drop_snapshot(self.store, policy["source"], job)
             except VstorError as e2:
                 log.error("backup job %d: cannot delete its snapshot %s: %s", job, snapshot_name(job), e2)
             return

@@ -28,12 +28,10 @@ from vstor.control.freeze import frozen
 from vstor.errors import NotFound, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store import snapshots
+from vstor.store.adminops import Progress
 from vstor.store.store import Store
 
 log = logging.getLogger("vstor.backup")
-
-Progress = Callable[[int, int], None] | None
-
 
 def snapshot_name(job: int) -> str:
     return f"backup-{job}"
@@ -65,8 +63,7 @@ class JobWriter:
         with frozen(policy.get("freeze") or []):
             snap = snapshots.create(self.store, source, snapshot_name(job))
         self.catalog.set_job(job, snapshot=snap["name"])
-        sid = snapshots.get(self.store, source, snap["name"]).id
-        members = snapshots.get(self.store, source, snap["name"]).members
+        sid, members = snap["id"], snapshots.get(self.store, source, snap["name"]).members
         changed = self._changed(source, base, snap["name"]) if level == "incremental" else None
         total = 0
         volumes: list[VolumeSource] = []
@@ -122,9 +119,10 @@ class JobWriter:
                              ) from None
         return {d["volume"]: [(s, e - s) for s, e in d["ranges"]] for d in diff}
 
-    def drop_snapshot(self, source: str, job: int) -> None:
-        """Delete job ``job``'s snapshot if it still exists (no longer a base, or the job failed)."""
-        try:
-            snapshots.delete(self.store, source, snapshot_name(job))
-        except NotFound:
-            pass
+
+def drop_snapshot(store: Store, source: str, job: int) -> None:
+    """Delete job ``job``'s snapshot if it still exists (no longer a base, or the job failed)."""
+    try:
+        snapshots.delete(store, source, snapshot_name(job))
+    except NotFound:
+        pass

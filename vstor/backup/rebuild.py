@@ -19,14 +19,13 @@ from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.mediaio import part_summary, scan_cartridge
 from vstor.backup.restore import Reader
-from vstor.backup.tapefile import PartHeader
+from vstor.backup.tapefile import SEAL_OVERHEAD, PartHeader
 from vstor.errors import FormatError, VstorError
 from vstor.media.manager import MediaManager
 
 log = logging.getLogger("vstor.backup")
 
 REBUILT_RETENTION = 365 * 86400.0  # Bareos' default volume retention
-SEAL_OVERHEAD = 16  # bytes an AES-GCM tag adds to each sealed block
 
 
 def rebuild(media: MediaManager, catalog: BackupCatalog, carts: Cartridges, reader: Reader,

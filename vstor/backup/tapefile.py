@@ -31,6 +31,7 @@ from vstor.errors import CorruptData, FormatError, UsageError
 
 RECORD = 256 * 1024  # one tape block = one tar record (tar -b 512)
 FORMAT_VERSION = 1
+SEAL_OVERHEAD = 16  # bytes seal_record adds to a record: the AES-GCM tag
 PIECE = 4 << 20  # the largest piece read from a source or handed to apply
 PART_MAGIC = "VSTOR BACKUP PART v1"
 LABEL_MAGIC = "VSTOR TAPE LABEL v1"

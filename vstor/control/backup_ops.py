@@ -8,6 +8,7 @@ progress, so the CLI waits for them without a time limit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from vstor.backup.audit import current_actor
@@ -21,11 +22,11 @@ from vstor.units import parse_duration
 
 
 class BackupOps:
+    # Provided by PoolService (and MediaOps).
     store: Store
     backup: Any
-
-    def _media(self) -> MediaManager:  # MediaOps
-        raise NotImplementedError
+    mount: str | None
+    _media: Callable[[], MediaManager]
 
     def _backup(self) -> BackupEngine:
         if self.backup is None:

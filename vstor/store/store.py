@@ -95,7 +95,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
         from vstor.store.recovery import recover
 
         sb = load_superblock(pool)
-        ensure_superblock_copy(pool)
+        ensure_superblock_copy(pool, sb)
         store = cls(pool, sb, load_key(sb, key_file), clock, faults)
         store.journal.salvage = salvage
         store.recovery = recover(store)

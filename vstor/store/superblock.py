@@ -237,10 +237,11 @@ def superblock_problems(pool: str) -> list[str]:
     return out
 
 
-def ensure_superblock_copy(pool: str) -> None:
-    """Write the second copy for a pool made before it was kept (its first copy verified)."""
-    if not os.path.exists(copy_path(pool)) and isinstance(main := _read_one(layout(pool)["superblock"]), Superblock):
-        atomic_write(copy_path(pool), encode_superblock(main), 0o600)
+def ensure_superblock_copy(pool: str, sb: Superblock) -> None:
+    """Write the second copy for a pool made before it was kept, from ``sb`` as load_superblock
+    verified it (no second read of pool.json)."""
+    if not os.path.exists(copy_path(pool)):
+        atomic_write(copy_path(pool), encode_superblock(sb), 0o600)
         log.info("wrote the superblock's second copy %s", copy_path(pool))
 
 
