@@ -64,7 +64,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if args.name:
         raise UsageError(f"unexpected argument {args.name!r}: give one policy")
     r = request(pool, "backup.drill", progress=True, policy=args.policy, schedule=args.schedule, check=args.check,
-                timeout=args.check_timeout, now=args.now)
+                check_timeout=args.check_timeout, now=args.now)
 
     def text(x: dict) -> str:
         lines = []

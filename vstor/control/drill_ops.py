@@ -1,6 +1,6 @@
 """Control operations of restore drills (mixed into PoolService next to BackupOps).
 
-``backup.drill`` defines (``schedule``, ``check``, ``timeout``) and/or runs (``now``) a drill;
+``backup.drill`` defines (``schedule``, ``check``, ``check_timeout``) and/or runs (``now``) a drill;
 ``backup.drill.list`` / ``backup.drill.remove`` manage definitions; ``backup.drills`` is the
 history. Defining and removing are configuration changes: the drill runner writes them to the
 audit log.
@@ -34,13 +34,13 @@ class DrillOps:
     _backup: Any  # BackupOps._backup, through PoolService
 
     def op_backup_drill(self, policy: str, schedule: str | None = None, check: str | None = None,
-                        timeout: str | None = None, now: bool = False) -> dict:
-        """Define the drill of ``policy`` if any of schedule/check/timeout is given; run it now
+                        check_timeout: str | None = None, now: bool = False) -> dict:
+        """Define the drill of ``policy`` if any of schedule/check/check_timeout is given; run it now
         when ``now`` is set or nothing is defined by this call."""
         runner = self._backup().drills
         out: dict = {}
-        if schedule or check or timeout:
-            secs = float(parse_duration(timeout, "--timeout")) if timeout else None
+        if schedule or check or check_timeout:
+            secs = float(parse_duration(check_timeout, "--check-timeout")) if check_timeout else None
             out["definition"] = runner.define(policy, schedule, check, secs)
         if now or not out:
             out["drill"] = runner.run(policy)
