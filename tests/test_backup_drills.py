@@ -18,7 +18,7 @@ from poolkit import MiB, make_pool
 from vstor.backup import _catalog_schema
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.drillcheck import netns_exists
-from vstor.backup.drillreport import drill_report, fit_forecast, render_drills
+from vstor.backup.drillreport import drill_report, fit_forecast, plot_drills, render_drills
 from vstor.backup.engine import BackupEngine
 from vstor.clock import ManualClock
 from vstor.errors import Busy
@@ -26,7 +26,7 @@ from vstor.faults import Faults
 from vstor.media.manager import MediaManager
 from vstor.store.store import Store
 
-pytestmark = pytest.mark.root  # the check's network namespace needs CAP_SYS_ADMIN
+root = pytest.mark.root  # the check's network namespace needs CAP_SYS_ADMIN
 
 DAY = 86400.0
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC, ManualClock's start
@@ -93,6 +93,7 @@ def script(tmp_path, name: str, body: str) -> str:
     return str(path)
 
 
+@root
 def test_scheduled_drill_fires_runs_once_and_the_report_shows_it(lab):
     lab.drills.define("p", "0 4 * * *", None, None)  # daily at 04:00 UTC
     assert lab.engine.tick() == []
@@ -119,6 +120,7 @@ def test_scheduled_drill_fires_runs_once_and_the_report_shows_it(lab):
     assert {r["target"] for r in lab.engine.catalog.restores()} == {"vstor-drill-1", "vstor-drill-2"}
 
 
+@root
 def test_failing_check_is_recorded_with_its_output_isolated_and_scratch_removed(lab, tmp_path):
     check = script(tmp_path, "check.sh", """\
         echo "device=$VSTOR_DRILL_DEVICE job=$VSTOR_DRILL_JOB mount=${VSTOR_DRILL_MOUNT:-none}"
@@ -143,6 +145,7 @@ def test_failing_check_is_recorded_with_its_output_isolated_and_scratch_removed(
     assert d["check_s"] < 5 and lab.scratch_left(d) == []
 
 
+@root
 def test_a_drill_and_a_job_of_one_policy_never_overlap(lab, tmp_path):
     gate = tmp_path / "go"
     lab.drills.define("p", None, script(tmp_path, "wait.sh", f"""\
@@ -175,6 +178,7 @@ engine.drills.run("p")
 """
 
 
+@root
 def test_a_drill_killed_mid_check_is_failed_and_cleaned_up_at_the_next_start(tmp_path):
     lab = DrillLab(tmp_path)
     pool = lab.pool
@@ -241,6 +245,13 @@ def test_drill_report_figures_and_trends_from_known_inputs():
     assert weeks["2023-10-30"]["failure_rate"] == 1.0 and weeks["2023-11-06"]["restore_avg_s"] == 15.0
     text = render_drills(rep)
     assert "75%" in text and "~27s" in text and "throughput fit over 3 drills" in text
+
+
+def test_drill_plot_is_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    rep = drill_report([_d(1, -1, "passed", 10.0, 10**9), _d(2, 0, "failed", 12.0, 10**9)], {}, T0, days=7)
+    plot_drills(rep, str(tmp_path / "d.png"))
+    assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_forecast_fits_bytes_and_date():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from vstor.cli.common import emit, pool_path, request, subcommand, table, when
 from vstor.errors import UsageError
@@ -63,7 +64,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
         return 0
     if args.name:
         raise UsageError(f"unexpected argument {args.name!r}: give one policy")
-    r = request(pool, "backup.drill", progress=True, policy=args.policy, schedule=args.schedule, check=args.check,
+    check = os.path.abspath(args.check) if args.check else None  # the daemon's cwd is not ours
+    r = request(pool, "backup.drill", progress=True, policy=args.policy, schedule=args.schedule, check=check,
                 check_timeout=args.check_timeout, now=args.now)
 
     def text(x: dict) -> str:
