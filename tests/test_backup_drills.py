@@ -6,6 +6,7 @@ test_backup_drills_fuse.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -190,6 +191,8 @@ def test_a_drill_killed_mid_check_is_failed_and_cleaned_up_at_the_next_start(tmp
     status, scratch = db.execute("SELECT status, scratch FROM drills").fetchone()
     db.close()
     assert status == "running" and '"vstor-drill-1"' in scratch  # the crash left it all behind
+    left = json.loads(scratch)
+    assert netns_exists(left["netns"]) and os.path.exists(os.path.join(left["dir"], "vstor-drill-1.img"))
     lab = DrillLab(tmp_path, make=False)
     try:
         (d,) = lab.drills.records.drills()
@@ -268,3 +271,36 @@ def test_forecast_fits_bytes_and_date():
     ds = [_d(i, i, "passed", 10.0 + 5 * i, (i + 1) * g) for i in range(5)]
     f = fit_forecast(ds, 10 * g, T0 + 40 * DAY)
     assert f["method"] == "bytes" and f["seconds"] == pytest.approx(10.0 + 5 * 9)
+
+
+@root
+def test_a_client_policy_drill_restores_into_a_directory_through_the_hook(lab, tmp_path):
+    """The clients' restore-to-directory plugs in at ``dir_restorers["client"]``; here a stand-in
+    that lays down a small tree, so the dispatch, the check in the tree and the clean-up are real."""
+    cat = lab.engine.catalog
+    cat.put_policy(cat.policy("p") | {"name": "c", "source": "client:web"})
+    job = cat.new_job("c", "full", "client:web", None, None, T0 + 30 * DAY)
+    cat.set_job(job, status="done", bytes=6)
+    d = lab.drills.run("c")
+    assert d["status"] == "failed" and "cannot restore it to a directory" in d["reason"], d
+    seen = []
+
+    def restore_tree(job_id: int, target: str) -> dict:
+        seen.append(os.path.dirname(target))
+        os.makedirs(os.path.join(target, "etc"))
+        with open(os.path.join(target, "etc", "hostname"), "w") as f:
+            f.write("web-1\n")
+        return {"bytes": 6, "seconds": 0.5}
+
+    lab.drills.dir_restorers["client"] = restore_tree
+    lab.drills.define("c", None, script(tmp_path, "tree.sh", """\
+        test "$(cat etc/hostname)" = web-1 && test "$PWD" = "$VSTOR_DRILL_DIR" || exit 1
+        echo "tree ok for job $VSTOR_DRILL_JOB"
+        """), 30)
+    d = lab.drills.run("c")
+    assert d["status"] == "passed" and d["kind"] == "client" and d["output"] == f"tree ok for job {job}\n", d
+    assert (d["bytes"], d["restore_s"]) == (6, 0.5) and seen == [d["scratch"]["dir"]]
+    assert not os.path.exists(d["scratch"]["dir"]) and not netns_exists(d["scratch"]["netns"])
+    lab.drills.remove("c")  # no definition: the default check, which for a tree reads every file
+    d = lab.drills.run("c")
+    assert d["status"] == "passed" and d["check"] == "read every file", d
