@@ -12,9 +12,11 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import pytest
 from poolkit import MiB, make_pool
+from pyroute2 import netns
 
 from vstor.backup import _catalog_schema
 from vstor.backup.catalog import BackupCatalog
@@ -78,6 +80,10 @@ class DrillLab:
         self.engine.close()
         self.media.close()
         self.store.close()
+        tag = f"vstor-drill-{zlib.crc32(os.path.abspath(self.pool).encode()):08x}-"
+        for name in netns.listnetns():  # a failed test's leftovers: this pool's drills' namespaces only
+            if name.startswith(tag):
+                netns.remove(name)
 
 
 @pytest.fixture
@@ -184,8 +190,15 @@ def test_a_drill_killed_mid_check_is_failed_and_cleaned_up_at_the_next_start(tmp
     lab = DrillLab(tmp_path)
     pool = lab.pool
     lab.close()
+    try:
+        crash_then_restart(pool, tmp_path)
+    finally:
+        DrillLab(tmp_path, make=False).close()  # removes this pool's namespaces whatever happened
+
+
+def crash_then_restart(pool: str, tmp_path) -> None:
     r = subprocess.run([sys.executable, "-c", CRASH, pool], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), timeout=60)
     assert r.returncode == -9, r.stderr
     db = sqlite3.connect(os.path.join(pool, "backup", "catalog.db"))
     status, scratch = db.execute("SELECT status, scratch FROM drills").fetchone()
