@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import zlib
 
 import pytest
@@ -317,3 +318,22 @@ def test_a_client_policy_drill_restores_into_a_directory_through_the_hook(lab, t
     lab.drills.remove("c")  # no definition: the default check, which for a tree reads every file
     d = lab.drills.run("c")
     assert d["status"] == "passed" and d["check"] == "read every file", d
+
+
+@root
+def test_stopping_the_array_mid_check_kills_the_check_and_removes_the_scratch(lab, tmp_path):
+    lab.drills.define("p", None, script(tmp_path, "hang.sh", "echo started\nexec sleep 60\n"), 120)
+    lab.drills.start("p")
+    for _ in range(400):  # until the check runs: its namespace exists and its first line is out
+        ds = lab.drills.records.drills("p")
+        if ds and ds[0]["scratch"].get("netns") and netns_exists(ds[0]["scratch"]["netns"]):
+            break
+        threading.Event().wait(0.025)
+    else:
+        pytest.fail("the drill's check did not start within 10 s")
+    lab.engine.close()  # what the daemon does on SIGTERM
+    db = sqlite3.connect(os.path.join(lab.pool, "backup", "catalog.db"))
+    status, reason, scratch = db.execute("SELECT status, reason, scratch FROM drills").fetchone()
+    db.close()
+    assert status == "failed" and "the array is stopping" in reason, reason
+    assert lab.scratch_left({"scratch": json.loads(scratch)}) == []
