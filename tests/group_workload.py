@@ -5,6 +5,7 @@ acknowledged it), a record referring to i goes to the same slot of volume B. So 
 can exist only after its A record, and an image set cut in the group's write order never
 shows B's record without A's. After each B write the last acknowledged index is stored in
 the 8-byte progress file, so the test knows what a snapshot taken after that must hold.
+SIGTERM ends the run after the current record pair, with the progress file up to date.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import hashlib
 import mmap
 import os
+import signal
 import struct
 import time
 
@@ -61,8 +63,10 @@ def main() -> None:
     progress = mmap.mmap(pfd, 8)
     i = struct.unpack("<Q", progress[:8])[0]  # resume after a crash
     deadline = time.monotonic() + args.seconds
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
     try:
-        while time.monotonic() < deadline:
+        while not stop and time.monotonic() < deadline:
             i += 1
             slot = (i % args.slots) * BLOCK
             os.pwrite(fa, record(b"VSTGRP-A", i), slot)

@@ -124,7 +124,9 @@ class Array:
         self.mounts.remove(target)
 
     def kill9(self) -> None:
-        pid = self.pid() or _lock_pid(self.pool)
+        pid = _lock_pid(self.pool)  # the daemon holds the pool lock: no CLI round trip
+        if not pid or pid < 0:
+            pid = self.pid()
         if pid:
             os.kill(pid, signal.SIGKILL)
             _wait_gone(pid)
@@ -156,11 +158,16 @@ def _lock_pid(pool: str) -> int | None:
 
 
 def _wait_gone(pid: int, timeout: float = 30) -> None:
+    """Wait until ``pid`` has exited. A zombie counts as gone: it has closed its descriptors
+    (so released the pool lock and its FUSE connection) and only waits to be reaped, which
+    some init processes do only every second or two."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] == "Z":
+                    return
+        except (FileNotFoundError, ProcessLookupError, IndexError):
             return
         time.sleep(0.02)
 

@@ -85,18 +85,29 @@ def make_sites(base: Path, made: list, init: Callable[[str], dict] | None = None
         made.append(arr)
         arr.netns = lab.ns(site)
         arr.start_args = ["--listen", f"{lab.address(site)}:{PORT}", "--tls-dir", tls, "--name", f"site-{site}"]
-        arr.start()
         sites.append(arr)
+    _both(lambda arr: arr.start(), sites)  # the two sites start at once, as they would in life
     return Sites(lab, sites[0], sites[1], tls)
 
 
+def _both(fn: Callable[[Array], object], arrays: list[Array]) -> None:
+    """Run ``fn`` on every array at once (threads: each waits on its own subprocesses); every
+    call runs to its end, then the first error, if any, is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, len(arrays))) as ex:
+        futures = [ex.submit(fn, arr) for arr in arrays]
+    for f in futures:
+        f.result()
+
+
 def teardown(made: list) -> None:
-    for obj in reversed(made):
-        if isinstance(obj, Array):
-            obj.cleanup()
-    for obj in made:
-        if isinstance(obj, Lab):
-            obj.down()
+    try:
+        _both(lambda arr: arr.cleanup(), [obj for obj in reversed(made) if isinstance(obj, Array)])
+    finally:
+        for obj in made:
+            if isinstance(obj, Lab):
+                obj.down()
 
 
 # -- the cross-volume workload (tests/group_workload.py) on a paired group ----------------------
@@ -117,6 +128,13 @@ def start_workload(arr: Array, progress: Path, seconds: float):  # noqa: ANN201
     return subprocess.Popen([sys.executable, str(Path(__file__).parent / "group_workload.py"),
                              arr.image("orders"), arr.image("payments"), str(progress), "--slots", str(SLOTS),
                              "--seconds", str(seconds)])
+
+
+def stop_workload(wl) -> None:  # noqa: ANN001
+    """End the workload after its current record pair (SIGTERM; group_workload.py), rather
+    than waiting out its --seconds."""
+    wl.terminate()
+    assert wl.wait(60) == 0, "the workload failed"
 
 
 def acked(progress: Path) -> int:

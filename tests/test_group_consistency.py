@@ -42,10 +42,15 @@ def _check_snapshot(mnt: str, name: str, acked_before: int) -> int:
     return newest
 
 
-def _snapshot_loop(arr: object, progress: Path, until: float, taken: dict[str, int]) -> None:
+def _snapshot_loop(arr: object, progress: Path, until: float, taken: dict[str, int],
+                   enough: tuple[int, int] | None = None) -> None:
+    """Snapshot every 0.1 s until ``until``, or sooner once ``enough`` (snapshots, acknowledged
+    records) are reached."""
     sock = layout(arr.pool)["socket"]
     n = len(taken)
     while time.monotonic() < until:
+        if enough and len(taken) >= enough[0] and _acked(progress) > enough[1]:
+            return
         before = _acked(progress)
         name = f"s{n}"
         call(sock, "snapshot.create", owner="g", name=name)
@@ -66,13 +71,14 @@ def _setup(arr: object, tmp_path: Path) -> Path:
 @pytest.mark.root
 def test_group_snapshots_never_show_b_without_a(array, tmp_path: Path):
     progress = _setup(array, tmp_path)
-    wl = _start_workload(array, progress, seconds=8)
+    wl = _start_workload(array, progress, seconds=60)
     taken: dict[str, int] = {}
     try:
         time.sleep(0.3)
-        _snapshot_loop(array, progress, time.monotonic() + 6, taken)
+        _snapshot_loop(array, progress, time.monotonic() + 30, taken, enough=(15, 1500))
     finally:
-        wl.wait(timeout=60)
+        wl.terminate()  # ends after its current record pair (group_workload.py)
+        assert wl.wait(timeout=60) == 0
     assert len(taken) >= 10 and _acked(progress) > 1000
     newest = [_check_snapshot(array.mnt, name, acked) for name, acked in taken.items()]
     assert newest == sorted(newest), "a later snapshot holds fewer writes than an earlier one"

@@ -24,6 +24,7 @@ from replkit import (  # noqa: E402
     setup_group,
     start_workload,
     status,
+    stop_workload,
     teardown,
     wait_for,
 )
@@ -88,7 +89,7 @@ def test_link_cut_short_keeps_pair_long_suspends_then_delta_resync(sites: Sites,
         assert "unreachable" in status(a, "g")["reason"]
         assert wl.poll() is None, "the workload must still run during the outage"
     finally:
-        wl.wait(60)
+        stop_workload(wl)
     _write(a.image("orders"), 8 << 20, os.urandom(2 << 20))  # written while suspended
     sites.lab.heal()
     newest = check_cut(b, "during-psue")  # B stays consistent at its last applied point
@@ -110,15 +111,17 @@ def test_kill9_secondary_catches_up_consistent(sites: Sites, tmp_path: Path):
     setup_group(a)
     sites.pair("g")
     progress = tmp_path / "progress"
-    wl = start_workload(a, progress, 12)
+    wl = start_workload(a, progress, 60)
     try:
         time.sleep(3)
         b.kill9()
         time.sleep(2)
         b.start()
         assert check_cut(b, "after-restart") <= acked(progress)
+        restarted = acked(progress)
+        wait_for(lambda: acked(progress) > restarted + 200, 30, "the workload goes on after B's restart")
     finally:
-        wl.wait(60)
+        stop_workload(wl)
     wait_for(lambda: drained(a), 60, "drain after the secondary's restart")
     same_images(a, b, ["orders", "payments"])
     assert status(a, "g")["state"] == "PAIR"
@@ -268,7 +271,7 @@ def test_write_failure_at_the_destination(sites: Sites):
     setup_group(a, "8M")
     b.stop()
     sites.start("b", env=dict(b.env, VSTOR_FAULTS="repl.apply=enospc@100"))
-    sites.pair("g", wait=False)
+    sites.pair("g")  # in PAIR before writing: every write below is a record the secondary applies
     for i in range(200):
         _write(a.image("payments"), i * 4096, os.urandom(4096))
     wait_for(lambda: status(a, "g")["state"] == "PSUE", 30, "PSUE after the secondary's write error")
