@@ -66,7 +66,7 @@ class Policy:
     pre: str = ""  # shell command run before each automatic snapshot ("" none); failing aborts it
     post: str = ""  # shell command run after it, always
     hook_timeout: float = 60.0  # seconds each of pre and post may take
-    base: dict[str, int] = field(default_factory=dict)  # str(vid) -> written when the policy was set
+    base: dict[str, int] = field(default_factory=dict, compare=False)  # str(vid) -> written when set
 
 
 MIN_EVERY = 60.0
