@@ -105,3 +105,91 @@ def test_sqlite_snapshot_by_threshold_with_pre_and_post(array, tmp_path):
     array.vstor("volume", "detach", "c-db")
     array.umount_fs(mp)
     array.vstor("volume", "detach", "db")
+
+
+# -- the admin guide's PostgreSQL example, for real (soak: about a minute) ---------------------
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def _as_postgres(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(["runuser", "-u", "postgres", "--", *cmd], check=check)
+
+
+@pytest.mark.soak
+@pytest.mark.skipif(not os.path.exists(f"{PG_BIN}/postgres"), reason="needs PostgreSQL 15 binaries")
+def test_postgresql_snapshot_with_checkpoint_and_fsfreeze(array, tmp_path):
+    import shutil
+    import tempfile
+
+    # postgres cannot reach tmp_path (pytest makes its base 0700): mount points of its own in /tmp.
+    live_dir, clone_dir = (tempfile.mkdtemp(prefix=f"vstor-pg-{p}-") for p in ("live", "clone"))
+    started: list[str] = []
+    pgbench = None
+    try:
+        array.create("pg", "1G")
+        array.vstor("group", "create", "pgg", "--volumes", "pg")
+        dev = array.attach("pg")
+        run(["mkfs.ext4", "-q", "-F", dev])
+        from pathlib import Path
+
+        mp = array.mount_fs(dev, Path(live_dir))
+        os.chmod(mp, 0o755)
+        shutil.chown(mp, "postgres", "postgres")
+        for d in ("data", "sock"):
+            os.mkdir(f"{mp}/{d}")
+            shutil.chown(f"{mp}/{d}", "postgres", "postgres")
+        _as_postgres(f"{PG_BIN}/initdb", "--no-instructions", "-A", "trust", "--data-checksums", "-D", f"{mp}/data")
+        opts = f"-p 54329 -k {mp}/sock -c listen_addresses=''"
+        _as_postgres(f"{PG_BIN}/pg_ctl", "-s", "-w", "-D", f"{mp}/data", "-o", opts, "-l", f"{mp}/pg.log", "start")
+        started.append(f"{mp}/data")
+        conn = ["-h", f"{mp}/sock", "-p", "54329", "-U", "postgres"]
+        _as_postgres("pgbench", "-q", "-i", "-s", "4", *conn, "postgres")
+        pgbench = subprocess.Popen(["runuser", "-u", "postgres", "--", "pgbench", "-c", "2", "-T", "120", *conn,
+                                    "postgres"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(2)
+        psql = f"psql -X -q -h {mp}/sock -p 54329 -U postgres -c CHECKPOINT"
+        array.vstor("snapshot", "policy", "set", "pgg", "--after-written", "32M", "--min-interval", "1h",
+                    "--keep-last", "2", "--pre", f"{psql} && fsfreeze -f {mp}", "--post", f"fsfreeze -u {mp}")
+        snaps: list = []
+        deadline = time.monotonic() + 90
+        while not snaps and time.monotonic() < deadline:
+            time.sleep(0.5)
+            snaps = _json(array, "snapshot", "list", "pgg")
+        assert len(snaps) == 1, f"no threshold snapshot within 90 s: {snaps}"
+        (pol,) = _json(array, "snapshot", "policy", "list")
+        assert pol["last_run"]["result"] == "ok", pol
+        assert pgbench.poll() is None, "pgbench stopped while the snapshot was taken"
+        pgbench.terminate()
+        pgbench.wait(timeout=30)
+
+        array.vstor("snapshot", "clone", "pgg", snaps[0]["name"], "--as", "pgc")
+        cdev = array.attach("pgc-pg")
+        r = run(["e2fsck", "-fn", cdev], check=False)
+        assert r.returncode == 0, f"the frozen snapshot's filesystem is not clean: {r.stdout}{r.stderr}"
+        cmp_ = array.mount_fs(cdev, Path(clone_dir))
+        os.unlink(f"{cmp_}/data/postmaster.pid")  # the live server's: it is running, so the clone would refuse
+        copts = f"-p 54330 -k {cmp_}/sock -c listen_addresses=''"
+        _as_postgres(f"{PG_BIN}/pg_ctl", "-s", "-w", "-D", f"{cmp_}/data", "-o", copts, "-l", f"{cmp_}/pg.log",
+                     "start")
+        started.append(f"{cmp_}/data")
+        cconn = ["-h", f"{cmp_}/sock", "-p", "54330", "-U", "postgres"]
+        r = _as_postgres("psql", "-X", "-At", *cconn, "-c", "SELECT count(*) FROM pgbench_accounts", "postgres")
+        assert r.stdout.strip() == "400000", r.stdout
+        r = _as_postgres(f"{PG_BIN}/pg_amcheck", *cconn, "--install-missing", "--heapallindexed", "postgres",
+                         check=False)
+        assert r.returncode == 0, f"pg_amcheck on the clone: {r.stdout}{r.stderr}"
+        log = open(f"{cmp_}/pg.log").read()
+        assert "database system is ready to accept connections" in log, log
+        assert "redo done" in log, log  # crash recovery from the pre's CHECKPOINT: a short redo
+    finally:
+        if pgbench is not None and pgbench.poll() is None:
+            pgbench.kill()
+            pgbench.wait()
+        for data in reversed(started):
+            _as_postgres(f"{PG_BIN}/pg_ctl", "-s", "-w", "-D", data, "-m", "immediate", "stop", check=False)
+        for d in (clone_dir, live_dir):
+            subprocess.run(["fsfreeze", "-u", d], capture_output=True)
+            subprocess.run(["umount", d], capture_output=True)
+            if d in array.mounts:
+                array.mounts.remove(d)
+            os.rmdir(d)
