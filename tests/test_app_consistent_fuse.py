@@ -20,9 +20,10 @@ pytestmark = pytest.mark.root
 
 MiB = 1 << 20
 
-# Rows of ~2 KiB, a transaction every 20; runs until STOP exists. Prints its row count at the end.
+# Rows of ~2 KiB, a transaction every 20, about 4 MB/s (the database stays small to check);
+# runs until STOP exists. Prints its row count at the end.
 WRITER = r"""
-import os, sqlite3, sys
+import os, sqlite3, sys, time
 db, stop = sys.argv[1], sys.argv[2]
 c = sqlite3.connect(db, timeout=60)
 c.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v BLOB, h TEXT)")
@@ -33,6 +34,7 @@ while not os.path.exists(stop):
             v = os.urandom(2048)
             c.execute("INSERT INTO t (v, h) VALUES (?, ?)", (v, v.hex()[:16]))
             n += 1
+    time.sleep(0.01)
 print(n)
 """
 
@@ -86,6 +88,8 @@ def test_sqlite_snapshot_by_threshold_with_pre_and_post(array, tmp_path):
         assert pol["last_run"]["result"] == "ok" and pol["last_run"]["trigger"] == "written", pol
         assert [h["rc"] for h in pol["last_run"]["hooks"]] == [0, 0], pol
         assert log.read_text().splitlines() == [f"pre {snap['name']}", "post ok"]
+        audit = [e for e in _json(array, "audit", "log") if e["action"] == "snapshot.policy_set"]
+        assert [e["details"]["pre"] for e in audit] == [pre], audit  # commands run as root: audited
     finally:
         open(stop, "w").close()
         out, _ = writer.communicate(timeout=60)
