@@ -184,3 +184,8 @@ def test_backup_policy_pre_post_around_the_job_snapshot(tmp_path):
         assert [s.name for s in lab.store.state.catalog.snaps.values()] == ["backup-1"]
     finally:
         lab.close()
+
+
+def test_a_runner_that_cannot_start_the_shell_fails_the_pre_cleanly(tmp_path):
+    r = ShellRunner(shell=str(tmp_path / "no-such-shell")).run("true", {}, 5, "pre")
+    assert r.rc == 127 and not r.ok and "cannot run" in r.reason()

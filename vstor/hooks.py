@@ -83,8 +83,11 @@ class ShellRunner:
         except OSError as e:
             return HookResult(command, phase, 1, str(e))
         t0 = time.monotonic()
-        proc = subprocess.Popen([self.shell, "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True)
+        try:
+            proc = subprocess.Popen([self.shell, "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True)
+        except OSError as e:  # no shell, no memory for a process: as sh says when it cannot run a command
+            return HookResult(command, phase, 127, f"cannot run {self.shell}: {e.strerror or e}")
         try:
             out, _ = proc.communicate(timeout=timeout)
             rc: int | None = proc.returncode
