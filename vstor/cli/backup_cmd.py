@@ -106,8 +106,16 @@ def cmd_policy_list(args: argparse.Namespace) -> int:
 
 def cmd_policy_show(args: argparse.Namespace) -> int:
     r = request(pool_path(args), "backup.policy.show", name=args.name)
-    emit(args, r, lambda p: _policy_rows([p]) + "\n\n" + _job_rows(p["jobs"]))
+    emit(args, r, lambda p: _policy_rows([p]) + _hook_lines(p) + "\n\n" + _job_rows(p["jobs"]))
     return 0
+
+
+def _hook_lines(p: dict) -> str:
+    """The policy's pre/post commands, if any (policies made before them have none)."""
+    out = [f"\n{k}: {p[k]}" for k in ("pre", "post") if p.get(k)]
+    if out:
+        out.append(f"\nhook timeout: {p.get('hook_timeout', 60):.0f}s")
+    return "".join(out)
 
 
 def cmd_policy_delete(args: argparse.Namespace) -> int:
