@@ -34,6 +34,7 @@ from vstor.clock import Clock, SystemClock
 from vstor.durable import atomic_write
 from vstor.errors import Busy, UsageError, VstorError
 from vstor.faults import NO_FAULTS, Faults
+from vstor.hooks import HookRunner, ShellRunner
 from vstor.media.manager import MediaManager
 from vstor.store.store import Store
 
@@ -45,8 +46,10 @@ DRIVE_POLL = 5.0  # seconds between looks for a free drive while a job waits
 
 class BackupEngine:
     def __init__(self, store: Store, media: MediaManager, clock: Clock | None = None,
-                 faults: Faults = NO_FAULTS) -> None:
+                 faults: Faults = NO_FAULTS, hooks: HookRunner | None = None) -> None:
+        """``hooks``: runs the policies' pre/post commands (hooks.ShellRunner by default)."""
         self.store, self.media, self.faults = store, media, faults
+        self.hooks: HookRunner = hooks or ShellRunner(faults)
         self.clock = clock or SystemClock()
         self.dir = os.path.join(store.pool, "backup")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
@@ -152,7 +155,7 @@ class BackupEngine:
     def _run(self, job: int, policy: dict, level: str, base: dict | None, key_id: int | None,
              progress: Callable[[int, int], None] | None) -> None:
         carts = self._cartridges(policy["library"])
-        writer = JobWriter(self.store, carts, self.catalog, self.faults)
+        writer = JobWriter(self.store, carts, self.catalog, self.faults, self.hooks)
         try:
             self._wait_for_drive(job, carts)
             self.catalog.set_job(job, status="running", reason="", started=self.clock.time())

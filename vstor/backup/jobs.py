@@ -3,7 +3,9 @@
 Steps, each recorded in the catalog as it completes, so that a failure at any point leaves a
 failed job (never a half-present one) and every part already written stays recorded:
 
-1. freeze the policy's mount points (optional), take a snapshot named ``backup-JOB``, thaw;
+1. run the policy's pre command (optional; failing, it fails the job), freeze the policy's
+   mount points (optional), take a snapshot named ``backup-JOB``, thaw, run the post command
+   (always: also after a failed pre or snapshot; vstor/hooks.py);
 2. work out the extents: a full holds every mapped range of each image; an incremental the
    ranges changed since the base job's snapshot (``snapshot diff``), so its size follows the
    change rate, not the volume size;
@@ -23,10 +25,12 @@ from dataclasses import dataclass
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.mediaio import TapeWriter
+from vstor.backup.policy import hooks_of
 from vstor.backup.tapefile import PartHeader, VolumeSource, pax_stream
 from vstor.control.freeze import frozen
 from vstor.errors import NotFound, VstorError
 from vstor.faults import NO_FAULTS, Faults
+from vstor.hooks import HookRunner, ShellRunner, around
 from vstor.store import snapshots
 from vstor.store.adminops import Progress
 from vstor.store.store import Store
@@ -53,15 +57,22 @@ class Image:
 
 
 class JobWriter:
-    def __init__(self, store: Store, carts: Cartridges, catalog: BackupCatalog, faults: Faults = NO_FAULTS) -> None:
+    def __init__(self, store: Store, carts: Cartridges, catalog: BackupCatalog, faults: Faults = NO_FAULTS,
+                 hooks: HookRunner | None = None) -> None:
         self.store, self.carts, self.catalog, self.faults = store, carts, catalog, faults
+        self.hooks: HookRunner = hooks or ShellRunner(faults)
 
     def run(self, job: int, policy: dict, level: str, base: dict | None, key: bytes | None, key_id: int | None,
             progress: Progress = None) -> dict:
         """Write job ``job`` (already in the catalog, running). Returns the catalog fields to set."""
         source = policy["source"]
-        with frozen(policy.get("freeze") or []):
-            snap = snapshots.create(self.store, source, snapshot_name(job))
+        def take() -> dict:
+            with frozen(policy.get("freeze") or []):
+                return snapshots.create(self.store, source, snapshot_name(job))
+
+        env = {"VSTOR_GROUP": source, "VSTOR_SNAPSHOT": snapshot_name(job), "VSTOR_POLICY": policy["name"],
+               "VSTOR_JOB": str(job)}
+        snap = around(hooks_of(policy), self.hooks, env, take)
         self.catalog.set_job(job, snapshot=snap["name"])
         sid, members = snap["id"], snapshots.get(self.store, source, snap["name"]).members
         changed = self._changed(source, base, snap["name"]) if level == "incremental" else None

@@ -7,7 +7,11 @@ A policy::
 
     {"name": "nightly", "source": "db", "schedule": "0 2 * * *", "level": "incremental",
      "full_every": 604800, "library": "lib1", "media": ["VT0001L9", ...],
-     "retention": 2592000, "encrypt": false, "freeze": ["/mnt/db"], "verify": true}
+     "retention": 2592000, "encrypt": false, "freeze": ["/mnt/db"], "verify": true,
+     "pre": "psql -c CHECKPOINT", "post": "", "hook_timeout": 60}
+
+``pre``/``post`` (shell commands around the job's snapshot, vstor/hooks.py) and
+``hook_timeout`` came later: a policy stored without them reads as "", "" and 60.
 
 ``level`` is what a scheduled run takes; an incremental run takes a full instead when the
 policy has no restorable full yet, or when ``full_every`` seconds have passed since the last.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import re
 
 from vstor.errors import UsageError
+from vstor.hooks import DEFAULT_TIMEOUT, Hooks
 from vstor.units import parse_duration
 
 LEVELS = ("full", "incremental")
@@ -26,7 +31,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def make_policy(name: str, source: str, library: str, media: list[str], schedule: str | None = None,
                 level: str = "full", full_every: str | None = None, retention: str = "30d",
-                encrypt: bool = False, freeze: list[str] | None = None, verify: bool = True) -> dict:
+                encrypt: bool = False, freeze: list[str] | None = None, verify: bool = True,
+                pre: str | None = None, post: str | None = None, hook_timeout: str | float | None = None) -> dict:
     """A validated policy document (UsageError names the first bad field)."""
     from vstor.backup.schedule import parse_cron
 
@@ -36,11 +42,21 @@ def make_policy(name: str, source: str, library: str, media: list[str], schedule
         raise UsageError(f"invalid level {level!r}: use full or incremental")
     if not media:
         raise UsageError("a policy needs media: give --media BARCODE[-BARCODE]")
+    timeout = (float(hook_timeout) if isinstance(hook_timeout, int | float)
+               else parse_duration(hook_timeout, "--hook-timeout") if hook_timeout else DEFAULT_TIMEOUT)
+    if timeout <= 0:
+        raise UsageError("--hook-timeout must be above 0, like 60s")
     return {"name": name, "source": source, "library": library, "media": list(media),
             "schedule": parse_cron(schedule) if schedule else None, "level": level,
             "full_every": parse_duration(full_every, "--full-every") if full_every else None,
             "retention": parse_duration(retention, "--retention"), "encrypt": bool(encrypt),
-            "freeze": list(freeze or []), "verify": bool(verify)}
+            "freeze": list(freeze or []), "verify": bool(verify), "pre": pre or "", "post": post or "",
+            "hook_timeout": timeout}
+
+
+def hooks_of(policy: dict) -> Hooks:
+    """The pre/post commands of a stored policy (none in a policy stored before they existed)."""
+    return Hooks(policy.get("pre") or "", policy.get("post") or "", policy.get("hook_timeout") or DEFAULT_TIMEOUT)
 
 
 def level_for(policy: dict, asked: str | None, last_full: dict | None, last_done: dict | None,

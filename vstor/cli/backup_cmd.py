@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encrypt", action="store_true", help="AES-256-GCM on the media, keyed from the pool's key")
     p.add_argument("--freeze", action="append", metavar="MOUNT", help="fsfreeze this mount point around the snapshot")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the read-back after each job")
+    p.add_argument("--pre", metavar="CMD", help="shell command run before the job's snapshot (a database checkpoint, "
+                   "fsfreeze -f); if it fails or times out the job fails, with its reason")
+    p.add_argument("--post", metavar="CMD", help="shell command run after the job's snapshot, always (also after a "
+                   "failed --pre); like fsfreeze -u")
+    p.add_argument("--hook-timeout", metavar="DURATION",
+                   help="how long --pre and --post may each run before they are killed (default 60s)")
     subcommand(pol, "list", cmd_policy_list, "every policy with its next run")
     subcommand(pol, "show", cmd_policy_show, "one policy and its last jobs").add_argument("name", help="the policy")
     subcommand(pol, "delete", cmd_policy_delete, "delete a policy (its jobs stay restorable)").add_argument(
@@ -82,7 +88,8 @@ def _size(n: int | None) -> str:
 def cmd_policy_create(args: argparse.Namespace) -> int:
     r = request(pool_path(args), "backup.policy.create", name=args.name, source=args.source, library=args.library,
                 media=args.media, schedule=args.schedule, level=args.level, full_every=args.full_every,
-                retention=args.retention, encrypt=args.encrypt, freeze=args.freeze, verify=args.verify)
+                retention=args.retention, encrypt=args.encrypt, freeze=args.freeze, verify=args.verify,
+                **{k: v for k in ("pre", "post", "hook_timeout") if (v := getattr(args, k))})
     emit(args, r, lambda p: f"created policy {p['name']}: {p['source']} to {p['library']} "
          f"({len(p['media'])} cartridges), {p['schedule'] or 'by hand'}")
     return 0
@@ -103,8 +110,16 @@ def cmd_policy_list(args: argparse.Namespace) -> int:
 
 def cmd_policy_show(args: argparse.Namespace) -> int:
     r = request(pool_path(args), "backup.policy.show", name=args.name)
-    emit(args, r, lambda p: _policy_rows([p]) + "\n\n" + _job_rows(p["jobs"]))
+    emit(args, r, lambda p: _policy_rows([p]) + _hook_lines(p) + "\n\n" + _job_rows(p["jobs"]))
     return 0
+
+
+def _hook_lines(p: dict) -> str:
+    """The policy's pre/post commands, if any (policies made before them have none)."""
+    out = [f"\n{k}: {p[k]}" for k in ("pre", "post") if p.get(k)]
+    if out:
+        out.append(f"\nhook timeout: {p.get('hook_timeout', 60):.0f}s")
+    return "".join(out)
 
 
 def cmd_policy_delete(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ import argparse
 
 from vstor.cli.common import add_json_arg, add_pool_arg, emit, pool_path, request, subcommand, table, when
 from vstor.control.freeze import frozen
-from vstor.units import format_size, parse_duration
+from vstor.errors import UsageError
+from vstor.units import format_size, parse_duration, parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,11 +40,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("to", metavar="TO", help="the newer snapshot")
     pol = snap.add_parser("policy", help="automatic snapshots and retention").add_subparsers(
         dest="policy_action", required=True)
-    p = pol.add_parser("set", help="snapshot G|VOL every interval; prune automatic snapshots beyond the keeps")
+    p = pol.add_parser("set", help="snapshot G|VOL every interval and/or after an amount written; prune "
+                                   "automatic snapshots beyond the keeps")
     add_pool_arg(p)
     add_json_arg(p)
     p.add_argument("owner", metavar="G|VOL", help="a consistency group or a volume")
-    p.add_argument("--every", required=True, help="interval, like 15m or 1h (at least 1m)")
+    p.add_argument("--every", help="interval, like 15m or 1h (at least 1m); needed unless --after-written")
+    p.add_argument("--after-written", metavar="SIZE",
+                   help="also snapshot once SIZE (like 1G) was written to the volumes since the last snapshot")
+    p.add_argument("--min-interval", default="60s", metavar="DURATION",
+                   help="at most one --after-written snapshot per DURATION (default 60s)")
+    p.add_argument("--pre", metavar="CMD", help="shell command run before each automatic snapshot (a database "
+                   "checkpoint, fsfreeze -f); if it fails or times out, no snapshot is taken")
+    p.add_argument("--post", metavar="CMD", help="shell command run after each automatic snapshot, always "
+                   "(also after a failed --pre); like fsfreeze -u")
+    p.add_argument("--hook-timeout", default="60s", metavar="DURATION",
+                   help="how long --pre and --post may each run before they are killed (default 60s)")
     p.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest automatic snapshots")
     p.add_argument("--keep-daily", type=int, default=0, metavar="N",
                    help="also keep the newest automatic snapshot of each of the last N days")
@@ -118,11 +130,25 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_set(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "snapshot.policy_set", owner=args.owner, every=parse_duration(args.every, "--every"),
-                keep_last=args.keep_last, keep_daily=args.keep_daily)
-    emit(args, r, lambda r: f"policy for {r['owner']}: every {r['policy']['every']:.0f}s, keep last "
-         f"{r['policy']['keep_last']}, keep daily {r['policy']['keep_daily']}")
+    if args.every is None and args.after_written is None:
+        raise UsageError("give --every (a time schedule), --after-written (a threshold), or both")
+    r = request(pool_path(args), "snapshot.policy_set", owner=args.owner,
+                every=parse_duration(args.every, "--every") if args.every else 0,
+                keep_last=args.keep_last, keep_daily=args.keep_daily,
+                after_written=parse_size(args.after_written, "--after-written") if args.after_written else 0,
+                min_interval=parse_duration(args.min_interval, "--min-interval"), pre=args.pre or "",
+                post=args.post or "", hook_timeout=parse_duration(args.hook_timeout, "--hook-timeout"))
+    emit(args, r, lambda r: f"policy for {r['owner']}: {_triggers(r['policy'])}, keep last "
+         f"{r['policy']['keep_last']}, keep daily {r['policy']['keep_daily']}"
+         + (", with pre/post commands" if r["policy"].get("pre") or r["policy"].get("post") else ""))
     return 0
+
+
+def _triggers(p: dict) -> str:
+    out = [f"every {p['every']:.0f}s"] if p.get("every") else []
+    if p.get("after_written"):
+        out.append(f"after {format_size(p['after_written'])} written (at most every {p['min_interval']:.0f}s)")
+    return " or ".join(out)
 
 
 def cmd_policy_clear(args: argparse.Namespace) -> int:
@@ -133,7 +159,16 @@ def cmd_policy_clear(args: argparse.Namespace) -> int:
 
 def cmd_policy_list(args: argparse.Namespace) -> int:
     r = request(pool_path(args), "snapshot.policy_list")
-    emit(args, r, lambda r: table([("OWNER", "EVERY", "KEEP-LAST", "KEEP-DAILY")] + [
-        (p["owner"], f"{p['every']:.0f}s", str(p["keep_last"]), str(p["keep_daily"])) for p in r])
-        if r else "no policies")
+    emit(args, r, lambda r: table([("OWNER", "EVERY", "AFTER-WRITTEN", "KEEP-LAST", "KEEP-DAILY", "HOOKS",
+                                    "LAST RUN")] + [
+        (p["owner"], f"{p['every']:.0f}s" if p["every"] else "-",
+         format_size(p["after_written"]) if p.get("after_written") else "-", str(p["keep_last"]),
+         str(p["keep_daily"]), "pre/post" if p.get("pre") or p.get("post") else "-", _last(p.get("last_run")))
+        for p in r]) if r else "no policies")
     return 0
+
+
+def _last(run: dict | None) -> str:
+    if not run:
+        return "-"
+    return f"{when(run['when'])} {run.get('result', 'running')}" + (f": {run['reason']}" if run.get("reason") else "")

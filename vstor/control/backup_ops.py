@@ -38,11 +38,13 @@ class BackupOps:
     def op_backup_policy_create(self, name: str, source: str, library: str, media: list[str],
                                 schedule: str | None = None, level: str = "full", full_every: str | None = None,
                                 retention: str = "30d", encrypt: bool = False, freeze: list[str] | None = None,
-                                verify: bool = True) -> dict:
+                                verify: bool = True, pre: str | None = None, post: str | None = None,
+                                hook_timeout: str | None = None) -> dict:
         codes = [c for spec in media for c in (parse_range(spec) if "-" in spec else [spec])]
         return self._backup().create_policy(name=name, source=source, library=library, media=codes,
                                             schedule=schedule, level=level, full_every=full_every,
-                                            retention=retention, encrypt=encrypt, freeze=freeze, verify=verify)
+                                            retention=retention, encrypt=encrypt, freeze=freeze, verify=verify,
+                                            pre=pre, post=post, hook_timeout=hook_timeout)
 
     def op_backup_policy_list(self) -> list[dict]:
         eng = self._backup()

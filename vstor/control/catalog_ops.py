@@ -19,6 +19,7 @@ class CatalogOps:
     store: Store
     fs: Any
     mount: str | None
+    reclaimer: Any
 
     # -- groups ----------------------------------------------------------------------------
     def _group(self, g: Group) -> dict:
@@ -105,8 +106,11 @@ class CatalogOps:
         return {"spec": spec, "image": image}
 
     def op_snapshot_policy_set(self, owner: str, every: float | None, keep_last: int = 0,
-                               keep_daily: int = 0) -> dict:
-        return snapshots.set_policy(self.store, owner, every, keep_last, keep_daily)
+                               keep_daily: int = 0, after_written: int = 0, min_interval: float = 60.0,
+                               pre: str = "", post: str = "", hook_timeout: float = 60.0) -> dict:
+        return snapshots.set_policy(self.store, owner, every, keep_last, keep_daily, after_written=after_written,
+                                    min_interval=min_interval, pre=pre or "", post=post or "",
+                                    hook_timeout=hook_timeout)
 
     def op_snapshot_policy_list(self) -> list[dict]:
         with self.store._lock:
@@ -116,4 +120,7 @@ class CatalogOps:
                 kind, oid = key.split(":")
                 owner = cat.groups[int(oid)].name if kind == "group" else table.by_id[int(oid)].name
                 out.append({"owner": owner, "kind": kind} | p.__dict__)
+        runner = getattr(self.reclaimer, "policies", None)  # the outcome of each one's last automatic snapshot
+        for d in out:
+            d["last_run"] = runner.last.get(d["owner"]) if runner is not None else None
         return out

@@ -29,7 +29,7 @@ from vstor.store.volumes import Volume
 AUDITED = frozenset({
     "pair.create", "pair.split", "pair.resync", "pair.takeover", "pair.failback", "pair.delete",
     "library.create", "library.delete", "media.create", "media.protect", "media.export", "media.import",
-    "snapshot.policy.set",
+    "snapshot.policy_set",  # its --pre/--post commands run as root in the daemon
 })
 
 

@@ -29,6 +29,7 @@ class Member:
     name: str
     size: int
     lineage: list[int]
+    written: int = 0  # PoolState.written of the volume at the cut (0 in snapshots before 2026-12)
 
 
 @dataclass
@@ -55,9 +56,21 @@ class Snapshot:
 
 @dataclass
 class Policy:
-    every: float  # seconds between snapshots
+    every: float  # seconds between snapshots; 0: no time schedule (only after_written)
     keep_last: int = 0
     keep_daily: int = 0
+    # The fields below came with application-consistent snapshots (docs/formats.md); a policy
+    # journaled without them gets these defaults.
+    after_written: int = 0  # also snapshot once this many bytes were written since the last one; 0: off
+    min_interval: float = 60.0  # at most one threshold snapshot per this many seconds
+    pre: str = ""  # shell command run before each automatic snapshot ("" none); failing aborts it
+    post: str = ""  # shell command run after it, always
+    hook_timeout: float = 60.0  # seconds each of pre and post may take
+    base: dict[str, int] = field(default_factory=dict, compare=False)  # str(vid) -> written when set
+
+
+MIN_EVERY = 60.0
+MIN_THRESHOLD_INTERVAL = 1.0
 
 
 @dataclass
@@ -140,16 +153,18 @@ class Catalog:
             raise Busy(f"group {group!r} has snapshots; delete them first")
         return {"op": "group_delete", "gid": g.id}
 
-    def make_policy(self, table: VolumeTable, owner: str, policy: Policy | None) -> dict:
+    def make_policy(self, table: VolumeTable, owner: str, policy: Policy | None,
+                    written: dict[int, int] | None = None) -> dict:
+        """``written``: PoolState.written, recorded as the policy's baseline until its first snapshot."""
         kind, oid = self.owner(table, owner)
-        if policy is not None and (policy.every < 60 or policy.keep_last < 0 or policy.keep_daily < 0
-                                   or not policy.keep_last + policy.keep_daily):
-            raise UsageError("a policy needs --every of at least 1m and --keep-last or --keep-daily above 0")
+        if policy is not None:
+            check_policy(policy)
+            policy.base = {str(v): (written or {}).get(v, 0) for v in self.members(table, kind, oid)}
         return {"op": "policy_set", "owner": f"{kind}:{oid}", "policy": asdict(policy) if policy else None}
 
     # -- snapshot events -------------------------------------------------------------------
     def make_snapshot(self, table: VolumeTable, group_seq: dict[int, int], owner: str, name: str | None,
-                      now: float, auto: bool = False) -> dict:
+                      now: float, auto: bool = False, written: dict[int, int] | None = None) -> dict:
         kind, oid = self.owner(table, owner)
         vids = self.members(table, kind, oid)
         if not vids:
@@ -162,7 +177,8 @@ class Catalog:
         if name in taken:
             raise AlreadyExists(f"{owner!r} already has a snapshot named {name!r}")
         gid = oid if kind == "group" else table.by_id[oid].group
-        members = [asdict(Member(v, table.by_id[v].name, table.by_id[v].size, table.lineage(v))) for v in vids]
+        members = [asdict(Member(v, table.by_id[v].name, table.by_id[v].size, table.lineage(v),
+                                 (written or {}).get(v, 0))) for v in vids]
         return {"op": "snap_create", "sid": self.next_sid, "name": name, "kind": kind, "owner": oid,
                 "owner_name": owner, "created": now, "seq": group_seq.get(gid, 0), "members": members,
                 "auto": auto}
@@ -170,7 +186,8 @@ class Catalog:
     def make_snapshot_delete(self, snap: Snapshot) -> dict:
         return {"op": "snap_delete", "sid": snap.id}
 
-    def make_rollback(self, table: VolumeTable, group_seq: dict[int, int], snap: Snapshot, now: float) -> dict:
+    def make_rollback(self, table: VolumeTable, group_seq: dict[int, int], snap: Snapshot, now: float,
+                      written: dict[int, int] | None = None) -> dict:
         """Roll back the snapshot's volumes that are still members of its group (or the volume),
         after a safety snapshot of the current members, which therefore covers all of them."""
         current = set(self.members(table, snap.kind, snap.owner))
@@ -178,7 +195,7 @@ class Catalog:
         if not vids:
             raise UsageError(f"none of the volumes of snapshot {snap.owner_name}/{snap.name} is still in "
                              f"{snap.owner_name!r}; clone the snapshot instead with 'vstor snapshot clone'")
-        safety = self.make_snapshot(table, group_seq, snap.owner_name, None, now)
+        safety = self.make_snapshot(table, group_seq, snap.owner_name, None, now, written=written)
         safety["name"] = _unique(f"pre-rollback-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}",
                                  {s.name for s in self.snapshots_of(snap.kind, snap.owner)})
         rollback = {"op": "rollback", "sid": snap.id, "volumes": vids}
@@ -242,6 +259,27 @@ class Catalog:
         c.policies = {k: Policy(**p) for k, p in data["policies"].items()}
         c.next_gid, c.next_sid = data["next_gid"], data["next_sid"]
         return c
+
+
+def check_policy(policy: Policy) -> None:
+    """UsageError naming what a snapshot policy lacks or gets wrong."""
+    if policy.every and policy.every < MIN_EVERY or policy.every < 0:
+        raise UsageError("--every must be at least 1m")
+    if policy.after_written < 0:
+        raise UsageError("--after-written must be a positive size, like 1G")
+    if not policy.every and not policy.after_written:
+        raise UsageError("a policy needs --every (a time schedule) or --after-written (a threshold), or both")
+    if policy.keep_last < 0 or policy.keep_daily < 0 or not policy.keep_last + policy.keep_daily:
+        raise UsageError("a policy needs --keep-last or --keep-daily above 0")
+    if policy.min_interval < MIN_THRESHOLD_INTERVAL:
+        raise UsageError("--min-interval must be at least 1s")
+    if policy.hook_timeout <= 0:
+        raise UsageError("--hook-timeout must be above 0, like 60s")
+
+
+def auto_name(taken: set[str], now: float) -> str:
+    """The name of an automatic snapshot taken at ``now``: auto-YYYYmmdd-HHMMSS[.N]."""
+    return _unique("auto-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)), taken)
 
 
 def _unique(base: str, taken: set[str]) -> str:

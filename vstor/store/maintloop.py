@@ -6,7 +6,7 @@ Each tick:
   * commit: fdatasync the journal while it is dirty, which bounds what an un-fsynced crash
     can lose and the dirty page cache;
   * checkpoint: after ``checkpoint_bytes`` of journal or ``checkpoint_interval`` seconds;
-  * snapshot policies (snapshots.run_policies);
+  * snapshot policies (policyrun.PolicyRunner: by time or bytes written, with pre/post commands);
   * GC, within the per-tick budget (reclaim.py);
   * the fragment budget (fragments.py).
 A failing step does not stop the others, and no exception ends the loop (steps.py).
@@ -19,7 +19,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from vstor.store.snapshots import run_policies
 from vstor.store.steps import FailureReport, StepsFailed, run_steps
 
 log = logging.getLogger("vstor.reclaim")
@@ -37,6 +36,7 @@ class MaintenanceLoop:
     seconds_per_tick: float | None
     report: FailureReport
     snapshots_in_use: Callable[[], dict[int, int]]
+    policies: Any  # policyrun.PolicyRunner
     _run_lock: threading.Lock
     _stop: threading.Event
     _thread: threading.Thread | None
@@ -80,7 +80,7 @@ class MaintenanceLoop:
 
     def _policies(self) -> None:
         if self.store.state.catalog.policies:
-            for line in run_policies(self.store, set(self.snapshots_in_use())):
+            for line in self.policies.run(set(self.snapshots_in_use())):
                 log.info("snapshot policy: %s", line)
 
     def _gc(self) -> None:
@@ -127,3 +127,4 @@ class MaintenanceLoop:
         self._stop.set()
         if self._thread:
             self._thread.join()
+        self.policies.close()  # a policy's post command runs before the store closes

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from itertools import repeat
 from operator import rshift
+from typing import TYPE_CHECKING
 
 from vstor.clock import Clock, SystemClock
 from vstor.store import fragments
@@ -31,6 +32,10 @@ from vstor.store.chunkmap import LEAF_BITS, Leaf
 from vstor.store.format import LOC_SHIFT
 from vstor.store.maintloop import MaintenanceLoop
 from vstor.store.steps import FailureReport
+
+if TYPE_CHECKING:
+    from vstor.hooks import HookRunner
+    from vstor.store.policyrun import Spawn
 
 log = logging.getLogger("vstor.reclaim")
 MAX_FRAGMENTS = 64
@@ -45,7 +50,10 @@ class Reclaimer(MaintenanceLoop):
                  min_dead: float = 0.5, bytes_per_tick: int = 32 << 20, moves_per_tick: int = 2048,
                  seconds_per_tick: float | None = 0.15,
                  fragment_budget: int = fragments.BUDGET_BYTES // fragments.EXTENT_BYTES,
-                 fragment_interval: float = 10.0) -> None:
+                 fragment_interval: float = 10.0, hooks: HookRunner | None = None,
+                 spawn: Spawn | None = None) -> None:
+        """``hooks``, ``spawn``: how snapshot policies run their pre/post commands (policyrun.py)."""
+        from vstor.store.policyrun import PolicyRunner
         from vstor.store.store import Store
 
         assert isinstance(store, Store)
@@ -76,6 +84,7 @@ class Reclaimer(MaintenanceLoop):
         self.exact_interval = 60.0
         self._exact: tuple[float, int, dict[int, int]] | None = None  # (when, sealed below, live per segment)
         self.snapshots_in_use: Callable[[], dict[int, int]] = dict  # set by the daemon (FUSE open handles)
+        self.policies = PolicyRunner(store, hooks, spawn)
         store.reclaimer = self
 
     # -- GC --------------------------------------------------------------------------------

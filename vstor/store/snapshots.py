@@ -9,12 +9,13 @@ shared (O(leaves), no data copied), which is the whole write pause.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from vstor.errors import UsageError
 from vstor.store.accounting import account, changed_ranges
 from vstor.store.catalog import Policy, Snapshot
 from vstor.store.chunkmap import VolumeMap
-from vstor.store.policy import due, to_prune
+from vstor.store.policy import to_prune, trigger, written_since
 from vstor.store.state import PoolState
 from vstor.store.store import Store
 
@@ -33,7 +34,7 @@ def describe(store: Store, snap: Snapshot, sizes: dict[tuple[int, int], tuple[in
 
 def create(store: Store, owner: str, name: str | None = None, auto: bool = False) -> dict:
     ev = store.event(lambda st: st.catalog.make_snapshot(st.table, st.group_seq, owner, name,
-                                                         store.clock.time(), auto))
+                                                         store.clock.time(), auto, st.written))
     with store._lock:
         return describe(store, store.state.catalog.snaps[ev["sid"]])
 
@@ -53,7 +54,7 @@ def rollback(store: Store, owner: str, name: str) -> dict:
     snap = get(store, owner, name)
     ev = store.event(lambda st: st.catalog.make_rollback(st.table, st.group_seq,
                                                          st.catalog.snapshot(st.table, owner, name),
-                                                         store.clock.time()))
+                                                         store.clock.time(), st.written))
     return describe(store, snap) | {"rolled_back": True, "safety_snapshot": ev["events"][0]["name"]}
 
 
@@ -123,34 +124,52 @@ def diff(store: Store, owner: str, frm: str, to: str) -> list[dict]:
         return out
 
 
-def set_policy(store: Store, owner: str, every: float | None, keep_last: int, keep_daily: int) -> dict:
-    policy = None if every is None else Policy(every, keep_last, keep_daily)
-    ev = store.event(lambda st: st.catalog.make_policy(st.table, owner, policy))
+def set_policy(store: Store, owner: str, every: float | None, keep_last: int, keep_daily: int,
+               **more: object) -> dict:
+    """Set (``every`` None: remove) the policy of ``owner``. ``more``: the other Policy fields
+    (after_written, min_interval, pre, post, hook_timeout). ``every`` 0 with ``after_written``:
+    a threshold-only policy."""
+    policy = None if every is None else Policy(every, keep_last, keep_daily, **more)  # type: ignore[arg-type]
+    ev = store.event(lambda st: st.catalog.make_policy(st.table, owner, policy, st.written))
     return {"owner": owner, "policy": ev["policy"]}
 
 
-def run_policies(store: Store, in_use: set[int] = frozenset()) -> list[str]:  # type: ignore[assignment]
-    """Take the automatic snapshots that are due and prune what retention drops (except the
-    snapshots in ``in_use``, whose images are open). The maintenance loop calls it; each step
-    is one event, so a crash between steps leaves a state the next run completes. Returns
-    what was done, for the log."""
+# take(owner, policy, trigger, written_since) -> a line for the log, or None if nothing started
+Take = Callable[[str, Policy, str, int], "str | None"]
+
+
+def run_policies(store: Store, in_use: set[int] = frozenset(), take: Take | None = None) -> list[str]:  # type: ignore[assignment]
+    """Take the automatic snapshots that are due (by time, or by bytes written: policy.trigger)
+    and prune what retention drops (except the snapshots in ``in_use``, whose images are
+    open). The maintenance loop calls it; each step is one event, so a crash between steps
+    leaves a state the next run completes. ``take`` takes a due snapshot (policyrun.py: with
+    the policy's pre and post commands); by default it is taken here. Returns what was done,
+    for the log."""
     done = []
     now = store.clock.time()
     with store._lock:
-        cat, table = store.state.catalog, store.state.table
+        st = store.state
+        cat, table = st.catalog, st.table
         work = []
         for key, policy in cat.policies.items():
             kind, oid = key.split(":")
             owner = cat.groups[int(oid)].name if kind == "group" else table.by_id[int(oid)].name
-            work.append((kind, int(oid), owner, policy))
-    for kind, oid, owner, policy in work:
-        autos = [s for s in store.state.catalog.snapshots_of(kind, oid) if s.auto]
-        if due(policy, autos, now):
+            snaps = cat.snapshots_of(kind, int(oid))
+            since = written_since(policy, snaps, st.written, cat.members(table, kind, int(oid)))
+            why = trigger(policy, [s for s in snaps if s.auto], now, since)
+            work.append((kind, int(oid), owner, policy, why, since))
+    for kind, oid, owner, policy, why, since in work:
+        if why:
             try:
-                done.append("created " + owner + "/" + create(store, owner, auto=True)["name"])
+                if take is not None:
+                    line = take(owner, policy, why, since)
+                    if line:
+                        done.append(line)
+                else:
+                    done.append(f"created {owner}/{create(store, owner, auto=True)['name']} ({why})")
             except UsageError as e:  # e.g. an empty group: nothing to snapshot yet
                 log.warning("policy for %s: %s", owner, e)
-            autos = [s for s in store.state.catalog.snapshots_of(kind, oid) if s.auto]
+        autos = [s for s in store.state.catalog.snapshots_of(kind, oid) if s.auto]
         for snap in to_prune(policy, autos):
             if snap.id in in_use:
                 continue

@@ -35,6 +35,9 @@ class PoolState:
         self.group_seq: dict[int, int] = defaultdict(int)
         self.live: dict[int, int] = defaultdict(int)  # segno -> logical bytes referenced (see chunkmap)
         self.seg_logical: dict[int, int] = defaultdict(int)  # segno -> logical bytes of data written to it
+        # vid -> bytes of write and trim records journaled for the volume, ever (from the
+        # journal records alone, so replay reproduces it; snapshot policies' --after-written).
+        self.written: dict[int, int] = defaultdict(int)
         # record volume -> the maps that may reference its records (see holders()). Maps are
         # added and dropped only by apply_event, which empties this.
         self._holders: dict[int, list[VolumeMap]] = {}
@@ -117,6 +120,7 @@ class PoolState:
                 self.maps[vol.id] = self.new_map(tuple(vol.lineage))
         elif ev["op"] == "delete":
             self.maps.pop(vol.id).release()
+            self.written.pop(vol.id, None)
         elif ev["op"] == "resize" and old_size is not None and vol.size < old_size:
             self.maps[vol.id].unmap(vol.size, old_size)
         return vol
@@ -139,6 +143,8 @@ class PoolState:
             return  # the volume was deleted later in the journal
         if h.seq:
             self.group_seq[h.group] = max(self.group_seq[h.group], h.seq)
+        if h.rtype in (REC_WRITE, REC_TRIM):  # as Store._append counts them
+            self.written[vol.id] += h.length
         end = min(h.offset + h.length, vol.size)
         if end <= h.offset:
             return
@@ -205,6 +211,7 @@ class PoolState:
         return {"table": self.table.to_json(), "catalog": self.catalog.to_json(),
                 "group_seq": {str(g): s for g, s in self.group_seq.items()},
                 "seg_logical": {str(g): n for g, n in self.seg_logical.items()},
+                "written": {str(v): n for v, n in self.written.items()},
                 "maps": [["v", vid] for vid in self.maps] + [["s", sid, vid] for sid, vid in self.snap_maps]}
 
     def maps_blob(self) -> bytes:
@@ -217,6 +224,7 @@ class PoolState:
         st.catalog = Catalog.from_json(meta.get("catalog"))
         st.group_seq.update({int(g): s for g, s in meta["group_seq"].items()})
         st.seg_logical.update({int(g): n for g, n in meta.get("seg_logical", {}).items()})
+        st.written.update({int(v): n for v, n in meta.get("written", {}).items()})  # absent before 2026-12
         for name, vm in zip(meta["maps"], load_maps(blob, chunk_size, st._on_ref, origins), strict=True):
             if name[0] == "v":
                 vm.lineage = tuple(st.table.lineage(name[1]))

@@ -242,6 +242,8 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
         self.space.consumed(RECORD_HEADER_SIZE + stored)
         if rtype in (REC_WRITE, REC_RELOCATE):
             self.state.seg_logical[loc_segno(loc)] += length
+        if rtype in (REC_WRITE, REC_TRIM):  # what replay counts too (PoolState.apply_record)
+            self.state.written[vid] += length
         self._hcache.put_raw(loc, header, table)
         return loc
 
