@@ -5,7 +5,7 @@ until then nothing deletes, expires or shortens it, and the lock itself can only
 Lock dates are compared with the *compliance time*, never with the wall clock alone:
 
 * ``meta/compliance-clock.json`` keeps the highest wall-clock time the pool has seen; it is
-  raised on every lock check and on every maintenance pass (snapshot policies run);
+  raised on every lock check and by the maintenance loop (at most once a minute);
 * compliance time = max(that, wall clock now). A system clock set back therefore shortens
   nothing; one set forward makes locks expire early by at most the jump (the high mark stays
   there). SnapLock's ComplianceClock likewise only moves forward.
@@ -29,11 +29,12 @@ from vstor.durable import atomic_write
 from vstor.errors import CorruptData, Refused, UsageError
 
 __all__ = ["CLOCK_FILE", "LOCKS_FILE", "VERSION", "ComplianceClock", "Locks", "job_key", "policy_key",
-           "snapshot_key", "for_pool", "refuse_if_locked", "show_time"]
+           "snapshot_key", "checkpoint", "for_pool", "refuse_if_locked", "show_time"]
 
 VERSION = 1
 CLOCK_FILE = "compliance-clock.json"  # under POOL/meta/
 LOCKS_FILE = "locks.json"  # under POOL/meta/
+CHECKPOINT_EVERY = 60.0  # seconds: the periodic checkpoint persists the high mark at most this often
 _mutex = threading.Lock()  # one writer at a time within the process (offline commands hold the pool lock)
 
 
@@ -84,17 +85,22 @@ class ComplianceClock:
     def __init__(self, path: str, clock: Clock) -> None:
         self.path, self.clock = path, clock
 
-    def now(self) -> float:
+    def now(self, persist_after: float = 0.0) -> float:
+        """Compliance time; a wall clock more than ``persist_after`` seconds past the high mark is
+        persisted as the new one (0: any advance, as every lock check does)."""
         wall = self.clock.time()
         with _mutex:
             high = float(_load(self.path, {"highest": 0.0})["highest"])
-            if wall > high:
+            if wall > high + persist_after or (wall > high and not persist_after):
                 _store(self.path, {"highest": wall})
-                return wall
-        return high
+        return max(wall, high)
 
-    checkpoint = now  # the periodic checkpoint is the same step
-    time = now  # a Clock-like view, for the approval requests' deadlines
+    def checkpoint(self) -> float:
+        """The periodic checkpoint (the maintenance loop's every tick): persists at most once a minute."""
+        return self.now(CHECKPOINT_EVERY)
+
+    def time(self) -> float:  # a Clock-like view, for the approval requests' deadlines
+        return self.now()
 
 
 class Locks:
@@ -131,6 +137,11 @@ class Locks:
 def for_pool(pool: str, clock: Clock) -> tuple[ComplianceClock, Locks]:
     meta = os.path.join(pool, "meta")
     return ComplianceClock(os.path.join(meta, CLOCK_FILE), clock), Locks(os.path.join(meta, LOCKS_FILE))
+
+
+def checkpoint(pool: str, clock: Clock) -> float:
+    """The compliance clock's periodic checkpoint (the maintenance loop calls it every tick)."""
+    return for_pool(pool, clock)[0].checkpoint()
 
 
 def refuse_if_locked(pool: str, clock: Clock, keys: tuple[str, ...], what: str, doing: str) -> None:
