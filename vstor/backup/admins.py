@@ -26,7 +26,7 @@ from vstor.clock import Clock
 from vstor.durable import atomic_write
 from vstor.errors import AlreadyExists, CorruptData, NotFound, Refused, UsageError
 
-__all__ = ["ADMINS_FILE", "LOCKOUT", "MAX_FAILURES", "STEP", "VERSION", "AdminStore", "ISSUER"]
+__all__ = ["ADMINS_FILE", "DRIFT", "ISSUER", "LOCKOUT", "MAX_FAILURES", "STEP", "VERSION", "AdminStore"]
 
 VERSION = 1
 ADMINS_FILE = "admins.json"
