@@ -154,6 +154,8 @@ def test_a_change_needs_an_admins_code_once_one_is_enrolled(gov):
     # a second admin needs an existing admin's code
     with pytest.raises(Refused, match="--as NAME"):
         gov.call("admin.enroll", name="bob")
+    with pytest.raises(Refused, match="last enrolled admin"):
+        gov.call("admin.remove", gov.auth("alice"), name="alice")
     gov.enroll("bob", by="alice")
     listing = gov.call("admin.list")
     assert [a["name"] for a in listing["admins"]] == ["alice", "bob"]

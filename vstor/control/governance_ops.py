@@ -91,6 +91,9 @@ class GovernanceOps:
 
     def op_admin_remove(self, name: str) -> dict:
         admins = self._admins()
+        if admins.names() == [name]:
+            raise Refused(f"{name!r} is the last enrolled admin: removing it would switch governance off, which "
+                          "vstor does not do; enrol another admin first")
         if admins.require_approval() and len(admins.names()) <= 2:
             raise Refused("approval is required and needs two enrolled admins: enrol another admin, or turn "
                           "approval off, before removing one")
