@@ -307,3 +307,24 @@ def test_a_locked_snapshot_survives_delete_and_pruning(gov):
     assert [(e["details"]["name"], e["admin"]) for e in gov.audit() if e["action"] == "snapshot.delete"] == [
         ("keep", "alice"), ("keep", "alice")]
     assert stat.S_IMODE(os.stat(os.path.join(gov.pool, "meta", compliance.LOCKS_FILE)).st_mode) == 0o600
+
+
+def test_lock_dates_and_a_damaged_lock_file(gov):
+    now = gov.clock.time()
+    assert parse_until("2030-01-01", now) == 1893456000.0
+    assert parse_until("2030-01-01T12:30Z", now) == 1893456000.0 + 12.5 * 3600
+    assert parse_until("7y", now) == now + 7 * 365 * DAY
+    with pytest.raises(UsageError, match="invalid --until"):
+        parse_until("soon", now)
+    snapshots.create(gov.store, "g", "s")
+    with pytest.raises(UsageError, match="not in the future"):
+        gov.call("snapshot.lock", owner="g", name="s", until="2001-01-01")
+    gov.call("snapshot.lock", owner="g", name="s", until="1d")  # no admin yet: not guarded
+    path = os.path.join(gov.pool, "meta", compliance.LOCKS_FILE)
+    with open(path, "rb") as f:
+        doc = f.read()
+    with open(path, "wb") as f:
+        f.write(doc.replace(b'"until": ', b'"until": 1'))  # an edited date fails the checksum
+
+    with pytest.raises(CorruptData, match="nothing they may protect can be deleted"):
+        snapshots.delete(gov.store, "g", "s")

@@ -129,22 +129,24 @@ class GovernanceOps:
     # -- compliance locks --------------------------------------------------------------------
     def op_backup_lock(self, target: str, until: str) -> dict:
         """Lock a job (a number) or a policy (a name) until a date (compliance time)."""
-        cc, locks = self._compliance()
-        now = cc.now()
-        when = parse_until(until, now)
         cat = self._backup().catalog
-        if str(target).isdigit():
-            job = cat.job(int(target))
-            return locks.set(compliance.job_key(job["id"]), when, now, current_actor(), f"backup job {job['id']}")
-        cat.policy(target)  # NotFound names the list command
-        return locks.set(compliance.policy_key(target), when, now, current_actor(), f"backup policy {target!r}")
+        with compliance.GUARD:
+            cc, locks = self._compliance()
+            now = cc.now()
+            when = parse_until(until, now)
+            if str(target).isdigit():
+                job = cat.job(int(target))
+                return locks.set(compliance.job_key(job["id"]), when, now, current_actor(), f"backup job {job['id']}")
+            cat.policy(target)  # NotFound names the list command
+            return locks.set(compliance.policy_key(target), when, now, current_actor(), f"backup policy {target!r}")
 
     def op_snapshot_lock(self, owner: str, name: str, until: str) -> dict:
-        cc, locks = self._compliance()
-        now = cc.now()
-        snap = snapshots.get(self.store, owner, name)
-        return locks.set(compliance.snapshot_key(snap.id), parse_until(until, now), now, current_actor(),
-                         f"snapshot {owner}/{name}")
+        with compliance.GUARD:
+            cc, locks = self._compliance()
+            now = cc.now()
+            snap = snapshots.get(self.store, owner, name)
+            return locks.set(compliance.snapshot_key(snap.id), parse_until(until, now), now, current_actor(),
+                             f"snapshot {owner}/{name}")
 
     def op_lock_list(self) -> dict:
         cc, locks = self._compliance()

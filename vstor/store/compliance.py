@@ -28,14 +28,17 @@ from vstor.clock import Clock
 from vstor.durable import atomic_write
 from vstor.errors import CorruptData, Refused, UsageError
 
-__all__ = ["CLOCK_FILE", "LOCKS_FILE", "VERSION", "ComplianceClock", "Locks", "job_key", "policy_key",
-           "snapshot_key", "checkpoint", "for_pool", "refuse_if_locked", "show_time"]
+__all__ = ["CHECKPOINT_EVERY", "CLOCK_FILE", "GUARD", "LOCKS_FILE", "VERSION", "ComplianceClock", "Locks",
+           "checkpoint", "for_pool", "job_key", "policy_key", "refuse_if_locked", "show_time", "snapshot_key"]
 
 VERSION = 1
 CLOCK_FILE = "compliance-clock.json"  # under POOL/meta/
 LOCKS_FILE = "locks.json"  # under POOL/meta/
 CHECKPOINT_EVERY = 60.0  # seconds: the periodic checkpoint persists the high mark at most this often
 _mutex = threading.Lock()  # one writer at a time within the process (offline commands hold the pool lock)
+GUARD = threading.RLock()
+"""Held across "is it locked?" and the act (a delete, an expiry) and around setting a lock, so a
+lock set meanwhile cannot miss an act already decided."""
 
 
 def _checksum(doc: dict) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from vstor.errors import UsageError
+from vstor.errors import Refused, UsageError
 from vstor.store import compliance
 from vstor.store.accounting import account, changed_ranges
 from vstor.store.catalog import Policy, Snapshot
@@ -47,9 +47,10 @@ def get(store: Store, owner: str, name: str) -> Snapshot:
 def delete(store: Store, owner: str, name: str) -> dict:
     """Delete snapshot OWNER/NAME; Refused while a compliance lock holds it (compliance.py)."""
     snap = get(store, owner, name)
-    compliance.refuse_if_locked(store.pool, store.clock, (compliance.snapshot_key(snap.id),),
-                                f"snapshot {owner}/{name}", "deleted")
-    store.event(lambda st: st.catalog.make_snapshot_delete(st.catalog.snapshot(st.table, owner, name)))
+    with compliance.GUARD:
+        compliance.refuse_if_locked(store.pool, store.clock, (compliance.snapshot_key(snap.id),),
+                                    f"snapshot {owner}/{name}", "deleted")
+        store.event(lambda st: st.catalog.make_snapshot_delete(st.catalog.snapshot(st.table, owner, name)))
     return describe(store, snap) | {"deleted": True}
 
 
@@ -161,7 +162,10 @@ def run_policies(store: Store, in_use: set[int] = frozenset()) -> list[str]:  # 
         for snap in to_prune(policy, autos):
             if snap.id in in_use or compliance.snapshot_key(snap.id) in held:
                 continue  # open, or under a compliance lock: retention passes it over
-            delete(store, owner, snap.name)
+            try:
+                delete(store, owner, snap.name)
+            except Refused:  # locked since ``held`` was read
+                continue
             done.append(f"pruned {owner}/{snap.name}")
     return done
 
