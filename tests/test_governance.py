@@ -172,8 +172,11 @@ def test_every_guarded_op_exists_and_is_refused_without_a_code(gov):
         assert hasattr(gov.svc, "op_" + op.replace(".", "_")), op
         assert rule_for(op.replace(".", "_")) is rule
         with pytest.raises(Refused, match="--as NAME --otp CODE"):
-            gov.svc.dispatch(op, {})
+            gov.svc.dispatch(op, {"schedule": "x"} if op == "backup.drill" else {})
     gov.call("backup.expire", dry_run=True)  # a dry run changes nothing: no code needed
+    gov.policy("p", gov.auth("alice"))
+    with pytest.raises(Refused, match="--as NAME --otp CODE"):
+        gov.call("backup.drill", policy="p", schedule="0 4 * * SUN")  # defining a drill is a change
 
 
 # -- approval ---------------------------------------------------------------------------------

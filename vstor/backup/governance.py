@@ -29,7 +29,7 @@ __all__ = ["GUARDED", "Decision", "Rule", "decide", "job_locks", "parse_until", 
 class Rule:
     destructive: bool | Callable[[dict], bool] = False  # with approval on: waits for a second admin
     audited: bool = False  # the op writes its own audit entry; else the guard writes one (op, args)
-    unless: str | None = None  # an argument that, when true, makes the request harmless (dry_run)
+    when: Callable[[dict], bool] | None = None  # guarded only for these arguments (None: always)
 
     def is_destructive(self, args: dict) -> bool:
         return bool(self.destructive(args) if callable(self.destructive) else self.destructive)
@@ -43,9 +43,12 @@ GUARDED: dict[str, Rule] = {
     # backup policies, schedules, retention, keys
     "backup.policy.create": Rule(audited=True),
     "backup.policy.delete": Rule(destructive=True, audited=True),
-    "backup.expire": Rule(destructive=True, audited=True, unless="dry_run"),
+    "backup.expire": Rule(destructive=True, audited=True, when=lambda a: not a.get("dry_run")),
     "backup.catalog.rebuild": Rule(audited=True),
     "key.rotate": Rule(audited=True),
+    # restore drills: defining one (schedule, check) and removing one; running one is not a change
+    "backup.drill": Rule(audited=True, when=lambda a: any(a.get(k) for k in ("schedule", "check", "check_timeout"))),
+    "backup.drill.remove": Rule(destructive=True, audited=True),
     # compliance locks
     "backup.lock": Rule(),
     "snapshot.lock": Rule(),
@@ -77,7 +80,7 @@ def decide(op: str, args: dict, auth: dict | None, admins: AdminStore) -> Decisi
     rule = rule_for(op)
     if rule is None:
         return Decision(False)
-    if rule.unless and args.get(rule.unless):
+    if rule.when is not None and not rule.when(args):
         return Decision(False)
     if not admins.names():
         return Decision(True)  # no admin yet: the bootstrap
