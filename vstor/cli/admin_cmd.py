@@ -4,8 +4,8 @@ compliance locks: vstor backup lock, vstor snapshot lock (registered into those 
 from __future__ import annotations
 
 import argparse
-import io
 import sys
+from typing import TextIO
 
 from vstor.cli.common import add_admin_args, emit, pool_path, request, subcommand, table, when
 
@@ -53,28 +53,25 @@ def register_snapshot_lock(snap: argparse._SubParsersAction) -> None:
     add_admin_args(p)
 
 
-def qr_text(data: str, tty: bool) -> str:
-    """``data`` as a terminal QR code (qrcode's print_ascii: ANSI colours on a terminal, else
-    Unicode half blocks)."""
-    import qrcode
+def print_qr(data: str, out: TextIO) -> None:
+    """``data`` as a terminal QR code (qrcode's print_ascii: ANSI colours on a terminal, Unicode
+    half blocks otherwise, as into a file or a pipe)."""
+    import qrcode  # only here: other commands do not pay for it
 
     qr = qrcode.QRCode(border=2)
     qr.add_data(data)
-    out = io.StringIO()
-    if tty:
-        out.isatty = lambda: True  # type: ignore[method-assign]  # print_ascii(tty=True) asks the stream
-    qr.print_ascii(out=out, tty=tty)
-    return out.getvalue()
+    qr.print_ascii(out=out, tty=out.isatty())
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     r = request(pool_path(args), "admin.enroll", name=args.name)
-
-    def text(r: dict) -> str:
-        return (f"enrolled admin {r['name']}. Add it to an authenticator app (TOTP, 30 s, 6 digits): scan the QR "
-                f"code or enter the URI. This is the only time the secret is shown.\n{r['uri']}\n"
-                + qr_text(r["uri"], sys.stdout.isatty()))
-    emit(args, r, text)
+    if args.json:
+        emit(args, r, str)
+        return 0
+    print(f"enrolled admin {r['name']}. Add it to an authenticator app (TOTP, 30 s, 6 digits): scan the QR code or "
+          f"enter the URI. This is the only time the secret is shown.\n{r['uri']}")
+    sys.stdout.flush()
+    print_qr(r["uri"], sys.stdout)
     return 0
 
 
