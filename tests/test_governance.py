@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 
 import pyotp
 import pytest
@@ -127,6 +128,23 @@ def test_totp_drift_replay_and_lockout(tmp_path):
         admins.verify("alice", totp.at(clock.time()))
     clock.advance(LOCKOUT)
     admins.verify("alice", totp.at(clock.time()))
+    # one code sent twice at the same moment (two connections, two AdminStore objects): accepted once
+    clock.advance(STEP)
+    code, results = totp.at(clock.time()), []
+
+    def use() -> None:
+        try:
+            AdminStore(str(tmp_path / "admins.json"), clock).verify("alice", code)
+            results.append("ok")
+        except Refused:
+            results.append("refused")
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["ok"] + ["refused"] * 7
     # a damaged file refuses everything rather than letting anyone through
     with open(tmp_path / "admins.json", "r+b") as f:
         f.seek(40)

@@ -38,6 +38,9 @@ ISSUER = "vstor"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CODE_RE = re.compile(r"^\d{6}$")
 
+_LOCK = threading.Lock()  # serializes read-check-write of the file within the process (a code is
+# accepted once, a request approved once, even by two requests at the same moment)
+
 
 def _checksum(doc: dict) -> str:
     body = {k: v for k, v in doc.items() if k != "checksum"}
@@ -47,7 +50,7 @@ def _checksum(doc: dict) -> str:
 class AdminStore:
     def __init__(self, path: str, clock: Clock) -> None:
         self.path, self.clock = path, clock
-        self._lock = threading.Lock()
+        self._lock = _LOCK  # one for every instance: the control server makes one per request
 
     # -- the file ----------------------------------------------------------------------------
     def _load(self) -> dict:

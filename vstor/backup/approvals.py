@@ -28,6 +28,9 @@ APPROVALS_FILE = "approvals.json"
 EXPIRY = 3600.0
 KEEP = 200
 
+_LOCK = threading.Lock()  # serializes read-check-write of the file within the process (a code is
+# accepted once, a request approved once, even by two requests at the same moment)
+
 
 def _checksum(doc: dict) -> str:
     body = {k: v for k, v in doc.items() if k != "checksum"}
@@ -37,7 +40,7 @@ def _checksum(doc: dict) -> str:
 class Approvals:
     def __init__(self, path: str, clock: Clock) -> None:
         self.path, self.clock = path, clock
-        self._lock = threading.Lock()
+        self._lock = _LOCK  # one for every instance: the control server makes one per request
 
     def _load(self) -> dict:
         try:
