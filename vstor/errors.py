@@ -125,11 +125,20 @@ class TimedOut(VstorError):
     exit_code = 14
 
 
+class Refused(VstorError):
+    """Governance said no: an admin's one-time code is missing, wrong or replayed, the admin is
+    rate-limited, or a compliance lock protects the object. The message says what is needed."""
+
+    errno = _errno.EPERM
+    exit_code = 15
+
+
 ERROR_TYPES: dict[str, type[VstorError]] = {
     cls.__name__: cls
     for cls in (
         VstorError, UsageError, NotFound, AlreadyExists, Busy, NotRunning, KeyError_,
         PoolFull, CorruptData, FormatError, ReadOnly, ExternalToolError, MediaError, TimedOut,
+        Refused,
     )
 }
 

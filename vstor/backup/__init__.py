@@ -13,10 +13,14 @@ Layers, pure first:
   daemon and the control socket use;
 * restore drills: ``drills`` (the runner the engine owns), ``drillcheck`` (the isolated, timed
   check), ``drillscratch`` (attaching and removing scratch), ``drillcat`` (the drill tables) and
-  ``drillreport`` (the report section and the restore-time forecast).
+  ``drillreport`` (the report section and the restore-time forecast);
+* governance: ``governance`` (the table of guarded control ops and the guard's decision),
+  ``admins`` (enrolled admins, TOTP, lockout) and ``approvals`` (requests for a second admin);
+  compliance locks are in ``vstor.store.compliance``.
 """
 
 from __future__ import annotations
 
-__all__ = ["audit", "cartridges", "catalog", "drillcat", "drillcheck", "drillreport", "drills", "drillscratch",
-           "engine", "jobs", "keys", "mediaio", "policy", "report", "restore", "retention", "schedule", "tapefile"]
+__all__ = ["admins", "approvals", "audit", "cartridges", "catalog", "drillcat", "drillcheck", "drillreport", "drills",
+           "drillscratch", "engine", "governance", "jobs", "keys", "mediaio", "policy", "report", "restore",
+           "retention", "schedule", "tapefile"]

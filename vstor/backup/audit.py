@@ -1,6 +1,7 @@
 """A hash-chained, append-only audit log of backup administration (POOL/backup/audit.log).
 
-Each line is one JSON entry {"seq", "time", "actor", "action", "details", "prev", "hash"}:
+Each line is one JSON entry {"seq", "time", "actor", "action", "details", "prev", "hash"}, plus
+"admin" and "approved_by" when governance authorized the change (AUTHORITY):
 ``hash`` is the SHA-256 of the canonical JSON (sorted keys, no spaces) of the entry without
 "hash", and ``prev`` is the previous entry's hash ("0" * 64 for the first). See backup.md §5.4.
 
@@ -43,6 +44,11 @@ def entry_hash(entry: dict) -> str:
 
 ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("vstor_actor", default=None)
 """The user a request acts for, set by the daemon's control server from the peer's credentials."""
+
+AUTHORITY: contextvars.ContextVar[dict | None] = contextvars.ContextVar("vstor_authority", default=None)
+"""The governance of the running request: {"admin": NAME} (whose one-time code was accepted) and,
+for an approved request, "approved_by". Set by the control adapter; the entries written while it
+is set carry these fields (older entries have none, and still verify: the hash covers what is there)."""
 
 
 def current_actor() -> str:
@@ -100,6 +106,7 @@ class AuditLog:
     def _write(self, fd: int, last: dict | None, actor: str, action: str, details: dict) -> dict:
         entry = {"seq": (last["seq"] + 1) if last else 1, "time": self.clock.time(), "actor": actor,
                  "action": action, "details": details, "prev": last["hash"] if last else GENESIS}
+        entry.update({k: v for k, v in (AUTHORITY.get() or {}).items() if k in ("admin", "approved_by") and v})
         entry["hash"] = entry_hash(entry)
         line = canonical(entry) + b"\n"
         view = memoryview(line)

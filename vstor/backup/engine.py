@@ -36,6 +36,7 @@ from vstor.errors import Busy, UsageError, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.hooks import HookRunner, ShellRunner
 from vstor.media.manager import MediaManager
+from vstor.store import compliance
 from vstor.store.store import Store
 
 log = logging.getLogger("vstor.backup")
@@ -108,6 +109,8 @@ class BackupEngine:
 
     def delete_policy(self, name: str) -> dict:
         policy = self.catalog.policy(name)
+        compliance.refuse_if_locked(self.store.pool, self.clock, (compliance.policy_key(name),),
+                                    f"backup policy {name!r}", "deleted")
         if name in self._running:
             raise Busy(f"a job of policy {name!r} is running (job {self._running[name]}); wait for it to end")
         self.audit.append(current_actor(), "backup.policy.delete", {"name": name})

@@ -28,7 +28,7 @@ from vstor.backup.mediaio import TapeWriter
 from vstor.backup.policy import hooks_of
 from vstor.backup.tapefile import PartHeader, VolumeSource, pax_stream
 from vstor.control.freeze import frozen
-from vstor.errors import NotFound, VstorError
+from vstor.errors import NotFound, Refused, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.hooks import HookRunner, ShellRunner, around
 from vstor.store import snapshots
@@ -137,3 +137,5 @@ def drop_snapshot(store: Store, source: str, job: int) -> None:
         snapshots.delete(store, source, snapshot_name(job))
     except NotFound:
         pass
+    except Refused as e:  # an admin locked it: it stays, and the job's outcome does not change
+        log.warning("backup job %d: its snapshot stays: %s", job, e)

@@ -5,6 +5,7 @@ go, and why the rest stays"); ``apply_expiry`` carries it out in one catalog tra
 
 Guarantees of a plan:
 * A job expires only when its ``expires`` time has passed (failed jobs too).
+* A job under a compliance lock (its own or its policy's) is kept until the lock's date.
 * A job past retention is kept while it is needed: when an unexpired, waiting or running job builds
   on it (its chain of incrementals down to the full), or when it belongs to the newest restorable
   chain of its policy. The last full is never pruned, whatever the retention says (Bareos #2489).
@@ -87,12 +88,13 @@ def _protected(jobs: list[dict], by_id: dict[int, dict], now: float) -> dict[int
     return why
 
 
-def plan_expiry(catalog: BackupCatalog, now: float) -> ExpiryPlan:
-    """What expiring at ``now`` would do; changes nothing."""
+def plan_expiry(catalog: BackupCatalog, now: float, locked: dict[int, str] | None = None) -> ExpiryPlan:
+    """What expiring at ``now`` would do; changes nothing. ``locked``: jobs under a compliance
+    lock (governance.job_locks), kept whatever their retention says."""
     plan = ExpiryPlan()
     jobs = catalog.jobs()
     by_id = {j["id"]: j for j in jobs}
-    keep = _protected(jobs, by_id, now)
+    keep = (locked or {}) | _protected(jobs, by_id, now)
     for j in sorted(jobs, key=lambda j: j["id"]):
         if j["status"] in ("done", "failed") and j["expires"] <= now:
             if j["id"] in keep:

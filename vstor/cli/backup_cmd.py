@@ -7,8 +7,8 @@ import argparse
 import json
 import os
 
-from vstor.cli import drill_cmd
-from vstor.cli.common import emit, pool_path, request, subcommand, table, when
+from vstor.cli import admin_cmd, drill_cmd
+from vstor.cli.common import add_admin_args, emit, pool_path, request, subcommand, table, when
 from vstor.units import format_size
 
 JOB = "the job's number (see 'vstor backup jobs')"
@@ -39,10 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "failed --pre); like fsfreeze -u")
     p.add_argument("--hook-timeout", metavar="DURATION",
                    help="how long --pre and --post may each run before they are killed (default 60s)")
+    add_admin_args(p)
     subcommand(pol, "list", cmd_policy_list, "every policy with its next run")
     subcommand(pol, "show", cmd_policy_show, "one policy and its last jobs").add_argument("name", help="the policy")
-    subcommand(pol, "delete", cmd_policy_delete, "delete a policy (its jobs stay restorable)").add_argument(
-        "name", help="the policy")
+    p = subcommand(pol, "delete", cmd_policy_delete, "delete a policy (its jobs stay restorable)")
+    p.add_argument("name", help="the policy")
+    add_admin_args(p)
 
     p = subcommand(bk, "run", cmd_run, "run a policy now")
     p.add_argument("policy", help="the policy to run")
@@ -60,16 +62,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="accepted for symmetry: a restore is always waited for")
     p = subcommand(bk, "expire", cmd_expire, "apply retention: expire jobs, recycle media")
     p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
+    add_admin_args(p)
     subcommand(bk, "media", cmd_media, "the cartridges backups use: state, jobs, bytes")
     cat = bk.add_parser("catalog", help="the backup catalog").add_subparsers(dest="what", required=True)
     p = subcommand(cat, "rebuild", cmd_rebuild, "rebuild the catalog by reading the job headers on the media")
     p.add_argument("library", help="the tape library to read")
     p.add_argument("--media", nargs="+", metavar="BARCODE", help="only these cartridges (default: all)")
+    add_admin_args(p)
     p = subcommand(bk, "report", cmd_report, "completion rate, verify success, restore times")
     p.add_argument("--days", type=int, default=30, help="the daily series' length (default 30)")
     p.add_argument("--plot", metavar="FILE.png",
                    help="also draw the daily figures (needs matplotlib); drills go to FILE-drills.png")
     drill_cmd.register(bk)
+    admin_cmd.register_backup_lock(bk)
 
     au = sub.add_parser("audit", help="the hash-chained audit log of configuration changes").add_subparsers(
         dest="action", required=True)
@@ -78,6 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ky = sub.add_parser("key", help="backup encryption keys").add_subparsers(dest="action", required=True)
     p = subcommand(ky, "rotate", cmd_key_rotate, "a new key id for new jobs; old jobs stay restorable")
     p.add_argument("--every", metavar="DURATION", help="also rotate automatically at this age, like 90d")
+    add_admin_args(p)
     subcommand(ky, "list", cmd_key_list, "key ids and when they were made")
 
 

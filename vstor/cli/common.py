@@ -44,6 +44,16 @@ def subcommand(group: argparse._SubParsersAction, name: str, func: object, help_
 
 
 _wait: dict[str, float | None] = {"timeout": None}  # the running command's --timeout, if given
+_auth: dict[str, Any] = {}  # the running command's --as and --otp, if given (governance)
+EXIT_PENDING = 16  # a destructive request now waits for a second admin's approval: it has not run
+
+
+def add_admin_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """--as NAME --otp CODE: the enrolled admin a governed change is made as (see 'vstor admin')."""
+    p.add_argument("--as", dest="as_admin", metavar="NAME", required=required,
+                   help="the enrolled admin making this change (needed once any admin is enrolled)")
+    p.add_argument("--otp", metavar="CODE", required=required,
+                   help="that admin's current 6-digit one-time code from their authenticator app")
 
 
 def pool_path(args: argparse.Namespace) -> str:
@@ -53,6 +63,10 @@ def pool_path(args: argparse.Namespace) -> str:
         raise UsageError("no pool given: use --pool PATH or set VSTOR_POOL")
     load_superblock(args.pool)  # a clear error if it is not a pool
     _wait["timeout"] = getattr(args, "call_timeout", None)
+    _auth.clear()
+    if getattr(args, "as_admin", None) or getattr(args, "otp", None):
+        _auth.update({"as": args.as_admin, "otp": args.otp})
+    _auth["json"] = bool(getattr(args, "json", False))
     return os.path.abspath(args.pool)
 
 
@@ -63,7 +77,28 @@ def daemon_running(pool: str) -> bool:
 def request(pool: str, op: str, key_file: str | None = None, progress: bool = False, **kw: Any) -> Any:
     """Run ``op`` on the daemon if it runs, else offline under the pool lock. ``progress``: the
     operation reports progress (shown on a terminal) and, by default, is waited for without
-    a time limit."""
+    a time limit. A governed change carries the command's --as/--otp; one that must wait for
+    approval prints the request and exits with EXIT_PENDING."""
+    if _auth.get("as") or _auth.get("otp"):
+        kw["auth"] = {"as": _auth.get("as"), "otp": _auth.get("otp")}
+    return _pending_or(_request(pool, op, key_file, progress, **kw))
+
+
+def _pending_or(result: Any) -> Any:
+    if not (isinstance(result, dict) and "approval_request" in result):
+        return result
+    r = result["approval_request"]
+    if _auth.get("json"):
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(f"request {r['id']} ({r['op']}) by {r['requester']} waits for a second admin's approval until "
+              f"{when(r['expires'])} UTC; it has not run. Another admin approves it with "
+              f"'vstor admin approve {r['id']} --as NAME --otp CODE'")
+    sys.stdout.flush()
+    raise SystemExit(EXIT_PENDING)
+
+
+def _request(pool: str, op: str, key_file: str | None = None, progress: bool = False, **kw: Any) -> Any:
     if daemon_running(pool):
         return daemon_request(pool, op, progress, **kw)
     from vstor.control.service import PoolService  # offline only: the client path stays light

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from vstor.cli.common import emit, pool_path, request, subcommand, table, when
+from vstor.cli.common import add_admin_args, emit, pool_path, request, subcommand, table, when
 from vstor.errors import UsageError
 
 __all__ = ["register"]
@@ -27,6 +27,7 @@ def register(bk: argparse._SubParsersAction) -> None:
     p.add_argument("--check-timeout", metavar="DURATION", help="how long the check may run (default 10m)")
     p.add_argument("--now", action="store_true",
                    help="run the drill now (the default when no --schedule, --check or --check-timeout is given)")
+    add_admin_args(p)  # defining or removing a drill is governed (vstor/backup/governance.py)
     p = subcommand(bk, "drills", cmd_drills, "restore drill history, newest first")
     p.add_argument("--policy", help="only this policy's drills")
 

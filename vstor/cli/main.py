@@ -13,6 +13,7 @@ import traceback
 
 from vstor import __version__
 from vstor.cli import (
+    admin_cmd,
     array_cmd,
     backup_cmd,
     group_cmd,
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     pair_cmd.register(sub)
     media_cmd.register(sub)
     backup_cmd.register(sub)
+    admin_cmd.register(sub)
     service_cmd.register(sub)
     return p
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from vstor.cli.common import add_json_arg, add_pool_arg, emit, pool_path, request, subcommand, table, when
+from vstor.cli import admin_cmd
+from vstor.cli.common import (
+    add_admin_args,
+    add_json_arg,
+    add_pool_arg,
+    emit,
+    pool_path,
+    request,
+    subcommand,
+    table,
+    when,
+)
 from vstor.control.freeze import frozen
 from vstor.errors import UsageError
 from vstor.units import format_size, parse_duration, parse_size
@@ -27,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "snapshot is clean, not just crash-consistent; repeatable")
     cmd("list", cmd_list, "list snapshots with their exclusive and shared bytes", owner=False).add_argument(
         "owner", metavar="G|VOL", nargs="?", help="only this group or volume (default: all)")
-    cmd("delete", cmd_delete, "delete a snapshot, freeing what nothing else references").add_argument(
-        "name", help="the snapshot")
+    p = cmd("delete", cmd_delete, "delete a snapshot, freeing what nothing else references")
+    p.add_argument("name", help="the snapshot")
+    add_admin_args(p)
     p = cmd("rollback", cmd_rollback, "return the volumes to a snapshot (a safety snapshot is taken first)")
     p.add_argument("name", help="the snapshot to return to")
     p.add_argument("--force", action="store_true", help="even while member volumes are open")
@@ -38,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmd("diff", cmd_diff, "ranges written or trimmed between two snapshots")
     p.add_argument("frm", metavar="FROM", help="the older snapshot")
     p.add_argument("to", metavar="TO", help="the newer snapshot")
+    admin_cmd.register_snapshot_lock(snap)
     pol = snap.add_parser("policy", help="automatic snapshots and retention").add_subparsers(
         dest="policy_action", required=True)
     p = pol.add_parser("set", help="snapshot G|VOL every interval and/or after an amount written; prune "
@@ -59,11 +72,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest automatic snapshots")
     p.add_argument("--keep-daily", type=int, default=0, metavar="N",
                    help="also keep the newest automatic snapshot of each of the last N days")
+    add_admin_args(p)
     p.set_defaults(func=cmd_policy_set)
     p = pol.add_parser("clear", help="remove the policy of G|VOL (its snapshots stay)")
     add_pool_arg(p)
     add_json_arg(p)
     p.add_argument("owner", metavar="G|VOL", help="a consistency group or a volume")
+    add_admin_args(p)
     p.set_defaults(func=cmd_policy_clear)
     p = pol.add_parser("list", help="list policies")
     add_pool_arg(p)

@@ -13,9 +13,11 @@ from typing import Any
 
 from vstor.backup.audit import current_actor
 from vstor.backup.engine import BackupEngine
+from vstor.backup.governance import job_locks
 from vstor.backup.report import build_report
 from vstor.backup.retention import apply_expiry, plan_expiry
 from vstor.media.manager import MediaManager, parse_range
+from vstor.store import compliance
 from vstor.store.adminops import Progress
 from vstor.store.store import Store
 from vstor.units import parse_duration
@@ -88,12 +90,14 @@ class BackupOps:
     def op_backup_expire(self, dry_run: bool = False) -> dict:
         eng = self._backup()
         eng.refresh_locations()
-        plan = plan_expiry(eng.catalog, eng.clock.time())
-        out = {"expire": plan.expire, "recycle": plan.recycle, "kept": plan.kept, "refused": plan.refused,
-               "dry_run": dry_run}
-        if not dry_run and (plan.expire or plan.recycle):
-            eng.audit.append(current_actor(), "backup.expire", out)
-            apply_expiry(eng.catalog, plan)
+        with compliance.GUARD:  # no lock set between the plan and its application
+            ctime, locks = compliance.for_pool(self.store.pool, eng.clock)
+            plan = plan_expiry(eng.catalog, eng.clock.time(), job_locks(eng.catalog.jobs(), locks.all(), ctime.now()))
+            out = {"expire": plan.expire, "recycle": plan.recycle, "kept": plan.kept, "refused": plan.refused,
+                   "dry_run": dry_run}
+            if not dry_run and (plan.expire or plan.recycle):
+                eng.audit.append(current_actor(), "backup.expire", out)
+                apply_expiry(eng.catalog, plan)
         return out
 
     def op_backup_media(self) -> list[dict]:

@@ -16,6 +16,7 @@ from vstor.backup.audit import current_actor
 from vstor.control.backup_ops import BackupOps
 from vstor.control.catalog_ops import CatalogOps
 from vstor.control.drill_ops import DrillOps
+from vstor.control.governance_ops import GovernanceOps
 from vstor.control.media_ops import MediaOps
 from vstor.control.pair_ops import PairOps
 from vstor.control.status_ops import StatusOps
@@ -31,9 +32,10 @@ AUDITED = frozenset({
     "library.create", "library.delete", "media.create", "media.protect", "media.export", "media.import",
     "snapshot.policy_set",  # its --pre/--post commands run as root in the daemon
 })
+_AUDITED_HANDLERS = frozenset(op.replace(".", "_") for op in AUDITED)  # "snapshot.policy_set" is the same op
 
 
-class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, DrillOps, StatusOps):
+class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, DrillOps, StatusOps, GovernanceOps):
     def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None) -> None:
         self.store = store
         self.mount = mount
@@ -55,12 +57,16 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, DrillOps, StatusOps)
     def dispatch(self, op: str, args: dict, progress: Progress = None) -> Any:
         """Run ``op``. ``progress(done, total)``, if given, is passed on to the operations that
         report their progress (those with a ``progress`` parameter)."""
-        handler = getattr(self, "op_" + op.replace(".", "_"), None)
-        if handler is None:
+        if getattr(self, "op_" + op.replace(".", "_"), None) is None:
             raise UsageError(f"unknown control operation {op!r}")
         if "progress" in args:
             raise UsageError("bad arguments: 'progress' is not an argument")
-        if op in AUDITED:  # written before the change: an entry may name a change that then failed
+        return self._governed(op, dict(args), progress)  # governance_ops: --as/--otp, approval, audit
+
+    def _execute(self, op: str, args: dict, progress: Progress = None) -> Any:
+        """Run ``op`` once governance let it through."""
+        handler = getattr(self, "op_" + op.replace(".", "_"))
+        if op.replace(".", "_") in _AUDITED_HANDLERS:  # written before the change: it may name a change that failed
             self._backup().audit.append(current_actor(), op, args)
         if progress is not None and "progress" in inspect.signature(handler).parameters:
             return handler(**args, progress=progress)

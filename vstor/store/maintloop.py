@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from vstor.store import compliance
 from vstor.store.steps import FailureReport, StepsFailed, run_steps
 
 log = logging.getLogger("vstor.reclaim")
@@ -79,6 +80,7 @@ class MaintenanceLoop:
             self._last_ckpt = now
 
     def _policies(self) -> None:
+        compliance.checkpoint(self.store.pool, self.store.clock)  # its high mark, at most once a minute
         if self.store.state.catalog.policies:
             for line in self.policies.run(set(self.snapshots_in_use())):
                 log.info("snapshot policy: %s", line)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from vstor.errors import UsageError
+from vstor.errors import Refused, UsageError
+from vstor.store import compliance
 from vstor.store.accounting import account, changed_ranges
 from vstor.store.catalog import Policy, Snapshot
 from vstor.store.chunkmap import VolumeMap
@@ -45,8 +46,12 @@ def get(store: Store, owner: str, name: str) -> Snapshot:
 
 
 def delete(store: Store, owner: str, name: str) -> dict:
+    """Delete snapshot OWNER/NAME; Refused while a compliance lock holds it (compliance.py)."""
     snap = get(store, owner, name)
-    store.event(lambda st: st.catalog.make_snapshot_delete(st.catalog.snapshot(st.table, owner, name)))
+    with compliance.GUARD:
+        compliance.refuse_if_locked(store.pool, store.clock, (compliance.snapshot_key(snap.id),),
+                                    f"snapshot {owner}/{name}", "deleted")
+        store.event(lambda st: st.catalog.make_snapshot_delete(st.catalog.snapshot(st.table, owner, name)))
     return describe(store, snap) | {"deleted": True}
 
 
@@ -147,6 +152,9 @@ def run_policies(store: Store, in_use: set[int] = frozenset(), take: Take | None
     for the log."""
     done = []
     now = store.clock.time()
+    cc, locks = compliance.for_pool(store.pool, store.clock)
+    ctime = cc.checkpoint()  # also the compliance clock's periodic checkpoint
+    held = {k for k, v in locks.all().items() if v["until"] > ctime}
     with store._lock:
         st = store.state
         cat, table = st.catalog, st.table
@@ -171,9 +179,12 @@ def run_policies(store: Store, in_use: set[int] = frozenset(), take: Take | None
                 log.warning("policy for %s: %s", owner, e)
         autos = [s for s in store.state.catalog.snapshots_of(kind, oid) if s.auto]
         for snap in to_prune(policy, autos):
-            if snap.id in in_use:
+            if snap.id in in_use or compliance.snapshot_key(snap.id) in held:
+                continue  # open, or under a compliance lock: retention passes it over
+            try:
+                delete(store, owner, snap.name)
+            except Refused:  # locked since ``held`` was read
                 continue
-            delete(store, owner, snap.name)
             done.append(f"pruned {owner}/{snap.name}")
     return done
 
