@@ -10,13 +10,16 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 from nbdkit import MiB, Raw, handle, nbd, served
 
+from vstor.faults import Faults
 from vstor.nbd import proto as P
 from vstor.store import snapshots
 from vstor.store.allocation import mapped_ranges
+from vstor.store.store import Store
 
 pytestmark = pytest.mark.skipif(nbd is None, reason="needs python3-libnbd (make setup)")
 
@@ -228,27 +231,45 @@ def test_locally_attached_volume_refuses_writable_unless_shared(tmp_path) -> Non
 
 
 def test_array_stop_soft_disconnects_and_keeps_flushed_writes(tmp_path) -> None:
-    with served(tmp_path) as s:
+    faults = Faults()
+    with served(tmp_path, faults=faults) as s:
         s.export("vol")
         s.start()
         h = handle(s.uri("vol"))
         h.pwrite(b"durable!", 0)
         h.flush()
+        faults.arm("nbd.request", "delay")  # the next request is still in flight when the stop begins
+        slow = h.aio_pwrite(b"inflight", 4096)
+        while s.server.describe()["clients"] and all(c.idle() for c in s.server._clients.values()):
+            h.poll(0)  # until the server has the request
         stopper = threading.Thread(target=s.server.stop, kwargs={"grace": 5.0})
         stopper.start()
-        s.server.closing.wait(5)
-        with pytest.raises(nbd.Error) as e:
+        assert s.server.closing.wait(5)
+        with pytest.raises(nbd.Error) as e:  # a new request: "the array is stopping"
             h.pread(8, 0)
         assert e.value.errno == "ESHUTDOWN"
-        h.shutdown()  # the client's soft disconnect ends the wait
+        while not h.aio_command_completed(slow):  # the one in flight finished normally
+            h.poll(-1)
         stopper.join(10)
         assert not stopper.is_alive()
         s.server = None
         s.store.close()
-        from vstor.store.store import Store
-
         s.store = Store.open(s.pool)  # reopened: replayed from the journal
         assert s.store.read(s.store.volume("vol").id, 0, 8) == b"durable!"
+        assert s.store.read(s.store.volume("vol").id, 4096, 8) == b"inflight"  # stop synced before closing
+
+
+def test_idle_client_is_closed_at_once_by_stop(tmp_path) -> None:
+    with served(tmp_path) as s:
+        s.export("vol")
+        s.start()
+        h = handle(s.uri("vol"))
+        t0 = time.monotonic()
+        s.server.stop(grace=5.0)
+        assert time.monotonic() - t0 < 2.0
+        with pytest.raises(nbd.Error):
+            h.pread(8, 0)
+        s.server = None
 
 
 @pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img (make setup)")

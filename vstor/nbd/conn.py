@@ -46,6 +46,8 @@ class Connection:
         self.export = ""
         self.session: Session | None = None
         self.ops = self.bytes_read = self.bytes_written = 0
+        self.started = self.done_inline = self.done_pooled = 0  # requests (idle: started == both done)
+        self._done_lock = threading.Lock()  # the pool's threads count done_pooled
         self._send_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._buf = bytearray(1 << 20)
@@ -141,7 +143,7 @@ class Connection:
         hdr = bytearray(P.REQUEST.size)
         hview = memoryview(hdr)
         unpack = P.REQUEST.unpack_from
-        closing = self.host.closing
+        closing, faults = self.host.closing, self.host.faults
         try:
             while True:
                 self._recv_into(hview)
@@ -157,22 +159,29 @@ class Connection:
                 elif cmd == P.CMD_DISC:
                     return
                 self.ops += 1
-                if closing.is_set():
-                    self._error(cookie, P.ESHUTDOWN, "the array is stopping: disconnect")
-                    continue
-                err, msg = check(cmd, flags, offset, length, session)
-                if err:
-                    self._error(cookie, err, msg)
-                    continue
+                self.started += 1
                 try:
-                    self._run(cmd, flags, cookie, offset, length, payload)
-                except VstorError as e:
-                    self._error(cookie, P.wire_errno(e.errno), str(e))
+                    if closing.is_set():
+                        self._error(cookie, P.ESHUTDOWN, "the array is stopping: disconnect")
+                        continue
+                    err, msg = check(cmd, flags, offset, length, session)
+                    if err:
+                        self._error(cookie, err, msg)
+                        continue
+                    try:
+                        faults.hit("nbd.request")  # tests: a slow request ("delay") in flight
+                        if self._run(cmd, flags, cookie, offset, length, payload):
+                            self.done_inline -= 1  # the pool counts it when its reply is out
+                    except VstorError as e:
+                        self._error(cookie, P.wire_errno(e.errno), str(e))
+                finally:
+                    self.done_inline += 1
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
 
-    def _run(self, cmd: int, flags: int, cookie: int, offset: int, length: int, payload: memoryview | None) -> None:
+    def _run(self, cmd: int, flags: int, cookie: int, offset: int, length: int, payload: memoryview | None) -> bool:
+        """Serve one request; True if its reply was left to the pool."""
         store, vid = self.store, self.vid
         if cmd == P.CMD_READ:
             view = self._buffer(length)
@@ -182,7 +191,7 @@ class Connection:
                 self._send(P.offset_data_header(cookie, offset, length, True), view)
             else:
                 self._send(P.simple_reply(cookie), view)
-            return
+            return False
         if cmd == P.CMD_WRITE:
             store.write(vid, offset, payload)
             self.bytes_written += length
@@ -194,13 +203,14 @@ class Connection:
             extents = allocation_extents(offset, end - offset, mapped_ranges(store, vid, offset, end, self.sid),
                                          bool(flags & P.CMDF_REQ_ONE))
             self._send(P.block_status_chunk(cookie, CONTEXT_ID, extents))
-            return
+            return False
         if cmd == P.CMD_FLUSH or flags & P.CMDF_FUA:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(SYNC_WORKERS, thread_name_prefix=f"nbd-sync-{self.peer}")
             self._pool.submit(self._durable_reply, cookie)
-            return
+            return True
         self._send(P.simple_reply(cookie))
+        return False
 
     def _durable_reply(self, cookie: int) -> None:
         """FLUSH and FUA: the same store call as fsync through FUSE, then the reply."""
@@ -208,8 +218,16 @@ class Connection:
             self.store.sync()
         except VstorError as e:
             self._safe(self._error, cookie, P.wire_errno(e.errno), str(e))
-            return
-        self._safe(self._send, P.simple_reply(cookie))
+        else:
+            self._safe(self._send, P.simple_reply(cookie))
+        finally:
+            with self._done_lock:
+                self.done_pooled += 1
+
+    def idle(self) -> bool:
+        """No request between its header and its reply (the thread waits for the next one)."""
+        with self._done_lock:
+            return self.started == self.done_inline + self.done_pooled
 
     def _safe(self, fn: Any, *args: Any) -> None:
         try:

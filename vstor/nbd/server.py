@@ -11,7 +11,9 @@ worker pool for FLUSH/FUA), so a slow client stalls no other.
 :meth:`NbdServer.stop` is the soft disconnect of ``array stop``: new connections are
 refused, every request that arrives from then on is answered ESHUTDOWN (the protocol's
 "please disconnect"), requests in flight finish, the journal is synced, and connections
-still open after ``grace`` seconds are shut down.
+idle ones are closed (NBD cannot tell an idle client anything: it sees ESHUTDOWN or a
+closed connection at its next request). A connection still mid-request after ``grace``
+seconds is closed too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -224,12 +227,15 @@ class NbdServer:
             self._pending.clear()
         for c in pending:
             c.close()
-        with self._lock:
-            self._left.wait_for(lambda: not self._clients, grace)
+        with self._lock:  # clients mid-request finish it (new ones get ESHUTDOWN); idle ones cannot be told
+            deadline = time.monotonic() + grace
+            while not all(c.idle() for c in self._clients.values()) and time.monotonic() < deadline:
+                self._left.wait(0.02)  # a reply going out is not signalled: look again soon
             left = list(self._clients.values())
         for c in left:
-            log.warning("nbd: %s did not disconnect from %s within %.0fs of ESHUTDOWN; closing it", c.peer, c.export,
-                        grace)
+            if not c.idle():
+                log.warning("nbd: %s still had requests in flight on %s %.0fs after ESHUTDOWN; closing it", c.peer,
+                            c.export, grace)
             c.close()
         with self._lock:  # their threads finish the requests in flight, then end
             self._left.wait_for(lambda: not self._clients, grace)
