@@ -15,6 +15,7 @@ import time
 import pytest
 from nbdkit import MiB, Raw, handle, nbd, served
 
+from vstor.clock import ManualClock
 from vstor.faults import Faults
 from vstor.nbd import proto as P
 from vstor.store import snapshots
@@ -290,3 +291,35 @@ def test_qemu_img_convert_in_and_out_and_compare(tmp_path) -> None:
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", uri, str(back)], check=True)
         subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(src), str(back)], check=True)
         assert os.stat(back).st_blocks * 512 <= 9 * MiB  # qemu-img skipped the holes block status reported
+
+
+def test_handshakes_are_capped_and_reaped_and_accept_errors_survived(tmp_path) -> None:
+    clock, faults = ManualClock(), Faults()
+    with served(tmp_path, clock=clock, cap=3, handshake_timeout=5.0, faults=faults) as s:
+        s.export("vol")
+        srv = s.start()
+        idle = [Raw(s.port) for _ in range(3)]  # hello read, flags sent, then nothing
+        until(lambda: srv.describe()["pending"] == 3)
+        extra = [socket.create_connection(("127.0.0.1", s.port), timeout=5) for _ in range(4)]
+        for x in extra:  # over the cap: closed at once, before the hello
+            assert x.recv(18) == b""
+            x.close()
+        until(lambda: srv.describe()["rejected_busy"] == 4)
+        clock.advance(4.9)
+        assert srv.reap() == 0
+        clock.advance(0.2)
+        assert srv.reap() == 3
+        assert all(c.closed() for c in idle)
+        faults.arm("nbd.accept", "eio", 1, repeat=False)  # a failed accept is logged, accepting goes on
+        h = handle(s.uri("vol"))
+        assert h.pread(1, 0) == b"\0"
+        h.shutdown()
+        d = srv.describe()
+        assert (d["state"], d["handshake_timeouts"], d["accept_errors"]) == ("serving", 3, 1)
+
+
+def until(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
