@@ -28,6 +28,9 @@ def test_exports_through_the_daemon(array_factory) -> None:
     port = free_port()
     arr.start(args=["--nbd", f"127.0.0.1:{port}"])
     uri = f"nbd://127.0.0.1:{port}/data"
+    for args, code, text in ((["nope"], 3, "nope"), (["data"], 4, "already exported")):
+        bad = arr.vstor("volume", "export", *args, check=False)
+        assert bad.returncode == code and bad.stderr.startswith("vstor: error:") and text in bad.stderr, bad.stderr
     h = handle(uri)
     h.pwrite(b"kept" * 1024, 0)
     h.flush()  # durable: fsync's contract

@@ -322,3 +322,15 @@ def until(cond, timeout: float = 10.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.01)
+
+
+def test_a_replication_secondary_exports_read_only(tmp_path) -> None:
+    with served(tmp_path) as s:
+        s.export("vol")
+        s.start()
+        s.store.fenced[s.store.volume("vol").group] = "group 0 is the secondary of pair p"
+        h = handle(s.uri("vol"))
+        assert h.is_read_only() and not h.can_trim()
+        h.shutdown()
+        spec = s.catalog.get("vol")
+        assert "secondary" in s.catalog.resolve(spec).why_read_only
