@@ -334,3 +334,22 @@ def test_a_replication_secondary_exports_read_only(tmp_path) -> None:
         h.shutdown()
         spec = s.catalog.get("vol")
         assert "secondary" in s.catalog.resolve(spec).why_read_only
+
+
+def test_volume_with_an_nbd_client_is_not_deleted(tmp_path) -> None:
+    from vstor.control.service import PoolService
+    from vstor.errors import Busy
+
+    with served(tmp_path) as s:
+        s.export("vol")
+        service = PoolService(s.store)
+        service.nbd = s.start()
+        h = handle(s.uri("vol"))
+        until(lambda: s.server.describe()["clients"] == 1)
+        with pytest.raises(Busy, match="NBD client"):
+            service.dispatch("volume.delete", {"name": "vol"})
+        assert service.dispatch("volume.exports", {})["exports"][0]["clients"] == 1
+        h.shutdown()
+        until(lambda: not service.nbd_clients_of(s.store.volume("vol").id))
+        service.dispatch("volume.unexport", {"name": "vol"})
+        assert service.dispatch("volume.delete", {"name": "vol"})["deleted"]
