@@ -45,7 +45,8 @@ class Disconnected(Exception):
 
 
 class Connection:
-    def __init__(self, sock: socket.socket, peer: str, host: Any) -> None:
+    def __init__(self, sock: socket.socket, peer: str, host: Any, key: int = 0) -> None:
+        self.key = key  # the server's handle on this connection
         self.raw = self.sock = sock
         self.peer, self.host = peer, host
         self.tls = False
@@ -147,6 +148,11 @@ class Connection:
                 self._send(P.option_reply(opt, P.REP_ERR_SHUTDOWN, b"the array is stopping"))
                 return None
             step = neg.option(opt, data)
+            if step.action == "go":  # a client from the moment it may send requests, before its ACK goes out
+                assert step.export is not None
+                self.export = step.export.name
+                if not host.admit(self):
+                    return None  # reaped or stopping
             if step.replies:
                 self._send(*step.replies)
             if step.action == "starttls":
@@ -155,9 +161,7 @@ class Connection:
                 self.tls, self.cn = True, peer_common_name(self.sock)  # type: ignore[arg-type]
                 neg.tls_started(self.cn)
             elif step.action == "go":
-                assert step.export is not None
-                self.export = step.export.name
-                return neg.session(step.export)
+                return neg.session(step.export)  # type: ignore[arg-type]
             elif step.action == "abort":
                 return None
             elif step.action == "close":

@@ -112,14 +112,14 @@ class NbdServer:
             self._log["accept"].warn("nbd listener %s: accept failed: %s; still listening", self.address, e)
             self._stopped.wait(ACCEPT_PAUSE)
             return
-        self._admit(raw, f"{addr[0]}:{addr[1]}")
+        self._accepted(raw, f"{addr[0]}:{addr[1]}")
 
-    def _admit(self, raw: socket.socket, peer: str) -> None:
-        conn = Connection(raw, peer, self)
+    def _accepted(self, raw: socket.socket, peer: str) -> None:
+        conn = Connection(raw, peer, self, next(self._ids))
+        key = conn.key
         with self._lock:
             busy = len(self._pending) >= self.cap or len(self._clients) >= self.max_clients or self.closing.is_set()
             if not busy:
-                key = next(self._ids)
                 self._pending[key] = (conn, self.clock.monotonic() + self.handshake_timeout)
         if busy:
             self._count("rejected_busy")
@@ -155,6 +155,15 @@ class NbdServer:
         return len(late)
 
     # -- one connection ---------------------------------------------------------------------------
+    def admit(self, conn: Connection) -> bool:
+        """The connection enters transmission: it is a client now, no longer pending. False if it
+        was reaped meanwhile or the server is stopping."""
+        with self._lock:
+            if self._pending.pop(conn.key, None) is None or self.closing.is_set():
+                return False
+            self._clients[conn.key] = conn
+            return True
+
     def _run(self, key: int, conn: Connection) -> None:
         try:
             try:
@@ -166,10 +175,8 @@ class NbdServer:
                     self._count("handshake_failures")
                     self._log["handshake"].warn("nbd: handshake with %s failed: %s", conn.peer, e)
                 return
-            with self._lock:
-                if self._pending.pop(key, None) is None or session is None:
-                    return  # reaped, stopping, refused or aborted
-                self._clients[key] = conn
+            if session is None:
+                return  # refused, aborted, reaped or stopping
             log.info("nbd: %s%s attached export %s (%s)", conn.peer, f" ({conn.cn})" if conn.cn else "",
                      conn.export, "read-only" if session.export.read_only else "read-write")
             try:
