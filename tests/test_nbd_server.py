@@ -353,3 +353,23 @@ def test_volume_with_an_nbd_client_is_not_deleted(tmp_path) -> None:
         until(lambda: not service.nbd_clients_of(s.store.volume("vol").id))
         service.dispatch("volume.unexport", {"name": "vol"})
         assert service.dispatch("volume.delete", {"name": "vol"})["deleted"]
+
+
+@pytest.mark.skipif(not shutil.which("nbdcopy"), reason="needs nbdcopy (libnbd-bin)")
+def test_nbdcopy_round_trip_over_four_connections(tmp_path) -> None:
+    src, back = tmp_path / "src.raw", tmp_path / "back.raw"
+    with open(src, "wb") as f:
+        f.seek(3 * MiB)
+        f.write(os.urandom(2 * MiB + 5))
+        f.truncate(16 * MiB)
+    with served(tmp_path, volumes={"vol": 16 * MiB}) as s:
+        s.export("vol")
+        s.start()
+        uri = s.uri("vol")
+        subprocess.run(["nbdcopy", "--connections=4", "--flush", str(src), uri], check=True)
+        subprocess.run(["nbdcopy", "--connections=4", uri, str(back)], check=True)
+        assert back.read_bytes() == src.read_bytes()
+        assert s.store.volume_usage(s.store.volume("vol").id) < 3 * MiB  # only the data was written
+        out = subprocess.run(["nbdinfo", "--map", uri], check=True, capture_output=True, text=True).stdout
+        kinds = [line.split()[2] for line in out.splitlines()]
+        assert kinds[0] == "3" and "0" in kinds  # hole,zero then data, as the chunk map holds
