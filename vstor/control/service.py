@@ -18,6 +18,7 @@ from vstor.control.catalog_ops import CatalogOps
 from vstor.control.drill_ops import DrillOps
 from vstor.control.governance_ops import GovernanceOps
 from vstor.control.media_ops import MediaOps
+from vstor.control.nbd_ops import NbdOps
 from vstor.control.pair_ops import PairOps
 from vstor.control.status_ops import StatusOps
 from vstor.errors import Busy, UsageError, VstorError
@@ -35,7 +36,7 @@ AUDITED = frozenset({
 _AUDITED_HANDLERS = frozenset(op.replace(".", "_") for op in AUDITED)  # "snapshot.policy_set" is the same op
 
 
-class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, DrillOps, StatusOps, GovernanceOps):
+class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, DrillOps, StatusOps, GovernanceOps, NbdOps):
     def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None) -> None:
         self.store = store
         self.mount = mount
@@ -44,6 +45,7 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, DrillOps, StatusOps,
         self.replication: Any = None  # set by the daemon
         self.media: Any = None  # the daemon's MediaManager; offline commands open their own
         self.backup: Any = None  # the daemon's BackupEngine; offline commands open their own
+        self.nbd: Any = None  # the daemon's NbdServer (array start --nbd)
         self.started = time.time()
         self.stop_requested: Any = None  # set by the daemon: a callable that unmounts
 
@@ -96,21 +98,22 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, DrillOps, StatusOps,
         self._guard_volume(name, "resize its volumes")
         vol = self.store.volume(name)
         if size < vol.size and self._open_handles(vol):
-            raise Busy(f"volume {name!r} is open (attached?); detach it before shrinking")
+            raise Busy(f"volume {name!r} is open (attached, or an NBD client is connected); detach it before shrinking")
         return self._describe(self.store.resize_volume(name, size, allow_shrink, progress))
 
     def op_volume_delete(self, name: str, progress: Progress = None) -> dict:
         self._guard_volume(name, "delete its volumes")
         vol = self.store.volume(name)
         if self._open_handles(vol):
-            raise Busy(f"volume {name!r} is in use (attached to a loop device or open); "
+            raise Busy(f"volume {name!r} is in use (attached to a loop device, open, or an NBD client is connected); "
                        f"detach it first with 'vstor volume detach {name}'")
         desc = self._describe(vol)  # before the delete, which drops the volume's map
         self.store.delete_volume(name, progress)
         return desc | {"deleted": True}
 
     def _open_handles(self, vol: Volume) -> int:
-        return self.fs.volumes_in_use().get(vol.id, 0) if self.fs else 0
+        """Local opens through FUSE, plus NBD clients of the volume's exports."""
+        return (self.fs.volumes_in_use().get(vol.id, 0) if self.fs else 0) + self.nbd_clients_of(vol.id)
 
     # -- array ---------------------------------------------------------------------------
     def op_status(self) -> dict:
@@ -129,6 +132,7 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, DrillOps, StatusOps,
             "maintenance_error": getattr(self.reclaimer, "last_error", ""),
             "fragment_extents": getattr(self.reclaimer, "fragment_extents", 0),
             "replication": self.replication.endpoint() if self.replication else None,
+            "nbd": self.nbd.describe() if self.nbd is not None else None,
         }
 
     def op_stats(self) -> dict:

@@ -1,0 +1,319 @@
+"""One NBD client connection: the handshake, then the transmission loop.
+
+The connection's thread reads every request. Requests that need no durability are served
+right there, in arrival order, into and out of one reusable buffer (``recv_into`` the
+payload, ``sendmsg`` of header and data together): READ, WRITE, TRIM, WRITE_ZEROES, CACHE,
+BLOCK_STATUS. Requests that must wait for the journal to be durable -- FLUSH, and any
+command with FUA, whose data is applied first -- go to a small worker pool, so the
+connection keeps reading while they wait: replies come out of order, as the protocol
+allows. Requests are received through a buffer, so one recv brings every header the client
+has queued; a READ goes to the pool when more requests are already buffered (a client with
+a queue depth above one), so that reads overlap their I/O, and a lone request (queue depth
+one) never pays for the hand-off. Over TLS everything is served by the
+connection's thread (an ssl socket must not be read and written from two threads at once).
+Several requests are thus in flight per connection, and a flush covers every write
+already answered (the store's sync is a group commit over the whole journal, which also
+makes CAN_MULTI_CONN safe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from vstor.errors import VstorError
+from vstor.nbd import proto as P
+from vstor.nbd.negotiate import CONTEXT_ID, Negotiation, Session
+from vstor.nbd.tlsdir import peer_common_name
+from vstor.nbd.transmit import allocation_extents, check
+from vstor.store.allocation import mapped_ranges
+
+log = logging.getLogger("vstor.nbd")
+
+RBUF = 256 << 10  # receive buffer: request headers (and small payloads) come in batches
+KEEP_BUFFER = 4 << 20  # the largest data buffer a connection keeps between requests
+POOL_READ_MAX = 1 << 20  # larger reads are served by the connection's thread (bounds the pool's buffers)
+POOL_WORKERS = 8  # per connection: FLUSH/FUA waits, and reads while more requests are queued
+PARALLEL = True  # False: serve everything in the connection's thread (FLUSH/FUA too), as over TLS
+
+
+class Disconnected(Exception):
+    """The client closed the connection (or the server shut it down)."""
+
+
+class Connection:
+    def __init__(self, sock: socket.socket, peer: str, host: Any, key: int = 0) -> None:
+        self.key = key  # the server's handle on this connection
+        self.raw = self.sock = sock
+        self.peer, self.host = peer, host
+        self.tls = False
+        self.cn: str | None = None
+        self.export = ""
+        self.session: Session | None = None
+        self.ops = self.bytes_read = self.bytes_written = 0
+        self.started = self.done_inline = self.done_pooled = 0  # requests (idle: started == both done)
+        self._done_lock = threading.Lock()  # the pool's threads count done_pooled
+        self._send_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()  # each pool thread's read buffer
+        self.bytes_read_pooled = 0
+        self._buf = bytearray(1 << 20)
+        self._rbuf = bytearray(RBUF)  # received, not yet parsed: [_rpos, _rend)
+        self._rmv = memoryview(self._rbuf)
+        self._rpos = self._rend = 0
+        self._view = memoryview(self._buf)
+
+    # -- socket helpers ------------------------------------------------------------------------------
+    def _fill(self, need: int) -> None:
+        """Have at least ``need`` (<= RBUF) bytes in the receive buffer: one recv usually brings
+        several queued request headers at once."""
+        if self._rend - self._rpos >= need:
+            return
+        if self._rpos:  # move the partial rest to the front
+            n = self._rend - self._rpos
+            self._rmv[:n] = self._rmv[self._rpos : self._rend]
+            self._rpos, self._rend = 0, n
+        while self._rend < need:
+            k = self.sock.recv_into(self._rmv[self._rend :])
+            if not k:
+                raise Disconnected("the client closed the connection")
+            self._rend += k
+
+    def _recv_into(self, view: memoryview) -> None:
+        """Exactly len(view) bytes: what is buffered first, the rest straight from the socket."""
+        n, got = len(view), min(len(view), self._rend - self._rpos)
+        if got:
+            view[:got] = self._rmv[self._rpos : self._rpos + got]
+            self._rpos += got
+        while got < n:
+            k = self.sock.recv_into(view[got:], n - got)
+            if not k:
+                raise Disconnected("the client closed the connection")
+            got += k
+
+    def _recv(self, n: int) -> bytes:
+        buf = bytearray(n)
+        if n:
+            self._recv_into(memoryview(buf))
+        return bytes(buf)
+
+    def _send(self, *parts: bytes | memoryview) -> None:
+        with self._send_lock:
+            if self.tls:
+                self.sock.sendall(b"".join(parts) if len(parts) > 1 else parts[0])
+                return
+            bufs = list(parts)
+            total = sum(len(b) for b in bufs)
+            while total:
+                sent = self.sock.sendmsg(bufs)
+                total -= sent
+                while sent and bufs:  # drop what went out, keep the rest of a partly sent buffer
+                    if sent >= len(bufs[0]):
+                        sent -= len(bufs.pop(0))
+                    else:
+                        bufs[0] = memoryview(bufs[0])[sent:]
+                        sent = 0
+
+    def _buffer(self, n: int) -> memoryview:
+        """The connection's data buffer (kept up to KEEP_BUFFER bytes; a larger request gets
+        its own, freed after it, so idle connections hold little memory)."""
+        if n > len(self._buf):
+            if n > KEEP_BUFFER:
+                return memoryview(bytearray(n))
+            self._buf = bytearray(n)
+            self._view = memoryview(self._buf)
+        return self._view[:n]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self.raw, socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(OSError):
+            self.raw.close()
+
+    # -- the handshake ---------------------------------------------------------------------------------
+    def negotiate(self) -> Session | None:
+        """Fixed newstyle up to GO (or EXPORT_NAME). None: the client left or was refused."""
+        self.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._send(P.hello())
+        flags = P.parse_client_flags(self._recv(4))
+        host = self.host
+        neg = Negotiation(host.catalog, host.tls_ctx is not None, host.tls_ctx is not None, flags)
+        while True:
+            opt, length = P.parse_option_header(self._recv(P.OPT_HEADER_SIZE))
+            if length > P.MAX_OPTION_DATA:
+                raise P.ProtocolError(f"option {opt} carries {length} bytes (the limit is {P.MAX_OPTION_DATA})")
+            data = self._recv(length)
+            if host.closing.is_set():
+                self._send(P.option_reply(opt, P.REP_ERR_SHUTDOWN, b"the array is stopping"))
+                return None
+            step = neg.option(opt, data)
+            if step.action == "go":  # a client from the moment it may send requests, before its ACK goes out
+                assert step.export is not None
+                self.export = step.export.name
+                if not host.admit(self):
+                    return None  # reaped or stopping
+            if step.replies:
+                self._send(*step.replies)
+            if step.action == "starttls":
+                self._rpos = self._rend = 0  # plain bytes sent ahead of the TLS handshake are dropped, never obeyed
+                self.sock = self.raw = host.tls_ctx.wrap_socket(self.raw, server_side=True)  # takes over the fd
+                self.tls, self.cn = True, peer_common_name(self.sock)  # type: ignore[arg-type]
+                neg.tls_started(self.cn)
+            elif step.action == "go":
+                return neg.session(step.export)  # type: ignore[arg-type]
+            elif step.action == "abort":
+                return None
+            elif step.action == "close":
+                log.info("nbd: closed the connection from %s: %s", self.peer, step.why)
+                return None
+
+    # -- transmission ------------------------------------------------------------------------------------
+    def serve(self, session: Session) -> None:
+        """Serve requests until DISC, end of file or a protocol error; then wait for the
+        requests still in the pool."""
+        self.session = session
+        target = session.export.key
+        self.vid, self.sid = target.vid, target.sid  # type: ignore[attr-defined]
+        self.store = self.host.store
+        self.parallel = not self.tls and PARALLEL
+        size, rbuf = P.REQUEST.size, self._rbuf
+        unpack = P.REQUEST.unpack_from
+        closing, faults = self.host.closing, self.host.faults
+        try:
+            while True:
+                if self._rend - self._rpos < size:
+                    self._fill(size)
+                magic, flags, cmd, cookie, offset, length = unpack(rbuf, self._rpos)
+                self._rpos += size
+                if magic != P.REQUEST_MAGIC:
+                    raise P.ProtocolError(f"bad request magic {magic:#x}")
+                payload = None
+                if cmd == P.CMD_WRITE:
+                    if length > P.MAX_PAYLOAD:
+                        raise P.ProtocolError(f"a write of {length} bytes (the maximum payload is {P.MAX_PAYLOAD})")
+                    payload = self._buffer(length)
+                    self._recv_into(payload)
+                elif cmd == P.CMD_DISC:
+                    return
+                self.started += 1
+                try:
+                    if closing.is_set():
+                        self.ops += 1
+                        self._error(cookie, P.ESHUTDOWN, "the array is stopping: disconnect")
+                        continue
+                    self.ops += 1  # after the closing check: a request counted here will be served
+                    err, msg = check(cmd, flags, offset, length, session)
+                    if err:
+                        self._error(cookie, err, msg)
+                        continue
+                    try:
+                        faults.hit("nbd.request")  # tests: a slow request ("delay") in flight
+                        if self._run(cmd, flags, cookie, offset, length, payload):
+                            self.done_inline -= 1  # the pool counts it when its reply is out
+                    except VstorError as e:
+                        self._error(cookie, P.wire_errno(e.errno), str(e))
+                finally:
+                    self.done_inline += 1
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def _run(self, cmd: int, flags: int, cookie: int, offset: int, length: int, payload: memoryview | None) -> bool:
+        """Serve one request; True if its reply was left to the pool."""
+        store, vid = self.store, self.vid
+        if cmd == P.CMD_READ:
+            if self.parallel and length <= POOL_READ_MAX and self._rend > self._rpos:  # more are queued: overlap
+                self._submit(self._pooled_read, cookie, offset, length)
+                return True
+            view = self._buffer(length)
+            store.read_into(vid, offset, view, sid=self.sid)
+            self.bytes_read += length
+            if self.session.structured:  # type: ignore[union-attr]
+                self._send(P.offset_data_header(cookie, offset, length, True), view)
+            else:
+                self._send(P.simple_reply(cookie), view)
+            return False
+        if cmd == P.CMD_WRITE:
+            store.write(vid, offset, payload)
+            self.bytes_written += length
+        elif cmd in (P.CMD_TRIM, P.CMD_WRITE_ZEROES):
+            if length:
+                store.trim(vid, offset, length)  # vstor stores no zeros: zeroing is a trim, and fast
+        elif cmd == P.CMD_BLOCK_STATUS:
+            end = min(offset + length, self.session.export.size)  # type: ignore[union-attr]
+            extents = allocation_extents(offset, end - offset, mapped_ranges(store, vid, offset, end, self.sid),
+                                         bool(flags & P.CMDF_REQ_ONE))
+            self._send(P.block_status_chunk(cookie, CONTEXT_ID, extents))
+            return False
+        if cmd == P.CMD_FLUSH or flags & P.CMDF_FUA:
+            if not self.parallel:
+                self._durable_reply(cookie)
+                return True  # counted by _durable_reply
+            self._submit(self._durable_reply, cookie)
+            return True
+        self._send(P.simple_reply(cookie))
+        return False
+
+    def _durable_reply(self, cookie: int) -> None:
+        """FLUSH and FUA: the same store call as fsync through FUSE, then the reply."""
+        try:
+            self.store.sync()
+        except VstorError as e:
+            self._safe(self._error, cookie, P.wire_errno(e.errno), str(e))
+        else:
+            self._safe(self._send, P.simple_reply(cookie))
+        finally:
+            with self._done_lock:
+                self.done_pooled += 1
+
+    def idle(self) -> bool:
+        """No request between its header and its reply (the thread waits for the next one)."""
+        with self._done_lock:
+            return self.started == self.done_inline + self.done_pooled
+
+    def _safe(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except (OSError, ssl.SSLError) as e:
+            log.info("nbd: reply to %s failed: %s", self.peer, e)
+
+    def _error(self, cookie: int, err: int, message: str) -> None:
+        if self.session is not None and self.session.structured:
+            self._send(P.error_chunk(cookie, err, message))
+        else:
+            self._send(P.simple_reply(cookie, err))
+
+    def counters(self) -> dict:
+        return {"ops": self.ops, "bytes_read": self.bytes_read + self.bytes_read_pooled,
+                "bytes_written": self.bytes_written}
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(POOL_WORKERS, thread_name_prefix=f"nbd-{self.peer}")
+        self._pool.submit(fn, *args)
+
+    def _pooled_read(self, cookie: int, offset: int, length: int) -> None:
+        """A READ in a pool thread, into that thread's own buffer."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < length:
+            buf = self._local.buf = bytearray(max(length, 1 << 20))
+        view = memoryview(buf)[:length]
+        try:
+            self.store.read_into(self.vid, offset, view, sid=self.sid)
+        except VstorError as e:
+            self._safe(self._error, cookie, P.wire_errno(e.errno), str(e))
+        else:
+            head = (P.offset_data_header(cookie, offset, length, True) if self.session.structured  # type: ignore
+                    else P.simple_reply(cookie))
+            self._safe(self._send, head, view)
+        finally:
+            with self._done_lock:
+                self.done_pooled += 1
+                self.bytes_read_pooled += length
