@@ -117,7 +117,7 @@ class Connection:
             if step.replies:
                 self._send(*step.replies)
             if step.action == "starttls":
-                self.sock = host.tls_ctx.wrap_socket(self.raw, server_side=True)
+                self.sock = self.raw = host.tls_ctx.wrap_socket(self.raw, server_side=True)  # takes over the fd
                 self.tls, self.cn = True, peer_common_name(self.sock)  # type: ignore[arg-type]
                 neg.tls_started(self.cn)
             elif step.action == "go":

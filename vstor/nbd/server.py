@@ -167,10 +167,10 @@ class NbdServer:
                 if self._pending.pop(key, None) is None or session is None:
                     return  # reaped, stopping, refused or aborted
                 self._clients[key] = conn
-            conn.raw.settimeout(None)
             log.info("nbd: %s%s attached export %s (%s)", conn.peer, f" ({conn.cn})" if conn.cn else "",
                      conn.export, "read-only" if session.export.read_only else "read-write")
             try:
+                conn.raw.settimeout(None)
                 conn.serve(session)
             except (OSError, ssl.SSLError, Disconnected, P.ProtocolError) as e:
                 log.info("nbd: %s left export %s: %s", conn.peer, conn.export, e)
