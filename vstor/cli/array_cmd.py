@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tls-dir", help="directory from 'vstor pki': the CA and this array's certificate")
     s.add_argument("--name", help="this array's certificate name in --tls-dir (default: the only one there)")
     s.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus /metrics and a dashboard at / here")
+    s.add_argument("--nbd", metavar="ADDR:PORT", help="serve the exported volumes over NBD here, like 0.0.0.0:10809 "
+                   "(see 'vstor volume export')")
+    s.add_argument("--nbd-tls-dir", metavar="DIR", help="certificates for NBD ('vstor pki'): TLS with client "
+                   "certificates is then required")
     s.set_defaults(func=cmd_start)
     t = arr.add_parser("stop", help="flush, unmount and stop the daemon; waits until done")
     add_pool_arg(t)
@@ -61,6 +65,25 @@ def _daemon_argv(pool: str, args: argparse.Namespace) -> list[str]:
         argv += ["--name", args.name]
     if args.metrics:
         argv += ["--metrics", args.metrics]
+    argv += _nbd_argv(args)
+    return argv
+
+
+def _nbd_argv(args: argparse.Namespace) -> list[str]:
+    if args.nbd_tls_dir and not args.nbd:
+        raise UsageError("--nbd-tls-dir needs --nbd ADDR:PORT")
+    if not args.nbd:
+        return []
+    from vstor.nbd.server import parse_address
+    from vstor.nbd.tlsdir import server_files
+
+    parse_address(args.nbd)
+    argv = ["--nbd", args.nbd]
+    if args.nbd_tls_dir:
+        for path in server_files(args.nbd_tls_dir, args.name):
+            if not os.path.exists(path):
+                raise NotFound(f"missing TLS file {path}; see 'vstor pki init' and 'vstor pki issue'")
+        argv += ["--nbd-tls-dir", os.path.abspath(args.nbd_tls_dir)]
     return argv
 
 
@@ -110,6 +133,11 @@ def _listener_line(li: dict) -> str:
         return f"replication listener {li['address']} {li['state'].upper()} (see the daemon log)"
     return (f"replication listening on {li['address']}, {li['pending']}/{li['pending_cap']} in handshake, "
             f"{li['rejected_busy']} refused over the cap, {li['handshake_timeouts']} handshake timeouts")
+
+
+def _nbd_line(n: dict) -> str:
+    return (f"nbd       {n['address']} {n['state']}, {'TLS required' if n['tls'] else 'plain TCP'}, {n['clients']} "
+            f"client(s), {n['pending']}/{n['pending_cap']} in handshake, {n['rejected_busy']} refused over the cap")
 
 
 def _position(pos: list[int]) -> str:
@@ -199,6 +227,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"fuse      {_fuse_line(s['fuse'])}",
             f"recovery  {_recovery_line(s['recovery'])}",
             *([_listener_line(s["replication"]["listener"])] if (s.get("replication") or {}).get("listener") else []),
+            *([_nbd_line(s["nbd"])] if s.get("nbd") else []),
             *([f"maintenance FAILING: {s['maintenance_error']} (retried every second; see the daemon log)"]
               if s.get("maintenance_error") else []),
             "",

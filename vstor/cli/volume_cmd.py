@@ -1,9 +1,10 @@
-"""vstor volume create | list | show | resize | delete | attach | detach"""
+"""vstor volume create | list | show | resize | delete | attach | detach | export | unexport | exports"""
 
 from __future__ import annotations
 
 import argparse
 
+from vstor.cli import export_cmd
 from vstor.cli.common import (
     add_json_arg,
     add_pool_arg,
@@ -49,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cmd("detach", cmd_detach, "detach the loop devices of a volume once all is durable")
     p.add_argument("name", nargs="?", help="the volume (or give --snapshot)")
     p.add_argument("--snapshot", metavar="G/NAME/VOL", help="detach a snapshot's image instead")
+    export_cmd.register(cmd)
 
 
 def _one(v: dict) -> str:

@@ -48,7 +48,7 @@ from vstor.store.superblock import layout
 log = logging.getLogger("vstor.daemon")
 
 START_STEPS = ("lock", "store", "maintenance", "gcpolicy", "mountpoint", "media", "backup", "replication", "control",
-               "metrics", "mount")
+               "nbd", "metrics", "mount")
 """The start-up steps in order; fault point ``daemon.start.<step>`` fires right after each
 (``mount``: once the kernel has completed FUSE INIT, before READY is sent)."""
 
@@ -90,7 +90,8 @@ class Reporter:
 
 
 def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads: bool = True,
-        repl: dict | None = None, faults: Faults | None = None, metrics: str | None = None) -> int:
+        repl: dict | None = None, faults: Faults | None = None, metrics: str | None = None,
+        nbd: dict | None = None) -> int:
     """Start the array, serve until unmounted, stop it; raises if start-up fails, after
     releasing whatever it had acquired."""
     from vstor.fuse.media_fs import MediaFS
@@ -149,6 +150,10 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         stack.callback(server.stop)
         server.start()
         step("control")
+        if nbd and nbd.get("address"):  # NBD remote attach (vstor/nbd); stopped before the store closes
+            service.nbd = _start_nbd(store, fs, nbd, faults)
+            stack.callback(service.nbd.stop)
+        step("nbd")
         if metrics:  # Prometheus /metrics and the dashboard; off unless asked for
             from vstor.control.metrics import MetricsServer, Sources
 
@@ -171,6 +176,17 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         else:
             log.info("unmounted %s; closing the store", mount)
     return 0
+
+
+def _start_nbd(store: Store, fs: object, nbd: dict, faults: Faults) -> object:
+    from vstor.nbd.catalog import ExportCatalog
+    from vstor.nbd.server import NbdServer
+
+    catalog = ExportCatalog(store, fs.volumes_in_use)  # type: ignore[attr-defined]
+    server = NbdServer(nbd["address"], store, catalog, tls_dir=nbd.get("tls_dir"), tls_name=nbd.get("name"),
+                       faults=faults)
+    server.start()
+    return server
 
 
 def _ready(mount: str, faults: Faults, reporter: Reporter, failed: list[BaseException]) -> None:
@@ -216,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tls-dir")
     p.add_argument("--name")
     p.add_argument("--metrics")
+    p.add_argument("--nbd")
+    p.add_argument("--nbd-tls-dir")
     a = p.parse_args(argv)
     repl = {"listen": a.listen, "tls_dir": a.tls_dir, "name": a.name}
     setup_logging(a.pool, a.foreground)
@@ -223,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     log_hint = os.path.join(layout(a.pool)["log"], "daemon.log")
     try:
         return run(a.pool, a.mount, a.key_file, reporter, threads=not a.single_thread, repl=repl,
-                   metrics=a.metrics)
+                   metrics=a.metrics, nbd={"address": a.nbd, "tls_dir": a.nbd_tls_dir, "name": a.name})
     except Exception as e:
         phase = "the daemon failed" if reporter.sent else "start-up failed"
         log_failure(log, phase, e)

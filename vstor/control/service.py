@@ -16,6 +16,7 @@ from vstor.backup.audit import current_actor
 from vstor.control.backup_ops import BackupOps
 from vstor.control.catalog_ops import CatalogOps
 from vstor.control.media_ops import MediaOps
+from vstor.control.nbd_ops import NbdOps
 from vstor.control.pair_ops import PairOps
 from vstor.control.status_ops import StatusOps
 from vstor.errors import Busy, UsageError, VstorError
@@ -32,7 +33,7 @@ AUDITED = frozenset({
 })
 
 
-class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, StatusOps):
+class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, StatusOps, NbdOps):
     def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None) -> None:
         self.store = store
         self.mount = mount
@@ -41,6 +42,7 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, StatusOps):
         self.replication: Any = None  # set by the daemon
         self.media: Any = None  # the daemon's MediaManager; offline commands open their own
         self.backup: Any = None  # the daemon's BackupEngine; offline commands open their own
+        self.nbd: Any = None  # the daemon's NbdServer (array start --nbd)
         self.started = time.time()
         self.stop_requested: Any = None  # set by the daemon: a callable that unmounts
 
@@ -122,6 +124,7 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, StatusOps):
             "maintenance_error": getattr(self.reclaimer, "last_error", ""),
             "fragment_extents": getattr(self.reclaimer, "fragment_extents", 0),
             "replication": self.replication.endpoint() if self.replication else None,
+            "nbd": self.nbd.describe() if self.nbd is not None else None,
         }
 
     def op_stats(self) -> dict:

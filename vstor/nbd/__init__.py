@@ -1,0 +1,11 @@
+"""Remote attach over NBD: volumes and snapshot images served to test hosts, qemu and libnbd.
+
+``proto`` (constants and message encoding), ``negotiate`` (the option state machine) and
+``transmit`` (request rules, block status extents) are pure; ``exportfile`` persists the
+pool's exports; ``catalog`` resolves them against the Store and applies the sharing rules;
+``conn`` serves one client and ``server`` accepts them, bounded, and stops them softly.
+"""
+
+from __future__ import annotations
+
+__all__ = ["catalog", "conn", "exportfile", "negotiate", "proto", "server", "tlsdir", "transmit"]
