@@ -212,7 +212,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_server(name: str, workdir: Path, a: argparse.Namespace, lab: Lab, certs: dict[str, Path]) -> Server:
     cls = VstorServer if name.startswith("vstor") else NbdkitServer
-    tls = (certs["pki"] if cls is VstorServer else certs["server"]) if name.endswith("-tls") else None
+    tls = certs["server"] if name.endswith("-tls") else None  # both read nbdkit's layout
     return cls(name, workdir, a.size_bytes, lab.ns("b"), lab.address("b"), tls)
 
 
