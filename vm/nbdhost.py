@@ -99,8 +99,12 @@ def _tls_helper(uri: str, tls_dir: str, server_name: str | None, workdir: str) -
 
 def attach(uri: str, directory: str | os.PathLike[str], netns: str | None = None, tls_dir: str | None = None,
            server_name: str | None = None, mkfs: bool = False, mount: bool = True,
-           read_only: bool = False) -> Attachment:
-    """nbdfuse + losetup (+ mkfs.ext4) + mount; on any failure everything made is undone."""
+           read_only: bool = False, loop: bool = True) -> Attachment:
+    """nbdfuse + losetup (+ mkfs.ext4) + mount; on any failure everything made is undone. With
+    loop=False it stops at nbdfuse's file (``Attachment.file``): writes to it reach the server before
+    they return (FUSE writes through), where a loop device's page cache would hold them back."""
+    if not loop and (mkfs or mount):
+        raise ValueError("mkfs and mount need the loop device")
     d = os.path.abspath(directory)
     os.makedirs(d, exist_ok=True)
     att = Attachment(d, uri, netns)
@@ -122,6 +126,8 @@ def attach(uri: str, directory: str | os.PathLike[str], netns: str | None = None
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"nbdfuse {uri} did not start: {Path(log).read_text(errors='replace').strip()}")
             time.sleep(0.02)
+        if not loop:
+            return att
         att.loop = _run(["losetup", "-f", "--show", *(["-r"] if read_only else []), att.file]).strip()
         att.steps.append("loop")
         att.save()
@@ -198,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--server-name", help="with --tls-dir: the name in the server's certificate")
     a.add_argument("--mkfs", action="store_true", help="make ext4 on the device first (destroys its data)")
     a.add_argument("--no-mount", action="store_true", help="stop at the loop device")
+    a.add_argument("--no-loop", action="store_true", help="stop at nbdfuse's file DIR/fuse/nbd (no loop device)")
     a.add_argument("--read-only", action="store_true", help="attach read-only (nbdfuse -r, losetup -r, mount -o ro)")
     d = sub.add_parser("detach", help="unmount, losetup -d, fusermount3 -u, end nbdfuse")
     d.add_argument("dir", help="the directory given to attach")
@@ -213,8 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             from vm.lab import Lab
 
             netns = Lab(args.tag).ns(args.site)
+        if args.no_loop and (args.mkfs or not args.no_mount):
+            p.error("--no-loop needs --no-mount and no --mkfs")
         att = attach(args.uri, args.dir, netns, args.tls_dir, args.server_name, args.mkfs, not args.no_mount,
-                     args.read_only)
+                     args.read_only, not args.no_loop)
         print(json.dumps(asdict(att), indent=2))
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         print(f"vm.nbdhost: error: {e}", file=sys.stderr)
