@@ -99,13 +99,14 @@ def _settled(baseline: set[threading.Thread], timeout: float = 5.0) -> set[threa
 @pytest.mark.root
 @pytest.mark.parametrize("step", START_STEPS)
 def test_a_start_up_failure_in_process_leaves_nothing(array_factory, tls_dir, step):
-    """run() in this process, with replication listening so that step starts a thread."""
+    """run() in this process, with replication and NBD listening so that their steps start threads."""
     arr = array_factory("inproc")
     repl = {"listen": f"127.0.0.1:{_free_port()}", "tls_dir": tls_dir, "name": "a"}
     threads, fds = set(threading.enumerate()), set(os.listdir("/proc/self/fd"))
     reporter = Reporter(None)
     with pytest.raises(RuntimeError, match=f"injected bug at daemon.start.{step}$"):
-        daemon_run(arr.pool, arr.mnt, None, reporter, repl=repl, faults=Faults(f"daemon.start.{step}=bug"))
+        daemon_run(arr.pool, arr.mnt, None, reporter, repl=repl, faults=Faults(f"daemon.start.{step}=bug"),
+                   nbd={"address": "127.0.0.1:0"})
     assert not reporter.sent  # READY never went out
     assert not _settled(threads), f"threads left: {_settled(threads)}"
     assert set(os.listdir("/proc/self/fd")) <= fds, "descriptors left open"

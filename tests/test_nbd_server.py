@@ -10,13 +10,17 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 from nbdkit import MiB, Raw, handle, nbd, served
 
+from vstor.clock import ManualClock
+from vstor.faults import Faults
 from vstor.nbd import proto as P
 from vstor.store import snapshots
 from vstor.store.allocation import mapped_ranges
+from vstor.store.store import Store
 
 pytestmark = pytest.mark.skipif(nbd is None, reason="needs python3-libnbd (make setup)")
 
@@ -93,13 +97,13 @@ def test_several_requests_in_flight_and_multi_conn(tmp_path) -> None:
             cookies = [ck for ck in cookies if not a.aio_command_completed(ck)]
         b.flush()  # multi-conn: a flush on B makes A's answered writes durable and visible on C
         assert c.pread(64 * 65536, 0) == b"".join(bufs)
-        reads = [bytearray(65536) for _ in range(16)]
-        pending = [a.aio_pread(nbd.Buffer(65536), i * 65536) for i in range(16)]
+        bufs16 = [nbd.Buffer(65536) for _ in range(16)]  # queued together: served by the pool, out of order
+        pending = [a.aio_pread(buf, i * 65536) for i, buf in enumerate(bufs16)]
         fl = a.aio_flush()
         while pending or not a.aio_command_completed(fl):
             a.poll(-1)
             pending = [ck for ck in pending if not a.aio_command_completed(ck)]
-        del reads
+        assert [bytes(buf.to_bytearray()) for buf in bufs16] == bufs[:16]
         for h in (a, b, c):
             h.shutdown()
 
@@ -228,27 +232,44 @@ def test_locally_attached_volume_refuses_writable_unless_shared(tmp_path) -> Non
 
 
 def test_array_stop_soft_disconnects_and_keeps_flushed_writes(tmp_path) -> None:
-    with served(tmp_path) as s:
+    faults = Faults()
+    with served(tmp_path, faults=faults) as s:
         s.export("vol")
         s.start()
         h = handle(s.uri("vol"))
         h.pwrite(b"durable!", 0)
         h.flush()
+        faults.arm("nbd.request", "delay")  # the next request is still in flight when the stop begins
+        slow = h.aio_pwrite(b"inflight", 4096)
+        until(lambda: s.server.export_stats()["vol"]["ops"] == 3)  # the server is serving it (slowly)
         stopper = threading.Thread(target=s.server.stop, kwargs={"grace": 5.0})
         stopper.start()
-        s.server.closing.wait(5)
-        with pytest.raises(nbd.Error) as e:
+        assert s.server.closing.wait(5)
+        with pytest.raises(nbd.Error) as e:  # a new request: "the array is stopping"
             h.pread(8, 0)
         assert e.value.errno == "ESHUTDOWN"
-        h.shutdown()  # the client's soft disconnect ends the wait
+        while not h.aio_command_completed(slow):  # the one in flight finished normally
+            h.poll(-1)
         stopper.join(10)
         assert not stopper.is_alive()
         s.server = None
         s.store.close()
-        from vstor.store.store import Store
-
         s.store = Store.open(s.pool)  # reopened: replayed from the journal
         assert s.store.read(s.store.volume("vol").id, 0, 8) == b"durable!"
+        assert s.store.read(s.store.volume("vol").id, 4096, 8) == b"inflight"  # stop synced before closing
+
+
+def test_idle_client_is_closed_at_once_by_stop(tmp_path) -> None:
+    with served(tmp_path) as s:
+        s.export("vol")
+        s.start()
+        h = handle(s.uri("vol"))
+        t0 = time.monotonic()
+        s.server.stop(grace=5.0)
+        assert time.monotonic() - t0 < 2.0
+        with pytest.raises(nbd.Error):
+            h.pread(8, 0)
+        s.server = None
 
 
 @pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img (make setup)")
@@ -269,3 +290,86 @@ def test_qemu_img_convert_in_and_out_and_compare(tmp_path) -> None:
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", uri, str(back)], check=True)
         subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(src), str(back)], check=True)
         assert os.stat(back).st_blocks * 512 <= 9 * MiB  # qemu-img skipped the holes block status reported
+
+
+def test_handshakes_are_capped_and_reaped_and_accept_errors_survived(tmp_path) -> None:
+    clock, faults = ManualClock(), Faults()
+    with served(tmp_path, clock=clock, cap=3, handshake_timeout=5.0, faults=faults) as s:
+        s.export("vol")
+        srv = s.start()
+        idle = [Raw(s.port) for _ in range(3)]  # hello read, flags sent, then nothing
+        until(lambda: srv.describe()["pending"] == 3)
+        extra = [socket.create_connection(("127.0.0.1", s.port), timeout=5) for _ in range(4)]
+        for x in extra:  # over the cap: closed at once, before the hello
+            assert x.recv(18) == b""
+            x.close()
+        until(lambda: srv.describe()["rejected_busy"] == 4)
+        clock.advance(4.9)
+        assert srv.reap() == 0
+        clock.advance(0.2)
+        assert srv.reap() == 3
+        assert all(c.closed() for c in idle)
+        faults.arm("nbd.accept", "eio", 1, repeat=False)  # a failed accept is logged, accepting goes on
+        h = handle(s.uri("vol"))
+        assert h.pread(1, 0) == b"\0"
+        h.shutdown()
+        d = srv.describe()
+        assert (d["state"], d["handshake_timeouts"], d["accept_errors"]) == ("serving", 3, 1)
+
+
+def until(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_a_replication_secondary_exports_read_only(tmp_path) -> None:
+    with served(tmp_path) as s:
+        s.export("vol")
+        s.start()
+        s.store.fenced[s.store.volume("vol").group] = "group 0 is the secondary of pair p"
+        h = handle(s.uri("vol"))
+        assert h.is_read_only() and not h.can_trim()
+        h.shutdown()
+        spec = s.catalog.get("vol")
+        assert "secondary" in s.catalog.resolve(spec).why_read_only
+
+
+def test_volume_with_an_nbd_client_is_not_deleted(tmp_path) -> None:
+    from vstor.control.service import PoolService
+    from vstor.errors import Busy
+
+    with served(tmp_path) as s:
+        s.export("vol")
+        service = PoolService(s.store)
+        service.nbd = s.start()
+        h = handle(s.uri("vol"))
+        until(lambda: s.server.describe()["clients"] == 1)
+        with pytest.raises(Busy, match="NBD client"):
+            service.dispatch("volume.delete", {"name": "vol"})
+        assert service.dispatch("volume.exports", {})["exports"][0]["clients"] == 1
+        h.shutdown()
+        until(lambda: not service.nbd_clients_of(s.store.volume("vol").id))
+        service.dispatch("volume.unexport", {"name": "vol"})
+        assert service.dispatch("volume.delete", {"name": "vol"})["deleted"]
+
+
+@pytest.mark.skipif(not shutil.which("nbdcopy"), reason="needs nbdcopy (libnbd-bin)")
+def test_nbdcopy_round_trip_over_four_connections(tmp_path) -> None:
+    src, back = tmp_path / "src.raw", tmp_path / "back.raw"
+    with open(src, "wb") as f:
+        f.seek(3 * MiB)
+        f.write(os.urandom(2 * MiB + 5))
+        f.truncate(16 * MiB)
+    with served(tmp_path, volumes={"vol": 16 * MiB}) as s:
+        s.export("vol")
+        s.start()
+        uri = s.uri("vol")
+        subprocess.run(["nbdcopy", "--connections=4", "--flush", str(src), uri], check=True)
+        subprocess.run(["nbdcopy", "--connections=4", uri, str(back)], check=True)
+        assert back.read_bytes() == src.read_bytes()
+        assert s.store.volume_usage(s.store.volume("vol").id) < 3 * MiB  # only the data was written
+        out = subprocess.run(["nbdinfo", "--map", uri], check=True, capture_output=True, text=True).stdout
+        kinds = [line.split()[2] for line in out.splitlines()]
+        assert kinds[0] == "3" and "0" in kinds  # hole,zero then data, as the chunk map holds

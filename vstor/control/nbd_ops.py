@@ -43,6 +43,19 @@ class NbdOps:
         return d | {"clients": s.get("clients", 0), "ops": s.get("ops", 0), "bytes_read": s.get("bytes_read", 0),
                     "bytes_written": s.get("bytes_written", 0)}
 
+    def nbd_clients_of(self, vid: int) -> int:
+        """NBD clients connected to exports of volume ``vid`` (live data, not snapshots)."""
+        if self.nbd is None:
+            return 0
+        stats = self.nbd.export_stats()
+        n = 0
+        for spec in self._exports().specs():
+            if not spec.snapshot and spec.volume and stats.get(spec.name, {}).get("clients"):
+                vol = self.store.state.table.find(spec.volume)
+                if vol is not None and vol.id == vid:
+                    n += stats[spec.name]["clients"]
+        return n
+
     def op_volume_export(self, name: str, read_only: bool = False, snapshot: str | None = None,
                          allow: list[str] | None = None, shared: bool = False) -> dict:
         check_name(name)

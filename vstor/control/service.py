@@ -15,6 +15,7 @@ from typing import Any
 from vstor.backup.audit import current_actor
 from vstor.control.backup_ops import BackupOps
 from vstor.control.catalog_ops import CatalogOps
+from vstor.control.drill_ops import DrillOps
 from vstor.control.media_ops import MediaOps
 from vstor.control.nbd_ops import NbdOps
 from vstor.control.pair_ops import PairOps
@@ -33,7 +34,7 @@ AUDITED = frozenset({
 })
 
 
-class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, StatusOps, NbdOps):
+class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, DrillOps, StatusOps, NbdOps):
     def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None) -> None:
         self.store = store
         self.mount = mount
@@ -91,21 +92,22 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, StatusOps, NbdOps):
         self._guard_volume(name, "resize its volumes")
         vol = self.store.volume(name)
         if size < vol.size and self._open_handles(vol):
-            raise Busy(f"volume {name!r} is open (attached?); detach it before shrinking")
+            raise Busy(f"volume {name!r} is open (attached, or an NBD client is connected); detach it before shrinking")
         return self._describe(self.store.resize_volume(name, size, allow_shrink, progress))
 
     def op_volume_delete(self, name: str, progress: Progress = None) -> dict:
         self._guard_volume(name, "delete its volumes")
         vol = self.store.volume(name)
         if self._open_handles(vol):
-            raise Busy(f"volume {name!r} is in use (attached to a loop device or open); "
+            raise Busy(f"volume {name!r} is in use (attached to a loop device, open, or an NBD client is connected); "
                        f"detach it first with 'vstor volume detach {name}'")
         desc = self._describe(vol)  # before the delete, which drops the volume's map
         self.store.delete_volume(name, progress)
         return desc | {"deleted": True}
 
     def _open_handles(self, vol: Volume) -> int:
-        return self.fs.volumes_in_use().get(vol.id, 0) if self.fs else 0
+        """Local opens through FUSE, plus NBD clients of the volume's exports."""
+        return (self.fs.volumes_in_use().get(vol.id, 0) if self.fs else 0) + self.nbd_clients_of(vol.id)
 
     # -- array ---------------------------------------------------------------------------
     def op_status(self) -> dict:

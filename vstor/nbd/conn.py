@@ -6,7 +6,12 @@ payload, ``sendmsg`` of header and data together): READ, WRITE, TRIM, WRITE_ZERO
 BLOCK_STATUS. Requests that must wait for the journal to be durable -- FLUSH, and any
 command with FUA, whose data is applied first -- go to a small worker pool, so the
 connection keeps reading while they wait: replies come out of order, as the protocol
-allows. Several requests are thus in flight per connection, and a flush covers every write
+allows. Requests are received through a buffer, so one recv brings every header the client
+has queued; a READ goes to the pool when more requests are already buffered (a client with
+a queue depth above one), so that reads overlap their I/O, and a lone request (queue depth
+one) never pays for the hand-off. Over TLS everything is served by the
+connection's thread (an ssl socket must not be read and written from two threads at once).
+Several requests are thus in flight per connection, and a flush covers every write
 already answered (the store's sync is a group commit over the whole journal, which also
 makes CAN_MULTI_CONN safe).
 """
@@ -30,7 +35,9 @@ from vstor.store.allocation import mapped_ranges
 
 log = logging.getLogger("vstor.nbd")
 
-SYNC_WORKERS = 4  # FLUSH/FUA waits per connection in parallel with its reading
+RBUF = 256 << 10  # receive buffer: request headers (and small payloads) come in batches
+POOL_WORKERS = 8  # per connection: FLUSH/FUA waits, and reads while more requests are queued
+PARALLEL = True  # False: serve everything in the connection's thread (FLUSH/FUA too), as over TLS
 
 
 class Disconnected(Exception):
@@ -38,7 +45,8 @@ class Disconnected(Exception):
 
 
 class Connection:
-    def __init__(self, sock: socket.socket, peer: str, host: Any) -> None:
+    def __init__(self, sock: socket.socket, peer: str, host: Any, key: int = 0) -> None:
+        self.key = key  # the server's handle on this connection
         self.raw = self.sock = sock
         self.peer, self.host = peer, host
         self.tls = False
@@ -46,16 +54,42 @@ class Connection:
         self.export = ""
         self.session: Session | None = None
         self.ops = self.bytes_read = self.bytes_written = 0
+        self.started = self.done_inline = self.done_pooled = 0  # requests (idle: started == both done)
+        self._done_lock = threading.Lock()  # the pool's threads count done_pooled
         self._send_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()  # each pool thread's read buffer
+        self.bytes_read_pooled = 0
         self._buf = bytearray(1 << 20)
+        self._rbuf = bytearray(RBUF)  # received, not yet parsed: [_rpos, _rend)
+        self._rmv = memoryview(self._rbuf)
+        self._rpos = self._rend = 0
         self._view = memoryview(self._buf)
 
     # -- socket helpers ------------------------------------------------------------------------------
+    def _fill(self, need: int) -> None:
+        """Have at least ``need`` (<= RBUF) bytes in the receive buffer: one recv usually brings
+        several queued request headers at once."""
+        if self._rend - self._rpos >= need:
+            return
+        if self._rpos:  # move the partial rest to the front
+            n = self._rend - self._rpos
+            self._rmv[:n] = self._rmv[self._rpos : self._rend]
+            self._rpos, self._rend = 0, n
+        while self._rend < need:
+            k = self.sock.recv_into(self._rmv[self._rend :])
+            if not k:
+                raise Disconnected("the client closed the connection")
+            self._rend += k
+
     def _recv_into(self, view: memoryview) -> None:
-        n, got = len(view), 0
+        """Exactly len(view) bytes: what is buffered first, the rest straight from the socket."""
+        n, got = len(view), min(len(view), self._rend - self._rpos)
+        if got:
+            view[:got] = self._rmv[self._rpos : self._rpos + got]
+            self._rpos += got
         while got < n:
-            k = self.sock.recv_into(view[got:] if got else view, n - got)
+            k = self.sock.recv_into(view[got:], n - got)
             if not k:
                 raise Disconnected("the client closed the connection")
             got += k
@@ -114,16 +148,20 @@ class Connection:
                 self._send(P.option_reply(opt, P.REP_ERR_SHUTDOWN, b"the array is stopping"))
                 return None
             step = neg.option(opt, data)
+            if step.action == "go":  # a client from the moment it may send requests, before its ACK goes out
+                assert step.export is not None
+                self.export = step.export.name
+                if not host.admit(self):
+                    return None  # reaped or stopping
             if step.replies:
                 self._send(*step.replies)
             if step.action == "starttls":
+                self._rpos = self._rend = 0  # plain bytes sent ahead of the TLS handshake are dropped, never obeyed
                 self.sock = self.raw = host.tls_ctx.wrap_socket(self.raw, server_side=True)  # takes over the fd
                 self.tls, self.cn = True, peer_common_name(self.sock)  # type: ignore[arg-type]
                 neg.tls_started(self.cn)
             elif step.action == "go":
-                assert step.export is not None
-                self.export = step.export.name
-                return neg.session(step.export)
+                return neg.session(step.export)  # type: ignore[arg-type]
             elif step.action == "abort":
                 return None
             elif step.action == "close":
@@ -138,14 +176,16 @@ class Connection:
         target = session.export.key
         self.vid, self.sid = target.vid, target.sid  # type: ignore[attr-defined]
         self.store = self.host.store
-        hdr = bytearray(P.REQUEST.size)
-        hview = memoryview(hdr)
+        self.parallel = not self.tls and PARALLEL
+        size, rbuf = P.REQUEST.size, self._rbuf
         unpack = P.REQUEST.unpack_from
-        closing = self.host.closing
+        closing, faults = self.host.closing, self.host.faults
         try:
             while True:
-                self._recv_into(hview)
-                magic, flags, cmd, cookie, offset, length = unpack(hdr)
+                if self._rend - self._rpos < size:
+                    self._fill(size)
+                magic, flags, cmd, cookie, offset, length = unpack(rbuf, self._rpos)
+                self._rpos += size
                 if magic != P.REQUEST_MAGIC:
                     raise P.ProtocolError(f"bad request magic {magic:#x}")
                 payload = None
@@ -156,25 +196,36 @@ class Connection:
                     self._recv_into(payload)
                 elif cmd == P.CMD_DISC:
                     return
-                self.ops += 1
-                if closing.is_set():
-                    self._error(cookie, P.ESHUTDOWN, "the array is stopping: disconnect")
-                    continue
-                err, msg = check(cmd, flags, offset, length, session)
-                if err:
-                    self._error(cookie, err, msg)
-                    continue
+                self.started += 1
                 try:
-                    self._run(cmd, flags, cookie, offset, length, payload)
-                except VstorError as e:
-                    self._error(cookie, P.wire_errno(e.errno), str(e))
+                    if closing.is_set():
+                        self.ops += 1
+                        self._error(cookie, P.ESHUTDOWN, "the array is stopping: disconnect")
+                        continue
+                    self.ops += 1  # after the closing check: a request counted here will be served
+                    err, msg = check(cmd, flags, offset, length, session)
+                    if err:
+                        self._error(cookie, err, msg)
+                        continue
+                    try:
+                        faults.hit("nbd.request")  # tests: a slow request ("delay") in flight
+                        if self._run(cmd, flags, cookie, offset, length, payload):
+                            self.done_inline -= 1  # the pool counts it when its reply is out
+                    except VstorError as e:
+                        self._error(cookie, P.wire_errno(e.errno), str(e))
+                finally:
+                    self.done_inline += 1
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
 
-    def _run(self, cmd: int, flags: int, cookie: int, offset: int, length: int, payload: memoryview | None) -> None:
+    def _run(self, cmd: int, flags: int, cookie: int, offset: int, length: int, payload: memoryview | None) -> bool:
+        """Serve one request; True if its reply was left to the pool."""
         store, vid = self.store, self.vid
         if cmd == P.CMD_READ:
+            if self.parallel and self._rend > self._rpos:  # more requests are queued: overlap this one
+                self._submit(self._pooled_read, cookie, offset, length)
+                return True
             view = self._buffer(length)
             store.read_into(vid, offset, view, sid=self.sid)
             self.bytes_read += length
@@ -182,7 +233,7 @@ class Connection:
                 self._send(P.offset_data_header(cookie, offset, length, True), view)
             else:
                 self._send(P.simple_reply(cookie), view)
-            return
+            return False
         if cmd == P.CMD_WRITE:
             store.write(vid, offset, payload)
             self.bytes_written += length
@@ -194,13 +245,15 @@ class Connection:
             extents = allocation_extents(offset, end - offset, mapped_ranges(store, vid, offset, end, self.sid),
                                          bool(flags & P.CMDF_REQ_ONE))
             self._send(P.block_status_chunk(cookie, CONTEXT_ID, extents))
-            return
+            return False
         if cmd == P.CMD_FLUSH or flags & P.CMDF_FUA:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(SYNC_WORKERS, thread_name_prefix=f"nbd-sync-{self.peer}")
-            self._pool.submit(self._durable_reply, cookie)
-            return
+            if not self.parallel:
+                self._durable_reply(cookie)
+                return True  # counted by _durable_reply
+            self._submit(self._durable_reply, cookie)
+            return True
         self._send(P.simple_reply(cookie))
+        return False
 
     def _durable_reply(self, cookie: int) -> None:
         """FLUSH and FUA: the same store call as fsync through FUSE, then the reply."""
@@ -208,8 +261,16 @@ class Connection:
             self.store.sync()
         except VstorError as e:
             self._safe(self._error, cookie, P.wire_errno(e.errno), str(e))
-            return
-        self._safe(self._send, P.simple_reply(cookie))
+        else:
+            self._safe(self._send, P.simple_reply(cookie))
+        finally:
+            with self._done_lock:
+                self.done_pooled += 1
+
+    def idle(self) -> bool:
+        """No request between its header and its reply (the thread waits for the next one)."""
+        with self._done_lock:
+            return self.started == self.done_inline + self.done_pooled
 
     def _safe(self, fn: Any, *args: Any) -> None:
         try:
@@ -224,4 +285,29 @@ class Connection:
             self._send(P.simple_reply(cookie, err))
 
     def counters(self) -> dict:
-        return {"ops": self.ops, "bytes_read": self.bytes_read, "bytes_written": self.bytes_written}
+        return {"ops": self.ops, "bytes_read": self.bytes_read + self.bytes_read_pooled,
+                "bytes_written": self.bytes_written}
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(POOL_WORKERS, thread_name_prefix=f"nbd-{self.peer}")
+        self._pool.submit(fn, *args)
+
+    def _pooled_read(self, cookie: int, offset: int, length: int) -> None:
+        """A READ in a pool thread, into that thread's own buffer."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < length:
+            buf = self._local.buf = bytearray(max(length, 1 << 20))
+        view = memoryview(buf)[:length]
+        try:
+            self.store.read_into(self.vid, offset, view, sid=self.sid)
+        except VstorError as e:
+            self._safe(self._error, cookie, P.wire_errno(e.errno), str(e))
+        else:
+            head = (P.offset_data_header(cookie, offset, length, True) if self.session.structured  # type: ignore
+                    else P.simple_reply(cookie))
+            self._safe(self._send, head, view)
+        finally:
+            with self._done_lock:
+                self.done_pooled += 1
+                self.bytes_read_pooled += length

@@ -121,6 +121,8 @@ class Negotiation:
                 return self._err(opt, P.REP_ERR_UNSUP, f"option {opt} is not supported by vstor")
             return handler(opt, data)
         except ValueError as e:
+            if opt == P.OPT_EXPORT_NAME:  # it has no error reply: the protocol says close
+                return Step(action="close", why=f"malformed EXPORT_NAME: {e}")
             return self._err(opt, P.REP_ERR_INVALID, f"malformed option {opt}: {e}")
         except Refused as e:
             if opt == P.OPT_EXPORT_NAME:

@@ -11,7 +11,9 @@ worker pool for FLUSH/FUA), so a slow client stalls no other.
 :meth:`NbdServer.stop` is the soft disconnect of ``array stop``: new connections are
 refused, every request that arrives from then on is answered ESHUTDOWN (the protocol's
 "please disconnect"), requests in flight finish, the journal is synced, and connections
-still open after ``grace`` seconds are shut down.
+idle ones are closed (NBD cannot tell an idle client anything: it sees ESHUTDOWN or a
+closed connection at its next request). A connection still mid-request after ``grace``
+seconds is closed too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -109,14 +112,14 @@ class NbdServer:
             self._log["accept"].warn("nbd listener %s: accept failed: %s; still listening", self.address, e)
             self._stopped.wait(ACCEPT_PAUSE)
             return
-        self._admit(raw, f"{addr[0]}:{addr[1]}")
+        self._accepted(raw, f"{addr[0]}:{addr[1]}")
 
-    def _admit(self, raw: socket.socket, peer: str) -> None:
-        conn = Connection(raw, peer, self)
+    def _accepted(self, raw: socket.socket, peer: str) -> None:
+        conn = Connection(raw, peer, self, next(self._ids))
+        key = conn.key
         with self._lock:
             busy = len(self._pending) >= self.cap or len(self._clients) >= self.max_clients or self.closing.is_set()
             if not busy:
-                key = next(self._ids)
                 self._pending[key] = (conn, self.clock.monotonic() + self.handshake_timeout)
         if busy:
             self._count("rejected_busy")
@@ -152,6 +155,15 @@ class NbdServer:
         return len(late)
 
     # -- one connection ---------------------------------------------------------------------------
+    def admit(self, conn: Connection) -> bool:
+        """The connection enters transmission: it is a client now, no longer pending. False if it
+        was reaped meanwhile or the server is stopping."""
+        with self._lock:
+            if self._pending.pop(conn.key, None) is None or self.closing.is_set():
+                return False
+            self._clients[conn.key] = conn
+            return True
+
     def _run(self, key: int, conn: Connection) -> None:
         try:
             try:
@@ -163,10 +175,8 @@ class NbdServer:
                     self._count("handshake_failures")
                     self._log["handshake"].warn("nbd: handshake with %s failed: %s", conn.peer, e)
                 return
-            with self._lock:
-                if self._pending.pop(key, None) is None or session is None:
-                    return  # reaped, stopping, refused or aborted
-                self._clients[key] = conn
+            if session is None:
+                return  # refused, aborted, reaped or stopping
             log.info("nbd: %s%s attached export %s (%s)", conn.peer, f" ({conn.cn})" if conn.cn else "",
                      conn.export, "read-only" if session.export.read_only else "read-write")
             try:
@@ -224,12 +234,15 @@ class NbdServer:
             self._pending.clear()
         for c in pending:
             c.close()
-        with self._lock:
-            self._left.wait_for(lambda: not self._clients, grace)
+        with self._lock:  # clients mid-request finish it (new ones get ESHUTDOWN); idle ones cannot be told
+            deadline = time.monotonic() + grace
+            while not all(c.idle() for c in self._clients.values()) and time.monotonic() < deadline:
+                self._left.wait(0.02)  # a reply going out is not signalled: look again soon
             left = list(self._clients.values())
         for c in left:
-            log.warning("nbd: %s did not disconnect from %s within %.0fs of ESHUTDOWN; closing it", c.peer, c.export,
-                        grace)
+            if not c.idle():
+                log.warning("nbd: %s still had requests in flight on %s %.0fs after ESHUTDOWN; closing it", c.peer,
+                            c.export, grace)
             c.close()
         with self._lock:  # their threads finish the requests in flight, then end
             self._left.wait_for(lambda: not self._clients, grace)
