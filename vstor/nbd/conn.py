@@ -36,6 +36,8 @@ from vstor.store.allocation import mapped_ranges
 log = logging.getLogger("vstor.nbd")
 
 RBUF = 256 << 10  # receive buffer: request headers (and small payloads) come in batches
+KEEP_BUFFER = 4 << 20  # the largest data buffer a connection keeps between requests
+POOL_READ_MAX = 1 << 20  # larger reads are served by the connection's thread (bounds the pool's buffers)
 POOL_WORKERS = 8  # per connection: FLUSH/FUA waits, and reads while more requests are queued
 PARALLEL = True  # False: serve everything in the connection's thread (FLUSH/FUA too), as over TLS
 
@@ -118,7 +120,11 @@ class Connection:
                         sent = 0
 
     def _buffer(self, n: int) -> memoryview:
+        """The connection's data buffer (kept up to KEEP_BUFFER bytes; a larger request gets
+        its own, freed after it, so idle connections hold little memory)."""
         if n > len(self._buf):
+            if n > KEEP_BUFFER:
+                return memoryview(bytearray(n))
             self._buf = bytearray(n)
             self._view = memoryview(self._buf)
         return self._view[:n]
@@ -223,7 +229,7 @@ class Connection:
         """Serve one request; True if its reply was left to the pool."""
         store, vid = self.store, self.vid
         if cmd == P.CMD_READ:
-            if self.parallel and self._rend > self._rpos:  # more requests are queued: overlap this one
+            if self.parallel and length <= POOL_READ_MAX and self._rend > self._rpos:  # more are queued: overlap
                 self._submit(self._pooled_read, cookie, offset, length)
                 return True
             view = self._buffer(length)
