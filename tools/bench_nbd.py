@@ -226,10 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[dict[str, dict[str, Any]]] = []
     head = {"command": shlex.join(sys.orig_argv), "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "kernel": platform.release(), "cpus": os.cpu_count(), "fio": fio_version(), "size": a.size_bytes,
-            "random_runtime_s": a.runtime, "jobs": [j.__dict__ for j in JOBS]}
+            "random_runtime_s": a.runtime, "jobs": [j.__dict__ for j in JOBS],
+            "commit": subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short",
+                                      "HEAD"], capture_output=True, text=True).stdout.strip()}
     interrupted = False
     try:
-        print(f"$ {head['command']}\n{head['date']}  kernel {head['kernel']}, {head['cpus']} CPUs, {head['fio']}; "
+        print(f"$ {head['command']}\n{head['date']}  commit {head['commit']}, kernel {head['kernel']}, "
+              f"{head['cpus']} CPUs, {head['fio']}; "
               f"fio --ioengine=nbd in namespace {lab.ns('a')} -> servers in {lab.ns('b')}, {a.size} export", flush=True)
         lab.up()
         pki, server_dir, client_dir = make_certs(workdir / "tls", SERVER_CN)
