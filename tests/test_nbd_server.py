@@ -164,7 +164,16 @@ def test_raw_protocol_errors(tmp_path) -> None:
         reply = old.recv(8 + 2 + 124)
         assert int.from_bytes(reply[:8], "big") == 64 * MiB and reply[10:] == bytes(124)
         old.close()
-        h = handle(s.uri("vol"))  # still serving
+        half = Raw(s.port)  # a client that dies half-way through a write's payload
+        half.go("vol")
+        half.s.sendall(P.request(P.CMD_WRITE, 12, 0, 65536) + b"z" * 100)
+        half.close()
+        magic = Raw(s.port)  # garbage instead of a request: dropped
+        magic.go("vol")
+        magic.s.sendall(b"\x00" * 28)
+        assert magic.closed()
+        magic.close()
+        h = handle(s.uri("vol"))  # still serving, and the half write never landed
         assert h.pread(4, 0) == b"abcd"
         h.shutdown()
 

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--foreground", action="store_true", help="run in this process, log to stderr")
     s.add_argument("--listen", metavar="ADDR:PORT", help="replication endpoint, like 10.0.0.1:7450 (needs --tls-dir)")
     s.add_argument("--tls-dir", help="directory from 'vstor pki': the CA and this array's certificate")
-    s.add_argument("--name", help="this array's certificate name in --tls-dir (default: the only one there)")
+    s.add_argument("--name", help="this array's certificate name in --tls-dir and --nbd-tls-dir (default: the only one "
+                   "there)")
     s.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus /metrics and a dashboard at / here")
     s.add_argument("--nbd", metavar="ADDR:PORT", help="serve the exported volumes over NBD here, like 0.0.0.0:10809 "
                    "(see 'vstor volume export')")

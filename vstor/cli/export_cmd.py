@@ -16,7 +16,8 @@ def register(cmd: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--read-only", action="store_true", help="refuse writes, trims and zeroing (EPERM)")
     p.add_argument("--snapshot", metavar="G/S/V", help="export this snapshot image (read-only) under NAME")
     p.add_argument("--allow", nargs="+", metavar="CLIENTNAME",
-                   help="only TLS clients whose certificate has one of these names ('vstor pki issue')")
+                   help="only TLS clients whose certificate has one of these names ('vstor pki issue'); "
+                   "give NAME before it")
     p.add_argument("--shared", action="store_true",
                    help="allow a writable export of a volume that is also attached on the array host")
     p = cmd("unexport", cmd_unexport, "stop exporting NAME over NBD and disconnect its clients")
