@@ -65,6 +65,7 @@ bench-tools:
 	$(PY) tools/bench_replay.py
 	$(PY) tools/bench_snapshots.py
 	$(PY) tools/bench_replication.py
+	$(PY) tools/bench_nbd.py --rounds 3 --runtime 10
 	$(PY) tools/bench_pair_pinned.py --rounds 3
 	$(PY) tools/bench_tape.py --size 4G
 	$(PY) tools/bench_backup.py --size 4G

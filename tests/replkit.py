@@ -71,7 +71,10 @@ def same_images(a: Array, b: Array, names: list[str]) -> None:
         assert da == db, f"volume {n} differs between the sites"
 
 
-def make_sites(base: Path, made: list, init: Callable[[str], dict] | None = None) -> Sites:
+def make_sites(base: Path, made: list, init: Callable[[str], dict] | None = None,
+               nbd_port: int | None = None) -> Sites:
+    """The lab, a CA, and an array per site; with ``nbd_port`` each array also serves NBD on its
+    site's address (array start --nbd)."""
     lab = Lab(f"r{uuid.uuid4().hex[:6]}")
     made.append(lab)
     lab.up()
@@ -85,6 +88,8 @@ def make_sites(base: Path, made: list, init: Callable[[str], dict] | None = None
         made.append(arr)
         arr.netns = lab.ns(site)
         arr.start_args = ["--listen", f"{lab.address(site)}:{PORT}", "--tls-dir", tls, "--name", f"site-{site}"]
+        if nbd_port:
+            arr.start_args += ["--nbd", f"{lab.address(site)}:{nbd_port}"]
         sites.append(arr)
     _both(lambda arr: arr.start(), sites)  # the two sites start at once, as they would in life
     return Sites(lab, sites[0], sites[1], tls)

@@ -22,13 +22,29 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM/SIGHUP, turned into an exception so that finally blocks run."""
 
 
+_MAIN_PID = os.getpid()
+
+
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != _MAIN_PID:  # a fork()ed child (pyroute2 does its namespace work in them): just end
+        os._exit(128 + signum)
     raise Terminated(f"signal {signum}")
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != _MAIN_PID:
+        os._exit(128 + signum)
+    raise KeyboardInterrupt()
+
+
 def install_signal_handlers() -> None:
+    """SIGINT, SIGTERM and SIGHUP raise in this process, so that finally blocks undo everything. In a
+    child that pyroute2 forked for vm/lab.py (and ends with SIGTERM) they only end it: with the handler
+    inherited, such a child went on running the benchmark and tore down the lab being made."""
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     # SIGINT explicitly too: a shell starting us in the background would have left it ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _interrupt)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_terminated)
 
