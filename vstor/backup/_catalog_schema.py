@@ -9,9 +9,10 @@ import json
 import sqlite3
 from typing import Any
 
+from vstor.backup._client_schema import create_v2
 from vstor.errors import AlreadyExists, FormatError, NotFound, UsageError
 
-VERSION = 1
+VERSION = 2  # 2: backup clients (_client_schema.py)
 SCHEMA = """
 CREATE TABLE policies (name TEXT PRIMARY KEY, doc TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
 CREATE TABLE media (
@@ -53,12 +54,16 @@ _CHOICES = {"state": MEDIA_STATES, "location": LOCATIONS, "status": JOB_STATUSES
 
 
 def migrate(c: sqlite3.Connection, path: str) -> None:
-    """Create the schema in an empty file; refuse a catalog from a newer vstor."""
+    """Create the schema in an empty file, migrate an older one; refuse a catalog from a newer vstor."""
     have = c.execute("PRAGMA user_version").fetchone()[0]
     if have == 0:
         for stmt in SCHEMA.split(";"):
             if stmt.strip():
                 c.execute(stmt)
+        create_v2(c)
+        c.execute(f"PRAGMA user_version={VERSION}")
+    elif have == 1:  # version 1 -> 2: the client tables are new; nothing else changes
+        create_v2(c)
         c.execute(f"PRAGMA user_version={VERSION}")
     elif have > VERSION:
         raise FormatError(f"{path} is a version {have} backup catalog; this vstor reads version {VERSION}: "

@@ -7,7 +7,12 @@ A policy::
 
     {"name": "nightly", "source": "db", "schedule": "0 2 * * *", "level": "incremental",
      "full_every": 604800, "library": "lib1", "media": ["VT0001L9", ...],
-     "retention": 2592000, "encrypt": false, "freeze": ["/mnt/db"], "verify": true}
+     "retention": 2592000, "encrypt": false, "freeze": ["/mnt/db"], "verify": true,
+     "retries": 0, "retry_delay": 0}
+
+``source`` is a group or a volume, or ``client:NAME`` for a backup client (client/). ``retries``
+and ``retry_delay`` (seconds): how often and how far apart a client run that failed because the
+client was unreachable or the connection dropped is tried again.
 
 ``level`` is what a scheduled run takes; an incremental run takes a full instead when the
 policy has no restorable full yet, or when ``full_every`` seconds have passed since the last.
@@ -26,7 +31,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def make_policy(name: str, source: str, library: str, media: list[str], schedule: str | None = None,
                 level: str = "full", full_every: str | None = None, retention: str = "30d",
-                encrypt: bool = False, freeze: list[str] | None = None, verify: bool = True) -> dict:
+                encrypt: bool = False, freeze: list[str] | None = None, verify: bool = True,
+                retries: int = 0, retry_delay: str | None = None) -> dict:
     """A validated policy document (UsageError names the first bad field)."""
     from vstor.backup.schedule import parse_cron
 
@@ -36,11 +42,14 @@ def make_policy(name: str, source: str, library: str, media: list[str], schedule
         raise UsageError(f"invalid level {level!r}: use full or incremental")
     if not media:
         raise UsageError("a policy needs media: give --media BARCODE[-BARCODE]")
+    if not 0 <= int(retries) <= 100:
+        raise UsageError(f"--retries {retries}: use 0 to 100")
     return {"name": name, "source": source, "library": library, "media": list(media),
             "schedule": parse_cron(schedule) if schedule else None, "level": level,
             "full_every": parse_duration(full_every, "--full-every") if full_every else None,
             "retention": parse_duration(retention, "--retention"), "encrypt": bool(encrypt),
-            "freeze": list(freeze or []), "verify": bool(verify)}
+            "freeze": list(freeze or []), "verify": bool(verify),
+            "retries": int(retries), "retry_delay": parse_duration(retry_delay, "--retry-delay") if retry_delay else 0}
 
 
 def level_for(policy: dict, asked: str | None, last_full: dict | None, last_done: dict | None,

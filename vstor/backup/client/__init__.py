@@ -1,0 +1,18 @@
+"""Backup clients: hosts that send their files to the array over mutual TLS.
+
+Pure layers first:
+
+* ``wire``: the client protocol's frames and their optional AES-GCM sealing (no sockets);
+* ``scan``: a client's files, their metadata, sparse extents and hard links, and what an
+  incremental must send;
+* ``archive``: the pax members the array writes to tape for each file (plain tar reads them);
+* ``session``: the array's side of one backup stream: checks, verification, tape, catalog rows;
+* ``extract``: recreating files with their metadata (restore on the array or on the agent);
+
+and the thin I/O adapters: ``conn`` (frames over TLS), ``agent`` (push and serve on a client),
+``service`` (the registry, jobs, restores and the listener on the array).
+"""
+
+from __future__ import annotations
+
+__all__ = ["agent", "archive", "conn", "extract", "scan", "service", "session", "wire"]
