@@ -12,9 +12,12 @@ array's own per-file checksums are what must catch it; ``client.send`` fires bef
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
 import ssl
 import threading
+import time
 
 from vstor.backup.client import wire
 from vstor.faults import NO_FAULTS, Faults
@@ -22,6 +25,7 @@ from vstor.replication import pki
 from vstor.replication.transport import parse_address
 
 FLUSH_AT = 256 << 10  # bytes of queued frames sent at once
+DRAIN = 2.0  # seconds the array reads on after a REFUSE, so the client sees it
 TIMEOUT = 30.0  # seconds without a frame before a connection is declared dead
 TO_ARRAY, TO_CLIENT = 0, 1  # the sealing direction byte of each side's frames
 
@@ -36,6 +40,7 @@ class Conn:
         self._out = self._in = 0
         self._lock = threading.Lock()
         self.bytes_in = self.bytes_out = 0
+        self._rbuf = bytearray()  # bytes read ahead while looking for a REFUSE
         self._wbuf = bytearray()  # small frames are sent together (a TLS record each would be slow)
 
     def send(self, ftype: int, payload: bytes = b"") -> None:
@@ -50,8 +55,64 @@ class Conn:
 
     def _flush(self) -> None:
         if self._wbuf:
+            if self.direction == TO_ARRAY:
+                self._check_refused()
             self.sock.sendall(self._wbuf)
             self._wbuf.clear()
+
+    def _check_refused(self) -> None:
+        """A sender looks for a REFUSE the array sent mid-stream (quota, checksum, media) before
+        sending on, so it stops at once and says why."""
+        if self._readable():
+            ftype, body = self._recv()
+            if ftype == wire.REFUSE:
+                doc = wire.loads(body)
+                raise Refused(doc.get("reason", "refused"), doc.get("code", "refused"))
+            raise wire.BadFrame(f"{wire.NAMES[ftype]} frame from the array in the middle of the stream")
+
+    def _readable(self) -> bool:
+        """Whether application data from the peer waits (TLS 1.3 session tickets do not count)."""
+        if self._rbuf or self.sock.pending():
+            return True
+        if not select.select([self.sock], [], [], 0)[0]:
+            return False
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(0.0)
+        try:
+            chunk = self.sock.recv(1 << 16)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return False
+        finally:
+            self.sock.settimeout(timeout)
+        if not chunk:
+            raise ConnectionError(f"{self.peer_name} closed the connection")
+        self._rbuf += chunk
+        return True
+
+    def refusal(self, timeout: float = 2.0) -> Refused | None:
+        """After a failed send: the array's REFUSE, if it sent one before closing."""
+        self._wbuf.clear()
+        try:
+            self.sock.settimeout(timeout)
+            ftype, body = self._recv()
+        except (OSError, wire.BadFrame):
+            return None
+        if ftype != wire.REFUSE:
+            return None
+        doc = wire.loads(body)
+        return Refused(doc.get("reason", "refused"), doc.get("code", "refused"))
+
+    def drain(self, seconds: float = DRAIN) -> None:
+        """After a REFUSE: read and drop what the peer still sends, until it closes or ``seconds``
+        pass, so the REFUSE is not lost to a reset (a bounded wait for the peer, not a timing)."""
+        end = time.monotonic() + seconds
+        with contextlib.suppress(OSError, ValueError):
+            socket.socket.shutdown(self.sock, socket.SHUT_WR)
+            self.sock.settimeout(0.2)
+            while time.monotonic() < end:
+                with contextlib.suppress(TimeoutError):
+                    if not self.sock.recv(1 << 20):
+                        return
 
     def flush(self) -> None:
         with self._lock:
@@ -62,6 +123,9 @@ class Conn:
 
     def recv(self) -> tuple[int, bytes]:
         self.flush()
+        return self._recv()
+
+    def _recv(self) -> tuple[int, bytes]:
         head = self._exact(wire.HEADER.size)
         ftype, _flags, length = wire.parse_header(head, self._in)
         payload = self._exact(length)
@@ -85,6 +149,10 @@ class Conn:
     def _exact(self, n: int) -> bytes:
         buf = bytearray(n)
         view, got = memoryview(buf), 0
+        if self._rbuf:
+            got = min(n, len(self._rbuf))
+            buf[:got] = self._rbuf[:got]
+            del self._rbuf[:got]
         while got < n:
             k = self.sock.recv_into(view[got:], min(n - got, 4 << 20))
             if not k:

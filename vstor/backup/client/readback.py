@@ -23,11 +23,39 @@ READ_SIZE = RECORD + 64  # a sealed record is 16 bytes longer
 READ_AHEAD = 4  # records: a gap this short is read through instead of spaced over
 
 
+class TapeAccess:
+    """One cartridge at a time for the readers of a restore (the jobs of an incremental's files
+    may share cartridges): a reader that finds the drive moved by another repositions."""
+
+    def __init__(self, cartridges: Callable[[str], Cartridges]) -> None:
+        self.cartridges = cartridges
+        self._carts: Cartridges | None = None
+        self._drive: TapeDrive | None = None
+        self.current: tuple[str, str] | None = None
+        self.owner: object = None
+
+    def drive(self, reader: object, library: str, barcode: str) -> tuple[TapeDrive, bool]:
+        """The drive holding ``barcode``, and whether ``reader`` must reposition it."""
+        if self.current == (library, barcode) and self._drive is not None:
+            fresh, self.owner = self.owner is not reader, reader
+            return self._drive, fresh
+        self.release()
+        self._carts = self.cartridges(library)
+        self._drive = self._carts.load_for_read(barcode)
+        self.current, self.owner = (library, barcode), reader
+        return self._drive, True
+
+    def release(self) -> None:
+        if self._carts is not None:
+            self._carts.release()
+        self._carts = self._drive = self.current = self.owner = None
+
+
 class RangeReader:
     """Ranges of job ``job``'s stream (a catalog job dict with its parts)."""
 
-    def __init__(self, job: dict, cartridges: Callable[[str], Cartridges], key: bytes | None) -> None:
-        self.job, self.cartridges, self.key = job, cartridges, key
+    def __init__(self, job: dict, access: TapeAccess, key: bytes | None) -> None:
+        self.job, self.access, self.key = job, access, key
         self.parts = sorted(job["parts"], key=lambda p: p["part"])
         self.first: list[int] = []  # the stream record index each part starts at
         n = 0
@@ -35,7 +63,6 @@ class RangeReader:
             self.first.append(n)
             n += p["last_block"] - p["first_block"] + 1
         self.records = n
-        self._carts: Cartridges | None = None
         self._drive: TapeDrive | None = None
         self._at: tuple[int, int] | None = None  # (part index, data block index) the drive is at
         self.read_bytes = 0  # bytes read from tape, headers included
@@ -48,17 +75,15 @@ class RangeReader:
         raise FormatError(f"job {self.job['id']}: record {record} is before its first part")
 
     def _seek(self, part: int, index: int) -> None:
+        p = self.parts[part]
+        drive, fresh = self.access.drive(self, p["library"], p["barcode"])
+        if fresh:
+            self._at = None
+        self._drive = drive
         if self._at is not None and self._at[0] == part and 0 <= index - self._at[1] <= READ_AHEAD:
             while self._at[1] < index:
                 self._block()
             return
-        p = self.parts[part]
-        if self._at is None or self._at[0] != part:
-            self.close()
-            self._carts = self.cartridges(p["library"])
-            self._drive = self._carts.load_for_read(p["barcode"])
-        drive = self._drive
-        assert drive is not None
         drive.op(td.MTREW, 1)
         if p["file"]:
             drive.op(td.MTFSF, p["file"])
@@ -97,9 +122,3 @@ class RangeReader:
             yield piece
             offset += len(piece)
             length -= len(piece)
-
-    def close(self) -> None:
-        if self._carts is not None:
-            self._carts.release()
-        self._carts = self._drive = None
-        self._at = None

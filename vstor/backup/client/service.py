@@ -34,7 +34,7 @@ from vstor.backup.cartridges import Cartridges
 from vstor.backup.client import wire
 from vstor.backup.client.conn import Conn, array_conn
 from vstor.backup.client.extract import Extractor
-from vstor.backup.client.readback import RangeReader
+from vstor.backup.client.readback import RangeReader, TapeAccess
 from vstor.backup.client.session import PolicyViolation, Session, allowed
 from vstor.backup.mediaio import TapeWriter, part_sha256
 from vstor.backup.policy import level_for
@@ -201,6 +201,8 @@ class ClientService:
             self.audit.append(f"client:{client or conn.peer_name}", "client.refused", {"code": code, "reason": str(e)})
         with contextlib.suppress(OSError, VstorError):
             conn.send_json(wire.REFUSE, {"reason": str(e), "code": code})
+            if code != RETRYABLE:
+                conn.drain()
 
     def _key_check(self, client: dict, hello: dict) -> None:
         if hello.get("key_id") != client.get("key_id"):
@@ -301,12 +303,18 @@ class ClientService:
             writer = TapeWriter(drv, lambda: carts.next_for_write(policy["media"]), header, key=key, job=job)
 
             def sink(data: bytes) -> None:
-                self.faults.hit("client.write")
-                writer.write(data)
+                try:
+                    self.faults.hit("client.write")  # eio/enospc: a medium error at the destination
+                    writer.write(data)
+                except OSError as e:
+                    raise MediaError(f"medium error writing to tape: {e.strerror or e}", e.errno or 5) from None
 
             session = Session(job, conn.recv, sink, client["paths"], client.get("quota"), base)
             files = session.run()
-            places = writer.close()
+            try:
+                places = writer.close()
+            except OSError as e:
+                raise MediaError(f"medium error writing to tape: {e.strerror or e}", e.errno or 5) from None
         except BaseException as e:
             parts, safe = [], []
             if writer is not None and isinstance(e, MediaError) and session is not None:
@@ -315,8 +323,8 @@ class ClientService:
                 on_media = sum(p.bytes for p in writer.places)
                 safe = [f for f, end in session.done if end <= on_media]
             carts.release()
+            self._fail(job, e, parts, safe)  # recorded before the client hears of it
             self._refuse(conn, e, code_of(e), client["name"])
-            self._fail(job, e, parts, safe)
             if not isinstance(e, Exception):
                 raise
             raise JobFailed(self.catalog.job(job)["reason"], code_of(e), job) from None
@@ -412,13 +420,14 @@ class ClientService:
             raise NotFound(f"backup job {job} holds no files{' matching ' + repr(files) if files else ''}")
         entries.sort(key=lambda f: (f["type"] == "hardlink", f["src_job"], f["data_offset"]))
         readers: dict[int, RangeReader] = {}
+        access = TapeAccess(self._cartridges)
 
         def data(f: dict):  # noqa: ANN202
             src = f["src_job"]
             if src not in readers:
                 j = self.catalog.job(src)
                 key = self.engine.keys.key(j["key_id"]) if j["key_id"] else None  # type: ignore[attr-defined]
-                readers[src] = RangeReader(j, self._cartridges, key)
+                readers[src] = RangeReader(j, access, key)
             return readers[src].read(f["data_offset"], sum(n for _o, n in f["extents"]))
 
         started, t0 = self.clock.time(), self.clock.monotonic()
@@ -439,8 +448,7 @@ class ClientService:
             raise
         finally:
             read = sum(r.read_bytes for r in readers.values())
-            for r in readers.values():
-                r.close()
+            access.release()
         rid = self.catalog.add_restore(job, where, started, self.clock.time(), out.get("bytes", 0), "done")
         return out | {"restore": rid, "job": job, "read_bytes": read,
                       "seconds": round(max(self.clock.monotonic() - t0, 0.0), 3)}
