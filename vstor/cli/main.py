@@ -15,6 +15,7 @@ from vstor import __version__
 from vstor.cli import (
     array_cmd,
     backup_cmd,
+    client_cmd,
     group_cmd,
     media_cmd,
     pair_cmd,
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     pair_cmd.register(sub)
     media_cmd.register(sub)
     backup_cmd.register(sub)
+    client_cmd.register(sub)
     service_cmd.register(sub)
     return p
 

@@ -90,7 +90,8 @@ class Reporter:
 
 
 def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads: bool = True,
-        repl: dict | None = None, faults: Faults | None = None, metrics: str | None = None) -> int:
+        repl: dict | None = None, faults: Faults | None = None, metrics: str | None = None,
+        backup_listen: str | None = None) -> int:
     """Start the array, serve until unmounted, stop it; raises if start-up fails, after
     releasing whatever it had acquired."""
     from vstor.fuse.media_fs import MediaFS
@@ -139,6 +140,8 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         stack.callback(backup.close)  # before media.close: a running job stops first
         service.backup = backup
         backup.serve()
+        if backup_listen:  # the endpoint backup clients push to and agents call in on
+            backup.clients.listen(backup_listen, (repl or {}).get("tls_dir") or "", (repl or {}).get("name"))
         step("backup")
         replication = Replication(store, faults=faults, **(repl or {}))
         stack.callback(replication.stop)  # before start: it may fail after starting shippers
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tls-dir")
     p.add_argument("--name")
     p.add_argument("--metrics")
+    p.add_argument("--backup-listen")
     a = p.parse_args(argv)
     repl = {"listen": a.listen, "tls_dir": a.tls_dir, "name": a.name}
     setup_logging(a.pool, a.foreground)
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     log_hint = os.path.join(layout(a.pool)["log"], "daemon.log")
     try:
         return run(a.pool, a.mount, a.key_file, reporter, threads=not a.single_thread, repl=repl,
-                   metrics=a.metrics)
+                   metrics=a.metrics, backup_listen=a.backup_listen)
     except Exception as e:
         phase = "the daemon failed" if reporter.sent else "start-up failed"
         log_failure(log, phase, e)

@@ -150,9 +150,10 @@ class Agent:
             return True
         doc = wire.loads(body)
         if ftype == wire.RUN:
+            roots = self.roots or [str(p) for p in doc.get("paths") or []]
             try:
-                r = backup(conn, hello(self.name, "push", self.roots, doc.get("level"), doc.get("policy"), self.key),
-                           self.roots, self.key)
+                r = backup(conn, hello(self.name, "push", roots, doc.get("level"), doc.get("policy"), self.key),
+                           roots, self.key)
                 log.info("backup job %s: %s", r.get("job"), r.get("status"))
             except Refused as e:
                 log.error("backup refused by the array: %s", e)

@@ -139,8 +139,16 @@ class ClientService:
             return f.read()
 
     # -- the listener ---------------------------------------------------------------------------
-    def listen(self, address: str, tls_dir: str, name: str) -> str:
+    def listen(self, address: str, tls_dir: str, name: str | None) -> str:
+        """Serve clients on ``address`` as the array ``name`` of ``tls_dir`` (default: its only
+        certificate). Returns the address listened on."""
         from vstor.replication.listener import Listener
+
+        if not name:
+            names = [f[:-4] for f in os.listdir(tls_dir) if f.endswith(".pem") and f != "ca.pem"]
+            if len(names) != 1:
+                raise UsageError(f"{tls_dir} holds {len(names)} certificates: say which is this array's with --name")
+            name = names[0]
 
         self.listener = Listener(address, tls_dir, name, self._handle, faults=self.faults, clock=self.clock,
                                  conn_factory=array_conn)
@@ -380,7 +388,8 @@ class ClientService:
             try:
                 client = self.catalog.client(name or "")
                 link.conn.sock.settimeout(30.0)
-                link.conn.send_json(wire.RUN, {"policy": policy["name"], "level": level, "job": job})
+                link.conn.send_json(wire.RUN, {"policy": policy["name"], "level": level, "job": job,
+                                               "paths": client["paths"]})
                 _, hello = link.conn.recv_json(wire.HELLO)
                 self.push(link.conn, hello, client, job, policy["name"])
             except JobFailed as e:
