@@ -23,7 +23,7 @@ def test_client_push_agent_and_restores_through_the_daemon(array_factory, tmp_pa
         arr.vstor("pki", "issue", name, "--dir", tls)
     port = free_port()
     arr.start(args=["--backup-listen", f"127.0.0.1:{port}", "--tls-dir", tls, "--name", "array"])
-    src = make_tree(str(tmp_path / "srv"), files=200, seed=11)
+    src = make_tree(str(tmp_path / "srv"), files=50, seed=11)
     arr.vstor("library", "create", "lib", "--type", "tape", "--slots", "4", "--drives", "2")
     arr.vstor("media", "create", "lib", "--range", "VT0001L9-VT0002L9", "--capacity", "256M")
     arr.vstor("client", "register", "web1", "--paths", src, "--quota", "1G")

@@ -84,8 +84,8 @@ def backup(conn: Conn, doc: dict, roots: list[str], key: bytes | None) -> dict:
     conn.key = key
     try:
         sent = send_stream(conn, roots, welcome.get("base") if welcome.get("level") == "incremental" else None)
-    except OSError as e:  # the array may have refused and closed: say why if it did
-        conn.key = None
+    except (BrokenPipeError, ConnectionResetError, ssl.SSLError) as e:  # the array may have refused and
+        conn.key = None  # closed: say why if it did
         why = conn.refusal()
         if why is not None:
             raise why from e
