@@ -52,7 +52,7 @@ def run_job(cat, policy="p", level="full", base=None, barcode="T00001L8", retent
 def test_schema_wal_and_version(cat, tmp_path):
     db = sqlite3.connect(tmp_path / "catalog.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2  # 2: the backup client tables
     db.execute("PRAGMA user_version=99")
     db.commit()
     db.close()

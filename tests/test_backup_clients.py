@@ -352,3 +352,30 @@ def test_bad_input_is_one_clear_error(lab, tmp_path):
     with pytest.raises(Exception, match="source of policies p"):
         lab.clients.remove("c1")
     assert wire.key_id(b"k" * 32) == wire.key_id(b"k" * 32) != wire.key_id(b"j" * 32)
+
+
+def test_a_version_1_catalog_migrates_to_2_keeping_its_jobs(tmp_path):
+    import sqlite3
+
+    from vstor.backup import _catalog_schema as sch
+    from vstor.backup.catalog import BackupCatalog
+    from vstor.clock import ManualClock
+
+    path = str(tmp_path / "catalog.db")
+    db = sqlite3.connect(path)
+    for stmt in sch.SCHEMA.split(";"):  # version 1 is the engine's schema without the client tables
+        if stmt.strip():
+            db.execute(stmt)
+    db.execute("INSERT INTO jobs(policy, level, source, status, created, expires) "
+               "VALUES ('p', 'full', 'v', 'done', 1, 2)")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    cat = BackupCatalog(path, ManualClock())
+    try:
+        assert cat.job(1)["status"] == "done"
+        cat.put_client({"name": "c1", "paths": ["/srv"], "quota": None, "key_id": None})
+        assert [c["name"] for c in cat.clients()] == ["c1"] and cat.client_files(1) == []
+    finally:
+        cat.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
