@@ -50,7 +50,7 @@ def test_push_restores_byte_equal_with_metadata_and_plain_tar_reads_it(lab, tree
     r = agent.push(lab.address, lab.tls, "c1", [tree])
     assert r["status"] == "done" and r["level"] == "full" and r["files"] > 2000, r
     job = lab.engine.catalog.job(r["job"])
-    assert job["status"] == "done" and job["source"] == "client:c1" and job["parts"], job
+    assert job["status"] == "done" and job["source"] == "client:c1" and job["parts"] and job["verify"] == "ok", job
     cat = files_of(lab, r["job"])
     assert len(cat) == r["files"] and all(f["sha256"] for f in cat.values() if f["type"] == "file")
     assert cat[os.path.join(tree, "d0", "big-hardlink")]["type"] == "hardlink"

@@ -352,6 +352,8 @@ class ClientService:
         self._running.discard(policy["name"])
         result = {"job": job, "status": "done", "level": row["level"], "files": len(files), "sent": session.sent,
                   "deleted": len(session.deleted), "bytes": session.data_bytes}
+        if policy.get("verify", True):  # read back, as the engine does after each job
+            result["verify"] = self.verify(job)["verify"]
         with contextlib.suppress(OSError, VstorError):
             conn.send_json(wire.RESULT, result)
         log.info("backup job %d (%s, client %s) done: %d files sent", job, policy["name"], client["name"],
