@@ -68,6 +68,7 @@ bench-tools:
 	$(PY) tools/bench_pair_pinned.py --rounds 3
 	$(PY) tools/bench_tape.py --size 4G
 	$(PY) tools/bench_backup.py --size 4G
+	$(PY) tools/bench_clients.py --files 100000 --size 4G
 
 drill: setup
 	$(PY) tools/dr-drill
