@@ -8,11 +8,12 @@ Pure layers first:
 * ``archive``: the pax members the array writes to tape for each file (plain tar reads them);
 * ``session``: the array's side of one backup stream: checks, verification, tape, catalog rows;
 * ``extract``: recreating files with their metadata (restore on the array or on the agent);
+* ``readback``: reading byte ranges of a job back from tape, positioned at their records;
 
 and the thin I/O adapters: ``conn`` (frames over TLS), ``agent`` (push and serve on a client),
-``service`` (the registry, jobs, restores and the listener on the array).
+``service`` (the registry, the listener and jobs on the array), ``restoring`` (its restores).
 """
 
 from __future__ import annotations
 
-__all__ = ["agent", "archive", "conn", "extract", "scan", "service", "session", "wire"]
+__all__ = ["agent", "archive", "conn", "extract", "readback", "restoring", "scan", "service", "session", "wire"]
