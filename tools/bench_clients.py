@@ -81,7 +81,8 @@ def main() -> int:
 
     def timed(cmd: list[str] | str, shell: bool = False) -> float:
         t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, capture_output=True, shell=shell)
+        subprocess.run(cmd, env=env, check=True, capture_output=True, shell=shell,
+                       executable="/bin/bash" if shell else None)
         return time.perf_counter() - t0
 
     try:
@@ -107,17 +108,27 @@ def main() -> int:
           "--media", "VB0001L9-VB0004L9")
         subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, check=False)
         for label, src, nbytes in (("small", small, res["small_bytes"]), ("big", big, res["big_bytes"])):
-            sink = subprocess.Popen(lab.command("a", [
+            count = work / f"sink-{label}.count"
+            server = " ".join([
                 "openssl", "s_server", "-quiet", "-accept", f"{A}:{SINK_PORT}", "-naccept", "1",
                 "-cert", str(tls / "array.pem"), "-key", str(tls / "array.key"), "-CAfile", str(tls / "ca.pem"),
-                "-Verify", "1", "-tls1_3"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.5)  # s_server listening (a start-up wait, outside the measure)
+                "-Verify", "1", "-tls1_3"])
+            # s_server ends a connection when its own stdin ends: give it a pipe that stays open.
+            sink = subprocess.Popen(lab.command("a", ["bash", "-c", f"{server} 2>/dev/null | wc -c > {count}"]),
+                                    stdin=subprocess.PIPE)
+            time.sleep(1.0)  # s_server listening (a start-up wait, outside the measure)
             client = " ".join(lab.command("b", [
-                "openssl", "s_client", "-quiet", "-no_ign_eof", "-connect", f"{A}:{SINK_PORT}",
+                "openssl", "s_client", "-quiet", "-no_ign_eof", "-nocommands", "-connect", f"{A}:{SINK_PORT}",
                 "-cert", str(tls / "c1.pem"), "-key", str(tls / "c1.key"), "-CAfile", str(tls / "ca.pem"),
                 "-tls1_3"]))
-            base = timed(f"tar cf - -C {src.parent} {src.name} | {client}", shell=True)
-            sink.wait(30)
+            base = timed(f"set -o pipefail; tar cf - -C {src.parent} {src.name} | {client} >/dev/null 2>&1",
+                         shell=True)
+            assert sink.stdin is not None
+            sink.stdin.close()
+            sink.wait(60)
+            got = int(count.read_text())
+            if got < nbytes:
+                raise RuntimeError(f"the TLS sink received {got} bytes of the {nbytes}: the baseline failed")
             t0 = time.perf_counter()
             out = subprocess.run(lab.command("b", [VSTOR, "client", "push", "--array", f"{A}:{PORT}", "--name", "c1",
                                                    "--tls-dir", str(tls), "--json", str(src)]),
