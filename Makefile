@@ -5,11 +5,11 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar genisoimage iproute2 nbdkit libnbd-bin python3-venv \
-	groff-base man-db systemd chromium
+	groff-base man-db systemd chromium openssl
 # The command each package must provide, to tell whether it is installed.
 # groff and man render the man pages in the tests; systemd-analyze verifies vstor@.service;
 # chromium renders the dashboard in its test.
-APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse groff man systemd-analyze chromium
+APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse groff man systemd-analyze chromium openssl
 
 .PHONY: drill setup system-deps venv man demo test test-fast soak bench bench-tools lint clean
 
