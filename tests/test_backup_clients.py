@@ -79,6 +79,8 @@ def test_push_restores_byte_equal_with_metadata_and_plain_tar_reads_it(lab, tree
         with open(os.path.join(tar_out, tree.lstrip("/"), name), "rb") as a, open(os.path.join(tree, name), "rb") as b:
             assert a.read() == b.read(), name
     assert os.readlink(os.path.join(tar_out, tree.lstrip("/"), "link-rel")) == "big.bin"
+    assert os.stat(os.path.join(tar_out, tree.lstrip("/"), "big.bin")).st_mtime_ns == 1_500_000_000_987_654_321
+    assert os.path.exists(os.path.join(os.fsencode(str(tar_out)), os.fsencode(tree.lstrip("/")), b"bad-\x80\x81utf8"))
     assert os.path.exists(os.path.join(tar_out, "VSTOR-CLIENT-MANIFEST.jsonl"))
 
 

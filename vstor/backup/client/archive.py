@@ -18,7 +18,7 @@ import tarfile
 from vstor.backup import _tarstream as ts
 
 MANIFEST = "VSTOR-CLIENT-MANIFEST.jsonl"
-_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE}
+_TYPES = {"file": b"0", "dir": b"5", "symlink": b"2", "hardlink": b"1"}
 
 
 def member_name(path: str) -> str:
@@ -33,26 +33,89 @@ def sparse(e: dict) -> bool:
 def header(e: dict) -> tuple[bytes, int]:
     """The member's header blocks (with its sparse map, if any), and the data bytes that follow
     them (the extents' bytes: then :func:`pad` of the member's size)."""
-    name = member_name(e["path"])
-    ti = tarfile.TarInfo(name)
-    ti.type = _TYPES[e["type"]]
-    ti.mode, ti.uid, ti.gid = e["mode"], e["uid"], e["gid"]
-    ti.uname, ti.gname = e.get("user", ""), e.get("group", "")
-    ti.mtime = e["mtime_ns"] / 1e9
-    pax = {"atime": f"{e['atime_ns'] / 1e9:.9f}", "mtime": f"{e['mtime_ns'] / 1e9:.9f}"}
-    if e["type"] in ("symlink", "hardlink"):
-        ti.linkname = member_name(e["link"]) if e["type"] == "hardlink" else e["link"]
+    name = member_name(e["path"]) + ("/" if e["type"] == "dir" else "")
     data = sum(n for _o, n in e["extents"]) if e["type"] == "file" else 0
+    pax = [("path", name), ("mtime", _time(e["mtime_ns"])), ("atime", _time(e["atime_ns"])),
+           ("uid", str(e["uid"])), ("gid", str(e["gid"])), ("uname", e.get("user", "")),
+           ("gname", e.get("group", ""))]
+    link = ""
+    if e["type"] in ("symlink", "hardlink"):
+        link = member_name(e["link"]) if e["type"] == "hardlink" else e["link"]
+        pax.append(("linkpath", link))
     smap = b""
+    ustar_name = name
     if sparse(e):
         smap = ts.sparse_map(e["size"], [tuple(x) for x in e["extents"]])
         base, _, leaf = name.rpartition("/")
-        ti.name = f"{base}/GNUSparseFile.0/{leaf}" if base else f"GNUSparseFile.0/{leaf}"
-        pax |= {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": name,
-                "GNU.sparse.realsize": str(e["size"])}
-    ti.size = len(smap) + data
-    ti.pax_headers = pax
-    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") + smap, data
+        ustar_name = f"{base}/GNUSparseFile.0/{leaf}" if base else f"GNUSparseFile.0/{leaf}"
+        pax = [(k, ustar_name if k == "path" else v) for k, v in pax]
+        pax += [("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"), ("GNU.sparse.name", name),
+                ("GNU.sparse.realsize", str(e["size"]))]
+    size = len(smap) + data
+    if size >= 8 ** 11:
+        pax.append(("size", str(size)))
+    records = _pax_records(pax)
+    xhead = _ustar(b"././@PaxHeader", 0o644, 0, 0, len(records), 0, b"x", b"", b"", b"")
+    main = _ustar(_enc(ustar_name), e["mode"], e["uid"], e["gid"], size if size < 8 ** 11 else 0,
+                  e["mtime_ns"] // 10 ** 9, _TYPES[e["type"]], _enc(link), _enc(e.get("user", "")),
+                  _enc(e.get("group", "")))
+    return xhead + records + ts.pad(len(records)) + main + smap, data
+
+
+def _time(ns: int) -> str:
+    """A pax time from nanoseconds, exactly (a float would round)."""
+    sec, frac = divmod(ns, 10 ** 9)
+    return f"{sec}.{frac:09d}" if frac else str(sec)
+
+
+def _enc(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _pax_records(pairs: list[tuple[str, str]]) -> bytes:
+    """A pax extended header's records; ``hdrcharset=BINARY`` first when a value is not UTF-8."""
+    out = []
+    binary = False
+    for k, v in pairs:
+        try:
+            raw = v.encode("utf-8")
+        except UnicodeEncodeError:
+            raw, binary = _enc(v), True
+        out.append((k.encode(), raw))
+    if binary:
+        out.insert(0, (b"hdrcharset", b"BINARY"))
+    recs = []
+    for k, v in out:
+        body = len(k) + len(v) + 3  # the space, '=' and the newline
+        n = p = 0
+        while True:  # the length counts its own digits
+            n = body + len(str(p))
+            if n == p:
+                break
+            p = n
+        recs.append(b"%d %s=%s\n" % (n, k, v))
+    return b"".join(recs)
+
+
+def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes, link: bytes,
+           uname: bytes, gname: bytes) -> bytes:
+    """One POSIX ustar header block; fields that do not fit are cut (the pax records before it
+    carry them whole)."""
+    def num(v: int, width: int) -> bytes:
+        return b"%0*o\0" % (width - 1, v if 0 <= v < 8 ** (width - 1) else 0)
+
+    buf = bytearray(512)
+    buf[0:100] = name[:100].ljust(100, b"\0")
+    buf[100:108], buf[108:116], buf[116:124] = num(mode & 0o7777, 8), num(uid, 8), num(gid, 8)
+    buf[124:136], buf[136:148] = num(size, 12), num(mtime, 12)
+    buf[148:156] = b" " * 8
+    buf[156:157] = typeflag
+    buf[157:257] = link[:100].ljust(100, b"\0")
+    buf[257:265] = b"ustar\x0000"
+    buf[265:297], buf[297:329] = uname[:32].ljust(32, b"\0"), gname[:32].ljust(32, b"\0")
+    buf[329:337], buf[337:345] = num(0, 8), num(0, 8)
+    buf[148:156] = b"%06o\0 " % sum(buf)
+    return bytes(buf)
 
 
 def member_size(e: dict) -> int:
