@@ -127,6 +127,11 @@ def test_one_file_restored_alone_reads_only_its_records(lab, tree, tmp_path):
     with open(str(tmp_path / "one") + name, "rb") as a, open(name, "rb") as b:
         assert a.read() == b.read()
     assert res["read_bytes"] <= 3 * 256 * 1024 < stored // 10, (res, stored)  # header + its record(s)
+    # A hard link chosen without its inode's first name brings the data under its own name.
+    link = os.path.join(tree, "d0", "big-hardlink")
+    lab.clients.restore(r["job"], to=str(tmp_path / "link"), files=link)
+    with open(str(tmp_path / "link") + link, "rb") as a, open(link, "rb") as b:
+        assert a.read() == b.read()
 
 
 def test_the_schedule_calls_the_agent_and_restores_to_it(lab, tmp_path):

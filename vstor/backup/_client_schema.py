@@ -59,10 +59,13 @@ def insert_files(c: sqlite3.Connection, job: int, files: list[dict], deleted: li
     c.executemany("INSERT INTO client_deleted(job, path) VALUES (?,?)", ((job, os.fsencode(p)) for p in deleted))
 
 
-def files(c: sqlite3.Connection, job: int) -> list[dict]:
-    """The job's entries, in path order, as the protocol's dicts (path and link as str)."""
+def files(c: sqlite3.Connection, job: int, prefix: str = "") -> list[dict]:
+    """The job's entries whose path starts with ``prefix``, in path order, as the protocol's
+    dicts (path and link as str)."""
     out = []
-    for r in c.execute("SELECT * FROM client_files WHERE job=? ORDER BY path", (job,)):
+    raw = os.fsencode(prefix)
+    for r in c.execute("SELECT * FROM client_files WHERE job=? AND substr(path, 1, ?)=? ORDER BY path",
+                       (job, len(raw), raw)):
         d = dict(r)
         d.pop("job")
         d["path"], d["link"] = os.fsdecode(d["path"]), os.fsdecode(d["link"])

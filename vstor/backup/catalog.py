@@ -301,11 +301,12 @@ class BackupCatalog:
             csch.insert_files(c, job, files, deleted)
             c.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*fields.values(), job))
 
-    def client_files(self, job: int) -> list[dict]:
-        """The files a client job holds (those of a failed job: the ones safe on its media)."""
+    def client_files(self, job: int, prefix: str = "") -> list[dict]:
+        """The files a client job holds (those of a failed job: the ones safe on its media),
+        only those whose path starts with ``prefix`` if given."""
         with self._tx() as c:
             sch.need_job(c, job)
-            return csch.files(c, job)
+            return csch.files(c, job, prefix)
 
     def client_deleted(self, job: int) -> list[str]:
         with self._tx() as c:

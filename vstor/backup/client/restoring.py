@@ -34,15 +34,17 @@ class Restorer:
         self.agents, self.clock, self._key = agents, clock, client_key
 
     def select(self, job: int, pattern: str | None) -> list[dict]:
-        rows = self.catalog.client_files(job)
+        """The job's entries matching ``pattern`` (all without one). Only the rows under the
+        pattern's literal start are read from the catalog, so one file of many is quick."""
         if not pattern:
-            return rows
-        by_path = {r["path"]: r for r in rows}
+            return self.catalog.client_files(job)
+        cut = min((i for i, ch in enumerate(pattern) if ch in "*?["), default=len(pattern))
         out = []
-        for r in rows:
+        for r in self.catalog.client_files(job, pattern[:cut]):
             if fnmatch.fnmatchcase(r["path"], pattern):
-                if r["type"] == "hardlink" and not fnmatch.fnmatchcase(r["link"], pattern) and r["link"] in by_path:
-                    r = by_path[r["link"]] | {"path": r["path"]}  # its inode's data, under this name
+                if r["type"] == "hardlink" and not fnmatch.fnmatchcase(r["link"], pattern):
+                    first = self.catalog.client_files(job, r["link"])  # its inode's data, under this name
+                    r = next((f | {"path": r["path"]} for f in first if f["path"] == r["link"]), r)
                 out.append(r)
         return out
 
