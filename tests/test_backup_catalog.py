@@ -12,6 +12,7 @@ import threading
 
 import pytest
 
+from vstor.backup import _catalog_schema
 from vstor.backup.audit import GENESIS, AuditLog, current_actor
 from vstor.backup.catalog import INTERRUPTED, BackupCatalog
 from vstor.backup.keys import BackupKeys
@@ -52,7 +53,7 @@ def run_job(cat, policy="p", level="full", base=None, barcode="T00001L8", retent
 def test_schema_wal_and_version(cat, tmp_path):
     db = sqlite3.connect(tmp_path / "catalog.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2  # 2: the backup client tables
+    assert db.execute("PRAGMA user_version").fetchone()[0] == _catalog_schema.VERSION
     db.execute("PRAGMA user_version=99")
     db.commit()
     db.close()

@@ -361,7 +361,7 @@ def test_bad_input_is_one_clear_error(lab, tmp_path):
     assert wire.key_id(b"k" * 32) == wire.key_id(b"k" * 32) != wire.key_id(b"j" * 32)
 
 
-def test_a_version_1_catalog_migrates_to_2_keeping_its_jobs(tmp_path):
+def test_a_version_1_catalog_migrates_to_the_client_tables_keeping_its_jobs(tmp_path):
     import sqlite3
 
     from vstor.backup import _catalog_schema as sch
@@ -385,4 +385,4 @@ def test_a_version_1_catalog_migrates_to_2_keeping_its_jobs(tmp_path):
         assert [c["name"] for c in cat.clients()] == ["c1"] and cat.client_files(1) == []
     finally:
         cat.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == sch.VERSION == 3

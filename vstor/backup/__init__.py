@@ -10,10 +10,13 @@ Layers, pure first:
 * ``catalog`` (SQLite), ``audit`` (a hash-chained log), ``keys`` (key ids, never keys);
 * ``mediaio``, ``cartridges``: writing and reading job parts on emulated tape drives;
 * ``jobs``, ``restore``, ``engine``: the job runner, restore and verify, and the facade the
-  daemon and the control socket use.
+  daemon and the control socket use;
+* restore drills: ``drills`` (the runner the engine owns), ``drillcheck`` (the isolated, timed
+  check), ``drillscratch`` (attaching and removing scratch), ``drillcat`` (the drill tables) and
+  ``drillreport`` (the report section and the restore-time forecast).
 """
 
 from __future__ import annotations
 
-__all__ = ["audit", "cartridges", "catalog", "engine", "jobs", "keys", "mediaio", "policy", "report", "restore",
-           "retention", "schedule", "tapefile"]
+__all__ = ["audit", "cartridges", "catalog", "drillcat", "drillcheck", "drillreport", "drills", "drillscratch",
+           "engine", "jobs", "keys", "mediaio", "policy", "report", "restore", "retention", "schedule", "tapefile"]

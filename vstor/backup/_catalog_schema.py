@@ -9,10 +9,11 @@ import json
 import sqlite3
 from typing import Any
 
-from vstor.backup._client_schema import create_v2
+from vstor.backup._client_schema import CLIENT_SCHEMA
+from vstor.backup._drill_schema import DRILL_SCHEMA
 from vstor.errors import AlreadyExists, FormatError, NotFound, UsageError
 
-VERSION = 2  # 2: backup clients (_client_schema.py)
+VERSION = 3
 SCHEMA = """
 CREATE TABLE policies (name TEXT PRIMARY KEY, doc TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
 CREATE TABLE media (
@@ -40,6 +41,12 @@ CREATE TABLE restores (
     started REAL NOT NULL, ended REAL NOT NULL, bytes INTEGER NOT NULL, status TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '');
 """
+# Additive steps: MIGRATIONS[v] turns a version v-1 catalog into version v (run in order, in the
+# caller's transaction). A new catalog gets SCHEMA and then every step.
+MIGRATIONS = {
+    2: DRILL_SCHEMA,  # restore drills (drillcat.py)
+    3: CLIENT_SCHEMA,  # backup clients (_client_schema.py, client/)
+}
 
 MEDIA_STATES = ("scratch", "append", "full", "used", "recycle", "offsite", "error")
 LOCATIONS = ("library", "offsite")
@@ -54,20 +61,25 @@ _CHOICES = {"state": MEDIA_STATES, "location": LOCATIONS, "status": JOB_STATUSES
 
 
 def migrate(c: sqlite3.Connection, path: str) -> None:
-    """Create the schema in an empty file, migrate an older one; refuse a catalog from a newer vstor."""
+    """Create the schema in an empty file, or bring an older catalog up to VERSION with the
+    additive MIGRATIONS; refuse a catalog from a newer vstor."""
     have = c.execute("PRAGMA user_version").fetchone()[0]
     if have == 0:
-        for stmt in SCHEMA.split(";"):
-            if stmt.strip():
-                c.execute(stmt)
-        create_v2(c)
-        c.execute(f"PRAGMA user_version={VERSION}")
-    elif have == 1:  # version 1 -> 2: the client tables are new; nothing else changes
-        create_v2(c)
+        _script(c, SCHEMA)
+        have = 1
+    if have < VERSION:
+        for v in range(have + 1, VERSION + 1):
+            _script(c, MIGRATIONS[v])
         c.execute(f"PRAGMA user_version={VERSION}")
     elif have > VERSION:
         raise FormatError(f"{path} is a version {have} backup catalog; this vstor reads version {VERSION}: "
                           "upgrade vstor")
+
+
+def _script(c: sqlite3.Connection, script: str) -> None:
+    for stmt in script.split(";"):
+        if stmt.strip():
+            c.execute(stmt)
 
 
 def checked_fields(fields: dict[str, Any], allowed: set[str], what: str) -> str:

@@ -1,4 +1,4 @@
-"""The backup catalog's tables for backup clients (schema version 2), and their SQL (private to catalog.py).
+"""The backup catalog's tables for backup clients (schema version 3), and their SQL (private to catalog.py).
 
 Every function runs inside a transaction the caller holds; none commits. Paths are BLOBs (the
 client's bytes, ``os.fsencode`` of the protocol's surrogate-escaped str), so any name fits.
@@ -12,7 +12,7 @@ import sqlite3
 
 from vstor.errors import NotFound
 
-SCHEMA_V2 = """
+CLIENT_SCHEMA = """
 CREATE TABLE clients (name TEXT PRIMARY KEY, doc TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE client_files (
     job INTEGER NOT NULL REFERENCES jobs(id), path BLOB NOT NULL, type TEXT NOT NULL, size INTEGER NOT NULL,
@@ -25,12 +25,6 @@ CREATE TABLE client_deleted (job INTEGER NOT NULL REFERENCES jobs(id), path BLOB
 FILE_COLUMNS = ("path", "type", "size", "mode", "uid", "gid", "user", "grp", "mtime_ns", "atime_ns", "link", "sha256",
                 "extents", "src_job", "offset", "data_offset", "change")
 CHANGES = ("new", "changed", "same")  # against the base job: sent new, sent changed, or carried over
-
-
-def create_v2(c: sqlite3.Connection) -> None:
-    for stmt in SCHEMA_V2.split(";"):
-        if stmt.strip():
-            c.execute(stmt)
 
 
 def put_client(c: sqlite3.Connection, doc: dict, now: float) -> None:

@@ -24,6 +24,7 @@ from vstor.backup.audit import AuditLog, current_actor
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.client.service import ClientService, client_of
+from vstor.backup.drills import DrillRunner
 from vstor.backup.jobs import JobWriter, drop_snapshot, snapshot_name
 from vstor.backup.keys import BackupKeys
 from vstor.backup.policy import level_for, make_policy
@@ -60,10 +61,17 @@ class BackupEngine:
         self._stop = threading.Event()
         self.clients = ClientService(self)  # backup clients: registry, listener, their jobs
         self.scheduler = Scheduler(self.clock, self.catalog.policies, self._last_fire, self._record_fire,
-                                   lambda name: self.start(name, None), lambda name: name in self._running)
+                                   lambda name: self.start(name, None),
+                                   lambda name: name in self._running or self.clients.busy(name)
+                                   or self.drills.busy(name))
         for job in self.catalog.recovered_jobs:
             log.error("backup job %d was interrupted by the daemon's stop or crash: marked failed", job)
             self._clean_up_after(job)
+        self.drills = DrillRunner(store, self.catalog, self.reader, self.clock,
+                                  lambda name: name in self._running or self.clients.busy(name),
+                                  lambda action, details: self.audit.append(current_actor(), action, details),
+                                  faults, claim_lock=self._lock)
+        self.drills.dir_restorers["client"] = lambda job, target: self.clients.restore(job, to=target)
 
     def _clean_up_after(self, job: int) -> None:
         """An interrupted job's leftovers: its snapshot, and its policy's cartridges still in drives."""
@@ -168,6 +176,8 @@ class BackupEngine:
         with self._lock:
             if name in self._running:
                 raise Busy(f"a job of policy {name!r} is already running (job {self._running[name]})")
+            if self.drills.busy(name):
+                raise Busy(f"a restore drill of policy {name!r} is running; run the job once it ends")
             now = self.clock.time()
             last_done = self.catalog.last_done(name)
             level = level_for(policy, asked, self.catalog.last_full(name), last_done, now)
@@ -247,7 +257,7 @@ class BackupEngine:
 
     def tick(self) -> list[str]:
         """The scheduler's turn (the daemon calls it periodically), and key rotation by age."""
-        done = self.scheduler.tick()
+        done = self.scheduler.tick() + self.drills.tick()
         every = self.settings().get("key_rotate_every")
         if every:
             new = self.keys.rotate_if_older(every)
@@ -289,6 +299,7 @@ class BackupEngine:
     def close(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self.clients.close()
+        self.drills.close(timeout)
         for t in self._threads:
             t.join(timeout)
         self.catalog.close()

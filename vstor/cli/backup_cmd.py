@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
+from vstor.cli import drill_cmd
 from vstor.cli.common import emit, pool_path, request, subcommand, table, when
 from vstor.units import format_size
 
@@ -69,7 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--media", nargs="+", metavar="BARCODE", help="only these cartridges (default: all)")
     p = subcommand(bk, "report", cmd_report, "completion rate, verify success, restore times")
     p.add_argument("--days", type=int, default=30, help="the daily series' length (default 30)")
-    p.add_argument("--plot", metavar="FILE.png", help="also draw the daily figures (needs matplotlib)")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also draw the daily figures (needs matplotlib); drills go to FILE-drills.png")
+    drill_cmd.register(bk)
 
     au = sub.add_parser("audit", help="the hash-chained audit log of configuration changes").add_subparsers(
         dest="action", required=True)
@@ -229,12 +233,20 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from vstor.backup.drillreport import plot_drills, render_drills
     from vstor.backup.report import plot, render_text
 
     r = request(pool_path(args), "backup.report", days=args.days)
+    drill_plot = None
     if args.plot:
         plot(r, args.plot)
-    emit(args, r, lambda x: render_text(x) + (f"\nplot written to {args.plot}" if args.plot else ""))
+        if r.get("drills", {}).get("policies"):
+            stem, ext = os.path.splitext(args.plot)
+            drill_plot = f"{stem}-drills{ext or '.png'}"
+            plot_drills(r["drills"], drill_plot)
+    emit(args, r, lambda x: render_text(x) + render_drills(x["drills"])
+         + (f"\nplot written to {args.plot}" if args.plot else "")
+         + (f"\ndrill plot written to {drill_plot}" if drill_plot else ""))
     return 0
 
 

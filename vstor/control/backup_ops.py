@@ -28,6 +28,7 @@ class BackupOps:
     backup: Any
     mount: str | None
     _media: Callable[[], MediaManager]
+    drill_section: Callable[[int], dict]  # DrillOps
 
     def _backup(self) -> BackupEngine:
         if self.backup is None:
@@ -117,7 +118,8 @@ class BackupOps:
 
     def op_backup_report(self, days: int = 30) -> dict:
         eng = self._backup()
-        return build_report(eng.catalog.jobs(), eng.catalog.restores(), eng.clock.time(), days)
+        report = build_report(eng.catalog.jobs(), eng.catalog.restores(), eng.clock.time(), days)
+        return report | {"drills": self.drill_section(days)}  # DrillOps
 
     # -- audit and keys ---------------------------------------------------------------------------
     def op_audit_log(self) -> list[dict]:

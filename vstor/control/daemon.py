@@ -139,6 +139,7 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         backup = BackupEngine(store, media, faults=faults)
         stack.callback(backup.close)  # before media.close: a running job stops first
         service.backup = backup
+        backup.drills.mount = mount  # drills attach scratch volumes through FUSE and losetup
         backup.serve()
         if backup_listen:  # the endpoint backup clients push to and agents call in on
             backup.clients.listen(backup_listen, (repl or {}).get("tls_dir") or "", (repl or {}).get("name"))

@@ -16,6 +16,7 @@ from vstor.backup.audit import current_actor
 from vstor.control.backup_ops import BackupOps
 from vstor.control.catalog_ops import CatalogOps
 from vstor.control.client_ops import ClientOps
+from vstor.control.drill_ops import DrillOps
 from vstor.control.media_ops import MediaOps
 from vstor.control.pair_ops import PairOps
 from vstor.control.status_ops import StatusOps
@@ -33,7 +34,7 @@ AUDITED = frozenset({
 })
 
 
-class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, ClientOps, StatusOps):
+class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, ClientOps, DrillOps, StatusOps):
     def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None) -> None:
         self.store = store
         self.mount = mount

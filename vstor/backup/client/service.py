@@ -91,6 +91,10 @@ class ClientService:
         self._running: set[str] = set()
         self.stop = threading.Event()
 
+    def busy(self, policy: str) -> bool:
+        """Whether a job of client policy ``policy`` is running."""
+        return policy in self._running
+
     # -- the registry -------------------------------------------------------------------------
     def register(self, name: str, paths: list[str] | None = None, quota: int | None = None,
                  key: bytes | None = None) -> dict:
