@@ -386,3 +386,14 @@ def test_a_version_1_catalog_migrates_to_the_client_tables_keeping_its_jobs(tmp_
     finally:
         cat.close()
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == sch.VERSION == 3
+
+
+@pytest.mark.root
+def test_a_drill_of_a_client_policy_restores_its_tree_and_reads_it(lab, tmp_path):
+    src = make_tree(str(tmp_path / "src"), files=50, seed=12)
+    lab.clients.register("c1", paths=[src])
+    lab.policy()
+    assert agent.push(lab.address, lab.tls, "c1", [src])["status"] == "done"
+    d = lab.engine.drills.run("p")
+    assert d["status"] == "passed" and d["kind"] == "client" and d["check"] == "read every file", d
+    assert d["bytes"] > 3 * MiB and not os.path.exists(d["scratch"]["dir"])
