@@ -23,7 +23,8 @@ from collections.abc import Callable
 from vstor.backup.audit import AuditLog, current_actor
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
-from vstor.backup.client.service import ClientService, client_of
+from vstor.backup.client.admission import client_of
+from vstor.backup.client.service import ClientService
 from vstor.backup.drills import DrillRunner
 from vstor.backup.jobs import JobWriter, drop_snapshot, snapshot_name
 from vstor.backup.keys import BackupKeys

@@ -9,6 +9,7 @@ Pure layers first:
 * ``session``: the array's side of one backup stream: checks, verification, tape, catalog rows;
 * ``extract``: recreating files with their metadata (restore on the array or on the agent);
 * ``readback``: reading byte ranges of a job back from tape, positioned at their records;
+* ``admission``: who a client is, which policy its stream runs under, the failure codes;
 
 and the thin I/O adapters: ``conn`` (frames over TLS), ``agent`` (push and serve on a client),
 ``service`` (the registry, the listener and jobs on the array), ``restoring`` (its restores).
@@ -16,4 +17,5 @@ and the thin I/O adapters: ``conn`` (frames over TLS), ``agent`` (push and serve
 
 from __future__ import annotations
 
-__all__ = ["agent", "archive", "conn", "extract", "readback", "restoring", "scan", "service", "session", "wire"]
+__all__ = ["admission", "agent", "archive", "conn", "extract", "readback", "restoring", "scan", "service", "session",
+           "wire"]

@@ -31,9 +31,19 @@ from dataclasses import dataclass, field
 from vstor.backup.audit import current_actor
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.client import wire
+from vstor.backup.client.admission import (
+    PREFIX,
+    RETRYABLE,
+    JobFailed,
+    check_key,
+    choose_policy,
+    client_of,
+    code_of,
+    identify,
+)
 from vstor.backup.client.conn import Conn, array_conn
 from vstor.backup.client.restoring import Restorer
-from vstor.backup.client.session import PolicyViolation, Session, allowed
+from vstor.backup.client.session import Session
 from vstor.backup.mediaio import TapeWriter
 from vstor.backup.policy import level_for
 from vstor.backup.tapefile import PartHeader
@@ -42,41 +52,11 @@ from vstor.errors import Busy, KeyError_, MediaError, NotFound, NotRunning, Usag
 
 log = logging.getLogger("vstor.backup")
 
-PREFIX = "client:"
-RETRYABLE = "unreachable"  # the failure code the policy's retries apply to
-
-
-def client_of(source: str) -> str | None:
-    return source[len(PREFIX):] if source.startswith(PREFIX) else None
-
-
 @dataclass
 class AgentLink:
     conn: Conn
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: threading.Event = field(default_factory=threading.Event)
-
-
-class JobFailed(VstorError):
-    """A client job ended failed; ``code`` is the failure point, ``job`` the catalog job."""
-
-    def __init__(self, message: str, code: str, job: int | None = None) -> None:
-        super().__init__(message)
-        self.code, self.job = code, job
-
-
-def code_of(e: BaseException) -> str:
-    if isinstance(e, PolicyViolation):
-        return "policy"
-    if isinstance(e, wire.BadFrame) and "encryption key" in str(e):
-        return "key"
-    if isinstance(e, (ConnectionError, TimeoutError, NotRunning, OSError)) and not isinstance(e, MediaError):
-        return RETRYABLE
-    if isinstance(e, MediaError):
-        return "media"
-    if isinstance(e, (KeyError_,)):
-        return "key"
-    return "stream"  # a checksum mismatch (tampering) or a malformed stream
 
 
 class ClientService:
@@ -179,7 +159,7 @@ class ClientService:
                                     f"speaks {wire.VERSION})")
             if hello.get("role") == "agent":
                 try:
-                    self._key_check(client, hello)
+                    check_key(client, hello)
                 except wire.BadFrame as e:
                     self._refuse(conn, e, "key", client["name"])
                     raise
@@ -200,15 +180,8 @@ class ClientService:
             log.warning("backup client connection from %s: %s", conn.peer_name, e)
 
     def _identify(self, conn: Conn, hello: dict) -> dict:
-        name = hello.get("name")
         try:
-            if name != conn.peer_name:
-                raise KeyError_(f"refused: the certificate is for {conn.peer_name!r}, the client says it is {name!r}")
-            try:
-                return self.catalog.client(str(name))
-            except NotFound:
-                raise KeyError_(f"refused: {name!r} is not a registered backup client "
-                                "(register it with 'vstor client register')") from None
+            return identify(self.catalog, conn.peer_name, hello)
         except KeyError_ as e:
             self._refuse(conn, e, "credentials")
             raise
@@ -221,32 +194,9 @@ class ClientService:
             if code != RETRYABLE:
                 conn.drain()
 
-    def _key_check(self, client: dict, hello: dict) -> None:
-        if hello.get("key_id") != client.get("key_id"):
-            raise wire.BadFrame(f"incorrect encryption key: the client declares key id {hello.get('key_id')}, "
-                                f"the registered key id is {client.get('key_id')}")
-
     def _admit(self, client: dict, hello: dict, policy_name: str | None) -> dict:
-        """The policy this stream runs under; PolicyViolation or BadFrame (key) otherwise."""
-        name = client["name"]
-        ours = [p for p in self.catalog.policies() if p["source"] == PREFIX + name]
-        want = policy_name or hello.get("policy")
-        if want:
-            policy = next((p for p in ours if p["name"] == want), None)
-            if policy is None:
-                raise PolicyViolation(f"policy violation: client {name!r} is not bound to policy {want!r}")
-        elif not ours:
-            raise PolicyViolation(f"policy violation: no backup policy has source client:{name}")
-        else:
-            policy = ours[0]
-        for p in hello.get("paths") or []:
-            if not allowed(str(p), client["paths"]):
-                raise PolicyViolation(f"policy violation: {p!r} is outside the client's allowed paths "
-                                      f"({', '.join(client['paths'])})")
-        self._key_check(client, hello)
-        return policy
+        return choose_policy(self.catalog.policies(), client, hello, policy_name)
 
-    # -- jobs -----------------------------------------------------------------------------------
     def push(self, conn: Conn, hello: dict, client: dict, job: int | None = None, policy_name: str | None = None
              ) -> dict:
         try:
