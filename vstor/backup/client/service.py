@@ -323,6 +323,9 @@ class ClientService:
         """A run asked of the client's agent (the schedule, or 'backup run'), retried as the
         policy says when the client is unreachable. Returns the last attempt's job."""
         policy = self.catalog.policy(policy_name)
+        if self.listener is None:
+            raise UsageError(f"policy {policy_name!r} backs up a client: its runs go through the array's client "
+                             "endpoint; start the array with --backup-listen (and the client's 'vstor client serve')")
         tries = 1 + int(policy.get("retries") or 0)
         job = None
         for attempt in range(tries):
