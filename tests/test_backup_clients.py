@@ -397,3 +397,18 @@ def test_a_drill_of_a_client_policy_restores_its_tree_and_reads_it(lab, tmp_path
     d = lab.engine.drills.run("p")
     assert d["status"] == "passed" and d["kind"] == "client" and d["check"] == "read every file", d
     assert d["bytes"] > 3 * MiB and not os.path.exists(d["scratch"]["dir"])
+
+
+def test_the_walk_ahead_hands_its_error_to_the_sender(tmp_path):
+    def entries():
+        yield {"path": "/a", "type": "dir", "size": 0}
+        raise UsageError("cannot back up /b: No such file or directory")
+
+    got = []
+    with pytest.raises(UsageError, match="cannot back up /b"):
+        for e in agent.prefetched(entries(), ahead=1):
+            got.append(e["path"])
+    assert got == ["/a"]
+    stopped = agent.prefetched(iter([{"path": f"/{i}", "type": "dir", "size": 0} for i in range(100)]), ahead=2)
+    assert next(stopped)["path"] == "/0"
+    stopped.close()  # the sender stops early: the walking thread is released, nothing hangs
