@@ -16,7 +16,8 @@ import os
 import queue
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from vstor.backup.client import scan, wire
 from vstor.backup.client.conn import Conn, Refused, connect
@@ -26,9 +27,12 @@ from vstor.errors import CorruptData, NotRunning, VstorError
 from vstor.faults import NO_FAULTS, Faults
 
 log = logging.getLogger("vstor.client")
+T = TypeVar("T")
 DELETED_BATCH = 10000  # paths per DELETED frame
 PREFETCH_AHEAD = 512  # entries the walking thread may be ahead of the sender
 PREFETCH_MAX = 1 << 20  # files up to this size are read ahead (larger ones stream as they are sent)
+READ_AHEAD = 4  # DATA_CHUNK pieces a large file is read ahead of its sending
+JOIN_TIMEOUT = 30.0  # seconds to wait for a helper thread's last read when the sender stops early
 
 
 def send_stream(conn: Conn, roots: list[str], base: list | None) -> dict:
@@ -57,28 +61,40 @@ def prefetched(entries: Iterator[dict], ahead: int = PREFETCH_AHEAD) -> Iterator
     """``entries`` walked by a helper thread up to ``ahead`` entries in front of the sender,
     which also reads each small file once so that the sender finds it in the page cache: the
     disk's latency overlaps the hashing and sending instead of adding to them."""
+    return in_thread(entries, ahead, _warm)
+
+
+def _warm(e: dict) -> None:
+    if e["type"] == "file" and 0 < e["size"] <= PREFETCH_MAX:
+        with contextlib.suppress(OSError):
+            fd = os.open(e["path"], os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.read(fd, e["size"])
+            finally:
+                os.close(fd)
+
+
+def in_thread(items: Iterator[T], ahead: int, touch: Callable[[T], None] | None = None) -> Iterator[T]:
+    """``items`` produced by a helper thread at most ``ahead`` in front of the consumer (``touch``
+    runs there on each); its exception is raised in the consumer; closing the iterator early
+    releases the thread."""
     q: queue.Queue = queue.Queue(ahead)
     stop = threading.Event()
     end = object()
 
-    def walk() -> None:
+    def produce() -> None:
         try:
-            for e in entries:
+            for item in items:
                 if stop.is_set():
                     return
-                if e["type"] == "file" and 0 < e["size"] <= PREFETCH_MAX:
-                    with contextlib.suppress(OSError):
-                        fd = os.open(e["path"], os.O_RDONLY | os.O_NOFOLLOW)
-                        try:
-                            os.read(fd, e["size"])
-                        finally:
-                            os.close(fd)
-                q.put(e)
+                if touch is not None:
+                    touch(item)
+                q.put(item)
             q.put(end)
-        except BaseException as x:  # noqa: BLE001 - handed to the sender, which raises it
+        except BaseException as x:  # noqa: BLE001 - handed to the consumer, which raises it
             q.put(x)
 
-    t = threading.Thread(target=walk, name="vstor-client-prefetch", daemon=True)
+    t = threading.Thread(target=produce, name="vstor-client-ahead", daemon=True)
     t.start()
     try:
         while True:
@@ -93,6 +109,19 @@ def prefetched(entries: Iterator[dict], ahead: int = PREFETCH_AHEAD) -> Iterator
         with contextlib.suppress(queue.Empty):
             while True:
                 q.get_nowait()  # let a blocked put return so the thread sees stop
+        t.join(JOIN_TIMEOUT)
+
+
+def _read(fd: int, ext: list[tuple[int, int]], path: str) -> Iterator[tuple[int, bytes]]:
+    """(offset, chunk) of the file's extents, in DATA_CHUNK pieces."""
+    for off, n in ext:
+        pos, end = off, off + n
+        while pos < end:
+            chunk = os.pread(fd, min(wire.DATA_CHUNK, end - pos), pos)
+            if not chunk:
+                raise CorruptData(f"{path!r} shrank while it was sent: back it up again")
+            yield pos, chunk
+            pos += len(chunk)
 
 
 def _send_file(conn: Conn, e: dict) -> int:
@@ -101,16 +130,17 @@ def _send_file(conn: Conn, e: dict) -> int:
         e["extents"] = ext
         conn.send(wire.FILE, wire.dumps(e))
         h, pos = hashlib.sha256(), 0
-        for off, n in ext:
-            pos = zeros_into(h, pos, off)
-            end = off + n
-            while pos < end:
-                chunk = os.pread(fd, min(wire.DATA_CHUNK, end - pos), pos)
-                if not chunk:
-                    raise CorruptData(f"{e['path']!r} shrank while it was sent: back it up again")
+        chunks = _read(fd, ext, e["path"])
+        if e["size"] > PREFETCH_MAX:  # read the next pieces while this one is hashed and sent
+            chunks = in_thread(chunks, READ_AHEAD)
+        try:
+            for off, chunk in chunks:
+                pos = zeros_into(h, pos, off)
                 h.update(chunk)
                 conn.send(wire.DATA, chunk)
                 pos += len(chunk)
+        finally:
+            chunks.close()  # the reading thread is done with the descriptor before it is closed
         zeros_into(h, pos, e["size"])
         conn.send_json(wire.FEND, {"sha256": h.hexdigest()})
         return sum(n for _o, n in ext)
