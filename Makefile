@@ -5,11 +5,11 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar genisoimage iproute2 nbdkit libnbd-bin python3-libnbd qemu-utils python3-venv sqlite3 \
-	groff-base man-db systemd chromium
+	groff-base man-db systemd chromium openssl
 # The command each package must provide, to tell whether it is installed.
 # groff and man render the man pages in the tests; systemd-analyze verifies vstor@.service;
 # chromium renders the dashboard in its test.
-APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse nbdsh qemu-img groff man systemd-analyze chromium sqlite3
+APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse nbdsh qemu-img groff man systemd-analyze chromium sqlite3 openssl
 
 .PHONY: drill setup system-deps venv man demo test test-fast soak bench bench-tools lint clean
 
@@ -69,6 +69,7 @@ bench-tools:
 	$(PY) tools/bench_pair_pinned.py --rounds 3
 	$(PY) tools/bench_tape.py --size 4G
 	$(PY) tools/bench_backup.py --size 4G
+	$(PY) tools/bench_clients.py --files 100000 --size 4G
 
 drill: setup
 	$(PY) tools/dr-drill

@@ -295,6 +295,9 @@ def test_a_client_policy_drill_restores_into_a_directory_through_the_hook(lab, t
     cat.put_policy(cat.policy("p") | {"name": "c", "source": "client:web"})
     job = cat.new_job("c", "full", "client:web", None, None, T0 + 30 * DAY)
     cat.set_job(job, status="done", bytes=6)
+    d = lab.drills.run("c")  # the engine wires the clients' restore: this hand-made job holds no files
+    assert d["status"] == "failed" and "holds no files" in d["reason"], d
+    del lab.drills.dir_restorers["client"]
     d = lab.drills.run("c")
     assert d["status"] == "failed" and "cannot restore it to a directory" in d["reason"], d
     seen = []

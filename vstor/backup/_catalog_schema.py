@@ -9,10 +9,11 @@ import json
 import sqlite3
 from typing import Any
 
+from vstor.backup._client_schema import CLIENT_SCHEMA
 from vstor.backup._drill_schema import DRILL_SCHEMA
 from vstor.errors import AlreadyExists, FormatError, NotFound, UsageError
 
-VERSION = 2
+VERSION = 3
 SCHEMA = """
 CREATE TABLE policies (name TEXT PRIMARY KEY, doc TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
 CREATE TABLE media (
@@ -44,6 +45,7 @@ CREATE TABLE restores (
 # caller's transaction). A new catalog gets SCHEMA and then every step.
 MIGRATIONS = {
     2: DRILL_SCHEMA,  # restore drills (drillcat.py)
+    3: CLIENT_SCHEMA,  # backup clients (_client_schema.py, client/)
 }
 
 MEDIA_STATES = ("scratch", "append", "full", "used", "recycle", "offsite", "error")

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from vstor.backup import _catalog_schema as sch
+from vstor.backup import _client_schema as csch
 from vstor.clock import Clock
 from vstor.errors import AlreadyExists, Busy, FormatError, NotFound, UsageError
 
@@ -269,3 +270,44 @@ class BackupCatalog:
         cartridge is added in state 'used'. Idempotent: True if anything new was stored."""
         with self._tx() as c:
             return sch.import_job(c, header, place, self.clock.time())
+
+    # -- backup clients (schema version 2) ---------------------------------------------------
+    def put_client(self, doc: dict) -> None:
+        """Register or update a backup client (a dict with "name", "paths", "quota", "key_id")."""
+        with self._tx() as c:
+            csch.put_client(c, doc, self.clock.time())
+
+    def client(self, name: str) -> dict:
+        with self._tx() as c:
+            return csch.client(c, name)
+
+    def clients(self) -> list[dict]:
+        with self._tx() as c:
+            return [csch.client(c, r[0]) for r in c.execute("SELECT name FROM clients ORDER BY name")]
+
+    def delete_client(self, name: str) -> None:
+        with self._tx() as c:
+            csch.client(c, name)
+            c.execute("DELETE FROM clients WHERE name=?", (name,))
+
+    def end_client_job(self, job: int, parts: list[tuple], files: list[dict], deleted: list[str],
+                       **fields: Any) -> None:
+        """One transaction: a client job's parts, its files (those safe on the media) and deletions,
+        and its end fields (status 'done' or 'failed'). Nothing of it is stored if it raises."""
+        sets = sch.checked_fields(fields, sch.JOB_FIELDS, "job")
+        with self._tx() as c:
+            for values in parts:
+                sch.insert_part(c, job, values)
+            csch.insert_files(c, job, files, deleted)
+            c.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*fields.values(), job))
+
+    def client_files(self, job: int, prefix: str = "") -> list[dict]:
+        """The files a client job holds (those of a failed job: the ones safe on its media),
+        only those whose path starts with ``prefix`` if given."""
+        with self._tx() as c:
+            sch.need_job(c, job)
+            return csch.files(c, job, prefix)
+
+    def client_deleted(self, job: int) -> list[str]:
+        with self._tx() as c:
+            return csch.deleted(c, job)

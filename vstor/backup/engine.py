@@ -23,6 +23,8 @@ from collections.abc import Callable
 from vstor.backup.audit import AuditLog, current_actor
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
+from vstor.backup.client.admission import client_of
+from vstor.backup.client.service import ClientService
 from vstor.backup.drills import DrillRunner
 from vstor.backup.jobs import JobWriter, drop_snapshot, snapshot_name
 from vstor.backup.keys import BackupKeys
@@ -62,15 +64,19 @@ class BackupEngine:
         self._running: dict[str, int] = {}  # policy -> job id
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        self.clients = ClientService(self)  # backup clients: registry, listener, their jobs
         self.scheduler = Scheduler(self.clock, self.catalog.policies, self._last_fire, self._record_fire,
                                    lambda name: self.start(name, None),
-                                   lambda name: name in self._running or self.drills.busy(name))
+                                   lambda name: name in self._running or self.clients.busy(name)
+                                   or self.drills.busy(name))
         for job in self.catalog.recovered_jobs:
             log.error("backup job %d was interrupted by the daemon's stop or crash: marked failed", job)
             self._clean_up_after(job)
-        self.drills = DrillRunner(store, self.catalog, self.reader, self.clock, lambda name: name in self._running,
+        self.drills = DrillRunner(store, self.catalog, self.reader, self.clock,
+                                  lambda name: name in self._running or self.clients.busy(name),
                                   lambda action, details: self.audit.append(current_actor(), action, details),
                                   faults, claim_lock=self._lock)
+        self.drills.dir_restorers["client"] = lambda job, target: self.clients.restore(job, to=target)
 
     def _clean_up_after(self, job: int) -> None:
         """An interrupted job's leftovers: its snapshot, and its policy's cartridges still in drives."""
@@ -91,8 +97,11 @@ class BackupEngine:
     # -- policies -------------------------------------------------------------------------------
     def create_policy(self, **fields: object) -> dict:
         policy = make_policy(**fields)  # type: ignore[arg-type]
-        with self.store._lock:
-            self.store.state.catalog.owner(self.store.state.table, policy["source"])  # NotFound if neither
+        if client_of(policy["source"]) is not None:
+            self.catalog.client(client_of(policy["source"]) or "")  # NotFound: register the client first
+        else:
+            with self.store._lock:
+                self.store.state.catalog.owner(self.store.state.table, policy["source"])  # NotFound if neither
         lib = self.media.lib(policy["library"])
         if lib.type != "tape":
             raise UsageError(f"library {lib.name} is an optical library; backup policies write to tape libraries")
@@ -126,6 +135,8 @@ class BackupEngine:
     # -- runs ------------------------------------------------------------------------------------
     def start(self, name: str, level: str | None, progress: Callable[[int, int], None] | None = None) -> int:
         """Queue a run of policy ``name``; returns its job id. The job runs in a thread."""
+        if client_of(self.catalog.policy(name)["source"]) is not None:
+            return self._start_client(name, level)
         job, args = self._prepare(name, level)
         t = threading.Thread(target=self._run, args=(*args, progress), name=f"vstor-backup-{job}", daemon=True)
         self._threads = [x for x in self._threads if x.is_alive()] + [t]
@@ -134,9 +145,38 @@ class BackupEngine:
 
     def run(self, name: str, level: str | None, progress: Callable[[int, int], None] | None = None) -> dict:
         """Run policy ``name`` now and wait for the job to end; returns the job."""
+        if client_of(self.catalog.policy(name)["source"]) is not None:
+            return self.clients.run(name, level)
         job, args = self._prepare(name, level)
         self._run(*args, progress)
         return self.catalog.job(job)
+
+    def _start_client(self, name: str, level: str | None) -> int:
+        """A client policy's run in a thread (asked of its agent, retried as the policy says)."""
+        got: list[int] = []
+        ready = threading.Event()
+
+        def on_job(job: int) -> None:
+            if not got:
+                got.append(job)
+                ready.set()
+
+        def body() -> None:
+            try:
+                self.clients.run(name, level, on_job)
+            except Exception as e:  # noqa: BLE001 - logged; a job, if any, says why it failed
+                log.error("backup run of client policy %s failed: %s", name, e)
+            finally:
+                ready.set()
+
+        t = threading.Thread(target=body, name=f"vstor-backup-{name}", daemon=True)
+        self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
+        ready.wait()
+        if not got:
+            raise Busy(f"a job of client policy {name!r} is already running, or the run failed to start "
+                       "(see the daemon log)")
+        return got[0]
 
     def _prepare(self, name: str, asked: str | None) -> tuple[int, tuple]:
         policy = self.catalog.policy(name)
@@ -265,6 +305,7 @@ class BackupEngine:
 
     def close(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        self.clients.close()
         self.drills.close(timeout)
         for t in self._threads:
             t.join(timeout)

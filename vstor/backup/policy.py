@@ -8,10 +8,15 @@ A policy::
     {"name": "nightly", "source": "db", "schedule": "0 2 * * *", "level": "incremental",
      "full_every": 604800, "library": "lib1", "media": ["VT0001L9", ...],
      "retention": 2592000, "encrypt": false, "freeze": ["/mnt/db"], "verify": true,
-     "pre": "psql -c CHECKPOINT", "post": "", "hook_timeout": 60}
+     "pre": "psql -c CHECKPOINT", "post": "", "hook_timeout": 60,
+     "retries": 0, "retry_delay": 0}
 
 ``pre``/``post`` (shell commands around the job's snapshot, vstor/hooks.py) and
 ``hook_timeout`` came later: a policy stored without them reads as "", "" and 60.
+
+``source`` is a group or a volume, or ``client:NAME`` for a backup client (client/). ``retries``
+and ``retry_delay`` (seconds): how often and how far apart a client run that failed because the
+client was unreachable or the connection dropped is tried again.
 
 ``level`` is what a scheduled run takes; an incremental run takes a full instead when the
 policy has no restorable full yet, or when ``full_every`` seconds have passed since the last.
@@ -32,7 +37,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 def make_policy(name: str, source: str, library: str, media: list[str], schedule: str | None = None,
                 level: str = "full", full_every: str | None = None, retention: str = "30d",
                 encrypt: bool = False, freeze: list[str] | None = None, verify: bool = True,
-                pre: str | None = None, post: str | None = None, hook_timeout: str | float | None = None) -> dict:
+                pre: str | None = None, post: str | None = None, hook_timeout: str | float | None = None,
+                retries: int = 0, retry_delay: str | None = None) -> dict:
     """A validated policy document (UsageError names the first bad field)."""
     from vstor.backup.schedule import parse_cron
 
@@ -46,12 +52,15 @@ def make_policy(name: str, source: str, library: str, media: list[str], schedule
                else parse_duration(hook_timeout, "--hook-timeout") if hook_timeout else DEFAULT_TIMEOUT)
     if timeout <= 0:
         raise UsageError("--hook-timeout must be above 0, like 60s")
+    if not 0 <= int(retries) <= 100:
+        raise UsageError(f"--retries {retries}: use 0 to 100")
     return {"name": name, "source": source, "library": library, "media": list(media),
             "schedule": parse_cron(schedule) if schedule else None, "level": level,
             "full_every": parse_duration(full_every, "--full-every") if full_every else None,
             "retention": parse_duration(retention, "--retention"), "encrypt": bool(encrypt),
             "freeze": list(freeze or []), "verify": bool(verify), "pre": pre or "", "post": post or "",
-            "hook_timeout": timeout}
+            "hook_timeout": timeout,
+            "retries": int(retries), "retry_delay": parse_duration(retry_delay, "--retry-delay") if retry_delay else 0}
 
 
 def hooks_of(policy: dict) -> Hooks:

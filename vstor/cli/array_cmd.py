@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--key-file", help="key of an encrypted pool (default: the path given at init)")
     s.add_argument("--foreground", action="store_true", help="run in this process, log to stderr")
     s.add_argument("--listen", metavar="ADDR:PORT", help="replication endpoint, like 10.0.0.1:7450 (needs --tls-dir)")
+    s.add_argument("--backup-listen", metavar="ADDR:PORT",
+                   help="endpoint for backup clients (push and agents), like 10.0.0.1:7451 (needs --tls-dir)")
     s.add_argument("--tls-dir", help="directory from 'vstor pki': the CA and this array's certificate")
     s.add_argument("--name", help="this array's certificate name in --tls-dir and --nbd-tls-dir (default: the only one "
                    "there)")
@@ -51,6 +53,8 @@ def _daemon_argv(pool: str, args: argparse.Namespace) -> list[str]:
     argv = [sys.executable, "-m", "vstor.control.daemon", "--pool", pool, "--mount", os.path.abspath(args.mount)]
     if args.key_file:
         argv += ["--key-file", os.path.abspath(args.key_file)]
+    if args.backup_listen and not args.tls_dir:
+        raise UsageError("--backup-listen needs --tls-dir: backup clients always use TLS with mutual authentication")
     if args.listen and not args.tls_dir:
         raise UsageError("--listen needs --tls-dir: replication is always TLS with mutual authentication")
     if args.tls_dir:
@@ -62,6 +66,11 @@ def _daemon_argv(pool: str, args: argparse.Namespace) -> list[str]:
 
         parse_address(args.listen)
         argv += ["--listen", args.listen]
+    if args.backup_listen:
+        from vstor.replication.transport import parse_address
+
+        parse_address(args.backup_listen)
+        argv += ["--backup-listen", args.backup_listen]
     if args.name:
         argv += ["--name", args.name]
     if args.metrics:

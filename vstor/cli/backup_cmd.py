@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "failed --pre); like fsfreeze -u")
     p.add_argument("--hook-timeout", metavar="DURATION",
                    help="how long --pre and --post may each run before they are killed (default 60s)")
+    p.add_argument("--retries", type=int, default=0, metavar="N",
+                   help="a client run that fails unreachable or cut off is tried N more times (default 0)")
+    p.add_argument("--retry-delay", metavar="DURATION", help="between those tries, like 5m (default at once)")
     add_admin_args(p)
     subcommand(pol, "list", cmd_policy_list, "every policy with its next run")
     subcommand(pol, "show", cmd_policy_show, "one policy and its last jobs").add_argument("name", help="the policy")
@@ -58,8 +61,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "job", type=int, help=JOB)
     p = subcommand(bk, "restore", cmd_restore, "restore a job (its chain) to new volumes")
     p.add_argument("job", type=int, help=JOB)
-    p.add_argument("--to", required=True, metavar="NAME", help="new volume NAME (a group job: NAME-VOLUME each)")
+    p.add_argument("--to", metavar="NAME|DIR", help="new volume NAME (a group job: NAME-VOLUME each); for a "
+                   "client job, a directory on the array host")
+    p.add_argument("--to-client", metavar="CLIENT", help="a client job: stream the files back to this client's agent")
+    p.add_argument("--target", metavar="DIR", help="with --to-client: the directory on the client")
+    p.add_argument("--files", metavar="GLOB", help="a client job: only the files whose path matches, like '/etc/*'")
     p.add_argument("--wait", action="store_true", help="accepted for symmetry: a restore is always waited for")
+    p = subcommand(bk, "files", cmd_files, "a client job's files: type, size, sha256, where on the media")
+    p.add_argument("job", type=int, help=JOB)
+    p.add_argument("--glob", metavar="GLOB", help="only paths matching this shell pattern")
     p = subcommand(bk, "expire", cmd_expire, "apply retention: expire jobs, recycle media")
     p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
     add_admin_args(p)
@@ -95,6 +105,7 @@ def cmd_policy_create(args: argparse.Namespace) -> int:
     r = request(pool_path(args), "backup.policy.create", name=args.name, source=args.source, library=args.library,
                 media=args.media, schedule=args.schedule, level=args.level, full_every=args.full_every,
                 retention=args.retention, encrypt=args.encrypt, freeze=args.freeze, verify=args.verify,
+                retries=args.retries, retry_delay=args.retry_delay,
                 **{k: v for k in ("pre", "post", "hook_timeout") if (v := getattr(args, k))})
     emit(args, r, lambda p: f"created policy {p['name']}: {p['source']} to {p['library']} "
          f"({len(p['media'])} cartridges), {p['schedule'] or 'by hand'}")
@@ -181,9 +192,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    r = request(pool_path(args), "backup.restore", progress=True, job=args.job, to=args.to)
+    from vstor.errors import UsageError
+
+    if (args.to is None) == (args.to_client is None) or (args.to_client is None) != (args.target is None):
+        raise UsageError("give --to, or --to-client with --target")
+    extra = {"to_client": args.to_client, "target": args.target, "files": args.files} if args.to_client or \
+        args.files else {}
+    r = request(pool_path(args), "backup.restore", progress=True, job=args.job, to=args.to, **extra)
+    if "files" in r and "volumes" not in r:
+        emit(args, r, lambda x: f"restored {x['files']} files of job {x['job']} to {x.get('target') or args.target}: "
+             f"{_size(x['bytes'])} ({_size(x['read_bytes'])} read from tape)")
+        return 0
     emit(args, r, lambda x: f"restored job {x['job']} (chain {' -> '.join(map(str, x['chain']))}) to "
          f"{', '.join(x['volumes'])}: {_size(x['bytes'])} in {x['seconds']:.1f} s ({x['mb_per_s']} MB/s)")
+    return 0
+
+
+def cmd_files(args: argparse.Namespace) -> int:
+    def text(x: dict) -> str:
+        rows = [("TYPE", "SIZE", "MODE", "MTIME", "FROM JOB", "OFFSET", "SHA256", "PATH")]
+        rows += [(f["type"], _size(f["size"]), f"{f['mode']:04o}", when(f["mtime_ns"] / 1e9), str(f["src_job"]),
+                  str(f["data_offset"]), (f["sha256"] or "-")[:16], repr(f["path"])[1:-1]) for f in x["files"]]
+        head = f"job {x['job']} ({x['source']}, {x['status']}): {len(x['files'])} files"
+        if x["deleted"]:
+            head += f", {len(x['deleted'])} deleted since its base"
+        return head + "\n" + table(rows)
+    emit(args, request(pool_path(args), "backup.files", job=args.job, glob=args.glob), text)
     return 0
 
 

@@ -16,6 +16,7 @@ from vstor.cli import (
     admin_cmd,
     array_cmd,
     backup_cmd,
+    client_cmd,
     group_cmd,
     media_cmd,
     pair_cmd,
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     media_cmd.register(sub)
     backup_cmd.register(sub)
     admin_cmd.register(sub)
+    client_cmd.register(sub)
     service_cmd.register(sub)
     return p
 

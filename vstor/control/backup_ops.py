@@ -16,6 +16,7 @@ from vstor.backup.engine import BackupEngine
 from vstor.backup.governance import job_locks
 from vstor.backup.report import build_report
 from vstor.backup.retention import apply_expiry, plan_expiry
+from vstor.errors import UsageError
 from vstor.media.manager import MediaManager, parse_range
 from vstor.store import compliance
 from vstor.store.adminops import Progress
@@ -41,12 +42,14 @@ class BackupOps:
                                 schedule: str | None = None, level: str = "full", full_every: str | None = None,
                                 retention: str = "30d", encrypt: bool = False, freeze: list[str] | None = None,
                                 verify: bool = True, pre: str | None = None, post: str | None = None,
-                                hook_timeout: str | None = None) -> dict:
+                                hook_timeout: str | None = None, retries: int = 0,
+                                retry_delay: str | None = None) -> dict:
         codes = [c for spec in media for c in (parse_range(spec) if "-" in spec else [spec])]
         return self._backup().create_policy(name=name, source=source, library=library, media=codes,
                                             schedule=schedule, level=level, full_every=full_every,
                                             retention=retention, encrypt=encrypt, freeze=freeze, verify=verify,
-                                            pre=pre, post=post, hook_timeout=hook_timeout)
+                                            pre=pre, post=post, hook_timeout=hook_timeout, retries=retries,
+                                            retry_delay=retry_delay)
 
     def op_backup_policy_list(self) -> list[dict]:
         eng = self._backup()
@@ -82,9 +85,19 @@ class BackupOps:
         return out
 
     def op_backup_verify(self, job: int) -> dict:
-        return self._backup().verify(job)
+        eng = self._backup()
+        if eng.catalog.job(job)["source"].startswith("client:"):
+            return eng.clients.verify(job)
+        return eng.verify(job)
 
-    def op_backup_restore(self, job: int, to: str, progress: Progress = None) -> dict:
+    def op_backup_restore(self, job: int, to: str | None = None, progress: Progress = None,
+                          to_client: str | None = None, target: str | None = None, files: str | None = None) -> dict:
+        done = self.client_restore(job, to, to_client, target, files, progress)  # type: ignore[attr-defined]
+        if done is not None:
+            return done
+        if to is None or to_client or files:
+            raise UsageError(f"backup job {job} is of volumes: restore it with --to NAME (--to-client and --files "
+                             "are for client jobs)")
         return self._backup().restore(job, to, progress)
 
     def op_backup_expire(self, dry_run: bool = False) -> dict:

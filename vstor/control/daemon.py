@@ -91,7 +91,7 @@ class Reporter:
 
 def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads: bool = True,
         repl: dict | None = None, faults: Faults | None = None, metrics: str | None = None,
-        nbd: dict | None = None) -> int:
+        nbd: dict | None = None, backup_listen: str | None = None) -> int:
     """Start the array, serve until unmounted, stop it; raises if start-up fails, after
     releasing whatever it had acquired."""
     from vstor.fuse.media_fs import MediaFS
@@ -141,6 +141,8 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         service.backup = backup
         backup.drills.mount = mount  # drills attach scratch volumes through FUSE and losetup
         backup.serve()
+        if backup_listen:  # the endpoint backup clients push to and agents call in on
+            backup.clients.listen(backup_listen, (repl or {}).get("tls_dir") or "", (repl or {}).get("name"))
         step("backup")
         replication = Replication(store, faults=faults, **(repl or {}))
         stack.callback(replication.stop)  # before start: it may fail after starting shippers
@@ -235,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics")
     p.add_argument("--nbd")
     p.add_argument("--nbd-tls-dir")
+    p.add_argument("--backup-listen")
     a = p.parse_args(argv)
     repl = {"listen": a.listen, "tls_dir": a.tls_dir, "name": a.name}
     setup_logging(a.pool, a.foreground)
@@ -242,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     log_hint = os.path.join(layout(a.pool)["log"], "daemon.log")
     try:
         return run(a.pool, a.mount, a.key_file, reporter, threads=not a.single_thread, repl=repl,
-                   metrics=a.metrics, nbd={"address": a.nbd, "tls_dir": a.nbd_tls_dir, "name": a.name})
+                   metrics=a.metrics, nbd={"address": a.nbd, "tls_dir": a.nbd_tls_dir, "name": a.name},
+                   backup_listen=a.backup_listen)
     except Exception as e:
         phase = "the daemon failed" if reporter.sent else "start-up failed"
         log_failure(log, phase, e)

@@ -15,6 +15,7 @@ from typing import Any
 from vstor.backup.audit import current_actor
 from vstor.control.backup_ops import BackupOps
 from vstor.control.catalog_ops import CatalogOps
+from vstor.control.client_ops import ClientOps
 from vstor.control.drill_ops import DrillOps
 from vstor.control.governance_ops import GovernanceOps
 from vstor.control.media_ops import MediaOps
@@ -36,7 +37,7 @@ AUDITED = frozenset({
 _AUDITED_HANDLERS = frozenset(op.replace(".", "_") for op in AUDITED)  # "snapshot.policy_set" is the same op
 
 
-class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, DrillOps, StatusOps, GovernanceOps, NbdOps):
+class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, ClientOps, DrillOps, StatusOps, GovernanceOps, NbdOps):
     def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None) -> None:
         self.store = store
         self.mount = mount

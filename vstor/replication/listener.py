@@ -100,7 +100,8 @@ class Listener:
     def __init__(self, address: str, tls_dir: str, name: str, handle: Handler, faults: Faults = NO_FAULTS,
                  clock: Clock | None = None, cap: int | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
-                 thread_factory: Callable[..., threading.Thread] = threading.Thread) -> None:
+                 thread_factory: Callable[..., threading.Thread] = threading.Thread,
+                 conn_factory: Callable[..., Conn] = Conn) -> None:
         host, port = parse_address(address)
         self.ctx = pki.tls_context(tls_dir, name, server=True)
         self.handle, self.faults = handle, faults
@@ -109,6 +110,7 @@ class Listener:
         self.handshake_timeout = handshake_timeout
         self.tick = min(1.0, handshake_timeout / 4)  # how often the accept loop checks deadlines
         self.thread_factory = thread_factory
+        self.conn_factory = conn_factory  # the backup client listener brings its own frames
         try:
             self.sock = socket.create_server((host, port), reuse_port=False)
         except OSError as e:
@@ -229,7 +231,7 @@ class Listener:
                     raise ConnectionAbortedError("the listener is stopping")
                 sock = p.sock = self.ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
             sock.do_handshake()  # type: ignore[attr-defined]
-            conn = Conn(sock, pki.peer_name(sock), self.faults)  # type: ignore[arg-type]
+            conn = self.conn_factory(sock, pki.peer_name(sock), self.faults)  # type: ignore[arg-type]
             p.stage = "HELLO"
             first = conn.recv()
         except (OSError, ssl.SSLError, UsageError, wire.BadFrame) as e:

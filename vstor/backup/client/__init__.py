@@ -1,0 +1,21 @@
+"""Backup clients: hosts that send their files to the array over mutual TLS.
+
+Pure layers first:
+
+* ``wire``: the client protocol's frames and their optional AES-GCM sealing (no sockets);
+* ``scan``: a client's files, their metadata, sparse extents and hard links, and what an
+  incremental must send;
+* ``archive``: the pax members the array writes to tape for each file (plain tar reads them);
+* ``session``: the array's side of one backup stream: checks, verification, tape, catalog rows;
+* ``extract``: recreating files with their metadata (restore on the array or on the agent);
+* ``readback``: reading byte ranges of a job back from tape, positioned at their records;
+* ``admission``: who a client is, which policy its stream runs under, the failure codes;
+
+and the thin I/O adapters: ``conn`` (frames over TLS), ``agent`` (push and serve on a client),
+``service`` (the registry, the listener and jobs on the array), ``restoring`` (its restores).
+"""
+
+from __future__ import annotations
+
+__all__ = ["admission", "agent", "archive", "conn", "extract", "readback", "restoring", "scan", "service", "session",
+           "wire"]

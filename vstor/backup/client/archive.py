@@ -1,0 +1,136 @@
+"""The pax members the array writes to tape for a client's files. Pure.
+
+A client job's stream (inside the usual part headers and records, tapefile.py) is a POSIX pax
+archive that plain GNU tar extracts (``tar -xSf -``): one member per entry, named by its path
+without the leading '/', with its mode, owner, times (pax ``mtime``/``atime`` with fractions)
+and link target; a file with holes is a GNU sparse 1.0 member (holes kept). Non-UTF-8 names
+use pax ``hdrcharset=BINARY``. The archive ends with ``VSTOR-CLIENT-MANIFEST.jsonl``: one JSON
+line ``[path, sha256]`` per regular file, so the media describe their own checksums, then the
+two zero blocks. The catalog records, per entry, the stream offsets of its member and of its
+first data byte, so a restore of one file reads only the records that hold it.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+from vstor.backup import _tarstream as ts
+
+MANIFEST = "VSTOR-CLIENT-MANIFEST.jsonl"
+_TYPES = {"file": b"0", "dir": b"5", "symlink": b"2", "hardlink": b"1"}
+
+
+def member_name(path: str) -> str:
+    return path.lstrip("/") or "."
+
+
+def sparse(e: dict) -> bool:
+    """Whether ``e`` goes to tape as a GNU sparse member (a file with holes)."""
+    return e["type"] == "file" and sum(n for _o, n in e["extents"]) < e["size"]
+
+
+def header(e: dict) -> tuple[bytes, int]:
+    """The member's header blocks (with its sparse map, if any), and the data bytes that follow
+    them (the extents' bytes: then :func:`pad` of the member's size)."""
+    name = member_name(e["path"]) + ("/" if e["type"] == "dir" else "")
+    data = sum(n for _o, n in e["extents"]) if e["type"] == "file" else 0
+    pax = [("path", name), ("mtime", _time(e["mtime_ns"])), ("atime", _time(e["atime_ns"])),
+           ("uid", str(e["uid"])), ("gid", str(e["gid"])), ("uname", e.get("user", "")),
+           ("gname", e.get("group", ""))]
+    link = ""
+    if e["type"] in ("symlink", "hardlink"):
+        link = member_name(e["link"]) if e["type"] == "hardlink" else e["link"]
+        pax.append(("linkpath", link))
+    smap = b""
+    ustar_name = name
+    if sparse(e):
+        smap = ts.sparse_map(e["size"], [tuple(x) for x in e["extents"]])
+        base, _, leaf = name.rpartition("/")
+        ustar_name = f"{base}/GNUSparseFile.0/{leaf}" if base else f"GNUSparseFile.0/{leaf}"
+        pax = [(k, ustar_name if k == "path" else v) for k, v in pax]
+        pax += [("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"), ("GNU.sparse.name", name),
+                ("GNU.sparse.realsize", str(e["size"]))]
+    size = len(smap) + data
+    if size >= 8 ** 11:
+        pax.append(("size", str(size)))
+    records = _pax_records(pax)
+    xhead = _ustar(b"././@PaxHeader", 0o644, 0, 0, len(records), 0, b"x", b"", b"", b"")
+    main = _ustar(_enc(ustar_name), e["mode"], e["uid"], e["gid"], size if size < 8 ** 11 else 0,
+                  e["mtime_ns"] // 10 ** 9, _TYPES[e["type"]], _enc(link), _enc(e.get("user", "")),
+                  _enc(e.get("group", "")))
+    return xhead + records + ts.pad(len(records)) + main + smap, data
+
+
+def _time(ns: int) -> str:
+    """A pax time from nanoseconds, exactly (a float would round)."""
+    sec, frac = divmod(ns, 10 ** 9)
+    return f"{sec}.{frac:09d}" if frac else str(sec)
+
+
+def _enc(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _pax_records(pairs: list[tuple[str, str]]) -> bytes:
+    """A pax extended header's records; ``hdrcharset=BINARY`` first when a value is not UTF-8."""
+    out = []
+    binary = False
+    for k, v in pairs:
+        try:
+            raw = v.encode("utf-8")
+        except UnicodeEncodeError:
+            raw, binary = _enc(v), True
+        out.append((k.encode(), raw))
+    if binary:
+        out.insert(0, (b"hdrcharset", b"BINARY"))
+    recs = []
+    for k, v in out:
+        body = len(k) + len(v) + 3  # the space, '=' and the newline
+        n = p = 0
+        while True:  # the length counts its own digits
+            n = body + len(str(p))
+            if n == p:
+                break
+            p = n
+        recs.append(b"%d %s=%s\n" % (n, k, v))
+    return b"".join(recs)
+
+
+def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes, link: bytes,
+           uname: bytes, gname: bytes) -> bytes:
+    """One POSIX ustar header block; fields that do not fit are cut (the pax records before it
+    carry them whole)."""
+    def num(v: int, width: int) -> bytes:
+        return b"%0*o\0" % (width - 1, v if 0 <= v < 8 ** (width - 1) else 0)
+
+    buf = bytearray(512)
+    buf[0:100] = name[:100].ljust(100, b"\0")
+    buf[100:108], buf[108:116], buf[116:124] = num(mode & 0o7777, 8), num(uid, 8), num(gid, 8)
+    buf[124:136], buf[136:148] = num(size, 12), num(mtime, 12)
+    buf[148:156] = b" " * 8
+    buf[156:157] = typeflag
+    buf[157:257] = link[:100].ljust(100, b"\0")
+    buf[257:265] = b"ustar\x0000"
+    buf[265:297], buf[297:329] = uname[:32].ljust(32, b"\0"), gname[:32].ljust(32, b"\0")
+    buf[329:337], buf[337:345] = num(0, 8), num(0, 8)
+    buf[148:156] = b"%06o\0 " % sum(buf)
+    return bytes(buf)
+
+
+def member_size(e: dict) -> int:
+    """The bytes after the header blocks: map plus data (padding not included)."""
+    data = sum(n for _o, n in e["extents"]) if e["type"] == "file" else 0
+    return data + (len(ts.sparse_map(e["size"], [tuple(x) for x in e["extents"]])) if sparse(e) else 0)
+
+
+def pad(e: dict) -> bytes:
+    return ts.pad(member_size(e))
+
+
+def manifest(sums: list[tuple[str, str]]) -> bytes:
+    """The closing manifest member and the end-of-archive blocks."""
+    doc = b"".join(json.dumps([p, s], ensure_ascii=True).encode() + b"\n" for p, s in sums)
+    ti = tarfile.TarInfo(MANIFEST)
+    ti.size, ti.mode = len(doc), 0o600
+    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") + doc + ts.pad(len(doc)) + bytes(2 * ts.BLOCK)
