@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from vstor.cli.common import add_json_arg, emit, pool_path, request, subcommand, table
+from vstor.cli.common import add_admin_args, add_json_arg, emit, pool_path, request, subcommand, table
 from vstor.units import format_size
 
 ARRAY = "the array's client endpoint (its 'array start --backup-listen'), like 10.0.0.1:7451"
@@ -20,9 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--paths", metavar="DIR,DIR", help="the absolute paths it may back up (default: any)")
     p.add_argument("--quota", metavar="SIZE", help="the most bytes one of its jobs may hold, like 50G")
     p.add_argument("--key-file", help="the client's stream key (32 bytes or 64 hex digits): it must encrypt with it")
+    add_admin_args(p)
     subcommand(cl, "list", cmd_list, "registered clients, and whether their agent is connected")
-    subcommand(cl, "remove", cmd_remove, "forget a client (its jobs stay in the catalog)").add_argument(
-        "name", help="the client")
+    p = subcommand(cl, "remove", cmd_remove, "forget a client (its jobs stay in the catalog)")
+    p.add_argument("name", help="the client")
+    add_admin_args(p)
     for name, func, text in (("push", cmd_push, "on a client: back up PATHs to the array now"),
                              ("serve", cmd_serve, "on a client: the agent the array's schedule calls")):
         p = cl.add_parser(name, help=text)
