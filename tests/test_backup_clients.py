@@ -116,6 +116,27 @@ def test_incremental_sends_changes_and_records_deletions(lab, tmp_path):
     assert snapshot(str(tmp_path / "r-full") + src) == before
 
 
+def test_check_content_finds_a_change_that_kept_size_and_mtime(lab, tmp_path):
+    src = make_tree(str(tmp_path / "src"), files=50, seed=3)
+    lab.clients.register("c1", paths=[src])
+    lab.policy(level="incremental")
+    agent.push(lab.address, lab.tls, "c1", [src])
+    path = os.path.join(src, "big.bin")
+    st = os.stat(path)
+    with open(path, "r+b") as f:  # other bytes, same size, and the old mtime put back
+        f.write(b"sneaky!!")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    lab.clock.advance(60)
+    plain = agent.push(lab.address, lab.tls, "c1", [src])
+    assert plain["status"] == "done" and files_of(lab, plain["job"])[path]["change"] == "same"
+    lab.clock.advance(60)
+    checked = agent.push(lab.address, lab.tls, "c1", [src], check_content=True)
+    assert checked["status"] == "done" and files_of(lab, checked["job"])[path]["change"] == "changed"
+    lab.clients.restore(checked["job"], to=str(tmp_path / "r"), files=path)
+    with open(str(tmp_path / "r") + path, "rb") as a, open(path, "rb") as b:
+        assert a.read() == b.read()
+
+
 def test_one_file_restored_alone_reads_only_its_records(lab, tree, tmp_path):
     lab.clients.register("c1", paths=[tree])
     lab.policy()

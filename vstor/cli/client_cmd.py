@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--name", required=True, help="this client's name (its certificate's)")
         p.add_argument("--tls-dir", required=True, help=TLS)
         p.add_argument("--key-file", help="encrypt the stream with this key (the one registered on the array)")
+        p.add_argument("--check-content", action="store_true",
+                       help="in an incremental, also hash files whose size and mtime are unchanged and send "
+                       "those whose bytes differ (reads every file)")
         p.add_argument("paths", nargs="+" if name == "push" else "*", metavar="PATH",
                        help="what to back up" + ("" if name == "push" else " (default: the registered paths)"))
         if name == "push":
@@ -75,7 +78,8 @@ def _key(args: argparse.Namespace) -> bytes | None:
 def cmd_push(args: argparse.Namespace) -> int:
     from vstor.backup.client.agent import push
 
-    r = push(args.array, args.tls_dir, args.name, args.paths, args.level, args.policy, _key(args))
+    r = push(args.array, args.tls_dir, args.name, args.paths, args.level, args.policy, _key(args),
+             check_content=args.check_content)
     emit(args, r, lambda x: f"job {x['job']} ({x['level']}): {x['status']}: {x['sent']['files']} entries sent "
          f"({format_size(x['sent']['bytes'], True)}), {x['sent']['deleted']} deleted, {x['files']} in the job")
     return 0 if r["status"] == "done" else 1
@@ -85,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vstor.backup.client.agent import Agent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    agent = Agent(args.array, args.tls_dir, args.name, args.paths, _key(args))
+    agent = Agent(args.array, args.tls_dir, args.name, args.paths, _key(args), check_content=args.check_content)
     try:
         agent.serve()
     except KeyboardInterrupt:

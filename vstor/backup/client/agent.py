@@ -35,15 +35,17 @@ READ_AHEAD = 4  # DATA_CHUNK pieces a large file is read ahead of its sending
 JOIN_TIMEOUT = 30.0  # seconds to wait for a helper thread's last read when the sender stops early
 
 
-def send_stream(conn: Conn, roots: list[str], base: list | None) -> dict:
+def send_stream(conn: Conn, roots: list[str], base: list | None, check_content: bool = False) -> dict:
     """Send every entry under ``roots`` (only the changed ones when ``base`` is given), the
-    deletions, and END. Returns the counts."""
+    deletions, and END. Returns the counts. With ``check_content`` a file whose type, size and
+    mtime match the base is also hashed, and sent when its bytes differ."""
     index = scan.base_index(base) if base is not None else None
+    sums = scan.base_sums(base) if check_content else {}
     seen: set[str] = set()
     files = data = 0
     for e in prefetched(scan.walk(roots)):
         seen.add(e["path"])
-        if index is not None and not scan.changed(e, index):
+        if index is not None and not scan.changed(e, index) and not scan.content_differs(e, sums):
             continue
         if e["type"] == "file":
             data += _send_file(conn, e)
@@ -154,13 +156,14 @@ def hello(name: str, role: str, roots: list[str], level: str | None, policy: str
             "level": level, "policy": policy, "key_id": wire.key_id(key) if key else None}
 
 
-def backup(conn: Conn, doc: dict, roots: list[str], key: bytes | None) -> dict:
+def backup(conn: Conn, doc: dict, roots: list[str], key: bytes | None, check_content: bool = False) -> dict:
     """The exchange after connecting: HELLO, WELCOME, the stream, RESULT."""
     conn.send_json(wire.HELLO, doc)
     _, welcome = conn.recv_json(wire.WELCOME)
     conn.key = key
     try:
-        sent = send_stream(conn, roots, welcome.get("base") if welcome.get("level") == "incremental" else None)
+        sent = send_stream(conn, roots, welcome.get("base") if welcome.get("level") == "incremental" else None,
+                           check_content)
     except (BrokenPipeError, ConnectionResetError, ssl.SSLError) as e:  # the array may have refused and
         conn.key = None  # closed: say why if it did
         why = conn.refusal()
@@ -174,7 +177,8 @@ def backup(conn: Conn, doc: dict, roots: list[str], key: bytes | None) -> dict:
 
 
 def push(address: str, tls_dir: str, name: str, roots: list[str], level: str | None = None,
-         policy: str | None = None, key: bytes | None = None, faults: Faults = NO_FAULTS) -> dict:
+         policy: str | None = None, key: bytes | None = None, faults: Faults = NO_FAULTS,
+         check_content: bool = False) -> dict:
     """One backup of ``roots`` pushed by the client. Refused/BadFrame/NotRunning on failure."""
     try:
         conn = connect(address, tls_dir, name, faults=faults)
@@ -184,7 +188,7 @@ def push(address: str, tls_dir: str, name: str, roots: list[str], level: str | N
     except OSError as e:
         raise NotRunning(f"cannot reach the array at {address}: {e.strerror or e}") from None
     try:
-        return backup(conn, hello(name, "push", roots, level, policy, key), roots, key)
+        return backup(conn, hello(name, "push", roots, level, policy, key), roots, key, check_content)
     except ssl.SSLError as e:
         raise Refused(f"refused: the array did not accept this client's certificate ({e.reason or e})",
                       "credentials") from None
@@ -198,8 +202,9 @@ class Agent:
     """``vstor client serve``: hold a connection to the array and do what it asks."""
 
     def __init__(self, address: str, tls_dir: str, name: str, roots: list[str], key: bytes | None = None,
-                 faults: Faults = NO_FAULTS) -> None:
+                 faults: Faults = NO_FAULTS, check_content: bool = False) -> None:
         self.address, self.tls_dir, self.name, self.roots, self.key = address, tls_dir, name, roots, key
+        self.check_content = check_content
         self.faults = faults
         self.stop = threading.Event()
         self.conn: Conn | None = None
@@ -230,7 +235,7 @@ class Agent:
             roots = self.roots or [str(p) for p in doc.get("paths") or []]
             try:
                 r = backup(conn, hello(self.name, "push", roots, doc.get("level"), doc.get("policy"), self.key),
-                           roots, self.key)
+                           roots, self.key, self.check_content)
                 log.info("backup job %s: %s", r.get("job"), r.get("status"))
             except Refused as e:
                 log.error("backup refused by the array: %s", e)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import grp
+import hashlib
 import os
 import pwd
 import stat
@@ -135,3 +136,24 @@ def changed(e: dict, base: dict[str, tuple[str, int, int]]) -> bool:
 def base_index(rows: list[list] | None) -> dict[str, tuple[str, int, int]]:
     """The WELCOME frame's base list as {path: (type, size, mtime_ns)}."""
     return {r[0]: (r[1], int(r[2]), int(r[3])) for r in rows or []}
+
+
+def base_sums(rows: list[list] | None) -> dict[str, str]:
+    """The base list's file checksums {path: sha256 hex} (rows from an array that sends them)."""
+    return {r[0]: r[4] for r in rows or [] if len(r) > 4 and r[4]}
+
+
+def content_differs(e: dict, sums: dict[str, str]) -> bool:
+    """Whether regular file ``e``, unchanged in type, size and mtime, holds other bytes than the
+    base job recorded (``--check-content``: reads the whole file)."""
+    want = sums.get(e["path"])
+    if e["type"] != "file" or want is None:
+        return False
+    h = hashlib.sha256()
+    try:
+        with open(e["path"], "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return True  # unreadable now: send it, and let the send say why
+    return h.hexdigest() != want

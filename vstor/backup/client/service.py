@@ -258,7 +258,8 @@ class ClientService:
         try:
             self.catalog.set_job(job, status="running", reason="", started=self.clock.time())
             conn.send_json(wire.WELCOME, {"job": job, "level": row["level"],
-                                          "base": [[f["path"], f["type"], f["size"], f["mtime_ns"]] for f in base]
+                                          "base": [[f["path"], f["type"], f["size"], f["mtime_ns"], f.get("sha256")]
+                                                   for f in base]
                                           if base is not None else None})
             conn.key = self._key(client)
 
