@@ -126,6 +126,11 @@ def test_scheduled_drill_fires_runs_once_and_the_report_shows_it(lab):
     assert "Restore drills" in render_drills(rep)
     # the restores table has them too: drills count as measured restores
     assert {r["target"] for r in lab.engine.catalog.restores()} == {"vstor-drill-1", "vstor-drill-2"}
+    # deleting the policy takes its drill definition with it (it could only fail); the history stays
+    lab.engine.delete_policy("p")
+    assert lab.drills.records.definitions() == [] and len(lab.drills.records.drills("p")) == 2
+    lab.clock.advance(DAY)
+    assert lab.engine.tick() == []
 
 
 @root

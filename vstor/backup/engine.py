@@ -122,8 +122,12 @@ class BackupEngine:
                                     f"backup policy {name!r}", "deleted")
         if name in self._running:
             raise Busy(f"a job of policy {name!r} is running (job {self._running[name]}); wait for it to end")
+        if self.drills.busy(name):
+            raise Busy(f"a restore drill of policy {name!r} is running; wait for it to end")
         self.audit.append(current_actor(), "backup.policy.delete", {"name": name})
         self.catalog.delete_policy(name)
+        if any(d["policy"] == name for d in self.drills.records.definitions()):
+            self.drills.remove(name)  # a drill of a deleted policy could only fail; its history stays
         return policy
 
     def _last_fire(self, name: str) -> float | None:
