@@ -22,10 +22,10 @@ import xxhash
 
 from vstor.durable import atomic_write
 from vstor.errors import AlreadyExists, FormatError, KeyError_, NotFound, UsageError
-from vstor.store.checkpoint import CheckpointData, write_checkpoint
-from vstor.store.codec import KEY_BYTES, key_check_value
 from vstor.store.format import FRAME_SIZE, SEGMENT_HEADER_SIZE
-from vstor.store.state import PoolState
+
+# checkpoint, codec (cryptography) and state are imported where used: every CLI command
+# reads the superblock, and most of them only to find the daemon's socket.
 
 log = logging.getLogger("vstor.superblock")
 
@@ -78,6 +78,7 @@ def _checksum(fields: dict) -> str:
 
 
 def read_key_file(path: str) -> bytes:
+    from vstor.store.codec import KEY_BYTES
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -91,6 +92,7 @@ def read_key_file(path: str) -> bytes:
 
 
 def create_key_file(path: str) -> None:
+    from vstor.store.codec import KEY_BYTES
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(os.urandom(KEY_BYTES))
@@ -118,6 +120,7 @@ def init_pool(pool: str, chunk_size: int = DEFAULT_CHUNK, compress: str = "none"
               key_file: str | None = None, segment_size: int | None = None) -> tuple[Superblock, bool]:
     """Create a pool directory. Returns the superblock and whether a new key file was made.
     ``segment_size`` None picks :func:`auto_segment_size` for the pool's filesystem."""
+    from vstor.store.codec import key_check_value
     if chunk_size & (chunk_size - 1) or not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
         raise UsageError(f"invalid chunk size {chunk_size}: use a power of two from 64K to 4M")
     if compress not in ("lz4", "none"):
@@ -157,6 +160,8 @@ def init_pool(pool: str, chunk_size: int = DEFAULT_CHUNK, compress: str = "none"
 
 def write_initial_checkpoint(meta_dir: str, sb: Superblock) -> None:
     """Both checkpoint copies of an empty pool, so that a pool without one is always damaged."""
+    from vstor.store.checkpoint import CheckpointData, write_checkpoint
+    from vstor.store.state import PoolState
     empty = PoolState(sb.chunk_size)
     write_checkpoint(meta_dir, sb.uuid_bytes, CheckpointData(1, 1, SEGMENT_HEADER_SIZE, 1, empty.meta_json(),
                                                              empty.maps_blob()), both=True)
@@ -261,6 +266,7 @@ def repair_superblock(pool: str) -> list[str]:
 
 def load_key(sb: Superblock, key_file: str | None) -> bytes | None:
     """Return the key material for an encrypted pool, checked against the superblock."""
+    from vstor.store.codec import key_check_value
     if not sb.encrypt:
         return None
     path = key_file or sb.key_file
