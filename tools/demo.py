@@ -3,7 +3,10 @@
 Creates a pool in a temporary directory, starts the array, creates two volumes, attaches
 one, makes ext4 on it, mounts it, writes and reads back files, puts both volumes in a
 consistency group and snapshots it, trims, reads the deleted file back from the snapshot,
-prints status and stats, then unmounts, detaches, stops the array and checks the pool.
+backs the group up to tape (full and incremental) and restores it, runs a restore drill,
+exports the restored volume over NBD and compares it with qemu-img, has a backup client push
+files over mutual TLS and restores one of them alone, prints the backup report, the audit
+check, status and stats, then unmounts, detaches, stops the array and checks the pool.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -53,9 +57,14 @@ def main() -> int:
     started = mounted = snap_mounted = False
     device = snap_device = ""
     try:
-        step("create a pool and start the array")
+        step("create a pool, certificates, and start the array (NBD and backup-client endpoints on loopback)")
         sh(VSTOR, "pool", "init", pool, "--compress", "lz4", env=env)
-        sh(VSTOR, "array", "start", "--mount", mnt, env=env)
+        tls, nbd_port, client_port = f"{base}/tls", _free_port(), _free_port()
+        sh(VSTOR, "pki", "init", tls, env=env)
+        for name in ("array", "web1"):
+            sh(VSTOR, "pki", "issue", name, "--dir", tls, env=env)
+        sh(VSTOR, "array", "start", "--mount", mnt, "--tls-dir", tls, "--name", "array",
+           "--nbd", f"127.0.0.1:{nbd_port}", "--backup-listen", f"127.0.0.1:{client_port}", env=env)
         started = True
         step("create two thin volumes")
         sh(VSTOR, "volume", "create", "orders", "--size", "2G", env=env)
@@ -127,6 +136,40 @@ def main() -> int:
             want = sha256(f"{mnt}/snapshots/db/{inc['snapshot']}/{vol}")
             assert sha256(f"{mnt}/volumes/restored-{vol}") == want, f"restore of {vol} differs"
         print("restored-orders and restored-payments equal the backed-up snapshot, byte for byte")
+        step("a restore drill: restore the latest chain to scratch, check it in its own namespace, clean up")
+        check = f"{base}/drill-check"
+        with open(check, "w") as f:
+            f.write('#!/bin/sh\nif [ -n "$VSTOR_DRILL_MOUNT" ]; then echo "$VSTOR_DRILL_VOLUME: ext4, '
+                    '$(ls "$VSTOR_DRILL_MOUNT" | wc -l) entries"; else echo "$VSTOR_DRILL_VOLUME: '
+                    '$(blockdev --getsize64 "$VSTOR_DRILL_DEVICE") bytes"; fi\n')
+        os.chmod(check, 0o755)
+        sh(VSTOR, "backup", "drill", "nightly", "--check", check, "--now", env=env)
+        step("export the restored volume over NBD (read-only); qemu-img compares it with the image file")
+        sh(VSTOR, "volume", "export", "restored-orders", "--read-only", env=env)
+        sh("qemu-img", "compare", "-f", "raw", "-F", "raw", f"nbd://127.0.0.1:{nbd_port}/restored-orders",
+           f"{mnt}/volumes/restored-orders")
+        sh(VSTOR, "volume", "exports", env=env)
+        sh(VSTOR, "volume", "unexport", "restored-orders", env=env)
+        step("a backup client pushes files over mutual TLS; one file is restored alone")
+        src = f"{base}/web1-srv"
+        os.makedirs(f"{src}/conf", exist_ok=True)
+        for i in range(200):
+            with open(f"{src}/conf/site{i}.conf", "w") as f:
+                f.write(f"server {i}\n" * (i + 1))
+        os.symlink("conf/site7.conf", f"{src}/current")
+        sh(VSTOR, "media", "create", "lib", "--range", "VT0005L9-VT0006L9", "--capacity", "1G", env=env)
+        sh(VSTOR, "client", "register", "web1", "--paths", src, "--quota", "1G", env=env)
+        sh(VSTOR, "backup", "policy", "create", "web", "--source", "client:web1", "--library", "lib",
+           "--media", "VT0005L9-VT0006L9", "--level", "incremental", env=env)
+        push = json.loads(sh(VSTOR, "client", "push", "--array", f"127.0.0.1:{client_port}", "--name", "web1",
+                             "--tls-dir", tls, src, "--json", env=env, show=False))
+        print(f"job {push['job']} ({push['level']}): {push['status']}")
+        sh(VSTOR, "backup", "files", str(push["job"]), "--glob", "*/site7.conf", env=env)
+        sh(VSTOR, "backup", "restore", str(push["job"]), "--to", f"{base}/web1-back", "--files", "*/site7.conf",
+           env=env)
+        with open(f"{base}/web1-back{src}/conf/site7.conf") as a, open(f"{src}/conf/site7.conf") as b:
+            assert a.read() == b.read(), "the restored file differs"
+        print("site7.conf restored alone, identical")
         sh(VSTOR, "backup", "report", env=env)
         sh(VSTOR, "audit", "verify", env=env)
         step("status at a glance, the daemon's view, and the stats file")
@@ -157,6 +200,12 @@ def main() -> int:
             if r.returncode:
                 subprocess.run(["fusermount3", "-uz", mnt], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _allocated(env: dict) -> int:
