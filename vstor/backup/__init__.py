@@ -7,7 +7,8 @@ Layers, pure first:
   headline figures, expiry and recycling plans;
 * ``tapefile`` (and ``_tarstream``): the on-media format, a text header block and a POSIX pax
   stream with GNU sparse members, optionally AES-GCM sealed;
-* ``catalog`` (SQLite), ``audit`` (a hash-chained log), ``keys`` (key ids, never keys);
+* ``catalog`` (SQLite; ``sqlitefile``: its connection and transactions, shared with ``drillcat``),
+  ``audit`` (a hash-chained log), ``keys`` (key ids, never keys);
 * ``mediaio``, ``cartridges``: writing and reading job parts on emulated tape drives;
 * ``jobs``, ``restore``, ``engine``: the job runner, restore and verify, and the facade the
   daemon and the control socket use;
@@ -23,4 +24,4 @@ from __future__ import annotations
 
 __all__ = ["admins", "approvals", "audit", "cartridges", "catalog", "drillcat", "drillcheck", "drillreport", "drills",
            "drillscratch", "engine", "governance", "jobs", "keys", "mediaio", "policy", "report", "restore",
-           "retention", "schedule", "tapefile"]
+           "retention", "schedule", "sqlitefile", "tapefile"]

@@ -19,18 +19,18 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from vstor.backup import _catalog_schema as sch
 from vstor.backup import _client_schema as csch
+from vstor.backup.sqlitefile import SqliteFile
 from vstor.clock import Clock
 from vstor.errors import AlreadyExists, Busy, FormatError, NotFound, UsageError
 
 INTERRUPTED = "interrupted: the array daemon stopped or crashed during the job"
 
 
-class BackupCatalog:
+class BackupCatalog(SqliteFile):
     """The catalog at ``path`` (the engine uses POOL/backup/catalog.db)."""
 
     def __init__(self, path: str, clock: Clock) -> None:
@@ -61,30 +61,6 @@ class BackupCatalog:
         except BaseException:
             self.close()
             raise
-
-    def close(self) -> None:
-        """Close the connection; later calls raise UsageError. Closing twice is harmless."""
-        with self._lock:
-            db, self._db = self._db, None
-            if db is not None:
-                db.close()
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._db is None:
-                raise UsageError(f"the backup catalog {self.path} is closed")
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                raise Busy(f"the backup catalog {self.path} is locked ({e}): is another vstor daemon "
-                           "running on this pool? Stop it and retry") from None
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     # -- policies --------------------------------------------------------------------------
     def put_policy(self, policy: dict) -> None:

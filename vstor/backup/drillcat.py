@@ -14,16 +14,15 @@ Guarantees:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from vstor.backup._drill_schema import DRILL_STATUSES
+from vstor.backup.sqlitefile import SqliteFile
 from vstor.clock import Clock
-from vstor.errors import Busy, FormatError, NotFound, UsageError
+from vstor.errors import FormatError, NotFound, UsageError
 
 __all__ = ["INTERRUPTED", "DrillCatalog"]
 
@@ -44,7 +43,7 @@ def _definition(row: sqlite3.Row) -> dict:
     return d
 
 
-class DrillCatalog:
+class DrillCatalog(SqliteFile):
     def __init__(self, path: str, clock: Clock) -> None:
         self.path, self.clock = path, clock
         self._lock = threading.RLock()
@@ -62,29 +61,6 @@ class DrillCatalog:
             self.interrupted: list[dict] = [_drill(r) for r in rows]
             c.execute("UPDATE drills SET status='failed', reason=?, ended=COALESCE(ended, ?) WHERE status='running'",
                       (INTERRUPTED, self.clock.time()))
-
-    def close(self) -> None:
-        with self._lock:
-            db, self._db = self._db, None
-            if db is not None:
-                db.close()
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._db is None:
-                raise UsageError(f"the backup catalog {self.path} is closed")
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                raise Busy(f"the backup catalog {self.path} is locked ({e}): is another vstor daemon "
-                           "running on this pool? Stop it and retry") from None
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     # -- definitions ---------------------------------------------------------------------------
     def define(self, policy: str, schedule: str | None, check: str | None, timeout: float) -> dict:
