@@ -142,8 +142,9 @@ class Conn:
         self.sock.close()
 
 
-def connect(address: str, tls_dir: str, name: str, timeout: float = TIMEOUT, **kw: object) -> Conn:
-    """Open a TLS connection to ``address`` as array ``name``; raises OSError/ssl errors."""
+def open_tls(address: str, tls_dir: str, name: str, timeout: float) -> ssl.SSLSocket:
+    """A mutual-TLS socket to ``address`` as ``name`` (certificates from ``vstor pki`` in
+    ``tls_dir``), TCP_NODELAY, ``timeout`` on every operation; raises OSError/ssl errors."""
     host, port = parse_address(address)
     ctx = pki.tls_context(tls_dir, name, server=False)
     raw = socket.create_connection((host, port), timeout=timeout)
@@ -151,7 +152,13 @@ def connect(address: str, tls_dir: str, name: str, timeout: float = TIMEOUT, **k
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock = ctx.wrap_socket(raw)
         sock.settimeout(timeout)
-        return Conn(sock, pki.peer_name(sock), **kw)  # type: ignore[arg-type]
+        return sock
     except BaseException:
         raw.close()
         raise
+
+
+def connect(address: str, tls_dir: str, name: str, timeout: float = TIMEOUT, **kw: object) -> Conn:
+    """Open a TLS connection to ``address`` as array ``name``; raises OSError/ssl errors."""
+    sock = open_tls(address, tls_dir, name, timeout)
+    return Conn(sock, pki.peer_name(sock), **kw)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ import time
 from vstor.backup.client import wire
 from vstor.faults import NO_FAULTS, Faults
 from vstor.replication import pki
-from vstor.replication.transport import parse_address
+from vstor.replication.transport import open_tls
 
 FLUSH_AT = 256 << 10  # bytes of queued frames sent at once
 DRAIN = 2.0  # seconds the array reads on after a REFUSE, so the client sees it
@@ -184,14 +184,5 @@ def array_conn(sock: ssl.SSLSocket, peer_name: str, faults: Faults = NO_FAULTS) 
 
 def connect(address: str, tls_dir: str, name: str, timeout: float = TIMEOUT, faults: Faults = NO_FAULTS) -> Conn:
     """A TLS connection to the array at ``address`` as client ``name``; raises OSError/ssl errors."""
-    host, port = parse_address(address)
-    ctx = pki.tls_context(tls_dir, name, server=False)
-    raw = socket.create_connection((host, port), timeout=timeout)
-    try:
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = ctx.wrap_socket(raw)
-        sock.settimeout(timeout)
-        return Conn(sock, pki.peer_name(sock), faults, TO_ARRAY)
-    except BaseException:
-        raw.close()
-        raise
+    sock = open_tls(address, tls_dir, name, timeout)
+    return Conn(sock, pki.peer_name(sock), faults, TO_ARRAY)
