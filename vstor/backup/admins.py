@@ -13,18 +13,14 @@ Pure logic: no sockets; the caller serializes calls (one process holds the pool)
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
-import stat
 import threading
 
 import pyotp
 
+from vstor import checkedjson
 from vstor.clock import Clock
-from vstor.durable import atomic_write
-from vstor.errors import AlreadyExists, CorruptData, NotFound, Refused, UsageError
+from vstor.errors import AlreadyExists, NotFound, Refused, UsageError
 
 __all__ = ["ADMINS_FILE", "DRIFT", "ISSUER", "LOCKOUT", "MAX_FAILURES", "STEP", "VERSION", "AdminStore"]
 
@@ -42,10 +38,6 @@ _LOCK = threading.Lock()  # serializes read-check-write of the file within the p
 # accepted once, a request approved once, even by two requests at the same moment)
 
 
-def _checksum(doc: dict) -> str:
-    body = {k: v for k, v in doc.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
 
 class AdminStore:
     def __init__(self, path: str, clock: Clock) -> None:
@@ -54,23 +46,12 @@ class AdminStore:
 
     # -- the file ----------------------------------------------------------------------------
     def _load(self) -> dict:
-        try:
-            with open(self.path, "rb") as f:
-                if stat.S_IMODE(os.fstat(f.fileno()).st_mode) & 0o077:
-                    os.fchmod(f.fileno(), 0o600)  # owner-only, whatever made it wider
-                doc = json.loads(f.read())
-        except FileNotFoundError:
-            return {"version": VERSION, "require_approval": False, "admins": {}}
-        except ValueError:
-            doc = None
-        if not isinstance(doc, dict) or doc.get("checksum") != _checksum(doc) or doc.get("version") != VERSION:
-            raise CorruptData(f"{self.path} is damaged (checksum or version): no admin can be checked, so every "
-                              "guarded change is refused; restore the file from a copy")
-        return doc
+        return checkedjson.load(self.path, {"require_approval": False, "admins": {}}, VERSION,
+                                "no admin can be checked, so every guarded change is refused; restore the file "
+                                "from a copy", private=True)
 
     def _save(self, doc: dict) -> None:
-        doc["checksum"] = _checksum(doc)
-        atomic_write(self.path, json.dumps(doc, sort_keys=True, indent=1).encode(), mode=0o600)
+        checkedjson.save(self.path, doc, VERSION)
 
     # -- queries -----------------------------------------------------------------------------
     def names(self) -> list[str]:

@@ -13,13 +13,11 @@ without it. Pure logic; the caller serializes calls.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 
+from vstor import checkedjson
 from vstor.clock import Clock
-from vstor.durable import atomic_write
-from vstor.errors import CorruptData, NotFound, Refused
+from vstor.errors import NotFound, Refused
 
 __all__ = ["APPROVALS_FILE", "EXPIRY", "KEEP", "VERSION", "Approvals"]
 
@@ -32,10 +30,6 @@ _LOCK = threading.Lock()  # serializes read-check-write of the file within the p
 # accepted once, a request approved once, even by two requests at the same moment)
 
 
-def _checksum(doc: dict) -> str:
-    body = {k: v for k, v in doc.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
 
 class Approvals:
     def __init__(self, path: str, clock: Clock) -> None:
@@ -43,24 +37,15 @@ class Approvals:
         self._lock = _LOCK  # one for every instance: the control server makes one per request
 
     def _load(self) -> dict:
-        try:
-            with open(self.path, "rb") as f:
-                doc = json.loads(f.read())
-        except FileNotFoundError:
-            return {"version": VERSION, "next_id": 1, "requests": []}
-        except ValueError:
-            doc = None
-        if not isinstance(doc, dict) or doc.get("checksum") != _checksum(doc) or doc.get("version") != VERSION:
-            raise CorruptData(f"{self.path} is damaged (checksum or version): restore it from a copy, or remove it "
-                              "(pending requests are then lost and must be made again)")
-        return doc
+        return checkedjson.load(self.path, {"next_id": 1, "requests": []}, VERSION,
+                                "restore it from a copy, or remove it (pending requests are then lost and "
+                                "must be made again)")
 
     def _save(self, doc: dict) -> None:
         done = [r for r in doc["requests"] if r["status"] != "pending"]
         drop = {r["id"] for r in done[:-KEEP]} if len(done) > KEEP else set()
         doc["requests"] = [r for r in doc["requests"] if r["id"] not in drop]
-        doc["checksum"] = _checksum(doc)
-        atomic_write(self.path, json.dumps(doc, sort_keys=True, indent=1).encode(), mode=0o600)
+        checkedjson.save(self.path, doc, VERSION)
 
     def _expire(self, doc: dict, now: float) -> None:
         for r in doc["requests"]:

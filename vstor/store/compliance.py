@@ -18,15 +18,13 @@ store's snapshot delete path and the backup engine share it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import time
 
+from vstor import checkedjson
 from vstor.clock import Clock
-from vstor.durable import atomic_write
-from vstor.errors import CorruptData, Refused, UsageError
+from vstor.errors import Refused, UsageError
 
 __all__ = ["CHECKPOINT_EVERY", "CLOCK_FILE", "GUARD", "LOCKS_FILE", "VERSION", "ComplianceClock", "Locks",
            "checkpoint", "for_pool", "job_key", "policy_key", "refuse_if_locked", "show_time", "snapshot_key"]
@@ -41,29 +39,14 @@ GUARD = threading.RLock()
 lock set meanwhile cannot miss an act already decided."""
 
 
-def _checksum(doc: dict) -> str:
-    body = {k: v for k, v in doc.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
 
 def _load(path: str, empty: dict) -> dict:
-    try:
-        with open(path, "rb") as f:
-            doc = json.loads(f.read())
-    except FileNotFoundError:
-        return dict(empty)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or doc.get("checksum") != _checksum(doc) or doc.get("version") != VERSION:
-        raise CorruptData(f"{path} is damaged (checksum or version): compliance locks cannot be checked, so "
-                          "nothing they may protect can be deleted; restore the file from a copy")
-    return doc
+    return checkedjson.load(path, empty, VERSION, "compliance locks cannot be checked, so nothing they may "
+                            "protect can be deleted; restore the file from a copy")
 
 
 def _store(path: str, doc: dict) -> None:
-    doc = dict(doc, version=VERSION)
-    doc["checksum"] = _checksum(doc)
-    atomic_write(path, json.dumps(doc, sort_keys=True, indent=1).encode(), mode=0o600)
+    checkedjson.save(path, doc, VERSION)
 
 
 def show_time(t: float) -> str:

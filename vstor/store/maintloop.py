@@ -42,6 +42,7 @@ class MaintenanceLoop:
     _stop: threading.Event
     _thread: threading.Thread | None
     _last_ckpt: float
+    _last_cc: float = float("-inf")  # when the compliance clock's high mark was last checked
     candidates: Callable[[], set[int]]
     collect: Callable[..., int]
     keep_fragment_budget: Callable[[], int]
@@ -80,7 +81,10 @@ class MaintenanceLoop:
             self._last_ckpt = now
 
     def _policies(self) -> None:
-        compliance.checkpoint(self.store.pool, self.store.clock)  # its high mark, at most once a minute
+        now = self.store.clock.monotonic()
+        if now - self._last_cc >= compliance.CHECKPOINT_EVERY:  # not a file read on every tick
+            self._last_cc = now
+            compliance.checkpoint(self.store.pool, self.store.clock)  # its high mark, at most once a minute
         if self.store.state.catalog.policies:
             for line in self.policies.run(set(self.snapshots_in_use())):
                 log.info("snapshot policy: %s", line)
