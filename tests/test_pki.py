@@ -82,8 +82,11 @@ def test_pki_refuses_overwrites_bad_names_and_missing_ca(tmp_path):
             issue(d, bad)
     with pytest.raises(NotFound):
         issue(str(tmp_path / "none"), "site-a")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match=r"missing TLS file .*site-z\.pem;"):  # names the file it lacks
         tls_context(d, "site-z", server=True)
+    os.remove(os.path.join(d, "site-a.key"))
+    with pytest.raises(NotFound, match=r"missing TLS file .*site-a\.key;"):
+        tls_context(d, "site-a", server=False)
 
 
 def test_pki_cli(tmp_path):

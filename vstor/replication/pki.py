@@ -95,12 +95,12 @@ def tls_context(directory: str, name: str, server: bool) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.check_hostname = False  # peers are identified by certificate common name, checked by the caller
-    try:
-        ctx.load_cert_chain(os.path.join(directory, f"{name}.pem"), os.path.join(directory, f"{name}.key"))
-        ctx.load_verify_locations(os.path.join(directory, CA_CERT))
-    except FileNotFoundError as e:
-        raise NotFound(f"missing TLS file {e.filename}; issue one with 'vstor pki issue {name} --dir "
-                       f"{directory}'") from None
+    cert, key, ca = (os.path.join(directory, f) for f in (f"{name}.pem", f"{name}.key", CA_CERT))
+    for path in (cert, key, ca):  # ssl's FileNotFoundError does not say which file
+        if not os.path.isfile(path):
+            raise NotFound(f"missing TLS file {path}; issue one with 'vstor pki issue {name} --dir {directory}'")
+    ctx.load_cert_chain(cert, key)
+    ctx.load_verify_locations(ca)
     return ctx
 
 
