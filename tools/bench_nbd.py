@@ -121,7 +121,7 @@ def measure(server: Server, client: Client, a: argparse.Namespace, res: dict[str
         with server as uri:
             if server.tls:
                 uri = uri.replace(server.addr, SERVER_CN, 1)
-            for job in JOBS:
+            for job in a.job_list:
                 drop_caches() if job.direction == "read" else os.sync()
                 cmd = client.wrap(fio_args(job, uri, a.size_bytes, a.runtime, a.seq_cap), server.tls is not None)
                 r = res["jobs"][job.name] = run_fio(cmd, job, (a.runtime if job.time_based else a.seq_cap) + 120)
@@ -196,6 +196,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1, help="run every server this many times (default 1)")
     p.add_argument("--runtime", type=int, default=10, help="seconds of each random job (default 10)")
     p.add_argument("--seq-cap", type=int, default=120, help="time cap of each sequential pass (default 120)")
+    p.add_argument("--jobs", default=",".join(j.name for j in JOBS),
+                   help="comma list of the jobs to run (default all eight, in their fixed order)")
     p.add_argument("--workdir", default="/var/tmp", help="where the temporary directory goes")
     p.add_argument("--json-out", help="also write the results as JSON to this file")
     a = p.parse_args(argv)
@@ -207,6 +209,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for s in a.server_list:
         if s not in SERVERS:
             p.error(f"unknown server {s!r}: choose from {', '.join(SERVERS)}")
+    names = [j for j in a.jobs.split(",") if j]
+    for j in names:
+        if j not in {job.name for job in JOBS}:
+            p.error(f"unknown job {j!r}: choose from {', '.join(job.name for job in JOBS)}")
+    a.job_list = [job for job in JOBS if job.name in names]
     return a
 
 

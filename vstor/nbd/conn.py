@@ -29,6 +29,7 @@ from typing import Any
 from vstor.errors import VstorError
 from vstor.nbd import proto as P
 from vstor.nbd.negotiate import CONTEXT_ID, Negotiation, Session
+from vstor.nbd.replies import ReplyBatch
 from vstor.nbd.tlsdir import peer_common_name
 from vstor.nbd.transmit import allocation_extents, check
 from vstor.store.allocation import mapped_ranges
@@ -37,8 +38,8 @@ log = logging.getLogger("vstor.nbd")
 
 RBUF = 256 << 10  # receive buffer: request headers (and small payloads) come in batches
 KEEP_BUFFER = 4 << 20  # the largest data buffer a connection keeps between requests
-POOL_READ_MAX = 1 << 20  # larger reads are served by the connection's thread (bounds the pool's buffers)
-POOL_WORKERS = 8  # per connection: FLUSH/FUA waits, and reads while more requests are queued
+INLINE_READ_MAX = 128 << 10  # reads up to this size get their own bytes and wait in the reply batch
+POOL_WORKERS = 8  # per connection: FLUSH/FUA waits
 PARALLEL = True  # False: serve everything in the connection's thread (FLUSH/FUA too), as over TLS
 
 
@@ -56,12 +57,10 @@ class Connection:
         self.export = ""
         self.session: Session | None = None
         self.ops = self.bytes_read = self.bytes_written = 0
-        self.started = self.done_inline = self.done_pooled = 0  # requests (idle: started == both done)
-        self._done_lock = threading.Lock()  # the pool's threads count done_pooled
+        self.started = self.finished = 0  # requests read, and those whose reply is sent (idle: equal)
+        self._done_lock = threading.Lock()  # the durability workers count finished too
         self._send_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._local = threading.local()  # each pool thread's read buffer
-        self.bytes_read_pooled = 0
         self._buf = bytearray(1 << 20)
         self._rbuf = bytearray(RBUF)  # received, not yet parsed: [_rpos, _rend)
         self._rmv = memoryview(self._rbuf)
@@ -177,18 +176,20 @@ class Connection:
     # -- transmission ------------------------------------------------------------------------------------
     def serve(self, session: Session) -> None:
         """Serve requests until DISC, end of file or a protocol error; then wait for the
-        requests still in the pool."""
+        requests still with the durability workers."""
         self.session = session
         target = session.export.key
         self.vid, self.sid = target.vid, target.sid  # type: ignore[attr-defined]
         self.store = self.host.store
         self.parallel = not self.tls and PARALLEL
+        self.batch = batch = ReplyBatch(self._send, self._replied)
         size, rbuf = P.REQUEST.size, self._rbuf
         unpack = P.REQUEST.unpack_from
         closing, faults = self.host.closing, self.host.faults
         try:
             while True:
                 if self._rend - self._rpos < size:
+                    batch.flush()  # nothing complete left to serve: the replies go out before we wait
                     self._fill(size)
                 magic, flags, cmd, cookie, offset, length = unpack(rbuf, self._rpos)
                 self._rpos += size
@@ -198,48 +199,54 @@ class Connection:
                 if cmd == P.CMD_WRITE:
                     if length > P.MAX_PAYLOAD:
                         raise P.ProtocolError(f"a write of {length} bytes (the maximum payload is {P.MAX_PAYLOAD})")
+                    if self._rend - self._rpos < length:
+                        batch.flush()  # the payload is still on its way
                     payload = self._buffer(length)
                     self._recv_into(payload)
                 elif cmd == P.CMD_DISC:
                     return
                 self.started += 1
+                if closing.is_set():
+                    self.ops += 1
+                    self._error(cookie, P.ESHUTDOWN, "the array is stopping: disconnect")
+                    continue
+                self.ops += 1  # after the closing check: a request counted here will be served
+                err, msg = check(cmd, flags, offset, length, session)
+                if err:
+                    self._error(cookie, err, msg)
+                    continue
                 try:
-                    if closing.is_set():
-                        self.ops += 1
-                        self._error(cookie, P.ESHUTDOWN, "the array is stopping: disconnect")
-                        continue
-                    self.ops += 1  # after the closing check: a request counted here will be served
-                    err, msg = check(cmd, flags, offset, length, session)
-                    if err:
-                        self._error(cookie, err, msg)
-                        continue
-                    try:
-                        faults.hit("nbd.request")  # tests: a slow request ("delay") in flight
-                        if self._run(cmd, flags, cookie, offset, length, payload):
-                            self.done_inline -= 1  # the pool counts it when its reply is out
-                    except VstorError as e:
-                        self._error(cookie, P.wire_errno(e.errno), str(e))
-                finally:
-                    self.done_inline += 1
+                    faults.hit("nbd.request")  # tests: a slow request ("delay") in flight
+                    self._run(cmd, flags, cookie, offset, length, payload)
+                except VstorError as e:
+                    self._error(cookie, P.wire_errno(e.errno), str(e))
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            try:
+                batch.flush()  # the replies to what was served before a DISC, a protocol error or EOF
+            except (OSError, ssl.SSLError) as e:
+                log.info("nbd: replies to %s failed: %s", self.peer, e)
+            finally:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
 
-    def _run(self, cmd: int, flags: int, cookie: int, offset: int, length: int, payload: memoryview | None) -> bool:
-        """Serve one request; True if its reply was left to the pool."""
+    def _run(self, cmd: int, flags: int, cookie: int, offset: int, length: int, payload: memoryview | None) -> None:
+        """Serve one request: its reply is added to the batch or left to a durability worker."""
         store, vid = self.store, self.vid
         if cmd == P.CMD_READ:
-            if self.parallel and length <= POOL_READ_MAX and self._rend > self._rpos:  # more are queued: overlap
-                self._submit(self._pooled_read, cookie, offset, length)
-                return True
+            self.bytes_read += length
+            structured = self.session.structured  # type: ignore[union-attr]
+            if length <= INLINE_READ_MAX:  # new bytes of its own: its reply can wait in the batch
+                data = store.read(vid, offset, length, sid=self.sid)
+                head = P.offset_data_header(cookie, offset, length, True) if structured else P.simple_reply(cookie)
+                self.batch.add(head, data)
+                return
+            self.batch.flush()  # a large read: into the connection's buffer, sent at once
             view = self._buffer(length)
             store.read_into(vid, offset, view, sid=self.sid)
-            self.bytes_read += length
-            if self.session.structured:  # type: ignore[union-attr]
-                self._send(P.offset_data_header(cookie, offset, length, True), view)
-            else:
-                self._send(P.simple_reply(cookie), view)
-            return False
+            head = P.offset_data_header(cookie, offset, length, True) if structured else P.simple_reply(cookie)
+            self.batch.add(head, view)
+            self.batch.flush()
+            return
         if cmd == P.CMD_WRITE:
             store.write(vid, offset, payload)
             self.bytes_written += length
@@ -250,33 +257,38 @@ class Connection:
             end = min(offset + length, self.session.export.size)  # type: ignore[union-attr]
             extents = allocation_extents(offset, end - offset, mapped_ranges(store, vid, offset, end, self.sid),
                                          bool(flags & P.CMDF_REQ_ONE))
-            self._send(P.block_status_chunk(cookie, CONTEXT_ID, extents))
-            return False
+            self.batch.add(P.block_status_chunk(cookie, CONTEXT_ID, extents))
+            return
         if cmd == P.CMD_FLUSH or flags & P.CMDF_FUA:
+            self.batch.flush()  # answered writes go out first (the flush covers them either way)
             if not self.parallel:
                 self._durable_reply(cookie)
-                return True  # counted by _durable_reply
-            self._submit(self._durable_reply, cookie)
-            return True
-        self._send(P.simple_reply(cookie))
-        return False
+            else:
+                self._submit(self._durable_reply, cookie)
+            return
+        self.batch.add(P.simple_reply(cookie))
+
+    def _replied(self, n: int) -> None:
+        with self._done_lock:
+            self.finished += n
 
     def _durable_reply(self, cookie: int) -> None:
-        """FLUSH and FUA: the same store call as fsync through FUSE, then the reply."""
+        """FLUSH and FUA: the same store call as fsync through FUSE, then the reply (sent now,
+        not batched: from a worker, or over TLS where nothing else is in flight)."""
         try:
             self.store.sync()
         except VstorError as e:
-            self._safe(self._error, cookie, P.wire_errno(e.errno), str(e))
+            self._safe(self._error_now, cookie, P.wire_errno(e.errno), str(e))
         else:
             self._safe(self._send, P.simple_reply(cookie))
         finally:
-            with self._done_lock:
-                self.done_pooled += 1
+            self._replied(1)
 
     def idle(self) -> bool:
-        """No request between its header and its reply (the thread waits for the next one)."""
+        """No request between its header and its reply having been sent (the thread waits for
+        the next one)."""
         with self._done_lock:
-            return self.started == self.done_inline + self.done_pooled
+            return self.started == self.finished
 
     def _safe(self, fn: Any, *args: Any) -> None:
         try:
@@ -285,35 +297,21 @@ class Connection:
             log.info("nbd: reply to %s failed: %s", self.peer, e)
 
     def _error(self, cookie: int, err: int, message: str) -> None:
+        """An error reply, into the batch."""
+        self.batch.add(self._error_reply(cookie, err, message))
+
+    def _error_now(self, cookie: int, err: int, message: str) -> None:
+        self._send(self._error_reply(cookie, err, message))
+
+    def _error_reply(self, cookie: int, err: int, message: str) -> bytes:
         if self.session is not None and self.session.structured:
-            self._send(P.error_chunk(cookie, err, message))
-        else:
-            self._send(P.simple_reply(cookie, err))
+            return P.error_chunk(cookie, err, message)
+        return P.simple_reply(cookie, err)
 
     def counters(self) -> dict:
-        return {"ops": self.ops, "bytes_read": self.bytes_read + self.bytes_read_pooled,
-                "bytes_written": self.bytes_written}
+        return {"ops": self.ops, "bytes_read": self.bytes_read, "bytes_written": self.bytes_written}
 
     def _submit(self, fn: Any, *args: Any) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(POOL_WORKERS, thread_name_prefix=f"nbd-{self.peer}")
         self._pool.submit(fn, *args)
-
-    def _pooled_read(self, cookie: int, offset: int, length: int) -> None:
-        """A READ in a pool thread, into that thread's own buffer."""
-        buf = getattr(self._local, "buf", None)
-        if buf is None or len(buf) < length:
-            buf = self._local.buf = bytearray(max(length, 1 << 20))
-        view = memoryview(buf)[:length]
-        try:
-            self.store.read_into(self.vid, offset, view, sid=self.sid)
-        except VstorError as e:
-            self._safe(self._error, cookie, P.wire_errno(e.errno), str(e))
-        else:
-            head = (P.offset_data_header(cookie, offset, length, True) if self.session.structured  # type: ignore
-                    else P.simple_reply(cookie))
-            self._safe(self._send, head, view)
-        finally:
-            with self._done_lock:
-                self.done_pooled += 1
-                self.bytes_read_pooled += length
