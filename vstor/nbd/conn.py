@@ -1,19 +1,20 @@
 """One NBD client connection: the handshake, then the transmission loop.
 
-The connection's thread reads every request. Requests that need no durability are served
-right there, in arrival order, into and out of one reusable buffer (``recv_into`` the
-payload, ``sendmsg`` of header and data together): READ, WRITE, TRIM, WRITE_ZEROES, CACHE,
-BLOCK_STATUS. Requests that must wait for the journal to be durable -- FLUSH, and any
-command with FUA, whose data is applied first -- go to a small worker pool, so the
-connection keeps reading while they wait: replies come out of order, as the protocol
-allows. Requests are received through a buffer, so one recv brings every header the client
-has queued; a READ goes to the pool when more requests are already buffered (a client with
-a queue depth above one), so that reads overlap their I/O, and a lone request (queue depth
-one) never pays for the hand-off. Over TLS everything is served by the
-connection's thread (an ssl socket must not be read and written from two threads at once).
-Several requests are thus in flight per connection, and a flush covers every write
-already answered (the store's sync is a group commit over the whole journal, which also
-makes CAN_MULTI_CONN safe).
+The connection's thread reads every request and serves those that need no durability right
+there, in arrival order: READ, WRITE, TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS. Requests are
+received through a buffer, so one recv brings every header (and small payload) the client has
+queued, and their replies are gathered in a :class:`~vstor.nbd.replies.ReplyBatch` that goes
+out in one ``sendmsg`` when no complete request is left in the buffer (before the thread would
+block), so a client with a queue depth of 16 pays for one TCP send and one wake-up per batch,
+not per request. A read up to INLINE_READ_MAX gets bytes of its own (its reply waits in the
+batch); a larger one is read into the connection's reusable buffer and sent at once.
+Requests that must wait for the journal to be durable -- FLUSH, and any command with FUA,
+whose data is applied first -- go to a small worker pool after the batch before them went
+out, so the connection keeps reading while they wait: their replies come out of order, as
+the protocol allows. Over TLS those are served by the connection's thread too (an ssl socket
+must not be read and written from two threads at once). A flush covers every write already
+applied, answered or not (the store's sync is a group commit over the whole journal, which
+also makes CAN_MULTI_CONN safe).
 """
 
 from __future__ import annotations

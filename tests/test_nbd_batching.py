@@ -1,0 +1,139 @@
+"""Reply batching (vstor/nbd/replies.py) and the inline read path of vstor/nbd/conn.py: pipelined
+requests each get exactly one reply with their own handle and data, in order for those the
+connection's thread serves; a frame that fails its checksum is EIO every time, never data."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+from nbdkit import MiB, Raw, handle, nbd, served
+from poolkit import flip_byte, seg_path
+
+from vstor.nbd import proto as P
+from vstor.nbd.replies import ReplyBatch
+from vstor.store.format import FRAME_ENTRY_SIZE, FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
+
+
+def test_reply_batch_sends_in_order_once_per_flush_and_at_its_limit() -> None:
+    a, b = socket.socketpair()
+    try:
+        sent: list[int] = []
+
+        def send(*parts: bytes | memoryview) -> None:
+            a.sendmsg(list(parts))
+
+        batch = ReplyBatch(send, sent.append, limit=64)
+        batch.add(b"one.", b"[1]")
+        batch.add(memoryview(b"two.[22]"))
+        assert len(batch) == 2 and batch.sends == 0 and sent == []  # nothing goes out before the flush
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            b.recv(100)
+        assert batch.flush() == 2 and batch.flush() == 0  # an empty batch sends nothing
+        assert b.recv(100) == b"one.[1]two.[22]"
+        assert sent == [2] and batch.sends == 1
+        batch.add(b"x" * 40)
+        batch.add(b"y" * 30)  # 70 bytes >= limit: out at once, without a flush
+        assert sent == [2, 2] and batch.sends == 2 and len(batch) == 0
+        assert b.recv(100) == b"x" * 40 + b"y" * 30
+    finally:
+        a.close()
+        b.close()
+
+
+def _reply(raw: Raw, lengths: dict[int, int]) -> tuple[int, int, bytes]:
+    """(cookie, error, data) of the next simple reply; a read's data length comes from ``lengths``."""
+    magic, err, cookie = P.SIMPLE_REPLY.unpack(raw.recv(16))
+    assert magic == P.SIMPLE_REPLY_MAGIC
+    n = lengths.get(cookie, 0)
+    return cookie, err, raw.recv(n) if n and not err else b""
+
+
+def test_pipelined_requests_get_their_own_replies_in_order(tmp_path) -> None:
+    with served(tmp_path, volumes={"vol": 8 * MiB}) as s:
+        s.export("vol")
+        s.start()
+        data = os.urandom(4 * MiB)
+        s.store.write(s.store.volume("vol").id, 0, data)
+        raw = Raw(s.port)
+        raw.go("vol")
+        new = os.urandom(4096)
+        reqs: list[bytes] = []
+        lengths: dict[int, int] = {}
+        want: dict[int, tuple[int, bytes]] = {}
+        for i in range(40):  # small reads at odd offsets, each in a different 64 KiB frame
+            off = i * 100_003
+            reqs.append(P.request(P.CMD_READ, 1000 + i, off, 4096))
+            lengths[1000 + i], want[1000 + i] = 4096, (0, data[off : off + 4096])
+        reqs.append(P.request(P.CMD_READ, 2000, 8 * MiB - 4096, 8192))  # past the end: EINVAL, in its place
+        want[2000] = (P.EINVAL, b"")
+        reqs.append(P.request(P.CMD_READ, 2001, 512, MiB))  # a large read between small ones
+        lengths[2001], want[2001] = MiB, (0, data[512 : 512 + MiB])
+        reqs.append(P.request(P.CMD_WRITE, 2002, 12288, 4096) + new)
+        want[2002] = (0, b"")
+        reqs.append(P.request(P.CMD_READ, 2003, 8192, 3 * 4096))  # sees the write just before it
+        lengths[2003], want[2003] = 3 * 4096, (0, data[8192:12288] + new + data[16384:20480])
+        reqs.append(P.request(P.CMD_READ, 2004, 7 * MiB, 4096))  # never written: zeros
+        lengths[2004], want[2004] = 4096, (0, bytes(4096))
+        raw.s.sendall(b"".join(reqs))  # all queued at once: served from one receive buffer
+        got = [_reply(raw, lengths) for _ in want]
+        assert [c for c, _, _ in got] == list(want)  # one reply each, in request order
+        assert {c: (e, d) for c, e, d in got} == want
+        # FLUSH and a FUA write are answered by a worker, after the batch before them went out
+        raw.s.sendall(P.request(P.CMD_WRITE, 3000, 0, 4096, P.CMDF_FUA) + new + P.request(P.CMD_FLUSH, 3001)
+                      + P.request(P.CMD_READ, 3002, 0, 4096))
+        lengths[3002] = 4096
+        got = {c: (e, d) for c, e, d in (_reply(raw, lengths) for _ in range(3))}
+        assert got == {3000: (0, b""), 3001: (0, b""), 3002: (0, new)}
+        raw.s.sendall(P.request(P.CMD_DISC, 4000))
+        assert raw.closed()
+        raw.close()
+        assert s.server.export_stats()["vol"]["ops"] == 48
+
+
+def _first_frame_on_disk(s, vid: int) -> tuple[str, int]:
+    ((_s, _e, loc),) = s.store.state.maps[vid].lookup(0, 1)
+    segno, pos = loc_segno(loc), loc_pos(loc)
+    header, _ = s.store.journal.read_header(segno, pos)
+    return seg_path(s.pool, segno), pos + RECORD_HEADER_SIZE + header.nframes * FRAME_ENTRY_SIZE
+
+
+@pytest.mark.skipif(nbd is None, reason="needs python3-libnbd (make setup)")
+def test_a_corrupt_frame_is_eio_on_every_read_and_the_rest_is_served(tmp_path) -> None:
+    with served(tmp_path, volumes={"vol": 8 * MiB}) as s:
+        s.export("vol")
+        s.start()
+        vid = s.store.volume("vol").id
+        data = os.urandom(4 * FRAME_SIZE)
+        s.store.write(vid, 0, data)
+        s.store.sync()
+        h = handle(s.uri("vol"))
+        assert h.pread(4096, 8192) == data[8192:12288]  # read (and verified) once before the damage
+        path, at = _first_frame_on_disk(s, vid)
+        flip_byte(path, at + 30_000)  # inside frame 0, away from the 4 KiB read below
+        errors_before = s.store.stats.read_errors
+        for _ in range(3):  # a small read of another part of the damaged frame: EIO each time
+            with pytest.raises(nbd.Error) as e:
+                h.pread(4096, 4096)
+            assert e.value.errno == "EIO"
+        offsets = (0, FRAME_SIZE, 100, FRAME_SIZE + 4096)  # pipelined reads of both frames: frame 0's fail
+        bufs = [nbd.Buffer(4096) for _ in offsets]
+        cookies = [h.aio_pread(b, off) for b, off in zip(bufs, offsets, strict=True)]
+        while h.aio_in_flight():
+            h.poll(-1)
+        failed = []
+        for ck, off in zip(cookies, offsets, strict=True):
+            try:
+                assert h.aio_command_completed(ck)
+            except nbd.Error as err:
+                assert err.errno == "EIO"
+                failed.append(off)
+        assert failed == [0, 100]
+        assert [bytes(bufs[i].to_bytearray()) for i in (1, 3)] == [data[FRAME_SIZE : FRAME_SIZE + 4096],
+                                                                   data[FRAME_SIZE + 4096 : FRAME_SIZE + 8192]]
+        assert s.store.stats.read_errors - errors_before == 5
+        assert h.pread(4096, FRAME_SIZE) == data[FRAME_SIZE : FRAME_SIZE + 4096]  # the next frame is intact
+        assert h.pread(2 * FRAME_SIZE, 2 * FRAME_SIZE) == data[2 * FRAME_SIZE :]
+        h.shutdown()
