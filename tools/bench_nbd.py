@@ -1,7 +1,7 @@
 """NBD benchmark: vstor's NBD server against nbdkit's file plugin, both driven by fio's nbd engine.
 
     .venv/bin/python tools/bench_nbd.py [--size 1G] [--servers nbdkit,vstor,nbdkit-tls,vstor-tls]
-                                        [--rounds N] [--runtime S] [--json-out FILE]
+                                        [--rounds N] [--runtime S] [--jobs NAME,...] [--json-out FILE]
 
 A lab (vm/lab.py) of two network namespaces joined by a veth: the servers run in site B, fio runs in
 site A (the test host) and dials B's address, so every byte crosses the same link. One server at a
