@@ -30,6 +30,7 @@ from typing import Any
 from vstor.errors import VstorError
 from vstor.nbd import proto as P
 from vstor.nbd.negotiate import CONTEXT_ID, Negotiation, Session
+from vstor.nbd.readers import ReadWorkers
 from vstor.nbd.replies import ReplyBatch
 from vstor.nbd.tlsdir import peer_common_name
 from vstor.nbd.transmit import allocation_extents, check
@@ -41,6 +42,7 @@ RBUF = 256 << 10  # receive buffer: request headers (and small payloads) come in
 KEEP_BUFFER = 4 << 20  # the largest data buffer a connection keeps between requests
 INLINE_READ_MAX = 128 << 10  # reads up to this size get their own bytes and wait in the reply batch
 POOL_WORKERS = 8  # per connection: FLUSH/FUA waits
+READ_WORKERS = 8  # per connection: small reads queued behind another overlap their disk reads
 PARALLEL = True  # False: serve everything in the connection's thread (FLUSH/FUA too), as over TLS
 
 
@@ -62,6 +64,7 @@ class Connection:
         self._done_lock = threading.Lock()  # the durability workers count finished too
         self._send_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._readers: ReadWorkers | None = None
         self._buf = bytearray(1 << 20)
         self._rbuf = bytearray(RBUF)  # received, not yet parsed: [_rpos, _rend)
         self._rmv = memoryview(self._rbuf)
@@ -190,7 +193,8 @@ class Connection:
         try:
             while True:
                 if self._rend - self._rpos < size:
-                    batch.flush()  # nothing complete left to serve: the replies go out before we wait
+                    self._gather()  # nothing complete left to serve: the replies go out before we wait
+                    batch.flush()
                     self._fill(size)
                 magic, flags, cmd, cookie, offset, length = unpack(rbuf, self._rpos)
                 self._rpos += size
@@ -201,7 +205,8 @@ class Connection:
                     if length > P.MAX_PAYLOAD:
                         raise P.ProtocolError(f"a write of {length} bytes (the maximum payload is {P.MAX_PAYLOAD})")
                     if self._rend - self._rpos < length:
-                        batch.flush()  # the payload is still on its way
+                        self._gather()  # the payload is still on its way
+                        batch.flush()
                     payload = self._buffer(length)
                     self._recv_into(payload)
                 elif cmd == P.CMD_DISC:
@@ -223,10 +228,13 @@ class Connection:
                     self._error(cookie, P.wire_errno(e.errno), str(e))
         finally:
             try:
+                self._gather()
                 batch.flush()  # the replies to what was served before a DISC, a protocol error or EOF
             except (OSError, ssl.SSLError) as e:
                 log.info("nbd: replies to %s failed: %s", self.peer, e)
             finally:
+                if self._readers is not None:
+                    self._readers.close()
                 if self._pool is not None:
                     self._pool.shutdown(wait=True)
 
@@ -237,10 +245,16 @@ class Connection:
             self.bytes_read += length
             structured = self.session.structured  # type: ignore[union-attr]
             if length <= INLINE_READ_MAX:  # new bytes of its own: its reply can wait in the batch
+                if self.parallel and self._rend - self._rpos >= P.REQUEST.size:  # more queued: overlap
+                    if self._readers is None:
+                        self._readers = ReadWorkers(self._read_bytes, READ_WORKERS, f"nbd-{self.peer}")
+                    self._readers.submit(cookie, offset, length)
+                    return
                 data = store.read(vid, offset, length, sid=self.sid)
                 head = P.offset_data_header(cookie, offset, length, True) if structured else P.simple_reply(cookie)
                 self.batch.add(head, data)
                 return
+            self._gather()
             self.batch.flush()  # a large read: into the connection's buffer, sent at once
             view = self._buffer(length)
             store.read_into(vid, offset, view, sid=self.sid)
@@ -248,6 +262,7 @@ class Connection:
             self.batch.add(head, view)
             self.batch.flush()
             return
+        self._gather()  # anything else runs after the reads queued before it
         if cmd == P.CMD_WRITE:
             store.write(vid, offset, payload)
             self.bytes_written += length
@@ -268,6 +283,22 @@ class Connection:
                 self._submit(self._durable_reply, cookie)
             return
         self.batch.add(P.simple_reply(cookie))
+
+    def _read_bytes(self, offset: int, length: int) -> bytes:
+        return self.store.read(self.vid, offset, length, sid=self.sid)
+
+    def _gather(self) -> None:
+        """The replies of the reads given to the workers, into the batch."""
+        if self._readers is None or not self._readers.pending:
+            return
+        structured = self.session.structured  # type: ignore[union-attr]
+        for cookie, offset, length, data, err in self._readers.gather():
+            if err is not None:
+                self._error(cookie, P.wire_errno(err.errno), str(err))
+            elif structured:
+                self.batch.add(P.offset_data_header(cookie, offset, length, True), data)
+            else:
+                self.batch.add(P.simple_reply(cookie), data)
 
     def _replied(self, n: int) -> None:
         with self._done_lock:
