@@ -43,6 +43,7 @@ KEEP_BUFFER = 4 << 20  # the largest data buffer a connection keeps between requ
 INLINE_READ_MAX = 128 << 10  # reads up to this size get their own bytes and wait in the reply batch
 POOL_WORKERS = 8  # per connection: FLUSH/FUA waits
 READ_WORKERS = 8  # per connection: small reads queued behind another overlap their disk reads
+READ_QUEUE_MAX = 64  # reads given to the workers before their replies are gathered (<= 8 MiB)
 PARALLEL = True  # False: serve everything in the connection's thread (FLUSH/FUA too), as over TLS
 
 
@@ -248,6 +249,8 @@ class Connection:
                 if self.parallel and self._rend - self._rpos >= P.REQUEST.size:  # more queued: overlap
                     if self._readers is None:
                         self._readers = ReadWorkers(self._read_bytes, READ_WORKERS, f"nbd-{self.peer}")
+                    elif self._readers.pending >= READ_QUEUE_MAX:
+                        self._gather()  # bounds the memory a client's queued reads can hold
                     self._readers.submit(cookie, offset, length)
                     return
                 data = store.read(vid, offset, length, sid=self.sid)
