@@ -3,10 +3,11 @@
 ``proto`` (constants and message encoding), ``negotiate`` (the option state machine) and
 ``transmit`` (request rules, block status extents) are pure; ``exportfile`` persists the
 pool's exports; ``catalog`` resolves them against the Store and applies the sharing rules;
-``conn`` serves one client (``replies`` batches its replies into few sends) and ``server``
+``conn`` serves one client (``replies`` batches its replies into few sends, ``readers``
+overlaps its queued reads) and ``server``
 accepts them, bounded, and stops them softly.
 """
 
 from __future__ import annotations
 
-__all__ = ["catalog", "conn", "exportfile", "negotiate", "proto", "replies", "server", "tlsdir", "transmit"]
+__all__ = ["catalog", "conn", "exportfile", "negotiate", "proto", "readers", "replies", "server", "tlsdir", "transmit"]
