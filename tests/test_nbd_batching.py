@@ -70,8 +70,8 @@ def test_pipelined_requests_each_get_their_own_reply(tmp_path) -> None:
             lengths[1000 + i], want[1000 + i] = 4096, (0, data[off : off + 4096])
         reqs.append(P.request(P.CMD_READ, 2000, 8 * MiB - 4096, 8192))  # past the end: EINVAL, in its place
         want[2000] = (P.EINVAL, b"")
-        reqs.append(P.request(P.CMD_READ, 2001, 512, MiB))  # a large read between small ones
-        lengths[2001], want[2001] = MiB, (0, data[512 : 512 + MiB])
+        reqs.append(P.request(P.CMD_READ, 2001, 512, 2 * MiB))  # a read too large for the workers
+        lengths[2001], want[2001] = 2 * MiB, (0, data[512 : 512 + 2 * MiB])
         reqs.append(P.request(P.CMD_WRITE, 2002, 12288, 4096) + new)
         want[2002] = (0, b"")
         reqs.append(P.request(P.CMD_READ, 2003, 8192, 3 * 4096))  # sees the write just before it

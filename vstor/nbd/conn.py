@@ -6,8 +6,12 @@ received through a buffer, so one recv brings every header (and small payload) t
 queued, and their replies are gathered in a :class:`~vstor.nbd.replies.ReplyBatch` that goes
 out in one ``sendmsg`` when no complete request is left in the buffer (before the thread would
 block), so a client with a queue depth of 16 pays for one TCP send and one wake-up per batch,
-not per request. A read up to INLINE_READ_MAX gets bytes of its own (its reply waits in the
-batch); a larger one is read into the connection's reusable buffer and sent at once.
+not per request. A read with more requests queued behind it (up to WORKER_READ_MAX) goes to
+the connection's read workers (vstor/nbd/readers.py), so that a batch's disk reads overlap;
+their results are gathered back into the batch before it goes out, and before any request
+other than a read is served. A lone read up to INLINE_READ_MAX gets bytes of its own (its
+reply waits in the batch); a larger one is read into the connection's reusable buffer and
+sent at once.
 Requests that must wait for the journal to be durable -- FLUSH, and any command with FUA,
 whose data is applied first -- go to a small worker pool after the batch before them went
 out, so the connection keeps reading while they wait: their replies come out of order, as
@@ -43,7 +47,8 @@ KEEP_BUFFER = 4 << 20  # the largest data buffer a connection keeps between requ
 INLINE_READ_MAX = 128 << 10  # reads up to this size get their own bytes and wait in the reply batch
 POOL_WORKERS = 8  # per connection: FLUSH/FUA waits
 READ_WORKERS = 8  # per connection: small reads queued behind another overlap their disk reads
-READ_QUEUE_MAX = 64  # reads given to the workers before their replies are gathered (<= 8 MiB)
+WORKER_READ_MAX = 1 << 20  # larger reads are served by the connection's thread (bounds the workers' bytes)
+READ_QUEUE_MAX, READ_QUEUE_BYTES = 64, 8 << 20  # reads with the workers before their replies are gathered
 PARALLEL = True  # False: serve everything in the connection's thread (FLUSH/FUA too), as over TLS
 
 
@@ -66,6 +71,7 @@ class Connection:
         self._send_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._readers: ReadWorkers | None = None
+        self._readers_bytes = 0  # bytes of the reads with the workers
         self._buf = bytearray(1 << 20)
         self._rbuf = bytearray(RBUF)  # received, not yet parsed: [_rpos, _rend)
         self._rmv = memoryview(self._rbuf)
@@ -245,14 +251,15 @@ class Connection:
         if cmd == P.CMD_READ:
             self.bytes_read += length
             structured = self.session.structured  # type: ignore[union-attr]
+            if self.parallel and length <= WORKER_READ_MAX and self._rend - self._rpos >= P.REQUEST.size:
+                if self._readers is None:  # more requests queued: let this one's disk read overlap theirs
+                    self._readers = ReadWorkers(self._read_bytes, READ_WORKERS, f"nbd-{self.peer}")
+                elif self._readers.pending >= READ_QUEUE_MAX or self._readers_bytes + length > READ_QUEUE_BYTES:
+                    self._gather()  # bounds the memory a client's queued reads can hold
+                self._readers_bytes += length
+                self._readers.submit(cookie, offset, length)
+                return
             if length <= INLINE_READ_MAX:  # new bytes of its own: its reply can wait in the batch
-                if self.parallel and self._rend - self._rpos >= P.REQUEST.size:  # more queued: overlap
-                    if self._readers is None:
-                        self._readers = ReadWorkers(self._read_bytes, READ_WORKERS, f"nbd-{self.peer}")
-                    elif self._readers.pending >= READ_QUEUE_MAX:
-                        self._gather()  # bounds the memory a client's queued reads can hold
-                    self._readers.submit(cookie, offset, length)
-                    return
                 data = store.read(vid, offset, length, sid=self.sid)
                 head = P.offset_data_header(cookie, offset, length, True) if structured else P.simple_reply(cookie)
                 self.batch.add(head, data)
@@ -294,6 +301,7 @@ class Connection:
         """The replies of the reads given to the workers, into the batch."""
         if self._readers is None or not self._readers.pending:
             return
+        self._readers_bytes = 0
         structured = self.session.structured  # type: ignore[union-attr]
         for cookie, offset, length, data, err in self._readers.gather():
             if err is not None:
