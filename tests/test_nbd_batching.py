@@ -39,6 +39,10 @@ def test_reply_batch_sends_in_order_once_per_flush_and_at_its_limit() -> None:
         batch.add(b"y" * 30)  # 70 bytes >= limit: out at once, without a flush
         assert sent == [2, 2] and batch.sends == 2 and len(batch) == 0
         assert b.recv(100) == b"x" * 40 + b"y" * 30
+        for i in range(5):  # the fourth reply sends the first four: the client starts on them
+            batch.add(b"%d" % i)
+        assert sent == [2, 2, 4] and len(batch) == 1
+        assert b.recv(100) == b"0123"
     finally:
         a.close()
         b.close()

@@ -303,7 +303,7 @@ class Connection:
             return
         self._readers_bytes = 0
         structured = self.session.structured  # type: ignore[union-attr]
-        for cookie, offset, length, data, err in self._readers.gather():
+        for cookie, offset, length, data, err in self._readers.gather(self.batch.flush):
             if err is not None:
                 self._error(cookie, P.wire_errno(err.errno), str(err))
             elif structured:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from vstor.errors import VstorError
@@ -42,10 +42,17 @@ class ReadWorkers:
         self.pending += 1
         self._todo.put((cookie, offset, length))
 
-    def gather(self) -> Iterator[ReadResult]:
-        """Every submitted read's result, as each completes."""
+    def gather(self, idle: Callable[[], object] | None = None) -> Iterator[ReadResult]:
+        """Every submitted read's result, as each completes; ``idle()`` is called before
+        waiting for one that is not ready (the caller sends the replies it has)."""
+        done = self._done
         while self.pending:
-            res = self._done.get()
+            try:
+                res = done.get_nowait()
+            except Empty:
+                if idle is not None:
+                    idle()
+                res = done.get()
             self.pending -= 1
             yield res
 
@@ -67,5 +74,5 @@ class ReadWorkers:
                 put((cookie, offset, length, read(offset, length), None))
             except VstorError as e:
                 put((cookie, offset, length, None, e))
-            except BaseException as e:  # a bug: answered EIO, and the connection goes on
+            except Exception as e:  # a bug: answered EIO, and the connection goes on
                 put((cookie, offset, length, None, VstorError(f"read failed: {type(e).__name__}: {e}")))
