@@ -15,7 +15,11 @@ Guarantees:
   line, and the file list then holds only the files whose members lie wholly in parts that
   were closed on the media (none unless the failure was the media's);
 * a scheduled run that fails because the client is unreachable or the connection dropped is
-  retried ``retries`` times, ``retry_delay`` seconds apart (on the engine's clock).
+  retried ``retries`` times, ``retry_delay`` seconds apart (on the engine's clock); after a
+  dropped connection the retry first waits up to RECONNECT_GRACE seconds for the agent, which
+  reconnects at once, to come back;
+* an agent's connection is closed only after the job using it has ended (a new connection
+  from the same agent replaces it for the next job).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,6 +57,8 @@ from vstor.errors import Busy, KeyError_, MediaError, NotFound, NotRunning, Usag
 
 log = logging.getLogger("vstor.backup")
 
+RECONNECT_GRACE = 10.0  # seconds a retry waits for an agent whose connection dropped to come back
+
 @dataclass
 class AgentLink:
     conn: Conn
@@ -66,6 +73,7 @@ class ClientService:
         self.catalog, self.audit, self.clock, self.faults = e.catalog, e.audit, e.clock, e.faults  # type: ignore
         self.dir = os.path.join(e.dir, "clients")  # type: ignore[attr-defined]
         self.agents: dict[str, AgentLink] = {}
+        self._joined = threading.Condition()  # notified when an agent connects
         self.listener = None
         self._lock = threading.Lock()
         self._running: set[str] = set()
@@ -139,6 +147,8 @@ class ClientService:
 
     def close(self) -> None:
         self.stop.set()
+        with self._joined:
+            self._joined.notify_all()
         if self.listener is not None:
             self.listener.stop()
         for link in list(self.agents.values()):
@@ -164,16 +174,19 @@ class ClientService:
                     self._refuse(conn, e, "key", client["name"])
                     raise
                 link = AgentLink(conn)
-                old = self.agents.get(client["name"])
                 conn.send_json(wire.WELCOME, {"agent": True})
-                self.agents[client["name"]] = link
+                conn.sock.settimeout(None)  # idle: the agent waits for our RUN or RESTORE
+                with self._joined:
+                    old = self.agents.get(client["name"])
+                    self.agents[client["name"]] = link
+                    self._joined.notify_all()
                 if old is not None:
                     old.closed.set()
-                conn.sock.settimeout(None)  # idle: the agent waits for our RUN or RESTORE
                 log.info("backup client %s: agent connected from %s", client["name"], conn.peer_name)
                 link.closed.wait()
-                if self.agents.get(client["name"]) is link:
-                    del self.agents[client["name"]]
+                with link.lock, self._joined:  # a job still on this connection ends before it is closed
+                    if self.agents.get(client["name"]) is link:
+                        del self.agents[client["name"]]
                 return
             self.push(conn, hello, client)
         except (OSError, VstorError) as e:
@@ -332,7 +345,8 @@ class ClientService:
         for attempt in range(tries):
             if attempt and self.clock.wait(self.stop, float(policy.get("retry_delay") or 0)):
                 break
-            job = self._run_once(policy, level, on_job)
+            dropped = job is not None and "is unreachable" not in job["reason"]
+            job = self._run_once(policy, level, on_job, RECONNECT_GRACE if dropped else 0.0)
             if job["status"] == "done" or not job["reason"].startswith("communication failure"):
                 break
             log.warning("backup job %d of %s: %s; attempt %d of %d", job["id"], policy_name, job["reason"],
@@ -340,13 +354,27 @@ class ClientService:
         assert job is not None
         return job
 
-    def _run_once(self, policy: dict, level: str | None, on_job: Callable[[int], None] | None) -> dict:
+    def _agent(self, name: str, grace: float) -> AgentLink | None:
+        """The client's connected agent, waiting up to ``grace`` seconds for one to connect."""
+        deadline = time.monotonic() + grace
+        with self._joined:
+            while True:
+                link = self.agents.get(name)
+                if link is not None and not link.closed.is_set():
+                    return link
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stop.is_set():
+                    return None
+                self._joined.wait(left)
+
+    def _run_once(self, policy: dict, level: str | None, on_job: Callable[[int], None] | None,
+                  grace: float = 0.0) -> dict:
         name = client_of(policy["source"])
         job = self._new_job(policy, level)
         if on_job:
             on_job(job)
-        link = self.agents.get(name or "")
-        if link is None or link.closed.is_set():
+        link = self._agent(name or "", grace)
+        if link is None:
             self._fail(job, NotRunning(f"client {name!r} is unreachable: its agent is not connected"))
             return self.catalog.job(job)
         with link.lock:
