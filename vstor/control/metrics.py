@@ -28,6 +28,7 @@ from vstor.store.stats import LATENCY_BOUNDS
 log = logging.getLogger("vstor.metrics")
 
 LAG_INTERVAL = 10.0  # seconds between pair-lag samples for the dashboard
+SHUTDOWN_POLL = 0.05  # serve_forever looks for stop() this often (its default 0.5 s delayed every stop)
 LAG_SAMPLES = 360  # one hour of them
 PAIR_STATES = ("SIMPLEX", "COPY", "PAIR", "PFUL", "PSUS", "PSUE", "RESYNC", "SSWS", "SPLIT_BRAIN")
 JOB_STATUSES = ("waiting", "running", "done", "failed", "expired")
@@ -339,7 +340,8 @@ class MetricsServer:
         except OSError as e:
             raise UsageError(f"cannot serve metrics on {address}: {e.strerror or e}") from None
         self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="vstor-metrics", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(SHUTDOWN_POLL,), name="vstor-metrics",
+                                        daemon=True)
 
     def start(self) -> None:
         self.lag.start()
