@@ -62,7 +62,8 @@ def sparse_map(size: int, extents: list[tuple[int, int]]) -> bytes:
 def read_archive(chunks: Iterator[bytes], apply: Callable[[str, int, bytes], None], manifest_name: str,
                  piece_max: int) -> dict:
     """The manifest of the archive in ``chunks``, after every extent went to ``apply``."""
-    inp, pax, seen, manifest = _Input(chunks), {}, [], None
+    pax: dict[str, str] = {}
+    inp, seen, manifest = _Input(chunks), [], None
     bad = _Bad()
     while True:
         raw = inp.take(BLOCK)
