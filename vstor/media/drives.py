@@ -34,6 +34,22 @@ class DrivesMixin:
     cart_path: Callable[[str, str], str]
     _wait: Callable[[Library, str, float], None]
 
+    libs: dict[str, Library]
+
+    def drive_rows(self) -> list[dict]:
+        """One dict per drive of every library (for status and metrics): library, drive, type,
+        barcode, open, and the bytes read and written since the medium was loaded."""
+        rows = []
+        with self.lock:
+            for lib in self.libs.values():
+                for idx, code in enumerate(lib.drives):
+                    state = self.drives.get((lib.name, idx)) if code else None
+                    rows.append({"library": lib.name, "drive": idx, "type": lib.type, "barcode": code or "",
+                                 "open": (lib.name, idx) in self.open_drives,
+                                 "read_bytes": getattr(state, "read_bytes", 0),
+                                 "write_bytes": getattr(state, "write_bytes", 0)})
+        return rows
+
     def _open_cart(self, lib: Library, m: Medium, part: int = 0) -> Cartridge:
         path = self.cart_path(lib.name, m.barcode)
         if part:
