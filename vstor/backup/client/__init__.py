@@ -12,10 +12,12 @@ Pure layers first:
 * ``admission``: who a client is, which policy its stream runs under, the failure codes;
 
 and the thin I/O adapters: ``conn`` (frames over TLS), ``agent`` (push and serve on a client),
-``service`` (the registry, the listener and jobs on the array), ``restoring`` (its restores).
+``service`` (the registry and the listener on the array, and the engine's entry point),
+``receive`` (a job's stream to tape and catalog), ``runs`` (agents' connections and the runs
+asked of them), ``restoring`` (its restores).
 """
 
 from __future__ import annotations
 
-__all__ = ["admission", "agent", "archive", "conn", "extract", "readback", "restoring", "scan", "service", "session",
-           "wire"]
+__all__ = ["admission", "agent", "archive", "conn", "extract", "readback", "receive", "restoring", "runs", "scan",
+           "service", "session", "wire"]
