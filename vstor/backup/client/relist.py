@@ -25,6 +25,8 @@ from vstor.errors import CorruptData, VstorError
 
 __all__ = ["relist"]
 
+REASON = "catalog rebuild: "  # the verify reason of a job whose file list could not be read back
+
 
 def relist(catalog: BackupCatalog, job: dict, stream: Iterator[bytes]) -> list[str]:
     """Record the file list of client job ``job`` (a catalog job dict with its parts) from
@@ -37,7 +39,7 @@ def relist(catalog: BackupCatalog, job: dict, stream: Iterator[bytes]) -> list[s
             listing = read_listing(stream, jid)
         base = _base(catalog, job)
     except VstorError as e:
-        catalog.set_job(jid, verify="failed", verify_reason=f"catalog rebuild: {e}")
+        catalog.set_job(jid, verify="failed", verify_reason=f"{REASON}{e}")
         return [f"job {jid}: its file list could not be read back, none is recorded: {e}"]
     problems = []
     deleted = listing.deleted
@@ -52,8 +54,11 @@ def relist(catalog: BackupCatalog, job: dict, stream: Iterator[bytes]) -> list[s
     files = kept + [e | {"src_job": jid, "change": "changed" if e["path"] in base else "new"}
                     for e in listing.entries]
     sha = hashlib.sha256("".join(p["sha256"] for p in job["parts"]).encode()).hexdigest()
-    catalog.import_client_files(jid, files, deleted, bytes=sum(e["size"] for e in listing.entries),
-                                stored=sum(p["bytes"] for p in job["parts"]), sha256=sha)
+    fields = {"bytes": sum(e["size"] for e in listing.entries), "stored": sum(p["bytes"] for p in job["parts"]),
+              "sha256": sha}
+    if (job.get("verify_reason") or "").startswith(REASON):  # an earlier rebuild's failure, now read whole
+        fields |= {"verify": None, "verify_reason": ""}
+    catalog.import_client_files(jid, files, deleted, **fields)
     return problems
 
 
