@@ -18,10 +18,13 @@ import pytest
 from clientkit import Lab, allocated, make_tree
 from poolkit import MiB
 
+from vstor.backup.catalog import BackupCatalog
 from vstor.backup.client import agent, archive, wire
 from vstor.backup.client.listing import read_listing
+from vstor.backup.client.relist import relist
 from vstor.backup.client.session import Session
 from vstor.backup.engine import BackupEngine
+from vstor.clock import ManualClock
 from vstor.errors import CorruptData
 from vstor.media import tapedrive as td
 
@@ -224,14 +227,52 @@ def test_a_cut_stream_or_another_jobs_is_corrupt_data():
         read_listing([b""], 9)
 
 
-def test_a_version_1_stream_still_reads_without_its_deletions():
-    stream, done = _stream(ENTRIES)
-    end = stream.index(archive.MANIFEST.encode())
+def _version_1(stream: bytes, done: list[dict]) -> bytes:
+    """``stream`` with the manifest a vstor before manifest version 2 wrote: [path, sha256] lines."""
     lines = b"".join(json.dumps([e["path"], e["sha256"]], ensure_ascii=True).encode() + b"\n"
                      for e in done if e["type"] == "file")
     ti = tarfile.TarInfo(archive.MANIFEST)
     ti.size, ti.mode = len(lines), 0o600
-    old = stream[:end] + ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") + lines + bytes(-len(lines) % 512)
-    old += bytes(1024)
-    listing = read_listing([old], 9)
+    old = stream[: stream.index(archive.MANIFEST.encode())]  # its header block starts with its name
+    return old + ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") + lines + bytes(-len(lines) % 512 + 1024)
+
+
+def test_a_version_1_stream_still_reads_without_its_deletions():
+    stream, done = _stream(ENTRIES)
+    listing = read_listing([_version_1(stream, done)], 9)
     assert listing.version == 1 and listing.deleted is None and len(listing.entries) == len(done)
+
+
+def test_relist_carries_the_base_over_and_says_what_a_version_1_stream_cannot_give(tmp_path):
+    cat = BackupCatalog(str(tmp_path / "catalog.db"), ManualClock())
+    try:
+        def job(level: str = "full", base: int | None = None) -> int:
+            j = cat.new_job("p", level, "client:c1", base, None, 1e12)
+            cat.set_job(j, status="done")
+            return j
+
+        full = job()
+        stream, _ = _stream(ENTRIES, job=full)
+        assert relist(cat, cat.job(full), iter([stream])) == []
+        base = cat.client_files(full)
+        changed = [(ENTRIES[1][0] | {"mtime_ns": 5}, b"HELLO")]
+        for version in (2, 1):
+            inc = job("incremental", full)
+            stream, done = _stream(changed, job=inc, base=base, deleted=["/srv/empty"])
+            problems = relist(cat, cat.job(inc), iter([stream if version == 2 else _version_1(stream, done)]))
+            files = {f["path"]: f for f in cat.client_files(inc)}
+            assert files["/srv/a.txt"]["change"] == "changed" and files["/srv/a.txt"]["src_job"] == inc
+            assert files["/srv/hard"] == next(f for f in base if f["path"] == "/srv/hard") | {"change": "same"}
+            if version == 2:
+                assert not problems and cat.client_deleted(inc) == ["/srv/empty"] and "/srv/empty" not in files
+            else:
+                assert problems == [f"job {inc}: its stream (client manifest version 1) does not list the files "
+                                    f"deleted since job {full}: its file list carries them over as if they were kept"]
+                assert files["/srv/empty"]["change"] == "same" and cat.client_deleted(inc) == []
+            assert relist(cat, cat.job(inc), iter([b"never read"])) == []  # has a list: left as it is
+        orphan = job("incremental", job())  # its base job has no file list
+        problems = relist(cat, cat.job(orphan), iter([_stream(changed, job=orphan, base=base)[0]]))
+        assert len(problems) == 1 and "has no file list" in problems[0] and cat.client_files(orphan) == []
+        assert cat.job(orphan)["verify"] == "failed"
+    finally:
+        cat.close()

@@ -15,7 +15,6 @@ its carried-over entries then include the files deleted before it, and a problem
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import Iterator
 
@@ -35,8 +34,10 @@ def relist(catalog: BackupCatalog, job: dict, stream: Iterator[bytes]) -> list[s
     if catalog.client_listed(jid):
         return []
     try:
-        with contextlib.closing(stream):  # puts its cartridge away if the read stops early
+        try:
             listing = read_listing(stream, jid)
+        finally:
+            getattr(stream, "close", lambda: None)()  # a reader's generator puts its cartridge away
         base = _base(catalog, job)
     except VstorError as e:
         catalog.set_job(jid, verify="failed", verify_reason=f"{REASON}{e}")
