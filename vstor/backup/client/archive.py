@@ -137,8 +137,7 @@ def pad(e: dict) -> bytes:
     return ts.pad(member_size(e))
 
 
-def manifest(sums: list[tuple[str, str]], job: int = 0, members: int = 0, headers_sha256: str = "",
-             deleted: list[str] = ()) -> bytes:
+def manifest(sums: list[tuple[str, str]], job: int, members: int, headers_sha256: str, deleted: list[str]) -> bytes:
     """The closing manifest member and the end-of-archive blocks. ``sums``: (path, sha256) per
     regular file in stream order; ``members``: the entry members before it; ``headers_sha256``:
     of their header bytes (each :func:`header`'s, in order); ``deleted``: the base's paths gone."""
