@@ -192,9 +192,9 @@ def _check(doc: bytes, entries: list[dict], headers: str, job: int) -> tuple[lis
     version, deleted = 1, None
     if lines and isinstance(lines[0], dict):
         head, end = lines[0], lines[-1]
-        version = head.get("version")
-        if head.get("format") != archive.MANIFEST_FORMAT or not isinstance(version, int):
+        if head.get("format") != archive.MANIFEST_FORMAT or not isinstance(head.get("version"), int):
             raise _bad("the manifest's head is not a vstor client manifest's")
+        version = head["version"]
         if version > archive.MANIFEST_VERSION:
             raise _bad(f"manifest version {version} is newer than this vstor reads ({archive.MANIFEST_VERSION})")
         body = doc[: doc.rindex(b"\n", 0, len(doc) - 1) + 1] if len(lines) > 1 else b""

@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from vstor.backup.audit import AuditLog
 from vstor.backup.cartridges import Cartridges
@@ -101,7 +101,7 @@ class Receiver:
             self._running.add(name)
         return job
 
-    def fail(self, job: int, e: BaseException, parts: list[tuple] = (), safe: list[dict] = ()) -> None:
+    def fail(self, job: int, e: BaseException, parts: Sequence[tuple] = (), safe: Sequence[dict] = ()) -> None:
         why = e.message if isinstance(e, VstorError) else f"{type(e).__name__}: {e}"
         code = code_of(e)
         if code == RETRYABLE:

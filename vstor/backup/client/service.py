@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vstor.backup.audit import current_actor
 from vstor.backup.cartridges import Cartridges
@@ -30,6 +31,9 @@ from vstor.backup.client.restoring import Restorer
 from vstor.backup.client.runs import Agents
 from vstor.durable import atomic_write
 from vstor.errors import Busy, KeyError_, NotFound, UsageError, VstorError
+
+if TYPE_CHECKING:
+    from vstor.replication.listener import Listener
 
 __all__ = ["ClientService"]
 
@@ -46,7 +50,7 @@ class ClientService:
                                  self._cartridges, e.store.sb.uuid, self._key, self.verify)  # type: ignore
         self.runs = Agents(self.catalog, self.clock, self.receiver)
         self.agents = self.runs.links  # client name -> AgentLink of its connected agent
-        self.listener = None
+        self.listener: Listener | None = None
 
     def busy(self, policy: str) -> bool:
         """Whether a job of client policy ``policy`` is running."""
@@ -109,10 +113,12 @@ class ClientService:
                 raise UsageError(f"{tls_dir} holds {len(names)} certificates: say which is this array's with --name")
             name = names[0]
 
-        self.listener = Listener(address, tls_dir, name, self._handle, faults=self.faults, clock=self.clock,
-                                 conn_factory=array_conn)
-        self.listener.start()
-        return self.listener.address
+        # replication's listener, typed for its Conn; ours has the interface the listener uses
+        self.listener = listener = Listener(address, tls_dir, name, self._handle,  # type: ignore[arg-type]
+                                            faults=self.faults, clock=self.clock,
+                                            conn_factory=array_conn)  # type: ignore[arg-type]
+        listener.start()
+        return listener.address
 
     def close(self) -> None:
         self.runs.stopping()
