@@ -286,6 +286,24 @@ class BackupCatalog(SqliteFile):
             sch.need_job(c, job)
             return csch.files(c, job, prefix)
 
+    def client_listed(self, job: int) -> bool:
+        """Whether client job ``job`` has a file list (rows of files or of deletions)."""
+        with self._tx() as c:
+            return csch.listed(c, job)
+
+    def import_client_files(self, job: int, files: list[dict], deleted: list[str], **fields: Any) -> bool:
+        """One transaction: a client job's file list and deletions read back from its media
+        (rebuild), and job fields; False (a no-op) if the job has a file list already."""
+        sets = sch.checked_fields(fields, sch.JOB_FIELDS, "job") if fields else ""
+        with self._tx() as c:
+            sch.need_job(c, job)
+            if csch.listed(c, job):
+                return False
+            csch.insert_files(c, job, files, deleted)
+            if fields:
+                c.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*fields.values(), job))
+            return True
+
     def client_deleted(self, job: int) -> list[str]:
         with self._tx() as c:
             return csch.deleted(c, job)
