@@ -72,11 +72,12 @@ class Site:
     net: MemNet
     clock: VirtualClock
     faults: Faults = field(default_factory=Faults)
+    key_file: str | None = None
     store: Store = field(init=False)
     repl: Replication = field(init=False)
 
     def open(self) -> Site:
-        self.store = Store.open(self.pool)
+        self.store = Store.open(self.pool, key_file=self.key_file)
         self.repl = Replication(self.store, name=self.name, clock=self.clock, faults=self.faults,
                                 dial=self.net.dialer(self.name))
         self.net.attach(self.address, self.name, self.repl.serve)
@@ -196,15 +197,17 @@ class Pairing:
 
 
 def make_pairing(tmp: Path, size: int = 8 * MiB, a_faults: Faults | None = None,
-                 b_faults: Faults | None = None) -> Pairing:
-    """Two sites with pools under ``tmp``; A holds volumes orders and payments in group g."""
+                 b_faults: Faults | None = None, encrypt: bool = False) -> Pairing:
+    """Two sites with pools under ``tmp``; A holds volumes orders and payments in group g.
+    ``encrypt``: each pool is encrypted with its own key."""
     clock = VirtualClock()
     net = MemNet(clock)
     sites = []
     for name, faults in (("a", a_faults), ("b", b_faults)):
-        pool = make_pool(tmp / f"site-{name}")
+        pool = make_pool(tmp / f"site-{name}", encrypt=encrypt)
+        key = str(tmp / f"site-{name}" / "key") if encrypt else None
         sites.append(Site(f"site-{name}", f"10.9.0.{len(sites) + 1}:7450", pool, net, clock,
-                          faults or Faults()).open())
+                          faults or Faults(), key).open())
     a = sites[0]
     for v in ("orders", "payments"):
         a.store.create_volume(v, size)

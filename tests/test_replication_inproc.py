@@ -85,8 +85,11 @@ def test_link_cut_short_holds_long_suspends_then_delta_resync(p: Pairing):
 def test_tampered_and_lost_frames_suspend_then_resync(p: Pairing):
     a, b = p.a, p.b
     p.pair()
-    for fault, word in ((p.net.corrupt_next, "checksum"), (p.net.drop_next, "frame number")):
-        fault(sender=a.name)
+    faults = ((lambda: p.net.corrupt_next(sender=a.name), "checksum"),  # in the network
+              (lambda: p.net.drop_next(sender=a.name), "frame number"),
+              (lambda: a.faults.arm("repl.tamper", "torn"), "checksum"))  # the sender's fault point (VSTOR_FAULTS)
+    for fault, word in faults:
+        fault()
         a.write("orders", 0, os.urandom(64 << 10))
         # a lost frame shows at the next one (a ping, when nothing else is sent)
         p.tick_until(lambda: a.state() == "PSUE" and b.state() == "PSUE", f"PSUE after a bad frame ({word})")
@@ -115,6 +118,17 @@ def test_write_failure_at_the_secondary_suspends(tmp_path: Path):
         p.a.repl.resync("g")
         p.wait_drained()
         p.same()
+    finally:
+        p.close()
+
+
+def test_encryption_keys_must_match(tmp_path: Path):
+    p = make_pairing(tmp_path, encrypt=True)
+    try:
+        p.b.repl.create("g", p.a.address, p.a.name, None, True)
+        with pytest.raises(PeerRefused, match="encryption keys differ"):
+            p.a.repl.create("g", p.b.address, p.b.name, None, False)
+        assert "g" not in p.a.repl.pairs
     finally:
         p.close()
 
