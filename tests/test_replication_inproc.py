@@ -70,8 +70,7 @@ def test_link_cut_short_holds_long_suspends_then_delta_resync(p: Pairing):
     a.write("orders", 4 * MiB, os.urandom(2 * MiB))  # written while suspended: the host is not held up
     p.net.heal()
     assert (b.read("orders"), b.read("payments")) == at_cut  # B stays at its last applied point
-    p.tick(1)
-    wait_until(lambda: a.status()["dirty_bytes"] >= 2 * MiB, "unsent records folded into the bitmap")
+    p.tick_until(lambda: a.status()["dirty_bytes"] >= 2 * MiB, "unsent records folded into the bitmap")
     st = a.status()
     sent_before = st["bytes_sent"]
     a.repl.resync("g")
@@ -143,8 +142,7 @@ def test_journal_overflow_suspends_then_delta_resync(p: Pairing):
     wait_until(lambda: a.state() == "PSUE", "PSUE on journal overflow")
     assert "journal overflow" in a.status()["reason"]
     p.net.heal()
-    p.tick(1)
-    wait_until(lambda: a.status()["dirty_bytes"] >= 512 << 10, "unsent records in the bitmap")
+    p.tick_until(lambda: a.status()["dirty_bytes"] >= 512 << 10, "unsent records in the bitmap")
     before = a.status()["bytes_sent"]
     a.repl.resync("g")
     p.wait_drained()
@@ -180,8 +178,7 @@ def test_bandwidth_cap_pful_and_split_modes(p: Pairing):
     assert a.state() == "PSUS"
     p.same()
     a.write("orders", 4 * MiB, os.urandom(MiB))  # tracked while split
-    p.tick(1)
-    wait_until(lambda: a.status()["dirty_bytes"] == MiB, "the split's changes in the bitmap")
+    p.tick_until(lambda: a.status()["dirty_bytes"] == MiB, "the split's changes in the bitmap")
     a.repl.resync("g")
     p.wait_drained()
     p.same()
@@ -194,8 +191,7 @@ def test_bandwidth_cap_pful_and_split_modes(p: Pairing):
     a.repl.split("g", "purge")
     assert a.state() == "PSUS"
     p.net.heal()
-    p.tick(1)
-    wait_until(lambda: a.status()["dirty_bytes"] >= MiB, "the purged records in the bitmap")
+    p.tick_until(lambda: a.status()["dirty_bytes"] >= MiB, "the purged records in the bitmap")
     a.repl.resync("g")
     p.wait_drained()
     p.same()
@@ -246,8 +242,7 @@ def test_kill_primary_forced_takeover_split_brain_then_failback(p: Pairing):
     with pytest.raises(Busy, match="SPLIT_BRAIN: 'split' is not possible"):
         a.repl.split("g", "purge")
     b.repl.failback("g")
-    p.tick(0.5)
-    wait_until(lambda: a.repl.pairs["g"].role == "primary" and a.state() == "PAIR" and b.state() == "PAIR",
+    p.tick_until(lambda: a.repl.pairs["g"].role == "primary" and a.state() == "PAIR" and b.state() == "PAIR",
                "roles restored after failback")
     p.wait_drained()
     p.same()
@@ -263,8 +258,7 @@ def test_split_brain_resolved_by_resync_on_the_winner(p: Pairing):
     a.write("orders", 0, b"A wrote this".ljust(4096, b"a"))
     b.write("orders", 4096, b"B wrote this".ljust(4096, b"b"))
     p.net.heal()
-    p.tick(7)  # A's silent connection times out; its redial meets a primary
-    wait_until(lambda: a.state() == "SPLIT_BRAIN" and b.state() == "SPLIT_BRAIN", "split brain at both sites")
+    p.tick_until(lambda: a.state() == "SPLIT_BRAIN" and b.state() == "SPLIT_BRAIN", "split brain at both sites")
     a.repl.resync("g")  # the operator chooses: A's data wins, B is the victim
     wait_until(lambda: p.drained() and b.repl.pairs["g"].role == "secondary", "resolved: A primary, PAIR")
     p.same()
@@ -275,7 +269,7 @@ def test_split_brain_resolved_by_resync_on_the_winner(p: Pairing):
 
 def test_kill_secondary_then_it_catches_up(p: Pairing):
     a, b = p.a, p.b
-    p.pair()
+    p.pair(suspend_after=60.0)
     a.write("orders", 0, os.urandom(MiB))
     p.wait_drained()
     b.crash()
@@ -285,8 +279,7 @@ def test_kill_secondary_then_it_catches_up(p: Pairing):
     assert a.state() == "PAIR"
     b.open()
     assert b.state() == "PAIR" and b.repl.pairs["g"].consistent
-    p.tick(12)  # the backoff ends; the shipper redials and resends from its consumer
-    p.wait_drained()
+    p.tick_until(p.drained, "B catches up")  # the backoff ends; the shipper redials, resends from its consumer
     p.same()
 
 
@@ -302,8 +295,7 @@ def test_kill_primary_mid_copy_restarts_the_copy(p: Pairing):
         b.repl.takeover("g", True)
     a.open()
     assert a.state() == "COPY"
-    p.tick(2)
-    wait_until(lambda: a.state() == "PAIR" and b.state() == "PAIR", "the copy completes after the restart")
+    p.tick_until(lambda: a.state() == "PAIR" and b.state() == "PAIR", "the copy completes after the restart")
     p.wait_drained()
     p.same()
 
