@@ -42,6 +42,13 @@ def test_initial_copy_then_journal_shipping(p: Pairing):
     p.wait_drained()
     p.same()
     assert b.repl.pairs["g"].consistent and b.state() == "PAIR"
+    # a slow link: every frame takes 2 s of the clock; the records arrive only when that has passed
+    p.net.delay = 2.0
+    t0 = p.clock.monotonic()
+    a.write("orders", 7 * MiB, os.urandom(4096))
+    p.tick_until(p.drained, "drained over the slow link")
+    assert p.clock.monotonic() - t0 >= 2.0
+    p.same()
 
 
 def snapshot_names(site) -> list[str]:  # noqa: ANN001
