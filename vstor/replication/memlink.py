@@ -121,6 +121,10 @@ class MemConn(transport.Conn):
     def readable(self, timeout: float) -> bool:
         return self.sock.wait_readable(timeout)
 
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()  # ends a read in another thread, as close_tls does for TLS
+
 
 class MemNet:
     """The network between arrays in one process. ``clock`` paces (bandwidth caps advance it
