@@ -12,7 +12,7 @@ from typing import Any
 
 from vstor.errors import VstorError
 from vstor.replication import transport, wire
-from vstor.replication.pairstate import PAIR, SECONDARY, Pair
+from vstor.replication.pairstate import Pair
 
 log = logging.getLogger("vstor.replication")
 
@@ -66,8 +66,7 @@ class HandoverMixin:
             self.mgr.unfence(pair)
             raise
         with self.mgr.lock:
-            pair.role = SECONDARY
-            pair.state = PAIR
+            pair.transition("demote")  # the secondary, still PAIR
             pair.swap_after = pair.victim_peer = False
             pair.consistent = True
             self.mgr.drop_consumer(pair)
