@@ -75,7 +75,7 @@ class CopyMixin:
     def _base_seq(self, pair: Pair) -> tuple[int, int]:
         """(the sequence number before the first record after the consumer, the group's seq now)."""
         gid = self.mgr.gid(pair)
-        with self.store._lock:
+        with self.store.locked():
             now_seq = self.store.state.group_seq.get(gid, 0)
         self.store.sync()
         start = self.store.consumers.position(consumer_name(self.group))

@@ -112,23 +112,23 @@ class Replication:
             self.registry.save(pair)
 
     def gid(self, pair: Pair) -> int:
-        with self.store._lock:
+        with self.store.locked():
             return self.store.state.catalog.group(pair.group).id
 
     def members(self, pair: Pair) -> list[dict]:
         gid = self.gid(pair)
-        with self.store._lock:
+        with self.store.locked():
             return sorted(({"id": v.id, "name": v.name, "size": v.size}
                            for v in self.store.state.table.by_id.values() if v.group == gid), key=lambda m: m["id"])
 
     def fence(self, pair: Pair) -> None:
-        with self.store._lock:
+        with self.store.locked():
             self.store.fenced[self.gid(pair)] = (
                 f"group {pair.group} is the replication secondary of {pair.peer_name}: it is read-only here; "
                 f"use 'vstor pair takeover {pair.group}' to make it writable")
 
     def unfence(self, pair: Pair) -> None:
-        with self.store._lock:
+        with self.store.locked():
             self.store.fenced.pop(self.gid(pair), None)
 
     def start_shipper(self, pair: Pair) -> None:
@@ -150,7 +150,7 @@ class Replication:
     def register_consumer(self, pair: Pair) -> None:
         """Start the pair's journal consumer at the journal's current end (under the store lock)."""
         name = consumer_name(pair.group)
-        with self.store._lock:
+        with self.store.locked():
             if name in self.store.consumers.positions():
                 self.store.consumers.unregister(name)
             self.store.consumers.register(name, self.store.journal.tail())
@@ -235,7 +235,7 @@ class Replication:
             # set up, the dial says so)
             probe(self, pair)
             pair.transition("create")
-            with self.store._lock:  # an exact cut: records after the consumer are shipped, the rest copied
+            with self.store.locked():  # an exact cut: records after the consumer are shipped, the rest copied
                 self.register_consumer(pair)
                 maps = {}
                 for m in members:
@@ -253,7 +253,7 @@ class Replication:
     def describe(self, pair: Pair) -> dict:
         d = pair.as_dict()
         d["dirty_bytes"] = sum(bm.dirty_bytes() for bm in self.bitmaps.get(pair.group, {}).values())
-        with self.store._lock:
+        with self.store.locked():
             g = self.store.state.catalog.find_group(pair.group)
             d["seq"] = self.store.state.group_seq.get(g.id, 0) if g else 0
         runtime = self.shippers.get(pair.group) if pair.role == PRIMARY else self.sessions.get(pair.group)
@@ -321,7 +321,7 @@ class Replication:
         return self.describe(pair)
 
     def applied(self, pair: Pair) -> int:
-        with self.store._lock:
+        with self.store.locked():
             return self.store.state.group_seq.get(self.gid(pair), 0)
 
     def delete(self, group: str) -> dict:

@@ -266,7 +266,7 @@ class Session:
 
     def _sync_begin(self, pair: Pair, msg: dict) -> None:
         gid = self.mgr.gid(pair)
-        with self.store._lock:
+        with self.store.locked():
             held = any(self.store.state.maps[v.id].mapped_bytes for v in self.store.state.table.by_id.values()
                        if v.group == gid)
         if held or msg.get("kind") == RESYNC:  # a consistent copy must exist while the resync runs
