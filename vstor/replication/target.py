@@ -95,7 +95,9 @@ class Session:
 
     def _run(self, first: tuple[int, bytes] | None) -> None:
         hello = self._hello(*(first or self.conn.recv()))
-        local = self._authorize(hello) if hello is not None else None
+        if hello is None:
+            return
+        local = self._authorize(hello)
         if local is None:
             return
         if local.role == PRIMARY and not hello.get("probe"):
