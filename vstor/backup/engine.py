@@ -100,7 +100,7 @@ class BackupEngine:
         if client_of(policy["source"]) is not None:
             self.catalog.client(client_of(policy["source"]) or "")  # NotFound: register the client first
         else:
-            with self.store._lock:
+            with self.store.locked():
                 self.store.state.catalog.owner(self.store.state.table, policy["source"])  # NotFound if neither
         lib = self.media.lib(policy["library"])
         if lib.type != "tape":
@@ -182,7 +182,7 @@ class BackupEngine:
                        "(see the daemon log)")
         return got[0]
 
-    def _prepare(self, name: str, asked: str | None) -> tuple[int, tuple]:
+    def _prepare(self, name: str, asked: str | None) -> tuple[int, tuple[int, dict, str, dict | None, int | None]]:
         policy = self.catalog.policy(name)
         with self._lock:
             if name in self._running:

@@ -125,13 +125,13 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         prepare_mountpoint(mount, pool)
         step("mountpoint")
         failed: list[BaseException] = []  # a failure after FUSE INIT, raised once the loop ends
-        fs = VolumeFS(store, on_ready=lambda conn: after_init(mount, lambda: _ready(mount, faults, reporter, failed)),
-                      extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher,
-                                                     "py_gc": gcpolicy.stats()}})
-        reclaimer.snapshots_in_use = fs.snapshots_in_use  # policy pruning skips snapshots in use
         media = MediaManager(store.pool, store.media_key)
         stack.callback(media.close)
-        fs.media = MediaFS(media, mfuse.FuseOSError)
+        fs = VolumeFS(store, on_ready=lambda conn: after_init(mount, lambda: _ready(mount, faults, reporter, failed)),
+                      extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher,
+                                                     "py_gc": gcpolicy.stats()}},
+                      media=MediaFS(media, mfuse.FuseOSError))
+        reclaimer.snapshots_in_use = fs.snapshots_in_use  # policy pruning skips snapshots in use
         step("media")
         service = PoolService(store, mount, fs, reclaimer)
         service.stop_requested = lambda: _unmount_soon(mount)
