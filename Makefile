@@ -40,9 +40,14 @@ man: venv
 demo: setup
 	$(PY) tools/demo.py
 
+# mypy runs beside pytest (it needs a core for ~30 s cold; the suite mostly waits on I/O).
 test: setup
 	$(VENV)/bin/ruff check vstor tools tests vm
-	$(PY) -m pytest -q -m "not soak" tests
+	@$(VENV)/bin/mypy > .mypy.out 2>&1 & mypy=$$!; \
+	$(PY) -m pytest -q -m "not soak" tests; rc=$$?; \
+	wait $$mypy; mrc=$$?; cat .mypy.out; rm -f .mypy.out; \
+	if [ $$mrc != 0 ]; then echo "mypy found type errors (above)"; fi; \
+	exit $$(( rc || mrc ))
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not soak and not root" tests

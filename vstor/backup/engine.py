@@ -49,8 +49,9 @@ DRIVE_POLL = 5.0  # seconds between looks for a free drive while a job waits
 
 class BackupEngine:
     def __init__(self, store: Store, media: MediaManager, clock: Clock | None = None,
-                 faults: Faults = NO_FAULTS, hooks: HookRunner | None = None) -> None:
-        """``hooks``: runs the policies' pre/post commands (hooks.ShellRunner by default)."""
+                 faults: Faults = NO_FAULTS, hooks: HookRunner | None = None, mount: str | None = None) -> None:
+        """``hooks``: runs the policies' pre/post commands (hooks.ShellRunner by default);
+        ``mount``: the daemon's FUSE mount, for restore drills' scratch volumes."""
         self.store, self.media, self.faults = store, media, faults
         self.hooks: HookRunner = hooks or ShellRunner(faults)
         self.clock = clock or SystemClock()
@@ -75,7 +76,7 @@ class BackupEngine:
         self.drills = DrillRunner(store, self.catalog, self.reader, self.clock,
                                   lambda name: name in self._running or self.clients.busy(name),
                                   lambda action, details: self.audit.append(current_actor(), action, details),
-                                  faults, claim_lock=self._lock)
+                                  faults, claim_lock=self._lock, mount=mount)
         self.drills.dir_restorers["client"] = lambda job, target: self.clients.restore(job, to=target)
 
     def _clean_up_after(self, job: int) -> None:
