@@ -72,3 +72,13 @@ def test_mixed_job_runs_and_logs_every_second(tmp_path: Path) -> None:
     assert r["fsyncs"] >= r["write_iops"] * 2 // 32 * 0.9  # an fsync every 32 writes, over 2 s
     assert r["seconds_logged"] >= 1 and r["stall_seconds"] == []
     assert "--fsync=32" in r["command"] and "--log_avg_msec=1000" in r["command"]
+
+
+def test_stress_ng_bogo_ops() -> None:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+    from bench_stall import bogo_ops
+
+    out = ("stress-ng: metrc: [28890] stressor       bogo ops real time  usr time  sys time   bogo ops/s\n"
+           "stress-ng: metrc: [28890] iomix             36806     60.07      1.74      5.93       612.75\n")
+    assert bogo_ops(out) == 36806
+    assert bogo_ops("stress-ng: info: no metrics") is None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -83,6 +84,15 @@ def run_stress(mnt: Path, workers: int, timeout: int) -> tuple[float, str]:
     return elapsed, out
 
 
+_BOGO = re.compile(r"metrc: \[\d+\] iomix\s+(\d+)\s")
+
+
+def bogo_ops(out: str) -> int | None:
+    """stress-ng's bogo ops of the iomix stressor (--metrics-brief), None if it printed none."""
+    m = _BOGO.search(out)
+    return int(m.group(1)) if m else None
+
+
 def measure(kind: str, a: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     res: dict[str, Any] = {"error": None}
     print(f"== {kind}", flush=True)
@@ -91,12 +101,15 @@ def measure(kind: str, a: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         with target as mnt:
             elapsed, out = run_stress(mnt, a.workers, a.timeout)
             res["elapsed_s"] = round(elapsed, 1)
+            res["bogo_ops"] = bogo_ops(out)
             res["stress_ng_tail"] = out.strip().splitlines()[-6:]
             print(f"   stress-ng --iomix {a.workers} --timeout {a.timeout}: {elapsed:.1f} s", flush=True)
             t0 = time.monotonic()
             subprocess.run(["sync", "-f", str(mnt)], check=False)
             res["sync_s"] = round(time.monotonic() - t0, 1)
             print(f"   sync after it: {res['sync_s']} s", flush=True)
+            t_down = time.monotonic()
+        res["teardown_s"] = round(time.monotonic() - t_down, 1)  # unmount, detach, array stop
     except Exception as exc:  # one target failing (cleaned up by its with) must not stop the other
         res["error"] = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
         print(f"   FAILED: {res['error']}", flush=True)
@@ -139,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             missed = not ok
             verdict = f" ({'met' if ok else 'NOT met'}, target <= {a.limit:g} s)"
         print(f"{kind:<6} stress-ng --iomix {a.workers} --timeout {a.timeout} ended after {r['elapsed_s']} s"
-              f"{verdict}; sync after it {r['sync_s']} s")
+              f"{verdict}; {r['bogo_ops']} bogo ops; sync after it {r['sync_s']} s, teardown {r['teardown_s']} s")
     if a.json_out:
         doc = {"command": shlex.join(sys.orig_argv), "workers": a.workers, "timeout": a.timeout,
                "limit": a.limit, "size": a.size_bytes, "results": results, "interrupted": interrupted}
