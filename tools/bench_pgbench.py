@@ -43,7 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=4, help="pgbench clients and threads (-c, -j; default 4)")
     p.add_argument("--time", type=int, default=60, help="seconds of the measured pgbench run (-T; default 60)")
     p.add_argument("--size", default="4G", help="size of each target's filesystem (default 4G)")
-    p.add_argument("--targets", default=",".join(KINDS), help="comma list of loop,vstor, in run order")
+    p.add_argument("--targets", default="loop,vstor",
+                   help="comma list of loop,vstor,passthrough (a loop device over tools/passthrough_fuse.py: "
+                        "FUSE and Python alone), in run order (default loop,vstor)")
     p.add_argument("--workdir", default="/var/tmp", help="where the temporary directory goes")
     p.add_argument("--json-out", help="also write the results as JSON to this file")
     p.add_argument("--keep-page-reporting", action="store_true",
@@ -127,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         ratio = round(results["vstor"]["tps"] / results["loop"]["tps"], 3)
         print(f"vstor/loop TPS: {ratio:.2f} ({'met' if ratio >= TARGET_RATIO else 'NOT met'}, "
               f"target >= {TARGET_RATIO})")
+    for a_, b_ in (("passthrough", "loop"), ("vstor", "passthrough")):
+        if results.get(a_, {}).get("tps") and results.get(b_, {}).get("tps"):
+            print(f"{a_}/{b_} TPS: {results[a_]['tps'] / results[b_]['tps']:.2f}")
     if a.json_out:
         doc = {"command": shlex.join(sys.orig_argv), "scale": a.scale, "clients": a.clients, "time": a.time,
                "size": a.size_bytes, "results": results, "ratio": ratio, "interrupted": interrupted}

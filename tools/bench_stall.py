@@ -4,7 +4,8 @@
                                           [--targets vstor] [--json-out FILE]
 
 For each target (``vstor``: ext4 on a loop device over a fresh vstor volume's FUSE image;
-``loop``: the same over a sparse file, for reference), one after the other: mount, run
+``loop``: the same over a sparse file, for reference; ``passthrough``: over tools/passthrough_fuse.py's
+image), one after the other: mount, run
 ``stress-ng --iomix WORKERS --timeout TIMEOUT --temp-path MNT``, and time it from start to
 exit. stress-ng stops its workers at the timeout, but a worker blocked in an fsync or a
 read that the storage does not answer ends only when the storage does: the time past the
@@ -43,7 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=float, default=75.0,
                    help="seconds within which stress-ng must end on vstor (default 75)")
     p.add_argument("--size", default="4G", help="size of each target's filesystem (default 4G)")
-    p.add_argument("--targets", default="vstor", help="comma list of vstor,loop, in run order (default vstor)")
+    p.add_argument("--targets", default="vstor",
+                   help="comma list of vstor,loop,passthrough, in run order (default vstor)")
     p.add_argument("--workdir", default="/var/tmp", help="where the temporary directory goes")
     p.add_argument("--json-out", help="also write the results as JSON to this file")
     p.add_argument("--keep-page-reporting", action="store_true",

@@ -2,6 +2,8 @@
 
     loop   a loop device over a sparse file in the work directory: the baseline
     vstor  a loop device over a vstor volume's FUSE image (a fresh plain pool, as bench_fio's)
+    passthrough  a loop device over tools/passthrough_fuse.py's image (bare Python FUSE over a
+           sparse file): what FUSE and Python cost by themselves, without vstor's storage logic
 
 Both loop devices use direct I/O (``losetup --direct-io=on``, what ``vstor volume attach``
 does), so neither caches the data twice. Entering returns the mounted directory; leaving
@@ -15,11 +17,11 @@ import os
 from pathlib import Path
 
 from benchlib.procs import BenchError, best_effort, run, signals_deferred, wait_until
-from benchlib.targets import Vstor, make_sparse
+from benchlib.targets import Passthrough, Target, Vstor, make_sparse
 
 __all__ = ["KINDS", "Ext4Target", "loop_attach"]
 
-KINDS = ("loop", "vstor")
+KINDS = ("loop", "vstor", "passthrough")
 
 
 def loop_attach(image: Path, stack: contextlib.ExitStack) -> str:
@@ -49,6 +51,7 @@ class Ext4Target:
         self.dir = workdir / kind
         self.stack = contextlib.ExitStack()
         self.vstor: Vstor | None = None
+        self.fuse: Target | None = None  # the FUSE target under the loop device, if any
         self.device = ""
 
     def __enter__(self) -> Path:
@@ -67,15 +70,18 @@ class Ext4Target:
 
     def _setup(self) -> Path:
         if self.kind == "vstor":
-            self.vstor = Vstor("vstor-plain", self.dir.parent, self.size, "plain")
+            self.fuse = self.vstor = Vstor("vstor-plain", self.dir.parent, self.size, "plain")
             image = self.stack.enter_context(self.vstor)
+        elif self.kind == "passthrough":
+            self.fuse = Passthrough("passthrough", self.dir.parent, self.size)
+            image = self.stack.enter_context(self.fuse)
         else:
             self.dir.mkdir()
             self.stack.callback(best_effort(f"remove {self.dir}", lambda: run(["rm", "-rf", str(self.dir)])))
             image = make_sparse(self.dir / "disk.img", self.size)
         self.device = loop_attach(image, self.stack)
         run(["mkfs.ext4", "-q", "-F", self.device], timeout=300)
-        mnt = (self.vstor.dir if self.vstor else self.dir) / "fs"
+        mnt = (self.fuse.dir if self.fuse else self.dir) / "fs"
         mnt.mkdir()
         with signals_deferred():
             run(["mount", self.device, str(mnt)])
@@ -84,4 +90,4 @@ class Ext4Target:
         return mnt
 
     def daemon_pid(self) -> int | None:
-        return self.vstor.pid if self.vstor else None
+        return self.fuse.pid if self.fuse else None
