@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
     for kind, r in results.items():
-        print(f"{kind:<6} " + (f"FAILED: {r['error']}" if r["error"] else
+        print(f"{kind:<11} " + (f"FAILED: {r['error']}" if r["error"] else
                                f"{r['tps']:>10,.1f} TPS  latency {r.get('latency_ms')} ms  init {r['init_s']} s"))
     ratio = None
     if all(results.get(k, {}).get("tps") for k in ("loop", "vstor")):

@@ -146,14 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     missed = False
     for kind, r in results.items():
         if r["error"]:
-            print(f"{kind:<6} FAILED: {r['error']}")
+            print(f"{kind:<11} FAILED: {r['error']}")
             continue
         verdict = ""
         if kind == "vstor":
             ok = r["elapsed_s"] <= a.limit
             missed = not ok
             verdict = f" ({'met' if ok else 'NOT met'}, target <= {a.limit:g} s)"
-        print(f"{kind:<6} stress-ng --iomix {a.workers} --timeout {a.timeout} ended after {r['elapsed_s']} s"
+        print(f"{kind:<11} stress-ng --iomix {a.workers} --timeout {a.timeout} ended after {r['elapsed_s']} s"
               f"{verdict}; {r['bogo_ops']} bogo ops; sync after it {r['sync_s']} s, teardown {r['teardown_s']} s")
     if a.json_out:
         doc = {"command": shlex.join(sys.orig_argv), "workers": a.workers, "timeout": a.timeout,
