@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[kind] = measure(kind, a, workdir)
     except KeyboardInterrupt as exc:
         interrupted = True
-        print(f"\ninterrupted ({exc or 'Ctrl-C'}): everything set up was undone", file=sys.stderr, flush=True)
+        print(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): everything set up was undone", file=sys.stderr, flush=True)
     finally:
         with signals_deferred():
             shutil.rmtree(workdir, ignore_errors=True)
