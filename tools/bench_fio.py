@@ -1,6 +1,6 @@
 """fio benchmark of vstor against a bare FUSE passthrough, the raw file and nbdkit+nbdfuse.
 
-    .venv/bin/python tools/bench_fio.py [--size 2G] [--phase fresh|aged] [--all | --vstor-variants plain,lz4,aes]
+    .venv/bin/python tools/bench_fio.py [--size 2G] [--phase fresh|aged|mixed] [--all | --vstor-variants plain,lz4,aes]
                                         [--targets raw,passthrough,nbdfuse,vstor] [--rounds N] [--json-out FILE]
                                         [--segment-sizes 64M,256M]
 
@@ -222,8 +222,9 @@ def print_header(h: dict[str, Any]) -> None:
     print(f"fio: ioengine=psync iodepth=1 numjobs=1, {cache}")
     print(h["host_memory"])
     print(f"jobs ({h['phase']} phase): {', '.join(f'{j.name} bs={j.bs}' for j in ALL_PHASES[h['phase']])}; random "
-          f"jobs {h['random_runtime_s']} s time-based (age: 12 s); write jobs end with fdatasync (end_fsync=1)",
-          flush=True)
+          f"jobs {h['random_runtime_s']} s time-based" + {"aged": " (age: 12 s)", "mixed": (
+              " (randrw, rwmixread=70, fsync=32, iops logged per second)")}.get(h["phase"], "")
+          + "; write jobs end with fdatasync (end_fsync=1)", flush=True)
 
 
 def preflight(a: argparse.Namespace) -> None:
