@@ -5,11 +5,12 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar genisoimage iproute2 nbdkit libnbd-bin python3-libnbd qemu-utils python3-venv sqlite3 \
-	groff-base man-db systemd chromium openssl
+	groff-base man-db systemd chromium openssl stress-ng postgresql
 # The command each package must provide, to tell whether it is installed.
 # groff and man render the man pages in the tests; systemd-analyze verifies vstor@.service;
-# chromium renders the dashboard in its test.
-APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse nbdsh qemu-img groff man systemd-analyze chromium sqlite3 openssl
+# chromium renders the dashboard in its test; stress-ng and PostgreSQL (pgbench) are make bench's
+# real applications (tools/bench_stall.py, tools/bench_pgbench.py).
+APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse nbdsh qemu-img groff man systemd-analyze chromium sqlite3 openssl stress-ng pgbench
 
 .PHONY: drill setup system-deps venv man demo test test-fast soak bench bench-tools lint clean coverage-replication
 
@@ -68,6 +69,9 @@ bench: setup
 bench-tools:
 	$(PY) tools/bench_fio.py --all --rounds 3 --runtime 15 --read-repeats 1
 	$(PY) tools/bench_fio.py --phase aged --size 1G --targets passthrough,vstor --rounds 3 --runtime 15 --read-repeats 1
+	$(PY) tools/bench_fio.py --phase mixed --size 1G --targets passthrough,vstor
+	$(PY) tools/bench_pgbench.py
+	$(PY) tools/bench_stall.py
 	$(PY) tools/bench_read_pipeline.py
 	$(PY) tools/bench_small_write.py
 	$(PY) tools/bench_segment_gc.py
