@@ -101,6 +101,11 @@ class ReadPathMixin:
             return bytes(size)
         if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + size:
             return self._read_extent(lineage, *pieces[0])
+        spans = _shared_spans(pieces)
+        if spans:  # pieces of one record are cut from one read of it: assemble in a buffer
+            buf = bytearray(size)
+            self.assemble_into(lineage, offset, memoryview(buf), pieces)
+            return bytes(buf)
         parts: list[bytes] = []
         at = offset
         for s, e, loc in pieces:
@@ -113,16 +118,38 @@ class ReadPathMixin:
         return b"".join(parts)
 
     def assemble_into(self, lineage: tuple[int, ...] | None, offset: int, view: memoryview, pieces: list) -> None:
-        """:meth:`assemble` into ``view``, which covers [offset, offset+len(view))."""
+        """:meth:`assemble` into ``view``, which covers [offset, offset+len(view)).
+
+        A record that several pieces come from (an aged volume: a large write cut by small
+        overwrites) is read and verified once, over the span from its first piece to its last,
+        and each piece is copied out of that one read; without this, every piece re-read and
+        re-verified the 64 KiB frames it touches (docs/benchmarks.md section 9)."""
+        spans = _shared_spans(pieces)
         at = offset
         for s, e, loc in pieces:
             _zero(view[at - offset : s - offset])
             part = view[s - offset : e - offset]
-            data = self._read_extent(lineage, s, e, loc, into=part)
-            if data is not part:  # not read in place: decoded, or cut from whole frames
-                part[:] = data
+            span = spans.get(loc) if spans else None
+            if span is not None and span[2] is None:
+                span = spans[loc] = self._read_span(lineage, loc, *span[:2])
+            if span is not None:
+                a = span[0]
+                part[:] = span[2][s - a : e - a]
+            else:
+                data = self._read_extent(lineage, s, e, loc, into=part)
+                if data is not part:  # not read in place: decoded, or cut from whole frames
+                    part[:] = data
             at = e
         _zero(view[at - offset :])
+
+    def _read_span(self, lineage: tuple[int, ...] | None, loc: int, a: int, b: int) -> tuple[int, int, Any] | None:
+        """[a, b) of the record at ``loc``, verified, for the pieces between; None when that
+        fails, so that each piece is read alone: the span also covers frames whose data was
+        overwritten since, and damage there must not fail a read of live data."""
+        try:
+            return a, b, self._read_extent(lineage, a, b, loc)
+        except CorruptData:
+            return None
 
     def _read_extent(self, lineage: tuple[int, ...] | None, s: int, e: int, loc: int,
                      into: memoryview | None = None) -> bytes | memoryview:
@@ -174,6 +201,20 @@ class ReadPathMixin:
 
     def _where(self, vid: int, s: int, loc: int) -> str:
         return f"volume {vid} chunk {s // self.sb.chunk_size} (segment {loc_segno(loc)} record {loc_pos(loc)})"
+
+
+def _shared_spans(pieces: list) -> dict[int, tuple[int, int, Any]]:
+    """{loc: (first start, last end, None)} for each record that two or more of ``pieces``
+    come from (empty when none does: the common case costs one set)."""
+    if len(pieces) < 2 or len({p[2] for p in pieces}) == len(pieces):
+        return {}
+    spans: dict[int, tuple[int, int, Any]] = {}
+    counts: dict[int, int] = {}
+    for s, e, loc in pieces:
+        counts[loc] = counts.get(loc, 0) + 1
+        old = spans.get(loc)
+        spans[loc] = (s, e, None) if old is None else (old[0], e, None)
+    return {loc: span for loc, span in spans.items() if counts[loc] > 1}
 
 
 def _zero(view: memoryview) -> None:
