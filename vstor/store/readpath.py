@@ -29,6 +29,8 @@ T = TypeVar("T")
 
 
 class ReadPathMixin:
+    # Set by defrag.Defragmenter: told of host reads that found many pieces.
+    defrag_hint: Callable[[int, int, int, int], None] | None = None
     # Provided by Store.
     _lock: Any
     _reads_done: Any
@@ -71,6 +73,8 @@ class ReadPathMixin:
             pieces = vm.lookup(offset, offset + size) if size else []
             lineage = vm.lineage
             self._active_reads += 1
+        if len(pieces) > 4 and not sid and self.defrag_hint is not None:
+            self.defrag_hint(vid, offset, size, len(pieces))
         try:
             return produce(lineage, offset, size, pieces)
         except CorruptData as e:
