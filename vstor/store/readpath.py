@@ -20,11 +20,21 @@ from typing import Any, TypeVar
 
 from vstor.errors import CorruptData, NotFound
 from vstor.store.codec import first_bad_stored_frame
-from vstor.store.format import FRAME_SIZE, REC_RELOCATE, REC_WRITE, RECORD_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.format import (
+    FRAME_ENTRY_SIZE,
+    FRAME_SIZE,
+    REC_RELOCATE,
+    REC_WRITE,
+    RECORD_HEADER_SIZE,
+    loc_pos,
+    loc_segno,
+)
 
 log = logging.getLogger("vstor.store")
 
 _ZEROS = bytes(1 << 20)
+PREFETCH_PIECES = 8  # a request of more pieces starts the reads of its small records at once
+PREFETCH_MAX = 64 << 10  # pieces up to this size count as small records
 T = TypeVar("T")
 
 
@@ -129,6 +139,8 @@ class ReadPathMixin:
         and each piece is copied out of that one read; without this, every piece re-read and
         re-verified the 64 KiB frames it touches (docs/benchmarks.md section 9)."""
         spans = _shared_spans(pieces)
+        if len(pieces) > PREFETCH_PIECES:
+            self._prefetch(pieces, spans)
         at = offset
         for s, e, loc in pieces:
             _zero(view[at - offset : s - offset])
@@ -145,6 +157,16 @@ class ReadPathMixin:
                     part[:] = data
             at = e
         _zero(view[at - offset :])
+
+    def _prefetch(self, pieces: list, spans: dict) -> None:
+        """Start the reads of a request's small records at once: on an aged volume a 1 MiB read
+        takes ~95 records of 4 KiB scattered over the journal, and read one after another
+        from a cold cache each waits for the disk. A small record's header, table and data
+        lie together, from its location on."""
+        journal = self.journal
+        for s, e, loc in pieces:
+            if e - s <= PREFETCH_MAX and loc not in spans:
+                journal.prefetch(loc_segno(loc), loc_pos(loc), RECORD_HEADER_SIZE + 2 * FRAME_ENTRY_SIZE + e - s)
 
     def _read_span(self, lineage: tuple[int, ...] | None, loc: int, a: int, b: int) -> tuple[int, int, Any] | None:
         """[a, b) of the record at ``loc``, verified, for the pieces between; None when that
