@@ -81,15 +81,30 @@ def test_defrag_yields_to_host_io(tmp_path):
     st.close()
 
 
-def test_a_scattered_read_is_rewritten_while_the_host_goes_on_reading(tmp_path):
+def test_windows_a_read_found_scattered_are_rewritten_first(tmp_path):
     _, st, vid, model = _aged(tmp_path)
     dg = Defragmenter(st)
     st.read(vid, 4096, 4096)  # one piece: no hint
     assert st.stats.defrag_hints == 0
-    assert st.read(vid, 2 * MiB, MiB) == model[2 * MiB : 3 * MiB]
+    assert st.read(vid, 5 * MiB, MiB) == model[5 * MiB : 6 * MiB]
     assert st.stats.defrag_hints == 1 and dg.describe()["hints_pending"] == 1
-    assert dg.tick() == MiB  # the host read since the last tick: only the hinted window
-    assert _pieces(st, vid)[2] == 1 and min(_pieces(st, vid)[:2] + _pieces(st, vid)[3:]) > 20
+    assert dg.tick() == 0  # the host read since the last tick: by default nothing then
+    assert dg.tick() == SIZE and dg.describe()["hints_pending"] == 0  # idle: the hint, then the sweep
+    locs = [st.state.maps[vid].lookup(w, w + 1)[0][2] for w in range(0, SIZE, WINDOW)]
+    assert min(locs) == locs[5]  # the hinted window went first
+    assert st.read(vid, 0, SIZE) == model
+    st.close()
+
+
+def test_busy_hint_bytes_rewrites_behind_a_reader(tmp_path):
+    """WAFL-style, when asked: the hinted windows are rewritten while the host goes on reading."""
+    _, st, vid, model = _aged(tmp_path)
+    dg = Defragmenter(st, busy_hint_bytes=MiB)
+    st.read(vid, 2 * MiB, 2 * MiB)
+    assert dg.tick() == MiB and dg.describe()["hints_pending"] == 1  # within the budget
+    st.read(vid, 0, 4096)
+    assert dg.tick() == MiB
+    assert _pieces(st, vid)[2:4] == [1, 1] and min(_pieces(st, vid)[:2] + _pieces(st, vid)[4:]) > 20
     assert st.read(vid, 0, SIZE) == model
     st.close()
 
@@ -170,3 +185,15 @@ def test_crash_before_a_defrag_rewrite(tmp_path):
 def test_crash_tearing_a_defrag_record(tmp_path):
     """SIGKILL halfway through writing the fourth rewrite record: a torn tail, cut at replay."""
     _crash(tmp_path, "journal.write=torn@4")
+
+
+def test_defrag_waits_while_the_pool_is_nearly_full(tmp_path):
+    _, st, vid, model = _aged(tmp_path)
+    dg = Defragmenter(st)
+    reserve = st.space.reserve
+    st.space.reserve = st.space.free_bytes()  # as if the filesystem under the pool were that full
+    assert dg.tick() == 0 and dg.state == "paused: the pool is nearly full"
+    st.space.reserve = reserve
+    assert dg.tick() == SIZE
+    assert st.read(vid, 0, SIZE) == model
+    st.close()

@@ -10,14 +10,16 @@ one after another in the journal. The old pieces become dead space that GC recla
 
 Two sources of work, both run from the maintenance tick (maintloop.py):
   * hints (read-triggered, after NetApp WAFL's read reallocation): a host read that found
-    many pieces in its range names its windows (``hint``), and ticks without host writes
-    rewrite them, within ``hint_bytes_per_tick``, while the data is still in the page cache;
+    many pieces in its range names its windows (``hint``); they are rewritten first once the
+    host pauses (or, with ``busy_hint_bytes``, that much a tick during reads alone);
   * the idle sweep (locality-aware compaction): in ticks with no host I/O at all since the
     last one, each volume is walked in logical order from a cursor, within ``seconds_per_tick``
     and stopping at once when a host request arrives, so host I/O keeps priority. A sweep that
     finds nothing waits for new host writes before it starts again.
 
 What holds:
+  * space: a rewrite takes new space until GC frees the old pieces, so nothing is rewritten
+    while the pool has less than ROOM_NEEDED free beyond its reserve (and never from it);
   * crash safety and the durability contract: a rewrite is an ordinary journal record made
     under the store lock only if the window's pieces are still those that were read (a host
     write meanwhile wins); replay applies it in journal order, like a compaction;
@@ -30,6 +32,7 @@ What holds:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from typing import Any
@@ -41,6 +44,7 @@ __all__ = ["Defragmenter", "WINDOW", "MAX_PIECES"]
 WINDOW = 1 << 20  # bytes rewritten as one record: a FUSE read's largest request
 MAX_PIECES = 4  # a window with more mapped pieces than this is rewritten
 MAX_HINTS = 4096  # windows remembered from reads (oldest dropped first)
+ROOM_NEEDED = 256 << 20  # free space (beyond the pool's reserve) below which defragmentation waits
 
 
 class Defragmenter:
@@ -48,7 +52,7 @@ class Defragmenter:
     built here. Counters go to ``store.stats`` (defrag_*)."""
 
     def __init__(self, store: Any, window: int = WINDOW, max_pieces: int = MAX_PIECES,
-                 seconds_per_tick: float = 0.5, hint_bytes_per_tick: int = 16 << 20,
+                 seconds_per_tick: float = 0.5, busy_hint_bytes: int = 0,
                  scan_windows_per_tick: int = 4096) -> None:
         if window <= 0 or window % store.sb.chunk_size and store.sb.chunk_size % window:
             raise ValueError("the defrag window must be a multiple or a divisor of the chunk size")
@@ -56,10 +60,11 @@ class Defragmenter:
         self.window = window
         self.max_pieces = max_pieces
         self.seconds_per_tick = seconds_per_tick
-        self.hint_bytes_per_tick = hint_bytes_per_tick
+        self.busy_hint_bytes = busy_hint_bytes
         self.scan_windows_per_tick = scan_windows_per_tick
         self.enabled = True
         self._hints: OrderedDict[tuple[int, int], None] = OrderedDict()  # (vid, window start)
+        self._hints_lock = threading.Lock()  # FUSE threads add, the maintenance thread takes
         self._cursor: dict[int, int] = {}  # vid -> next window start of the sweep
         self._queue: list[int] = []  # volumes the current sweep has still to walk, the next last
         self._swept_at_writes = -1  # host writes counted when a whole sweep last found nothing
@@ -75,18 +80,22 @@ class Defragmenter:
         if not self.enabled or pieces * self.window <= self.max_pieces * max(size, self.window):
             return
         w = self.window
-        for start in range(offset // w * w, offset + size, w):
-            key = (vid, start)
-            if key not in self._hints:
-                self._hints[key] = None
+        with self._hints_lock:
+            for start in range(offset // w * w, offset + size, w):
+                self._hints[(vid, start)] = None
                 if len(self._hints) > MAX_HINTS:
                     self._hints.popitem(last=False)
         self.store.stats.add(defrag_hints=1)
 
     # -- the maintenance step ---------------------------------------------------------------
     def tick(self) -> int:
-        """One maintenance pass: hints when the host has not written since the last tick, the
-        sweep when it has done no I/O at all. Returns the bytes rewritten."""
+        """One maintenance pass. Returns the bytes rewritten.
+
+        In a tick with no host I/O since the last one: first the windows host reads found
+        scattered, then the sweep, within ``seconds_per_tick`` and stopping as soon as a host
+        request arrives. In a tick with host reads but no writes, at most ``busy_hint_bytes``
+        of hinted windows (default 0: rewriting during a read stream took CPU from it, and
+        from the random reads that followed; benchmarks section 9)."""
         stats = self.store.stats
         io = (stats.reads, stats.writes)
         wrote = io[1] != self._io_seen[1]
@@ -95,16 +104,28 @@ class Defragmenter:
         if not self.enabled or wrote:
             self.state = "waiting for host writes to stop" if self.enabled else "off"
             return 0
-        moved = self._do_hints()
+        if not self.store.space.has_room(ROOM_NEEDED):  # a rewrite needs room until GC frees the old
+            self.state = "paused: the pool is nearly full"
+            return 0
         if busy:
-            self.state = "waiting for host I/O to stop" if not self._hints else "rewriting read windows"
+            self.state = "waiting for host I/O to stop"
+            return self._do_hints(self.busy_hint_bytes, None) if self.busy_hint_bytes else 0
+        deadline = time.perf_counter() + self.seconds_per_tick
+        moved = self._do_hints(None, deadline)
+        if self._hints:
+            self.state = "rewriting windows host reads found scattered"
             return moved
-        return moved + self._sweep()
+        return moved + self._sweep(deadline)
 
-    def _do_hints(self) -> int:
+    def _do_hints(self, max_bytes: int | None, deadline: float | None) -> int:
         moved = 0
-        while self._hints and moved < self.hint_bytes_per_tick:
-            (vid, start), _ = self._hints.popitem(last=False)
+        while max_bytes is None or moved < max_bytes:
+            if deadline is not None and (time.perf_counter() > deadline or self._host_io()):
+                break
+            with self._hints_lock:
+                if not self._hints:
+                    break
+                (vid, start), _ = self._hints.popitem(last=False)
             moved += self.defrag_window(vid, start)
         return moved
 
@@ -112,7 +133,7 @@ class Defragmenter:
         stats = self.store.stats
         return (stats.reads, stats.writes) != self._io_seen
 
-    def _sweep(self) -> int:
+    def _sweep(self, deadline: float) -> int:
         """Walk the volumes in logical order, each from its cursor, until the time budget is
         spent or host I/O arrives; returns the bytes rewritten. A sweep that rewrote nothing
         is not begun again until the host writes."""
@@ -125,7 +146,6 @@ class Defragmenter:
                 self._queue = sorted(st.state.maps, reverse=True)  # popped from the end
             self._found_in_sweep = False
         self.state = "sweeping"
-        deadline = time.perf_counter() + self.seconds_per_tick
         moved = scanned = 0
         while self._queue:
             vid = self._queue[-1]
