@@ -83,9 +83,9 @@ class ReadPathMixin:
             pieces = vm.lookup(offset, offset + size) if size else []
             lineage = vm.lineage
             self._active_reads += 1
-        if len(pieces) > 4 and not sid and self.defrag_hint is not None:
-            self.defrag_hint(vid, offset, size, len(pieces))
         try:
+            if len(pieces) > 4 and not sid and self.defrag_hint is not None:
+                self.defrag_hint(vid, offset, size, len(pieces))
             return produce(lineage, offset, size, pieces)
         except CorruptData as e:
             self.stats.add(read_errors=1)
@@ -138,6 +138,11 @@ class ReadPathMixin:
         overwrites) is read and verified once, over the span from its first piece to its last,
         and each piece is copied out of that one read; without this, every piece re-read and
         re-verified the 64 KiB frames it touches (docs/benchmarks.md section 9)."""
+        if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + len(view):
+            data = self._read_extent(lineage, *pieces[0], into=view)  # one piece: the common small read
+            if data is not view:
+                view[:] = data
+            return
         spans = _shared_spans(pieces)
         if len(pieces) > PREFETCH_PIECES:
             self._prefetch(pieces, spans)
