@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vstor.cli.common import add_json_arg, emit
 from vstor.control.lock import PoolLock, daemon_pid
@@ -13,6 +14,9 @@ from vstor.control.poolfiles import warn_key_file
 from vstor.errors import Busy
 from vstor.store.superblock import DEFAULT_CHUNK, init_pool, load_key, load_superblock
 from vstor.units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from vstor.store.check import CheckReport
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -102,10 +106,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if rep.clean else 1
 
 
-def _check(store_cls: type, check_pool: Callable, pool: str, sb: object, key: bytes | None) -> object:
+def _check(store_cls: type, check_pool: Callable, pool: str, sb: object, key: bytes | None) -> CheckReport:
     store = store_cls(pool, sb, key)
     try:
-        return check_pool(store)
+        report: CheckReport = check_pool(store)
+        return report
     finally:
         store.journal.close()
 
