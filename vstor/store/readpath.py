@@ -169,9 +169,12 @@ class ReadPathMixin:
         from a cold cache each waits for the disk. A small record's header, table and data
         lie together, from its location on."""
         journal = self.journal
-        for s, e, loc in pieces:
-            if e - s <= PREFETCH_MAX and loc not in spans:
-                journal.prefetch(loc_segno(loc), loc_pos(loc), RECORD_HEADER_SIZE + 2 * FRAME_ENTRY_SIZE + e - s)
+        try:
+            for s, e, loc in pieces:
+                if e - s <= PREFETCH_MAX and loc not in spans:
+                    journal.prefetch(loc_segno(loc), loc_pos(loc), RECORD_HEADER_SIZE + 2 * FRAME_ENTRY_SIZE + e - s)
+        except OSError:  # only a hint: the reads themselves say what is wrong
+            pass
 
     def _read_span(self, lineage: tuple[int, ...] | None, loc: int, a: int, b: int) -> tuple[int, int, Any] | None:
         """[a, b) of the record at ``loc``, verified, for the pieces between; None when that
