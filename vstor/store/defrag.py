@@ -142,7 +142,7 @@ class Defragmenter:
             if st.stats.writes == self._swept_at_writes:
                 self.state = "idle: every volume is in order"
                 return 0
-            with st._lock:
+            with st.locked():
                 self._queue = sorted(st.state.maps, reverse=True)  # popped from the end
             self._found_in_sweep = False
         self.state = "sweeping"
@@ -171,7 +171,7 @@ class Defragmenter:
     def _next_mapped(self, vid: int, at: int) -> int | None:
         """The first window at or after ``at`` that holds a leaf of ``vid``'s map, or None."""
         st = self.store
-        with st._lock:
+        with st.locked():
             vm = st.state.maps.get(vid)
             vol = st.state.table.by_id_or_none(vid)
             if vm is None or vol is None or at >= vol.size:
@@ -188,7 +188,7 @@ class Defragmenter:
         """Rewrite the window at ``start`` of volume ``vid`` if it is scattered and shares
         nothing; returns the bytes rewritten (0 if it was left alone)."""
         st = self.store
-        with st._lock:
+        with st.locked():
             vm = st.state.maps.get(vid)
             vol = st.state.table.by_id_or_none(vid)
             if vm is None or vol is None:

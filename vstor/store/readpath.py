@@ -53,9 +53,10 @@ class ReadPathMixin:
     _header: Callable[..., Any]
     _volume: Callable[..., Any]
 
-    def read(self, vid: int, offset: int, size: int, sid: int = 0) -> bytes:
+    def read(self, vid: int, offset: int, size: int, sid: int = 0) -> bytes | memoryview:
         """Read ``size`` bytes (fewer at the end) of volume ``vid``, or of its image in snapshot
-        ``sid``. Raises CorruptData rather than returning bytes that fail verification."""
+        ``sid`` (bytes-like: a read within one stored frame may be a read-only view of it).
+        Raises CorruptData rather than returning bytes that fail verification."""
         return self._reading(vid, offset, size, sid, self.assemble)
 
     def read_into(self, vid: int, offset: int, view: memoryview, sid: int = 0) -> int:
@@ -108,9 +109,9 @@ class ReadPathMixin:
             if not self._active_reads:
                 self._reads_done.notify_all()
 
-    def assemble(self, lineage: tuple[int, ...] | None, offset: int, size: int, pieces: list) -> bytes:
-        """The bytes of [offset, offset+size) from its mapped pieces; gaps are zeros. Returns
-        ``bytes`` built with one copy."""
+    def assemble(self, lineage: tuple[int, ...] | None, offset: int, size: int, pieces: list) -> bytes | memoryview:
+        """The bytes of [offset, offset+size) from its mapped pieces; gaps are zeros. Built with
+        one copy, or none when one piece covers it all (then possibly a view of a cached frame)."""
         if not pieces:
             return bytes(size)
         if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + size:
@@ -120,7 +121,7 @@ class ReadPathMixin:
             buf = bytearray(size)
             self.assemble_into(lineage, offset, memoryview(buf), pieces)
             return bytes(buf)
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         at = offset
         for s, e, loc in pieces:
             if s > at:
@@ -139,7 +140,8 @@ class ReadPathMixin:
         and each piece is copied out of that one read; without this, every piece re-read and
         re-verified the 64 KiB frames it touches (docs/benchmarks.md section 9)."""
         if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + len(view):
-            data = self._read_extent(lineage, *pieces[0], into=view)  # one piece: the common small read
+            s, e, loc = pieces[0]
+            data = self._read_extent(lineage, s, e, loc, into=view)  # one piece: the common small read
             if data is not view:
                 view[:] = data
             return
@@ -237,12 +239,12 @@ class ReadPathMixin:
         return f"volume {vid} chunk {s // self.sb.chunk_size} (segment {loc_segno(loc)} record {loc_pos(loc)})"
 
 
-def _shared_spans(pieces: list) -> dict[int, tuple[int, int, Any]]:
+def _shared_spans(pieces: list) -> dict[int, tuple[int, int, Any] | None]:
     """{loc: (first start, last end, None)} for each record that two or more of ``pieces``
     come from (empty when none does: the common case costs one set)."""
     if len(pieces) < 2 or len({p[2] for p in pieces}) == len(pieces):
         return {}
-    spans: dict[int, tuple[int, int, Any]] = {}
+    spans: dict[int, tuple[int, int, Any] | None] = {}
     counts: dict[int, int] = {}
     for s, e, loc in pieces:
         counts[loc] = counts.get(loc, 0) + 1

@@ -42,6 +42,7 @@ from vstor.store.hcache import CachedRecord, HeaderCache
 from vstor.store.journal import Journal
 from vstor.store.maintenance import MaintenanceMixin
 from vstor.store.readpath import ReadPathMixin
+from vstor.store.recovery import Recovered, recover
 from vstor.store.segread import ScannedRecord
 from vstor.store.space import SpaceGuard
 from vstor.store.state import PoolState
@@ -92,14 +93,27 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
              faults: Faults = NO_FAULTS, salvage: bool = False) -> Store:
         """Open a pool and recover it. The caller must hold the pool lock. ``salvage`` (pool check
         --repair only) cuts damaged durable data at the newest segment's end instead of refusing."""
-        from vstor.store.recovery import recover
-
         sb = load_superblock(pool)
         ensure_superblock_copy(pool, sb)
         store = cls(pool, sb, load_key(sb, key_file), clock, faults)
         store.journal.salvage = salvage
-        store.recovery = recover(store)
+        store.adopt_recovery(recover(store.journal, store.paths["meta"], sb))
         return store
+
+    def adopt_recovery(self, r: Recovered) -> None:
+        """Open with what recovery found; the replayed state goes to both checkpoint copies."""
+        loaded = r.loaded
+        self.state = loaded.state
+        self.adopt_checkpoint(loaded.generation, loaded.start, loaded.older, loaded.both_copies)
+        self.recovery = r.report
+        if r.needs_checkpoint:
+            self.checkpoint(both=True)  # the older copy is then not needed
+
+    def locked(self) -> threading.RLock:
+        """The state lock, as a context manager (``with store.locked():``), for code outside the
+        Store that reads or changes the volume table, the catalog or the maps in several steps
+        that no write, GC move or checkpoint may come between. Reentrant; hold it briefly."""
+        return self._lock
 
     def adopt_checkpoint(self, generation: int, position: tuple[int, int], older: tuple[int, int],
                          both: bool) -> None:
