@@ -69,6 +69,7 @@ bench: setup
 bench-tools:
 	$(PY) tools/bench_fio.py --all --rounds 3 --runtime 15 --read-repeats 1
 	$(PY) tools/bench_fio.py --phase aged --size 1G --targets passthrough,vstor --rounds 3 --runtime 15 --read-repeats 1
+	$(PY) tools/bench_aged_store.py --size-mib 512
 	$(PY) tools/bench_fio.py --phase mixed --size 1G --targets passthrough,vstor
 	$(PY) tools/bench_pgbench.py
 	$(PY) tools/bench_stall.py

@@ -96,6 +96,11 @@ def journal_families(usage: dict, counters: dict, failed: str, maintenance_error
     for name, key, doc in (
             ("vstor_gc_relocated_bytes", "relocated_bytes", "bytes copied forward by segment GC"),
             ("vstor_gc_segments_deleted", "segments_deleted", "journal segments deleted by GC"),
+            ("vstor_defrag_bytes", "defrag_bytes", "bytes rewritten in logical order by defragmentation"),
+            ("vstor_defrag_windows", "defrag_windows", "scattered windows rewritten by defragmentation"),
+            ("vstor_defrag_hints", "defrag_hints", "host reads that found their range scattered"),
+            ("vstor_defrag_shared_skipped_bytes", "defrag_shared_skipped",
+             "bytes of scattered windows left alone because a snapshot or clone shares them"),
             ("vstor_checkpoints", "checkpoints", "checkpoints written"),
             ("vstor_maintenance_errors", "maintenance_errors", "failed maintenance ticks"),
             ("vstor_fsyncs", "fsyncs", "journal syncs asked by fsync or flush"),

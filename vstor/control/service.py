@@ -138,6 +138,7 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, ClientOps, DrillOps,
             "fuse": getattr(self.fs, "conn", {}),
             "maintenance_error": getattr(self.reclaimer, "last_error", ""),
             "fragment_extents": getattr(self.reclaimer, "fragment_extents", 0),
+            "defrag": self.reclaimer.defrag.describe() if self.reclaimer is not None else None,
             "replication": self.replication.endpoint() if self.replication else None,
             "nbd": self.nbd.describe() if self.nbd is not None else None,
         }

@@ -5,6 +5,7 @@ record formats in ``format``, frames by ``codec``) and the chunk maps (``chunkma
 ``lineage``, ``fragments``: pure) point into it; ``state`` applies each record, the same code for
 live I/O, replay (``recovery``) and ``check``. ``checkpoint``/``mapstore`` persist the maps,
 ``reclaim``, ``maintenance``, ``maintloop`` and ``steps`` do GC and compaction in the background,
+``defrag`` puts scattered volumes back in logical order,
 ``catalog``, ``volumes``, ``snapshots``, ``policy`` and ``compliance`` hold groups, snapshots and
 locks, ``readpath``, ``segread`` and ``hcache`` serve reads, ``superblock`` is the pool's
 identity and layout.
@@ -13,6 +14,6 @@ identity and layout.
 from __future__ import annotations
 
 __all__ = ["accounting", "adminops", "allocation", "catalog", "check", "checkpoint", "chunkmap", "codec",
-           "compliance", "consumers", "format", "fragments", "hcache", "journal", "leaf", "lineage", "maintenance",
-           "maintloop", "mapstore", "policy", "policyrun", "readpath", "reclaim", "recovery", "segread", "snapshots",
-           "space", "state", "stats", "steps", "store", "superblock", "volumes"]
+           "compliance", "consumers", "defrag", "format", "fragments", "hcache", "journal", "leaf", "lineage",
+           "maintenance", "maintloop", "mapstore", "policy", "policyrun", "readpath", "reclaim", "recovery",
+           "segread", "snapshots", "space", "state", "stats", "steps", "store", "superblock", "volumes"]

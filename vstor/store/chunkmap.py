@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from itertools import islice
 
 from vstor.store.leaf import (  # noqa: F401  (re-exported: the map's vocabulary)
     EMPTY,
@@ -126,9 +127,18 @@ class VolumeMap:
                 base = chunk * cs
                 _add(out, max(start, base), min(end, base + cs), slot)
                 continue
-            for s, e, loc in leaf.overlays[chunk]:
-                if e > start and s < end:
-                    _add(out, max(s, start), min(e, end), loc)
+            ext = leaf.overlays[chunk]
+            # A small read of an aged chunk (90 extents) bisects to its first extent instead of
+            # walking the list: the list is sorted and disjoint, so ends ascend as starts do.
+            i = 0
+            if start > ext[0][0]:
+                i = bisect_left(ext, (start,))
+                if i and ext[i - 1][1] > start:
+                    i -= 1
+            for s, e, loc in islice(ext, i, None):
+                if s >= end:
+                    break
+                _add(out, max(s, start), min(e, end), loc)
 
     def leaf_keys(self, start: int, end: int) -> list[int]:
         """Sorted keys of the leaves holding some chunk of [start, end): O(leaves of the map) at

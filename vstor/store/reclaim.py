@@ -29,6 +29,7 @@ from vstor.clock import Clock, SystemClock
 from vstor.store import fragments
 from vstor.store.accounting import segment_live
 from vstor.store.chunkmap import LEAF_BITS, Leaf
+from vstor.store.defrag import Defragmenter
 from vstor.store.format import LOC_SHIFT
 from vstor.store.maintloop import MaintenanceLoop
 from vstor.store.steps import FailureReport
@@ -51,8 +52,9 @@ class Reclaimer(MaintenanceLoop):
                  seconds_per_tick: float | None = 0.15,
                  fragment_budget: int = fragments.BUDGET_BYTES // fragments.EXTENT_BYTES,
                  fragment_interval: float = 10.0, hooks: HookRunner | None = None,
-                 spawn: Spawn | None = None) -> None:
-        """``hooks``, ``spawn``: how snapshot policies run their pre/post commands (policyrun.py)."""
+                 spawn: Spawn | None = None, defrag: Defragmenter | None = None) -> None:
+        """``hooks``, ``spawn``: how snapshot policies run their pre/post commands (policyrun.py).
+        ``defrag``: the defragmenter its ticks run (defrag.py; by default one with its defaults)."""
         from vstor.store.policyrun import PolicyRunner
         from vstor.store.store import Store
 
@@ -85,6 +87,7 @@ class Reclaimer(MaintenanceLoop):
         self._exact: tuple[float, int, dict[int, int]] | None = None  # (when, sealed below, live per segment)
         self.snapshots_in_use: Callable[[], dict[int, int]] = dict  # set by the daemon (FUSE open handles)
         self.policies = PolicyRunner(store, hooks, spawn)
+        self.defrag = defrag or Defragmenter(store)
         store.reclaimer = self
 
     # -- GC --------------------------------------------------------------------------------

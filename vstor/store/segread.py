@@ -6,7 +6,9 @@ A mixin of Journal (journal.py), split out to keep each module readable: the app
 learn where the live segment's tail is. Data reads ask for no read-ahead of their own: the
 kernel's read-ahead of each segment file follows a sequential volume read, and an explicit
 ``posix_fadvise(WILLNEED)`` made cold sequential reads slower (docs/benchmarks.md §1,
-"Sequential read on a faster machine; read-ahead withdrawn").
+"Sequential read on a faster machine; read-ahead withdrawn"). The exception is ``prefetch``,
+which the read path calls only for the small records of a request of many pieces (an aged
+volume), whose positions no read-ahead can guess.
 
 Guarantees of the scan: every record it yields has valid header and frame checksums; a bad
 record in any segment but the newest raises CorruptData, and so does one inside data a
@@ -81,6 +83,11 @@ class SegmentReader:
     def pread_into(self, segno: int, pos: int, view: memoryview) -> int:
         """Read into ``view`` (no intermediate bytes); returns the bytes read."""
         return os.preadv(self._read_fd(segno), [view], pos)
+
+    def prefetch(self, segno: int, pos: int, size: int) -> None:
+        """Ask the kernel to start reading [pos, pos+size) of a segment (WILLNEED), without
+        waiting: the scattered small records of one read are then fetched together."""
+        os.posix_fadvise(self._read_fd(segno), pos, size, os.POSIX_FADV_WILLNEED)
 
     def _read_fd(self, segno: int) -> int:
         fd = self._read_fds.get(segno)
