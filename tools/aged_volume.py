@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vstor.store import snapshots  # noqa: E402
-from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
+from vstor.store import snapshots
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
 
 VOLUME_BYTES = 1 << 30
 BLOCKS = VOLUME_BYTES // 4096

@@ -1,7 +1,7 @@
 """Backup and restore throughput: vstor's backup engine against GNU tar on the same data and
 the same emulated LTO-9 drive, in one run.
 
-    .venv/bin/python tools/bench_backup.py [--size 4G] [--json-out FILE]
+    .venv/bin/python -m tools.bench_backup [--size 4G] [--json-out FILE]
 
 A group of two volumes of SIZE/2 each, filled with incompressible data, on a running array:
   tar write      tar -b 512 -cSf DIR/media/lib/ndrive0 of the two volume images (the baseline)
@@ -29,8 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vstor.units import format_size, parse_size  # noqa: E402
+from vstor.units import format_size, parse_size
 
 VSTOR = str(Path(sys.executable).parent / "vstor")
 MiB = 1 << 20

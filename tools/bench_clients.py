@@ -1,6 +1,6 @@
 """Backup clients over TLS between two network namespaces, against tar through openssl, in one run.
 
-    .venv/bin/python tools/bench_clients.py [--files 100000] [--size 4G] [--tag vbcl] [--json-out FILE]
+    .venv/bin/python -m tools.bench_clients [--files 100000] [--size 4G] [--tag vbcl] [--json-out FILE]
 
 Site A (namespace TAG-a, vm/lab.py) runs the array with its client endpoint (--backup-listen),
 a tape library (timing model off) and a policy for client c1; site B (TAG-b) is the client.
@@ -31,9 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vm.lab import Lab  # noqa: E402
-from vstor.units import format_size, parse_size  # noqa: E402
+from vm.lab import Lab
+from vstor.units import format_size, parse_size
 
 VSTOR = str(Path(sys.executable).parent / "vstor")
 PORT, SINK_PORT = 7451, 7452

@@ -1,6 +1,6 @@
 """Where a cold sequential read through FUSE spends its time: vstor against the passthrough.
 
-    .venv/bin/python tools/bench_read_pipeline.py [--size 2G] [--rounds 6] [--segment-size 512M]
+    .venv/bin/python -m tools.bench_read_pipeline [--size 2G] [--rounds 6] [--segment-size 512M]
         [--readers dd,fio,fio-nohint]
 
 Sets up the bare passthrough and a plain vstor volume (and, with --segment-size, a second
@@ -38,11 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib.counters import Counters, delta, disk_of
-from benchlib.hostmem import steady_memory
-from benchlib.procs import BenchError, drop_caches, install_signal_handlers, run
-from benchlib.targets import Passthrough, Target, Vstor
-
+from tools.benchlib.counters import Counters, delta, disk_of
+from tools.benchlib.hostmem import steady_memory
+from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, run
+from tools.benchlib.targets import Passthrough, Target, Vstor
 from vstor.errors import UsageError
 from vstor.units import format_size, parse_size
 

@@ -1,6 +1,6 @@
 """Journal replay speed: the time ``array start`` spends recovering after a crash.
 
-    .venv/bin/python tools/bench_replay.py [--mib 1024]
+    .venv/bin/python -m tools.bench_replay [--mib 1024]
 
 For each pool variant (plain, lz4, aes) and record size (1 MiB sequential writes, 4 KiB
 random writes), it writes --mib MiB through the Store with no checkpoint, closes only the
@@ -18,9 +18,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
 
 MiB = 1 << 20
 

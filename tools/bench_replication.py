@@ -1,6 +1,6 @@
 """Replication costs: throughput against a bare link, lag under load, host write cost, lz4 savings.
 
-    .venv/bin/python tools/bench_replication.py [--quick] [--parts 1,2,3,4,5] [--dir DIR] [--json-out FILE] [--keep]
+    .venv/bin/python -m tools.bench_replication [--quick] [--parts 1,2,3,4,5] [--dir DIR] [--json-out FILE] [--keep]
 
 Every part builds fresh DR-lab sites (tests/replkit.py: two network namespaces, an array in each,
 group "g" of A paired to B) and tears them down afterwards, also on error or Ctrl-C.
@@ -42,15 +42,13 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import replkit  # noqa: E402
-from benchlib.procs import BenchError, Terminated, signals_deferred  # noqa: E402
-from replkit import Sites, make_sites, teardown  # noqa: E402
-
-from vm.lab import Lab  # noqa: E402
-from vstor.cli.common import daemon_request  # noqa: E402
-from vstor.errors import VstorError  # noqa: E402
-from vstor.replication import pki  # noqa: E402
+from tests import replkit
+from tests.replkit import Sites, make_sites, teardown
+from tools.benchlib.procs import BenchError, Terminated, signals_deferred
+from vm.lab import Lab
+from vstor.cli.common import daemon_request
+from vstor.errors import VstorError
+from vstor.replication import pki
 
 MB, MIB, GIB = 10**6, 1 << 20, 1 << 30
 LINK_1G = 125 * MB
@@ -92,7 +90,7 @@ def net_peer(role: str, addr: str, nbytes: int, tls: str) -> None:
 def link_rate(s: Sites, nbytes: int, tls: bool = False) -> float:
     """Bytes/s of one stream from A to B, measured at B from the first byte to EOF."""
     addr, extra = f"{s.lab.address('b')}:{NET_PORT}", [s.tls] if tls else []
-    me = [sys.executable, str(Path(__file__).resolve())]
+    me = [sys.executable, "-m", "tools.bench_replication"]
     with subprocess.Popen(s.lab.command("b", [*me, "_sink", addr, "0", *extra]), stdout=subprocess.PIPE,
                           text=True) as sink:
         try:

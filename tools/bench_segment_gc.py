@@ -1,6 +1,6 @@
 """GC space and write amplification against the journal segment size, in process.
 
-    .venv/bin/python tools/bench_segment_gc.py [--segment-sizes 64M,256M] [--gib 4] [--passes 2] [--write-kib 64]
+    .venv/bin/python -m tools.bench_segment_gc [--segment-sizes 64M,256M] [--gib 4] [--passes 2] [--write-kib 64]
                                                [--tick-mib 64] [--seed 1] [--workdir /var/tmp] [--json-out FILE]
 
 For each segment size, in its own process (so each starts fresh), on a plain pool (no
@@ -42,15 +42,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchlib.procs import install_signal_handlers, run, signals_deferred, stop_process  # noqa: E402
-
-from vstor.clock import ManualClock  # noqa: E402
-from vstor.errors import UsageError  # noqa: E402
-from vstor.store.reclaim import Reclaimer  # noqa: E402
-from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
-from vstor.units import format_size, parse_size  # noqa: E402
+from tools.benchlib.procs import install_signal_handlers, run, signals_deferred, stop_process
+from vstor.clock import ManualClock
+from vstor.errors import UsageError
+from vstor.store.reclaim import Reclaimer
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
+from vstor.units import format_size, parse_size
 
 MIB, GIB = 1 << 20, 1 << 30
 IDLE_CAP = 20_000  # idle ticks at most after the writes
@@ -213,9 +211,9 @@ def main() -> int:
             print(f"segment size {format_size(seg)}:", flush=True)
             base = tempfile.mkdtemp(prefix="vstor-seggc-", dir=a.workdir)
             try:
-                cmd = [sys.executable, __file__, "--gib", str(a.gib), "--passes", str(a.passes), "--write-kib",
-                       str(a.write_kib), "--tick-mib", str(a.tick_mib), "--seed", str(a.seed), "--one", str(seg),
-                       "--base", base, "--result", f"{base}/result.json"]
+                cmd = [sys.executable, "-m", "tools.bench_segment_gc", "--gib", str(a.gib), "--passes", str(a.passes),
+                       "--write-kib", str(a.write_kib), "--tick-mib", str(a.tick_mib), "--seed", str(a.seed),
+                       "--one", str(seg), "--base", base, "--result", f"{base}/result.json"]
                 proc = subprocess.Popen(cmd, start_new_session=True)  # a terminal Ctrl-C reaches us; we pass it on
                 try:
                     rc = proc.wait()

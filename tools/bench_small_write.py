@@ -1,6 +1,6 @@
 """The CPU cost of one 4 KiB random write, in process, against a bare pwrite.
 
-    .venv/bin/python tools/bench_small_write.py [--writes 200000] [--rounds 5] [--compress lz4|none]
+    .venv/bin/python -m tools.bench_small_write [--writes 200000] [--rounds 5] [--compress lz4|none]
                                                 [--encrypt] [--profile]
 
 fio's 4 KiB random write at QD1 through FUSE is bound by the CPU time of each request: the
@@ -35,10 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vstor.fuse.ops import VolumeFS  # noqa: E402
-from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
+from vstor.fuse.ops import VolumeFS
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
 
 SIZE = 2 << 30
 BLOCK = 4096

@@ -1,6 +1,6 @@
 """Request cost with 0, 100 and 1,000 snapshots, with Python's collector as is and frozen.
 
-    .venv/bin/python tools/bench_snapshot_gc.py [--age-writes 300000] [--ops 200000] [--counts 0,100,1000]
+    .venv/bin/python -m tools.bench_snapshot_gc [--age-writes 300000] [--ops 200000] [--counts 0,100,1000]
 
 In-process (Store API, no FUSE, no maintenance thread), on a pool in a temporary directory
 under /var/tmp: a 1 GiB volume is filled with 1 MiB writes and aged by random 4 KiB writes;
@@ -24,11 +24,9 @@ import sys
 import time
 from collections.abc import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aged_volume import BLOCKS, aged_volume, snapshot_up_to  # noqa: E402  (tools/, the script's own directory)
-
-from vstor.control.pygc import GcPolicy  # noqa: E402
-from vstor.store.store import Store  # noqa: E402
+from tools.aged_volume import BLOCKS, aged_volume, snapshot_up_to
+from vstor.control.pygc import GcPolicy
+from vstor.store.store import Store
 
 
 class GcTimer:

@@ -1,6 +1,6 @@
 """Time of `snapshot list` (sizes included) with 0, 100 and 1,000 snapshots, in process.
 
-    .venv/bin/python tools/bench_snapshot_list.py [--age-writes 300000] [--counts 0,100,1000] [--repeats 3]
+    .venv/bin/python -m tools.bench_snapshot_list [--age-writes 300000] [--counts 0,100,1000] [--repeats 3]
 
 In-process (Store API, no FUSE, no daemon, no CLI start-up), on a pool in a temporary
 directory under /var/tmp: a 1 GiB volume is filled with 1 MiB writes and aged by random
@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aged_volume import aged_volume, snapshot_up_to  # noqa: E402  (tools/, the script's own directory)
-
-from vstor.store import snapshots  # noqa: E402
-from vstor.store.store import Store  # noqa: E402
+from tools.aged_volume import aged_volume, snapshot_up_to
+from vstor.store import snapshots
+from vstor.store.store import Store
 
 
 def timed_listings(s: Store, repeats: int) -> tuple[list[float], list[dict]]:

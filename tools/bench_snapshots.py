@@ -1,6 +1,6 @@
 """Snapshot costs: creation latency, write pause, I/O, listing, check and start-up with many snapshots.
 
-    .venv/bin/python tools/bench_snapshots.py [--quick] [--parts 1,2,3,4] [--dir DIR] [--json-out FILE]
+    .venv/bin/python -m tools.bench_snapshots [--quick] [--parts 1,2,3,4] [--dir DIR] [--json-out FILE]
 
 Part 1 (in-process, Store API, no FUSE): snapshots.create() end to end and the store-lock hold
   (stats snapshot_pause_us) against volume size (1 GiB .. 1 TiB, one member) and member count
@@ -51,8 +51,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchlib.fio import direct_io_works, fio_version
-from benchlib.procs import (
+from tools.benchlib.fio import direct_io_works, fio_version
+from tools.benchlib.procs import (
     BenchError,
     best_effort,
     install_signal_handlers,
@@ -63,8 +63,7 @@ from benchlib.procs import (
     unmount,
     warn,
 )
-from benchlib.targets import VSTOR, Vstor
-
+from tools.benchlib.targets import VSTOR, Vstor
 from vstor.control.lock import PoolLock, daemon_pid
 from vstor.control.service import PoolService
 from vstor.store import snapshots

@@ -1,7 +1,7 @@
 """Tape throughput: an emulated LTO-9 drive through FUSE and through the internal API, against a
 bare file on the same filesystem, in one run.
 
-    .venv/bin/python tools/bench_tape.py [--size 4G] [--quick] [--json-out FILE]
+    .venv/bin/python -m tools.bench_tape [--size 4G] [--quick] [--json-out FILE]
 
 Measured, with 256 KiB blocks (GNU tar's ``-b 512``) of incompressible data:
   bare file      os.write of 256 KiB blocks to a plain file, then fdatasync (the baseline)
@@ -26,10 +26,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vstor.media.cartridge import Cartridge  # noqa: E402
-from vstor.media.tapedrive import MTREW, TapeDrive  # noqa: E402
-from vstor.units import parse_size  # noqa: E402
+from vstor.media.cartridge import Cartridge
+from vstor.media.tapedrive import MTREW, TapeDrive
+from vstor.units import parse_size
 
 VSTOR = str(Path(sys.executable).parent / "vstor")
 BLOCK = 256 * 1024
