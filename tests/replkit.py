@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if __package__:  # imported as tests.replkit (by the tools, python -m tools.NAME)
+if __package__:  # imported as tests.replkit (by tools/: python -m tools.NAME, tools/dr-drill)
     from .harness import Array, read_direct
-else:  # imported as replkit (tests/ on sys.path: the tests, tools/dr-drill)
+else:  # imported as replkit (tests/ on sys.path: the tests)
     from harness import Array, read_direct  # noqa: E402
 
 from vm.lab import Lab  # noqa: E402

@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tools.benchlib.timing import timed
 from vstor.units import format_size, parse_size
 
 VSTOR = str(Path(sys.executable).parent / "vstor")
@@ -49,10 +50,8 @@ def main() -> int:
     def v(*args: str) -> str:
         return subprocess.run([VSTOR, *args], env=env, check=True, capture_output=True, text=True).stdout
 
-    def timed(*cmd: str) -> float:
-        t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
-        return time.perf_counter() - t0
+    def run_timed(*cmd: str) -> float:
+        return timed(subprocess.run, cmd, env=env, check=True, capture_output=True)
 
     res: dict = {"size": total}
     try:
@@ -74,12 +73,12 @@ def main() -> int:
 
         # The baseline: GNU tar writes and reads the same images on the same drive.
         v("media", "load", "lib", "VT0004L9", "--drive", "0")
-        secs = timed("tar", "-b", "512", "-cSf", str(tape), "-C", str(mnt / "volumes"), "a", "b")
+        secs = run_timed("tar", "-b", "512", "-cSf", str(tape), "-C", str(mnt / "volumes"), "a", "b")
         res["tar_write_mb_s"] = total / secs / 1e6
         out = work / "tar-out"
         out.mkdir()
         subprocess.run(["mt", "-f", str(tape), "rewind"], check=True)
-        secs = timed("tar", "-b", "512", "-xSf", str(tape), "-C", str(out))
+        secs = run_timed("tar", "-b", "512", "-xSf", str(tape), "-C", str(out))
         res["tar_read_mb_s"] = total / secs / 1e6
         shutil.rmtree(out)
         v("media", "unload", "lib", "--drive", "0")

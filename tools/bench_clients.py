@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tools.benchlib.timing import timed
 from vm.lab import Lab
 from vstor.units import format_size, parse_size
 
@@ -79,11 +80,9 @@ def main() -> int:
     def v(*args: str) -> str:
         return subprocess.run([VSTOR, *args], env=env, check=True, capture_output=True, text=True).stdout
 
-    def timed(cmd: list[str] | str, shell: bool = False) -> float:
-        t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, capture_output=True, shell=shell,
-                       executable="/bin/bash" if shell else None)
-        return time.perf_counter() - t0
+    def run_timed(cmd: list[str] | str, shell: bool = False) -> float:
+        return timed(subprocess.run, cmd, env=env, check=True, capture_output=True, shell=shell,
+                     executable="/bin/bash" if shell else None)
 
     try:
         lab.up()
@@ -121,8 +120,8 @@ def main() -> int:
                 "openssl", "s_client", "-quiet", "-no_ign_eof", "-nocommands", "-connect", f"{A}:{SINK_PORT}",
                 "-cert", str(tls / "c1.pem"), "-key", str(tls / "c1.key"), "-CAfile", str(tls / "ca.pem"),
                 "-tls1_3"]))
-            base = timed(f"set -o pipefail; tar cf - -C {src.parent} {src.name} | {client} >/dev/null 2>&1",
-                         shell=True)
+            base = run_timed(f"set -o pipefail; tar cf - -C {src.parent} {src.name} | {client} >/dev/null 2>&1",
+                             shell=True)
             assert sink.stdin is not None
             sink.stdin.close()
             sink.wait(60)

@@ -23,7 +23,7 @@ def main() -> int:
     p.add_argument("--age-writes", type=int, default=150_000)
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
-    print("$ " + " ".join([sys.executable, *sys.argv]))
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]))
     with aged_volume("vstor-cow-", a.age_writes) as (s, v, rng, buf):
         leaves = s.state.maps[v].leaves
         extents = sum(len(x) for leaf in leaves.values() for x in leaf.overlays.values())

@@ -93,7 +93,7 @@ def main() -> int:
     if a.one is not None:
         one_run(a.gib, a.writes, a.storms, a.one)
         return 0
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]), flush=True)
     budget = (a.budget_mib << 20) // fragments.EXTENT_BYTES
     for label, extents in (("off", 1 << 62), (f"on ({a.budget_mib} MiB = {budget:,} extents)", budget)):
         print(f"budget {label}:", flush=True)

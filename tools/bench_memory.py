@@ -89,7 +89,7 @@ def main() -> int:
     p.add_argument("--chunk-size", default="512K")
     p.add_argument("--skip-daemon", action="store_true")
     a = p.parse_args()
-    print("$ " + " ".join([os.path.relpath(sys.executable), *sys.argv]))
+    print("$ " + " ".join([os.path.relpath(sys.executable), *sys.orig_argv[1:]]))
     m = map_bytes_per_tib(parse_size(a.chunk_size))
     print(f"chunk map at 1 TiB allocated ({m['chunks']} chunks of {a.chunk_size}): {m['map_mib_per_tib']} MiB "
           f"({m['bytes_per_chunk']} bytes per chunk)")

@@ -37,7 +37,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--passes", type=int, default=5, help="timed passes of each kind (after one warm-up each)")
     a = p.parse_args()
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]), flush=True)
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]

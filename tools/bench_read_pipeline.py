@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -39,6 +38,7 @@ import time
 from pathlib import Path
 
 from tools.benchlib.counters import Counters, delta, disk_of
+from tools.benchlib.fio import parse_job
 from tools.benchlib.hostmem import steady_memory
 from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, run
 from tools.benchlib.targets import Passthrough, Target, Vstor
@@ -67,7 +67,7 @@ def reader_seconds(reader: str, res: subprocess.CompletedProcess[str]) -> float:
     try:
         if reader == "dd":
             return float(re.findall(r"copied, ([0-9.]+) s", res.stderr)[-1])
-        return json.loads(res.stdout[res.stdout.index("{"):])["jobs"][0]["read"]["runtime"] / 1000
+        return parse_job(res.stdout, res.stderr, res.returncode, "seq-read")["read"]["runtime"] / 1000
     except (ValueError, IndexError, KeyError) as e:
         raise BenchError(f"cannot read the {reader} pass's duration from its output ({e})") from None
 
@@ -120,7 +120,7 @@ def main() -> int:
         disk = disk_of(a.workdir)
     except OSError as e:
         raise SystemExit(f"bench_read_pipeline: --workdir {a.workdir}: {e.strerror or e}") from None
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]), flush=True)
     install_signal_handlers()
     work = Path(tempfile.mkdtemp(prefix="vstor-pipeline-", dir=a.workdir))
     try:

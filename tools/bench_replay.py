@@ -55,7 +55,7 @@ def main() -> int:
     p.add_argument("--mib", type=int, default=1024, help="MiB written for the 1 MiB case (4 KiB case: a quarter)")
     p.add_argument("--workdir", default="/var/tmp")
     a = p.parse_args()
-    print("$ " + " ".join([os.path.relpath(sys.executable), *sys.argv]), flush=True)
+    print("$ " + " ".join([os.path.relpath(sys.executable), *sys.orig_argv[1:]]), flush=True)
     base = tempfile.mkdtemp(prefix="vstor-replay-", dir=a.workdir)
     try:
         cols = ("record", 7), ("records", 9), ("MiB", 7), ("seconds", 8), ("records/s", 10), ("MB/s", 8)

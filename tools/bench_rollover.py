@@ -36,7 +36,7 @@ def main() -> int:
     p.add_argument("--gib", type=int, default=2, help="GiB written")
     p.add_argument("--segment-mib", type=int, default=64, help="journal segment size of the pool")
     a = p.parse_args()
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]), flush=True)
     base = tempfile.mkdtemp(prefix="vstor-rollover-", dir="/var/tmp")
     try:
         init_pool(f"{base}/pool", segment_size=a.segment_mib * MIB)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.benchlib.procs import install_signal_handlers, run, signals_deferred, stop_process
+from tools.benchlib.report import table
 from vstor.clock import ManualClock
 from vstor.errors import UsageError
 from vstor.store.reclaim import Reclaimer
@@ -160,7 +161,7 @@ def machine(workdir: str) -> dict[str, Any]:
             "workdir_free": shutil.disk_usage(workdir).free}
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def render(rows: list[dict[str, Any]]) -> str:
     head = ["segment", "host GiB", "moved GiB", "(idle)", "WA", "disk peak", "disk end", "live GiB",
             "SA peak", "SA end", "segs", "MB/s", "tick s", "cut/ticks", "idle ticks"]
     out = [[format_size(r["segment_size"]), f"{r['host_bytes'] / GIB:.2f}", f"{r['moved_bytes'] / GIB:.2f}",
@@ -169,8 +170,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['space_amp_final']:.2f}", str(r["segments_final"]), f"{r['write_MBps']:.0f}",
             f"{r['tick_seconds']:.1f}", f"{r['cut_ticks_writes']}/{r['write_ticks']}",
             f"{r['idle_ticks']}{' (cap)' if r['idle_cap_hit'] else ''}"] for r in rows]
-    widths = [max(len(x[i]) for x in [head, *out]) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(wd) for c, wd in zip(x, widths, strict=True)) for x in [head, *out])
+    return table(head, out, first_left=False)
 
 
 def main() -> int:
@@ -230,7 +230,7 @@ def main() -> int:
         interrupted = True
         print(f"\ninterrupted ({str(e) or 'Ctrl-C'}); temporary directories removed", file=sys.stderr, flush=True)
     if rows:
-        print(table(rows))
+        print(render(rows))
         for r in rows:
             if r["idle_cap_hit"] or r["failed_ticks"]:
                 print(f"  {format_size(r['segment_size'])}: idle cap hit {r['idle_cap_hit']}, "

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from tools.aged_volume import BLOCKS, aged_volume, snapshot_up_to
+from tools.benchlib.timing import Timer
 from vstor.control.pygc import GcPolicy
 from vstor.store.store import Store
 
@@ -51,10 +52,10 @@ def timed(fn: Callable[[int], object], ops: int, rng: random.Random) -> dict:
     timer = GcTimer()
     gc.callbacks.append(timer)
     try:
-        t0 = time.perf_counter()
-        for _ in range(ops):
-            fn(rng.randrange(BLOCKS) * 4096)
-        wall = time.perf_counter() - t0
+        with Timer() as t:
+            for _ in range(ops):
+                fn(rng.randrange(BLOCKS) * 4096)
+        wall = t.seconds
     finally:
         gc.callbacks.remove(timer)
     return {"us": wall / ops * 1e6, "gc_us": timer.total / ops * 1e6,
@@ -82,7 +83,7 @@ def main() -> int:
     p.add_argument("--counts", default="0,100,1000")
     a = p.parse_args()
     counts = [int(c) for c in a.counts.split(",")]
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]), flush=True)
     with aged_volume("vstor-gcbench-", a.age_writes) as (s, v, rng, buf):
         print(f"1 GiB volume filled and aged by {a.age_writes} random 4 KiB writes", flush=True)
         base_us: dict[tuple[str, str], float] = {}

@@ -24,6 +24,7 @@ import sys
 import time
 
 from tools.aged_volume import aged_volume, snapshot_up_to
+from tools.benchlib.timing import Timer
 from vstor.store import snapshots
 from vstor.store.store import Store
 
@@ -32,9 +33,9 @@ def timed_listings(s: Store, repeats: int) -> tuple[list[float], list[dict]]:
     times, out = [], []
     for _ in range(repeats):
         gc.collect()  # not timed: the daemon's collector stays frozen (vstor/control/pygc.py)
-        t0 = time.perf_counter()
-        out = snapshots.listing(s, "v")
-        times.append(time.perf_counter() - t0)
+        with Timer() as t:
+            out = snapshots.listing(s, "v")
+        times.append(t.seconds)
     return times, out
 
 
@@ -53,7 +54,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args()
     counts = [int(c) for c in a.counts.split(",")]
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]), flush=True)
     with aged_volume("vstor-listbench-", a.age_writes) as (s, v, rng, buf):
         print(f"1 GiB volume filled and aged by {a.age_writes} random 4 KiB writes", flush=True)
         print(f"{'when':<9} {'snapshots':>9} {'listed':>6} {'versions':>8} {'median s':>8} {'max s':>8} "

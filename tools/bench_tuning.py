@@ -69,7 +69,7 @@ def main() -> int:
     a = p.parse_args()
     from vstor.units import parse_size
 
-    print("$ " + " ".join([os.path.relpath(sys.executable), *sys.argv]), flush=True)
+    print("$ " + " ".join([os.path.relpath(sys.executable), *sys.orig_argv[1:]]), flush=True)
     settings = FioSettings(parse_size(a.size), 0, a.runtime, 300, None)
     runs: dict[str, list[dict]] = {name: [] for name, _t in VARIANTS}
     for rnd in range(a.rounds):
