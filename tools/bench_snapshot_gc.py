@@ -5,7 +5,7 @@
 In-process (Store API, no FUSE, no maintenance thread), on a pool in a temporary directory
 under /var/tmp: a 1 GiB volume is filled with 1 MiB writes and aged by random 4 KiB writes;
 before each snapshot 16 random 4 KiB writes land, so every snapshot holds new leaf versions,
-as in part 3 of tools/bench_snapshots.py. At each snapshot count, ``--ops`` random 4 KiB
+as in part 3 of tools/bench_snapshots. At each snapshot count, ``--ops`` random 4 KiB
 writes and then as many reads are timed twice: once with the collector as Python leaves it
 ("gc as is") and once under the daemon's GcPolicy ("policy", vstor/control/pygc.py), which
 calls ``gc.freeze()`` at once and then every 10 s from its thread. For each run: mean µs per

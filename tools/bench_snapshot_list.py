@@ -5,7 +5,7 @@
 In-process (Store API, no FUSE, no daemon, no CLI start-up), on a pool in a temporary
 directory under /var/tmp: a 1 GiB volume is filled with 1 MiB writes and aged by random
 4 KiB writes; before each snapshot 16 random 4 KiB writes land, so every snapshot holds new
-leaf versions, as in part 3 of tools/bench_snapshots.py. At each count it prints the median
+leaf versions, as in part 3 of tools/bench_snapshots. At each count it prints the median
 and the slowest of ``--repeats`` listings (``snapshots.listing``: the exclusive and shared
 bytes of every snapshot), the number of leaf versions, and the result's total exclusive bytes,
 so that runs of two versions of the code can be checked to agree.
