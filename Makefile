@@ -36,10 +36,10 @@ venv: $(VENV)/.installed
 
 # Man pages from the parser (tools/make_manpages.py): build/man/vstor.1 and vstor-COMMAND.1.
 man: venv
-	@$(PY) tools/make_manpages.py build/man
+	@$(PY) -m tools.make_manpages build/man
 
 demo: setup
-	$(PY) tools/demo.py
+	$(PY) -m tools.demo
 
 # mypy runs beside pytest (it needs a core for ~30 s cold; the suite mostly waits on I/O).
 test: setup
@@ -63,29 +63,29 @@ soak: setup
 	VSTOR_CRASH_ITERATIONS=200 $(PY) -m pytest -q -m soak tests
 
 bench: setup
-	$(PY) tools/steady_memory.py $(MAKE) --no-print-directory bench-tools
+	$(PY) -m tools.steady_memory $(MAKE) --no-print-directory bench-tools
 
 # The tools of make bench, without its hold on the VM's free page reporting (tools/steady_memory.py).
 bench-tools:
-	$(PY) tools/bench_fio.py --all --rounds 3 --runtime 15 --read-repeats 1
-	$(PY) tools/bench_fio.py --phase aged --size 1G --targets passthrough,vstor --rounds 3 --runtime 15 --read-repeats 1
-	$(PY) tools/bench_aged_store.py --size-mib 512
-	$(PY) tools/bench_fio.py --phase mixed --size 1G --targets passthrough,vstor
-	$(PY) tools/bench_pgbench.py
-	$(PY) tools/bench_stall.py
-	$(PY) tools/bench_read_pipeline.py
-	$(PY) tools/bench_small_write.py
-	$(PY) tools/bench_segment_gc.py
-	$(PY) tools/bench_memory.py --fill-gib 4
-	$(PY) tools/bench_tuning.py
-	$(PY) tools/bench_replay.py
-	$(PY) tools/bench_snapshots.py
-	$(PY) tools/bench_replication.py
-	$(PY) tools/bench_nbd.py --rounds 3 --runtime 10
-	$(PY) tools/bench_pair_pinned.py --rounds 3
-	$(PY) tools/bench_tape.py --size 4G
-	$(PY) tools/bench_backup.py --size 4G
-	$(PY) tools/bench_clients.py --files 100000 --size 4G
+	$(PY) -m tools.bench_fio --all --rounds 3 --runtime 15 --read-repeats 1
+	$(PY) -m tools.bench_fio --phase aged --size 1G --targets passthrough,vstor --rounds 3 --runtime 15 --read-repeats 1
+	$(PY) -m tools.bench_aged_store --size-mib 512
+	$(PY) -m tools.bench_fio --phase mixed --size 1G --targets passthrough,vstor
+	$(PY) -m tools.bench_pgbench
+	$(PY) -m tools.bench_stall
+	$(PY) -m tools.bench_read_pipeline
+	$(PY) -m tools.bench_small_write
+	$(PY) -m tools.bench_segment_gc
+	$(PY) -m tools.bench_memory --fill-gib 4
+	$(PY) -m tools.bench_tuning
+	$(PY) -m tools.bench_replay
+	$(PY) -m tools.bench_snapshots
+	$(PY) -m tools.bench_replication
+	$(PY) -m tools.bench_nbd --rounds 3 --runtime 10
+	$(PY) -m tools.bench_pair_pinned --rounds 3
+	$(PY) -m tools.bench_tape --size 4G
+	$(PY) -m tools.bench_backup --size 4G
+	$(PY) -m tools.bench_clients --files 100000 --size 4G
 
 drill: setup
 	$(PY) tools/dr-drill

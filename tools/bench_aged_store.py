@@ -24,16 +24,12 @@ import glob
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from vstor.store.defrag import Defragmenter  # noqa: E402
-from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
+from vstor.store.defrag import Defragmenter
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
 
 MiB = 1 << 20
 

@@ -33,13 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib.fio import JOBS, PHASES, FioSettings, Job, direct_io_works, fio_version, run_job
-from benchlib.hostmem import steady_memory
-from benchlib.mixed import MIXED_JOBS, MIXED_RUNTIME, mixed_report, proc_io, run_mixed, write_amplification
-from benchlib.procs import BenchError, drop_caches, install_signal_handlers, run, signals_deferred
-from benchlib.report import combine, paired_ratios, render
-from benchlib.targets import VSTOR_VARIANTS, Nbdfuse, Passthrough, Raw, Target, Vstor, vstor_available
-
+from tools.benchlib.fio import JOBS, PHASES, FioSettings, Job, direct_io_works, fio_version, run_job
+from tools.benchlib.hostmem import steady_memory
+from tools.benchlib.mixed import MIXED_JOBS, MIXED_RUNTIME, mixed_report, proc_io, run_mixed, write_amplification
+from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, run, signals_deferred
+from tools.benchlib.report import combine, paired_ratios, render
+from tools.benchlib.targets import VSTOR_VARIANTS, Nbdfuse, Passthrough, Raw, Target, Vstor, vstor_available
 from vstor.errors import UsageError
 from vstor.store.superblock import MAX_SEGMENT, MIN_SEGMENT
 from vstor.units import format_size, parse_size

@@ -29,10 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib.blockfs import KINDS, Ext4Target
-from benchlib.hostmem import steady_memory
-from benchlib.procs import BenchError, install_signal_handlers, signals_deferred
-
+from tools.benchlib.blockfs import KINDS, Ext4Target
+from tools.benchlib.hostmem import steady_memory
+from tools.benchlib.procs import BenchError, install_signal_handlers, signals_deferred
 from vstor.errors import UsageError
 from vstor.units import parse_size
 

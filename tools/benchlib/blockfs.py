@@ -16,8 +16,8 @@ import contextlib
 import os
 from pathlib import Path
 
-from benchlib.procs import BenchError, best_effort, run, signals_deferred, wait_until
-from benchlib.targets import Passthrough, Target, Vstor, make_sparse
+from .procs import BenchError, best_effort, run, signals_deferred, wait_until
+from .targets import Passthrough, Target, Vstor, make_sparse
 
 __all__ = ["KINDS", "Ext4Target", "loop_attach"]
 

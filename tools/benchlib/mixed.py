@@ -16,8 +16,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from benchlib.fio import FioSettings, Job
-from benchlib.procs import BenchError
+from .fio import FioSettings, Job
+from .procs import BenchError
 
 __all__ = ["MIXED_JOBS", "MIXED_RUNTIME", "RWMIXREAD", "FSYNC_EVERY", "mixed_args", "parse_iops_log",
            "stall_seconds", "run_mixed", "proc_io", "write_amplification"]

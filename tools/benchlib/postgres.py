@@ -18,7 +18,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-from benchlib.procs import BenchError, best_effort, run, signals_deferred, stop_process
+from .procs import BenchError, best_effort, run, signals_deferred, stop_process
 
 __all__ = ["PG_USER", "PgCluster", "pg_bindir", "parse_tps"]
 

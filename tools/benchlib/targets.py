@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchlib.procs import (
+from .procs import (
     BenchError,
     RssSampler,
     best_effort,
