@@ -27,12 +27,15 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["CephLab", "CLIENT_TIMEOUT", "ceph_available"]
+import pytest
+
+__all__ = ["CLIENT_TIMEOUT", "TEST_POOL", "CephLab", "ceph_available", "ceph_lab", "rados_location"]
 
 DAEMONS = ("ceph-mon", "ceph-mgr", "ceph-osd")
-CLIENT_TIMEOUT = 5  # seconds: rados_osd_op_timeout and client_mount_timeout of test clients
+CLIENT_TIMEOUT = 3  # seconds: rados_osd_op_timeout and client_mount_timeout of test clients
 MEMSTORE_BYTES = 2 << 30
 PORT_SPAN = 200  # the OSD and manager bind in [port + 1, port + PORT_SPAN]
 
@@ -234,5 +237,47 @@ class CephLab:
         end = time.monotonic() + 10
         while time.monotonic() < end and any(_running(p) for p in pids):
             time.sleep(0.05)
+        left = [p for p in pids if _running(p)]
         shutil.rmtree(self.dir, ignore_errors=True)
+        if left:
+            raise RuntimeError(f"Ceph daemons {left} still run after SIGKILL")
         return pids
+
+
+# -- pytest fixtures (imported by conftest.py) ------------------------------------------------
+TEST_POOL = "vstor-test"
+
+
+@pytest.fixture(scope="session")
+def ceph_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephLab]:
+    """One cluster for the whole session, with the RADOS pool TEST_POOL; torn down at the end,
+    also when a test or the bring-up itself fails."""
+    why = ceph_available()
+    if why:
+        pytest.skip(why)
+    lab = CephLab(tmp_path_factory.mktemp("ceph") / "cluster")
+    try:
+        lab.up()
+        lab.pool(TEST_POOL)
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture
+def rados_location(ceph_lab: CephLab) -> Iterator[str]:
+    """A fresh rados://TEST_POOL/PREFIX for one test (its own RADOS namespaces); every object
+    under it is removed afterwards."""
+    import rados
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    yield f"rados://{TEST_POOL}/{prefix}"
+    cluster = rados.Rados(conffile=str(ceph_lab.conf), conf={"rados_osd_op_timeout": str(CLIENT_TIMEOUT)})
+    cluster.connect(timeout=CLIENT_TIMEOUT)
+    try:
+        with cluster.open_ioctx(TEST_POOL) as io:
+            for ns in (prefix, f"{prefix}/journal"):
+                io.set_namespace(ns)
+                for obj in list(io.list_objects()):
+                    io.remove_object(obj.key)
+    finally:
+        cluster.shutdown()

@@ -93,5 +93,6 @@ class PoolBackend(ABC):
     def list_blobs(self, prefix: str = "") -> list[str]:
         """The names of the blobs under ``prefix`` (a directory such as ``meta/``), sorted."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release connections and descriptors (writes not flushed are not guaranteed)."""
