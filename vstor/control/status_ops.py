@@ -186,11 +186,12 @@ def _stamp(parts: list[str]) -> str:
 
 def offline_overview(pool: str) -> dict:
     """What a stopped pool's files say, read without the pool lock (see the module docstring)."""
+    from vstor.store.backend import LocalBackend
     from vstor.store.checkpoint import read_checkpoints
-    from vstor.store.superblock import layout, load_superblock
+    from vstor.store.superblock import load_superblock
 
     sb = load_superblock(pool)
-    ckset = read_checkpoints(layout(pool)["meta"], sb.uuid_bytes)
+    ckset = read_checkpoints(LocalBackend(pool), sb.uuid_bytes)
     ck = ckset.newest
     volumes: list[dict] = []
     groups: list[dict] = []

@@ -52,9 +52,9 @@ def check_pool(store: object) -> CheckReport:
     assert isinstance(store, Store)
     rep = CheckReport()
     store.codec.verify_only = not store.codec.encrypted
-    for why in superblock_problems(store.pool):
+    for why in superblock_problems(store.backend):
         rep.problem(why)
-    for why in read_checkpoints(store.paths["meta"], store.sb.uuid_bytes).problems():
+    for why in read_checkpoints(store.backend, store.sb.uuid_bytes).problems():
         rep.problem(why)
     for why in consumer_problems(store.paths["meta"]):
         rep.problem(why)

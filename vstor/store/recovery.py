@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -59,7 +58,7 @@ def load_state(store: object, salvage: bool = False) -> Loaded:
     from vstor.store.store import Store
 
     assert isinstance(store, Store)
-    ckset = read_checkpoints(store.paths["meta"], store.sb.uuid_bytes)
+    ckset = read_checkpoints(store.backend, store.sb.uuid_bytes)
     segs = store.journal.segments()
     problems = ckset.problems()
     ck = ckset.newest
@@ -101,7 +100,7 @@ def _check_journal(store: object, ck: CheckpointData, segs: list[int]) -> None:
                               f"{ck.generation}) needs it from offset {ck.pos}; acknowledged writes may be "
                               f"lost: the array will not start; {REPAIR_HINT}")
         return
-    size = os.stat(store.journal.path(ck.segno)).st_size  # type: ignore[attr-defined]
+    size = store.journal.backend.segment_size(ck.segno)  # type: ignore[attr-defined]
     if size < ck.pos:
         raise CorruptData(f"journal segment {ck.segno} ends at {size}, but the checkpoint (generation "
                           f"{ck.generation}) says it reached {ck.pos}: it was cut short and acknowledged "

@@ -33,7 +33,16 @@ class PoolBackend(ABC):
     def describe(self) -> str:
         """Where the pool lives, for messages (a directory, or rados://POOL/PREFIX)."""
 
+    def where(self, name: str) -> str:
+        """A blob's full name, for messages (its path on a local pool)."""
+        return f"{self.describe()}/{name}"
+
     # -- segments --------------------------------------------------------------------------
+    def local_path(self, segno: int) -> str | None:
+        """The segment's local file, which the journal may map and fdatasync itself (local
+        backend), or None when segments are not local files."""
+        return None
+
     @abstractmethod
     def list_segments(self) -> list[int]:
         """The numbers of every segment, ascending."""

@@ -28,8 +28,9 @@ JOURNAL_DIR = "journal"
 class LocalBackend(PoolBackend):
     kind = "local"
 
-    def __init__(self, root: str, faults: Faults = NO_FAULTS) -> None:
+    def __init__(self, root: str, faults: Faults = NO_FAULTS, journal_dir: str | None = None) -> None:
         self.root = root
+        self.journal_dir = journal_dir or os.path.join(root, JOURNAL_DIR)
         self.faults = faults
         self._lock = threading.Lock()
         self._fds: dict[int, int] = {}  # segno -> O_RDWR descriptor
@@ -39,11 +40,14 @@ class LocalBackend(PoolBackend):
 
     # -- segments --------------------------------------------------------------------------
     def segment_path(self, segno: int) -> str:
-        return os.path.join(self.root, JOURNAL_DIR, segment_name(segno))
+        return os.path.join(self.journal_dir, segment_name(segno))
+
+    def local_path(self, segno: int) -> str:
+        return self.segment_path(segno)
 
     def list_segments(self) -> list[int]:
         try:
-            names = os.listdir(os.path.join(self.root, JOURNAL_DIR))
+            names = os.listdir(self.journal_dir)
         except FileNotFoundError:
             return []
         return sorted(int(n[:-4]) for n in names if n.endswith(".seg") and n[:-4].isdigit())
@@ -60,11 +64,7 @@ class LocalBackend(PoolBackend):
             with contextlib.suppress(OSError):
                 os.unlink(path)
             raise
-        with self._lock:
-            old = self._fds.pop(segno, None)
-            self._fds[segno] = fd
-        if old is not None:
-            os.close(old)
+        os.close(fd)  # writers open it again (the journal maps its own descriptor)
 
     def _fd(self, segno: int) -> int:
         with self._lock:
@@ -116,6 +116,9 @@ class LocalBackend(PoolBackend):
         if name.startswith("/") or ".." in name.split("/"):
             raise ValueError(f"bad blob name {name!r}")
         return os.path.join(self.root, name)
+
+    def where(self, name: str) -> str:
+        return self._path(name)
 
     def get(self, name: str) -> bytes:
         with open(self._path(name), "rb") as f:
