@@ -4,24 +4,35 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+# The RADOS tests' interpreter: Debian's python3-rados is built for /usr/bin/python3, so this
+# venv is made from it with the system site packages (make venv-rados; make test-rados).
+VENV_RADOS := .venv-rados
+# Ceph for pools on RADOS and its one-node test cluster (tests/cephlab.py); installed without
+# recommends (they pull in far more than the daemons and the client library).
+APT_NO_RECOMMENDS := ceph-mon ceph-mgr ceph-osd ceph-common python3-rados
 APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar genisoimage iproute2 nbdkit libnbd-bin python3-libnbd qemu-utils python3-venv sqlite3 \
-	groff-base man-db systemd chromium openssl
+	groff-base man-db systemd chromium openssl $(APT_NO_RECOMMENDS)
 # The command each package must provide, to tell whether it is installed.
 # groff and man render the man pages in the tests; systemd-analyze verifies vstor@.service;
 # chromium renders the dashboard in its test.
-APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse nbdsh qemu-img groff man systemd-analyze chromium sqlite3 openssl
+# ceph-mon, ceph-mgr, ceph-osd, ceph and ceph-authtool start the RADOS tests' cluster; python3-rados
+# is probed by its module file (below).
+APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse nbdsh qemu-img groff man systemd-analyze chromium sqlite3 openssl \
+	ceph-mon ceph-mgr ceph-osd ceph ceph-authtool
 
-.PHONY: drill setup system-deps venv man demo test test-fast soak bench bench-tools lint clean
+.PHONY: drill setup system-deps venv venv-rados man demo test test-fast test-rados soak bench bench-tools lint clean
 
 setup: system-deps venv man
 
 system-deps:
 	@missing=0; for c in $(APT_PROBES); do command -v $$c >/dev/null || missing=1; done; \
 	test -e /usr/lib/x86_64-linux-gnu/libfuse3.so.3 -o -e /usr/lib/aarch64-linux-gnu/libfuse3.so.3 || missing=1; \
+	ls /usr/lib/python3/dist-packages/rados.cpython-*.so >/dev/null 2>&1 || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  echo "setup: installing system packages: $(APT_PACKAGES)"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  apt-get update -qq && apt-get install -y -qq $(filter-out $(APT_NO_RECOMMENDS),$(APT_PACKAGES)) >/dev/null && \
+	  apt-get install -y -qq --no-install-recommends $(APT_NO_RECOMMENDS) >/dev/null; \
 	fi
 	@modprobe fuse 2>/dev/null || true; modprobe loop 2>/dev/null || true
 
@@ -33,6 +44,14 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+$(VENV_RADOS)/.installed: pyproject.toml
+	@test -x $(VENV_RADOS)/bin/python || /usr/bin/python3 -m venv --system-site-packages $(VENV_RADOS)
+	$(VENV_RADOS)/bin/python -m pip install -q -e '.[test]'
+	@$(VENV_RADOS)/bin/python -c 'import rados' || { echo "python3-rados is missing: make system-deps"; exit 1; }
+	@touch $@
+
+venv-rados: system-deps $(VENV_RADOS)/.installed
+
 # Man pages from the parser (tools/make_manpages.py): build/man/vstor.1 and vstor-COMMAND.1.
 man: venv
 	@$(PY) tools/make_manpages.py build/man
@@ -42,10 +61,15 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check vstor tools tests vm
-	$(PY) -m pytest -q -m "not soak" tests
+	$(PY) -m pytest -q -m "not soak and not rados" tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not soak and not root" tests
+
+# The RADOS tests: one throwaway Ceph cluster (memstore, 127.0.0.1) for the session, then the
+# backend contract and store tests against it. Kept out of make test (the cluster alone takes 10-25 s).
+test-rados: setup venv-rados
+	$(VENV_RADOS)/bin/python -m pytest -q -m "rados and not soak" tests
 
 soak: setup
 	VSTOR_CRASH_ITERATIONS=200 $(PY) -m pytest -q -m soak tests
@@ -79,4 +103,4 @@ lint: venv
 	$(VENV)/bin/ruff check vstor tools tests vm
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_RADOS) build *.egg-info .pytest_cache .ruff_cache
