@@ -121,23 +121,39 @@ def init_pool(pool: str, chunk_size: int = DEFAULT_CHUNK, compress: str = "none"
               key_file: str | None = None, segment_size: int | None = None) -> tuple[Superblock, bool]:
     """Create a pool directory. Returns the superblock and whether a new key file was made.
     ``segment_size`` None picks :func:`auto_segment_size` for the pool's filesystem."""
-    from vstor.store.codec import key_check_value
-    if chunk_size & (chunk_size - 1) or not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
-        raise UsageError(f"invalid chunk size {chunk_size}: use a power of two from 64K to 4M")
-    if compress not in ("lz4", "none"):
-        raise UsageError(f"invalid compression {compress!r}: use lz4 or none")
     if segment_size is None:
         segment_size = auto_segment_size(filesystem_bytes(pool))
-    if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
-        raise UsageError("invalid segment size: use 16M to 4G, or auto")
-    if encrypt and not key_file:
-        raise UsageError("--encrypt needs --key-file FILE (it is created if it does not exist)")
+    check_settings(chunk_size, compress, encrypt, key_file, segment_size)
     paths = layout(pool)
     if os.path.exists(paths["superblock"]):
         raise AlreadyExists(f"{pool} already holds a vstor pool")
     if os.path.isdir(pool) and os.listdir(pool):
         raise UsageError(f"{pool} is not empty; choose an empty or new directory")
     os.makedirs(pool, exist_ok=True)
+    sb, created_key = new_superblock(chunk_size, compress, encrypt, key_file, segment_size)
+    for d in ("journal", "meta", "log"):
+        os.makedirs(paths[d], mode=0o700, exist_ok=True)  # owner only, like pool.json
+    format_backend(LocalBackend(pool), sb)
+    return sb, created_key
+
+
+def check_settings(chunk_size: int, compress: str, encrypt: bool, key_file: str | None, segment_size: int) -> None:
+    """UsageError for settings no pool can have."""
+    if chunk_size & (chunk_size - 1) or not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+        raise UsageError(f"invalid chunk size {chunk_size}: use a power of two from 64K to 4M")
+    if compress not in ("lz4", "none"):
+        raise UsageError(f"invalid compression {compress!r}: use lz4 or none")
+    if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
+        raise UsageError("invalid segment size: use 16M to 4G, or auto")
+    if encrypt and not key_file:
+        raise UsageError("--encrypt needs --key-file FILE (it is created if it does not exist)")
+
+
+def new_superblock(chunk_size: int, compress: str, encrypt: bool, key_file: str | None,
+                   segment_size: int) -> tuple[Superblock, bool]:
+    """A new pool's superblock (checked settings), and whether a new key file was made."""
+    from vstor.store.codec import key_check_value
+    check_settings(chunk_size, compress, encrypt, key_file, segment_size)
     created_key = False
     key_check = ""
     pool_uuid = uuid.uuid4()
@@ -148,11 +164,20 @@ def init_pool(pool: str, chunk_size: int = DEFAULT_CHUNK, compress: str = "none"
             create_key_file(key_file)
             created_key = True
         key_check = key_check_value(read_key_file(key_file), pool_uuid.bytes)
-    for d in ("journal", "meta", "log"):
-        os.makedirs(paths[d], mode=0o700, exist_ok=True)  # owner only, like pool.json
     sb = Superblock(str(pool_uuid), chunk_size, segment_size, compress, encrypt, key_check,
                     key_file or "", time.time())
-    format_backend(LocalBackend(pool), sb)
+    return sb, created_key
+
+
+def init_backend_pool(backend: PoolBackend, chunk_size: int = DEFAULT_CHUNK, compress: str = "none",
+                      encrypt: bool = False, key_file: str | None = None,
+                      segment_size: int | None = None) -> tuple[Superblock, bool]:
+    """:func:`init_pool` on a backend without a local directory (a RADOS pool); ``segment_size``
+    None is DEFAULT_SEGMENT."""
+    if backend.exists(SUPERBLOCK):
+        raise AlreadyExists(f"{backend.describe()} already holds a vstor pool")
+    sb, created_key = new_superblock(chunk_size, compress, encrypt, key_file, segment_size or DEFAULT_SEGMENT)
+    format_backend(backend, sb)
     return sb, created_key
 
 
