@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                 "to keep it in a Ceph pool")
     p.add_argument("--ceph-conf", help="for a rados:// pool: the cluster's ceph.conf (default $VSTOR_CEPH_CONF)")
     p.add_argument("--ceph-id", help="for a rados:// pool: the Ceph client id, without 'client.' (default admin)")
+    p.add_argument("--attach", action="store_true",
+                   help="for a rados:// pool that exists already: only make this host's state directory for it "
+                        "(another host made the pool)")
     p.add_argument("--chunk-size", default=format_size(DEFAULT_CHUNK), help="map and discard unit (default 512K)")
     p.add_argument("--compress", choices=["lz4", "none"], default="none", help="compress data (default none)")
     p.add_argument("--encrypt", action="store_true", help="AES-256-GCM for all data (needs --key-file)")
@@ -68,23 +71,27 @@ def cmd_init(args: argparse.Namespace) -> int:
 def _init_rados(args: argparse.Namespace, segment: int | None) -> tuple:
     """pool init rados://CEPHPOOL/PREFIX: the superblock and checkpoints as RADOS objects."""
     from vstor.store.backend import open_backend, parse_rados
-    from vstor.store.superblock import init_backend_pool
+    from vstor.store.backend.stub import state_dir, write_stub
+    from vstor.store.superblock import init_backend_pool, load_superblock_from
     parse_rados(args.path)  # a bad location is a usage error before any connection
-    backend = open_backend(args.path, args.ceph_conf, args.ceph_id)
-    try:
-        return init_backend_pool(backend, parse_size(args.chunk_size, "chunk size"), args.compress,
-                                 args.encrypt, args.key_file, segment)
-    finally:
-        backend.close()
+    with open_backend(args.path, args.ceph_conf, args.ceph_id) as backend:
+        if args.attach:
+            made = load_superblock_from(backend), False
+        else:
+            made = init_backend_pool(backend, parse_size(args.chunk_size, "chunk size"), args.compress,
+                                     args.encrypt, args.key_file, segment)
+    write_stub(state_dir(args.path), args.path, args.ceph_conf or os.environ.get("VSTOR_CEPH_CONF"), args.ceph_id)
+    return made
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from vstor.control.status_ops import record_check
+    from vstor.store.backend.stub import resolve
     from vstor.store.check import check_pool  # imported here: every other command starts faster
     from vstor.store.consumers import consumer_problems
     from vstor.store.store import Store
     from vstor.store.superblock import repair_superblock
-
+    args.path = resolve(args.path)  # a rados:// pool: its state directory on this host
     sb = load_superblock(args.path)
     pid = daemon_pid(args.path)
     if pid is not None:

@@ -15,10 +15,16 @@ from vstor.store.superblock import layout
 
 
 class PoolLock:
+    """The flock of the pool directory; for a pool on RADOS also its RADOS lock
+    (vstor/store/backend/radoslock.py), renewed while held, so that no other host serves it."""
+
     def __init__(self, pool: str) -> None:
         self.pool = pool
         self.path = layout(pool)["lock"]
         self.fd = -1
+        self.rados: object | None = None  # RadosLock, with its backend
+        self._backend: object | None = None
+        self.on_lost: list = []  # called with the LockLost when a RADOS lock renewal fails
 
     def acquire(self, what: str = "daemon") -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -33,6 +39,31 @@ class PoolLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
         self.fd = fd
+        try:
+            self._acquire_rados(what)
+        except BaseException:
+            self.release()
+            raise
+
+    def _acquire_rados(self, what: str) -> None:
+        from vstor.store.backend.stub import backend_for, read_stub
+        stub = read_stub(self.pool)
+        if stub is None:
+            return
+        from vstor.store.backend.radoslock import RadosLock
+        backend = backend_for(self.pool)
+        lock = RadosLock(backend.meta, what, location=stub["location"])  # type: ignore[attr-defined]
+        try:
+            lock.acquire()
+        except BaseException:
+            backend.close()
+            raise
+        self._backend, self.rados = backend, lock
+        lock.start_renewal(self._lost)
+
+    def _lost(self, err: Exception) -> None:
+        for fn in self.on_lost:
+            fn(err)
 
     def holder(self) -> str:
         try:
@@ -43,6 +74,10 @@ class PoolLock:
             return "another vstor process"
 
     def release(self) -> None:
+        if self.rados is not None:
+            self.rados.release()  # type: ignore[attr-defined]
+            self._backend.close()  # type: ignore[attr-defined]
+            self.rados = self._backend = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -323,6 +323,10 @@ class Journal(SegmentReader):
     def dirty(self) -> bool:
         return self._durable < (self._segno, self._tail)
 
+    def stop_writes(self, why: str) -> None:
+        """Refuse every later append and sync (the pool's ownership was lost)."""
+        self.failed = why
+
     def _fail(self, why: str) -> None:
         self.failed = why
         raise VstorError(f"{why}; the array refuses further writes, stop it and run 'vstor pool check'")

@@ -19,7 +19,8 @@ from vstor.clock import Clock, SystemClock
 from vstor.errors import NotFound, PoolFull, ReadOnly, UsageError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.adminops import AdminOpsMixin
-from vstor.store.backend import LocalBackend, PoolBackend
+from vstor.store.backend import PoolBackend
+from vstor.store.backend.stub import backend_for
 from vstor.store.codec import FrameCodec, derive_key, pair_key_check
 from vstor.store.consumers import Consumers
 from vstor.store.format import (
@@ -52,7 +53,6 @@ from vstor.store.superblock import (
     ensure_superblock_copy,
     layout,
     load_key,
-    load_superblock,
     load_superblock_from,
 )
 from vstor.store.volumes import Volume
@@ -68,7 +68,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
         self.sb = sb
         self.faults = faults
         self.paths = layout(pool)
-        self.backend = backend or LocalBackend(pool, faults)  # segments, checkpoints (vstor/store/backend/)
+        self.backend = backend or backend_for(pool, faults)  # segments, checkpoints (vstor/store/backend/)
         self.clock = clock or SystemClock()
         self.codec = FrameCodec(sb.uuid_bytes, sb.compress == "lz4", key)
         self.key_check = pair_key_check(key)  # compared by replication peers; "" without a key
@@ -104,9 +104,14 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
         ``backend``: where its segments, superblock and checkpoints are (default: files in ``pool``)."""
         from vstor.store.recovery import recover
 
-        sb = load_superblock(pool) if backend is None else load_superblock_from(backend)
-        ensure_superblock_copy(pool if backend is None else backend, sb)
-        store = cls(pool, sb, load_key(sb, key_file), clock, faults, backend)
+        backend = backend or backend_for(pool, faults)
+        try:
+            sb = load_superblock_from(backend)
+            ensure_superblock_copy(backend, sb)
+            store = cls(pool, sb, load_key(sb, key_file), clock, faults, backend)
+        except BaseException:
+            backend.close()
+            raise
         store.journal.salvage = salvage
         store.recovery = recover(store)
         return store

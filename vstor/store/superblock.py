@@ -240,7 +240,9 @@ def decode_superblock(raw: bytes, path: str) -> Superblock:
 
 
 def _backend(pool: str) -> PoolBackend:
-    return LocalBackend(pool)
+    """The pool's backend: its own files, or RADOS for a state directory with a stub."""
+    from vstor.store.backend.stub import backend_for
+    return backend_for(pool)
 
 
 def _read_one(backend: PoolBackend, name: str) -> Superblock | str | None:
@@ -258,7 +260,8 @@ def _read_one(backend: PoolBackend, name: str) -> Superblock | str | None:
 
 def load_superblock(pool: str) -> Superblock:
     """The superblock, from its second copy when the first is damaged or missing (logged)."""
-    return load_superblock_from(_backend(pool))
+    with _backend(pool) as be:
+        return load_superblock_from(be)
 
 
 def load_superblock_from(be: PoolBackend) -> Superblock:
@@ -277,7 +280,10 @@ def load_superblock_from(be: PoolBackend) -> Superblock:
 
 def superblock_problems(pool: str | PoolBackend) -> list[str]:
     """What is wrong with either copy of the superblock (pool check)."""
-    be = _backend(pool) if isinstance(pool, str) else pool
+    if isinstance(pool, str):
+        with _backend(pool) as be:
+            return superblock_problems(be)
+    be = pool
     main, copy = _read_one(be, SUPERBLOCK), _read_one(be, COPY_BLOB)
     out = [why for why in (main, copy) if isinstance(why, str)]
     if main is None:
@@ -292,7 +298,10 @@ def superblock_problems(pool: str | PoolBackend) -> list[str]:
 def ensure_superblock_copy(pool: str | PoolBackend, sb: Superblock) -> None:
     """Write the second copy for a pool made before it was kept, from ``sb`` as load_superblock
     verified it (no second read of pool.json)."""
-    be = _backend(pool) if isinstance(pool, str) else pool
+    if isinstance(pool, str):
+        with _backend(pool) as be:
+            return ensure_superblock_copy(be, sb)
+    be = pool
     if not be.exists(COPY_BLOB):
         be.put(COPY_BLOB, encode_superblock(sb))
         log.info("wrote the superblock's second copy %s", be.where(COPY_BLOB))
@@ -300,7 +309,11 @@ def ensure_superblock_copy(pool: str | PoolBackend, sb: Superblock) -> None:
 
 def repair_superblock(pool: str) -> list[str]:
     """Rewrite a damaged or missing copy of the superblock from the valid one. Returns what was done."""
-    be = _backend(pool)
+    with _backend(pool) as be:
+        return _repair_superblock(be)
+
+
+def _repair_superblock(be: PoolBackend) -> list[str]:
     main, copy = _read_one(be, SUPERBLOCK), _read_one(be, COPY_BLOB)
     if isinstance(main, Superblock) and isinstance(copy, Superblock):
         return []

@@ -105,3 +105,9 @@ class PoolBackend(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections and descriptors (writes not flushed are not guaranteed)."""
+
+    def __enter__(self) -> PoolBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
