@@ -75,6 +75,8 @@ def test_fuse_volume_on_rados_survives_restart_and_one_owner_at_a_time(ceph_lab:
         b.start()  # the first released it: served from the other host
         assert read_direct(b.image("v"), 4 * MiB, len(data)) == data
         b.stop()
+        r = b.vstor("pool", "check", rados_location, check=False)  # offline, through the location
+        assert r.returncode == 0 and "clean" in r.stdout, r.stdout + r.stderr
     finally:
         a.cleanup()
         if b is not None:
