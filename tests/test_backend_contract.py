@@ -91,6 +91,22 @@ def test_segments_append_read_truncate_delete(be: PoolBackend) -> None:
     assert be.read_segment(9, 0, 100) == header(9)
 
 
+def test_truncate_removes_what_a_crash_left_past_a_gap(be: PoolBackend) -> None:
+    """Writes in flight at a crash can land out of order (on RADOS, a later stripe without the
+    one before it). Cutting the torn tail removes them all, so a later append past the cut
+    never finds old bytes there."""
+    be.create_segment(3, header(3))
+    be.write_segment(3, 8 * MiB, b"x" * (4 * MiB))  # a later stripe landed, the one before did not
+    be.flush_segment(3)
+    cut = SEGMENT_HEADER_SIZE + 100
+    be.truncate_segment(3, cut)
+    assert be.segment_size(3) == cut
+    be.write_segment(3, cut, b"y" * (8 * MiB + 1024 - cut))
+    be.flush_segment(3)
+    assert be.segment_size(3) == 8 * MiB + 1024
+    assert be.read_segment(3, 8 * MiB, 2048) == b"y" * 1024
+
+
 def test_many_writes_in_flight_then_flush(be: PoolBackend) -> None:
     be.create_segment(1, header(1))
     recs = [os.urandom(65536) for _ in range(200)]  # more than MAX_IN_FLIGHT

@@ -226,8 +226,17 @@ class RadosBackend(PoolBackend):
         return (len(sizes) - 1) * STRIPE_BYTES + sizes[-1] if sizes else 0
 
     def truncate_segment(self, segno: int, size: int) -> None:
+        """Also removes stripes past a gap: writes in flight at a crash may have left a later
+        stripe without the one before it (at most MAX_IN_FLIGHT stripes further)."""
         self._reap(segno=segno)
         sizes = self._stripes(segno)
+        for k in range(len(sizes) + 1, len(sizes) + MAX_IN_FLIGHT + 1):
+            try:
+                self.jrn.remove_object(self.stripe_name(segno, k))
+            except self._rados.ObjectNotFound:
+                pass
+            except self._rados.Error as e:
+                raise os_error(e, "cannot cut a segment") from None
         keep, off = divmod(size, STRIPE_BYTES)
         for k in range(len(sizes) - 1, keep, -1):  # from the end, so a crash leaves a shorter segment
             self._call(lambda k=k: self.jrn.remove_object(self.stripe_name(segno, k)), "cannot cut a segment")
