@@ -14,7 +14,7 @@ import random
 from crash_workload import payload, slot_size
 
 from vstor.errors import NotFound
-from vstor.store.backend import open_backend
+from vstor.store.backend.location import open_backend
 from vstor.store.store import Store
 
 

@@ -17,7 +17,9 @@ import pytest
 from cephlab import CLIENT_TIMEOUT, CephLab
 
 from vstor.faults import Faults
-from vstor.store.backend import LocalBackend, PoolBackend, open_backend, parse_rados
+from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.local import LocalBackend
+from vstor.store.backend.location import open_backend, parse_rados
 from vstor.store.format import SEGMENT_HEADER_SIZE
 
 BACKENDS = ["local", pytest.param("rados", marks=pytest.mark.rados)]

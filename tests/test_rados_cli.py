@@ -10,7 +10,7 @@ import pytest
 from cephlab import CLIENT_TIMEOUT, CephLab
 from harness import VSTOR, one_error_line, run
 
-from vstor.store.backend import open_backend
+from vstor.store.backend.location import open_backend
 from vstor.store.store import Store
 
 

@@ -18,7 +18,7 @@ import pytest
 from cephlab import CLIENT_TIMEOUT, CephLab
 from crash_workload import payload, slot_size
 
-from vstor.store.backend import open_backend
+from vstor.store.backend.location import open_backend
 from vstor.store.check import check_pool
 from vstor.store.store import Store
 from vstor.store.superblock import Superblock, format_backend, load_superblock_from

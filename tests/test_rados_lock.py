@@ -11,7 +11,7 @@ import pytest
 from cephlab import CLIENT_TIMEOUT, CephLab
 
 from vstor.errors import Busy
-from vstor.store.backend import open_backend
+from vstor.store.backend.location import open_backend
 
 pytestmark = pytest.mark.rados
 DURATION = 2  # seconds: short, so expiry is seen quickly

@@ -15,7 +15,7 @@ from poolkit import SEG, MiB, flip_byte, leaf_refs, make_pool, seg_path
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, CorruptData, NotFound
 from vstor.store import snapshots
-from vstor.store.backend import LocalBackend
+from vstor.store.backend.local import LocalBackend
 from vstor.store.check import check_pool
 from vstor.store.consumers import read_records
 from vstor.store.format import FRAME_ENTRY_SIZE, MAX_RECORD, RECORD_HEADER_SIZE, loc_pos, loc_segno

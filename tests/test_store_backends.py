@@ -14,7 +14,9 @@ import pytest
 from cephlab import CLIENT_TIMEOUT, CephLab
 from poolkit import SEG, MiB, make_pool
 
-from vstor.store.backend import LocalBackend, PoolBackend, open_backend
+from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.local import LocalBackend
+from vstor.store.backend.location import open_backend
 from vstor.store.check import check_pool
 from vstor.store.store import Store
 from vstor.store.superblock import DEFAULT_CHUNK, Superblock, format_backend, load_superblock_from

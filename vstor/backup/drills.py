@@ -97,12 +97,14 @@ class DrillRunner:
             old = self.records.definition(policy)
         except NotFound:
             old = {}
-        doc = {"policy": policy, "schedule": parse_cron(schedule) if schedule else old.get("schedule"),
-               "check": check or old.get("check"), "timeout": timeout or old.get("timeout") or DEFAULT_TIMEOUT}
+        when: str | None = parse_cron(schedule) if schedule else old.get("schedule")
+        check_cmd: str | None = check or old.get("check")
+        limit = float(timeout or old.get("timeout") or DEFAULT_TIMEOUT)
+        doc = {"policy": policy, "schedule": when, "check": check_cmd, "timeout": limit}
         if timeout is not None and timeout <= 0:
             raise UsageError(f"invalid drill timeout {timeout}: give a positive duration, like 10m")
         self._audit("backup.drill.define", doc)
-        return self.records.define(policy, doc["schedule"], doc["check"], doc["timeout"])
+        return self.records.define(policy, when, check_cmd, limit)
 
     def remove(self, policy: str) -> dict:
         self.records.definition(policy)

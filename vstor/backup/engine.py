@@ -182,7 +182,7 @@ class BackupEngine:
                        "(see the daemon log)")
         return got[0]
 
-    def _prepare(self, name: str, asked: str | None) -> tuple[int, tuple]:
+    def _prepare(self, name: str, asked: str | None) -> tuple[int, tuple[int, dict, str, dict | None, int | None]]:
         policy = self.catalog.policy(name)
         with self._lock:
             if name in self._running:

@@ -4,11 +4,13 @@ Like Bareos' bscan, it reads every cartridge it is given (by default every data 
 the library) from the start, and for each job part it finds records the job (with its
 original id, level, base job, key id, snapshot and images) and the part's exact position,
 block count and hash. Then it reads each job whole, as verify does, to record each image's
-size and sha256 from the manifest at the stream's end. So losing the catalog never loses a
-backup. What is not on the media cannot come back: the policies (create them again), job
-times other than the creation time, and retention, which is set to REBUILT_RETENTION from the
-job's creation (change it by expiring jobs by hand or letting the policy's new jobs replace
-them).
+size and sha256 from the manifest at the stream's end, or for a backup client's job its
+whole file list (client/relist.py: every entry with its metadata, sha256 and stream
+position, the entries carried over from its base, its deletions). So losing the catalog
+never loses a backup. What is not on the media cannot come back: the policies (create them
+again), the backup clients' registrations (register them again), job times other than the
+creation time, and retention, which is set to REBUILT_RETENTION from the job's creation
+(change it by expiring jobs by hand or letting the policy's new jobs replace them).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
+from vstor.backup.client.relist import relist
 from vstor.backup.mediaio import part_summary, scan_cartridge
 from vstor.backup.restore import Reader
 from vstor.backup.tapefile import SEAL_OVERHEAD, PartHeader
@@ -52,8 +55,13 @@ def rebuild(media: MediaManager, catalog: BackupCatalog, carts: Cartridges, read
             problems.append(f"{code}: {e}")
         finally:
             carts.release()
-    for job in sorted(jobs):
+    for job in sorted(jobs):  # in job order: an incremental's base first
         try:
+            row = catalog.job(job)
+            if row["source"].startswith("client:"):
+                if row["status"] == "done":
+                    problems += relist(catalog, row, reader.stream(row))
+                continue
             _images(catalog, reader, job)
         except VstorError as e:
             problems.append(f"job {job}: its images could not be read back: {e}")

@@ -6,14 +6,18 @@ import argparse
 import json
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vstor.cli.common import add_json_arg, emit
 from vstor.control.lock import PoolLock, daemon_pid
 from vstor.control.poolfiles import warn_key_file
 from vstor.errors import Busy
-from vstor.store.backend import is_rados
+from vstor.store.backend.location import is_rados
 from vstor.store.superblock import DEFAULT_CHUNK, init_pool, load_key, load_superblock
 from vstor.units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from vstor.store.check import CheckReport
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,7 +74,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def _init_rados(args: argparse.Namespace, segment: int | None) -> tuple:
     """pool init rados://CEPHPOOL/PREFIX: the superblock and checkpoints as RADOS objects."""
-    from vstor.store.backend import open_backend, parse_rados
+    from vstor.store.backend.location import open_backend, parse_rados
     from vstor.store.backend.stub import state_dir, write_stub
     from vstor.store.superblock import init_backend_pool, load_superblock_from
     parse_rados(args.path)  # a bad location is a usage error before any connection
@@ -131,10 +135,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if rep.clean else 1
 
 
-def _check(store_cls: type, check_pool: Callable, pool: str, sb: object, key: bytes | None) -> object:
+def _check(store_cls: type, check_pool: Callable, pool: str, sb: object, key: bytes | None) -> CheckReport:
     store = store_cls(pool, sb, key)
     try:
-        return check_pool(store)
+        report: CheckReport = check_pool(store)
+        return report
     finally:
         store.journal.close()
 

@@ -136,7 +136,7 @@ def pair_families(pairs: list[dict]) -> list[Metric]:
 
 
 def drive_families(drives: list[dict]) -> list[Metric]:
-    """Tape and disc drives (``drive_rows``): loaded, open, bytes read and written since the load."""
+    """Tape and disc drives (``MediaManager.drive_rows``): loaded, open, bytes read and written since the load."""
     labels = ["library", "drive", "type"]
     loaded = GaugeMetricFamily("vstor_drive_loaded", "1 if a medium is in the drive", labels=labels)
     in_use = GaugeMetricFamily("vstor_drive_open", "1 while the drive is open for I/O", labels=labels)
@@ -205,20 +205,6 @@ class Sources:
     backup: Any = None
 
 
-def drive_rows(media: Any) -> list[dict]:
-    """One dict per drive of every library: library, drive, type, barcode, open, bytes."""
-    rows = []
-    with media.lock:
-        for lib in media.libs.values():
-            for idx, code in enumerate(lib.drives):
-                state = media.drives.get((lib.name, idx)) if code else None
-                rows.append({"library": lib.name, "drive": idx, "type": lib.type, "barcode": code or "",
-                             "open": (lib.name, idx) in media.open_drives,
-                             "read_bytes": getattr(state, "read_bytes", 0),
-                             "write_bytes": getattr(state, "write_bytes", 0)})
-    return rows
-
-
 class VstorCollector:
     """A prometheus_client collector over the live objects: every scrape reads them afresh."""
 
@@ -249,7 +235,7 @@ class VstorCollector:
         return pair_families(self.src.replication.status()) if self.src.replication else []
 
     def _drives(self) -> Iterable[Metric]:
-        return drive_families(drive_rows(self.src.media)) if self.src.media else []
+        return drive_families(self.src.media.drive_rows()) if self.src.media else []
 
     def _backup(self) -> Iterable[Metric]:
         b = self.src.backup

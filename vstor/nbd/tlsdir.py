@@ -51,9 +51,10 @@ def server_context(directory: str, name: str | None = None) -> ssl.SSLContext:
 
 
 def peer_common_name(sock: ssl.SSLSocket) -> str | None:
-    cert = sock.getpeercert()
-    for rdn in (cert or {}).get("subject", ()):
+    cert = sock.getpeercert() or {}
+    subject: tuple = cert.get("subject", ())  # type: ignore[assignment]  # typeshed's union of value types
+    for rdn in subject:
         for key, value in rdn:
             if key == "commonName":
-                return value
+                return str(value)
     return None

@@ -135,11 +135,20 @@ class Conn:
 
     def close(self) -> None:
         self.closed = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        close_tls(self.sock)
+
+
+def close_tls(sock: socket.socket) -> None:
+    """Shut a (TLS) connection down and close it, safe while another thread reads it.
+
+    ``ssl.SSLSocket.shutdown`` drops the TLS state first, so a thread still in ``recv`` would go
+    on reading the raw ciphertext as if it were frames (a false "tampered" or "bad magic"). The
+    TCP shutdown under it instead ends that read with an end of stream or an error."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def open_tls(address: str, tls_dir: str, name: str, timeout: float) -> ssl.SSLSocket:

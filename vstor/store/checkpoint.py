@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import xxhash
 
 from vstor.errors import FormatError
-from vstor.store.backend import PoolBackend
+from vstor.store.backend.base import PoolBackend
 
 MAGIC = b"VSTCKP01"
 VERSION = 4  # 2: shared leaves and the snapshot catalog; 3: shared overlay lists; 4: leaf origins

@@ -42,7 +42,8 @@ from collections.abc import Callable
 from vstor.durable import start_writeback
 from vstor.errors import PoolFull, VstorError
 from vstor.faults import NO_FAULTS, Faults
-from vstor.store.backend import LocalBackend, PoolBackend
+from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.local import LocalBackend
 from vstor.store.format import (
     MAX_SEGMENT_SIZE,
     REC_COMMIT,

@@ -25,7 +25,7 @@ from typing import Any
 import xxhash
 
 from vstor.errors import CorruptData
-from vstor.store.backend import PoolBackend
+from vstor.store.backend.base import PoolBackend
 from vstor.store.format import (
     FRAME_ENTRY_SIZE,
     REC_COMMIT,

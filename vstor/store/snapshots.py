@@ -160,12 +160,13 @@ def run_policies(store: Store, in_use: set[int] = frozenset(), take: Take | None
         cat, table = st.catalog, st.table
         work = []
         for key, policy in cat.policies.items():
-            kind, oid = key.split(":")
-            owner = cat.groups[int(oid)].name if kind == "group" else table.by_id[int(oid)].name
-            snaps = cat.snapshots_of(kind, int(oid))
-            since = written_since(policy, snaps, st.written, cat.members(table, kind, int(oid)))
+            kind, oid_text = key.split(":")
+            oid = int(oid_text)
+            owner = cat.groups[oid].name if kind == "group" else table.by_id[oid].name
+            snaps = cat.snapshots_of(kind, oid)
+            since = written_since(policy, snaps, st.written, cat.members(table, kind, oid))
             why = trigger(policy, [s for s in snaps if s.auto], now, since)
-            work.append((kind, int(oid), owner, policy, why, since))
+            work.append((kind, oid, owner, policy, why, since))
     for kind, oid, owner, policy, why, since in work:
         if why:
             try:

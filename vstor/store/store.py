@@ -19,7 +19,7 @@ from vstor.clock import Clock, SystemClock
 from vstor.errors import NotFound, PoolFull, ReadOnly, UsageError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.adminops import AdminOpsMixin
-from vstor.store.backend import PoolBackend
+from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.stub import backend_for
 from vstor.store.codec import FrameCodec, derive_key, pair_key_check
 from vstor.store.consumers import Consumers
@@ -44,6 +44,7 @@ from vstor.store.hcache import CachedRecord, HeaderCache
 from vstor.store.journal import Journal
 from vstor.store.maintenance import MaintenanceMixin
 from vstor.store.readpath import ReadPathMixin
+from vstor.store.recovery import Recovered, recover
 from vstor.store.segread import ScannedRecord
 from vstor.store.space import SpaceGuard
 from vstor.store.state import PoolState
@@ -102,8 +103,6 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
         """Open a pool and recover it. The caller must hold the pool lock. ``salvage`` (pool check
         --repair only) cuts damaged durable data at the newest segment's end instead of refusing.
         ``backend``: where its segments, superblock and checkpoints are (default: files in ``pool``)."""
-        from vstor.store.recovery import recover
-
         backend = backend or backend_for(pool, faults)
         try:
             sb = load_superblock_from(backend)
@@ -113,8 +112,17 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
             backend.close()
             raise
         store.journal.salvage = salvage
-        store.recovery = recover(store)
+        store.adopt_recovery(recover(store.journal, store.backend, sb))
         return store
+
+    def adopt_recovery(self, r: Recovered) -> None:
+        """Open with what recovery found; the replayed state goes to both checkpoint copies."""
+        loaded = r.loaded
+        self.state = loaded.state
+        self.adopt_checkpoint(loaded.generation, loaded.start, loaded.older, loaded.both_copies)
+        self.recovery = r.report
+        if r.needs_checkpoint:
+            self.checkpoint(both=True)  # the older copy is then not needed
 
     def adopt_checkpoint(self, generation: int, position: tuple[int, int], older: tuple[int, int],
                          both: bool) -> None:

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 import xxhash
 
 from vstor.errors import AlreadyExists, FormatError, KeyError_, NotFound, UsageError
-from vstor.store.backend import LocalBackend, PoolBackend
+from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.local import LocalBackend
 from vstor.store.format import FRAME_SIZE, SEGMENT_HEADER_SIZE
 
 # checkpoint, codec (cryptography) and state are imported where used: every CLI command

@@ -80,6 +80,7 @@ class Session:
         self.deleted: list[str] = []
         self.sent = self.data_bytes = 0
         self.seen: set[str] = set()
+        self.headers = hashlib.sha256()  # of every member's header bytes, for the manifest
 
     def sink(self, data: bytes) -> None:
         self._sink(data)
@@ -102,7 +103,8 @@ class Session:
             else:
                 raise wire.BadFrame(f"{wire.NAMES[ftype]} frame in the middle of a backup stream")
         self._quota(sum(f["size"] for f in self.entries()), "in the job's files")
-        self.sink(archive.manifest([(e["path"], e["sha256"]) for e, _ in self.done if e["type"] == "file"]))
+        self.sink(archive.manifest([(e["path"], e["sha256"]) for e, _ in self.done if e["type"] == "file"], self.job,
+                                   len(self.done), self.headers.hexdigest(), self.deleted))
         return self.entries()
 
     def entries(self) -> list[dict]:
@@ -122,6 +124,7 @@ class Session:
             raise PolicyViolation(f"hard link {e['path']!r} points to {e['link']!r}, which the stream did not send")
         self._quota(self.data_bytes + e["size"], e["path"])
         head, data = archive.header(e)
+        self.headers.update(head)
         e["offset"] = self.pos
         self.sink(head)
         e["data_offset"] = self.pos
