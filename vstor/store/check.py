@@ -60,7 +60,7 @@ def check_pool(store: object) -> CheckReport:
         rep.problem(why)
     _check_segments(store, rep)
     try:
-        loaded = load_state(store.journal, store.paths["meta"], store.sb)
+        loaded = load_state(store.journal, store.backend, store.sb)
         end = ScanEnd(*loaded.start)
         replay(loaded.state, store.journal, loaded.start, end)
     except (FormatError, CorruptData) as e:
