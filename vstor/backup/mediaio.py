@@ -61,7 +61,7 @@ class TapeWriter:
         self._hash = hashlib.sha256()
         self._closed = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Buffer ``data``; every full RECORD goes to the tape. Whole records of ``data`` go as
         slices of it, uncopied (the stream's 4 MiB pieces): only the ends are buffered."""
         if self._closed:

@@ -15,6 +15,7 @@ creation time, and retention, which is set to REBUILT_RETENTION from the job's c
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from vstor.backup.cartridges import Cartridges
@@ -41,7 +42,7 @@ def rebuild(media: MediaManager, catalog: BackupCatalog, carts: Cartridges, read
     for code in codes:
         try:
             drv = carts.load_for_read(code)
-            found = list(scan_cartridge(drv, lambda f, e, code=code: problems.append(f"{code} file {f}: {e}")))
+            found = list(scan_cartridge(drv, functools.partial(_problem, problems, code)))
             for file, h in found:
                 _, count, size, sha = part_summary(drv, file)
                 payload = size - (SEAL_OVERHEAD * count if h.key_id else 0)
@@ -68,6 +69,10 @@ def rebuild(media: MediaManager, catalog: BackupCatalog, carts: Cartridges, read
     log.info("catalog rebuild from %s: %d jobs, %d parts, %d problems", ", ".join(codes), len(jobs), parts,
              len(problems))
     return {"cartridges": codes, "jobs": sorted(jobs), "parts": parts, "problems": problems}
+
+
+def _problem(problems: list[str], code: str, file: int, e: object) -> None:
+    problems.append(f"{code} file {file}: {e}")
 
 
 def _header(h: PartHeader) -> dict:

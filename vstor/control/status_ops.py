@@ -37,7 +37,7 @@ class StatusOps:
 
     def op_status_overview(self) -> dict:
         st = self.store
-        with st._lock:
+        with st.locked():
             table, catalog = st.state.table, st.state.catalog
             volumes, groups = describe_catalog(table, catalog)
         in_use = self.fs.volumes_in_use() if self.fs else {}

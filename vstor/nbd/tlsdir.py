@@ -49,12 +49,3 @@ def server_context(directory: str, name: str | None = None) -> ssl.SSLContext:
                        f"'vstor pki issue NAME --dir {directory}'") from None
     return ctx
 
-
-def peer_common_name(sock: ssl.SSLSocket) -> str | None:
-    cert = sock.getpeercert() or {}
-    subject: tuple = cert.get("subject", ())  # type: ignore[assignment]  # typeshed's union of value types
-    for rdn in subject:
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None

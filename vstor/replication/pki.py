@@ -104,11 +104,20 @@ def tls_context(directory: str, name: str, server: bool) -> ssl.SSLContext:
     return ctx
 
 
-def peer_name(sock: ssl.SSLSocket) -> str:
-    """The verified common name of the peer of an established TLS connection."""
-    cert = sock.getpeercert()
-    for rdn in (cert or {}).get("subject", ()):
+def common_name(sock: ssl.SSLSocket) -> str | None:
+    """The common name of the peer's verified certificate, or None without one."""
+    cert = sock.getpeercert() or {}
+    subject: tuple = cert.get("subject", ())  # type: ignore[assignment]  # typeshed's union of value types
+    for rdn in subject:
         for key, value in rdn:
             if key == "commonName":
-                return value
-    raise UsageError("the peer presented no certificate common name")
+                return str(value)
+    return None
+
+
+def peer_name(sock: ssl.SSLSocket) -> str:
+    """The verified common name of the peer of an established TLS connection."""
+    name = common_name(sock)
+    if name is None:
+        raise UsageError("the peer presented no certificate common name")
+    return name

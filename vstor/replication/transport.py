@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import select
 import socket
 import ssl
 import threading
@@ -85,12 +86,15 @@ class Backoff:
 
 
 class Conn:
-    """One established connection. ``send`` may be called from several threads."""
+    """One established connection. ``send`` may be called from several threads.
+
+    ``sock`` is a TLS socket, or anything with its stream methods (``sendall``, ``recv_into``,
+    ``shutdown``, ``close``): memlink.MemSocket runs both sides of a pair in one process."""
 
     def __init__(self, sock: ssl.SSLSocket, peer_name: str, faults: Faults = NO_FAULTS,
-                 rate: int = 0, compress: bool = False) -> None:
+                 rate: int = 0, compress: bool = False, pacer: Pacer | None = None) -> None:
         self.sock, self.peer_name, self.faults = sock, peer_name, faults
-        self.pacer = Pacer(rate)
+        self.pacer = pacer or Pacer(rate)
         self.compress = compress
         self._send_lock = threading.Lock()
         self._out_no = self._in_no = 0
@@ -121,6 +125,10 @@ class Conn:
         self._in_no += 1
         self.bytes_in += wire.HEADER_SIZE + length + wire.TRAILER.size
         return ftype, body
+
+    def readable(self, timeout: float) -> bool:
+        """Whether a frame's first bytes can be read, waiting up to ``timeout`` seconds."""
+        return bool(self.sock.pending() or select.select([self.sock], [], [], timeout)[0])
 
     def _exact(self, n: int) -> bytes:
         buf = bytearray(n)

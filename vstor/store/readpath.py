@@ -41,9 +41,10 @@ class ReadPathMixin:
     _header: Callable[..., Any]
     _volume: Callable[..., Any]
 
-    def read(self, vid: int, offset: int, size: int, sid: int = 0) -> bytes:
+    def read(self, vid: int, offset: int, size: int, sid: int = 0) -> bytes | memoryview:
         """Read ``size`` bytes (fewer at the end) of volume ``vid``, or of its image in snapshot
-        ``sid``. Raises CorruptData rather than returning bytes that fail verification."""
+        ``sid`` (bytes-like: a read within one stored frame may be a read-only view of it).
+        Raises CorruptData rather than returning bytes that fail verification."""
         return self._reading(vid, offset, size, sid, self.assemble)
 
     def read_into(self, vid: int, offset: int, view: memoryview, sid: int = 0) -> int:
@@ -94,14 +95,14 @@ class ReadPathMixin:
             if not self._active_reads:
                 self._reads_done.notify_all()
 
-    def assemble(self, lineage: tuple[int, ...] | None, offset: int, size: int, pieces: list) -> bytes:
-        """The bytes of [offset, offset+size) from its mapped pieces; gaps are zeros. Returns
-        ``bytes`` built with one copy."""
+    def assemble(self, lineage: tuple[int, ...] | None, offset: int, size: int, pieces: list) -> bytes | memoryview:
+        """The bytes of [offset, offset+size) from its mapped pieces; gaps are zeros. Built with
+        one copy, or none when one piece covers it all (then possibly a view of a cached frame)."""
         if not pieces:
             return bytes(size)
         if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + size:
             return self._read_extent(lineage, *pieces[0])
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         at = offset
         for s, e, loc in pieces:
             if s > at:

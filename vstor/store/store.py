@@ -124,6 +124,12 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
         if r.needs_checkpoint:
             self.checkpoint(both=True)  # the older copy is then not needed
 
+    def locked(self) -> threading.RLock:
+        """The state lock, as a context manager (``with store.locked():``), for code outside the
+        Store that reads or changes the volume table, the catalog or the maps in several steps
+        that no write, GC move or checkpoint may come between. Reentrant; hold it briefly."""
+        return self._lock
+
     def adopt_checkpoint(self, generation: int, position: tuple[int, int], older: tuple[int, int],
                          both: bool) -> None:
         """Take recovery's view of the checkpoint copies on disk (recovery.py)."""

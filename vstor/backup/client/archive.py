@@ -94,15 +94,15 @@ def _pax_records(pairs: list[tuple[str, str]]) -> bytes:
     if binary:
         out.insert(0, (b"hdrcharset", b"BINARY"))
     recs = []
-    for k, v in out:
-        body = len(k) + len(v) + 3  # the space, '=' and the newline
+    for kb, vb in out:
+        body = len(kb) + len(vb) + 3  # the space, '=' and the newline
         n = p = 0
         while True:  # the length counts its own digits
             n = body + len(str(p))
             if n == p:
                 break
             p = n
-        recs.append(b"%d %s=%s\n" % (n, k, v))
+        recs.append(b"%d %s=%s\n" % (n, kb, vb))
     return b"".join(recs)
 
 

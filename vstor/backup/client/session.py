@@ -18,6 +18,7 @@ import errno as _errno
 import hashlib
 import os
 from collections.abc import Callable
+from typing import Any
 
 from vstor.backup.client import archive, wire
 from vstor.backup.client.scan import TYPES
@@ -45,7 +46,7 @@ def allowed(path: str, paths: list[str]) -> bool:
 def check_entry(e: dict, paths: list[str]) -> dict:
     """The FILE frame's entry, validated; PolicyViolation or BadFrame otherwise."""
     try:
-        out = {"path": str(e["path"]), "type": str(e["type"]), "size": int(e.get("size", 0)),
+        out: dict[str, Any] = {"path": str(e["path"]), "type": str(e["type"]), "size": int(e.get("size", 0)),
                "mode": int(e["mode"]) & 0o7777, "uid": int(e["uid"]), "gid": int(e["gid"]),
                "user": str(e.get("user", "")), "group": str(e.get("group", "")), "mtime_ns": int(e["mtime_ns"]),
                "atime_ns": int(e["atime_ns"]), "link": str(e.get("link", "")),
