@@ -9,9 +9,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vstor.errors import Busy
 from vstor.store.superblock import layout
+
+if TYPE_CHECKING:
+    from vstor.store.backend.base import PoolBackend
+    from vstor.store.backend.radoslock import RadosLock
 
 
 class PoolLock:
@@ -22,9 +28,9 @@ class PoolLock:
         self.pool = pool
         self.path = layout(pool)["lock"]
         self.fd = -1
-        self.rados: object | None = None  # RadosLock, with its backend
-        self._backend: object | None = None
-        self.on_lost: list = []  # called with the LockLost when a RADOS lock renewal fails
+        self.rados: RadosLock | None = None
+        self._backend: PoolBackend | None = None  # the connection the RADOS lock is held on
+        self.on_lost: list[Callable[[Exception], None]] = []  # called when a RADOS lock renewal fails
 
     def acquire(self, what: str = "daemon") -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -50,9 +56,13 @@ class PoolLock:
         stub = read_stub(self.pool)
         if stub is None:
             return
+        from vstor.store.backend.radosbe import RadosBackend
         from vstor.store.backend.radoslock import RadosLock
         backend = backend_for(self.pool)
-        lock = RadosLock(backend.meta, what, location=stub["location"])  # type: ignore[attr-defined]
+        if not isinstance(backend, RadosBackend):  # a stub always names a rados:// location
+            backend.close()
+            return
+        lock = RadosLock(backend.meta, what, location=stub["location"])
         try:
             lock.acquire()
         except BaseException:
@@ -75,9 +85,11 @@ class PoolLock:
 
     def release(self) -> None:
         if self.rados is not None:
-            self.rados.release()  # type: ignore[attr-defined]
-            self._backend.close()  # type: ignore[attr-defined]
-            self.rados = self._backend = None
+            self.rados.release()
+            self.rados = None
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -34,6 +34,7 @@ class MaintenanceMixin:
     stats: Any
     sb: Any
     paths: dict
+    backend: Any
     consumers: Any
     ckpt_generation: int
     ckpt_position: tuple[int, int]

@@ -153,8 +153,10 @@ class RadosBackend(PoolBackend):
             n = min(len(view), STRIPE_BYTES - off)
             obj = self.stripe_name(segno, stripe)
             chunk = bytes(view[:n])
-            comp = self._call(lambda o=obj, c=chunk, at=off: self.jrn.aio_write(o, c, at),
-                              f"cannot write journal segment {segno}")
+            try:
+                comp = self.jrn.aio_write(obj, chunk, off)
+            except self._rados.Error as e:
+                raise os_error(e, f"cannot write journal segment {segno}") from None
             with self._lock:
                 self._in_flight.append((segno, comp, obj))
                 excess = len(self._in_flight) - MAX_IN_FLIGHT
@@ -239,7 +241,10 @@ class RadosBackend(PoolBackend):
                 raise os_error(e, "cannot cut a segment") from None
         keep, off = divmod(size, STRIPE_BYTES)
         for k in range(len(sizes) - 1, keep, -1):  # from the end, so a crash leaves a shorter segment
-            self._call(lambda k=k: self.jrn.remove_object(self.stripe_name(segno, k)), "cannot cut a segment")
+            try:
+                self.jrn.remove_object(self.stripe_name(segno, k))
+            except self._rados.Error as e:
+                raise os_error(e, "cannot cut a segment") from None
         if keep < len(sizes):
             self._call(lambda: self.jrn.trunc(self.stripe_name(segno, keep), off), "cannot cut a segment")
 
