@@ -61,6 +61,9 @@ def pool_path(args: argparse.Namespace) -> str:
     that follow: every command resolves its pool first."""
     if not args.pool:
         raise UsageError("no pool given: use --pool PATH or set VSTOR_POOL")
+    if args.pool.startswith("rados://"):  # its state directory on this host (vstor/store/backend/stub.py)
+        from vstor.store.backend.stub import resolve
+        args.pool = resolve(args.pool)
     load_superblock(args.pool)  # a clear error if it is not a pool
     _wait["timeout"] = getattr(args, "call_timeout", None)
     _auth.clear()

@@ -118,6 +118,7 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         io_flusher = set_io_flusher()
         store = Store.open(pool, key_file, faults=faults)
         stack.callback(store.close)  # no checkpoint if the journal failed
+        lock.on_lost.append(lambda e: store.journal.stop_writes(str(e)))  # a RADOS pool's lock lost: no more writes
         step("store")
         reclaimer = Reclaimer(store)
         reclaimer.start()

@@ -186,11 +186,13 @@ def _stamp(parts: list[str]) -> str:
 
 def offline_overview(pool: str) -> dict:
     """What a stopped pool's files say, read without the pool lock (see the module docstring)."""
+    from vstor.store.backend.stub import backend_for
     from vstor.store.checkpoint import read_checkpoints
-    from vstor.store.superblock import layout, load_superblock
+    from vstor.store.superblock import load_superblock
 
     sb = load_superblock(pool)
-    ckset = read_checkpoints(layout(pool)["meta"], sb.uuid_bytes)
+    with backend_for(pool) as backend:  # the pool's files, or RADOS for a state directory
+        ckset = read_checkpoints(backend, sb.uuid_bytes)
     ck = ckset.newest
     volumes: list[dict] = []
     groups: list[dict] = []

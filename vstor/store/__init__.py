@@ -8,12 +8,13 @@ live I/O, replay (``recovery``) and ``check``. ``checkpoint``/``mapstore`` persi
 ``defrag`` puts scattered volumes back in logical order,
 ``catalog``, ``volumes``, ``snapshots``, ``policy`` and ``compliance`` hold groups, snapshots and
 locks, ``readpath``, ``segread`` and ``hcache`` serve reads, ``superblock`` is the pool's
-identity and layout.
+identity and layout, and the ``backend`` package is where segments, superblock and checkpoints
+live (local files or Ceph RADOS).
 """
 
 from __future__ import annotations
 
-__all__ = ["accounting", "adminops", "allocation", "catalog", "check", "checkpoint", "chunkmap", "codec",
+__all__ = ["accounting", "adminops", "allocation", "backend", "catalog", "check", "checkpoint", "chunkmap", "codec",
            "compliance", "consumers", "defrag", "format", "fragments", "hcache", "journal", "leaf", "lineage",
            "maintenance", "maintloop", "mapstore", "policy", "policyrun", "readpath", "reclaim", "recovery",
            "segread", "snapshots", "space", "state", "stats", "steps", "store", "superblock", "volumes"]

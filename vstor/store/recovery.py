@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -36,6 +35,7 @@ from vstor.store.segread import ScanEnd
 from vstor.store.state import PoolState
 
 if TYPE_CHECKING:
+    from vstor.store.backend.base import PoolBackend
     from vstor.store.journal import Journal
     from vstor.store.superblock import Superblock
 
@@ -68,9 +68,9 @@ class Recovered:
     needs_checkpoint: bool  # the replayed state is not in both checkpoint copies yet
 
 
-def load_state(journal: Journal, meta: str, sb: Superblock, salvage: bool = False) -> Loaded:
-    """State from the newest valid checkpoint copy (in directory ``meta``), the position to replay
-    from, and what is damaged. Raises CorruptData when the pool cannot be opened exactly."""
+def load_state(journal: Journal, meta: PoolBackend, sb: Superblock, salvage: bool = False) -> Loaded:
+    """State from the newest valid checkpoint copy (blobs of the backend ``meta``), the position to
+    replay from, and what is damaged. Raises CorruptData when the pool cannot be opened exactly."""
     ckset = read_checkpoints(meta, sb.uuid_bytes)
     segs = journal.segments()
     problems = ckset.problems()
@@ -112,7 +112,7 @@ def _check_journal(journal: Journal, ck: CheckpointData, segs: list[int]) -> Non
                               f"{ck.generation}) needs it from offset {ck.pos}; acknowledged writes may be "
                               f"lost: the array will not start; {REPAIR_HINT}")
         return
-    size = os.stat(journal.path(ck.segno)).st_size
+    size = journal.backend.segment_size(ck.segno)
     if size < ck.pos:
         raise CorruptData(f"journal segment {ck.segno} ends at {size}, but the checkpoint (generation "
                           f"{ck.generation}) says it reached {ck.pos}: it was cut short and acknowledged "
@@ -150,7 +150,7 @@ def replay(state: PoolState, journal: Journal, start: tuple[int, int], end: Scan
     return records, nbytes
 
 
-def recover(journal: Journal, meta: str, sb: Superblock) -> Recovered:
+def recover(journal: Journal, meta: PoolBackend, sb: Superblock) -> Recovered:
     """Load the checkpoint, replay the journal after it, cut a torn tail and open a new segment
     for appending. The caller (``Store.open``) takes the state and, when ``needs_checkpoint``,
     writes it to both checkpoint copies."""
