@@ -39,6 +39,7 @@ from vstor.control.service import PoolService
 from vstor.errlog import TRACE, describe, install_thread_hook, log_failure
 from vstor.errors import VstorError
 from vstor.faults import Faults
+from vstor.fuse.handles import HandleTable
 from vstor.fuse.options import after_init, mount_options, set_io_flusher
 from vstor.media.manager import MediaManager
 from vstor.replication.manager import Replication
@@ -120,7 +121,8 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         stack.callback(store.close)  # no checkpoint if the journal failed
         lock.on_lost.append(lambda e: store.journal.stop_writes(str(e)))  # a RADOS pool's lock lost: no more writes
         step("store")
-        reclaimer = Reclaimer(store)
+        handles = HandleTable()  # the FUSE export's open files: policy pruning skips snapshots in use
+        reclaimer = Reclaimer(store, snapshots_in_use=handles.snapshots_in_use)
         reclaimer.start()
         stack.callback(reclaimer.stop)
         step("maintenance")
@@ -136,8 +138,7 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         fs = VolumeFS(store, on_ready=lambda conn: after_init(mount, lambda: _ready(mount, faults, reporter, failed)),
                       extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher,
                                                      "py_gc": gcpolicy.stats()}},
-                      media=MediaFS(media, mfuse.FuseOSError))
-        reclaimer.snapshots_in_use = fs.snapshots_in_use  # policy pruning skips snapshots in use
+                      media=MediaFS(media, mfuse.FuseOSError), handles=handles)
         step("media")
         backup = BackupEngine(store, media, faults=faults, mount=mount)  # drills attach scratch through FUSE
         stack.callback(backup.close)  # before media.close: a running job stops first

@@ -58,13 +58,14 @@ class VolumeFS(fuse.Operations):
     use_ns = True
 
     def __init__(self, store: Store, on_ready: Callable[[dict], None] | None = None,
-                 extra_stats: Callable[[], dict] | None = None, media: MediaFS | None = None) -> None:
+                 extra_stats: Callable[[], dict] | None = None, media: MediaFS | None = None,
+                 handles: HandleTable | None = None) -> None:
         self.store = store
         self.on_ready = on_ready
         self.extra_stats = extra_stats or dict
         self.media = media  # tape and disc drives under /media, if the daemon has libraries
         self.conn: dict[str, int] = {}
-        self.handles = HandleTable()
+        self.handles = handles or HandleTable()  # the daemon passes its own: maintenance reads the counts
         self._seen_sizes: set[str] = set()
         self.io = VolumeIO()  # per-volume requests, bytes and latency (the metrics exporter reads it)
         knobs = tuning()

@@ -52,9 +52,12 @@ class Reclaimer(MaintenanceLoop):
                  seconds_per_tick: float | None = 0.15,
                  fragment_budget: int = fragments.BUDGET_BYTES // fragments.EXTENT_BYTES,
                  fragment_interval: float = 10.0, hooks: HookRunner | None = None,
-                 spawn: Spawn | None = None, defrag: Defragmenter | None = None) -> None:
+                 spawn: Spawn | None = None, defrag: Defragmenter | None = None,
+                 snapshots_in_use: Callable[[], dict[int, int]] = dict) -> None:
         """``hooks``, ``spawn``: how snapshot policies run their pre/post commands (policyrun.py).
-        ``defrag``: the defragmenter its ticks run (defrag.py; by default one with its defaults)."""
+        ``defrag``: the defragmenter its ticks run (defrag.py; by default one with its defaults).
+        ``snapshots_in_use``: open handles per snapshot id (the FUSE export's), which policy
+        pruning skips."""
         from vstor.store.policyrun import PolicyRunner
         from vstor.store.store import Store
 
@@ -85,7 +88,7 @@ class Reclaimer(MaintenanceLoop):
         self.report = FailureReport(log, "maintenance", commit_interval)
         self.exact_interval = 60.0
         self._exact: tuple[float, int, dict[int, int]] | None = None  # (when, sealed below, live per segment)
-        self.snapshots_in_use: Callable[[], dict[int, int]] = dict  # set by the daemon (FUSE open handles)
+        self.snapshots_in_use = snapshots_in_use
         self.policies = PolicyRunner(store, hooks, spawn)
         self.defrag = defrag or Defragmenter(store)
         store.reclaimer = self
