@@ -29,11 +29,12 @@ def free_port() -> int:
 
 
 class Lab:
-    def __init__(self, tmp_path, capacity: int = 256 * MiB, carts: int = 4, clients: tuple[str, ...] = ("c1",)):
+    def __init__(self, tmp_path, capacity: int = 256 * MiB, carts: int = 4, clients: tuple[str, ...] = ("c1",),
+                 encrypt: bool = False):
         self.tmp = tmp_path
-        self.pool = make_pool(tmp_path)
+        self.pool = make_pool(tmp_path, encrypt=encrypt)  # encrypted: policies may --encrypt their tapes
         self.clock = ManualClock()
-        self.store = Store.open(self.pool, None, clock=self.clock)
+        self.store = Store.open(self.pool, str(tmp_path / "key") if encrypt else None, clock=self.clock)
         self.media = MediaManager(self.pool, self.store.media_key)
         self.media.create_library("lib", "tape", carts + 2, 2, 1)
         self.barcodes = [f"VC{i:04d}L9" for i in range(1, carts + 1)]

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from harness import Array, read_direct  # noqa: E402
+if __package__:  # imported as tests.replkit (by tools/: python -m tools.NAME, tools/dr-drill)
+    from .harness import Array, read_direct
+else:  # imported as replkit (tests/ on sys.path: the tests)
+    from harness import Array, read_direct  # noqa: E402
 
 from vm.lab import Lab  # noqa: E402
 from vstor.replication.pki import init_ca, issue  # noqa: E402
@@ -71,10 +74,8 @@ def same_images(a: Array, b: Array, names: list[str]) -> None:
         assert da == db, f"volume {n} differs between the sites"
 
 
-def make_sites(base: Path, made: list, init: Callable[[str], dict] | None = None,
-               nbd_port: int | None = None) -> Sites:
-    """The lab, a CA, and an array per site; with ``nbd_port`` each array also serves NBD on its
-    site's address (array start --nbd)."""
+def make_lab(base: Path, made: list) -> tuple[Lab, str]:
+    """A lab (torn down with ``made``) and a CA with certificates for site-a and site-b."""
     lab = Lab(f"r{uuid.uuid4().hex[:6]}")
     made.append(lab)
     lab.up()
@@ -82,6 +83,19 @@ def make_sites(base: Path, made: list, init: Callable[[str], dict] | None = None
     init_ca(tls)
     issue(tls, "site-a")
     issue(tls, "site-b")
+    return lab, tls
+
+
+def make_sites(base: Path, made: list, init: Callable[[str], dict] | None = None,
+               nbd_port: int | None = None, shared: tuple[Lab, str] | None = None) -> Sites:
+    """The lab, a CA, and an array per site; with ``nbd_port`` each array also serves NBD on its
+    site's address (array start --nbd). ``shared``: a lab and CA (make_lab) that outlive these
+    arrays, healed first in case a test before left the link cut."""
+    if shared is None:
+        lab, tls = make_lab(base, made)
+    else:
+        lab, tls = shared
+        lab.heal()
     sites = []
     for site in ("a", "b"):
         arr = Array(base / f"site-{site}", **(init(site) if init else {}))

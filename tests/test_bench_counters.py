@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-from benchlib.counters import (  # noqa: E402
+from tools.benchlib.counters import (
     Snapshot,
     delta,
     disk_of,

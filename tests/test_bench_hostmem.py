@@ -6,15 +6,12 @@ points ``steady_memory`` at a temporary file and counts the warm-ups instead.
 
 from __future__ import annotations
 
-import os
-import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-from benchlib.hostmem import steady_memory  # noqa: E402
+from tools.benchlib.hostmem import steady_memory
 
 
 class Warmups:

@@ -19,6 +19,8 @@ import logging
 import os
 import random
 import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -116,9 +118,24 @@ def _last_marker_end(store: Store, segno: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def templates(tmp_path_factory) -> list[Template]:
-    base = tmp_path_factory.mktemp("damage")
-    return [_build(str(base / "clean"), crash=False), _build(str(base / "crashed"), crash=True)]
+def ram_dir(tmp_path_factory) -> Iterator[str]:
+    """A directory in tmpfs (/dev/shm) if there is one: each case copies a pool, opens it (fsyncs)
+    and removes it, and on a disk the fsyncs and unlinks took ~40% of the cases' time. What a case
+    checks is the same on any filesystem."""
+    shm = "/dev/shm"
+    if not (os.path.isdir(shm) and os.access(shm, os.W_OK)):
+        yield str(tmp_path_factory.mktemp("damage"))
+        return
+    base = tempfile.mkdtemp(prefix="vstor-damage-", dir=shm)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def templates(ram_dir) -> list[Template]:
+    return [_build(os.path.join(ram_dir, "clean"), crash=False), _build(os.path.join(ram_dir, "crashed"), crash=True)]
 
 
 def pool_files(pool: str) -> list[str]:
@@ -210,13 +227,13 @@ def test_the_templates_read_back_and_check_clean(templates, tmp_path):
         shutil.rmtree(work)
 
 
-def test_one_damaged_byte_is_reported_and_never_read_as_data(templates, tmp_path):
-    seen = run_cases(templates, str(tmp_path / "work"), DAMAGE_CASES)
+def test_one_damaged_byte_is_reported_and_never_read_as_data(templates, ram_dir):
+    seen = run_cases(templates, os.path.join(ram_dir, "work"), DAMAGE_CASES)
     # Each kind of outcome occurs: the loop really damages what matters.
     assert seen.get("refused") and seen.get("eio") and seen.get("intact"), seen
 
 
 @pytest.mark.soak
-def test_damage_soak(templates, tmp_path):
+def test_damage_soak(templates, ram_dir):
     count = int(os.environ.get("VSTOR_DAMAGE_CASES", "20000"))
-    run_cases(templates, str(tmp_path / "work"), count, first_seed=DAMAGE_CASES)
+    run_cases(templates, os.path.join(ram_dir, "soak"), count, first_seed=DAMAGE_CASES)

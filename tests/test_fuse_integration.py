@@ -397,10 +397,11 @@ def test_a_maintenance_bug_is_reported_and_writes_stay_durable(array_factory):
     assert "maintenance FAILING: gc: internal error RuntimeError" in text, text
     errors = _stats(arr)["counters"]["maintenance_errors"]
     assert errors >= 1
-    syncs = status["journal"]["syncs"]
+    syncs, appended = status["journal"]["syncs"], status["journal"]["appended_bytes"]
     fd = os.open(arr.image("v"), os.O_WRONLY)
     try:  # no fsync, and the handle stays open (close flushes): the maintenance commit syncs it
         os.pwrite(fd, data[::-1], 5 * MiB)
+        assert arr.status()["journal"]["appended_bytes"] >= appended + len(data)  # the write's record
         deadline = time.monotonic() + 30
         while arr.status()["journal"]["syncs"] == syncs and time.monotonic() < deadline:
             time.sleep(0.2)

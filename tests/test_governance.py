@@ -39,9 +39,8 @@ class Gov:
         self.media = MediaManager(self.pool, self.store.media_key)
         self.media.create_library("lib", "tape", 4, 1, 1)
         self.media.create_media("lib", ["VT0001L9", "VT0002L9"], capacity=8 * MiB)
-        self.svc = PoolService(self.store)
-        self.svc.media = self.media
-        self.svc.backup = BackupEngine(self.store, self.media, clock=self.clock)
+        self.svc = PoolService(self.store, media=self.media,
+                               backup=BackupEngine(self.store, self.media, clock=self.clock))
         self.store.create_volume("v", 4 * MiB)
         self.store.event(lambda st: st.catalog.make_group_create(st.table, "g", ["v"], 0.0))
         self.secrets: dict[str, str] = {}

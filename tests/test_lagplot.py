@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-import lagplot  # noqa: E402
+from tools import lagplot
 
 pytest.importorskip("matplotlib")
 

@@ -1,4 +1,9 @@
-"""Replication between two arrays in the DR lab: copy, steady state, faults, roles."""
+"""Replication between two arrays in the DR lab: what only real daemons in network namespaces
+show. TLS over TCP between namespaces, a link cut seen by real socket timeouts, kill -9 of a
+daemon under a cross-volume workload written through FUSE, the CLI's one-line errors and
+progress bar, certificate refusals. The protocol's behaviour under faults (short and long
+cuts, tampered and lost frames, write failures, journal overflow, PFUL, split modes, key
+mismatch, planned swaps) is tested in one process: tests/test_replication_inproc.py."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from replkit import (  # noqa: E402
     acked,
     check_cut,
     drained,
+    make_lab,
     make_sites,
     same_images,
     setup_group,
@@ -29,16 +35,27 @@ from replkit import (  # noqa: E402
     wait_for,
 )
 
+from vm.lab import Lab  # noqa: E402
 from vstor.replication.pki import init_ca, issue  # noqa: E402
 
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def sites(tmp_path: Path) -> Iterator[Sites]:
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, str]]:
+    """One lab and CA for the module: each test brings its own arrays."""
     made: list = []
     try:
-        yield make_sites(tmp_path, made)
+        yield make_lab(tmp_path_factory.mktemp("lab"), made)
+    finally:
+        teardown(made)
+
+
+@pytest.fixture
+def sites(tmp_path: Path, lab: tuple[Lab, str]) -> Iterator[Sites]:
+    made: list = []
+    try:
+        yield make_sites(tmp_path, made, shared=lab)
     finally:
         teardown(made)
 
@@ -71,40 +88,6 @@ def test_initial_copy_then_steady_replication(sites: Sites):
     assert "orders" in r.stdout
 
 
-def test_link_cut_short_keeps_pair_long_suspends_then_delta_resync(sites: Sites, tmp_path: Path):
-    a, b = sites.a, sites.b
-    setup_group(a)
-    sites.pair("g", extra=("--suspend-after", "4", "--compress", "lz4"))
-    progress = tmp_path / "progress"
-    wl = start_workload(a, progress, 30)
-    try:
-        time.sleep(1)
-        sites.lab.cut()
-        time.sleep(2)
-        assert status(a, "g")["state"] == "PAIR"  # a short outage only queues records
-        sites.lab.heal()
-        wait_for(lambda: status(a, "g")["lag_seconds"] < 2, 30, "catching up")
-        sites.lab.cut()
-        wait_for(lambda: status(a, "g")["state"] == "PSUE", 30, "PSUE after a long outage")
-        assert "unreachable" in status(a, "g")["reason"]
-        assert wl.poll() is None, "the workload must still run during the outage"
-    finally:
-        stop_workload(wl)
-    _write(a.image("orders"), 8 << 20, os.urandom(2 << 20))  # written while suspended
-    sites.lab.heal()
-    newest = check_cut(b, "during-psue")  # B stays consistent at its last applied point
-    assert newest <= acked(progress)
-    wait_for(lambda: status(a, "g")["dirty_bytes"] >= 2 << 20, 10, "unsent records folded into the bitmap")
-    st = status(a, "g")
-    assert st["state"] == "PSUE"
-    sent_before = st["bytes_sent"]
-    a.vstor("pair", "resync", "g")
-    wait_for(lambda: drained(a), 60, "resync completes")
-    sent = status(a, "g")["bytes_sent"] - sent_before
-    assert sent < 3 * st["dirty_bytes"] + (4 << 20), f"resync sent {sent} bytes for {st['dirty_bytes']} dirty"
-    same_images(a, b, ["orders", "payments"])
-    assert check_cut(b, "after") == acked(progress)
-
 
 def test_kill9_secondary_catches_up_consistent(sites: Sites, tmp_path: Path):
     a, b = sites.a, sites.b
@@ -113,9 +96,9 @@ def test_kill9_secondary_catches_up_consistent(sites: Sites, tmp_path: Path):
     progress = tmp_path / "progress"
     wl = start_workload(a, progress, 60)
     try:
-        time.sleep(3)
+        wait_for(lambda: status(b, "g")["applied_seq"] > 200, 30, "B applies the workload's records")
         b.kill9()
-        time.sleep(2)
+        wait_for(lambda: not status(a, "g")["connected"], 30, "A sees B gone")
         b.start()
         assert check_cut(b, "after-restart") <= acked(progress)
         restarted = acked(progress)
@@ -133,7 +116,7 @@ def test_kill9_primary_forced_takeover_then_failback(sites: Sites, tmp_path: Pat
     sites.pair("g")
     progress = tmp_path / "progress"
     wl = start_workload(a, progress, 60)
-    time.sleep(4)
+    wait_for(lambda: status(b, "g")["applied_seq"] > 200, 30, "B applies the workload's records")
     a.kill9()
     wl.wait(60)
     one_error_line(b.vstor("pair", "takeover", "g", check=False), "planned takeover without the primary")
@@ -160,7 +143,7 @@ def test_planned_swap_loop(sites: Sites):
     setup_group(a, "8M")
     sites.pair("g")
     arrays = [a, b]
-    for i in range(5):
+    for i in range(2):  # there and back (more swaps: test_replication_inproc)
         prim, sec = arrays[i % 2], arrays[(i + 1) % 2]
         _write(prim.image("orders"), i * 4096, f"swap {i}".encode().ljust(4096, b"-"))
         _write(prim.image("payments"), i * 4096, os.urandom(4096))
@@ -170,7 +153,7 @@ def test_planned_swap_loop(sites: Sites):
         same_images(prim, sec, ["orders", "payments"])
         one_error_line(sec.vstor("pair", "takeover", "g", check=False), "takeover on the primary")
     gens = {status(x, "g")["generation"] for x in arrays}
-    assert gens == {6}
+    assert gens == {3}
 
 
 def test_split_brain_detected_at_both_sites_resolved_by_the_operator(sites: Sites):
@@ -250,83 +233,17 @@ def _probe(sites: Sites, tls: str, name: str, group: str) -> str:
     return r.stdout + r.stderr
 
 
-def test_tampered_frame_suspends_then_resync(sites: Sites):
-    a, b = sites.a, sites.b
-    setup_group(a, "8M")
-    a.stop()
-    sites.start("a", env=dict(a.env, VSTOR_FAULTS="repl.tamper=torn@40"))
-    sites.pair("g", wait=False)
-    for i in range(60):
-        _write(a.image("orders"), i * 4096, os.urandom(4096))
-    wait_for(lambda: status(a, "g")["state"] == "PSUE", 30, "PSUE after a tampered frame")
-    assert "checksum" in status(b, "g")["reason"] + status(a, "g")["reason"]
-    assert "checksum mismatch" in Path(b.pool, "log", "daemon.log").read_text()
-    a.vstor("pair", "resync", "g")
-    wait_for(lambda: drained(a), 60, "resync after the tampered frame")
-    same_images(a, b, ["orders", "payments"])
 
 
-def test_write_failure_at_the_destination(sites: Sites):
-    a, b = sites.a, sites.b
-    setup_group(a, "8M")
-    b.stop()
-    sites.start("b", env=dict(b.env, VSTOR_FAULTS="repl.apply=enospc@100"))
-    sites.pair("g")  # in PAIR before writing: every write below is a record the secondary applies
-    for i in range(200):
-        _write(a.image("payments"), i * 4096, os.urandom(4096))
-    wait_for(lambda: status(a, "g")["state"] == "PSUE", 30, "PSUE after the secondary's write error")
-    assert "No space" in status(a, "g")["reason"] or "ENOSPC" in status(a, "g")["reason"]
-    _write(a.image("payments"), 0, b"the primary is unaffected".ljust(4096))  # still writable
-    a.vstor("pair", "resync", "g")
-    wait_for(lambda: drained(a), 60, "resync after the fix")
-    same_images(a, b, ["orders", "payments"])
 
 
-def test_journal_overflow_suspends_then_delta_resync(sites: Sites):
-    a, b = sites.a, sites.b
-    setup_group(a, "256M")
-    sites.pair("g", extra=("--journal-limit", "48M", "--suspend-after", "300"))
-    sites.lab.cut()
-    region = os.urandom(8 << 20)
-    for _ in range(12):  # 96 MiB of writes into the same 8 MiB
-        _write(a.image("orders"), 0, region)
-    wait_for(lambda: status(a, "g")["state"] == "PSUE", 40, "PSUE on journal overflow")
-    assert "journal overflow" in status(a, "g")["reason"]
-    sites.lab.heal()
-    wait_for(lambda: status(a, "g")["dirty_bytes"] >= 8 << 20, 10, "unsent records in the bitmap")
-    before = status(a, "g")["bytes_sent"]
-    a.vstor("pair", "resync", "g")
-    wait_for(lambda: drained(a), 60, "delta resync")
-    sent = status(a, "g")["bytes_sent"] - before
-    assert (8 << 20) <= sent < (12 << 20), f"resync sent {sent} bytes for 8 MiB dirty (volume 256 MiB)"
-    same_images(a, b, ["orders", "payments"])
-    assert any(s["name"].startswith("before-resync") for s in b.vstor_json("snapshot", "list", "g"))
-
-
-def test_encryption_keys_must_match(tmp_path: Path):
-    made: list = []
-    try:
-        def init(site: str) -> dict:
-            key = tmp_path / f"key-{site}"
-            key.write_bytes(os.urandom(32))
-            return {"encrypt": True, "key_file": str(key)}
-
-        sites = make_sites(tmp_path, made, init)
-        setup_group(sites.a, "8M")
-        sites.b.vstor("pair", "create", "g", "--secondary", "--peer", sites.endpoint("a"), "--peer-name", "site-a")
-        line = one_error_line(sites.a.vstor("pair", "create", "g", "--peer", sites.endpoint("b"), "--peer-name",
-                                            "site-b", check=False), "different keys")
-        assert "encryption keys differ" in line
-    finally:
-        teardown(made)
-
-
-def test_bandwidth_cap_pful_split_modes_and_progress_bar(sites: Sites):
+def test_bandwidth_cap_split_and_progress_bar(sites: Sites):
     a, b = sites.a, sites.b
     setup_group(a, "64M")
     _write(a.image("orders"), 0, os.urandom(6 << 20))
     b.vstor("pair", "create", "g", "--secondary", "--peer", sites.endpoint("a"), "--peer-name", "site-a")
     # --wait on a terminal draws a progress bar until PAIR
+    t0 = time.monotonic()
     proc = subprocess.Popen(["script", "-qec", f"{VSTOR} pair create g --peer {sites.endpoint('b')} --peer-name "
                              "site-b --bandwidth 4MB/s --journal-limit 16M --wait", "/dev/null"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=a.env)
@@ -335,12 +252,8 @@ def test_bandwidth_cap_pful_split_modes_and_progress_bar(sites: Sites):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     assert "pair g copy: " in out and "100%|" in out and "PAIR" in out
-    # 14 MiB at 4 MB/s: the backlog crosses 80% of the 16M allowance (PFUL), then drains
-    t0 = time.monotonic()
-    _write(a.image("payments"), 0, os.urandom(14 << 20))
-    wait_for(lambda: status(a, "g")["state"] == "PFUL", 20, "PFUL above 80% of the journal allowance")
-    wait_for(lambda: drained(a), 60, "drained back to PAIR")
-    assert time.monotonic() - t0 >= 0.7 * (14 << 20) / (4 << 20), "the bandwidth cap was not applied"
+    assert time.monotonic() - t0 >= 0.7 * (6 << 20) / (4 << 20), "the bandwidth cap was not applied"
+    wait_for(lambda: drained(a), 60, "drained")
     same_images(a, b, ["orders", "payments"])
     # split --flush drains first: B equals A at the split
     _write(a.image("orders"), 8 << 20, os.urandom(1 << 20))
@@ -349,16 +262,5 @@ def test_bandwidth_cap_pful_split_modes_and_progress_bar(sites: Sites):
     same_images(a, b, ["orders", "payments"])
     _write(a.image("orders"), 16 << 20, os.urandom(1 << 20))  # tracked while split
     wait_for(lambda: status(a, "g")["dirty_bytes"] == 1 << 20, 10, "the split's changes in the bitmap")
-    a.vstor("pair", "resync", "g", "--wait")
-    same_images(a, b, ["orders", "payments"])
-    # split --purge while the link is down: at once, nothing drained
-    sites.lab.cut()
-    _write(a.image("orders"), 24 << 20, os.urandom(1 << 20))
-    line = one_error_line(a.vstor("pair", "split", "g", "--flush", check=False), "flush without the peer")
-    assert "--purge" in line and "internal error" not in line
-    a.vstor("pair", "split", "g", "--purge")
-    assert status(a, "g")["state"] == "PSUS"
-    sites.lab.heal()
-    wait_for(lambda: status(a, "g")["dirty_bytes"] >= 1 << 20, 10, "the purged records in the bitmap")
     a.vstor("pair", "resync", "g", "--wait")
     same_images(a, b, ["orders", "payments"])

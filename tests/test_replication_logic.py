@@ -14,7 +14,17 @@ import xxhash
 from vstor.errors import Busy, FormatError, UsageError
 from vstor.replication import bitmap, wire
 from vstor.replication.bitmap import GRANULE, DirtyBitmap
-from vstor.replication.pairstate import PAIR, PRIMARY, SECONDARY, SPLIT_BRAIN, TRANSITIONS, Pair, judge, require_role
+from vstor.replication.pairstate import (
+    PAIR,
+    PRIMARY,
+    ROLE_MOVES,
+    SECONDARY,
+    SPLIT_BRAIN,
+    TRANSITIONS,
+    Pair,
+    judge,
+    require_role,
+)
 from vstor.replication.transport import DEFAULT_PORT, Backoff, Pacer, parse_address
 from vstor.replication.wire import BadFrame, Record
 
@@ -245,8 +255,15 @@ SPEC = {"create": ("SIMPLEX", "COPY"), "accept": ("SIMPLEX", "COPY"), "synced": 
         "full": ("PAIR", "PFUL"), "relieved": ("PFUL", "PAIR"), "split": ("PAIR PFUL COPY RESYNC", "PSUS"),
         "error": ("COPY PAIR PFUL RESYNC PSUS", "PSUE"), "resync": ("PSUS PSUE SSWS SPLIT_BRAIN", "RESYNC"),
         "takeover": ("PAIR PFUL", "PAIR"), "force": ("PAIR PFUL PSUS PSUE", "SSWS"),
-        "split_brain": ("COPY PAIR PFUL PSUS PSUE RESYNC SSWS", "SPLIT_BRAIN")}
+        "split_brain": ("COPY PAIR PFUL PSUS PSUE RESYNC SSWS", "SPLIT_BRAIN"),
+        "demote": ("PAIR", "PAIR"), "victim": ("COPY PAIR PFUL PSUS PSUE RESYNC SSWS SPLIT_BRAIN", "RESYNC"),
+        "follow_copy": ("COPY PAIR PFUL PSUS PSUE RESYNC", "COPY"),
+        "follow_resync": ("COPY PAIR PFUL PSUS PSUE RESYNC", "RESYNC"),
+        "peer_split": ("COPY PAIR PFUL PSUS PSUE RESYNC", "PSUS")}
 STATES = "SIMPLEX COPY PAIR PFUL PSUS PSUE RESYNC SSWS SPLIT_BRAIN".split()
+# event -> (the role it needs, None: either; the role after it); other events keep the role
+ROLE_SPEC = {"takeover": (SECONDARY, PRIMARY), "force": (SECONDARY, PRIMARY), "demote": (PRIMARY, SECONDARY),
+             "victim": (PRIMARY, SECONDARY), "resync": (None, PRIMARY)}
 
 
 def make_pair(role: str = SECONDARY, state: str = PAIR, generation: int = 3) -> Pair:
@@ -257,15 +274,37 @@ def make_pair(role: str = SECONDARY, state: str = PAIR, generation: int = 3) -> 
 def test_transitions_table() -> None:
     expected = {(st, ev): nxt for ev, (froms, nxt) in SPEC.items() for st in froms.split()}
     assert TRANSITIONS == expected
+    assert ROLE_MOVES == ROLE_SPEC
     for state in STATES:
         for event in SPEC:
-            p = make_pair(state=state)
-            if (state, event) not in expected:
-                with pytest.raises(Busy, match=f"pair dbs-b is {state}: '{event}' is not possible"):
-                    p.transition(event)
-                assert p.state == state
-            else:
-                assert p.transition(event) == expected[state, event] and p.state == expected[state, event]
+            need, after = ROLE_SPEC.get(event, (None, None))
+            for role in (PRIMARY, SECONDARY):
+                p = make_pair(role=role, state=state)
+                if (state, event) not in expected:
+                    with pytest.raises(Busy, match=f"pair dbs-b is {state}: '{event}' is not possible"):
+                        p.transition(event)
+                    assert (p.state, p.role) == (state, role)
+                elif need is not None and role != need:  # the state allows it, the role does not
+                    with pytest.raises(Busy, match=f"'{event}' is possible only on the {need}; this array is"):
+                        p.transition(event)
+                    assert (p.state, p.role) == (state, role)
+                else:
+                    assert p.transition(event) == expected[state, event] and p.state == expected[state, event]
+                    assert p.role == (after or role)
+
+
+def test_illegal_moves_change_nothing() -> None:
+    p = make_pair(role=SECONDARY, state=PAIR)
+    with pytest.raises(Busy, match="'demote' is possible only on the primary"):
+        p.transition("demote")  # a secondary cannot hand over a role it does not have
+    with pytest.raises(Busy, match="'create' is not possible now"):
+        p.transition("create")
+    p = make_pair(role=PRIMARY, state="PSUE")
+    with pytest.raises(Busy, match="is PSUE: 'synced' is not possible now; it is suspended"):
+        p.transition("synced")
+    with pytest.raises(Busy, match="'force' is not possible|possible only on the secondary"):
+        p.promote(10, "force")
+    assert (p.role, p.state, p.generation, p.history) == (PRIMARY, "PSUE", 3, [[1, 0], [3, 40]])
 
 
 def test_promote_serialize_require_role() -> None:

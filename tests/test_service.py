@@ -26,14 +26,11 @@ from pathlib import Path
 import pytest
 from harness import VSTOR, run
 
+from tools import make_manpages
 from vstor.cli import service_cmd
 from vstor.cli.main import build_parser
 from vstor.cli.main import main as vstor_main
 from vstor.control import sdnotify
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import make_manpages  # noqa: E402
 
 
 def _datagram_socket(name: str) -> socket.socket:

@@ -15,6 +15,7 @@ from poolkit import SEG, MiB, flip_byte, leaf_refs, make_pool, seg_path
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, CorruptData, NotFound
 from vstor.store import snapshots
+from vstor.store.backend.local import LocalBackend
 from vstor.store.check import check_pool
 from vstor.store.consumers import read_records
 from vstor.store.format import FRAME_ENTRY_SIZE, MAX_RECORD, RECORD_HEADER_SIZE, loc_pos, loc_segno
@@ -1029,7 +1030,7 @@ def test_a_version_3_checkpoint_opens_and_gives_the_same_sizes(tmp_path, monkeyp
     want = snapshots.listing(store, "g")
     assert any(s["exclusive"] for s in want) and all(s["shared"] for s in want)
     store.close()
-    meta_dir = os.path.join(pool, "meta")
+    meta_dir = LocalBackend(pool)
     ck = checkpoint.read_checkpoint(meta_dir, load_superblock(pool).uuid_bytes)
     assert ck.version == 4
     ck.maps = ck.maps[: origins_offset(ck.maps)]

@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vstor.store import snapshots  # noqa: E402
-from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
+from vstor.store import snapshots
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
 
 VOLUME_BYTES = 1 << 30
 BLOCKS = VOLUME_BYTES // 4096
@@ -49,7 +47,7 @@ def aged_volume(prefix: str, age_writes: int, seed: int = 1) -> Iterator[tuple[S
 
 def snapshot_up_to(s: Store, v: int, rng: random.Random, buf: bytes, taken: int, count: int) -> int:
     """Take snapshots s{taken}..s{count-1} of volume "v", each after 16 random 4 KiB writes (so
-    every snapshot holds new leaf versions, as in part 3 of tools/bench_snapshots.py). Returns
+    every snapshot holds new leaf versions, as in part 3 of tools/bench_snapshots). Returns
     the number taken so far: ``max(taken, count)``."""
     while taken < count:
         for _ in range(16):

@@ -1,7 +1,7 @@
 """Backup and restore throughput: vstor's backup engine against GNU tar on the same data and
 the same emulated LTO-9 drive, in one run.
 
-    .venv/bin/python tools/bench_backup.py [--size 4G] [--json-out FILE]
+    .venv/bin/python -m tools.bench_backup [--size 4G] [--json-out FILE]
 
 A group of two volumes of SIZE/2 each, filled with incompressible data, on a running array:
   tar write      tar -b 512 -cSf DIR/media/lib/ndrive0 of the two volume images (the baseline)
@@ -29,8 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vstor.units import format_size, parse_size  # noqa: E402
+from tools.benchlib.timing import timed
+from vstor.units import format_size, parse_size
 
 VSTOR = str(Path(sys.executable).parent / "vstor")
 MiB = 1 << 20
@@ -50,10 +50,8 @@ def main() -> int:
     def v(*args: str) -> str:
         return subprocess.run([VSTOR, *args], env=env, check=True, capture_output=True, text=True).stdout
 
-    def timed(*cmd: str) -> float:
-        t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
-        return time.perf_counter() - t0
+    def run_timed(*cmd: str) -> float:
+        return timed(subprocess.run, cmd, env=env, check=True, capture_output=True)
 
     res: dict = {"size": total}
     try:
@@ -75,12 +73,12 @@ def main() -> int:
 
         # The baseline: GNU tar writes and reads the same images on the same drive.
         v("media", "load", "lib", "VT0004L9", "--drive", "0")
-        secs = timed("tar", "-b", "512", "-cSf", str(tape), "-C", str(mnt / "volumes"), "a", "b")
+        secs = run_timed("tar", "-b", "512", "-cSf", str(tape), "-C", str(mnt / "volumes"), "a", "b")
         res["tar_write_mb_s"] = total / secs / 1e6
         out = work / "tar-out"
         out.mkdir()
         subprocess.run(["mt", "-f", str(tape), "rewind"], check=True)
-        secs = timed("tar", "-b", "512", "-xSf", str(tape), "-C", str(out))
+        secs = run_timed("tar", "-b", "512", "-xSf", str(tape), "-C", str(out))
         res["tar_read_mb_s"] = total / secs / 1e6
         shutil.rmtree(out)
         v("media", "unload", "lib", "--drive", "0")

@@ -1,6 +1,6 @@
 """Backup clients over TLS between two network namespaces, against tar through openssl, in one run.
 
-    .venv/bin/python tools/bench_clients.py [--files 100000] [--size 4G] [--tag vbcl] [--json-out FILE]
+    .venv/bin/python -m tools.bench_clients [--files 100000] [--size 4G] [--tag vbcl] [--json-out FILE]
 
 Site A (namespace TAG-a, vm/lab.py) runs the array with its client endpoint (--backup-listen),
 a tape library (timing model off) and a policy for client c1; site B (TAG-b) is the client.
@@ -31,9 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vm.lab import Lab  # noqa: E402
-from vstor.units import format_size, parse_size  # noqa: E402
+from tools.benchlib.timing import timed
+from vm.lab import Lab
+from vstor.units import format_size, parse_size
 
 VSTOR = str(Path(sys.executable).parent / "vstor")
 PORT, SINK_PORT = 7451, 7452
@@ -80,11 +80,9 @@ def main() -> int:
     def v(*args: str) -> str:
         return subprocess.run([VSTOR, *args], env=env, check=True, capture_output=True, text=True).stdout
 
-    def timed(cmd: list[str] | str, shell: bool = False) -> float:
-        t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, capture_output=True, shell=shell,
-                       executable="/bin/bash" if shell else None)
-        return time.perf_counter() - t0
+    def run_timed(cmd: list[str] | str, shell: bool = False) -> float:
+        return timed(subprocess.run, cmd, env=env, check=True, capture_output=True, shell=shell,
+                     executable="/bin/bash" if shell else None)
 
     try:
         lab.up()
@@ -122,8 +120,8 @@ def main() -> int:
                 "openssl", "s_client", "-quiet", "-no_ign_eof", "-nocommands", "-connect", f"{A}:{SINK_PORT}",
                 "-cert", str(tls / "c1.pem"), "-key", str(tls / "c1.key"), "-CAfile", str(tls / "ca.pem"),
                 "-tls1_3"]))
-            base = timed(f"set -o pipefail; tar cf - -C {src.parent} {src.name} | {client} >/dev/null 2>&1",
-                         shell=True)
+            base = run_timed(f"set -o pipefail; tar cf - -C {src.parent} {src.name} | {client} >/dev/null 2>&1",
+                             shell=True)
             assert sink.stdin is not None
             sink.stdin.close()
             sink.wait(60)

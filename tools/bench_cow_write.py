@@ -1,6 +1,6 @@
 """The cost of the first write to a map leaf after a snapshot (copy-on-write of the leaf).
 
-    .venv/bin/python tools/bench_cow_write.py [--age-writes 150000] [--rounds 5]
+    .venv/bin/python -m tools.bench_cow_write [--age-writes 150000] [--rounds 5]
 
 In-process (Store API) on a pool in a temporary directory under /var/tmp: a 1 GiB volume is
 filled with 1 MiB writes, aged by random 4 KiB writes (which fragment its chunks), then in
@@ -11,14 +11,11 @@ to each leaf copies it and counts its references, the others do not.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aged_volume import aged_volume  # noqa: E402  (tools/, the script's own directory)
-
-from vstor.store import snapshots  # noqa: E402
+from tools.aged_volume import aged_volume
+from vstor.store import snapshots
 
 
 def main() -> int:
@@ -26,7 +23,7 @@ def main() -> int:
     p.add_argument("--age-writes", type=int, default=150_000)
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
-    print("$ " + " ".join([sys.executable, *sys.argv]))
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]))
     with aged_volume("vstor-cow-", a.age_writes) as (s, v, rng, buf):
         leaves = s.state.maps[v].leaves
         extents = sum(len(x) for leaf in leaves.values() for x in leaf.overlays.values())

@@ -1,6 +1,6 @@
 """fio benchmark of vstor against a bare FUSE passthrough, the raw file and nbdkit+nbdfuse.
 
-    .venv/bin/python tools/bench_fio.py [--size 2G] [--phase fresh|aged] [--all | --vstor-variants plain,lz4,aes]
+    .venv/bin/python tools/bench_fio.py [--size 2G] [--phase fresh|aged|mixed] [--all | --vstor-variants plain,lz4,aes]
                                         [--targets raw,passthrough,nbdfuse,vstor] [--rounds N] [--json-out FILE]
                                         [--segment-sizes 64M,256M]
 
@@ -33,18 +33,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib.fio import JOBS, PHASES, FioSettings, direct_io_works, fio_version, run_job
-from benchlib.hostmem import steady_memory
-from benchlib.procs import BenchError, drop_caches, install_signal_handlers, run, signals_deferred
-from benchlib.report import combine, paired_ratios, render
-from benchlib.targets import VSTOR_VARIANTS, Nbdfuse, Passthrough, Raw, Target, Vstor, vstor_available
-
+from tools.benchlib.fio import JOBS, PHASES, FioSettings, Job, direct_io_works, fio_version, run_job
+from tools.benchlib.hostmem import steady_memory
+from tools.benchlib.mixed import MIXED_JOBS, MIXED_RUNTIME, mixed_report, proc_io, run_mixed, write_amplification
+from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, run, signals_deferred
+from tools.benchlib.report import combine, paired_ratios, render
+from tools.benchlib.targets import VSTOR_VARIANTS, Nbdfuse, Passthrough, Raw, Target, Vstor, vstor_available
 from vstor.errors import UsageError
 from vstor.store.superblock import MAX_SEGMENT, MIN_SEGMENT
 from vstor.units import format_size, parse_size
 
 ALL_TARGETS = ("raw", "passthrough", "nbdfuse", "vstor")
 EXTRA_TARGETS = ("passthrough-copy",)  # only when named: the passthrough with mfusepy's stock read path
+ALL_PHASES = {**PHASES, "mixed": (JOBS[0], *MIXED_JOBS)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,10 +59,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "named vstor-VARIANT-SIZE (default: the pool's default only)")
     p.add_argument("--direct", type=int, choices=(0, 1), default=0,
                    help="fio direct= (default 0: buffered, caches dropped before reads)")
-    p.add_argument("--phase", choices=sorted(PHASES), default="fresh",
+    p.add_argument("--phase", choices=sorted(ALL_PHASES), default="fresh",
                    help="fresh: the four jobs on a newly written file (default); aged: written, then "
                         "overwritten by 4 KiB random writes for 12 s, then read at once (cold and warm) and "
-                        "after 60 s idle (issue 25)")
+                        "after 60 s idle (issue 25); mixed: written, then fio 70/30 randrw with an fsync "
+                        "every 32 writes at 4 KiB and at 64 KiB (IOPS, p99, seconds without a completion, "
+                        "write amplification; issue 25)")
     p.add_argument("--jobs", default="",
                    help="comma list of the phase's jobs to run (default all; seq-write always runs: it lays "
                         "the file out)")
@@ -71,7 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--order", choices=("rotate", "fixed"), default="rotate",
                    help="rotate: round N starts at the Nth target, so no target always runs in the same "
                         "place (default); fixed: every round runs --targets in the order given")
-    p.add_argument("--runtime", type=int, default=20, help="seconds of each random job (default 20)")
+    p.add_argument("--runtime", type=int, default=None,
+                   help=f"seconds of each random job (default 20; {MIXED_RUNTIME} for the mixed phase's jobs)")
     p.add_argument("--read-repeats", type=int, default=3,
                    help="run each read job and the random write this many times (caches dropped before "
                         "reads) and report the median")
@@ -99,7 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if not MIN_SEGMENT <= seg <= MAX_SEGMENT:
             p.error(f"invalid segment size {format_size(seg)}: use {format_size(MIN_SEGMENT)} to "
                     f"{format_size(MAX_SEGMENT)}")
-    phase = PHASES[a.phase]
+    if a.runtime is None:
+        a.runtime = MIXED_RUNTIME if a.phase == "mixed" else 20
+    phase = ALL_PHASES[a.phase]
     names = {j.name for j in phase}
     wanted = [j for j in a.jobs.split(",") if j] or sorted(names)
     for j in wanted:
@@ -151,14 +157,15 @@ def measure(target: Target, settings: FioSettings, res: dict[str, Any], read_rep
                     print(f"   idle {job.idle_before} s (background work may run)", flush=True)
                     time.sleep(job.idle_before)
                 target.before_job(job.name)
-                repeats = read_repeats if job.direction == "read" or job.time_based else 1
+                repeats = 1 if job in MIXED_JOBS else read_repeats if job.direction == "read" or job.time_based else 1
                 runs = []
                 for _ in range(repeats):  # reads and random writes vary run to run here: take the median
                     if job.drop_caches_before:
                         drop_caches()
                     else:  # a write job must not pay for what earlier jobs or targets left dirty
                         os.sync()
-                    runs.append(run_job(settings, job, path))
+                    runs.append(run_mixed_measured(target, settings, job, path) if job in MIXED_JOBS
+                                else run_job(settings, job, path))
                 r = sorted(runs, key=lambda x: x["value"])[len(runs) // 2]
                 if repeats > 1:
                     r["values"] = [x["value"] for x in runs]
@@ -170,6 +177,24 @@ def measure(target: Target, settings: FioSettings, res: dict[str, Any], read_rep
     except Exception as exc:  # one target failing (cleaned up by its with) must not stop the others
         res["error"] = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
         print(f"   FAILED: {res['error']}", flush=True)
+
+
+def run_mixed_measured(target: Target, settings: FioSettings, job: Job, path: Path) -> dict[str, Any]:
+    """A mixed job, with what the FUSE server wrote to disk (and vstor's journal appended) meanwhile."""
+    # vstor only: its journal appends, so /proc/PID/io counts what it writes; the passthrough writes
+    # in place, and the kernel counts a whole large folio for each small write (WA of 240 at 4 KiB)
+    io0 = proc_io(target.pid) if isinstance(target, Vstor) and target.pid else None
+    j0 = target.appended_bytes() if isinstance(target, Vstor) else None
+    r = run_mixed(settings, job, path, target.dir)
+    if io0 is not None and target.pid:
+        io1 = proc_io(target.pid)
+        disk = (io1["write_bytes"] - io0["write_bytes"]) - (io1["cancelled_write_bytes"] - io0["cancelled_write_bytes"])
+        r["server_disk_write_bytes"] = disk
+        r["wa_disk"] = write_amplification(disk, r["bytes"])
+    if j0 is not None and isinstance(target, Vstor):
+        r["journal_appended_bytes"] = target.appended_bytes() - j0
+        r["wa_journal"] = write_amplification(r["journal_appended_bytes"], r["bytes"])
+    return r
 
 
 def header(a: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -195,9 +220,10 @@ def print_header(h: dict[str, Any]) -> None:
     print(f"workdir {h['workdir']} ({h['workdir_fs']}), {format_size(h['size'])} per target")
     print(f"fio: ioengine=psync iodepth=1 numjobs=1, {cache}")
     print(h["host_memory"])
-    print(f"jobs ({h['phase']} phase): {', '.join(f'{j.name} bs={j.bs}' for j in PHASES[h['phase']])}; random "
-          f"jobs {h['random_runtime_s']} s time-based (age: 12 s); write jobs end with fdatasync (end_fsync=1)",
-          flush=True)
+    print(f"jobs ({h['phase']} phase): {', '.join(f'{j.name} bs={j.bs}' for j in ALL_PHASES[h['phase']])}; random "
+          f"jobs {h['random_runtime_s']} s time-based" + {"aged": " (age: 12 s)", "mixed": (
+              " (randrw, rwmixread=70, fsync=32, iops logged per second)")}.get(h["phase"], "")
+          + "; write jobs end with fdatasync (end_fsync=1)", flush=True)
 
 
 def preflight(a: argparse.Namespace) -> None:
@@ -259,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.rounds > 1:
         print(f"figures: per job, the median over {len(rounds)} rounds; ratios: the median of each round's ratio")
     print(render(combined, rat, a.job_list))
+    if a.phase == "mixed":
+        print()
+        print(mixed_report(combined, rat, a.job_list))
     if a.json_out:
         doc = {**h, "interrupted": interrupted, "targets": combined, "ratios": rat, "rounds": rounds}
         Path(a.json_out).write_text(json.dumps(doc, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Daemon memory under random small writes, with and without the fragment budget.
 
-    .venv/bin/python tools/bench_fragments.py [--gib 4] [--writes 300000] [--storms 3] [--budget-mib 32]
+    .venv/bin/python -m tools.bench_fragments [--gib 4] [--writes 300000] [--storms 3] [--budget-mib 32]
 
 In-process (Store API, no FUSE), on a plain pool in a temporary directory under /var/tmp: a
 volume of --gib GiB is filled with 1 MiB writes, then takes --storms bursts of --writes
@@ -24,12 +24,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vstor.clock import ManualClock  # noqa: E402
-from vstor.store import fragments  # noqa: E402
-from vstor.store.reclaim import Reclaimer  # noqa: E402
-from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
+from vstor.clock import ManualClock
+from vstor.store import fragments
+from vstor.store.reclaim import Reclaimer
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
 
 MIB = 1 << 20
 
@@ -94,11 +93,11 @@ def main() -> int:
     if a.one is not None:
         one_run(a.gib, a.writes, a.storms, a.one)
         return 0
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]), flush=True)
     budget = (a.budget_mib << 20) // fragments.EXTENT_BYTES
     for label, extents in (("off", 1 << 62), (f"on ({a.budget_mib} MiB = {budget:,} extents)", budget)):
         print(f"budget {label}:", flush=True)
-        subprocess.run([sys.executable, __file__, "--gib", str(a.gib), "--writes", str(a.writes),
+        subprocess.run([sys.executable, "-m", "tools.bench_fragments", "--gib", str(a.gib), "--writes", str(a.writes),
                         "--storms", str(a.storms), "--one", str(extents)], check=True)
     return 0
 

@@ -1,6 +1,6 @@
 """Cost of one GC move with 0, 100 and 1,000 snapshots of the volume.
 
-    .venv/bin/python tools/bench_gc_move.py [--age-writes 50000] [--moves 2000] [--counts 0,100,1000]
+    .venv/bin/python -m tools.bench_gc_move [--age-writes 50000] [--moves 2000] [--counts 0,100,1000]
 
 In-process (Store API, no FUSE, no maintenance thread), on a pool in a temporary directory
 under /var/tmp: a 1 GiB volume is filled with 1 MiB writes and aged by random 4 KiB writes,
@@ -15,14 +15,10 @@ mean µs per move and per MiB moved, and the ratio to 0 snapshots.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aged_volume import aged_volume, snapshot_up_to  # noqa: E402  (tools/, the script's own directory)
-
-from vstor.store.reclaim import Reclaimer  # noqa: E402
+from tools.aged_volume import aged_volume, snapshot_up_to
+from vstor.store.reclaim import Reclaimer
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Memory per TiB allocated: the chunk map measured at a real 1 TiB allocation, and the
 daemon's RSS over a sequential fill through FUSE.
 
-    .venv/bin/python tools/bench_memory.py [--fill-gib 4] [--chunk-size 512K]
+    .venv/bin/python -m tools.bench_memory [--fill-gib 4] [--chunk-size 512K]
 
 Part 1 needs no disk: it maps every chunk of a 1 TiB volume (whole-chunk records, the
 layout a sequential fill or compaction leaves) and measures the map with tracemalloc.
@@ -21,10 +21,9 @@ import sys
 import tempfile
 import tracemalloc
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vstor.store.chunkmap import VolumeMap  # noqa: E402
-from vstor.store.format import make_loc  # noqa: E402
-from vstor.units import parse_size  # noqa: E402
+from vstor.store.chunkmap import VolumeMap
+from vstor.store.format import make_loc
+from vstor.units import parse_size
 
 VSTOR = os.path.join(os.path.dirname(sys.executable), "vstor")
 
@@ -90,7 +89,7 @@ def main() -> int:
     p.add_argument("--chunk-size", default="512K")
     p.add_argument("--skip-daemon", action="store_true")
     a = p.parse_args()
-    print("$ " + " ".join([os.path.relpath(sys.executable), *sys.argv]))
+    print("$ " + " ".join([os.path.relpath(sys.executable), *sys.orig_argv[1:]]))
     m = map_bytes_per_tib(parse_size(a.chunk_size))
     print(f"chunk map at 1 TiB allocated ({m['chunks']} chunks of {a.chunk_size}): {m['map_mib_per_tib']} MiB "
           f"({m['bytes_per_chunk']} bytes per chunk)")

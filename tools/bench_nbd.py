@@ -1,6 +1,6 @@
 """NBD benchmark: vstor's NBD server against nbdkit's file plugin, both driven by fio's nbd engine.
 
-    .venv/bin/python tools/bench_nbd.py [--size 1G] [--servers nbdkit,vstor,nbdkit-tls,vstor-tls]
+    .venv/bin/python -m tools.bench_nbd [--size 1G] [--servers nbdkit,vstor,nbdkit-tls,vstor-tls]
                                         [--rounds N] [--runtime S] [--jobs NAME,...] [--json-out FILE]
 
 A lab (vm/lab.py) of two network namespaces joined by a veth: the servers run in site B, fio runs in
@@ -35,14 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchlib.fio import fio_version  # noqa: E402
-from benchlib.nbdservers import NbdkitServer, Server, VstorServer, make_certs, tool_missing  # noqa: E402
-from benchlib.procs import BenchError, drop_caches, install_signal_handlers, signals_deferred  # noqa: E402
-
-from vm.lab import Lab  # noqa: E402
-from vstor.errors import UsageError  # noqa: E402
-from vstor.units import parse_size  # noqa: E402
+from tools.benchlib.fio import fio_version
+from tools.benchlib.nbdservers import NbdkitServer, Server, VstorServer, make_certs, tool_missing
+from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, signals_deferred
+from vm.lab import Lab
+from vstor.errors import UsageError
+from vstor.units import parse_size
 
 SERVERS = ("nbdkit", "vstor", "nbdkit-tls", "vstor-tls")
 SERVER_CN = "bench-server"  # the TLS server certificate's name; fio resolves it through its /etc/hosts

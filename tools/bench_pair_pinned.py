@@ -1,7 +1,7 @@
 """Host write throughput of a paired volume against an unpaired one, with each site pinned to
 its own core, as if the two arrays ran on separate machines.
 
-    .venv/bin/python tools/bench_pair_pinned.py [--rounds 2] [--size 1024]
+    .venv/bin/python -m tools.bench_pair_pinned [--rounds 2] [--size 1024]
 
 Site A's daemon and the writer (dd bs=1M oflag=direct, SIZE MiB of random data) run on core 0,
 site B's daemon on core 1 (taskset -a). "unpaired": group g is not paired; "paired": g is
@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from replkit import make_sites, teardown  # noqa: E402
+from tests.replkit import make_sites, teardown
 
 
 def one(mode: str, size: int, src: str) -> float:

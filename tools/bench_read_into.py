@@ -1,6 +1,6 @@
 """Cost of one 1 MiB volume read as the FUSE callback serves it, stock against in place.
 
-    .venv/bin/python tools/bench_read_into.py [--passes 5]
+    .venv/bin/python -m tools.bench_read_into [--passes 5]
 
 In-process (Store API, no FUSE), on a plain pool in a temporary directory under /var/tmp: a
 1 GiB volume is written with 1 MiB writes, then read sequentially in 1 MiB requests into a
@@ -26,9 +26,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
 
 MIB = 1 << 20
 VOLUME = 1 << 30
@@ -38,7 +37,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--passes", type=int, default=5, help="timed passes of each kind (after one warm-up each)")
     a = p.parse_args()
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]), flush=True)
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]

@@ -1,6 +1,6 @@
 """Where a cold sequential read through FUSE spends its time: vstor against the passthrough.
 
-    .venv/bin/python tools/bench_read_pipeline.py [--size 2G] [--rounds 6] [--segment-size 512M]
+    .venv/bin/python -m tools.bench_read_pipeline [--size 2G] [--rounds 6] [--segment-size 512M]
         [--readers dd,fio,fio-nohint]
 
 Sets up the bare passthrough and a plain vstor volume (and, with --segment-size, a second
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -38,11 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib.counters import Counters, delta, disk_of
-from benchlib.hostmem import steady_memory
-from benchlib.procs import BenchError, drop_caches, install_signal_handlers, run
-from benchlib.targets import Passthrough, Target, Vstor
-
+from tools.benchlib.counters import Counters, delta, disk_of
+from tools.benchlib.fio import parse_job
+from tools.benchlib.hostmem import steady_memory
+from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, run
+from tools.benchlib.targets import Passthrough, Target, Vstor
 from vstor.errors import UsageError
 from vstor.units import format_size, parse_size
 
@@ -68,7 +67,7 @@ def reader_seconds(reader: str, res: subprocess.CompletedProcess[str]) -> float:
     try:
         if reader == "dd":
             return float(re.findall(r"copied, ([0-9.]+) s", res.stderr)[-1])
-        return json.loads(res.stdout[res.stdout.index("{"):])["jobs"][0]["read"]["runtime"] / 1000
+        return parse_job(res.stdout, res.stderr, res.returncode, "seq-read")["read"]["runtime"] / 1000
     except (ValueError, IndexError, KeyError) as e:
         raise BenchError(f"cannot read the {reader} pass's duration from its output ({e})") from None
 
@@ -121,7 +120,7 @@ def main() -> int:
         disk = disk_of(a.workdir)
     except OSError as e:
         raise SystemExit(f"bench_read_pipeline: --workdir {a.workdir}: {e.strerror or e}") from None
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]), flush=True)
     install_signal_handlers()
     work = Path(tempfile.mkdtemp(prefix="vstor-pipeline-", dir=a.workdir))
     try:

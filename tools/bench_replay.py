@@ -1,6 +1,6 @@
 """Journal replay speed: the time ``array start`` spends recovering after a crash.
 
-    .venv/bin/python tools/bench_replay.py [--mib 1024]
+    .venv/bin/python -m tools.bench_replay [--mib 1024]
 
 For each pool variant (plain, lz4, aes) and record size (1 MiB sequential writes, 4 KiB
 random writes), it writes --mib MiB through the Store with no checkpoint, closes only the
@@ -18,9 +18,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
 
 MiB = 1 << 20
 
@@ -56,7 +55,7 @@ def main() -> int:
     p.add_argument("--mib", type=int, default=1024, help="MiB written for the 1 MiB case (4 KiB case: a quarter)")
     p.add_argument("--workdir", default="/var/tmp")
     a = p.parse_args()
-    print("$ " + " ".join([os.path.relpath(sys.executable), *sys.argv]), flush=True)
+    print("$ " + " ".join([os.path.relpath(sys.executable), *sys.orig_argv[1:]]), flush=True)
     base = tempfile.mkdtemp(prefix="vstor-replay-", dir=a.workdir)
     try:
         cols = ("record", 7), ("records", 9), ("MiB", 7), ("seconds", 8), ("records/s", 10), ("MB/s", 8)

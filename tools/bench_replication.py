@@ -1,6 +1,6 @@
 """Replication costs: throughput against a bare link, lag under load, host write cost, lz4 savings.
 
-    .venv/bin/python tools/bench_replication.py [--quick] [--parts 1,2,3,4,5] [--dir DIR] [--json-out FILE] [--keep]
+    .venv/bin/python -m tools.bench_replication [--quick] [--parts 1,2,3,4,5] [--dir DIR] [--json-out FILE] [--keep]
 
 Every part builds fresh DR-lab sites (tests/replkit.py: two network namespaces, an array in each,
 group "g" of A paired to B) and tears them down afterwards, also on error or Ctrl-C.
@@ -42,15 +42,14 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import replkit  # noqa: E402
-from benchlib.procs import BenchError, Terminated, signals_deferred  # noqa: E402
-from replkit import Sites, make_sites, teardown  # noqa: E402
-
-from vm.lab import Lab  # noqa: E402
-from vstor.cli.common import daemon_request  # noqa: E402
-from vstor.errors import VstorError  # noqa: E402
-from vstor.replication import pki  # noqa: E402
+from tests import replkit
+from tests.replkit import Sites, make_sites, teardown
+from tools.benchlib.fio import parse_job, run_fio, stop_fio
+from tools.benchlib.procs import BenchError, Terminated, signals_deferred
+from vm.lab import Lab
+from vstor.cli.common import daemon_request
+from vstor.errors import VstorError
+from vstor.replication import pki
 
 MB, MIB, GIB = 10**6, 1 << 20, 1 << 30
 LINK_1G = 125 * MB
@@ -92,7 +91,7 @@ def net_peer(role: str, addr: str, nbytes: int, tls: str) -> None:
 def link_rate(s: Sites, nbytes: int, tls: bool = False) -> float:
     """Bytes/s of one stream from A to B, measured at B from the first byte to EOF."""
     addr, extra = f"{s.lab.address('b')}:{NET_PORT}", [s.tls] if tls else []
-    me = [sys.executable, str(Path(__file__).resolve())]
+    me = [sys.executable, "-m", "tools.bench_replication"]
     with subprocess.Popen(s.lab.command("b", [*me, "_sink", addr, "0", *extra]), stdout=subprocess.PIPE,
                           text=True) as sink:
         try:
@@ -159,37 +158,14 @@ def fio(path: str, size: int, *extra: str) -> list[str]:
             "--direct=1", "--refill_buffers=1", "--allow_file_create=0", "--output-format=json", *extra]
 
 
-def fio_result(rc: int | None, out: str, err: str) -> dict:
-    """fio's write figures (bw_bytes, io_bytes, runtime in ms) from its JSON output."""
-    try:
-        job = json.loads(out[out.index("{"):])["jobs"][0]
-    except (ValueError, KeyError, IndexError):
-        job = {"error": "no JSON output"}
-    if rc or job.get("error"):
-        raise BenchError(f"fio: exit {rc}, error {job.get('error')}: {err.strip()[-500:]}")
-    return job["write"]
-
-
 @contextlib.contextmanager
 def writer(cmd: list[str]) -> Iterator[subprocess.Popen[str]]:
-    """Run fio or dd; make sure it has ended on leaving. fio's job processes run in sessions of their own
-    and outlive a SIGKILLed fio (blocked, holding the volume open): SIGINT first lets fio end them."""
+    """Run fio or dd; make sure it has ended on leaving (benchlib.fio.stop_fio: SIGINT, then SIGKILL)."""
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-
-
-def run_fio(cmd: list[str]) -> dict:
-    with writer(cmd) as proc:
-        out, err = proc.communicate(timeout=900)
-        return fio_result(proc.returncode, out, err)
+            stop_fio(proc, grace=20)
 
 
 def write_and_drain(s: Sites, cmd: list[str], group: str = "g", timeout: float = 600) -> dict:
@@ -202,7 +178,7 @@ def write_and_drain(s: Sites, cmd: list[str], group: str = "g", timeout: float =
                 out, err = proc.communicate()
                 if cmd[0] != "fio" and proc.returncode:
                     raise BenchError(f"{cmd[0]} failed ({proc.returncode}): {err.strip()[-500:]}")
-                r = {"host": fio_result(proc.returncode, out, err) if cmd[0] == "fio" else {},
+                r = {"host": parse_job(out, err, proc.returncode, "w")["write"] if cmd[0] == "fio" else {},
                      "host_done_s": time.monotonic() - t0, "sent_at_host_done": st["bytes_sent"]}
             elif r and st["lag_records"] == 0:
                 return {**r, "drained_s": time.monotonic() - t0, "bytes_sent": st["bytes_sent"]}
@@ -242,14 +218,16 @@ def part3(s: Sites, a: argparse.Namespace) -> dict:
             lags.append(status(s)["lag_seconds"])
             nxt += 0.5
             time.sleep(max(0.0, nxt - time.monotonic()))
-        host = fio_result(proc.returncode, *proc.communicate())
+        out, err = proc.communicate()
+        host = parse_job(out, err, proc.returncode, "w")["write"]
     return {"seconds": a.lag_seconds, "samples": len(lags), "p50_s": pct(lags, 50), "p99_s": pct(lags, 99),
             "max_s": max(lags), "mean_s": round(statistics.fmean(lags), 3), "host_write_Bps": round(host["bw_bytes"])}
 
 
 def part4(s: Sites, a: argparse.Namespace) -> dict:
     s.a.create("u", f"{a.size >> 20}M")  # in no group
-    alone = run_fio(fio(s.a.image("u"), a.size))["bw_bytes"]
+    job = run_fio(fio(s.a.image("u"), a.size), "w", 900, stop=functools.partial(stop_fio, grace=20))
+    alone = job["write"]["bw_bytes"]
     r = write_and_drain(s, fio(paired_volume(s, a, "v", a.size), a.size))
     paired = r["host"]["bw_bytes"]
     return {"bytes": a.size, "alone_Bps": round(alone), "paired_Bps": round(paired), "ratio": paired / alone,

@@ -1,6 +1,6 @@
 """How long a write waits when the journal rolls over to a new segment, in process.
 
-    .venv/bin/python tools/bench_rollover.py [--gib 2] [--segment-mib 64]
+    .venv/bin/python -m tools.bench_rollover [--gib 2] [--segment-mib 64]
 
 On a plain pool in a temporary directory under /var/tmp, one writer appends 1 MiB writes to
 one volume (sequential, incompressible), as a sequential fio job does through FUSE; no sync
@@ -20,9 +20,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
 
 MIB = 1 << 20
 
@@ -37,7 +36,7 @@ def main() -> int:
     p.add_argument("--gib", type=int, default=2, help="GiB written")
     p.add_argument("--segment-mib", type=int, default=64, help="journal segment size of the pool")
     a = p.parse_args()
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]), flush=True)
     base = tempfile.mkdtemp(prefix="vstor-rollover-", dir="/var/tmp")
     try:
         init_pool(f"{base}/pool", segment_size=a.segment_mib * MIB)

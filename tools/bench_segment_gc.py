@@ -1,6 +1,6 @@
 """GC space and write amplification against the journal segment size, in process.
 
-    .venv/bin/python tools/bench_segment_gc.py [--segment-sizes 64M,256M] [--gib 4] [--passes 2] [--write-kib 64]
+    .venv/bin/python -m tools.bench_segment_gc [--segment-sizes 64M,256M] [--gib 4] [--passes 2] [--write-kib 64]
                                                [--tick-mib 64] [--seed 1] [--workdir /var/tmp] [--json-out FILE]
 
 For each segment size, in its own process (so each starts fresh), on a plain pool (no
@@ -42,15 +42,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchlib.procs import install_signal_handlers, run, signals_deferred, stop_process  # noqa: E402
-
-from vstor.clock import ManualClock  # noqa: E402
-from vstor.errors import UsageError  # noqa: E402
-from vstor.store.reclaim import Reclaimer  # noqa: E402
-from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
-from vstor.units import format_size, parse_size  # noqa: E402
+from tools.benchlib.procs import install_signal_handlers, run, signals_deferred, stop_process
+from tools.benchlib.report import table
+from vstor.clock import ManualClock
+from vstor.errors import UsageError
+from vstor.store.reclaim import Reclaimer
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
+from vstor.units import format_size, parse_size
 
 MIB, GIB = 1 << 20, 1 << 30
 IDLE_CAP = 20_000  # idle ticks at most after the writes
@@ -162,7 +161,7 @@ def machine(workdir: str) -> dict[str, Any]:
             "workdir_free": shutil.disk_usage(workdir).free}
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def render(rows: list[dict[str, Any]]) -> str:
     head = ["segment", "host GiB", "moved GiB", "(idle)", "WA", "disk peak", "disk end", "live GiB",
             "SA peak", "SA end", "segs", "MB/s", "tick s", "cut/ticks", "idle ticks"]
     out = [[format_size(r["segment_size"]), f"{r['host_bytes'] / GIB:.2f}", f"{r['moved_bytes'] / GIB:.2f}",
@@ -171,8 +170,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['space_amp_final']:.2f}", str(r["segments_final"]), f"{r['write_MBps']:.0f}",
             f"{r['tick_seconds']:.1f}", f"{r['cut_ticks_writes']}/{r['write_ticks']}",
             f"{r['idle_ticks']}{' (cap)' if r['idle_cap_hit'] else ''}"] for r in rows]
-    widths = [max(len(x[i]) for x in [head, *out]) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(wd) for c, wd in zip(x, widths, strict=True)) for x in [head, *out])
+    return table(head, out, first_left=False)
 
 
 def main() -> int:
@@ -213,9 +211,9 @@ def main() -> int:
             print(f"segment size {format_size(seg)}:", flush=True)
             base = tempfile.mkdtemp(prefix="vstor-seggc-", dir=a.workdir)
             try:
-                cmd = [sys.executable, __file__, "--gib", str(a.gib), "--passes", str(a.passes), "--write-kib",
-                       str(a.write_kib), "--tick-mib", str(a.tick_mib), "--seed", str(a.seed), "--one", str(seg),
-                       "--base", base, "--result", f"{base}/result.json"]
+                cmd = [sys.executable, "-m", "tools.bench_segment_gc", "--gib", str(a.gib), "--passes", str(a.passes),
+                       "--write-kib", str(a.write_kib), "--tick-mib", str(a.tick_mib), "--seed", str(a.seed),
+                       "--one", str(seg), "--base", base, "--result", f"{base}/result.json"]
                 proc = subprocess.Popen(cmd, start_new_session=True)  # a terminal Ctrl-C reaches us; we pass it on
                 try:
                     rc = proc.wait()
@@ -232,7 +230,7 @@ def main() -> int:
         interrupted = True
         print(f"\ninterrupted ({str(e) or 'Ctrl-C'}); temporary directories removed", file=sys.stderr, flush=True)
     if rows:
-        print(table(rows))
+        print(render(rows))
         for r in rows:
             if r["idle_cap_hit"] or r["failed_ticks"]:
                 print(f"  {format_size(r['segment_size'])}: idle cap hit {r['idle_cap_hit']}, "

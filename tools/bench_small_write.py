@@ -1,6 +1,6 @@
 """The CPU cost of one 4 KiB random write, in process, against a bare pwrite.
 
-    .venv/bin/python tools/bench_small_write.py [--writes 200000] [--rounds 5] [--compress lz4|none]
+    .venv/bin/python -m tools.bench_small_write [--writes 200000] [--rounds 5] [--compress lz4|none]
                                                 [--encrypt] [--profile]
 
 fio's 4 KiB random write at QD1 through FUSE is bound by the CPU time of each request: the
@@ -30,26 +30,25 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vstor.fuse.ops import VolumeFS  # noqa: E402
-from vstor.store.store import Store  # noqa: E402
-from vstor.store.superblock import init_pool  # noqa: E402
+from tools.benchlib.timing import Timer
+from vstor.fuse.ops import VolumeFS
+from vstor.store.store import Store
+from vstor.store.superblock import init_pool
 
 SIZE = 2 << 30
 BLOCK = 4096
 
 
-def timed(n: int, offsets: list[int], fn: Callable[[int], object]) -> float:
+def per_call_us(n: int, offsets: list[int], fn: Callable[[int], object]) -> float:
     """Mean µs per call of ``fn(offset)`` over the first ``n`` offsets."""
-    t0 = time.perf_counter_ns()
-    for off in offsets[:n]:
-        fn(off)
-    return (time.perf_counter_ns() - t0) / n / 1000
+    with Timer() as t:
+        for off in offsets[:n]:
+            fn(off)
+    return t.ns / n / 1000
 
 
 def main() -> int:
@@ -60,7 +59,7 @@ def main() -> int:
     p.add_argument("--encrypt", action="store_true", help="AES-256-GCM with a generated key file")
     p.add_argument("--profile", action="store_true")
     a = p.parse_args()
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]), flush=True)
     base = Path(tempfile.mkdtemp(prefix="vstor-smallw-", dir="/var/tmp"))
     store: Store | None = None
     fd = -1
@@ -92,7 +91,7 @@ def main() -> int:
         for r in range(a.rounds):
             for kind, fn in kinds.items():
                 offsets = [rng.randrange(SIZE // BLOCK) * BLOCK for _ in range(a.writes)]
-                got[kind].append(timed(a.writes, offsets, fn))
+                got[kind].append(per_call_us(a.writes, offsets, fn))
             store.sync()
             os.fdatasync(fd)
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} µs" for k, v in got.items()), flush=True)
@@ -105,7 +104,7 @@ def main() -> int:
         if a.profile:
             offsets = [rng.randrange(SIZE // BLOCK) * BLOCK for _ in range(a.writes)]
             prof = cProfile.Profile()
-            prof.runcall(timed, a.writes, offsets, kinds["store"])
+            prof.runcall(per_call_us, a.writes, offsets, kinds["store"])
             pstats.Stats(prof).sort_stats("tottime").print_stats(18)
     finally:
         if fd >= 0:

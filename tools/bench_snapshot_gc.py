@@ -1,11 +1,11 @@
 """Request cost with 0, 100 and 1,000 snapshots, with Python's collector as is and frozen.
 
-    .venv/bin/python tools/bench_snapshot_gc.py [--age-writes 300000] [--ops 200000] [--counts 0,100,1000]
+    .venv/bin/python -m tools.bench_snapshot_gc [--age-writes 300000] [--ops 200000] [--counts 0,100,1000]
 
 In-process (Store API, no FUSE, no maintenance thread), on a pool in a temporary directory
 under /var/tmp: a 1 GiB volume is filled with 1 MiB writes and aged by random 4 KiB writes;
 before each snapshot 16 random 4 KiB writes land, so every snapshot holds new leaf versions,
-as in part 3 of tools/bench_snapshots.py. At each snapshot count, ``--ops`` random 4 KiB
+as in part 3 of tools/bench_snapshots. At each snapshot count, ``--ops`` random 4 KiB
 writes and then as many reads are timed twice: once with the collector as Python leaves it
 ("gc as is") and once under the daemon's GcPolicy ("policy", vstor/control/pygc.py), which
 calls ``gc.freeze()`` at once and then every 10 s from its thread. For each run: mean µs per
@@ -24,11 +24,10 @@ import sys
 import time
 from collections.abc import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aged_volume import BLOCKS, aged_volume, snapshot_up_to  # noqa: E402  (tools/, the script's own directory)
-
-from vstor.control.pygc import GcPolicy  # noqa: E402
-from vstor.store.store import Store  # noqa: E402
+from tools.aged_volume import BLOCKS, aged_volume, snapshot_up_to
+from tools.benchlib.timing import Timer
+from vstor.control.pygc import GcPolicy
+from vstor.store.store import Store
 
 
 class GcTimer:
@@ -53,10 +52,10 @@ def timed(fn: Callable[[int], object], ops: int, rng: random.Random) -> dict:
     timer = GcTimer()
     gc.callbacks.append(timer)
     try:
-        t0 = time.perf_counter()
-        for _ in range(ops):
-            fn(rng.randrange(BLOCKS) * 4096)
-        wall = time.perf_counter() - t0
+        with Timer() as t:
+            for _ in range(ops):
+                fn(rng.randrange(BLOCKS) * 4096)
+        wall = t.seconds
     finally:
         gc.callbacks.remove(timer)
     return {"us": wall / ops * 1e6, "gc_us": timer.total / ops * 1e6,
@@ -84,7 +83,7 @@ def main() -> int:
     p.add_argument("--counts", default="0,100,1000")
     a = p.parse_args()
     counts = [int(c) for c in a.counts.split(",")]
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]), flush=True)
     with aged_volume("vstor-gcbench-", a.age_writes) as (s, v, rng, buf):
         print(f"1 GiB volume filled and aged by {a.age_writes} random 4 KiB writes", flush=True)
         base_us: dict[tuple[str, str], float] = {}

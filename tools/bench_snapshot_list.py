@@ -1,11 +1,11 @@
 """Time of `snapshot list` (sizes included) with 0, 100 and 1,000 snapshots, in process.
 
-    .venv/bin/python tools/bench_snapshot_list.py [--age-writes 300000] [--counts 0,100,1000] [--repeats 3]
+    .venv/bin/python -m tools.bench_snapshot_list [--age-writes 300000] [--counts 0,100,1000] [--repeats 3]
 
 In-process (Store API, no FUSE, no daemon, no CLI start-up), on a pool in a temporary
 directory under /var/tmp: a 1 GiB volume is filled with 1 MiB writes and aged by random
 4 KiB writes; before each snapshot 16 random 4 KiB writes land, so every snapshot holds new
-leaf versions, as in part 3 of tools/bench_snapshots.py. At each count it prints the median
+leaf versions, as in part 3 of tools/bench_snapshots. At each count it prints the median
 and the slowest of ``--repeats`` listings (``snapshots.listing``: the exclusive and shared
 bytes of every snapshot), the number of leaf versions, and the result's total exclusive bytes,
 so that runs of two versions of the code can be checked to agree.
@@ -19,25 +19,23 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aged_volume import aged_volume, snapshot_up_to  # noqa: E402  (tools/, the script's own directory)
-
-from vstor.store import snapshots  # noqa: E402
-from vstor.store.store import Store  # noqa: E402
+from tools.aged_volume import aged_volume, snapshot_up_to
+from tools.benchlib.timing import Timer
+from vstor.store import snapshots
+from vstor.store.store import Store
 
 
 def timed_listings(s: Store, repeats: int) -> tuple[list[float], list[dict]]:
     times, out = [], []
     for _ in range(repeats):
         gc.collect()  # not timed: the daemon's collector stays frozen (vstor/control/pygc.py)
-        t0 = time.perf_counter()
-        out = snapshots.listing(s, "v")
-        times.append(time.perf_counter() - t0)
+        with Timer() as t:
+            out = snapshots.listing(s, "v")
+        times.append(t.seconds)
     return times, out
 
 
@@ -56,7 +54,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args()
     counts = [int(c) for c in a.counts.split(",")]
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + " ".join([sys.executable, *sys.orig_argv[1:]]), flush=True)
     with aged_volume("vstor-listbench-", a.age_writes) as (s, v, rng, buf):
         print(f"1 GiB volume filled and aged by {a.age_writes} random 4 KiB writes", flush=True)
         print(f"{'when':<9} {'snapshots':>9} {'listed':>6} {'versions':>8} {'median s':>8} {'max s':>8} "

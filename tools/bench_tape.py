@@ -1,7 +1,7 @@
 """Tape throughput: an emulated LTO-9 drive through FUSE and through the internal API, against a
 bare file on the same filesystem, in one run.
 
-    .venv/bin/python tools/bench_tape.py [--size 4G] [--quick] [--json-out FILE]
+    .venv/bin/python -m tools.bench_tape [--size 4G] [--quick] [--json-out FILE]
 
 Measured, with 256 KiB blocks (GNU tar's ``-b 512``) of incompressible data:
   bare file      os.write of 256 KiB blocks to a plain file, then fdatasync (the baseline)
@@ -22,23 +22,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vstor.media.cartridge import Cartridge  # noqa: E402
-from vstor.media.tapedrive import MTREW, TapeDrive  # noqa: E402
-from vstor.units import parse_size  # noqa: E402
+from tools.benchlib.timing import Timer
+from vstor.media.cartridge import Cartridge
+from vstor.media.tapedrive import MTREW, TapeDrive
+from vstor.units import parse_size
 
 VSTOR = str(Path(sys.executable).parent / "vstor")
 BLOCK = 256 * 1024
 
 
-def timed(fn: Callable[[], int]) -> float:
-    t0 = time.perf_counter()
-    n = fn()
-    return n / (time.perf_counter() - t0) / 1e6
+def mb_per_s(fn: Callable[[], int]) -> float:
+    """MB/s (10^6 bytes/s) of fn, which returns the bytes it moved."""
+    with Timer() as t:
+        n = fn()
+    return n / t.seconds / 1e6
 
 
 def write_fd(fd: int, total: int, blocks: list[bytes], sync: bool) -> int:
@@ -74,15 +74,15 @@ def main() -> int:
     started = False
     try:
         fd = os.open(work / "bare", os.O_WRONLY | os.O_CREAT)
-        res["bare write"] = timed(lambda: write_fd(fd, total, blocks, True))
+        res["bare write"] = mb_per_s(lambda: write_fd(fd, total, blocks, True))
         os.close(fd)
         os.unlink(work / "bare")
 
         cart = Cartridge(str(work / "api.tape"), "API001L9", 2 * total)
         drv = TapeDrive(cart, 0x60, True, False, 1 << 20)
-        res["api write"] = timed(lambda: sum(drv.write(blocks[i % 16]) for i in range(total // BLOCK)))
+        res["api write"] = mb_per_s(lambda: sum(drv.write(blocks[i % 16]) for i in range(total // BLOCK)))
         drv.op(MTREW, 1)
-        res["api read"] = timed(lambda: sum(len(drv.read(BLOCK)) for _ in range(total // BLOCK)))
+        res["api read"] = mb_per_s(lambda: sum(len(drv.read(BLOCK)) for _ in range(total // BLOCK)))
         cart.close()
         os.unlink(work / "api.tape")
 
@@ -104,7 +104,7 @@ def main() -> int:
             finally:
                 os.close(fd)  # writes the filemark and flushes
 
-        res["fuse write"] = timed(fuse_write)
+        res["fuse write"] = mb_per_s(fuse_write)
         subprocess.run(["mt", "-f", dev, "rewind"], check=True)
 
         def fuse_read() -> int:
@@ -114,13 +114,13 @@ def main() -> int:
             finally:
                 os.close(fd)
 
-        res["fuse read"] = timed(fuse_read)
+        res["fuse read"] = mb_per_s(fuse_read)
         shm = Path(tempfile.mkdtemp(prefix="bench-tape-src-", dir="/dev/shm"))  # tar's reads stay off the disk
         try:
             with open(shm / "data", "wb") as f:
                 write_fd(f.fileno(), total, blocks, False)
             subprocess.run(["mt", "-f", dev, "eod"], check=True)
-            res["tar write"] = timed(lambda: subprocess.run(["tar", "-b", "512", "-cf", dev, "-C", str(shm), "data"],
+            res["tar write"] = mb_per_s(lambda: subprocess.run(["tar", "-b", "512", "-cf", dev, "-C", str(shm), "data"],
                                                             check=True) and total)
         finally:
             shutil.rmtree(shm, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Measure each FUSE tuning choice of vstor against its alternative, in one run.
 
-    .venv/bin/python tools/bench_tuning.py [--size 1G] [--runtime 10]
+    .venv/bin/python -m tools.bench_tuning [--size 1G] [--runtime 10]
 
 Every variant is a fresh pool and array started with VSTOR_FUSE_TUNING set (see
 vstor/fuse/options.py); the same four fio jobs as tools/bench_fio.py run on its volume, and
@@ -21,9 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from benchlib.fio import JOBS, FioSettings, run_job  # noqa: E402
-from benchlib.procs import drop_caches  # noqa: E402
+from tools.benchlib.fio import JOBS, FioSettings, run_job
+from tools.benchlib.procs import drop_caches
 
 VSTOR = str(Path(sys.executable).parent / "vstor")
 VARIANTS = [
@@ -70,7 +69,7 @@ def main() -> int:
     a = p.parse_args()
     from vstor.units import parse_size
 
-    print("$ " + " ".join([os.path.relpath(sys.executable), *sys.argv]), flush=True)
+    print("$ " + " ".join([os.path.relpath(sys.executable), *sys.orig_argv[1:]]), flush=True)
     settings = FioSettings(parse_size(a.size), 0, a.runtime, 300, None)
     runs: dict[str, list[dict]] = {name: [] for name, _t in VARIANTS}
     for rnd in range(a.rounds):

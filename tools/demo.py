@@ -11,6 +11,7 @@ check, status and stats, then unmounts, detaches, stops the array and checks the
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -49,6 +50,7 @@ def sha256(path: str) -> str:
 
 
 def main() -> int:
+    argparse.ArgumentParser(prog="demo.py", description=__doc__.splitlines()[0].strip("`")).parse_args()
     if os.geteuid() != 0:
         raise SystemExit("demo: run as root (it uses FUSE, loop devices and mount)")
     base = tempfile.mkdtemp(prefix="vstor-demo-")

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Write the vstor man pages from the command's own parser, so they cannot drift from it.
 
-    python tools/make_manpages.py [OUTDIR]      (default build/man; run by 'make man')
+    python -m tools.make_manpages [OUTDIR]      (default build/man; run by 'make man')
 
 vstor.1 lists the top-level commands; vstor-COMMAND.1 describes each of them with its
 subcommands and their options, from the same help texts ``--help`` prints. Plain troff with
@@ -14,10 +13,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from vstor import __version__  # noqa: E402
-from vstor.cli.main import build_parser  # noqa: E402
+from vstor import __version__
+from vstor.cli.main import build_parser
 
 
 def esc(text: str) -> str:
@@ -133,7 +130,9 @@ def write_pages(outdir: str) -> list[str]:
 
 
 def main() -> int:
-    outdir = sys.argv[1] if len(sys.argv) > 1 else os.path.join("build", "man")
+    p = argparse.ArgumentParser(prog="make_manpages.py", description=__doc__.strip().splitlines()[0])
+    p.add_argument("outdir", nargs="?", default=os.path.join("build", "man"), help="where to write (default build/man)")
+    outdir = p.parse_args().outdir
     paths = write_pages(outdir)
     print(f"wrote {len(paths)} man pages to {outdir}")
     return 0

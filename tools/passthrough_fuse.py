@@ -1,6 +1,6 @@
 """Bare mfusepy passthrough file server: the baseline of the benchmark (tools/bench_fio.py).
 
-    python tools/passthrough_fuse.py BACKING_FILE MOUNTDIR [--stats] [--copy-read]
+    python -m tools.passthrough_fuse BACKING_FILE MOUNTDIR [--stats] [--copy-read]
 
 Serves MOUNTDIR/img as a passthrough of BACKING_FILE with os.pread/os.pwrite on one fd, under
 exactly the FUSE options vstor's own export uses (vstor/fuse/options.py), so the difference

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Run a command with the VM's free page reporting held off (benchlib/hostmem.py).
 
-    .venv/bin/python tools/steady_memory.py CMD [ARG...]
+    .venv/bin/python -m tools.steady_memory CMD [ARG...]
 
 `make bench` runs all its tools under one hold, so the free memory is touched once (about a
 minute here) rather than once per tool, and no tool's figures pay host faults on pages the
@@ -23,7 +22,7 @@ import subprocess
 import sys
 from types import FrameType
 
-from benchlib.hostmem import steady_memory
+from tools.benchlib.hostmem import steady_memory
 
 
 def main(argv: list[str]) -> int:

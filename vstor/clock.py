@@ -7,6 +7,13 @@ import time
 from typing import Protocol
 
 
+class WallClock(Protocol):
+    """What only needs timestamps takes this (a :class:`Clock`, or the compliance clock)."""
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch."""
+
+
 class Clock(Protocol):
     def time(self) -> float:
         """Wall-clock seconds since the epoch (for timestamps)."""

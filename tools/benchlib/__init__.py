@@ -1,1 +1,9 @@
-"""Helpers of tools/bench_fio.py: process and mount handling, fio jobs, targets, report."""
+"""Helpers shared by the benchmarks in tools/: fio jobs, the one fio runner and fio-JSON parser (fio),
+the one table printer and bench_fio's report (report), the one timer (timing), processes, mounts and
+cleanup (procs), the targets bench_fio compares (targets) and bench_nbd's servers (nbdservers),
+kernel counters around a pass (counters) and the hold on the VM's free page reporting (hostmem)."""
+
+from __future__ import annotations
+
+__all__ = ["blockfs", "counters", "fio", "hostmem", "mixed", "nbdservers", "postgres", "procs", "report", "targets",
+           "timing"]

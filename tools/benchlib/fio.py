@@ -1,4 +1,4 @@
-"""The four fio jobs run on every target, and the parsing of fio's JSON output."""
+"""The benchmarks' one fio runner and fio-JSON parser, and the four fio jobs bench_fio runs on every target."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import mmap
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib.procs import BenchError
+from .procs import BenchError
+
+__all__ = ["AGED_JOBS", "JOBS", "PHASES", "FioSettings", "Job", "direct_io_works", "fio_version", "parse_job",
+           "run_fio", "run_job", "stop_fio"]
 
 
 @dataclass(frozen=True)
@@ -81,32 +85,48 @@ class FioSettings:
         return a
 
 
-def run_job(settings: FioSettings, job: Job, path: Path) -> dict[str, Any]:
-    """Run one job; returns the headline figure and the latencies behind it."""
-    cmd = settings.args(job, path)
-    timeout = ((job.runtime or settings.runtime) if job.time_based else settings.seq_cap) + 300
+def parse_job(stdout: str, stderr: str, returncode: int | None, name: str) -> dict[str, Any]:
+    """The first job of fio's JSON output (fio may print notes before the JSON); BenchError if fio failed."""
+    try:
+        fj: dict[str, Any] = json.loads(stdout[stdout.index("{"):])["jobs"][0]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise BenchError(f"fio {name} failed ({returncode}): {stderr.strip()[-500:]}") from exc
+    if returncode != 0 or fj.get("error"):
+        raise BenchError(f"fio {name}: exit {returncode}, job error {fj.get('error')}: {stderr.strip()[-500:]}")
+    return fj
+
+
+def stop_fio(proc: subprocess.Popen[str], grace: float = 10) -> None:
+    """Make sure fio has ended: SIGINT first (fio's job processes run in sessions of their own and
+    outlive a SIGKILLed fio, blocked and holding the file open), then SIGKILL after grace seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_fio(cmd: list[str], name: str, timeout: float, stop: Callable[[subprocess.Popen[str]], None] = stop_fio,
+            timeout_error: type[BenchError] = BenchError) -> dict[str, Any]:
+    """Run fio (``cmd`` with --output-format=json) and return its job's JSON. On a timeout (raised as
+    timeout_error) or an interruption, ``stop`` makes sure fio is gone before the caller tears down."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"fio {job.name}: no result after {timeout}s") from exc
-    finally:  # on a timeout or an interruption, fio must be gone (and its file closed) before teardown
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    res = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-    try:
-        out = json.loads(res.stdout[res.stdout.index("{"):])  # fio may print notes before the JSON
-        fj = out["jobs"][0]
-    except (ValueError, KeyError, IndexError) as exc:
-        raise BenchError(f"fio {job.name} failed ({res.returncode}): {res.stderr.strip()[-500:]}") from exc
-    if res.returncode != 0 or fj.get("error"):
-        raise BenchError(f"fio {job.name}: exit {res.returncode}, job error {fj.get('error')}: "
-                         f"{res.stderr.strip()[-500:]}")
+        raise timeout_error(f"fio {name}: no result after {timeout:.0f} s") from exc
+    finally:
+        stop(proc)
+    return parse_job(stdout, stderr, proc.returncode, name)
+
+
+def run_job(settings: FioSettings, job: Job, path: Path) -> dict[str, Any]:
+    """Run one job; returns the headline figure and the latencies behind it."""
+    cmd = settings.args(job, path)
+    timeout = ((job.runtime or settings.runtime) if job.time_based else settings.seq_cap) + 300
+    fj = run_fio(cmd, job.name, timeout)
     d = fj[job.direction]
     clat = d.get("clat_ns", {})
     pct = clat.get("percentile", {})

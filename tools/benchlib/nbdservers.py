@@ -15,8 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from benchlib.procs import BenchError, best_effort, run, signals_deferred, spawn, stop_process, tail, wait_until
-from benchlib.targets import make_sparse
+from tools.benchlib.procs import BenchError, best_effort, run, signals_deferred, spawn, stop_process, tail, wait_until
+from tools.benchlib.targets import make_sparse
 
 VSTOR = Path(sys.executable).parent / "vstor"
 PORT = 10809  # the namespaces are the benchmark's own: the standard port cannot collide

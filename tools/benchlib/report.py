@@ -1,10 +1,13 @@
-"""The printed report: one row per target, the ratios, and vstor's memory and replay figures."""
+"""The benchmarks' one table printer, and bench_fio's printed report: one row per target, the ratios,
+and vstor's memory and replay figures."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from benchlib.fio import JOBS, Job
+from .fio import JOBS, Job
+
+__all__ = ["Results", "combine", "paired_ratios", "ratio_pairs", "ratios", "render", "table"]
 
 Results = dict[str, dict[str, Any]]
 
@@ -63,12 +66,16 @@ def combine(rounds: list[Results], jobs: tuple[Job, ...] = JOBS) -> Results:
     return out
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]], first_left: bool = True) -> str:
+    """Columns two spaces apart, each as wide as its widest cell, right-aligned (the first one
+    left-aligned if first_left); the header is the first line. Trailing spaces are cut."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = []
     for r in [header, *rows]:
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells))
+        cells = [c.rjust(w) for c, w in zip(r, widths, strict=True)]
+        if first_left:
+            cells[0] = r[0].ljust(widths[0])
+        lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 
@@ -82,13 +89,13 @@ def render(results: Results, rat: dict[str, dict[str, float | None]] | None = No
            jobs: tuple[Job, ...] = JOBS) -> str:
     header = ["target", *(f"{j.name} {j.metric}" for j in jobs)]
     rows = [[name, *(_fmt(_value(results, name, j.name), j.metric) for j in jobs)] for name in results]
-    out = ["RESULTS (MB/s = 10^6 bytes/s; write figures include the final fdatasync)", _table(header, rows)]
+    out = ["RESULTS (MB/s = 10^6 bytes/s; write figures include the final fdatasync)", table(header, rows)]
 
     rat = ratios(results, jobs) if rat is None else rat
     if rat:
         rows = [[pair, *("-" if row[j.name] is None else f"{row[j.name]:.2f}" for j in jobs)]
                 for pair, row in rat.items()]
-        out += ["", "RATIOS (above 1: the first is faster)", _table(["ratio", *(j.name for j in jobs)], rows)]
+        out += ["", "RATIOS (above 1: the first is faster)", table(["ratio", *(j.name for j in jobs)], rows)]
 
     notes = []
     for name, r in results.items():

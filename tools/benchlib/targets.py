@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchlib.procs import (
+from .procs import (
     BenchError,
     RssSampler,
     best_effort,
@@ -195,6 +195,11 @@ class Vstor(Target):
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.vstor("array", "status", "--pool", str(self.pool), "--json").stdout)
+
+    def appended_bytes(self) -> int:
+        """Bytes the pool's journal appended since the daemon started (records of host writes,
+        GC and compaction moves, map and checkpoint records alike)."""
+        return int(self.status()["journal"]["appended_bytes"])
 
     def setup(self) -> Path:
         init = ["pool", "init", str(self.pool), "--chunk-size", "512K", *VSTOR_VARIANTS[self.variant], *self.init_args]

@@ -17,11 +17,13 @@ Layers, pure first:
   ``drillreport`` (the report section and the restore-time forecast);
 * governance: ``governance`` (the table of guarded control ops and the guard's decision),
   ``admins`` (enrolled admins, TOTP, lockout) and ``approvals`` (requests for a second admin);
-  compliance locks are in ``vstor.store.compliance``.
+  compliance locks are in ``vstor.store.compliance``;
+* ``rebuild``: the catalog again from the cartridges' job headers (like Bareos' bscan);
+* ``client``: backup clients, hosts that send their files over mutual TLS (its own package).
 """
 
 from __future__ import annotations
 
-__all__ = ["admins", "approvals", "audit", "cartridges", "catalog", "drillcat", "drillcheck", "drillreport", "drills",
-           "drillscratch", "engine", "governance", "jobs", "keys", "mediaio", "policy", "report", "restore",
-           "retention", "schedule", "sqlitefile", "tapefile"]
+__all__ = ["admins", "approvals", "audit", "cartridges", "catalog", "client", "drillcat", "drillcheck", "drillreport",
+           "drills", "drillscratch", "engine", "governance", "jobs", "keys", "mediaio", "policy", "rebuild", "report",
+           "restore", "retention", "schedule", "sqlitefile", "tapefile"]

@@ -69,5 +69,10 @@ def files(c: sqlite3.Connection, job: int, prefix: str = "") -> list[dict]:
     return out
 
 
+def listed(c: sqlite3.Connection, job: int) -> bool:
+    return c.execute("SELECT EXISTS(SELECT 1 FROM client_files WHERE job=?1) OR "
+                     "EXISTS(SELECT 1 FROM client_deleted WHERE job=?1)", (job,)).fetchone()[0] == 1
+
+
 def deleted(c: sqlite3.Connection, job: int) -> list[str]:
     return [os.fsdecode(r[0]) for r in c.execute("SELECT path FROM client_deleted WHERE job=? ORDER BY path", (job,))]

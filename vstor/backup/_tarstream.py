@@ -1,5 +1,6 @@
 """Private tar-level helpers of :mod:`vstor.backup.tapefile`: pax/ustar headers, the GNU sparse 1.0
-map, and the streaming reader of a backup archive.
+map, and the streaming reader of a backup archive. Its pieces (:class:`Input`, :func:`pax_records`,
+:func:`read_sparse_map`) also read client streams back (client/listing.py).
 
 Guarantees of :func:`read_archive`: it accepts any chunking, consumes the stream strictly in order
 with memory bounded by one piece plus one chunk, hands every extent to ``apply`` in pieces of at
@@ -62,7 +63,8 @@ def sparse_map(size: int, extents: list[tuple[int, int]]) -> bytes:
 def read_archive(chunks: Iterator[bytes], apply: Callable[[str, int, bytes], None], manifest_name: str,
                  piece_max: int) -> dict:
     """The manifest of the archive in ``chunks``, after every extent went to ``apply``."""
-    inp, pax, seen, manifest = _Input(chunks), {}, [], None
+    pax: dict[str, str] = {}
+    inp, seen, manifest = Input(chunks), [], None
     bad = _Bad()
     while True:
         raw = inp.take(BLOCK)
@@ -77,7 +79,7 @@ def read_archive(chunks: Iterator[bytes], apply: Callable[[str, int, bytes], Non
             raise bad(f"member {ti.name!r} is not a POSIX ustar/pax header")
         size = int(pax.get("size", ti.size))
         if ti.type == tarfile.XHDTYPE:
-            pax = _pax_records(inp.take(size), bad)
+            pax = pax_records(inp.take(size), bad)
             inp.take(-size % BLOCK)
             continue
         regular = ti.type in tarfile.REGULAR_TYPES
@@ -109,7 +111,7 @@ class _Bad:
         return (FormatError if self.first else CorruptData)(f"backup stream: {msg}")
 
 
-class _Input:
+class Input:
     """Exact reads over an iterator of chunks of any size."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
@@ -130,7 +132,8 @@ class _Input:
         return out
 
 
-def _pax_records(data: bytes, bad: _Bad) -> dict[str, str]:
+def pax_records(data: bytes, bad: Callable[[str], Exception]) -> dict[str, str]:
+    """A pax extended header's records as {key: value} (values with surrogate escapes for non-UTF-8)."""
     out, pos = {}, 0
     try:
         while pos < len(data) and data[pos]:
@@ -146,20 +149,27 @@ def _pax_records(data: bytes, bad: _Bad) -> dict[str, str]:
     return out
 
 
-def _read_sparse(inp: _Input, volume: str, size: int, apply: Callable[[str, int, bytes], None], bad: _Bad,
-                 piece_max: int) -> tuple[str, str, int]:
+def read_sparse_map(inp: Input, size: int, bad: Callable[[str], Exception], what: str) -> tuple[bytes, list[int]]:
+    """A GNU sparse 1.0 member's map, read from ``inp``: its bytes (NUL padding included) and the
+    numbers after the count (offset, length, offset, length, ...)."""
     text = b""
     while True:  # the map: count, then offset and length per extent, NUL-padded to 512
         text += inp.take(BLOCK)
         nums = text.split(b"\n")[:-1]
         try:
+            if nums and int(nums[0]) < 0:
+                raise ValueError("a negative count")
             if nums and len(nums) >= 1 + 2 * int(nums[0]):
-                pairs = [int(x) for x in nums[1 : 1 + 2 * int(nums[0])]]
-                break
+                return text, [int(x) for x in nums[1 : 1 + 2 * int(nums[0])]]
         except ValueError:
-            raise bad(f"volume {volume}: the sparse map is not numbers") from None
+            raise bad(f"{what}: the sparse map is not numbers") from None
         if len(text) >= size:
-            raise bad(f"volume {volume}: the sparse map is longer than the member")
+            raise bad(f"{what}: the sparse map is longer than the member")
+
+
+def _read_sparse(inp: Input, volume: str, size: int, apply: Callable[[str, int, bytes], None], bad: _Bad,
+                 piece_max: int) -> tuple[str, str, int]:
+    text, pairs = read_sparse_map(inp, size, bad, f"volume {volume}")
     h, data = hashlib.sha256(), 0
     for off, n in zip(pairs[::2], pairs[1::2], strict=True):
         for pos in range(off, off + n, piece_max):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 
 from vstor import checkedjson
-from vstor.clock import Clock
+from vstor.clock import WallClock
 from vstor.errors import NotFound, Refused
 
 __all__ = ["APPROVALS_FILE", "EXPIRY", "KEEP", "VERSION", "Approvals"]
@@ -32,7 +32,7 @@ _LOCK = threading.Lock()  # serializes read-check-write of the file within the p
 
 
 class Approvals:
-    def __init__(self, path: str, clock: Clock) -> None:
+    def __init__(self, path: str, clock: WallClock) -> None:
         self.path, self.clock = path, clock
         self._lock = _LOCK  # one for every instance: the control server makes one per request
 

@@ -97,8 +97,7 @@ class Cartridges:
         self.writing = barcode
         row = self.catalog.media(barcode)
         if row is None:
-            self.catalog.add_media(barcode, self.library, self.media.lib(self.library).media[barcode].worm)
-            row = self.catalog.media(barcode)
+            row = self.catalog.add_media(barcode, self.library, self.media.lib(self.library).media[barcode].worm)
         if row["state"] == "recycle":  # rewrite from BOT: a new label truncates what was there
             drv.op(MTREW, 1)
             drv.write(TapeLabel(barcode, self.pool_uuid, self.now()).encode())

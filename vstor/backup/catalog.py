@@ -106,7 +106,9 @@ class BackupCatalog(SqliteFile):
                 raise AlreadyExists(f"cartridge {barcode} is already in the backup catalog")
             c.execute("INSERT INTO media(barcode, library, worm, created) VALUES (?,?,?,?)",
                       (barcode, library, int(bool(worm)), self.clock.time()))
-            return sch.media_dict(c, barcode)
+            row = sch.media_dict(c, barcode)
+            assert row is not None  # inserted just above, in this transaction
+            return row
 
     def media(self, barcode: str) -> dict | None:
         with self._tx() as c:
@@ -124,7 +126,7 @@ class BackupCatalog(SqliteFile):
         with self._tx() as c:
             codes = [r[0] for r in c.execute("SELECT barcode FROM media WHERE ?1 IS NULL OR library=?1 "
                                              "ORDER BY barcode", (library,))]
-            return [sch.media_dict(c, b) for b in codes]
+            return [row for b in codes if (row := sch.media_dict(c, b)) is not None]
 
     def media_jobs(self, barcode: str) -> list[int]:
         """Ids of the jobs with a part on the cartridge, ascending."""
@@ -148,7 +150,7 @@ class BackupCatalog(SqliteFile):
             cur = c.execute("INSERT INTO jobs(policy, level, source, base_job, key_id, expires, status, created) "
                             "VALUES (?,?,?,?,?,?,'waiting',?)",
                             (policy, level, source, base_job, key_id, expires, self.clock.time()))
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)
 
     def set_job(self, job: int, **fields: Any) -> None:
         sets = sch.checked_fields(fields, sch.JOB_FIELDS, "job")
@@ -218,7 +220,7 @@ class BackupCatalog(SqliteFile):
             sch.need_job(c, job)
             cur = c.execute("INSERT INTO restores(job, target, started, ended, bytes, status, reason) "
                             "VALUES (?,?,?,?,?,?,?)", (job, target, started, ended, bytes, status, reason))
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)
 
     def restores(self, policy: str | None = None) -> list[dict]:
         """Restores, newest first, each with its job's "policy", "seconds" and "mb_per_s" (10^6 B/s)."""
@@ -283,6 +285,24 @@ class BackupCatalog(SqliteFile):
         with self._tx() as c:
             sch.need_job(c, job)
             return csch.files(c, job, prefix)
+
+    def client_listed(self, job: int) -> bool:
+        """Whether client job ``job`` has a file list (rows of files or of deletions)."""
+        with self._tx() as c:
+            return csch.listed(c, job)
+
+    def import_client_files(self, job: int, files: list[dict], deleted: list[str], **fields: Any) -> bool:
+        """One transaction: a client job's file list and deletions read back from its media
+        (rebuild), and job fields; False (a no-op) if the job has a file list already."""
+        sets = sch.checked_fields(fields, sch.JOB_FIELDS, "job") if fields else ""
+        with self._tx() as c:
+            sch.need_job(c, job)
+            if csch.listed(c, job):
+                return False
+            csch.insert_files(c, job, files, deleted)
+            if fields:
+                c.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*fields.values(), job))
+            return True
 
     def client_deleted(self, job: int) -> list[str]:
         with self._tx() as c:

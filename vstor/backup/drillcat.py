@@ -100,7 +100,7 @@ class DrillCatalog(SqliteFile):
             cur = c.execute("INSERT INTO drills(policy, kind, check_cmd, status, started, scratch) "
                             "VALUES (?,?,?,'running',?,?)",
                             (policy, kind, check, self.clock.time(), json.dumps(scratch, sort_keys=True)))
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)
 
     def set(self, drill: int, **fields: Any) -> None:
         bad = set(fields) - _FIELDS

@@ -68,11 +68,14 @@ def latest_restorable(catalog: BackupCatalog, policy: str) -> int:
 class DrillRunner:
     def __init__(self, store: Store, catalog: BackupCatalog, reader: Reader, clock: Clock,
                  job_running: Callable[[str], bool], audit: Callable[[str, dict], object],
-                 faults: Faults = NO_FAULTS, claim_lock: threading.Lock | None = None) -> None:
+                 faults: Faults = NO_FAULTS, claim_lock: threading.Lock | None = None, mount: str | None = None
+                 ) -> None:
+        """``mount``: the daemon's FUSE mount, through which scratch volumes go on loop devices
+        (None offline: scratch images are copies)."""
         self.store, self.catalog, self.reader, self.clock, self.faults = store, catalog, reader, clock, faults
         self.records = DrillCatalog(catalog.path, clock)
         self._job_running, self._audit = job_running, audit
-        self.mount: str | None = None  # the daemon's FUSE mount: scratch volumes go on loop devices
+        self.mount = mount
         self.dir_restorers: dict[str, DirRestorer] = {}  # source kind -> restore of a job into a directory
         self.dir = os.path.join(store.pool, "backup", "drills")
         # Held while a drill is claimed: the engine passes the lock it starts jobs under, so "no job of
@@ -97,12 +100,14 @@ class DrillRunner:
             old = self.records.definition(policy)
         except NotFound:
             old = {}
-        doc = {"policy": policy, "schedule": parse_cron(schedule) if schedule else old.get("schedule"),
-               "check": check or old.get("check"), "timeout": timeout or old.get("timeout") or DEFAULT_TIMEOUT}
+        when: str | None = parse_cron(schedule) if schedule else old.get("schedule")
+        check_cmd: str | None = check or old.get("check")
+        limit = float(timeout or old.get("timeout") or DEFAULT_TIMEOUT)
+        doc = {"policy": policy, "schedule": when, "check": check_cmd, "timeout": limit}
         if timeout is not None and timeout <= 0:
             raise UsageError(f"invalid drill timeout {timeout}: give a positive duration, like 10m")
         self._audit("backup.drill.define", doc)
-        return self.records.define(policy, doc["schedule"], doc["check"], doc["timeout"])
+        return self.records.define(policy, when, check_cmd, limit)
 
     def remove(self, policy: str) -> dict:
         self.records.definition(policy)

@@ -75,7 +75,7 @@ class CopyAttach:
         path = os.path.join(scratch["dir"], f"{name}.img")
         with open(path, "wb") as f:
             for off in range(0, vol.size, CHUNK):
-                data = store.read(vol.id, off, min(CHUNK, vol.size - off))
+                data = bytes(store.read(vol.id, off, min(CHUNK, vol.size - off)))  # a view has no count()
                 if data.count(0) == len(data):
                     f.seek(len(data), os.SEEK_CUR)  # holes stay holes
                 else:

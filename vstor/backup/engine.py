@@ -49,8 +49,9 @@ DRIVE_POLL = 5.0  # seconds between looks for a free drive while a job waits
 
 class BackupEngine:
     def __init__(self, store: Store, media: MediaManager, clock: Clock | None = None,
-                 faults: Faults = NO_FAULTS, hooks: HookRunner | None = None) -> None:
-        """``hooks``: runs the policies' pre/post commands (hooks.ShellRunner by default)."""
+                 faults: Faults = NO_FAULTS, hooks: HookRunner | None = None, mount: str | None = None) -> None:
+        """``hooks``: runs the policies' pre/post commands (hooks.ShellRunner by default);
+        ``mount``: the daemon's FUSE mount, for restore drills' scratch volumes."""
         self.store, self.media, self.faults = store, media, faults
         self.hooks: HookRunner = hooks or ShellRunner(faults)
         self.clock = clock or SystemClock()
@@ -75,7 +76,7 @@ class BackupEngine:
         self.drills = DrillRunner(store, self.catalog, self.reader, self.clock,
                                   lambda name: name in self._running or self.clients.busy(name),
                                   lambda action, details: self.audit.append(current_actor(), action, details),
-                                  faults, claim_lock=self._lock)
+                                  faults, claim_lock=self._lock, mount=mount)
         self.drills.dir_restorers["client"] = lambda job, target: self.clients.restore(job, to=target)
 
     def _clean_up_after(self, job: int) -> None:
@@ -100,7 +101,7 @@ class BackupEngine:
         if client_of(policy["source"]) is not None:
             self.catalog.client(client_of(policy["source"]) or "")  # NotFound: register the client first
         else:
-            with self.store._lock:
+            with self.store.locked():
                 self.store.state.catalog.owner(self.store.state.table, policy["source"])  # NotFound if neither
         lib = self.media.lib(policy["library"])
         if lib.type != "tape":
@@ -182,7 +183,7 @@ class BackupEngine:
                        "(see the daemon log)")
         return got[0]
 
-    def _prepare(self, name: str, asked: str | None) -> tuple[int, tuple]:
+    def _prepare(self, name: str, asked: str | None) -> tuple[int, tuple[int, dict, str, dict | None, int | None]]:
         policy = self.catalog.policy(name)
         with self._lock:
             if name in self._running:

@@ -50,7 +50,7 @@ class Image:
     sid: int
     done: Callable[[int], None]
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytes | memoryview:
         data = self.store.read(self.vid, offset, length, sid=self.sid)
         self.done(len(data))
         return data

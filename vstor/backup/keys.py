@@ -78,9 +78,9 @@ class BackupKeys:
         return self.root
 
     def _add(self) -> int:
-        new = {"id": max((k["id"] for k in self._keys), default=0) + 1, "created": self.clock.time()}
-        self._save([*self._keys, new])
-        return new["id"]
+        new_id = int(max((k["id"] for k in self._keys), default=0)) + 1
+        self._save([*self._keys, {"id": new_id, "created": self.clock.time()}])
+        return new_id
 
     def current(self) -> int:
         """The id new jobs are written with; creates key id 1 on first use."""

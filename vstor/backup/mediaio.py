@@ -26,6 +26,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from vstor.backup.tapefile import PART_MAGIC, RECORD, PartHeader, TapeLabel, open_record, seal_record
 from vstor.errors import FormatError, MediaError, UsageError
@@ -60,7 +61,7 @@ class TapeWriter:
         self._hash = hashlib.sha256()
         self._closed = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Buffer ``data``; every full RECORD goes to the tape. Whole records of ``data`` go as
         slices of it, uncopied (the stream's 4 MiB pieces): only the ends are buffered."""
         if self._closed:
@@ -76,7 +77,7 @@ class TapeWriter:
             self._buf.clear()
         whole = len(view) - len(view) % RECORD
         for i in range(0, whole, RECORD):
-            self._emit(view[i : i + RECORD])
+            self._emit(cast(bytes, view[i : i + RECORD]))  # a view, not a copy: its consumers take any buffer
         self._buf += view[whole:]
 
     def close(self) -> list[PartPlace]:

@@ -4,19 +4,23 @@ Like Bareos' bscan, it reads every cartridge it is given (by default every data 
 the library) from the start, and for each job part it finds records the job (with its
 original id, level, base job, key id, snapshot and images) and the part's exact position,
 block count and hash. Then it reads each job whole, as verify does, to record each image's
-size and sha256 from the manifest at the stream's end. So losing the catalog never loses a
-backup. What is not on the media cannot come back: the policies (create them again), job
-times other than the creation time, and retention, which is set to REBUILT_RETENTION from the
-job's creation (change it by expiring jobs by hand or letting the policy's new jobs replace
-them).
+size and sha256 from the manifest at the stream's end, or for a backup client's job its
+whole file list (client/relist.py: every entry with its metadata, sha256 and stream
+position, the entries carried over from its base, its deletions). So losing the catalog
+never loses a backup. What is not on the media cannot come back: the policies (create them
+again), the backup clients' registrations (register them again), job times other than the
+creation time, and retention, which is set to REBUILT_RETENTION from the job's creation
+(change it by expiring jobs by hand or letting the policy's new jobs replace them).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
+from vstor.backup.client.relist import relist
 from vstor.backup.mediaio import part_summary, scan_cartridge
 from vstor.backup.restore import Reader
 from vstor.backup.tapefile import SEAL_OVERHEAD, PartHeader
@@ -38,7 +42,7 @@ def rebuild(media: MediaManager, catalog: BackupCatalog, carts: Cartridges, read
     for code in codes:
         try:
             drv = carts.load_for_read(code)
-            found = list(scan_cartridge(drv, lambda f, e, code=code: problems.append(f"{code} file {f}: {e}")))
+            found = list(scan_cartridge(drv, functools.partial(_problem, problems, code)))
             for file, h in found:
                 _, count, size, sha = part_summary(drv, file)
                 payload = size - (SEAL_OVERHEAD * count if h.key_id else 0)
@@ -52,14 +56,23 @@ def rebuild(media: MediaManager, catalog: BackupCatalog, carts: Cartridges, read
             problems.append(f"{code}: {e}")
         finally:
             carts.release()
-    for job in sorted(jobs):
+    for job in sorted(jobs):  # in job order: an incremental's base first
         try:
+            row = catalog.job(job)
+            if row["source"].startswith("client:"):
+                if row["status"] == "done":
+                    problems += relist(catalog, row, reader.stream(row))
+                continue
             _images(catalog, reader, job)
         except VstorError as e:
             problems.append(f"job {job}: its images could not be read back: {e}")
     log.info("catalog rebuild from %s: %d jobs, %d parts, %d problems", ", ".join(codes), len(jobs), parts,
              len(problems))
     return {"cartridges": codes, "jobs": sorted(jobs), "parts": parts, "problems": problems}
+
+
+def _problem(problems: list[str], code: str, file: int, e: object) -> None:
+    problems.append(f"{code} file {file}: {e}")
 
 
 def _header(h: PartHeader) -> dict:

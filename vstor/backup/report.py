@@ -51,8 +51,8 @@ def _when(record: dict) -> float | None:
 
 
 def _latest(jobs: list[dict]) -> dict | None:
-    dated = [j for j in jobs if _when(j) is not None]
-    return max(dated, key=_when) if dated else None
+    dated = [(w, j) for j in jobs if (w := _when(j)) is not None]
+    return max(dated, key=lambda wj: wj[0])[1] if dated else None
 
 
 def _scope(jobs: list[dict], restores: list[dict]) -> dict:

@@ -31,6 +31,10 @@ class Reader:
                  cartridges: Callable[[str], Cartridges]) -> None:
         self.store, self.catalog, self.keys, self.cartridges = store, catalog, keys, cartridges
 
+    def stream(self, job: dict) -> Iterator[bytes]:
+        """Job ``job``'s stream (a catalog job dict with its parts), read whole in part order."""
+        return self._stream(job)
+
     def _stream(self, job: dict) -> Iterator[bytes]:
         """The job's tar stream: its parts in order, each read from its cartridge."""
         key = self.keys.key(job["key_id"]) if job.get("key_id") else None

@@ -21,10 +21,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vstor import units
-from vstor.backup.catalog import BackupCatalog
 from vstor.errors import UsageError
+
+if TYPE_CHECKING:
+    from vstor.backup.catalog import BackupCatalog
 
 _YEARS_RE = re.compile(r"^\s*(\d+)\s*y\s*$", re.IGNORECASE)
 YEAR = 365 * 86400

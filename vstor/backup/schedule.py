@@ -111,7 +111,7 @@ class Scheduler:
         policies: Callable[[], list[dict]],
         last_fire: Callable[[str], float | None],
         record_fire: Callable[[str, float], None],
-        start: Callable[[str], None],
+        start: Callable[[str], object],
         running: Callable[[str], bool],
     ) -> None:
         self.clock = clock

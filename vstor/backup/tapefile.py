@@ -158,12 +158,12 @@ class VolumeSource:
     name: str
     size: int
     extents: list[tuple[int, int]]  # (offset, length), sorted, non-overlapping
-    read: Callable[[int, int], bytes]
+    read: Callable[[int, int], bytes | memoryview]
 
 
 def pax_stream(source: str, volumes: list[VolumeSource], meta: dict[str, str],
-               manifest: dict | None = None) -> Iterator[bytes]:
-    """The archive of ``volumes`` as pieces of bytes; the total is a multiple of 512. ``manifest``,
+               manifest: dict | None = None) -> Iterator[bytes | memoryview]:
+    """The archive of ``volumes`` as bytes-like pieces; the total is a multiple of 512. ``manifest``,
     if given, is filled with the manifest the archive ends with (each image's sums), so the
     writer need not hash the data a second time."""
     if manifest is None:

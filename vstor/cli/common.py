@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from vstor.control.lock import PoolLock, daemon_pid
@@ -61,6 +61,9 @@ def pool_path(args: argparse.Namespace) -> str:
     that follow: every command resolves its pool first."""
     if not args.pool:
         raise UsageError("no pool given: use --pool PATH or set VSTOR_POOL")
+    if args.pool.startswith("rados://"):  # its state directory on this host (vstor/store/backend/stub.py)
+        from vstor.store.backend.stub import resolve
+        args.pool = resolve(args.pool)
     load_superblock(args.pool)  # a clear error if it is not a pool
     _wait["timeout"] = getattr(args, "call_timeout", None)
     _auth.clear()
@@ -204,7 +207,7 @@ def when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "-"
 
 
-def table(rows: list[tuple[str, ...]]) -> str:
+def table(rows: Sequence[Sequence[str]]) -> str:
     """Rows as left-aligned columns; the first row is the heading."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

@@ -7,28 +7,26 @@ completion hook pick the command up."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
 
 from vstor import __version__
-from vstor.cli import (
-    admin_cmd,
-    array_cmd,
-    backup_cmd,
-    client_cmd,
-    group_cmd,
-    media_cmd,
-    pair_cmd,
-    pki_cmd,
-    pool_cmd,
-    service_cmd,
-    snapshot_cmd,
-    status_cmd,
-    volume_cmd,
-)
 from vstor.errlog import describe, one_line
 from vstor.errors import VstorError
+
+# The modules that register the top-level commands, in the order of ``vstor --help``.
+MODULES = ("pool_cmd", "array_cmd", "status_cmd", "volume_cmd", "group_cmd", "snapshot_cmd", "pki_cmd",
+           "pair_cmd", "media_cmd", "backup_cmd", "admin_cmd", "client_cmd", "service_cmd")
+# Each top-level command and the one module that registers it: a command line that names one
+# imports only that module, not all of them (every `vstor` call pays for what it imports).
+# tests/test_cli_imports.py checks this table against the full parser.
+COMMANDS = {"pool": "pool_cmd", "array": "array_cmd", "status": "status_cmd", "volume": "volume_cmd",
+            "group": "group_cmd", "snapshot": "snapshot_cmd", "pki": "pki_cmd", "pair": "pair_cmd",
+            "library": "media_cmd", "media": "media_cmd", "backup": "backup_cmd", "audit": "backup_cmd",
+            "key": "backup_cmd", "admin": "admin_cmd",
+            "client": "client_cmd", "install-service": "service_cmd", "completion": "service_cmd"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,23 +35,13 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``command`` (a key of COMMANDS), only the module that registers it."""
     p = _Parser(prog="vstor", description="vstor: a user-space virtual block storage array")
     p.add_argument("--version", action="version", version=f"vstor {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    pool_cmd.register(sub)
-    array_cmd.register(sub)
-    status_cmd.register(sub)
-    volume_cmd.register(sub)
-    group_cmd.register(sub)
-    snapshot_cmd.register(sub)
-    pki_cmd.register(sub)
-    pair_cmd.register(sub)
-    media_cmd.register(sub)
-    backup_cmd.register(sub)
-    admin_cmd.register(sub)
-    client_cmd.register(sub)
-    service_cmd.register(sub)
+    for name in MODULES if command is None else (COMMANDS[command],):
+        importlib.import_module(f"vstor.cli.{name}").register(sub)
     return p
 
 
@@ -61,12 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Every failure is one ``vstor: error:`` line on stderr and an exit code;
     a reader that closes our stdout early (``| head``) ends the command quietly, with exit
     status 0: what it was asked for was produced, the reader wanted no more of it."""
-    parser = build_parser()
-    if "_ARGCOMPLETE" in os.environ:  # a completion request from the shell: answers and exits
+    argv = sys.argv[1:] if argv is None else argv
+    completing = "_ARGCOMPLETE" in os.environ
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS and not completing else None)
+    if completing:  # a completion request from the shell: answers and exits
         import argcomplete
 
         argcomplete.autocomplete(parser)
-    args = parser.parse_args(_glue_negative_values(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(_glue_negative_values(argv))
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below

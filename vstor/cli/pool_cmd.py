@@ -6,19 +6,30 @@ import argparse
 import json
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vstor.cli.common import add_json_arg, emit
 from vstor.control.lock import PoolLock, daemon_pid
 from vstor.control.poolfiles import warn_key_file
 from vstor.errors import Busy
+from vstor.store.backend.location import is_rados
 from vstor.store.superblock import DEFAULT_CHUNK, init_pool, load_key, load_superblock
 from vstor.units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from vstor.store.check import CheckReport
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     pool = sub.add_parser("pool", help="create and check pools").add_subparsers(dest="action", required=True)
-    p = pool.add_parser("init", help="create a pool in an empty directory")
-    p.add_argument("path", help="the new pool's directory (empty or not yet there)")
+    p = pool.add_parser("init", help="create a pool in an empty directory or on Ceph RADOS")
+    p.add_argument("path", help="the new pool's directory (empty or not yet there), or rados://CEPHPOOL/PREFIX "
+                                "to keep it in a Ceph pool")
+    p.add_argument("--ceph-conf", help="for a rados:// pool: the cluster's ceph.conf (default $VSTOR_CEPH_CONF)")
+    p.add_argument("--ceph-id", help="for a rados:// pool: the Ceph client id, without 'client.' (default admin)")
+    p.add_argument("--attach", action="store_true",
+                   help="for a rados:// pool that exists already: only make this host's state directory for it "
+                        "(another host made the pool)")
     p.add_argument("--chunk-size", default=format_size(DEFAULT_CHUNK), help="map and discard unit (default 512K)")
     p.add_argument("--compress", choices=["lz4", "none"], default="none", help="compress data (default none)")
     p.add_argument("--encrypt", action="store_true", help="AES-256-GCM for all data (needs --key-file)")
@@ -41,10 +52,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     segment = None if args.segment_size == "auto" else parse_size(args.segment_size, "segment size")
-    sb, created_key = init_pool(args.path, parse_size(args.chunk_size, "chunk size"), args.compress,
-                                args.encrypt, args.key_file, segment)
-    warnings = warn_key_file(args.path, sb.key_file if sb.encrypt else None)  # stderr and log/daemon.log
-    result = {"pool": os.path.abspath(args.path), "uuid": sb.uuid, "chunk_size": sb.chunk_size,
+    if is_rados(args.path):
+        sb, created_key = _init_rados(args, segment)
+        where, warnings = args.path, []
+    else:
+        sb, created_key = init_pool(args.path, parse_size(args.chunk_size, "chunk size"), args.compress,
+                                    args.encrypt, args.key_file, segment)
+        where = os.path.abspath(args.path)
+        warnings = warn_key_file(args.path, sb.key_file if sb.encrypt else None)  # stderr and log/daemon.log
+    result = {"pool": where, "uuid": sb.uuid, "chunk_size": sb.chunk_size,
               "segment_size": sb.segment_size,
               "compress": sb.compress, "encrypt": sb.encrypt, "key_file_created": created_key,
               "warnings": warnings}
@@ -56,13 +72,30 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_rados(args: argparse.Namespace, segment: int | None) -> tuple:
+    """pool init rados://CEPHPOOL/PREFIX: the superblock and checkpoints as RADOS objects."""
+    from vstor.store.backend.location import open_backend, parse_rados
+    from vstor.store.backend.stub import state_dir, write_stub
+    from vstor.store.superblock import init_backend_pool, load_superblock_from
+    parse_rados(args.path)  # a bad location is a usage error before any connection
+    with open_backend(args.path, args.ceph_conf, args.ceph_id) as backend:
+        if args.attach:
+            made = load_superblock_from(backend), False
+        else:
+            made = init_backend_pool(backend, parse_size(args.chunk_size, "chunk size"), args.compress,
+                                     args.encrypt, args.key_file, segment)
+    write_stub(state_dir(args.path), args.path, args.ceph_conf or os.environ.get("VSTOR_CEPH_CONF"), args.ceph_id)
+    return made
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from vstor.control.status_ops import record_check
+    from vstor.store.backend.stub import resolve
     from vstor.store.check import check_pool  # imported here: every other command starts faster
     from vstor.store.consumers import consumer_problems
     from vstor.store.store import Store
     from vstor.store.superblock import repair_superblock
-
+    args.path = resolve(args.path)  # a rados:// pool: its state directory on this host
     sb = load_superblock(args.path)
     pid = daemon_pid(args.path)
     if pid is not None:
@@ -102,10 +135,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if rep.clean else 1
 
 
-def _check(store_cls: type, check_pool: Callable, pool: str, sb: object, key: bytes | None) -> object:
+def _check(store_cls: type, check_pool: Callable, pool: str, sb: object, key: bytes | None) -> CheckReport:
     store = store_cls(pool, sb, key)
     try:
-        return check_pool(store)
+        report: CheckReport = check_pool(store)
+        return report
     finally:
         store.journal.close()
 

@@ -24,7 +24,7 @@ class CatalogOps:
     # -- groups ----------------------------------------------------------------------------
     def _group(self, g: Group) -> dict:
         st = self.store.state
-        with self.store._lock:
+        with self.store.locked():
             members = sorted(v.name for v in st.table.by_id.values() if v.group == g.id)
             policy = st.catalog.policies.get(f"group:{g.id}")
             nsnaps = len(st.catalog.snapshots_of("group", g.id))
@@ -33,7 +33,7 @@ class CatalogOps:
                 "snapshots": nsnaps, "policy": policy.__dict__ if policy else None}
 
     def _find_group(self, name: str) -> Group:
-        with self.store._lock:
+        with self.store.locked():
             return self.store.state.catalog.group(name)
 
     def op_group_create(self, name: str, volumes: list[str]) -> dict:
@@ -57,7 +57,7 @@ class CatalogOps:
         return desc | {"deleted": True}
 
     def op_group_list(self) -> list[dict]:
-        with self.store._lock:
+        with self.store.locked():
             groups = sorted(self.store.state.catalog.groups.values(), key=lambda g: g.name)
         return [self._group(g) for g in groups]
 
@@ -113,7 +113,7 @@ class CatalogOps:
                                     hook_timeout=hook_timeout)
 
     def op_snapshot_policy_list(self) -> list[dict]:
-        with self.store._lock:
+        with self.store.locked():
             cat, table = self.store.state.catalog, self.store.state.table
             out = []
             for key, p in sorted(cat.policies.items()):

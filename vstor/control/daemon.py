@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from vstor.backup.engine import BackupEngine
 from vstor.control import sdnotify
@@ -38,12 +39,17 @@ from vstor.control.service import PoolService
 from vstor.errlog import TRACE, describe, install_thread_hook, log_failure
 from vstor.errors import VstorError
 from vstor.faults import Faults
+from vstor.fuse.handles import HandleTable
 from vstor.fuse.options import after_init, mount_options, set_io_flusher
 from vstor.media.manager import MediaManager
 from vstor.replication.manager import Replication
 from vstor.store.reclaim import Reclaimer
 from vstor.store.store import Store
 from vstor.store.superblock import layout
+
+if TYPE_CHECKING:
+    from vstor.fuse.ops import VolumeFS
+    from vstor.nbd.server import NbdServer
 
 log = logging.getLogger("vstor.daemon")
 
@@ -113,8 +119,10 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         io_flusher = set_io_flusher()
         store = Store.open(pool, key_file, faults=faults)
         stack.callback(store.close)  # no checkpoint if the journal failed
+        lock.on_lost.append(lambda e: store.journal.stop_writes(str(e)))  # a RADOS pool's lock lost: no more writes
         step("store")
-        reclaimer = Reclaimer(store)
+        handles = HandleTable()  # the FUSE export's open files: policy pruning skips snapshots in use
+        reclaimer = Reclaimer(store, snapshots_in_use=handles.snapshots_in_use)
         reclaimer.start()
         stack.callback(reclaimer.stop)
         step("maintenance")
@@ -125,21 +133,15 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         prepare_mountpoint(mount, pool)
         step("mountpoint")
         failed: list[BaseException] = []  # a failure after FUSE INIT, raised once the loop ends
-        fs = VolumeFS(store, on_ready=lambda conn: after_init(mount, lambda: _ready(mount, faults, reporter, failed)),
-                      extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher,
-                                                     "py_gc": gcpolicy.stats()}})
-        reclaimer.snapshots_in_use = fs.snapshots_in_use  # policy pruning skips snapshots in use
         media = MediaManager(store.pool, store.media_key)
         stack.callback(media.close)
-        fs.media = MediaFS(media, mfuse.FuseOSError)
+        fs = VolumeFS(store, on_ready=lambda conn: after_init(mount, lambda: _ready(mount, faults, reporter, failed)),
+                      extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher,
+                                                     "py_gc": gcpolicy.stats()}},
+                      media=MediaFS(media, mfuse.FuseOSError), handles=handles)
         step("media")
-        service = PoolService(store, mount, fs, reclaimer)
-        service.stop_requested = lambda: _unmount_soon(mount)
-        service.media = media
-        backup = BackupEngine(store, media, faults=faults)
+        backup = BackupEngine(store, media, faults=faults, mount=mount)  # drills attach scratch through FUSE
         stack.callback(backup.close)  # before media.close: a running job stops first
-        service.backup = backup
-        backup.drills.mount = mount  # drills attach scratch volumes through FUSE and losetup
         backup.serve()
         if backup_listen:  # the endpoint backup clients push to and agents call in on
             backup.clients.listen(backup_listen, (repl or {}).get("tls_dir") or "", (repl or {}).get("name"))
@@ -147,16 +149,18 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         replication = Replication(store, faults=faults, **(repl or {}))
         stack.callback(replication.stop)  # before start: it may fail after starting shippers
         replication.start()
-        service.replication = replication
         step("replication")
+        nbd_server = None
+        if nbd and nbd.get("address"):  # NBD remote attach (vstor/nbd); stopped before the store closes
+            nbd_server = _start_nbd(store, fs, nbd, faults)
+            stack.callback(nbd_server.stop)
+        step("nbd")
+        service = PoolService(store, mount, fs, reclaimer, media=media, backup=backup, replication=replication,
+                              nbd=nbd_server, stop_requested=lambda: _unmount_soon(mount))
         server = ControlServer(layout(pool)["socket"], service)
         stack.callback(server.stop)
         server.start()
         step("control")
-        if nbd and nbd.get("address"):  # NBD remote attach (vstor/nbd); stopped before the store closes
-            service.nbd = _start_nbd(store, fs, nbd, faults)
-            stack.callback(service.nbd.stop)
-        step("nbd")
         if metrics:  # Prometheus /metrics and the dashboard; off unless asked for
             from vstor.control.metrics import MetricsServer, Sources
 
@@ -181,11 +185,11 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
     return 0
 
 
-def _start_nbd(store: Store, fs: object, nbd: dict, faults: Faults) -> object:
+def _start_nbd(store: Store, fs: VolumeFS, nbd: dict, faults: Faults) -> NbdServer:
     from vstor.nbd.catalog import ExportCatalog
     from vstor.nbd.server import NbdServer
 
-    catalog = ExportCatalog(store, fs.volumes_in_use)  # type: ignore[attr-defined]
+    catalog = ExportCatalog(store, fs.volumes_in_use)
     server = NbdServer(nbd["address"], store, catalog, tls_dir=nbd.get("tls_dir"), tls_name=nbd.get("name"),
                        faults=faults)
     server.start()

@@ -20,8 +20,6 @@ COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 def gather(src: Any) -> dict:
     """Status, capacity, volumes, pairs and drives from the daemon's objects (metrics.Sources)."""
-    from vstor.control.metrics import drive_rows
-
     st = src.store
     usage = st.usage()
     io = src.fs.io.snapshot() if src.fs is not None else {}
@@ -33,7 +31,7 @@ def gather(src: Any) -> dict:
             "maintenance_error": (getattr(src.reclaimer, "last_error", "") if src.reclaimer else "") or "",
             "usage": usage, "volumes": vols,
             "pairs": src.replication.status() if src.replication else [],
-            "drives": drive_rows(src.media) if src.media else []}
+            "drives": src.media.drive_rows() if src.media else []}
 
 
 def _e(v: object) -> str:

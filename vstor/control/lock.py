@@ -9,16 +9,28 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vstor.errors import Busy
 from vstor.store.superblock import layout
 
+if TYPE_CHECKING:
+    from vstor.store.backend.base import PoolBackend
+    from vstor.store.backend.radoslock import RadosLock
+
 
 class PoolLock:
+    """The flock of the pool directory; for a pool on RADOS also its RADOS lock
+    (vstor/store/backend/radoslock.py), renewed while held, so that no other host serves it."""
+
     def __init__(self, pool: str) -> None:
         self.pool = pool
         self.path = layout(pool)["lock"]
         self.fd = -1
+        self.rados: RadosLock | None = None
+        self._backend: PoolBackend | None = None  # the connection the RADOS lock is held on
+        self.on_lost: list[Callable[[Exception], None]] = []  # called when a RADOS lock renewal fails
 
     def acquire(self, what: str = "daemon") -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -33,6 +45,35 @@ class PoolLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
         self.fd = fd
+        try:
+            self._acquire_rados(what)
+        except BaseException:
+            self.release()
+            raise
+
+    def _acquire_rados(self, what: str) -> None:
+        from vstor.store.backend.stub import backend_for, read_stub
+        stub = read_stub(self.pool)
+        if stub is None:
+            return
+        from vstor.store.backend.radosbe import RadosBackend
+        from vstor.store.backend.radoslock import RadosLock
+        backend = backend_for(self.pool)
+        if not isinstance(backend, RadosBackend):  # a stub always names a rados:// location
+            backend.close()
+            return
+        lock = RadosLock(backend.meta, what, location=stub["location"])
+        try:
+            lock.acquire()
+        except BaseException:
+            backend.close()
+            raise
+        self._backend, self.rados = backend, lock
+        lock.start_renewal(self._lost)
+
+    def _lost(self, err: Exception) -> None:
+        for fn in self.on_lost:
+            fn(err)
 
     def holder(self) -> str:
         try:
@@ -43,6 +84,12 @@ class PoolLock:
             return "another vstor process"
 
     def release(self) -> None:
+        if self.rados is not None:
+            self.rados.release()
+            self.rados = None
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

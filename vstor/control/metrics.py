@@ -28,6 +28,7 @@ from vstor.store.stats import LATENCY_BOUNDS
 log = logging.getLogger("vstor.metrics")
 
 LAG_INTERVAL = 10.0  # seconds between pair-lag samples for the dashboard
+SHUTDOWN_POLL = 0.05  # serve_forever looks for stop() this often (its default 0.5 s delayed every stop)
 LAG_SAMPLES = 360  # one hour of them
 PAIR_STATES = ("SIMPLEX", "COPY", "PAIR", "PFUL", "PSUS", "PSUE", "RESYNC", "SSWS", "SPLIT_BRAIN")
 JOB_STATUSES = ("waiting", "running", "done", "failed", "expired")
@@ -95,6 +96,11 @@ def journal_families(usage: dict, counters: dict, failed: str, maintenance_error
     for name, key, doc in (
             ("vstor_gc_relocated_bytes", "relocated_bytes", "bytes copied forward by segment GC"),
             ("vstor_gc_segments_deleted", "segments_deleted", "journal segments deleted by GC"),
+            ("vstor_defrag_bytes", "defrag_bytes", "bytes rewritten in logical order by defragmentation"),
+            ("vstor_defrag_windows", "defrag_windows", "scattered windows rewritten by defragmentation"),
+            ("vstor_defrag_hints", "defrag_hints", "host reads that found their range scattered"),
+            ("vstor_defrag_shared_skipped_bytes", "defrag_shared_skipped",
+             "bytes of scattered windows left alone because a snapshot or clone shares them"),
             ("vstor_checkpoints", "checkpoints", "checkpoints written"),
             ("vstor_maintenance_errors", "maintenance_errors", "failed maintenance ticks"),
             ("vstor_fsyncs", "fsyncs", "journal syncs asked by fsync or flush"),
@@ -136,7 +142,7 @@ def pair_families(pairs: list[dict]) -> list[Metric]:
 
 
 def drive_families(drives: list[dict]) -> list[Metric]:
-    """Tape and disc drives (``drive_rows``): loaded, open, bytes read and written since the load."""
+    """Tape and disc drives (``MediaManager.drive_rows``): loaded, open, bytes read and written since the load."""
     labels = ["library", "drive", "type"]
     loaded = GaugeMetricFamily("vstor_drive_loaded", "1 if a medium is in the drive", labels=labels)
     in_use = GaugeMetricFamily("vstor_drive_open", "1 while the drive is open for I/O", labels=labels)
@@ -205,20 +211,6 @@ class Sources:
     backup: Any = None
 
 
-def drive_rows(media: Any) -> list[dict]:
-    """One dict per drive of every library: library, drive, type, barcode, open, bytes."""
-    rows = []
-    with media.lock:
-        for lib in media.libs.values():
-            for idx, code in enumerate(lib.drives):
-                state = media.drives.get((lib.name, idx)) if code else None
-                rows.append({"library": lib.name, "drive": idx, "type": lib.type, "barcode": code or "",
-                             "open": (lib.name, idx) in media.open_drives,
-                             "read_bytes": getattr(state, "read_bytes", 0),
-                             "write_bytes": getattr(state, "write_bytes", 0)})
-    return rows
-
-
 class VstorCollector:
     """A prometheus_client collector over the live objects: every scrape reads them afresh."""
 
@@ -249,7 +241,7 @@ class VstorCollector:
         return pair_families(self.src.replication.status()) if self.src.replication else []
 
     def _drives(self) -> Iterable[Metric]:
-        return drive_families(drive_rows(self.src.media)) if self.src.media else []
+        return drive_families(self.src.media.drive_rows()) if self.src.media else []
 
     def _backup(self) -> Iterable[Metric]:
         b = self.src.backup
@@ -339,7 +331,8 @@ class MetricsServer:
         except OSError as e:
             raise UsageError(f"cannot serve metrics on {address}: {e.strerror or e}") from None
         self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="vstor-metrics", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(SHUTDOWN_POLL,), name="vstor-metrics",
+                                        daemon=True)
 
     def start(self) -> None:
         self.lag.start()

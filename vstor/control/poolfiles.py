@@ -45,7 +45,7 @@ def open_private(path: str) -> int:
 class PrivateFileHandler(logging.FileHandler):
     """A logging.FileHandler whose file is 0600 (FileHandler itself creates it 0666 & ~umask)."""
 
-    def _open(self):  # type: ignore[override]  # logging's hook for opening the stream
+    def _open(self):  # logging's hook for opening the stream
         return open(open_private(self.baseFilename), "a", encoding=self.encoding, errors=self.errors)
 
 

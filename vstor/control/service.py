@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vstor.backup.audit import current_actor
@@ -38,17 +39,21 @@ _AUDITED_HANDLERS = frozenset(op.replace(".", "_") for op in AUDITED)  # "snapsh
 
 
 class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, ClientOps, DrillOps, StatusOps, GovernanceOps, NbdOps):
-    def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None) -> None:
+    def __init__(self, store: Store, mount: str | None = None, fs: Any = None, reclaimer: Any = None, *,
+                 media: Any = None, backup: Any = None, replication: Any = None, nbd: Any = None,
+                 stop_requested: Callable[[], None] | None = None) -> None:
+        """The daemon passes its parts; an offline command passes only the store (``media`` and
+        ``backup`` are then opened on first use, and closed by :meth:`close`)."""
         self.store = store
         self.mount = mount
         self.fs = fs
         self.reclaimer = reclaimer
-        self.replication: Any = None  # set by the daemon
-        self.media: Any = None  # the daemon's MediaManager; offline commands open their own
-        self.backup: Any = None  # the daemon's BackupEngine; offline commands open their own
-        self.nbd: Any = None  # the daemon's NbdServer (array start --nbd)
+        self.replication = replication
+        self.media = media  # the daemon's MediaManager; offline commands open their own
+        self.backup = backup  # the daemon's BackupEngine; offline commands open their own
+        self.nbd = nbd  # the daemon's NbdServer (array start --nbd)
         self.started = time.time()
-        self.stop_requested: Any = None  # set by the daemon: a callable that unmounts
+        self.stop_requested = stop_requested  # the daemon's: a callable that unmounts
 
     def close(self) -> None:
         """Close what an offline command opened (the daemon closes its own engine and media)."""
@@ -127,11 +132,13 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, ClientOps, DrillOps,
             "volumes": self.op_volume_list(),
             "groups": len(st.state.catalog.groups), "snapshots": len(st.state.catalog.snaps),
             "journal": st.usage() | {"failed": st.journal.failed, "syncs": st.journal.syncs,
+                                     "appended_bytes": st.journal.appended_bytes,
                                      "consumers": {k: list(v) for k, v in st.consumers.positions().items()}},
             "recovery": st.recovery,
             "fuse": getattr(self.fs, "conn", {}),
             "maintenance_error": getattr(self.reclaimer, "last_error", ""),
             "fragment_extents": getattr(self.reclaimer, "fragment_extents", 0),
+            "defrag": self.reclaimer.defrag.describe() if self.reclaimer is not None else None,
             "replication": self.replication.endpoint() if self.replication else None,
             "nbd": self.nbd.describe() if self.nbd is not None else None,
         }

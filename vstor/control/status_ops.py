@@ -37,7 +37,7 @@ class StatusOps:
 
     def op_status_overview(self) -> dict:
         st = self.store
-        with st._lock:
+        with st.locked():
             table, catalog = st.state.table, st.state.catalog
             volumes, groups = describe_catalog(table, catalog)
         in_use = self.fs.volumes_in_use() if self.fs else {}
@@ -186,11 +186,13 @@ def _stamp(parts: list[str]) -> str:
 
 def offline_overview(pool: str) -> dict:
     """What a stopped pool's files say, read without the pool lock (see the module docstring)."""
+    from vstor.store.backend.stub import backend_for
     from vstor.store.checkpoint import read_checkpoints
-    from vstor.store.superblock import layout, load_superblock
+    from vstor.store.superblock import load_superblock
 
     sb = load_superblock(pool)
-    ckset = read_checkpoints(layout(pool)["meta"], sb.uuid_bytes)
+    with backend_for(pool) as backend:  # the pool's files, or RADOS for a state directory
+        ckset = read_checkpoints(backend, sb.uuid_bytes)
     ck = ckset.newest
     volumes: list[dict] = []
     groups: list[dict] = []

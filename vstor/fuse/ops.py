@@ -16,10 +16,9 @@ import json
 import logging
 import os
 import stat
-import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vstor.fuse.options import select_library, tune_connection, tuning
 
@@ -28,9 +27,20 @@ import mfusepy as fuse  # noqa: E402
 
 from vstor.errors import NotFound, VstorError  # noqa: E402
 from vstor.fuse.direct import DirectReadFUSE  # noqa: E402
+from vstor.fuse.handles import (  # noqa: E402
+    Handle,
+    HandleTable,
+    MediaHandle,
+    SnapshotHandle,
+    StatsHandle,
+    VolumeHandle,
+)
 from vstor.store import snapshots  # noqa: E402
 from vstor.store.stats import VolumeIO, size_bucket  # noqa: E402
 from vstor.store.store import Store  # noqa: E402
+
+if TYPE_CHECKING:
+    from vstor.fuse.media_fs import MediaFS
 
 log = logging.getLogger("vstor.fuse")
 
@@ -48,22 +58,19 @@ class VolumeFS(fuse.Operations):
     use_ns = True
 
     def __init__(self, store: Store, on_ready: Callable[[dict], None] | None = None,
-                 extra_stats: Callable[[], dict] | None = None) -> None:
+                 extra_stats: Callable[[], dict] | None = None, media: MediaFS | None = None,
+                 handles: HandleTable | None = None) -> None:
         self.store = store
         self.on_ready = on_ready
         self.extra_stats = extra_stats or dict
+        self.media = media  # tape and disc drives under /media, if the daemon has libraries
         self.conn: dict[str, int] = {}
-        self._lock = threading.Lock()
-        # fh -> volume id, (snapshot id, volume id) of a snapshot image, or bytes of a stats file
-        self._handles: dict[int, Any] = {}
-        self._next_fh = 1
-        self.open_count: dict[Any, int] = {}  # volume id or (sid, vid) -> open handles
+        self.handles = handles or HandleTable()  # the daemon passes its own: maintenance reads the counts
         self._seen_sizes: set[str] = set()
         self.io = VolumeIO()  # per-volume requests, bytes and latency (the metrics exporter reads it)
         knobs = tuning()
         self.blksize = knobs.get("blksize", store.sb.chunk_size)
         self.statfs_bsize = knobs.get("statfs_bsize", store.sb.chunk_size)
-        self.media: Any = None  # MediaFS: tape drives under /media (set by the daemon)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def init_with_config(self, conn: Any, config: Any) -> None:
@@ -139,97 +146,82 @@ class VolumeFS(fuse.Operations):
 
     # -- handles -----------------------------------------------------------------------------
     def open(self, path: str, fi: Any) -> int:
+        h: Handle
         if path[1:] in STATS_FILES:
-            target: Any = self._render_stats(path == "/stats.json")
+            h = StatsHandle(self._render_stats(path == "/stats.json"))
             fi.direct_io = 1
         elif self.media and path.startswith("/media/"):
-            target = self.media.open(path, fi)
+            h = MediaHandle(self.media.open(path, fi))
         elif path.startswith("/snapshots/"):
             if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
                 raise fuse.FuseOSError(errno.EROFS)
             sid, vid, _size, _created = self._snap(path)
-            target = (sid, vid)
+            h = SnapshotHandle(sid, vid)
         else:
-            vol = self._vol(path)
-            target = vol.id
-        with self._lock:
-            fh = self._next_fh
-            self._next_fh += 1
-            self._handles[fh] = target
-            if isinstance(target, (int, tuple)):
-                self.open_count[target] = self.open_count.get(target, 0) + 1
-        fi.fh = fh
+            h = VolumeHandle(self._vol(path).id)
+        fi.fh = self.handles.add(h)
         return 0
 
     def release(self, path: str, fi: Any) -> int:
-        with self._lock:
-            target = self._handles.pop(fi.fh, None)
-            if self.media and target is not None and not isinstance(target, (bytes, int, tuple)):
-                self.media.release(target)
-            elif target is not None and not isinstance(target, bytes):
-                self.open_count[target] -= 1
-                if not self.open_count[target]:
-                    del self.open_count[target]
+        h = self.handles.pop(fi.fh)
+        if isinstance(h, MediaHandle) and self.media:
+            self.media.release(h.drive)
         return 0
 
-    def _target(self, fi: Any) -> Any:
-        target = self._handles.get(fi.fh)
-        if target is None:
+    def _handle(self, fi: Any) -> Handle:
+        h = self.handles.get(fi.fh)
+        if h is None:
             raise fuse.FuseOSError(errno.EBADF)
-        return target
+        return h
 
     def volumes_in_use(self) -> dict[int, int]:
-        with self._lock:
-            return {k: n for k, n in self.open_count.items() if isinstance(k, int)}
+        return self.handles.volumes_in_use()
 
     def snapshots_in_use(self) -> dict[int, int]:
         """Open handles per snapshot id (a loop device attached to a member image holds one)."""
-        out: dict[int, int] = {}
-        with self._lock:
-            for k, n in self.open_count.items():
-                if isinstance(k, tuple):
-                    out[k[0]] = out.get(k[0], 0) + n
-        return out
+        return self.handles.snapshots_in_use()
 
     # -- data --------------------------------------------------------------------------------
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
         """Stats files and media; volume data goes through :meth:`read_into` (the daemon serves
         reads with DirectReadFUSE, which calls read_into; this is mfusepy's stock path)."""
-        target = self._target(fi)
-        if isinstance(target, bytes):
-            return target[offset : offset + size]
-        if not isinstance(target, (int, tuple)):
-            return self.media.read(target, size, offset)
+        match self._handle(fi):
+            case StatsHandle(data):
+                return data[offset : offset + size]
+            case MediaHandle(drive) if self.media:
+                return self.media.read(drive, size, offset)
         buf = bytearray(size)
         return bytes(buf[: self.read_into(path, memoryview(buf), offset, fi)])
 
     def read_into(self, path: str, view: memoryview, offset: int, fi: Any) -> int:
         """read() into libfuse's buffer (direct.py): volume and snapshot data is read and verified
         in place; other files are copied in. Returns the bytes filled."""
-        target = self._target(fi)
-        if not isinstance(target, (int, tuple)):
+        h = self._handle(fi)
+        if isinstance(h, StatsHandle | MediaHandle):
             data = self.read(path, len(view), offset, fi)
             view[: len(data)] = data
             return len(data)
         self._note_size("read", len(view))
         try:
-            if isinstance(target, tuple):
-                return self.store.read_into(target[1], offset, view, sid=target[0])
+            if isinstance(h, SnapshotHandle):
+                return self.store.read_into(h.vid, offset, view, sid=h.sid)
             t0 = time.perf_counter()
-            n = self.store.read_into(target, offset, view)
-            self.io.record(target, "read", n, time.perf_counter() - t0)
+            n = self.store.read_into(h.vid, offset, view)
+            self.io.record(h.vid, "read", n, time.perf_counter() - t0)
             return n
         except VstorError as e:
             raise _errno(e) from None
 
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
-        target = self._target(fi)
-        if self.media and not isinstance(target, (int, tuple, bytes)):
-            return self.media.write(target, data, offset)
-        if isinstance(target, tuple):
-            raise fuse.FuseOSError(errno.EROFS)
-        if not isinstance(target, int):
-            raise fuse.FuseOSError(errno.EBADF)
+        match self._handle(fi):
+            case VolumeHandle(target):
+                pass
+            case MediaHandle(drive) if self.media:
+                return self.media.write(drive, data, offset)
+            case SnapshotHandle():
+                raise fuse.FuseOSError(errno.EROFS)
+            case _:
+                raise fuse.FuseOSError(errno.EBADF)
         self._note_size("write", len(data))
         try:
             size = self.store.volume_size(target)
@@ -247,16 +239,16 @@ class VolumeFS(fuse.Operations):
         return len(data)
 
     def ioctl(self, path: str, cmd: int, arg: Any, fi: Any, flags: int, data: Any) -> int:
-        target = self._handles.get(fi.fh)
-        if self.media and target is not None and not isinstance(target, (int, tuple, bytes)):
-            return self.media.ioctl(target, cmd, data)
+        h = self.handles.get(fi.fh)
+        if isinstance(h, MediaHandle) and self.media:
+            return self.media.ioctl(h.drive, cmd, data)
         raise fuse.FuseOSError(errno.ENOTTY)
 
     def fsync(self, path: str, datasync: int, fi: Any) -> int:
         return self._sync()
 
     def flush(self, path: str, fi: Any) -> int:
-        if isinstance(self._handles.get(fi.fh), int):  # snapshot images hold nothing to flush
+        if isinstance(self.handles.get(fi.fh), VolumeHandle):  # snapshot images hold nothing to flush
             return self._sync()
         return 0
 
@@ -268,11 +260,13 @@ class VolumeFS(fuse.Operations):
         return 0
 
     def fallocate(self, path: str, mode: int, offset: int, length: int, fi: Any) -> int:
-        target = self._target(fi)
-        if isinstance(target, tuple):
-            raise fuse.FuseOSError(errno.EROFS)
-        if not isinstance(target, int):
-            raise fuse.FuseOSError(errno.EBADF)
+        match self._handle(fi):
+            case VolumeHandle(target):
+                pass
+            case SnapshotHandle():
+                raise fuse.FuseOSError(errno.EROFS)
+            case _:
+                raise fuse.FuseOSError(errno.EBADF)
         if mode & FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE:
             raise fuse.FuseOSError(errno.EINVAL)
         if not mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):

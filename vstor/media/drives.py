@@ -8,6 +8,7 @@ MTIOCGET is right after every load, unload and move.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -33,6 +34,22 @@ class DrivesMixin:
     cart_path: Callable[[str, str], str]
     _wait: Callable[[Library, str, float], None]
 
+    libs: dict[str, Library]
+
+    def drive_rows(self) -> list[dict]:
+        """One dict per drive of every library (for status and metrics): library, drive, type,
+        barcode, open, and the bytes read and written since the medium was loaded."""
+        rows = []
+        with self.lock:
+            for lib in self.libs.values():
+                for idx, code in enumerate(lib.drives):
+                    state = self.drives.get((lib.name, idx)) if code else None
+                    rows.append({"library": lib.name, "drive": idx, "type": lib.type, "barcode": code or "",
+                                 "open": (lib.name, idx) in self.open_drives,
+                                 "read_bytes": getattr(state, "read_bytes", 0),
+                                 "write_bytes": getattr(state, "write_bytes", 0)})
+        return rows
+
     def _open_cart(self, lib: Library, m: Medium, part: int = 0) -> Cartridge:
         path = self.cart_path(lib.name, m.barcode)
         if part:
@@ -42,6 +59,9 @@ class DrivesMixin:
 
     def _open_parts(self, lib: Library, m: Medium) -> list[Cartridge]:
         return [self._open_cart(lib, m, p) for p in range(len(m.partitions) + 1)]
+
+    def _repartition_drive(self, lib: Library, m: Medium, drv: TapeDrive, size_mib: int) -> list[Cartridge]:
+        return self._repartition(lib, m, drv.parts, size_mib)  # the drive's partitions at the time of MTMKPART
 
     def _repartition(self, lib: Library, m: Medium, old: list[Cartridge], size_mib: int) -> list[Cartridge]:
         """MTMKPART: erase the tape and make one partition (0) or two (partition 1 of SIZE MiB)."""
@@ -90,12 +110,12 @@ class DrivesMixin:
                 disc.protect = m.protect
                 return disc
             drv = self.drives.get((name, idx))
-            if drv is None or drv.cart.barcode != code:
+            if not isinstance(drv, TapeDrive) or drv.cart.barcode != code:
                 gen = mt.drive_gen(lib.drive_model)
                 _, writable = mt.can_use(gen, mt.tape_kind(code).gen)
                 drv = TapeDrive(self._open_parts(lib, m), mt.LTO[gen].density, writable, m.protect, MAX_BLOCK,
-                                delay=lambda what, share, lib=lib: self._wait(lib, what, share))
-                drv.repartition = lambda size, lib=lib, m=m, drv=drv: self._repartition(lib, m, drv.parts, size)
+                                delay=functools.partial(self._wait, lib))
+                drv.repartition = functools.partial(self._repartition_drive, lib, m, drv)
                 self.drives[(name, idx)] = drv
             return drv
 

@@ -36,8 +36,8 @@ from vstor.nbd import proto as P
 from vstor.nbd.negotiate import CONTEXT_ID, Negotiation, Session
 from vstor.nbd.readers import ReadWorkers
 from vstor.nbd.replies import ReplyBatch
-from vstor.nbd.tlsdir import peer_common_name
 from vstor.nbd.transmit import allocation_extents, check
+from vstor.replication import pki
 from vstor.store.allocation import mapped_ranges
 
 log = logging.getLogger("vstor.nbd")
@@ -174,7 +174,7 @@ class Connection:
             if step.action == "starttls":
                 self._rpos = self._rend = 0  # plain bytes sent ahead of the TLS handshake are dropped, never obeyed
                 self.sock = self.raw = host.tls_ctx.wrap_socket(self.raw, server_side=True)  # takes over the fd
-                self.tls, self.cn = True, peer_common_name(self.sock)  # type: ignore[arg-type]
+                self.tls, self.cn = True, pki.common_name(self.sock)  # type: ignore[arg-type]
                 neg.tls_started(self.cn)
             elif step.action == "go":
                 return neg.session(step.export)  # type: ignore[arg-type]

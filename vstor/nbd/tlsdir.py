@@ -49,11 +49,3 @@ def server_context(directory: str, name: str | None = None) -> ssl.SSLContext:
                        f"'vstor pki issue NAME --dir {directory}'") from None
     return ctx
 
-
-def peer_common_name(sock: ssl.SSLSocket) -> str | None:
-    cert = sock.getpeercert()
-    for rdn in (cert or {}).get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return value
-    return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vstor.replication import bitmap as bitmaps
 from vstor.replication import transport, wire
@@ -33,6 +33,17 @@ class CopyMixin:
     copy_done: int
     consistent_at: int
     sync_acked: threading.Event
+
+    if TYPE_CHECKING:  # provided by the Shipper (source.py), which this is mixed into
+        @property
+        def pair(self) -> Pair: ...
+        def fold(self) -> None: ...
+        def _send(self, conn: transport.Conn, ftype: int, payload: bytes) -> None: ...
+        def _poll(self, conn: transport.Conn, timeout: float) -> None: ...
+        def _check_alive(self, conn: transport.Conn) -> None: ...
+        def _serve_requests(self, conn: transport.Conn | None) -> None: ...
+        def _step(self, conn: transport.Conn, gid: int) -> bool: ...
+        def _commit(self) -> None: ...
 
     def _sync(self, conn: transport.Conn, pair: Pair, answer: dict) -> None:
         self.fold()
@@ -75,7 +86,7 @@ class CopyMixin:
     def _base_seq(self, pair: Pair) -> tuple[int, int]:
         """(the sequence number before the first record after the consumer, the group's seq now)."""
         gid = self.mgr.gid(pair)
-        with self.store._lock:
+        with self.store.locked():
             now_seq = self.store.state.group_seq.get(gid, 0)
         self.store.sync()
         start = self.store.consumers.position(consumer_name(self.group))

@@ -8,11 +8,11 @@ the secondary to promote itself: at no moment are both arrays writable.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vstor.errors import VstorError
 from vstor.replication import transport, wire
-from vstor.replication.pairstate import PAIR, SECONDARY, Pair
+from vstor.replication.pairstate import Pair
 
 log = logging.getLogger("vstor.replication")
 
@@ -27,7 +27,17 @@ class HandoverMixin:
     group: str
     clock: Any
     acked_seq: int
-    pair: Pair
+
+    if TYPE_CHECKING:  # provided by the Shipper (source.py), which this is mixed into
+        @property
+        def pair(self) -> Pair: ...
+        def fold(self) -> None: ...
+        def _send(self, conn: transport.Conn, ftype: int, payload: bytes) -> None: ...
+        def _poll(self, conn: transport.Conn, timeout: float) -> None: ...
+        def _check_alive(self, conn: transport.Conn) -> None: ...
+        def _serve_requests(self, conn: transport.Conn | None) -> None: ...
+        def _step(self, conn: transport.Conn, gid: int) -> bool: ...
+        def _commit(self) -> None: ...
 
     def _split(self, conn: transport.Conn | None, mode: str) -> None:
         pair = self.pair
@@ -66,8 +76,7 @@ class HandoverMixin:
             self.mgr.unfence(pair)
             raise
         with self.mgr.lock:
-            pair.role = SECONDARY
-            pair.state = PAIR
+            pair.transition("demote")  # the secondary, still PAIR
             pair.swap_after = pair.victim_peer = False
             pair.consistent = True
             self.mgr.drop_consumer(pair)

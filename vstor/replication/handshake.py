@@ -65,9 +65,8 @@ _TYPE_WORDS = {str: "a string", int: "an integer", list: "a list", bool: "a bool
 
 
 def open_conn(mgr: Any, pair: Pair) -> transport.Conn:
-    tls_dir, name = mgr.check_tls()
-    conn = transport.connect(pair.peer, tls_dir, name, faults=mgr.faults, rate=pair.bandwidth,
-                             compress=pair.compress == "lz4")
+    """A connection to the pair's peer through the manager's ``dial`` (TLS in a daemon)."""
+    conn = mgr.dial(pair, faults=mgr.faults, rate=pair.bandwidth, compress=pair.compress == "lz4")
     if conn.peer_name != pair.peer_name:
         conn.close()
         raise PeerRefused(f"{pair.peer} presented certificate {conn.peer_name!r}, not {pair.peer_name!r}")

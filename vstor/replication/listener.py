@@ -230,8 +230,8 @@ class Listener:
                 if p is None:  # stop() came first
                     raise ConnectionAbortedError("the listener is stopping")
                 sock = p.sock = self.ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-            sock.do_handshake()  # type: ignore[attr-defined]
-            conn = self.conn_factory(sock, pki.peer_name(sock), self.faults)  # type: ignore[arg-type]
+            sock.do_handshake()
+            conn = self.conn_factory(sock, pki.peer_name(sock), self.faults)
             p.stage = "HELLO"
             first = conn.recv()
         except (OSError, ssl.SSLError, UsageError, wire.BadFrame) as e:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from vstor.clock import Clock, SystemClock
@@ -25,7 +26,6 @@ from vstor.replication.handshake import probe
 from vstor.replication.listener import Listener
 from vstor.replication.pairstate import (
     CONSISTENT,
-    COPY,
     PRIMARY,
     PSUE,
     SECONDARY,
@@ -42,12 +42,20 @@ from vstor.store.volumes import DEFAULT_GROUP
 log = logging.getLogger("vstor.replication")
 
 
+Dial = Callable[..., transport.Conn]  # dial(pair, faults=, rate=, compress=) -> a connection to its peer
+
+
 class Replication:
+    """The pairs of one array. ``dial`` opens connections to peers (default: mutual TLS from
+    ``tls_dir``; memlink.MemNet.dialer in one process); inbound ones go to :meth:`serve`."""
+
     def __init__(self, store: Store, tls_dir: str | None = None, name: str | None = None,
-                 listen: str | None = None, clock: Clock | None = None, faults: Faults = NO_FAULTS) -> None:
+                 listen: str | None = None, clock: Clock | None = None, faults: Faults = NO_FAULTS,
+                 dial: Dial | None = None) -> None:
         self.store, self.tls_dir, self.listen_addr = store, tls_dir, listen
         self.name = name or (_only_identity(tls_dir) if tls_dir else None)
         self.clock, self.faults = clock or SystemClock(), faults
+        self.dial: Dial = dial or self._dial_tls
         self.registry = Registry(store.paths["meta"])
         self.lock = threading.RLock()
         self.pairs: dict[str, Pair] = self.registry.load_all()
@@ -68,10 +76,7 @@ class Replication:
             if not self.tls_dir or not self.name:
                 raise UsageError("--listen needs --tls-dir (and --name when the directory holds several "
                                  "arrays' certificates)")
-            from vstor.replication.target import Session
-
-            self.listener = Listener(self.listen_addr, self.tls_dir, self.name,
-                                     lambda conn, first: Session(self, conn).run(first), self.faults, self.clock)
+            self.listener = Listener(self.listen_addr, self.tls_dir, self.name, self.serve, self.faults, self.clock)
             self.listener.start()
             log.info("replication endpoint %s listening on %s", self.name, self.listener.address)
 
@@ -82,6 +87,16 @@ class Replication:
             sh.stop()
         for sess in list(self.sessions.values()):
             sess.close()
+
+    def serve(self, conn: transport.Conn, first: tuple[int, bytes] | None = None) -> None:
+        """Serve one inbound connection (its first frame when already read) until it ends."""
+        from vstor.replication.target import Session
+
+        Session(self, conn).run(first)
+
+    def _dial_tls(self, pair: Pair, **kw: Any) -> transport.Conn:
+        tls_dir, name = self.check_tls()
+        return transport.connect(pair.peer, tls_dir, name, **kw)
 
     def endpoint(self) -> dict:
         """This array's replication endpoint for ``array status``: ``listen`` is the address only
@@ -97,23 +112,23 @@ class Replication:
             self.registry.save(pair)
 
     def gid(self, pair: Pair) -> int:
-        with self.store._lock:
+        with self.store.locked():
             return self.store.state.catalog.group(pair.group).id
 
     def members(self, pair: Pair) -> list[dict]:
         gid = self.gid(pair)
-        with self.store._lock:
+        with self.store.locked():
             return sorted(({"id": v.id, "name": v.name, "size": v.size}
                            for v in self.store.state.table.by_id.values() if v.group == gid), key=lambda m: m["id"])
 
     def fence(self, pair: Pair) -> None:
-        with self.store._lock:
+        with self.store.locked():
             self.store.fenced[self.gid(pair)] = (
                 f"group {pair.group} is the replication secondary of {pair.peer_name}: it is read-only here; "
                 f"use 'vstor pair takeover {pair.group}' to make it writable")
 
     def unfence(self, pair: Pair) -> None:
-        with self.store._lock:
+        with self.store.locked():
             self.store.fenced.pop(self.gid(pair), None)
 
     def start_shipper(self, pair: Pair) -> None:
@@ -135,7 +150,7 @@ class Replication:
     def register_consumer(self, pair: Pair) -> None:
         """Start the pair's journal consumer at the journal's current end (under the store lock)."""
         name = consumer_name(pair.group)
-        with self.store._lock:
+        with self.store.locked():
             if name in self.store.consumers.positions():
                 self.store.consumers.unregister(name)
             self.store.consumers.register(name, self.store.journal.tail())
@@ -163,21 +178,21 @@ class Replication:
             self.save(pair)
         log.error("pair %s suspended (PSUE): %s", pair.group, reason)
 
-    def promote(self, pair: Pair, seq: int, state: str) -> None:
-        """Make this array the primary at group sequence number ``seq`` (a new generation)."""
+    def promote(self, pair: Pair, seq: int, event: str) -> None:
+        """Make this array the primary at group sequence number ``seq`` (a new generation) through
+        ``event``: takeover (planned, PAIR) or force (SSWS)."""
         with self.lock:
+            pair.promote(seq, event)  # first: refused without changing anything if not possible
             self.register_consumer(pair)
             self.bitmaps[pair.group] = {}
             self.registry.save_bitmap(pair.group, {})
-            pair.promote(seq)
-            pair.state = state
             pair.consistent = True
             pair.reason = ""
             self.save(pair)
             self.unfence(pair)
             self.start_shipper(pair)
         log.info("pair %s: promoted to primary at seq %d, generation %d (%s)", pair.group, seq,
-                 pair.generation, state)
+                 pair.generation, pair.state)
 
     def check_tls(self) -> tuple[str, str]:
         if not self.tls_dir or not self.name:
@@ -216,10 +231,11 @@ class Replication:
                 return self.describe(pair)
             if not members:
                 raise UsageError(f"group {group} has no volumes; add some with 'vstor group add'")
-            self.check_tls()
-            probe(self, pair)  # the peer must know us and this group: a clear error now, not a PSUE later
-            pair.state = COPY
-            with self.store._lock:  # an exact cut: records after the consumer are shipped, the rest copied
+            # the peer must know us and this group: a clear error now, not a PSUE later (without TLS
+            # set up, the dial says so)
+            probe(self, pair)
+            pair.transition("create")
+            with self.store.locked():  # an exact cut: records after the consumer are shipped, the rest copied
                 self.register_consumer(pair)
                 maps = {}
                 for m in members:
@@ -237,7 +253,7 @@ class Replication:
     def describe(self, pair: Pair) -> dict:
         d = pair.as_dict()
         d["dirty_bytes"] = sum(bm.dirty_bytes() for bm in self.bitmaps.get(pair.group, {}).values())
-        with self.store._lock:
+        with self.store.locked():
             g = self.store.state.catalog.find_group(pair.group)
             d["seq"] = self.store.state.group_seq.get(g.id, 0) if g else 0
         runtime = self.shippers.get(pair.group) if pair.role == PRIMARY else self.sessions.get(pair.group)
@@ -261,12 +277,11 @@ class Replication:
     def resync(self, group: str) -> dict:
         pair = self.pair(group)
         with self.lock:
-            if pair.state == SPLIT_BRAIN:
-                pair.role = PRIMARY  # this array's data wins; the peer keeps its own in a snapshot
+            if pair.state == SPLIT_BRAIN:  # this array's data wins; the peer keeps its own in a snapshot
                 pair.victim_peer = True
             else:
                 require_role(pair, PRIMARY, "resync")
-            pair.transition("resync")
+            pair.transition("resync")  # (the primary's role)
             pair.reason = ""
             self.save(pair)
             self.start_shipper(pair)
@@ -302,11 +317,11 @@ class Replication:
         if sess is not None:
             sess.close()
             sess.join(10.0)
-        self.promote(pair, self.applied(pair), SSWS)
+        self.promote(pair, self.applied(pair), "force")
         return self.describe(pair)
 
     def applied(self, pair: Pair) -> int:
-        with self.store._lock:
+        with self.store.locked():
             return self.store.state.group_seq.get(self.gid(pair), 0)
 
     def delete(self, group: str) -> dict:

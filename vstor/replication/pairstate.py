@@ -24,7 +24,9 @@ PRIMARY, SECONDARY = "primary", "secondary"
 SHIPPING = (COPY, PAIR, PFUL, RESYNC)  # the primary tries to connect and send
 CONSISTENT = (PAIR, PFUL, PSUS, PSUE, SSWS)  # the secondary's data equals the primary's at some N
 
-# (state, event) -> next state. Anything else is refused.
+# (state, event) -> next state. Anything else is refused. Every change of a pair's state or role
+# goes through Pair.transition (the registry saves the result).
+SECONDARY_STATES = (COPY, PAIR, PFUL, PSUS, PSUE, RESYNC)  # where a secondary follows its primary from
 TRANSITIONS: dict[tuple[str, str], str] = {
     (SIMPLEX, "create"): COPY,  # the primary: an initial copy of allocated data
     (SIMPLEX, "accept"): COPY,  # the secondary: the copy arrives
@@ -37,6 +39,20 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     **{(s, "takeover"): PAIR for s in (PAIR, PFUL)},  # planned swap: both stay paired, roles reversed
     **{(s, "force"): SSWS for s in (PAIR, PFUL, PSUS, PSUE)},
     **{(s, "split_brain"): SPLIT_BRAIN for s in (COPY, PAIR, PFUL, PSUS, PSUE, RESYNC, SSWS)},
+    (PAIR, "demote"): PAIR,  # planned swap, at the primary: drained, it hands the role over
+    # the primary (failback, split-brain resolution) is chosen as the victim: it becomes the secondary
+    **{(s, "victim"): RESYNC for s in (COPY, PAIR, PFUL, PSUS, PSUE, RESYNC, SSWS, SPLIT_BRAIN)},
+    # the secondary follows its primary: a copy or resync starts, or the primary split the pair
+    **{(s, "follow_copy"): COPY for s in SECONDARY_STATES},
+    **{(s, "follow_resync"): RESYNC for s in SECONDARY_STATES},
+    **{(s, "peer_split"): PSUS for s in SECONDARY_STATES},
+}
+
+# event -> (the role it needs, None: any; the role after it). Events not listed keep the role.
+ROLE_MOVES: dict[str, tuple[str | None, str]] = {
+    "takeover": (SECONDARY, PRIMARY), "force": (SECONDARY, PRIMARY),  # promotions (Pair.promote)
+    "demote": (PRIMARY, SECONDARY), "victim": (PRIMARY, SECONDARY),
+    "resync": (None, PRIMARY),  # resync runs on the primary; out of SPLIT_BRAIN this array's data wins
 }
 
 
@@ -62,15 +78,22 @@ class Pair:
     created: float = 0.0
 
     def transition(self, event: str) -> str:
+        """Move to the state (and role, ROLE_MOVES) that ``event`` leads to; Busy if it is not
+        possible in this state or role (nothing changes then)."""
         nxt = TRANSITIONS.get((self.state, event))
         if nxt is None:
             raise Busy(f"pair {self.group} is {self.state}: '{event}' is not possible now" + _hint(self))
-        self.state = nxt
+        need, role = ROLE_MOVES.get(event, (None, self.role))
+        if need is not None and self.role != need:
+            raise Busy(f"pair {self.group}: '{event}' is possible only on the {need}; this array is the "
+                       f"{self.role}")
+        self.state, self.role = nxt, role
         return nxt
 
-    def promote(self, seq: int) -> None:
-        """Become the primary at group sequence number ``seq``: a new generation."""
-        self.role = PRIMARY
+    def promote(self, seq: int, event: str = "takeover") -> None:
+        """Become the primary at group sequence number ``seq`` through ``event`` (takeover: planned,
+        the state stays PAIR; force: SSWS): a new generation."""
+        self.transition(event)
         self.generation = max(g for g, _ in self.history) + 1
         self.history.append([self.generation, seq])
 

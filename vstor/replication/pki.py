@@ -13,20 +13,25 @@ from __future__ import annotations
 import datetime as dt
 import os
 import ssl
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING
 
 from vstor.durable import atomic_write
 from vstor.errors import AlreadyExists, NotFound, UsageError
 from vstor.store.volumes import NAME_RE
 
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
+# cryptography's x509 is imported by the functions that make certificates, not here: the daemon
+# imports this module for tls_context, and x509 would add ~30 ms to every daemon start.
 
 
 def _name(cn: str) -> x509.Name:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
@@ -37,12 +42,18 @@ def _write(path: str, data: bytes, private: bool) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def init_ca(directory: str, days: int = 3650, now: dt.datetime | None = None) -> str:
     """Create the CA in ``directory`` (made if missing). Returns the CA certificate's path."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     now = now or dt.datetime.now(dt.UTC)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     for f in (CA_CERT, CA_KEY):
@@ -63,6 +74,11 @@ def init_ca(directory: str, days: int = 3650, now: dt.datetime | None = None) ->
 def issue(directory: str, name: str, days: int = 825, now: dt.datetime | None = None) -> tuple[str, str]:
     """Key and certificate for array ``name``, signed by the CA in ``directory``. Returns the
     (certificate, key) paths: ``NAME.pem`` and ``NAME.key``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     if not NAME_RE.match(name or "") or name in ("ca",):
         raise UsageError(f"invalid array name {name!r}: use 1-64 letters, digits, '.', '_' or '-' (not 'ca')")
     try:
@@ -104,11 +120,20 @@ def tls_context(directory: str, name: str, server: bool) -> ssl.SSLContext:
     return ctx
 
 
-def peer_name(sock: ssl.SSLSocket) -> str:
-    """The verified common name of the peer of an established TLS connection."""
-    cert = sock.getpeercert()
-    for rdn in (cert or {}).get("subject", ()):
+def common_name(sock: ssl.SSLSocket) -> str | None:
+    """The common name of the peer's verified certificate, or None without one."""
+    cert = sock.getpeercert() or {}
+    subject: tuple = cert.get("subject", ())  # type: ignore[assignment]  # typeshed's union of value types
+    for rdn in subject:
         for key, value in rdn:
             if key == "commonName":
-                return value
-    raise UsageError("the peer presented no certificate common name")
+                return str(value)
+    return None
+
+
+def peer_name(sock: ssl.SSLSocket) -> str:
+    """The verified common name of the peer of an established TLS connection."""
+    name = common_name(sock)
+    if name is None:
+        raise UsageError("the peer presented no certificate common name")
+    return name

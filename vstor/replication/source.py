@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import select
 import ssl
 import threading
 from typing import Any
@@ -108,6 +107,12 @@ class Shipper(CopyMixin, HandoverMixin, threading.Thread):
     # -- the thread ----------------------------------------------------------------------------------
     def run(self) -> None:
         transport.background_thread()
+        try:
+            self._loop()
+        except Stopped:  # also from a backoff wait inside the error handlers below
+            return
+
+    def _loop(self) -> None:
         while not self._stop_ev.is_set():
             pair = self.mgr.pairs.get(self.group)
             if pair is None or pair.role != PRIMARY:
@@ -136,7 +141,7 @@ class Shipper(CopyMixin, HandoverMixin, threading.Thread):
                 self._idle(self.backoff.next())
 
     def _idle(self, seconds: float) -> None:
-        self.wake.wait(seconds)
+        self.clock.wait(self.wake, seconds)
         self.wake.clear()
         if self._stop_ev.is_set():
             raise Stopped
@@ -252,7 +257,7 @@ class Shipper(CopyMixin, HandoverMixin, threading.Thread):
 
     def _poll(self, conn: transport.Conn, timeout: float) -> None:
         """Read every frame the secondary has sent (waiting up to ``timeout`` for the first)."""
-        while conn.sock.pending() or select.select([conn.sock], [], [], timeout)[0]:
+        while conn.readable(timeout):
             timeout = 0
             ftype, body = conn.recv()
             self.last_rx = self.clock.monotonic()

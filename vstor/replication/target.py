@@ -29,7 +29,7 @@ from vstor.replication import bitmap as bitmaps
 from vstor.replication import transport, wire
 from vstor.replication.folding import fold
 from vstor.replication.handshake import check_hello
-from vstor.replication.pairstate import COPY, PAIR, PRIMARY, PSUS, RESYNC, SECONDARY, SIMPLEX, Pair, judge
+from vstor.replication.pairstate import COPY, PAIR, PRIMARY, RESYNC, SIMPLEX, Pair, judge
 from vstor.store import snapshots
 from vstor.units import format_size
 
@@ -95,7 +95,9 @@ class Session:
 
     def _run(self, first: tuple[int, bytes] | None) -> None:
         hello = self._hello(*(first or self.conn.recv()))
-        local = self._authorize(hello) if hello is not None else None
+        if hello is None:
+            return
+        local = self._authorize(hello)
         if local is None:
             return
         if local.role == PRIMARY and not hello.get("probe"):
@@ -165,8 +167,7 @@ class Session:
             answer["bitmap"] = base64.b64encode(bitmaps.encode(maps)).decode()
             answer["names"] = {str(v["id"]): v["name"] for v in self.mgr.members(local)}
             self.mgr.drop_consumer(local)
-            local.role = SECONDARY
-            local.state = RESYNC
+            local.transition("victim")  # the secondary, RESYNC
             local.consistent = False
             self.mgr.fence(local)
             log.warning("pair %s: this array is the victim; its diverged data will be kept in a snapshot",
@@ -178,7 +179,7 @@ class Session:
             local.transition("accept")
             local.consistent, local.synced_seq = False, -1
         elif hello.get("state") in (COPY, RESYNC) and local.state != hello["state"]:
-            local.state = hello["state"]
+            local.transition("follow_copy" if hello["state"] == COPY else "follow_resync")
             local.consistent, local.synced_seq = False, -1
         self.vmap = self._map_volumes(local, hello.get("volumes", []))
         self.mgr.save(local)
@@ -267,7 +268,7 @@ class Session:
 
     def _sync_begin(self, pair: Pair, msg: dict) -> None:
         gid = self.mgr.gid(pair)
-        with self.store._lock:
+        with self.store.locked():
             held = any(self.store.state.maps[v.id].mapped_bytes for v in self.store.state.table.by_id.values()
                        if v.group == gid)
         if held or msg.get("kind") == RESYNC:  # a consistent copy must exist while the resync runs
@@ -279,7 +280,7 @@ class Session:
             pair.consistent = False
             pair.synced_seq = -1  # until SYNC_END says where the copy is complete
             if pair.state not in (COPY, RESYNC):
-                pair.state = RESYNC
+                pair.transition("follow_resync")
             self.mgr.save(pair)
 
     def _sync_end(self, pair: Pair, msg: dict) -> None:
@@ -297,7 +298,7 @@ class Session:
         op = msg.get("op")
         if op == "split":
             with self.mgr.lock:
-                pair.state = PSUS
+                pair.transition("peer_split")
                 self.mgr.save(pair)
         elif op == "delete":
             self.mgr.delete(pair.group)
@@ -306,7 +307,7 @@ class Session:
             seq = int(msg["seq"])
             if self.mgr.applied(pair) != seq:
                 raise wire.BadFrame(f"the primary demoted at seq {seq} but {self.mgr.applied(pair)} is applied here")
-            self.mgr.promote(pair, seq, PAIR)
+            self.mgr.promote(pair, seq, "takeover")
             if self._takeover is not None:
                 self._takeover.set()
             raise _End("roles swapped: this array is now the primary")

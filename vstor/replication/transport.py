@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import select
 import socket
 import ssl
 import threading
@@ -85,12 +86,15 @@ class Backoff:
 
 
 class Conn:
-    """One established connection. ``send`` may be called from several threads."""
+    """One established connection. ``send`` may be called from several threads.
+
+    ``sock`` is a TLS socket, or anything with its stream methods (``sendall``, ``recv_into``,
+    ``shutdown``, ``close``): memlink.MemSocket runs both sides of a pair in one process."""
 
     def __init__(self, sock: ssl.SSLSocket, peer_name: str, faults: Faults = NO_FAULTS,
-                 rate: int = 0, compress: bool = False) -> None:
+                 rate: int = 0, compress: bool = False, pacer: Pacer | None = None) -> None:
         self.sock, self.peer_name, self.faults = sock, peer_name, faults
-        self.pacer = Pacer(rate)
+        self.pacer = pacer or Pacer(rate)
         self.compress = compress
         self._send_lock = threading.Lock()
         self._out_no = self._in_no = 0
@@ -122,6 +126,10 @@ class Conn:
         self.bytes_in += wire.HEADER_SIZE + length + wire.TRAILER.size
         return ftype, body
 
+    def readable(self, timeout: float) -> bool:
+        """Whether a frame's first bytes can be read, waiting up to ``timeout`` seconds."""
+        return bool(self.sock.pending() or select.select([self.sock], [], [], timeout)[0])
+
     def _exact(self, n: int) -> bytes:
         buf = bytearray(n)
         view, got = memoryview(buf), 0
@@ -135,11 +143,20 @@ class Conn:
 
     def close(self) -> None:
         self.closed = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        close_tls(self.sock)
+
+
+def close_tls(sock: socket.socket) -> None:
+    """Shut a (TLS) connection down and close it, safe while another thread reads it.
+
+    ``ssl.SSLSocket.shutdown`` drops the TLS state first, so a thread still in ``recv`` would go
+    on reading the raw ciphertext as if it were frames (a false "tampered" or "bad magic"). The
+    TCP shutdown under it instead ends that read with an end of stream or an error."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def open_tls(address: str, tls_dir: str, name: str, timeout: float) -> ssl.SSLSocket:

@@ -11,7 +11,7 @@ from vstor.errors import NotFound
 def mapped_ranges(store: Any, vid: int, start: int, end: int, sid: int = 0) -> list[tuple[int, int]]:
     """Merged, ordered (start, end) of the mapped pieces of [start, end) of volume ``vid``, or of
     its image in snapshot ``sid``. A lookup of the chunk map under the store lock, no I/O."""
-    with store._lock:
+    with store.locked():
         vm = store.state.snap_maps.get((sid, vid)) if sid else store.state.maps.get(vid)
         if vm is None:
             raise NotFound(f"volume {vid}" + (f" in snapshot {sid}" if sid else "") + " no longer exists")

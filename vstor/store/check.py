@@ -52,15 +52,15 @@ def check_pool(store: object) -> CheckReport:
     assert isinstance(store, Store)
     rep = CheckReport()
     store.codec.verify_only = not store.codec.encrypted
-    for why in superblock_problems(store.pool):
+    for why in superblock_problems(store.backend):
         rep.problem(why)
-    for why in read_checkpoints(store.paths["meta"], store.sb.uuid_bytes).problems():
+    for why in read_checkpoints(store.backend, store.sb.uuid_bytes).problems():
         rep.problem(why)
     for why in consumer_problems(store.paths["meta"]):
         rep.problem(why)
     _check_segments(store, rep)
     try:
-        loaded = load_state(store)
+        loaded = load_state(store.journal, store.backend, store.sb)
         end = ScanEnd(*loaded.start)
         replay(loaded.state, store.journal, loaded.start, end)
     except (FormatError, CorruptData) as e:

@@ -2,7 +2,8 @@
 taken at a journal position, so that recovery replays only the journal after it.
 
 Two copies, ``POOL/meta/checkpoint.a`` and ``POOL/meta/checkpoint.b``, written alternately
-(odd generations to ``a``, even ones to ``b``), each replaced atomically::
+(odd generations to ``a``, even ones to ``b``), each replaced atomically through the pool's
+backend (vstor/store/backend/: a file replaced by rename, or one RADOS write_full)::
 
     header (96 bytes): magic "VSTCKP01", version u32, flags u32, pool uuid 16s,
         generation u64, journal segno u64, journal pos u64, next segno u64,
@@ -26,14 +27,13 @@ Guarantees:
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass, field
 
 import xxhash
 
-from vstor.durable import atomic_write
 from vstor.errors import FormatError
+from vstor.store.backend.base import PoolBackend
 
 MAGIC = b"VSTCKP01"
 VERSION = 4  # 2: shared leaves and the snapshot catalog; 3: shared overlay lists; 4: leaf origins
@@ -42,6 +42,7 @@ HEADER = struct.Struct("<8sII16sQQQQQQQ")  # 88 bytes + 8-byte header checksum
 HEADER_SIZE = HEADER.size + 8
 COPIES = ("checkpoint.a", "checkpoint.b")  # generation odd -> a, even -> b
 LEGACY = "checkpoint"  # the single copy of pools made before two were kept
+META = "meta/"  # the copies are the blobs META + name
 
 
 @dataclass
@@ -95,17 +96,16 @@ def encode_checkpoint(pool_uuid: bytes, ck: CheckpointData) -> bytes:
     return head + body
 
 
-def write_checkpoint(meta_dir: str, pool_uuid: bytes, ck: CheckpointData, both: bool = False) -> int:
-    """Write ``ck`` to the copy its generation selects (atomic replace, fsync'ed), and to
+def write_checkpoint(backend: PoolBackend, pool_uuid: bytes, ck: CheckpointData, both: bool = False) -> int:
+    """Write ``ck`` to the copy its generation selects (atomic replace, durable), and to
     the other copy too when ``both``. Returns the bytes of one copy."""
     raw = encode_checkpoint(pool_uuid, ck)
     names = COPIES if both else (copy_name(ck.generation),)
     for name in names:
-        atomic_write(os.path.join(meta_dir, name), raw)
-    legacy = os.path.join(meta_dir, LEGACY)
-    if os.path.exists(legacy):  # superseded once both new copies exist
-        if all(os.path.exists(os.path.join(meta_dir, n)) for n in COPIES):
-            os.unlink(legacy)
+        backend.put(META + name, raw)
+    if backend.exists(META + LEGACY):  # superseded once both new copies exist
+        if all(backend.exists(META + n) for n in COPIES):
+            backend.delete(META + LEGACY)
     return len(raw)
 
 
@@ -132,15 +132,16 @@ def decode_checkpoint(raw: bytes, pool_uuid: bytes, path: str) -> CheckpointData
     return CheckpointData(gen, segno, pos, next_segno, meta, bytes(body[meta_len:]), ver)
 
 
-def read_checkpoints(meta_dir: str, pool_uuid: bytes) -> CheckpointSet:
+def read_checkpoints(backend: PoolBackend, pool_uuid: bytes) -> CheckpointSet:
     """Read every copy (and the legacy single file), newest valid generation first."""
     out = CheckpointSet()
     found: list[tuple[str, CheckpointData]] = []
+    legacy_present = False
     for name in (*COPIES, LEGACY):
-        path = os.path.join(meta_dir, name)
+        path = backend.where(META + name)
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
+            raw = backend.get(META + name)
+            legacy_present = legacy_present or name == LEGACY
         except FileNotFoundError:
             if name != LEGACY:
                 out.missing.append(name)
@@ -152,12 +153,12 @@ def read_checkpoints(meta_dir: str, pool_uuid: bytes) -> CheckpointSet:
             found.append((name, decode_checkpoint(raw, pool_uuid, path)))
         except FormatError as e:
             out.damaged[name] = str(e)
-    if os.path.exists(os.path.join(meta_dir, LEGACY)) and not out.damaged.get(LEGACY):
+    if legacy_present and not out.damaged.get(LEGACY):
         out.missing = []  # a pool from before two copies were kept has only the legacy one
     out.valid = sorted(found, key=lambda item: -item[1].generation)
     return out
 
 
-def read_checkpoint(meta_dir: str, pool_uuid: bytes) -> CheckpointData | None:
+def read_checkpoint(backend: PoolBackend, pool_uuid: bytes) -> CheckpointData | None:
     """The newest valid copy, or None when there is none (see :func:`read_checkpoints`)."""
-    return read_checkpoints(meta_dir, pool_uuid).newest
+    return read_checkpoints(backend, pool_uuid).newest

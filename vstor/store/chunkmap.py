@@ -28,8 +28,9 @@ leaf versions is counted once per version, so the count is an upper bound of the
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from itertools import islice
 
 from vstor.store.leaf import (  # noqa: F401  (re-exported: the map's vocabulary)
     EMPTY,
@@ -126,16 +127,18 @@ class VolumeMap:
                 base = chunk * cs
                 _add(out, max(start, base), min(end, base + cs), slot)
                 continue
-            extents = leaf.overlays[chunk]
-            # sorted and disjoint: start at the last extent beginning at or before ``start``
-            # (a chunk aged by 4 KiB writes holds ~100; a small read needs one or two)
-            i = bisect_right(extents, (start, _BIG))  # (start, _BIG) sorts after every (start, e, loc)
-            for k in range(i - 1 if i else 0, len(extents)):
-                s, e, loc = extents[k]
+            ext = leaf.overlays[chunk]
+            # A small read of an aged chunk (90 extents) bisects to its first extent instead of
+            # walking the list: the list is sorted and disjoint, so ends ascend as starts do.
+            i = 0
+            if start > ext[0][0]:
+                i = bisect_left(ext, (start,))
+                if i and ext[i - 1][1] > start:
+                    i -= 1
+            for s, e, loc in islice(ext, i, None):
                 if s >= end:
                     break
-                if e > start:
-                    _add(out, max(s, start), min(e, end), loc)
+                _add(out, max(s, start), min(e, end), loc)
 
     def leaf_keys(self, start: int, end: int) -> list[int]:
         """Sorted keys of the leaves holding some chunk of [start, end): O(leaves of the map) at
@@ -300,9 +303,6 @@ class VolumeMap:
             leaf.overlays[chunk] = extents
             leaf.owned.add(chunk)
             leaf.slots[i] = FRAGMENTED
-
-
-_BIG = 1 << 64  # above any volume offset
 
 
 def _add(out: list[Extent], s: int, e: int, loc: int) -> None:

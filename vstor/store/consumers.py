@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import xxhash
 
@@ -31,6 +32,20 @@ from vstor.store.format import (
     loc_segno,
 )
 from vstor.store.segread import ScanEnd
+
+if TYPE_CHECKING:
+    from vstor.store.journal import Journal
+    from vstor.store.segread import ScannedRecord
+
+
+class JournalSource(Protocol):
+    """What reading the journal in order needs: the journal, the consumers' positions and the
+    payload decoder (an open :class:`~vstor.store.store.Store` is one)."""
+
+    journal: Journal
+    consumers: Consumers
+
+    def decode_payload(self, rec: ScannedRecord) -> bytes: ...
 
 FILE = "consumers.json"
 COPY = "consumers.json.copy"  # written after FILE with the same bytes; read when FILE is damaged
@@ -148,15 +163,13 @@ class JournalEntry:
     tstamp: int = 0  # nanoseconds since the epoch, when the record was written
 
 
-def read_records(store: object, name: str, limit: int = 256, durable_only: bool = True) -> Iterator[JournalEntry]:
+def read_records(store: JournalSource, name: str, limit: int = 256, durable_only: bool = True
+                 ) -> Iterator[JournalEntry]:
     """Yield up to ``limit`` records after consumer ``name``'s position, in journal order.
 
     GC relocations are skipped (they change no content). With ``durable_only`` only records
     already on stable storage are returned, so a reader never sees a write a crash could undo.
     """
-    from vstor.store.store import Store
-
-    assert isinstance(store, Store)
     segno, pos = store.consumers.position(name)
     pos = max(pos, SEGMENT_HEADER_SIZE)
     stop = store.journal.durable_position() if durable_only else store.journal.tail()
@@ -179,15 +192,12 @@ def read_records(store: object, name: str, limit: int = 256, durable_only: bool 
                                store.decode_payload(rec), nxt)
 
 
-def read_group(store: object, start: tuple[int, int], group: int, max_bytes: int = 8 << 20,
+def read_group(store: JournalSource, start: tuple[int, int], group: int, max_bytes: int = 8 << 20,
                want_data: bool = True) -> tuple[list[JournalEntry], tuple[int, int]]:
     """The durable WRITE and TRIM records of ``group`` after journal position ``start``, in
     journal (= sequence) order, up to about ``max_bytes`` of data, and the position after the
     last record read (records of other groups are passed over). ``want_data=False`` skips
     decoding payloads (data is then empty), for folding records into a dirty bitmap."""
-    from vstor.store.store import Store
-
-    assert isinstance(store, Store)
     segno, pos = start
     pos = max(pos, SEGMENT_HEADER_SIZE)
     stop = store.journal.durable_position()

@@ -59,8 +59,17 @@ def _cost(entry: Entry) -> int:
     return entry.cost() if type(entry) is CachedRecord else ENTRY_OVERHEAD + len(entry[1])
 
 
+# 48 MiB: about 110,000 records of one frame (~430 bytes each), the live records of a 1 GiB
+# volume aged by 120,000 random 4 KiB writes (docs/benchmarks.md section 9). Evicting the
+# oldest quarter, a cache smaller than the records a sequential read visits misses on every
+# one of them; at 16 MiB an in-process read of a 512 MiB aged volume ran at half the speed
+# (104 against 245 MiB/s warm). Defragmentation (defrag.py) then brings the records back to one
+# per MiB.
+BUDGET = 48 << 20
+
+
 class HeaderCache:
-    def __init__(self, budget: int = 16 << 20) -> None:
+    def __init__(self, budget: int = BUDGET) -> None:
         self.budget = budget
         self.used = 0
         self._d: dict[int, Entry] = {}

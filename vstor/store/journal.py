@@ -21,11 +21,17 @@ every payload byte is written once. Guarantees (the block-device contract rests 
   corruption and is reported, never skipped.
 * A failed write or fdatasync puts the journal in a failed state (EIO on every later
   append and sync) instead of guessing what reached the disk (the fsyncgate lesson).
+
+Segments are created, listed, cut, deleted and (on a backend without local files) written
+and flushed through the pool's backend (vstor/store/backend/). On a local pool the appends
+keep the mapped window, pwritev and fdatasync described above on the segment file; on a
+RADOS pool ``write`` queues the record as asynchronous writes (many in flight) and ``sync``
+waits for them all, with the same guarantees: a record is readable once ``write`` returns,
+durable once ``sync`` returns, and a failed write fails the journal.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import mmap
 import os
@@ -33,9 +39,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from vstor.durable import remove_durably, start_writeback, sync_dir
+from vstor.durable import start_writeback
 from vstor.errors import PoolFull, VstorError
 from vstor.faults import NO_FAULTS, Faults
+from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.local import LocalBackend
 from vstor.store.format import (
     MAX_SEGMENT_SIZE,
     REC_COMMIT,
@@ -56,10 +64,13 @@ WINDOW_BYTES = 4 * 1024 * 1024  # the mapped, preallocated part of the segment a
 
 class Journal(SegmentReader):
     def __init__(self, directory: str, pool_uuid: bytes, segment_size: int, faults: Faults = NO_FAULTS,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 clock_ns: Callable[[], int] = time.time_ns, backend: PoolBackend | None = None) -> None:
         if not SEGMENT_HEADER_SIZE < segment_size <= MAX_SEGMENT_SIZE:
             raise ValueError("bad segment size")
         self.dir = directory
+        self._own_backend = backend is None
+        self.backend = backend or LocalBackend(os.path.dirname(directory), faults, journal_dir=directory)
+        self._files = self.backend.local_path(0) is not None  # segments are local files: map and fdatasync them
         self.pool_uuid = pool_uuid
         self.segment_size = segment_size
         self.faults = faults
@@ -87,22 +98,16 @@ class Journal(SegmentReader):
 
     # -- segment files -------------------------------------------------------------------
     def path(self, segno: int) -> str:
-        return os.path.join(self.dir, segment_name(segno))
+        """The segment's file on a local pool; its name elsewhere (for messages)."""
+        return self.backend.local_path(segno) or f"{self.backend.describe()}/journal/{segment_name(segno)}"
 
     def segments(self) -> list[int]:
-        out = []
-        for name in os.listdir(self.dir):
-            if name.endswith(".seg") and name[:-4].isdigit():
-                out.append(int(name[:-4]))
-        return sorted(out)
+        return self.backend.list_segments()
 
     def segment_bytes(self, segno: int) -> int:
         if segno == self._segno:
             return self._tail
-        try:
-            return os.stat(self.path(segno)).st_size
-        except FileNotFoundError:
-            return 0
+        return self.backend.segment_size(segno)
 
     @property
     def current_segno(self) -> int:
@@ -112,18 +117,10 @@ class Journal(SegmentReader):
         return self._segno, self._tail
 
     def start_segment(self, segno: int) -> None:
-        """Open a fresh segment for appending (at startup and at rollover)."""
-        fd = os.open(self.path(segno), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            header = pack_segment_header(self.pool_uuid, segno, self._now_ns())
-            os.pwrite(fd, header, 0)
-            os.fdatasync(fd)
-            sync_dir(self.dir)
-        except BaseException:  # remove the half-made file, or the O_EXCL retry could never succeed
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(self.path(segno))
-            raise
+        """Open a fresh segment for appending (at startup and at rollover): created exclusively
+        with its header, durably, by the backend."""
+        self.backend.create_segment(segno, pack_segment_header(self.pool_uuid, segno, self._now_ns()))
+        fd = os.open(self.path(segno), os.O_RDWR) if self._files else -2  # -2: open, but no local file
         with self._sync_lock:
             old = self._fd
             if self._win is not None:
@@ -163,7 +160,7 @@ class Journal(SegmentReader):
         with self._sync_lock:
             with self._lock:
                 self._seal()
-            self._fdatasync(self._fd)
+            self._fdatasync(self._fd, self._segno)
         try:
             self.faults.hit("journal.rollover")
             self.start_segment(self._segno + 1)
@@ -189,9 +186,11 @@ class Journal(SegmentReader):
             try:
                 action = self.faults.hit("journal.write")
                 if action == "torn":
-                    os.pwrite(self._fd, b"".join(bytes(b) for b in buffers)[: total // 2], pos)
+                    self._put(b"".join(bytes(b) for b in buffers)[: total // 2], pos)
                     os.kill(os.getpid(), 9)
-                if total <= SMALL_RECORD:
+                if not self._files:  # queued on the backend; a failure surfaces at the next sync
+                    self.backend.write_segment(self._segno, pos, b"".join(buffers))
+                elif total <= SMALL_RECORD:
                     win = self._window(pos, total)
                     at = pos - self._win_start
                     for b in buffers:  # copied into the page cache; the caller may reuse its buffers
@@ -210,7 +209,7 @@ class Journal(SegmentReader):
                                    "(delete volumes, fstrim) or grow the filesystem under the pool") from None
                 self._fail(f"journal write failed: {e}")
             self._tail = pos + total
-            if self._tail - self._written_back >= WRITEBACK_BYTES:
+            if self._files and self._tail - self._written_back >= WRITEBACK_BYTES:
                 try:
                     self.faults.hit("journal.writeback")
                     start_writeback(self._fd, self._written_back, self._tail - self._written_back)
@@ -222,6 +221,13 @@ class Journal(SegmentReader):
             self._marked, self._pending = marker, None
             return make_loc(self._segno, pos + RECORD_HEADER_SIZE)
         return make_loc(self._segno, pos)
+
+    def _put(self, data: bytes, pos: int) -> None:
+        if self._files:
+            os.pwrite(self._fd, data, pos)
+        else:
+            self.backend.write_segment(self._segno, pos, data)
+            self.backend.flush_segment(self._segno)
 
     def _window(self, pos: int, size: int) -> mmap.mmap:
         """The mapped window holding [pos, pos + size), moved there if needed (caller holds
@@ -256,6 +262,8 @@ class Journal(SegmentReader):
         """Cut the allocated space after the last record (caller holds ``_lock``), so only the
         newest segment can end in unwritten space, and only after a crash."""
         self._unmap()
+        if not self._files:  # nothing is allocated ahead of the tail
+            return
         try:
             if os.fstat(self._fd).st_size > self._tail:
                 os.ftruncate(self._fd, self._tail)
@@ -280,13 +288,16 @@ class Journal(SegmentReader):
                 return
             with self._lock:
                 reached = (self._segno, self._tail)
-            self._fdatasync(self._fd)  # also writes the pages stored through the map
+            self._fdatasync(self._fd, reached[0])  # also writes the pages stored through the map
             self._durable = max(self._durable, reached)
 
-    def _fdatasync(self, fd: int) -> None:
+    def _fdatasync(self, fd: int, segno: int) -> None:
         try:
             self.faults.hit("journal.sync")
-            os.fdatasync(fd)
+            if self._files:
+                os.fdatasync(fd)
+            else:
+                self.backend.flush_segment(segno)
             self.syncs += 1
         except OSError as e:
             self._fail(f"journal fdatasync failed: {e}")
@@ -313,6 +324,10 @@ class Journal(SegmentReader):
     def dirty(self) -> bool:
         return self._durable < (self._segno, self._tail)
 
+    def stop_writes(self, why: str) -> None:
+        """Refuse every later append and sync (the pool's ownership was lost)."""
+        self.failed = why
+
     def _fail(self, why: str) -> None:
         self.failed = why
         raise VstorError(f"{why}; the array refuses further writes, stop it and run 'vstor pool check'")
@@ -324,30 +339,25 @@ class Journal(SegmentReader):
     # -- reading -------------------------------------------------------------------------
     def truncate_segment(self, segno: int, pos: int) -> None:
         """Cut a torn tail (recovery only)."""
-        fd = os.open(self.path(segno), os.O_RDWR)
-        try:
-            os.ftruncate(fd, pos)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self.backend.truncate_segment(segno, pos)
 
     def rewrite_header(self, segno: int) -> None:
         """Write a fresh header over a damaged one (pool check --repair only)."""
-        fd = os.open(self.path(segno), os.O_RDWR)
-        try:
-            os.pwrite(fd, pack_segment_header(self.pool_uuid, segno, 0), 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self.backend.write_segment(segno, 0, pack_segment_header(self.pool_uuid, segno, 0))
+        self.backend.flush_segment(segno)
 
     def delete_segment(self, segno: int) -> None:
         fd = self._read_fds.pop(segno, None)
         if fd is not None:
             os.close(fd)
-        remove_durably(self.path(segno))
+        self.backend.delete_segment(segno)
 
     def close(self) -> None:
         with self._sync_lock:
+            if self._fd == -2:  # no local file: wait for the writes in flight
+                if not self.failed:
+                    self.backend.flush_segment(self._segno)
+                self._fd = -1
             if self._fd >= 0:
                 with self._lock:
                     self._unmap()
@@ -360,3 +370,5 @@ class Journal(SegmentReader):
         for fd in self._read_fds.values():
             os.close(fd)
         self._read_fds.clear()
+        if self._own_backend:
+            self.backend.close()

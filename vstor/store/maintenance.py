@@ -34,6 +34,7 @@ class MaintenanceMixin:
     stats: Any
     sb: Any
     paths: dict
+    backend: Any
     consumers: Any
     ckpt_generation: int
     ckpt_position: tuple[int, int]
@@ -132,7 +133,7 @@ class MaintenanceMixin:
             gen = self.ckpt_generation + 1
             # Two copies, written alternately: the other one keeps the previous generation, or
             # gets this one too when it is not known to be valid (a new or damaged pool).
-            write_checkpoint(self.paths["meta"], self.sb.uuid_bytes,
+            write_checkpoint(self.backend, self.sb.uuid_bytes,
                              CheckpointData(gen, segno, pos, segno + 1, meta, maps), both=both or not self.ckpt_both)
             older = self.ckpt_position if self.ckpt_both and not both else (segno, pos)
             self.ckpt_generation, self.ckpt_position, self.ckpt_appended = gen, (segno, pos), appended

@@ -8,7 +8,8 @@ Each tick:
   * checkpoint: after ``checkpoint_bytes`` of journal or ``checkpoint_interval`` seconds;
   * snapshot policies (policyrun.PolicyRunner: by time or bytes written, with pre/post commands);
   * GC, within the per-tick budget (reclaim.py);
-  * the fragment budget (fragments.py).
+  * the fragment budget (fragments.py);
+  * defragmentation: windows host reads found scattered, and the idle sweep (defrag.py).
 A failing step does not stop the others, and no exception ends the loop (steps.py).
 """
 
@@ -46,12 +47,14 @@ class MaintenanceLoop:
     candidates: Callable[[], set[int]]
     collect: Callable[..., int]
     keep_fragment_budget: Callable[[], int]
+    defrag: Any  # defrag.Defragmenter
 
     def tick(self) -> None:
         """One maintenance pass; the loop calls it (through ``run_tick``), and tests call it
         with a manual clock.
 
-        The steps run in order: commit, checkpoint, snapshot policies, GC, fragment budget.
+        The steps run in order: commit, checkpoint, snapshot policies, GC, fragment budget,
+        defrag.
         A step that raises does not stop the ones after it, so a bug in GC or a corrupt chunk
         it reads never holds back the commits that bound an un-fsynced crash's loss. Raises
         StepsFailed, naming every failed step, once all have had their turn. Nothing runs
@@ -59,7 +62,7 @@ class MaintenanceLoop:
         with self._run_lock:
             run_steps((("commit", self._commit), ("checkpoint", self._checkpoint),
                        ("snapshot policy", self._policies), ("gc", self._gc),
-                       ("fragment budget", self.keep_fragment_budget)),
+                       ("fragment budget", self.keep_fragment_budget), ("defrag", self.defrag.tick)),
                       halt=lambda: bool(self.store.journal.failed))
 
     def _commit(self) -> None:

@@ -198,6 +198,6 @@ def load_maps(data: bytes | memoryview, chunk_size: int, on_ref: Callable[[int, 
             on_ref(loc, n * chunk_size)
     by_id = {id(ext): ext for ext in lists}
     for lid, n in uses.items():
-        for s, e, loc in by_id[lid]:
-            on_ref(loc, n * (e - s))
+        for start, end, loc in by_id[lid]:
+            on_ref(loc, n * (end - start))
     return maps

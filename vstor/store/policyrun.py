@@ -87,7 +87,7 @@ class PolicyRunner:
         return f"started {owner} ({what}) with its pre/post commands"
 
     def _take(self, owner: str, policy: Policy, why: str, hooks: Hooks, now: float) -> str | None:
-        with self.store._lock:
+        with self.store.locked():
             cat = self.store.state.catalog
             kind, oid = cat.owner(self.store.state.table, owner)
             name = auto_name({s.name for s in cat.snapshots_of(kind, oid)}, now)

@@ -20,15 +20,27 @@ from typing import Any, TypeVar
 
 from vstor.errors import CorruptData, NotFound
 from vstor.store.codec import first_bad_stored_frame
-from vstor.store.format import FRAME_SIZE, REC_RELOCATE, REC_WRITE, RECORD_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.format import (
+    FRAME_ENTRY_SIZE,
+    FRAME_SIZE,
+    REC_RELOCATE,
+    REC_WRITE,
+    RECORD_HEADER_SIZE,
+    loc_pos,
+    loc_segno,
+)
 
 log = logging.getLogger("vstor.store")
 
 _ZEROS = bytes(1 << 20)
+PREFETCH_PIECES = 8  # a request of more pieces starts the reads of its small records at once
+PREFETCH_MAX = 64 << 10  # pieces up to this size count as small records
 T = TypeVar("T")
 
 
 class ReadPathMixin:
+    # Set by defrag.Defragmenter: told of host reads that found many pieces.
+    defrag_hint: Callable[[int, int, int, int], None] | None = None
     # Provided by Store.
     _lock: Any
     _reads_done: Any
@@ -41,9 +53,10 @@ class ReadPathMixin:
     _header: Callable[..., Any]
     _volume: Callable[..., Any]
 
-    def read(self, vid: int, offset: int, size: int, sid: int = 0) -> bytes:
+    def read(self, vid: int, offset: int, size: int, sid: int = 0) -> bytes | memoryview:
         """Read ``size`` bytes (fewer at the end) of volume ``vid``, or of its image in snapshot
-        ``sid``. Raises CorruptData rather than returning bytes that fail verification."""
+        ``sid`` (bytes-like: a read within one stored frame may be a read-only view of it).
+        Raises CorruptData rather than returning bytes that fail verification."""
         return self._reading(vid, offset, size, sid, self.assemble)
 
     def read_into(self, vid: int, offset: int, view: memoryview, sid: int = 0) -> int:
@@ -72,6 +85,8 @@ class ReadPathMixin:
             lineage = vm.lineage
             self._active_reads += 1
         try:
+            if len(pieces) > 4 and not sid and self.defrag_hint is not None:
+                self.defrag_hint(vid, offset, size, len(pieces))
             return produce(lineage, offset, size, pieces)
         except CorruptData as e:
             self.stats.add(read_errors=1)
@@ -94,14 +109,19 @@ class ReadPathMixin:
             if not self._active_reads:
                 self._reads_done.notify_all()
 
-    def assemble(self, lineage: tuple[int, ...] | None, offset: int, size: int, pieces: list) -> bytes:
-        """The bytes of [offset, offset+size) from its mapped pieces; gaps are zeros. Returns
-        ``bytes`` built with one copy."""
+    def assemble(self, lineage: tuple[int, ...] | None, offset: int, size: int, pieces: list) -> bytes | memoryview:
+        """The bytes of [offset, offset+size) from its mapped pieces; gaps are zeros. Built with
+        one copy, or none when one piece covers it all (then possibly a view of a cached frame)."""
         if not pieces:
             return bytes(size)
         if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + size:
             return self._read_extent(lineage, *pieces[0])
-        parts: list[bytes] = []
+        spans = _shared_spans(pieces)
+        if spans:  # pieces of one record are cut from one read of it: assemble in a buffer
+            buf = bytearray(size)
+            self.assemble_into(lineage, offset, memoryview(buf), pieces)
+            return bytes(buf)
+        parts: list[bytes | memoryview] = []
         at = offset
         for s, e, loc in pieces:
             if s > at:
@@ -113,16 +133,59 @@ class ReadPathMixin:
         return b"".join(parts)
 
     def assemble_into(self, lineage: tuple[int, ...] | None, offset: int, view: memoryview, pieces: list) -> None:
-        """:meth:`assemble` into ``view``, which covers [offset, offset+len(view))."""
+        """:meth:`assemble` into ``view``, which covers [offset, offset+len(view)).
+
+        A record that several pieces come from (an aged volume: a large write cut by small
+        overwrites) is read and verified once, over the span from its first piece to its last,
+        and each piece is copied out of that one read; without this, every piece re-read and
+        re-verified the 64 KiB frames it touches (docs/benchmarks.md section 9)."""
+        if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + len(view):
+            s, e, loc = pieces[0]
+            data = self._read_extent(lineage, s, e, loc, into=view)  # one piece: the common small read
+            if data is not view:
+                view[:] = data
+            return
+        spans = _shared_spans(pieces)
+        if len(pieces) > PREFETCH_PIECES:
+            self._prefetch(pieces, spans)
         at = offset
         for s, e, loc in pieces:
             _zero(view[at - offset : s - offset])
             part = view[s - offset : e - offset]
-            data = self._read_extent(lineage, s, e, loc, into=part)
-            if data is not part:  # not read in place: decoded, or cut from whole frames
-                part[:] = data
+            span = spans.get(loc) if spans else None
+            if span is not None and span[2] is None:
+                span = spans[loc] = self._read_span(lineage, loc, *span[:2])
+            if span is not None:
+                a = span[0]
+                part[:] = span[2][s - a : e - a]
+            else:
+                data = self._read_extent(lineage, s, e, loc, into=part)
+                if data is not part:  # not read in place: decoded, or cut from whole frames
+                    part[:] = data
             at = e
         _zero(view[at - offset :])
+
+    def _prefetch(self, pieces: list, spans: dict) -> None:
+        """Start the reads of a request's small records at once: on an aged volume a 1 MiB read
+        takes ~95 records of 4 KiB scattered over the journal, and read one after another
+        from a cold cache each waits for the disk. A small record's header, table and data
+        lie together, from its location on."""
+        journal = self.journal
+        try:
+            for s, e, loc in pieces:
+                if e - s <= PREFETCH_MAX and loc not in spans:
+                    journal.prefetch(loc_segno(loc), loc_pos(loc), RECORD_HEADER_SIZE + 2 * FRAME_ENTRY_SIZE + e - s)
+        except OSError:  # only a hint: the reads themselves say what is wrong
+            pass
+
+    def _read_span(self, lineage: tuple[int, ...] | None, loc: int, a: int, b: int) -> tuple[int, int, Any] | None:
+        """[a, b) of the record at ``loc``, verified, for the pieces between; None when that
+        fails, so that each piece is read alone: the span also covers frames whose data was
+        overwritten since, and damage there must not fail a read of live data."""
+        try:
+            return a, b, self._read_extent(lineage, a, b, loc)
+        except CorruptData:
+            return None
 
     def _read_extent(self, lineage: tuple[int, ...] | None, s: int, e: int, loc: int,
                      into: memoryview | None = None) -> bytes | memoryview:
@@ -174,6 +237,20 @@ class ReadPathMixin:
 
     def _where(self, vid: int, s: int, loc: int) -> str:
         return f"volume {vid} chunk {s // self.sb.chunk_size} (segment {loc_segno(loc)} record {loc_pos(loc)})"
+
+
+def _shared_spans(pieces: list) -> dict[int, tuple[int, int, Any] | None]:
+    """{loc: (first start, last end, None)} for each record that two or more of ``pieces``
+    come from (empty when none does: the common case costs one set)."""
+    if len(pieces) < 2 or len({p[2] for p in pieces}) == len(pieces):
+        return {}
+    spans: dict[int, tuple[int, int, Any] | None] = {}
+    counts: dict[int, int] = {}
+    for s, e, loc in pieces:
+        counts[loc] = counts.get(loc, 0) + 1
+        old = spans.get(loc)
+        spans[loc] = (s, e, None) if old is None else (old[0], e, None)
+    return {loc: span for loc, span in spans.items() if counts[loc] > 1}
 
 
 def _zero(view: memoryview) -> None:

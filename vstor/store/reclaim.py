@@ -29,6 +29,7 @@ from vstor.clock import Clock, SystemClock
 from vstor.store import fragments
 from vstor.store.accounting import segment_live
 from vstor.store.chunkmap import LEAF_BITS, Leaf
+from vstor.store.defrag import Defragmenter
 from vstor.store.format import LOC_SHIFT
 from vstor.store.maintloop import MaintenanceLoop
 from vstor.store.steps import FailureReport
@@ -51,8 +52,12 @@ class Reclaimer(MaintenanceLoop):
                  seconds_per_tick: float | None = 0.15,
                  fragment_budget: int = fragments.BUDGET_BYTES // fragments.EXTENT_BYTES,
                  fragment_interval: float = 10.0, hooks: HookRunner | None = None,
-                 spawn: Spawn | None = None) -> None:
-        """``hooks``, ``spawn``: how snapshot policies run their pre/post commands (policyrun.py)."""
+                 spawn: Spawn | None = None, defrag: Defragmenter | None = None,
+                 snapshots_in_use: Callable[[], dict[int, int]] = dict) -> None:
+        """``hooks``, ``spawn``: how snapshot policies run their pre/post commands (policyrun.py).
+        ``defrag``: the defragmenter its ticks run (defrag.py; by default one with its defaults).
+        ``snapshots_in_use``: open handles per snapshot id (the FUSE export's), which policy
+        pruning skips."""
         from vstor.store.policyrun import PolicyRunner
         from vstor.store.store import Store
 
@@ -83,8 +88,9 @@ class Reclaimer(MaintenanceLoop):
         self.report = FailureReport(log, "maintenance", commit_interval)
         self.exact_interval = 60.0
         self._exact: tuple[float, int, dict[int, int]] | None = None  # (when, sealed below, live per segment)
-        self.snapshots_in_use: Callable[[], dict[int, int]] = dict  # set by the daemon (FUSE open handles)
+        self.snapshots_in_use = snapshots_in_use
         self.policies = PolicyRunner(store, hooks, spawn)
+        self.defrag = defrag or Defragmenter(store)
         store.reclaimer = self
 
     # -- GC --------------------------------------------------------------------------------
@@ -96,7 +102,7 @@ class Reclaimer(MaintenanceLoop):
         so compression does not skew it), for the segments that hold data records."""
         st = self.store
         exact = self._exact_live()
-        with st._lock:
+        with st.locked():
             cur = st.journal.current_segno
             out = {}
             for s in st.journal.segments():
@@ -116,14 +122,14 @@ class Reclaimer(MaintenanceLoop):
         Only segments sealed before the count began use it: their live data can only shrink
         afterwards, so it stays an upper bound."""
         st = self.store
-        with st._lock:
+        with st.locked():
             if not st.state.snap_maps:
                 self._exact = None
                 return None
         now = self.clock.monotonic()
         if self._exact is not None and now - self._exact[0] < self.exact_interval:
             return self._exact
-        with st._lock:
+        with st.locked():
             sealed = st.journal.current_segno
         with st.frozen_maps(lambda state: [list(state.all_maps())]) as (maps,):  # counted without the lock
             by_key: dict[int, dict[int, Leaf]] = {}
@@ -180,7 +186,7 @@ class Reclaimer(MaintenanceLoop):
         returns the bytes written (0 if the volume is gone, shrank below ``s``, or a host write
         changed the range meanwhile). The work lists that call this outlive the store lock."""
         st = self.store
-        with st._lock:
+        with st.locked():
             vm = st.state.maps.get(vid)
             vol = st.state.table.by_id_or_none(vid)
             e = min(e, vol.size) if vol is not None else s
@@ -196,9 +202,9 @@ class Reclaimer(MaintenanceLoop):
     def count_fragments(self) -> fragments.Census:
         """The chunk extents the maps hold now, and the chunks compaction would free."""
         st = self.store
-        with st._lock:
+        with st.locked():
             maps = st.state.owned_maps()
-        return fragments.census(maps, st._lock)
+        return fragments.census(maps, st.locked())
 
     def keep_fragment_budget(self) -> int:
         """Every ``fragment_interval`` seconds, count the chunk extents the maps hold; while they
@@ -228,7 +234,7 @@ class Reclaimer(MaintenanceLoop):
         while self._fragment_work and moved < self.bytes_per_tick and (
                 deadline is None or time.perf_counter() < deadline):
             vid, chunk = self._fragment_work.pop()
-            with st._lock:  # a snapshot taken since the count shares the leaf: compacting frees nothing
+            with st.locked():  # a snapshot taken since the count shares the leaf: compacting frees nothing
                 vm = st.state.maps.get(vid)
                 leaf = None if vm is None else vm.leaves.get(chunk >> LEAF_BITS)
                 if leaf is None or leaf.refs > 1:
@@ -252,13 +258,13 @@ class Reclaimer(MaintenanceLoop):
         compact: dict[tuple[int, int], None] = {}
         seen: set[int] = set()
         lists_done: set[int] = set()
-        with st._lock:
+        with st.locked():
             maps = st.state.owned_maps()
         for vid, vm in maps:
-            with st._lock:
+            with st.locked():
                 keys = sorted(vm.leaves)
             for key in keys:
-                with st._lock:  # one leaf at a time, so I/O is not held up for long
+                with st.locked():  # one leaf at a time, so I/O is not held up for long
                     leaf = vm.leaves.get(key)
                     if leaf is None or id(leaf) in seen:
                         continue
@@ -285,7 +291,7 @@ class Reclaimer(MaintenanceLoop):
         share = self.live_shares()
         order = sorted(moves, key=lambda m: (share.get(m[2] >> LOC_SHIFT, 0.0), m[2] >> LOC_SHIFT, m[0]))
         out = [("move", s, e, loc) for s, e, loc in reversed(order)]  # collect() pops from the end
-        with st._lock:
+        with st.locked():
             for vid, chunk in compact:
                 vol = st.state.table.by_id_or_none(vid)
                 if vol is not None:

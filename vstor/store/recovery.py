@@ -24,15 +24,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vstor.errors import CorruptData
 from vstor.store.checkpoint import CheckpointData, read_checkpoints
 from vstor.store.format import REC_VOLUME, SEGMENT_HEADER_SIZE
 from vstor.store.segread import ScanEnd
 from vstor.store.state import PoolState
+
+if TYPE_CHECKING:
+    from vstor.store.backend.base import PoolBackend
+    from vstor.store.journal import Journal
+    from vstor.store.superblock import Superblock
 
 log = logging.getLogger("vstor.recovery")
 
@@ -53,30 +58,36 @@ class Loaded:
     rebuilt: bool = False  # no checkpoint: rebuilt from the whole journal
 
 
-def load_state(store: object, salvage: bool = False) -> Loaded:
-    """State from the newest valid checkpoint copy, the position to replay from, and what is
-    damaged. Raises CorruptData when the pool cannot be opened exactly."""
-    from vstor.store.store import Store
+@dataclass
+class Recovered:
+    """What :func:`recover` found: the state to open with, the checkpoint copies on disk, and the
+    report ``Store.recovery`` keeps (records replayed, torn tail cut, damage worked around)."""
 
-    assert isinstance(store, Store)
-    ckset = read_checkpoints(store.paths["meta"], store.sb.uuid_bytes)
-    segs = store.journal.segments()
+    loaded: Loaded
+    report: dict
+    needs_checkpoint: bool  # the replayed state is not in both checkpoint copies yet
+
+
+def load_state(journal: Journal, meta: PoolBackend, sb: Superblock, salvage: bool = False) -> Loaded:
+    """State from the newest valid checkpoint copy (blobs of the backend ``meta``), the position to
+    replay from, and what is damaged. Raises CorruptData when the pool cannot be opened exactly."""
+    ckset = read_checkpoints(meta, sb.uuid_bytes)
+    segs = journal.segments()
     problems = ckset.problems()
     ck = ckset.newest
     if ck is None:
-        return _without_checkpoint(store, segs, problems, salvage)
-    _check_journal(store, ck, segs)
+        return _without_checkpoint(sb.chunk_size, segs, problems, salvage)
+    _check_journal(journal, ck, segs)
     older = ckset.older
     if older is not None:
-        _check_journal(store, older, segs)
-    state = PoolState.from_checkpoint(store.sb.chunk_size, ck.meta, ck.maps, origins=ck.version >= 4)
+        _check_journal(journal, older, segs)
+    state = PoolState.from_checkpoint(sb.chunk_size, ck.meta, ck.maps, origins=ck.version >= 4)
     used = max([*segs, ck.segno - 1, ck.next_segno - 1, 0]) + 1
     older_pos = (older.segno, older.pos) if older is not None else (ck.segno, ck.pos)
     return Loaded(state, (ck.segno, ck.pos), ck.generation, older_pos, used, ckset.both_valid, problems)
 
 
-def _without_checkpoint(store: object, segs: list[int], problems: list[str], salvage: bool) -> Loaded:
-    chunk = store.sb.chunk_size  # type: ignore[attr-defined]
+def _without_checkpoint(chunk: int, segs: list[int], problems: list[str], salvage: bool) -> Loaded:
     if not segs and not problems:  # a pool made before init wrote a checkpoint, never written to
         return Loaded(PoolState(chunk), (1, SEGMENT_HEADER_SIZE), 0, (1, SEGMENT_HEADER_SIZE), 1, False)
     what = "; ".join(problems) or "no checkpoint copy exists"
@@ -92,7 +103,7 @@ def _without_checkpoint(store: object, segs: list[int], problems: list[str], sal
                   max(segs, default=0) + 1, False, problems, rebuilt=True)
 
 
-def _check_journal(store: object, ck: CheckpointData, segs: list[int]) -> None:
+def _check_journal(journal: Journal, ck: CheckpointData, segs: list[int]) -> None:
     """Every segment the checkpoint needs exists, and its own segment reaches its position."""
     present = set(segs)
     if ck.segno not in present:
@@ -101,7 +112,7 @@ def _check_journal(store: object, ck: CheckpointData, segs: list[int]) -> None:
                               f"{ck.generation}) needs it from offset {ck.pos}; acknowledged writes may be "
                               f"lost: the array will not start; {REPAIR_HINT}")
         return
-    size = os.stat(store.journal.path(ck.segno)).st_size  # type: ignore[attr-defined]
+    size = journal.backend.segment_size(ck.segno)
     if size < ck.pos:
         raise CorruptData(f"journal segment {ck.segno} ends at {size}, but the checkpoint (generation "
                           f"{ck.generation}) says it reached {ck.pos}: it was cut short and acknowledged "
@@ -128,10 +139,10 @@ def _ranges(nums: list[int]) -> str:
     return ", ".join(out)
 
 
-def replay(state: PoolState, journal: object, start: tuple[int, int], end: ScanEnd) -> tuple[int, int]:
+def replay(state: PoolState, journal: Journal, start: tuple[int, int], end: ScanEnd) -> tuple[int, int]:
     """Apply every valid record from ``start``. Returns (records, bytes)."""
     records = nbytes = 0
-    for rec in journal.scan(start[0], start[1], end):  # type: ignore[attr-defined]
+    for rec in journal.scan(start[0], start[1], end):
         payload = rec.payload if rec.header.rtype == REC_VOLUME else None
         state.apply_record(rec.loc, rec.header, payload)
         records += 1
@@ -139,38 +150,33 @@ def replay(state: PoolState, journal: object, start: tuple[int, int], end: ScanE
     return records, nbytes
 
 
-def recover(store: object) -> dict:
-    from vstor.store.store import Store
-
-    assert isinstance(store, Store)
+def recover(journal: Journal, meta: PoolBackend, sb: Superblock) -> Recovered:
+    """Load the checkpoint, replay the journal after it, cut a torn tail and open a new segment
+    for appending. The caller (``Store.open``) takes the state and, when ``needs_checkpoint``,
+    writes it to both checkpoint copies."""
     t0 = time.monotonic()
-    salvage = store.journal.salvage
-    loaded = load_state(store, salvage)
+    loaded = load_state(journal, meta, sb, journal.salvage)
     for why in loaded.problems:
         log.error("pool damage worked around: %s", why)
     end = ScanEnd(*loaded.start)
-    records, nbytes = replay(loaded.state, store.journal, loaded.start, end)
+    records, nbytes = replay(loaded.state, journal, loaded.start, end)
     torn = None
     if end.reason:
         torn = {"segment": end.segno, "offset": end.pos, "reason": end.reason}
         if end.pos < SEGMENT_HEADER_SIZE:  # a segment whose creation a crash cut: never written
-            store.journal.delete_segment(end.segno)
+            journal.delete_segment(end.segno)
         else:
-            store.journal.truncate_segment(end.segno, end.pos)
+            journal.truncate_segment(end.segno, end.pos)
         log.warning("cut torn journal tail at segment %d offset %d (%s)", end.segno, end.pos, end.reason)
     elif end.unwritten:  # the space allocated for the mapped window when the daemon died
-        store.journal.truncate_segment(end.segno, end.pos)
-    store.state = loaded.state
-    store.adopt_checkpoint(loaded.generation, loaded.start, loaded.older, loaded.both_copies)
-    store.journal.start_segment(max([*store.journal.segments(), loaded.next_segno - 1]) + 1)
+        journal.truncate_segment(end.segno, end.pos)
+    journal.start_segment(max([*journal.segments(), loaded.next_segno - 1]) + 1)
     seconds = time.monotonic() - t0
     report = {"records": records, "bytes": nbytes, "seconds": round(seconds, 3),
               "mb_per_s": round(nbytes / 1e6 / seconds, 1) if seconds > 0 else None, "torn_tail": torn,
-              "salvaged": store.journal.salvaged, "damage": loaded.problems,
-              "headers_rewritten": store.journal.headers_rewritten, "rebuilt": loaded.rebuilt}
-    if store.journal.salvaged:
-        log.error("salvage cut damaged durable data: %s", json.dumps(store.journal.salvaged))
+              "salvaged": journal.salvaged, "damage": loaded.problems,
+              "headers_rewritten": journal.headers_rewritten, "rebuilt": loaded.rebuilt}
+    if journal.salvaged:
+        log.error("salvage cut damaged durable data: %s", json.dumps(journal.salvaged))
     log.info("recovered: %s", json.dumps(report))
-    if records or torn or loaded.problems or not loaded.both_copies:
-        store.checkpoint(both=True)  # the replayed state, in both copies: the older one is not needed
-    return report
+    return Recovered(loaded, report, bool(records or torn or loaded.problems or not loaded.both_copies))

@@ -6,7 +6,9 @@ A mixin of Journal (journal.py), split out to keep each module readable: the app
 learn where the live segment's tail is. Data reads ask for no read-ahead of their own: the
 kernel's read-ahead of each segment file follows a sequential volume read, and an explicit
 ``posix_fadvise(WILLNEED)`` made cold sequential reads slower (docs/benchmarks.md §1,
-"Sequential read on a faster machine; read-ahead withdrawn").
+"Sequential read on a faster machine; read-ahead withdrawn"). The exception is ``prefetch``,
+which the read path calls only for the small records of a request of many pieces (an aged
+volume), whose positions no read-ahead can guess.
 
 Guarantees of the scan: every record it yields has valid header and frame checksums; a bad
 record in any segment but the newest raises CorruptData, and so does one inside data a
@@ -25,6 +27,7 @@ from typing import Any
 import xxhash
 
 from vstor.errors import CorruptData
+from vstor.store.backend.base import PoolBackend
 from vstor.store.format import (
     FRAME_ENTRY_SIZE,
     REC_COMMIT,
@@ -63,7 +66,9 @@ class ScanEnd:
 class SegmentReader:
     # Provided by Journal.
     _lock: Any
-    _fd: int
+    _fd: int  # -1: no live segment; -2: a live segment without a local file (remote backend)
+    _files: bool
+    backend: PoolBackend
     _segno: int
     _tail: int
     _read_fds: dict[int, int]
@@ -76,11 +81,35 @@ class SegmentReader:
     segments: Callable[[], list[int]]
 
     def pread(self, segno: int, pos: int, size: int) -> bytes:
+        if not self._files:
+            return self._backend_read(segno, pos, size)
         return os.pread(self._read_fd(segno), size, pos)
 
     def pread_into(self, segno: int, pos: int, view: memoryview) -> int:
-        """Read into ``view`` (no intermediate bytes); returns the bytes read."""
+        """Read into ``view`` (no intermediate bytes on a local pool); returns the bytes read."""
+        if not self._files:
+            data = self._backend_read(segno, pos, len(view))
+            view[: len(data)] = data
+            return len(data)
         return os.preadv(self._read_fd(segno), [view], pos)
+
+    def prefetch(self, segno: int, pos: int, size: int) -> None:
+        """Ask the kernel to start reading [pos, pos+size) of a segment (WILLNEED), without
+        waiting: the scattered small records of one read are then fetched together."""
+        if self._files:  # a RADOS pool has no page cache of its segments to warm
+            os.posix_fadvise(self._read_fd(segno), pos, size, os.POSIX_FADV_WILLNEED)
+
+    def _backend_read(self, segno: int, pos: int, size: int) -> bytes:
+        try:
+            return self.backend.read_segment(segno, pos, size)
+        except FileNotFoundError:
+            raise CorruptData(f"journal segment {segno} is missing") from None
+
+    def _open_segment(self, segno: int) -> io.RawIOBase:
+        """A segment as an unbuffered binary file: the file itself on a local pool."""
+        if self._files:
+            return open(self.path(segno), "rb", buffering=0)  # noqa: SIM115 (the callers close it)
+        return _BackendFile(self.backend, segno)
 
     def _read_fd(self, segno: int) -> int:
         fd = self._read_fds.get(segno)
@@ -116,7 +145,7 @@ class SegmentReader:
         header and frame checksums. ``end`` is filled in with where and why the scan stopped.
         A bad record anywhere but the newest segment's tail raises CorruptData."""
         with self._lock:  # the live segment is read up to the tail, past which it holds zeros
-            live = (self._segno, self._tail) if self._fd >= 0 else (-1, 0)
+            live = (self._segno, self._tail) if self._fd != -1 else (-1, 0)
         segs = [s for s in self.segments() if s >= segno]
         end.segno, end.pos, end.reason, end.unwritten = segno, pos, "", False
         for i, s in enumerate(segs):
@@ -129,12 +158,12 @@ class SegmentReader:
     def scan_one(self, segno: int, end: ScanEnd) -> Iterator[ScannedRecord]:
         """Yield the valid records of one whole segment (pool check), like :meth:`scan`."""
         with self._lock:
-            limit = self._tail if self._fd >= 0 and segno == self._segno else None
+            limit = self._tail if self._fd != -1 and segno == self._segno else None
         yield from self._scan_segment(segno, SEGMENT_HEADER_SIZE, end, limit)
 
     def _scan_segment(self, segno: int, pos: int, end: ScanEnd, limit: int | None) -> Iterator[ScannedRecord]:
         end.segno, end.pos, end.reason, end.unwritten = segno, pos, "", False
-        with open(self.path(segno), "rb", buffering=0) as raw_f:
+        with self._open_segment(segno) as raw_f:
             f = io.BufferedReader(raw_f, buffer_size=8 << 20)
             head = f.read(SEGMENT_HEADER_SIZE)
             try:
@@ -188,7 +217,7 @@ class SegmentReader:
         header is damage: with ``salvage`` a header that fails its checksum is rewritten (the
         records carry their own checksums) and True is returned; otherwise CorruptData is
         raised. Such a segment is never cut: maps may point into it."""
-        if os.path.getsize(self.path(segno)) <= SEGMENT_HEADER_SIZE or self._durable_after(segno, 0)[1]:
+        if self.backend.segment_size(segno) <= SEGMENT_HEADER_SIZE or self._durable_after(segno, 0)[1]:
             return False
         if self.salvage and str(why) == "bad segment header":
             self.rewrite_header(segno)
@@ -200,9 +229,9 @@ class SegmentReader:
     def _durable_after(self, segno: int, pos: int) -> tuple[int, bool]:
         """The highest durable position stated by a valid commit marker after ``pos`` (0 if none),
         and whether the file holds only zeros from ``pos`` on."""
-        with open(self.path(segno), "rb") as f:
+        with self._open_segment(segno) as f:
             f.seek(pos)
-            data = f.read()
+            data = f.readall()
         if not data.strip(b"\0"):
             return 0, True
         best, k = 0, data.find(RECORD_MAGIC, 1)
@@ -217,6 +246,41 @@ class SegmentReader:
                 pass
             k = data.find(RECORD_MAGIC, k + 1)
         return best, False
+
+
+class _BackendFile(io.RawIOBase):
+    """A segment of a backend without local files, read like an unbuffered file."""
+
+    def __init__(self, backend: PoolBackend, segno: int) -> None:
+        super().__init__()
+        self._backend, self._segno, self._pos = backend, segno, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("segments seek from the start only")
+        self._pos = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buf: Any) -> int:
+        data = self._backend.read_segment(self._segno, self._pos, len(buf))
+        memoryview(buf).cast("B")[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def readall(self) -> bytes:
+        data = self._backend.read_segment(self._segno, self._pos, max(self._backend.segment_size(self._segno)
+                                                                       - self._pos, 0))
+        self._pos += len(data)
+        return data
 
 
 def _short() -> None:

@@ -36,12 +36,12 @@ def describe(store: Store, snap: Snapshot, sizes: dict[tuple[int, int], tuple[in
 def create(store: Store, owner: str, name: str | None = None, auto: bool = False) -> dict:
     ev = store.event(lambda st: st.catalog.make_snapshot(st.table, st.group_seq, owner, name,
                                                          store.clock.time(), auto, st.written))
-    with store._lock:
+    with store.locked():
         return describe(store, store.state.catalog.snaps[ev["sid"]])
 
 
 def get(store: Store, owner: str, name: str) -> Snapshot:
-    with store._lock:
+    with store.locked():
         return store.state.catalog.snapshot(store.state.table, owner, name)
 
 
@@ -103,7 +103,7 @@ def sizes(store: Store, vids: set[int] | None = None, totals: bool = True) -> tu
 
 
 def listing(store: Store, owner: str | None = None) -> list[dict]:
-    with store._lock:
+    with store.locked():
         cat, table = store.state.catalog, store.state.table
         if owner is None:
             snaps = sorted(cat.snaps.values(), key=lambda s: (s.owner_name, s.created, s.id))
@@ -115,7 +115,7 @@ def listing(store: Store, owner: str | None = None) -> list[dict]:
 
 
 def diff(store: Store, owner: str, frm: str, to: str) -> list[dict]:
-    with store._lock:
+    with store.locked():
         a, b = get(store, owner, frm), get(store, owner, to)
         out = []
         for m in b.members:
@@ -155,17 +155,18 @@ def run_policies(store: Store, in_use: set[int] = frozenset(), take: Take | None
     cc, locks = compliance.for_pool(store.pool, store.clock)
     ctime = cc.checkpoint()  # also the compliance clock's periodic checkpoint
     held = {k for k, v in locks.all().items() if v["until"] > ctime}
-    with store._lock:
+    with store.locked():
         st = store.state
         cat, table = st.catalog, st.table
         work = []
         for key, policy in cat.policies.items():
-            kind, oid = key.split(":")
-            owner = cat.groups[int(oid)].name if kind == "group" else table.by_id[int(oid)].name
-            snaps = cat.snapshots_of(kind, int(oid))
-            since = written_since(policy, snaps, st.written, cat.members(table, kind, int(oid)))
+            kind, oid_text = key.split(":")
+            oid = int(oid_text)
+            owner = cat.groups[oid].name if kind == "group" else table.by_id[oid].name
+            snaps = cat.snapshots_of(kind, oid)
+            since = written_since(policy, snaps, st.written, cat.members(table, kind, oid))
             why = trigger(policy, [s for s in snaps if s.auto], now, since)
-            work.append((kind, int(oid), owner, policy, why, since))
+            work.append((kind, oid, owner, policy, why, since))
     for kind, oid, owner, policy, why, since in work:
         if why:
             try:
@@ -198,14 +199,14 @@ def image(store: Store, owner: str, snap: str, volume: str) -> tuple[int, int, i
 
 def tree(store: Store) -> list[list[str]]:
     """[owner, snapshot, volume] of every snapshot image (the FUSE snapshots/ directory)."""
-    with store._lock:
+    with store.locked():
         return [[s.owner_name, s.name, m.name] for s in store.state.catalog.snaps.values() for m in s.members]
 
 
 def extents(store: Store, sid: int, vid: int) -> list[tuple[int, int]]:
     """(offset, length) of the mapped ranges of snapshot ``sid``'s image of volume ``vid``, merged
     and in order: what a full backup of the image must hold (the rest reads as zeros)."""
-    with store._lock:
+    with store.locked():
         snap = store.state.catalog.snaps[sid]
         size = next(m.size for m in snap.members if m.vid == vid)
         mapped = store.state.snap_maps[(sid, vid)].lookup(0, size)

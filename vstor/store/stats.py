@@ -36,6 +36,10 @@ class Counters:
     segments_deleted: int = 0
     checkpoints: int = 0
     maintenance_errors: int = 0  # failed maintenance ticks (Reclaimer.run_tick)
+    defrag_bytes: int = 0  # bytes rewritten in logical order by defragmentation (defrag.py)
+    defrag_windows: int = 0  # windows it rewrote
+    defrag_hints: int = 0  # host reads that found their range scattered and named it for rewriting
+    defrag_shared_skipped: int = 0  # bytes of scattered windows left alone: a snapshot or clone shares them
     snapshots_taken: int = 0
     write_sizes: Counter = field(default_factory=Counter)
     # How long each recent snapshot held the store lock (the pause writes to the pool saw), in us.

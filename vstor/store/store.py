@@ -19,6 +19,8 @@ from vstor.clock import Clock, SystemClock
 from vstor.errors import NotFound, PoolFull, ReadOnly, UsageError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.adminops import AdminOpsMixin
+from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.stub import backend_for
 from vstor.store.codec import FrameCodec, derive_key, pair_key_check
 from vstor.store.consumers import Consumers
 from vstor.store.format import (
@@ -42,11 +44,18 @@ from vstor.store.hcache import CachedRecord, HeaderCache
 from vstor.store.journal import Journal
 from vstor.store.maintenance import MaintenanceMixin
 from vstor.store.readpath import ReadPathMixin
+from vstor.store.recovery import Recovered, recover
 from vstor.store.segread import ScannedRecord
 from vstor.store.space import SpaceGuard
 from vstor.store.state import PoolState
 from vstor.store.stats import Counters
-from vstor.store.superblock import Superblock, ensure_superblock_copy, layout, load_key, load_superblock
+from vstor.store.superblock import (
+    Superblock,
+    ensure_superblock_copy,
+    layout,
+    load_key,
+    load_superblock_from,
+)
 from vstor.store.volumes import Volume
 from vstor.units import format_size
 
@@ -55,11 +64,12 @@ log = logging.getLogger("vstor.store")
 
 class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
     def __init__(self, pool: str, sb: Superblock, key: bytes | None, clock: Clock | None = None,
-                 faults: Faults = NO_FAULTS) -> None:
+                 faults: Faults = NO_FAULTS, backend: PoolBackend | None = None) -> None:
         self.pool = pool
         self.sb = sb
         self.faults = faults
         self.paths = layout(pool)
+        self.backend = backend or backend_for(pool, faults)  # segments, checkpoints (vstor/store/backend/)
         self.clock = clock or SystemClock()
         self.codec = FrameCodec(sb.uuid_bytes, sb.compress == "lz4", key)
         self.key_check = pair_key_check(key)  # compared by replication peers; "" without a key
@@ -67,7 +77,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
         self.backup_key = derive_key(key, sb.uuid_bytes, b"backup key v1") if key else None  # backup jobs' keys' root
         self.plain = FrameCodec(sb.uuid_bytes, False, None)
         self.journal = Journal(self.paths["journal"], sb.uuid_bytes, sb.segment_size, faults,
-                               lambda: int(self.clock.time() * 1e9))
+                               lambda: int(self.clock.time() * 1e9), self.backend)
         self.state = PoolState(sb.chunk_size)
         self.space = SpaceGuard(pool, reserve=2 * sb.segment_size + (8 << 20))
         self.stats = Counters()
@@ -89,17 +99,36 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
 
     @classmethod
     def open(cls, pool: str, key_file: str | None = None, clock: Clock | None = None,
-             faults: Faults = NO_FAULTS, salvage: bool = False) -> Store:
+             faults: Faults = NO_FAULTS, salvage: bool = False, backend: PoolBackend | None = None) -> Store:
         """Open a pool and recover it. The caller must hold the pool lock. ``salvage`` (pool check
-        --repair only) cuts damaged durable data at the newest segment's end instead of refusing."""
-        from vstor.store.recovery import recover
-
-        sb = load_superblock(pool)
-        ensure_superblock_copy(pool, sb)
-        store = cls(pool, sb, load_key(sb, key_file), clock, faults)
+        --repair only) cuts damaged durable data at the newest segment's end instead of refusing.
+        ``backend``: where its segments, superblock and checkpoints are (default: files in ``pool``)."""
+        backend = backend or backend_for(pool, faults)
+        try:
+            sb = load_superblock_from(backend)
+            ensure_superblock_copy(backend, sb)
+            store = cls(pool, sb, load_key(sb, key_file), clock, faults, backend)
+        except BaseException:
+            backend.close()
+            raise
         store.journal.salvage = salvage
-        store.recovery = recover(store)
+        store.adopt_recovery(recover(store.journal, store.backend, sb))
         return store
+
+    def adopt_recovery(self, r: Recovered) -> None:
+        """Open with what recovery found; the replayed state goes to both checkpoint copies."""
+        loaded = r.loaded
+        self.state = loaded.state
+        self.adopt_checkpoint(loaded.generation, loaded.start, loaded.older, loaded.both_copies)
+        self.recovery = r.report
+        if r.needs_checkpoint:
+            self.checkpoint(both=True)  # the older copy is then not needed
+
+    def locked(self) -> threading.RLock:
+        """The state lock, as a context manager (``with store.locked():``), for code outside the
+        Store that reads or changes the volume table, the catalog or the maps in several steps
+        that no write, GC move or checkpoint may come between. Reentrant; hold it briefly."""
+        return self._lock
 
     def adopt_checkpoint(self, generation: int, position: tuple[int, int], older: tuple[int, int],
                          both: bool) -> None:
@@ -316,7 +345,10 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
             if checkpoint and not self.journal.failed:
                 self.checkpoint()
         finally:
-            self.journal.close()
+            try:
+                self.journal.close()
+            finally:
+                self.backend.close()
 
 
 def _check_range(vol: Volume, offset: int, n: int) -> None:

@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass
 
 import xxhash
 
-from vstor.durable import atomic_write
 from vstor.errors import AlreadyExists, FormatError, KeyError_, NotFound, UsageError
+from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.local import LocalBackend
 from vstor.store.format import FRAME_SIZE, SEGMENT_HEADER_SIZE
 
 # checkpoint, codec (cryptography) and state are imported where used: every CLI command
@@ -31,6 +32,7 @@ log = logging.getLogger("vstor.superblock")
 
 SUPERBLOCK = "pool.json"
 SUPERBLOCK_COPY = "superblock.copy"  # in meta/
+COPY_BLOB = "meta/" + SUPERBLOCK_COPY  # the blob names of both copies (vstor/store/backend/)
 POOL_FORMAT = "vstor-pool"
 POOL_VERSION = 1
 DEFAULT_CHUNK = 512 * 1024
@@ -120,23 +122,39 @@ def init_pool(pool: str, chunk_size: int = DEFAULT_CHUNK, compress: str = "none"
               key_file: str | None = None, segment_size: int | None = None) -> tuple[Superblock, bool]:
     """Create a pool directory. Returns the superblock and whether a new key file was made.
     ``segment_size`` None picks :func:`auto_segment_size` for the pool's filesystem."""
-    from vstor.store.codec import key_check_value
-    if chunk_size & (chunk_size - 1) or not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
-        raise UsageError(f"invalid chunk size {chunk_size}: use a power of two from 64K to 4M")
-    if compress not in ("lz4", "none"):
-        raise UsageError(f"invalid compression {compress!r}: use lz4 or none")
     if segment_size is None:
         segment_size = auto_segment_size(filesystem_bytes(pool))
-    if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
-        raise UsageError("invalid segment size: use 16M to 4G, or auto")
-    if encrypt and not key_file:
-        raise UsageError("--encrypt needs --key-file FILE (it is created if it does not exist)")
+    check_settings(chunk_size, compress, encrypt, key_file, segment_size)
     paths = layout(pool)
     if os.path.exists(paths["superblock"]):
         raise AlreadyExists(f"{pool} already holds a vstor pool")
     if os.path.isdir(pool) and os.listdir(pool):
         raise UsageError(f"{pool} is not empty; choose an empty or new directory")
     os.makedirs(pool, exist_ok=True)
+    sb, created_key = new_superblock(chunk_size, compress, encrypt, key_file, segment_size)
+    for d in ("journal", "meta", "log"):
+        os.makedirs(paths[d], mode=0o700, exist_ok=True)  # owner only, like pool.json
+    format_backend(LocalBackend(pool), sb)
+    return sb, created_key
+
+
+def check_settings(chunk_size: int, compress: str, encrypt: bool, key_file: str | None, segment_size: int) -> None:
+    """UsageError for settings no pool can have."""
+    if chunk_size & (chunk_size - 1) or not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+        raise UsageError(f"invalid chunk size {chunk_size}: use a power of two from 64K to 4M")
+    if compress not in ("lz4", "none"):
+        raise UsageError(f"invalid compression {compress!r}: use lz4 or none")
+    if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
+        raise UsageError("invalid segment size: use 16M to 4G, or auto")
+    if encrypt and not key_file:
+        raise UsageError("--encrypt needs --key-file FILE (it is created if it does not exist)")
+
+
+def new_superblock(chunk_size: int, compress: str, encrypt: bool, key_file: str | None,
+                   segment_size: int) -> tuple[Superblock, bool]:
+    """A new pool's superblock (checked settings), and whether a new key file was made."""
+    from vstor.store.codec import key_check_value
+    check_settings(chunk_size, compress, encrypt, key_file, segment_size)
     created_key = False
     key_check = ""
     pool_uuid = uuid.uuid4()
@@ -147,23 +165,44 @@ def init_pool(pool: str, chunk_size: int = DEFAULT_CHUNK, compress: str = "none"
             create_key_file(key_file)
             created_key = True
         key_check = key_check_value(read_key_file(key_file), pool_uuid.bytes)
-    for d in ("journal", "meta", "log"):
-        os.makedirs(paths[d], mode=0o700, exist_ok=True)  # owner only, like pool.json
     sb = Superblock(str(pool_uuid), chunk_size, segment_size, compress, encrypt, key_check,
                     key_file or "", time.time())
-    raw = encode_superblock(sb)
-    atomic_write(copy_path(pool), raw, 0o600)
-    atomic_write(paths["superblock"], raw, 0o600)
-    write_initial_checkpoint(paths["meta"], sb)
     return sb, created_key
 
 
-def write_initial_checkpoint(meta_dir: str, sb: Superblock) -> None:
+def init_backend_pool(backend: PoolBackend, chunk_size: int = DEFAULT_CHUNK, compress: str = "none",
+                      encrypt: bool = False, key_file: str | None = None,
+                      segment_size: int | None = None) -> tuple[Superblock, bool]:
+    """:func:`init_pool` on a backend without a local directory (a RADOS pool); ``segment_size``
+    None is DEFAULT_SEGMENT."""
+    if backend.exists(SUPERBLOCK):
+        raise AlreadyExists(f"{backend.describe()} already holds a vstor pool")
+    sb, created_key = new_superblock(chunk_size, compress, encrypt, key_file, segment_size or DEFAULT_SEGMENT)
+    format_backend(backend, sb)
+    return sb, created_key
+
+
+def format_backend(backend: PoolBackend, sb: Superblock) -> None:
+    """Write a new pool's superblock (copy first, then the main one) and both initial
+    checkpoint copies through its backend. The main superblock is created exclusively, so
+    two inits of one location cannot both succeed."""
+    raw = encode_superblock(sb)
+    if backend.exists(SUPERBLOCK):
+        raise AlreadyExists(f"{backend.describe()} already holds a vstor pool")
+    backend.put(COPY_BLOB, raw)
+    try:
+        backend.create(SUPERBLOCK, raw)
+    except FileExistsError:
+        raise AlreadyExists(f"{backend.describe()} already holds a vstor pool") from None
+    write_initial_checkpoint(backend, sb)
+
+
+def write_initial_checkpoint(backend: PoolBackend, sb: Superblock) -> None:
     """Both checkpoint copies of an empty pool, so that a pool without one is always damaged."""
     from vstor.store.checkpoint import CheckpointData, write_checkpoint
     from vstor.store.state import PoolState
     empty = PoolState(sb.chunk_size)
-    write_checkpoint(meta_dir, sb.uuid_bytes, CheckpointData(1, 1, SEGMENT_HEADER_SIZE, 1, empty.meta_json(),
+    write_checkpoint(backend, sb.uuid_bytes, CheckpointData(1, 1, SEGMENT_HEADER_SIZE, 1, empty.meta_json(),
                                                              empty.maps_blob()), both=True)
 
 
@@ -201,11 +240,17 @@ def decode_superblock(raw: bytes, path: str) -> Superblock:
     return sb
 
 
-def _read_one(path: str) -> Superblock | str | None:
-    """The superblock in ``path``, what is wrong with it, or None if there is no file."""
+def _backend(pool: str) -> PoolBackend:
+    """The pool's backend: its own files, or RADOS for a state directory with a stub."""
+    from vstor.store.backend.stub import backend_for
+    return backend_for(pool)
+
+
+def _read_one(backend: PoolBackend, name: str) -> Superblock | str | None:
+    """The superblock in blob ``name``, what is wrong with it, or None if there is none."""
+    path = backend.where(name)
     try:
-        with open(path, "rb") as f:
-            return decode_superblock(f.read(), path)
+        return decode_superblock(backend.get(name), path)
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -216,52 +261,69 @@ def _read_one(path: str) -> Superblock | str | None:
 
 def load_superblock(pool: str) -> Superblock:
     """The superblock, from its second copy when the first is damaged or missing (logged)."""
-    path = layout(pool)["superblock"]
-    main, copy = _read_one(path), _read_one(copy_path(pool))
+    with _backend(pool) as be:
+        return load_superblock_from(be)
+
+
+def load_superblock_from(be: PoolBackend) -> Superblock:
+    """:func:`load_superblock` through a pool's backend."""
+    main, copy = _read_one(be, SUPERBLOCK), _read_one(be, COPY_BLOB)
     if isinstance(main, Superblock):
         return main
     if isinstance(copy, Superblock):
         log.error("%s; using its copy %s ('vstor pool check --repair' rewrites it)",
-                  main or f"superblock {path} is missing", copy_path(pool))
+                  main or f"superblock {be.where(SUPERBLOCK)} is missing", be.where(COPY_BLOB))
         return copy
     if main is None and copy is None:
-        raise NotFound(f"{pool} is not a vstor pool (no {SUPERBLOCK}); create one with 'vstor pool init'")
+        raise NotFound(f"{be.describe()} is not a vstor pool (no {SUPERBLOCK}); create one with 'vstor pool init'")
     raise FormatError(main or copy or "")
 
 
-def superblock_problems(pool: str) -> list[str]:
+def superblock_problems(pool: str | PoolBackend) -> list[str]:
     """What is wrong with either copy of the superblock (pool check)."""
-    main, copy = _read_one(layout(pool)["superblock"]), _read_one(copy_path(pool))
+    if isinstance(pool, str):
+        with _backend(pool) as be:
+            return superblock_problems(be)
+    be = pool
+    main, copy = _read_one(be, SUPERBLOCK), _read_one(be, COPY_BLOB)
     out = [why for why in (main, copy) if isinstance(why, str)]
     if main is None:
-        out.append(f"superblock {layout(pool)['superblock']} is missing")
+        out.append(f"superblock {be.where(SUPERBLOCK)} is missing")
     if copy is None:
-        out.append(f"superblock copy {copy_path(pool)} is missing")
+        out.append(f"superblock copy {be.where(COPY_BLOB)} is missing")
     if isinstance(main, Superblock) and isinstance(copy, Superblock) and main != copy:
-        out.append(f"superblock {layout(pool)['superblock']} and its copy differ")
+        out.append(f"superblock {be.where(SUPERBLOCK)} and its copy differ")
     return out
 
 
-def ensure_superblock_copy(pool: str, sb: Superblock) -> None:
+def ensure_superblock_copy(pool: str | PoolBackend, sb: Superblock) -> None:
     """Write the second copy for a pool made before it was kept, from ``sb`` as load_superblock
     verified it (no second read of pool.json)."""
-    if not os.path.exists(copy_path(pool)):
-        atomic_write(copy_path(pool), encode_superblock(sb), 0o600)
-        log.info("wrote the superblock's second copy %s", copy_path(pool))
+    if isinstance(pool, str):
+        with _backend(pool) as be:
+            return ensure_superblock_copy(be, sb)
+    be = pool
+    if not be.exists(COPY_BLOB):
+        be.put(COPY_BLOB, encode_superblock(sb))
+        log.info("wrote the superblock's second copy %s", be.where(COPY_BLOB))
 
 
 def repair_superblock(pool: str) -> list[str]:
     """Rewrite a damaged or missing copy of the superblock from the valid one. Returns what was done."""
-    main_path = layout(pool)["superblock"]
-    main, copy = _read_one(main_path), _read_one(copy_path(pool))
+    with _backend(pool) as be:
+        return _repair_superblock(be)
+
+
+def _repair_superblock(be: PoolBackend) -> list[str]:
+    main, copy = _read_one(be, SUPERBLOCK), _read_one(be, COPY_BLOB)
     if isinstance(main, Superblock) and isinstance(copy, Superblock):
         return []
     good = main if isinstance(main, Superblock) else copy
     if not isinstance(good, Superblock):
         return []
-    bad = copy_path(pool) if good is main else main_path
-    atomic_write(bad, encode_superblock(good), 0o600)
-    return [f"rewrote {bad} from the other copy of the superblock"]
+    bad = COPY_BLOB if good is main else SUPERBLOCK
+    be.put(bad, encode_superblock(good))
+    return [f"rewrote {be.where(bad)} from the other copy of the superblock"]
 
 
 def load_key(sb: Superblock, key_file: str | None) -> bytes | None:

@@ -97,9 +97,10 @@ class VolumeTable:
             self.by_id[vol.id] = vol
             self.next_id = max(self.next_id, vol.id + 1)
             return vol, None
-        vol = self.by_id.get(ev["id"])
-        if vol is None:
+        found = self.by_id.get(ev["id"])
+        if found is None:
             return None, None
+        vol = found
         if op == "delete":
             del self.by_id[vol.id]
             return vol, None

@@ -16,7 +16,7 @@ import os
 import queue
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TypeVar
 
 from vstor.backup.client import scan, wire
@@ -76,7 +76,7 @@ def _warm(e: dict) -> None:
                 os.close(fd)
 
 
-def in_thread(items: Iterator[T], ahead: int, touch: Callable[[T], None] | None = None) -> Iterator[T]:
+def in_thread(items: Iterator[T], ahead: int, touch: Callable[[T], None] | None = None) -> Generator[T, None, None]:
     """``items`` produced by a helper thread at most ``ahead`` in front of the consumer (``touch``
     runs there on each); its exception is raised in the consumer; closing the iterator early
     releases the thread."""
@@ -114,7 +114,7 @@ def in_thread(items: Iterator[T], ahead: int, touch: Callable[[T], None] | None 
         t.join(JOIN_TIMEOUT)
 
 
-def _read(fd: int, ext: list[tuple[int, int]], path: str) -> Iterator[tuple[int, bytes]]:
+def _read(fd: int, ext: list[tuple[int, int]], path: str) -> Generator[tuple[int, bytes], None, None]:
     """(offset, chunk) of the file's extents, in DATA_CHUNK pieces."""
     for off, n in ext:
         pos, end = off, off + n

@@ -4,20 +4,29 @@ A client job's stream (inside the usual part headers and records, tapefile.py) i
 archive that plain GNU tar extracts (``tar -xSf -``): one member per entry, named by its path
 without the leading '/', with its mode, owner, times (pax ``mtime``/``atime`` with fractions)
 and link target; a file with holes is a GNU sparse 1.0 member (holes kept). Non-UTF-8 names
-use pax ``hdrcharset=BINARY``. The archive ends with ``VSTOR-CLIENT-MANIFEST.jsonl``: one JSON
-line ``[path, sha256]`` per regular file, so the media describe their own checksums, then the
-two zero blocks. The catalog records, per entry, the stream offsets of its member and of its
-first data byte, so a restore of one file reads only the records that hold it.
+use pax ``hdrcharset=BINARY``. The archive ends with ``VSTOR-CLIENT-MANIFEST.jsonl`` (a
+member without a pax header, which no entry's member is), then the two zero blocks. The
+manifest (version :data:`MANIFEST_VERSION`) is JSON lines: a head object (the job, the count
+of entry members, the sha256 of all their header bytes, the paths the job records as deleted
+since its base), one ``[path, sha256]`` line per regular file, and ``{"sha256"}`` of the lines
+before it; so the media describe the job's whole file list and its checksums, and
+``backup catalog rebuild`` brings it back (listing.py). Version 1 manifests, written before,
+hold only the ``[path, sha256]`` lines. The catalog records, per entry, the stream offsets of
+its member and of its first data byte, so a restore of one file reads only the records that
+hold it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 
 from vstor.backup import _tarstream as ts
 
 MANIFEST = "VSTOR-CLIENT-MANIFEST.jsonl"
+MANIFEST_FORMAT = "vstor-client-manifest"
+MANIFEST_VERSION = 2  # 1: only the [path, sha256] lines
 _TYPES = {"file": b"0", "dir": b"5", "symlink": b"2", "hardlink": b"1"}
 
 
@@ -85,15 +94,15 @@ def _pax_records(pairs: list[tuple[str, str]]) -> bytes:
     if binary:
         out.insert(0, (b"hdrcharset", b"BINARY"))
     recs = []
-    for k, v in out:
-        body = len(k) + len(v) + 3  # the space, '=' and the newline
+    for kb, vb in out:
+        body = len(kb) + len(vb) + 3  # the space, '=' and the newline
         n = p = 0
         while True:  # the length counts its own digits
             n = body + len(str(p))
             if n == p:
                 break
             p = n
-        recs.append(b"%d %s=%s\n" % (n, k, v))
+        recs.append(b"%d %s=%s\n" % (n, kb, vb))
     return b"".join(recs)
 
 
@@ -128,9 +137,18 @@ def pad(e: dict) -> bytes:
     return ts.pad(member_size(e))
 
 
-def manifest(sums: list[tuple[str, str]]) -> bytes:
-    """The closing manifest member and the end-of-archive blocks."""
-    doc = b"".join(json.dumps([p, s], ensure_ascii=True).encode() + b"\n" for p, s in sums)
+def manifest(sums: list[tuple[str, str]], job: int, members: int, headers_sha256: str, deleted: list[str]) -> bytes:
+    """The closing manifest member and the end-of-archive blocks. ``sums``: (path, sha256) per
+    regular file in stream order; ``members``: the entry members before it; ``headers_sha256``:
+    of their header bytes (each :func:`header`'s, in order); ``deleted``: the base's paths gone."""
+    head = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "job": job, "members": members,
+            "headers_sha256": headers_sha256, "deleted": list(deleted)}
+    doc = b"".join(_line(x) for x in [head, *([p, s] for p, s in sums)])
+    doc += _line({"sha256": hashlib.sha256(doc).hexdigest()})
     ti = tarfile.TarInfo(MANIFEST)
     ti.size, ti.mode = len(doc), 0o600
     return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") + doc + ts.pad(len(doc)) + bytes(2 * ts.BLOCK)
+
+
+def _line(x: object) -> bytes:
+    return json.dumps(x, ensure_ascii=True, sort_keys=True).encode() + b"\n"

@@ -22,7 +22,7 @@ import time
 from vstor.backup.client import wire
 from vstor.faults import NO_FAULTS, Faults
 from vstor.replication import pki
-from vstor.replication.transport import open_tls
+from vstor.replication.transport import close_tls, open_tls
 
 FLUSH_AT = 256 << 10  # bytes of queued frames sent at once
 DRAIN = 2.0  # seconds the array reads on after a REFUSE, so the client sees it
@@ -162,11 +162,7 @@ class Conn:
         return buf  # type: ignore[return-value]  # a bytearray: callers only read it (no 1 MiB copy per frame)
 
     def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        close_tls(self.sock)
 
 
 class Refused(wire.BadFrame):

@@ -14,7 +14,7 @@ import contextlib
 import errno
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from vstor.backup.client.session import zeros_into as _zeros
 from vstor.errors import CorruptData, UsageError
@@ -70,7 +70,8 @@ class Extractor:
         h = hashlib.sha256()
         fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
-            pos, it, pending = 0, iter(data), memoryview(b"")
+            it: Iterator[bytes] = iter(data)
+            pos, pending = 0, memoryview(b"")
             for off, n in e["extents"]:
                 pos = _zeros(h, pos, off)  # the hole before this extent, hashed as zeros
                 while n:
@@ -84,7 +85,7 @@ class Extractor:
                     h.update(pending[:k])
                     pos, n, pending = pos + k, n - k, pending[k:]
                     self.bytes += k
-            if pending or next(it, None):
+            if len(pending) or next(it, b""):
                 raise CorruptData(f"{e['path']!r}: more data than its extents hold")
             _zeros(h, pos, e["size"])
             os.ftruncate(fd, e["size"])

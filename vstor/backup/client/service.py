@@ -1,62 +1,43 @@
-"""The array's side of backup clients: the registry, the listener, jobs from both initiators,
-file-level restore and verify. One per BackupEngine (``engine.clients``).
+"""The array's side of backup clients: the registry, the listener, and the one object the engine
+and the control operations use for client jobs, which are received in receive.py, asked of
+agents in runs.py and restored in restoring.py. One per BackupEngine (``engine.clients``).
 
 Guarantees:
 
 * a connection is admitted only after mutual TLS against the pool's CA (the listener) and a
-  HELLO whose name is the certificate's common name and a registered client; then the policy
-  must be one whose source is ``client:NAME``, every path the client names must be in its
-  allowed paths, and its key id must be the registered one. A refusal (a REFUSE frame with a
-  code) comes before any data, and policy and key refusals go to the audit log;
-* a client push and a run asked of the agent by the schedule make the same job: the engine's
-  job row, its parts, and one catalog row per file with its sha256 and stream position;
-* a job ends 'done' only after every file's checksum was verified and every part is on the
-  media, in one catalog transaction with its file list; any failure ends it 'failed' with one
-  line, and the file list then holds only the files whose members lie wholly in parts that
-  were closed on the media (none unless the failure was the media's);
-* a scheduled run that fails because the client is unreachable or the connection dropped is
-  retried ``retries`` times, ``retry_delay`` seconds apart (on the engine's clock).
+  HELLO whose name is the certificate's common name and a registered client, speaking this
+  array's protocol version; an agent's HELLO must also declare the registered key id. A
+  refusal (a REFUSE frame with a code) comes before any data, and credential and key refusals
+  go to the audit log. What a pushed stream may then do is receive.py's to check;
+* registering and removing a client go to the audit log before they take effect; a client
+  that is the source of a policy cannot be removed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vstor.backup.audit import current_actor
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.client import wire
-from vstor.backup.client.admission import (
-    PREFIX,
-    RETRYABLE,
-    JobFailed,
-    check_key,
-    choose_policy,
-    client_of,
-    code_of,
-    identify,
-)
+from vstor.backup.client.admission import PREFIX, check_key, identify
 from vstor.backup.client.conn import Conn, array_conn
+from vstor.backup.client.receive import Receiver
 from vstor.backup.client.restoring import Restorer
-from vstor.backup.client.session import Session
-from vstor.backup.mediaio import TapeWriter
-from vstor.backup.policy import level_for
-from vstor.backup.tapefile import PartHeader
+from vstor.backup.client.runs import Agents
 from vstor.durable import atomic_write
-from vstor.errors import Busy, KeyError_, MediaError, NotFound, NotRunning, UsageError, VstorError
+from vstor.errors import Busy, KeyError_, NotFound, UsageError, VstorError
+
+if TYPE_CHECKING:
+    from vstor.replication.listener import Listener
+
+__all__ = ["ClientService"]
 
 log = logging.getLogger("vstor.backup")
-
-@dataclass
-class AgentLink:
-    conn: Conn
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    closed: threading.Event = field(default_factory=threading.Event)
 
 
 class ClientService:
@@ -65,15 +46,15 @@ class ClientService:
         e = engine  # a BackupEngine (typed loosely: no import cycle with engine.py)
         self.catalog, self.audit, self.clock, self.faults = e.catalog, e.audit, e.clock, e.faults  # type: ignore
         self.dir = os.path.join(e.dir, "clients")  # type: ignore[attr-defined]
-        self.agents: dict[str, AgentLink] = {}
-        self.listener = None
-        self._lock = threading.Lock()
-        self._running: set[str] = set()
-        self.stop = threading.Event()
+        self.receiver = Receiver(self.catalog, self.audit, self.clock, self.faults, e.keys,  # type: ignore
+                                 self._cartridges, e.store.sb.uuid, self._key, self.verify)  # type: ignore
+        self.runs = Agents(self.catalog, self.clock, self.receiver)
+        self.agents = self.runs.links  # client name -> AgentLink of its connected agent
+        self.listener: Listener | None = None
 
     def busy(self, policy: str) -> bool:
         """Whether a job of client policy ``policy`` is running."""
-        return policy in self._running
+        return self.receiver.busy(policy)
 
     # -- the registry -------------------------------------------------------------------------
     def register(self, name: str, paths: list[str] | None = None, quota: int | None = None,
@@ -132,19 +113,18 @@ class ClientService:
                 raise UsageError(f"{tls_dir} holds {len(names)} certificates: say which is this array's with --name")
             name = names[0]
 
-        self.listener = Listener(address, tls_dir, name, self._handle, faults=self.faults, clock=self.clock,
-                                 conn_factory=array_conn)
-        self.listener.start()
-        return self.listener.address
+        # replication's listener, typed for its Conn; ours has the interface the listener uses
+        self.listener = listener = Listener(address, tls_dir, name, self._handle,  # type: ignore[arg-type]
+                                            faults=self.faults, clock=self.clock,
+                                            conn_factory=array_conn)  # type: ignore[arg-type]
+        listener.start()
+        return listener.address
 
     def close(self) -> None:
-        self.stop.set()
+        self.runs.stopping()
         if self.listener is not None:
             self.listener.stop()
-        for link in list(self.agents.values()):
-            link.closed.set()
-            with contextlib.suppress(OSError):
-                link.conn.close()
+        self.runs.close()
 
     def _handle(self, conn: Conn, first: tuple[int, bytes]) -> None:
         conn.sock.settimeout(30.0)
@@ -161,21 +141,12 @@ class ClientService:
                 try:
                     check_key(client, hello)
                 except wire.BadFrame as e:
-                    self._refuse(conn, e, "key", client["name"])
+                    self.receiver.refuse(conn, e, "key", client["name"])
                     raise
-                link = AgentLink(conn)
-                old = self.agents.get(client["name"])
                 conn.send_json(wire.WELCOME, {"agent": True})
-                self.agents[client["name"]] = link
-                if old is not None:
-                    old.closed.set()
-                conn.sock.settimeout(None)  # idle: the agent waits for our RUN or RESTORE
-                log.info("backup client %s: agent connected from %s", client["name"], conn.peer_name)
-                link.closed.wait()
-                if self.agents.get(client["name"]) is link:
-                    del self.agents[client["name"]]
+                self.runs.serve(conn, client["name"])
                 return
-            self.push(conn, hello, client)
+            self.receiver.push(conn, hello, client)
         except (OSError, VstorError) as e:
             log.warning("backup client connection from %s: %s", conn.peer_name, e)
 
@@ -183,143 +154,14 @@ class ClientService:
         try:
             return identify(self.catalog, conn.peer_name, hello)
         except KeyError_ as e:
-            self._refuse(conn, e, "credentials")
+            self.receiver.refuse(conn, e, "credentials")
             raise
-
-    def _refuse(self, conn: Conn, e: BaseException, code: str, client: str = "") -> None:
-        if code in ("policy", "key", "credentials"):
-            self.audit.append(f"client:{client or conn.peer_name}", "client.refused", {"code": code, "reason": str(e)})
-        with contextlib.suppress(OSError, VstorError):
-            conn.send_json(wire.REFUSE, {"reason": str(e), "code": code})
-            if code != RETRYABLE:
-                conn.drain()
-
-    def _admit(self, client: dict, hello: dict, policy_name: str | None) -> dict:
-        return choose_policy(self.catalog.policies(), client, hello, policy_name)
-
-    def push(self, conn: Conn, hello: dict, client: dict, job: int | None = None, policy_name: str | None = None
-             ) -> dict:
-        try:
-            policy = self._admit(client, hello, policy_name)
-        except VstorError as e:
-            code = code_of(e)
-            self._refuse(conn, e, code, client["name"])
-            if job is not None:
-                self._fail(job, e)
-            raise JobFailed(str(e), code, job) from None
-        if job is None:
-            try:
-                job = self._new_job(policy, hello.get("level"))
-            except VstorError as e:
-                self._refuse(conn, e, "busy", client["name"])
-                raise
-        return self._stream(conn, job, policy, client)
-
-    def _new_job(self, policy: dict, asked: str | None) -> int:
-        eng = self.engine
-        name = policy["name"]
-        with self._lock:
-            if name in self._running:
-                raise Busy(f"a job of policy {name!r} is already running")
-            now = self.clock.time()
-            last_done = self.catalog.last_done(name)
-            level = level_for(policy, asked, self.catalog.last_full(name), last_done, now)
-            base = last_done["id"] if level == "incremental" and last_done else None
-            key_id = eng.keys.current() if policy["encrypt"] else None  # type: ignore[attr-defined]
-            job = self.catalog.new_job(name, level, policy["source"], base, key_id, now + policy["retention"])
-            self._running.add(name)
-        return job
-
-    def _fail(self, job: int, e: BaseException, parts: list[tuple] = (), safe: list[dict] = ()) -> None:
-        why = e.message if isinstance(e, VstorError) else f"{type(e).__name__}: {e}"
-        code = code_of(e)
-        if code == RETRYABLE:
-            why = f"communication failure: {why}"
-        if safe or parts:
-            why += f" ({len(safe)} files are safe on the media: see 'vstor backup files JOB')"
-        row = self.catalog.job(job)
-        if row["status"] in ("waiting", "running"):
-            self.catalog.end_client_job(job, list(parts), list(safe), [], status="failed", reason=why,
-                                        ended=self.clock.time())
-        self._running.discard(row["policy"])
-        log.error("backup job %d (%s) failed: %s", job, row["policy"], why)
 
     def _cartridges(self, library: str) -> Cartridges:
         eng = self.engine
         return Cartridges(eng.media, self.catalog, library, eng.store.sb.uuid, self.clock.time)  # type: ignore
 
-    def _stream(self, conn: Conn, job: int, policy: dict, client: dict) -> dict:
-        row = self.catalog.job(job)
-        base = self.catalog.client_files(row["base_job"]) if row["base_job"] else None
-        eng = self.engine
-        key = eng.keys.key(row["key_id"]) if row["key_id"] else None  # type: ignore[attr-defined]
-        carts = self._cartridges(policy["library"])
-        writer = session = None
-        try:
-            self.catalog.set_job(job, status="running", reason="", started=self.clock.time())
-            conn.send_json(wire.WELCOME, {"job": job, "level": row["level"],
-                                          "base": [[f["path"], f["type"], f["size"], f["mtime_ns"], f.get("sha256")]
-                                                   for f in base]
-                                          if base is not None else None})
-            conn.key = self._key(client)
-
-            def header(part: int, barcode: str) -> bytes:
-                return PartHeader(job, part, policy["name"], row["level"], policy["source"], "", self.clock.time(),
-                                  row["base_job"], row["key_id"], [], eng.store.sb.uuid, barcode).encode()  # type: ignore
-
-            drv = carts.load_for_write(policy["media"])
-            writer = TapeWriter(drv, lambda: carts.next_for_write(policy["media"]), header, key=key, job=job)
-
-            def sink(data: bytes) -> None:
-                try:
-                    self.faults.hit("client.write")  # eio/enospc: a medium error at the destination
-                    writer.write(data)
-                except OSError as e:
-                    raise MediaError(f"medium error writing to tape: {e.strerror or e}", e.errno or 5) from None
-
-            session = Session(job, conn.recv, sink, client["paths"], client.get("quota"), base)
-            files = session.run()
-            try:
-                places = writer.close()
-            except OSError as e:
-                raise MediaError(f"medium error writing to tape: {e.strerror or e}", e.errno or 5) from None
-        except BaseException as e:
-            parts, safe = [], []
-            if writer is not None and isinstance(e, MediaError) and session is not None:
-                parts = [(p.part, p.barcode, carts.library, p.file, p.first_block, p.last_block, p.bytes, p.sha256)
-                         for p in writer.places]
-                on_media = sum(p.bytes for p in writer.places)
-                safe = [f for f, end in session.done if end <= on_media]
-            carts.release()
-            self._fail(job, e, parts, safe)  # recorded before the client hears of it
-            self._refuse(conn, e, code_of(e), client["name"])
-            if not isinstance(e, Exception):
-                raise
-            raise JobFailed(self.catalog.job(job)["reason"], code_of(e), job) from None
-        finally:
-            conn.key = None
-        carts.release()
-        stored = 0
-        for p in places:
-            m = self.catalog.media(p.barcode) or {}
-            self.catalog.set_media(p.barcode, bytes=(m.get("bytes") or 0) + p.bytes, last_written=self.clock.time())
-            stored += p.bytes
-        parts = [(p.part, p.barcode, carts.library, p.file, p.first_block, p.last_block, p.bytes, p.sha256)
-                 for p in places]
-        sha = hashlib.sha256("".join(p.sha256 for p in places).encode()).hexdigest()
-        self.catalog.end_client_job(job, parts, files, session.deleted, status="done", ended=self.clock.time(),
-                                    bytes=session.data_bytes, stored=stored, sha256=sha)
-        self._running.discard(policy["name"])
-        result = {"job": job, "status": "done", "level": row["level"], "files": len(files), "sent": session.sent,
-                  "deleted": len(session.deleted), "bytes": session.data_bytes}
-        if policy.get("verify", True):  # read back, as the engine does after each job
-            result["verify"] = self.verify(job)["verify"]
-        with contextlib.suppress(OSError, VstorError):
-            conn.send_json(wire.RESULT, result)
-        log.info("backup job %d (%s, client %s) done: %d files sent", job, policy["name"], client["name"],
-                 session.sent)
-        return self.catalog.job(job)
-
+    # -- jobs (receive.py, runs.py) ----------------------------------------------------------------
     def run(self, policy_name: str, level: str | None = None, on_job: Callable[[int], None] | None = None) -> dict:
         """A run asked of the client's agent (the schedule, or 'backup run'), retried as the
         policy says when the client is unreachable. Returns the last attempt's job."""
@@ -327,46 +169,7 @@ class ClientService:
         if self.listener is None:
             raise UsageError(f"policy {policy_name!r} backs up a client: its runs go through the array's client "
                              "endpoint; start the array with --backup-listen (and the client's 'vstor client serve')")
-        tries = 1 + int(policy.get("retries") or 0)
-        job = None
-        for attempt in range(tries):
-            if attempt and self.clock.wait(self.stop, float(policy.get("retry_delay") or 0)):
-                break
-            job = self._run_once(policy, level, on_job)
-            if job["status"] == "done" or not job["reason"].startswith("communication failure"):
-                break
-            log.warning("backup job %d of %s: %s; attempt %d of %d", job["id"], policy_name, job["reason"],
-                        attempt + 1, tries)
-        assert job is not None
-        return job
-
-    def _run_once(self, policy: dict, level: str | None, on_job: Callable[[int], None] | None) -> dict:
-        name = client_of(policy["source"])
-        job = self._new_job(policy, level)
-        if on_job:
-            on_job(job)
-        link = self.agents.get(name or "")
-        if link is None or link.closed.is_set():
-            self._fail(job, NotRunning(f"client {name!r} is unreachable: its agent is not connected"))
-            return self.catalog.job(job)
-        with link.lock:
-            try:
-                client = self.catalog.client(name or "")
-                link.conn.sock.settimeout(30.0)
-                link.conn.send_json(wire.RUN, {"policy": policy["name"], "level": level, "job": job,
-                                               "paths": client["paths"]})
-                _, hello = link.conn.recv_json(wire.HELLO)
-                self.push(link.conn, hello, client, job, policy["name"])
-            except JobFailed as e:
-                if e.code == RETRYABLE:
-                    link.closed.set()
-            except (OSError, VstorError) as e:
-                link.closed.set()
-                self._fail(job, e)
-            finally:
-                with contextlib.suppress(OSError):
-                    link.conn.sock.settimeout(None)
-        return self.catalog.job(job)
+        return self.runs.run(policy, level, on_job)
 
     # -- restore and verify (restoring.py) ---------------------------------------------------------
     def _restorer(self) -> Restorer:

@@ -18,6 +18,7 @@ import errno as _errno
 import hashlib
 import os
 from collections.abc import Callable
+from typing import Any
 
 from vstor.backup.client import archive, wire
 from vstor.backup.client.scan import TYPES
@@ -45,7 +46,7 @@ def allowed(path: str, paths: list[str]) -> bool:
 def check_entry(e: dict, paths: list[str]) -> dict:
     """The FILE frame's entry, validated; PolicyViolation or BadFrame otherwise."""
     try:
-        out = {"path": str(e["path"]), "type": str(e["type"]), "size": int(e.get("size", 0)),
+        out: dict[str, Any] = {"path": str(e["path"]), "type": str(e["type"]), "size": int(e.get("size", 0)),
                "mode": int(e["mode"]) & 0o7777, "uid": int(e["uid"]), "gid": int(e["gid"]),
                "user": str(e.get("user", "")), "group": str(e.get("group", "")), "mtime_ns": int(e["mtime_ns"]),
                "atime_ns": int(e["atime_ns"]), "link": str(e.get("link", "")),
@@ -80,6 +81,7 @@ class Session:
         self.deleted: list[str] = []
         self.sent = self.data_bytes = 0
         self.seen: set[str] = set()
+        self.headers = hashlib.sha256()  # of every member's header bytes, for the manifest
 
     def sink(self, data: bytes) -> None:
         self._sink(data)
@@ -102,7 +104,8 @@ class Session:
             else:
                 raise wire.BadFrame(f"{wire.NAMES[ftype]} frame in the middle of a backup stream")
         self._quota(sum(f["size"] for f in self.entries()), "in the job's files")
-        self.sink(archive.manifest([(e["path"], e["sha256"]) for e, _ in self.done if e["type"] == "file"]))
+        self.sink(archive.manifest([(e["path"], e["sha256"]) for e, _ in self.done if e["type"] == "file"], self.job,
+                                   len(self.done), self.headers.hexdigest(), self.deleted))
         return self.entries()
 
     def entries(self) -> list[dict]:
@@ -122,6 +125,7 @@ class Session:
             raise PolicyViolation(f"hard link {e['path']!r} points to {e['link']!r}, which the stream did not send")
         self._quota(self.data_bytes + e["size"], e["path"])
         head, data = archive.header(e)
+        self.headers.update(head)
         e["offset"] = self.pos
         self.sink(head)
         e["data_offset"] = self.pos

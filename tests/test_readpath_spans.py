@@ -1,0 +1,92 @@
+"""Reads of a volume aged by small overwrites: each record several pieces come from is read
+and verified once per request (readpath.py), and that changes neither the bytes returned nor
+which damage fails a read."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from poolkit import MiB, flip_byte, make_pool, seg_path
+
+from vstor.errors import CorruptData
+from vstor.store.format import FRAME_ENTRY_SIZE, FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.store import Store
+
+
+@pytest.mark.parametrize("kind", ["plain", "lz4", "aes"])
+def test_reads_of_an_aged_volume_match_the_model(tmp_path, kind):
+    opts = {"plain": {}, "lz4": {"compress": "lz4"}, "aes": {"encrypt": True}}[kind]
+    pool = make_pool(tmp_path, **opts)
+    st = Store.open(pool, key_file=str(tmp_path / "key") if kind == "aes" else None)
+    size = 4 * MiB
+    vid = st.create_volume("v", size).id
+    rng = random.Random(7)
+    half = bytes(rng.randrange(256) for _ in range(4096)) * 8  # compressible for lz4, not zeros
+    model = bytearray()
+    for off in range(0, size, MiB):
+        data = os.urandom(MiB // 2) + half * 16
+        st.write(vid, off, data)
+        model += data
+    for _ in range(400):
+        n = rng.choice([4096, 4096, 8192, 1000])
+        off = rng.randrange(0, size - n)
+        data = os.urandom(n)
+        st.write(vid, off, data)
+        model[off : off + n] = data
+    st.trim(vid, 3 * MiB + 4096, 20000)
+    model[3 * MiB + 4096 : 3 * MiB + 24096] = bytes(20000)
+    assert max(len(x) for x in st.state.maps[vid].overlays.values()) > 10  # really aged
+    for _ in range(60):
+        n = rng.choice([MiB, 128 << 10, 4096, 70000])
+        off = rng.randrange(0, size - n)
+        assert st.read(vid, off, n) == model[off : off + n]
+        buf = bytearray(n)
+        assert st.read_into(vid, off, memoryview(buf)) == n and buf == model[off : off + n]
+    assert st.read(vid, 0, size) == model
+    st.close()
+
+
+def _record_with_a_hole(tmp_path) -> tuple[str, Store, int, int, bytearray]:
+    """A 1 MiB record whose frame 1 is wholly overwritten by a later record: a read of the
+    first MiB takes two pieces of it, around the newer one."""
+    pool = make_pool(tmp_path)
+    st = Store.open(pool)
+    vid = st.create_volume("v", 2 * MiB).id
+    model = bytearray(os.urandom(MiB))
+    st.write(vid, 0, model)
+    loc = st.state.maps[vid].lookup(0, 1)[0][2]
+    newer = os.urandom(FRAME_SIZE)
+    st.write(vid, FRAME_SIZE, newer)
+    model[FRAME_SIZE : 2 * FRAME_SIZE] = newer
+    pieces = st.state.maps[vid].lookup(0, MiB)
+    assert [p[2] for p in pieces].count(loc) == 2
+    return pool, st, vid, loc, model
+
+
+def _frame_byte(loc: int, frame: int) -> int:
+    table = (MiB // FRAME_SIZE) * FRAME_ENTRY_SIZE
+    return loc_pos(loc) + RECORD_HEADER_SIZE + table + frame * FRAME_SIZE + 100
+
+
+def test_damage_in_overwritten_frames_does_not_fail_a_read_of_live_data(tmp_path):
+    pool, st, vid, loc, model = _record_with_a_hole(tmp_path)
+    flip_byte(seg_path(pool, loc_segno(loc)), _frame_byte(loc, 1))  # frame 1: no live data left
+    assert st.read(vid, 0, MiB) == model
+    buf = bytearray(MiB)
+    st.read_into(vid, 0, memoryview(buf))
+    assert buf == model
+    assert st.stats.read_errors == 0
+    st.close()
+
+
+def test_damage_in_live_frames_fails_the_read(tmp_path):
+    pool, st, vid, loc, model = _record_with_a_hole(tmp_path)
+    flip_byte(seg_path(pool, loc_segno(loc)), _frame_byte(loc, 3))
+    with pytest.raises(CorruptData, match="checksum mismatch in frame 3"):
+        st.read(vid, 0, MiB)
+    with pytest.raises(CorruptData, match="checksum mismatch in frame 3"):
+        st.read_into(vid, 0, memoryview(bytearray(MiB)))
+    assert st.read(vid, 0, FRAME_SIZE * 3) == model[: FRAME_SIZE * 3]  # the frames before it
+    st.close()

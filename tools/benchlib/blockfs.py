@@ -1,0 +1,93 @@
+"""ext4 on a loop device, for the benchmarks of real applications (pgbench, stress-ng; issue 25).
+
+    loop   a loop device over a sparse file in the work directory: the baseline
+    vstor  a loop device over a vstor volume's FUSE image (a fresh plain pool, as bench_fio's)
+    passthrough  a loop device over tools/passthrough_fuse.py's image (bare Python FUSE over a
+           sparse file): what FUSE and Python cost by themselves, without vstor's storage logic
+
+Both loop devices use direct I/O (``losetup --direct-io=on``, what ``vstor volume attach``
+does), so neither caches the data twice. Entering returns the mounted directory; leaving
+unmounts, detaches and stops everything, also after an error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from .procs import BenchError, best_effort, run, signals_deferred, wait_until
+from .targets import Passthrough, Target, Vstor, make_sparse
+
+__all__ = ["KINDS", "Ext4Target", "loop_attach"]
+
+KINDS = ("loop", "vstor", "passthrough")
+
+
+def loop_attach(image: Path, stack: contextlib.ExitStack) -> str:
+    """losetup --direct-io=on the image; its detach goes on the stack."""
+    with signals_deferred():
+        dev = run(["losetup", "--find", "--show", "--direct-io=on", str(image)]).stdout.strip()
+        stack.callback(best_effort(f"detach {dev}", lambda: _detach(dev)))
+    return dev
+
+
+def _detach(dev: str) -> None:
+    """losetup -d, then wait for the device to let go of its file (the kernel does it when the
+    last user closes it), so that the volume is no longer open when the array stops."""
+    run(["losetup", "-d", dev])
+    backing = Path(f"/sys/block/{os.path.basename(dev)}/loop/backing_file")
+    if not wait_until(lambda: not backing.exists(), 30):
+        raise BenchError(f"{dev} still holds its file 30 s after losetup -d")
+
+
+class Ext4Target:
+    """A mounted ext4 of ``size`` bytes on a loop device over a file (``loop``) or a vstor volume."""
+
+    def __init__(self, kind: str, workdir: Path, size: int) -> None:
+        if kind not in KINDS:
+            raise BenchError(f"unknown target {kind!r}: choose from {', '.join(KINDS)}")
+        self.kind, self.size = kind, size
+        self.dir = workdir / kind
+        self.stack = contextlib.ExitStack()
+        self.vstor: Vstor | None = None
+        self.fuse: Target | None = None  # the FUSE target under the loop device, if any
+        self.device = ""
+
+    def __enter__(self) -> Path:
+        try:
+            return self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with signals_deferred():
+            self.stack.close()
+
+    def _setup(self) -> Path:
+        if self.kind == "vstor":
+            self.fuse = self.vstor = Vstor("vstor-plain", self.dir.parent, self.size, "plain")
+            image = self.stack.enter_context(self.vstor)
+        elif self.kind == "passthrough":
+            self.fuse = Passthrough("passthrough", self.dir.parent, self.size)
+            image = self.stack.enter_context(self.fuse)
+        else:
+            self.dir.mkdir()
+            self.stack.callback(best_effort(f"remove {self.dir}", lambda: run(["rm", "-rf", str(self.dir)])))
+            image = make_sparse(self.dir / "disk.img", self.size)
+        self.device = loop_attach(image, self.stack)
+        run(["mkfs.ext4", "-q", "-F", self.device], timeout=300)
+        mnt = (self.fuse.dir if self.fuse else self.dir) / "fs"
+        mnt.mkdir()
+        with signals_deferred():
+            run(["mount", self.device, str(mnt)])
+            self.stack.callback(best_effort(f"unmount {mnt}", lambda: run(["umount", str(mnt)], timeout=300)))
+        os.chmod(mnt, 0o755)
+        return mnt
+
+    def daemon_pid(self) -> int | None:
+        return self.fuse.pid if self.fuse else None

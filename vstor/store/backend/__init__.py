@@ -1,0 +1,14 @@
+"""Where a pool's storage objects live: the one seam between the store and its storage.
+
+``base.PoolBackend`` is the interface: numbered append-only journal segments and named blobs
+(superblock, checkpoints, metadata files). ``local.LocalBackend`` keeps them as files in the
+pool directory (the layout vstor always had); ``radosbe.RadosBackend`` keeps them as objects in
+a Ceph RADOS pool (python3-rados, imported only when a rados:// pool is opened, so local pools
+work without Ceph). ``location`` parses rados://CEPHPOOL/PREFIX and opens the backend of a
+location; ``stub`` is a RADOS pool's local state directory and its pointer file;
+``radoslock`` is the pool's exclusive RADOS lock (one daemon at a time).
+"""
+
+from __future__ import annotations
+
+__all__ = ["base", "local", "location", "radosbe", "radoslock", "stub"]

@@ -1,0 +1,113 @@
+"""The interface every pool backend implements: journal segments and named blobs.
+
+A pool keeps two kinds of storage objects:
+
+* **Segments**, numbered, append-only (journal segments): exclusive create with a header,
+  writes at the tail (which may complete asynchronously), a flush that makes every earlier
+  write durable, reads of byte ranges, truncation (recovery cuts a torn tail), deletion and
+  listing.
+* **Blobs**, named by a relative path such as ``pool.json`` or ``meta/checkpoint.a``
+  (superblock, checkpoints, metadata files): read whole, replaced atomically and durably,
+  created exclusively, deleted, listed by prefix.
+
+Errors: every I/O failure is a builtin ``OSError`` with its errno (ENOSPC when the backend is
+full, ETIMEDOUT when a remote backend does not answer within its timeout, EIO otherwise),
+so the callers' existing handling (journal.py: ENOSPC -> PoolFull, anything else -> failed
+journal) applies to every backend. A missing blob is ``FileNotFoundError``; an exclusive
+create of an existing one is ``FileExistsError``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+__all__ = ["PoolBackend"]
+
+
+class PoolBackend(ABC):
+    """Storage for one pool. Implementations are safe to call from several threads."""
+
+    kind: str = ""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the pool lives, for messages (a directory, or rados://POOL/PREFIX)."""
+
+    def where(self, name: str) -> str:
+        """A blob's full name, for messages (its path on a local pool)."""
+        return f"{self.describe()}/{name}"
+
+    # -- segments --------------------------------------------------------------------------
+    def local_path(self, segno: int) -> str | None:
+        """The segment's local file, which the journal may map and fdatasync itself (local
+        backend), or None when segments are not local files."""
+        return None
+
+    @abstractmethod
+    def list_segments(self) -> list[int]:
+        """The numbers of every segment, ascending."""
+
+    @abstractmethod
+    def create_segment(self, segno: int, header: bytes) -> None:
+        """Create segment ``segno`` holding ``header``; durable on return. FileExistsError if it exists."""
+
+    @abstractmethod
+    def write_segment(self, segno: int, pos: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``pos`` of a segment. It may still be in flight on return (the
+        caller may reuse ``data`` at once): :meth:`flush_segment` waits for it and reports
+        its failure. Reads after the return see it."""
+
+    @abstractmethod
+    def flush_segment(self, segno: int) -> None:
+        """Make every write to ``segno`` issued before the call durable; OSError if any failed."""
+
+    @abstractmethod
+    def read_segment(self, segno: int, pos: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``pos`` (fewer at the end). FileNotFoundError if no such segment."""
+
+    @abstractmethod
+    def segment_size(self, segno: int) -> int:
+        """The bytes in a segment (0 when it does not exist)."""
+
+    @abstractmethod
+    def truncate_segment(self, segno: int, size: int) -> None:
+        """Cut a segment to ``size`` bytes, durably."""
+
+    @abstractmethod
+    def delete_segment(self, segno: int) -> None:
+        """Delete a segment durably; no error if it does not exist."""
+
+    # -- blobs -----------------------------------------------------------------------------
+    @abstractmethod
+    def get(self, name: str) -> bytes:
+        """A blob's whole content. FileNotFoundError if there is none."""
+
+    @abstractmethod
+    def put(self, name: str, data: bytes) -> None:
+        """Replace a blob atomically and durably: a crash leaves the old or the new content."""
+
+    @abstractmethod
+    def create(self, name: str, data: bytes) -> None:
+        """Create a blob that must not exist yet (durable). FileExistsError if it does."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Delete a blob durably; no error if it does not exist."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool:
+        """Whether a blob exists."""
+
+    @abstractmethod
+    def list_blobs(self, prefix: str = "") -> list[str]:
+        """The names of the blobs under ``prefix`` (a directory such as ``meta/``), sorted."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections and descriptors (writes not flushed are not guaranteed)."""
+
+    def __enter__(self) -> PoolBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

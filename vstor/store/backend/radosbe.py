@@ -1,0 +1,312 @@
+"""RadosBackend: a pool kept as objects in a Ceph RADOS pool (python3-rados).
+
+Layout (docs/formats.md, "Pools on RADOS"), for ``rados://POOL/PREFIX``:
+
+* Blobs live in the RADOS namespace ``PREFIX``, one object each, named like the local file
+  (``pool.json``, ``meta/checkpoint.a``). ``put`` is one ``write_full``: RADOS applies a
+  single-object operation atomically, so a reader sees the old or the new content, never a
+  mix, and it returns once every replica has it (durable). ``create`` is an exclusive-create
+  write op (``LIBRADOS_CREATE_EXCLUSIVE`` + ``write_full``), one atomic operation.
+* A journal segment is striped over objects of STRIPE_BYTES in the namespace
+  ``PREFIX/journal``: ``NNNNNNNNNN.seg.SSSS`` (SSSS the stripe index, hex), so no object
+  grows past RADOS' object size limit whatever the segment size. The omap of the object
+  ``index`` in that namespace lists the segments (key: the ten-digit segment number), so
+  listing is one omap read, never a scan of the pool. A segment is put in the index before
+  its first stripe is created, and taken out before its stripes are removed: a crash in
+  between leaves an empty listed segment (recovery treats it as never started) or unlisted
+  stripes (never read; segment numbers are never reused).
+* Segment writes are ``aio_write`` calls, up to MAX_IN_FLIGHT at a time; ``flush_segment``
+  waits for every completion (a RADOS write completes when it is on every replica) and
+  raises the first failure. Reads issued after a write by the same client are ordered
+  after it by the OSD, so they see it.
+
+Errors: librados errors become builtin OSError with their errno (ETIMEDOUT after
+``rados_osd_op_timeout``, ENOSPC when the cluster is full). Fault points as LocalBackend's.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from vstor.faults import NO_FAULTS, Faults
+from vstor.store.backend.base import PoolBackend
+from vstor.store.format import segment_name
+
+__all__ = ["STRIPE_BYTES", "MAX_IN_FLIGHT", "RadosBackend", "connect_cluster"]
+
+STRIPE_BYTES = 4 * 1024 * 1024
+MAX_IN_FLIGHT = 64  # aio writes outstanding before a writer waits for the oldest
+MAX_BLOB = 64 * 1024 * 1024  # under osd_max_write_size (90 MiB): one write_full must carry a blob
+INDEX = "index"
+DEFAULT_TIMEOUT = 30  # seconds: rados_osd_op_timeout, rados_mon_op_timeout, client_mount_timeout
+
+T = TypeVar("T")
+
+
+def _rados() -> Any:
+    try:
+        import rados  # python3-rados, Debian's build for /usr/bin/python3
+    except ImportError:
+        from vstor.errors import UsageError
+        raise UsageError("RADOS pools need python3-rados: run vstor from .venv-rados ('make venv-rados')") from None
+    return rados
+
+
+def os_error(e: Exception, what: str) -> OSError:
+    """A librados error as the builtin OSError the store's callers handle."""
+    code = abs(getattr(e, "errno", None) or errno.EIO)
+    cls = {errno.ENOENT: FileNotFoundError, errno.EEXIST: FileExistsError}.get(code, OSError)
+    return cls(code, f"{what}: {e}")
+
+
+def connect_cluster(conffile: str, client_id: str | None = None, timeout: int = DEFAULT_TIMEOUT) -> Any:
+    """A connected ``rados.Rados`` whose operations fail with ETIMEDOUT after ``timeout``
+    seconds instead of waiting for an unreachable OSD or monitor for ever."""
+    rados = _rados()
+    conf = {"rados_osd_op_timeout": str(timeout), "rados_mon_op_timeout": str(timeout),
+            "client_mount_timeout": str(timeout)}
+    try:
+        cluster = rados.Rados(conffile=conffile, rados_id=client_id, conf=conf)
+        cluster.connect(timeout=timeout)
+    except rados.Error as e:
+        raise os_error(e, f"cannot connect to the Ceph cluster of {conffile}") from None
+    return cluster
+
+
+class RadosBackend(PoolBackend):
+    kind = "rados"
+
+    def __init__(self, cluster: Any, pool: str, prefix: str, faults: Faults = NO_FAULTS,
+                 owns_cluster: bool = False) -> None:
+        self._rados = _rados()
+        self._cluster, self._owns = cluster, owns_cluster
+        self.pool, self.prefix, self.faults = pool, prefix, faults
+        self.meta = self._call(lambda: cluster.open_ioctx(pool), f"cannot open RADOS pool {pool}")
+        self.meta.set_namespace(prefix)
+        self.jrn = cluster.open_ioctx(pool)
+        self.jrn.set_namespace(f"{prefix}/journal")
+        self._lock = threading.Lock()
+        self._in_flight: list[tuple[int, Any, str]] = []  # (segno, completion, object), oldest first
+        self._failed: dict[int, OSError] = {}  # segno -> the first write that failed
+
+    def describe(self) -> str:
+        return f"rados://{self.pool}/{self.prefix}"
+
+    def _call(self, fn: Callable[[], T], what: str) -> T:
+        try:
+            return fn()
+        except self._rados.Error as e:
+            raise os_error(e, what) from None
+
+    @staticmethod
+    def stripe_name(segno: int, stripe: int) -> str:
+        return f"{segment_name(segno)}.{stripe:04x}"
+
+    # -- segments --------------------------------------------------------------------------
+    def list_segments(self) -> list[int]:
+        rados = self._rados
+
+        def read() -> list[int]:
+            out: list[int] = []
+            after = ""
+            while True:
+                with rados.ReadOpCtx() as op:
+                    it, _ret = self.jrn.get_omap_vals(op, after, "", 1000)
+                    try:
+                        self.jrn.operate_read_op(op, INDEX)
+                    except rados.ObjectNotFound:
+                        return out
+                    keys = [k for k, _v in it]
+                if not keys:
+                    return sorted(out)
+                out += [int(k) for k in keys]
+                after = keys[-1]
+        return self._call(read, "cannot list the journal segments")
+
+    def _index(self, segno: int, add: bool) -> None:
+        rados = self._rados
+        with rados.WriteOpCtx() as op:
+            key = f"{segno:010d}"
+            if add:
+                self.jrn.set_omap(op, (key,), (b"",))
+            else:
+                self.jrn.remove_omap_keys(op, (key,))
+            self._call(lambda: self.jrn.operate_write_op(op, INDEX), f"cannot update the segment index for {segno}")
+
+    def create_segment(self, segno: int, header: bytes) -> None:
+        rados = self._rados
+        self._index(segno, True)
+        with rados.WriteOpCtx() as op:
+            op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+            op.write_full(bytes(header))
+            self._call(lambda: self.jrn.operate_write_op(op, self.stripe_name(segno, 0)),
+                       f"cannot create journal segment {segno}")
+
+    def write_segment(self, segno: int, pos: int, data: bytes | memoryview) -> None:
+        self.faults.hit("backend.write")
+        view = memoryview(data)
+        while view:
+            stripe, off = divmod(pos, STRIPE_BYTES)
+            n = min(len(view), STRIPE_BYTES - off)
+            obj = self.stripe_name(segno, stripe)
+            chunk = bytes(view[:n])
+            try:
+                comp = self.jrn.aio_write(obj, chunk, off)
+            except self._rados.Error as e:
+                raise os_error(e, f"cannot write journal segment {segno}") from None
+            with self._lock:
+                self._in_flight.append((segno, comp, obj))
+                excess = len(self._in_flight) - MAX_IN_FLIGHT
+            if excess > 0:
+                self._reap(excess)
+            view, pos = view[n:], pos + n
+
+    def _reap(self, count: int | None = None, segno: int | None = None) -> None:
+        """Wait for the oldest ``count`` writes in flight (all when None; only those of
+        ``segno`` when given), recording failures."""
+        with self._lock:
+            if segno is not None:
+                mine = [w for w in self._in_flight if w[0] == segno]
+                self._in_flight = [w for w in self._in_flight if w[0] != segno]
+            else:
+                k = len(self._in_flight) if count is None else count
+                mine, self._in_flight = self._in_flight[:k], self._in_flight[k:]
+        for s, comp, obj in mine:
+            comp.wait_for_complete()
+            ret = comp.get_return_value()
+            if ret < 0:
+                err = OSError(-ret, f"write to journal object {obj} failed: {errno.errorcode.get(-ret, ret)}")
+                with self._lock:
+                    self._failed.setdefault(s, err)
+
+    def flush_segment(self, segno: int) -> None:
+        self.faults.hit("backend.flush")
+        self._reap(segno=segno)
+        with self._lock:
+            err = self._failed.get(segno)
+        if err is not None:
+            raise OSError(err.errno, str(err))
+
+    def read_segment(self, segno: int, pos: int, size: int) -> bytes:
+        rados = self._rados
+        parts: list[bytes] = []
+        while size > 0:
+            stripe, off = divmod(pos, STRIPE_BYTES)
+            n = min(size, STRIPE_BYTES - off)
+            try:
+                got = self.jrn.read(self.stripe_name(segno, stripe), n, off)
+            except rados.ObjectNotFound:
+                if stripe == 0:
+                    raise FileNotFoundError(errno.ENOENT, f"journal segment {segno} does not exist") from None
+                break
+            except rados.Error as e:
+                raise os_error(e, f"cannot read journal segment {segno}") from None
+            parts.append(got)
+            if len(got) < n:
+                break
+            pos, size = pos + n, size - n
+        return b"".join(parts)
+
+    def _stripes(self, segno: int) -> list[int]:
+        """The sizes of a segment's stripe objects, in order."""
+        rados = self._rados
+        out: list[int] = []
+        while True:
+            try:
+                size, _mtime = self.jrn.stat(self.stripe_name(segno, len(out)))
+            except rados.ObjectNotFound:
+                return out
+            except rados.Error as e:
+                raise os_error(e, f"cannot stat journal segment {segno}") from None
+            out.append(size)
+
+    def segment_size(self, segno: int) -> int:
+        sizes = self._stripes(segno)
+        return (len(sizes) - 1) * STRIPE_BYTES + sizes[-1] if sizes else 0
+
+    def truncate_segment(self, segno: int, size: int) -> None:
+        """Also removes stripes past a gap: writes in flight at a crash may have left a later
+        stripe without the one before it (at most MAX_IN_FLIGHT stripes further)."""
+        self._reap(segno=segno)
+        sizes = self._stripes(segno)
+        for k in range(len(sizes) + 1, len(sizes) + MAX_IN_FLIGHT + 1):
+            try:
+                self.jrn.remove_object(self.stripe_name(segno, k))
+            except self._rados.ObjectNotFound:
+                pass
+            except self._rados.Error as e:
+                raise os_error(e, "cannot cut a segment") from None
+        keep, off = divmod(size, STRIPE_BYTES)
+        for k in range(len(sizes) - 1, keep, -1):  # from the end, so a crash leaves a shorter segment
+            try:
+                self.jrn.remove_object(self.stripe_name(segno, k))
+            except self._rados.Error as e:
+                raise os_error(e, "cannot cut a segment") from None
+        if keep < len(sizes):
+            self._call(lambda: self.jrn.trunc(self.stripe_name(segno, keep), off), "cannot cut a segment")
+
+    def delete_segment(self, segno: int) -> None:
+        self._reap(segno=segno)
+        self._index(segno, False)
+        for k in range(len(self._stripes(segno)) - 1, -1, -1):
+            try:
+                self.jrn.remove_object(self.stripe_name(segno, k))
+            except self._rados.ObjectNotFound:
+                pass
+            except self._rados.Error as e:
+                raise os_error(e, f"cannot delete journal segment {segno}") from None
+        with self._lock:
+            self._failed.pop(segno, None)
+
+    # -- blobs -----------------------------------------------------------------------------
+    def get(self, name: str) -> bytes:
+        size, _mtime = self._call(lambda: self.meta.stat(name), f"cannot read {name}")
+        return self._call(lambda: self.meta.read(name, size + 1, 0), f"cannot read {name}")
+
+    def put(self, name: str, data: bytes) -> None:
+        self.faults.hit("backend.put")
+        if len(data) > MAX_BLOB:
+            raise OSError(errno.EFBIG, f"{name} is {len(data)} bytes; a RADOS blob holds at most {MAX_BLOB}")
+        self._call(lambda: self.meta.write_full(name, bytes(data)), f"cannot write {name}")
+
+    def create(self, name: str, data: bytes) -> None:
+        rados = self._rados
+        with rados.WriteOpCtx() as op:
+            op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+            op.write_full(bytes(data))
+            self._call(lambda: self.meta.operate_write_op(op, name), f"cannot create {name}")
+
+    def delete(self, name: str) -> None:
+        try:
+            self.meta.remove_object(name)
+        except self._rados.ObjectNotFound:
+            pass
+        except self._rados.Error as e:
+            raise os_error(e, f"cannot delete {name}") from None
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.meta.stat(name)
+            return True
+        except self._rados.ObjectNotFound:
+            return False
+        except self._rados.Error as e:
+            raise os_error(e, f"cannot stat {name}") from None
+
+    def list_blobs(self, prefix: str = "") -> list[str]:
+        rel = prefix.rstrip("/") + "/" if prefix.rstrip("/") else ""
+
+        def names() -> list[str]:
+            return sorted(o.key for o in self.meta.list_objects()
+                          if o.key.startswith(rel) and "/" not in o.key[len(rel):])
+        return self._call(names, f"cannot list {prefix or 'the pool'}")
+
+    def close(self) -> None:
+        self._reap()
+        self.meta.close()
+        self.jrn.close()
+        if self._owns:
+            self._cluster.shutdown()
