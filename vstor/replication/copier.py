@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
-from typing import TYPE_CHECKING, Any
 
 from vstor.replication import bitmap as bitmaps
 from vstor.replication import transport, wire
 from vstor.replication.bitmap import DirtyBitmap
 from vstor.replication.folding import consumer_name
 from vstor.replication.pairstate import Pair
+from vstor.replication.shipperparts import ShipperParts
 from vstor.store.consumers import read_group
 
 log = logging.getLogger("vstor.replication")
@@ -25,25 +24,7 @@ log = logging.getLogger("vstor.replication")
 COPY_PIECE = 1 << 20
 
 
-class CopyMixin:
-    mgr: Any
-    store: Any
-    group: str
-    copy_total: int
-    copy_done: int
-    consistent_at: int
-    sync_acked: threading.Event
-
-    if TYPE_CHECKING:  # provided by the Shipper (source.py), which this is mixed into
-        @property
-        def pair(self) -> Pair: ...
-        def fold(self) -> None: ...
-        def _send(self, conn: transport.Conn, ftype: int, payload: bytes) -> None: ...
-        def _poll(self, conn: transport.Conn, timeout: float) -> None: ...
-        def _check_alive(self, conn: transport.Conn) -> None: ...
-        def _serve_requests(self, conn: transport.Conn | None) -> None: ...
-        def _step(self, conn: transport.Conn, gid: int) -> bool: ...
-        def _commit(self) -> None: ...
+class CopyMixin(ShipperParts):
 
     def _sync(self, conn: transport.Conn, pair: Pair, answer: dict) -> None:
         self.fold()

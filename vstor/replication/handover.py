@@ -8,11 +8,11 @@ the secondary to promote itself: at no moment are both arrays writable.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
 
 from vstor.errors import VstorError
 from vstor.replication import transport, wire
 from vstor.replication.pairstate import Pair
+from vstor.replication.shipperparts import ShipperParts
 
 log = logging.getLogger("vstor.replication")
 
@@ -21,23 +21,7 @@ class Stopped(Exception):
     """The shipper ends (stop requested, or this array is no longer the primary)."""
 
 
-class HandoverMixin:
-    mgr: Any
-    store: Any
-    group: str
-    clock: Any
-    acked_seq: int
-
-    if TYPE_CHECKING:  # provided by the Shipper (source.py), which this is mixed into
-        @property
-        def pair(self) -> Pair: ...
-        def fold(self) -> None: ...
-        def _send(self, conn: transport.Conn, ftype: int, payload: bytes) -> None: ...
-        def _poll(self, conn: transport.Conn, timeout: float) -> None: ...
-        def _check_alive(self, conn: transport.Conn) -> None: ...
-        def _serve_requests(self, conn: transport.Conn | None) -> None: ...
-        def _step(self, conn: transport.Conn, gid: int) -> bool: ...
-        def _commit(self) -> None: ...
+class HandoverMixin(ShipperParts):
 
     def _split(self, conn: transport.Conn | None, mode: str) -> None:
         pair = self.pair
