@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tools.benchlib import options
 from tools.benchlib.fio import JOBS, PHASES, FioSettings, Job, direct_io_works, fio_version, run_job
 from tools.benchlib.hostmem import steady_memory
 from tools.benchlib.mixed import MIXED_JOBS, MIXED_RUNTIME, mixed_report, proc_io, run_mixed, write_amplification
@@ -82,18 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq-cap", type=int, default=300, help="time cap of each sequential pass (default 300)")
     p.add_argument("--compress-percentage", type=int, default=None,
                    help="fio buffer_compress_percentage for writes (default: incompressible data)")
-    p.add_argument("--workdir", default="/var/tmp", help="where the temporary directory goes")
     p.add_argument("--passthrough-stats", action="store_true",
                    help="report the request sizes the passthrough received")
-    p.add_argument("--json-out", help="also write the results as JSON to this file")
-    p.add_argument("--keep-page-reporting", action="store_true",
-                   help="leave the VM's free page reporting on (by default it is held off for the run: "
-                        "benchlib/hostmem.py)")
+    options.add_common(p)
     a = p.parse_args(argv)
-    try:
-        a.size_bytes = parse_size(a.size)
-    except UsageError as e:
-        p.error(str(e))
+    a.size_bytes = options.size(p, a.size)
     a.target_list = [t for t in a.targets.split(",") if t]
     try:
         a.segment_list = [parse_size(x, "segment size") for x in a.segment_sizes.split(",") if x]

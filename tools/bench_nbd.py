@@ -35,12 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tools.benchlib import options
 from tools.benchlib.fio import fio_version
 from tools.benchlib.nbdservers import NbdkitServer, Server, VstorServer, make_certs, tool_missing
 from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, signals_deferred
 from vm.lab import Lab
-from vstor.errors import UsageError
-from vstor.units import parse_size
 
 SERVERS = ("nbdkit", "vstor", "nbdkit-tls", "vstor-tls")
 SERVER_CN = "bench-server"  # the TLS server certificate's name; fio resolves it through its /etc/hosts
@@ -196,17 +195,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq-cap", type=int, default=120, help="time cap of each sequential pass (default 120)")
     p.add_argument("--jobs", default=",".join(j.name for j in JOBS),
                    help="comma list of the jobs to run (default all eight, in their fixed order)")
-    p.add_argument("--workdir", default="/var/tmp", help="where the temporary directory goes")
-    p.add_argument("--json-out", help="also write the results as JSON to this file")
+    options.add_common(p, page_reporting=False)
     a = p.parse_args(argv)
-    try:
-        a.size_bytes = parse_size(a.size)
-    except UsageError as e:
-        p.error(str(e))
-    a.server_list = [s for s in a.servers.split(",") if s]
-    for s in a.server_list:
-        if s not in SERVERS:
-            p.error(f"unknown server {s!r}: choose from {', '.join(SERVERS)}")
+    a.size_bytes = options.size(p, a.size)
+    a.server_list = options.choices(p, a.servers, SERVERS, "server")
     names = [j for j in a.jobs.split(",") if j]
     for j in names:
         if j not in {job.name for job in JOBS}:

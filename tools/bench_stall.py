@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tools.benchlib import options
 from tools.benchlib.blockfs import KINDS, Ext4Target
 from tools.benchlib.hostmem import steady_memory
 from tools.benchlib.procs import BenchError, install_signal_handlers, signals_deferred
-from vstor.errors import UsageError
-from vstor.units import parse_size
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,19 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", default="4G", help="size of each target's filesystem (default 4G)")
     p.add_argument("--targets", default="vstor",
                    help="comma list of vstor,loop,passthrough, in run order (default vstor)")
-    p.add_argument("--workdir", default="/var/tmp", help="where the temporary directory goes")
-    p.add_argument("--json-out", help="also write the results as JSON to this file")
-    p.add_argument("--keep-page-reporting", action="store_true",
-                   help="leave the VM's free page reporting on (by default it is held off for the run)")
+    options.add_common(p)
     a = p.parse_args(argv)
-    try:
-        a.size_bytes = parse_size(a.size)
-    except UsageError as e:
-        p.error(str(e))
-    a.target_list = [t for t in a.targets.split(",") if t]
-    for t in a.target_list:
-        if t not in KINDS:
-            p.error(f"unknown target {t!r}: choose from {', '.join(KINDS)}")
+    a.size_bytes = options.size(p, a.size)
+    a.target_list = options.choices(p, a.targets, KINDS, "target")
     if a.workers < 1 or a.timeout < 1:
         p.error("--workers and --timeout must be at least 1")
     return a

@@ -5,5 +5,5 @@ kernel counters around a pass (counters) and the hold on the VM's free page repo
 
 from __future__ import annotations
 
-__all__ = ["blockfs", "counters", "fio", "hostmem", "mixed", "nbdservers", "postgres", "procs", "report", "targets",
-           "timing"]
+__all__ = ["blockfs", "counters", "fio", "hostmem", "mixed", "nbdservers", "options", "postgres", "procs", "report",
+           "targets", "timing"]

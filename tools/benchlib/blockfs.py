@@ -16,7 +16,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from .procs import BenchError, best_effort, run, signals_deferred, wait_until
+from .procs import BenchError, Staged, best_effort, run, signals_deferred, wait_until
 from .targets import Passthrough, Target, Vstor, make_sparse
 
 __all__ = ["KINDS", "Ext4Target", "loop_attach"]
@@ -41,7 +41,7 @@ def _detach(dev: str) -> None:
         raise BenchError(f"{dev} still holds its file 30 s after losetup -d")
 
 
-class Ext4Target:
+class Ext4Target(Staged[Path]):
     """A mounted ext4 of ``size`` bytes on a loop device over a file (``loop``) or a vstor volume."""
 
     def __init__(self, kind: str, workdir: Path, size: int) -> None:
@@ -49,26 +49,12 @@ class Ext4Target:
             raise BenchError(f"unknown target {kind!r}: choose from {', '.join(KINDS)}")
         self.kind, self.size = kind, size
         self.dir = workdir / kind
-        self.stack = contextlib.ExitStack()
+        super().__init__()
         self.vstor: Vstor | None = None
         self.fuse: Target | None = None  # the FUSE target under the loop device, if any
         self.device = ""
 
-    def __enter__(self) -> Path:
-        try:
-            return self._setup()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with signals_deferred():
-            self.stack.close()
-
-    def _setup(self) -> Path:
+    def setup(self) -> Path:
         if self.kind == "vstor":
             self.fuse = self.vstor = Vstor("vstor-plain", self.dir.parent, self.size, "plain")
             image = self.stack.enter_context(self.vstor)

@@ -9,14 +9,13 @@ namespace dials; leaving stops it and removes what it made, also after an error 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from tools.benchlib.procs import BenchError, best_effort, run, signals_deferred, spawn, stop_process, tail, wait_until
-from tools.benchlib.targets import make_sparse
+from .procs import BenchError, Staged, best_effort, run, signals_deferred, spawn, stop_process, tail, wait_until
+from .targets import make_sparse
 
 VSTOR = Path(sys.executable).parent / "vstor"
 PORT = 10809  # the namespaces are the benchmark's own: the standard port cannot collide
@@ -42,13 +41,13 @@ def make_certs(directory: Path, server_cn: str) -> tuple[Path, Path, Path]:
     return pki, server, client
 
 
-class Server:
+class Server(Staged[str]):
     kind = ""
 
     def __init__(self, name: str, workdir: Path, size: int, netns: str, addr: str, tls: Path | None = None) -> None:
         self.name, self.size, self.netns, self.addr, self.tls = name, size, netns, addr, tls
         self.dir = workdir / name
-        self.stack = contextlib.ExitStack()
+        super().__init__()
         self.pid: int | None = None
 
     def ns(self, argv: list[str]) -> list[str]:
@@ -57,21 +56,7 @@ class Server:
     def __enter__(self) -> str:
         self.dir.mkdir()
         self.stack.callback(best_effort(f"remove {self.dir}", lambda: shutil.rmtree(self.dir)))
-        try:
-            return self.setup()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with signals_deferred():
-            self.stack.close()
-
-    def setup(self) -> str:
-        raise NotImplementedError
+        return super().__enter__()
 
     def uri(self, export: str) -> str:
         return f"{'nbds' if self.tls else 'nbd'}://{self.addr}:{PORT}/{export}"

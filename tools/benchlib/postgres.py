@@ -9,7 +9,6 @@ error or Ctrl-C. The parsing of pgbench's report is pure, so it is tested withou
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import re
@@ -18,7 +17,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-from .procs import BenchError, best_effort, run, signals_deferred, stop_process
+from .procs import BenchError, Staged, best_effort, run, signals_deferred, stop_process
 
 __all__ = ["PG_USER", "PgCluster", "pg_bindir", "parse_tps"]
 
@@ -57,7 +56,7 @@ def parse_tps(text: str) -> dict[str, float]:
     return out
 
 
-class PgCluster:
+class PgCluster(Staged["PgCluster"]):
     """initdb in ``parent/pgdata``, start on a private socket; ``pgbench`` runs against it."""
 
     def __init__(self, parent: Path) -> None:
@@ -65,39 +64,27 @@ class PgCluster:
         self.data = parent / "pgdata"
         self.sockdir = Path(tempfile.mkdtemp(prefix="vstor-pg-"))
         self.log = parent / "postgres.log"
-        self.stack = contextlib.ExitStack()
+        super().__init__()
         self.user = pwd.getpwnam(PG_USER)
 
     def _as_pg(self, *cmd: str, timeout: float = 300) -> str:
         return run(["runuser", "-u", PG_USER, "--", *cmd], timeout=timeout).stdout
 
-    def __enter__(self) -> PgCluster:
-        try:
-            self.stack.callback(best_effort(f"remove {self.sockdir}", lambda: shutil.rmtree(self.sockdir)))
-            for d in (self.sockdir,):
-                os.chown(d, self.user.pw_uid, self.user.pw_gid)
-            self.data.mkdir()
-            os.chown(self.data, self.user.pw_uid, self.user.pw_gid)
-            self.log.touch()
-            os.chown(self.log, self.user.pw_uid, self.user.pw_gid)
-            self._as_pg(str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", PG_USER,
-                        "--no-instructions")
-            opts = f"-k {self.sockdir} -p {PORT} -c listen_addresses=''"
-            with signals_deferred():
-                self.stack.callback(best_effort("stop PostgreSQL", self._stop))
-                self._as_pg(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
-                            "-o", opts, "-w", "-t", "120", "start", timeout=180)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
+    def setup(self) -> PgCluster:
+        self.stack.callback(best_effort(f"remove {self.sockdir}", lambda: shutil.rmtree(self.sockdir)))
+        os.chown(self.sockdir, self.user.pw_uid, self.user.pw_gid)
+        self.data.mkdir()
+        os.chown(self.data, self.user.pw_uid, self.user.pw_gid)
+        self.log.touch()
+        os.chown(self.log, self.user.pw_uid, self.user.pw_gid)
+        self._as_pg(str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", PG_USER,
+                    "--no-instructions")
+        opts = f"-k {self.sockdir} -p {PORT} -c listen_addresses=''"
         with signals_deferred():
-            self.stack.close()
+            self.stack.callback(best_effort("stop PostgreSQL", self._stop))
+            self._as_pg(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+                        "-o", opts, "-w", "-t", "120", "start", timeout=180)
+        return self
 
     def _stop(self) -> None:
         pidfile = self.data / "postmaster.pid"

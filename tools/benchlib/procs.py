@@ -12,6 +12,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 class BenchError(RuntimeError):
@@ -75,6 +78,32 @@ def best_effort(what: str, fn: Callable[[], object]) -> Callable[[], None]:
             warn(f"cleanup: {what}: {exc}")
 
     return step
+
+
+class Staged(Generic[T]):
+    """A benchmark resource set up in steps, each undone by a callback on ``self.stack``: entering
+    runs :meth:`setup` and, if any step fails (or a signal arrives), undoes the steps already done;
+    leaving undoes them all, with signals held off so that a Ctrl-C cannot cut a cleanup short."""
+
+    def __init__(self) -> None:
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self) -> T:
+        try:
+            return self.setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with signals_deferred():
+            self.stack.close()
+
+    def setup(self) -> T:
+        raise NotImplementedError
 
 
 def run(cmd: Sequence[str], timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import signal
@@ -22,6 +21,7 @@ from typing import Any
 from .procs import (
     BenchError,
     RssSampler,
+    Staged,
     best_effort,
     is_mounted,
     rss_kib,
@@ -52,7 +52,7 @@ def make_sparse(path: Path, size: int) -> Path:
     return path
 
 
-class Target:
+class Target(Staged[Path]):
     """Context manager: entering returns the path fio works on; leaving undoes everything."""
 
     kind = ""
@@ -64,26 +64,12 @@ class Target:
         self.dir = workdir / name
         self.size = size
         self.extras: dict[str, Any] = {}
-        self.stack = contextlib.ExitStack()
+        super().__init__()
 
     def __enter__(self) -> Path:
         self.dir.mkdir()
         self.stack.callback(best_effort(f"remove {self.dir}", lambda: self.keep or shutil.rmtree(self.dir)))
-        try:
-            return self.setup()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with signals_deferred():
-            self.stack.close()
-
-    def setup(self) -> Path:
-        raise NotImplementedError
+        return super().__enter__()
 
     def before_job(self, job: str) -> None:
         """Hook run before each fio job."""
