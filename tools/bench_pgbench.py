@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from tools.benchlib import options
-from tools.benchlib.blockfs import KINDS, Ext4Target
-from tools.benchlib.hostmem import steady_memory
+from tools.benchlib.blockfs import KINDS, Ext4Target, measure_each
 from tools.benchlib.postgres import PgCluster, parse_tps, pg_bindir
-from tools.benchlib.procs import BenchError, install_signal_handlers, signals_deferred
+from tools.benchlib.procs import BenchError, install_signal_handlers
 
 TARGET_RATIO = 0.9
 
@@ -93,22 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     workdir = Path(tempfile.mkdtemp(prefix="vstor-pgbench-", dir=a.workdir))
     os.chmod(workdir, 0o755)  # the postgres user must reach the cluster inside
-    results: dict[str, dict[str, Any]] = {}
-    interrupted = False
     print(f"$ {shlex.join(sys.orig_argv)}")
     print(f"PostgreSQL from {pg_bindir()}; scale {a.scale}, {a.clients} clients, {a.time} s; "
           f"ext4 on a loop device (direct I/O) of {a.size} per target, in {workdir}", flush=True)
-    try:
-        with steady_memory(not a.keep_page_reporting) as mem:
-            print(mem, flush=True)
-            for kind in a.target_list:
-                results[kind] = measure(kind, a, workdir)
-    except KeyboardInterrupt as exc:
-        interrupted = True
-        print(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): everything set up was undone", file=sys.stderr, flush=True)
-    finally:
-        with signals_deferred():
-            shutil.rmtree(workdir, ignore_errors=True)
+    results, interrupted = measure_each(a.target_list, workdir, not a.keep_page_reporting,
+                                        lambda kind: measure(kind, a, workdir))
     print()
     for kind, r in results.items():
         print(f"{kind:<11} " + (f"FAILED: {r['error']}" if r["error"] else

@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from tools.benchlib import options
-from tools.benchlib.blockfs import KINDS, Ext4Target
-from tools.benchlib.hostmem import steady_memory
-from tools.benchlib.procs import BenchError, install_signal_handlers, signals_deferred
+from tools.benchlib.blockfs import KINDS, Ext4Target, measure_each
+from tools.benchlib.procs import BenchError, install_signal_handlers
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -116,21 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bench_stall: missing commands: {', '.join(missing)} (make setup)")
     install_signal_handlers()
     workdir = Path(tempfile.mkdtemp(prefix="vstor-stall-", dir=a.workdir))
-    results: dict[str, dict[str, Any]] = {}
-    interrupted = False
     print(f"$ {shlex.join(sys.orig_argv)}")
     print(f"ext4 on a loop device (direct I/O) of {a.size} per target, in {workdir}", flush=True)
-    try:
-        with steady_memory(not a.keep_page_reporting) as mem:
-            print(mem, flush=True)
-            for kind in a.target_list:
-                results[kind] = measure(kind, a, workdir)
-    except KeyboardInterrupt as exc:
-        interrupted = True
-        print(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): everything set up was undone", file=sys.stderr, flush=True)
-    finally:
-        with signals_deferred():
-            shutil.rmtree(workdir, ignore_errors=True)
+    results, interrupted = measure_each(a.target_list, workdir, not a.keep_page_reporting,
+                                        lambda kind: measure(kind, a, workdir))
     print()
     missed = False
     for kind, r in results.items():

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from .hostmem import steady_memory
 from .procs import BenchError, Staged, best_effort, run, signals_deferred, wait_until
 from .targets import Passthrough, Target, Vstor, make_sparse
 
@@ -77,3 +82,24 @@ class Ext4Target(Staged[Path]):
 
     def daemon_pid(self) -> int | None:
         return self.fuse.pid if self.fuse else None
+
+
+def measure_each(kinds: list[str], workdir: Path, hold_memory: bool,
+                 measure: Callable[[str], dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], bool]:
+    """``measure(kind)`` for each target kind in turn, under the hold on free page reporting
+    (hostmem.py) unless told not to; ``workdir`` is removed at the end, also after Ctrl-C.
+    Returns the results so far and whether the run was interrupted."""
+    results: dict[str, dict[str, Any]] = {}
+    interrupted = False
+    try:
+        with steady_memory(hold_memory) as mem:
+            print(mem, flush=True)
+            for kind in kinds:
+                results[kind] = measure(kind)
+    except KeyboardInterrupt as exc:
+        interrupted = True
+        print(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): everything set up was undone", file=sys.stderr, flush=True)
+    finally:
+        with signals_deferred():
+            shutil.rmtree(workdir, ignore_errors=True)
+    return results, interrupted
