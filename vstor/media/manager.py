@@ -50,18 +50,19 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
 
     # -- persistence -------------------------------------------------------------------------
     def _load(self, path: str) -> Library:
-        with open(path) as f:
-            doc = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
+        doc = json.loads(raw)
         csum = doc.pop("checksum", "")
-        if doc.get("format") != FORMAT or doc.get("version") != VERSION or \
-                xxhash.xxh3_64_hexdigest(json.dumps(doc, sort_keys=True).encode()) != csum:
-            raise FormatError(f"{path} is not a valid version {VERSION} library file (bad checksum or format)")
+        if doc.get("format") != FORMAT or doc.get("version") != VERSION or xxh3_hex(doc) != csum \
+                or _encode(doc) != raw:
+            raise FormatError(f"{path} is not a valid version {VERSION} library file (bad checksum or format, "
+                              "or not in the form vstor writes)")
         return Library.from_dict(doc["library"])
 
     def save(self, lib: Library) -> None:
-        doc = {"format": FORMAT, "version": VERSION, "library": lib.as_dict()}
-        doc["checksum"] = xxh3_hex(doc)
-        atomic_write(os.path.join(self.dir, f"{lib.name}.json"), (json.dumps(doc, indent=1) + "\n").encode())
+        atomic_write(os.path.join(self.dir, f"{lib.name}.json"),
+                     _encode({"format": FORMAT, "version": VERSION, "library": lib.as_dict()}))
 
     def lib(self, name: str) -> Library:
         try:
@@ -267,6 +268,11 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
 
 def xxh3_hex(doc: dict) -> str:
     return xxhash.xxh3_64_hexdigest(json.dumps(doc, sort_keys=True).encode())
+
+
+def _encode(doc: dict) -> bytes:
+    """A library file's bytes: ``doc`` with its checksum, in the one form the loader accepts."""
+    return (json.dumps({**doc, "checksum": xxh3_hex(doc)}, indent=1) + "\n").encode()
 
 
 def parse_range(text: str) -> list[str]:

@@ -55,8 +55,12 @@ def decode(raw: bytes, path: str) -> list[ExportSpec]:
             raise FormatError(f"{path} fails its checksum; remove it and export the volumes again")
         if data.get("version") != VERSION:
             raise FormatError(f"{path} has version {data.get('version')}; this vstor reads {VERSION}")
-        return [ExportSpec(e["name"], e["volume"], e.get("snapshot"), bool(e["read_only"]),
-                           tuple(e.get("allow") or ()), bool(e.get("shared"))) for e in data["exports"]]
+        specs = [ExportSpec(e["name"], e["volume"], e.get("snapshot"), bool(e["read_only"]),
+                            tuple(e.get("allow") or ()), bool(e.get("shared"))) for e in data["exports"]]
+        if encode(specs) != raw:  # written only by encode: any other byte is damage
+            raise FormatError(f"{path} is not in the form vstor writes (a damaged byte its checksum cannot see, "
+                              "like changed spacing); remove it and export the volumes again")
+        return specs
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise FormatError(f"{path} is unreadable: {e}; remove it and export the volumes again") from None
 

@@ -38,20 +38,20 @@ class Registry:
         return out
 
     def _load(self, path: str) -> Pair:
-        with open(path) as f:
-            doc = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
+        doc = json.loads(raw)
         csum = doc.pop("checksum", "")
         if doc.get("format") != FORMAT or doc.get("version") != VERSION:
             raise FormatError(f"{path} is not a version {VERSION} pair file")
-        if xxhash.xxh3_64_hexdigest(json.dumps(doc, sort_keys=True).encode()) != csum:
-            raise FormatError(f"{path} fails its checksum; the pair's state is unknown: delete the pair "
-                              "on both arrays and create it again")
+        if xxhash.xxh3_64_hexdigest(json.dumps(doc, sort_keys=True).encode()) != csum or _encode(doc) != raw:
+            raise FormatError(f"{path} fails its checksum or is not in the form vstor writes; the pair's state "
+                              "is unknown: delete the pair on both arrays and create it again")
         return Pair.from_dict(doc["pair"])
 
     def save(self, pair: Pair) -> None:
-        doc = {"format": FORMAT, "version": VERSION, "pair": pair.as_dict()}
-        doc["checksum"] = xxhash.xxh3_64_hexdigest(json.dumps(doc, sort_keys=True).encode())
-        atomic_write(self._path(pair.group, "json"), (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write(self._path(pair.group, "json"),
+                     _encode({"format": FORMAT, "version": VERSION, "pair": pair.as_dict()}))
 
     def remove(self, group: str) -> None:
         remove_durably(self._path(group, "bitmap"))
@@ -62,3 +62,9 @@ class Registry:
 
     def save_bitmap(self, group: str, maps: dict[int, bitmap.DirtyBitmap]) -> None:
         bitmap.save(self._path(group, "bitmap"), maps)
+
+
+def _encode(doc: dict) -> bytes:
+    """A pair file's bytes: ``doc`` with its checksum, in the one form the loader accepts."""
+    csum = xxhash.xxh3_64_hexdigest(json.dumps(doc, sort_keys=True).encode())
+    return (json.dumps({**doc, "checksum": csum}, indent=2, sort_keys=True) + "\n").encode()

@@ -70,7 +70,11 @@ def decode_positions(raw: bytes, path: str) -> dict[str, tuple[int, int]]:
             raise FormatError(f"{path} fails its checksum")
         if data["version"] != VERSION:
             raise FormatError(f"{path} has version {data['version']}; this vstor reads {VERSION}")
-        return {k: (int(v[0]), int(v[1])) for k, v in data["consumers"].items()}
+        pos = {k: (int(v[0]), int(v[1])) for k, v in data["consumers"].items()}
+        if encode_positions(pos) != raw:  # written only by encode_positions: any other byte is damage
+            raise FormatError(f"{path} is not in the form vstor writes (a damaged byte the checksum of its "
+                              "content cannot see, like changed spacing)")
+        return pos
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
         raise FormatError(f"{path} is unreadable: {e}") from None
 
