@@ -13,7 +13,8 @@ import os
 
 import pytest
 
-from vstor.errors import FormatError
+from vstor import checkedjson
+from vstor.errors import CorruptData, FormatError
 from vstor.media.manager import MediaManager
 from vstor.nbd import exportfile
 from vstor.nbd.exportfile import ExportSpec
@@ -67,3 +68,12 @@ def test_library_file(tmp_path):
     _respace(os.path.join(pool, "media", "lib.json"))
     with pytest.raises(FormatError, match="form vstor writes"):
         MediaManager(pool)
+
+
+def test_governance_state_file(tmp_path):
+    path = str(tmp_path / "admins.json")
+    checkedjson.save(path, {"admins": {"ann": {}}}, 1)
+    assert checkedjson.load(path, {}, 1, "x")["admins"] == {"ann": {}}
+    _respace(path)
+    with pytest.raises(CorruptData, match="form"):
+        checkedjson.load(path, {}, 1, "x")

@@ -2,7 +2,8 @@
 
 Guarantee: ``save`` replaces the file atomically and durably (``durable.atomic_write``, mode
 0600); ``load`` returns the document only if its ``version`` is the expected one and its
-``checksum`` (sha256 hex of the canonical JSON without ``checksum``) matches, else raises
+``checksum`` (sha256 hex of the canonical JSON without ``checksum``) matches and the file is
+byte for byte the form ``save`` writes, else raises
 CorruptData naming the file and what its damage means; a missing file gives ``empty``.
 """
 
@@ -31,17 +32,23 @@ def load(path: str, empty: dict, version: int, consequence: str, private: bool =
         with open(path, "rb") as f:
             if private and stat.S_IMODE(os.fstat(f.fileno()).st_mode) & 0o077:
                 os.fchmod(f.fileno(), 0o600)
-            doc = json.loads(f.read())
+            raw = f.read()
+        doc = json.loads(raw)
     except FileNotFoundError:
         return dict(empty, version=version)
     except ValueError:
         doc = None
-    if not isinstance(doc, dict) or doc.get("checksum") != checksum(doc) or doc.get("version") != version:
-        raise CorruptData(f"{path} is damaged (checksum or version): {consequence}")
+    if not isinstance(doc, dict) or doc.get("checksum") != checksum(doc) or doc.get("version") != version \
+            or _encode(doc) != raw:  # the form save writes, byte for byte: the checksum cannot see spacing
+        raise CorruptData(f"{path} is damaged (checksum, version or form): {consequence}")
     return doc
 
 
 def save(path: str, doc: dict, version: int) -> None:
     doc = dict(doc, version=version)
     doc["checksum"] = checksum(doc)
-    atomic_write(path, json.dumps(doc, sort_keys=True, indent=1).encode(), mode=0o600)
+    atomic_write(path, _encode(doc), mode=0o600)
+
+
+def _encode(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True, indent=1).encode()
