@@ -23,29 +23,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from itertools import islice
-from typing import Any
 
 from vstor.store.chunkmap import LEAF_SLOTS
 from vstor.store.format import MAX_RECORD, REC_TRIM
-from vstor.store.state import PoolState
+from vstor.store.storeparts import StoreParts
 from vstor.store.volumes import Volume
 
 Progress = Callable[[int, int], None] | None
 
 
-class AdminOpsMixin:
-    # Provided by Store.
-    _lock: Any
-    state: PoolState
-    faults: Any
-    stats: Any
-    sb: Any
-    event: Any
-    _log_event: Any
-    _append: Any
-    _volume: Any
-    _check_fence: Any
-
+class AdminOpsMixin(StoreParts):
     STEP_LEAVES = 256  # leaves a shrink or delete step drops (a few ms under the lock)
     STEP_PIECES = 128  # MAX_RECORD pieces a trim step examines (two 512 MiB leaves)
 

@@ -11,41 +11,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 from vstor.store.checkpoint import CheckpointData, write_checkpoint
 from vstor.store.chunkmap import VolumeMap
 from vstor.store.format import REC_RELOCATE, RECORD_HEADER_SIZE, frame_count
 from vstor.store.mapstore import dump_maps
 from vstor.store.state import PoolState
+from vstor.store.storeparts import StoreParts
 
 
-class MaintenanceMixin:
-    # Provided by Store.
-    _lock: Any
-    _remap_lock: Any
-    _ckpt_lock: Any
-    _reads_done: Any
-    _active_reads: int
-    _hcache: Any
-    state: PoolState
-    journal: Any
-    codec: Any
-    stats: Any
-    sb: Any
-    paths: dict
-    backend: Any
-    consumers: Any
-    ckpt_generation: int
-    ckpt_position: tuple[int, int]
-    ckpt_older: tuple[int, int]
-    ckpt_both: bool
-    ckpt_appended: int
-    _read_extent: Callable[..., bytes]
-    _header: Callable[..., Any]
-    _append: Callable[..., int]
-    done_reading: Callable[[], None]
-
+class MaintenanceMixin(StoreParts):
     @contextlib.contextmanager
     def frozen_maps(self, pick: Callable[[PoolState], list[list[VolumeMap]]]) -> Iterator[list[list[VolumeMap]]]:
         """Shares of the maps ``pick`` chooses, taken under the lock in O(leaves), for long

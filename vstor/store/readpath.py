@@ -29,6 +29,7 @@ from vstor.store.format import (
     loc_pos,
     loc_segno,
 )
+from vstor.store.storeparts import StoreParts
 
 log = logging.getLogger("vstor.store")
 
@@ -38,20 +39,9 @@ PREFETCH_MAX = 64 << 10  # pieces up to this size count as small records
 T = TypeVar("T")
 
 
-class ReadPathMixin:
+class ReadPathMixin(StoreParts):
     # Set by defrag.Defragmenter: told of host reads that found many pieces.
     defrag_hint: Callable[[int, int, int, int], None] | None = None
-    # Provided by Store.
-    _lock: Any
-    _reads_done: Any
-    _active_reads: int
-    state: Any
-    journal: Any
-    codec: Any
-    stats: Any
-    sb: Any
-    _header: Callable[..., Any]
-    _volume: Callable[..., Any]
 
     def read(self, vid: int, offset: int, size: int, sid: int = 0) -> bytes | memoryview:
         """Read ``size`` bytes (fewer at the end) of volume ``vid``, or of its image in snapshot
