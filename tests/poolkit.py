@@ -7,8 +7,8 @@ import struct
 from collections import defaultdict
 from collections.abc import Iterable
 
-from vstor.store.chunkmap import VolumeMap
-from vstor.store.format import segment_name
+from vstor.store.journal.format import segment_name
+from vstor.store.maps.chunkmap import VolumeMap
 from vstor.store.superblock import init_pool
 
 MiB = 1 << 20

@@ -14,8 +14,8 @@ import pytest
 from poolkit import MiB, Refs, leaf_refs, make_pool
 
 from vstor.errors import PoolFull
-from vstor.store.chunkmap import EMPTY, LEAF_SLOTS, VolumeMap
-from vstor.store.format import make_loc
+from vstor.store.journal.format import make_loc
+from vstor.store.maps.chunkmap import EMPTY, LEAF_SLOTS, VolumeMap
 from vstor.store.store import Store
 
 PiB = 1 << 50

@@ -18,7 +18,7 @@ from vstor.control.server import ControlServer
 from vstor.control.service import PoolService
 from vstor.errors import TimedOut
 from vstor.faults import Faults
-from vstor.store.chunkmap import LEAF_SLOTS
+from vstor.store.maps.chunkmap import LEAF_SLOTS
 from vstor.store.store import Store
 from vstor.store.superblock import layout
 

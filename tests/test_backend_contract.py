@@ -20,7 +20,7 @@ from vstor.faults import Faults
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.local import LocalBackend
 from vstor.store.backend.location import open_backend, parse_rados
-from vstor.store.format import SEGMENT_HEADER_SIZE
+from vstor.store.journal.format import SEGMENT_HEADER_SIZE
 
 BACKENDS = ["local", pytest.param("rados", marks=pytest.mark.rados)]
 MiB = 1 << 20

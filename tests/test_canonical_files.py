@@ -20,7 +20,7 @@ from vstor.nbd import exportfile
 from vstor.nbd.exportfile import ExportSpec
 from vstor.replication.pairstate import Pair
 from vstor.replication.registry import Registry
-from vstor.store.consumers import COPY, Consumers, consumer_problems
+from vstor.store.journal.consumers import COPY, Consumers, consumer_problems
 
 
 def _respace(path: str) -> None:

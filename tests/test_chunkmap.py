@@ -1,4 +1,4 @@
-"""VolumeMap (vstor.store.chunkmap) against a byte-per-byte reference model."""
+"""VolumeMap (vstor.store.maps.chunkmap) against a byte-per-byte reference model."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from poolkit import Refs, per_segment
 
 from vstor.errors import FormatError
-from vstor.store.chunkmap import EMPTY, FRAGMENTED, LEAF_SLOTS, VolumeMap
-from vstor.store.format import make_loc
-from vstor.store.mapstore import dump_maps, load_maps
+from vstor.store.journal.format import make_loc
+from vstor.store.maps.chunkmap import EMPTY, FRAGMENTED, LEAF_SLOTS, VolumeMap
+from vstor.store.maps.mapstore import dump_maps, load_maps
 
 CS = 1024
 NCHUNKS = 5

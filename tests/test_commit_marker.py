@@ -9,8 +9,8 @@ import pytest
 from poolkit import MiB, flip_byte, make_pool, seg_path
 
 from vstor.errors import CorruptData
-from vstor.store.format import REC_COMMIT, loc_pos, loc_segno
-from vstor.store.reclaim import Reclaimer
+from vstor.store.journal.format import REC_COMMIT, loc_pos, loc_segno
+from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.store import Store
 
 
@@ -38,7 +38,7 @@ def test_damage_before_a_commit_marker_is_corruption_not_a_torn_tail(tmp_path):
 def test_an_idle_journal_marks_its_newest_durable_records(tmp_path, marked):
     """The last synced write has no later write to carry a marker for it: the maintenance
     tick writes one, and damage to that write is then corruption, not a torn tail."""
-    from vstor.store.reclaim import Reclaimer
+    from vstor.store.maintenance.reclaim import Reclaimer
 
     pool = make_pool(tmp_path)
     st = Store.open(pool)
@@ -89,7 +89,7 @@ def test_markers_are_written_once_per_durable_advance(tmp_path):
     for i in range(10):
         st.write(v.id, (20 + i) * MiB, os.urandom(4096))
     st.journal.close()
-    from vstor.store.segread import ScanEnd
+    from vstor.store.journal.segread import ScanEnd
 
     seg = st.journal.current_segno
     raw = open(seg_path(pool, seg), "rb").read()

@@ -27,11 +27,12 @@ import pytest
 from poolkit import MiB
 
 from vstor.errors import CorruptData, VstorError
-from vstor.store import snapshots, superblock
+from vstor.store import superblock
+from vstor.store.catalog import snapshots
 from vstor.store.check import check_pool
-from vstor.store.format import REC_COMMIT, SEGMENT_HEADER_SIZE
-from vstor.store.reclaim import Reclaimer
-from vstor.store.segread import ScanEnd
+from vstor.store.journal.format import REC_COMMIT, SEGMENT_HEADER_SIZE
+from vstor.store.journal.segread import ScanEnd
+from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.store import Store
 from vstor.store.superblock import init_pool, load_superblock
 

@@ -12,8 +12,8 @@ import textwrap
 
 from poolkit import MiB, make_pool
 
-from vstor.store import snapshots
-from vstor.store.defrag import WINDOW, Defragmenter
+from vstor.store.catalog import snapshots
+from vstor.store.maintenance.defrag import WINDOW, Defragmenter
 from vstor.store.store import Store
 
 SIZE = 8 * MiB
@@ -138,7 +138,7 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_defrag import SIZE, _age
     from vstor.faults import Faults
-    from vstor.store.defrag import Defragmenter
+    from vstor.store.maintenance.defrag import Defragmenter
     from vstor.store.store import Store
     pool, spec = sys.argv[1], sys.argv[2]
     faults = Faults()

@@ -1,4 +1,4 @@
-"""Record/segment formats (vstor.store.format) and the frame codec (vstor.store.codec)."""
+"""Record/segment formats (vstor.store.journal.format) and the frame codec (vstor.store.codec)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import xxhash
 
 from vstor.errors import CorruptData
 from vstor.store.codec import FrameCodec
-from vstor.store.format import (
+from vstor.store.journal.format import (
     FF_AES,
     FF_LZ4,
     FF_ZERO,

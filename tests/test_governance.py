@@ -22,8 +22,8 @@ from vstor.clock import ManualClock
 from vstor.control.service import PoolService
 from vstor.errors import CorruptData, NotFound, Refused, UsageError
 from vstor.media.manager import MediaManager
-from vstor.store import compliance, snapshots
-from vstor.store.catalog import Policy
+from vstor.store.catalog import compliance, snapshots
+from vstor.store.catalog.groups import Policy
 from vstor.store.store import Store
 
 DAY = 86400.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from array import array
 
-from vstor.store.format import (
+from vstor.store.journal.format import (
     FF_LZ4,
     FRAME_ENTRY,
     FRAME_SIZE,
@@ -12,7 +12,7 @@ from vstor.store.format import (
     RecordHeader,
     make_loc,
 )
-from vstor.store.hcache import ENTRY_OVERHEAD, CachedRecord, HeaderCache
+from vstor.store.journal.hcache import ENTRY_OVERHEAD, CachedRecord, HeaderCache
 
 
 def _record(lengths: list[int], flags: int = 0, logical: int | None = None) -> tuple[RecordHeader, bytes]:

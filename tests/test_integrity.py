@@ -12,9 +12,9 @@ import pytest
 from poolkit import MiB, flip_byte, make_pool, seg_path
 
 from vstor.errors import CorruptData
-from vstor.store import snapshots
-from vstor.store.checkpoint import COPIES
-from vstor.store.reclaim import Reclaimer
+from vstor.store.catalog import snapshots
+from vstor.store.maintenance.checkpoint import COPIES
+from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.store import Store
 
 

@@ -17,7 +17,7 @@ from poolkit import SEG, MiB, flip_byte, make_pool, seg_path
 
 from vstor.errors import AlreadyExists, CorruptData, KeyError_, NotFound, PoolFull, UsageError, VstorError
 from vstor.faults import Faults
-from vstor.store.format import (
+from vstor.store.journal.format import (
     FRAME_ENTRY_SIZE,
     FRAME_SIZE,
     MAX_RECORD,
@@ -28,7 +28,7 @@ from vstor.store.format import (
     loc_segno,
     make_loc,
 )
-from vstor.store.segread import ScanEnd
+from vstor.store.journal.segread import ScanEnd
 from vstor.store.store import Store
 
 

@@ -1,4 +1,4 @@
-"""Leaf lineage (vstor/store/lineage.py): what a copy records about the leaf it came from, and
+"""Leaf lineage (vstor/store/maps/lineage.py): what a copy records about the leaf it came from, and
 space accounting that relies on it, checked against byte-per-byte models while the family
 of maps is written, snapshotted, cloned, pruned, moved by GC and reloaded from a checkpoint.
 The family helpers and the models are those of test_snapshot_logic."""
@@ -27,11 +27,11 @@ from test_snapshot_logic import (
 )
 
 from vstor.errors import FormatError
-from vstor.store.accounting import account, segment_live
-from vstor.store.chunkmap import LEAF_SLOTS, Leaf, VolumeMap
-from vstor.store.format import loc_segno, make_loc
-from vstor.store.lineage import Lineage, link
-from vstor.store.mapstore import dump_maps, load_maps
+from vstor.store.journal.format import loc_segno, make_loc
+from vstor.store.maps.accounting import account, segment_live
+from vstor.store.maps.chunkmap import LEAF_SLOTS, Leaf, VolumeMap
+from vstor.store.maps.lineage import Lineage, link
+from vstor.store.maps.mapstore import dump_maps, load_maps
 
 
 def _expected(fam: Family) -> tuple[list[tuple[int, int]], list[set]]:

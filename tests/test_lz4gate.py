@@ -9,7 +9,7 @@ import lz4.block
 
 from vstor.lz4gate import MISSES, SKIP, Lz4Gate
 from vstor.store.codec import FrameCodec
-from vstor.store.format import FF_LZ4, FRAME_SIZE
+from vstor.store.journal.format import FF_LZ4, FRAME_SIZE
 
 BLOCK = 4096
 

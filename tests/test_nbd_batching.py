@@ -14,7 +14,7 @@ from poolkit import flip_byte, seg_path
 
 from vstor.nbd import proto as P
 from vstor.nbd.replies import ReplyBatch
-from vstor.store.format import FRAME_ENTRY_SIZE, FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.journal.format import FRAME_ENTRY_SIZE, FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
 
 
 def test_reply_batch_sends_in_order_once_per_flush_and_at_its_limit() -> None:

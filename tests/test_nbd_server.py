@@ -18,8 +18,8 @@ from nbdkit import MiB, Raw, handle, nbd, served
 from vstor.clock import ManualClock
 from vstor.faults import Faults
 from vstor.nbd import proto as P
-from vstor.store import snapshots
 from vstor.store.allocation import mapped_ranges
+from vstor.store.catalog import snapshots
 from vstor.store.store import Store
 
 pytestmark = pytest.mark.skipif(nbd is None, reason="needs python3-libnbd (make setup)")

@@ -11,7 +11,7 @@ import pytest
 from poolkit import MiB, flip_byte, make_pool, seg_path
 
 from vstor.errors import CorruptData
-from vstor.store.format import FRAME_ENTRY_SIZE, FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.journal.format import FRAME_ENTRY_SIZE, FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
 from vstor.store.store import Store
 
 

@@ -15,12 +15,13 @@ from poolkit import SEG, MiB, make_pool, seg_path
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, NotFound
 from vstor.faults import Faults
-from vstor.store import fragments, snapshots
-from vstor.store.chunkmap import FRAGMENTED
-from vstor.store.consumers import read_records
-from vstor.store.format import MAX_RECORD, SEGMENT_HEADER_SIZE
-from vstor.store.reclaim import MAX_FRAGMENTS, Reclaimer
-from vstor.store.steps import StepsFailed
+from vstor.store.catalog import snapshots
+from vstor.store.journal.consumers import read_records
+from vstor.store.journal.format import MAX_RECORD, SEGMENT_HEADER_SIZE
+from vstor.store.maintenance.reclaim import MAX_FRAGMENTS, Reclaimer
+from vstor.store.maintenance.steps import StepsFailed
+from vstor.store.maps import fragments
+from vstor.store.maps.chunkmap import FRAGMENTED
 from vstor.store.store import Store
 
 

@@ -18,7 +18,7 @@ from replmem import MiB, Pairing, make_pairing, wait_until  # noqa: E402
 from vstor.errors import AlreadyExists, Busy, NotFound, ReadOnly, UsageError, VstorError  # noqa: E402
 from vstor.faults import Faults  # noqa: E402
 from vstor.replication.handshake import PeerRefused  # noqa: E402
-from vstor.store import snapshots  # noqa: E402
+from vstor.store.catalog import snapshots  # noqa: E402
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from poolkit import MiB, make_pool
 from vstor.clock import ManualClock
 from vstor.faults import Faults
 from vstor.hooks import Hooks, ShellRunner, around
-from vstor.store import snapshots
-from vstor.store.reclaim import Reclaimer
+from vstor.store.catalog import snapshots
+from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.store import Store
 
 # Each phase appends one line: the phase and the variables the commands get.

@@ -14,14 +14,14 @@ import pytest
 from poolkit import Refs, origins_offset, per_segment
 
 from vstor.errors import AlreadyExists, Busy, FormatError, NotFound, UsageError
-from vstor.store.accounting import account, changed_ranges, segment_live
-from vstor.store.catalog import Catalog, Policy, Snapshot
-from vstor.store.chunkmap import EMPTY, LEAF_BITS, LEAF_SLOTS, Leaf, VolumeMap, remap_versions
-from vstor.store.format import loc_segno, make_loc
-from vstor.store.mapstore import dump_maps, load_maps
-from vstor.store.policy import due, to_prune
+from vstor.store.catalog.groups import Catalog, Policy, Snapshot
+from vstor.store.catalog.policy import due, to_prune
+from vstor.store.catalog.volumes import DEFAULT_GROUP
+from vstor.store.journal.format import loc_segno, make_loc
+from vstor.store.maps.accounting import account, changed_ranges, segment_live
+from vstor.store.maps.chunkmap import EMPTY, LEAF_BITS, LEAF_SLOTS, Leaf, VolumeMap, remap_versions
+from vstor.store.maps.mapstore import dump_maps, load_maps
 from vstor.store.state import PoolState
-from vstor.store.volumes import DEFAULT_GROUP
 
 CS = 1024
 NCHUNKS = 5

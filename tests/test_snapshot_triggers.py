@@ -11,10 +11,10 @@ from poolkit import MiB, make_pool
 
 from vstor.clock import ManualClock
 from vstor.errors import UsageError
-from vstor.store import snapshots
-from vstor.store.catalog import Catalog, Policy
-from vstor.store.policy import written_since
-from vstor.store.reclaim import Reclaimer
+from vstor.store.catalog import snapshots
+from vstor.store.catalog.groups import Catalog, Policy
+from vstor.store.catalog.policy import written_since
+from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.state import PoolState
 from vstor.store.store import Store
 

@@ -14,12 +14,12 @@ from poolkit import SEG, MiB, flip_byte, leaf_refs, make_pool, seg_path
 
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, CorruptData, NotFound
-from vstor.store import snapshots
 from vstor.store.backend.local import LocalBackend
+from vstor.store.catalog import snapshots
 from vstor.store.check import check_pool
-from vstor.store.consumers import read_records
-from vstor.store.format import FRAME_ENTRY_SIZE, MAX_RECORD, RECORD_HEADER_SIZE, loc_pos, loc_segno
-from vstor.store.reclaim import Reclaimer
+from vstor.store.journal.consumers import read_records
+from vstor.store.journal.format import FRAME_ENTRY_SIZE, MAX_RECORD, RECORD_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.state import PoolState
 from vstor.store.store import Store
 from vstor.store.superblock import load_superblock
@@ -1016,7 +1016,7 @@ def test_a_version_3_checkpoint_opens_and_gives_the_same_sizes(tmp_path, monkeyp
     checkpoint is version 3 opens, accounts its snapshots the same, and is rewritten as 4."""
     from poolkit import origins_offset
 
-    from vstor.store import checkpoint
+    from vstor.store.maintenance import checkpoint
 
     pool = make_pool(tmp_path)
     store = Store.open(pool)

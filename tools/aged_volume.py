@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from vstor.store import snapshots
+from vstor.store.catalog import snapshots
 from vstor.store.store import Store
 from vstor.store.superblock import init_pool
 

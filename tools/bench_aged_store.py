@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 
-from vstor.store.defrag import Defragmenter
+from vstor.store.maintenance.defrag import Defragmenter
 from vstor.store.store import Store
 from vstor.store.superblock import init_pool
 

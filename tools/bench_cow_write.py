@@ -15,7 +15,7 @@ import sys
 import time
 
 from tools.aged_volume import aged_volume
-from vstor.store import snapshots
+from vstor.store.catalog import snapshots
 
 
 def main() -> int:

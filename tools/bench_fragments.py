@@ -25,8 +25,8 @@ import tempfile
 import time
 
 from vstor.clock import ManualClock
-from vstor.store import fragments
-from vstor.store.reclaim import Reclaimer
+from vstor.store.maintenance.reclaim import Reclaimer
+from vstor.store.maps import fragments
 from vstor.store.store import Store
 from vstor.store.superblock import init_pool
 

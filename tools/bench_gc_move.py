@@ -18,7 +18,7 @@ import argparse
 import time
 
 from tools.aged_volume import aged_volume, snapshot_up_to
-from vstor.store.reclaim import Reclaimer
+from vstor.store.maintenance.reclaim import Reclaimer
 
 
 def main() -> int:

@@ -21,8 +21,8 @@ import sys
 import tempfile
 import tracemalloc
 
-from vstor.store.chunkmap import VolumeMap
-from vstor.store.format import make_loc
+from vstor.store.journal.format import make_loc
+from vstor.store.maps.chunkmap import VolumeMap
 from vstor.units import parse_size
 
 VSTOR = os.path.join(os.path.dirname(sys.executable), "vstor")

@@ -46,7 +46,7 @@ from tools.benchlib.procs import install_signal_handlers, run, signals_deferred,
 from tools.benchlib.report import table
 from vstor.clock import ManualClock
 from vstor.errors import UsageError
-from vstor.store.reclaim import Reclaimer
+from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.store import Store
 from vstor.store.superblock import init_pool
 from vstor.units import format_size, parse_size

@@ -12,7 +12,7 @@ so that runs of two versions of the code can be checked to agree.
 
 After the last count the pool is closed with a checkpoint and opened again, as a daemon
 restart does, and the first listings after the restart are timed the same way: they rely on
-the leaf origins (vstor/store/lineage.py) that the checkpoint carries since version 4.
+the leaf origins (vstor/store/maps/lineage.py) that the checkpoint carries since version 4.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 
 from tools.aged_volume import aged_volume, snapshot_up_to
 from tools.benchlib.timing import Timer
-from vstor.store import snapshots
+from vstor.store.catalog import snapshots
 from vstor.store.store import Store
 
 

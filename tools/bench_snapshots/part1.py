@@ -13,7 +13,7 @@ from tools.benchlib.report import table
 from tools.benchlib.timing import Timer
 from vstor.control.lock import PoolLock
 from vstor.control.service import PoolService
-from vstor.store import snapshots
+from vstor.store.catalog import snapshots
 from vstor.store.store import Store
 from vstor.store.superblock import init_pool
 from vstor.units import format_size

@@ -17,7 +17,7 @@ Layers, pure first:
   ``drillreport`` (the report section and the restore-time forecast);
 * governance: ``governance`` (the table of guarded control ops and the guard's decision),
   ``admins`` (enrolled admins, TOTP, lockout) and ``approvals`` (requests for a second admin);
-  compliance locks are in ``vstor.store.compliance``;
+  compliance locks are in ``vstor.store.catalog.compliance``;
 * ``rebuild``: the catalog again from the cartridges' job headers (like Bareos' bscan);
 * ``client``: backup clients, hosts that send their files over mutual TLS (its own package).
 """

@@ -38,7 +38,7 @@ from vstor.errors import Busy, UsageError, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.hooks import HookRunner, ShellRunner
 from vstor.media.manager import MediaManager
-from vstor.store import compliance
+from vstor.store.catalog import compliance
 from vstor.store.store import Store
 
 log = logging.getLogger("vstor.backup")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from vstor.backup.admins import AdminStore
 from vstor.backup.retention import parse_duration
 from vstor.errors import Refused, UsageError
-from vstor.store import compliance
+from vstor.store.catalog import compliance
 
 __all__ = ["GUARDED", "Decision", "Rule", "decide", "job_locks", "parse_until", "rule_for"]
 

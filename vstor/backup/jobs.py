@@ -31,8 +31,8 @@ from vstor.control.freeze import frozen
 from vstor.errors import NotFound, Refused, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.hooks import HookRunner, ShellRunner, around
-from vstor.store import snapshots
 from vstor.store.adminops import Progress
+from vstor.store.catalog import snapshots
 from vstor.store.store import Store
 
 log = logging.getLogger("vstor.backup")

@@ -92,7 +92,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from vstor.control.status_ops import record_check
     from vstor.store.backend.stub import resolve
     from vstor.store.check import check_pool  # imported here: every other command starts faster
-    from vstor.store.consumers import consumer_problems
+    from vstor.store.journal.consumers import consumer_problems
     from vstor.store.store import Store
     from vstor.store.superblock import repair_superblock
     args.path = resolve(args.path)  # a rados:// pool: its state directory on this host

@@ -18,8 +18,8 @@ from vstor.backup.report import build_report
 from vstor.backup.retention import apply_expiry, plan_expiry
 from vstor.errors import UsageError
 from vstor.media.manager import MediaManager, parse_range
-from vstor.store import compliance
 from vstor.store.adminops import Progress
+from vstor.store.catalog import compliance
 from vstor.store.store import Store
 from vstor.units import parse_duration
 

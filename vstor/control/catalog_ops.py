@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from vstor.errors import Busy, NotFound
-from vstor.store import snapshots
-from vstor.store.catalog import Group
+from vstor.store.catalog import snapshots
+from vstor.store.catalog.groups import Group
 from vstor.store.store import Store
 
 

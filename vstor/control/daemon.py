@@ -43,7 +43,7 @@ from vstor.fuse.handles import HandleTable
 from vstor.fuse.options import after_init, mount_options, set_io_flusher
 from vstor.media.manager import MediaManager
 from vstor.replication.manager import Replication
-from vstor.store.reclaim import Reclaimer
+from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.store import Store
 from vstor.store.superblock import layout
 

@@ -20,7 +20,7 @@ from vstor.backup.approvals import APPROVALS_FILE, Approvals
 from vstor.backup.audit import AUTHORITY, AuditLog, current_actor
 from vstor.backup.governance import decide, parse_until, rule_for
 from vstor.errors import Refused, UsageError
-from vstor.store import compliance, snapshots
+from vstor.store.catalog import compliance, snapshots
 from vstor.store.store import Store
 
 __all__ = ["GovernanceOps"]

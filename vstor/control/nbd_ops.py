@@ -12,8 +12,8 @@ from typing import Any
 from vstor.errors import AlreadyExists, Busy, UsageError
 from vstor.nbd.catalog import ExportCatalog
 from vstor.nbd.exportfile import ExportSpec, check_name
+from vstor.store.catalog.volumes import NAME_RE
 from vstor.store.store import Store
-from vstor.store.volumes import NAME_RE
 
 
 class NbdOps:

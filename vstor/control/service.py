@@ -25,8 +25,8 @@ from vstor.control.pair_ops import PairOps
 from vstor.control.status_ops import StatusOps
 from vstor.errors import Busy, UsageError, VstorError
 from vstor.store.adminops import Progress
+from vstor.store.catalog.volumes import Volume
 from vstor.store.store import Store
-from vstor.store.volumes import Volume
 
 # Configuration changes the audit log records here (the backup engine records its own: policies,
 # keys, expiry). Data-path and read-only operations are not audited.

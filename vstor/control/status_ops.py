@@ -21,8 +21,8 @@ import time
 from typing import Any
 
 from vstor.durable import atomic_write
-from vstor.store.catalog import Catalog
-from vstor.store.volumes import VolumeTable
+from vstor.store.catalog.groups import Catalog
+from vstor.store.catalog.volumes import VolumeTable
 
 NEARLY_FULL = 0.90  # warn when this share of the pool's filesystem is used
 LAST_CHECK = "last_check.json"
@@ -187,7 +187,7 @@ def _stamp(parts: list[str]) -> str:
 def offline_overview(pool: str) -> dict:
     """What a stopped pool's files say, read without the pool lock (see the module docstring)."""
     from vstor.store.backend.stub import backend_for
-    from vstor.store.checkpoint import read_checkpoints
+    from vstor.store.maintenance.checkpoint import read_checkpoints
     from vstor.store.superblock import load_superblock
 
     sb = load_superblock(pool)

@@ -35,7 +35,7 @@ from vstor.fuse.handles import (  # noqa: E402
     StatsHandle,
     VolumeHandle,
 )
-from vstor.store import snapshots  # noqa: E402
+from vstor.store.catalog import snapshots  # noqa: E402
 from vstor.store.stats import VolumeIO, size_bucket  # noqa: E402
 from vstor.store.store import Store  # noqa: E402
 

@@ -24,7 +24,7 @@ from vstor.nbd import exportfile
 from vstor.nbd import proto as P
 from vstor.nbd.exportfile import ExportSpec
 from vstor.nbd.negotiate import ExportInfo, Refused
-from vstor.store import snapshots
+from vstor.store.catalog import snapshots
 
 
 @dataclass(frozen=True)

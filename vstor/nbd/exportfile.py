@@ -17,7 +17,7 @@ import xxhash
 
 from vstor.durable import atomic_write
 from vstor.errors import FormatError, UsageError
-from vstor.store.volumes import NAME_RE
+from vstor.store.catalog.volumes import NAME_RE
 
 FILE = "nbd_exports.json"
 VERSION = 1

@@ -17,7 +17,7 @@ from vstor.replication.bitmap import DirtyBitmap
 from vstor.replication.folding import consumer_name
 from vstor.replication.pairstate import Pair
 from vstor.replication.shipperparts import ShipperParts
-from vstor.store.consumers import read_group
+from vstor.store.journal.consumers import read_group
 
 log = logging.getLogger("vstor.replication")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from vstor.replication.bitmap import DirtyBitmap
 from vstor.replication.pairstate import Pair
-from vstor.store.consumers import read_group
+from vstor.store.journal.consumers import read_group
 
 
 def consumer_name(group: str) -> str:

@@ -36,8 +36,8 @@ from vstor.replication.pairstate import (
     require_role,
 )
 from vstor.replication.registry import Registry
+from vstor.store.catalog.volumes import DEFAULT_GROUP
 from vstor.store.store import Store
-from vstor.store.volumes import DEFAULT_GROUP
 
 log = logging.getLogger("vstor.replication")
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from vstor.durable import atomic_write
 from vstor.errors import AlreadyExists, NotFound, UsageError
-from vstor.store.volumes import NAME_RE
+from vstor.store.catalog.volumes import NAME_RE
 
 if TYPE_CHECKING:
     from cryptography import x509

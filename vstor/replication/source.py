@@ -29,7 +29,7 @@ from vstor.replication.folding import consumer_name, fold
 from vstor.replication.handover import HandoverMixin, Stopped
 from vstor.replication.handshake import PeerRefused, hello, open_conn
 from vstor.replication.pairstate import COPY, PAIR, PFUL, PRIMARY, RESYNC, SHIPPING, Pair
-from vstor.store.consumers import read_group
+from vstor.store.journal.consumers import read_group
 
 log = logging.getLogger("vstor.replication")
 

@@ -30,7 +30,7 @@ from vstor.replication import transport, wire
 from vstor.replication.folding import fold
 from vstor.replication.handshake import check_hello
 from vstor.replication.pairstate import COPY, PAIR, PRIMARY, RESYNC, SIMPLEX, Pair, judge
-from vstor.store import snapshots
+from vstor.store.catalog import snapshots
 from vstor.units import format_size
 
 log = logging.getLogger("vstor.replication")

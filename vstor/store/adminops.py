@@ -24,10 +24,10 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from itertools import islice
 
-from vstor.store.chunkmap import LEAF_SLOTS
-from vstor.store.format import MAX_RECORD, REC_TRIM
+from vstor.store.catalog.volumes import Volume
+from vstor.store.journal.format import MAX_RECORD, REC_TRIM
+from vstor.store.maps.chunkmap import LEAF_SLOTS
 from vstor.store.storeparts import StoreParts
-from vstor.store.volumes import Volume
 
 Progress = Callable[[int, int], None] | None
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vstor.errors import CorruptData, FormatError, VstorError
-from vstor.store.checkpoint import read_checkpoints
-from vstor.store.consumers import consumer_problems
-from vstor.store.format import SEGMENT_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.journal.consumers import consumer_problems
+from vstor.store.journal.format import SEGMENT_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.journal.segread import ScanEnd
+from vstor.store.maintenance.checkpoint import read_checkpoints
 from vstor.store.recovery import load_state, replay
-from vstor.store.segread import ScanEnd
 from vstor.store.superblock import superblock_problems
 
 # Advice to run pool check, which error messages carry for other commands: cut in its output.

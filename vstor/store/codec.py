@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from vstor.errors import CorruptData
 from vstor.lz4gate import Lz4Gate
-from vstor.store.format import FF_AES, FF_LZ4, FF_ZERO, FRAME_SIZE, FrameEntry
+from vstor.store.journal.format import FF_AES, FF_LZ4, FF_ZERO, FRAME_SIZE, FrameEntry
 
 ZERO_FRAME = bytes(FRAME_SIZE)
 ZERO_VIEW = memoryview(ZERO_FRAME)  # slices of it are compared without copying

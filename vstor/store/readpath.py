@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from vstor.errors import CorruptData, NotFound
 from vstor.store.codec import first_bad_stored_frame
-from vstor.store.format import (
+from vstor.store.journal.format import (
     FRAME_ENTRY_SIZE,
     FRAME_SIZE,
     REC_RELOCATE,

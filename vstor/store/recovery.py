@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vstor.errors import CorruptData
-from vstor.store.checkpoint import CheckpointData, read_checkpoints
-from vstor.store.format import REC_VOLUME, SEGMENT_HEADER_SIZE
-from vstor.store.segread import ScanEnd
+from vstor.store.journal.format import REC_VOLUME, SEGMENT_HEADER_SIZE
+from vstor.store.journal.segread import ScanEnd
+from vstor.store.maintenance.checkpoint import CheckpointData, read_checkpoints
 from vstor.store.state import PoolState
 
 if TYPE_CHECKING:
     from vstor.store.backend.base import PoolBackend
-    from vstor.store.journal import Journal
+    from vstor.store.journal.writer import Journal
     from vstor.store.superblock import Superblock
 
 log = logging.getLogger("vstor.recovery")

@@ -15,12 +15,12 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from vstor.errors import AlreadyExists, Busy
-from vstor.store.catalog import Catalog
-from vstor.store.chunkmap import VolumeMap
-from vstor.store.format import LOC_SHIFT, REC_RELOCATE, REC_TRIM, REC_VOLUME, REC_WRITE, RecordHeader, loc_segno
-from vstor.store.leaf import FRAGMENTED, LEAF_BITS, LEAF_SLOTS, Leaf, remap_versions
-from vstor.store.mapstore import dump_maps, load_maps
-from vstor.store.volumes import DEFAULT_GROUP, Volume, VolumeTable
+from vstor.store.catalog.groups import Catalog
+from vstor.store.catalog.volumes import DEFAULT_GROUP, Volume, VolumeTable
+from vstor.store.journal.format import LOC_SHIFT, REC_RELOCATE, REC_TRIM, REC_VOLUME, REC_WRITE, RecordHeader, loc_segno
+from vstor.store.maps.chunkmap import VolumeMap
+from vstor.store.maps.leaf import FRAGMENTED, LEAF_BITS, LEAF_SLOTS, Leaf, remap_versions
+from vstor.store.maps.mapstore import dump_maps, load_maps
 
 VOLUME_OPS = {"create", "delete", "resize", "set_group"}
 

@@ -21,9 +21,10 @@ from vstor.faults import NO_FAULTS, Faults
 from vstor.store.adminops import AdminOpsMixin
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.stub import backend_for
+from vstor.store.catalog.volumes import Volume
 from vstor.store.codec import FrameCodec, derive_key, pair_key_check
-from vstor.store.consumers import Consumers
-from vstor.store.format import (
+from vstor.store.journal.consumers import Consumers
+from vstor.store.journal.format import (
     FRAME_ENTRY_SIZE,
     FRAME_SIZE,
     MAX_RECORD,
@@ -40,13 +41,13 @@ from vstor.store.format import (
     pack_frame_table,
     pack_record_header,
 )
-from vstor.store.hcache import CachedRecord, HeaderCache
-from vstor.store.journal import Journal
-from vstor.store.maintenance import MaintenanceMixin
+from vstor.store.journal.hcache import CachedRecord, HeaderCache
+from vstor.store.journal.segread import ScannedRecord
+from vstor.store.journal.writer import Journal
+from vstor.store.maintenance.moves import MaintenanceMixin
+from vstor.store.maintenance.space import SpaceGuard
 from vstor.store.readpath import ReadPathMixin
 from vstor.store.recovery import Recovered, recover
-from vstor.store.segread import ScannedRecord
-from vstor.store.space import SpaceGuard
 from vstor.store.state import PoolState
 from vstor.store.stats import Counters
 from vstor.store.superblock import (
@@ -56,7 +57,6 @@ from vstor.store.superblock import (
     load_key,
     load_superblock_from,
 )
-from vstor.store.volumes import Volume
 from vstor.units import format_size
 
 log = logging.getLogger("vstor.store")

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from vstor.faults import Faults
     from vstor.store.backend.base import PoolBackend
+    from vstor.store.catalog.volumes import Volume
     from vstor.store.codec import FrameCodec
-    from vstor.store.consumers import Consumers
-    from vstor.store.format import FrameEntry
-    from vstor.store.hcache import CachedRecord, HeaderCache
-    from vstor.store.journal import Journal
+    from vstor.store.journal.consumers import Consumers
+    from vstor.store.journal.format import FrameEntry
+    from vstor.store.journal.hcache import CachedRecord, HeaderCache
+    from vstor.store.journal.writer import Journal
     from vstor.store.state import PoolState
     from vstor.store.stats import Counters
     from vstor.store.superblock import Superblock
-    from vstor.store.volumes import Volume
 
 __all__ = ["StoreParts"]
 

@@ -23,7 +23,7 @@ import xxhash
 from vstor.errors import AlreadyExists, FormatError, KeyError_, NotFound, UsageError
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.local import LocalBackend
-from vstor.store.format import FRAME_SIZE, SEGMENT_HEADER_SIZE
+from vstor.store.journal.format import FRAME_SIZE, SEGMENT_HEADER_SIZE
 
 # checkpoint, codec (cryptography) and state are imported where used: every CLI command
 # reads the superblock, and most of them only to find the daemon's socket.
@@ -199,7 +199,7 @@ def format_backend(backend: PoolBackend, sb: Superblock) -> None:
 
 def write_initial_checkpoint(backend: PoolBackend, sb: Superblock) -> None:
     """Both checkpoint copies of an empty pool, so that a pool without one is always damaged."""
-    from vstor.store.checkpoint import CheckpointData, write_checkpoint
+    from vstor.store.maintenance.checkpoint import CheckpointData, write_checkpoint
     from vstor.store.state import PoolState
     empty = PoolState(sb.chunk_size)
     write_checkpoint(backend, sb.uuid_bytes, CheckpointData(1, 1, SEGMENT_HEADER_SIZE, 1, empty.meta_json(),

@@ -59,7 +59,7 @@ class ClientService:
     # -- the registry -------------------------------------------------------------------------
     def register(self, name: str, paths: list[str] | None = None, quota: int | None = None,
                  key: bytes | None = None) -> dict:
-        from vstor.store.volumes import NAME_RE
+        from vstor.store.catalog.volumes import NAME_RE
 
         if not NAME_RE.match(name or ""):
             raise UsageError(f"invalid client name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")

@@ -18,7 +18,7 @@ import threading
 from vstor.durable import atomic_write, remove_durably, sync_dir
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
-from vstor.store.format import segment_name
+from vstor.store.journal.format import segment_name
 
 __all__ = ["LocalBackend"]
 

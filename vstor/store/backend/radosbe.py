@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
-from vstor.store.format import segment_name
+from vstor.store.journal.format import segment_name
 
 __all__ = ["STRIPE_BYTES", "MAX_IN_FLIGHT", "RadosBackend", "connect_cluster"]
 

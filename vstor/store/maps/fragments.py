@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from vstor.store.chunkmap import VolumeMap
+from vstor.store.maps.chunkmap import VolumeMap
 
 # Memory per extent: a (start, end, loc) tuple of three large ints, and its list slot
 # (tracemalloc of 100,000 extents like the maps', 2026-12-02: 169.6 bytes).

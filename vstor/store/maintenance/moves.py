@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
-from vstor.store.checkpoint import CheckpointData, write_checkpoint
-from vstor.store.chunkmap import VolumeMap
-from vstor.store.format import REC_RELOCATE, RECORD_HEADER_SIZE, frame_count
-from vstor.store.mapstore import dump_maps
+from vstor.store.journal.format import REC_RELOCATE, RECORD_HEADER_SIZE, frame_count
+from vstor.store.maintenance.checkpoint import CheckpointData, write_checkpoint
+from vstor.store.maps.chunkmap import VolumeMap
+from vstor.store.maps.mapstore import dump_maps
 from vstor.store.state import PoolState
 from vstor.store.storeparts import StoreParts
 

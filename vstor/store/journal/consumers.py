@@ -22,7 +22,7 @@ import xxhash
 
 from vstor.durable import atomic_write
 from vstor.errors import AlreadyExists, FormatError, NotFound
-from vstor.store.format import (
+from vstor.store.journal.format import (
     REC_RELOCATE,
     REC_TRIM,
     REC_VOLUME,
@@ -31,11 +31,11 @@ from vstor.store.format import (
     loc_pos,
     loc_segno,
 )
-from vstor.store.segread import ScanEnd
+from vstor.store.journal.segread import ScanEnd
 
 if TYPE_CHECKING:
-    from vstor.store.journal import Journal
-    from vstor.store.segread import ScannedRecord
+    from vstor.store.journal.segread import ScannedRecord
+    from vstor.store.journal.writer import Journal
 
 
 class JournalSource(Protocol):

@@ -29,7 +29,7 @@ from __future__ import annotations
 from itertools import compress
 from operator import is_not, ne
 
-from vstor.store.leaf import LEAF_SLOTS, Leaf
+from vstor.store.maps.leaf import LEAF_SLOTS, Leaf
 
 _MAX_WALK = 32  # origins followed out of the set before a version is taken as a root
 

@@ -28,7 +28,7 @@ import xxhash
 
 from vstor.errors import CorruptData
 from vstor.store.backend.base import PoolBackend
-from vstor.store.format import (
+from vstor.store.journal.format import (
     FRAME_ENTRY_SIZE,
     REC_COMMIT,
     RECORD_HEADER_SIZE,

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from vstor.errors import AlreadyExists, Busy, NotFound, UsageError
-from vstor.store.volumes import DEFAULT_GROUP, VolumeTable, check_name
+from vstor.store.catalog.volumes import DEFAULT_GROUP, VolumeTable, check_name
 
 
 @dataclass

@@ -44,7 +44,7 @@ from vstor.errors import PoolFull, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.local import LocalBackend
-from vstor.store.format import (
+from vstor.store.journal.format import (
     MAX_SEGMENT_SIZE,
     REC_COMMIT,
     RECORD_HEADER_SIZE,
@@ -55,7 +55,7 @@ from vstor.store.format import (
     pack_segment_header,
     segment_name,
 )
-from vstor.store.segread import SegmentReader
+from vstor.store.journal.segread import SegmentReader
 
 SMALL_RECORD = 64 * 1024  # records up to this size are copied into the mapped window
 WRITEBACK_BYTES = 8 * 1024 * 1024  # appended bytes after which their writeback is started

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from vstor.store.catalog import Policy, Snapshot
+from vstor.store.catalog.groups import Policy, Snapshot
 
 
 def due(policy: Policy, autos: Sequence[Snapshot], now: float) -> bool:

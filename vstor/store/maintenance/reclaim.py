@@ -26,17 +26,17 @@ from operator import rshift
 from typing import TYPE_CHECKING
 
 from vstor.clock import Clock, SystemClock
-from vstor.store import fragments
-from vstor.store.accounting import segment_live
-from vstor.store.chunkmap import LEAF_BITS, Leaf
-from vstor.store.defrag import Defragmenter
-from vstor.store.format import LOC_SHIFT
-from vstor.store.maintloop import MaintenanceLoop
-from vstor.store.steps import FailureReport
+from vstor.store.journal.format import LOC_SHIFT
+from vstor.store.maintenance.defrag import Defragmenter
+from vstor.store.maintenance.maintloop import MaintenanceLoop
+from vstor.store.maintenance.steps import FailureReport
+from vstor.store.maps import fragments
+from vstor.store.maps.accounting import segment_live
+from vstor.store.maps.chunkmap import LEAF_BITS, Leaf
 
 if TYPE_CHECKING:
     from vstor.hooks import HookRunner
-    from vstor.store.policyrun import Spawn
+    from vstor.store.catalog.policyrun import Spawn
 
 log = logging.getLogger("vstor.reclaim")
 MAX_FRAGMENTS = 64
@@ -58,7 +58,7 @@ class Reclaimer(MaintenanceLoop):
         ``defrag``: the defragmenter its ticks run (defrag.py; by default one with its defaults).
         ``snapshots_in_use``: open handles per snapshot id (the FUSE export's), which policy
         pruning skips."""
-        from vstor.store.policyrun import PolicyRunner
+        from vstor.store.catalog.policyrun import PolicyRunner
         from vstor.store.store import Store
 
         assert isinstance(store, Store)

@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 from vstor.errors import VstorError
 from vstor.hooks import HookRunner, Hooks, ShellRunner, around
-from vstor.store import snapshots
-from vstor.store.catalog import Policy, auto_name
+from vstor.store.catalog import snapshots
+from vstor.store.catalog.groups import Policy, auto_name
 from vstor.store.store import Store
 from vstor.units import format_size
 

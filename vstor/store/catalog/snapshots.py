@@ -12,11 +12,11 @@ import logging
 from collections.abc import Callable
 
 from vstor.errors import Refused, UsageError
-from vstor.store import compliance
-from vstor.store.accounting import account, changed_ranges
-from vstor.store.catalog import Policy, Snapshot
-from vstor.store.chunkmap import VolumeMap
-from vstor.store.policy import to_prune, trigger, written_since
+from vstor.store.catalog import compliance
+from vstor.store.catalog.groups import Policy, Snapshot
+from vstor.store.catalog.policy import to_prune, trigger, written_since
+from vstor.store.maps.accounting import account, changed_ranges
+from vstor.store.maps.chunkmap import VolumeMap
 from vstor.store.state import PoolState
 from vstor.store.store import Store
 

@@ -32,7 +32,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from itertools import islice
 
-from vstor.store.leaf import (  # noqa: F401  (re-exported: the map's vocabulary)
+from vstor.store.maps.leaf import (  # noqa: F401  (re-exported: the map's vocabulary)
     EMPTY,
     FRAGMENTED,
     LEAF_BITS,

@@ -14,9 +14,9 @@ from collections import Counter
 from collections.abc import Sequence
 from itertools import chain
 
-from vstor.store.chunkmap import EMPTY, FRAGMENTED, LEAF_BITS, LEAF_SLOTS, Extent, Leaf, VolumeMap
-from vstor.store.format import loc_segno
-from vstor.store.lineage import Lineage
+from vstor.store.journal.format import loc_segno
+from vstor.store.maps.chunkmap import EMPTY, FRAGMENTED, LEAF_BITS, LEAF_SLOTS, Extent, Leaf, VolumeMap
+from vstor.store.maps.lineage import Lineage
 
 
 def account(maps: Sequence[VolumeMap], own: Sequence[int] = (),

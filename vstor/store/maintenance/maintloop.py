@@ -20,8 +20,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from vstor.store import compliance
-from vstor.store.steps import FailureReport, StepsFailed, run_steps
+from vstor.store.catalog import compliance
+from vstor.store.maintenance.steps import FailureReport, StepsFailed, run_steps
 
 log = logging.getLogger("vstor.reclaim")
 

@@ -37,7 +37,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from vstor.store.chunkmap import FRAGMENTED, LEAF_BITS, LEAF_MASK, VolumeMap
+from vstor.store.maps.chunkmap import FRAGMENTED, LEAF_BITS, LEAF_MASK, VolumeMap
 
 __all__ = ["Defragmenter", "WINDOW", "MAX_PIECES"]
 

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from itertools import chain
 
 from vstor.errors import FormatError
-from vstor.store.chunkmap import FRAGMENTED, LEAF_SLOTS, Leaf, VolumeMap
-from vstor.store.lineage import parent_in
+from vstor.store.maps.chunkmap import FRAGMENTED, LEAF_SLOTS, Leaf, VolumeMap
+from vstor.store.maps.lineage import parent_in
 
 _U32 = struct.Struct("<I")
 _EXT = struct.Struct("<QQQ")

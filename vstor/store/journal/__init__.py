@@ -1,0 +1,11 @@
+"""The journal, which is also the data store: its formats, its writer and its readers.
+
+``format`` holds the on-disk formats of segments and records (pure); ``writer`` appends records
+to numbered segment files with group commit; ``segread`` reads verified headers and data and
+scans segments; ``hcache`` caches record headers and frame tables; ``consumers`` keeps the
+durable positions of named journal readers (replication, backup) and reads records in order.
+"""
+
+from __future__ import annotations
+
+__all__ = ["consumers", "format", "hcache", "segread", "writer"]
