@@ -183,6 +183,7 @@ def test_bandwidth_cap_pful_and_split_modes(p: Pairing):
     a.repl.split("g", "flush")
     wait_until(lambda: b.state() == "PSUS", "the secondary follows the split")
     assert a.state() == "PSUS"
+    wait_until(lambda: "g" not in b.repl.sessions, "the primary hangs up after the split (no timeout waited)")
     p.same()
     a.write("orders", 4 * MiB, os.urandom(MiB))  # tracked while split
     p.tick_until(lambda: a.status()["dirty_bytes"] == MiB, "the split's changes in the bitmap")

@@ -121,6 +121,7 @@ class Shipper(CopyMixin, HandoverMixin, threading.Thread):
                 self._serve_requests(None)
                 if pair.state in SHIPPING:
                     self._session(pair)
+                    self._hang_up()  # split or deleted: the secondary's session ends now, not at its timeout
                 else:
                     self.fold()
                     self._idle(1.0)
@@ -145,6 +146,11 @@ class Shipper(CopyMixin, HandoverMixin, threading.Thread):
         self.wake.clear()
         if self._stop_ev.is_set():
             raise Stopped
+
+    def _hang_up(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
     def _lost(self, e: BaseException) -> None:
         if self.conn is not None:
