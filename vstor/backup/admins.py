@@ -38,7 +38,6 @@ _LOCK = threading.Lock()  # serializes read-check-write of the file within the p
 # accepted once, a request approved once, even by two requests at the same moment)
 
 
-
 class AdminStore:
     def __init__(self, path: str, clock: Clock) -> None:
         self.path, self.clock = path, clock

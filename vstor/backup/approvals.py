@@ -30,7 +30,6 @@ _LOCK = threading.Lock()  # serializes read-check-write of the file within the p
 # accepted once, a request approved once, even by two requests at the same moment)
 
 
-
 class Approvals:
     def __init__(self, path: str, clock: WallClock) -> None:
         self.path, self.clock = path, clock

@@ -131,19 +131,29 @@ class Conn:
         return bool(self.sock.pending() or select.select([self.sock], [], [], timeout)[0])
 
     def _exact(self, n: int) -> bytes:
-        buf = bytearray(n)
-        view, got = memoryview(buf), 0
-        while got < n:
-            k = self.sock.recv_into(view[got:], min(n - got, 4 << 20))
-            if not k:
-                raise ConnectionError(f"{self.peer_name} closed the connection" +
-                                      (" in the middle of a frame" if got else ""))
-            got += k
-        return buf  # type: ignore[return-value]  # a bytearray: callers only read it
+        return recv_exact(self.sock, n, self.peer_name)
 
     def close(self) -> None:
         self.closed = True
         close_tls(self.sock)
+
+
+def recv_exact(sock: socket.socket, n: int, peer_name: str, have: bytearray | None = None) -> bytes:
+    """Exactly ``n`` bytes of a frame: first from ``have`` (bytes already read ahead, consumed),
+    then from the socket; ConnectionError if the peer closes first. A bytearray, returned as
+    bytes-like without a copy (callers only read it)."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    if have:
+        got = min(n, len(have))
+        buf[:got] = have[:got]
+        del have[:got]
+    while got < n:
+        k = sock.recv_into(view[got:], min(n - got, 4 << 20))
+        if not k:
+            raise ConnectionError(f"{peer_name} closed the connection" + (" in the middle of a frame" if got else ""))
+        got += k
+    return buf  # type: ignore[return-value]
 
 
 def close_tls(sock: socket.socket) -> None:

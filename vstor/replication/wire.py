@@ -98,11 +98,21 @@ def parse_header(head: bytes, expect_no: int) -> tuple[int, int, int]:
         raise BadFrame(f"protocol version {version} is not supported (this array speaks {PROTOCOL_VERSION})")
     if ftype not in TYPE_NAMES:
         raise BadFrame(f"unknown frame type {ftype}")
-    if length > MAX_PAYLOAD:
-        raise BadFrame(f"oversized frame: {length} bytes announced, at most {MAX_PAYLOAD} allowed")
-    if frame_no != expect_no:
-        raise BadFrame(f"frame number {frame_no} where {expect_no} was due (lost or repeated frame)")
+    why = order_problem(length, MAX_PAYLOAD, frame_no, expect_no)
+    if why:
+        raise BadFrame(why)
     return ftype, flags, length
+
+
+def order_problem(length: int, max_payload: int, frame_no: int, expect_no: int) -> str | None:
+    """What is wrong with a frame's announced length or number, if anything (frames are numbered
+    per connection and direction, so a lost, repeated or reordered frame is seen). Shared with
+    the backup clients' frames, which raise their own BadFrame."""
+    if length > max_payload:
+        return f"oversized frame: {length} bytes announced, at most {max_payload} allowed"
+    if frame_no != expect_no:
+        return f"frame number {frame_no} where {expect_no} was due (lost or repeated frame)"
+    return None
 
 
 def check_payload(head: bytes, payload: bytes, trailer: bytes, flags: int) -> bytes:

@@ -22,7 +22,7 @@ import time
 from vstor.backup.client import wire
 from vstor.faults import NO_FAULTS, Faults
 from vstor.replication import pki
-from vstor.replication.transport import close_tls, open_tls
+from vstor.replication.transport import close_tls, open_tls, recv_exact
 
 FLUSH_AT = 256 << 10  # bytes of queued frames sent at once
 DRAIN = 2.0  # seconds the array reads on after a REFUSE, so the client sees it
@@ -147,19 +147,7 @@ class Conn:
         return ftype, wire.loads(body)
 
     def _exact(self, n: int) -> bytes:
-        buf = bytearray(n)
-        view, got = memoryview(buf), 0
-        if self._rbuf:
-            got = min(n, len(self._rbuf))
-            buf[:got] = self._rbuf[:got]
-            del self._rbuf[:got]
-        while got < n:
-            k = self.sock.recv_into(view[got:], min(n - got, 4 << 20))
-            if not k:
-                raise ConnectionError(f"{self.peer_name} closed the connection" +
-                                      (" in the middle of a frame" if got else ""))
-            got += k
-        return buf  # type: ignore[return-value]  # a bytearray: callers only read it (no 1 MiB copy per frame)
+        return recv_exact(self.sock, n, self.peer_name, self._rbuf)  # read-ahead first (see _readable)
 
     def close(self) -> None:
         close_tls(self.sock)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vstor import boundedjson
 from vstor.replication.wire import BadFrame as _ReplicationBadFrame
+from vstor.replication.wire import order_problem
 
 VERSION = 1
 MAGIC = b"VBC1"
@@ -100,10 +101,9 @@ def parse_header(head: bytes, expect_no: int) -> tuple[int, int, int]:
         raise BadFrame(f"not a vstor backup client frame (magic {magic!r})")
     if ftype not in NAMES:
         raise BadFrame(f"unknown frame type {ftype}")
-    if length > MAX_PAYLOAD:
-        raise BadFrame(f"oversized frame: {length} bytes announced, at most {MAX_PAYLOAD} allowed")
-    if frame_no != expect_no:
-        raise BadFrame(f"frame number {frame_no} where {expect_no} was due (lost or repeated frame)")
+    why = order_problem(length, MAX_PAYLOAD, frame_no, expect_no)
+    if why:
+        raise BadFrame(why)
     return ftype, flags, length
 
 
