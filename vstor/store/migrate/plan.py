@@ -108,7 +108,7 @@ class Meter:
     def line(self, now: float) -> str:
         pct = 100 * self.bytes // self.total if self.total else 100
         return (f"migrate: {format_size(self.bytes, approx=True)} of {format_size(self.total, approx=True)} "
-                f"copied and verified ({pct}%), {format_size(self.rate(now), approx=True)}/s")
+                f"copied ({pct}%), {format_size(self.rate(now), approx=True)}/s")
 
     def done(self) -> float:
         """Emit the last line; returns the mean rate (bytes/s)."""

@@ -60,17 +60,14 @@ def local_pool(source: str) -> Superblock:
     return load_superblock(source)
 
 
-def _check_source(source: str) -> Superblock:
-    sb = local_pool(source)
+def _check_source(source: str, sb: Superblock) -> None:
     problems = source_problems(source, sb)
     if problems:
         raise CorruptData(f"{source} fails 'pool check' ({len(problems)} problem(s), the first: {problems[0]}); "
                           f"run 'vstor pool check {source}' (and --repair) before migrating it")
-    return sb
 
 
-def _prepare(dest: PoolBackend, sb: Superblock, source: str, state_dir: str, resume: bool,
-             clock: Clock) -> str:
+def _destination(dest: PoolBackend, sb: Superblock, source: str, state_dir: str, resume: bool) -> str:
     """``fresh``, ``resume`` or ``finish`` (only the marker and the stub left to do), or a refusal."""
     where = dest.describe()
     raw = _marker(dest)
@@ -79,6 +76,9 @@ def _prepare(dest: PoolBackend, sb: Superblock, source: str, state_dir: str, res
     if dest.exists(SUPERBLOCK):
         if ours and resume:
             return "finish"
+        if ours:
+            raise AlreadyExists(f"{where} holds this pool from a migrate that did all but its last step; run "
+                                f"'vstor pool migrate {source} {where} --resume' to finish it")
         raise AlreadyExists(f"{where} already holds a vstor pool; choose another PREFIX")
     if raw is not None:
         if not ours:
@@ -94,11 +94,16 @@ def _prepare(dest: PoolBackend, sb: Superblock, source: str, state_dir: str, res
     if os.path.isdir(state_dir) and os.listdir(state_dir):
         raise AlreadyExists(f"this host already has a state directory for {where} ({state_dir}); "
                             "remove it if no pool is there any more")
+    return "fresh"
+
+
+def _begin(dest: PoolBackend, sb: Superblock, source: str, clock: Clock) -> None:
+    """The marker: this location holds a migrate that has not finished."""
+    where = dest.describe()
     try:
         dest.create(MIGRATE_MARKER, encode_marker(os.path.abspath(source), sb.uuid, clock.time()))
     except FileExistsError:
         raise Busy(f"another 'pool migrate' to {where} has just begun") from None
-    return "fresh"
 
 
 def _marker(dest: PoolBackend) -> bytes | None:
@@ -114,9 +119,12 @@ def migrate_pool(source: str, location: str, dest: PoolBackend, state_dir: str, 
     """Copy the local pool ``source`` to ``dest`` (the backend of ``location``); ``state_dir`` is
     this host's state directory for it. ``emit`` gets the progress lines. Returns a summary."""
     clock = clock or SystemClock()
-    sb = _check_source(source)
+    sb = local_pool(source)
+    step = _destination(dest, sb, source, state_dir, resume)  # the quick refusals first
+    _check_source(source, sb)
+    if step == "fresh":
+        _begin(dest, sb, source, clock)
     inv = inventory(source)
-    step = _prepare(dest, sb, source, state_dir, resume, clock)
     meter = Meter(inv.bytes, clock, emit)
     src = LocalBackend(source)
     copier = Copier(src, dest, state_dir, meter, faults, resume=step == "resume")
