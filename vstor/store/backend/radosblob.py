@@ -13,7 +13,9 @@ must stay under ``osd_max_write_size``. It is kept as (docs/formats.md, "Large b
 
 Replace: every stripe of a new generation is written, then the head (one ``write_full``, so
 a reader finds the old head or the new one, and each names a complete set of stripes), then
-the other generations' stripes of NAME are removed, those a crash left behind included. A
+the other generations' stripes of NAME are removed: on a client's first striped write of NAME
+every one its listing finds (what a crash left behind included), later those of the head it
+replaced (no listing: a checkpoint's cost does not grow with the namespace). A
 reader that finds a stripe gone (the writer removed the old generation after the reader read
 its head) reads the head again; the whole content's checksum is verified, so a mix of two
 generations is never returned. Content that begins with HEAD_MAGIC is always striped, so a
@@ -87,6 +89,7 @@ class StripedBlobs:
             raise ValueError(f"max_blob {max_blob} and stripe {stripe} are too small")
         self.io, self._rados, self.max_blob, self.stripe, self._call = io, rados, max_blob, stripe, call
         self._heads: dict[str, Head] = {}  # the heads this client read or wrote, so a replace removes their stripes
+        self._swept: set[str] = set()  # names whose stripes were listed once (what a crash left) by this client
 
     def needs_stripes(self, data: bytes | memoryview) -> bool:
         return len(data) > self.max_blob or bytes(data[:len(HEAD_MAGIC)]) == HEAD_MAGIC
@@ -128,6 +131,7 @@ class StripedBlobs:
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         """Replace ``name`` with ``data`` in the striped form (atomic: see the module's text)."""
+        old = self._heads.get(name)
         head = self._write_stripes(name, data)
         try:
             self._call(lambda: self.io.write_full(name, encode_head(head)), f"cannot write {name}")
@@ -135,7 +139,11 @@ class StripedBlobs:
             self._remove_stripes(name, head)
             raise
         self._heads[name] = head
-        self.sweep(name, keep=head)
+        if name not in self._swept:  # the first striped write of this client: list what others left
+            self.sweep(name, keep=head)
+            self._swept.add(name)
+        elif old is not None:
+            self._remove_stripes(name, old)
 
     def create(self, name: str, data: bytes | memoryview) -> None:
         """Create ``name`` exclusively in the striped form; FileExistsError if it exists."""
