@@ -123,7 +123,8 @@ def test_an_interrupted_migrate_refuses_to_open_and_resume_finishes_it(
     pool, want = local_pool(tmp_path)
     monkeypatch.setenv("VSTOR_FAULTS", fault)
     code, _out, err = cli(capsys, "pool", "migrate", pool, rados_location)
-    assert code == 1 and "injected EIO" in one_line(err)
+    line = one_line(err)
+    assert code == 1 and "injected EIO" in line and "did not finish: run it again with --resume" in line
     monkeypatch.delenv("VSTOR_FAULTS")
     with open_backend(rados_location, str(env.conf), timeout=CLIENT_TIMEOUT) as be:
         assert be.list_segments() and not be.exists("pool.json")

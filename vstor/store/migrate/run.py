@@ -136,6 +136,9 @@ def migrate_pool(source: str, location: str, dest: PoolBackend, state_dir: str, 
             for name in inv.other:
                 copier.other(name)
             copier.superblock()
+    except OSError as e:  # a cluster or disk error: the destination is unfinished, and says so
+        raise OSError(e.errno, f"{e.strerror or e}; the migrate to {dest.describe()} did not finish: "
+                               "run it again with --resume") from None
     finally:
         src.close()
     dest.delete(MIGRATE_MARKER)
