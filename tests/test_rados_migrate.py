@@ -20,11 +20,14 @@ from poolkit import flip_byte, make_pool, seg_path
 from vstor.cli.main import main
 from vstor.clock import SystemClock
 from vstor.control.lock import PoolLock
-from vstor.errors import NotFound
-from vstor.store.backend.location import open_backend
+from vstor.errors import CorruptData, NotFound
+from vstor.store.backend.location import open_backend, parse_rados
+from vstor.store.backend.radosbe import RadosBackend, connect_cluster
 from vstor.store.backend.stub import state_dir
 from vstor.store.catalog import snapshots
 from vstor.store.catalog.compliance import checkpoint as compliance_checkpoint
+from vstor.store.journal.format import SEGMENT_HEADER_SIZE
+from vstor.store.migrate.run import migrate_pool
 from vstor.store.store import Store
 from vstor.store.superblock import init_backend_pool
 
@@ -165,3 +168,29 @@ def test_migrate_refuses_in_use_damaged_existing_and_foreign(env: CephLab, rados
     code, _out, err = cli(capsys, "pool", "migrate", pool, rados_location + "-2")
     assert code == 9 and "fails 'pool check'" in one_line(err)
     assert not os.path.exists(state_dir(rados_location + "-2"))
+
+
+class RotInTransit(RadosBackend):
+    """A destination that flips one bit of the records of segment 2 on their way (the fault
+    the read-back verification is there for)."""
+
+    def write_segment(self, segno: int, pos: int, data: bytes | memoryview) -> None:
+        if segno == 2 and pos == SEGMENT_HEADER_SIZE:
+            rotten = bytearray(data)
+            rotten[1000] ^= 1
+            data = bytes(rotten)
+        super().write_segment(segno, pos, data)
+
+
+def test_a_byte_that_reads_back_wrong_stops_the_migrate(env: CephLab, rados_location: str, tmp_path: Path) -> None:
+    pool, _want = local_pool(tmp_path)
+    loc = parse_rados(rados_location)
+    dest = RotInTransit(connect_cluster(str(env.conf), None, CLIENT_TIMEOUT), loc.pool, loc.prefix, owns_cluster=True)
+    try:
+        with pytest.raises(CorruptData, match="journal segment 2 reads back .* with sha256 .* not the source's"):
+            migrate_pool(pool, rados_location, dest, state_dir(rados_location), str(env.conf), None)
+        assert dest.list_segments() == [1, 2] and not dest.exists("pool.json")
+        with pytest.raises(NotFound, match="did not finish"):
+            Store.open(str(tmp_path / "elsewhere"), backend=dest)
+    finally:
+        dest.close()
