@@ -86,6 +86,11 @@ def test_striped_files_keep_a_prefix_and_read_back(ceph_lab: CephLab, location: 
         area.rename("L/A.tape", "L/shelf/A.tape")
         assert area.listdir("L") == [] and area.listdir("L/shelf") == ["A.tape"]
         assert area.open("L/shelf/A.tape").pread(FILE_STRIPE + 100, 0) == data[: FILE_STRIPE + 5]
+        h = area.open("L/gap.tape", create=True)  # a write past the end: zeros before it, no gap
+        h.pwrite(b"z", 2 * FILE_STRIPE + 10)
+        h.close()
+        assert area.size("L/gap.tape") == 2 * FILE_STRIPE + 11
+        assert area.open("L/gap.tape").pread(3 * FILE_STRIPE, 0) == bytes(2 * FILE_STRIPE + 10) + b"z"
         area.remove_tree("L")
         assert area.listdir("L/shelf") == [] and not area.exists("L/shelf/A.tape")
         with pytest.raises(FileNotFoundError):

@@ -92,10 +92,16 @@ class RadosFile(AreaFile):
     def _fill(self, stripe: int) -> None:
         """Make stripes up to ``stripe`` (excluded) whole: zeros where nothing was written."""
         for k in range(self.stripes - 1, stripe):
-            self.area.call(lambda k=k: self.io.trunc(stripe_name(self.name, k), FILE_STRIPE),
-                           f"cannot extend {self.area.describe(self.name)}")
+            self._sized(k, FILE_STRIPE)
         self.stripes = stripe
         self._size = max(self._size, stripe * FILE_STRIPE)
+
+    def _sized(self, k: int, length: int) -> None:
+        """Set stripe ``k`` to ``length`` bytes (zeros past its end), creating it if it is new."""
+        obj, what = stripe_name(self.name, k), f"cannot extend {self.area.describe(self.name)}"
+        if k >= self.stripes:
+            self.area.call(lambda: self.io.write_full(obj, b""), what)
+        self.area.call(lambda: self.io.trunc(obj, length), what)
 
     def _reap(self, count: int | None = None) -> None:
         with self._lock:
@@ -124,7 +130,7 @@ class RadosFile(AreaFile):
             keep, off = keep - 1, FILE_STRIPE
         if keep >= self.stripes:  # longer: extend
             self._fill(keep)
-            self.area.call(lambda: self.io.trunc(stripe_name(self.name, keep), off), "cannot extend a file")
+            self._sized(keep, off)
             self.stripes = keep + 1
         else:
             self.area.remove_stripes(self.name, keep + 1, self.stripes)
