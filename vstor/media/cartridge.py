@@ -40,7 +40,7 @@ class Cartridge:
                  compress: bool = True, partition: int = 0, files: FileArea = LOCAL) -> None:
         """``path``: the cartridge's name in ``files`` (a path when ``files`` is LOCAL)."""
         self.path, self.barcode, self.capacity, self.worm = path, barcode, capacity, worm
-        self.files = files
+        self.area = files
         self.partition = partition
         self.compress = compress
         self._aead = AESGCM(key) if key else None
