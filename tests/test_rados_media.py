@@ -102,6 +102,41 @@ def test_striped_files_keep_a_prefix_and_read_back(ceph_lab: CephLab, location: 
         backend.close()
 
 
+def test_cartridges_on_rados_through_the_shelf_and_a_repartition(ceph_lab: CephLab, location: str,
+                                                                  tmp_path: Path) -> None:
+    """The media manager on a RADOS area: a written cartridge leaves through the mail slots (its
+    stripes move to LIB/shelf/) and comes back whole; MTMKPART removes its file; library delete
+    removes the rest."""
+    from vstor.media import tapedrive as td
+    with open_backend(location, str(ceph_lab.conf), timeout=CLIENT_TIMEOUT) as backend:
+        area = backend.file_area("media", "")
+        mgr = MediaManager(str(tmp_path), files=area)
+        mgr.create_library("L", "tape", 4, 1, 1)
+        mgr.create_media("L", ["VT0001L9", "VT0002L9"], capacity=64 * MiB)
+        mgr.load("L", "VT0001L9", 0)
+        blocks = [os.urandom(RECORD) for _ in range(20)]
+        drive = mgr.drive("L", 0)
+        for blk in blocks:
+            drive.write(blk)
+        mgr.unload("L", 0)
+        assert area.listdir("L") == ["VT0001L9.tape"] and not glob.glob(f"{tmp_path}/media/**/*.tape", recursive=True)
+        mgr.export("L", "VT0001L9")
+        mgr.import_("L", "open")
+        assert area.listdir("L") == [] and area.listdir("L/shelf") == ["VT0001L9.tape"]
+        mgr.import_("L", "close")
+        assert area.listdir("L/shelf") == [] and area.listdir("L") == ["VT0001L9.tape"]
+        mgr.load("L", "VT0001L9", 0)
+        drive = mgr.drive("L", 0)
+        assert [drive.read(RECORD) for _ in blocks] == blocks and drive.read(RECORD) == b""  # then the filemark
+        drive.op(td.MTMKPART, 8)  # erase: two partitions, new files
+        assert area.listdir("L") == ["VT0001L9.p1.tape", "VT0001L9.tape"]
+        assert area.size("L/VT0001L9.tape") == 64  # just the header again
+        mgr.unload("L", 0)
+        mgr.delete_library("L")
+        assert area.listdir("L") == []
+        mgr.close()
+
+
 class Host:
     """One "host": its own state directory for the pool, and a store, media manager and
     backup engine opened on it, as the daemon opens them."""
