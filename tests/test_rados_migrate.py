@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 from pathlib import Path
 
 import pytest
-from cephlab import CLIENT_TIMEOUT, CephLab
+from cephlab import CLIENT_TIMEOUT, TEST_POOL, CephLab
 from poolkit import flip_byte, make_pool, seg_path
 
+from vstor.backup.catalogdb import CATALOG, CephDatabases, sqlite_namespace
 from vstor.cli.main import main
 from vstor.clock import SystemClock
 from vstor.control.lock import PoolLock
@@ -99,12 +101,20 @@ def assert_reads_same(location: str, want: dict[tuple[int, int], bytes]) -> None
 def test_migrate_copies_every_object_verified_and_the_rados_pool_reads_the_same(
         env: CephLab, rados_location: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pool, want = local_pool(tmp_path)
+    tape = os.urandom(5 * MiB + 77)  # a cartridge file: to the backend's file area, not the state directory
+    os.makedirs(os.path.join(pool, "media", "lib1"))
+    Path(pool, "media", "lib1", "B00001L8.tape").write_bytes(tape)
+    os.makedirs(os.path.join(pool, "backup"))
+    with sqlite3.connect(os.path.join(pool, "backup", "catalog.db")) as db:  # the backup catalog: to Ceph's SQLite
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, name TEXT)")
+        db.executemany("INSERT INTO jobs (name) VALUES (?)", [(f"job{i}",) for i in range(100)])
     before = {p: Path(pool, p).read_bytes() for p in ("pool.json", "meta/checkpoint.a", "meta/consumers.json")}
     code, out, err = cli(capsys, "pool", "migrate", pool, rados_location, "--json")
     assert code == 0, err
     r = json.loads(out)
     assert r["uuid"] and r["segments"] >= 3 and r["blobs"] == 4 and not r["resumed"]
-    assert r["other_files"] >= 3 and r["bytes_per_second"] > 0  # consumers.json, its copy, the compliance clock
+    assert r["other_files"] >= 5 and r["bytes_per_second"] > 0  # consumers.json and copy, compliance clock, tape, db
     assert "copied (100%)" in err  # the last progress line
     state = Path(state_dir(rados_location))
     assert (state / "meta" / "consumers.json").read_bytes() == before["meta/consumers.json"]
@@ -113,6 +123,15 @@ def test_migrate_copies_every_object_verified_and_the_rados_pool_reads_the_same(
         for name in ("pool.json", "meta/checkpoint.a"):
             assert be.get(name) == before[name]
         assert not be.exists("migrate.json")
+        f = be.file_area("media", str(state / "media")).open("lib1/B00001L8.tape")
+        assert f.size() == len(tape) and f.pread(len(tape), 0) == tape
+        f.close()
+    assert not (state / "media" / "lib1" / "B00001L8.tape").exists() and not (state / "backup").exists()
+    db = CephDatabases(TEST_POOL, sqlite_namespace(parse_rados(rados_location).prefix), str(env.conf)).connect(CATALOG)
+    try:
+        assert db.execute("SELECT count(*), max(name) FROM jobs").fetchone() == (100, "job99")
+    finally:
+        db.close()
     assert {p: Path(pool, p).read_bytes() for p in before} == before  # the local pool is unchanged
     code, out, err = cli(capsys, "pool", "check", rados_location)
     assert code == 0 and out.splitlines()[-1].startswith("clean:"), out + err

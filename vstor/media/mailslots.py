@@ -3,6 +3,8 @@
 ``export`` moves a medium into a free mail slot. ``import`` opens the mail door: media in the
 mail slots leave the library for its shelf (``LIB/shelf/``: their files and a Medium record),
 the shelf's media come in through the slots, the door closes, and they move to empty slots.
+A cartridge moves to and from the shelf as ``LIB/shelf/BARCODE.tape`` in the media file area
+(a rename on a local pool, a copy then delete on RADOS); disc images are local files.
 While the door is open, moves to or from mail slots are refused (Library.move).
 """
 
@@ -16,11 +18,13 @@ from collections.abc import Callable
 from vstor.durable import atomic_write, remove_durably
 from vstor.errors import AlreadyExists, Busy
 from vstor.media.library import Library, Medium
+from vstor.store.backend.files import FileArea
 
 
 class MailSlotsMixin:
     dir: str
     lock: threading.RLock
+    files: FileArea
 
     lib: Callable[[str], Library]  # provided by MediaManager
     save: Callable[[Library], None]
@@ -60,7 +64,7 @@ class MailSlotsMixin:
                     if not lib.free_slots():
                         break
                     m = Medium(**shelf[code])
-                    self._move_files(os.path.join(self.dir, name, "shelf"), os.path.join(self.dir, name), code)
+                    self._move_files(f"{name}/shelf", name, code)
                     remove_durably(self._shelf_file(name, code, "json"))
                     lib.add(m)
                     out["imported"].append(code)
@@ -73,15 +77,20 @@ class MailSlotsMixin:
 
     def _to_shelf(self, lib: Library, code: str) -> None:
         os.makedirs(os.path.join(self.dir, lib.name, "shelf"), exist_ok=True)
-        self._move_files(os.path.join(self.dir, lib.name), os.path.join(self.dir, lib.name, "shelf"), code)
+        self.files.makedirs(f"{lib.name}/shelf")
+        self._move_files(lib.name, f"{lib.name}/shelf", code)
         atomic_write(self._shelf_file(lib.name, code, "json"), json.dumps(lib.media.pop(code).__dict__).encode())
 
-    @staticmethod
-    def _move_files(src: str, dst: str, code: str) -> None:
-        """Move a medium's files (cartridge, or disc images and states) between directories."""
-        for f in os.listdir(src):
-            if f == f"{code}.tape" or f.startswith((f"{code}.side", f"{code}.p")):
-                os.replace(os.path.join(src, f), os.path.join(dst, f))
+    def _move_files(self, src: str, dst: str, code: str) -> None:
+        """Move a medium's files (cartridge and its partitions, or disc images and states) between
+        directories of the library (``LIB`` and ``LIB/shelf``)."""
+        for f in self.files.listdir(src):
+            if f == f"{code}.tape" or (f.startswith(f"{code}.p") and f.endswith(".tape")):
+                self.files.rename(f"{src}/{f}", f"{dst}/{f}")
+        local_src, local_dst = os.path.join(self.dir, src), os.path.join(self.dir, dst)
+        for f in os.listdir(local_src) if os.path.isdir(local_src) else ():
+            if f.startswith(f"{code}.side"):
+                os.replace(os.path.join(local_src, f), os.path.join(local_dst, f))
 
     def _shelf(self, name: str) -> dict[str, dict]:
         d = os.path.join(self.dir, name, "shelf")

@@ -2,7 +2,9 @@
 
 Libraries live in ``POOL/media/LIB.json`` (format ``vstor-library`` v1, xxh3-64 checksum,
 replaced atomically on every change, so the inventory always survives a restart or crash)
-and their cartridges in ``POOL/media/LIB/BARCODE.tape``. A loaded drive keeps its cartridge
+and their cartridges in ``POOL/media/LIB/BARCODE.tape`` (the name ``LIB/BARCODE.tape`` in the
+pool's media file area, given to the constructor: those very files on a local pool, striped
+objects on a RADOS pool; optical images stay files under ``POOL/media``). A loaded drive keeps its cartridge
 open; after a restart the cartridge is still in the drive, positioned at BOT (like a drive
 power-cycled with a tape inside). Drives open through FUSE are busy: they cannot be unloaded
 or moved from.
@@ -28,16 +30,23 @@ from vstor.media.library import CLEANING_USES, Library, Medium, parse_timing
 from vstor.media.mailslots import MailSlotsMixin
 from vstor.media.optical import DiscSide
 from vstor.media.tapedrive import TapeDrive
+from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.files import FileArea, LocalFiles
 from vstor.store.catalog.volumes import NAME_RE
 
 FORMAT, VERSION = "vstor-library", 1
+MEDIA_AREA = "media"  # the backend file area of the cartridges
 
 
 class MediaManager(MailSlotsMixin, DrivesMixin):
-    def __init__(self, pool: str, key: bytes | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, pool: str, key: bytes | None = None, sleep: Callable[[float], None] = time.sleep,
+                 files: FileArea | None = None) -> None:
+        """``files``: where the cartridges are (default: the files under ``POOL/media``; a pool's
+        ``backend.file_area("media", POOL/media)`` for its own kind, see :func:`media_files`)."""
         self.sleep = sleep  # the timing model waits with this (tests inject a recorder)
         self.dir = os.path.join(pool, "media")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self.files = files or LocalFiles(self.dir)
         self.key = key
         self.lock = threading.RLock()
         self.libs: dict[str, Library] = {}
@@ -71,7 +80,13 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
             raise NotFound(f"no library named {name!r} (see 'vstor library list')") from None
 
     def cart_path(self, lib: str, barcode: str) -> str:
-        return os.path.join(self.dir, lib, f"{barcode}.tape")
+        """Where a cartridge is, for messages (and the file itself on a local pool)."""
+        return self.files.describe(self.cart_name(lib, barcode))
+
+    @staticmethod
+    def cart_name(lib: str, barcode: str) -> str:
+        """A cartridge's name in the media file area."""
+        return f"{lib}/{barcode}.tape"
 
     # -- libraries ---------------------------------------------------------------------------
     def create_library(self, name: str, type_: str, slots: int, drives: int, mailslots: int,
@@ -86,6 +101,7 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
             lib = Library.create(name, type_, slots, drives, mailslots, drive_model if type_ == "tape" else "")
             lib.timing = parse_timing(timing)
             os.makedirs(os.path.join(self.dir, name), mode=0o700, exist_ok=True)
+            self.files.makedirs(name)
             self.save(lib)
             self.libs[name] = lib
             return self.describe(lib)
@@ -101,6 +117,7 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
             if any(lib.drives):
                 raise Busy(f"library {name} has loaded drives; unload them first ('vstor media unload')")
             desc = self.describe(lib)
+            self.files.remove_tree(name)
             shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
             remove_durably(os.path.join(self.dir, f"{name}.json"))
             del self.libs[name]
@@ -148,9 +165,9 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
 
     def _used(self, lib: Library, barcode: str) -> int:
         """Bytes on the medium: a cartridge's objects, or the allocated bytes of a disc's images."""
-        p = self.cart_path(lib.name, barcode)
+        name = self.cart_name(lib.name, barcode)
         if lib.type == "tape":
-            return max(0, os.path.getsize(p) - 64) if os.path.exists(p) else 0
+            return max(0, self.files.size(name) - 64) if self.files.exists(name) else 0
         d = os.path.join(self.dir, lib.name)
         return sum(os.stat(os.path.join(d, f)).st_blocks * 512 for f in os.listdir(d)
                    if f.startswith(f"{barcode}.side") and f.endswith(".img"))
@@ -264,6 +281,11 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
         with self.lock:
             for key in list(self.drives):
                 self._release(*key)
+
+
+def media_files(pool: str, backend: PoolBackend) -> FileArea:
+    """The cartridge area of a pool: files under ``POOL/media`` (local), objects in ``PREFIX/media`` (RADOS)."""
+    return backend.file_area(MEDIA_AREA, os.path.join(pool, "media"))
 
 
 def xxh3_hex(doc: dict) -> str:

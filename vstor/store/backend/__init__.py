@@ -6,10 +6,12 @@ pool directory (the layout vstor always had); ``radosbe.RadosBackend`` keeps the
 a Ceph RADOS pool (python3-rados, imported only when a rados:// pool is opened, so local pools
 work without Ceph). ``location`` parses rados://CEPHPOOL/PREFIX and opens the backend of a
 location; ``stub`` is a RADOS pool's local state directory and its pointer file;
-``radoslock`` is the pool's exclusive RADOS lock (one daemon at a time); ``radosblob`` keeps a
-blob larger than one RADOS write as stripes switched by a head object.
+``radoslock`` is the pool's exclusive RADOS lock (one daemon at a time). ``files`` is the seam
+for large files that are not segments (tape cartridges: ``base.PoolBackend.file_area``), with
+``radosfiles`` its striped implementation on RADOS; ``radosblob`` keeps a blob larger than one
+RADOS write as stripes switched by a head object.
 """
 
 from __future__ import annotations
 
-__all__ = ["base", "local", "location", "radosbe", "radosblob", "radoslock", "stub"]
+__all__ = ["base", "files", "local", "location", "radosbe", "radosblob", "radosfiles", "radoslock", "stub"]

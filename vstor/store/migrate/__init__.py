@@ -4,9 +4,10 @@
 progress meter; ``copier`` copies segments, blobs and other files through the backends and
 reads each back to compare its sha256; ``statefiles`` is the one place that decides where the
 files the backend keeps no blob for go; ``run`` checks the source and the destination and
-puts the steps in order (the destination's ``pool.json`` last).
+puts the steps in order (the destination's ``pool.json`` last); ``catalogcopy`` puts the
+backup catalog into the cluster's SQLite (libcephsqlite).
 """
 
 from __future__ import annotations
 
-__all__ = ["copier", "plan", "run", "statefiles"]
+__all__ = ["catalogcopy", "copier", "plan", "run", "statefiles"]

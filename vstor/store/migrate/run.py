@@ -29,6 +29,7 @@ from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.local import LocalBackend
 from vstor.store.backend.stub import read_stub, write_stub
+from vstor.store.migrate.catalogcopy import CATALOG_FILE, SIDE_FILES, copy_catalog
 from vstor.store.migrate.copier import Copier, inventory
 from vstor.store.migrate.plan import Meter, decode_marker, encode_marker
 from vstor.store.superblock import MIGRATE_MARKER, SUPERBLOCK, Superblock, load_key, load_superblock
@@ -134,7 +135,12 @@ def migrate_pool(source: str, location: str, dest: PoolBackend, state_dir: str, 
             for name in inv.blobs:
                 copier.blob(name)
             for name in inv.other:
-                copier.other(name)
+                if name == CATALOG_FILE:  # a database in the cluster (libcephsqlite), not a file
+                    copy_catalog(os.path.join(source, CATALOG_FILE), dest, ceph_conf, ceph_id)
+                if name == CATALOG_FILE or name in SIDE_FILES:
+                    meter.add(os.path.getsize(os.path.join(source, name)))
+                else:
+                    copier.other(name)
             copier.superblock()
     except OSError as e:  # a cluster or disk error: the destination is unfinished, and says so
         raise OSError(e.errno, f"{e.strerror or e}; the migrate to {dest.describe()} did not finish: "

@@ -1,10 +1,13 @@
 """Where ``pool migrate`` puts the pool files the backend keeps no blob for yet.
 
 One function, :func:`place_other_file`, decides it for every such file (consumers, governance,
-pair, NBD, media, backup and log files): today the destination host's state directory of the
-RADOS pool (vstor/store/backend/stub.py), at the same relative path, mode as at the source.
-When a file moves into the backend (issue 29, "one seam"), this is the one place to change:
-``dest.put(name, ...)`` for that name, and a ``read_back`` that ``dest.get``s it.
+pair, NBD, media, backup and log files): a tape cartridge (``media/**.tape``) goes to the
+destination backend's file area ``media`` (``PoolBackend.file_area``: striped objects on
+RADOS, where a RADOS pool's MediaManager reads it); every other file to the destination
+host's state directory of the RADOS pool (vstor/store/backend/stub.py), at the same relative
+path, mode as at the source. When a file moves into the backend (issue 29, "one seam"), this
+is the one place to change: ``dest.put(name, ...)`` for that name, and a ``read_back`` that
+``dest.get``s it. The backup catalog ``backup/catalog.db`` is not placed here: see run.py.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from dataclasses import dataclass
 from vstor.durable import sync_dir
 from vstor.store.backend.base import PoolBackend
 
-__all__ = ["CHUNK", "Placed", "place_other_file"]
+__all__ = ["CHUNK", "MEDIA_AREA", "Placed", "place_other_file"]
 
 CHUNK = 4 << 20  # bytes copied per read
+MEDIA_AREA = "media"  # as vstor/media/manager.py: the backend file area of the cartridges
 
 
 @dataclass
@@ -38,9 +42,10 @@ def _chunks(path: str) -> Iterator[bytes]:
 
 def place_other_file(dest: PoolBackend, state_dir: str, name: str, source: str) -> Placed:
     """Copy the pool file ``source`` (relative name ``name``, with "/") to the destination
-    pool: durably (temporary file, fsync, rename, directory fsync), replacing what is there.
-    ``dest`` is the destination's backend, for files routed through it."""
-    del dest  # no state file is routed through the backend yet
+    pool, durably, replacing what is there. ``dest`` is the destination's backend, for the
+    files routed through it."""
+    if name.startswith(MEDIA_AREA + "/") and name.endswith(".tape"):
+        return _to_file_area(dest, os.path.join(state_dir, MEDIA_AREA), name[len(MEDIA_AREA) + 1:], source)
     path = os.path.join(state_dir, *name.split("/"))
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     mode = stat.S_IMODE(os.stat(source).st_mode) or 0o600
@@ -58,3 +63,32 @@ def place_other_file(dest: PoolBackend, state_dir: str, name: str, source: str) 
     os.replace(tmp, path)
     sync_dir(os.path.dirname(path))
     return Placed(path, lambda: _chunks(path))
+
+
+def _to_file_area(dest: PoolBackend, local_dir: str, rel: str, source: str) -> Placed:
+    """A cartridge into the ``media`` file area (written, then synced: durable on return)."""
+    area = dest.file_area(MEDIA_AREA, local_dir)
+    area.delete(rel)  # a resumed migrate may have left part of it
+    f = area.open(rel, create=True)
+    try:
+        pos = 0
+        for chunk in _chunks(source):
+            f.pwrite(chunk, pos)
+            pos += len(chunk)
+        f.sync()
+    finally:
+        f.close()
+
+    def read_back() -> Iterator[bytes]:
+        g = area.open(rel)
+        try:
+            pos, size = 0, g.size()
+            while pos < size:
+                got = g.pread(min(CHUNK, size - pos), pos)
+                if not got:
+                    return
+                yield got
+                pos += len(got)
+        finally:
+            g.close()
+    return Placed(area.describe(rel), read_back)
