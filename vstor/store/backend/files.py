@@ -1,0 +1,85 @@
+"""PoolFiles: the pool's small state files (positions, pairs, exports, governance, media
+inventory), by relative name, over the backend's blobs.
+
+Every module that keeps state in the pool takes a ``PoolFiles`` (usually the store's
+``files``, narrowed with :meth:`PoolFiles.sub`) and a file name instead of a path, so the
+same code keeps its state in the pool directory (``LocalBackend``: the files it always had,
+byte for byte, each replaced with ``durable.atomic_write``, mode 0600) or as objects in the
+pool's RADOS namespace (``RadosBackend``: one ``write_full`` each), and nothing above knows
+which. The blob named ``meta/consumers.json`` is the file ``POOL/meta/consumers.json`` or the
+RADOS object ``meta/consumers.json`` in namespace PREFIX (docs/formats.md, "Pool state files").
+
+Guarantees: :meth:`write` is the backend's atomic, durable replace (a crash leaves the old or
+the new bytes); :meth:`remove` is durable and quiet when the file is missing; :meth:`read`
+returns None for a missing file and raises the backend's OSError otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.local import LocalBackend
+
+__all__ = ["PoolFiles", "local_files"]
+
+
+class PoolFiles:
+    """The files of a pool under one directory (``under``, "" for the pool's top)."""
+
+    def __init__(self, backend: PoolBackend, under: str = "") -> None:
+        self.backend = backend
+        self.under = under.strip("/")
+
+    def sub(self, directory: str) -> PoolFiles:
+        """The files under ``directory`` (relative to this one)."""
+        return PoolFiles(self.backend, self.blob(directory))
+
+    def blob(self, name: str) -> str:
+        """The backend's name of ``name`` (relative to the pool)."""
+        return f"{self.under}/{name}" if self.under else name
+
+    def where(self, name: str = "") -> str:
+        """A file's full name for messages: its path on a local pool, rados://.../NAME on RADOS."""
+        return self.backend.where(self.blob(name) if name else self.under)
+
+    def read(self, name: str, private: bool = False) -> bytes | None:
+        """A file's bytes, or None if there is none. ``private``: a local file that something made
+        readable by others is made owner-only again (mode 0600) before it is read."""
+        blob = self.blob(name)
+        try:
+            if private and isinstance(self.backend, LocalBackend):
+                with open(self.backend.where(blob), "rb") as f:
+                    if stat.S_IMODE(os.fstat(f.fileno()).st_mode) & 0o077:
+                        os.fchmod(f.fileno(), 0o600)
+                    return f.read()
+            return self.backend.get(blob)
+        except FileNotFoundError:
+            return None
+
+    def write(self, name: str, data: bytes) -> None:
+        """Replace a file atomically and durably (mode 0600 on a local pool)."""
+        self.backend.put(self.blob(name), bytes(data))
+
+    def create(self, name: str, data: bytes) -> None:
+        """Create a file that must not exist yet; FileExistsError if it does."""
+        self.backend.create(self.blob(name), bytes(data))
+
+    def remove(self, name: str) -> None:
+        """Delete a file durably; no error if it does not exist."""
+        self.backend.delete(self.blob(name))
+
+    def exists(self, name: str) -> bool:
+        return self.backend.exists(self.blob(name))
+
+    def names(self, suffix: str = "") -> list[str]:
+        """The names (without the directory) of the files directly under this one that end with
+        ``suffix``, sorted."""
+        start = len(self.under) + 1 if self.under else 0
+        return [b[start:] for b in self.backend.list_blobs(self.under) if b.endswith(suffix)]
+
+
+def local_files(directory: str) -> PoolFiles:
+    """The files of a local directory (tools and tests that have a directory and no store)."""
+    return PoolFiles(LocalBackend(directory))
