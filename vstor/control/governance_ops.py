@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from vstor.backup.admins import ADMINS_FILE, AdminStore
-from vstor.backup.approvals import APPROVALS_FILE, Approvals
+from vstor.backup.admins import AdminStore
+from vstor.backup.approvals import Approvals
 from vstor.backup.audit import AUTHORITY, AuditLog, current_actor
 from vstor.backup.governance import decide, parse_until, rule_for
 from vstor.errors import Refused, UsageError
@@ -49,13 +49,13 @@ class GovernanceOps:
         return path
 
     def _admins(self) -> AdminStore:
-        return AdminStore(os.path.join(self._gov_dir(), ADMINS_FILE), self.store.clock)
+        return AdminStore(self.store.files.sub("backup"), self.store.clock)
 
     def _approvals(self) -> Approvals:
-        return Approvals(os.path.join(self._gov_dir(), APPROVALS_FILE), self._compliance()[0])
+        return Approvals(self.store.files.sub("backup"), self._compliance()[0])
 
     def _compliance(self) -> tuple[compliance.ComplianceClock, compliance.Locks]:
-        return compliance.for_pool(self.store.pool, self.store.clock)
+        return compliance.for_pool(self.store.files, self.store.clock)
 
     def _audit(self) -> AuditLog:
         if self.backup is not None:
