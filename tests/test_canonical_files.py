@@ -20,6 +20,7 @@ from vstor.nbd import exportfile
 from vstor.nbd.exportfile import ExportSpec
 from vstor.replication.pairstate import Pair
 from vstor.replication.registry import Registry
+from vstor.store.backend.files import local_files
 from vstor.store.journal.consumers import COPY, Consumers, consumer_problems
 
 
@@ -33,30 +34,30 @@ def _respace(path: str) -> None:
 
 
 def test_consumer_positions(tmp_path):
-    meta = str(tmp_path)
-    c = Consumers(meta)
+    meta, files = str(tmp_path), local_files(str(tmp_path))
+    c = Consumers(files)
     c.register("backup", (3, 4096))
-    assert consumer_problems(meta) == []
+    assert consumer_problems(files) == []
     _respace(os.path.join(meta, COPY))
-    problems = consumer_problems(meta)
+    problems = consumer_problems(files)
     assert len(problems) == 1 and COPY in problems[0] and "form vstor writes" in problems[0], problems
-    assert Consumers(meta).positions() == {"backup": (3, 4096)}  # the other copy still serves
+    assert Consumers(files).positions() == {"backup": (3, 4096)}  # the other copy still serves
 
 
 def test_nbd_exports(tmp_path):
-    meta = str(tmp_path)
+    meta = local_files(str(tmp_path))
     exportfile.save(meta, [ExportSpec("e1", "v", None, False, (), False)])
     assert [s.name for s in exportfile.load(meta)] == ["e1"]
-    _respace(exportfile.path_in(meta))
+    _respace(os.path.join(tmp_path, exportfile.FILE))
     with pytest.raises(FormatError, match="form vstor writes"):
         exportfile.load(meta)
 
 
 def test_pair_file(tmp_path):
-    reg = Registry(str(tmp_path))
+    reg = Registry(local_files(str(tmp_path)))
     reg.save(Pair("g", "127.0.0.1:7450", "site-b", "g", "primary"))
     assert list(reg.load_all()) == ["g"]
-    _respace(os.path.join(reg.dir, "g.json"))
+    _respace(os.path.join(tmp_path, "pairs", "g.json"))
     with pytest.raises(FormatError, match="form vstor writes"):
         reg.load_all()
 
@@ -71,9 +72,9 @@ def test_library_file(tmp_path):
 
 
 def test_governance_state_file(tmp_path):
-    path = str(tmp_path / "admins.json")
-    checkedjson.save(path, {"admins": {"ann": {}}}, 1)
-    assert checkedjson.load(path, {}, 1, "x")["admins"] == {"ann": {}}
+    path, files = str(tmp_path / "admins.json"), local_files(str(tmp_path))
+    checkedjson.save(files, "admins.json", {"admins": {"ann": {}}}, 1)
+    assert checkedjson.load(files, "admins.json", {}, 1, "x")["admins"] == {"ann": {}}
     _respace(path)
     with pytest.raises(CorruptData, match="form"):
-        checkedjson.load(path, {}, 1, "x")
+        checkedjson.load(files, "admins.json", {}, 1, "x")
