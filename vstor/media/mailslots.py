@@ -3,6 +3,7 @@
 ``export`` moves a medium into a free mail slot. ``import`` opens the mail door: media in the
 mail slots leave the library for its shelf (``LIB/shelf/``: their files and a Medium record),
 the shelf's media come in through the slots, the door closes, and they move to empty slots.
+The shelf's Medium records are pool state files (``media/LIB/shelf/BARCODE.json``, PoolFiles).
 While the door is open, moves to or from mail slots are refused (Library.move).
 """
 
@@ -12,14 +13,18 @@ import json
 import os
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from vstor.durable import atomic_write, remove_durably
 from vstor.errors import AlreadyExists, Busy
 from vstor.media.library import Library, Medium
+
+if TYPE_CHECKING:
+    from vstor.store.backend.poolfiles import PoolFiles
 
 
 class MailSlotsMixin:
     dir: str
+    files: PoolFiles  # the pool's media state files (MediaManager)
     lock: threading.RLock
 
     lib: Callable[[str], Library]  # provided by MediaManager
@@ -61,20 +66,22 @@ class MailSlotsMixin:
                         break
                     m = Medium(**shelf[code])
                     self._move_files(os.path.join(self.dir, name, "shelf"), os.path.join(self.dir, name), code)
-                    remove_durably(self._shelf_file(name, code, "json"))
+                    self.files.remove(self._shelf_record(name, code))
                     lib.add(m)
                     out["imported"].append(code)
                 lib.mail_open = False
             self.save(lib)
             return out | {"mail_open": lib.mail_open}
 
-    def _shelf_file(self, lib: str, code: str, ext: str) -> str:
-        return os.path.join(self.dir, lib, "shelf", f"{code}.{ext}")
+    @staticmethod
+    def _shelf_record(lib: str, code: str) -> str:
+        """The state file of a medium on the shelf (its Medium record), among the media files."""
+        return f"{lib}/shelf/{code}.json"
 
     def _to_shelf(self, lib: Library, code: str) -> None:
         os.makedirs(os.path.join(self.dir, lib.name, "shelf"), exist_ok=True)
         self._move_files(os.path.join(self.dir, lib.name), os.path.join(self.dir, lib.name, "shelf"), code)
-        atomic_write(self._shelf_file(lib.name, code, "json"), json.dumps(lib.media.pop(code).__dict__).encode())
+        self.files.write(self._shelf_record(lib.name, code), json.dumps(lib.media.pop(code).__dict__).encode())
 
     @staticmethod
     def _move_files(src: str, dst: str, code: str) -> None:
@@ -84,12 +91,10 @@ class MailSlotsMixin:
                 os.replace(os.path.join(src, f), os.path.join(dst, f))
 
     def _shelf(self, name: str) -> dict[str, dict]:
-        d = os.path.join(self.dir, name, "shelf")
-        if not os.path.isdir(d):
-            return {}
+        shelf = self.files.sub(f"{name}/shelf")
         out = {}
-        for f in os.listdir(d):
-            if f.endswith(".json"):
-                with open(os.path.join(d, f)) as fh:
-                    out[f[:-5]] = json.load(fh)
+        for f in shelf.names(".json"):
+            raw = shelf.read(f)
+            if raw is not None:
+                out[f[:-5]] = json.loads(raw)
         return out
