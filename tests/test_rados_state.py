@@ -117,3 +117,37 @@ def test_state_files_follow_the_pool_to_a_second_host(ceph_lab: CephLab, rados_l
         assert b.consumers.positions() == {"repl": (1, 4096)}
     finally:
         b.close()
+
+
+@pytest.mark.root
+def test_daemon_on_a_second_host_serves_the_exports_and_libraries_made_on_the_first(
+        ceph_lab: CephLab, rados_location: str) -> None:
+    """``array start`` on host B after host A stopped: the export and the library made through
+    host A's daemon are B's too (read from the cluster, not from B's state directory)."""
+    import shutil
+    import tempfile
+
+    from test_rados_array import RadosArray
+
+    conf = str(ceph_lab.conf)
+    base = Path(tempfile.mkdtemp(prefix="vs", dir="/tmp"))  # short: the control socket's path
+    a = b = None
+    try:
+        a = RadosArray(base / "hostA", rados_location, conf)
+        a.start()
+        a.create("v", "16M")
+        a.vstor("volume", "export", "v", "--read-only")
+        a.vstor("library", "create", "lib", "--type", "tape", "--slots", "4", "--drives", "1", "--mailslots", "1")
+        a.stop()
+        b = RadosArray(base / "hostB", rados_location, conf, attach=True)
+        b.start()
+        exports = b.vstor_json("volume", "exports")
+        assert [(e["name"], e["read_only"]) for e in exports] == [("v", True)], exports
+        libs = b.vstor_json("library", "list")
+        assert [lib["name"] for lib in libs] == ["lib"], libs
+        b.stop()
+    finally:
+        for arr in (a, b):
+            if arr is not None:
+                arr.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
