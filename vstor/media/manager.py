@@ -104,6 +104,9 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
             if any(lib.drives):
                 raise Busy(f"library {name} has loaded drives; unload them first ('vstor media unload')")
             desc = self.describe(lib)
+            shelf = self.files.sub(f"{name}/shelf")
+            for f in shelf.names(".json"):  # the shelf's records (state files), then the library's own files
+                shelf.remove(f)
             shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
             self.files.remove(f"{name}.json")
             del self.libs[name]

@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 
 FORMAT = "vstor-pair"
 VERSION = 1
-
-
 SEAL = Seal("xxh3", indent=2, newline=True)  # xxh3-64 of the sorted JSON (vstor/checkedjson.py)
 
 

@@ -16,6 +16,7 @@ returns None for a missing file and raises the backend's OSError otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
@@ -67,8 +68,9 @@ class PoolFiles:
         self.backend.create(self.blob(name), bytes(data))
 
     def remove(self, name: str) -> None:
-        """Delete a file durably; no error if it does not exist."""
-        self.backend.delete(self.blob(name))
+        """Delete a file durably; no error if it (or its directory) does not exist."""
+        with contextlib.suppress(FileNotFoundError):  # a local file's directory that was never made
+            self.backend.delete(self.blob(name))
 
     def exists(self, name: str) -> bool:
         return self.backend.exists(self.blob(name))
