@@ -328,20 +328,20 @@ def test_recycle_only_when_all_jobs_expired(cat, clock):
 # -- audit ---------------------------------------------------------------------------------------
 def test_audit_append_and_verify(tmp_path, clock):
     path = str(tmp_path / "audit.log")
-    log = AuditLog(path, clock)
+    log = AuditLog(local_files(str(tmp_path)), clock)
     assert log.head() == GENESIS and log.verify() == []
     e1 = log.append("alice", "policy.put", {"name": "nightly"})
     clock.advance(1)
     e2 = log.append("bob", "job.expire", {"jobs": [1, 2]})
     assert (e1["seq"], e1["prev"], e2["seq"], e2["prev"]) == (1, GENESIS, 2, e1["hash"])
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert AuditLog(path, clock).entries() == [e1, e2] and log.head() == e2["hash"]
+    assert AuditLog(local_files(str(tmp_path)), clock).entries() == [e1, e2] and log.head() == e2["hash"]
     assert log.verify(anchor=e2["hash"]) == []
     assert isinstance(current_actor(), str) and current_actor()
 
 
 def test_audit_concurrent_appends_stay_chained(tmp_path, clock):
-    log = AuditLog(str(tmp_path / "audit.log"), clock)
+    log = AuditLog(local_files(str(tmp_path)), clock)
     ts = [threading.Thread(target=lambda n=n: [log.append(f"u{n}", "act", {"i": i}) for i in range(25)])
           for n in range(4)]
     for t in ts:
@@ -352,7 +352,7 @@ def test_audit_concurrent_appends_stay_chained(tmp_path, clock):
 
 
 def _three(tmp_path, clock):
-    log = AuditLog(str(tmp_path / "audit.log"), clock)
+    log = AuditLog(local_files(str(tmp_path)), clock)
     for n in range(3):
         log.append("alice", "act", {"n": n})
     return log, (tmp_path / "audit.log").read_bytes().splitlines(keepends=True)

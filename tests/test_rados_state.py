@@ -1,5 +1,5 @@
 """A RADOS pool's state files (consumer positions, pairs and their bitmaps, NBD exports, admins,
-compliance locks, backup key ids, library files, the last check) live in the cluster, not on the
+compliance locks, backup key ids, the audit log, library files, the last check) live in the cluster, not on the
 host: written through one host's state directory, they are read through another's (same
 rados:// location, its own RADOS client), and the first host's directory holds none of them.
 Needs the session's Ceph cluster (``make test-rados``)."""
@@ -17,6 +17,7 @@ from cephlab import CephLab
 from poolkit import SEG
 
 from vstor.backup.admins import AdminStore
+from vstor.backup.audit import AuditLog
 from vstor.backup.keys import BackupKeys
 from vstor.clock import ManualClock
 from vstor.control.status_ops import last_check, record_check
@@ -77,6 +78,7 @@ def test_state_files_follow_the_pool_to_a_second_host(ceph_lab: CephLab, rados_l
         cc, locks = compliance.for_pool(a.files, clock)
         locks.set("job:7", clock.time() + 30 * DAY, cc.now(), "alice", "backup job 7")
         assert BackupKeys(a.files.sub("backup"), ROOT, clock).rotate() == 1
+        first = AuditLog(a.files.sub("backup"), clock).append("alice", "key.rotate", {"key_id": 1})
         MediaManager(host_a, files=a.files).create_library("lib", "tape", 4, 1, 1)
         record_check(a.files, {"clean": True, "problems": [], "repairs": [], "bytes_verified": 4096})
     finally:
@@ -89,7 +91,7 @@ def test_state_files_follow_the_pool_to_a_second_host(ceph_lab: CephLab, rados_l
                                               "meta/nbd_exports.json", "meta/locks.json",
                                               "meta/compliance-clock.json", "meta/last_check.json"}
         assert be.list_blobs("meta/pairs") == ["meta/pairs/g.bitmap", "meta/pairs/g.json"]
-        assert be.list_blobs("backup") == ["backup/admins.json", "backup/keys.json"]
+        assert be.list_blobs("backup") == ["backup/admins.json", "backup/audit.log", "backup/keys.json"]
         assert be.list_blobs("media") == ["media/lib.json"]
         assert be.get("meta/nbd_exports.json") == exportfile.encode([spec])  # the local file's bytes
 
@@ -107,6 +109,10 @@ def test_state_files_follow_the_pool_to_a_second_host(ceph_lab: CephLab, rados_l
         cc, locks = compliance.for_pool(b.files, clock)
         assert locks.until("job:7") == clock.time() + 30 * DAY
         assert [k["id"] for k in BackupKeys(b.files.sub("backup"), ROOT, clock).listing()] == [1]
+        audit = AuditLog(b.files.sub("backup"), clock)
+        assert audit.entries() == [first]
+        assert audit.append("bob", "key.rotate", {"key_id": 2})["prev"] == first["hash"]  # the chain goes on
+        assert audit.verify(anchor=first["hash"]) == [] and len(audit.entries()) == 2
         assert list(MediaManager(host_b, files=b.files).libs) == ["lib"]
         assert last_check(b.files)["bytes_verified"] == 4096
         # a damaged object is found and named by its RADOS location, as a damaged file by its path

@@ -10,7 +10,6 @@ requester and "approved_by" = the approver.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -43,11 +42,6 @@ class GovernanceOps:
     _backup: Callable[[], Any]
 
     # -- the state ---------------------------------------------------------------------------
-    def _gov_dir(self) -> str:
-        path = os.path.join(self.store.pool, "backup")
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        return path
-
     def _admins(self) -> AdminStore:
         return AdminStore(self.store.files.sub("backup"), self.store.clock)
 
@@ -60,7 +54,7 @@ class GovernanceOps:
     def _audit(self) -> AuditLog:
         if self.backup is not None:
             return self.backup.audit
-        return AuditLog(os.path.join(self._gov_dir(), "audit.log"), self.store.clock)
+        return AuditLog(self.store.files.sub("backup"), self.store.clock)
 
     # -- the guard ---------------------------------------------------------------------------
     def _governed(self, op: str, args: dict, progress: Any = None) -> Any:

@@ -10,8 +10,9 @@ which. The blob named ``meta/consumers.json`` is the file ``POOL/meta/consumers.
 RADOS object ``meta/consumers.json`` in namespace PREFIX (docs/formats.md, "Pool state files").
 
 Guarantees: :meth:`write` is the backend's atomic, durable replace (a crash leaves the old or
-the new bytes); :meth:`remove` is durable and quiet when the file is missing; :meth:`read`
-returns None for a missing file and raises the backend's OSError otherwise.
+the new bytes); :meth:`append` is durable on return (a log's append); :meth:`remove` is
+durable and quiet when the file is missing; :meth:`read` returns None for a missing file and
+raises the backend's OSError otherwise.
 """
 
 from __future__ import annotations
@@ -62,6 +63,26 @@ class PoolFiles:
     def write(self, name: str, data: bytes) -> None:
         """Replace a file atomically and durably (mode 0600 on a local pool)."""
         self.backend.put(self.blob(name), bytes(data))
+
+    def append(self, name: str, data: bytes) -> None:
+        """Add ``data`` at the end of a file (made, mode 0600, if missing), durably when it
+        returns. A local file is appended to as a log is (``O_APPEND`` write, fsync: a crash may
+        leave a torn tail, which the caller must recognise); on other backends the whole content
+        is replaced atomically (the file must stay under the backend's blob size)."""
+        blob = self.blob(name)
+        if isinstance(self.backend, LocalBackend):
+            path = self.backend.where(blob)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return
+        self.backend.put(blob, (self.read(name) or b"") + bytes(data))
 
     def create(self, name: str, data: bytes) -> None:
         """Create a file that must not exist yet; FileExistsError if it does."""
