@@ -19,7 +19,7 @@ from vstor.backup.keys import BackupKeys
 from vstor.backup.retention import ExpiryPlan, apply_expiry, parse_duration, plan_expiry
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, Busy, FormatError, KeyError_, NotFound, UsageError
-from vstor.store.backend.poolfiles import local_files
+from vstor.store.backend.statefiles import local_files
 
 DAY = 86400.0
 

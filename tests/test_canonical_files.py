@@ -20,7 +20,7 @@ from vstor.nbd import exportfile
 from vstor.nbd.exportfile import ExportSpec
 from vstor.replication.pairstate import Pair
 from vstor.replication.registry import Registry
-from vstor.store.backend.poolfiles import local_files
+from vstor.store.backend.statefiles import local_files
 from vstor.store.journal.consumers import COPY, Consumers, consumer_problems
 
 

@@ -22,7 +22,7 @@ from vstor.clock import ManualClock
 from vstor.control.service import PoolService
 from vstor.errors import CorruptData, NotFound, Refused, UsageError
 from vstor.media.manager import MediaManager
-from vstor.store.backend.poolfiles import local_files
+from vstor.store.backend.statefiles import local_files
 from vstor.store.catalog import compliance, snapshots
 from vstor.store.catalog.groups import Policy
 from vstor.store.store import Store

@@ -27,7 +27,7 @@ from vstor.replication.pairstate import (
 )
 from vstor.replication.transport import DEFAULT_PORT, Backoff, Pacer, parse_address
 from vstor.replication.wire import BadFrame, Record
-from vstor.store.backend.poolfiles import local_files
+from vstor.store.backend.statefiles import local_files
 
 
 def split(frame: bytes, expect_no: int) -> tuple[int, int, bytes]:

@@ -11,7 +11,7 @@ exactly the ones :meth:`Seal.seal` writes for it (a changed space is damage the 
 parsed content cannot see).
 
 :func:`load` and :func:`save` are the governance form (``STATE``: sha256, compact, indent 1,
-a ``version`` field), kept in a pool's state files (``vstor.store.backend.poolfiles.PoolFiles``):
+a ``version`` field), kept in a pool's state files (``vstor.store.backend.statefiles.PoolFiles``):
 ``save`` replaces the file atomically and durably (mode 0600 on a local pool, ``write_full``
 on RADOS); ``load`` returns the document only if its ``version`` is the expected one and its
 seal holds, else raises CorruptData naming the file and what its damage means; a missing file
@@ -30,7 +30,7 @@ import xxhash
 from vstor.errors import CorruptData
 
 if TYPE_CHECKING:
-    from vstor.store.backend.poolfiles import PoolFiles
+    from vstor.store.backend.statefiles import PoolFiles
 
 __all__ = ["STATE", "BadSeal", "Seal", "checksum", "load", "save"]
 

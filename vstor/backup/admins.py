@@ -6,7 +6,7 @@ later than the admin's last accepted one, so a code is never accepted twice and 
 is accepted after a newer one (replay, §5.2). Five wrong codes in a row lock the admin name for
 15 minutes (``MAX_FAILURES``, ``LOCKOUT``); the times come from an injected clock.
 
-The file (a pool state file: vstor/store/backend/poolfiles.py) holds the secrets: mode 0600 on a
+The file (a pool state file: vstor/store/backend/statefiles.py) holds the secrets: mode 0600 on a
 local pool, replaced atomically, sealed (vstor/checkedjson.py) with a ``checksum`` (sha256 hex of
 the canonical JSON without it). A secret is returned once, by ``enroll``, and never again.
 Pure logic: no sockets; the caller serializes calls (one process holds the pool).
@@ -25,7 +25,7 @@ from vstor.clock import Clock
 from vstor.errors import AlreadyExists, NotFound, Refused, UsageError
 
 if TYPE_CHECKING:
-    from vstor.store.backend.poolfiles import PoolFiles
+    from vstor.store.backend.statefiles import PoolFiles
 
 __all__ = ["ADMINS_FILE", "DRIFT", "ISSUER", "LOCKOUT", "MAX_FAILURES", "STEP", "VERSION", "AdminStore"]
 

@@ -7,7 +7,7 @@ default). States: ``pending`` -> ``approved`` (then run) or ``expired``. The req
 counts as an approver. Ids are never reused. Finished requests beyond the newest ``KEEP`` are
 dropped from the file (the audit log keeps them all).
 
-The file: a pool state file (vstor/store/backend/poolfiles.py), sealed JSON (vstor/checkedjson.py),
+The file: a pool state file (vstor/store/backend/statefiles.py), sealed JSON (vstor/checkedjson.py),
 mode 0600 on a local pool, atomic replace, ``checksum`` = sha256 hex of the canonical JSON
 without it. Pure logic; the caller serializes calls.
 """
@@ -22,7 +22,7 @@ from vstor.clock import WallClock
 from vstor.errors import NotFound, Refused
 
 if TYPE_CHECKING:
-    from vstor.store.backend.poolfiles import PoolFiles
+    from vstor.store.backend.statefiles import PoolFiles
 
 __all__ = ["APPROVALS_FILE", "EXPIRY", "KEEP", "VERSION", "Approvals"]
 

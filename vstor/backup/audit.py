@@ -7,7 +7,7 @@ Each line is one JSON entry {"seq", "time", "actor", "action", "details", "prev"
 "hash", and ``prev`` is the previous entry's hash ("0" * 64 for the first). See backup.md §5.4.
 
 Guarantees:
-* The log is a pool state file (vstor/store/backend/poolfiles.py): ``POOL/backup/audit.log``,
+* The log is a pool state file (vstor/store/backend/statefiles.py): ``POOL/backup/audit.log``,
   appended to (``O_APPEND``, fsync) on a local pool, or an object of a RADOS pool replaced
   whole at each entry (``write_full``). ``append`` returns only after the line is durable;
   appends are serialized by one lock within the process, and only the process that holds the
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from vstor.clock import Clock
 
 if TYPE_CHECKING:
-    from vstor.store.backend.poolfiles import PoolFiles
+    from vstor.store.backend.statefiles import PoolFiles
 
 GENESIS = "0" * 64
 AUDIT_FILE = "audit.log"  # among the pool's backup state files
@@ -76,7 +76,7 @@ def current_actor() -> str:
 
 class AuditLog:
     def __init__(self, files: PoolFiles, clock: Clock) -> None:
-        """``files``: the pool's ``backup`` state files (vstor/store/backend/poolfiles.py); the
+        """``files``: the pool's ``backup`` state files (vstor/store/backend/statefiles.py); the
         log is their AUDIT_FILE."""
         self.files = files
         self.clock = clock

@@ -7,7 +7,7 @@ readable as long as the pool key does.
 
 Guarantees:
 * keys.json holds ids and creation times only, never key material; it is sealed (a checksum,
-  vstor/checkedjson.py) and is a pool state file (vstor/store/backend/poolfiles.py) replaced
+  vstor/checkedjson.py) and is a pool state file (vstor/store/backend/statefiles.py) replaced
   atomically and durably, so a crash leaves the old or the new list.
 * Ids only grow and are never reused; ``key(n)`` gives the same bytes for the same root forever.
 * Calls are serialized by a lock (one process owns the pool).
@@ -26,7 +26,7 @@ from vstor.clock import Clock
 from vstor.errors import FormatError, KeyError_, UsageError
 
 if TYPE_CHECKING:
-    from vstor.store.backend.poolfiles import PoolFiles
+    from vstor.store.backend.statefiles import PoolFiles
 
 FORMAT = "vstor-backup-keys"
 VERSION = 1
@@ -40,7 +40,7 @@ SEAL = Seal("sha256", indent=1, newline=True)  # sha256 of the sorted JSON (defa
 
 class BackupKeys:
     def __init__(self, files: PoolFiles, root: bytes | None, clock: Clock) -> None:
-        """``files``: the pool's ``backup`` state files (vstor/store/backend/poolfiles.py)."""
+        """``files``: the pool's ``backup`` state files (vstor/store/backend/statefiles.py)."""
         if root is not None and len(root) != 32:
             raise UsageError(f"the backup root key must be 32 bytes, not {len(root)}")
         self.files = files

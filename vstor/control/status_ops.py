@@ -21,7 +21,7 @@ import shutil
 import time
 from typing import Any
 
-from vstor.store.backend.poolfiles import PoolFiles
+from vstor.store.backend.statefiles import PoolFiles
 from vstor.store.catalog.groups import Catalog
 from vstor.store.catalog.volumes import VolumeTable
 
@@ -133,7 +133,7 @@ def space_warnings(pool: dict) -> list[str]:
 
 def record_check(files: PoolFiles, result: dict) -> None:
     """Remember the outcome of ``pool check`` for ``vstor status`` (best effort); ``files``: the
-    pool's state files (vstor/store/backend/poolfiles.py)."""
+    pool's state files (vstor/store/backend/statefiles.py)."""
     summary = {"time": time.time(), "clean": result["clean"], "problems": len(result["problems"]),
                "repairs": len(result["repairs"]), "bytes_verified": result["bytes_verified"]}
     try:

@@ -19,7 +19,7 @@ from vstor.errors import AlreadyExists, Busy
 from vstor.media.library import Library, Medium
 
 if TYPE_CHECKING:
-    from vstor.store.backend.poolfiles import PoolFiles
+    from vstor.store.backend.statefiles import PoolFiles
 
 
 class MailSlotsMixin:

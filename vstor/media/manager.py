@@ -26,7 +26,7 @@ from vstor.media.library import CLEANING_USES, Library, Medium, parse_timing
 from vstor.media.mailslots import MailSlotsMixin
 from vstor.media.optical import DiscSide
 from vstor.media.tapedrive import TapeDrive
-from vstor.store.backend.poolfiles import PoolFiles, local_files
+from vstor.store.backend.statefiles import PoolFiles, local_files
 from vstor.store.catalog.volumes import NAME_RE
 
 FORMAT, VERSION = "vstor-library", 1

@@ -18,7 +18,7 @@ from vstor.errors import FormatError, UsageError
 from vstor.store.catalog.volumes import NAME_RE
 
 if TYPE_CHECKING:
-    from vstor.store.backend.poolfiles import PoolFiles
+    from vstor.store.backend.statefiles import PoolFiles
 
 FILE = "nbd_exports.json"
 VERSION = 1

@@ -1,5 +1,5 @@
 """Per-volume dirty bitmaps of a pair, and their file format. Pure logic plus one durable save
-(a pool state file, vstor/store/backend/poolfiles.py).
+(a pool state file, vstor/store/backend/statefiles.py).
 
 A bit covers GRANULE bytes of a volume. The primary folds into the bitmap every journal
 record it cannot ship (suspended pair, journal overflow, after a forced takeover), and
@@ -28,7 +28,7 @@ import xxhash
 from vstor.errors import FormatError
 
 if TYPE_CHECKING:
-    from vstor.store.backend.poolfiles import PoolFiles
+    from vstor.store.backend.statefiles import PoolFiles
 
 GRANULE = 64 * 1024
 MAGIC = b"VBMP"
@@ -135,7 +135,7 @@ def decode(data: bytes, where: str) -> dict[int, DirtyBitmap]:
 
 
 def save(files: PoolFiles, name: str, maps: dict[int, DirtyBitmap]) -> None:
-    """Durable replace of the state file ``name`` of ``files`` (vstor/store/backend/poolfiles.py);
+    """Durable replace of the state file ``name`` of ``files`` (vstor/store/backend/statefiles.py);
     no bits at all removes the file."""
     if any(bm.any() for bm in maps.values()):
         files.write(name, encode(maps))

@@ -1,6 +1,6 @@
 """Where an array keeps its pairs: ``meta/pairs/GROUP.json`` and ``GROUP.bitmap``.
 
-They are pool state files (vstor/store/backend/poolfiles.py: files of the pool directory, or
+They are pool state files (vstor/store/backend/statefiles.py: files of the pool directory, or
 objects of a RADOS pool). Each pair file is replaced atomically and durably on every state
 change, so after a crash an array comes back in the last state it reported. The file carries
 a format version and an xxh3-64 of its canonical JSON (a Seal, vstor/checkedjson.py).
@@ -16,7 +16,7 @@ from vstor.replication import bitmap
 from vstor.replication.pairstate import Pair
 
 if TYPE_CHECKING:
-    from vstor.store.backend.poolfiles import PoolFiles
+    from vstor.store.backend.statefiles import PoolFiles
 
 FORMAT = "vstor-pair"
 VERSION = 1

@@ -20,7 +20,7 @@ from vstor.errors import NotFound, PoolFull, ReadOnly, UsageError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.adminops import AdminOpsMixin
 from vstor.store.backend.base import PoolBackend
-from vstor.store.backend.poolfiles import PoolFiles
+from vstor.store.backend.statefiles import PoolFiles
 from vstor.store.backend.stub import backend_for
 from vstor.store.catalog.volumes import Volume
 from vstor.store.codec import FrameCodec, derive_key, pair_key_check

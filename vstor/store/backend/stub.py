@@ -20,7 +20,7 @@ from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.local import LocalBackend
 from vstor.store.backend.location import is_rados, open_backend, parse_rados
-from vstor.store.backend.poolfiles import local_files
+from vstor.store.backend.statefiles import local_files
 
 __all__ = ["STUB", "backend_for", "read_stub", "resolve", "state_dir", "write_stub"]
 

@@ -28,7 +28,7 @@ from vstor.clock import Clock
 from vstor.errors import Refused, UsageError
 
 if TYPE_CHECKING:
-    from vstor.store.backend.poolfiles import PoolFiles
+    from vstor.store.backend.statefiles import PoolFiles
 
 __all__ = ["CHECKPOINT_EVERY", "CLOCK_FILE", "GUARD", "LOCKS_FILE", "VERSION", "ComplianceClock", "Locks",
            "checkpoint", "for_pool", "job_key", "policy_key", "refuse_if_locked", "show_time", "snapshot_key"]

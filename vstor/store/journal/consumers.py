@@ -31,7 +31,7 @@ from vstor.store.journal.format import (
 from vstor.store.journal.segread import ScanEnd
 
 if TYPE_CHECKING:
-    from vstor.store.backend.poolfiles import PoolFiles
+    from vstor.store.backend.statefiles import PoolFiles
     from vstor.store.journal.segread import ScannedRecord
     from vstor.store.journal.writer import Journal
 
