@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.local import LocalBackend
 
-__all__ = ["PoolFiles", "local_files"]
+__all__ = ["STATE_FILES", "PoolFiles", "is_state_file", "local_files"]
+
+STATE_FILES = tuple(re.compile(p) for p in (  # every state file's name (docs/formats.md, "Pool state files")
+    r"meta/consumers\.json(\.copy)?", r"meta/last_check\.json", r"meta/compliance-clock\.json", r"meta/locks\.json",
+    r"meta/nbd_exports\.json", r"meta/pairs/[^/]+\.(json|bitmap)",
+    r"backup/(admins|approvals|keys|settings)\.json", r"backup/audit\.log", r"backup/clients/[^/]+\.key",
+    r"media/[^/]+\.json", r"media/[^/]+/shelf/[^/]+\.json"))
 
 
 class PoolFiles:
@@ -106,3 +113,9 @@ class PoolFiles:
 def local_files(directory: str) -> PoolFiles:
     """The files of a local directory (tools and tests that have a directory and no store)."""
     return PoolFiles(LocalBackend(directory))
+
+
+def is_state_file(name: str) -> bool:
+    """Whether the pool file ``name`` (relative, with "/") is a state file that goes through
+    PoolFiles (so a copy of a pool, ``pool migrate``, puts it through the destination's backend)."""
+    return any(p.fullmatch(name) for p in STATE_FILES)
