@@ -94,6 +94,8 @@ class MailSlotsMixin:
         shelf = self.files.sub(f"{name}/shelf")
         out = {}
         for f in shelf.names(".json"):
+            if "." in f[:-5]:  # BARCODE.sideN.json: a disc side's state, moved with its image
+                continue
             raw = shelf.read(f)
             if raw is not None:
                 out[f[:-5]] = json.loads(raw)
