@@ -96,7 +96,7 @@ def test_daemon_on_a_second_host_serves_the_exports_and_libraries_made_on_the_fi
         a.stop()
         b = RadosArray(base / "hostB", rados_location, conf, attach=True)
         b.start()
-        exports = b.vstor_json("volume", "exports")
+        exports = b.vstor_json("volume", "exports")["exports"]
         assert [(e["name"], e["read_only"]) for e in exports] == [("v", True)], exports
         libs = b.vstor_json("library", "list")
         assert [lib["name"] for lib in libs] == ["lib"], libs
