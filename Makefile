@@ -15,8 +15,9 @@ APT_PACKAGES := fuse3 libfuse3-3 e2fsprogs util-linux fio mt-st tar genisoimage 
 APT_PROBES := fusermount3 mkfs.ext4 losetup fio mt tar genisoimage ip nbdkit nbdfuse nbdsh qemu-img groff man systemd-analyze chromium sqlite3 openssl
 # Ceph for pools on RADOS and its one-node test cluster (tests/cephlab.py), installed by make
 # test-rados only, without recommends (they pull in far more than the daemons and the client
-# library); python3-rados is probed by its module file.
-RADOS_PACKAGES := ceph-mon ceph-mgr ceph-osd ceph-common python3-rados
+# library); python3-rados is probed by its module file, libsqlite3-mod-ceph (Ceph's SQLite VFS:
+# the backup catalog of a RADOS pool) by its library.
+RADOS_PACKAGES := ceph-mon ceph-mgr ceph-osd ceph-common python3-rados libsqlite3-mod-ceph
 RADOS_PROBES := ceph-mon ceph-mgr ceph-osd ceph ceph-authtool
 # make bench's real applications (tools/bench_stall.py, tools/bench_pgbench.py).
 BENCH_PACKAGES := stress-ng postgresql
@@ -40,6 +41,7 @@ system-deps:
 system-deps-rados:
 	@missing=0; for c in $(RADOS_PROBES); do command -v $$c >/dev/null || missing=1; done; \
 	ls /usr/lib/python3/dist-packages/rados.cpython-*.so >/dev/null 2>&1 || missing=1; \
+	ls /usr/lib/*/libcephsqlite.so >/dev/null 2>&1 || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  echo "setup: installing system packages: $(RADOS_PACKAGES)"; \
 	  export DEBIAN_FRONTEND=noninteractive; \

@@ -16,7 +16,7 @@ from vstor.backup.audit import AuditLog
 from vstor.backup.keys import BackupKeys
 from vstor.clock import ManualClock
 from vstor.control.status_ops import last_check, record_check
-from vstor.media.manager import MediaManager
+from vstor.media.manager import MediaManager, media_files
 from vstor.nbd.catalog import ExportCatalog
 from vstor.nbd.exportfile import ExportSpec
 from vstor.replication.bitmap import GRANULE, DirtyBitmap
@@ -64,7 +64,7 @@ def write_state(store: Store, clock: ManualClock) -> Written:
     first = AuditLog(backup, clock).append("alice", "key.rotate", {"key_id": 1})
     backup.write("settings.json", b'{"key_rotate_every": 86400}')  # BackupEngine.set_setting's form
     backup.sub("clients").write("c1.key", CLIENT_KEY)  # ClientService.register's
-    media = MediaManager(store.pool, files=files)
+    media = MediaManager(store.pool, files=media_files(store.pool, store.backend), state=files)
     media.create_library("lib", "tape", 4, 1, 1)
     media.create_media("lib", ["VT0001L9", "VT0002L9"])
     media.export("lib", "VT0001L9")
@@ -94,7 +94,7 @@ def check_state(store: Store, clock: ManualClock, w: Written) -> None:
     assert audit.verify(anchor=w.first_audit["hash"]) == [] and len(audit.entries()) == 2
     assert backup.read("settings.json") == b'{"key_rotate_every": 86400}'
     assert backup.sub("clients").read("c1.key") == CLIENT_KEY
-    media = MediaManager(store.pool, files=files)
+    media = MediaManager(store.pool, files=media_files(store.pool, store.backend), state=files)
     assert list(media.libs) == ["lib"] and "VT0001L9" not in media.libs["lib"].media
     assert list(media._shelf("lib")) == ["VT0001L9"]
     assert last_check(files)["bytes_verified"] == 4096

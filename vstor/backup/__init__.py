@@ -7,7 +7,8 @@ Layers, pure first:
   headline figures, expiry and recycling plans;
 * ``tapefile`` (and ``_tarstream``): the on-media format, a text header block and a POSIX pax
   stream with GNU sparse members, optionally AES-GCM sealed;
-* ``catalog`` (SQLite; ``sqlitefile``: its connection and transactions, shared with ``drillcat``),
+* ``catalog`` (SQLite; ``sqlitefile``: its connection and transactions, shared with ``drillcat``;
+  ``catalogdb``: where the database is, a local file or RADOS through Ceph's SQLite VFS),
   ``audit`` (a hash-chained log), ``keys`` (key ids, never keys);
 * ``mediaio``, ``cartridges``: writing and reading job parts on emulated tape drives;
 * ``jobs``, ``restore``, ``engine``: the job runner, restore and verify, and the facade the
@@ -26,4 +27,4 @@ from __future__ import annotations
 
 __all__ = ["admins", "approvals", "audit", "cartridges", "catalog", "client", "drillcat", "drillcheck", "drillreport",
            "drills", "drillscratch", "engine", "governance", "jobs", "keys", "mediaio", "policy", "rebuild", "report",
-           "restore", "retention", "schedule", "sqlitefile", "tapefile"]
+           "restore", "retention", "schedule", "sqlitefile", "tapefile", "catalogdb"]

@@ -6,6 +6,8 @@ Guarantees:
 * Every public method is one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``): after it returns the
   change is durable (WAL, ``synchronous=FULL``); if it raises, nothing of it is stored.
 * One connection, guarded by a lock owned by the catalog: methods may be called from any thread.
+* Where the database is comes from a ``catalogdb.Databases`` given to the constructor (a file in
+  POOL/backup, or RADOS through Ceph's SQLite VFS); the guarantees hold for both.
 * Crash safety: at open, every job still 'waiting' or 'running' was cut short by a stop or crash
   of the daemon; it becomes 'failed' with a reason, and its id is listed in ``recovered_jobs``.
   A job is never left half-present: it is restorable only once it is 'done'.
@@ -14,15 +16,14 @@ Guarantees:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sqlite3
 import threading
 from typing import Any
 
 from vstor.backup import _catalog_schema as sch
 from vstor.backup import _client_schema as csch
+from vstor.backup.catalogdb import Databases, LocalDatabases
 from vstor.backup.sqlitefile import SqliteFile
 from vstor.clock import Clock
 from vstor.errors import AlreadyExists, Busy, FormatError, NotFound, UsageError
@@ -31,24 +32,24 @@ INTERRUPTED = "interrupted: the array daemon stopped or crashed during the job"
 
 
 class BackupCatalog(SqliteFile):
-    """The catalog at ``path`` (the engine uses POOL/backup/catalog.db)."""
+    """The catalog at ``path`` (the engine uses POOL/backup/catalog.db), or the database named
+    ``path`` in ``databases`` (the engine's: catalog.db of the pool's kind)."""
 
-    def __init__(self, path: str, clock: Clock) -> None:
-        self.path = path
+    def __init__(self, path: str, clock: Clock, databases: Databases | None = None) -> None:
+        self.databases = databases or LocalDatabases("")
+        self.name = path
+        self.path = self.databases.where(path)
         self.clock = clock
         self._lock = threading.RLock()
         self._db = None
-        with contextlib.suppress(FileExistsError):  # the catalog is the pool's: owner only
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            self._db: sqlite3.Connection | None = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._db: sqlite3.Connection | None = self.databases.connect(path)
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA journal_mode={self.databases.journal_mode}")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._tx() as c:
-                sch.migrate(c, path)
+                sch.migrate(c, self.path)
                 now = self.clock.time()
                 rows = c.execute("SELECT id FROM jobs WHERE status IN ('waiting','running') ORDER BY id").fetchall()
                 self.recovered_jobs: list[int] = [r[0] for r in rows]
@@ -56,7 +57,7 @@ class BackupCatalog(SqliteFile):
                           "WHERE status IN ('waiting','running')", (INTERRUPTED, now))
         except sqlite3.DatabaseError as e:
             self.close()
-            raise FormatError(f"{path} is not a usable backup catalog ({e}); rebuild it from the media "
+            raise FormatError(f"{self.path} is not a usable backup catalog ({e}); rebuild it from the media "
                               "with the catalog import, or restore a copy of it") from None
         except BaseException:
             self.close()

@@ -20,6 +20,7 @@ import threading
 from typing import Any
 
 from vstor.backup._drill_schema import DRILL_STATUSES
+from vstor.backup.catalogdb import Databases, LocalDatabases
 from vstor.backup.sqlitefile import SqliteFile
 from vstor.clock import Clock
 from vstor.errors import FormatError, NotFound, UsageError
@@ -44,17 +45,18 @@ def _definition(row: sqlite3.Row) -> dict:
 
 
 class DrillCatalog(SqliteFile):
-    def __init__(self, path: str, clock: Clock) -> None:
-        self.path, self.clock = path, clock
+    def __init__(self, path: str, clock: Clock, databases: Databases | None = None) -> None:
+        """``path``: the catalog's file, or its name in ``databases`` (BackupCatalog's ``name``)."""
+        databases = databases or LocalDatabases("")
+        self.path, self.clock = databases.where(path), clock
         self._lock = threading.RLock()
-        self._db: sqlite3.Connection | None = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                                               timeout=30)
+        self._db: sqlite3.Connection | None = databases.connect(path)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA synchronous=FULL")
         have = self._db.execute("PRAGMA user_version").fetchone()[0]
         if have < 2:
             self.close()
-            raise FormatError(f"{path} is a version {have} backup catalog without drill tables: open it with "
+            raise FormatError(f"{self.path} is a version {have} backup catalog without drill tables: open it with "
                               "the backup engine first (it migrates the catalog)")
         with self._tx() as c:
             rows = c.execute("SELECT * FROM drills WHERE status='running' ORDER BY id").fetchall()

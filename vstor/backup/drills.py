@@ -73,7 +73,7 @@ class DrillRunner:
         """``mount``: the daemon's FUSE mount, through which scratch volumes go on loop devices
         (None offline: scratch images are copies)."""
         self.store, self.catalog, self.reader, self.clock, self.faults = store, catalog, reader, clock, faults
-        self.records = DrillCatalog(catalog.path, clock)
+        self.records = DrillCatalog(catalog.name, clock, catalog.databases)
         self._job_running, self._audit = job_running, audit
         self.mount = mount
         self.dir_restorers: dict[str, DirRestorer] = {}  # source kind -> restore of a job into a directory

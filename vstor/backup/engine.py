@@ -23,6 +23,7 @@ from collections.abc import Callable
 from vstor.backup.audit import AuditLog, current_actor
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
+from vstor.backup.catalogdb import CATALOG, Databases, catalog_databases
 from vstor.backup.client.admission import client_of
 from vstor.backup.client.service import ClientService
 from vstor.backup.drills import DrillRunner
@@ -48,15 +49,17 @@ DRIVE_POLL = 5.0  # seconds between looks for a free drive while a job waits
 
 class BackupEngine:
     def __init__(self, store: Store, media: MediaManager, clock: Clock | None = None,
-                 faults: Faults = NO_FAULTS, hooks: HookRunner | None = None, mount: str | None = None) -> None:
+                 faults: Faults = NO_FAULTS, hooks: HookRunner | None = None, mount: str | None = None,
+                 databases: Databases | None = None) -> None:
         """``hooks``: runs the policies' pre/post commands (hooks.ShellRunner by default);
-        ``mount``: the daemon's FUSE mount, for restore drills' scratch volumes."""
+        ``mount``: the daemon's FUSE mount, for restore drills' scratch volumes; ``databases``:
+        where the catalog is (default: the pool's kind, catalogdb.catalog_databases)."""
         self.store, self.media, self.faults = store, media, faults
         self.hooks: HookRunner = hooks or ShellRunner(faults)
         self.clock = clock or SystemClock()
         self.dir = os.path.join(store.pool, "backup")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        self.catalog = BackupCatalog(os.path.join(self.dir, "catalog.db"), self.clock)
+        self.catalog = BackupCatalog(CATALOG, self.clock, databases or catalog_databases(store.pool, store.backend))
         self.files = store.files.sub("backup")  # audit.log, keys.json, settings.json, clients/NAME.key (PoolFiles)
         self.audit = AuditLog(self.files, self.clock)
         self.keys = BackupKeys(self.files, store.backup_key, self.clock)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vstor.media.manager import MediaManager, parse_range
+from vstor.media.manager import MediaManager, media_files, parse_range
 from vstor.store.store import Store
 
 
@@ -18,7 +18,8 @@ class MediaOps:
 
     def _media(self) -> MediaManager:
         if self.media is None:
-            self.media = MediaManager(self.store.pool, self.store.media_key, files=self.store.files)
+            self.media = MediaManager(self.store.pool, self.store.media_key,
+                                      files=media_files(self.store.pool, self.store.backend), state=self.store.files)
         return self.media
 
     def op_library_create(self, name: str, type: str, slots: int, drives: int, mailslots: int,

@@ -12,6 +12,10 @@ Guarantees:
 Compression (lz4, only when it saves space) and encryption (AES-256-GCM, key from the pool's
 key file, never stored on the medium; the nonce is the first 12 stored bytes) are per block.
 Capacity counts stored bytes, after compression.
+
+The bytes live in a :class:`~vstor.store.backend.files.FileArea` given to the constructor (the
+pool's: files under ``POOL/media`` on a local pool, striped objects on RADOS); without one,
+``path`` is a local file. Every flush point above is the area file's ``sync``.
 """
 
 from __future__ import annotations
@@ -26,38 +30,42 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from vstor.errors import CorruptData, FormatError, KeyError_
 from vstor.lz4gate import Lz4Gate
 from vstor.media import tapeformat as tf
+from vstor.store.backend.files import FileArea, LocalFiles
+
+LOCAL = LocalFiles("")  # names are paths
 
 
 class Cartridge:
     def __init__(self, path: str, barcode: str, capacity: int, worm: bool = False, key: bytes | None = None,
-                 compress: bool = True, partition: int = 0) -> None:
+                 compress: bool = True, partition: int = 0, files: FileArea = LOCAL) -> None:
+        """``path``: the cartridge's name in ``files`` (a path when ``files`` is LOCAL)."""
         self.path, self.barcode, self.capacity, self.worm = path, barcode, capacity, worm
+        self.area = files
         self.partition = partition
         self.compress = compress
         self._aead = AESGCM(key) if key else None
-        new = not os.path.exists(path)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.file = files.open(path, create=True)
         self.offsets = array("Q")  # file offset of each object's header
         self.filemarks: list[int] = []  # object numbers of the filemarks, ascending
         self.chain = tf.ZERO_CHAIN
         self.cut: str = ""  # why a tail was cut at load, if one was
         self._lz4 = Lz4Gate()  # any saving is kept; early abort on incompressible data
-        if new:
-            os.pwrite(self.fd, tf.pack_file_header(barcode), 0)
-            os.fsync(self.fd)
+        if self.file.created:
+            self.file.pwrite(tf.pack_file_header(barcode), 0)
+            self.file.sync(metadata=True)
             self.end = tf.FILE_HEADER_SIZE
         else:
             self._load()
 
     def _load(self) -> None:
-        tf.check_file_header(os.pread(self.fd, tf.FILE_HEADER_SIZE, 0), self.barcode)
-        size = os.fstat(self.fd).st_size
+        tf.check_file_header(self.file.pread(tf.FILE_HEADER_SIZE, 0), self.barcode)
+        size = self.file.size()
         pos, n = tf.FILE_HEADER_SIZE, 0
         while pos < size:
-            raw = os.pread(self.fd, tf.OBJ_HEADER_SIZE, pos)
+            raw = self.file.pread(tf.OBJ_HEADER_SIZE, pos)
             try:
                 h = tf.unpack_obj(raw)
-                stored = os.pread(self.fd, h.stored, pos + tf.OBJ_HEADER_SIZE) if h.stored else b""
+                stored = self.file.pread(h.stored, pos + tf.OBJ_HEADER_SIZE) if h.stored else b""
                 if h.number != n or h.partition != self.partition or len(stored) != h.stored:
                     raise FormatError(f"object {n} is cut short or out of order")
                 tf.verify_obj(raw, h, stored)
@@ -65,8 +73,8 @@ class Cartridge:
                     raise FormatError(f"object {n} breaks the WORM hash chain")
             except FormatError as e:
                 self.cut = f"{e} at byte {pos}; {size - pos} bytes after it were dropped"
-                os.ftruncate(self.fd, pos)
-                os.fsync(self.fd)
+                self.file.truncate(pos)
+                self.file.sync(metadata=True)
                 break
             self.offsets.append(pos)
             if h.kind == tf.KIND_FILEMARK:
@@ -76,6 +84,11 @@ class Cartridge:
             pos += tf.OBJ_HEADER_SIZE + h.stored
             n += 1
         self.end = pos
+
+    @property
+    def fd(self) -> int:
+        """The descriptor of a local cartridge file (-1 when it is not one)."""
+        return getattr(self.file, "fd", -1)
 
     # -- geometry ----------------------------------------------------------------------------
     @property
@@ -104,11 +117,11 @@ class Cartridge:
     def read(self, n: int) -> bytes | None:
         """Object ``n``'s data (None for a filemark)."""
         pos = self.offsets[n]
-        raw = os.pread(self.fd, tf.OBJ_HEADER_SIZE, pos)
+        raw = self.file.pread(tf.OBJ_HEADER_SIZE, pos)
         h = tf.unpack_obj(raw)
         if h.kind == tf.KIND_FILEMARK:
             return None
-        stored = os.pread(self.fd, h.stored, pos + tf.OBJ_HEADER_SIZE)
+        stored = self.file.pread(h.stored, pos + tf.OBJ_HEADER_SIZE)
         try:
             tf.verify_obj(raw, h, stored)
         except FormatError as e:
@@ -135,10 +148,10 @@ class Cartridge:
         self.end = self.offsets[n]
         del self.offsets[n:]
         del self.filemarks[bisect.bisect_left(self.filemarks, n):]
-        os.ftruncate(self.fd, self.end)
+        self.file.truncate(self.end)
         if self.worm:
             self.chain = tf.ZERO_CHAIN if n == 0 else tf.unpack_obj(
-                os.pread(self.fd, tf.OBJ_HEADER_SIZE, self.offsets[n - 1])).chain
+                self.file.pread(tf.OBJ_HEADER_SIZE, self.offsets[n - 1])).chain
 
     def stored_size(self, data: bytes) -> tuple[bytes, int]:
         """The bytes a block would take on the medium, and their flags."""
@@ -162,7 +175,7 @@ class Cartridge:
             stored, flags = prepared or self.stored_size(data)
             kind, length = tf.KIND_DATA, len(data)
         head = tf.pack_obj(kind, flags, n, length, stored, self.chain if self.worm else None, self.partition)
-        os.pwrite(self.fd, head + stored, self.end)
+        self.file.pwrite(head + stored, self.end)
         self.offsets.append(self.end)
         if kind == tf.KIND_FILEMARK:
             self.filemarks.append(n)
@@ -172,15 +185,15 @@ class Cartridge:
         return len(head) + len(stored)
 
     def flush(self) -> None:
-        os.fdatasync(self.fd)
+        self.file.sync()
 
     def verify(self) -> dict:
         """Re-read every object: checksums, and the hash chain of a WORM cartridge."""
         chain, bad = tf.ZERO_CHAIN, []
         for n, pos in enumerate(self.offsets):
-            raw = os.pread(self.fd, tf.OBJ_HEADER_SIZE, pos)
+            raw = self.file.pread(tf.OBJ_HEADER_SIZE, pos)
             h = tf.unpack_obj(raw)
-            stored = os.pread(self.fd, h.stored, pos + tf.OBJ_HEADER_SIZE)
+            stored = self.file.pread(h.stored, pos + tf.OBJ_HEADER_SIZE)
             try:
                 tf.verify_obj(raw, h, stored)
                 if self.worm and tf.next_chain(chain, raw, stored) != h.chain:
@@ -191,7 +204,4 @@ class Cartridge:
         return {"objects": self.eod, "damaged": bad, "chain": chain.hex() if self.worm else ""}
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
+        self.file.close()

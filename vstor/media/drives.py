@@ -19,6 +19,7 @@ from vstor.media.cartridge import Cartridge
 from vstor.media.library import Library, Medium
 from vstor.media.optical import DiscSide
 from vstor.media.tapedrive import TapeDrive
+from vstor.store.backend.files import FileArea
 
 MAX_BLOCK = 1 << 20  # the FUSE request size (max_write): larger tape blocks cannot pass 1:1
 
@@ -32,6 +33,8 @@ class DrivesMixin:
     lib: Callable[[str], Library]  # provided by MediaManager
     save: Callable[[Library], None]
     cart_path: Callable[[str, str], str]
+    cart_name: Callable[[str, str], str]
+    files: FileArea
     _wait: Callable[[Library, str, float], None]
 
     libs: dict[str, Library]
@@ -51,11 +54,11 @@ class DrivesMixin:
         return rows
 
     def _open_cart(self, lib: Library, m: Medium, part: int = 0) -> Cartridge:
-        path = self.cart_path(lib.name, m.barcode)
+        name = self.cart_name(lib.name, m.barcode)
         if part:
-            path = path[: -len(".tape")] + f".p{part}.tape"
+            name = name[: -len(".tape")] + f".p{part}.tape"
         cap = m.partitions[part - 1] if part else m.capacity - sum(m.partitions)
-        return Cartridge(path, m.barcode, cap, m.worm, self.key, partition=part)
+        return Cartridge(name, m.barcode, cap, m.worm, self.key, partition=part, files=self.files)
 
     def _open_parts(self, lib: Library, m: Medium) -> list[Cartridge]:
         return [self._open_cart(lib, m, p) for p in range(len(m.partitions) + 1)]
@@ -70,7 +73,7 @@ class DrivesMixin:
             raise UsageError(f"partition 1 of {size_mib} MiB does not fit on {m.barcode}")
         for c in old:
             c.close()
-            os.unlink(c.path)
+            self.files.delete(c.path)
         m.partitions = [p1] if p1 else []
         self.save(lib)
         return self._open_parts(lib, m)

@@ -4,6 +4,8 @@
 mail slots leave the library for its shelf (``LIB/shelf/``: their files and a Medium record),
 the shelf's media come in through the slots, the door closes, and they move to empty slots.
 The shelf's Medium records are pool state files (``media/LIB/shelf/BARCODE.json``, PoolFiles).
+A cartridge moves to and from the shelf as ``LIB/shelf/BARCODE.tape`` in the media file area
+(a rename on a local pool, a copy then delete on RADOS); disc images are local files.
 While the door is open, moves to or from mail slots are refused (Library.move).
 """
 
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from vstor.errors import AlreadyExists, Busy
 from vstor.media.library import Library, Medium
+from vstor.store.backend.files import FileArea
 
 if TYPE_CHECKING:
     from vstor.store.backend.statefiles import PoolFiles
@@ -24,8 +27,9 @@ if TYPE_CHECKING:
 
 class MailSlotsMixin:
     dir: str
-    files: PoolFiles  # the pool's media state files (MediaManager)
+    state: PoolFiles  # the pool's media state files (MediaManager)
     lock: threading.RLock
+    files: FileArea
 
     lib: Callable[[str], Library]  # provided by MediaManager
     save: Callable[[Library], None]
@@ -65,8 +69,8 @@ class MailSlotsMixin:
                     if not lib.free_slots():
                         break
                     m = Medium(**shelf[code])
-                    self._move_files(os.path.join(self.dir, name, "shelf"), os.path.join(self.dir, name), code)
-                    self.files.remove(self._shelf_record(name, code))
+                    self._move_files(f"{name}/shelf", name, code)
+                    self.state.remove(self._shelf_record(name, code))
                     lib.add(m)
                     out["imported"].append(code)
                 lib.mail_open = False
@@ -80,18 +84,23 @@ class MailSlotsMixin:
 
     def _to_shelf(self, lib: Library, code: str) -> None:
         os.makedirs(os.path.join(self.dir, lib.name, "shelf"), exist_ok=True)
-        self._move_files(os.path.join(self.dir, lib.name), os.path.join(self.dir, lib.name, "shelf"), code)
-        self.files.write(self._shelf_record(lib.name, code), json.dumps(lib.media.pop(code).__dict__).encode())
+        self.files.makedirs(f"{lib.name}/shelf")
+        self._move_files(lib.name, f"{lib.name}/shelf", code)
+        self.state.write(self._shelf_record(lib.name, code), json.dumps(lib.media.pop(code).__dict__).encode())
 
-    @staticmethod
-    def _move_files(src: str, dst: str, code: str) -> None:
-        """Move a medium's files (cartridge, or disc images and states) between directories."""
-        for f in os.listdir(src):
-            if f == f"{code}.tape" or f.startswith((f"{code}.side", f"{code}.p")):
-                os.replace(os.path.join(src, f), os.path.join(dst, f))
+    def _move_files(self, src: str, dst: str, code: str) -> None:
+        """Move a medium's files (cartridge and its partitions, or disc images and states) between
+        directories of the library (``LIB`` and ``LIB/shelf``)."""
+        for f in self.files.listdir(src):
+            if f == f"{code}.tape" or (f.startswith(f"{code}.p") and f.endswith(".tape")):
+                self.files.rename(f"{src}/{f}", f"{dst}/{f}")
+        local_src, local_dst = os.path.join(self.dir, src), os.path.join(self.dir, dst)
+        for f in os.listdir(local_src) if os.path.isdir(local_src) else ():
+            if f.startswith(f"{code}.side"):
+                os.replace(os.path.join(local_src, f), os.path.join(local_dst, f))
 
     def _shelf(self, name: str) -> dict[str, dict]:
-        shelf = self.files.sub(f"{name}/shelf")
+        shelf = self.state.sub(f"{name}/shelf")
         out = {}
         for f in shelf.names(".json"):
             if "." in f[:-5]:  # BARCODE.sideN.json: a disc side's state, moved with its image

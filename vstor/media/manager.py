@@ -3,7 +3,9 @@
 Libraries live in the pool state files ``media/LIB.json`` (PoolFiles: ``POOL/media/LIB.json``
 or a RADOS object; format ``vstor-library`` v1, sealed with an xxh3-64 checksum,
 replaced atomically on every change, so the inventory always survives a restart or crash)
-and their cartridges in ``POOL/media/LIB/BARCODE.tape``. A loaded drive keeps its cartridge
+and their cartridges in ``POOL/media/LIB/BARCODE.tape`` (the name ``LIB/BARCODE.tape`` in the
+pool's media file area, given to the constructor: those very files on a local pool, striped
+objects on a RADOS pool; optical images stay files under ``POOL/media``). A loaded drive keeps its cartridge
 open; after a restart the cartridge is still in the drive, positioned at BOT (like a drive
 power-cycled with a tape inside). Drives open through FUSE are busy: they cannot be unloaded
 or moved from.
@@ -26,26 +28,32 @@ from vstor.media.library import CLEANING_USES, Library, Medium, parse_timing
 from vstor.media.mailslots import MailSlotsMixin
 from vstor.media.optical import DiscSide
 from vstor.media.tapedrive import TapeDrive
+from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.files import FileArea, LocalFiles
 from vstor.store.backend.statefiles import PoolFiles, local_files
 from vstor.store.catalog.volumes import NAME_RE
 
 FORMAT, VERSION = "vstor-library", 1
 SEAL = Seal("xxh3", indent=1, sort_keys=False, newline=True)  # keys as written; the checksum sorts them
+MEDIA_AREA = "media"  # the backend file area of the cartridges
 
 
 class MediaManager(MailSlotsMixin, DrivesMixin):
     def __init__(self, pool: str, key: bytes | None = None, sleep: Callable[[float], None] = time.sleep,
-                 files: PoolFiles | None = None) -> None:
-        """``files``: the pool's state files (the store's ``files``), where the library files and
+                 files: FileArea | None = None, state: PoolFiles | None = None) -> None:
+        """``files``: where the cartridges are (default: the files under ``POOL/media``; a pool's
+        ``backend.file_area("media", POOL/media)`` for its own kind, see :func:`media_files`).
+        ``state``: the pool's state files (the store's ``files``), where the library files and
         shelf records live; default: the files of the directory ``pool``."""
         self.sleep = sleep  # the timing model waits with this (tests inject a recorder)
         self.dir = os.path.join(pool, "media")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        self.files = (files or local_files(pool)).sub("media")  # LIB.json, LIB/shelf/BARCODE.json
+        self.files = files or LocalFiles(self.dir)
+        self.state = (state or local_files(pool)).sub("media")  # LIB.json, LIB/shelf/BARCODE.json
         self.key = key
         self.lock = threading.RLock()
         self.libs: dict[str, Library] = {}
-        for f in self.files.names(".json"):
+        for f in self.state.names(".json"):
             lib = self._load(f)
             self.libs[lib.name] = lib
         self.drives: dict[tuple[str, int], TapeDrive | DiscSide] = {}
@@ -53,19 +61,19 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
 
     # -- persistence -------------------------------------------------------------------------
     def _load(self, name: str) -> Library:
-        raw = self.files.read(name)
+        raw = self.state.read(name)
         try:
             doc = SEAL.unseal(raw if raw is not None else b"")
         except BadSeal:
             doc = {}
         if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-            raise FormatError(f"{self.files.where(name)} is not a valid version {VERSION} library file (bad checksum "
+            raise FormatError(f"{self.state.where(name)} is not a valid version {VERSION} library file (bad checksum "
                               "or format, or not in the form vstor writes)")
         return Library.from_dict(doc["library"])
 
     def save(self, lib: Library) -> None:
         doc = {"format": FORMAT, "version": VERSION, "library": lib.as_dict()}
-        self.files.write(f"{lib.name}.json", SEAL.seal(doc))
+        self.state.write(f"{lib.name}.json", SEAL.seal(doc))
 
     def lib(self, name: str) -> Library:
         try:
@@ -74,7 +82,13 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
             raise NotFound(f"no library named {name!r} (see 'vstor library list')") from None
 
     def cart_path(self, lib: str, barcode: str) -> str:
-        return os.path.join(self.dir, lib, f"{barcode}.tape")
+        """Where a cartridge is, for messages (and the file itself on a local pool)."""
+        return self.files.describe(self.cart_name(lib, barcode))
+
+    @staticmethod
+    def cart_name(lib: str, barcode: str) -> str:
+        """A cartridge's name in the media file area."""
+        return f"{lib}/{barcode}.tape"
 
     # -- libraries ---------------------------------------------------------------------------
     def create_library(self, name: str, type_: str, slots: int, drives: int, mailslots: int,
@@ -89,6 +103,7 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
             lib = Library.create(name, type_, slots, drives, mailslots, drive_model if type_ == "tape" else "")
             lib.timing = parse_timing(timing)
             os.makedirs(os.path.join(self.dir, name), mode=0o700, exist_ok=True)
+            self.files.makedirs(name)
             self.save(lib)
             self.libs[name] = lib
             return self.describe(lib)
@@ -104,11 +119,12 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
             if any(lib.drives):
                 raise Busy(f"library {name} has loaded drives; unload them first ('vstor media unload')")
             desc = self.describe(lib)
-            shelf = self.files.sub(f"{name}/shelf")
+            shelf = self.state.sub(f"{name}/shelf")
             for f in shelf.names(".json"):  # the shelf's records (state files), then the library's own files
                 shelf.remove(f)
+            self.files.remove_tree(name)
             shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
-            self.files.remove(f"{name}.json")
+            self.state.remove(f"{name}.json")
             del self.libs[name]
             return desc | {"deleted": True}
 
@@ -154,9 +170,9 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
 
     def _used(self, lib: Library, barcode: str) -> int:
         """Bytes on the medium: a cartridge's objects, or the allocated bytes of a disc's images."""
-        p = self.cart_path(lib.name, barcode)
+        name = self.cart_name(lib.name, barcode)
         if lib.type == "tape":
-            return max(0, os.path.getsize(p) - 64) if os.path.exists(p) else 0
+            return max(0, self.files.size(name) - 64) if self.files.exists(name) else 0
         d = os.path.join(self.dir, lib.name)
         return sum(os.stat(os.path.join(d, f)).st_blocks * 512 for f in os.listdir(d)
                    if f.startswith(f"{barcode}.side") and f.endswith(".img"))
@@ -270,6 +286,11 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
         with self.lock:
             for key in list(self.drives):
                 self._release(*key)
+
+
+def media_files(pool: str, backend: PoolBackend) -> FileArea:
+    """The cartridge area of a pool: files under ``POOL/media`` (local), objects in ``PREFIX/media`` (RADOS)."""
+    return backend.file_area(MEDIA_AREA, os.path.join(pool, "media"))
 
 
 def parse_range(text: str) -> list[str]:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from vstor.store.backend.files import FileArea, LocalFiles
+
 __all__ = ["PoolBackend"]
 
 
@@ -111,3 +113,9 @@ class PoolBackend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- large files (added for issue 29: tape cartridges) -----------------------------------
+    def file_area(self, area: str, local_dir: str) -> FileArea:
+        """The pool's large files of ``area`` (``media``: tape cartridges): files under
+        ``local_dir`` for a local pool (as they always were), striped objects on RADOS."""
+        return LocalFiles(local_dir)

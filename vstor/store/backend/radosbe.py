@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.files import FileArea
 from vstor.store.journal.format import segment_name
 
 __all__ = ["STRIPE_BYTES", "MAX_IN_FLIGHT", "RadosBackend", "connect_cluster"]
@@ -306,7 +307,21 @@ class RadosBackend(PoolBackend):
 
     def close(self) -> None:
         self._reap()
+        for area in self.__dict__.get("_file_areas", {}).values():  # before the cluster goes
+            area.close()
         self.meta.close()
         self.jrn.close()
         if self._owns:
             self._cluster.shutdown()
+
+    # -- large files (added for issue 29: tape cartridges) -----------------------------------
+    def file_area(self, area: str, local_dir: str) -> FileArea:
+        """The files of ``area`` as striped objects in the namespace ``PREFIX/AREA`` (radosfiles.py)."""
+        from vstor.store.backend.radosfiles import RadosFiles
+        areas: dict[str, RadosFiles] = self.__dict__.setdefault("_file_areas", {})  # closed by close()
+        with self._lock:
+            if area not in areas:
+                io = self._call(lambda: self._cluster.open_ioctx(self.pool), f"cannot open RADOS pool {self.pool}")
+                io.set_namespace(f"{self.prefix}/{area}")
+                areas[area] = RadosFiles(io, f"{self.describe()}/{area}")
+            return areas[area]

@@ -1,0 +1,158 @@
+"""Cartridges and the backup catalog on RADOS (issue 29): tape throughput and catalog commits.
+
+    .venv-rados/bin/python -m tools.bench_rados_media --ceph-conf FILE --pool CEPHPOOL
+        [--size 256M] [--jobs 20] [--fill 0,16M] [--json-out FILE]
+
+Measured on an existing cluster (objects under a random prefix, removed at the end):
+  tape write/read   TapeDrive over a Cartridge in the pool's RADOS file area (256 KiB blocks,
+                    incompressible; the write ends with a filemark: a flush), and the same over a
+                    local file in /var/tmp, in one run
+  catalog (a)       one backup job's catalog transactions (new job, running, a part, two volumes,
+                    done: 6 commits) with the catalog in the cluster through libcephsqlite
+  catalog (b)       the same with a local SQLite file copied whole to one RADOS object
+                    (``write_full`` of ``serialize()``) after every commit: atomic and durable too
+Both catalog designs are timed with the database holding about FILL bytes of older rows (a
+backup client's file lists make a catalog large), to show how each scales.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from vstor.backup.catalog import BackupCatalog
+from vstor.backup.catalogdb import CephDatabases, sqlite_namespace
+from vstor.clock import ManualClock
+from vstor.media.cartridge import Cartridge
+from vstor.media.tapedrive import MTREW, TapeDrive
+from vstor.store.backend.files import FileArea, LocalFiles
+from vstor.store.backend.radosbe import RadosBackend, connect_cluster
+from vstor.units import parse_size
+
+BLOCK = 256 * 1024
+
+
+def tape_mb_s(files: FileArea, size: int) -> dict[str, float]:
+    """Write then read ``size`` bytes of 256 KiB blocks through a TapeDrive; MB/s each way."""
+    block = os.urandom(BLOCK)
+    cart = Cartridge("L/BENCH01L9.tape", "BENCH01L9", 2 * size, compress=False, files=files)
+    drive = TapeDrive(cart, 0x60, True, False, 1 << 20)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(size // BLOCK):
+            drive.write(block)
+        drive.close(rewind=True)  # the filemark and its flush
+        t1 = time.perf_counter()
+        drive.op(MTREW, 1)
+        got = 0
+        while chunk := drive.read(BLOCK):
+            got += len(chunk)
+        t2 = time.perf_counter()
+    finally:
+        cart.close()
+    assert got == size, (got, size)
+    return {"write_mb_s": round(size / (t1 - t0) / 1e6, 1), "read_mb_s": round(size / (t2 - t1) / 1e6, 1)}
+
+
+class CopiedCatalog(BackupCatalog):
+    """Design (b): a local catalog whose whole database goes to one RADOS object after each commit."""
+
+    def __init__(self, path: str, clock: ManualClock, io: Any) -> None:
+        self.io = io
+        super().__init__(path, clock)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with super()._tx() as c:
+            yield c
+        with self._lock:
+            assert self._db is not None
+            self.io.write_full("catalog.db", self._db.serialize())
+
+
+def fill(cat: BackupCatalog, nbytes: int) -> None:
+    """Older jobs with 1 KiB reasons, about ``nbytes`` in all."""
+    rows = [("old", "full", "g", "done", "x" * 1024, 0.0, 0.0)] * (nbytes // 1100)
+    with cat._tx() as c:  # one transaction: the filler is not what is measured
+        c.executemany("INSERT INTO jobs(policy, level, source, status, reason, created, expires) "
+                      "VALUES (?,?,?,?,?,?,?)", rows)
+
+
+def job_commits(cat: BackupCatalog, jobs: int) -> float:
+    """Milliseconds per commit over ``jobs`` jobs' catalog transactions (6 each)."""
+    t0 = time.perf_counter()
+    for i in range(jobs):
+        job = cat.new_job("p", "full", "g", None, None, 1e9)
+        cat.set_job(job, status="running", started=1.0)
+        cat.add_part(job, 0, "VT0001L9", "lib", i + 1, 1, 40, 40 * BLOCK, "0" * 64)
+        cat.add_volume(job, "a", 8 << 20, 8 << 20, "1" * 64)
+        cat.add_volume(job, "b", 4 << 20, 4 << 20, "2" * 64)
+        cat.set_job(job, status="done", ended=2.0, bytes=12 << 20)
+    return (time.perf_counter() - t0) * 1000 / (6 * jobs)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ceph-conf", required=True, help="the cluster's ceph.conf")
+    ap.add_argument("--pool", required=True, help="an existing Ceph pool to write test objects in")
+    ap.add_argument("--size", default="256M", help="bytes written to and read from tape (default 256M)")
+    ap.add_argument("--jobs", type=int, default=20, help="backup jobs' worth of catalog commits (default 20)")
+    ap.add_argument("--fill", default="0,16M", help="catalog sizes to measure at, comma-separated (default 0,16M)")
+    ap.add_argument("--json-out", help="also write the results as JSON to this file")
+    args = ap.parse_args()
+    size = parse_size(args.size, "size")
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    cluster = connect_cluster(args.ceph_conf)
+    backend = RadosBackend(cluster, args.pool, prefix, owns_cluster=True)
+    tmp = tempfile.mkdtemp(prefix="vstor-bench-rmedia-", dir="/var/tmp")
+    out: dict[str, Any] = {"size": size, "jobs": args.jobs}
+    spaces = [f"{prefix}/media", sqlite_namespace(prefix), f"{prefix}/copied"]
+    try:
+        out["tape_rados"] = tape_mb_s(backend.file_area("media", ""), size)
+        os.makedirs(os.path.join(tmp, "L"))
+        out["tape_local"] = tape_mb_s(LocalFiles(tmp), size)
+        print(f"tape, {size >> 20} MiB of 256 KiB blocks: RADOS {out['tape_rados']}, local file {out['tape_local']}")
+        io = cluster.open_ioctx(args.pool)
+        io.set_namespace(spaces[2])
+        dbs = CephDatabases(args.pool, spaces[1], args.ceph_conf)
+        for i, fill_size in enumerate(parse_size(f, "fill") for f in args.fill.split(",")):
+            clock = ManualClock()
+            a = BackupCatalog(f"catalog{i}.db", clock, dbs)
+            b = CopiedCatalog(os.path.join(tmp, f"catalog{i}.db"), clock, io)
+            try:
+                fill(a, fill_size)
+                fill(b, fill_size)
+                row = {"fill": fill_size, "a_ms_per_commit": round(job_commits(a, args.jobs), 2),
+                       "b_ms_per_commit": round(job_commits(b, args.jobs), 2)}
+            finally:
+                a.close()
+                b.close()
+            out.setdefault("catalog", []).append(row)
+            print(f"catalog holding {fill_size >> 20} MiB: (a) libcephsqlite {row['a_ms_per_commit']} ms/commit, "
+                  f"(b) local file copied whole {row['b_ms_per_commit']} ms/commit")
+        io.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        with cluster.open_ioctx(args.pool) as io:
+            for ns in spaces:
+                io.set_namespace(ns)
+                for obj in list(io.list_objects()):
+                    io.remove_object(obj.key)
+        backend.close()
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
