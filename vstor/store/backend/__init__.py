@@ -8,9 +8,10 @@ work without Ceph). ``location`` parses rados://CEPHPOOL/PREFIX and opens the ba
 location; ``stub`` is a RADOS pool's local state directory and its pointer file;
 ``radoslock`` is the pool's exclusive RADOS lock (one daemon at a time). ``files`` is the seam
 for large files that are not segments (tape cartridges: ``base.PoolBackend.file_area``), with
-``radosfiles`` its striped implementation on RADOS.
+``radosfiles`` its striped implementation on RADOS. ``statefiles`` is the pool's small state
+files (positions, pairs, exports, governance, media inventory) by name, over any backend's blobs.
 """
 
 from __future__ import annotations
 
-__all__ = ["base", "files", "local", "location", "radosbe", "radosfiles", "radoslock", "stub"]
+__all__ = ["base", "files", "local", "location", "radosbe", "radosfiles", "radoslock", "statefiles", "stub"]
