@@ -19,6 +19,7 @@ from vstor.backup.keys import BackupKeys
 from vstor.backup.retention import ExpiryPlan, apply_expiry, parse_duration, plan_expiry
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, Busy, FormatError, KeyError_, NotFound, UsageError
+from vstor.store.backend.statefiles import local_files
 
 DAY = 86400.0
 
@@ -327,20 +328,20 @@ def test_recycle_only_when_all_jobs_expired(cat, clock):
 # -- audit ---------------------------------------------------------------------------------------
 def test_audit_append_and_verify(tmp_path, clock):
     path = str(tmp_path / "audit.log")
-    log = AuditLog(path, clock)
+    log = AuditLog(local_files(str(tmp_path)), clock)
     assert log.head() == GENESIS and log.verify() == []
     e1 = log.append("alice", "policy.put", {"name": "nightly"})
     clock.advance(1)
     e2 = log.append("bob", "job.expire", {"jobs": [1, 2]})
     assert (e1["seq"], e1["prev"], e2["seq"], e2["prev"]) == (1, GENESIS, 2, e1["hash"])
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert AuditLog(path, clock).entries() == [e1, e2] and log.head() == e2["hash"]
+    assert AuditLog(local_files(str(tmp_path)), clock).entries() == [e1, e2] and log.head() == e2["hash"]
     assert log.verify(anchor=e2["hash"]) == []
     assert isinstance(current_actor(), str) and current_actor()
 
 
 def test_audit_concurrent_appends_stay_chained(tmp_path, clock):
-    log = AuditLog(str(tmp_path / "audit.log"), clock)
+    log = AuditLog(local_files(str(tmp_path)), clock)
     ts = [threading.Thread(target=lambda n=n: [log.append(f"u{n}", "act", {"i": i}) for i in range(25)])
           for n in range(4)]
     for t in ts:
@@ -351,7 +352,7 @@ def test_audit_concurrent_appends_stay_chained(tmp_path, clock):
 
 
 def _three(tmp_path, clock):
-    log = AuditLog(str(tmp_path / "audit.log"), clock)
+    log = AuditLog(local_files(str(tmp_path)), clock)
     for n in range(3):
         log.append("alice", "act", {"n": n})
     return log, (tmp_path / "audit.log").read_bytes().splitlines(keepends=True)
@@ -392,35 +393,35 @@ ROOT = bytes(range(32))
 
 
 def test_keys_rotate_and_reopen(tmp_path, clock):
-    path = str(tmp_path / "keys.json")
-    keys = BackupKeys(path, ROOT, clock)
+    path, files = str(tmp_path / "keys.json"), local_files(str(tmp_path))
+    keys = BackupKeys(files, ROOT, clock)
     assert keys.current() == 1 and keys.current() == 1
     k1 = keys.key(1)
     assert len(k1) == 32
     clock.advance(5)
     assert keys.rotate() == 2 and keys.current() == 2
-    again = BackupKeys(path, ROOT, clock)
+    again = BackupKeys(files, ROOT, clock)
     assert again.current() == 2 and again.key(1) == k1 and again.key(2) != k1
     assert [(k["id"], k["current"]) for k in again.listing()] == [(1, False), (2, True)]
     with pytest.raises(KeyError_, match="key id 7"):
         again.key(7)
     raw = open(path, "rb").read()
     assert k1.hex().encode() not in raw and k1 not in raw and ROOT.hex().encode() not in raw
-    assert BackupKeys(path, bytes(32), clock).key(1) != k1
+    assert BackupKeys(files, bytes(32), clock).key(1) != k1
 
 
 def test_keys_need_pool_key_and_checksum(tmp_path, clock):
-    path = tmp_path / "keys.json"
+    path, files = tmp_path / "keys.json", local_files(str(tmp_path))
     with pytest.raises(UsageError, match="--encrypt --key-file"):
-        BackupKeys(str(path), None, clock).current()
-    BackupKeys(str(path), ROOT, clock).current()
+        BackupKeys(files, None, clock).current()
+    BackupKeys(files, ROOT, clock).current()
     path.write_text(path.read_text().replace('"id": 1', '"id": 3'))
     with pytest.raises(FormatError, match="checksum"):
-        BackupKeys(str(path), ROOT, clock)
+        BackupKeys(files, ROOT, clock)
 
 
 def test_keys_rotation_by_age(tmp_path, clock):
-    keys = BackupKeys(str(tmp_path / "keys.json"), ROOT, clock)
+    keys = BackupKeys(local_files(str(tmp_path)), ROOT, clock)
     assert keys.rotate_if_older(30 * DAY) == 1
     clock.advance(29 * DAY)
     assert keys.rotate_if_older(30 * DAY) is None

@@ -22,6 +22,7 @@ from vstor.clock import ManualClock
 from vstor.control.service import PoolService
 from vstor.errors import CorruptData, NotFound, Refused, UsageError
 from vstor.media.manager import MediaManager
+from vstor.store.backend.statefiles import local_files
 from vstor.store.catalog import compliance, snapshots
 from vstor.store.catalog.groups import Policy
 from vstor.store.store import Store
@@ -93,7 +94,7 @@ def gov(tmp_path):
 # -- TOTP -------------------------------------------------------------------------------------
 def test_totp_drift_replay_and_lockout(tmp_path):
     clock = ManualClock()
-    admins = AdminStore(str(tmp_path / "admins.json"), clock)
+    admins = AdminStore(local_files(str(tmp_path)), clock)
     r = admins.enroll("alice", "root")
     assert r["uri"].startswith("otpauth://totp/vstor:alice?secret=") and "issuer=vstor" in r["uri"]
     assert stat.S_IMODE(os.stat(tmp_path / "admins.json").st_mode) == 0o600
@@ -133,7 +134,7 @@ def test_totp_drift_replay_and_lockout(tmp_path):
 
     def use() -> None:
         try:
-            AdminStore(str(tmp_path / "admins.json"), clock).verify("alice", code)
+            AdminStore(local_files(str(tmp_path)), clock).verify("alice", code)
             results.append("ok")
         except Refused:
             results.append("refused")
@@ -233,7 +234,7 @@ def test_approval_by_a_second_admin(gov):
     gov.clock.advance(2 * STEP)
     req2 = gov.call("snapshot.delete", gov.auth("bob"), owner="g", name="nope")["approval_request"]
     gov.clock.advance(2 * 3600)
-    compliance.checkpoint(gov.pool, gov.clock)  # the daemon's maintenance loop, every tick
+    compliance.checkpoint(gov.store.files, gov.clock)  # the daemon's maintenance loop, every tick
     gov.clock.now -= 2 * 3600  # the system clock set back: the compliance clock is not
     with pytest.raises(Refused, match="expired"):
         gov.call("admin.approve", request=req2["id"], admin="alice", otp=gov.code("alice"))
@@ -273,7 +274,7 @@ def test_a_locked_job_survives_expire_and_a_clock_set_back(gov):
     assert gov.call("lock.list")["compliance_time"] == high
     assert gov.call("lock.list")["locks"][0] == {"key": f"job:{j1}", "until": t0 + 30 * DAY, "set": t0,
                                                  "by": lock["by"], "what": f"backup job {j1}", "active": True}
-    cc, locks = compliance.for_pool(gov.pool, gov.clock)
+    cc, locks = compliance.for_pool(gov.store.files, gov.clock)
     with pytest.raises(Refused, match="never shortened"):
         locks.set(f"job:{j1}", parse_until("10d", cc.now()), cc.now(), "x", "job")  # high + 10d < t0 + 30d
     assert locks.set(f"job:{j1}", parse_until("25d", cc.now()), cc.now(), "x", "job")["until"] == high + 25 * DAY

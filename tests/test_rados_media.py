@@ -4,9 +4,9 @@ listed and restored byte for byte on another (another state directory, same rado
 location; in process), and a tar written through FUSE to a drive file read back after the
 daemon moved to the other host (root). Needs the session's Ceph cluster (``make test-rados``).
 
-The library files (POOL/media/LIB.json) are state files, routed through the backend by
-another change (issue 29, "state files"); until then the second host gets a copy of them,
-and nothing else: the cartridges and the catalog it reads are the cluster's."""
+The library files (``media/LIB.json``) are pool state files (store/backend/statefiles.py):
+the second host reads them, the cartridges and the catalog from the cluster; its state
+directory holds nothing of the first host's."""
 
 from __future__ import annotations
 
@@ -146,7 +146,8 @@ class Host:
         write_stub(self.dir, location, conf, None)  # what 'pool init LOCATION --attach' leaves
         self.store = Store.open(self.dir, clock=clock)
         try:
-            self.media = MediaManager(self.dir, self.store.media_key, files=media_files(self.dir, self.store.backend))
+            self.media = MediaManager(self.dir, self.store.media_key, files=media_files(self.dir, self.store.backend),
+                                      state=self.store.files)
             self.engine = BackupEngine(self.store, self.media, clock=clock)
         except BaseException:
             self.store.close()
@@ -184,11 +185,7 @@ def test_a_backup_on_rados_is_listed_and_restored_on_another_host(ceph_lab: Ceph
         assert a.local_files() == []  # the cartridge and the catalog are in the cluster
         opened.remove(a)
         a.close()
-        base = tmp_path / "hostB"
-        os.makedirs(base / "state" / "media")
-        for f in glob.glob(os.path.join(a.dir, "media", "*.json")):  # the library files (see the docstring)
-            shutil.copy(f, base / "state" / "media")
-        b = Host(base, location, conf, clock)
+        b = Host(tmp_path / "hostB", location, conf, clock)
         opened.append(b)
         listed = b.engine.catalog.jobs()
         assert [(j["id"], j["status"]) for j in listed] == [(job["id"], "done")]
@@ -232,9 +229,6 @@ def test_a_tar_on_a_drive_file_reads_back_after_the_daemon_moves(ceph_lab: CephL
         run(["tar", "-b", "512", "-cf", os.path.join(a.mnt, "media", "L", "drive0"), "-C", str(src.parent), src.name])
         a.stop()
         b = RadosArray(short_dir / "hostB", location, conf, attach=True)
-        os.makedirs(os.path.join(b.pool, "media"), exist_ok=True)
-        for f in glob.glob(os.path.join(a.pool, "media", "*.json")):  # the library files (see the docstring)
-            shutil.copy(f, os.path.join(b.pool, "media"))
         b.start()
         out = tmp_path / "out"
         out.mkdir()

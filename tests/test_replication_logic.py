@@ -27,6 +27,7 @@ from vstor.replication.pairstate import (
 )
 from vstor.replication.transport import DEFAULT_PORT, Backoff, Pacer, parse_address
 from vstor.replication.wire import BadFrame, Record
+from vstor.store.backend.statefiles import local_files
 
 
 def split(frame: bytes, expect_no: int) -> tuple[int, int, bytes]:
@@ -236,18 +237,20 @@ def test_encode_decode() -> None:
 
 
 def test_save_and_load(tmp_path: Path) -> None:
-    path = str(tmp_path / "g.bitmap")
-    assert bitmap.load(path) == {}
-    bitmap.save(path, {1: DirtyBitmap(GRANULE)})  # all clear, no file: nothing to do
+    path, files = str(tmp_path / "g.bitmap"), local_files(str(tmp_path))
+    assert bitmap.load(files, "g.bitmap") == {}
+    bitmap.save(files, "g.bitmap", {1: DirtyBitmap(GRANULE)})  # all clear, no file: nothing to do
     assert not Path(path).exists()
     maps = sample_maps()
-    bitmap.save(path, maps)
-    assert {v: bytes(b.bits) for v, b in bitmap.load(path).items()} == {v: bytes(b.bits) for v, b in maps.items()}
+    bitmap.save(files, "g.bitmap", maps)
+    assert Path(path).read_bytes() == bitmap.encode(maps)
+    assert {v: bytes(b.bits) for v, b in bitmap.load(files, "g.bitmap").items()} == \
+        {v: bytes(b.bits) for v, b in maps.items()}
     for bm in maps.values():
         bm.clear()
-    bitmap.save(path, maps)
+    bitmap.save(files, "g.bitmap", maps)
     assert not Path(path).exists()
-    assert bitmap.load(path) == {}
+    assert bitmap.load(files, "g.bitmap") == {}
 
 
 # The reference's table, written out independently: event -> (states it applies to, next state).

@@ -6,7 +6,8 @@ later than the admin's last accepted one, so a code is never accepted twice and 
 is accepted after a newer one (replay, §5.2). Five wrong codes in a row lock the admin name for
 15 minutes (``MAX_FAILURES``, ``LOCKOUT``); the times come from an injected clock.
 
-The file holds the secrets: mode 0600, replaced atomically, with a ``checksum`` (sha256 hex of
+The file (a pool state file: vstor/store/backend/statefiles.py) holds the secrets: mode 0600 on a
+local pool, replaced atomically, sealed (vstor/checkedjson.py) with a ``checksum`` (sha256 hex of
 the canonical JSON without it). A secret is returned once, by ``enroll``, and never again.
 Pure logic: no sockets; the caller serializes calls (one process holds the pool).
 """
@@ -15,12 +16,16 @@ from __future__ import annotations
 
 import re
 import threading
+from typing import TYPE_CHECKING
 
 import pyotp
 
 from vstor import checkedjson
 from vstor.clock import Clock
 from vstor.errors import AlreadyExists, NotFound, Refused, UsageError
+
+if TYPE_CHECKING:
+    from vstor.store.backend.statefiles import PoolFiles
 
 __all__ = ["ADMINS_FILE", "DRIFT", "ISSUER", "LOCKOUT", "MAX_FAILURES", "STEP", "VERSION", "AdminStore"]
 
@@ -39,18 +44,19 @@ _LOCK = threading.Lock()  # serializes read-check-write of the file within the p
 
 
 class AdminStore:
-    def __init__(self, path: str, clock: Clock) -> None:
-        self.path, self.clock = path, clock
+    def __init__(self, files: PoolFiles, clock: Clock) -> None:
+        """``files``: the pool's ``backup`` state files (the store's ``files.sub("backup")``)."""
+        self.files, self.clock = files, clock
         self._lock = _LOCK  # one for every instance: the control server makes one per request
 
     # -- the file ----------------------------------------------------------------------------
     def _load(self) -> dict:
-        return checkedjson.load(self.path, {"require_approval": False, "admins": {}}, VERSION,
+        return checkedjson.load(self.files, ADMINS_FILE, {"require_approval": False, "admins": {}}, VERSION,
                                 "no admin can be checked, so every guarded change is refused; restore the file "
                                 "from a copy", private=True)
 
     def _save(self, doc: dict) -> None:
-        checkedjson.save(self.path, doc, VERSION)
+        checkedjson.save(self.files, ADMINS_FILE, doc, VERSION)
 
     # -- queries -----------------------------------------------------------------------------
     def names(self) -> list[str]:

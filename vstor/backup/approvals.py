@@ -7,17 +7,22 @@ default). States: ``pending`` -> ``approved`` (then run) or ``expired``. The req
 counts as an approver. Ids are never reused. Finished requests beyond the newest ``KEEP`` are
 dropped from the file (the audit log keeps them all).
 
-The file: JSON, mode 0600, atomic replace, ``checksum`` = sha256 hex of the canonical JSON
+The file: a pool state file (vstor/store/backend/statefiles.py), sealed JSON (vstor/checkedjson.py),
+mode 0600 on a local pool, atomic replace, ``checksum`` = sha256 hex of the canonical JSON
 without it. Pure logic; the caller serializes calls.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from vstor import checkedjson
 from vstor.clock import WallClock
 from vstor.errors import NotFound, Refused
+
+if TYPE_CHECKING:
+    from vstor.store.backend.statefiles import PoolFiles
 
 __all__ = ["APPROVALS_FILE", "EXPIRY", "KEEP", "VERSION", "Approvals"]
 
@@ -31,12 +36,13 @@ _LOCK = threading.Lock()  # serializes read-check-write of the file within the p
 
 
 class Approvals:
-    def __init__(self, path: str, clock: WallClock) -> None:
-        self.path, self.clock = path, clock
+    def __init__(self, files: PoolFiles, clock: WallClock) -> None:
+        """``files``: the pool's ``backup`` state files (the store's ``files.sub("backup")``)."""
+        self.files, self.clock = files, clock
         self._lock = _LOCK  # one for every instance: the control server makes one per request
 
     def _load(self) -> dict:
-        return checkedjson.load(self.path, {"next_id": 1, "requests": []}, VERSION,
+        return checkedjson.load(self.files, APPROVALS_FILE, {"next_id": 1, "requests": []}, VERSION,
                                 "restore it from a copy, or remove it (pending requests are then lost and "
                                 "must be made again)")
 
@@ -44,7 +50,7 @@ class Approvals:
         done = [r for r in doc["requests"] if r["status"] != "pending"]
         drop = {r["id"] for r in done[:-KEEP]} if len(done) > KEEP else set()
         doc["requests"] = [r for r in doc["requests"] if r["id"] not in drop]
-        checkedjson.save(self.path, doc, VERSION)
+        checkedjson.save(self.files, APPROVALS_FILE, doc, VERSION)
 
     def _expire(self, doc: dict, now: float) -> None:
         for r in doc["requests"]:

@@ -1,4 +1,5 @@
-"""A hash-chained, append-only audit log of backup administration (POOL/backup/audit.log).
+"""A hash-chained, append-only audit log of backup administration (the pool state file
+``backup/audit.log``).
 
 Each line is one JSON entry {"seq", "time", "actor", "action", "details", "prev", "hash"}, plus
 "admin" and "approved_by" when governance authorized the change (AUTHORITY):
@@ -6,8 +7,11 @@ Each line is one JSON entry {"seq", "time", "actor", "action", "details", "prev"
 "hash", and ``prev`` is the previous entry's hash ("0" * 64 for the first). See backup.md §5.4.
 
 Guarantees:
-* ``append`` returns only after the line is fsync'ed; appends are serialized by a lock within
-  the process and by ``flock`` between processes. The file is created with mode 0600.
+* The log is a pool state file (vstor/store/backend/statefiles.py): ``POOL/backup/audit.log``,
+  appended to (``O_APPEND``, fsync) on a local pool, or an object of a RADOS pool replaced
+  whole at each entry (``write_full``). ``append`` returns only after the line is durable;
+  appends are serialized by one lock within the process, and only the process that holds the
+  pool (its pool lock) writes. The file is created with mode 0600.
 * ``verify`` finds an edited entry, an inserted or removed entry (seq gap or prev mismatch),
   time going backwards and a truncated last line. Removing entries from the end, or rewriting the
   whole chain, cannot be seen from inside the log: keep ``head()`` outside the array (in approval
@@ -20,17 +24,21 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import fcntl
 import hashlib
 import json
 import os
 import pwd
 import threading
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from vstor.clock import Clock
 
+if TYPE_CHECKING:
+    from vstor.store.backend.statefiles import PoolFiles
+
 GENESIS = "0" * 64
+AUDIT_FILE = "audit.log"  # among the pool's backup state files
+_LOCK = threading.Lock()  # serializes appends within the process (one process owns the pool)
 
 
 def canonical(entry: dict) -> bytes:
@@ -67,52 +75,40 @@ def current_actor() -> str:
 
 
 class AuditLog:
-    def __init__(self, path: str, clock: Clock) -> None:
-        self.path = path
+    def __init__(self, files: PoolFiles, clock: Clock) -> None:
+        """``files``: the pool's ``backup`` state files (vstor/store/backend/statefiles.py); the
+        log is their AUDIT_FILE."""
+        self.files = files
         self.clock = clock
-        self._lock = threading.Lock()
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[int]:
-        with self._lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield fd
-            finally:
-                os.close(fd)
+        self._lock = _LOCK  # one for every instance: the control server may make one per request
+        if not files.exists(AUDIT_FILE):
+            files.append(AUDIT_FILE, b"")
 
     def _read(self) -> bytes:
-        with open(self.path, "rb") as f:
-            return f.read()
+        return self.files.read(AUDIT_FILE) or b""
 
     def append(self, actor: str, action: str, details: dict) -> dict:
         """Add one entry and fsync it; returns the entry as written."""
-        with self._locked() as fd:
+        with self._lock:
             data = self._read()
             torn = b""
             if data and not data.endswith(b"\n"):
                 cut = data.rfind(b"\n") + 1
                 data, torn = data[:cut], data[cut:]
-                os.ftruncate(fd, cut)
+                self.files.write(AUDIT_FILE, data)  # the torn tail cut off (atomic replace)
             last = _last_entry(data)
             if torn:
-                last = self._write(fd, last, "vstor", "audit.torn-tail", {
+                last = self._write(last, "vstor", "audit.torn-tail", {
                     "bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest(),
                     "note": "a torn last line (a crash during a write) was cut off"})
-            return self._write(fd, last, actor, action, details)
+            return self._write(last, actor, action, details)
 
-    def _write(self, fd: int, last: dict | None, actor: str, action: str, details: dict) -> dict:
+    def _write(self, last: dict | None, actor: str, action: str, details: dict) -> dict:
         entry = {"seq": (last["seq"] + 1) if last else 1, "time": self.clock.time(), "actor": actor,
                  "action": action, "details": details, "prev": last["hash"] if last else GENESIS}
         entry.update({k: v for k, v in (AUTHORITY.get() or {}).items() if k in ("admin", "approved_by") and v})
         entry["hash"] = entry_hash(entry)
-        line = canonical(entry) + b"\n"
-        view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        self.files.append(AUDIT_FILE, canonical(entry) + b"\n")  # durable on return
         return entry
 
     def entries(self) -> list[dict]:

@@ -34,7 +34,6 @@ from vstor.backup.rebuild import rebuild
 from vstor.backup.restore import Reader
 from vstor.backup.schedule import Scheduler
 from vstor.clock import Clock, SystemClock
-from vstor.durable import atomic_write
 from vstor.errors import Busy, UsageError, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.hooks import HookRunner, ShellRunner
@@ -61,8 +60,9 @@ class BackupEngine:
         self.dir = os.path.join(store.pool, "backup")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         self.catalog = BackupCatalog(CATALOG, self.clock, databases or catalog_databases(store.pool, store.backend))
-        self.audit = AuditLog(os.path.join(self.dir, "audit.log"), self.clock)
-        self.keys = BackupKeys(os.path.join(self.dir, "keys.json"), store.backup_key, self.clock)
+        self.files = store.files.sub("backup")  # audit.log, keys.json, settings.json, clients/NAME.key (PoolFiles)
+        self.audit = AuditLog(self.files, self.clock)
+        self.keys = BackupKeys(self.files, store.backup_key, self.clock)
         self.reader = Reader(store, self.catalog, self.keys, self._cartridges)
         self._lock = threading.Lock()
         self._running: dict[str, int] = {}  # policy -> job id
@@ -122,7 +122,7 @@ class BackupEngine:
 
     def delete_policy(self, name: str) -> dict:
         policy = self.catalog.policy(name)
-        compliance.refuse_if_locked(self.store.pool, self.clock, (compliance.policy_key(name),),
+        compliance.refuse_if_locked(self.store.files, self.clock, (compliance.policy_key(name),),
                                     f"backup policy {name!r}", "deleted")
         if name in self._running:
             raise Busy(f"a job of policy {name!r} is running (job {self._running[name]}); wait for it to end")
@@ -282,15 +282,12 @@ class BackupEngine:
         return done
 
     def settings(self) -> dict:
-        try:
-            with open(os.path.join(self.dir, SETTINGS)) as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return {}
+        raw = self.files.read(SETTINGS)
+        return {} if raw is None else json.loads(raw)
 
     def set_setting(self, name: str, value: object) -> None:
         doc = self.settings() | {name: value}
-        atomic_write(os.path.join(self.dir, SETTINGS), json.dumps(doc, sort_keys=True).encode())
+        self.files.write(SETTINGS, json.dumps(doc, sort_keys=True).encode())
 
     def serve(self, interval: float = 30.0) -> threading.Thread:
         """Tick the scheduler every ``interval`` seconds until :meth:`close`."""

@@ -6,25 +6,27 @@ with info ``b"vstor backup key " + str(N)``. Rotating only adds an id, so every 
 readable as long as the pool key does.
 
 Guarantees:
-* keys.json holds ids and creation times only, never key material; it carries a checksum and is
-  replaced atomically and durably (``atomic_write``), so a crash leaves the old or the new list.
+* keys.json holds ids and creation times only, never key material; it is sealed (a checksum,
+  vstor/checkedjson.py) and is a pool state file (vstor/store/backend/statefiles.py) replaced
+  atomically and durably, so a crash leaves the old or the new list.
 * Ids only grow and are never reused; ``key(n)`` gives the same bytes for the same root forever.
 * Calls are serialized by a lock (one process owns the pool).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import threading
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from vstor.checkedjson import BadSeal, Seal
 from vstor.clock import Clock
-from vstor.durable import atomic_write
 from vstor.errors import FormatError, KeyError_, UsageError
+
+if TYPE_CHECKING:
+    from vstor.store.backend.statefiles import PoolFiles
 
 FORMAT = "vstor-backup-keys"
 VERSION = 1
@@ -32,44 +34,40 @@ INFO = b"vstor backup key "
 NO_POOL_KEY = "backup encryption needs a pool key: create the pool with --encrypt --key-file"
 
 
-def _checksum(doc: dict) -> str:
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+KEYS_FILE = "keys.json"  # among the pool's backup state files
+SEAL = Seal("sha256", indent=1, newline=True)  # sha256 of the sorted JSON (default separators)
 
 
 class BackupKeys:
-    def __init__(self, path: str, root: bytes | None, clock: Clock) -> None:
+    def __init__(self, files: PoolFiles, root: bytes | None, clock: Clock) -> None:
+        """``files``: the pool's ``backup`` state files (vstor/store/backend/statefiles.py)."""
         if root is not None and len(root) != 32:
             raise UsageError(f"the backup root key must be 32 bytes, not {len(root)}")
-        self.path = path
+        self.files = files
         self.root = root
         self.clock = clock
         self._lock = threading.Lock()
         self._keys: list[dict] = self._load()
 
     def _load(self) -> list[dict]:
-        try:
-            with open(self.path, "rb") as f:
-                doc = json.loads(f.read())
-        except FileNotFoundError:
+        raw = self.files.read(KEYS_FILE)
+        if raw is None:
             return []
-        except ValueError:
-            doc = None
-        if not isinstance(doc, dict):
-            raise FormatError(f"{self.path} is not a backup key list: restore it from a copy of the pool's "
-                              "backup directory")
-        csum = doc.pop("checksum", None)
-        if csum != _checksum(doc):
-            raise FormatError(f"{self.path} fails its checksum: restore it from a copy of the pool's backup "
-                              "directory")
+        where = self.files.where(KEYS_FILE)
+        try:
+            doc = SEAL.unseal(raw)
+        except BadSeal as e:
+            if e.kind == "json":
+                raise FormatError(f"{where} is not a backup key list: restore it from a copy of the pool's "
+                                  "backup directory") from None
+            raise FormatError(f"{where} fails its checksum (or is not in the form vstor writes): restore it "
+                              "from a copy of the pool's backup directory") from None
         if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-            raise FormatError(f"{self.path} is not a version {VERSION} backup key list: upgrade vstor")
+            raise FormatError(f"{where} is not a version {VERSION} backup key list: upgrade vstor")
         return [{"id": int(k["id"]), "created": float(k["created"])} for k in doc["keys"]]
 
     def _save(self, keys: list[dict]) -> None:
-        doc = {"format": FORMAT, "version": VERSION, "keys": keys}
-        doc["checksum"] = _checksum(doc)
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
-        atomic_write(self.path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+        self.files.write(KEYS_FILE, SEAL.seal({"format": FORMAT, "version": VERSION, "keys": keys}))
         self._keys = keys
 
     def _need_root(self) -> bytes:

@@ -92,7 +92,8 @@ def _init_rados(args: argparse.Namespace, segment: int | None) -> tuple:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from vstor.control.status_ops import record_check
-    from vstor.store.backend.stub import resolve
+    from vstor.store.backend.statefiles import PoolFiles
+    from vstor.store.backend.stub import backend_for, resolve
     from vstor.store.check import check_pool  # imported here: every other command starts faster
     from vstor.store.journal.consumers import consumer_problems
     from vstor.store.store import Store
@@ -108,7 +109,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         rep = _check(Store, check_pool, args.path, sb, key)
         if args.repair and not rep.clean:
             repairs = repair_superblock(args.path)
-            consumers_bad = bool(consumer_problems(os.path.join(args.path, "meta")))
+            with backend_for(args.path) as backend:  # the pool's files, or RADOS for a state directory
+                consumers_bad = bool(consumer_problems(PoolFiles(backend).sub("meta")))
             repaired = Store.open(args.path, args.key_file, salvage=True)
             repairs += _what_recovery_did(repaired.recovery)
             if consumers_bad:
@@ -118,7 +120,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             rep = _check(Store, check_pool, args.path, load_superblock(args.path), key)
     result = {"clean": rep.clean, "problems": rep.problems, "notes": rep.notes, "repairs": repairs,
               "records": rep.records, "extents": rep.extents, "bytes_verified": rep.bytes_verified}
-    record_check(args.path, result)  # for 'vstor status'
+    with backend_for(args.path) as backend:
+        record_check(PoolFiles(backend), result)  # for 'vstor status'
     if args.json:
         print(json.dumps(result, indent=2))
         return 0 if rep.clean else 1

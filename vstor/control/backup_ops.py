@@ -104,7 +104,7 @@ class BackupOps:
         eng = self._backup()
         eng.refresh_locations()
         with compliance.GUARD:  # no lock set between the plan and its application
-            ctime, locks = compliance.for_pool(self.store.pool, eng.clock)
+            ctime, locks = compliance.for_pool(self.store.files, eng.clock)
             plan = plan_expiry(eng.catalog, eng.clock.time(), job_locks(eng.catalog.jobs(), locks.all(), ctime.now()))
             out = {"expire": plan.expire, "recycle": plan.recycle, "kept": plan.kept, "refused": plan.refused,
                    "dry_run": dry_run}

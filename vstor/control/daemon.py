@@ -133,7 +133,8 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         prepare_mountpoint(mount, pool)
         step("mountpoint")
         failed: list[BaseException] = []  # a failure after FUSE INIT, raised once the loop ends
-        media = MediaManager(store.pool, store.media_key, files=media_files(store.pool, store.backend))
+        media = MediaManager(store.pool, store.media_key, files=media_files(store.pool, store.backend),
+                             state=store.files)
         stack.callback(media.close)
         fs = VolumeFS(store, on_ready=lambda conn: after_init(mount, lambda: _ready(mount, faults, reporter, failed)),
                       extra_stats=lambda: {"daemon": {"pid": os.getpid(), "io_flusher": io_flusher,

@@ -10,13 +10,12 @@ requester and "approved_by" = the approver.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from vstor.backup.admins import ADMINS_FILE, AdminStore
-from vstor.backup.approvals import APPROVALS_FILE, Approvals
+from vstor.backup.admins import AdminStore
+from vstor.backup.approvals import Approvals
 from vstor.backup.audit import AUTHORITY, AuditLog, current_actor
 from vstor.backup.governance import decide, parse_until, rule_for
 from vstor.errors import Refused, UsageError
@@ -43,24 +42,19 @@ class GovernanceOps:
     _backup: Callable[[], Any]
 
     # -- the state ---------------------------------------------------------------------------
-    def _gov_dir(self) -> str:
-        path = os.path.join(self.store.pool, "backup")
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        return path
-
     def _admins(self) -> AdminStore:
-        return AdminStore(os.path.join(self._gov_dir(), ADMINS_FILE), self.store.clock)
+        return AdminStore(self.store.files.sub("backup"), self.store.clock)
 
     def _approvals(self) -> Approvals:
-        return Approvals(os.path.join(self._gov_dir(), APPROVALS_FILE), self._compliance()[0])
+        return Approvals(self.store.files.sub("backup"), self._compliance()[0])
 
     def _compliance(self) -> tuple[compliance.ComplianceClock, compliance.Locks]:
-        return compliance.for_pool(self.store.pool, self.store.clock)
+        return compliance.for_pool(self.store.files, self.store.clock)
 
     def _audit(self) -> AuditLog:
         if self.backup is not None:
             return self.backup.audit
-        return AuditLog(os.path.join(self._gov_dir(), "audit.log"), self.store.clock)
+        return AuditLog(self.store.files.sub("backup"), self.store.clock)
 
     # -- the guard ---------------------------------------------------------------------------
     def _governed(self, op: str, args: dict, progress: Any = None) -> Any:

@@ -19,7 +19,7 @@ class MediaOps:
     def _media(self) -> MediaManager:
         if self.media is None:
             self.media = MediaManager(self.store.pool, self.store.media_key,
-                                      files=media_files(self.store.pool, self.store.backend))
+                                      files=media_files(self.store.pool, self.store.backend), state=self.store.files)
         return self.media
 
     def op_library_create(self, name: str, type: str, slots: int, drives: int, mailslots: int,

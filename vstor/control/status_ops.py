@@ -9,7 +9,8 @@ Offline (:func:`offline_overview`): read-only and without the pool lock, from fi
 only ever replaced atomically: the superblock, the newest valid checkpoint copy (volumes,
 groups and snapshots as of that checkpoint; allocations need the maps and the journal, so
 they are not shown), the tail of the daemon log (how the last run ended) and the result of
-the last ``pool check`` (``POOL/meta/last_check.json``, written by ``pool check``).
+the last ``pool check`` (the state file ``meta/last_check.json``, written by ``pool check``:
+a file of the pool directory, or an object of a RADOS pool).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import shutil
 import time
 from typing import Any
 
-from vstor.durable import atomic_write
+from vstor.store.backend.statefiles import PoolFiles
 from vstor.store.catalog.groups import Catalog
 from vstor.store.catalog.volumes import VolumeTable
 
 NEARLY_FULL = 0.90  # warn when this share of the pool's filesystem is used
 LAST_CHECK = "last_check.json"
+LAST_CHECK_FILE = "meta/" + LAST_CHECK  # its name among the pool's state files
 
 
 class StatusOps:
@@ -54,7 +56,7 @@ class StatusOps:
         out = {"running": True, "daemon": {"pid": os.getpid(), "started": self.started,
                                            "uptime": time.time() - self.started, "mount": self.mount},
                "pool": pool, "volumes": volumes, "groups": groups, "pairs": pairs, "libraries": libraries,
-               "backup": backup, "last_check": last_check(st.pool)}
+               "backup": backup, "last_check": last_check(st.files)}
         warnings = space_warnings(pool)
         if st.journal.failed:
             warnings.append(f"journal FAILED: {st.journal.failed}; the array is read-only (see the daemon log)")
@@ -129,20 +131,21 @@ def space_warnings(pool: dict) -> list[str]:
     return []
 
 
-def record_check(pool: str, result: dict) -> None:
-    """Remember the outcome of ``pool check`` for ``vstor status`` (best effort)."""
+def record_check(files: PoolFiles, result: dict) -> None:
+    """Remember the outcome of ``pool check`` for ``vstor status`` (best effort); ``files``: the
+    pool's state files (vstor/store/backend/statefiles.py)."""
     summary = {"time": time.time(), "clean": result["clean"], "problems": len(result["problems"]),
                "repairs": len(result["repairs"]), "bytes_verified": result["bytes_verified"]}
     try:
-        atomic_write(os.path.join(pool, "meta", LAST_CHECK), json.dumps(summary).encode())
+        files.write(LAST_CHECK_FILE, json.dumps(summary).encode())
     except OSError:
         pass
 
 
-def last_check(pool: str) -> dict | None:
+def last_check(files: PoolFiles) -> dict | None:
     try:
-        with open(os.path.join(pool, "meta", LAST_CHECK), "rb") as f:
-            return json.loads(f.read())
+        raw = files.read(LAST_CHECK_FILE)
+        return None if raw is None else json.loads(raw)
     except (OSError, ValueError):
         return None
 
@@ -193,6 +196,7 @@ def offline_overview(pool: str) -> dict:
     sb = load_superblock(pool)
     with backend_for(pool) as backend:  # the pool's files, or RADOS for a state directory
         ckset = read_checkpoints(backend, sb.uuid_bytes)
+        check = last_check(PoolFiles(backend))
     ck = ckset.newest
     volumes: list[dict] = []
     groups: list[dict] = []
@@ -201,7 +205,6 @@ def offline_overview(pool: str) -> dict:
                                            Catalog.from_json(ck.meta.get("catalog")))
     space = pool_space(pool, None, shutil.disk_usage(pool).free, volumes)
     space |= {"path": os.path.abspath(pool), "uuid": sb.uuid}
-    check = last_check(pool)
     run = last_run(pool)
     warnings = space_warnings(space) + check_warnings(check)
     if ck is None:

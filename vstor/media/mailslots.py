@@ -3,6 +3,7 @@
 ``export`` moves a medium into a free mail slot. ``import`` opens the mail door: media in the
 mail slots leave the library for its shelf (``LIB/shelf/``: their files and a Medium record),
 the shelf's media come in through the slots, the door closes, and they move to empty slots.
+The shelf's Medium records are pool state files (``media/LIB/shelf/BARCODE.json``, PoolFiles).
 A cartridge moves to and from the shelf as ``LIB/shelf/BARCODE.tape`` in the media file area
 (a rename on a local pool, a copy then delete on RADOS); disc images are local files.
 While the door is open, moves to or from mail slots are refused (Library.move).
@@ -14,15 +15,19 @@ import json
 import os
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from vstor.durable import atomic_write, remove_durably
 from vstor.errors import AlreadyExists, Busy
 from vstor.media.library import Library, Medium
 from vstor.store.backend.files import FileArea
 
+if TYPE_CHECKING:
+    from vstor.store.backend.statefiles import PoolFiles
+
 
 class MailSlotsMixin:
     dir: str
+    state: PoolFiles  # the pool's media state files (MediaManager)
     lock: threading.RLock
     files: FileArea
 
@@ -65,21 +70,23 @@ class MailSlotsMixin:
                         break
                     m = Medium(**shelf[code])
                     self._move_files(f"{name}/shelf", name, code)
-                    remove_durably(self._shelf_file(name, code, "json"))
+                    self.state.remove(self._shelf_record(name, code))
                     lib.add(m)
                     out["imported"].append(code)
                 lib.mail_open = False
             self.save(lib)
             return out | {"mail_open": lib.mail_open}
 
-    def _shelf_file(self, lib: str, code: str, ext: str) -> str:
-        return os.path.join(self.dir, lib, "shelf", f"{code}.{ext}")
+    @staticmethod
+    def _shelf_record(lib: str, code: str) -> str:
+        """The state file of a medium on the shelf (its Medium record), among the media files."""
+        return f"{lib}/shelf/{code}.json"
 
     def _to_shelf(self, lib: Library, code: str) -> None:
         os.makedirs(os.path.join(self.dir, lib.name, "shelf"), exist_ok=True)
         self.files.makedirs(f"{lib.name}/shelf")
         self._move_files(lib.name, f"{lib.name}/shelf", code)
-        atomic_write(self._shelf_file(lib.name, code, "json"), json.dumps(lib.media.pop(code).__dict__).encode())
+        self.state.write(self._shelf_record(lib.name, code), json.dumps(lib.media.pop(code).__dict__).encode())
 
     def _move_files(self, src: str, dst: str, code: str) -> None:
         """Move a medium's files (cartridge and its partitions, or disc images and states) between
@@ -93,12 +100,12 @@ class MailSlotsMixin:
                 os.replace(os.path.join(local_src, f), os.path.join(local_dst, f))
 
     def _shelf(self, name: str) -> dict[str, dict]:
-        d = os.path.join(self.dir, name, "shelf")
-        if not os.path.isdir(d):
-            return {}
+        shelf = self.state.sub(f"{name}/shelf")
         out = {}
-        for f in os.listdir(d):
-            if f.endswith(".json"):
-                with open(os.path.join(d, f)) as fh:
-                    out[f[:-5]] = json.load(fh)
+        for f in shelf.names(".json"):
+            if "." in f[:-5]:  # BARCODE.sideN.json: a disc side's state, moved with its image
+                continue
+            raw = shelf.read(f)
+            if raw is not None:
+                out[f[:-5]] = json.loads(raw)
         return out

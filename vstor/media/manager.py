@@ -1,6 +1,7 @@
 """The pool's media libraries: persistence, cartridges, and the admin commands.
 
-Libraries live in ``POOL/media/LIB.json`` (format ``vstor-library`` v1, xxh3-64 checksum,
+Libraries live in the pool state files ``media/LIB.json`` (PoolFiles: ``POOL/media/LIB.json``
+or a RADOS object; format ``vstor-library`` v1, sealed with an xxh3-64 checksum,
 replaced atomically on every change, so the inventory always survives a restart or crash)
 and their cartridges in ``POOL/media/LIB/BARCODE.tape`` (the name ``LIB/BARCODE.tape`` in the
 pool's media file area, given to the constructor: those very files on a local pool, striped
@@ -12,7 +13,6 @@ or moved from.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -20,9 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-import xxhash
-
-from vstor.durable import atomic_write, remove_durably
+from vstor.checkedjson import BadSeal, Seal
 from vstor.errors import AlreadyExists, Busy, FormatError, NotFound, UsageError
 from vstor.media import mediatypes as mt
 from vstor.media.drives import DrivesMixin
@@ -32,46 +30,50 @@ from vstor.media.optical import DiscSide
 from vstor.media.tapedrive import TapeDrive
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.files import FileArea, LocalFiles
+from vstor.store.backend.statefiles import PoolFiles, local_files
 from vstor.store.catalog.volumes import NAME_RE
 
 FORMAT, VERSION = "vstor-library", 1
+SEAL = Seal("xxh3", indent=1, sort_keys=False, newline=True)  # keys as written; the checksum sorts them
 MEDIA_AREA = "media"  # the backend file area of the cartridges
 
 
 class MediaManager(MailSlotsMixin, DrivesMixin):
     def __init__(self, pool: str, key: bytes | None = None, sleep: Callable[[float], None] = time.sleep,
-                 files: FileArea | None = None) -> None:
+                 files: FileArea | None = None, state: PoolFiles | None = None) -> None:
         """``files``: where the cartridges are (default: the files under ``POOL/media``; a pool's
-        ``backend.file_area("media", POOL/media)`` for its own kind, see :func:`media_files`)."""
+        ``backend.file_area("media", POOL/media)`` for its own kind, see :func:`media_files`).
+        ``state``: the pool's state files (the store's ``files``), where the library files and
+        shelf records live; default: the files of the directory ``pool``."""
         self.sleep = sleep  # the timing model waits with this (tests inject a recorder)
         self.dir = os.path.join(pool, "media")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         self.files = files or LocalFiles(self.dir)
+        self.state = (state or local_files(pool)).sub("media")  # LIB.json, LIB/shelf/BARCODE.json
         self.key = key
         self.lock = threading.RLock()
         self.libs: dict[str, Library] = {}
-        for f in sorted(os.listdir(self.dir)):
-            if f.endswith(".json"):
-                lib = self._load(os.path.join(self.dir, f))
-                self.libs[lib.name] = lib
+        for f in self.state.names(".json"):
+            lib = self._load(f)
+            self.libs[lib.name] = lib
         self.drives: dict[tuple[str, int], TapeDrive | DiscSide] = {}
         self.open_drives: set[tuple[str, int]] = set()
 
     # -- persistence -------------------------------------------------------------------------
-    def _load(self, path: str) -> Library:
-        with open(path, "rb") as f:
-            raw = f.read()
-        doc = json.loads(raw)
-        csum = doc.pop("checksum", "")
-        if doc.get("format") != FORMAT or doc.get("version") != VERSION or xxh3_hex(doc) != csum \
-                or _encode(doc) != raw:
-            raise FormatError(f"{path} is not a valid version {VERSION} library file (bad checksum or format, "
-                              "or not in the form vstor writes)")
+    def _load(self, name: str) -> Library:
+        raw = self.state.read(name)
+        try:
+            doc = SEAL.unseal(raw if raw is not None else b"")
+        except BadSeal:
+            doc = {}
+        if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+            raise FormatError(f"{self.state.where(name)} is not a valid version {VERSION} library file (bad checksum "
+                              "or format, or not in the form vstor writes)")
         return Library.from_dict(doc["library"])
 
     def save(self, lib: Library) -> None:
-        atomic_write(os.path.join(self.dir, f"{lib.name}.json"),
-                     _encode({"format": FORMAT, "version": VERSION, "library": lib.as_dict()}))
+        doc = {"format": FORMAT, "version": VERSION, "library": lib.as_dict()}
+        self.state.write(f"{lib.name}.json", SEAL.seal(doc))
 
     def lib(self, name: str) -> Library:
         try:
@@ -117,9 +119,12 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
             if any(lib.drives):
                 raise Busy(f"library {name} has loaded drives; unload them first ('vstor media unload')")
             desc = self.describe(lib)
+            shelf = self.state.sub(f"{name}/shelf")
+            for f in shelf.names(".json"):  # the shelf's records (state files), then the library's own files
+                shelf.remove(f)
             self.files.remove_tree(name)
             shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
-            remove_durably(os.path.join(self.dir, f"{name}.json"))
+            self.state.remove(f"{name}.json")
             del self.libs[name]
             return desc | {"deleted": True}
 
@@ -286,15 +291,6 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
 def media_files(pool: str, backend: PoolBackend) -> FileArea:
     """The cartridge area of a pool: files under ``POOL/media`` (local), objects in ``PREFIX/media`` (RADOS)."""
     return backend.file_area(MEDIA_AREA, os.path.join(pool, "media"))
-
-
-def xxh3_hex(doc: dict) -> str:
-    return xxhash.xxh3_64_hexdigest(json.dumps(doc, sort_keys=True).encode())
-
-
-def _encode(doc: dict) -> bytes:
-    """A library file's bytes: ``doc`` with its checksum, in the one form the loader accepts."""
-    return (json.dumps({**doc, "checksum": xxh3_hex(doc)}, indent=1) + "\n").encode()
 
 
 def parse_range(text: str) -> list[str]:

@@ -42,7 +42,7 @@ class Target:
 class ExportCatalog:
     def __init__(self, store: object, in_use: Callable[[], dict[int, int]] | None = None) -> None:
         self.store = store
-        self.meta = store.paths["meta"]  # type: ignore[attr-defined]
+        self.meta = store.files.sub("meta")  # type: ignore[attr-defined]  # the pool's state files
         self.in_use = in_use or dict  # volume id -> open FUSE handles
         self._lock = threading.Lock()
         self._specs = {s.name: s for s in exportfile.load(self.meta)}

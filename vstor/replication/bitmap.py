@@ -1,4 +1,5 @@
-"""Per-volume dirty bitmaps of a pair, and their file format. Pure logic plus one durable save.
+"""Per-volume dirty bitmaps of a pair, and their file format. Pure logic plus one durable save
+(a pool state file, vstor/store/backend/statefiles.py).
 
 A bit covers GRANULE bytes of a volume. The primary folds into the bitmap every journal
 record it cannot ship (suspended pair, journal overflow, after a forced takeover), and
@@ -16,16 +17,18 @@ File ``meta/pairs/GROUP.bitmap`` (docs/formats.md "Dirty bitmap")::
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import lz4.frame
 import xxhash
 
-from vstor.durable import atomic_write, remove_durably
 from vstor.errors import FormatError
+
+if TYPE_CHECKING:
+    from vstor.store.backend.statefiles import PoolFiles
 
 GRANULE = 64 * 1024
 MAGIC = b"VBMP"
@@ -131,16 +134,15 @@ def decode(data: bytes, where: str) -> dict[int, DirtyBitmap]:
     return out
 
 
-def save(path: str, maps: dict[int, DirtyBitmap]) -> None:
-    """Durable replace (atomic_write); no bits at all removes the file."""
+def save(files: PoolFiles, name: str, maps: dict[int, DirtyBitmap]) -> None:
+    """Durable replace of the state file ``name`` of ``files`` (vstor/store/backend/statefiles.py);
+    no bits at all removes the file."""
     if any(bm.any() for bm in maps.values()):
-        atomic_write(path, encode(maps))
+        files.write(name, encode(maps))
     else:
-        remove_durably(path)
+        files.remove(name)
 
 
-def load(path: str) -> dict[int, DirtyBitmap]:
-    if not os.path.exists(path):
-        return {}
-    with open(path, "rb") as f:
-        return decode(f.read(), path)
+def load(files: PoolFiles, name: str) -> dict[int, DirtyBitmap]:
+    raw = files.read(name)
+    return {} if raw is None else decode(raw, files.where(name))

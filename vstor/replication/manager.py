@@ -56,7 +56,7 @@ class Replication:
         self.name = name or (_only_identity(tls_dir) if tls_dir else None)
         self.clock, self.faults = clock or SystemClock(), faults
         self.dial: Dial = dial or self._dial_tls
-        self.registry = Registry(store.paths["meta"])
+        self.registry = Registry(store.files.sub("meta"))
         self.lock = threading.RLock()
         self.pairs: dict[str, Pair] = self.registry.load_all()
         self.bitmaps: dict[str, dict[int, DirtyBitmap]] = {g: self.registry.load_bitmap(g) for g in self.pairs}

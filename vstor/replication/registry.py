@@ -1,70 +1,69 @@
 """Where an array keeps its pairs: ``meta/pairs/GROUP.json`` and ``GROUP.bitmap``.
 
-Each pair file is replaced atomically and durably (``atomic_write``) on every state change,
-so after a crash an array comes back in the last state it reported. The file carries a
-format version and an xxh3-64 of its canonical JSON, like the superblock.
+They are pool state files (vstor/store/backend/statefiles.py: files of the pool directory, or
+objects of a RADOS pool). Each pair file is replaced atomically and durably on every state
+change, so after a crash an array comes back in the last state it reported. The file carries
+a format version and an xxh3-64 of its canonical JSON (a Seal, vstor/checkedjson.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
+from typing import TYPE_CHECKING
 
-import xxhash
-
-from vstor.durable import atomic_write, remove_durably
+from vstor.checkedjson import BadSeal, Seal
 from vstor.errors import FormatError
 from vstor.replication import bitmap
 from vstor.replication.pairstate import Pair
 
+if TYPE_CHECKING:
+    from vstor.store.backend.statefiles import PoolFiles
+
 FORMAT = "vstor-pair"
 VERSION = 1
+SEAL = Seal("xxh3", indent=2, newline=True)  # xxh3-64 of the sorted JSON (vstor/checkedjson.py)
 
 
 class Registry:
-    def __init__(self, meta_dir: str) -> None:
-        self.dir = os.path.join(meta_dir, "pairs")
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-
-    def _path(self, group: str, ext: str) -> str:
-        return os.path.join(self.dir, f"{group}.{ext}")
+    def __init__(self, meta: PoolFiles) -> None:
+        """``meta``: the pool's ``meta`` state files (``store.files.sub("meta")``)."""
+        self.files = meta.sub("pairs")
 
     def load_all(self) -> dict[str, Pair]:
         out = {}
-        for name in sorted(os.listdir(self.dir)):
-            if name.endswith(".json"):
-                pair = self._load(os.path.join(self.dir, name))
-                out[pair.group] = pair
+        for name in self.files.names(".json"):
+            pair = self._load(name)
+            out[pair.group] = pair
         return out
 
-    def _load(self, path: str) -> Pair:
-        with open(path, "rb") as f:
-            raw = f.read()
-        doc = json.loads(raw)
-        csum = doc.pop("checksum", "")
+    def _load(self, name: str) -> Pair:
+        path = self.files.where(name)
+        raw = self.files.read(name)
+        if raw is None:
+            raise FormatError(f"{path} vanished while the pairs were read")
+        try:
+            doc = SEAL.parse(raw)
+        except BadSeal as e:
+            raise FormatError(f"{path} is not a pair file ({e}); the pair's state is unknown: delete the pair on "
+                              "both arrays and create it again") from None
         if doc.get("format") != FORMAT or doc.get("version") != VERSION:
             raise FormatError(f"{path} is not a version {VERSION} pair file")
-        if xxhash.xxh3_64_hexdigest(json.dumps(doc, sort_keys=True).encode()) != csum or _encode(doc) != raw:
+        try:
+            SEAL.check(doc, raw)
+        except BadSeal:
             raise FormatError(f"{path} fails its checksum or is not in the form vstor writes; the pair's state "
-                              "is unknown: delete the pair on both arrays and create it again")
+                              "is unknown: delete the pair on both arrays and create it again") from None
         return Pair.from_dict(doc["pair"])
 
     def save(self, pair: Pair) -> None:
-        atomic_write(self._path(pair.group, "json"),
-                     _encode({"format": FORMAT, "version": VERSION, "pair": pair.as_dict()}))
+        doc = {"format": FORMAT, "version": VERSION, "pair": pair.as_dict()}
+        self.files.write(f"{pair.group}.json", SEAL.seal(doc))
 
     def remove(self, group: str) -> None:
-        remove_durably(self._path(group, "bitmap"))
-        remove_durably(self._path(group, "json"))
+        self.files.remove(f"{group}.bitmap")
+        self.files.remove(f"{group}.json")
 
     def load_bitmap(self, group: str) -> dict[int, bitmap.DirtyBitmap]:
-        return bitmap.load(self._path(group, "bitmap"))
+        return bitmap.load(self.files, f"{group}.bitmap")
 
     def save_bitmap(self, group: str, maps: dict[int, bitmap.DirtyBitmap]) -> None:
-        bitmap.save(self._path(group, "bitmap"), maps)
-
-
-def _encode(doc: dict) -> bytes:
-    """A pair file's bytes: ``doc`` with its checksum, in the one form the loader accepts."""
-    csum = xxhash.xxh3_64_hexdigest(json.dumps(doc, sort_keys=True).encode())
-    return (json.dumps({**doc, "checksum": csum}, indent=2, sort_keys=True) + "\n").encode()
+        bitmap.save(self.files, f"{group}.bitmap", maps)

@@ -56,7 +56,7 @@ def check_pool(store: object) -> CheckReport:
         rep.problem(why)
     for why in read_checkpoints(store.backend, store.sb.uuid_bytes).problems():
         rep.problem(why)
-    for why in consumer_problems(store.paths["meta"]):
+    for why in consumer_problems(store.files.sub("meta")):
         rep.problem(why)
     _check_segments(store, rep)
     try:

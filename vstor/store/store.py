@@ -20,6 +20,7 @@ from vstor.errors import NotFound, PoolFull, ReadOnly, UsageError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.adminops import AdminOpsMixin
 from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.statefiles import PoolFiles
 from vstor.store.backend.stub import backend_for
 from vstor.store.catalog.volumes import Volume
 from vstor.store.codec import FrameCodec, derive_key, pair_key_check
@@ -70,6 +71,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
         self.faults = faults
         self.paths = layout(pool)
         self.backend = backend or backend_for(pool, faults)  # segments, checkpoints (vstor/store/backend/)
+        self.files = PoolFiles(self.backend)  # the pool's state files, through the same backend
         self.clock = clock or SystemClock()
         self.codec = FrameCodec(sb.uuid_bytes, sb.compress == "lz4", key)
         self.key_check = pair_key_check(key)  # compared by replication peers; "" without a key
@@ -94,7 +96,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
         self.ckpt_appended = 0
         self.recovery: dict = {}
         self.reclaimer: object | None = None  # set by reclaim.Reclaimer; used when space runs low
-        self.consumers = Consumers(self.paths["meta"])
+        self.consumers = Consumers(self.files.sub("meta"))
         self.fenced: dict[int, str] = {}  # group id -> why host writes are refused (replication secondary)
 
     @classmethod

@@ -16,6 +16,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -29,7 +30,6 @@ from vstor.backup.client.conn import Conn, array_conn
 from vstor.backup.client.receive import Receiver
 from vstor.backup.client.restoring import Restorer
 from vstor.backup.client.runs import Agents
-from vstor.durable import atomic_write
 from vstor.errors import Busy, KeyError_, NotFound, UsageError, VstorError
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class ClientService:
         self.engine = engine
         e = engine  # a BackupEngine (typed loosely: no import cycle with engine.py)
         self.catalog, self.audit, self.clock, self.faults = e.catalog, e.audit, e.clock, e.faults  # type: ignore
-        self.dir = os.path.join(e.dir, "clients")  # type: ignore[attr-defined]
+        self.files = e.files.sub("clients")  # type: ignore[attr-defined]  # NAME.key (PoolFiles)
         self.receiver = Receiver(self.catalog, self.audit, self.clock, self.faults, e.keys,  # type: ignore
                                  self._cartridges, e.store.sb.uuid, self._key, self.verify)  # type: ignore
         self.runs = Agents(self.catalog, self.clock, self.receiver)
@@ -76,8 +76,7 @@ class ClientService:
             raise UsageError(f"client {name!r} is already registered; remove it first to change it")
         self.audit.append(current_actor(), "client.register", doc)
         if key is not None:
-            os.makedirs(self.dir, mode=0o700, exist_ok=True)
-            atomic_write(os.path.join(self.dir, f"{name}.key"), key, mode=0o600)
+            self.files.write(f"{name}.key", key)  # mode 0600 on a local pool
         self.catalog.put_client(doc)
         return self.catalog.client(name)
 
@@ -88,8 +87,7 @@ class ClientService:
             raise Busy(f"client {name!r} is the source of policies {', '.join(used)}: delete them first")
         self.audit.append(current_actor(), "client.remove", {"name": name})
         self.catalog.delete_client(name)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.dir, f"{name}.key"))
+        self.files.remove(f"{name}.key")
         return doc
 
     def listing(self) -> list[dict]:
@@ -98,8 +96,10 @@ class ClientService:
     def _key(self, client: dict) -> bytes | None:
         if not client.get("key_id"):
             return None
-        with open(os.path.join(self.dir, f"{client['name']}.key"), "rb") as f:
-            return f.read()
+        raw = self.files.read(f"{client['name']}.key")
+        if raw is None:
+            raise FileNotFoundError(errno.ENOENT, f"{self.files.where(client['name'] + '.key')} is missing")
+        return raw
 
     # -- the listener ---------------------------------------------------------------------------
     def listen(self, address: str, tls_dir: str, name: str | None) -> str:

@@ -20,6 +20,7 @@ from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.local import LocalBackend
 from vstor.store.backend.location import is_rados, open_backend, parse_rados
+from vstor.store.backend.statefiles import local_files
 
 __all__ = ["STUB", "backend_for", "read_stub", "resolve", "state_dir", "write_stub"]
 
@@ -39,7 +40,7 @@ def write_stub(directory: str, location: str, ceph_conf: str | None, ceph_id: st
     os.makedirs(directory, mode=0o700, exist_ok=True)
     for sub in ("meta", "log"):
         os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
-    checkedjson.save(os.path.join(directory, STUB), {
+    checkedjson.save(local_files(directory), STUB, {
         "location": location, "ceph_conf": os.path.abspath(ceph_conf) if ceph_conf else None,
         "ceph_id": ceph_id}, STUB_VERSION)
 
@@ -48,7 +49,7 @@ def read_stub(directory: str) -> dict | None:
     """The stub of a RADOS pool's state directory, or None for a local pool."""
     if not os.path.exists(os.path.join(directory, STUB)):
         return None
-    return checkedjson.load(os.path.join(directory, STUB), {}, STUB_VERSION,
+    return checkedjson.load(local_files(directory), STUB, {}, STUB_VERSION,
                             "the state directory no longer says which RADOS pool it serves; run "
                             "'vstor pool init rados://CEPHPOOL/PREFIX --attach' again", private=True)
 

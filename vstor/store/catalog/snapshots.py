@@ -49,7 +49,7 @@ def delete(store: Store, owner: str, name: str) -> dict:
     """Delete snapshot OWNER/NAME; Refused while a compliance lock holds it (compliance.py)."""
     snap = get(store, owner, name)
     with compliance.GUARD:
-        compliance.refuse_if_locked(store.pool, store.clock, (compliance.snapshot_key(snap.id),),
+        compliance.refuse_if_locked(store.files, store.clock, (compliance.snapshot_key(snap.id),),
                                     f"snapshot {owner}/{name}", "deleted")
         store.event(lambda st: st.catalog.make_snapshot_delete(st.catalog.snapshot(st.table, owner, name)))
     return describe(store, snap) | {"deleted": True}
@@ -152,7 +152,7 @@ def run_policies(store: Store, in_use: set[int] = frozenset(), take: Take | None
     for the log."""
     done = []
     now = store.clock.time()
-    cc, locks = compliance.for_pool(store.pool, store.clock)
+    cc, locks = compliance.for_pool(store.files, store.clock)
     ctime = cc.checkpoint()  # also the compliance clock's periodic checkpoint
     held = {k for k, v in locks.all().items() if v["until"] > ctime}
     with store.locked():

@@ -3,24 +3,21 @@
 The journal keeps every segment until all registered consumers have read past it. The
 data store itself consumes through checkpoints; replication and backup jobs register here
 and read records in order with :func:`read_records`, then :meth:`Consumers.commit` the
-position they have safely handled. Positions live in ``meta/consumers.json`` and its copy
-``meta/consumers.json.copy`` (each an atomic replace, with an xxh3 checksum), so a consumer
+position they have safely handled. Positions live in the pool's state files (PoolFiles:
+local files or RADOS objects) ``meta/consumers.json`` and its copy ``meta/consumers.json.copy``
+(each an atomic replace, sealed with an xxh3 checksum), so a consumer
 resumes exactly where it committed after a restart or crash, and one damaged copy is
 survived: the other is read.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import xxhash
-
-from vstor.durable import atomic_write
+from vstor.checkedjson import BadSeal, Seal
 from vstor.errors import AlreadyExists, FormatError, NotFound
 from vstor.store.journal.format import (
     REC_RELOCATE,
@@ -34,6 +31,7 @@ from vstor.store.journal.format import (
 from vstor.store.journal.segread import ScanEnd
 
 if TYPE_CHECKING:
+    from vstor.store.backend.statefiles import PoolFiles
     from vstor.store.journal.segread import ScannedRecord
     from vstor.store.journal.writer import Journal
 
@@ -52,46 +50,47 @@ COPY = "consumers.json.copy"  # written after FILE with the same bytes; read whe
 VERSION = 1
 
 
+SEAL = Seal("xxh3")  # xxh3-64 of the sorted JSON; written compact, keys sorted (vstor/checkedjson.py)
+
+
 def encode_positions(pos: dict[str, tuple[int, int]]) -> bytes:
-    body = {"consumers": {k: list(v) for k, v in sorted(pos.items())}, "version": VERSION}
-    csum = xxhash.xxh3_64_hexdigest(json.dumps(body, sort_keys=True).encode())
-    return json.dumps({**body, "checksum": csum}, sort_keys=True).encode()
+    return SEAL.seal({"consumers": {k: list(v) for k, v in sorted(pos.items())}, "version": VERSION})
 
 
 def decode_positions(raw: bytes, path: str) -> dict[str, tuple[int, int]]:
     """Parse one copy; FormatError says what is wrong. A file without a version is the
     unchecked form written before, read as it is."""
     try:
-        data = json.loads(raw)
+        data = SEAL.parse(raw)
         if "version" not in data:  # the old form: {name: [segno, pos]}
             return {k: (int(v[0]), int(v[1])) for k, v in data.items()}
-        csum = data.pop("checksum", None)
-        if csum != xxhash.xxh3_64_hexdigest(json.dumps(data, sort_keys=True).encode()):
-            raise FormatError(f"{path} fails its checksum")
+        SEAL.check(data, raw)
         if data["version"] != VERSION:
             raise FormatError(f"{path} has version {data['version']}; this vstor reads {VERSION}")
-        pos = {k: (int(v[0]), int(v[1])) for k, v in data["consumers"].items()}
-        if encode_positions(pos) != raw:  # written only by encode_positions: any other byte is damage
+        return {k: (int(v[0]), int(v[1])) for k, v in data["consumers"].items()}
+    except BadSeal as e:
+        if e.kind == "checksum":
+            raise FormatError(f"{path} fails its checksum") from None
+        if e.kind == "form":  # written only by encode_positions: any other byte is damage
             raise FormatError(f"{path} is not in the form vstor writes (a damaged byte the checksum of its "
-                              "content cannot see, like changed spacing)")
-        return pos
+                              "content cannot see, like changed spacing)") from None
+        raise FormatError(f"{path} is unreadable: {e}") from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
         raise FormatError(f"{path} is unreadable: {e}") from None
 
 
-def _read(path: str) -> dict[str, tuple[int, int]] | str | None:
+def _read(files: PoolFiles, name: str) -> dict[str, tuple[int, int]] | str | None:
     try:
-        with open(path, "rb") as f:
-            return decode_positions(f.read(), path)
-    except FileNotFoundError:
-        return None
+        raw = files.read(name)
+        return None if raw is None else decode_positions(raw, files.where(name))
     except (OSError, FormatError) as e:
         return str(e)
 
 
-def consumer_problems(meta_dir: str) -> list[str]:
-    """What is wrong with either copy of the consumer positions (pool check)."""
-    main, copy = _read(os.path.join(meta_dir, FILE)), _read(os.path.join(meta_dir, COPY))
+def consumer_problems(meta: PoolFiles) -> list[str]:
+    """What is wrong with either copy of the consumer positions (pool check); ``meta``: the
+    pool's ``meta`` files."""
+    main, copy = _read(meta, FILE), _read(meta, COPY)
     out = [why for why in (main, copy) if isinstance(why, str)]
     if (main is None) != (copy is None):
         out.append(f"journal consumer positions: meta/{FILE if main is None else COPY} is missing")
@@ -99,11 +98,11 @@ def consumer_problems(meta_dir: str) -> list[str]:
 
 
 class Consumers:
-    def __init__(self, meta_dir: str) -> None:
-        self.path = os.path.join(meta_dir, FILE)
-        self.copy = os.path.join(meta_dir, COPY)
+    def __init__(self, meta: PoolFiles) -> None:
+        """``meta``: the pool's ``meta`` files (``store.files.sub("meta")``)."""
+        self.files = meta
         self._lock = threading.Lock()
-        main, copy = _read(self.path), _read(self.copy)
+        main, copy = _read(meta, FILE), _read(meta, COPY)
         if isinstance(main, str) and isinstance(copy, str):
             raise FormatError(f"journal consumer positions are damaged in both copies ({main}; {copy}); "
                               "replication pairs cannot resume: run 'vstor pool check'")
@@ -143,8 +142,8 @@ class Consumers:
 
     def _save(self) -> None:
         raw = encode_positions(self._pos)
-        atomic_write(self.path, raw)
-        atomic_write(self.copy, raw)
+        self.files.write(FILE, raw)
+        self.files.write(COPY, raw)
 
     def rewrite(self) -> None:
         """Write both copies from the positions in use (pool check --repair)."""

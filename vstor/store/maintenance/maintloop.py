@@ -87,7 +87,7 @@ class MaintenanceLoop:
         now = self.store.clock.monotonic()
         if now - self._last_cc >= compliance.CHECKPOINT_EVERY:  # not a file read on every tick
             self._last_cc = now
-            compliance.checkpoint(self.store.pool, self.store.clock)  # its high mark, at most once a minute
+            compliance.checkpoint(self.store.files, self.store.clock)  # its high mark, at most once a minute
         if self.store.state.catalog.policies:
             for line in self.policies.run(set(self.snapshots_in_use())):
                 log.info("snapshot policy: %s", line)

@@ -1,13 +1,15 @@
 """Where ``pool migrate`` puts the pool files the backend keeps no blob for yet.
 
-One function, :func:`place_other_file`, decides it for every such file (consumers, governance,
-pair, NBD, media, backup and log files): a tape cartridge (``media/**.tape``) goes to the
-destination backend's file area ``media`` (``PoolBackend.file_area``: striped objects on
-RADOS, where a RADOS pool's MediaManager reads it); every other file to the destination
-host's state directory of the RADOS pool (vstor/store/backend/stub.py), at the same relative
-path, mode as at the source. When a file moves into the backend (issue 29, "one seam"), this
-is the one place to change: ``dest.put(name, ...)`` for that name, and a ``read_back`` that
-``dest.get``s it. The backup catalog ``backup/catalog.db`` is not placed here: see run.py.
+One function, :func:`place_other_file`, decides it for every such file: a state file of the
+``PoolFiles`` seam (``backend.statefiles.is_state_file``: consumers, pairs, NBD exports,
+governance, backup settings, audit log, library inventories...) becomes the destination
+backend's blob of the same name, where a RADOS pool reads it; a tape cartridge
+(``media/**.tape``) goes to the backend's file area ``media`` (``PoolBackend.file_area``:
+striped objects on RADOS); every other file (logs, optical disc images and their states) to
+the destination host's state directory of the RADOS pool (vstor/store/backend/stub.py), at
+the same relative path, mode as at the source. As more files move into the backend, this is
+the one place to change. The backup catalog ``backup/catalog.db`` is not placed here: it is a
+database in the cluster (catalogcopy.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 from vstor.durable import sync_dir
 from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.statefiles import is_state_file
 
 __all__ = ["CHUNK", "MEDIA_AREA", "Placed", "place_other_file"]
 
@@ -44,6 +47,10 @@ def place_other_file(dest: PoolBackend, state_dir: str, name: str, source: str) 
     """Copy the pool file ``source`` (relative name ``name``, with "/") to the destination
     pool, durably, replacing what is there. ``dest`` is the destination's backend, for the
     files routed through it."""
+    if is_state_file(name):
+        with open(source, "rb") as f:
+            dest.put(name, f.read())
+        return Placed(dest.where(name), lambda: iter([dest.get(name)]))
     if name.startswith(MEDIA_AREA + "/") and name.endswith(".tape"):
         return _to_file_area(dest, os.path.join(state_dir, MEDIA_AREA), name[len(MEDIA_AREA) + 1:], source)
     path = os.path.join(state_dir, *name.split("/"))
