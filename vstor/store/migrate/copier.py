@@ -24,8 +24,8 @@ from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.local import LocalBackend
 from vstor.store.journal.format import SEGMENT_HEADER_SIZE
+from vstor.store.migrate.placement import CHUNK, place_other_file
 from vstor.store.migrate.plan import Meter, classify, segment_number
-from vstor.store.migrate.statefiles import CHUNK, place_other_file
 from vstor.store.superblock import COPY_BLOB, SUPERBLOCK
 
 __all__ = ["Copier", "Inventory", "inventory"]

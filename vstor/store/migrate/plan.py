@@ -7,7 +7,7 @@ Every regular file of the source is one of (:func:`classify`):
 * ``blob``: the checkpoint copies (``meta/checkpoint.a``, ``.b`` and the legacy ``meta/checkpoint``);
 * ``superblock``: ``pool.json`` and ``meta/superblock.copy``, written last;
 * ``other``: every other pool file (consumers, governance, pair, NBD, media, backup, log...),
-  which goes where ``statefiles.place_other_file`` puts it;
+  which goes where ``placement.place_other_file`` puts it;
 * ``skip``: what belongs to the running host only (``lock``, ``control.sock``) and the
   ``*.tmp`` files an interrupted atomic replace leaves.
 

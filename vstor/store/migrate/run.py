@@ -8,7 +8,7 @@ backend, every object verified, the destination's superblock last.
 2. the destination must be empty: it then gets the marker ``migrate.json`` (exclusive create,
    plan.py), or hold the marker of an unfinished migrate of the same pool and ``resume`` be
    given; an existing pool, another pool's marker or foreign objects are refused;
-3. the segments, the checkpoint copies and the other files (copier.py, statefiles.py), then
+3. the segments, the checkpoint copies and the other files (copier.py, placement.py), then
    the superblock copy and ``pool.json`` (exclusive create): until that last write the
    location has no ``pool.json`` and refuses to open (superblock.load_superblock_from names the
    marker);
