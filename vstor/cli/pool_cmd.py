@@ -1,4 +1,4 @@
-"""vstor pool init | check"""
+"""vstor pool init | check (| migrate: migrate_cmd.py)"""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vstor.cli.common import add_json_arg, emit
+from vstor.cli.migrate_cmd import add_migrate
 from vstor.control.lock import PoolLock, daemon_pid
 from vstor.control.poolfiles import warn_key_file
 from vstor.errors import Busy
@@ -48,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(losing the writes after the damage); every repair is reported")
     add_json_arg(c)
     c.set_defaults(func=cmd_check)
+    add_migrate(pool)
 
 
 def cmd_init(args: argparse.Namespace) -> int:

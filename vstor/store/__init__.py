@@ -9,10 +9,10 @@ background. ``readpath`` serves reads; ``adminops`` the admin operations on huge
 ``allocation`` says which ranges hold data; ``codec`` encodes frames; ``stats`` counts;
 ``superblock`` is the pool's identity and layout; ``storeparts`` declares, with their types,
 what the Store's parts use of it; the ``backend`` package is where segments, superblock and
-checkpoints live (local files or Ceph RADOS).
+checkpoints live (local files or Ceph RADOS); ``migrate`` copies a local pool to RADOS.
 """
 
 from __future__ import annotations
 
 __all__ = ["adminops", "allocation", "backend", "catalog", "check", "codec", "journal", "maintenance", "maps",
-           "readpath", "recovery", "state", "stats", "store", "storeparts", "superblock"]
+           "migrate", "readpath", "recovery", "state", "stats", "store", "storeparts", "superblock"]

@@ -33,6 +33,7 @@ log = logging.getLogger("vstor.superblock")
 SUPERBLOCK = "pool.json"
 SUPERBLOCK_COPY = "superblock.copy"  # in meta/
 COPY_BLOB = "meta/" + SUPERBLOCK_COPY  # the blob names of both copies (vstor/store/backend/)
+MIGRATE_MARKER = "migrate.json"  # blob of a 'pool migrate' that has not finished (vstor/store/migrate/)
 POOL_FORMAT = "vstor-pool"
 POOL_VERSION = 1
 DEFAULT_CHUNK = 512 * 1024
@@ -177,6 +178,9 @@ def init_backend_pool(backend: PoolBackend, chunk_size: int = DEFAULT_CHUNK, com
     None is DEFAULT_SEGMENT."""
     if backend.exists(SUPERBLOCK):
         raise AlreadyExists(f"{backend.describe()} already holds a vstor pool")
+    if backend.exists(MIGRATE_MARKER):
+        raise AlreadyExists(f"{backend.describe()} holds a 'vstor pool migrate' that did not finish; finish it "
+                            "with --resume, or choose another PREFIX")
     sb, created_key = new_superblock(chunk_size, compress, encrypt, key_file, segment_size or DEFAULT_SEGMENT)
     format_backend(backend, sb)
     return sb, created_key
@@ -270,6 +274,9 @@ def load_superblock_from(be: PoolBackend) -> Superblock:
     main, copy = _read_one(be, SUPERBLOCK), _read_one(be, COPY_BLOB)
     if isinstance(main, Superblock):
         return main
+    if main is None and be.exists(MIGRATE_MARKER):  # pool.json is the last object a migrate writes
+        raise NotFound(f"{be.describe()} holds a 'vstor pool migrate' that did not finish; run it again with "
+                       "--resume to finish it")
     if isinstance(copy, Superblock):
         log.error("%s; using its copy %s ('vstor pool check --repair' rewrites it)",
                   main or f"superblock {be.where(SUPERBLOCK)} is missing", be.where(COPY_BLOB))

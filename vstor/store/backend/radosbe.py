@@ -6,7 +6,9 @@ Layout (docs/formats.md, "Pools on RADOS"), for ``rados://POOL/PREFIX``:
   (``pool.json``, ``meta/checkpoint.a``). ``put`` is one ``write_full``: RADOS applies a
   single-object operation atomically, so a reader sees the old or the new content, never a
   mix, and it returns once every replica has it (durable). ``create`` is an exclusive-create
-  write op (``LIBRADOS_CREATE_EXCLUSIVE`` + ``write_full``), one atomic operation.
+  write op (``LIBRADOS_CREATE_EXCLUSIVE`` + ``write_full``), one atomic operation. A blob over
+  ``max_blob`` (MAX_BLOB) is striped under a generation and switched by a small head object,
+  still atomically (radosblob.py).
 * A journal segment is striped over objects of STRIPE_BYTES in the namespace
   ``PREFIX/journal``: ``NNNNNNNNNN.seg.SSSS`` (SSSS the stripe index, hex), so no object
   grows past RADOS' object size limit whatever the segment size. The omap of the object
@@ -34,6 +36,7 @@ from typing import Any, TypeVar
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.files import FileArea
+from vstor.store.backend.radosblob import HEAD_SIZE, StripedBlobs
 from vstor.store.journal.format import segment_name
 
 __all__ = ["STRIPE_BYTES", "MAX_IN_FLIGHT", "RadosBackend", "connect_cluster"]
@@ -81,7 +84,7 @@ class RadosBackend(PoolBackend):
     kind = "rados"
 
     def __init__(self, cluster: Any, pool: str, prefix: str, faults: Faults = NO_FAULTS,
-                 owns_cluster: bool = False) -> None:
+                 owns_cluster: bool = False, max_blob: int = MAX_BLOB) -> None:
         self._rados = _rados()
         self._cluster, self._owns = cluster, owns_cluster
         self.pool, self.prefix, self.faults = pool, prefix, faults
@@ -92,6 +95,7 @@ class RadosBackend(PoolBackend):
         self._lock = threading.Lock()
         self._in_flight: list[tuple[int, Any, str]] = []  # (segno, completion, object), oldest first
         self._failed: dict[int, OSError] = {}  # segno -> the first write that failed
+        self.blobs = StripedBlobs(self.meta, self._rados, max_blob, min(max_blob, STRIPE_BYTES), self._call)
 
     def describe(self) -> str:
         return f"rados://{self.pool}/{self.prefix}"
@@ -264,29 +268,41 @@ class RadosBackend(PoolBackend):
 
     # -- blobs -----------------------------------------------------------------------------
     def get(self, name: str) -> bytes:
-        size, _mtime = self._call(lambda: self.meta.stat(name), f"cannot read {name}")
-        return self._call(lambda: self.meta.read(name, size + 1, 0), f"cannot read {name}")
+        def whole() -> bytes:
+            size, _mtime = self._call(lambda: self.meta.stat(name), f"cannot read {name}")
+            return self._call(lambda: self.meta.read(name, size + 1, 0), f"cannot read {name}")
+        raw = whole()
+        return self.blobs.read(name, raw, whole) if self.blobs.is_head(raw) else raw
 
     def put(self, name: str, data: bytes) -> None:
         self.faults.hit("backend.put")
-        if len(data) > MAX_BLOB:
-            raise OSError(errno.EFBIG, f"{name} is {len(data)} bytes; a RADOS blob holds at most {MAX_BLOB}")
+        if self.blobs.needs_stripes(data):
+            self.blobs.put(name, data)
+            return
         self._call(lambda: self.meta.write_full(name, bytes(data)), f"cannot write {name}")
+        self.blobs.replaced(name)
 
     def create(self, name: str, data: bytes) -> None:
         rados = self._rados
+        if self.blobs.needs_stripes(data):
+            self.blobs.create(name, data)
+            return
         with rados.WriteOpCtx() as op:
             op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
             op.write_full(bytes(data))
             self._call(lambda: self.meta.operate_write_op(op, name), f"cannot create {name}")
 
     def delete(self, name: str) -> None:
+        head = None
         try:
+            if self.meta.stat(name)[0] == HEAD_SIZE:  # perhaps a striped blob's head: its stripes go too
+                head = self.meta.read(name, HEAD_SIZE, 0)
             self.meta.remove_object(name)
         except self._rados.ObjectNotFound:
             pass
         except self._rados.Error as e:
             raise os_error(e, f"cannot delete {name}") from None
+        self.blobs.deleted(name, head)
 
     def exists(self, name: str) -> bool:
         try:

@@ -1,0 +1,101 @@
+"""Where ``pool migrate`` puts the pool files the backend keeps no blob for yet.
+
+One function, :func:`place_other_file`, decides it for every such file: a state file of the
+``PoolFiles`` seam (``backend.statefiles.is_state_file``: consumers, pairs, NBD exports,
+governance, backup settings, audit log, library inventories...) becomes the destination
+backend's blob of the same name, where a RADOS pool reads it; a tape cartridge
+(``media/**.tape``) goes to the backend's file area ``media`` (``PoolBackend.file_area``:
+striped objects on RADOS); every other file (logs, optical disc images and their states) to
+the destination host's state directory of the RADOS pool (vstor/store/backend/stub.py), at
+the same relative path, mode as at the source. As more files move into the backend, this is
+the one place to change. The backup catalog ``backup/catalog.db`` is not placed here: it is a
+database in the cluster (catalogcopy.py).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from vstor.durable import sync_dir
+from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.statefiles import is_state_file
+
+__all__ = ["CHUNK", "MEDIA_AREA", "Placed", "place_other_file"]
+
+CHUNK = 4 << 20  # bytes copied per read
+MEDIA_AREA = "media"  # as vstor/media/manager.py: the backend file area of the cartridges
+
+
+@dataclass
+class Placed:
+    """Where a file went (for messages), and how to read it back (the migrate verifies it)."""
+
+    where: str
+    read_back: Callable[[], Iterator[bytes]]
+
+
+def _chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def place_other_file(dest: PoolBackend, state_dir: str, name: str, source: str) -> Placed:
+    """Copy the pool file ``source`` (relative name ``name``, with "/") to the destination
+    pool, durably, replacing what is there. ``dest`` is the destination's backend, for the
+    files routed through it."""
+    if is_state_file(name):
+        with open(source, "rb") as f:
+            dest.put(name, f.read())
+        return Placed(dest.where(name), lambda: iter([dest.get(name)]))
+    if name.startswith(MEDIA_AREA + "/") and name.endswith(".tape"):
+        return _to_file_area(dest, os.path.join(state_dir, MEDIA_AREA), name[len(MEDIA_AREA) + 1:], source)
+    path = os.path.join(state_dir, *name.split("/"))
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    mode = stat.S_IMODE(os.stat(source).st_mode) or 0o600
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        for chunk in _chunks(source):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    sync_dir(os.path.dirname(path))
+    return Placed(path, lambda: _chunks(path))
+
+
+def _to_file_area(dest: PoolBackend, local_dir: str, rel: str, source: str) -> Placed:
+    """A cartridge into the ``media`` file area (written, then synced: durable on return)."""
+    area = dest.file_area(MEDIA_AREA, local_dir)
+    area.delete(rel)  # a resumed migrate may have left part of it
+    f = area.open(rel, create=True)
+    try:
+        pos = 0
+        for chunk in _chunks(source):
+            f.pwrite(chunk, pos)
+            pos += len(chunk)
+        f.sync()
+    finally:
+        f.close()
+
+    def read_back() -> Iterator[bytes]:
+        g = area.open(rel)
+        try:
+            pos, size = 0, g.size()
+            while pos < size:
+                got = g.pread(min(CHUNK, size - pos), pos)
+                if not got:
+                    return
+                yield got
+                pos += len(got)
+        finally:
+            g.close()
+    return Placed(area.describe(rel), read_back)
