@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from cephlab import ceph_lab, rados_location  # noqa: E402,F401  (RADOS tests: one cluster per session)
 from harness import Array  # noqa: E402
+from poolsite import pool_backend  # noqa: E402,F401  (suites on both backends: tests/poolsite.py)
 
 
 def _can_run_arrays() -> str | None:
