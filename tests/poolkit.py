@@ -182,3 +182,15 @@ def blob_delete(pool: str, name: str) -> None:
 def blob_list(pool: str, prefix: str = "") -> list[str]:
     with backend_for(pool) as be:
         return be.list_blobs(prefix)
+
+
+def state_flip(pool: str, name: str, pos: int) -> None:
+    """flip_byte on a pool's metadata file ``name`` (such as meta/consumers.json): a blob of
+    its backend, or a file of the pool's directory while that file is not routed through the
+    backend on a RADOS pool (vstor/store/backend/stub.py)."""
+    with backend_for(pool) as be:
+        routed = be.exists(name)
+    if routed:
+        blob_flip(pool, name, pos)
+    else:
+        flip_byte(os.path.join(pool, name), pos)
