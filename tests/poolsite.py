@@ -20,13 +20,16 @@ under it is removed after the test, pass or fail (memstore keeps them in RAM).
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cephlab import CLIENT_TIMEOUT, TEST_POOL, CephLab
+from harness import Array
 
-__all__ = ["BACKENDS", "RadosPools", "active", "pool_backend"]
+__all__ = ["BACKENDS", "RadosPools", "active", "make_array", "pool_backend"]
 
 BACKENDS = ["local", pytest.param("rados", marks=pytest.mark.rados)]
 
@@ -74,6 +77,34 @@ class RadosPools:
         finally:
             cluster.shutdown()
         self.prefixes.clear()
+
+
+def make_array(base: Path, **init_opts: str | bool) -> Array:
+    """An Array (tests/harness.py) on the running variant's kind of pool: conftest's
+    array_factory makes its arrays with this. On RADOS the pool directory is a state directory
+    whose stub points at a fresh location (so its control socket path is as short as a local
+    pool's); ``init_opts`` are pool init's options (segment size 16M unless given)."""
+    site = active()
+    if site is None:
+        return Array(base, **init_opts)  # type: ignore[arg-type]
+    from vstor.units import parse_size
+
+    key_file = init_opts.pop("key_file", None)
+    kw: dict[str, object] = {"segment_size": parse_size(str(init_opts.pop("segment_size", "16M")), "segment size")}
+    if "chunk_size" in init_opts:
+        kw["chunk_size"] = parse_size(str(init_opts.pop("chunk_size")), "chunk size")
+    if "compress" in init_opts:
+        kw["compress"] = init_opts.pop("compress")
+    if init_opts.pop("encrypt", False):
+        kw.update(encrypt=True, key_file=key_file)
+    assert not init_opts, f"pool init options not handled for RADOS pools here: {init_opts}"
+    arr = Array.__new__(Array)  # what Array.__init__ sets, with the pool made on RADOS instead
+    arr.base, arr.pool, arr.mnt = base, str(base / "pool"), str(base / "mnt")
+    arr.env = dict(os.environ, VSTOR_POOL=arr.pool)
+    arr.mounts, arr.netns, arr.start_args = [], None, []
+    arr.key_file = key_file  # type: ignore[assignment]
+    site.make_pool(arr.pool, **kw)
+    return arr
 
 
 _ACTIVE: list[RadosPools] = []
