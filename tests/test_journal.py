@@ -689,7 +689,8 @@ def test_full_filesystem_stops_writes_but_not_trims(tmp_path):
     store.close()
 
 
-@pytest.mark.parametrize("point", ["journal.sync", "journal.write", "journal.writeback"])
+@pytest.mark.parametrize("point", ["journal.sync", "journal.write", pytest.param(
+    "journal.writeback", marks=pytest.mark.local_only("the early writeback (sync_file_range) of a local file"))])
 def test_eio_puts_the_journal_in_failed_state(tmp_path, point):
     """A write error reported by fdatasync, by a write, or by the early writeback that the
     journal starts every WRITEBACK_BYTES (8 MiB) fails the journal for good."""
