@@ -22,6 +22,7 @@ from poolkit import (
     seg_cut,
     seg_exists,
     seg_flip,
+    seg_list,
     seg_path,
     seg_read,
     seg_size,
@@ -379,7 +380,7 @@ def test_encrypted_pool_wrong_key_is_refused(tmp_path):
     assert store.read(vid, 10, 6) == b"secret"
     store.close()
     # The payload is not on disk in the clear.
-    blob = b"".join(seg_read(pool, s) for s in store.journal.segments())
+    blob = b"".join(seg_read(pool, s) for s in seg_list(pool))
     assert b"secret" not in blob
 
 
