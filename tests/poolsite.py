@@ -54,6 +54,7 @@ class RadosPools:
         from vstor.store.superblock import init_backend_pool
 
         location = self.location()
+        os.makedirs(directory, exist_ok=True)  # and its parent, where make_pool puts a key file
         with open_backend(location, ceph_conf=str(self.lab.conf), timeout=CLIENT_TIMEOUT) as be:
             init_backend_pool(be, **kw)  # type: ignore[arg-type]
         write_stub(directory, location, str(self.lab.conf), None)
