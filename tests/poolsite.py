@@ -13,8 +13,9 @@ A test about something only a local pool has (a file's preallocated window, ENOS
 filesystem, an mmap) carries ``@pytest.mark.local_only("why")``: its RADOS variant is skipped
 with that reason.
 
-Each RADOS pool gets its own prefix (RADOS namespaces) in cephlab's TEST_POOL; every object
-under it is removed after the test, pass or fail (memstore keeps them in RAM).
+Each RADOS pool gets its own prefix in cephlab's TEST_POOL; every object in a namespace of
+that prefix (PREFIX, PREFIX/journal, PREFIX/media, ...) is removed after the test, pass or
+fail (memstore keeps them in RAM).
 """
 
 from __future__ import annotations
@@ -69,12 +70,13 @@ class RadosPools:
         cluster.connect(timeout=CLIENT_TIMEOUT)
         try:
             with cluster.open_ioctx(TEST_POOL) as io:
-                for prefix in self.prefixes:
-                    for ns in (prefix, f"{prefix}/journal"):
-                        io.set_namespace(ns)
-                        for obj in list(io.list_objects()):
-                            with contextlib.suppress(rados.ObjectNotFound):
-                                io.remove_object(obj.key)
+                io.set_namespace(rados.LIBRADOS_ALL_NSPACES)  # PREFIX, PREFIX/journal, PREFIX/media, ...
+                mine = [(o.nspace, o.key) for o in io.list_objects()
+                        if any(o.nspace == p or o.nspace.startswith(p + "/") for p in self.prefixes)]
+                for ns, key in mine:
+                    io.set_namespace(ns)
+                    with contextlib.suppress(rados.ObjectNotFound):
+                        io.remove_object(key)
         finally:
             cluster.shutdown()
         self.prefixes.clear()
