@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from cephlab import ceph_lab, rados_location  # noqa: E402,F401  (RADOS tests: one cluster per session)
 from harness import Array  # noqa: E402
+from poolsite import make_array, pool_backend  # noqa: E402,F401  (suites on both backends: tests/poolsite.py)
 
 
 def _can_run_arrays() -> str | None:
@@ -37,7 +38,7 @@ def array_factory(tmp_path: Path) -> Iterator:
     made: list[Array] = []
 
     def make(name: str = "a", **init_opts: str) -> Array:
-        arr = Array(tmp_path / name, **init_opts)
+        arr = make_array(tmp_path / name, **init_opts)  # on RADOS in a pool_backend test's [rados] variant
         made.append(arr)
         return arr
 

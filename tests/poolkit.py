@@ -7,6 +7,9 @@ import struct
 from collections import defaultdict
 from collections.abc import Iterable
 
+import poolsite
+
+from vstor.store.backend.stub import backend_for
 from vstor.store.journal.format import segment_name
 from vstor.store.maps.chunkmap import VolumeMap
 from vstor.store.superblock import init_pool
@@ -20,6 +23,9 @@ def make_pool(tmp_path, **kw) -> str:
     pool = str(tmp_path / "pool")
     if kw.get("encrypt"):
         kw.setdefault("key_file", str(tmp_path / "key"))
+    site = poolsite.active()
+    if site is not None:  # the [rados] variant of a test on both backends (tests/poolsite.py)
+        return site.make_pool(pool, segment_size=SEG, **kw)
     init_pool(pool, segment_size=SEG, **kw)
     return pool
 
@@ -97,3 +103,94 @@ def origins_offset(blob: bytes) -> int:
         _mapped, nkeys = struct.unpack_from("<QI", blob, pos)
         pos += 12 + 12 * nkeys
     return pos
+
+
+# -- a pool's segments and blobs through its backend: the same on a local and a RADOS pool ------
+def seg_list(pool: str) -> list[int]:
+    with backend_for(pool) as be:
+        return be.list_segments()
+
+
+def seg_size(pool: str, segno: int) -> int:
+    """A segment's size in bytes (0 when it does not exist), as os.path.getsize(seg_path(...))."""
+    with backend_for(pool) as be:
+        return be.segment_size(segno)
+
+
+def seg_exists(pool: str, segno: int) -> bool:
+    with backend_for(pool) as be:
+        return segno in be.list_segments()
+
+
+def seg_read(pool: str, segno: int, pos: int = 0, size: int | None = None) -> bytes:
+    """Bytes of a segment from ``pos`` (to its end when ``size`` is None)."""
+    with backend_for(pool) as be:
+        return be.read_segment(segno, pos, be.segment_size(segno) - pos if size is None else size)
+
+
+def seg_write(pool: str, segno: int, pos: int, data: bytes) -> None:
+    """Write ``data`` into a segment at ``pos`` (past its end appends), durably."""
+    with backend_for(pool) as be:
+        be.write_segment(segno, pos, data)
+        be.flush_segment(segno)
+
+
+def seg_append(pool: str, segno: int, data: bytes) -> None:
+    with backend_for(pool) as be:
+        be.write_segment(segno, be.segment_size(segno), data)
+        be.flush_segment(segno)
+
+
+def seg_create(pool: str, segno: int, content: bytes) -> None:
+    """A new segment holding ``content`` (which need not be a valid header)."""
+    with backend_for(pool) as be:
+        be.create_segment(segno, content)
+
+
+def seg_cut(pool: str, segno: int, size: int) -> None:
+    with backend_for(pool) as be:
+        be.truncate_segment(segno, size)
+
+
+def seg_delete(pool: str, segno: int) -> None:
+    with backend_for(pool) as be:
+        be.delete_segment(segno)
+
+
+def seg_flip(pool: str, segno: int, pos: int) -> None:
+    """flip_byte on a segment, through the pool's backend."""
+    with backend_for(pool) as be:
+        b = be.read_segment(segno, pos, 1)
+        assert len(b) == 1, f"segment {segno} has no byte at {pos}"
+        be.write_segment(segno, pos, bytes([b[0] ^ 0x5A]))
+        be.flush_segment(segno)
+
+
+def blob_flip(pool: str, name: str, pos: int) -> None:
+    """flip_byte on a blob such as meta/checkpoint.a, through the pool's backend."""
+    with backend_for(pool) as be:
+        data = bytearray(be.get(name))
+        data[pos] ^= 0x5A
+        be.put(name, bytes(data))
+
+
+def blob_delete(pool: str, name: str) -> None:
+    with backend_for(pool) as be:
+        be.delete(name)
+
+
+def blob_list(pool: str, prefix: str = "") -> list[str]:
+    with backend_for(pool) as be:
+        return be.list_blobs(prefix)
+
+
+def state_flip(pool: str, name: str, pos: int) -> None:
+    """flip_byte on a pool's metadata file ``name`` (such as meta/consumers.json): a blob of
+    its backend, or a file of the pool's directory while that file is not routed through the
+    backend on a RADOS pool (vstor/store/backend/stub.py)."""
+    with backend_for(pool) as be:
+        routed = be.exists(name)
+    if routed:
+        blob_flip(pool, name, pos)
+    else:
+        flip_byte(os.path.join(pool, name), pos)

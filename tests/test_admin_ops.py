@@ -18,6 +18,8 @@ from vstor.store.journal.format import make_loc
 from vstor.store.maps.chunkmap import EMPTY, LEAF_SLOTS, VolumeMap
 from vstor.store.store import Store
 
+pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
+
 PiB = 1 << 50
 GiB = 1 << 30
 
@@ -147,6 +149,7 @@ def test_a_trim_of_much_mapped_data_releases_the_lock_between_steps(tmp_path):
 
 # -- the map: unmapping visits leaves, not chunks ---------------------------------------------
 
+@pytest.mark.local_only("a chunk map alone, no pool")
 @pytest.mark.parametrize("seed", range(3))
 def test_unmapping_whole_and_cut_leaves_matches_a_model(seed):
     """Random maps and unmaps over a few small leaves (4 KiB chunks: a leaf is 4 MiB), with

@@ -204,3 +204,18 @@ def test_stopped_osd_gives_timeout_errors_then_io_resumes(ceph_lab: CephLab, rad
     finally:
         be.close()
     ceph_lab.check_alive()
+
+
+@pytest.mark.rados
+def test_a_closed_rados_backend_raises_instead_of_crashing(ceph_lab: CephLab, rados_location: str) -> None:
+    """librados crashes the process on an I/O context used after its close: a closed backend
+    answers every call with EBADF instead, and closing it again does nothing."""
+    be = open_backend(rados_location, ceph_conf=str(ceph_lab.conf), timeout=CLIENT_TIMEOUT)
+    be.put("meta/a", b"x")
+    be.close()
+    for call in (be.list_segments, lambda: be.get("meta/a"), lambda: be.put("meta/a", b"y"),
+                 lambda: be.read_segment(1, 0, 10), lambda: be.write_segment(1, 0, b"z")):
+        with pytest.raises(OSError) as e:
+            call()
+        assert e.value.errno == errno.EBADF and "closed" in str(e.value)
+    be.close()

@@ -22,6 +22,10 @@ from vstor.store.store import Store
 
 KiB = 1024
 DAY = 86400.0
+pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
+# The tests that open a cartridge file or the catalog of the pool directory themselves stay local:
+# where media and catalog live on a RADOS pool is the media store's business, not these tests'.
+IN_POOL_FILES = "opens a cartridge or catalog file of a local pool directory itself"
 
 
 class Lab:
@@ -119,6 +123,7 @@ def test_a_job_spans_cartridges_and_restores(tmp_path):
         lab.close()
 
 
+@pytest.mark.local_only(IN_POOL_FILES)
 def test_verify_catches_a_damaged_block_on_tape(lab):
     lab.scribble(20)
     lab.policy()
@@ -208,6 +213,7 @@ def test_no_two_runs_of_one_policy(lab):
     lab.engine._running.clear()
 
 
+@pytest.mark.local_only(IN_POOL_FILES)
 def test_keys_rotate_and_old_jobs_stay_restorable(tmp_path):
     lab = Lab(tmp_path, encrypt=True)
     try:
@@ -304,6 +310,7 @@ def test_plain_tar_restores_an_unencrypted_full_from_the_cartridge(lab, tmp_path
     assert (out / "g" / "b.img").read_bytes() == bytes(lab.models["b"])
 
 
+@pytest.mark.local_only(IN_POOL_FILES)
 def test_catalog_rebuild_from_the_cartridges_then_restore(tmp_path):
     lab = Lab(tmp_path, capacity=6 * MiB)
     try:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 
 import pytest
-from poolkit import MiB, flip_byte, make_pool, seg_path
+from poolkit import MiB, make_pool, seg_flip, seg_read
 
 from vstor.errors import CorruptData
 from vstor.store.journal.format import REC_COMMIT, loc_pos, loc_segno
 from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.store import Store
+
+pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
 
 
 def _loc_of(store: Store, vid: int, offset: int) -> int:
@@ -29,7 +31,7 @@ def test_damage_before_a_commit_marker_is_corruption_not_a_torn_tail(tmp_path):
     st.write(v.id, 2 * MiB, os.urandom(256 * 1024))  # and a marker covering the second
     first = _loc_of(st, v.id, 0)
     st.journal.close()
-    flip_byte(seg_path(pool, loc_segno(first)), loc_pos(first) + 64 + 32 + 1000)
+    seg_flip(pool, loc_segno(first), loc_pos(first) + 64 + 32 + 1000)
     with pytest.raises(CorruptData, match="durable"):
         Store.open(pool)
 
@@ -51,7 +53,7 @@ def test_an_idle_journal_marks_its_newest_durable_records(tmp_path, marked):
         assert not st.mark_durable()  # once: the marker itself needs none
         assert not st.journal.dirty()
     st.journal.close()  # a crash
-    flip_byte(seg_path(pool, loc_segno(loc)), loc_pos(loc) + 64 + 32 + 1000)
+    seg_flip(pool, loc_segno(loc), loc_pos(loc) + 64 + 32 + 1000)
     if marked:
         with pytest.raises(CorruptData, match="durable"):
             Store.open(pool)
@@ -71,7 +73,7 @@ def test_damage_after_the_last_marker_is_a_torn_tail(tmp_path):
     st.write(v.id, MiB, os.urandom(256 * 1024))  # not synced: may be lost
     last = _loc_of(st, v.id, MiB)
     st.journal.close()
-    flip_byte(seg_path(pool, loc_segno(last)), loc_pos(last) + 64 + 32 + 1000)
+    seg_flip(pool, loc_segno(last), loc_pos(last) + 64 + 32 + 1000)
     st2 = Store.open(pool)
     assert st2.recovery["torn_tail"] is not None
     assert st2.read(v.id, 0, len(keep)) == keep
@@ -92,7 +94,7 @@ def test_markers_are_written_once_per_durable_advance(tmp_path):
     from vstor.store.journal.segread import ScanEnd
 
     seg = st.journal.current_segno
-    raw = open(seg_path(pool, seg), "rb").read()
+    raw = seg_read(pool, seg)
     markers = [k for k in range(len(raw)) if raw.startswith(b"VREC", k) and raw[k + 5] == REC_COMMIT]
     assert len(markers) == 2  # one after the volume-create sync, one after the explicit sync
     end = ScanEnd(seg, 64)
@@ -165,7 +167,7 @@ def test_pool_check_repair_cuts_damaged_durable_data_and_reports_it(tmp_path):
     st.write(v.id, 2 * MiB, os.urandom(4096))
     first = _loc_of(st, v.id, 0)
     st.journal.close()
-    flip_byte(seg_path(pool, loc_segno(first)), loc_pos(first) + 64 + 32 + 1000)
+    seg_flip(pool, loc_segno(first), loc_pos(first) + 64 + 32 + 1000)
     cli = [sys.executable, "-m", "vstor.cli.main", "pool", "check", pool]
     r = subprocess.run(cli, capture_output=True, text=True)
     assert r.returncode == 1 and "problem:" in r.stdout and "durable" in r.stdout, r.stdout + r.stderr

@@ -10,11 +10,14 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from poolkit import MiB, make_pool
 
 from vstor.store.catalog import snapshots
 from vstor.store.maintenance.defrag import WINDOW, Defragmenter
 from vstor.store.store import Store
+
+pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
 
 SIZE = 8 * MiB
 

@@ -87,6 +87,7 @@ def _sha256(path: str) -> str:
 
 
 # -- 1. odd offsets and sizes --------------------------------------------------------------
+@pytest.mark.usefixtures("pool_backend")  # also on a RADOS pool (tests/poolsite.py)
 def test_odd_offsets_match_model_and_persist(array):
     size = 40 * MiB + 12 * 1024  # last chunk is partial
     array.create("odd", str(size))
@@ -148,6 +149,7 @@ def test_odd_offsets_match_model_and_persist(array):
 
 
 # -- 2. ext4 on a loop device ------------------------------------------------------------------
+@pytest.mark.usefixtures("pool_backend")  # also on a RADOS pool (tests/poolsite.py)
 def test_ext4_fsck_clean_and_contents_survive_remount(array, tmp_path):
     array.create("fs", "1G")
     dev = array.attach("fs")
@@ -509,6 +511,7 @@ def test_large_requests_reach_the_daemon(array):
 
 
 # -- 10. fsync --------------------------------------------------------------------------------
+@pytest.mark.usefixtures("pool_backend")  # also on a RADOS pool (tests/poolsite.py)
 def test_fsync_makes_journal_durable(array):
     array.create("f", "64M")
     img = array.image("f")

@@ -9,13 +9,17 @@ import subprocess
 import sys
 
 import pytest
-from poolkit import MiB, flip_byte, make_pool, seg_path
+from poolkit import MiB, blob_delete, blob_flip, make_pool, seg_delete, seg_flip, seg_list, state_flip
 
 from vstor.errors import CorruptData
+from vstor.store.backend.stub import backend_for
 from vstor.store.catalog import snapshots
-from vstor.store.maintenance.checkpoint import COPIES
+from vstor.store.maintenance.checkpoint import COPIES, read_checkpoints
 from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.store import Store
+from vstor.store.superblock import load_superblock_from
+
+pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
 
 
 def pool_check(pool: str, *extra: str) -> subprocess.CompletedProcess:
@@ -24,7 +28,13 @@ def pool_check(pool: str, *extra: str) -> subprocess.CompletedProcess:
 
 
 def newest_segment(pool: str) -> int:
-    return max(int(n[:-4]) for n in os.listdir(os.path.join(pool, "journal")))
+    return max(seg_list(pool))
+
+
+def newest_checkpoint(pool: str) -> str:
+    """The name of the checkpoint copy with the highest generation."""
+    with backend_for(pool) as be:
+        return read_checkpoints(be, load_superblock_from(be).uuid_bytes).valid[0][0]
 
 
 @pytest.mark.parametrize("byte", [12, 40])
@@ -37,7 +47,7 @@ def test_a_flipped_bit_in_the_newest_segment_header_is_damage_not_a_torn_tail(tm
     snapshots.create(st, "v", "s")
     st.close()
     segno = newest_segment(pool)
-    flip_byte(seg_path(pool, segno), byte)
+    seg_flip(pool, segno, byte)
 
     r = pool_check(pool)
     assert r.returncode == 1 and f"journal segment {segno} has a damaged header" in r.stdout, r.stdout
@@ -77,21 +87,21 @@ def _aged_pool(tmp_path) -> tuple[str, int, bytes]:
 
 def test_a_missing_checkpoint_never_drops_volumes(tmp_path):
     pool, vid, data = _aged_pool(tmp_path)
-    segs = sorted(os.listdir(os.path.join(pool, "journal")))
+    segs = seg_list(pool)
     for name in COPIES:
-        os.unlink(os.path.join(pool, "meta", name))
+        blob_delete(pool, f"meta/{name}")
     r = pool_check(pool)
     assert r.returncode == 1 and "checkpoint copy meta/checkpoint.a is missing" in r.stdout, r.stdout
     with pytest.raises(CorruptData, match="no valid checkpoint.*will not start"):
         Store.open(pool)
     r = pool_check(pool, "--repair")  # segments 1.. were reclaimed: it cannot rebuild exactly, and says so
     assert r.returncode != 0 and "cannot be rebuilt exactly" in r.stdout + r.stderr, r.stdout + r.stderr
-    assert sorted(os.listdir(os.path.join(pool, "journal"))) == segs  # nothing was cut or deleted
+    assert seg_list(pool) == segs  # nothing was cut or deleted
 
 
 def test_one_lost_checkpoint_copy_is_worked_around_and_reported(tmp_path):
     pool, vid, data = _aged_pool(tmp_path)
-    os.unlink(os.path.join(pool, "meta", COPIES[0]))
+    blob_delete(pool, f"meta/{COPIES[0]}")
     r = pool_check(pool)
     assert r.returncode == 1 and "checkpoint copy meta/checkpoint.a is missing" in r.stdout, r.stdout
     st = Store.open(pool)
@@ -111,8 +121,8 @@ def test_a_flipped_bit_in_the_newest_checkpoint_falls_back_to_the_older_copy(tmp
     st.write(vid, MiB, second)  # after the older copy: replayed from the journal
     st.trim(vid, 0, 64 * 1024)
     st.close()
-    newest = max(COPIES, key=lambda n: os.path.getmtime(os.path.join(pool, "meta", n)))
-    flip_byte(os.path.join(pool, "meta", newest), 200)
+    newest = newest_checkpoint(pool)
+    blob_flip(pool, f"meta/{newest}", 200)
     r = pool_check(pool)
     assert r.returncode == 1 and f"checkpoint copy meta/{newest} is damaged" in r.stdout, r.stdout
     r = pool_check(pool, "--repair")
@@ -133,7 +143,7 @@ def test_a_complete_journal_rebuilds_the_maps_when_both_copies_are_lost(tmp_path
     st.trim(vid, MiB, MiB)
     st.close()
     for name in COPIES:
-        flip_byte(os.path.join(pool, "meta", name), 20)
+        blob_flip(pool, f"meta/{name}", 20)
     with pytest.raises(CorruptData, match="no valid checkpoint"):
         Store.open(pool)
     r = pool_check(pool, "--repair")
@@ -147,7 +157,7 @@ def test_a_complete_journal_rebuilds_the_maps_when_both_copies_are_lost(tmp_path
 
 def test_a_damaged_superblock_is_read_from_its_copy_and_repaired(tmp_path):
     pool = make_pool(tmp_path)
-    flip_byte(os.path.join(pool, "pool.json"), 30)
+    blob_flip(pool, "pool.json", 30)
     st = Store.open(pool)  # the copy serves
     st.close()
     r = pool_check(pool)
@@ -164,7 +174,7 @@ def test_a_missing_journal_segment_after_the_checkpoint_refuses_the_open(tmp_pat
     st.write(vid, 0, os.urandom(MiB))
     st.close()
     segno = newest_segment(pool)
-    os.unlink(seg_path(pool, segno))
+    seg_delete(pool, segno)
     with pytest.raises(CorruptData, match=f"segment {segno} is missing"):
         Store.open(pool)
     r = pool_check(pool)
@@ -179,7 +189,7 @@ def test_a_damaged_consumer_position_file_is_read_from_its_copy_and_repaired(tmp
     st.consumers.commit("pair", st.journal.tail())
     want = st.consumers.positions()
     st.close()
-    flip_byte(os.path.join(pool, "meta", "consumers.json"), 25)
+    state_flip(pool, "meta/consumers.json", 25)
     st = Store.open(pool)
     assert st.consumers.positions() == want
     st.journal.close()
@@ -190,6 +200,7 @@ def test_a_damaged_consumer_position_file_is_read_from_its_copy_and_repaired(tmp
 
 
 @pytest.mark.root
+@pytest.mark.local_only("a daemon on a local pool (array_factory); test_rados_array.py starts arrays on RADOS")
 def test_array_start_refuses_a_pool_without_a_checkpoint_in_one_line(array_factory):
     from harness import one_error_line
 

@@ -13,7 +13,20 @@ import textwrap
 import threading
 
 import pytest
-from poolkit import SEG, MiB, flip_byte, make_pool, seg_path
+from poolkit import (
+    SEG,
+    MiB,
+    make_pool,
+    seg_append,
+    seg_create,
+    seg_cut,
+    seg_exists,
+    seg_flip,
+    seg_list,
+    seg_path,
+    seg_read,
+    seg_size,
+)
 
 from vstor.errors import AlreadyExists, CorruptData, KeyError_, NotFound, PoolFull, UsageError, VstorError
 from vstor.faults import Faults
@@ -30,6 +43,8 @@ from vstor.store.journal.format import (
 )
 from vstor.store.journal.segread import ScanEnd
 from vstor.store.store import Store
+
+pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
 
 
 def record_of(store: Store, vid: int, offset: int) -> tuple[int, int]:
@@ -138,7 +153,7 @@ def test_writes_roll_over_to_new_segments(tmp_path):
         store.write(vid, off, data[off : off + MAX_RECORD])
     segs = store.journal.segments()
     assert len(segs) >= 3
-    assert all(os.path.getsize(seg_path(pool, s)) <= SEG for s in segs)
+    assert all(seg_size(pool, s) <= SEG for s in segs)
     assert store.read(vid, 0, len(data)) == data
     store.journal.close()
     store = Store.open(pool)
@@ -162,18 +177,15 @@ def test_torn_tail_is_cut_at_recovery(tmp_path, damage):
         model[off : off + len(data)] = data
     store.sync()
     segno, last_pos = record_of(store, vid, offsets[-1])
-    path = seg_path(pool, segno)
     assert segno == store.journal.current_segno
     good_size = store.journal.tail()[1]
     store.journal.close()
-    assert os.path.getsize(path) == good_size  # the window's unused space was cut
+    assert seg_size(pool, segno) == good_size  # the window's unused space was cut
 
-    with open(path, "rb") as f:
-        f.seek(last_pos)
-        last_record = f.read()
+    last_record = seg_read(pool, segno, last_pos)
     expect_end = good_size
     if damage == "cut_last_record":
-        os.truncate(path, last_pos + len(last_record) // 2)
+        seg_cut(pool, segno, last_pos + len(last_record) // 2)
         expect_end = last_pos
         model[offsets[-1] : offsets[-1] + 300_000] = bytes(300_000)
     else:
@@ -183,8 +195,7 @@ def test_torn_tail_is_cut_at_recovery(tmp_path, damage):
             "truncated_copy": last_record[:-10],
             "short_header": last_record[:RECORD_HEADER_SIZE - 1],
         }[damage]
-        with open(path, "ab") as f:
-            f.write(tail)
+        seg_append(pool, segno, tail)
 
     store = Store.open(pool)
     torn = store.recovery["torn_tail"]
@@ -192,7 +203,7 @@ def test_torn_tail_is_cut_at_recovery(tmp_path, damage):
         assert torn is None
     else:
         assert torn is not None and torn["segment"] == segno and torn["offset"] == expect_end
-    assert os.path.getsize(path) == expect_end
+    assert seg_size(pool, segno) == expect_end
     assert store.read(vid, 0, len(model)) == model
     # Appending resumes in a fresh segment, and the pool is clean from then on.
     assert store.journal.current_segno > segno
@@ -218,16 +229,13 @@ def test_half_made_newest_segment_is_dropped(tmp_path, content):
     store.sync()
     segno = store.journal.current_segno
     store.journal.close()
-    path = seg_path(pool, segno + 1)
-    with open(seg_path(pool, segno), "rb") as f:
-        header = f.read(SEGMENT_HEADER_SIZE)
-    with open(path, "wb") as f:  # None: a valid header copied from another segment number
-        f.write(header if content is None else content)
+    header = seg_read(pool, segno, 0, SEGMENT_HEADER_SIZE)
+    seg_create(pool, segno + 1, header if content is None else content)  # None: a valid header of another number
     store = Store.open(pool)
     torn = store.recovery["torn_tail"]
     assert torn is not None and torn["segment"] == segno + 1 and torn["offset"] == 0
     # The bad file is gone; appending resumes in a new segment whose number was never used.
-    assert not os.path.exists(path)
+    assert not seg_exists(pool, segno + 1)
     assert store.journal.current_segno == segno + 2
     assert store.read(vid, 4096, len(data)) == data
     store.close()
@@ -246,12 +254,12 @@ def test_corrupt_record_in_older_segment_fails_open(tmp_path, where):
     assert segno < store.journal.current_segno  # an older, sealed segment
     target = frame_data_pos(store, segno, pos) + 12345 if where == "frame" else pos + 30
     store.journal.close()
-    flip_byte(seg_path(pool, segno), target)
-    size_before = {s: os.path.getsize(seg_path(pool, s)) for s in (segno, segno + 1)}
+    seg_flip(pool, segno, target)
+    size_before = {s: seg_size(pool, s) for s in (segno, segno + 1)}
     with pytest.raises(CorruptData):
         Store.open(pool)
     # Nothing was cut: corruption is reported, never repaired silently.
-    assert {s: os.path.getsize(seg_path(pool, s)) for s in size_before} == size_before
+    assert {s: seg_size(pool, s) for s in size_before} == size_before
 
 
 @pytest.mark.parametrize("encrypt", [False, True])
@@ -265,7 +273,7 @@ def test_flipped_byte_on_disk_fails_the_read(tmp_path, encrypt):
     store.write(y, 0, ydata)
     store.sync()
     segno, pos = record_of(store, x, 0)
-    flip_byte(seg_path(pool, segno), frame_data_pos(store, segno, pos) + 1000)  # inside frame 0
+    seg_flip(pool, segno, frame_data_pos(store, segno, pos) + 1000)  # inside frame 0
     with pytest.raises(CorruptData):
         store.read(x, 0, 4096)
     assert store.stats.read_errors == 1
@@ -299,7 +307,7 @@ def test_read_names_the_bad_frame_in_a_multi_frame_range(tmp_path, compress):
     assert store.read(x, 100, 5 * FRAME_SIZE) == data[100 : 100 + 5 * FRAME_SIZE]
     segno, pos = record_of(store, x, 0)
     assert (store._header(make_loc(segno, pos)).raw_csums is None) == (compress == "lz4")
-    flip_byte(seg_path(pool, segno), frame_data_pos(store, segno, pos) + 5 * FRAME_SIZE - 6)
+    seg_flip(pool, segno, frame_data_pos(store, segno, pos) + 5 * FRAME_SIZE - 6)
     bad = 4 if compress == "none" else 5  # frame 2 is stored compressed, so later frames sit earlier
     with pytest.raises(CorruptData, match=f"checksum mismatch in frame {bad} of volume"):
         store.read(x, FRAME_SIZE + 3, 6 * FRAME_SIZE)
@@ -342,7 +350,7 @@ def test_read_into_gives_the_bytes_of_read_and_never_unverified_data(tmp_path, k
     store.write(x, 4 * MiB, rng.randbytes(4 * FRAME_SIZE))
     store.sync()
     segno, pos = record_of(store, x, 4 * MiB)
-    flip_byte(seg_path(pool, segno), frame_data_pos(store, segno, pos) + FRAME_SIZE + 1000)  # frame 1
+    seg_flip(pool, segno, frame_data_pos(store, segno, pos) + FRAME_SIZE + 1000)  # frame 1
     errors = store.stats.read_errors
     for off, n in ((4 * MiB + FRAME_SIZE, FRAME_SIZE), (4 * MiB, 4 * FRAME_SIZE), (4 * MiB + 10, 100_000)):
         with pytest.raises(CorruptData, match="frame 1 of volume"):
@@ -372,7 +380,7 @@ def test_encrypted_pool_wrong_key_is_refused(tmp_path):
     assert store.read(vid, 10, 6) == b"secret"
     store.close()
     # The payload is not on disk in the clear.
-    blob = b"".join(open(seg_path(pool, s), "rb").read() for s in store.journal.segments())
+    blob = b"".join(seg_read(pool, s) for s in seg_list(pool))
     assert b"secret" not in blob
 
 
@@ -466,6 +474,7 @@ def _file_bytes(store: Store, pos: int, size: int) -> bytes:
         return f.read(size)
 
 
+@pytest.mark.local_only("small records go through a mapped window of a local segment file")
 def test_small_records_are_in_the_segment_file_when_write_returns(tmp_path):
     """A small record is stored through the mapped window, so another reader of the file sees
     it at once, without a sync; the allocated space after the tail is cut when the segment is
@@ -495,6 +504,8 @@ def test_small_records_are_in_the_segment_file_when_write_returns(tmp_path):
     store.close()
 
 
+@pytest.mark.local_only("unsynced records outlive the process in a local file's page cache; on RADOS only "
+                        "synced writes are promised (aio writes in flight die with the client)")
 def test_records_written_without_a_sync_survive_kill9(tmp_path):
     """The process dies right after its writes returned, with no sync: nothing it wrote is lost
     (the records are in the page cache), and the unwritten space it had allocated is cut at
@@ -536,6 +547,7 @@ def test_records_written_without_a_sync_survive_kill9(tmp_path):
     store.close()
 
 
+@pytest.mark.local_only("posix_fallocate of a local segment's window")
 def test_enospc_allocating_the_window_is_pool_full_and_loses_nothing(tmp_path, monkeypatch):
     """The window's blocks are allocated before it is mapped: a full filesystem is a PoolFull
     for the write that needed it (never a SIGBUS), and the journal stays usable."""
@@ -580,9 +592,7 @@ def test_enospc_on_journal_write(tmp_path):
     with pytest.raises(PoolFull):
         store.write(vid, MiB, b)
     assert store.journal.tail() == tail
-    with open(seg_path(pool, tail[0]), "rb") as f:  # nothing of the record reached the file
-        f.seek(tail[1])
-        assert f.read().strip(b"\0") == b""
+    assert seg_read(pool, tail[0], tail[1]).strip(b"\0") == b""  # nothing of the record reached the segment
     assert store.journal.failed is None
     assert store.read(vid, 0, len(a)) == a
     assert store.read(vid, MiB, len(b)) == bytes(len(b))
@@ -635,6 +645,7 @@ def test_enospc_at_segment_rollover(tmp_path):
     _check_rollover_failure_recovers(pool, store, vid, model)
 
 
+@pytest.mark.local_only("a full local disk under os.pwrite of a new segment file")
 def test_enospc_writing_a_new_segment_header(tmp_path, monkeypatch):
     """The disk fills up just as a new segment file is created: the half-made segment must
     not block every later rollover."""
@@ -679,7 +690,8 @@ def test_full_filesystem_stops_writes_but_not_trims(tmp_path):
     store.close()
 
 
-@pytest.mark.parametrize("point", ["journal.sync", "journal.write", "journal.writeback"])
+@pytest.mark.parametrize("point", ["journal.sync", "journal.write", pytest.param(
+    "journal.writeback", marks=pytest.mark.local_only("the early writeback (sync_file_range) of a local file"))])
 def test_eio_puts_the_journal_in_failed_state(tmp_path, point):
     """A write error reported by fdatasync, by a write, or by the early writeback that the
     journal starts every WRITEBACK_BYTES (8 MiB) fails the journal for good."""
@@ -717,6 +729,7 @@ def test_eio_puts_the_journal_in_failed_state(tmp_path, point):
     store.close()
 
 
+@pytest.mark.local_only("sync_file_range on a local file; no pool")
 def test_start_writeback_starts_io_and_reports_errors(tmp_path):
     from vstor.durable import start_writeback
 

@@ -25,6 +25,7 @@ def _sides(array, barcode: str) -> list[dict]:
     return json.loads(array.vstor("media", "show", "jb", barcode, "--json").stdout)["sides"]
 
 
+@pytest.mark.usefixtures("pool_backend")  # also on a RADOS pool (tests/poolsite.py)
 def test_write_once_sessions_iso_and_finalize(array, tmp_path: Path):
     array.vstor("library", "create", "jb", "--type", "optical", "--slots", "4", "--drives", "1", "--mailslots", "1")
     array.vstor("media", "create", "jb", "DISC01", "--type", "BD-R", "--capacity", "64M")

@@ -10,7 +10,7 @@ import random
 import time
 
 import pytest
-from poolkit import SEG, MiB, make_pool, seg_path
+from poolkit import SEG, MiB, make_pool, seg_exists
 
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, NotFound
@@ -24,9 +24,7 @@ from vstor.store.maps import fragments
 from vstor.store.maps.chunkmap import FRAGMENTED
 from vstor.store.store import Store
 
-
-def seg_exists(pool: str, segno: int) -> bool:
-    return os.path.exists(seg_path(pool, segno))
+pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
 
 
 def write(store: Store, vid: int, model: bytearray, off: int, data: bytes) -> None:

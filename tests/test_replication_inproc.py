@@ -20,6 +20,8 @@ from vstor.faults import Faults  # noqa: E402
 from vstor.replication.handshake import PeerRefused  # noqa: E402
 from vstor.store.catalog import snapshots  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
+
 
 @pytest.fixture
 def p(tmp_path: Path) -> Iterator[Pairing]:

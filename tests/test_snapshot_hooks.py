@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from poolkit import MiB, make_pool
 
 from vstor.clock import ManualClock
@@ -14,6 +15,8 @@ from vstor.hooks import Hooks, ShellRunner, around
 from vstor.store.catalog import snapshots
 from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.store import Store
+
+pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
 
 # Each phase appends one line: the phase and the variables the commands get.
 RECORD = ('echo "$VSTOR_PHASE group=$VSTOR_GROUP snap=$VSTOR_SNAPSHOT policy=$VSTOR_POLICY '

@@ -18,6 +18,8 @@ from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.state import PoolState
 from vstor.store.store import Store
 
+pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
+
 KiB = 1 << 10
 
 

@@ -156,6 +156,7 @@ def _ext4_features(dev: str) -> list[str]:
 
 
 # -- 1. CLI round trip -------------------------------------------------------------------------
+@pytest.mark.usefixtures("pool_backend")  # also on a RADOS pool (tests/poolsite.py)
 def test_group_snapshot_round_trip(array):
     rng = random.Random(101)
     models = _make_group(array, "g", {"a": VOL, "b": VOL})

@@ -10,11 +10,11 @@ from array import array
 from datetime import UTC, datetime
 
 import pytest
-from poolkit import SEG, MiB, flip_byte, leaf_refs, make_pool, seg_path
+from poolkit import SEG, MiB, leaf_refs, make_pool, seg_cut, seg_exists, seg_flip, seg_list, seg_size
 
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, CorruptData, NotFound
-from vstor.store.backend.local import LocalBackend
+from vstor.store.backend.stub import backend_for
 from vstor.store.catalog import snapshots
 from vstor.store.check import check_pool
 from vstor.store.journal.consumers import read_records
@@ -25,6 +25,7 @@ from vstor.store.store import Store
 from vstor.store.superblock import load_superblock
 
 KiB = 1 << 10
+pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -597,17 +598,17 @@ def test_gc_moves_snapshot_only_data_using_the_exact_count(tmp_path, ckpt):
     assert gc.candidates() == set()
     check_contents(store, live, snaps)
     assert_refcounts(store)
-    assert os.path.exists(seg_path(pool, 1))
+    assert seg_exists(pool, 1)
     if ckpt == "after_gc":
         store.checkpoint()
         store.checkpoint()  # segment 1 goes once both checkpoint copies lie past it
-        assert not os.path.exists(seg_path(pool, 1))
+        assert not seg_exists(pool, 1)
         check_contents(store, live, snaps)
 
     store = crash_reopen(store, pool)  # replays the REC_RELOCATE records unless checkpointed after
     if ckpt != "after_gc":
         assert store.recovery["records"] > 0
-    assert not os.path.exists(seg_path(pool, 1))
+    assert not seg_exists(pool, 1)
     assert 1 not in store.state.live
     check_contents(store, live, snaps)
     assert_refcounts(store)
@@ -926,10 +927,9 @@ def test_torn_catalog_event_is_absent_after_reopen(tmp_path, op):
         assert store.volume("k-a")
     assert image(store) != before
     store.close(checkpoint=False)
-    path = seg_path(pool, segno)
-    end = os.path.getsize(path)
-    assert end > start and store.journal.segments()[-1] == segno  # the event is the last record
-    os.truncate(path, end - 3)
+    end = seg_size(pool, segno)
+    assert end > start and seg_list(pool)[-1] == segno  # the event is the last record
+    seg_cut(pool, segno, end - 3)
 
     rep = run_check(pool)
     assert rep.clean, rep.problems
@@ -997,7 +997,7 @@ def test_pool_check_with_snapshots_and_corruption_in_snapshot_only_data(tmp_path
     header, frames = store.journal.read_header(loc_segno(loc), loc_pos(loc))
     assert not any(f.flags for f in frames)  # raw frames: volume byte X is at payload offset X - header.offset
     store.close()
-    flip_byte(seg_path(pool, loc_segno(loc)), loc_pos(loc) + RECORD_HEADER_SIZE + len(frames) * FRAME_ENTRY_SIZE
+    seg_flip(pool, loc_segno(loc), loc_pos(loc) + RECORD_HEADER_SIZE + len(frames) * FRAME_ENTRY_SIZE
               + 350 * KiB + 17 - header.offset)
 
     rep = run_check(pool)
@@ -1030,7 +1030,7 @@ def test_a_version_3_checkpoint_opens_and_gives_the_same_sizes(tmp_path, monkeyp
     want = snapshots.listing(store, "g")
     assert any(s["exclusive"] for s in want) and all(s["shared"] for s in want)
     store.close()
-    meta_dir = LocalBackend(pool)
+    meta_dir = backend_for(pool)
     ck = checkpoint.read_checkpoint(meta_dir, load_superblock(pool).uuid_bytes)
     assert ck.version == 4
     ck.maps = ck.maps[: origins_offset(ck.maps)]
@@ -1041,3 +1041,4 @@ def test_a_version_3_checkpoint_opens_and_gives_the_same_sizes(tmp_path, monkeyp
     assert snapshots.listing(store, "g") == want
     store.close()
     assert checkpoint.read_checkpoint(meta_dir, load_superblock(pool).uuid_bytes).version == 4
+    meta_dir.close()

@@ -70,6 +70,7 @@ def _inv(array) -> dict[str, str | None]:
     return {r["element"]: r["barcode"] for r in array.vstor_json("media", "inventory", "L")}
 
 
+@pytest.mark.usefixtures("pool_backend")  # also on a RADOS pool (tests/poolsite.py)
 def test_tar_archives_filemarks_and_mt(array, tmp_path):
     _setup(array)
     dev = _dev(array)

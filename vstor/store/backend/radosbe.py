@@ -322,11 +322,17 @@ class RadosBackend(PoolBackend):
         return self._call(names, f"cannot list {prefix or 'the pool'}")
 
     def close(self) -> None:
+        if isinstance(self.meta, _Closed):  # closed already
+            return
         self._reap()
         for area in self.__dict__.get("_file_areas", {}).values():  # before the cluster goes
             area.close()
-        self.meta.close()
-        self.jrn.close()
+        meta, jrn = self.meta, self.jrn
+        # librados crashes the process (SIGSEGV) on an I/O context used after its close: every
+        # later use gets an OSError naming the pool instead.
+        self.meta = self.jrn = _Closed(self.describe())
+        meta.close()
+        jrn.close()
         if self._owns:
             self._cluster.shutdown()
 
@@ -341,3 +347,13 @@ class RadosBackend(PoolBackend):
                 io.set_namespace(f"{self.prefix}/{area}")
                 areas[area] = RadosFiles(io, f"{self.describe()}/{area}")
             return areas[area]
+
+
+class _Closed:
+    """Stands in for the I/O contexts of a closed RadosBackend: any use is EBADF, not a crash."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+
+    def __getattr__(self, name: str) -> Any:
+        raise OSError(errno.EBADF, f"the RADOS connection of {self._where} is closed (used after close)")
