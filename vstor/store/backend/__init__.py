@@ -10,10 +10,11 @@ location; ``stub`` is a RADOS pool's local state directory and its pointer file;
 for large files that are not segments (tape cartridges: ``base.PoolBackend.file_area``), with
 ``radosfiles`` its striped implementation on RADOS. ``statefiles`` is the pool's small state
 files (positions, pairs, exports, governance, media inventory) by name, over any backend's blobs;
-``radosblob`` keeps a blob larger than one RADOS write as stripes switched by a head object.
+``radoserr`` turns librados errors into OSError; ``radosblob`` keeps a blob larger than one
+RADOS write as stripes switched by a head object.
 """
 
 from __future__ import annotations
 
-__all__ = ["base", "files", "local", "location", "radosbe", "radosblob", "radosfiles", "radoslock",
+__all__ = ["base", "files", "local", "location", "radosbe", "radosblob", "radoserr", "radosfiles", "radoslock",
            "statefiles", "stub"]

@@ -37,6 +37,7 @@ from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.files import FileArea
 from vstor.store.backend.radosblob import HEAD_SIZE, StripedBlobs
+from vstor.store.backend.radoserr import os_error
 from vstor.store.journal.format import segment_name
 
 __all__ = ["STRIPE_BYTES", "MAX_IN_FLIGHT", "RadosBackend", "connect_cluster"]
@@ -57,13 +58,6 @@ def _rados() -> Any:
         from vstor.errors import UsageError
         raise UsageError("RADOS pools need python3-rados: run vstor from .venv-rados ('make venv-rados')") from None
     return rados
-
-
-def os_error(e: Exception, what: str) -> OSError:
-    """A librados error as the builtin OSError the store's callers handle."""
-    code = abs(getattr(e, "errno", None) or errno.EIO)
-    cls = {errno.ENOENT: FileNotFoundError, errno.EEXIST: FileExistsError}.get(code, OSError)
-    return cls(code, f"{what}: {e}")
 
 
 def connect_cluster(conffile: str, client_id: str | None = None, timeout: int = DEFAULT_TIMEOUT) -> Any:

@@ -24,7 +24,7 @@ Guarantees:
   a longer prefix, never a gap; ``delete`` likewise. ``rename`` copies then deletes (RADOS
   has no rename): a crash in between leaves both names, the source whole.
 
-Errors: librados errors become builtin OSError with their errno (radosbe.os_error).
+Errors: librados errors become builtin OSError with their errno (radoserr.os_error).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import threading
 from typing import Any
 
 from vstor.store.backend.files import AreaFile, FileArea
-from vstor.store.backend.radosbe import os_error
+from vstor.store.backend.radoserr import os_error
 
 __all__ = ["CACHE_BELOW", "FILE_STRIPE", "MAX_IN_FLIGHT", "RadosFile", "RadosFiles", "stripe_name"]
 
