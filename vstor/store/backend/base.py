@@ -111,3 +111,14 @@ class PoolBackend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- outages (remote backends; journal/resume.py) ----------------------------------------
+    def abandon_segment(self, segno: int) -> None:
+        """Forget the writes to ``segno`` still in flight and their failures (waiting for each
+        to end, within the client timeout): the journal has sealed the segment before them."""
+        return None
+
+    def probe(self) -> None:
+        """Raise OSError unless the storage answers and takes a small write now (ETIMEDOUT
+        when it does not answer, ENOSPC or EDQUOT when it is full)."""
+        return None
