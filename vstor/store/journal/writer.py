@@ -134,6 +134,8 @@ class Journal(SegmentReader, ResumeMixin):
             return self.backend.segment_size(segno)
         with self._cache_lock:
             size = self._sizes.get(segno)
+        if size is None and self.outage is not None:
+            return 0  # not known, and the backend may not answer: the status must not wait for it
         if size is None:  # a segment no longer appended to does not change size
             size = self.backend.segment_size(segno)
             with self._cache_lock:
