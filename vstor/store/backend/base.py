@@ -13,7 +13,8 @@ A pool keeps two kinds of storage objects:
 Errors: every I/O failure is a builtin ``OSError`` with its errno (ENOSPC when the backend is
 full, ETIMEDOUT when a remote backend does not answer within its timeout, EIO otherwise),
 so the callers' existing handling (journal.py: ENOSPC -> PoolFull, anything else -> failed
-journal) applies to every backend. A missing blob is ``FileNotFoundError``; an exclusive
+journal; on a backend without local files ETIMEDOUT, ENOSPC and EDQUOT suspend the journal
+instead, journal/outage.py) applies to every backend. A missing blob is ``FileNotFoundError``; an exclusive
 create of an existing one is ``FileExistsError``.
 """
 
