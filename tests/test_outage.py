@@ -89,6 +89,38 @@ def test_late_writes_past_the_seal_are_never_replayed(tmp_path: Path) -> None:
         store.close(checkpoint=False)
 
 
+def test_a_restart_seals_the_segment_a_dead_owner_may_still_write_to(tmp_path: Path) -> None:
+    """The daemon dies (or is fenced) during the outage; its held writes land after the next
+    start's recovery: the segment recovery started seals the old one, so they are never read."""
+    pool = make_pool(tmp_path)
+    store, dead = _open(pool)
+    try:
+        vid = store.create_volume("v", 8 * MiB).id
+        store.write(vid, 0, b"A" * K64)
+        store.sync()
+        dead.stopped = True
+        store.write(vid, 0, b"B" * K64)
+        with pytest.raises(Unavailable):
+            store.sync()
+    finally:
+        store.close(checkpoint=False)  # as if killed: no resume, no checkpoint
+    store, _be = _open(pool)  # another process (or host) recovers the pool
+    try:
+        old = store.journal.current_segno - 1
+        assert store.journal.sealed_end(old) is not None
+        assert dead.deliver() > K64  # the dead owner's write reaches the old segment only now
+        store.write(vid, K64, b"C" * K64)
+        store.sync()
+    finally:
+        store.close(checkpoint=False)
+    store = Store.open(pool, backend=LocalBackend(pool))
+    try:
+        assert bytes(store.read(vid, 0, 2 * K64)) == b"A" * K64 + b"C" * K64
+        assert check_pool(store).clean
+    finally:
+        store.close(checkpoint=False)
+
+
 def test_full_pool_gives_enospc_then_writes_resume(tmp_path: Path) -> None:
     pool = make_pool(tmp_path)
     store, be = _open(pool)

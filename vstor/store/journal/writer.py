@@ -149,10 +149,13 @@ class Journal(SegmentReader, ResumeMixin):
     def tail(self) -> tuple[int, int]:
         return self._segno, self._tail
 
-    def start_segment(self, segno: int) -> None:
+    def start_segment(self, segno: int, seals_prev: int | None = None) -> None:
         """Open a fresh segment for appending (at startup and at rollover): created exclusively
-        with its header, durably, by the backend."""
-        self.backend.create_segment(segno, pack_segment_header(self.pool_uuid, segno, self._now_ns()))
+        with its header, durably, by the backend. ``seals_prev``: the segment before it ends
+        there (SEG_SEALS_PREV; recovery on a remote backend, resume.py)."""
+        self.backend.create_segment(segno, pack_segment_header(self.pool_uuid, segno, self._now_ns(), seals_prev))
+        if seals_prev is not None:
+            self._seals[segno - 1] = seals_prev
         self._begin(segno)
 
     def _begin(self, segno: int) -> None:
