@@ -21,8 +21,9 @@ from vstor.faults import Faults
 from vstor.store.backend.local import LocalBackend
 from vstor.store.backend.radoslock import LockLost
 from vstor.store.check import check_pool
-from vstor.store.journal.format import SEGMENT_HEADER_SIZE, pack_segment_header, segment_seal
+from vstor.store.journal.format import SEGMENT_HEADER_SIZE, loc_pos, pack_segment_header, segment_seal
 from vstor.store.journal.outage import FULL, UNREACHABLE, outage_line
+from vstor.store.journal.segread import ScanEnd
 from vstor.store.store import Store
 
 K64 = 64 * 1024
@@ -117,6 +118,11 @@ def test_a_restart_seals_the_segment_a_dead_owner_may_still_write_to(tmp_path: P
     try:
         assert bytes(store.read(vid, 0, 2 * K64)) == b"A" * K64 + b"C" * K64
         assert check_pool(store).clean
+        seal = store.journal.sealed_end(old)
+        assert seal is not None and os.path.getsize(seg_path(pool, old)) > seal
+        end = ScanEnd(old, SEGMENT_HEADER_SIZE)  # what every reader of the old segment sees
+        positions = [loc_pos(r.loc) for r in store.journal.scan_one(old, end)]
+        assert positions and max(positions) < seal and end.pos == seal and not end.reason
     finally:
         store.close(checkpoint=False)
 
