@@ -8,10 +8,13 @@ was never told they are durable (its fsync failed). :meth:`ResumeOpsMixin.resume
 called by the daemon's OutageWatch once the backend takes a probe write, therefore:
 
 1. waits for reads in progress, then, holding the checkpoint, remap and store locks, has the
-   journal abandon its writes in flight and continue in a new segment whose header seals the
-   old one at the last durable position (``Journal.resume``);
-2. rebuilds the pool state from the newest checkpoint and the journal, exactly as a restart
-   would: the maps then point only at durable records, never past the seal.
+   journal abandon its writes in flight and move its tail back to the last durable position
+   (``Journal.cut_to_durable``);
+2. rebuilds the pool state from the newest checkpoint and the journal up to there, exactly as
+   a restart would: the maps then point only at durable records;
+3. has the journal continue in a new segment whose header seals the old one at that position
+   (``Journal.resume``), and only then adopts the rebuilt state. A failure in 2 or 3 (the
+   cluster fails again) leaves the journal suspended and the old state in place.
 
 The writes that were not durable are dropped, as a crash would drop them, but the daemon and
 the FUSE mount stay up. docs/architecture.md ("Faults on RADOS") gives the argument.
@@ -51,19 +54,18 @@ class ResumeOpsMixin(StoreParts):
                 return None
             while self._active_reads:  # each ends within the client timeout
                 self._reads_done.wait()
-            (old, tail), durable = journal.tail(), journal.durable_position()
+            old, durable = journal.current_segno, journal.durable_position()
+            dropped = journal.cut_to_durable()
+            # The state as a restart would find it, the live segment read up to the durable
+            # position; adopted only once the sealing segment exists. A failure here leaves the
+            # journal suspended and the state as it was: the next attempt starts over.
+            loaded = load_state(journal, self.backend, self.sb)
+            end = ScanEnd(*loaded.start)
+            records, nbytes = replay(loaded.state, journal, loaded.start, end)
             new = journal.resume()
-            try:
-                loaded = load_state(journal, self.backend, self.sb)
-                end = ScanEnd(*loaded.start)
-                records, nbytes = replay(loaded.state, journal, loaded.start, end)
-            except BaseException as e:  # the maps may point past the seal: nothing more may be written
-                journal.stop_writes(f"the state could not be rebuilt after the outage: {e}")
-                raise
             self.state = loaded.state
             self.adopt_checkpoint(loaded.generation, loaded.start, loaded.older, loaded.both_copies)
             self._hcache = HeaderCache()
-        dropped = tail - durable[1] if durable[0] == old else 0
         report = {"outage": outage.describe(), "sealed_segment": old, "sealed_at": durable[1] if durable[0] == old
                   else None, "new_segment": new, "dropped_bytes": dropped, "replayed_records": records,
                   "replayed_bytes": nbytes, "seconds": round(time.monotonic() - t0, 3)}

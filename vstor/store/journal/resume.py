@@ -30,6 +30,7 @@ class ResumeMixin:
     outage: Outage | None
     pool_uuid: bytes
     _resume_header: bytes | None
+    _resume_tail: int | None
     _seals: dict[int, int | None]
     _cache_lock: threading.Lock
     _sizes: dict[int, int]
@@ -58,21 +59,33 @@ class ResumeMixin:
         if self.outage is None:
             self.outage = Outage.of(kind, why)
 
+    def cut_to_durable(self) -> int:
+        """First step of a resume: wait for the writes still in flight (each ends within the
+        client timeout), forget them and their failures, and move the tail back to the last
+        durable position, so that a scan of the live segment (the caller's rebuild of its state)
+        stops there. Returns how many bytes were dropped. Appends stay refused until
+        :meth:`resume`; the caller holds the store lock and has checked the backend answers."""
+        self._check_failed_only()
+        with self._sync_lock, self._lock:
+            dseg, dpos = self._durable
+            end = dpos if dseg == self._segno else SEGMENT_HEADER_SIZE
+            if self._resume_tail is None:
+                self._resume_tail = self._tail
+            self.backend.abandon_segment(self._segno)
+            self._tail = end
+            return self._resume_tail - end
+
     def resume(self) -> int:
-        """End a suspension: forget the writes that were in flight, and append from now on to a
-        new segment created with a header that seals the old one at its last durable position,
-        so that what a timed-out write may still put past it later is never read (segread.py).
-        Returns the new segment's number. The caller holds the store lock, has checked the
-        backend answers, and must rebuild its state from the checkpoint and the journal:
-        records after the durable position are gone. OSError if the backend fails again."""
+        """Last step of a resume, after :meth:`cut_to_durable`: append from now on to a new
+        segment created with a header that seals the old one at the durable position, so that
+        what a timed-out write may still put past it later is never read (segread.py). Returns
+        the new segment's number. OSError if the backend fails again: still suspended."""
         self._check_failed_only()
         if self.outage is None:
             return self._segno
         with self._sync_lock, self._lock:
-            old, tail = self._segno, self._tail
-            dseg, dpos = self._durable
-            end = dpos if dseg == old else SEGMENT_HEADER_SIZE
-            self.backend.abandon_segment(old)  # each write in flight ends by the client timeout
+            old, end = self._segno, self._tail
+            tail = self._resume_tail if self._resume_tail is not None else end
             new = old + 1
             header = self._resume_header
             if header is None:
@@ -81,7 +94,7 @@ class ResumeMixin:
                 self.backend.create_segment(new, header)
             except FileExistsError:  # an earlier attempt's create (or the rollover's) landed late
                 self._adopt(new, header, end, tail)
-            self._resume_header = None
+            self._resume_header = self._resume_tail = None
         with self._cache_lock:
             self._sizes[old] = end
         self._seals[old] = end

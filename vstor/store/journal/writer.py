@@ -103,6 +103,7 @@ class Journal(SegmentReader, ResumeMixin):
         self.outage: Outage | None = None  # remote backend failing for now: suspended, not failed
         self.read_failures = 0
         self._resume_header: bytes | None = None  # the sealing header a resume tried to create
+        self._resume_tail: int | None = None  # the tail when a resume first cut it to the durable position
         self._seals: dict[int, int | None] = {}  # segno -> where its successor's header says it ends
         self._cache_lock = threading.Lock()
         self._listed: set[int] | None = None  # remote backend: the segment listing, kept by this journal
