@@ -69,11 +69,11 @@ class ResumeMixin:
         with self._sync_lock, self._lock:
             dseg, dpos = self._durable
             end = dpos if dseg == self._segno else SEGMENT_HEADER_SIZE
-            if self._resume_tail is None:
-                self._resume_tail = self._tail
+            first = self._resume_tail if self._resume_tail is not None else self._tail
+            self._resume_tail = first
             self.backend.abandon_segment(self._segno)
             self._tail = end
-            return self._resume_tail - end
+            return first - end
 
     def resume(self) -> int:
         """Last step of a resume, after :meth:`cut_to_durable`: append from now on to a new
