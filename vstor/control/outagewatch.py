@@ -49,13 +49,23 @@ class OutageWatch:
         self._thread: threading.Thread | None = None
 
     def lock_lost(self, err: Exception) -> None:
-        """PoolLock.on_lost: suspend on a renewal that timed out, stop writes on any other."""
-        if classify(cause_errno(err)) == UNREACHABLE and self.renew_lock is not None:
+        """PoolLock.on_lost: suspend on a renewal that timed out (or that a full pool refused),
+        stop writes on any other."""
+        if classify(cause_errno(err)) is not None and self.renew_lock is not None:
             self._lock_pending = True
-            self.store.journal.suspend(UNREACHABLE, f"the pool's RADOS lock could not be renewed in time: {err}")
-            log.warning("RADOS lock renewal timed out; writes suspended until it is renewed: %s", err)
+            self.store.journal.suspend(self._probe_kind(), f"the pool's RADOS lock could not be renewed: {err}")
+            log.warning("RADOS lock renewal failed; writes suspended until it is renewed: %s", err)
             return
         self.store.journal.stop_writes(str(err))
+
+    def _probe_kind(self) -> str:
+        """Whether the cluster is full or does not answer, as a probe write finds it (a renewal
+        held back by a full pool times out like one to a stopped OSD)."""
+        try:
+            self.store.backend.probe()
+        except OSError as e:
+            return classify(e.errno) or UNREACHABLE
+        return UNREACHABLE
 
     def poll(self) -> dict | None:
         """One attempt: renew the lock if a renewal timed out, then resume the store. Returns the
@@ -67,7 +77,7 @@ class OutageWatch:
             try:
                 self.renew_lock()
             except VstorError as e:  # LockLost
-                if classify(cause_errno(e)) != UNREACHABLE:  # refused: another client holds it now
+                if classify(cause_errno(e)) is None:  # refused: another client holds it now
                     journal.stop_writes(str(e))
                     log.error("the pool's RADOS lock is lost: %s", e)
                 self.last_error = str(e)
