@@ -32,6 +32,7 @@ from vstor.backup.engine import BackupEngine
 from vstor.control import sdnotify
 from vstor.control.lock import PoolLock
 from vstor.control.mounts import fsname_for, fuse_mounted, prepare_mountpoint, unmount
+from vstor.control.outagewatch import OutageWatch
 from vstor.control.poolfiles import pool_log_handler
 from vstor.control.pygc import GcPolicy
 from vstor.control.server import ControlServer
@@ -119,7 +120,11 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         io_flusher = set_io_flusher()
         store = Store.open(pool, key_file, faults=faults)
         stack.callback(store.close)  # no checkpoint if the journal failed
-        lock.on_lost.append(lambda e: store.journal.stop_writes(str(e)))  # a RADOS pool's lock lost: no more writes
+        watch = OutageWatch(store, renew_lock=lock.renew_rados)  # resumes after an outage of the RADOS cluster
+        lock.on_lost.append(watch.lock_lost)  # a RADOS pool's lock lost: no more writes (suspended if timed out)
+        if store.backend.kind != "local":
+            watch.start()
+            stack.callback(watch.stop)
         step("store")
         handles = HandleTable()  # the FUSE export's open files: policy pruning skips snapshots in use
         reclaimer = Reclaimer(store, snapshots_in_use=handles.snapshots_in_use)

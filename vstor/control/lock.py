@@ -75,6 +75,14 @@ class PoolLock:
         for fn in self.on_lost:
             fn(err)
 
+    def renew_rados(self) -> None:
+        """Renew the RADOS lock now and restart its renewals, after a renewal failed because the
+        cluster did not answer (vstor/control/outagewatch.py). LockLost if it cannot be renewed."""
+        if self.rados is not None:
+            self.rados.renew()
+            self.rados.held = True
+            self.rados.start_renewal(self._lost)
+
     def holder(self) -> str:
         try:
             with open(self.path) as f:
