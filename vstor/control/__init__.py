@@ -9,5 +9,5 @@ socket; ``service`` is PoolService, composed of the ``*_ops`` parts, one per dom
 from __future__ import annotations
 
 __all__ = ["backup_ops", "catalog_ops", "client_ops", "daemon", "dashboard", "drill_ops", "freeze", "governance_ops",
-           "lock", "loop", "media_ops", "metrics", "mounts", "nbd_ops", "pair_ops", "peer", "poolfiles", "protocol",
-           "pygc", "sdnotify", "server", "service", "status_ops"]
+           "lock", "loop", "media_ops", "metrics", "mounts", "nbd_ops", "outagewatch", "pair_ops", "peer", "poolfiles",
+           "protocol", "pygc", "sdnotify", "server", "service", "status_ops"]
