@@ -38,6 +38,7 @@ from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.files import FileArea
 from vstor.store.backend.radosblob import HEAD_SIZE, StripedBlobs
 from vstor.store.backend.radoserr import os_error
+from vstor.store.backend.radosread import make_readahead
 from vstor.store.journal.format import segment_name
 
 __all__ = ["STRIPE_BYTES", "MAX_IN_FLIGHT", "RadosBackend", "connect_cluster"]
@@ -90,6 +91,7 @@ class RadosBackend(PoolBackend):
         self._in_flight: list[tuple[int, Any, str]] = []  # (segno, completion, object), oldest first
         self._failed: dict[int, OSError] = {}  # segno -> the first write that failed
         self.blobs = StripedBlobs(self.meta, self._rados, max_blob, min(max_blob, STRIPE_BYTES), self._call)
+        self.readahead = make_readahead(self.jrn, self._rados, STRIPE_BYTES, self.stripe_name)  # readahead.py
 
     def describe(self) -> str:
         return f"rados://{self.pool}/{self.prefix}"
@@ -143,6 +145,7 @@ class RadosBackend(PoolBackend):
             op.write_full(bytes(header))
             self._call(lambda: self.jrn.operate_write_op(op, self.stripe_name(segno, 0)),
                        f"cannot create journal segment {segno}")
+        self._forget(segno)
 
     def write_segment(self, segno: int, pos: int, data: bytes | memoryview) -> None:
         self.faults.hit("backend.write")
@@ -159,6 +162,8 @@ class RadosBackend(PoolBackend):
             with self._lock:
                 self._in_flight.append((segno, comp, obj))
                 excess = len(self._in_flight) - MAX_IN_FLIGHT
+            if self.readahead is not None:  # after the aio_write: see readahead.py, "Coherence"
+                self.readahead.invalidate(segno, pos, n)
             if excess > 0:
                 self._reap(excess)
             view, pos = view[n:], pos + n
@@ -190,6 +195,12 @@ class RadosBackend(PoolBackend):
             raise OSError(err.errno, str(err))
 
     def read_segment(self, segno: int, pos: int, size: int) -> bytes:
+        if self.readahead is None:
+            return self._read_direct(segno, pos, size)
+        return self.readahead.read(segno, pos, size, self._read_direct)
+
+    def _read_direct(self, segno: int, pos: int, size: int) -> bytes:
+        """read_segment without read-ahead: one synchronous read per stripe it touches."""
         rados = self._rados
         parts: list[bytes] = []
         while size > 0:
@@ -246,6 +257,7 @@ class RadosBackend(PoolBackend):
                 raise os_error(e, "cannot cut a segment") from None
         if keep < len(sizes):
             self._call(lambda: self.jrn.trunc(self.stripe_name(segno, keep), off), "cannot cut a segment")
+        self._forget(segno)
 
     def delete_segment(self, segno: int) -> None:
         self._reap(segno=segno)
@@ -259,6 +271,7 @@ class RadosBackend(PoolBackend):
                 raise os_error(e, f"cannot delete journal segment {segno}") from None
         with self._lock:
             self._failed.pop(segno, None)
+        self._forget(segno)
 
     # -- blobs -----------------------------------------------------------------------------
     def get(self, name: str) -> bytes:
@@ -341,6 +354,11 @@ class RadosBackend(PoolBackend):
                 io.set_namespace(f"{self.prefix}/{area}")
                 areas[area] = RadosFiles(io, f"{self.describe()}/{area}")
             return areas[area]
+
+    def _forget(self, segno: int) -> None:
+        """Drop the read-ahead's chunks of a segment just created, cut or deleted."""
+        if self.readahead is not None:
+            self.readahead.drop_segment(segno)
 
 
 class _Closed:
