@@ -37,9 +37,11 @@ class ChunkRead:
         if self._comp is None:
             return None
         self._comp.wait_for_complete_and_cb()
-        if self._comp.get_return_value() < 0 or self._data is None:
+        ret = self._comp.get_return_value()  # the bytes read
+        if ret < 0 or self._data is None:
             return None
-        return self._data
+        # cut to what was read: python-rados hands back its whole buffer when 0 bytes were read
+        return self._data if len(self._data) == ret else self._data[:ret]
 
 
 def chunk_fetcher(ioctx: Any, rados: Any, stripe_bytes: int,
