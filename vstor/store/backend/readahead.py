@@ -8,18 +8,20 @@ serves a request from chunks when
 
 * the request is larger than a chunk (its chunks are then read in parallel, not one after
   the other), or its first chunk is already held, or
-* the reads of that segment have been sequential (each within a chunk or two of the last one)
-  for SEQUENTIAL_AFTER reads in a row: then the DEPTH chunks past the request are started
-  too, so the next requests find their data arrived or on the way;
+* the request continues a sequential stream: a read within NEAR chunks of where an earlier
+  read of the same segment ended, SEQUENTIAL_AFTER times in a row (up to STREAMS streams are
+  followed at once, several per segment: 16 readers of one volume each have their own). Then
+  the chunks past the request are started too, so the next requests find their data arrived
+  or on the way: DEPTH of them for one stream, fewer when many streams share the budget;
 
 and otherwise calls the backend's own synchronous read (``direct``): a random 4 KiB read costs
 what it did. A chunk that failed or came back short where the request needs more is dropped
 and the request is read by ``direct``, which gives the backend's own answer (short at the end
 of a segment, FileNotFoundError, or the OSError of the failure).
 
-Memory is bounded: at most BUDGET chunks are held (oldest dropped first, and chunks behind a
-sequential reader as it passes them), so BUDGET * CHUNK bytes, plus the chunks that readers
-are copying from at that moment.
+Memory is bounded: at most BUDGET chunks are held (oldest dropped first, and the chunks a
+sequential reader has passed), so BUDGET * CHUNK bytes, plus the chunks that readers are
+copying from at that moment.
 
 Coherence: the backend calls :meth:`invalidate` after issuing a write (its aio_write) and
 :meth:`drop_segment` when it cuts or deletes a segment. A chunk started after a write was
@@ -42,8 +44,8 @@ CHUNK = 1 << 20  # bytes of one read-ahead read; must divide the backend's strip
 DEPTH = 8  # chunks started past a sequential reader's request
 BUDGET = 32  # chunks held at most, whatever the number of readers and segments
 SEQUENTIAL_AFTER = 2  # reads near the previous one before read-ahead starts
-NEAR = 2  # chunks: a read this close after the last one of its segment continues its stream
-STREAMS = 64  # segments whose last read position is remembered
+NEAR = 2  # chunks: a read this close to where a stream's last read ended continues it
+STREAMS = 16  # streams followed at once (the most recent)
 
 
 class Fetch(Protocol):
@@ -58,7 +60,7 @@ class ReadAhead:
             raise ValueError("the read-ahead budget must hold a request's chunks and the depth ahead")
         self._fetch, self.chunk, self.depth, self.budget = fetch, chunk, depth, budget
         self._chunks: dict[tuple[int, int], Fetch] = {}  # (segno, index) -> its read; oldest first
-        self._streams: dict[int, tuple[int, int]] = {}  # segno -> (last request's last chunk, streak)
+        self._streams: list[list[int]] = []  # [segno, last request's last chunk, streak]; most recent last
         self._lock = threading.Lock()
         self.stats = {"direct": 0, "chunked": 0, "fetched": 0, "fallbacks": 0}
 
@@ -69,17 +71,16 @@ class ReadAhead:
             return direct(segno, pos, size)
         c0, c1 = pos // self.chunk, (pos + size - 1) // self.chunk
         with self._lock:
-            ahead = self._follow(segno, c0, c1)
+            ahead = self._depth() if self._follow(segno, c0, c1) else 0
             useful = ahead or size > self.chunk or (segno, c0) in self._chunks
-            if not useful or c1 - c0 + 1 + (self.depth if ahead else 0) > self.budget:
+            if not useful or c1 - c0 + 1 + ahead > self.budget:
                 self.stats["direct"] += 1
                 wanted = None
             else:
                 self.stats["chunked"] += 1
                 wanted = [self._get(segno, c) for c in range(c0, c1 + 1)]
-                if ahead:
-                    for c in range(c1 + 1, c1 + 1 + self.depth):
-                        self._get(segno, c)
+                for c in range(c1 + 1, c1 + 1 + ahead):
+                    self._get(segno, c)
                 self._trim(segno, c0)
         if wanted is None:
             return direct(segno, pos, size)
@@ -110,7 +111,7 @@ class ReadAhead:
         with self._lock:
             for key in [k for k in self._chunks if k[0] == segno]:
                 del self._chunks[key]
-            self._streams.pop(segno, None)
+            self._streams = [s for s in self._streams if s[0] != segno]
 
     def held(self) -> int:
         """Chunks held now (in flight or arrived)."""
@@ -118,13 +119,25 @@ class ReadAhead:
 
     # -- under the lock --------------------------------------------------------------------
     def _follow(self, segno: int, c0: int, c1: int) -> bool:
-        """Record this request in its segment's stream; whether the stream is sequential."""
-        last = self._streams.pop(segno, None)
-        streak = last[1] + 1 if last is not None and last[0] - NEAR <= c0 <= last[0] + NEAR else 0
-        self._streams[segno] = (c1, streak)  # re-inserted: the dict's order is recency
-        if len(self._streams) > STREAMS:
-            del self._streams[next(iter(self._streams))]
-        return streak >= SEQUENTIAL_AFTER
+        """Record this request in the stream it continues (or a new one); whether that stream
+        is sequential."""
+        for i, s in enumerate(self._streams):
+            if s[0] == segno and s[1] - NEAR <= c0 <= s[1] + NEAR:
+                del self._streams[i]
+                s[1], s[2] = c1, s[2] + 1
+                break
+        else:
+            s = [segno, c1, 0]
+            if len(self._streams) >= STREAMS:
+                del self._streams[0]
+        self._streams.append(s)  # most recent last
+        return s[2] >= SEQUENTIAL_AFTER
+
+    def _depth(self) -> int:
+        """Chunks to start past a sequential request: DEPTH for one stream; with more, half the
+        budget shared between them (at least one each)."""
+        active = sum(1 for s in self._streams if s[2] >= SEQUENTIAL_AFTER)
+        return max(1, min(self.depth, self.budget // 2 // max(1, active)))
 
     def _get(self, segno: int, c: int) -> Fetch:
         f = self._chunks.get((segno, c))
@@ -134,8 +147,8 @@ class ReadAhead:
         return f
 
     def _trim(self, segno: int, c0: int) -> None:
-        """Drop this segment's chunks behind the reader, then the oldest over the budget."""
-        for c in range(c0 - 1 - self.budget, c0 - 1):
+        """Drop the chunks this reader has just passed, then the oldest over the budget."""
+        for c in (c0 - 3, c0 - 2):
             self._chunks.pop((segno, c), None)
         while len(self._chunks) > self.budget:
             del self._chunks[next(iter(self._chunks))]
