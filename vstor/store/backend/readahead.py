@@ -100,9 +100,9 @@ class ReadAhead:
 
     def invalidate(self, segno: int, pos: int, size: int) -> None:
         """Forget the chunks that [pos, pos+size) of ``segno`` overlaps (a write was issued there)."""
-        if size <= 0 or not self._chunks:
+        if size <= 0:
             return
-        with self._lock:
+        with self._lock:  # always: a reader may be between its aio_read and holding the chunk
             for c in range(pos // self.chunk, (pos + size - 1) // self.chunk + 1):
                 self._chunks.pop((segno, c), None)
 
