@@ -74,3 +74,5 @@ def test_failed_and_invalidated_chunks_are_not_returned() -> None:
     del seg.data[9 * CHUNK:]  # a cut segment: nothing of it is served from before the cut
     ra.drop_segment(1)
     assert ra.read(1, 8 * CHUNK, 3 * CHUNK, seg.direct) == seg.data[8 * CHUNK:]
+    ra.drain()
+    assert ra.held() == 0 and ra.read(1, 0, 10, seg.direct) == seg.data[:10]

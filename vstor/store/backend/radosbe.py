@@ -332,6 +332,8 @@ class RadosBackend(PoolBackend):
         if isinstance(self.meta, _Closed):  # closed already
             return
         self._reap()
+        if self.readahead is not None:  # no read in flight when the connection goes
+            self.readahead.drain()
         for area in self.__dict__.get("_file_areas", {}).values():  # before the cluster goes
             area.close()
         meta, jrn = self.meta, self.jrn

@@ -113,6 +113,14 @@ class ReadAhead:
                 del self._chunks[key]
             self._streams = [s for s in self._streams if s[0] != segno]
 
+    def drain(self) -> None:
+        """Wait for every chunk held and forget them all (before the connection closes)."""
+        with self._lock:
+            held, self._chunks = list(self._chunks.values()), {}
+            self._streams = []
+        for f in held:
+            f.result()
+
     def held(self) -> int:
         """Chunks held now (in flight or arrived)."""
         return len(self._chunks)
