@@ -91,7 +91,7 @@ class RadosBackend(PoolBackend):
         self._in_flight: list[tuple[int, Any, str]] = []  # (segno, completion, object), oldest first
         self._failed: dict[int, OSError] = {}  # segno -> the first write that failed
         self.blobs = StripedBlobs(self.meta, self._rados, max_blob, min(max_blob, STRIPE_BYTES), self._call)
-        self.readahead = make_readahead(self.jrn, self._rados, STRIPE_BYTES, self.stripe_name)  # readahead.py
+        self.readahead = make_readahead(lambda: self.jrn, self._rados, STRIPE_BYTES, self.stripe_name)  # readahead.py
 
     def describe(self) -> str:
         return f"rados://{self.pool}/{self.prefix}"

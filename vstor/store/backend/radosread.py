@@ -44,18 +44,20 @@ class ChunkRead:
         return self._data if len(self._data) == ret else self._data[:ret]
 
 
-def chunk_fetcher(ioctx: Any, rados: Any, stripe_bytes: int,
+def chunk_fetcher(ioctx: Callable[[], Any], rados: Any, stripe_bytes: int,
                   stripe_name: Callable[[int, int], str]) -> Callable[[int, int], ChunkRead]:
+    """``ioctx()`` is the backend's journal I/O context at the time of the read: after its close
+    that is RadosBackend's stand-in, whose use is an OSError (librados crashes on a closed one)."""
     if stripe_bytes % CHUNK:
         raise ValueError("the read-ahead chunk must divide the stripe size")
 
     def fetch(segno: int, index: int) -> ChunkRead:
         stripe, off = divmod(index * CHUNK, stripe_bytes)
-        return ChunkRead(ioctx, rados, stripe_name(segno, stripe), CHUNK, off)
+        return ChunkRead(ioctx(), rados, stripe_name(segno, stripe), CHUNK, off)
     return fetch
 
 
-def make_readahead(ioctx: Any, rados: Any, stripe_bytes: int,
+def make_readahead(ioctx: Callable[[], Any], rados: Any, stripe_bytes: int,
                    stripe_name: Callable[[int, int], str]) -> ReadAhead | None:
     """The backend's read-ahead, or None when VSTOR_RADOS_READAHEAD=0 turns it off."""
     if os.environ.get("VSTOR_RADOS_READAHEAD", "1") == "0":
