@@ -105,7 +105,7 @@ def test_volume_reads_over_segments_and_a_damaged_frame_is_reported(ceph_lab: Ce
         for off in range(0, len(data), MiB):
             store.write(vid, off, data[off:off + MiB])
         store.sync()
-        full = [s for s in store.backend.list_segments() if store.backend.segment_size(s) > 6 * MiB]
+        full = [s for s in store.backend.list_segments() if store.backend.segment_size(s) > MiB]
         assert len(full) >= 2  # the data spans a segment boundary
     finally:
         store.close()
