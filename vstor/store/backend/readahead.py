@@ -38,7 +38,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["BUDGET", "CHUNK", "DEPTH", "SEQUENTIAL_AFTER", "Fetch", "ReadAhead"]
+__all__ = ["BUDGET", "CHUNK", "DEPTH", "MAX_STREAMS_AHEAD", "SEQUENTIAL_AFTER", "Fetch", "ReadAhead"]
 
 CHUNK = 1 << 20  # bytes of one read-ahead read; must divide the backend's stripe size
 DEPTH = 8  # chunks started past a sequential reader's request
@@ -46,6 +46,7 @@ BUDGET = 32  # chunks held at most, whatever the number of readers and segments
 SEQUENTIAL_AFTER = 2  # reads near the previous one before read-ahead starts
 NEAR = 2  # chunks: a read this close to where a stream's last read ended continues it
 STREAMS = 16  # streams followed at once (the most recent)
+MAX_STREAMS_AHEAD = 4  # more active streams than this: no read-ahead (the reads are parallel already)
 
 
 class Fetch(Protocol):
@@ -143,8 +144,12 @@ class ReadAhead:
 
     def _depth(self) -> int:
         """Chunks to start past a sequential request: DEPTH for one stream; with more, half the
-        budget shared between them (at least one each)."""
+        budget shared between them (at least one each); none when more than MAX_STREAMS_AHEAD
+        streams are active (16 parallel readers ran at 0.35 of their speed without read-ahead:
+        each 1 MiB request then fetched 3 MiB, docs/benchmarks.md §13)."""
         active = sum(1 for s in self._streams if s[2] >= SEQUENTIAL_AFTER)
+        if active > MAX_STREAMS_AHEAD:
+            return 0
         return max(1, min(self.depth, self.budget // 2 // max(1, active)))
 
     def _get(self, segno: int, c: int) -> Fetch:
