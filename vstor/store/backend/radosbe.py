@@ -41,6 +41,7 @@ from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.files import FileArea
 from vstor.store.backend.radosblob import HEAD_SIZE, StripedBlobs
 from vstor.store.backend.radoserr import os_error
+from vstor.store.backend.radosread import make_readahead
 from vstor.store.journal.format import segment_name
 
 __all__ = ["STRIPE_BYTES", "MAX_IN_FLIGHT", "RadosBackend", "connect_cluster"]
@@ -95,6 +96,7 @@ class RadosBackend(PoolBackend):
         self._in_flight: list[tuple[int, Any, str]] = []  # (segno, completion, object), oldest first
         self._failed: dict[int, OSError] = {}  # segno -> the first write that failed
         self.blobs = StripedBlobs(self.meta, self._rados, max_blob, min(max_blob, STRIPE_BYTES), self._call)
+        self.readahead = make_readahead(lambda: self.jrn, self._rados, STRIPE_BYTES, self.stripe_name)  # readahead.py
 
     def describe(self) -> str:
         return f"rados://{self.pool}/{self.prefix}"
@@ -155,6 +157,7 @@ class RadosBackend(PoolBackend):
             op.write_full(bytes(header))
             self._call(lambda: self.jrn.operate_write_op(op, self.stripe_name(segno, 0), flags=FULL_TRY),
                        f"cannot create journal segment {segno}")
+        self._forget(segno)
 
     def write_segment(self, segno: int, pos: int, data: bytes | memoryview) -> None:
         self.faults.hit("backend.write")
@@ -173,6 +176,8 @@ class RadosBackend(PoolBackend):
             with self._lock:
                 self._in_flight.append((segno, comp, obj))
                 excess = len(self._in_flight) - MAX_IN_FLIGHT
+            if self.readahead is not None:  # after the aio_write: see readahead.py, "Coherence"
+                self.readahead.invalidate(segno, pos, n)
             if excess > 0:
                 self._reap(excess)
             view, pos = view[n:], pos + n
@@ -204,6 +209,12 @@ class RadosBackend(PoolBackend):
             raise OSError(err.errno, str(err))
 
     def read_segment(self, segno: int, pos: int, size: int) -> bytes:
+        if self.readahead is None:
+            return self._read_direct(segno, pos, size)
+        return self.readahead.read(segno, pos, size, self._read_direct)
+
+    def _read_direct(self, segno: int, pos: int, size: int) -> bytes:
+        """read_segment without read-ahead: one synchronous read per stripe it touches."""
         rados = self._rados
         parts: list[bytes] = []
         while size > 0:
@@ -263,6 +274,7 @@ class RadosBackend(PoolBackend):
                 op.truncate(off)
                 self._call(lambda: self.jrn.operate_write_op(op, self.stripe_name(segno, keep), flags=FULL_TRY),
                            "cannot cut a segment")
+        self._forget(segno)
 
     def delete_segment(self, segno: int) -> None:
         self._reap(segno=segno)
@@ -276,6 +288,7 @@ class RadosBackend(PoolBackend):
                 raise os_error(e, f"cannot delete journal segment {segno}") from None
         with self._lock:
             self._failed.pop(segno, None)
+        self._forget(segno)
 
     # -- blobs -----------------------------------------------------------------------------
     def get(self, name: str) -> bytes:
@@ -338,6 +351,8 @@ class RadosBackend(PoolBackend):
         if isinstance(self.meta, _Closed):  # closed already
             return
         self._reap()
+        if self.readahead is not None:  # no read in flight when the connection goes
+            self.readahead.drain()
         for area in self.__dict__.get("_file_areas", {}).values():  # before the cluster goes
             area.close()
         meta, jrn = self.meta, self.jrn
@@ -361,6 +376,10 @@ class RadosBackend(PoolBackend):
                 areas[area] = RadosFiles(io, f"{self.describe()}/{area}")
             return areas[area]
 
+    def _forget(self, segno: int) -> None:
+        """Drop the read-ahead's chunks of a segment just created, cut or deleted."""
+        if self.readahead is not None:
+            self.readahead.drop_segment(segno)
 
     # -- outages -----------------------------------------------------------------------------
     def abandon_segment(self, segno: int) -> None:
