@@ -185,7 +185,7 @@ def captured(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
     with _CAPTURE_LOCK:
         if not _CAPTURING[0]:
             _CAPTURE.update(stdout=_PerThread("stdout", sys.stdout), stderr=_PerThread("stderr", sys.stderr))
-            sys.stdout, sys.stderr = _CAPTURE["stdout"], _CAPTURE["stderr"]  # type: ignore[assignment]
+            sys.stdout, sys.stderr = _CAPTURE["stdout"], _CAPTURE["stderr"]
         _CAPTURING[0] += 1
         stdout, stderr = _CAPTURE["stdout"], _CAPTURE["stderr"]
     before = getattr(stdout.local, "buf", None), getattr(stderr.local, "buf", None)  # nested: the outer's
