@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from vstor.backup.engine import BackupEngine
@@ -38,7 +39,7 @@ from vstor.control.pygc import GcPolicy
 from vstor.control.server import ControlServer
 from vstor.control.service import PoolService
 from vstor.errlog import TRACE, describe, install_thread_hook, log_failure
-from vstor.errors import VstorError
+from vstor.errors import Busy, VstorError
 from vstor.faults import Faults
 from vstor.fuse.handles import HandleTable
 from vstor.fuse.options import after_init, mount_options, set_io_flusher
@@ -219,9 +220,22 @@ def _unmount_soon(mount: str) -> None:
     threading.Thread(target=_unmount_quietly, args=(mount,), name="vstor-unmount").start()
 
 
-def _unmount_quietly(mount: str) -> None:
+def _unmount_quietly(mount: str, tries: int = 20, pause: float = 0.1) -> None:
+    """Unmount so that the FUSE loop ends. Right after FUSE INIT the kernel can still hold the
+    new mount for a moment (EBUSY; the daemon then waited for ever on a loop nothing ended), so
+    a busy mount is tried again for about two seconds and then detached lazily."""
+    for _ in range(tries):
+        try:
+            unmount(mount)
+            return
+        except Busy:
+            time.sleep(pause)
+        except VstorError as e:
+            log_failure(log, f"unmount of {mount} failed", e)
+            return
+    log.warning("%s stayed busy for %.1f s; unmounting it lazily", mount, tries * pause)
     try:
-        unmount(mount)
+        unmount(mount, lazy=True)
     except VstorError as e:
         log_failure(log, f"unmount of {mount} failed", e)
 
