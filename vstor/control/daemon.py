@@ -36,6 +36,7 @@ from vstor.control.poolfiles import pool_log_handler
 from vstor.control.pygc import GcPolicy
 from vstor.control.server import ControlServer
 from vstor.control.service import PoolService
+from vstor.control.takeover import record_takeover
 from vstor.errlog import TRACE, describe, install_thread_hook, log_failure
 from vstor.errors import VstorError
 from vstor.faults import Faults
@@ -97,9 +98,10 @@ class Reporter:
 
 def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads: bool = True,
         repl: dict | None = None, faults: Faults | None = None, metrics: str | None = None,
-        nbd: dict | None = None, backup_listen: str | None = None) -> int:
+        nbd: dict | None = None, backup_listen: str | None = None, takeover: bool = False) -> int:
     """Start the array, serve until unmounted, stop it; raises if start-up fails, after
-    releasing whatever it had acquired."""
+    releasing whatever it had acquired. ``takeover``: a RADOS pool's live owner on another
+    host is fenced first (vstor/store/backend/radoslock.py)."""
     from vstor.fuse.media_fs import MediaFS
     from vstor.fuse.ops import VolumeFS, serve
     from vstor.fuse.ops import fuse as mfuse
@@ -113,13 +115,15 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
     with contextlib.ExitStack() as stack:
         stack.callback(log.info, "stopped")
         lock = PoolLock(pool)
-        lock.acquire("daemon")
+        lock.acquire("daemon", takeover=takeover)
         stack.callback(lock.release)
+        if lock.fenced is not None:  # audit log or daemon.log: who was fenced
+            record_takeover(pool, lock.rados.location if lock.rados else pool, lock.fenced, log)
         step("lock")
         io_flusher = set_io_flusher()
-        store = Store.open(pool, key_file, faults=faults)
+        store = Store.open(pool, key_file, faults=faults, backend=lock.store_backend(faults))  # RADOS: lock's client
         stack.callback(store.close)  # no checkpoint if the journal failed
-        lock.on_lost.append(lambda e: store.journal.stop_writes(str(e)))  # a RADOS pool's lock lost: no more writes
+        lock.when_lost(lambda e: store.journal.stop_writes(str(e)))  # RADOS lock lost or fenced: no more writes
         step("store")
         handles = HandleTable()  # the FUSE export's open files: policy pruning skips snapshots in use
         reclaimer = Reclaimer(store, snapshots_in_use=handles.snapshots_in_use)
@@ -243,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nbd")
     p.add_argument("--nbd-tls-dir")
     p.add_argument("--backup-listen")
+    p.add_argument("--takeover", action="store_true")
     a = p.parse_args(argv)
     repl = {"listen": a.listen, "tls_dir": a.tls_dir, "name": a.name}
     setup_logging(a.pool, a.foreground)
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(a.pool, a.mount, a.key_file, reporter, threads=not a.single_thread, repl=repl,
                    metrics=a.metrics, nbd={"address": a.nbd, "tls_dir": a.nbd_tls_dir, "name": a.name},
-                   backup_listen=a.backup_listen)
+                   backup_listen=a.backup_listen, takeover=a.takeover)
     except Exception as e:
         phase = "the daemon failed" if reporter.sent else "start-up failed"
         log_failure(log, phase, e)

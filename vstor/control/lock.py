@@ -9,14 +9,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from vstor.errors import Busy
+from vstor.errors import Busy, VstorError
 from vstor.store.superblock import layout
 
 if TYPE_CHECKING:
+    from vstor.faults import Faults
     from vstor.store.backend.base import PoolBackend
+    from vstor.store.backend.radosbe import RadosBackend
     from vstor.store.backend.radoslock import RadosLock
 
 
@@ -29,10 +32,14 @@ class PoolLock:
         self.path = layout(pool)["lock"]
         self.fd = -1
         self.rados: RadosLock | None = None
-        self._backend: PoolBackend | None = None  # the connection the RADOS lock is held on
-        self.on_lost: list[Callable[[Exception], None]] = []  # called when a RADOS lock renewal fails
+        self._backend: RadosBackend | None = None  # the connection the RADOS lock is held on
+        self.on_lost: list[Callable[[Exception], None]] = []  # called once: renewal failed, or fenced
+        self.fenced: dict | None = None  # the holder record of the owner a takeover fenced
+        self._lost_once = threading.Lock()
+        self._lost_error: Exception | None = None
 
-    def acquire(self, what: str = "daemon") -> None:
+    def acquire(self, what: str = "daemon", takeover: bool = False) -> None:
+        """Take the pool; ``takeover`` (a RADOS pool): fence a live owner on another host first."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -46,25 +53,25 @@ class PoolLock:
         os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
         self.fd = fd
         try:
-            self._acquire_rados(what)
+            self._acquire_rados(what, takeover)
         except BaseException:
             self.release()
             raise
 
-    def _acquire_rados(self, what: str) -> None:
+    def _acquire_rados(self, what: str, takeover: bool) -> None:
         from vstor.store.backend.stub import backend_for, read_stub
         stub = read_stub(self.pool)
         if stub is None:
             return
         from vstor.store.backend.radosbe import RadosBackend
-        from vstor.store.backend.radoslock import RadosLock
+        from vstor.store.backend.radoslock import RadosLock, lock_duration
         backend = backend_for(self.pool)
         if not isinstance(backend, RadosBackend):  # a stub always names a rados:// location
             backend.close()
             return
-        lock = RadosLock(backend.meta, what, location=stub["location"])
         try:
-            lock.acquire()
+            lock = RadosLock(backend.meta, what, lock_duration(), location=stub["location"], cluster=backend.cluster)
+            self.fenced = lock.acquire(takeover=takeover)
         except BaseException:
             backend.close()
             raise
@@ -72,8 +79,45 @@ class PoolLock:
         lock.start_renewal(self._lost)
 
     def _lost(self, err: Exception) -> None:
-        for fn in self.on_lost:
+        with self._lost_once:
+            if self._lost_error is not None:
+                return
+            self._lost_error = err
+            listeners = list(self.on_lost)
+        for fn in listeners:
             fn(err)
+
+    def when_lost(self, fn: Callable[[Exception], None]) -> None:
+        """Call ``fn`` once when the RADOS lock is lost or this client fenced; at once if it
+        already was (e.g. during the store's recovery)."""
+        with self._lost_once:
+            self.on_lost.append(fn)
+            err = self._lost_error
+        if err is not None:
+            fn(err)
+
+    def store_backend(self, faults: Faults) -> PoolBackend | None:
+        """For a RADOS pool, the backend the store must use: on the lock's RADOS client (so
+        fencing that client fences the store), and a blocklist error (ESHUTDOWN) from it
+        counts as losing the pool (:meth:`_lost`). None for a local pool."""
+        if self._backend is None or self.rados is None:
+            return None
+        from vstor.store.backend.fenced import FencedBackend
+        rlock = self.rados
+
+        def fenced(err: OSError) -> None:
+            rlock.held = False  # not ours any more: no unlock at release
+            rlock.lost = rlock.lost or ("fenced: this host's RADOS client was blocklisted (another host took "
+                                        f"the pool {rlock.location} over): {err}")
+            self._lost(VstorError(f"{rlock.lost}; this daemon writes no more: stop it"))
+
+        be = self._backend
+        return FencedBackend(be.cluster, be.pool, be.prefix, fenced, faults)
+
+    def ownership(self) -> str | None:
+        """Why this process no longer owns its RADOS pool ("fenced: ..." or "lost ownership
+        ..."), or None while it does (or for a local pool)."""
+        return self.rados.lost if self.rados is not None else None
 
     def holder(self) -> str:
         try:

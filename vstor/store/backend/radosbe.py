@@ -343,6 +343,13 @@ class RadosBackend(PoolBackend):
             return areas[area]
 
 
+    # -- ownership (radoslock.py, fenced.py) ----------------------------------------------
+    @property
+    def cluster(self) -> Any:
+        """The ``rados.Rados`` client this backend uses (the pool lock takes and fences with it)."""
+        return self._cluster
+
+
 class _Closed:
     """Stands in for the I/O contexts of a closed RadosBackend: any use is EBADF, not a crash."""
 
