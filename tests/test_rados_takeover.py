@@ -1,0 +1,88 @@
+"""Takeover of a pool's RADOS lock from a live owner (vstor/store/backend/radoslock.py):
+without --takeover the second host is refused and told about it; with it, the owner's client
+is blocklisted, its lock broken and the lock taken. The fenced owner's operations then fail
+with ESHUTDOWN, its renewal reports it fenced, the daemon's backend (fenced.py) trips its hook
+once, and it never gets the lock back by itself. Two RADOS clients under two Ceph users, the
+second with only the capabilities the admin guide asks for. Needs the session's Ceph cluster
+(``make test-rados``)."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+
+import pytest
+from cephlab import CLIENT_TIMEOUT, CephLab
+from radoshosts import host2_client  # noqa: F401  (fixture)
+
+from vstor.errors import Busy
+from vstor.store.backend.location import open_backend, parse_rados
+
+pytestmark = pytest.mark.rados
+DURATION = 3  # seconds: renewals every 1 s
+
+
+def test_takeover_fences_a_live_owner_for_good(ceph_lab: CephLab, rados_location: str, host2_client: str) -> None:  # noqa: F811
+    from vstor.store.backend.fenced import FencedBackend
+    from vstor.store.backend.radoslock import LockLost, RadosLock
+    conf = str(ceph_lab.conf)
+    a = open_backend(rados_location, conf, timeout=CLIENT_TIMEOUT)  # host A: client.admin
+    b = open_backend(rados_location, conf, host2_client, timeout=CLIENT_TIMEOUT)  # host B: its own user
+    loc = parse_rados(rados_location)
+    tripped: list[OSError] = []
+    fa = FencedBackend(a.cluster, loc.pool, loc.prefix, tripped.append)  # A's store, on A's client
+    lost: list[Exception] = []
+    got = threading.Event()
+    try:
+        owner = RadosLock(a.meta, duration=DURATION, location=rados_location, cluster=a.cluster)
+        assert owner.acquire() is None
+        owner.start_renewal(lambda e: (lost.append(e), got.set()))
+        fa.put("probe", b"before")
+        new = RadosLock(b.meta, duration=DURATION, location=rados_location, cluster=b.cluster)
+        with pytest.raises(Busy, match=r"owned by vstor daemon pid \d+ .*client\.\d+ at .*--takeover"):
+            new.acquire()
+        started = time.monotonic()
+        fenced = new.acquire(takeover=True)
+        took = time.monotonic() - started
+        assert fenced is not None and fenced["client"] == f"client.{a.cluster.get_instance_id()}", fenced
+        assert fenced["cookie"] == owner.cookie
+        assert took < DURATION, f"the takeover took {took:.1f} s: it waited for the lock to expire"
+        assert new.holder_record()["cookie"] == new.cookie  # the record came with the lock
+        with pytest.raises(OSError, match="fenced") as e:
+            fa.put("probe", b"after")  # A's writes are refused by the OSD now
+        assert e.value.errno == errno.ESHUTDOWN
+        with pytest.raises(OSError):
+            fa.put("probe", b"again")
+        assert len(tripped) == 1, tripped  # the hook fires once
+        assert got.wait(DURATION + CLIENT_TIMEOUT + 2), "the old owner's renewal never noticed"
+        assert "fenced" in str(lost[0]), lost
+        assert b.get("probe") == b"before"
+        new.release()  # the lock is free now: the old owner still cannot renew it into its own
+        with pytest.raises(LockLost):
+            owner.renew()
+        owner.release()
+        third = RadosLock(b.meta, duration=DURATION, location=rados_location, cluster=b.cluster)
+        assert third.acquire() is None  # nobody held it: no fencing
+        third.release()
+    finally:
+        fa.close()
+        a.close()
+        b.close()
+
+
+def test_takeover_of_an_expired_lock_fences_nobody(ceph_lab: CephLab, rados_location: str) -> None:
+    from vstor.store.backend.radoslock import RadosLock
+    conf = str(ceph_lab.conf)
+    a, b = (open_backend(rados_location, conf, timeout=CLIENT_TIMEOUT) for _ in range(2))
+    try:
+        dead = RadosLock(a.meta, duration=2, location=rados_location, cluster=a.cluster)
+        dead.acquire()  # never renewed: it expires
+        time.sleep(2.2)
+        new = RadosLock(b.meta, duration=DURATION, location=rados_location, cluster=b.cluster)
+        assert new.acquire(takeover=True) is None
+        a.put("probe", b"a is not fenced")  # nobody was blocklisted
+        new.release()
+    finally:
+        a.close()
+        b.close()
