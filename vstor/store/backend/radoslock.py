@@ -128,8 +128,8 @@ class RadosLock:
         fenced: dict | None = None
         for _ in range(TAKEOVER_ROUNDS):
             rec = self.holder_record()
-            if rec is None:
-                raise Busy(f"pool {self.location} is held by {self.holder()}, which left no holder record to fence "
+            if rec is None or not rec["addrs"]:
+                raise Busy(f"pool {self.location} is held by {self.holder()}, which left no client address to fence "
                            f"it by (an older vstor?); stop it, or wait up to {self.duration} s for its lock to expire")
             self._fence(rec)
             fenced = fenced or rec
