@@ -98,8 +98,9 @@ class PoolLock:
 
     def store_backend(self, faults: Faults) -> PoolBackend | None:
         """For a RADOS pool, the backend the store must use: on the lock's RADOS client (so
-        fencing that client fences the store), and a blocklist error (ESHUTDOWN) from it
-        counts as losing the pool (:meth:`_lost`). None for a local pool."""
+        fencing that client fences the store). A blocklist error from it counts as losing the
+        pool (:meth:`_lost`), and losing the lock makes it refuse every write. None for a
+        local pool."""
         if self._backend is None or self.rados is None:
             return None
         from vstor.store.backend.fenced import FencedBackend
@@ -107,17 +108,13 @@ class PoolLock:
 
         def fenced(err: OSError) -> None:
             rlock.held = False  # not ours any more: no unlock at release
-            rlock.lost = rlock.lost or ("fenced: this host's RADOS client was blocklisted (another host took "
-                                        f"the pool {rlock.location} over): {err}")
+            rlock.lost = rlock.lost or err.strerror
             self._lost(VstorError(f"{rlock.lost}; this daemon writes no more: stop it"))
 
         be = self._backend
-        return FencedBackend(be.cluster, be.pool, be.prefix, fenced, faults)
-
-    def ownership(self) -> str | None:
-        """Why this process no longer owns its RADOS pool ("fenced: ..." or "lost ownership
-        ..."), or None while it does (or for a local pool)."""
-        return self.rados.lost if self.rados is not None else None
+        store_be = FencedBackend(be.cluster, be.pool, be.prefix, fenced, faults)
+        self.when_lost(lambda e: store_be.fence(str(e)))
+        return store_be
 
     def holder(self) -> str:
         try:
