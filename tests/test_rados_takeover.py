@@ -71,14 +71,17 @@ def test_takeover_fences_a_live_owner_for_good(ceph_lab: CephLab, rados_location
         b.close()
 
 
-def test_takeover_of_an_expired_lock_fences_nobody(ceph_lab: CephLab, rados_location: str) -> None:
-    from vstor.store.backend.radoslock import RadosLock
+def test_expired_lock_is_not_renewed_back_and_its_takeover_fences_nobody(ceph_lab: CephLab,
+                                                                         rados_location: str) -> None:
+    from vstor.store.backend.radoslock import LockLost, RadosLock
     conf = str(ceph_lab.conf)
     a, b = (open_backend(rados_location, conf, timeout=CLIENT_TIMEOUT) for _ in range(2))
     try:
         dead = RadosLock(a.meta, duration=2, location=rados_location, cluster=a.cluster)
         dead.acquire()  # never renewed: it expires
         time.sleep(2.2)
+        with pytest.raises(LockLost, match="lost ownership"):
+            dead.renew()  # a paused owner back after its lock expired does not take it again
         new = RadosLock(b.meta, duration=DURATION, location=rados_location, cluster=b.cluster)
         assert new.acquire(takeover=True) is None
         a.put("probe", b"a is not fenced")  # nobody was blocklisted
