@@ -70,17 +70,11 @@ class Host:
         return str(self.mnt / "volumes" / VOLUME)
 
     def pid(self) -> int | None:
+        """The daemon's pid (it holds the state directory's pool lock), or None."""
         from vstor.control.lock import daemon_pid
-        from vstor.store.backend.stub import state_dir
-        saved = os.environ.get("VSTOR_RADOS_STATE_DIR")
-        os.environ["VSTOR_RADOS_STATE_DIR"] = str(self.state)
-        try:
-            return daemon_pid(state_dir(self.location))
-        finally:
-            if saved is None:
-                del os.environ["VSTOR_RADOS_STATE_DIR"]
-            else:
-                os.environ["VSTOR_RADOS_STATE_DIR"] = saved
+        from vstor.store.backend.location import parse_rados
+        loc = parse_rados(self.location)
+        return daemon_pid(str(self.state / loc.pool / loc.prefix))  # stub.state_dir on this host
 
     def cleanup(self) -> None:
         pid = self.pid()
