@@ -117,13 +117,13 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         lock = PoolLock(pool)
         lock.acquire("daemon", takeover=takeover)
         stack.callback(lock.release)
-        if lock.fenced is not None:  # audit log or daemon.log: who was fenced
-            record_takeover(pool, lock.rados.location if lock.rados else pool, lock.fenced, log)
         step("lock")
         io_flusher = set_io_flusher()
         store = Store.open(pool, key_file, faults=faults, backend=lock.store_backend(faults))  # RADOS: lock's client
         stack.callback(store.close)  # no checkpoint if the journal failed
         lock.when_lost(lambda e: store.journal.stop_writes(str(e)))  # RADOS lock lost or fenced: no more writes
+        if lock.fenced is not None and lock.rados is not None:  # audit log and daemon.log: who was fenced
+            record_takeover(store.files.sub("backup"), store.clock, lock.rados.location, lock.fenced, log)
         step("store")
         handles = HandleTable()  # the FUSE export's open files: policy pruning skips snapshots in use
         reclaimer = Reclaimer(store, snapshots_in_use=handles.snapshots_in_use)
