@@ -342,7 +342,6 @@ class RadosBackend(PoolBackend):
                 areas[area] = RadosFiles(io, f"{self.describe()}/{area}")
             return areas[area]
 
-
     # -- ownership (radoslock.py, fenced.py) ----------------------------------------------
     @property
     def cluster(self) -> Any:
