@@ -36,12 +36,12 @@ class FencedBackend(RadosBackend):
     def __init__(self, cluster: Any, pool: str, prefix: str, on_fenced: Callable[[OSError], None],
                  faults: Faults = NO_FAULTS) -> None:
         """``cluster`` stays open when this backend closes: the pool lock owns it."""
-        super().__init__(cluster, pool, prefix, faults, owns_cluster=False)
-        self._on_fenced = on_fenced
+        self._on_fenced = on_fenced  # set first: RadosBackend.__init__ already calls _call
         self._trip = threading.Lock()
         self._why: str | None = None
         self._segments: list[int] = []  # as last listed
         self._sizes: dict[int, int] = {}  # as last sized
+        super().__init__(cluster, pool, prefix, faults, owns_cluster=False)
 
     @property
     def fenced(self) -> str | None:
