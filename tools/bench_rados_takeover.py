@@ -179,11 +179,13 @@ def remove_objects(conf: str, location: str) -> None:
     cluster = rados.Rados(conffile=conf)
     cluster.connect(timeout=30)
     try:
-        with cluster.open_ioctx(loc.pool) as io:
-            for ns in (loc.prefix, f"{loc.prefix}/journal"):
+        with cluster.open_ioctx(loc.pool) as io:  # every namespace under the prefix (journal, media, ...)
+            io.set_namespace(rados.LIBRADOS_ALL_NSPACES)
+            mine = [(o.nspace, o.key) for o in io.list_objects()
+                    if o.nspace == loc.prefix or o.nspace.startswith(loc.prefix + "/")]
+            for ns, key in mine:
                 io.set_namespace(ns)
-                for obj in list(io.list_objects()):
-                    io.remove_object(obj.key)
+                io.remove_object(key)
     finally:
         cluster.shutdown()
 
