@@ -9,6 +9,7 @@ second with only the capabilities the admin guide asks for. Needs the session's 
 from __future__ import annotations
 
 import errno
+import struct
 import threading
 import time
 
@@ -78,9 +79,10 @@ def test_expired_lock_is_not_renewed_back_and_its_takeover_fences_nobody(ceph_la
     a, b = (open_backend(rados_location, conf, timeout=CLIENT_TIMEOUT) for _ in range(2))
     try:
         dead = RadosLock(a.meta, duration=2, location=rados_location, cluster=a.cluster)
-        dead.acquire()  # never renewed: it expires
-        time.sleep(2.2)
-        with pytest.raises(LockLost, match="lost ownership"):
+        dead.acquire()
+        dead.renew()  # renewed once, for exactly 2 s (python3-rados' lock_exclusive added up to 4.3 s)
+        time.sleep(2.3)  # then never again: it expires
+        with pytest.raises(LockLost, match="lost ownership.*expired or was broken"):
             dead.renew()  # a paused owner back after its lock expired does not take it again
         new = RadosLock(b.meta, duration=DURATION, location=rados_location, cluster=b.cluster)
         assert new.acquire(takeover=True) is None
@@ -89,3 +91,32 @@ def test_expired_lock_is_not_renewed_back_and_its_takeover_fences_nobody(ceph_la
     finally:
         a.close()
         b.close()
+
+
+def _expiry(io: object, name: str) -> float:
+    """When the OSD lets the (one) locker of lock ``name`` on the lock object expire: its
+    ``lock.get_info`` reply (cls_lock_get_info_reply: struct header, le32 count of lockers,
+    each a locker_id_t struct then a locker_info_t struct starting with its utime_t)."""
+    from vstor.store.backend.radoslock import LOCK_OBJECT
+    raw = name.encode()
+    _, out = io.execute(LOCK_OBJECT, "lock", "get_info", struct.pack("<BBII", 1, 1, 4 + len(raw), len(raw)) + raw)
+    (count,) = struct.unpack_from("<I", out, 6)
+    assert count == 1, count
+    (id_len,) = struct.unpack_from("<I", out, 12)
+    sec, nsec = struct.unpack_from("<II", out, 10 + 6 + id_len + 6)
+    return sec + nsec / 1e9
+
+
+def test_a_renewal_extends_the_lock_by_exactly_its_duration(ceph_lab: CephLab, rados_location: str) -> None:
+    from vstor.store.backend.radoslock import LOCK_NAME, RadosLock
+    a = open_backend(rados_location, str(ceph_lab.conf), timeout=CLIENT_TIMEOUT)
+    try:
+        lock = RadosLock(a.meta, duration=30, location=rados_location, cluster=a.cluster)
+        for i in range(10):  # python3-rados' lock_exclusive added 0 to 4.3 s at random (uninitialised microseconds)
+            asked = time.time()
+            lock.renew() if i else lock.acquire()
+            late = _expiry(a.meta, LOCK_NAME) - (asked + 30)  # the OSD runs on this machine: one clock
+            assert -0.1 < late < 0.5, f"renewal {i}: the lock expires {late:+.3f} s from its duration"
+        lock.release()
+    finally:
+        a.close()

@@ -2,7 +2,9 @@
 holder record (pure: no rados import, no sockets).
 
 python3-rados 16 offers ``lock_exclusive`` and ``unlock`` but neither ``break_lock`` nor a way
-to set the holder's record in the same operation as the lock. Both are calls of the OSD class
+to set the holder's record in the same operation as the lock, and its ``lock_exclusive`` leaves
+the microseconds of the duration uninitialised (the lock then lives up to 4.3 s longer than
+asked), so the lock, its renewals and its break are all calls of the OSD class
 ``lock`` (``Ioctx.execute`` / ``WriteOp.execute``), whose inputs are Ceph's encoding of
 ``cls_lock_lock_op`` and ``cls_lock_break_op`` (src/cls/lock/cls_lock_ops.h): a versioned
 struct (u8 version 1, u8 compat 1, le32 length of the rest), strings as le32 length + bytes,
