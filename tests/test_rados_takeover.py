@@ -9,13 +9,17 @@ second with only the capabilities the admin guide asks for. Needs the session's 
 from __future__ import annotations
 
 import errno
+import json
 import struct
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from cephlab import CLIENT_TIMEOUT, CephLab
-from radoshosts import host2_client  # noqa: F401  (fixture)
+from radoshosts import host2_client, short_dir  # noqa: F401  (fixtures)
 
 from vstor.errors import Busy
 from vstor.store.backend.location import open_backend, parse_rados
@@ -120,3 +124,54 @@ def test_a_renewal_extends_the_lock_by_exactly_its_duration(ceph_lab: CephLab, r
         lock.release()
     finally:
         a.close()
+
+
+HOST_A = """
+import json, sys
+from vstor.backup.catalogdb import catalog_databases, vfs_client
+from vstor.control.lock import PoolLock
+from vstor.store.backend.stub import backend_for
+pool = sys.argv[1]
+lock = PoolLock(pool)
+lock.acquire("daemon")
+db = catalog_databases(pool, backend_for(pool)).connect("fence-test.db")
+db.execute("CREATE TABLE IF NOT EXISTS t (x)")
+db.execute("INSERT INTO t VALUES (1)")
+print(json.dumps({"holder": lock.rados.holder_record(), "vfs": vfs_client()}), flush=True)
+sys.stdin.readline()
+try:
+    db.execute("INSERT INTO t VALUES (2)")
+    print("wrote", flush=True)
+except Exception as e:
+    print("refused:", type(e).__name__, e, flush=True)
+"""
+
+
+def test_takeover_fences_the_backup_catalogs_client_too(ceph_lab: CephLab, rados_location: str,
+                                                        host2_client: str, short_dir: Path) -> None:  # noqa: F811
+    """Host A's process holds the pool lock and has the backup catalog (libcephsqlite, a RADOS
+    client of its own) open; B's takeover blocklists both clients: A's next catalog commit fails."""
+    from radoshosts import RadosHost
+
+    from vstor.store.backend.radoslock import RadosLock
+    host = RadosHost(short_dir / "A", rados_location, str(ceph_lab.conf))  # pool init: A's state directory
+    a = subprocess.Popen([sys.executable, "-c", HOST_A, host.pool], env=host.env, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    b = open_backend(rados_location, str(ceph_lab.conf), host2_client, timeout=CLIENT_TIMEOUT)
+    try:
+        seen = json.loads(a.stdout.readline())
+        vfs_addr = seen["vfs"]["addr"]
+        assert vfs_addr in seen["holder"]["addrs"] and len(seen["holder"]["addrs"]) == 2, seen
+        new = RadosLock(b.meta, duration=DURATION, location=rados_location, cluster=b.cluster)
+        fenced = new.acquire(takeover=True)
+        assert fenced is not None and vfs_addr in fenced["addrs"]
+        assert vfs_addr in ceph_lab.ceph("osd", "blocklist", "ls")
+        a.stdin.write("\n")
+        a.stdin.flush()
+        out = a.stdout.readline()
+        assert out.startswith("refused:"), out  # the catalog of a fenced owner takes no more commits
+        new.release()
+    finally:
+        a.kill()
+        a.wait()
+        b.close()

@@ -70,13 +70,27 @@ class PoolLock:
             backend.close()
             return
         try:
-            lock = RadosLock(backend.meta, what, lock_duration(), location=stub["location"], cluster=backend.cluster)
+            lock = RadosLock(backend.meta, what, lock_duration(), location=stub["location"], cluster=backend.cluster,
+                             other_addrs=self._catalog_addrs(backend))
             self.fenced = lock.acquire(takeover=takeover)
         except BaseException:
             backend.close()
             raise
         self._backend, self.rados = backend, lock
         lock.start_renewal(self._lost)
+
+    def _catalog_addrs(self, backend: RadosBackend) -> list[str]:
+        """The address of the backup catalog's RADOS client (libcephsqlite, loaded now for this
+        pool's cluster), so that a takeover fences it with the lock's; [] if it cannot load
+        (no catalog on RADOS can be open then either)."""
+        from vstor.backup.catalogdb import catalog_databases, vfs_client
+        from vstor.store.backend.clslock import holder_addrs
+        try:
+            catalog_databases(self.pool, backend)
+        except VstorError:
+            return []
+        client = vfs_client()
+        return holder_addrs(str(client.get("addr", ""))) if client else []
 
     def _lost(self, err: Exception) -> None:
         with self._lost_once:

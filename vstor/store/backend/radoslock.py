@@ -71,9 +71,11 @@ def _code(e: Exception) -> int:
 
 class RadosLock:
     def __init__(self, ioctx: Any, what: str = "daemon", duration: int = DEFAULT_DURATION,
-                 location: str = "", cluster: Any = None) -> None:
+                 location: str = "", cluster: Any = None, other_addrs: list[str] | None = None) -> None:
         """``cluster``: the ``rados.Rados`` of ``ioctx``, needed to record the client's
-        addresses and to fence another holder (takeover)."""
+        addresses and to fence another holder (takeover). ``other_addrs``: the addresses of
+        the process's other RADOS clients (the backup catalog's libcephsqlite), recorded and
+        so fenced with it."""
         import rados
         self._rados = rados
         self.io = ioctx
@@ -82,6 +84,7 @@ class RadosLock:
         self.location = location
         self.cookie = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.desc = f"vstor {what} pid {os.getpid()} on {socket.gethostname()}"
+        self.other_addrs = list(other_addrs or [])
         self.held = False
         self.lost: str | None = None  # why the lock is no longer ours ("fenced: ..." or "lost ownership: ...")
         self._stop = threading.Event()
@@ -93,6 +96,7 @@ class RadosLock:
         if self.cluster is not None:
             client_id = int(self.cluster.get_instance_id())
             addrs = holder_addrs(str(self.cluster.get_addrs()))
+        addrs += [a for a in self.other_addrs if a not in addrs]
         return pack_holder(self.desc, self.cookie, client_id, addrs, socket.gethostname(), os.getpid(), time.time())
 
     def _take(self) -> None:
