@@ -105,7 +105,7 @@ coverage-replication: setup
 soak: setup
 	VSTOR_CRASH_ITERATIONS=200 $(PY) -m pytest -q -m soak tests
 
-bench: setup system-deps-bench
+bench: setup system-deps-bench venv-rados
 	$(PY) -m tools.steady_memory $(MAKE) --no-print-directory bench-tools
 
 # The tools of make bench, without its hold on the VM's free page reporting (tools/steady_memory.py).
@@ -129,6 +129,7 @@ bench-tools:
 	$(PY) -m tools.bench_tape --size 4G
 	$(PY) -m tools.bench_backup --size 4G
 	$(PY) -m tools.bench_clients --files 100000 --size 4G
+	$(VENV_RADOS)/bin/python -m tools.bench_rados
 
 drill: setup
 	$(PY) tools/dr-drill

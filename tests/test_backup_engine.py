@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 
+import poolkit
 import pytest
 from poolkit import MiB, make_pool
 
@@ -178,11 +179,11 @@ def test_audit_log_records_changes_and_detects_tampering(lab):
     entries = lab.engine.audit.entries()
     assert [e["action"] for e in entries] == ["backup.policy.create", "backup.policy.delete"]
     assert lab.engine.audit.verify() == []
-    path = os.path.join(lab.pool, "backup", "audit.log")
-    lines = open(path).read().splitlines()
-    first = json.loads(lines[0])
-    first["details"]["retention"] = 999999  # someone lengthens a retention after the fact
-    open(path, "w").write("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    with poolkit.backend_for(lab.pool) as be:  # a file of a local pool, an object of a RADOS pool
+        lines = be.get("backup/audit.log").decode().splitlines()
+        first = json.loads(lines[0])
+        first["details"]["retention"] = 999999  # someone lengthens a retention after the fact
+        be.put("backup/audit.log", ("\n".join([json.dumps(first), *lines[1:]]) + "\n").encode())
     assert lab.engine.audit.verify()
 
 

@@ -133,12 +133,21 @@ class Refused(VstorError):
     exit_code = 15
 
 
+class Unavailable(VstorError):
+    """The pool's storage does not answer for now (a Ceph cluster past its client timeout). The
+    request failed within that timeout; acknowledged data is untouched, and writes resume by
+    themselves once the storage answers again."""
+
+    errno = _errno.EIO
+    exit_code = 17  # 16 is EXIT_PENDING (vstor/cli/common.py)
+
+
 ERROR_TYPES: dict[str, type[VstorError]] = {
     cls.__name__: cls
     for cls in (
         VstorError, UsageError, NotFound, AlreadyExists, Busy, NotRunning, KeyError_,
         PoolFull, CorruptData, FormatError, ReadOnly, ExternalToolError, MediaError, TimedOut,
-        Refused,
+        Refused, Unavailable,
     )
 }
 

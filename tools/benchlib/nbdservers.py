@@ -14,7 +14,19 @@ import shutil
 import sys
 from pathlib import Path
 
-from .procs import BenchError, Staged, best_effort, run, signals_deferred, spawn, stop_process, tail, wait_until
+from .procs import (
+    BenchError,
+    Staged,
+    best_effort,
+    is_mounted,
+    run,
+    signals_deferred,
+    spawn,
+    stop_process,
+    tail,
+    unmount,
+    wait_until,
+)
 from .targets import make_sparse
 
 VSTOR = Path(sys.executable).parent / "vstor"
@@ -106,8 +118,6 @@ class VstorServer(Server):
         return self.uri(self.volume)
 
     def _stop(self) -> None:
-        from benchlib.procs import is_mounted, unmount
-
         pool, mnt = self.dir / "pool", self.dir / "mnt"
         try:
             run([str(VSTOR), "array", "stop", "--pool", str(pool)], timeout=150)

@@ -12,6 +12,7 @@ from vstor.cli.common import add_json_arg, add_pool_arg, daemon_request, emit, p
 from vstor.control.lock import daemon_pid
 from vstor.control.poolfiles import log_path, open_private, warn_key_file
 from vstor.errors import Busy, NotFound, NotRunning, UsageError, VstorError, error_from_wire
+from vstor.store.journal.outage import outage_line
 from vstor.store.superblock import layout, load_superblock
 from vstor.units import format_size, on_off
 
@@ -243,6 +244,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{format_size(j['mapped_bytes'], True)} mapped, tail {_position(j['tail'])}, "
             f"durable {_position(j['durable'])}" + (f", FAILED: {j['failed']}" if j["failed"] else ""),
             f"space     {format_size(j['free_bytes'], True)} free in the filesystem under the pool",
+            *([f"storage   {outage_line(j['outage'])}"] if j.get("outage") else []),
             f"fuse      {_fuse_line(s['fuse'])}",
             f"recovery  {_recovery_line(s['recovery'])}",
             *([_listener_line(s["replication"]["listener"])] if (s.get("replication") or {}).get("listener") else []),

@@ -64,7 +64,9 @@ def pool_path(args: argparse.Namespace) -> str:
     if args.pool.startswith("rados://"):  # its state directory on this host (vstor/store/backend/stub.py)
         from vstor.store.backend.stub import resolve
         args.pool = resolve(args.pool)
-    load_superblock(args.pool)  # a clear error if it is not a pool
+    from vstor.store.backend.stub import read_stub
+    if read_stub(args.pool) is None:  # a RADOS pool's stub says it is one, without asking the cluster
+        load_superblock(args.pool)  # a clear error if it is not a pool
     _wait["timeout"] = getattr(args, "call_timeout", None)
     _auth.clear()
     if getattr(args, "as_admin", None) or getattr(args, "otp", None):

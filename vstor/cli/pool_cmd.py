@@ -12,7 +12,7 @@ from vstor.cli.common import add_json_arg, emit
 from vstor.cli.migrate_cmd import add_migrate
 from vstor.control.lock import PoolLock, daemon_pid
 from vstor.control.poolfiles import warn_key_file
-from vstor.errors import Busy
+from vstor.errors import Busy, UsageError
 from vstor.store.backend.location import is_rados
 from vstor.store.superblock import DEFAULT_CHUNK, init_pool, load_key, load_superblock
 from vstor.units import format_size, parse_size
@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attach", action="store_true",
                    help="for a rados:// pool that exists already: only make this host's state directory for it "
                         "(another host made the pool)")
+    p.add_argument("--rados-timeout", type=int, metavar="SECONDS",
+                   help="for a rados:// pool: how long this host's daemon waits for the cluster before an I/O "
+                        "fails with EIO (rados_osd_op_timeout, rados_mon_op_timeout, client_mount_timeout; "
+                        "default 30)")
     p.add_argument("--chunk-size", default=format_size(DEFAULT_CHUNK), help="map and discard unit (default 512K)")
     p.add_argument("--compress", choices=["lz4", "none"], default="none", help="compress data (default none)")
     p.add_argument("--encrypt", action="store_true", help="AES-256-GCM for all data (needs --key-file)")
@@ -80,13 +84,16 @@ def _init_rados(args: argparse.Namespace, segment: int | None) -> tuple:
     from vstor.store.backend.stub import state_dir, write_stub
     from vstor.store.superblock import init_backend_pool, load_superblock_from
     parse_rados(args.path)  # a bad location is a usage error before any connection
-    with open_backend(args.path, args.ceph_conf, args.ceph_id) as backend:
+    if args.rados_timeout is not None and not 1 <= args.rados_timeout <= 3600:
+        raise UsageError(f"--rados-timeout {args.rados_timeout}: give 1 to 3600 seconds")
+    with open_backend(args.path, args.ceph_conf, args.ceph_id, timeout=args.rados_timeout) as backend:
         if args.attach:
             made = load_superblock_from(backend), False
         else:
             made = init_backend_pool(backend, parse_size(args.chunk_size, "chunk size"), args.compress,
                                      args.encrypt, args.key_file, segment)
-    write_stub(state_dir(args.path), args.path, args.ceph_conf or os.environ.get("VSTOR_CEPH_CONF"), args.ceph_id)
+    write_stub(state_dir(args.path), args.path, args.ceph_conf or os.environ.get("VSTOR_CEPH_CONF"), args.ceph_id,
+               timeout=args.rados_timeout)
     return made
 
 

@@ -32,6 +32,7 @@ from vstor.backup.engine import BackupEngine
 from vstor.control import sdnotify
 from vstor.control.lock import PoolLock
 from vstor.control.mounts import fsname_for, fuse_mounted, prepare_mountpoint, unmount
+from vstor.control.outagewatch import OutageWatch
 from vstor.control.poolfiles import pool_log_handler
 from vstor.control.pygc import GcPolicy
 from vstor.control.server import ControlServer
@@ -121,7 +122,11 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         io_flusher = set_io_flusher()
         store = Store.open(pool, key_file, faults=faults, backend=lock.store_backend(faults))  # RADOS: lock's client
         stack.callback(store.close)  # no checkpoint if the journal failed
-        lock.when_lost(lambda e: store.journal.stop_writes(str(e)))  # RADOS lock lost or fenced: no more writes
+        watch = OutageWatch(store, renew_lock=lock.renew_rados)  # resumes after an outage of the RADOS cluster
+        lock.when_lost(watch.lock_lost)  # RADOS lock lost or fenced: no more writes (suspended if timed out)
+        if store.backend.kind != "local":
+            watch.start()
+            stack.callback(watch.stop)
         if lock.fenced is not None and lock.rados is not None:  # audit log and daemon.log: who was fenced
             record_takeover(store.files.sub("backup"), store.clock, lock.rados.location, lock.fenced, log)
         step("store")

@@ -36,7 +36,8 @@ class PoolLock:
         self.on_lost: list[Callable[[Exception], None]] = []  # called once: renewal failed, or fenced
         self.fenced: dict | None = None  # the holder record of the owner a takeover fenced
         self._lost_once = threading.Lock()
-        self._lost_error: Exception | None = None
+        self._lost_error: Exception | None = None  # the last loss not yet made good by a renewal
+        self._lost_final = False  # the last loss is for good
 
     def acquire(self, what: str = "daemon", takeover: bool = False) -> None:
         """Take the pool; ``takeover`` (a RADOS pool): fence a live owner on another host first."""
@@ -93,17 +94,23 @@ class PoolLock:
         return holder_addrs(str(client.get("addr", ""))) if client else []
 
     def _lost(self, err: Exception) -> None:
+        """Tell the listeners. A loss for good (fenced, refused, expired) is told once and ends
+        every later report; one the cluster may recover from (a renewal timed out, or a full pool
+        held it back: vstor/control/outagewatch.py) is told each time it happens."""
+        from vstor.control.outagewatch import cause_errno
+        from vstor.store.journal.outage import classify
+        final = classify(cause_errno(err)) is None
         with self._lost_once:
-            if self._lost_error is not None:
+            if self._lost_final:
                 return
-            self._lost_error = err
+            self._lost_error, self._lost_final = err, final
             listeners = list(self.on_lost)
         for fn in listeners:
             fn(err)
 
     def when_lost(self, fn: Callable[[Exception], None]) -> None:
-        """Call ``fn`` once when the RADOS lock is lost or this client fenced; at once if it
-        already was (e.g. during the store's recovery)."""
+        """Call ``fn`` when the RADOS lock is lost or this client fenced (see :meth:`_lost`); at
+        once if it already was (e.g. during the store's recovery)."""
         with self._lost_once:
             self.on_lost.append(fn)
             err = self._lost_error
@@ -127,8 +134,25 @@ class PoolLock:
 
         be = self._backend
         store_be = FencedBackend(be.cluster, be.pool, be.prefix, fenced, faults)
-        self.when_lost(lambda e: store_be.fence(str(e)))
+        self.when_lost(lambda e: self._lost_final and store_be.fence(str(e)))  # not on a timeout: that resumes
         return store_be
+
+    def renew_rados(self) -> None:
+        """Renew the RADOS lock now and restart its renewals, after a renewal failed because the
+        cluster did not answer (vstor/control/outagewatch.py). LockLost if it cannot be renewed."""
+        if self.rados is not None:
+            try:
+                self.rados.renew()
+            except VstorError as e:  # LockLost
+                from vstor.control.outagewatch import cause_errno
+                from vstor.store.journal.outage import classify
+                if classify(cause_errno(e)) is None:  # refused: lost for good (the store's backend latches)
+                    self._lost(e)
+                raise
+            with self._lost_once:
+                self._lost_error = None
+            self.rados.held = True
+            self.rados.start_renewal(self._lost)
 
     def holder(self) -> str:
         try:

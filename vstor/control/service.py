@@ -132,6 +132,8 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, ClientOps, DrillOps,
             "volumes": self.op_volume_list(),
             "groups": len(st.state.catalog.groups), "snapshots": len(st.state.catalog.snaps),
             "journal": st.usage() | {"failed": st.journal.failed, "syncs": st.journal.syncs,
+                                     "outage": st.journal.outage.describe() if st.journal.outage else None,
+                                     "read_failures": st.journal.read_failures, "last_resume": st.last_resume,
                                      "appended_bytes": st.journal.appended_bytes,
                                      "consumers": {k: list(v) for k, v in st.consumers.positions().items()}},
             "recovery": st.recovery,
@@ -160,7 +162,7 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, ClientOps, DrillOps,
         try:
             self.store.sync()
         except VstorError:
-            if not self.store.journal.failed:
+            if not self.store.journal.failed and self.store.journal.outage is None:
                 raise
         # a failed journal refuses to sync: the array stops anyway (no final checkpoint), and says so
         self.stop_requested()

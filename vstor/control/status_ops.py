@@ -24,6 +24,7 @@ from typing import Any
 from vstor.store.backend.statefiles import PoolFiles
 from vstor.store.catalog.groups import Catalog
 from vstor.store.catalog.volumes import VolumeTable
+from vstor.store.journal.outage import outage_line
 
 NEARLY_FULL = 0.90  # warn when this share of the pool's filesystem is used
 LAST_CHECK = "last_check.json"
@@ -60,6 +61,8 @@ class StatusOps:
         warnings = space_warnings(pool)
         if st.journal.failed:
             warnings.append(f"journal FAILED: {st.journal.failed}; the array is read-only (see the daemon log)")
+        elif st.journal.outage is not None:
+            warnings.append(outage_line(st.journal.outage.describe()))
         listener = (endpoint or {}).get("listener")
         if listener and listener["state"] != "serving":
             warnings.append(f"replication listener {listener['address']} is {listener['state']}")

@@ -15,4 +15,4 @@ checkpoints live (local files or Ceph RADOS); ``migrate`` copies a local pool to
 from __future__ import annotations
 
 __all__ = ["adminops", "allocation", "backend", "catalog", "check", "codec", "journal", "maintenance", "maps",
-           "migrate", "readpath", "recovery", "state", "stats", "store", "storeparts", "superblock"]
+           "migrate", "readpath", "recovery", "resumeops", "state", "stats", "store", "storeparts", "superblock"]

@@ -170,7 +170,15 @@ def recover(journal: Journal, meta: PoolBackend, sb: Superblock) -> Recovered:
         log.warning("cut torn journal tail at segment %d offset %d (%s)", end.segno, end.pos, end.reason)
     elif end.unwritten:  # the space allocated for the mapped window when the daemon died
         journal.truncate_segment(end.segno, end.pos)
-    journal.start_segment(max([*journal.segments(), loaded.next_segno - 1]) + 1)
+    segs = journal.segments()
+    new = max([*segs, loaded.next_segno - 1]) + 1
+    # On a remote backend a write the last owner issued before it died (or lost the cluster)
+    # may still land past where the scan ended: the new segment seals the old one there, so
+    # such a write is never read (docs/architecture.md, "Faults on RADOS").
+    remote = journal.backend.local_path(0) is None
+    seal = end.pos if remote and end.segno == new - 1 and end.segno in segs and end.pos >= SEGMENT_HEADER_SIZE \
+        else None
+    journal.start_segment(new, seals_prev=seal)
     seconds = time.monotonic() - t0
     report = {"records": records, "bytes": nbytes, "seconds": round(seconds, 3),
               "mb_per_s": round(nbytes / 1e6 / seconds, 1) if seconds > 0 else None, "torn_tail": torn,

@@ -49,6 +49,7 @@ from vstor.store.maintenance.moves import MaintenanceMixin
 from vstor.store.maintenance.space import SpaceGuard
 from vstor.store.readpath import ReadPathMixin
 from vstor.store.recovery import Recovered, recover
+from vstor.store.resumeops import ResumeOpsMixin
 from vstor.store.state import PoolState
 from vstor.store.stats import Counters
 from vstor.store.superblock import (
@@ -63,7 +64,7 @@ from vstor.units import format_size
 log = logging.getLogger("vstor.store")
 
 
-class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
+class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
     def __init__(self, pool: str, sb: Superblock, key: bytes | None, clock: Clock | None = None,
                  faults: Faults = NO_FAULTS, backend: PoolBackend | None = None) -> None:
         self.pool = pool
@@ -344,7 +345,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin):
         sync and close the journal. The journal is closed even if the checkpoint fails: every
         record is still in it, and the next start replays them from the last checkpoint."""
         try:
-            if checkpoint and not self.journal.failed:
+            if checkpoint and not self.journal.failed and self.journal.outage is None:
                 self.checkpoint()
         finally:
             try:

@@ -15,9 +15,11 @@ for large files that are not segments (tape cartridges: ``base.PoolBackend.file_
 files (positions, pairs, exports, governance, media inventory) by name, over any backend's blobs;
 ``radoserr`` turns librados errors into OSError; ``radosblob`` keeps a blob larger than one
 RADOS write as stripes switched by a head object.
+``readahead`` reads a remote backend's segments ahead of a sequential reader, in parallel
+chunks (``radosread``: the chunks' aio reads on RADOS).
 """
 
 from __future__ import annotations
 
 __all__ = ["base", "clslock", "fenced", "files", "local", "location", "radosbe", "radosblob", "radoserr", "radosfiles",
-           "radoslock", "statefiles", "stub"]
+           "radoslock", "radosread", "readahead", "statefiles", "stub"]

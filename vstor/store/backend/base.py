@@ -13,7 +13,8 @@ A pool keeps two kinds of storage objects:
 Errors: every I/O failure is a builtin ``OSError`` with its errno (ENOSPC when the backend is
 full, ETIMEDOUT when a remote backend does not answer within its timeout, EIO otherwise),
 so the callers' existing handling (journal.py: ENOSPC -> PoolFull, anything else -> failed
-journal) applies to every backend. A missing blob is ``FileNotFoundError``; an exclusive
+journal; on a backend without local files ETIMEDOUT, ENOSPC and EDQUOT suspend the journal
+instead, journal/outage.py) applies to every backend. A missing blob is ``FileNotFoundError``; an exclusive
 create of an existing one is ``FileExistsError``.
 """
 
@@ -119,3 +120,14 @@ class PoolBackend(ABC):
         """The pool's large files of ``area`` (``media``: tape cartridges): files under
         ``local_dir`` for a local pool (as they always were), striped objects on RADOS."""
         return LocalFiles(local_dir)
+
+    # -- outages (remote backends; journal/resume.py) ----------------------------------------
+    def abandon_segment(self, segno: int) -> None:
+        """Forget the writes to ``segno`` still in flight and their failures (waiting for each
+        to end, within the client timeout): the journal has sealed the segment before them."""
+        return None
+
+    def probe(self) -> None:
+        """Raise OSError unless the storage answers and takes a small write now (ETIMEDOUT
+        when it does not answer, ENOSPC or EDQUOT when it is full)."""
+        return None

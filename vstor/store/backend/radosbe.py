@@ -23,7 +23,10 @@ Layout (docs/formats.md, "Pools on RADOS"), for ``rados://POOL/PREFIX``:
   after it by the OSD, so they see it.
 
 Errors: librados errors become builtin OSError with their errno (ETIMEDOUT after
-``rados_osd_op_timeout``, ENOSPC when the cluster is full). Fault points as LocalBackend's.
+``rados_osd_op_timeout``, ENOSPC when the cluster is full, EDQUOT when the pool's quota is
+reached). Writes carry FULL_TRY: without it a client *waits* while the pool or cluster is
+full (librados pauses the op until its op timeout), with it the OSD answers ENOSPC or EDQUOT
+at once, and deletes go through (that is how space is freed). Fault points as LocalBackend's.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.files import FileArea
 from vstor.store.backend.radosblob import HEAD_SIZE, StripedBlobs
 from vstor.store.backend.radoserr import os_error
+from vstor.store.backend.radosread import make_readahead
 from vstor.store.journal.format import segment_name
 
 __all__ = ["STRIPE_BYTES", "MAX_IN_FLIGHT", "RadosBackend", "connect_cluster"]
@@ -47,6 +51,8 @@ MAX_IN_FLIGHT = 64  # aio writes outstanding before a writer waits for the oldes
 MAX_BLOB = 64 * 1024 * 1024  # under osd_max_write_size (90 MiB): one write_full must carry a blob
 INDEX = "index"
 DEFAULT_TIMEOUT = 30  # seconds: rados_osd_op_timeout, rados_mon_op_timeout, client_mount_timeout
+FULL_TRY = 64  # LIBRADOS_OPERATION_FULL_TRY (librados.h; python3-rados 16 does not export it)
+PROBE = "probe"  # the object probe() rewrites, in the journal's namespace (not a blob)
 
 T = TypeVar("T")
 
@@ -90,6 +96,7 @@ class RadosBackend(PoolBackend):
         self._in_flight: list[tuple[int, Any, str]] = []  # (segno, completion, object), oldest first
         self._failed: dict[int, OSError] = {}  # segno -> the first write that failed
         self.blobs = StripedBlobs(self.meta, self._rados, max_blob, min(max_blob, STRIPE_BYTES), self._call)
+        self.readahead = make_readahead(lambda: self.jrn, self._rados, STRIPE_BYTES, self.stripe_name)  # readahead.py
 
     def describe(self) -> str:
         return f"rados://{self.pool}/{self.prefix}"
@@ -99,6 +106,12 @@ class RadosBackend(PoolBackend):
             return fn()
         except self._rados.Error as e:
             raise os_error(e, what) from None
+
+    def _remove(self, io: Any, name: str) -> None:
+        """``remove_object`` with FULL_TRY, so a delete that frees space is not held up by a full pool."""
+        with self._rados.WriteOpCtx() as op:
+            op.remove()
+            io.operate_write_op(op, name, flags=FULL_TRY)
 
     @staticmethod
     def stripe_name(segno: int, stripe: int) -> str:
@@ -133,7 +146,8 @@ class RadosBackend(PoolBackend):
                 self.jrn.set_omap(op, (key,), (b"",))
             else:
                 self.jrn.remove_omap_keys(op, (key,))
-            self._call(lambda: self.jrn.operate_write_op(op, INDEX), f"cannot update the segment index for {segno}")
+            self._call(lambda: self.jrn.operate_write_op(op, INDEX, flags=FULL_TRY),
+                       f"cannot update the segment index for {segno}")
 
     def create_segment(self, segno: int, header: bytes) -> None:
         rados = self._rados
@@ -141,8 +155,9 @@ class RadosBackend(PoolBackend):
         with rados.WriteOpCtx() as op:
             op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
             op.write_full(bytes(header))
-            self._call(lambda: self.jrn.operate_write_op(op, self.stripe_name(segno, 0)),
+            self._call(lambda: self.jrn.operate_write_op(op, self.stripe_name(segno, 0), flags=FULL_TRY),
                        f"cannot create journal segment {segno}")
+        self._forget(segno)
 
     def write_segment(self, segno: int, pos: int, data: bytes | memoryview) -> None:
         self.faults.hit("backend.write")
@@ -153,12 +168,16 @@ class RadosBackend(PoolBackend):
             obj = self.stripe_name(segno, stripe)
             chunk = bytes(view[:n])
             try:
-                comp = self.jrn.aio_write(obj, chunk, off)
+                with self._rados.WriteOpCtx() as op:
+                    op.write(chunk, off)
+                    comp = self.jrn.operate_aio_write_op(op, obj, flags=FULL_TRY)
             except self._rados.Error as e:
                 raise os_error(e, f"cannot write journal segment {segno}") from None
             with self._lock:
                 self._in_flight.append((segno, comp, obj))
                 excess = len(self._in_flight) - MAX_IN_FLIGHT
+            if self.readahead is not None:  # after the aio_write: see readahead.py, "Coherence"
+                self.readahead.invalidate(segno, pos, n)
             if excess > 0:
                 self._reap(excess)
             view, pos = view[n:], pos + n
@@ -190,6 +209,12 @@ class RadosBackend(PoolBackend):
             raise OSError(err.errno, str(err))
 
     def read_segment(self, segno: int, pos: int, size: int) -> bytes:
+        if self.readahead is None:
+            return self._read_direct(segno, pos, size)
+        return self.readahead.read(segno, pos, size, self._read_direct)
+
+    def _read_direct(self, segno: int, pos: int, size: int) -> bytes:
+        """read_segment without read-ahead: one synchronous read per stripe it touches."""
         rados = self._rados
         parts: list[bytes] = []
         while size > 0:
@@ -233,7 +258,7 @@ class RadosBackend(PoolBackend):
         sizes = self._stripes(segno)
         for k in range(len(sizes) + 1, len(sizes) + MAX_IN_FLIGHT + 1):
             try:
-                self.jrn.remove_object(self.stripe_name(segno, k))
+                self._remove(self.jrn, self.stripe_name(segno, k))
             except self._rados.ObjectNotFound:
                 pass
             except self._rados.Error as e:
@@ -241,24 +266,29 @@ class RadosBackend(PoolBackend):
         keep, off = divmod(size, STRIPE_BYTES)
         for k in range(len(sizes) - 1, keep, -1):  # from the end, so a crash leaves a shorter segment
             try:
-                self.jrn.remove_object(self.stripe_name(segno, k))
+                self._remove(self.jrn, self.stripe_name(segno, k))
             except self._rados.Error as e:
                 raise os_error(e, "cannot cut a segment") from None
         if keep < len(sizes):
-            self._call(lambda: self.jrn.trunc(self.stripe_name(segno, keep), off), "cannot cut a segment")
+            with self._rados.WriteOpCtx() as op:
+                op.truncate(off)
+                self._call(lambda: self.jrn.operate_write_op(op, self.stripe_name(segno, keep), flags=FULL_TRY),
+                           "cannot cut a segment")
+        self._forget(segno)
 
     def delete_segment(self, segno: int) -> None:
         self._reap(segno=segno)
         self._index(segno, False)
         for k in range(len(self._stripes(segno)) - 1, -1, -1):
             try:
-                self.jrn.remove_object(self.stripe_name(segno, k))
+                self._remove(self.jrn, self.stripe_name(segno, k))
             except self._rados.ObjectNotFound:
                 pass
             except self._rados.Error as e:
                 raise os_error(e, f"cannot delete journal segment {segno}") from None
         with self._lock:
             self._failed.pop(segno, None)
+        self._forget(segno)
 
     # -- blobs -----------------------------------------------------------------------------
     def get(self, name: str) -> bytes:
@@ -273,7 +303,9 @@ class RadosBackend(PoolBackend):
         if self.blobs.needs_stripes(data):
             self.blobs.put(name, data)
             return
-        self._call(lambda: self.meta.write_full(name, bytes(data)), f"cannot write {name}")
+        with self._rados.WriteOpCtx() as op:
+            op.write_full(bytes(data))
+            self._call(lambda: self.meta.operate_write_op(op, name, flags=FULL_TRY), f"cannot write {name}")
         self.blobs.replaced(name)
 
     def create(self, name: str, data: bytes) -> None:
@@ -284,14 +316,14 @@ class RadosBackend(PoolBackend):
         with rados.WriteOpCtx() as op:
             op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
             op.write_full(bytes(data))
-            self._call(lambda: self.meta.operate_write_op(op, name), f"cannot create {name}")
+            self._call(lambda: self.meta.operate_write_op(op, name, flags=FULL_TRY), f"cannot create {name}")
 
     def delete(self, name: str) -> None:
         head = None
         try:
             if self.meta.stat(name)[0] == HEAD_SIZE:  # perhaps a striped blob's head: its stripes go too
                 head = self.meta.read(name, HEAD_SIZE, 0)
-            self.meta.remove_object(name)
+            self._remove(self.meta, name)
         except self._rados.ObjectNotFound:
             pass
         except self._rados.Error as e:
@@ -319,6 +351,8 @@ class RadosBackend(PoolBackend):
         if isinstance(self.meta, _Closed):  # closed already
             return
         self._reap()
+        if self.readahead is not None:  # no read in flight when the connection goes
+            self.readahead.drain()
         for area in self.__dict__.get("_file_areas", {}).values():  # before the cluster goes
             area.close()
         meta, jrn = self.meta, self.jrn
@@ -341,6 +375,24 @@ class RadosBackend(PoolBackend):
                 io.set_namespace(f"{self.prefix}/{area}")
                 areas[area] = RadosFiles(io, f"{self.describe()}/{area}")
             return areas[area]
+
+    def _forget(self, segno: int) -> None:
+        """Drop the read-ahead's chunks of a segment just created, cut or deleted."""
+        if self.readahead is not None:
+            self.readahead.drop_segment(segno)
+
+    # -- outages -----------------------------------------------------------------------------
+    def abandon_segment(self, segno: int) -> None:
+        self._reap(segno=segno)
+        with self._lock:
+            self._failed.pop(segno, None)
+
+    def probe(self) -> None:
+        """One small write in the pool's namespace, FULL_TRY: it fails as a journal write would."""
+        with self._rados.WriteOpCtx() as op:
+            op.write_full(b"vstor probe\n")
+            self._call(lambda: self.jrn.operate_write_op(op, PROBE, flags=FULL_TRY), "the Ceph cluster does not "
+                       f"take writes to {self.describe()}")
 
     # -- ownership (radoslock.py, fenced.py) ----------------------------------------------
     @property

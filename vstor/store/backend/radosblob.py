@@ -28,6 +28,7 @@ does the I/O on the ioctx it is given.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import struct
 from collections.abc import Callable
@@ -108,8 +109,8 @@ class StripedBlobs:
             for k in range(count):
                 obj = head.stripe_name(name, k)
                 chunk = bytes(view[k * self.stripe:(k + 1) * self.stripe])
-                pending.append((self._call(lambda o=obj, c=chunk: self.io.aio_write_full(o, c),
-                                           f"cannot write {name}"), obj))
+                write = functools.partial(self.io.aio_write_full, obj, chunk)
+                pending.append((self._call(write, f"cannot write {name}"), obj))
                 if len(pending) >= MAX_IN_FLIGHT:
                     self._wait(pending.pop(0), name)
             while pending:

@@ -7,7 +7,8 @@ and backup files) lives in a local state directory, ``$VSTOR_RADOS_STATE_DIR/CEP
 reach the cluster; every command given the directory or the rados:// location finds the
 backend through it (:func:`backend_for`), so the rest of vstor treats the directory as the
 pool. Format: a checked JSON file (vstor/checkedjson.py), version STUB_VERSION, with
-``location``, ``ceph_conf`` and ``ceph_id``.
+``location``, ``ceph_conf``, ``ceph_id`` and, when ``pool init --rados-timeout`` gave one,
+``timeout`` (seconds: the client timeout of every RADOS operation of this host's daemon).
 """
 
 from __future__ import annotations
@@ -36,13 +37,16 @@ def state_dir(location: str) -> str:
     return os.path.join(os.environ.get(STATE_ENV) or DEFAULT_STATE, loc.pool, *loc.prefix.split("/"))
 
 
-def write_stub(directory: str, location: str, ceph_conf: str | None, ceph_id: str | None) -> None:
+def write_stub(directory: str, location: str, ceph_conf: str | None, ceph_id: str | None,
+               timeout: int | None = None) -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     for sub in ("meta", "log"):
         os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
-    checkedjson.save(local_files(directory), STUB, {
-        "location": location, "ceph_conf": os.path.abspath(ceph_conf) if ceph_conf else None,
-        "ceph_id": ceph_id}, STUB_VERSION)
+    stub: dict[str, object] = {"location": location, "ceph_conf": os.path.abspath(ceph_conf) if ceph_conf else None,
+                               "ceph_id": ceph_id}
+    if timeout is not None:  # absent: the default client timeout (radosbe.DEFAULT_TIMEOUT)
+        stub["timeout"] = timeout
+    checkedjson.save(local_files(directory), STUB, stub, STUB_VERSION)
 
 
 def read_stub(directory: str) -> dict | None:
@@ -72,4 +76,4 @@ def backend_for(pool: str, faults: Faults = NO_FAULTS) -> PoolBackend:
         stub = read_stub(resolve(pool))
     if stub is None:
         return LocalBackend(pool, faults)
-    return open_backend(stub["location"], stub.get("ceph_conf"), stub.get("ceph_id"), faults)
+    return open_backend(stub["location"], stub.get("ceph_conf"), stub.get("ceph_id"), faults, stub.get("timeout"))

@@ -3,9 +3,11 @@
 ``format`` holds the on-disk formats of segments and records (pure); ``writer`` appends records
 to numbered segment files with group commit; ``segread`` reads verified headers and data and
 scans segments; ``hcache`` caches record headers and frame tables; ``consumers`` keeps the
-durable positions of named journal readers (replication, backup) and reads records in order.
+durable positions of named journal readers (replication, backup) and reads records in order;
+``outage`` says which failures of a remote backend suspend the journal, and ``resume`` continues
+it in a new segment that seals the old one once the backend answers again.
 """
 
 from __future__ import annotations
 
-__all__ = ["consumers", "format", "hcache", "segread", "writer"]
+__all__ = ["consumers", "format", "hcache", "outage", "resume", "segread", "writer"]

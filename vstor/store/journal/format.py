@@ -33,6 +33,14 @@ SEGMENT_MAGIC = b"VSTSEG01"
 SEGMENT_HEADER = struct.Struct("<8sHH16sQQ16x")  # magic ver flags pool_uuid segno created_ns pad
 SEGMENT_HEADER_CSUM = struct.Struct("<Q")  # xxh3 of the 56 bytes above, stored at offset 56
 SEGMENT_HEADER_SIZE = 64
+SEGMENT_FLAGS = struct.Struct("<H")  # at offset 10
+# Segment flag: this segment was started when the journal resumed after its backend failed (a
+# RADOS cluster that did not answer or was full), and the u64 at SEAL_OFFSET is where the
+# segment before it ends: bytes past that were never acknowledged and are never read, even
+# if a write that timed out on the client reached the OSD later (docs/architecture.md).
+SEG_SEALS_PREV = 1
+SEGMENT_SEAL = struct.Struct("<Q")
+SEAL_OFFSET = 44  # in the header's zero bytes, inside its checksum
 
 RECORD_MAGIC = b"VREC"
 # magic ver type nframes group volume seq offset length stored tstamp hcsum reserved
@@ -153,9 +161,20 @@ def unpack_frame_table(table: bytes | memoryview, nframes: int) -> tuple[FrameEn
     return tuple(out)
 
 
-def pack_segment_header(pool_uuid: bytes, segno: int, created_ns: int) -> bytes:
-    raw = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, pool_uuid, segno, created_ns)
-    return raw[:56] + SEGMENT_HEADER_CSUM.pack(xxhash.xxh3_64_intdigest(raw[:56]))
+def pack_segment_header(pool_uuid: bytes, segno: int, created_ns: int, seals_prev: int | None = None) -> bytes:
+    """``seals_prev``: the segment before this one ends at that position (see SEG_SEALS_PREV)."""
+    flags = SEG_SEALS_PREV if seals_prev is not None else 0
+    raw = bytearray(SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, flags, pool_uuid, segno, created_ns))
+    if seals_prev is not None:
+        SEGMENT_SEAL.pack_into(raw, SEAL_OFFSET, seals_prev)
+    return bytes(raw[:56]) + SEGMENT_HEADER_CSUM.pack(xxhash.xxh3_64_intdigest(bytes(raw[:56])))
+
+
+def segment_seal(raw: bytes) -> int | None:
+    """Where a valid segment header (checked by :func:`unpack_segment_header`) says the segment
+    before it ends, or None when it does not seal its predecessor."""
+    (flags,) = SEGMENT_FLAGS.unpack_from(raw, 10)
+    return SEGMENT_SEAL.unpack_from(raw, SEAL_OFFSET)[0] if flags & SEG_SEALS_PREV else None
 
 
 def unpack_segment_header(raw: bytes, pool_uuid: bytes, segno: int) -> None:

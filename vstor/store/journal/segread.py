@@ -13,7 +13,9 @@ volume), whose positions no read-ahead can guess.
 Guarantees of the scan: every record it yields has valid header and frame checksums; a bad
 record in any segment but the newest raises CorruptData, and so does one inside data a
 commit marker states durable (unless salvaging); past the newest segment's last valid
-record it stops and says why in ``ScanEnd``.
+record it stops and says why in ``ScanEnd``. A segment whose successor's header seals it
+(SEG_SEALS_PREV: the journal resumed after an outage of a remote backend) is read only up to
+the sealed end: what lies past it was never acknowledged (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import xxhash
 
-from vstor.errors import CorruptData
+from vstor.errors import CorruptData, Unavailable, VstorError
 from vstor.store.backend.base import PoolBackend
 from vstor.store.journal.format import (
     FRAME_ENTRY_SIZE,
@@ -38,11 +40,13 @@ from vstor.store.journal.format import (
     FrameEntry,
     RecordHeader,
     make_loc,
+    segment_seal,
     unpack_frame_table,
     unpack_record_header,
     unpack_segment_header,
     verify_header,
 )
+from vstor.store.journal.outage import Outage, classify
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,10 @@ class SegmentReader:
     rewrite_header: Callable[[int], None]
     path: Callable[[int], str]
     segments: Callable[[], list[int]]
+    _seals: dict[int, int | None]
+    read_failures: int  # reads the backend failed (status)
+    outage: Outage | None
+    _durable: tuple[int, int]
 
     def pread(self, segno: int, pos: int, size: int) -> bytes:
         if not self._files:
@@ -100,10 +108,21 @@ class SegmentReader:
             os.posix_fadvise(self._read_fd(segno), pos, size, os.POSIX_FADV_WILLNEED)
 
     def _backend_read(self, segno: int, pos: int, size: int) -> bytes:
+        outage = self.outage
+        if outage is not None and segno == self._segno and pos + size > self._durable[1]:
+            # Written since the last sync, before the outage: whether it reached the cluster is
+            # not known until the journal resumes (and drops it), so it is not read meanwhile.
+            raise outage.error(self.backend.describe())
         try:
             return self.backend.read_segment(segno, pos, size)
         except FileNotFoundError:
             raise CorruptData(f"journal segment {segno} is missing") from None
+        except OSError as e:  # the host gets EIO (never ETIMEDOUT) within the client timeout
+            self.read_failures += 1
+            if classify(e.errno) is not None:
+                raise Unavailable(f"cannot read journal segment {segno} from {self.backend.describe()}: {e}; "
+                                  "reads resume when the cluster answers") from None
+            raise VstorError(f"cannot read journal segment {segno} from {self.backend.describe()}: {e}") from None
 
     def _open_segment(self, segno: int) -> io.RawIOBase:
         """A segment as an unbuffered binary file: the file itself on a local pool."""
@@ -149,7 +168,7 @@ class SegmentReader:
         segs = [s for s in self.segments() if s >= segno]
         end.segno, end.pos, end.reason, end.unwritten = segno, pos, "", False
         for i, s in enumerate(segs):
-            limit = live[1] if s == live[0] else None
+            limit = live[1] if s == live[0] else self.sealed_end(s) if i < len(segs) - 1 else None
             yield from self._scan_segment(s, pos if s == segno else SEGMENT_HEADER_SIZE, end, limit)
             if end.reason and i < len(segs) - 1:
                 raise CorruptData(f"journal segment {s} is damaged at offset {end.pos} ({end.reason}) "
@@ -159,7 +178,22 @@ class SegmentReader:
         """Yield the valid records of one whole segment (pool check), like :meth:`scan`."""
         with self._lock:
             limit = self._tail if self._fd != -1 and segno == self._segno else None
+        if limit is None:
+            limit = self.sealed_end(segno)
         yield from self._scan_segment(segno, SEGMENT_HEADER_SIZE, end, limit)
+
+    def sealed_end(self, segno: int) -> int | None:
+        """Where segment ``segno`` ends if the header of segment ``segno + 1`` seals it, else
+        None (also when there is no such segment, or its header is not valid)."""
+        if segno in self._seals:
+            return self._seals[segno]
+        try:
+            head = self.pread(segno + 1, 0, SEGMENT_HEADER_SIZE)
+            unpack_segment_header(head, self.pool_uuid, segno + 1)
+        except (CorruptData, BadRecord, FileNotFoundError):
+            return None
+        end = self._seals[segno] = segment_seal(head)  # a valid header never changes
+        return end
 
     def _scan_segment(self, segno: int, pos: int, end: ScanEnd, limit: int | None) -> Iterator[ScannedRecord]:
         end.segno, end.pos, end.reason, end.unwritten = segno, pos, "", False

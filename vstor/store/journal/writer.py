@@ -21,6 +21,9 @@ every payload byte is written once. Guarantees (the block-device contract rests 
   corruption and is reported, never skipped.
 * A failed write or fdatasync puts the journal in a failed state (EIO on every later
   append and sync) instead of guessing what reached the disk (the fsyncgate lesson).
+  On a remote backend, a timeout or a full cluster *suspends* it instead (journal/outage.py):
+  appends and syncs fail at once until :meth:`Journal.resume` continues in a new segment
+  whose header seals the old one at its last durable position.
 
 Segments are created, listed, cut, deleted and (on a backend without local files) written
 and flushed through the pool's backend (vstor/store/backend/). On a local pool the appends
@@ -55,6 +58,8 @@ from vstor.store.journal.format import (
     pack_segment_header,
     segment_name,
 )
+from vstor.store.journal.outage import Outage
+from vstor.store.journal.resume import ResumeMixin
 from vstor.store.journal.segread import SegmentReader
 
 SMALL_RECORD = 64 * 1024  # records up to this size are copied into the mapped window
@@ -62,7 +67,7 @@ WRITEBACK_BYTES = 8 * 1024 * 1024  # appended bytes after which their writeback 
 WINDOW_BYTES = 4 * 1024 * 1024  # the mapped, preallocated part of the segment at the tail
 
 
-class Journal(SegmentReader):
+class Journal(SegmentReader, ResumeMixin):
     def __init__(self, directory: str, pool_uuid: bytes, segment_size: int, faults: Faults = NO_FAULTS,
                  clock_ns: Callable[[], int] = time.time_ns, backend: PoolBackend | None = None) -> None:
         if not SEGMENT_HEADER_SIZE < segment_size <= MAX_SEGMENT_SIZE:
@@ -95,6 +100,14 @@ class Journal(SegmentReader):
         self.headers_rewritten: list[int] = []  # segments whose damaged header salvage rewrote
         self.appended_bytes = 0
         self.syncs = 0
+        self.outage: Outage | None = None  # remote backend failing for now: suspended, not failed
+        self.read_failures = 0
+        self._resume_header: bytes | None = None  # the sealing header a resume tried to create
+        self._resume_tail: int | None = None  # the tail when a resume first cut it to the durable position
+        self._seals: dict[int, int | None] = {}  # segno -> where its successor's header says it ends
+        self._cache_lock = threading.Lock()
+        self._listed: set[int] | None = None  # remote backend: the segment listing, kept by this journal
+        self._sizes: dict[int, int] = {}  # remote backend: sizes of segments no longer appended to
 
     # -- segment files -------------------------------------------------------------------
     def path(self, segno: int) -> str:
@@ -102,12 +115,33 @@ class Journal(SegmentReader):
         return self.backend.local_path(segno) or f"{self.backend.describe()}/journal/{segment_name(segno)}"
 
     def segments(self) -> list[int]:
-        return self.backend.list_segments()
+        if self._files:
+            return self.backend.list_segments()
+        # Remote: listed once, then kept by start_segment and delete_segment (only the pool's
+        # owner changes the listing), so the status and statfs answer while the cluster does not.
+        with self._cache_lock:
+            if self._listed is not None:
+                return sorted(self._listed)
+        listed = self.backend.list_segments()
+        with self._cache_lock:
+            if self._listed is None:
+                self._listed = set(listed)
+            return sorted(self._listed)
 
     def segment_bytes(self, segno: int) -> int:
         if segno == self._segno:
             return self._tail
-        return self.backend.segment_size(segno)
+        if self._files:
+            return self.backend.segment_size(segno)
+        with self._cache_lock:
+            size = self._sizes.get(segno)
+        if size is None and self.outage is not None:
+            return 0  # not known, and the backend may not answer: the status must not wait for it
+        if size is None:  # a segment no longer appended to does not change size
+            size = self.backend.segment_size(segno)
+            with self._cache_lock:
+                self._sizes[segno] = size
+        return size
 
     @property
     def current_segno(self) -> int:
@@ -116,10 +150,20 @@ class Journal(SegmentReader):
     def tail(self) -> tuple[int, int]:
         return self._segno, self._tail
 
-    def start_segment(self, segno: int) -> None:
+    def start_segment(self, segno: int, seals_prev: int | None = None) -> None:
         """Open a fresh segment for appending (at startup and at rollover): created exclusively
-        with its header, durably, by the backend."""
-        self.backend.create_segment(segno, pack_segment_header(self.pool_uuid, segno, self._now_ns()))
+        with its header, durably, by the backend. ``seals_prev``: the segment before it ends
+        there (SEG_SEALS_PREV; recovery on a remote backend, resume.py)."""
+        self.backend.create_segment(segno, pack_segment_header(self.pool_uuid, segno, self._now_ns(), seals_prev))
+        if seals_prev is not None:
+            self._seals[segno - 1] = seals_prev
+        self._begin(segno)
+
+    def _begin(self, segno: int) -> None:
+        """Append from now on to segment ``segno``, just created with its header."""
+        with self._cache_lock:
+            if self._listed is not None:
+                self._listed.add(segno)
         fd = os.open(self.path(segno), os.O_RDWR) if self._files else -2  # -2: open, but no local file
         with self._sync_lock:
             old = self._fd
@@ -161,10 +205,15 @@ class Journal(SegmentReader):
             with self._lock:
                 self._seal()
             self._fdatasync(self._fd, self._segno)
+        if not self._files:
+            with self._cache_lock:
+                self._sizes[self._segno] = self._tail
         try:
             self.faults.hit("journal.rollover")
             self.start_segment(self._segno + 1)
         except OSError as e:  # nothing was appended: the tail is unchanged and a retry may succeed
+            if not self._files:
+                self._suspend(e, f"cannot start journal segment {self._segno + 1}: {e}")
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise PoolFull("pool is full: no room for a new journal segment; free space "
                                "(delete volumes, fstrim) or grow the filesystem under the pool") from None
@@ -204,6 +253,8 @@ class Journal(SegmentReader):
             except OSError as e:  # nothing of this record is acknowledged
                 if direct:  # it may have left part of the record in the file
                     self._undo_write(pos)
+                if not self._files:
+                    self._suspend(e, f"journal write failed: {e}")
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise PoolFull("pool is full: the journal cannot take more data; free space "
                                    "(delete volumes, fstrim) or grow the filesystem under the pool") from None
@@ -300,6 +351,8 @@ class Journal(SegmentReader):
                 self.backend.flush_segment(segno)
             self.syncs += 1
         except OSError as e:
+            if not self._files:
+                self._suspend(e, f"journal flush failed: {e}")
             self._fail(f"journal fdatasync failed: {e}")
 
     def unmarked(self) -> bool:
@@ -335,11 +388,16 @@ class Journal(SegmentReader):
     def _check_failed(self) -> None:
         if self.failed:
             raise VstorError(f"journal failed earlier ({self.failed}); stop the array and run 'vstor pool check'")
+        outage = self.outage
+        if outage is not None:
+            raise outage.error(self.backend.describe())
 
     # -- reading -------------------------------------------------------------------------
     def truncate_segment(self, segno: int, pos: int) -> None:
         """Cut a torn tail (recovery only)."""
         self.backend.truncate_segment(segno, pos)
+        with self._cache_lock:
+            self._sizes.pop(segno, None)
 
     def rewrite_header(self, segno: int) -> None:
         """Write a fresh header over a damaged one (pool check --repair only)."""
@@ -347,15 +405,26 @@ class Journal(SegmentReader):
         self.backend.flush_segment(segno)
 
     def delete_segment(self, segno: int) -> None:
+        sealed = self.sealed_end(segno - 1)
+        if sealed is not None and self.backend.segment_size(segno - 1) > sealed:
+            # Its header is the seal of the segment before: cut that one there first, for good
+            # (late writes of the outage are long over), or it would be read whole later.
+            self.backend.truncate_segment(segno - 1, sealed)
         fd = self._read_fds.pop(segno, None)
         if fd is not None:
             os.close(fd)
         self.backend.delete_segment(segno)
+        with self._cache_lock:
+            self._sizes.pop(segno, None)
+            if self._listed is not None:
+                self._listed.discard(segno)
+        self._seals.pop(segno, None)
+        self._seals.pop(segno - 1, None)
 
     def close(self) -> None:
         with self._sync_lock:
             if self._fd == -2:  # no local file: wait for the writes in flight
-                if not self.failed:
+                if not self.failed and self.outage is None:
                     self.backend.flush_segment(self._segno)
                 self._fd = -1
             if self._fd >= 0:
