@@ -15,7 +15,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
@@ -155,14 +157,61 @@ class Array:
             subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True)
 
 
+class _PerThread:
+    """Stands in for sys.stdout or sys.stderr while threads capture: a thread that captures writes
+    to its own buffer, every other thread to the stream that was there before."""
+
+    def __init__(self, name: str, default: object) -> None:
+        self.name, self.default = name, default
+        self.local = threading.local()
+
+    def __getattr__(self, attr: str) -> object:  # write, flush, fileno, encoding, ...
+        buf = getattr(self.local, "buf", None)
+        return getattr(self.default if buf is None else buf, attr)
+
+
+_CAPTURE_LOCK = threading.Lock()
+_CAPTURE: dict[str, _PerThread] = {}  # the installed stand-ins, while any thread captures
+_CAPTURING = [0]
+
+
+@contextlib.contextmanager
+def captured(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
+    """Send this thread's sys.stdout/sys.stderr writes to OUT/ERR, leaving other threads' alone.
+    contextlib.redirect_stdout swaps the process-wide stream: two threads using it at once (replkit
+    tears both sites down at once) could restore each other's buffer, which then swallowed the rest
+    of the program's output (a benchmark's results) and let it exit 0. Here sys.stdout and sys.stderr
+    hold per-thread stand-ins while any thread captures; the last one out puts the streams back."""
+    with _CAPTURE_LOCK:
+        if not _CAPTURING[0]:
+            _CAPTURE.update(stdout=_PerThread("stdout", sys.stdout), stderr=_PerThread("stderr", sys.stderr))
+            sys.stdout, sys.stderr = _CAPTURE["stdout"], _CAPTURE["stderr"]
+        _CAPTURING[0] += 1
+        stdout, stderr = _CAPTURE["stdout"], _CAPTURE["stderr"]
+    before = getattr(stdout.local, "buf", None), getattr(stderr.local, "buf", None)  # nested: the outer's
+    stdout.local.buf, stderr.local.buf = out, err
+    try:
+        yield
+    finally:
+        with _CAPTURE_LOCK:
+            stdout.local.buf, stderr.local.buf = before
+            _CAPTURING[0] -= 1
+            if not _CAPTURING[0]:
+                for name, stand_in in _CAPTURE.items():
+                    if getattr(sys, name) is stand_in:  # else someone replaced it since: theirs stays
+                        setattr(sys, name, stand_in.default)
+                _CAPTURE.clear()
+
+
 def _vstor_in_process(args: list[str]) -> None:
     """Run a vstor command in this process: the same code as the command, without the start-up
     of a Python process (~0.1-0.2 s each). For what every test's array does around the test
-    (``pool init``, and ``array stop`` at clean-up); the tests of a command run the real ``vstor``."""
+    (``pool init``, and ``array stop`` at clean-up); the tests of a command run the real ``vstor``.
+    Safe in threads (replkit stops both sites at once): see :func:`captured`."""
     from vstor.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with captured(out, err):
         code = main(args)
     if code:
         raise AssertionError(f"vstor {' '.join(args)} -> {code}\nstdout: {out.getvalue()}\nstderr: {err.getvalue()}")

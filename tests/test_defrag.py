@@ -20,6 +20,8 @@ from vstor.store.store import Store
 pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
 
 SIZE = 8 * MiB
+TICK = 60.0  # seconds of work per tick: the tests count bytes moved, which a busy machine or a RADOS
+# pool must not cut short (the budget itself is the daemon's, 0.5 s)
 
 
 def _age(st: Store, vid: int, model: bytearray, seed: int, writes: int = 600) -> None:
@@ -51,7 +53,7 @@ def _pieces(st: Store, vid: int) -> list[int]:
 def test_idle_sweep_puts_an_aged_volume_in_logical_order(tmp_path):
     pool, st, vid, model = _aged(tmp_path)
     assert min(_pieces(st, vid)) > 20
-    dg = Defragmenter(st, scan_windows_per_tick=3)
+    dg = Defragmenter(st, scan_windows_per_tick=3, seconds_per_tick=TICK)
     assert dg.tick() == 3 * WINDOW  # within its budget: three windows a tick
     assert _pieces(st, vid)[:3] == [1, 1, 1] and min(_pieces(st, vid)[3:]) > 20
     while dg.tick():
@@ -73,7 +75,7 @@ def test_idle_sweep_puts_an_aged_volume_in_logical_order(tmp_path):
 
 def test_defrag_yields_to_host_io(tmp_path):
     _, st, vid, model = _aged(tmp_path)
-    dg = Defragmenter(st)
+    dg = Defragmenter(st, seconds_per_tick=TICK)
     st.write(vid, 0, model[:4096])
     assert dg.tick() == 0 and dg.state == "waiting for host writes to stop"
     st.read(vid, 5 * MiB, 4096)  # reads alone hold the sweep back too
@@ -86,7 +88,7 @@ def test_defrag_yields_to_host_io(tmp_path):
 
 def test_windows_a_read_found_scattered_are_rewritten_first(tmp_path):
     _, st, vid, model = _aged(tmp_path)
-    dg = Defragmenter(st)
+    dg = Defragmenter(st, seconds_per_tick=TICK)
     st.read(vid, 4096, 4096)  # one piece: no hint
     assert st.stats.defrag_hints == 0
     assert st.read(vid, 5 * MiB, MiB) == model[5 * MiB : 6 * MiB]
@@ -102,7 +104,7 @@ def test_windows_a_read_found_scattered_are_rewritten_first(tmp_path):
 def test_busy_hint_bytes_rewrites_behind_a_reader(tmp_path):
     """WAFL-style, when asked: the hinted windows are rewritten while the host goes on reading."""
     _, st, vid, model = _aged(tmp_path)
-    dg = Defragmenter(st, busy_hint_bytes=MiB)
+    dg = Defragmenter(st, busy_hint_bytes=MiB, seconds_per_tick=TICK)
     st.read(vid, 2 * MiB, 2 * MiB)
     assert dg.tick() == MiB and dg.describe()["hints_pending"] == 1  # within the budget
     st.read(vid, 0, 4096)
@@ -116,7 +118,7 @@ def test_defrag_never_duplicates_what_a_snapshot_shares(tmp_path):
     _, st, vid, model = _aged(tmp_path)
     snapshots.create(st, "v", "s")
     _age(st, vid, model, seed=2, writes=20)  # after the snapshot: the leaves are copied
-    dg = Defragmenter(st)
+    dg = Defragmenter(st, seconds_per_tick=TICK)
     journal = st.journal.appended_bytes
     dg.tick()
     dg.tick()
@@ -159,7 +161,7 @@ CHILD = textwrap.dedent("""
     point, _, rest = spec.partition("=")
     action, _, at = rest.partition("@")
     faults.arm(point, action, int(at))
-    Defragmenter(st).tick()
+    Defragmenter(st, seconds_per_tick=60.0).tick()
     st.sync()
     print("survived")
 """)
@@ -192,7 +194,7 @@ def test_crash_tearing_a_defrag_record(tmp_path):
 
 def test_defrag_waits_while_the_pool_is_nearly_full(tmp_path):
     _, st, vid, model = _aged(tmp_path)
-    dg = Defragmenter(st)
+    dg = Defragmenter(st, seconds_per_tick=TICK)
     reserve = st.space.reserve
     st.space.reserve = st.space.free_bytes()  # as if the filesystem under the pool were that full
     assert dg.tick() == 0 and dg.state == "paused: the pool is nearly full"

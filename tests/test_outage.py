@@ -249,3 +249,42 @@ def test_other_lock_losses_and_local_failures_still_fail_the_journal(tmp_path: P
         assert store.journal.failed and store.journal.outage is None
     finally:
         store.close(checkpoint=False)
+
+
+def test_writes_a_resume_dropped_fail_each_open_images_next_fsync_once(tmp_path: Path) -> None:
+    """A write the host made before an outage and had not synced is dropped by the resume. A host
+    that did not fsync during the outage was never told: its next fsync must fail (EIO), once per
+    open image as the kernel's errseq_t does, or it would take the dropped write for durable."""
+    import types
+
+    import mfusepy as fuse
+
+    from vstor.fuse.ops import VolumeFS
+
+    pool = make_pool(tmp_path)
+    store, be = _open(pool)
+    try:
+        vid = store.create_volume("v", 8 * MiB).id
+        fs = VolumeFS(store)
+        first, second = (types.SimpleNamespace(flags=os.O_RDWR, fh=0, direct_io=0) for _ in range(2))
+        fs.open("/volumes/v", first)
+        fs.open("/volumes/v", second)
+        fs.write("/volumes/v", b"A" * K64, 0, first)
+        fs.fsync("/volumes/v", 0, first)
+        fs.write("/volumes/v", b"B" * K64, K64, first)  # not synced when the cluster stops
+        be.stopped = True
+        with pytest.raises(Unavailable):
+            store.sync()  # the daemon's own commit meets the outage: no host call is told
+        be.stopped = False
+        assert store.resume_after_outage()["dropped_bytes"] > 0
+        later = types.SimpleNamespace(flags=os.O_RDWR, fh=0, direct_io=0)
+        fs.open("/volumes/v", later)  # opened after the resume: nothing to be told
+        for fi in (first, second):
+            with pytest.raises(fuse.FuseOSError) as e:
+                fs.fsync("/volumes/v", 0, fi)
+            assert e.value.errno == errno.EIO
+            assert fs.fsync("/volumes/v", 0, fi) == 0  # told once
+        assert fs.fsync("/volumes/v", 0, later) == 0
+        assert bytes(store.read(vid, 0, 2 * K64)) == b"A" * K64 + bytes(K64)
+    finally:
+        store.close()

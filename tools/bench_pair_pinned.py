@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from tests.replkit import make_sites, teardown
+from tools.benchlib.stdoutguard import stdout_checked
 
 
 def one(mode: str, size: int, src: str) -> float:
@@ -42,6 +43,7 @@ def one(mode: str, size: int, src: str) -> float:
         subprocess.run(["rm", "-rf", str(base)])
 
 
+@stdout_checked  # prints after each teardown, which runs vstor in process in threads
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=2)

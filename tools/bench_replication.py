@@ -46,6 +46,7 @@ from tests import replkit
 from tests.replkit import Sites, make_sites, teardown
 from tools.benchlib.fio import parse_job, run_fio, stop_fio
 from tools.benchlib.procs import BenchError, Terminated, signals_deferred
+from tools.benchlib.stdoutguard import stdout_checked
 from vm.lab import Lab
 from vstor.cli.common import daemon_request
 from vstor.errors import VstorError
@@ -312,6 +313,7 @@ def run_part(n: int, a: argparse.Namespace, work: Path) -> dict:
                 shutil.rmtree(work / f"part{n}", ignore_errors=True)
 
 
+@stdout_checked  # its results are printed after a teardown, which runs vstor in process in threads
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ("_sink", "_source"):  # a baseline child process

@@ -66,6 +66,7 @@ class VolumeFS(fuse.Operations):
         self.media = media  # tape and disc drives under /media, if the daemon has libraries
         self.conn: dict[str, int] = {}
         self.handles = handles or HandleTable()  # the daemon passes its own: maintenance reads the counts
+        self._drops_seen: dict[int, int] = {}  # per open image: Store.drops when last told (fsync EIO once)
         self._seen_sizes: set[str] = set()
         self.io = VolumeIO()  # per-volume requests, bytes and latency (the metrics exporter reads it)
         knobs = tuning()
@@ -160,10 +161,13 @@ class VolumeFS(fuse.Operations):
         else:
             h = VolumeHandle(self._vol(path).id)
         fi.fh = self.handles.add(h)
+        if isinstance(h, VolumeHandle):
+            self._drops_seen[fi.fh] = self.store.drops
         return 0
 
     def release(self, path: str, fi: Any) -> int:
         h = self.handles.pop(fi.fh)
+        self._drops_seen.pop(fi.fh, None)
         if isinstance(h, MediaHandle) and self.media:
             self.media.release(h.drive)
         return 0
@@ -245,18 +249,24 @@ class VolumeFS(fuse.Operations):
         raise fuse.FuseOSError(errno.ENOTTY)
 
     def fsync(self, path: str, datasync: int, fi: Any) -> int:
-        return self._sync()
+        return self._sync(fi.fh)
 
     def flush(self, path: str, fi: Any) -> int:
         if isinstance(self.handles.get(fi.fh), VolumeHandle):  # snapshot images hold nothing to flush
-            return self._sync()
+            return self._sync(fi.fh)
         return 0
 
-    def _sync(self) -> int:
+    def _sync(self, fh: int) -> int:
         try:
             self.store.sync()
         except VstorError as e:
             raise _errno(e) from None
+        seen = self._drops_seen.get(fh)
+        if seen is not None and seen != self.store.drops:  # once per handle, as errseq_t
+            self._drops_seen[fh] = self.store.drops
+            log.error("fsync of %s: EIO once: writes made before a storage outage were dropped when the "
+                      "journal resumed (see the daemon log's resume line)", fh)
+            raise fuse.FuseOSError(errno.EIO)
         return 0
 
     def fallocate(self, path: str, mode: int, offset: int, length: int, fi: Any) -> int:

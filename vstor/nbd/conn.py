@@ -31,7 +31,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from vstor.errors import VstorError
+from vstor.errors import Unavailable, VstorError
 from vstor.nbd import proto as P
 from vstor.nbd.negotiate import CONTEXT_ID, Negotiation, Session
 from vstor.nbd.readers import ReadWorkers
@@ -192,6 +192,7 @@ class Connection:
         target = session.export.key
         self.vid, self.sid = target.vid, target.sid  # type: ignore[attr-defined]
         self.store = self.host.store
+        self._drops_seen = self.store.drops  # resumes that dropped writes, as last told (FLUSH EIO once)
         self.parallel = not self.tls and PARALLEL
         self.batch = batch = ReplyBatch(self._send, self._replied)
         size, rbuf = P.REQUEST.size, self._rbuf
@@ -320,6 +321,9 @@ class Connection:
         not batched: from a worker, or over TLS where nothing else is in flight)."""
         try:
             self.store.sync()
+            if self._drops_seen != self.store.drops:  # once per connection, as errseq_t
+                self._drops_seen = self.store.drops
+                raise Unavailable("writes made before a storage outage were dropped when the journal resumed")
         except VstorError as e:
             self._safe(self._error_now, cookie, P.wire_errno(e.errno), str(e))
         else:

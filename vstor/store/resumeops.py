@@ -38,6 +38,10 @@ log = logging.getLogger("vstor.store")
 
 class ResumeOpsMixin(StoreParts):
     last_resume: dict | None = None  # what the last resume did (array status)
+    # Resumes that dropped writes, counted like the kernel's errseq_t: each open image and NBD
+    # connection remembers the count it has seen, and its next fsync or FLUSH fails once (EIO)
+    # when the count has moved, so no writer believes data the resume dropped is durable.
+    drops: int = 0
 
     def resume_after_outage(self) -> dict | None:
         """Resume a suspended journal if the backend takes a probe write now. Returns what was
@@ -70,6 +74,8 @@ class ResumeOpsMixin(StoreParts):
                   else None, "new_segment": new, "dropped_bytes": dropped, "replayed_records": records,
                   "replayed_bytes": nbytes, "seconds": round(time.monotonic() - t0, 3)}
         self.last_resume = report
+        if dropped:
+            self.drops += 1
         log.warning("the pool's storage answers again after %.1f s (%s): journal resumed in segment %d, segment %d "
                     "sealed at %s; %d bytes written since the last sync were dropped (never acknowledged)",
                     time.time() - outage.since, outage.kind, new, old, report["sealed_at"], dropped)
