@@ -82,9 +82,6 @@ def test_packages_have_a_docstring_and_all(package: str) -> None:
     assert sorted(mod.__all__) == sorted(m.name for m in pkgutil.iter_modules([str(path)]) if m.name != "__main__")
 
 
-OPTIONAL = {"rados"}  # python3-rados: only .venv-rados has it (make venv-rados); the RADOS tools need it
-
-
 def test_every_import_in_tools_resolves_even_inside_functions() -> None:
     """A lazy import of a module that does not exist fails only on the path that runs it (the
     NBD benchmark's cleanup imported `benchlib.procs`, gone since tools became a package, and
@@ -107,6 +104,6 @@ def test_every_import_in_tools_resolves_even_inside_functions() -> None:
                     found = importlib.util.find_spec(importlib.util.resolve_name(name, package)) is not None
                 except ModuleNotFoundError:
                     found = False
-                if not found and name not in OPTIONAL:
+                if not found:
                     missing.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
     assert not missing, "imports of modules that do not exist: " + ", ".join(missing)
