@@ -11,8 +11,8 @@ from __future__ import annotations
 __all__ = [
     "aged_volume", "bench_aged_store", "bench_backup", "bench_clients", "bench_cow_write", "bench_fio",
     "bench_fragments", "bench_gc_move", "bench_memory", "bench_nbd", "bench_pair_pinned", "bench_pgbench",
-    "bench_rados", "bench_rados_media", "bench_read_into", "bench_read_pipeline", "bench_replay", "bench_replication",
-    "bench_rollover",
+    "bench_rados", "bench_rados_media", "bench_rados_takeover", "bench_read_into", "bench_read_pipeline",
+    "bench_replay", "bench_replication", "bench_rollover",
     "bench_segment_gc", "bench_small_write", "bench_snapshot_gc", "bench_snapshot_list", "bench_snapshots",
     "bench_stall", "bench_tape", "bench_tuning", "benchlib", "demo", "lagplot", "make_manpages",
     "passthrough_fuse", "steady_memory",

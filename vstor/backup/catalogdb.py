@@ -16,7 +16,8 @@ WAL would need exclusive locking, and the catalog has two connections: catalog a
 records), ``page_size=65536`` (fewer, larger RADOS operations; for a new database),
 ``temp_store=MEMORY`` (the VFS has no temporary files). A daemon that died holding the
 database's lock blocks the next opener until the lock expires (30 s), which then
-blocklists the dead client, so it can never write again.
+blocklists the dead client, so it can never write again. The VFS's own RADOS client
+(:func:`vfs_client`) is in the pool lock's holder record, so a takeover fences it too.
 
 The VFS is loaded once per process with one cluster connection configured through the
 environment (CEPH_CONF, CEPH_ARGS: client id and the op timeouts), so a process reaches the
@@ -27,6 +28,7 @@ extensions (Debian's /usr/bin/python3, hence .venv-rados).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sqlite3
@@ -36,7 +38,8 @@ from abc import ABC, abstractmethod
 from vstor.errors import UsageError
 from vstor.store.backend.base import PoolBackend
 
-__all__ = ["CATALOG", "CephDatabases", "Databases", "LocalDatabases", "catalog_databases", "sqlite_namespace"]
+__all__ = ["CATALOG", "CephDatabases", "Databases", "LocalDatabases", "catalog_databases", "sqlite_namespace",
+           "vfs_client"]
 
 CATALOG = "catalog.db"
 VFS_LIBRARY = "libcephsqlite.so"
@@ -107,6 +110,17 @@ def load_vfs(ceph_conf: str, ceph_id: str | None, timeout: int) -> None:
                              "('make setup')") from None
         c.enable_load_extension(False)
         _vfs_loader.append(c)
+
+
+def vfs_client() -> dict | None:
+    """The RADOS client of this process's VFS (libcephsqlite's ``ceph_status()``: ``id``, its
+    global id, and ``addr``, the address ``osd blocklist add`` fences it by), or None if the
+    VFS is not loaded. The pool lock records it, so a takeover fences the catalog too."""
+    with _vfs_lock:
+        if not _vfs_loader:
+            return None
+        (raw,) = _vfs_loader[0].execute("SELECT ceph_status()").fetchone()
+    return json.loads(raw)
 
 
 def sqlite_namespace(prefix: str) -> str:

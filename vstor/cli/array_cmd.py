@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(see 'vstor volume export')")
     s.add_argument("--nbd-tls-dir", metavar="DIR", help="certificates for NBD ('vstor pki'): TLS with client "
                    "certificates is then required")
+    s.add_argument("--takeover", action="store_true",
+                   help="pool on RADOS: if another host's daemon still holds it, fence that daemon (blocklist its "
+                   "RADOS client, break its lock) and take the pool over, replaying its journal as after a crash")
     s.set_defaults(func=cmd_start)
     t = arr.add_parser("stop", help="flush, unmount and stop the daemon; waits until done")
     add_pool_arg(t)
@@ -77,6 +80,12 @@ def _daemon_argv(pool: str, args: argparse.Namespace) -> list[str]:
     if args.metrics:
         argv += ["--metrics", args.metrics]
     argv += _nbd_argv(args)
+    if getattr(args, "takeover", False):
+        from vstor.store.backend.stub import read_stub
+
+        if read_stub(pool) is None:
+            raise UsageError(f"--takeover is for pools on RADOS; {pool} is a local pool, which one host serves")
+        argv += ["--takeover"]
     return argv
 
 

@@ -38,6 +38,7 @@ from vstor.control.poolfiles import pool_log_handler
 from vstor.control.pygc import GcPolicy
 from vstor.control.server import ControlServer
 from vstor.control.service import PoolService
+from vstor.control.takeover import record_takeover
 from vstor.errlog import TRACE, describe, install_thread_hook, log_failure
 from vstor.errors import Busy, VstorError
 from vstor.faults import Faults
@@ -99,9 +100,10 @@ class Reporter:
 
 def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads: bool = True,
         repl: dict | None = None, faults: Faults | None = None, metrics: str | None = None,
-        nbd: dict | None = None, backup_listen: str | None = None) -> int:
+        nbd: dict | None = None, backup_listen: str | None = None, takeover: bool = False) -> int:
     """Start the array, serve until unmounted, stop it; raises if start-up fails, after
-    releasing whatever it had acquired."""
+    releasing whatever it had acquired. ``takeover``: a RADOS pool's live owner on another
+    host is fenced first (vstor/store/backend/radoslock.py)."""
     from vstor.fuse.media_fs import MediaFS
     from vstor.fuse.ops import VolumeFS, serve
     from vstor.fuse.ops import fuse as mfuse
@@ -115,17 +117,19 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
     with contextlib.ExitStack() as stack:
         stack.callback(log.info, "stopped")
         lock = PoolLock(pool)
-        lock.acquire("daemon")
+        lock.acquire("daemon", takeover=takeover)
         stack.callback(lock.release)
         step("lock")
         io_flusher = set_io_flusher()
-        store = Store.open(pool, key_file, faults=faults)
+        store = Store.open(pool, key_file, faults=faults, backend=lock.store_backend(faults))  # RADOS: lock's client
         stack.callback(store.close)  # no checkpoint if the journal failed
         watch = OutageWatch(store, renew_lock=lock.renew_rados)  # resumes after an outage of the RADOS cluster
-        lock.on_lost.append(watch.lock_lost)  # a RADOS pool's lock lost: no more writes (suspended if timed out)
+        lock.when_lost(watch.lock_lost)  # RADOS lock lost or fenced: no more writes (suspended if timed out)
         if store.backend.kind != "local":
             watch.start()
             stack.callback(watch.stop)
+        if lock.fenced is not None and lock.rados is not None:  # audit log and daemon.log: who was fenced
+            record_takeover(store.files.sub("backup"), store.clock, lock.rados.location, lock.fenced, log)
         step("store")
         handles = HandleTable()  # the FUSE export's open files: policy pruning skips snapshots in use
         reclaimer = Reclaimer(store, snapshots_in_use=handles.snapshots_in_use)
@@ -262,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nbd")
     p.add_argument("--nbd-tls-dir")
     p.add_argument("--backup-listen")
+    p.add_argument("--takeover", action="store_true")
     a = p.parse_args(argv)
     repl = {"listen": a.listen, "tls_dir": a.tls_dir, "name": a.name}
     setup_logging(a.pool, a.foreground)
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(a.pool, a.mount, a.key_file, reporter, threads=not a.single_thread, repl=repl,
                    metrics=a.metrics, nbd={"address": a.nbd, "tls_dir": a.nbd_tls_dir, "name": a.name},
-                   backup_listen=a.backup_listen)
+                   backup_listen=a.backup_listen, takeover=a.takeover)
     except Exception as e:
         phase = "the daemon failed" if reporter.sent else "start-up failed"
         log_failure(log, phase, e)

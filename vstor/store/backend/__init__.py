@@ -6,7 +6,10 @@ pool directory (the layout vstor always had); ``radosbe.RadosBackend`` keeps the
 a Ceph RADOS pool (python3-rados, imported only when a rados:// pool is opened, so local pools
 work without Ceph). ``location`` parses rados://CEPHPOOL/PREFIX and opens the backend of a
 location; ``stub`` is a RADOS pool's local state directory and its pointer file;
-``radoslock`` is the pool's exclusive RADOS lock (one daemon at a time). ``files`` is the seam
+``radoslock`` is the pool's exclusive RADOS lock (one daemon at a time), with takeover by
+fencing; ``clslock`` its bytes (the cls_lock calls python3-rados lacks, the holder record);
+``fenced`` the daemon's RADOS backend, on the lock's client, whose blocklist errors stop the
+store. ``files`` is the seam
 for large files that are not segments (tape cartridges: ``base.PoolBackend.file_area``), with
 ``radosfiles`` its striped implementation on RADOS. ``statefiles`` is the pool's small state
 files (positions, pairs, exports, governance, media inventory) by name, over any backend's blobs;
@@ -18,5 +21,5 @@ chunks (``radosread``: the chunks' aio reads on RADOS).
 
 from __future__ import annotations
 
-__all__ = ["base", "files", "local", "location", "radosbe", "radosblob", "radoserr", "radosfiles", "radoslock",
-           "radosread", "readahead", "statefiles", "stub"]
+__all__ = ["base", "clslock", "fenced", "files", "local", "location", "radosbe", "radosblob", "radoserr", "radosfiles",
+           "radoslock", "radosread", "readahead", "statefiles", "stub"]

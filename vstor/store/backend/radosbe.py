@@ -394,6 +394,12 @@ class RadosBackend(PoolBackend):
             self._call(lambda: self.jrn.operate_write_op(op, PROBE, flags=FULL_TRY), "the Ceph cluster does not "
                        f"take writes to {self.describe()}")
 
+    # -- ownership (radoslock.py, fenced.py) ----------------------------------------------
+    @property
+    def cluster(self) -> Any:
+        """The ``rados.Rados`` client this backend uses (the pool lock takes and fences with it)."""
+        return self._cluster
+
 
 class _Closed:
     """Stands in for the I/O contexts of a closed RadosBackend: any use is EBADF, not a crash."""
