@@ -134,7 +134,11 @@ class PoolLock:
 
         be = self._backend
         store_be = FencedBackend(be.cluster, be.pool, be.prefix, fenced, faults)
-        self.when_lost(lambda e: self._lost_final and store_be.fence(str(e)))  # not on a timeout: that resumes
+        def fence_for_good(e: Exception) -> None:  # not on a timeout: that resumes
+            if self._lost_final:
+                store_be.fence(str(e))
+
+        self.when_lost(fence_for_good)
         return store_be
 
     def renew_rados(self) -> None:
