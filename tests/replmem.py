@@ -168,7 +168,7 @@ class Pairing:
                     wait_until(lambda sh=sh, s=s, g=g: sh.conn is None or sh.conn.closed or not sh.is_alive()
                                or getattr(s.repl.pairs.get(g), "state", "") not in SHIPPING
                                or sh.last_rx >= self.clock.monotonic() - 1.0 - 2 * self.net.delay,
-                               "the shipper hears its peer", 5.0)
+                               "the shipper hears its peer")  # real time: threads on a loaded machine
 
     def tick_until(self, cond: Callable[[], object], what: str, step: float = 0.5, limit: float = 120.0) -> None:
         """Move the clock in steps until ``cond()``, giving the threads a moment after each (for
