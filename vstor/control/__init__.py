@@ -10,5 +10,5 @@ RADOS pool taken over from another host (audit log, daemon.log).
 from __future__ import annotations
 
 __all__ = ["backup_ops", "catalog_ops", "client_ops", "daemon", "dashboard", "drill_ops", "freeze", "governance_ops",
-           "lock", "loop", "media_ops", "metrics", "mounts", "nbd_ops", "outagewatch", "pair_ops", "peer", "poolfiles",
-           "protocol", "pygc", "sdnotify", "server", "service", "status_ops", "takeover"]
+           "lock", "loop", "mallocpolicy", "media_ops", "metrics", "mounts", "nbd_ops", "outagewatch", "pair_ops",
+           "peer", "poolfiles", "protocol", "pygc", "sdnotify", "server", "service", "status_ops", "takeover"]

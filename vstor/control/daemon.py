@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from vstor.backup.engine import BackupEngine
 from vstor.control import sdnotify
 from vstor.control.lock import PoolLock
+from vstor.control.mallocpolicy import keep_heap
 from vstor.control.mounts import fsname_for, fuse_mounted, prepare_mountpoint, unmount
 from vstor.control.outagewatch import OutageWatch
 from vstor.control.poolfiles import pool_log_handler
@@ -138,6 +139,8 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         step("maintenance")
         gcpolicy = GcPolicy()  # freezes the maps just loaded out of the cyclic collector's walk
         gcpolicy.start()
+        if not keep_heap():  # request buffers reused, not trimmed and faulted in again (mallocpolicy.py)
+            log.info("mallopt unavailable (not glibc): the heap is trimmed as the C library decides")
         stack.callback(gcpolicy.stop)
         step("gcpolicy")
         prepare_mountpoint(mount, pool)
