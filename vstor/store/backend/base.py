@@ -93,6 +93,16 @@ class PoolBackend(ABC):
     def create(self, name: str, data: bytes) -> None:
         """Create a blob that must not exist yet (durable). FileExistsError if it does."""
 
+    def append(self, name: str, data: bytes) -> None:
+        """Add ``data`` at the end of a blob (made if missing), durably when it returns. This
+        default replaces the whole content atomically (the blob stays under the backend's blob
+        size); a local file is appended to as a log is (LocalBackend)."""
+        try:
+            old = self.get(name)
+        except FileNotFoundError:
+            old = b""
+        self.put(name, old + bytes(data))
+
     @abstractmethod
     def delete(self, name: str) -> None:
         """Delete a blob durably; no error if it does not exist."""

@@ -133,15 +133,15 @@ class LocalBackend(PoolBackend):
     def create(self, name: str, data: bytes) -> None:
         path = self._path(name)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_durably(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), data)
         sync_dir(os.path.dirname(path))
+
+    def append(self, name: str, data: bytes) -> None:
+        """An ``O_APPEND`` write and fsync, as a log is appended to: a crash may leave a torn
+        tail, which the caller must recognise."""
+        path = self._path(name)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        _write_durably(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), data)
 
     def delete(self, name: str) -> None:
         remove_durably(self._path(name))
@@ -162,3 +162,14 @@ class LocalBackend(PoolBackend):
             fds, self._fds = list(self._fds.values()), {}
         for fd in fds:
             os.close(fd)
+
+
+def _write_durably(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, fsync it and close it."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)

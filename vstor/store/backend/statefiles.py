@@ -76,20 +76,7 @@ class PoolFiles:
         returns. A local file is appended to as a log is (``O_APPEND`` write, fsync: a crash may
         leave a torn tail, which the caller must recognise); on other backends the whole content
         is replaced atomically (the file must stay under the backend's blob size)."""
-        blob = self.blob(name)
-        if isinstance(self.backend, LocalBackend):
-            path = self.backend.where(blob)
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            return
-        self.backend.put(blob, (self.read(name) or b"") + bytes(data))
+        self.backend.append(self.blob(name), bytes(data))
 
     def create(self, name: str, data: bytes) -> None:
         """Create a file that must not exist yet; FileExistsError if it does."""
