@@ -11,8 +11,10 @@ measures, one after another:
 1. `rados bench` in a pool of its own: 4 MiB objects written and read back with 16 in flight,
    1 MiB and 4 KiB objects written with 1 and 16 in flight (the cluster's own ceiling);
 2. target "vstor": a vstor pool at rados://vstor-bench/rN (512K chunks, no compression) served by
-   `vstor array start`, fio on its volume's FUSE file: psync, O_DIRECT, numjobs = queue depth,
-   an fdatasync after every write;
+   `vstor array start`, fio on its volume's FUSE file: libaio, O_DIRECT|O_DSYNC (each write
+   durable when it completes), iodepth = queue depth, one process; target "vstor-psync" (only
+   when named) is the same driven as before: psync, numjobs = queue depth, an fdatasync after
+   every write, which the kernel's FUSE serialises (its fsync holds the file's inode lock);
 3. target "rbd": an RBD image of the same size in pool rbd-bench, fio --ioengine=rbd, iodepth =
    queue depth, librbd's cache off (a write completes once the OSD has committed it).
 
@@ -20,7 +22,7 @@ So on both targets every write fio counts was acknowledged durable. Eight jobs p
 this order: 1 MiB sequential write of the whole volume at QD1 (it lays the volume out), 1 MiB
 sequential read at QD1 and QD16, 4 KiB random read at QD1 and QD16, 1 MiB sequential write at
 QD16, 4 KiB random write at QD1 and QD16 (all but the first time-based, --runtime seconds; QD16
-sequential on vstor: 16 streams over 16 slices of the volume). Ratios vstor / fio-rbd; the
+sequential on vstor-psync: 16 streams over 16 slices of the volume). Ratios vstor / fio-rbd; the
 target is >= 0.7 for the four write jobs. --readahead starts the daemon with
 VSTOR_RADOS_READAHEAD=1 (the RADOS backend's read-ahead, off by default) to measure what it brings.
 The cluster, the mounts and the daemon are torn down on success, error or Ctrl-C. Needs root
@@ -50,7 +52,8 @@ from tools.benchlib.procs import BenchError, drop_caches, install_signal_handler
 from tools.benchlib.radostargets import JOBS, WRITE_TARGETS, RadosVstor, RbdImage, rados_bench, run_rjob
 from tools.benchlib.report import table
 
-TARGETS = ("vstor", "rbd")
+TARGETS = ("vstor", "rbd", "vstor-psync")
+DEFAULT_TARGETS = ("vstor", "rbd")
 VSTOR_POOL, RBD_POOL, RADOS_BENCH_POOL = "vstor-bench", "rbd-bench", "rados-bench"
 Results = dict[str, dict[str, Any]]
 
@@ -58,7 +61,8 @@ Results = dict[str, dict[str, Any]]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="1G", help="size of the vstor volume and of the RBD image (default 1G)")
-    p.add_argument("--targets", default=",".join(TARGETS), help="comma list of vstor,rbd, in run order")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                   help="comma list of vstor,rbd,vstor-psync, in run order (default vstor,rbd)")
     p.add_argument("--rounds", type=int, default=1,
                    help="run every target this many times, round N starting at the Nth (default 1); "
                         "ratios are the median of each round's")
@@ -107,8 +111,9 @@ def measure(name: str, cluster: BenchCluster, workdir: Path, a: argparse.Namespa
     res.update({"kind": name, "jobs": {}, "error": None})
     print(f"== {name}", flush=True)
     target: RadosVstor | RbdImage
-    if name == "vstor":
-        target = RadosVstor(f"vstor-r{n}", workdir, a.size_bytes, f"rados://{VSTOR_POOL}/r{n}")
+    if name.startswith("vstor"):
+        prefix = f"r{n}" if name == "vstor" else f"p{n}"
+        target = RadosVstor(f"{name}-r{n}", workdir, a.size_bytes, f"rados://{VSTOR_POOL}/{prefix}")
     else:
         target = RbdImage(cluster, RBD_POOL, f"img-r{n}", a.size_bytes)
     try:
@@ -117,7 +122,8 @@ def measure(name: str, cluster: BenchCluster, workdir: Path, a: argparse.Namespa
             res["direct"] = direct
             for job in a.job_list:
                 drop_caches() if job.direction == "read" else os.sync()
-                r = res["jobs"][job.name] = run_rjob(job, where, a.size_bytes, a.runtime, a.seq_cap, direct)
+                r = res["jobs"][job.name] = run_rjob(job, where, a.size_bytes, a.runtime, a.seq_cap, direct,
+                                                     "psync" if name == "vstor-psync" else "aio")
                 sync = f", fdatasync mean {r['sync_lat_mean_us']} us" if "sync_lat_mean_us" in r else ""
                 print(f"   {job.name:<16} {r['value']:>10,} {job.metric:<4}  lat mean {r['lat_mean_us']} us, "
                       f"p99 {r['clat_p99_us']} us{sync}, {r['runtime_s']:.1f} s", flush=True)
@@ -129,12 +135,12 @@ def measure(name: str, cluster: BenchCluster, workdir: Path, a: argparse.Namespa
         print(f"   FAILED: {res['error']}", flush=True)
 
 
-def ratios(rounds: list[Results]) -> dict[str, float | None]:
-    """vstor / rbd per job: the median of the rounds' ratios."""
+def ratios(rounds: list[Results], name: str = "vstor") -> dict[str, float | None]:
+    """``name`` / rbd per job: the median of the rounds' ratios."""
     out: dict[str, float | None] = {}
     for job in JOBS:
-        vals = sorted(r["vstor"]["jobs"][job.name]["value"] / r["rbd"]["jobs"][job.name]["value"] for r in rounds
-                      if job.name in r.get("vstor", {}).get("jobs", {}) and job.name in r.get("rbd", {}).get("jobs", {})
+        vals = sorted(r[name]["jobs"][job.name]["value"] / r["rbd"]["jobs"][job.name]["value"] for r in rounds
+                      if job.name in r.get(name, {}).get("jobs", {}) and job.name in r.get("rbd", {}).get("jobs", {})
                       and r["rbd"]["jobs"][job.name]["value"])
         out[job.name] = round(vals[len(vals) // 2], 3) if vals else None
     return out
@@ -155,19 +161,22 @@ def combine(rounds: list[Results]) -> Results:
     return out
 
 
-def render(combined: Results, rat: dict[str, float | None], rb: dict[str, dict[str, Any]]) -> str:
+def render(combined: Results, rat: dict[str, float | None], rb: dict[str, dict[str, Any]],
+           rat_psync: dict[str, float | None] | None = None) -> str:
     def fmt(r: dict[str, Any] | None) -> str:
         return "-" if r is None else (f"{r['value']:,.1f}" if r["metric"] == "MB/s" else f"{r['value']:,.0f}")
 
     jobs = [j for j in JOBS if any(j.name in t["jobs"] for t in combined.values())]
-    out = ["RESULTS (MB/s = 10^6 bytes/s; every write acknowledged durable: fdatasync after each on vstor, "
-           "librbd without cache)",
+    out = ["RESULTS (MB/s = 10^6 bytes/s; every write acknowledged durable: O_DSYNC on vstor (vstor-psync: "
+           "fdatasync after each), librbd without cache)",
            table(["target", *(f"{j.name} {j.metric}" for j in jobs)],
                  [[n, *(fmt(t["jobs"].get(j.name)) for j in jobs)] for n, t in combined.items()])]
     if any(v is not None for v in rat.values()):
         out += ["", "RATIO vstor / fio-rbd (target >= 0.7 for " + ", ".join(WRITE_TARGETS) + ")",
                 table(["ratio", *(j.name for j in jobs)],
-                      [["vstor/rbd", *("-" if rat[j.name] is None else f"{rat[j.name]:.2f}" for j in jobs)]])]
+                      [[label, *("-" if r[j.name] is None else f"{r[j.name]:.2f}" for j in jobs)]
+                       for label, r in (("vstor/rbd", rat), ("vstor-psync/rbd", rat_psync or {}))
+                       if any(v is not None for v in r.values())])]
     if rb:
         out += ["", "RADOS BENCH (the cluster's own figures)",
                 table(["run", "MB/s", "IOPS", "lat mean ms"],
@@ -226,12 +235,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     head["load_after"] = os.getloadavg()
     combined = combine(rounds) if rounds else {}
-    rat = ratios(rounds)
+    rat, rat_psync = ratios(rounds), ratios(rounds, "vstor-psync")
     print(f"\nload average before {head['load_before'][0]:.2f}, after {head['load_after'][0]:.2f} "
           f"(1 min; the machine may be shared)")
-    print(render(combined, rat, rb))
+    print(render(combined, rat, rb, rat_psync))
     if a.json_out:
         doc = {**head, "interrupted": interrupted, "rados_bench": rb, "targets": combined, "ratios": rat,
+               "ratios_psync": rat_psync,
                "rounds": rounds}
         Path(a.json_out).write_text(json.dumps(doc, indent=2) + "\n")
     return 130 if interrupted else int(any(t["error"] for t in combined.values()))

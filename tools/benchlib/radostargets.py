@@ -1,8 +1,12 @@
 """bench_rados's targets on one Ceph cluster (benchlib/ceph.py), its fio jobs and `rados bench`.
 
-    vstor  a vstor volume of a rados:// pool, served by a vstor array through FUSE; fio uses psync on the
-           FUSE file with O_DIRECT, one process per queue slot (numjobs), and an fdatasync after
-           every write, so every write it counts was acknowledged durable by vstor's fsync
+    vstor  a vstor volume of a rados:// pool, served by a vstor array through FUSE; fio uses libaio on
+           the FUSE file opened O_DIRECT|O_DSYNC, iodepth = the queue depth, one process: vstor
+           makes each write of an O_DSYNC handle durable before it answers, and the writes in
+           flight share its group commit
+    vstor-psync  the same volume driven as before 2026-12-04: psync, one process per queue slot
+           (numjobs), an fdatasync after every write; the kernel's FUSE holds the file's inode
+           lock across each write and each fsync, so the slots take turns
     rbd    an RBD image of the same size; fio --ioengine=rbd with iodepth = the queue depth; librbd
            with its cache off acknowledges a write once the OSD has committed it, so it is durable too
 """
@@ -56,8 +60,10 @@ JOBS = (
 WRITE_TARGETS = ("seq-write-qd1", "seq-write-qd16", "rand-write-qd1", "rand-write-qd16")  # >= 0.7 of fio rbd
 
 
-def fio_args(job: RJob, target: str | Path, size: int, runtime: int, seq_cap: int, direct: int) -> list[str]:
-    """fio for one job: on an RBD image (target "POOL/IMAGE" as a str) or on vstor's FUSE file (a Path)."""
+def fio_args(job: RJob, target: str | Path, size: int, runtime: int, seq_cap: int, direct: int,
+             method: str = "aio") -> list[str]:
+    """fio for one job: on an RBD image (target "POOL/IMAGE" as a str) or on vstor's FUSE file (a Path),
+    there with ``method`` "aio" (libaio, O_DSYNC writes) or "psync" (numjobs, fdatasync after each)."""
     a = ["fio", f"--name={job.name}", f"--rw={job.rw}", f"--bs={job.bs}", "--randrepeat=0",
          "--group_reporting=1", "--output-format=json"]
     a += ["--time_based=1", f"--runtime={runtime}"] if job.time_based else [f"--runtime={seq_cap}"]
@@ -65,6 +71,10 @@ def fio_args(job: RJob, target: str | Path, size: int, runtime: int, seq_cap: in
         pool, image = target.split("/", 1)
         return a + ["--ioengine=rbd", "--clientname=admin", f"--pool={pool}", f"--rbdname={image}",
                     f"--iodepth={job.qd}", "--numjobs=1", f"--size={size}"]
+    if method == "aio":  # one process, QD in flight, each write durable when it completes: as rbd
+        a += [f"--filename={target}", "--ioengine=libaio", f"--direct={direct}", f"--iodepth={job.qd}",
+              "--numjobs=1", "--allow_file_create=0", f"--size={size}"]
+        return a + ["--sync=dsync"] if job.direction == "write" else a
     a += [f"--filename={target}", "--ioengine=psync", f"--direct={direct}", "--iodepth=1", f"--numjobs={job.qd}",
           "--allow_file_create=0"]
     if job.sequential and job.qd > 1:  # QD sequential streams, each over its own 1/QD of the volume
@@ -76,8 +86,9 @@ def fio_args(job: RJob, target: str | Path, size: int, runtime: int, seq_cap: in
     return a
 
 
-def run_rjob(job: RJob, target: str | Path, size: int, runtime: int, seq_cap: int, direct: int) -> dict[str, Any]:
-    cmd = fio_args(job, target, size, runtime, seq_cap, direct)
+def run_rjob(job: RJob, target: str | Path, size: int, runtime: int, seq_cap: int, direct: int,
+             method: str = "aio") -> dict[str, Any]:
+    cmd = fio_args(job, target, size, runtime, seq_cap, direct, method)
     fj = run_fio(cmd, job.name, (runtime if job.time_based else seq_cap) + 300)
     d = fj[job.direction]
     out = {"value": round(d["bw_bytes"] / 1e6, 1) if job.metric == "MB/s" else round(d["iops"]),

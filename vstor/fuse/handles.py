@@ -24,7 +24,12 @@ __all__ = ["Handle", "HandleTable", "MediaHandle", "SnapshotHandle", "StatsHandl
 
 @dataclass(frozen=True, slots=True)
 class VolumeHandle:
+    """A volume's image. ``sync``: opened with O_DSYNC or O_SYNC, so each write is durable before
+    it returns (write-through, as FUA on NBD): the kernel's FUSE sends no FSYNC after an
+    asynchronous (libaio, io_uring) direct write, so the server must honour the open flag itself."""
+
     vid: int
+    sync: bool = False
 
 
 @dataclass(frozen=True, slots=True)

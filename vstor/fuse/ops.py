@@ -159,7 +159,7 @@ class VolumeFS(fuse.Operations):
             sid, vid, _size, _created = self._snap(path)
             h = SnapshotHandle(sid, vid)
         else:
-            h = VolumeHandle(self._vol(path).id)
+            h = VolumeHandle(self._vol(path).id, sync=bool(fi.flags & os.O_DSYNC))  # O_SYNC includes it
         fi.fh = self.handles.add(h)
         if isinstance(h, VolumeHandle):
             self._drops_seen[fi.fh] = self.store.drops
@@ -218,7 +218,7 @@ class VolumeFS(fuse.Operations):
 
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
         match self._handle(fi):
-            case VolumeHandle(target):
+            case VolumeHandle(target, sync):
                 pass
             case MediaHandle(drive) if self.media:
                 return self.media.write(drive, data, offset)
@@ -239,6 +239,8 @@ class VolumeFS(fuse.Operations):
             self.store.write(target, offset, data)
         except VstorError as e:
             raise _errno(e) from None
+        if sync:  # O_DSYNC: durable before the reply; concurrent writers share one group commit
+            self._sync(fi.fh)
         self.io.record(target, "write", len(data), time.perf_counter() - t0)
         return len(data)
 
