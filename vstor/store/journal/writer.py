@@ -58,6 +58,7 @@ from vstor.store.journal.format import (
     pack_segment_header,
     segment_name,
 )
+from vstor.store.journal.groupcommit import GroupCommit
 from vstor.store.journal.outage import Outage
 from vstor.store.journal.resume import ResumeMixin
 from vstor.store.journal.segread import SegmentReader
@@ -82,6 +83,7 @@ class Journal(SegmentReader, ResumeMixin):
         self._clock_ns = clock_ns
         self._lock = threading.Lock()  # tail state; taken by appenders
         self._sync_lock = threading.Lock()  # one fdatasync at a time
+        self.commits = GroupCommit()  # sync()'s callers: one leads the flush, the rest wait for it
         self._fd = -1
         self._segno = 0
         self._tail = 0  # where the next record goes
@@ -333,14 +335,20 @@ class Journal(SegmentReader, ResumeMixin):
         """Make every record appended so far durable (group commit)."""
         with self._lock:
             target = (self._segno, self._tail)
-        with self._sync_lock:
-            self._check_failed()
-            if self._durable >= target:
-                return
-            with self._lock:
-                reached = (self._segno, self._tail)
-            self._fdatasync(self._fd, reached[0])  # also writes the pages stored through the map
-            self._durable = max(self._durable, reached)
+        if not self.commits.lead(lambda: self._durable >= target):
+            self._check_failed()  # as a leader would
+            return
+        try:
+            with self._sync_lock:
+                self._check_failed()
+                if self._durable >= target:
+                    return
+                with self._lock:
+                    reached = (self._segno, self._tail)
+                self._fdatasync(self._fd, reached[0])  # also writes the pages stored through the map
+                self._durable = max(self._durable, reached)
+        finally:
+            self.commits.done()
 
     def _fdatasync(self, fd: int, segno: int) -> None:
         try:
