@@ -4,8 +4,10 @@
 mail slots leave the library for its shelf (``LIB/shelf/``: their files and a Medium record),
 the shelf's media come in through the slots, the door closes, and they move to empty slots.
 The shelf's Medium records are pool state files (``media/LIB/shelf/BARCODE.json``, PoolFiles).
-A cartridge moves to and from the shelf as ``LIB/shelf/BARCODE.tape`` in the media file area
-(a rename on a local pool, a copy then delete on RADOS); disc images are local files.
+A cartridge moves to and from the shelf as ``LIB/shelf/BARCODE.tape`` in the media file area,
+a disc side's image as ``LIB/shelf/BARCODE.sideN.img`` in the disc area (a rename on a local
+pool, a copy then delete on RADOS), and its state as ``media/LIB/shelf/BARCODE.sideN.json`` (a
+state file: written at the destination, then removed at the source).
 While the door is open, moves to or from mail slots are refused (Library.move).
 """
 
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from vstor.errors import AlreadyExists, Busy
 from vstor.media.library import Library, Medium
+from vstor.media.optical import is_side_file
 from vstor.store.backend.files import FileArea
 
 if TYPE_CHECKING:
@@ -30,6 +33,7 @@ class MailSlotsMixin:
     state: PoolFiles  # the pool's media state files (MediaManager)
     lock: threading.RLock
     files: FileArea
+    discs: FileArea  # the disc images (MediaManager)
 
     lib: Callable[[str], Library]  # provided by MediaManager
     save: Callable[[Library], None]
@@ -85,6 +89,7 @@ class MailSlotsMixin:
     def _to_shelf(self, lib: Library, code: str) -> None:
         os.makedirs(os.path.join(self.dir, lib.name, "shelf"), exist_ok=True)
         self.files.makedirs(f"{lib.name}/shelf")
+        self.discs.makedirs(f"{lib.name}/shelf")
         self._move_files(lib.name, f"{lib.name}/shelf", code)
         self.state.write(self._shelf_record(lib.name, code), json.dumps(lib.media.pop(code).__dict__).encode())
 
@@ -94,10 +99,16 @@ class MailSlotsMixin:
         for f in self.files.listdir(src):
             if f == f"{code}.tape" or (f.startswith(f"{code}.p") and f.endswith(".tape")):
                 self.files.rename(f"{src}/{f}", f"{dst}/{f}")
-        local_src, local_dst = os.path.join(self.dir, src), os.path.join(self.dir, dst)
-        for f in os.listdir(local_src) if os.path.isdir(local_src) else ():
-            if f.startswith(f"{code}.side"):
-                os.replace(os.path.join(local_src, f), os.path.join(local_dst, f))
+        for f in self.discs.listdir(src):  # each side's image, then its state
+            if is_side_file(f, code, ".img"):
+                self.discs.rename(f"{src}/{f}", f"{dst}/{f}")
+        states, moved = self.state.sub(src), self.state.sub(dst)
+        for f in states.names(".json"):
+            if is_side_file(f, code, ".json"):
+                raw = states.read(f)
+                if raw is not None:
+                    moved.write(f, raw)
+                    states.remove(f)
 
     def _shelf(self, name: str) -> dict[str, dict]:
         shelf = self.state.sub(f"{name}/shelf")
