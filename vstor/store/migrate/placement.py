@@ -146,6 +146,7 @@ def _to_sparse_area(dest: PoolBackend, local_dir: str, rel: str, source: str) ->
     (offset, length, bytes) of the source's extents and the length, so a hole is never read."""
     area = dest.sparse_file_area(DISC_AREA, local_dir)
     extents, size = data_extents(source)
+    area.makedirs(os.path.dirname(rel))
     area.delete(rel)  # a resumed migrate may have left part of it
     f = area.open(rel, create=True)
     fd = os.open(source, os.O_RDONLY)
