@@ -21,8 +21,11 @@ from typing import TYPE_CHECKING
 
 from vstor.errors import AlreadyExists, Busy
 from vstor.media.library import Library, Medium
-from vstor.media.optical import is_side_file
+from vstor.media.mediatypes import DISCS
+from vstor.media.optical import side_names
 from vstor.store.backend.files import FileArea
+
+MAX_SIDES = max(d.sides for d in DISCS.values())
 
 if TYPE_CHECKING:
     from vstor.store.backend.statefiles import PoolFiles
@@ -73,7 +76,7 @@ class MailSlotsMixin:
                     if not lib.free_slots():
                         break
                     m = Medium(**shelf[code])
-                    self._move_files(f"{name}/shelf", name, code)
+                    self._move_files(f"{name}/shelf", name, code, lib.type == "optical")
                     self.state.remove(self._shelf_record(name, code))
                     lib.add(m)
                     out["imported"].append(code)
@@ -90,25 +93,25 @@ class MailSlotsMixin:
         os.makedirs(os.path.join(self.dir, lib.name, "shelf"), exist_ok=True)
         self.files.makedirs(f"{lib.name}/shelf")
         self.discs.makedirs(f"{lib.name}/shelf")
-        self._move_files(lib.name, f"{lib.name}/shelf", code)
+        self._move_files(lib.name, f"{lib.name}/shelf", code, lib.type == "optical")
         self.state.write(self._shelf_record(lib.name, code), json.dumps(lib.media.pop(code).__dict__).encode())
 
-    def _move_files(self, src: str, dst: str, code: str) -> None:
+    def _move_files(self, src: str, dst: str, code: str, optical: bool) -> None:
         """Move a medium's files (cartridge and its partitions, or disc images and states) between
         directories of the library (``LIB`` and ``LIB/shelf``)."""
-        for f in self.files.listdir(src):
-            if f == f"{code}.tape" or (f.startswith(f"{code}.p") and f.endswith(".tape")):
-                self.files.rename(f"{src}/{f}", f"{dst}/{f}")
-        for f in self.discs.listdir(src):  # each side's image, then its state
-            if is_side_file(f, code, ".img"):
-                self.discs.rename(f"{src}/{f}", f"{dst}/{f}")
-        states, moved = self.state.sub(src), self.state.sub(dst)
-        for f in states.names(".json"):
-            if is_side_file(f, code, ".json"):
-                raw = states.read(f)
-                if raw is not None:
-                    moved.write(f, raw)
-                    states.remove(f)
+        if not optical:
+            for f in self.files.listdir(src):
+                if f == f"{code}.tape" or (f.startswith(f"{code}.p") and f.endswith(".tape")):
+                    self.files.rename(f"{src}/{f}", f"{dst}/{f}")
+            return
+        for side in range(MAX_SIDES):  # each side's image, then its state (no listing of the area)
+            (image, state), (to_image, to_state) = side_names(src, code, side), side_names(dst, code, side)
+            if self.discs.exists(image):
+                self.discs.rename(image, to_image)
+            raw = self.state.read(state)
+            if raw is not None:
+                self.state.write(to_state, raw)
+                self.state.remove(state)
 
     def _shelf(self, name: str) -> dict[str, dict]:
         shelf = self.state.sub(f"{name}/shelf")

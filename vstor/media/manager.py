@@ -28,7 +28,7 @@ from vstor.media import mediatypes as mt
 from vstor.media.drives import DrivesMixin
 from vstor.media.library import CLEANING_USES, Library, Medium, parse_timing
 from vstor.media.mailslots import MailSlotsMixin
-from vstor.media.optical import DiscSide, is_side_file
+from vstor.media.optical import DiscSide, side_names
 from vstor.media.tapedrive import TapeDrive
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.files import FileArea, LocalFiles
@@ -185,8 +185,8 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
         name = self.cart_name(lib.name, barcode)
         if lib.type == "tape":
             return max(0, self.files.size(name) - 64) if self.files.exists(name) else 0
-        return sum(self.discs.allocated(f"{lib.name}/{f}") for f in self.discs.listdir(lib.name)
-                   if is_side_file(f, barcode, ".img"))
+        images = (side_names(lib.name, barcode, side)[0] for side in range(mt.disc_type(lib.media[barcode].kind).sides))
+        return sum(self.discs.allocated(name) for name in images if self.discs.exists(name))
 
     def load(self, name: str, barcode: str, drive: int) -> dict:
         with self.lock:

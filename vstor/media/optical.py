@@ -47,12 +47,6 @@ def side_names(lib: str, barcode: str, side: int) -> tuple[str, str]:
     return base + ".img", base + ".json"
 
 
-def is_side_file(name: str, barcode: str, suffix: str) -> bool:
-    """Whether the base name ``name`` is one of ``barcode``'s sides' ``.img`` or ``.json`` files."""
-    head, dot, rest = name.partition(".side")
-    return head == barcode and bool(dot) and rest.endswith(suffix) and rest[: -len(suffix)].isdigit()
-
-
 class DiscSide:
     def __init__(self, images: FileArea, states: PoolFiles, lib: str, barcode: str, dtype: DiscType, side: int,
                  protect: bool = False) -> None:
