@@ -91,6 +91,15 @@ def test_sparse_files_store_only_the_written_stripes(ceph_lab: CephLab, location
         moved.close()
         assert area.size("L/shelf/D.side0.img") == 0 and area.allocated("L/shelf/D.side0.img") == 0
         assert objects(area) == [stripe_name("L/shelf/D.side0.img", 0)]
+        k = area.open("L/K.side0.img", create=True)
+        area.set_keys("L/K.side0.img", [3])  # type: ignore[attr-defined]  # a crash between a key and its write
+        k.close()
+        k = area.open("L/K.side0.img")
+        assert k.size() == 0 and k.pread(10, 0) == b""  # the indexed stripe that never came reads as nothing
+        k.truncate(3 * FILE_STRIPE + 10)  # extend: the last stripe made, as a hole
+        k.close()
+        assert area.size("L/K.side0.img") == 3 * FILE_STRIPE + 10
+        assert area.open("L/K.side0.img").pread(4 * FILE_STRIPE, 0) == bytes(3 * FILE_STRIPE + 10)
         area.remove_tree("L")
         assert objects(area) == [] and not area.exists("L/shelf/D.side0.img")
     finally:

@@ -118,9 +118,7 @@ class RadosSparseFile(AreaFile):
             if last not in self.stripes:  # the last stripe must reach the new end (a hole: nothing stored)
                 area.set_keys(self.name, [last])
                 self.stripes.add(last)
-                if last:
-                    area.call(lambda: self.io.write_full(stripe_name(self.name, last), b""), what)
-            area.call(lambda: self.io.trunc(stripe_name(self.name, last), off), what)
+            area.sized(self.name, last, off)
         self._size = max(0, size)
 
     def close(self) -> None:
@@ -177,6 +175,15 @@ class RadosSparseFiles(RadosFiles):
 
     def set_keys(self, name: str, stripes: list[int]) -> None:
         self._omap(name, stripes, add=True)
+
+    def sized(self, name: str, stripe: int, length: int) -> None:
+        """Cut or extend (as a hole) a stripe's object to ``length`` bytes, creating it if it is
+        missing (an indexed stripe whose first write never landed), in one operation."""
+        with self.rados.WriteOpCtx() as op:
+            op.new(self.rados.LIBRADOS_CREATE_IDEMPOTENT)
+            op.truncate(length)
+            self.call(lambda: self.io.operate_write_op(op, stripe_name(name, stripe)),
+                      f"cannot cut {self.describe(name)}")
 
     def remove_keys(self, name: str, stripes: list[int]) -> None:
         self._omap(name, stripes, add=False)
