@@ -1,7 +1,10 @@
-"""Optical libraries through the FUSE mount: sessions at the NWA, finalize, erase, two-sided MO."""
+"""Optical libraries through the FUSE mount: sessions at the NWA, finalize, erase, two-sided MO.
+Every test runs on a local pool and on a RADOS pool (tests/poolsite.py: there the disc images
+and their states are in the cluster, not in the state directory)."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -10,7 +13,7 @@ from pathlib import Path
 import pytest
 from harness import one_error_line, read_direct
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.usefixtures("pool_backend")]
 
 
 def _write(path: str, data: bytes, offset: int) -> None:
@@ -25,8 +28,7 @@ def _sides(array, barcode: str) -> list[dict]:
     return json.loads(array.vstor("media", "show", "jb", barcode, "--json").stdout)["sides"]
 
 
-@pytest.mark.usefixtures("pool_backend")  # also on a RADOS pool (tests/poolsite.py)
-def test_write_once_sessions_iso_and_finalize(array, tmp_path: Path):
+def test_write_once_sessions_iso_and_finalize(array, tmp_path: Path, pool_backend: str):
     array.vstor("library", "create", "jb", "--type", "optical", "--slots", "4", "--drives", "1", "--mailslots", "1")
     array.vstor("media", "create", "jb", "DISC01", "--type", "BD-R", "--capacity", "64M")
     array.vstor("media", "load", "jb", "DISC01", "--drive", "0")
@@ -39,6 +41,8 @@ def test_write_once_sessions_iso_and_finalize(array, tmp_path: Path):
     _write(dev, (tmp_path / "s1.iso").read_bytes(), 0)
     (side,) = _sides(array, "DISC01")
     nwa = side["next_writable_address"]
+    on_host = sorted(os.path.basename(p) for p in glob.glob(os.path.join(array.pool, "media", "jb", "DISC01.*")))
+    assert on_host == (["DISC01.side0.img", "DISC01.side0.json"] if pool_backend == "local" else [])
     assert side["state"] == "appendable" and side["sessions"] == [[0, nwa]] and nwa > 0
     r = subprocess.run(["dd", "if=/dev/zero", f"of={dev}", "bs=2048", "count=1", "conv=notrunc"], capture_output=True)
     assert r.returncode != 0, "a write-once disc must refuse an overwrite"

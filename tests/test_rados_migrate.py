@@ -1,10 +1,10 @@
 """vstor pool migrate LOCALDIR rados://CEPHPOOL/PREFIX: a local pool with volumes, a group, a
 snapshot and state files (consumer positions, the compliance clock) is copied, every object
-verified; the RADOS pool then checks clean and reads the same, byte for byte. An interrupted
-migrate (fault hooks) leaves a location that refuses to open, a plain re-run says to use
---resume, and --resume finishes it. In use, damaged, existing or foreign destinations are
-refused with one line. The CLI runs in process (vstor.cli.main.main). Needs the session's
-Ceph cluster (``make test-rados``)."""
+verified (an optical disc image: its data extents); the RADOS pool then checks clean and
+reads the same, byte for byte. An interrupted migrate (fault hooks) leaves a location that
+refuses to open, a plain re-run says to use --resume, and --resume finishes it. In use,
+damaged, existing or foreign destinations are refused with one line. The CLI runs in process
+(vstor.cli.main.main). Needs the session's Ceph cluster (``make test-rados``)."""
 
 from __future__ import annotations
 
@@ -105,6 +105,14 @@ def test_migrate_copies_every_object_verified_and_the_rados_pool_reads_the_same(
     tape = os.urandom(5 * MiB + 77)  # a cartridge file: to the backend's file area, not the state directory
     os.makedirs(os.path.join(pool, "media", "lib1"))
     Path(pool, "media", "lib1", "B00001L8.tape").write_bytes(tape)
+    disc = Path(pool, "media", "lib1", "DISC01.side0.img")  # an optical disc side: sparse, data past a hole
+    side_state = json.dumps({"state": "written", "sessions": [], "nwa": 0}).encode()
+    with open(disc, "wb") as f:
+        f.write(b"d" * 4096)
+        f.seek(9 * MiB)
+        f.write(os.urandom(MiB + 5))
+        f.truncate(16 * MiB)  # a hole at the end too
+    Path(pool, "media", "lib1", "DISC01.side0.json").write_bytes(side_state)
     os.makedirs(os.path.join(pool, "backup"))
     with sqlite3.connect(os.path.join(pool, "backup", "catalog.db")) as db:  # the backup catalog: to Ceph's SQLite
         db.execute("PRAGMA journal_mode=WAL")
@@ -128,7 +136,13 @@ def test_migrate_copies_every_object_verified_and_the_rados_pool_reads_the_same(
         f = be.file_area("media", str(state / "media")).open("lib1/B00001L8.tape")
         assert f.size() == len(tape) and f.pread(len(tape), 0) == tape
         f.close()
+        g = be.sparse_file_area("optical", str(state / "media")).open("lib1/DISC01.side0.img")
+        assert g.size() == 16 * MiB and g.pread(16 * MiB, 0) == disc.read_bytes()
+        assert sorted(g.stripes) == [0, 2, 3]  # type: ignore[attr-defined]  # 0, 2: the data; 3: the length (a hole)
+        g.close()
+        assert be.get("media/lib1/DISC01.side0.json") == side_state  # a state file
     assert not (state / "media" / "lib1" / "B00001L8.tape").exists() and not (state / "backup").exists()
+    assert not list((state / "media").rglob("DISC01*"))
     db = CephDatabases(TEST_POOL, sqlite_namespace(parse_rados(rados_location).prefix), str(env.conf)).connect(CATALOG)
     try:
         assert db.execute("SELECT count(*), max(name) FROM jobs").fetchone() == (100, "job99")

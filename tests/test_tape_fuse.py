@@ -240,6 +240,7 @@ def test_kill9_mid_archive_keeps_earlier_archives(array, tmp_path):
     _extract_same(dev, trees[1], tmp_path / "out1")
 
 
+@pytest.mark.usefixtures("pool_backend")  # the mail slots' moves on a RADOS pool too
 def test_library_commands_errors_mail_slots_and_persistence(array, tmp_path):
     _setup(array)
     bad = [  # command, exit code, words in the error line

@@ -1,4 +1,4 @@
-"""Cartridges and the backup catalog on RADOS (issue 29): tape throughput and catalog commits.
+"""Cartridges, disc images and the backup catalog on RADOS (issue 29): tape and disc throughput, catalog commits.
 
     .venv-rados/bin/python -m tools.bench_rados_media --ceph-conf FILE --pool CEPHPOOL
         [--size 256M] [--jobs 20] [--fill 0,16M] [--json-out FILE]
@@ -7,6 +7,10 @@ Measured on an existing cluster (objects under a random prefix, removed at the e
   tape write/read   TapeDrive over a Cartridge in the pool's RADOS file area (256 KiB blocks,
                     incompressible; the write ends with a filemark: a flush), and the same over a
                     local file in /var/tmp, in one run
+  disc write/read   a DiscSide session of SIZE in 1 MiB writes (closed: synced, state replaced),
+                    read back in 1 MiB reads, in the pool's sparse area ``optical`` and in a local
+                    file; and one 4 KiB write far into a blank image: at 24 GiB in the sparse
+                    area, at 2 GiB in the cartridges' dense area (which makes every stripe before it)
   catalog (a)       one backup job's catalog transactions (new job, running, a part, two volumes,
                     done: 6 commits) with the catalog in the cluster through libcephsqlite
   catalog (b)       the same with a local SQLite file copied whole to one RADOS object
@@ -33,9 +37,12 @@ from vstor.backup.catalog import BackupCatalog
 from vstor.backup.catalogdb import CephDatabases, sqlite_namespace
 from vstor.clock import ManualClock
 from vstor.media.cartridge import Cartridge
+from vstor.media.mediatypes import disc_type
+from vstor.media.optical import DiscSide
 from vstor.media.tapedrive import MTREW, TapeDrive
 from vstor.store.backend.files import FileArea, LocalFiles
 from vstor.store.backend.radosbe import RadosBackend, connect_cluster
+from vstor.store.backend.statefiles import PoolFiles, local_files
 from vstor.units import parse_size
 
 BLOCK = 256 * 1024
@@ -61,6 +68,36 @@ def tape_mb_s(files: FileArea, size: int) -> dict[str, float]:
         cart.close()
     assert got == size, (got, size)
     return {"write_mb_s": round(size / (t1 - t0) / 1e6, 1), "read_mb_s": round(size / (t2 - t1) / 1e6, 1)}
+
+
+def disc_mb_s(files: FileArea, states: PoolFiles, size: int) -> dict[str, float]:
+    """One disc session of ``size`` bytes in 1 MiB writes, then read back; MB/s each way."""
+    block = os.urandom(1 << 20)
+    disc = DiscSide(files, states, "L", "BENCHD1", disc_type("BD-R"), 0)
+    try:
+        t0 = time.perf_counter()
+        for i in range(size >> 20):
+            disc.write(i << 20, block)
+        disc.close_session()  # the image synced, then the state replaced
+        t1 = time.perf_counter()
+        got = sum(len(disc.read(i << 20, 1 << 20)) for i in range(size >> 20))
+        t2 = time.perf_counter()
+    finally:
+        disc.close()
+    assert got == size, (got, size)
+    return {"write_mb_s": round(size / (t1 - t0) / 1e6, 1), "read_mb_s": round(size / (t2 - t1) / 1e6, 1)}
+
+
+def far_write(files: FileArea, name: str, pos: int) -> dict[str, float]:
+    """Seconds for one 4 KiB write (and sync) at ``pos`` of a new file, and the objects it made."""
+    f = files.open(name, create=True)
+    t0 = time.perf_counter()
+    f.pwrite(b"x" * 4096, pos)
+    f.sync()
+    seconds = time.perf_counter() - t0
+    f.close()
+    objects = sum(1 for o in files.io.list_objects() if o.key.startswith(name))  # type: ignore[attr-defined]
+    return {"offset_gib": pos >> 30, "seconds": round(seconds, 4), "objects": objects}
 
 
 class CopiedCatalog(BackupCatalog):
@@ -115,12 +152,21 @@ def main() -> int:
     backend = RadosBackend(cluster, args.pool, prefix, owns_cluster=True)
     tmp = tempfile.mkdtemp(prefix="vstor-bench-rmedia-", dir="/var/tmp")
     out: dict[str, Any] = {"size": size, "jobs": args.jobs}
-    spaces = [f"{prefix}/media", sqlite_namespace(prefix), f"{prefix}/copied"]
+    spaces = [f"{prefix}/media", sqlite_namespace(prefix), f"{prefix}/copied", f"{prefix}/optical", prefix]
     try:
         out["tape_rados"] = tape_mb_s(backend.file_area("media", ""), size)
         os.makedirs(os.path.join(tmp, "L"))
         out["tape_local"] = tape_mb_s(LocalFiles(tmp), size)
         print(f"tape, {size >> 20} MiB of 256 KiB blocks: RADOS {out['tape_rados']}, local file {out['tape_local']}")
+        discs = backend.sparse_file_area("optical", "")
+        out["disc_rados"] = disc_mb_s(discs, PoolFiles(backend).sub("media"), size)
+        out["disc_local"] = disc_mb_s(LocalFiles(tmp), local_files(tmp), size)
+        print(f"disc session, {size >> 20} MiB of 1 MiB writes: RADOS {out['disc_rados']}, "
+              f"local file {out['disc_local']}")
+        out["far_write_sparse"] = far_write(discs, "L/FAR.side0.img", 24 << 30)
+        out["far_write_dense"] = far_write(backend.file_area("media", ""), "L/FAR.tape", 2 << 30)
+        print(f"one 4 KiB write into a blank image: sparse area {out['far_write_sparse']}, "
+              f"dense area {out['far_write_dense']}")
         io = cluster.open_ioctx(args.pool)
         io.set_namespace(spaces[2])
         dbs = CephDatabases(args.pool, spaces[1], args.ceph_conf)

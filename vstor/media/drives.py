@@ -9,7 +9,6 @@ MTIOCGET is right after every load, unload and move.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from collections.abc import Callable
 
@@ -20,6 +19,7 @@ from vstor.media.library import Library, Medium
 from vstor.media.optical import DiscSide
 from vstor.media.tapedrive import TapeDrive
 from vstor.store.backend.files import FileArea
+from vstor.store.backend.statefiles import PoolFiles
 
 MAX_BLOCK = 1 << 20  # the FUSE request size (max_write): larger tape blocks cannot pass 1:1
 
@@ -35,6 +35,8 @@ class DrivesMixin:
     cart_path: Callable[[str, str], str]
     cart_name: Callable[[str, str], str]
     files: FileArea
+    discs: FileArea  # the disc images (MediaManager)
+    state: PoolFiles  # the media state files, where the sides' states are
     _wait: Callable[[Library, str, float], None]
 
     libs: dict[str, Library]
@@ -79,7 +81,7 @@ class DrivesMixin:
         return self._open_parts(lib, m)
 
     def _disc(self, lib: Library, m: Medium) -> DiscSide:
-        return DiscSide(os.path.join(self.dir, lib.name), m.barcode, mt.disc_type(m.kind), m.side, m.protect)
+        return DiscSide(self.discs, self.state, lib.name, m.barcode, mt.disc_type(m.kind), m.side, m.protect)
 
     def disc_op(self, name: str, drive: int, op: str) -> dict:
         """finalize or erase the disc side in ``drive``."""

@@ -4,8 +4,10 @@
 mail slots leave the library for its shelf (``LIB/shelf/``: their files and a Medium record),
 the shelf's media come in through the slots, the door closes, and they move to empty slots.
 The shelf's Medium records are pool state files (``media/LIB/shelf/BARCODE.json``, PoolFiles).
-A cartridge moves to and from the shelf as ``LIB/shelf/BARCODE.tape`` in the media file area
-(a rename on a local pool, a copy then delete on RADOS); disc images are local files.
+A cartridge moves to and from the shelf as ``LIB/shelf/BARCODE.tape`` in the media file area,
+a disc side's image as ``LIB/shelf/BARCODE.sideN.img`` in the disc area (a rename on a local
+pool, a copy then delete on RADOS), and its state as ``media/LIB/shelf/BARCODE.sideN.json`` (a
+state file: written at the destination, then removed at the source).
 While the door is open, moves to or from mail slots are refused (Library.move).
 """
 
@@ -19,7 +21,11 @@ from typing import TYPE_CHECKING
 
 from vstor.errors import AlreadyExists, Busy
 from vstor.media.library import Library, Medium
+from vstor.media.mediatypes import DISCS
+from vstor.media.optical import side_names
 from vstor.store.backend.files import FileArea
+
+MAX_SIDES = max(d.sides for d in DISCS.values())
 
 if TYPE_CHECKING:
     from vstor.store.backend.statefiles import PoolFiles
@@ -30,6 +36,7 @@ class MailSlotsMixin:
     state: PoolFiles  # the pool's media state files (MediaManager)
     lock: threading.RLock
     files: FileArea
+    discs: FileArea  # the disc images (MediaManager)
 
     lib: Callable[[str], Library]  # provided by MediaManager
     save: Callable[[Library], None]
@@ -69,7 +76,7 @@ class MailSlotsMixin:
                     if not lib.free_slots():
                         break
                     m = Medium(**shelf[code])
-                    self._move_files(f"{name}/shelf", name, code)
+                    self._move_files(f"{name}/shelf", name, code, lib.type == "optical")
                     self.state.remove(self._shelf_record(name, code))
                     lib.add(m)
                     out["imported"].append(code)
@@ -85,19 +92,26 @@ class MailSlotsMixin:
     def _to_shelf(self, lib: Library, code: str) -> None:
         os.makedirs(os.path.join(self.dir, lib.name, "shelf"), exist_ok=True)
         self.files.makedirs(f"{lib.name}/shelf")
-        self._move_files(lib.name, f"{lib.name}/shelf", code)
+        self.discs.makedirs(f"{lib.name}/shelf")
+        self._move_files(lib.name, f"{lib.name}/shelf", code, lib.type == "optical")
         self.state.write(self._shelf_record(lib.name, code), json.dumps(lib.media.pop(code).__dict__).encode())
 
-    def _move_files(self, src: str, dst: str, code: str) -> None:
+    def _move_files(self, src: str, dst: str, code: str, optical: bool) -> None:
         """Move a medium's files (cartridge and its partitions, or disc images and states) between
         directories of the library (``LIB`` and ``LIB/shelf``)."""
-        for f in self.files.listdir(src):
-            if f == f"{code}.tape" or (f.startswith(f"{code}.p") and f.endswith(".tape")):
-                self.files.rename(f"{src}/{f}", f"{dst}/{f}")
-        local_src, local_dst = os.path.join(self.dir, src), os.path.join(self.dir, dst)
-        for f in os.listdir(local_src) if os.path.isdir(local_src) else ():
-            if f.startswith(f"{code}.side"):
-                os.replace(os.path.join(local_src, f), os.path.join(local_dst, f))
+        if not optical:
+            for f in self.files.listdir(src):
+                if f == f"{code}.tape" or (f.startswith(f"{code}.p") and f.endswith(".tape")):
+                    self.files.rename(f"{src}/{f}", f"{dst}/{f}")
+            return
+        for side in range(MAX_SIDES):  # each side's image, then its state (no listing of the area)
+            (image, state), (to_image, to_state) = side_names(src, code, side), side_names(dst, code, side)
+            if self.discs.exists(image):
+                self.discs.rename(image, to_image)
+            raw = self.state.read(state)
+            if raw is not None:
+                self.state.write(to_state, raw)
+                self.state.remove(state)
 
     def _shelf(self, name: str) -> dict[str, dict]:
         shelf = self.state.sub(f"{name}/shelf")

@@ -5,7 +5,9 @@ or a RADOS object; format ``vstor-library`` v1, sealed with an xxh3-64 checksum,
 replaced atomically on every change, so the inventory always survives a restart or crash)
 and their cartridges in ``POOL/media/LIB/BARCODE.tape`` (the name ``LIB/BARCODE.tape`` in the
 pool's media file area, given to the constructor: those very files on a local pool, striped
-objects on a RADOS pool; optical images stay files under ``POOL/media``). A loaded drive keeps its cartridge
+objects on a RADOS pool). Disc sides are ``POOL/media/LIB/BARCODE.sideN.img`` in the pool's
+sparse area ``optical`` (the same files on a local pool, written stripes on RADOS) and
+``media/LIB/BARCODE.sideN.json`` among the state files (optical.py). A loaded drive keeps its cartridge
 open; after a restart the cartridge is still in the drive, positioned at BOT (like a drive
 power-cycled with a tape inside). Drives open through FUSE are busy: they cannot be unloaded
 or moved from.
@@ -26,7 +28,7 @@ from vstor.media import mediatypes as mt
 from vstor.media.drives import DrivesMixin
 from vstor.media.library import CLEANING_USES, Library, Medium, parse_timing
 from vstor.media.mailslots import MailSlotsMixin
-from vstor.media.optical import DiscSide
+from vstor.media.optical import DiscSide, side_names
 from vstor.media.tapedrive import TapeDrive
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.files import FileArea, LocalFiles
@@ -36,20 +38,25 @@ from vstor.store.catalog.volumes import NAME_RE
 FORMAT, VERSION = "vstor-library", 1
 SEAL = Seal("xxh3", indent=1, sort_keys=False, newline=True)  # keys as written; the checksum sorts them
 MEDIA_AREA = "media"  # the backend file area of the cartridges
+DISC_AREA = "optical"  # the backend sparse file area of the disc images
 
 
 class MediaManager(MailSlotsMixin, DrivesMixin):
     def __init__(self, pool: str, key: bytes | None = None, sleep: Callable[[float], None] = time.sleep,
-                 files: FileArea | None = None, state: PoolFiles | None = None) -> None:
+                 files: FileArea | None = None, state: PoolFiles | None = None, discs: FileArea | None = None) -> None:
         """``files``: where the cartridges are (default: the files under ``POOL/media``; a pool's
         ``backend.file_area("media", POOL/media)`` for its own kind, see :func:`media_files`).
         ``state``: the pool's state files (the store's ``files``), where the library files and
-        shelf records live; default: the files of the directory ``pool``."""
+        shelf records live; default: the files of the directory ``pool``. ``discs``: where the
+        disc images are (default: the sparse area ``optical`` of ``state``'s backend, see
+        :func:`disc_files`: the files under ``POOL/media`` on a local pool)."""
         self.sleep = sleep  # the timing model waits with this (tests inject a recorder)
         self.dir = os.path.join(pool, "media")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         self.files = files or LocalFiles(self.dir)
-        self.state = (state or local_files(pool)).sub("media")  # LIB.json, LIB/shelf/BARCODE.json
+        pool_files = state or local_files(pool)
+        self.state = pool_files.sub("media")  # LIB.json, LIB/shelf/BARCODE.json, LIB/BARCODE.sideN.json
+        self.discs = discs or disc_files(pool, pool_files.backend)
         self.key = key
         self.lock = threading.RLock()
         self.libs: dict[str, Library] = {}
@@ -104,6 +111,7 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
             lib.timing = parse_timing(timing)
             os.makedirs(os.path.join(self.dir, name), mode=0o700, exist_ok=True)
             self.files.makedirs(name)
+            self.discs.makedirs(name)
             self.save(lib)
             self.libs[name] = lib
             return self.describe(lib)
@@ -120,9 +128,13 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
                 raise Busy(f"library {name} has loaded drives; unload them first ('vstor media unload')")
             desc = self.describe(lib)
             shelf = self.state.sub(f"{name}/shelf")
+            sides = self.state.sub(name)  # the disc sides' states (state files)
             for f in shelf.names(".json"):  # the shelf's records (state files), then the library's own files
                 shelf.remove(f)
+            for f in sides.names(".json"):
+                sides.remove(f)
             self.files.remove_tree(name)
+            self.discs.remove_tree(name)
             shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
             self.state.remove(f"{name}.json")
             del self.libs[name]
@@ -173,9 +185,8 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
         name = self.cart_name(lib.name, barcode)
         if lib.type == "tape":
             return max(0, self.files.size(name) - 64) if self.files.exists(name) else 0
-        d = os.path.join(self.dir, lib.name)
-        return sum(os.stat(os.path.join(d, f)).st_blocks * 512 for f in os.listdir(d)
-                   if f.startswith(f"{barcode}.side") and f.endswith(".img"))
+        images = (side_names(lib.name, barcode, side)[0] for side in range(mt.disc_type(lib.media[barcode].kind).sides))
+        return sum(self.discs.allocated(name) for name in images if self.discs.exists(name))
 
     def load(self, name: str, barcode: str, drive: int) -> dict:
         with self.lock:
@@ -264,7 +275,7 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
                     if isinstance(loaded, DiscSide) and loaded.side == side:
                         d["sides"].append(loaded.describe())
                         continue
-                    ds = DiscSide(os.path.join(self.dir, lib.name), m.barcode, mt.disc_type(m.kind), side)
+                    ds = DiscSide(self.discs, self.state, lib.name, m.barcode, mt.disc_type(m.kind), side)
                     d["sides"].append(ds.describe())
                     ds.close()
             elif lib.type == "tape" and not m.cleaning:
@@ -291,6 +302,12 @@ class MediaManager(MailSlotsMixin, DrivesMixin):
 def media_files(pool: str, backend: PoolBackend) -> FileArea:
     """The cartridge area of a pool: files under ``POOL/media`` (local), objects in ``PREFIX/media`` (RADOS)."""
     return backend.file_area(MEDIA_AREA, os.path.join(pool, "media"))
+
+
+def disc_files(pool: str, backend: PoolBackend) -> FileArea:
+    """The disc image area of a pool: sparse files under ``POOL/media`` (local), the written
+    stripes in ``PREFIX/optical`` (RADOS)."""
+    return backend.sparse_file_area(DISC_AREA, os.path.join(pool, "media"))
 
 
 def parse_range(text: str) -> list[str]:

@@ -9,18 +9,26 @@ side. The image is ``LIB/BARCODE.sideN.img`` (sparse) and the state ``.json`` be
 replaced atomically when a session closes, so after a crash the disc holds its last closed
 session state (bytes written after it are past the recorded NWA and are overwritten by the
 next session).
+
+Where they live comes in through the constructor: the image in a sparse
+:class:`~vstor.store.backend.files.FileArea` (the pool's ``sparse_file_area("optical", POOL/media)``:
+the file ``POOL/media/LIB/BARCODE.sideN.img`` on a local pool, only its written stripes on
+RADOS), the state in the pool's media state files (:class:`PoolFiles` ``media``: the file
+``POOL/media/LIB/BARCODE.sideN.json`` replaced with ``atomic_write``, or one object replaced
+with ``write_full``). Closing a session syncs the image (fsync, or every RADOS write
+acknowledged) before the state is replaced, so a recorded session's bytes are durable.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import os
 from dataclasses import asdict, dataclass, field
 
-from vstor.durable import atomic_write
 from vstor.errors import MediaError
 from vstor.media.mediatypes import DiscType
+from vstor.store.backend.files import FileArea
+from vstor.store.backend.statefiles import PoolFiles
 from vstor.units import format_size
 
 SECTOR = 2048
@@ -33,16 +41,23 @@ class SideState:
     nwa: int = 0  # next writable address in bytes (write-once)
 
 
+def side_names(lib: str, barcode: str, side: int) -> tuple[str, str]:
+    """The names of a side's image (in the disc area) and state (in the media state files)."""
+    base = f"{lib}/{barcode}.side{side}"
+    return base + ".img", base + ".json"
+
+
 class DiscSide:
-    def __init__(self, directory: str, barcode: str, dtype: DiscType, side: int, protect: bool = False) -> None:
+    def __init__(self, images: FileArea, states: PoolFiles, lib: str, barcode: str, dtype: DiscType, side: int,
+                 protect: bool = False) -> None:
+        """``images``: the disc area; ``states``: the media state files (``PoolFiles.sub("media")``)."""
         self.barcode, self.type, self.side, self.protect = barcode, dtype, side, protect
-        base = os.path.join(directory, f"{barcode}.side{side}")
-        self.image, self.meta = base + ".img", base + ".json"
-        self.st = SideState()
-        if os.path.exists(self.meta):
-            with open(self.meta) as f:
-                self.st = SideState(**json.load(f))
-        self.fd = os.open(self.image, os.O_RDWR | os.O_CREAT, 0o600)
+        self.images, self.states = images, states
+        self.image, self.meta = side_names(lib, barcode, side)
+        raw = states.read(self.meta)
+        self.st = SideState(**json.loads(raw)) if raw is not None else SideState()
+        self.file = images.open(self.image, create=True)
+        self.closed = False
         self.session_start: int | None = None
         self.read_bytes = self.write_bytes = 0  # since the load (the metrics exporter reads them)
 
@@ -52,7 +67,7 @@ class DiscSide:
 
     def read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.capacity - offset))
-        data = os.pread(self.fd, size, offset)
+        data = self.file.pread(size, offset)
         self.read_bytes += size
         return data + bytes(size - len(data))  # unwritten areas read as zeros
 
@@ -71,7 +86,7 @@ class DiscSide:
             if self.session_start is None:
                 self.session_start = offset
             self.st.nwa = offset + len(data)
-        os.pwrite(self.fd, data, offset)
+        self.file.pwrite(data, offset)
         self.write_bytes += len(data)
         if self.type.rewritable:
             self.st.state = "written"
@@ -79,7 +94,7 @@ class DiscSide:
 
     def close_session(self) -> None:
         """End of an open: a write-once session becomes a closed, recorded session."""
-        os.fsync(self.fd)
+        self.file.sync(metadata=True)
         if self.session_start is not None:
             self.st.sessions.append([self.session_start, self.st.nwa])
             self.st.state = "appendable"
@@ -99,19 +114,19 @@ class DiscSide:
             raise MediaError(f"{self.barcode} ({self.type.name}) is write-once and cannot be erased", errno.EROFS)
         if self.protect:
             raise MediaError(f"{self.barcode} is write-protected", errno.EROFS)
-        os.ftruncate(self.fd, 0)
+        self.file.truncate(0)
+        self.file.sync(metadata=True)
         self.st = SideState()
         self._save()
 
     def _save(self) -> None:
-        atomic_write(self.meta, json.dumps(asdict(self.st)).encode())
+        self.states.write(self.meta, json.dumps(asdict(self.st)).encode())
 
     def describe(self) -> dict:
         return {"side": self.side, "state": self.st.state, "sessions": self.st.sessions,
                 "next_writable_address": None if self.type.rewritable else self.st.nwa}
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
+        if not self.closed:
+            self.file.close()
+            self.closed = True

@@ -11,8 +11,10 @@ fencing; ``clslock`` its bytes (the cls_lock calls python3-rados lacks, the hold
 ``fenced`` the daemon's RADOS backend, on the lock's client, whose blocklist errors stop the
 store. ``files`` is the seam
 for large files that are not segments (tape cartridges: ``base.PoolBackend.file_area``), with
-``radosfiles`` its striped implementation on RADOS. ``statefiles`` is the pool's small state
-files (positions, pairs, exports, governance, media inventory) by name, over any backend's blobs;
+``radosfiles`` its striped implementation on RADOS, and ``radossparse`` the sparse one (optical
+disc images, ``base.PoolBackend.sparse_file_area``: only written stripes are stored).
+``statefiles`` is the pool's small state files (positions, pairs, exports, governance, media
+inventory, disc sides' states) by name, over any backend's blobs;
 ``radoserr`` turns librados errors into OSError; ``radosblob`` keeps a blob larger than one
 RADOS write as stripes switched by a head object.
 ``readahead`` reads a remote backend's segments ahead of a sequential reader, in parallel
@@ -22,4 +24,4 @@ chunks (``radosread``: the chunks' aio reads on RADOS).
 from __future__ import annotations
 
 __all__ = ["base", "clslock", "fenced", "files", "local", "location", "radosbe", "radosblob", "radoserr", "radosfiles",
-           "radoslock", "radosread", "readahead", "statefiles", "stub"]
+           "radoslock", "radosread", "radossparse", "readahead", "statefiles", "stub"]

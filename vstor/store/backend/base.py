@@ -131,6 +131,13 @@ class PoolBackend(ABC):
         ``local_dir`` for a local pool (as they always were), striped objects on RADOS."""
         return LocalFiles(local_dir)
 
+    def sparse_file_area(self, area: str, local_dir: str) -> FileArea:
+        """The pool's sparse files of ``area`` (``optical``: disc images), whose unwritten ranges
+        read as zeros and take no space: files under ``local_dir`` for a local pool (sparse
+        files, as they always were), only the written stripes on RADOS (radossparse.py). Keep
+        the area names of :meth:`file_area` and of this method apart."""
+        return LocalFiles(local_dir)
+
     # -- outages (remote backends; journal/resume.py) ----------------------------------------
     def abandon_segment(self, segno: int) -> None:
         """Forget the writes to ``segno`` still in flight and their failures (waiting for each

@@ -1,4 +1,4 @@
-"""Large byte files of a pool that are not journal segments: the tape cartridges.
+"""Large byte files of a pool that are not journal segments: tape cartridges and disc images.
 
 ``FileArea`` is a flat namespace of files named by relative paths (``LIB/BARCODE.tape``),
 with positional reads and writes, like the files of a directory. ``LocalFiles`` is today's
@@ -99,6 +99,11 @@ class FileArea(ABC):
         """Make ``directory`` exist (areas without directories need nothing)."""
         return None
 
+    def allocated(self, name: str) -> int:
+        """The bytes a closed file takes in the area (its length unless the area is sparse);
+        FileNotFoundError if there is none."""
+        return self.size(name)
+
 
 class LocalFile(AreaFile):
     def __init__(self, path: str, create: bool) -> None:
@@ -174,3 +179,6 @@ class LocalFiles(FileArea):
 
     def makedirs(self, directory: str) -> None:
         os.makedirs(self.path(directory), mode=0o700, exist_ok=True)
+
+    def allocated(self, name: str) -> int:
+        return os.stat(self.path(name)).st_blocks * 512

@@ -376,6 +376,18 @@ class RadosBackend(PoolBackend):
                 areas[area] = RadosFiles(io, f"{self.describe()}/{area}")
             return areas[area]
 
+    def sparse_file_area(self, area: str, local_dir: str) -> FileArea:
+        """The sparse files of ``area`` in the namespace ``PREFIX/AREA``: only written stripes (radossparse.py)."""
+        from vstor.store.backend.radossparse import RadosSparseFiles
+        areas: dict[str, RadosSparseFiles] = self.__dict__.setdefault("_file_areas", {})  # closed by close()
+        with self._lock:
+            key = f"sparse:{area}"
+            if key not in areas:
+                io = self._call(lambda: self._cluster.open_ioctx(self.pool), f"cannot open RADOS pool {self.pool}")
+                io.set_namespace(f"{self.prefix}/{area}")
+                areas[key] = RadosSparseFiles(io, f"{self.describe()}/{area}")
+            return areas[key]
+
     def _forget(self, segno: int) -> None:
         """Drop the read-ahead's chunks of a segment just created, cut or deleted."""
         if self.readahead is not None:

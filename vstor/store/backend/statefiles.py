@@ -31,7 +31,7 @@ STATE_FILES = tuple(re.compile(p) for p in (  # every state file's name (docs/fo
     r"meta/consumers\.json(\.copy)?", r"meta/last_check\.json", r"meta/compliance-clock\.json", r"meta/locks\.json",
     r"meta/nbd_exports\.json", r"meta/pairs/[^/]+\.(json|bitmap)",
     r"backup/(admins|approvals|keys|settings)\.json", r"backup/audit\.log", r"backup/clients/[^/]+\.key",
-    r"media/[^/]+\.json", r"media/[^/]+/shelf/[^/.]+\.json"))
+    r"media/[^/]+\.json", r"media/[^/]+/shelf/[^/.]+\.json", r"media/[^/]+/(shelf/)?[^/.]+\.side\d+\.json"))
 
 
 class PoolFiles:

@@ -150,8 +150,8 @@ class Copier:
 
     def other(self, name: str) -> str:
         source = os.path.join(self.src.root, *name.split("/"))
-        want = _digest(self._file(source))
         placed = place_other_file(self.dest, self.state_dir, name, source)
+        want = _digest(placed.source() if placed.source else self._file(source))
         self.meter.add(os.path.getsize(source))
         self._verify(name, want, placed.read_back())
         return placed.where

@@ -5,16 +5,21 @@ One function, :func:`place_other_file`, decides it for every such file: a state 
 governance, backup settings, audit log, library inventories...) becomes the destination
 backend's blob of the same name, where a RADOS pool reads it; a tape cartridge
 (``media/**.tape``) goes to the backend's file area ``media`` (``PoolBackend.file_area``:
-striped objects on RADOS); every other file (logs, optical disc images and their states) to
-the destination host's state directory of the RADOS pool (vstor/store/backend/stub.py), at
-the same relative path, mode as at the source. As more files move into the backend, this is
+striped objects on RADOS); an optical disc image (``media/LIB/[shelf/]BARCODE.sideN.img``) to
+the backend's sparse area ``optical`` (``PoolBackend.sparse_file_area``), only its data
+extents (``SEEK_DATA``/``SEEK_HOLE``) copied and verified, with its length (its state,
+``.sideN.json``, is a state file); every other file (logs) to the destination host's state
+directory of the RADOS pool (vstor/store/backend/stub.py), at the same relative path, mode as
+at the source. As more files move into the backend, this is
 the one place to change. The backup catalog ``backup/catalog.db`` is not placed here: it is a
 database in the cluster (catalogcopy.py).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,10 +28,12 @@ from vstor.durable import sync_dir
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.statefiles import is_state_file
 
-__all__ = ["CHUNK", "MEDIA_AREA", "Placed", "place_other_file"]
+__all__ = ["CHUNK", "DISC_AREA", "MEDIA_AREA", "Placed", "data_extents", "place_other_file"]
 
 CHUNK = 4 << 20  # bytes copied per read
 MEDIA_AREA = "media"  # as vstor/media/manager.py: the backend file area of the cartridges
+DISC_AREA = "optical"  # as vstor/media/manager.py: the backend sparse file area of the disc images
+DISC_IMAGE = re.compile(r"media/[^/]+/(shelf/)?[^/.]+\.side\d+\.img")
 
 
 @dataclass
@@ -35,6 +42,7 @@ class Placed:
 
     where: str
     read_back: Callable[[], Iterator[bytes]]
+    source: Callable[[], Iterator[bytes]] | None = None  # the source in read_back's form (default: its bytes)
 
 
 def _chunks(path: str) -> Iterator[bytes]:
@@ -51,6 +59,8 @@ def place_other_file(dest: PoolBackend, state_dir: str, name: str, source: str) 
         with open(source, "rb") as f:
             dest.put(name, f.read())
         return Placed(dest.where(name), lambda: iter([dest.get(name)]))
+    if DISC_IMAGE.fullmatch(name):
+        return _to_sparse_area(dest, os.path.join(state_dir, MEDIA_AREA), name[len(MEDIA_AREA) + 1:], source)
     if name.startswith(MEDIA_AREA + "/") and name.endswith(".tape"):
         return _to_file_area(dest, os.path.join(state_dir, MEDIA_AREA), name[len(MEDIA_AREA) + 1:], source)
     path = os.path.join(state_dir, *name.split("/"))
@@ -99,3 +109,71 @@ def _to_file_area(dest: PoolBackend, local_dir: str, rel: str, source: str) -> P
         finally:
             g.close()
     return Placed(area.describe(rel), read_back)
+
+
+def data_extents(path: str) -> tuple[list[tuple[int, int]], int]:
+    """The (offset, length) extents of a local file that hold data, and its length: its holes
+    are skipped (``SEEK_DATA``/``SEEK_HOLE``; a filesystem without them gives one extent)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size, pos, out = os.fstat(fd).st_size, 0, []
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # only a hole from pos to the end
+                    break
+                if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                    return [(0, size)], size
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            out.append((start, end - start))
+            pos = end
+        return out, size
+    finally:
+        os.close(fd)
+
+
+def _pieces(extents: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    for off, length in extents:
+        for pos in range(off, off + length, CHUNK):
+            yield pos, min(CHUNK, off + length - pos)
+
+
+def _to_sparse_area(dest: PoolBackend, local_dir: str, rel: str, source: str) -> Placed:
+    """A disc image into the sparse ``optical`` area: its data extents written, its length set
+    (a hole at the end stays a hole), then synced: durable on return. Verified as the sequence of
+    (offset, length, bytes) of the source's extents and the length, so a hole is never read."""
+    area = dest.sparse_file_area(DISC_AREA, local_dir)
+    extents, size = data_extents(source)
+    area.makedirs(os.path.dirname(rel))
+    area.delete(rel)  # a resumed migrate may have left part of it
+    f = area.open(rel, create=True)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        for pos, n in _pieces(extents):
+            f.pwrite(os.pread(fd, n, pos), pos)
+        f.truncate(size)
+        f.sync()
+    finally:
+        os.close(fd)
+        f.close()
+
+    def src() -> Iterator[bytes]:
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            for pos, n in _pieces(extents):
+                yield b"%d+%d:" % (pos, n) + os.pread(fd, n, pos)
+            yield b"length %d" % size
+        finally:
+            os.close(fd)
+
+    def read_back() -> Iterator[bytes]:
+        g = area.open(rel)
+        try:
+            for pos, n in _pieces(extents):
+                yield b"%d+%d:" % (pos, n) + g.pread(n, pos)
+            yield b"length %d" % g.size()
+        finally:
+            g.close()
+    return Placed(area.describe(rel), read_back, src)
