@@ -20,7 +20,9 @@ Layout (docs/formats.md, "Pools on RADOS"), for ``rados://POOL/PREFIX``:
 * Segment writes are ``aio_write`` calls, up to MAX_IN_FLIGHT at a time; ``flush_segment``
   waits for every completion (a RADOS write completes when it is on every replica) and
   raises the first failure. Reads issued after a write by the same client are ordered
-  after it by the OSD, so they see it.
+  after it by the OSD, so they see it. Small appends that continue each other are held
+  (coalesce.py) and sent as one write at the next flush, read, size or cut of the segment,
+  or when the next append does not continue them; with the read-ahead on, they are not held.
 
 Errors: librados errors become builtin OSError with their errno (ETIMEDOUT after
 ``rados_osd_op_timeout``, ENOSPC when the cluster is full, EDQUOT when the pool's quota is
@@ -38,6 +40,7 @@ from typing import Any, TypeVar
 
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.coalesce import COALESCE_LIMIT, Coalescer
 from vstor.store.backend.files import FileArea
 from vstor.store.backend.radosblob import HEAD_SIZE, StripedBlobs
 from vstor.store.backend.radoserr import os_error
@@ -97,6 +100,9 @@ class RadosBackend(PoolBackend):
         self._failed: dict[int, OSError] = {}  # segno -> the first write that failed
         self.blobs = StripedBlobs(self.meta, self._rados, max_blob, min(max_blob, STRIPE_BYTES), self._call)
         self.readahead = make_readahead(lambda: self.jrn, self._rados, STRIPE_BYTES, self.stripe_name)  # readahead.py
+        # small appends held for one write (coalesce.py); not with the read-ahead, whose fetches
+        # could read a range before the held bytes are sent
+        self.pending = Coalescer(STRIPE_BYTES, COALESCE_LIMIT if self.readahead is None else 0)
 
     def describe(self) -> str:
         return f"rados://{self.pool}/{self.prefix}"
@@ -162,25 +168,58 @@ class RadosBackend(PoolBackend):
     def write_segment(self, segno: int, pos: int, data: bytes | memoryview) -> None:
         self.faults.hit("backend.write")
         view = memoryview(data)
+        with self._lock:
+            pend = self.pending
+            if pend.continues(segno, pos, len(view)):
+                pend.add(segno, pos, view)
+                return
+            self._send_pending()  # what is held goes first: the OSD applies one client's writes in order
         while view:
             stripe, off = divmod(pos, STRIPE_BYTES)
             n = min(len(view), STRIPE_BYTES - off)
-            obj = self.stripe_name(segno, stripe)
-            chunk = bytes(view[:n])
-            try:
-                with self._rados.WriteOpCtx() as op:
-                    op.write(chunk, off)
-                    comp = self.jrn.operate_aio_write_op(op, obj, flags=FULL_TRY)
-            except self._rados.Error as e:
-                raise os_error(e, f"cannot write journal segment {segno}") from None
-            with self._lock:
-                self._in_flight.append((segno, comp, obj))
-                excess = len(self._in_flight) - MAX_IN_FLIGHT
+            self._submit(segno, stripe, off, bytes(view[:n]))
             if self.readahead is not None:  # after the aio_write: see readahead.py, "Coherence"
                 self.readahead.invalidate(segno, pos, n)
-            if excess > 0:
-                self._reap(excess)
             view, pos = view[n:], pos + n
+
+    def _submit(self, segno: int, stripe: int, off: int, chunk: bytes) -> None:
+        """One aio write to a stripe object; waits for the oldest when MAX_IN_FLIGHT are out."""
+        obj = self.stripe_name(segno, stripe)
+        try:
+            with self._rados.WriteOpCtx() as op:
+                op.write(chunk, off)
+                comp = self.jrn.operate_aio_write_op(op, obj, flags=FULL_TRY)
+        except self._rados.Error as e:
+            raise os_error(e, f"cannot write journal segment {segno}") from None
+        with self._lock:
+            self._in_flight.append((segno, comp, obj))
+            excess = len(self._in_flight) - MAX_IN_FLIGHT
+        if excess > 0:
+            self._reap(excess)
+
+    def _send_pending(self, segno: int | None = None) -> None:
+        """Send the held appends (of ``segno`` only, when given) as one write. Caller holds
+        ``_lock``; the aio submission happens under it, so no other write can pass it."""
+        if not len(self.pending) or (segno is not None and not self.pending.holds(segno)):
+            return
+        taken = self.pending.take()
+        assert taken is not None
+        seg, pos, data = taken
+        stripe, off = divmod(pos, STRIPE_BYTES)
+        obj = self.stripe_name(seg, stripe)
+        try:
+            with self._rados.WriteOpCtx() as op:
+                op.write(data, off)
+                comp = self.jrn.operate_aio_write_op(op, obj, flags=FULL_TRY)
+        except self._rados.Error as e:
+            self._failed.setdefault(seg, os_error(e, f"cannot write journal segment {seg}"))
+            return  # the segment's next flush raises it
+        self._in_flight.append((seg, comp, obj))
+
+    def _sent(self, segno: int | None = None) -> None:
+        """Send what is held before a read, size, cut, flush or close of the segment."""
+        with self._lock:
+            self._send_pending(segno)
 
     def _reap(self, count: int | None = None, segno: int | None = None) -> None:
         """Wait for the oldest ``count`` writes in flight (all when None; only those of
@@ -202,6 +241,7 @@ class RadosBackend(PoolBackend):
 
     def flush_segment(self, segno: int) -> None:
         self.faults.hit("backend.flush")
+        self._sent(segno)
         self._reap(segno=segno)
         with self._lock:
             err = self._failed.get(segno)
@@ -209,6 +249,7 @@ class RadosBackend(PoolBackend):
             raise OSError(err.errno, str(err))
 
     def read_segment(self, segno: int, pos: int, size: int) -> bytes:
+        self._sent(segno)  # the OSD orders the read after it
         if self.readahead is None:
             return self._read_direct(segno, pos, size)
         return self.readahead.read(segno, pos, size, self._read_direct)
@@ -248,12 +289,14 @@ class RadosBackend(PoolBackend):
             out.append(size)
 
     def segment_size(self, segno: int) -> int:
+        self._sent(segno)  # a stat after a write is ordered after it, as a read is
         sizes = self._stripes(segno)
         return (len(sizes) - 1) * STRIPE_BYTES + sizes[-1] if sizes else 0
 
     def truncate_segment(self, segno: int, size: int) -> None:
         """Also removes stripes past a gap: writes in flight at a crash may have left a later
         stripe without the one before it (at most MAX_IN_FLIGHT stripes further)."""
+        self._sent(segno)
         self._reap(segno=segno)
         sizes = self._stripes(segno)
         for k in range(len(sizes) + 1, len(sizes) + MAX_IN_FLIGHT + 1):
@@ -277,6 +320,8 @@ class RadosBackend(PoolBackend):
         self._forget(segno)
 
     def delete_segment(self, segno: int) -> None:
+        with self._lock:
+            self.pending.drop(segno)  # bytes of a segment being deleted need not land
         self._reap(segno=segno)
         self._index(segno, False)
         for k in range(len(self._stripes(segno)) - 1, -1, -1):
@@ -350,6 +395,7 @@ class RadosBackend(PoolBackend):
     def close(self) -> None:
         if isinstance(self.meta, _Closed):  # closed already
             return
+        self._sent()
         self._reap()
         if self.readahead is not None:  # no read in flight when the connection goes
             self.readahead.drain()
@@ -395,6 +441,8 @@ class RadosBackend(PoolBackend):
 
     # -- outages -----------------------------------------------------------------------------
     def abandon_segment(self, segno: int) -> None:
+        with self._lock:
+            self.pending.drop(segno)  # never sent: the resume counts them dropped, as unflushed writes
         self._reap(segno=segno)
         with self._lock:
             self._failed.pop(segno, None)
