@@ -5,7 +5,7 @@ ESHUTDOWN (EBLOCKLISTED) from every OSD operation. :class:`FencedBackend` is a R
 on the same client as the pool lock (so fencing that client fences the store's writes too).
 The first such error, or :meth:`FencedBackend.fence` (the pool lock's renewal failed), trips
 it, once: ``on_fenced`` is called (the daemon then stops the journal, ``Journal.stop_writes``),
-and from then on every write, create, flush, cut or delete is refused here with ESHUTDOWN and
+and from then on every write, create, append, flush, cut or delete is refused here with ESHUTDOWN and
 a message that says why ("fenced: ..." or "lost ownership ..."), without asking RADOS, so
 nothing is written or acknowledged again even after the blocklist expires. Listing and sizing
 segments answer from what was last seen, so ``array status`` still answers. Other errors pass
@@ -110,6 +110,10 @@ class FencedBackend(RadosBackend):
     def delete(self, name: str) -> None:
         self._check()
         super().delete(name)
+
+    def append(self, name: str, data: bytes) -> None:
+        self._check()
+        super().append(name, data)
 
     # -- reads: what status needs keeps answering -------------------------------------------
     def list_segments(self) -> list[int]:
