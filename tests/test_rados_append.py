@@ -182,3 +182,9 @@ def test_the_audit_chain_verifies_after_many_appends(ceph_lab: CephLab, rados_lo
         audit = AuditLog(PoolFiles(b).sub("backup"), clock)
         assert [e["seq"] for e in audit.entries()] == list(range(1, 151))
         assert audit.verify(anchor=head) == []
+
+
+def test_a_private_read_on_rados_is_a_plain_read(be: RadosBackend) -> None:
+    files = PoolFiles(be).sub("backup")
+    files.write("admins.json", b"{}")
+    assert files.read("admins.json", private=True) == b"{}" and files.read("none.json", private=True) is None

@@ -103,6 +103,14 @@ class PoolBackend(ABC):
             old = b""
         self.put(name, old + bytes(data))
 
+    def get_private(self, name: str) -> bytes:
+        """A blob's whole content, as :meth:`get`, for a blob that only the pool's owner may
+        read (a secret: the admins' TOTP seeds). A backend whose blobs have access modes makes
+        one that others may read owner-only again before it reads it (LocalBackend: mode 0600).
+        This default is :meth:`get`: the blobs have no modes of their own (on RADOS, the Ceph
+        users' capabilities on the pool decide who reads them)."""
+        return self.get(name)
+
     @abstractmethod
     def delete(self, name: str) -> None:
         """Delete a blob durably; no error if it does not exist."""

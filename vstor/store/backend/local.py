@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 
 from vstor.durable import atomic_write, remove_durably, sync_dir
@@ -122,6 +123,13 @@ class LocalBackend(PoolBackend):
 
     def get(self, name: str) -> bytes:
         with open(self._path(name), "rb") as f:
+            return f.read()
+
+    def get_private(self, name: str) -> bytes:
+        """The file's bytes, after making it owner-only (0600) if something widened its mode."""
+        with open(self._path(name), "rb") as f:
+            if stat.S_IMODE(os.fstat(f.fileno()).st_mode) & 0o077:
+                os.fchmod(f.fileno(), 0o600)
             return f.read()
 
     def put(self, name: str, data: bytes) -> None:
