@@ -152,6 +152,14 @@ class PoolBackend(ABC):
         to end, within the client timeout): the journal has sealed the segment before them."""
         return None
 
+    def check_owner(self) -> None:
+        """Raise OSError unless this process still owns the pool now (ESHUTDOWN: it was fenced
+        or lost its lock, for good; another errno: the storage did not answer), for writes that
+        do not go through this backend and so are not fenced by it (the backup catalog's
+        commits on RADOS). This default checks nothing: a local pool's flock cannot be taken
+        from a live process."""
+        return None
+
     def probe(self) -> None:
         """Raise OSError unless the storage answers and takes a small write now (ETIMEDOUT
         when it does not answer, ENOSPC or EDQUOT when it is full)."""
