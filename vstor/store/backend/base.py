@@ -103,6 +103,13 @@ class PoolBackend(ABC):
             old = b""
         self.put(name, old + bytes(data))
 
+    def read_tail(self, name: str, size: int) -> tuple[int, bytes]:
+        """A blob's length and its last ``size`` bytes (all of it when shorter), both of one
+        state of the blob: a log's writer finds its last entry without reading the log.
+        FileNotFoundError if there is none. This default reads the whole blob."""
+        data = self.get(name)
+        return len(data), data[max(0, len(data) - size):]
+
     def get_private(self, name: str) -> bytes:
         """A blob's whole content, as :meth:`get`, for a blob that only the pool's owner may
         read (a secret: the admins' TOTP seeds). A backend whose blobs have access modes makes

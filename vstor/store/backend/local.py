@@ -125,6 +125,11 @@ class LocalBackend(PoolBackend):
         with open(self._path(name), "rb") as f:
             return f.read()
 
+    def read_tail(self, name: str, size: int) -> tuple[int, bytes]:
+        with open(self._path(name), "rb") as f:
+            length = os.fstat(f.fileno()).st_size
+            return length, os.pread(f.fileno(), size, max(0, length - size))
+
     def get_private(self, name: str) -> bytes:
         """The file's bytes, after making it owner-only (0600) if something widened its mode."""
         with open(self._path(name), "rb") as f:

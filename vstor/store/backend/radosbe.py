@@ -323,6 +323,20 @@ class RadosBackend(PoolBackend):
             op.write_full(bytes(data))
             self._call(lambda: self.meta.operate_write_op(op, name, flags=FULL_TRY), f"cannot create {name}")
 
+    def read_tail(self, name: str, size: int) -> tuple[int, bytes]:
+        """One ``stat`` and one read of the last ``size`` bytes and one more: a read op sees one
+        state of the object, which is the stat's length exactly when the read ends at that
+        length; otherwise (appended or replaced in between) both again. A striped blob is read
+        whole."""
+        while True:
+            length, _mtime = self._call(lambda: self.meta.stat(name), f"cannot read {name}")
+            if length == HEAD_SIZE or length <= size:
+                data = self.get(name)
+                return len(data), data[max(0, len(data) - size):]
+            got = self._call(functools.partial(self.meta.read, name, size + 1, length - size), f"cannot read {name}")
+            if len(got) == size:
+                return length, got
+
     def append(self, name: str, data: bytes) -> None:
         """The RADOS append op, version-asserted: atomic and durable, sends only ``data``
         (radosappend.py, which also says when the blob is replaced whole instead)."""

@@ -62,6 +62,14 @@ class PoolFiles:
         except FileNotFoundError:
             return None
 
+    def read_tail(self, name: str, size: int) -> tuple[int, bytes] | None:
+        """A file's length and its last ``size`` bytes (one state of the file), or None if there
+        is none: a log's writer finds its last entry without reading the log."""
+        try:
+            return self.backend.read_tail(self.blob(name), size)
+        except FileNotFoundError:
+            return None
+
     def write(self, name: str, data: bytes) -> None:
         """Replace a file atomically and durably (mode 0600 on a local pool)."""
         self.backend.put(self.blob(name), bytes(data))
