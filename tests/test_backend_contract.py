@@ -214,7 +214,8 @@ def test_a_closed_rados_backend_raises_instead_of_crashing(ceph_lab: CephLab, ra
     be.put("meta/a", b"x")
     be.close()
     for call in (be.list_segments, lambda: be.get("meta/a"), lambda: be.put("meta/a", b"y"),
-                 lambda: be.read_segment(1, 0, 10), lambda: be.write_segment(1, 0, b"z")):
+                 lambda: be.read_segment(1, 0, 10), lambda: be.write_segment(1, 0, b"z"),
+                 lambda: be.append("meta/a", b"w"), lambda: be.read_tail("meta/a", 1)):
         with pytest.raises(OSError) as e:
             call()
         assert e.value.errno == errno.EBADF and "closed" in str(e.value)

@@ -60,11 +60,14 @@ class BlobAppender:
         self.blobs, self._get, self._put = blobs, get, put
         self._lock = threading.Lock()
         self._io: Any = None
+        self._closed = False
         self._warned: set[str] = set()
 
     def append(self, name: str, data: bytes) -> None:
         data = bytes(data)
         with self._lock:
+            if self._closed:
+                raise OSError(errno.EBADF, f"cannot append to {name}: the RADOS backend is closed (used after close)")
             if self._io is None:
                 self._io = self._open_io()
             for _ in range(APPEND_TRIES):
@@ -90,6 +93,7 @@ class BlobAppender:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._io is not None:
                 self._io.close()
                 self._io = None

@@ -341,6 +341,8 @@ class RadosBackend(PoolBackend):
         """The RADOS append op, version-asserted: atomic and durable, sends only ``data``
         (radosappend.py, which also says when the blob is replaced whole instead)."""
         self.faults.hit("backend.append")
+        if isinstance(self.meta, _Closed):
+            raise OSError(errno.EBADF, f"the RADOS connection of {self.describe()} is closed (used after close)")
         appender = self.__dict__.get("_appender")
         if appender is None:
             from vstor.store.backend.radosappend import BlobAppender
