@@ -198,15 +198,18 @@ def test_a_private_read_on_rados_is_a_plain_read(be: RadosBackend) -> None:
     assert files.read("admins.json", private=True) == b"{}" and files.read("none.json", private=True) is None
 
 
-def test_an_audit_entry_costs_the_entry_on_a_big_log(ceph_lab: CephLab, be: RadosBackend, tmp_path) -> None:
+def test_an_audit_entry_costs_the_entry_on_a_big_log(ceph_lab: CephLab, be: RadosBackend) -> None:
     """The audit log's append reads the log's tail and appends the entry: on an 8 MiB log, ten
     entries move well under 1 MiB in all (the OSD's counts), and the chain still verifies."""
-    from vstor.store.backend.statefiles import local_files
+    from vstor.backup.audit import GENESIS, canonical, entry_hash
     clock = ManualClock()
-    local = AuditLog(local_files(str(tmp_path)).sub("backup"), clock)
-    for i in range(2000):
-        local.append("alice", "setting.set", {"n": i, "pad": "p" * 4000})
-    be.put(LOG, (tmp_path / "backup" / "audit.log").read_bytes())  # the same log, 8 MiB, on RADOS
+    lines, prev = [], GENESIS
+    for i in range(2000):  # a chained log of 8 MiB, as 2000 entries would have written it
+        e = {"seq": i + 1, "time": clock.time(), "actor": "alice", "action": "setting.set",
+             "details": {"n": i, "pad": "p" * 4000}, "prev": prev}
+        e["hash"] = prev = entry_hash(e)
+        lines.append(canonical(e) + b"\n")
+    be.put(LOG, b"".join(lines))
     audit = AuditLog(PoolFiles(be).sub("backup"), clock)
     wrote, read = osd_bytes(ceph_lab)
     for i in range(10):

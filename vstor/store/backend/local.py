@@ -6,7 +6,8 @@ rename, fsync of the directory); a created or deleted segment's directory entry 
 ``flush_segment`` is one fdatasync of the segment. Writes are synchronous ``pwrite`` calls,
 so an error is raised by :meth:`write_segment` itself.
 
-Fault points (vstor/faults.py): ``backend.write``, ``backend.flush``, ``backend.put``.
+Fault points (vstor/faults.py): ``backend.write``, ``backend.flush``, ``backend.put``,
+``backend.append`` (RadosBackend's too).
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ class LocalBackend(PoolBackend):
     def append(self, name: str, data: bytes) -> None:
         """An ``O_APPEND`` write and fsync, as a log is appended to: a crash may leave a torn
         tail, which the caller must recognise."""
+        self.faults.hit("backend.append")
         path = self._path(name)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         _write_durably(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), data)
