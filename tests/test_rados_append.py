@@ -149,6 +149,23 @@ def test_an_object_the_osd_refuses_to_grow_goes_striped(be: RadosBackend, object
     assert be.meta.stat(LOG)[0] == HEAD_SIZE
 
 
+def test_an_osd_limit_below_a_stripe_is_a_clear_error(ceph_lab: CephLab, be: RadosBackend) -> None:
+    be.put(LOG, b"".join(entry(i, 1024) for i in range(60)))
+    ceph_lab.ceph("config", "set", "osd", "osd_max_object_size", str(64 * 1024))
+    try:
+        be.append(LOG, entry(60, 1024))  # 61 KiB: still taken
+        for i in range(61, 64):
+            be.append(LOG, entry(i, 1024))
+        with pytest.raises(OSError, match="osd_max_object_size is below") as e:
+            be.append(LOG, entry(64, 1024))  # past 64 KiB, and a striped copy's 4 MiB stripe is refused too
+        assert e.value.errno == errno.EFBIG
+    finally:
+        ceph_lab.ceph("config", "rm", "osd", "osd_max_object_size")
+    assert check_whole(be.get(LOG), 1024) == 64  # the log as it was: nothing half-written
+    be.append(LOG, entry(64, 1024))  # the limit raised again: the log goes on
+    assert check_whole(be.get(LOG), 1024) == 65
+
+
 def test_a_fenced_clients_append_fails_and_trips_the_backend(ceph_lab: CephLab, rados_location: str,
                                                              be: RadosBackend) -> None:
     from vstor.store.backend.clslock import holder_addrs

@@ -141,10 +141,6 @@ class BlobAppender:
     def _to_striped(self, name: str, data: bytes, old: bytes) -> None:
         """The OSD refused the plain object's growth (EFBIG: its osd_max_object_size): the
         content goes to the striped form, where it stays."""
-        if name not in self._warned:
-            self._warned.add(name)
-            log.warning("%s: the OSD refuses an object of %d bytes (osd_max_object_size); it is kept striped from "
-                        "now on, and each append rewrites it", name, len(old) + len(data))
         try:
             self.blobs.put(name, old + data)
         except OSError as e:
@@ -153,3 +149,7 @@ class BlobAppender:
             raise OSError(errno.EFBIG, f"cannot append to {name}: the cluster's osd_max_object_size is below the "
                           f"{self.blobs.stripe} bytes of a stripe; raise it (ceph config set osd "
                           "osd_max_object_size 128M, Ceph's default)") from None
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning("%s: the OSD refuses an object of %d bytes (osd_max_object_size); it is kept striped from "
+                        "now on, and each append rewrites it", name, len(old) + len(data))
