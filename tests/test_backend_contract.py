@@ -214,8 +214,25 @@ def test_a_closed_rados_backend_raises_instead_of_crashing(ceph_lab: CephLab, ra
     be.put("meta/a", b"x")
     be.close()
     for call in (be.list_segments, lambda: be.get("meta/a"), lambda: be.put("meta/a", b"y"),
-                 lambda: be.read_segment(1, 0, 10), lambda: be.write_segment(1, 0, b"z")):
+                 lambda: be.read_segment(1, 0, 10), lambda: be.write_segment(1, 0, b"z"),
+                 lambda: be.append("meta/a", b"w"), lambda: be.read_tail("meta/a", 1)):
         with pytest.raises(OSError) as e:
             call()
         assert e.value.errno == errno.EBADF and "closed" in str(e.value)
     be.close()
+
+
+def test_blob_append_read_tail_and_private_read(be: PoolBackend) -> None:
+    with pytest.raises(FileNotFoundError):
+        be.read_tail("backup/log", 10)
+    be.append("backup/log", b"")  # made, empty
+    assert be.get("backup/log") == b"" and be.read_tail("backup/log", 10) == (0, b"")
+    lines = [f"{i:04d} {'x' * i}\n".encode() for i in range(100)]
+    for line in lines:
+        be.append("backup/log", line)
+    whole = b"".join(lines)
+    assert be.get("backup/log") == whole == be.get_private("backup/log")
+    assert be.read_tail("backup/log", 50) == (len(whole), whole[-50:])
+    assert be.read_tail("backup/log", 1 << 20) == (len(whole), whole)
+    with pytest.raises(FileNotFoundError):
+        be.get_private("backup/none")

@@ -427,3 +427,16 @@ def test_keys_rotation_by_age(tmp_path, clock):
     assert keys.rotate_if_older(30 * DAY) is None
     clock.advance(DAY)
     assert keys.rotate_if_older(30 * DAY) == 2 and keys.current() == 2
+
+
+def test_audit_append_reads_the_tail_even_past_a_long_entry(tmp_path, clock):
+    from vstor.backup.audit import TAIL_BYTES
+    from vstor.store.backend.statefiles import local_files
+    log = AuditLog(local_files(str(tmp_path)), clock)
+    for i in range(300):
+        log.append("alice", "x", {"i": i, "pad": "p" * 500})
+    log.append("alice", "big", {"blob": "b" * (3 * TAIL_BYTES)})  # the last entry is longer than the tail read
+    log.append("alice", "after", {})
+    log.append("alice", "after2", {})
+    assert log.verify() == [] and [e["seq"] for e in log.entries()][-3:] == [301, 302, 303]
+    assert log.head() == log.entries()[-1]["hash"]

@@ -53,3 +53,18 @@ def test_pool_files_names_reads_and_removes(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "meta" / "a.json").st_mode) == 0o600
     files.remove("a.json")
     assert files.read("a.json") is None and local_files(str(tmp_path)).sub("meta").names() == ["log"]
+
+
+def test_a_private_read_goes_through_the_backends_hook(tmp_path):
+    """PoolFiles asks the backend (``get_private``), whatever its class: here one whose hook
+    tells the secret's reads apart."""
+    class Marked(LocalBackend):
+        def get_private(self, name: str) -> bytes:
+            return b"private:" + super().get_private(name)
+
+    files = PoolFiles(Marked(str(tmp_path))).sub("backup")
+    files.write("admins.json", b"{}")
+    os.chmod(tmp_path / "backup" / "admins.json", 0o640)
+    assert files.read("admins.json", private=True) == b"private:{}" and files.read("admins.json") == b"{}"
+    assert stat.S_IMODE(os.stat(tmp_path / "backup" / "admins.json").st_mode) == 0o600
+    assert files.read("none.json", private=True) is None

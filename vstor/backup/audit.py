@@ -8,8 +8,10 @@ Each line is one JSON entry {"seq", "time", "actor", "action", "details", "prev"
 
 Guarantees:
 * The log is a pool state file (vstor/store/backend/statefiles.py): ``POOL/backup/audit.log``,
-  appended to (``O_APPEND``, fsync) on a local pool, or an object of a RADOS pool replaced
-  whole at each entry (``write_full``). ``append`` returns only after the line is durable;
+  appended to (``O_APPEND``, fsync) on a local pool, or an object of a RADOS pool appended to
+  by one atomic append op (backend/radosappend.py; past 64 MiB it is striped and replaced whole
+  at each entry). An entry reads the log's tail and writes the entry, whatever the log's
+  length. ``append`` returns only after the line is durable;
   appends are serialized by one lock within the process, and only the process that holds the
   pool (its pool lock) writes. The file is created with mode 0600.
 * ``verify`` finds an edited entry, an inserted or removed entry (seq gap or prev mismatch),
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 GENESIS = "0" * 64
 AUDIT_FILE = "audit.log"  # among the pool's backup state files
 _LOCK = threading.Lock()  # serializes appends within the process (one process owns the pool)
+TAIL_BYTES = 64 * 1024  # what an append reads of the log to find the last entry (more if it is longer)
 
 
 def canonical(entry: dict) -> bytes:
@@ -88,20 +91,38 @@ class AuditLog:
         return self.files.read(AUDIT_FILE) or b""
 
     def append(self, actor: str, action: str, details: dict) -> dict:
-        """Add one entry and fsync it; returns the entry as written."""
+        """Add one entry and fsync it; returns the entry as written. Reads only the log's tail
+        (TAIL_BYTES, more if the last entry is longer), so an entry's cost does not grow with
+        the log; the whole log only when it ends in a torn line."""
         with self._lock:
+            torn_tail, last = self._last()
+            if not torn_tail:
+                return self._write(last, actor, action, details)
             data = self._read()
-            torn = b""
-            if data and not data.endswith(b"\n"):
-                cut = data.rfind(b"\n") + 1
-                data, torn = data[:cut], data[cut:]
-                self.files.write(AUDIT_FILE, data)  # the torn tail cut off (atomic replace)
-            last = _last_entry(data)
-            if torn:
-                last = self._write(last, "vstor", "audit.torn-tail", {
-                    "bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest(),
-                    "note": "a torn last line (a crash during a write) was cut off"})
+            cut = data.rfind(b"\n") + 1
+            data, torn = data[:cut], data[cut:]
+            self.files.write(AUDIT_FILE, data)  # the torn tail cut off (atomic replace)
+            last = self._write(_last_entry(data), "vstor", "audit.torn-tail", {
+                "bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest(),
+                "note": "a torn last line (a crash during a write) was cut off"})
             return self._write(last, actor, action, details)
+
+    def _last(self) -> tuple[bool, dict | None]:
+        """(whether the log ends in a torn line, its last complete entry or None), from the
+        log's tail; the entry is None when the tail is torn (the caller reads the whole log)."""
+        size = TAIL_BYTES
+        while True:
+            got = self.files.read_tail(AUDIT_FILE, size)
+            length, tail = got if got is not None else (0, b"")
+            if tail and not tail.endswith(b"\n"):
+                return True, None
+            whole = len(tail) >= length
+            if not whole:
+                tail = tail[tail.find(b"\n") + 1:]  # the first line may have begun before the tail
+            last = _last_entry(tail)
+            if last is not None or whole:
+                return False, last
+            size *= 4
 
     def _write(self, last: dict | None, actor: str, action: str, details: dict) -> dict:
         entry = {"seq": (last["seq"] + 1) if last else 1, "time": self.clock.time(), "actor": actor,
@@ -123,7 +144,9 @@ class AuditLog:
 
     def head(self) -> str:
         """The hash of the last entry ("0" * 64 when empty): anchor it outside the array."""
-        last = _last_entry(self._read())
+        torn_tail, last = self._last()
+        if torn_tail:
+            last = _last_entry(self._read())
         return last["hash"] if last else GENESIS
 
     def verify(self, anchor: str | None = None) -> list[str]:

@@ -17,7 +17,10 @@ records), ``page_size=65536`` (fewer, larger RADOS operations; for a new databas
 ``temp_store=MEMORY`` (the VFS has no temporary files). A daemon that died holding the
 database's lock blocks the next opener until the lock expires (30 s), which then
 blocklists the dead client, so it can never write again. The VFS's own RADOS client
-(:func:`vfs_client`) is in the pool lock's holder record, so a takeover fences it too.
+(:func:`vfs_client`) is in the pool lock's holder record, so a takeover fences it too; and
+in the daemon every commit that changes rows first asks the OSD whether the pool's RADOS lock
+is still this daemon's (``guard``: the backend's ``check_owner``, one round trip), so a
+daemon fenced or paused past its lock commits nothing more, also after its blocklist expires.
 
 The VFS is loaded once per process with one cluster connection configured through the
 environment (CEPH_CONF, CEPH_ARGS: client id and the op timeouts), so a process reaches the
@@ -34,12 +37,13 @@ import re
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from vstor.errors import UsageError
 from vstor.store.backend.base import PoolBackend
 
-__all__ = ["CATALOG", "CephDatabases", "Databases", "LocalDatabases", "catalog_databases", "sqlite_namespace",
-           "vfs_client"]
+__all__ = ["CATALOG", "CephDatabases", "Databases", "GuardedConnection", "LocalDatabases", "catalog_databases",
+           "sqlite_namespace", "vfs_client"]
 
 CATALOG = "catalog.db"
 VFS_LIBRARY = "libcephsqlite.so"
@@ -130,12 +134,22 @@ def sqlite_namespace(prefix: str) -> str:
     return "".join(c if _SAFE.fullmatch(c) else "".join(f"_{b:02x}" for b in c.encode()) for c in text)
 
 
+class GuardedConnection(sqlite3.Connection):
+    """A connection whose write transactions call ``commit_guard`` before their COMMIT
+    (backup/sqlitefile.py): it raises OSError to have the transaction rolled back instead."""
+
+    commit_guard: Callable[[], None] | None = None
+
+
 class CephDatabases(Databases):
     kind, journal_mode = "ceph", "PERSIST"
 
     def __init__(self, pool: str, namespace: str, ceph_conf: str, ceph_id: str | None = None,
-                 timeout: int = 30) -> None:
-        self.pool, self.namespace = pool, namespace
+                 timeout: int = 30, guard: Callable[[], None] | None = None) -> None:
+        """``guard``: called before each commit that changes rows (the pool backend's
+        ``check_owner``: the daemon's catalog commits only while the pool's RADOS lock is its
+        own, see docs/architecture.md, "Failover between hosts")."""
+        self.pool, self.namespace, self.guard = pool, namespace, guard
         load_vfs(ceph_conf, ceph_id, timeout)
 
     def where(self, name: str) -> str:
@@ -145,7 +159,9 @@ class CephDatabases(Databases):
         return f"file:///{self.pool}:{self.namespace}/{name}?vfs=ceph"
 
     def connect(self, name: str) -> sqlite3.Connection:
-        db = sqlite3.connect(self.uri(name), uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+        db = sqlite3.connect(self.uri(name), uri=True, isolation_level=None, check_same_thread=False, timeout=30,
+                             factory=GuardedConnection)
+        db.commit_guard = self.guard
         try:
             db.execute(f"PRAGMA page_size={CEPH_PAGE_SIZE}")
             db.execute(f"PRAGMA cache_size={CEPH_CACHE_PAGES}")
@@ -170,4 +186,4 @@ def catalog_databases(pool: str, backend: PoolBackend) -> Databases:
         raise UsageError(f"{backend.describe()} is a RADOS pool: give --ceph-conf FILE or set {CEPH_CONF_ENV}")
     prefix = getattr(backend, "prefix", "")
     return CephDatabases(getattr(backend, "pool", ""), sqlite_namespace(prefix), conf,
-                         stub.get("ceph_id") or os.environ.get(CEPH_ID_ENV))
+                         stub.get("ceph_id") or os.environ.get(CEPH_ID_ENV), guard=backend.check_owner)

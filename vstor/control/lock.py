@@ -133,7 +133,7 @@ class PoolLock:
             self._lost(VstorError(f"{rlock.lost}; this daemon writes no more: stop it"))
 
         be = self._backend
-        store_be = FencedBackend(be.cluster, be.pool, be.prefix, fenced, faults)
+        store_be = FencedBackend(be.cluster, be.pool, be.prefix, fenced, faults, owner_check=rlock.assert_held)
         def fence_for_good(e: Exception) -> None:  # not on a timeout: that resumes
             if self._lost_final:
                 store_be.fence(str(e))

@@ -103,6 +103,21 @@ class PoolBackend(ABC):
             old = b""
         self.put(name, old + bytes(data))
 
+    def read_tail(self, name: str, size: int) -> tuple[int, bytes]:
+        """A blob's length and its last ``size`` bytes (all of it when shorter), both of one
+        state of the blob: a log's writer finds its last entry without reading the log.
+        FileNotFoundError if there is none. This default reads the whole blob."""
+        data = self.get(name)
+        return len(data), data[max(0, len(data) - size):]
+
+    def get_private(self, name: str) -> bytes:
+        """A blob's whole content, as :meth:`get`, for a blob that only the pool's owner may
+        read (a secret: the admins' TOTP seeds). A backend whose blobs have access modes makes
+        one that others may read owner-only again before it reads it (LocalBackend: mode 0600).
+        This default is :meth:`get`: the blobs have no modes of their own (on RADOS, the Ceph
+        users' capabilities on the pool decide who reads them)."""
+        return self.get(name)
+
     @abstractmethod
     def delete(self, name: str) -> None:
         """Delete a blob durably; no error if it does not exist."""
@@ -142,6 +157,14 @@ class PoolBackend(ABC):
     def abandon_segment(self, segno: int) -> None:
         """Forget the writes to ``segno`` still in flight and their failures (waiting for each
         to end, within the client timeout): the journal has sealed the segment before them."""
+        return None
+
+    def check_owner(self) -> None:
+        """Raise OSError unless this process still owns the pool now (ESHUTDOWN: it was fenced
+        or lost its lock, for good; another errno: the storage did not answer), for writes that
+        do not go through this backend and so are not fenced by it (the backup catalog's
+        commits on RADOS). This default checks nothing: a local pool's flock cannot be taken
+        from a live process."""
         return None
 
     def probe(self) -> None:

@@ -6,7 +6,7 @@ to set the holder's record in the same operation as the lock, and its ``lock_exc
 the microseconds of the duration uninitialised (the lock then lives up to 4.3 s longer than
 asked), so the lock, its renewals and its break are all calls of the OSD class
 ``lock`` (``Ioctx.execute`` / ``WriteOp.execute``), whose inputs are Ceph's encoding of
-``cls_lock_lock_op`` and ``cls_lock_break_op`` (src/cls/lock/cls_lock_ops.h): a versioned
+``cls_lock_lock_op``, ``cls_lock_break_op`` and ``cls_lock_assert_op`` (src/cls/lock/cls_lock_ops.h): a versioned
 struct (u8 version 1, u8 compat 1, le32 length of the rest), strings as le32 length + bytes,
 ``entity_name_t`` as u8 type + le64 number, ``utime_t`` as le32 seconds + le32 nanoseconds.
 
@@ -23,7 +23,8 @@ import struct
 from vstor import checkedjson
 
 __all__ = ["ENTITY_CLIENT", "FLAG_MUST_RENEW", "HOLDER_FORMAT", "HOLDER_VERSION", "LOCK_EXCLUSIVE",
-           "client_name", "encode_break_op", "encode_lock_op", "holder_addrs", "pack_holder", "unpack_holder"]
+           "client_name", "encode_assert_op", "encode_break_op", "encode_lock_op", "holder_addrs", "pack_holder",
+           "unpack_holder"]
 
 LOCK_EXCLUSIVE = 1  # ClsLockType
 FLAG_MUST_RENEW = 2  # LOCK_FLAG_MUST_RENEW: a renewal fails (ENOENT) unless the caller still holds the lock
@@ -52,6 +53,13 @@ def encode_lock_op(name: str, cookie: str, description: str, duration: int, flag
 def encode_break_op(name: str, client_id: int, cookie: str) -> bytes:
     """The input of ``lock.break_lock``: remove the locker (client.``client_id``, ``cookie``)."""
     return _struct(_string(name) + struct.pack("<Bq", ENTITY_CLIENT, client_id) + _string(cookie))
+
+
+def encode_assert_op(name: str, cookie: str, tag: str = "") -> bytes:
+    """The input of ``lock.assert_locked`` (``cls_lock_assert_op``): it succeeds only if the
+    calling client holds the exclusive lock ``name`` with ``cookie`` now (an expired locker is
+    dropped first), else EBUSY."""
+    return _struct(_string(name) + struct.pack("<B", LOCK_EXCLUSIVE) + _string(cookie) + _string(tag))
 
 
 def client_name(client_id: int) -> str:

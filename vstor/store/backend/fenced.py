@@ -5,7 +5,7 @@ ESHUTDOWN (EBLOCKLISTED) from every OSD operation. :class:`FencedBackend` is a R
 on the same client as the pool lock (so fencing that client fences the store's writes too).
 The first such error, or :meth:`FencedBackend.fence` (the pool lock's renewal failed), trips
 it, once: ``on_fenced`` is called (the daemon then stops the journal, ``Journal.stop_writes``),
-and from then on every write, create, flush, cut or delete is refused here with ESHUTDOWN and
+and from then on every write, create, append, flush, cut or delete is refused here with ESHUTDOWN and
 a message that says why ("fenced: ..." or "lost ownership ..."), without asking RADOS, so
 nothing is written or acknowledged again even after the blocklist expires. Listing and sizing
 segments answer from what was last seen, so ``array status`` still answers. Other errors pass
@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from vstor.errors import VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.radosbe import RadosBackend
 
@@ -34,9 +35,12 @@ def is_fenced(err: BaseException) -> bool:
 
 class FencedBackend(RadosBackend):
     def __init__(self, cluster: Any, pool: str, prefix: str, on_fenced: Callable[[OSError], None],
-                 faults: Faults = NO_FAULTS) -> None:
-        """``cluster`` stays open when this backend closes: the pool lock owns it."""
+                 faults: Faults = NO_FAULTS, owner_check: Callable[[], None] | None = None) -> None:
+        """``cluster`` stays open when this backend closes: the pool lock owns it.
+        ``owner_check``: asks the cluster whether the pool lock is still this client's
+        (RadosLock.assert_held), for :meth:`check_owner`."""
         self._on_fenced = on_fenced  # set first: RadosBackend.__init__ already calls _call
+        self._owner_check = owner_check
         self._trip = threading.Lock()
         self._why: str | None = None
         self._segments: list[int] = []  # as last listed
@@ -110,6 +114,26 @@ class FencedBackend(RadosBackend):
     def delete(self, name: str) -> None:
         self._check()
         super().delete(name)
+
+    def append(self, name: str, data: bytes) -> None:
+        self._check()
+        super().append(name, data)
+
+    def check_owner(self) -> None:
+        """Refused here once tripped; else ``owner_check`` asks the OSD (one round trip). A
+        lock that is not ours trips this backend, as a blocklist error does."""
+        self._check()
+        if self._owner_check is None:
+            return
+        try:
+            self._owner_check()
+        except OSError as e:
+            raise self._fenced(e) from None
+        except VstorError as e:  # LockLost: expired, broken, taken or fenced
+            why = str(e)
+            if self.fence(why):
+                self._on_fenced(OSError(errno.ESHUTDOWN, why))
+            raise OSError(errno.ESHUTDOWN, self._why or why) from None
 
     # -- reads: what status needs keeps answering -------------------------------------------
     def list_segments(self) -> list[int]:

@@ -6,13 +6,15 @@ rename, fsync of the directory); a created or deleted segment's directory entry 
 ``flush_segment`` is one fdatasync of the segment. Writes are synchronous ``pwrite`` calls,
 so an error is raised by :meth:`write_segment` itself.
 
-Fault points (vstor/faults.py): ``backend.write``, ``backend.flush``, ``backend.put``.
+Fault points (vstor/faults.py): ``backend.write``, ``backend.flush``, ``backend.put``,
+``backend.append`` (RadosBackend's too).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 
 from vstor.durable import atomic_write, remove_durably, sync_dir
@@ -124,6 +126,18 @@ class LocalBackend(PoolBackend):
         with open(self._path(name), "rb") as f:
             return f.read()
 
+    def read_tail(self, name: str, size: int) -> tuple[int, bytes]:
+        with open(self._path(name), "rb") as f:
+            length = os.fstat(f.fileno()).st_size
+            return length, os.pread(f.fileno(), size, max(0, length - size))
+
+    def get_private(self, name: str) -> bytes:
+        """The file's bytes, after making it owner-only (0600) if something widened its mode."""
+        with open(self._path(name), "rb") as f:
+            if stat.S_IMODE(os.fstat(f.fileno()).st_mode) & 0o077:
+                os.fchmod(f.fileno(), 0o600)
+            return f.read()
+
     def put(self, name: str, data: bytes) -> None:
         self.faults.hit("backend.put")
         path = self._path(name)
@@ -139,6 +153,7 @@ class LocalBackend(PoolBackend):
     def append(self, name: str, data: bytes) -> None:
         """An ``O_APPEND`` write and fsync, as a log is appended to: a crash may leave a torn
         tail, which the caller must recognise."""
+        self.faults.hit("backend.append")
         path = self._path(name)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         _write_durably(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), data)

@@ -34,6 +34,7 @@ at once, and deletes go through (that is how space is freed). Fault points as Lo
 from __future__ import annotations
 
 import errno
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -337,9 +338,13 @@ class RadosBackend(PoolBackend):
 
     # -- blobs -----------------------------------------------------------------------------
     def get(self, name: str) -> bytes:
-        def whole() -> bytes:
+        def whole() -> bytes:  # one read op returns one state of the object: asked for more than it holds, all of it
             size, _mtime = self._call(lambda: self.meta.stat(name), f"cannot read {name}")
-            return self._call(lambda: self.meta.read(name, size + 1, 0), f"cannot read {name}")
+            while True:
+                got = self._call(functools.partial(self.meta.read, name, size + 1, 0), f"cannot read {name}")
+                if len(got) <= size:
+                    return got
+                size = 2 * size + 4096  # it grew after the stat (an append, a longer replace): read again
         raw = whole()
         return self.blobs.read(name, raw, whole) if self.blobs.is_head(raw) else raw
 
@@ -362,6 +367,38 @@ class RadosBackend(PoolBackend):
             op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
             op.write_full(bytes(data))
             self._call(lambda: self.meta.operate_write_op(op, name, flags=FULL_TRY), f"cannot create {name}")
+
+    def read_tail(self, name: str, size: int) -> tuple[int, bytes]:
+        """One ``stat`` and one read of the last ``size`` bytes and one more: a read op sees one
+        state of the object, which is the stat's length exactly when the read ends at that
+        length; otherwise (appended or replaced in between) both again. A striped blob is read
+        whole."""
+        while True:
+            length, _mtime = self._call(lambda: self.meta.stat(name), f"cannot read {name}")
+            if length == HEAD_SIZE or length <= size:
+                data = self.get(name)
+                return len(data), data[max(0, len(data) - size):]
+            got = self._call(functools.partial(self.meta.read, name, size + 1, length - size), f"cannot read {name}")
+            if len(got) == size:
+                return length, got
+
+    def append(self, name: str, data: bytes) -> None:
+        """The RADOS append op, version-asserted: atomic and durable, sends only ``data``
+        (radosappend.py, which also says when the blob is replaced whole instead)."""
+        self.faults.hit("backend.append")
+        if isinstance(self.meta, _Closed):
+            raise OSError(errno.EBADF, f"the RADOS connection of {self.describe()} is closed (used after close)")
+        appender = self.__dict__.get("_appender")
+        if appender is None:
+            from vstor.store.backend.radosappend import BlobAppender
+
+            def open_io() -> Any:
+                io = self._call(lambda: self._cluster.open_ioctx(self.pool), f"cannot open RADOS pool {self.pool}")
+                io.set_namespace(self.prefix)
+                return io
+            appender = self.__dict__.setdefault("_appender", BlobAppender(self._rados, open_io, self._call,
+                                                                          self.blobs, self.get, self.put))
+        appender.append(name, bytes(data))
 
     def delete(self, name: str) -> None:
         head = None
@@ -401,6 +438,8 @@ class RadosBackend(PoolBackend):
             self.readahead.drain()
         for area in self.__dict__.get("_file_areas", {}).values():  # before the cluster goes
             area.close()
+        if "_appender" in self.__dict__:
+            self.__dict__["_appender"].close()
         meta, jrn = self.meta, self.jrn
         # librados crashes the process (SIGSEGV) on an I/O context used after its close: every
         # later use gets an OSError naming the pool instead.

@@ -11,10 +11,11 @@ took the lock, this client was blocklisted, or the cluster did not answer within
 timeout) calls ``on_lost``: the owner must stop writing, for good.
 
 Takeover (:meth:`RadosLock.acquire` with ``takeover``): if the lock is held, the holder is
-fenced first: its client addresses are blocklisted (``osd blocklist add``, for the monitor's
-default expiry), this client waits for the OSD map that says so (every OSD it talks to then
-refuses the old client's operations with ESHUTDOWN), the old lock is broken (``break_lock``)
-and ours taken. The caller then opens the pool and replays the journal as after a crash.
+fenced first: its client addresses are blocklisted (``osd blocklist add``, for
+:func:`blocklist_seconds`: 7 days unless $VSTOR_RADOS_BLOCKLIST_SECONDS says otherwise), this
+client waits for the OSD map that says so (every OSD it talks to then refuses the old
+client's operations with ESHUTDOWN), the old lock is broken (``break_lock``) and ours taken.
+The caller then opens the pool and replays the journal as after a crash.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 from vstor.errors import Busy, VstorError
 from vstor.store.backend.clslock import (
     FLAG_MUST_RENEW,
+    encode_assert_op,
     encode_break_op,
     encode_lock_op,
     holder_addrs,
@@ -38,7 +40,8 @@ from vstor.store.backend.clslock import (
     unpack_holder,
 )
 
-__all__ = ["DURATION_ENV", "LOCK_NAME", "LOCK_OBJECT", "LockLost", "RadosLock", "lock_duration"]
+__all__ = ["BLOCKLIST_ENV", "DURATION_ENV", "LOCK_NAME", "LOCK_OBJECT", "LockLost", "RadosLock", "blocklist_seconds",
+           "lock_duration"]
 
 LOCK_OBJECT = "owner.lock"
 LOCK_NAME = "vstor-owner"
@@ -48,6 +51,9 @@ RENEWALS = 3  # renewals per duration
 LOCK_FLAG_RENEW = FLAG_MUST_RENEW  # the renewal's flag (LIBRADOS_LOCK_FLAG_MUST_RENEW)
 HOLDER_XATTR = "vstor.holder"  # the holder record (clslock.pack_holder), set with the lock
 TAKEOVER_ROUNDS = 5  # fence-and-take attempts before giving up (each fences whoever holds it then)
+BLOCKLIST_ENV = "VSTOR_RADOS_BLOCKLIST_SECONDS"  # how long a takeover blocklists the old owner's clients
+DEFAULT_BLOCKLIST = 7 * 24 * 3600  # longer than any plausible pause of a VM or a process (docs/architecture.md)
+BLOCKLIST_RANGE = (60, 10 * 366 * 24 * 3600)
 
 
 class LockLost(VstorError):
@@ -62,6 +68,19 @@ def lock_duration() -> int:
     if not raw.isdigit() or not 2 <= int(raw) <= 3600:
         from vstor.errors import UsageError
         raise UsageError(f"{DURATION_ENV}={raw!r}: give whole seconds from 2 to 3600")
+    return int(raw)
+
+
+def blocklist_seconds() -> int:
+    """How long a takeover blocklists the old owner's clients: $VSTOR_RADOS_BLOCKLIST_SECONDS,
+    else DEFAULT_BLOCKLIST (the monitor's own default, mon_osd_blocklist_default_expire, is 1 h)."""
+    raw = os.environ.get(BLOCKLIST_ENV, "")
+    if not raw:
+        return DEFAULT_BLOCKLIST
+    low, high = BLOCKLIST_RANGE
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        from vstor.errors import UsageError
+        raise UsageError(f"{BLOCKLIST_ENV}={raw!r}: give whole seconds from {low} to {high}")
     return int(raw)
 
 
@@ -158,11 +177,12 @@ class RadosLock:
         """Blocklist the holder's client, wait for the OSD map that says so, break its lock."""
         rados = self._rados
         mine = set(holder_addrs(str(self.cluster.get_addrs())))
+        expire = blocklist_seconds()
         for addr in rec["addrs"]:
             if addr in mine:
                 continue
             try:
-                self.cluster.blocklist_add(addr)
+                self.cluster.blocklist_add(addr, expire)
             except rados.Error as e:
                 why = (" (this Ceph user may not blocklist: give it mon 'profile rbd' or "
                        "mon 'allow command \"osd blocklist\"')" if _code(e) in (errno.EACCES, errno.EPERM) else "")
@@ -196,6 +216,26 @@ class RadosLock:
             else:
                 self.lost = f"lost ownership of pool {self.location}: the lock could not be renewed ({e})"
             raise LockLost(f"{self.lost}; this daemon writes no more: stop it") from None
+
+    def assert_held(self) -> None:
+        """Return only if this client holds the lock now, as the OSD sees it: ``lock.assert_locked``
+        with this cookie, from the lock's own client (an expired, broken or taken lock: EBUSY; a
+        fenced client: ESHUTDOWN). One round trip, for writes that nothing else fences (the
+        backup catalog's commits, backup/sqlitefile.py). LockLost if the lock is not ours (for
+        good); OSError with the errno if the cluster did not answer."""
+        if self.lost:
+            raise LockLost(f"{self.lost}; this daemon writes no more: stop it")
+        try:
+            self.io.execute(LOCK_OBJECT, "lock", "assert_locked", encode_assert_op(LOCK_NAME, self.cookie))
+        except self._rados.Error as e:
+            code = _code(e)
+            if code == errno.ESHUTDOWN:
+                raise LockLost("fenced: this host's RADOS client was blocklisted (another host took the pool "
+                               f"{self.location} over); this daemon writes no more: stop it") from None
+            if code in (errno.EBUSY, errno.ENOENT):
+                raise LockLost(f"lost ownership of pool {self.location}: its lock expired or was broken (another "
+                               "host may serve it now); this daemon writes no more: stop it") from None
+            raise OSError(code or errno.EIO, f"cannot check the lock of pool {self.location}: {e}") from None
 
     def holder_record(self) -> dict | None:
         """The holder record of whoever took the lock last, or None."""

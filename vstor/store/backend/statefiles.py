@@ -10,7 +10,8 @@ which. The blob named ``meta/consumers.json`` is the file ``POOL/meta/consumers.
 RADOS object ``meta/consumers.json`` in namespace PREFIX (docs/formats.md, "Pool state files").
 
 Guarantees: :meth:`write` is the backend's atomic, durable replace (a crash leaves the old or
-the new bytes); :meth:`append` is durable on return (a log's append); :meth:`remove` is
+the new bytes); :meth:`append` is durable on return (a log's append: a local file may keep a
+torn tail after a crash, a RADOS object never does); :meth:`remove` is
 durable and quiet when the file is missing; :meth:`read` returns None for a missing file and
 raises the backend's OSError otherwise.
 """
@@ -18,9 +19,7 @@ raises the backend's OSError otherwise.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import stat
 
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.local import LocalBackend
@@ -54,16 +53,20 @@ class PoolFiles:
         return self.backend.where(self.blob(name) if name else self.under)
 
     def read(self, name: str, private: bool = False) -> bytes | None:
-        """A file's bytes, or None if there is none. ``private``: a local file that something made
-        readable by others is made owner-only again (mode 0600) before it is read."""
+        """A file's bytes, or None if there is none. ``private``: a secret's file, read with the
+        backend's ``get_private`` (a local file that something made readable by others is made
+        owner-only again, mode 0600, before it is read)."""
         blob = self.blob(name)
         try:
-            if private and isinstance(self.backend, LocalBackend):
-                with open(self.backend.where(blob), "rb") as f:
-                    if stat.S_IMODE(os.fstat(f.fileno()).st_mode) & 0o077:
-                        os.fchmod(f.fileno(), 0o600)
-                    return f.read()
-            return self.backend.get(blob)
+            return self.backend.get_private(blob) if private else self.backend.get(blob)
+        except FileNotFoundError:
+            return None
+
+    def read_tail(self, name: str, size: int) -> tuple[int, bytes] | None:
+        """A file's length and its last ``size`` bytes (one state of the file), or None if there
+        is none: a log's writer finds its last entry without reading the log."""
+        try:
+            return self.backend.read_tail(self.blob(name), size)
         except FileNotFoundError:
             return None
 
@@ -73,9 +76,10 @@ class PoolFiles:
 
     def append(self, name: str, data: bytes) -> None:
         """Add ``data`` at the end of a file (made, mode 0600, if missing), durably when it
-        returns. A local file is appended to as a log is (``O_APPEND`` write, fsync: a crash may
-        leave a torn tail, which the caller must recognise); on other backends the whole content
-        is replaced atomically (the file must stay under the backend's blob size)."""
+        returns (``PoolBackend.append``). A local file is appended to as a log is (``O_APPEND``
+        write, fsync: a crash may leave a torn tail, which the caller must recognise); on RADOS
+        one atomic append op sends only ``data`` (a reader sees the file before or after it),
+        and past the backend's blob size the file is replaced whole (radosappend.py)."""
         self.backend.append(self.blob(name), bytes(data))
 
     def create(self, name: str, data: bytes) -> None:
