@@ -17,12 +17,13 @@ disc images, ``base.PoolBackend.sparse_file_area``: only written stripes are sto
 inventory, disc sides' states) by name, over any backend's blobs;
 ``radoserr`` turns librados errors into OSError; ``radosblob`` keeps a blob larger than one
 RADOS write as stripes switched by a head object; ``coalesce`` gathers small journal appends
-into one RADOS write per flush.
+into one RADOS write per flush; ``radosappend`` appends to a state blob with one versioned
+RADOS append (the audit log).
 ``readahead`` reads a remote backend's segments ahead of a sequential reader, in parallel
 chunks (``radosread``: the chunks' aio reads on RADOS).
 """
 
 from __future__ import annotations
 
-__all__ = ["base", "clslock", "coalesce", "fenced", "files", "local", "location", "radosbe", "radosblob", "radoserr",
-           "radosfiles", "radoslock", "radosread", "radossparse", "readahead", "statefiles", "stub"]
+__all__ = ["base", "clslock", "coalesce", "fenced", "files", "local", "location", "radosappend", "radosbe", "radosblob",
+           "radoserr", "radosfiles", "radoslock", "radosread", "radossparse", "readahead", "statefiles", "stub"]
