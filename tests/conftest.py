@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from cephlab import ceph_lab, rados_location  # noqa: E402,F401  (RADOS tests: one cluster per session)
 from harness import Array  # noqa: E402
-from poolsite import make_array, pool_backend  # noqa: E402,F401  (suites on both backends: tests/poolsite.py)
+from poolsite import drop_no_pool_variants, make_array, note_outcome, pool_backend  # noqa: E402,F401  (suites on both backends: tests/poolsite.py)
 
 
 def _can_run_arrays() -> str | None:
@@ -30,6 +30,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "root" in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=why))
+    drop_no_pool_variants(config, items)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    note_outcome(item, outcome.get_result())
 
 
 @pytest.fixture

@@ -11,7 +11,11 @@ its backend, the same on both.
 
 A test about something only a local pool has (a file's preallocated window, ENOSPC from the
 filesystem, an mmap) carries ``@pytest.mark.local_only("why")``: its RADOS variant is skipped
-with that reason.
+with that reason. A test of such a module that makes no pool at all (pure logic: a picking rule,
+a hook runner) carries ``@pytest.mark.no_pool("why")``: its RADOS variant would run the very
+same code, so it is not collected (:func:`drop_no_pool_variants`, make test-rados's time). A
+[rados] variant that passes without making a RADOS pool fails at teardown, saying so: it tested
+nothing its [local] twin did not.
 
 Each RADOS pool gets its own prefix in cephlab's TEST_POOL; every object in a namespace of
 that prefix (PREFIX, PREFIX/journal, PREFIX/media, ...) is removed after the test, pass or
@@ -30,7 +34,7 @@ import pytest
 from cephlab import CLIENT_TIMEOUT, TEST_POOL, CephLab
 from harness import Array
 
-__all__ = ["BACKENDS", "RadosPools", "active", "make_array", "pool_backend"]
+__all__ = ["BACKENDS", "RadosPools", "active", "drop_no_pool_variants", "make_array", "note_outcome", "pool_backend"]
 
 BACKENDS = ["local", pytest.param("rados", marks=pytest.mark.rados)]
 
@@ -118,6 +122,26 @@ def active() -> RadosPools | None:
     return _ACTIVE[-1] if _ACTIVE else None
 
 
+CALL_FAILED = pytest.StashKey[bool]()
+
+
+def note_outcome(item: pytest.Item, report: pytest.TestReport) -> None:
+    """conftest's pytest_runtest_makereport: whether the test's call failed (or was skipped),
+    for pool_backend's check at teardown."""
+    if report.when == "call":
+        item.stash[CALL_FAILED] = not report.passed
+
+
+def drop_no_pool_variants(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the [rados] variant of each test marked ``no_pool``: it makes no pool, so it runs
+    exactly the code of its [local] twin."""
+    dropped = [it for it in items if it.get_closest_marker("no_pool") is not None
+               and getattr(it, "callspec", None) is not None and it.callspec.params.get("pool_backend") == "rados"]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [it for it in items if not any(it is d for d in dropped)]
+
+
 @pytest.fixture(params=BACKENDS)
 def pool_backend(request: pytest.FixtureRequest) -> Iterator[str]:
     """"local" or "rados": the kind of pool poolkit.make_pool makes in this test."""
@@ -134,4 +158,8 @@ def pool_backend(request: pytest.FixtureRequest) -> Iterator[str]:
         yield "rados"
     finally:
         _ACTIVE.remove(pools)
+        made = bool(pools.prefixes)
         pools.cleanup()
+    if not made and not request.node.stash.get(CALL_FAILED, True):
+        pytest.fail("this [rados] variant made no RADOS pool, so it ran just what its [local] twin runs: "
+                    "mark the test @pytest.mark.no_pool(\"why\") (tests/poolsite.py)", pytrace=False)

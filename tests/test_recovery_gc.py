@@ -323,6 +323,7 @@ def test_fragment_budget_work_survives_a_shrink_and_a_delete(tmp_path):
     store.close()
 
 
+@pytest.mark.no_pool("fragments.pick on a Census: pure logic")
 def test_fragment_pick_waits_for_the_budget_then_goes_to_low_water():
     """Nothing is picked within the budget, even above the low-water mark; over it, the chunks
     with most extents go first until the count would reach the low-water mark."""

@@ -149,6 +149,7 @@ def test_the_tick_does_not_wait_for_a_slow_pre(tmp_path):
     store.close()
 
 
+@pytest.mark.no_pool("hooks.around and a shell: no store")
 def test_around_runs_post_when_the_action_fails(tmp_path):
     log = tmp_path / "hooks.log"
     hooks = Hooks("true", RECORD.format(log=log), 5)
@@ -189,6 +190,7 @@ def test_backup_policy_pre_post_around_the_job_snapshot(tmp_path):
         lab.close()
 
 
+@pytest.mark.no_pool("ShellRunner alone: no store")
 def test_a_runner_that_cannot_start_the_shell_fails_the_pre_cleanly(tmp_path):
     r = ShellRunner(shell=str(tmp_path / "no-such-shell")).run("true", {}, 5, "pre")
     assert r.rc == 127 and not r.ok and "cannot run" in r.reason()
