@@ -91,8 +91,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not soak and not root" tests
 
-# The RADOS tests: one throwaway Ceph cluster (memstore, 127.0.0.1) for the session, then the
-# backend contract and store tests against it. Kept out of make test (the cluster alone takes 10-25 s).
+# The RADOS tests: one throwaway Ceph cluster (memstore, 127.0.0.1; vm/ceph.py) for the session,
+# then the backend contract, the [rados] variants of the suites and the RADOS tests against it.
+# A run of its own (.venv-rados's interpreter); CI (.ci/run) runs it after make test.
 test-rados: setup venv-rados
 	$(VENV_RADOS)/bin/python -m pytest -q -m "rados and not soak" tests
 

@@ -179,10 +179,7 @@ class Cluster:
         for sub in ("run", "log", "crash", "mon.a", "mgr.x"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         port, fsid = _free_port(), str(uuid.uuid4())
-        client = f"[client]\n{self.client_conf.strip()}\n" if self.client_conf.strip() else ""
-        store_conf = STORE_CONF[self.store].format(memstore=self.memstore_bytes, block=self.block_bytes)
-        self.conf.write_text(CONF.format(fsid=fsid, port=port, port_min=port + 1, port_max=port + PORT_SPAN, d=d,
-                                         client=client, store=self.store, store_conf=store_conf))
+        self.conf.write_text(self.render_conf(port, fsid))
         k, c = str(self.keyring), str(self.conf)
         self.run("ceph-authtool", "--create-keyring", k, "--gen-key", "-n", "mon.", "--cap", "mon", "allow *")
         self.run("ceph-authtool", k, "--gen-key", "-n", "client.admin", "--cap", "mon", "allow *",
@@ -208,6 +205,13 @@ class Cluster:
                    and s.get("mgrmap", {}).get("available", False), timeout, "the OSD up and the manager available")
         self.up_seconds = round(time.monotonic() - t0, 1)
         return self
+
+    def render_conf(self, port: int, fsid: str) -> str:
+        """The ceph.conf of this cluster, its monitor on 127.0.0.1:``port``."""
+        client = f"[client]\n{self.client_conf.strip()}\n" if self.client_conf.strip() else ""
+        store_conf = STORE_CONF[self.store].format(memstore=self.memstore_bytes, block=self.block_bytes)
+        return CONF.format(fsid=fsid, port=port, port_min=port + 1, port_max=port + PORT_SPAN, d=self.dir,
+                           client=client, store=self.store, store_conf=store_conf)
 
     def pool(self, name: str, application: str = "rados", timeout: float = 60) -> str:
         """A fresh replicated size-1 pool of 8 PGs, once all the cluster's PGs (its own
