@@ -171,6 +171,8 @@ class RadosBackend(PoolBackend):
         view = memoryview(data)
         with self._lock:
             pend = self.pending
+            if isinstance(self.jrn, _Closed):  # held bytes would never be sent
+                raise OSError(errno.EBADF, f"the RADOS connection of {self.describe()} is closed (used after close)")
             if pend.continues(segno, pos, len(view)):
                 pend.add(segno, pos, view)
                 return
