@@ -74,7 +74,7 @@ daemon    pid PID, mounted at BASE/a/mnt
 settings  chunk 512K, compress none, encrypt off
 journal   JOURNAL
 space     FREE free in the filesystem under the pool
-fuse      max_write 1M, max_read 1M
+fuse      max_write 1M, max_read 1M, max_background 64
 recovery  replayed 0 records, 0 in SECONDS
 
 NAME  SIZE  ALLOCATED  GROUP  OPEN  IMAGE

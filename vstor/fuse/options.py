@@ -58,14 +58,20 @@ def select_library() -> None:
 
 def mount_options(fsname: str, threads: bool = True) -> dict[str, Any]:
     """Keyword options for ``mfusepy.FUSE``."""
+    threads_cap = {"max_threads": tuning().get("max_threads", MAX_THREADS)} if _has_max_threads() else {}
     return {
-        "max_threads": tuning().get("max_threads", MAX_THREADS),  # libfuse's -o max_threads
+        **threads_cap,  # libfuse's -o max_threads (3.12 and later; older ones refuse the option)
         "foreground": True,
         "nothreads": not (threads and tuning().get("threads", 1)),
         "max_read": MAX_REQUEST,
         "fsname": fsname,
         "default_permissions": True,
     }
+
+
+def _has_max_threads() -> bool:
+    import mfusepy
+    return (mfusepy.fuse_version_major, mfusepy.fuse_version_minor) >= (3, 12)
 
 
 def tune_connection(conn: Any) -> dict[str, int]:
