@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,7 +142,7 @@ def ratios(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float
             vals = sorted(r[num]["jobs"][job.name]["value"] / r[den]["jobs"][job.name]["value"] for r in rounds
                           if job.name in r.get(num, {}).get("jobs", {}) and job.name in r.get(den, {}).get("jobs", {})
                           and r[den]["jobs"][job.name]["value"])
-            row[job.name] = round(vals[len(vals) // 2], 3) if vals else None
+            row[job.name] = round(statistics.median(vals), 3) if vals else None
         if any(v is not None for v in row.values()):
             out[f"{num}/{den}"] = row
     return out

@@ -39,6 +39,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,7 +143,7 @@ def ratios(rounds: list[Results], name: str = "vstor") -> dict[str, float | None
         vals = sorted(r[name]["jobs"][job.name]["value"] / r["rbd"]["jobs"][job.name]["value"] for r in rounds
                       if job.name in r.get(name, {}).get("jobs", {}) and job.name in r.get("rbd", {}).get("jobs", {})
                       and r["rbd"]["jobs"][job.name]["value"])
-        out[job.name] = round(vals[len(vals) // 2], 3) if vals else None
+        out[job.name] = round(statistics.median(vals), 3) if vals else None
     return out
 
 

@@ -3,6 +3,7 @@ and vstor's memory and replay figures."""
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from .fio import JOBS, Job
@@ -44,7 +45,7 @@ def paired_ratios(rounds: list[Results], jobs: tuple[Job, ...] = JOBS) -> dict[s
         row: dict[str, float | None] = {}
         for job in jobs:
             vals = sorted(v for r in per_round if (v := r.get(pair, {}).get(job.name)) is not None)
-            row[job.name] = vals[len(vals) // 2] if vals else None
+            row[job.name] = statistics.median(vals) if vals else None
         out[pair] = row
     return out
 

@@ -177,10 +177,11 @@ class RadosBackend(PoolBackend):
                 pend.add(segno, pos, view)
                 return
             self._send_pending()  # what is held goes first: the OSD applies one client's writes in order
+        whole = data if isinstance(data, bytes) else None  # sent as it is when one stripe takes it all
         while view:
             stripe, off = divmod(pos, STRIPE_BYTES)
             n = min(len(view), STRIPE_BYTES - off)
-            self._submit(segno, stripe, off, bytes(view[:n]))
+            self._submit(segno, stripe, off, whole if whole is not None and n == len(whole) else bytes(view[:n]))
             if self.readahead is not None:  # after the aio_write: see readahead.py, "Coherence"
                 self.readahead.invalidate(segno, pos, n)
             view, pos = view[n:], pos + n
