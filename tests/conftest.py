@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+# The daemon's FUSE library (vstor.fuse.options.select_library), chosen before any test module
+# imports mfusepy: whichever imports it first fixes the library for the whole session.
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 sys.path.insert(0, os.path.dirname(__file__))
 from cephlab import ceph_lab, rados_location  # noqa: E402,F401  (RADOS tests: one cluster per session)
 from harness import Array  # noqa: E402
@@ -59,3 +63,12 @@ def array(array_factory) -> Array:
     arr = array_factory()
     arr.start()
     return arr
+
+
+@pytest.fixture(autouse=True)
+def _sigpipe_ignored() -> Iterator[None]:
+    """libfuse's fuse_main sets SIGPIPE to SIG_IGN and, when it ends, back to SIG_DFL: after a
+    test that ran a FUSE server in this process, a write to a closed socket would kill pytest
+    (exit 141, no summary). Python ignores SIGPIPE; every test starts and ends that way."""
+    yield
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)

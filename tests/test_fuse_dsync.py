@@ -15,12 +15,11 @@ import subprocess
 import types
 from pathlib import Path
 
-import mfusepy as fuse
 import pytest
 from poolkit import MiB, make_pool
 
 from vstor.faults import Faults
-from vstor.fuse.ops import VolumeFS
+from vstor.fuse.ops import VolumeFS  # selects the FUSE library before mfusepy is imported
 from vstor.store.store import Store
 
 K4 = 4096
@@ -50,6 +49,8 @@ def test_an_o_dsync_handle_is_durable_when_the_write_returns(tmp_path: Path) -> 
 
 def test_an_o_dsync_write_whose_commit_fails_fails(tmp_path: Path) -> None:
     """The host learns of a failed commit from the write itself, not from a later fsync."""
+    import mfusepy as fuse  # after vstor.fuse.ops chose the library
+
     faults = Faults()
     store = Store.open(make_pool(tmp_path), faults=faults)
     try:
