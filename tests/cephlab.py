@@ -10,13 +10,18 @@ stays "up" for 15 minutes, so test clients get ``rados_osd_op_timeout`` (CLIENT_
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from vm.ceph import MEMSTORE_BYTES, CephError, Cluster, ceph_missing
+# vm/ is not installed with vstor: the repo root, for helpers run in child processes whose
+# sys.path holds only tests/ (test_defrag's crash children)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vm.ceph import MEMSTORE_BYTES, CephError, Cluster, ceph_missing  # noqa: E402
 
 __all__ = ["CLIENT_TIMEOUT", "MEMSTORE_BYTES", "TEST_POOL", "CephError", "CephLab", "ceph_available", "ceph_lab",
            "rados_location"]
