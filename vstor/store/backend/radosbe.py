@@ -186,15 +186,19 @@ class RadosBackend(PoolBackend):
                 self.readahead.invalidate(segno, pos, n)
             view, pos = view[n:], pos + n
 
-    def _submit(self, segno: int, stripe: int, off: int, chunk: bytes) -> None:
-        """One aio write to a stripe object; waits for the oldest when MAX_IN_FLIGHT are out."""
+    def _aio_write(self, segno: int, stripe: int, off: int, data: bytes) -> tuple[Any, str]:
+        """Issue one aio write to a stripe object: (completion, object name); OSError if refused."""
         obj = self.stripe_name(segno, stripe)
         try:
             with self._rados.WriteOpCtx() as op:
-                op.write(chunk, off)
-                comp = self.jrn.operate_aio_write_op(op, obj, flags=FULL_TRY)
+                op.write(data, off)
+                return self.jrn.operate_aio_write_op(op, obj, flags=FULL_TRY), obj
         except self._rados.Error as e:
             raise os_error(e, f"cannot write journal segment {segno}") from None
+
+    def _submit(self, segno: int, stripe: int, off: int, chunk: bytes) -> None:
+        """One aio write to a stripe object; waits for the oldest when MAX_IN_FLIGHT are out."""
+        comp, obj = self._aio_write(segno, stripe, off, chunk)
         with self._lock:
             self._in_flight.append((segno, comp, obj))
             excess = len(self._in_flight) - MAX_IN_FLIGHT
@@ -210,13 +214,10 @@ class RadosBackend(PoolBackend):
         assert taken is not None
         seg, pos, data = taken
         stripe, off = divmod(pos, STRIPE_BYTES)
-        obj = self.stripe_name(seg, stripe)
         try:
-            with self._rados.WriteOpCtx() as op:
-                op.write(data, off)
-                comp = self.jrn.operate_aio_write_op(op, obj, flags=FULL_TRY)
-        except self._rados.Error as e:
-            self._failed.setdefault(seg, os_error(e, f"cannot write journal segment {seg}"))
+            comp, obj = self._aio_write(seg, stripe, off, data)
+        except OSError as e:
+            self._failed.setdefault(seg, e)
             return  # the segment's next flush raises it
         self._in_flight.append((seg, comp, obj))
 

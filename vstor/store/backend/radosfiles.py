@@ -36,7 +36,7 @@ from typing import Any
 from vstor.store.backend.files import AreaFile, FileArea
 from vstor.store.backend.radoserr import os_error
 
-__all__ = ["CACHE_BELOW", "FILE_STRIPE", "MAX_IN_FLIGHT", "RadosFile", "RadosFiles", "stripe_name"]
+__all__ = ["CACHE_BELOW", "FILE_STRIPE", "MAX_IN_FLIGHT", "RadosFile", "RadosFiles", "read_stripe", "stripe_name"]
 
 FILE_STRIPE = 4 * 1024 * 1024
 MAX_IN_FLIGHT = 32  # aio writes outstanding per file before a writer waits for the oldest
@@ -46,6 +46,17 @@ STRIPE_SUFFIX = ".%08x"
 
 def stripe_name(name: str, stripe: int) -> str:
     return name + STRIPE_SUFFIX % stripe
+
+
+def read_stripe(io: Any, area: Any, name: str, stripe: int, n: int, off: int) -> bytes:
+    """Up to ``n`` bytes at ``off`` of a file's stripe object; b"" when the object does not exist.
+    ``area`` is the file's :class:`RadosFiles` (its rados module and names)."""
+    try:
+        return io.read(stripe_name(name, stripe), n, off)
+    except area.rados.ObjectNotFound:
+        return b""
+    except area.rados.Error as e:
+        raise os_error(e, f"cannot read {area.describe(name)}") from None
 
 
 class RadosFile(AreaFile):
@@ -164,12 +175,7 @@ class RadosFile(AreaFile):
         return b"".join(parts)
 
     def _read(self, stripe: int, n: int, off: int) -> bytes:
-        try:
-            return self.io.read(stripe_name(self.name, stripe), n, off)
-        except self.area.rados.ObjectNotFound:
-            return b""
-        except self.area.rados.Error as e:
-            raise os_error(e, f"cannot read {self.area.describe(self.name)}") from None
+        return read_stripe(self.io, self.area, self.name, stripe, n, off)
 
     def _stripe(self, stripe: int) -> bytes:
         if self._cache is None or self._cache[0] != stripe:

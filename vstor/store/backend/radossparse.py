@@ -37,7 +37,7 @@ from typing import Any
 
 from vstor.store.backend.files import AreaFile
 from vstor.store.backend.radoserr import os_error
-from vstor.store.backend.radosfiles import FILE_STRIPE, MAX_IN_FLIGHT, RadosFiles, stripe_name
+from vstor.store.backend.radosfiles import FILE_STRIPE, MAX_IN_FLIGHT, RadosFiles, read_stripe, stripe_name
 
 __all__ = ["RadosSparseFile", "RadosSparseFiles"]
 
@@ -140,12 +140,7 @@ class RadosSparseFile(AreaFile):
         return b"".join(parts)
 
     def _read(self, stripe: int, n: int, off: int) -> bytes:
-        try:
-            return self.io.read(stripe_name(self.name, stripe), n, off)
-        except self.area.rados.ObjectNotFound:
-            return b""
-        except self.area.rados.Error as e:
-            raise os_error(e, f"cannot read {self.area.describe(self.name)}") from None
+        return read_stripe(self.io, self.area, self.name, stripe, n, off)
 
 
 class RadosSparseFiles(RadosFiles):
