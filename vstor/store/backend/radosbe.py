@@ -52,6 +52,7 @@ __all__ = ["STRIPE_BYTES", "MAX_IN_FLIGHT", "RadosBackend", "connect_cluster"]
 
 STRIPE_BYTES = 4 * 1024 * 1024
 MAX_IN_FLIGHT = 64  # aio writes outstanding before a writer waits for the oldest
+REMOVE_BATCH = 32  # stripe removes in flight at once when a segment is deleted
 MAX_BLOB = 64 * 1024 * 1024  # under osd_max_write_size (90 MiB): one write_full must carry a blob
 INDEX = "index"
 DEFAULT_TIMEOUT = 30  # seconds: rados_osd_op_timeout, rados_mon_op_timeout, client_mount_timeout
@@ -328,17 +329,39 @@ class RadosBackend(PoolBackend):
         with self._lock:
             self.pending.drop(segno)  # bytes of a segment being deleted need not land
         self._reap(segno=segno)
-        self._index(segno, False)
-        for k in range(len(self._stripes(segno)) - 1, -1, -1):
-            try:
-                self._remove(self.jrn, self.stripe_name(segno, k))
-            except self._rados.ObjectNotFound:
-                pass
-            except self._rados.Error as e:
-                raise os_error(e, f"cannot delete journal segment {segno}") from None
+        self._index(segno, False)  # first: from here on the segment is never read
+        self._remove_stripes(segno)
         with self._lock:
             self._failed.pop(segno, None)
         self._forget(segno)
+
+    def _remove_stripes(self, segno: int) -> None:
+        """Remove an unlisted segment's stripes, REMOVE_BATCH at a time in parallel (aio), from
+        stripe 0 until a batch finds one missing. One by one, a stat and a remove per 4 MiB
+        stripe, a 256 MiB segment took some 130 round trips, and the store deletes dead
+        segments under its lock after a checkpoint: writers stalled 170-230 ms (the p99 of
+        1 MiB O_DSYNC writes at QD16, benchmarks.md §13)."""
+        first = 0
+        while True:
+            comps = []
+            try:
+                for k in range(first, first + REMOVE_BATCH):
+                    with self._rados.WriteOpCtx() as op:
+                        op.remove()
+                        comps.append(self.jrn.operate_aio_write_op(op, self.stripe_name(segno, k), flags=FULL_TRY))
+            except self._rados.Error as e:
+                raise os_error(e, f"cannot delete journal segment {segno}") from None
+            missing = False
+            for comp in comps:
+                comp.wait_for_complete()
+                ret = comp.get_return_value()
+                if ret == -errno.ENOENT:
+                    missing = True
+                elif ret < 0:
+                    raise OSError(-ret, f"cannot delete journal segment {segno}: {errno.errorcode.get(-ret, ret)}")
+            if missing:
+                return
+            first += REMOVE_BATCH
 
     # -- blobs -----------------------------------------------------------------------------
     def get(self, name: str) -> bytes:
