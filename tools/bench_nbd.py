@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from tools.benchlib import options
 from tools.benchlib.fio import fio_version
 from tools.benchlib.nbdservers import NbdkitServer, Server, VstorServer, make_certs, tool_missing
 from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, signals_deferred
+from tools.benchlib.report import combine, round_ratio, table
 from vm.lab import Lab
 
 SERVERS = ("nbdkit", "vstor", "nbdkit-tls", "vstor-tls")
@@ -135,39 +135,8 @@ PAIRS = (("vstor", "nbdkit"), ("vstor-tls", "nbdkit-tls"), ("vstor-tls", "vstor"
 
 
 def ratios(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float | None]]:
-    out: dict[str, dict[str, float | None]] = {}
-    for num, den in PAIRS:
-        row: dict[str, float | None] = {}
-        for job in JOBS:
-            vals = sorted(r[num]["jobs"][job.name]["value"] / r[den]["jobs"][job.name]["value"] for r in rounds
-                          if job.name in r.get(num, {}).get("jobs", {}) and job.name in r.get(den, {}).get("jobs", {})
-                          and r[den]["jobs"][job.name]["value"])
-            row[job.name] = round(statistics.median(vals), 3) if vals else None
-        if any(v is not None for v in row.values()):
-            out[f"{num}/{den}"] = row
-    return out
-
-
-def combine(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per server and job, the median run over the rounds."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in dict.fromkeys(n for r in rounds for n in r):
-        seen = [r[name] for r in rounds if name in r]
-        jobs = {}
-        for job in JOBS:
-            runs = sorted((s["jobs"][job.name] for s in seen if job.name in s["jobs"]), key=lambda x: x["value"])
-            if runs:
-                jobs[job.name] = dict(runs[len(runs) // 2], rounds=[x["value"] for x in runs])
-        errors = [s["error"] for s in seen if s.get("error")]
-        out[name] = {"kind": seen[0]["kind"], "tls": seen[0]["tls"], "jobs": jobs,
-                     "error": errors[0] if errors else None}
-    return out
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))])
-                     for r in [header, *rows])
+    out = {f"{num}/{den}": round_ratio(rounds, num, den, JOBS) for num, den in PAIRS}
+    return {pair: row for pair, row in out.items() if any(v is not None for v in row.values())}
 
 
 def render(combined: dict[str, dict[str, Any]], rat: dict[str, dict[str, float | None]]) -> str:
@@ -258,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
-    combined = combine(rounds) if rounds else {}
+    combined = combine(rounds, JOBS, keep=("kind", "tls")) if rounds else {}
     rat = ratios(rounds)
     print()
     print(render(combined, rat))

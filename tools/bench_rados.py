@@ -39,7 +39,6 @@ import os
 import platform
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,7 @@ from tools.benchlib.ceph import BenchCluster, ceph_missing
 from tools.benchlib.fio import direct_io_works, fio_version
 from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, signals_deferred
 from tools.benchlib.radostargets import JOBS, WRITE_TARGETS, RadosVstor, RbdImage, rados_bench, run_rjob
-from tools.benchlib.report import table
+from tools.benchlib.report import combine, round_ratio, table
 
 TARGETS = ("vstor", "rbd", "vstor-psync")
 DEFAULT_TARGETS = ("vstor", "rbd")
@@ -138,28 +137,7 @@ def measure(name: str, cluster: BenchCluster, workdir: Path, a: argparse.Namespa
 
 def ratios(rounds: list[Results], name: str = "vstor") -> dict[str, float | None]:
     """``name`` / rbd per job: the median of the rounds' ratios."""
-    out: dict[str, float | None] = {}
-    for job in JOBS:
-        vals = sorted(r[name]["jobs"][job.name]["value"] / r["rbd"]["jobs"][job.name]["value"] for r in rounds
-                      if job.name in r.get(name, {}).get("jobs", {}) and job.name in r.get("rbd", {}).get("jobs", {})
-                      and r["rbd"]["jobs"][job.name]["value"])
-        out[job.name] = round(statistics.median(vals), 3) if vals else None
-    return out
-
-
-def combine(rounds: list[Results]) -> Results:
-    """Per target and job, the median run over the rounds."""
-    out: Results = {}
-    for name in dict.fromkeys(t for r in rounds for t in r):
-        seen = [r[name] for r in rounds if name in r]
-        jobs = {}
-        for job in JOBS:
-            runs = sorted((s["jobs"][job.name] for s in seen if job.name in s["jobs"]), key=lambda x: x["value"])
-            if runs:
-                jobs[job.name] = dict(runs[len(runs) // 2], rounds=[x["value"] for x in runs])
-        errors = [s["error"] for s in seen if s.get("error")]
-        out[name] = {"kind": name, "jobs": jobs, "error": errors[0] if errors else None}
-    return out
+    return round_ratio(rounds, name, "rbd", JOBS)
 
 
 def render(combined: Results, rat: dict[str, float | None], rb: dict[str, dict[str, Any]],
@@ -235,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         with signals_deferred():
             shutil.rmtree(workdir, ignore_errors=True)
     head["load_after"] = os.getloadavg()
-    combined = combine(rounds) if rounds else {}
+    combined = combine(rounds, JOBS) if rounds else {}
     rat, rat_psync = ratios(rounds), ratios(rounds, "vstor-psync")
     print(f"\nload average before {head['load_before'][0]:.2f}, after {head['load_after'][0]:.2f} "
           f"(1 min; the machine may be shared)")

@@ -4,13 +4,20 @@ and vstor's memory and replay figures."""
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from .fio import JOBS, Job
 
-__all__ = ["Results", "combine", "paired_ratios", "ratio_pairs", "ratios", "render", "table"]
+__all__ = ["Results", "combine", "paired_ratios", "ratio_pairs", "ratios", "render", "round_ratio", "table"]
 
 Results = dict[str, dict[str, Any]]
+
+
+class Named(Protocol):
+    """A job of any tool (fio.Job, radostargets.RJob, bench_nbd's NbdJob): what combine needs."""
+
+    name: str
 
 
 def _value(results: Results, target: str, job: str) -> float | None:
@@ -50,10 +57,11 @@ def paired_ratios(rounds: list[Results], jobs: tuple[Job, ...] = JOBS) -> dict[s
     return out
 
 
-def combine(rounds: list[Results], jobs: tuple[Job, ...] = JOBS) -> Results:
-    """One result per target: per job, the run with the median value over the rounds."""
+def combine(rounds: list[Results], jobs: Sequence[Named] = JOBS, keep: tuple[str, ...] = ("kind",)) -> Results:
+    """One result per target: per job, the run with the median value over the rounds (with every
+    round's value); ``keep``: keys copied from the target's first round."""
     out: Results = {}
-    for name in rounds[0]:
+    for name in dict.fromkeys(t for r in rounds for t in r):
         seen = [r[name] for r in rounds if name in r]
         picked: dict[str, Any] = {}
         for job in jobs:
@@ -62,8 +70,19 @@ def combine(rounds: list[Results], jobs: tuple[Job, ...] = JOBS) -> Results:
             if runs:
                 picked[job.name] = dict(runs[len(runs) // 2], rounds=[x["value"] for x in runs])
         errors = [r["error"] for r in seen if r.get("error")]
-        out[name] = {"kind": seen[0]["kind"], "jobs": picked, "extras": seen[-1].get("extras", {}),
+        out[name] = {**{k: seen[0].get(k) for k in keep}, "jobs": picked, "extras": seen[-1].get("extras", {}),
                      "error": errors[0] if errors else None}
+    return out
+
+
+def round_ratio(rounds: list[Results], num: str, den: str, jobs: Sequence[Named]) -> dict[str, float | None]:
+    """``num`` / ``den`` per job: the median of the rounds' ratios (both measured in the same round)."""
+    out: dict[str, float | None] = {}
+    for job in jobs:
+        vals = [r[num]["jobs"][job.name]["value"] / r[den]["jobs"][job.name]["value"] for r in rounds
+                if job.name in r.get(num, {}).get("jobs", {}) and job.name in r.get(den, {}).get("jobs", {})
+                and r[den]["jobs"][job.name]["value"]]
+        out[job.name] = round(statistics.median(vals), 3) if vals else None
     return out
 
 

@@ -1,0 +1,40 @@
+"""The benchmarks' shared round arithmetic (tools/benchlib/report.py), used by bench_fio,
+bench_nbd and bench_rados: the median run per target and job, and the median of per-round
+ratios (an even number of rounds takes the mean of the middle two, not the upper one)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools.benchlib.report import combine, round_ratio  # noqa: E402
+
+
+@dataclass(frozen=True)
+class J:
+    name: str
+
+
+JOBS = (J("a"), J("b"))
+
+
+def _res(a: float, b: float | None = None, **kw: object) -> dict:
+    jobs = {"a": {"value": a}} | ({} if b is None else {"b": {"value": b}})
+    return {"kind": "k", "jobs": jobs, "error": None, **kw}
+
+
+def test_combine_takes_the_median_run_and_keeps_the_asked_keys_of_every_target() -> None:
+    rounds = [{"x": _res(3, 1, tls=True)}, {"y": _res(5)}, {"x": _res(1, 2, tls=True)}, {"x": _res(2, error="boom")}]
+    out = combine(rounds, JOBS, keep=("kind", "tls"))
+    assert set(out) == {"x", "y"}, "a target missing from the first round is still reported"
+    assert out["x"]["jobs"]["a"] == {"value": 2, "rounds": [1, 2, 3]}
+    assert out["x"]["jobs"]["b"]["rounds"] == [1, 2] and out["x"]["tls"] is True and out["x"]["error"] == "boom"
+    assert "b" not in out["y"]["jobs"]
+
+
+def test_round_ratio_is_the_median_of_each_rounds_ratio() -> None:
+    rounds = [{"v": _res(6, 1), "base": _res(10, 0)}, {"v": _res(8), "base": _res(10, 4)}]
+    assert round_ratio(rounds, "v", "base", JOBS) == {"a": 0.7, "b": None}  # b: base 0, then v missing
+    assert round_ratio(rounds + [{"v": _res(9), "base": _res(10)}], "v", "base", JOBS)["a"] == 0.8
