@@ -34,6 +34,19 @@ def _open(pool: str) -> tuple[Store, StoppableBackend]:
     return Store.open(pool, backend=be), be
 
 
+def _outage_after_a_sync(store: Store, be: StoppableBackend) -> int:
+    """A volume with "A" * 64 KiB durable at 0, then the cluster stops and "B" over it is never
+    made durable: the sync that meets the outage fails. Returns the volume's id."""
+    vid = store.create_volume("v", 8 * MiB).id
+    store.write(vid, 0, b"A" * K64)
+    store.sync()
+    be.stopped = True
+    store.write(vid, 0, b"B" * K64)
+    with pytest.raises(Unavailable):
+        store.sync()
+    return vid
+
+
 def test_segment_header_seal_round_trip() -> None:
     uid = os.urandom(16)
     assert segment_seal(pack_segment_header(uid, 7, 1)) is None
@@ -96,13 +109,7 @@ def test_a_restart_seals_the_segment_a_dead_owner_may_still_write_to(tmp_path: P
     pool = make_pool(tmp_path)
     store, dead = _open(pool)
     try:
-        vid = store.create_volume("v", 8 * MiB).id
-        store.write(vid, 0, b"A" * K64)
-        store.sync()
-        dead.stopped = True
-        store.write(vid, 0, b"B" * K64)
-        with pytest.raises(Unavailable):
-            store.sync()
+        vid = _outage_after_a_sync(store, dead)
     finally:
         store.close(checkpoint=False)  # as if killed: no resume, no checkpoint
     store, _be = _open(pool)  # another process (or host) recovers the pool
@@ -159,13 +166,7 @@ def test_a_resume_whose_create_landed_late_adopts_the_segment(tmp_path: Path) ->
     pool = make_pool(tmp_path)
     store, be = _open(pool)
     try:
-        vid = store.create_volume("v", 8 * MiB).id
-        store.write(vid, 0, b"A" * K64)
-        store.sync()
-        be.stopped = True
-        store.write(vid, 0, b"B" * K64)
-        with pytest.raises(Unavailable):
-            store.sync()
+        vid = _outage_after_a_sync(store, be)
         be.stopped = False
         be.create_lands_late = True  # the sealing segment is made, but the client hears a timeout
         with pytest.raises(OSError):
