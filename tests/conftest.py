@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,11 +63,3 @@ def array(array_factory) -> Array:
     arr.start()
     return arr
 
-
-@pytest.fixture(autouse=True)
-def _sigpipe_ignored() -> Iterator[None]:
-    """libfuse's fuse_main sets SIGPIPE to SIG_IGN and, when it ends, back to SIG_DFL: after a
-    test that ran a FUSE server in this process, a write to a closed socket would kill pytest
-    (exit 141, no summary). Python ignores SIGPIPE; every test starts and ends that way."""
-    yield
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
