@@ -3,6 +3,7 @@ another volume is read through the FUSE mount (issue #22: reads fell to 82 kB/s 
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import subprocess
@@ -15,6 +16,7 @@ from harness import VSTOR
 pytestmark = pytest.mark.root
 
 MiB = 1 << 20
+STALL_LIMIT = 2.0  # seconds; one 1 MiB read takes milliseconds, the old lock held it minutes
 
 
 class Reader:
@@ -47,9 +49,10 @@ class Reader:
         self._stop.set()
         self._thread.join(30)
 
-    def rate(self, t0: float, t1: float) -> float:
-        """MiB read per second between t0 and t1."""
-        return sum(1 for t in self.done if t0 <= t < t1) / (t1 - t0)
+    def longest_stall(self, t0: float, t1: float) -> float:
+        """The longest time between t0 and t1 in which no read finished."""
+        marks = [t0, *(t for t in self.done if t0 <= t < t1), t1]
+        return max(b - a for a, b in itertools.pairwise(marks))
 
 
 def _cli(arr, *args: str) -> float:
@@ -75,21 +78,18 @@ def test_shrink_and_delete_of_a_1p_volume_keep_reads_going(array):
     reader.start()
     try:
         time.sleep(0.5)  # warm up
-        t0 = time.monotonic()  # the baseline runs as many CLI processes: they compete for the CPU alike
-        _cli(arr, "volume", "show", "z")
-        _cli(arr, "volume", "show", "z")
-        _cli(arr, "volume", "list")
         t1 = time.monotonic()
-        before = reader.rate(t0, t1)
         shrink = _cli(arr, "volume", "resize", "z", "--size", "1G", "--allow-shrink")
         delete = _cli(arr, "volume", "delete", "z")
         _cli(arr, "volume", "list")
         t2 = time.monotonic()
-        during = reader.rate(t1, t2)
     finally:
         reader.stop()
     assert shrink < 10 and delete < 10, (shrink, delete)
-    assert during >= before / 2, f"reads fell from {before:.0f} to {during:.0f} MiB/s ({shrink=:.2f}, {delete=:.2f})"
+    # Not a rate ratio: a busy machine (CI installs Ceph beside make test) halves throughput
+    # on its own. What the old code did was stop reads for minutes behind the volume lock.
+    stall = reader.longest_stall(t1, t2)
+    assert stall < STALL_LIMIT, f"no read finished for {stall:.2f} s ({shrink=:.2f}, {delete=:.2f})"
     names = [v["name"] for v in arr.vstor_json("volume", "list")]
     assert names == ["data"]
     with open(arr.image("data"), "rb") as f:
