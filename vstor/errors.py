@@ -142,12 +142,25 @@ class Unavailable(VstorError):
     exit_code = 17  # 16 is EXIT_PENDING (vstor/cli/common.py)
 
 
+class WouldBlock(VstorError):
+    """A read asked not to wait (``nowait``) needs data that is not in memory: the header
+    cache or the page cache misses it, or the pool is remote. Never shown to a user: the
+    caller serves the read later, or where waiting is fine (vstor/nbd/conn.py)."""
+
+    errno = _errno.EAGAIN
+    exit_code = 18
+
+    def __init__(self, message: str, started: bool = False) -> None:
+        super().__init__(message)
+        self.started = started  # the kernel was asked to read it meanwhile: a retry soon finds it
+
+
 ERROR_TYPES: dict[str, type[VstorError]] = {
     cls.__name__: cls
     for cls in (
         VstorError, UsageError, NotFound, AlreadyExists, Busy, NotRunning, KeyError_,
         PoolFull, CorruptData, FormatError, ReadOnly, ExternalToolError, MediaError, TimedOut,
-        Refused, Unavailable,
+        Refused, Unavailable, WouldBlock,
     )
 }
 

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from vstor.errors import CorruptData, NotFound
+from vstor.errors import CorruptData, NotFound, WouldBlock
 from vstor.store.codec import first_bad_stored_frame
 from vstor.store.journal.format import (
     FRAME_ENTRY_SIZE,
@@ -43,11 +43,18 @@ class ReadPathMixin(StoreParts):
     # Set by defrag.Defragmenter: told of host reads that found many pieces.
     defrag_hint: Callable[[int, int, int, int], None] | None = None
 
-    def read(self, vid: int, offset: int, size: int, sid: int = 0) -> bytes | memoryview:
+    def read(self, vid: int, offset: int, size: int, sid: int = 0, nowait: bool = False) -> bytes | memoryview:
         """Read ``size`` bytes (fewer at the end) of volume ``vid``, or of its image in snapshot
         ``sid`` (bytes-like: a read within one stored frame may be a read-only view of it).
-        Raises CorruptData rather than returning bytes that fail verification."""
+        Raises CorruptData rather than returning bytes that fail verification. With ``nowait``,
+        raises WouldBlock instead of waiting for the disk or the cluster (see WouldBlock)."""
+        if nowait:
+            return self._reading(vid, offset, size, sid, self._assemble_nowait)
         return self._reading(vid, offset, size, sid, self.assemble)
+
+    def _assemble_nowait(self, lineage: tuple[int, ...] | None, offset: int, size: int,
+                         pieces: list) -> bytes | memoryview:
+        return self.assemble(lineage, offset, size, pieces, nowait=True)
 
     def read_into(self, vid: int, offset: int, view: memoryview, sid: int = 0) -> int:
         """Like :meth:`read`, into ``view`` (writable bytes); returns the bytes read. On an
@@ -74,6 +81,7 @@ class ReadPathMixin(StoreParts):
             pieces = vm.lookup(offset, offset + size) if size else []
             lineage = vm.lineage
             self._active_reads += 1
+        counted = True
         try:
             if len(pieces) > 4 and not sid and self.defrag_hint is not None:
                 self.defrag_hint(vid, offset, size, len(pieces))
@@ -83,9 +91,13 @@ class ReadPathMixin(StoreParts):
             log.error("read error on volume %d offset %d (chunk %d): %s", vid, offset,
                       offset // self.sb.chunk_size, e)
             raise
+        except WouldBlock:
+            counted = False  # the retry counts it
+            raise
         finally:
             self.done_reading()
-            self.stats.request("read", size)
+            if counted:
+                self.stats.request("read", size)
 
     def lookup_for_read(self, vm: Any, offset: int, size: int) -> list:
         """Extents of a range of ``vm``, registering a reader; pair with :meth:`done_reading`."""
@@ -99,30 +111,34 @@ class ReadPathMixin(StoreParts):
             if not self._active_reads:
                 self._reads_done.notify_all()
 
-    def assemble(self, lineage: tuple[int, ...] | None, offset: int, size: int, pieces: list) -> bytes | memoryview:
+    def assemble(self, lineage: tuple[int, ...] | None, offset: int, size: int, pieces: list,
+                 nowait: bool = False) -> bytes | memoryview:
         """The bytes of [offset, offset+size) from its mapped pieces; gaps are zeros. Built with
-        one copy, or none when one piece covers it all (then possibly a view of a cached frame)."""
+        one copy, or none when one piece covers it all (then possibly a view of a cached frame).
+        ``nowait``: WouldBlock rather than wait for any piece."""
         if not pieces:
             return bytes(size)
         if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + size:
-            return self._read_extent(lineage, *pieces[0])
+            s, e, loc = pieces[0]
+            return self._read_extent(lineage, s, e, loc, nowait=nowait)
         spans = _shared_spans(pieces)
         if spans:  # pieces of one record are cut from one read of it: assemble in a buffer
             buf = bytearray(size)
-            self.assemble_into(lineage, offset, memoryview(buf), pieces)
+            self.assemble_into(lineage, offset, memoryview(buf), pieces, nowait)
             return bytes(buf)
         parts: list[bytes | memoryview] = []
         at = offset
         for s, e, loc in pieces:
             if s > at:
                 parts.append(bytes(s - at))
-            parts.append(self._read_extent(lineage, s, e, loc))
+            parts.append(self._read_extent(lineage, s, e, loc, nowait=nowait))
             at = e
         if at < offset + size:
             parts.append(bytes(offset + size - at))
         return b"".join(parts)
 
-    def assemble_into(self, lineage: tuple[int, ...] | None, offset: int, view: memoryview, pieces: list) -> None:
+    def assemble_into(self, lineage: tuple[int, ...] | None, offset: int, view: memoryview, pieces: list,
+                      nowait: bool = False) -> None:
         """:meth:`assemble` into ``view``, which covers [offset, offset+len(view)).
 
         A record that several pieces come from (an aged volume: a large write cut by small
@@ -131,12 +147,12 @@ class ReadPathMixin(StoreParts):
         re-verified the 64 KiB frames it touches (docs/benchmarks.md section 9)."""
         if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + len(view):
             s, e, loc = pieces[0]
-            data = self._read_extent(lineage, s, e, loc, into=view)  # one piece: the common small read
+            data = self._read_extent(lineage, s, e, loc, into=view, nowait=nowait)  # one piece: the common small read
             if data is not view:
                 view[:] = data
             return
         spans = _shared_spans(pieces)
-        if len(pieces) > PREFETCH_PIECES:
+        if len(pieces) > PREFETCH_PIECES and not nowait:
             self._prefetch(pieces, spans)
         at = offset
         for s, e, loc in pieces:
@@ -144,12 +160,12 @@ class ReadPathMixin(StoreParts):
             part = view[s - offset : e - offset]
             span = spans.get(loc) if spans else None
             if span is not None and span[2] is None:
-                span = spans[loc] = self._read_span(lineage, loc, *span[:2])
+                span = spans[loc] = self._read_span(lineage, loc, *span[:2], nowait=nowait)
             if span is not None:
                 a = span[0]
                 part[:] = span[2][s - a : e - a]
             else:
-                data = self._read_extent(lineage, s, e, loc, into=part)
+                data = self._read_extent(lineage, s, e, loc, into=part, nowait=nowait)
                 if data is not part:  # not read in place: decoded, or cut from whole frames
                     part[:] = data
             at = e
@@ -168,23 +184,25 @@ class ReadPathMixin(StoreParts):
         except OSError:  # only a hint: the reads themselves say what is wrong
             pass
 
-    def _read_span(self, lineage: tuple[int, ...] | None, loc: int, a: int, b: int) -> tuple[int, int, Any] | None:
+    def _read_span(self, lineage: tuple[int, ...] | None, loc: int, a: int, b: int,
+                   nowait: bool = False) -> tuple[int, int, Any] | None:
         """[a, b) of the record at ``loc``, verified, for the pieces between; None when that
         fails, so that each piece is read alone: the span also covers frames whose data was
         overwritten since, and damage there must not fail a read of live data."""
         try:
-            return a, b, self._read_extent(lineage, a, b, loc)
+            return a, b, self._read_extent(lineage, a, b, loc, nowait=nowait)
         except CorruptData:
             return None
 
     def _read_extent(self, lineage: tuple[int, ...] | None, s: int, e: int, loc: int,
-                     into: memoryview | None = None) -> bytes | memoryview:
+                     into: memoryview | None = None, nowait: bool = False) -> bytes | memoryview:
         """The bytes of [s, e) from the record at ``loc``, which must belong to a volume of
         ``lineage`` (None: any) and cover the range. Where [s, e) is whole frames stored as is,
         they are read into ``into`` (len e - s) and verified there, and ``into`` is returned;
-        otherwise new bytes."""
+        otherwise new bytes. ``nowait``: WouldBlock unless the header cache and the page cache
+        hold everything it needs."""
         segno, pos = loc_segno(loc), loc_pos(loc)
-        cached = self._header(loc)
+        cached = self._header(loc, nowait)
         h, offs = cached.header, cached.offs
         vid = lineage[-1] if lineage else h.volume
         if (lineage is not None and h.volume not in lineage) or h.rtype not in (REC_WRITE, REC_RELOCATE) or not (
@@ -197,9 +215,11 @@ class ReadPathMixin(StoreParts):
         base = pos + RECORD_HEADER_SIZE + h.table_size
         stored = offs[f1 + 1] - offs[f0]
         cut, n = rel_s - f0 * FRAME_SIZE, rel_e - rel_s
-        if into is not None and cached.raw_csums is not None and cut == 0 and n == stored:
+        if nowait:
+            raw: bytes | memoryview = self.journal.pread_nowait(segno, base + offs[f0], stored)
+        elif into is not None and cached.raw_csums is not None and cut == 0 and n == stored:
             got = self.journal.pread_into(segno, base + offs[f0], into)
-            raw: bytes | memoryview = into if got == n else into[:got]  # short: fails the check below
+            raw = into if got == n else into[:got]  # short: fails the check below
         else:
             raw = self.journal.pread(segno, base + offs[f0], stored)
         if cached.raw_csums is not None:  # frames stored as is: verify them in one pass

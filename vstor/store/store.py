@@ -302,10 +302,10 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
             off += fe.stored_len
         return b"".join(parts)
 
-    def _header(self, loc: int) -> CachedRecord:
+    def _header(self, loc: int, nowait: bool = False) -> CachedRecord:
         hit = self._hcache.get(loc)
         if hit is None:
-            header, table = self.journal.read_header_raw(loc_segno(loc), loc_pos(loc))
+            header, table = self.journal.read_header_raw(loc_segno(loc), loc_pos(loc), nowait)
             hit = self._hcache.put(loc, CachedRecord.build(header, table))
         return hit
 

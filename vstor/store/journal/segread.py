@@ -28,7 +28,7 @@ from typing import Any
 
 import xxhash
 
-from vstor.errors import CorruptData, Unavailable, VstorError
+from vstor.errors import CorruptData, Unavailable, VstorError, WouldBlock
 from vstor.store.backend.base import PoolBackend
 from vstor.store.journal.format import (
     FRAME_ENTRY_SIZE,
@@ -67,6 +67,9 @@ class ScanEnd:
     unwritten: bool = False  # stopped at allocated space never written (zeros to the end of the file)
 
 
+HEADER_PREFETCH_DATA = 8 << 10  # a header a nowait read misses: how much of what follows to fetch with it
+
+
 class SegmentReader:
     # Provided by Journal.
     _lock: Any
@@ -88,10 +91,35 @@ class SegmentReader:
     outage: Outage | None
     _durable: tuple[int, int]
 
+    @property
+    def local(self) -> bool:
+        """Segments are local files (reads go through the page cache)."""
+        return self._files
+
     def pread(self, segno: int, pos: int, size: int) -> bytes:
         if not self._files:
             return self._backend_read(segno, pos, size)
         return os.pread(self._read_fd(segno), size, pos)
+
+    def pread_nowait(self, segno: int, pos: int, size: int, prefetch: int = 0) -> memoryview:
+        """[pos, pos+size) of a segment if the page cache holds all of it (RWF_NOWAIT: the
+        kernel copies what is cached and never waits for the disk). Else the kernel is asked
+        to start reading it (WILLNEED) and WouldBlock(started=True) is raised: a retry soon
+        finds it cached or in flight. A remote pool has no page cache of its segments:
+        WouldBlock(started=False), the read must be made by waiting."""
+        if not self._files:
+            raise WouldBlock("a remote pool's segments are read by waiting")
+        fd = self._read_fd(segno)
+        buf = bytearray(size)
+        try:
+            got = os.preadv(fd, [buf], pos, os.RWF_NOWAIT)
+        except BlockingIOError:
+            got = -1
+        if got == size:
+            return memoryview(buf)
+        # partly cached or missing (or short: damage, which the blocking read reports)
+        self.prefetch(segno, pos, max(size, prefetch))
+        raise WouldBlock("not in the page cache: being read", started=True)
 
     def pread_into(self, segno: int, pos: int, view: memoryview) -> int:
         """Read into ``view`` (no intermediate bytes on a local pool); returns the bytes read."""
@@ -140,9 +168,15 @@ class SegmentReader:
             fd = self._read_fds.setdefault(segno, fd)
         return fd
 
-    def read_header_raw(self, loc_segno: int, pos: int) -> tuple[RecordHeader, bytes]:
-        """Read and verify a record's header; return it with its raw frame table."""
-        raw = self.pread(loc_segno, pos, RECORD_HEADER_SIZE + 64 * FRAME_ENTRY_SIZE)
+    def read_header_raw(self, loc_segno: int, pos: int, nowait: bool = False) -> tuple[RecordHeader, bytes]:
+        """Read and verify a record's header; return it with its raw frame table. ``nowait``:
+        from the page cache or WouldBlock (:meth:`pread_nowait`; a small record's data, which
+        follows its header, is then fetched with it)."""
+        size = RECORD_HEADER_SIZE + 64 * FRAME_ENTRY_SIZE
+        if nowait:
+            raw: bytes | memoryview = self.pread_nowait(loc_segno, pos, size, size + HEADER_PREFETCH_DATA)
+        else:
+            raw = self.pread(loc_segno, pos, size)
         try:
             header, hcsum = unpack_record_header(raw)
             table = raw[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + header.table_size]
@@ -151,7 +185,7 @@ class SegmentReader:
             verify_header(raw, table, hcsum)
         except BadRecord as e:
             raise CorruptData(f"record at segment {loc_segno} offset {pos}: {e}") from None
-        return header, table
+        return header, table if isinstance(table, bytes) else bytes(table)
 
     def read_header(self, loc_segno: int, pos: int) -> tuple[RecordHeader, tuple[FrameEntry, ...]]:
         """Read and verify a record's header and decoded frame table."""
