@@ -1,22 +1,28 @@
-"""Reply batching (vstor/nbd/replies.py), the read workers (vstor/nbd/readers.py) and the read
-path of vstor/nbd/conn.py: pipelined requests each get exactly one reply with their own handle
-and data, a request after a write sees it; a frame that fails its checksum is EIO every time,
-never data."""
+"""Reply batching (vstor/nbd/replies.py) and the read path of vstor/nbd/conn.py: pipelined
+requests each get exactly one reply with their own handle and data, a request after a write
+sees it; a frame that fails its checksum is EIO every time, never data. On a local pool queued
+reads are served in place or, when they miss the page cache, deferred while the kernel reads
+them; on RADOS ([rados] variants) they go to the read workers (vstor/nbd/readers.py)."""
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 
 import pytest
 from nbdkit import MiB, Raw, handle, nbd, served
-from poolkit import flip_byte, seg_path
+from poolkit import seg_flip, seg_list, seg_path
+from poolsite import active
 
 from vstor.nbd import proto as P
 from vstor.nbd.replies import ReplyBatch
 from vstor.store.journal.format import FRAME_ENTRY_SIZE, FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
 
+pytestmark = pytest.mark.usefixtures("pool_backend")
 
+
+@pytest.mark.no_pool("a ReplyBatch over a socket pair")
 def test_reply_batch_sends_in_order_once_per_flush_and_at_its_limit() -> None:
     a, b = socket.socketpair()
     try:
@@ -101,11 +107,11 @@ def test_pipelined_requests_each_get_their_own_reply(tmp_path) -> None:
         assert s.server.export_stats()["vol"]["ops"] == 108
 
 
-def _first_frame_on_disk(s, vid: int) -> tuple[str, int]:
+def _first_frame_on_disk(s, vid: int) -> tuple[int, int]:
     ((_s, _e, loc),) = s.store.state.maps[vid].lookup(0, 1)
     segno, pos = loc_segno(loc), loc_pos(loc)
     header, _ = s.store.journal.read_header(segno, pos)
-    return seg_path(s.pool, segno), pos + RECORD_HEADER_SIZE + header.nframes * FRAME_ENTRY_SIZE
+    return segno, pos + RECORD_HEADER_SIZE + header.nframes * FRAME_ENTRY_SIZE
 
 
 @pytest.mark.skipif(nbd is None, reason="needs python3-libnbd (make setup)")
@@ -119,8 +125,8 @@ def test_a_corrupt_frame_is_eio_on_every_read_and_the_rest_is_served(tmp_path) -
         s.store.sync()
         h = handle(s.uri("vol"))
         assert h.pread(4096, 8192) == data[8192:12288]  # read (and verified) once before the damage
-        path, at = _first_frame_on_disk(s, vid)
-        flip_byte(path, at + 30_000)  # inside frame 0, away from the 4 KiB read below
+        segno, at = _first_frame_on_disk(s, vid)
+        seg_flip(s.pool, segno, at + 30_000)  # inside frame 0, away from the 4 KiB read below
         errors_before = s.store.stats.read_errors
         for _ in range(3):  # a small read of another part of the damaged frame: EIO each time
             with pytest.raises(nbd.Error) as e:
@@ -145,3 +151,69 @@ def test_a_corrupt_frame_is_eio_on_every_read_and_the_rest_is_served(tmp_path) -
         assert h.pread(4096, FRAME_SIZE) == data[FRAME_SIZE : FRAME_SIZE + 4096]  # the next frame is intact
         assert h.pread(2 * FRAME_SIZE, 2 * FRAME_SIZE) == data[2 * FRAME_SIZE :]
         h.shutdown()
+
+
+def _evict(pool: str) -> None:
+    """Drop the segments' clean pages from the page cache (written and synced before)."""
+    os.sync()
+    for segno in seg_list(pool):
+        fd = os.open(seg_path(pool, segno), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.local_only("the page cache of local segment files")
+def test_queued_reads_that_miss_the_page_cache_are_deferred_and_answered(tmp_path) -> None:
+    with served(tmp_path, volumes={"vol": 16 * MiB}) as s:
+        s.export("vol")
+        s.start()
+        vid = s.store.volume("vol").id
+        data = os.urandom(8 * MiB)
+        s.store.write(vid, 0, data)
+        s.store.sync()
+        segno, at = _first_frame_on_disk(s, vid)
+        seg_flip(s.pool, segno, at + 3 * FRAME_SIZE + 100)  # frame 3 fails its checksum
+        _evict(s.pool)
+        raw = Raw(s.port)
+        raw.go("vol")
+        rnd = random.Random(5)
+        offsets = [rnd.randrange(8 * MiB // 4096) * 4096 for _ in range(48)] + [3 * FRAME_SIZE + 8192]
+        lengths = {1000 + i: 4096 for i in range(len(offsets))}
+        raw.s.sendall(b"".join(P.request(P.CMD_READ, 1000 + i, off, 4096) for i, off in enumerate(offsets)))
+        got = {c: (e, d) for c, e, d in (_reply(raw, lengths) for _ in offsets)}
+        want = {1000 + i: (0, data[off : off + 4096]) for i, off in enumerate(offsets)}
+        for i, off in enumerate(offsets):
+            if off // FRAME_SIZE == 3:
+                want[1000 + i] = (P.EIO, b"")
+        assert got == want
+        raw.s.sendall(P.request(P.CMD_DISC, 2000))
+        assert raw.closed()
+        raw.close()
+        waited = s.server.export_stats()["vol"]["reads_waited"]
+        assert 0 < waited <= len(offsets)  # the page cache was empty: misses were deferred, not served blind
+
+
+def test_queued_reads_on_a_remote_pool_go_to_the_read_workers(tmp_path) -> None:
+    with served(tmp_path, volumes={"vol": 8 * MiB}) as s:
+        s.export("vol")
+        s.start()
+        data = os.urandom(2 * MiB)
+        s.store.write(s.store.volume("vol").id, 0, data)
+        s.store.sync()
+        raw = Raw(s.port)
+        raw.go("vol")
+        offsets = [i * 40_009 for i in range(40)]
+        lengths = {1000 + i: 4096 for i in range(len(offsets))}
+        raw.s.sendall(b"".join(P.request(P.CMD_READ, 1000 + i, off, 4096) for i, off in enumerate(offsets)))
+        got = {c: (e, d) for c, e, d in (_reply(raw, lengths) for _ in offsets)}
+        assert got == {1000 + i: (0, data[off : off + 4096]) for i, off in enumerate(offsets)}
+        raw.s.sendall(P.request(P.CMD_DISC, 2000))
+        assert raw.closed()
+        raw.close()
+        waited = s.server.export_stats()["vol"]["reads_waited"]
+        if active() is None:  # all of it in the page cache: every queued read served in place
+            assert waited == 0
+        else:  # RADOS: every queued read but the last (nothing queued behind it) went to the workers
+            assert waited == len(offsets) - 1

@@ -11,6 +11,7 @@ from typing import Any
 
 from vstor.errors import AlreadyExists, Busy, UsageError
 from vstor.nbd.catalog import ExportCatalog
+from vstor.nbd.conn import EXPORT_COUNTERS
 from vstor.nbd.exportfile import ExportSpec, check_name
 from vstor.store.catalog.volumes import NAME_RE
 from vstor.store.store import Store
@@ -40,8 +41,7 @@ class NbdOps:
         except Exception as e:  # a volume or snapshot deleted since: say so, keep listing
             d |= {"size": 0, "effective_read_only": True, "why_read_only": "", "problem": str(e)}
         s = (stats or {}).get(spec.name, {})
-        return d | {"clients": s.get("clients", 0), "ops": s.get("ops", 0), "bytes_read": s.get("bytes_read", 0),
-                    "bytes_written": s.get("bytes_written", 0)}
+        return d | {"clients": s.get("clients", 0)} | {k: s.get(k, 0) for k in EXPORT_COUNTERS}
 
     def nbd_clients_of(self, vid: int) -> int:
         """NBD clients connected to exports of volume ``vid`` (live data, not snapshots)."""

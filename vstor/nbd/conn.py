@@ -6,12 +6,18 @@ received through a buffer, so one recv brings every header (and small payload) t
 queued, and their replies are gathered in a :class:`~vstor.nbd.replies.ReplyBatch` that goes
 out in one ``sendmsg`` when no complete request is left in the buffer (before the thread would
 block), so a client with a queue depth of 16 pays for one TCP send and one wake-up per batch,
-not per request. A read with more requests queued behind it (up to WORKER_READ_MAX) goes to
-the connection's read workers (vstor/nbd/readers.py), so that a batch's disk reads overlap;
-their results are gathered back into the batch before it goes out, and before any request
-other than a read is served. A lone read up to INLINE_READ_MAX gets bytes of its own (its
-reply waits in the batch); a larger one is read into the connection's reusable buffer and
-sent at once.
+not per request. A read with more requests queued behind it (up to WORKER_READ_MAX) is tried
+without waiting (``Store.read(nowait=True)``) and answered at once when the header cache and
+the page cache hold what it needs. One that misses is deferred: the kernel was asked to read
+it (WILLNEED), so the misses of one receive batch reach the disk side by side, and they are
+served when the thread would otherwise wait, or before any request other than a read. That
+needs no other thread, so TLS connections do it too. Only on a remote pool (RADOS: no page
+cache to ask) do queued reads go to the connection's read workers (vstor/nbd/readers.py) to
+overlap their round trips, and over TLS not even there. Handing every read to a worker,
+as before, cost a thread switch and a GIL hand-over each way: 15.1-15.6k IOPS at rand-read
+QD16 against 24.5-26.3k with misses deferred (docs/benchmarks.md §10, run N4). A lone read up to
+INLINE_READ_MAX gets bytes of its own (its reply waits in the batch); a larger one is read
+into the connection's reusable buffer and sent at once.
 Requests that must wait for the journal to be durable -- FLUSH, and any command with FUA,
 whose data is applied first -- go to a small worker pool after the batch before them went
 out, so the connection keeps reading while they wait: their replies come out of order, as
@@ -31,7 +37,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from vstor.errors import Unavailable, VstorError
+from vstor.errors import Unavailable, VstorError, WouldBlock
 from vstor.nbd import proto as P
 from vstor.nbd.negotiate import CONTEXT_ID, Negotiation, Session
 from vstor.nbd.readers import ReadWorkers
@@ -49,6 +55,7 @@ POOL_WORKERS = 8  # per connection: FLUSH/FUA waits
 READ_WORKERS = 8  # per connection: small reads queued behind another overlap their disk reads
 WORKER_READ_MAX = 1 << 20  # larger reads are served by the connection's thread (bounds the workers' bytes)
 READ_QUEUE_MAX, READ_QUEUE_BYTES = 64, 8 << 20  # reads with the workers before their replies are gathered
+EXPORT_COUNTERS = ("ops", "bytes_read", "bytes_written", "reads_waited")  # per connection and summed per export
 PARALLEL = True  # False: serve everything in the connection's thread (FLUSH/FUA too), as over TLS
 
 
@@ -66,12 +73,14 @@ class Connection:
         self.export = ""
         self.session: Session | None = None
         self.ops = self.bytes_read = self.bytes_written = 0
+        self.reads_waited = 0  # queued reads the page cache missed (deferred) or that went to the read workers
         self.started = self.finished = 0  # requests read, and those whose reply is sent (idle: equal)
         self._done_lock = threading.Lock()  # the durability workers count finished too
         self._send_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._readers: ReadWorkers | None = None
         self._readers_bytes = 0  # bytes of the reads with the workers
+        self._deferred: list[tuple[int, int, int]] = []  # reads whose disk reads the kernel is making
         self._buf = bytearray(1 << 20)
         self._rbuf = bytearray(RBUF)  # received, not yet parsed: [_rpos, _rend)
         self._rmv = memoryview(self._rbuf)
@@ -251,26 +260,17 @@ class Connection:
         store, vid = self.store, self.vid
         if cmd == P.CMD_READ:
             self.bytes_read += length
-            structured = self.session.structured  # type: ignore[union-attr]
-            if self.parallel and length <= WORKER_READ_MAX and self._rend - self._rpos >= P.REQUEST.size:
-                if self._readers is None:  # more requests queued: let this one's disk read overlap theirs
-                    self._readers = ReadWorkers(self._read_bytes, READ_WORKERS, f"nbd-{self.peer}")
-                elif self._readers.pending >= READ_QUEUE_MAX or self._readers_bytes + length > READ_QUEUE_BYTES:
-                    self._gather()  # bounds the memory a client's queued reads can hold
-                self._readers_bytes += length
-                self._readers.submit(cookie, offset, length)
+            if length <= WORKER_READ_MAX and self._rend - self._rpos >= P.REQUEST.size and \
+                    self._queued_read(cookie, offset, length):
                 return
             if length <= INLINE_READ_MAX:  # new bytes of its own: its reply can wait in the batch
-                data = store.read(vid, offset, length, sid=self.sid)
-                head = P.offset_data_header(cookie, offset, length, True) if structured else P.simple_reply(cookie)
-                self.batch.add(head, data)
+                self._reply_data(cookie, offset, length, store.read(vid, offset, length, sid=self.sid))
                 return
             self._gather()
             self.batch.flush()  # a large read: into the connection's buffer, sent at once
             view = self._buffer(length)
             store.read_into(vid, offset, view, sid=self.sid)
-            head = P.offset_data_header(cookie, offset, length, True) if structured else P.simple_reply(cookie)
-            self.batch.add(head, view)
+            self._reply_data(cookie, offset, length, view)
             self.batch.flush()
             return
         self._gather()  # anything else runs after the reads queued before it
@@ -295,22 +295,80 @@ class Connection:
             return
         self.batch.add(P.simple_reply(cookie))
 
+    def _queued_read(self, cookie: int, offset: int, length: int) -> bool:
+        """A read with more requests queued behind it: answered now if memory holds it,
+        deferred if the kernel is reading it, or given to the read workers (a remote pool).
+        False: to be read in place, waiting (a remote pool over TLS: no workers)."""
+        try:
+            data = self.store.read(self.vid, offset, length, sid=self.sid, nowait=True)
+        except WouldBlock as e:
+            self.reads_waited += 1
+            if e.started:  # served with the batch's other misses, when this thread would wait
+                self._deferred.append((cookie, offset, length))
+                if len(self._deferred) >= READ_QUEUE_MAX:
+                    self._gather()
+                return True
+            if not self.parallel:
+                return False
+            if self._readers is None:
+                self._readers = ReadWorkers(self._read_bytes, READ_WORKERS, f"nbd-{self.peer}")
+            elif self._readers.pending >= READ_QUEUE_MAX or self._readers_bytes + length > READ_QUEUE_BYTES:
+                self._gather()  # bounds the memory a client's queued reads can hold
+            self._readers_bytes += length
+            self._readers.submit(cookie, offset, length)
+            return True
+        self._reply_data(cookie, offset, length, data)
+        return True
+
+    def _reply_data(self, cookie: int, offset: int, length: int, data: Any) -> None:
+        if self.session.structured:  # type: ignore[union-attr]
+            self.batch.add(P.offset_data_header(cookie, offset, length, True), data)
+        else:
+            self.batch.add(P.simple_reply(cookie), data)
+
     def _read_bytes(self, offset: int, length: int) -> bytes:
         return self.store.read(self.vid, offset, length, sid=self.sid)
 
     def _gather(self) -> None:
-        """The replies of the reads given to the workers, into the batch."""
+        """The replies of the deferred reads and of those given to the workers, into the batch."""
+        if self._deferred:
+            self._serve_deferred()
         if self._readers is None or not self._readers.pending:
             return
         self._readers_bytes = 0
-        structured = self.session.structured  # type: ignore[union-attr]
         for cookie, offset, length, data, err in self._readers.gather(self.batch.flush):
             if err is not None:
                 self._error(cookie, P.wire_errno(err.errno), str(err))
-            elif structured:
-                self.batch.add(P.offset_data_header(cookie, offset, length, True), data)
             else:
-                self.batch.add(P.simple_reply(cookie), data)
+                self._reply_data(cookie, offset, length, data)
+
+    def _serve_deferred(self) -> None:
+        """Serve the reads that missed the page cache, whose disk reads the kernel started
+        (side by side, like a worker pool's, without the thread hand-offs): first each again
+        without waiting, which also starts the next read of those that needed two (a record
+        header, then its data), then what is still missing by waiting for it."""
+        todo, self._deferred = self._deferred, []
+        later = []
+        for req in todo:
+            if not self._deferred_read(req, True):
+                later.append(req)
+        if later:
+            self.batch.flush()  # what is ready goes out before this thread waits for the disk
+        for req in later:
+            self._deferred_read(req, False)
+
+    def _deferred_read(self, req: tuple[int, int, int], nowait: bool) -> bool:
+        """Reply to one deferred read; False if it would wait (with ``nowait``)."""
+        cookie, offset, length = req
+        try:
+            data = self.store.read(self.vid, offset, length, sid=self.sid, nowait=nowait)
+        except WouldBlock:
+            return False
+        except VstorError as e:
+            self._error(cookie, P.wire_errno(e.errno), str(e))
+            return True
+        self._reply_data(cookie, offset, length, data)
+        return True
 
     def _replied(self, n: int) -> None:
         with self._done_lock:
@@ -356,7 +414,9 @@ class Connection:
         return P.simple_reply(cookie, err)
 
     def counters(self) -> dict:
-        return {"ops": self.ops, "bytes_read": self.bytes_read, "bytes_written": self.bytes_written}
+        """EXPORT_COUNTERS: requests, bytes, and reads that waited (page-cache misses, remote reads)."""
+        return {"ops": self.ops, "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
+                "reads_waited": self.reads_waited}
 
     def _submit(self, fn: Any, *args: Any) -> None:
         if self._pool is None:

@@ -34,7 +34,7 @@ from vstor.errors import UsageError, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.nbd import proto as P
 from vstor.nbd.catalog import ExportCatalog
-from vstor.nbd.conn import Connection, Disconnected
+from vstor.nbd.conn import EXPORT_COUNTERS, Connection, Disconnected
 from vstor.nbd.tlsdir import server_context
 from vstor.replication.listener import Throttle, pending_cap
 
@@ -190,7 +190,7 @@ class NbdServer:
             with self._lock:
                 self._pending.pop(key, None)
                 if self._clients.pop(key, None) is not None:
-                    r = self._retired.setdefault(conn.export, {"ops": 0, "bytes_read": 0, "bytes_written": 0})
+                    r = self._retired.setdefault(conn.export, dict.fromkeys(EXPORT_COUNTERS, 0))
                     for k, v in conn.counters().items():
                         r[k] += v
                     self._left.notify_all()
@@ -202,7 +202,7 @@ class NbdServer:
         with self._lock:
             out = {k: dict(v, clients=0) for k, v in self._retired.items()}
             for c in self._clients.values():
-                s = out.setdefault(c.export, {"ops": 0, "bytes_read": 0, "bytes_written": 0, "clients": 0})
+                s = out.setdefault(c.export, dict.fromkeys(EXPORT_COUNTERS, 0) | {"clients": 0})
                 s["clients"] += 1
                 for k, v in c.counters().items():
                     s[k] += v
