@@ -43,6 +43,18 @@ def seg_path(pool: str, segno: int) -> str:
     return os.path.join(pool, "journal", segment_name(segno))
 
 
+def evict_segments(pool: str) -> None:
+    """Drop a local pool's segment pages from the page cache (those not dirty or mapped: sync
+    the store first), so that the next reads go to the disk."""
+    os.sync()
+    for segno in seg_list(pool):
+        fd = os.open(seg_path(pool, segno), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 class Refs:
     """A chunk map's on_ref callback that collects the deltas per journal segment, as
     PoolState.live does (chunkmap.py: a copy or release reports one total per segment)."""

@@ -12,7 +12,7 @@ import socket
 
 import pytest
 from nbdkit import MiB, Raw, handle, nbd, served
-from poolkit import seg_flip, seg_list, seg_path
+from poolkit import evict_segments, seg_flip
 from poolsite import active
 
 from vstor.nbd import proto as P
@@ -153,65 +153,51 @@ def test_a_corrupt_frame_is_eio_on_every_read_and_the_rest_is_served(tmp_path) -
         h.shutdown()
 
 
-def _evict(pool: str) -> None:
-    """Drop the segments' clean pages from the page cache (written and synced before)."""
-    os.sync()
-    for segno in seg_list(pool):
-        fd = os.open(seg_path(pool, segno), os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+def _served_with(s, size: int) -> tuple[bytes, Raw]:
+    """``size`` random bytes written (and synced) at the start of export "vol", and a raw
+    client attached to it."""
+    s.export("vol")
+    s.start()
+    data = os.urandom(size)
+    s.store.write(s.store.volume("vol").id, 0, data)
+    s.store.sync()
+    raw = Raw(s.port)
+    raw.go("vol")
+    return data, raw
+
+
+def _read_all(raw: Raw, offsets: list[int]) -> dict[int, tuple[int, bytes]]:
+    """4 KiB reads at ``offsets``, all sent at once (handles 1000, 1001, ...): {handle: (error, data)}."""
+    lengths = {1000 + i: 4096 for i in range(len(offsets))}
+    raw.s.sendall(b"".join(P.request(P.CMD_READ, 1000 + i, off, 4096) for i, off in enumerate(offsets)))
+    got = {c: (e, d) for c, e, d in (_reply(raw, lengths) for _ in offsets)}
+    raw.s.sendall(P.request(P.CMD_DISC, 2000))
+    assert raw.closed()
+    raw.close()
+    return got
 
 
 @pytest.mark.local_only("the page cache of local segment files")
 def test_queued_reads_that_miss_the_page_cache_are_deferred_and_answered(tmp_path) -> None:
     with served(tmp_path, volumes={"vol": 16 * MiB}) as s:
-        s.export("vol")
-        s.start()
-        vid = s.store.volume("vol").id
-        data = os.urandom(8 * MiB)
-        s.store.write(vid, 0, data)
-        s.store.sync()
-        segno, at = _first_frame_on_disk(s, vid)
+        data, raw = _served_with(s, 8 * MiB)
+        segno, at = _first_frame_on_disk(s, s.store.volume("vol").id)
         seg_flip(s.pool, segno, at + 3 * FRAME_SIZE + 100)  # frame 3 fails its checksum
-        _evict(s.pool)
-        raw = Raw(s.port)
-        raw.go("vol")
+        evict_segments(s.pool)
         rnd = random.Random(5)
         offsets = [rnd.randrange(8 * MiB // 4096) * 4096 for _ in range(48)] + [3 * FRAME_SIZE + 8192]
-        lengths = {1000 + i: 4096 for i in range(len(offsets))}
-        raw.s.sendall(b"".join(P.request(P.CMD_READ, 1000 + i, off, 4096) for i, off in enumerate(offsets)))
-        got = {c: (e, d) for c, e, d in (_reply(raw, lengths) for _ in offsets)}
-        want = {1000 + i: (0, data[off : off + 4096]) for i, off in enumerate(offsets)}
-        for i, off in enumerate(offsets):
-            if off // FRAME_SIZE == 3:
-                want[1000 + i] = (P.EIO, b"")
-        assert got == want
-        raw.s.sendall(P.request(P.CMD_DISC, 2000))
-        assert raw.closed()
-        raw.close()
+        want = {1000 + i: (P.EIO, b"") if off // FRAME_SIZE == 3 else (0, data[off : off + 4096])
+                for i, off in enumerate(offsets)}
+        assert _read_all(raw, offsets) == want
         waited = s.server.export_stats()["vol"]["reads_waited"]
         assert 0 < waited <= len(offsets)  # the page cache was empty: misses were deferred, not served blind
 
 
 def test_queued_reads_on_a_remote_pool_go_to_the_read_workers(tmp_path) -> None:
     with served(tmp_path, volumes={"vol": 8 * MiB}) as s:
-        s.export("vol")
-        s.start()
-        data = os.urandom(2 * MiB)
-        s.store.write(s.store.volume("vol").id, 0, data)
-        s.store.sync()
-        raw = Raw(s.port)
-        raw.go("vol")
+        data, raw = _served_with(s, 2 * MiB)
         offsets = [i * 40_009 for i in range(40)]
-        lengths = {1000 + i: 4096 for i in range(len(offsets))}
-        raw.s.sendall(b"".join(P.request(P.CMD_READ, 1000 + i, off, 4096) for i, off in enumerate(offsets)))
-        got = {c: (e, d) for c, e, d in (_reply(raw, lengths) for _ in offsets)}
-        assert got == {1000 + i: (0, data[off : off + 4096]) for i, off in enumerate(offsets)}
-        raw.s.sendall(P.request(P.CMD_DISC, 2000))
-        assert raw.closed()
-        raw.close()
+        assert _read_all(raw, offsets) == {1000 + i: (0, data[off : off + 4096]) for i, off in enumerate(offsets)}
         waited = s.server.export_stats()["vol"]["reads_waited"]
         if active() is None:  # all of it in the page cache: every queued read served in place
             assert waited == 0

@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from poolkit import make_pool, seg_flip, seg_list, seg_path
+from poolkit import evict_segments, make_pool, seg_flip, seg_path
 from poolsite import active
 
 from vstor.errors import CorruptData, WouldBlock
@@ -32,16 +32,6 @@ def _written(tmp_path) -> tuple[str, Store, int, bytes]:
     store.write(vid, 0, data)
     store.sync()
     return pool, store, vid, data
-
-
-def _evict(pool: str) -> None:
-    """Drop the segments' clean pages from the page cache (the data was synced)."""
-    for segno in seg_list(pool):
-        fd = os.open(seg_path(pool, segno), os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def _cached(pool: str, segno: int) -> int:
@@ -71,7 +61,7 @@ def test_a_miss_starts_the_read_and_a_retry_finds_it(tmp_path) -> None:
     store.close()
     store = Store.open(pool)  # an empty header cache: the first miss is the record's header
     try:
-        _evict(pool)
+        evict_segments(pool)
         (segno,) = {loc_segno(loc) for _s, _e, loc in store.state.maps[vid].lookup(0, 4 * MiB)}
         before = _cached(pool, segno)  # the live segment's mapped tail stays cached
         assert before < 1 * MiB
