@@ -1,14 +1,14 @@
 """The journal, which is also the data store: its formats, its writer and its readers.
 
 ``format`` holds the on-disk formats of segments and records (pure); ``writer`` appends records
-to numbered segment files with group commit (``groupcommit``: the gate in front of its
-flush); ``segread`` reads verified headers and data and
-scans segments; ``hcache`` caches record headers and frame tables; ``consumers`` keeps the
-durable positions of named journal readers (replication, backup) and reads records in order;
-``outage`` says which failures of a remote backend suspend the journal, and ``resume`` continues
-it in a new segment that seals the old one once the backend answers again.
+to numbered segment files with group commit (``groupcommit``: the gate in front of its flush);
+``segfiles`` lists, sizes, cuts and deletes the segments; ``segread`` reads verified headers
+and data and scans segments; ``hcache`` caches record headers and frame tables; ``consumers``
+keeps the durable positions of named journal readers (replication, backup) and reads records
+in order; ``outage`` says which failures of a remote backend suspend the journal, and
+``resume`` continues it in a new segment that seals the old one once the backend answers again.
 """
 
 from __future__ import annotations
 
-__all__ = ["consumers", "format", "groupcommit", "hcache", "outage", "resume", "segread", "writer"]
+__all__ = ["consumers", "format", "groupcommit", "hcache", "outage", "resume", "segfiles", "segread", "writer"]

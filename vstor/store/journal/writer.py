@@ -56,11 +56,11 @@ from vstor.store.journal.format import (
     make_loc,
     pack_record_header,
     pack_segment_header,
-    segment_name,
 )
 from vstor.store.journal.groupcommit import GroupCommit
 from vstor.store.journal.outage import Outage
 from vstor.store.journal.resume import ResumeMixin
+from vstor.store.journal.segfiles import SegmentCatalog
 from vstor.store.journal.segread import SegmentReader
 
 SMALL_RECORD = 64 * 1024  # records up to this size are copied into the mapped window
@@ -68,7 +68,7 @@ WRITEBACK_BYTES = 8 * 1024 * 1024  # appended bytes after which their writeback 
 WINDOW_BYTES = 4 * 1024 * 1024  # the mapped, preallocated part of the segment at the tail
 
 
-class Journal(SegmentReader, ResumeMixin):
+class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
     def __init__(self, directory: str, pool_uuid: bytes, segment_size: int, faults: Faults = NO_FAULTS,
                  clock_ns: Callable[[], int] = time.time_ns, backend: PoolBackend | None = None) -> None:
         if not SEGMENT_HEADER_SIZE < segment_size <= MAX_SEGMENT_SIZE:
@@ -111,40 +111,7 @@ class Journal(SegmentReader, ResumeMixin):
         self._listed: set[int] | None = None  # remote backend: the segment listing, kept by this journal
         self._sizes: dict[int, int] = {}  # remote backend: sizes of segments no longer appended to
 
-    # -- segment files -------------------------------------------------------------------
-    def path(self, segno: int) -> str:
-        """The segment's file on a local pool; its name elsewhere (for messages)."""
-        return self.backend.local_path(segno) or f"{self.backend.describe()}/journal/{segment_name(segno)}"
-
-    def segments(self) -> list[int]:
-        if self._files:
-            return self.backend.list_segments()
-        # Remote: listed once, then kept by start_segment and delete_segment (only the pool's
-        # owner changes the listing), so the status and statfs answer while the cluster does not.
-        with self._cache_lock:
-            if self._listed is not None:
-                return sorted(self._listed)
-        listed = self.backend.list_segments()
-        with self._cache_lock:
-            if self._listed is None:
-                self._listed = set(listed)
-            return sorted(self._listed)
-
-    def segment_bytes(self, segno: int) -> int:
-        if segno == self._segno:
-            return self._tail
-        if self._files:
-            return self.backend.segment_size(segno)
-        with self._cache_lock:
-            size = self._sizes.get(segno)
-        if size is None and self.outage is not None:
-            return 0  # not known, and the backend may not answer: the status must not wait for it
-        if size is None:  # a segment no longer appended to does not change size
-            size = self.backend.segment_size(segno)
-            with self._cache_lock:
-                self._sizes[segno] = size
-        return size
-
+    # -- appending -----------------------------------------------------------------------
     @property
     def current_segno(self) -> int:
         return self._segno
@@ -182,7 +149,6 @@ class Journal(SegmentReader, ResumeMixin):
     def _now_ns(self) -> int:
         return self._clock_ns()
 
-    # -- appending -----------------------------------------------------------------------
     def reserve(self, max_bytes: int) -> tuple[int, int]:
         """Return (segno, pos) where the next record of at most ``max_bytes`` will land,
         rolling over to a new segment first if it would not fit. Caller holds the store lock."""
@@ -399,35 +365,6 @@ class Journal(SegmentReader, ResumeMixin):
         outage = self.outage
         if outage is not None:
             raise outage.error(self.backend.describe())
-
-    # -- reading -------------------------------------------------------------------------
-    def truncate_segment(self, segno: int, pos: int) -> None:
-        """Cut a torn tail (recovery only)."""
-        self.backend.truncate_segment(segno, pos)
-        with self._cache_lock:
-            self._sizes.pop(segno, None)
-
-    def rewrite_header(self, segno: int) -> None:
-        """Write a fresh header over a damaged one (pool check --repair only)."""
-        self.backend.write_segment(segno, 0, pack_segment_header(self.pool_uuid, segno, 0))
-        self.backend.flush_segment(segno)
-
-    def delete_segment(self, segno: int) -> None:
-        sealed = self.sealed_end(segno - 1)
-        if sealed is not None and self.backend.segment_size(segno - 1) > sealed:
-            # Its header is the seal of the segment before: cut that one there first, for good
-            # (late writes of the outage are long over), or it would be read whole later.
-            self.backend.truncate_segment(segno - 1, sealed)
-        fd = self._read_fds.pop(segno, None)
-        if fd is not None:
-            os.close(fd)
-        self.backend.delete_segment(segno)
-        with self._cache_lock:
-            self._sizes.pop(segno, None)
-            if self._listed is not None:
-                self._listed.discard(segno)
-        self._seals.pop(segno, None)
-        self._seals.pop(segno - 1, None)
 
     def close(self) -> None:
         with self._sync_lock:
