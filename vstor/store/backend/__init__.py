@@ -20,10 +20,12 @@ RADOS write as stripes switched by a head object; ``coalesce`` gathers small jou
 into one RADOS write per flush; ``radosappend`` appends to a state blob with one versioned
 RADOS append (the audit log).
 ``readahead`` reads a remote backend's segments ahead of a sequential reader, in parallel
-chunks (``radosread``: the chunks' aio reads on RADOS).
+chunks (``radosread``: the chunks' aio reads on RADOS). ``stripes`` says how a byte range
+falls on stripe objects (pure), for every striped read and write on RADOS.
 """
 
 from __future__ import annotations
 
 __all__ = ["base", "clslock", "coalesce", "fenced", "files", "local", "location", "radosappend", "radosbe", "radosblob",
-           "radoserr", "radosfiles", "radoslock", "radosread", "radossparse", "readahead", "statefiles", "stub"]
+           "radoserr", "radosfiles", "radoslock", "radosread", "radossparse", "readahead", "statefiles", "stripes",
+           "stub"]

@@ -46,6 +46,7 @@ from vstor.store.backend.files import FileArea
 from vstor.store.backend.radosblob import HEAD_SIZE, StripedBlobs
 from vstor.store.backend.radoserr import os_error
 from vstor.store.backend.radosread import make_readahead
+from vstor.store.backend.stripes import stripe_spans
 from vstor.store.journal.format import segment_name
 
 __all__ = ["STRIPE_BYTES", "MAX_IN_FLIGHT", "RadosBackend", "connect_cluster"]
@@ -179,13 +180,11 @@ class RadosBackend(PoolBackend):
                 return
             self._send_pending()  # what is held goes first: the OSD applies one client's writes in order
         whole = data if isinstance(data, bytes) else None  # sent as it is when one stripe takes it all
-        while view:
-            stripe, off = divmod(pos, STRIPE_BYTES)
-            n = min(len(view), STRIPE_BYTES - off)
-            self._submit(segno, stripe, off, whole if whole is not None and n == len(whole) else bytes(view[:n]))
+        for stripe, off, at, n in stripe_spans(pos, len(view), STRIPE_BYTES):
+            self._submit(segno, stripe, off, whole if whole is not None and n == len(whole) else
+                         bytes(view[at : at + n]))
             if self.readahead is not None:  # after the aio_write: see readahead.py, "Coherence"
-                self.readahead.invalidate(segno, pos, n)
-            view, pos = view[n:], pos + n
+                self.readahead.invalidate(segno, pos + at, n)
 
     def _aio_write(self, segno: int, stripe: int, off: int, data: bytes) -> tuple[Any, str]:
         """Issue one aio write to a stripe object: (completion, object name); OSError if refused."""
@@ -264,9 +263,7 @@ class RadosBackend(PoolBackend):
         """read_segment without read-ahead: one synchronous read per stripe it touches."""
         rados = self._rados
         parts: list[bytes] = []
-        while size > 0:
-            stripe, off = divmod(pos, STRIPE_BYTES)
-            n = min(size, STRIPE_BYTES - off)
+        for stripe, off, _at, n in stripe_spans(pos, size, STRIPE_BYTES):
             try:
                 got = self.jrn.read(self.stripe_name(segno, stripe), n, off)
             except rados.ObjectNotFound:
@@ -278,7 +275,6 @@ class RadosBackend(PoolBackend):
             parts.append(got)
             if len(got) < n:
                 break
-            pos, size = pos + n, size - n
         return b"".join(parts)
 
     def _stripes(self, segno: int) -> list[int]:

@@ -35,6 +35,7 @@ from typing import Any
 
 from vstor.store.backend.files import AreaFile, FileArea
 from vstor.store.backend.radoserr import os_error
+from vstor.store.backend.stripes import stripe_spans
 
 __all__ = ["CACHE_BELOW", "FILE_STRIPE", "MAX_IN_FLIGHT", "RadosFile", "RadosFiles", "read_stripe", "stripe_name"]
 
@@ -78,9 +79,7 @@ class RadosFile(AreaFile):
     def pwrite(self, data: bytes | memoryview, pos: int) -> None:
         view = memoryview(data)
         self._cache = None
-        while view:
-            stripe, off = divmod(pos, FILE_STRIPE)
-            n = min(len(view), FILE_STRIPE - off)
+        for stripe, off, at, n in stripe_spans(pos, len(view), FILE_STRIPE):
             if stripe >= self.stripes:
                 self._reap()  # the prefix rule: every earlier write lands before a new stripe starts
                 self._raise_failed()
@@ -88,17 +87,16 @@ class RadosFile(AreaFile):
                     self._fill(stripe)
             obj = stripe_name(self.name, stripe)
             try:
-                comp = self.io.aio_write(obj, bytes(view[:n]), off)
+                comp = self.io.aio_write(obj, bytes(view[at : at + n]), off)
             except self.area.rados.Error as e:
                 raise os_error(e, f"cannot write {self.area.describe(self.name)}") from None
             with self._lock:
                 self._in_flight.append((comp, obj))
                 excess = len(self._in_flight) - MAX_IN_FLIGHT
             self.stripes = max(self.stripes, stripe + 1)
-            self._size = max(self._size, pos + n)
+            self._size = max(self._size, pos + at + n)
             if excess > 0:
                 self._reap(excess)
-            view, pos = view[n:], pos + n
 
     def _fill(self, stripe: int) -> None:
         """Make stripes up to ``stripe`` (excluded) whole: zeros where nothing was written."""
@@ -161,17 +159,11 @@ class RadosFile(AreaFile):
     def pread(self, size: int, pos: int) -> bytes:
         size = max(0, min(size, self._size - pos))
         parts: list[bytes] = []
-        while size > 0:
-            stripe, off = divmod(pos, FILE_STRIPE)
-            n = min(size, FILE_STRIPE - off)
-            if n < CACHE_BELOW:
-                got = self._stripe(stripe)[off : off + n]
-            else:
-                got = self._read(stripe, n, off)
+        for stripe, off, _at, n in stripe_spans(pos, size, FILE_STRIPE):
+            got = self._stripe(stripe)[off : off + n] if n < CACHE_BELOW else self._read(stripe, n, off)
             parts.append(got)
             if len(got) < n:
                 break
-            pos, size = pos + n, size - n
         return b"".join(parts)
 
     def _read(self, stripe: int, n: int, off: int) -> bytes:

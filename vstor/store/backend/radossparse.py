@@ -38,6 +38,7 @@ from typing import Any
 from vstor.store.backend.files import AreaFile
 from vstor.store.backend.radoserr import os_error
 from vstor.store.backend.radosfiles import FILE_STRIPE, MAX_IN_FLIGHT, RadosFiles, read_stripe, stripe_name
+from vstor.store.backend.stripes import stripe_spans
 
 __all__ = ["RadosSparseFile", "RadosSparseFiles"]
 
@@ -66,23 +67,20 @@ class RadosSparseFile(AreaFile):
     # -- writing ---------------------------------------------------------------------------
     def pwrite(self, data: bytes | memoryview, pos: int) -> None:
         view = memoryview(data)
-        while view:
-            stripe, off = divmod(pos, FILE_STRIPE)
-            n = min(len(view), FILE_STRIPE - off)
+        for stripe, off, at, n in stripe_spans(pos, len(view), FILE_STRIPE):
             if stripe not in self.stripes:
                 self.area.set_keys(self.name, [stripe])  # in the index before any byte of it is written
                 self.stripes.add(stripe)
             try:
-                comp = self.io.aio_write(stripe_name(self.name, stripe), bytes(view[:n]), off)
+                comp = self.io.aio_write(stripe_name(self.name, stripe), bytes(view[at : at + n]), off)
             except self.area.rados.Error as e:
                 raise os_error(e, f"cannot write {self.area.describe(self.name)}") from None
             with self._lock:
                 self._in_flight.append(comp)
                 excess = len(self._in_flight) - MAX_IN_FLIGHT
-            self._size = max(self._size, pos + n)
+            self._size = max(self._size, pos + at + n)
             if excess > 0:
                 self._reap(excess)
-            view, pos = view[n:], pos + n
 
     def _reap(self, count: int | None = None) -> None:
         with self._lock:
@@ -131,12 +129,9 @@ class RadosSparseFile(AreaFile):
     def pread(self, size: int, pos: int) -> bytes:
         size = max(0, min(size, self._size - pos))
         parts: list[bytes] = []
-        while size > 0:
-            stripe, off = divmod(pos, FILE_STRIPE)
-            n = min(size, FILE_STRIPE - off)
+        for stripe, off, _at, n in stripe_spans(pos, size, FILE_STRIPE):
             got = self._read(stripe, n, off) if stripe in self.stripes else b""
             parts.append(got + bytes(n - len(got)))  # a hole, or past the object's end: zeros
-            pos, size = pos + n, size - n
         return b"".join(parts)
 
     def _read(self, stripe: int, n: int, off: int) -> bytes:
