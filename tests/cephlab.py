@@ -10,6 +10,7 @@ stays "up" for 15 minutes, so test clients get ``rados_osd_op_timeout`` (CLIENT_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -24,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vm.ceph import MEMSTORE_BYTES, CephError, Cluster, ceph_missing  # noqa: E402
 
 __all__ = ["CLIENT_TIMEOUT", "MEMSTORE_BYTES", "TEST_POOL", "CephError", "CephLab", "ceph_available", "ceph_lab",
-           "rados_location"]
+           "rados_location", "remove_prefixes"]
 
 CLIENT_TIMEOUT = 3  # seconds: rados_osd_op_timeout and client_mount_timeout of test clients
 
@@ -71,17 +72,26 @@ def ceph_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephLab]:
 @pytest.fixture
 def rados_location(ceph_lab: CephLab) -> Iterator[str]:
     """A fresh rados://TEST_POOL/PREFIX for one test (its own RADOS namespaces); every object
-    under it is removed afterwards."""
-    import rados
+    under it (PREFIX, PREFIX/journal, PREFIX/media, ...) is removed afterwards."""
     prefix = f"t-{uuid.uuid4().hex[:12]}"
     yield f"rados://{TEST_POOL}/{prefix}"
-    cluster = rados.Rados(conffile=str(ceph_lab.conf), conf={"rados_osd_op_timeout": str(CLIENT_TIMEOUT)})
+    remove_prefixes(ceph_lab, [prefix])
+
+
+def remove_prefixes(lab: CephLab, prefixes: list[str]) -> None:
+    """Remove every object of TEST_POOL in a namespace PREFIX or PREFIX/..., for each prefix."""
+    import rados
+
+    cluster = rados.Rados(conffile=str(lab.conf), conf={"rados_osd_op_timeout": str(CLIENT_TIMEOUT)})
     cluster.connect(timeout=CLIENT_TIMEOUT)
     try:
         with cluster.open_ioctx(TEST_POOL) as io:
-            for ns in (prefix, f"{prefix}/journal"):
+            io.set_namespace(rados.LIBRADOS_ALL_NSPACES)
+            mine = [(o.nspace, o.key) for o in io.list_objects()
+                    if any(o.nspace == p or o.nspace.startswith(p + "/") for p in prefixes)]
+            for ns, key in mine:
                 io.set_namespace(ns)
-                for obj in list(io.list_objects()):
-                    io.remove_object(obj.key)
+                with contextlib.suppress(rados.ObjectNotFound):
+                    io.remove_object(key)
     finally:
         cluster.shutdown()

@@ -24,14 +24,13 @@ fail (memstore keeps them in RAM).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cephlab import CLIENT_TIMEOUT, TEST_POOL, CephLab
+from cephlab import CLIENT_TIMEOUT, TEST_POOL, CephLab, remove_prefixes
 from harness import Array
 
 __all__ = ["BACKENDS", "RadosPools", "active", "drop_no_pool_variants", "make_array", "note_outcome", "pool_backend"]
@@ -66,23 +65,8 @@ class RadosPools:
         return directory
 
     def cleanup(self) -> None:
-        import rados
-
-        if not self.prefixes:
-            return
-        cluster = rados.Rados(conffile=str(self.lab.conf), conf={"rados_osd_op_timeout": str(CLIENT_TIMEOUT)})
-        cluster.connect(timeout=CLIENT_TIMEOUT)
-        try:
-            with cluster.open_ioctx(TEST_POOL) as io:
-                io.set_namespace(rados.LIBRADOS_ALL_NSPACES)  # PREFIX, PREFIX/journal, PREFIX/media, ...
-                mine = [(o.nspace, o.key) for o in io.list_objects()
-                        if any(o.nspace == p or o.nspace.startswith(p + "/") for p in self.prefixes)]
-                for ns, key in mine:
-                    io.set_namespace(ns)
-                    with contextlib.suppress(rados.ObjectNotFound):
-                        io.remove_object(key)
-        finally:
-            cluster.shutdown()
+        if self.prefixes:
+            remove_prefixes(self.lab, self.prefixes)  # PREFIX, PREFIX/journal, PREFIX/media, ...
         self.prefixes.clear()
 
 

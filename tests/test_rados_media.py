@@ -19,13 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cephlab import CLIENT_TIMEOUT, TEST_POOL, CephLab
+from cephlab import CLIENT_TIMEOUT, CephLab
 
-from vstor.backup.catalogdb import sqlite_namespace
 from vstor.backup.engine import BackupEngine
 from vstor.clock import ManualClock
 from vstor.media.manager import MediaManager, media_files
-from vstor.store.backend.location import open_backend, parse_rados
+from vstor.store.backend.location import open_backend
 from vstor.store.backend.radosfiles import FILE_STRIPE, stripe_name
 from vstor.store.backend.stub import write_stub
 from vstor.store.store import Store
@@ -37,21 +36,9 @@ RECORD = 256 * 1024
 
 
 @pytest.fixture
-def location(ceph_lab: CephLab, rados_location: str) -> Iterator[str]:
-    """rados_location, whose media and catalog namespaces are emptied afterwards too."""
-    yield rados_location
-    import rados
-    prefix = parse_rados(rados_location).prefix
-    cluster = rados.Rados(conffile=str(ceph_lab.conf), conf={"rados_osd_op_timeout": str(CLIENT_TIMEOUT)})
-    cluster.connect(timeout=CLIENT_TIMEOUT)
-    try:
-        with cluster.open_ioctx(TEST_POOL) as io:
-            for ns in (f"{prefix}/media", sqlite_namespace(prefix)):
-                io.set_namespace(ns)
-                for obj in list(io.list_objects()):
-                    io.remove_object(obj.key)
-    finally:
-        cluster.shutdown()
+def location(rados_location: str) -> str:
+    """rados_location (whose file areas and catalog namespaces go with it afterwards)."""
+    return rados_location
 
 
 def test_striped_files_keep_a_prefix_and_read_back(ceph_lab: CephLab, location: str) -> None:

@@ -11,17 +11,16 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cephlab import CLIENT_TIMEOUT, TEST_POOL, CephLab
+from cephlab import CLIENT_TIMEOUT, CephLab
 from radoshosts import host2_client, short_dir  # noqa: F401  (fixtures)
 
 from vstor.clock import ManualClock
 from vstor.errors import MediaError
 from vstor.media.manager import MediaManager, disc_files, media_files
-from vstor.store.backend.location import open_backend, parse_rados
+from vstor.store.backend.location import open_backend
 from vstor.store.backend.radosfiles import FILE_STRIPE, stripe_name
 from vstor.store.backend.stub import write_stub
 from vstor.store.store import Store
@@ -32,21 +31,9 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def location(ceph_lab: CephLab, rados_location: str) -> Iterator[str]:
-    """rados_location, whose file areas (media, optical) are emptied afterwards too."""
-    yield rados_location
-    import rados
-    prefix = parse_rados(rados_location).prefix
-    cluster = rados.Rados(conffile=str(ceph_lab.conf), conf={"rados_osd_op_timeout": str(CLIENT_TIMEOUT)})
-    cluster.connect(timeout=CLIENT_TIMEOUT)
-    try:
-        with cluster.open_ioctx(TEST_POOL) as io:
-            for ns in (f"{prefix}/media", f"{prefix}/optical"):
-                io.set_namespace(ns)
-                for obj in list(io.list_objects()):
-                    io.remove_object(obj.key)
-    finally:
-        cluster.shutdown()
+def location(rados_location: str) -> str:
+    """rados_location (whose file areas and catalog namespaces go with it afterwards)."""
+    return rados_location
 
 
 def objects(area: object) -> list[str]:
