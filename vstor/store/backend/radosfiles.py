@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from vstor.store.backend.files import AreaFile, FileArea
@@ -236,7 +237,12 @@ class RadosFiles(FileArea):
 
     def remove_stripes(self, name: str, first: int, end: int) -> None:
         """Remove stripes [first, end), the last first."""
-        for k in range(end - 1, first - 1, -1):
+        self.remove_objects(name, range(first, end))
+
+    def remove_objects(self, name: str, stripes: Iterable[int]) -> None:
+        """Remove the given stripes' objects, the last first (a file stays a prefix of its
+        stripes if this stops half way)."""
+        for k in sorted(stripes, reverse=True):
             try:
                 self.io.remove_object(stripe_name(name, k))
             except self.rados.ObjectNotFound:

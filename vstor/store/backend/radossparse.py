@@ -217,16 +217,6 @@ class RadosSparseFiles(RadosFiles):
             return 0
         return (len(index) - 1) * FILE_STRIPE + (self._stat(name, max(index)) or 0)
 
-    def remove_objects(self, name: str, stripes: list[int]) -> None:
-        """Remove the given stripes' objects, the last first."""
-        for k in sorted(stripes, reverse=True):
-            try:
-                self.io.remove_object(stripe_name(name, k))
-            except self.rados.ObjectNotFound:
-                pass
-            except self.rados.Error as e:
-                raise os_error(e, f"cannot remove {self.describe(name)}") from None
-
     def delete(self, name: str) -> None:
         index = self.index(name)
         if index is None:
