@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from cephlab import ceph_lab, rados_location  # noqa: E402,F401  (RADOS tests: one cluster per session)
 from harness import Array  # noqa: E402
 from poolsite import drop_no_pool_variants, make_array, note_outcome, pool_backend  # noqa: E402,F401  (suites on both backends: tests/poolsite.py)
+from radoshosts import host2_client, short_dir  # noqa: E402,F401  (RADOS tests' second host, short paths)
 
 
 def _can_run_arrays() -> str | None:

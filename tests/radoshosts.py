@@ -1,6 +1,7 @@
-"""Two "hosts" of one RADOS pool on this machine, for the takeover and fencing tests: each
-host is its own state directory ($VSTOR_RADOS_STATE_DIR), its own daemon process and its own
-RADOS client, under its own Ceph user.
+"""Arrays on a RADOS pool, and two "hosts" of one pool on this machine (the takeover, fencing,
+media and state tests): each host is its own state directory ($VSTOR_RADOS_STATE_DIR), its own
+daemon process and its own RADOS client, under its own Ceph user. conftest.py makes the
+fixtures ``host2_client`` and ``short_dir`` available to every test.
 
 ``host2_client`` (session fixture) makes the Ceph user of the second host with the
 capabilities the admin guide asks for (``mon 'profile rbd'``: it may blocklist; ``osd 'allow
@@ -46,10 +47,11 @@ def short_dir() -> Iterator[Path]:
 class RadosHost(Array):
     """An Array on a rados:// location seen from one host: ``base/state`` is its state
     directory, ``ceph_id`` its Ceph user (None: admin); ``lock_seconds`` the RADOS lock's
-    duration its daemon uses (VSTOR_RADOS_LOCK_SECONDS)."""
+    duration its daemon uses (VSTOR_RADOS_LOCK_SECONDS); ``rados_timeout`` the pool's client
+    timeout (``pool init --rados-timeout``; None: the default)."""
 
     def __init__(self, base: Path, location: str, conf: str, attach: bool = False, ceph_id: str | None = None,
-                 lock_seconds: int | None = None) -> None:
+                 lock_seconds: int | None = None, rados_timeout: int | None = None) -> None:
         from vstor.store.backend.location import parse_rados
         self.base = base
         self.mnt = str(base / "mnt")
@@ -66,4 +68,6 @@ class RadosHost(Array):
             init.append("--attach")
         if ceph_id:
             init += ["--ceph-id", ceph_id]
+        if rados_timeout is not None:
+            init += ["--rados-timeout", str(rados_timeout)]
         self.vstor(*init)

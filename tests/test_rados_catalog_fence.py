@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from cephlab import CLIENT_TIMEOUT, CephLab
-from radoshosts import host2_client, short_dir  # noqa: F401  (fixtures)
 
 from vstor.store.backend.location import open_backend
 from vstor.store.backend.radoslock import BLOCKLIST_ENV, RadosLock
@@ -58,7 +57,7 @@ def blocklist(lab: CephLab) -> dict[str, str]:
 
 
 def test_a_fenced_owner_commits_nothing_to_the_catalog_after_its_blocklist_ends(
-        ceph_lab: CephLab, rados_location: str, host2_client: str, short_dir: Path,  # noqa: F811
+        ceph_lab: CephLab, rados_location: str, host2_client: str, short_dir: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from radoshosts import RadosHost
     host = RadosHost(short_dir / "A", rados_location, str(ceph_lab.conf), lock_seconds=3600)

@@ -17,18 +17,17 @@ import contextlib
 import errno
 import mmap
 import os
-import shutil
 import signal
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cephlab import CLIENT_TIMEOUT, CephLab
 from harness import Array, read_direct
+from radoshosts import RadosHost
 
 from vstor.errors import Unavailable
 from vstor.store.backend.location import open_backend
@@ -39,36 +38,6 @@ from vstor.store.superblock import Superblock, format_backend
 pytestmark = pytest.mark.rados
 MiB = 1 << 20
 SLACK = 4.0  # seconds past the client timeout a failure may take (FUSE, the CLI's start-up)
-
-
-class FaultArray(Array):
-    """An Array on a rados:// location whose daemon uses the short client timeout of the tests."""
-
-    def __init__(self, base: Path, location: str, conf: str) -> None:
-        from vstor.store.backend.stub import state_dir
-        self.base = base
-        self.mnt = str(base / "mnt")
-        self.env = dict(os.environ, VSTOR_POOL=location, VSTOR_CEPH_CONF=conf,
-                        VSTOR_RADOS_STATE_DIR=str(base / "state"))
-        saved = os.environ.get("VSTOR_RADOS_STATE_DIR")
-        os.environ["VSTOR_RADOS_STATE_DIR"] = str(base / "state")
-        try:
-            self.pool = state_dir(location)
-        finally:
-            if saved is None:
-                del os.environ["VSTOR_RADOS_STATE_DIR"]
-            else:
-                os.environ["VSTOR_RADOS_STATE_DIR"] = saved
-        self.mounts, self.netns, self.start_args, self.key_file = [], None, [], None
-        self.vstor("pool", "init", location, "--segment-size", "16M", "--rados-timeout", str(CLIENT_TIMEOUT))
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A short base directory: the control socket's path must fit in sun_path (108 bytes)."""
-    d = Path(tempfile.mkdtemp(prefix="vf", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def _write(path: str, offset: int, data: bytes) -> tuple[int, float]:
@@ -115,7 +84,7 @@ def _outage(a: Array) -> dict | None:
 @pytest.mark.root
 def test_stopped_osd_gives_eio_within_the_timeout_and_io_resumes(ceph_lab: CephLab, rados_location: str,
                                                                  short_dir: Path) -> None:
-    a = FaultArray(short_dir / "h", rados_location, str(ceph_lab.conf))
+    a = RadosHost(short_dir / "h", rados_location, str(ceph_lab.conf), rados_timeout=CLIENT_TIMEOUT)
     osd = 0
     try:
         a.start()
@@ -172,7 +141,7 @@ def test_full_pool_gives_enospc_the_daemon_stays_up_and_writes_resume(ceph_lab: 
     ceph_lab.ceph("config", "set", "mgr", "mgr_stats_period", "1")  # the quota is noticed sooner
     a = None
     try:
-        a = FaultArray(short_dir / "h", f"rados://{name}/full", str(ceph_lab.conf))
+        a = RadosHost(short_dir / "h", f"rados://{name}/full", str(ceph_lab.conf), rados_timeout=CLIENT_TIMEOUT)
         a.start()
         a.create("v", "256M")
         ceph_lab.ceph("osd", "pool", "set-quota", name, "max_bytes", str(16 * MiB))

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -188,25 +185,17 @@ def test_a_backup_on_rados_is_listed_and_restored_on_another_host(ceph_lab: Ceph
             h.close()
 
 
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A short base directory: the control socket's path must fit in sun_path (108 bytes)."""
-    d = Path(tempfile.mkdtemp(prefix="vm", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 @pytest.mark.root
 def test_a_tar_on_a_drive_file_reads_back_after_the_daemon_moves(ceph_lab: CephLab, location: str,
                                                                   short_dir: Path, tmp_path: Path) -> None:
     from harness import run
-    from test_rados_array import RadosArray
+    from radoshosts import RadosHost
     conf = str(ceph_lab.conf)
     src = tmp_path / "src" / f"t-{uuid.uuid4().hex[:6]}"
     src.mkdir(parents=True)
     (src / "data.bin").write_bytes(os.urandom(9 * MiB + 123))  # three stripes and more
     (src / "note.txt").write_text("on rados\n")
-    a = RadosArray(short_dir / "hostA", location, conf)
+    a = RadosHost(short_dir / "hostA", location, conf)
     b = None
     try:
         a.start()
@@ -215,7 +204,7 @@ def test_a_tar_on_a_drive_file_reads_back_after_the_daemon_moves(ceph_lab: CephL
         a.vstor("media", "load", "L", "VT0001L9", "--drive", "0")
         run(["tar", "-b", "512", "-cf", os.path.join(a.mnt, "media", "L", "drive0"), "-C", str(src.parent), src.name])
         a.stop()
-        b = RadosArray(short_dir / "hostB", location, conf, attach=True)
+        b = RadosHost(short_dir / "hostB", location, conf, attach=True)
         b.start()
         out = tmp_path / "out"
         out.mkdir()

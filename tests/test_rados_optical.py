@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from cephlab import CLIENT_TIMEOUT, CephLab
-from radoshosts import host2_client, short_dir  # noqa: F401  (fixtures)
 
 from vstor.clock import ManualClock
 from vstor.errors import MediaError
@@ -182,7 +181,7 @@ def test_a_disc_session_on_one_host_reads_back_on_another(ceph_lab: CephLab, loc
 
 @pytest.mark.root
 def test_a_disc_session_through_fuse_is_served_after_a_takeover(ceph_lab: CephLab, location: str, tmp_path: Path,
-                                                                host2_client: str, short_dir: Path) -> None:  # noqa: F811
+                                                                host2_client: str, short_dir: Path) -> None:
     """An ISO session written through host A's drive file; host B takes the pool over while A
     still runs (A is fenced) and serves the same disc: its state, and the ISO read by isoinfo."""
     import subprocess

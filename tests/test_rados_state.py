@@ -82,19 +82,19 @@ def test_daemon_on_a_second_host_serves_the_exports_and_libraries_made_on_the_fi
     import shutil
     import tempfile
 
-    from test_rados_array import RadosArray
+    from radoshosts import RadosHost
 
     conf = str(ceph_lab.conf)
     base = Path(tempfile.mkdtemp(prefix="vs", dir="/tmp"))  # short: the control socket's path
     a = b = None
     try:
-        a = RadosArray(base / "hostA", rados_location, conf)
+        a = RadosHost(base / "hostA", rados_location, conf)
         a.start()
         a.create("v", "16M")
         a.vstor("volume", "export", "v", "--read-only")
         a.vstor("library", "create", "lib", "--type", "tape", "--slots", "4", "--drives", "1", "--mailslots", "1")
         a.stop()
-        b = RadosArray(base / "hostB", rados_location, conf, attach=True)
+        b = RadosHost(base / "hostB", rados_location, conf, attach=True)
         b.start()
         exports = b.vstor_json("volume", "exports")["exports"]
         assert [(e["name"], e["read_only"]) for e in exports] == [("v", True)], exports

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from cephlab import CLIENT_TIMEOUT, CephLab
-from radoshosts import host2_client, short_dir  # noqa: F401  (fixtures)
 
 from vstor.errors import Busy
 from vstor.store.backend.location import open_backend, parse_rados
@@ -28,7 +27,7 @@ pytestmark = pytest.mark.rados
 DURATION = 3  # seconds: renewals every 1 s
 
 
-def test_takeover_fences_a_live_owner_for_good(ceph_lab: CephLab, rados_location: str, host2_client: str) -> None:  # noqa: F811
+def test_takeover_fences_a_live_owner_for_good(ceph_lab: CephLab, rados_location: str, host2_client: str) -> None:
     from vstor.store.backend.fenced import FencedBackend
     from vstor.store.backend.radoslock import LockLost, RadosLock
     conf = str(ceph_lab.conf)
@@ -148,7 +147,7 @@ except Exception as e:
 
 
 def test_takeover_fences_the_backup_catalogs_client_too(ceph_lab: CephLab, rados_location: str,
-                                                        host2_client: str, short_dir: Path) -> None:  # noqa: F811
+                                                        host2_client: str, short_dir: Path) -> None:
     """Host A's process holds the pool lock and has the backup catalog (libcephsqlite, a RADOS
     client of its own) open; B's takeover blocklists both clients: A's next catalog commit fails."""
     from radoshosts import RadosHost

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from cephlab import CephLab
 from harness import one_error_line, read_direct
-from radoshosts import RadosHost, host2_client, short_dir  # noqa: F401  (fixtures)
+from radoshosts import RadosHost
 from test_crash import _verify, _workload
 
 pytestmark = [pytest.mark.root, pytest.mark.rados]
@@ -47,8 +47,8 @@ def _failed(host: RadosHost) -> str:
     return host.status()["journal"]["failed"] or ""
 
 
-def test_takeover_fences_the_live_owner_for_good(ceph_lab: CephLab, rados_location: str, host2_client: str,  # noqa: F811
-                                                 short_dir: Path) -> None:  # noqa: F811
+def test_takeover_fences_the_live_owner_for_good(ceph_lab: CephLab, rados_location: str, host2_client: str,
+                                                 short_dir: Path) -> None:
     conf = str(ceph_lab.conf)
     a = RadosHost(short_dir / "A", rados_location, conf, lock_seconds=LOCK_SECONDS)
     b = None
@@ -100,7 +100,7 @@ def test_takeover_fences_the_live_owner_for_good(ceph_lab: CephLab, rados_locati
 
 
 def test_kill9_then_takeover_on_another_host_keeps_every_acknowledged_write(
-        ceph_lab: CephLab, rados_location: str, host2_client: str, short_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+        ceph_lab: CephLab, rados_location: str, host2_client: str, short_dir: Path, tmp_path: Path) -> None:
     conf = str(ceph_lab.conf)
     a = RadosHost(short_dir / "A", rados_location, conf)  # the default 30 s lock: a takeover must fence
     b = None
