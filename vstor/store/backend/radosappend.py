@@ -38,11 +38,11 @@ from collections.abc import Callable
 from typing import Any
 
 from vstor.store.backend.radosblob import HEAD_MAGIC, HEAD_SIZE, StripedBlobs
+from vstor.store.backend.radoserr import FULL_TRY
 
 __all__ = ["APPEND_TRIES", "BlobAppender"]
 
 APPEND_TRIES = 8  # version-asserted attempts before an append gives up (the blob kept changing)
-FULL_TRY = 64  # LIBRADOS_OPERATION_FULL_TRY, as radosbe.FULL_TRY
 _RACED = (errno.ERANGE, errno.EOVERFLOW)  # assert_version failed: the object changed after its stat
 
 log = logging.getLogger(__name__)

@@ -37,17 +37,21 @@ import errno
 import functools
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.coalesce import COALESCE_LIMIT, Coalescer
 from vstor.store.backend.files import FileArea
+from vstor.store.backend.radosappend import BlobAppender
 from vstor.store.backend.radosblob import HEAD_SIZE, StripedBlobs
-from vstor.store.backend.radoserr import os_error
+from vstor.store.backend.radoserr import FULL_TRY, omap_keys, os_error
 from vstor.store.backend.radosread import make_readahead
 from vstor.store.backend.stripes import stripe_spans
 from vstor.store.journal.format import segment_name
+
+if TYPE_CHECKING:
+    from vstor.store.backend.radosfiles import RadosFiles
 
 __all__ = ["STRIPE_BYTES", "MAX_IN_FLIGHT", "RadosBackend", "connect_cluster"]
 
@@ -57,7 +61,6 @@ REMOVE_BATCH = 32  # stripe removes in flight at once when a segment is deleted
 MAX_BLOB = 64 * 1024 * 1024  # under osd_max_write_size (90 MiB): one write_full must carry a blob
 INDEX = "index"
 DEFAULT_TIMEOUT = 30  # seconds: rados_osd_op_timeout, rados_mon_op_timeout, client_mount_timeout
-FULL_TRY = 64  # LIBRADOS_OPERATION_FULL_TRY (librados.h; python3-rados 16 does not export it)
 PROBE = "probe"  # the object probe() rewrites, in the journal's namespace (not a blob)
 
 T = TypeVar("T")
@@ -106,6 +109,8 @@ class RadosBackend(PoolBackend):
         # small appends held for one write (coalesce.py); not with the read-ahead, whose fetches
         # could read a range before the held bytes are sent
         self.pending = Coalescer(STRIPE_BYTES, COALESCE_LIMIT if self.readahead is None else 0)
+        self._file_areas: dict[str, RadosFiles] = {}  # opened on first use (file_area), closed by close()
+        self._appender: BlobAppender | None = None  # opened on first use (append)
 
     def describe(self) -> str:
         return f"rados://{self.pool}/{self.prefix}"
@@ -128,24 +133,8 @@ class RadosBackend(PoolBackend):
 
     # -- segments --------------------------------------------------------------------------
     def list_segments(self) -> list[int]:
-        rados = self._rados
-
-        def read() -> list[int]:
-            out: list[int] = []
-            after = ""
-            while True:
-                with rados.ReadOpCtx() as op:
-                    it, _ret = self.jrn.get_omap_vals(op, after, "", 1000)
-                    try:
-                        self.jrn.operate_read_op(op, INDEX)
-                    except rados.ObjectNotFound:
-                        return out
-                    keys = [k for k, _v in it]
-                if not keys:
-                    return sorted(out)
-                out += [int(k) for k in keys]
-                after = keys[-1]
-        return self._call(read, "cannot list the journal segments")
+        keys = self._call(lambda: omap_keys(self._rados, self.jrn, INDEX), "cannot list the journal segments")
+        return sorted(int(k) for k in keys or ())
 
     def _index(self, segno: int, add: bool) -> None:
         rados = self._rados
@@ -173,8 +162,7 @@ class RadosBackend(PoolBackend):
         view = memoryview(data)
         with self._lock:
             pend = self.pending
-            if isinstance(self.jrn, _Closed):  # held bytes would never be sent
-                raise OSError(errno.EBADF, f"the RADOS connection of {self.describe()} is closed (used after close)")
+            self._check_open()  # held bytes would never be sent
             if pend.continues(segno, pos, len(view)):
                 pend.add(segno, pos, view)
                 return
@@ -409,19 +397,12 @@ class RadosBackend(PoolBackend):
         """The RADOS append op, version-asserted: atomic and durable, sends only ``data``
         (radosappend.py, which also says when the blob is replaced whole instead)."""
         self.faults.hit("backend.append")
-        if isinstance(self.meta, _Closed):
-            raise OSError(errno.EBADF, f"the RADOS connection of {self.describe()} is closed (used after close)")
-        appender = self.__dict__.get("_appender")
-        if appender is None:
-            from vstor.store.backend.radosappend import BlobAppender
-
-            def open_io() -> Any:
-                io = self._call(lambda: self._cluster.open_ioctx(self.pool), f"cannot open RADOS pool {self.pool}")
-                io.set_namespace(self.prefix)
-                return io
-            appender = self.__dict__.setdefault("_appender", BlobAppender(self._rados, open_io, self._call,
-                                                                          self.blobs, self.get, self.put))
-        appender.append(name, bytes(data))
+        self._check_open()
+        with self._lock:
+            if self._appender is None:
+                self._appender = BlobAppender(self._rados, lambda: self._open_io(self.prefix), self._call,
+                                              self.blobs, self.get, self.put)
+        self._appender.append(name, bytes(data))
 
     def delete(self, name: str) -> None:
         head = None
@@ -459,10 +440,10 @@ class RadosBackend(PoolBackend):
         self._reap()
         if self.readahead is not None:  # no read in flight when the connection goes
             self.readahead.drain()
-        for area in self.__dict__.get("_file_areas", {}).values():  # before the cluster goes
+        for area in self._file_areas.values():  # before the cluster goes
             area.close()
-        if "_appender" in self.__dict__:
-            self.__dict__["_appender"].close()
+        if self._appender is not None:
+            self._appender.close()
         meta, jrn = self.meta, self.jrn
         # librados crashes the process (SIGSEGV) on an I/O context used after its close: every
         # later use gets an OSError naming the pool instead.
@@ -476,25 +457,29 @@ class RadosBackend(PoolBackend):
     def file_area(self, area: str, local_dir: str) -> FileArea:
         """The files of ``area`` as striped objects in the namespace ``PREFIX/AREA`` (radosfiles.py)."""
         from vstor.store.backend.radosfiles import RadosFiles
-        areas: dict[str, RadosFiles] = self.__dict__.setdefault("_file_areas", {})  # closed by close()
-        with self._lock:
-            if area not in areas:
-                io = self._call(lambda: self._cluster.open_ioctx(self.pool), f"cannot open RADOS pool {self.pool}")
-                io.set_namespace(f"{self.prefix}/{area}")
-                areas[area] = RadosFiles(io, f"{self.describe()}/{area}")
-            return areas[area]
+        return self._area(area, area, RadosFiles)
 
     def sparse_file_area(self, area: str, local_dir: str) -> FileArea:
         """The sparse files of ``area`` in the namespace ``PREFIX/AREA``: only written stripes (radossparse.py)."""
         from vstor.store.backend.radossparse import RadosSparseFiles
-        areas: dict[str, RadosSparseFiles] = self.__dict__.setdefault("_file_areas", {})  # closed by close()
+        return self._area(f"sparse:{area}", area, RadosSparseFiles)
+
+    def _area(self, key: str, area: str, cls: type[RadosFiles]) -> RadosFiles:
+        """The file area ``key`` of kind ``cls`` over the namespace ``PREFIX/AREA``, opened once."""
         with self._lock:
-            key = f"sparse:{area}"
-            if key not in areas:
-                io = self._call(lambda: self._cluster.open_ioctx(self.pool), f"cannot open RADOS pool {self.pool}")
-                io.set_namespace(f"{self.prefix}/{area}")
-                areas[key] = RadosSparseFiles(io, f"{self.describe()}/{area}")
-            return areas[key]
+            if key not in self._file_areas:
+                self._file_areas[key] = cls(self._open_io(f"{self.prefix}/{area}"), f"{self.describe()}/{area}")
+            return self._file_areas[key]
+
+    def _open_io(self, namespace: str) -> Any:
+        """A new I/O context of the pool, in ``namespace`` (its user closes it)."""
+        io = self._call(lambda: self._cluster.open_ioctx(self.pool), f"cannot open RADOS pool {self.pool}")
+        io.set_namespace(namespace)
+        return io
+
+    def _check_open(self) -> None:
+        if isinstance(self.meta, _Closed):
+            raise OSError(errno.EBADF, f"the RADOS connection of {self.describe()} is closed (used after close)")
 
     def _forget(self, segno: int) -> None:
         """Drop the read-ahead's chunks of a segment just created, cut or deleted."""

@@ -38,7 +38,8 @@ from vstor.store.backend.files import AreaFile, FileArea
 from vstor.store.backend.radoserr import os_error
 from vstor.store.backend.stripes import stripe_spans
 
-__all__ = ["CACHE_BELOW", "FILE_STRIPE", "MAX_IN_FLIGHT", "RadosFile", "RadosFiles", "read_stripe", "stripe_name"]
+__all__ = ["CACHE_BELOW", "FILE_STRIPE", "MAX_IN_FLIGHT", "AioWrites", "RadosFile", "RadosFiles", "read_stripe",
+           "stripe_name"]
 
 FILE_STRIPE = 4 * 1024 * 1024
 MAX_IN_FLIGHT = 32  # aio writes outstanding per file before a writer waits for the oldest
@@ -61,12 +62,51 @@ def read_stripe(io: Any, area: Any, name: str, stripe: int, n: int, off: int) ->
         raise os_error(e, f"cannot read {area.describe(name)}") from None
 
 
+class AioWrites:
+    """The aio writes of one file in flight: at most MAX_IN_FLIGHT (a writer waits for the
+    oldest beyond), the first failure kept for :meth:`check`. Shared by the striped and the
+    sparse files."""
+
+    def __init__(self, area: RadosFiles, name: str) -> None:
+        self.area, self.name = area, name
+        self._lock = threading.Lock()
+        self._in_flight: list[Any] = []  # completions, oldest first
+        self._failed: OSError | None = None
+
+    def write(self, stripe: int, off: int, data: bytes) -> None:
+        """Issue one aio write into a stripe object; OSError if librados refuses it."""
+        try:
+            comp = self.area.io.aio_write(stripe_name(self.name, stripe), data, off)
+        except self.area.rados.Error as e:
+            raise os_error(e, f"cannot write {self.area.describe(self.name)}") from None
+        with self._lock:
+            self._in_flight.append(comp)
+            excess = len(self._in_flight) - MAX_IN_FLIGHT
+        if excess > 0:
+            self.wait(excess)
+
+    def wait(self, count: int | None = None) -> None:
+        """Wait for the oldest ``count`` writes (all when None), noting the first failure."""
+        with self._lock:
+            k = len(self._in_flight) if count is None else count
+            mine, self._in_flight = self._in_flight[:k], self._in_flight[k:]
+        for comp in mine:
+            comp.wait_for_complete()
+            ret = comp.get_return_value()
+            if ret < 0 and self._failed is None:
+                self._failed = OSError(-ret, f"write to {self.area.describe(self.name)} failed: "
+                                             f"{errno.errorcode.get(-ret, ret)}")
+
+    def check(self) -> None:
+        """Raise the first failure of a write waited for."""
+        if self._failed is not None:
+            raise OSError(self._failed.errno, str(self._failed))
+
+
 class RadosFile(AreaFile):
     def __init__(self, area: RadosFiles, name: str, create: bool) -> None:
         self.area, self.name, self.io = area, name, area.io
-        self._lock = threading.Lock()
-        self._in_flight: list[tuple[Any, str]] = []  # (completion, object), oldest first
-        self._failed: OSError | None = None
+        self._writes = AioWrites(area, name)
         self._cache: tuple[int, bytes] | None = None  # (stripe, its bytes)
         self.stripes = area.stripe_count(name)  # stripe objects that exist (or are being written)
         self._size = area.length(name, self.stripes)
@@ -82,22 +122,13 @@ class RadosFile(AreaFile):
         self._cache = None
         for stripe, off, at, n in stripe_spans(pos, len(view), FILE_STRIPE):
             if stripe >= self.stripes:
-                self._reap()  # the prefix rule: every earlier write lands before a new stripe starts
-                self._raise_failed()
+                self._writes.wait()  # the prefix rule: every earlier write lands before a new stripe starts
+                self._writes.check()
                 if stripe > self.stripes:  # a write past the end: the stripes between are zeros
                     self._fill(stripe)
-            obj = stripe_name(self.name, stripe)
-            try:
-                comp = self.io.aio_write(obj, bytes(view[at : at + n]), off)
-            except self.area.rados.Error as e:
-                raise os_error(e, f"cannot write {self.area.describe(self.name)}") from None
-            with self._lock:
-                self._in_flight.append((comp, obj))
-                excess = len(self._in_flight) - MAX_IN_FLIGHT
+            self._writes.write(stripe, off, bytes(view[at : at + n]))
             self.stripes = max(self.stripes, stripe + 1)
             self._size = max(self._size, pos + at + n)
-            if excess > 0:
-                self._reap(excess)
 
     def _fill(self, stripe: int) -> None:
         """Make stripes up to ``stripe`` (excluded) whole: zeros where nothing was written."""
@@ -113,27 +144,12 @@ class RadosFile(AreaFile):
             self.area.call(lambda: self.io.write_full(obj, b""), what)
         self.area.call(lambda: self.io.trunc(obj, length), what)
 
-    def _reap(self, count: int | None = None) -> None:
-        with self._lock:
-            k = len(self._in_flight) if count is None else count
-            mine, self._in_flight = self._in_flight[:k], self._in_flight[k:]
-        for comp, obj in mine:
-            comp.wait_for_complete()
-            ret = comp.get_return_value()
-            if ret < 0 and self._failed is None:
-                self._failed = OSError(-ret, f"write to {self.area.describe(obj)} failed: "
-                                             f"{errno.errorcode.get(-ret, ret)}")
-
-    def _raise_failed(self) -> None:
-        if self._failed is not None:
-            raise OSError(self._failed.errno, str(self._failed))
-
     def sync(self, metadata: bool = False) -> None:
-        self._reap()
-        self._raise_failed()
+        self._writes.wait()
+        self._writes.check()
 
     def truncate(self, size: int) -> None:
-        self._reap()
+        self._writes.wait()
         self._cache = None
         keep, off = divmod(size, FILE_STRIPE)
         if off == 0 and keep:

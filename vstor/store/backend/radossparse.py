@@ -32,18 +32,13 @@ Errors: librados errors become builtin OSError with their errno (radoserr.os_err
 from __future__ import annotations
 
 import errno
-import threading
-from typing import Any
 
 from vstor.store.backend.files import AreaFile
-from vstor.store.backend.radoserr import os_error
-from vstor.store.backend.radosfiles import FILE_STRIPE, MAX_IN_FLIGHT, RadosFiles, read_stripe, stripe_name
+from vstor.store.backend.radoserr import omap_keys, os_error
+from vstor.store.backend.radosfiles import FILE_STRIPE, AioWrites, RadosFiles, read_stripe, stripe_name
 from vstor.store.backend.stripes import stripe_spans
 
 __all__ = ["RadosSparseFile", "RadosSparseFiles"]
-
-OMAP_PAGE = 1000  # index keys read per omap call
-
 
 def _key(stripe: int) -> str:
     return f"{stripe:08x}"
@@ -52,9 +47,7 @@ def _key(stripe: int) -> str:
 class RadosSparseFile(AreaFile):
     def __init__(self, area: RadosSparseFiles, name: str, create: bool) -> None:
         self.area, self.name, self.io = area, name, area.io
-        self._lock = threading.Lock()
-        self._in_flight: list[Any] = []  # completions, oldest first
-        self._failed: OSError | None = None
+        self._writes = AioWrites(area, name)
         index = area.index(name)
         if index is None:
             if not create:
@@ -71,35 +64,15 @@ class RadosSparseFile(AreaFile):
             if stripe not in self.stripes:
                 self.area.set_keys(self.name, [stripe])  # in the index before any byte of it is written
                 self.stripes.add(stripe)
-            try:
-                comp = self.io.aio_write(stripe_name(self.name, stripe), bytes(view[at : at + n]), off)
-            except self.area.rados.Error as e:
-                raise os_error(e, f"cannot write {self.area.describe(self.name)}") from None
-            with self._lock:
-                self._in_flight.append(comp)
-                excess = len(self._in_flight) - MAX_IN_FLIGHT
+            self._writes.write(stripe, off, bytes(view[at : at + n]))
             self._size = max(self._size, pos + at + n)
-            if excess > 0:
-                self._reap(excess)
-
-    def _reap(self, count: int | None = None) -> None:
-        with self._lock:
-            k = len(self._in_flight) if count is None else count
-            mine, self._in_flight = self._in_flight[:k], self._in_flight[k:]
-        for comp in mine:
-            comp.wait_for_complete()
-            ret = comp.get_return_value()
-            if ret < 0 and self._failed is None:
-                self._failed = OSError(-ret, f"write to {self.area.describe(self.name)} failed: "
-                                             f"{errno.errorcode.get(-ret, ret)}")
 
     def sync(self, metadata: bool = False) -> None:
-        self._reap()
-        if self._failed is not None:
-            raise OSError(self._failed.errno, str(self._failed))
+        self._writes.wait()
+        self._writes.check()
 
     def truncate(self, size: int) -> None:
-        self._reap()
+        self._writes.wait()
         area, what = self.area, f"cannot cut {self.area.describe(self.name)}"
         if size <= 0:
             gone = sorted(self.stripes, reverse=True)
@@ -144,24 +117,9 @@ class RadosSparseFiles(RadosFiles):
 
     def index(self, name: str) -> set[int] | None:
         """The stripes in a file's index, or None when the file does not exist (no head)."""
-        rados, head = self.rados, stripe_name(name, 0)
-
-        def read() -> set[int] | None:
-            out: set[int] = set()
-            after = ""
-            while True:
-                with rados.ReadOpCtx() as op:
-                    it, _ret = self.io.get_omap_vals(op, after, "", OMAP_PAGE)
-                    try:
-                        self.io.operate_read_op(op, head)
-                    except rados.ObjectNotFound:
-                        return None
-                    keys = [k for k, _v in it]
-                if not keys:
-                    return out
-                out |= {int(k, 16) for k in keys}
-                after = keys[-1]
-        return self.call(read, f"cannot read the index of {self.describe(name)}")
+        keys = self.call(lambda: omap_keys(self.rados, self.io, stripe_name(name, 0)),
+                         f"cannot read the index of {self.describe(name)}")
+        return None if keys is None else {int(k, 16) for k in keys}
 
     def set_keys(self, name: str, stripes: list[int]) -> None:
         self._omap(name, stripes, add=True)
