@@ -113,3 +113,29 @@ def test_a_nowait_read_never_returns_a_frame_that_fails_its_checksum(tmp_path) -
         assert bytes(store.read(vid, 4096, 4096, nowait=True)) == data[4096:8192]  # frame 0 is sound
     finally:
         store.close()
+
+
+@pytest.mark.local_only("the page cache of a local segment file")
+def test_a_scattered_read_names_its_range_for_defragmentation_once_however_often_it_would_block(tmp_path) -> None:
+    pool, store, vid, data = _written(tmp_path)
+    for k in range(8):  # eight overwrites cut the first 64 KiB into 16 pieces
+        store.write(vid, k * 8192, b"%d" % k * 4096)
+    store.sync()
+    store.close()
+    store = Store.open(pool)
+    hints: list[tuple[int, int, int, int]] = []
+    store.defrag_hint = lambda *hint: hints.append(hint)
+    try:
+        evict_segments(pool)
+        deadline, misses = time.monotonic() + RETRY_LIMIT, 0
+        while True:
+            try:
+                store.read(vid, 0, 65536, nowait=True)
+                break
+            except WouldBlock:
+                misses += 1
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+        assert misses >= 1 and hints == [(vid, 0, 65536, 16)]
+    finally:
+        store.close()

@@ -83,9 +83,7 @@ class ReadPathMixin(StoreParts):
             self._active_reads += 1
         counted = True
         try:
-            if len(pieces) > 4 and not sid and self.defrag_hint is not None:
-                self.defrag_hint(vid, offset, size, len(pieces))
-            return produce(lineage, offset, size, pieces)
+            out = produce(lineage, offset, size, pieces)
         except CorruptData as e:
             self.stats.add(read_errors=1)
             log.error("read error on volume %d offset %d (chunk %d): %s", vid, offset,
@@ -98,6 +96,9 @@ class ReadPathMixin(StoreParts):
             self.done_reading()
             if counted:
                 self.stats.request("read", size)
+        if len(pieces) > 4 and not sid and self.defrag_hint is not None:  # once per read served, not per try
+            self.defrag_hint(vid, offset, size, len(pieces))
+        return out
 
     def lookup_for_read(self, vm: Any, offset: int, size: int) -> list:
         """Extents of a range of ``vm``, registering a reader; pair with :meth:`done_reading`."""
