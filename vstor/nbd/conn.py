@@ -15,7 +15,7 @@ needs no other thread, so TLS connections do it too. Only on a remote pool (RADO
 cache to ask) do queued reads go to the connection's read workers (vstor/nbd/readers.py) to
 overlap their round trips, and over TLS not even there. Handing every read to a worker,
 as before, cost a thread switch and a GIL hand-over each way: 15.1-15.6k IOPS at rand-read
-QD16 against 24.5-26.3k with misses deferred (docs/benchmarks.md §10, run N4). A lone read up to
+QD16 against 24.5-26.3k with misses deferred (docs/benchmarks.md §10, runs N4 and N5). A lone read up to
 INLINE_READ_MAX gets bytes of its own (its reply waits in the batch); a larger one is read
 into the connection's reusable buffer and sent at once.
 Requests that must wait for the journal to be durable -- FLUSH, and any command with FUA,
