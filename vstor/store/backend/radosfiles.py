@@ -38,8 +38,8 @@ from vstor.store.backend.files import AreaFile, FileArea
 from vstor.store.backend.radoserr import os_error
 from vstor.store.backend.stripes import stripe_spans
 
-__all__ = ["CACHE_BELOW", "FILE_STRIPE", "MAX_IN_FLIGHT", "AioWrites", "RadosFile", "RadosFiles", "read_stripe",
-           "stripe_name"]
+__all__ = ["CACHE_BELOW", "FILE_STRIPE", "MAX_IN_FLIGHT", "AioWrites", "RadosFile", "RadosFiles", "StripedFile",
+           "read_stripe", "stripe_name"]
 
 FILE_STRIPE = 4 * 1024 * 1024
 MAX_IN_FLIGHT = 32  # aio writes outstanding per file before a writer waits for the oldest
@@ -103,7 +103,35 @@ class AioWrites:
             raise OSError(self._failed.errno, str(self._failed))
 
 
-class RadosFile(AreaFile):
+class StripedFile(AreaFile):
+    """What the striped and the sparse files share: their length, and a read walked stripe by
+    stripe, each piece from :meth:`_piece` (a short piece ends the read)."""
+
+    area: RadosFiles
+    name: str
+    _size: int
+
+    def size(self) -> int:
+        return self._size
+
+    def pread(self, size: int, pos: int) -> bytes:
+        size = max(0, min(size, self._size - pos))
+        parts: list[bytes] = []
+        for stripe, off, _at, n in stripe_spans(pos, size, FILE_STRIPE):
+            got = self._piece(stripe, off, n)
+            parts.append(got)
+            if len(got) < n:
+                break
+        return b"".join(parts)
+
+    def _piece(self, stripe: int, off: int, n: int) -> bytes:
+        raise NotImplementedError
+
+    def _read(self, stripe: int, n: int, off: int) -> bytes:
+        return read_stripe(self.area.io, self.area, self.name, stripe, n, off)
+
+
+class RadosFile(StripedFile):
     def __init__(self, area: RadosFiles, name: str, create: bool) -> None:
         self.area, self.name, self.io = area, name, area.io
         self._writes = AioWrites(area, name)
@@ -170,21 +198,9 @@ class RadosFile(AreaFile):
         self._cache = None
 
     # -- reading ---------------------------------------------------------------------------
-    def size(self) -> int:
-        return self._size
-
-    def pread(self, size: int, pos: int) -> bytes:
-        size = max(0, min(size, self._size - pos))
-        parts: list[bytes] = []
-        for stripe, off, _at, n in stripe_spans(pos, size, FILE_STRIPE):
-            got = self._stripe(stripe)[off : off + n] if n < CACHE_BELOW else self._read(stripe, n, off)
-            parts.append(got)
-            if len(got) < n:
-                break
-        return b"".join(parts)
-
-    def _read(self, stripe: int, n: int, off: int) -> bytes:
-        return read_stripe(self.io, self.area, self.name, stripe, n, off)
+    def _piece(self, stripe: int, off: int, n: int) -> bytes:
+        """Up to ``n`` bytes (short at the file's end): small reads from a cached stripe."""
+        return self._stripe(stripe)[off : off + n] if n < CACHE_BELOW else self._read(stripe, n, off)
 
     def _stripe(self, stripe: int) -> bytes:
         if self._cache is None or self._cache[0] != stripe:

@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import errno
 
-from vstor.store.backend.files import AreaFile
 from vstor.store.backend.radoserr import omap_keys, os_error
-from vstor.store.backend.radosfiles import FILE_STRIPE, AioWrites, RadosFiles, read_stripe, stripe_name
+from vstor.store.backend.radosfiles import FILE_STRIPE, AioWrites, RadosFiles, StripedFile, stripe_name
 from vstor.store.backend.stripes import stripe_spans
 
 __all__ = ["RadosSparseFile", "RadosSparseFiles"]
@@ -44,7 +43,9 @@ def _key(stripe: int) -> str:
     return f"{stripe:08x}"
 
 
-class RadosSparseFile(AreaFile):
+class RadosSparseFile(StripedFile):
+    area: RadosSparseFiles
+
     def __init__(self, area: RadosSparseFiles, name: str, create: bool) -> None:
         self.area, self.name, self.io = area, name, area.io
         self._writes = AioWrites(area, name)
@@ -96,19 +97,10 @@ class RadosSparseFile(AreaFile):
         self.sync()
 
     # -- reading ---------------------------------------------------------------------------
-    def size(self) -> int:
-        return self._size
-
-    def pread(self, size: int, pos: int) -> bytes:
-        size = max(0, min(size, self._size - pos))
-        parts: list[bytes] = []
-        for stripe, off, _at, n in stripe_spans(pos, size, FILE_STRIPE):
-            got = self._read(stripe, n, off) if stripe in self.stripes else b""
-            parts.append(got + bytes(n - len(got)))  # a hole, or past the object's end: zeros
-        return b"".join(parts)
-
-    def _read(self, stripe: int, n: int, off: int) -> bytes:
-        return read_stripe(self.io, self.area, self.name, stripe, n, off)
+    def _piece(self, stripe: int, off: int, n: int) -> bytes:
+        """Always ``n`` bytes: a hole, or past the object's end, reads as zeros."""
+        got = self._read(stripe, n, off) if stripe in self.stripes else b""
+        return got + bytes(n - len(got))
 
 
 class RadosSparseFiles(RadosFiles):
