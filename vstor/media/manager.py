@@ -31,14 +31,12 @@ from vstor.media.mailslots import MailSlotsMixin
 from vstor.media.optical import DiscSide, side_names
 from vstor.media.tapedrive import TapeDrive
 from vstor.store.backend.base import PoolBackend
-from vstor.store.backend.files import FileArea, LocalFiles
+from vstor.store.backend.files import DISC_AREA, MEDIA_AREA, FileArea, LocalFiles
 from vstor.store.backend.statefiles import PoolFiles, local_files
 from vstor.store.catalog.volumes import NAME_RE
 
 FORMAT, VERSION = "vstor-library", 1
 SEAL = Seal("xxh3", indent=1, sort_keys=False, newline=True)  # keys as written; the checksum sorts them
-MEDIA_AREA = "media"  # the backend file area of the cartridges
-DISC_AREA = "optical"  # the backend sparse file area of the disc images
 
 
 class MediaManager(MailSlotsMixin, DrivesMixin):

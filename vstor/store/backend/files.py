@@ -26,7 +26,11 @@ from abc import ABC, abstractmethod
 
 from vstor.durable import remove_durably
 
-__all__ = ["AreaFile", "FileArea", "LocalFile", "LocalFiles"]
+__all__ = ["DISC_AREA", "MEDIA_AREA", "AreaFile", "FileArea", "LocalFile", "LocalFiles"]
+
+# The pool's file areas (their names are the RADOS namespaces PREFIX/AREA, docs/formats.md):
+MEDIA_AREA = "media"  # tape cartridges (PoolBackend.file_area)
+DISC_AREA = "optical"  # optical disc images (PoolBackend.sparse_file_area)
 
 
 class AreaFile(ABC):

@@ -26,13 +26,12 @@ from dataclasses import dataclass
 
 from vstor.durable import sync_dir
 from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.files import DISC_AREA, MEDIA_AREA
 from vstor.store.backend.statefiles import is_state_file
 
-__all__ = ["CHUNK", "DISC_AREA", "MEDIA_AREA", "Placed", "data_extents", "place_other_file"]
+__all__ = ["CHUNK", "Placed", "data_extents", "place_other_file"]
 
 CHUNK = 4 << 20  # bytes copied per read
-MEDIA_AREA = "media"  # as vstor/media/manager.py: the backend file area of the cartridges
-DISC_AREA = "optical"  # as vstor/media/manager.py: the backend sparse file area of the disc images
 DISC_IMAGE = re.compile(r"media/[^/]+/(shelf/)?[^/.]+\.side\d+\.img")
 
 
