@@ -109,9 +109,10 @@ class CephError(RuntimeError):
     """The cluster could not be brought up, a command failed, or a daemon died."""
 
 
-def ceph_missing() -> str | None:
-    """Why no cluster can be brought up here (which Ceph commands are missing), or None."""
-    missing = [c for c in COMMANDS if not shutil.which(c)]
+def ceph_missing(also: tuple[str, ...] = ()) -> str | None:
+    """Why no cluster can be brought up here (which Ceph commands, and of ``also``, are
+    missing), or None."""
+    missing = [c for c in (*COMMANDS, *also) if not shutil.which(c)]
     return f"needs the Ceph packages ({', '.join(missing)} missing; make system-deps-rados)" if missing else None
 
 
