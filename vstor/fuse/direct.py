@@ -8,6 +8,9 @@ journal into that buffer with one system call and is verified there (readpath.py
 
 The view is valid only during the call: libfuse owns the buffer and sends it to the kernel
 once the callback returns. Nothing may keep the view or a slice of it.
+
+Every callback first keeps its worker thread's Python thread state (threadstate.py), so a
+request no longer creates and deletes one.
 """
 
 from __future__ import annotations
@@ -15,13 +18,22 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from vstor.fuse.options import select_library
+from vstor.fuse.options import select_library, tuning
+from vstor.fuse.threadstate import keep_thread_state
 
 select_library()
 import mfusepy as fuse  # noqa: E402
 
 
 class DirectReadFUSE(fuse.FUSE):
+    keep_states = bool(tuning().get("keep_tstate", 1))  # VSTOR_FUSE_TUNING=keep_tstate=0: as before (benchmarks)
+
+    def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """mfusepy's entry for every callback, on libfuse's thread."""
+        if self.keep_states:
+            keep_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
+
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         """libfuse's read callback (mfusepy wraps it to turn exceptions into -errno)."""
         fh = fip.contents if self.raw_fi else fip.contents.fh

@@ -34,9 +34,9 @@ READAHEAD_KB = 1024
 
 # Benchmark-only overrides of the choices above, to measure each one against its alternative
 # (tools/bench_tuning.py): VSTOR_FUSE_TUNING="threads=0,max_write=131072,readahead_kb=128,
-# blksize=4096,statfs_bsize=4096,io_flusher=0". Unset in normal use.
+# blksize=4096,statfs_bsize=4096,io_flusher=0,keep_tstate=0". Unset in normal use.
 TUNING_KEYS = ("threads", "max_write", "readahead_kb", "blksize", "statfs_bsize", "io_flusher", "max_threads",
-               "max_background")
+               "max_background", "keep_tstate")
 
 
 def tuning() -> dict[str, int]:
