@@ -67,3 +67,39 @@ def test_only_one_leader_at_a_time_and_a_failed_flush_wakes_the_waiters() -> Non
     assert second.wait(WAIT)
     other.join(WAIT)
     gate.done()
+
+
+def test_many_writers_each_return_durable_and_never_two_leaders() -> None:
+    """16 threads append and sync 300 times each: every sync returns only once its append is
+    durable (by its own flush or another's), and no two flushes ever overlap."""
+    gate = GroupCommit()
+    lock = threading.Lock()
+    state = {"appended": 0, "durable": 0, "leaders": 0, "overlaps": 0, "early": 0}
+
+    def writer() -> None:
+        for _ in range(300):
+            with lock:
+                state["appended"] += 1
+                target = state["appended"]
+            if gate.lead(lambda t=target: state["durable"] >= t):
+                try:
+                    with lock:
+                        state["leaders"] += 1
+                        state["overlaps"] += state["leaders"] > 1
+                        reached = state["appended"]
+                    threading.Event().wait(0.0001)  # the flush
+                    with lock:
+                        state["durable"] = max(state["durable"], reached)
+                        state["leaders"] -= 1
+                finally:
+                    gate.done()
+            with lock:
+                state["early"] += state["durable"] < target
+
+    threads = [_spawn(writer) for _ in range(16)]
+    for t in threads:
+        t.join(WAIT * 3)
+    assert not any(t.is_alive() for t in threads), "a writer hung: a waiter was never released"
+    assert state["overlaps"] == 0 and state["early"] == 0
+    assert gate.led + gate.joined == 16 * 300 and gate.waiting == 0
+    assert gate.joined > 0, "no sync ever shared another's flush"

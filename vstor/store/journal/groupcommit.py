@@ -6,8 +6,11 @@ badly under the GIL: the waiters take the mutex one after another, each woken by
 before, so after every flush the next real flush starts only after a chain of wake-ups of
 callers that had nothing left to do (at 16 O_DSYNC writes in flight on a local pool, the
 daemon's FUSE threads spent 95% of their time queued on the mutex and the disk flushed only
-half the time). Here all waiters are woken at once when a flush ends; those it covered return,
-and the first of the others leads the next flush at once.
+half the time). Here the leader that ends a flush decides for every waiter: those it covered
+are released to return, and the first of the others is released as the next leader. A waiter
+parks on a lock of its own, so a released waiter takes no shared lock on its way out (with a
+condition variable, every waiter woken by ``notify_all`` then queued for the condition's lock
+again, one after another: a further wake-up per write at 16 in flight).
 
 Guarantee: :meth:`GroupCommit.lead` returns False only when ``covered()`` is true, checked
 after the last flush that ended before it returned; True makes the caller the only leader
@@ -22,32 +25,68 @@ from collections.abc import Callable
 __all__ = ["GroupCommit"]
 
 
+class _Parked:
+    """A caller waiting behind a flush: blocked on its own lock until a leader releases it."""
+
+    __slots__ = ("covered", "gate", "lead")
+
+    def __init__(self, covered: Callable[[], bool]) -> None:
+        self.covered = covered
+        self.gate = threading.Lock()
+        self.gate.acquire()
+        self.lead = False  # set before the release: True makes it the next leader
+
+
 class GroupCommit:
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
         self._busy = False  # a leader is flushing
+        self._parked: list[_Parked] = []
         self.led = self.joined = 0  # flushes led; callers a flush covered (metrics, tests)
-        self.waiting = 0  # callers parked behind the running flush
+
+    @property
+    def waiting(self) -> int:
+        """Callers parked behind the running flush."""
+        return len(self._parked)
 
     def lead(self, covered: Callable[[], bool]) -> bool:
         """Wait while another caller flushes; False when ``covered()`` (nothing left to do),
         True when this caller must flush now and then call :meth:`done`."""
-        with self._cond:
-            while self._busy and not covered():
-                self.waiting += 1
-                try:
-                    self._cond.wait()
-                finally:
-                    self.waiting -= 1
+        with self._mutex:
             if covered():
                 self.joined += 1
                 return False
-            self._busy = True
-            self.led += 1
-            return True
+            if not self._busy:
+                self._busy = True
+                self.led += 1
+                return True
+            me = _Parked(covered)
+            self._parked.append(me)
+        me.gate.acquire()  # released by done(), which decided for this caller
+        return me.lead
 
     def done(self) -> None:
-        """The leader's flush ended (or failed): wake every waiter to look again."""
-        with self._cond:
-            self._busy = False
-            self._cond.notify_all()
+        """The leader's flush ended (or failed): release every waiter it covered, and the first
+        of the others as the next leader (the rest wait for that one's flush)."""
+        with self._mutex:
+            keep: list[_Parked] = []
+            go: list[_Parked] = []
+            nxt = None
+            for p in self._parked:
+                if p.covered():
+                    self.joined += 1
+                    go.append(p)
+                elif nxt is None:
+                    nxt = p
+                    p.lead = True
+                    self.led += 1
+                    go.append(p)
+                else:
+                    keep.append(p)
+            self._parked = keep
+            self._busy = nxt is not None
+        if nxt is not None:  # the next flush starts first
+            go.remove(nxt)
+            go.insert(0, nxt)
+        for p in go:
+            p.gate.release()
