@@ -69,24 +69,16 @@ class GroupCommit:
         """The leader's flush ended (or failed): release every waiter it covered, and the first
         of the others as the next leader (the rest wait for that one's flush)."""
         with self._mutex:
-            keep: list[_Parked] = []
-            go: list[_Parked] = []
-            nxt = None
+            released: list[_Parked] = []
+            rest: list[_Parked] = []
             for p in self._parked:
-                if p.covered():
-                    self.joined += 1
-                    go.append(p)
-                elif nxt is None:
-                    nxt = p
-                    p.lead = True
-                    self.led += 1
-                    go.append(p)
-                else:
-                    keep.append(p)
-            self._parked = keep
-            self._busy = nxt is not None
-        if nxt is not None:  # the next flush starts first
-            go.remove(nxt)
-            go.insert(0, nxt)
-        for p in go:
+                (released if p.covered() else rest).append(p)
+            self.joined += len(released)
+            self._busy = bool(rest)
+            if rest:  # the first of the others leads the next flush; released first, so it starts first
+                rest[0].lead = True
+                self.led += 1
+                released.insert(0, rest.pop(0))
+            self._parked = rest
+        for p in released:
             p.gate.release()
