@@ -32,6 +32,7 @@ VARIANTS = [
     ("readahead 128 KiB (kernel default)", "readahead_kb=128"),
     ("st_blksize 4 KiB", "blksize=4096"),
     ("statfs f_bsize 4 KiB", "statfs_bsize=4096"),
+    ("a Python thread state per request (as ctypes alone does)", "keep_tstate=0"),
 ]
 
 
