@@ -90,3 +90,24 @@ def test_async_o_dsync_writes_through_the_mount_each_commit(array_factory) -> No
     assert json.loads(run.stdout)["jobs"][0]["write"]["total_ios"] == 64
     assert _fsyncs(mnt) - before >= 64, "an O_DSYNC write was acknowledged without a commit"
     arr.stop()
+
+
+def test_a_write_from_libfuses_buffer_keeps_nothing_of_it(tmp_path: Path) -> None:
+    """VolumeFS.write_from (DirectReadFUSE hands it a view of libfuse's buffer, which libfuse
+    reuses once the callback returns): the store must have copied or sent everything it needs
+    before the call returns. The buffer is overwritten after each call, as libfuse would."""
+    store = Store.open(make_pool(tmp_path))
+    try:
+        vid = store.create_volume("v", 8 * MiB).id
+        fs = VolumeFS(store)
+        fi = _fi(os.O_RDWR | os.O_DSYNC)
+        fs.open("/volumes/v", fi)
+        buf = bytearray(MiB)
+        for n, size in enumerate((K4, 64 * 1024, MiB)):
+            buf[:size] = bytes([n + 1]) * size
+            assert fs.write_from("/volumes/v", memoryview(buf)[:size], n * MiB, fi) == size
+            buf[:] = b"\xee" * MiB  # libfuse's next request
+        for n, size in enumerate((K4, 64 * 1024, MiB)):
+            assert store.read(vid, n * MiB, size) == bytes([n + 1]) * size
+    finally:
+        store.close()

@@ -127,3 +127,25 @@ def test_a_torn_tail_is_cut_and_acknowledged_writes_stay(pool: tuple[str, Callab
         assert store.recovery["torn_tail"], store.recovery
     finally:
         store.close()
+
+
+def test_the_store_keeps_nothing_of_a_writers_buffer(pool: tuple[str, Callable[[], PoolBackend | None]]) -> None:
+    """Store.write may be handed a view of a buffer its caller reuses at once (libfuse's, through
+    VolumeFS.write_from): whatever the journal holds back (on RADOS, small appends coalesced until
+    the next flush) must be its own copy. Writes of several sizes, the buffer overwritten after
+    each, one sync at the end."""
+    directory, backend = pool
+    store = Store.open(directory, backend=backend())
+    try:
+        vid = store.create_volume("v", 8 * MiB).id
+        buf = bytearray(MiB)
+        sizes = (4096, 4096, 64 * 1024, MiB)
+        for n, size in enumerate(sizes):
+            buf[:size] = bytes([n + 1]) * size
+            store.write(vid, n * MiB, memoryview(buf)[:size])
+            buf[:] = b"\xee" * MiB
+        store.sync()
+        for n, size in enumerate(sizes):
+            assert store.read(vid, n * MiB, size) == bytes([n + 1]) * size
+    finally:
+        store.close()

@@ -125,10 +125,14 @@ class Passthrough(mfusepy.Operations):
             self._count("read", len(view))
         return os.preadv(self.fd, [view], offset)
 
-    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+    def write(self, path: str, data: bytes | memoryview, offset: int, fh: int) -> int:
         if self.stats is not None:
             self._count("write", len(data))
         return os.pwrite(self.fd, data, offset)
+
+    def write_from(self, path: str, view: memoryview, offset: int, fh: int) -> int:
+        """DirectReadFUSE's write from libfuse's buffer (no copy first), as vstor's."""
+        return self.write(path, view, offset, fh)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
         self._check(path)

@@ -1,4 +1,4 @@
-"""mfusepy's FUSE class with reads that fill libfuse's buffer in place.
+"""mfusepy's FUSE class with reads that fill libfuse's buffer in place, and writes from it.
 
 mfusepy's read callback asks the operations for ``bytes`` and then copies them into the
 buffer libfuse passed (``ctypes.memmove``): each 1 MiB read is allocated, filled, and copied
@@ -8,6 +8,10 @@ journal into that buffer with one system call and is verified there (readpath.py
 
 The view is valid only during the call: libfuse owns the buffer and sends it to the kernel
 once the callback returns. Nothing may keep the view or a slice of it.
+
+Writes the other way: mfusepy copies each write's data into a bytes object before the
+operations see it; here operations that define ``write_from(path, view, offset, fh)`` get a
+memoryview of libfuse's buffer instead, with the same rule (valid during the call only).
 
 Every callback first keeps its worker thread's Python thread state (threadstate.py), so a
 request no longer creates and deletes one.
@@ -42,3 +46,16 @@ class DirectReadFUSE(fuse.FUSE):
         view = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B")
         name = None if path is None else path.decode(self.encoding, self.errors)
         return self.operations.read_into(name, view, offset, fh)
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        """libfuse's write callback: operations with ``write_from(path, view, offset, fh)`` get a
+        memoryview of libfuse's buffer (valid during the call only); others get bytes, as
+        mfusepy gives them (a copy of the request: 1 MiB per 1 MiB write)."""
+        fh = fip.contents if self.raw_fi else fip.contents.fh
+        view = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B") \
+            if size > 0 else memoryview(b"")
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        write_from = getattr(self.operations, "write_from", None)
+        if write_from is None:
+            return self.operations.write(name, bytes(view), offset, fh)
+        return write_from(name, view, offset, fh)

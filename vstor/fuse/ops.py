@@ -216,12 +216,21 @@ class VolumeFS(fuse.Operations):
         except VstorError as e:
             raise _errno(e) from None
 
-    def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
+    def write_from(self, path: str, view: memoryview, offset: int, fi: Any) -> int:
+        """write() from libfuse's buffer (direct.py): a volume's data goes to the store with no
+        copy into a bytes object first. The view is valid only during this call; the store keeps
+        nothing of it (the journal copies or sends its records before Store.write returns).
+        Other files (tape and disc drives, which may hold data) get bytes."""
+        if isinstance(self._handle(fi), VolumeHandle):
+            return self.write(path, view, offset, fi)
+        return self.write(path, bytes(view), offset, fi)
+
+    def write(self, path: str, data: bytes | memoryview, offset: int, fi: Any) -> int:
         match self._handle(fi):
             case VolumeHandle(target, sync):
                 pass
             case MediaHandle(drive) if self.media:
-                return self.media.write(drive, data, offset)
+                return self.media.write(drive, bytes(data), offset)
             case SnapshotHandle():
                 raise fuse.FuseOSError(errno.EROFS)
             case _:
