@@ -220,10 +220,8 @@ class VolumeFS(fuse.Operations):
         """write() from libfuse's buffer (direct.py): a volume's data goes to the store with no
         copy into a bytes object first. The view is valid only during this call; the store keeps
         nothing of it (the journal copies or sends its records before Store.write returns).
-        Other files (tape and disc drives, which may hold data) get bytes."""
-        if isinstance(self._handle(fi), VolumeHandle):
-            return self.write(path, view, offset, fi)
-        return self.write(path, bytes(view), offset, fi)
+        Tape and disc drives, which may hold data, get bytes (:meth:`write`)."""
+        return self.write(path, view, offset, fi)
 
     def write(self, path: str, data: bytes | memoryview, offset: int, fi: Any) -> int:
         match self._handle(fi):
