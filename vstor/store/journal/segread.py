@@ -91,11 +91,6 @@ class SegmentReader:
     outage: Outage | None
     _durable: tuple[int, int]
 
-    @property
-    def local(self) -> bool:
-        """Segments are local files (reads go through the page cache)."""
-        return self._files
-
     def pread(self, segno: int, pos: int, size: int) -> bytes:
         if not self._files:
             return self._backend_read(segno, pos, size)
