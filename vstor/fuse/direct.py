@@ -30,7 +30,10 @@ import mfusepy as fuse  # noqa: E402
 
 
 class DirectReadFUSE(fuse.FUSE):
-    keep_states = bool(tuning().get("keep_tstate", 1))  # VSTOR_FUSE_TUNING=keep_tstate=0: as before (benchmarks)
+    def __init__(self, operations: Any, mountpoint: str, **kwargs: Any) -> None:
+        """As mfusepy's (which mounts and serves until unmounted)."""
+        self.keep_states = bool(tuning().get("keep_tstate", 1))  # VSTOR_FUSE_TUNING=keep_tstate=0: benchmarks
+        super().__init__(operations, mountpoint, **kwargs)
 
     def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         """mfusepy's entry for every callback, on libfuse's thread."""
