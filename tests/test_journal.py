@@ -40,6 +40,7 @@ from vstor.store.journal.format import (
     loc_pos,
     loc_segno,
     make_loc,
+    unpack_record_header,
 )
 from vstor.store.journal.segread import ScanEnd
 from vstor.store.store import Store
@@ -182,7 +183,8 @@ def test_torn_tail_is_cut_at_recovery(tmp_path, damage):
     store.journal.close()
     assert seg_size(pool, segno) == good_size  # the window's unused space was cut
 
-    last_record = seg_read(pool, segno, last_pos)
+    last_record = seg_read(pool, segno, last_pos)  # the record, and padding after it on RADOS
+    last_record = last_record[: unpack_record_header(last_record)[0].total_size]
     expect_end = good_size
     if damage == "cut_last_record":
         seg_cut(pool, segno, last_pos + len(last_record) // 2)

@@ -463,10 +463,11 @@ def test_segments_unread_by_a_consumer_are_kept(tmp_path):
     entries = list(read_records(store, "slow"))
     assert [e.kind for e in entries] == ["write", "trim", "write"]
     assert entries[-1].data == b"in segment two"
-    store.consumers.commit("slow", entries[1].next_position)  # still inside segment 1
+    store.consumers.commit("slow", entries[0].next_position)  # the trim after it is unread
     store.checkpoint()
     assert seg_exists(pool, 1)
-    store.consumers.commit("slow", entries[-1].next_position)
+    assert entries[1].next_position == (2, SEGMENT_HEADER_SIZE)  # segment 1's last record: read whole
+    store.consumers.commit("slow", entries[1].next_position)
     store.checkpoint()
     assert not seg_exists(pool, 1)
     store.close()

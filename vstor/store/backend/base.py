@@ -31,6 +31,11 @@ class PoolBackend(ABC):
     """Storage for one pool. Implementations are safe to call from several threads."""
 
     kind: str = ""
+    # Journal appends of at least ALIGN_FROM bytes are followed by padding up to a multiple of
+    # this (0: none). RADOS: BlueStore reads and rewrites a block an earlier write left partly
+    # written (a deferred write through its WAL), so a 1 MiB record at an unaligned offset cost
+    # the OSD 15-25% more CPU per MiB than one that starts on a 4 KiB boundary.
+    append_alignment: int = 0
 
     @abstractmethod
     def describe(self) -> str:

@@ -91,6 +91,7 @@ def connect_cluster(conffile: str, client_id: str | None = None, timeout: int = 
 
 class RadosBackend(PoolBackend):
     kind = "rados"
+    append_alignment = 4096  # BlueStore's allocation unit (bluestore_min_alloc_size, Ceph 16)
 
     def __init__(self, cluster: Any, pool: str, prefix: str, faults: Faults = NO_FAULTS,
                  owns_cluster: bool = False, max_blob: int = MAX_BLOB) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from vstor.checkedjson import BadSeal, Seal
@@ -178,21 +178,28 @@ def read_records(store: JournalSource, name: str, limit: int = 256, durable_only
     stop = store.journal.durable_position() if durable_only else store.journal.tail()
     end = ScanEnd(segno, pos)
     count = 0
+    last: JournalEntry | None = None  # yielded once the scan passes what follows it
     for rec in store.journal.scan(segno, pos, end):
-        if (loc_segno(rec.loc), loc_pos(rec.loc)) >= stop or count >= limit:
+        here = (loc_segno(rec.loc), loc_pos(rec.loc))
+        if last is not None:  # it ends where this record starts: past any padding after it
+            yield replace(last, next_position=here)
+            last = None
+        if here >= stop or count >= limit:
             return
-        nxt = (loc_segno(rec.loc), loc_pos(rec.loc) + rec.header.total_size)
+        nxt = (here[0], here[1] + rec.header.total_size)
         h = rec.header
         if h.rtype == REC_RELOCATE:
             continue
         count += 1
         if h.rtype == REC_VOLUME:
-            yield JournalEntry("volume", h.group, h.seq, h.volume, h.offset, h.length, rec.payload, nxt)
+            last = JournalEntry("volume", h.group, h.seq, h.volume, h.offset, h.length, rec.payload, nxt)
         elif h.nframes == 0:
-            yield JournalEntry("trim", h.group, h.seq, h.volume, h.offset, h.length, b"", nxt)
+            last = JournalEntry("trim", h.group, h.seq, h.volume, h.offset, h.length, b"", nxt)
         else:
-            yield JournalEntry("write", h.group, h.seq, h.volume, h.offset, h.length,
-                               store.decode_payload(rec), nxt)
+            last = JournalEntry("write", h.group, h.seq, h.volume, h.offset, h.length,
+                                store.decode_payload(rec), nxt)
+    if last is not None:  # the journal's last record: past the padding after it too
+        yield replace(last, next_position=max(last.next_position, min((end.segno, end.pos), stop)))
 
 
 def read_group(store: JournalSource, start: tuple[int, int], group: int, max_bytes: int = 8 << 20,
@@ -206,9 +213,11 @@ def read_group(store: JournalSource, start: tuple[int, int], group: int, max_byt
     stop = store.journal.durable_position()
     out: list[JournalEntry] = []
     position, size = (segno, pos), 0
-    for rec in store.journal.scan(segno, pos, ScanEnd(segno, pos)):
+    end = ScanEnd(segno, pos)
+    for rec in store.journal.scan(segno, pos, end):
         here = (loc_segno(rec.loc), loc_pos(rec.loc))
         if here >= stop or size >= max_bytes:
+            position = here  # past any padding after the last record read
             break
         position = (here[0], here[1] + rec.header.total_size)
         h = rec.header
@@ -220,4 +229,6 @@ def read_group(store: JournalSource, start: tuple[int, int], group: int, max_byt
             data = store.decode_payload(rec) if want_data else b""
             out.append(JournalEntry("write", h.group, h.seq, h.volume, h.offset, h.length, data, position, h.tstamp))
             size += h.length
+    else:  # every record up to the end read: pass the padding (REC_PAD) after the last one too
+        position = max(position, min((end.segno, end.pos), stop))
     return out, position

@@ -64,9 +64,13 @@ REC_VOLUME = 4  # volume table event, JSON payload in one raw frame; seq 0
 REC_COMMIT = 5  # durability marker: offset = a position in this segment that an fdatasync made
                 # durable before the marker was written; no payload. Lets recovery tell a torn
                 # tail (nothing durable after it) from damage inside durable data.
+REC_PAD = 6  # zeros up to an aligned position after a large record on a backend that wants
+             # aligned appends (RADOS: BlueStore reads and rewrites a partly written block);
+             # stored = the zero bytes after the header, at most MAX_PAD_STORED; skipped by readers
+MAX_PAD_STORED = 8192
 
 RECORD_TYPES = {REC_WRITE: "write", REC_TRIM: "trim", REC_RELOCATE: "relocate", REC_VOLUME: "volume",
-                REC_COMMIT: "commit"}
+                REC_COMMIT: "commit", REC_PAD: "pad"}
 
 # Frame flags.
 FF_LZ4 = 1
@@ -114,6 +118,20 @@ def pack_record_header(h: RecordHeader, table: bytes) -> bytes:
     return head + _HEADER_TAIL.pack(xxhash.xxh3_64_intdigest(head + table))
 
 
+def pack_padding(size: int, tstamp: int) -> bytes:
+    """A REC_PAD record of exactly ``size`` bytes (RECORD_HEADER_SIZE .. + MAX_PAD_STORED)."""
+    stored = size - RECORD_HEADER_SIZE
+    if not 0 <= stored <= MAX_PAD_STORED:
+        raise ValueError(f"bad padding size {size}")
+    return pack_record_header(RecordHeader(REC_PAD, 0, 0, 0, 0, 0, 0, stored, tstamp), b"") + bytes(stored)
+
+
+def padding_after(end: int, align: int) -> int:
+    """Bytes of a REC_PAD record that brings ``end`` to a multiple of ``align`` (0: already there)."""
+    pad = -end % align
+    return pad + align if 0 < pad < RECORD_HEADER_SIZE else pad
+
+
 class BadRecord(ValueError):
     """The bytes at a position do not hold a valid record (torn, foreign or corrupt)."""
 
@@ -137,9 +155,12 @@ def unpack_record_header(raw: bytes | memoryview) -> tuple[RecordHeader, int]:
         raise BadRecord("record header reserved bytes are not zero")
     if rtype not in RECORD_TYPES:
         raise BadRecord(f"unknown record type {rtype}")
-    if length > MAX_RECORD or nframes != (frame_count(length) if rtype not in (REC_TRIM, REC_COMMIT) else 0):
+    if length > MAX_RECORD or nframes != (frame_count(length) if rtype not in (REC_TRIM, REC_COMMIT, REC_PAD) else 0):
         raise BadRecord("inconsistent record length")
-    if stored < nframes * FRAME_ENTRY_SIZE or stored > nframes * (FRAME_ENTRY_SIZE + FRAME_SIZE + 64):
+    if rtype == REC_PAD:
+        if length or stored > MAX_PAD_STORED:
+            raise BadRecord("inconsistent padding record")
+    elif stored < nframes * FRAME_ENTRY_SIZE or stored > nframes * (FRAME_ENTRY_SIZE + FRAME_SIZE + 64):
         raise BadRecord("inconsistent stored size")
     return RecordHeader(rtype, nframes, group, volume, seq, offset, length, stored, tstamp), hcsum
 

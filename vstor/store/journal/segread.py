@@ -33,6 +33,7 @@ from vstor.store.backend.base import PoolBackend
 from vstor.store.journal.format import (
     FRAME_ENTRY_SIZE,
     REC_COMMIT,
+    REC_PAD,
     RECORD_HEADER_SIZE,
     RECORD_MAGIC,
     SEGMENT_HEADER_SIZE,
@@ -249,7 +250,7 @@ class SegmentReader:
                     payload = f.read(header.stored - header.table_size)
                     if len(payload) != header.stored - header.table_size:
                         raise BadRecord("record cut short")
-                    _verify_frames(frames, payload)
+                    _verify_padding(payload) if header.rtype == REC_PAD else _verify_frames(frames, payload)
                 except BadRecord as e:
                     covered, zeros = self._durable_after(segno, pos)
                     if zeros:  # allocated for the mapped window, never written: a clean end
@@ -265,7 +266,7 @@ class SegmentReader:
                             f"had made durable (a commit marker covers it up to {covered}): acknowledged "
                             "writes are damaged; run 'vstor pool check'") from None
                     return
-                if header.rtype == REC_COMMIT:
+                if header.rtype in (REC_COMMIT, REC_PAD):
                     pos += header.total_size
                     end.pos = pos
                     continue
@@ -348,6 +349,11 @@ class _BackendFile(io.RawIOBase):
 
 def _short() -> None:
     raise BadRecord("short frame table")
+
+
+def _verify_padding(payload: bytes) -> None:
+    if payload.count(0) != len(payload):
+        raise BadRecord("padding record holds data")
 
 
 def _verify_frames(frames: tuple[FrameEntry, ...], payload: bytes) -> None:

@@ -54,8 +54,10 @@ from vstor.store.journal.format import (
     SEGMENT_HEADER_SIZE,
     RecordHeader,
     make_loc,
+    pack_padding,
     pack_record_header,
     pack_segment_header,
+    padding_after,
 )
 from vstor.store.journal.groupcommit import GroupCommit
 from vstor.store.journal.outage import Outage
@@ -66,6 +68,7 @@ from vstor.store.journal.segread import SegmentReader
 SMALL_RECORD = 64 * 1024  # records up to this size are copied into the mapped window
 WRITEBACK_BYTES = 8 * 1024 * 1024  # appended bytes after which their writeback is started
 WINDOW_BYTES = 4 * 1024 * 1024  # the mapped, preallocated part of the segment at the tail
+ALIGN_FROM = 64 * 1024  # records this large end with padding to the backend's append_alignment
 
 
 class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
@@ -77,6 +80,7 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
         self._own_backend = backend is None
         self.backend = backend or LocalBackend(os.path.dirname(directory), faults, journal_dir=directory)
         self._files = self.backend.local_path(0) is not None  # segments are local files: map and fdatasync them
+        self._align = self.backend.append_alignment
         self.pool_uuid = pool_uuid
         self.segment_size = segment_size
         self.faults = faults
@@ -198,6 +202,11 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
             buffers = [pack_record_header(RecordHeader(REC_COMMIT, 0, 0, 0, 0, marker, 0, 0, self._now_ns()), b""),
                        *buffers]
         total = sum(len(b) for b in buffers)
+        if self._align and total >= ALIGN_FROM:  # the next record starts aligned (PoolBackend.append_alignment)
+            pad = padding_after(pos + total, self._align)
+            if pad and pos + total + pad <= self.segment_size:
+                buffers = [*buffers, pack_padding(pad, self._now_ns())]
+                total += pad
         with self._lock:
             direct = False
             try:
