@@ -1,8 +1,8 @@
 """fio through FUSE on a vstor volume of a RADOS pool, against fio's rbd engine and `rados bench`.
 
     .venv-rados/bin/python -m tools.bench_rados [--size 1G] [--targets vstor,rbd] [--rounds N]
-                                                [--runtime S] [--rados-seconds S] [--jobs NAME,...]
-                                                [--readahead] [--json-out FILE]
+                                                [--runtime S] [--rados-seconds S] [--warm-up S]
+                                                [--jobs NAME,...] [--readahead] [--json-out FILE]
 
 Brings up its own one-node Ceph cluster (one monitor, manager and OSD, BlueStore on a sparse file,
 127.0.0.1 only: benchlib/ceph.py) in a temporary directory under --workdir, and in that one run
@@ -10,6 +10,9 @@ measures, one after another:
 
 1. `rados bench` in a pool of its own: 4 MiB objects written and read back with 16 in flight,
    1 MiB and 4 KiB objects written with 1 and 16 in flight (the cluster's own ceiling);
+   then a warm-up, not counted: fio rbd writes a scratch image whole and then for --warm-up
+   seconds at QD16 (a new OSD's first GiB of such writes are slower, which the first target of
+   round 1 would otherwise pay alone);
 2. target "vstor": a vstor pool at rados://vstor-bench/rN (512K chunks, no compression) served by
    `vstor array start`, fio on its volume's FUSE file: libaio, O_DIRECT|O_DSYNC (each write
    durable when it completes), iodepth = queue depth, one process; target "vstor-psync" (only
@@ -49,7 +52,7 @@ from tools.benchlib import options
 from tools.benchlib.ceph import BenchCluster, ceph_missing
 from tools.benchlib.fio import direct_io_works, fio_version
 from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, signals_deferred
-from tools.benchlib.radostargets import JOBS, WRITE_TARGETS, RadosVstor, RbdImage, rados_bench, run_rjob
+from tools.benchlib.radostargets import JOBS, WRITE_TARGETS, RadosVstor, RbdImage, rados_bench, run_rjob, warm_up
 from tools.benchlib.report import combine, round_ratio, table
 
 TARGETS = ("vstor", "rbd", "vstor-psync")
@@ -70,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq-cap", type=int, default=180, help="time cap of the first, whole-volume write (default 180)")
     p.add_argument("--rados-seconds", type=int, default=5,
                    help="seconds of each `rados bench` run (default 5; 0 skips rados bench)")
+    p.add_argument("--warm-up", type=int, default=8, metavar="SECONDS",
+                   help="before round 1, write a scratch RBD image whole and then for SECONDS at QD16, not "
+                        "measured, so that no target meets a new OSD's first writes (default 8; 0 skips it)")
     p.add_argument("--jobs", default="",
                    help="comma list of the jobs to run (default all; seq-write-qd1 always runs: it lays the "
                         "volume out)")
@@ -194,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             if a.rados_seconds:
                 print("== rados bench", flush=True)
                 rb = rados_bench(cluster_obj, RADOS_BENCH_POOL, a.rados_seconds)
+            if a.warm_up:
+                print("== warm-up (fio rbd on a scratch image, not counted)", flush=True)
+                head["warm_up"] = warm_up(cluster_obj, RBD_POOL, a.size_bytes, a.warm_up, a.seq_cap)
+                print("   " + ", ".join(f"{k} {v:,} MB/s" for k, v in head["warm_up"].items()), flush=True)
             for n in range(a.rounds):
                 if a.rounds > 1:
                     print(f"\n=== round {n + 1} of {a.rounds}", flush=True)
