@@ -21,11 +21,13 @@ into one RADOS write per flush; ``radosappend`` appends to a state blob with one
 RADOS append (the audit log).
 ``readahead`` reads a remote backend's segments ahead of a sequential reader, in parallel
 chunks (``radosread``: the chunks' aio reads on RADOS). ``stripes`` says how a byte range
-falls on stripe objects (pure), for every striped read and write on RADOS.
+falls on stripe objects (pure), for every striped read and write on RADOS. ``remover`` removes
+a deleted segment's objects on a thread of its own (pure), so that deleting dead segments under
+the store's lock does not wait for the OSDs.
 """
 
 from __future__ import annotations
 
 __all__ = ["base", "clslock", "coalesce", "fenced", "files", "local", "location", "radosappend", "radosbe", "radosblob",
-           "radoserr", "radosfiles", "radoslock", "radosread", "radossparse", "readahead", "statefiles", "stripes",
-           "stub"]
+           "radoserr", "radosfiles", "radoslock", "radosread", "radossparse", "readahead", "remover", "statefiles",
+           "stripes", "stub"]

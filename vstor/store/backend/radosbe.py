@@ -47,6 +47,7 @@ from vstor.store.backend.radosappend import BlobAppender
 from vstor.store.backend.radosblob import HEAD_SIZE, StripedBlobs
 from vstor.store.backend.radoserr import FULL_TRY, omap_keys, os_error
 from vstor.store.backend.radosread import make_readahead
+from vstor.store.backend.remover import Remover
 from vstor.store.backend.stripes import stripe_spans
 from vstor.store.journal.format import segment_name
 
@@ -110,6 +111,8 @@ class RadosBackend(PoolBackend):
         # small appends held for one write (coalesce.py); not with the read-ahead, whose fetches
         # could read a range before the held bytes are sent
         self.pending = Coalescer(STRIPE_BYTES, COALESCE_LIMIT if self.readahead is None else 0)
+        # a deleted segment's stripes are removed on a thread of its own (remover.py)
+        self.remover = Remover(self._remove_stripes, self._stripes_described)
         self._file_areas: dict[str, RadosFiles] = {}  # opened on first use (file_area), closed by close()
         self._appender: BlobAppender | None = None  # opened on first use (append)
 
@@ -150,6 +153,7 @@ class RadosBackend(PoolBackend):
 
     def create_segment(self, segno: int, header: bytes) -> None:
         rados = self._rados
+        self.remover.settle(segno)
         self._index(segno, True)
         with rados.WriteOpCtx() as op:
             op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
@@ -243,6 +247,7 @@ class RadosBackend(PoolBackend):
             raise OSError(err.errno, str(err))
 
     def read_segment(self, segno: int, pos: int, size: int) -> bytes:
+        self.remover.settle(segno)
         self._sent(segno)  # the OSD orders the read after it
         if self.readahead is None:
             return self._read_direct(segno, pos, size)
@@ -280,6 +285,7 @@ class RadosBackend(PoolBackend):
             out.append(size)
 
     def segment_size(self, segno: int) -> int:
+        self.remover.settle(segno)
         self._sent(segno)  # a stat after a write is ordered after it, as a read is
         sizes = self._stripes(segno)
         return (len(sizes) - 1) * STRIPE_BYTES + sizes[-1] if sizes else 0
@@ -287,6 +293,7 @@ class RadosBackend(PoolBackend):
     def truncate_segment(self, segno: int, size: int) -> None:
         """Also removes stripes past a gap: writes in flight at a crash may have left a later
         stripe without the one before it (at most MAX_IN_FLIGHT stripes further)."""
+        self.remover.settle(segno)
         self._sent(segno)
         self._reap(segno=segno)
         sizes = self._stripes(segno)
@@ -315,17 +322,17 @@ class RadosBackend(PoolBackend):
             self.pending.drop(segno)  # bytes of a segment being deleted need not land
         self._reap(segno=segno)
         self._index(segno, False)  # first: from here on the segment is never read
-        self._remove_stripes(segno)
+        self.remover.remove(segno)  # its stripes go in the background
         with self._lock:
             self._failed.pop(segno, None)
         self._forget(segno)
 
     def _remove_stripes(self, segno: int) -> None:
         """Remove an unlisted segment's stripes, REMOVE_BATCH at a time in parallel (aio), from
-        stripe 0 until a batch finds one missing. One by one, a stat and a remove per 4 MiB
-        stripe, a 256 MiB segment took some 130 round trips, and the store deletes dead
-        segments under its lock after a checkpoint: writers stalled 170-230 ms (the p99 of
-        1 MiB O_DSYNC writes at QD16, benchmarks.md §13)."""
+        stripe 0 until a batch finds one missing (on the remover's thread). One by one, a stat
+        and a remove per 4 MiB stripe, a 256 MiB segment took some 130 round trips, and the
+        store deleted dead segments under its lock after a checkpoint: writers stalled 170-230
+        ms (the p99 of 1 MiB O_DSYNC writes at QD16, benchmarks.md §13)."""
         first = 0
         while True:
             comps = []
@@ -347,6 +354,10 @@ class RadosBackend(PoolBackend):
             if missing:
                 return
             first += REMOVE_BATCH
+
+    def _stripes_described(self, segno: int) -> str:
+        return (f"the objects {self.stripe_name(segno, 0)[:-4]}* of namespace {self.prefix}/journal in "
+                f"RADOS pool {self.pool}")
 
     # -- blobs -----------------------------------------------------------------------------
     def get(self, name: str) -> bytes:
@@ -439,6 +450,7 @@ class RadosBackend(PoolBackend):
             return
         self._sent()
         self._reap()
+        self.remover.close()  # every removal handed over ends first
         if self.readahead is not None:  # no read in flight when the connection goes
             self.readahead.drain()
         for area in self._file_areas.values():  # before the cluster goes
