@@ -107,3 +107,15 @@ def test_the_same_segment_twice_settles_after_both() -> None:
     waiter.join(WAIT)
     assert settled.is_set() and gate.removed == [1, 1]
     rm.close()
+
+
+def test_a_bug_in_a_removal_is_reported_and_does_not_leave_waiters_hanging(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(segno: int) -> None:
+        raise KeyError(segno)
+
+    rm = Remover(broken, str)
+    with caplog.at_level(logging.WARNING, logger="vstor.store"):
+        rm.remove(9)
+        rm.settle(9)  # returns: the removal ended, badly
+    assert (rm.done, rm.failed) == (1, 1) and "(a bug)" in caplog.text
+    rm.close()

@@ -98,6 +98,10 @@ class Remover:
             failed = 1
             log.warning("journal segment %d was deleted, but removing its objects failed (%s): %s take "
                         "space until removed by hand", segno, e, self._describe(segno))
+        except Exception:  # a bug: reported, and the removal still ends, so nobody waits for it forever
+            failed = 1
+            log.exception("removing the objects of deleted journal segment %d failed (a bug): %s take "
+                          "space until removed by hand", segno, self._describe(segno))
         with self._cond:
             self.done += 1
             self.failed += failed
