@@ -15,7 +15,7 @@ from poolkit import MiB, make_pool, seg_append, seg_cut, seg_size, seg_write
 
 from vstor.store.backend.local import LocalBackend
 from vstor.store.check import check_pool
-from vstor.store.journal.consumers import read_group
+from vstor.store.journal.consumers import read_group, read_records
 from vstor.store.journal.format import (
     MAX_PAD_STORED,
     REC_PAD,
@@ -220,3 +220,27 @@ def test_a_torn_tail_inside_a_padded_write_of_the_journal_file(tmp_path):
 def seg_read_header(pad: int) -> bytes:
     return pack_padding(pad, 1)[:RECORD_HEADER_SIZE]
 
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_a_consumer_never_gets_a_position_past_the_durable_end(tmp_path, aligned):
+    """A record written after a sync carries a commit marker in front of it, in the same write:
+    while that write is not durable, a reader that stops before it must not be handed the
+    record's location (past the marker) as its position, or a crash that cuts the marker would
+    leave the position beyond the journal's end."""
+    pool = make_pool(tmp_path)
+    store = open_aligned(pool) if aligned else Store.open(pool)
+    try:
+        vid = store.create_volume("v", 4 * MiB).id
+        store.write(vid, 0, os.urandom(300_000))
+        store.sync()
+        store.write(vid, MiB, os.urandom(4096))  # not durable; a marker goes in front of it
+        durable = store.journal.durable_position()
+        assert store.journal.tail() > durable
+        store.consumers.register("r", (store.journal.current_segno, SEGMENT_HEADER_SIZE))
+        entries = list(read_records(store, "r"))
+        assert entries and entries[-1].next_position == durable
+        _got, position = read_group(store, (store.journal.current_segno, SEGMENT_HEADER_SIZE), 0)
+        assert position == durable
+    finally:
+        store.close(checkpoint=False)

@@ -181,8 +181,10 @@ def read_records(store: JournalSource, name: str, limit: int = 256, durable_only
     last: JournalEntry | None = None  # yielded once the scan passes what follows it
     for rec in store.journal.scan(segno, pos, end):
         here = (loc_segno(rec.loc), loc_pos(rec.loc))
-        if last is not None:  # it ends where this record starts: past any padding after it
-            yield replace(last, next_position=here)
+        if last is not None:  # it ends where this record starts (past any padding after it), but
+            # never past the durable end: a commit marker in front of a record not yet durable
+            # belongs to that record's write, which a crash may cut
+            yield replace(last, next_position=min(here, stop))
             last = None
         if here >= stop or count >= limit:
             return
@@ -217,7 +219,7 @@ def read_group(store: JournalSource, start: tuple[int, int], group: int, max_byt
     for rec in store.journal.scan(segno, pos, end):
         here = (loc_segno(rec.loc), loc_pos(rec.loc))
         if here >= stop or size >= max_bytes:
-            position = here  # past any padding after the last record read
+            position = min(here, stop)  # past any padding after the last record read (as read_records)
             break
         position = (here[0], here[1] + rec.header.total_size)
         h = rec.header
