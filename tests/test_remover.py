@@ -117,5 +117,5 @@ def test_a_bug_in_a_removal_is_reported_and_does_not_leave_waiters_hanging(caplo
     with caplog.at_level(logging.WARNING, logger="vstor.store"):
         rm.remove(9)
         rm.settle(9)  # returns: the removal ended, badly
-    assert (rm.done, rm.failed) == (1, 1) and "(a bug)" in caplog.text
+    assert (rm.done, rm.failed) == (1, 1) and "(KeyError(9), a bug)" in caplog.text
     rm.close()

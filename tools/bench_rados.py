@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.job_list = [j for j in JOBS if not names or j.name in names or j is JOBS[0]]
     if a.rounds < 1 or a.runtime < 1:
         p.error("--rounds and --runtime must be at least 1")
+    if a.warm_up < 0:
+        p.error("--warm-up must be 0 (none) or a number of seconds")
     return a
 
 

@@ -43,22 +43,27 @@ class DirectReadFUSE(fuse.FUSE):
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         """libfuse's read callback (mfusepy wraps it to turn exceptions into -errno)."""
-        fh = fip.contents if self.raw_fi else fip.contents.fh
         if size <= 0:
             return 0
-        view = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B")
-        name = None if path is None else path.decode(self.encoding, self.errors)
-        return self.operations.read_into(name, view, offset, fh)
+        return self.operations.read_into(self._name(path), _view(buf, size), offset, self._fh(fip))
 
     def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         """libfuse's write callback: operations with ``write_from(path, view, offset, fh)`` get a
         memoryview of libfuse's buffer (valid during the call only); others get bytes, as
         mfusepy gives them (a copy of the request: 1 MiB per 1 MiB write)."""
-        fh = fip.contents if self.raw_fi else fip.contents.fh
-        view = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B") \
-            if size > 0 else memoryview(b"")
-        name = None if path is None else path.decode(self.encoding, self.errors)
+        view = _view(buf, size) if size > 0 else memoryview(b"")
         write_from = getattr(self.operations, "write_from", None)
         if write_from is None:
-            return self.operations.write(name, bytes(view), offset, fh)
-        return write_from(name, view, offset, fh)
+            return self.operations.write(self._name(path), bytes(view), offset, self._fh(fip))
+        return write_from(self._name(path), view, offset, self._fh(fip))
+
+    def _name(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    def _fh(self, fip: Any) -> Any:
+        return fip.contents if self.raw_fi else fip.contents.fh
+
+
+def _view(buf: Any, size: int) -> memoryview:
+    """libfuse's buffer of ``size`` bytes as a writable memoryview (valid during the callback only)."""
+    return memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B")

@@ -356,8 +356,7 @@ class RadosBackend(PoolBackend):
             first += REMOVE_BATCH
 
     def _stripes_described(self, segno: int) -> str:
-        return (f"the objects {self.stripe_name(segno, 0)[:-4]}* of namespace {self.prefix}/journal in "
-                f"RADOS pool {self.pool}")
+        return f"the objects {segment_name(segno)}.* of namespace {self.prefix}/journal in RADOS pool {self.pool}"
 
     # -- blobs -----------------------------------------------------------------------------
     def get(self, name: str) -> bytes:

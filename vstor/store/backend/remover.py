@@ -91,17 +91,16 @@ class Remover:
                 self._cond.notify_all()
 
     def _one(self, segno: int) -> None:
-        failed = 0
         try:
             self._remove(segno)
+            why = ""
         except OSError as e:
-            failed = 1
+            why, bug = str(e), False
+        except Exception as e:  # a bug: reported, and the removal still ends, so nobody waits for it forever
+            why, bug = f"{e!r}, a bug", True
+        if why:
             log.warning("journal segment %d was deleted, but removing its objects failed (%s): %s take "
-                        "space until removed by hand", segno, e, self._describe(segno))
-        except Exception:  # a bug: reported, and the removal still ends, so nobody waits for it forever
-            failed = 1
-            log.exception("removing the objects of deleted journal segment %d failed (a bug): %s take "
-                          "space until removed by hand", segno, self._describe(segno))
+                        "space until removed by hand", segno, why, self._describe(segno), exc_info=bug)
         with self._cond:
             self.done += 1
-            self.failed += failed
+            self.failed += bool(why)
