@@ -18,6 +18,7 @@ from vstor.store.journal.format import (
     FF_AES,
     FF_LZ4,
     FF_ZERO,
+    FORMAT_VERSION,
     FRAME_ENTRY_SIZE,
     FRAME_SIZE,
     MAX_RECORD,
@@ -26,6 +27,7 @@ from vstor.store.journal.format import (
     REC_VOLUME,
     REC_WRITE,
     RECORD_HEADER_SIZE,
+    RECORD_VERSION,
     SEGMENT_HEADER_SIZE,
     BadRecord,
     FrameEntry,
@@ -68,14 +70,40 @@ def test_record_header_round_trip(rtype):
     rng = random.Random(rtype)
     h = _header(rtype=rtype)
     table = pack_frame_table(_entries(h.nframes, rng))
-    raw = pack_record_header(h, table)
+    raw = pack_record_header(h, table, 7)
     assert len(raw) == RECORD_HEADER_SIZE
+    assert raw[4] == RECORD_VERSION
     got, hcsum = unpack_record_header(raw)
     assert got == h
     assert got.total_size == RECORD_HEADER_SIZE + h.stored
     assert got.table_size == h.nframes * FRAME_ENTRY_SIZE == len(table)
-    verify_header(raw, table, hcsum)  # does not raise
-    verify_header(memoryview(raw), memoryview(table), hcsum)
+    verify_header(raw, table, hcsum, 7)  # does not raise
+    verify_header(memoryview(raw), memoryview(table), hcsum, 7)
+
+
+def test_a_record_is_valid_only_in_the_segment_it_was_written_for():
+    """Version 2 seeds the header checksum with the segment number: the records a reused
+    file still holds from its earlier segment fail in the new one (spares.py)."""
+    rng = random.Random(3)
+    h = _header()
+    table = pack_frame_table(_entries(h.nframes, rng))
+    raw = pack_record_header(h, table, 41)
+    _, hcsum = unpack_record_header(raw)
+    verify_header(raw, table, hcsum, 41)
+    for other in (0, 40, 42, 41 + (1 << 32)):
+        with pytest.raises(BadRecord, match="checksum"):
+            verify_header(raw, table, hcsum, other)
+
+
+def test_version_1_records_of_older_pools_are_still_read_anywhere():
+    rng = random.Random(4)
+    h = _header()
+    table = pack_frame_table(_entries(h.nframes, rng))
+    raw = pack_record_header(h, table, None)
+    assert raw[4] == FORMAT_VERSION == 1
+    got, hcsum = unpack_record_header(raw)
+    assert got == h
+    verify_header(raw, table, hcsum, 41)  # unseeded: the segment number plays no part
 
 
 def _patch(raw: bytes, offset: int, value: bytes) -> bytes:
@@ -86,21 +114,21 @@ def _patch(raw: bytes, offset: int, value: bytes) -> bytes:
                                   "stored_high", "short"])
 def test_record_header_rejects_bad_fields(case):
     h = _header()
-    raw = pack_record_header(h, b"")
+    raw = pack_record_header(h, b"", 5)
     if case == "magic":
         bad = _patch(raw, 0, b"XREC")
     elif case == "version":
-        bad = _patch(raw, 4, bytes([2]))
+        bad = _patch(raw, 4, bytes([3]))
     elif case == "type":
         bad = _patch(raw, 5, bytes([99]))
     elif case == "length":
-        bad = pack_record_header(_header(length=MAX_RECORD + 1, nframes=frame_count(MAX_RECORD + 1)), b"")
+        bad = pack_record_header(_header(length=MAX_RECORD + 1, nframes=frame_count(MAX_RECORD + 1)), b"", 5)
     elif case == "nframes":
-        bad = pack_record_header(_header(nframes=h.nframes + 1), b"")
+        bad = pack_record_header(_header(nframes=h.nframes + 1), b"", 5)
     elif case == "stored_low":
-        bad = pack_record_header(_header(stored=h.nframes * FRAME_ENTRY_SIZE - 1), b"")
+        bad = pack_record_header(_header(stored=h.nframes * FRAME_ENTRY_SIZE - 1), b"", 5)
     elif case == "stored_high":
-        bad = pack_record_header(_header(stored=h.nframes * (FRAME_ENTRY_SIZE + FRAME_SIZE + 64) + 1), b"")
+        bad = pack_record_header(_header(stored=h.nframes * (FRAME_ENTRY_SIZE + FRAME_SIZE + 64) + 1), b"", 5)
     else:
         bad = raw[:RECORD_HEADER_SIZE - 1]
     with pytest.raises(BadRecord):
@@ -108,7 +136,7 @@ def test_record_header_rejects_bad_fields(case):
 
 
 def test_trim_record_must_have_no_frames():
-    raw = pack_record_header(_header(rtype=REC_TRIM, nframes=1, stored=FRAME_ENTRY_SIZE), b"")
+    raw = pack_record_header(_header(rtype=REC_TRIM, nframes=1, stored=FRAME_ENTRY_SIZE), b"", 5)
     with pytest.raises(BadRecord):
         unpack_record_header(raw)
 
@@ -117,24 +145,24 @@ def test_header_checksum_detects_changes_to_header_and_table():
     rng = random.Random(1)
     h = _header()
     table = pack_frame_table(_entries(h.nframes, rng))
-    raw = pack_record_header(h, table)
+    raw = pack_record_header(h, table, 5)
     _, hcsum = unpack_record_header(raw)
-    verify_header(raw, table, hcsum)
+    verify_header(raw, table, hcsum, 5)
     # A changed volume offset still parses, but fails the checksum.
     moved = _patch(raw, 24, struct.pack("<Q", h.offset + 4096))
     moved_h, moved_csum = unpack_record_header(moved)
     assert moved_h.offset == h.offset + 4096
     with pytest.raises(BadRecord, match="checksum"):
-        verify_header(moved, table, moved_csum)
+        verify_header(moved, table, moved_csum, 5)
     # Every single-bit change of the frame table is caught.
     for pos in rng.sample(range(len(table)), 20):
         bad_table = bytearray(table)
         bad_table[pos] ^= 1 << rng.randrange(8)
         with pytest.raises(BadRecord, match="checksum"):
-            verify_header(raw, bytes(bad_table), hcsum)
+            verify_header(raw, bytes(bad_table), hcsum, 5)
     # So is a wrong stored checksum.
     with pytest.raises(BadRecord):
-        verify_header(raw, table, hcsum ^ 1)
+        verify_header(raw, table, hcsum ^ 1, 5)
 
 
 def test_frame_table_round_trip():

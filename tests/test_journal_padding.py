@@ -50,22 +50,22 @@ def test_padding_size_reaches_the_next_boundary_and_is_a_whole_record():
     assert padding_after(8192 - 63, ALIGN) == 63 + ALIGN  # too small for a header: one block more
     assert padding_after(8193, ALIGN) == ALIGN - 1
     for size in (RECORD_HEADER_SIZE, 100, ALIGN + 63):
-        raw = pack_padding(size, 5)
+        raw = pack_padding(size, 5, 1)
         assert len(raw) == size
         header, _ = unpack_record_header(raw)
         assert (header.rtype, header.total_size, header.nframes, header.length) == (REC_PAD, size, 0, 0)
     with pytest.raises(ValueError):
-        pack_padding(RECORD_HEADER_SIZE - 1, 0)
+        pack_padding(RECORD_HEADER_SIZE - 1, 0, 1)
     with pytest.raises(ValueError):
-        pack_padding(RECORD_HEADER_SIZE + MAX_PAD_STORED + 1, 0)
+        pack_padding(RECORD_HEADER_SIZE + MAX_PAD_STORED + 1, 0, 1)
 
 
 def test_a_padding_header_that_claims_data_or_too_much_is_refused():
-    raw = bytearray(pack_padding(200, 5))
+    raw = bytearray(pack_padding(200, 5, 1))
     raw[32:36] = (7).to_bytes(4, "little")  # length
     with pytest.raises(BadRecord):
         unpack_record_header(bytes(raw))
-    raw = bytearray(pack_padding(200, 5))
+    raw = bytearray(pack_padding(200, 5, 1))
     raw[36:40] = (MAX_PAD_STORED + 1).to_bytes(4, "little")  # stored
     with pytest.raises(BadRecord):
         unpack_record_header(bytes(raw))
@@ -208,7 +208,7 @@ def test_a_torn_tail_inside_a_padded_write_of_the_journal_file(tmp_path):
     pool = make_pool(tmp_path)
     segno, pad_at, pad, data = _padded_record(pool)
     seg_cut(pool, segno, pad_at)
-    seg_append(pool, segno, seg_read_header(pad))
+    seg_append(pool, segno, seg_read_header(pad, segno))
     store = open_aligned(pool)
     try:
         assert store.recovery["torn_tail"]["offset"] == pad_at
@@ -217,8 +217,8 @@ def test_a_torn_tail_inside_a_padded_write_of_the_journal_file(tmp_path):
         store.close(checkpoint=False)
 
 
-def seg_read_header(pad: int) -> bytes:
-    return pack_padding(pad, 1)[:RECORD_HEADER_SIZE]
+def seg_read_header(pad: int, segno: int) -> bytes:
+    return pack_padding(pad, 1, segno)[:RECORD_HEADER_SIZE]
 
 
 

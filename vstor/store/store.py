@@ -270,7 +270,9 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
                            "under the pool")
         if not reserved:
             self.journal.reserve(RECORD_HEADER_SIZE + stored)
-        loc = self.journal.write([pack_record_header(header, table), table, *bodies])
+        # reserve() rolled over if it had to; the record lands in the segment current now, and
+        # its header checksum is seeded with that segment's number (format.py)
+        loc = self.journal.write([pack_record_header(header, table, self.journal.current_segno), table, *bodies])
         self.space.consumed(RECORD_HEADER_SIZE + stored)
         if rtype in (REC_WRITE, REC_RELOCATE):
             self.state.seg_logical[loc_segno(loc)] += length

@@ -16,6 +16,12 @@ A record describes one contiguous byte range of one volume. Its payload is cut i
 frames of FRAME_SIZE logical bytes (the last may be shorter); each frame is stored raw,
 lz4-compressed and/or AES-256-GCM-encrypted, or not at all when it is all zeros, and
 carries its own checksum, so a small read verifies only the frames it touches.
+
+Records of version 2 (RECORD_VERSION, written since 2026-12-05) seed their header checksum
+with the number of the segment they are in, so a record is valid only where it was written:
+a segment file reused for a later segment (SEG_REUSED) still holds its earlier records after
+the new tail, and those fail the new segment's checksums. Version 1 records (unseeded) are
+still read, in segments without SEG_SEEDED.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from typing import NamedTuple
 
 import xxhash
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # segment headers; records before 2026-12-05
+RECORD_VERSION = 2  # records written now: header checksum seeded with the segment number
 FRAME_SIZE = 64 * 1024
 MAX_RECORD = 4 * 1024 * 1024  # logical bytes in one record; larger writes are split
 
@@ -41,6 +48,12 @@ SEGMENT_FLAGS = struct.Struct("<H")  # at offset 10
 SEG_SEALS_PREV = 1
 SEGMENT_SEAL = struct.Struct("<Q")
 SEAL_OFFSET = 44  # in the header's zero bytes, inside its checksum
+# Segment flag: every record in this segment is of version 2 (checksum seeded with the segment
+# number), so once the segment is dead its file may be reused for a later segment.
+SEG_SEEDED = 2
+# Segment flag: this file held an earlier (seeded) segment; bytes after the last record may be
+# that segment's records, which fail this segment's checksums, and end a scan cleanly.
+SEG_REUSED = 4
 
 RECORD_MAGIC = b"VREC"
 # magic ver type nframes group volume seq offset length stored tstamp hcsum reserved
@@ -113,17 +126,23 @@ def frame_count(length: int) -> int:
     return (length + FRAME_SIZE - 1) // FRAME_SIZE
 
 
-def pack_record_header(h: RecordHeader, table: bytes) -> bytes:
-    head = _HEADER_HEAD.pack(RECORD_MAGIC, FORMAT_VERSION, *h)
-    return head + _HEADER_TAIL.pack(xxhash.xxh3_64_intdigest(head + table))
+def pack_record_header(h: RecordHeader, table: bytes, segno: int | None) -> bytes:
+    """The 64 header bytes of a record that goes into segment ``segno``: version 2, its
+    checksum seeded with ``segno``. ``segno`` None packs version 1 (unseeded), as builds before
+    2026-12-05 wrote; only tests of reading such pools use it."""
+    if segno is None:
+        head = _HEADER_HEAD.pack(RECORD_MAGIC, FORMAT_VERSION, *h)
+        return head + _HEADER_TAIL.pack(xxhash.xxh3_64_intdigest(head + table))
+    head = _HEADER_HEAD.pack(RECORD_MAGIC, RECORD_VERSION, *h)
+    return head + _HEADER_TAIL.pack(xxhash.xxh3_64_intdigest(head + table, segno))
 
 
-def pack_padding(size: int, tstamp: int) -> bytes:
+def pack_padding(size: int, tstamp: int, segno: int | None) -> bytes:
     """A REC_PAD record of exactly ``size`` bytes (RECORD_HEADER_SIZE .. + MAX_PAD_STORED)."""
     stored = size - RECORD_HEADER_SIZE
     if not 0 <= stored <= MAX_PAD_STORED:
         raise ValueError(f"bad padding size {size}")
-    return pack_record_header(RecordHeader(REC_PAD, 0, 0, 0, 0, 0, 0, stored, tstamp), b"") + bytes(stored)
+    return pack_record_header(RecordHeader(REC_PAD, 0, 0, 0, 0, 0, 0, stored, tstamp), b"", segno) + bytes(stored)
 
 
 def padding_after(end: int, align: int) -> int:
@@ -149,7 +168,7 @@ def unpack_record_header(raw: bytes | memoryview) -> tuple[RecordHeader, int]:
     )
     if magic != RECORD_MAGIC:
         raise BadRecord("bad record magic")
-    if ver != FORMAT_VERSION:
+    if ver != RECORD_VERSION and ver != FORMAT_VERSION:
         raise BadRecord(f"unsupported record version {ver}")
     if raw[HCSUM_OFFSET + 8 : RECORD_HEADER_SIZE] != _RESERVED:  # outside the checksum: must be zero
         raise BadRecord("record header reserved bytes are not zero")
@@ -165,8 +184,11 @@ def unpack_record_header(raw: bytes | memoryview) -> tuple[RecordHeader, int]:
     return RecordHeader(rtype, nframes, group, volume, seq, offset, length, stored, tstamp), hcsum
 
 
-def verify_header(raw: bytes | memoryview, table: bytes | memoryview, hcsum: int) -> None:
-    if xxhash.xxh3_64_intdigest(bytes(raw[:HCSUM_OFFSET]) + bytes(table)) != hcsum:
+def verify_header(raw: bytes | memoryview, table: bytes | memoryview, hcsum: int, segno: int) -> None:
+    """Check the header checksum of a record read from segment ``segno`` (a version 2 record
+    written into another segment, such as an earlier use of a reused file, fails)."""
+    seed = segno if raw[4] == RECORD_VERSION else 0
+    if xxhash.xxh3_64_intdigest(bytes(raw[:HCSUM_OFFSET]) + bytes(table), seed) != hcsum:
         raise BadRecord("record header checksum mismatch")
 
 
@@ -182,13 +204,31 @@ def unpack_frame_table(table: bytes | memoryview, nframes: int) -> tuple[FrameEn
     return tuple(out)
 
 
-def pack_segment_header(pool_uuid: bytes, segno: int, created_ns: int, seals_prev: int | None = None) -> bytes:
-    """``seals_prev``: the segment before this one ends at that position (see SEG_SEALS_PREV)."""
-    flags = SEG_SEALS_PREV if seals_prev is not None else 0
+def pack_segment_header(pool_uuid: bytes, segno: int, created_ns: int, seals_prev: int | None = None,
+                        seeded: bool = True) -> bytes:
+    """``seals_prev``: the segment before this one ends at that position (see SEG_SEALS_PREV).
+    ``seeded``: the segment will hold version 2 records only (SEG_SEEDED; every new segment)."""
+    flags = (SEG_SEALS_PREV if seals_prev is not None else 0) | (SEG_SEEDED if seeded else 0)
     raw = bytearray(SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, flags, pool_uuid, segno, created_ns))
     if seals_prev is not None:
         SEGMENT_SEAL.pack_into(raw, SEAL_OFFSET, seals_prev)
+    return _seal_header(raw)
+
+
+def _seal_header(raw: bytearray) -> bytes:
     return bytes(raw[:56]) + SEGMENT_HEADER_CSUM.pack(xxhash.xxh3_64_intdigest(bytes(raw[:56])))
+
+
+def segment_flags(raw: bytes) -> int:
+    """The flags of a segment header (check it with :func:`unpack_segment_header` first)."""
+    return int(SEGMENT_FLAGS.unpack_from(raw, 10)[0])
+
+
+def mark_reused(raw: bytes) -> bytes:
+    """The segment header ``raw`` with SEG_REUSED set: its file held an earlier segment."""
+    out = bytearray(raw[:SEGMENT_HEADER_SIZE])
+    SEGMENT_FLAGS.pack_into(out, 10, segment_flags(raw) | SEG_REUSED)
+    return _seal_header(out)
 
 
 def segment_seal(raw: bytes) -> int | None:

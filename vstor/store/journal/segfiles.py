@@ -73,8 +73,10 @@ class SegmentCatalog:
             self._sizes.pop(segno, None)
 
     def rewrite_header(self, segno: int) -> None:
-        """Write a fresh header over a damaged one (pool check --repair only)."""
-        self.backend.write_segment(segno, 0, pack_segment_header(self.pool_uuid, segno, 0))
+        """Write a fresh header over a damaged one (pool check --repair only). It does not say
+        SEG_SEEDED: nothing tells which record version the segment holds, so its file is never
+        reused for a later segment."""
+        self.backend.write_segment(segno, 0, pack_segment_header(self.pool_uuid, segno, 0, seeded=False))
         self.backend.flush_segment(segno)
 
     def delete_segment(self, segno: int) -> None:

@@ -20,7 +20,9 @@ the sealed end: what lies past it was never acknowledged (docs/architecture.md).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import mmap
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,11 +38,13 @@ from vstor.store.journal.format import (
     REC_PAD,
     RECORD_HEADER_SIZE,
     RECORD_MAGIC,
+    SEG_REUSED,
     SEGMENT_HEADER_SIZE,
     BadRecord,
     FrameEntry,
     RecordHeader,
     make_loc,
+    segment_flags,
     segment_seal,
     unpack_frame_table,
     unpack_record_header,
@@ -178,7 +182,7 @@ class SegmentReader:
             table = raw[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + header.table_size]
             if len(table) != header.table_size:
                 raise BadRecord("short frame table")
-            verify_header(raw, table, hcsum)
+            verify_header(raw, table, hcsum, loc_segno)
         except BadRecord as e:
             raise CorruptData(f"record at segment {loc_segno} offset {pos}: {e}") from None
         return header, table if isinstance(table, bytes) else bytes(table)
@@ -230,8 +234,10 @@ class SegmentReader:
         with self._open_segment(segno) as raw_f:
             f = io.BufferedReader(raw_f, buffer_size=8 << 20)
             head = f.read(SEGMENT_HEADER_SIZE)
+            reused = False
             try:
                 unpack_segment_header(head, self.pool_uuid, segno)
+                reused = bool(segment_flags(head) & SEG_REUSED)
             except BadRecord as e:
                 if not self._bad_segment_header(segno, head, e):  # a creation a crash cut: nothing in it
                     end.reason = "segment never started"
@@ -245,15 +251,15 @@ class SegmentReader:
                 try:
                     header, hcsum = unpack_record_header(raw)
                     table = f.read(header.table_size)
-                    verify_header(raw, table, hcsum) if len(table) == header.table_size else _short()
+                    verify_header(raw, table, hcsum, segno) if len(table) == header.table_size else _short()
                     frames = unpack_frame_table(table, header.nframes)
                     payload = f.read(header.stored - header.table_size)
                     if len(payload) != header.stored - header.table_size:
                         raise BadRecord("record cut short")
                     _verify_padding(payload) if header.rtype == REC_PAD else _verify_frames(frames, payload)
                 except BadRecord as e:
-                    covered, zeros = self._durable_after(segno, pos)
-                    if zeros:  # allocated for the mapped window, never written: a clean end
+                    covered, clean = self._durable_after(segno, pos, reused)
+                    if clean:  # zeros (allocated, never written) or an earlier use's records: a clean end
                         end.unwritten = True
                         return
                     end.reason = str(e)
@@ -290,26 +296,52 @@ class SegmentReader:
         raise CorruptData(f"journal segment {segno} has a damaged header ({why}); its records may still be "
                           "intact: 'vstor pool check --repair' rewrites the header")
 
-    def _durable_after(self, segno: int, pos: int) -> tuple[int, bool]:
-        """The highest durable position stated by a valid commit marker after ``pos`` (0 if none),
-        and whether the file holds only zeros from ``pos`` on."""
-        with self._open_segment(segno) as f:
-            f.seek(pos)
-            data = f.readall()
-        if not data.strip(b"\0"):
-            return 0, True
-        best, k = 0, data.find(RECORD_MAGIC, 1)
-        while k >= 0:
-            raw = data[k : k + RECORD_HEADER_SIZE]
-            try:
-                header, hcsum = unpack_record_header(raw)
-                if header.rtype == REC_COMMIT:
-                    verify_header(raw, b"", hcsum)
-                    best = max(best, header.offset)
-            except BadRecord:
-                pass
-            k = data.find(RECORD_MAGIC, k + 1)
-        return best, False
+    def _durable_after(self, segno: int, pos: int, reused: bool = False) -> tuple[int, bool]:
+        """What follows the last valid record of a segment, at ``pos``: the highest durable
+        position a valid commit marker after it states (0 if none), and whether it is a clean
+        end -- only zeros (allocated, never written), or, in a reused file (SEG_REUSED), no
+        record valid in this segment at all (what is there is the file's earlier use, whose
+        records fail this segment's seeded checksums). Anything else is a torn write or damage."""
+        with self._segment_bytes(segno) as data:
+            if _zeros_from(data, pos):
+                return 0, True
+            best, found, k = 0, False, data.find(RECORD_MAGIC, pos + 1)
+            while k >= 0:
+                raw = data[k : k + RECORD_HEADER_SIZE]
+                try:
+                    header, hcsum = unpack_record_header(raw)
+                    verify_header(raw, data[k + RECORD_HEADER_SIZE : k + RECORD_HEADER_SIZE + header.table_size],
+                                  hcsum, segno)
+                    found = True
+                    if header.rtype == REC_COMMIT:
+                        best = max(best, header.offset)
+                except BadRecord:
+                    pass
+                k = data.find(RECORD_MAGIC, k + 1)
+        return best, reused and not found
+
+    @contextlib.contextmanager
+    def _segment_bytes(self, segno: int) -> Iterator[Any]:
+        """A whole segment, bytes-like: a read-only map of a local file (a reused file's earlier
+        records may fill it, hundreds of MiB: nothing is copied), else its bytes."""
+        if not self._files:
+            with self._open_segment(segno) as f:
+                yield f.readall()
+            return
+        with open(self.path(segno), "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                yield b""
+                return
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                yield m
+
+
+def _zeros_from(data: Any, pos: int, block: int = 8 << 20) -> bool:
+    """Whether ``data`` holds only zero bytes from ``pos`` on (read in blocks: it may be a map)."""
+    for at in range(pos, len(data), block):
+        if data[at : at + block].strip(b"\0"):
+            return False
+    return True
 
 
 class _BackendFile(io.RawIOBase):

@@ -199,13 +199,13 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
         pos = self._tail
         marker = self._pending
         if marker is not None:  # goes first, in the same system call; reserve() counted it
-            buffers = [pack_record_header(RecordHeader(REC_COMMIT, 0, 0, 0, 0, marker, 0, 0, self._now_ns()), b""),
-                       *buffers]
+            buffers = [pack_record_header(RecordHeader(REC_COMMIT, 0, 0, 0, 0, marker, 0, 0, self._now_ns()), b"",
+                                          self._segno), *buffers]
         total = sum(len(b) for b in buffers)
         if self._align and total >= ALIGN_FROM:  # the next record starts aligned (PoolBackend.append_alignment)
             pad = padding_after(pos + total, self._align)
             if pad and pos + total + pad <= self.segment_size:
-                buffers = [*buffers, pack_padding(pad, self._now_ns())]
+                buffers = [*buffers, pack_padding(pad, self._now_ns(), self._segno)]
                 total += pad
         with self._lock:
             direct = False
