@@ -92,6 +92,8 @@ def journal_families(usage: dict, counters: dict, failed: str, maintenance_error
         _gauge("vstor_pool_free_bytes", "free bytes in the filesystem under the pool", usage["free_bytes"]),
         _gauge("vstor_pool_mapped_bytes", "bytes mapped by all volumes", usage["mapped_bytes"]),
         _gauge("vstor_pool_journal_bytes", "bytes the journal takes in the pool", usage["journal_bytes"]),
+        _gauge("vstor_spare_segment_bytes", "bytes of dead segment files kept for reuse by later segments",
+               usage.get("spare_bytes", 0)),
     ]
     for name, key, doc in (
             ("vstor_gc_relocated_bytes", "relocated_bytes", "bytes copied forward by segment GC"),

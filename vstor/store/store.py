@@ -284,6 +284,10 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
     def _ensure_room(self, nbytes: int) -> None:
         if self.space.has_room(nbytes):
             return
+        if self.backend.release_spares():  # dead segment files kept for reuse go first
+            self.space.refresh()
+            if self.space.has_room(nbytes):
+                return
         if self.reclaimer is not None:
             self.reclaimer.reclaim_now()  # type: ignore[attr-defined]
             self.space.refresh()
@@ -337,7 +341,9 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         with self._lock:
             segs = self.journal.segments()
             used = sum(self.journal.segment_bytes(s) for s in segs)
-            return {"segments": len(segs), "journal_bytes": used, "mapped_bytes": self.state.mapped_bytes(),
+            spares, spare_bytes = self.backend.spare_segments()
+            return {"segments": len(segs), "journal_bytes": used, "spare_segments": spares,
+                    "spare_bytes": spare_bytes, "mapped_bytes": self.state.mapped_bytes(),
                     "free_bytes": self.space.free_bytes(), "durable": list(self.journal.durable_position()),
                     "tail": list(self.journal.tail()), "checkpoint": list(self.ckpt_position),
                     "group_seq": dict(self.state.group_seq)}

@@ -23,11 +23,12 @@ RADOS append (the audit log).
 chunks (``radosread``: the chunks' aio reads on RADOS). ``stripes`` says how a byte range
 falls on stripe objects (pure), for every striped read and write on RADOS. ``remover`` removes
 a deleted segment's objects on a thread of its own (pure), so that deleting dead segments under
-the store's lock does not wait for the OSDs.
+the store's lock does not wait for the OSDs. ``spares`` keeps a local pool's dead segment files
+for reuse by later segments, whose fdatasyncs then need no extent conversion.
 """
 
 from __future__ import annotations
 
 __all__ = ["base", "clslock", "coalesce", "fenced", "files", "local", "location", "radosappend", "radosbe", "radosblob",
            "radoserr", "radosfiles", "radoslock", "radosread", "radossparse", "readahead", "remover", "statefiles",
-           "stripes", "stub"]
+           "spares", "stripes", "stub"]

@@ -158,6 +158,15 @@ class PoolBackend(ABC):
         the area names of :meth:`file_area` and of this method apart."""
         return LocalFiles(local_dir)
 
+    # -- spare segment files (local pools; spares.py) -----------------------------------------
+    def spare_segments(self) -> tuple[int, int]:
+        """Dead segment files kept for reuse by later segments: (count, bytes). None here."""
+        return 0, 0
+
+    def release_spares(self) -> int:
+        """Give the space of every spare segment file back (the pool is short of space); how many."""
+        return 0
+
     # -- outages (remote backends; journal/resume.py) ----------------------------------------
     def abandon_segment(self, segno: int) -> None:
         """Forget the writes to ``segno`` still in flight and their failures (waiting for each

@@ -1,6 +1,7 @@
 """LocalBackend: a pool in a directory of ordinary files, the layout vstor always had.
 
-Segments are ``DIR/journal/NNNNNNNNNN.seg``; a blob named ``meta/checkpoint.a`` is the file
+Segments are ``DIR/journal/NNNNNNNNNN.seg``; a deleted segment's file may be kept in
+``DIR/journal/spare/`` and reused for a later segment (spares.py); a blob named ``meta/checkpoint.a`` is the file
 ``DIR/meta/checkpoint.a``. Guarantees: ``put`` is ``durable.atomic_write`` (tmp file, fsync,
 rename, fsync of the directory); a created or deleted segment's directory entry is synced;
 ``flush_segment`` is one fdatasync of the segment. Writes are synchronous ``pwrite`` calls,
@@ -13,6 +14,7 @@ Fault points (vstor/faults.py): ``backend.write``, ``backend.flush``, ``backend.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -20,6 +22,7 @@ import threading
 from vstor.durable import atomic_write, remove_durably, sync_dir
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
+from vstor.store.backend.spares import MAX_SPARES, SpareSegments
 from vstor.store.journal.format import segment_name
 
 __all__ = ["LocalBackend"]
@@ -30,10 +33,12 @@ JOURNAL_DIR = "journal"
 class LocalBackend(PoolBackend):
     kind = "local"
 
-    def __init__(self, root: str, faults: Faults = NO_FAULTS, journal_dir: str | None = None) -> None:
+    def __init__(self, root: str, faults: Faults = NO_FAULTS, journal_dir: str | None = None,
+                 max_spares: int = MAX_SPARES) -> None:
         self.root = root
         self.journal_dir = journal_dir or os.path.join(root, JOURNAL_DIR)
         self.faults = faults
+        self.spares = SpareSegments(self.journal_dir, max_spares, faults)
         self._lock = threading.Lock()
         self._fds: dict[int, int] = {}  # segno -> O_RDWR descriptor
 
@@ -56,6 +61,10 @@ class LocalBackend(PoolBackend):
 
     def create_segment(self, segno: int, header: bytes) -> None:
         path = self.segment_path(segno)
+        if os.path.exists(path):
+            raise FileExistsError(errno.EEXIST, "segment exists", path)
+        if self.spares.take(path, header):  # an earlier segment's file: its blocks are written
+            return
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.pwrite(fd, header, 0)
@@ -111,7 +120,13 @@ class LocalBackend(PoolBackend):
             fd = self._fds.pop(segno, None)
         if fd is not None:
             os.close(fd)
-        remove_durably(self.segment_path(segno))
+        self.spares.keep(self.segment_path(segno), segno)
+
+    def spare_segments(self) -> tuple[int, int]:
+        return self.spares.count(), self.spares.total_bytes()
+
+    def release_spares(self) -> int:
+        return self.spares.release()
 
     # -- blobs -----------------------------------------------------------------------------
     def _path(self, name: str) -> str:

@@ -1,0 +1,239 @@
+"""Dead segment files reused for later segments (vstor/store/backend/spares.py): the records
+a reused file still holds from its earlier segment are never taken for the new one's, after
+a crash too; damage inside durable data is still reported; a crash while a spare becomes a
+segment leaves a pool that opens; spares give their space back when the pool runs short.
+Local pools only: a RADOS pool deletes its segments' objects."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from poolkit import MiB, make_pool, seg_flip
+
+from vstor.errors import CorruptData, PoolFull, VstorError
+from vstor.faults import Faults
+from vstor.store.backend.spares import SPARE_SUFFIX, SpareSegments
+from vstor.store.journal.format import (
+    SEG_REUSED,
+    SEG_SEEDED,
+    SEGMENT_HEADER_SIZE,
+    loc_pos,
+    loc_segno,
+    pack_segment_header,
+    segment_flags,
+    segment_name,
+)
+from vstor.store.store import Store
+
+VOL = 24 * MiB  # more than one 16 MiB segment of the test pools
+
+
+def _fill(st: Store, vid: int, rng: random.Random, model: bytearray, n: int, size: int) -> None:
+    for _ in range(n):
+        off = rng.randrange(VOL // size) * size
+        data = rng.randbytes(size)
+        st.write(vid, off, data)
+        model[off : off + size] = data
+
+
+def _check(st: Store, vid: int, model: bytearray) -> None:
+    for off in range(0, VOL, MiB):
+        assert bytes(st.read(vid, off, MiB)) == model[off : off + MiB], f"MiB at {off}"
+
+
+def _spares(pool: str) -> list[str]:
+    d = os.path.join(pool, "journal", "spare")
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def _make_spares(st: Store, vid: int, rng: random.Random, model: bytearray) -> None:
+    """Write the volume over twice, so the first segments die, and checkpoint twice so that
+    they are deleted (kept as spares)."""
+    for _ in range(2):
+        for off in range(0, VOL, MiB):
+            data = rng.randbytes(MiB)
+            st.write(vid, off, data)
+            model[off : off + MiB] = data
+    st.checkpoint()
+    st.checkpoint()
+
+
+def _header(pool: str, segno: int) -> bytes:
+    with open(os.path.join(pool, "journal", segment_name(segno)), "rb") as f:
+        return f.read(SEGMENT_HEADER_SIZE)
+
+
+def _crash(st: Store) -> None:
+    """Drop the store as kill -9 would: no checkpoint, the newest segment not cut at its tail
+    (the page cache keeps every record written, as it does when only the process dies)."""
+    st.journal.failed = "test crash"
+    st.journal.close()
+    st.backend.close()
+
+
+def test_a_dead_segment_file_is_kept_and_reused_for_a_later_segment(tmp_path):
+    pool = make_pool(tmp_path)
+    rng, model = random.Random(1), bytearray(VOL)
+    st = Store.open(pool)
+    vid = st.create_volume("v", VOL).id
+    _make_spares(st, vid, rng, model)
+    kept = _spares(pool)
+    assert kept and all(n.endswith(SPARE_SUFFIX) for n in kept)
+    assert st.usage()["spare_segments"] == len(kept)
+    first = st.journal.current_segno
+    while st.journal.current_segno == first:  # roll over into a new segment
+        _fill(st, vid, rng, model, 1, MiB)
+    head = _header(pool, st.journal.current_segno)
+    assert segment_flags(head) & SEG_REUSED and segment_flags(head) & SEG_SEEDED
+    assert len(_spares(pool)) == len(kept) - 1
+    _fill(st, vid, rng, model, 300, 4096)
+    st.sync()
+    _check(st, vid, model)
+    st.close()
+    st = Store.open(pool)
+    _check(st, vid, model)
+    st.close()
+
+
+@pytest.mark.parametrize("synced", [True, False])
+def test_an_earlier_use_of_a_reused_file_is_never_replayed_after_a_crash(tmp_path, synced):
+    """The reused file holds whole, checksummed records of its earlier segment -- older
+    versions of the same volume blocks -- right after the new tail. Recovery ends the scan
+    there, as a clean end (no torn tail), and every block reads its newest version."""
+    pool = make_pool(tmp_path)
+    rng, model = random.Random(2), bytearray(VOL)
+    st = Store.open(pool)
+    vid = st.create_volume("v", VOL).id
+    _make_spares(st, vid, rng, model)
+    first = st.journal.current_segno
+    while st.journal.current_segno == first:
+        _fill(st, vid, rng, model, 1, MiB)
+    reused = st.journal.current_segno
+    assert segment_flags(_header(pool, reused)) & SEG_REUSED
+    _fill(st, vid, rng, model, 50, 4096)  # a short new tail: the old records lie beyond it
+    if synced:
+        st.sync()
+    tail = st.journal.tail()
+    assert tail[0] == reused and os.path.getsize(os.path.join(pool, "journal", segment_name(reused))) > tail[1]
+    _crash(st)
+    st = Store.open(pool)
+    try:
+        assert st.recovery["torn_tail"] is None
+        _check(st, vid, model)
+    finally:
+        st.close()
+
+
+def test_damage_inside_durable_data_of_a_reused_segment_is_reported(tmp_path):
+    pool = make_pool(tmp_path)
+    rng, model = random.Random(3), bytearray(VOL)
+    st = Store.open(pool)
+    vid = st.create_volume("v", VOL).id
+    _make_spares(st, vid, rng, model)
+    first = st.journal.current_segno
+    while st.journal.current_segno == first:
+        _fill(st, vid, rng, model, 1, MiB)
+    st.write(vid, 0, rng.randbytes(256 * 1024))
+    loc = st.state.maps[vid].lookup(0, 1)[0][2]
+    st.sync()
+    st.write(vid, MiB, rng.randbytes(4096))  # carries a commit marker covering the write above
+    assert segment_flags(_header(pool, loc_segno(loc))) & SEG_REUSED
+    _crash(st)
+    seg_flip(pool, loc_segno(loc), loc_pos(loc) + 64 + 32 + 1000)
+    with pytest.raises(CorruptData, match="durable"):
+        Store.open(pool)
+
+
+def test_a_crash_while_a_spare_becomes_a_segment_leaves_a_pool_that_opens(tmp_path):
+    pool = make_pool(tmp_path)
+    rng, model = random.Random(4), bytearray(VOL)
+    faults = Faults()  # this store's own: never arm the shared NO_FAULTS
+    st = Store.open(pool, faults=faults)
+    vid = st.create_volume("v", VOL).id
+    _make_spares(st, vid, rng, model)
+    st.sync()
+    kept = _spares(pool)
+    assert kept
+    faults.arm("spares.take", "eio")  # after the new header, before the link
+    with pytest.raises(VstorError):
+        for _ in range(64):
+            _fill(st, vid, rng, model, 1, MiB)  # the failing write raises before the model has it
+    _crash(st)
+    assert _spares(pool) == kept  # the spare keeps its file, with the header of a segment never made
+    st = Store.open(pool)
+    try:
+        _check(st, vid, model)  # every write that returned: the page cache kept them
+        # the segment recovery started took the oldest spare, the one that failed before
+        assert segment_flags(_header(pool, st.journal.current_segno)) & SEG_REUSED
+        assert _spares(pool) == kept[1:]
+    finally:
+        st.close()
+
+
+def test_spares_give_their_space_back_when_the_pool_runs_short(tmp_path):
+    pool = make_pool(tmp_path)
+    rng, model = random.Random(5), bytearray(VOL)
+    st = Store.open(pool)
+    vid = st.create_volume("v", VOL).id
+    _make_spares(st, vid, rng, model)
+    assert _spares(pool)
+    with pytest.raises(PoolFull):
+        st._ensure_room(1 << 60)
+    assert _spares(pool) == [] and st.usage()["spare_segments"] == 0
+    st.close()
+
+
+def _segment_file(path: str, segno: int, seeded: bool, size: int = 2 * MiB) -> None:
+    with open(path, "wb") as f:
+        f.write(pack_segment_header(b"u" * 16, segno, 1, seeded=seeded))
+        f.truncate(size)
+
+
+def test_only_seeded_segments_of_a_useful_size_are_kept_and_at_most_the_limit(tmp_path):
+    jdir = tmp_path / "journal"
+    jdir.mkdir()
+    spares = SpareSegments(str(jdir), limit=2)
+    old = str(jdir / segment_name(1))
+    _segment_file(old, 1, seeded=False)  # version 1 records: their file must never be reused
+    assert not spares.keep(old, 1) and not os.path.exists(old)
+    small = str(jdir / segment_name(2))
+    _segment_file(small, 2, seeded=True, size=SEGMENT_HEADER_SIZE + 100)
+    assert not spares.keep(small, 2) and not os.path.exists(small)
+    for n in (3, 4, 5):
+        path = str(jdir / segment_name(n))
+        _segment_file(path, n, seeded=True)
+        assert spares.keep(path, n) == (n < 5)
+        assert not os.path.exists(path)
+    assert spares.count() == 2 and spares.total_bytes() == 4 * MiB
+    assert SpareSegments(str(jdir), limit=0).keep(str(jdir / "missing.seg"), 9) is False
+
+
+def test_a_spare_name_left_beside_the_segment_it_became_is_dropped(tmp_path):
+    jdir = tmp_path / "journal"
+    jdir.mkdir()
+    spares = SpareSegments(str(jdir))
+    path = str(jdir / segment_name(3))
+    _segment_file(path, 3, seeded=True)
+    assert spares.keep(path, 3)
+    (name,) = spares.names()
+    new = str(jdir / segment_name(7))
+    os.link(os.path.join(spares.dir, name), new)  # a crash between take()'s link and its unlink
+    assert spares.names() == [] and os.path.exists(new)
+    assert not spares.take(str(jdir / segment_name(8)), pack_segment_header(b"u" * 16, 8, 1))
+
+
+def test_taking_a_spare_never_replaces_an_existing_segment(tmp_path):
+    jdir = tmp_path / "journal"
+    jdir.mkdir()
+    spares = SpareSegments(str(jdir))
+    path = str(jdir / segment_name(3))
+    _segment_file(path, 3, seeded=True)
+    spares.keep(path, 3)
+    taken = str(jdir / segment_name(4))
+    _segment_file(taken, 4, seeded=True)
+    with pytest.raises(FileExistsError):
+        spares.take(taken, pack_segment_header(b"u" * 16, 4, 1))
+    assert spares.count() == 1
+

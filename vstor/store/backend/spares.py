@@ -1,0 +1,143 @@
+"""Dead journal segment files kept for reuse by later segments (local pools).
+
+Why: the journal appends into blocks that ``posix_fallocate`` reserved and nothing wrote
+yet, so every fdatasync also converts those extents to written, which commits the
+filesystem's own journal. Appending into blocks that hold earlier data needs no such commit:
+8 KiB records, each followed by an fdatasync, took 203-232 us into a fresh segment and
+107-146 us into a reused file whose pages were not cached (docs/benchmarks.md §12). PostgreSQL
+recycles its WAL segment files for the same reason.
+
+What makes it safe: a file is kept only when its header says SEG_SEEDED, i.e. every record in
+it is of version 2, whose checksum is seeded with the segment number (format.py). Its next
+use gets a new, higher number, so the old records left after the new tail fail the new
+segment's checksums and are never taken for records of it; the new header says SEG_REUSED,
+and a scan ending there is a clean end (segread.py).
+
+Guarantees:
+
+* :meth:`SpareSegments.keep` moves a dead segment file to ``spare/`` (rename, both directories
+  synced) when it qualifies, and otherwise removes it durably. Either way the segment's name
+  is durably gone on return, as ``PoolBackend.delete_segment`` promises.
+* :meth:`SpareSegments.take` makes a spare file segment ``segno``: the new header is written
+  over the old one and fdatasynced first, then the file is linked at the segment's name
+  (FileExistsError if that exists) and the spare name removed, both directories synced. After
+  a crash there is the spare (its header old or new, never listed as a segment), or the new
+  segment; if both names survived, the spare name is dropped the next time spares are listed
+  (a spare with more than one link is a segment's file).
+* :meth:`SpareSegments.release` removes every spare (the pool is short of space).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+from vstor.durable import remove_durably, sync_dir
+from vstor.faults import NO_FAULTS, Faults
+from vstor.store.journal.format import (
+    SEG_SEEDED,
+    SEGMENT_HEADER_SIZE,
+    SEGMENT_MAGIC,
+    mark_reused,
+    segment_flags,
+)
+
+__all__ = ["MAX_SPARES", "MIN_SPARE_BYTES", "SpareSegments"]
+
+MAX_SPARES = 2  # files kept; each is one segment's size on the pool's filesystem
+MIN_SPARE_BYTES = 1 << 20  # smaller files (a segment cut short) are not worth keeping
+FREE_SEGMENTS = 4  # a file is kept only while the filesystem has room for this many more like it
+SPARE_SUFFIX = ".spare"
+
+
+class SpareSegments:
+    def __init__(self, journal_dir: str, limit: int = MAX_SPARES, faults: Faults = NO_FAULTS) -> None:
+        self.dir = os.path.join(journal_dir, "spare")
+        self.journal_dir = journal_dir
+        self.limit = limit
+        self.faults = faults
+        self._lock = threading.Lock()
+        self.reused = 0  # segments started in a spare file since the pool was opened
+
+    def names(self) -> list[str]:
+        """Spare files, oldest first; drops a spare name left beside the segment it became."""
+        try:
+            names = sorted(n for n in os.listdir(self.dir) if n.endswith(SPARE_SUFFIX))
+        except FileNotFoundError:
+            return []
+        out = []
+        for n in names:
+            path = os.path.join(self.dir, n)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_nlink > 1:  # a crash between take()'s link and its unlink
+                    remove_durably(path)
+                    continue
+                out.append(n)
+        return out
+
+    def count(self) -> int:
+        return len(self.names())
+
+    def total_bytes(self) -> int:
+        total = 0
+        for n in self.names():
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(self.dir, n)).st_size
+        return total
+
+    def keep(self, path: str, segno: int) -> bool:
+        """Move the dead segment file ``path`` to the spares, or remove it. True if kept."""
+        with self._lock:
+            if self._qualifies(path):
+                os.makedirs(self.dir, exist_ok=True)
+                os.rename(path, os.path.join(self.dir, f"{segno:010d}{SPARE_SUFFIX}"))
+                sync_dir(self.dir)
+                sync_dir(self.journal_dir)
+                return True
+        remove_durably(path)
+        return False
+
+    def _qualifies(self, path: str) -> bool:
+        if self.limit <= 0 or self.count() >= self.limit:
+            return False
+        try:
+            with open(path, "rb") as f:
+                head = f.read(SEGMENT_HEADER_SIZE)
+                size = os.fstat(f.fileno()).st_size
+            fs = os.statvfs(self.journal_dir)
+        except FileNotFoundError:
+            return False
+        if len(head) < SEGMENT_HEADER_SIZE or head[:8] != SEGMENT_MAGIC or not segment_flags(head) & SEG_SEEDED:
+            return False  # older records (version 1) or a damaged header: never reused
+        return size >= MIN_SPARE_BYTES and fs.f_bavail * fs.f_frsize >= FREE_SEGMENTS * size
+
+    def take(self, path: str, header: bytes) -> bool:
+        """Start a segment at ``path`` in a spare file, with ``header`` marked SEG_REUSED.
+        False when there is no spare (the caller creates a new file)."""
+        with self._lock:
+            names = self.names()
+            if not names:
+                return False
+            spare = os.path.join(self.dir, names[0])
+            fd = os.open(spare, os.O_RDWR)
+            try:
+                os.pwrite(fd, mark_reused(header), 0)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            self.faults.hit("spares.take")  # tests: a crash with the new header in a spare
+            os.link(spare, path)  # FileExistsError if the segment exists: nothing changed
+            os.unlink(spare)
+            sync_dir(self.journal_dir)
+            sync_dir(self.dir)
+            self.reused += 1
+            return True
+
+    def release(self) -> int:
+        """Remove every spare file; returns how many."""
+        with self._lock:
+            names = self.names()
+            for n in names:
+                remove_durably(os.path.join(self.dir, n))
+            return len(names)
