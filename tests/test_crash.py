@@ -90,6 +90,39 @@ def test_sigkill_during_fsync_workload(array_factory, tmp_path: Path):
 
 
 @pytest.mark.root
+def test_sigkill_while_writing_into_reused_segment_files(array_factory, tmp_path: Path):
+    """The daemon's new segments start in dead segments' files (vstor/store/backend/spares.py),
+    which still hold whole, checksummed records of older versions of the same slots: after each
+    kill -9 none of them may come back."""
+    from vstor.store.journal.format import SEG_REUSED, SEGMENT_HEADER_SIZE, segment_flags
+    from vstor.store.store import Store
+
+    arr = array_factory("reuse", segment_size="16M")
+    arr.start()
+    arr.create("v", "64M")
+    arr.stop()
+    st = Store.open(arr.pool)  # the array is stopped: fill the spares with old versions of every slot
+    vid = st.volume("v").id
+    rnd = random.Random(3)
+    for _ in range(2):
+        for off in range(0, 64 << 20, 1 << 20):
+            st.write(vid, off, rnd.randbytes(1 << 20))
+    st.checkpoint()
+    st.checkpoint()
+    spare_dir = Path(arr.pool) / "journal" / "spare"
+    assert len(list(spare_dir.iterdir())) == 2
+    st.close()
+    arr.start()
+    _crash_loop(arr, 4, seed=13, tmp_path=tmp_path)
+    def header(path: Path) -> bytes:
+        with open(path, "rb") as f:
+            return f.read(SEGMENT_HEADER_SIZE)
+
+    reused = [p for p in (Path(arr.pool) / "journal").glob("*.seg") if segment_flags(header(p)) & SEG_REUSED]
+    assert reused, "no segment was started in a spare file"
+
+
+@pytest.mark.root
 @pytest.mark.soak
 def test_sigkill_soak(array_factory, tmp_path: Path):
     arr = array_factory("soak", segment_size="16M", compress="lz4")
