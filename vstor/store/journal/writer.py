@@ -277,10 +277,6 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
         self._win = mmap.mmap(self._fd, end - start, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
                               offset=start)
         self._win_start, self._win_end = start, end
-        # In a reused segment file (spares.py) a store into a page that is not cached reads it
-        # from disk first, under the store lock: have the kernel read this window and the next
-        # now, side by side. Fresh blocks read as zeros without I/O.
-        os.posix_fadvise(self._fd, start, end - start + WINDOW_BYTES, os.POSIX_FADV_WILLNEED)
         return self._win
 
     def _unmap(self) -> None:
