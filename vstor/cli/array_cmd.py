@@ -243,7 +243,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"journal   {j['segments']} segments, {format_size(j['journal_bytes'], True)} on disk, "
             f"{format_size(j['mapped_bytes'], True)} mapped, tail {_position(j['tail'])}, "
             f"durable {_position(j['durable'])}" + (f", FAILED: {j['failed']}" if j["failed"] else ""),
-            f"space     {format_size(j['free_bytes'], True)} free in the filesystem under the pool",
+            f"space     {format_size(j['free_bytes'], True)} free in the filesystem under the pool"
+            + (f", {format_size(j['spare_bytes'], True)} in {j['spare_segments']} spare segment file(s) kept for reuse"
+               if j.get("spare_segments") else ""),
             *([f"storage   {outage_line(j['outage'])}"] if j.get("outage") else []),
             f"fuse      {_fuse_line(s['fuse'])}",
             f"recovery  {_recovery_line(s['recovery'])}",
