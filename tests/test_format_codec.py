@@ -81,15 +81,21 @@ def test_record_header_round_trip(rtype):
     verify_header(memoryview(raw), memoryview(table), hcsum, 7)
 
 
+def _packed(seed: int, segno: int) -> tuple[RecordHeader, bytes, bytes, int]:
+    """A record header with a random frame table, packed for ``segno`` and checked there:
+    the header, its table, its bytes and its stored checksum."""
+    h = _header()
+    table = pack_frame_table(_entries(h.nframes, random.Random(seed)))
+    raw = pack_record_header(h, table, segno)
+    _, hcsum = unpack_record_header(raw)
+    verify_header(raw, table, hcsum, segno)
+    return h, table, raw, hcsum
+
+
 def test_a_record_is_valid_only_in_the_segment_it_was_written_for():
     """Version 2 seeds the header checksum with the segment number: the records a reused
     file still holds from its earlier segment fail in the new one (spares.py)."""
-    rng = random.Random(3)
-    h = _header()
-    table = pack_frame_table(_entries(h.nframes, rng))
-    raw = pack_record_header(h, table, 41)
-    _, hcsum = unpack_record_header(raw)
-    verify_header(raw, table, hcsum, 41)
+    _h, table, raw, hcsum = _packed(3, 41)
     for other in (0, 40, 42, 41 + (1 << 32)):
         with pytest.raises(BadRecord, match="checksum"):
             verify_header(raw, table, hcsum, other)
@@ -143,11 +149,7 @@ def test_trim_record_must_have_no_frames():
 
 def test_header_checksum_detects_changes_to_header_and_table():
     rng = random.Random(1)
-    h = _header()
-    table = pack_frame_table(_entries(h.nframes, rng))
-    raw = pack_record_header(h, table, 5)
-    _, hcsum = unpack_record_header(raw)
-    verify_header(raw, table, hcsum, 5)
+    h, table, raw, hcsum = _packed(1, 5)
     # A changed volume offset still parses, but fails the checksum.
     moved = _patch(raw, 24, struct.pack("<Q", h.offset + 4096))
     moved_h, moved_csum = unpack_record_header(moved)

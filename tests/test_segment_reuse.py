@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import pytest
 from poolkit import MiB, make_pool, seg_flip
@@ -73,19 +74,31 @@ def _crash(st: Store) -> None:
     st.backend.close()
 
 
-def test_a_dead_segment_file_is_kept_and_reused_for_a_later_segment(tmp_path):
+def _pool_with_spares(tmp_path, seed: int,
+                      faults: Faults | None = None) -> tuple[str, Store, int, random.Random, bytearray]:
+    """A pool whose first segments died and were kept as spares; its store, volume, and model."""
     pool = make_pool(tmp_path)
-    rng, model = random.Random(1), bytearray(VOL)
-    st = Store.open(pool)
+    rng, model = random.Random(seed), bytearray(VOL)
+    st = Store.open(pool, faults=faults or Faults())  # its own Faults: never arm the shared NO_FAULTS
     vid = st.create_volume("v", VOL).id
     _make_spares(st, vid, rng, model)
+    return pool, st, vid, rng, model
+
+
+def _next_segment(st: Store, vid: int, rng: random.Random, model: bytearray) -> int:
+    """Write until the journal rolls over; the new segment's number."""
+    first = st.journal.current_segno
+    while st.journal.current_segno == first:
+        _fill(st, vid, rng, model, 1, MiB)
+    return st.journal.current_segno
+
+
+def test_a_dead_segment_file_is_kept_and_reused_for_a_later_segment(tmp_path):
+    pool, st, vid, rng, model = _pool_with_spares(tmp_path, 1)
     kept = _spares(pool)
     assert kept and all(n.endswith(SPARE_SUFFIX) for n in kept)
     assert st.usage()["spare_segments"] == len(kept)
-    first = st.journal.current_segno
-    while st.journal.current_segno == first:  # roll over into a new segment
-        _fill(st, vid, rng, model, 1, MiB)
-    head = _header(pool, st.journal.current_segno)
+    head = _header(pool, _next_segment(st, vid, rng, model))
     assert segment_flags(head) & SEG_REUSED and segment_flags(head) & SEG_SEEDED
     assert len(_spares(pool)) == len(kept) - 1
     _fill(st, vid, rng, model, 300, 4096)
@@ -102,15 +115,8 @@ def test_an_earlier_use_of_a_reused_file_is_never_replayed_after_a_crash(tmp_pat
     """The reused file holds whole, checksummed records of its earlier segment -- older
     versions of the same volume blocks -- right after the new tail. Recovery ends the scan
     there, as a clean end (no torn tail), and every block reads its newest version."""
-    pool = make_pool(tmp_path)
-    rng, model = random.Random(2), bytearray(VOL)
-    st = Store.open(pool)
-    vid = st.create_volume("v", VOL).id
-    _make_spares(st, vid, rng, model)
-    first = st.journal.current_segno
-    while st.journal.current_segno == first:
-        _fill(st, vid, rng, model, 1, MiB)
-    reused = st.journal.current_segno
+    pool, st, vid, rng, model = _pool_with_spares(tmp_path, 2)
+    reused = _next_segment(st, vid, rng, model)
     assert segment_flags(_header(pool, reused)) & SEG_REUSED
     _fill(st, vid, rng, model, 50, 4096)  # a short new tail: the old records lie beyond it
     if synced:
@@ -127,14 +133,8 @@ def test_an_earlier_use_of_a_reused_file_is_never_replayed_after_a_crash(tmp_pat
 
 
 def test_damage_inside_durable_data_of_a_reused_segment_is_reported(tmp_path):
-    pool = make_pool(tmp_path)
-    rng, model = random.Random(3), bytearray(VOL)
-    st = Store.open(pool)
-    vid = st.create_volume("v", VOL).id
-    _make_spares(st, vid, rng, model)
-    first = st.journal.current_segno
-    while st.journal.current_segno == first:
-        _fill(st, vid, rng, model, 1, MiB)
+    pool, st, vid, rng, model = _pool_with_spares(tmp_path, 3)
+    _next_segment(st, vid, rng, model)
     st.write(vid, 0, rng.randbytes(256 * 1024))
     loc = st.state.maps[vid].lookup(0, 1)[0][2]
     st.sync()
@@ -147,12 +147,8 @@ def test_damage_inside_durable_data_of_a_reused_segment_is_reported(tmp_path):
 
 
 def test_a_crash_while_a_spare_becomes_a_segment_leaves_a_pool_that_opens(tmp_path):
-    pool = make_pool(tmp_path)
-    rng, model = random.Random(4), bytearray(VOL)
-    faults = Faults()  # this store's own: never arm the shared NO_FAULTS
-    st = Store.open(pool, faults=faults)
-    vid = st.create_volume("v", VOL).id
-    _make_spares(st, vid, rng, model)
+    faults = Faults()
+    pool, st, vid, rng, model = _pool_with_spares(tmp_path, 4, faults)
     st.sync()
     kept = _spares(pool)
     assert kept
@@ -173,11 +169,7 @@ def test_a_crash_while_a_spare_becomes_a_segment_leaves_a_pool_that_opens(tmp_pa
 
 
 def test_spares_give_their_space_back_when_the_pool_runs_short(tmp_path):
-    pool = make_pool(tmp_path)
-    rng, model = random.Random(5), bytearray(VOL)
-    st = Store.open(pool)
-    vid = st.create_volume("v", VOL).id
-    _make_spares(st, vid, rng, model)
+    pool, st, _vid, _rng, _model = _pool_with_spares(tmp_path, 5)
     assert _spares(pool)
     with pytest.raises(PoolFull):
         st._ensure_room(1 << 60)
@@ -210,13 +202,19 @@ def test_only_seeded_segments_of_a_useful_size_are_kept_and_at_most_the_limit(tm
     assert SpareSegments(str(jdir), limit=0).keep(str(jdir / "missing.seg"), 9) is False
 
 
-def test_a_spare_name_left_beside_the_segment_it_became_is_dropped(tmp_path):
+def _one_spare(tmp_path) -> tuple[Path, SpareSegments]:
+    """A journal directory whose segment 3 was kept as its one spare."""
     jdir = tmp_path / "journal"
     jdir.mkdir()
     spares = SpareSegments(str(jdir))
     path = str(jdir / segment_name(3))
     _segment_file(path, 3, seeded=True)
     assert spares.keep(path, 3)
+    return jdir, spares
+
+
+def test_a_spare_name_left_beside_the_segment_it_became_is_dropped(tmp_path):
+    jdir, spares = _one_spare(tmp_path)
     (name,) = spares.names()
     new = str(jdir / segment_name(7))
     os.link(os.path.join(spares.dir, name), new)  # a crash between take()'s link and its unlink
@@ -225,12 +223,7 @@ def test_a_spare_name_left_beside_the_segment_it_became_is_dropped(tmp_path):
 
 
 def test_taking_a_spare_never_replaces_an_existing_segment(tmp_path):
-    jdir = tmp_path / "journal"
-    jdir.mkdir()
-    spares = SpareSegments(str(jdir))
-    path = str(jdir / segment_name(3))
-    _segment_file(path, 3, seeded=True)
-    spares.keep(path, 3)
+    jdir, spares = _one_spare(tmp_path)
     taken = str(jdir / segment_name(4))
     _segment_file(taken, 4, seeded=True)
     with pytest.raises(FileExistsError):
