@@ -230,3 +230,14 @@ def test_taking_a_spare_never_replaces_an_existing_segment(tmp_path):
         spares.take(taken, pack_segment_header(b"u" * 16, 4, 1))
     assert spares.count() == 1
 
+
+
+def test_a_segment_created_without_a_header_never_takes_a_spare(tmp_path):
+    """pool migrate copies an empty segment as create_segment(segno, b""): a new, empty file."""
+    from vstor.store.backend.local import LocalBackend
+
+    jdir, _spares_of = _one_spare(tmp_path)
+    be = LocalBackend(str(tmp_path))
+    be.create_segment(9, b"")
+    assert be.segment_size(9) == 0 and be.spare_segments()[0] == 1
+    be.close()

@@ -23,7 +23,7 @@ from vstor.durable import atomic_write, remove_durably, sync_dir
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.spares import MAX_SPARES, SpareSegments
-from vstor.store.journal.format import segment_name
+from vstor.store.journal.format import SEGMENT_HEADER_SIZE, segment_name
 
 __all__ = ["LocalBackend"]
 
@@ -63,7 +63,9 @@ class LocalBackend(PoolBackend):
         path = self.segment_path(segno)
         if os.path.exists(path):
             raise FileExistsError(errno.EEXIST, "segment exists", path)
-        if self.spares.take(path, header):  # an earlier segment's file: its blocks are written
+        # an earlier segment's file, whose blocks are written; not for a copy that brings no
+        # header of its own (pool migrate's empty segments)
+        if len(header) == SEGMENT_HEADER_SIZE and self.spares.take(path, header):
             return
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
