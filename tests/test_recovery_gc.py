@@ -120,6 +120,7 @@ def test_gc_relocates_live_data_and_frees_segments(tmp_path, mode):
     else:
         moved = gc.collect()
         assert moved == live1 == store.stats.relocated_bytes - relocated
+        assert store.stats.compacted_bytes == 0  # GC moves only
         assert 1 not in store.state.live
         assert gc.candidates() == set()
         assert store.read(vid, 0, len(model)) == model
@@ -196,7 +197,7 @@ def test_gc_leaves_mostly_live_segments_alone(tmp_path):
     gc = Reclaimer(store, min_dead=0.3)
     assert gc.candidates() == set()
     assert gc.collect() == 0
-    assert store.stats.relocated_bytes == 0
+    assert store.stats.relocated_bytes == store.stats.compacted_bytes == 0
     assert store.read(vid, 0, len(model)) == model
     store.close()
 
@@ -572,6 +573,7 @@ def test_a_failing_maintenance_step_holds_back_neither_commits_nor_later_steps(t
         assert gc.run_tick() is False
         assert store.journal.syncs == syncs + 1  # committed before GC failed
         assert gc.fragment_extents == 80 and store.stats.relocated_bytes > 0  # ran after GC
+        assert store.stats.compacted_bytes == store.stats.relocated_bytes  # compactions, no GC move
         assert gc.last_error == bug and store.stats.maintenance_errors == 1
         assert len(logged("injected bug")) == 1 and logged("injected bug")[0].exc_info
 

@@ -72,7 +72,7 @@ class MaintenanceMixin(StoreParts):
             if vm is None or vm.lookup(offset, end) != expect:
                 return False
             vm.map(offset, end, self._relocation_record(vid, offset, data, 0))
-        self.stats.add(relocated_bytes=len(data))
+        self.stats.add(relocated_bytes=len(data), compacted_bytes=len(data))
         return True
 
     def _relocation_record(self, vid: int, offset: int, data: bytes | memoryview, old: int) -> int:
