@@ -190,6 +190,12 @@ def test_only_seeded_segments_of_a_useful_size_are_kept_and_at_most_the_limit(tm
     old = str(jdir / segment_name(1))
     _segment_file(old, 1, seeded=False)  # version 1 records: their file must never be reused
     assert not spares.keep(old, 1) and not os.path.exists(old)
+    damaged = str(jdir / segment_name(6))
+    _segment_file(damaged, 6, seeded=True)
+    with open(damaged, "r+b") as f:  # a damaged header is not trusted to say SEG_SEEDED
+        f.seek(30)
+        f.write(b"\xff")
+    assert not spares.keep(damaged, 6) and not os.path.exists(damaged)
     small = str(jdir / segment_name(2))
     _segment_file(small, 2, seeded=True, size=SEGMENT_HEADER_SIZE + 100)
     assert not spares.keep(small, 2) and not os.path.exists(small)
@@ -198,7 +204,7 @@ def test_only_seeded_segments_of_a_useful_size_are_kept_and_at_most_the_limit(tm
         _segment_file(path, n, seeded=True)
         assert spares.keep(path, n) == (n < 5)
         assert not os.path.exists(path)
-    assert spares.count() == 2 and spares.total_bytes() == 4 * MiB
+    assert spares.summary() == (2, 4 * MiB)
     assert SpareSegments(str(jdir), limit=0).keep(str(jdir / "missing.seg"), 9) is False
 
 
@@ -228,7 +234,7 @@ def test_taking_a_spare_never_replaces_an_existing_segment(tmp_path):
     _segment_file(taken, 4, seeded=True)
     with pytest.raises(FileExistsError):
         spares.take(taken, pack_segment_header(b"u" * 16, 4, 1))
-    assert spares.count() == 1
+    assert spares.summary()[0] == 1
 
 
 

@@ -338,10 +338,10 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
 
     # -- checkpoints and segment retention -----------------------------------------------
     def usage(self) -> dict:
+        spares, spare_bytes = self.backend.spare_segments()  # a directory listing: not under the lock
         with self._lock:
             segs = self.journal.segments()
             used = sum(self.journal.segment_bytes(s) for s in segs)
-            spares, spare_bytes = self.backend.spare_segments()
             return {"segments": len(segs), "journal_bytes": used, "spare_segments": spares,
                     "spare_bytes": spare_bytes, "mapped_bytes": self.state.mapped_bytes(),
                     "free_bytes": self.space.free_bytes(), "durable": list(self.journal.durable_position()),

@@ -14,7 +14,6 @@ Fault points (vstor/faults.py): ``backend.write``, ``backend.flush``, ``backend.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import threading
@@ -61,8 +60,6 @@ class LocalBackend(PoolBackend):
 
     def create_segment(self, segno: int, header: bytes) -> None:
         path = self.segment_path(segno)
-        if os.path.exists(path):
-            raise FileExistsError(errno.EEXIST, "segment exists", path)
         # an earlier segment's file, whose blocks are written; not for a copy that brings no
         # header of its own (pool migrate's empty segments)
         if len(header) == SEGMENT_HEADER_SIZE and self.spares.take(path, header):
@@ -125,7 +122,7 @@ class LocalBackend(PoolBackend):
         self.spares.keep(self.segment_path(segno), segno)
 
     def spare_segments(self) -> tuple[int, int]:
-        return self.spares.count(), self.spares.total_bytes()
+        return self.spares.summary()
 
     def release_spares(self) -> int:
         return self.spares.release()

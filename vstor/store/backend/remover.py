@@ -42,7 +42,7 @@ class Remover:
         self._busy: set[int] = set()  # queued or being removed
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.done = self.failed = 0  # removals ended, and those that failed (metrics, tests)
+        self.done = self.failed = 0  # removals ended, and those that failed (tests; failures are logged)
 
     def remove(self, segno: int) -> None:
         """Queue the removal of ``segno``'s objects; returns at once. After :meth:`close`, the

@@ -3,8 +3,8 @@
 Why: the journal appends into blocks that ``posix_fallocate`` reserved and nothing wrote
 yet, so every fdatasync also converts those extents to written, which commits the
 filesystem's own journal. Appending into blocks that hold earlier data needs no such commit:
-8 KiB records, each followed by an fdatasync, took 203-232 us into a fresh segment and
-107-146 us into a reused file whose pages were not cached (docs/benchmarks.md §12). PostgreSQL
+an 8 KiB Store.write followed by Store.sync took 292-318 us into a fresh segment and 184-203 us
+into a reused file whose pages were not cached (docs/benchmarks.md §12). PostgreSQL
 recycles its WAL segment files for the same reason.
 
 What makes it safe: a file is kept only when its header says SEG_SEEDED, i.e. every record in
@@ -35,13 +35,7 @@ import threading
 
 from vstor.durable import remove_durably, sync_dir
 from vstor.faults import NO_FAULTS, Faults
-from vstor.store.journal.format import (
-    SEG_SEEDED,
-    SEGMENT_HEADER_SIZE,
-    SEGMENT_MAGIC,
-    mark_reused,
-    segment_flags,
-)
+from vstor.store.journal.format import SEGMENT_HEADER_SIZE, mark_reused, seeded_segment
 
 __all__ = ["MAX_SPARES", "MIN_SPARE_BYTES", "SpareSegments"]
 
@@ -58,7 +52,6 @@ class SpareSegments:
         self.limit = limit
         self.faults = faults
         self._lock = threading.Lock()
-        self.reused = 0  # segments started in a spare file since the pool was opened
 
     def names(self) -> list[str]:
         """Spare files, oldest first; drops a spare name left beside the segment it became."""
@@ -76,15 +69,13 @@ class SpareSegments:
                 out.append(n)
         return out
 
-    def count(self) -> int:
-        return len(self.names())
-
-    def total_bytes(self) -> int:
-        total = 0
-        for n in self.names():
+    def summary(self) -> tuple[int, int]:
+        """(spare files, their bytes), from one listing."""
+        names, total = self.names(), 0
+        for n in names:
             with contextlib.suppress(FileNotFoundError):
                 total += os.stat(os.path.join(self.dir, n)).st_size
-        return total
+        return len(names), total
 
     def keep(self, path: str, segno: int) -> bool:
         """Move the dead segment file ``path`` to the spares, or remove it. True if kept."""
@@ -99,7 +90,7 @@ class SpareSegments:
         return False
 
     def _qualifies(self, path: str) -> bool:
-        if self.limit <= 0 or self.count() >= self.limit:
+        if self.limit <= 0 or len(self.names()) >= self.limit:
             return False
         try:
             with open(path, "rb") as f:
@@ -108,7 +99,7 @@ class SpareSegments:
             fs = os.statvfs(self.journal_dir)
         except FileNotFoundError:
             return False
-        if len(head) < SEGMENT_HEADER_SIZE or head[:8] != SEGMENT_MAGIC or not segment_flags(head) & SEG_SEEDED:
+        if not seeded_segment(head):
             return False  # older records (version 1) or a damaged header: never reused
         return size >= MIN_SPARE_BYTES and fs.f_bavail * fs.f_frsize >= FREE_SEGMENTS * size
 
@@ -131,7 +122,6 @@ class SpareSegments:
             os.unlink(spare)
             sync_dir(self.journal_dir)
             sync_dir(self.dir)
-            self.reused += 1
             return True
 
     def release(self) -> int:

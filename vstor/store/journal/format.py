@@ -219,6 +219,15 @@ def _seal_header(raw: bytearray) -> bytes:
     return bytes(raw[:56]) + SEGMENT_HEADER_CSUM.pack(xxhash.xxh3_64_intdigest(bytes(raw[:56])))
 
 
+def seeded_segment(raw: bytes) -> bool:
+    """Whether ``raw`` starts with an intact segment header (magic, checksum) that says
+    SEG_SEEDED: every record after it is of version 2 (its file may be reused)."""
+    if len(raw) < SEGMENT_HEADER_SIZE or raw[:8] != SEGMENT_MAGIC:
+        return False
+    (csum,) = SEGMENT_HEADER_CSUM.unpack_from(raw, 56)
+    return csum == xxhash.xxh3_64_intdigest(raw[:56]) and bool(segment_flags(raw) & SEG_SEEDED)
+
+
 def segment_flags(raw: bytes) -> int:
     """The flags of a segment header (check it with :func:`unpack_segment_header` first)."""
     return int(SEGMENT_FLAGS.unpack_from(raw, 10)[0])
