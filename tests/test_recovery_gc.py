@@ -18,7 +18,7 @@ from vstor.faults import Faults
 from vstor.store.catalog import snapshots
 from vstor.store.journal.consumers import read_records
 from vstor.store.journal.format import MAX_RECORD, SEGMENT_HEADER_SIZE
-from vstor.store.maintenance.reclaim import MAX_FRAGMENTS, Reclaimer
+from vstor.store.maintenance.reclaim import HARD_FACTOR, Reclaimer, max_fragments
 from vstor.store.maintenance.steps import StepsFailed
 from vstor.store.maps import fragments
 from vstor.store.maps.chunkmap import FRAGMENTED
@@ -210,13 +210,18 @@ def test_compaction_merges_fragmented_chunks(tmp_path):
     model = bytearray(8 * MiB)
     rng = random.Random(3)
     busy, calm = 2, 5  # chunk numbers
-    for i in range(MAX_FRAGMENTS + 8):
-        write(store, vid, model, busy * cs + i * 4096 + 17, rng.randbytes(1000))
-    for i in range(MAX_FRAGMENTS // 2):
-        write(store, vid, model, calm * cs + i * 8192, rng.randbytes(1000))
+    most = max_fragments(cs)
+    assert most == cs // 4096
+    for i in range(most + 8):  # pieces of 1000 bytes, 2 KiB apart: split finer than 4 KiB
+        write(store, vid, model, busy * cs + i * 2048 + 17, rng.randbytes(1000))
+    pages = list(range(cs // 4096))
+    rng.shuffle(pages)
+    for i in pages:  # the whole chunk in 4 KiB random writes: as many extents, no more
+        write(store, vid, model, calm * cs + i * 4096, rng.randbytes(4096))
     vm = store.state.maps[vid]
-    assert len(vm.chunk_extents(busy)) == MAX_FRAGMENTS + 8
+    assert len(vm.chunk_extents(busy)) == most + 8
     calm_extents = vm.chunk_extents(calm)
+    assert len(calm_extents) == most
     gc = Reclaimer(store)
     assert gc.candidates() == set()
     assert gc.collect() == cs  # only the busy chunk
@@ -286,20 +291,45 @@ def test_fragment_budget_compacts_the_most_fragmented_chunks(tmp_path):
     store.close()
 
 
-def test_fragment_budget_waits_for_a_tick_without_host_writes(tmp_path):
-    """Over the budget, compaction waits while the host writes between ticks, and runs at the
-    first tick after a quiet interval."""
+def test_fragment_budget_waits_for_a_tick_without_host_io(tmp_path):
+    """Over the budget (but within twice it), compaction waits while the host writes or reads
+    between ticks, and runs at the first tick after a quiet interval."""
     _, store, vid, model = _fragmented_pool(tmp_path, seed=8)
     clock = ManualClock()
-    gc = Reclaimer(store, clock=clock, fragment_budget=10)
+    gc = Reclaimer(store, clock=clock, fragment_budget=50)
     _fragmented(store, vid, model, range(4, 6), 3, seed=9)  # the host writes before the tick
     assert gc.keep_fragment_budget() == 0 and gc.fragment_extents == 4 * 20 + 2 * 3
-    for _ in range(3):  # it keeps writing: nothing compacted, the work waits
-        write(store, vid, model, 7 * MiB, b"y" * 10)
+    for i in range(4):  # it keeps writing, then reading: nothing compacted, the work waits
+        if i < 2:
+            write(store, vid, model, 7 * MiB, b"y" * 10)
+        else:
+            assert store.read(vid, 7 * MiB, 10) == model[7 * MiB : 7 * MiB + 10]
         clock.advance(1.0)
         assert gc.keep_fragment_budget() == 0 and gc._fragment_work
     clock.advance(1.0)  # a quiet second
     assert gc.keep_fragment_budget() > 0
+    assert store.read(vid, 0, len(model)) == model
+    store.close()
+
+
+def test_fragment_budget_compacts_under_host_io_over_twice_the_budget(tmp_path):
+    """Over HARD_FACTOR times the budget the maps are not left to grow while the host keeps
+    writing: the work found goes on in busy ticks too, down to the budget's low water."""
+    _, store, vid, model = _fragmented_pool(tmp_path, seed=12)  # 4 chunks of 20 extents
+    clock = ManualClock()
+    gc = Reclaimer(store, clock=clock, fragment_budget=(4 * 20 - 1) // HARD_FACTOR)
+    write(store, vid, model, 7 * MiB, b"y" * 10)
+    cs = store.sb.chunk_size
+    moved = gc.keep_fragment_budget()  # the host wrote since the last tick
+    assert moved >= cs and store.stats.compacted_bytes == moved
+    while gc._fragment_work:
+        write(store, vid, model, 7 * MiB, b"z" * 10)
+        clock.advance(1.0)
+        moved += gc.keep_fragment_budget()
+    clock.advance(gc.fragment_interval)
+    write(store, vid, model, 7 * MiB, b"w" * 10)
+    gc.keep_fragment_budget()
+    assert gc.fragment_extents <= int(gc.fragment_budget * fragments.LOW_WATER) + 1
     assert store.read(vid, 0, len(model)) == model
     store.close()
 
@@ -311,7 +341,7 @@ def test_fragment_budget_work_survives_a_shrink_and_a_delete(tmp_path):
     other = store.create_volume("w", 8 * MiB).id
     _fragmented(store, other, bytearray(8 * MiB), range(0, 2), 20, seed=11)
     clock = ManualClock()
-    gc = Reclaimer(store, clock=clock, fragment_budget=10)
+    gc = Reclaimer(store, clock=clock, fragment_budget=10, fragment_hard=10_000)
     write(store, vid, model, 0, b"z")  # a host write: this tick counts and picks, but waits
     assert gc.keep_fragment_budget() == 0 and len(gc._fragment_work) == 6
     end = store.sb.chunk_size + 4096
@@ -562,7 +592,7 @@ def test_a_failing_maintenance_step_holds_back_neither_commits_nor_later_steps(t
     model = bytearray(8 * MiB)
     _fragmented(store, vid, model, range(0, 4), 20, seed=3)
     gc = Reclaimer(store, clock=clock, checkpoint_interval=60.0, fragment_budget=10)
-    gc._writes_seen = store.stats.writes  # a quiet tick: the fragment budget may compact
+    gc._io_seen = (store.stats.reads, store.stats.writes)  # a quiet tick: the fragment budget may compact
     syncs = store.journal.syncs
     bug = "gc: internal error RuntimeError: injected bug at maintenance.gc"
 

@@ -179,6 +179,7 @@ def run_mixed_measured(target: Target, settings: FioSettings, job: Job, path: Pa
     # in place, and the kernel counts a whole large folio for each small write (WA of 240 at 4 KiB)
     io0 = proc_io(target.pid) if isinstance(target, Vstor) and target.pid else None
     j0 = target.appended_bytes() if isinstance(target, Vstor) else None
+    c0 = target.counters() if isinstance(target, Vstor) else None
     r = run_mixed(settings, job, path, target.dir)
     if io0 is not None and target.pid:
         io1 = proc_io(target.pid)
@@ -188,6 +189,10 @@ def run_mixed_measured(target: Target, settings: FioSettings, job: Job, path: Pa
     if j0 is not None and isinstance(target, Vstor):
         r["journal_appended_bytes"] = target.appended_bytes() - j0
         r["wa_journal"] = write_amplification(r["journal_appended_bytes"], r["bytes"])
+    if c0 is not None and isinstance(target, Vstor):
+        c1 = target.counters()  # what the maintenance loop rewrote meanwhile (all within the journal's appends)
+        r["maintenance_bytes"] = {k: c1.get(k, 0) - c0.get(k, 0)
+                                  for k in ("relocated_bytes", "compacted_bytes", "defrag_bytes")}
     return r
 
 

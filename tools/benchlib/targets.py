@@ -187,6 +187,10 @@ class Vstor(Target):
         GC and compaction moves, map and checkpoint records alike)."""
         return int(self.status()["journal"]["appended_bytes"])
 
+    def counters(self) -> dict[str, int]:
+        """The array's counters (MOUNT/stats.json): GC moves, compactions, defragmentation."""
+        return dict(json.loads((self.mnt / "stats.json").read_text())["counters"])
+
     def setup(self) -> Path:
         init = ["pool", "init", str(self.pool), "--chunk-size", "512K", *VSTOR_VARIANTS[self.variant], *self.init_args]
         if self.variant == "aes":

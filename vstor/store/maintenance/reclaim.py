@@ -39,7 +39,21 @@ if TYPE_CHECKING:
     from vstor.store.catalog.policyrun import Spawn
 
 log = logging.getLogger("vstor.reclaim")
-MAX_FRAGMENTS = 64
+# GC rewrites a volume's chunk whole once its pieces average under this many bytes. Such a
+# rewrite costs less than one piece per extent it frees; at 4 KiB pieces it would cost more
+# than the host's writes that made them (measured: 64 extents as the limit of a 512 KiB chunk
+# made the 4 KiB mixed load's journal 1.69 bytes per byte written, the limit of 128 1.39;
+# docs/benchmarks.md section 12).
+COMPACT_PIECE = 4096
+# Above the budget only when the host is idle; above this many times the budget also under
+# host I/O, so that a long burst of small writes cannot grow the maps without bound.
+HARD_FACTOR = 2
+
+
+def max_fragments(chunk_size: int) -> int:
+    """Extents above which GC compacts a volume's chunk: its pieces then average under
+    COMPACT_PIECE bytes. 4 KiB random writes alone never exceed it (512 KiB chunk: 128)."""
+    return max(1, chunk_size // COMPACT_PIECE)
 
 
 class Reclaimer(MaintenanceLoop):
@@ -51,7 +65,8 @@ class Reclaimer(MaintenanceLoop):
                  min_dead: float = 0.5, bytes_per_tick: int = 32 << 20, moves_per_tick: int = 2048,
                  seconds_per_tick: float | None = 0.15,
                  fragment_budget: int = fragments.BUDGET_BYTES // fragments.EXTENT_BYTES,
-                 fragment_interval: float = 10.0, hooks: HookRunner | None = None,
+                 fragment_interval: float = 10.0, fragment_hard: int | None = None,
+                 hooks: HookRunner | None = None,
                  spawn: Spawn | None = None, defrag: Defragmenter | None = None,
                  snapshots_in_use: Callable[[], dict[int, int]] = dict) -> None:
         """``hooks``, ``spawn``: how snapshot policies run their pre/post commands (policyrun.py).
@@ -75,9 +90,12 @@ class Reclaimer(MaintenanceLoop):
         self.seconds_per_tick = seconds_per_tick
         self.fragment_budget = fragment_budget  # chunk extents all maps may hold (fragments.py)
         self.fragment_interval = fragment_interval
+        # Over this many, the budget's compaction goes on under host I/O too.
+        self.fragment_hard = fragment_budget * HARD_FACTOR if fragment_hard is None else fragment_hard
         self.fragment_extents = 0  # what the last count found
         self._fragments_at = float("-inf")
-        self._writes_seen = self.store.stats.writes  # host writes counted at the last tick
+        self._io_seen = (self.store.stats.reads, self.store.stats.writes)  # host I/O at the last tick
+        self._fragment_urgent = False  # the work was found over HARD_FACTOR x the budget
         self._fragment_work: list[tuple[int, int]] = []  # (vid, chunk) still to compact, most extents last
         self._pending: list[tuple[str, int, int, int]] = []  # work found but not done yet ...
         self._pending_for: frozenset[int] = frozenset()  # ... for these targets
@@ -148,8 +166,8 @@ class Reclaimer(MaintenanceLoop):
 
         GC moves only the extents that live in a target segment, each as its own record, and
         repoints every map that holds it (a volume, its snapshots, clones), so shared data is
-        moved once. A volume's chunk with more than MAX_FRAGMENTS extents is instead rewritten
-        whole, once, which merges its fragments."""
+        moved once. A volume's chunk with more than max_fragments() extents is instead
+        rewritten whole, once, which merges its fragments."""
         st = self.store
         moved = 0
         # A scan finds all the work; a budgeted pass does part of it, and the rest waits for the
@@ -209,24 +227,31 @@ class Reclaimer(MaintenanceLoop):
     def keep_fragment_budget(self) -> int:
         """Every ``fragment_interval`` seconds, count the chunk extents the maps hold; while they
         exceed ``fragment_budget``, compact the chunks that free the most, within the pass's
-        byte and time limits (the rest waits for the next tick). Compaction runs only in a tick
-        with no host write since the last one, so that host I/O keeps priority: a compaction
-        rewrites a whole chunk to free its extents, and run during a burst of random writes it
-        cost IOPS through FUSE (docs/benchmarks.md §2). Memory is brought back under the budget
-        once the burst ends. Returns the bytes rewritten."""
+        byte and time limits (the rest waits for the next tick). Returns the bytes rewritten.
+
+        Over the budget, compaction runs only in a tick with no host read or write since the
+        last one, so that host I/O keeps priority: a compaction rewrites a whole chunk to free
+        its extents, and run during a burst of random writes it cost IOPS through FUSE
+        (docs/benchmarks.md section 2), during random reads the readers' CPU (section 9).
+        Memory is brought back under the budget once the burst ends. Over ``fragment_hard``
+        (HARD_FACTOR times the budget), the work found then goes on under host I/O too, so a
+        burst long enough to fragment more than that cannot grow the maps without bound."""
         st = self.store
-        writes, self._writes_seen = self._writes_seen, st.stats.writes
-        busy = writes != self._writes_seen
+        io, self._io_seen = self._io_seen, (st.stats.reads, st.stats.writes)
+        busy = io != self._io_seen
         now = self.clock.monotonic()
         if not self._fragment_work and now - self._fragments_at >= self.fragment_interval:
             self._fragments_at = now
             found = self.count_fragments()
             self.fragment_extents = found.extents
+            self._fragment_urgent = found.extents > self.fragment_hard
             self._fragment_work = fragments.pick(found, self.fragment_budget)[::-1]
             if self._fragment_work:
-                log.info("chunk maps hold %d extents, over the budget of %d: compacting %d chunks",
-                         found.extents, self.fragment_budget, len(self._fragment_work))
-        if busy:
+                log.info("chunk maps hold %d extents, over the budget of %d: compacting %d chunks%s",
+                         found.extents, self.fragment_budget, len(self._fragment_work),
+                         f" (under host I/O too: over {self.fragment_hard})"
+                         if self._fragment_urgent else " (while the host is idle)")
+        if busy and not self._fragment_urgent:
             return 0
         cs = st.sb.chunk_size
         moved = 0
@@ -254,6 +279,7 @@ class Reclaimer(MaintenanceLoop):
         and each overlay list is examined once per pass however many leaf versions share it."""
         st = self.store
         cs = st.sb.chunk_size
+        most = max_fragments(cs)
         moves: dict[tuple[int, int, int], None] = {}
         compact: dict[tuple[int, int], None] = {}
         seen: set[int] = set()
@@ -277,7 +303,7 @@ class Reclaimer(MaintenanceLoop):
                                 chunk = base | i
                                 moves[(chunk * cs, (chunk + 1) * cs, leaf.slots[i])] = None
                     for chunk, ext in leaf.overlays.items():
-                        if vid and len(ext) > MAX_FRAGMENTS:
+                        if vid and len(ext) > most:
                             vol = st.state.table.by_id_or_none(vid)
                             if vol is not None:
                                 compact[(vid, chunk)] = None

@@ -2,8 +2,8 @@
 
 A chunk written in pieces keeps a list of extents in its leaf (chunkmap.py), and each extent
 costs about EXTENT_BYTES of daemon memory. GC merges a chunk's pieces when it moves them,
-and a chunk with more than reclaim.MAX_FRAGMENTS extents is compacted, but neither bounds
-the total: random small writes can leave up to MAX_FRAGMENTS extents in every chunk of a
+and a chunk whose pieces average under reclaim.COMPACT_PIECE bytes is compacted, but neither bounds
+the total: random 4 KiB writes can leave chunk_size / 4096 extents in every chunk of a
 volume, which for a TiB is gigabytes. The maintenance loop therefore counts the extents the
 pool's maps hold (``census``) and, when they exceed the budget, compacts the chunks that free
 the most (``pick``) until the count is back below a low-water mark.
