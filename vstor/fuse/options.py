@@ -13,6 +13,14 @@ Measured choices (docs/benchmarks.md):
     serves with at most ``max_threads`` threads (10); 16 O_DSYNC writes in flight then reach
     vstor's group commit 10 at a time at most. 64 and 32 (benchmarks.md §13: 4 KiB O_DSYNC
     writes at QD16 on a RADOS pool, 1,029 -> 1,673 IOPS in one loaded run).
+  * No FUSE_CAP_AUTO_INVAL_DATA (libfuse3 asks for it by default). With it, the kernel asks
+    the server for the file's attributes before every buffered read that follows a write
+    (each write marks the cached size and mtime stale), to drop the page cache if the mtime
+    moved. Nothing changes a volume's image behind the kernel's back (its mtime is constant:
+    vstor/fuse/ops.py), so for vstor it was a GETATTR round trip per read after a write: under
+    the 4 KiB 70/30 mixed load 0.7 GETATTRs per write, a fifth of all requests (benchmarks.md
+    §12). The kernel still refreshes the size when the attributes expire (1 s) and before a
+    read past the cached end, and drops an image's page cache when it is opened.
 """
 
 from __future__ import annotations
@@ -31,12 +39,13 @@ MAX_THREADS = 32
 MAX_BACKGROUND = 64
 PR_SET_IO_FLUSHER = 57
 READAHEAD_KB = 1024
+FUSE_CAP_AUTO_INVAL_DATA = 1 << 12  # libfuse3's fuse_common.h
 
 # Benchmark-only overrides of the choices above, to measure each one against its alternative
 # (tools/bench_tuning.py): VSTOR_FUSE_TUNING="threads=0,max_write=131072,readahead_kb=128,
-# blksize=4096,statfs_bsize=4096,io_flusher=0,keep_tstate=0". Unset in normal use.
+# blksize=4096,statfs_bsize=4096,io_flusher=0,keep_tstate=0,auto_inval_data=1". Unset in normal use.
 TUNING_KEYS = ("threads", "max_write", "readahead_kb", "blksize", "statfs_bsize", "io_flusher", "max_threads",
-               "max_background", "keep_tstate")
+               "max_background", "keep_tstate", "auto_inval_data")
 
 
 def tuning() -> dict[str, int]:
@@ -75,14 +84,19 @@ def _has_max_threads() -> bool:
 
 
 def tune_connection(conn: Any) -> dict[str, int]:
-    """Called from init_with_config: negotiate the request size. Returns what was agreed."""
+    """Called from init_with_config: negotiate the request size, the background queue and the
+    cache rules above. Returns what was agreed."""
     if conn is not None:
         conn.max_read = MAX_REQUEST
         conn.max_write = min(conn.max_write or MAX_REQUEST, tuning().get("max_write", MAX_REQUEST))
         conn.max_background = tuning().get("max_background", MAX_BACKGROUND)
         conn.congestion_threshold = conn.max_background * 3 // 4
+        if not tuning().get("auto_inval_data", 0):
+            conn.want &= ~FUSE_CAP_AUTO_INVAL_DATA
         agreed = {"max_write": int(conn.max_write), "max_read": int(conn.max_read),
                   "max_background": int(conn.max_background)}
+        log.info("FUSE automatic page cache invalidation: %s",
+                 "on" if conn.want & FUSE_CAP_AUTO_INVAL_DATA else "off")
     else:
         agreed = {}
     log.info("FUSE connection: %s", agreed)
