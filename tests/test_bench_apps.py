@@ -90,11 +90,12 @@ def test_mixed_report_splits_the_write_amplification() -> None:
     job = MIXED_JOBS[0]
     row = {"read_iops": 6067, "write_iops": 2601, "read_p99_us": 305.2, "write_p99_us": 268.3,
            "fsync_p99_us": 1663.0, "clat_p99_us": 300.0, "min_second_iops": 5913, "stall_seconds": [],
-           "wa_disk": 1.768, "wa_journal": 1.398}
+           "wa_device": 1.54, "wa_disk": 1.768, "wa_journal": 1.398}
     vstor = {**row, "maintenance_bytes": {"relocated_bytes": 480_400_000, "compacted_bytes": 10_000_000,
                                           "defrag_bytes": 0}}
     results = {"passthrough": {"kind": "passthrough", "jobs": {job.name: {**row, "clat_p99_us": 150.0}}},
                "vstor-plain": {"kind": "vstor", "jobs": {job.name: vstor}}}
     text = mixed_report(results, {"vstor-plain/passthrough": {job.name: 0.49}}, (job,))
-    assert "journal 1.398 (GC moves 470.4 MB, compactions 10.0 MB, of them defragmentation 0.0 MB)" in text
+    assert ("WA device 1.54, dirtied 1.768, journal 1.398 (GC moves 470.4 MB, compactions 10.0 MB, of them "
+            "defragmentation 0.0 MB)") in text
     assert "IOPS 0.49 (NOT met, >= 0.8); p99 2.0x (met, <= 3x); stalls 0 (met, none); WA journal 1.398 (met" in text

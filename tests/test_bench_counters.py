@@ -21,7 +21,7 @@ PROC = "4242 (python3 -m vstor) S 1 4242 4242 0 -1 4194560 100 3 7 2 250 75 0 0 
 
 def test_parsers_pick_the_documented_fields() -> None:
     assert parse_diskstat(DISKSTAT) == {"reads": 1000, "merged": 200, "sectors": 409600, "read_ms": 3000,
-                                        "busy_ms": 2500}
+                                        "sectors_written": 40, "busy_ms": 2500}
     cpu = parse_cpu(CPU, hz=100)
     assert (cpu["user"], cpu["system"], cpu["iowait"], cpu["softirq"], cpu["steal"]) == (1.0, 3.0, 0.4, 0.03, 0.11)
     assert parse_proc_cpu(PROC, hz=100) == 3.25  # utime 250 + stime 75 ticks; the name holds spaces

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.benchlib import options
+from tools.benchlib.counters import device_written, disk_of
 from tools.benchlib.fio import JOBS, PHASES, FioSettings, Job, direct_io_works, fio_version, run_job
 from tools.benchlib.hostmem import steady_memory
 from tools.benchlib.mixed import MIXED_JOBS, MIXED_RUNTIME, mixed_report, proc_io, run_mixed, write_amplification
@@ -174,13 +175,21 @@ def measure(target: Target, settings: FioSettings, res: dict[str, Any], read_rep
 
 
 def run_mixed_measured(target: Target, settings: FioSettings, job: Job, path: Path) -> dict[str, Any]:
-    """A mixed job, with what the FUSE server wrote to disk (and vstor's journal appended) meanwhile."""
-    # vstor only: its journal appends, so /proc/PID/io counts what it writes; the passthrough writes
-    # in place, and the kernel counts a whole large folio for each small write (WA of 240 at 4 KiB)
+    """A mixed job, with what the disk under the targets wrote meanwhile (the job, then a sync:
+    nothing else runs) and, for vstor, what the FUSE server dirtied and its journal appended."""
+    # /proc/PID/io counts the pages a process dirties, a whole large folio at a time: the
+    # passthrough writes in place (WA of 240 at 4 KiB by that count), and vstor's pwrites into
+    # reused segment files count folios too. The device's own count is what reached the disk.
+    disk = disk_of(target.dir)
+    os.sync()
+    d0 = device_written(disk)
     io0 = proc_io(target.pid) if isinstance(target, Vstor) and target.pid else None
     j0 = target.appended_bytes() if isinstance(target, Vstor) else None
     c0 = target.counters() if isinstance(target, Vstor) else None
     r = run_mixed(settings, job, path, target.dir)
+    os.sync()
+    r["device_write_bytes"] = device_written(disk) - d0
+    r["wa_device"] = write_amplification(r["device_write_bytes"], r["bytes"])
     if io0 is not None and target.pid:
         io1 = proc_io(target.pid)
         disk = (io1["write_bytes"] - io0["write_bytes"]) - (io1["cancelled_write_bytes"] - io0["cancelled_write_bytes"])

@@ -31,9 +31,16 @@ def disk_of(path: str | Path) -> str:
 
 
 def parse_diskstat(text: str) -> dict[str, int]:
-    """/sys/block/DEV/stat: reads completed, reads merged, sectors read, ms reading, ..., ms busy."""
+    """/sys/block/DEV/stat: reads completed, reads merged, sectors read, ms reading, ..., sectors
+    written (the 7th field), ..., ms busy."""
     f = [int(x) for x in text.split()]
-    return {"reads": f[0], "merged": f[1], "sectors": f[2], "read_ms": f[3], "busy_ms": f[9]}
+    return {"reads": f[0], "merged": f[1], "sectors": f[2], "read_ms": f[3], "sectors_written": f[6],
+            "busy_ms": f[9]}
+
+
+def device_written(disk: str) -> int:
+    """Bytes the block device ``disk`` (a /sys/block name) has written since boot."""
+    return parse_diskstat(Path(f"/sys/block/{disk}/stat").read_text())["sectors_written"] * SECTOR
 
 
 def parse_cpu(text: str, hz: int) -> dict[str, float]:

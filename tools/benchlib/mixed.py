@@ -143,15 +143,16 @@ def mixed_report(results: dict[str, dict[str, Any]], rat: dict[str, dict[str, fl
                  jobs: tuple[Job, ...]) -> str:
     """Per target and mixed job: the split, p99s, stalls and write amplification; then vstor
     against the passthrough on the issue's targets (IOPS >= 0.8, p99 <= 3x, no stall, WA < 1.5)."""
-    lines = ["MIXED LOAD (70/30 randrw, fsync every 32 writes; p99 in us; WA = bytes written to disk "
-             "by the server / bytes fio wrote)"]
+    lines = ["MIXED LOAD (70/30 randrw, fsync every 32 writes; p99 in us; WA = bytes written / bytes fio wrote: "
+             "by the disk, dirtied by the server (/proc/PID/io), appended by vstor's journal)"]
     mixed = [j for j in jobs if j in MIXED_JOBS]
     for name, r in results.items():
         for job in mixed:
             m = r.get("jobs", {}).get(job.name)
             if not m:
                 continue
-            wa = f"WA disk {m.get('wa_disk')}" + (f", journal {m['wa_journal']}" if "wa_journal" in m else "")
+            wa = (f"WA device {m.get('wa_device')}, dirtied {m.get('wa_disk')}"
+                  + (f", journal {m['wa_journal']}" if "wa_journal" in m else ""))
             if m.get("maintenance_bytes"):
                 mb = {k: v / 1e6 for k, v in m["maintenance_bytes"].items()}
                 wa += (f" (GC moves {mb['relocated_bytes'] - mb['compacted_bytes']:,.1f} MB, compactions "
