@@ -12,14 +12,10 @@ alternates writes and reads through one open descriptor; the control run with
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-
-from vstor.control.mounts import unmount
+from fusekit import served
 
 SERVER = r"""
 import errno, stat, sys
@@ -69,18 +65,8 @@ ROUNDS = 200
 
 def _getattrs_while_mixing(tmp_path: Path, tuning: str) -> int:
     """GETATTRs of the file during ROUNDS writes, each followed by a read elsewhere."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir(parents=True)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), VSTOR_FUSE_TUNING=tuning)
     count = tmp_path / "getattrs"
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(mnt), str(count)], env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while not os.path.ismount(mnt):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise AssertionError(f"the FUSE server did not mount: {err}")
-            time.sleep(0.05)
+    with served(tmp_path / "mnt", SERVER, str(count), tuning=tuning) as mnt:
         fd = os.open(mnt / "img", os.O_RDWR)
         try:
             before = int(count.read_text())
@@ -90,11 +76,6 @@ def _getattrs_while_mixing(tmp_path: Path, tuning: str) -> int:
             return int(count.read_text()) - before
         finally:
             os.close(fd)
-    finally:
-        if os.path.ismount(mnt):
-            unmount(str(mnt))
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.mark.root

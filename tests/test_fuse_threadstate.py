@@ -10,14 +10,10 @@ as ctypes does for a foreign thread) none does: the control run shows the test c
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-
-from vstor.control.mounts import unmount
+from fusekit import served
 
 SERVER = r"""
 import errno, stat, sys, threading
@@ -41,23 +37,8 @@ LOOKUPS = 200
 
 
 def _serve_and_look_up(tmp_path: Path, tuning: str) -> list[int]:
-    mnt = tmp_path / "mnt"
-    mnt.mkdir(parents=True)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), VSTOR_FUSE_TUNING=tuning)
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(mnt)], env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while not os.path.ismount(mnt):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise AssertionError(f"the FUSE server did not mount: {err}")
-            time.sleep(0.05)
+    with served(tmp_path / "mnt", SERVER, tuning=tuning) as mnt:
         return [os.stat(mnt / f"f{i}").st_size for i in range(LOOKUPS)]
-    finally:
-        if os.path.ismount(mnt):
-            unmount(str(mnt))
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.mark.root

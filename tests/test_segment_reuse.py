@@ -74,6 +74,17 @@ def _crash(st: Store) -> None:
     st.backend.close()
 
 
+def _crash_and_check(st: Store, pool: str, vid: int, model: bytearray) -> None:
+    """Crash ``st``, open the pool again: a clean end (no torn tail), every block its newest version."""
+    _crash(st)
+    st = Store.open(pool)
+    try:
+        assert st.recovery["torn_tail"] is None
+        _check(st, vid, model)
+    finally:
+        st.close()
+
+
 def _pool_with_spares(tmp_path, seed: int,
                       faults: Faults | None = None) -> tuple[str, Store, int, random.Random, bytearray]:
     """A pool whose first segments died and were kept as spares; its store, volume, and model."""
@@ -123,13 +134,7 @@ def test_an_earlier_use_of_a_reused_file_is_never_replayed_after_a_crash(tmp_pat
         st.sync()
     tail = st.journal.tail()
     assert tail[0] == reused and os.path.getsize(os.path.join(pool, "journal", segment_name(reused))) > tail[1]
-    _crash(st)
-    st = Store.open(pool)
-    try:
-        assert st.recovery["torn_tail"] is None
-        _check(st, vid, model)
-    finally:
-        st.close()
+    _crash_and_check(st, pool, vid, model)
 
 
 def test_damage_inside_durable_data_of_a_reused_segment_is_reported(tmp_path):
@@ -274,10 +279,4 @@ def test_small_records_reach_a_reused_file_by_pwrite_and_a_new_one_through_the_m
     st.sync()
     assert st.journal.current_segno == reused
     _check(st, vid, model)
-    _crash(st)
-    st = Store.open(pool)
-    try:
-        assert st.recovery["torn_tail"] is None
-        _check(st, vid, model)
-    finally:
-        st.close()
+    _crash_and_check(st, pool, vid, model)
