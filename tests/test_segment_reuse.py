@@ -225,12 +225,17 @@ def _one_spare(tmp_path) -> tuple[Path, SpareSegments]:
 
 
 def test_a_spare_name_left_beside_the_segment_it_became_is_dropped(tmp_path):
+    """After a crash between take()'s link and its unlink, the spare name is not a spare; the
+    next take drops it. Listing and counting (every statfs and status) change nothing: run
+    while a take is between those two steps, a removal there would fail the take's unlink."""
     jdir, spares = _one_spare(tmp_path)
     (name,) = spares.names()
-    new = str(jdir / segment_name(7))
-    os.link(os.path.join(spares.dir, name), new)  # a crash between take()'s link and its unlink
-    assert spares.names() == [] and os.path.exists(new)
+    spare, new = os.path.join(spares.dir, name), str(jdir / segment_name(7))
+    os.link(spare, new)  # a crash (or a take in progress) between take()'s link and its unlink
+    assert spares.names() == [] and spares.summary() == (0, 0)
+    assert os.path.exists(spare) and os.path.exists(new)  # the queries removed nothing
     assert not spares.take(str(jdir / segment_name(8)), pack_segment_header(b"u" * 16, 8, 1))
+    assert not os.path.exists(spare) and os.path.exists(new)
 
 
 def test_taking_a_spare_never_replaces_an_existing_segment(tmp_path):

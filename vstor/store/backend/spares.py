@@ -22,8 +22,9 @@ Guarantees:
   over the old one and fdatasynced first, then the file is linked at the segment's name
   (FileExistsError if that exists) and the spare name removed, both directories synced. After
   a crash there is the spare (its header old or new, never listed as a segment), or the new
-  segment; if both names survived, the spare name is dropped the next time spares are listed
-  (a spare with more than one link is a segment's file).
+  segment; if both names survived, the spare name is dropped by the next keep, take or release
+  (a spare with more than one link is a segment's file; listing and counting skip it and
+  change nothing, so a status query during a take cannot undo the take's own steps).
 * :meth:`SpareSegments.release` removes every spare (the pool is short of space).
 """
 
@@ -54,18 +55,30 @@ class SpareSegments:
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
-        """Spare files, oldest first; drops a spare name left beside the segment it became."""
+        """Spare files, oldest first; a spare name left linked beside the segment it became (a
+        crash inside take, or a take in progress) is not one. Changes nothing."""
+        return [n for n, links in self._listing() if links == 1]
+
+    def _listing(self) -> list[tuple[str, int]]:
         try:
             names = sorted(n for n in os.listdir(self.dir) if n.endswith(SPARE_SUFFIX))
         except FileNotFoundError:
             return []
         out = []
         for n in names:
-            path = os.path.join(self.dir, n)
             with contextlib.suppress(FileNotFoundError):
-                if os.stat(path).st_nlink > 1:  # a crash between take()'s link and its unlink
-                    remove_durably(path)
-                    continue
+                out.append((n, os.stat(os.path.join(self.dir, n)).st_nlink))
+        return out
+
+    def _usable(self) -> list[str]:
+        """:meth:`names`, after durably dropping the spare names a crash inside take left beside
+        their segments (caller holds ``_lock``, as take does for its link and unlink)."""
+        out = []
+        for n, links in self._listing():
+            if links > 1:
+                with contextlib.suppress(FileNotFoundError):
+                    remove_durably(os.path.join(self.dir, n))
+            else:
                 out.append(n)
         return out
 
@@ -90,7 +103,7 @@ class SpareSegments:
         return False
 
     def _qualifies(self, path: str) -> bool:
-        if self.limit <= 0 or len(self.names()) >= self.limit:
+        if self.limit <= 0 or len(self._usable()) >= self.limit:
             return False
         try:
             with open(path, "rb") as f:
@@ -107,7 +120,7 @@ class SpareSegments:
         """Start a segment at ``path`` in a spare file, with ``header`` marked SEG_REUSED.
         False when there is no spare (the caller creates a new file)."""
         with self._lock:
-            names = self.names()
+            names = self._usable()
             if not names:
                 return False
             spare = os.path.join(self.dir, names[0])
@@ -127,7 +140,7 @@ class SpareSegments:
     def release(self) -> int:
         """Remove every spare file; returns how many."""
         with self._lock:
-            names = self.names()
+            names = self._usable()
             for n in names:
                 remove_durably(os.path.join(self.dir, n))
             return len(names)
