@@ -99,7 +99,7 @@ def journal_families(usage: dict, counters: dict, failed: str, maintenance_error
             ("vstor_gc_relocated_bytes", "relocated_bytes",
              "bytes copied forward by maintenance: GC moves and chunk compactions"),
             ("vstor_gc_compacted_bytes", "compacted_bytes",
-             "of those, bytes rewritten by chunk compactions (fragment budget, defragmentation)"),
+             "of those, bytes rewritten by chunk compactions (GC, fragment budget, defragmentation)"),
             ("vstor_gc_segments_deleted", "segments_deleted", "journal segments deleted by GC"),
             ("vstor_defrag_bytes", "defrag_bytes", "bytes rewritten in logical order by defragmentation"),
             ("vstor_defrag_windows", "defrag_windows", "scattered windows rewritten by defragmentation"),

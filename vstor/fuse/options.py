@@ -18,7 +18,7 @@ Measured choices (docs/benchmarks.md):
     (each write marks the cached size and mtime stale), to drop the page cache if the mtime
     moved. Nothing changes a volume's image behind the kernel's back (its mtime is constant:
     vstor/fuse/ops.py), so for vstor it was a GETATTR round trip per read after a write: under
-    the 4 KiB 70/30 mixed load 0.7 GETATTRs per write, a fifth of all requests (benchmarks.md
+    the 4 KiB 70/30 mixed load 0.7 GETATTRs per write, a sixth of all requests (benchmarks.md
     §12). The kernel still refreshes the size when the attributes expire (1 s) and before a
     read past the cached end, and drops an image's page cache when it is opened.
 """

@@ -33,7 +33,7 @@ class Counters:
     read_errors: int = 0
     enospc: int = 0
     relocated_bytes: int = 0  # copied forward by maintenance: GC moves and compactions alike
-    compacted_bytes: int = 0  # of those, chunk compactions (fragment budget, defragmentation)
+    compacted_bytes: int = 0  # of those, chunk compactions (GC's, the fragment budget's, defragmentation)
     segments_deleted: int = 0
     checkpoints: int = 0
     maintenance_errors: int = 0  # failed maintenance ticks (Reclaimer.run_tick)
