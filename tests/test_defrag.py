@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from crashkit import CHILD_PRELUDE, pool_check_passes, run_killed
 from poolkit import MiB, make_pool
 
 from vstor.store.catalog import snapshots
@@ -138,16 +137,9 @@ def test_defrag_never_duplicates_what_a_snapshot_shares(tmp_path):
     st.close()
 
 
-CHILD = textwrap.dedent("""
-    import os, random, sys
-    sys.path.insert(0, {tests!r})
+CHILD = CHILD_PRELUDE + textwrap.dedent("""
     from test_defrag import SIZE, _age
-    from vstor.faults import Faults
     from vstor.store.maintenance.defrag import Defragmenter
-    from vstor.store.store import Store
-    pool, spec = sys.argv[1], sys.argv[2]
-    faults = Faults()
-    st = Store.open(pool, faults=faults)
     vid = st.create_volume("v", SIZE).id
     model = bytearray(random.Random(9).randbytes(SIZE))
     for off in range(0, SIZE, 1 << 20):
@@ -158,9 +150,7 @@ CHILD = textwrap.dedent("""
         f.write(model)
         f.flush()
         os.fsync(f.fileno())
-    point, _, rest = spec.partition("=")
-    action, _, at = rest.partition("@")
-    faults.arm(point, action, int(at))
+    arm()
     Defragmenter(st, seconds_per_tick=60.0).tick()
     st.sync()
     print("survived")
@@ -169,17 +159,13 @@ CHILD = textwrap.dedent("""
 
 def _crash(tmp_path, spec: str) -> None:
     pool = make_pool(tmp_path)
-    code = CHILD.format(tests=os.path.dirname(__file__))
-    r = subprocess.run([sys.executable, "-c", code, pool, spec], capture_output=True, text=True, timeout=120)
-    assert r.returncode == -9, r.stdout + r.stderr
+    run_killed(CHILD.format(tests=os.path.dirname(__file__)), pool, spec)
     with open(pool + ".model", "rb") as f:
         model = f.read()
     st = Store.open(pool)
     assert st.read(st.volume("v").id, 0, SIZE) == model
     st.close()
-    r = subprocess.run([sys.executable, "-m", "vstor.cli.main", "pool", "check", pool], capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    pool_check_passes(pool)
 
 
 def test_crash_before_a_defrag_rewrite(tmp_path):

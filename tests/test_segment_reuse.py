@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 import pytest
+from crashkit import crash, reopen_clean
 from poolkit import MiB, make_pool, seg_flip
 
 from vstor.errors import CorruptData, PoolFull, VstorError
@@ -66,23 +67,10 @@ def _header(pool: str, segno: int) -> bytes:
         return f.read(SEGMENT_HEADER_SIZE)
 
 
-def _crash(st: Store) -> None:
-    """Drop the store as kill -9 would: no checkpoint, the newest segment not cut at its tail
-    (the page cache keeps every record written, as it does when only the process dies)."""
-    st.journal.failed = "test crash"
-    st.journal.close()
-    st.backend.close()
-
-
 def _crash_and_check(st: Store, pool: str, vid: int, model: bytearray) -> None:
     """Crash ``st``, open the pool again: a clean end (no torn tail), every block its newest version."""
-    _crash(st)
-    st = Store.open(pool)
-    try:
-        assert st.recovery["torn_tail"] is None
-        _check(st, vid, model)
-    finally:
-        st.close()
+    crash(st)
+    reopen_clean(pool, lambda st: _check(st, vid, model))
 
 
 def _pool_with_spares(tmp_path, seed: int,
@@ -145,7 +133,7 @@ def test_damage_inside_durable_data_of_a_reused_segment_is_reported(tmp_path):
     st.sync()
     st.write(vid, MiB, rng.randbytes(4096))  # carries a commit marker covering the write above
     assert segment_flags(_header(pool, loc_segno(loc))) & SEG_REUSED
-    _crash(st)
+    crash(st)
     seg_flip(pool, loc_segno(loc), loc_pos(loc) + 64 + 32 + 1000)
     with pytest.raises(CorruptData, match="durable"):
         Store.open(pool)
@@ -161,7 +149,7 @@ def test_a_crash_while_a_spare_becomes_a_segment_leaves_a_pool_that_opens(tmp_pa
     with pytest.raises(VstorError):
         for _ in range(64):
             _fill(st, vid, rng, model, 1, MiB)  # the failing write raises before the model has it
-    _crash(st)
+    crash(st)
     assert _spares(pool) == kept  # the spare keeps its file, with the header of a segment never made
     st = Store.open(pool)
     try:
