@@ -103,7 +103,8 @@ def test_volume_io_record_is_cheap():
 
 def test_journal_families_map_usage_counters_and_failure():
     usage = {"segments": 3, "journal_bytes": 3 << 20, "mapped_bytes": 1 << 20, "free_bytes": 10 << 30,
-             "durable": [4, 100], "tail": [4, 200], "checkpoint": [2, 0], "group_seq": {}, "spare_bytes": 32 << 20}
+             "durable": [4, 100], "tail": [4, 200], "checkpoint": [2, 0], "group_seq": {}, "spare_bytes": 32 << 20,
+             "prepared_bytes": 48 << 20}
     counters = {"relocated_bytes": 777, "compacted_bytes": 512, "checkpoints": 5, "maintenance_errors": 2,
                 "segments_deleted": 1}
     m = scrape_families(journal_families(usage, counters, "EIO on segment 4", "disk full"))
@@ -116,6 +117,7 @@ def test_journal_families_map_usage_counters_and_failure():
     assert value(m, "vstor_gc_relocated_bytes_total") == 777
     assert value(m, "vstor_gc_compacted_bytes_total") == 512
     assert value(m, "vstor_spare_segment_bytes") == 32 << 20
+    assert value(m, "vstor_journal_prepared_bytes_total") == 48 << 20
     assert value(m, "vstor_checkpoints_total") == 5
     assert value(m, "vstor_maintenance_errors_total") == 2
     ok = scrape_families(journal_families(usage, {}, "", ""))

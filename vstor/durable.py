@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 
-SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
+SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4  # <linux/fs.h>
 _libc = ctypes.CDLL(None, use_errno=True)
 _sync_file_range = getattr(_libc, "sync_file_range", None)
 if _sync_file_range is not None:
@@ -42,9 +42,28 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
     less left to wait for. Raises OSError if the kernel reports a write error (the caller
     must treat it like a failed fdatasync). A no-op where the call does not exist.
     """
+    _sync_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)
+
+
+def write_back(fd: int, offset: int, nbytes: int) -> None:
+    """Write the dirty pages of [offset, offset+nbytes) of ``fd`` to disk and wait until
+    they are written (``sync_file_range`` with WAIT_BEFORE, WRITE and WAIT_AFTER).
+
+    Guarantees nothing about durability either: no metadata is written and the disk's
+    cache is not flushed. It bounds how much of the range is still being written when it
+    returns (nothing), so that another thread's fdatasync of the file, which waits for every
+    page under writeback, does not wait for it. It may report and clear a write error of the
+    file for ``fd``'s open file description: use a descriptor of its own (``os.open``, not
+    ``os.dup``), so the file's other users still see the error. A no-op where the call does
+    not exist.
+    """
+    _sync_range(fd, offset, nbytes, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
+
+
+def _sync_range(fd: int, offset: int, nbytes: int, flags: int) -> None:
     if _sync_file_range is None or nbytes <= 0:
         return
-    if _sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE) != 0:
+    if _sync_file_range(fd, offset, nbytes, flags) != 0:
         err = ctypes.get_errno()
         if err not in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE):
             raise OSError(err, os.strerror(err))

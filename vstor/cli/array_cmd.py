@@ -246,6 +246,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"space     {format_size(j['free_bytes'], True)} free in the filesystem under the pool"
             + (f", {format_size(j['spare_bytes'], True)} in {j['spare_segments']} spare segment file(s) kept for reuse"
                if j.get("spare_segments") else ""),
+            *([f"prepared  {format_size(j['prepared_bytes'], True)} of journal space written ahead of the tail "
+               f"(syncs every {format_size(j.get('sync_mean_bytes', 0), True)} on average)"]
+              if j.get("prepared_bytes") else []),
             *([f"storage   {outage_line(j['outage'])}"] if j.get("outage") else []),
             f"fuse      {_fuse_line(s['fuse'])}",
             f"recovery  {_recovery_line(s['recovery'])}",

@@ -115,6 +115,9 @@ def journal_families(usage: dict, counters: dict, failed: str, maintenance_error
             ("vstor_enospc", "enospc", "writes refused because the pool was full"),
             ("vstor_snapshots_taken", "snapshots_taken", "snapshots taken")):
         out.append(CounterMetricFamily(name, doc, value=counters.get(key, 0)))
+    out.append(CounterMetricFamily("vstor_journal_prepared_bytes",
+                                   "zeros written ahead of the journal tail while syncs were dense",
+                                   value=usage.get("prepared_bytes", 0)))
     return out
 
 

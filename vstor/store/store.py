@@ -346,6 +346,8 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
                     "spare_bytes": spare_bytes, "mapped_bytes": self.state.mapped_bytes(),
                     "free_bytes": self.space.free_bytes(), "durable": list(self.journal.durable_position()),
                     "tail": list(self.journal.tail()), "checkpoint": list(self.ckpt_position),
+                    "prepared_bytes": self.journal.prepared_bytes,
+                    "sync_mean_bytes": round(self.journal.density.mean),
                     "group_seq": dict(self.state.group_seq)}
 
     def close(self, checkpoint: bool = True) -> None:

@@ -6,9 +6,12 @@ to numbered segment files with group commit (``groupcommit``: the gate in front 
 and data and scans segments; ``hcache`` caches record headers and frame tables; ``consumers``
 keeps the durable positions of named journal readers (replication, backup) and reads records
 in order; ``outage`` says which failures of a remote backend suspend the journal, and
-``resume`` continues it in a new segment that seals the old one once the backend answers again.
+``resume`` continues it in a new segment that seals the old one once the backend answers again;
+``prewrite`` decides when the writer writes the space ahead of its tail first (dense syncs)
+and runs that in a thread of its own.
 """
 
 from __future__ import annotations
 
-__all__ = ["consumers", "format", "groupcommit", "hcache", "outage", "resume", "segfiles", "segread", "writer"]
+__all__ = ["consumers", "format", "groupcommit", "hcache", "outage", "prewrite", "resume", "segfiles", "segread",
+           "writer"]

@@ -8,7 +8,10 @@ every payload byte is written once. Guarantees (the block-device contract rests 
   machine before the next sync can lose it. A small record (up to SMALL_RECORD) is copied
   into a shared memory map of the segment (a window of WINDOW_BYTES, allocated with
   fallocate before it is mapped), so a 4 KiB write costs a memory copy, not a system call
-  that gives up the GIL. A larger record is written with one pwritev.
+  that gives up the GIL. A larger record is written with one pwritev, and so is any record
+  that lands in space already written: a reused segment file (backend/spares.py), or zeros
+  a thread of the journal wrote ahead of the tail while syncs came often (prewrite.py), so
+  that an fdatasync need not commit the filesystem's extent conversion.
 * ``sync`` returns once every record appended before the call is on stable storage.
   Concurrent callers share one fdatasync (group commit); a caller whose records were
   made durable by another's fdatasync returns without a system call.
@@ -36,13 +39,14 @@ durable once ``sync`` returns, and a failed write fails the journal.
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import os
 import threading
 import time
 from collections.abc import Callable
 
-from vstor.durable import start_writeback
+from vstor.durable import start_writeback, write_back
 from vstor.errors import PoolFull, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
@@ -61,6 +65,7 @@ from vstor.store.journal.format import (
 )
 from vstor.store.journal.groupcommit import GroupCommit
 from vstor.store.journal.outage import Outage
+from vstor.store.journal.prewrite import PREWRITE_LOW, PREWRITE_STEP, Prewriter, SyncDensity, prewrite_range
 from vstor.store.journal.resume import ResumeMixin
 from vstor.store.journal.segfiles import SegmentCatalog
 from vstor.store.journal.segread import SegmentReader
@@ -76,6 +81,9 @@ ALIGN_FROM = 64 * 1024  # records this large end with padding to the backend's a
 # writes with an fsync every 32 (docs/benchmarks.md section 12). A pwrite dirties only the blocks
 # it covers; read ahead, the pages it lands in need no synchronous read first.
 REUSED_AHEAD = 1024 * 1024
+_ZEROS = bytes(PREWRITE_STEP)
+
+log = logging.getLogger("vstor.journal")
 
 
 class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
@@ -102,6 +110,11 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
         self._win_start = self._win_end = 0
         self._reused = False  # the current segment's file held an earlier segment (written with pwrite)
         self._ahead = 0  # ... and is read into the page cache up to here
+        self._prepared = 0  # the current segment's space is written (zeros, prewrite.py) up to here
+        self._prepare_off = False  # preparing failed in this segment (a full filesystem): not again
+        self.density = SyncDensity()  # bytes appended per fdatasync: dense syncs start the preparing
+        self.prepared_bytes = 0  # zeros written ahead of the tail since the journal opened
+        self._prewriter = Prewriter(self._prepare_step, f"vstor-prewrite {directory}") if self._files else None
         self._durable = (0, 0)
         self._marked = 0  # position in the current segment covered by the last commit marker
         self._marker_end = 0  # the tail right after a marker mark() wrote
@@ -159,6 +172,7 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
             self._marked, self._pending, self._reserved = SEGMENT_HEADER_SIZE, None, None
             self._marker_end = 0
             self._reused, self._ahead = reused, SEGMENT_HEADER_SIZE
+            self._prepared, self._prepare_off = SEGMENT_HEADER_SIZE, False
         if old >= 0:
             os.close(old)
 
@@ -228,7 +242,7 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
                     os.kill(os.getpid(), 9)
                 if not self._files:  # queued on the backend; a failure surfaces at the next sync
                     self.backend.write_segment(self._segno, pos, b"".join(buffers))
-                elif total <= SMALL_RECORD and not self._reused:
+                elif total <= SMALL_RECORD and not self._reused and pos + total > self._prepared:
                     win = self._window(pos, total)
                     at = pos - self._win_start
                     for b in buffers:  # copied into the page cache; the caller may reuse its buffers
@@ -251,6 +265,9 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
                                    "(delete volumes, fstrim) or grow the filesystem under the pool") from None
                 self._fail(f"journal write failed: {e}")
             self._tail = pos + total
+            if (self._prewriter is not None and self._prepared - self._tail < PREWRITE_LOW and not self._reused
+                    and not self._prepare_off and self.density.dense):
+                self._prewriter.poke()
             if self._files and self._tail - self._written_back >= WRITEBACK_BYTES:
                 try:
                     self.faults.hit("journal.writeback")
@@ -274,6 +291,43 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
                 os.posix_fadvise(self._fd, start, self._ahead - start, os.POSIX_FADV_WILLNEED)
             except OSError:
                 pass
+
+    def _prepare_step(self) -> bool:
+        """Write the next PREWRITE_STEP of zeros ahead of the tail and wait for their
+        writeback (prewrite.py; run by the Prewriter's thread). False when nothing is to be
+        prepared now. The zeros are written under the appenders' lock, so they land only past
+        the tail as it stands; the writeback is waited for after it, through a descriptor of
+        its own (``write_back`` may consume a write error, which the journal's fdatasync must
+        still see). Waiting keeps at most one step under writeback: an fdatasync of the
+        segment waits for every page being written, and with 16 MiB started at once one did
+        every 0.3 s for 7-9 ms (benchmarks.md section 12)."""
+        with self._lock:
+            if self._fd < 0 or self.failed or self._reused or self._prepare_off or not self.density.dense:
+                return False
+            rng = prewrite_range(self._tail, self._prepared, self.segment_size)
+            if rng is None:
+                return False
+            start, end = rng
+            segno = self._segno
+            try:
+                self.faults.hit("journal.prewrite")
+                os.posix_fallocate(self._fd, start, end - start)  # a full filesystem fails here, not in writeback
+                n = os.pwrite(self._fd, _ZEROS[: end - start], start)
+            except OSError as e:
+                self._prepare_off = True  # the records go through the map as before
+                log.info("journal segment %d: space ahead of the tail not prepared (%s)", segno, e)
+                return False
+            self._prepared = start + n
+            self.prepared_bytes += n
+        try:
+            fd = os.open(self.path(segno), os.O_RDONLY)
+            try:
+                write_back(fd, start, n)
+            finally:
+                os.close(fd)
+        except OSError as e:  # a real write error reaches the journal's own fdatasync too
+            log.info("journal segment %d: writeback of the space prepared ahead failed (%s)", segno, e)
+        return True
 
     def _put(self, data: bytes, pos: int) -> None:
         if self._files:
@@ -325,6 +379,7 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
 
     def _undo_write(self, pos: int) -> None:
         self._unmap()  # its end may lie past the cut: a store there would raise SIGBUS
+        self._prepared = min(self._prepared, pos)
         try:
             os.ftruncate(self._fd, pos)
         except OSError as e:
@@ -347,6 +402,7 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
                     reached = (self._segno, self._tail)
                 self._fdatasync(self._fd, reached[0])  # also writes the pages stored through the map
                 self._durable = max(self._durable, reached)
+                self.density.observe(self.appended_bytes)
         finally:
             self.commits.done()
 
@@ -401,6 +457,8 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
             raise outage.error(self.backend.describe())
 
     def close(self) -> None:
+        if self._prewriter is not None:
+            self._prewriter.close()
         with self._sync_lock:
             if self._fd == -2:  # no local file: wait for the writes in flight
                 if not self.failed and self.outage is None:
