@@ -116,6 +116,7 @@ bench-tools:
 	$(PY) -m tools.bench_aged_store --size-mib 512
 	$(PY) -m tools.bench_fio --phase mixed --size 1G --targets passthrough,vstor
 	$(PY) -m tools.bench_pgbench
+	$(PY) -m tools.bench_commit
 	$(PY) -m tools.bench_stall
 	$(PY) -m tools.bench_read_pipeline
 	$(PY) -m tools.bench_small_write

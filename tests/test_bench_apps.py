@@ -92,10 +92,30 @@ def test_mixed_report_splits_the_write_amplification() -> None:
            "fsync_p99_us": 1663.0, "clat_p99_us": 300.0, "min_second_iops": 5913, "stall_seconds": [],
            "wa_device": 1.54, "wa_disk": 1.768, "wa_journal": 1.398}
     vstor = {**row, "maintenance_bytes": {"relocated_bytes": 480_400_000, "compacted_bytes": 10_000_000,
-                                          "defrag_bytes": 0}}
+                                          "defrag_bytes": 0}, "prepared_bytes": 16_777_216}
     results = {"passthrough": {"kind": "passthrough", "jobs": {job.name: {**row, "clat_p99_us": 150.0}}},
                "vstor-plain": {"kind": "vstor", "jobs": {job.name: vstor}}}
     text = mixed_report(results, {"vstor-plain/passthrough": {job.name: 0.49}}, (job,))
     assert ("WA device 1.54, dirtied 1.768, journal 1.398 (GC moves 470.4 MB, compactions 10.0 MB, of them "
-            "defragmentation 0.0 MB)") in text
+            "defragmentation 0.0 MB); zeros written ahead of the journal tail 16.8 MB") in text
     assert "IOPS 0.49 (NOT met, >= 0.8); p99 2.0x (met, <= 3x); stalls 0 (met, none); WA journal 1.398 (met" in text
+
+
+def test_commit_bench_reads_fio_and_reports_ratios() -> None:
+    """tools/bench_commit.py: fio's JSON write IOPS, a clear error without them, and the ratios
+    of vstor to each baseline (a job a baseline lacks shows a dash)."""
+    from tools.bench_commit import JOBS, parse_fio_iops, report
+    from tools.benchlib.procs import BenchError as ToolsBenchError  # the package's class, as bench_commit raises it
+
+    assert parse_fio_iops('{"jobs": [{"write": {"iops": 2512.49}}]}') == 2512.5
+    with pytest.raises(ToolsBenchError, match="no write figure"):
+        parse_fio_iops("fio: pid=1, err=5/file:io_u.c")
+    rates = {"loop": dict.fromkeys(JOBS, 4000.0), "vstor": dict.fromkeys(JOBS, 2000.0)}
+    rates["loop"]["sqlite-delete"] = 0.0
+    results = {k: {"error": None, "rates": v} for k, v in rates.items()}
+    results["passthrough"] = {"error": "mkfs.ext4 failed", "rates": {}}
+    lines = report(results)
+    assert lines[0].split() == ["target", *JOBS]
+    assert "FAILED: mkfs.ext4 failed" in lines[3]
+    assert lines[4].split() == ["vstor/loop", "0.50", "0.50", "0.50", "-"]
+    assert len(lines) == 5  # no vstor/passthrough line: that baseline failed

@@ -9,7 +9,7 @@ one script (it re-executes itself with the venv's interpreter)."""
 from __future__ import annotations
 
 __all__ = [
-    "aged_volume", "bench_aged_store", "bench_backup", "bench_clients", "bench_cow_write", "bench_fio",
+    "aged_volume", "bench_aged_store", "bench_backup", "bench_clients", "bench_commit", "bench_cow_write", "bench_fio",
     "bench_fragments", "bench_gc_move", "bench_memory", "bench_nbd", "bench_pair_pinned", "bench_pgbench",
     "bench_rados", "bench_rados_media", "bench_rados_takeover", "bench_read_into", "bench_read_pipeline",
     "bench_replay", "bench_replication", "bench_rollover",

@@ -185,6 +185,7 @@ def run_mixed_measured(target: Target, settings: FioSettings, job: Job, path: Pa
     d0 = device_written(disk)
     io0 = proc_io(target.pid) if isinstance(target, Vstor) and target.pid else None
     j0 = target.appended_bytes() if isinstance(target, Vstor) else None
+    p0 = target.prepared_bytes() if isinstance(target, Vstor) else 0
     c0 = target.counters() if isinstance(target, Vstor) else None
     r = run_mixed(settings, job, path, target.dir)
     os.sync()
@@ -198,6 +199,7 @@ def run_mixed_measured(target: Target, settings: FioSettings, job: Job, path: Pa
     if j0 is not None and isinstance(target, Vstor):
         r["journal_appended_bytes"] = target.appended_bytes() - j0
         r["wa_journal"] = write_amplification(r["journal_appended_bytes"], r["bytes"])
+        r["prepared_bytes"] = target.prepared_bytes() - p0
     if c0 is not None and isinstance(target, Vstor):
         c1 = target.counters()  # what the maintenance loop rewrote meanwhile (all within the journal's appends)
         r["maintenance_bytes"] = {k: c1.get(k, 0) - c0.get(k, 0)

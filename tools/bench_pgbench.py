@@ -16,20 +16,16 @@ Needs root (loop devices, mounts, FUSE).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from tools.benchlib import options
-from tools.benchlib.blockfs import KINDS, Ext4Target, measure_each
+from tools.benchlib.blockfs import KINDS, Ext4Target, finish_ext4_tool, run_ext4_tool
 from tools.benchlib.postgres import PgCluster, parse_tps, pg_bindir
-from tools.benchlib.procs import BenchError, install_signal_handlers
+from tools.benchlib.procs import BenchError
 
 TARGET_RATIO = 0.9
 
@@ -74,30 +70,18 @@ def measure(kind: str, a: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return res
 
 
-def preflight(a: argparse.Namespace) -> None:
-    if os.geteuid() != 0:
-        raise SystemExit("bench_pgbench: needs root (loop devices, mounts)")
-    missing = [c for c in ("losetup", "mkfs.ext4", "runuser", "fusermount3") if shutil.which(c) is None]
-    if missing:
-        raise SystemExit(f"bench_pgbench: missing commands: {', '.join(missing)} (make setup)")
-    try:
-        pg_bindir()
-    except BenchError as exc:
-        raise SystemExit(f"bench_pgbench: {exc}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    preflight(a)
-    install_signal_handlers()
-    workdir = Path(tempfile.mkdtemp(prefix="vstor-pgbench-", dir=a.workdir))
-    os.chmod(workdir, 0o755)  # the postgres user must reach the cluster inside
-    print(f"$ {shlex.join(sys.orig_argv)}")
-    print(f"PostgreSQL from {pg_bindir()}; scale {a.scale}, {a.clients} clients, {a.time} s; "
-          f"ext4 on a loop device (direct I/O) of {a.size} per target, in {workdir}", flush=True)
-    results, interrupted = measure_each(a.target_list, workdir, not a.keep_page_reporting,
-                                        lambda kind: measure(kind, a, workdir))
-    print()
+    try:
+        bindir = pg_bindir()
+    except BenchError as exc:
+        raise SystemExit(f"bench_pgbench: {exc}") from None
+    results, interrupted = run_ext4_tool(
+        "bench_pgbench", a, ("losetup", "mkfs.ext4", "runuser", "fusermount3"),
+        f"PostgreSQL from {bindir}; scale {a.scale}, {a.clients} clients, {a.time} s; "
+        f"ext4 on a loop device (direct I/O) of {a.size} per target",
+        lambda kind, workdir: measure(kind, a, workdir),
+        prepare=lambda workdir: os.chmod(workdir, 0o755))  # the postgres user must reach the cluster inside
     for kind, r in results.items():
         print(f"{kind:<11} " + (f"FAILED: {r['error']}" if r["error"] else
                                f"{r['tps']:>10,.1f} TPS  latency {r.get('latency_ms')} ms  init {r['init_s']} s"))
@@ -109,13 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     for a_, b_ in (("passthrough", "loop"), ("vstor", "passthrough")):
         if results.get(a_, {}).get("tps") and results.get(b_, {}).get("tps"):
             print(f"{a_}/{b_} TPS: {results[a_]['tps'] / results[b_]['tps']:.2f}")
-    if a.json_out:
-        doc = {"command": shlex.join(sys.orig_argv), "scale": a.scale, "clients": a.clients, "time": a.time,
-               "size": a.size_bytes, "results": results, "ratio": ratio, "interrupted": interrupted}
-        Path(a.json_out).write_text(json.dumps(doc, indent=2) + "\n")
-    if interrupted:
-        return 130
-    return int(any(r["error"] for r in results.values()))
+    return finish_ext4_tool(a, {"scale": a.scale, "clients": a.clients, "time": a.time, "size": a.size_bytes,
+                                "ratio": ratio}, results, interrupted)
 
 
 if __name__ == "__main__":

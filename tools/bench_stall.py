@@ -17,21 +17,17 @@ the unmount is reported too. Needs root (loop devices, mounts, FUSE).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from tools.benchlib import options
-from tools.benchlib.blockfs import KINDS, Ext4Target, measure_each
-from tools.benchlib.procs import BenchError, install_signal_handlers
+from tools.benchlib.blockfs import KINDS, Ext4Target, finish_ext4_tool, run_ext4_tool
+from tools.benchlib.procs import BenchError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -108,18 +104,9 @@ def measure(kind: str, a: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    if os.geteuid() != 0:
-        raise SystemExit("bench_stall: needs root (loop devices, mounts)")
-    missing = [c for c in ("stress-ng", "losetup", "mkfs.ext4", "fusermount3") if shutil.which(c) is None]
-    if missing:
-        raise SystemExit(f"bench_stall: missing commands: {', '.join(missing)} (make setup)")
-    install_signal_handlers()
-    workdir = Path(tempfile.mkdtemp(prefix="vstor-stall-", dir=a.workdir))
-    print(f"$ {shlex.join(sys.orig_argv)}")
-    print(f"ext4 on a loop device (direct I/O) of {a.size} per target, in {workdir}", flush=True)
-    results, interrupted = measure_each(a.target_list, workdir, not a.keep_page_reporting,
-                                        lambda kind: measure(kind, a, workdir))
-    print()
+    results, interrupted = run_ext4_tool("bench_stall", a, ("stress-ng", "losetup", "mkfs.ext4", "fusermount3"),
+                                         f"ext4 on a loop device (direct I/O) of {a.size} per target",
+                                         lambda kind, workdir: measure(kind, a, workdir))
     missed = False
     for kind, r in results.items():
         if r["error"]:
@@ -132,15 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             verdict = f" ({'met' if ok else 'NOT met'}, target <= {a.limit:g} s)"
         print(f"{kind:<11} stress-ng --iomix {a.workers} --timeout {a.timeout} ended after {r['elapsed_s']} s"
               f"{verdict}; {r['bogo_ops']} bogo ops; sync after it {r['sync_s']} s, teardown {r['teardown_s']} s")
-    if a.json_out:
-        doc = {"command": shlex.join(sys.orig_argv), "workers": a.workers, "timeout": a.timeout,
-               "limit": a.limit, "size": a.size_bytes, "results": results, "interrupted": interrupted}
-        Path(a.json_out).write_text(json.dumps(doc, indent=2) + "\n")
-    if interrupted:
-        return 130
-    if missed:
+    if missed and not interrupted:
         print("(a missed target is reported, not an error: the exit status says whether it ran)")
-    return int(any(r["error"] for r in results.values()))
+    return finish_ext4_tool(a, {"workers": a.workers, "timeout": a.timeout, "limit": a.limit, "size": a.size_bytes},
+                            results, interrupted)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,18 @@ unmounts, detaches and stops everything, also after an error or Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shlex
 import shutil
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .hostmem import steady_memory
-from .procs import BenchError, Staged, best_effort, run, signals_deferred, wait_until
+from .procs import BenchError, Staged, best_effort, install_signal_handlers, run, signals_deferred, wait_until
 from .targets import Passthrough, Target, Vstor, make_sparse
 
 __all__ = ["KINDS", "Ext4Target", "loop_attach"]
@@ -103,3 +106,39 @@ def measure_each(kinds: list[str], workdir: Path, hold_memory: bool,
         with signals_deferred():
             shutil.rmtree(workdir, ignore_errors=True)
     return results, interrupted
+
+
+def run_ext4_tool(tool: str, a: Any, commands: Sequence[str], what: str,
+                  measure: Callable[[str, Path], dict[str, Any]],
+                  prepare: Callable[[Path], None] | None = None) -> tuple[dict[str, dict[str, Any]], bool]:
+    """The frame of a tool that measures an application on ext4 on each of ``a.target_list``
+    (bench_pgbench, bench_stall, bench_commit): root and ``commands`` checked (one line and
+    exit 1 if missing), signals handled, a work directory under ``a.workdir`` (``prepare``d,
+    then removed), the command line and ``what`` printed, ``measure(kind, workdir)`` per
+    target under the hold on free page reporting unless ``a.keep_page_reporting``."""
+    if os.geteuid() != 0:
+        raise SystemExit(f"{tool}: needs root (loop devices, mounts)")
+    missing = [c for c in commands if shutil.which(c) is None]
+    if missing:
+        raise SystemExit(f"{tool}: missing commands: {', '.join(missing)} (make setup)")
+    install_signal_handlers()
+    workdir = Path(tempfile.mkdtemp(prefix=f"vstor-{tool.removeprefix('bench_')}-", dir=a.workdir))
+    if prepare is not None:
+        prepare(workdir)
+    print(f"$ {shlex.join(sys.orig_argv)}")
+    print(f"{what}, in {workdir}", flush=True)
+    results, interrupted = measure_each(a.target_list, workdir, not a.keep_page_reporting,
+                                        lambda kind: measure(kind, workdir))
+    print()
+    return results, interrupted
+
+
+def finish_ext4_tool(a: Any, doc: dict[str, Any], results: dict[str, dict[str, Any]], interrupted: bool) -> int:
+    """Write ``doc`` with the command, results and interruption to ``a.json_out`` if asked;
+    the exit status: 130 if interrupted, 1 if a target failed (a missed target is not a failure)."""
+    if a.json_out:
+        doc = {"command": shlex.join(sys.orig_argv), **doc, "results": results, "interrupted": interrupted}
+        Path(a.json_out).write_text(json.dumps(doc, indent=2) + "\n")
+    if interrupted:
+        return 130
+    return int(any(r["error"] for r in results.values()))

@@ -157,6 +157,8 @@ def mixed_report(results: dict[str, dict[str, Any]], rat: dict[str, dict[str, fl
                 mb = {k: v / 1e6 for k, v in m["maintenance_bytes"].items()}
                 wa += (f" (GC moves {mb['relocated_bytes'] - mb['compacted_bytes']:,.1f} MB, compactions "
                        f"{mb['compacted_bytes']:,.1f} MB, of them defragmentation {mb['defrag_bytes']:,.1f} MB)")
+            if "prepared_bytes" in m:
+                wa += f"; zeros written ahead of the journal tail {m['prepared_bytes'] / 1e6:,.1f} MB"
             lines.append(f"{name} {job.name}: read {m['read_iops']:,} + write {m['write_iops']:,} IOPS; p99 read "
                          f"{m['read_p99_us']}, write {m['write_p99_us']}, fsync {m['fsync_p99_us']}; "
                          f"slowest second {m['min_second_iops']} IOPS, seconds without a completion: "

@@ -187,6 +187,11 @@ class Vstor(Target):
         GC and compaction moves, map and checkpoint records alike)."""
         return int(self.status()["journal"]["appended_bytes"])
 
+    def prepared_bytes(self) -> int:
+        """Zeros the journal wrote ahead of its tail since the daemon started (dense syncs,
+        vstor/store/journal/prewrite.py): device writes that are neither host data nor records."""
+        return int(self.status()["journal"].get("prepared_bytes", 0))
+
     def counters(self) -> dict[str, int]:
         """The array's counters (MOUNT/stats.json): GC moves, compactions, defragmentation."""
         return dict(json.loads((self.mnt / "stats.json").read_text())["counters"])
