@@ -24,6 +24,7 @@ from vstor.store.journal.prewrite import (
     PREWRITE_LOW,
     PREWRITE_STEP,
     WEIGHT,
+    Prewriter,
     SyncDensity,
     prewrite_range,
 )
@@ -112,6 +113,38 @@ def test_the_range_to_prepare_starts_past_the_tail_and_stays_within_the_segment(
     assert prewrite_range(0, PREWRITE_HIGH - 10, seg) == (PREWRITE_HIGH - 10, PREWRITE_HIGH)
     assert prewrite_range(seg - 100, seg - 50, seg) == (seg - 50, seg)  # up to the segment's end
     assert prewrite_range(seg, seg, seg) is None
+
+
+def test_the_preparing_thread_runs_steps_until_done_and_stops_for_good_on_an_error():
+    calls: list[int] = []
+    done = threading.Event()
+
+    def step() -> bool:
+        calls.append(1)
+        if len(calls) in (3, 4):
+            done.set()
+        if len(calls) == 4:
+            raise RuntimeError("injected")
+        return len(calls) < 3  # the first poke: three steps, the last one finding nothing to do
+
+    p = Prewriter(step, "vstor-prewrite test")
+    p.poke()
+    _wait(done.is_set, "the first poke's steps")
+    _wait(lambda: not p._wake.is_set(), "the thread to go back to waiting")
+    assert len(calls) == 3
+    done.clear()
+    p.poke()  # the step raises: logged, and the thread ends
+    _wait(lambda: p._thread is not None and not p._thread.is_alive(), "the thread to end")
+    p.poke()  # a broken preparer ignores pokes
+    assert len(calls) == 4
+    p.close()
+
+
+def test_closing_a_preparer_that_never_ran_starts_no_thread():
+    p = Prewriter(lambda: False, "vstor-prewrite idle")
+    p.close()
+    p.poke()
+    assert p._thread is None
 
 
 # -- the journal -----------------------------------------------------------------------------
