@@ -253,3 +253,19 @@ def test_a_crash_while_zeros_are_written_ahead_loses_nothing_synced(tmp_path, at
     finally:
         st.close()
     pool_check_passes(pool)
+
+
+def test_a_reused_segment_file_counts_as_written_up_to_its_old_size(tmp_path):
+    """A spare's blocks are written already: dense syncs in it prepare nothing (no zeros over
+    its old contents), and its small records go by pwrite, not through the map."""
+    from test_segment_reuse import _mapped, _next_segment, _pool_with_spares
+
+    pool, st, vid, rng, model = _pool_with_spares(tmp_path, 13)
+    reused = _next_segment(st, vid, rng, model)
+    st.sync()  # the bulk writes count as one sync of many MiB: commits bring the mean down
+    _commits(st, vid, rng, model, 4 * WEIGHT)
+    assert st.journal.density.dense and st.journal.current_segno == reused
+    time.sleep(0.2)  # a preparing thread, had it been poked, would have written by now
+    assert st.journal.prepared_bytes == 0
+    assert not _mapped(seg_path(pool, reused))
+    st.close()

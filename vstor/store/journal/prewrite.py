@@ -21,8 +21,9 @@ and scans see the same segment.
 
 The price is a second device write of the bytes prepared: worth it only while syncs are dense
 (each sync then saves a filesystem commit, worth far more than writing its few KiB twice);
-bulk writes, with a sync per MiB or more, never start it. A reused segment file
-(backend/spares.py) already has written blocks and is never prepared.
+loads with more than PREWRITE_BELOW between syncs (bulk writes) never start it. A reused
+segment file (backend/spares.py) is written already up to its old size: the journal counts
+that as prepared, and prepares only past it.
 
 This module holds the policy (pure) and the thread that runs the journal's step; writer.py
 does the I/O.

@@ -110,9 +110,11 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
         self._tail = 0  # where the next record goes
         self._win: mmap.mmap | None = None  # shared map of [_win_start, _win_end) of the segment
         self._win_start = self._win_end = 0
-        self._reused = False  # the current segment's file held an earlier segment (written with pwrite)
-        self._ahead = 0  # ... and is read into the page cache up to here
-        self._prepared = 0  # the current segment's space is written (zeros, prewrite.py) up to here
+        self._reused = False  # the current segment's file held an earlier segment: its old contents are read ahead
+        self._ahead = 0  # ... up to here
+        # The current segment's blocks are written up to here (a reused file's old contents, or
+        # zeros prepared ahead: prewrite.py): records below it go by pwrite, never through the map.
+        self._prepared = 0
         self._prepare_off = False  # preparing failed in this segment (a full filesystem): not again
         self.density = SyncDensity()  # bytes appended per fdatasync: dense syncs start the preparing
         self.prepared_bytes = 0  # zeros written ahead of the tail since the journal opened
@@ -163,7 +165,7 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
                 self._listed.add(segno)
         fd = os.open(self.path(segno), os.O_RDWR) if self._files else -2  # -2: open, but no local file
         # A new file holds its header alone; a spare keeps the size of the segment it was.
-        reused = fd >= 0 and os.fstat(fd).st_size > SEGMENT_HEADER_SIZE
+        written = os.fstat(fd).st_size if fd >= 0 else SEGMENT_HEADER_SIZE
         with self._sync_lock:
             old = self._fd
             if self._win is not None:
@@ -173,8 +175,8 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
             self._durable = (segno, SEGMENT_HEADER_SIZE)
             self._marked, self._pending, self._reserved = SEGMENT_HEADER_SIZE, None, None
             self._marker_end = 0
-            self._reused, self._ahead = reused, SEGMENT_HEADER_SIZE
-            self._prepared, self._prepare_off = SEGMENT_HEADER_SIZE, False
+            self._reused, self._ahead = written > SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE
+            self._prepared, self._prepare_off = written, False
         if old >= 0:
             os.close(old)
 
@@ -244,7 +246,7 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
                     os.kill(os.getpid(), 9)
                 if not self._files:  # queued on the backend; a failure surfaces at the next sync
                     self.backend.write_segment(self._segno, pos, b"".join(buffers))
-                elif total <= SMALL_RECORD and not self._reused and pos + total > self._prepared:
+                elif total <= SMALL_RECORD and pos + total > self._prepared:
                     win = self._window(pos, total)
                     at = pos - self._win_start
                     for b in buffers:  # copied into the page cache; the caller may reuse its buffers
@@ -267,8 +269,8 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
                                    "(delete volumes, fstrim) or grow the filesystem under the pool") from None
                 self._fail(f"journal write failed: {e}")
             self._tail = pos + total
-            if (self._prewriter is not None and self._prepared - self._tail < PREWRITE_LOW and not self._reused
-                    and not self._prepare_off and self.density.dense):
+            if (self._prewriter is not None and self._prepared - self._tail < PREWRITE_LOW and not self._prepare_off
+                    and self.density.dense):
                 self._prewriter.poke()
             if self._files and self._tail - self._written_back >= WRITEBACK_BYTES:
                 try:
@@ -304,7 +306,7 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
         segment waits for every page being written, and with 16 MiB started at once one did
         every 0.3 s for 7-9 ms (benchmarks.md section 12)."""
         with self._lock:
-            if self._fd < 0 or self.failed or self._reused or self._prepare_off or not self.density.dense:
+            if self._fd < 0 or self.failed or self._prepare_off or not self.density.dense:
                 return False
             rng = prewrite_range(self._tail, self._prepared, self.segment_size)
             if rng is None:
