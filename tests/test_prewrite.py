@@ -206,10 +206,10 @@ def test_a_full_filesystem_stops_the_preparing_of_that_segment_only(tmp_path):
     faults.arm("journal.prewrite", "enospc")
     pool, st, vid, rng, model = _open(tmp_path, faults)
     _commits(st, vid, rng, model, MIN_SYNCS + 10)
-    _wait(lambda: faults._arms["journal.prewrite"].hits >= 1, "the first step to fail")
+    _wait(lambda: faults.hits("journal.prewrite") >= 1, "the first step to fail")
     _commits(st, vid, rng, model, 50)
     assert st.journal.prepared_bytes == 0  # the first step failed: none in this segment
-    assert faults._arms["journal.prewrite"].hits == 1  # and no step was tried again
+    assert faults.hits("journal.prewrite") == 1  # and no step was tried again
     _check(st, vid, model)
     first = st.journal.current_segno
     while st.journal.current_segno == first:  # the next segment prepares again

@@ -64,6 +64,12 @@ class Faults:
             else:
                 self._arms.pop(point, None)
 
+    def hits(self, point: str) -> int:
+        """How many times ``point`` was passed since it was armed (0 if it is not armed)."""
+        with self._lock:
+            arm = self._arms.get(point)
+            return arm.hits if arm is not None else 0
+
     def hit(self, point: str) -> str | None:
         """Count a pass through ``point``; raise or return the armed action when it fires."""
         if not self._arms:
