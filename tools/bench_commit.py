@@ -55,11 +55,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def fio_commits(mnt: Path, jobs: int, runtime: int) -> float:
     """Commits a second: 8 KiB writes with an fdatasync after each, ``jobs`` files at once."""
-    base = ["fio", "--directory", str(mnt), "--size=64M", "--bs=8k", "--rw=write", "--group_reporting",
+    base = ["fio", "--directory", str(mnt), f"--name=wal{jobs}", "--size=64M", "--rw=write", "--group_reporting",
             f"--numjobs={jobs}", "--output-format=json"]
-    run([*base, f"--name=wal{jobs}", "--bs=1M", "--end_fsync=1"], timeout=300)  # the files' blocks, written once
-    out = run([*base, f"--name=wal{jobs}", "--fdatasync=1", "--time_based", f"--runtime={runtime}"],
-              timeout=runtime + 300).stdout
+    run([*base, "--bs=1M", "--end_fsync=1"], timeout=300)  # the files' blocks, written once
+    out = run([*base, "--bs=8k", "--fdatasync=1", "--time_based", f"--runtime={runtime}"], timeout=runtime + 300).stdout
     return float(parse_fio_iops(out))
 
 

@@ -184,8 +184,7 @@ def run_mixed_measured(target: Target, settings: FioSettings, job: Job, path: Pa
     os.sync()
     d0 = device_written(disk)
     io0 = proc_io(target.pid) if isinstance(target, Vstor) and target.pid else None
-    j0 = target.appended_bytes() if isinstance(target, Vstor) else None
-    p0 = target.prepared_bytes() if isinstance(target, Vstor) else 0
+    j0 = target.journal_bytes() if isinstance(target, Vstor) else None
     c0 = target.counters() if isinstance(target, Vstor) else None
     r = run_mixed(settings, job, path, target.dir)
     os.sync()
@@ -193,13 +192,15 @@ def run_mixed_measured(target: Target, settings: FioSettings, job: Job, path: Pa
     r["wa_device"] = write_amplification(r["device_write_bytes"], r["bytes"])
     if io0 is not None and target.pid:
         io1 = proc_io(target.pid)
-        disk = (io1["write_bytes"] - io0["write_bytes"]) - (io1["cancelled_write_bytes"] - io0["cancelled_write_bytes"])
-        r["server_disk_write_bytes"] = disk
-        r["wa_disk"] = write_amplification(disk, r["bytes"])
+        dirtied = ((io1["write_bytes"] - io0["write_bytes"])
+                   - (io1["cancelled_write_bytes"] - io0["cancelled_write_bytes"]))
+        r["server_disk_write_bytes"] = dirtied
+        r["wa_disk"] = write_amplification(dirtied, r["bytes"])
     if j0 is not None and isinstance(target, Vstor):
-        r["journal_appended_bytes"] = target.appended_bytes() - j0
+        appended, prepared = target.journal_bytes()
+        r["journal_appended_bytes"] = appended - j0[0]
         r["wa_journal"] = write_amplification(r["journal_appended_bytes"], r["bytes"])
-        r["prepared_bytes"] = target.prepared_bytes() - p0
+        r["prepared_bytes"] = prepared - j0[1]
     if c0 is not None and isinstance(target, Vstor):
         c1 = target.counters()  # what the maintenance loop rewrote meanwhile (all within the journal's appends)
         r["maintenance_bytes"] = {k: c1.get(k, 0) - c0.get(k, 0)

@@ -182,15 +182,13 @@ class Vstor(Target):
     def status(self) -> dict[str, Any]:
         return json.loads(self.vstor("array", "status", "--pool", str(self.pool), "--json").stdout)
 
-    def appended_bytes(self) -> int:
-        """Bytes the pool's journal appended since the daemon started (records of host writes,
-        GC and compaction moves, map and checkpoint records alike)."""
-        return int(self.status()["journal"]["appended_bytes"])
-
-    def prepared_bytes(self) -> int:
-        """Zeros the journal wrote ahead of its tail since the daemon started (dense syncs,
-        vstor/store/journal/prewrite.py): device writes that are neither host data nor records."""
-        return int(self.status()["journal"].get("prepared_bytes", 0))
+    def journal_bytes(self) -> tuple[int, int]:
+        """From one status query, since the daemon started: the bytes the pool's journal
+        appended (records of host writes, GC and compaction moves, map and checkpoint records
+        alike) and the zeros it wrote ahead of its tail (dense syncs,
+        vstor/store/journal/prewrite.py: device writes that are neither host data nor records)."""
+        journal = self.status()["journal"]
+        return int(journal["appended_bytes"]), int(journal.get("prepared_bytes", 0))
 
     def counters(self) -> dict[str, int]:
         """The array's counters (MOUNT/stats.json): GC moves, compactions, defragmentation."""
