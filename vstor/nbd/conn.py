@@ -6,7 +6,7 @@ received through a buffer, so one recv brings every header (and small payload) t
 queued, and their replies are gathered in a :class:`~vstor.nbd.replies.ReplyBatch` that goes
 out in one ``sendmsg`` when no complete request is left in the buffer (before the thread would
 block), so a client with a queue depth of 16 pays for one TCP send and one wake-up per batch,
-not per request. A read with more requests queued behind it (up to WORKER_READ_MAX) is tried
+not per request. A read with more requests queued behind it (up to INLINE_READ_MAX; WORKER_READ_MAX remote) is tried
 without waiting (``Store.read(nowait=True)``) and answered at once when the header cache and
 the page cache hold what it needs. One that misses is deferred: the kernel was asked to read
 it (WILLNEED), so the misses of one receive batch reach the disk side by side, and they are
@@ -16,8 +16,11 @@ cache to ask) do queued reads go to the connection's read workers (vstor/nbd/rea
 overlap their round trips, and over TLS not even there. Handing every read to a worker,
 as before, cost a thread switch and a GIL hand-over each way: 15.1-15.6k IOPS at rand-read
 QD16 against 24.5-26.3k with misses deferred (docs/benchmarks.md §10, runs N4 and N5). A lone read up to
-INLINE_READ_MAX gets bytes of its own (its reply waits in the batch); a larger one is read
-into the connection's reusable buffer and sent at once.
+INLINE_READ_MAX gets bytes of its own (its reply waits in the batch). A larger one on a local
+pool is a stream the kernel reads ahead of, never tried without waiting; with structured
+replies it goes out in pieces from the connection's sender thread while the next piece is
+read (vstor/nbd/sender.py). Otherwise it is read into the connection's reusable buffer and
+sent at once.
 Requests that must wait for the journal to be durable -- FLUSH, and any command with FUA,
 whose data is applied first -- go to a small worker pool after the batch before them went
 out, so the connection keeps reading while they wait: their replies come out of order, as
@@ -42,6 +45,7 @@ from vstor.nbd import proto as P
 from vstor.nbd.negotiate import CONTEXT_ID, Negotiation, Session
 from vstor.nbd.readers import ReadWorkers
 from vstor.nbd.replies import ReplyBatch
+from vstor.nbd.sender import ReplySender
 from vstor.nbd.transmit import allocation_extents, check
 from vstor.replication import pki
 from vstor.store.allocation import mapped_ranges
@@ -53,7 +57,7 @@ KEEP_BUFFER = 4 << 20  # the largest data buffer a connection keeps between requ
 INLINE_READ_MAX = 128 << 10  # reads up to this size get their own bytes and wait in the reply batch
 POOL_WORKERS = 8  # per connection: FLUSH/FUA waits
 READ_WORKERS = 8  # per connection: small reads queued behind another overlap their disk reads
-WORKER_READ_MAX = 1 << 20  # larger reads are served by the connection's thread (bounds the workers' bytes)
+WORKER_READ_MAX = 1 << 20  # remote pools: larger reads are served by the connection's thread (bounds workers' bytes)
 READ_QUEUE_MAX, READ_QUEUE_BYTES = 64, 8 << 20  # reads with the workers before their replies are gathered
 EXPORT_COUNTERS = ("ops", "bytes_read", "bytes_written", "reads_waited")  # per connection and summed per export
 PARALLEL = True  # False: serve everything in the connection's thread (FLUSH/FUA too), as over TLS
@@ -81,6 +85,7 @@ class Connection:
         self._readers: ReadWorkers | None = None
         self._readers_bytes = 0  # bytes of the reads with the workers
         self._deferred: list[tuple[int, int, int]] = []  # reads whose disk reads the kernel is making
+        self._sender: ReplySender | None = None  # large reads, in pieces (local pools, plain TCP)
         self._buf = bytearray(1 << 20)
         self._rbuf = bytearray(RBUF)  # received, not yet parsed: [_rpos, _rend)
         self._rmv = memoryview(self._rbuf)
@@ -203,6 +208,11 @@ class Connection:
         self.store = self.host.store
         self._drops_seen = self.store.drops  # resumes that dropped writes, as last told (FLUSH EIO once)
         self.parallel = not self.tls and PARALLEL
+        # Large reads go out in pieces while the next is read: needs structured replies, a
+        # socket two threads may use (not TLS) and a page cache (a local pool: a remote one
+        # overlaps its round trips in the read workers instead).
+        self.local = self.store.journal.backend.local_path(0) is not None
+        self.streaming = self.parallel and session.structured and self.local
         self.batch = batch = ReplyBatch(self._send, self._replied)
         size, rbuf = P.REQUEST.size, self._rbuf
         unpack = P.REQUEST.unpack_from
@@ -247,9 +257,13 @@ class Connection:
             try:
                 self._gather()
                 batch.flush()  # the replies to what was served before a DISC, a protocol error or EOF
+                if self._sender is not None:
+                    self._sender.drain()
             except (OSError, ssl.SSLError) as e:
                 log.info("nbd: replies to %s failed: %s", self.peer, e)
             finally:
+                if self._sender is not None:
+                    self._sender.close()
                 if self._readers is not None:
                     self._readers.close()
                 if self._pool is not None:
@@ -260,18 +274,7 @@ class Connection:
         store, vid = self.store, self.vid
         if cmd == P.CMD_READ:
             self.bytes_read += length
-            if length <= WORKER_READ_MAX and self._rend - self._rpos >= P.REQUEST.size and \
-                    self._queued_read(cookie, offset, length):
-                return
-            if length <= INLINE_READ_MAX:  # new bytes of its own: its reply can wait in the batch
-                self._reply_data(cookie, offset, length, store.read(vid, offset, length, sid=self.sid))
-                return
-            self._gather()
-            self.batch.flush()  # a large read: into the connection's buffer, sent at once
-            view = self._buffer(length)
-            store.read_into(vid, offset, view, sid=self.sid)
-            self._reply_data(cookie, offset, length, view)
-            self.batch.flush()
+            self._read(flags, cookie, offset, length)
             return
         self._gather()  # anything else runs after the reads queued before it
         if cmd == P.CMD_WRITE:
@@ -294,6 +297,49 @@ class Connection:
                 self._submit(self._durable_reply, cookie)
             return
         self.batch.add(P.simple_reply(cookie))
+
+    def _read(self, flags: int, cookie: int, offset: int, length: int) -> None:
+        """A READ: streamed in pieces, tried without waiting (queued behind others), or read
+        whole, into new bytes that wait in the batch or into the connection's buffer."""
+        store, vid = self.store, self.vid
+        if length > INLINE_READ_MAX and self.local:  # local segment files: the kernel reads ahead of a stream
+            if self.streaming and not flags & P.CMDF_DF:
+                self._gather()
+                self.batch.flush()
+                self._stream_read(cookie, offset, length)
+                return
+        elif length <= WORKER_READ_MAX and self._rend - self._rpos >= P.REQUEST.size and \
+                self._queued_read(cookie, offset, length):
+            return
+        if length <= INLINE_READ_MAX:  # new bytes of its own: its reply can wait in the batch
+            self._reply_data(cookie, offset, length, store.read(vid, offset, length, sid=self.sid))
+            return
+        self._gather()
+        self.batch.flush()  # a large read: into the connection's buffer, sent at once
+        view = self._buffer(length)
+        store.read_into(vid, offset, view, sid=self.sid)
+        self._reply_data(cookie, offset, length, view)
+        self.batch.flush()
+
+    def _stream_read(self, cookie: int, offset: int, length: int) -> None:
+        """A large read as OFFSET_DATA chunks of PIECE bytes, each queued to the sender thread
+        as soon as it is read and verified; a piece that fails ends the reply with an error
+        chunk for its offset (the pieces before it were good data)."""
+        if self._sender is None:
+            self._sender = ReplySender(self._send, self._replied, f"nbd-send-{self.peer}")
+        sender, end = self._sender, offset + length
+        while offset < end:
+            n = min(sender.piece, end - offset)
+            buf = sender.buffer()
+            view = buf[:n]
+            try:
+                self.store.read_into(self.vid, offset, view, sid=self.sid)
+            except VstorError as e:
+                sender.release(buf)
+                sender.put(P.error_chunk(cookie, P.wire_errno(e.errno), str(e), offset), None, None, True)
+                return
+            sender.put(P.offset_data_header(cookie, offset, n, offset + n >= end), view, buf, offset + n >= end)
+            offset += n
 
     def _queued_read(self, cookie: int, offset: int, length: int) -> bool:
         """A read with more requests queued behind it: answered now if memory holds it,

@@ -1,0 +1,120 @@
+"""The sender thread of one NBD connection: large reads go out in pieces while the next piece
+is read.
+
+Served in one go, a 1 MiB read is read from the journal (a wait for the disk when cold, then
+the frames' checksums) and only then sent (the copy into the socket and, over a veth or the
+loopback, the receiver's TCP work too): one after the other, each taking about half of the
+request's time (docs/benchmarks.md section 10). With structured replies the protocol lets a
+read's data go out as several OFFSET_DATA chunks, the last one flagged DONE; so the
+connection's thread reads a large read piece by piece into buffers of this sender and queues
+each piece, which the sender thread writes to the socket while the next one is read. The
+socket write and the ``preadv`` both release the GIL, so the two overlap.
+
+Guarantees:
+
+- Pieces leave in the order they were queued, so a reply's DONE chunk is its last.
+- Only verified data is queued: a piece that fails its read is answered with an error chunk
+  for its offset (DONE), queued after the pieces before it, and nothing after it is read.
+- At most ``buffers`` pieces are held (reading or queued): :meth:`buffer` waits for one to be
+  sent. Memory per connection: ``buffers * piece`` bytes, allocated on first use.
+- After the socket fails, nothing more is sent: the queued pieces are dropped, and the
+  connection's thread gets the error from its next :meth:`buffer` or :meth:`drain`.
+- :meth:`drain` returns once everything queued before it is sent (the replies to what was
+  served go out before the connection closes).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from queue import SimpleQueue
+from typing import Any
+
+__all__ = ["PIECE", "BUFFERS", "ReplySender"]
+
+PIECE = 256 << 10  # bytes of a large read per OFFSET_DATA chunk
+BUFFERS = 4  # pieces a connection holds: one being read, the rest queued or being sent
+
+_STOP = object()
+
+
+class ReplySender:
+    """``send(*parts)`` writes buffers to the socket (all of them, or raises OSError);
+    ``replied(n)`` is told once a reply's last chunk is out."""
+
+    def __init__(self, send: Callable[..., None], replied: Callable[[int], None], name: str,
+                 piece: int = PIECE, buffers: int = BUFFERS) -> None:
+        self._send, self._replied, self._name = send, replied, name
+        self.piece, self._nbuf = piece, buffers
+        self._free: SimpleQueue[memoryview] = SimpleQueue()
+        self._queue: SimpleQueue[Any] = SimpleQueue()
+        self._made = 0
+        self._pending = 0  # queued, not yet sent or dropped
+        self._cond = threading.Condition()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def buffer(self) -> memoryview:
+        """A buffer of ``piece`` bytes to read a piece into: a new one up to ``buffers``, then
+        one whose piece has been sent (waits for it)."""
+        self._check()
+        if self._made < self._nbuf:
+            self._made += 1
+            return memoryview(bytearray(self.piece))
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: not self._free.empty() or self._error is not None)
+            self._check()
+            if not self._free.empty():
+                return self._free.get()
+
+    def release(self, buf: memoryview) -> None:
+        """Give back a buffer that was not queued (its read failed)."""
+        self._free.put(buf)
+
+    def put(self, head: bytes, data: memoryview | None, buf: memoryview | None, last: bool) -> None:
+        """Queue a chunk: ``head`` then ``data`` (a slice of ``buf``, which comes back free
+        once sent); ``last``: the reply's final chunk."""
+        self._check()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+            self._thread.start()
+        with self._cond:
+            self._pending += 1
+        self._queue.put((head, data, buf, last))
+
+    def drain(self) -> None:
+        """Wait until everything queued is sent; raises what the socket raised, if it failed."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending)
+        self._check()
+
+    def close(self) -> None:
+        """Stop the thread (after what is queued, unless the socket failed)."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise OSError(f"sending to the client failed: {self._error}")
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            head, data, buf, last = item
+            if self._error is None:
+                try:
+                    self._send(head, data) if data is not None else self._send(head)
+                    if last:
+                        self._replied(1)
+                except BaseException as e:  # noqa: BLE001 - handed to the connection's thread
+                    self._error = e
+            if buf is not None:
+                self._free.put(buf)
+            with self._cond:
+                self._pending -= 1
+                self._cond.notify_all()
