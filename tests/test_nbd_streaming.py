@@ -1,4 +1,5 @@
-"""Large reads sent in pieces (vstor/nbd/sender.py and Connection._stream_read): with
+"""Large reads sent in pieces (vstor/nbd/sender.py and Connection._stream_read), and asked for
+ahead in a sequential stream (vstor/nbd/ahead.py, Store.prefetch): with
 structured replies a read over INLINE_READ_MAX goes out as OFFSET_DATA chunks of PIECE bytes,
 in order, DONE on the last, while the next piece is read; DF keeps it one chunk; a piece that
 fails its checksum ends the reply with an error chunk at its offset and no byte of it; a DISC
@@ -8,13 +9,16 @@ order, at most BUFFERS held, and a failed socket stops it and reaches the connec
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
+import time
 
 import pytest
 from nbdkit import MiB, Raw, handle, nbd, served
-from poolkit import seg_flip
+from poolkit import evict_segments, seg_flip, seg_list, seg_path
 
 from vstor.nbd import proto as P
+from vstor.nbd.ahead import StreamAhead
 from vstor.nbd.conn import INLINE_READ_MAX
 from vstor.nbd.sender import PIECE, ReplySender
 from vstor.store.journal.format import FRAME_ENTRY_SIZE, FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
@@ -212,3 +216,50 @@ def test_libnbd_reads_streamed_pieces_and_sees_the_error(tmp_path) -> None:
         assert h.pread(MiB, 0) == data[:MiB]  # before the damaged frame
         h.shutdown()
 
+
+
+# -- read-ahead of a sequential stream -------------------------------------------------------------
+@pytest.mark.no_pool("pure logic")
+def test_stream_ahead_asks_past_a_sequential_stream_once_and_stops_at_a_jump() -> None:
+    ahead = StreamAhead(ahead=4 * MiB, step=MiB)
+    size = 16 * MiB
+    assert ahead.next_range(0, MiB, size) is None  # one read is no stream yet
+    assert ahead.next_range(MiB, MiB, size) == (2 * MiB, 4 * MiB)  # continues it: the next 4 MiB
+    assert ahead.next_range(2 * MiB, MiB, size) == (6 * MiB, MiB)  # then 1 MiB more per MiB read
+    assert ahead.next_range(3 * MiB, 512 << 10, size) is None  # less than a step past what was asked
+    assert ahead.next_range(3 * MiB + (512 << 10), 512 << 10, size) == (7 * MiB, MiB)
+    assert ahead.next_range(9 * MiB, MiB, size) is None  # a jump ends the stream
+    assert ahead.next_range(10 * MiB, MiB, size) == (11 * MiB, 4 * MiB)  # a new one, asked afresh
+    assert ahead.next_range(11 * MiB, MiB, size) == (15 * MiB, MiB)  # up to the end of the export
+    assert ahead.next_range(12 * MiB, MiB, size) is None and ahead.next_range(13 * MiB, 3 * MiB, size) is None
+
+
+def _cached(pool: str) -> int:
+    """Bytes of the pool's segment files in the page cache, by fincore (mincore: unlike a
+    probing read it never starts a read itself)."""
+    paths = [seg_path(pool, n) for n in seg_list(pool)]
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *paths],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(x) for x in out.split())
+
+
+@pytest.mark.local_only("the page cache of local segment files")
+def test_store_prefetch_warms_the_range_asked_for_and_ignores_what_is_gone(tmp_path) -> None:
+    with served(tmp_path, volumes={"vol": 16 * MiB}) as s:
+        vid = s.store.volume("vol").id
+        data = os.urandom(8 * MiB)
+        for off in range(0, 8 * MiB, MiB):
+            s.store.write(vid, off, data[off : off + MiB])
+        s.store.sync()
+        evict_segments(s.pool)
+        assert _cached(s.pool) < 64 << 10
+        s.store.prefetch(vid, 2 * MiB, 2 * MiB)
+        deadline = time.monotonic() + 10
+        while _cached(s.pool) < 2 * MiB:  # WILLNEED reads in the background
+            assert time.monotonic() < deadline, "the range asked for never reached the page cache"
+            time.sleep(0.01)
+        assert _cached(s.pool) < 2 * MiB + (256 << 10)  # that range's records, not the volume
+        assert s.store.read(vid, 2 * MiB, 2 * MiB) == data[2 * MiB : 4 * MiB]
+        s.store.prefetch(vid, 12 * MiB, 4 * MiB)  # never written: nothing to read
+        s.store.prefetch(999, 0, MiB)  # no such volume: a hint, ignored
+        s.store.prefetch(vid, 0, MiB, sid=42)  # no such snapshot

@@ -5,9 +5,11 @@
 pool's exports; ``catalog`` resolves them against the Store and applies the sharing rules;
 ``conn`` serves one client (``replies`` batches its replies into few sends, ``readers``
 overlaps its queued reads on a remote pool, ``sender`` sends a large read's pieces while the
-next is read) and ``server`` accepts them, bounded, and stops them softly.
+next is read, ``ahead`` asks for the next MiBs of a sequential stream) and ``server``
+accepts them, bounded, and stops them softly.
 """
 
 from __future__ import annotations
 
-__all__ = ["catalog", "conn", "exportfile", "negotiate", "proto", "readers", "replies", "sender", "server", "tlsdir", "transmit"]
+__all__ = ["ahead", "catalog", "conn", "exportfile", "negotiate", "proto", "readers", "replies", "sender", "server",
+           "tlsdir", "transmit"]

@@ -42,6 +42,7 @@ from typing import Any
 
 from vstor.errors import Unavailable, VstorError, WouldBlock
 from vstor.nbd import proto as P
+from vstor.nbd.ahead import StreamAhead
 from vstor.nbd.negotiate import CONTEXT_ID, Negotiation, Session
 from vstor.nbd.readers import ReadWorkers
 from vstor.nbd.replies import ReplyBatch
@@ -86,6 +87,7 @@ class Connection:
         self._readers_bytes = 0  # bytes of the reads with the workers
         self._deferred: list[tuple[int, int, int]] = []  # reads whose disk reads the kernel is making
         self._sender: ReplySender | None = None  # large reads, in pieces (local pools, plain TCP)
+        self._ahead = StreamAhead()  # large reads in sequence: the volume's next MiBs asked for
         self._buf = bytearray(1 << 20)
         self._rbuf = bytearray(RBUF)  # received, not yet parsed: [_rpos, _rend)
         self._rmv = memoryview(self._rbuf)
@@ -303,6 +305,9 @@ class Connection:
         whole, into new bytes that wait in the batch or into the connection's buffer."""
         store, vid = self.store, self.vid
         if length > INLINE_READ_MAX and self.local:  # local segment files: the kernel reads ahead of a stream
+            ahead = self._ahead.next_range(offset, length, self.session.export.size)  # type: ignore[union-attr]
+            if ahead is not None:
+                store.prefetch(vid, *ahead, sid=self.sid)
             if self.streaming and not flags & P.CMDF_DF:
                 self._gather()
                 self.batch.flush()

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from vstor.errors import CorruptData, NotFound, WouldBlock
+from vstor.errors import CorruptData, NotFound, VstorError, WouldBlock
 from vstor.store.codec import first_bad_stored_frame
 from vstor.store.journal.format import (
     FRAME_ENTRY_SIZE,
@@ -99,6 +99,33 @@ class ReadPathMixin(StoreParts):
         if len(pieces) > 4 and not sid and self.defrag_hint is not None:  # once per read served, not per try
             self.defrag_hint(vid, offset, size, len(pieces))
         return out
+
+    def prefetch(self, vid: int, offset: int, size: int, sid: int = 0) -> None:
+        """Ask the kernel to start reading the stored data of [offset, offset+size) of volume
+        ``vid`` (or of its image in snapshot ``sid``) and return without waiting: a hint from
+        a reader that will read the range next (an NBD client's sequential stream). Pieces of
+        large records only (a request's small records are fetched together by the read itself,
+        :meth:`_prefetch`); a local pool only (a remote one has no page cache to warm). A
+        missing volume, a damaged header or a failed hint is ignored: the read reports it."""
+        with self._lock:
+            vm = self.state.snap_maps.get((sid, vid)) if sid else self.state.maps.get(vid)
+            if vm is None:
+                return
+            pieces = [p for p in vm.lookup(offset, offset + size) if p[1] - p[0] > PREFETCH_MAX]
+            self._active_reads += 1  # segment deletion waits, as for a read
+        journal = self.journal
+        try:
+            for s, e, loc in pieces:
+                cached = self._header(loc)
+                h, offs = cached.header, cached.offs
+                if h.offset <= s and e <= h.offset + h.length:
+                    f0, f1 = (s - h.offset) // FRAME_SIZE, (e - 1 - h.offset) // FRAME_SIZE
+                    base = loc_pos(loc) + RECORD_HEADER_SIZE + h.table_size
+                    journal.prefetch(loc_segno(loc), base + offs[f0], offs[f1 + 1] - offs[f0])
+        except (OSError, VstorError):  # only a hint
+            pass
+        finally:
+            self.done_reading()
 
     def lookup_for_read(self, vm: Any, offset: int, size: int) -> list:
         """Extents of a range of ``vm``, registering a reader; pair with :meth:`done_reading`."""

@@ -1,0 +1,45 @@
+"""Read-ahead of one NBD connection's sequential stream of large reads. Pure.
+
+A client copying or scanning an export (``qemu-img convert``, ``nbdcopy``, fio, a backup)
+sends large reads, each starting where the one before ended. The segment files' own
+readahead in the kernel then keeps one window in flight; asking for the next few MiB of the
+volume as well (``Store.prefetch``: WILLNEED on the records that hold them) keeps the disk's
+queue fed steadily. In process, cold 1 MiB reads of a 4 GiB volume ran at 0.80-1.55 GB/s
+(mean 1.14) with 4 MiB asked for ahead and 0.50-0.89 (mean 0.70) without; through NBD at
+queue depth 16, 1.09-1.22 GB/s against 1.06-1.08, with a p99 of 18-20 ms against 24-25 (at
+depth 1 no faster; docs/benchmarks.md section 10).
+
+:class:`StreamAhead` says, for each large read, which range past it to ask for: nothing
+until a read continues the previous one; then up to ``ahead`` bytes past the read's end,
+in steps of at least ``step`` bytes, never asking for a byte twice while the stream goes on.
+A read elsewhere ends the stream.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AHEAD", "STEP", "StreamAhead"]
+
+AHEAD = 4 << 20  # bytes of the volume asked for past a sequential read
+STEP = 1 << 20  # ... in requests of at least this much
+
+
+class StreamAhead:
+    def __init__(self, ahead: int = AHEAD, step: int = STEP) -> None:
+        self.ahead, self.step = ahead, step
+        self._next = -1  # where the last large read ended
+        self._asked = 0  # the stream's data is asked for up to here
+
+    def next_range(self, offset: int, length: int, size: int) -> tuple[int, int] | None:
+        """(start, length) to ask for after a read of [offset, offset+length) of an export of
+        ``size`` bytes, or None."""
+        end = offset + length
+        sequential = offset == self._next
+        self._next = end
+        if not sequential:
+            self._asked = end
+            return None
+        start, stop = max(self._asked, end), min(end + self.ahead, size)
+        if stop - start < min(self.step, size - start) or stop <= start:
+            return None
+        self._asked = stop
+        return start, stop - start
