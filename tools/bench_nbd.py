@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tools.bench_nbd [--size 1G] [--servers nbdkit,vstor,nbdkit-tls,vstor-tls]
                                         [--rounds N] [--runtime S] [--jobs NAME,...] [--json-out FILE]
+                                        [--keep-page-reporting]
 
 A lab (vm/lab.py) of two network namespaces joined by a veth: the servers run in site B, fio runs in
 site A (the test host) and dials B's address, so every byte crosses the same link. One server at a
@@ -16,12 +17,17 @@ then 16 (each ends with a FLUSH: end_fsync=1), 1 MiB sequential read at 1 and 16
 (time-based, FLUSH at the end) at 1 and 16, 4 KiB random read at 1 and 16. The page cache is dropped
 before each read. Ratios: vstor/nbdkit (target >= 0.8 on all eight), vstor-tls/nbdkit-tls, and TLS
 against plain for each server. With --rounds N the list runs N times, round N starting at the Nth
-server; each ratio is the median of the per-round ratios. MB = 10^6 bytes. Needs root.
+server; each ratio is the median of the per-round ratios. MB = 10^6 bytes. The VM's free page
+reporting is held off for the run (benchlib/hostmem.py), as bench_fio does: with it on, which server
+paid the host's faults on freshly used page-cache pages depended on timing (nbdkit's own 1 MiB reads
+moved threefold between rounds, docs/benchmarks.md section 10); --keep-page-reporting leaves it on.
+Needs root.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -37,6 +43,7 @@ from typing import Any
 
 from tools.benchlib import options
 from tools.benchlib.fio import fio_version
+from tools.benchlib.hostmem import steady_memory
 from tools.benchlib.nbdservers import NbdkitServer, Server, VstorServer, make_certs, tool_missing
 from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, signals_deferred
 from tools.benchlib.report import combine, round_ratio, table
@@ -165,7 +172,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq-cap", type=int, default=120, help="time cap of each sequential pass (default 120)")
     p.add_argument("--jobs", default=",".join(j.name for j in JOBS),
                    help="comma list of the jobs to run (default all eight, in their fixed order)")
-    options.add_common(p, page_reporting=False)
+    options.add_common(p)
     a = p.parse_args(argv)
     a.size_bytes = options.size(p, a.size)
     a.server_list = options.choices(p, a.servers, SERVERS, "server")
@@ -197,10 +204,13 @@ def main(argv: list[str] | None = None) -> int:
             "commit": subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short",
                                       "HEAD"], capture_output=True, text=True).stdout.strip()}
     interrupted = False
+    memory = contextlib.ExitStack()
     try:
         print(f"$ {head['command']}\n{head['date']}  commit {head['commit']}, kernel {head['kernel']}, "
               f"{head['cpus']} CPUs, {head['fio']}; "
               f"fio --ioengine=nbd in namespace {lab.ns('a')} -> servers in {lab.ns('b')}, {a.size} export", flush=True)
+        head["host_memory"] = memory.enter_context(steady_memory(not a.keep_page_reporting))
+        print(head["host_memory"], flush=True)
         lab.up()
         pki, server_dir, client_dir = make_certs(workdir / "tls", SERVER_CN)
         etc = workdir / "etc"
@@ -227,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
+            memory.close()
     combined = combine(rounds, JOBS, keep=("kind", "tls")) if rounds else {}
     rat = ratios(rounds)
     print()
