@@ -305,24 +305,30 @@ class Connection:
         whole, into new bytes that wait in the batch or into the connection's buffer."""
         store, vid = self.store, self.vid
         if length > INLINE_READ_MAX and self.local:  # local segment files: the kernel reads ahead of a stream
-            ahead = self._ahead.next_range(offset, length, self.session.export.size)  # type: ignore[union-attr]
-            if ahead is not None:
-                store.prefetch(vid, *ahead, sid=self.sid)
+            self._gather()
+            self.batch.flush()
             if self.streaming and not flags & P.CMDF_DF:
-                self._gather()
-                self.batch.flush()
                 self._stream_read(cookie, offset, length)
-                return
-        elif length <= WORKER_READ_MAX and self._rend - self._rpos >= P.REQUEST.size and \
+            else:
+                self._read_whole(cookie, offset, length)
+            ahead = self._ahead.next_range(offset, length, self.session.export.size)  # type: ignore[union-attr]
+            if ahead is not None:  # once the reply is on its way: not in the client's wait
+                store.prefetch(vid, *ahead, sid=self.sid)
+            return
+        if length <= WORKER_READ_MAX and self._rend - self._rpos >= P.REQUEST.size and \
                 self._queued_read(cookie, offset, length):
             return
         if length <= INLINE_READ_MAX:  # new bytes of its own: its reply can wait in the batch
             self._reply_data(cookie, offset, length, store.read(vid, offset, length, sid=self.sid))
             return
         self._gather()
-        self.batch.flush()  # a large read: into the connection's buffer, sent at once
+        self.batch.flush()
+        self._read_whole(cookie, offset, length)
+
+    def _read_whole(self, cookie: int, offset: int, length: int) -> None:
+        """A large read into the connection's buffer, sent at once (after the batch before it)."""
         view = self._buffer(length)
-        store.read_into(vid, offset, view, sid=self.sid)
+        self.store.read_into(self.vid, offset, view, sid=self.sid)
         self._reply_data(cookie, offset, length, view)
         self.batch.flush()
 
