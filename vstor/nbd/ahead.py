@@ -5,7 +5,7 @@ sends large reads, each starting where the one before ended. The segment files' 
 readahead in the kernel then keeps one window in flight; asking for the next few MiB of the
 volume as well (``Store.prefetch``: WILLNEED on the records that hold them) keeps the disk's
 queue fed steadily. In process, cold 1 MiB reads of a 4 GiB volume ran at 0.80-1.55 GB/s
-(mean 1.14) with 4 MiB asked for ahead and 0.50-0.89 (mean 0.70) without; through NBD at
+(mean 1.14) with 4 MiB asked for ahead and 0.50-1.01 (mean 0.74) without; through NBD at
 queue depth 16, 1.09-1.22 GB/s against 1.06-1.08, with a p99 of 18-20 ms against 24-25 (at
 depth 1 no faster until the asking moved after the reply's pieces were queued, out of the
 client's wait: then 1.03-1.14 GB/s against 0.92-0.95; docs/benchmarks.md section 10).
