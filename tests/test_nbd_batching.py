@@ -17,7 +17,7 @@ from poolsite import active
 
 from vstor.nbd import proto as P
 from vstor.nbd.replies import ReplyBatch
-from vstor.store.journal.format import FRAME_ENTRY_SIZE, FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.journal.format import FRAME_SIZE
 
 pytestmark = pytest.mark.usefixtures("pool_backend")
 
@@ -107,25 +107,13 @@ def test_pipelined_requests_each_get_their_own_reply(tmp_path) -> None:
         assert s.server.export_stats()["vol"]["ops"] == 108
 
 
-def _first_frame_on_disk(s, vid: int) -> tuple[int, int]:
-    ((_s, _e, loc),) = s.store.state.maps[vid].lookup(0, 1)
-    segno, pos = loc_segno(loc), loc_pos(loc)
-    header, _ = s.store.journal.read_header(segno, pos)
-    return segno, pos + RECORD_HEADER_SIZE + header.nframes * FRAME_ENTRY_SIZE
-
-
 @pytest.mark.skipif(nbd is None, reason="needs python3-libnbd (make setup)")
 def test_a_corrupt_frame_is_eio_on_every_read_and_the_rest_is_served(tmp_path) -> None:
     with served(tmp_path, volumes={"vol": 8 * MiB}) as s:
-        s.export("vol")
-        s.start()
-        vid = s.store.volume("vol").id
-        data = os.urandom(4 * FRAME_SIZE)
-        s.store.write(vid, 0, data)
-        s.store.sync()
+        vid, data = s.written(4 * FRAME_SIZE)
         h = handle(s.uri("vol"))
         assert h.pread(4096, 8192) == data[8192:12288]  # read (and verified) once before the damage
-        segno, at = _first_frame_on_disk(s, vid)
+        segno, at = s.frame_on_disk(vid)
         seg_flip(s.pool, segno, at + 30_000)  # inside frame 0, away from the 4 KiB read below
         errors_before = s.store.stats.read_errors
         for _ in range(3):  # a small read of another part of the damaged frame: EIO each time
@@ -156,11 +144,7 @@ def test_a_corrupt_frame_is_eio_on_every_read_and_the_rest_is_served(tmp_path) -
 def _served_with(s, size: int) -> tuple[bytes, Raw]:
     """``size`` random bytes written (and synced) at the start of export "vol", and a raw
     client attached to it."""
-    s.export("vol")
-    s.start()
-    data = os.urandom(size)
-    s.store.write(s.store.volume("vol").id, 0, data)
-    s.store.sync()
+    _vid, data = s.written(size)
     raw = Raw(s.port)
     raw.go("vol")
     return data, raw
@@ -181,7 +165,7 @@ def _read_all(raw: Raw, offsets: list[int]) -> dict[int, tuple[int, bytes]]:
 def test_queued_reads_that_miss_the_page_cache_are_deferred_and_answered(tmp_path) -> None:
     with served(tmp_path, volumes={"vol": 16 * MiB}) as s:
         data, raw = _served_with(s, 8 * MiB)
-        segno, at = _first_frame_on_disk(s, s.store.volume("vol").id)
+        segno, at = s.frame_on_disk(s.store.volume("vol").id)
         seg_flip(s.pool, segno, at + 3 * FRAME_SIZE + 100)  # frame 3 fails its checksum
         evict_segments(s.pool)
         rnd = random.Random(5)

@@ -21,7 +21,7 @@ from vstor.nbd import proto as P
 from vstor.nbd.ahead import StreamAhead
 from vstor.nbd.conn import INLINE_READ_MAX
 from vstor.nbd.sender import PIECE, ReplySender
-from vstor.store.journal.format import FRAME_ENTRY_SIZE, FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.journal.format import FRAME_SIZE
 
 pytestmark = pytest.mark.usefixtures("pool_backend")
 
@@ -117,12 +117,8 @@ def _data(chunks: list[tuple[int, int, bytes]]) -> list[tuple[int, bytes]]:
 
 
 def _serve(s, size: int) -> tuple[int, bytes, Raw]:
-    s.export("vol")
-    s.start()
-    vid = s.store.volume("vol").id
-    data = os.urandom(size)
-    s.store.write(vid, 0, data)
-    s.store.sync()
+    """Export "vol" with ``size`` random bytes at its start; a raw client with structured replies."""
+    vid, data = s.written(size)
     raw = Raw(s.port)
     raw.go("vol", structured=True)
     return vid, data, raw
@@ -150,20 +146,12 @@ def test_a_large_read_goes_out_in_pieces_in_order_and_df_keeps_it_whole(tmp_path
         raw.close()
 
 
-def _frame_on_disk(s, vid: int, frame: int) -> tuple[int, int]:
-    ((_s, _e, loc),) = s.store.state.maps[vid].lookup(frame * FRAME_SIZE, frame * FRAME_SIZE + 1)
-    segno, pos = loc_segno(loc), loc_pos(loc)
-    header, _ = s.store.journal.read_header(segno, pos)
-    first = header.offset // FRAME_SIZE
-    return segno, pos + RECORD_HEADER_SIZE + header.nframes * FRAME_ENTRY_SIZE + (frame - first) * FRAME_SIZE
-
-
 @pytest.mark.local_only("large reads are streamed only from a local pool")
 def test_a_corrupt_frame_ends_a_streamed_read_with_an_error_at_its_piece(tmp_path) -> None:
     with served(tmp_path, volumes={"vol": 8 * MiB}) as s:
         vid, data, raw = _serve(s, 2 * MiB)
         bad = (PIECE + PIECE // 2) // FRAME_SIZE  # a frame inside the second piece
-        segno, at = _frame_on_disk(s, vid, bad)
+        segno, at = s.frame_on_disk(vid, bad)
         seg_flip(s.pool, segno, at + 1000)
         raw.s.sendall(P.request(P.CMD_READ, 21, 0, 2 * MiB) + P.request(P.CMD_READ, 22, 4 * PIECE, 8192))
         got = _replies(raw, 2)  # the small read's reply may come first: replies go in any order
@@ -191,12 +179,7 @@ def test_every_reply_goes_out_before_a_disc_behind_large_reads(tmp_path) -> None
 @pytest.mark.skipif(nbd is None, reason="needs python3-libnbd (make setup)")
 def test_libnbd_reads_streamed_pieces_and_sees_the_error(tmp_path) -> None:
     with served(tmp_path, volumes={"vol": 8 * MiB}) as s:
-        s.export("vol")
-        s.start()
-        vid = s.store.volume("vol").id
-        data = os.urandom(4 * MiB)
-        s.store.write(vid, 0, data)
-        s.store.sync()
+        vid, data = s.written(4 * MiB)
         h = handle(s.uri("vol"))
         seen: list[tuple[int, int]] = []
 
@@ -208,7 +191,7 @@ def test_libnbd_reads_streamed_pieces_and_sees_the_error(tmp_path) -> None:
         assert sum(n for _o, n in seen) == 3 * MiB
         local = s.store.journal.backend.local_path(0) is not None
         assert len(seen) == (-(-3 * MiB // PIECE) if local else 1)
-        segno, at = _frame_on_disk(s, vid, 40)
+        segno, at = s.frame_on_disk(vid, 40)
         seg_flip(s.pool, segno, at + 7)
         with pytest.raises(nbd.Error) as e:
             h.pread(3 * MiB, 0)
