@@ -9,6 +9,7 @@ order, at most BUFFERS held, and a failed socket stops it and reaches the connec
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -17,6 +18,7 @@ import pytest
 from nbdkit import MiB, Raw, handle, nbd, served
 from poolkit import evict_segments, seg_flip, seg_list, seg_path
 
+from vstor.errors import CorruptData
 from vstor.nbd import proto as P
 from vstor.nbd.ahead import StreamAhead
 from vstor.nbd.conn import INLINE_READ_MAX
@@ -92,8 +94,56 @@ def test_a_failed_send_drops_the_queue_and_reaches_the_connection() -> None:
         sender.close()
 
 
+@pytest.mark.no_pool("the sender over a socket pair")
+def test_stream_reads_pieces_in_order_and_ends_at_a_failed_one_with_its_offset() -> None:
+    a, b = socket.socketpair()
+    sender = ReplySender(lambda *parts: a.sendmsg(list(parts)) and None, lambda n: None, "test-sender",
+                         piece=1000, buffers=2)
+    data = os.urandom(10_000)
+    asked: list[int] = []
+
+    def read_into(offset: int, view: memoryview) -> None:
+        asked.append(offset)
+        if offset >= 5000:
+            raise CorruptData("checksum mismatch in frame 7")
+        view[:] = data[offset : offset + len(view)]
+
+    try:
+        sender.stream(42, 500, 2200, read_into)  # 3 pieces: 1000, 1000, 200 bytes
+        sender.stream(43, 3000, 4000, read_into)  # fails at its third piece
+        sender.drain()
+        raw = _SockReader(b)
+        got = _replies(raw, 2)
+        assert _data(got[42]) == [(500, data[500:1500]), (1500, data[1500:2500]), (2500, data[2500:2700])]
+        assert [f for _t, f, _p in got[42]] == [0, 0, P.REPLY_FLAG_DONE]
+        assert _data(got[43]) == [(3000, data[3000:4000]), (4000, data[4000:5000])]  # the good ones
+        ctype, flags, payload = got[43][-1]
+        assert (ctype, flags) == (P.REPLY_ERROR_OFFSET, P.REPLY_FLAG_DONE)
+        assert int.from_bytes(payload[:4], "big") == P.EIO and int.from_bytes(payload[-8:], "big") == 5000
+        assert asked == [500, 1500, 2500, 3000, 4000, 5000]  # nothing read past the failed piece
+    finally:
+        sender.close()
+        a.close()
+        b.close()
+
+
+class _SockReader:
+    """Raw's recv over a plain socket (the sender tests have no server)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.s = sock
+
+    def recv(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = self.s.recv(n - len(out))
+            assert chunk, "closed early"
+            out += chunk
+        return out
+
+
 # -- through the server --------------------------------------------------------------------------
-def _replies(raw: Raw, n: int) -> dict[int, list[tuple[int, int, bytes]]]:
+def _replies(raw: Raw | _SockReader, n: int) -> dict[int, list[tuple[int, int, bytes]]]:
     """The structured chunks of the next ``n`` replies (chunks of different replies may
     interleave), up to each one's DONE flag: {cookie: [(type, flags, payload), ...]}."""
     out: dict[int, list[tuple[int, int, bytes]]] = {}

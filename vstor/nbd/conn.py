@@ -333,24 +333,13 @@ class Connection:
         self.batch.flush()
 
     def _stream_read(self, cookie: int, offset: int, length: int) -> None:
-        """A large read as OFFSET_DATA chunks of PIECE bytes, each queued to the sender thread
-        as soon as it is read and verified; a piece that fails ends the reply with an error
-        chunk for its offset (the pieces before it were good data)."""
+        """A large read in pieces, each sent by the sender thread while the next is read."""
         if self._sender is None:
             self._sender = ReplySender(self._send, self._replied, f"nbd-send-{self.peer}")
-        sender, end = self._sender, offset + length
-        while offset < end:
-            n = min(sender.piece, end - offset)
-            buf = sender.buffer()
-            view = buf[:n]
-            try:
-                self.store.read_into(self.vid, offset, view, sid=self.sid)
-            except VstorError as e:
-                sender.release(buf)
-                sender.put(P.error_chunk(cookie, P.wire_errno(e.errno), str(e), offset), None, None, True)
-                return
-            sender.put(P.offset_data_header(cookie, offset, n, offset + n >= end), view, buf, offset + n >= end)
-            offset += n
+        self._sender.stream(cookie, offset, length, self._read_piece)
+
+    def _read_piece(self, offset: int, view: memoryview) -> None:
+        self.store.read_into(self.vid, offset, view, sid=self.sid)
 
     def _queued_read(self, cookie: int, offset: int, length: int) -> bool:
         """A read with more requests queued behind it: answered now if memory holds it,

@@ -5,10 +5,11 @@ Served in one go, a 1 MiB read is read from the journal (a wait for the disk whe
 the frames' checksums) and only then sent (the copy into the socket and, over a veth or the
 loopback, the receiver's TCP work too): one after the other, each taking about half of the
 request's time (docs/benchmarks.md section 10). With structured replies the protocol lets a
-read's data go out as several OFFSET_DATA chunks, the last one flagged DONE; so the
-connection's thread reads a large read piece by piece into buffers of this sender and queues
-each piece, which the sender thread writes to the socket while the next one is read. The
-socket write and the ``preadv`` both release the GIL, so the two overlap.
+read's data go out as several OFFSET_DATA chunks, the last one flagged DONE; so
+:meth:`ReplySender.stream`, called by the connection's thread, reads a large read piece by
+piece into buffers of this sender and queues each piece, which the sender thread writes to
+the socket while the next one is read. The socket write and the ``preadv`` both release the
+GIL, so the two overlap.
 
 Guarantees:
 
@@ -29,6 +30,9 @@ import threading
 from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any
+
+from vstor.errors import VstorError
+from vstor.nbd import proto as P
 
 __all__ = ["PIECE", "BUFFERS", "ReplySender"]
 
@@ -55,6 +59,27 @@ class ReplySender:
         self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+
+    def stream(self, cookie: int, offset: int, length: int, read_into: Callable[[int, memoryview], None]) -> None:
+        """The reply to a READ of [offset, offset+length) as OFFSET_DATA chunks of ``piece``
+        bytes, DONE on the last: each piece is read by ``read_into(offset, view)``, which fills
+        ``view`` with verified data or raises VstorError, and queued at once. A piece that
+        fails ends the reply with an ERROR_OFFSET chunk at its offset (the pieces before it
+        were good data); nothing after it is read. Returns once the last chunk is queued."""
+        end = offset + length
+        while offset < end:
+            n = min(self.piece, end - offset)
+            buf = self.buffer()
+            view = buf[:n]
+            try:
+                read_into(offset, view)
+            except VstorError as e:
+                self.release(buf)
+                self.put(P.error_chunk(cookie, P.wire_errno(e.errno), str(e), offset), None, None, True)
+                return
+            last = offset + n >= end
+            self.put(P.offset_data_header(cookie, offset, n, last), view, buf, last)
+            offset += n
 
     def buffer(self) -> memoryview:
         """A buffer of ``piece`` bytes to read a piece into: a new one up to ``buffers``, then
