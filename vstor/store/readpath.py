@@ -29,6 +29,7 @@ from vstor.store.journal.format import (
     loc_pos,
     loc_segno,
 )
+from vstor.store.journal.hcache import CachedRecord
 from vstor.store.storeparts import StoreParts
 
 log = logging.getLogger("vstor.store")
@@ -117,11 +118,10 @@ class ReadPathMixin(StoreParts):
         try:
             for s, e, loc in pieces:
                 cached = self._header(loc)
-                h, offs = cached.header, cached.offs
+                h = cached.header
                 if h.offset <= s and e <= h.offset + h.length:
-                    f0, f1 = (s - h.offset) // FRAME_SIZE, (e - 1 - h.offset) // FRAME_SIZE
-                    base = loc_pos(loc) + RECORD_HEADER_SIZE + h.table_size
-                    journal.prefetch(loc_segno(loc), base + offs[f0], offs[f1 + 1] - offs[f0])
+                    _f0, _f1, at, stored = _frames_of(cached, loc_pos(loc), s, e)
+                    journal.prefetch(loc_segno(loc), at, stored)
         except (OSError, VstorError):  # only a hint
             pass
         finally:
@@ -238,18 +238,15 @@ class ReadPathMixin(StoreParts):
         ):
             raise CorruptData(f"misplaced record for {self._where(vid, s, loc)}: it holds volume {h.volume} "
                               f"offset {h.offset}")
-        rel_s, rel_e = s - h.offset, e - h.offset
-        f0, f1 = rel_s // FRAME_SIZE, (rel_e - 1) // FRAME_SIZE
-        base = pos + RECORD_HEADER_SIZE + h.table_size
-        stored = offs[f1 + 1] - offs[f0]
-        cut, n = rel_s - f0 * FRAME_SIZE, rel_e - rel_s
+        f0, f1, at, stored = _frames_of(cached, pos, s, e)
+        cut, n = s - h.offset - f0 * FRAME_SIZE, e - s
         if nowait:
-            raw: bytes | memoryview = self.journal.pread_nowait(segno, base + offs[f0], stored)
+            raw: bytes | memoryview = self.journal.pread_nowait(segno, at, stored)
         elif into is not None and cached.raw_csums is not None and cut == 0 and n == stored:
-            got = self.journal.pread_into(segno, base + offs[f0], into)
+            got = self.journal.pread_into(segno, at, into)
             raw = into if got == n else into[:got]  # short: fails the check below
         else:
-            raw = self.journal.pread(segno, base + offs[f0], stored)
+            raw = self.journal.pread(segno, at, stored)
         if cached.raw_csums is not None:  # frames stored as is: verify them in one pass
             bad = first_bad_stored_frame(raw, offs, cached.raw_csums, f0, f1)
             if bad is not None:
@@ -275,6 +272,14 @@ class ReadPathMixin(StoreParts):
 
     def _where(self, vid: int, s: int, loc: int) -> str:
         return f"volume {vid} chunk {s // self.sb.chunk_size} (segment {loc_segno(loc)} record {loc_pos(loc)})"
+
+
+def _frames_of(cached: CachedRecord, pos: int, s: int, e: int) -> tuple[int, int, int, int]:
+    """(first frame, last frame, position in the segment, stored bytes) of the frames that
+    hold [s, e) of the record at ``pos`` whose header and offsets are ``cached``."""
+    h, offs = cached.header, cached.offs
+    f0, f1 = (s - h.offset) // FRAME_SIZE, (e - 1 - h.offset) // FRAME_SIZE
+    return f0, f1, pos + RECORD_HEADER_SIZE + h.table_size + offs[f0], offs[f1 + 1] - offs[f0]
 
 
 def _shared_spans(pieces: list) -> dict[int, tuple[int, int, Any] | None]:

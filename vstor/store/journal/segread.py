@@ -96,6 +96,12 @@ class SegmentReader:
     outage: Outage | None
     _durable: tuple[int, int]
 
+    @property
+    def local_files(self) -> bool:
+        """Whether the segments are local files, read through the page cache (False: a remote
+        pool, whose reads each cost a round trip and which :meth:`prefetch` cannot warm)."""
+        return self._files
+
     def pread(self, segno: int, pos: int, size: int) -> bytes:
         if not self._files:
             return self._backend_read(segno, pos, size)
