@@ -16,7 +16,7 @@ import time
 
 import pytest
 from nbdkit import MiB, Raw, handle, nbd, served
-from poolkit import evict_segments, seg_flip, seg_list, seg_path
+from poolkit import evict_segments, frame_on_disk, seg_flip, seg_list, seg_path
 
 from vstor.errors import CorruptData
 from vstor.nbd import proto as P
@@ -201,7 +201,7 @@ def test_a_corrupt_frame_ends_a_streamed_read_with_an_error_at_its_piece(tmp_pat
     with served(tmp_path, volumes={"vol": 8 * MiB}) as s:
         vid, data, raw = _serve(s, 2 * MiB)
         bad = (PIECE + PIECE // 2) // FRAME_SIZE  # a frame inside the second piece
-        segno, at = s.frame_on_disk(vid, bad)
+        segno, at = frame_on_disk(s.store, vid, bad)
         seg_flip(s.pool, segno, at + 1000)
         raw.s.sendall(P.request(P.CMD_READ, 21, 0, 2 * MiB) + P.request(P.CMD_READ, 22, 3 * PIECE, 8192))
         got = _replies(raw, 2)  # the small read's reply may come first: replies go in any order
@@ -239,9 +239,9 @@ def test_libnbd_reads_streamed_pieces_and_sees_the_error(tmp_path) -> None:
 
         assert h.pread_structured(3 * MiB, 4096, chunk) == data[4096 : 4096 + 3 * MiB]
         assert sum(n for _o, n in seen) == 3 * MiB
-        local = s.store.journal.backend.local_path(0) is not None
+        local = s.store.journal.local_files
         assert len(seen) == (-(-3 * MiB // PIECE) if local else 1)
-        segno, at = s.frame_on_disk(vid, 40)
+        segno, at = frame_on_disk(s.store, vid, 40)
         seg_flip(s.pool, segno, at + 7)
         with pytest.raises(nbd.Error) as e:
             h.pread(3 * MiB, 0)

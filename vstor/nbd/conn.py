@@ -213,7 +213,7 @@ class Connection:
         # Large reads go out in pieces while the next is read: needs structured replies, a
         # socket two threads may use (not TLS) and a page cache (a local pool: a remote one
         # overlaps its round trips in the read workers instead).
-        self.local = self.store.journal.backend.local_path(0) is not None
+        self.local = self.store.journal.local_files
         self.streaming = self.parallel and session.structured and self.local
         self.batch = batch = ReplyBatch(self._send, self._replied)
         size, rbuf = P.REQUEST.size, self._rbuf
@@ -301,21 +301,11 @@ class Connection:
         self.batch.add(P.simple_reply(cookie))
 
     def _read(self, flags: int, cookie: int, offset: int, length: int) -> None:
-        """A READ: streamed in pieces, tried without waiting (queued behind others), or read
-        whole, into new bytes that wait in the batch or into the connection's buffer."""
+        """A READ: tried without waiting (queued behind others), into new bytes that wait in
+        the batch (small), or after the batch before it: in pieces or whole (large)."""
         store, vid = self.store, self.vid
-        if length > INLINE_READ_MAX and self.local:  # local segment files: the kernel reads ahead of a stream
-            self._gather()
-            self.batch.flush()
-            if self.streaming and not flags & P.CMDF_DF:
-                self._stream_read(cookie, offset, length)
-            else:
-                self._read_whole(cookie, offset, length)
-            ahead = self._ahead.next_range(offset, length, self.session.export.size)  # type: ignore[union-attr]
-            if ahead is not None:  # once the reply is on its way: not in the client's wait
-                store.prefetch(vid, *ahead, sid=self.sid)
-            return
-        if length <= WORKER_READ_MAX and self._rend - self._rpos >= P.REQUEST.size and \
+        stream = length > INLINE_READ_MAX and self.local  # local segment files: the kernel reads ahead of it
+        if not stream and length <= WORKER_READ_MAX and self._rend - self._rpos >= P.REQUEST.size and \
                 self._queued_read(cookie, offset, length):
             return
         if length <= INLINE_READ_MAX:  # new bytes of its own: its reply can wait in the batch
@@ -323,7 +313,13 @@ class Connection:
             return
         self._gather()
         self.batch.flush()
-        self._read_whole(cookie, offset, length)
+        if stream and self.streaming and not flags & P.CMDF_DF:
+            self._stream_read(cookie, offset, length)
+        else:
+            self._read_whole(cookie, offset, length)
+        ahead = self._ahead.next_range(offset, length, self.session.export.size) if stream else None  # type: ignore[union-attr]
+        if ahead is not None:  # once the reply is on its way: not in the client's wait
+            store.prefetch(vid, *ahead, sid=self.sid)
 
     def _read_whole(self, cookie: int, offset: int, length: int) -> None:
         """A large read into the connection's buffer, sent at once (after the batch before it)."""

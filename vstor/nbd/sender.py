@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from queue import SimpleQueue
+from queue import Queue, SimpleQueue
 from typing import Any
 
 from vstor.errors import VstorError
@@ -53,10 +53,8 @@ class ReplySender:
         self._send, self._replied, self._name = send, replied, name
         self.piece, self._nbuf = piece, buffers
         self._free: SimpleQueue[memoryview] = SimpleQueue()
-        self._queue: SimpleQueue[Any] = SimpleQueue()
+        self._queue: Queue[Any] = Queue()  # joined by drain(): every item is marked done once sent or dropped
         self._made = 0
-        self._pending = 0  # queued, not yet sent or dropped
-        self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
@@ -83,17 +81,15 @@ class ReplySender:
 
     def buffer(self) -> memoryview:
         """A buffer of ``piece`` bytes to read a piece into: a new one up to ``buffers``, then
-        one whose piece has been sent (waits for it)."""
+        one whose piece has been sent or dropped (waits for it: the thread gives back every
+        buffer it takes, after a failed send too)."""
         self._check()
         if self._made < self._nbuf:
             self._made += 1
             return memoryview(bytearray(self.piece))
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: not self._free.empty() or self._error is not None)
-            self._check()
-            if not self._free.empty():
-                return self._free.get()
+        buf = self._free.get()
+        self._check()
+        return buf
 
     def release(self, buf: memoryview) -> None:
         """Give back a buffer that was not queued (its read failed)."""
@@ -106,14 +102,11 @@ class ReplySender:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
             self._thread.start()
-        with self._cond:
-            self._pending += 1
         self._queue.put((head, data, buf, last))
 
     def drain(self) -> None:
         """Wait until everything queued is sent; raises what the socket raised, if it failed."""
-        with self._cond:
-            self._cond.wait_for(lambda: not self._pending)
+        self._queue.join()
         self._check()
 
     def close(self) -> None:
@@ -131,6 +124,7 @@ class ReplySender:
         while True:
             item = self._queue.get()
             if item is _STOP:
+                self._queue.task_done()
                 return
             head, data, buf, last = item
             if self._error is None:
@@ -142,6 +136,4 @@ class ReplySender:
                     self._error = e
             if buf is not None:
                 self._free.put(buf)
-            with self._cond:
-                self._pending -= 1
-                self._cond.notify_all()
+            self._queue.task_done()
