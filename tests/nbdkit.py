@@ -17,7 +17,6 @@ from vstor.nbd import proto as P
 from vstor.nbd.catalog import ExportCatalog
 from vstor.nbd.exportfile import ExportSpec
 from vstor.nbd.server import NbdServer
-from vstor.store.journal.format import FRAME_ENTRY_SIZE, FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
 from vstor.store.store import Store
 
 MiB = 1 << 20
@@ -62,14 +61,6 @@ class Served:
         self.store.write(vid, 0, data)
         self.store.sync()
         return vid, data
-
-    def frame_on_disk(self, vid: int, frame: int = 0) -> tuple[int, int]:
-        """(segment, position) of the stored bytes of frame ``frame`` (64 KiB of the volume)."""
-        ((_s, _e, loc),) = self.store.state.maps[vid].lookup(frame * FRAME_SIZE, frame * FRAME_SIZE + 1)
-        segno, pos = loc_segno(loc), loc_pos(loc)
-        header, _ = self.store.journal.read_header(segno, pos)
-        first = header.offset // FRAME_SIZE
-        return segno, pos + RECORD_HEADER_SIZE + header.nframes * FRAME_ENTRY_SIZE + (frame - first) * FRAME_SIZE
 
     @property
     def port(self) -> int:

@@ -10,7 +10,14 @@ from collections.abc import Iterable
 import poolsite
 
 from vstor.store.backend.stub import backend_for
-from vstor.store.journal.format import segment_name
+from vstor.store.journal.format import (
+    FRAME_ENTRY_SIZE,
+    FRAME_SIZE,
+    RECORD_HEADER_SIZE,
+    loc_pos,
+    loc_segno,
+    segment_name,
+)
 from vstor.store.maps.chunkmap import VolumeMap
 from vstor.store.superblock import init_pool
 
@@ -206,3 +213,13 @@ def state_flip(pool: str, name: str, pos: int) -> None:
         blob_flip(pool, name, pos)
     else:
         flip_byte(os.path.join(pool, name), pos)
+
+
+def frame_on_disk(store, vid: int, frame: int = 0) -> tuple[int, int]:
+    """(segment, position) of the stored bytes of volume ``vid``'s frame ``frame`` (its 64 KiB
+    at frame * FRAME_SIZE), in the record that maps it now: where to damage it."""
+    ((_s, _e, loc),) = store.state.maps[vid].lookup(frame * FRAME_SIZE, frame * FRAME_SIZE + 1)
+    segno, pos = loc_segno(loc), loc_pos(loc)
+    header, _ = store.journal.read_header(segno, pos)
+    first = header.offset // FRAME_SIZE
+    return segno, pos + RECORD_HEADER_SIZE + header.nframes * FRAME_ENTRY_SIZE + (frame - first) * FRAME_SIZE

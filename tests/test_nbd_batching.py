@@ -12,7 +12,7 @@ import socket
 
 import pytest
 from nbdkit import MiB, Raw, handle, nbd, served
-from poolkit import evict_segments, seg_flip
+from poolkit import evict_segments, frame_on_disk, seg_flip
 from poolsite import active
 
 from vstor.nbd import proto as P
@@ -113,7 +113,7 @@ def test_a_corrupt_frame_is_eio_on_every_read_and_the_rest_is_served(tmp_path) -
         vid, data = s.written(4 * FRAME_SIZE)
         h = handle(s.uri("vol"))
         assert h.pread(4096, 8192) == data[8192:12288]  # read (and verified) once before the damage
-        segno, at = s.frame_on_disk(vid)
+        segno, at = frame_on_disk(s.store, vid)
         seg_flip(s.pool, segno, at + 30_000)  # inside frame 0, away from the 4 KiB read below
         errors_before = s.store.stats.read_errors
         for _ in range(3):  # a small read of another part of the damaged frame: EIO each time
@@ -165,7 +165,7 @@ def _read_all(raw: Raw, offsets: list[int]) -> dict[int, tuple[int, bytes]]:
 def test_queued_reads_that_miss_the_page_cache_are_deferred_and_answered(tmp_path) -> None:
     with served(tmp_path, volumes={"vol": 16 * MiB}) as s:
         data, raw = _served_with(s, 8 * MiB)
-        segno, at = s.frame_on_disk(s.store.volume("vol").id)
+        segno, at = frame_on_disk(s.store, s.store.volume("vol").id)
         seg_flip(s.pool, segno, at + 3 * FRAME_SIZE + 100)  # frame 3 fails its checksum
         evict_segments(s.pool)
         rnd = random.Random(5)

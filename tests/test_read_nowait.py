@@ -11,11 +11,11 @@ import subprocess
 import time
 
 import pytest
-from poolkit import evict_segments, make_pool, seg_flip, seg_path
+from poolkit import evict_segments, frame_on_disk, make_pool, seg_flip, seg_path
 from poolsite import active
 
 from vstor.errors import CorruptData, WouldBlock
-from vstor.store.journal.format import FRAME_ENTRY_SIZE, FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.journal.format import FRAME_SIZE, loc_segno
 from vstor.store.store import Store
 
 pytestmark = pytest.mark.usefixtures("pool_backend")
@@ -101,10 +101,8 @@ def test_a_remote_pool_never_waits_and_the_blocking_read_serves(tmp_path) -> Non
 def test_a_nowait_read_never_returns_a_frame_that_fails_its_checksum(tmp_path) -> None:
     pool, store, vid, data = _written(tmp_path)
     try:
-        ((_s, _e, loc),) = store.state.maps[vid].lookup(0, 1)
-        header, _ = store.journal.read_header(loc_segno(loc), loc_pos(loc))
-        frames = loc_pos(loc) + RECORD_HEADER_SIZE + header.nframes * FRAME_ENTRY_SIZE
-        seg_flip(pool, loc_segno(loc), frames + FRAME_SIZE + 30_000)  # frame 1, away from the reads
+        segno, at = frame_on_disk(store, vid, 1)
+        seg_flip(pool, segno, at + 30_000)  # frame 1, away from the reads
         errors = store.stats.read_errors
         for _ in range(2):
             with pytest.raises(CorruptData):
