@@ -150,6 +150,46 @@ def test_gc_relocates_live_data_and_frees_segments(tmp_path, mode):
     store.close()
 
 
+def test_gc_waits_while_the_host_only_reads_and_the_pool_has_room(tmp_path):
+    """Reads make no garbage: a tick after host reads alone moves nothing (GC's moves took the
+    readers' CPU). GC runs after a tick with a write or a trim, after a quiet one, and while the
+    host reads if the pool is short of room."""
+    pool, store, vid, model = _overwritten_pool(tmp_path)
+    gc = Reclaimer(store, clock=ManualClock(), min_dead=0.3, bytes_per_tick=MiB)
+    assert gc.candidates() == {1}
+
+    def tick_moved() -> int:
+        before = store.stats.relocated_bytes
+        gc.tick()
+        return store.stats.relocated_bytes - before
+
+    store.read(vid, 0, 4096)
+    assert tick_moved() == 0 and gc.gc_state == "waiting: the host is reading"
+    assert tick_moved() > 0 and gc.gc_state == "collecting"  # a quiet tick
+    store.read(vid, MiB, 4096)
+    write(store, vid, model, 20 * MiB, b"w" * 4096)
+    assert tick_moved() > 0  # a write: GC keeps pace
+    store.read(vid, 0, 4096)
+    store.trim(vid, 24 * MiB, 4096)
+    model[24 * MiB : 24 * MiB + 4096] = bytes(4096)
+    assert tick_moved() > 0  # a trim makes garbage too
+    store.read(vid, 0, 4096)
+    assert tick_moved() == 0
+    store.space.reserve = store.space.refresh()  # no room beyond the reserve
+    store.read(vid, 0, 4096)
+    assert tick_moved() > 0
+    store.space.reserve = 0
+    while gc.candidates():
+        gc.tick()
+    store.read(vid, 0, 4096)
+    gc.tick()
+    assert gc.gc_state == "waiting: the host is reading"
+    gc.tick()
+    assert gc.gc_state == "idle: no segment to clean"
+    assert store.read(vid, 0, len(model)) == model
+    store.close()
+
+
 def test_a_budgeted_gc_pass_empties_the_least_live_segment_first(tmp_path):
     """Three segments of one volume, in address order; the middle one is the least live. A
     pass whose budget covers only that segment's live data must empty it, and not thin out

@@ -7,7 +7,8 @@ Each tick:
     can lose and the dirty page cache;
   * checkpoint: after ``checkpoint_bytes`` of journal or ``checkpoint_interval`` seconds;
   * snapshot policies (policyrun.PolicyRunner: by time or bytes written, with pre/post commands);
-  * GC, within the per-tick budget (reclaim.py);
+  * GC, within the per-tick budget (reclaim.py), except while the host only reads and the
+    pool has room (activity.py: reads make no garbage, and moves made then took their CPU);
   * the fragment budget (fragments.py);
   * defragmentation: windows host reads found scattered, and the idle sweep (defrag.py).
 A failing step does not stop the others, and no exception ends the loop (steps.py).
@@ -21,9 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 from vstor.store.catalog import compliance
+from vstor.store.maintenance.activity import HostActivity
 from vstor.store.maintenance.steps import FailureReport, StepsFailed, run_steps
 
 log = logging.getLogger("vstor.reclaim")
+
+# GC gives way to a host that only reads while the pool has this much free space beyond its
+# reserve (reads take none, so waiting cannot run it out; below, GC goes on as under writes).
+GC_WAIT_ROOM = 1 << 30
 
 
 class MaintenanceLoop:
@@ -48,6 +54,8 @@ class MaintenanceLoop:
     collect: Callable[..., int]
     keep_fragment_budget: Callable[[], int]
     defrag: Any  # defrag.Defragmenter
+    gc_activity: HostActivity  # host I/O between two GC steps
+    gc_state: str  # for the status
 
     def tick(self) -> None:
         """One maintenance pass; the loop calls it (through ``run_tick``), and tests call it
@@ -94,12 +102,18 @@ class MaintenanceLoop:
 
     def _gc(self) -> None:
         self.store.journal.faults.hit("maintenance.gc")
-        if self.candidates():
-            # Within a budget, so host I/O keeps priority. No checkpoint here: it serializes
-            # every map under the store lock; the policy above (or reclaim_now, when space
-            # runs out) writes the one that lets the emptied segments be deleted.
-            self.collect(max_bytes=self.bytes_per_tick, max_moves=self.moves_per_tick,
-                         max_seconds=self.seconds_per_tick)
+        if self.gc_activity.look().reading_only and self.store.space.has_room(GC_WAIT_ROOM):
+            self.gc_state = "waiting: the host is reading"
+            return
+        if not self.candidates():
+            self.gc_state = "idle: no segment to clean"
+            return
+        # Within a budget, so host I/O keeps priority. No checkpoint here: it serializes
+        # every map under the store lock; the policy above (or reclaim_now, when space
+        # runs out) writes the one that lets the emptied segments be deleted.
+        self.gc_state = "collecting"
+        self.collect(max_bytes=self.bytes_per_tick, max_moves=self.moves_per_tick,
+                     max_seconds=self.seconds_per_tick)
 
     def run_tick(self) -> bool:
         """Run one tick as the loop does: a failure is recorded, never raised. True if the tick

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from vstor.clock import Clock, SystemClock
 from vstor.store.journal.format import LOC_SHIFT
+from vstor.store.maintenance.activity import HostActivity
 from vstor.store.maintenance.defrag import Defragmenter
 from vstor.store.maintenance.maintloop import MaintenanceLoop
 from vstor.store.maintenance.steps import FailureReport
@@ -109,6 +110,8 @@ class Reclaimer(MaintenanceLoop):
         self.snapshots_in_use = snapshots_in_use
         self.policies = PolicyRunner(store, hooks, spawn)
         self.defrag = defrag or Defragmenter(store)
+        self.gc_activity = HostActivity(store.stats)
+        self.gc_state = "idle: no segment to clean"
         store.reclaimer = self
 
     # -- GC --------------------------------------------------------------------------------
