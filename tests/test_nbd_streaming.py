@@ -21,7 +21,7 @@ from poolkit import evict_segments, frame_on_disk, seg_flip, seg_list, seg_path
 from vstor.errors import CorruptData
 from vstor.nbd import proto as P
 from vstor.nbd.ahead import StreamAhead
-from vstor.nbd.conn import INLINE_READ_MAX
+from vstor.nbd.reads import INLINE_READ_MAX
 from vstor.nbd.sender import PIECE, ReplySender
 from vstor.store.journal.format import FRAME_SIZE
 

@@ -34,8 +34,9 @@ from vstor.errors import UsageError, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.nbd import proto as P
 from vstor.nbd.catalog import ExportCatalog
-from vstor.nbd.conn import EXPORT_COUNTERS, Connection, Disconnected
+from vstor.nbd.conn import EXPORT_COUNTERS, Connection
 from vstor.nbd.tlsdir import server_context
+from vstor.nbd.wire import Disconnected
 from vstor.replication.listener import Throttle, pending_cap
 
 log = logging.getLogger("vstor.nbd")

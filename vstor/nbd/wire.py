@@ -1,0 +1,112 @@
+"""One NBD client's socket: buffered receives, gathered sends, and the switch to TLS.
+
+Requests are received through a buffer, so one ``recv`` brings every header (and small
+payload) the client has queued; :meth:`Wire.take` parses them from it one by one without a
+system call. :meth:`Wire.send` sends several buffers with one ``sendmsg`` (plain TCP) and is
+safe from several threads (the connection's, its sender and its durability workers); over TLS
+it joins them and uses ``sendall`` (an ssl socket takes no ``sendmsg``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import struct
+import threading
+from typing import Any
+
+__all__ = ["Disconnected", "RBUF", "Wire"]
+
+RBUF = 256 << 10  # receive buffer: request headers (and small payloads) come in batches
+
+
+class Disconnected(Exception):
+    """The client closed the connection (or the server shut it down)."""
+
+
+class Wire:
+    def __init__(self, sock: socket.socket) -> None:
+        self.raw: Any = sock  # the socket; after STARTTLS the ssl socket over the same fd
+        self.sock: Any = sock
+        self.tls = False
+        self._send_lock = threading.Lock()
+        self._rbuf = bytearray(RBUF)  # received, not yet parsed: [_rpos, _rend)
+        self._rmv = memoryview(self._rbuf)
+        self._rpos = self._rend = 0
+
+    def buffered(self) -> int:
+        """Bytes received and not yet taken."""
+        return self._rend - self._rpos
+
+    def take(self, st: struct.Struct) -> tuple | None:
+        """The next ``st`` from the buffer, or None if it is not all there yet."""
+        pos = self._rpos
+        if self._rend - pos < st.size:
+            return None
+        self._rpos = pos + st.size
+        return st.unpack_from(self._rbuf, pos)
+
+    def fill(self, need: int) -> None:
+        """Have at least ``need`` (<= RBUF) bytes buffered, waiting for the client if needed."""
+        if self._rend - self._rpos >= need:
+            return
+        if self._rpos:  # move the partial rest to the front
+            n = self._rend - self._rpos
+            self._rmv[:n] = self._rmv[self._rpos : self._rend]
+            self._rpos, self._rend = 0, n
+        while self._rend < need:
+            k = self.sock.recv_into(self._rmv[self._rend :])
+            if not k:
+                raise Disconnected("the client closed the connection")
+            self._rend += k
+
+    def recv_into(self, view: memoryview) -> None:
+        """Exactly len(view) bytes: what is buffered first, the rest straight from the socket."""
+        n, got = len(view), min(len(view), self._rend - self._rpos)
+        if got:
+            view[:got] = self._rmv[self._rpos : self._rpos + got]
+            self._rpos += got
+        while got < n:
+            k = self.sock.recv_into(view[got:], n - got)
+            if not k:
+                raise Disconnected("the client closed the connection")
+            got += k
+
+    def recv(self, n: int) -> bytes:
+        buf = bytearray(n)
+        if n:
+            self.recv_into(memoryview(buf))
+        return bytes(buf)
+
+    def send(self, *parts: bytes | memoryview) -> None:
+        with self._send_lock:
+            if self.tls:
+                self.sock.sendall(b"".join(parts) if len(parts) > 1 else parts[0])
+                return
+            bufs = list(parts)
+            total = sum(len(b) for b in bufs)
+            while total:
+                sent = self.sock.sendmsg(bufs)
+                total -= sent
+                while sent and bufs:  # drop what went out, keep the rest of a partly sent buffer
+                    if sent >= len(bufs[0]):
+                        sent -= len(bufs.pop(0))
+                    else:
+                        bufs[0] = memoryview(bufs[0])[sent:]
+                        sent = 0
+
+    def start_tls(self, ctx: ssl.SSLContext) -> None:
+        """The TLS handshake as the server; plain bytes the client sent ahead of it are dropped,
+        never obeyed. The ssl socket takes over the descriptor."""
+        self._rpos = self._rend = 0
+        self.sock = self.raw = ctx.wrap_socket(self.raw, server_side=True)
+        self.tls = True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self.raw, socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(OSError):
+            self.raw.close()
