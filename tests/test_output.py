@@ -63,6 +63,8 @@ def normalise(text: str, base: str) -> str:
     text = re.sub(r"[\d.]+x the pool's", "RATIOx the pool's", text)
     text = re.sub(r"^(space +)~?[\d.]+[KMGTP]? used", r"\1USED used", text, flags=re.M)
     text = re.sub(r"^journal .*$", "journal   JOURNAL", text, flags=re.M)
+    text = re.sub(r"^background gc (collecting|waiting: the host is reading|idle: no segment to clean); defrag "
+                  r"[a-z][a-z :]*; [\d,]+ chunk extents$", "background BACKGROUND", text, flags=re.M)
     text = re.sub(r"^recovery .*$", lambda m: re.sub(r"in [\d.]+s( \([\d.]+ MB/s\))?", "in SECONDS", m.group(0)),
                   text, flags=re.M)
     return text
@@ -76,6 +78,7 @@ journal   JOURNAL
 space     FREE free in the filesystem under the pool
 fuse      max_write 1M, max_read 1M, max_background 64
 recovery  replayed 0 records, 0 in SECONDS
+background BACKGROUND
 
 NAME  SIZE  ALLOCATED  GROUP  OPEN  IMAGE
 v     64M   1M         g      0     BASE/a/mnt/volumes/v
@@ -222,3 +225,14 @@ def test_the_text_stats_file_prints_no_python_reprs():
     assert plain({"count": 2, "p50": None}) == "count=2 p50=-"
     assert (plain(False), plain(True), plain([1, 64]), plain([])) == ("no", "yes", "1,64", "-")
     assert plain({"a": {"b": [1, 2]}}) == "a=b=1,2"
+
+
+def test_status_background_line_says_what_gc_and_defrag_do():
+    from vstor.cli.array_cmd import _background_line
+
+    s = {"gc": {"state": "waiting: the host is reading"}, "fragment_extents": 150794,
+         "defrag": {"enabled": True, "state": "sweeping"}}
+    assert _background_line(s) == ("background gc waiting: the host is reading; defrag sweeping; "
+                                   "150,794 chunk extents")
+    s["defrag"]["enabled"] = False
+    assert _background_line(s).endswith("defrag off; 150,794 chunk extents")

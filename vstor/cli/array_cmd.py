@@ -160,6 +160,13 @@ def _nbd_line(n: dict) -> str:
             f"client(s), {n['pending']}/{n['pending_cap']} in handshake, {n['rejected_busy']} refused over the cap")
 
 
+def _background_line(s: dict) -> str:
+    """What the maintenance loop's GC and defragmentation are doing, and the maps' extents."""
+    d = s.get("defrag") or {}
+    defrag = d.get("state", "-") if d.get("enabled", True) else "off"
+    return f"background gc {s['gc']['state']}; defrag {defrag}; {s.get('fragment_extents', 0):,} chunk extents"
+
+
 def _position(pos: list[int]) -> str:
     return f"segment {pos[0]} offset {pos[1]}"
 
@@ -252,6 +259,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             *([f"storage   {outage_line(j['outage'])}"] if j.get("outage") else []),
             f"fuse      {_fuse_line(s['fuse'])}",
             f"recovery  {_recovery_line(s['recovery'])}",
+            *([_background_line(s)] if s.get("gc") else []),
             *([_listener_line(s["replication"]["listener"])] if (s.get("replication") or {}).get("listener") else []),
             *([_nbd_line(s["nbd"])] if s.get("nbd") else []),
             *([f"maintenance FAILING: {s['maintenance_error']} (retried every second; see the daemon log)"]
