@@ -152,8 +152,8 @@ def test_gc_relocates_live_data_and_frees_segments(tmp_path, mode):
 
 def test_gc_waits_while_the_host_only_reads_and_the_pool_has_room(tmp_path):
     """Reads make no garbage: a tick after host reads alone moves nothing (GC's moves took the
-    readers' CPU). GC runs after a tick with a write or a trim, after a quiet one, and while the
-    host reads if the pool is short of room."""
+    readers' CPU). GC runs after a tick with a write, a trim or a replicated write, after a
+    quiet one, and while the host reads if the pool is short of room."""
     pool, store, vid, model = _overwritten_pool(tmp_path)
     gc = Reclaimer(store, clock=ManualClock(), min_dead=0.3, bytes_per_tick=MiB)
     assert gc.candidates() == {1}
@@ -170,9 +170,15 @@ def test_gc_waits_while_the_host_only_reads_and_the_pool_has_room(tmp_path):
     write(store, vid, model, 20 * MiB, b"w" * 4096)
     assert tick_moved() > 0  # a write: GC keeps pace
     store.read(vid, 0, 4096)
-    store.trim(vid, 24 * MiB, 4096)
-    model[24 * MiB : 24 * MiB + 4096] = bytes(4096)
+    store.trim(vid, 4 * MiB, 4096)
+    model[4 * MiB : 4 * MiB + 4096] = bytes(4096)
     assert tick_moved() > 0  # a trim makes garbage too
+    store.read(vid, 0, 4096)
+    assert tick_moved() == 0
+    store.read(vid, 0, 4096)
+    store.replicated(vid, 28 * MiB, 4096, b"r" * 4096, 0)  # a replication peer's copy data
+    model[28 * MiB : 28 * MiB + 4096] = b"r" * 4096
+    assert tick_moved() > 0  # not a host write, but garbage all the same
     store.read(vid, 0, 4096)
     assert tick_moved() == 0
     store.space.reserve = store.space.refresh()  # no room beyond the reserve

@@ -110,11 +110,17 @@ class Reclaimer(MaintenanceLoop):
         self.snapshots_in_use = snapshots_in_use
         self.policies = PolicyRunner(store, hooks, spawn)
         self.defrag = defrag or Defragmenter(store)
-        self.gc_activity = HostActivity(store.stats)
+        self.gc_activity = HostActivity(lambda: store.stats.reads, self._data_changes)
         self.gc_state = "idle: no segment to clean"
         store.reclaimer = self
 
     # -- GC --------------------------------------------------------------------------------
+    def _data_changes(self) -> int:
+        """Bytes written and trimmed per volume, summed (PoolState.written: host writes, trims
+        and the records a replication peer applies); a deleted volume's leave it."""
+        with self.store.locked():
+            return sum(self.store.state.written.values())
+
     def candidates(self) -> set[int]:
         return {s for s, share in self.live_shares().items() if 0 < share <= 1 - self.min_dead}
 
