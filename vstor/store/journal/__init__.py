@@ -1,7 +1,8 @@
 """The journal, which is also the data store: its formats, its writer and its readers.
 
 ``format`` holds the on-disk formats of segments and records (pure); ``writer`` appends records
-to numbered segment files with group commit (``groupcommit``: the gate in front of its flush);
+to numbered segment files with group commit (``groupcommit``: the gate in front of its flush;
+``tailspace``: the mapped window, reused files and prepared space at the tail);
 ``segfiles`` lists, sizes, cuts and deletes the segments; ``segread`` reads verified headers
 and data and scans segments; ``hcache`` caches record headers and frame tables; ``consumers``
 keeps the durable positions of named journal readers (replication, backup) and reads records
@@ -14,4 +15,4 @@ and runs that in a thread of its own.
 from __future__ import annotations
 
 __all__ = ["consumers", "format", "groupcommit", "hcache", "outage", "prewrite", "resume", "segfiles", "segread",
-           "writer"]
+           "tailspace", "writer"]

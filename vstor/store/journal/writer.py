@@ -11,7 +11,7 @@ every payload byte is written once. Guarantees (the block-device contract rests 
   that gives up the GIL. A larger record is written with one pwritev, and so is any record
   that lands in space already written: a reused segment file (backend/spares.py), or zeros
   a thread of the journal wrote ahead of the tail while syncs came often (prewrite.py), so
-  that an fdatasync need not commit the filesystem's extent conversion.
+  that an fdatasync need not commit the filesystem's extent conversion (tailspace.py).
 * ``sync`` returns once every record appended before the call is on stable storage.
   Concurrent callers share one fdatasync (group commit); a caller whose records were
   made durable by another's fdatasync returns without a system call.
@@ -46,7 +46,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from vstor.durable import start_writeback, write_back
+from vstor.durable import start_writeback
 from vstor.errors import PoolFull, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
@@ -65,30 +65,19 @@ from vstor.store.journal.format import (
 )
 from vstor.store.journal.groupcommit import GroupCommit
 from vstor.store.journal.outage import Outage
-from vstor.store.journal.prewrite import PREWRITE_LOW, PREWRITE_STEP, Prewriter, SyncDensity, prewrite_range
+from vstor.store.journal.prewrite import PREWRITE_LOW, Prewriter, SyncDensity
 from vstor.store.journal.resume import ResumeMixin
 from vstor.store.journal.segfiles import SegmentCatalog
 from vstor.store.journal.segread import SegmentReader
+from vstor.store.journal.tailspace import REUSED_AHEAD, SMALL_RECORD, TailSpaceMixin
 
-SMALL_RECORD = 64 * 1024  # records up to this size are copied into the mapped window
 WRITEBACK_BYTES = 8 * 1024 * 1024  # appended bytes after which their writeback is started
-WINDOW_BYTES = 4 * 1024 * 1024  # the mapped, preallocated part of the segment at the tail
 ALIGN_FROM = 64 * 1024  # records this large end with padding to the backend's append_alignment
-# A reused segment file (spares.py) is written with pwrite, never through the mapped window, and
-# read into the page cache this far ahead of the tail. Its blocks hold an earlier segment's data:
-# a store into a mapped page of such a file dirties the whole (large) folio, and every fdatasync
-# then wrote back the folio around the tail again, measured +15% of device writes under 4 KiB
-# writes with an fsync every 32 (docs/benchmarks.md section 12). A pwrite dirties only the blocks
-# it covers; read ahead, the pages it lands in need no synchronous read first. Only small records
-# ask for it: a large one overwrites whole pages but its last, and reading the old contents
-# ahead of 1 MiB records read 28 MiB from the disk per 64 MiB written, for nothing.
-REUSED_AHEAD = 1024 * 1024
-_ZEROS = bytes(PREWRITE_STEP)
 
 log = logging.getLogger("vstor.journal")
 
 
-class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
+class Journal(SegmentCatalog, SegmentReader, ResumeMixin, TailSpaceMixin):
     def __init__(self, directory: str, pool_uuid: bytes, segment_size: int, faults: Faults = NO_FAULTS,
                  clock_ns: Callable[[], int] = time.time_ns, backend: PoolBackend | None = None) -> None:
         if not SEGMENT_HEADER_SIZE < segment_size <= MAX_SEGMENT_SIZE:
@@ -285,89 +274,12 @@ class Journal(SegmentCatalog, SegmentReader, ResumeMixin):
             return make_loc(self._segno, pos + RECORD_HEADER_SIZE)
         return make_loc(self._segno, pos)
 
-    def _read_ahead(self, end: int) -> None:
-        """Start reading the reused segment's pages from ``end`` on (caller holds ``_lock``), so
-        that the pwrites landing there find them cached. Only a hint: a failure is ignored."""
-        start = max(self._ahead, end)
-        self._ahead = min(end + REUSED_AHEAD, self.segment_size)
-        if self._ahead > start:
-            try:
-                os.posix_fadvise(self._fd, start, self._ahead - start, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
-
-    def _prepare_step(self) -> bool:
-        """Write the next PREWRITE_STEP of zeros ahead of the tail and wait for their
-        writeback (prewrite.py; run by the Prewriter's thread). False when nothing is to be
-        prepared now. The zeros are written under the appenders' lock, so they land only past
-        the tail as it stands; the writeback is waited for after it, through a descriptor of
-        its own (``write_back`` may consume a write error, which the journal's fdatasync must
-        still see). Waiting keeps at most one step under writeback: an fdatasync of the
-        segment waits for every page being written, and with 16 MiB started at once one did
-        every 0.3 s for 7-9 ms (benchmarks.md section 12)."""
-        with self._lock:
-            if self._fd < 0 or self.failed or self._prepare_off or not self.density.dense:
-                return False
-            rng = prewrite_range(self._tail, self._prepared, self.segment_size)
-            if rng is None:
-                return False
-            start, end = rng
-            segno = self._segno
-            try:
-                self.faults.hit("journal.prewrite")
-                os.posix_fallocate(self._fd, start, end - start)  # a full filesystem fails here, not in writeback
-                n = os.pwrite(self._fd, _ZEROS[: end - start], start)
-            except OSError as e:
-                self._prepare_off = True  # the records go through the map as before
-                log.info("journal segment %d: space ahead of the tail not prepared (%s)", segno, e)
-                return False
-            self._prepared = start + n
-            self.prepared_bytes += n
-        try:
-            fd = os.open(self.path(segno), os.O_RDONLY)
-            try:
-                write_back(fd, start, n)
-            finally:
-                os.close(fd)
-        except OSError as e:  # a real write error reaches the journal's own fdatasync too
-            log.info("journal segment %d: writeback of the space prepared ahead failed (%s)", segno, e)
-        return True
-
     def _put(self, data: bytes, pos: int) -> None:
         if self._files:
             os.pwrite(self._fd, data, pos)
         else:
             self.backend.write_segment(self._segno, pos, data)
             self.backend.flush_segment(self._segno)
-
-    def _window(self, pos: int, size: int) -> mmap.mmap:
-        """The mapped window holding [pos, pos + size), moved there if needed (caller holds
-        ``_lock``). The window's blocks are allocated before it is mapped, so a full
-        filesystem is an ENOSPC here and never a SIGBUS on a store into the map. On a nearly
-        full filesystem the window shrinks to the record, so a trim (64 bytes) still fits."""
-        if self._win is not None and self._win_start <= pos and pos + size <= self._win_end:
-            return self._win
-        self._unmap()
-        start = pos - pos % mmap.ALLOCATIONGRANULARITY
-        end = min(max(start + WINDOW_BYTES, pos + size), self.segment_size)
-        try:
-            os.posix_fallocate(self._fd, start, end - start)  # also extends the file to ``end``
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or end == pos + size:
-                raise
-            end = pos + size
-            os.posix_fallocate(self._fd, start, end - start)
-        self._win = mmap.mmap(self._fd, end - start, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
-                              offset=start)
-        self._win_start, self._win_end = start, end
-        return self._win
-
-    def _unmap(self) -> None:
-        """Drop the window (its pages stay in the page cache, dirty until written back)."""
-        if self._win is not None:
-            self._win.close()
-            self._win = None
-            self._win_start = self._win_end = 0
 
     def _seal(self) -> None:
         """Cut the allocated space after the last record (caller holds ``_lock``), so only the
