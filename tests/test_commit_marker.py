@@ -91,7 +91,7 @@ def test_markers_are_written_once_per_durable_advance(tmp_path):
     for i in range(10):
         st.write(v.id, (20 + i) * MiB, os.urandom(4096))
     st.journal.close()
-    from vstor.store.journal.segread import ScanEnd
+    from vstor.store.journal.segscan import ScanEnd
 
     seg = st.journal.current_segno
     raw = seg_read(pool, seg)

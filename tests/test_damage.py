@@ -31,7 +31,7 @@ from vstor.store import superblock
 from vstor.store.catalog import snapshots
 from vstor.store.check import check_pool
 from vstor.store.journal.format import REC_COMMIT, SEGMENT_HEADER_SIZE
-from vstor.store.journal.segread import ScanEnd
+from vstor.store.journal.segscan import ScanEnd
 from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.store import Store
 from vstor.store.superblock import init_pool, load_superblock

@@ -42,7 +42,7 @@ from vstor.store.journal.format import (
     make_loc,
     unpack_record_header,
 )
-from vstor.store.journal.segread import ScanEnd
+from vstor.store.journal.segscan import ScanEnd
 from vstor.store.store import Store
 
 pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)

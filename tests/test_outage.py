@@ -23,7 +23,7 @@ from vstor.store.backend.radoslock import LockLost
 from vstor.store.check import check_pool
 from vstor.store.journal.format import SEGMENT_HEADER_SIZE, loc_pos, pack_segment_header, segment_seal
 from vstor.store.journal.outage import FULL, UNREACHABLE, outage_line
-from vstor.store.journal.segread import ScanEnd
+from vstor.store.journal.segscan import ScanEnd
 from vstor.store.store import Store
 
 K64 = 64 * 1024

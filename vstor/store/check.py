@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from vstor.errors import CorruptData, FormatError, VstorError
 from vstor.store.journal.consumers import consumer_problems
 from vstor.store.journal.format import SEGMENT_HEADER_SIZE, loc_pos, loc_segno
-from vstor.store.journal.segread import ScanEnd
+from vstor.store.journal.segscan import ScanEnd
 from vstor.store.maintenance.checkpoint import read_checkpoints
 from vstor.store.recovery import load_state, replay
 from vstor.store.superblock import superblock_problems

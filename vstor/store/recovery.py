@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from vstor.errors import CorruptData
 from vstor.store.journal.format import REC_VOLUME, SEGMENT_HEADER_SIZE
-from vstor.store.journal.segread import ScanEnd
+from vstor.store.journal.segscan import ScanEnd
 from vstor.store.maintenance.checkpoint import CheckpointData, read_checkpoints
 from vstor.store.state import PoolState
 

@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING
 
 from vstor.store.journal.hcache import HeaderCache
-from vstor.store.journal.segread import ScanEnd
+from vstor.store.journal.segscan import ScanEnd
 from vstor.store.recovery import load_state, replay
 from vstor.store.storeparts import StoreParts
 

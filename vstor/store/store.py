@@ -43,7 +43,7 @@ from vstor.store.journal.format import (
     pack_record_header,
 )
 from vstor.store.journal.hcache import CachedRecord, HeaderCache
-from vstor.store.journal.segread import ScannedRecord
+from vstor.store.journal.segscan import ScannedRecord
 from vstor.store.journal.writer import Journal
 from vstor.store.maintenance.moves import MaintenanceMixin
 from vstor.store.maintenance.space import SpaceGuard

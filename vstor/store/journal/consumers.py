@@ -28,11 +28,11 @@ from vstor.store.journal.format import (
     loc_pos,
     loc_segno,
 )
-from vstor.store.journal.segread import ScanEnd
+from vstor.store.journal.segscan import ScanEnd
 
 if TYPE_CHECKING:
     from vstor.store.backend.statefiles import PoolFiles
-    from vstor.store.journal.segread import ScannedRecord
+    from vstor.store.journal.segscan import ScannedRecord
     from vstor.store.journal.writer import Journal
 
 

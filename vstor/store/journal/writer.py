@@ -69,6 +69,7 @@ from vstor.store.journal.prewrite import PREWRITE_LOW, Prewriter, SyncDensity
 from vstor.store.journal.resume import ResumeMixin
 from vstor.store.journal.segfiles import SegmentCatalog
 from vstor.store.journal.segread import SegmentReader
+from vstor.store.journal.segscan import SegmentScanner
 from vstor.store.journal.tailspace import REUSED_AHEAD, SMALL_RECORD, TailSpaceMixin
 
 WRITEBACK_BYTES = 8 * 1024 * 1024  # appended bytes after which their writeback is started
@@ -77,7 +78,7 @@ ALIGN_FROM = 64 * 1024  # records this large end with padding to the backend's a
 log = logging.getLogger("vstor.journal")
 
 
-class Journal(SegmentCatalog, SegmentReader, ResumeMixin, TailSpaceMixin):
+class Journal(SegmentCatalog, SegmentReader, SegmentScanner, ResumeMixin, TailSpaceMixin):
     def __init__(self, directory: str, pool_uuid: bytes, segment_size: int, faults: Faults = NO_FAULTS,
                  clock_ns: Callable[[], int] = time.time_ns, backend: PoolBackend | None = None) -> None:
         if not SEGMENT_HEADER_SIZE < segment_size <= MAX_SEGMENT_SIZE:
