@@ -1,4 +1,4 @@
-"""Large reads sent in pieces (vstor/nbd/sender.py and Connection._stream_read), and asked for
+"""Large reads sent in pieces (vstor/nbd/sender.py and ReadServer._stream_read), and asked for
 ahead in a sequential stream (vstor/nbd/ahead.py, Store.prefetch): with
 structured replies a read over INLINE_READ_MAX goes out as OFFSET_DATA chunks of PIECE bytes,
 in order, DONE on the last, while the next piece is read; DF keeps it one chunk; a piece that

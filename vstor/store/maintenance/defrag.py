@@ -37,6 +37,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from vstor.store.maintenance.activity import HostActivity
 from vstor.store.maps.chunkmap import FRAGMENTED, LEAF_BITS, LEAF_MASK, VolumeMap
 
 __all__ = ["Defragmenter", "WINDOW", "MAX_PIECES"]
@@ -67,9 +68,9 @@ class Defragmenter:
         self._hints_lock = threading.Lock()  # FUSE threads add, the maintenance thread takes
         self._cursor: dict[int, int] = {}  # vid -> next window start of the sweep
         self._queue: list[int] = []  # volumes the current sweep has still to walk, the next last
-        self._swept_at_writes = -1  # host writes counted when a whole sweep last found nothing
+        self._swept_at = -1  # the volumes' changes (HostActivity) when a whole sweep last found nothing
         self._found_in_sweep = False
-        self._io_seen = (store.stats.reads, store.stats.writes)
+        self.activity = HostActivity.of(store)  # host I/O since the last tick
         self.state = "idle"  # for the status: idle, sweeping, waiting for host I/O to stop
         store.defrag_hint = self.hint
 
@@ -96,18 +97,14 @@ class Defragmenter:
         request arrives. In a tick with host reads but no writes, at most ``busy_hint_bytes``
         of hinted windows (default 0: rewriting during a read stream took CPU from it, and
         from the random reads that followed; benchmarks section 9)."""
-        stats = self.store.stats
-        io = (stats.reads, stats.writes)
-        wrote = io[1] != self._io_seen[1]
-        busy = io != self._io_seen
-        self._io_seen = io
-        if not self.enabled or wrote:
+        act = self.activity.look()
+        if not self.enabled or act.wrote:
             self.state = "waiting for host writes to stop" if self.enabled else "off"
             return 0
         if not self.store.space.has_room(ROOM_NEEDED):  # a rewrite needs room until GC frees the old
             self.state = "paused: the pool is nearly full"
             return 0
-        if busy:
+        if act.busy:
             self.state = "waiting for host I/O to stop"
             return self._do_hints(self.busy_hint_bytes, None) if self.busy_hint_bytes else 0
         deadline = time.perf_counter() + self.seconds_per_tick
@@ -130,8 +127,7 @@ class Defragmenter:
         return moved
 
     def _host_io(self) -> bool:
-        stats = self.store.stats
-        return (stats.reads, stats.writes) != self._io_seen
+        return self.activity.moved()
 
     def _sweep(self, deadline: float) -> int:
         """Walk the volumes in logical order, each from its cursor, until the time budget is
@@ -139,7 +135,7 @@ class Defragmenter:
         is not begun again until the host writes."""
         st = self.store
         if not self._queue:
-            if st.stats.writes == self._swept_at_writes:
+            if self.activity.counters()[1] == self._swept_at:
                 self.state = "idle: every volume is in order"
                 return 0
             with st.locked():
@@ -164,7 +160,7 @@ class Defragmenter:
             self._cursor.pop(vid, None)
             self._queue.pop()
         if not self._found_in_sweep:
-            self._swept_at_writes = st.stats.writes
+            self._swept_at = self.activity.counters()[1]
             self.state = "idle: every volume is in order"
         return moved
 

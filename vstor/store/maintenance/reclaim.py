@@ -95,7 +95,7 @@ class Reclaimer(MaintenanceLoop):
         self.fragment_hard = fragment_budget * HARD_FACTOR if fragment_hard is None else fragment_hard
         self.fragment_extents = 0  # what the last count found
         self._fragments_at = float("-inf")
-        self._io_seen = (self.store.stats.reads, self.store.stats.writes)  # host I/O at the last tick
+        self.budget_activity = HostActivity.of(store)  # host I/O between two fragment-budget steps
         self._fragment_urgent = False  # the work was found over HARD_FACTOR x the budget
         self._fragment_work: list[tuple[int, int]] = []  # (vid, chunk) still to compact, most extents last
         self._pending: list[tuple[str, int, int, int]] = []  # work found but not done yet ...
@@ -110,17 +110,11 @@ class Reclaimer(MaintenanceLoop):
         self.snapshots_in_use = snapshots_in_use
         self.policies = PolicyRunner(store, hooks, spawn)
         self.defrag = defrag or Defragmenter(store)
-        self.gc_activity = HostActivity(lambda: store.stats.reads, self._data_changes)
+        self.gc_activity = HostActivity.of(store)
         self.gc_state = "idle: no segment to clean"
         store.reclaimer = self
 
     # -- GC --------------------------------------------------------------------------------
-    def _data_changes(self) -> int:
-        """Bytes written and trimmed per volume, summed (PoolState.written: host writes, trims
-        and the records a replication peer applies); a deleted volume's leave it."""
-        with self.store.locked():
-            return sum(self.store.state.written.values())
-
     def candidates(self) -> set[int]:
         return {s for s, share in self.live_shares().items() if 0 < share <= 1 - self.min_dead}
 
@@ -246,8 +240,7 @@ class Reclaimer(MaintenanceLoop):
         (HARD_FACTOR times the budget), the work found then goes on under host I/O too, so a
         burst long enough to fragment more than that cannot grow the maps without bound."""
         st = self.store
-        io, self._io_seen = self._io_seen, (st.stats.reads, st.stats.writes)
-        busy = io != self._io_seen
+        busy = self.budget_activity.look().busy
         now = self.clock.monotonic()
         if not self._fragment_work and now - self._fragments_at >= self.fragment_interval:
             self._fragments_at = now
