@@ -120,9 +120,33 @@ def test_write_failure_at_the_secondary_suspends(tmp_path: Path):
         p.pair()
         for i in range(10):
             p.a.write("payments", i * 4096, os.urandom(4096))
-        wait_until(lambda: p.a.state() == "PSUE", "PSUE after the secondary's write error")
+        # the REFUSE saying so usually arrives; when the primary's next send meets the closed
+        # connection first, the redial (on the clock) hears it again
+        p.tick_until(lambda: p.a.state() == "PSUE", "PSUE after the secondary's write error")
         assert "No space" in p.a.status()["reason"] or "ENOSPC" in p.a.status()["reason"]
         p.a.write("payments", 0, b"the primary is unaffected".ljust(4096))
+        p.a.repl.resync("g")
+        p.wait_drained()
+        p.same()
+    finally:
+        p.close()
+
+
+def test_a_suspended_secondary_refuses_a_primary_that_missed_its_refusal(tmp_path: Path):
+    p = make_pairing(tmp_path)
+    try:
+        p.pair()
+        p.a.write("payments", 0, os.urandom(4096))
+        p.wait_drained()
+        p.b.faults.arm("repl.apply", "enospc")
+        p.net.drop_next(sender=p.b.name)  # the REFUSE is lost with its connection
+        p.a.write("payments", 4096, os.urandom(4096))
+        wait_until(lambda: p.b.state() == "PSUE", "the secondary suspends")
+        p.tick_until(lambda: p.a.state() == "PSUE", "the primary hears of it at its redial")
+        reason = p.a.status()["reason"]
+        assert "the secondary is suspended (PSUE): cannot apply" in reason and "ENOSPC" in reason, reason
+        assert "'vstor pair resync g'" in reason, reason
+        p.b.faults.disarm()
         p.a.repl.resync("g")
         p.wait_drained()
         p.same()

@@ -269,9 +269,9 @@ ROLE_SPEC = {"takeover": (SECONDARY, PRIMARY), "force": (SECONDARY, PRIMARY), "d
              "victim": (PRIMARY, SECONDARY), "resync": (None, PRIMARY)}
 
 
-def make_pair(role: str = SECONDARY, state: str = PAIR, generation: int = 3) -> Pair:
+def make_pair(role: str = SECONDARY, state: str = PAIR, generation: int = 3, reason: str = "") -> Pair:
     return Pair(group="dbs-b", peer="10.0.0.1:7450", peer_name="array-a", peer_group="dbs-a", role=role, state=state,
-                generation=generation, history=[[1, 0], [generation, 40]])
+                generation=generation, history=[[1, 0], [generation, 40]], reason=reason)
 
 
 def test_transitions_table() -> None:
@@ -347,6 +347,12 @@ def hello(**kw: object) -> dict:
     (make_pair(role=PRIMARY, state=SPLIT_BRAIN), "array-a", hello(victim=True), "accept", "victim"),
     (make_pair(role=PRIMARY, state=SPLIT_BRAIN), "array-a", hello(), "split_brain", ""),
     (make_pair(role=PRIMARY), "array-a", hello(victim=True, generation=4), "accept", "victim"),
+    (make_pair(state="PSUE", reason="cannot apply: ENOSPC"), "array-a", hello(state="PAIR"), "refuse",
+     "the secondary is suspended (PSUE): cannot apply: ENOSPC; fix the cause there, then run "
+     "'vstor pair resync dbs-a' at the primary"),
+    (make_pair(state="PSUE"), "array-a", hello(state="PFUL"), "refuse", "suspended (PSUE)"),
+    (make_pair(state="PSUE"), "array-a", hello(state="RESYNC"), "accept", ""),
+    (make_pair(state="PSUE"), "array-a", hello(state="COPY"), "accept", ""),
 ])
 def test_judge(local: Pair | None, peer: str, msg: dict, action: str, reason: str) -> None:
     verdict = judge(local, peer, msg)

@@ -153,4 +153,10 @@ def judge(local: Pair | None, peer_name: str, hello: dict) -> Verdict:
     if gen < local.generation:
         return Verdict("refuse", f"stale primary: generation {gen} is older than this array's "
                                  f"{local.generation}; it was taken over")
+    if local.state == PSUE and hello.get("state") in (PAIR, PFUL):
+        # Suspended here (a write it could not apply, a bad frame) while the primary still ships:
+        # the REFUSE that said so was lost with its connection. Say it again; only a resync (or a
+        # new copy) resumes the pair.
+        return Verdict("refuse", f"the secondary is suspended (PSUE): {local.reason or 'error'}; fix the cause "
+                                 f"there, then run 'vstor pair resync {local.peer_group}' at the primary")
     return Verdict("accept")
