@@ -26,6 +26,11 @@ def test_exports_through_the_daemon(array_factory) -> None:
     r = arr.vstor("volume", "export", "data")  # offline: persisted for the next start
     assert "not running" in r.stdout
     port = free_port()
+    for args, text in ((["--nbd-poll-us", "40"], "--nbd-poll-us needs --nbd ADDR:PORT"),
+                       (["--nbd", f"127.0.0.1:{port}", "--nbd-poll-us", "5000"],
+                        "--nbd-poll-us must be 0 to 1000 microseconds, not 5000")):
+        bad = arr.start(args=args, check=False)
+        assert bad.returncode == 2 and bad.stderr.strip() == f"vstor: error: {text}", bad.stderr
     arr.start(args=["--nbd", f"127.0.0.1:{port}"])
     uri = f"nbd://127.0.0.1:{port}/data"
     for args, code, text in ((["nope"], 3, "nope"), (["data"], 4, "already exported")):
@@ -36,7 +41,7 @@ def test_exports_through_the_daemon(array_factory) -> None:
     h.flush()  # durable: fsync's contract
     h.pwrite(b"also" * 1024, 4096, nbd.CMD_FLAG_FUA)
     ex = arr.vstor_json("volume", "exports")
-    assert ex["server"]["clients"] == 1
+    assert (ex["server"]["clients"], ex["server"]["poll_us"]) == (1, 40)
     (e,) = ex["exports"]
     assert (e["name"], e["clients"], e["bytes_written"], e["effective_read_only"]) == ("data", 1, 8192, False)
     assert "nbd" in arr.vstor("array", "status").stdout
@@ -56,9 +61,10 @@ def test_exports_through_the_daemon(array_factory) -> None:
     with pytest.raises(nbd.Error):
         h.pread(4096, 0)
     del h
-    arr.start(args=["--nbd", f"127.0.0.1:{port}"])  # the export is still there, with the data
+    arr.start(args=["--nbd", f"127.0.0.1:{port}", "--nbd-poll-us", "0"])  # the export is still there, with the data
     h = handle(uri)
     assert h.pread(8192, 0) == b"kept" * 1024 + b"also" * 1024
     h.shutdown()
     listed = json.loads(arr.vstor("volume", "exports", "--json").stdout)
     assert [x["name"] for x in listed["exports"]] == ["data"]
+    assert (listed["server"]["poll_us"], listed["server"]["polls_caught"]) == (0, 0)  # polling turned off

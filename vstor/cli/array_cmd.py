@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(see 'vstor volume export')")
     s.add_argument("--nbd-tls-dir", metavar="DIR", help="certificates for NBD ('vstor pki'): TLS with client "
                    "certificates is then required")
+    s.add_argument("--nbd-poll-us", metavar="US", type=int, default=None,
+                   help="microseconds an NBD connection polls for its client's next request before it sleeps "
+                   "(default 40; 0: never poll, to save CPU)")
     s.add_argument("--takeover", action="store_true",
                    help="pool on RADOS: if another host's daemon still holds it, fence that daemon (blocklist its "
                    "RADOS client, break its lock) and take the pool over, replaying its journal as after a crash")
@@ -92,6 +95,13 @@ def _daemon_argv(pool: str, args: argparse.Namespace) -> list[str]:
 def _nbd_argv(args: argparse.Namespace) -> list[str]:
     if args.nbd_tls_dir and not args.nbd:
         raise UsageError("--nbd-tls-dir needs --nbd ADDR:PORT")
+    from vstor.nbd.poll import MAX_POLL_US
+
+    poll = args.nbd_poll_us
+    if poll is not None and not args.nbd:
+        raise UsageError("--nbd-poll-us needs --nbd ADDR:PORT")
+    if poll is not None and not 0 <= poll <= MAX_POLL_US:
+        raise UsageError(f"--nbd-poll-us must be 0 to {MAX_POLL_US} microseconds, not {poll}")
     if not args.nbd:
         return []
     from vstor.nbd.server import parse_address
@@ -104,6 +114,8 @@ def _nbd_argv(args: argparse.Namespace) -> list[str]:
             if not os.path.exists(path):
                 raise NotFound(f"missing TLS file {path}; see 'vstor pki init' and 'vstor pki issue'")
         argv += ["--nbd-tls-dir", os.path.abspath(args.nbd_tls_dir)]
+    if poll is not None:
+        argv += ["--nbd-poll-us", str(poll)]
     return argv
 
 

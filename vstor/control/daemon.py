@@ -204,8 +204,9 @@ def _start_nbd(store: Store, fs: VolumeFS, nbd: dict, faults: Faults) -> NbdServ
     from vstor.nbd.server import NbdServer
 
     catalog = ExportCatalog(store, fs.volumes_in_use)
+    poll = nbd.get("poll_us")
     server = NbdServer(nbd["address"], store, catalog, tls_dir=nbd.get("tls_dir"), tls_name=nbd.get("name"),
-                       faults=faults)
+                       faults=faults, **({} if poll is None else {"poll": poll / 1e6}))
     server.start()
     return server
 
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics")
     p.add_argument("--nbd")
     p.add_argument("--nbd-tls-dir")
+    p.add_argument("--nbd-poll-us", type=int)
     p.add_argument("--backup-listen")
     p.add_argument("--takeover", action="store_true")
     a = p.parse_args(argv)
@@ -277,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     log_hint = os.path.join(layout(a.pool)["log"], "daemon.log")
     try:
         return run(a.pool, a.mount, a.key_file, reporter, threads=not a.single_thread, repl=repl,
-                   metrics=a.metrics, nbd={"address": a.nbd, "tls_dir": a.nbd_tls_dir, "name": a.name},
+                   metrics=a.metrics, nbd={"address": a.nbd, "tls_dir": a.nbd_tls_dir, "name": a.name,
+                                                 "poll_us": a.nbd_poll_us},
                    backup_listen=a.backup_listen, takeover=a.takeover)
     except Exception as e:
         phase = "the daemon failed" if reporter.sent else "start-up failed"

@@ -4,6 +4,7 @@
 ``transmit`` (request rules, block status extents) are pure; ``exportfile`` persists the
 pool's exports; ``catalog`` resolves them against the Store and applies the sharing rules;
 ``conn`` serves one client (``wire`` is its socket: buffered receives, gathered sends;
+``poll`` bounds its polling for the next request before it sleeps;
 ``reads`` serves its READs; ``replies`` batches its replies into few sends, ``readers``
 overlaps its queued reads on a remote pool, ``sender`` sends a large read's pieces while the
 next is read, ``ahead`` asks for the next MiBs of a sequential stream) and ``server`` accepts
@@ -12,5 +13,5 @@ them, bounded, and stops them softly.
 
 from __future__ import annotations
 
-__all__ = ["ahead", "catalog", "conn", "exportfile", "negotiate", "proto", "readers", "reads", "replies", "sender",
-           "server", "tlsdir", "transmit", "wire"]
+__all__ = ["ahead", "catalog", "conn", "exportfile", "negotiate", "poll", "proto", "readers", "reads", "replies",
+           "sender", "server", "tlsdir", "transmit", "wire"]

@@ -35,6 +35,7 @@ from vstor.faults import NO_FAULTS, Faults
 from vstor.nbd import proto as P
 from vstor.nbd.catalog import ExportCatalog
 from vstor.nbd.conn import EXPORT_COUNTERS, Connection
+from vstor.nbd.poll import NBD_POLL, PollToken, RequestPoller
 from vstor.nbd.tlsdir import server_context
 from vstor.nbd.wire import Disconnected
 from vstor.replication.listener import Throttle, pending_cap
@@ -53,7 +54,7 @@ class NbdServer:
     def __init__(self, address: str, store: Any, catalog: ExportCatalog, tls_dir: str | None = None,
                  tls_name: str | None = None, faults: Faults = NO_FAULTS, clock: Clock | None = None,
                  cap: int | None = None, handshake_timeout: float = HANDSHAKE_TIMEOUT, max_clients: int = MAX_CLIENTS,
-                 thread_factory: Callable[..., threading.Thread] = threading.Thread) -> None:
+                 thread_factory: Callable[..., threading.Thread] = threading.Thread, poll: float = NBD_POLL) -> None:
         host, port = parse_address(address)
         self.store, self.catalog, self.faults = store, catalog, faults
         self.tls_ctx: ssl.SSLContext | None = server_context(tls_dir, tls_name) if tls_dir else None
@@ -62,6 +63,7 @@ class NbdServer:
         self.handshake_timeout, self.max_clients = handshake_timeout, max_clients
         self.tick = min(1.0, handshake_timeout / 4)
         self.thread_factory = thread_factory
+        self.poll, self._poll_token = poll, PollToken()  # poll.py: bounded polling for the next request
         try:
             self.sock = socket.create_server((host, port), reuse_port=False)
         except OSError as e:
@@ -221,7 +223,14 @@ class NbdServer:
         with self._lock:
             return {"address": self.address, "tls": self.tls_ctx is not None,
                     "state": "stopped" if self._stopped.is_set() else "serving", "pending": len(self._pending),
-                    "clients": len(self._clients), "pending_cap": self.cap, **self.stats}
+                    "clients": len(self._clients), "pending_cap": self.cap, **self.stats,
+                    "poll_us": round(self.poll * 1e6), "polls_caught": self._poll_token.caught,
+                    "polls_missed": self._poll_token.missed}
+
+    def poller(self, idle: Callable[[], bool]) -> RequestPoller:
+        """A connection's poller for its next requests (plain TCP; poll.py); ``idle``: whether
+        the connection has sent every reply."""
+        return RequestPoller(self.poll, self._poll_token, idle)
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """The soft disconnect: refuse new work, let clients finish and leave, sync, close."""

@@ -2,9 +2,11 @@
 
 Requests are received through a buffer, so one ``recv`` brings every header (and small
 payload) the client has queued; :meth:`Wire.take` parses them from it one by one without a
-system call. :meth:`Wire.send` sends several buffers with one ``sendmsg`` (plain TCP) and is
-safe from several threads (the connection's, its sender and its durability workers); over TLS
-it joins them and uses ``sendall`` (an ssl socket takes no ``sendmsg``).
+system call. With a poller (plain TCP, once requests flow) an empty buffer is first polled
+for a short while before the thread sleeps in ``recv`` (poll.py says why). :meth:`Wire.send`
+sends several buffers with one ``sendmsg`` (plain TCP) and is safe from several threads (the
+connection's, its sender and its durability workers); over TLS it joins them and uses
+``sendall`` (an ssl socket takes no ``sendmsg``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import ssl
 import struct
 import threading
 from typing import Any
+
+from vstor.nbd.poll import RequestPoller
 
 __all__ = ["Disconnected", "RBUF", "Wire"]
 
@@ -34,6 +38,7 @@ class Wire:
         self._rbuf = bytearray(RBUF)  # received, not yet parsed: [_rpos, _rend)
         self._rmv = memoryview(self._rbuf)
         self._rpos = self._rend = 0
+        self.poller: RequestPoller | None = None  # set for the transmission phase over plain TCP
 
     def buffered(self) -> int:
         """Bytes received and not yet taken."""
@@ -56,10 +61,34 @@ class Wire:
             self._rmv[:n] = self._rmv[self._rpos : self._rend]
             self._rpos, self._rend = 0, n
         while self._rend < need:
-            k = self.sock.recv_into(self._rmv[self._rend :])
+            k = self._polled_recv() if self.poller is not None else None
+            if k is None:
+                k = self.sock.recv_into(self._rmv[self._rend :])
             if not k:
                 raise Disconnected("the client closed the connection")
             self._rend += k
+
+    def _polled_recv(self) -> int | None:
+        """Bytes (0: the end) received by polling the socket for up to the poller's budget, or
+        None if nothing came (or the poller said not to poll): the caller sleeps in recv."""
+        poller = self.poller
+        assert poller is not None
+        until = poller.begin()
+        if until is None:
+            return None
+        view, clock, caught = self._rmv[self._rend :], poller.clock, False
+        try:
+            while True:
+                try:
+                    k: int = self.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if clock() < until:
+                        continue
+                    return None
+                caught = True
+                return k
+        finally:
+            poller.end(caught)
 
     def recv_into(self, view: memoryview) -> None:
         """Exactly len(view) bytes: what is buffered first, the rest straight from the socket."""
