@@ -137,8 +137,7 @@ class Connection:
         self.store = self.host.store
         self._drops_seen = self.store.drops  # resumes that dropped writes, as last told (FLUSH EIO once)
         self.parallel = not self.tls and PARALLEL
-        if not self.tls:  # polling takes plain recv flags; over TLS every wait sleeps in recv
-            self.wire.poller = self.host.poller(self.idle)
+        self.wire.poller = self.host.poller(self.idle)
         self.batch = batch = ReplyBatch(self._send, self._replied)
         self.reads = reads = ReadServer(self.store, self.vid, self.sid, structured=session.structured,
                                         export_size=session.export.size, batch=batch, wire=self.wire,

@@ -228,7 +228,7 @@ class NbdServer:
                     "polls_missed": self._poll_token.missed}
 
     def poller(self, idle: Callable[[], bool]) -> RequestPoller:
-        """A connection's poller for its next requests (plain TCP; poll.py); ``idle``: whether
+        """A connection's poller for its next requests (poll.py); ``idle``: whether
         the connection has sent every reply."""
         return RequestPoller(self.poll, self._poll_token, idle)
 

@@ -2,7 +2,7 @@
 
 Requests are received through a buffer, so one ``recv`` brings every header (and small
 payload) the client has queued; :meth:`Wire.take` parses them from it one by one without a
-system call. With a poller (plain TCP, once requests flow) an empty buffer is first polled
+system call. With a poller (once requests flow) an empty buffer waits for input by polling
 for a short while before the thread sleeps in ``recv`` (poll.py says why). :meth:`Wire.send`
 sends several buffers with one ``sendmsg`` (plain TCP) and is safe from several threads (the
 connection's, its sender and its durability workers); over TLS it joins them and uses
@@ -12,6 +12,7 @@ connection's, its sender and its durability workers); over TLS it joins them and
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import struct
@@ -38,7 +39,8 @@ class Wire:
         self._rbuf = bytearray(RBUF)  # received, not yet parsed: [_rpos, _rend)
         self._rmv = memoryview(self._rbuf)
         self._rpos = self._rend = 0
-        self.poller: RequestPoller | None = None  # set for the transmission phase over plain TCP
+        self.poller: RequestPoller | None = None  # set for the transmission phase
+        self._pollset: select.poll | None = None
 
     def buffered(self) -> int:
         """Bytes received and not yet taken."""
@@ -61,32 +63,30 @@ class Wire:
             self._rmv[:n] = self._rmv[self._rpos : self._rend]
             self._rpos, self._rend = 0, n
         while self._rend < need:
-            k = self._polled_recv() if self.poller is not None else None
-            if k is None:
-                k = self.sock.recv_into(self._rmv[self._rend :])
+            if self.poller is not None:
+                self._poll()
+            k = self.sock.recv_into(self._rmv[self._rend :])
             if not k:
                 raise Disconnected("the client closed the connection")
             self._rend += k
 
-    def _polled_recv(self) -> int | None:
-        """Bytes (0: the end) received by polling the socket for up to the poller's budget, or
-        None if nothing came (or the poller said not to poll): the caller sleeps in recv."""
+    def _poll(self) -> None:
+        """Wait for input by polling, for up to the poller's budget (or not at all, if it says
+        so); the caller then receives, sleeping in recv only if nothing came."""
         poller = self.poller
         assert poller is not None
         until = poller.begin()
         if until is None:
-            return None
-        view, clock, caught = self._rmv[self._rend :], poller.clock, False
+            return
+        caught = False
         try:
-            while True:
-                try:
-                    k: int = self.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    if clock() < until:
-                        continue
-                    return None
-                caught = True
-                return k
+            if self._pollset is None:  # the same descriptor before and after STARTTLS
+                self._pollset = select.poll()
+                self._pollset.register(self.raw.fileno(), select.POLLIN)
+            ready, clock = self._pollset.poll, poller.clock
+            tls = self.sock if self.tls else None
+            while not (caught := bool((tls is not None and tls.pending()) or ready(0))) and clock() < until:
+                pass
         finally:
             poller.end(caught)
 
