@@ -7,8 +7,9 @@ import socket
 import threading
 
 import pytest
-from nbdkit import handle, nbd, served
+from nbdkit import Raw, handle, nbd, served
 
+from vstor.nbd import proto as P
 from vstor.nbd.poll import MISSES, REST, PollToken, RequestPoller
 from vstor.nbd.wire import Wire
 
@@ -102,3 +103,24 @@ def test_server_polls_at_queue_depth_one_unless_turned_off(tmp_path, poll: float
             assert d["polls_caught"] + d["polls_missed"] > 0, d
         else:
             assert d["polls_caught"] == d["polls_missed"] == 0, d
+
+
+def test_a_client_with_requests_in_flight_is_not_polled_for(tmp_path) -> None:
+    """Requests that come several to a receive are served in one batch after a sleep; polling
+    for them one by one would cost that batching. One at a time, the same client is polled for."""
+    with served(tmp_path) as s:
+        s.export("vol")
+        s.start()
+        raw = Raw(s.port)
+        raw.go("vol")
+        token = s.server._poll_token
+        for i in range(50):  # four writes sent together, then their four replies
+            raw.s.sendall(b"".join(P.request(P.CMD_WRITE, 4 * i + k, k * 4096, 4096) + bytes(4096) for k in range(4)))
+            for _ in range(4):
+                magic, err, _ck = P.SIMPLE_REPLY.unpack(raw.recv(16))
+                assert (magic, err) == (P.SIMPLE_REPLY_MAGIC, 0)
+        assert token.caught + token.missed == 0
+        for i in range(50):
+            assert raw.simple(P.CMD_WRITE, 1000 + i, 0, 4096, data=bytes(4096))[0] == 0
+        assert token.caught + token.missed > 0
+        raw.close()

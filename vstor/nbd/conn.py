@@ -63,6 +63,7 @@ class Connection:
         self._done_lock = threading.Lock()  # the durability workers count finished too
         self._pool: ThreadPoolExecutor | None = None
         self.reads: ReadServer | None = None  # once it serves requests
+        self._lone = False  # the last wait's receive brought one request (see _one_at_a_time)
         self._buf = bytearray(1 << 20)
         self._view = memoryview(self._buf)
         self._send = self.wire.send
@@ -137,7 +138,7 @@ class Connection:
         self.store = self.host.store
         self._drops_seen = self.store.drops  # resumes that dropped writes, as last told (FLUSH EIO once)
         self.parallel = not self.tls and PARALLEL
-        self.wire.poller = self.host.poller(self.idle)
+        self.wire.poller = self.host.poller(self._one_at_a_time)
         self.batch = batch = ReplyBatch(self._send, self._replied)
         self.reads = reads = ReadServer(self.store, self.vid, self.sid, structured=session.structured,
                                         export_size=session.export.size, batch=batch, wire=self.wire,
@@ -145,14 +146,18 @@ class Connection:
                                         parallel=self.parallel, name=self.peer)
         wire, request = self.wire, P.REQUEST
         closing, faults = self.host.closing, self.host.faults
+        taken = 0  # requests served since the last wait
         try:
             while True:
                 req = wire.take(request)
                 if req is None:
+                    self._lone = taken == 1  # (none yet: the first wait, after the handshake)
+                    taken = 0
                     reads.gather()  # nothing complete left to serve: the replies go out before we wait
                     batch.flush()
                     wire.fill(request.size)
                     req = wire.take(request)
+                taken += 1
                 magic, flags, cmd, cookie, offset, length = req  # type: ignore[misc]
                 if magic != P.REQUEST_MAGIC:
                     raise P.ProtocolError(f"bad request magic {magic:#x}")
@@ -242,6 +247,12 @@ class Connection:
             self._safe(self._send, P.simple_reply(cookie))
         finally:
             self._replied(1)
+
+    def _one_at_a_time(self) -> bool:
+        """Whether polling for the next request pays: the client sent one request since the
+        last wait (it waits for each answer; a client with several in flight sends more while
+        this thread sleeps, and they are then served in one batch) and every reply is out."""
+        return self._lone and self.idle()
 
     def idle(self) -> bool:
         """No request between its header and its reply having been sent (the thread waits for

@@ -227,10 +227,10 @@ class NbdServer:
                     "poll_us": round(self.poll * 1e6), "polls_caught": self._poll_token.caught,
                     "polls_missed": self._poll_token.missed}
 
-    def poller(self, idle: Callable[[], bool]) -> RequestPoller:
-        """A connection's poller for its next requests (poll.py); ``idle``: whether
-        the connection has sent every reply."""
-        return RequestPoller(self.poll, self._poll_token, idle)
+    def poller(self, pays: Callable[[], bool]) -> RequestPoller:
+        """A connection's poller for its next requests (poll.py); ``pays``: whether
+        polling pays now (the connection's client sends one request at a time, all answered)."""
+        return RequestPoller(self.poll, self._poll_token, pays)
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """The soft disconnect: refuse new work, let clients finish and leave, sync, close."""
