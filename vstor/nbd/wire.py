@@ -63,30 +63,44 @@ class Wire:
             self._rmv[:n] = self._rmv[self._rpos : self._rend]
             self._rpos, self._rend = 0, n
         while self._rend < need:
-            if self.poller is not None:
-                self._poll()
-            k = self.sock.recv_into(self._rmv[self._rend :])
+            k = self._poll() if self.poller is not None else None
+            if k is None:
+                k = self.sock.recv_into(self._rmv[self._rend :])
             if not k:
                 raise Disconnected("the client closed the connection")
             self._rend += k
 
-    def _poll(self) -> None:
-        """Wait for input by polling, for up to the poller's budget (or not at all, if it says
-        so); the caller then receives, sleeping in recv only if nothing came."""
+    def _poll(self) -> int | None:
+        """Poll for input for up to the poller's budget (or not at all, if it says so). Plain
+        TCP: the bytes received (0: the end) if some came, polling with ``recv(MSG_DONTWAIT)``.
+        Over TLS (an ssl socket takes no recv flags) it polls for readiness, the ssl object's
+        decrypted bytes and then the descriptor, and leaves the receiving to the caller. None:
+        nothing received yet; the caller receives, sleeping in recv only if nothing came."""
         poller = self.poller
         assert poller is not None
         until = poller.begin()
         if until is None:
-            return
-        caught = False
+            return None
+        clock, caught = poller.clock, False
         try:
+            if not self.tls:
+                view = self._rmv[self._rend :]
+                while True:
+                    try:
+                        k: int = self.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        if clock() < until:
+                            continue
+                        return None
+                    caught = True
+                    return k
             if self._pollset is None:  # the same descriptor before and after STARTTLS
                 self._pollset = select.poll()
                 self._pollset.register(self.raw.fileno(), select.POLLIN)
-            ready, clock = self._pollset.poll, poller.clock
-            tls = self.sock if self.tls else None
-            while not (caught := bool((tls is not None and tls.pending()) or ready(0))) and clock() < until:
+            ready, tls = self._pollset.poll, self.sock
+            while not (caught := bool(tls.pending() or ready(0))) and clock() < until:
                 pass
+            return None
         finally:
             poller.end(caught)
 
