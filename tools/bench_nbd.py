@@ -1,7 +1,8 @@
 """NBD benchmark: vstor's NBD server against nbdkit's file plugin, both driven by fio's nbd engine.
 
     .venv/bin/python -m tools.bench_nbd [--size 1G] [--servers nbdkit,vstor,nbdkit-tls,vstor-tls]
-                                        [--rounds N] [--runtime S] [--jobs NAME,...] [--json-out FILE]
+                                        [--rounds N] [--runtime S] [--jobs NAME,...] [--nbd-poll-us US]
+                                        [--json-out FILE]
                                         [--keep-page-reporting]
 
 A lab (vm/lab.py) of two network namespaces joined by a veth: the servers run in site B, fio runs in
@@ -20,7 +21,7 @@ against plain for each server. With --rounds N the list runs N times, round N st
 server; each ratio is the median of the per-round ratios. MB = 10^6 bytes. The VM's free page
 reporting is held off for the run (benchlib/hostmem.py), as bench_fio does: with it on, which server
 paid the host's faults on freshly used page-cache pages depended on timing (nbdkit's own 1 MiB reads
-moved threefold between rounds, docs/benchmarks.md section 10); --keep-page-reporting leaves it on.
+moved threefold between rounds, docs/benchmarks-history.md section 10); --keep-page-reporting leaves it on.
 Needs root.
 """
 
@@ -172,6 +173,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq-cap", type=int, default=120, help="time cap of each sequential pass (default 120)")
     p.add_argument("--jobs", default=",".join(j.name for j in JOBS),
                    help="comma list of the jobs to run (default all eight, in their fixed order)")
+    p.add_argument("--nbd-poll-us", type=int, metavar="US",
+                   help="vstor's 'array start --nbd-poll-us' (default: the daemon's, 40; 0 for an A/B without polling)")
     options.add_common(p)
     a = p.parse_args(argv)
     a.size_bytes = options.size(p, a.size)
@@ -187,7 +190,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def make_server(name: str, workdir: Path, a: argparse.Namespace, lab: Lab, certs: dict[str, Path]) -> Server:
     cls = VstorServer if name.startswith("vstor") else NbdkitServer
     tls = certs["server"] if name.endswith("-tls") else None  # both read nbdkit's layout
-    return cls(name, workdir, a.size_bytes, lab.ns("b"), lab.address("b"), tls)
+    server = cls(name, workdir, a.size_bytes, lab.ns("b"), lab.address("b"), tls)
+    if isinstance(server, VstorServer) and a.nbd_poll_us is not None:
+        server.start_args = ("--nbd-poll-us", str(a.nbd_poll_us))
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,6 +98,7 @@ class VstorServer(Server):
 
     kind = "vstor"
     volume = "bench"
+    start_args: tuple[str, ...] = ()  # more 'array start' options (bench_nbd --nbd-poll-us)
 
     def vstor(self, *args: str, timeout: float = 120) -> str:
         env_pool = ["--pool", str(self.dir / "pool")]
@@ -109,7 +110,7 @@ class VstorServer(Server):
         self.stack.callback(best_effort(f"stop the {self.name} array", self._stop))
         tls = ["--nbd-tls-dir", str(self.tls)] if self.tls else []
         run(self.ns([str(VSTOR), "array", "start", "--pool", str(pool), "--mount", str(mnt),
-                     "--nbd", f"{self.addr}:{PORT}", *tls]), timeout=300)
+                     "--nbd", f"{self.addr}:{PORT}", *tls, *self.start_args]), timeout=300)
         from vstor.control.lock import daemon_pid
 
         self.pid = daemon_pid(str(pool))

@@ -8,7 +8,7 @@ queue fed steadily. In process, cold 1 MiB reads of a 4 GiB volume ran at 0.80-1
 (mean 1.14) with 4 MiB asked for ahead and 0.50-1.01 (mean 0.74) without; through NBD at
 queue depth 16, 1.09-1.22 GB/s against 1.06-1.08, with a p99 of 18-20 ms against 24-25 (at
 depth 1 no faster until the asking moved after the reply's pieces were queued, out of the
-client's wait: then 1.03-1.14 GB/s against 0.92-0.95; docs/benchmarks.md section 10).
+client's wait: then 1.03-1.14 GB/s against 0.92-0.95; docs/benchmarks-history.md section 10).
 
 :class:`StreamAhead` says, for each large read, which range past it to ask for: nothing
 until a read continues the previous one; then up to ``ahead`` bytes past the read's end,

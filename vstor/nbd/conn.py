@@ -13,7 +13,7 @@ thread would otherwise wait, or before any request other than a read; no other t
 connections do it too), given to read workers on a remote pool, or, when large, streamed in
 pieces from a sender thread. Handing every read to a worker, as before, cost a thread switch
 and a GIL hand-over each way: 15.1-15.6k IOPS at rand-read QD16 against 24.5-26.3k with
-misses deferred (docs/benchmarks.md §10, runs N4 and N5).
+misses deferred (docs/benchmarks-history.md §10, runs N4 and N5).
 Requests that must wait for the journal to be durable -- FLUSH, and any command with FUA,
 whose data is applied first -- go to a small worker pool after the batch before them went
 out, so the connection keeps reading while they wait: their replies come out of order, as

@@ -3,10 +3,10 @@
 A client at queue depth 1 sends its next request a few microseconds after our reply reaches
 it. Sleeping in ``recv`` costs a wake-up each time: on a virtual machine an idle vCPU halts,
 and waking it (an interrupt through the hypervisor) took 50-60 us here, more than the
-request's own work (docs/benchmarks.md, §10). Polling the socket (``poll`` with no timeout;
-over TLS also the bytes the ssl object has decrypted) for a short budget first (40 us by
-default) catches the next request on a running CPU: in the NBD benchmark, 4 KiB random
-writes at queue depth 1 went from 7.7k to 11.4k IOPS, random reads from 7.9k to 12.0k.
+request's own work (docs/benchmarks.md, §10). Polling the socket for a short budget first
+(40 us by default; ``recv(MSG_DONTWAIT)`` on plain TCP, readiness over TLS: Wire._poll)
+catches the next request on a running CPU: in the NBD benchmark, 4 KiB random writes at
+queue depth 1 went from 7.7k to 11.3k IOPS, random reads from 7.9k to 11.3-12.0k.
 
 The price is CPU while it polls, so it is bounded three ways:
 

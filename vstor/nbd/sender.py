@@ -4,7 +4,7 @@ is read.
 Served in one go, a 1 MiB read is read from the journal (a wait for the disk when cold, then
 the frames' checksums) and only then sent (the copy into the socket and, over a veth or the
 loopback, the receiver's TCP work too): one after the other, each taking about half of the
-request's time (docs/benchmarks.md section 10). With structured replies the protocol lets a
+request's time (docs/benchmarks-history.md section 10). With structured replies the protocol lets a
 read's data go out as several OFFSET_DATA chunks, the last one flagged DONE; so
 :meth:`ReplySender.stream`, called by the connection's thread, reads a large read piece by
 piece into buffers of this sender and queues each piece, which the sender thread writes to
@@ -37,7 +37,7 @@ from vstor.nbd import proto as P
 __all__ = ["PIECE", "BUFFERS", "ReplySender"]
 
 # 512 KiB: against 256 KiB, 1 MiB reads at QD1 ran 1,193-1,210 MB/s against 1,109-1,134 (same at
-# QD16); 128 KiB was slower, and 8 buffers no faster than 4 (docs/benchmarks.md section 10).
+# QD16); 128 KiB was slower, and 8 buffers no faster than 4 (docs/benchmarks-history.md section 10).
 PIECE = 512 << 10  # bytes of a large read per OFFSET_DATA chunk
 BUFFERS = 4  # pieces a connection holds: one being read, the rest queued or being sent
 
