@@ -16,7 +16,8 @@ implementation on RADOS, and ``radossparse`` the sparse one (optical disc images
 pool's small state files (positions, pairs, exports, governance, media inventory, disc sides'
 states) by name, over any backend's blobs; ``radoserr`` turns librados errors into OSError;
 ``radosblob`` keeps a blob larger than one RADOS write as stripes switched by a head object;
-``coalesce`` gathers small journal appends into one RADOS write per flush; ``radosappend``
+``coalesce`` gathers small journal appends into one RADOS write per flush, ``radossegwrites``
+sends a segment's writes (aio, held appends, failures kept for the flush); ``radosappend``
 appends to a state blob with one versioned RADOS append (the audit log).
 ``readahead`` reads a remote backend's segments ahead of a sequential reader, in parallel
 chunks (``radosread``: the chunks' aio reads on RADOS). ``stripes`` says how a byte range
@@ -29,5 +30,6 @@ for reuse by later segments, whose fdatasyncs then need no extent conversion.
 from __future__ import annotations
 
 __all__ = ["base", "clslock", "coalesce", "fenced", "files", "local", "location", "radosappend", "radosbe", "radosblob",
-           "radosblobio", "radoserr", "radosfiles", "radoslock", "radosread", "radossparse", "readahead", "remover",
+           "radosblobio", "radoserr", "radosfiles", "radoslock", "radosread", "radossegwrites", "radossparse",
+           "readahead", "remover",
            "statefiles", "spares", "stripes", "stub"]

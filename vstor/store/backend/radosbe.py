@@ -23,6 +23,7 @@ Layout (docs/formats.md, "Pools on RADOS"), for ``rados://POOL/PREFIX``:
   after it by the OSD, so they see it. Small appends that continue each other are held
   (coalesce.py) and sent as one write at the next flush, read, size or cut of the segment,
   or when the next append does not continue them; with the read-ahead on, they are not held.
+  radossegwrites.py does the writing.
 
 Errors: librados errors become builtin OSError with their errno (ETIMEDOUT after
 ``rados_osd_op_timeout``, ENOSPC when the cluster is full, EDQUOT when the pool's quota is
@@ -40,13 +41,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
-from vstor.store.backend.coalesce import COALESCE_LIMIT, Coalescer
+from vstor.store.backend.coalesce import COALESCE_LIMIT
 from vstor.store.backend.files import FileArea
 from vstor.store.backend.radosappend import BlobAppender
 from vstor.store.backend.radosblob import StripedBlobs
 from vstor.store.backend.radosblobio import RadosBlobIO
 from vstor.store.backend.radoserr import FULL_TRY, omap_keys, os_error
 from vstor.store.backend.radosread import make_readahead
+from vstor.store.backend.radossegwrites import MAX_IN_FLIGHT, SegmentWrites
 from vstor.store.backend.remover import Remover
 from vstor.store.backend.stripes import stripe_spans
 from vstor.store.journal.format import segment_name
@@ -57,7 +59,6 @@ if TYPE_CHECKING:
 __all__ = ["STRIPE_BYTES", "MAX_IN_FLIGHT", "RadosBackend", "connect_cluster"]
 
 STRIPE_BYTES = 4 * 1024 * 1024
-MAX_IN_FLIGHT = 64  # aio writes outstanding before a writer waits for the oldest
 REMOVE_BATCH = 32  # stripe removes in flight at once when a segment is deleted
 MAX_BLOB = 64 * 1024 * 1024  # under osd_max_write_size (90 MiB): one write_full must carry a blob
 INDEX = "index"
@@ -103,14 +104,16 @@ class RadosBackend(RadosBlobIO, PoolBackend):
         self.meta.set_namespace(prefix)
         self.jrn = cluster.open_ioctx(pool)
         self.jrn.set_namespace(f"{prefix}/journal")
-        self._lock = threading.Lock()
-        self._in_flight: list[tuple[int, Any, str]] = []  # (segno, completion, object), oldest first
-        self._failed: dict[int, OSError] = {}  # segno -> the first write that failed
+        self._lock = threading.Lock()  # the file areas opened
         self.blobs = StripedBlobs(self.meta, self._rados, max_blob, min(max_blob, STRIPE_BYTES), self._call)
         self.readahead = make_readahead(lambda: self.jrn, self._rados, STRIPE_BYTES, self.stripe_name)  # readahead.py
         # small appends held for one write (coalesce.py); not with the read-ahead, whose fetches
         # could read a range before the held bytes are sent
-        self.pending = Coalescer(STRIPE_BYTES, COALESCE_LIMIT if self.readahead is None else 0)
+        self.writes = SegmentWrites(self._rados, lambda: self.jrn, self.stripe_name, STRIPE_BYTES,
+                                    COALESCE_LIMIT if self.readahead is None else 0,
+                                    self.readahead.invalidate if self.readahead is not None else None,
+                                    self._check_open)
+        self.pending = self.writes.pending  # (tests and metrics read its counts)
         # a deleted segment's stripes are removed on a thread of its own (remover.py)
         self.remover = Remover(self._remove_stripes, self._stripes_described)
         self._file_areas: dict[str, RadosFiles] = {}  # opened on first use (file_area), closed by close()
@@ -164,91 +167,15 @@ class RadosBackend(RadosBlobIO, PoolBackend):
 
     def write_segment(self, segno: int, pos: int, data: bytes | memoryview) -> None:
         self.faults.hit("backend.write")
-        view = memoryview(data)
-        with self._lock:
-            pend = self.pending
-            self._check_open()  # held bytes would never be sent
-            if pend.continues(segno, pos, len(view)):
-                pend.add(segno, pos, view)
-                return
-            self._send_pending()  # what is held goes first: the OSD applies one client's writes in order
-        whole = data if isinstance(data, bytes) else None  # sent as it is when one stripe takes it all
-        for stripe, off, at, n in stripe_spans(pos, len(view), STRIPE_BYTES):
-            self._submit(segno, stripe, off, whole if whole is not None and n == len(whole) else
-                         bytes(view[at : at + n]))
-            if self.readahead is not None:  # after the aio_write: see readahead.py, "Coherence"
-                self.readahead.invalidate(segno, pos + at, n)
-
-    def _aio_write(self, segno: int, stripe: int, off: int, data: bytes) -> tuple[Any, str]:
-        """Issue one aio write to a stripe object: (completion, object name); OSError if refused."""
-        obj = self.stripe_name(segno, stripe)
-        try:
-            with self._rados.WriteOpCtx() as op:
-                op.write(data, off)
-                return self.jrn.operate_aio_write_op(op, obj, flags=FULL_TRY), obj
-        except self._rados.Error as e:
-            raise os_error(e, f"cannot write journal segment {segno}") from None
-
-    def _submit(self, segno: int, stripe: int, off: int, chunk: bytes) -> None:
-        """One aio write to a stripe object; waits for the oldest when MAX_IN_FLIGHT are out."""
-        comp, obj = self._aio_write(segno, stripe, off, chunk)
-        with self._lock:
-            self._in_flight.append((segno, comp, obj))
-            excess = len(self._in_flight) - MAX_IN_FLIGHT
-        if excess > 0:
-            self._reap(excess)
-
-    def _send_pending(self, segno: int | None = None) -> None:
-        """Send the held appends (of ``segno`` only, when given) as one write. Caller holds
-        ``_lock``; the aio submission happens under it, so no other write can pass it."""
-        if not len(self.pending) or (segno is not None and not self.pending.holds(segno)):
-            return
-        taken = self.pending.take()
-        assert taken is not None
-        seg, pos, data = taken
-        stripe, off = divmod(pos, STRIPE_BYTES)
-        try:
-            comp, obj = self._aio_write(seg, stripe, off, data)
-        except OSError as e:
-            self._failed.setdefault(seg, e)
-            return  # the segment's next flush raises it
-        self._in_flight.append((seg, comp, obj))
-
-    def _sent(self, segno: int | None = None) -> None:
-        """Send what is held before a read, size, cut, flush or close of the segment."""
-        with self._lock:
-            self._send_pending(segno)
-
-    def _reap(self, count: int | None = None, segno: int | None = None) -> None:
-        """Wait for the oldest ``count`` writes in flight (all when None; only those of
-        ``segno`` when given), recording failures."""
-        with self._lock:
-            if segno is not None:
-                mine = [w for w in self._in_flight if w[0] == segno]
-                self._in_flight = [w for w in self._in_flight if w[0] != segno]
-            else:
-                k = len(self._in_flight) if count is None else count
-                mine, self._in_flight = self._in_flight[:k], self._in_flight[k:]
-        for s, comp, obj in mine:
-            comp.wait_for_complete()
-            ret = comp.get_return_value()
-            if ret < 0:
-                err = OSError(-ret, f"write to journal object {obj} failed: {errno.errorcode.get(-ret, ret)}")
-                with self._lock:
-                    self._failed.setdefault(s, err)
+        self.writes.write(segno, pos, data)
 
     def flush_segment(self, segno: int) -> None:
         self.faults.hit("backend.flush")
-        self._sent(segno)
-        self._reap(segno=segno)
-        with self._lock:
-            err = self._failed.get(segno)
-        if err is not None:
-            raise OSError(err.errno, str(err))
+        self.writes.flush(segno)
 
     def read_segment(self, segno: int, pos: int, size: int) -> bytes:
         self.remover.settle(segno)
-        self._sent(segno)  # the OSD orders the read after it
+        self.writes.send(segno)  # the OSD orders the read after it
         if self.readahead is None:
             return self._read_direct(segno, pos, size)
         return self.readahead.read(segno, pos, size, self._read_direct)
@@ -286,7 +213,7 @@ class RadosBackend(RadosBlobIO, PoolBackend):
 
     def segment_size(self, segno: int) -> int:
         self.remover.settle(segno)
-        self._sent(segno)  # a stat after a write is ordered after it, as a read is
+        self.writes.send(segno)  # a stat after a write is ordered after it, as a read is
         sizes = self._stripes(segno)
         return (len(sizes) - 1) * STRIPE_BYTES + sizes[-1] if sizes else 0
 
@@ -294,8 +221,8 @@ class RadosBackend(RadosBlobIO, PoolBackend):
         """Also removes stripes past a gap: writes in flight at a crash may have left a later
         stripe without the one before it (at most MAX_IN_FLIGHT stripes further)."""
         self.remover.settle(segno)
-        self._sent(segno)
-        self._reap(segno=segno)
+        self.writes.send(segno)
+        self.writes.wait(segno=segno)
         sizes = self._stripes(segno)
         for k in range(len(sizes) + 1, len(sizes) + MAX_IN_FLIGHT + 1):
             try:
@@ -318,13 +245,9 @@ class RadosBackend(RadosBlobIO, PoolBackend):
         self._forget(segno)
 
     def delete_segment(self, segno: int) -> None:
-        with self._lock:
-            self.pending.drop(segno)  # bytes of a segment being deleted need not land
-        self._reap(segno=segno)
+        self.writes.forget(segno)  # bytes of a segment being deleted need not land
         self._index(segno, False)  # first: from here on the segment is never read
         self.remover.remove(segno)  # its stripes go in the background
-        with self._lock:
-            self._failed.pop(segno, None)
         self._forget(segno)
 
     def _remove_stripes(self, segno: int) -> None:
@@ -361,8 +284,7 @@ class RadosBackend(RadosBlobIO, PoolBackend):
     def close(self) -> None:
         if isinstance(self.meta, _Closed):  # closed already
             return
-        self._sent()
-        self._reap()
+        self.writes.close()
         self.remover.close()  # every removal handed over ends first
         if self.readahead is not None:  # no read in flight when the connection goes
             self.readahead.drain()
@@ -414,11 +336,7 @@ class RadosBackend(RadosBlobIO, PoolBackend):
 
     # -- outages -----------------------------------------------------------------------------
     def abandon_segment(self, segno: int) -> None:
-        with self._lock:
-            self.pending.drop(segno)  # never sent: the resume counts them dropped, as unflushed writes
-        self._reap(segno=segno)
-        with self._lock:
-            self._failed.pop(segno, None)
+        self.writes.forget(segno)  # held bytes never sent: the resume counts them dropped, as unflushed writes
 
     def probe(self) -> None:
         """One small write in the pool's namespace, FULL_TRY: it fails as a journal write would."""
