@@ -1,4 +1,4 @@
-"""The pool lock's bytes (vstor/store/backend/clslock.py): the cls_lock inputs python3-rados
+"""The pool lock's bytes (vstor/store/backend/rados/clslock.py): the cls_lock inputs python3-rados
 cannot build, laid out as Ceph decodes them (cls_lock_ops.h), and the holder record that
 tells a takeover whom to fence. Pure: no cluster (the RADOS tests prove the OSD takes them)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import struct
 
-from vstor.store.backend.clslock import (
+from vstor.store.backend.rados.clslock import (
     ENTITY_CLIENT,
     FLAG_MUST_RENEW,
     LOCK_EXCLUSIVE,

@@ -1,6 +1,6 @@
 """pool migrate's pure parts: which pool files are segments, blobs, superblocks, other files or
 host-only, the in-progress marker, and the progress lines (bytes/s) on the injected clock.
-Also the striped-blob head format (radosblob.py). No cluster needed."""
+Also the striped-blob head format (rados/blob.py). No cluster needed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import errno
 import pytest
 
 from vstor.clock import ManualClock
-from vstor.store.backend.radosblob import HEAD_SIZE, Head, decode_head, encode_head
+from vstor.store.backend.rados.blob import HEAD_SIZE, Head, decode_head, encode_head
 from vstor.store.migrate.plan import Meter, classify, decode_marker, encode_marker, segment_number
 
 

@@ -19,7 +19,7 @@ from vstor.control.outagewatch import OutageWatch
 from vstor.errors import PoolFull, Unavailable, VstorError
 from vstor.faults import Faults
 from vstor.store.backend.local import LocalBackend
-from vstor.store.backend.radoslock import LockLost
+from vstor.store.backend.rados.lock import LockLost
 from vstor.store.check import check_pool
 from vstor.store.journal.format import SEGMENT_HEADER_SIZE, loc_pos, pack_segment_header, segment_seal
 from vstor.store.journal.outage import FULL, UNREACHABLE, outage_line

@@ -1,4 +1,4 @@
-"""Appending to a RADOS pool's state file with the RADOS append op (radosappend.py): an entry
+"""Appending to a RADOS pool's state file with the RADOS append op (rados/append.py): an entry
 costs the entry, not the log (measured by the OSD's own count of bytes written); a reader on
 another client racing the appends sees whole entries only; the striped form (past max_blob,
 or once the OSD's osd_max_object_size refuses the object) keeps taking entries; a fenced
@@ -18,8 +18,8 @@ from cephlab import CLIENT_TIMEOUT, CephLab
 from vstor.backup.audit import AuditLog
 from vstor.clock import ManualClock
 from vstor.store.backend.location import parse_rados
-from vstor.store.backend.radosbe import RadosBackend, connect_cluster
-from vstor.store.backend.radosblob import HEAD_SIZE, STRIPED_DIR
+from vstor.store.backend.rados.backend import RadosBackend, connect_cluster
+from vstor.store.backend.rados.blob import HEAD_SIZE, STRIPED_DIR
 from vstor.store.backend.statefiles import PoolFiles
 
 pytestmark = pytest.mark.rados
@@ -168,8 +168,8 @@ def test_an_osd_limit_below_a_stripe_is_a_clear_error(ceph_lab: CephLab, be: Rad
 
 def test_a_fenced_clients_append_fails_and_trips_the_backend(ceph_lab: CephLab, rados_location: str,
                                                              be: RadosBackend) -> None:
-    from vstor.store.backend.clslock import holder_addrs
-    from vstor.store.backend.fenced import FencedBackend
+    from vstor.store.backend.rados.clslock import holder_addrs
+    from vstor.store.backend.rados.fenced import FencedBackend
     loc = parse_rados(rados_location)
     victim = connect_cluster(str(ceph_lab.conf), None, CLIENT_TIMEOUT)
     tripped: list[OSError] = []

@@ -1,4 +1,4 @@
-"""Blobs larger than one RADOS write (radosblob.py), with a small ``max_blob`` given to the
+"""Blobs larger than one RADOS write (rados/blob.py), with a small ``max_blob`` given to the
 backend's constructor: striped content reads back whole, a replace is atomic for a reader
 that read the old head, stripes of replaced, crashed or deleted generations go, and a pool
 whose checkpoints are striped opens, reads back and checks clean. Needs the session's Ceph
@@ -13,8 +13,8 @@ import pytest
 from cephlab import CLIENT_TIMEOUT, CephLab
 
 from vstor.store.backend.location import parse_rados
-from vstor.store.backend.radosbe import RadosBackend, connect_cluster
-from vstor.store.backend.radosblob import HEAD_MAGIC, HEAD_SIZE, STRIPED_DIR
+from vstor.store.backend.rados.backend import RadosBackend, connect_cluster
+from vstor.store.backend.rados.blob import HEAD_MAGIC, HEAD_SIZE, STRIPED_DIR
 from vstor.store.check import check_pool
 from vstor.store.maintenance.checkpoint import read_checkpoints
 from vstor.store.store import Store

@@ -21,7 +21,7 @@ import pytest
 from cephlab import CLIENT_TIMEOUT, CephLab
 
 from vstor.store.backend.location import open_backend
-from vstor.store.backend.radoslock import BLOCKLIST_ENV, RadosLock
+from vstor.store.backend.rados.lock import BLOCKLIST_ENV, RadosLock
 
 pytestmark = pytest.mark.rados
 

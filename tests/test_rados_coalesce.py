@@ -1,5 +1,5 @@
 """Small journal appends on RADOS are held and sent as one write (backend/coalesce.py used by
-radosbe.RadosBackend): a flush sends and covers them, a read or size of the segment sees them
+rados.backend.RadosBackend): a flush sends and covers them, a read or size of the segment sees them
 without a flush, a large write sends them first and lands after them, and an abandoned
 segment's held bytes never land. Needs the session's Ceph cluster (make test-rados)."""
 

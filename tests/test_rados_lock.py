@@ -22,7 +22,7 @@ def _backend(lab: CephLab, location: str):  # noqa: ANN202
 
 
 def test_second_owner_refused_until_release_or_expiry(ceph_lab: CephLab, rados_location: str) -> None:
-    from vstor.store.backend.radoslock import RadosLock
+    from vstor.store.backend.rados.lock import RadosLock
     a, b = _backend(ceph_lab, rados_location), _backend(ceph_lab, rados_location)  # two clients, like two hosts
     try:
         first = RadosLock(a.meta, duration=DURATION, location=rados_location)
@@ -54,7 +54,7 @@ def test_second_owner_refused_until_release_or_expiry(ceph_lab: CephLab, rados_l
 
 
 def test_renewals_keep_the_lock_past_its_duration(ceph_lab: CephLab, rados_location: str) -> None:
-    from vstor.store.backend.radoslock import RadosLock
+    from vstor.store.backend.rados.lock import RadosLock
     a, b = _backend(ceph_lab, rados_location), _backend(ceph_lab, rados_location)
     lost: list[Exception] = []
     try:

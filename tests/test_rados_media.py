@@ -1,5 +1,5 @@
 """Cartridges and the backup catalog of a pool on RADOS (issue 29): the striped file area
-(store/backend/radosfiles.py) on its own, a backup job written to tape on one "host" and
+(store/backend/rados/files.py) on its own, a backup job written to tape on one "host" and
 listed and restored byte for byte on another (another state directory, same rados://
 location; in process), and a tar written through FUSE to a drive file read back after the
 daemon moved to the other host (root). Needs the session's Ceph cluster (``make test-rados``).
@@ -22,7 +22,7 @@ from vstor.backup.engine import BackupEngine
 from vstor.clock import ManualClock
 from vstor.media.manager import MediaManager, media_files
 from vstor.store.backend.location import open_backend
-from vstor.store.backend.radosfiles import FILE_STRIPE, stripe_name
+from vstor.store.backend.rados.files import FILE_STRIPE, stripe_name
 from vstor.store.backend.stub import write_stub
 from vstor.store.store import Store
 from vstor.store.superblock import init_backend_pool

@@ -24,7 +24,7 @@ from vstor.clock import SystemClock
 from vstor.control.lock import PoolLock
 from vstor.errors import CorruptData, NotFound
 from vstor.store.backend.location import open_backend, parse_rados
-from vstor.store.backend.radosbe import RadosBackend, connect_cluster
+from vstor.store.backend.rados.backend import RadosBackend, connect_cluster
 from vstor.store.backend.statefiles import local_files
 from vstor.store.backend.stub import state_dir
 from vstor.store.catalog import snapshots

@@ -1,5 +1,5 @@
 """Optical disc images of a pool on RADOS (issue 29): the sparse file area on its own
-(store/backend/radossparse.py: only written stripes stored, indexed in the head's omap), and a
+(store/backend/rados/sparse.py: only written stripes stored, indexed in the head's omap), and a
 disc session written by one "host" read back, bytes and state, by another (another state
 directory and another RADOS client, same rados:// location; in process), with the shelf
 moves and library delete; and through FUSE, an ISO session written on host A read with isoinfo
@@ -20,7 +20,7 @@ from vstor.clock import ManualClock
 from vstor.errors import MediaError
 from vstor.media.manager import MediaManager, disc_files, media_files
 from vstor.store.backend.location import open_backend
-from vstor.store.backend.radosfiles import FILE_STRIPE, stripe_name
+from vstor.store.backend.rados.files import FILE_STRIPE, stripe_name
 from vstor.store.backend.stub import write_stub
 from vstor.store.store import Store
 from vstor.store.superblock import init_backend_pool

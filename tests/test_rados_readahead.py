@@ -1,4 +1,4 @@
-"""Read-ahead of journal segments on RADOS (vstor/store/backend/readahead.py, radosread.py):
+"""Read-ahead of journal segments on RADOS (vstor/store/backend/readahead.py, rados/read.py):
 sequential reads across stripe and segment boundaries return the bytes written, a write
 issued after chunks were read ahead is seen, a cut segment reads short, and a damaged frame is
 still reported (CorruptData), never returned. Needs the session's Ceph cluster (make test-rados)."""
@@ -26,7 +26,7 @@ HDR = b"H" * SEGMENT_HEADER_SIZE
 
 @pytest.fixture(autouse=True)
 def _readahead_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The read-ahead is off by default (radosread.make_readahead): these tests turn it on."""
+    """The read-ahead is off by default (rados.read.make_readahead): these tests turn it on."""
     monkeypatch.setenv("VSTOR_RADOS_READAHEAD", "1")
 
 def _backend(lab: CephLab, location: str):  # noqa: ANN202
@@ -130,7 +130,7 @@ def test_volume_reads_over_segments_and_a_damaged_frame_is_reported(ceph_lab: Ce
     try:
         with cluster.open_ioctx(TEST_POOL) as io:
             io.set_namespace(f"{loc.prefix}/journal")
-            from vstor.store.backend.radosbe import RadosBackend
+            from vstor.store.backend.rados.backend import RadosBackend
             io.write(RadosBackend.stripe_name(full[0], 1), b"\xde\xad\xbe\xef" * 2, 123_456)
     finally:
         cluster.shutdown()

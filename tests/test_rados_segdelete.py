@@ -1,5 +1,5 @@
 """Deleting a journal segment on RADOS unlists it at once and removes its stripes in parallel
-batches on the remover's thread (radosbe.py ``_remove_stripes``, remover.py): every stripe goes,
+batches on the remover's thread (rados/backend.py ``_remove_stripes``, remover.py): every stripe goes,
 across several batches, other segments are untouched, and a later look at the segment waits for
 the removal. Needs the session's Ceph cluster (make test-rados)."""
 
@@ -10,8 +10,8 @@ import threading
 import pytest
 from cephlab import CLIENT_TIMEOUT, CephLab
 
-from vstor.store.backend import radosbe
 from vstor.store.backend.location import open_backend
+from vstor.store.backend.rados import backend as radosbe
 from vstor.store.journal.format import SEGMENT_HEADER_SIZE
 
 pytestmark = pytest.mark.rados

@@ -1,7 +1,7 @@
-"""Takeover of a pool's RADOS lock from a live owner (vstor/store/backend/radoslock.py):
+"""Takeover of a pool's RADOS lock from a live owner (vstor/store/backend/rados/lock.py):
 without --takeover the second host is refused and told about it; with it, the owner's client
 is blocklisted, its lock broken and the lock taken. The fenced owner's operations then fail
-with ESHUTDOWN, its renewal reports it fenced, the daemon's backend (fenced.py) trips its hook
+with ESHUTDOWN, its renewal reports it fenced, the daemon's backend (rados/fenced.py) trips its hook
 once, and it never gets the lock back by itself. Two RADOS clients under two Ceph users, the
 second with only the capabilities the admin guide asks for. Needs the session's Ceph cluster
 (``make test-rados``)."""
@@ -28,8 +28,8 @@ DURATION = 3  # seconds: renewals every 1 s
 
 
 def test_takeover_fences_a_live_owner_for_good(ceph_lab: CephLab, rados_location: str, host2_client: str) -> None:
-    from vstor.store.backend.fenced import FencedBackend
-    from vstor.store.backend.radoslock import LockLost, RadosLock
+    from vstor.store.backend.rados.fenced import FencedBackend
+    from vstor.store.backend.rados.lock import LockLost, RadosLock
     conf = str(ceph_lab.conf)
     a = open_backend(rados_location, conf, timeout=CLIENT_TIMEOUT)  # host A: client.admin
     b = open_backend(rados_location, conf, host2_client, timeout=CLIENT_TIMEOUT)  # host B: its own user
@@ -77,7 +77,7 @@ def test_takeover_fences_a_live_owner_for_good(ceph_lab: CephLab, rados_location
 
 def test_expired_lock_is_not_renewed_back_and_its_takeover_fences_nobody(ceph_lab: CephLab,
                                                                          rados_location: str) -> None:
-    from vstor.store.backend.radoslock import LockLost, RadosLock
+    from vstor.store.backend.rados.lock import LockLost, RadosLock
     conf = str(ceph_lab.conf)
     a, b = (open_backend(rados_location, conf, timeout=CLIENT_TIMEOUT) for _ in range(2))
     try:
@@ -100,7 +100,7 @@ def _expiry(io: object, name: str) -> float:
     """When the OSD lets the (one) locker of lock ``name`` on the lock object expire: its
     ``lock.get_info`` reply (cls_lock_get_info_reply: struct header, le32 count of lockers,
     each a locker_id_t struct then a locker_info_t struct starting with its utime_t)."""
-    from vstor.store.backend.radoslock import LOCK_OBJECT
+    from vstor.store.backend.rados.lock import LOCK_OBJECT
     raw = name.encode()
     _, out = io.execute(LOCK_OBJECT, "lock", "get_info", struct.pack("<BBII", 1, 1, 4 + len(raw), len(raw)) + raw)
     (count,) = struct.unpack_from("<I", out, 6)
@@ -111,7 +111,7 @@ def _expiry(io: object, name: str) -> float:
 
 
 def test_a_renewal_extends_the_lock_by_exactly_its_duration(ceph_lab: CephLab, rados_location: str) -> None:
-    from vstor.store.backend.radoslock import LOCK_NAME, RadosLock
+    from vstor.store.backend.rados.lock import LOCK_NAME, RadosLock
     a = open_backend(rados_location, str(ceph_lab.conf), timeout=CLIENT_TIMEOUT)
     try:
         lock = RadosLock(a.meta, duration=30, location=rados_location, cluster=a.cluster)
@@ -152,7 +152,7 @@ def test_takeover_fences_the_backup_catalogs_client_too(ceph_lab: CephLab, rados
     client of its own) open; B's takeover blocklists both clients: A's next catalog commit fails."""
     from radoshosts import RadosHost
 
-    from vstor.store.backend.radoslock import RadosLock
+    from vstor.store.backend.rados.lock import RadosLock
     host = RadosHost(short_dir / "A", rados_location, str(ceph_lab.conf))  # pool init: A's state directory
     a = subprocess.Popen([sys.executable, "-c", HOST_A, host.pool], env=host.env, stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)

@@ -41,7 +41,7 @@ from vstor.media.mediatypes import disc_type
 from vstor.media.optical import DiscSide
 from vstor.media.tapedrive import MTREW, TapeDrive
 from vstor.store.backend.files import FileArea, LocalFiles
-from vstor.store.backend.radosbe import RadosBackend, connect_cluster
+from vstor.store.backend.rados.backend import RadosBackend, connect_cluster
 from vstor.store.backend.statefiles import PoolFiles, local_files
 from vstor.units import parse_size
 

@@ -103,7 +103,7 @@ def first_read(image: str, want: bytes) -> None:
 def lock_expiry(conf: str, location: str) -> float | None:
     """The wall-clock time at which the pool's lock expires, from ``rados lock info``."""
     from vstor.store.backend.location import parse_rados
-    from vstor.store.backend.radoslock import LOCK_NAME, LOCK_OBJECT
+    from vstor.store.backend.rados.lock import LOCK_NAME, LOCK_OBJECT
     loc = parse_rados(location)
     res = run(["rados", "-c", conf, "-p", loc.pool, "-N", loc.prefix, "lock", "info", LOCK_OBJECT, LOCK_NAME,
                "--format", "json"], check=False)

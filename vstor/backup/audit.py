@@ -9,7 +9,7 @@ Each line is one JSON entry {"seq", "time", "actor", "action", "details", "prev"
 Guarantees:
 * The log is a pool state file (vstor/store/backend/statefiles.py): ``POOL/backup/audit.log``,
   appended to (``O_APPEND``, fsync) on a local pool, or an object of a RADOS pool appended to
-  by one atomic append op (backend/radosappend.py; past 64 MiB it is striped and replaced whole
+  by one atomic append op (backend/rados/append.py; past 64 MiB it is striped and replaced whole
   at each entry). An entry reads the log's tail and writes the entry, whatever the log's
   length. ``append`` returns only after the line is durable;
   appends are serialized by one lock within the process, and only the process that holds the

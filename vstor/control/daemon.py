@@ -104,7 +104,7 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
         nbd: dict | None = None, backup_listen: str | None = None, takeover: bool = False) -> int:
     """Start the array, serve until unmounted, stop it; raises if start-up fails, after
     releasing whatever it had acquired. ``takeover``: a RADOS pool's live owner on another
-    host is fenced first (vstor/store/backend/radoslock.py)."""
+    host is fenced first (vstor/store/backend/rados/lock.py)."""
     from vstor.fuse.media_fs import MediaFS
     from vstor.fuse.ops import VolumeFS, serve
     from vstor.fuse.ops import fuse as mfuse

@@ -19,13 +19,13 @@ from vstor.store.superblock import layout
 if TYPE_CHECKING:
     from vstor.faults import Faults
     from vstor.store.backend.base import PoolBackend
-    from vstor.store.backend.radosbe import RadosBackend
-    from vstor.store.backend.radoslock import RadosLock
+    from vstor.store.backend.rados.backend import RadosBackend
+    from vstor.store.backend.rados.lock import RadosLock
 
 
 class PoolLock:
     """The flock of the pool directory; for a pool on RADOS also its RADOS lock
-    (vstor/store/backend/radoslock.py), renewed while held, so that no other host serves it."""
+    (vstor/store/backend/rados/lock.py), renewed while held, so that no other host serves it."""
 
     def __init__(self, pool: str) -> None:
         self.pool = pool
@@ -64,8 +64,8 @@ class PoolLock:
         stub = read_stub(self.pool)
         if stub is None:
             return
-        from vstor.store.backend.radosbe import RadosBackend
-        from vstor.store.backend.radoslock import RadosLock, lock_duration
+        from vstor.store.backend.rados.backend import RadosBackend
+        from vstor.store.backend.rados.lock import RadosLock, lock_duration
         backend = backend_for(self.pool)
         if not isinstance(backend, RadosBackend):  # a stub always names a rados:// location
             backend.close()
@@ -85,7 +85,7 @@ class PoolLock:
         pool's cluster), so that a takeover fences it with the lock's; [] if it cannot load
         (no catalog on RADOS can be open then either)."""
         from vstor.backup.catalogdb import catalog_databases, vfs_client
-        from vstor.store.backend.clslock import holder_addrs
+        from vstor.store.backend.rados.clslock import holder_addrs
         try:
             catalog_databases(self.pool, backend)
         except VstorError:
@@ -124,7 +124,7 @@ class PoolLock:
         local pool."""
         if self._backend is None or self.rados is None:
             return None
-        from vstor.store.backend.fenced import FencedBackend
+        from vstor.store.backend.rados.fenced import FencedBackend
         rlock = self.rados
 
         def fenced(err: OSError) -> None:

@@ -154,7 +154,7 @@ class PoolBackend(ABC):
     def sparse_file_area(self, area: str, local_dir: str) -> FileArea:
         """The pool's sparse files of ``area`` (``optical``: disc images), whose unwritten ranges
         read as zeros and take no space: files under ``local_dir`` for a local pool (sparse
-        files, as they always were), only the written stripes on RADOS (radossparse.py). Keep
+        files, as they always were), only the written stripes on RADOS (rados/sparse.py). Keep
         the area names of :meth:`file_area` and of this method apart."""
         return LocalFiles(local_dir)
 

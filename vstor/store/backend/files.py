@@ -4,7 +4,7 @@
 with positional reads and writes, like the files of a directory. ``LocalFiles`` is today's
 layout: ordinary files under a directory, written with ``pwrite`` and made durable with
 ``fdatasync``/``fsync``, byte for byte what vstor always wrote. The RADOS implementation
-(``radosfiles.RadosFiles``) stripes each file over objects; a pool's backend hands out the
+(``rados.files.RadosFiles``) stripes each file over objects; a pool's backend hands out the
 area of its kind (:meth:`PoolBackend.file_area <vstor.store.backend.base.PoolBackend.file_area>`).
 
 Contract of an open :class:`AreaFile` (the cartridge relies on exactly this):

@@ -56,7 +56,7 @@ def open_backend(location: str, ceph_conf: str | None = None, ceph_id: str | Non
     needs a ceph.conf (``ceph_conf`` or $VSTOR_CEPH_CONF); the client id defaults to admin."""
     if not is_rados(location):
         return LocalBackend(location, faults)
-    from vstor.store.backend.radosbe import DEFAULT_TIMEOUT, RadosBackend, connect_cluster
+    from vstor.store.backend.rados.backend import DEFAULT_TIMEOUT, RadosBackend, connect_cluster
     loc = parse_rados(location)
     conf = ceph_conf or os.environ.get(CEPH_CONF_ENV)
     if not conf:

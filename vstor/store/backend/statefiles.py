@@ -79,7 +79,7 @@ class PoolFiles:
         returns (``PoolBackend.append``). A local file is appended to as a log is (``O_APPEND``
         write, fsync: a crash may leave a torn tail, which the caller must recognise); on RADOS
         one atomic append op sends only ``data`` (a reader sees the file before or after it),
-        and past the backend's blob size the file is replaced whole (radosappend.py)."""
+        and past the backend's blob size the file is replaced whole (rados/append.py)."""
         self.backend.append(self.blob(name), bytes(data))
 
     def create(self, name: str, data: bytes) -> None:

@@ -1,7 +1,7 @@
 """How a byte range falls on fixed-size stripe objects. Pure.
 
 The RADOS backend keeps a journal segment, a tape cartridge or an optical disc as objects of
-one stripe size each (radosbe.py, radosfiles.py, radossparse.py); every read and write of a
+one stripe size each (rados/backend.py, rados/files.py, rados/sparse.py); every read and write of a
 range walks it stripe by stripe with :func:`stripe_spans`.
 """
 

@@ -44,7 +44,7 @@ def write_stub(directory: str, location: str, ceph_conf: str | None, ceph_id: st
         os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
     stub: dict[str, object] = {"location": location, "ceph_conf": os.path.abspath(ceph_conf) if ceph_conf else None,
                                "ceph_id": ceph_id}
-    if timeout is not None:  # absent: the default client timeout (radosbe.DEFAULT_TIMEOUT)
+    if timeout is not None:  # absent: the default client timeout (rados.backend.DEFAULT_TIMEOUT)
         stub["timeout"] = timeout
     checkedjson.save(local_files(directory), STUB, stub, STUB_VERSION)
 

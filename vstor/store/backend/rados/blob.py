@@ -1,7 +1,7 @@
 """Blobs larger than one RADOS write: stripes under a generation, switched by a small head.
 
 A blob of at most ``max_blob`` bytes is one object, written by one ``write_full``
-(radosbe.py). A larger one (a checkpoint of a pool with very many maps) cannot be: one write
+(backend.py). A larger one (a checkpoint of a pool with very many maps) cannot be: one write
 must stay under ``osd_max_write_size``. It is kept as (docs/formats.md, "Large blobs on RADOS"):
 
 * **stripes**: objects ``.striped/NAME/GEN.KKKK`` in the blob namespace (GEN: 16 hex digits,

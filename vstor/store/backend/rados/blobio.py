@@ -1,11 +1,11 @@
-"""The blobs of a pool on RADOS: one object each in the namespace ``PREFIX`` (radosbe.py).
+"""The blobs of a pool on RADOS: one object each in the namespace ``PREFIX`` (backend.py).
 
 A mixin of RadosBackend, kept apart from the journal segments' striped I/O. ``put`` is one
 ``write_full`` (RADOS applies a single-object operation atomically, and it returns once every
 replica has it); ``create`` an exclusive-create write op; a blob over the backend's
 ``max_blob`` is striped under a generation and switched by a small head object
-(radosblob.py); ``append`` is the version-asserted RADOS append (radosappend.py). Every write
-carries FULL_TRY, so a full pool answers ENOSPC at once (radoserr.py).
+(blob.py); ``append`` is the version-asserted RADOS append (append.py). Every write
+carries FULL_TRY, so a full pool answers ENOSPC at once (errors.py).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from vstor.faults import Faults
-from vstor.store.backend.radosappend import BlobAppender
-from vstor.store.backend.radosblob import HEAD_SIZE, StripedBlobs
-from vstor.store.backend.radoserr import FULL_TRY, os_error
+from vstor.store.backend.rados.append import BlobAppender
+from vstor.store.backend.rados.blob import HEAD_SIZE, StripedBlobs
+from vstor.store.backend.rados.errors import FULL_TRY, os_error
 
 __all__ = ["RadosBlobIO"]
 
@@ -84,7 +84,7 @@ class RadosBlobIO:
 
     def append(self, name: str, data: bytes) -> None:
         """The RADOS append op, version-asserted: atomic and durable, sends only ``data``
-        (radosappend.py, which also says when the blob is replaced whole instead)."""
+        (append.py, which also says when the blob is replaced whole instead)."""
         self.faults.hit("backend.append")
         self._check_open()
         with self._lock:

@@ -19,7 +19,7 @@ Guarantees of :meth:`BlobAppender.append`:
 Forms (docs/formats.md, "Pool state files"): the plain object is appended to while the
 result stays within ``max_blob`` (64 MiB: ``get`` and ``put`` still move it in one operation,
 and it stays under the OSD's ``osd_max_object_size``, 128 MiB by default). Past that, or when
-the blob is already in the striped form (radosblob.py: a head and stripes, whose checksum
+the blob is already in the striped form (blob.py: a head and stripes, whose checksum
 covers the whole content), the whole content is replaced in the striped form, atomically as
 any replace: the log never stops, but each entry past ``max_blob`` costs a rewrite of the
 log. An OSD whose ``osd_max_object_size`` is below ``max_blob`` refuses the append with EFBIG;
@@ -37,8 +37,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from vstor.store.backend.radosblob import HEAD_MAGIC, HEAD_SIZE, StripedBlobs
-from vstor.store.backend.radoserr import FULL_TRY
+from vstor.store.backend.rados.blob import HEAD_MAGIC, HEAD_SIZE, StripedBlobs
+from vstor.store.backend.rados.errors import FULL_TRY
 
 __all__ = ["APPEND_TRIES", "BlobAppender"]
 

@@ -3,7 +3,7 @@
 Layout (docs/formats.md, "Optical discs on RADOS"): the sparse area ``AREA`` of
 ``rados://POOL/PREFIX`` is the RADOS namespace ``PREFIX/AREA``; the file ``NAME`` (such as
 ``LIB/DISC01.side0.img``) is the objects ``NAME.SSSSSSSS`` (SSSSSSSS: the stripe index, 8 hex
-digits), FILE_STRIPE bytes of the file each, as a striped cartridge (radosfiles.py), except that
+digits), FILE_STRIPE bytes of the file each, as a striped cartridge (files.py), except that
 **only the stripes something was written into exist**: a stripe that does not exist, and the bytes
 of a stripe past its object's end, read as zeros and take no space. Stripe 0, the *head*, exists
 for as long as the file does (created empty with the file), and its omap is the file's index: one
@@ -26,15 +26,15 @@ Guarantees:
   one operation, copies the other stripes (``write_full``), then deletes the source: a crash
   leaves both names, the source whole.
 
-Errors: librados errors become builtin OSError with their errno (radoserr.os_error).
+Errors: librados errors become builtin OSError with their errno (errors.os_error).
 """
 
 from __future__ import annotations
 
 import errno
 
-from vstor.store.backend.radoserr import omap_keys, os_error
-from vstor.store.backend.radosfiles import FILE_STRIPE, AioWrites, RadosFiles, StripedFile, stripe_name
+from vstor.store.backend.rados.errors import omap_keys, os_error
+from vstor.store.backend.rados.files import FILE_STRIPE, AioWrites, RadosFiles, StripedFile, stripe_name
 from vstor.store.backend.stripes import stripe_spans
 
 __all__ = ["RadosSparseFile", "RadosSparseFiles"]

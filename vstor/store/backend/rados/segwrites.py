@@ -1,12 +1,12 @@
 """The journal segments' writes on RADOS: aio writes in flight, small appends held, failures kept.
 
-A segment is striped over objects of ``stripe_bytes`` (radosbe.py). Each append becomes one
+A segment is striped over objects of ``stripe_bytes`` (backend.py). Each append becomes one
 ``aio_write`` per stripe it touches, with FULL_TRY (a full pool answers ENOSPC or EDQUOT at once
 instead of pausing the op). Up to MAX_IN_FLIGHT writes are outstanding; the writer that would
 pass that waits for the oldest. Small appends that continue each other are held
 (coalesce.py) and sent as one write before anything else touches the segment.
 
-Guarantees radosbe.py relies on:
+Guarantees backend.py relies on:
 
 - Writes reach the OSD in the order they were made: what is held is sent, under this
   object's lock, before any later write is submitted (the OSD applies one client's writes
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vstor.store.backend.coalesce import Coalescer
-from vstor.store.backend.radoserr import FULL_TRY, os_error
+from vstor.store.backend.rados.errors import FULL_TRY, os_error
 from vstor.store.backend.stripes import stripe_spans
 
 __all__ = ["MAX_IN_FLIGHT", "SegmentWrites"]

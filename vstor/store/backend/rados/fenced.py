@@ -1,6 +1,6 @@
 """The daemon's RADOS backend: the one place where losing the pool stops the store for good.
 
-A RADOS client that another host fenced (``osd blocklist add``, see radoslock.py) gets
+A RADOS client that another host fenced (``osd blocklist add``, see lock.py) gets
 ESHUTDOWN (EBLOCKLISTED) from every OSD operation. :class:`FencedBackend` is a RadosBackend
 on the same client as the pool lock (so fencing that client fences the store's writes too).
 The first such error, or :meth:`FencedBackend.fence` (the pool lock's renewal failed), trips
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from vstor.errors import VstorError
 from vstor.faults import NO_FAULTS, Faults
-from vstor.store.backend.radosbe import RadosBackend
+from vstor.store.backend.rados.backend import RadosBackend
 
 __all__ = ["FencedBackend", "is_fenced"]
 

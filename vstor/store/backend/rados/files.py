@@ -24,7 +24,7 @@ Guarantees:
   a longer prefix, never a gap; ``delete`` likewise. ``rename`` copies then deletes (RADOS
   has no rename): a crash in between leaves both names, the source whole.
 
-Errors: librados errors become builtin OSError with their errno (radoserr.os_error).
+Errors: librados errors become builtin OSError with their errno (errors.os_error).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from vstor.store.backend.files import AreaFile, FileArea
-from vstor.store.backend.radoserr import os_error
+from vstor.store.backend.rados.errors import os_error
 from vstor.store.backend.stripes import stripe_spans
 
 __all__ = ["CACHE_BELOW", "FILE_STRIPE", "MAX_IN_FLIGHT", "AioWrites", "RadosFile", "RadosFiles", "StripedFile",

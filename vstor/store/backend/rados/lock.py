@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vstor.errors import Busy, VstorError
-from vstor.store.backend.clslock import (
+from vstor.store.backend.rados.clslock import (
     FLAG_MUST_RENEW,
     encode_assert_op,
     encode_break_op,

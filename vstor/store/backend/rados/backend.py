@@ -3,12 +3,12 @@
 Layout (docs/formats.md, "Pools on RADOS"), for ``rados://POOL/PREFIX``:
 
 * Blobs live in the RADOS namespace ``PREFIX``, one object each, named like the local file
-  (``pool.json``, ``meta/checkpoint.a``); their reads and writes are radosblobio.py's. ``put``
+  (``pool.json``, ``meta/checkpoint.a``); their reads and writes are blobio.py's. ``put``
   is one ``write_full``: RADOS applies a single-object operation atomically, so a reader sees
   the old or the new content, never a mix, and it returns once every replica has it (durable).
   ``create`` is an exclusive-create write op (``LIBRADOS_CREATE_EXCLUSIVE`` + ``write_full``),
   one atomic operation. A blob over ``max_blob`` (MAX_BLOB) is striped under a generation and
-  switched by a small head object, still atomically (radosblob.py).
+  switched by a small head object, still atomically (blob.py).
 * A journal segment is striped over objects of STRIPE_BYTES in the namespace
   ``PREFIX/journal``: ``NNNNNNNNNN.seg.SSSS`` (SSSS the stripe index, hex), so no object
   grows past RADOS' object size limit whatever the segment size. The omap of the object
@@ -23,7 +23,7 @@ Layout (docs/formats.md, "Pools on RADOS"), for ``rados://POOL/PREFIX``:
   after it by the OSD, so they see it. Small appends that continue each other are held
   (coalesce.py) and sent as one write at the next flush, read, size or cut of the segment,
   or when the next append does not continue them; with the read-ahead on, they are not held.
-  radossegwrites.py does the writing.
+  segwrites.py does the writing.
 
 Errors: librados errors become builtin OSError with their errno (ETIMEDOUT after
 ``rados_osd_op_timeout``, ENOSPC when the cluster is full, EDQUOT when the pool's quota is
@@ -43,18 +43,18 @@ from vstor.faults import NO_FAULTS, Faults
 from vstor.store.backend.base import PoolBackend
 from vstor.store.backend.coalesce import COALESCE_LIMIT
 from vstor.store.backend.files import FileArea
-from vstor.store.backend.radosappend import BlobAppender
-from vstor.store.backend.radosblob import StripedBlobs
-from vstor.store.backend.radosblobio import RadosBlobIO
-from vstor.store.backend.radoserr import FULL_TRY, omap_keys, os_error
-from vstor.store.backend.radosread import make_readahead
-from vstor.store.backend.radossegwrites import MAX_IN_FLIGHT, SegmentWrites
+from vstor.store.backend.rados.append import BlobAppender
+from vstor.store.backend.rados.blob import StripedBlobs
+from vstor.store.backend.rados.blobio import RadosBlobIO
+from vstor.store.backend.rados.errors import FULL_TRY, omap_keys, os_error
+from vstor.store.backend.rados.read import make_readahead
+from vstor.store.backend.rados.segwrites import MAX_IN_FLIGHT, SegmentWrites
 from vstor.store.backend.remover import Remover
 from vstor.store.backend.stripes import stripe_spans
 from vstor.store.journal.format import segment_name
 
 if TYPE_CHECKING:
-    from vstor.store.backend.radosfiles import RadosFiles
+    from vstor.store.backend.rados.files import RadosFiles
 
 __all__ = ["STRIPE_BYTES", "MAX_IN_FLIGHT", "RadosBackend", "connect_cluster"]
 
@@ -303,13 +303,13 @@ class RadosBackend(RadosBlobIO, PoolBackend):
 
     # -- large files (added for issue 29: tape cartridges) -----------------------------------
     def file_area(self, area: str, local_dir: str) -> FileArea:
-        """The files of ``area`` as striped objects in the namespace ``PREFIX/AREA`` (radosfiles.py)."""
-        from vstor.store.backend.radosfiles import RadosFiles
+        """The files of ``area`` as striped objects in the namespace ``PREFIX/AREA`` (files.py)."""
+        from vstor.store.backend.rados.files import RadosFiles
         return self._area(area, area, RadosFiles)
 
     def sparse_file_area(self, area: str, local_dir: str) -> FileArea:
-        """The sparse files of ``area`` in the namespace ``PREFIX/AREA``: only written stripes (radossparse.py)."""
-        from vstor.store.backend.radossparse import RadosSparseFiles
+        """The sparse files of ``area`` in the namespace ``PREFIX/AREA``: only written stripes (sparse.py)."""
+        from vstor.store.backend.rados.sparse import RadosSparseFiles
         return self._area(f"sparse:{area}", area, RadosSparseFiles)
 
     def _area(self, key: str, area: str, cls: type[RadosFiles]) -> RadosFiles:
@@ -345,7 +345,7 @@ class RadosBackend(RadosBlobIO, PoolBackend):
             self._call(lambda: self.jrn.operate_write_op(op, PROBE, flags=FULL_TRY), "the Ceph cluster does not "
                        f"take writes to {self.describe()}")
 
-    # -- ownership (radoslock.py, fenced.py) ----------------------------------------------
+    # -- ownership (lock.py, fenced.py) ----------------------------------------------
     @property
     def cluster(self) -> Any:
         """The ``rados.Rados`` client this backend uses (the pool lock takes and fences with it)."""
