@@ -15,7 +15,7 @@ from vstor.backup.admins import AdminStore
 from vstor.backup.audit import AuditLog
 from vstor.backup.keys import BackupKeys
 from vstor.clock import ManualClock
-from vstor.control.status_ops import last_check, record_check
+from vstor.control.ops.status import last_check, record_check
 from vstor.media.manager import MediaManager, media_files
 from vstor.nbd.catalog import ExportCatalog
 from vstor.nbd.exportfile import ExportSpec

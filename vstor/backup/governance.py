@@ -1,6 +1,6 @@
 """Governance rules: which control operations need an enrolled admin's one-time code, which of
 those are destructive (with approval required, they wait for a second admin), and what the
-guard decides for one request. Pure logic: the control adapter (vstor/control/governance_ops.py)
+guard decides for one request. Pure logic: the control adapter (vstor/control/ops/governance.py)
 applies it where every control request is dispatched.
 
 Adding a guarded operation is one line in ``GUARDED``: its control op name (as the CLI sends

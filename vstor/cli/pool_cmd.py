@@ -98,7 +98,7 @@ def _init_rados(args: argparse.Namespace, segment: int | None) -> tuple:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from vstor.control.status_ops import record_check
+    from vstor.control.ops.status import record_check
     from vstor.store.backend.statefiles import PoolFiles
     from vstor.store.backend.stub import backend_for, resolve
     from vstor.store.check import check_pool  # imported here: every other command starts faster

@@ -26,7 +26,7 @@ def gather(pool: str) -> dict:
     """The running daemon's overview, or what the stopped pool's files say."""
     if daemon_pid(pool) is not None:
         return daemon_request(pool, "status.overview")
-    from vstor.control.status_ops import offline_overview
+    from vstor.control.ops.status import offline_overview
 
     return offline_overview(pool)
 

@@ -14,15 +14,15 @@ from collections.abc import Callable
 from typing import Any
 
 from vstor.backup.audit import current_actor
-from vstor.control.backup_ops import BackupOps
-from vstor.control.catalog_ops import CatalogOps
-from vstor.control.client_ops import ClientOps
-from vstor.control.drill_ops import DrillOps
-from vstor.control.governance_ops import GovernanceOps
-from vstor.control.media_ops import MediaOps
-from vstor.control.nbd_ops import NbdOps
-from vstor.control.pair_ops import PairOps
-from vstor.control.status_ops import StatusOps
+from vstor.control.ops.backup import BackupOps
+from vstor.control.ops.catalog import CatalogOps
+from vstor.control.ops.client import ClientOps
+from vstor.control.ops.drill import DrillOps
+from vstor.control.ops.governance import GovernanceOps
+from vstor.control.ops.media import MediaOps
+from vstor.control.ops.nbd import NbdOps
+from vstor.control.ops.pair import PairOps
+from vstor.control.ops.status import StatusOps
 from vstor.errors import Busy, UsageError, VstorError
 from vstor.store.adminops import Progress
 from vstor.store.catalog.volumes import Volume
@@ -69,7 +69,7 @@ class PoolService(CatalogOps, PairOps, MediaOps, BackupOps, ClientOps, DrillOps,
             raise UsageError(f"unknown control operation {op!r}")
         if "progress" in args:
             raise UsageError("bad arguments: 'progress' is not an argument")
-        return self._governed(op, dict(args), progress)  # governance_ops: --as/--otp, approval, audit
+        return self._governed(op, dict(args), progress)  # ops/governance.py: --as/--otp, approval, audit
 
     def _execute(self, op: str, args: dict, progress: Progress = None) -> Any:
         """Run ``op`` once governance let it through."""

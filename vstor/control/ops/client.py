@@ -1,7 +1,7 @@
 """Control operations of backup clients (mixed into PoolService): the registry, a client job's
 file list, and the client branch of restore and verify.
 
-Every change to the configuration goes through exactly one operation here or in backup_ops.py
+Every change to the configuration goes through exactly one operation here or in backup.py
 (``client.register``, ``client.remove``, ``backup.policy.create``, ``backup.policy.delete``),
 so a guard keyed on operation names (MFA, approval) can wrap them.
 """
