@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import pyotp
 
-from vstor.backup.admins import AdminStore
 from vstor.backup.audit import AuditLog
+from vstor.backup.governance.admins import AdminStore
 from vstor.backup.keys import BackupKeys
 from vstor.clock import ManualClock
 from vstor.control.ops.status import last_check, record_check

@@ -21,8 +21,8 @@ from pyroute2 import netns
 
 from vstor.backup import _catalog_schema
 from vstor.backup.catalog import BackupCatalog
-from vstor.backup.drillcheck import netns_exists
-from vstor.backup.drillreport import drill_report, fit_forecast, plot_drills, render_drills
+from vstor.backup.drill.check import netns_exists
+from vstor.backup.drill.report import drill_report, fit_forecast, plot_drills, render_drills
 from vstor.backup.engine import BackupEngine
 from vstor.clock import ManualClock
 from vstor.errors import Busy

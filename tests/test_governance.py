@@ -15,9 +15,9 @@ import pyotp
 import pytest
 from poolkit import MiB, make_pool
 
-from vstor.backup.admins import LOCKOUT, MAX_FAILURES, STEP, AdminStore
 from vstor.backup.engine import BackupEngine
-from vstor.backup.governance import GUARDED, parse_until, rule_for
+from vstor.backup.governance.admins import LOCKOUT, MAX_FAILURES, STEP, AdminStore
+from vstor.backup.governance.rules import GUARDED, parse_until, rule_for
 from vstor.clock import ManualClock
 from vstor.control.service import PoolService
 from vstor.errors import CorruptData, NotFound, Refused, UsageError

@@ -7,17 +7,14 @@ Layers, pure first:
   headline figures, expiry and recycling plans;
 * ``tapefile`` (and ``_tarstream``): the on-media format, a text header block and a POSIX pax
   stream with GNU sparse members, optionally AES-GCM sealed;
-* ``catalog`` (SQLite; ``sqlitefile``: its connection and transactions, shared with ``drillcat``;
+* ``catalog`` (SQLite; ``sqlitefile``: its connection and transactions, shared with ``drill.catalog``;
   ``catalogdb``: where the database is, a local file or RADOS through Ceph's SQLite VFS),
   ``audit`` (a hash-chained log), ``keys`` (key ids, never keys);
 * ``mediaio``, ``cartridges``: writing and reading job parts on emulated tape drives;
 * ``jobs``, ``restore``, ``engine``: the job runner, restore and verify, and the facade the
   daemon and the control socket use;
-* restore drills: ``drills`` (the runner the engine owns), ``drillcheck`` (the isolated, timed
-  check), ``drillscratch`` (attaching and removing scratch), ``drillcat`` (the drill tables) and
-  ``drillreport`` (the report section and the restore-time forecast);
-* governance: ``governance`` (the table of guarded control ops and the guard's decision),
-  ``admins`` (enrolled admins, TOTP, lockout) and ``approvals`` (requests for a second admin);
+* ``drill``: restore drills (its own package);
+* ``governance``: guarded control ops, enrolled admins and approvals (its own package);
   compliance locks are in ``vstor.store.catalog.compliance``;
 * ``rebuild``: the catalog again from the cartridges' job headers (like Bareos' bscan);
 * ``client``: backup clients, hosts that send their files over mutual TLS (its own package).
@@ -25,6 +22,5 @@ Layers, pure first:
 
 from __future__ import annotations
 
-__all__ = ["admins", "approvals", "audit", "cartridges", "catalog", "client", "drillcat", "drillcheck", "drillreport",
-           "drills", "drillscratch", "engine", "governance", "jobs", "keys", "mediaio", "policy", "rebuild", "report",
-           "restore", "retention", "schedule", "sqlitefile", "tapefile", "catalogdb"]
+__all__ = ["audit", "cartridges", "catalog", "catalogdb", "client", "drill", "engine", "governance", "jobs", "keys",
+           "mediaio", "policy", "rebuild", "report", "restore", "retention", "schedule", "sqlitefile", "tapefile"]

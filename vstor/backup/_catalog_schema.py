@@ -10,7 +10,7 @@ import sqlite3
 from typing import Any
 
 from vstor.backup._client_schema import CLIENT_SCHEMA
-from vstor.backup._drill_schema import DRILL_SCHEMA
+from vstor.backup.drill._schema import DRILL_SCHEMA
 from vstor.errors import AlreadyExists, FormatError, NotFound, UsageError
 
 VERSION = 3
@@ -44,7 +44,7 @@ CREATE TABLE restores (
 # Additive steps: MIGRATIONS[v] turns a version v-1 catalog into version v (run in order, in the
 # caller's transaction). A new catalog gets SCHEMA and then every step.
 MIGRATIONS = {
-    2: DRILL_SCHEMA,  # restore drills (drillcat.py)
+    2: DRILL_SCHEMA,  # restore drills (drill/catalog.py)
     3: CLIENT_SCHEMA,  # backup clients (_client_schema.py, client/)
 }
 

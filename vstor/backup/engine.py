@@ -26,7 +26,7 @@ from vstor.backup.catalog import BackupCatalog
 from vstor.backup.catalogdb import CATALOG, Databases, catalog_databases
 from vstor.backup.client.admission import client_of
 from vstor.backup.client.service import ClientService
-from vstor.backup.drills import DrillRunner
+from vstor.backup.drill.runner import DrillRunner
 from vstor.backup.jobs import JobWriter, drop_snapshot, snapshot_name
 from vstor.backup.keys import BackupKeys
 from vstor.backup.policy import level_for, make_policy

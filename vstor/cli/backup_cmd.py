@@ -254,7 +254,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from vstor.backup.drillreport import plot_drills, render_drills
+    from vstor.backup.drill.report import plot_drills, render_drills
     from vstor.backup.report import plot, render_text
 
     r = request(pool_path(args), "backup.report", days=args.days)

@@ -27,7 +27,7 @@ def register(bk: argparse._SubParsersAction) -> None:
     p.add_argument("--check-timeout", metavar="DURATION", help="how long the check may run (default 10m)")
     p.add_argument("--now", action="store_true",
                    help="run the drill now (the default when no --schedule, --check or --check-timeout is given)")
-    add_admin_args(p)  # defining or removing a drill is governed (vstor/backup/governance.py)
+    add_admin_args(p)  # defining or removing a drill is governed (vstor/backup/governance/rules.py)
     p = subcommand(bk, "drills", cmd_drills, "restore drill history, newest first")
     p.add_argument("--policy", help="only this policy's drills")
 

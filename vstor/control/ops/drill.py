@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vstor.backup.drillreport import drill_report
-from vstor.backup.drills import latest_restorable
+from vstor.backup.drill.report import drill_report
+from vstor.backup.drill.runner import latest_restorable
 from vstor.errors import VstorError
 from vstor.units import parse_duration
 

@@ -2,7 +2,7 @@
 passes (``_governed``), admin enrolment, approval requests and compliance locks.
 
 The guard strips the request's ``auth`` ({"as": NAME, "otp": CODE}, sent by the CLI's --as and
---otp), asks vstor/backup/governance.py what to do, and then runs the op as that admin (the audit
+--otp), asks vstor/backup/governance/rules.py what to do, and then runs the op as that admin (the audit
 entries written meanwhile carry "admin"), or files a pending approval request and returns
 {"approval_request": ...} instead. ``admin.approve`` runs an approved request with "admin" = the
 requester and "approved_by" = the approver.
@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from vstor.backup.admins import AdminStore
-from vstor.backup.approvals import Approvals
 from vstor.backup.audit import AUTHORITY, AuditLog, current_actor
-from vstor.backup.governance import decide, parse_until, rule_for
+from vstor.backup.governance.admins import AdminStore
+from vstor.backup.governance.approvals import Approvals
+from vstor.backup.governance.rules import decide, parse_until, rule_for
 from vstor.errors import Refused, UsageError
 from vstor.store.catalog import compliance, snapshots
 from vstor.store.store import Store

@@ -1,5 +1,5 @@
-"""The restore drill tables of the backup catalog (schema version 2; see drillcat.py and
-docs/formats.md). Private to _catalog_schema.py and drillcat.py."""
+"""The restore drill tables of the backup catalog (schema version 2; see drill/catalog.py and
+docs/formats.md). Private to backup/_catalog_schema.py and drill/catalog.py."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 
-from vstor.backup.drillcheck import remove_netns
+from vstor.backup.drill.check import remove_netns
 from vstor.control import loop
 from vstor.errors import NotFound, VstorError
 from vstor.store.store import Store

@@ -27,9 +27,9 @@ import zlib
 from collections.abc import Callable
 
 from vstor.backup.catalog import BackupCatalog
-from vstor.backup.drillcat import DrillCatalog
-from vstor.backup.drillcheck import TAIL, CheckResult, make_netns, run_check
-from vstor.backup.drillscratch import CopyAttach, ImageAttach, remove_scratch
+from vstor.backup.drill.catalog import DrillCatalog
+from vstor.backup.drill.check import TAIL, CheckResult, make_netns, run_check
+from vstor.backup.drill.scratch import CopyAttach, ImageAttach, remove_scratch
 from vstor.backup.restore import Reader
 from vstor.backup.schedule import Scheduler, parse_cron
 from vstor.clock import Clock

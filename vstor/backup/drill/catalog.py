@@ -1,7 +1,7 @@
 """The restore drill records of the backup catalog: drill definitions and drill history.
 
 The tables live in the backup catalog file (schema version 2, created by the catalog's
-migration, ``_drill_schema.py``); this class keeps its own SQLite connection and lock, so it
+migration, ``drill/_schema.py``); this class keeps its own SQLite connection and lock, so it
 never touches the BackupCatalog's.
 
 Guarantees:
@@ -19,8 +19,8 @@ import sqlite3
 import threading
 from typing import Any
 
-from vstor.backup._drill_schema import DRILL_STATUSES
 from vstor.backup.catalogdb import Databases, LocalDatabases
+from vstor.backup.drill._schema import DRILL_STATUSES
 from vstor.backup.sqlitefile import SqliteFile
 from vstor.clock import Clock
 from vstor.errors import FormatError, NotFound, UsageError

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vstor.backup.admins import AdminStore
+from vstor.backup.governance.admins import AdminStore
 from vstor.backup.retention import parse_duration
 from vstor.errors import Refused, UsageError
 from vstor.store.catalog import compliance
