@@ -1,8 +1,8 @@
-"""Reply batching (vstor/nbd/replies.py) and the read path of vstor/nbd/conn.py: pipelined
+"""Reply batching (vstor/nbd/serving/replies.py) and the read path of vstor/nbd/serving/conn.py: pipelined
 requests each get exactly one reply with their own handle and data, a request after a write
 sees it; a frame that fails its checksum is EIO every time, never data. On a local pool queued
 reads are served in place or, when they miss the page cache, deferred while the kernel reads
-them; on RADOS ([rados] variants) they go to the read workers (vstor/nbd/readers.py)."""
+them; on RADOS ([rados] variants) they go to the read workers (vstor/nbd/serving/readers.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from poolkit import evict_segments, frame_on_disk, seg_flip
 from poolsite import active
 
 from vstor.nbd import proto as P
-from vstor.nbd.replies import ReplyBatch
+from vstor.nbd.serving.replies import ReplyBatch
 from vstor.store.journal.format import FRAME_SIZE
 
 pytestmark = pytest.mark.usefixtures("pool_backend")

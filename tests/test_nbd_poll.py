@@ -1,4 +1,4 @@
-"""Polling for a client's next request (vstor/nbd/poll.py): the bounds, on an injected clock
+"""Polling for a client's next request (vstor/nbd/serving/poll.py): the bounds, on an injected clock
 and a real socket pair, and through the server with libnbd."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from nbdkit import Raw, handle, nbd, served
 
 from vstor.nbd import proto as P
-from vstor.nbd.poll import MISSES, REST, PollToken, RequestPoller
-from vstor.nbd.wire import Wire
+from vstor.nbd.serving.poll import MISSES, REST, PollToken, RequestPoller
+from vstor.nbd.serving.wire import Wire
 
 
 class Steps:

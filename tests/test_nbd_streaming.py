@@ -1,5 +1,5 @@
-"""Large reads sent in pieces (vstor/nbd/sender.py and ReadServer._stream_read), and asked for
-ahead in a sequential stream (vstor/nbd/ahead.py, Store.prefetch): with
+"""Large reads sent in pieces (vstor/nbd/serving/sender.py and ReadServer._stream_read), and asked for
+ahead in a sequential stream (vstor/nbd/serving/ahead.py, Store.prefetch): with
 structured replies a read over INLINE_READ_MAX goes out as OFFSET_DATA chunks of PIECE bytes,
 in order, DONE on the last, while the next piece is read; DF keeps it one chunk; a piece that
 fails its checksum ends the reply with an error chunk at its offset and no byte of it; a DISC
@@ -20,9 +20,9 @@ from poolkit import evict_segments, frame_on_disk, seg_flip, seg_list, seg_path
 
 from vstor.errors import CorruptData
 from vstor.nbd import proto as P
-from vstor.nbd.ahead import StreamAhead
-from vstor.nbd.reads import INLINE_READ_MAX
-from vstor.nbd.sender import PIECE, ReplySender
+from vstor.nbd.serving.ahead import StreamAhead
+from vstor.nbd.serving.reads import INLINE_READ_MAX
+from vstor.nbd.serving.sender import PIECE, ReplySender
 from vstor.store.journal.format import FRAME_SIZE
 
 pytestmark = pytest.mark.usefixtures("pool_backend")

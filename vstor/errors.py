@@ -145,7 +145,7 @@ class Unavailable(VstorError):
 class WouldBlock(VstorError):
     """A read asked not to wait (``nowait``) needs data that is not in memory: the header
     cache or the page cache misses it, or the pool is remote. Never shown to a user: the
-    caller serves the read later, or where waiting is fine (vstor/nbd/conn.py)."""
+    caller serves the read later, or where waiting is fine (vstor/nbd/serving/conn.py)."""
 
     errno = _errno.EAGAIN
     exit_code = 18

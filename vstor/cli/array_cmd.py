@@ -95,7 +95,7 @@ def _daemon_argv(pool: str, args: argparse.Namespace) -> list[str]:
 def _nbd_argv(args: argparse.Namespace) -> list[str]:
     if args.nbd_tls_dir and not args.nbd:
         raise UsageError("--nbd-tls-dir needs --nbd ADDR:PORT")
-    from vstor.nbd.poll import MAX_POLL_US
+    from vstor.nbd.serving.poll import MAX_POLL_US
 
     poll = args.nbd_poll_us
     if poll is not None and not args.nbd:

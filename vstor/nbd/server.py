@@ -34,10 +34,10 @@ from vstor.errors import UsageError, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.nbd import proto as P
 from vstor.nbd.catalog import ExportCatalog
-from vstor.nbd.conn import EXPORT_COUNTERS, Connection
-from vstor.nbd.poll import NBD_POLL, PollToken, RequestPoller
+from vstor.nbd.serving.conn import EXPORT_COUNTERS, Connection
+from vstor.nbd.serving.poll import NBD_POLL, PollToken, RequestPoller
+from vstor.nbd.serving.wire import Disconnected
 from vstor.nbd.tlsdir import server_context
-from vstor.nbd.wire import Disconnected
 from vstor.replication.listener import Throttle, pending_cap
 
 log = logging.getLogger("vstor.nbd")
@@ -63,7 +63,7 @@ class NbdServer:
         self.handshake_timeout, self.max_clients = handshake_timeout, max_clients
         self.tick = min(1.0, handshake_timeout / 4)
         self.thread_factory = thread_factory
-        self.poll, self._poll_token = poll, PollToken()  # poll.py: bounded polling for the next request
+        self.poll, self._poll_token = poll, PollToken()  # serving/poll.py: bounded polling for the next request
         try:
             self.sock = socket.create_server((host, port), reuse_port=False)
         except OSError as e:
@@ -228,7 +228,7 @@ class NbdServer:
                     "polls_missed": self._poll_token.missed}
 
     def poller(self, pays: Callable[[], bool]) -> RequestPoller:
-        """A connection's poller for its next requests (poll.py); ``pays``: whether
+        """A connection's poller for its next requests (serving/poll.py); ``pays``: whether
         polling pays now (the connection's client sends one request at a time, all answered)."""
         return RequestPoller(self.poll, self._poll_token, pays)
 

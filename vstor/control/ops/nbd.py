@@ -11,8 +11,8 @@ from typing import Any
 
 from vstor.errors import AlreadyExists, Busy, UsageError
 from vstor.nbd.catalog import ExportCatalog
-from vstor.nbd.conn import EXPORT_COUNTERS
 from vstor.nbd.exportfile import ExportSpec, check_name
+from vstor.nbd.serving.conn import EXPORT_COUNTERS
 from vstor.store.catalog.volumes import NAME_RE
 from vstor.store.store import Store
 

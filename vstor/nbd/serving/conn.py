@@ -3,11 +3,11 @@
 The connection's thread reads every request and serves those that need no durability right
 there, in arrival order: READ, WRITE, TRIM, WRITE_ZEROES, CACHE, BLOCK_STATUS. Requests are
 received through a buffer (wire.py), so one recv brings every header (and small payload) the
-client has queued, and their replies are gathered in a :class:`~vstor.nbd.replies.ReplyBatch`
+client has queued, and their replies are gathered in a :class:`~vstor.nbd.serving.replies.ReplyBatch`
 that goes out in one ``sendmsg`` when no complete request is left in the buffer (before the
 thread would block), so a client with a queue depth of 16 pays for one TCP send and one
 wake-up per batch, not per request. READs are served by a
-:class:`~vstor.nbd.reads.ReadServer` (reads.py): answered from the page cache without waiting
+:class:`~vstor.nbd.serving.reads.ReadServer` (reads.py): answered from the page cache without waiting
 when more requests are queued, deferred while the kernel reads what missed (served when this
 thread would otherwise wait, or before any request other than a read; no other thread, so TLS
 connections do it too), given to read workers on a remote pool, or, when large, streamed in
@@ -35,10 +35,10 @@ from typing import Any
 from vstor.errors import Unavailable, VstorError
 from vstor.nbd import proto as P
 from vstor.nbd.negotiate import CONTEXT_ID, Negotiation, Session
-from vstor.nbd.reads import ReadServer
-from vstor.nbd.replies import ReplyBatch
+from vstor.nbd.serving.reads import ReadServer
+from vstor.nbd.serving.replies import ReplyBatch
+from vstor.nbd.serving.wire import Wire
 from vstor.nbd.transmit import allocation_extents, check
-from vstor.nbd.wire import Wire
 from vstor.replication import pki
 from vstor.store.allocation import mapped_ranges
 

@@ -19,7 +19,7 @@ import struct
 import threading
 from typing import Any
 
-from vstor.nbd.poll import RequestPoller
+from vstor.nbd.serving.poll import RequestPoller
 
 __all__ = ["Disconnected", "RBUF", "Wire"]
 

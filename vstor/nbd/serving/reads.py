@@ -22,11 +22,11 @@ from typing import Any
 
 from vstor.errors import VstorError, WouldBlock
 from vstor.nbd import proto as P
-from vstor.nbd.ahead import StreamAhead
-from vstor.nbd.readers import ReadWorkers
-from vstor.nbd.replies import ReplyBatch
-from vstor.nbd.sender import ReplySender
-from vstor.nbd.wire import Wire
+from vstor.nbd.serving.ahead import StreamAhead
+from vstor.nbd.serving.readers import ReadWorkers
+from vstor.nbd.serving.replies import ReplyBatch
+from vstor.nbd.serving.sender import ReplySender
+from vstor.nbd.serving.wire import Wire
 
 __all__ = ["INLINE_READ_MAX", "ReadServer"]
 

@@ -22,7 +22,7 @@ The price is CPU while it polls, so it is bounded three ways:
 * per server (:class:`PollToken`): one connection polls at a time, so many connections never
   spin together for the GIL and both cores.
 
-Pure logic with an injected clock; :class:`vstor.nbd.wire.Wire` does the receiving.
+Pure logic with an injected clock; :class:`vstor.nbd.serving.wire.Wire` does the receiving.
 """
 
 from __future__ import annotations

@@ -1,0 +1,14 @@
+"""One NBD client's transmission phase, once it is attached to an export.
+
+``conn`` serves the client: one thread reads every request and serves it in order, FLUSH and
+FUA on durability workers. ``wire`` is its socket (buffered receives, gathered sends, the
+switch to TLS); ``poll`` bounds its polling for the next request before it sleeps;
+``reads`` serves its READs (answered from memory, deferred, handed to workers, or streamed);
+``replies`` batches its replies into few sends; ``readers`` overlaps its queued reads on a
+remote pool; ``sender`` sends a large read's pieces while the next is read; ``ahead`` asks
+for the next MiBs of a sequential stream.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ahead", "conn", "poll", "readers", "reads", "replies", "sender", "wire"]
