@@ -1,7 +1,7 @@
 """Replication in the daemon: the pairs of this array, their threads, and the pair commands.
 
 One :class:`Replication` per daemon. It loads the pairs, fences the groups this array is the
-secondary of (hosts get EROFS), starts a :class:`~vstor.replication.source.Shipper` per
+secondary of (hosts get EROFS), starts a :class:`~vstor.replication.primary.shipper.Shipper` per
 primary pair and, with ``--listen``, the TLS endpoint whose connections become
 :class:`~vstor.replication.target.Session` s. Commands (pair create, split, resync, takeover,
 failback, delete, status) run here, under ``self.lock``, and persist every state change
@@ -132,7 +132,7 @@ class Replication:
             self.store.fenced.pop(self.gid(pair), None)
 
     def start_shipper(self, pair: Pair) -> None:
-        from vstor.replication.source import Shipper
+        from vstor.replication.primary.shipper import Shipper
 
         old = self.shippers.get(pair.group)
         if old is not None and old.is_alive():

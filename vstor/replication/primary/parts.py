@@ -1,7 +1,7 @@
 """What the Shipper's phases use of the Shipper they are mixed into. Declarations only.
 
 The copy phase (copier.py) and the split, drain and demotion (handover.py) are mixins of the
-Shipper (source.py); this base declares the attributes and methods they reach on it, so that a
+Shipper (shipper.py); this base declares the attributes and methods they reach on it, so that a
 type checker sees one contract instead of each mixin repeating it. Nothing here runs.
 """
 
@@ -28,7 +28,7 @@ class ShipperParts:
     consistent_at: int
     sync_acked: threading.Event
 
-    if TYPE_CHECKING:  # provided by the Shipper (source.py)
+    if TYPE_CHECKING:  # provided by the Shipper (shipper.py)
         @property
         def pair(self) -> Pair: ...
         def fold(self) -> None: ...

@@ -12,7 +12,7 @@ import logging
 from vstor.errors import VstorError
 from vstor.replication import transport, wire
 from vstor.replication.pairstate import Pair
-from vstor.replication.shipperparts import ShipperParts
+from vstor.replication.primary.parts import ShipperParts
 
 log = logging.getLogger("vstor.replication")
 

@@ -24,11 +24,11 @@ from typing import Any
 
 from vstor.errors import Busy, VstorError
 from vstor.replication import transport, wire
-from vstor.replication.copier import CopyMixin
 from vstor.replication.folding import consumer_name, fold
-from vstor.replication.handover import HandoverMixin, Stopped
 from vstor.replication.handshake import PeerRefused, hello, open_conn
 from vstor.replication.pairstate import COPY, PAIR, PFUL, PRIMARY, RESYNC, SHIPPING, Pair
+from vstor.replication.primary.copier import CopyMixin
+from vstor.replication.primary.handover import HandoverMixin, Stopped
 from vstor.store.journal.consumers import read_group
 
 log = logging.getLogger("vstor.replication")

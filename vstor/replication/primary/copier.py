@@ -16,7 +16,7 @@ from vstor.replication import transport, wire
 from vstor.replication.bitmap import DirtyBitmap
 from vstor.replication.folding import consumer_name
 from vstor.replication.pairstate import Pair
-from vstor.replication.shipperparts import ShipperParts
+from vstor.replication.primary.parts import ShipperParts
 from vstor.store.journal.consumers import read_group
 
 log = logging.getLogger("vstor.replication")
