@@ -1,6 +1,6 @@
 """``backup catalog rebuild`` brings a client job back whole: its file list (metadata, sha256,
 extents, stream positions), the entries an incremental carries over from its base, and its
-deletions, read from the pax stream and manifest on tape (client/listing.py, relist.py).
+deletions, read from the pax stream and manifest on tape (client/array/listing.py, relist.py).
 
 The end-to-end test runs over real TLS on loopback with an emulated tape library and an
 encrypted policy; the pure tests build streams with the array's own Session and damage them
@@ -19,10 +19,11 @@ from clientkit import Lab, allocated, make_tree
 from poolkit import MiB
 
 from vstor.backup.catalog import BackupCatalog
-from vstor.backup.client import agent, archive, wire
-from vstor.backup.client.listing import read_listing
-from vstor.backup.client.relist import relist
-from vstor.backup.client.session import Session
+from vstor.backup.client import agent, wire
+from vstor.backup.client.array import archive
+from vstor.backup.client.array.listing import read_listing
+from vstor.backup.client.array.relist import relist
+from vstor.backup.client.array.session import Session
 from vstor.backup.engine import BackupEngine
 from vstor.clock import ManualClock
 from vstor.errors import CorruptData

@@ -1,6 +1,6 @@
 """Private tar-level helpers of :mod:`vstor.backup.tapefile`: pax/ustar headers, the GNU sparse 1.0
 map, and the streaming reader of a backup archive. Its pieces (:class:`Input`, :func:`pax_records`,
-:func:`read_sparse_map`) also read client streams back (client/listing.py).
+:func:`read_sparse_map`) also read client streams back (client/array/listing.py).
 
 Guarantees of :func:`read_archive`: it accepts any chunking, consumes the stream strictly in order
 with memory bounded by one piece plus one chunk, hands every extent to ``apply`` in pieces of at

@@ -24,8 +24,8 @@ from vstor.backup.audit import AuditLog, current_actor
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.catalogdb import CATALOG, Databases, catalog_databases
-from vstor.backup.client.admission import client_of
-from vstor.backup.client.service import ClientService
+from vstor.backup.client.array.admission import client_of
+from vstor.backup.client.array.service import ClientService
 from vstor.backup.drill.runner import DrillRunner
 from vstor.backup.jobs import JobWriter, drop_snapshot, snapshot_name
 from vstor.backup.keys import BackupKeys

@@ -5,7 +5,7 @@ the library) from the start, and for each job part it finds records the job (wit
 original id, level, base job, key id, snapshot and images) and the part's exact position,
 block count and hash. Then it reads each job whole, as verify does, to record each image's
 size and sha256 from the manifest at the stream's end, or for a backup client's job its
-whole file list (client/relist.py: every entry with its metadata, sha256 and stream
+whole file list (client/array/relist.py: every entry with its metadata, sha256 and stream
 position, the entries carried over from its base, its deletions). So losing the catalog
 never loses a backup. What is not on the media cannot come back: the policies (create them
 again), the backup clients' registrations (register them again), job times other than the
@@ -20,7 +20,7 @@ import logging
 
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
-from vstor.backup.client.relist import relist
+from vstor.backup.client.array.relist import relist
 from vstor.backup.mediaio import part_summary, scan_cartridge
 from vstor.backup.restore import Reader
 from vstor.backup.tapefile import SEAL_OVERHEAD, PartHeader

@@ -49,7 +49,7 @@ GUARDED: dict[str, Rule] = {
     # restore drills: defining one (schedule, check) and removing one; running one is not a change
     "backup.drill": Rule(audited=True, when=lambda a: any(a.get(k) for k in ("schedule", "check", "check_timeout"))),
     "backup.drill.remove": Rule(destructive=True, audited=True),
-    # backup clients: who may send what (client/service.py audits both itself)
+    # backup clients: who may send what (client/array/service.py audits both itself)
     "client.register": Rule(audited=True),
     "client.remove": Rule(destructive=True, audited=True),
     # compliance locks

@@ -12,7 +12,7 @@ import fnmatch
 from typing import Any
 
 from vstor.backup.client import wire
-from vstor.backup.client.admission import client_of
+from vstor.backup.client.array.admission import client_of
 from vstor.store.adminops import Progress
 from vstor.units import parse_size
 

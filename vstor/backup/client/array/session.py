@@ -20,7 +20,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from vstor.backup.client import archive, wire
+from vstor.backup.client import wire
+from vstor.backup.client.array import archive
 from vstor.backup.client.scan import TYPES
 from vstor.errors import CorruptData, VstorError
 

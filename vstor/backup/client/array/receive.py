@@ -27,9 +27,9 @@ from vstor.backup.audit import AuditLog
 from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.client import wire
-from vstor.backup.client.admission import RETRYABLE, JobFailed, choose_policy, code_of
+from vstor.backup.client.array.admission import RETRYABLE, JobFailed, choose_policy, code_of
+from vstor.backup.client.array.session import Session
 from vstor.backup.client.conn import Conn
-from vstor.backup.client.session import Session
 from vstor.backup.mediaio import TapeWriter
 from vstor.backup.policy import level_for
 from vstor.backup.tapefile import PartHeader

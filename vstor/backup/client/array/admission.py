@@ -9,7 +9,7 @@ format), ``media`` (the destination), ``unreachable`` (communication; the retrie
 from __future__ import annotations
 
 from vstor.backup.client import wire
-from vstor.backup.client.session import PolicyViolation, allowed
+from vstor.backup.client.array.session import PolicyViolation, allowed
 from vstor.errors import KeyError_, MediaError, NotFound, NotRunning, VstorError
 
 __all__ = ["PREFIX", "RETRYABLE", "JobFailed", "choose_policy", "check_key", "client_of", "code_of",

@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Iterator
 
 from vstor.backup.catalog import BackupCatalog
-from vstor.backup.client.listing import read_listing
+from vstor.backup.client.array.listing import read_listing
 from vstor.errors import CorruptData, VstorError
 
 __all__ = ["relist"]

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.client import wire
-from vstor.backup.client.admission import RETRYABLE, JobFailed, client_of
+from vstor.backup.client.array.admission import RETRYABLE, JobFailed, client_of
+from vstor.backup.client.array.receive import Receiver
 from vstor.backup.client.conn import Conn
-from vstor.backup.client.receive import Receiver
 from vstor.clock import Clock
 from vstor.errors import NotRunning, VstorError
 
