@@ -20,9 +20,9 @@ from collections.abc import Callable, Generator, Iterator
 from typing import TypeVar
 
 from vstor.backup.client import scan, wire
-from vstor.backup.client.array.session import zeros_into
 from vstor.backup.client.conn import Conn, Refused, connect
 from vstor.backup.client.extract import Extractor
+from vstor.backup.client.scan import zeros_into
 from vstor.errors import CorruptData, NotRunning, VstorError
 from vstor.faults import NO_FAULTS, Faults
 

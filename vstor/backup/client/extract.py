@@ -16,7 +16,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Iterator
 
-from vstor.backup.client.array.session import zeros_into as _zeros
+from vstor.backup.client.scan import zeros_into as _zeros
 from vstor.errors import CorruptData, UsageError
 
 

@@ -157,3 +157,16 @@ def content_differs(e: dict, sums: dict[str, str]) -> bool:
     except OSError:
         return True  # unreadable now: send it, and let the send say why
     return h.hexdigest() != want
+
+
+ZEROS = bytes(1 << 20)
+
+
+def zeros_into(h: hashlib._Hash, start: int, end: int) -> int:
+    """Hash zeros from ``start`` to ``end`` (a hole); returns ``end``. Both sides hash a sparse
+    file's holes this way (the agent, the array's session and listing, extract)."""
+    while start < end:
+        n = min(len(ZEROS), end - start)
+        h.update(ZEROS[:n])
+        start += n
+    return end

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from vstor.backup import _tarstream as ts
 from vstor.backup.client.array import archive
-from vstor.backup.client.array.session import zeros_into
+from vstor.backup.client.scan import zeros_into
 from vstor.errors import CorruptData, FormatError
 
 __all__ = ["Listing", "read_listing"]

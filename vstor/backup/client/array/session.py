@@ -22,10 +22,8 @@ from typing import Any
 
 from vstor.backup.client import wire
 from vstor.backup.client.array import archive
-from vstor.backup.client.scan import TYPES
+from vstor.backup.client.scan import TYPES, zeros_into
 from vstor.errors import CorruptData, VstorError
-
-ZEROS = bytes(1 << 20)
 
 
 class PolicyViolation(VstorError):
@@ -182,13 +180,4 @@ class Session:
         return h.hexdigest()
 
 
-def zeros_into(h: hashlib._Hash, start: int, end: int) -> int:
-    """Hash zeros from ``start`` to ``end`` (a hole); returns ``end``."""
-    while start < end:
-        n = min(len(ZEROS), end - start)
-        h.update(ZEROS[:n])
-        start += n
-    return end
-
-
-__all__ = ["PolicyViolation", "Session", "allowed", "check_entry", "zeros_into"]
+__all__ = ["PolicyViolation", "Session", "allowed", "check_entry"]
