@@ -78,6 +78,8 @@ class Wire:
         nothing received yet; the caller receives, sleeping in recv only if nothing came."""
         poller = self.poller
         assert poller is not None
+        if self.tls and self._tls_ready():
+            return None  # a record is here already (a TLS receive brings one at a time): no polling
         until = poller.begin()
         if until is None:
             return None
@@ -94,15 +96,21 @@ class Wire:
                         return None
                     caught = True
                     return k
-            if self._pollset is None:  # the same descriptor before and after STARTTLS
-                self._pollset = select.poll()
-                self._pollset.register(self.raw.fileno(), select.POLLIN)
-            ready, tls = self._pollset.poll, self.sock
-            while not (caught := bool(tls.pending() or ready(0))) and clock() < until:
+            ready = self._tls_ready
+            while not (caught := ready()) and clock() < until:
                 pass
             return None
         finally:
             poller.end(caught)
+
+    def _tls_ready(self) -> bool:
+        """Over TLS: decrypted bytes wait in the ssl object, or bytes on the descriptor."""
+        if self.sock.pending():
+            return True
+        if self._pollset is None:  # the same descriptor before and after STARTTLS
+            self._pollset = select.poll()
+            self._pollset.register(self.raw.fileno(), select.POLLIN)
+        return bool(self._pollset.poll(0))
 
     def recv_into(self, view: memoryview) -> None:
         """Exactly len(view) bytes: what is buffered first, the rest straight from the socket."""
