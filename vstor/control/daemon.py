@@ -202,11 +202,12 @@ def run(pool: str, mount: str, key_file: str | None, reporter: Reporter, threads
 def _start_nbd(store: Store, fs: VolumeFS, nbd: dict, faults: Faults) -> NbdServer:
     from vstor.nbd.catalog import ExportCatalog
     from vstor.nbd.server import NbdServer
+    from vstor.nbd.serving.poll import NBD_POLL
 
     catalog = ExportCatalog(store, fs.volumes_in_use)
-    poll = nbd.get("poll_us")
+    poll_us = nbd.get("poll_us")
     server = NbdServer(nbd["address"], store, catalog, tls_dir=nbd.get("tls_dir"), tls_name=nbd.get("name"),
-                       faults=faults, **({} if poll is None else {"poll": poll / 1e6}))
+                       faults=faults, poll=NBD_POLL if poll_us is None else poll_us / 1e6)
     server.start()
     return server
 

@@ -8,12 +8,13 @@ request's own work (docs/benchmarks.md, §10). Polling the socket for a short bu
 catches the next request on a running CPU: in the NBD benchmark, 4 KiB random writes at
 queue depth 1 went from 7.7k to 11.3k IOPS, random reads from 7.9k to 11.3-12.0k.
 
-The price is CPU while it polls, so it is bounded three ways:
+The price is CPU while it polls, so it is bounded:
 
 * a budget per wait (``budget`` seconds; 0 turns polling off);
 * only for a client that sends one request at a time: one with several in flight sends
   more while the thread sleeps, and they are then served in one batch (fewer system calls
-  and TLS records: polling cost 5-10% of random IOPS at queue depth 16 over TLS);
+  and TLS records: polling cost 5-10% of random IOPS at queue depth 16 over TLS). Over TLS,
+  where a receive brings one record, that is told by a record already there (Wire._poll);
 * only while every reply is out: a large read still going out from the sender thread, or
   a FLUSH with a durability worker, needs the GIL more than a poll;
 * per connection (:class:`RequestPoller`): after ``MISSES`` polls in a row in which nothing
