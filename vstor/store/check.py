@@ -58,7 +58,7 @@ def check_pool(store: object) -> CheckReport:
         rep.problem(why)
     for why in consumer_problems(store.files.sub("meta")):
         rep.problem(why)
-    _check_segments(store, rep)
+    torn = _check_segments(store, rep)
     try:
         loaded = load_state(store.journal, store.backend, store.sb)
         end = ScanEnd(*loaded.start)
@@ -66,6 +66,14 @@ def check_pool(store: object) -> CheckReport:
     except (FormatError, CorruptData) as e:
         rep.problem(str(e))
         return rep
+    if torn is not None and (torn.segno, torn.pos) < tuple(loaded.start):
+        rep.problem(f"journal segment {torn.segno} is damaged at offset {torn.pos} ({torn.reason}), before "
+                    f"the newest checkpoint's position (segment {loaded.start[0]} offset {loaded.start[1]}): "
+                    "written and synced before that checkpoint, so not a torn tail; the records from there "
+                    "to the segment's end are damaged")
+    elif torn is not None:
+        rep.notes.append(f"torn tail in the newest segment {torn.segno} at offset {torn.pos} ({torn.reason}): "
+                         "normal after a crash; the next 'array start' cuts it")
     store.state = state = loaded.state
     _check_extents(store, rep, state, set(store.journal.segments()))
     if not store.codec.encrypted and store.sb.encrypt:
@@ -73,10 +81,13 @@ def check_pool(store: object) -> CheckReport:
     return rep
 
 
-def _check_segments(store: object, rep: CheckReport) -> None:
-    """Every record of every segment; a damaged segment does not stop the others' check."""
+def _check_segments(store: object, rep: CheckReport) -> ScanEnd | None:
+    """Every record of every segment; a damaged segment does not stop the others' check.
+    Returns where the newest segment's records end early, if they do: a torn tail, unless the
+    newest checkpoint was written after it (check_pool decides)."""
     journal = store.journal  # type: ignore[attr-defined]
     segs = journal.segments()
+    torn = None
     for i, segno in enumerate(segs):
         end = ScanEnd(segno, SEGMENT_HEADER_SIZE)
         try:
@@ -92,8 +103,8 @@ def _check_segments(store: object, rep: CheckReport) -> None:
                         "segments follow, so these are not a torn tail: the records from there to the "
                         "segment's end are lost")
         else:
-            rep.notes.append(f"torn tail in the newest segment {segno} at offset {end.pos} ({end.reason}): "
-                             "normal after a crash; the next 'array start' cuts it")
+            torn = end
+    return torn
 
 
 def _check_extents(store: object, rep: CheckReport, state: object, present: set[int]) -> None:
