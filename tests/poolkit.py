@@ -11,7 +11,6 @@ import poolsite
 
 from vstor.store.backend.stub import backend_for
 from vstor.store.journal.format import (
-    FRAME_ENTRY_SIZE,
     FRAME_SIZE,
     RECORD_HEADER_SIZE,
     loc_pos,
@@ -222,4 +221,4 @@ def frame_on_disk(store, vid: int, frame: int = 0) -> tuple[int, int]:
     segno, pos = loc_segno(loc), loc_pos(loc)
     header, _ = store.journal.read_header(segno, pos)
     first = header.offset // FRAME_SIZE
-    return segno, pos + RECORD_HEADER_SIZE + header.nframes * FRAME_ENTRY_SIZE + (frame - first) * FRAME_SIZE
+    return segno, pos + RECORD_HEADER_SIZE + header.table_size + (frame - first) * FRAME_SIZE

@@ -124,7 +124,7 @@ def test_record_header_rejects_bad_fields(case):
     if case == "magic":
         bad = _patch(raw, 0, b"XREC")
     elif case == "version":
-        bad = _patch(raw, 4, bytes([3]))
+        bad = _patch(raw, 4, bytes([4]))
     elif case == "type":
         bad = _patch(raw, 5, bytes([99]))
     elif case == "length":

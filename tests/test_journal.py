@@ -31,7 +31,6 @@ from poolkit import (
 from vstor.errors import AlreadyExists, CorruptData, KeyError_, NotFound, PoolFull, UsageError, VstorError
 from vstor.faults import Faults
 from vstor.store.journal.format import (
-    FRAME_ENTRY_SIZE,
     FRAME_SIZE,
     MAX_RECORD,
     REC_WRITE,
@@ -56,7 +55,7 @@ def record_of(store: Store, vid: int, offset: int) -> tuple[int, int]:
 
 def frame_data_pos(store: Store, segno: int, pos: int) -> int:
     header, _frames = store.journal.read_header(segno, pos)
-    return pos + RECORD_HEADER_SIZE + header.nframes * FRAME_ENTRY_SIZE
+    return pos + RECORD_HEADER_SIZE + header.table_size
 
 
 def count_records(store: Store) -> int:

@@ -108,19 +108,22 @@ def test_pipelined_requests_each_get_their_own_reply(tmp_path) -> None:
 
 
 @pytest.mark.skipif(nbd is None, reason="needs python3-libnbd (make setup)")
-def test_a_corrupt_frame_is_eio_on_every_read_and_the_rest_is_served(tmp_path) -> None:
+def test_a_corrupt_block_is_eio_on_every_read_and_the_rest_is_served(tmp_path) -> None:
     with served(tmp_path, volumes={"vol": 8 * MiB}) as s:
         vid, data = s.written(4 * FRAME_SIZE)
         h = handle(s.uri("vol"))
-        assert h.pread(4096, 8192) == data[8192:12288]  # read (and verified) once before the damage
+        bad = 7 * 4096  # the damaged 4 KiB block of frame 0
+        assert h.pread(4096, bad) == data[bad : bad + 4096]  # read (and verified) once before the damage
         segno, at = frame_on_disk(s.store, vid)
-        seg_flip(s.pool, segno, at + 30_000)  # inside frame 0, away from the 4 KiB read below
+        seg_flip(s.pool, segno, at + 30_000)  # inside block 7 of frame 0
         errors_before = s.store.stats.read_errors
-        for _ in range(3):  # a small read of another part of the damaged frame: EIO each time
+        for _ in range(3):  # cached before, damaged since: EIO each time
             with pytest.raises(nbd.Error) as e:
-                h.pread(4096, 4096)
+                h.pread(4096, bad)
             assert e.value.errno == "EIO"
-        offsets = (0, FRAME_SIZE, 100, FRAME_SIZE + 4096)  # pipelined reads of both frames: frame 0's fail
+        # pipelined reads of both frames: those touching the damaged block fail; another block
+        # of the same frame is verified by its own block sum and served
+        offsets = (bad, FRAME_SIZE, bad + 100, FRAME_SIZE + 4096, 4096)
         bufs = [nbd.Buffer(4096) for _ in offsets]
         cookies = [h.aio_pread(b, off) for b, off in zip(bufs, offsets, strict=True)]
         while h.aio_in_flight():
@@ -132,10 +135,12 @@ def test_a_corrupt_frame_is_eio_on_every_read_and_the_rest_is_served(tmp_path) -
             except nbd.Error as err:
                 assert err.errno == "EIO"
                 failed.append(off)
-        assert failed == [0, 100]
-        assert [bytes(bufs[i].to_bytearray()) for i in (1, 3)] == [data[FRAME_SIZE : FRAME_SIZE + 4096],
-                                                                   data[FRAME_SIZE + 4096 : FRAME_SIZE + 8192]]
-        assert s.store.stats.read_errors - errors_before == 5
+        assert failed == [bad, bad + 100]
+        assert [bytes(bufs[i].to_bytearray()) for i in (1, 3, 4)] == [
+            data[FRAME_SIZE : FRAME_SIZE + 4096], data[FRAME_SIZE + 4096 : FRAME_SIZE + 8192], data[4096:8192]]
+        with pytest.raises(nbd.Error):  # the whole frame: its frame checksum
+            h.pread(FRAME_SIZE, 0)
+        assert s.store.stats.read_errors - errors_before == 6
         assert h.pread(4096, FRAME_SIZE) == data[FRAME_SIZE : FRAME_SIZE + 4096]  # the next frame is intact
         assert h.pread(2 * FRAME_SIZE, 2 * FRAME_SIZE) == data[2 * FRAME_SIZE :]
         h.shutdown()
@@ -166,12 +171,13 @@ def test_queued_reads_that_miss_the_page_cache_are_deferred_and_answered(tmp_pat
     with served(tmp_path, volumes={"vol": 16 * MiB}) as s:
         data, raw = _served_with(s, 8 * MiB)
         segno, at = frame_on_disk(s.store, s.store.volume("vol").id)
-        seg_flip(s.pool, segno, at + 3 * FRAME_SIZE + 100)  # frame 3 fails its checksum
+        seg_flip(s.pool, segno, at + 3 * FRAME_SIZE + 100)  # the first block of frame 3 fails its sum
         evict_segments(s.pool)
         rnd = random.Random(5)
-        offsets = [rnd.randrange(8 * MiB // 4096) * 4096 for _ in range(48)] + [3 * FRAME_SIZE + 8192]
-        want = {1000 + i: (P.EIO, b"") if off // FRAME_SIZE == 3 else (0, data[off : off + 4096])
+        offsets = [rnd.randrange(8 * MiB // 4096) * 4096 for _ in range(48)] + [3 * FRAME_SIZE, 3 * FRAME_SIZE + 8192]
+        want = {1000 + i: (P.EIO, b"") if off == 3 * FRAME_SIZE else (0, data[off : off + 4096])
                 for i, off in enumerate(offsets)}
+        assert sum(1 for v in want.values() if v[0]) == 1
         assert _read_all(raw, offsets) == want
         waited = s.server.export_stats()["vol"]["reads_waited"]
         assert 0 < waited <= len(offsets)  # the page cache was empty: misses were deferred, not served blind

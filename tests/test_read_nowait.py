@@ -98,17 +98,21 @@ def test_a_remote_pool_never_waits_and_the_blocking_read_serves(tmp_path) -> Non
 
 
 @pytest.mark.local_only("the damaged frame is then in the page cache, where a nowait read finds it")
-def test_a_nowait_read_never_returns_a_frame_that_fails_its_checksum(tmp_path) -> None:
+def test_a_nowait_read_never_returns_a_block_or_frame_that_fails_its_checksum(tmp_path) -> None:
     pool, store, vid, data = _written(tmp_path)
     try:
         segno, at = frame_on_disk(store, vid, 1)
-        seg_flip(pool, segno, at + 30_000)  # frame 1, away from the reads
+        seg_flip(pool, segno, at + 30_000)  # frame 1, its block 7
         errors = store.stats.read_errors
         for _ in range(2):
-            with pytest.raises(CorruptData):
-                store.read(vid, FRAME_SIZE + 4096, 4096, nowait=True)
-        assert store.stats.read_errors == errors + 2
+            with pytest.raises(CorruptData, match="block 23"):  # block 7 of frame 1: its block sum
+                store.read(vid, FRAME_SIZE + 28672, 4096, nowait=True)
+            with pytest.raises(CorruptData, match="frame 1"):  # the whole frame: its frame checksum
+                store.read(vid, FRAME_SIZE, FRAME_SIZE, nowait=True)
+        assert store.stats.read_errors == errors + 4
         assert bytes(store.read(vid, 4096, 4096, nowait=True)) == data[4096:8192]  # frame 0 is sound
+        other = FRAME_SIZE + 4096  # another block of the damaged frame: verified by its own sum
+        assert bytes(store.read(vid, other, 4096, nowait=True)) == data[other : other + 4096]
     finally:
         store.close()
 

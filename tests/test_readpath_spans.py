@@ -11,7 +11,7 @@ import pytest
 from poolkit import MiB, make_pool, seg_flip
 
 from vstor.errors import CorruptData
-from vstor.store.journal.format import FRAME_ENTRY_SIZE, FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.journal.format import FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
 from vstor.store.store import Store
 
 pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
@@ -67,14 +67,14 @@ def _record_with_a_hole(tmp_path) -> tuple[str, Store, int, int, bytearray]:
     return pool, st, vid, loc, model
 
 
-def _frame_byte(loc: int, frame: int) -> int:
-    table = (MiB // FRAME_SIZE) * FRAME_ENTRY_SIZE
-    return loc_pos(loc) + RECORD_HEADER_SIZE + table + frame * FRAME_SIZE + 100
+def _frame_byte(st: Store, loc: int, frame: int) -> int:
+    header, _ = st.journal.read_header(loc_segno(loc), loc_pos(loc))
+    return loc_pos(loc) + RECORD_HEADER_SIZE + header.table_size + frame * FRAME_SIZE + 100
 
 
 def test_damage_in_overwritten_frames_does_not_fail_a_read_of_live_data(tmp_path):
     pool, st, vid, loc, model = _record_with_a_hole(tmp_path)
-    seg_flip(pool, loc_segno(loc), _frame_byte(loc, 1))  # frame 1: no live data left
+    seg_flip(pool, loc_segno(loc), _frame_byte(st, loc, 1))  # frame 1: no live data left
     assert st.read(vid, 0, MiB) == model
     buf = bytearray(MiB)
     st.read_into(vid, 0, memoryview(buf))
@@ -85,7 +85,7 @@ def test_damage_in_overwritten_frames_does_not_fail_a_read_of_live_data(tmp_path
 
 def test_damage_in_live_frames_fails_the_read(tmp_path):
     pool, st, vid, loc, model = _record_with_a_hole(tmp_path)
-    seg_flip(pool, loc_segno(loc), _frame_byte(loc, 3))
+    seg_flip(pool, loc_segno(loc), _frame_byte(st, loc, 3))
     with pytest.raises(CorruptData, match="checksum mismatch in frame 3"):
         st.read(vid, 0, MiB)
     with pytest.raises(CorruptData, match="checksum mismatch in frame 3"):

@@ -18,7 +18,7 @@ from vstor.store.backend.stub import backend_for
 from vstor.store.catalog import snapshots
 from vstor.store.check import check_pool
 from vstor.store.journal.consumers import read_records
-from vstor.store.journal.format import FRAME_ENTRY_SIZE, MAX_RECORD, RECORD_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.journal.format import MAX_RECORD, RECORD_HEADER_SIZE, loc_pos, loc_segno
 from vstor.store.maintenance.reclaim import Reclaimer
 from vstor.store.state import PoolState
 from vstor.store.store import Store
@@ -997,7 +997,7 @@ def test_pool_check_with_snapshots_and_corruption_in_snapshot_only_data(tmp_path
     header, frames = store.journal.read_header(loc_segno(loc), loc_pos(loc))
     assert not any(f.flags for f in frames)  # raw frames: volume byte X is at payload offset X - header.offset
     store.close()
-    seg_flip(pool, loc_segno(loc), loc_pos(loc) + RECORD_HEADER_SIZE + len(frames) * FRAME_ENTRY_SIZE
+    seg_flip(pool, loc_segno(loc), loc_pos(loc) + RECORD_HEADER_SIZE + header.table_size
               + 350 * KiB + 17 - header.offset)
 
     rep = run_check(pool)

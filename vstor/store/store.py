@@ -26,7 +26,6 @@ from vstor.store.catalog.volumes import Volume
 from vstor.store.codec import FrameCodec, derive_key, pair_key_check
 from vstor.store.journal.consumers import Consumers
 from vstor.store.journal.format import (
-    FRAME_ENTRY_SIZE,
     FRAME_SIZE,
     MAX_RECORD,
     REC_RELOCATE,
@@ -36,11 +35,12 @@ from vstor.store.journal.format import (
     RECORD_HEADER_SIZE,
     FrameEntry,
     RecordHeader,
-    frame_count,
+    block_sums,
     loc_pos,
     loc_segno,
     pack_frame_table,
     pack_record_header,
+    record_bound,
 )
 from vstor.store.journal.hcache import CachedRecord, HeaderCache
 from vstor.store.journal.segscan import ScannedRecord
@@ -222,7 +222,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         if pre is not None and not pre[1]:  # every frame is zeros: nothing stored
             self._zero_write(vid, offset, n, forced_seq)
             return
-        bound = RECORD_HEADER_SIZE + frame_count(n) * (FRAME_ENTRY_SIZE + 16) + n
+        bound = record_bound(n)
         self._ensure_room(bound)
         with self._lock:
             vol = self._volume(vid)
@@ -257,10 +257,11 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
                 reserved: bool = False) -> int:
         """Journal one record (caller holds the lock). ``reserved``: the caller called
         journal.reserve with a bound on this record's size."""
-        table = pack_frame_table(entries)
+        sums = block_sums(entries, bodies, length) if rtype in (REC_WRITE, REC_RELOCATE) else b""
+        table = pack_frame_table(entries) + sums if sums else pack_frame_table(entries)
         stored = len(table) + sum(e.stored_len for e in entries)
         header = RecordHeader(rtype, len(entries), group, vid, seq, offset, length, stored,
-                              int(self.clock.time() * 1e9))
+                              int(self.clock.time() * 1e9), bool(sums))
         # Trims and catalog events (which delete and shrink) are how space is freed, and their
         # records are tiny: the journal alone decides whether they fit (in the blocks it has
         # allocated, or a few more), never the guard's estimate of the filesystem.

@@ -22,6 +22,12 @@ with the number of the segment they are in, so a record is valid only where it w
 a segment file reused for a later segment (SEG_REUSED) still holds its earlier records after
 the new tail, and those fail the new segment's checksums. Version 1 records (unseeded) are
 still read, in segments without SEG_SEEDED.
+
+Records of version 3 (SUMS_VERSION) are version 2 with block sums after the frame table: an
+xxh3-64 of each BLOCK_SIZE (4 KiB) of the record's logical bytes that lie in a frame stored as
+is, 0 for the others. A read of a few KiB inside a large record then reads and verifies those
+blocks only, instead of the whole 64 KiB frame. The writer uses version 3 for records with a
+frame stored as is that is longer than one block; the sums are inside the header checksum.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ import xxhash
 
 FORMAT_VERSION = 1  # segment headers; records before 2026-12-05
 RECORD_VERSION = 2  # records written now: header checksum seeded with the segment number
+SUMS_VERSION = 3  # version 2 with block sums after the frame table (RecordHeader.sums)
 FRAME_SIZE = 64 * 1024
+BLOCK_SIZE = 4096  # the unit of a record's block sums
+BLOCK_SUM = struct.Struct("<Q")  # one block sum: xxh3-64 of the block's bytes, or 0
 MAX_RECORD = 4 * 1024 * 1024  # logical bytes in one record; larger writes are split
 
 SEGMENT_MAGIC = b"VSTSEG01"
@@ -48,7 +57,7 @@ SEGMENT_FLAGS = struct.Struct("<H")  # at offset 10
 SEG_SEALS_PREV = 1
 SEGMENT_SEAL = struct.Struct("<Q")
 SEAL_OFFSET = 44  # in the header's zero bytes, inside its checksum
-# Segment flag: every record in this segment is of version 2 (checksum seeded with the segment
+# Segment flag: every record in this segment is of version 2 or 3 (checksum seeded with the segment
 # number), so once the segment is dead its file may be reused for a later segment.
 SEG_SEEDED = 2
 # Segment flag: this file held an earlier (seeded) segment; bytes after the last record may be
@@ -103,8 +112,9 @@ class RecordHeader(NamedTuple):
     seq: int
     offset: int
     length: int
-    stored: int  # bytes after the 64-byte header: frame table + frame data
+    stored: int  # bytes after the 64-byte header: frame table (with block sums) + frame data
     tstamp: int  # nanoseconds since the epoch
+    sums: bool = False  # block sums follow the frame table (version 3); not a packed field
 
     @property
     def total_size(self) -> int:
@@ -112,6 +122,9 @@ class RecordHeader(NamedTuple):
 
     @property
     def table_size(self) -> int:
+        """Bytes between the header and the frame data: the frame table, then the block sums."""
+        if self.sums:
+            return self.nframes * FRAME_ENTRY_SIZE + block_count(self.length) * BLOCK_SUM.size
         return self.nframes * FRAME_ENTRY_SIZE
 
 
@@ -126,14 +139,54 @@ def frame_count(length: int) -> int:
     return (length + FRAME_SIZE - 1) // FRAME_SIZE
 
 
+def block_count(length: int) -> int:
+    return (length + BLOCK_SIZE - 1) // BLOCK_SIZE
+
+
+def record_bound(length: int) -> int:
+    """The most bytes a record of ``length`` logical bytes takes: header, frame table and block
+    sums, and frames (lz4 is kept only when smaller; AES adds a 16-byte tag per frame)."""
+    table = frame_count(length) * (FRAME_ENTRY_SIZE + 16) + block_count(length) * BLOCK_SUM.size
+    return RECORD_HEADER_SIZE + table + length
+
+
+def block_sums(entries: list[FrameEntry], bodies: list, length: int) -> bytes:
+    """The block sums of a record of ``length`` bytes encoded as ``entries`` and ``bodies`` (the
+    stored bytes of its non-zero frames, in order): b"" when no frame stored as is is longer
+    than one block, so the record is written as version 2 without them."""
+    if not any(e.flags == 0 and e.stored_len > BLOCK_SIZE for e in entries):
+        return b""
+    sums: list[int] = []
+    digest = xxhash.xxh3_64_intdigest
+    at = 0  # index into bodies
+    for i, e in enumerate(entries):
+        n = min(FRAME_SIZE, length - i * FRAME_SIZE)
+        if e.flags == 0:
+            body = memoryview(bodies[at])
+            sums += [digest(body[k : k + BLOCK_SIZE]) for k in range(0, n, BLOCK_SIZE)]
+        else:
+            sums += [0] * block_count(n)
+        if not e.flags & FF_ZERO:
+            at += 1
+    return struct.pack(f"<{len(sums)}Q", *sums)
+
+
+def block_sum(table: bytes | memoryview, nframes: int, block: int) -> int:
+    """Block ``block``'s sum from a version 3 record's table (frame table + block sums)."""
+    return int(BLOCK_SUM.unpack_from(table, nframes * FRAME_ENTRY_SIZE + block * BLOCK_SUM.size)[0])
+
+
 def pack_record_header(h: RecordHeader, table: bytes, segno: int | None) -> bytes:
-    """The 64 header bytes of a record that goes into segment ``segno``: version 2, its
-    checksum seeded with ``segno``. ``segno`` None packs version 1 (unseeded), as builds before
-    2026-12-05 wrote; only tests of reading such pools use it."""
+    """The 64 header bytes of a record that goes into segment ``segno``: version 2, or 3 when
+    ``h.sums`` (``table`` then ends with the block sums), its checksum seeded with ``segno``.
+    ``segno`` None packs version 1 (unseeded), as builds before 2026-12-05 wrote; only tests of
+    reading such pools use it."""
     if segno is None:
-        head = _HEADER_HEAD.pack(RECORD_MAGIC, FORMAT_VERSION, *h)
+        if h.sums:
+            raise ValueError("version 1 records have no block sums")
+        head = _HEADER_HEAD.pack(RECORD_MAGIC, FORMAT_VERSION, *h[:9])
         return head + _HEADER_TAIL.pack(xxhash.xxh3_64_intdigest(head + table))
-    head = _HEADER_HEAD.pack(RECORD_MAGIC, RECORD_VERSION, *h)
+    head = _HEADER_HEAD.pack(RECORD_MAGIC, SUMS_VERSION if h.sums else RECORD_VERSION, *h[:9])
     return head + _HEADER_TAIL.pack(xxhash.xxh3_64_intdigest(head + table, segno))
 
 
@@ -168,7 +221,7 @@ def unpack_record_header(raw: bytes | memoryview) -> tuple[RecordHeader, int]:
     )
     if magic != RECORD_MAGIC:
         raise BadRecord("bad record magic")
-    if ver != RECORD_VERSION and ver != FORMAT_VERSION:
+    if ver != RECORD_VERSION and ver != SUMS_VERSION and ver != FORMAT_VERSION:
         raise BadRecord(f"unsupported record version {ver}")
     if raw[HCSUM_OFFSET + 8 : RECORD_HEADER_SIZE] != _RESERVED:  # outside the checksum: must be zero
         raise BadRecord("record header reserved bytes are not zero")
@@ -176,18 +229,21 @@ def unpack_record_header(raw: bytes | memoryview) -> tuple[RecordHeader, int]:
         raise BadRecord(f"unknown record type {rtype}")
     if length > MAX_RECORD or nframes != (frame_count(length) if rtype not in (REC_TRIM, REC_COMMIT, REC_PAD) else 0):
         raise BadRecord("inconsistent record length")
-    if rtype == REC_PAD:
-        if length or stored > MAX_PAD_STORED:
-            raise BadRecord("inconsistent padding record")
-    elif stored < nframes * FRAME_ENTRY_SIZE or stored > nframes * (FRAME_ENTRY_SIZE + FRAME_SIZE + 64):
+    if ver == SUMS_VERSION and not nframes:
+        raise BadRecord("block sums in a record without frames")
+    if rtype == REC_PAD and (length or stored > MAX_PAD_STORED):
+        raise BadRecord("inconsistent padding record")
+    header = RecordHeader(rtype, nframes, group, volume, seq, offset, length, stored, tstamp, ver == SUMS_VERSION)
+    table = header.table_size
+    if rtype != REC_PAD and (stored < table or stored > table + nframes * (FRAME_SIZE + 64)):
         raise BadRecord("inconsistent stored size")
-    return RecordHeader(rtype, nframes, group, volume, seq, offset, length, stored, tstamp), hcsum
+    return header, hcsum
 
 
 def verify_header(raw: bytes | memoryview, table: bytes | memoryview, hcsum: int, segno: int) -> None:
-    """Check the header checksum of a record read from segment ``segno`` (a version 2 record
-    written into another segment, such as an earlier use of a reused file, fails)."""
-    seed = segno if raw[4] == RECORD_VERSION else 0
+    """Check the header checksum of a record read from segment ``segno`` (a version 2 or 3
+    record written into another segment, such as an earlier use of a reused file, fails)."""
+    seed = segno if raw[4] != FORMAT_VERSION else 0
     if xxhash.xxh3_64_intdigest(bytes(raw[:HCSUM_OFFSET]) + bytes(table), seed) != hcsum:
         raise BadRecord("record header checksum mismatch")
 
@@ -207,7 +263,7 @@ def unpack_frame_table(table: bytes | memoryview, nframes: int) -> tuple[FrameEn
 def pack_segment_header(pool_uuid: bytes, segno: int, created_ns: int, seals_prev: int | None = None,
                         seeded: bool = True) -> bytes:
     """``seals_prev``: the segment before this one ends at that position (see SEG_SEALS_PREV).
-    ``seeded``: the segment will hold version 2 records only (SEG_SEEDED; every new segment)."""
+    ``seeded``: the segment will hold version 2 or 3 records only (SEG_SEEDED; every new segment)."""
     flags = (SEG_SEALS_PREV if seals_prev is not None else 0) | (SEG_SEEDED if seeded else 0)
     raw = bytearray(SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, flags, pool_uuid, segno, created_ns))
     if seals_prev is not None:
@@ -221,7 +277,7 @@ def _seal_header(raw: bytearray) -> bytes:
 
 def seeded_segment(raw: bytes) -> bool:
     """Whether ``raw`` starts with an intact segment header (magic, checksum) that says
-    SEG_SEEDED: every record after it is of version 2 (its file may be reused)."""
+    SEG_SEEDED: every record after it is of version 2 or 3 (its file may be reused)."""
     if len(raw) < SEGMENT_HEADER_SIZE or raw[:8] != SEGMENT_MAGIC:
         return False
     (csum,) = SEGMENT_HEADER_CSUM.unpack_from(raw, 56)

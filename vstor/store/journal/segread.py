@@ -19,7 +19,6 @@ from collections.abc import Callable
 from vstor.errors import CorruptData, Unavailable, VstorError, WouldBlock
 from vstor.store.backend.base import PoolBackend
 from vstor.store.journal.format import (
-    FRAME_ENTRY_SIZE,
     RECORD_HEADER_SIZE,
     BadRecord,
     FrameEntry,
@@ -31,6 +30,9 @@ from vstor.store.journal.format import (
 from vstor.store.journal.outage import Outage, classify
 
 HEADER_PREFETCH_DATA = 8 << 10  # a header a nowait read misses: how much of what follows to fetch with it
+# A header read: the header and a table of up to 4,032 bytes (64 frames, or 25 frames with their
+# block sums: records up to 1.6 MiB); a larger table takes a second read.
+HEADER_READ = 4096
 
 
 class SegmentReader:
@@ -120,13 +122,18 @@ class SegmentReader:
         """Read and verify a record's header; return it with its raw frame table. ``nowait``:
         from the page cache or WouldBlock (:meth:`pread_nowait`; a small record's data, which
         follows its header, is then fetched with it)."""
-        size = RECORD_HEADER_SIZE + 64 * FRAME_ENTRY_SIZE
+        size = HEADER_READ
         if nowait:
             raw: bytes | memoryview = self.pread_nowait(loc_segno, pos, size, size + HEADER_PREFETCH_DATA)
         else:
             raw = self.pread(loc_segno, pos, size)
         try:
             header, hcsum = unpack_record_header(raw)
+            more = RECORD_HEADER_SIZE + header.table_size - size
+            if more > 0:
+                rest = self.pread_nowait(loc_segno, pos + size, more) if nowait else self.pread(loc_segno, pos + size,
+                                                                                                more)
+                raw = bytes(raw) + bytes(rest)
             table = raw[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + header.table_size]
             if len(table) != header.table_size:
                 raise BadRecord("short frame table")

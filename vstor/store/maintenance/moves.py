@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
-from vstor.store.journal.format import REC_RELOCATE, RECORD_HEADER_SIZE, frame_count
+from vstor.store.journal.format import REC_RELOCATE, record_bound
 from vstor.store.maintenance.checkpoint import CheckpointData, write_checkpoint
 from vstor.store.maps.chunkmap import VolumeMap
 from vstor.store.maps.mapstore import dump_maps
@@ -76,7 +76,7 @@ class MaintenanceMixin(StoreParts):
         return True
 
     def _relocation_record(self, vid: int, offset: int, data: bytes | memoryview, old: int) -> int:
-        segno, pos = self.journal.reserve(RECORD_HEADER_SIZE + frame_count(len(data)) * 48 + len(data))
+        segno, pos = self.journal.reserve(record_bound(len(data)))
         entries, bodies = self.codec.encode(data, (vid, REC_RELOCATE, old, offset, segno, pos), gated=False)
         return self._append(REC_RELOCATE, 0, vid, old, offset, len(data), entries, bodies, use_reserve=True)
 
