@@ -5,13 +5,17 @@ that fails a checksum (docs/formats.md, "Block sums")."""
 from __future__ import annotations
 
 import os
+import pathlib
 import random
+import shutil
+import tempfile
+import time
 
 import pytest
 import xxhash
-from poolkit import MiB, make_pool, seg_flip, seg_read, seg_write
+from poolkit import MiB, evict_segments, make_pool, seg_flip, seg_path, seg_read, seg_write
 
-from vstor.errors import CorruptData
+from vstor.errors import CorruptData, WouldBlock
 from vstor.store import store as store_module
 from vstor.store.check import check_pool
 from vstor.store.journal.format import (
@@ -48,6 +52,7 @@ def _raw(data: bytes) -> FrameEntry:
     return FrameEntry(len(data), 0, xxhash.xxh3_64_intdigest(data), _NO_NONCE)
 
 
+@pytest.mark.no_pool("the record format alone")
 def test_block_sums_cover_the_blocks_of_frames_stored_as_is_only():
     raw0, raw3 = os.urandom(FRAME_SIZE), os.urandom(5000)  # the last frame: one block and a short one
     entries = [_raw(raw0), FrameEntry(100, FF_LZ4, 1, _NO_NONCE), FrameEntry(0, FF_ZERO, 0, _NO_NONCE), _raw(raw3)]
@@ -60,12 +65,14 @@ def test_block_sums_cover_the_blocks_of_frames_stored_as_is_only():
     assert got[48:] == [xxhash.xxh3_64_intdigest(raw3[:BLOCK_SIZE]), xxhash.xxh3_64_intdigest(raw3[BLOCK_SIZE:])]
 
 
+@pytest.mark.no_pool("the record format alone")
 def test_records_without_a_frame_longer_than_a_block_have_no_block_sums():
     small = os.urandom(BLOCK_SIZE)
     assert block_sums([_raw(small)], [small], BLOCK_SIZE) == b""
     assert block_sums([FrameEntry(100, FF_LZ4, 1, _NO_NONCE)] * 2, [b"x" * 100] * 2, 2 * FRAME_SIZE) == b""
 
 
+@pytest.mark.no_pool("the record format alone")
 def test_version_3_header_round_trip_and_bounds():
     data = os.urandom(2 * FRAME_SIZE)
     entries = [_raw(data[:FRAME_SIZE]), _raw(data[FRAME_SIZE:])]
@@ -117,7 +124,8 @@ def test_a_small_read_verifies_its_blocks_only(tmp_path):
             assert st.read(vid, off, n) == data[off : off + n]  # same frame, other blocks: verified alone
             buf = bytearray(n)
             assert st.read_into(vid, off, memoryview(buf)) == n and buf == data[off : off + n]
-            assert st.read(vid, off, n, nowait=True) == data[off : off + n]  # cached by now
+            if st.journal.local_files:  # a remote pool is never read without waiting
+                assert st.read(vid, off, n, nowait=True) == data[off : off + n]  # cached by now
         for off, n in ((37 * BLOCK_SIZE, BLOCK_SIZE), (36 * BLOCK_SIZE + 4000, 200)):
             with pytest.raises(CorruptData, match="checksum mismatch in block 37 of volume"):
                 st.read(vid, off, n)
@@ -130,6 +138,47 @@ def test_a_small_read_verifies_its_blocks_only(tmp_path):
         st.close()
     rep = check_pool(Store(pool, load_superblock(pool), None))
     assert not rep.clean and any("checksum" in p for p in rep.problems), rep.problems
+
+
+@pytest.mark.local_only("the page cache of a local segment file")
+def test_a_cold_small_read_brings_in_its_frame_and_still_verifies_blocks(tmp_path):
+    """A block the page cache misses: the whole frame is read (its neighbours come with it, as
+    before block sums), and only the requested blocks are verified; a read that may not wait
+    asks for the whole frame and is served from the cache on its retry."""
+    pool, st, vid, data, loc = _written(tmp_path)
+    seg_flip(pool, loc_segno(loc), _block_pos(st, loc, 37) + 5)
+    st.close()
+    st = Store.open(pool)
+    try:
+        evict_segments(pool)
+        off = 36 * BLOCK_SIZE
+        assert st.read(vid, off, BLOCK_SIZE) == data[off : off + BLOCK_SIZE]  # block 36, frame 2: cold
+        segno, frame = loc_segno(loc), _block_pos(st, loc, 32)
+        assert _cached(pool, segno, frame, FRAME_SIZE)  # the whole of frame 2 came in
+        evict_segments(pool)
+        off = 40 * BLOCK_SIZE
+        with pytest.raises(WouldBlock):
+            st.read(vid, off, BLOCK_SIZE, nowait=True)
+        deadline = time.monotonic() + 10
+        while not _cached(pool, segno, frame, FRAME_SIZE):
+            assert time.monotonic() < deadline, "WILLNEED of the frame never came in"
+            time.sleep(0.01)
+        assert st.read(vid, off, BLOCK_SIZE, nowait=True) == data[off : off + BLOCK_SIZE]
+        with pytest.raises(CorruptData, match="block 37"):
+            st.read(vid, 37 * BLOCK_SIZE, BLOCK_SIZE, nowait=True)
+    finally:
+        st.close()
+
+
+def _cached(pool: str, segno: int, pos: int, size: int) -> bool:
+    """Whether the page cache holds [pos, pos+size) of a local segment file (RWF_NOWAIT)."""
+    fd = os.open(seg_path(pool, segno), os.O_RDONLY)
+    try:
+        return os.preadv(fd, [bytearray(size)], pos, os.RWF_NOWAIT) == size
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def test_block_sums_that_disagree_with_the_frames_are_damage(tmp_path):
@@ -197,3 +246,21 @@ def test_small_reads_of_compressed_and_encrypted_pools(tmp_path, kind):
             assert st.read(vid, off, n) == data[off : off + n]
     finally:
         st.close()
+
+
+@pytest.mark.local_only("a local pool on tmpfs")
+def test_a_pool_on_tmpfs_reads_blocks_and_never_blocks(tmp_path):
+    """tmpfs refuses RWF_NOWAIT (EOPNOTSUPP); its pages are memory, so reads just read."""
+    if not os.access("/dev/shm", os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    base = tempfile.mkdtemp(prefix="vstor-tmpfs-", dir="/dev/shm")
+    try:
+        _pool, st, vid, data, _loc = _written(pathlib.Path(base))
+        try:
+            for off, n in ((36 * BLOCK_SIZE, BLOCK_SIZE), (100, 5000), (0, FRAME_SIZE)):
+                assert st.read(vid, off, n) == data[off : off + n]
+                assert st.read(vid, off, n, nowait=True) == data[off : off + n]
+        finally:
+            st.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -246,7 +246,7 @@ class ReadPathMixin(StoreParts):
         cut, n = s - h.offset - f0 * FRAME_SIZE, e - s
         if h.sums and f0 == f1 and n <= stored - BLOCK_SIZE and (cached.raw_csums is not None or
                                                               not cached.entry(f0).flags):
-            return self._read_blocks(cached, vid, s, e, loc, at - f0 * FRAME_SIZE, into, nowait)
+            return self._read_blocks(cached, vid, s, e, loc, at - f0 * FRAME_SIZE, stored, into, nowait)
         if nowait:
             raw: bytes | memoryview = self.journal.pread_nowait(segno, at, stored)
         elif into is not None and cached.raw_csums is not None and cut == 0 and n == stored:
@@ -277,32 +277,45 @@ class ReadPathMixin(StoreParts):
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         return data if cut == 0 and n == len(data) and isinstance(data, bytes) else bytes(data[cut : cut + n])
 
-    def _read_blocks(self, cached: CachedRecord, vid: int, s: int, e: int, loc: int, base: int,
+    def _read_blocks(self, cached: CachedRecord, vid: int, s: int, e: int, loc: int, base: int, frame_len: int,
                      into: memoryview | None, nowait: bool) -> bytes | memoryview:
-        """[s, e) of a version 3 record, inside one frame stored as is, by reading and verifying
-        the 4 KiB blocks that hold it against their block sums, not the whole frame (a 4 KiB
-        read of a record written in 1 MiB requests read 64 KiB). ``base``: the segment position
-        of that frame's data less its offset in the record, so that ``base + a`` is where the
-        record's byte ``a`` (in that frame) lies."""
+        """[s, e) of a version 3 record, inside one frame stored as is (``frame_len`` bytes), by
+        reading and verifying the 4 KiB blocks that hold it against their block sums, not the
+        whole frame (a 4 KiB read of a record written in 1 MiB requests read 64 KiB). ``base``:
+        the segment position of that frame's data less its offset in the record, so that
+        ``base + a`` is where the record's byte ``a`` (in that frame) lies.
+
+        On a local pool the blocks are read only from the page cache: on a miss the whole frame
+        is read (its blocks still verified alone) or, with ``nowait``, asked for (WILLNEED), as
+        before block sums, so that cold random reads still bring in their neighbours 64 KiB at
+        a time. A remote pool reads the blocks alone."""
         h, segno = cached.header, loc_segno(loc)
         b0, b1 = (s - h.offset) // BLOCK_SIZE, (e - 1 - h.offset) // BLOCK_SIZE
         a = b0 * BLOCK_SIZE
         size, cut, n = min((b1 + 1) * BLOCK_SIZE, h.length) - a, s - h.offset - a, e - s
-        if nowait:
-            raw: bytes | memoryview = self.journal.pread_nowait(segno, base + a, size)
-        elif into is not None and cut == 0 and n == size:
-            got = self.journal.pread_into(segno, base + a, into)
-            raw = into if got == n else into[:got]
-        else:
-            raw = self.journal.pread(segno, base + a, size)
-        view = memoryview(raw)
+        raw = into if into is not None and cut == 0 and n == size else memoryview(bytearray(size))
+        journal = self.journal
+        if not journal.pread_cached(segno, base + a, raw):
+            frame = base + (a // FRAME_SIZE) * FRAME_SIZE
+            if nowait and journal.local_files:
+                journal.prefetch(segno, frame, frame_len)
+                raise WouldBlock("not in the page cache: being read", started=True)
+            if nowait:
+                raise WouldBlock("a remote pool's segments are read by waiting")
+            if journal.local_files:
+                raw = memoryview(journal.pread(segno, frame, frame_len))[base + a - frame :][:size]
+            else:
+                raw = raw[: journal.pread_into(segno, base + a, raw)]  # only the blocks
+            # short reads fail the check below
         for b in range(b0, b1 + 1):
             k = (b - b0) * BLOCK_SIZE
-            block = view[k : k + BLOCK_SIZE]
+            block = raw[k : k + BLOCK_SIZE]
             if len(block) != min(BLOCK_SIZE, size - k) or xxh3_64_intdigest(block) != block_sum(
                     cached.table, h.nframes, b):
                 raise CorruptData(f"checksum mismatch in block {b} of {self._where(vid, s, loc)}")
-        return raw if cut == 0 and n == size else view[cut : cut + n]
+        if raw is into:
+            return raw
+        return bytes(raw) if cut == 0 and n == size else bytes(raw[cut : cut + n])  # bytes, as reads of frames return
 
     def _where(self, vid: int, s: int, loc: int) -> str:
         return f"volume {vid} chunk {s // self.sb.chunk_size} (segment {loc_segno(loc)} record {loc_pos(loc)})"

@@ -13,6 +13,7 @@ volume), whose positions no read-ahead can guess.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 
@@ -65,17 +66,29 @@ class SegmentReader:
         WouldBlock(started=False), the read must be made by waiting."""
         if not self._files:
             raise WouldBlock("a remote pool's segments are read by waiting")
-        fd = self._read_fd(segno)
         buf = bytearray(size)
-        try:
-            got = os.preadv(fd, [buf], pos, os.RWF_NOWAIT)
-        except BlockingIOError:
-            got = -1
-        if got == size:
+        if self.pread_cached(segno, pos, memoryview(buf)):
             return memoryview(buf)
         # partly cached or missing (or short: damage, which the blocking read reports)
         self.prefetch(segno, pos, max(size, prefetch))
         raise WouldBlock("not in the page cache: being read", started=True)
+
+    def pread_cached(self, segno: int, pos: int, view: memoryview) -> bool:
+        """Fill ``view`` from [pos, pos+len(view)) of a segment if the page cache holds all of it
+        (RWF_NOWAIT); False otherwise, having asked nothing of the disk (always False on a
+        remote pool, which has no page cache of its segments). A filesystem that refuses
+        RWF_NOWAIT (tmpfs, whose pages are memory) is simply read."""
+        if not self._files:
+            return False
+        fd = self._read_fd(segno)
+        try:
+            return os.preadv(fd, [view], pos, os.RWF_NOWAIT) == len(view)
+        except BlockingIOError:
+            return False
+        except OSError as e:  # a filesystem without RWF_NOWAIT (tmpfs): its pages are memory anyway
+            if e.errno != errno.EOPNOTSUPP:
+                raise
+            return os.preadv(fd, [view], pos) == len(view)
 
     def pread_into(self, segno: int, pos: int, view: memoryview) -> int:
         """Read into ``view`` (no intermediate bytes on a local pool); returns the bytes read."""
