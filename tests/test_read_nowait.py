@@ -15,7 +15,7 @@ from poolkit import evict_segments, frame_on_disk, make_pool, seg_flip, seg_path
 from poolsite import active
 
 from vstor.errors import CorruptData, WouldBlock
-from vstor.store.journal.format import FRAME_SIZE, loc_segno
+from vstor.store.journal.format import FRAME_SIZE, loc_pos, loc_segno
 from vstor.store.store import Store
 
 pytestmark = pytest.mark.usefixtures("pool_backend")
@@ -139,5 +139,28 @@ def test_a_scattered_read_names_its_range_for_defragmentation_once_however_often
                 assert time.monotonic() < deadline
                 time.sleep(0.001)
         assert misses >= 1 and hints == [(vid, 0, 65536, 16)]
+    finally:
+        store.close()
+
+
+@pytest.mark.local_only("the page cache of a local segment file")
+def test_the_last_record_of_a_file_is_read_at_once_from_the_page_cache(tmp_path) -> None:
+    """A header read asks for more bytes than a small record at the end of its file has after
+    it: a short read there is the file's end, not a page-cache miss."""
+    pool = make_pool(tmp_path)
+    store = Store.open(pool)
+    vid = store.create_volume("v", MiB).id
+    data = os.urandom(1000)  # a record of 1,096 bytes: less than a header read
+    store.write(vid, 8192, data)
+    store.sync()
+    ((_s, _e, loc),) = store.state.maps[vid].lookup(8192, 8193)
+    store.close()
+    store = Store.open(pool)  # no header cached
+    try:
+        path = seg_path(pool, loc_segno(loc))
+        assert os.path.getsize(path) - loc_pos(loc) < 64 + 64 * 32, "the record is not near the file's end"
+        with open(path, "rb") as f:
+            f.read()  # all of it in the page cache
+        assert bytes(store.read(vid, 8192, 1000, nowait=True)) == data
     finally:
         store.close()

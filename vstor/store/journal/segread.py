@@ -20,6 +20,7 @@ from collections.abc import Callable
 from vstor.errors import CorruptData, Unavailable, VstorError, WouldBlock
 from vstor.store.backend.base import PoolBackend
 from vstor.store.journal.format import (
+    FRAME_ENTRY_SIZE,
     RECORD_HEADER_SIZE,
     BadRecord,
     FrameEntry,
@@ -31,9 +32,9 @@ from vstor.store.journal.format import (
 from vstor.store.journal.outage import Outage, classify
 
 HEADER_PREFETCH_DATA = 8 << 10  # a header a nowait read misses: how much of what follows to fetch with it
-# A header read: the header and a table of up to 4,032 bytes (64 frames, or 25 frames with their
-# block sums: records up to 1.6 MiB); a larger table takes a second read.
-HEADER_READ = 4096
+# A header read: the header and a frame table of up to 64 frames; block sums past that (records
+# over about 200 KiB, version 3) take a second read, once: the header cache keeps them.
+HEADER_READ = RECORD_HEADER_SIZE + 64 * FRAME_ENTRY_SIZE
 
 
 class SegmentReader:
@@ -78,17 +79,22 @@ class SegmentReader:
         (RWF_NOWAIT); False otherwise, having asked nothing of the disk (always False on a
         remote pool, which has no page cache of its segments). A filesystem that refuses
         RWF_NOWAIT (tmpfs, whose pages are memory) is simply read."""
+        return self._cached_into(segno, pos, view) == len(view)
+
+    def _cached_into(self, segno: int, pos: int, view: memoryview) -> int:
+        """:meth:`pread_cached`, returning the bytes read: fewer than asked when the page cache
+        holds only the start of the range or the file ends first, 0 when it holds nothing."""
         if not self._files:
-            return False
+            return 0
         fd = self._read_fd(segno)
         try:
-            return os.preadv(fd, [view], pos, os.RWF_NOWAIT) == len(view)
+            return os.preadv(fd, [view], pos, os.RWF_NOWAIT)
         except BlockingIOError:
-            return False
+            return 0
         except OSError as e:  # a filesystem without RWF_NOWAIT (tmpfs): its pages are memory anyway
             if e.errno != errno.EOPNOTSUPP:
                 raise
-            return os.preadv(fd, [view], pos) == len(view)
+            return os.preadv(fd, [view], pos)
 
     def pread_into(self, segno: int, pos: int, view: memoryview) -> int:
         """Read into ``view`` (no intermediate bytes on a local pool); returns the bytes read."""
@@ -136,14 +142,19 @@ class SegmentReader:
         from the page cache or WouldBlock (:meth:`pread_nowait`; a small record's data, which
         follows its header, is then fetched with it)."""
         size = HEADER_READ
-        if nowait:
-            raw: bytes | memoryview = self.pread_nowait(loc_segno, pos, size, size + HEADER_PREFETCH_DATA)
+        if nowait:  # what the page cache holds: a record near the end of its file has less after it
+            buf = bytearray(size)
+            raw: bytes | memoryview = memoryview(buf)[: self._cached_into(loc_segno, pos, memoryview(buf))]
         else:
             raw = self.pread(loc_segno, pos, size)
         try:
+            if nowait and (len(raw) < RECORD_HEADER_SIZE or len(raw) < min(
+                    size, RECORD_HEADER_SIZE + unpack_record_header(raw)[0].table_size)):
+                self.prefetch(loc_segno, pos, size + HEADER_PREFETCH_DATA)  # the blocking read reports a cut record
+                raise WouldBlock("not in the page cache: being read", started=True)
             header, hcsum = unpack_record_header(raw)
-            more = RECORD_HEADER_SIZE + header.table_size - size
-            if more > 0:
+            more = RECORD_HEADER_SIZE + header.table_size - len(raw)
+            if more > 0 and len(raw) == size:  # block sums past the first read: read the rest
                 rest = self.pread_nowait(loc_segno, pos + size, more) if nowait else self.pread(loc_segno, pos + size,
                                                                                                 more)
                 raw = bytes(raw) + bytes(rest)
