@@ -222,6 +222,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         if pre is not None and not pre[1]:  # every frame is zeros: nothing stored
             self._zero_write(vid, offset, n, forced_seq)
             return
+        sums = block_sums(*pre, n) if pre is not None else b""  # hashed outside the lock, like the frames
         bound = record_bound(n)
         self._ensure_room(bound)
         with self._lock:
@@ -236,7 +237,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
             if not bodies:
                 self._zero_write(vid, offset, n, forced_seq)
                 return
-            loc = self._append(REC_WRITE, vol.group, vid, seq, offset, n, entries, bodies, reserved=True)
+            loc = self._append(REC_WRITE, vol.group, vid, seq, offset, n, entries, bodies, reserved=True, sums=sums)
             if seq:
                 state.group_seq[vol.group] = seq
             state.maps[vid].map(offset, offset + n, loc)
@@ -254,10 +255,12 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
 
     def _append(self, rtype: int, group: int, vid: int, seq: int, offset: int, length: int,
                 entries: list[FrameEntry], bodies: list, use_reserve: bool = False,
-                reserved: bool = False) -> int:
+                reserved: bool = False, sums: bytes | None = None) -> int:
         """Journal one record (caller holds the lock). ``reserved``: the caller called
-        journal.reserve with a bound on this record's size."""
-        sums = block_sums(entries, bodies, length) if rtype in (REC_WRITE, REC_RELOCATE) else b""
+        journal.reserve with a bound on this record's size. ``sums``: the record's block sums
+        (format.block_sums), if the caller computed them; otherwise they are computed here."""
+        if sums is None:
+            sums = block_sums(entries, bodies, length) if rtype in (REC_WRITE, REC_RELOCATE) else b""
         table = pack_frame_table(entries) + sums if sums else pack_frame_table(entries)
         stored = len(table) + sum(e.stored_len for e in entries)
         header = RecordHeader(rtype, len(entries), group, vid, seq, offset, length, stored,
