@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from vstor.errors import CorruptData, FormatError, VstorError
 from vstor.store.journal.consumers import consumer_problems
-from vstor.store.journal.format import SEGMENT_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.journal.format import SEGMENT_HEADER_SIZE, block_sums_match, loc_pos, loc_segno
 from vstor.store.journal.segscan import ScanEnd
 from vstor.store.maintenance.checkpoint import read_checkpoints
 from vstor.store.recovery import load_state, replay
@@ -66,7 +66,7 @@ def check_pool(store: object) -> CheckReport:
     except (FormatError, CorruptData) as e:
         rep.problem(str(e))
         return rep
-    if torn is not None and (torn.segno, torn.pos) < tuple(loaded.start):
+    if torn is not None and (torn.segno, torn.pos) < loaded.start:
         rep.problem(f"journal segment {torn.segno} is damaged at offset {torn.pos} ({torn.reason}), before "
                     f"the newest checkpoint's position (segment {loaded.start[0]} offset {loaded.start[1]}): "
                     "written and synced before that checkpoint, so not a torn tail; the records from there "
@@ -91,8 +91,12 @@ def _check_segments(store: object, rep: CheckReport) -> ScanEnd | None:
     for i, segno in enumerate(segs):
         end = ScanEnd(segno, SEGMENT_HEADER_SIZE)
         try:
-            for _rec in journal.scan_one(segno, end):
+            for rec in journal.scan_one(segno, end):
                 rep.records += 1
+                if rec.header.sums and not block_sums_match(rec.header, rec.sums, rec.frames, rec.payload):
+                    rep.problem(f"journal segment {segno} record at offset {loc_pos(rec.loc)}: its block sums do "
+                                "not match its frames (a writer's bug; the frames are intact, but reads of the "
+                                "blocks concerned fail with EIO)")
         except CorruptData as e:
             rep.problem(str(e))
             continue

@@ -297,11 +297,8 @@ class ReadPathMixin(StoreParts):
         journal = self.journal
         if not journal.pread_cached(segno, base + a, raw):
             frame = base + (a // FRAME_SIZE) * FRAME_SIZE
-            if nowait and journal.local_files:
-                journal.prefetch(segno, frame, frame_len)
-                raise WouldBlock("not in the page cache: being read", started=True)
             if nowait:
-                raise WouldBlock("a remote pool's segments are read by waiting")
+                journal.missed(segno, frame, frame_len)  # the whole frame is asked for
             if journal.local_files:
                 raw = memoryview(journal.pread(segno, frame, frame_len))[base + a - frame :][:size]
             else:

@@ -261,7 +261,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         (format.block_sums), if the caller computed them; otherwise they are computed here."""
         if sums is None:
             sums = block_sums(entries, bodies, length) if rtype in (REC_WRITE, REC_RELOCATE) else b""
-        table = pack_frame_table(entries) + sums if sums else pack_frame_table(entries)
+        table = pack_frame_table(entries) + sums
         stored = len(table) + sum(e.stored_len for e in entries)
         header = RecordHeader(rtype, len(entries), group, vid, seq, offset, length, stored,
                               int(self.clock.time() * 1e9), bool(sums))

@@ -171,6 +171,19 @@ def block_sums(entries: list[FrameEntry], bodies: list, length: int) -> bytes:
     return struct.pack(f"<{len(sums)}Q", *sums)
 
 
+def block_sums_match(header: RecordHeader, sums: bytes, frames: tuple[FrameEntry, ...], payload: bytes) -> bool:
+    """Whether a version 3 record's stored block ``sums`` are those of its frames (``payload``:
+    the frame data, whose frame checksums passed). A mismatch is a writer's bug, not bit rot:
+    the sums are inside the header checksum."""
+    bodies = []
+    view, off = memoryview(payload), 0
+    for fe in frames:
+        if not fe.flags & FF_ZERO:
+            bodies.append(view[off : off + fe.stored_len])
+        off += fe.stored_len
+    return block_sums(list(frames), bodies, header.length) == sums
+
+
 def block_sum(table: bytes | memoryview, nframes: int, block: int) -> int:
     """Block ``block``'s sum from a version 3 record's table (frame table + block sums)."""
     return int(BLOCK_SUM.unpack_from(table, nframes * FRAME_ENTRY_SIZE + block * BLOCK_SUM.size)[0])

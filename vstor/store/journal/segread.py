@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
+from typing import NoReturn
 
 from vstor.errors import CorruptData, Unavailable, VstorError, WouldBlock
 from vstor.store.backend.base import PoolBackend
@@ -32,8 +33,8 @@ from vstor.store.journal.format import (
 from vstor.store.journal.outage import Outage, classify
 
 HEADER_PREFETCH_DATA = 8 << 10  # a header a nowait read misses: how much of what follows to fetch with it
-# A header read: the header and a frame table of up to 64 frames; block sums past that (records
-# over about 200 KiB, version 3) take a second read, once: the header cache keeps them.
+# A header read: the header and a frame table of up to 64 frames; a table with block sums past
+# that (version 3 records over 768 KiB) takes a second read, once: the header cache keeps it.
 HEADER_READ = RECORD_HEADER_SIZE + 64 * FRAME_ENTRY_SIZE
 
 
@@ -65,13 +66,19 @@ class SegmentReader:
         to start reading it (WILLNEED) and WouldBlock(started=True) is raised: a retry soon
         finds it cached or in flight. A remote pool has no page cache of its segments:
         WouldBlock(started=False), the read must be made by waiting."""
-        if not self._files:
-            raise WouldBlock("a remote pool's segments are read by waiting")
         buf = bytearray(size)
         if self.pread_cached(segno, pos, memoryview(buf)):
             return memoryview(buf)
         # partly cached or missing (or short: damage, which the blocking read reports)
-        self.prefetch(segno, pos, max(size, prefetch))
+        self.missed(segno, pos, max(size, prefetch))
+
+    def missed(self, segno: int, pos: int, size: int) -> NoReturn:
+        """A read without waiting found [pos, pos+size) of a segment not all in the page cache:
+        ask the kernel for it (WILLNEED) and raise WouldBlock(started=True), so that a retry
+        soon finds it; on a remote pool, with no page cache to ask, WouldBlock(started=False)."""
+        if not self._files:
+            raise WouldBlock("a remote pool's segments are read by waiting")
+        self.prefetch(segno, pos, size)
         raise WouldBlock("not in the page cache: being read", started=True)
 
     def pread_cached(self, segno: int, pos: int, view: memoryview) -> bool:
@@ -148,11 +155,11 @@ class SegmentReader:
         else:
             raw = self.pread(loc_segno, pos, size)
         try:
-            if nowait and (len(raw) < RECORD_HEADER_SIZE or len(raw) < min(
-                    size, RECORD_HEADER_SIZE + unpack_record_header(raw)[0].table_size)):
-                self.prefetch(loc_segno, pos, size + HEADER_PREFETCH_DATA)  # the blocking read reports a cut record
-                raise WouldBlock("not in the page cache: being read", started=True)
+            if nowait and len(raw) < RECORD_HEADER_SIZE:
+                self.missed(loc_segno, pos, size + HEADER_PREFETCH_DATA)
             header, hcsum = unpack_record_header(raw)
+            if nowait and len(raw) < min(size, RECORD_HEADER_SIZE + header.table_size):
+                self.missed(loc_segno, pos, size + HEADER_PREFETCH_DATA)  # the blocking read reports a cut record
             more = RECORD_HEADER_SIZE + header.table_size - len(raw)
             if more > 0 and len(raw) == size:  # block sums past the first read: read the rest
                 rest = self.pread_nowait(loc_segno, pos + size, more) if nowait else self.pread(loc_segno, pos + size,

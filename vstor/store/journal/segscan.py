@@ -25,7 +25,6 @@ import xxhash
 from vstor.errors import CorruptData
 from vstor.store.backend.base import PoolBackend
 from vstor.store.journal.format import (
-    FF_ZERO,
     FRAME_ENTRY_SIZE,
     REC_COMMIT,
     REC_PAD,
@@ -36,7 +35,6 @@ from vstor.store.journal.format import (
     BadRecord,
     FrameEntry,
     RecordHeader,
-    block_sums,
     make_loc,
     segment_flags,
     segment_seal,
@@ -56,6 +54,7 @@ class ScannedRecord:
     header: RecordHeader
     frames: tuple[FrameEntry, ...]
     payload: bytes  # frame data (not the table), as stored
+    sums: bytes = b""  # the block sums as stored (version 3; pool check compares them with the frames)
 
 
 @dataclass
@@ -158,8 +157,6 @@ class SegmentScanner:
                     if len(payload) != header.stored - header.table_size:
                         raise BadRecord("record cut short")
                     _verify_padding(payload) if header.rtype == REC_PAD else _verify_frames(frames, payload)
-                    if header.sums:
-                        _verify_block_sums(header, table, frames, payload)
                 except BadRecord as e:
                     covered, clean = self._durable_after(segno, pos, reused)
                     if clean:  # zeros (allocated, never written) or an earlier use's records: a clean end
@@ -179,7 +176,8 @@ class SegmentScanner:
                     pos += header.total_size
                     end.pos = pos
                     continue
-                yield ScannedRecord(make_loc(segno, pos), header, frames, payload)
+                yield ScannedRecord(make_loc(segno, pos), header, frames, payload,
+                                    table[header.nframes * FRAME_ENTRY_SIZE :] if header.sums else b"")
                 pos += header.total_size
                 end.pos = pos
 
@@ -289,19 +287,6 @@ def _short() -> None:
 def _verify_padding(payload: bytes) -> None:
     if payload.count(0) != len(payload):
         raise BadRecord("padding record holds data")
-
-
-def _verify_block_sums(header: RecordHeader, table: bytes, frames: tuple[FrameEntry, ...], payload: bytes) -> None:
-    """A version 3 record's block sums against its frames (whose checksums passed): each block
-    of a frame stored as is has its xxh3-64, every other block 0."""
-    bodies = []
-    view, off = memoryview(payload), 0
-    for fe in frames:
-        if not fe.flags & FF_ZERO:
-            bodies.append(view[off : off + fe.stored_len])
-        off += fe.stored_len
-    if block_sums(list(frames), bodies, header.length) != table[header.nframes * FRAME_ENTRY_SIZE :]:
-        raise BadRecord("block sums do not match the frames")
 
 
 def _verify_frames(frames: tuple[FrameEntry, ...], payload: bytes) -> None:
