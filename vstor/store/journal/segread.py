@@ -33,9 +33,11 @@ from vstor.store.journal.format import (
 from vstor.store.journal.outage import Outage, classify
 
 HEADER_PREFETCH_DATA = 8 << 10  # a header a nowait read misses: how much of what follows to fetch with it
-# A header read: the header and a frame table of up to 64 frames; a table with block sums past
-# that (version 3 records over 768 KiB) takes a second read, once: the header cache keeps it.
-HEADER_READ = RECORD_HEADER_SIZE + 64 * FRAME_ENTRY_SIZE
+# A header read: the header and 4 KiB of what follows, a frame table with block sums for
+# records up to 1.5 MiB (every write through FUSE is at most 1 MiB). A larger table takes a
+# second read. At 2 KiB the tables of 1 MiB records did: 5 us more on each header-cache miss,
+# which a scan of an aged volume larger than the cache meets on most records.
+HEADER_READ = RECORD_HEADER_SIZE + 128 * FRAME_ENTRY_SIZE
 
 
 class SegmentReader:
