@@ -40,6 +40,7 @@ def test_one_compressed_frame_has_no_raw_checksums():
     rec = CachedRecord.build(*_record([900], flags=FF_LZ4, logical=4096))
     assert rec.offs == array("I", [0, 900])
     assert rec.raw_csums is None
+    assert CachedRecord.build(*_record([900], logical=4096)).raw_csums is None  # short, unflagged: not as is
 
 
 def test_several_frames_give_offsets_and_checksums():

@@ -40,6 +40,10 @@ class CachedRecord(NamedTuple):  # a tuple: half the cost of a frozen dataclass 
     @classmethod
     def build(cls, header: RecordHeader, table: bytes) -> CachedRecord:
         n = header.nframes
+        if n == 1:  # a small record: most entries of an aged volume
+            stored_len, flags1, _r, csum, _nonce = FRAME_ENTRY.unpack_from(table)
+            return cls(header, bytes(table), array("I", (0, stored_len)),
+                       None if flags1 or stored_len != header.length else array("Q", (csum,)))
         if not n:
             return cls(header, bytes(table), array("I", [0]), array("Q"))
         # One unpack of the whole table: built frame by frame, the entry of a 1 MiB record
