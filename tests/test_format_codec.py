@@ -13,7 +13,7 @@ import pytest
 import xxhash
 
 from vstor.errors import CorruptData
-from vstor.store.codec import FrameCodec
+from vstor.store.codec import FrameCodec, first_bad_stored_frame
 from vstor.store.journal.format import (
     FF_AES,
     FF_LZ4,
@@ -395,3 +395,19 @@ def test_wrong_logical_length_detected():
     (e,), (body,) = codec.encode(frame)
     with pytest.raises(CorruptData, match="length"):
         codec.decode(e, body, 501, None, 0, "frame")
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_first_bad_stored_frame_finds_the_damaged_or_short_frame(frames: int):
+    """The one-pass check of frames stored as is, one frame (a small record's read) or several."""
+    data = [os.urandom(FRAME_SIZE if i < frames - 1 else 4096) for i in range(frames)]
+    offs = list(itertools.accumulate((len(d) for d in data), initial=0))
+    csums = [xxhash.xxh3_64_intdigest(d) for d in data]
+    raw = b"".join(data)
+    assert first_bad_stored_frame(raw, offs, csums, 0, frames - 1) is None
+    last = frames - 1
+    damaged = bytearray(raw)
+    damaged[offs[last] + 7] ^= 1
+    assert first_bad_stored_frame(bytes(damaged), offs, csums, 0, last) == last
+    assert first_bad_stored_frame(raw[:-1], offs, csums, 0, last) is not None  # short: the read was cut
+    assert first_bad_stored_frame(data[last], offs, csums, last, last) is None

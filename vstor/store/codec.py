@@ -72,6 +72,8 @@ def first_bad_stored_frame(raw: bytes | memoryview, offs: Sequence[int], csums: 
     """For frames f0..f1 that are all stored as is (no flag; CachedRecord.raw_csums), read in
     one piece as ``raw``: None if every one has its length and checksum, else the first bad
     frame. The checks of :meth:`FrameCodec.decode`, in one pass instead of one call per frame."""
+    if f0 == f1:  # one frame (every read of a small record): no list to build
+        return None if len(raw) == offs[f0 + 1] - offs[f0] and xxhash.xxh3_64_intdigest(raw) == csums[f0] else f0
     start = offs[f0]
     view = memoryview(raw)
     got = [xxhash.xxh3_64_intdigest(view[offs[i] - start : offs[i + 1] - start]) for i in range(f0, f1 + 1)]
