@@ -35,7 +35,7 @@ from vstor.store.journal.outage import Outage, classify
 HEADER_PREFETCH_DATA = 8 << 10  # a header a nowait read misses: how much of what follows to fetch with it
 # A header read: the header and 4 KiB of what follows, a frame table with block sums for
 # records up to 1.5 MiB (every write through FUSE is at most 1 MiB). A larger table takes a
-# second read. At 2 KiB the tables of 1 MiB records did: 5 us more on each header-cache miss,
+# second read. At 2 KiB the tables of 1 MiB records did: 4 us more on each header-cache miss,
 # which a scan of an aged volume larger than the cache meets on most records.
 HEADER_READ = RECORD_HEADER_SIZE + 128 * FRAME_ENTRY_SIZE
 
