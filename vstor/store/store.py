@@ -36,6 +36,7 @@ from vstor.store.journal.format import (
     FrameEntry,
     RecordHeader,
     block_sums,
+    frame_bodies,
     loc_pos,
     loc_segno,
     pack_frame_table,
@@ -304,12 +305,10 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         """Verify and decode the whole payload of a scanned record (journal readers)."""
         h, segno, pos = rec.header, loc_segno(rec.loc), loc_pos(rec.loc)
         ad = (h.volume, h.rtype, h.seq, h.offset, segno, pos) if self.codec.encrypted else None
-        view, off, parts = memoryview(rec.payload), 0, []
-        for i, fe in enumerate(rec.frames):
+        parts = []
+        for i, (fe, body) in enumerate(zip(rec.frames, frame_bodies(rec.frames, rec.payload), strict=True)):
             flen = min(FRAME_SIZE, h.length - i * FRAME_SIZE)
-            parts.append(self.codec.decode(fe, view[off : off + fe.stored_len], flen, ad, i,
-                                           f"segment {segno} record {pos} frame {i}"))
-            off += fe.stored_len
+            parts.append(self.codec.decode(fe, body, flen, ad, i, f"segment {segno} record {pos} frame {i}"))
         return b"".join(parts)
 
     def _header(self, loc: int, nowait: bool = False) -> CachedRecord:

@@ -171,16 +171,21 @@ def block_sums(entries: list[FrameEntry], bodies: list, length: int) -> bytes:
     return struct.pack(f"<{len(sums)}Q", *sums)
 
 
+def frame_bodies(frames: tuple[FrameEntry, ...], payload: bytes | memoryview) -> list[memoryview]:
+    """Each frame's stored bytes in a record's frame data, by the table's stored lengths (views;
+    a cut payload gives short or empty ones at the end, which the caller's checks refuse)."""
+    view, off, out = memoryview(payload), 0, []
+    for fe in frames:
+        out.append(view[off : off + fe.stored_len])
+        off += fe.stored_len
+    return out
+
+
 def block_sums_match(header: RecordHeader, sums: bytes, frames: tuple[FrameEntry, ...], payload: bytes) -> bool:
     """Whether a version 3 record's stored block ``sums`` are those of its frames (``payload``:
     the frame data, whose frame checksums passed). A mismatch is a writer's bug, not bit rot:
     the sums are inside the header checksum."""
-    bodies = []
-    view, off = memoryview(payload), 0
-    for fe in frames:
-        if not fe.flags & FF_ZERO:
-            bodies.append(view[off : off + fe.stored_len])
-        off += fe.stored_len
+    bodies = [b for fe, b in zip(frames, frame_bodies(frames, payload), strict=True) if not fe.flags & FF_ZERO]
     return block_sums(list(frames), bodies, header.length) == sums
 
 

@@ -35,6 +35,7 @@ from vstor.store.journal.format import (
     BadRecord,
     FrameEntry,
     RecordHeader,
+    frame_bodies,
     make_loc,
     segment_flags,
     segment_seal,
@@ -290,12 +291,8 @@ def _verify_padding(payload: bytes) -> None:
 
 
 def _verify_frames(frames: tuple[FrameEntry, ...], payload: bytes) -> None:
-    view = memoryview(payload)
-    off = 0
-    for fe in frames:
-        body = view[off : off + fe.stored_len]
+    for fe, body in zip(frames, frame_bodies(frames, payload), strict=True):
         if len(body) != fe.stored_len or (fe.stored_len and xxhash.xxh3_64_intdigest(body) != fe.csum):
             raise BadRecord("frame checksum mismatch")
-        off += fe.stored_len
-    if off != len(view):
+    if sum(fe.stored_len for fe in frames) != len(payload):
         raise BadRecord("frame lengths do not add up")
