@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vstor.control.mounts import unmount
+from vstor.control.host.mounts import unmount
 
 __all__ = ["served"]
 

@@ -151,7 +151,7 @@ class Array:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 _wait_gone(pid)
-        from vstor.control.mounts import fuse_mounted
+        from vstor.control.host.mounts import fuse_mounted
 
         if fuse_mounted(self.mnt):  # also a dead mount, which os.path.isdir cannot see
             subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True)
@@ -218,7 +218,7 @@ def _vstor_in_process(args: list[str]) -> None:
 
 
 def _lock_pid(pool: str) -> int | None:
-    from vstor.control.lock import daemon_pid
+    from vstor.control.host.lock import daemon_pid
 
     return daemon_pid(pool) if os.path.exists(pool) else None
 

@@ -16,7 +16,7 @@ from vstor.backup import _catalog_schema
 from vstor.backup.audit import GENESIS, AuditLog, current_actor
 from vstor.backup.catalog import INTERRUPTED, BackupCatalog
 from vstor.backup.keys import BackupKeys
-from vstor.backup.retention import ExpiryPlan, apply_expiry, parse_duration, plan_expiry
+from vstor.backup.rules.retention import ExpiryPlan, apply_expiry, parse_duration, plan_expiry
 from vstor.clock import ManualClock
 from vstor.errors import AlreadyExists, Busy, FormatError, KeyError_, NotFound, UsageError
 from vstor.store.backend.statefiles import local_files

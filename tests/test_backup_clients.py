@@ -18,7 +18,7 @@ from poolkit import MiB
 
 from vstor.backup.client import agent, wire
 from vstor.backup.client.conn import Refused
-from vstor.backup.mediaio import read_part
+from vstor.backup.media.mediaio import read_part
 from vstor.errors import NotRunning, UsageError
 from vstor.faults import Faults
 from vstor.replication import pki

@@ -148,7 +148,7 @@ def test_verify_catches_a_damaged_block_on_tape(lab):
 def test_expire_keeps_the_newest_chain_and_recycles_emptied_media(tmp_path):
     """Retention's rules in detail (WORM, offsite, bases) are in test_backup_catalog.py; here
     the engine's jobs go through them and a recycled cartridge is written again from BOT."""
-    from vstor.backup.retention import apply_expiry, plan_expiry
+    from vstor.backup.rules.retention import apply_expiry, plan_expiry
 
     lab = Lab(tmp_path, carts=2)
     try:

@@ -1,4 +1,4 @@
-"""Backup on-media format (vstor/backup/tapefile.py) and tape I/O (vstor/backup/mediaio.py), in-process:
+"""Backup on-media format (vstor/backup/media/tapefile.py) and tape I/O (vstor/backup/media/mediaio.py), in-process:
 round trips through a TapeDrive over temporary cartridges, spanning, sealing, damage, and GNU tar restores."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from vstor.backup import mediaio as mio
-from vstor.backup import tapefile as tpf
+from vstor.backup.media import mediaio as mio
+from vstor.backup.media import tapefile as tpf
 from vstor.errors import CorruptData, FormatError, UsageError
 from vstor.media import tapedrive as td
 from vstor.media.cartridge import Cartridge
@@ -173,7 +173,7 @@ def test_stream_round_trip_any_chunking_and_gnu_tar(tmp_path):
 
 
 def test_large_members_get_a_pax_size_and_long_names_a_pax_path():
-    from vstor.backup import _tarstream
+    from vstor.backup.media import _tarstream
 
     big = _tarstream.header("p/GNUSparseFile.0/v.img", 9 << 30, {"GNU.sparse.major": "1"})
     assert b" size=9663676416\n" in big and len(big) % 512 == 0

@@ -37,7 +37,7 @@ def test_each_command_line_builds_only_the_module_that_registers_its_command():
             "print(','.join(n for n in sys.modules if n.startswith('vstor.cli.')), file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(r.stderr.strip().split(","))
-    assert "vstor.cli.volume_cmd" in loaded and "vstor.cli.backup_cmd" not in loaded, sorted(loaded)
+    assert "vstor.cli.volumes.volume_cmd" in loaded and "vstor.cli.backups.backup_cmd" not in loaded, sorted(loaded)
 
 
 def test_daemon_start_does_not_import_pyroute2_or_x509():

@@ -25,8 +25,8 @@ from harness import VSTOR, Array, _wait_gone, one_error_line, run
 
 from vstor.control.daemon import START_STEPS, Reporter
 from vstor.control.daemon import run as daemon_run
-from vstor.control.lock import PoolLock, daemon_pid
-from vstor.control.mounts import fuse_mounted
+from vstor.control.host.lock import PoolLock, daemon_pid
+from vstor.control.host.mounts import fuse_mounted
 from vstor.control.protocol import call
 from vstor.control.server import ControlServer
 from vstor.errors import VstorError

@@ -204,7 +204,7 @@ def test_a_damaged_consumer_position_file_is_read_from_its_copy_and_repaired(tmp
 def test_array_start_refuses_a_pool_without_a_checkpoint_in_one_line(array_factory):
     from harness import one_error_line
 
-    from vstor.control.mounts import fuse_mounted
+    from vstor.control.host.mounts import fuse_mounted
 
     arr = array_factory()
     arr.start()

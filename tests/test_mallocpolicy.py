@@ -1,4 +1,4 @@
-"""The daemon's heap policy (vstor/control/mallocpolicy.py): with it, a freed request buffer is
+"""The daemon's heap policy (vstor/control/host/mallocpolicy.py): with it, a freed request buffer is
 reused from the heap; without it, glibc hands it back to the kernel and the next one is
 faulted in anew. What that buys the daemon is measured by tools/bench_tape.py (FUSE reads of a
 drive file, docs/benchmarks.md §15).
@@ -20,7 +20,7 @@ PAGES = BUFFER // 4096
 
 _CHILD = f"""
 import ctypes, ctypes.util, resource, sys
-from vstor.control.mallocpolicy import keep_heap
+from vstor.control.host.mallocpolicy import keep_heap
 took = keep_heap() if sys.argv[1] == "policy" else None
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

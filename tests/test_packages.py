@@ -1,10 +1,11 @@
 """Every vstor package says what it is and declares its public names (issue 26).
 
 A package's ``__all__`` names exactly its public modules (private ones start with ``_``) and its
-subpackages: a module added, renamed or
-removed without saying so in the package's ``__init__`` fails here, so the public surface
-changes only on purpose. Importing a package imports none of its modules (``__init__`` files
-are declarations, so a CLI command pays only for what it uses).
+subpackages: a module added, renamed or removed without saying so in the package's ``__init__``
+fails here, so the public surface changes only on purpose. A package holds at most a dozen
+modules besides its ``__init__``: a domain that grows past that gets subpackages, so each
+directory still reads in one sitting. Importing a package imports none of its modules
+(``__init__`` files are declarations, so a CLI command pays only for what it uses).
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ def test_every_directory_of_modules_is_a_package():
     loose = [dp for dp, dn, fn in os.walk(ROOT) if "__pycache__" not in dp
              and any(f.endswith(".py") for f in fn) and "__init__.py" not in fn]
     assert not loose, f"directories of modules without an __init__.py: {loose}"
+
+
+MAX_MODULES = 12
+
+
+@pytest.mark.parametrize("pkg", PACKAGES)
+def test_package_holds_at_most_a_dozen_modules(pkg):
+    d = os.path.join(ROOT, *pkg.split(".")[1:])
+    modules = sorted(f for f in os.listdir(d) if f.endswith(".py") and f != "__init__.py")
+    assert len(modules) <= MAX_MODULES, f"{pkg} holds {len(modules)} modules: group some into a subpackage"
 
 
 @pytest.mark.parametrize("pkg", PACKAGES)

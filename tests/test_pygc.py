@@ -12,7 +12,7 @@ import weakref
 import pytest
 
 from vstor.clock import ManualClock
-from vstor.control.pygc import GcPolicy
+from vstor.control.host.pygc import GcPolicy
 
 
 class Node:

@@ -30,7 +30,7 @@ import json, sys
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.catalogdb import catalog_databases, vfs_client
 from vstor.clock import SystemClock
-from vstor.control.lock import PoolLock
+from vstor.control.host.lock import PoolLock
 from vstor.faults import NO_FAULTS
 pool = sys.argv[1]
 lock = PoolLock(pool)

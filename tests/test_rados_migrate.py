@@ -21,7 +21,7 @@ from poolkit import flip_byte, make_pool, seg_path
 from vstor.backup.catalogdb import CATALOG, CephDatabases, sqlite_namespace
 from vstor.cli.main import main
 from vstor.clock import SystemClock
-from vstor.control.lock import PoolLock
+from vstor.control.host.lock import PoolLock
 from vstor.errors import CorruptData, NotFound
 from vstor.store.backend.location import open_backend, parse_rados
 from vstor.store.backend.rados.backend import RadosBackend, connect_cluster

@@ -128,7 +128,7 @@ def test_a_renewal_extends_the_lock_by_exactly_its_duration(ceph_lab: CephLab, r
 HOST_A = """
 import json, sys
 from vstor.backup.catalogdb import catalog_databases, vfs_client
-from vstor.control.lock import PoolLock
+from vstor.control.host.lock import PoolLock
 from vstor.store.backend.stub import backend_for
 pool = sys.argv[1]
 lock = PoolLock(pool)

@@ -30,7 +30,7 @@ from tools import make_manpages
 from vstor.cli import service_cmd
 from vstor.cli.main import build_parser
 from vstor.cli.main import main as vstor_main
-from vstor.control import sdnotify
+from vstor.control.host import sdnotify
 
 
 def _datagram_socket(name: str) -> socket.socket:

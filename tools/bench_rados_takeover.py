@@ -71,7 +71,7 @@ class Host:
 
     def pid(self) -> int | None:
         """The daemon's pid (it holds the state directory's pool lock), or None."""
-        from vstor.control.lock import daemon_pid
+        from vstor.control.host.lock import daemon_pid
         from vstor.store.backend.location import parse_rados
         loc = parse_rados(self.location)
         return daemon_pid(str(self.state / loc.pool / loc.prefix))  # stub.state_dir on this host

@@ -7,7 +7,7 @@ under /var/tmp: a 1 GiB volume is filled with 1 MiB writes and aged by random 4 
 before each snapshot 16 random 4 KiB writes land, so every snapshot holds new leaf versions,
 as in part 3 of tools/bench_snapshots. At each snapshot count, ``--ops`` random 4 KiB
 writes and then as many reads are timed twice: once with the collector as Python leaves it
-("gc as is") and once under the daemon's GcPolicy ("policy", vstor/control/pygc.py), which
+("gc as is") and once under the daemon's GcPolicy ("policy", vstor/control/host/pygc.py), which
 calls ``gc.freeze()`` at once and then every 10 s from its thread. For each run: mean µs per
 request, the collector's share of it (timed by a gc.callbacks hook), its longest pause and
 the number of full (generation 2) passes; ratios are against the same mode at 0 snapshots. One process, one run: the two
@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from tools.aged_volume import BLOCKS, aged_volume, snapshot_up_to
 from tools.benchlib.timing import Timer
-from vstor.control.pygc import GcPolicy
+from vstor.control.host.pygc import GcPolicy
 from vstor.store.store import Store
 
 

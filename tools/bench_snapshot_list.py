@@ -32,7 +32,7 @@ from vstor.store.store import Store
 def timed_listings(s: Store, repeats: int) -> tuple[list[float], list[dict]]:
     times, out = [], []
     for _ in range(repeats):
-        gc.collect()  # not timed: the daemon's collector stays frozen (vstor/control/pygc.py)
+        gc.collect()  # not timed: the daemon's collector stays frozen (vstor/control/host/pygc.py)
         with Timer() as t:
             out = snapshots.listing(s, "v")
         times.append(t.seconds)

@@ -17,7 +17,7 @@ from tools.benchlib.fio import direct_io_works, run_fio
 from tools.benchlib.procs import BenchError, signals_deferred, stop_process, unmount
 from tools.benchlib.targets import Vstor
 from tools.benchlib.timing import timed
-from vstor.control.lock import daemon_pid
+from vstor.control.host.lock import daemon_pid
 from vstor.store.superblock import layout
 
 from .common import GIB, GROUP, PERCENTILES, Stalled, busy_threads, daemon_stack, finish, read_bounded, reap_orphans

@@ -11,7 +11,7 @@ from typing import Any
 from tools.benchlib.procs import best_effort
 from tools.benchlib.report import table
 from tools.benchlib.timing import Timer
-from vstor.control.lock import PoolLock
+from vstor.control.host.lock import PoolLock
 from vstor.control.service import PoolService
 from vstor.store.catalog import snapshots
 from vstor.store.store import Store

@@ -111,7 +111,7 @@ class VstorServer(Server):
         tls = ["--nbd-tls-dir", str(self.tls)] if self.tls else []
         run(self.ns([str(VSTOR), "array", "start", "--pool", str(pool), "--mount", str(mnt),
                      "--nbd", f"{self.addr}:{PORT}", *tls, *self.start_args]), timeout=300)
-        from vstor.control.lock import daemon_pid
+        from vstor.control.host.lock import daemon_pid
 
         self.pid = daemon_pid(str(pool))
         self.vstor("volume", "create", self.volume, "--size", str(self.size))

@@ -223,7 +223,7 @@ class Vstor(Target):
     def _stop(self) -> None:
         """vstor array stop; if that fails or hangs, SIGTERM then kill -9 the daemon, then unmount."""
         if self.pid is None:  # the start failed or was interrupted half-way: who holds the pool lock?
-            from vstor.control.lock import daemon_pid
+            from vstor.control.host.lock import daemon_pid
 
             pid = daemon_pid(str(self.pool))
             self.pid = pid if pid and pid > 0 else None

@@ -3,14 +3,14 @@ retention, the audit log and backup keys.
 
 Layers, pure first:
 
-* ``policy``, ``schedule``, ``report``, ``retention``: policy documents, cron schedules, the
-  headline figures, expiry and recycling plans;
-* ``tapefile`` (and ``_tarstream``): the on-media format, a text header block and a POSIX pax
-  stream with GNU sparse members, optionally AES-GCM sealed;
+* ``rules``: policy documents, cron schedules, expiry and recycling plans, and the headline
+  figures (its own package);
+* ``media``: the on-media format (a text header block and a POSIX pax stream with GNU sparse
+  members, optionally AES-GCM sealed) and writing and reading job parts on emulated tape drives
+  (its own package);
 * ``catalog`` (SQLite; ``sqlitefile``: its connection and transactions, shared with ``drill.catalog``;
   ``catalogdb``: where the database is, a local file or RADOS through Ceph's SQLite VFS),
   ``audit`` (a hash-chained log), ``keys`` (key ids, never keys);
-* ``mediaio``, ``cartridges``: writing and reading job parts on emulated tape drives;
 * ``jobs``, ``restore``, ``engine``: the job runner, restore and verify, and the facade the
   daemon and the control socket use;
 * ``drill``: restore drills (its own package);
@@ -22,5 +22,5 @@ Layers, pure first:
 
 from __future__ import annotations
 
-__all__ = ["audit", "cartridges", "catalog", "catalogdb", "client", "drill", "engine", "governance", "jobs", "keys",
-           "mediaio", "policy", "rebuild", "report", "restore", "retention", "schedule", "sqlitefile", "tapefile"]
+__all__ = ["audit", "catalog", "catalogdb", "client", "drill", "engine", "governance", "jobs", "keys",
+           "media", "rebuild", "restore", "rules", "sqlitefile"]

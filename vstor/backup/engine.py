@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable
 
 from vstor.backup.audit import AuditLog, current_actor
-from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.catalogdb import CATALOG, Databases, catalog_databases
 from vstor.backup.client.array.admission import client_of
@@ -29,10 +28,11 @@ from vstor.backup.client.array.service import ClientService
 from vstor.backup.drill.runner import DrillRunner
 from vstor.backup.jobs import JobWriter, drop_snapshot, snapshot_name
 from vstor.backup.keys import BackupKeys
-from vstor.backup.policy import level_for, make_policy
+from vstor.backup.media.cartridges import Cartridges
 from vstor.backup.rebuild import rebuild
 from vstor.backup.restore import Reader
-from vstor.backup.schedule import Scheduler
+from vstor.backup.rules.policy import level_for, make_policy
+from vstor.backup.rules.schedule import Scheduler
 from vstor.clock import Clock, SystemClock
 from vstor.errors import Busy, UsageError, VstorError
 from vstor.faults import NO_FAULTS, Faults

@@ -22,12 +22,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
-from vstor.backup.mediaio import TapeWriter
-from vstor.backup.policy import hooks_of
-from vstor.backup.tapefile import PartHeader, VolumeSource, pax_stream
-from vstor.control.freeze import frozen
+from vstor.backup.media.cartridges import Cartridges
+from vstor.backup.media.mediaio import TapeWriter
+from vstor.backup.media.tapefile import PartHeader, VolumeSource, pax_stream
+from vstor.backup.rules.policy import hooks_of
+from vstor.control.host.freeze import frozen
 from vstor.errors import NotFound, Refused, VstorError
 from vstor.faults import NO_FAULTS, Faults
 from vstor.hooks import HookRunner, ShellRunner, around

@@ -18,12 +18,12 @@ from __future__ import annotations
 import functools
 import logging
 
-from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.client.array.relist import relist
-from vstor.backup.mediaio import part_summary, scan_cartridge
+from vstor.backup.media.cartridges import Cartridges
+from vstor.backup.media.mediaio import part_summary, scan_cartridge
+from vstor.backup.media.tapefile import SEAL_OVERHEAD, PartHeader
 from vstor.backup.restore import Reader
-from vstor.backup.tapefile import SEAL_OVERHEAD, PartHeader
 from vstor.errors import FormatError, VstorError
 from vstor.media.manager import MediaManager
 

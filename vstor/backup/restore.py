@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 
-from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.keys import BackupKeys
-from vstor.backup.mediaio import part_sha256, read_part
-from vstor.backup.tapefile import read_stream
+from vstor.backup.media.cartridges import Cartridges
+from vstor.backup.media.mediaio import part_sha256, read_part
+from vstor.backup.media.tapefile import read_stream
 from vstor.errors import AlreadyExists, NotFound, VstorError
 from vstor.store.store import Store
 

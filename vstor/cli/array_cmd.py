@@ -9,7 +9,7 @@ import sys
 import time
 
 from vstor.cli.common import add_json_arg, add_pool_arg, daemon_request, emit, pool_path, volume_table
-from vstor.control.lock import daemon_pid
+from vstor.control.host.lock import daemon_pid
 from vstor.control.poolfiles import log_path, open_private, warn_key_file
 from vstor.errors import Busy, NotFound, NotRunning, UsageError, VstorError, error_from_wire
 from vstor.store.journal.outage import outage_line
@@ -123,7 +123,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     pool = pool_path(args)
     pid = daemon_pid(pool)
     if pid is not None:
-        from vstor.control.lock import PoolLock
+        from vstor.control.host.lock import PoolLock
 
         raise Busy(f"pool {pool} is in use by {PoolLock(pool).holder()}")
     warn_key_file(pool, _key_path(pool, args.key_file))  # stderr and log/daemon.log

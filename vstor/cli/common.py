@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vstor.control.lock import PoolLock, daemon_pid
+from vstor.control.host.lock import PoolLock, daemon_pid
 from vstor.control.protocol import DEFAULT_TIMEOUT, call
 from vstor.errors import NotRunning, UsageError
 from vstor.store.superblock import layout, load_superblock

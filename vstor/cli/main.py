@@ -17,16 +17,18 @@ from vstor.errlog import describe, one_line
 from vstor.errors import VstorError
 
 # The modules that register the top-level commands, in the order of ``vstor --help``.
-MODULES = ("pool_cmd", "array_cmd", "status_cmd", "volume_cmd", "group_cmd", "snapshot_cmd", "pki_cmd",
-           "pair_cmd", "media_cmd", "backup_cmd", "admin_cmd", "client_cmd", "service_cmd")
+MODULES = ("pool_cmd", "array_cmd", "status_cmd", "volumes.volume_cmd", "volumes.group_cmd",
+           "volumes.snapshot_cmd", "pki_cmd", "volumes.pair_cmd", "backups.media_cmd", "backups.backup_cmd",
+           "admin_cmd", "backups.client_cmd", "service_cmd")
 # Each top-level command and the one module that registers it: a command line that names one
 # imports only that module, not all of them (every `vstor` call pays for what it imports).
 # tests/test_cli_imports.py checks this table against the full parser.
-COMMANDS = {"pool": "pool_cmd", "array": "array_cmd", "status": "status_cmd", "volume": "volume_cmd",
-            "group": "group_cmd", "snapshot": "snapshot_cmd", "pki": "pki_cmd", "pair": "pair_cmd",
-            "library": "media_cmd", "media": "media_cmd", "backup": "backup_cmd", "audit": "backup_cmd",
-            "key": "backup_cmd", "admin": "admin_cmd",
-            "client": "client_cmd", "install-service": "service_cmd", "completion": "service_cmd"}
+COMMANDS = {"pool": "pool_cmd", "array": "array_cmd", "status": "status_cmd", "volume": "volumes.volume_cmd",
+            "group": "volumes.group_cmd", "snapshot": "volumes.snapshot_cmd", "pki": "pki_cmd",
+            "pair": "volumes.pair_cmd", "library": "backups.media_cmd", "media": "backups.media_cmd",
+            "backup": "backups.backup_cmd", "audit": "backups.backup_cmd", "key": "backups.backup_cmd",
+            "admin": "admin_cmd", "client": "backups.client_cmd", "install-service": "service_cmd",
+            "completion": "service_cmd"}
 
 
 class _Parser(argparse.ArgumentParser):

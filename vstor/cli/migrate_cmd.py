@@ -7,7 +7,7 @@ import os
 import sys
 
 from vstor.cli.common import add_json_arg, emit
-from vstor.control.lock import PoolLock, daemon_pid
+from vstor.control.host.lock import PoolLock, daemon_pid
 from vstor.errors import Busy, UsageError
 from vstor.units import format_size
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from vstor.cli.common import add_json_arg, emit
 from vstor.cli.migrate_cmd import add_migrate
-from vstor.control.lock import PoolLock, daemon_pid
+from vstor.control.host.lock import PoolLock, daemon_pid
 from vstor.control.poolfiles import warn_key_file
 from vstor.errors import Busy, UsageError
 from vstor.store.backend.location import is_rados

@@ -8,7 +8,7 @@ import sys
 import time
 
 from vstor.cli.common import add_json_arg, add_pool_arg, daemon_request, pool_path, table, when
-from vstor.control.lock import daemon_pid
+from vstor.control.host.lock import daemon_pid
 from vstor.errors import UsageError
 from vstor.units import format_size
 

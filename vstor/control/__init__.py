@@ -2,12 +2,13 @@
 
 ``daemon`` starts one array: the Store, the FUSE mount, the maintenance loop, and the optional
 endpoints (replication, NBD, backup clients, metrics). ``server`` and ``protocol`` are the control
-socket; ``service`` is PoolService, composed of the parts in ``ops``, one per domain; ``lock``,
-``mounts``, ``loop``, ``freeze`` and ``sdnotify`` are adapters to the host; ``takeover`` records a
-RADOS pool taken over from another host (audit log, daemon.log).
+socket; ``service`` is PoolService, composed of the parts in ``ops``, one per domain; ``host``
+holds the adapters to the host (the pool lock, mounts, loop devices, fsfreeze, sd_notify) and
+the daemon's process settings; ``takeover`` records a RADOS pool taken over from another host
+(audit log, daemon.log).
 """
 
 from __future__ import annotations
 
-__all__ = ["daemon", "dashboard", "freeze", "lock", "loop", "mallocpolicy", "metrics", "mounts", "ops", "outagewatch",
-           "peer", "poolfiles", "protocol", "pygc", "sdnotify", "server", "service", "takeover"]
+__all__ = ["daemon", "dashboard", "host", "metrics", "ops", "outagewatch", "peer", "poolfiles", "protocol",
+           "server", "service", "takeover"]

@@ -9,7 +9,7 @@ release exactly what was acquired, in reverse order. Each step has a fault point
 The daemon reports "READY" (or "ERROR <exit> <type> <message>") on the descriptor given by
 --ready-fd once the kernel has completed FUSE INIT, so ``vstor array start`` returns only
 when the images can be used. Run by systemd (``vstor@.service``, Type=notify), it also sends
-READY=1 then, and STOPPING=1 when the FUSE loop ends (vstor/control/sdnotify.py).
+READY=1 then, and STOPPING=1 when the FUSE loop ends (vstor/control/host/sdnotify.py).
 
 Shutdown (``vstor array stop``, SIGTERM or SIGINT): the journal is synced, FUSE unmounted,
 the control socket, replication, media and maintenance stopped, a final checkpoint written,
@@ -30,13 +30,13 @@ import time
 from typing import TYPE_CHECKING
 
 from vstor.backup.engine import BackupEngine
-from vstor.control import sdnotify
-from vstor.control.lock import PoolLock
-from vstor.control.mallocpolicy import keep_heap
-from vstor.control.mounts import fsname_for, fuse_mounted, prepare_mountpoint, unmount
+from vstor.control.host import sdnotify
+from vstor.control.host.lock import PoolLock
+from vstor.control.host.mallocpolicy import keep_heap
+from vstor.control.host.mounts import fsname_for, fuse_mounted, prepare_mountpoint, unmount
+from vstor.control.host.pygc import GcPolicy
 from vstor.control.outagewatch import OutageWatch
 from vstor.control.poolfiles import pool_log_handler
-from vstor.control.pygc import GcPolicy
 from vstor.control.server import ControlServer
 from vstor.control.service import PoolService
 from vstor.control.takeover import record_takeover

@@ -24,7 +24,7 @@ import stat
 from collections.abc import Iterator
 from functools import lru_cache
 
-from vstor.backup._tarstream import aligned
+from vstor.backup.media._tarstream import aligned
 from vstor.errors import UsageError
 
 TYPES = ("file", "dir", "symlink", "hardlink")

@@ -28,7 +28,7 @@ import math
 import statistics
 from datetime import UTC, date, datetime, timedelta
 
-from vstor.backup.report import p95
+from vstor.backup.rules.report import p95
 from vstor.errors import UsageError
 
 __all__ = ["drill_report", "fit_forecast", "render_drills"]

@@ -31,7 +31,7 @@ from vstor.backup.drill.catalog import DrillCatalog
 from vstor.backup.drill.check import TAIL, CheckResult, make_netns, run_check
 from vstor.backup.drill.scratch import CopyAttach, ImageAttach, remove_scratch
 from vstor.backup.restore import Reader
-from vstor.backup.schedule import Scheduler, parse_cron
+from vstor.backup.rules.schedule import Scheduler, parse_cron
 from vstor.clock import Clock
 from vstor.errors import AlreadyExists, Busy, NotFound, UsageError, VstorError
 from vstor.faults import NO_FAULTS, Faults

@@ -26,7 +26,7 @@ import subprocess
 from collections.abc import Callable
 
 from vstor.backup.drill.check import remove_netns
-from vstor.control import loop
+from vstor.control.host import loop
 from vstor.errors import NotFound, VstorError
 from vstor.store.store import Store
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vstor.backup.governance.admins import AdminStore
-from vstor.backup.retention import parse_duration
+from vstor.backup.rules.retention import parse_duration
 from vstor.errors import Refused, UsageError
 from vstor.store.catalog import compliance
 

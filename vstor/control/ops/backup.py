@@ -14,8 +14,8 @@ from typing import Any
 from vstor.backup.audit import current_actor
 from vstor.backup.engine import BackupEngine
 from vstor.backup.governance.rules import job_locks
-from vstor.backup.report import build_report
-from vstor.backup.retention import apply_expiry, plan_expiry
+from vstor.backup.rules.report import build_report
+from vstor.backup.rules.retention import apply_expiry, plan_expiry
 from vstor.errors import UsageError
 from vstor.media.manager import MediaManager, parse_range
 from vstor.store.adminops import Progress

@@ -22,7 +22,7 @@ import hashlib
 import json
 import tarfile
 
-from vstor.backup import _tarstream as ts
+from vstor.backup.media import _tarstream as ts
 
 MANIFEST = "VSTOR-CLIENT-MANIFEST.jsonl"
 MANIFEST_FORMAT = "vstor-client-manifest"

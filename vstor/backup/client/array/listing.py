@@ -21,9 +21,9 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vstor.backup import _tarstream as ts
 from vstor.backup.client.array import archive
 from vstor.backup.client.scan import zeros_into
+from vstor.backup.media import _tarstream as ts
 from vstor.errors import CorruptData, FormatError
 
 __all__ = ["Listing", "read_listing"]

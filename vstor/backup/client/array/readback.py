@@ -1,6 +1,6 @@
 """Reading byte ranges of a job's pax stream back from tape, positioning at the record that holds them.
 
-A job's stream is cut into :data:`~vstor.backup.tapefile.RECORD`-byte records (the last one
+A job's stream is cut into :data:`~vstor.backup.media.tapefile.RECORD`-byte records (the last one
 shorter), written as the data blocks of its parts in order (mediaio.py); so stream offset O lies
 in record O // RECORD, which is data block k of one part. :class:`RangeReader` loads that part's
 cartridge, spaces to its tape file (MTFSF) and then forward over k blocks (MTFSR: a locate, which
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from vstor.backup.cartridges import Cartridges
-from vstor.backup.tapefile import RECORD, open_record
+from vstor.backup.media.cartridges import Cartridges
+from vstor.backup.media.tapefile import RECORD, open_record
 from vstor.errors import CorruptData, FormatError
 from vstor.media import tapedrive as td
 from vstor.media.tapedrive import TapeDrive

@@ -24,15 +24,15 @@ import threading
 from collections.abc import Callable, Sequence
 
 from vstor.backup.audit import AuditLog
-from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.client import wire
 from vstor.backup.client.array.admission import RETRYABLE, JobFailed, choose_policy, code_of
 from vstor.backup.client.array.session import Session
 from vstor.backup.client.conn import Conn
-from vstor.backup.mediaio import TapeWriter
-from vstor.backup.policy import level_for
-from vstor.backup.tapefile import PartHeader
+from vstor.backup.media.cartridges import Cartridges
+from vstor.backup.media.mediaio import TapeWriter
+from vstor.backup.media.tapefile import PartHeader
+from vstor.backup.rules.policy import level_for
 from vstor.clock import Clock
 from vstor.errors import Busy, MediaError, VstorError
 from vstor.faults import Faults

@@ -15,12 +15,12 @@ import contextlib
 import fnmatch
 from collections.abc import Callable
 
-from vstor.backup.cartridges import Cartridges
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.client import wire
 from vstor.backup.client.array.readback import RangeReader, TapeAccess
 from vstor.backup.client.extract import Extractor
-from vstor.backup.mediaio import part_sha256
+from vstor.backup.media.cartridges import Cartridges
+from vstor.backup.media.mediaio import part_sha256
 from vstor.clock import Clock
 from vstor.errors import NotFound, NotRunning, UsageError, VstorError
 

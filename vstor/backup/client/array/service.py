@@ -23,13 +23,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vstor.backup.audit import current_actor
-from vstor.backup.cartridges import Cartridges
 from vstor.backup.client import wire
 from vstor.backup.client.array.admission import PREFIX, check_key, identify
 from vstor.backup.client.array.receive import Receiver
 from vstor.backup.client.array.restoring import Restorer
 from vstor.backup.client.array.runs import Agents
 from vstor.backup.client.conn import Conn, array_conn
+from vstor.backup.media.cartridges import Cartridges
 from vstor.errors import Busy, KeyError_, NotFound, UsageError, VstorError
 
 if TYPE_CHECKING:

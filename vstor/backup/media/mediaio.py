@@ -1,8 +1,8 @@
 """Writing and reading backup job parts on a tape drive (in-process, through the st-like TapeDrive).
 
-Layout of a cartridge vstor writes: tape file 0 is a :class:`~vstor.backup.tapefile.TapeLabel`;
-every later tape file is one job part: a :class:`~vstor.backup.tapefile.PartHeader` block, then
-the tar stream in :data:`~vstor.backup.tapefile.RECORD`-byte blocks (AES-GCM sealed when the job
+Layout of a cartridge vstor writes: tape file 0 is a :class:`~vstor.backup.media.tapefile.TapeLabel`;
+every later tape file is one job part: a :class:`~vstor.backup.media.tapefile.PartHeader` block, then
+the tar stream in :data:`~vstor.backup.media.tapefile.RECORD`-byte blocks (AES-GCM sealed when the job
 has a key), then a filemark.
 
 Guarantees of :class:`TapeWriter`:
@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
-from vstor.backup.tapefile import PART_MAGIC, RECORD, PartHeader, TapeLabel, open_record, seal_record
+from vstor.backup.media.tapefile import PART_MAGIC, RECORD, PartHeader, TapeLabel, open_record, seal_record
 from vstor.errors import FormatError, MediaError, UsageError
 from vstor.media import tapedrive as td
 from vstor.media.tapedrive import TapeDrive
@@ -179,7 +179,7 @@ def read_part(drive: TapeDrive, file: int, key: bytes | None = None, job: int = 
     """The tar stream bytes of part ``part`` of ``job`` stored at tape file ``file``.
 
     FormatError if the file does not start with that part's header; CorruptData (from
-    :func:`~vstor.backup.tapefile.open_record`) if a sealed block is damaged, moved or swapped.
+    :func:`~vstor.backup.media.tapefile.open_record`) if a sealed block is damaged, moved or swapped.
     """
     h = PartHeader.decode(_open_file(drive, file))
     if (h.job, h.part) != (job, part):

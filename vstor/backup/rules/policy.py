@@ -40,7 +40,7 @@ def make_policy(name: str, source: str, library: str, media: list[str], schedule
                 pre: str | None = None, post: str | None = None, hook_timeout: str | float | None = None,
                 retries: int = 0, retry_delay: str | None = None) -> dict:
     """A validated policy document (UsageError names the first bad field)."""
-    from vstor.backup.schedule import parse_cron
+    from vstor.backup.rules.schedule import parse_cron
 
     if not NAME_RE.match(name):
         raise UsageError(f"invalid policy name {name!r}: use letters, digits, '_', '.' and '-' (at most 64)")

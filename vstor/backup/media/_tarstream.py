@@ -1,4 +1,4 @@
-"""Private tar-level helpers of :mod:`vstor.backup.tapefile`: pax/ustar headers, the GNU sparse 1.0
+"""Private tar-level helpers of :mod:`vstor.backup.media.tapefile`: pax/ustar headers, the GNU sparse 1.0
 map, and the streaming reader of a backup archive. Its pieces (:class:`Input`, :func:`pax_records`,
 :func:`read_sparse_map`) also read client streams back (client/array/listing.py).
 

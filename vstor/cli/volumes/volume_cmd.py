@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from vstor.cli import export_cmd
 from vstor.cli.common import (
     add_json_arg,
     add_pool_arg,
@@ -15,7 +14,8 @@ from vstor.cli.common import (
     request,
     volume_table,
 )
-from vstor.control import loop
+from vstor.cli.volumes import export_cmd
+from vstor.control.host import loop
 from vstor.errors import UsageError
 from vstor.units import format_size, parse_size
 

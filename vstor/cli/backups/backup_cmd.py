@@ -7,7 +7,8 @@ import argparse
 import json
 import os
 
-from vstor.cli import admin_cmd, drill_cmd
+from vstor.cli import admin_cmd
+from vstor.cli.backups import drill_cmd
 from vstor.cli.common import add_admin_args, emit, pool_path, request, subcommand, table, when
 from vstor.units import format_size
 
@@ -255,7 +256,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from vstor.backup.drill.report import plot_drills, render_drills
-    from vstor.backup.report import plot, render_text
+    from vstor.backup.rules.report import plot, render_text
 
     r = request(pool_path(args), "backup.report", days=args.days)
     drill_plot = None

@@ -16,7 +16,7 @@ from vstor.cli.common import (
     table,
     when,
 )
-from vstor.control.freeze import frozen
+from vstor.control.host.freeze import frozen
 from vstor.errors import UsageError
 from vstor.units import format_size, parse_duration, parse_size
 

@@ -17,7 +17,7 @@ import errno
 from collections.abc import Callable
 
 from vstor.backup.catalog import BackupCatalog
-from vstor.backup.tapefile import TapeLabel
+from vstor.backup.media.tapefile import TapeLabel
 from vstor.errors import Busy, MediaError, NotFound
 from vstor.media.manager import MediaManager
 from vstor.media.tapedrive import MTREW, MTWEOF, TapeDrive

@@ -26,7 +26,7 @@ from typing import ClassVar, Self
 import xxhash
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vstor.backup import _tarstream as ts
+from vstor.backup.media import _tarstream as ts
 from vstor.errors import CorruptData, FormatError, UsageError
 
 RECORD = 256 * 1024  # one tape block = one tar record (tar -b 512)

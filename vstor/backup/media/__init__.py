@@ -1,0 +1,11 @@
+"""Backup jobs on media: the on-media format and the drives that carry it.
+
+``tapefile`` (with its private ``_tarstream``) is the format, pure: part headers, tape labels,
+a POSIX pax stream with GNU sparse members, optionally AES-GCM sealed (docs/formats.md).
+``mediaio`` writes and reads job parts through an emulated tape drive; ``cartridges`` chooses,
+loads, spans and unloads the cartridges of one job.
+"""
+
+from __future__ import annotations
+
+__all__ = ["cartridges", "mediaio", "tapefile"]
