@@ -43,6 +43,16 @@ class BadSeal(ValueError):
         super().__init__(detail or kind)
         self.kind = kind
 
+    def describe(self, path: str) -> str:
+        """What is wrong with the document at ``path``, for an error line (the caller adds
+        what to do about it)."""
+        if self.kind == "checksum":
+            return f"{path} fails its checksum"
+        if self.kind == "form":  # written only by Seal.seal: any other byte is damage
+            return (f"{path} is not in the form vstor writes (a damaged byte its checksum cannot see, "
+                    "like changed spacing)")
+        return f"{path} is unreadable: {self}"
+
 
 @dataclass(frozen=True)
 class Seal:

@@ -58,12 +58,7 @@ def decode(raw: bytes, path: str) -> list[ExportSpec]:
         return [ExportSpec(e["name"], e["volume"], e.get("snapshot"), bool(e["read_only"]),
                            tuple(e.get("allow") or ()), bool(e.get("shared"))) for e in data["exports"]]
     except BadSeal as e:
-        if e.kind == "checksum":
-            raise FormatError(f"{path} fails its checksum; remove it and export the volumes again") from None
-        if e.kind == "form":  # written only by encode: any other byte is damage
-            raise FormatError(f"{path} is not in the form vstor writes (a damaged byte its checksum cannot see, "
-                              "like changed spacing); remove it and export the volumes again") from None
-        raise FormatError(f"{path} is unreadable: {e}; remove it and export the volumes again") from None
+        raise FormatError(f"{e.describe(path)}; remove it and export the volumes again") from None
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise FormatError(f"{path} is unreadable: {e}; remove it and export the volumes again") from None
 

@@ -69,12 +69,7 @@ def decode_positions(raw: bytes, path: str) -> dict[str, tuple[int, int]]:
             raise FormatError(f"{path} has version {data['version']}; this vstor reads {VERSION}")
         return {k: (int(v[0]), int(v[1])) for k, v in data["consumers"].items()}
     except BadSeal as e:
-        if e.kind == "checksum":
-            raise FormatError(f"{path} fails its checksum") from None
-        if e.kind == "form":  # written only by encode_positions: any other byte is damage
-            raise FormatError(f"{path} is not in the form vstor writes (a damaged byte the checksum of its "
-                              "content cannot see, like changed spacing)") from None
-        raise FormatError(f"{path} is unreadable: {e}") from None
+        raise FormatError(e.describe(path)) from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
         raise FormatError(f"{path} is unreadable: {e}") from None
 
