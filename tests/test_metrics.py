@@ -22,16 +22,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from vstor.control import dashboard
-from vstor.control.metrics import (
-    LagRing,
-    Sources,
-    VstorCollector,
-    backup_families,
-    journal_families,
-    pair_families,
-    parse_listen,
-    volume_families,
-)
+from vstor.control.families import backup_families, journal_families, pair_families, volume_families
+from vstor.control.metrics import LagRing, Sources, VstorCollector, parse_listen
 from vstor.errors import UsageError
 from vstor.store.stats import LATENCY_BOUNDS, VolumeIO
 
