@@ -100,8 +100,12 @@ class Raw:
     """A raw client socket speaking fixed newstyle by hand."""
 
     def __init__(self, port: int, flags: int = P.FLAG_FIXED_NEWSTYLE | P.FLAG_NO_ZEROES,
-                 timeout: float = 5.0) -> None:
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+                 timeout: float = 5.0, rcvbuf: int = 0) -> None:
+        self.s = socket.socket()
+        if rcvbuf:  # before connecting, so the window the server sees is small from the start
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.s.settimeout(timeout)
+        self.s.connect(("127.0.0.1", port))
         hello = self.recv(18)
         assert hello[:16] == struct.pack(">QQ", P.NBDMAGIC, P.IHAVEOPT)
         self.s.sendall(struct.pack(">I", flags))

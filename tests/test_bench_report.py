@@ -38,3 +38,19 @@ def test_round_ratio_is_the_median_of_each_rounds_ratio() -> None:
     rounds = [{"v": _res(6, 1), "base": _res(10, 0)}, {"v": _res(8), "base": _res(10, 4)}]
     assert round_ratio(rounds, "v", "base", JOBS) == {"a": 0.7, "b": None}  # b: base 0, then v missing
     assert round_ratio(rounds + [{"v": _res(9), "base": _res(10)}], "v", "base", JOBS)["a"] == 0.8
+
+
+def test_nbd_bench_multi_conn_jobs_split_a_sequential_pass_into_parts():
+    """The four-connection jobs: a sequential pass gives each connection its quarter of the
+    export (as nbdcopy does); a random job has each connection roam the whole export."""
+    from tools.bench_nbd import JOBS, fio_args
+
+    jobs = {j.name: j for j in JOBS}
+    seq = fio_args(jobs["seq-read-4conn"], "nbd://b/e", 1 << 30, 8, 120)
+    assert {"--numjobs=4", "--iodepth=4", "--size=268435456", "--offset_increment=268435456",
+            "--group_reporting"} <= set(seq)
+    rnd = fio_args(jobs["rand-read-4conn"], "nbd://b/e", 1 << 30, 8, 120)
+    assert {"--numjobs=4", "--size=1073741824", "--group_reporting", "--time_based=1"} <= set(rnd)
+    assert not any(a.startswith("--offset_increment") for a in rnd)
+    one = fio_args(jobs["rand-read-qd16"], "nbd://b/e", 1 << 30, 8, 120)
+    assert "--numjobs=1" in one and "--group_reporting" not in one

@@ -13,10 +13,12 @@ size. The "-tls" servers require TLS (nbdkit --tls=require, vstor --nbd-tls-dir)
 from vstor's pki; fio then dials nbds:// and finds its CA and client certificate in /etc/pki/libnbd,
 which an overlay shows only in fio's own mount namespace (libnbd 1.14 refuses ?tls-certificates= in
 the URIs of fio and nbdfuse), with an /etc/hosts entry for the server's certificate name.
-Eight figures per server, in this order: 1 MiB sequential write of the whole export at iodepth 1,
-then 16 (each ends with a FLUSH: end_fsync=1), 1 MiB sequential read at 1 and 16, 4 KiB random write
-(time-based, FLUSH at the end) at 1 and 16, 4 KiB random read at 1 and 16. The page cache is dropped
-before each read. Ratios: vstor/nbdkit (target >= 0.8 on all eight), vstor-tls/nbdkit-tls, and TLS
+Ten figures per server, in this order: 1 MiB sequential write of the whole export at iodepth 1,
+then 16 (each ends with a FLUSH: end_fsync=1), 1 MiB sequential read at 1 and 16, then over four
+connections at iodepth 4 each, each reading its quarter (as nbdcopy splits a copy: multi-conn), 4 KiB
+random write (time-based, FLUSH at the end) at 1 and 16, 4 KiB random read at 1 and 16, then over four
+connections at 4 each. The page cache is dropped before each read. Ratios: vstor/nbdkit (target >= 0.8
+on the eight single-connection figures), vstor-tls/nbdkit-tls, and TLS
 against plain for each server. With --rounds N the list runs N times, round N starting at the Nth
 server; each ratio is the median of the per-round ratios. MB = 10^6 bytes. The VM's free page
 reporting is held off for the run (benchlib/hostmem.py), as bench_fio does: with it on, which server
@@ -61,6 +63,7 @@ class NbdJob:
     bs: str
     iodepth: int
     metric: str  # "MB/s" or "IOPS"
+    conns: int = 1  # fio jobs, one NBD connection each (multi-conn); a sequential job splits the export
 
     @property
     def direction(self) -> str:
@@ -71,16 +74,19 @@ class NbdJob:
         return self.rw.startswith("rand")
 
 
-JOBS = tuple(NbdJob(f"{label}-qd{qd}", rw, bs, qd, metric)
-             for label, rw, bs, metric in (("seq-write", "write", "1M", "MB/s"), ("seq-read", "read", "1M", "MB/s"),
-                                           ("rand-write", "randwrite", "4k", "IOPS"),
-                                           ("rand-read", "randread", "4k", "IOPS"))
-             for qd in (1, 16))
+JOBS = tuple(job for label, rw, bs, metric in (("seq-write", "write", "1M", "MB/s"), ("seq-read", "read", "1M", "MB/s"),
+                                               ("rand-write", "randwrite", "4k", "IOPS"),
+                                               ("rand-read", "randread", "4k", "IOPS"))
+             for job in (*(NbdJob(f"{label}-qd{qd}", rw, bs, qd, metric) for qd in (1, 16)),
+                         *((NbdJob(f"{label}-4conn", rw, bs, 4, metric, conns=4),) if "read" in label else ())))
 
 
 def fio_args(job: NbdJob, uri: str, size: int, runtime: int, seq_cap: int) -> list[str]:
+    part = size // job.conns if not job.time_based else size  # a sequential pass: each connection its part
     a = ["fio", f"--name={job.name}", "--ioengine=nbd", f"--uri={uri}", f"--rw={job.rw}", f"--bs={job.bs}",
-         f"--size={size}", f"--iodepth={job.iodepth}", "--numjobs=1", "--output-format=json"]
+         f"--size={part}", f"--iodepth={job.iodepth}", f"--numjobs={job.conns}", "--output-format=json"]
+    if job.conns > 1:
+        a += ["--group_reporting", *([f"--offset_increment={part}"] if not job.time_based else [])]
     a += ["--time_based=1", f"--runtime={runtime}"] if job.time_based else [f"--runtime={seq_cap}"]
     if job.direction == "write":
         a.append("--end_fsync=1")  # NBD FLUSH: the figure includes making the data durable

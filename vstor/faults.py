@@ -64,6 +64,10 @@ class Faults:
             else:
                 self._arms.pop(point, None)
 
+    def armed(self, point: str) -> bool:
+        """Whether ``point`` is armed (a caller that would hold a lock across the hit asks first)."""
+        return bool(self._arms) and point in self._arms
+
     def hits(self, point: str) -> int:
         """How many times ``point`` was passed since it was armed (0 if it is not armed)."""
         with self._lock:

@@ -36,6 +36,7 @@ from vstor.nbd import proto as P
 from vstor.nbd.catalog import ExportCatalog
 from vstor.nbd.serving.conn import EXPORT_COUNTERS, Connection
 from vstor.nbd.serving.poll import NBD_POLL, PollToken, RequestPoller
+from vstor.nbd.serving.turns import ServingTurn
 from vstor.nbd.serving.wire import Disconnected
 from vstor.nbd.tlsdir import server_context
 from vstor.replication.listener import Throttle, pending_cap
@@ -64,6 +65,7 @@ class NbdServer:
         self.tick = min(1.0, handshake_timeout / 4)
         self.thread_factory = thread_factory
         self.poll, self._poll_token = poll, PollToken()  # serving/poll.py: bounded polling for the next request
+        self.turn = ServingTurn()  # serving/turns.py: connections serve their batches in turns
         try:
             self.sock = socket.create_server((host, port), reuse_port=False)
         except OSError as e:

@@ -6,9 +6,10 @@ switch to TLS); ``poll`` bounds its polling for the next request before it sleep
 ``reads`` serves its READs (answered from memory, deferred, handed to workers, or streamed);
 ``replies`` batches its replies into few sends; ``readers`` overlaps its queued reads on a
 remote pool; ``sender`` sends a large read's pieces while the next is read; ``ahead`` asks
-for the next MiBs of a sequential stream.
+for the next MiBs of a sequential stream; ``turns`` lets a server's connections serve their
+batches in turns instead of handing the GIL to each other at every system call.
 """
 
 from __future__ import annotations
 
-__all__ = ["ahead", "conn", "poll", "readers", "reads", "replies", "sender", "wire"]
+__all__ = ["ahead", "conn", "poll", "readers", "reads", "replies", "sender", "turns", "wire"]

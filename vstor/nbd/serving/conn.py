@@ -21,6 +21,10 @@ the protocol allows. Over TLS those are served by the connection's thread too (a
 must not be read and written from two threads at once). A flush covers every write already
 applied, answered or not (the store's sync is a group commit over the whole journal, which
 also makes CAN_MULTI_CONN safe).
+Plain TCP connections serve their batches in turns (turns.py): a connection holds the
+server's serving turn while it parses requests and serves reads from memory, and leaves it
+before anything that may wait, so that several busy connections do not hand the GIL to each
+other at every system call.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from vstor.nbd import proto as P
 from vstor.nbd.negotiate import CONTEXT_ID, Negotiation, Session
 from vstor.nbd.serving.reads import ReadServer
 from vstor.nbd.serving.replies import ReplyBatch
+from vstor.nbd.serving.turns import TURN_REQUESTS, ServingTurn
 from vstor.nbd.serving.wire import Wire
 from vstor.nbd.transmit import allocation_extents, check
 from vstor.replication import pki
@@ -67,6 +72,7 @@ class Connection:
         self._buf = bytearray(1 << 20)
         self._view = memoryview(self._buf)
         self._send = self.wire.send
+        self.turn: ServingTurn | None = None  # the server's serving turn, once serving (plain TCP)
 
     @property
     def raw(self) -> socket.socket:
@@ -139,11 +145,13 @@ class Connection:
         self._drops_seen = self.store.drops  # resumes that dropped writes, as last told (FLUSH EIO once)
         self.parallel = not self.tls and PARALLEL
         self.wire.poller = self.host.poller(self._one_at_a_time)
+        self.turn = turn = self.host.turn if self.parallel else None
+        self.wire.turn = turn
         self.batch = batch = ReplyBatch(self._send, self._replied)
         self.reads = reads = ReadServer(self.store, self.vid, self.sid, structured=session.structured,
                                         export_size=session.export.size, batch=batch, wire=self.wire,
                                         replied=self._replied, error=self._error, buffer=self._buffer,
-                                        parallel=self.parallel, name=self.peer)
+                                        parallel=self.parallel, name=self.peer, turn=turn)
         wire, request = self.wire, P.REQUEST
         closing, faults = self.host.closing, self.host.faults
         taken = 0  # requests served since the last wait
@@ -154,10 +162,15 @@ class Connection:
                     self._lone = taken == 1  # (none yet: the first wait, after the handshake)
                     taken = 0
                     reads.gather()  # nothing complete left to serve: the replies go out before we wait
-                    batch.flush()
+                    batch.flush()  # (each leaves the turn before it would wait)
+                    self._leave_turn()  # we wait for the client
                     wire.fill(request.size)
+                    if turn is not None:
+                        turn.take()
                     req = wire.take(request)
                 taken += 1
+                if turn is not None and not taken % TURN_REQUESTS:
+                    turn.yield_turn()  # a long queue: the other connections go first
                 magic, flags, cmd, cookie, offset, length = req  # type: ignore[misc]
                 if magic != P.REQUEST_MAGIC:
                     raise P.ProtocolError(f"bad request magic {magic:#x}")
@@ -168,6 +181,7 @@ class Connection:
                     if wire.buffered() < length:
                         reads.gather()  # the payload is still on its way
                         batch.flush()
+                        self._leave_turn()
                     payload = self._buffer(length)
                     wire.recv_into(payload)
                 elif cmd == P.CMD_DISC:
@@ -183,11 +197,14 @@ class Connection:
                     self._error(cookie, err, msg)
                     continue
                 try:
+                    if faults.armed("nbd.request"):
+                        self._leave_turn()  # a slow step happens outside the turn, as a real one would
                     faults.hit("nbd.request")  # tests: a slow request ("delay") in flight
                     self._run(cmd, flags, cookie, offset, length, payload)
                 except VstorError as e:
                     self._error(cookie, P.wire_errno(e.errno), str(e))
         finally:
+            self._leave_turn()
             try:
                 reads.gather()
                 batch.flush()  # the replies to what was served before a DISC, a protocol error or EOF
@@ -207,6 +224,7 @@ class Connection:
             self.bytes_read += length
             reads.read(flags, cookie, offset, length)
             return
+        self._leave_turn()  # writes, trims and flushes may wait for the journal
         reads.gather()  # anything else runs after the reads queued before it
         if cmd == P.CMD_WRITE:
             store.write(vid, offset, payload)
@@ -228,6 +246,11 @@ class Connection:
                 self._submit(self._durable_reply, cookie)
             return
         self.batch.add(P.simple_reply(cookie))
+
+    def _leave_turn(self) -> None:
+        """Give up the serving turn (if this thread holds it) before something that may wait."""
+        if self.turn is not None:
+            self.turn.leave()
 
     def _replied(self, n: int) -> None:
         with self._done_lock:

@@ -26,6 +26,7 @@ from vstor.nbd.serving.ahead import StreamAhead
 from vstor.nbd.serving.readers import ReadWorkers
 from vstor.nbd.serving.replies import ReplyBatch
 from vstor.nbd.serving.sender import ReplySender
+from vstor.nbd.serving.turns import ServingTurn
 from vstor.nbd.serving.wire import Wire
 
 __all__ = ["INLINE_READ_MAX", "ReadServer"]
@@ -41,16 +42,17 @@ class ReadServer:
     ``store``. Replies go into ``batch``; large streamed ones through a sender thread of its
     own, which sends with ``wire`` and counts each reply done with ``replied``. ``error``
     adds an error reply to the batch; ``buffer(n)`` lends the connection's data buffer.
-    ``parallel``: other threads may send on the socket (plain TCP)."""
+    ``parallel``: other threads may send on the socket (plain TCP). ``turn``: the server's
+    serving turn (turns.py), which this thread leaves before anything that may wait."""
 
     def __init__(self, store: Any, vid: int, sid: int | None, *, structured: bool, export_size: int,
                  batch: ReplyBatch, wire: Wire, replied: Callable[[int], None],
                  error: Callable[[int, int, str], None], buffer: Callable[[int], memoryview],
-                 parallel: bool, name: str) -> None:
+                 parallel: bool, name: str, turn: ServingTurn | None = None) -> None:
         self.store, self.vid, self.sid = store, vid, sid
         self.structured, self.export_size = structured, export_size
         self.batch, self.wire, self._replied, self.error, self._buffer = batch, wire, replied, error, buffer
-        self.parallel, self.name = parallel, name
+        self.parallel, self.name, self.turn = parallel, name, turn
         # Large reads go out in pieces while the next is read: needs structured replies, a
         # socket two threads may use (not TLS) and a page cache (a local pool: a remote one
         # overlaps its round trips in the read workers instead).
@@ -68,9 +70,13 @@ class ReadServer:
         the batch (small), or after the batch before it: in pieces or whole (large)."""
         store, vid = self.store, self.vid
         stream = length > INLINE_READ_MAX and self.local  # local segment files: the kernel reads ahead of it
-        if not stream and length <= WORKER_READ_MAX and self.wire.buffered() >= P.REQUEST.size and \
+        # Queued behind another request, or in the serving turn (turns.py: then a read that
+        # would wait is deferred, and waited for once the turn is left), it is tried from memory.
+        if not stream and length <= WORKER_READ_MAX and (self.wire.buffered() >= P.REQUEST.size or
+                                                          self.in_turn()) and \
                 self._queued_read(cookie, offset, length):
             return
+        self.leave_turn()  # what follows may wait for the disk, the cluster or the socket
         if length <= INLINE_READ_MAX:  # new bytes of its own: its reply can wait in the batch
             self._reply_data(cookie, offset, length, store.read(vid, offset, length, sid=self.sid))
             return
@@ -83,6 +89,13 @@ class ReadServer:
         ahead = self._ahead.next_range(offset, length, self.export_size) if stream else None
         if ahead is not None:  # once the reply is on its way: not in the client's wait
             store.prefetch(vid, *ahead, sid=self.sid)
+
+    def in_turn(self) -> bool:
+        return self.turn is not None and self.turn.held()
+
+    def leave_turn(self) -> None:
+        if self.turn is not None:
+            self.turn.leave()
 
     def _read_whole(self, cookie: int, offset: int, length: int) -> None:
         """A large read into the connection's buffer, sent at once (after the batch before it)."""
@@ -140,6 +153,7 @@ class ReadServer:
             self._serve_deferred()
         if self._readers is None or not self._readers.pending:
             return
+        self.leave_turn()  # it waits for the read workers
         self._readers_bytes = 0
         for cookie, offset, length, data, err in self._readers.gather(self.batch.flush):
             if err is not None:
@@ -159,6 +173,7 @@ class ReadServer:
                 later.append(req)
         if later:
             self.batch.flush()  # what is ready goes out before this thread waits for the disk
+            self.leave_turn()
         for req in later:
             self._deferred_read(req, False)
 

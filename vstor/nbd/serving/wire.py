@@ -6,7 +6,9 @@ system call. With a poller (once requests flow) an empty buffer waits for input 
 for a short while before the thread sleeps in ``recv`` (poll.py says why). :meth:`Wire.send`
 sends several buffers with one ``sendmsg`` (plain TCP) and is safe from several threads (the
 connection's, its sender and its durability workers); over TLS it joins them and uses
-``sendall`` (an ssl socket takes no ``sendmsg``).
+``sendall`` (an ssl socket takes no ``sendmsg``). A thread holding its server's serving turn
+(turns.py) sends without waiting and leaves the turn before it would wait: for the socket to
+take more, or for another thread's send.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import threading
 from typing import Any
 
 from vstor.nbd.serving.poll import RequestPoller
+from vstor.nbd.serving.turns import ServingTurn
 
 __all__ = ["Disconnected", "RBUF", "Wire"]
 
@@ -40,6 +43,7 @@ class Wire:
         self._rmv = memoryview(self._rbuf)
         self._rpos = self._rend = 0
         self.poller: RequestPoller | None = None  # set for the transmission phase
+        self.turn: ServingTurn | None = None  # the server's serving turn (plain TCP, transmission)
         self._pollset: select.poll | None = None
 
     def buffered(self) -> int:
@@ -131,14 +135,26 @@ class Wire:
         return bytes(buf)
 
     def send(self, *parts: bytes | memoryview) -> None:
-        with self._send_lock:
+        turn = self.turn
+        if turn is None or not turn.held() or not self._send_lock.acquire(blocking=False):
+            if turn is not None:
+                turn.leave()  # (if held) waiting for another thread's send: not in our turn
+            self._send_lock.acquire()
+        try:
             if self.tls:
                 self.sock.sendall(b"".join(parts) if len(parts) > 1 else parts[0])
                 return
             bufs = list(parts)
             total = sum(len(b) for b in bufs)
             while total:
-                sent = self.sock.sendmsg(bufs)
+                if turn is not None and turn.held():
+                    try:
+                        sent = self.sock.sendmsg(bufs, (), socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        turn.leave()  # the socket is full: wait for the client outside our turn
+                        continue
+                else:
+                    sent = self.sock.sendmsg(bufs)
                 total -= sent
                 while sent and bufs:  # drop what went out, keep the rest of a partly sent buffer
                     if sent >= len(bufs[0]):
@@ -146,6 +162,8 @@ class Wire:
                     else:
                         bufs[0] = memoryview(bufs[0])[sent:]
                         sent = 0
+        finally:
+            self._send_lock.release()
 
     def start_tls(self, ctx: ssl.SSLContext) -> None:
         """The TLS handshake as the server; plain bytes the client sent ahead of it are dropped,
