@@ -5,16 +5,16 @@ Why: each connection has its own thread, and Python's threads share one interpre
 or a ``sendmsg`` that does not block as much as a wait for the client, and must then wait
 for it again behind the other connections' threads. With several connections busy (a client
 using multi-conn, ``nbd-client -C 4``, nbdcopy's four connections, fio jobs) every request
-paid such hand-overs, each a wake-up of another CPU: in process, 4 KiB random reads at a
-total queue depth of 16 went from 23.6-26.9k IOPS on one connection to 15.3-15.7k on two and
-13.8-14.8k on four. A connection that holds its turn while it serves a batch from memory
+paid such hand-overs, each a wake-up of another CPU: in process, warm 4 KiB random reads at a
+total queue depth of 16 ran at 29.8-30.9k IOPS on one connection, 17.9-18.8k on two and
+16.5-16.7k on four. A connection that holds its turn while it serves a batch from memory
 keeps the GIL across those short calls, because the others wait for the turn, not for the
-GIL: two connections then served 25.2-25.4k, four 19.2-21.6k (docs/benchmarks.md, section 10).
+GIL: two connections then served 24.3-25.6k, four 19.3-20.9k (docs/benchmarks.md, section 10).
 
 The rule that keeps one client from stalling another: a connection holds its turn only
 while it does work that cannot wait, that is, parses requests it has received, serves reads
-the header cache and the page cache hold (``Store.read(nowait=True)``) and sends replies the
-socket takes at once. It leaves its turn before anything that may wait: for its client (the
+the header cache and the page cache hold (``Store.read(nowait=True)``; a lone read too, while
+another connection waits for the turn) and sends replies the socket takes at once. It leaves its turn before anything that may wait: for its client (the
 next request, room in the socket for a reply), for the disk or the cluster (a read that
 missed), or for the journal (writes, trims, flushes).
 
@@ -53,6 +53,10 @@ class ServingTurn:
     def held(self) -> bool:
         """Whether the calling thread holds the turn."""
         return self._owner == threading.get_ident()
+
+    def waiting(self) -> bool:
+        """Whether some thread waits for the turn (a hint: read without a lock)."""
+        return self._waiters > 0
 
     def take(self) -> None:
         me = threading.get_ident()
