@@ -14,9 +14,10 @@ GIL: two connections then served 24.3-25.6k, four 19.3-20.9k (docs/benchmarks.md
 The rule that keeps one client from stalling another: a connection holds its turn only
 while it does work that cannot wait, that is, parses requests it has received, serves reads
 the header cache and the page cache hold (``Store.read(nowait=True)``; a lone read too, while
-another connection waits for the turn) and sends replies the socket takes at once. It leaves its turn before anything that may wait: for its client (the
-next request, room in the socket for a reply), for the disk or the cluster (a read that
-missed), or for the journal (writes, trims, flushes).
+another connection waits for the turn) and sends replies the socket takes at once. It leaves
+its turn before anything that may wait: for its client (the next request, room in the socket
+for a reply), for the disk or the cluster (a read that missed), or for the journal (writes,
+trims, flushes).
 
 Turns are not granted in the order asked for: whichever thread is running takes a free turn.
 A strict order (a ticket lock) kept little of the gain (20-21k IOPS on two connections against
