@@ -143,7 +143,7 @@ def test_a_raising_start_is_logged_and_others_still_run(caplog):
     eng = Engine([policy("a", "0 2 * * *"), policy("b", "0 2 * * *"), policy("c", "0 2 * * *")])
     eng.broken.add("b")
     s = eng.scheduler(clock)
-    with caplog.at_level(logging.ERROR, logger="vstor.backup.rules.schedule"):
+    with caplog.at_level(logging.ERROR, logger="vstor.backup.schedule"):
         lines = s.tick()
     assert eng.started == ["a", "c"]
     assert any("b: start failed: RuntimeError: no drive for b" in x for x in lines)

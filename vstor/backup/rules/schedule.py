@@ -27,7 +27,7 @@ from vstor.clock import Clock
 from vstor.errlog import describe, log_failure
 from vstor.errors import UsageError
 
-log = logging.getLogger("vstor.backup.rules.schedule")
+log = logging.getLogger("vstor.backup.schedule")  # the log name, kept when the module moved
 
 # cronsim's field names (as in its "Bad <name>" messages) and the values each field takes.
 _FIELDS = (
