@@ -64,7 +64,7 @@ def test_yield_keeps_the_turn_unless_another_waits_then_lets_it_go_first() -> No
 
     t = in_thread(other)
     assert waiting.wait(5)
-    while not turn._waiters:  # (test only) until the other thread is in take()
+    while not turn.waiting():  # until the other thread is in take()
         threading.Event().wait(0.001)
     turn.yield_turn(wait=5.0)
     order.append("yielder")
