@@ -12,7 +12,7 @@ keeps the GIL across those short calls, because the others wait for the turn, no
 GIL: two connections then served 24.3-25.6k, four 19.3-20.9k (docs/benchmarks.md, section 10).
 
 The rule that keeps one client from stalling another: a connection holds its turn only
-while it does work that cannot wait, that is, parses requests it has received, serves reads
+while it does work that does not wait: it parses requests it has received, serves reads
 the header cache and the page cache hold (``Store.read(nowait=True)``; a lone read too, while
 another connection waits for the turn) and sends replies the socket takes at once. It leaves
 its turn before anything that may wait: for its client (the next request, room in the socket
@@ -22,9 +22,9 @@ trims, flushes).
 Turns are not granted in the order asked for: whichever thread is running takes a free turn.
 A strict order (a ticket lock) kept little of the gain (20-21k IOPS on two connections against
 26-28k), because every hand-over then waited for the next thread in line to wake up while the
-turn sat free. So that a client that
-queues thousands of requests cannot hold the turn for long, a connection that has served
-``TURN_REQUESTS`` requests in one turn lets a waiting one go first (:meth:`yield_turn`).
+turn sat free. So that a client that queues thousands of requests cannot hold the turn for
+long, a connection that has served ``TURN_REQUESTS`` requests in one turn lets a waiting one
+go first (:meth:`yield_turn`).
 """
 
 from __future__ import annotations
