@@ -74,11 +74,17 @@ class NbdJob:
         return self.rw.startswith("rand")
 
 
-JOBS = tuple(job for label, rw, bs, metric in (("seq-write", "write", "1M", "MB/s"), ("seq-read", "read", "1M", "MB/s"),
-                                               ("rand-write", "randwrite", "4k", "IOPS"),
-                                               ("rand-read", "randread", "4k", "IOPS"))
-             for job in (*(NbdJob(f"{label}-qd{qd}", rw, bs, qd, metric) for qd in (1, 16)),
-                         *((NbdJob(f"{label}-4conn", rw, bs, 4, metric, conns=4),) if "read" in label else ())))
+def _jobs() -> tuple[NbdJob, ...]:
+    out = []
+    for label, rw, bs, metric in (("seq-write", "write", "1M", "MB/s"), ("seq-read", "read", "1M", "MB/s"),
+                                  ("rand-write", "randwrite", "4k", "IOPS"), ("rand-read", "randread", "4k", "IOPS")):
+        out += [NbdJob(f"{label}-qd{qd}", rw, bs, qd, metric) for qd in (1, 16)]
+        if rw.endswith("read"):  # reads also over four connections at depth 4 each (no target)
+            out.append(NbdJob(f"{label}-4conn", rw, bs, 4, metric, conns=4))
+    return tuple(out)
+
+
+JOBS = _jobs()
 
 
 def fio_args(job: NbdJob, uri: str, size: int, runtime: int, seq_cap: int) -> list[str]:

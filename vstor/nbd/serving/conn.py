@@ -72,7 +72,9 @@ class Connection:
         self._buf = bytearray(1 << 20)
         self._view = memoryview(self._buf)
         self._send = self.wire.send
-        self.turn: ServingTurn | None = None  # the server's serving turn, once serving (plain TCP)
+        # The server's serving turn: taken by plain TCP connections only; leaving it is a no-op
+        # for a thread that does not hold it, so the code that leaves it need not know which.
+        self.turn: ServingTurn = host.turn
 
     @property
     def raw(self) -> socket.socket:
@@ -145,7 +147,7 @@ class Connection:
         self._drops_seen = self.store.drops  # resumes that dropped writes, as last told (FLUSH EIO once)
         self.parallel = not self.tls and PARALLEL
         self.wire.poller = self.host.poller(self._one_at_a_time)
-        self.turn = turn = self.host.turn if self.parallel else None
+        turn = self.turn
         self.wire.turn = turn
         self.batch = batch = ReplyBatch(self._send, self._replied)
         self.reads = reads = ReadServer(self.store, self.vid, self.sid, structured=session.structured,
@@ -163,13 +165,13 @@ class Connection:
                     taken = 0
                     reads.gather()  # nothing complete left to serve: the replies go out before we wait
                     batch.flush()  # (each leaves the turn before it would wait)
-                    self._leave_turn()  # we wait for the client
+                    turn.leave()  # we wait for the client
                     wire.fill(request.size)
-                    if turn is not None:
+                    if self.parallel:
                         turn.take()
                     req = wire.take(request)
                 taken += 1
-                if turn is not None and not taken % TURN_REQUESTS:
+                if not taken % TURN_REQUESTS:
                     turn.yield_turn()  # a long queue: the other connections go first
                 magic, flags, cmd, cookie, offset, length = req  # type: ignore[misc]
                 if magic != P.REQUEST_MAGIC:
@@ -181,7 +183,7 @@ class Connection:
                     if wire.buffered() < length:
                         reads.gather()  # the payload is still on its way
                         batch.flush()
-                        self._leave_turn()
+                        self.turn.leave()
                     payload = self._buffer(length)
                     wire.recv_into(payload)
                 elif cmd == P.CMD_DISC:
@@ -198,13 +200,13 @@ class Connection:
                     continue
                 try:
                     if faults.armed("nbd.request"):
-                        self._leave_turn()  # a slow step happens outside the turn, as a real one would
+                        self.turn.leave()  # a slow step happens outside the turn, as a real one would
                     faults.hit("nbd.request")  # tests: a slow request ("delay") in flight
                     self._run(cmd, flags, cookie, offset, length, payload)
                 except VstorError as e:
                     self._error(cookie, P.wire_errno(e.errno), str(e))
         finally:
-            self._leave_turn()
+            self.turn.leave()
             try:
                 reads.gather()
                 batch.flush()  # the replies to what was served before a DISC, a protocol error or EOF
@@ -224,7 +226,7 @@ class Connection:
             self.bytes_read += length
             reads.read(flags, cookie, offset, length)
             return
-        self._leave_turn()  # writes, trims and flushes may wait for the journal
+        self.turn.leave()  # writes, trims and flushes may wait for the journal
         reads.gather()  # anything else runs after the reads queued before it
         if cmd == P.CMD_WRITE:
             store.write(vid, offset, payload)
@@ -246,11 +248,6 @@ class Connection:
                 self._submit(self._durable_reply, cookie)
             return
         self.batch.add(P.simple_reply(cookie))
-
-    def _leave_turn(self) -> None:
-        """Give up the serving turn (if this thread holds it) before something that may wait."""
-        if self.turn is not None:
-            self.turn.leave()
 
     def _replied(self, n: int) -> None:
         with self._done_lock:

@@ -48,7 +48,7 @@ class ReadServer:
     def __init__(self, store: Any, vid: int, sid: int | None, *, structured: bool, export_size: int,
                  batch: ReplyBatch, wire: Wire, replied: Callable[[int], None],
                  error: Callable[[int, int, str], None], buffer: Callable[[int], memoryview],
-                 parallel: bool, name: str, turn: ServingTurn | None = None) -> None:
+                 parallel: bool, name: str, turn: ServingTurn) -> None:
         self.store, self.vid, self.sid = store, vid, sid
         self.structured, self.export_size = structured, export_size
         self.batch, self.wire, self._replied, self.error, self._buffer = batch, wire, replied, error, buffer
@@ -80,7 +80,7 @@ class ReadServer:
             elif length <= INLINE_READ_MAX and self._contended_turn() and \
                     self._try_read((cookie, offset, length), nowait=True):
                 return
-        self.leave_turn()  # what follows may wait for the disk, the cluster or the socket
+        self.turn.leave()  # what follows may wait for the disk, the cluster or the socket
         if length <= INLINE_READ_MAX:  # new bytes of its own: its reply can wait in the batch
             self._reply_data(cookie, offset, length, store.read(vid, offset, length, sid=self.sid))
             return
@@ -96,11 +96,7 @@ class ReadServer:
 
     def _contended_turn(self) -> bool:
         """This thread holds the serving turn and another connection waits for it."""
-        return self.turn is not None and self.turn.waiting() and self.turn.held()
-
-    def leave_turn(self) -> None:
-        if self.turn is not None:
-            self.turn.leave()
+        return self.turn.waiting() and self.turn.held()
 
     def _read_whole(self, cookie: int, offset: int, length: int) -> None:
         """A large read into the connection's buffer, sent at once (after the batch before it)."""
@@ -158,7 +154,7 @@ class ReadServer:
             self._serve_deferred()
         if self._readers is None or not self._readers.pending:
             return
-        self.leave_turn()  # it waits for the read workers
+        self.turn.leave()  # it waits for the read workers
         self._readers_bytes = 0
         for cookie, offset, length, data, err in self._readers.gather(self.batch.flush):
             if err is not None:
@@ -178,7 +174,7 @@ class ReadServer:
                 later.append(req)
         if later:
             self.batch.flush()  # what is ready goes out before this thread waits for the disk
-            self.leave_turn()
+            self.turn.leave()
         for req in later:
             self._try_read(req, False)
 

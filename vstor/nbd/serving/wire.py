@@ -43,7 +43,7 @@ class Wire:
         self._rmv = memoryview(self._rbuf)
         self._rpos = self._rend = 0
         self.poller: RequestPoller | None = None  # set for the transmission phase
-        self.turn: ServingTurn | None = None  # the server's serving turn (plain TCP, transmission)
+        self.turn = ServingTurn()  # its server's serving turn once serving (held only over plain TCP)
         self._pollset: select.poll | None = None
 
     def buffered(self) -> int:
@@ -136,9 +136,8 @@ class Wire:
 
     def send(self, *parts: bytes | memoryview) -> None:
         turn = self.turn
-        if turn is None or not turn.held() or not self._send_lock.acquire(blocking=False):
-            if turn is not None:
-                turn.leave()  # (if held) waiting for another thread's send: not in our turn
+        if not turn.held() or not self._send_lock.acquire(blocking=False):
+            turn.leave()  # (if held) waiting for another thread's send: not in our turn
             self._send_lock.acquire()
         try:
             if self.tls:
@@ -147,7 +146,7 @@ class Wire:
             bufs = list(parts)
             total = sum(len(b) for b in bufs)
             while total:
-                if turn is not None and turn.held():
+                if turn.held():
                     try:
                         sent = self.sock.sendmsg(bufs, (), socket.MSG_DONTWAIT)
                     except BlockingIOError:
