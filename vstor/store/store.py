@@ -277,13 +277,14 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
             self.journal.reserve(RECORD_HEADER_SIZE + stored)
         # reserve() rolled over if it had to; the record lands in the segment current now, and
         # its header checksum is seeded with that segment's number (format.py)
-        loc = self.journal.write([pack_record_header(header, table, self.journal.current_segno), table, *bodies])
+        head = pack_record_header(header, table, self.journal.current_segno)
+        loc = self.journal.write([head, table, *bodies])
         self.space.consumed(RECORD_HEADER_SIZE + stored)
         if rtype in (REC_WRITE, REC_RELOCATE):
             self.state.seg_logical[loc_segno(loc)] += length
         if rtype in (REC_WRITE, REC_TRIM):  # what replay counts too (PoolState.apply_record)
             self.state.written[vid] += length
-        self._hcache.put_raw(loc, header, table)
+        self._hcache.put_raw(loc, head + table)
         return loc
 
     def _ensure_room(self, nbytes: int) -> None:
@@ -315,7 +316,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         hit = self._hcache.get(loc)
         if hit is None:
             header, table = self.journal.read_header_raw(loc_segno(loc), loc_pos(loc), nowait)
-            hit = self._hcache.put(loc, CachedRecord.build(header, table))
+            hit = self._hcache.put_read(loc, header, table)
         return hit
 
     def sync(self) -> None:

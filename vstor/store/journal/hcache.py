@@ -2,36 +2,62 @@
 pread of the frames it touches instead of two.
 
 Memory is bounded by ``budget`` bytes, whatever the pool's size: an entry keeps the frame
-table as the raw on-disk bytes (32 per frame) and the frame offsets as a packed array, and
-frame entries are decoded only when a read needs them. Past the budget a quarter of the
-entries is evicted, from a random place in insertion order (:meth:`HeaderCache._evict`
-says why not the oldest).
+table as the raw on-disk bytes (32 per frame) and, once built, the frame offsets as a packed
+array (a tuple for one frame), and frame entries are decoded only when a read needs them.
+Past the budget a quarter of the entries is evicted, from a random place in insertion order
+(:meth:`HeaderCache._evict` says why not the oldest).
 
-The write path caches each new record as it is, a (header, table) pair (:meth:`HeaderCache.put_raw`);
-the first read that needs it builds the CachedRecord. So a write costs a dict insertion, and
-the offsets and checksums are unpacked only for records that are read back.
+The write path caches each new record as it is, its 64 packed header bytes followed by its
+table in one ``bytes`` (:meth:`HeaderCache.put_raw`), and a read's miss caches the header it
+fetched so too (:meth:`HeaderCache.put_read`). A record of one frame (every write of up to
+64 KiB, which an aged volume is made of) stays packed, about 210 bytes, and each hit builds its
+read form again (1.5-2 us); a larger record is built on its first hit and kept built. Built,
+a one-frame entry took 640 bytes: a 1 GiB volume aged by small writes, with GC's moves, leaves
+about 300,000 of them, which now fit in the budget.
+
+Costs are what the entries really take (tests/test_hcache.py measures them with tracemalloc),
+so that the budget is the cache's memory.
 """
 
 from __future__ import annotations
 
 import random
+import struct
 import threading
 from array import array
+from collections.abc import Sequence
 from itertools import accumulate
 from typing import NamedTuple
 
-from vstor.store.journal.format import FRAME_ENTRY, FRAME_ENTRY_SIZE, FRAME_SIZE, FrameEntry, RecordHeader, loc_segno
+from vstor.store.journal.format import (
+    FRAME_ENTRY,
+    FRAME_ENTRY_SIZE,
+    FRAME_SIZE,
+    RECORD_HEADER,
+    RECORD_HEADER_SIZE,
+    SUMS_VERSION,
+    FrameEntry,
+    RecordHeader,
+    loc_segno,
+    pack_record_header,
+    trusted_record_header,
+)
 
-ENTRY_OVERHEAD = 400  # dict slot, tuple, header object, bytes and array headers (measured roughly)
+# Memory of an entry besides its variable parts, with its dict slot and key (tracemalloc,
+# CPython 3.11): a built one is the tuple, the header tuple and its integers, the table's bytes
+# object and two arrays; a packed one is one bytes object.
+ENTRY_OVERHEAD = 600
+PACKED_OVERHEAD = 120
+_ONE_FRAME = struct.Struct(RECORD_HEADER.format + FRAME_ENTRY.format[1:])  # a packed entry's header and first entry
 
 
 class CachedRecord(NamedTuple):  # a tuple: half the cost of a frozen dataclass to build
     header: RecordHeader
     table: bytes
-    offs: array  # offs[i]: start of frame i's stored bytes, relative to the frame data; offs[n] = end
+    offs: Sequence[int]  # offs[i]: start of frame i's stored bytes, relative to the frame data; offs[n] = end
     # When every frame is stored as is (no flag, stored length = logical length): their
     # checksums, so that a read verifies a range of frames without decoding each entry.
-    raw_csums: array | None = None
+    raw_csums: Sequence[int] | None = None
 
     def entry(self, i: int) -> FrameEntry:
         stored_len, flags, _res, csum, nonce = FRAME_ENTRY.unpack_from(self.table, i * FRAME_ENTRY_SIZE)
@@ -54,24 +80,39 @@ class CachedRecord(NamedTuple):  # a tuple: half the cost of a frozen dataclass 
                and lens[:-1].count(FRAME_SIZE) == n - 1)  # all but the last are whole frames
         return cls(header, bytes(table), offs, array("Q", csums) if raw else None)
 
+    @classmethod
+    def from_packed(cls, packed: bytes) -> CachedRecord:
+        """Build from a packed entry (header as written, then table): a record of one frame with
+        one unpack and tuples (1.5-2 us), since such entries are built again on every get."""
+        if len(packed) < _ONE_FRAME.size:  # no frame
+            return cls.build(trusted_record_header(packed), packed[RECORD_HEADER_SIZE:])
+        (_m, ver, rtype, nframes, group, volume, seq, offset, length, stored, tstamp, _c,
+         stored_len, flags, _r, csum, _n) = _ONE_FRAME.unpack_from(packed)
+        if nframes != 1:
+            return cls.build(trusted_record_header(packed), packed[RECORD_HEADER_SIZE:])
+        header = RecordHeader(rtype, 1, group, volume, seq, offset, length, stored, tstamp, ver == SUMS_VERSION)
+        return cls(header, packed[RECORD_HEADER_SIZE:], (0, stored_len),
+                   None if flags or stored_len != length else (csum,))
+
     def cost(self) -> int:
         return ENTRY_OVERHEAD + len(self.table) + 4 * len(self.offs) + 8 * len(self.raw_csums or ())
 
 
-Entry = CachedRecord | tuple[RecordHeader, bytes]  # a raw entry: (header, table), built on first get
+Entry = CachedRecord | bytes  # bytes: a packed entry (header, then table), built on first get
 
 
 def _cost(entry: Entry) -> int:
-    return entry.cost() if type(entry) is CachedRecord else ENTRY_OVERHEAD + len(entry[1])
+    return entry.cost() if type(entry) is CachedRecord else PACKED_OVERHEAD + len(entry)
 
 
-# 48 MiB: about 110,000 records of one frame (~430 bytes each), the live records of a 1 GiB
-# volume aged by 120,000 random 4 KiB writes (docs/benchmarks.md section 9). A cache smaller
-# than the records a sequential read visits misses on many of them (on every one while it
-# evicted the oldest first); at 16 MiB an in-process read of a 512 MiB aged volume ran at half the speed
-# (104 against 245 MiB/s warm). Defragmentation (defrag.py) then brings the records back to one
-# per MiB.
-BUDGET = 48 << 20
+# 64 MiB: about 300,000 packed records of one frame or 100,000 built ones; a 1 GiB volume
+# aged by 120,000 random 4 KiB writes holds about 110,000 live ones, and GC's moves add more
+# (docs/benchmarks.md section 9). A cache smaller than the records a sequential read visits
+# misses on many of them (on every one while it evicted the oldest first); at 16 MiB an
+# in-process read of a 512 MiB aged volume ran at half the speed (104 against 245 MiB/s warm).
+# Defragmentation (defrag.py) then brings the records back to one per MiB. (Until 2026-12-06
+# the budget was 48 MiB of entries counted at 430-450 bytes each, about 64 MiB in fact.)
+BUDGET = 64 << 20
 
 
 class HeaderCache:
@@ -84,22 +125,38 @@ class HeaderCache:
 
     def get(self, loc: int) -> CachedRecord | None:
         hit = self._d.get(loc)
-        if hit is None or type(hit) is CachedRecord:
+        if hit is None or isinstance(hit, CachedRecord):
             return hit
-        rec = CachedRecord.build(*hit)
+        rec = CachedRecord.from_packed(hit)
+        if rec.header.nframes < 2:  # stays packed: built again on each get (1.5 us), three times as many kept
+            return rec
         with self._lock:
             if self._d.get(loc) is hit:  # not evicted or replaced meanwhile
                 self._d[loc] = rec
                 self.used += rec.cost() - _cost(hit)
+                if self.used > self.budget:  # built entries take three times a packed one's memory
+                    self._evict()
         return rec
 
     def put(self, loc: int, rec: CachedRecord) -> CachedRecord:
         self._insert(loc, rec)
         return rec
 
-    def put_raw(self, loc: int, header: RecordHeader, table: bytes) -> None:
-        """Cache a record just written, unbuilt (see the module docstring)."""
-        self._insert(loc, (header, table))
+    def put_read(self, loc: int, header: RecordHeader, table: bytes) -> CachedRecord:
+        """Cache a record whose header a read fetched and verified; returns its read form. A
+        record of one frame is kept packed, as :meth:`put_raw` keeps it: built on a miss, such
+        entries took three times the memory and crowded out the packed ones, so that a scan's
+        misses caused more misses (benchmarks.md section 9)."""
+        if header.nframes != 1:
+            return self.put(loc, CachedRecord.build(header, table))
+        packed = pack_record_header(header, table, loc_segno(loc)) + table
+        self._insert(loc, packed)
+        return CachedRecord.from_packed(packed)
+
+    def put_raw(self, loc: int, packed: bytes) -> None:
+        """Cache a record just written, unbuilt: ``packed`` is its header as written (64 bytes)
+        followed by its table (see the module docstring)."""
+        self._insert(loc, packed)
 
     def _insert(self, loc: int, entry: Entry) -> None:
         with self._lock:
