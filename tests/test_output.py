@@ -64,7 +64,7 @@ def normalise(text: str, base: str) -> str:
     text = re.sub(r"^(space +)~?[\d.]+[KMGTP]? used", r"\1USED used", text, flags=re.M)
     text = re.sub(r"^journal .*$", "journal   JOURNAL", text, flags=re.M)
     text = re.sub(r"^background gc (collecting|waiting: the host is reading|idle: no segment to clean); defrag "
-                  r"[a-z][a-z :]*; [\d,]+ chunk extents$", "background BACKGROUND", text, flags=re.M)
+                  r"[a-z][a-zA-Z :/]*; [\d,]+ chunk extents$", "background BACKGROUND", text, flags=re.M)
     text = re.sub(r"^recovery .*$", lambda m: re.sub(r"in [\d.]+s( \([\d.]+ MB/s\))?", "in SECONDS", m.group(0)),
                   text, flags=re.M)
     return text
