@@ -318,7 +318,10 @@ def test_handshakes_are_capped_and_reaped_and_accept_errors_survived(tmp_path) -
         clock.advance(0.2)
         assert srv.reap() == 3
         assert all(c.closed() for c in idle)
-        faults.arm("nbd.accept", "eio", 1, repeat=False)  # a failed accept is logged, accepting goes on
+        # A failed accept is logged and accepting goes on. The loop may sit in accept() for a tick
+        # when the fault is armed, so it fails on its next pass: wait for that before connecting.
+        faults.arm("nbd.accept", "eio", 1, repeat=False)
+        until(lambda: srv.describe()["accept_errors"] == 1)
         h = handle(s.uri("vol"))
         assert h.pread(1, 0) == b"\0"
         h.shutdown()
