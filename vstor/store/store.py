@@ -315,8 +315,8 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
     def _header(self, loc: int, nowait: bool = False) -> CachedRecord:
         hit = self._hcache.get(loc)
         if hit is None:
-            header, table = self.journal.read_header_raw(loc_segno(loc), loc_pos(loc), nowait)
-            hit = self._hcache.put_read(loc, header, table)
+            header, packed = self.journal.read_header_packed(loc_segno(loc), loc_pos(loc), nowait)
+            hit = self._hcache.put_read(loc, header, packed)
         return hit
 
     def sync(self) -> None:

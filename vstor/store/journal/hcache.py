@@ -8,8 +8,8 @@ Past the budget a quarter of the entries is evicted, from a random place in inse
 (:meth:`HeaderCache._evict` says why not the oldest).
 
 The write path caches each new record as it is, its 64 packed header bytes followed by its
-table in one ``bytes`` (:meth:`HeaderCache.put_raw`), and a read's miss caches the header it
-fetched so too (:meth:`HeaderCache.put_read`). A record of one frame (every write of up to
+table in one ``bytes`` (:meth:`HeaderCache.put_raw`), and a read's miss caches the bytes it
+read and verified, as they are (:meth:`HeaderCache.put_read`). A record of one frame (every write of up to
 64 KiB, which an aged volume is made of) stays packed, about 210 bytes, and each hit builds its
 read form again (1.5-2 us); a larger record is built on its first hit and kept built. Built,
 a one-frame entry took 640 bytes: a 1 GiB volume aged by small writes, with GC's moves, leaves
@@ -39,7 +39,6 @@ from vstor.store.journal.format import (
     FrameEntry,
     RecordHeader,
     loc_segno,
-    pack_record_header,
     trusted_record_header,
 )
 
@@ -143,14 +142,14 @@ class HeaderCache:
         self._insert(loc, rec)
         return rec
 
-    def put_read(self, loc: int, header: RecordHeader, table: bytes) -> CachedRecord:
-        """Cache a record whose header a read fetched and verified; returns its read form. A
-        record of one frame is kept packed, as :meth:`put_raw` keeps it: built on a miss, such
-        entries took three times the memory and crowded out the packed ones, so that a scan's
-        misses caused more misses (benchmarks.md section 9)."""
+    def put_read(self, loc: int, header: RecordHeader, packed: bytes) -> CachedRecord:
+        """Cache a record whose header a read fetched and verified (``header``, and ``packed``:
+        its 64 header bytes and table as read); returns its read form. A record of one frame is
+        kept packed, as :meth:`put_raw` keeps it: built on a miss, such entries took three
+        times the memory and crowded out the packed ones, so that a scan's misses caused more
+        misses (benchmarks.md section 9)."""
         if header.nframes != 1:
-            return self.put(loc, CachedRecord.build(header, table))
-        packed = pack_record_header(header, table, loc_segno(loc)) + table
+            return self.put(loc, CachedRecord.build(header, packed[RECORD_HEADER_SIZE:]))
         self._insert(loc, packed)
         return CachedRecord.from_packed(packed)
 

@@ -146,10 +146,11 @@ class SegmentReader:
             fd = self._read_fds.setdefault(segno, fd)
         return fd
 
-    def read_header_raw(self, loc_segno: int, pos: int, nowait: bool = False) -> tuple[RecordHeader, bytes]:
-        """Read and verify a record's header; return it with its raw frame table. ``nowait``:
-        from the page cache or WouldBlock (:meth:`pread_nowait`; a small record's data, which
-        follows its header, is then fetched with it)."""
+    def read_header_packed(self, loc_segno: int, pos: int, nowait: bool = False) -> tuple[RecordHeader, bytes]:
+        """Read and verify a record's header; return it with its bytes as read: the 64-byte
+        header followed by the table (frame table and block sums), the header cache's packed
+        form. ``nowait``: from the page cache or WouldBlock (:meth:`pread_nowait`; a small
+        record's data, which follows its header, is then fetched with it)."""
         size = HEADER_READ
         if nowait:  # what the page cache holds: a record near the end of its file has less after it
             buf = bytearray(size)
@@ -173,7 +174,12 @@ class SegmentReader:
             verify_header(raw, table, hcsum, loc_segno)
         except BadRecord as e:
             raise CorruptData(f"record at segment {loc_segno} offset {pos}: {e}") from None
-        return header, table if isinstance(table, bytes) else bytes(table)
+        return header, bytes(raw[: RECORD_HEADER_SIZE + header.table_size])
+
+    def read_header_raw(self, loc_segno: int, pos: int) -> tuple[RecordHeader, bytes]:
+        """Read and verify a record's header; return it with its raw table."""
+        header, packed = self.read_header_packed(loc_segno, pos)
+        return header, packed[RECORD_HEADER_SIZE:]
 
     def read_header(self, loc_segno: int, pos: int) -> tuple[RecordHeader, tuple[FrameEntry, ...]]:
         """Read and verify a record's header and decoded frame table."""
