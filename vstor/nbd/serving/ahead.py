@@ -9,6 +9,9 @@ queue fed steadily. In process, cold 1 MiB reads of a 4 GiB volume ran at 0.80-1
 queue depth 16, 1.09-1.22 GB/s against 1.06-1.08, with a p99 of 18-20 ms against 24-25 (at
 depth 1 no faster until the asking moved after the reply's pieces were queued, out of the
 client's wait: then 1.03-1.14 GB/s against 0.92-0.95; docs/benchmarks-history.md section 10).
+16 MiB ahead was no better (session 34, vstor alone through tools/bench_nbd.py, 2 GiB, three
+alternating pairs: 1 MiB reads at QD1 1.18-1.46 GB/s against 1.29-1.40 with 4 MiB, at QD16
+1.07-1.62 against 1.67-1.73).
 
 :class:`StreamAhead` says, for each large read, which range past it to ask for: nothing
 until a read continues the previous one; then up to ``ahead`` bytes past the read's end,
