@@ -12,7 +12,10 @@ Measured choices (docs/benchmarks.md):
     io_uring direct I/O, readahead) in flight to the server (12 by default) and libfuse 3.14
     serves with at most ``max_threads`` threads (10); 16 O_DSYNC writes in flight then reach
     vstor's group commit 10 at a time at most. 64 and 32 (benchmarks.md §13: 4 KiB O_DSYNC
-    writes at QD16 on a RADOS pool, 1,029 -> 1,673 IOPS in one loaded run).
+    writes at QD16 on a RADOS pool, 1,029 -> 1,673 IOPS in one loaded run). Fewer threads, so
+    that each request lands on a thread woken recently, did not help reads: with 4, the aged
+    phase's warm 4 KiB reads ran 12.8-15.7k IOPS against 12.4-16.1k with 32, and its first
+    sequential pass 207-295 MB/s against 246-270 (four alternating pairs, vstor alone).
   * No FUSE_CAP_AUTO_INVAL_DATA (libfuse3 asks for it by default). With it, the kernel asks
     the server for the file's attributes before every buffered read that follows a write
     (each write marks the cached size and mtime stale), to drop the page cache if the mtime
