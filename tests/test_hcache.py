@@ -116,14 +116,14 @@ def test_a_header_read_on_a_miss_is_kept_packed_when_it_has_one_frame(segno):
     cache = HeaderCache()
     header, table = _record([4096])
     as_read = pack_record_header(header, table, segno) + table
-    small = cache.put_read(make_loc(2, 64), header, as_read)
+    small = cache.put_read(make_loc(2, 64), as_read)
     assert _same(small, CachedRecord.build(header, table))
     assert cache.used == PACKED_OVERHEAD + RECORD_HEADER_SIZE + len(table)
     assert cache._d[make_loc(2, 64)] is as_read
     got = cache.get(make_loc(2, 64))
     assert got is not None and _same(got, small)
     big_header, big_table = _record([FRAME_SIZE] * 4)
-    big = cache.put_read(make_loc(2, 8192), big_header, pack_record_header(big_header, big_table, segno) + big_table)
+    big = cache.put_read(make_loc(2, 8192), pack_record_header(big_header, big_table, segno) + big_table)
     assert cache.get(make_loc(2, 8192)) is big
     assert cache.used == PACKED_OVERHEAD + RECORD_HEADER_SIZE + len(table) + big.cost()
 

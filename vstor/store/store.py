@@ -277,14 +277,14 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
             self.journal.reserve(RECORD_HEADER_SIZE + stored)
         # reserve() rolled over if it had to; the record lands in the segment current now, and
         # its header checksum is seeded with that segment's number (format.py)
-        head = pack_record_header(header, table, self.journal.current_segno)
-        loc = self.journal.write([head, table, *bodies])
+        packed = pack_record_header(header, table, self.journal.current_segno) + table  # written and cached as is
+        loc = self.journal.write([packed, *bodies])
         self.space.consumed(RECORD_HEADER_SIZE + stored)
         if rtype in (REC_WRITE, REC_RELOCATE):
             self.state.seg_logical[loc_segno(loc)] += length
         if rtype in (REC_WRITE, REC_TRIM):  # what replay counts too (PoolState.apply_record)
             self.state.written[vid] += length
-        self._hcache.put_raw(loc, head + table)
+        self._hcache.put_raw(loc, packed)
         return loc
 
     def _ensure_room(self, nbytes: int) -> None:
@@ -315,8 +315,8 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
     def _header(self, loc: int, nowait: bool = False) -> CachedRecord:
         hit = self._hcache.get(loc)
         if hit is None:
-            header, packed = self.journal.read_header_packed(loc_segno(loc), loc_pos(loc), nowait)
-            hit = self._hcache.put_read(loc, header, packed)
+            _header, packed = self.journal.read_header_packed(loc_segno(loc), loc_pos(loc), nowait)
+            hit = self._hcache.put_read(loc, packed)
         return hit
 
     def sync(self) -> None:

@@ -83,21 +83,27 @@ class CachedRecord(NamedTuple):  # a tuple: half the cost of a frozen dataclass 
     def from_packed(cls, packed: bytes) -> CachedRecord:
         """Build from a packed entry (header as written, then table): a record of one frame with
         one unpack and tuples (1.5-2 us), since such entries are built again on every get."""
-        if len(packed) < _ONE_FRAME.size:  # no frame
-            return cls.build(trusted_record_header(packed), packed[RECORD_HEADER_SIZE:])
-        (_m, ver, rtype, nframes, group, volume, seq, offset, length, stored, tstamp, _c,
-         stored_len, flags, _r, csum, _n) = _ONE_FRAME.unpack_from(packed)
-        if nframes != 1:
-            return cls.build(trusted_record_header(packed), packed[RECORD_HEADER_SIZE:])
-        header = RecordHeader(rtype, 1, group, volume, seq, offset, length, stored, tstamp, ver == SUMS_VERSION)
-        return cls(header, packed[RECORD_HEADER_SIZE:], (0, stored_len),
-                   None if flags or stored_len != length else (csum,))
+        if len(packed) >= _ONE_FRAME.size:  # else no frame
+            (_m, ver, rtype, nframes, group, volume, seq, offset, length, stored, tstamp, _c,
+             stored_len, flags, _r, csum, _n) = _ONE_FRAME.unpack_from(packed)
+            if nframes == 1:
+                header = RecordHeader(rtype, 1, group, volume, seq, offset, length, stored, tstamp,
+                                      ver == SUMS_VERSION)
+                return cls(header, packed[RECORD_HEADER_SIZE:], (0, stored_len),
+                           None if flags or stored_len != length else (csum,))
+        return cls.build(trusted_record_header(packed), packed[RECORD_HEADER_SIZE:])
 
     def cost(self) -> int:
         return ENTRY_OVERHEAD + len(self.table) + 4 * len(self.offs) + 8 * len(self.raw_csums or ())
 
 
 Entry = CachedRecord | bytes  # bytes: a packed entry (header, then table), built on first get
+
+
+def _stays_packed(rec: CachedRecord) -> bool:
+    """Whether an entry stays packed when read (built again on each get, 1.5-2 us, so that three
+    times as many fit) rather than kept built: records of at most one frame."""
+    return rec.header.nframes < 2
 
 
 def _cost(entry: Entry) -> int:
@@ -128,7 +134,7 @@ class HeaderCache:
         if hit is None or isinstance(hit, CachedRecord):
             return hit
         rec = CachedRecord.from_packed(hit)
-        if rec.header.nframes < 2:  # stays packed: built again on each get (1.5 us), three times as many kept
+        if _stays_packed(rec):
             return rec
         with self._lock:
             if self._d.get(loc) is hit:  # not evicted or replaced meanwhile
@@ -142,16 +148,15 @@ class HeaderCache:
         self._insert(loc, rec)
         return rec
 
-    def put_read(self, loc: int, header: RecordHeader, packed: bytes) -> CachedRecord:
-        """Cache a record whose header a read fetched and verified (``header``, and ``packed``:
-        its 64 header bytes and table as read); returns its read form. A record of one frame is
-        kept packed, as :meth:`put_raw` keeps it: built on a miss, such entries took three
-        times the memory and crowded out the packed ones, so that a scan's misses caused more
-        misses (benchmarks.md section 9)."""
-        if header.nframes != 1:
-            return self.put(loc, CachedRecord.build(header, packed[RECORD_HEADER_SIZE:]))
-        self._insert(loc, packed)
-        return CachedRecord.from_packed(packed)
+    def put_read(self, loc: int, packed: bytes) -> CachedRecord:
+        """Cache a record whose header a read fetched and verified (``packed``: its 64 header
+        bytes and table as read); returns its read form. A record of one frame is kept packed,
+        as :meth:`put_raw` keeps it: built on a miss, such entries took three times the memory
+        and crowded out the packed ones, so that a scan's misses caused more misses
+        (benchmarks.md section 9)."""
+        rec = CachedRecord.from_packed(packed)
+        self._insert(loc, packed if _stays_packed(rec) else rec)
+        return rec
 
     def put_raw(self, loc: int, packed: bytes) -> None:
         """Cache a record just written, unbuilt: ``packed`` is its header as written (64 bytes)
