@@ -81,6 +81,21 @@ def _random_range(rng: random.Random) -> tuple[int, int]:
     return a, b
 
 
+def _check_covering(vm: VolumeMap, model: list[int], rng: random.Random) -> None:
+    """covering() of a random small range: the record of the one extent of its chunk that holds
+    it all (a walk of chunk_extents), else EMPTY; a record it names holds every byte."""
+    s = rng.randrange(WINDOW)
+    e = min(WINDOW, s + rng.randrange(1, CS // 2 + 1))
+    got = vm.covering(BASE + s, BASE + e)
+    chunk = (BASE + s) // CS
+    want = EMPTY
+    if (BASE + e - 1) // CS == chunk:
+        want = next((loc for s0, e0, loc in vm.chunk_extents(chunk) if s0 <= BASE + s and BASE + e <= e0), EMPTY)
+    assert got == want, (s, e, got, want)
+    if got != EMPTY:
+        assert set(model[s:e]) == {got}
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_random_map_unmap_matches_model(seed):
     rng = random.Random(seed)
@@ -111,6 +126,8 @@ def test_random_map_unmap_matches_model(seed):
             padded = [EMPTY] * CS + model + [EMPTY] * 2 * CS
             want = padded[s - BASE + CS : e - BASE + CS]
             assert got == want
+        for _ in range(6):
+            _check_covering(vm, model, rng)
 
     # Serialization reproduces the map and its references.
     blob = dump_maps([vm])
@@ -218,3 +235,20 @@ def test_chunk_size_must_be_a_power_of_two():
     for bad in (0, -4096, 3000, 4097):
         with pytest.raises(ValueError):
             VolumeMap(bad)
+
+
+def test_covering_names_the_one_record_that_holds_a_small_range():
+    vm = VolumeMap(CS)
+    whole, older, newer = make_loc(1, 64), make_loc(2, 64), make_loc(3, 64)
+    vm.map(0, CS, whole)  # chunk 0: one record, a dense slot
+    vm.map(CS, 2 * CS, older)
+    vm.map(CS + 100, CS + 200, newer)  # chunk 1: older, newer, older
+    assert vm.covering(10, 20) == whole and vm.covering(0, CS) == whole
+    assert vm.covering(CS, CS + 100) == older and vm.covering(CS + 200, 2 * CS) == older
+    assert vm.covering(CS + 100, CS + 200) == newer and vm.covering(CS + 150, CS + 151) == newer
+    assert vm.covering(CS + 50, CS + 150) == EMPTY  # two extents
+    assert vm.covering(CS - 10, CS + 10) == EMPTY  # two chunks, though each is mapped
+    assert vm.covering(5 * CS, 5 * CS + 10) == EMPTY  # a hole
+    assert vm.covering(10, 10) == EMPTY  # nothing
+    vm.unmap(CS, CS + 50)
+    assert vm.covering(CS, CS + 10) == EMPTY and vm.covering(CS + 50, CS + 60) == older

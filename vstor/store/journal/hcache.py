@@ -121,6 +121,19 @@ def _cost(entry: Entry) -> int:
 BUDGET = 64 << 20
 
 
+def one_frame(packed: bytes) -> tuple[int, int, int, int, int, bool] | None:
+    """(rtype, volume, offset, length, csum, sums) of a packed entry whose record is one frame
+    stored as is (every write of 4 to 64 KiB of data that lz4 does not shrink), read without
+    building the entry: a small read's fast path (Store._read_small). None for any other."""
+    if len(packed) < _ONE_FRAME.size:
+        return None
+    (_m, ver, rtype, nframes, _g, volume, _seq, offset, length, _st, _t, _c,
+     stored_len, flags, _r, csum, _n) = _ONE_FRAME.unpack_from(packed)
+    if nframes != 1 or flags or stored_len != length:
+        return None
+    return rtype, volume, offset, length, csum, ver == SUMS_VERSION
+
+
 class HeaderCache:
     def __init__(self, budget: int = BUDGET, rng: random.Random | None = None) -> None:
         self.budget = budget
@@ -143,6 +156,11 @@ class HeaderCache:
                 if self.used > self.budget:  # built entries take three times a packed one's memory
                     self._evict()
         return rec
+
+    def peek(self, loc: int) -> Entry | None:
+        """The entry of ``loc`` as it is kept, packed (``bytes``: see :func:`one_frame`) or built,
+        without building it: for a small read's fast path, which reads what it needs of either."""
+        return self._d.get(loc)
 
     def put(self, loc: int, rec: CachedRecord) -> CachedRecord:
         self._insert(loc, rec)

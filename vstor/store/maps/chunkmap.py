@@ -28,7 +28,7 @@ leaf versions is counted once per version, so the count is an upper bound of the
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from itertools import islice
 
@@ -44,6 +44,8 @@ from vstor.store.maps.leaf import (  # noqa: F401  (re-exported: the map's vocab
     _merge,
     remap_versions,
 )
+
+_AFTER = 1 << 64  # sorts after any extent's end: (start, _AFTER) follows every extent at start
 
 
 class VolumeMap:
@@ -112,6 +114,28 @@ class VolumeMap:
             first = key << LEAF_BITS
             self._lookup_chunks(out, max(c0, first), min(c1, first | LEAF_MASK), start, end)
         return out
+
+    def covering(self, start: int, end: int) -> int:
+        """The location of the one record that holds all of [start, end), or EMPTY when no
+        single extent does (a hole, the edge of a piece, or two chunks): the lookup of a small
+        read's fast path (Store._read_small), which answers most 4 KiB reads in one step and
+        leaves every other case to :meth:`lookup`."""
+        cs = self.chunk_size
+        chunk = start // cs
+        if end <= start or (end - 1) // cs != chunk:
+            return EMPTY
+        leaf = self.leaves.get(chunk >> LEAF_BITS)
+        if leaf is None:
+            return EMPTY
+        slot = leaf.slots[chunk & LEAF_MASK]
+        if slot != FRAGMENTED:
+            return slot
+        ext = leaf.overlays[chunk]
+        i = bisect_right(ext, (start, _AFTER)) - 1  # the last extent that starts at or before start
+        if i < 0:
+            return EMPTY
+        _s, e, loc = ext[i]
+        return loc if end <= e else EMPTY
 
     def _lookup_chunks(self, out: list[Extent], c0: int, c1: int, start: int, end: int) -> None:
         cs = self.chunk_size
