@@ -5,7 +5,7 @@ An open pool is a :class:`~vstor.store.store.Store`. Writes go to the ``journal`
 ``maps`` (pure) point into it; ``state`` applies each record, the same code for live I/O,
 replay (``recovery``) and ``check``. ``catalog`` holds volumes, groups, snapshots, policies and
 compliance locks; ``maintenance`` does GC, compaction, defragmentation and checkpoints in the
-background. ``readpath`` serves reads; ``adminops`` the admin operations on huge ranges;
+background. ``reads`` serves reads; ``adminops`` the admin operations on huge ranges;
 ``allocation`` says which ranges hold data; ``codec`` encodes frames; ``stats`` counts;
 ``superblock`` is the pool's identity and layout; ``storeparts`` declares, with their types,
 what the Store's parts use of it; the ``backend`` package is where segments, superblock and
@@ -15,4 +15,4 @@ checkpoints live (local files or Ceph RADOS); ``migrate`` copies a local pool to
 from __future__ import annotations
 
 __all__ = ["adminops", "allocation", "backend", "catalog", "check", "codec", "journal", "maintenance", "maps",
-           "migrate", "readpath", "recovery", "resumeops", "state", "stats", "store", "storeparts", "superblock"]
+           "migrate", "reads", "recovery", "resumeops", "state", "stats", "store", "storeparts", "superblock"]

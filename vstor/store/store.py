@@ -48,7 +48,7 @@ from vstor.store.journal.segscan import ScannedRecord
 from vstor.store.journal.writer import Journal
 from vstor.store.maintenance.moves import MaintenanceMixin
 from vstor.store.maintenance.space import SpaceGuard
-from vstor.store.readpath import ReadPathMixin
+from vstor.store.reads.path import ReadPathMixin
 from vstor.store.recovery import Recovered, recover
 from vstor.store.resumeops import ResumeOpsMixin
 from vstor.store.state import PoolState

@@ -6,7 +6,8 @@ under the store lock; the I/O runs outside it, counted in ``_active_reads`` so t
 deletion waits for it. Every byte returned is verified first: a frame that fails its
 checksum or authentication raises CorruptData, and the caller gets no data.
 
-``read_into`` serves FUSE reads (vstor/fuse/direct.py). Where a piece is whole frames stored
+Small reads try the fast path first (small.py). ``read_into`` serves FUSE reads
+(vstor/fuse/direct.py). Where a piece is whole frames stored
 as is (no compression, no encryption), the journal reads them straight into the caller's
 buffer, which is then verified in place: no intermediate bytes object and no second copy.
 Other pieces are decoded as ``read`` does and copied once.
@@ -34,7 +35,7 @@ from vstor.store.journal.format import (
     loc_segno,
 )
 from vstor.store.journal.hcache import CachedRecord
-from vstor.store.storeparts import StoreParts
+from vstor.store.reads.small import SMALL_READ, SmallReadMixin
 
 log = logging.getLogger("vstor.store")
 
@@ -44,7 +45,7 @@ PREFETCH_MAX = 64 << 10  # pieces up to this size count as small records
 T = TypeVar("T")
 
 
-class ReadPathMixin(StoreParts):
+class ReadPathMixin(SmallReadMixin):
     # Set by defrag.Defragmenter: told of host reads that found many pieces.
     defrag_hint: Callable[[int, int, int, int], None] | None = None
 
@@ -53,6 +54,10 @@ class ReadPathMixin(StoreParts):
         ``sid`` (bytes-like: a read within one stored frame may be a read-only view of it).
         Raises CorruptData rather than returning bytes that fail verification. With ``nowait``,
         raises WouldBlock instead of waiting for the disk or the cluster (see WouldBlock)."""
+        if not sid and 0 < size <= SMALL_READ:
+            view = memoryview(bytearray(size))
+            if self._read_small(vid, offset, view, nowait):
+                return view if nowait else bytes(view)  # callers that wait get bytes, as from the general path
         if nowait:
             return self._reading(vid, offset, size, sid, self._assemble_nowait)
         return self._reading(vid, offset, size, sid, self.assemble)
@@ -64,6 +69,8 @@ class ReadPathMixin(StoreParts):
     def read_into(self, vid: int, offset: int, view: memoryview, sid: int = 0) -> int:
         """Like :meth:`read`, into ``view`` (writable bytes); returns the bytes read. On an
         error ``view`` may hold partial or unverified data and must not be used."""
+        if not sid and 0 < len(view) <= SMALL_READ and self._read_small(vid, offset, view, False):
+            return len(view)
 
         def fill(lineage: tuple[int, ...], offset: int, size: int, pieces: list) -> int:
             self.assemble_into(lineage, offset, view[:size], pieces)

@@ -1,0 +1,11 @@
+"""The Store's read path: verified reads of volumes and snapshots.
+
+``path`` is the general path, which reads any range from its mapped pieces (several records,
+holes, compressed or encrypted frames, a remote pool) into new bytes or the caller's buffer;
+``small`` is the fast path that it tries first for a small read that one record, cached and in
+the page cache, holds whole.
+"""
+
+from __future__ import annotations
+
+__all__ = ["path", "small"]
