@@ -1,6 +1,7 @@
-"""The fast path of small reads (readpath.py, ``Store._read_small``): which reads it serves,
-that it returns the same bytes as the general path, and that it never decides an error: damage
-under it is reported by the general path, with the same message and count."""
+"""The fast path of small reads (vstor/store/reads/small.py): which reads it serves, alone or
+as the small pieces of a larger read, that it returns the same bytes as the general path, and
+that it never decides an error: damage under it is reported by the general path, with the same
+message and count."""
 
 from __future__ import annotations
 
@@ -127,7 +128,9 @@ def test_damage_under_the_fast_path_is_reported_not_returned(tmp_path, where, ma
             st.read(vid, off, n, nowait=True)
         with pytest.raises(CorruptData, match=match):
             st.read_into(vid, off, memoryview(bytearray(n)))
-        assert st.stats.read_errors == errors + 2
+        with pytest.raises(CorruptData, match="checksum mismatch"):  # a piece of a larger read
+            st.read_into(vid, 0, memoryview(bytearray(MiB)))
+        assert st.stats.read_errors == errors + 3
         assert bytes(st.read(vid, 12 * 4096, 4096)) == model[12 * 4096 : 13 * 4096]  # the rest still reads
     finally:
         st.close()

@@ -203,7 +203,7 @@ class ReadPathMixin(SmallReadMixin):
             if span is not None:
                 a = span[0]
                 part[:] = span[2][s - a : e - a]
-            else:
+            elif not (lineage is not None and e - s <= SMALL_READ and self._small_from(lineage, loc, s, part, nowait)):
                 data = self._read_extent(lineage, s, e, loc, into=part, nowait=nowait)
                 if data is not part:  # not read in place: decoded, or cut from whole frames
                     part[:] = data
