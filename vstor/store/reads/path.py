@@ -27,15 +27,13 @@ from vstor.store.journal.format import (
     BLOCK_SIZE,
     FRAME_ENTRY_SIZE,
     FRAME_SIZE,
-    REC_RELOCATE,
-    REC_WRITE,
     RECORD_HEADER_SIZE,
     block_sum,
     loc_pos,
     loc_segno,
 )
 from vstor.store.journal.hcache import CachedRecord
-from vstor.store.reads.small import SMALL_READ, SmallReadMixin
+from vstor.store.reads.small import DATA_RECORDS, SMALL_READ, SmallReadMixin
 
 log = logging.getLogger("vstor.store")
 
@@ -244,7 +242,7 @@ class ReadPathMixin(SmallReadMixin):
         cached = self._header(loc, nowait)
         h, offs = cached.header, cached.offs
         vid = lineage[-1] if lineage else h.volume
-        if (lineage is not None and h.volume not in lineage) or h.rtype not in (REC_WRITE, REC_RELOCATE) or not (
+        if (lineage is not None and h.volume not in lineage) or h.rtype not in DATA_RECORDS or not (
             h.offset <= s and e <= h.offset + h.length
         ):
             raise CorruptData(f"misplaced record for {self._where(vid, s, loc)}: it holds volume {h.volume} "

@@ -38,10 +38,10 @@ from vstor.store.journal.hcache import CachedRecord, one_frame
 from vstor.store.maps.chunkmap import EMPTY
 from vstor.store.storeparts import StoreParts
 
-__all__ = ["SMALL_READ", "SmallReadMixin"]
+__all__ = ["DATA_RECORDS", "SMALL_READ", "SmallReadMixin"]
 
 SMALL_READ = FRAME_SIZE  # reads up to this size try the fast path first
-_DATA = (REC_WRITE, REC_RELOCATE)  # the record types a volume's data is read from
+DATA_RECORDS = (REC_WRITE, REC_RELOCATE)  # the record types a volume's data is read from (both paths)
 
 
 class SmallReadMixin(StoreParts):
@@ -89,7 +89,7 @@ class SmallReadMixin(StoreParts):
             rtype, volume, roff, length, csum, sums = fields
             segno, n = loc_segno(loc), len(view)
             frame_at = loc_pos(loc) + len(entry)  # the header and the table as read or written, then the data
-            if volume not in lineage or rtype not in _DATA or not (roff <= offset and offset + n <= roff + length):
+            if volume not in lineage or rtype not in DATA_RECORDS or not roff <= offset <= roff + length - n:
                 return False
             if not sums:  # its one checksum covers the whole frame
                 if n == length:
@@ -114,7 +114,7 @@ class SmallReadMixin(StoreParts):
         if rec is None:
             return False
         h = rec.header
-        if not h.sums or rec.raw_csums is None or h.volume not in lineage or h.rtype not in _DATA:
+        if not h.sums or rec.raw_csums is None or h.volume not in lineage or h.rtype not in DATA_RECORDS:
             return False
         n, roff, length = len(view), h.offset, h.length
         f0 = (offset - roff) // FRAME_SIZE
