@@ -121,17 +121,18 @@ def _cost(entry: Entry) -> int:
 BUDGET = 64 << 20
 
 
-def one_frame(packed: bytes) -> tuple[int, int, int, int, int, bool] | None:
-    """(rtype, volume, offset, length, csum, sums) of a packed entry whose record is one frame
-    stored as is (every write of 4 to 64 KiB of data that lz4 does not shrink), read without
-    building the entry: a small read's fast path (Store._read_small). None for any other."""
+def one_frame(packed: bytes) -> tuple[int, int, int, int, int, bool, bool] | None:
+    """(rtype, volume, offset, length, csum, sums, as_is) of a packed entry whose record is one
+    frame (every write of up to 64 KiB), read without building the entry: a small read's fast
+    path (vstor/store/reads/small.py). ``as_is``: the frame is stored as is (no flag: lz4 did
+    not shrink it, no encryption). None for a record of several frames or none."""
     if len(packed) < _ONE_FRAME.size:
         return None
     (_m, ver, rtype, nframes, _g, volume, _seq, offset, length, _st, _t, _c,
      stored_len, flags, _r, csum, _n) = _ONE_FRAME.unpack_from(packed)
-    if nframes != 1 or flags or stored_len != length:
+    if nframes != 1:
         return None
-    return rtype, volume, offset, length, csum, ver == SUMS_VERSION
+    return rtype, volume, offset, length, csum, ver == SUMS_VERSION, not flags and stored_len == length
 
 
 class HeaderCache:

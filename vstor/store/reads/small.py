@@ -84,12 +84,12 @@ class SmallReadMixin(StoreParts):
             return False
         if isinstance(entry, bytes):  # a record of one frame, kept packed: its fields alone
             fields = one_frame(entry)
-            if fields is None:  # several frames: built once (as the general path's first read does)
+            if fields is None:  # several frames (or none): built once, as the general path's first read does
                 return self._small_built(self._hcache.get(loc), lineage, loc, offset, view, nowait)
-            rtype, volume, roff, length, csum, sums = fields
+            rtype, volume, roff, length, csum, sums, as_is = fields
             segno, n = loc_segno(loc), len(view)
             frame_at = loc_pos(loc) + len(entry)  # the header and the table as read or written, then the data
-            if volume not in lineage or rtype not in DATA_RECORDS or not roff <= offset <= roff + length - n:
+            if not (as_is and volume in lineage and rtype in DATA_RECORDS and roff <= offset <= roff + length - n):
                 return False
             if not sums:  # its one checksum covers the whole frame
                 if n == length:
