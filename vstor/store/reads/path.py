@@ -19,8 +19,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from xxhash import xxh3_64_intdigest
-
 from vstor.errors import CorruptData, NotFound, VstorError, WouldBlock
 from vstor.store.codec import first_bad_stored_frame
 from vstor.store.journal.format import (
@@ -28,12 +26,11 @@ from vstor.store.journal.format import (
     FRAME_ENTRY_SIZE,
     FRAME_SIZE,
     RECORD_HEADER_SIZE,
-    block_sum,
     loc_pos,
     loc_segno,
 )
 from vstor.store.journal.hcache import CachedRecord
-from vstor.store.reads.small import DATA_RECORDS, SMALL_READ, SmallReadMixin
+from vstor.store.reads.small import DATA_RECORDS, SMALL_READ, SmallReadMixin, first_bad_block, frames_of
 
 log = logging.getLogger("vstor.store")
 
@@ -129,7 +126,7 @@ class ReadPathMixin(SmallReadMixin):
                 cached = self._header(loc)
                 h = cached.header
                 if h.offset <= s and e <= h.offset + h.length:
-                    _f0, _f1, at, stored = _frames_of(cached, loc_pos(loc), s, e)
+                    _f0, _f1, at, stored = frames_of(cached, loc_pos(loc), s, e)
                     journal.prefetch(loc_segno(loc), at, stored)
         except (OSError, VstorError):  # only a hint
             pass
@@ -247,7 +244,7 @@ class ReadPathMixin(SmallReadMixin):
         ):
             raise CorruptData(f"misplaced record for {self._where(vid, s, loc)}: it holds volume {h.volume} "
                               f"offset {h.offset}")
-        f0, f1, at, stored = _frames_of(cached, pos, s, e)
+        f0, f1, at, stored = frames_of(cached, pos, s, e)
         cut, n = s - h.offset - f0 * FRAME_SIZE, e - s
         if h.sums and f0 == f1 and n <= stored - BLOCK_SIZE and (cached.raw_csums is not None or
                                                               not cached.entry(f0).flags):
@@ -309,26 +306,15 @@ class ReadPathMixin(SmallReadMixin):
             else:
                 raw = raw[: journal.pread_into(segno, base + a, raw)]  # only the blocks
             # short reads fail the check below
-        for b in range(b0, b1 + 1):
-            k = (b - b0) * BLOCK_SIZE
-            block = raw[k : k + BLOCK_SIZE]
-            if len(block) != min(BLOCK_SIZE, size - k) or xxh3_64_intdigest(block) != block_sum(
-                    cached.table, h.nframes, b):
-                raise CorruptData(f"checksum mismatch in block {b} of {self._where(vid, s, loc)}")
+        bad = first_bad_block(raw, size, cached.table, h.nframes, b0)
+        if bad is not None:
+            raise CorruptData(f"checksum mismatch in block {bad} of {self._where(vid, s, loc)}")
         if raw is into:
             return raw
         return bytes(raw) if cut == 0 and n == size else bytes(raw[cut : cut + n])  # bytes, as reads of frames return
 
     def _where(self, vid: int, s: int, loc: int) -> str:
         return f"volume {vid} chunk {s // self.sb.chunk_size} (segment {loc_segno(loc)} record {loc_pos(loc)})"
-
-
-def _frames_of(cached: CachedRecord, pos: int, s: int, e: int) -> tuple[int, int, int, int]:
-    """(first frame, last frame, position in the segment, stored bytes) of the frames that
-    hold [s, e) of the record at ``pos`` whose header and offsets are ``cached``."""
-    h, offs = cached.header, cached.offs
-    f0, f1 = (s - h.offset) // FRAME_SIZE, (e - 1 - h.offset) // FRAME_SIZE
-    return f0, f1, pos + RECORD_HEADER_SIZE + h.table_size + offs[f0], offs[f1 + 1] - offs[f0]
 
 
 def _shared_spans(pieces: list) -> dict[int, tuple[int, int, Any] | None]:

@@ -38,7 +38,7 @@ from vstor.store.journal.hcache import CachedRecord, one_frame
 from vstor.store.maps.chunkmap import EMPTY
 from vstor.store.storeparts import StoreParts
 
-__all__ = ["DATA_RECORDS", "SMALL_READ", "SmallReadMixin"]
+__all__ = ["DATA_RECORDS", "SMALL_READ", "SmallReadMixin", "first_bad_block", "frames_of"]
 
 SMALL_READ = FRAME_SIZE  # reads up to this size try the fast path first
 DATA_RECORDS = (REC_WRITE, REC_RELOCATE)  # the record types a volume's data is read from (both paths)
@@ -117,14 +117,14 @@ class SmallReadMixin(StoreParts):
         if not h.sums or rec.raw_csums is None or h.volume not in lineage or h.rtype not in DATA_RECORDS:
             return False
         n, roff, length = len(view), h.offset, h.length
-        f0 = (offset - roff) // FRAME_SIZE
-        if not (roff <= offset and offset + n <= roff + length) or (offset + n - 1 - roff) // FRAME_SIZE != f0:
+        if not roff <= offset <= roff + length - n:
             return False
-        offs = rec.offs
-        frame_at = loc_pos(loc) + RECORD_HEADER_SIZE + h.table_size + offs[f0]
+        f0, f1, frame_at, frame_len = frames_of(rec, loc_pos(loc), offset, offset + n)
+        if f0 != f1:
+            return False
         base = frame_at - f0 * FRAME_SIZE  # where the record's byte 0 would lie, for this frame
         return self._small_blocks(rec.table, h.nframes, roff, length, loc_segno(loc), base, frame_at,
-                                  offs[f0 + 1] - offs[f0], offset, view, nowait)
+                                  frame_len, offset, view, nowait)
 
     def _small_blocks(self, table: bytes | memoryview, nframes: int, roff: int, length: int, segno: int,
                       base: int, frame_at: int, frame_len: int, offset: int, view: memoryview, nowait: bool) -> bool:
@@ -136,10 +136,7 @@ class SmallReadMixin(StoreParts):
             return False
         if not self.journal.pread_cached(segno, base + a, view):
             return self._small_miss(nowait, segno, frame_at, frame_len)
-        for k in range(0, n, BLOCK_SIZE):
-            if xxh3_64_intdigest(view[k : k + BLOCK_SIZE]) != block_sum(table, nframes, (a + k) // BLOCK_SIZE):
-                return False
-        return True
+        return first_bad_block(view, n, table, nframes, a // BLOCK_SIZE) is None
 
     def _small_miss(self, nowait: bool, segno: int, frame_at: int, frame_len: int) -> bool:
         """A fast small read's data is not in the page cache: without ``nowait``, False (the
@@ -148,3 +145,24 @@ class SmallReadMixin(StoreParts):
         if nowait:
             self.journal.missed(segno, frame_at, frame_len)
         return False
+
+
+def frames_of(cached: CachedRecord, pos: int, s: int, e: int) -> tuple[int, int, int, int]:
+    """(first frame, last frame, position in the segment, stored bytes) of the frames that
+    hold [s, e) of the record at ``pos`` whose header and offsets are ``cached``."""
+    h, offs = cached.header, cached.offs
+    f0, f1 = (s - h.offset) // FRAME_SIZE, (e - 1 - h.offset) // FRAME_SIZE
+    return f0, f1, pos + RECORD_HEADER_SIZE + h.table_size + offs[f0], offs[f1 + 1] - offs[f0]
+
+
+def first_bad_block(raw: bytes | memoryview, size: int, table: bytes | memoryview, nframes: int,
+                    b0: int) -> int | None:
+    """The first of the blocks b0, b0+1, ... of a version 3 record whose ``size`` bytes should
+    be ``raw`` that is short or fails its block sum (``table``: the record's frame table and
+    block sums), or None: the check of both read paths."""
+    for k in range(0, size, BLOCK_SIZE):
+        block = raw[k : k + BLOCK_SIZE]
+        if len(block) != min(BLOCK_SIZE, size - k) or xxh3_64_intdigest(block) != block_sum(
+                table, nframes, b0 + k // BLOCK_SIZE):
+            return b0 + k // BLOCK_SIZE
+    return None
