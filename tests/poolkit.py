@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import struct
+import subprocess
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -59,6 +62,43 @@ def evict_segments(pool: str) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def cached_bytes(pool: str) -> int:
+    """Bytes of a local pool's segment files in the page cache, by fincore (util-linux: mincore,
+    which unlike a probing read never starts a read itself)."""
+    paths = [seg_path(pool, n) for n in seg_list(pool)]
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *paths],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(x) for x in out.split())
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+def resident(path: str, pos: int, size: int) -> bool:
+    """Whether the page cache holds every page of [pos, pos+size) of a file, by mincore on a
+    mapping that is never touched (so, unlike a probing read, it starts no read itself)."""
+    start = pos - pos % mmap.PAGESIZE
+    length = pos + size - start
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap failed")
+        try:
+            vec = (ctypes.c_ubyte * -(-length // mmap.PAGESIZE))()
+            if _libc.mincore(addr, length, vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+            return all(v & 1 for v in vec)
+        finally:
+            _libc.munmap(addr, length)
+    finally:
+        os.close(fd)
 
 
 class Refs:

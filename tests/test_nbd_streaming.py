@@ -1,5 +1,5 @@
 """Large reads sent in pieces (vstor/nbd/serving/sender.py and ReadServer._stream_read), and asked for
-ahead in a sequential stream (vstor/nbd/serving/ahead.py, Store.prefetch): with
+ahead in a sequential stream (vstor/store/reads/ahead.py, Store.prefetch): with
 structured replies a read over INLINE_READ_MAX goes out as OFFSET_DATA chunks of PIECE bytes,
 in order, DONE on the last, while the next piece is read; DF keeps it one chunk; a piece that
 fails its checksum ends the reply with an error chunk at its offset and no byte of it; a DISC
@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
 from nbdkit import MiB, Raw, handle, nbd, served
-from poolkit import evict_segments, frame_on_disk, seg_flip, seg_list, seg_path
+from poolkit import cached_bytes, evict_segments, frame_on_disk, seg_flip
 
 from vstor.errors import CorruptData
 from vstor.nbd import proto as P
-from vstor.nbd.serving.ahead import StreamAhead
 from vstor.nbd.serving.reads import INLINE_READ_MAX
 from vstor.nbd.serving.sender import PIECE, ReplySender
 from vstor.store.journal.format import FRAME_SIZE
+from vstor.store.reads.ahead import StreamAhead
 
 pytestmark = pytest.mark.usefixtures("pool_backend")
 
@@ -267,15 +266,6 @@ def test_stream_ahead_asks_past_a_sequential_stream_once_and_stops_at_a_jump() -
     assert ahead.next_range(12 * MiB, MiB, size) is None and ahead.next_range(13 * MiB, 3 * MiB, size) is None
 
 
-def _cached(pool: str) -> int:
-    """Bytes of the pool's segment files in the page cache, by fincore (mincore: unlike a
-    probing read it never starts a read itself)."""
-    paths = [seg_path(pool, n) for n in seg_list(pool)]
-    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *paths],
-                         capture_output=True, text=True, check=True).stdout
-    return sum(int(x) for x in out.split())
-
-
 @pytest.mark.local_only("the page cache of local segment files")
 def test_store_prefetch_warms_the_range_asked_for_and_ignores_what_is_gone(tmp_path) -> None:
     with served(tmp_path, volumes={"vol": 16 * MiB}) as s:
@@ -285,13 +275,13 @@ def test_store_prefetch_warms_the_range_asked_for_and_ignores_what_is_gone(tmp_p
             s.store.write(vid, off, data[off : off + MiB])
         s.store.sync()
         evict_segments(s.pool)
-        assert _cached(s.pool) < 64 << 10
+        assert cached_bytes(s.pool) < 64 << 10
         s.store.prefetch(vid, 2 * MiB, 2 * MiB)
         deadline = time.monotonic() + 10
-        while _cached(s.pool) < 2 * MiB:  # WILLNEED reads in the background
+        while cached_bytes(s.pool) < 2 * MiB:  # WILLNEED reads in the background
             assert time.monotonic() < deadline, "the range asked for never reached the page cache"
             time.sleep(0.01)
-        assert _cached(s.pool) < 2 * MiB + (256 << 10)  # that range's records, not the volume
+        assert cached_bytes(s.pool) < 2 * MiB + (256 << 10)  # that range's records, not the volume
         assert s.store.read(vid, 2 * MiB, 2 * MiB) == data[2 * MiB : 4 * MiB]
         s.store.prefetch(vid, 12 * MiB, 4 * MiB)  # never written: nothing to read
         s.store.prefetch(999, 0, MiB)  # no such volume: a hint, ignored

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.media.cartridges import Cartridges
@@ -33,9 +33,12 @@ from vstor.faults import NO_FAULTS, Faults
 from vstor.hooks import HookRunner, ShellRunner, around
 from vstor.store.adminops import Progress
 from vstor.store.catalog import snapshots
+from vstor.store.reads.ahead import StreamAhead
 from vstor.store.store import Store
 
 log = logging.getLogger("vstor.backup")
+
+READ_AHEAD = 16 << 20  # bytes of an image asked for past a sequential read (4 pieces of 4 MiB)
 
 def snapshot_name(job: int) -> str:
     return f"backup-{job}"
@@ -43,16 +46,27 @@ def snapshot_name(job: int) -> str:
 
 @dataclass
 class Image:
-    """A snapshot image as a volume source, counting what it reads for the progress meter."""
+    """A snapshot image as a volume source, counting what it reads for the progress meter.
+
+    The pax stream reads each extent in order, in pieces of up to 4 MiB; once a read continues
+    the one before, the image's next READ_AHEAD bytes are asked for (``Store.prefetch``), so
+    that on an aged volume the disk fetches the next pieces' scattered small records while
+    this one is written out (reads/ahead.py; in process, cold 4 MiB reads of an aged 1 GiB
+    volume: 301-367 MiB/s against 230-297 without, docs/benchmarks.md section 9)."""
 
     store: Store
     vid: int
     sid: int
+    size: int
     done: Callable[[int], None]
+    ahead: StreamAhead = field(default_factory=lambda: StreamAhead(READ_AHEAD))
 
     def read(self, offset: int, length: int) -> bytes | memoryview:
         data = self.store.read(self.vid, offset, length, sid=self.sid)
         self.done(len(data))
+        nxt = self.ahead.next_range(offset, length, self.size)
+        if nxt is not None:
+            self.store.prefetch(self.vid, *nxt, sid=self.sid, large=False)
         return data
 
 
@@ -88,7 +102,7 @@ class JobWriter:
         for m in members:
             ext = snapshots.extents(self.store, sid, m.vid) if changed is None else changed.get(m.name, [])
             total += sum(n for _o, n in ext)
-            volumes.append(VolumeSource(m.name, m.size, ext, Image(self.store, m.vid, sid, tick).read))
+            volumes.append(VolumeSource(m.name, m.size, ext, Image(self.store, m.vid, sid, m.size, tick).read))
         meta = {"job": str(job), "policy": policy["name"], "level": level, "snapshot": snap["name"],
                 "base": str(base["id"]) if base else ""}
 

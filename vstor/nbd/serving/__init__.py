@@ -5,11 +5,12 @@ FUA on durability workers. ``wire`` is its socket (buffered receives, gathered s
 switch to TLS); ``poll`` bounds its polling for the next request before it sleeps;
 ``reads`` serves its READs (answered from memory, deferred, handed to workers, or streamed);
 ``replies`` batches its replies into few sends; ``readers`` overlaps its queued reads on a
-remote pool; ``sender`` sends a large read's pieces while the next is read; ``ahead`` asks
-for the next MiBs of a sequential stream; ``turns`` lets a server's connections serve their
-batches in turns instead of handing the GIL to each other at every system call.
+remote pool; ``sender`` sends a large read's pieces while the next is read (the next MiBs of
+a sequential stream are asked for by vstor.store.reads.ahead, which backup jobs share);
+``turns`` lets a server's connections serve their batches in turns instead of handing the
+GIL to each other at every system call.
 """
 
 from __future__ import annotations
 
-__all__ = ["ahead", "conn", "poll", "readers", "reads", "replies", "sender", "turns", "wire"]
+__all__ = ["conn", "poll", "readers", "reads", "replies", "sender", "turns", "wire"]

@@ -22,12 +22,12 @@ from typing import Any
 
 from vstor.errors import VstorError, WouldBlock
 from vstor.nbd import proto as P
-from vstor.nbd.serving.ahead import StreamAhead
 from vstor.nbd.serving.readers import ReadWorkers
 from vstor.nbd.serving.replies import ReplyBatch
 from vstor.nbd.serving.sender import ReplySender
 from vstor.nbd.serving.turns import ServingTurn
 from vstor.nbd.serving.wire import Wire
+from vstor.store.reads.ahead import StreamAhead
 
 __all__ = ["INLINE_READ_MAX", "ReadServer"]
 

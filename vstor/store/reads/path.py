@@ -107,22 +107,32 @@ class ReadPathMixin(SmallReadMixin):
             self.defrag_hint(vid, offset, size, len(pieces))
         return out
 
-    def prefetch(self, vid: int, offset: int, size: int, sid: int = 0) -> None:
+    def prefetch(self, vid: int, offset: int, size: int, sid: int = 0, large: bool = True) -> None:
         """Ask the kernel to start reading the stored data of [offset, offset+size) of volume
         ``vid`` (or of its image in snapshot ``sid``) and return without waiting: a hint from
-        a reader that will read the range next (an NBD client's sequential stream). Pieces of
-        large records only (a request's small records are fetched together by the read itself,
-        :meth:`_prefetch`); a local pool only (a remote one has no page cache to warm). A
-        missing volume, a damaged header or a failed hint is ignored: the read reports it."""
+        a reader that will read the range next (a sequential stream, ahead.py). Its small
+        records are asked for as a read of many pieces asks for its own (:meth:`_prefetch`):
+        on an aged volume dozens per MiB, scattered over the journal, which the disk then
+        fetches side by side while the reader works. With ``large``, the frames of its larger
+        pieces too (their header read first if the cache lacks it): the NBD server asks so;
+        the FUSE image leaves them to the kernel's read-ahead of the segment files, which
+        WILLNEED on sequential data made slower (docs/benchmarks-history.md section 1,
+        "read-ahead withdrawn"). A local pool only (a remote one has no page cache to warm).
+        A missing volume, a damaged header or a failed hint is ignored: the read reports it."""
         with self._lock:
             vm = self.state.snap_maps.get((sid, vid)) if sid else self.state.maps.get(vid)
             if vm is None:
                 return
-            pieces = [p for p in vm.lookup(offset, offset + size) if p[1] - p[0] > PREFETCH_MAX]
+            pieces = vm.lookup(offset, offset + size)
             self._active_reads += 1  # segment deletion waits, as for a read
         journal = self.journal
         try:
+            self._prefetch(pieces, _shared_spans(pieces))
+            if not large:
+                return
             for s, e, loc in pieces:
+                if e - s <= PREFETCH_MAX:
+                    continue
                 cached = self._header(loc)
                 h = cached.header
                 if h.offset <= s and e <= h.offset + h.length:

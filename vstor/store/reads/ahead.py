@@ -1,22 +1,25 @@
-"""Read-ahead of one NBD connection's sequential stream of large reads. Pure.
+"""Read-ahead of one reader's sequential stream of large reads. Pure.
 
-A client copying or scanning an export (``qemu-img convert``, ``nbdcopy``, fio, a backup)
-sends large reads, each starting where the one before ended. The segment files' own
-readahead in the kernel then keeps one window in flight; asking for the next few MiB of the
-volume as well (``Store.prefetch``: WILLNEED on the records that hold them) keeps the disk's
-queue fed steadily. In process, cold 1 MiB reads of a 4 GiB volume ran at 0.80-1.55 GB/s
-(mean 1.14) with 4 MiB asked for ahead and 0.50-1.01 (mean 0.74) without; through NBD at
+A reader copying or scanning a volume (``qemu-img convert`` or ``nbdcopy`` over NBD, fio, a
+backup job) sends large reads, each starting where the one before ended. The segment files'
+own readahead in the kernel then keeps one window in flight; asking for the next few MiB of
+the volume as well (``Store.prefetch``: WILLNEED on the records that hold them) keeps the
+disk's queue fed steadily. Over NBD, in process, cold 1 MiB reads of a 4 GiB volume ran at
+0.80-1.55 GB/s (mean 1.14) with 4 MiB asked for ahead and 0.50-1.01 (mean 0.74) without; at
 queue depth 16, 1.09-1.22 GB/s against 1.06-1.08, with a p99 of 18-20 ms against 24-25 (at
 depth 1 no faster until the asking moved after the reply's pieces were queued, out of the
 client's wait: then 1.03-1.14 GB/s against 0.92-0.95; docs/benchmarks-history.md section 10).
-16 MiB ahead was no better (session 34, vstor alone through tools/bench_nbd.py, 2 GiB, three
-alternating pairs: 1 MiB reads at QD1 1.18-1.46 GB/s against 1.29-1.40 with 4 MiB, at QD16
-1.07-1.62 against 1.67-1.73).
+16 MiB ahead was no better there (session 34, vstor alone through tools/bench_nbd.py, 2 GiB,
+three alternating pairs: 1 MiB reads at QD1 1.18-1.46 GB/s against 1.29-1.40 with 4 MiB, at
+QD16 1.07-1.62 against 1.67-1.73). On an aged volume, whose every MiB holds dozens of 4 KiB
+records scattered over the journal, asking for those ahead lets the disk fetch them side by
+side while the reader works (docs/benchmarks.md section 9, "Stream read-ahead of small
+records").
 
 :class:`StreamAhead` says, for each large read, which range past it to ask for: nothing
 until a read continues the previous one; then up to ``ahead`` bytes past the read's end,
 in steps of at least ``step`` bytes, never asking for a byte twice while the stream goes on.
-A read elsewhere ends the stream.
+A read elsewhere ends the stream. One reader's thread uses it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class StreamAhead:
         self._asked = 0  # the stream's data is asked for up to here
 
     def next_range(self, offset: int, length: int, size: int) -> tuple[int, int] | None:
-        """(start, length) to ask for after a read of [offset, offset+length) of an export of
+        """(start, length) to ask for after a read of [offset, offset+length) of a volume of
         ``size`` bytes, or None."""
         end = offset + length
         sequential = offset == self._next
