@@ -1,6 +1,7 @@
 """Read-ahead of an aged volume's small records (Store.prefetch, vstor/store/reads/ahead.py):
 which records a prefetch asks the kernel for, and that a backup job's sequential reads ask
-for what follows them. Residency is read with fincore (mincore), which never starts a read."""
+for what follows them. Residency is read with mincore (fincore, or a mapping never touched),
+which unlike a probing read never starts a read itself."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def test_prefetch_asks_for_a_ranges_small_records_and_its_large_ones_only_when_t
     pool, st, vid, model, _near, _far = _aged(tmp_path)
     try:
         st.prefetch(vid, 2 * MiB, 2 * MiB, large=False)
-        n = _until(pool, SMALL * 4096)
+        _until(pool, SMALL * 4096)
         time.sleep(0.2)  # anything else asked for would be in by now
         n = cached_bytes(pool)
         # Each record is one or two pages (its header, table and data); the other range's

@@ -40,6 +40,7 @@ log = logging.getLogger("vstor.backup")
 
 READ_AHEAD = 16 << 20  # bytes of an image asked for past a sequential read (4 pieces of 4 MiB)
 
+
 def snapshot_name(job: int) -> str:
     return f"backup-{job}"
 
@@ -51,8 +52,9 @@ class Image:
     The pax stream reads each extent in order, in pieces of up to 4 MiB; once a read continues
     the one before, the image's next READ_AHEAD bytes are asked for (``Store.prefetch``), so
     that on an aged volume the disk fetches the next pieces' scattered small records while
-    this one is written out (reads/ahead.py; in process, cold 4 MiB reads of an aged 1 GiB
-    volume: 301-367 MiB/s against 230-297 without, docs/benchmarks.md section 9)."""
+    this one is written out (reads/ahead.py; in process, a full backup of a cold 1 GiB volume
+    aged by 100,000 random 4 KiB writes ran at 139-166 MiB/s against 126-145 without,
+    docs/benchmarks.md section 9)."""
 
     store: Store
     vid: int
