@@ -11,6 +11,7 @@ import time
 
 import pytest
 from poolkit import MiB, cached_bytes, evict_segments, make_pool, resident, seg_path
+from poolsite import active
 
 from vstor.backup.jobs import READ_AHEAD, Image
 from vstor.store.journal.format import RECORD_HEADER_SIZE, loc_pos, loc_segno
@@ -106,5 +107,26 @@ def test_a_backup_images_sequential_reads_ask_for_the_small_records_after_them(t
         assert not all(resident(p, pos, RECORD_HEADER_SIZE + 4096) for p, pos in far_records)  # not asked for
         assert read == [MiB, MiB]
         assert bytes(image.read(2 * MiB, 2 * MiB)) == model[2 * MiB : 4 * MiB]
+    finally:
+        st.close()
+
+
+def test_prefetch_reads_headers_for_large_records_on_a_local_pool_only(tmp_path) -> None:
+    """A remote pool has no page cache to warm: a prefetch there must not read a header (a
+    round trip to the cluster) to work out ranges it then cannot ask for."""
+    pool = make_pool(tmp_path)
+    st = Store.open(pool)
+    try:
+        vid = st.create_volume("v", 4 * MiB).id
+        st.write(vid, 0, os.urandom(2 * MiB))
+        st.sync()
+    finally:
+        st.close()
+    st = Store.open(pool)  # an empty header cache
+    try:
+        ((_s, _e, loc), *_rest) = st.state.maps[vid].lookup(0, MiB)
+        assert st._hcache.peek(loc) is None
+        st.prefetch(vid, 0, 2 * MiB)
+        assert (st._hcache.peek(loc) is not None) == (active() is None)
     finally:
         st.close()
