@@ -11,7 +11,8 @@ queued reads go to the read workers (readers.py) to overlap their round trips. A
 to INLINE_READ_MAX gets bytes of its own (its reply waits in the batch). A larger one on a
 local pool is a stream the kernel reads ahead of, never tried without waiting; with
 structured replies it goes out in pieces from the sender thread (sender.py) while the next
-piece is read, and the stream's next MiBs are asked for (ahead.py). Otherwise it is read into
+piece is read, and the stream's next MiBs are asked for (ahead.py: their small records, and
+their large ones where the kernel reads ahead less far). Otherwise it is read into
 the connection's reusable buffer and sent at once.
 """
 
@@ -64,6 +65,9 @@ class ReadServer:
         self._deferred: list[tuple[int, int, int]] = []  # reads whose disk reads the kernel is making
         self._sender: ReplySender | None = None  # large reads, in pieces (local pools, plain TCP)
         self._ahead = StreamAhead()  # large reads in sequence: the volume's next MiBs asked for
+        # ... their large records too only where the kernel's own read-ahead of the segment files
+        # falls short of that window (ahead.py): asked again, they cost the stream a sixth.
+        self._ask_large = store.journal.kernel_readahead < self._ahead.ahead
 
     def read(self, flags: int, cookie: int, offset: int, length: int) -> None:
         """A READ: tried without waiting (queued behind others), into new bytes that wait in
@@ -92,7 +96,7 @@ class ReadServer:
             self._read_whole(cookie, offset, length)
         ahead = self._ahead.next_range(offset, length, self.export_size) if stream else None
         if ahead is not None:  # once the reply is on its way: not in the client's wait
-            store.prefetch(vid, *ahead, sid=self.sid)
+            store.prefetch(vid, *ahead, sid=self.sid, large=self._ask_large)
 
     def _contended_turn(self) -> bool:
         """This thread holds the serving turn and another connection waits for it."""

@@ -8,7 +8,8 @@ read-ahead of each segment file follows a sequential volume read, and an explici
 ``posix_fadvise(WILLNEED)`` made cold sequential reads slower (docs/benchmarks.md §1,
 "Sequential read on a faster machine; read-ahead withdrawn"). The exception is ``prefetch``,
 which the read path calls only for the small records of a request of many pieces (an aged
-volume), whose positions no read-ahead can guess.
+volume), whose positions no read-ahead can guess, and of a reader's stream past the window
+the kernel reads ahead of it (``kernel_readahead``, :func:`device_readahead`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from vstor.store.journal.format import (
 )
 from vstor.store.journal.outage import Outage, classify
 
+__all__ = ["HEADER_PREFETCH_DATA", "HEADER_READ", "PREFETCH_CALL", "SegmentReader", "device_readahead"]
+
+PREFETCH_CALL = 1 << 20  # bytes asked for per WILLNEED call (prefetch)
 HEADER_PREFETCH_DATA = 8 << 10  # a header a nowait read misses: how much of what follows to fetch with it
 # A header read: the header and 4 KiB of what follows, a frame table with block sums for
 # records up to 1.5 MiB (every write through FUSE is at most 1 MiB). A larger table takes a
@@ -40,9 +44,29 @@ HEADER_PREFETCH_DATA = 8 << 10  # a header a nowait read misses: how much of wha
 HEADER_READ = RECORD_HEADER_SIZE + 128 * FRAME_ENTRY_SIZE
 
 
+def device_readahead(path: str, sysfs: str = "/sys") -> int:
+    """Bytes the kernel reads ahead of a sequential reader of files under ``path``: the
+    ``read_ahead_kb`` of the block device its filesystem lies on (the whole disk's for a
+    partition), which a sequential reader's window grows to. 0 when it cannot be told: a
+    filesystem with no block device of its own (tmpfs, overlay, btrfs, NFS), or no sysfs."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        return 0
+    base = f"{sysfs}/dev/block/{os.major(dev)}:{os.minor(dev)}"
+    for queue in (f"{base}/queue", f"{base}/../queue"):  # a partition's queue is its disk's
+        try:
+            with open(f"{queue}/read_ahead_kb") as f:
+                return int(f.read()) << 10
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
 class SegmentReader:
     # Provided by Journal.
     _files: bool
+    kernel_readahead: int  # device_readahead of the segment files' directory; 0 on a remote pool
     backend: PoolBackend
     _segno: int
     _read_fds: dict[int, int]
@@ -117,9 +141,14 @@ class SegmentReader:
 
     def prefetch(self, segno: int, pos: int, size: int) -> None:
         """Ask the kernel to start reading [pos, pos+size) of a segment (WILLNEED), without
-        waiting: the scattered small records of one read are then fetched together."""
+        waiting: the scattered small records of one read are then fetched together. In calls
+        of at most PREFETCH_CALL bytes: the kernel reads only the first max(read_ahead_kb,
+        max_sectors_kb) of each call (1.25 MiB on a loop device, whose read-ahead is
+        smaller) and drops the rest without a word."""
         if self._files:  # a RADOS pool has no page cache of its segments to warm
-            os.posix_fadvise(self._read_fd(segno), pos, size, os.POSIX_FADV_WILLNEED)
+            fd = self._read_fd(segno)
+            for at in range(pos, pos + size, PREFETCH_CALL):
+                os.posix_fadvise(fd, at, min(PREFETCH_CALL, pos + size - at), os.POSIX_FADV_WILLNEED)
 
     def _backend_read(self, segno: int, pos: int, size: int) -> bytes:
         outage = self.outage

@@ -68,7 +68,7 @@ from vstor.store.journal.outage import Outage
 from vstor.store.journal.prewrite import PREWRITE_LOW, Prewriter, SyncDensity
 from vstor.store.journal.resume import ResumeMixin
 from vstor.store.journal.segfiles import SegmentCatalog
-from vstor.store.journal.segread import SegmentReader
+from vstor.store.journal.segread import SegmentReader, device_readahead
 from vstor.store.journal.segscan import SegmentScanner
 from vstor.store.journal.tailspace import REUSED_AHEAD, SMALL_RECORD, TailSpaceMixin
 
@@ -87,6 +87,7 @@ class Journal(SegmentCatalog, SegmentReader, SegmentScanner, ResumeMixin, TailSp
         self._own_backend = backend is None
         self.backend = backend or LocalBackend(os.path.dirname(directory), faults, journal_dir=directory)
         self._files = self.backend.local_path(0) is not None  # segments are local files: map and fdatasync them
+        self.kernel_readahead = device_readahead(directory) if self._files else 0
         self._align = self.backend.append_alignment
         self.pool_uuid = pool_uuid
         self.segment_size = segment_size

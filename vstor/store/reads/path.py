@@ -114,8 +114,9 @@ class ReadPathMixin(SmallReadMixin):
         records are asked for as a read of many pieces asks for its own (:meth:`_prefetch`):
         on an aged volume dozens per MiB, scattered over the journal, which the disk then
         fetches side by side while the reader works. With ``large``, the frames of its larger
-        pieces too (their header read first if the cache lacks it), as the NBD server asks;
-        backup jobs leave those to the kernel's read-ahead of the segment files. A local pool
+        pieces too (their header read first if the cache lacks it), as the NBD server asks
+        where the device reads ahead less far than its stream's window; backup jobs leave those
+        to the kernel's read-ahead of the segment files. A local pool
         only: a remote one has no page cache to warm, so nothing is looked up or read there.
         A missing volume, a damaged header or a failed hint is ignored: the read reports it."""
         if not self.journal.local_files:
