@@ -1,13 +1,16 @@
 """Dead segment files reused for later segments (vstor/store/backend/spares.py): the records
 a reused file still holds from its earlier segment are never taken for the new one's, after
 a crash too; damage inside durable data is still reported; a crash while a spare becomes a
-segment leaves a pool that opens; spares give their space back when the pool runs short.
-Local pools only: a RADOS pool deletes its segments' objects."""
+segment leaves a pool that opens; spares give their space back when the pool runs short; a
+dead file not kept is removed after the store lets its lock go, and one a crash left moved
+aside is removed later. Local pools only: a RADOS pool deletes its segments' objects."""
 
 from __future__ import annotations
 
 import os
 import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from poolkit import MiB, evict_segments, make_pool, seg_flip
 
 from vstor.errors import CorruptData, PoolFull, VstorError
 from vstor.faults import Faults
-from vstor.store.backend.spares import SPARE_SUFFIX, SpareSegments
+from vstor.store.backend.spares import DEAD_SUFFIX, SPARE_SUFFIX, SpareSegments
 from vstor.store.journal.format import (
     SEG_REUSED,
     SEG_SEEDED,
@@ -200,6 +203,13 @@ def test_only_seeded_segments_of_a_useful_size_are_kept_and_at_most_the_limit(tm
         assert not os.path.exists(path)
     assert spares.summary() == (2, 4 * MiB)
     assert SpareSegments(str(jdir), limit=0).keep(str(jdir / "missing.seg"), 9) is False
+    # The ones not kept were moved aside, to be removed without the store's lock.
+    spare_dir = jdir / "spare"
+    assert sorted(n for n in os.listdir(spare_dir) if n.endswith(DEAD_SUFFIX)) == [
+        f"{n:010d}{DEAD_SUFFIX}" for n in (1, 2, 5, 6)]
+    assert spares.purge() == 4 and spares.purge() == 0
+    assert sorted(os.listdir(spare_dir)) == [f"{n:010d}{SPARE_SUFFIX}" for n in (3, 4)]
+    assert spares.summary() == (2, 4 * MiB)
 
 
 def _one_spare(tmp_path) -> tuple[Path, SpareSegments]:
@@ -301,3 +311,68 @@ def test_only_small_records_read_a_reused_files_old_contents_ahead(tmp_path):
     st.sync()
     _check(st, vid, model)
     st.close()
+
+
+def _dead(pool: str) -> list[str]:
+    return [n for n in _spares(pool) if n.endswith(DEAD_SUFFIX)]
+
+
+def _dying_segments(tmp_path, faults: Faults) -> tuple[str, Store, int, bytearray]:
+    """A pool with two spares whose next checkpoint deletes three more dead segments (the
+    volume written over three times since the one before): their files are not kept."""
+    pool, st, vid, rng, model = _pool_with_spares(tmp_path, 6, faults)
+    for _ in range(3):
+        for off in range(0, VOL, MiB):
+            data = rng.randbytes(MiB)
+            st.write(vid, off, data)
+            model[off : off + MiB] = data
+    st.checkpoint()
+    assert len(_spares(pool)) == 2 and not _dead(pool)
+    return pool, st, vid, model
+
+
+def test_dead_segment_files_are_removed_after_the_store_lets_its_lock_go(tmp_path):
+    faults = Faults()
+    pool, st, vid, model = _dying_segments(tmp_path, faults)
+    try:
+        faults.arm("spares.purge", "delay", repeat=True)  # each removal waits 0.5 s first
+        ckpt = threading.Thread(target=st.checkpoint)
+        ckpt.start()
+        deadline = time.monotonic() + 10
+        while not _dead(pool):
+            assert time.monotonic() < deadline, "no dead segment file was moved aside"
+            time.sleep(0.005)
+        started = time.monotonic()
+        data = os.urandom(MiB)
+        st.write(vid, 0, data)  # host requests do not wait for the removals
+        model[:MiB] = data
+        assert bytes(st.read(vid, 0, MiB)) == data
+        assert time.monotonic() - started < faults.delay
+        assert _dead(pool), "the removals were over before the write: they held it up"
+        ckpt.join()
+        assert not _dead(pool)
+        assert st.stats.as_dict()["segments_deleted"] >= 3
+        _check(st, vid, model)
+    finally:
+        faults.disarm()
+        st.close()
+
+
+def test_a_crash_with_a_dead_segment_file_moved_aside_leaves_a_pool_that_opens(tmp_path):
+    faults = Faults()
+    pool, st, vid, model = _dying_segments(tmp_path, faults)
+    listed = st.journal.segments()
+    faults.arm("spares.keep", "eio")  # after the first dead file is moved aside, before the rest
+    with pytest.raises(OSError):
+        st.checkpoint()
+    crash(st)
+    assert len(_dead(pool)) == 1
+    st = Store.open(pool)
+    try:
+        assert st.recovery["torn_tail"] is None
+        assert listed[0] not in st.journal.segments()  # unlisted for good
+        _check(st, vid, model)
+        st.checkpoint()  # the next checkpoint removes what the crash left
+        assert not _dead(pool)
+    finally:
+        st.close()

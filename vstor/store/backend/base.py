@@ -167,6 +167,12 @@ class PoolBackend(ABC):
         """Give the space of every spare segment file back (the pool is short of space); how many."""
         return 0
 
+    def purge_deleted(self) -> int:
+        """Free the storage of the segments :meth:`delete_segment` unlisted but left to be
+        removed (local pools: spares.py; slow, so the store calls it without its lock); how
+        many. RADOS removes its stripes on a thread of its own (remover.py): none here."""
+        return 0
+
     # -- outages (remote backends; journal/resume.py) ----------------------------------------
     def abandon_segment(self, segno: int) -> None:
         """Forget the writes to ``segno`` still in flight and their failures (waiting for each

@@ -127,6 +127,9 @@ class LocalBackend(PoolBackend):
     def release_spares(self) -> int:
         return self.spares.release()
 
+    def purge_deleted(self) -> int:
+        return self.spares.purge()
+
     # -- blobs -----------------------------------------------------------------------------
     def _path(self, name: str) -> str:
         if name.startswith("/") or ".." in name.split("/"):

@@ -16,8 +16,14 @@ and a scan ending there is a clean end (segread.py).
 Guarantees:
 
 * :meth:`SpareSegments.keep` moves a dead segment file to ``spare/`` (rename, both directories
-  synced) when it qualifies, and otherwise removes it durably. Either way the segment's name
-  is durably gone on return, as ``PoolBackend.delete_segment`` promises.
+  synced): as a spare (``NNN.spare``) when it qualifies, otherwise to be removed
+  (``NNN.dead``). Either way the segment's name is durably gone on return, as
+  ``PoolBackend.delete_segment`` promises, and only metadata was written: the store deletes
+  segments under its lock, and freeing a large file's blocks is slow (42 ms for 256 MiB on
+  ext4 mounted with ``discard``, which discards them before the truncate returns; every host
+  request waits for that lock). :meth:`SpareSegments.purge` then removes the ``.dead`` files
+  durably, outside the lock (``PoolBackend.purge_deleted``); one a crash left is removed by
+  the next purge, and nothing lists or reads it meanwhile.
 * :meth:`SpareSegments.take` makes a spare file segment ``segno``: the new header is written
   over the old one and fdatasynced first, then the file is linked at the segment's name
   (FileExistsError if that exists) and the spare name removed, both directories synced. After
@@ -25,7 +31,8 @@ Guarantees:
   segment; if both names survived, the spare name is dropped by the next keep, take or release
   (a spare with more than one link is a segment's file; listing and counting skip it and
   change nothing, so a status query during a take cannot undo the take's own steps).
-* :meth:`SpareSegments.release` removes every spare (the pool is short of space).
+* :meth:`SpareSegments.release` removes every spare and every ``.dead`` file (the pool is
+  short of space).
 """
 
 from __future__ import annotations
@@ -38,12 +45,13 @@ from vstor.durable import remove_durably, sync_dir
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.journal.format import SEGMENT_HEADER_SIZE, mark_reused, seeded_segment
 
-__all__ = ["MAX_SPARES", "MIN_SPARE_BYTES", "SpareSegments"]
+__all__ = ["DEAD_SUFFIX", "MAX_SPARES", "MIN_SPARE_BYTES", "SPARE_SUFFIX", "SpareSegments"]
 
 MAX_SPARES = 2  # files kept; each is one segment's size on the pool's filesystem
 MIN_SPARE_BYTES = 1 << 20  # smaller files (a segment cut short) are not worth keeping
 FREE_SEGMENTS = 4  # a file is kept only while the filesystem has room for this many more like it
 SPARE_SUFFIX = ".spare"
+DEAD_SUFFIX = ".dead"  # a deleted segment's file, moved aside to be removed outside the store's lock
 
 
 class SpareSegments:
@@ -91,16 +99,32 @@ class SpareSegments:
         return len(names), total
 
     def keep(self, path: str, segno: int) -> bool:
-        """Move the dead segment file ``path`` to the spares, or remove it. True if kept."""
+        """Move the dead segment file ``path`` to the spares (True), or aside for :meth:`purge`
+        to remove (False; nothing to do if it is gone already)."""
         with self._lock:
-            if self._qualifies(path):
-                os.makedirs(self.dir, exist_ok=True)
-                os.rename(path, os.path.join(self.dir, f"{segno:010d}{SPARE_SUFFIX}"))
-                sync_dir(self.dir)
-                sync_dir(self.journal_dir)
-                return True
-        remove_durably(path)
-        return False
+            kept = self._qualifies(path)
+            os.makedirs(self.dir, exist_ok=True)
+            try:
+                os.rename(path, os.path.join(self.dir, f"{segno:010d}{SPARE_SUFFIX if kept else DEAD_SUFFIX}"))
+            except FileNotFoundError:
+                return False
+            sync_dir(self.dir)
+            sync_dir(self.journal_dir)
+            self.faults.hit("spares.keep")  # tests: a crash with the file moved aside
+            return kept
+
+    def purge(self) -> int:
+        """Remove the files :meth:`keep` moved aside, durably; how many. Slow for large files
+        (their blocks are freed, and discarded on a filesystem mounted with ``discard``): the
+        store calls it without its lock."""
+        try:
+            names = sorted(n for n in os.listdir(self.dir) if n.endswith(DEAD_SUFFIX))
+        except FileNotFoundError:
+            return 0
+        for n in names:
+            self.faults.hit("spares.purge")  # tests: a slow removal ("delay")
+            remove_durably(os.path.join(self.dir, n))
+        return len(names)
 
     def _qualifies(self, path: str) -> bool:
         if self.limit <= 0 or len(self._usable()) >= self.limit:
@@ -138,9 +162,9 @@ class SpareSegments:
             return True
 
     def release(self) -> int:
-        """Remove every spare file; returns how many."""
+        """Remove every spare file, and the files moved aside to be removed; returns how many."""
         with self._lock:
             names = self._usable()
             for n in names:
                 remove_durably(os.path.join(self.dir, n))
-            return len(names)
+        return len(names) + self.purge()

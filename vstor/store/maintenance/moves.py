@@ -122,16 +122,18 @@ class MaintenanceMixin(StoreParts):
         keep_from = min([keep_segno, *(s for s, _p in self.consumers.positions().values())])
         dead = [s for s in self.journal.segments()
                 if s < keep_from and not live_at_checkpoint.get(s) and s != self.journal.current_segno]
-        if not dead:
-            return
-        with self._lock:
-            while self._active_reads:
-                self._reads_done.wait()
-            for s in dead:
-                self.journal.delete_segment(s)
-                self.state.seg_logical.pop(s, None)
-            self._hcache.drop_segments(set(dead))
-        self.stats.add(segments_deleted=len(dead))
+        if dead:
+            with self._lock:
+                while self._active_reads:
+                    self._reads_done.wait()
+                for s in dead:
+                    self.journal.delete_segment(s)  # unlisted durably; its file moved aside (metadata only)
+                    self.state.seg_logical.pop(s, None)
+                self._hcache.drop_segments(set(dead))
+            self.stats.add(segments_deleted=len(dead))
+        # Their blocks are freed without the lock, which every host request takes (42 ms per
+        # 256 MiB file on ext4 mounted with discard); also what a crash left moved aside.
+        self.backend.purge_deleted()
 
 
 def _union(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
