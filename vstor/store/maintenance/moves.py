@@ -84,9 +84,12 @@ class MaintenanceMixin(StoreParts):
         """Persist the state at the current journal tail, then delete segments nothing needs.
         ``both`` writes it to both copies (recovery does, once the journal has been replayed).
 
-        With snapshots the maps can be large (every version of a leaf is written), so they are
-        captured as shares under the lock and serialized without it; GC moves, which change
-        shared leaves in place, wait on ``_remap_lock`` meanwhile."""
+        The maps are captured as shares under the lock (O(leaves); a write meanwhile copies
+        the leaf it changes) and serialized without it: serialized under the lock, the maps of
+        a 1 GiB volume held every host request up for 130-170 ms per checkpoint (a scratch
+        trace of the lock's holds, docs/benchmarks.md section 12, "Who holds the store's
+        lock"). GC moves, which change shared leaves in place, wait on ``_remap_lock``
+        meanwhile."""
         self.journal.faults.hit("checkpoint")
         with self._ckpt_lock, self._remap_lock:
             with self._lock:
@@ -94,16 +97,13 @@ class MaintenanceMixin(StoreParts):
                 meta = self.state.meta_json()
                 live = dict(self.state.live)
                 appended = self.journal.appended_bytes
-                shared = bool(self.state.snap_maps)
-                frozen = [vm.share() for vm in self.state.all_maps()] if shared else []
-                maps = b"" if shared else self.state.maps_blob()
-            if shared:
-                try:
-                    maps = dump_maps(frozen)
-                finally:
-                    with self._lock:
-                        for vm in frozen:
-                            vm.release()
+                frozen = [vm.share() for vm in self.state.all_maps()]
+            try:
+                maps = dump_maps(frozen)
+            finally:
+                with self._lock:
+                    for vm in frozen:
+                        vm.release()
             self.journal.sync()
             gen = self.ckpt_generation + 1
             # Two copies, written alternately: the other one keeps the previous generation, or
