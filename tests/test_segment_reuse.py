@@ -54,14 +54,19 @@ def _spares(pool: str) -> list[str]:
     return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
 
-def _make_spares(st: Store, vid: int, rng: random.Random, model: bytearray) -> None:
-    """Write the volume over twice, so the first segments die, and checkpoint twice so that
-    they are deleted (kept as spares)."""
-    for _ in range(2):
+def _overwrite(st: Store, vid: int, rng: random.Random, model: bytearray, times: int) -> None:
+    """Write the whole volume over ``times`` times, in order, 1 MiB at a time."""
+    for _ in range(times):
         for off in range(0, VOL, MiB):
             data = rng.randbytes(MiB)
             st.write(vid, off, data)
             model[off : off + MiB] = data
+
+
+def _make_spares(st: Store, vid: int, rng: random.Random, model: bytearray) -> None:
+    """Write the volume over twice, so the first segments die, and checkpoint twice so that
+    they are deleted (kept as spares)."""
+    _overwrite(st, vid, rng, model, 2)
     st.checkpoint()
     st.checkpoint()
 
@@ -321,11 +326,7 @@ def _dying_segments(tmp_path, faults: Faults) -> tuple[str, Store, int, bytearra
     """A pool with two spares whose next checkpoint deletes three more dead segments (the
     volume written over three times since the one before): their files are not kept."""
     pool, st, vid, rng, model = _pool_with_spares(tmp_path, 6, faults)
-    for _ in range(3):
-        for off in range(0, VOL, MiB):
-            data = rng.randbytes(MiB)
-            st.write(vid, off, data)
-            model[off : off + MiB] = data
+    _overwrite(st, vid, rng, model, 3)
     st.checkpoint()
     assert len(_spares(pool)) == 2 and not _dead(pool)
     return pool, st, vid, model
