@@ -377,3 +377,17 @@ def test_a_crash_with_a_dead_segment_file_moved_aside_leaves_a_pool_that_opens(t
         assert not _dead(pool)
     finally:
         st.close()
+
+
+def test_a_dead_segment_file_that_cannot_be_removed_fails_nothing_and_goes_later(tmp_path):
+    faults = Faults()
+    pool, st, vid, model = _dying_segments(tmp_path, faults)
+    try:
+        faults.arm("spares.purge", "eio")  # the first removal fails
+        st.checkpoint()  # written, and the segments unlisted: the failure is only logged
+        assert len(_dead(pool)) == 1
+        _check(st, vid, model)
+        st.checkpoint()
+        assert not _dead(pool)
+    finally:
+        st.close()

@@ -22,8 +22,9 @@ Guarantees:
   segments under its lock, and freeing a large file's blocks is slow (42 ms for 256 MiB on
   ext4 mounted with ``discard``, which discards them before the truncate returns; every host
   request waits for that lock). :meth:`SpareSegments.purge` then removes the ``.dead`` files
-  durably, outside the lock (``PoolBackend.purge_deleted``); one a crash left is removed by
-  the next purge, and nothing lists or reads it meanwhile.
+  durably, outside the lock (``PoolBackend.purge_deleted``); one a crash left, or whose
+  removal failed (logged, never raised), is removed by the next purge, and nothing lists or
+  reads it meanwhile.
 * :meth:`SpareSegments.take` makes a spare file segment ``segno``: the new header is written
   over the old one and fdatasynced first, then the file is linked at the segment's name
   (FileExistsError if that exists) and the spare name removed, both directories synced. After
@@ -38,12 +39,15 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 
 from vstor.durable import remove_durably, sync_dir
 from vstor.faults import NO_FAULTS, Faults
 from vstor.store.journal.format import SEGMENT_HEADER_SIZE, mark_reused, seeded_segment
+
+log = logging.getLogger("vstor.store")
 
 __all__ = ["DEAD_SUFFIX", "MAX_SPARES", "MIN_SPARE_BYTES", "SPARE_SUFFIX", "SpareSegments"]
 
@@ -114,17 +118,27 @@ class SpareSegments:
             return kept
 
     def purge(self) -> int:
-        """Remove the files :meth:`keep` moved aside, durably; how many. Slow for large files
-        (their blocks are freed, and discarded on a filesystem mounted with ``discard``): the
-        store calls it without its lock."""
+        """Remove the files :meth:`keep` moved aside, durably; how many were removed. Slow for
+        large files (their blocks are freed, and discarded on a filesystem mounted with
+        ``discard``): the store calls it without its lock. A file that cannot be removed is
+        logged and left for the next purge, never raised: the segment is unlisted already,
+        so what is left is space, and neither a checkpoint nor the write that made room
+        should fail for it (as a RADOS removal, remover.py)."""
         try:
             names = sorted(n for n in os.listdir(self.dir) if n.endswith(DEAD_SUFFIX))
         except FileNotFoundError:
             return 0
+        removed = 0
         for n in names:
-            self.faults.hit("spares.purge")  # tests: a slow removal ("delay")
-            remove_durably(os.path.join(self.dir, n))
-        return len(names)
+            try:
+                self.faults.hit("spares.purge")  # tests: a slow removal ("delay"), or a failed one
+                remove_durably(os.path.join(self.dir, n))
+            except OSError as e:
+                log.warning("%s: a deleted journal segment's file was not removed (%s); its space is "
+                            "freed by a later checkpoint", os.path.join(self.dir, n), e)
+                continue
+            removed += 1
+        return removed
 
     def _qualifies(self, path: str) -> bool:
         if self.limit <= 0 or len(self._usable()) >= self.limit:
