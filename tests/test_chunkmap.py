@@ -183,6 +183,32 @@ def test_partial_writes_that_complete_a_chunk_become_dense():
     assert vm.leaves == {} and vm.overlays == {} and refs.nonzero() == {}
 
 
+@pytest.mark.parametrize("case", ["before", "after", "inside"])
+def test_a_record_mapped_again_joins_the_pieces_it_touches(case):
+    """A record mapped again (GC and replay map one record in pieces) is joined with a piece of
+    the same record right before it, right after it, or left of the extent it replaced."""
+    refs = Refs()
+    vm = VolumeMap(CS, refs)
+    r, x = make_loc(1, 64), make_loc(1, 9999)
+    if case == "before":
+        vm.map(0, 100, r)
+        vm.map(100, 300, x)
+        vm.map(100, 200, r)
+        want = [(0, 200, r), (200, 300, x)]
+    elif case == "after":
+        vm.map(0, 100, x)
+        vm.map(100, 300, r)
+        vm.map(50, 100, r)
+        want = [(0, 50, x), (50, 300, r)]
+    else:  # the extent replaced is of the record itself: its left pieces join the new one
+        vm.map(0, 300, r)
+        vm.map(300, 400, x)
+        vm.map(100, 350, r)
+        want = [(0, 350, r), (350, 400, x)]
+    assert vm.overlays == {0: want}
+    assert refs.nonzero() == per_segment({loc: sum(e - s for s, e, lc in want if lc == loc) for loc in (r, x)})
+
+
 def test_full_chunk_writes_use_dense_slots():
     refs = Refs()
     vm = VolumeMap(CS, refs)
