@@ -54,7 +54,9 @@ class Image:
     that on an aged volume the disk fetches the next pieces' scattered small records while
     this one is written out (reads/ahead.py; in process, a full backup of a cold 1 GiB volume
     aged by 100,000 random 4 KiB writes ran at 139-166 MiB/s against 126-145 without,
-    docs/benchmarks.md section 9)."""
+    docs/benchmarks.md section 9). Only the small records are asked for: a piece's large
+    records are read whole by the kernel in one request each, and asking for them too gained
+    nothing, also with the pool disk reading only 128 KiB ahead (same section)."""
 
     store: Store
     vid: int
