@@ -92,18 +92,16 @@ class MaintenanceMixin(StoreParts):
         meanwhile."""
         self.journal.faults.hit("checkpoint")
         with self._ckpt_lock, self._remap_lock:
-            with self._lock:
-                segno, pos = self.journal.tail()
-                meta = self.state.meta_json()
-                live = dict(self.state.live)
-                appended = self.journal.appended_bytes
-                frozen = [vm.share() for vm in self.state.all_maps()]
-            try:
+            at: dict = {}
+
+            def capture(state: PoolState) -> list[list[VolumeMap]]:  # under the lock, with the shares
+                at.update(tail=self.journal.tail(), meta=state.meta_json(), live=dict(state.live),
+                          appended=self.journal.appended_bytes)
+                return [list(state.all_maps())]
+
+            with self.frozen_maps(capture) as (frozen,):
                 maps = dump_maps(frozen)
-            finally:
-                with self._lock:
-                    for vm in frozen:
-                        vm.release()
+            (segno, pos), meta, live, appended = at["tail"], at["meta"], at["live"], at["appended"]
             self.journal.sync()
             gen = self.ckpt_generation + 1
             # Two copies, written alternately: the other one keeps the previous generation, or
