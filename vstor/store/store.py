@@ -116,7 +116,12 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
             backend.close()
             raise
         store.journal.salvage = salvage
-        store.adopt_recovery(recover(store.journal, store.backend, sb))
+        try:
+            recovered = recover(store.journal, store.backend, sb)
+        except BaseException:  # refused: nothing written, every descriptor closed
+            store.close(checkpoint=False)
+            raise
+        store.adopt_recovery(recovered)
         return store
 
     def adopt_recovery(self, r: Recovered) -> None:

@@ -110,9 +110,16 @@ class LocalBackend(PoolBackend):
             return 0
 
     def truncate_segment(self, segno: int, size: int) -> None:
-        fd = self._fd(segno)
-        os.ftruncate(fd, size)
-        os.fsync(fd)
+        with self._lock:
+            cached = self._fds.get(segno)
+        # Recovery cuts one segment per open: a descriptor of its own, not one kept until GC.
+        fd = cached if cached is not None else os.open(self.segment_path(segno), os.O_RDWR)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            if cached is None:
+                os.close(fd)
 
     def delete_segment(self, segno: int) -> None:
         with self._lock:
