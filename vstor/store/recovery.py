@@ -170,6 +170,10 @@ def recover(journal: Journal, meta: PoolBackend, sb: Superblock) -> Recovered:
         log.warning("cut torn journal tail at segment %d offset %d (%s)", end.segno, end.pos, end.reason)
     elif end.unwritten:  # the space allocated for the mapped window when the daemon died
         journal.truncate_segment(end.segno, end.pos)
+    elif end.pos >= SEGMENT_HEADER_SIZE and journal.backend.local_path(0) is not None \
+            and end.segno in journal.segments():
+        # a clean end: the cut frees the blocks allocated past the end of the file (tailspace.py)
+        journal.truncate_segment(end.segno, end.pos)
     segs = journal.segments()
     new = max([*segs, loaded.next_segno - 1]) + 1
     # On a remote backend a write the last owner issued before it died (or lost the cluster)

@@ -83,7 +83,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         self.journal = Journal(self.paths["journal"], sb.uuid_bytes, sb.segment_size, faults,
                                lambda: int(self.clock.time() * 1e9), self.backend)
         self.state = PoolState(sb.chunk_size)
-        self.space = SpaceGuard(pool, reserve=2 * sb.segment_size + (8 << 20))
+        self.space = SpaceGuard(pool, reserve=2 * sb.segment_size + (8 << 20), held=self.journal.allocated_ahead)
         self.stats = Counters()
         self._lock = threading.RLock()
         self._reads_done = threading.Condition(self._lock)

@@ -106,6 +106,7 @@ class Journal(SegmentCatalog, SegmentReader, SegmentScanner, ResumeMixin, TailSp
         # The current segment's blocks are written up to here (a reused file's old contents, or
         # zeros prepared ahead: prewrite.py): records below it go by pwrite, never through the map.
         self._prepared = 0
+        self._file_end = 0  # the live segment file's size (tailspace.py: allocated_ahead)
         self._prepare_off = False  # preparing failed in this segment (a full filesystem): not again
         self.density = SyncDensity()  # bytes appended per fdatasync: dense syncs start the preparing
         self.prepared_bytes = 0  # zeros written ahead of the tail since the journal opened
@@ -157,6 +158,7 @@ class Journal(SegmentCatalog, SegmentReader, SegmentScanner, ResumeMixin, TailSp
         fd = os.open(self.path(segno), os.O_RDWR) if self._files else -2  # -2: open, but no local file
         # A new file holds its header alone; a spare keeps the size of the segment it was.
         written = os.fstat(fd).st_size if fd >= 0 else SEGMENT_HEADER_SIZE
+        size = self._allocate_segment(fd, segno, written) if fd >= 0 and written <= SEGMENT_HEADER_SIZE else written
         with self._sync_lock:
             old = self._fd
             if self._win is not None:
@@ -168,6 +170,7 @@ class Journal(SegmentCatalog, SegmentReader, SegmentScanner, ResumeMixin, TailSp
             self._marker_end = 0
             self._reused, self._ahead = written > SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE
             self._prepared, self._prepare_off = written, False
+            self._file_end = size
         if old >= 0:
             os.close(old)
 
@@ -290,14 +293,16 @@ class Journal(SegmentCatalog, SegmentReader, SegmentScanner, ResumeMixin, TailSp
         if not self._files:  # nothing is allocated ahead of the tail
             return
         try:
-            if os.fstat(self._fd).st_size > self._tail:
-                os.ftruncate(self._fd, self._tail)
+            if os.fstat(self._fd).st_size > self._tail or self._file_end > self._tail:
+                os.ftruncate(self._fd, self._tail)  # also frees blocks allocated past the end of the file
+            self._file_end = self._tail
         except OSError as e:
             self._fail(f"cannot trim the journal segment's preallocated space: {e}")
 
     def _undo_write(self, pos: int) -> None:
         self._unmap()  # its end may lie past the cut: a store there would raise SIGBUS
         self._prepared = min(self._prepared, pos)
+        self._file_end = min(self._file_end, pos)
         try:
             os.ftruncate(self._fd, pos)
         except OSError as e:

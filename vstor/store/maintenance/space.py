@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 
 class SpaceGuard:
-    def __init__(self, path: str, reserve: int, recheck_every: int = 32 << 20) -> None:
+    def __init__(self, path: str, reserve: int, recheck_every: int = 32 << 20,
+                 held: Callable[[], int] | None = None) -> None:
+        """``held``: bytes the pool already holds allocated past its journal's tail (the live
+        segment file is allocated whole when it starts: tailspace.py), which records fill
+        without taking more of the filesystem: counted as free, so that the filesystem's free
+        space alone does not stop host writes a segment early."""
         self.path = path
         self.reserve = reserve
         self.recheck_every = recheck_every
+        self._held = held or (lambda: 0)
         self._lock = threading.Lock()
         self._free = 0
         self._since = recheck_every  # force a statvfs on first use
@@ -26,7 +33,7 @@ class SpaceGuard:
 
     def refresh(self) -> int:
         with self._lock:
-            self._free = self.free_bytes()
+            self._free = self.free_bytes() + self._held()
             self._since = 0
             return self._free
 
@@ -40,7 +47,7 @@ class SpaceGuard:
             return True
         with self._lock:
             if self._recheck_due(need):
-                self._free = self.free_bytes()
+                self._free = self.free_bytes() + self._held()
                 self._since = 0
             return self._free - self._since >= need
 
