@@ -117,11 +117,10 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
             raise
         store.journal.salvage = salvage
         try:
-            recovered = recover(store.journal, store.backend, sb)
-        except BaseException:  # refused: nothing written, every descriptor closed
+            store.adopt_recovery(recover(store.journal, store.backend, sb))
+        except BaseException:  # refused or failed: no checkpoint, and every descriptor closed
             store.close(checkpoint=False)
             raise
-        store.adopt_recovery(recovered)
         return store
 
     def adopt_recovery(self, r: Recovered) -> None:
