@@ -12,11 +12,16 @@ import os
 import stat
 
 SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4  # <linux/fs.h>
+FALLOC_FL_KEEP_SIZE = 0x01  # <linux/falloc.h>
 _libc = ctypes.CDLL(None, use_errno=True)
 _sync_file_range = getattr(_libc, "sync_file_range", None)
 if _sync_file_range is not None:
     _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     _sync_file_range.restype = ctypes.c_int
+_fallocate = getattr(_libc, "fallocate", None)
+if _fallocate is not None:
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    _fallocate.restype = ctypes.c_int
 
 
 def sync_dir(path: str) -> None:
@@ -67,6 +72,24 @@ def _sync_range(fd: int, offset: int, nbytes: int, flags: int) -> None:
         err = ctypes.get_errno()
         if err not in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE):
             raise OSError(err, os.strerror(err))
+
+
+def allocate_past_end(fd: int, offset: int, length: int) -> None:
+    """Allocate the blocks of [offset, offset+length) of ``fd`` without changing the file's
+    size (fallocate(2) with FALLOC_FL_KEEP_SIZE).
+
+    After return, writes into that range need no new blocks: they cannot fail with ENOSPC
+    for want of space (the blocks are unwritten extents until written). Guarantees nothing
+    about durability. Raises OSError where the filesystem refuses (ENOSPC, EOPNOTSUPP), with
+    no slow emulation as glibc's posix_fallocate does there. The journal keeps a new
+    segment's size at its tail (journal/tailspace.py): with the end of the file at the
+    segment's end, page faults in the mapped window read ahead into large folios of zeros,
+    and a store into one dirties all of it (docs/benchmarks.md section 10)."""
+    if _fallocate is None:
+        raise OSError(errno.EOPNOTSUPP, "fallocate is not available")
+    if _fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:

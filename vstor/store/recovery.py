@@ -170,8 +170,7 @@ def recover(journal: Journal, meta: PoolBackend, sb: Superblock) -> Recovered:
         log.warning("cut torn journal tail at segment %d offset %d (%s)", end.segno, end.pos, end.reason)
     elif end.unwritten:  # the space allocated for the mapped window when the daemon died
         journal.truncate_segment(end.segno, end.pos)
-    elif end.pos >= SEGMENT_HEADER_SIZE and journal.backend.local_path(0) is not None \
-            and end.segno in journal.segments():
+    elif end.pos >= SEGMENT_HEADER_SIZE and journal.local_files and end.segno in journal.segments():
         # a clean end: the cut frees the blocks allocated past the end of the file (tailspace.py)
         journal.truncate_segment(end.segno, end.pos)
     segs = journal.segments()

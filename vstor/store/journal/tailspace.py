@@ -13,13 +13,13 @@ ways in, chosen by ``Journal.write``:
 * a large record takes one pwritev.
 
 A new segment file's blocks are allocated whole when it starts, past the end of the file
-(:meth:`_allocate_segment`, :func:`_allocate_past_end`), so that large records land in
+(:meth:`_allocate_segment`, ``vstor.durable.allocate_past_end``), so that large records land in
 allocated blocks:
 in process, 1 MiB writes into 256 MiB segments ran 11-20% faster than into delayed
 allocation, and through NBD 18-21% (docs/benchmarks.md section 10, "Space allocated with the
 segment"), where ext4 reserves and later allocates blocks page by page, on the writer's
 thread. The price: a rollover waits 40-55 ms instead of 5-8 for the old segment's writeback
-and the conversion of its written extents. Where that fails (a nearly full filesystem), the mapped
+still queued (the writer is now faster than the disk). Where that fails (a nearly full filesystem), the mapped
 window still allocates its own 4 MiB before mapping it, and large records take delayed
 allocation as before. Either way the blocks allocated past the tail are counted as room the
 journal already holds (:meth:`allocated_ahead`, the pool's SpaceGuard), and the space past
@@ -28,7 +28,6 @@ the last record is cut when the segment is sealed (writer.py) or recovered.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import mmap
@@ -36,7 +35,7 @@ import os
 import threading
 from typing import Any
 
-from vstor.durable import write_back
+from vstor.durable import allocate_past_end, write_back
 from vstor.faults import Faults
 from vstor.store.journal.prewrite import PREWRITE_STEP, SyncDensity, prewrite_range
 
@@ -57,27 +56,6 @@ WINDOW_BYTES = 4 * 1024 * 1024  # the mapped, preallocated part of the segment a
 # ahead of 1 MiB records read 28 MiB from the disk per 64 MiB written, for nothing.
 REUSED_AHEAD = 1024 * 1024
 _ZEROS = bytes(PREWRITE_STEP)
-
-
-FALLOC_FL_KEEP_SIZE = 0x01
-_libc = ctypes.CDLL(None, use_errno=True)
-_fallocate = getattr(_libc, "fallocate", None)
-if _fallocate is not None:
-    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-
-
-def _allocate_past_end(fd: int, offset: int, length: int) -> None:
-    """Allocate the blocks of [offset, offset+length) without changing the file's size
-    (fallocate(2) with FALLOC_FL_KEEP_SIZE; OSError if the filesystem refuses, and no slow
-    emulation as glibc's posix_fallocate does there). The size must stay at the tail: with
-    the end of the file at the segment's end, page faults in the mapped window read ahead into
-    large folios of zeros, and a store into one dirties all of it: the disk wrote 10 times
-    the bytes of 4 KiB records synced every 32 (docs/benchmarks.md section 10)."""
-    if _fallocate is None:
-        raise OSError(errno.EOPNOTSUPP, "fallocate is not available")
-    if _fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 class TailSpaceMixin:
@@ -152,13 +130,13 @@ class TailSpaceMixin:
     def _allocate_segment(self, fd: int, segno: int, written: int) -> int:
         """Allocate the blocks of the whole of a new segment file (``written``: its size, the
         header alone) before records go in, past its end (the file's size stays: see
-        :func:`_allocate_past_end`); returns where its blocks are allocated to. Only an
+        :func:`vstor.durable.allocate_past_end`); returns where its blocks are allocated to. Only an
         optimisation: when the filesystem refuses (ENOSPC near full, no fallocate), the file is
         left as it was and the records take the mapped window's allocation and delayed
         allocation, as before."""
         try:
             self.faults.hit("journal.allocate")
-            _allocate_past_end(fd, written, self.segment_size - written)
+            allocate_past_end(fd, written, self.segment_size - written)
         except OSError as e:
             log.debug("journal segment %d: not allocated ahead (%s)", segno, e)
             return written
