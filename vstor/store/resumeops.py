@@ -56,8 +56,7 @@ class ResumeOpsMixin(StoreParts):
             outage = journal.outage
             if outage is None or journal.failed:
                 return None
-            while self._active_reads:  # each ends within the client timeout
-                self._reads_done.wait()
+            self.wait_for_reads()  # each ends within the client timeout
             old, durable = journal.current_segno, journal.durable_position()
             dropped = journal.cut_to_durable()
             # The state as a restart would find it, the live segment read up to the durable

@@ -88,6 +88,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         self._lock = threading.RLock()
         self._reads_done = threading.Condition(self._lock)
         self._active_reads = 0
+        self._read_waiters = 0  # threads in wait_for_reads
         self._hcache = HeaderCache()
         self._ckpt_lock = threading.Lock()
         self._remap_lock = threading.Lock()  # GC moves (in-place changes of shared leaves) vs checkpoints

@@ -34,6 +34,7 @@ class StoreParts:
     _ckpt_lock: threading.Lock
     _reads_done: threading.Condition
     _active_reads: int
+    _read_waiters: int
     _hcache: HeaderCache
     state: PoolState
     journal: Journal
@@ -62,3 +63,4 @@ class StoreParts:
         def _read_extent(self, lineage: tuple[int, ...] | None, s: int, e: int, loc: int,
                          into: memoryview | None = None) -> bytes | memoryview: ...
         def done_reading(self) -> None: ...
+        def wait_for_reads(self) -> None: ...

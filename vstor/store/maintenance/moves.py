@@ -122,8 +122,7 @@ class MaintenanceMixin(StoreParts):
                 if s < keep_from and not live_at_checkpoint.get(s) and s != self.journal.current_segno]
         if dead:
             with self._lock:
-                while self._active_reads:
-                    self._reads_done.wait()
+                self.wait_for_reads()
                 for s in dead:
                     self.journal.delete_segment(s)  # unlisted durably; its file moved aside (metadata only)
                     self.state.seg_logical.pop(s, None)
