@@ -88,7 +88,7 @@ def test_unread_counts_wait_in_a_bounded_queue() -> None:
     for _ in range(10 * FOLD_AT):
         c.request("write", 4096)
     # Nobody read the totals, yet they hold all but fewer than FOLD_AT requests.
-    assert 10 * FOLD_AT - FOLD_AT < c._writes <= 10 * FOLD_AT
+    assert 10 * FOLD_AT - FOLD_AT < c._write.count <= 10 * FOLD_AT
     assert c.writes == 10 * FOLD_AT
 
 

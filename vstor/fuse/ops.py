@@ -67,8 +67,7 @@ class VolumeFS(fuse.Operations):
         self.conn: dict[str, int] = {}
         self.handles = handles or HandleTable()  # the daemon passes its own: maintenance reads the counts
         self._drops_seen: dict[int, int] = {}  # per open image: Store.drops when last told (fsync EIO once)
-        self._seen_sizes: set[str] = set()
-        self._sizes_noted: set[tuple[str, int]] = set()  # (kind, bytes) already noted: at most a few thousand
+        self._seen_sizes: set[tuple[str, str]] = set()  # (kind, size bucket) of the requests logged
         self.io = VolumeIO()  # per-volume requests, bytes and latency (the metrics exporter reads it)
         knobs = tuning()
         self.blksize = knobs.get("blksize", store.sb.chunk_size)
@@ -308,10 +307,7 @@ class VolumeFS(fuse.Operations):
 
     # -- helpers -------------------------------------------------------------------------------
     def _note_size(self, kind: str, size: int) -> None:
-        if (kind, size) in self._sizes_noted:  # every request: no string built for a size seen before
-            return
-        self._sizes_noted.add((kind, size))
-        bucket = f"{kind} {size_bucket(size)}"
+        bucket = (kind, size_bucket(size))  # every request: no string built (size_bucket is cached)
         if bucket not in self._seen_sizes:
             self._seen_sizes.add(bucket)
             log.info("first %s request of %d bytes", kind, size)
