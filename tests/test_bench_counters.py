@@ -6,12 +6,15 @@ import os
 
 from tools.benchlib.counters import (
     Snapshot,
+    cpu_per_request,
     delta,
     disk_of,
     parse_cpu,
     parse_diskstat,
     parse_proc_cpu,
     parse_proc_faults,
+    parse_proc_times,
+    with_server_cpu,
 )
 
 DISKSTAT = "  1000  200  409600  3000  5  0  40  1  0  2500  3100  0 0 0 0 0 0\n"
@@ -26,6 +29,25 @@ def test_parsers_pick_the_documented_fields() -> None:
     assert (cpu["user"], cpu["system"], cpu["iowait"], cpu["softirq"], cpu["steal"]) == (1.0, 3.0, 0.4, 0.03, 0.11)
     assert parse_proc_cpu(PROC, hz=100) == 3.25  # utime 250 + stime 75 ticks; the name holds spaces
     assert parse_proc_faults(PROC) == 107  # minflt 100 + majflt 7
+    assert parse_proc_times(PROC, hz=100) == (2.5, 0.75)  # user, then system: a swap would show here
+
+
+def test_cpu_per_request_splits_user_and_system_per_request() -> None:
+    assert cpu_per_request((1.0, 2.0), (1.5, 2.25), 10_000) == {"user": 50.0, "sys": 25.0}
+    assert cpu_per_request((1.0, 2.0), (1.0, 2.0), 0) == {"user": 0.0, "sys": 0.0}  # no request: no division by 0
+
+
+def test_with_server_cpu_measures_a_live_server_and_skips_a_missing_one() -> None:
+    def burn(n: int) -> dict:
+        end = os.times().user + 0.05
+        while os.times().user < end:  # 50 ms of this process's user CPU
+            pass
+        return {"ios": n}
+
+    r = with_server_cpu(os.getpid(), burn, 1000)
+    assert r["server_cpu_us"]["user"] >= 30.0, r  # >= 30 ms over 1,000 requests (clock ticks are 10 ms)
+    assert "server_cpu_us" not in with_server_cpu(None, burn, 5), "no server, no figure"
+    assert "server_cpu_us" not in with_server_cpu(2**22 + 1, burn, 5), "a server that is gone, no figure"
 
 
 def test_delta_of_one_pass() -> None:

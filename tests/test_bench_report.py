@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.benchlib.report import combine, round_ratio  # noqa: E402
+from tools.benchlib.report import combine, render, round_ratio  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,25 @@ def test_nbd_bench_multi_conn_jobs_split_a_sequential_pass_into_parts():
     assert not any(a.startswith("--offset_increment") for a in rnd)
     one = fio_args(jobs["rand-read-qd16"], "nbd://b/e", 1 << 30, 8, 120)
     assert "--numjobs=1" in one and "--group_reporting" not in one
+
+
+@dataclass(frozen=True)
+class FJ:
+    name: str
+    metric: str
+
+
+def test_render_shows_the_servers_cpu_per_request_only_where_measured() -> None:
+    jobs = (FJ("seq-read", "MB/s"), FJ("rand-read", "IOPS"))
+    results = {
+        "passthrough": {"jobs": {"seq-read": {"value": 900.0, "server_cpu_us": {"user": 120.5, "sys": 300.0}},
+                                 "rand-read": {"value": 16000, "server_cpu_us": {"user": 20.0, "sys": 19.5}}}},
+        "vstor-plain": {"jobs": {"seq-read": {"value": 450.0}, "rand-read": {"value": 9000,
+                                                                 "server_cpu_us": {"user": 58.7, "sys": 22.5}}}},
+        "raw": {"jobs": {"seq-read": {"value": 1000.0}, "rand-read": {"value": 30000}}},
+    }
+    text = render(results, {}, jobs)  # type: ignore[arg-type]
+    cpu = text.split("FUSE SERVER CPU PER REQUEST")[1].splitlines()
+    assert cpu[2].split() == ["passthrough", "120.5+300.0", "20.0+19.5"]
+    assert cpu[3].split() == ["vstor-plain", "-", "58.7+22.5"]
+    assert not any(line.startswith("raw") for line in cpu), "a target with no server has no row"

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from tools.benchlib import options
-from tools.benchlib.counters import device_written, disk_of
+from tools.benchlib.counters import device_written, disk_of, with_server_cpu
 from tools.benchlib.fio import JOBS, PHASES, FioSettings, Job, direct_io_works, fio_version, run_job
 from tools.benchlib.hostmem import steady_memory
 from tools.benchlib.mixed import MIXED_JOBS, MIXED_RUNTIME, mixed_report, proc_io, run_mixed, write_amplification
 from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, run, signals_deferred
-from tools.benchlib.report import combine, paired_ratios, render
+from tools.benchlib.report import combine, cpu_note, paired_ratios, render
 from tools.benchlib.targets import VSTOR_VARIANTS, Nbdfuse, Passthrough, Raw, Target, Vstor, vstor_available
 from vstor.errors import UsageError
 from vstor.store.superblock import MAX_SEGMENT, MIN_SEGMENT
@@ -159,14 +159,16 @@ def measure(target: Target, settings: FioSettings, res: dict[str, Any], read_rep
                         drop_caches()
                     else:  # a write job must not pay for what earlier jobs or targets left dirty
                         os.sync()
-                    runs.append(run_mixed_measured(target, settings, job, path) if job in MIXED_JOBS
-                                else run_job(settings, job, path))
+                    if job in MIXED_JOBS:
+                        runs.append(with_server_cpu(target.pid, run_mixed_measured, target, settings, job, path))
+                    else:
+                        runs.append(with_server_cpu(target.pid, run_job, settings, job, path))
                 r = sorted(runs, key=lambda x: x["value"])[len(runs) // 2]
                 if repeats > 1:
                     r["values"] = [x["value"] for x in runs]
                 res["jobs"][job.name] = r
                 print(f"   {job.name:<10} {r['value']:>10,} {job.metric:<4}  lat mean {r['lat_mean_us']} us, "
-                      f"p99 {r['clat_p99_us']} us, {r['runtime_s']:.1f} s", flush=True)
+                      f"p99 {r['clat_p99_us']} us, {r['runtime_s']:.1f} s{cpu_note(r)}", flush=True)
                 target.after_job(job.name, r)
             target.finish()
     except Exception as exc:  # one target failing (cleaned up by its with) must not stop the others

@@ -45,11 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from tools.benchlib import options
+from tools.benchlib.counters import with_server_cpu
 from tools.benchlib.fio import fio_version
 from tools.benchlib.hostmem import steady_memory
 from tools.benchlib.nbdservers import NbdkitServer, Server, VstorServer, make_certs, tool_missing
 from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, signals_deferred
-from tools.benchlib.report import combine, round_ratio, table
+from tools.benchlib.report import combine, cpu_cell, cpu_note, round_ratio, table
 from vm.lab import Lab
 
 SERVERS = ("nbdkit", "vstor", "nbdkit-tls", "vstor-tls")
@@ -112,7 +113,7 @@ def run_fio(cmd: list[str], job: NbdJob, timeout: float) -> dict[str, Any]:
         raise BenchError(f"fio {job.name}: exit {res.returncode}, error {fj.get('error')}: {res.stderr.strip()[-500:]}")
     d = fj[job.direction]
     return {"value": round(d["bw_bytes"] / 1e6, 1) if job.metric == "MB/s" else round(d["iops"]),
-            "metric": job.metric, "bytes": d["io_bytes"], "runtime_s": d["runtime"] / 1000,
+            "metric": job.metric, "bytes": d["io_bytes"], "ios": d["total_ios"], "runtime_s": d["runtime"] / 1000,
             "lat_mean_us": round(d["lat_ns"]["mean"] / 1000, 1),
             "clat_p99_us": round(d.get("clat_ns", {}).get("percentile", {}).get("99.000000", 0) / 1000, 1)}
 
@@ -142,10 +143,11 @@ def measure(server: Server, client: Client, a: argparse.Namespace, res: dict[str
             for job in a.job_list:
                 drop_caches() if job.direction == "read" else os.sync()
                 cmd = client.wrap(fio_args(job, uri, a.size_bytes, a.runtime, a.seq_cap), server.tls is not None)
-                r = res["jobs"][job.name] = run_fio(cmd, job, (a.runtime if job.time_based else a.seq_cap) + 120)
+                timeout = (a.runtime if job.time_based else a.seq_cap) + 120
+                r = res["jobs"][job.name] = with_server_cpu(server.pid, run_fio, cmd, job, timeout)
                 r["command"] = cmd
                 print(f"   {job.name:<14} {r['value']:>10,} {job.metric:<4}  lat mean {r['lat_mean_us']} us, "
-                      f"p99 {r['clat_p99_us']} us, {r['runtime_s']:.1f} s", flush=True)
+                      f"p99 {r['clat_p99_us']} us, {r['runtime_s']:.1f} s{cpu_note(r)}", flush=True)
     except Exception as exc:  # one server failing (torn down by its with) must not stop the others
         res["error"] = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
         print(f"   FAILED: {res['error']}", flush=True)
@@ -171,6 +173,11 @@ def render(combined: dict[str, dict[str, Any]], rat: dict[str, dict[str, float |
                 table(["ratio", *(j.name for j in JOBS)],
                       [[p, *("-" if row[j.name] is None else f"{row[j.name]:.2f}" for j in JOBS)]
                        for p, row in rat.items()])]
+    cpu = [[n, *(cpu_cell(s["jobs"].get(j.name)) for j in JOBS)] for n, s in combined.items()
+           if any(cpu_cell(r) != "-" for r in s["jobs"].values())]
+    if cpu:
+        out += ["", "SERVER CPU PER REQUEST (us, user+sys, all its threads)",
+                table(["server", *(j.name for j in JOBS)], cpu)]
     out += [f"{n}: FAILED: {s['error'].splitlines()[0]}" for n, s in combined.items() if s["error"]]
     return "\n".join(out)
 

@@ -11,8 +11,10 @@ parsing is pure (it takes the files' text), so it is tested without a device.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SECTOR = 512
 # /proc/stat's cpu line: user nice system idle iowait irq softirq steal ...
@@ -57,10 +59,38 @@ def parse_proc_faults(text: str) -> int:
     return int(f[7]) + int(f[9])
 
 
-def parse_proc_cpu(text: str, hz: int) -> float:
-    """utime + stime of /proc/PID/stat (all threads), in seconds; the name may hold spaces."""
+def parse_proc_times(text: str, hz: int) -> tuple[float, float]:
+    """(utime, stime) of /proc/PID/stat (all threads), in seconds; the name may hold spaces."""
     f = text.rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / hz
+    return int(f[11]) / hz, int(f[12]) / hz
+
+
+def parse_proc_cpu(text: str, hz: int) -> float:
+    """utime + stime of /proc/PID/stat (all threads), in seconds."""
+    return sum(parse_proc_times(text, hz))
+
+
+def proc_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds process ``pid`` has used so far, all its threads."""
+    return parse_proc_times(Path(f"/proc/{pid}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
+
+
+def server_times(pid: int | None) -> tuple[float, float] | None:
+    """:func:`proc_times` of a benchmark's server, or None without one (no pid) or once it is
+    gone (a job that killed it)."""
+    if not pid:
+        return None
+    try:
+        return proc_times(pid)
+    except OSError:
+        return None
+
+
+def cpu_per_request(before: tuple[float, float], after: tuple[float, float], requests: int) -> dict[str, float]:
+    """User and system CPU microseconds per request between two :func:`proc_times`; the clock
+    ticks are 10 ms, so a job needs some thousands of requests for a figure worth reading."""
+    n = max(1, requests)
+    return {"user": round((after[0] - before[0]) / n * 1e6, 1), "sys": round((after[1] - before[1]) / n * 1e6, 1)}
 
 
 @dataclass
@@ -102,3 +132,14 @@ def delta(a: Snapshot, b: Snapshot, seconds: float, nbytes: int) -> dict[str, fl
         "iowait_s": c["iowait"],
         "steal_s": c["steal"],
     }
+
+
+def with_server_cpu(pid: int | None, run: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``run(*args)``'s result (a job's, with its request count in "ios"), plus "server_cpu_us":
+    the :func:`cpu_per_request` of server ``pid`` over the job, when it could be read."""
+    before = server_times(pid)
+    r = run(*args)
+    after = server_times(pid)
+    if before is not None and after is not None:
+        r["server_cpu_us"] = cpu_per_request(before, after, r["ios"])
+    return r

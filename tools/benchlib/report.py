@@ -9,7 +9,8 @@ from typing import Any, Protocol
 
 from .fio import JOBS, Job
 
-__all__ = ["Results", "combine", "paired_ratios", "ratio_pairs", "ratios", "render", "round_ratio", "table"]
+__all__ = ["Results", "combine", "cpu_cell", "cpu_note", "paired_ratios", "ratio_pairs", "ratios", "render",
+           "round_ratio", "table"]
 
 Results = dict[str, dict[str, Any]]
 
@@ -117,6 +118,12 @@ def render(results: Results, rat: dict[str, dict[str, float | None]] | None = No
                 for pair, row in rat.items()]
         out += ["", "RATIOS (above 1: the first is faster)", table(["ratio", *(j.name for j in jobs)], rows)]
 
+    cpu_rows = [[name, *(cpu_cell(r.get("jobs", {}).get(j.name)) for j in jobs)] for name, r in results.items()
+                if any(cpu_cell(jr) != "-" for jr in r.get("jobs", {}).values())]
+    if cpu_rows:
+        out += ["", "FUSE SERVER CPU PER REQUEST (us, user+sys, all its threads: background work included)",
+                table(["target", *(j.name for j in jobs)], cpu_rows)]
+
     notes = []
     for name, r in results.items():
         if r.get("error"):
@@ -128,6 +135,18 @@ def render(results: Results, rat: dict[str, dict[str, float | None]] | None = No
     if notes:
         out += ["", *notes]
     return "\n".join(out)
+
+
+def cpu_note(jr: dict[str, Any]) -> str:
+    """The tail of a job's progress line: its server CPU per request, where measured."""
+    c = jr.get("server_cpu_us")
+    return f", server CPU {c['user']:,.1f} user + {c['sys']:,.1f} sys us/request" if c else ""
+
+
+def cpu_cell(jr: dict[str, Any] | None) -> str:
+    """A job's server CPU per request as "user+sys" (us), or "-" where it was not measured."""
+    c = (jr or {}).get("server_cpu_us")
+    return f"{c['user']:,.1f}+{c['sys']:,.1f}" if c else "-"
 
 
 def _extras(name: str, ex: dict[str, Any]) -> list[str]:
