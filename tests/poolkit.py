@@ -7,6 +7,7 @@ import mmap
 import os
 import struct
 import subprocess
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -52,16 +53,27 @@ def seg_path(pool: str, segno: int) -> str:
     return os.path.join(pool, "journal", segment_name(segno))
 
 
-def evict_segments(pool: str) -> None:
+def evict_segments(pool: str, settle: float = 2.0) -> None:
     """Drop a local pool's segment pages from the page cache (those not dirty or mapped: sync
-    the store first), so that the next reads go to the disk."""
+    the store first), so that the next reads go to the disk. Pages the kernel is still reading
+    in (read-ahead started by an earlier read) cannot be dropped until that read ends, and
+    would then be found cached (a DONTNEED just after a WILLNEED left them all, 20 times in 20):
+    the drop is repeated until no page is left, or the count held still over three rounds
+    20 ms apart (pages mapped by a live store stay), or ``settle`` seconds passed."""
     os.sync()
-    for segno in seg_list(pool):
-        fd = os.open(seg_path(pool, segno), os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+    deadline = time.monotonic() + settle
+    counts: list[int] = []
+    while True:
+        for segno in seg_list(pool):
+            fd = os.open(seg_path(pool, segno), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        counts.append(cached_bytes(pool) if seg_list(pool) else 0)
+        if not counts[-1] or counts[-3:] == [counts[-1]] * 3 or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
 
 
 def cached_bytes(pool: str) -> int:
