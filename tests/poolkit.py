@@ -70,7 +70,7 @@ def evict_segments(pool: str, settle: float = 2.0) -> None:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
-        counts.append(cached_bytes(pool) if seg_list(pool) else 0)
+        counts.append(cached_bytes(pool))
         if not counts[-1] or counts[-3:] == [counts[-1]] * 3 or time.monotonic() > deadline:
             return
         time.sleep(0.02)
@@ -80,6 +80,8 @@ def cached_bytes(pool: str) -> int:
     """Bytes of a local pool's segment files in the page cache, by fincore (util-linux: mincore,
     which unlike a probing read never starts a read itself)."""
     paths = [seg_path(pool, n) for n in seg_list(pool)]
+    if not paths:  # fincore refuses an empty list
+        return 0
     out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *paths],
                          capture_output=True, text=True, check=True).stdout
     return sum(int(x) for x in out.split())

@@ -76,26 +76,35 @@ def rand_read_woken(st: Store, vid: int, size: int, n: int, rng: random.Random) 
     go_r, go_w = os.pipe()
     done_r, done_w = os.pipe()
     spent = [0.0]
+    failed: list[BaseException] = []
 
-    def worker() -> None:
+    def worker() -> None:  # ends when go_w closes; closes done_w, so neither side waits on a dead one
         clock, read = time.perf_counter, st.read_into
-        for off in offs:
-            os.read(go_r, 1)
-            t0 = clock()
-            read(vid, off, view)
-            spent[0] += clock() - t0
-            os.write(done_w, b"x")
+        try:
+            while os.read(go_r, 1):
+                t0 = clock()
+                read(vid, offs.pop(), view)
+                spent[0] += clock() - t0
+                os.write(done_w, b"x")
+        except BaseException as e:
+            failed.append(e)
+        finally:
+            os.close(done_w)
 
     th = threading.Thread(target=worker)
     th.start()
     try:
-        for _ in offs:
+        for _ in range(n):
             os.write(go_w, b"x")
-            os.read(done_r, 1)
+            if not os.read(done_r, 1):
+                break
     finally:
+        os.close(go_w)
         th.join()
-        for fd in (go_r, go_w, done_r, done_w):
-            os.close(fd)
+        os.close(go_r)
+        os.close(done_r)
+    if failed:
+        raise failed[0]
     return n / spent[0]
 
 

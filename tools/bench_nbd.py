@@ -50,7 +50,7 @@ from tools.benchlib.fio import fio_version
 from tools.benchlib.hostmem import steady_memory
 from tools.benchlib.nbdservers import NbdkitServer, Server, VstorServer, make_certs, tool_missing
 from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, signals_deferred
-from tools.benchlib.report import combine, cpu_cell, cpu_note, round_ratio, table
+from tools.benchlib.report import combine, cpu_note, cpu_table, round_ratio, table
 from vm.lab import Lab
 
 SERVERS = ("nbdkit", "vstor", "nbdkit-tls", "vstor-tls")
@@ -173,11 +173,7 @@ def render(combined: dict[str, dict[str, Any]], rat: dict[str, dict[str, float |
                 table(["ratio", *(j.name for j in JOBS)],
                       [[p, *("-" if row[j.name] is None else f"{row[j.name]:.2f}" for j in JOBS)]
                        for p, row in rat.items()])]
-    cpu = [[n, *(cpu_cell(s["jobs"].get(j.name)) for j in JOBS)] for n, s in combined.items()
-           if any(cpu_cell(r) != "-" for r in s["jobs"].values())]
-    if cpu:
-        out += ["", "SERVER CPU PER REQUEST (us, user+sys, all its threads)",
-                table(["server", *(j.name for j in JOBS)], cpu)]
+    out += cpu_table(combined, JOBS, "SERVER CPU PER REQUEST", "server")
     out += [f"{n}: FAILED: {s['error'].splitlines()[0]}" for n, s in combined.items() if s["error"]]
     return "\n".join(out)
 

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from .fio import JOBS, Job
 
-__all__ = ["Results", "combine", "cpu_cell", "cpu_note", "paired_ratios", "ratio_pairs", "ratios", "render",
+__all__ = ["Results", "combine", "cpu_note", "cpu_table", "paired_ratios", "ratio_pairs", "ratios", "render",
            "round_ratio", "table"]
 
 Results = dict[str, dict[str, Any]]
@@ -118,11 +118,7 @@ def render(results: Results, rat: dict[str, dict[str, float | None]] | None = No
                 for pair, row in rat.items()]
         out += ["", "RATIOS (above 1: the first is faster)", table(["ratio", *(j.name for j in jobs)], rows)]
 
-    cpu_rows = [[name, *(cpu_cell(r.get("jobs", {}).get(j.name)) for j in jobs)] for name, r in results.items()
-                if any(cpu_cell(jr) != "-" for jr in r.get("jobs", {}).values())]
-    if cpu_rows:
-        out += ["", "FUSE SERVER CPU PER REQUEST (us, user+sys, all its threads: background work included)",
-                table(["target", *(j.name for j in jobs)], cpu_rows)]
+    out += cpu_table(results, jobs, "FUSE SERVER CPU PER REQUEST", "target")
 
     notes = []
     for name, r in results.items():
@@ -143,10 +139,21 @@ def cpu_note(jr: dict[str, Any]) -> str:
     return f", server CPU {c['user']:,.1f} user + {c['sys']:,.1f} sys us/request" if c else ""
 
 
-def cpu_cell(jr: dict[str, Any] | None) -> str:
+def _cpu_cell(jr: dict[str, Any] | None) -> str:
     """A job's server CPU per request as "user+sys" (us), or "-" where it was not measured."""
     c = (jr or {}).get("server_cpu_us")
     return f"{c['user']:,.1f}+{c['sys']:,.1f}" if c else "-"
+
+
+def cpu_table(results: Results, jobs: Sequence[Named], title: str, first: str) -> list[str]:
+    """The lines of a table of each server's CPU per request in each job (servers with no
+    figure left out; no lines if none has one), after a blank line and ``title``."""
+    rows = [[name, *(_cpu_cell(r.get("jobs", {}).get(j.name)) for j in jobs)] for name, r in results.items()
+            if any(_cpu_cell(jr) != "-" for jr in r.get("jobs", {}).values())]
+    if not rows:
+        return []
+    return ["", f"{title} (us, user+sys, all its threads: background work included)",
+            table([first, *(j.name for j in jobs)], rows)]
 
 
 def _extras(name: str, ex: dict[str, Any]) -> list[str]:

@@ -21,8 +21,9 @@ def size_bucket(n: int) -> str:
 
 
 # Requests counted by Counters.request wait in a queue until this many have (or until the
-# counters are read), then are added to the totals in one step under the lock: 0.16 us a
-# request, 167 us for the request that folds (timeit), against 0.61 us a request under a lock.
+# counters are read), then are added to the totals in one step under the lock: 0.18 us a
+# request, folds included (the request that folds pays 167 us), against 0.61 us a request under
+# a lock (timeit; docs/benchmarks.md section 10, "Per-request bookkeeping").
 FOLD_AT = 1024
 
 
