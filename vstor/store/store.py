@@ -49,6 +49,7 @@ from vstor.store.journal.writer import Journal
 from vstor.store.maintenance.moves import MaintenanceMixin
 from vstor.store.maintenance.space import SpaceGuard
 from vstor.store.reads.path import ReadPathMixin
+from vstor.store.reads.resolved import ResolvedBudget
 from vstor.store.recovery import Recovered, recover
 from vstor.store.resumeops import ResumeOpsMixin
 from vstor.store.state import PoolState
@@ -90,6 +91,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         self._active_reads = 0
         self._read_waiters = 0  # threads in wait_for_reads
         self._hcache = HeaderCache()
+        self._resolved = ResolvedBudget()  # resolved 4 KiB blocks of all maps (reads/resolved.py)
         self._ckpt_lock = threading.Lock()
         self._remap_lock = threading.Lock()  # GC moves (in-place changes of shared leaves) vs checkpoints
         self.ckpt_generation = 0

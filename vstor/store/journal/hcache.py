@@ -50,6 +50,14 @@ PACKED_OVERHEAD = 120
 _ONE_FRAME = struct.Struct(RECORD_HEADER.format + FRAME_ENTRY.format[1:])  # a packed entry's header and first entry
 
 
+def random_run(keys: list, rng: random.Random) -> list:
+    """A quarter of ``keys`` (at least one), consecutive from a random place and wrapping
+    around, so that each key is in the run with the same chance (see HeaderCache._evict)."""
+    n = max(1, len(keys) // 4)
+    start = rng.randrange(len(keys) or 1)
+    return keys[start : start + n] + keys[: max(0, start + n - len(keys))]
+
+
 class CachedRecord(NamedTuple):  # a tuple: half the cost of a frozen dataclass to build
     header: RecordHeader
     table: bytes
@@ -203,9 +211,7 @@ class HeaderCache:
         holds the lock."""
         keys = list(self._d)
         keys.pop()  # not the entry just inserted: its reader is about to use it
-        n = max(1, len(keys) // 4)
-        start = self._rng.randrange(len(keys) or 1)  # the run wraps: every entry has the same chance
-        for key in keys[start : start + n] + keys[: max(0, start + n - len(keys))]:
+        for key in random_run(keys, self._rng):
             self.used -= _cost(self._d.pop(key))
 
     def drop_segments(self, segnos: set[int]) -> None:

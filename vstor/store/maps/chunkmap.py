@@ -16,6 +16,11 @@ counts the maps holding a leaf; a map copies a shared leaf before it changes it.
 object is never changed while shared, except by ``remap_versions`` (leaf.py), which
 replaces a record by a copy of the same bytes (GC) and is therefore right for every holder.
 
+Resolved blocks: ``VolumeMap.resolved`` holds, for 4 KiB blocks that reads found, where their
+bytes lie and their checksum (store/reads/resolved.py). Every change of the map's content drops
+the entries it touches and counts in ``changes``; ``remap_versions`` leaves them, as it moves
+the same bytes.
+
 Invariant: ``on_ref(loc, delta)`` counts references per journal *segment* (``loc >> 32``)
 and per *leaf object*: +n when n bytes of a leaf start to reference a record of the
 segment, -n when they stop, +all when a shared leaf is copied, -all when the last map
@@ -32,6 +37,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from itertools import islice
 
+from vstor.store.journal.format import BLOCK_SIZE
 from vstor.store.maps.leaf import (  # noqa: F401  (re-exported: the map's vocabulary)
     EMPTY,
     FRAGMENTED,
@@ -58,6 +64,12 @@ class VolumeMap:
         self.mapped_bytes = 0
         self.lineage = lineage  # volume ids whose records this map may reference (store checks reads)
         self._on_ref = on_ref or (lambda loc, delta: None)
+        # Blocks whose place reads have resolved (store/reads/resolved.py): block number -> its
+        # packed place and checksum. Every change of this map's content drops the blocks it
+        # touches and counts in ``changes``, so that a reader who resolved a block before a
+        # change does not record it after (it compares ``changes`` under the store's lock).
+        self.resolved: dict[int, int] = {}
+        self.changes = 0
 
     @property
     def overlays(self) -> dict[int, list[Extent]]:
@@ -203,6 +215,8 @@ class VolumeMap:
                     self._on_ref(seg << SEG_SHIFT, -n)
         self.leaves = {}
         self.mapped_bytes = 0
+        self.resolved = {}
+        self.changes += 1
 
     # -- updates -------------------------------------------------------------------------
     def map(self, start: int, end: int, loc: int) -> None:
@@ -216,6 +230,9 @@ class VolumeMap:
     def _update(self, start: int, end: int, loc: int) -> None:
         if end <= start:
             return
+        self.changes += 1
+        if self.resolved:
+            self._forget(start, end)
         if loc == EMPTY:
             self._unmap(start, end)
             return
@@ -224,6 +241,18 @@ class VolumeMap:
             leaf = self._leaf_for_update(chunk >> LEAF_BITS, True)
             assert leaf is not None
             self._update_chunk(leaf, chunk, start, end, loc)
+
+    def _forget(self, start: int, end: int) -> None:
+        """Drop the resolved blocks that [start, end) touches: O(blocks of the range) or
+        O(resolved blocks), whichever is fewer (a trim of a whole volume)."""
+        d = self.resolved
+        b0, b1 = start // BLOCK_SIZE, (end + BLOCK_SIZE - 1) // BLOCK_SIZE
+        if b1 - b0 > len(d):
+            for b in [b for b in d if b0 <= b < b1]:
+                del d[b]
+        else:
+            for b in range(b0, b1):
+                d.pop(b, None)
 
     def _update_chunk(self, leaf: Leaf, chunk: int, start: int, end: int, loc: int) -> None:
         base = chunk * self.chunk_size
