@@ -126,6 +126,10 @@ def test_a_cold_read_that_may_wait_is_served_by_the_fast_path_and_resolved(tmp_p
         view = memoryview(bytearray(BLOCK))
         with pytest.raises(WouldBlock):  # one that may not wait still asks and raises
             st._read_small(vid, offs[0], view, True)
+        evict_segments(pool)
+        big = memoryview(bytearray(8 * BLOCK))  # a larger cold read is left to the general path
+        assert not st._read_small(vid, 16 * BLOCK, big, False) and st.stats.reads == reads + len(offs)
+        assert _read(st, vid, 16 * BLOCK, 8 * BLOCK) == model[16 * BLOCK : 24 * BLOCK]
     finally:
         st.close()
 

@@ -8,12 +8,13 @@ whole, a record stored as is (no lz4 gain, no encryption) whose header the heade
 one step of the chunk map (``VolumeMap.covering``), the cached entry read as it is kept
 (``HeaderCache.peek``: a packed one-frame entry is not built), one ``preadv`` without waiting
 into the caller's buffer, and the record's checksum or block sums. When the page cache lacks
-the data, a read that may wait reads the whole frame, as the general path would, and one that
-may not asks for it and raises WouldBlock. Anything else it declines, counting nothing, and the
-general path serves the read: several pieces, a hole, a compressed or encrypted record, a
-remote pool, a header not cached, and data that fails its checksum or cannot be read, which
-the general path reads again and reports. So this path never returns unverified bytes and
-never decides an error. Each aligned 4 KiB block it serves is then resolved (resolved.py).
+the data, a 4 KiB read that may wait reads the whole frame, as the general path would (larger
+ones are left to it), and one that may not asks for it and raises WouldBlock. Anything else
+it declines, counting nothing, and the general path serves the read: several pieces, a hole,
+a compressed or encrypted record, a remote pool, a header not cached, and data that fails its
+checksum or cannot be read, which the general path reads again and reports. So this path
+never returns unverified bytes and never decides an error. Each aligned 4 KiB block it serves
+is then resolved (resolved.py).
 
 Measured (docs/benchmarks.md section 9): in process, warm 4 KiB reads of an aged 256 MiB
 volume 8.4-9.2 against 12.3-15.2 us, of a fresh one 6.7-7.6 against 9.0-10.5 us; through FUSE,
@@ -166,15 +167,18 @@ class SmallReadMixin(ResolvedReadMixin):
                     frame_len: int) -> bool:
         """Fill ``view`` with [at, at+len(view)) of segment ``segno``, which lies in the frame
         [frame_at, frame_at+frame_len), from the page cache. On a miss, with ``nowait`` the
-        frame is asked for and WouldBlock raised; without, the whole frame is read, waiting, as
-        the general path reads it on the same miss (so that cold random reads still bring their
-        neighbours in 64 KiB at a time), and the cold read is served here, and resolved. False
-        when it cannot be read: the general path then reads again and reports why."""
+        frame is asked for and WouldBlock raised; without, a read of one 4 KiB block reads the
+        whole frame, waiting, as the general path reads it on the same miss (so that cold random
+        reads still bring their neighbours in 64 KiB at a time), and is served here, and
+        resolved. False when it cannot be read, or is larger and missed: the general path then
+        reads it (again) and reports what is wrong."""
         journal = self.journal
         if journal.pread_cached(segno, at, view):
             return True
         if nowait:
             journal.missed(segno, frame_at, frame_len)
+        if len(view) != BLOCK_SIZE:  # not resolved: the general path reads it, into the caller's buffer
+            return False  # when whole frames (mixed 64 KiB reads: 11 us more user CPU a request here)
         try:
             frame = journal.pread(segno, frame_at, frame_len)
         except (VstorError, OSError):
