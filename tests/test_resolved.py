@@ -15,7 +15,7 @@ from poolkit import MiB, evict_segments, make_pool, resident, seg_flip, seg_path
 from vstor.errors import CorruptData, WouldBlock
 from vstor.store.catalog import snapshots
 from vstor.store.journal.format import RECORD_HEADER_SIZE, loc_pos, loc_segno
-from vstor.store.reads.resolved import ENTRY_COST, ResolvedBudget, place
+from vstor.store.reads.resolved import ENTRY_COST, ResolvedBudget, place, unplace
 from vstor.store.store import Store
 
 pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
@@ -61,8 +61,8 @@ def _fast(st: Store, vid: int, off: int) -> bytes | None:
 def _evict_block(pool: str, found: int) -> None:
     """evict_segments until the resolved block ``found`` is out of the page cache: a read the
     test made just before may have started read-ahead that lands after a drop."""
-    loc = found & ((1 << 64) - 1)
-    path, pos = seg_path(pool, loc >> 32), loc & 0xFFFFFFFF
+    segno, pos, _csum = unplace(found)
+    path = seg_path(pool, segno)
     deadline = time.monotonic() + 5.0
     while True:
         evict_segments(pool)
@@ -236,7 +236,7 @@ def test_an_entry_that_no_longer_holds_the_block_is_dropped_and_the_block_read_a
     good = _resolved(st, vid)[off // BLOCK]
     vm = st.state.maps[vid]
     gone = place(10**6, RECORD_HEADER_SIZE + 64, good >> 64)  # a segment deleted since (GC)
-    elsewhere = place(loc_segno(good & ((1 << 64) - 1)), RECORD_HEADER_SIZE + 64, good >> 64)  # other bytes
+    elsewhere = place(unplace(good)[0], RECORD_HEADER_SIZE + 64, good >> 64)  # other bytes
     for stale in (gone, elsewhere):
         vm.resolved[off // BLOCK] = stale
         errors = st.stats.read_errors
@@ -251,8 +251,8 @@ def test_damage_under_a_resolved_block_is_reported_not_returned(written, off, ma
     pool, st, vid, model = written
     assert _read(st, vid, off) == model[off : off + BLOCK]
     found = _resolved(st, vid)[off // BLOCK]
-    loc = found & ((1 << 64) - 1)
-    seg_flip(pool, loc >> 32, (loc & 0xFFFFFFFF) + 100)
+    segno, pos, _csum = unplace(found)
+    seg_flip(pool, segno, pos + 100)
     errors = st.stats.read_errors
     with pytest.raises(CorruptData, match=match):
         _read(st, vid, off)

@@ -35,24 +35,29 @@ from collections.abc import Iterable
 from xxhash import xxh3_64_intdigest
 
 from vstor.errors import CorruptData
-from vstor.store.journal.format import LOC_SHIFT
+from vstor.store.journal.format import loc_pos, loc_segno, make_loc
 from vstor.store.journal.hcache import random_run
 from vstor.store.maps.chunkmap import VolumeMap
 from vstor.store.storeparts import StoreParts
 
-__all__ = ["ENTRY_COST", "RESOLVED_BUDGET", "ResolvedBudget", "ResolvedReadMixin", "place"]
+__all__ = ["ENTRY_COST", "RESOLVED_BUDGET", "ResolvedBudget", "ResolvedReadMixin", "place", "unplace"]
 
 RESOLVED_BUDGET = 32 << 20  # bytes of entries over all of a pool's maps (~300,000 blocks: 1.2 GiB read at random)
 ENTRY_COST = 110  # bytes an entry takes, with its dict slot and key (tests/test_resolved.py measures it)
 CHECK_EVERY = 4096  # entries recorded between two sums of the maps' entries
-_POS_MASK = (1 << LOC_SHIFT) - 1
 _LOC_MASK = (1 << 64) - 1
 
 
 def place(segno: int, pos: int, csum: int) -> int:
     """A resolved block as one integer: the xxh3-64 of its BLOCK_SIZE bytes, and where they
     lie (segment ``segno``, byte ``pos``). Never 0 or 1 (``pos`` follows a record header)."""
-    return csum << 64 | segno << LOC_SHIFT | pos
+    return csum << 64 | make_loc(segno, pos)
+
+
+def unplace(found: int) -> tuple[int, int, int]:
+    """(segment, position, checksum) of a :func:`place`."""
+    loc = found & _LOC_MASK
+    return loc_segno(loc), loc_pos(loc), found >> 64
 
 
 class ResolvedBudget:
@@ -101,10 +106,10 @@ class ResolvedReadMixin(StoreParts):
             self._active_reads += 1
         gone = False
         try:
-            loc = found & _LOC_MASK
+            segno, pos, csum = unplace(found)
             try:
-                if self.journal.pread_cached(loc >> LOC_SHIFT, loc & _POS_MASK, view):
-                    if xxh3_64_intdigest(view) == found >> 64:
+                if self.journal.pread_cached(segno, pos, view):
+                    if xxh3_64_intdigest(view) == csum:
                         return True
                     gone = True
             except (CorruptData, OSError):  # its segment deleted since (a GC move made the entry old),
