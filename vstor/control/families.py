@@ -82,6 +82,8 @@ def journal_families(usage: dict, counters: dict, failed: str, maintenance_error
             ("vstor_defrag_hints", "defrag_hints", "host reads that found their range scattered"),
             ("vstor_defrag_shared_skipped_bytes", "defrag_shared_skipped",
              "bytes of scattered windows left alone because a snapshot or clone shares them"),
+            ("vstor_sweeps", "sweeps", "scans of aged volumes whose scattered records were read ahead"),
+            ("vstor_sweep_bytes", "sweep_bytes", "journal bytes read ahead for scans of aged volumes"),
             ("vstor_checkpoints", "checkpoints", "checkpoints written"),
             ("vstor_maintenance_errors", "maintenance_errors", "failed maintenance ticks"),
             ("vstor_fsyncs", "fsyncs", "journal syncs asked by fsync or flush"),

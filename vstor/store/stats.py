@@ -77,6 +77,8 @@ class Counters:
     defrag_windows: int = 0  # windows it rewrote
     defrag_hints: int = 0  # host reads that found their range scattered and named it for rewriting
     defrag_shared_skipped: int = 0  # bytes of scattered windows left alone: a snapshot or clone shares them
+    sweeps: int = 0  # scans of aged images whose scattered records were read ahead (reads/sweep.py)
+    sweep_bytes: int = 0  # journal bytes those sweeps read
     snapshots_taken: int = 0
     # How long each recent snapshot held the store lock (the pause writes to the pool saw), in us.
     snapshot_pauses: deque = field(default_factory=lambda: deque(maxlen=1000))

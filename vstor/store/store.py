@@ -50,6 +50,7 @@ from vstor.store.maintenance.moves import MaintenanceMixin
 from vstor.store.maintenance.space import SpaceGuard
 from vstor.store.reads.path import ReadPathMixin
 from vstor.store.reads.resolved import ResolvedBudget
+from vstor.store.reads.sweep import ScanDetector
 from vstor.store.recovery import Recovered, recover
 from vstor.store.resumeops import ResumeOpsMixin
 from vstor.store.state import PoolState
@@ -92,6 +93,9 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         self._read_waiters = 0  # threads in wait_for_reads
         self._hcache = HeaderCache()
         self._resolved = ResolvedBudget()  # resolved 4 KiB blocks of all maps (reads/resolved.py)
+        self._scans = ScanDetector()  # readers that scan aged images (reads/sweep.py)
+        self._sweeping: threading.Thread | None = None  # the sweep in progress (reads/sweeper.py)
+        self._sweeps_stop = threading.Event()
         self._ckpt_lock = threading.Lock()
         self._remap_lock = threading.Lock()  # GC moves (in-place changes of shared leaves) vs checkpoints
         self.ckpt_generation = 0
@@ -365,6 +369,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         """Write a final checkpoint (unless told not to, or the journal failed), then seal,
         sync and close the journal. The journal is closed even if the checkpoint fails: every
         record is still in it, and the next start replays them from the last checkpoint."""
+        self.stop_sweeps()
         try:
             if checkpoint and not self.journal.failed and self.journal.outage is None:
                 self.checkpoint()

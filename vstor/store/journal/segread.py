@@ -139,6 +139,15 @@ class SegmentReader:
             return len(data)
         return os.preadv(self._read_fd(segno), [view], pos)
 
+    def warm(self, segno: int, pos: int, buf: memoryview) -> int:
+        """Read [pos, pos+len(buf)) of a segment into ``buf`` only so that the page cache holds
+        it afterwards (a sweep, reads/sweep.py): nothing is verified, and ``buf`` is scratch.
+        The bytes read (fewer where the segment ends); 0 on a remote pool, which has no page
+        cache of its segments."""
+        if not self._files:
+            return 0
+        return os.preadv(self._read_fd(segno), [buf], pos)
+
     def prefetch(self, segno: int, pos: int, size: int) -> None:
         """Ask the kernel to start reading [pos, pos+size) of a segment (WILLNEED), without
         waiting: the scattered small records of one read are then fetched together. In calls

@@ -9,4 +9,4 @@ ask for (``Store.prefetch``), for the NBD server and backup jobs alike.
 
 from __future__ import annotations
 
-__all__ = ["ahead", "path", "resolved", "small"]
+__all__ = ["ahead", "path", "resolved", "small", "sweep", "sweeper"]

@@ -30,17 +30,19 @@ from vstor.store.journal.format import (
     loc_segno,
 )
 from vstor.store.journal.hcache import CachedRecord
+from vstor.store.maps.chunkmap import VolumeMap
 from vstor.store.reads.small import DATA_RECORDS, SMALL_READ, SmallReadMixin, first_bad_block, frames_of
+from vstor.store.reads.sweeper import SMALL_PIECE, SweepMixin
 
 log = logging.getLogger("vstor.store")
 
 _ZEROS = bytes(1 << 20)
 PREFETCH_PIECES = 8  # a request of more pieces starts the reads of its small records at once
-PREFETCH_MAX = 64 << 10  # pieces up to this size count as small records
+PREFETCH_MAX = SMALL_PIECE  # pieces up to this size count as small records
 T = TypeVar("T")
 
 
-class ReadPathMixin(SmallReadMixin):
+class ReadPathMixin(SmallReadMixin, SweepMixin):
     # Set by defrag.Defragmenter: told of host reads that found many pieces.
     defrag_hint: Callable[[int, int, int, int], None] | None = None
 
@@ -76,18 +78,14 @@ class ReadPathMixin(SmallReadMixin):
     def _reading(self, vid: int, offset: int, size: int, sid: int,
                  produce: Callable[[tuple[int, ...], int, int, list], T]) -> T:
         with self._lock:
-            if sid:
-                vm = self.state.snap_maps.get((sid, vid))
-                if vm is None:
-                    raise NotFound(f"snapshot {sid} of volume {vid} no longer exists")
-                vsize = self.state.catalog.snaps[sid].member_by_id(vid).size
-            else:
-                vsize = self._volume(vid).size
-                vm = self.state.maps[vid]
+            vm, vsize = self._image(vid, sid)
             size = max(0, min(size, vsize - offset))
             pieces = vm.lookup(offset, offset + size) if size else []
             lineage = vm.lineage
             self._active_reads += 1
+            scan = len(pieces) > PREFETCH_PIECES and self._scan_read(vid, sid, offset, size)
+        if scan:  # a scan of an aged image: read its scattered records ahead (sweep.py)
+            self.sweep(vid, offset + size, sid)
         counted = True
         try:
             out = produce(lineage, offset, size, pieces)
@@ -106,6 +104,17 @@ class ReadPathMixin(SmallReadMixin):
         if len(pieces) > 4 and not sid and self.defrag_hint is not None:  # once per read served, not per try
             self.defrag_hint(vid, offset, size, len(pieces))
         return out
+
+    def _image(self, vid: int, sid: int) -> tuple[VolumeMap, int]:
+        """With the store lock held: the map and size of volume ``vid``, or of its image in
+        snapshot ``sid``; NotFound when it no longer exists."""
+        if sid:
+            vm = self.state.snap_maps.get((sid, vid))
+            if vm is None:
+                raise NotFound(f"snapshot {sid} of volume {vid} no longer exists")
+            return vm, self.state.catalog.snaps[sid].member_by_id(vid).size
+        vsize = self._volume(vid).size  # NotFound first
+        return self.state.maps[vid], vsize
 
     def prefetch(self, vid: int, offset: int, size: int, sid: int = 0, large: bool = True) -> None:
         """Ask the kernel to start reading the stored data of [offset, offset+size) of volume

@@ -1,0 +1,217 @@
+"""Sweeps (vstor/store/reads/sweep.py, sweeper.py): a scan of an aged volume has its scattered
+records read ahead in journal order; the plan and the detector alone, then in a store."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+
+import pytest
+from poolkit import MiB, evict_segments, make_pool, resident, seg_path
+
+from vstor.errors import NotFound
+from vstor.faults import Faults
+from vstor.store.journal.format import make_loc
+from vstor.store.reads.sweep import MIN_FILL, SCAN_AFTER, SCATTERED, SPAN, ScanDetector, SweepPlan
+from vstor.store.store import Store
+
+SIZE = 32 * MiB
+BLOCK = 4096
+
+
+# -- the detector and the plan, alone ------------------------------------------------------------
+
+def test_a_scan_is_told_once_after_reads_near_each_other():
+    d = ScanDetector()
+    starts = [d.note(1, 0, k * MiB, MiB) for k in range(3 * SCAN_AFTER)]
+    assert starts == [k == SCAN_AFTER - 1 for k in range(3 * SCAN_AFTER)]  # once per stream
+    assert not d.note(1, 0, 900 * MiB, MiB)  # a read elsewhere starts a new stream ...
+    assert [d.note(1, 0, (901 + k) * MiB, MiB) for k in range(SCAN_AFTER)][-2:] == [True, False]  # ... told again
+
+
+def test_the_kernels_reordered_read_ahead_continues_a_scan_and_images_are_apart():
+    d = ScanDetector()
+    order = [0, 2, 1, 3]  # up to 3 MiB out of order, as FUSE's read-ahead sends them
+    assert [d.note(1, 0, k * MiB, MiB) for k in order] == [False, False, False, True]
+    # another volume, and a snapshot image of volume 1, are streams of their own
+    assert [d.note(2, 0, k * MiB, MiB) for k in range(SCAN_AFTER)][-1]
+    assert [d.note(1, 7, k * MiB, MiB) for k in range(SCAN_AFTER)][-1]
+    d2 = ScanDetector()
+    assert not any(d2.note(1, 0, k * 64 * MiB, MiB) for k in range(10))  # random large reads are no scan
+
+
+def _piece(seg: int, pos: int, vol_off: int, n: int = BLOCK) -> tuple[int, int, int]:
+    return vol_off, vol_off + n, make_loc(seg, pos)
+
+
+def test_the_plan_reads_scattered_spans_first_each_group_in_journal_order():
+    p = SweepPlan(small=64 << 10)
+    rng = random.Random(1)
+    pieces = []
+    # segment 5, spans 0-1: records of random writes, scattered over the volume
+    for k in range(2 * SPAN // (BLOCK + 128)):
+        pieces.append(_piece(5, k * (BLOCK + 128), rng.randrange(1000) * MiB))
+    # segment 2, spans 3 and 4: the pieces of large records cut by overwrites, in volume order
+    for k in range(2 * SPAN // (8 * BLOCK)):
+        pieces.append(_piece(2, 3 * SPAN + k * 8 * BLOCK, k * 8 * BLOCK, 6 * BLOCK))
+    pieces.append(_piece(9, 0, 0, 1 * MiB))  # a large piece: the segment file's read-ahead's job
+    pieces.append(_piece(7, 0, 0))  # one 4 KiB piece in a span: far below MIN_FILL
+    rng.shuffle(pieces)  # the scan's order is not the journal's
+    p.add(pieces[: len(pieces) // 2])
+    p.add(pieces[len(pieces) // 2 :])
+    assert p.runs(1 << 40) == [(5, 0, 2 * SPAN), (2, 3 * SPAN, 2 * SPAN)]
+    assert p.runs(3 * SPAN) == [(5, 0, 2 * SPAN), (2, 3 * SPAN, SPAN)]  # the budget cuts the ordered ones first
+    assert p.runs(SPAN) == [(5, 0, SPAN)]
+    assert p.needed > 3 * SPAN
+
+
+def test_a_span_needed_less_than_its_fill_is_not_read_and_scattered_is_by_volume_spread():
+    p = SweepPlan(small=64 << 10)
+    few = (MIN_FILL - 1) // (BLOCK + 128)
+    p.add([_piece(3, k * BLOCK, k * 100 * MiB) for k in range(few)])
+    assert p.runs(1 << 40) == []
+    p.add([_piece(4, k * BLOCK, k * BLOCK + (SCATTERED if k == 1 else 0)) for k in range(MIN_FILL // BLOCK)])
+    assert p.runs(1 << 40) == [(4, 0, SPAN)]
+
+
+# -- sweeps in a store ------------------------------------------------------------------------------
+
+def _aged(tmp_path) -> tuple[str, Store, int, bytearray]:
+    """A 32 MiB volume written in 1 MiB records, then 3,000 random 4 KiB overwrites."""
+    pool = make_pool(tmp_path)
+    st = Store.open(pool, faults=Faults())  # its own: arming the shared NO_FAULTS would reach other stores
+    vid = st.create_volume("v", SIZE).id
+    model = bytearray(os.urandom(SIZE))
+    for off in range(0, SIZE, MiB):
+        st.write(vid, off, model[off : off + MiB])
+    rng = random.Random(2)
+    for _ in range(3000):
+        off = rng.randrange(SIZE // BLOCK) * BLOCK
+        data = os.urandom(BLOCK)
+        st.write(vid, off, data)
+        model[off : off + BLOCK] = data
+    st.sync()
+    return pool, st, vid, model
+
+
+@pytest.fixture
+def aged(tmp_path):
+    pool, st, vid, model = _aged(tmp_path)
+    yield pool, st, vid, model
+    st.close()
+
+
+def _wait(st: Store) -> None:
+    th = st._sweeping
+    if th is not None:
+        th.join(30)
+        assert not th.is_alive()
+
+
+def _planned(st: Store, vid: int) -> list[tuple[int, int, int]]:
+    plan = st._sweep_plan(vid, 0, 0)
+    assert plan is not None
+    return plan.runs(1 << 40)
+
+
+def test_a_sweep_brings_the_scattered_records_into_the_page_cache(aged):
+    pool, st, vid, model = aged
+    runs = _planned(st, vid)
+    assert runs and any(seg > min(r[0] for r in runs) for seg, _p, _n in runs)  # the random writes' segments
+    evict_segments(pool)
+    assert not any(resident(seg_path(pool, seg), pos, n) for seg, pos, n in runs)
+    assert st.sweep(vid, 0)
+    _wait(st)
+    for seg, pos, n in runs:
+        n = min(n, os.path.getsize(seg_path(pool, seg)) - pos)
+        assert resident(seg_path(pool, seg), pos, n), (seg, pos, n)
+    c = st.stats.as_dict()
+    assert c["sweeps"] == 1 and c["sweep_bytes"] >= sum(n for _s, _p, n in runs) - SPAN
+    buf = bytearray(SIZE)
+    assert st.read_into(vid, 0, memoryview(buf)) == SIZE and buf == model  # reads verify as ever
+
+
+def test_sequential_reads_of_many_pieces_start_one_sweep_and_random_reads_none(aged):
+    pool, st, vid, model = aged
+    buf = memoryview(bytearray(MiB))
+    for k in range(3 * SCAN_AFTER):  # large reads, each of many pieces, but never near the one before
+        off = (k // 2 + (16 if k % 2 else 0)) * MiB
+        st.read_into(vid, off, buf)
+        assert buf == model[off : off + MiB]
+    _wait(st)
+    assert st.stats.as_dict()["sweeps"] == 0
+    for off in range(0, SIZE, MiB):
+        st.read_into(vid, off, buf)
+        assert buf == model[off : off + MiB]
+        if off == (SCAN_AFTER - 2) * MiB:
+            assert st._sweeping is None  # not before SCAN_AFTER reads
+    _wait(st)
+    assert st.stats.as_dict()["sweeps"] == 1
+
+
+@pytest.mark.usefixtures("pool_backend")  # on a local and a RADOS pool (tests/poolsite.py)
+def test_a_remote_pool_is_never_swept(aged, request):
+    pool, st, vid, model = aged
+    remote = "rados" in request.node.name
+    assert st.sweep(vid, 0) is not remote
+    _wait(st)
+    assert st.stats.as_dict()["sweeps"] == (0 if remote else 1)
+
+
+@pytest.mark.parametrize("action", ["eio", "bug"])
+def test_a_failed_sweep_ends_and_the_reads_go_on(aged, action, caplog):
+    pool, st, vid, model = aged
+    st.faults.arm("sweep.read", action, 2)
+    with caplog.at_level(logging.DEBUG, logger="vstor.store"):
+        assert st.sweep(vid, 0)
+        _wait(st)
+    assert st.faults.hits("sweep.read") == 2
+    assert st.stats.as_dict()["sweep_bytes"] == SPAN  # the first read only
+    if action == "bug":
+        assert "sweep of volume 1 failed" in caplog.text and "RuntimeError" in caplog.text
+    buf = bytearray(SIZE)
+    assert st.read_into(vid, 0, memoryview(buf)) == SIZE and buf == model
+    assert st.sweep(vid, 0)  # the next scan may sweep again
+    _wait(st)
+
+
+def test_the_memory_budget_bounds_a_sweep_and_one_runs_at_a_time(aged):
+    pool, st, vid, model = aged
+    st.memory_available = lambda: 4 * SPAN  # a quarter of it: one span
+    st.faults.delay = 0.2
+    st.faults.arm("sweep.read", "delay", 1)
+    assert st.sweep(vid, 0)
+    assert not st.sweep(vid, 0)  # one at a time
+    _wait(st)
+    assert st.stats.as_dict()["sweep_bytes"] == SPAN
+    st.memory_available = lambda: 0  # nothing known: nothing read
+    assert st.sweep(vid, 0)
+    _wait(st)
+    assert st.stats.as_dict()["sweep_bytes"] == SPAN
+
+
+def test_closing_the_store_stops_a_sweep_and_starts_no_other(tmp_path):
+    pool, st, vid, model = _aged(tmp_path)
+    st.faults.delay = 0.5
+    st.faults.arm("sweep.read", "delay", 1, repeat=True)
+    assert st.sweep(vid, 0)
+    th = st._sweeping
+    assert th is not None
+    st.close()  # stops the sweep after the read in progress
+    assert not th.is_alive()
+    assert st.faults.hits("sweep.read") <= 2
+    assert not st.sweep(vid, 0)
+    assert not [t for t in threading.enumerate() if t.name.startswith("vstor-sweep")]
+
+
+def test_a_sweep_of_a_deleted_volume_or_snapshot_reads_nothing(aged):
+    pool, st, vid, model = aged
+    with pytest.raises(NotFound):
+        st._sweep_plan(vid, 99, 0)  # no such snapshot
+    wid = st.create_volume("w", MiB).id
+    st.delete_volume("w")
+    assert st.sweep(wid, 0)  # a sweep is started for a volume deleted since the read ...
+    _wait(st)
+    assert st.stats.as_dict()["sweeps"] == 0 and st.stats.as_dict()["sweep_bytes"] == 0  # ... and reads nothing

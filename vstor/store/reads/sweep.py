@@ -1,0 +1,146 @@
+"""Sweeps: the scattered records of an aged volume read ahead in journal order for a scan.
+
+A volume overwritten by small random writes holds, in every MiB, dozens of 4 KiB records
+scattered over the part of the journal those writes were appended to. A sequential scan (fio,
+``dd``, fsck, a backup job, ``qemu-img convert`` over NBD) then reads them one by one in the
+volume's order, each a random read of the disk, and asking for each request's records at
+once (``posix_fadvise(WILLNEED)``, path.py) still leaves the disk reading 4 KiB at a time. Yet
+those records lie together in the journal: in that region the scan needs most of every MiB.
+
+A *sweep* reads that region in journal order, in 1 MiB reads, from a background thread,
+while the scan goes on: once the scan has made SCAN_AFTER reads of many pieces each, each
+near where the one before ended (:class:`ScanDetector`), the store plans the rest of the
+volume (:class:`SweepPlan`: for each 1 MiB span of the journal, how much of it the rest of the
+scan needs) and reads the spans it needs at least MIN_FILL of, the *scattered* ones first
+(spans whose pieces lie far apart in the volume: the random writes' region, which no
+read-ahead of the segment files can guess) and then the others, in journal order. The pages
+land in the page cache, where the scan's own reads find them. Nothing is verified or decoded
+here: a sweep only reads, and every byte the scan returns is verified by the read path as
+before. A sweep is a hint: a segment deleted meanwhile, a failed read or the store closing
+ends it early, silently.
+
+Bounds: one sweep at a time per store; at most SWEEP_MAX bytes per sweep and a quarter of the
+memory the kernel says is available (``MemAvailable``), so that the pages it reads are still
+cached when the scan reaches them (the scattered spans come first within that budget); the
+map is looked up WINDOW bytes at a time, the store lock held for one window; segment deletion
+waits only for the 1 MiB read in flight. Remote pools (RADOS) have no page cache of their
+segments and are never swept.
+
+Measured (docs/benchmarks.md section 9, "Sweeps"): a 1 GiB volume written in 1 MiB requests
+and aged by 12 s of fio's 4 KiB random writes, read cold in 1 MiB requests through FUSE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from vstor.store.journal.format import loc_pos, loc_segno
+
+__all__ = ["MIN_FILL", "SCAN_AFTER", "SCATTERED", "SPAN", "SWEEP_MAX", "WINDOW", "ScanDetector", "SweepPlan",
+           "memory_available"]
+
+SPAN = 1 << 20  # the journal is planned and read in spans of this size
+MIN_FILL = SPAN // 8  # a span is read only if the scan needs at least this much of it
+SCATTERED = 8 * SPAN  # a span whose pieces lie further apart than this in the volume is scattered
+SCAN_AFTER = 4  # reads of many pieces, each near the end of the one before, before a sweep starts
+NEAR = 4 << 20  # "near": the kernel's read-ahead sends a stream's requests up to 3 MiB out of order
+WINDOW = 64 << 20  # the map is looked up this much at a time, the store lock held for one window
+SWEEP_MAX = 2 << 30  # bytes read by one sweep at most
+PIECE_OVERHEAD = 128  # a small record's header and frame table, read with its data
+
+
+class ScanDetector:
+    """Tells, read by read, when a reader of many-piece reads has become a sequential scan.
+
+    Fed only reads that found many pieces (an aged range); one stream per volume image
+    ``(vid, sid)``. A stream continues while each read starts within NEAR bytes of the end of
+    the furthest read so far; :meth:`note` is True once per stream, at its SCAN_AFTER-th read.
+    The caller serializes calls (the store calls it under its lock)."""
+
+    def __init__(self, after: int = SCAN_AFTER, near: int = NEAR) -> None:
+        self.after, self.near = after, near
+        self._streams: dict[tuple[int, int], tuple[int, int]] = {}  # image -> (furthest end, reads; -1: swept)
+
+    def note(self, vid: int, sid: int, offset: int, size: int) -> bool:
+        end, reads = self._streams.get((vid, sid), (-1, 0))
+        if end >= 0 and abs(offset - end) <= self.near:
+            end = max(end, offset + size)
+            reads = reads if reads < 0 else reads + 1
+        else:
+            end, reads = offset + size, 1
+        start = reads >= self.after
+        self._streams[(vid, sid)] = (end, -1 if start or reads < 0 else reads)
+        return start
+
+    def forget(self, vid: int, sid: int = 0) -> None:
+        self._streams.pop((vid, sid), None)
+
+
+class SweepPlan:
+    """The journal spans a scan will read its small pieces from, and how much of each.
+
+    :meth:`add` takes a scan's pieces ``(start, end, loc)`` window by window, in the volume's
+    order; pieces over ``small`` bytes are left to the segment files' own read-ahead (a large
+    record is one read that the kernel reads ahead of). :meth:`runs` gives what to read."""
+
+    def __init__(self, small: int) -> None:
+        self.small = small
+        self._need: dict[int, int] = {}  # span (its first byte's loc) -> bytes the scan reads there
+        self._lo: dict[int, int] = {}  # span -> lowest volume offset of its pieces
+        self._hi: dict[int, int] = {}  # span -> highest end
+
+    def add(self, pieces: Iterable[tuple[int, int, int]]) -> None:
+        need, lo, hi, small, mask = self._need, self._lo, self._hi, self.small, ~(SPAN - 1)
+        for s, e, loc in pieces:
+            if e - s > small:
+                continue
+            span = loc & mask
+            got = need.get(span)
+            if got is None:
+                need[span], lo[span], hi[span] = e - s + PIECE_OVERHEAD, s, e
+            else:
+                need[span] = got + e - s + PIECE_OVERHEAD
+                if e > hi[span]:
+                    hi[span] = e
+                if s < lo[span]:
+                    lo[span] = s
+
+    def runs(self, budget: int) -> list[tuple[int, int, int]]:
+        """``(segno, pos, length)`` to read: the spans needed at least MIN_FILL, the scattered
+        ones first, each group in journal order, adjacent spans merged; no more than ``budget``
+        bytes in all (the scattered spans come first within it)."""
+        keep = [span for span, n in self._need.items() if n >= MIN_FILL]
+        scattered = sorted(span for span in keep if self._hi[span] - self._lo[span] > SCATTERED)
+        ordered = sorted(span for span in keep if self._hi[span] - self._lo[span] <= SCATTERED)
+        out: list[tuple[int, int, int]] = []
+        left = budget
+        for group in (scattered, ordered):
+            first = len(out)
+            for span in group:
+                if left < SPAN:
+                    return out
+                left -= SPAN
+                segno, pos = loc_segno(span), loc_pos(span)
+                if len(out) > first and out[-1][0] == segno and out[-1][1] + out[-1][2] == pos:
+                    out[-1] = (segno, out[-1][1], out[-1][2] + SPAN)
+                else:
+                    out.append((segno, pos, SPAN))
+        return out
+
+    @property
+    def needed(self) -> int:
+        """Bytes the scan reads from the spans planned (their pieces and record headers)."""
+        return sum(self._need.values())
+
+
+def memory_available(meminfo: str = "/proc/meminfo") -> int:
+    """The kernel's estimate of memory available without swapping (``MemAvailable``), in bytes;
+    0 when it cannot be read (then nothing is swept)."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) << 10
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

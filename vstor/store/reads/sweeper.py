@@ -1,0 +1,127 @@
+"""The Store's sweeps: a background thread that reads an aged volume's records ahead of a scan.
+
+A mixin of Store, a base of the read path (path.py), which calls :meth:`_scan_read` for each
+read of many pieces; what a sweep reads and why is in sweep.py. The thread plans the rest of
+the scanned image window by window (the store lock held for one map lookup at a time), then
+reads the planned spans 1 MiB at a time, each counted as a read in flight so that segment
+deletion waits for it and a deleted segment is never read. It verifies nothing and returns
+nothing: the scan's own reads verify every byte they return.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from vstor.errors import VstorError
+from vstor.store.maps.chunkmap import VolumeMap
+from vstor.store.reads.sweep import SPAN, SWEEP_MAX, WINDOW, ScanDetector, SweepPlan, memory_available
+from vstor.store.storeparts import StoreParts
+
+__all__ = ["SCAN_READ", "SMALL_PIECE", "SweepMixin"]
+
+log = logging.getLogger("vstor.store")
+
+SMALL_PIECE = 64 << 10  # pieces up to this size count as small records (path.py asks for them at once)
+SCAN_READ = 256 << 10  # reads at least this large, of many pieces, make a scan
+
+
+class SweepMixin(StoreParts):
+    _scans: ScanDetector
+    _sweeping: threading.Thread | None
+    _sweeps_stop: threading.Event
+    memory_available: Callable[[], int] = staticmethod(memory_available)  # tests replace it
+
+    if TYPE_CHECKING:  # provided by the read path (path.py)
+        def _image(self, vid: int, sid: int) -> tuple[VolumeMap, int]: ...
+
+    def _scan_read(self, vid: int, sid: int, offset: int, size: int) -> bool:
+        """With the store lock held: a read of many pieces of [offset, offset+size) of an image.
+        True when it makes the reader a scan that should be swept now (ScanDetector)."""
+        return size >= SCAN_READ and self.journal.local_files and self._scans.note(vid, sid, offset, size)
+
+    def sweep(self, vid: int, offset: int, sid: int = 0) -> bool:
+        """Start reading ahead, in the background, the journal spans that the rest of volume
+        ``vid`` (of its image in snapshot ``sid``) from ``offset`` on is read from (sweep.py).
+        False, starting nothing, on a remote pool, while another sweep runs or once the store
+        is closing."""
+        if not self.journal.local_files:
+            return False
+        with self._lock:
+            if self._sweeps_stop.is_set() or (self._sweeping is not None and self._sweeping.is_alive()):
+                return False
+            th = threading.Thread(target=self._sweep, args=(vid, sid, offset), name=f"vstor-sweep-{vid}",
+                                  daemon=True)
+            self._sweeping = th
+        th.start()
+        return True
+
+    def stop_sweeps(self) -> None:
+        """Stop the sweep in progress, if any, and wait for its thread; start no other."""
+        self._sweeps_stop.set()
+        th = self._sweeping
+        if th is not None and th is not threading.current_thread():
+            th.join()
+
+    def _sweep(self, vid: int, sid: int, offset: int) -> None:
+        t0 = time.monotonic()
+        try:
+            plan = self._sweep_plan(vid, sid, offset)
+            if plan is None:
+                return
+            budget = min(SWEEP_MAX, self.memory_available() // 4)
+            runs = plan.runs(budget)
+            self.stats.add(sweeps=1)
+            read = self._sweep_runs(runs)
+        except (OSError, VstorError) as e:  # only a hint: the scan's reads report what is wrong
+            log.debug("sweep of volume %d ended: %s", vid, e)
+            return
+        except Exception:  # a defect: say so, but a hint must never take a read with it
+            log.exception("sweep of volume %d failed", vid)
+            return
+        log.info("sweep of volume %d%s from offset %d: %d MiB of the journal read ahead in %.1f s (the rest of "
+                 "the scan reads %d MiB from it)", vid, f" snapshot {sid}" if sid else "", offset, read >> 20,
+                 time.monotonic() - t0, plan.needed >> 20)
+
+    def _sweep_plan(self, vid: int, sid: int, offset: int) -> SweepPlan | None:
+        """The plan of [offset, end) of the image, looked up WINDOW bytes at a time; None when
+        the image is gone or the store is closing."""
+        plan = SweepPlan(SMALL_PIECE)
+        at = offset
+        while not self._sweeps_stop.is_set():
+            with self._lock:
+                vm, size = self._image(vid, sid)
+                if at >= size:
+                    return plan
+                pieces = vm.lookup(at, min(size, at + WINDOW))
+            plan.add(pieces)
+            at += WINDOW
+        return None
+
+    def _sweep_runs(self, runs: list[tuple[int, int, int]]) -> int:
+        """Read the runs 1 MiB at a time into one scratch buffer; the bytes read."""
+        buf = memoryview(bytearray(SPAN))
+        read = 0
+        try:
+            for segno, pos, length in runs:
+                for at in range(pos, pos + length, SPAN):
+                    if self._sweeps_stop.is_set():
+                        return read
+                    self.faults.hit("sweep.read")
+                    with self._lock:
+                        if segno not in self.state.seg_logical and segno != self.journal.current_segno:
+                            break  # deleted by GC since the plan: the rest of this run is gone too
+                        self._active_reads += 1
+                    try:
+                        got = self.journal.warm(segno, at, buf)
+                    finally:
+                        self.done_reading()
+                    read += got
+                    if got < SPAN:
+                        break  # the segment ends here
+        finally:
+            self.stats.add(sweep_bytes=read)
+        return read
