@@ -14,7 +14,7 @@ from poolkit import MiB, evict_segments, make_pool, resident, seg_path
 from vstor.errors import NotFound
 from vstor.faults import Faults
 from vstor.store.journal.format import make_loc
-from vstor.store.reads.sweep import MIN_FILL, SCAN_AFTER, SCATTERED, SPAN, ScanDetector, SweepPlan
+from vstor.store.reads.sweep import COVERED, MIN_FILL, SCAN_AFTER, SCATTERED, SPAN, START, ScanDetector, SweepPlan
 from vstor.store.store import Store
 
 SIZE = 32 * MiB
@@ -23,21 +23,29 @@ BLOCK = 4096
 
 # -- the detector and the plan, alone ------------------------------------------------------------
 
-def test_a_scan_is_told_once_after_reads_near_each_other():
+def test_a_scan_is_told_until_a_sweep_starts_then_covered_once_planned():
     d = ScanDetector()
-    starts = [d.note(1, 0, k * MiB, MiB) for k in range(3 * SCAN_AFTER)]
-    assert starts == [k == SCAN_AFTER - 1 for k in range(3 * SCAN_AFTER)]  # once per stream
-    assert not d.note(1, 0, 900 * MiB, MiB)  # a read elsewhere starts a new stream ...
-    assert [d.note(1, 0, (901 + k) * MiB, MiB) for k in range(SCAN_AFTER)][-2:] == [True, False]  # ... told again
+    verdicts = [d.note(1, 0, k * MiB, MiB) for k in range(SCAN_AFTER + 1)]
+    assert verdicts == [0] * (SCAN_AFTER - 1) + [START, START]  # until a sweep has started for it
+    d.started(1, 0)
+    assert d.note(1, 0, (SCAN_AFTER + 1) * MiB, MiB) == 0
+    d.covered(1, 0)
+    assert d.note(1, 0, (SCAN_AFTER + 2) * MiB, MiB) == COVERED
+    d.covered(1, 0, False)  # the sweep failed: the reads ask for their records again, no new sweep
+    assert d.note(1, 0, (SCAN_AFTER + 3) * MiB, MiB) == 0
+    assert d.note(1, 0, 900 * MiB, MiB) == 0  # a read elsewhere starts a new stream ...
+    assert [d.note(1, 0, (901 + k) * MiB, MiB) for k in range(SCAN_AFTER)][-1] == START  # ... told again
+    d.covered(2, 0)  # no stream of that image: nothing to say
+    assert d.note(2, 0, 0, MiB) == 0
 
 
 def test_the_kernels_reordered_read_ahead_continues_a_scan_and_images_are_apart():
     d = ScanDetector()
     order = [0, 2, 1, 3]  # up to 3 MiB out of order, as FUSE's read-ahead sends them
-    assert [d.note(1, 0, k * MiB, MiB) for k in order] == [False, False, False, True]
+    assert [d.note(1, 0, k * MiB, MiB) for k in order] == [0, 0, 0, START]
     # another volume, and a snapshot image of volume 1, are streams of their own
-    assert [d.note(2, 0, k * MiB, MiB) for k in range(SCAN_AFTER)][-1]
-    assert [d.note(1, 7, k * MiB, MiB) for k in range(SCAN_AFTER)][-1]
+    assert [d.note(2, 0, k * MiB, MiB) for k in range(SCAN_AFTER)][-1] == START
+    assert [d.note(1, 7, k * MiB, MiB) for k in range(SCAN_AFTER)][-1] == START
     d2 = ScanDetector()
     assert not any(d2.note(1, 0, k * 64 * MiB, MiB) for k in range(10))  # random large reads are no scan
 
@@ -61,9 +69,9 @@ def test_the_plan_reads_scattered_spans_first_each_group_in_journal_order():
     rng.shuffle(pieces)  # the scan's order is not the journal's
     p.add(pieces[: len(pieces) // 2])
     p.add(pieces[len(pieces) // 2 :])
-    assert p.runs(1 << 40) == [(5, 0, 2 * SPAN), (2, 3 * SPAN, 2 * SPAN)]
-    assert p.runs(3 * SPAN) == [(5, 0, 2 * SPAN), (2, 3 * SPAN, SPAN)]  # the budget cuts the ordered ones first
-    assert p.runs(SPAN) == [(5, 0, SPAN)]
+    assert p.runs(1 << 40) == [(5, 0, 2 * SPAN), (2, 3 * SPAN, 2 * SPAN)] and not p.cut
+    assert p.runs(3 * SPAN) == [(5, 0, 2 * SPAN), (2, 3 * SPAN, SPAN)] and p.cut  # the ordered ones go first
+    assert p.runs(SPAN) == [(5, 0, SPAN)] and p.cut
     assert p.needed > 3 * SPAN
 
 
@@ -142,13 +150,20 @@ def test_sequential_reads_of_many_pieces_start_one_sweep_and_random_reads_none(a
         assert buf == model[off : off + MiB]
     _wait(st)
     assert st.stats.as_dict()["sweeps"] == 0
-    for off in range(0, SIZE, MiB):
+    asked = _counting_prefetch(st)
+    for off in range(0, SIZE // 2, MiB):
         st.read_into(vid, off, buf)
         assert buf == model[off : off + MiB]
         if off == (SCAN_AFTER - 2) * MiB:
             assert st._sweeping is None  # not before SCAN_AFTER reads
     _wait(st)
     assert st.stats.as_dict()["sweeps"] == 1
+    assert asked  # the reads before the sweep asked for their small records
+    asked.clear()
+    for off in range(SIZE // 2, SIZE, MiB):  # the sweep covers the rest of the scan: they ask no more
+        st.read_into(vid, off, buf)
+        assert buf == model[off : off + MiB]
+    assert not asked and st.stats.as_dict()["sweeps"] == 1
 
 
 @pytest.mark.usefixtures("pool_backend")  # on a local and a RADOS pool (tests/poolsite.py)
@@ -160,20 +175,38 @@ def test_a_remote_pool_is_never_swept(aged, request):
     assert st.stats.as_dict()["sweeps"] == (0 if remote else 1)
 
 
+def _counting_prefetch(st: Store) -> list[int]:
+    """The positions the store's reads ask the journal for (WILLNEED) from now on."""
+    asked: list[int] = []
+    prefetch = st.journal.prefetch
+
+    def counted(segno: int, pos: int, size: int) -> None:
+        asked.append(pos)
+        prefetch(segno, pos, size)
+
+    st.journal.prefetch = counted  # type: ignore[method-assign]
+    return asked
+
+
 @pytest.mark.parametrize("action", ["eio", "bug"])
-def test_a_failed_sweep_ends_and_the_reads_go_on(aged, action, caplog):
+def test_a_failed_sweep_ends_and_the_reads_go_on_asking(aged, action, caplog):
     pool, st, vid, model = aged
     st.faults.arm("sweep.read", action, 2)
+    buf = memoryview(bytearray(MiB))
     with caplog.at_level(logging.DEBUG, logger="vstor.store"):
-        assert st.sweep(vid, 0)
+        for off in range(0, SCAN_AFTER * MiB, MiB):  # a scan: its sweep starts, then fails
+            st.read_into(vid, off, buf)
         _wait(st)
     assert st.faults.hits("sweep.read") == 2
     assert st.stats.as_dict()["sweep_bytes"] == SPAN  # the first read only
     if action == "bug":
         assert "sweep of volume 1 failed" in caplog.text and "RuntimeError" in caplog.text
-    buf = bytearray(SIZE)
-    assert st.read_into(vid, 0, memoryview(buf)) == SIZE and buf == model
-    assert st.sweep(vid, 0)  # the next scan may sweep again
+    asked = _counting_prefetch(st)
+    for off in range(SCAN_AFTER * MiB, SIZE, MiB):  # the scan goes on, asking for its records again
+        st.read_into(vid, off, buf)
+        assert buf == model[off : off + MiB]
+    assert asked and st.stats.as_dict()["sweeps"] == 1  # and no other sweep for that scan
+    assert st.sweep(vid, 0)  # another may sweep again
     _wait(st)
 
 

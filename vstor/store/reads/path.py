@@ -32,6 +32,7 @@ from vstor.store.journal.format import (
 from vstor.store.journal.hcache import CachedRecord
 from vstor.store.maps.chunkmap import VolumeMap
 from vstor.store.reads.small import DATA_RECORDS, SMALL_READ, SmallReadMixin, first_bad_block, frames_of
+from vstor.store.reads.sweep import COVERED, START
 from vstor.store.reads.sweeper import SMALL_PIECE, SweepMixin
 
 log = logging.getLogger("vstor.store")
@@ -55,13 +56,10 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
             view = memoryview(bytearray(size))
             if self._read_small(vid, offset, view, nowait):
                 return view if nowait else bytes(view)  # callers that wait get bytes, as from the general path
-        if nowait:
-            return self._reading(vid, offset, size, sid, self._assemble_nowait)
-        return self._reading(vid, offset, size, sid, self.assemble)
+        def produce(lineage: tuple[int, ...], offset: int, size: int, pieces: list, ask: bool) -> bytes | memoryview:
+            return self.assemble(lineage, offset, size, pieces, nowait, ask)
 
-    def _assemble_nowait(self, lineage: tuple[int, ...] | None, offset: int, size: int,
-                         pieces: list) -> bytes | memoryview:
-        return self.assemble(lineage, offset, size, pieces, nowait=True)
+        return self._reading(vid, offset, size, sid, produce)
 
     def read_into(self, vid: int, offset: int, view: memoryview, sid: int = 0) -> int:
         """Like :meth:`read`, into ``view`` (writable bytes); returns the bytes read. On an
@@ -69,26 +67,29 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
         if not sid and 0 < len(view) <= SMALL_READ and self._read_small(vid, offset, view, False):
             return len(view)
 
-        def fill(lineage: tuple[int, ...], offset: int, size: int, pieces: list) -> int:
-            self.assemble_into(lineage, offset, view[:size], pieces)
+        def fill(lineage: tuple[int, ...], offset: int, size: int, pieces: list, ask: bool) -> int:
+            self.assemble_into(lineage, offset, view[:size], pieces, ask=ask)
             return size
 
         return self._reading(vid, offset, len(view), sid, fill)
 
     def _reading(self, vid: int, offset: int, size: int, sid: int,
-                 produce: Callable[[tuple[int, ...], int, int, list], T]) -> T:
+                 produce: Callable[[tuple[int, ...], int, int, list, bool], T]) -> T:
+        """``produce(lineage, offset, size, pieces, ask)`` of the image's pieces of the range, with
+        the range registered as a read in flight; ``ask``: whether a read of many pieces should
+        ask for its small records at once (False while a sweep covers its scan, sweep.py)."""
         with self._lock:
             vm, vsize = self._image(vid, sid)
             size = max(0, min(size, vsize - offset))
             pieces = vm.lookup(offset, offset + size) if size else []
             lineage = vm.lineage
             self._active_reads += 1
-            scan = len(pieces) > PREFETCH_PIECES and self._scan_read(vid, sid, offset, size)
-        if scan:  # a scan of an aged image: read its scattered records ahead (sweep.py)
+            scan = self._scan_read(vid, sid, offset, size) if len(pieces) > PREFETCH_PIECES else 0
+        if scan == START:  # a scan of an aged image: read its scattered records ahead (sweep.py)
             self.sweep(vid, offset + size, sid)
         counted = True
         try:
-            out = produce(lineage, offset, size, pieces)
+            out = produce(lineage, offset, size, pieces, scan != COVERED)
         except CorruptData as e:
             self.stats.add(read_errors=1)
             log.error("read error on volume %d offset %d (chunk %d): %s", vid, offset,
@@ -177,10 +178,10 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
             self._read_waiters -= 1
 
     def assemble(self, lineage: tuple[int, ...] | None, offset: int, size: int, pieces: list,
-                 nowait: bool = False) -> bytes | memoryview:
+                 nowait: bool = False, ask: bool = True) -> bytes | memoryview:
         """The bytes of [offset, offset+size) from its mapped pieces; gaps are zeros. Built with
         one copy, or none when one piece covers it all (then possibly a view of a cached frame).
-        ``nowait``: WouldBlock rather than wait for any piece."""
+        ``nowait``: WouldBlock rather than wait for any piece. ``ask``: see :meth:`assemble_into`."""
         if not pieces:
             return bytes(size)
         if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + size:
@@ -189,7 +190,7 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
         spans = _shared_spans(pieces)
         if spans:  # pieces of one record are cut from one read of it: assemble in a buffer
             buf = bytearray(size)
-            self.assemble_into(lineage, offset, memoryview(buf), pieces, nowait)
+            self.assemble_into(lineage, offset, memoryview(buf), pieces, nowait, ask)
             return bytes(buf)
         parts: list[bytes | memoryview] = []
         at = offset
@@ -203,8 +204,10 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
         return b"".join(parts)
 
     def assemble_into(self, lineage: tuple[int, ...] | None, offset: int, view: memoryview, pieces: list,
-                      nowait: bool = False) -> None:
-        """:meth:`assemble` into ``view``, which covers [offset, offset+len(view)).
+                      nowait: bool = False, ask: bool = True) -> None:
+        """:meth:`assemble` into ``view``, which covers [offset, offset+len(view)). With ``ask``,
+        a read of more than PREFETCH_PIECES pieces first asks for its small records at once
+        (:meth:`_prefetch`); a scan that a sweep covers does not (sweep.py).
 
         A record that several pieces come from (an aged volume: a large write cut by small
         overwrites) is read and verified once, over the span from its first piece to its last,
@@ -217,7 +220,7 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
                 view[:] = data
             return
         spans = _shared_spans(pieces)
-        if len(pieces) > PREFETCH_PIECES and not nowait:
+        if ask and len(pieces) > PREFETCH_PIECES and not nowait:
             self._prefetch(pieces, spans)
         at = offset
         for s, e, loc in pieces:

@@ -36,8 +36,8 @@ from collections.abc import Iterable
 
 from vstor.store.journal.format import loc_pos, loc_segno
 
-__all__ = ["MIN_FILL", "SCAN_AFTER", "SCATTERED", "SPAN", "SWEEP_MAX", "WINDOW", "ScanDetector", "SweepPlan",
-           "memory_available"]
+__all__ = ["COVERED", "MIN_FILL", "SCAN_AFTER", "SCATTERED", "SPAN", "START", "SWEEP_MAX", "WINDOW", "ScanDetector",
+           "SweepPlan", "memory_available"]
 
 SPAN = 1 << 20  # the journal is planned and read in spans of this size
 MIN_FILL = SPAN // 8  # a span is read only if the scan needs at least this much of it
@@ -49,31 +49,49 @@ SWEEP_MAX = 2 << 30  # bytes read by one sweep at most
 PIECE_OVERHEAD = 128  # a small record's header and frame table, read with its data
 
 
+START = 1  # ScanDetector.note: a scan that should be swept now
+COVERED = 2  # ... a read of a scan whose sweep has planned all it needs
+
+
 class ScanDetector:
-    """Tells, read by read, when a reader of many-piece reads has become a sequential scan.
+    """Tells, read by read, when a reader of many-piece reads has become a sequential scan, and
+    whether its sweep covers it.
 
     Fed only reads that found many pieces (an aged range); one stream per volume image
     ``(vid, sid)``. A stream continues while each read starts within NEAR bytes of the end of
-    the furthest read so far; :meth:`note` is True once per stream, at its SCAN_AFTER-th read.
-    The caller serializes calls (the store calls it under its lock)."""
+    the furthest read so far; another read starts a new one. :meth:`note` says START from the
+    stream's SCAN_AFTER-th read until the store says a sweep :meth:`started` for it, and
+    COVERED once that sweep has planned everything the rest of the image needs
+    (:meth:`covered`), so that the scan's reads stop asking for their records one by one. The
+    caller serializes calls (the store calls it under its lock)."""
 
     def __init__(self, after: int = SCAN_AFTER, near: int = NEAR) -> None:
         self.after, self.near = after, near
-        self._streams: dict[tuple[int, int], tuple[int, int]] = {}  # image -> (furthest end, reads; -1: swept)
+        # image -> [furthest end, reads, state: 0 none, START a sweep started, COVERED]
+        self._streams: dict[tuple[int, int], list[int]] = {}
 
-    def note(self, vid: int, sid: int, offset: int, size: int) -> bool:
-        end, reads = self._streams.get((vid, sid), (-1, 0))
-        if end >= 0 and abs(offset - end) <= self.near:
-            end = max(end, offset + size)
-            reads = reads if reads < 0 else reads + 1
+    def note(self, vid: int, sid: int, offset: int, size: int) -> int:
+        """0, START or COVERED for a read of [offset, offset+size) of the image."""
+        st = self._streams.get((vid, sid))
+        if st is not None and abs(offset - st[0]) <= self.near:
+            st[0], st[1] = max(st[0], offset + size), st[1] + 1
         else:
-            end, reads = offset + size, 1
-        start = reads >= self.after
-        self._streams[(vid, sid)] = (end, -1 if start or reads < 0 else reads)
-        return start
+            st = self._streams[(vid, sid)] = [offset + size, 1, 0]
+        if st[2]:
+            return COVERED if st[2] == COVERED else 0
+        return START if st[1] >= self.after else 0
 
-    def forget(self, vid: int, sid: int = 0) -> None:
-        self._streams.pop((vid, sid), None)
+    def started(self, vid: int, sid: int) -> None:
+        """A sweep of the image's current stream has started: no other is asked for it."""
+        st = self._streams.get((vid, sid))
+        if st is not None:
+            st[2] = START
+
+    def covered(self, vid: int, sid: int, yes: bool = True) -> None:
+        """That sweep planned all the rest of the image needs (``yes``), or failed since."""
+        st = self._streams.get((vid, sid))
+        if st is not None and st[2]:
+            st[2] = COVERED if yes else START
 
 
 class SweepPlan:
@@ -85,6 +103,7 @@ class SweepPlan:
 
     def __init__(self, small: int) -> None:
         self.small = small
+        self.cut = False  # whether runs() left spans out for the budget
         self._need: dict[int, int] = {}  # span (its first byte's loc) -> bytes the scan reads there
         self._lo: dict[int, int] = {}  # span -> lowest volume offset of its pieces
         self._hi: dict[int, int] = {}  # span -> highest end
@@ -108,7 +127,9 @@ class SweepPlan:
     def runs(self, budget: int) -> list[tuple[int, int, int]]:
         """``(segno, pos, length)`` to read: the spans needed at least MIN_FILL, the scattered
         ones first, each group in journal order, adjacent spans merged; no more than ``budget``
-        bytes in all (the scattered spans come first within it)."""
+        bytes in all (the scattered spans come first within it). :attr:`cut` says whether the
+        budget left some out."""
+        self.cut = False
         keep = [span for span, n in self._need.items() if n >= MIN_FILL]
         scattered = sorted(span for span in keep if self._hi[span] - self._lo[span] > SCATTERED)
         ordered = sorted(span for span in keep if self._hi[span] - self._lo[span] <= SCATTERED)
@@ -118,6 +139,7 @@ class SweepPlan:
             first = len(out)
             for span in group:
                 if left < SPAN:
+                    self.cut = True
                     return out
                 left -= SPAN
                 segno, pos = loc_segno(span), loc_pos(span)

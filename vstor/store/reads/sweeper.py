@@ -38,10 +38,13 @@ class SweepMixin(StoreParts):
     if TYPE_CHECKING:  # provided by the read path (path.py)
         def _image(self, vid: int, sid: int) -> tuple[VolumeMap, int]: ...
 
-    def _scan_read(self, vid: int, sid: int, offset: int, size: int) -> bool:
+    def _scan_read(self, vid: int, sid: int, offset: int, size: int) -> int:
         """With the store lock held: a read of many pieces of [offset, offset+size) of an image.
-        True when it makes the reader a scan that should be swept now (ScanDetector)."""
-        return size >= SCAN_READ and self.journal.local_files and self._scans.note(vid, sid, offset, size)
+        START when it makes the reader a scan that should be swept now, COVERED when a sweep
+        covers the reader's scan, else 0 (ScanDetector)."""
+        if size < SCAN_READ or not self.journal.local_files:
+            return 0
+        return self._scans.note(vid, sid, offset, size)
 
     def sweep(self, vid: int, offset: int, sid: int = 0) -> bool:
         """Start reading ahead, in the background, the journal spans that the rest of volume
@@ -56,6 +59,7 @@ class SweepMixin(StoreParts):
             th = threading.Thread(target=self._sweep, args=(vid, sid, offset), name=f"vstor-sweep-{vid}",
                                   daemon=True)
             self._sweeping = th
+            self._scans.started(vid, sid)
         th.start()
         return True
 
@@ -75,12 +79,17 @@ class SweepMixin(StoreParts):
             budget = min(SWEEP_MAX, self.memory_available() // 4)
             runs = plan.runs(budget)
             self.stats.add(sweeps=1)
+            if runs and not plan.cut:  # the scan's reads may stop asking for their records one by one
+                with self._lock:
+                    self._scans.covered(vid, sid)
             read = self._sweep_runs(runs)
-        except (OSError, VstorError) as e:  # only a hint: the scan's reads report what is wrong
-            log.debug("sweep of volume %d ended: %s", vid, e)
-            return
-        except Exception:  # a defect: say so, but a hint must never take a read with it
-            log.exception("sweep of volume %d failed", vid)
+        except Exception as e:
+            with self._lock:  # the reads ask for their records again
+                self._scans.covered(vid, sid, False)
+            if isinstance(e, OSError | VstorError):  # only a hint: the scan's reads report what is wrong
+                log.debug("sweep of volume %d ended: %s", vid, e)
+            else:  # a defect: say so, but a hint must never take a read with it
+                log.exception("sweep of volume %d failed", vid)
             return
         log.info("sweep of volume %d%s from offset %d: %d MiB of the journal read ahead in %.1f s (the rest of "
                  "the scan reads %d MiB from it)", vid, f" snapshot {sid}" if sid else "", offset, read >> 20,
