@@ -15,6 +15,7 @@ from vstor.errors import NotFound
 from vstor.faults import Faults
 from vstor.store.journal.format import make_loc
 from vstor.store.reads.sweep import COVERED, MIN_FILL, SCAN_AFTER, SCATTERED, SPAN, START, ScanDetector, SweepPlan
+from vstor.store.reads.sweeper import memory_available
 from vstor.store.store import Store
 
 SIZE = 32 * MiB
@@ -248,3 +249,13 @@ def test_a_sweep_of_a_deleted_volume_or_snapshot_reads_nothing(aged):
     assert st.sweep(wid, 0)  # a sweep is started for a volume deleted since the read ...
     _wait(st)
     assert st.stats.as_dict()["sweeps"] == 0 and st.stats.as_dict()["sweep_bytes"] == 0  # ... and reads nothing
+
+
+def test_memory_available_is_read_from_meminfo_and_zero_when_it_cannot_be(tmp_path):
+    info = tmp_path / "meminfo"
+    info.write_text("MemTotal:       24684032 kB\nMemFree:        16701440 kB\nMemAvailable:   24096768 kB\n")
+    assert memory_available(str(info)) == 24096768 * 1024
+    info.write_text("MemTotal:       24684032 kB\n")  # a kernel before 3.14: nothing swept
+    assert memory_available(str(info)) == 0
+    assert memory_available(str(tmp_path / "missing")) == 0
+    assert memory_available() > 0  # this machine's

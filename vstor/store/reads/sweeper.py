@@ -18,15 +18,28 @@ from typing import TYPE_CHECKING
 
 from vstor.errors import VstorError
 from vstor.store.maps.chunkmap import VolumeMap
-from vstor.store.reads.sweep import SPAN, SWEEP_MAX, WINDOW, ScanDetector, SweepPlan, memory_available
+from vstor.store.reads.sweep import SPAN, SWEEP_MAX, WINDOW, ScanDetector, SweepPlan
 from vstor.store.storeparts import StoreParts
 
-__all__ = ["SCAN_READ", "SMALL_PIECE", "SweepMixin"]
+__all__ = ["SCAN_READ", "SMALL_PIECE", "SweepMixin", "memory_available"]
 
 log = logging.getLogger("vstor.store")
 
 SMALL_PIECE = 64 << 10  # pieces up to this size count as small records (path.py asks for them at once)
 SCAN_READ = 256 << 10  # reads at least this large, of many pieces, make a scan
+
+
+def memory_available(meminfo: str = "/proc/meminfo") -> int:
+    """The kernel's estimate of memory available without swapping (``MemAvailable``), in bytes;
+    0 when it cannot be read (then nothing is swept)."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) << 10
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 class SweepMixin(StoreParts):
