@@ -14,7 +14,17 @@ from poolkit import MiB, evict_segments, make_pool, resident, seg_path
 from vstor.errors import NotFound
 from vstor.faults import Faults
 from vstor.store.journal.format import make_loc
-from vstor.store.reads.sweep import COVERED, MIN_FILL, SCAN_AFTER, SCATTERED, SPAN, START, ScanDetector, SweepPlan
+from vstor.store.reads.sweep import (
+    COVERED,
+    MAX_STREAMS,
+    MIN_FILL,
+    SCAN_AFTER,
+    SCATTERED,
+    SPAN,
+    START,
+    ScanDetector,
+    SweepPlan,
+)
 from vstor.store.reads.sweeper import memory_available
 from vstor.store.store import Store
 
@@ -259,3 +269,10 @@ def test_memory_available_is_read_from_meminfo_and_zero_when_it_cannot_be(tmp_pa
     assert memory_available(str(info)) == 0
     assert memory_available(str(tmp_path / "missing")) == 0
     assert memory_available() > 0  # this machine's
+
+
+def test_the_detector_remembers_a_bounded_number_of_images():
+    d = ScanDetector()
+    for sid in range(MAX_STREAMS + 10):  # a backup job's snapshot a day, each scanned once
+        d.note(1, sid, 0, MiB)
+    assert len(d._streams) == MAX_STREAMS and (1, 0) not in d._streams and (1, MAX_STREAMS + 9) in d._streams

@@ -39,13 +39,14 @@ from collections.abc import Iterable
 
 from vstor.store.journal.format import loc_pos, loc_segno
 
-__all__ = ["COVERED", "MIN_FILL", "SCAN_AFTER", "SCATTERED", "SPAN", "START", "SWEEP_MAX", "WINDOW", "ScanDetector",
+__all__ = ["COVERED", "MAX_STREAMS", "MIN_FILL", "SCAN_AFTER", "SCATTERED", "SPAN", "START", "SWEEP_MAX", "WINDOW", "ScanDetector",
            "SweepPlan"]
 
 SPAN = 1 << 20  # the journal is planned and read in spans of this size
 MIN_FILL = SPAN // 8  # a span is read only if the scan needs at least this much of it
 SCATTERED = 8 * SPAN  # a span whose pieces lie further apart than this in the volume is scattered
 SCAN_AFTER = 4  # reads of many pieces, each near the end of the one before, before a sweep starts
+MAX_STREAMS = 256  # images whose streams are remembered (each backup job's snapshot is a new one)
 NEAR = 4 << 20  # "near": the kernel's read-ahead sends a stream's requests up to 3 MiB out of order
 WINDOW = 64 << 20  # the map is looked up this much at a time, the store lock held for one window
 SWEEP_MAX = 2 << 30  # bytes read by one sweep at most
@@ -62,7 +63,8 @@ class ScanDetector:
 
     Fed only reads that found many pieces (an aged range); one stream per volume image
     ``(vid, sid)``. A stream continues while each read starts within NEAR bytes of the end of
-    the furthest read so far; another read starts a new one. :meth:`note` says START from the
+    the furthest read so far; another read starts a new one. It remembers the streams of the
+    last MAX_STREAMS images first seen. :meth:`note` says START from the
     stream's SCAN_AFTER-th read until the store says a sweep :meth:`started` for it, and
     COVERED once that sweep has planned everything the rest of the image needs
     (:meth:`covered`), so that the scan's reads stop asking for their records one by one. The
@@ -79,6 +81,8 @@ class ScanDetector:
         if st is not None and abs(offset - st[0]) <= self.near:
             st[0], st[1] = max(st[0], offset + size), st[1] + 1
         else:
+            if (vid, sid) not in self._streams and len(self._streams) >= MAX_STREAMS:
+                del self._streams[next(iter(self._streams))]  # the image first seen longest ago
             st = self._streams[(vid, sid)] = [offset + size, 1, 0]
         if st[2]:
             return COVERED if st[2] == COVERED else 0
