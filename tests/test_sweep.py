@@ -15,6 +15,7 @@ from vstor.errors import NotFound
 from vstor.faults import Faults
 from vstor.store.journal.format import make_loc
 from vstor.store.reads.sweep import (
+    COVER_SECONDS,
     COVERED,
     MAX_STREAMS,
     MIN_FILL,
@@ -36,29 +37,47 @@ BLOCK = 4096
 
 def test_a_scan_is_told_until_a_sweep_starts_then_covered_once_planned():
     d = ScanDetector()
-    verdicts = [d.note(1, 0, k * MiB, MiB) for k in range(SCAN_AFTER + 1)]
+    verdicts = [d.note(1, 0, k * MiB, MiB, 0.0) for k in range(SCAN_AFTER + 1)]
     assert verdicts == [0] * (SCAN_AFTER - 1) + [START, START]  # until a sweep has started for it
-    d.started(1, 0)
-    assert d.note(1, 0, (SCAN_AFTER + 1) * MiB, MiB) == 0
+    d.started(1, 0, (SCAN_AFTER + 1) * MiB, 0.0)
+    assert d.note(1, 0, (SCAN_AFTER + 1) * MiB, MiB, 1.0) == 0
     d.covered(1, 0)
-    assert d.note(1, 0, (SCAN_AFTER + 2) * MiB, MiB) == COVERED
+    assert d.note(1, 0, (SCAN_AFTER + 2) * MiB, MiB, 2.0) == COVERED
     d.covered(1, 0, False)  # the sweep failed: the reads ask for their records again, no new sweep
-    assert d.note(1, 0, (SCAN_AFTER + 3) * MiB, MiB) == 0
-    assert d.note(1, 0, 900 * MiB, MiB) == 0  # a read elsewhere starts a new stream ...
-    assert [d.note(1, 0, (901 + k) * MiB, MiB) for k in range(SCAN_AFTER)][-1] == START  # ... told again
-    d.covered(2, 0)  # no stream of that image: nothing to say
-    assert d.note(2, 0, 0, MiB) == 0
+    assert d.note(1, 0, (SCAN_AFTER + 3) * MiB, MiB, 3.0) == 0
+    d.covered(2, 0)  # no sweep of that image: nothing to say
+    assert d.note(2, 0, 0, MiB, 3.0) == 0
+
+
+def test_a_sweep_covers_the_later_streams_of_its_image_for_a_while():
+    d = ScanDetector()
+    for k in range(SCAN_AFTER):
+        d.note(1, 0, k * MiB, MiB, 0.0)
+    d.started(1, 0, SCAN_AFTER * MiB, 0.0)
+    d.covered(1, 0)
+    # a filesystem's scan jumps to the file's next extent: a new stream, covered at once
+    assert d.note(1, 0, 500 * MiB, MiB, 1.0) == COVERED
+    assert [d.note(1, 0, (501 + k) * MiB, MiB, 1.0) for k in range(SCAN_AFTER)] == [COVERED] * SCAN_AFTER
+    assert d.note(1, 0, 0, MiB, 2.0) == COVERED  # within NEAR of where the sweep started
+    # a stream before where the sweep started is not covered: told to sweep again
+    d2 = ScanDetector()
+    for k in range(SCAN_AFTER):
+        d2.note(1, 0, (100 + k) * MiB, MiB, 0.0)
+    d2.started(1, 0, (100 + SCAN_AFTER) * MiB, 0.0)
+    assert [d2.note(1, 0, k * MiB, MiB, 1.0) for k in range(SCAN_AFTER)][-1] == START
+    # ... and past COVER_SECONDS no stream is covered: a long scan is swept again further on
+    assert [d.note(1, 0, (600 + k) * MiB, MiB, COVER_SECONDS + 1) for k in range(SCAN_AFTER)][-1] == START
 
 
 def test_the_kernels_reordered_read_ahead_continues_a_scan_and_images_are_apart():
     d = ScanDetector()
     order = [0, 2, 1, 3]  # up to 3 MiB out of order, as FUSE's read-ahead sends them
-    assert [d.note(1, 0, k * MiB, MiB) for k in order] == [0, 0, 0, START]
+    assert [d.note(1, 0, k * MiB, MiB, 0.0) for k in order] == [0, 0, 0, START]
     # another volume, and a snapshot image of volume 1, are streams of their own
-    assert [d.note(2, 0, k * MiB, MiB) for k in range(SCAN_AFTER)][-1] == START
-    assert [d.note(1, 7, k * MiB, MiB) for k in range(SCAN_AFTER)][-1] == START
+    assert [d.note(2, 0, k * MiB, MiB, 0.0) for k in range(SCAN_AFTER)][-1] == START
+    assert [d.note(1, 7, k * MiB, MiB, 0.0) for k in range(SCAN_AFTER)][-1] == START
     d2 = ScanDetector()
-    assert not any(d2.note(1, 0, k * 64 * MiB, MiB) for k in range(10))  # random large reads are no scan
+    assert not any(d2.note(1, 0, k * 64 * MiB, MiB, 0.0) for k in range(10))  # random large reads are no scan
 
 
 def _piece(seg: int, pos: int, vol_off: int, n: int = BLOCK) -> tuple[int, int, int]:
@@ -273,6 +292,8 @@ def test_memory_available_is_read_from_meminfo_and_zero_when_it_cannot_be(tmp_pa
 
 def test_the_detector_remembers_a_bounded_number_of_images():
     d = ScanDetector()
-    for sid in range(MAX_STREAMS + 10):  # a backup job's snapshot a day, each scanned once
-        d.note(1, sid, 0, MiB)
-    assert len(d._streams) == MAX_STREAMS and (1, 0) not in d._streams and (1, MAX_STREAMS + 9) in d._streams
+    for sid in range(MAX_STREAMS + 10):  # a backup job's snapshot a day, each scanned and swept once
+        d.note(1, sid, 0, MiB, 0.0)
+        d.started(1, sid, MiB, 0.0)
+    for seen in (d._streams, d._sweeps):
+        assert len(seen) == MAX_STREAMS and (1, 0) not in seen and (1, MAX_STREAMS + 9) in seen

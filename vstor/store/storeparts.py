@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from vstor.clock import Clock
     from vstor.faults import Faults
     from vstor.store.backend.base import PoolBackend
     from vstor.store.catalog.volumes import Volume
@@ -45,6 +46,7 @@ class StoreParts:
     backend: PoolBackend
     consumers: Consumers
     faults: Faults
+    clock: Clock
     ckpt_generation: int
     ckpt_position: tuple[int, int]
     ckpt_older: tuple[int, int]

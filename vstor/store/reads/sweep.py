@@ -27,7 +27,7 @@ map is looked up WINDOW bytes at a time, the store lock held for one window; seg
 waits only for the 1 MiB read in flight. Remote pools (RADOS) have no page cache of their
 segments and are never swept.
 
-Measured (docs/benchmarks.md section 9, "Sweeps and run R25"): a 1 GiB volume written in 1 MiB
+Measured (docs/benchmarks.md section 9, "Sweeps and runs R25 and R26"): a 1 GiB volume written in 1 MiB
 requests and aged by 12 s of fio's 4 KiB random writes, read cold in 1 MiB requests through
 FUSE, 303-314 MB/s against 199-233 without (alternating runs; 376-411 with the whole journal
 already cached); a backup job's reads of such a volume in process, 302-470 against 167-243 MiB/s.
@@ -39,14 +39,15 @@ from collections.abc import Iterable
 
 from vstor.store.journal.format import loc_pos, loc_segno
 
-__all__ = ["COVERED", "MAX_STREAMS", "MIN_FILL", "SCAN_AFTER", "SCATTERED", "SPAN", "START", "SWEEP_MAX", "WINDOW", "ScanDetector",
-           "SweepPlan"]
+__all__ = ["COVERED", "COVER_SECONDS", "MAX_STREAMS", "MIN_FILL", "SCAN_AFTER", "SCATTERED", "SPAN", "START",
+           "SWEEP_MAX", "WINDOW", "ScanDetector", "SweepPlan"]
 
 SPAN = 1 << 20  # the journal is planned and read in spans of this size
 MIN_FILL = SPAN // 8  # a span is read only if the scan needs at least this much of it
 SCATTERED = 8 * SPAN  # a span whose pieces lie further apart than this in the volume is scattered
 SCAN_AFTER = 4  # reads of many pieces, each near the end of the one before, before a sweep starts
-MAX_STREAMS = 256  # images whose streams are remembered (each backup job's snapshot is a new one)
+MAX_STREAMS = 256  # images whose streams and sweeps are remembered (each backup job's snapshot is a new one)
+COVER_SECONDS = 60.0  # a sweep covers the later streams of its image for this long after it started
 NEAR = 4 << 20  # "near": the kernel's read-ahead sends a stream's requests up to 3 MiB out of order
 WINDOW = 64 << 20  # the map is looked up this much at a time, the store lock held for one window
 SWEEP_MAX = 2 << 30  # bytes read by one sweep at most
@@ -59,46 +60,54 @@ COVERED = 2  # ... a read of a scan whose sweep has planned all it needs
 
 class ScanDetector:
     """Tells, read by read, when a reader of many-piece reads has become a sequential scan, and
-    whether its sweep covers it.
+    whether a sweep covers it.
 
     Fed only reads that found many pieces (an aged range); one stream per volume image
     ``(vid, sid)``. A stream continues while each read starts within NEAR bytes of the end of
-    the furthest read so far; another read starts a new one. It remembers the streams of the
-    last MAX_STREAMS images first seen. :meth:`note` says START from the
-    stream's SCAN_AFTER-th read until the store says a sweep :meth:`started` for it, and
-    COVERED once that sweep has planned everything the rest of the image needs
-    (:meth:`covered`), so that the scan's reads stop asking for their records one by one. The
-    caller serializes calls (the store calls it under its lock)."""
+    the furthest read so far; another read starts a new one. A scan through a filesystem jumps
+    between the file's extents, so a sweep, which plans the rest of the image from where it
+    started, covers every stream of that image from there on for COVER_SECONDS after it started
+    (:meth:`started`). :meth:`note` says START from a stream's SCAN_AFTER-th read while no
+    sweep covers it, COVERED while one does whose plan holds everything the rest of the image
+    needs (:meth:`covered`), so that the reads stop asking for their records one by one. It
+    remembers the last MAX_STREAMS images. The caller serializes calls (the store calls it
+    under its lock) and gives the time (``now``, seconds, monotonic)."""
 
-    def __init__(self, after: int = SCAN_AFTER, near: int = NEAR) -> None:
-        self.after, self.near = after, near
-        # image -> [furthest end, reads, state: 0 none, START a sweep started, COVERED]
-        self._streams: dict[tuple[int, int], list[int]] = {}
+    def __init__(self, after: int = SCAN_AFTER, near: int = NEAR, cover: float = COVER_SECONDS) -> None:
+        self.after, self.near, self.cover = after, near, cover
+        self._streams: dict[tuple[int, int], list[int]] = {}  # image -> [furthest end, reads]
+        self._sweeps: dict[tuple[int, int], list] = {}  # image -> [from offset, until, covered]
 
-    def note(self, vid: int, sid: int, offset: int, size: int) -> int:
+    def note(self, vid: int, sid: int, offset: int, size: int, now: float) -> int:
         """0, START or COVERED for a read of [offset, offset+size) of the image."""
-        st = self._streams.get((vid, sid))
+        key = (vid, sid)
+        st = self._streams.get(key)
         if st is not None and abs(offset - st[0]) <= self.near:
             st[0], st[1] = max(st[0], offset + size), st[1] + 1
         else:
-            if (vid, sid) not in self._streams and len(self._streams) >= MAX_STREAMS:
-                del self._streams[next(iter(self._streams))]  # the image first seen longest ago
-            st = self._streams[(vid, sid)] = [offset + size, 1, 0]
-        if st[2]:
-            return COVERED if st[2] == COVERED else 0
+            st = self._remember(self._streams, key, [offset + size, 1])
+        sw = self._sweeps.get(key)
+        if sw is not None and now < sw[1] and offset + self.near >= sw[0]:
+            return COVERED if sw[2] else 0
         return START if st[1] >= self.after else 0
 
-    def started(self, vid: int, sid: int) -> None:
-        """A sweep of the image's current stream has started: no other is asked for it."""
-        st = self._streams.get((vid, sid))
-        if st is not None:
-            st[2] = START
+    def started(self, vid: int, sid: int, offset: int, now: float) -> None:
+        """A sweep of the image from ``offset`` on has started: none other is asked for reads
+        past it for COVER_SECONDS."""
+        self._remember(self._sweeps, (vid, sid), [offset, now + self.cover, False])
 
     def covered(self, vid: int, sid: int, yes: bool = True) -> None:
         """That sweep planned all the rest of the image needs (``yes``), or failed since."""
-        st = self._streams.get((vid, sid))
-        if st is not None and st[2]:
-            st[2] = COVERED if yes else START
+        sw = self._sweeps.get((vid, sid))
+        if sw is not None:
+            sw[2] = yes
+
+    @staticmethod
+    def _remember(d: dict, key: tuple[int, int], value: list) -> list:
+        if key not in d and len(d) >= MAX_STREAMS:
+            del d[next(iter(d))]  # the image first seen longest ago
+        d[key] = value
+        return value
 
 
 class SweepPlan:

@@ -57,7 +57,7 @@ class SweepMixin(StoreParts):
         covers the reader's scan, else 0 (ScanDetector)."""
         if size < SCAN_READ or not self.journal.local_files:
             return 0
-        return self._scans.note(vid, sid, offset, size)
+        return self._scans.note(vid, sid, offset, size, self.clock.monotonic())
 
     def sweep(self, vid: int, offset: int, sid: int = 0) -> bool:
         """Start reading ahead, in the background, the journal spans that the rest of volume
@@ -72,7 +72,7 @@ class SweepMixin(StoreParts):
             th = threading.Thread(target=self._sweep, args=(vid, sid, offset), name=f"vstor-sweep-{vid}",
                                   daemon=True)
             self._sweeping = th
-            self._scans.started(vid, sid)
+            self._scans.started(vid, sid, offset, self.clock.monotonic())
         th.start()
         return True
 
