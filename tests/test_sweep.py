@@ -11,6 +11,7 @@ import threading
 import pytest
 from poolkit import MiB, evict_segments, make_pool, resident, seg_path
 
+from vstor.clock import ManualClock
 from vstor.errors import NotFound
 from vstor.faults import Faults
 from vstor.store.journal.format import make_loc
@@ -116,10 +117,11 @@ def test_a_span_needed_less_than_its_fill_is_not_read_and_scattered_is_by_volume
 
 # -- sweeps in a store ------------------------------------------------------------------------------
 
-def _aged(tmp_path) -> tuple[str, Store, int, bytearray]:
+def _aged(tmp_path, clock: ManualClock | None = None) -> tuple[str, Store, int, bytearray]:
     """A 32 MiB volume written in 1 MiB records, then 3,000 random 4 KiB overwrites."""
     pool = make_pool(tmp_path)
-    st = Store.open(pool, faults=Faults())  # its own: arming the shared NO_FAULTS would reach other stores
+    # Its own Faults: arming the shared NO_FAULTS would reach every other store of the process.
+    st = Store.open(pool, faults=Faults(), clock=clock)
     vid = st.create_volume("v", SIZE).id
     model = bytearray(os.urandom(SIZE))
     for off in range(0, SIZE, MiB):
@@ -297,3 +299,28 @@ def test_the_detector_remembers_a_bounded_number_of_images():
         d.started(1, sid, MiB, 0.0)
     for seen in (d._streams, d._sweeps):
         assert len(seen) == MAX_STREAMS and (1, 0) not in seen and (1, MAX_STREAMS + 9) in seen
+
+
+def test_a_sweep_covers_its_images_later_streams_until_its_time_is_up(tmp_path):
+    """A scan through a filesystem jumps between a file's extents: one sweep, not one per jump;
+    past COVER_SECONDS (the store's clock) a new stream may sweep again."""
+    clock = ManualClock()
+    pool, st, vid, model = _aged(tmp_path, clock)
+    try:
+        buf = memoryview(bytearray(MiB))
+
+        def stream(first: int) -> None:
+            for off in range(first * MiB, (first + SCAN_AFTER + 1) * MiB, MiB):
+                st.read_into(vid, off, buf)
+                assert buf == model[off : off + MiB]
+            _wait(st)
+
+        stream(0)
+        assert st.stats.as_dict()["sweeps"] == 1
+        stream(16)  # a jump: covered by the first sweep
+        assert st.stats.as_dict()["sweeps"] == 1
+        clock.advance(COVER_SECONDS + 1)
+        stream(24)
+        assert st.stats.as_dict()["sweeps"] == 2
+    finally:
+        st.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -84,7 +83,7 @@ class SweepMixin(StoreParts):
             th.join()
 
     def _sweep(self, vid: int, sid: int, offset: int) -> None:
-        t0 = time.monotonic()
+        t0 = self.clock.monotonic()
         try:
             plan = self._sweep_plan(vid, sid, offset)
             if plan is None:
@@ -106,7 +105,7 @@ class SweepMixin(StoreParts):
             return
         log.info("sweep of volume %d%s from offset %d: %d MiB of the journal read ahead in %.1f s (the rest of "
                  "the scan reads %d MiB from it)", vid, f" snapshot {sid}" if sid else "", offset, read >> 20,
-                 time.monotonic() - t0, plan.needed >> 20)
+                 self.clock.monotonic() - t0, plan.needed >> 20)
 
     def _sweep_plan(self, vid: int, sid: int, offset: int) -> SweepPlan | None:
         """The plan of [offset, end) of the image, looked up WINDOW bytes at a time; None when
