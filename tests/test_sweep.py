@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import threading
+import time
 
 import pytest
 from poolkit import MiB, evict_segments, make_pool, resident, seg_path
@@ -322,5 +323,34 @@ def test_a_sweep_covers_its_images_later_streams_until_its_time_is_up(tmp_path):
         clock.advance(COVER_SECONDS + 1)
         stream(24)
         assert st.stats.as_dict()["sweeps"] == 2
+    finally:
+        st.close()
+
+
+def test_segments_deleted_since_the_plan_are_skipped_and_the_sweep_goes_on(tmp_path):
+    """GC deletes a segment between the plan and its reads: the sweep skips what is gone, reads
+    the rest, and the store stays whole."""
+    pool, st, vid, model = _aged(tmp_path)
+    try:
+        other = st.create_volume("w", SIZE).id  # data in the newest segment, which stays
+        for off in range(0, 4 * MiB, BLOCK * 64):
+            st.write(other, off, os.urandom(BLOCK))
+        st.sync()
+        runs = _planned(st, vid)
+        st.faults.arm("sweep.read", "delay", 1)
+        st.faults.delay = 0.3
+        assert st.sweep(vid, 0)
+        deadline = time.monotonic() + 10
+        while not st.faults.hits("sweep.read") and time.monotonic() < deadline:  # planned, about to read
+            time.sleep(0.005)
+        st.delete_volume("v")  # while the sweep waits before its first read
+        st.checkpoint()
+        st.checkpoint()
+        gone = {seg for seg, _p, _n in runs if not os.path.exists(seg_path(pool, seg))}
+        assert gone  # the aged volume's older segments were deleted
+        _wait(st)
+        kept = sum(min(n, os.path.getsize(seg_path(pool, seg)) - pos) for seg, pos, n in runs if seg not in gone)
+        assert st.stats.as_dict()["sweep_bytes"] == kept
+        assert st.read(other, 0, BLOCK) is not None
     finally:
         st.close()

@@ -29,7 +29,7 @@ segments and are never swept.
 
 Measured (docs/benchmarks.md section 9, "Sweeps and runs R25 and R26"): a 1 GiB volume written in 1 MiB
 requests and aged by 12 s of fio's 4 KiB random writes, read cold in 1 MiB requests through
-FUSE, 303-314 MB/s against 199-233 without (alternating runs; 376-411 with the whole journal
+FUSE, 261-314 MiB/s against 199-233 without (alternating runs; 376-411 with the whole journal
 already cached); a backup job's reads of such a volume in process, 302-470 against 167-243 MiB/s.
 """
 

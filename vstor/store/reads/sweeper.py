@@ -4,7 +4,7 @@ A mixin of Store, a base of the read path (path.py), which calls :meth:`_scan_re
 read of many pieces; what a sweep reads and why is in sweep.py. The thread plans the rest of
 the scanned image window by window (the store lock held for one map lookup at a time), then
 reads the planned spans 1 MiB at a time, each counted as a read in flight so that segment
-deletion waits for it and a deleted segment is never read. It verifies nothing and returns
+deletion waits for it; a segment deleted since the plan is missing, and its run skipped. It verifies nothing and returns
 nothing: the scan's own reads verify every byte they return.
 """
 
@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from vstor.errors import VstorError
+from vstor.errors import CorruptData, VstorError
 from vstor.store.maps.chunkmap import VolumeMap
 from vstor.store.reads.sweep import SPAN, SWEEP_MAX, WINDOW, ScanDetector, SweepPlan
 from vstor.store.storeparts import StoreParts
@@ -109,7 +109,7 @@ class SweepMixin(StoreParts):
 
     def _sweep_plan(self, vid: int, sid: int, offset: int) -> SweepPlan | None:
         """The plan of [offset, end) of the image, looked up WINDOW bytes at a time; None when
-        the image is gone or the store is closing."""
+        the store is closing, NotFound when the image is gone."""
         plan = SweepPlan(SMALL_PIECE)
         at = offset
         while not self._sweeps_stop.is_set():
@@ -133,16 +133,16 @@ class SweepMixin(StoreParts):
                         return read
                     self.faults.hit("sweep.read")
                     with self._lock:
-                        if segno not in self.state.seg_logical and segno != self.journal.current_segno:
-                            break  # deleted by GC since the plan: the rest of this run is gone too
-                        self._active_reads += 1
+                        self._active_reads += 1  # segment deletion waits for this read
                     try:
                         got = self.journal.warm(segno, at, buf)
+                    except CorruptData:  # "journal segment N is missing": deleted since the plan
+                        got = 0
                     finally:
                         self.done_reading()
                     read += got
                     if got < SPAN:
-                        break  # the segment ends here
+                        break  # the segment ends here, or is gone: on to the next run
         finally:
             self.stats.add(sweep_bytes=read)
         return read
