@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+import threading
 
 import pytest
 from poolkit import MiB, make_pool, seg_flip
 
 from vstor.errors import CorruptData
 from vstor.store.journal.format import FRAME_SIZE, RECORD_HEADER_SIZE, loc_pos, loc_segno
+from vstor.store.reads.path import SPAN_SCRATCH, SPARE_SCRATCH
 from vstor.store.store import Store
 
 pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
@@ -91,4 +94,48 @@ def test_damage_in_live_frames_fails_the_read(tmp_path):
     with pytest.raises(CorruptData, match="checksum mismatch in frame 3"):
         st.read_into(vid, 0, memoryview(bytearray(MiB)))
     assert st.read(vid, 0, FRAME_SIZE * 3) == model[: FRAME_SIZE * 3]  # the frames before it
+    st.close()
+
+
+def test_readers_at_once_each_get_their_own_scratch(tmp_path):
+    """Spans are read into scratch buffers kept for reuse (path.py ``_fill_spans``): reads
+    from several threads at once, 1 MiB and larger, each get their own bytes, and no buffer
+    larger than a 1 MiB read's is kept."""
+    pool = make_pool(tmp_path)
+    st = Store.open(pool)
+    size = 8 * MiB
+    vid = st.create_volume("v", size).id
+    rng = random.Random(3)
+    model = bytearray(os.urandom(size))
+    for off in range(0, size, MiB):
+        st.write(vid, off, model[off : off + MiB])
+    for _ in range(600):
+        off = rng.randrange(size // 4096) * 4096
+        data = os.urandom(4096)
+        st.write(vid, off, data)
+        model[off : off + 4096] = data
+    failed: list[str] = []
+
+    def reader(seed: int) -> None:
+        r = random.Random(seed)
+        for _ in range(40):
+            n = r.choice([MiB, MiB, 3 * MiB])
+            off = r.randrange(0, size - n + 1, 4096)
+            buf = bytearray(n)
+            st.read_into(vid, off, memoryview(buf))
+            if buf != model[off : off + n]:
+                failed.append(f"reader {seed}: {n} bytes at {off}")
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns inside each read, not only at its system calls
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failed
+    assert st._spare and all(len(b) == SPAN_SCRATCH for b in st._spare) and len(st._spare) <= SPARE_SCRATCH
     st.close()

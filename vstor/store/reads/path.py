@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
 from vstor.errors import CorruptData, NotFound, VstorError, WouldBlock
@@ -40,12 +41,16 @@ log = logging.getLogger("vstor.store")
 _ZEROS = bytes(1 << 20)
 PREFETCH_PIECES = 8  # a request of more pieces starts the reads of its small records at once
 PREFETCH_MAX = SMALL_PIECE  # pieces up to this size count as small records
+SPAN_SCRATCH = (1 << 20) + 2 * FRAME_SIZE  # scratch for a 1 MiB read's spans (_fill_spans), kept for reuse
+SPARE_SCRATCH = 4  # scratch buffers kept: about as many as reads run at once on two cores
+_NONE: frozenset[int] = frozenset()  # no record served by a span
 T = TypeVar("T")
 
 
 class ReadPathMixin(SmallReadMixin, SweepMixin):
     # Set by defrag.Defragmenter: told of host reads that found many pieces.
     defrag_hint: Callable[[int, int, int, int], None] | None = None
+    _spare: list[bytearray]  # scratch buffers for _fill_spans (set by Store)
 
     def read(self, vid: int, offset: int, size: int, sid: int = 0, nowait: bool = False) -> bytes | memoryview:
         """Read ``size`` bytes (fewer at the end) of volume ``vid``, or of its image in snapshot
@@ -222,22 +227,55 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
         spans = _shared_spans(pieces)
         if ask and len(pieces) > PREFETCH_PIECES and not nowait:
             self._prefetch(pieces, spans)
+        served: AbstractSet[int] = self._fill_spans(lineage, offset, view, spans, nowait) if spans else _NONE
         at = offset
         for s, e, loc in pieces:
-            _zero(view[at - offset : s - offset])
+            if s > at:
+                _zero(view[at - offset : s - offset])
+            at = e
+            if loc in served:
+                continue
             part = view[s - offset : e - offset]
-            span = spans.get(loc) if spans else None
-            if span is not None and span[2] is None:
-                span = spans[loc] = self._read_span(lineage, loc, *span[:2], nowait=nowait)
-            if span is not None:
-                a = span[0]
-                part[:] = span[2][s - a : e - a]
-            elif not (lineage is not None and e - s <= SMALL_READ and self._small_from(lineage, loc, s, part, nowait)):
+            if not (lineage is not None and e - s <= SMALL_READ and self._small_from(lineage, loc, s, part, nowait)):
                 data = self._read_extent(lineage, s, e, loc, into=part, nowait=nowait)
                 if data is not part:  # not read in place: decoded, or cut from whole frames
                     part[:] = data
-            at = e
-        _zero(view[at - offset :])
+        if at < offset + len(view):
+            _zero(view[at - offset :])
+
+    def _fill_spans(self, lineage: tuple[int, ...] | None, offset: int, view: memoryview,
+                    spans: dict[int, list[tuple[int, int]]], nowait: bool) -> set[int]:
+        """Copy into ``view`` (which covers [offset, offset+len(view))) the pieces of each record
+        in ``spans``, read and verified once over the span from its first piece to its last
+        (into a scratch buffer, one record after another). The records served; one whose span
+        fails verification is not, so that its pieces are read alone: the span also covers
+        frames whose data was overwritten since, and damage there must not fail a read of live
+        data."""
+        served: set[int] = set()
+        need = len(view) + 2 * FRAME_SIZE  # room for a span's whole frames, stored as is
+        scratch = None
+        if need <= SPAN_SCRATCH:
+            try:
+                scratch = self._spare.pop()  # list operations are atomic under the GIL
+            except IndexError:
+                pass
+        if scratch is None:
+            scratch = bytearray(max(need, SPAN_SCRATCH))
+        try:
+            room = memoryview(scratch)
+            for loc, ranges in spans.items():
+                a, b = ranges[0][0], ranges[-1][1]
+                try:
+                    data = self._read_extent(lineage, a, b, loc, nowait=nowait, scratch=room)
+                except CorruptData:
+                    continue
+                for s, e in ranges:
+                    view[s - offset : e - offset] = data[s - a : e - a]
+                served.add(loc)
+        finally:
+            if len(scratch) == SPAN_SCRATCH and len(self._spare) < SPARE_SCRATCH:  # a larger one goes
+                self._spare.append(scratch)
+        return served
 
     def _prefetch(self, pieces: list, spans: dict) -> None:
         """Start the reads of a request's small records at once: on an aged volume a 1 MiB read
@@ -252,21 +290,14 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
         except OSError:  # only a hint: the reads themselves say what is wrong
             pass
 
-    def _read_span(self, lineage: tuple[int, ...] | None, loc: int, a: int, b: int,
-                   nowait: bool = False) -> tuple[int, int, Any] | None:
-        """[a, b) of the record at ``loc``, verified, for the pieces between; None when that
-        fails, so that each piece is read alone: the span also covers frames whose data was
-        overwritten since, and damage there must not fail a read of live data."""
-        try:
-            return a, b, self._read_extent(lineage, a, b, loc, nowait=nowait)
-        except CorruptData:
-            return None
-
     def _read_extent(self, lineage: tuple[int, ...] | None, s: int, e: int, loc: int,
-                     into: memoryview | None = None, nowait: bool = False) -> bytes | memoryview:
+                     into: memoryview | None = None, nowait: bool = False,
+                     scratch: memoryview | None = None) -> bytes | memoryview:
         """The bytes of [s, e) from the record at ``loc``, which must belong to a volume of
         ``lineage`` (None: any) and cover the range. Where [s, e) is whole frames stored as is,
         they are read into ``into`` (len e - s) and verified there, and ``into`` is returned;
+        otherwise, where the frames that hold it are stored as is and fit in ``scratch``, they
+        are read there and a view of it is returned (valid until ``scratch`` is reused);
         otherwise new bytes. ``nowait``: WouldBlock unless the header cache and the page cache
         hold everything it needs."""
         segno, pos = loc_segno(loc), loc_pos(loc)
@@ -288,6 +319,8 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
         elif into is not None and cached.raw_csums is not None and cut == 0 and n == stored:
             got = self.journal.pread_into(segno, at, into)
             raw = into if got == n else into[:got]  # short: fails the check below
+        elif scratch is not None and cached.raw_csums is not None and stored <= len(scratch):
+            raw = scratch[: self.journal.pread_into(segno, at, scratch[:stored])]  # short: fails the check below
         else:
             raw = self.journal.pread(segno, at, stored)
         if cached.raw_csums is not None:  # frames stored as is: verify them in one pass
@@ -351,18 +384,19 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
         return f"volume {vid} chunk {s // self.sb.chunk_size} (segment {loc_segno(loc)} record {loc_pos(loc)})"
 
 
-def _shared_spans(pieces: list) -> dict[int, tuple[int, int, Any] | None]:
-    """{loc: (first start, last end, None)} for each record that two or more of ``pieces``
-    come from (empty when none does: the common case costs one set)."""
+def _shared_spans(pieces: list) -> dict[int, list[tuple[int, int]]]:
+    """{loc: [(start, end) of each piece, in order]} for each record that two or more of
+    ``pieces`` come from (empty when none does: the common case costs one set)."""
     if len(pieces) < 2 or len({p[2] for p in pieces}) == len(pieces):
         return {}
-    spans: dict[int, tuple[int, int, Any] | None] = {}
-    counts: dict[int, int] = {}
+    ranges: dict[int, list[tuple[int, int]]] = {}
     for s, e, loc in pieces:
-        counts[loc] = counts.get(loc, 0) + 1
-        old = spans.get(loc)
-        spans[loc] = (s, e, None) if old is None else (old[0], e, None)
-    return {loc: span for loc, span in spans.items() if counts[loc] > 1}
+        got = ranges.get(loc)
+        if got is None:
+            ranges[loc] = [(s, e)]
+        else:
+            got.append((s, e))
+    return {loc: r for loc, r in ranges.items() if len(r) > 1}
 
 
 def _zero(view: memoryview) -> None:
