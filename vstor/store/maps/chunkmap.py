@@ -171,10 +171,16 @@ class VolumeMap:
                 i = bisect_left(ext, (start,))
                 if i and ext[i - 1][1] > start:
                     i -= 1
-            for s, e, loc in islice(ext, i, None):
-                if s >= end:
-                    break
-                _add(out, max(s, start), min(e, end), loc)
+            j = len(ext) if ext[-1][0] < end else bisect_left(ext, (end,), i)  # the extents that start before end
+            if i >= j:
+                continue
+            s, e, loc = ext[i]
+            _add(out, max(s, start), min(e, end), loc)  # only the first can continue the previous piece
+            if j - i > 1:  # the list is joined already: the rest go in as they are, the last clipped
+                out.extend(islice(ext, i + 1, j))
+                s, e, loc = out[-1]
+                if e > end:
+                    out[-1] = (s, end, loc)
 
     def leaf_keys(self, start: int, end: int) -> list[int]:
         """Sorted keys of the leaves holding some chunk of [start, end): O(leaves of the map) at
