@@ -28,7 +28,7 @@ from vstor.store.reads.sweep import (
     ScanDetector,
     SweepPlan,
 )
-from vstor.store.reads.sweeper import memory_available
+from vstor.store.reads.sweeper import AHEAD, memory_available
 from vstor.store.store import Store
 
 SIZE = 32 * MiB
@@ -172,6 +172,29 @@ def test_a_sweep_brings_the_scattered_records_into_the_page_cache(aged):
     assert c["sweeps"] == 1 and c["sweep_bytes"] >= sum(n for _s, _p, n in runs) - SPAN
     buf = bytearray(SIZE)
     assert st.read_into(vid, 0, memoryview(buf)) == SIZE and buf == model  # reads verify as ever
+
+
+def test_a_sweep_asks_the_kernel_for_the_spans_ahead_of_its_read(aged):
+    """With each 1 MiB read a sweep asks (WILLNEED) for the next AHEAD bytes of its plan, so
+    that the disk has several reads in flight: with its second read held back, the spans 3 to
+    8 MiB ahead of its first (past what the kernel reads ahead of one read) come into the page
+    cache, and only one span was read."""
+    pool, st, vid, model = aged
+    steps = [(seg, at, min(SPAN, pos + n - at)) for seg, pos, n in _planned(st, vid)
+             for at in range(pos, pos + n, SPAN)]
+    ahead = steps[3 : AHEAD // SPAN]
+    assert len(ahead) >= 4
+    evict_segments(pool)
+    assert not any(resident(seg_path(pool, seg), at, n) for seg, at, n in ahead)
+    st.faults.delay = 2.5
+    st.faults.arm("sweep.read", "delay", 2)  # the second read waits
+    assert st.sweep(vid, 0)
+    deadline = time.monotonic() + 2
+    while not all(resident(seg_path(pool, seg), at, n) for seg, at, n in ahead) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert st.faults.hits("sweep.read") == 2 and st._sweeping is not None and st._sweeping.is_alive()
+    assert all(resident(seg_path(pool, seg), at, n) for seg, at, n in ahead)
+    _wait(st)
 
 
 def test_sequential_reads_of_many_pieces_start_one_sweep_and_random_reads_none(aged):

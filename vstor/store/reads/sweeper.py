@@ -26,6 +26,7 @@ log = logging.getLogger("vstor.store")
 
 SMALL_PIECE = 64 << 10  # pieces up to this size count as small records (path.py asks for them at once)
 SCAN_READ = 256 << 10  # reads at least this large, of many pieces, make a scan
+AHEAD = 8 << 20  # a sweep asks for this much past its read, so that the disk has several reads in flight
 
 
 def memory_available(meminfo: str = "/proc/meminfo") -> int:
@@ -123,26 +124,46 @@ class SweepMixin(StoreParts):
         return None
 
     def _sweep_runs(self, runs: list[tuple[int, int, int]]) -> int:
-        """Read the runs 1 MiB at a time into one scratch buffer; the bytes read."""
+        """Read the runs 1 MiB at a time into one scratch buffer, the kernel asked (WILLNEED)
+        for the AHEAD bytes after each read's so that the disk has several in flight; the
+        bytes read."""
+        steps = [(k, segno, at) for k, (segno, pos, length) in enumerate(runs)
+                 for at in range(pos, pos + length, SPAN)]
         buf = memoryview(bytearray(SPAN))
-        read = 0
+        read, asked, ended = 0, 0, -1  # bytes read, steps asked for, the run whose segment ended
         try:
-            for segno, pos, length in runs:
-                for at in range(pos, pos + length, SPAN):
-                    if self._sweeps_stop.is_set():
-                        return read
-                    self.faults.hit("sweep.read")
-                    with self._lock:
-                        self._active_reads += 1  # segment deletion waits for this read
-                    try:
-                        got = self.journal.warm(segno, at, buf)
-                    except CorruptData:  # "journal segment N is missing": deleted since the plan
-                        got = 0
-                    finally:
-                        self.done_reading()
-                    read += got
-                    if got < SPAN:
-                        break  # the segment ends here, or is gone: on to the next run
+            for i, (k, segno, at) in enumerate(steps):
+                if self._sweeps_stop.is_set():
+                    return read
+                if k == ended:
+                    continue
+                self.faults.hit("sweep.read")
+                with self._lock:
+                    self._active_reads += 1  # segment deletion waits for this read and these hints
+                try:
+                    asked = self._sweep_ask(steps, runs, max(asked, i), i + AHEAD // SPAN)
+                    got = self.journal.warm(segno, at, buf)
+                except CorruptData:  # "journal segment N is missing": deleted since the plan
+                    got = 0
+                finally:
+                    self.done_reading()
+                read += got
+                if got < SPAN:
+                    ended = k  # the segment ends here, or is gone: on to the next run
         finally:
             self.stats.add(sweep_bytes=read)
         return read
+
+    def _sweep_ask(self, steps: list[tuple[int, int, int]], runs: list[tuple[int, int, int]], i: int,
+                   until: int) -> int:
+        """Ask the kernel for steps [i, until) (a hint: a failure is ignored, the read finds
+        it); returns the first step not asked for. Counted as a read in flight by the caller."""
+        until = min(until, len(steps))
+        for k, segno, at in steps[i:until]:
+            _segno, pos, length = runs[k]
+            try:
+                self.journal.prefetch(segno, at, min(SPAN, pos + length - at))
+            except (OSError, VstorError):
+                pass
+        return max(i, until)
+
