@@ -197,6 +197,18 @@ def test_a_sweep_asks_the_kernel_for_the_spans_ahead_of_its_read(aged):
     _wait(st)
 
 
+def test_settle_waits_for_a_ranges_last_page_and_says_where_the_segment_ends(aged):
+    pool, st, vid, model = aged
+    seg, pos, _n = _planned(st, vid)[0]
+    path = seg_path(pool, seg)
+    evict_segments(pool)
+    assert not resident(path, pos + SPAN - 4096, 4096)
+    assert st.journal.settle(seg, pos, SPAN) == SPAN
+    assert resident(path, pos + SPAN - 4096, 4096)  # read, copied nowhere but scratch
+    end = os.path.getsize(path)
+    assert st.journal.settle(seg, end - SPAN // 2, SPAN) == 0  # the segment ends first
+
+
 def test_sequential_reads_of_many_pieces_start_one_sweep_and_random_reads_none(aged):
     pool, st, vid, model = aged
     buf = memoryview(bytearray(MiB))

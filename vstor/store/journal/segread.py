@@ -36,6 +36,8 @@ from vstor.store.journal.outage import Outage, classify
 __all__ = ["HEADER_PREFETCH_DATA", "HEADER_READ", "PREFETCH_CALL", "SegmentReader", "device_readahead"]
 
 PREFETCH_CALL = 1 << 20  # bytes asked for per WILLNEED call (prefetch)
+PAGE = 4096  # what settle() reads of a range
+_PROBE = bytearray(PAGE)  # settle()'s scratch: written by any thread, read by none
 HEADER_PREFETCH_DATA = 8 << 10  # a header a nowait read misses: how much of what follows to fetch with it
 # A header read: the header and 4 KiB of what follows, a frame table with block sums for
 # records up to 1.5 MiB (every write through FUSE is at most 1 MiB). A larger table takes a
@@ -139,14 +141,17 @@ class SegmentReader:
             return len(data)
         return os.preadv(self._read_fd(segno), [view], pos)
 
-    def warm(self, segno: int, pos: int, buf: memoryview) -> int:
-        """Read [pos, pos+len(buf)) of a segment into ``buf`` only so that the page cache holds
-        it afterwards (a sweep, reads/sweep.py): nothing is verified, and ``buf`` is scratch.
-        The bytes read (fewer where the segment ends); 0 on a remote pool, which has no page
-        cache of its segments."""
+    def settle(self, segno: int, pos: int, size: int) -> int:
+        """Wait for the kernel to read [pos, pos+size) of a segment, which :meth:`prefetch`
+        asked for (a sweep, reads/sweep.py): read the range's last page, with which the
+        read-ahead's I/O ends, into scratch; nothing is verified and nothing copied but that
+        page. ``size``, or 0 when the segment ends first (or is a remote pool's, with no page
+        cache to fill). Guarantee: only that the last page is cached on return; the pages
+        before it are what the kernel kept of the request (all, unless memory ran short)."""
         if not self._files:
             return 0
-        return os.preadv(self._read_fd(segno), [buf], pos)
+        at = pos + size - PAGE
+        return size if os.preadv(self._read_fd(segno), [memoryview(_PROBE)], at) == PAGE else 0
 
     def prefetch(self, segno: int, pos: int, size: int) -> None:
         """Ask the kernel to start reading [pos, pos+size) of a segment (WILLNEED), without

@@ -124,12 +124,12 @@ class SweepMixin(StoreParts):
         return None
 
     def _sweep_runs(self, runs: list[tuple[int, int, int]]) -> int:
-        """Read the runs 1 MiB at a time into one scratch buffer, the kernel asked (WILLNEED)
-        for the AHEAD bytes after each read's so that the disk has several in flight; the
-        bytes read."""
+        """Read the runs into the page cache 1 MiB at a time: the kernel asked (WILLNEED) for
+        the AHEAD bytes after each so that the disk has several reads in flight, and each
+        waited for (``Journal.settle``: its last page read, not the MiB copied). The bytes
+        read."""
         steps = [(k, segno, at) for k, (segno, pos, length) in enumerate(runs)
                  for at in range(pos, pos + length, SPAN)]
-        buf = memoryview(bytearray(SPAN))
         read, asked, ended = 0, 0, -1  # bytes read, steps asked for, the run whose segment ended
         try:
             for i, (k, segno, at) in enumerate(steps):
@@ -142,7 +142,7 @@ class SweepMixin(StoreParts):
                     self._active_reads += 1  # segment deletion waits for this read and these hints
                 try:
                     asked = self._sweep_ask(steps, runs, max(asked, i), i + AHEAD // SPAN)
-                    got = self.journal.warm(segno, at, buf)
+                    got = self.journal.settle(segno, at, min(SPAN, runs[k][1] + runs[k][2] - at))
                 except CorruptData:  # "journal segment N is missing": deleted since the plan
                     got = 0
                 finally:
