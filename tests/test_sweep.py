@@ -197,6 +197,41 @@ def test_a_sweep_asks_the_kernel_for_the_spans_ahead_of_its_read(aged):
     _wait(st)
 
 
+def test_the_reads_of_a_covered_scan_take_turns_and_other_reads_do_not_wait(aged):
+    """A covered scan's reads run one at a time (path.py ``_scan_turn``): while one is held at
+    fault point ``scan.read``, a second read of the scan waits for its turn, and a 4 KiB read
+    goes on."""
+    pool, st, vid, model = aged
+    buf = memoryview(bytearray(MiB))
+    for k in range(SCAN_AFTER):  # a scan: the sweep starts, plans, covers it
+        st.read_into(vid, k * MiB, buf)
+    _wait(st)
+    st.faults.delay = 1.0
+    st.faults.arm("scan.read", "delay", 1)  # the first covered read is held
+    results: dict[str, bytes] = {}
+
+    def read(name: str, off: int) -> None:
+        results[name] = bytes(st.read(vid, off, MiB))
+
+    first = threading.Thread(target=read, args=("first", SCAN_AFTER * MiB))
+    first.start()
+    deadline = time.monotonic() + 5
+    while not st.faults.hits("scan.read") and time.monotonic() < deadline:
+        time.sleep(0.005)
+    second = threading.Thread(target=read, args=("second", (SCAN_AFTER + 1) * MiB))
+    second.start()
+    t0 = time.monotonic()
+    assert st.read(vid, 20 * MiB + 4096, 4096) == model[20 * MiB + 4096 : 20 * MiB + 8192]  # random: no turn
+    assert time.monotonic() - t0 < 0.5
+    time.sleep(0.2)
+    assert first.is_alive() and second.is_alive() and st.faults.hits("scan.read") == 1  # waiting for its turn
+    first.join()
+    second.join()
+    assert st.faults.hits("scan.read") == 2
+    assert results["first"] == model[SCAN_AFTER * MiB : (SCAN_AFTER + 1) * MiB]
+    assert results["second"] == model[(SCAN_AFTER + 1) * MiB : (SCAN_AFTER + 2) * MiB]
+
+
 def test_settle_waits_for_a_ranges_last_page_and_says_where_the_segment_ends(aged):
     pool, st, vid, model = aged
     seg, pos, _n = _planned(st, vid)[0]

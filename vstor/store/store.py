@@ -93,6 +93,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         self._read_waiters = 0  # threads in wait_for_reads
         self._hcache = HeaderCache()
         self._spare: list[bytearray] = []  # scratch buffers of reads of shared spans (reads/path.py)
+        self._scan_turn = threading.Lock()  # the reads of covered scans take turns (reads/path.py)
         self._resolved = ResolvedBudget()  # resolved 4 KiB blocks of all maps (reads/resolved.py)
         self._scans = ScanDetector()  # readers that scan aged images (reads/sweep.py)
         self._sweeping: threading.Thread | None = None  # the sweep in progress (reads/sweeper.py)
