@@ -13,7 +13,7 @@ import pytest
 from poolkit import MiB, evict_segments, make_pool, resident, seg_path
 
 from vstor.clock import ManualClock
-from vstor.errors import NotFound
+from vstor.errors import NotFound, WouldBlock
 from vstor.faults import Faults
 from vstor.store.journal.format import make_loc
 from vstor.store.reads.sweep import (
@@ -200,7 +200,7 @@ def test_a_sweep_asks_the_kernel_for_the_spans_ahead_of_its_read(aged):
 def test_the_reads_of_a_covered_scan_take_turns_and_other_reads_do_not_wait(aged):
     """A covered scan's reads run one at a time (path.py ``_scan_turn``): while one is held at
     fault point ``scan.read``, a second read of the scan waits for its turn, and a 4 KiB read
-    goes on."""
+    and a read that may not wait go on."""
     pool, st, vid, model = aged
     buf = memoryview(bytearray(MiB))
     for k in range(SCAN_AFTER):  # a scan: the sweep starts, plans, covers it
@@ -222,6 +222,11 @@ def test_the_reads_of_a_covered_scan_take_turns_and_other_reads_do_not_wait(aged
     second.start()
     t0 = time.monotonic()
     assert st.read(vid, 20 * MiB + 4096, 4096) == model[20 * MiB + 4096 : 20 * MiB + 8192]  # random: no turn
+    off = (SCAN_AFTER + 2) * MiB
+    try:  # a read that may not wait (the NBD server's) takes no turn either
+        assert st.read(vid, off, MiB, nowait=True) == model[off : off + MiB]
+    except WouldBlock:
+        pass
     assert time.monotonic() - t0 < 0.5
     time.sleep(0.2)
     assert first.is_alive() and second.is_alive() and st.faults.hits("scan.read") == 1  # waiting for its turn

@@ -66,7 +66,7 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
         def produce(lineage: tuple[int, ...], offset: int, size: int, pieces: list, ask: bool) -> bytes | memoryview:
             return self.assemble(lineage, offset, size, pieces, nowait, ask)
 
-        return self._reading(vid, offset, size, sid, produce)
+        return self._reading(vid, offset, size, sid, produce, wait=not nowait)
 
     def read_into(self, vid: int, offset: int, view: memoryview, sid: int = 0) -> int:
         """Like :meth:`read`, into ``view`` (writable bytes); returns the bytes read. On an
@@ -81,7 +81,7 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
         return self._reading(vid, offset, len(view), sid, fill)
 
     def _reading(self, vid: int, offset: int, size: int, sid: int,
-                 produce: Callable[[tuple[int, ...], int, int, list, bool], T]) -> T:
+                 produce: Callable[[tuple[int, ...], int, int, list, bool], T], wait: bool = True) -> T:
         """``produce(lineage, offset, size, pieces, ask)`` of the image's pieces of the range, with
         the range registered as a read in flight; ``ask``: whether a read of many pieces should
         ask for its small records at once (False while a sweep covers its scan, sweep.py).
@@ -92,7 +92,8 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
         other at nearly every one (a first pass through FUSE: 38,800 context switches for 1,024
         requests, against 1,400 with one FUSE thread). Waiting on a lock instead, the others
         leave it alone. The sweep has read those records into the page cache, so taking turns
-        seldom serializes waits for the disk; no other read takes turns."""
+        seldom serializes waits for the disk; no other read takes turns, nor a read that may not
+        wait (``wait`` False: ``read(nowait=True)``, the NBD server's connection thread)."""
         with self._lock:
             vm, vsize = self._image(vid, sid)
             size = max(0, min(size, vsize - offset))
@@ -104,12 +105,12 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
             self.sweep(vid, offset + size, sid)
         counted = True
         try:
-            if scan == COVERED:  # one at a time: see _scan_turn
+            if scan == COVERED and wait:  # one at a time: see above
                 with self._scan_turn:
                     self.faults.hit("scan.read")
                     out = produce(lineage, offset, size, pieces, False)
             else:
-                out = produce(lineage, offset, size, pieces, True)
+                out = produce(lineage, offset, size, pieces, scan != COVERED)
         except CorruptData as e:
             self.stats.add(read_errors=1)
             log.error("read error on volume %d offset %d (chunk %d): %s", vid, offset,

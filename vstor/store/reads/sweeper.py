@@ -3,9 +3,11 @@
 A mixin of Store, a base of the read path (path.py), which calls :meth:`_scan_read` for each
 read of many pieces; what a sweep reads and why is in sweep.py. The thread plans the rest of
 the scanned image window by window (the store lock held for one map lookup at a time), then
-reads the planned spans 1 MiB at a time, each counted as a read in flight so that segment
-deletion waits for it; a segment deleted since the plan is missing, and its run skipped. It verifies nothing and returns
-nothing: the scan's own reads verify every byte they return.
+reads the planned spans into the page cache 1 MiB at a time (asking the kernel for the 8 MiB
+ahead with each, and waiting for each by reading its last page), each counted as a read in
+flight so that segment deletion waits for it; a segment deleted since the plan is missing,
+and its run skipped. It verifies nothing and returns nothing: the scan's own reads verify
+every byte they return.
 """
 
 from __future__ import annotations
@@ -166,4 +168,3 @@ class SweepMixin(StoreParts):
             except (OSError, VstorError):
                 pass
         return max(i, until)
-
