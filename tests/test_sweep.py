@@ -49,6 +49,9 @@ def test_a_scan_is_told_until_a_sweep_starts_then_covered_once_planned():
     assert d.note(1, 0, (SCAN_AFTER + 3) * MiB, MiB, 3.0) == 0
     d.covered(2, 0)  # no sweep of that image: nothing to say
     assert d.note(2, 0, 0, MiB, 3.0) == 0
+    d.covered(1, 0)
+    d.forget(1, 0)  # its pages are gone: the stream's next read starts another sweep
+    assert d.note(1, 0, (SCAN_AFTER + 4) * MiB, MiB, 4.0) == START
 
 
 def test_a_sweep_covers_the_later_streams_of_its_image_for_a_while():
@@ -235,6 +238,54 @@ def test_the_reads_of_a_covered_scan_take_turns_and_other_reads_do_not_wait(aged
     assert st.faults.hits("scan.read") == 2
     assert results["first"] == model[SCAN_AFTER * MiB : (SCAN_AFTER + 1) * MiB]
     assert results["second"] == model[(SCAN_AFTER + 1) * MiB : (SCAN_AFTER + 2) * MiB]
+
+
+def test_a_covered_scan_whose_pages_are_gone_starts_another_sweep(aged):
+    """Once the sweep is over, a covered read whose records are no longer in the page cache
+    (dropped, as between a benchmark's passes, or evicted) takes no turn and ends the coverage:
+    the next read of the stream starts another sweep. While the sweep still runs, a read
+    ahead of it takes no turn either, but the coverage stands."""
+    pool, st, vid, model = aged
+    buf = memoryview(bytearray(MiB))
+    for k in range(SCAN_AFTER):
+        st.read_into(vid, k * MiB, buf)
+    _wait(st)
+    assert st.stats.as_dict()["sweeps"] == 1
+    st.faults.arm("scan.read", "delay", 100)  # counts the turns taken (never fires)
+    evict_segments(pool)
+    k = SCAN_AFTER
+    assert st.read_into(vid, k * MiB, buf) == MiB and buf == model[k * MiB : (k + 1) * MiB]
+    assert st.faults.hits("scan.read") == 0  # its records were gone: no turn
+    for k in range(SCAN_AFTER + 1, 2 * SCAN_AFTER + 2):
+        st.read_into(vid, k * MiB, buf)
+        assert buf == model[k * MiB : (k + 1) * MiB]
+    _wait(st)
+    assert st.stats.as_dict()["sweeps"] == 2
+    turns = st.faults.hits("scan.read")
+    st.read_into(vid, 12 * MiB, buf)  # swept again: its records are cached, it takes its turn
+    assert st.faults.hits("scan.read") == turns + 1 and buf == model[12 * MiB : 13 * MiB]
+
+
+def test_a_read_ahead_of_a_running_sweep_takes_no_turn_and_keeps_the_coverage(aged):
+    pool, st, vid, model = aged
+    evict_segments(pool)
+    st.faults.delay = 1.5
+    st.faults.arm("sweep.read", "delay", 1)  # planned and covering, nothing read yet
+    buf = memoryview(bytearray(MiB))
+    for k in range(SCAN_AFTER):
+        st.read_into(vid, k * MiB, buf)
+    deadline = time.monotonic() + 5
+    while not st.faults.hits("sweep.read") and time.monotonic() < deadline:
+        time.sleep(0.005)
+    evict_segments(pool, settle=0.2)  # what the first reads brought in
+    st.faults.arm("scan.read", "delay", 100)  # counts the turns taken (never fires)
+    st.read_into(vid, SCAN_AFTER * MiB, buf)
+    assert buf == model[SCAN_AFTER * MiB : (SCAN_AFTER + 1) * MiB]
+    assert st.faults.hits("scan.read") == 0  # ahead of the sweep: no turn
+    assert st._sweeping is not None and st._sweeping.is_alive()
+    assert st._scans.note(vid, 0, (SCAN_AFTER + 1) * MiB, MiB, st.clock.monotonic()) == COVERED
+    _wait(st)
+    assert st.stats.as_dict()["sweeps"] == 1
 
 
 def test_settle_waits_for_a_ranges_last_page_and_says_where_the_segment_ends(aged):

@@ -91,9 +91,10 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
         stream's requests to several FUSE threads at once, the threads handed the GIL to each
         other at nearly every one (a first pass through FUSE: 38,800 context switches for 1,024
         requests, against 1,400 with one FUSE thread). Waiting on a lock instead, the others
-        leave it alone. The sweep has read those records into the page cache, so taking turns
-        seldom serializes waits for the disk; no other read takes turns, nor a read that may not
-        wait (``wait`` False: ``read(nowait=True)``, the NBD server's connection thread)."""
+        leave it alone. Only a read whose records the sweep has read into the page cache takes
+        a turn (``_still_warm``), so that turns do not serialize waits for the disk; no other
+        read takes turns, nor a read that may not wait (``wait`` False: ``read(nowait=True)``,
+        the NBD server's connection thread)."""
         with self._lock:
             vm, vsize = self._image(vid, sid)
             size = max(0, min(size, vsize - offset))
@@ -103,6 +104,8 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
             scan = self._scan_read(vid, sid, offset, size) if len(pieces) > PREFETCH_PIECES else 0
         if scan == START:  # a scan of an aged image: read its scattered records ahead (sweep.py)
             self.sweep(vid, offset + size, sid)
+        elif scan == COVERED and wait and not self._still_warm(vid, sid, pieces):
+            scan = 0  # ahead of the sweep, or its pages gone: ask for the records, take no turn
         counted = True
         try:
             if scan == COVERED and wait:  # one at a time: see above

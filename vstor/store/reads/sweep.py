@@ -102,6 +102,11 @@ class ScanDetector:
         if sw is not None:
             sw[2] = yes
 
+    def forget(self, vid: int, sid: int) -> None:
+        """The image's sweep no longer covers its streams (the pages it read are gone): the
+        stream's next read may start another."""
+        self._sweeps.pop((vid, sid), None)
+
     @staticmethod
     def _remember(d: dict, key: tuple[int, int], value: list) -> list:
         if key not in d and len(d) >= MAX_STREAMS:

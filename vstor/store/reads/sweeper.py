@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vstor.errors import CorruptData, VstorError
+from vstor.store.journal.format import RECORD_HEADER_SIZE, loc_pos, loc_segno
 from vstor.store.maps.chunkmap import VolumeMap
 from vstor.store.reads.sweep import SPAN, SWEEP_MAX, WINDOW, ScanDetector, SweepPlan
 from vstor.store.storeparts import StoreParts
@@ -60,6 +61,24 @@ class SweepMixin(StoreParts):
         if size < SCAN_READ or not self.journal.local_files:
             return 0
         return self._scans.note(vid, sid, offset, size, self.clock.monotonic())
+
+    def _still_warm(self, vid: int, sid: int, pieces: list) -> bool:
+        """For a read of a covered scan: whether the page cache still holds the small record
+        of ``pieces`` furthest in the journal (one read without waiting of its header), as
+        it does once the sweep has passed it. When it does not and no sweep is running any
+        more, the pages the sweep read are gone (evicted, or dropped): the image's coverage
+        ends, so that the stream's next read starts another sweep. Takes the store lock."""
+        small = [loc for s, e, loc in pieces if e - s <= SMALL_PIECE]
+        if not small:
+            return True
+        loc = max(small)
+        probe = memoryview(bytearray(RECORD_HEADER_SIZE))
+        if self.journal.pread_cached(loc_segno(loc), loc_pos(loc), probe):
+            return True
+        with self._lock:
+            if self._sweeping is None or not self._sweeping.is_alive():
+                self._scans.forget(vid, sid)
+        return False
 
     def sweep(self, vid: int, offset: int, sid: int = 0) -> bool:
         """Start reading ahead, in the background, the journal spans that the rest of volume
