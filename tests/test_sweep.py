@@ -3,6 +3,7 @@ records read ahead in journal order; the plan and the detector alone, then in a 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -264,6 +265,25 @@ def test_a_covered_scan_whose_pages_are_gone_starts_another_sweep(aged):
     turns = st.faults.hits("scan.read")
     st.read_into(vid, 12 * MiB, buf)  # swept again: its records are cached, it takes its turn
     assert st.faults.hits("scan.read") == turns + 1 and buf == model[12 * MiB : 13 * MiB]
+
+
+def test_a_failed_cache_probe_fails_its_read_and_leaves_no_read_in_flight(aged, monkeypatch):
+    pool, st, vid, model = aged
+    buf = memoryview(bytearray(MiB))
+    for k in range(SCAN_AFTER):
+        st.read_into(vid, k * MiB, buf)
+    _wait(st)
+
+    def broken(segno: int, pos: int, view: memoryview) -> bool:
+        raise OSError(errno.EIO, "injected")
+
+    monkeypatch.setattr(st.journal, "pread_cached", broken)
+    with pytest.raises(OSError):
+        st.read_into(vid, SCAN_AFTER * MiB, buf)
+    assert st._active_reads == 0  # segment deletion would otherwise wait for it for ever
+    monkeypatch.undo()
+    st.read_into(vid, SCAN_AFTER * MiB, buf)
+    assert buf == model[SCAN_AFTER * MiB : (SCAN_AFTER + 1) * MiB]
 
 
 def test_a_read_ahead_of_a_running_sweep_takes_no_turn_and_keeps_the_coverage(aged):

@@ -104,11 +104,12 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
             scan = self._scan_read(vid, sid, offset, size) if len(pieces) > PREFETCH_PIECES else 0
         if scan == START:  # a scan of an aged image: read its scattered records ahead (sweep.py)
             self.sweep(vid, offset + size, sid)
-        elif scan == COVERED and wait and not self._still_warm(vid, sid, pieces):
-            scan = 0  # ahead of the sweep, or its pages gone: ask for the records, take no turn
+        turn = scan == COVERED and wait  # one at a time: see above
         counted = True
         try:
-            if scan == COVERED and wait:  # one at a time: see above
+            if turn and not self._still_warm(vid, sid, pieces):
+                turn, scan = False, 0  # ahead of the sweep, or its pages gone: ask for the records
+            if turn:
                 with self._scan_turn:
                     self.faults.hit("scan.read")
                     out = produce(lineage, offset, size, pieces, False)
