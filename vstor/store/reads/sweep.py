@@ -24,7 +24,7 @@ Bounds: one sweep at a time per store; at most SWEEP_MAX bytes per sweep and a q
 memory the kernel says is available (``MemAvailable``), so that the pages it reads are still
 cached when the scan reaches them (the scattered spans come first within that budget); the
 map is looked up WINDOW bytes at a time, the store lock held for one window; segment deletion
-waits only for the 1 MiB read in flight. Remote pools (RADOS) have no page cache of their
+waits only for the 1 MiB read in flight and its hints (sweeper.py). Remote pools (RADOS) have no page cache of their
 segments and are never swept.
 
 Measured (docs/benchmarks.md section 9, "Sweeps and runs R25 and R26"): a 1 GiB volume written in 1 MiB

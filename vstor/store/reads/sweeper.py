@@ -76,7 +76,7 @@ class SweepMixin(StoreParts):
         if self.journal.pread_cached(loc_segno(loc), loc_pos(loc), probe):
             return True
         with self._lock:
-            if self._sweeping is None or not self._sweeping.is_alive():
+            if not self._sweep_running():
                 self._scans.forget(vid, sid)
         return False
 
@@ -88,7 +88,7 @@ class SweepMixin(StoreParts):
         if not self.journal.local_files:
             return False
         with self._lock:
-            if self._sweeps_stop.is_set() or (self._sweeping is not None and self._sweeping.is_alive()):
+            if self._sweeps_stop.is_set() or self._sweep_running():
                 return False
             th = threading.Thread(target=self._sweep, args=(vid, sid, offset), name=f"vstor-sweep-{vid}",
                                   daemon=True)
@@ -96,6 +96,10 @@ class SweepMixin(StoreParts):
             self._scans.started(vid, sid, offset, self.clock.monotonic())
         th.start()
         return True
+
+    def _sweep_running(self) -> bool:
+        """With the store lock held: whether a sweep's thread is running."""
+        return self._sweeping is not None and self._sweeping.is_alive()
 
     def stop_sweeps(self) -> None:
         """Stop the sweep in progress, if any, and wait for its thread; start no other."""
@@ -149,7 +153,7 @@ class SweepMixin(StoreParts):
         the AHEAD bytes after each so that the disk has several reads in flight, and each
         waited for (``Journal.settle``: its last page read, not the MiB copied). The bytes
         read."""
-        steps = [(k, segno, at) for k, (segno, pos, length) in enumerate(runs)
+        steps = [(k, segno, at) for k, (segno, pos, length) in enumerate(runs)  # runs are whole spans
                  for at in range(pos, pos + length, SPAN)]
         read, asked, ended = 0, 0, -1  # bytes read, steps asked for, the run whose segment ended
         try:
@@ -162,8 +166,8 @@ class SweepMixin(StoreParts):
                 with self._lock:
                     self._active_reads += 1  # segment deletion waits for this read and these hints
                 try:
-                    asked = self._sweep_ask(steps, runs, max(asked, i), i + AHEAD // SPAN)
-                    got = self.journal.settle(segno, at, min(SPAN, runs[k][1] + runs[k][2] - at))
+                    asked = self._sweep_ask(steps, max(asked, i), i + AHEAD // SPAN)
+                    got = self.journal.settle(segno, at, SPAN)
                 except CorruptData:  # "journal segment N is missing": deleted since the plan
                     got = 0
                 finally:
@@ -175,15 +179,13 @@ class SweepMixin(StoreParts):
             self.stats.add(sweep_bytes=read)
         return read
 
-    def _sweep_ask(self, steps: list[tuple[int, int, int]], runs: list[tuple[int, int, int]], i: int,
-                   until: int) -> int:
+    def _sweep_ask(self, steps: list[tuple[int, int, int]], i: int, until: int) -> int:
         """Ask the kernel for steps [i, until) (a hint: a failure is ignored, the read finds
         it); returns the first step not asked for. Counted as a read in flight by the caller."""
         until = min(until, len(steps))
-        for k, segno, at in steps[i:until]:
-            _segno, pos, length = runs[k]
+        for _k, segno, at in steps[i:until]:
             try:
-                self.journal.prefetch(segno, at, min(SPAN, pos + length - at))
+                self.journal.prefetch(segno, at, SPAN)
             except (OSError, VstorError):
                 pass
         return max(i, until)
