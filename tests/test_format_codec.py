@@ -276,6 +276,17 @@ def test_codec_all_zero_input_stores_nothing(compress, encrypt):
     assert _decode_all(codec, entries, stored, len(data), AD) == data
 
 
+@pytest.mark.parametrize("at", [0, 4095, FRAME_SIZE - 1])
+def test_a_frame_with_one_nonzero_byte_is_stored(at):
+    """The zero test compares whole frames (a memcmp), not a prefix: one byte anywhere counts."""
+    codec = _codec(False, False)
+    data = bytearray(FRAME_SIZE)
+    data[at] = 7
+    entries, stored = codec.encode(memoryview(data))
+    assert entries[0].flags == 0 and len(stored) == 1
+    assert _decode_all(codec, entries, stored, FRAME_SIZE, None) == bytes(data)
+
+
 @pytest.mark.parametrize("compress", [False, True])
 @pytest.mark.parametrize("size", [1, 4096, FRAME_SIZE])
 def test_a_one_frame_write_is_encoded_like_the_first_frame_of_a_longer_one(compress, size):

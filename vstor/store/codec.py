@@ -34,7 +34,6 @@ from vstor.lz4gate import Lz4Gate
 from vstor.store.journal.format import FF_AES, FF_LZ4, FF_ZERO, FRAME_SIZE, FrameEntry
 
 ZERO_FRAME = bytes(FRAME_SIZE)
-ZERO_VIEW = memoryview(ZERO_FRAME)  # slices of it are compared without copying
 NO_NONCE = bytes(12)
 ZERO_ENTRY = FrameEntry(0, FF_ZERO, 0, NO_NONCE)
 _AD = struct.Struct("<16sIBQQQQH")
@@ -117,7 +116,7 @@ class FrameCodec:
     def _encode_frame(self, frame: memoryview, ad: tuple[int, int, int, int, int, int] | None, index: int,
                       gated: bool = True) -> tuple[FrameEntry, bytes | memoryview | None]:
         """One frame's table entry and stored bytes (None for an all-zero frame)."""
-        if frame == ZERO_VIEW[: len(frame)]:
+        if ZERO_FRAME.startswith(frame):  # a memcmp: == on memoryviews compares byte by byte
             return ZERO_ENTRY, None
         flags = 0
         body: bytes | memoryview = frame
