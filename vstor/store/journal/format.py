@@ -154,7 +154,10 @@ def block_sums(entries: list[FrameEntry], bodies: list, length: int) -> bytes:
     """The block sums of a record of ``length`` bytes encoded as ``entries`` and ``bodies`` (the
     stored bytes of its non-zero frames, in order): b"" when no frame stored as is is longer
     than one block, so the record is written as version 2 without them."""
-    if not any(e.flags == 0 and e.stored_len > BLOCK_SIZE for e in entries):
+    for e in entries:  # a loop, not any() over a generator: this runs for every host write
+        if e.flags == 0 and e.stored_len > BLOCK_SIZE:
+            break
+    else:
         return b""
     sums: list[int] = []
     digest = xxhash.xxh3_64_intdigest
@@ -274,6 +277,9 @@ def verify_header(raw: bytes | memoryview, table: bytes | memoryview, hcsum: int
 
 
 def pack_frame_table(entries: list[FrameEntry]) -> bytes:
+    if len(entries) == 1:  # most host writes
+        e = entries[0]
+        return FRAME_ENTRY.pack(e.stored_len, e.flags, 0, e.csum, e.nonce)
     return b"".join([FRAME_ENTRY.pack(e.stored_len, e.flags, 0, e.csum, e.nonce) for e in entries])
 
 

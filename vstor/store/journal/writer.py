@@ -225,7 +225,7 @@ class Journal(SegmentCatalog, SegmentReader, SegmentScanner, ResumeMixin, TailSp
         if marker is not None:  # goes first, in the same system call; reserve() counted it
             buffers = [pack_record_header(RecordHeader(REC_COMMIT, 0, 0, 0, 0, marker, 0, 0, self._now_ns()), b"",
                                           self._segno), *buffers]
-        total = sum(len(b) for b in buffers)
+        total = sum(map(len, buffers))
         if self._align and total >= ALIGN_FROM:  # the next record starts aligned (PoolBackend.append_alignment)
             pad = padding_after(pos + total, self._align)
             if pad and pos + total + pad <= self.segment_size:
