@@ -41,6 +41,7 @@ from tools.benchlib.mixed import MIXED_JOBS, MIXED_RUNTIME, mixed_report, proc_i
 from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, run, signals_deferred
 from tools.benchlib.report import combine, cpu_note, paired_ratios, render
 from tools.benchlib.targets import VSTOR_VARIANTS, Nbdfuse, Passthrough, Raw, Target, Vstor, vstor_available
+from tools.benchlib.vcpu import idle_polling
 from vstor.errors import UsageError
 from vstor.store.superblock import MAX_SEGMENT, MIN_SEGMENT
 from vstor.units import format_size, parse_size
@@ -233,6 +234,7 @@ def print_header(h: dict[str, Any]) -> None:
     print(f"workdir {h['workdir']} ({h['workdir_fs']}), {format_size(h['size'])} per target")
     print(f"fio: ioengine=psync iodepth=1 numjobs=1, {cache}")
     print(h["host_memory"])
+    print(h["vcpu_idle"])
     print(f"jobs ({h['phase']} phase): {', '.join(f'{j.name} bs={j.bs}' for j in ALL_PHASES[h['phase']])}; random "
           f"jobs {h['random_runtime_s']} s time-based" + {"aged": " (age: 12 s)", "mixed": (
               " (randrw, rwmixread=70, fsync=32, iops logged per second)")}.get(h["phase"], "")
@@ -265,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         h = header(a, workdir)
         h["host_memory"] = memory.enter_context(steady_memory(not a.keep_page_reporting))
+        h["vcpu_idle"] = idle_polling()
         print_header(h)
         unavailable = vstor_available() if "vstor" in a.target_list else None
         for n in range(a.rounds):

@@ -51,6 +51,7 @@ from tools.benchlib.hostmem import steady_memory
 from tools.benchlib.nbdservers import NbdkitServer, Server, VstorServer, make_certs, tool_missing
 from tools.benchlib.procs import BenchError, drop_caches, install_signal_handlers, signals_deferred
 from tools.benchlib.report import combine, cpu_note, cpu_table, round_ratio, table
+from tools.benchlib.vcpu import idle_polling
 from vm.lab import Lab
 
 SERVERS = ("nbdkit", "vstor", "nbdkit-tls", "vstor-tls")
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
               f"fio --ioengine=nbd in namespace {lab.ns('a')} -> servers in {lab.ns('b')}, {a.size} export", flush=True)
         head["host_memory"] = memory.enter_context(steady_memory(not a.keep_page_reporting))
         print(head["host_memory"], flush=True)
+        head["vcpu_idle"] = idle_polling()
+        print(head["vcpu_idle"], flush=True)
         lab.up()
         pki, server_dir, client_dir = make_certs(workdir / "tls", SERVER_CN)
         etc = workdir / "etc"

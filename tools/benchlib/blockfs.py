@@ -26,6 +26,7 @@ from typing import Any
 from .hostmem import steady_memory
 from .procs import BenchError, Staged, best_effort, install_signal_handlers, run, signals_deferred, wait_until
 from .targets import Passthrough, Target, Vstor, make_sparse
+from .vcpu import idle_polling
 
 __all__ = ["KINDS", "Ext4Target", "loop_attach"]
 
@@ -96,7 +97,7 @@ def measure_each(kinds: list[str], workdir: Path, hold_memory: bool,
     interrupted = False
     try:
         with steady_memory(hold_memory) as mem:
-            print(mem, flush=True)
+            print(mem, idle_polling(), sep="\n", flush=True)
             for kind in kinds:
                 results[kind] = measure(kind)
     except KeyboardInterrupt as exc:
