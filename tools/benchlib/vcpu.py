@@ -17,7 +17,8 @@ __all__ = ["CPUIDLE", "HALTPOLL", "KERNEL_DEFAULT_NS", "idle_polling"]
 
 CPUIDLE = Path("/sys/devices/system/cpu/cpuidle")
 HALTPOLL = Path("/sys/module/haltpoll/parameters")
-KERNEL_DEFAULT_NS = 200_000  # guest_halt_poll_ns when nothing set it (drivers/cpuidle/poll_state.c's guests)
+# guest_halt_poll_ns unless set: the haltpoll governor's default (drivers/cpuidle/governors/haltpoll.c)
+KERNEL_DEFAULT_NS = 200_000
 
 
 def idle_polling(cpuidle: Path = CPUIDLE, haltpoll: Path = HALTPOLL) -> str:

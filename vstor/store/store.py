@@ -209,11 +209,8 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
                 self._check_fence(vid)
                 _check_range(self._volume(vid), offset, n)
         try:
-            if n <= MAX_RECORD:  # one record: most writes (no slice of the view)
-                self._write_record(vid, offset, view)
-            else:
-                for start in range(0, n, MAX_RECORD):
-                    self._write_record(vid, offset + start, view[start : start + MAX_RECORD])
+            for start in range(0, n, MAX_RECORD):
+                self._write_record(vid, offset + start, view[start : start + MAX_RECORD])
         except PoolFull:
             self.stats.add(enospc=1)
             raise
@@ -245,7 +242,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         self._ensure_room(bound)
         with self._lock:
             vol = self._volume(vid)
-            if forced_seq < 0 and self.fenced.get(vol.group):
+            if forced_seq < 0:
                 self._check_fence(vid)  # also between the pieces of one large write
             _check_range(vol, offset, n)
             segno, pos = self.journal.reserve(bound)
@@ -280,7 +277,7 @@ class Store(AdminOpsMixin, MaintenanceMixin, ReadPathMixin, ResumeOpsMixin):
         if sums is None:
             sums = block_sums(entries, bodies, length) if rtype in (REC_WRITE, REC_RELOCATE) else b""
         table = pack_frame_table(entries) + sums
-        stored = len(table) + sum([e.stored_len for e in entries])
+        stored = len(table) + sum(e.stored_len for e in entries)
         header = RecordHeader(rtype, len(entries), group, vid, seq, offset, length, stored,
                               int(self.clock.time() * 1e9), bool(sums))
         # Trims and catalog events (which delete and shrink) are how space is freed, and their

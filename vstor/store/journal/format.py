@@ -277,9 +277,6 @@ def verify_header(raw: bytes | memoryview, table: bytes | memoryview, hcsum: int
 
 
 def pack_frame_table(entries: list[FrameEntry]) -> bytes:
-    if len(entries) == 1:  # most host writes
-        e = entries[0]
-        return FRAME_ENTRY.pack(e.stored_len, e.flags, 0, e.csum, e.nonce)
     return b"".join([FRAME_ENTRY.pack(e.stored_len, e.flags, 0, e.csum, e.nonce) for e in entries])
 
 
