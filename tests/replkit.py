@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if __package__:  # imported as tests.replkit (by tools/: python -m tools.NAME, tools/dr-drill)
     from .harness import Array, read_direct
 else:  # imported as replkit (tests/ on sys.path: the tests)
-    from harness import Array, read_direct  # noqa: E402
+    from harness import Array, read_direct  # type: ignore[no-redef]  # noqa: E402
 
 from vm.lab import Lab  # noqa: E402
 from vstor.replication.pki import init_ca, issue  # noqa: E402

@@ -96,7 +96,7 @@ def far_write(files: FileArea, name: str, pos: int) -> dict[str, float]:
     f.sync()
     seconds = time.perf_counter() - t0
     f.close()
-    objects = sum(1 for o in files.io.list_objects() if o.key.startswith(name))  # type: ignore[attr-defined]
+    objects = len([o for o in files.io.list_objects() if o.key.startswith(name)])  # type: ignore[attr-defined]
     return {"offset_gib": pos >> 30, "seconds": round(seconds, 4), "objects": objects}
 
 

@@ -57,6 +57,7 @@ def main() -> int:
             def stock() -> None:
                 for i in range(VOLUME // MIB):
                     got = s.read(v, i * MIB, MIB)
+                    assert isinstance(got, bytes)  # a local pool's read: ctypes.memmove takes no memoryview
                     ctypes.memmove(addr, got, len(got))
 
             def in_place() -> None:

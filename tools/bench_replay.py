@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Any
 
 from vstor.store.store import Store
 from vstor.store.superblock import init_pool
@@ -26,7 +27,7 @@ MiB = 1 << 20
 
 def one(base: str, variant: str, record: int, total: int) -> dict:
     pool = os.path.join(base, f"{variant}-{record}")
-    opts = {"compress": "lz4"} if variant == "lz4" else {}
+    opts: dict[str, Any] = {"compress": "lz4"} if variant == "lz4" else {}
     if variant == "aes":
         opts = {"encrypt": True, "key_file": os.path.join(base, f"key-{record}")}
     init_pool(pool, segment_size=256 * MiB, **opts)

@@ -45,7 +45,8 @@ def main() -> int:
             n = a.gib * 1024
             v = s.create_volume("v", n * MIB).id
             data = os.urandom(MIB)
-            rolled, other = [], []
+            rolled: list[float] = []
+            other: list[float] = []
             t_start = time.perf_counter()
             for i in range(n):
                 seg = s.journal.current_segno

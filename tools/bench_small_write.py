@@ -84,7 +84,7 @@ def main() -> int:
         data = os.urandom(BLOCK)
         kinds: dict[str, Callable[[int], object]] = {
             "pwrite": lambda off: os.pwrite(fd, data, off),
-            "store": lambda off: store.write(vid, off, data),  # type: ignore[union-attr]
+            "store": lambda off: store.write(vid, off, data),
             "fuse op": lambda off: ops.write("/volumes/v", data, off, fi),
         }
         got: dict[str, list[float]] = {k: [] for k in kinds}

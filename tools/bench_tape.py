@@ -120,8 +120,11 @@ def main() -> int:
             with open(shm / "data", "wb") as f:
                 write_fd(f.fileno(), total, blocks, False)
             subprocess.run(["mt", "-f", dev, "eod"], check=True)
-            res["tar write"] = mb_per_s(lambda: subprocess.run(["tar", "-b", "512", "-cf", dev, "-C", str(shm), "data"],
-                                                            check=True) and total)
+            def tar_write() -> int:
+                subprocess.run(["tar", "-b", "512", "-cf", dev, "-C", str(shm), "data"], check=True)
+                return total
+
+            res["tar write"] = mb_per_s(tar_write)
         finally:
             shutil.rmtree(shm, ignore_errors=True)
     finally:

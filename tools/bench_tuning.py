@@ -82,11 +82,11 @@ def main() -> int:
             print(f"round {rnd + 1} {name}: " + ", ".join(f"{j.name} {r[j.name]:,} {j.metric}" for j in JOBS),
                   flush=True)
     med = {name: {j.name: statistics.median(r[j.name] for r in rs) for j in JOBS} for name, rs in runs.items()}
-    base = med[VARIANTS[0][0]]
+    default = med[VARIANTS[0][0]]
     print(f"\nmedians of {a.rounds} rounds and ratio to the default")
     print(f"{'variant':36s} " + "  ".join(f"{j.name:>17}" for j in JOBS))
     for name, _t in VARIANTS:
-        cells = [f"{med[name][j.name]:>9,.0f} ({med[name][j.name] / base[j.name]:4.2f})" for j in JOBS]
+        cells = [f"{med[name][j.name]:>9,.0f} ({med[name][j.name] / default[j.name]:4.2f})" for j in JOBS]
         print(f"{name[:36]:36s} " + "  ".join(f"{c:>17}" for c in cells))
     for name, rs in runs.items():
         print(f"{name}: write sizes {rs[-1]['write_sizes']}, read sizes {rs[-1]['read_sizes']}")

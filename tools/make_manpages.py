@@ -83,8 +83,9 @@ def header(name: str, summary: str) -> list[str]:
 
 def top_page(parser: argparse.ArgumentParser) -> str:
     cmds = commands(parser)
-    lines = header("vstor", parser.description.split(": ", 1)[-1])
-    lines += [".SH SYNOPSIS", synopsis(parser), ".SH DESCRIPTION", esc(parser.description),
+    description = parser.description or ""
+    lines = header("vstor", description.split(": ", 1)[-1])
+    lines += [".SH SYNOPSIS", synopsis(parser), ".SH DESCRIPTION", esc(description),
               ".PP", "Each command has its own page, named below.", ".SH COMMANDS"]
     for name, help_, _ in cmds:
         lines += [".TP", f"\\fB{esc(name)}\\fR", f"{esc(help_)}; see \\fBvstor\\-{esc(name)}\\fR(1)"]

@@ -76,7 +76,8 @@ def reap_orphans(timeout: float = 15) -> None:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            warn(f"pid {proc.pid} ({shlex.join(map(str, proc.args))[:80]}) still stuck")
+            args = proc.args if isinstance(proc.args, list | tuple) else [proc.args]
+            warn(f"pid {proc.pid} ({shlex.join(map(str, args))[:80]}) still stuck")
 
 
 def read_bounded(path: Path, timeout: float) -> str:

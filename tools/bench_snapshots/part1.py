@@ -76,13 +76,13 @@ def part1(a: argparse.Namespace, workdir: Path, out: dict[str, Any]) -> None:
             pause = store.stats.as_dict().get("snapshot_pause_us")
             for name in names:  # untimed: the next group starts with the same catalog size
                 snapshots.delete(store, group, name)
-            row = {"series": kind, "group": group, "members": members, "member_size": size, "leaves": leaves,
-                   "touch_writes": writes, "setup_s": round(setup_s, 2), "create": summary_us(times),
-                   "pause_us": pause}
+            row: dict[str, Any] = {
+                "series": kind, "group": group, "members": members, "member_size": size, "leaves": leaves,
+                "touch_writes": writes, "setup_s": round(setup_s, 2), "create": summary_us(times), "pause_us": pause}
             rows.append(row)
             say(f"   {group:<10} {members:>2} x {format_size(size):>5}, {leaves:>6} leaves: create median "
                 f"{ms(row['create']['median_us'])} ms, max {ms(row['create']['max_us'])} ms; lock held p50 "
-                f"{ms(pause and pause['p50'])} ms, max {ms(pause and pause['max'])} ms "
+                f"{ms(pause['p50'] if pause else None)} ms, max {ms(pause['max'] if pause else None)} ms "
                 f"(setup {setup_s:.1f} s)")
 
 

@@ -84,7 +84,7 @@ def _part2(a: argparse.Namespace, arr: Array, image: Path, out: dict[str, Any]) 
     pause = out["daemon_pause_us"] = pause_stats(counters)
     out["pause_target_met"] = None if not pause or not pause["count"] else pause["p99"] < PAUSE_TARGET_US
     say(f"   {len(loop.times)} snapshots taken ({len(loop.errors)} failed); daemon lock hold "
-        f"p99 {ms(pause and pause['p99'])} ms, max {ms(pause and pause['max'])} ms")
+        f"p99 {ms(pause['p99'] if pause else None)} ms, max {ms(pause['max'] if pause else None)} ms")
 
 
 def _lat_line(r: dict[str, Any]) -> str:

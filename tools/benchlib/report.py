@@ -16,9 +16,11 @@ Results = dict[str, dict[str, Any]]
 
 
 class Named(Protocol):
-    """A job of any tool (fio.Job, radostargets.RJob, bench_nbd's NbdJob): what combine needs."""
+    """A job of any tool (fio.Job, radostargets.RJob, bench_nbd's NbdJob): what combine needs.
+    Read-only, as the jobs are frozen dataclasses."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
 
 def _value(results: Results, target: str, job: str) -> float | None:

@@ -68,8 +68,12 @@ class Target(Staged[Path]):
 
     def __enter__(self) -> Path:
         self.dir.mkdir()
-        self.stack.callback(best_effort(f"remove {self.dir}", lambda: self.keep or shutil.rmtree(self.dir)))
+        self.stack.callback(best_effort(f"remove {self.dir}", self._remove_dir))
         return super().__enter__()
+
+    def _remove_dir(self) -> None:
+        if not self.keep:
+            shutil.rmtree(self.dir)
 
     def before_job(self, job: str) -> None:
         """Hook run before each fio job."""
