@@ -120,6 +120,7 @@ def main() -> int:
             with open(shm / "data", "wb") as f:
                 write_fd(f.fileno(), total, blocks, False)
             subprocess.run(["mt", "-f", dev, "eod"], check=True)
+
             def tar_write() -> int:
                 subprocess.run(["tar", "-b", "512", "-cf", dev, "-C", str(shm), "data"], check=True)
                 return total
