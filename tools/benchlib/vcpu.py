@@ -2,11 +2,11 @@
 
 On a KVM guest with the ``cpuidle-haltpoll`` driver, an idle vCPU polls for up to
 ``guest_halt_poll_ns`` before it halts, and waking a halted vCPU is a trip through the
-hypervisor that leaves its caches cold. A host that sends one small request at a time pays
-that on every request: on the development VM (``guest_halt_poll_ns`` 0) vstor's 4 KiB random
-writes through FUSE ran at 0.58 of the passthrough's, and at 0.69 with the kernel's default
-of 200000 (docs/benchmarks.md §1, run F13). So each figure names the setting it was taken
-under. Reading only: the tools never change it.
+hypervisor. A host that sends one small request at a time pays that on every request, on
+both sides of it (the client's vCPU and the server's): on the development VM
+(``guest_halt_poll_ns`` 0) vstor's 4 KiB random writes through FUSE ran at 0.58 of the
+passthrough's, and at 0.69 with the kernel's default of 200000 (docs/benchmarks.md §1, run
+F13). So each figure names the setting it was taken under. Reading only: the tools never change it.
 """
 
 from __future__ import annotations
