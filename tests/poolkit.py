@@ -57,16 +57,22 @@ def evict_segments(pool: str, settle: float = 2.0) -> None:
     """Drop a local pool's segment pages from the page cache (those not dirty or mapped: sync
     the store first), so that the next reads go to the disk. Pages the kernel is still reading
     in (read-ahead started by an earlier read) cannot be dropped until that read ends, and
-    would then be found cached (a DONTNEED just after a WILLNEED left them all, 20 times in 20):
-    the drop is repeated until no page is left, or the count held still over three rounds
-    20 ms apart (pages mapped by a live store stay), or ``settle`` seconds passed."""
+    would then be found cached (a DONTNEED just after a WILLNEED left them all, 20 times in 20);
+    nor does mincore count them until they are read, so no count can say when they are done.
+    So each file is first read whole, which waits for every read of it in flight, then
+    dropped. The drop is repeated until no page is left, or the count held still over three
+    rounds 20 ms apart (pages mapped by a live store stay), or ``settle`` seconds passed."""
     os.sync()
     deadline = time.monotonic() + settle
     counts: list[int] = []
+    buf = bytearray(1 << 20)
     while True:
         for segno in seg_list(pool):
             fd = os.open(seg_path(pool, segno), os.O_RDONLY)
             try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # this descriptor reads no further ahead
+                while os.readv(fd, [buf]):  # waits for the pages the kernel is reading in
+                    pass
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
