@@ -59,23 +59,25 @@ def evict_segments(pool: str, settle: float = 2.0) -> None:
     in (read-ahead started by an earlier read) cannot be dropped until that read ends, and
     would then be found cached (a DONTNEED just after a WILLNEED left them all, 20 times in 20);
     nor does mincore count them until they are read, so no count can say when they are done.
-    So each file is first read whole, which waits for every read of it in flight, then
+    So each file is first read whole, once, which waits for every read of it in flight, then
     dropped. The drop is repeated until no page is left, or the count held still over three
     rounds 20 ms apart (pages mapped by a live store stay), or ``settle`` seconds passed."""
     os.sync()
     deadline = time.monotonic() + settle
     counts: list[int] = []
-    buf = bytearray(1 << 20)
+    buf: bytearray | None = bytearray(1 << 20)  # None after the first round: nothing is in flight then
     while True:
         for segno in seg_list(pool):
             fd = os.open(seg_path(pool, segno), os.O_RDONLY)
             try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # this descriptor reads no further ahead
-                while os.readv(fd, [buf]):  # waits for the pages the kernel is reading in
-                    pass
+                if buf is not None:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # this descriptor reads no further ahead
+                    while os.readv(fd, [buf]):  # waits for the pages the kernel is reading in
+                        pass
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
+        buf = None
         counts.append(cached_bytes(pool))
         if not counts[-1] or counts[-3:] == [counts[-1]] * 3 or time.monotonic() > deadline:
             return
