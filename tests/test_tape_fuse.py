@@ -213,7 +213,8 @@ def test_kill9_mid_archive_keeps_earlier_archives(array, tmp_path):
     for t in trees:
         _tar_c(dev, t)
     two = cart.stat().st_size
-    big = _tree(tmp_path, "big", 4_000_000)
+    size = 4_000_000
+    big = _tree(tmp_path, "big", size)
     tar = subprocess.Popen(["tar", "-b", "512", "-cf", dev, "-C", str(big.parent), "-T", "-"], stdin=subprocess.PIPE,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -222,15 +223,18 @@ def test_kill9_mid_archive_keeps_earlier_archives(array, tmp_path):
         # Killed once tar has written every full record of data.bin and waits: a kill -9 during
         # a record's write may tear it (a fatal signal ends a pwrite between pages), and the next
         # load then cuts that unacknowledged record off, rightly; this test is about the idle case.
-        full = (512 + -(-4_000_000 // 512) * 512) // RECORD  # header and data, in whole records
+        full = (512 + -(-size // 512) * 512) // RECORD  # header and data, in whole records
         deadline, sizes = time.monotonic() + 30, [-1, -1]
+
+        def idle() -> bool:  # all full records written, and the cartridge still over three polls
+            return sizes[-1] >= two + full * RECORD and sizes[-1] == sizes[-2] == sizes[-3]
+
         while time.monotonic() < deadline:
             sizes.append(cart.stat().st_size)
-            if sizes[-1] >= two + full * RECORD and sizes[-1] == sizes[-2] == sizes[-3]:
+            if idle():
                 break
             time.sleep(0.1)
-        assert sizes[-1] >= two + full * RECORD and sizes[-1] == sizes[-2] == sizes[-3], \
-            f"tar's third archive did not reach {full} records and stop: {sizes[-1] - two} bytes"
+        assert idle(), f"tar's third archive did not reach {full} records and stop: {sizes[-1] - two} bytes"
         array.kill9()
     finally:
         tar.stdin.close()
