@@ -33,6 +33,7 @@ from vstor.store.journal.format import (
 )
 from vstor.store.journal.hcache import CachedRecord
 from vstor.store.maps.chunkmap import VolumeMap
+from vstor.store.reads.pieces import serve_whole
 from vstor.store.reads.small import DATA_RECORDS, SMALL_READ, SmallReadMixin, first_bad_block, frames_of
 from vstor.store.reads.sweep import COVERED, START
 from vstor.store.reads.sweeper import SMALL_PIECE, SweepMixin
@@ -212,8 +213,10 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
         if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == offset + size:
             s, e, loc = pieces[0]
             return self._read_extent(lineage, s, e, loc, nowait=nowait)
+        # In a buffer when pieces of one record are cut from one read of it, or when many pieces
+        # (an aged range) go through the small-read paths and the pass of pieces.py
         spans = _shared_spans(pieces)
-        if spans:  # pieces of one record are cut from one read of it: assemble in a buffer
+        if spans or len(pieces) > PREFETCH_PIECES:
             buf = bytearray(size)
             self.assemble_into(lineage, offset, memoryview(buf), pieces, nowait, ask)
             return bytes(buf)
@@ -249,19 +252,24 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
             self._prefetch(pieces, spans)
         served: AbstractSet[int] = self._fill_spans(lineage, offset, view, spans, nowait) if spans else _NONE
         at = offset
-        for s, e, loc in pieces:
+        todo = []
+        for piece in pieces:
+            s = piece[0]
             if s > at:
                 _zero(view[at - offset : s - offset])
-            at = e
-            if loc in served:
-                continue
+            at = piece[1]
+            if piece[2] not in served:
+                todo.append(piece)
+        if at < offset + len(view):
+            _zero(view[at - offset :])
+        if lineage is not None and len(todo) > 1 and self.journal.local_files:  # small records at once (pieces.py)
+            todo = serve_whole(self._hcache.peek, self.journal.pread_cached_many, lineage, offset, view, todo)
+        for s, e, loc in todo:
             part = view[s - offset : e - offset]
             if not (lineage is not None and e - s <= SMALL_READ and self._small_from(lineage, loc, s, part, nowait)):
                 data = self._read_extent(lineage, s, e, loc, into=part, nowait=nowait)
                 if data is not part:  # not read in place: decoded, or cut from whole frames
                     part[:] = data
-        if at < offset + len(view):
-            _zero(view[at - offset :])
 
     def _fill_spans(self, lineage: tuple[int, ...] | None, offset: int, view: memoryview,
                     spans: dict[int, list[tuple[int, int]]], nowait: bool) -> set[int]:
