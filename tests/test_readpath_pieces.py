@@ -58,6 +58,12 @@ def _serve(st: Store, vid: int, view: memoryview) -> tuple[list, list]:
     return pieces, rest
 
 
+def _loc(st: Store, vid: int, off: int) -> int:
+    """The location of the one record that maps the 4 KiB at ``off``."""
+    ((_s, _e, loc),) = st.state.maps[vid].lookup(off, off + 4096)
+    return loc
+
+
 @pytest.mark.local_only("the pass reads the page cache of local segment files; the [rados] variant is below")
 def test_whole_small_records_are_served_and_every_other_piece_is_left(tmp_path):
     _pool, st, vid, model = _aged(tmp_path)
@@ -125,7 +131,7 @@ def test_a_damaged_small_record_is_left_and_the_read_reports_it(tmp_path):
     pool, st, vid, model = _aged(tmp_path)
     try:
         off = random.Random(3).choice(SMALLS)
-        ((_s, _e, loc),) = st.state.maps[vid].lookup(off, off + 4096)
+        loc = _loc(st, vid, off)
         assert len(st._hcache.peek(loc)) == WHOLE_ENTRY
         seg_flip(pool, loc_segno(loc), loc_pos(loc) + WHOLE_ENTRY + 4000)
         view = memoryview(bytearray(SIZE))
@@ -147,7 +153,7 @@ def test_a_damaged_small_record_is_left_and_the_read_reports_it(tmp_path):
 def test_the_journal_reports_reads_it_cannot_make_from_the_page_cache(tmp_path):
     _pool, st, vid, model = _aged(tmp_path)
     try:
-        ((_s, _e, loc),) = st.state.maps[vid].lookup(SMALLS[0], SMALLS[0] + 4096)
+        loc = _loc(st, vid, SMALLS[0])
         at = loc_pos(loc) + WHOLE_ENTRY  # its data
         ok, past, missing = (memoryview(bytearray(4096)) for _ in range(3))
         reads = [(loc_segno(loc), at, ok), (loc_segno(loc), 1 << 30, past), (10_000, 0, missing)]
