@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
-from vstor.store.journal.format import REC_RELOCATE, record_bound
+from vstor.errors import CorruptData
+from vstor.store.journal.format import REC_RELOCATE, loc_segno, record_bound
 from vstor.store.maintenance.checkpoint import CheckpointData, write_checkpoint
 from vstor.store.maps.chunkmap import VolumeMap
 from vstor.store.maps.mapstore import dump_maps
@@ -40,11 +41,18 @@ class MaintenanceMixin(StoreParts):
         """GC: copy what is still referenced of [s, e) in the record at ``old`` to the journal head,
         and point every map that references it there (volume, snapshots, clones). Each
         REC_RELOCATE record carries ``old`` in its seq field, so replay repeats exactly this.
-        Returns the bytes moved."""
+        Returns the bytes moved: 0 when the record's segment is gone (the work lists that call
+        this outlive the store lock, and a checkpoint deletes a segment once nothing references
+        it: host writes may have overwritten what was live there since the work was found)."""
         with self._lock:
             self._active_reads += 1
         try:
             data = memoryview(self._read_extent(None, s, e, old))
+        except CorruptData:
+            with self._lock:  # deletions take it: the listing cannot change meanwhile
+                if loc_segno(old) not in self.journal.segments():
+                    return 0
+            raise  # the segment is there and its record damaged: reported
         finally:
             self.done_reading()
         rec_vol = self._header(old).header.volume
