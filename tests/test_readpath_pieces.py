@@ -14,7 +14,7 @@ from poolsite import active
 
 from vstor.errors import CorruptData
 from vstor.store.journal.format import loc_pos, loc_segno
-from vstor.store.reads.pieces import WHOLE_ENTRY, serve_whole
+from vstor.store.reads.pieces import serve_whole
 from vstor.store.store import Store
 
 pytestmark = pytest.mark.usefixtures("pool_backend")  # each test on a local and a RADOS pool (tests/poolsite.py)
@@ -50,12 +50,18 @@ def _aged(tmp_path, **opts) -> tuple[str, Store, int, bytearray]:
     return pool, st, vid, model
 
 
-def _serve(st: Store, vid: int, view: memoryview) -> tuple[list, list]:
-    """(pieces of the whole volume, pieces serve_whole left) for a read of it into ``view``."""
+def _serve(st: Store, vid: int, view: memoryview) -> tuple[list, list, set]:
+    """(pieces of the whole volume, pieces serve_whole left, locations it took and could not
+    serve) for a read of it into ``view``."""
     vm = st.state.maps[vid]
     pieces = vm.lookup(0, SIZE)
-    rest = serve_whole(st._hcache.peek, st.journal.pread_cached_many, vm.lineage, 0, view, list(pieces))
-    return pieces, rest
+    rest, unserved = serve_whole(st._hcache.peek, st.journal.pread_cached_many, vm.lineage, 0, view, list(pieces))
+    return pieces, rest, unserved
+
+
+def _data_at(st: Store, loc: int) -> int:
+    """Where the data of the one-frame record at ``loc`` lies: after its header and table."""
+    return loc_pos(loc) + len(st._hcache.peek(loc))
 
 
 def _loc(st: Store, vid: int, off: int) -> int:
@@ -69,7 +75,8 @@ def test_whole_small_records_are_served_and_every_other_piece_is_left(tmp_path):
     _pool, st, vid, model = _aged(tmp_path)
     try:
         view = memoryview(bytearray(SIZE))
-        pieces, rest = _serve(st, vid, view)
+        pieces, rest, unserved = _serve(st, vid, view)
+        assert unserved == set()
         # every whole record of one frame without block sums, and only those
         whole = {(off, off + 4096) for off in SMALLS} | {(ODD[0], ODD[0] + ODD[1]), (CUT[0] + 2048, CUT[0] + 6144)}
         served = [p for p in pieces if p not in rest]
@@ -96,7 +103,8 @@ def test_compressed_encrypted_and_remote_records_are_left_to_the_general_path(tm
     _pool, st, vid, model = _aged(tmp_path, **opts)
     try:
         view = memoryview(bytearray(SIZE))
-        pieces, rest = _serve(st, vid, view)
+        pieces, rest, unserved = _serve(st, vid, view)
+        assert unserved == set()
         served = {(s, e) for s, e, _loc in pieces if (s, e, _loc) not in rest}
         if kind == "lz4":  # random data is not worth compressing: stored as is, so served
             assert {(off, off + 4096) for off in SMALLS} <= served
@@ -118,8 +126,9 @@ def test_pieces_not_in_the_page_cache_are_left_and_read_by_waiting(tmp_path):
         assert st.read(vid, 0, SIZE) == model  # the headers are now cached
         evict_segments(pool)
         view = memoryview(bytearray(SIZE))
-        pieces, rest = _serve(st, vid, view)
+        pieces, rest, unserved = _serve(st, vid, view)
         assert len(rest) == len(pieces)  # nothing cached: nothing served, nothing waited for
+        assert len(unserved) == len(SMALLS) + 2  # taken, missed: read by waiting, not tried again
         buf = bytearray(SIZE)
         assert st.read_into(vid, 0, memoryview(buf)) == SIZE and buf == model
     finally:
@@ -132,10 +141,10 @@ def test_a_damaged_small_record_is_left_and_the_read_reports_it(tmp_path):
     try:
         off = random.Random(3).choice(SMALLS)
         loc = _loc(st, vid, off)
-        assert len(st._hcache.peek(loc)) == WHOLE_ENTRY
-        seg_flip(pool, loc_segno(loc), loc_pos(loc) + WHOLE_ENTRY + 4000)
+        seg_flip(pool, loc_segno(loc), _data_at(st, loc) + 4000)
         view = memoryview(bytearray(SIZE))
-        pieces, rest = _serve(st, vid, view)
+        pieces, rest, unserved = _serve(st, vid, view)
+        assert unserved == {loc}
         assert (off, off + 4096, loc) in rest and len(rest) == len(pieces) - len(SMALLS) - 2 + 1
         errors = st.stats.read_errors
         with pytest.raises(CorruptData, match="frame 0 of volume"):
@@ -154,7 +163,7 @@ def test_the_journal_reports_reads_it_cannot_make_from_the_page_cache(tmp_path):
     _pool, st, vid, model = _aged(tmp_path)
     try:
         loc = _loc(st, vid, SMALLS[0])
-        at = loc_pos(loc) + WHOLE_ENTRY  # its data
+        at = _data_at(st, loc)
         ok, past, missing = (memoryview(bytearray(4096)) for _ in range(3))
         reads = [(loc_segno(loc), at, ok), (loc_segno(loc), 1 << 30, past), (10_000, 0, missing)]
         assert st.journal.pread_cached_many(reads) == [1, 2]  # past the file's end; no such segment

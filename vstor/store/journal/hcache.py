@@ -47,8 +47,7 @@ from vstor.store.journal.format import (
 # object and two arrays; a packed one is one bytes object.
 ENTRY_OVERHEAD = 600
 PACKED_OVERHEAD = 120
-# A packed entry's header and first frame entry, unpacked at once (here and by reads/pieces.py).
-ONE_FRAME = struct.Struct(RECORD_HEADER.format + FRAME_ENTRY.format[1:])
+_ONE_FRAME = struct.Struct(RECORD_HEADER.format + FRAME_ENTRY.format[1:])  # a packed entry's header and first entry
 
 
 def random_run(keys: list, rng: random.Random) -> list:
@@ -92,9 +91,9 @@ class CachedRecord(NamedTuple):  # a tuple: half the cost of a frozen dataclass 
     def from_packed(cls, packed: bytes) -> CachedRecord:
         """Build from a packed entry (header as written, then table): a record of one frame with
         one unpack and tuples (1.5-2 us), since such entries are built again on every get."""
-        if len(packed) >= ONE_FRAME.size:  # else no frame
+        if len(packed) >= _ONE_FRAME.size:  # else no frame
             (_m, ver, rtype, nframes, group, volume, seq, offset, length, stored, tstamp, _c,
-             stored_len, flags, _r, csum, _n) = ONE_FRAME.unpack_from(packed)
+             stored_len, flags, _r, csum, _n) = _ONE_FRAME.unpack_from(packed)
             if nframes == 1:
                 header = RecordHeader(rtype, 1, group, volume, seq, offset, length, stored, tstamp,
                                       ver == SUMS_VERSION)
@@ -135,10 +134,10 @@ def one_frame(packed: bytes) -> tuple[int, int, int, int, int, bool, bool] | Non
     frame (every write of up to 64 KiB), read without building the entry: a small read's fast
     path (vstor/store/reads/small.py). ``as_is``: the frame is stored as is (no flag: lz4 did
     not shrink it, no encryption). None for a record of several frames or none."""
-    if len(packed) < ONE_FRAME.size:
+    if len(packed) < _ONE_FRAME.size:
         return None
     (_m, ver, rtype, nframes, _g, volume, _seq, offset, length, _st, _t, _c,
-     stored_len, flags, _r, csum, _n) = ONE_FRAME.unpack_from(packed)
+     stored_len, flags, _r, csum, _n) = _ONE_FRAME.unpack_from(packed)
     if nframes != 1:
         return None
     return rtype, volume, offset, length, csum, ver == SUMS_VERSION, not flags and stored_len == length

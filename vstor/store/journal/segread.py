@@ -124,25 +124,13 @@ class SegmentReader:
         filled: not all in the page cache, short, or failed for any reason (a missing segment
         included), which the caller reads again by waiting and so reports. All of them on a
         remote pool, which has no page cache of its segments."""
-        if not self._files:
-            return list(range(len(reads)))
         missed: list[int] = []
-        fds, preadv, nowait = self._read_fds, os.preadv, os.RWF_NOWAIT
         for i, (segno, pos, view) in enumerate(reads):
             try:
-                fd = fds.get(segno)
-                if fd is None:
-                    fd = self._read_fd(segno)
-                if preadv(fd, [view], pos, nowait) != len(view):
+                if self._cached_into(segno, pos, view) != len(view):
                     missed.append(i)
-            except BlockingIOError:  # not all cached
+            except (OSError, VstorError):
                 missed.append(i)
-            except (OSError, VstorError):  # tmpfs refuses RWF_NOWAIT: read as pread_cached reads
-                try:
-                    if self._cached_into(segno, pos, view) != len(view):
-                        missed.append(i)
-                except (OSError, VstorError):
-                    missed.append(i)
         return missed
 
     def _cached_into(self, segno: int, pos: int, view: memoryview) -> int:

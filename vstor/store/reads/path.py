@@ -262,11 +262,14 @@ class ReadPathMixin(SmallReadMixin, SweepMixin):
                 todo.append(piece)
         if at < offset + len(view):
             _zero(view[at - offset :])
+        unserved: AbstractSet[int] = _NONE  # taken by the pass below and missed: read by waiting
         if lineage is not None and len(todo) > 1 and self.journal.local_files:  # small records at once (pieces.py)
-            todo = serve_whole(self._hcache.peek, self.journal.pread_cached_many, lineage, offset, view, todo)
+            todo, unserved = serve_whole(self._hcache.peek, self.journal.pread_cached_many, lineage, offset, view,
+                                         todo)
         for s, e, loc in todo:
             part = view[s - offset : e - offset]
-            if not (lineage is not None and e - s <= SMALL_READ and self._small_from(lineage, loc, s, part, nowait)):
+            if loc in unserved or not (lineage is not None and e - s <= SMALL_READ and
+                                       self._small_from(lineage, loc, s, part, nowait)):
                 data = self._read_extent(lineage, s, e, loc, into=part, nowait=nowait)
                 if data is not part:  # not read in place: decoded, or cut from whole frames
                     part[:] = data

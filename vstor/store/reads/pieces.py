@@ -20,13 +20,12 @@ from collections.abc import Callable
 
 from xxhash import xxh3_64_intdigest
 
-from vstor.store.journal.format import FRAME_ENTRY_SIZE, LOC_SHIFT, MAX_SEGMENT_SIZE, RECORD_HEADER_SIZE, SUMS_VERSION
-from vstor.store.journal.hcache import ONE_FRAME, Entry
+from vstor.store.journal.format import LOC_SHIFT, MAX_SEGMENT_SIZE
+from vstor.store.journal.hcache import Entry, one_frame
 from vstor.store.reads.small import DATA_RECORDS
 
-__all__ = ["WHOLE_ENTRY", "serve_whole"]
+__all__ = ["serve_whole"]
 
-WHOLE_ENTRY = RECORD_HEADER_SIZE + FRAME_ENTRY_SIZE  # a packed entry of one frame with no block sums
 _POS = MAX_SEGMENT_SIZE - 1  # a location's position bits (format.loc_pos)
 
 Piece = tuple[int, int, int]  # (start, end, location) of a volume map's lookup
@@ -34,35 +33,39 @@ Piece = tuple[int, int, int]  # (start, end, location) of a volume map's lookup
 
 def serve_whole(peek: Callable[[int], Entry | None],
                 pread_cached_many: Callable[[list[tuple[int, int, memoryview]]], list[int]],
-                lineage: tuple[int, ...], offset: int, view: memoryview, pieces: list[Piece]) -> list[Piece]:
+                lineage: tuple[int, ...], offset: int, view: memoryview,
+                pieces: list[Piece]) -> tuple[list[Piece], set[int]]:
     """Fill ``view`` (which covers [offset, offset+len(view))) with each of ``pieces`` that is
     a whole cached record of one frame stored as is, read from the page cache and verified
-    against its checksum; return the pieces not served, for the caller to read. ``peek``: the
-    header cache's entry of a location as kept (HeaderCache.peek); ``pread_cached_many``: the
-    journal's (SegmentReader.pread_cached_many). A piece's bytes in ``view`` are unverified
-    until served: the caller must read every piece returned."""
+    against its checksum. Returns the pieces not served, for the caller to read, and the
+    locations among them that this pass took but could not serve (not cached, short, or
+    failing the checksum): those the caller reads by waiting, in the general path, which
+    reports damage; trying the page cache again first would only repeat the miss. ``peek``:
+    the header cache's entry of a location as kept (HeaderCache.peek); ``pread_cached_many``:
+    the journal's (SegmentReader.pread_cached_many). A piece's bytes in ``view`` are
+    unverified until served: the caller must read every piece returned."""
     reads: list[tuple[int, int, memoryview]] = []
     csums: list[int] = []
     taken: list[Piece] = []
     rest: list[Piece] = []
-    unpack = ONE_FRAME.unpack_from
     for piece in pieces:
         s, e, loc = piece
         entry = peek(loc)
-        if type(entry) is bytes and len(entry) == WHOLE_ENTRY:
-            (_m, ver, rtype, nframes, _g, volume, _q, roff, length, _st, _t, _c,
-             stored_len, flags, _r, csum, _n) = unpack(entry)
-            if (roff == s and length == e - s and nframes == 1 and not flags and stored_len == length
-                    and ver != SUMS_VERSION and volume in lineage and rtype in DATA_RECORDS):
-                reads.append((loc >> LOC_SHIFT, (loc & _POS) + WHOLE_ENTRY, view[s - offset : e - offset]))
+        if isinstance(entry, bytes) and (fields := one_frame(entry)) is not None:  # packed, one frame
+            rtype, volume, roff, length, csum, sums, as_is = fields
+            if roff == s and length == e - s and as_is and not sums and volume in lineage and rtype in DATA_RECORDS:
+                # the header and the table as written, then the data (as small.py reads it)
+                reads.append((loc >> LOC_SHIFT, (loc & _POS) + len(entry), view[s - offset : e - offset]))
                 csums.append(csum)
                 taken.append(piece)
                 continue
         rest.append(piece)
+    unserved: set[int] = set()
     if not reads:
-        return rest
+        return rest, unserved
     missed = set(pread_cached_many(reads))
     for i, csum in enumerate(csums):
         if i in missed or xxh3_64_intdigest(reads[i][2]) != csum:
             rest.append(taken[i])
-    return rest
+            unserved.add(taken[i][2])
+    return rest, unserved
