@@ -104,7 +104,9 @@ def test_compressed_encrypted_and_remote_records_are_left_to_the_general_path(tm
     try:
         view = memoryview(bytearray(SIZE))
         pieces, rest, unserved = _serve(st, vid, view)
-        assert unserved == set()
+        # a remote pool's records are taken, and all missed: no page cache (the read path does
+        # not call the pass there at all)
+        assert len(unserved) == (len(SMALLS) + 2 if kind == "remote" else 0)
         served = {(s, e) for s, e, _loc in pieces if (s, e, _loc) not in rest}
         if kind == "lz4":  # random data is not worth compressing: stored as is, so served
             assert {(off, off + 4096) for off in SMALLS} <= served
