@@ -4,9 +4,13 @@ Guarantees:
 
 * ``flush`` (called for every filemark, an explicit flush (WEOF 0), close and unload)
   makes every object written before it durable (fdatasync);
-* ``open`` scans the file, checks every object's checksum, and cuts a torn or damaged tail,
-  so after a crash the cartridge holds a prefix of what was written, and at least every object
-  before the last flush;
+* ``open`` scans the file, checks every object's checksum after the flush mark, and cuts a
+  torn or damaged tail, so after a crash the cartridge holds a prefix of what was written, and
+  at least every object before the last flush. The objects before the mark, which were durable
+  when it was written (tapeformat.py), are indexed from their headers alone: a load reads
+  O(objects) headers, not the whole tape, and their payloads are checked when read (``read``
+  reports a damaged block, never returns it) and by ``verify``. A WORM cartridge is checked
+  whole at every load, hash chain included (tamper evidence);
 * object numbers are dense (0, 1, 2, ...), so file and block numbers stay exact.
 
 Compression (lz4, only when it saves space) and encryption (AES-256-GCM, key from the pool's
@@ -49,18 +53,28 @@ class Cartridge:
         self.filemarks: list[int] = []  # object numbers of the filemarks, ascending
         self.chain = tf.ZERO_CHAIN
         self.cut: str = ""  # why a tail was cut at load, if one was
+        self.indexed = 0  # objects the load took from their headers alone (before the flush mark)
+        self._mark_end = 0  # the end the flush mark on the medium gives (0: none)
+        self._closed = False
         self._lz4 = Lz4Gate()  # any saving is kept; early abort on incompressible data
         if self.file.created:
-            self.file.pwrite(tf.pack_file_header(barcode), 0)
+            self._head = tf.pack_file_header(barcode)
+            self.file.pwrite(self._head, 0)
             self.file.sync(metadata=True)
             self.end = tf.FILE_HEADER_SIZE
         else:
             self._load()
 
     def _load(self) -> None:
-        tf.check_file_header(self.file.pread(tf.FILE_HEADER_SIZE, 0), self.barcode)
+        head = self.file.pread(tf.FILE_HEADER_SIZE, 0)
+        tf.check_file_header(head, self.barcode)
+        self._head = head
         size = self.file.size()
+        mark = tf.unpack_mark(head)
+        self._mark_end = mark[0] if mark else 0
         pos, n = tf.FILE_HEADER_SIZE, 0
+        if mark and not self.worm and mark[0] <= size:  # shorter than the mark: lost durable bytes, check all
+            pos, n = self._index(*mark)
         while pos < size:
             raw = self.file.pread(tf.OBJ_HEADER_SIZE, pos)
             try:
@@ -74,6 +88,8 @@ class Cartridge:
             except FormatError as e:
                 self.cut = f"{e} at byte {pos}; {size - pos} bytes after it were dropped"
                 self.file.truncate(pos)
+                if self._mark_end > pos:  # the mark may never stand past the end
+                    self._put_mark(pos, n)
                 self.file.sync(metadata=True)
                 break
             self.offsets.append(pos)
@@ -84,6 +100,37 @@ class Cartridge:
             pos += tf.OBJ_HEADER_SIZE + h.stored
             n += 1
         self.end = pos
+
+    def _index(self, end: int, objects: int) -> tuple[int, int]:
+        """Index the objects before the flush mark from their headers (numbers, partition,
+        lengths: no payload is read). Returns where the checked scan goes on: the mark, or the
+        first header that does not fit, or the start when the mark's count disagrees."""
+        pos, n = tf.FILE_HEADER_SIZE, 0
+        while pos < end:
+            raw = self.file.pread(tf.OBJ_HEADER_SIZE, pos)
+            try:
+                h = tf.unpack_obj(raw)
+            except FormatError:
+                break
+            nxt = pos + tf.OBJ_HEADER_SIZE + h.stored
+            if h.number != n or h.partition != self.partition or nxt > end:
+                break
+            self.offsets.append(pos)
+            if h.kind == tf.KIND_FILEMARK:
+                self.filemarks.append(n)
+            pos, n = nxt, n + 1
+        if pos == end and n != objects:
+            del self.offsets[:]
+            del self.filemarks[:]
+            return tf.FILE_HEADER_SIZE, 0
+        self.indexed = n
+        return pos, n
+
+    def _put_mark(self, end: int, objects: int) -> None:
+        """Write the flush mark (caller: every byte before ``end`` is durable, or about to be
+        cut to ``end``); it is itself durable at the next sync."""
+        self.file.pwrite(tf.pack_mark(self._head, end, objects), tf.MARK_AT)
+        self._mark_end = end
 
     @property
     def fd(self) -> int:
@@ -149,6 +196,9 @@ class Cartridge:
         del self.offsets[n:]
         del self.filemarks[bisect.bisect_left(self.filemarks, n):]
         self.file.truncate(self.end)
+        if self._mark_end > self.end:  # durable before new data lands where the mark still claims
+            self._put_mark(self.end, n)
+            self.file.sync(metadata=True)
         if self.worm:
             self.chain = tf.ZERO_CHAIN if n == 0 else tf.unpack_obj(
                 self.file.pread(tf.OBJ_HEADER_SIZE, self.offsets[n - 1])).chain
@@ -185,7 +235,10 @@ class Cartridge:
         return len(head) + len(stored)
 
     def flush(self) -> None:
+        """Make every object durable (sync), then move the flush mark to the end."""
         self.file.sync()
+        if self._mark_end != self.end:
+            self._put_mark(self.end, self.eod)
 
     def verify(self) -> dict:
         """Re-read every object: checksums, and the hash chain of a WORM cartridge."""
@@ -204,4 +257,8 @@ class Cartridge:
         return {"objects": self.eod, "damaged": bad, "chain": chain.hex() if self.worm else ""}
 
     def close(self) -> None:
+        """Flush (the mark included) and release; closing twice is harmless."""
+        if not self._closed and self._mark_end != self.end:
+            self.flush()
+        self._closed = True
         self.file.close()

@@ -11,6 +11,12 @@ and the stored payload, so a torn or damaged tail is found at load and cut: the
 cartridge then ends at the last whole object. WORM cartridges also chain a SHA-256 over every
 object (``chain = sha256(previous chain + header[0:24] + stored)``), so any change to an
 earlier block breaks every later link: tamper-evident, checked by ``media show --verify``.
+
+The file header's bytes 32..56 hold the flush mark (``pack_mark``): the end of the file and
+the object count at the last flush, written only after that flush's sync returned, with an
+xxh3-64 of its own. Whatever mark is on the medium is therefore at or behind what is durable,
+and a load needs to check the payloads only after it (cartridge.py). Cartridges written before
+the mark, and a mark that fails its checksum, read as "no mark": every object is checked.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ OBJ_MAGIC = b"VTOB"
 OBJ_HEADER = struct.Struct("<4sBBHQIIQ32s")  # magic kind flags partition number length stored csum chain
 OBJ_HEADER_SIZE = 64
 COVERED = 24  # the checksum and the chain cover header[0:24] (magic .. stored) and the payload
+MARK = struct.Struct("<QQQ")  # the flush mark: end, objects, xxh3-64 of file header[0:32] + end + objects
+MARK_AT = 32  # its offset in the file header (inside FILE_HEADER's padding: version 1 is unchanged)
 KIND_DATA, KIND_FILEMARK = 1, 2
 OF_LZ4, OF_AES = 1, 2
 ZERO_CHAIN = bytes(32)
@@ -60,6 +68,23 @@ def check_file_header(raw: bytes, barcode: str) -> None:
         raise FormatError(f"cartridge {barcode} is not a version {VERSION} vstor cartridge")
     if code.rstrip(b"\0").decode(errors="replace") != barcode:
         raise FormatError(f"cartridge file of {barcode} holds barcode {code.rstrip(bytes(1))!r}")
+
+
+def pack_mark(file_header: bytes, end: int, objects: int) -> bytes:
+    """The flush mark for a cartridge whose file header is ``file_header``: its first ``end``
+    bytes, ``objects`` objects, were durable when it was written (pwrite it at MARK_AT)."""
+    body = struct.pack("<QQ", end, objects)
+    return body + xxhash.xxh3_64_intdigest(file_header[:MARK_AT] + body).to_bytes(8, "little")
+
+
+def unpack_mark(file_header: bytes) -> tuple[int, int] | None:
+    """(end, objects) of the flush mark in a file header, or None (none written, or damaged)."""
+    end, objects, check = MARK.unpack_from(file_header, MARK_AT)
+    if xxhash.xxh3_64_intdigest(file_header[:MARK_AT] + file_header[MARK_AT : MARK_AT + 16]) != check:
+        return None
+    if end < FILE_HEADER_SIZE:
+        return None
+    return end, objects
 
 
 def pack_obj(kind: int, flags: int, number: int, length: int, stored: bytes, prev_chain: bytes | None,
