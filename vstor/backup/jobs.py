@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from vstor.backup.catalog import BackupCatalog
 from vstor.backup.media.cartridges import Cartridges
 from vstor.backup.media.mediaio import TapeWriter
+from vstor.backup.media.overlap import HashWorker
 from vstor.backup.media.tapefile import PartHeader, VolumeSource, pax_stream
 from vstor.backup.rules.policy import hooks_of
 from vstor.control.host.freeze import frozen
@@ -117,12 +118,14 @@ class JobWriter:
                               self.store.sb.uuid, barcode).encode()
 
         drv = self.carts.load_for_write(policy["media"])
-        writer = TapeWriter(drv, lambda: self.carts.next_for_write(policy["media"]), header, key=key, job=job)
         manifest: dict = {}
-        for chunk in pax_stream(source, volumes, meta, manifest):
-            self.faults.hit("backup.write")
-            writer.write(chunk)
-        places = writer.close()
+        with HashWorker() as hashes:  # the two sha256 passes overlap the reads and writes
+            writer = TapeWriter(drv, lambda: self.carts.next_for_write(policy["media"]), header, key=key, job=job,
+                                new_hash=hashes.sha256)
+            for chunk in pax_stream(source, volumes, meta, manifest, new_hash=hashes.sha256):
+                self.faults.hit("backup.write")
+                writer.write(chunk)
+            places = writer.close()
         stored = 0
         for p in places:
             self.catalog.add_part(job, p.part, p.barcode, self.carts.library, p.file, p.first_block, p.last_block,

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
-from vstor.backup.media.tapefile import PART_MAGIC, RECORD, PartHeader, TapeLabel, open_record, seal_record
+from vstor.backup.media.tapefile import PART_MAGIC, RECORD, Hasher, PartHeader, TapeLabel, open_record, seal_record
 from vstor.errors import FormatError, MediaError, UsageError
 from vstor.media import tapedrive as td
 from vstor.media.tapedrive import TapeDrive
@@ -51,14 +51,16 @@ class TapeWriter:
     """Cuts a job's tar stream into tape blocks, spanning cartridges at the end of tape."""
 
     def __init__(self, drive: TapeDrive, next_drive: Callable[[], TapeDrive], header: Callable[[int, str], bytes],
-                 key: bytes | None = None, job: int = 0, clock: Callable[[], float] = time.time) -> None:
+                 key: bytes | None = None, job: int = 0, clock: Callable[[], float] = time.time,
+                 new_hash: Callable[[], Hasher] = hashlib.sha256) -> None:
+        """``new_hash`` makes each part's sha256 (a job's overlaps its I/O: overlap.py)."""
         self.drive, self.next_drive, self.header, self.key, self.job = drive, next_drive, header, key, job
-        self.clock = clock
+        self.clock, self.new_hash = clock, new_hash
         self.places: list[PartPlace] = []
         self._buf = bytearray()
         self._part = 0
         self._open: PartPlace | None = None  # the part being written
-        self._hash = hashlib.sha256()
+        self._hash: Hasher = new_hash()
         self._closed = False
 
     def write(self, data: bytes | memoryview) -> None:
@@ -133,7 +135,7 @@ class TapeWriter:
             file = self.drive.status().fileno
             if self._put(raw):
                 self._open = PartPlace(self._part, barcode, file, 1, 0, 0, "")
-                self._hash = hashlib.sha256()
+                self._hash = self.new_hash()
                 return
             self.drive = self.next_drive()  # no room even for the header: nothing of this part is here
 

@@ -21,7 +21,7 @@ import json
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar, Self
+from typing import ClassVar, Protocol, Self
 
 import xxhash
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -37,6 +37,14 @@ PART_MAGIC = "VSTOR BACKUP PART v1"
 LABEL_MAGIC = "VSTOR TAPE LABEL v1"
 MANIFEST = "VSTOR-MANIFEST.json"
 _AD = b"VSTOR-RECORD-v1"
+
+
+class Hasher(Protocol):
+    """What the stream and the tape writer need of a sha256: hashlib's, or overlap.py's."""
+
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
 
 
 # -- text headers ----------------------------------------------------------------------------------
@@ -162,10 +170,12 @@ class VolumeSource:
 
 
 def pax_stream(source: str, volumes: list[VolumeSource], meta: dict[str, str],
-               manifest: dict | None = None) -> Iterator[bytes | memoryview]:
+               manifest: dict | None = None, new_hash: Callable[[], Hasher] = hashlib.sha256
+               ) -> Iterator[bytes | memoryview]:
     """The archive of ``volumes`` as bytes-like pieces; the total is a multiple of 512. ``manifest``,
     if given, is filled with the manifest the archive ends with (each image's sums), so the
-    writer need not hash the data a second time."""
+    writer need not hash the data a second time. ``new_hash`` makes each image's sha256 (one
+    with hashlib's update and hexdigest: a job's overlaps its I/O, overlap.py)."""
     if manifest is None:
         manifest = {}
     manifest.update({"format": "vstor-backup", "version": FORMAT_VERSION, "source": source, "meta": dict(meta),
@@ -179,7 +189,7 @@ def pax_stream(source: str, volumes: list[VolumeSource], meta: dict[str, str],
         pax.update({f"VSTOR.{k}": str(val) for k, val in meta.items()})
         yield ts.header(f"{source}/GNUSparseFile.0/{v.name}.img", len(smap) + data, pax)
         yield smap
-        h = hashlib.sha256()
+        h = new_hash()
         for off, n in extents:
             for pos in range(off, off + n, PIECE):
                 piece = v.read(pos, min(PIECE, off + n - pos))
