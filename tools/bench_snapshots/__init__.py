@@ -11,10 +11,12 @@ Part 2 (real array): fio 4 KiB random writes, psync QD1 direct=1, on a prefilled
   start-ups, no snapshot), and while `vstor snapshot create G` runs every 0.5 s; fio's
   completion-latency percentiles, and the daemon's snapshot_pause_us from DIR/stats.json.
 Part 3 (real array): a 1 GiB volume filled with 1 MiB writes, then aged by 4 KiB random writes
-  (2 x the job runtime, so that fragmentation is not what differs); with 0, 100 and 1000 snapshots
-  (64 KiB of random 4 KiB overwrites before each, so the leaves diverge), fio 4 KiB randread and
-  randwrite at QD1 (each run --io-repeats times, alternated; the median counts), their ratio to the
-  0-snapshot run, and the time of `vstor snapshot list G --json`.
+  (2 x the job runtime, so that fragmentation is not what differs), and a control volume of the
+  same pool in no group, filled and aged alike; with 0, 100 and 1000 snapshots (64 KiB of random
+  4 KiB overwrites before each, so the leaves diverge), fio 4 KiB randread and randwrite at QD1 on
+  both volumes (each run --io-repeats times, alternated; the median counts), their ratio to the
+  0-snapshot run and to the control volume's at the same count, and the time of
+  `vstor snapshot list G --json`.
 Part 4: after part 3, `vstor array stop`, `vstor pool check` and `vstor array start` timed, and
   the daemon's VmRSS with all those snapshots.
 
