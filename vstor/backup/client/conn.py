@@ -25,6 +25,7 @@ from vstor.replication import pki
 from vstor.replication.transport import close_tls, open_tls, recv_exact
 
 FLUSH_AT = 256 << 10  # bytes of queued frames sent at once
+READ_AHEAD = 256 << 10  # a frame part smaller than this is read with whatever else has arrived
 DRAIN = 2.0  # seconds the array reads on after a REFUSE, so the client sees it
 TIMEOUT = 30.0  # seconds without a frame before a connection is declared dead
 TO_ARRAY, TO_CLIENT = 0, 1  # the sealing direction byte of each side's frames
@@ -40,7 +41,7 @@ class Conn:
         self._out = self._in = 0
         self._lock = threading.Lock()
         self.bytes_in = self.bytes_out = 0
-        self._rbuf = bytearray()  # bytes read ahead while looking for a REFUSE
+        self._rbuf = bytearray()  # bytes read ahead (small frame parts, and looking for a REFUSE)
         self._wbuf = bytearray()  # small frames are sent together (a TLS record each would be slow)
 
     def send(self, ftype: int, payload: bytes = b"") -> None:
@@ -147,7 +148,18 @@ class Conn:
         return ftype, wire.loads(body)
 
     def _exact(self, n: int) -> bytes:
-        return recv_exact(self.sock, n, self.peer_name, self._rbuf)  # read-ahead first (see _readable)
+        """Exactly ``n`` bytes. A small part (a frame's header, a small file's frames) is taken
+        from bytes read ahead, refilled with one ``recv`` of whatever has arrived (a TLS record
+        up to 16 KiB): a small file is three frames, and reading each header and payload with a
+        call of its own was a quarter of the array's time per file (docs/benchmarks.md section
+        11). A large part is read into its own buffer, without the copy."""
+        if n < READ_AHEAD:
+            while len(self._rbuf) < n:
+                chunk = self.sock.recv(READ_AHEAD)
+                if not chunk:
+                    break  # recv_exact says the peer closed
+                self._rbuf += chunk
+        return recv_exact(self.sock, n, self.peer_name, self._rbuf)  # read ahead first (also _readable's)
 
     def close(self) -> None:
         close_tls(self.sock)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import tarfile
 
 from vstor.backup.media import _tarstream as ts
@@ -93,17 +94,19 @@ def _pax_records(pairs: list[tuple[str, str]]) -> bytes:
         out.append((k.encode(), raw))
     if binary:
         out.insert(0, (b"hdrcharset", b"BINARY"))
-    recs = []
-    for kb, vb in out:
-        body = len(kb) + len(vb) + 3  # the space, '=' and the newline
-        n = p = 0
-        while True:  # the length counts its own digits
-            n = body + len(str(p))
-            if n == p:
-                break
-            p = n
-        recs.append(b"%d %s=%s\n" % (n, kb, vb))
-    return b"".join(recs)
+    return b"".join([b"%d %s=%s\n" % (_record_length(len(kb) + len(vb) + 3), kb, vb) for kb, vb in out])
+
+
+def _record_length(body: int) -> int:
+    """A pax record's length field: ``body`` (key, value, the space, '=' and the newline) plus
+    the digits of the length itself. Adding the digits can add one digit, never two."""
+    n = body + len(str(body))
+    return n if len(str(n)) == len(str(body)) else body + len(str(n))
+
+
+# name mode uid gid size mtime chksum typeflag linkname magic+version uname gname devmajor devminor
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s167x")  # 512 bytes; 's' pads with NULs
+_NO_DEV = b"%07o\0" % 0
 
 
 def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes, link: bytes,
@@ -113,18 +116,9 @@ def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, ty
     def num(v: int, width: int) -> bytes:
         return b"%0*o\0" % (width - 1, v if 0 <= v < 8 ** (width - 1) else 0)
 
-    buf = bytearray(512)
-    buf[0:100] = name[:100].ljust(100, b"\0")
-    buf[100:108], buf[108:116], buf[116:124] = num(mode & 0o7777, 8), num(uid, 8), num(gid, 8)
-    buf[124:136], buf[136:148] = num(size, 12), num(mtime, 12)
-    buf[148:156] = b" " * 8
-    buf[156:157] = typeflag
-    buf[157:257] = link[:100].ljust(100, b"\0")
-    buf[257:265] = b"ustar\x0000"
-    buf[265:297], buf[297:329] = uname[:32].ljust(32, b"\0"), gname[:32].ljust(32, b"\0")
-    buf[329:337], buf[337:345] = num(0, 8), num(0, 8)
-    buf[148:156] = b"%06o\0 " % sum(buf)
-    return bytes(buf)
+    buf = _USTAR.pack(name[:100], num(mode & 0o7777, 8), num(uid, 8), num(gid, 8), num(size, 12), num(mtime, 12),
+                      b" " * 8, typeflag, link[:100], b"ustar\x0000", uname[:32], gname[:32], _NO_DEV, _NO_DEV)
+    return b"%s%06o\0 %s" % (buf[:148], sum(buf), buf[156:])
 
 
 def member_size(e: dict) -> int:
